@@ -1,0 +1,1 @@
+"""Baseline memory models, one module per family."""

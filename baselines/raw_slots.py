@@ -1,0 +1,47 @@
+"""Raw-slot nearest-neighbour memory: the no-learning reference for a float32 budget.
+
+Stores as many whole patterns as the budget allows (the first ones written) and answers
+a query with the stored pattern closest to it on the known (non-erased) entries. At 8256
+floats and 128-bit patterns it holds 64 patterns, so it is exact for N <= 64 and must
+miss the unstored patterns beyond that: it shows what the budget allows without learning.
+"""
+from __future__ import annotations
+
+import torch
+
+from membench.interface import AssociativeMemory, TaskSpec
+
+
+class RawSlotMemory(AssociativeMemory):
+    name = "raw_slots"
+
+    def __init__(self, spec: TaskSpec, num_slots: int):
+        super().__init__()
+        assert num_slots >= 1, f"the budget holds no whole pattern of {spec.pattern_size} values"
+        self.spec, self.num_slots = spec, num_slots
+
+    @classmethod
+    def from_spec(cls, spec: TaskSpec, budget: int, preset: str = "quick", **options) -> "RawSlotMemory":
+        return cls(spec, num_slots=options.get("num_slots", budget // spec.pattern_size))
+
+    def memory_floats(self, spec: TaskSpec) -> int:
+        return min(spec.num_patterns, self.num_slots) * spec.pattern_size
+
+    def write(self, patterns: torch.Tensor) -> torch.Tensor:
+        return patterns[:, : self.num_slots].flatten(2).clone()  # (B, slots, D)
+
+    def read(self, slots: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+        flat = queries.flatten(2)                                   # (B, Q, D)
+        known = (flat != self.spec.fill_value).float()
+        # squared distance on known entries: sum_known (q - s)^2, computed with matmuls
+        distance = (
+            (known * flat**2).sum(-1, keepdim=True)
+            - 2 * (known * flat) @ slots.transpose(1, 2)
+            + known @ (slots**2).transpose(1, 2)
+        )                                                           # (B, Q, slots)
+        nearest = distance.argmin(dim=-1)                           # (B, Q)
+        retrieved = slots.gather(1, nearest[..., None].expand(-1, -1, slots.shape[-1]))
+        return retrieved.view_as(queries)
+
+    def config(self) -> dict:
+        return {"num_slots": self.num_slots}

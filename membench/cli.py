@@ -1,0 +1,104 @@
+"""Command line: `membench list | run | report | plots`."""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import click
+
+from membench.errors import MembenchError
+
+DEFAULT_OUT = "membench-results"
+
+
+def _int_list(_ctx, _param, value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        return tuple(int(v) for v in value.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers such as 0,1,2; got '{value}'") from None
+
+
+def _friendly_errors(command):
+    """Turn MembenchError into 'Error: <message>' and exit status 1; no traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except MembenchError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+    return wrapper
+
+
+@click.group()
+@click.version_option(package_name="membench")
+def main() -> None:
+    """Benchmark associative memories under equal float32 budgets (EBMM paper, Table 1 and Figure 3)."""
+
+
+@main.command("list")
+def list_command() -> None:
+    """List registered models and suites."""
+    from membench.registry import available_models
+    from membench.suites import SUITES
+
+    click.echo("models:")
+    for name, path in sorted(available_models().items()):
+        click.echo(f"  {name:28s} {path}")
+    click.echo("suites:")
+    for name, suite in SUITES.items():
+        click.echo(f"  {name:28s} {suite.description}")
+
+
+@main.command()
+@click.option("--suite", default="table1", show_default=True, help="Suite to run (see `membench list`).")
+@click.option("--model", "models", multiple=True, help="Model name or module:Class; repeatable. Default: the suite's models.")
+@click.option("--num-patterns", callback=_int_list, help="Comma-separated N values. Default: the suite's.")
+@click.option("--seeds", default="0", callback=_int_list, show_default=True, help="Comma-separated seeds.")
+@click.option("--queries", default=1000, show_default=True, type=click.IntRange(1), help="Minimum queries per run.")
+@click.option("--preset", default="quick", show_default=True, type=click.Choice(["quick", "paper"]),
+              help="Training preset of meta-learned models.")
+@click.option("--budget", type=click.IntRange(1), help="Float32 budget. Default: the suite's (8256 for table1).")
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--out", default=DEFAULT_OUT, show_default=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output directory (records in OUT/runs).")
+@click.option("--checkpoint-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where trained checkpoints are cached. Default: $MEMBENCH_CACHE/checkpoints or ~/.cache/membench.")
+@click.option("--force", is_flag=True, help="Rerun finished runs instead of skipping them.")
+@click.option("--progress/--no-progress", default=True, help="Show progress bars.")
+@_friendly_errors
+def run(suite, models, num_patterns, seeds, queries, preset, budget, device, out, checkpoint_dir, force, progress) -> None:
+    """Run a suite (skipping finished runs), then print its report."""
+    from membench.report import table1
+    from membench.runner import run_all
+    from membench.suites import get_suite
+
+    specs = get_suite(suite).expand(suite, tuple(models) or None, seeds, queries, preset, num_patterns, budget)
+    try:
+        done = run_all(specs, out, device=device, force=force, checkpoint_dir=checkpoint_dir, progress=progress)
+    except KeyboardInterrupt:
+        raise click.ClickException(f"interrupted; finished runs are kept in {out}/runs, rerun to continue") from None
+    click.echo(f"{len(done)} run(s) executed, {len(specs) - len(done)} already finished, in {out}")
+    click.echo(table1(out))
+
+
+@main.command()
+@click.option("--out", default=DEFAULT_OUT, show_default=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output directory holding runs/.")
+@click.option("--reference", type=click.Path(dir_okay=False, path_type=Path),
+              help="Paper's Table 1 CSV. Default: results/reference/paper_table1.csv of this checkout.")
+@_friendly_errors
+def report(out, reference) -> None:
+    """Print and write the bit-error table (OUT/table1.md, .csv, .tex) from stored runs."""
+    from membench.report import DEFAULT_REFERENCE, table1
+
+    if reference is not None and not reference.exists():
+        raise MembenchError(f"reference file {reference} does not exist; omit --reference to use the default")
+    click.echo(table1(out, reference or DEFAULT_REFERENCE))
+
+
+if __name__ == "__main__":
+    main()

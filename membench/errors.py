@@ -1,0 +1,17 @@
+"""Errors that the CLI turns into a clear message and a non-zero exit."""
+
+
+class MembenchError(Exception):
+    """A problem the user can fix; the message names the problem and the fix."""
+
+
+class OverBudgetError(MembenchError):
+    """A model's memory state holds more float32 values than the run's budget."""
+
+
+class TrainingDiverged(MembenchError):
+    """Meta-training produced a non-finite loss or gradient."""
+
+
+class DatasetMissing(MembenchError):
+    """A data set was not found where the loader looked."""

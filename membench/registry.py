@@ -1,0 +1,73 @@
+"""Model registry: maps names to memory classes.
+
+Built-in models are listed by import path and imported only when used, so adding a
+model to membench is one line here plus its module. Models defined elsewhere run
+without editing membench, in two ways:
+
+- `membench run --model my_module:MyMemory` (a class importable from the current
+  directory or PYTHONPATH), or
+- an entry point in the group `membench.models` of an installed package.
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+from importlib.metadata import entry_points
+
+from membench.errors import MembenchError
+from membench.interface import AssociativeMemory
+
+BUILTIN_MODELS: dict[str, str] = {
+    "hopfield_hebb": "baselines.hopfield:HebbHopfield",
+    "hopfield_storkey": "baselines.hopfield:StorkeyHopfield",
+    "hopfield_pseudoinverse": "baselines.hopfield:PseudoInverseHopfield",
+    "raw_slots": "baselines.raw_slots:RawSlotMemory",
+    # meta-learned models (trained by membench.training.meta_train)
+    "ebmm": "ebmm.memory:EBMM",
+    "memory_networks": "baselines.memory_networks:MemoryNetwork",
+    "mann": "baselines.mann:MANN",
+    "lstm": "baselines.lstm:LSTMMemory",
+    "differentiable_plasticity": "baselines.plasticity:DifferentiablePlasticity",
+}
+
+ENTRY_POINT_GROUP = "membench.models"
+
+
+def _entry_point_models() -> dict[str, str]:
+    return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def available_models() -> dict[str, str]:
+    """All model names known without importing them: name -> 'module:Class'."""
+    return {**_entry_point_models(), **BUILTIN_MODELS}
+
+
+def _import_class(path: str) -> type:
+    module_name, _, class_name = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise MembenchError(
+            f"cannot import module '{module_name}' for model '{path}': {exc}. "
+            "Check the spelling, and that the module is on PYTHONPATH (the current directory is)."
+        ) from exc
+    try:
+        cls = getattr(module, class_name)
+    except AttributeError as exc:
+        raise MembenchError(f"module '{module_name}' has no class '{class_name}'") from exc
+    if not (inspect.isclass(cls) and issubclass(cls, AssociativeMemory)):
+        raise MembenchError(f"'{path}' is not a subclass of membench.AssociativeMemory")
+    return cls
+
+
+def resolve_model(name: str) -> type[AssociativeMemory]:
+    """Return the class for a registered name or a 'module:Class' path."""
+    known = available_models()
+    if name in known:
+        return _import_class(known[name])
+    if ":" in name:
+        return _import_class(name)
+    raise MembenchError(
+        f"unknown model '{name}'. Valid models: {', '.join(sorted(known))}; "
+        "or give a class as 'module:Class'."
+    )

@@ -1,0 +1,98 @@
+"""Episode distributions: what is written, how queries are corrupted, how errors are counted.
+
+A task samples batches of episodes. Each episode writes N patterns and queries every
+one of them once, corrupted; query i belongs to pattern i. All sampling uses a CPU
+`torch.Generator`, so the same seed gives the same episodes on every device.
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from membench.interface import TaskSpec
+
+
+@dataclass
+class Episodes:
+    """A batch of B episodes. patterns (B, N, *S) in [0, 1]; queries the same shape, corrupted."""
+
+    patterns: torch.Tensor
+    queries: torch.Tensor
+
+    def to(self, device: torch.device | str) -> "Episodes":
+        return Episodes(self.patterns.to(device), self.queries.to(device))
+
+
+class Task(abc.ABC):
+    """An episode distribution with its error measure."""
+
+    spec: TaskSpec
+    error_unit: str  # what one unit of error is, e.g. "bits"
+
+    @abc.abstractmethod
+    def sample(self, batch_size: int, generator: torch.Generator, split: str = "test") -> Episodes:
+        """B episodes from `split` ('train' for meta-training, 'test' for evaluation)."""
+
+    @abc.abstractmethod
+    def errors(self, retrievals: torch.Tensor, patterns: torch.Tensor) -> torch.Tensor:
+        """Per-query error (B, N) of retrievals (B, N, *S) against the written patterns."""
+
+    @abc.abstractmethod
+    def config(self) -> dict[str, Any]:
+        """JSON-able description; part of run ids and checkpoint keys."""
+
+    def with_num_patterns(self, num_patterns: int) -> "Task":
+        """The same task writing a different number of patterns per episode."""
+        return type(self)(**{**self.config_kwargs(), "num_patterns": num_patterns})
+
+    def config_kwargs(self) -> dict[str, Any]:
+        return {k: v for k, v in self.config().items() if k != "kind"}
+
+
+class BinaryTask(Task):
+    """Random binary patterns; queries erase `erased` random positions (set to 0.5).
+
+    Error: number of wrong bits over all `dim` positions after thresholding at 0.5; a
+    retrieved value of exactly 0.5 (undecided) counts as wrong. Chance is dim/2 per query
+    when half the bits are erased and the rest are copied.
+    """
+
+    error_unit = "bits"
+
+    def __init__(self, num_patterns: int, dim: int = 128, erased: int = 64):
+        assert 0 <= erased <= dim, f"erased={erased} must lie in [0, dim={dim}]"
+        assert num_patterns >= 1, f"num_patterns={num_patterns} must be positive"
+        self.dim, self.erased = dim, erased
+        self.spec = TaskSpec(pattern_shape=(dim,), num_patterns=num_patterns, binary=True, fill_value=0.5)
+
+    def sample(self, batch_size: int, generator: torch.Generator, split: str = "test") -> Episodes:
+        shape = (batch_size, self.spec.num_patterns, self.dim)
+        patterns = torch.randint(0, 2, shape, generator=generator).float()
+        erase_order = torch.rand(shape, generator=generator).argsort(dim=-1)
+        erased_mask = torch.zeros(shape, dtype=torch.bool).scatter_(-1, erase_order[..., : self.erased], True)
+        queries = patterns.masked_fill(erased_mask, self.spec.fill_value)
+        return Episodes(patterns, queries)
+
+    def errors(self, retrievals: torch.Tensor, patterns: torch.Tensor) -> torch.Tensor:
+        assert retrievals.shape == patterns.shape, f"retrievals {tuple(retrievals.shape)} != patterns {tuple(patterns.shape)}"
+        return ((retrievals - patterns).abs() >= 0.5).sum(dim=-1).float()
+
+    def config(self) -> dict[str, Any]:
+        return {"kind": "binary", "num_patterns": self.spec.num_patterns, "dim": self.dim, "erased": self.erased}
+
+
+TASK_KINDS: dict[str, type[Task]] = {"binary": BinaryTask}
+
+
+def make_task(config: dict[str, Any]) -> Task:
+    """Build a task from its config dict (as stored in run records)."""
+    kwargs = dict(config)
+    kind = kwargs.pop("kind")
+    if kind not in TASK_KINDS:
+        from membench.errors import MembenchError
+
+        raise MembenchError(f"unknown task kind '{kind}'. Valid kinds: {', '.join(sorted(TASK_KINDS))}")
+    return TASK_KINDS[kind](**kwargs)
