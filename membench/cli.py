@@ -92,12 +92,16 @@ def run(suite, models, num_patterns, seeds, queries, preset, budget, device, out
               help="Paper's Table 1 CSV. Default: results/reference/paper_table1.csv of this checkout.")
 @_friendly_errors
 def report(out, reference) -> None:
-    """Print and write the bit-error table (OUT/table1.md, .csv, .tex) from stored runs."""
+    """Write the bit-error table (OUT/table1.md, .csv, .tex) and training curves from stored runs."""
     from membench.report import DEFAULT_REFERENCE, table1
+
+    from membench.plots import training_curves
 
     if reference is not None and not reference.exists():
         raise MembenchError(f"reference file {reference} does not exist; omit --reference to use the default")
     click.echo(table1(out, reference or DEFAULT_REFERENCE))
+    for path in training_curves(out):
+        click.echo(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
+import sys
 from importlib.metadata import entry_points
 
 from membench.errors import MembenchError
@@ -44,6 +46,8 @@ def available_models() -> dict[str, str]:
 
 def _import_class(path: str) -> type:
     module_name, _, class_name = path.partition(":")
+    if os.getcwd() not in sys.path:  # console scripts do not put the working directory on sys.path
+        sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

@@ -1,0 +1,32 @@
+# membench: common tasks. `make install` then `make test`; `make table1` rebuilds results/table1.
+PYTHON ?= python3
+RESULTS ?= results
+
+.PHONY: install test bench table1 table1-classical table1-learned figures clean
+
+# torch first: a CPU build where none is importable (an unpinned `torch` would pull CUDA wheels);
+# an existing torch install is kept as it is.
+install:
+	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "torch==2.13.0"
+	$(PYTHON) -m pip install -e ".[dev]"
+
+test:
+	$(PYTHON) -m pytest --benchmark-disable
+
+bench:
+	$(PYTHON) -m pytest tests/benchmarks --benchmark-only
+
+table1-classical:
+	membench run --suite table1 --seeds 0,1,2 --queries 1000 --out $(RESULTS)/table1 --no-progress
+
+table1-learned:
+	membench run --suite table1-learned --seeds 0 --queries 3000 --preset quick --out $(RESULTS)/table1 --no-progress
+
+table1: table1-classical table1-learned
+	membench report --out $(RESULTS)/table1
+
+figures:
+	membench report --out $(RESULTS)/table1
+
+clean:
+	rm -rf membench-results .pytest_cache .benchmarks

@@ -1,0 +1,95 @@
+"""The command line: outside models, clear errors, reports."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from membench.cli import main
+from tests.conftest import REPO_ROOT
+
+
+def readme_example() -> str:
+    text = (REPO_ROOT / "README.md").read_text()
+    block = re.search(r"<!-- example-model -->\s*```python\n(.*?)```", text, re.S)
+    assert block, "README must contain the example model between <!-- example-model --> markers"
+    return block.group(1)
+
+
+def test_readme_example_is_short_and_runs_through_the_console_script(tmp_path):
+    code = readme_example()
+    assert len(code.strip().splitlines()) < 30
+    (tmp_path / "my_memory.py").write_text(code)
+    command = [shutil.which("membench")] if shutil.which("membench") else [sys.executable, "-m", "membench.cli"]
+    result = subprocess.run([*command, "run", "--model", "my_memory:OneStepHebb", "--num-patterns", "16,32",
+                             "--queries", "64", "--out", "out", "--no-progress"],
+                            cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "my_memory:OneStepHebb" in result.stdout  # the table has its row
+    records = [json.loads(p.read_text()) for p in (tmp_path / "out" / "runs").glob("*.json")]
+    assert sorted(r["task"]["num_patterns"] for r in records) == [16, 32]
+    assert all(r["memory_floats"] == 8256 for r in records)
+    assert (tmp_path / "out" / "table1.md").exists()
+
+
+def test_unknown_model_lists_valid_ones(tmp_path):
+    result = CliRunner().invoke(main, ["run", "--model", "hopfield_heb", "--out", str(tmp_path)])
+    assert result.exit_code != 0
+    assert "unknown model 'hopfield_heb'" in result.output and "hopfield_hebb" in result.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_unknown_suite_and_bad_seeds(tmp_path):
+    result = CliRunner().invoke(main, ["run", "--suite", "table9", "--out", str(tmp_path)])
+    assert result.exit_code != 0 and "unknown suite 'table9'" in result.output and "table1" in result.output
+    result = CliRunner().invoke(main, ["run", "--seeds", "0,x", "--out", str(tmp_path)])
+    assert result.exit_code != 0 and "comma-separated integers" in result.output
+
+
+def test_missing_module_names_the_problem(tmp_path):
+    result = CliRunner().invoke(main, ["run", "--model", "no_such_module:Thing", "--out", str(tmp_path)])
+    assert result.exit_code != 0 and "cannot import module 'no_such_module'" in result.output
+
+
+def test_over_budget_is_refused_with_count_and_budget(tmp_path):
+    result = CliRunner().invoke(main, ["run", "--model", "hopfield_hebb", "--budget", "100", "--num-patterns", "16",
+                                       "--out", str(tmp_path), "--no-progress"])
+    assert result.exit_code == 1
+    assert "hopfield_hebb" in result.output and "8256" in result.output and "budget of 100" in result.output
+    assert not list((tmp_path / "runs").glob("*.json")) if (tmp_path / "runs").exists() else True
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_gpu_is_a_clear_error(tmp_path):
+    result = CliRunner().invoke(main, ["run", "--device", "cuda", "--out", str(tmp_path)])
+    assert result.exit_code == 1 and "no CUDA device" in result.output
+
+
+def test_report_without_runs_says_what_to_do(tmp_path):
+    result = CliRunner().invoke(main, ["report", "--out", str(tmp_path)])
+    assert result.exit_code == 1 and "membench run --out" in result.output
+
+
+def test_run_then_report_puts_paper_value_beside_ours(tmp_path):
+    result = CliRunner().invoke(main, ["run", "--model", "hopfield_pseudoinverse", "--num-patterns", "16",
+                                       "--queries", "32", "--out", str(tmp_path), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    report = CliRunner().invoke(main, ["report", "--out", str(tmp_path)])
+    assert report.exit_code == 0
+    row = next(line for line in report.output.splitlines() if line.startswith("| hopfield_pseudoinverse"))
+    assert "0.00 ± 0.00 (0)" in row  # ours, then the paper's 0.0 in parentheses
+    for name in ("table1.md", "table1.csv", "table1.tex"):
+        assert (tmp_path / name).exists()
+
+
+def test_list_shows_models_and_suites():
+    result = CliRunner().invoke(main, ["list"])
+    assert result.exit_code == 0
+    for name in ("hopfield_hebb", "hopfield_storkey", "hopfield_pseudoinverse", "raw_slots", "table1"):
+        assert name in result.output

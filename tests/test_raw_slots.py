@@ -1,0 +1,32 @@
+"""The raw-slot memory shows what the budget allows without learning."""
+from __future__ import annotations
+
+import torch
+
+from baselines.raw_slots import RawSlotMemory
+from membench.budget import TABLE1_BUDGET
+from membench.tasks import BinaryTask
+
+
+def _mean_error(num_patterns: int) -> float:
+    task = BinaryTask(num_patterns=num_patterns)
+    model = RawSlotMemory.from_spec(task.spec, TABLE1_BUDGET)
+    episodes = task.sample(8, torch.Generator().manual_seed(num_patterns))
+    retrieved = model.read(model.write(episodes.patterns), episodes.queries)
+    return task.errors(retrieved, episodes.patterns).mean().item()
+
+
+def test_exact_up_to_64_patterns_at_table1_budget():
+    for num_patterns in (16, 32, 48, 64):
+        assert _mean_error(num_patterns) == 0.0
+
+
+def test_misses_unstored_patterns_beyond_capacity():
+    assert _mean_error(96) > 5.0  # a third of the patterns were not stored
+
+
+def test_memory_count_is_whole_slots_within_budget():
+    model = RawSlotMemory.from_spec(BinaryTask(96).spec, TABLE1_BUDGET)
+    assert model.num_slots == 64
+    assert model.memory_floats(BinaryTask(96).spec) == 64 * 128 <= TABLE1_BUDGET
+    assert model.memory_floats(BinaryTask(16).spec) == 16 * 128

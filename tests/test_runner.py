@@ -1,0 +1,177 @@
+"""Runner and results store: budgets, resume without duplicates, atomic records, determinism."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from membench import store as store_module
+from membench.errors import MembenchError, OverBudgetError
+from membench.interface import AssociativeMemory, TaskSpec
+from membench.runner import run_all
+from membench.store import ResultsStore, write_json_atomic
+from membench.suites import get_suite
+
+
+class Oversized(AssociativeMemory):
+    """Claims one float more than any budget allows."""
+
+    def __init__(self, spec: TaskSpec):
+        super().__init__()
+
+    def memory_floats(self, spec: TaskSpec) -> int:
+        return 10**9
+
+    def write(self, patterns):
+        return patterns
+
+    def read(self, state, queries):
+        return queries
+
+
+class Crashing(AssociativeMemory):
+    """Raises while reading at N = 32: a run that dies midway."""
+
+    def __init__(self, spec: TaskSpec):
+        super().__init__()
+        self.spec = spec
+
+    def memory_floats(self, spec: TaskSpec) -> int:
+        return 1
+
+    def write(self, patterns):
+        return patterns
+
+    def read(self, state, queries):
+        if self.spec.num_patterns == 32:
+            raise KeyboardInterrupt
+        return queries
+
+
+class NaNMemory(Crashing):
+    def read(self, state, queries):
+        return torch.full_like(queries, float("nan"))
+
+
+def _specs(model: str, num_patterns=(16, 32, 48), seeds=(0,), queries=64):
+    return get_suite("table1").expand("table1", (model,), seeds, queries, "quick", num_patterns)
+
+
+def test_over_budget_model_is_refused_and_nothing_written(tmp_path):
+    with pytest.raises(OverBudgetError, match=r"test_runner:Oversized.*1000000000.*8256"):
+        run_all(_specs("test_runner:Oversized"), tmp_path, device="cpu", progress=False)
+    assert ResultsStore(tmp_path).records() == []
+
+
+def test_record_holds_count_raw_errors_and_provenance(tmp_path):
+    (record,) = run_all(_specs("hopfield_hebb", num_patterns=(16,)), tmp_path, device="cpu", progress=False,
+                        command="membench run test")
+    assert record["memory_floats"] == 8256 and record["budget"] == 8256
+    assert record["num_queries"] == len(record["errors"]) >= 64
+    assert record["command"] == "membench run test"
+    for key in ("device", "torch", "membench", "python", "git_commit"):
+        assert key in record["environment"]
+    assert record["wall_time_s"] > 0
+    on_disk = json.loads(ResultsStore(tmp_path).record_path(record["run_id"]).read_text())
+    assert on_disk["errors"] == record["errors"]
+
+
+def test_interrupted_run_resumes_without_duplicates(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        run_all(_specs("test_runner:Crashing"), tmp_path, device="cpu", progress=False)
+    first = ResultsStore(tmp_path).records()
+    assert [r["task"]["num_patterns"] for r in first] == [16]  # N=16 finished, N=32 died, N=48 never ran
+    assert not list(tmp_path.rglob("*.tmp"))
+
+    class Healed(Crashing):
+        def read(self, state, queries):
+            return queries
+
+    sys.modules[__name__].Crashing.read = Healed.read  # the "fixed" model, same name and run ids
+    try:
+        executed = run_all(_specs("test_runner:Crashing"), tmp_path, device="cpu", progress=False)
+    finally:
+        sys.modules[__name__].Crashing.read = Crashing.__dict__["read"]
+    assert [r["task"]["num_patterns"] for r in executed] == [32, 48]  # N=16 was skipped
+    records = ResultsStore(tmp_path).records()
+    assert sorted(r["task"]["num_patterns"] for r in records) == [16, 32, 48]
+    assert len({r["run_id"] for r in records}) == 3
+    assert records[[r["task"]["num_patterns"] for r in records].index(16)]["finished_at"] == first[0]["finished_at"]
+
+
+def test_force_reruns_finished_runs(tmp_path):
+    specs = _specs("raw_slots", num_patterns=(16,))
+    run_all(specs, tmp_path, device="cpu", progress=False)
+    assert run_all(specs, tmp_path, device="cpu", progress=False) == []
+    assert len(run_all(specs, tmp_path, device="cpu", force=True, progress=False)) == 1
+    assert len(ResultsStore(tmp_path).records()) == 1
+
+
+def test_killed_process_leaves_no_partial_record(tmp_path):
+    """SIGKILL a real `membench run` midway; the rerun completes every run exactly once."""
+    (tmp_path / "slow_memory.py").write_text(textwrap.dedent("""
+        import time
+        from baselines.raw_slots import RawSlotMemory
+
+        class SlowSlots(RawSlotMemory):
+            def read(self, slots, queries):
+                time.sleep(0.4)
+                return super().read(slots, queries)
+    """))
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "membench.cli", "run", "--model", "slow_memory:SlowSlots",
+            "--queries", "16", "--seeds", "0,1,2,3", "--out", str(out), "--no-progress", "--device", "cpu"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(Path(__file__).parent.parent)])}
+    process = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and len(list((out / "runs").glob("*.json"))) < 2:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    partial = len(list((out / "runs").glob("*.json")))
+    assert 2 <= partial < 20, "the run should have been killed midway"
+    for path in (out / "runs").glob("*.json"):
+        json.loads(path.read_text())  # every record on disk is complete
+    subprocess.run(args, cwd=tmp_path, env=env, check=True, capture_output=True)
+    records = ResultsStore(out).records()
+    assert len(records) == 20 and len({r["run_id"] for r in records}) == 20
+
+
+def test_atomic_write_keeps_old_content_on_failure(tmp_path, monkeypatch):
+    path = tmp_path / "record.json"
+    write_json_atomic(path, {"old": True})
+
+    def broken_dump(obj, handle, **kwargs):
+        handle.write('{"half":')
+        raise OSError("disk full")
+
+    monkeypatch.setattr(store_module.json, "dump", broken_dump)
+    with pytest.raises(OSError):
+        write_json_atomic(path, {"new": True})
+    assert json.loads(path.read_text()) == {"old": True}
+    assert list(tmp_path.iterdir()) == [path]
+
+
+def test_same_seed_same_numbers_other_seed_differs(tmp_path):
+    def errors(out: Path, seed: int):
+        (record,) = run_all(_specs("hopfield_storkey", num_patterns=(48,), seeds=(seed,), queries=200), out,
+                            device="cpu", progress=False)
+        return record["errors"]
+
+    first = errors(tmp_path / "a", 5)
+    assert errors(tmp_path / "b", 5) == first
+    assert errors(tmp_path / "c", 6) != first
+
+
+def test_nan_retrievals_are_refused(tmp_path):
+    with pytest.raises(MembenchError, match="NaN"):
+        run_all(_specs("test_runner:NaNMemory", num_patterns=(16,)), tmp_path, device="cpu", progress=False)
+    assert ResultsStore(tmp_path).records() == []
