@@ -66,8 +66,8 @@ def _specs(model: str, num_patterns=(16, 32, 48), seeds=(0,), queries=64):
 
 
 def test_over_budget_model_is_refused_and_nothing_written(tmp_path):
-    with pytest.raises(OverBudgetError, match=r"test_runner:Oversized.*1000000000.*8256"):
-        run_all(_specs("test_runner:Oversized"), tmp_path, device="cpu", progress=False)
+    with pytest.raises(OverBudgetError, match=r"Oversized.*1000000000.*8256"):
+        run_all(_specs(f"{__name__}:Oversized"), tmp_path, device="cpu", progress=False)
     assert ResultsStore(tmp_path).records() == []
 
 
@@ -86,7 +86,7 @@ def test_record_holds_count_raw_errors_and_provenance(tmp_path):
 
 def test_interrupted_run_resumes_without_duplicates(tmp_path):
     with pytest.raises(KeyboardInterrupt):
-        run_all(_specs("test_runner:Crashing"), tmp_path, device="cpu", progress=False)
+        run_all(_specs(f"{__name__}:Crashing"), tmp_path, device="cpu", progress=False)
     first = ResultsStore(tmp_path).records()
     assert [r["task"]["num_patterns"] for r in first] == [16]  # N=16 finished, N=32 died, N=48 never ran
     assert not list(tmp_path.rglob("*.tmp"))
@@ -97,7 +97,7 @@ def test_interrupted_run_resumes_without_duplicates(tmp_path):
 
     sys.modules[__name__].Crashing.read = Healed.read  # the "fixed" model, same name and run ids
     try:
-        executed = run_all(_specs("test_runner:Crashing"), tmp_path, device="cpu", progress=False)
+        executed = run_all(_specs(f"{__name__}:Crashing"), tmp_path, device="cpu", progress=False)
     finally:
         sys.modules[__name__].Crashing.read = Crashing.__dict__["read"]
     assert [r["task"]["num_patterns"] for r in executed] == [32, 48]  # N=16 was skipped
@@ -173,5 +173,5 @@ def test_same_seed_same_numbers_other_seed_differs(tmp_path):
 
 def test_nan_retrievals_are_refused(tmp_path):
     with pytest.raises(MembenchError, match="NaN"):
-        run_all(_specs("test_runner:NaNMemory", num_patterns=(16,)), tmp_path, device="cpu", progress=False)
+        run_all(_specs(f"{__name__}:NaNMemory", num_patterns=(16,)), tmp_path, device="cpu", progress=False)
     assert ResultsStore(tmp_path).records() == []
