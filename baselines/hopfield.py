@@ -51,11 +51,14 @@ class HopfieldMemory(AssociativeMemory):
         spins = 2.0 * queries - 1.0          # erased entries (0.5) become 0
         free = queries == self.spec.fill_value  # (B, Q, D) units the dynamics may change
         episode = torch.arange(batch, device=queries.device)[:, None].expand(batch, num_queries)
+        # clamped units never move: visit the free ones first and stop after the largest free count
+        clamped_last = (~free).float().cpu() * 2.0
+        num_steps = int(free.sum(-1).max())
         for _ in range(self.max_sweeps):
-            # a fresh random order per query and sweep, drawn on the CPU so devices agree
-            order = torch.rand(batch, num_queries, dim).argsort(dim=-1).to(queries.device)
+            # a fresh random order of the free units per query and sweep, drawn on the CPU so devices agree
+            order = (torch.rand(batch, num_queries, dim) + clamped_last).argsort(dim=-1).to(queries.device)
             changed = torch.zeros(batch, num_queries, dtype=torch.bool, device=queries.device)
-            for step in range(dim):
+            for step in range(num_steps):
                 unit = order[:, :, step : step + 1]                       # (B, Q, 1)
                 rows = weights[episode, unit.squeeze(-1)]                 # (B, Q, D)
                 field = (rows * spins).sum(-1, keepdim=True) - thresholds.gather(1, unit.squeeze(-1)).unsqueeze(-1)
