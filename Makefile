@@ -1,6 +1,7 @@
 # membench: common tasks. `make install` then `make test`; `make table1` rebuilds results/table1.
 PYTHON ?= python3
 RESULTS ?= results
+DATA ?= ../shared/data
 
 .PHONY: install test bench table1 table1-classical table1-learned figures clean
 
@@ -25,7 +26,11 @@ table1-learned:
 table1: table1-classical table1-learned
 	membench report --out $(RESULTS)/table1
 
+# Figure 3: rate sweeps on Omniglot and CIFAR-10 (DATA holds omniglot/ and cifar-10-batches-py/)
 figures:
+	membench run --suite fig3-omniglot --seeds 0 --preset quick --data-dir $(DATA) --out $(RESULTS)/fig3 --no-progress
+	membench run --suite fig3-cifar --seeds 0 --preset quick --data-dir $(DATA) --out $(RESULTS)/fig3 --no-progress
+	membench figures --out $(RESULTS)/fig3 --data-dir $(DATA)
 	membench report --out $(RESULTS)/table1
 
 clean:

@@ -33,6 +33,11 @@ def _friendly_errors(command):
     return wrapper
 
 
+DATA_DIR_OPTION = click.option(
+    "--data-dir", type=click.Path(file_okay=False, path_type=Path),
+    help="Directory holding omniglot/ and cifar-10-batches-py/. Default: $MEMBENCH_DATA or ./data.")
+
+
 @click.group()
 @click.version_option(package_name="membench")
 def main() -> None:
@@ -58,7 +63,8 @@ def list_command() -> None:
 @click.option("--model", "models", multiple=True, help="Model name or module:Class; repeatable. Default: the suite's models.")
 @click.option("--num-patterns", callback=_int_list, help="Comma-separated N values. Default: the suite's.")
 @click.option("--seeds", default="0", callback=_int_list, show_default=True, help="Comma-separated seeds.")
-@click.option("--queries", default=1000, show_default=True, type=click.IntRange(1), help="Minimum queries per run.")
+@click.option("--queries", type=click.IntRange(1),
+              help="Minimum queries per run. Default: the suite's (1000 for table1, 64000 = 1000 batches for fig3-*).")
 @click.option("--preset", default="quick", show_default=True, type=click.Choice(["quick", "paper"]),
               help="Training preset of meta-learned models.")
 @click.option("--budget", type=click.IntRange(1), help="Float32 budget. Default: the suite's (8256 for table1).")
@@ -69,20 +75,30 @@ def list_command() -> None:
               help="Where trained checkpoints are cached. Default: $MEMBENCH_CACHE/checkpoints or ~/.cache/membench.")
 @click.option("--force", is_flag=True, help="Rerun finished runs instead of skipping them.")
 @click.option("--progress/--no-progress", default=True, help="Show progress bars.")
+@DATA_DIR_OPTION
 @_friendly_errors
-def run(suite, models, num_patterns, seeds, queries, preset, budget, device, out, checkpoint_dir, force, progress) -> None:
+def run(suite, models, num_patterns, seeds, queries, preset, budget, device, out, checkpoint_dir, force, progress,
+        data_dir) -> None:
     """Run a suite (skipping finished runs), then print its report."""
+    from membench.datasets import set_data_dir
     from membench.report import table1
     from membench.runner import run_all
-    from membench.suites import get_suite
+    from membench.suites import SweepSuite, get_suite
 
-    specs = get_suite(suite).expand(suite, tuple(models) or None, seeds, queries, preset, num_patterns, budget)
+    set_data_dir(data_dir)
+    chosen = get_suite(suite)
+    specs = chosen.expand(suite, tuple(models) or None, seeds, queries or chosen.queries, preset, num_patterns, budget)
     try:
         done = run_all(specs, out, device=device, force=force, checkpoint_dir=checkpoint_dir, progress=progress)
     except KeyboardInterrupt:
         raise click.ClickException(f"interrupted; finished runs are kept in {out}/runs, rerun to continue") from None
     click.echo(f"{len(done)} run(s) executed, {len(specs) - len(done)} already finished, in {out}")
-    click.echo(table1(out))
+    if isinstance(chosen, SweepSuite):
+        from membench.figure3 import DEFAULT_REFERENCE, image_records, load_reference, summarise, summary_markdown
+
+        click.echo(summary_markdown(summarise(image_records(out), load_reference(DEFAULT_REFERENCE))))
+    else:
+        click.echo(table1(out))
 
 
 @main.command()
@@ -101,6 +117,42 @@ def report(out, reference) -> None:
         raise MembenchError(f"reference file {reference} does not exist; omit --reference to use the default")
     click.echo(table1(out, reference or DEFAULT_REFERENCE))
     for path in training_curves(out):
+        click.echo(f"wrote {path}")
+
+
+@main.command()
+@click.option("--out", default=DEFAULT_OUT, show_default=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output directory holding runs/ of fig3-* suites.")
+@click.option("--reference", type=click.Path(dir_okay=False, path_type=Path),
+              help="Paper's Figure 3 CSV. Default: results/reference/paper_fig3.csv of this checkout.")
+@click.option("--checkpoint-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where trained checkpoints are cached (for the reconstruction grids).")
+@click.option("--grids/--no-grids", default=True, help="Draw reconstruction grids (query, retrieval, original).")
+@DATA_DIR_OPTION
+@_friendly_errors
+def figures(out, reference, checkpoint_dir, grids, data_dir) -> None:
+    """Write Figure 3 (OUT/fig3.{md,csv,png,pdf}) and reconstruction grids from stored runs."""
+    from membench.datasets import set_data_dir
+    from membench.figure3 import DEFAULT_REFERENCE, figures as draw
+
+    if reference is not None and not reference.exists():
+        raise MembenchError(f"reference file {reference} does not exist; omit --reference to use the default")
+    set_data_dir(data_dir)
+    markdown, paths = draw(out, reference or DEFAULT_REFERENCE, checkpoint_dir, grids)
+    click.echo(markdown)
+    for path in paths:
+        click.echo(f"wrote {path}")
+
+
+@main.command()
+@click.argument("dataset", type=click.Choice(["omniglot", "cifar10"]))
+@DATA_DIR_OPTION
+@_friendly_errors
+def download(dataset, data_dir) -> None:
+    """Fetch a data set's published files into the data directory (CIFAR-10 md5-checked)."""
+    from membench.datasets import data_dir as default_dir, download as fetch
+
+    for path in fetch(dataset, data_dir or default_dir()):
         click.echo(f"wrote {path}")
 
 

@@ -44,6 +44,7 @@ class Suite:
     dim: int = 128
     erased: int = 64
     budget: int = TABLE1_BUDGET
+    queries: int = 1000             # default --queries
 
     def expand(self, name: str, models: tuple[str, ...] | None, seeds: tuple[int, ...], queries: int,
                preset: str, num_patterns: tuple[int, ...] | None = None, budget: int | None = None) -> list[RunSpec]:
@@ -57,15 +58,83 @@ class Suite:
         ]
 
 
-SUITES: dict[str, Suite] = {
+@dataclass(frozen=True)
+class Curve:
+    """One curve of a rate sweep: a model and its memory-size points (constructor options, budget)."""
+
+    model: str                                          # registry name
+    points: tuple[tuple[dict[str, Any], int], ...]      # (options, float32 budget) per point
+
+
+def _raw_slot_points(pattern_floats: int, counts: tuple[int, ...]) -> tuple[tuple[dict[str, Any], int], ...]:
+    return tuple(({}, pattern_floats * count) for count in counts)
+
+
+# Figure 3 curves per data set, keyed by the paper's curve label (paper_fig3.csv `model`).
+# A model joins by adding its points, e.g. with the paper's sizes (App. B):
+#   "EBMM_FC":   Curve("ebmm", tuple(({...FC options..., "writable_dim": d}, 257 * d) for d in (12, 16, 20, 32, 42, 54, 64)))
+#   "EBMM_conv": Curve("ebmm", tuple(({...conv options..., "writable_dim": d}, 1154 * d) for d in (2, 3, 4, 8, 10, 12, 14)))
+#   "MemNet":    Curve("memory_networks", tuple(({"slot_width": w}, 64 * w) for w in (48, 64, 128, 160, 192, 224, 256)))
+# raw_slots (whole images, nearest neighbour on the known pixels) is the untrained reference.
+FIG3_CURVES: dict[str, dict[str, Curve]] = {
+    "omniglot": {"raw_slots": Curve("raw_slots", _raw_slot_points(1 * 32 * 32, (1, 2, 4, 8, 16)))},
+    "cifar10": {"raw_slots": Curve("raw_slots", _raw_slot_points(3 * 32 * 32, (1, 2, 3, 4, 5)))},
+}
+
+
+@dataclass(frozen=True)
+class SweepSuite:
+    """A rate sweep on an image task (Figure 3): every curve's (options, budget) points."""
+
+    description: str
+    dataset: str                          # image task kind: "omniglot" or "cifar10"
+    curves: dict[str, Curve]              # paper curve label -> curve
+    num_patterns: tuple[int, ...] = (64,)  # images written per episode (paper: 64)
+    image_size: int = 32
+    block: int = 16
+    queries: int = 64000                  # default --queries: 1000 batches of 64 (the paper's 1000 random batches)
+
+    def expand(self, name: str, models: tuple[str, ...] | None, seeds: tuple[int, ...], queries: int,
+               preset: str, num_patterns: tuple[int, ...] | None = None, budget: int | None = None) -> list[RunSpec]:
+        """Runs for the curves whose label or model is in `models` (all by default)."""
+        from membench.tasks import make_task
+
+        if budget is not None:
+            raise MembenchError(f"suite '{name}' sets a budget per sweep point; drop --budget")
+        curves = [c for label, c in self.curves.items() if not models or label in models or c.model in models]
+        if not curves:
+            raise MembenchError(f"suite '{name}' has no curve for {', '.join(models or ())}. "
+                                f"Its curves: {', '.join(f'{k} ({c.model})' for k, c in self.curves.items())}")
+        specs = []
+        for n in num_patterns or self.num_patterns:
+            task = make_task({"kind": self.dataset, "num_patterns": n, "image_size": self.image_size,
+                              "block": self.block}).config()  # names the data found; loads it
+            specs += [RunSpec(suite=name, model=curve.model, task=task, budget=point_budget, seed=seed,
+                              queries=queries, preset=preset, options=dict(options))
+                      for curve in curves for options, point_budget in curve.points for seed in seeds]
+        return specs
+
+    def curve_label(self, model: str, options: dict[str, Any]) -> str:
+        """The paper's curve label of a run (the model name if no curve lists it)."""
+        for label, curve in self.curves.items():
+            if curve.model == model and any(options == point for point, _ in curve.points):
+                return label
+        return model
+
+
+SUITES: dict[str, Suite | SweepSuite] = {
     "table1": Suite("Table 1, classical memories (no training): Hopfield rules and raw slots",
                     models=CLASSICAL_MODELS),
     "table1-learned": Suite("Table 1, meta-learned memories (trained with --preset, checkpoints cached)",
                             models=LEARNED_MODELS),
+    "fig3-omniglot": SweepSuite("Figure 3, Omniglot: distortion (wrong pixels) against memory size, 64 images "
+                                "written, 16x16 block corrupted", dataset="omniglot", curves=FIG3_CURVES["omniglot"]),
+    "fig3-cifar": SweepSuite("Figure 3, CIFAR-10: distortion (squared error) against memory size, 64 images "
+                             "written, 16x16 block corrupted", dataset="cifar10", curves=FIG3_CURVES["cifar10"]),
 }
 
 
-def get_suite(name: str) -> Suite:
+def get_suite(name: str) -> Suite | SweepSuite:
     if name not in SUITES:
         raise MembenchError(f"unknown suite '{name}'. Valid suites: {', '.join(sorted(SUITES))}")
     return SUITES[name]

@@ -89,6 +89,8 @@ TASK_KINDS: dict[str, type[Task]] = {"binary": BinaryTask}
 
 def make_task(config: dict[str, Any]) -> Task:
     """Build a task from its config dict (as stored in run records)."""
+    import membench.image_tasks  # noqa: F401 (registers the image kinds "omniglot" and "cifar10")
+
     kwargs = dict(config)
     kind = kwargs.pop("kind")
     if kind not in TASK_KINDS:

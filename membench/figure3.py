@@ -1,0 +1,238 @@
+"""Figure 3 from stored runs: distortion against rate on Omniglot and CIFAR-10, beside the paper.
+
+Each run of a sweep suite (`fig3-omniglot`, `fig3-cifar`) is one point: a model at one
+memory size, evaluated on `queries / N` random test batches (episodes) of N = 64 images.
+Records hold per-query errors in episode order (N per episode), so per-batch means are
+recovered here; a point is summarised by the median per-batch error and its 5th / 95th
+percentiles over batches, as in the paper (App. D). The paper's points come from
+results/reference/paper_fig3.csv (read off the PDF's vector graphics).
+
+Reconstruction grids (query, retrieval, original, like the paper's Fig. 2) need the model
+itself, so they are redrawn rather than stored: the run's model is rebuilt from its record
+exactly as the runner builds it, a trained model loads its cached checkpoint (and is
+skipped, with a note, when that checkpoint is not on this machine), and it reads the
+first evaluation episode of the run's own seed.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tabulate import tabulate
+
+from membench.report import REPO_ROOT
+from membench.store import ResultsStore, write_text_atomic
+
+DEFAULT_REFERENCE = REPO_ROOT / "results" / "reference" / "paper_fig3.csv"
+CITATION = ("Bartunov, Rae, Osindero & Lillicrap, 'Meta-Learning Deep Energy-Based Memory Models', "
+            "arXiv:1910.02720, Figure 3")
+PAPER_DATASET = {"omniglot": "omniglot", "cifar10": "cifar"}   # task kind -> paper_fig3.csv dataset
+TITLES = {"omniglot": "Omniglot (error: wrong pixels of 32x32)", "cifar10": "CIFAR-10 (error: squared error)"}
+MATCH_TOLERANCE = 0.05  # a paper point matches ours when memory sizes differ by at most 5%
+
+
+def image_records(out_dir: Path) -> list[dict[str, Any]]:
+    """Finished runs in `out_dir` whose task is an image task."""
+    return [r for r in ResultsStore(out_dir).records() if r["task"]["kind"] in PAPER_DATASET]
+
+
+def _curve_label(record: dict[str, Any]) -> str:
+    from membench.suites import SUITES, SweepSuite
+
+    suite = SUITES.get(record["suite"])
+    return suite.curve_label(record["model"], record["options"]) if isinstance(suite, SweepSuite) else record["model"]
+
+
+def batch_errors(record: dict[str, Any]) -> np.ndarray:
+    """Mean error per evaluated batch (episode), in evaluation order."""
+    n = record["task"]["num_patterns"]
+    errors = np.asarray(record["errors"], dtype=float)
+    assert errors.size % n == 0, f"{record['run_id']}: {errors.size} errors is not a whole number of N={n} episodes"
+    return errors.reshape(-1, n).mean(axis=1)
+
+
+def load_reference(path: Path | None = DEFAULT_REFERENCE) -> pd.DataFrame | None:
+    if path is None or not Path(path).exists():
+        return None
+    return pd.read_csv(path, comment="#")
+
+
+def summarise(records: list[dict[str, Any]], reference: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per point (data set, curve, memory size, N, preset): pooled over seeds."""
+    rows = []
+    for record in records:
+        rows.append({"dataset": record["task"]["kind"], "curve": _curve_label(record), "model": record["model"],
+                     "options": json.dumps(record["options"], sort_keys=True), "memory_floats": record["memory_floats"],
+                     "num_patterns": record["task"]["num_patterns"], "preset": record["preset"],
+                     "image_size": record["task"]["image_size"], "data": record["task"].get("data", ""),
+                     "seed": record["seed"], "batch_errors": batch_errors(record),
+                     "train_time_s": (record["training"] or {}).get("train_time_s", 0.0),
+                     "wall_time_s": record["wall_time_s"], "device": record["environment"]["device"],
+                     "command": record["command"]})
+    if not rows:
+        return pd.DataFrame()
+    keys = ["dataset", "curve", "model", "options", "memory_floats", "num_patterns", "preset", "image_size", "data"]
+    summary = []
+    for key, group in pd.DataFrame(rows).groupby(keys, sort=False):
+        batches = np.concatenate(list(group["batch_errors"]))
+        p5, median, p95 = np.percentile(batches, [5, 50, 95])
+        summary.append({**dict(zip(keys, key)), "memory_k": key[4] / 1000, "median": median, "p5": p5, "p95": p95,
+                        "mean": batches.mean(), "batches": len(batches),
+                        "seeds": " ".join(str(s) for s in sorted(group["seed"])),
+                        "train_time_s": float(group["train_time_s"].sum()), "wall_time_s": float(group["wall_time_s"].sum()),
+                        "device": " ".join(sorted(set(group["device"]))), "command": " | ".join(sorted(set(group["command"])))})
+    frame = pd.DataFrame(summary).sort_values(["dataset", "curve", "memory_floats"], kind="stable").reset_index(drop=True)
+    return _attach_paper(frame, reference)
+
+
+def _attach_paper(frame: pd.DataFrame, reference: pd.DataFrame | None) -> pd.DataFrame:
+    """Add the paper's point of the same curve at (within 5%) the same memory size, if any."""
+    paper = {"paper": [], "paper_lo": [], "paper_hi": []}
+    for _, row in frame.iterrows():
+        match = None
+        if reference is not None:
+            same = reference[(reference.dataset == PAPER_DATASET[row["dataset"]]) & (reference.model == row["curve"])]
+            if len(same):
+                nearest = same.iloc[(same.memory_k - row["memory_k"]).abs().argmin()]
+                if abs(nearest.memory_k - row["memory_k"]) <= MATCH_TOLERANCE * row["memory_k"]:
+                    match = nearest
+        for column, source in (("paper", "error"), ("paper_lo", "lo"), ("paper_hi", "hi")):
+            paper[column].append(match[source] if match is not None else np.nan)
+    return frame.assign(**paper)
+
+
+def summary_markdown(summary: pd.DataFrame) -> str:
+    """Markdown tables (one per data set): ours beside the paper's, with provenance."""
+    if summary.empty:
+        return "# Figure 3\n\nNo image runs found.\n"
+    parts = [f"# Figure 3: distortion against memory size\n\nPer point: median per-batch error "
+             f"[5th, 95th percentile over batches], batches of N images, {summary['batches'].min()}-"
+             f"{summary['batches'].max()} batches per point. Paper: {CITATION} (read off the PDF).\n"]
+    for dataset, frame in summary.groupby("dataset", sort=True):
+        grid = [[row.curve, f"{row.memory_k:.2f}", f"{row.median:.2f} [{row.p5:.2f}, {row.p95:.2f}]",
+                 "" if pd.isna(row.paper) else f"{row.paper:.2f} [{row.paper_lo:.2f}, {row.paper_hi:.2f}]",
+                 row.num_patterns, row.batches, row.preset, f"{row.train_time_s:.0f}", f"{row.wall_time_s:.1f}"]
+                for row in frame.itertuples()]
+        headers = ["curve", "memory (k floats)", "ours", "paper", "N", "batches", "preset", "train s", "wall s"]
+        parts.append(f"## {TITLES[dataset]}\n\nData: {', '.join(sorted(set(frame['data'])))}; image size "
+                     f"{', '.join(map(str, sorted(set(frame['image_size']))))}; device {', '.join(sorted(set(frame['device'])))}.\n\n"
+                     + tabulate(grid, headers=headers, tablefmt="github") + "\n")
+    commands = sorted(set(" | ".join(summary["command"]).split(" | ")))
+    parts.append("Commands: " + "; ".join(f"`{c}`" for c in commands) + "\n")
+    return "\n".join(parts)
+
+
+def _pyplot():
+    from membench.plots import _pyplot as pyplot
+
+    return pyplot()
+
+
+def plot(summary: pd.DataFrame, reference: pd.DataFrame | None, paths: list[Path]) -> list[Path]:
+    """Distortion against memory (k floats), ours with 5-95% bars, the paper's dashed with bands."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+    labels = sorted((set(summary["curve"]) if not summary.empty else set())
+                    | (set(reference["model"]) if reference is not None else set()))
+    colours = {label: plt.cm.tab10(i % 10) for i, label in enumerate(labels)}
+    for ax, (dataset, paper_name) in zip(axes, PAPER_DATASET.items()):
+        if reference is not None:
+            for label, points in reference[reference.dataset == paper_name].groupby("model"):
+                points = points.sort_values("memory_k")
+                ax.plot(points.memory_k, points.error, "--x", color=colours[label], alpha=0.7, label=f"paper: {label}")
+                ax.fill_between(points.memory_k, points.lo, points.hi, color=colours[label], alpha=0.12)
+        ours = summary[summary.dataset == dataset] if not summary.empty else summary
+        for label, points in (ours.groupby("curve") if not ours.empty else []):
+            points = points.sort_values("memory_k")
+            ax.errorbar(points.memory_k, points["median"], yerr=[points["median"] - points.p5, points.p95 - points["median"]],
+                        fmt="-o", color=colours[label], capsize=3, label=f"ours: {label}")
+        if ours.empty:
+            ax.text(0.5, 0.5, "no runs yet", transform=ax.transAxes, ha="center", color="grey")
+        ax.set(xlabel="memory (thousands of float32 values)", ylabel="error per image", title=TITLES[dataset])
+        ax.legend(fontsize=7)
+    fig.text(0.5, 0.005, f"Ours: median over batches, bars 5th-95th percentile. Dashed: {CITATION}.",
+             ha="center", fontsize=7)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    for path in paths:
+        fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return paths
+
+
+def reconstruction_grid(record: dict[str, Any], path: Path, checkpoint_dir: Path, columns: int = 8) -> Path | None:
+    """Rows: query, retrieval, original for the first `columns` queries of the run's first test episode.
+
+    Returns the written path, or None (after printing why) when a trained model's checkpoint is absent.
+    """
+    from membench.runner import EVAL_STREAM, build_model
+    from membench.suites import RunSpec
+    from membench.tasks import make_task
+
+    spec = RunSpec(**{name: record[name] for name in RunSpec.__dataclass_fields__})
+    task = make_task(spec.task)
+    model = build_model(spec, task)
+    if model.trainable:
+        checkpoint = Path(checkpoint_dir) / f"{record['training']['checkpoint_key']}.pt"
+        if not checkpoint.exists():
+            print(f"skipped the grid of {record['run_id']}: checkpoint {checkpoint} is not on this machine")
+            return None
+        model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=False)["model"])
+    model.eval()
+    torch.manual_seed(spec.seed)
+    episodes = task.sample(1, torch.Generator().manual_seed(spec.seed + EVAL_STREAM), split="test")
+    with torch.no_grad():
+        retrievals = model.read(model.write(episodes.patterns), episodes.queries).clamp(0, 1)
+    errors = task.errors(retrievals, episodes.patterns)[0]
+    plt = _pyplot()
+    columns = min(columns, task.spec.num_patterns)
+    fig, axes = plt.subplots(3, columns, figsize=(1.2 * columns, 3.9), squeeze=False)
+    for row, (name, images) in enumerate((("query", episodes.queries), ("retrieval", retrievals),
+                                          ("original", episodes.patterns))):
+        for col in range(columns):
+            image = images[0, col].permute(1, 2, 0).numpy()
+            axes[row, col].imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray_r" if
+                                  image.shape[-1] == 1 else None, vmin=0, vmax=1, interpolation="nearest")
+            axes[row, col].set_xticks([]), axes[row, col].set_yticks([])
+            if row == 1:
+                axes[row, col].set_xlabel(f"{errors[col]:.1f}", fontsize=7)
+        axes[row, 0].set_ylabel(name, fontsize=8)
+    fig.suptitle(f"{_curve_label(record)} on {record['task']['kind']}, {record['memory_floats'] / 1000:.2f}k floats "
+                 f"(retrieval error under each image)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
+
+
+def figures(out_dir: Path, reference: Path | None = DEFAULT_REFERENCE, checkpoint_dir: Path | None = None,
+            grids: bool = True) -> tuple[str, list[Path]]:
+    """Write fig3.{md,csv,png,pdf} and one reconstruction grid per (data set, curve) into `out_dir`.
+
+    Grids use each curve's largest-memory run. Returns (markdown summary, written paths).
+    """
+    from membench.runner import default_checkpoint_dir
+
+    out_dir = Path(out_dir)
+    records = image_records(out_dir)
+    paper = load_reference(reference)
+    summary = summarise(records, paper)
+    markdown = summary_markdown(summary)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out_dir / "fig3.md", markdown)
+    columns = [c for c in summary.columns if c != "command"]
+    write_text_atomic(out_dir / "fig3.csv", summary[columns].to_csv(index=False, float_format="%.4f") if len(summary) else "")
+    written = [out_dir / "fig3.md", out_dir / "fig3.csv"]
+    written += plot(summary, paper, [out_dir / "fig3.png", out_dir / "fig3.pdf"])
+    if grids:
+        largest: dict[tuple[str, str], dict[str, Any]] = {}
+        for record in sorted(records, key=lambda r: (r["memory_floats"], -r["seed"])):
+            largest[(record["task"]["kind"], _curve_label(record))] = record
+        for (dataset, label), record in sorted(largest.items()):
+            path = reconstruction_grid(record, out_dir / f"fig3_recon_{dataset}_{label}.png",
+                                       checkpoint_dir or default_checkpoint_dir())
+            written += [path] if path else []
+    return markdown, written

@@ -1,0 +1,189 @@
+"""Image loaders on fixtures in the published formats (Omniglot zips, CIFAR-10 pickles)."""
+from __future__ import annotations
+
+import io
+import pickle
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.conftest import shared_path
+from membench import datasets
+from membench.errors import DatasetMissing
+
+
+# --- fixture writers (also used by test_image_tasks.py and test_figure3.py) ------------
+
+def _png(ink: np.ndarray) -> bytes:
+    """A 105x105 1-bit PNG as published: True = white background, False = ink."""
+    buffer = io.BytesIO()
+    Image.fromarray(~ink.astype(bool)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_omniglot_zip(path: Path, alphabets: dict[str, int], drawers: int = 3, seed: int = 0) -> Path:
+    """A zip laid out as images_background.zip: <root>/<Alphabet>/characterNN/<id>_<drawer>.png.
+
+    Every image is a distinct random pattern of 21x21 ink squares on a 5x5 grid.
+    """
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w") as archive:
+        root = path.stem
+        for alphabet, count in alphabets.items():
+            for c in range(1, count + 1):
+                for d in range(1, drawers + 1):
+                    cells = rng.random((5, 5)) < 0.4
+                    ink = np.kron(cells, np.ones((21, 21), dtype=bool))
+                    archive.writestr(f"{root}/{alphabet}/character{c:02d}/{c:04d}_{d:02d}.png", _png(ink))
+    return path
+
+
+def write_cifar(folder: Path, per_batch: int = 14, test: int = 70, bytes_keys: bool = False, seed: int = 0) -> Path:
+    """cifar-10-batches-py/ with data_batch_1..5 and test_batch of random uint8 images."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, count in [(f"data_batch_{i}", per_batch) for i in range(1, 6)] + [("test_batch", test)]:
+        batch = {"batch_label": name, "labels": rng.integers(0, 10, count).tolist(),
+                 "data": rng.integers(0, 256, (count, 3072), dtype=np.uint8)}
+        if bytes_keys:
+            batch = {k.encode(): v for k, v in batch.items()}
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+    return folder
+
+
+def write_fixture_data(root: Path) -> Path:
+    """A data dir with omniglot/ (2 small background zips) and cifar-10-batches-py/."""
+    write_omniglot_zip(root / "omniglot" / "images_background_small1.zip", {"Greek": 10, "Runic": 10}, drawers=5)
+    write_omniglot_zip(root / "omniglot" / "images_background_small2.zip", {"Greek": 10, "Thai": 10}, drawers=5, seed=1)
+    write_cifar(root / "cifar-10-batches-py")
+    return root
+
+
+# --- Omniglot ----------------------------------------------------------------------
+
+def test_omniglot_inverts_resizes_and_binarises(tmp_path):
+    ink = np.zeros((105, 105), dtype=bool)
+    ink[:52] = True                                   # top 52 of 105 rows are ink
+    with zipfile.ZipFile(tmp_path / "images_background.zip", "w") as archive:
+        archive.writestr("images_background/A/character01/0001_01.png", _png(ink))
+        archive.writestr("images_background/A/character02/0002_01.png", _png(np.zeros((105, 105), bool)))
+        for c in range(3, 6):
+            archive.writestr(f"images_background/A/character{c:02d}/{c:04d}_01.png", _png(ink))
+    with zipfile.ZipFile(tmp_path / "images_background.zip") as archive:
+        assert Image.open(io.BytesIO(archive.read("images_background/A/character01/0001_01.png"))).mode == "1"
+    data = datasets.load_omniglot(tmp_path)
+    assert data.train.pixels.shape == (4, 1, 32, 32) and data.train.pixels.dtype == torch.uint8
+    half = data.train.images(torch.tensor(0))[0]
+    assert (half[:16] == 1).all() and (half[16:] == 0).all()      # ink = 1, output row 15 is 85% ink
+    assert data.train.images(torch.tensor(1)).sum() == 0          # blank page: no ink
+    assert data.classes[data.test.labels[0]] == "A/character05"   # every 5th character is held out
+
+
+def test_omniglot_holdout_split_is_by_character_and_deduplicated(tmp_path):
+    root = write_fixture_data(tmp_path)
+    data = datasets.load_omniglot(root)
+    assert len(data.classes) == 30                                # Greek is in both zips: read once
+    train_chars = {data.classes[i] for i in data.train.labels.tolist()}
+    test_chars = {data.classes[i] for i in data.test.labels.tolist()}
+    assert not train_chars & test_chars
+    assert test_chars == {f"{a}/character{c:02d}" for a in ("Greek", "Runic", "Thai") for c in (5, 10)}
+    assert (len(data.train), len(data.test)) == (24 * 5, 6 * 5)
+    assert data.fingerprint() == ("images_background_small1.zip+images_background_small2.zip (train 120, test 30)")
+    assert datasets.load_omniglot(root) is data                   # cached
+
+
+def test_omniglot_evaluation_zip_is_the_test_split(tmp_path):
+    write_omniglot_zip(tmp_path / "omniglot" / "images_background.zip", {"Latin": 4}, drawers=2)
+    write_omniglot_zip(tmp_path / "omniglot" / "images_evaluation.zip", {"Atemayar": 3}, drawers=2, seed=1)
+    data = datasets.load_omniglot(tmp_path, image_size=28)
+    assert data.train.pixels.shape == (8, 1, 28, 28) and data.test.pixels.shape == (6, 1, 28, 28)
+    assert {data.classes[i].split("/")[0] for i in data.test.labels.tolist()} == {"Atemayar"}
+
+
+def test_missing_data_names_the_download(tmp_path):
+    with pytest.raises(DatasetMissing, match="brendenlake/omniglot/raw/master/python/images_background.zip"):
+        datasets.load_omniglot(tmp_path)
+    with pytest.raises(DatasetMissing, match="cifar-10-python.tar.gz"):
+        datasets.load_cifar10(tmp_path)
+    write_cifar(tmp_path / "cifar-10-batches-py")
+    (tmp_path / "cifar-10-batches-py" / "data_batch_3").unlink()
+    with pytest.raises(DatasetMissing, match="data_batch_3"):
+        datasets.load_cifar10(tmp_path)
+
+
+def test_download_error_path_is_a_clear_message(tmp_path, monkeypatch):
+    def offline(*_args, **_kwargs):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(datasets.urllib.request, "urlopen", offline)
+    with pytest.raises(DatasetMissing, match="could not download .*cifar-10-python.tar.gz"):
+        datasets.download("cifar10", tmp_path)
+    assert not list(tmp_path.rglob("*.part"))
+
+
+def test_data_dir_resolution(tmp_path, monkeypatch):
+    monkeypatch.setattr(datasets, "_data_dir_override", None)
+    monkeypatch.delenv("MEMBENCH_DATA", raising=False)
+    assert datasets.data_dir() == Path("data")
+    monkeypatch.setenv("MEMBENCH_DATA", str(tmp_path))
+    assert datasets.data_dir() == tmp_path
+    datasets.set_data_dir(tmp_path / "x")
+    assert datasets.data_dir() == tmp_path / "x"
+    datasets.set_data_dir(None)
+    assert datasets.data_dir() == tmp_path
+
+
+# --- CIFAR-10 ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("bytes_keys", [False, True])
+def test_cifar_planes_scale_and_keys(tmp_path, bytes_keys):
+    folder = write_cifar(tmp_path / "cifar-10-batches-py", per_batch=2, test=3, bytes_keys=bytes_keys)
+    batch = pickle.loads((folder / "test_batch").read_bytes())
+    raw = batch[b"data" if bytes_keys else "data"][0]
+    data = datasets.load_cifar10(tmp_path)
+    assert data.train.pixels.shape == (10, 3, 32, 32) and data.test.pixels.shape == (3, 3, 32, 32)
+    image = data.test.images(torch.tensor(0))
+    assert image.dtype == torch.float32 and 0 <= image.min() and image.max() <= 1
+    assert torch.equal(image[1, 0], torch.from_numpy(raw[1024:1056] / 255.0).float())  # G plane, first row
+    assert torch.equal(image[2, 31, 31], torch.tensor(raw[3071] / 255.0, dtype=torch.float32))
+    assert data.test.labels.tolist() == batch[b"labels" if bytes_keys else "labels"]
+
+
+def test_cifar_resize_stays_on_the_8_bit_grid(tmp_path):
+    write_cifar(tmp_path / "cifar-10-batches-py", per_batch=2, test=3)
+    small = datasets.load_cifar10(tmp_path, image_size=16)
+    full = datasets.load_cifar10(tmp_path)
+    assert small.test.pixels.shape == (3, 3, 16, 16)
+    expected = full.test.pixels[:, :, :2, :2].float().mean(dim=(2, 3)).round()
+    assert torch.equal(small.test.pixels[:, :, 0, 0].float(), expected)
+    assert not (small.test.images(torch.arange(3)) == 0.5).any()
+
+
+# --- the shared subsets of the real data (skipped where ../shared is absent) ---------
+
+def test_shared_real_data_loads():
+    root = shared_path("data")
+    started = time.perf_counter()
+    omniglot = datasets.load_omniglot(root)
+    cifar = datasets.load_cifar10(root)
+    elapsed = time.perf_counter() - started
+    assert (len(omniglot.train), len(omniglot.test)) == (3940, 900)
+    assert (len(cifar.train), len(cifar.test)) == (4660, 846)
+    train_chars = set(omniglot.train.labels.tolist())
+    assert not train_chars & set(omniglot.test.labels.tolist())
+    ink = omniglot.train.pixels.float().mean().item()
+    assert 0.05 < ink < 0.15, f"ink fraction {ink}"
+    print(f"loaded omniglot {len(omniglot.train)}/{len(omniglot.test)} and cifar {len(cifar.train)}/{len(cifar.test)} "
+          f"in {elapsed:.2f} s; omniglot ink fraction {ink:.3f}")
+
+
+def test_download_uses_a_hand_fetched_archive_and_checks_md5(tmp_path):
+    (tmp_path / "cifar-10-python.tar.gz").write_bytes(b"not the archive")
+    with pytest.raises(DatasetMissing, match="expected c58f30108f718f92721af3b95e74349a"):
+        datasets.download("cifar10", tmp_path)
