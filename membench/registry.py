@@ -27,6 +27,7 @@ BUILTIN_MODELS: dict[str, str] = {
     # meta-learned models (trained by membench.training.meta_train)
     "ebmm": "ebmm.memory:EBMM",
     "memory_networks": "baselines.memory_networks:MemoryNetwork",
+    "memory_networks_learned": "baselines.memory_networks:LearnedEmbeddingMemoryNetwork",
     "mann": "baselines.mann:MANN",
     "lstm": "baselines.lstm:LSTMMemory",
     "differentiable_plasticity": "baselines.plasticity:DifferentiablePlasticity",

@@ -11,7 +11,7 @@ from membench.errors import MembenchError
 
 TABLE1_NUM_PATTERNS = (16, 32, 48, 64, 96)
 CLASSICAL_MODELS = ("hopfield_hebb", "hopfield_storkey", "hopfield_pseudoinverse", "raw_slots")
-LEARNED_MODELS = ("ebmm", "memory_networks", "mann", "lstm", "differentiable_plasticity")
+LEARNED_MODELS = ("ebmm", "memory_networks", "memory_networks_learned", "mann", "lstm", "differentiable_plasticity")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,128 @@
+"""LSTM (Hochreiter & Schmidhuber) as an associative memory: its recurrent state is the memory.
+
+Write: the LSTM reads the N written patterns as a sequence (pattern t is step t, with a
+phase flag 0); the final state (h, c) is everything it keeps. Read: every query starts
+from that final state and takes one more LSTM step on the query (phase flag 1); the new
+hidden state is mapped to features and decoded to logits, retrieval = sigmoid(logits).
+Queries are batched by expanding the final (h, c) over the Q queries; no query sees
+another, and nothing but (h, c) carries information about the written patterns.
+
+Memory = hidden + cell = 2 * hidden_size float32 values (one layer). The budget gives
+hidden_size = budget // 2 (4128 at Table 1's 8256), which the 'paper' preset uses; the
+'quick' preset uses a smaller hidden size (under budget) so it trains on one CPU core.
+
+The LSTM is sequential: retrievals depend on the order of the written patterns.
+
+The encoder/decoder pair is pluggable: `encoder` maps patterns (M, *S) to features
+(M, feature_width), `decoder` maps features (M, feature_width) to logits (M, *S).
+The default is the identity on flat patterns (feature_width = pattern size).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from membench.interface import AssociativeMemory, TaskSpec
+from membench.training import TrainConfig
+
+TRAIN_NUM_PATTERNS = (16, 32, 48, 64, 96)  # one checkpoint serves every N of Table 1
+
+
+@dataclass(frozen=True)
+class LSTMConfig:
+    hidden_size: int | None = None  # None: as large as the budget allows (budget // 2)
+
+
+PRESETS: dict[str, tuple[LSTMConfig, TrainConfig]] = {
+    # CPU: hidden 256 (memory 512 of 8256) so that training fits ~6 minutes on one core
+    "quick": (LSTMConfig(hidden_size=256),
+              TrainConfig(steps=2000, batch_size=16, lr=1e-3, clip_norm=1.0,
+                          log_every=25, checkpoint_every=250, num_patterns=TRAIN_NUM_PATTERNS)),
+    # GPU: the full budget, hidden 4128 (h + c = 8256)
+    "paper": (LSTMConfig(hidden_size=None),
+              TrainConfig(steps=50_000, batch_size=64, lr=1e-4, clip_norm=1.0,
+                          log_every=100, checkpoint_every=1000, num_patterns=TRAIN_NUM_PATTERNS)),
+}
+
+
+class LSTMMemory(AssociativeMemory):
+    name = "lstm"
+    trainable = True
+
+    def __init__(self, spec: TaskSpec, budget: int, config: LSTMConfig = LSTMConfig(),
+                 encoder: nn.Module | None = None, decoder: nn.Module | None = None,
+                 feature_width: int | None = None):
+        super().__init__()
+        assert (encoder is None) == (decoder is None), "give both encoder and decoder, or neither"
+        assert encoder is None or feature_width is not None, "a custom encoder needs its feature_width"
+        self.spec, self.budget, self.settings = spec, budget, config
+        self.hidden_size = config.hidden_size or budget // 2
+        assert self.hidden_size >= 1, f"budget {budget} leaves no room for an LSTM state"
+        self.feature_width = feature_width or spec.pattern_size
+        self.encoder = encoder or nn.Flatten()   # default: identity on flat patterns
+        self.decoder = decoder or nn.Identity()
+        self.cell = nn.LSTMCell(self.feature_width + 1, self.hidden_size)  # +1: phase flag (0 write, 1 query)
+        self.out = nn.Linear(self.hidden_size, self.feature_width)
+
+    @classmethod
+    def from_spec(cls, spec: TaskSpec, budget: int, preset: str = "quick", **options: Any) -> "LSTMMemory":
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset '{preset}'; valid: {', '.join(PRESETS)}")
+        config = replace(PRESETS[preset][0], **{k: v for k, v in options.items() if k in asdict(PRESETS[preset][0])})
+        extra = {k: v for k, v in options.items() if k not in asdict(config)}
+        return cls(spec, budget, config, **extra)
+
+    def train_config(self, preset: str) -> TrainConfig:
+        return PRESETS[preset][1]
+
+    def config(self) -> dict[str, Any]:
+        return {"hidden_size": self.hidden_size, "budget": self.budget, "feature_width": self.feature_width}
+
+    def memory_floats(self, spec: TaskSpec) -> int:
+        return 2 * self.hidden_size  # h and c of one layer, whatever N is
+
+    def _inputs(self, patterns: torch.Tensor, phase: float) -> torch.Tensor:
+        """patterns (B, M, *S) -> LSTM inputs (B, M, feature_width + 1): features and phase flag."""
+        batch, count = patterns.shape[:2]
+        features = self.encoder(patterns.reshape(batch * count, *patterns.shape[2:]))
+        assert features.shape == (batch * count, self.feature_width), (
+            f"encoder gave {tuple(features.shape)}, expected ({batch * count}, {self.feature_width})")
+        flag = features.new_full((batch * count, 1), phase)
+        return torch.cat([features, flag], dim=-1).view(batch, count, self.feature_width + 1)
+
+    def write(self, patterns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """patterns (B, N, *S), read in order t = 0..N-1 -> final state (h, c), each (B, hidden)."""
+        assert patterns.shape[2:] == self.spec.pattern_shape, f"patterns {tuple(patterns.shape)} vs spec {self.spec}"
+        inputs = self._inputs(patterns, 0.0)
+        batch = inputs.shape[0]
+        h = inputs.new_zeros(batch, self.hidden_size)
+        c = inputs.new_zeros(batch, self.hidden_size)
+        for t in range(inputs.shape[1]):
+            h, c = self.cell(inputs[:, t], (h, c))
+        return h, c
+
+    def _logits(self, state: tuple[torch.Tensor, torch.Tensor], queries: torch.Tensor) -> torch.Tensor:
+        """final state (h, c) (B, hidden) each, queries (B, Q, *S) -> logits (B, Q, *S)."""
+        h, c = state
+        batch, num_queries = queries.shape[:2]
+        assert h.shape == c.shape == (batch, self.hidden_size), f"state {tuple(h.shape)} vs queries {tuple(queries.shape)}"
+        inputs = self._inputs(queries, 1.0).reshape(batch * num_queries, -1)
+        start = tuple(s[:, None].expand(batch, num_queries, self.hidden_size).reshape(batch * num_queries, -1)
+                      for s in (h, c))
+        hidden, _ = self.cell(inputs, start)                                  # (B*Q, hidden)
+        logits = self.decoder(self.out(hidden))
+        return logits.reshape(queries.shape)
+
+    def read(self, state: tuple[torch.Tensor, torch.Tensor], queries: torch.Tensor) -> torch.Tensor:
+        """state from `write`, queries (B, Q, *S) -> retrievals (B, Q, *S) in [0, 1]."""
+        return torch.sigmoid(self._logits(state, queries))
+
+    def meta_loss(self, patterns: torch.Tensor, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Binary cross-entropy of the retrievals (B, N, *S) against the written patterns."""
+        logits = self._logits(self.write(patterns), queries)
+        loss = F.binary_cross_entropy_with_logits(logits, patterns)
+        return loss, torch.sigmoid(logits.detach())

@@ -1,0 +1,155 @@
+"""Memory Networks (Weston et al.; end-to-end form of Sukhbaatar et al.) as an associative memory.
+
+Write: every pattern gets one slot, `slot_i = embed(encoder(x_i))[:width]` truncated to
+the slot width `width = min(embedding_width, budget // N)`. Two variants:
+- `memory_networks` (the paper's accounting): `embed` is the identity, so a slot holds the
+  first `width` values of the (encoded) pattern itself. At N = 96 a slot keeps 86 of 128
+  bits, which predicts the paper's 10.5 error bits.
+- `memory_networks_learned`: `embed` is a learned linear map. With real-valued slots it
+  learns to spread all 128 bits over the 86 values, which beats the paper's number (an
+  extension of ours, reported as its own row).
+Read: the query is embedded the same way (its own learned embedding, same truncation),
+attends over the slots with a softmax, and the attended slot `o` (zero-padded back to
+the embedding width) is decoded together with the query features `u`, as in MemN2N's
+`W(o + u)`: `logits = decoder(out(o) + skip(u))`, retrieval = sigmoid(logits) in [0, 1].
+
+Memory = slots x slot width = N * min(embedding_width, budget // N) float32 values. At
+the Table 1 budget (8256) and 128-bit patterns, N <= 64 keeps whole 128-wide slots and
+N = 96 keeps 86 values per slot (96 * 86 = 8256). The slot width depends only on N and
+the budget, so one set of weights serves every N (one checkpoint on mixed N).
+
+Reading is a softmax-weighted sum over slots, so retrievals do not depend on the order
+in which the patterns were written (the memory is a set).
+
+The encoder/decoder pair is pluggable: `encoder` maps patterns (M, *S) to features
+(M, feature_width), `decoder` maps features (M, feature_width) to logits (M, *S).
+The default is the identity on flat patterns (feature_width = pattern size).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from membench.interface import AssociativeMemory, TaskSpec
+from membench.training import TrainConfig
+
+TRAIN_NUM_PATTERNS = (16, 32, 48, 64, 96)  # one checkpoint serves every N of Table 1
+
+
+@dataclass(frozen=True)
+class MemNetConfig:
+    embedding_width: int = 128   # E: full slot width; slots are truncated to min(E, budget // N)
+    learned_embedding: bool = False  # False: slot = the features themselves (needs E == feature width)
+    init_scale: float = 1.0      # initial attention inverse temperature (learned, log-parameterised)
+
+
+PRESETS: dict[str, tuple[MemNetConfig, TrainConfig]] = {
+    # CPU, ~4 minutes on one shared core: the model is tiny, training converges fast at lr 1e-3
+    "quick": (MemNetConfig(), TrainConfig(steps=5000, batch_size=16, lr=1e-3, clip_norm=1.0,
+                                          log_every=50, checkpoint_every=500, num_patterns=TRAIN_NUM_PATTERNS)),
+    # GPU scale: bigger batches, more steps, lower learning rate
+    "paper": (MemNetConfig(), TrainConfig(steps=100_000, batch_size=64, lr=2e-4, clip_norm=1.0,
+                                          log_every=100, checkpoint_every=2000, num_patterns=TRAIN_NUM_PATTERNS)),
+}
+
+
+class MemoryNetwork(AssociativeMemory):
+    name = "memory_networks"
+    trainable = True
+
+    def __init__(self, spec: TaskSpec, budget: int, config: MemNetConfig = MemNetConfig(),
+                 encoder: nn.Module | None = None, decoder: nn.Module | None = None,
+                 feature_width: int | None = None):
+        super().__init__()
+        assert (encoder is None) == (decoder is None), "give both encoder and decoder, or neither"
+        assert encoder is None or feature_width is not None, "a custom encoder needs its feature_width"
+        self.spec, self.budget, self.settings = spec, budget, config
+        self.feature_width = feature_width or spec.pattern_size
+        self.encoder = encoder or nn.Flatten()   # default: identity on flat patterns
+        self.decoder = decoder or nn.Identity()
+        width = config.embedding_width
+        if config.learned_embedding:
+            self.embed_write: nn.Module = nn.Linear(self.feature_width, width)  # slot embedding (MemN2N's A)
+        else:
+            assert width == self.feature_width, f"identity slots need embedding_width == feature width ({self.feature_width})"
+            self.embed_write = nn.Identity()
+        self.embed_query = nn.Linear(self.feature_width, width)   # query embedding (MemN2N's B)
+        self.out = nn.Linear(width, self.feature_width)            # attended slot -> features
+        self.skip = nn.Linear(self.feature_width, self.feature_width)  # query features -> features
+        self.log_scale = nn.Parameter(torch.tensor(math.log(config.init_scale)))
+
+    @classmethod
+    def from_spec(cls, spec: TaskSpec, budget: int, preset: str = "quick", **options: Any) -> "MemoryNetwork":
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset '{preset}'; valid: {', '.join(PRESETS)}")
+        config = replace(PRESETS[preset][0], **{k: v for k, v in options.items() if k in asdict(PRESETS[preset][0])})
+        extra = {k: v for k, v in options.items() if k not in asdict(config)}
+        return cls(spec, budget, config, **extra)
+
+    def train_config(self, preset: str) -> TrainConfig:
+        return PRESETS[preset][1]
+
+    def config(self) -> dict[str, Any]:
+        return {**asdict(self.settings), "budget": self.budget, "feature_width": self.feature_width}
+
+    def slot_width(self, num_patterns: int) -> int:
+        """Values per slot for N written patterns: min(embedding width, budget // N)."""
+        width = min(self.settings.embedding_width, self.budget // num_patterns)
+        assert width >= 1, f"budget {self.budget} leaves no value per slot for N={num_patterns}"
+        return width
+
+    def memory_floats(self, spec: TaskSpec) -> int:
+        return spec.num_patterns * self.slot_width(spec.num_patterns)
+
+    def _features(self, patterns: torch.Tensor) -> torch.Tensor:
+        """patterns (B, M, *S) -> encoder features (B, M, feature_width)."""
+        batch, count = patterns.shape[:2]
+        features = self.encoder(patterns.reshape(batch * count, *patterns.shape[2:]))
+        assert features.shape == (batch * count, self.feature_width), (
+            f"encoder gave {tuple(features.shape)}, expected ({batch * count}, {self.feature_width})")
+        return features.view(batch, count, self.feature_width)
+
+    def write(self, patterns: torch.Tensor) -> torch.Tensor:
+        """patterns (B, N, *S) -> slots (B, N, width), width = slot_width(N)."""
+        assert patterns.shape[2:] == self.spec.pattern_shape, f"patterns {tuple(patterns.shape)} vs spec {self.spec}"
+        width = self.slot_width(patterns.shape[1])
+        return self.embed_write(self._features(patterns))[..., :width]
+
+    def _logits(self, slots: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+        """slots (B, N, w), queries (B, Q, *S) -> retrieval logits (B, Q, *S)."""
+        batch, num_queries = queries.shape[:2]
+        width = slots.shape[-1]
+        features = self._features(queries)                                   # (B, Q, F)
+        keys = self.embed_query(features)[..., :width]                       # (B, Q, w)
+        scores = keys @ slots.transpose(1, 2) * (self.log_scale.exp() / math.sqrt(width))  # (B, Q, N)
+        attended = scores.softmax(dim=-1) @ slots                            # (B, Q, w)
+        attended = F.pad(attended, (0, self.settings.embedding_width - width))  # back to (B, Q, E)
+        hidden = self.out(attended) + self.skip(features)                    # (B, Q, F)
+        logits = self.decoder(hidden.reshape(batch * num_queries, self.feature_width))
+        return logits.reshape(queries.shape)
+
+    def read(self, state: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+        """slots (B, N, w), queries (B, Q, *S) -> retrievals (B, Q, *S) in [0, 1]."""
+        assert state.shape[0] == queries.shape[0], f"slots {tuple(state.shape)} vs queries {tuple(queries.shape)}"
+        return torch.sigmoid(self._logits(state, queries))
+
+    def meta_loss(self, patterns: torch.Tensor, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Binary cross-entropy of the retrievals (B, N, *S) against the written patterns."""
+        logits = self._logits(self.write(patterns), queries)
+        loss = F.binary_cross_entropy_with_logits(logits, patterns)
+        return loss, torch.sigmoid(logits.detach())
+
+
+class LearnedEmbeddingMemoryNetwork(MemoryNetwork):
+    """Memory Networks whose slots hold a learned linear embedding of each pattern."""
+
+    name = "memory_networks_learned"
+
+    @classmethod
+    def from_spec(cls, spec: TaskSpec, budget: int, preset: str = "quick", **options: Any) -> "MemoryNetwork":
+        return super().from_spec(spec, budget, preset, **{"learned_embedding": True, **options})
