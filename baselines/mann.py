@@ -1,0 +1,165 @@
+"""Memory-augmented neural network (MANN, Santoro et al. 2016) with LRUA writing.
+
+Write phase: the patterns are presented one at a time to an LSTM controller. At step t
+the controller state h_t and the encoded pattern e_t give a key k_t = tanh(K[e_t, h_t]),
+which is both the read key and the write vector (as in Santoro et al.):
+
+    read weights   w^r_t = softmax(beta * cos(k_t, M_{t-1}))           (content addressing)
+    write weights  w^w_t = s_t w^r_{t-1} + (1 - s_t) w^lu_{t-1},  s_t = sigmoid(G[e_t, h_t])
+    memory         M_t = M_{t-1} * (1 - w^lu_{t-1}) + w^w_t k_t^T      (least-used slot zeroed first)
+    usage          w^u_t = gamma w^u_{t-1} + w^r_t + w^w_t,  w^lu_t = one-hot(argmin w^u_t)
+
+so where a pattern lands depends on what was written before it (the order matters).
+Read phase: each query runs one controller step from the final controller state, reads
+M_T with its own key, and the output head maps [r, h, e] to the pattern. Queries are
+batched against the same final memory and never write, so they cannot see each other.
+
+Memory (what the write phase hands to the read phase): the matrix M_T (slots x width)
+and the controller's final (h, c) (2 x controller_size). Usage and read weights are only
+needed for further writes and are dropped. At the Table 1 budget: 64 x 128 + 2 x 32 = 8256.
+
+Encoder/decoder are pluggable: `encoder` maps patterns (B, N, *S) in [0, 1] to features
+(B, N, E); `decoder` maps features (B, Q, E) to pattern logits (B, Q, *S). The defaults
+are the identity on flat vectors, with the encoder centring bits to +-1.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from membench.interface import AssociativeMemory, TaskSpec
+from membench.training import TrainConfig
+
+MIXED_N = (16, 32, 48, 64, 96)
+
+
+class Centre(nn.Module):
+    """Default encoder: flatten patterns (B, N, *S) in [0, 1] to (B, N, D) in [-1, 1]."""
+
+    def forward(self, patterns: torch.Tensor) -> torch.Tensor:
+        return 2.0 * patterns.flatten(2) - 1.0
+
+
+class Unflatten(nn.Module):
+    """Default decoder: reshape logits (B, Q, D) to (B, Q, *S)."""
+
+    def __init__(self, pattern_shape: tuple[int, ...]):
+        super().__init__()
+        self.pattern_shape = tuple(pattern_shape)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features.reshape(*features.shape[:2], *self.pattern_shape)
+
+
+@dataclass(frozen=True)
+class MANNConfig:
+    num_slots: int = 64           # memory rows (from_spec sizes this to the budget)
+    memory_width: int = 128       # floats per slot (= key size)
+    controller_size: int = 32     # LSTM hidden units; final h and c are part of the memory
+    usage_decay: float = 0.99     # gamma of the LRUA usage weights (not learnable: argmin has no gradient)
+    init_sharpness: float = 10.0  # initial beta of the cosine addressing (learned, kept positive)
+
+
+@dataclass
+class MANNState:
+    memory: torch.Tensor  # (B, slots, width)
+    hidden: torch.Tensor  # (B, controller_size)
+    cell: torch.Tensor    # (B, controller_size)
+
+
+class MANN(AssociativeMemory):
+    name = "mann"
+    trainable = True
+
+    def __init__(self, spec: TaskSpec, config: MANNConfig = MANNConfig(), encoder: nn.Module | None = None,
+                 decoder: nn.Module | None = None, feature_size: int | None = None):
+        super().__init__()
+        self.spec, self.cfg = spec, config
+        self.encoder = encoder if encoder is not None else Centre()
+        self.decoder = decoder if decoder is not None else Unflatten(spec.pattern_shape)
+        self.feature_size = feature_size or spec.pattern_size
+        e, h, w = self.feature_size, config.controller_size, config.memory_width
+        self.controller = nn.LSTMCell(e, h)
+        self.key_head = nn.Linear(e + h, w)
+        self.gate_head = nn.Linear(e + h, 1)
+        self.output_head = nn.Linear(w + h + e, e)
+        self.log_sharpness = nn.Parameter(torch.tensor(config.init_sharpness).log())
+
+    @classmethod
+    def from_spec(cls, spec: TaskSpec, budget: int, preset: str = "quick", **options) -> "MANN":
+        """Keep the controller and slot width; give the memory as many slots as the budget allows."""
+        fields = {k: options.pop(k) for k in list(options) if k in MANNConfig.__dataclass_fields__}
+        config = MANNConfig(**fields)
+        if "num_slots" not in fields:
+            slots = (budget - 2 * config.controller_size) // config.memory_width
+            config = MANNConfig(**{**asdict(config), "num_slots": max(slots, 1)})
+        return cls(spec, config, **options)
+
+    def memory_floats(self, spec: TaskSpec) -> int:
+        return self.cfg.num_slots * self.cfg.memory_width + 2 * self.cfg.controller_size
+
+    def _address(self, key: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+        """key (B, Q, W), memory (B, S, W) -> softmax cosine read weights (B, Q, S)."""
+        similarity = F.normalize(key, dim=-1, eps=1e-6) @ F.normalize(memory, dim=-1, eps=1e-6).transpose(1, 2)
+        return torch.softmax(self.log_sharpness.exp() * similarity, dim=-1)
+
+    def write(self, patterns: torch.Tensor) -> MANNState:
+        """patterns (B, N, *S) -> final memory (B, slots, width) and controller state (B, H) x 2."""
+        features = self.encoder(patterns)
+        batch, num_patterns, _ = features.shape
+        assert features.shape[-1] == self.feature_size, f"encoder gave {features.shape[-1]} features, expected {self.feature_size}"
+        slots, width, size = self.cfg.num_slots, self.cfg.memory_width, self.cfg.controller_size
+        memory = features.new_zeros(batch, slots, width)
+        hidden, cell = features.new_zeros(batch, size), features.new_zeros(batch, size)
+        read_prev = features.new_zeros(batch, slots)
+        usage = features.new_zeros(batch, slots)
+        least_used = F.one_hot(usage.argmin(-1), slots).to(features.dtype)
+        for t in range(num_patterns):
+            hidden, cell = self.controller(features[:, t], (hidden, cell))
+            z = torch.cat([features[:, t], hidden], dim=-1)
+            key = torch.tanh(self.key_head(z))                                   # (B, W)
+            read = self._address(key[:, None], memory)[:, 0]                     # (B, S), against M_{t-1}
+            gate = torch.sigmoid(self.gate_head(z))                              # (B, 1)
+            write = gate * read_prev + (1 - gate) * least_used                   # (B, S)
+            memory = memory * (1 - least_used[..., None]) + write[..., None] * key[:, None, :]
+            usage = self.cfg.usage_decay * usage + read + write
+            least_used = F.one_hot(usage.detach().argmin(-1), slots).to(features.dtype)
+            read_prev = read
+        return MANNState(memory, hidden, cell)
+
+    def _logits(self, state: MANNState, queries: torch.Tensor) -> torch.Tensor:
+        """queries (B, Q, *S) -> pattern logits (B, Q, *S); one controller step per query, no writing."""
+        features = self.encoder(queries)
+        batch, num_queries, e = features.shape
+        size = self.cfg.controller_size
+        hidden0 = state.hidden[:, None].expand(batch, num_queries, size).reshape(-1, size)
+        cell0 = state.cell[:, None].expand(batch, num_queries, size).reshape(-1, size)
+        hidden, _ = self.controller(features.reshape(-1, e), (hidden0, cell0))
+        hidden = hidden.view(batch, num_queries, size)
+        key = torch.tanh(self.key_head(torch.cat([features, hidden], dim=-1)))  # (B, Q, W)
+        retrieved = self._address(key, state.memory) @ state.memory               # (B, Q, W)
+        logits = self.decoder(self.output_head(torch.cat([retrieved, hidden, features], dim=-1)))
+        assert logits.shape == queries.shape, f"decoder gave {tuple(logits.shape)}, expected {tuple(queries.shape)}"
+        return logits
+
+    def read(self, state: MANNState, queries: torch.Tensor) -> torch.Tensor:
+        """queries (B, Q, *S) with erased entries at fill_value -> retrievals (B, Q, *S) in [0, 1]."""
+        return torch.sigmoid(self._logits(state, queries))
+
+    def meta_loss(self, patterns: torch.Tensor, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Binary cross-entropy of the retrievals against the written patterns (B, N, *S)."""
+        logits = self._logits(self.write(patterns), queries)
+        return F.binary_cross_entropy_with_logits(logits, patterns), torch.sigmoid(logits).detach()
+
+    def train_config(self, preset: str) -> TrainConfig:
+        """quick: CPU, about 10 minutes on one thread; paper: the paper's optimiser, GPU scale."""
+        if preset == "quick":
+            return TrainConfig(steps=2000, batch_size=16, lr=1e-3, clip_norm=1.0, num_patterns=MIXED_N)
+        return TrainConfig(steps=200_000, batch_size=64, lr=5e-5, clip_norm=0.05, num_patterns=MIXED_N)
+
+    def config(self) -> dict:
+        return {**asdict(self.cfg), "feature_size": self.feature_size,
+                "encoder": type(self.encoder).__name__, "decoder": type(self.decoder).__name__}

@@ -1,0 +1,137 @@
+"""Differentiable plasticity (Miconi et al. 2018) as an associative memory.
+
+A recurrent layer of k tanh units whose effective weights are a fixed, meta-learned part
+plus a plastic part: W_eff = w + alpha * Hebb, with learned per-connection plasticity
+coefficients alpha (k x k) and a Hebbian trace updated while patterns are presented,
+
+    y_new = tanh(y W_eff + e),   Hebb <- (1 - eta) Hebb + eta * outer(y, y_new)   (learned eta).
+
+Memory is the Hebbian trace. A full trace over 128 units would be 128^2 = 16384 floats,
+about twice the Table 1 budget (8256), so a learned encoder maps patterns to the k plastic
+units and a learned decoder maps them back; from_spec picks the largest k with k^2 within
+the budget (k = 90, 8100 floats at the Table 1 budget).
+
+Write phase: each pattern is clamped as input for `present_steps` steps starting from a
+zero hidden state (the first step gives y = tanh(e); every further step updates Hebb),
+so patterns are stored in order and older ones fade with (1 - eta): the order matters.
+Read phase: each query (batched, none of them updates the trace) is clamped as input and
+the plastic layer runs `read_steps` steps from y = tanh(e); the decoder gives the pattern
+logits, plus a learned scalar gain times (query - fill_value), a skip that lets the known
+entries of the query through so the 90 plastic units are spent on the erased ones.
+
+Encoder/decoder are pluggable: `encoder` maps patterns (B, N, *S) in [0, 1] to (B, N, k);
+`decoder` maps (B, Q, k) to pattern logits (B, Q, *S). Defaults: Linear layers on flat
+vectors.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from membench.interface import AssociativeMemory, TaskSpec
+from membench.training import TrainConfig
+
+MIXED_N = (16, 32, 48, 64, 96)
+
+
+class FlatLinear(nn.Module):
+    """Linear map on flattened trailing dims: (B, N, *in_shape) -> (B, N, *out_shape)."""
+
+    def __init__(self, in_shape: tuple[int, ...], out_shape: tuple[int, ...]):
+        super().__init__()
+        self.out_shape = tuple(out_shape)
+        self.linear = nn.Linear(math.prod(in_shape), math.prod(out_shape))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x.flatten(2)).reshape(*x.shape[:2], *self.out_shape)
+
+
+@dataclass(frozen=True)
+class PlasticityConfig:
+    plastic_size: int = 90      # k plastic units; the Hebbian trace (k^2 floats) is the memory
+    present_steps: int = 2      # steps each written pattern is clamped for (k^2 trace updates: steps - 1)
+    read_steps: int = 3         # recurrent steps when reading a query
+    init_eta: float = 0.05      # initial Hebbian rate (learned, kept in (0, 1))
+    init_alpha: float = 0.01    # plasticity coefficients start uniform in [0, init_alpha)
+
+
+class DifferentiablePlasticity(AssociativeMemory):
+    name = "differentiable_plasticity"
+    trainable = True
+
+    def __init__(self, spec: TaskSpec, config: PlasticityConfig = PlasticityConfig(),
+                 encoder: nn.Module | None = None, decoder: nn.Module | None = None):
+        super().__init__()
+        assert config.present_steps >= 2, "present_steps must be >= 2: the first step only sets the hidden state"
+        self.spec, self.cfg = spec, config
+        k = config.plastic_size
+        self.encoder = encoder if encoder is not None else FlatLinear(spec.pattern_shape, (k,))
+        self.decoder = decoder if decoder is not None else FlatLinear((k,), spec.pattern_shape)
+        self.weight = nn.Parameter(0.01 * torch.randn(k, k))     # fixed (meta-learned) recurrent weights
+        self.alpha = nn.Parameter(config.init_alpha * torch.rand(k, k))       # per-connection plasticity coefficients
+        self.eta_logit = nn.Parameter(torch.tensor(math.log(config.init_eta / (1 - config.init_eta))))
+        self.query_gain = nn.Parameter(torch.tensor(1.0))         # skip: known query entries push their logits
+
+    @classmethod
+    def from_spec(cls, spec: TaskSpec, budget: int, preset: str = "quick", **options) -> "DifferentiablePlasticity":
+        """The largest plastic layer whose k x k Hebbian trace fits the budget."""
+        fields = {k: options.pop(k) for k in list(options) if k in PlasticityConfig.__dataclass_fields__}
+        fields.setdefault("plastic_size", math.isqrt(budget))
+        return cls(spec, PlasticityConfig(**fields), **options)
+
+    def memory_floats(self, spec: TaskSpec) -> int:
+        return self.cfg.plastic_size ** 2
+
+    def _encode(self, patterns: torch.Tensor) -> torch.Tensor:
+        features = self.encoder(patterns)
+        assert features.shape[-1] == self.cfg.plastic_size, (
+            f"encoder gave {features.shape[-1]} features, expected plastic_size={self.cfg.plastic_size}")
+        return features
+
+    def write(self, patterns: torch.Tensor) -> torch.Tensor:
+        """patterns (B, N, *S) -> Hebbian trace (B, k, k), patterns presented in order."""
+        features = self._encode(patterns)                           # (B, N, k)
+        batch, num_patterns, k = features.shape
+        eta = torch.sigmoid(self.eta_logit)
+        hebb = features.new_zeros(batch, k, k)
+        for t in range(num_patterns):
+            inputs = features[:, t, None]                          # (B, 1, k)
+            hidden = torch.tanh(inputs)
+            for _ in range(self.cfg.present_steps - 1):
+                new = torch.tanh(hidden @ (self.weight + self.alpha * hebb) + inputs)
+                hebb = (1 - eta) * hebb + eta * hidden.transpose(1, 2) @ new
+                hidden = new
+        return hebb
+
+    def _logits(self, hebb: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+        """queries (B, Q, *S) -> pattern logits (B, Q, *S); the trace is read, never updated."""
+        inputs = self._encode(queries)                              # (B, Q, k)
+        effective = self.weight + self.alpha * hebb                 # (B, k, k)
+        hidden = torch.tanh(inputs)
+        for _ in range(self.cfg.read_steps):
+            hidden = torch.tanh(hidden @ effective + inputs)
+        logits = self.decoder(hidden) + self.query_gain * (queries - self.spec.fill_value)
+        assert logits.shape == queries.shape, f"decoder gave {tuple(logits.shape)}, expected {tuple(queries.shape)}"
+        return logits
+
+    def read(self, hebb: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+        """queries (B, Q, *S) with erased entries at fill_value -> retrievals (B, Q, *S) in [0, 1]."""
+        return torch.sigmoid(self._logits(hebb, queries))
+
+    def meta_loss(self, patterns: torch.Tensor, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Binary cross-entropy of the retrievals against the written patterns (B, N, *S)."""
+        logits = self._logits(self.write(patterns), queries)
+        return F.binary_cross_entropy_with_logits(logits, patterns), torch.sigmoid(logits).detach()
+
+    def train_config(self, preset: str) -> TrainConfig:
+        """quick: CPU, about 10 minutes on one thread; paper: the paper's optimiser, GPU scale."""
+        if preset == "quick":
+            return TrainConfig(steps=2500, batch_size=16, lr=5e-3, clip_norm=1.0, num_patterns=MIXED_N)
+        return TrainConfig(steps=200_000, batch_size=64, lr=5e-5, clip_norm=0.05, num_patterns=MIXED_N)
+
+    def config(self) -> dict:
+        return {**asdict(self.cfg), "encoder": type(self.encoder).__name__, "decoder": type(self.decoder).__name__}

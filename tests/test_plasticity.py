@@ -1,0 +1,72 @@
+"""Differentiable plasticity baseline: trace size, training, order sensitivity."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from baselines.plasticity import DifferentiablePlasticity
+from membench.budget import TABLE1_BUDGET, check_budget
+from membench.errors import OverBudgetError
+from membench.tasks import BinaryTask
+from membench.training import TrainConfig, meta_train
+
+
+def test_trace_is_the_largest_square_within_table1_budget():
+    spec = BinaryTask(32).spec
+    model = DifferentiablePlasticity.from_spec(spec, TABLE1_BUDGET)
+    assert model.cfg.plastic_size == 90
+    assert model.memory_floats(spec) == 90 * 90 <= TABLE1_BUDGET < 91 * 91
+    assert check_budget(model, spec, TABLE1_BUDGET, "differentiable_plasticity") == 8100
+    trace = model.write(BinaryTask(32).sample(2, torch.Generator().manual_seed(0)).patterns)
+    assert trace[0].numel() == model.memory_floats(spec)  # the count is what the read phase receives
+
+
+def test_oversized_trace_is_refused():
+    spec = BinaryTask(16).spec
+    model = DifferentiablePlasticity.from_spec(spec, TABLE1_BUDGET, plastic_size=91)
+    with pytest.raises(OverBudgetError):
+        check_budget(model, spec, TABLE1_BUDGET, "differentiable_plasticity")
+
+
+def test_reads_are_in_unit_interval_and_queries_do_not_interact():
+    torch.manual_seed(0)
+    task = BinaryTask(6)
+    model = DifferentiablePlasticity.from_spec(task.spec, 400)
+    episodes = task.sample(3, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        trace = model.write(episodes.patterns)
+        together = model.read(trace, episodes.queries)
+        alone = torch.cat([model.read(trace, episodes.queries[:, i : i + 1]) for i in range(6)], dim=1)
+    assert ((together >= 0) & (together <= 1)).all()
+    torch.testing.assert_close(together, alone)
+
+
+def test_written_order_changes_the_trace():
+    torch.manual_seed(0)
+    task = BinaryTask(6)
+    model = DifferentiablePlasticity.from_spec(task.spec, 400)
+    patterns = task.sample(2, torch.Generator().manual_seed(2)).patterns
+    with torch.no_grad():
+        forward = model.write(patterns)
+        backward = model.write(patterns.flip(1))
+    assert not torch.allclose(forward, backward, atol=1e-6)
+
+
+def test_pluggable_encoder_and_decoder():
+    task = BinaryTask(4)
+    encoder = nn.Sequential(nn.Flatten(2), nn.Linear(128, 20))
+    model = DifferentiablePlasticity.from_spec(task.spec, 400, encoder=encoder, decoder=nn.Linear(20, 128))
+    episodes = task.sample(2, torch.Generator().manual_seed(3))
+    assert model.read(model.write(episodes.patterns), episodes.queries).shape == episodes.queries.shape
+
+
+def test_meta_training_lowers_the_loss(tmp_path):
+    torch.manual_seed(0)
+    task = BinaryTask(4)
+    model = DifferentiablePlasticity.from_spec(task.spec, 400)
+    config = TrainConfig(steps=150, batch_size=8, lr=1e-2, clip_norm=1.0, log_every=1, checkpoint_every=1000)
+    result = meta_train(model, task, config, tmp_path / "dp.pt", torch.device("cpu"), seed=0, progress=False)
+    losses = [row["loss"] for row in result.curve]
+    assert sum(losses[-10:]) / 10 < 0.95 * sum(losses[:10]) / 10
+    assert (tmp_path / "dp.pt").exists()
