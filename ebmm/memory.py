@@ -1,0 +1,210 @@
+"""EBMM: meta-learned energy-based memory (Bartunov et al. 2019), generic over the energy network.
+
+An energy network is any `nn.Module` mapping patterns (M, *S) to energies (M,) that lists
+its writable parameters by name in `writable_names`; all its other parameters are static.
+The memory state of an episode is its own copy of the writable tensors, so the memory
+count is the number of values in those tensors.
+
+Write (Sec. 3): T gradient steps on the writing loss over the writable tensors theta,
+from the meta-learned theta_bar (the energy network's own values of those tensors):
+
+    theta_{t+1} = theta_t - sum_term lr[t, tensor, term] * grad_theta term_t
+    terms: mean_i E(x_i),  mean_i ||grad_x E(x_i)||^2 (optional),  ||theta - theta_bar||^2
+
+Each learning rate is softplus of a learned value, one per step, writable tensor and
+loss term; the paper's alpha and beta are the ratios of these rates, so they are not
+separate parameters. Read (App. A): K steps of projected gradient descent on E(x) with
+Nesterov momentum and non-increasing learned step sizes and momentum rates.
+Meta-training backpropagates the step-wise reconstruction loss through read and write.
+All inner loops run on a batch of B episodes at once: the energy is vmapped over the
+episodes' writable copies (torch.func.functional_call + vmap) and differentiated with
+torch.autograd.grad (create_graph only while meta-training).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, vmap
+
+from membench.interface import AssociativeMemory, TaskSpec
+from membench.training import TrainConfig
+from ebmm.energy_binary import GatedRNNEnergy
+
+Writable = dict[str, torch.Tensor]  # name -> (B, *shape): one copy per episode
+
+
+@dataclass(frozen=True)
+class EBMMConfig:
+    hidden: int = 1024            # static hidden size of the gated RNN (paper: 1024)
+    hops: int = 5                 # recurrent hops of the energy network (App. B.1)
+    memory_size: int = 64         # writable units d: Linear(128 -> d) + bias = 8256 floats at d = 64
+    read_steps: int = 5           # K, projected Nesterov steps of reading
+    write_steps: int = 3          # T, gradient steps of writing (not stated in the paper)
+    grad_norm_term: bool = True   # include alpha * ||grad_x E||^2 in the writing loss
+    write_mean: bool = True       # average the pattern terms over the N patterns (paper); False: sum
+    write_lr_init: float = 1e-4   # initial softplus learning rates of writing (paper: 1e-4)
+    read_step_init: float = 1.0   # initial gamma_1 of reading
+    momentum_init: float = 0.5    # initial psi_1 of reading
+    decay_init: float = 0.95      # initial sigmoid(eta_k): gamma_k / gamma_{k-1} and psi_k / psi_{k-1}
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # CPU, minutes (measured, see the module docstring): small hidden size, 2 hops, one write step,
+    # energy term only (no third-order meta-gradient), large initial rates and meta learning rate
+    "quick": dict(model=dict(hidden=128, hops=2, write_steps=1, grad_norm_term=False, write_lr_init=3.0,
+                             read_step_init=5.0),
+                  train=dict(steps=3000, batch_size=8, lr=3e-3, clip_norm=1.0, log_every=50,
+                             checkpoint_every=250, num_patterns=(16, 32, 48, 64, 96))),
+    # GPU scale: the paper's architecture and optimiser (App. B.1, D); the initial rates are the
+    # quick preset's, since softplus -> 1e-4 leaves the written field ~1e-6 here (no learning signal)
+    "paper": dict(model=dict(write_steps=3, write_lr_init=3.0, read_step_init=5.0),
+                  train=dict(steps=200_000, batch_size=32, lr=5e-5, weight_decay=1e-6, clip_norm=0.05,
+                             checkpoint_every=1000, num_patterns=(16, 32, 48, 64, 96))),
+}
+
+
+def _inverse_softplus(value: float) -> float:
+    return value + math.log(-math.expm1(-value))
+
+
+def _logit(value: float) -> float:
+    return math.log(value / (1 - value))
+
+
+def _decaying(first: torch.Tensor, logits: torch.Tensor) -> list[torch.Tensor]:
+    """[first, first * sigmoid(l_1), first * sigmoid(l_1) * sigmoid(l_2), ...] (non-increasing)."""
+    values = [first]
+    for logit in logits:
+        values.append(values[-1] * torch.sigmoid(logit))
+    return values
+
+
+class EBMM(AssociativeMemory):
+    name = "ebmm"
+    trainable = True
+
+    def __init__(self, spec: TaskSpec, energy: nn.Module, config: EBMMConfig):
+        super().__init__()
+        self.spec, self.energy, self.cfg = spec, energy, config
+        names = tuple(energy.writable_names)
+        own = dict(energy.named_parameters())
+        assert names and all(n in own for n in names), f"writable_names {names} must name parameters of the energy"
+        self.writable_names = names
+        terms = 3 if config.grad_norm_term else 2
+        self.write_lr = nn.Parameter(torch.full((config.write_steps, len(names), terms),
+                                                _inverse_softplus(config.write_lr_init)))
+        self.read_step = nn.Parameter(torch.tensor(_inverse_softplus(config.read_step_init)))
+        self.read_step_decay = nn.Parameter(torch.full((config.read_steps - 1,), _logit(config.decay_init)))
+        self.momentum = nn.Parameter(torch.tensor(_logit(config.momentum_init)))
+        self.momentum_decay = nn.Parameter(torch.full((config.read_steps - 1,), _logit(config.decay_init)))
+
+    @classmethod
+    def from_spec(cls, spec: TaskSpec, budget: int, preset: str = "quick", **options: Any) -> "EBMM":
+        """Binary flat patterns -> gated-RNN energy; options override the preset's EBMMConfig fields."""
+        assert preset in PRESETS, f"unknown preset '{preset}'; valid: {', '.join(PRESETS)}"
+        config = EBMMConfig(**{**PRESETS[preset]["model"], **options})
+        assert len(spec.pattern_shape) == 1, f"the gated-RNN energy takes flat patterns, got {spec.pattern_shape}"
+        energy = GatedRNNEnergy(spec.pattern_size, config.memory_size, config.hidden, config.hops)
+        return cls(spec, energy, config)
+
+    def memory_floats(self, spec: TaskSpec) -> int:
+        params = dict(self.energy.named_parameters())
+        return sum(params[name].numel() for name in self.writable_names)
+
+    def train_config(self, preset: str) -> TrainConfig:
+        return TrainConfig(**PRESETS[preset]["train"])
+
+    def config(self) -> dict[str, Any]:
+        return {"energy": type(self.energy).__name__, **dataclasses.asdict(self.cfg)}
+
+    # --- energy of a batch of episodes ------------------------------------------------
+    def batched_energy(self, writable: Writable, x: torch.Tensor) -> torch.Tensor:
+        """writable: name -> (B, *shape); x (B, M, *S) -> energies (B, M)."""
+        def single(w: Writable, xb: torch.Tensor) -> torch.Tensor:
+            return functional_call(self.energy, w, (xb,), strict=False)
+        return vmap(single)(writable, x)
+
+    def _grad_x(self, writable: Writable, x: torch.Tensor, create_graph: bool) -> torch.Tensor:
+        """grad_x E for x (B, M, *S) -> same shape (episodes and patterns are independent)."""
+        if not x.requires_grad:
+            x = x.detach().requires_grad_(True)
+        energy = self.batched_energy(writable, x).sum()
+        return torch.autograd.grad(energy, x, create_graph=create_graph)[0]
+
+    # --- write ----------------------------------------------------------------------
+    def _write(self, patterns: torch.Tensor, create_graph: bool) -> Writable:
+        """patterns (B, N, *S) -> writable copies name -> (B, *shape) after T steps."""
+        assert patterns.shape[2:] == self.spec.pattern_shape, (
+            f"patterns {tuple(patterns.shape)} do not match pattern shape {self.spec.pattern_shape}")
+        batch = patterns.shape[0]
+        params = dict(self.energy.named_parameters())
+        initial = {n: params[n].unsqueeze(0).expand(batch, *params[n].shape) for n in self.writable_names}
+        if not create_graph:
+            initial = {n: t.detach() for n, t in initial.items()}
+        theta = {n: t if create_graph else t.clone().requires_grad_(True) for n, t in initial.items()}
+        rates = F.softplus(self.write_lr)
+        if not create_graph:
+            rates = rates.detach()
+        tensors = list(self.writable_names)
+        reduce = (lambda t: t.mean(1)) if self.cfg.write_mean else (lambda t: t.sum(1))  # over patterns
+        for step in range(self.cfg.write_steps):
+            x = patterns.detach().requires_grad_(self.cfg.grad_norm_term)
+            energies = self.batched_energy(theta, x)                         # (B, N)
+            objectives = [reduce(energies).sum()]  # episodes are independent: their sum separates
+            if self.cfg.grad_norm_term:
+                grad_x = torch.autograd.grad(energies.sum(), x, create_graph=True)[0]
+                objectives.append(reduce(grad_x.pow(2).flatten(2).sum(-1)).sum())
+            term_grads = [torch.autograd.grad(objective, [theta[n] for n in tensors], retain_graph=True,
+                                              create_graph=create_graph) for objective in objectives]
+            new = {}
+            for j, n in enumerate(tensors):
+                update = 2 * (theta[n] - initial[n]) * rates[step, j, -1]  # grad of ||theta - theta_bar||^2
+                for term, grads in enumerate(term_grads):
+                    update = update + rates[step, j, term] * grads[j]
+                new[n] = theta[n] - update
+            theta = new if create_graph else {n: t.detach().requires_grad_(True) for n, t in new.items()}
+        return theta if create_graph else {n: t.detach() for n, t in theta.items()}
+
+    def write(self, patterns: torch.Tensor) -> Writable:
+        """Store patterns (B, N, *S); returns per-episode writable tensors name -> (B, *shape)."""
+        with torch.enable_grad():
+            return self._write(patterns, create_graph=False)
+
+    # --- read -----------------------------------------------------------------------
+    def _read(self, state: Writable, queries: torch.Tensor, create_graph: bool) -> list[torch.Tensor]:
+        """queries (B, Q, *S) -> the K read iterates x^(1..K), each (B, Q, *S), in [0, 1]."""
+        assert queries.shape[2:] == self.spec.pattern_shape, (
+            f"queries {tuple(queries.shape)} do not match pattern shape {self.spec.pattern_shape}")
+        steps = _decaying(F.softplus(self.read_step), self.read_step_decay)
+        momenta = _decaying(torch.sigmoid(self.momentum), self.momentum_decay)
+        if not create_graph:
+            steps, momenta = [s.detach() for s in steps], [m.detach() for m in momenta]
+        x, velocity, iterates = queries, torch.zeros_like(queries), []
+        for step, momentum in zip(steps, momenta):
+            lookahead = (x + momentum * velocity).clamp(0, 1)
+            grad = self._grad_x(state, lookahead, create_graph)
+            velocity = momentum * velocity - step * grad
+            x = (x + velocity).clamp(0, 1)
+            if not create_graph:
+                x, velocity = x.detach(), velocity.detach()
+            iterates.append(x)
+        return iterates
+
+    def read(self, state: Writable, queries: torch.Tensor) -> torch.Tensor:
+        """Retrieve from queries (B, Q, *S): the last of K projected Nesterov steps on E."""
+        with torch.enable_grad():
+            return self._read(state, queries, create_graph=False)[-1]
+
+    # --- meta-training --------------------------------------------------------------
+    def meta_loss(self, patterns: torch.Tensor, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step-wise loss sum_k mean_episodes (1/N) sum_i ||x_i - x_i^(k)||^2; retrievals = x^(K)."""
+        state = self._write(patterns, create_graph=True)
+        iterates = self._read(state, queries, create_graph=True)
+        loss = sum((patterns - x).pow(2).flatten(2).sum(-1).mean() for x in iterates)
+        return loss, iterates[-1]
