@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from membench.interface import AssociativeMemory, TaskSpec
-from membench.training import TrainConfig
+from membench.training import TrainConfig, pick_preset
 
 TRAIN_NUM_PATTERNS = (16, 32, 48, 64, 96)  # one checkpoint serves every N of Table 1
 
@@ -70,14 +70,13 @@ class LSTMMemory(AssociativeMemory):
 
     @classmethod
     def from_spec(cls, spec: TaskSpec, budget: int, preset: str = "quick", **options: Any) -> "LSTMMemory":
-        if preset not in PRESETS:
-            raise ValueError(f"unknown preset '{preset}'; valid: {', '.join(PRESETS)}")
-        config = replace(PRESETS[preset][0], **{k: v for k, v in options.items() if k in asdict(PRESETS[preset][0])})
+        defaults = pick_preset(PRESETS, preset, cls.name)[0]
+        config = replace(defaults, **{k: v for k, v in options.items() if k in asdict(defaults)})
         extra = {k: v for k, v in options.items() if k not in asdict(config)}
         return cls(spec, budget, config, **extra)
 
     def train_config(self, preset: str) -> TrainConfig:
-        return PRESETS[preset][1]
+        return pick_preset(PRESETS, preset, self.name)[1]
 
     def config(self) -> dict[str, Any]:
         return {"hidden_size": self.hidden_size, "budget": self.budget, "feature_width": self.feature_width}

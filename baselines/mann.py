@@ -31,9 +31,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from membench.interface import AssociativeMemory, TaskSpec
-from membench.training import TrainConfig
+from membench.training import TrainConfig, pick_preset
 
 MIXED_N = (16, 32, 48, 64, 96)
+TRAIN_PRESETS: dict[str, TrainConfig] = {
+    # CPU, about 7 minutes on this 2-core machine
+    "quick": TrainConfig(steps=2000, batch_size=16, lr=1e-3, clip_norm=1.0, num_patterns=MIXED_N),
+    # GPU scale, the paper's optimiser (App. D)
+    "paper": TrainConfig(steps=200_000, batch_size=64, lr=5e-5, clip_norm=0.05, num_patterns=MIXED_N),
+}
 
 
 class Centre(nn.Module):
@@ -91,6 +97,7 @@ class MANN(AssociativeMemory):
     @classmethod
     def from_spec(cls, spec: TaskSpec, budget: int, preset: str = "quick", **options) -> "MANN":
         """Keep the controller and slot width; give the memory as many slots as the budget allows."""
+        pick_preset(TRAIN_PRESETS, preset, cls.name)
         fields = {k: options.pop(k) for k in list(options) if k in MANNConfig.__dataclass_fields__}
         config = MANNConfig(**fields)
         if "num_slots" not in fields:
@@ -155,10 +162,7 @@ class MANN(AssociativeMemory):
         return F.binary_cross_entropy_with_logits(logits, patterns), torch.sigmoid(logits).detach()
 
     def train_config(self, preset: str) -> TrainConfig:
-        """quick: CPU, about 10 minutes on one thread; paper: the paper's optimiser, GPU scale."""
-        if preset == "quick":
-            return TrainConfig(steps=2000, batch_size=16, lr=1e-3, clip_norm=1.0, num_patterns=MIXED_N)
-        return TrainConfig(steps=200_000, batch_size=64, lr=5e-5, clip_norm=0.05, num_patterns=MIXED_N)
+        return pick_preset(TRAIN_PRESETS, preset, self.name)
 
     def config(self) -> dict:
         return {**asdict(self.cfg), "feature_size": self.feature_size,

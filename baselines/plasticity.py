@@ -33,9 +33,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from membench.interface import AssociativeMemory, TaskSpec
-from membench.training import TrainConfig
+from membench.training import TrainConfig, pick_preset
 
 MIXED_N = (16, 32, 48, 64, 96)
+TRAIN_PRESETS: dict[str, TrainConfig] = {
+    # CPU, about 2 minutes on this 2-core machine
+    "quick": TrainConfig(steps=2500, batch_size=16, lr=5e-3, clip_norm=1.0, num_patterns=MIXED_N),
+    # GPU scale, the paper's optimiser (App. D)
+    "paper": TrainConfig(steps=200_000, batch_size=64, lr=5e-5, clip_norm=0.05, num_patterns=MIXED_N),
+}
 
 
 class FlatLinear(nn.Module):
@@ -79,6 +85,7 @@ class DifferentiablePlasticity(AssociativeMemory):
     @classmethod
     def from_spec(cls, spec: TaskSpec, budget: int, preset: str = "quick", **options) -> "DifferentiablePlasticity":
         """The largest plastic layer whose k x k Hebbian trace fits the budget."""
+        pick_preset(TRAIN_PRESETS, preset, cls.name)
         fields = {k: options.pop(k) for k in list(options) if k in PlasticityConfig.__dataclass_fields__}
         fields.setdefault("plastic_size", math.isqrt(budget))
         return cls(spec, PlasticityConfig(**fields), **options)
@@ -128,10 +135,7 @@ class DifferentiablePlasticity(AssociativeMemory):
         return F.binary_cross_entropy_with_logits(logits, patterns), torch.sigmoid(logits).detach()
 
     def train_config(self, preset: str) -> TrainConfig:
-        """quick: CPU, about 10 minutes on one thread; paper: the paper's optimiser, GPU scale."""
-        if preset == "quick":
-            return TrainConfig(steps=2500, batch_size=16, lr=5e-3, clip_norm=1.0, num_patterns=MIXED_N)
-        return TrainConfig(steps=200_000, batch_size=64, lr=5e-5, clip_norm=0.05, num_patterns=MIXED_N)
+        return pick_preset(TRAIN_PRESETS, preset, self.name)
 
     def config(self) -> dict:
         return {**asdict(self.cfg), "encoder": type(self.encoder).__name__, "decoder": type(self.decoder).__name__}

@@ -33,7 +33,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from membench.interface import AssociativeMemory, TaskSpec
-from membench.training import TrainConfig
+from membench.training import TrainConfig, pick_preset
 from ebmm.energy_binary import GatedRNNEnergy
 
 Writable = dict[str, torch.Tensor]  # name -> (B, *shape): one copy per episode
@@ -55,15 +55,21 @@ class EBMMConfig:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # CPU, minutes (measured, see the module docstring): small hidden size, 2 hops, one write step,
-    # energy term only (no third-order meta-gradient), large initial rates and meta learning rate
+    # CPU, minutes: small hidden size, 2 hops, one write step, energy term only (no third-order
+    # meta-gradient), large initial rates and meta learning rate
     "quick": dict(model=dict(hidden=128, hops=2, write_steps=1, grad_norm_term=False, write_lr_init=3.0,
                              read_step_init=5.0),
                   train=dict(steps=3000, batch_size=8, lr=3e-3, clip_norm=1.0, log_every=50,
                              checkpoint_every=250, num_patterns=(16, 32, 48, 64, 96))),
-    # GPU scale: the paper's architecture and optimiser (App. B.1, D); the initial rates are the
-    # quick preset's, since softplus -> 1e-4 leaves the written field ~1e-6 here (no learning signal)
-    "paper": dict(model=dict(write_steps=3, write_lr_init=3.0, read_step_init=5.0),
+    # one GPU, about 10 minutes on an H100: a wider, deeper energy and three write steps
+    "gpu": dict(model=dict(hidden=512, hops=3, write_steps=3, grad_norm_term=False, write_lr_init=1.0,
+                           read_step_init=1.0),
+                train=dict(steps=4000, batch_size=32, lr=1e-3, clip_norm=1.0, log_every=50,
+                           checkpoint_every=250, num_patterns=(16, 32, 48, 64, 96))),
+    # GPU scale: the paper's architecture and optimiser (App. B.1, D). Initial rates: softplus -> 1e-4
+    # leaves the written field ~1e-6 (no learning signal), and a first read step above ~1 saturates
+    # every bit of the 1024-unit energy, so writing starts at 0.3 and reading at 1.0.
+    "paper": dict(model=dict(write_steps=3, write_lr_init=0.3, read_step_init=1.0),
                   train=dict(steps=200_000, batch_size=32, lr=5e-5, weight_decay=1e-6, clip_norm=0.05,
                              checkpoint_every=1000, num_patterns=(16, 32, 48, 64, 96))),
 }
@@ -107,8 +113,7 @@ class EBMM(AssociativeMemory):
     @classmethod
     def from_spec(cls, spec: TaskSpec, budget: int, preset: str = "quick", **options: Any) -> "EBMM":
         """Binary flat patterns -> gated-RNN energy; options override the preset's EBMMConfig fields."""
-        assert preset in PRESETS, f"unknown preset '{preset}'; valid: {', '.join(PRESETS)}"
-        config = EBMMConfig(**{**PRESETS[preset]["model"], **options})
+        config = EBMMConfig(**{**pick_preset(PRESETS, preset, cls.name)["model"], **options})
         assert len(spec.pattern_shape) == 1, f"the gated-RNN energy takes flat patterns, got {spec.pattern_shape}"
         energy = GatedRNNEnergy(spec.pattern_size, config.memory_size, config.hidden, config.hops)
         return cls(spec, energy, config)
@@ -118,7 +123,7 @@ class EBMM(AssociativeMemory):
         return sum(params[name].numel() for name in self.writable_names)
 
     def train_config(self, preset: str) -> TrainConfig:
-        return TrainConfig(**PRESETS[preset]["train"])
+        return TrainConfig(**pick_preset(PRESETS, preset, self.name)["train"])
 
     def config(self) -> dict[str, Any]:
         return {"energy": type(self.energy).__name__, **dataclasses.asdict(self.cfg)}

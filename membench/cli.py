@@ -6,7 +6,13 @@ from pathlib import Path
 
 import click
 
-from membench.errors import MembenchError
+from membench.errors import MembenchError, TrainingPaused
+
+EXIT_PAUSED = 3  # `membench run` stopped at --train-time-limit: rerun to continue
+
+
+class PausedException(click.ClickException):
+    exit_code = EXIT_PAUSED
 
 DEFAULT_OUT = "membench-results"
 
@@ -27,6 +33,8 @@ def _friendly_errors(command):
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
+        except TrainingPaused as exc:
+            raise PausedException(str(exc)) from exc
         except MembenchError as exc:
             raise click.ClickException(str(exc)) from exc
 
@@ -65,8 +73,9 @@ def list_command() -> None:
 @click.option("--seeds", default="0", callback=_int_list, show_default=True, help="Comma-separated seeds.")
 @click.option("--queries", type=click.IntRange(1),
               help="Minimum queries per run. Default: the suite's (1000 for table1, 64000 = 1000 batches for fig3-*).")
-@click.option("--preset", default="quick", show_default=True, type=click.Choice(["quick", "paper"]),
-              help="Training preset of meta-learned models.")
+@click.option("--preset", default="quick", show_default=True, type=click.Choice(["quick", "gpu", "paper"]),
+              help="Training preset of meta-learned models: quick (CPU, minutes), gpu (one GPU, ~10 minutes; "
+                   "EBMM only), paper (the paper's scale, GPU days).")
 @click.option("--budget", type=click.IntRange(1), help="Float32 budget. Default: the suite's (8256 for table1).")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--out", default=DEFAULT_OUT, show_default=True, type=click.Path(file_okay=False, path_type=Path),
@@ -75,10 +84,12 @@ def list_command() -> None:
               help="Where trained checkpoints are cached. Default: $MEMBENCH_CACHE/checkpoints or ~/.cache/membench.")
 @click.option("--force", is_flag=True, help="Rerun finished runs instead of skipping them.")
 @click.option("--progress/--no-progress", default=True, help="Show progress bars.")
+@click.option("--train-time-limit", type=click.FloatRange(min=1), metavar="SECONDS",
+              help="Stop meta-training after this many seconds (checkpointed; exit status 3); rerun to resume.")
 @DATA_DIR_OPTION
 @_friendly_errors
 def run(suite, models, num_patterns, seeds, queries, preset, budget, device, out, checkpoint_dir, force, progress,
-        data_dir) -> None:
+        train_time_limit, data_dir) -> None:
     """Run a suite (skipping finished runs), then print its report."""
     from membench.datasets import set_data_dir
     from membench.report import table1
@@ -89,7 +100,8 @@ def run(suite, models, num_patterns, seeds, queries, preset, budget, device, out
     chosen = get_suite(suite)
     specs = chosen.expand(suite, tuple(models) or None, seeds, queries or chosen.queries, preset, num_patterns, budget)
     try:
-        done = run_all(specs, out, device=device, force=force, checkpoint_dir=checkpoint_dir, progress=progress)
+        done = run_all(specs, out, device=device, force=force, checkpoint_dir=checkpoint_dir, progress=progress,
+                       train_time_limit_s=train_time_limit)
     except KeyboardInterrupt:
         raise click.ClickException(f"interrupted; finished runs are kept in {out}/runs, rerun to continue") from None
     click.echo(f"{len(done)} run(s) executed, {len(specs) - len(done)} already finished, in {out}")

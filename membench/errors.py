@@ -13,5 +13,9 @@ class TrainingDiverged(MembenchError):
     """Meta-training produced a non-finite loss or gradient."""
 
 
+class TrainingPaused(MembenchError):
+    """Meta-training stopped at its wall-time limit; rerunning the command resumes it."""
+
+
 class DatasetMissing(MembenchError):
     """A data set was not found where the loader looked."""

@@ -47,25 +47,30 @@ def training_time(records: list[dict[str, Any]]) -> float:
     return float(sum(checkpoints.values()))
 
 
+def row_label(model: str, preset: str, trained: bool) -> str:
+    """Table row of a model: its name, with the training preset unless that is the default 'quick'."""
+    return f"{model} ({preset})" if trained and preset != "quick" else model
+
+
 def summarise(records: list[dict[str, Any]]) -> pd.DataFrame:
-    """One row per (model, N): pooled over seeds, with provenance columns."""
+    """One row per (model, preset, N): pooled over seeds, with provenance columns."""
     rows = []
     frame = pd.DataFrame([{**r, "num_patterns": r["task"]["num_patterns"]} for r in records])
-    for (model, num_patterns), group in frame.groupby(["model", "num_patterns"], sort=False):
+    for (model, preset, num_patterns), group in frame.groupby(["model", "preset", "num_patterns"], sort=False):
         errors = np.concatenate([np.asarray(e, dtype=float) for e in group["errors"]])
         mean, low, high = mean_interval(errors)
         trained = list({t["checkpoint_key"]: t for t in group["training"] if t}.values())
         rows.append({
-            "model": model, "num_patterns": int(num_patterns), "mean": mean, "ci_low": low, "ci_high": high,
+            "model": model, "row": row_label(model, preset, bool(trained)), "num_patterns": int(num_patterns), "mean": mean, "ci_low": low, "ci_high": high,
             "num_queries": len(errors), "memory_floats": int(group["memory_floats"].max()),
             "budget": int(group["budget"].iloc[0]), "seeds": " ".join(str(s) for s in sorted(group["seed"])),
-            "preset": group["preset"].iloc[0],
+            "preset": preset,
             "train_time_s": round(sum(t["train_time_s"] for t in trained), 1) if trained else 0.0,
             "wall_time_s": round(float(group["wall_time_s"].sum()), 2),
             "device": " ".join(sorted({r["device"] for r in group["environment"]})),
             "command": " | ".join(sorted(set(group["command"]))),
         })
-    return pd.DataFrame(rows).sort_values(["model", "num_patterns"], kind="stable").reset_index(drop=True)
+    return pd.DataFrame(rows).sort_values(["row", "num_patterns"], kind="stable").reset_index(drop=True)
 
 
 def _cell(row: pd.Series, decimals: int = 2) -> str:
@@ -88,11 +93,12 @@ def table1(out_dir: Path, reference: Path | None = DEFAULT_REFERENCE, write: boo
     if paper is not None:
         summary = summary.merge(paper, on=["model", "num_patterns"], how="left")
     order = list(dict.fromkeys(paper["model"])) if paper is not None else []
-    models = sorted(summary["model"].unique(), key=lambda m: (order.index(m) if m in order else len(order), m))
+    model_of = dict(zip(summary["row"], summary["model"]))
+    rows = sorted(model_of, key=lambda r: (order.index(model_of[r]) if model_of[r] in order else len(order), r))
     columns = sorted(summary["num_patterns"].unique())
-    grid = [[m] + [_cell(summary[(summary.model == m) & (summary.num_patterns == n)].iloc[0])
-                   if ((summary.model == m) & (summary.num_patterns == n)).any() else "" for n in columns]
-            for m in models]
+    grid = [[r] + [_cell(summary[(summary.row == r) & (summary.num_patterns == n)].iloc[0])
+                   if ((summary.row == r) & (summary.num_patterns == n)).any() else "" for n in columns]
+            for r in rows]
     headers = ["model \\ N"] + [str(n) for n in columns]
     provenance = [
         f"Mean error bits per query ± half-width of the 95% t-interval over queries; "

@@ -28,7 +28,7 @@ import torch
 
 import membench
 from membench.budget import check_budget
-from membench.errors import MembenchError
+from membench.errors import MembenchError, TrainingPaused
 from membench.interface import AssociativeMemory
 from membench.registry import resolve_model
 from membench.store import ResultsStore, write_text_atomic
@@ -54,6 +54,9 @@ def resolve_device(device: str) -> torch.device:
 
 
 def _git_commit() -> str | None:
+    """HEAD of this checkout; $MEMBENCH_GIT_COMMIT where the code was copied without .git (remote machines)."""
+    if os.environ.get("MEMBENCH_GIT_COMMIT"):
+        return os.environ["MEMBENCH_GIT_COMMIT"]
     try:
         root = Path(membench.__file__).resolve().parent.parent
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
@@ -122,8 +125,11 @@ def evaluate(model: AssociativeMemory, task: Task, spec: RunSpec, device: torch.
 
 
 def execute(spec: RunSpec, store: ResultsStore, device: torch.device, checkpoint_dir: Path,
-            command: str, progress: bool = True) -> dict[str, Any]:
-    """Run one spec to completion and save its record; returns the record."""
+            command: str, progress: bool = True, train_time_limit_s: float | None = None) -> dict[str, Any]:
+    """Run one spec to completion and save its record; returns the record.
+
+    Raises TrainingPaused (no record written) when meta-training reaches `train_time_limit_s`.
+    """
     started = time.perf_counter()
     task = make_task(spec.task)
     model = build_model(spec, task).to(device)
@@ -132,7 +138,13 @@ def execute(spec: RunSpec, store: ResultsStore, device: torch.device, checkpoint
     if model.trainable:
         train_config = model.train_config(spec.preset)
         key = checkpoint_key(spec, model, task, train_config)
-        result = meta_train(model, task, train_config, checkpoint_dir / f"{key}.pt", device, spec.seed, progress)
+        result = meta_train(model, task, train_config, checkpoint_dir / f"{key}.pt", device, spec.seed, progress,
+                            time_limit_s=train_time_limit_s)
+        if not result.finished:
+            raise TrainingPaused(
+                f"meta-training of '{spec.model}' (preset {spec.preset}) stopped at step {result.steps} of "
+                f"{train_config.steps} at the training time limit ({train_time_limit_s:g} s); its checkpoint is "
+                f"{result.checkpoint}. Rerun the same command to continue; finished runs are kept.")
         curve_path = store.training_dir / f"{key}.csv"
         import pandas as pd
 
@@ -163,8 +175,12 @@ def execute(spec: RunSpec, store: ResultsStore, device: torch.device, checkpoint
 
 def run_all(specs: list[RunSpec], out_dir: Path, device: str = "auto", force: bool = False,
             checkpoint_dir: Path | None = None, command: str | None = None, progress: bool = True,
-            on_record: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
-    """Execute every spec not already finished in `out_dir` (all of them with `force`)."""
+            on_record: Callable[[dict[str, Any]], None] | None = None,
+            train_time_limit_s: float | None = None) -> list[dict[str, Any]]:
+    """Execute every spec not already finished in `out_dir` (all of them with `force`).
+
+    `train_time_limit_s` bounds the meta-training wall time of each model in this call.
+    """
     torch_device = resolve_device(device)
     store = ResultsStore(out_dir)
     checkpoint_dir = Path(checkpoint_dir or default_checkpoint_dir())
@@ -182,7 +198,7 @@ def run_all(specs: list[RunSpec], out_dir: Path, device: str = "auto", force: bo
     for spec in iterator:
         if progress and hasattr(iterator, "set_postfix_str"):
             iterator.set_postfix_str(f"{spec.model} N={spec.task['num_patterns']} seed={spec.seed}")
-        record = execute(spec, store, torch_device, checkpoint_dir, command, progress)
+        record = execute(spec, store, torch_device, checkpoint_dir, command, progress, train_time_limit_s)
         records.append(record)
         if on_record:
             on_record(record)

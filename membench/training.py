@@ -7,7 +7,10 @@ Conventions, so that learned models are trained alike:
 - a checkpoint (model, optimiser, generator state, curve) written atomically every
   `checkpoint_every` steps and at the end; a killed run resumes from the last one, and a
   finished checkpoint is reused as is (the runner keys checkpoints by config);
-- a non-finite loss or gradient stops training with `TrainingDiverged`.
+- a non-finite loss or gradient stops training with `TrainingDiverged`;
+- with `time_limit_s`, training checkpoints and returns unfinished once that much wall
+  time has passed in this call (`TrainResult.finished` is False): long presets then run
+  as a series of bounded commands, each resuming where the last one stopped.
 """
 from __future__ import annotations
 
@@ -16,14 +19,23 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping, TypeVar
 
 import torch
 
-from membench.errors import TrainingDiverged
+from membench.errors import MembenchError, TrainingDiverged
 from membench.interface import AssociativeMemory
 from membench.tasks import Task
 
 TRAIN_STREAM = 7919  # offset of the training generator's seed from the run seed
+PresetEntry = TypeVar("PresetEntry")
+
+
+def pick_preset(presets: Mapping[str, PresetEntry], preset: str, model: str) -> PresetEntry:
+    """`presets[preset]`, or a MembenchError naming the model's valid presets."""
+    if preset not in presets:
+        raise MembenchError(f"model '{model}' has no preset '{preset}'. Its presets: {', '.join(presets)}")
+    return presets[preset]
 
 
 @dataclass(frozen=True)
@@ -45,6 +57,7 @@ class TrainResult:
     train_time_s: float
     curve: list[dict[str, float]]     # rows: step, loss, error, elapsed_s
     checkpoint: str
+    finished: bool = True             # False: stopped at the time limit before config.steps
 
 
 def _save_atomic(obj: dict, path: Path) -> None:
@@ -61,8 +74,13 @@ def meta_train(
     device: torch.device,
     seed: int,
     progress: bool = True,
+    time_limit_s: float | None = None,
 ) -> TrainResult:
-    """Train `model` in place on episodes of `task`; resume from / write `checkpoint_path`."""
+    """Train `model` in place on episodes of `task`; resume from / write `checkpoint_path`.
+
+    Stops early (checkpointed, `finished=False`) once `time_limit_s` seconds have passed.
+    """
+    call_started = time.perf_counter()
     model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(seed + TRAIN_STREAM)
@@ -118,9 +136,13 @@ def meta_train(
             checkpoint()
         if bar is not None:
             bar.update(1)
+        if time_limit_s is not None and time.perf_counter() - call_started > time_limit_s and step < config.steps:
+            checkpoint()
+            break
     if bar is not None:
         bar.close()
     if not checkpoint_path.exists():
         checkpoint()
     model.eval()
-    return TrainResult(steps=step, train_time_s=elapsed, curve=curve, checkpoint=str(checkpoint_path))
+    return TrainResult(steps=step, train_time_s=elapsed, curve=curve, checkpoint=str(checkpoint_path),
+                       finished=step >= config.steps)
