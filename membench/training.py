@@ -90,7 +90,7 @@ def meta_train(
         saved = torch.load(checkpoint_path, map_location=device, weights_only=False)
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
-        generator.set_state(saved["generator"])
+        generator.set_state(saved["generator"].cpu())  # map_location moved it; generators live on the CPU
         step, elapsed, curve = saved["step"], saved["elapsed_s"], saved["curve"]
 
     def checkpoint() -> None:
