@@ -23,7 +23,10 @@ in which the patterns were written (the memory is a set).
 
 The encoder/decoder pair is pluggable: `encoder` maps patterns (M, *S) to features
 (M, feature_width), `decoder` maps features (M, feature_width) to logits (M, *S).
-The default is the identity on flat patterns (feature_width = pattern size).
+The default is the identity on flat patterns (feature_width = pattern size); image
+patterns (C, H, W) get the shared ResNet encoder and transposed decoder of App. B.2
+(membench.encoders; `channels` and `embedding_width` from the preset), so a slot holds the
+first `width` values of an image's code (Figure 3: 64 slots x width).
 """
 from __future__ import annotations
 
@@ -35,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from membench.encoders import CodecConfig, Decoder, Encoder
 from membench.interface import AssociativeMemory, TaskSpec
 from membench.training import TrainConfig, pick_preset
 
@@ -46,6 +50,10 @@ class MemNetConfig:
     embedding_width: int = 128   # E: full slot width; slots are truncated to min(E, budget // N)
     learned_embedding: bool = False  # False: slot = the features themselves (needs E == feature width)
     init_scale: float = 1.0      # initial attention inverse temperature (learned, log-parameterised)
+    channels: tuple[int, ...] = (32, 64, 96)  # images only: encoder / decoder residual block widths
+
+
+IMAGE_TRAIN = dict(log_every=20, checkpoint_every=100, clip_norm=1.0)
 
 
 PRESETS: dict[str, tuple[MemNetConfig, TrainConfig]] = {
@@ -55,6 +63,14 @@ PRESETS: dict[str, tuple[MemNetConfig, TrainConfig]] = {
     # GPU scale: bigger batches, more steps, lower learning rate
     "paper": (MemNetConfig(), TrainConfig(steps=100_000, batch_size=64, lr=2e-4, clip_norm=1.0,
                                           log_every=100, checkpoint_every=2000, num_patterns=TRAIN_NUM_PATTERNS)),
+}
+
+# Images (Figure 3): 256-wide codes of the shared encoder; quick narrows the encoder / decoder.
+IMAGE_PRESETS: dict[str, tuple[MemNetConfig, TrainConfig]] = {
+    "quick": (MemNetConfig(embedding_width=256, channels=(16, 32, 32)),
+              TrainConfig(steps=400, batch_size=2, lr=1e-3, **IMAGE_TRAIN)),
+    "paper": (MemNetConfig(embedding_width=256),
+              TrainConfig(steps=100_000, batch_size=16, lr=5e-5, weight_decay=1e-6, **IMAGE_TRAIN)),
 }
 
 
@@ -69,6 +85,7 @@ class MemoryNetwork(AssociativeMemory):
         assert (encoder is None) == (decoder is None), "give both encoder and decoder, or neither"
         assert encoder is None or feature_width is not None, "a custom encoder needs its feature_width"
         self.spec, self.budget, self.settings = spec, budget, config
+        self.train_settings: TrainConfig | None = None  # set by from_spec: the preset's training config
         self.feature_width = feature_width or spec.pattern_size
         self.encoder = encoder or nn.Flatten()   # default: identity on flat patterns
         self.decoder = decoder or nn.Identity()
@@ -85,13 +102,20 @@ class MemoryNetwork(AssociativeMemory):
 
     @classmethod
     def from_spec(cls, spec: TaskSpec, budget: int, preset: str = "quick", **options: Any) -> "MemoryNetwork":
-        defaults = pick_preset(PRESETS, preset, cls.name)[0]
+        images = len(spec.pattern_shape) == 3
+        defaults, train = pick_preset(IMAGE_PRESETS if images else PRESETS, preset, cls.name)
         config = replace(defaults, **{k: v for k, v in options.items() if k in asdict(defaults)})
         extra = {k: v for k, v in options.items() if k not in asdict(config)}
-        return cls(spec, budget, config, **extra)
+        if images and "encoder" not in extra:
+            codec = CodecConfig(image_channels=spec.pattern_shape[0], image_size=spec.pattern_shape[1],
+                                channels=tuple(config.channels), embedding=config.embedding_width)
+            extra.update(encoder=Encoder(codec), decoder=Decoder(codec, logits=True), feature_width=codec.embedding)
+        model = cls(spec, budget, config, **extra)
+        model.train_settings = train
+        return model
 
     def train_config(self, preset: str) -> TrainConfig:
-        return pick_preset(PRESETS, preset, self.name)[1]
+        return self.train_settings or pick_preset(PRESETS, preset, self.name)[1]
 
     def config(self) -> dict[str, Any]:
         return {**asdict(self.settings), "budget": self.budget, "feature_width": self.feature_width}

@@ -34,16 +34,24 @@ from torch.func import functional_call, vmap
 
 from membench.interface import AssociativeMemory, TaskSpec
 from membench.training import TrainConfig, pick_preset
+from membench.encoders import CodecConfig
 from ebmm.energy_binary import GatedRNNEnergy
+from ebmm.energy_image import ResNetConvEnergy, ResNetFCEnergy
 
 Writable = dict[str, torch.Tensor]  # name -> (B, *shape): one copy per episode
 
 
 @dataclass(frozen=True)
 class EBMMConfig:
-    hidden: int = 1024            # static hidden size of the gated RNN (paper: 1024)
-    hops: int = 5                 # recurrent hops of the energy network (App. B.1)
+    energy: str = "gated_rnn"     # gated_rnn (binary, App. B.1); images: resnet_fc (B.2) or resnet_conv (B.3)
+    hidden: int = 1024            # static hidden size of the recurrent part (paper: 1024 binary, 512 FC, 128 conv)
+    hops: int = 5                 # recurrent hops of the energy network (paper: 5 binary, 3 images)
     memory_size: int = 64         # writable units d: Linear(128 -> d) + bias = 8256 floats at d = 64
+    channels: tuple[int, ...] = (32, 64, 96)  # images: residual block widths (conv energy uses the first 2)
+    embedding: int = 256          # resnet_fc: code width; memory = (embedding + 1) * d
+    width: int = 128              # resnet_conv: bottleneck block width
+    bottleneck: int = 64          # resnet_conv: bottleneck width; memory = 2 * (9 * bottleneck + 1) * d
+    readout: int = 1024           # images: hidden width of the tanh readout
     read_steps: int = 5           # K, projected Nesterov steps of reading
     write_steps: int = 3          # T, gradient steps of writing (not stated in the paper)
     grad_norm_term: bool = True   # include alpha * ||grad_x E||^2 in the writing loss
@@ -55,11 +63,11 @@ class EBMMConfig:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # CPU, minutes: small hidden size, 2 hops, one write step, energy term only (no third-order
-    # meta-gradient), large initial rates and meta learning rate
-    "quick": dict(model=dict(hidden=128, hops=2, write_steps=1, grad_norm_term=False, write_lr_init=3.0,
+    # CPU, about 10 minutes on 2 cores: small hidden size, 2 hops, three write steps, energy term
+    # only (no third-order meta-gradient), large initial rates and meta learning rate
+    "quick": dict(model=dict(hidden=128, hops=2, write_steps=3, grad_norm_term=False, write_lr_init=3.0,
                              read_step_init=5.0),
-                  train=dict(steps=3000, batch_size=8, lr=3e-3, clip_norm=1.0, log_every=50,
+                  train=dict(steps=6000, batch_size=8, lr=3e-3, clip_norm=1.0, log_every=50,
                              checkpoint_every=250, num_patterns=(16, 32, 48, 64, 96))),
     # one GPU, about 10 minutes on an H100: a wider, deeper energy and three write steps
     "gpu": dict(model=dict(hidden=512, hops=3, write_steps=3, grad_norm_term=False, write_lr_init=1.0,
@@ -73,6 +81,47 @@ PRESETS: dict[str, dict[str, Any]] = {
                   train=dict(steps=200_000, batch_size=32, lr=5e-5, weight_decay=1e-6, clip_norm=0.05,
                              checkpoint_every=1000, num_patterns=(16, 32, 48, 64, 96))),
 }
+
+# Image presets, per energy (Figure 3). quick: narrower networks (memory per d shrinks for the conv
+# energy: 578 * d at bottleneck 32, so d = 4, 8, 16 give the paper's 1154 * (2, 4, 8) sizes), one
+# write step and small meta-batches. paper: App. B.2 / B.3 sizes and App. D optimiser.
+_IMAGE_TRAIN_QUICK = dict(steps=300, batch_size=2, lr=1e-3, clip_norm=1.0, log_every=20, checkpoint_every=100)
+_IMAGE_TRAIN_PAPER = dict(steps=200_000, batch_size=16, lr=5e-5, weight_decay=1e-6, clip_norm=0.05,
+                          log_every=100, checkpoint_every=1000)
+IMAGE_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "quick": {
+        "resnet_fc": dict(model=dict(energy="resnet_fc", channels=(16, 32, 32), hidden=128, hops=2, readout=256,
+                                     write_steps=1, grad_norm_term=False, write_lr_init=1.0, read_step_init=1.0),
+                          train=_IMAGE_TRAIN_QUICK),
+        "resnet_conv": dict(model=dict(energy="resnet_conv", channels=(16, 32), width=64, bottleneck=32, hidden=32,
+                                       hops=2, readout=256, write_steps=1, grad_norm_term=False,
+                                       write_lr_init=1.0, read_step_init=1.0),
+                            train=_IMAGE_TRAIN_QUICK),
+    },
+    "paper": {
+        "resnet_fc": dict(model=dict(energy="resnet_fc", hidden=512, hops=3, write_steps=3, write_lr_init=0.3),
+                          train=_IMAGE_TRAIN_PAPER),
+        "resnet_conv": dict(model=dict(energy="resnet_conv", hidden=128, hops=3, write_steps=3, write_lr_init=0.3),
+                            train=_IMAGE_TRAIN_PAPER),
+    },
+}
+
+
+def build_energy(spec: TaskSpec, config: EBMMConfig) -> nn.Module:
+    """The energy network named by `config.energy`, sized for the task's patterns."""
+    shape = spec.pattern_shape
+    if config.energy == "gated_rnn":
+        assert len(shape) == 1, f"the gated-RNN energy takes flat patterns, got {shape}"
+        return GatedRNNEnergy(spec.pattern_size, config.memory_size, config.hidden, config.hops)
+    assert len(shape) == 3, f"energy '{config.energy}' takes images (C, H, W), got {shape}"
+    if config.energy == "resnet_fc":
+        codec = CodecConfig(image_channels=shape[0], image_size=shape[1], channels=tuple(config.channels),
+                            embedding=config.embedding)
+        return ResNetFCEnergy(codec, config.memory_size, config.hidden, config.hops, config.readout)
+    if config.energy == "resnet_conv":
+        return ResNetConvEnergy(shape[0], shape[1], tuple(config.channels[:2]), config.width, config.bottleneck,
+                                config.memory_size, config.hidden, config.hops, config.readout)
+    raise ValueError(f"unknown energy '{config.energy}'; valid: gated_rnn, resnet_fc, resnet_conv")
 
 
 def _inverse_softplus(value: float) -> float:
@@ -95,9 +144,10 @@ class EBMM(AssociativeMemory):
     name = "ebmm"
     trainable = True
 
-    def __init__(self, spec: TaskSpec, energy: nn.Module, config: EBMMConfig):
+    def __init__(self, spec: TaskSpec, energy: nn.Module, config: EBMMConfig, train: dict[str, Any] | None = None):
         super().__init__()
         self.spec, self.energy, self.cfg = spec, energy, config
+        self.train_settings = train or {}  # TrainConfig fields of the preset it was built with
         names = tuple(energy.writable_names)
         own = dict(energy.named_parameters())
         assert names and all(n in own for n in names), f"writable_names {names} must name parameters of the energy"
@@ -112,18 +162,25 @@ class EBMM(AssociativeMemory):
 
     @classmethod
     def from_spec(cls, spec: TaskSpec, budget: int, preset: str = "quick", **options: Any) -> "EBMM":
-        """Binary flat patterns -> gated-RNN energy; options override the preset's EBMMConfig fields."""
-        config = EBMMConfig(**{**pick_preset(PRESETS, preset, cls.name)["model"], **options})
-        assert len(spec.pattern_shape) == 1, f"the gated-RNN energy takes flat patterns, got {spec.pattern_shape}"
-        energy = GatedRNNEnergy(spec.pattern_size, config.memory_size, config.hidden, config.hops)
-        return cls(spec, energy, config)
+        """Flat patterns -> gated-RNN energy; images (C, H, W) -> the ResNet energy named by option
+        `energy` (resnet_fc by default). Other options override the preset's EBMMConfig fields."""
+        if len(spec.pattern_shape) == 1:
+            chosen = pick_preset(PRESETS, preset, cls.name)
+        else:
+            kind = options.get("energy", "resnet_fc")
+            per_energy = pick_preset(IMAGE_PRESETS, preset, cls.name)
+            if kind not in per_energy:
+                raise ValueError(f"unknown image energy '{kind}'; valid: {', '.join(per_energy)}")
+            chosen = per_energy[kind]
+        config = EBMMConfig(**{**chosen["model"], **options})
+        return cls(spec, build_energy(spec, config), config, chosen["train"])
 
     def memory_floats(self, spec: TaskSpec) -> int:
         params = dict(self.energy.named_parameters())
         return sum(params[name].numel() for name in self.writable_names)
 
     def train_config(self, preset: str) -> TrainConfig:
-        return TrainConfig(**pick_preset(PRESETS, preset, self.name)["train"])
+        return TrainConfig(**self.train_settings)
 
     def config(self) -> dict[str, Any]:
         return {"energy": type(self.energy).__name__, **dataclasses.asdict(self.cfg)}

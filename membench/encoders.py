@@ -96,11 +96,15 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """Codes (..., embedding) -> images (..., C, H, W) in [0, 1]; the encoder's transpose."""
+    """Codes (..., embedding) -> images (..., C, H, W) in [0, 1]; the encoder's transpose.
 
-    def __init__(self, config: CodecConfig):
+    With `logits=True` it returns the pre-sigmoid values instead (for models that apply the
+    sigmoid themselves, e.g. inside a cross-entropy loss).
+    """
+
+    def __init__(self, config: CodecConfig, logits: bool = False):
         super().__init__()
-        self.config = config
+        self.config, self.logits = config, logits
         widths = (*reversed(config.channels), config.image_channels)
         self.linear = nn.Linear(config.embedding, config.channels[-1] * config.grid**2)
         self.blocks = nn.Sequential(*(TransposedResBlock(a, b, last=i == len(widths) - 2)
@@ -115,5 +119,5 @@ class Decoder(nn.Module):
         assert codes.shape[-1] == c.embedding, f"decoder expects (..., {c.embedding}), got {tuple(codes.shape)}"
         lead = codes.shape[:-1]
         grid = torch.relu(self.linear(codes.reshape(-1, c.embedding))).reshape(-1, c.channels[-1], c.grid, c.grid)
-        images = torch.sigmoid(self.blocks(grid))
+        images = self.blocks(grid) if self.logits else torch.sigmoid(self.blocks(grid))
         return images.reshape(*lead, c.image_channels, c.image_size, c.image_size)

@@ -33,6 +33,11 @@ CITATION = ("Bartunov, Rae, Osindero & Lillicrap, 'Meta-Learning Deep Energy-Bas
 PAPER_DATASET = {"omniglot": "omniglot", "cifar10": "cifar"}   # task kind -> paper_fig3.csv dataset
 TITLES = {"omniglot": "Omniglot (error: wrong pixels of 32x32)", "cifar10": "CIFAR-10 (error: squared error)"}
 MATCH_TOLERANCE = 0.05  # a paper point matches ours when memory sizes differ by at most 5%
+# What the quick presets change against the paper (ebmm.memory.IMAGE_PRESETS, baselines.memory_networks)
+QUICK_CHANGES = ("quick preset: the paper's task (64 images of 32x32 per batch, 16x16 block) with narrower "
+                 "networks and short CPU training: encoders 16/32/32 channels (paper 32/64/96); EBMM-FC hidden 128, "
+                 "2 hops, 1 write step, 300 steps of 2 episodes; EBMM-conv bottleneck 32 (memory 578 d; paper "
+                 "1154 d), 2 hops; MemNet 400 steps of 2 episodes")
 
 
 def image_records(out_dir: Path) -> list[dict[str, Any]]:
@@ -121,6 +126,8 @@ def summary_markdown(summary: pd.DataFrame) -> str:
         parts.append(f"## {TITLES[dataset]}\n\nData: {', '.join(sorted(set(frame['data'])))}; image size "
                      f"{', '.join(map(str, sorted(set(frame['image_size']))))}; device {', '.join(sorted(set(frame['device'])))}.\n\n"
                      + tabulate(grid, headers=headers, tablefmt="github") + "\n")
+    if "quick" in set(summary["preset"]):
+        parts.append(f"Note, {QUICK_CHANGES}.\n")
     commands = sorted(set(" | ".join(summary["command"]).split(" | ")))
     parts.append("Commands: " + "; ".join(f"`{c}`" for c in commands) + "\n")
     return "\n".join(parts)
@@ -154,9 +161,11 @@ def plot(summary: pd.DataFrame, reference: pd.DataFrame | None, paths: list[Path
             ax.text(0.5, 0.5, "no runs yet", transform=ax.transAxes, ha="center", color="grey")
         ax.set(xlabel="memory (thousands of float32 values)", ylabel="error per image", title=TITLES[dataset])
         ax.legend(fontsize=7)
-    fig.text(0.5, 0.005, f"Ours: median over batches, bars 5th-95th percentile. Dashed: {CITATION}.",
-             ha="center", fontsize=7)
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    caption = f"Ours: median over batches, bars 5th-95th percentile. Dashed: {CITATION}."
+    if not summary.empty and "quick" in set(summary["preset"]):
+        caption += "\n" + QUICK_CHANGES + "."
+    fig.text(0.5, 0.005, caption, ha="center", fontsize=6.5, wrap=True)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     for path in paths:
         fig.savefig(path, dpi=130)
     plt.close(fig)

@@ -71,14 +71,28 @@ def _raw_slot_points(pattern_floats: int, counts: tuple[int, ...]) -> tuple[tupl
 
 
 # Figure 3 curves per data set, keyed by the paper's curve label (paper_fig3.csv `model`).
-# A model joins by adding its points, e.g. with the paper's sizes (App. B):
-#   "EBMM_FC":   Curve("ebmm", tuple(({...FC options..., "writable_dim": d}, 257 * d) for d in (12, 16, 20, 32, 42, 54, 64)))
-#   "EBMM_conv": Curve("ebmm", tuple(({...conv options..., "writable_dim": d}, 1154 * d) for d in (2, 3, 4, 8, 10, 12, 14)))
-#   "MemNet":    Curve("memory_networks", tuple(({"slot_width": w}, 64 * w) for w in (48, 64, 128, 160, 192, 224, 256)))
+# Memory sizes under the quick presets (see each model's IMAGE_PRESETS):
+#   EBMM_FC   257 * d (embedding 256, as in the paper): d = 16, 32 -> 4112, 8224 (paper points 4.11k, 8.23k)
+#   EBMM_conv 578 * d (bottleneck 32; the paper's 64 gives 1154 * d): d = 6, 16 -> 3468, 9248 (paper 3.46k, 9.23k)
+#   MemNet    64 slots x width w: w = 48, 128 -> 3072, 8192 (paper 3.07k, 8.19k)
 # raw_slots (whole images, nearest neighbour on the known pixels) is the untrained reference.
+# The paper preset's sizes differ for EBMM_conv (1154 * d); add points here to extend a curve.
+def _ebmm_points(energy: str, floats_per_unit: int, units: tuple[int, ...]) -> tuple[tuple[dict[str, Any], int], ...]:
+    return tuple(({"energy": energy, "memory_size": d}, floats_per_unit * d) for d in units)
+
+
+def _image_curves(pattern_floats: int, raw_counts: tuple[int, ...]) -> dict[str, Curve]:
+    return {
+        "EBMM_FC": Curve("ebmm", _ebmm_points("resnet_fc", 257, (16, 32))),
+        "EBMM_conv": Curve("ebmm", _ebmm_points("resnet_conv", 578, (6, 16))),
+        "MemNet": Curve("memory_networks", tuple(({}, 64 * width) for width in (48, 128))),
+        "raw_slots": Curve("raw_slots", _raw_slot_points(pattern_floats, raw_counts)),
+    }
+
+
 FIG3_CURVES: dict[str, dict[str, Curve]] = {
-    "omniglot": {"raw_slots": Curve("raw_slots", _raw_slot_points(1 * 32 * 32, (1, 2, 4, 8, 16)))},
-    "cifar10": {"raw_slots": Curve("raw_slots", _raw_slot_points(3 * 32 * 32, (1, 2, 3, 4, 5)))},
+    "omniglot": _image_curves(1 * 32 * 32, (1, 2, 4, 8, 16)),
+    "cifar10": _image_curves(3 * 32 * 32, (1, 2, 3, 4, 5)),
 }
 
 

@@ -24,18 +24,24 @@ def data_root(tmp_path, monkeypatch):
 
 def test_sweep_suite_expands_points(data_root):
     suite = get_suite("fig3-omniglot")
-    specs = suite.expand("fig3-omniglot", None, (0, 1), suite.queries, "quick", num_patterns=(16,))
+    specs = suite.expand("fig3-omniglot", ("raw_slots",), (0, 1), suite.queries, "quick", num_patterns=(16,))
     assert suite.queries == 64000                                   # 1000 batches of 64
     assert sorted({s.budget for s in specs}) == [1024, 2048, 4096, 8192, 16384]
     assert len(specs) == 10 and all(s.model == "raw_slots" and s.options == {} for s in specs)
+    everything = suite.expand("fig3-omniglot", None, (0,), suite.queries, "quick", num_patterns=(16,))
+    ebmm = {s.budget: s.options for s in everything if s.model == "ebmm"}
+    assert ebmm[257 * 16] == {"energy": "resnet_fc", "memory_size": 16}
+    assert ebmm[578 * 6] == {"energy": "resnet_conv", "memory_size": 6}
+    assert suite.curve_label("ebmm", ebmm[578 * 6]) == "EBMM_conv"
+    assert {s.budget for s in everything if s.model == "memory_networks"} == {64 * 48, 64 * 128}
     assert specs[0].task == {"kind": "omniglot", "num_patterns": 16, "image_size": 32, "block": 16,
                              "data": "images_background_small1.zip+images_background_small2.zip (train 120, test 30)"}
     assert len({s.run_id for s in specs}) == 10
     assert suite.curve_label("raw_slots", {}) == "raw_slots" and suite.curve_label("lstm", {}) == "lstm"
     with pytest.raises(MembenchError, match="budget per sweep point"):
         suite.expand("fig3-omniglot", None, (0,), 64, "quick", budget=8256)
-    with pytest.raises(MembenchError, match="no curve for ebmm"):
-        suite.expand("fig3-omniglot", ("ebmm",), (0,), 64, "quick")
+    with pytest.raises(MembenchError, match="no curve for lstm"):
+        suite.expand("fig3-omniglot", ("lstm",), (0,), 64, "quick")
 
 
 def _record(model: str, memory: int, errors: list[float], n: int, seed: int = 0) -> dict:
@@ -65,11 +71,11 @@ def test_summary_uses_per_batch_means_and_matches_the_paper():
 def test_cli_sweep_then_figures(data_root, tmp_path):
     out = tmp_path / "out"
     runner = CliRunner()
-    result = runner.invoke(main, ["run", "--suite", "fig3-cifar", "--queries", "128", "--data-dir", str(data_root),
+    result = runner.invoke(main, ["run", "--suite", "fig3-cifar", "--model", "raw_slots", "--queries", "128", "--data-dir", str(data_root),
                                   "--out", str(out), "--no-progress"])
     assert result.exit_code == 0, result.output
     assert "Figure 3" in result.output and "Table 1" not in result.output
-    result = runner.invoke(main, ["run", "--suite", "fig3-omniglot", "--num-patterns", "16", "--queries", "64",
+    result = runner.invoke(main, ["run", "--suite", "fig3-omniglot", "--model", "raw_slots", "--num-patterns", "16", "--queries", "64",
                                   "--out", str(out), "--no-progress"])
     assert result.exit_code == 0, result.output
     result = runner.invoke(main, ["figures", "--out", str(out)])

@@ -7,6 +7,7 @@ import torch
 from baselines.memory_networks import LearnedEmbeddingMemoryNetwork, MemNetConfig, MemoryNetwork
 from membench.budget import TABLE1_BUDGET, check_budget
 from membench.errors import OverBudgetError
+from membench.interface import TaskSpec
 from membench.tasks import BinaryTask
 from membench.training import TrainConfig, meta_train
 
@@ -71,3 +72,16 @@ def test_meta_training_lowers_the_loss(tmp_path, cls):
     first, last = result.curve[0], result.curve[-1]
     assert last["loss"] < 0.7 * first["loss"], result.curve
     assert last["error"] < first["error"], result.curve
+
+
+def test_image_slots_hold_64_codes_of_the_budgeted_width():
+    """Figure 3 accounting: 64 slots x width; the shared encoder gives 256-wide codes."""
+    spec = TaskSpec(pattern_shape=(1, 32, 32), num_patterns=64, binary=True)
+    model = MemoryNetwork.from_spec(spec, 64 * 48, "quick")
+    assert check_budget(model, spec, 64 * 48, "memory_networks") == 64 * 48
+    images = torch.rand(2, 64, 1, 32, 32).round()
+    with torch.no_grad():
+        slots = model.write(images)
+        retrieved = model.read(slots, images)
+    assert slots.shape == (2, 64, 48) and retrieved.shape == images.shape
+    assert model.train_config("quick").steps == 400  # the image preset, not the binary one

@@ -1,0 +1,128 @@
+"""ResNet energy networks for images (EBMM paper, App. B.2 and B.3).
+
+Both map images (M, C, H, W) in [0, 1] to energies (M,) and name their writable tensors in
+`writable_names`; everything else is static (meta-learned, shared by all episodes).
+
+Fully connected memory (`ResNetFCEnergy`, App. B.2), on the shared image encoder:
+
+    e = LayerNorm(Linear(ResBlocks(x)))          # membench.encoders.Encoder, width `embedding`
+    s_0 = 0; for each of `hops` hops:
+        z = [e, s]
+        c = tanh([memory(e), static(z)])         # memory: Linear(embedding -> d), writable
+        u = sigmoid(gate(z))
+        s = LayerNorm(u * c + (1 - u) * s)
+    E(x) = Linear(1)(tanh(Linear(readout)(s)))
+
+  Memory = (embedding + 1) * d floats: 257 * d at the paper's embedding of 256.
+
+Convolutional memory (`ResNetConvEnergy`, App. B.3):
+
+    f = ResBlocks(x)                             # 2 blocks, stride 2 each (paper: 32, 64 channels)
+    f = Bottleneck(f, stride 2); f = Bottleneck(f)  # width 128, bottleneck 64 in the paper
+    s_0 = 0; for each of `hops` hops (a convolutional GRU-like cell on the small grid):
+        z = [f, s]
+        s = sigmoid(conv_u(z)) * tanh(conv_c(z)) + (1 - sigmoid(conv_u(z))) * s
+    E(x) = Linear(1)(tanh(Linear(readout)(flatten(s))))
+
+  Each bottleneck block's 3x3 convolution has `d` writable output channels (weight
+  d x bottleneck x 3 x 3 and bias d) beside `width - d` static ones, so memory =
+  2 * (9 * bottleneck * d + d): 1154 * d at the paper's bottleneck of 64.
+
+The quick preset shrinks channel counts and hidden sizes (ebmm.memory.IMAGE_PRESETS);
+memory counts always come from the writable tensors themselves.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from membench.encoders import CodecConfig, Encoder, ResBlock
+
+
+def _he_init(module: nn.Module) -> None:
+    for layer in module.modules():
+        if isinstance(layer, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(layer.weight, nonlinearity="linear")
+            nn.init.zeros_(layer.bias)
+
+
+class ResNetFCEnergy(nn.Module):
+    """E(x): images (M, C, H, W) -> (M,). Writable: `memory.weight` (d, embedding), `memory.bias` (d,)."""
+
+    writable_names: tuple[str, ...] = ("memory.weight", "memory.bias")
+
+    def __init__(self, codec: CodecConfig, memory_size: int = 32, hidden: int = 512, hops: int = 3,
+                 readout: int = 1024):
+        super().__init__()
+        assert 0 < memory_size < hidden, f"memory_size={memory_size} must lie in (0, hidden={hidden})"
+        self.hidden, self.hops = hidden, hops
+        width = codec.embedding
+        self.memory = nn.Linear(width, memory_size)                      # writable
+        self.static = nn.Linear(width + hidden, hidden - memory_size)    # static from here on
+        self.gate = nn.Linear(width + hidden, hidden)
+        self.norm = nn.LayerNorm(hidden)
+        self.readout = nn.Sequential(nn.Linear(hidden, readout), nn.Tanh(), nn.Linear(readout, 1))
+        _he_init(self)
+        self.encoder = Encoder(codec)  # He-initialised by its own module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (M, C, H, W) -> energies (M,)."""
+        code = self.encoder(x)                                    # (M, embedding)
+        written = self.memory(code)                               # (M, d): the same in every hop
+        state = code.new_zeros(code.shape[0], self.hidden)
+        for _ in range(self.hops):
+            z = torch.cat([code, state], dim=-1)
+            candidate = torch.tanh(torch.cat([written, self.static(z)], dim=-1))
+            update = torch.sigmoid(self.gate(z))
+            state = self.norm(update * candidate + (1 - update) * state)
+        return self.readout(state).squeeze(-1)
+
+
+class WritableBottleneck(nn.Module):
+    """(M, C_in, H, W) -> (M, width, H / stride, W / stride); the 3x3 conv's first d outputs are writable."""
+
+    def __init__(self, in_channels: int, width: int, bottleneck: int, memory_size: int, stride: int = 1):
+        super().__init__()
+        assert 0 < memory_size < width, f"memory_size={memory_size} must lie in (0, width={width})"
+        self.reduce = nn.Conv2d(in_channels, bottleneck, 1)
+        self.memory = nn.Conv2d(bottleneck, memory_size, 3, stride=stride, padding=1)        # writable
+        self.static = nn.Conv2d(bottleneck, width - memory_size, 3, stride=stride, padding=1)
+        self.expand = nn.Conv2d(width, width, 1)
+        self.skip = nn.Conv2d(in_channels, width, 1, stride=stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.reduce(x))
+        h = torch.relu(torch.cat([self.memory(h), self.static(h)], dim=1))
+        return torch.relu(self.expand(h) + self.skip(x))
+
+
+class ResNetConvEnergy(nn.Module):
+    """E(x): images (M, C, H, W) -> (M,). Writable: each bottleneck's `memory` convolution."""
+
+    writable_names: tuple[str, ...] = ("block1.memory.weight", "block1.memory.bias",
+                                       "block2.memory.weight", "block2.memory.bias")
+
+    def __init__(self, image_channels: int = 1, image_size: int = 32, channels: tuple[int, int] = (32, 64),
+                 width: int = 128, bottleneck: int = 64, memory_size: int = 4, hidden: int = 128, hops: int = 3,
+                 readout: int = 1024):
+        super().__init__()
+        assert len(channels) == 2, f"the conv energy has 2 residual blocks, got channels={channels}"
+        assert image_size % 8 == 0, f"image_size={image_size} must be divisible by 8 (three stride-2 stages)"
+        self.hidden, self.hops, self.grid = hidden, hops, image_size // 8
+        self.stem = nn.Sequential(ResBlock(image_channels, channels[0]), ResBlock(channels[0], channels[1]))
+        self.block1 = WritableBottleneck(channels[1], width, bottleneck, memory_size, stride=2)
+        self.block2 = WritableBottleneck(width, width, bottleneck, memory_size)
+        self.candidate = nn.Conv2d(width + hidden, hidden, 3, padding=1)
+        self.gate = nn.Conv2d(width + hidden, hidden, 3, padding=1)
+        self.readout = nn.Sequential(nn.Linear(hidden * self.grid**2, readout), nn.Tanh(), nn.Linear(readout, 1))
+        _he_init(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (M, C, H, W) -> energies (M,)."""
+        features = self.block2(self.block1(self.stem(x)))          # (M, width, H/8, W/8)
+        state = features.new_zeros(features.shape[0], self.hidden, self.grid, self.grid)
+        for _ in range(self.hops):
+            z = torch.cat([features, state], dim=1)
+            update = torch.sigmoid(self.gate(z))
+            state = update * torch.tanh(self.candidate(z)) + (1 - update) * state
+        return self.readout(state.flatten(1)).squeeze(-1)

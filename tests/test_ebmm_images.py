@@ -1,0 +1,66 @@
+"""EBMM on images: the paper's memory counts (257 d, 1154 d), budgets, and that reading and
+meta-training work through the ResNet energies."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ebmm.memory import EBMM
+from membench.budget import check_budget
+from membench.errors import OverBudgetError
+from membench.interface import TaskSpec
+
+OMNIGLOT = TaskSpec(pattern_shape=(1, 32, 32), num_patterns=64, binary=True)
+CIFAR = TaskSpec(pattern_shape=(3, 32, 32), num_patterns=64, binary=False)
+TINY = TaskSpec(pattern_shape=(3, 16, 16), num_patterns=4, binary=False)
+TINY_FC = dict(energy="resnet_fc", channels=(4, 8, 8), embedding=32, hidden=24, hops=2, readout=16, memory_size=6)
+TINY_CONV = dict(energy="resnet_conv", channels=(4, 8), width=16, bottleneck=8, hidden=8, hops=2, readout=16,
+                 memory_size=3)
+
+
+@pytest.mark.parametrize("spec", [OMNIGLOT, CIFAR])
+@pytest.mark.parametrize("d", [12, 64])
+def test_paper_fc_memory_is_257_d(spec, d):
+    model = EBMM.from_spec(spec, 257 * d, "paper", energy="resnet_fc", memory_size=d)
+    assert check_budget(model, spec, 257 * d, "ebmm") == 257 * d
+
+
+@pytest.mark.parametrize("d", [2, 14])
+def test_paper_conv_memory_is_1154_d(d):
+    model = EBMM.from_spec(CIFAR, 1154 * d, "paper", energy="resnet_conv", memory_size=d)
+    assert check_budget(model, CIFAR, 1154 * d, "ebmm") == 1154 * d
+    with pytest.raises(OverBudgetError):
+        check_budget(model, CIFAR, 1154 * d - 1, "ebmm")
+
+
+def test_quick_conv_memory_is_578_d_and_state_is_the_writable_convolutions():
+    model = EBMM.from_spec(OMNIGLOT, 578 * 6, "quick", energy="resnet_conv", memory_size=6)
+    assert model.memory_floats(OMNIGLOT) == 578 * 6
+    tiny = EBMM.from_spec(TINY, 10**6, "quick", **TINY_CONV)
+    state = tiny.write(torch.rand(2, 4, 3, 16, 16))
+    assert set(state) == {"block1.memory.weight", "block1.memory.bias", "block2.memory.weight", "block2.memory.bias"}
+    assert sum(t[0].numel() for t in state.values()) == tiny.memory_floats(TINY) == 2 * (9 * 8 * 3 + 3)
+
+
+def test_unknown_image_energy_is_refused():
+    with pytest.raises(ValueError, match="unknown image energy 'mlp'"):
+        EBMM.from_spec(CIFAR, 10**6, "quick", energy="mlp")
+
+
+@pytest.mark.parametrize("options", [TINY_FC, TINY_CONV], ids=["fc", "conv"])
+def test_image_read_lowers_the_energy_and_meta_gradient_reaches_the_encoder(options):
+    torch.manual_seed(0)
+    model = EBMM.from_spec(TINY, 10**6, "quick", **{**options, "read_step_init": 1e-3, "momentum_init": 0.1})
+    patterns = torch.rand(2, 4, 3, 16, 16)
+    queries = patterns.clone()
+    queries[..., 4:12, 4:12] = 0.5
+    with torch.no_grad():
+        state = model.write(patterns)
+        retrieved = model.read(state, queries)
+        before, after = model.batched_energy(state, queries), model.batched_energy(state, retrieved)
+    assert retrieved.shape == queries.shape and 0 <= retrieved.min() and retrieved.max() <= 1
+    assert (after < before).all(), "gradient reading should lower the energy of every query"
+    loss, _ = model.meta_loss(patterns, queries)
+    loss.backward()
+    first_conv = next(p for n, p in model.energy.named_parameters() if "weight" in n and p.dim() == 4)
+    assert torch.isfinite(loss) and first_conv.grad is not None and first_conv.grad.abs().sum() > 0
