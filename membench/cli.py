@@ -84,8 +84,8 @@ def list_command() -> None:
               help="Where trained checkpoints are cached. Default: $MEMBENCH_CACHE/checkpoints or ~/.cache/membench.")
 @click.option("--force", is_flag=True, help="Rerun finished runs instead of skipping them.")
 @click.option("--progress/--no-progress", default=True, help="Show progress bars.")
-@click.option("--train-time-limit", type=click.FloatRange(min=1), metavar="SECONDS",
-              help="Stop meta-training after this many seconds (checkpointed; exit status 3); rerun to resume.")
+@click.option("--train-time-limit", type=click.FloatRange(min=0), metavar="SECONDS",
+              help="Stop meta-training after this many seconds (checkpointed; exit status 3); rerun to resume (0: one step).")
 @DATA_DIR_OPTION
 @_friendly_errors
 def run(suite, models, num_patterns, seeds, queries, preset, budget, device, out, checkpoint_dir, force, progress,

@@ -24,6 +24,7 @@ import pandas as pd
 import torch
 from tabulate import tabulate
 
+from membench.plots import training_curves
 from membench.report import REPO_ROOT
 from membench.store import ResultsStore, write_text_atomic
 
@@ -219,7 +220,8 @@ def reconstruction_grid(record: dict[str, Any], path: Path, checkpoint_dir: Path
 
 def figures(out_dir: Path, reference: Path | None = DEFAULT_REFERENCE, checkpoint_dir: Path | None = None,
             grids: bool = True) -> tuple[str, list[Path]]:
-    """Write fig3.{md,csv,png,pdf} and one reconstruction grid per (data set, curve) into `out_dir`.
+    """Write fig3.{md,csv,png,pdf}, the training curves and one reconstruction grid per (data set,
+    curve) into `out_dir`.
 
     Grids use each curve's largest-memory run. Returns (markdown summary, written paths).
     """
@@ -236,6 +238,7 @@ def figures(out_dir: Path, reference: Path | None = DEFAULT_REFERENCE, checkpoin
     write_text_atomic(out_dir / "fig3.csv", summary[columns].to_csv(index=False, float_format="%.4f") if len(summary) else "")
     written = [out_dir / "fig3.md", out_dir / "fig3.csv"]
     written += plot(summary, paper, [out_dir / "fig3.png", out_dir / "fig3.pdf"])
+    written += training_curves(out_dir, name="fig3_training_curves")
     if grids:
         largest: dict[tuple[str, str], dict[str, Any]] = {}
         for record in sorted(records, key=lambda r: (r["memory_floats"], -r["seed"])):

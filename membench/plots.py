@@ -5,7 +5,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from membench.report import row_label
 from membench.store import ResultsStore
+
+SMOOTH = 10  # logged rows in the rolling mean of training curves
 
 
 def _pyplot():
@@ -31,21 +34,28 @@ def training_curves(out_dir: Path, models: tuple[str, ...] | None = None, name: 
             continue
         key = training["checkpoint_key"]
         if key not in curves:
-            label = record["model"]
-            if not training["config"].get("num_patterns"):
+            label = row_label(record["model"], record["preset"], trained=True)
+            if record["task"]["kind"] != "binary":  # a rate-sweep point: data set, options, memory size
+                options = " ".join(str(v) for v in record["options"].values())
+                label = f"{record['task']['kind']} {label} {options} ({record['memory_floats']} floats)"
+            elif not training["config"].get("num_patterns"):
                 label += f" N={record['task']['num_patterns']}"
             curves[key] = (label, pd.read_csv(Path(out_dir) / training["curve"]))
     if not curves:
         return []
     plt = _pyplot()
-    fig, (ax_loss, ax_error) = plt.subplots(1, 2, figsize=(11, 4))
-    for label, curve in sorted(curves.values(), key=lambda item: item[0]):
-        ax_loss.plot(curve["step"], curve["loss"], label=label)
-        ax_error.plot(curve["step"], curve["error"], label=label)
+    fig, (ax_loss, ax_error) = plt.subplots(1, 2, figsize=(12, 4.4))
+    for index, (label, curve) in enumerate(sorted(curves.values(), key=lambda item: item[0])):
+        colour = plt.cm.tab10(index % 10)
+        for ax, column in ((ax_loss, "loss"), (ax_error, "error")):
+            ax.plot(curve["step"], curve[column], color=colour, alpha=0.25, linewidth=0.8)
+            ax.plot(curve["step"], curve[column].rolling(SMOOTH, min_periods=1).mean(), color=colour, label=label)
     ax_loss.set(xlabel="training step", ylabel="meta-training loss", yscale="log", title="loss")
     ax_error.set(xlabel="training step", ylabel="error on the training batch", title="task error (training episodes)")
-    ax_error.legend(fontsize=7)
-    fig.tight_layout()
+    ax_error.legend(fontsize=6)
+    fig.text(0.5, 0.005, f"Faint: each logged training batch (models trained on several N draw one N per batch); "
+             f"bold: rolling mean over {SMOOTH} logs.", ha="center", fontsize=7)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
     paths = [Path(out_dir) / f"{name}.png", Path(out_dir) / f"{name}.pdf"]
     for path in paths:
         fig.savefig(path, dpi=130)

@@ -1,0 +1,111 @@
+"""The shared training loop across bounded commands: the time limit pauses, the rerun resumes."""
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from membench.cli import EXIT_PAUSED, main
+from membench.errors import MembenchError
+from membench.report import summarise
+from membench.runner import build_model
+from membench.suites import get_suite
+from membench.tasks import BinaryTask
+from membench.training import TrainConfig, meta_train
+
+TINY_MODEL = textwrap.dedent('''
+    import torch
+    import torch.nn.functional as F
+    from membench import AssociativeMemory, TaskSpec
+    from membench.training import TrainConfig
+
+
+    class TinyLearned(AssociativeMemory):
+        """Keeps the patterns' mean bit frequency (D floats) and fills erased bits from it, via a learned bias."""
+
+        trainable = True
+
+        def __init__(self, spec: TaskSpec):
+            super().__init__()
+            self.spec = spec
+            self.bias = torch.nn.Parameter(torch.zeros(spec.pattern_size))
+
+        def memory_floats(self, spec):
+            return spec.pattern_size
+
+        def write(self, patterns):
+            return patterns.mean(1)
+
+        def _logits(self, state, queries):
+            return (4 * (2 * state.unsqueeze(1) - 1) + self.bias).expand_as(queries)
+
+        def read(self, state, queries):
+            known = queries != self.spec.fill_value
+            return torch.where(known, queries, torch.sigmoid(self._logits(state, queries)))
+
+        def meta_loss(self, patterns, queries):
+            logits = self._logits(self.write(patterns), queries)
+            return F.binary_cross_entropy_with_logits(logits, patterns), torch.sigmoid(logits).detach()
+
+        def train_config(self, preset):
+            return TrainConfig(steps=6, batch_size=2, lr=1e-2, log_every=1, checkpoint_every=100)
+''')
+
+
+def _linear_model(seed: int = 0) -> torch.nn.Module:
+    from tests.test_ebmm import small_model
+
+    torch.manual_seed(seed)
+    return small_model()[0]
+
+
+def test_time_limit_pauses_and_the_next_call_matches_straight_training(tmp_path: Path):
+    config = TrainConfig(steps=4, batch_size=2, lr=1e-3, clip_norm=1.0, log_every=1, checkpoint_every=100,
+                         num_patterns=(4, 8))
+    task, device = BinaryTask(4), torch.device("cpu")
+    straight = _linear_model()
+    meta_train(straight, task, config, tmp_path / "straight.pt", device, seed=0, progress=False)
+    paused = _linear_model()
+    first = meta_train(paused, task, config, tmp_path / "paused.pt", device, seed=0, progress=False, time_limit_s=0.0)
+    assert not first.finished and first.steps == 1          # stopped after one step, checkpointed
+    resumed = _linear_model()                               # a new process
+    second = meta_train(resumed, task, config, tmp_path / "paused.pt", device, seed=0, progress=False)
+    assert second.finished and second.steps == 4 and [r["step"] for r in second.curve] == [1, 2, 3, 4]
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=f"paused-and-resumed training differs in {name}")
+
+
+def test_cli_pauses_with_exit_3_and_resumes_without_duplicates(tmp_path: Path, monkeypatch):
+    (tmp_path / "tiny_learned.py").write_text(TINY_MODEL)
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    args = ["run", "--model", "tiny_learned:TinyLearned", "--num-patterns", "16,32", "--queries", "32",
+            "--out", "out", "--checkpoint-dir", "ck", "--no-progress"]
+    paused = runner.invoke(main, [*args, "--train-time-limit", "0"])
+    assert paused.exit_code == EXIT_PAUSED, paused.output
+    assert "step 1 of 6" in paused.output and "Rerun the same command" in paused.output
+    assert not list(tmp_path.glob("out/runs/*.json"))  # a paused run leaves no record
+    done = runner.invoke(main, args)
+    assert done.exit_code == 0, done.output
+    records = [json.loads(p.read_text()) for p in (tmp_path / "out" / "runs").glob("*.json")]
+    assert sorted(r["task"]["num_patterns"] for r in records) == [16, 32]
+    assert all(r["training"]["steps"] == 6 for r in records)
+
+
+def test_unknown_preset_names_the_models_presets():
+    spec = get_suite("table1-learned").expand("table1-learned", ("memory_networks",), (0,), 64, "gpu", (16,))[0]
+    with pytest.raises(MembenchError, match="model 'memory_networks' has no preset 'gpu'. Its presets: quick, paper"):
+        build_model(spec, BinaryTask(16))
+
+
+def test_report_keeps_one_row_per_preset():
+    def record(preset: str, error: float) -> dict:
+        return {"model": "ebmm", "preset": preset, "task": {"num_patterns": 16}, "errors": [error] * 4,
+                "seed": 0, "memory_floats": 8256, "budget": 8256, "training": {"checkpoint_key": preset,
+                "train_time_s": 1.0}, "environment": {"device": "cpu"}, "command": "membench run", "wall_time_s": 1.0}
+    summary = summarise([record("quick", 1.0), record("gpu", 2.0)])
+    assert len(summary) == 2 and sorted(summary["mean"]) == [1.0, 2.0]
