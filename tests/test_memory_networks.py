@@ -84,4 +84,4 @@ def test_image_slots_hold_64_codes_of_the_budgeted_width():
         slots = model.write(images)
         retrieved = model.read(slots, images)
     assert slots.shape == (2, 64, 48) and retrieved.shape == images.shape
-    assert model.train_config("quick").steps == 400  # the image preset, not the binary one
+    assert model.train_config("quick").steps == 1600  # the image preset, not the binary one
