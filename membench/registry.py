@@ -24,6 +24,7 @@ BUILTIN_MODELS: dict[str, str] = {
     "hopfield_storkey": "baselines.hopfield:StorkeyHopfield",
     "hopfield_pseudoinverse": "baselines.hopfield:PseudoInverseHopfield",
     "raw_slots": "baselines.raw_slots:RawSlotMemory",
+    "passthrough": "baselines.passthrough:PassThrough",
     # meta-learned models (trained by membench.training.meta_train)
     "ebmm": "ebmm.memory:EBMM",
     "memory_networks": "baselines.memory_networks:MemoryNetwork",

@@ -30,3 +30,14 @@ def test_memory_count_is_whole_slots_within_budget():
     assert model.num_slots == 64
     assert model.memory_floats(BinaryTask(96).spec) == 64 * 128 <= TABLE1_BUDGET
     assert model.memory_floats(BinaryTask(16).spec) == 16 * 128
+
+
+def test_passthrough_stores_nothing_and_costs_exactly_the_erasure():
+    from baselines.passthrough import PassThrough
+
+    task = BinaryTask(16)
+    model = PassThrough(task.spec)
+    episodes = task.sample(4, torch.Generator().manual_seed(0))
+    assert model.memory_floats(task.spec) == 0 and model.write(episodes.patterns) is None
+    errors = task.errors(model.read(None, episodes.queries), episodes.patterns)
+    assert torch.equal(errors, torch.full_like(errors, 64.0))  # every erased bit is an undecided 0.5
