@@ -20,7 +20,9 @@ needed for further writes and are dropped. At the Table 1 budget: 64 x 128 + 2 x
 
 Encoder/decoder are pluggable: `encoder` maps patterns (B, N, *S) in [0, 1] to features
 (B, N, E); `decoder` maps features (B, Q, E) to pattern logits (B, Q, *S). The defaults
-are the identity on flat vectors, with the encoder centring bits to +-1.
+are the identity on flat vectors, with the encoder centring bits to +-1; image patterns
+(C, H, W) get the shared ResNet encoder / transposed decoder of App. B.2 (256-wide codes).
+Figure 3 sizes the memory as 64 slots x width + controller state (64 w + 64).
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from membench.encoders import CodecConfig, Decoder, Encoder
 from membench.interface import AssociativeMemory, TaskSpec
 from membench.training import TrainConfig, pick_preset
 
@@ -39,6 +42,13 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
     "quick": TrainConfig(steps=2000, batch_size=16, lr=1e-3, clip_norm=1.0, num_patterns=MIXED_N),
     # GPU scale, the paper's optimiser (App. D)
     "paper": TrainConfig(steps=200_000, batch_size=64, lr=5e-5, clip_norm=0.05, num_patterns=MIXED_N),
+}
+# Images (Figure 3): quick narrows the codec and trains about as long as an EBMM point on the CPU
+IMAGE_PRESETS: dict[str, tuple[tuple[int, ...], TrainConfig]] = {  # codec channels, training
+    "quick": ((16, 32, 32), TrainConfig(steps=1600, batch_size=2, lr=1e-3, clip_norm=1.0, log_every=20,
+                                        checkpoint_every=100)),
+    "paper": ((32, 64, 96), TrainConfig(steps=200_000, batch_size=16, lr=5e-5, clip_norm=0.05, log_every=100,
+                                        checkpoint_every=1000)),
 }
 
 
@@ -84,6 +94,7 @@ class MANN(AssociativeMemory):
                  decoder: nn.Module | None = None, feature_size: int | None = None):
         super().__init__()
         self.spec, self.cfg = spec, config
+        self.train_settings: TrainConfig | None = None  # set by from_spec: the preset's training config
         self.encoder = encoder if encoder is not None else Centre()
         self.decoder = decoder if decoder is not None else Unflatten(spec.pattern_shape)
         self.feature_size = feature_size or spec.pattern_size
@@ -97,13 +108,20 @@ class MANN(AssociativeMemory):
     @classmethod
     def from_spec(cls, spec: TaskSpec, budget: int, preset: str = "quick", **options) -> "MANN":
         """Keep the controller and slot width; give the memory as many slots as the budget allows."""
-        pick_preset(TRAIN_PRESETS, preset, cls.name)
+        train = pick_preset(TRAIN_PRESETS, preset, cls.name)
         fields = {k: options.pop(k) for k in list(options) if k in MANNConfig.__dataclass_fields__}
         config = MANNConfig(**fields)
         if "num_slots" not in fields:
             slots = (budget - 2 * config.controller_size) // config.memory_width
             config = MANNConfig(**{**asdict(config), "num_slots": max(slots, 1)})
-        return cls(spec, config, **options)
+        if len(spec.pattern_shape) == 3 and "encoder" not in options:
+            channels, train = pick_preset(IMAGE_PRESETS, preset, cls.name)
+            codec = CodecConfig(image_channels=spec.pattern_shape[0], image_size=spec.pattern_shape[1],
+                                channels=channels)
+            options.update(encoder=Encoder(codec), decoder=Decoder(codec, logits=True), feature_size=codec.embedding)
+        model = cls(spec, config, **options)
+        model.train_settings = train
+        return model
 
     def memory_floats(self, spec: TaskSpec) -> int:
         return self.cfg.num_slots * self.cfg.memory_width + 2 * self.cfg.controller_size
@@ -162,7 +180,7 @@ class MANN(AssociativeMemory):
         return F.binary_cross_entropy_with_logits(logits, patterns), torch.sigmoid(logits).detach()
 
     def train_config(self, preset: str) -> TrainConfig:
-        return pick_preset(TRAIN_PRESETS, preset, self.name)
+        return self.train_settings or pick_preset(TRAIN_PRESETS, preset, self.name)
 
     def config(self) -> dict:
         return {**asdict(self.cfg), "feature_size": self.feature_size,

@@ -75,6 +75,7 @@ def _raw_slot_points(pattern_floats: int, counts: tuple[int, ...]) -> tuple[tupl
 #   EBMM_FC   257 * d (embedding 256, as in the paper): d = 16, 32 -> 4112, 8224 (paper points 4.11k, 8.23k)
 #   EBMM_conv 578 * d (bottleneck 32; the paper's 64 gives 1154 * d): d = 6, 16 -> 3468, 9248 (paper 3.46k, 9.23k)
 #   MemNet    64 slots x width w: w = 48, 128 -> 3072, 8192 (paper 3.07k, 8.19k)
+#   MANN      64 slots x width w + controller (h, c) 2 x 32: w = 32, 64 -> 2112, 4160 (paper 2.18k, 4.35k)
 # raw_slots (whole images, nearest neighbour on the known pixels) is the untrained reference;
 # passthrough (the query returned unchanged, 0 floats) is the floor: what the corruption costs.
 # The paper preset's sizes differ for EBMM_conv (1154 * d); add points here to extend a curve.
@@ -87,6 +88,7 @@ def _image_curves(pattern_floats: int, raw_counts: tuple[int, ...]) -> dict[str,
         "EBMM_FC": Curve("ebmm", _ebmm_points("resnet_fc", 257, (16, 32))),
         "EBMM_conv": Curve("ebmm", _ebmm_points("resnet_conv", 578, (6, 16))),
         "MemNet": Curve("memory_networks", tuple(({}, 64 * width) for width in (48, 128))),
+        "MANN": Curve("mann", tuple(({"memory_width": width}, 64 * width + 64) for width in (32, 64))),
         "raw_slots": Curve("raw_slots", _raw_slot_points(pattern_floats, raw_counts)),
         "passthrough": Curve("passthrough", (({}, 0),)),
     }

@@ -81,3 +81,18 @@ def test_meta_training_lowers_the_loss(tmp_path):
     losses = [row["loss"] for row in result.curve]
     assert sum(losses[-10:]) / 10 < 0.9 * sum(losses[:10]) / 10
     assert (tmp_path / "mann.pt").exists()
+
+
+def test_image_memory_is_64_slots_of_the_point_width_plus_controller():
+    """Figure 3 accounting: 64 w + 2 x 32; images go through the shared codec."""
+    from membench.interface import TaskSpec
+
+    spec = TaskSpec(pattern_shape=(3, 32, 32), num_patterns=64, binary=False)
+    model = MANN.from_spec(spec, 64 * 32 + 64, "quick", memory_width=32)
+    assert check_budget(model, spec, 64 * 32 + 64, "mann") == 64 * 32 + 64 and model.cfg.num_slots == 64
+    images = torch.rand(2, 64, 3, 32, 32)
+    with torch.no_grad():
+        state = model.write(images)
+        retrieved = model.read(state, images)
+    assert state.memory.shape == (2, 64, 32) and retrieved.shape == images.shape
+    assert model.train_config("quick").num_patterns is None  # images: always the task's N = 64
