@@ -38,7 +38,7 @@ MATCH_TOLERANCE = 0.05  # a paper point matches ours when memory sizes differ by
 QUICK_CHANGES = ("quick preset: the paper's task (64 images of 32x32 per batch, 16x16 block) with narrower "
                  "networks and short CPU training: encoders 16/32/32 channels (paper 32/64/96); EBMM-FC hidden 128, "
                  "2 hops, 1 write step, 300 steps of 2 episodes; EBMM-conv bottleneck 32 (memory 578 d; paper "
-                 "1154 d), 2 hops; MemNet 1600 steps of 2 episodes")
+                 "1154 d), 2 hops; MemNet and MANN 1600 steps of 2 episodes")
 
 
 def image_records(out_dir: Path) -> list[dict[str, Any]]:
