@@ -45,8 +45,9 @@ def training_curves(out_dir: Path, models: tuple[str, ...] | None = None, name: 
         return []
     plt = _pyplot()
     fig, (ax_loss, ax_error) = plt.subplots(1, 2, figsize=(12, 4.4))
+    palette = plt.cm.tab10 if len(curves) <= 10 else plt.cm.tab20
     for index, (label, curve) in enumerate(sorted(curves.values(), key=lambda item: item[0])):
-        colour = plt.cm.tab10(index % 10)
+        colour = palette(index % palette.N)
         for ax, column in ((ax_loss, "loss"), (ax_error, "error")):
             ax.plot(curve["step"], curve[column], color=colour, alpha=0.25, linewidth=0.8)
             ax.plot(curve["step"], curve[column].rolling(SMOOTH, min_periods=1).mean(), color=colour, label=label)

@@ -132,6 +132,7 @@ def execute(spec: RunSpec, store: ResultsStore, device: torch.device, checkpoint
     """
     started = time.perf_counter()
     task = make_task(spec.task)
+    torch.manual_seed(spec.seed)  # initial weights depend on the run's seed, not on earlier runs in this process
     model = build_model(spec, task).to(device)
     memory_floats = check_budget(model, task.spec, spec.budget, spec.model)
     training: dict[str, Any] | None = None
