@@ -13,6 +13,8 @@ belong to the model's state, as in the paper's budget).
 """
 from __future__ import annotations
 
+import abc
+
 import torch
 
 from membench.budget import hopfield_floats
@@ -35,9 +37,9 @@ class HopfieldMemory(AssociativeMemory):
     def memory_floats(self, spec: TaskSpec) -> int:
         return hopfield_floats(spec.pattern_size)
 
+    @abc.abstractmethod
     def weights(self, spins: torch.Tensor) -> torch.Tensor:
-        """spins (B, N, D) in ±1 -> symmetric weights (B, D, D) with zero diagonal."""
-        raise NotImplementedError  # each rule overrides this
+        """spins (B, N, D) in ±1 -> symmetric weights (B, D, D) with zero diagonal (each rule's own)."""
 
     def write(self, patterns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         spins = 2.0 * patterns - 1.0

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from membench.encoders import CodecConfig, Decoder, Encoder
+from membench.encoders import image_codec
 from membench.interface import AssociativeMemory, TaskSpec
 from membench.training import TrainConfig, pick_preset
 
@@ -116,9 +116,8 @@ class MANN(AssociativeMemory):
             config = MANNConfig(**{**asdict(config), "num_slots": max(slots, 1)})
         if len(spec.pattern_shape) == 3 and "encoder" not in options:
             channels, train = pick_preset(IMAGE_PRESETS, preset, cls.name)
-            codec = CodecConfig(image_channels=spec.pattern_shape[0], image_size=spec.pattern_shape[1],
-                                channels=channels)
-            options.update(encoder=Encoder(codec), decoder=Decoder(codec, logits=True), feature_size=codec.embedding)
+            encoder, decoder, width = image_codec(spec.pattern_shape, channels)
+            options.update(encoder=encoder, decoder=decoder, feature_size=width)
         model = cls(spec, config, **options)
         model.train_settings = train
         return model

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from membench.encoders import CodecConfig, Decoder, Encoder
+from membench.encoders import image_codec
 from membench.interface import AssociativeMemory, TaskSpec
 from membench.training import TrainConfig, pick_preset
 
@@ -108,9 +108,8 @@ class MemoryNetwork(AssociativeMemory):
         config = replace(defaults, **{k: v for k, v in options.items() if k in asdict(defaults)})
         extra = {k: v for k, v in options.items() if k not in asdict(config)}
         if images and "encoder" not in extra:
-            codec = CodecConfig(image_channels=spec.pattern_shape[0], image_size=spec.pattern_shape[1],
-                                channels=tuple(config.channels), embedding=config.embedding_width)
-            extra.update(encoder=Encoder(codec), decoder=Decoder(codec, logits=True), feature_width=codec.embedding)
+            encoder, decoder, width = image_codec(spec.pattern_shape, config.channels, config.embedding_width)
+            extra.update(encoder=encoder, decoder=decoder, feature_width=width)
         model = cls(spec, budget, config, **extra)
         model.train_settings = train
         return model

@@ -115,8 +115,7 @@ def build_energy(spec: TaskSpec, config: EBMMConfig) -> nn.Module:
         return GatedRNNEnergy(spec.pattern_size, config.memory_size, config.hidden, config.hops)
     assert len(shape) == 3, f"energy '{config.energy}' takes images (C, H, W), got {shape}"
     if config.energy == "resnet_fc":
-        codec = CodecConfig(image_channels=shape[0], image_size=shape[1], channels=tuple(config.channels),
-                            embedding=config.embedding)
+        codec = CodecConfig.for_images(shape, config.channels, config.embedding)
         return ResNetFCEnergy(codec, config.memory_size, config.hidden, config.hops, config.readout)
     if config.energy == "resnet_conv":
         return ResNetConvEnergy(shape[0], shape[1], tuple(config.channels[:2]), config.width, config.bottleneck,

@@ -36,6 +36,21 @@ class CodecConfig:
     def to_dict(self) -> dict:
         return {**asdict(self), "channels": list(self.channels)}
 
+    @classmethod
+    def for_images(cls, pattern_shape: tuple[int, ...], channels: tuple[int, ...], embedding: int = 256) -> "CodecConfig":
+        """The codec for image patterns (C, H, W) with square H = W."""
+        assert len(pattern_shape) == 3 and pattern_shape[1] == pattern_shape[2], (
+            f"the image codec takes square images (C, H, H), got {pattern_shape}")
+        return cls(image_channels=pattern_shape[0], image_size=pattern_shape[1], channels=tuple(channels),
+                   embedding=embedding)
+
+
+def image_codec(pattern_shape: tuple[int, ...], channels: tuple[int, ...],
+                embedding: int = 256) -> tuple["Encoder", "Decoder", int]:
+    """Encoder, logit-producing decoder and code width for a baseline on images (C, H, W)."""
+    config = CodecConfig.for_images(pattern_shape, channels, embedding)
+    return Encoder(config), Decoder(config, logits=True), config.embedding
+
 
 def _he_init(module: nn.Module) -> None:
     for layer in module.modules():
