@@ -57,6 +57,8 @@ class EBMMConfig:
     grad_norm_term: bool = True   # include alpha * ||grad_x E||^2 in the writing loss
     write_mean: bool = True       # average the pattern terms over the N patterns (paper); False: sum
     write_lr_init: float = 1e-4   # initial softplus learning rates of writing (paper: 1e-4)
+    anchor_lr_init: float | None = None  # initial rate of the beta ||theta - theta_bar||^2 term; None:
+    #   write_lr_init. A rate r scales the deviation by (1 - 2r) per step: r > 1 makes it grow
     read_step_init: float = 1.0   # initial gamma_1 of reading
     momentum_init: float = 0.5    # initial psi_1 of reading
     decay_init: float = 0.95      # initial sigmoid(eta_k): gamma_k / gamma_{k-1} and psi_k / psi_{k-1}
@@ -64,10 +66,12 @@ class EBMMConfig:
 
 PRESETS: dict[str, dict[str, Any]] = {
     # CPU, about 10 minutes on 2 cores: small hidden size, 2 hops, three write steps, energy term
-    # only (no third-order meta-gradient), large initial rates and meta learning rate
+    # only (no third-order meta-gradient), large initial rates, a beta-term rate that starts by
+    # halving the deviation from theta_bar (at 3.0 it multiplied it by -5), a large meta learning
+    # rate decayed along a cosine
     "quick": dict(model=dict(hidden=128, hops=2, write_steps=3, grad_norm_term=False, write_lr_init=3.0,
-                             read_step_init=5.0),
-                  train=dict(steps=6000, batch_size=8, lr=3e-3, clip_norm=1.0, log_every=50,
+                             anchor_lr_init=0.25, read_step_init=5.0),
+                  train=dict(steps=5600, batch_size=8, lr=3e-3, cosine_decay=True, clip_norm=1.0, log_every=50,
                              checkpoint_every=250, num_patterns=(16, 32, 48, 64, 96))),
     # one GPU, about 10 minutes on an H100: a wider, deeper energy and three write steps
     "gpu": dict(model=dict(hidden=512, hops=3, write_steps=3, grad_norm_term=False, write_lr_init=1.0,
@@ -152,8 +156,10 @@ class EBMM(AssociativeMemory):
         assert names and all(n in own for n in names), f"writable_names {names} must name parameters of the energy"
         self.writable_names = names
         terms = 3 if config.grad_norm_term else 2
-        self.write_lr = nn.Parameter(torch.full((config.write_steps, len(names), terms),
-                                                _inverse_softplus(config.write_lr_init)))
+        write_lr = torch.full((config.write_steps, len(names), terms), _inverse_softplus(config.write_lr_init))
+        if config.anchor_lr_init is not None:
+            write_lr[..., -1] = _inverse_softplus(config.anchor_lr_init)
+        self.write_lr = nn.Parameter(write_lr)
         self.read_step = nn.Parameter(torch.tensor(_inverse_softplus(config.read_step_init)))
         self.read_step_decay = nn.Parameter(torch.full((config.read_steps - 1,), _logit(config.decay_init)))
         self.momentum = nn.Parameter(torch.tensor(_logit(config.momentum_init)))

@@ -15,6 +15,7 @@ Conventions, so that learned models are trained alike:
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ class TrainConfig:
     lr: float = 5e-5                  # AdamW learning rate (paper: 5e-5)
     weight_decay: float = 1e-6        # AdamW weight decay (paper: 1e-6)
     clip_norm: float = 0.05           # global gradient-norm clip (paper: 0.05)
+    cosine_decay: bool = False        # decay lr along a half cosine to 0 at `steps` (paper: constant)
     log_every: int = 25               # steps between curve rows
     checkpoint_every: int = 100       # steps between checkpoints
     num_patterns: tuple[int, ...] | None = None  # train on N drawn from this set each step
@@ -108,6 +110,9 @@ def meta_train(
     model.train()
     while step < config.steps:
         started = time.perf_counter()
+        if config.cosine_decay:  # a function of the step alone, so a resumed run continues the schedule
+            for group in optimizer.param_groups:
+                group["lr"] = config.lr * 0.5 * (1 + math.cos(math.pi * step / config.steps))
         step_task = task
         if config.num_patterns:
             choice = torch.randint(len(config.num_patterns), (1,), generator=generator).item()

@@ -63,9 +63,10 @@ def _linear_model(seed: int = 0) -> torch.nn.Module:
     return small_model()[0]
 
 
-def test_time_limit_pauses_and_the_next_call_matches_straight_training(tmp_path: Path):
+@pytest.mark.parametrize("cosine_decay", [False, True])
+def test_time_limit_pauses_and_the_next_call_matches_straight_training(tmp_path: Path, cosine_decay: bool):
     config = TrainConfig(steps=4, batch_size=2, lr=1e-3, clip_norm=1.0, log_every=1, checkpoint_every=100,
-                         num_patterns=(4, 8))
+                         num_patterns=(4, 8), cosine_decay=cosine_decay)
     task, device = BinaryTask(4), torch.device("cpu")
     straight = _linear_model()
     meta_train(straight, task, config, tmp_path / "straight.pt", device, seed=0, progress=False)
