@@ -1,19 +1,19 @@
 """Speed of the binary EBMM on CPU (`make bench`); `make test` runs each once, untimed.
 
 Size: the quick preset's model (hidden 128, K = 5 reads, T = 3 writes, 8256 writable
-floats) on 8 episodes of N = 64 patterns, i.e. one training batch of the quick preset.
+floats) on one training batch of the quick preset (16 episodes) at N = 64 patterns.
 """
 from __future__ import annotations
 
 import torch
 
-from ebmm.memory import EBMM
+from ebmm.memory import EBMM, PRESETS
 from membench.budget import TABLE1_BUDGET
 from membench.tasks import BinaryTask
 from membench.training import TrainConfig
 
 
-def build(batch: int = 8, num_patterns: int = 64):
+def build(batch: int = PRESETS["quick"]["train"]["batch_size"], num_patterns: int = 64):
     torch.manual_seed(0)
     task = BinaryTask(num_patterns=num_patterns)
     episodes = task.sample(batch, torch.Generator().manual_seed(0), split="train")
