@@ -65,7 +65,7 @@ class EBMMConfig:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # CPU, about 10 minutes on 2 cores: small hidden size, 2 hops, three write steps, energy term
+    # CPU, about 8 minutes on 2 cores: small hidden size, 2 hops, three write steps, energy term
     # only (no third-order meta-gradient), large initial rates, a beta-term rate that starts by
     # halving the deviation from theta_bar (at 3.0 it multiplied it by -5), a large meta learning
     # rate decayed along a cosine, 16 episodes a step (about 1.25x the time of 8)
