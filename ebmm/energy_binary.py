@@ -15,6 +15,7 @@ Only `memory` (weight d x D and bias d) is writable: with D = 128 and d = 64 it 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -38,14 +39,22 @@ class GatedRNNEnergy(nn.Module):
                 nn.init.zeros_(layer.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (M, D) -> energies (M,)."""
+        """x (M, D) -> energies (M,).
+
+        Computed as the recurrence above, with two exact shortcuts: the x-halves of `static`
+        and `gate` are applied once rather than every hop, and hop 1 skips the s-halves
+        (s_0 = 0). About half the multiply-adds of the literal form at hidden = 128, hops = 2.
+        """
         assert x.shape[-1] == self.dim, f"expected patterns of size {self.dim}, got shape {tuple(x.shape)}"
         x = 2 * x - 1  # ±1 coding (erased 0.5 -> 0): writing gradients are centred outer products
-        state = x.new_zeros(*x.shape[:-1], self.hidden)
-        written = self.memory(x)  # depends on x only: the same in every hop
+        weight = torch.cat([self.static.weight, self.gate.weight])      # (2 hidden - d, D + hidden)
+        from_x = F.linear(x, weight[:, :self.dim], torch.cat([self.static.bias, self.gate.bias]))
+        written = self.memory(x)                                          # (M, d)
+        split = self.hidden - written.shape[-1]
+        state = None
         for _ in range(self.hops):
-            z = torch.cat([x, state], dim=-1)
-            candidate = torch.tanh(torch.cat([written, self.static(z)], dim=-1))
-            update = torch.sigmoid(self.gate(z))
-            state = update * candidate + (1 - update) * state
+            mixed = from_x if state is None else from_x + F.linear(state, weight[:, self.dim:])
+            candidate = torch.tanh(torch.cat([written, mixed[..., :split]], dim=-1))
+            update = torch.sigmoid(mixed[..., split:])
+            state = update * candidate if state is None else state + update * (candidate - state)
         return self.readout(state).squeeze(-1)

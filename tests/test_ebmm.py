@@ -118,6 +118,28 @@ def test_batched_inner_loops_match_plain_autograd_loops():
     torch.testing.assert_close(retrievals.detach(), batched, rtol=1e-5, atol=1e-5)
 
 
+def literal_gated_rnn(energy, x: torch.Tensor) -> torch.Tensor:
+    """The App. B.1 recurrence exactly as its docstring writes it: x (M, D) -> (M,)."""
+    x = 2 * x - 1
+    state = x.new_zeros(x.shape[0], energy.hidden)
+    for _ in range(energy.hops):
+        z = torch.cat([x, state], dim=-1)
+        candidate = torch.tanh(torch.cat([energy.memory(x), energy.static(z)], dim=-1))
+        update = torch.sigmoid(energy.gate(z))
+        state = update * candidate + (1 - update) * state
+    return energy.readout(state).squeeze(-1)
+
+
+@pytest.mark.parametrize("hops", [1, 3])
+def test_gated_rnn_energy_is_the_literal_recurrence(hops: int):
+    model, task = small_model(hops=hops)
+    with torch.no_grad():  # nonzero biases, so hoisting the x-halves out of the hops is tested too
+        for layer in (model.energy.memory, model.energy.static, model.energy.gate):
+            layer.bias.normal_()
+    x = torch.rand(7, task.spec.pattern_size)
+    torch.testing.assert_close(model.energy(x), literal_gated_rnn(model.energy, x), rtol=1e-5, atol=1e-5)
+
+
 def test_meta_gradient_reaches_every_meta_parameter():
     model, task = small_model(grad_norm_term=True)
     batch = episodes(task)

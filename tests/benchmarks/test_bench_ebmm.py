@@ -1,6 +1,6 @@
 """Speed of the binary EBMM on CPU (`make bench`); `make test` runs each once, untimed.
 
-Size: the quick preset's model (hidden 128, K = 5 reads, T = 3 writes, 8256 writable
+Size: the quick preset's model (hidden 128, K = 3 reads, T = 3 writes, 8256 writable
 floats) on one training batch of the quick preset (16 episodes) at N = 64 patterns.
 """
 from __future__ import annotations
@@ -38,7 +38,7 @@ def test_meta_training_step(benchmark):
 
 
 def test_write_read(benchmark):
-    """Evaluation: write 8 x 64 patterns and read 8 x 64 queries (no graph through meta-parameters)."""
+    """Evaluation: write 16 x 64 patterns and read 16 x 64 queries (no graph through meta-parameters)."""
     model, episodes = build()
     model.eval()
 
