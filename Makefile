@@ -3,7 +3,7 @@ PYTHON ?= python3
 RESULTS ?= results
 DATA ?= ../shared/data
 
-.PHONY: install test bench table1 table1-classical table1-learned table1-gpu figures clean
+.PHONY: install test bench table1 table1-classical table1-learned table1-gpu figures readme clean
 
 # torch first: a CPU build where none is importable (an unpinned `torch` would pull CUDA wheels);
 # an existing torch install is kept as it is.
@@ -30,13 +30,18 @@ table1-gpu:
 
 table1: table1-classical table1-learned
 	membench report --out $(RESULTS)/table1
+	membench readme --results $(RESULTS)
+
+# the README's result tables, rewritten from the records in $(RESULTS)
+readme:
+	membench readme --results $(RESULTS)
 
 # Figure 3: rate sweeps on Omniglot and CIFAR-10 (DATA holds omniglot/ and cifar-10-batches-py/)
 figures:
 	membench run --suite fig3-omniglot --seeds 0 --preset quick --data-dir $(DATA) --out $(RESULTS)/fig3 --no-progress
 	membench run --suite fig3-cifar --seeds 0 --preset quick --data-dir $(DATA) --out $(RESULTS)/fig3 --no-progress
 	membench figures --out $(RESULTS)/fig3 --data-dir $(DATA)
-	membench report --out $(RESULTS)/table1
+	membench readme --results $(RESULTS)
 
 clean:
 	rm -rf membench-results .pytest_cache .benchmarks

@@ -9,7 +9,10 @@ is exactly zero keeps its value; an erased unit that never moves stays at 0.5 an
 counts as an error.
 
 Memory: n(n-1)/2 free weights + n thresholds (thresholds are zero for these rules but
-belong to the model's state, as in the paper's budget).
+belong to the model's state, as in the paper's budget). `write` returns exactly these: the
+strict upper triangle of the weight matrix, packed, and the thresholds; `read` unpacks the
+symmetric matrix. (The pseudo-inverse projector is symmetric up to rounding; its upper
+triangle is what is stored.)
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import abc
 import torch
 
 from membench.budget import hopfield_floats
+from membench.errors import MembenchError
 from membench.interface import AssociativeMemory, TaskSpec
 
 
@@ -31,7 +35,8 @@ class HopfieldMemory(AssociativeMemory):
 
     def __init__(self, spec: TaskSpec, max_sweeps: int = 100):
         super().__init__()
-        assert len(spec.pattern_shape) == 1, f"Hopfield networks take flat patterns, got shape {spec.pattern_shape}"
+        if len(spec.pattern_shape) != 1:
+            raise MembenchError(f"Hopfield networks take flat patterns, got shape {spec.pattern_shape}")
         self.spec, self.max_sweeps = spec, max_sweeps
 
     def memory_floats(self, spec: TaskSpec) -> int:
@@ -39,17 +44,28 @@ class HopfieldMemory(AssociativeMemory):
 
     @abc.abstractmethod
     def weights(self, spins: torch.Tensor) -> torch.Tensor:
-        """spins (B, N, D) in ±1 -> symmetric weights (B, D, D) with zero diagonal (each rule's own)."""
+        """spins (B, N, D) in ±1 -> symmetric weights (B, D, D) (each rule's own; the diagonal is dropped)."""
 
     def write(self, patterns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """patterns (B, N, D) -> (packed upper-triangle weights (B, D(D-1)/2), thresholds (B, D))."""
         spins = 2.0 * patterns - 1.0
-        weights = zero_diagonal(self.weights(spins))
+        rows, cols = torch.triu_indices(spins.shape[-1], spins.shape[-1], offset=1, device=patterns.device)
+        packed = self.weights(spins)[:, rows, cols]
         thresholds = torch.zeros(patterns.shape[0], patterns.shape[-1], device=patterns.device)
-        return weights, thresholds
+        return packed, thresholds
+
+    @staticmethod
+    def unpack(packed: torch.Tensor, dim: int) -> torch.Tensor:
+        """packed (B, D(D-1)/2) -> symmetric weights (B, D, D) with zero diagonal."""
+        rows, cols = torch.triu_indices(dim, dim, offset=1, device=packed.device)
+        upper = packed.new_zeros(packed.shape[0], dim, dim)
+        upper[:, rows, cols] = packed
+        return upper + upper.transpose(1, 2)
 
     def read(self, state: tuple[torch.Tensor, torch.Tensor], queries: torch.Tensor) -> torch.Tensor:
-        weights, thresholds = state
+        packed, thresholds = state
         batch, num_queries, dim = queries.shape
+        weights = self.unpack(packed, dim)
         spins = 2.0 * queries - 1.0          # erased entries (0.5) become 0
         free = queries == self.spec.fill_value  # (B, Q, D) units the dynamics may change
         episode = torch.arange(batch, device=queries.device)[:, None].expand(batch, num_queries)

@@ -19,15 +19,15 @@ The default is the identity on flat patterns (feature_width = pattern size).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from membench.interface import AssociativeMemory, TaskSpec
-from membench.training import TrainConfig, pick_preset
+from membench.errors import OverBudgetError
+from membench.interface import AssociativeMemory, Preset, TaskSpec, TrainConfig
 
 TRAIN_NUM_PATTERNS = (16, 32, 48, 64, 96)  # one checkpoint serves every N of Table 1
 
@@ -37,15 +37,15 @@ class LSTMConfig:
     hidden_size: int | None = None  # None: as large as the budget allows (budget // 2)
 
 
-PRESETS: dict[str, tuple[LSTMConfig, TrainConfig]] = {
+PRESETS: dict[str, Preset] = {
     # CPU: hidden 256 (memory 512 of 8256) so that training fits ~6 minutes on one core
-    "quick": (LSTMConfig(hidden_size=256),
-              TrainConfig(steps=2000, batch_size=16, lr=1e-3, clip_norm=1.0,
-                          log_every=25, checkpoint_every=250, num_patterns=TRAIN_NUM_PATTERNS)),
+    "quick": Preset(LSTMConfig(hidden_size=256),
+                    TrainConfig(steps=2000, batch_size=16, lr=1e-3, clip_norm=1.0,
+                                log_every=25, checkpoint_every=250, num_patterns=TRAIN_NUM_PATTERNS)),
     # GPU: the full budget, hidden 4128 (h + c = 8256)
-    "paper": (LSTMConfig(hidden_size=None),
-              TrainConfig(steps=50_000, batch_size=64, lr=1e-4, clip_norm=1.0,
-                          log_every=100, checkpoint_every=1000, num_patterns=TRAIN_NUM_PATTERNS)),
+    "paper": Preset(LSTMConfig(hidden_size=None),
+                    TrainConfig(steps=50_000, batch_size=64, lr=1e-4, clip_norm=1.0,
+                                log_every=100, checkpoint_every=1000, num_patterns=TRAIN_NUM_PATTERNS)),
 }
 
 
@@ -61,7 +61,8 @@ class LSTMMemory(AssociativeMemory):
         assert encoder is None or feature_width is not None, "a custom encoder needs its feature_width"
         self.spec, self.budget, self.settings = spec, budget, config
         self.hidden_size = config.hidden_size or budget // 2
-        assert self.hidden_size >= 1, f"budget {budget} leaves no room for an LSTM state"
+        if self.hidden_size < 1:
+            raise OverBudgetError(f"lstm: the budget of {budget} floats leaves no room for an LSTM state (h, c)")
         self.feature_width = feature_width or spec.pattern_size
         self.encoder = encoder or nn.Flatten()   # default: identity on flat patterns
         self.decoder = decoder or nn.Identity()
@@ -69,14 +70,12 @@ class LSTMMemory(AssociativeMemory):
         self.out = nn.Linear(self.hidden_size, self.feature_width)
 
     @classmethod
-    def from_spec(cls, spec: TaskSpec, budget: int, preset: str = "quick", **options: Any) -> "LSTMMemory":
-        defaults = pick_preset(PRESETS, preset, cls.name)[0]
-        config = replace(defaults, **{k: v for k, v in options.items() if k in asdict(defaults)})
-        extra = {k: v for k, v in options.items() if k not in asdict(config)}
-        return cls(spec, budget, config, **extra)
+    def presets(cls, spec: TaskSpec, options: Any = None) -> dict[str, Preset]:
+        return PRESETS
 
-    def train_config(self, preset: str) -> TrainConfig:
-        return pick_preset(PRESETS, preset, self.name)[1]
+    @classmethod
+    def from_preset(cls, spec: TaskSpec, budget: int, preset: Preset) -> "LSTMMemory":
+        return cls(spec, budget, preset.model)
 
     def config(self) -> dict[str, Any]:
         return {"hidden_size": self.hidden_size, "budget": self.budget, "feature_width": self.feature_width}

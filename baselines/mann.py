@@ -26,30 +26,17 @@ Figure 3 sizes the memory as 64 slots x width + controller state (64 w + 64).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from membench.encoders import image_codec
-from membench.interface import AssociativeMemory, TaskSpec
-from membench.training import TrainConfig, pick_preset
+from membench.errors import OverBudgetError
+from membench.interface import AssociativeMemory, Preset, TaskSpec, TrainConfig
 
 MIXED_N = (16, 32, 48, 64, 96)
-TRAIN_PRESETS: dict[str, TrainConfig] = {
-    # CPU, about 7 minutes on this 2-core machine
-    "quick": TrainConfig(steps=2000, batch_size=16, lr=1e-3, clip_norm=1.0, num_patterns=MIXED_N),
-    # GPU scale, the paper's optimiser (App. D)
-    "paper": TrainConfig(steps=200_000, batch_size=64, lr=5e-5, clip_norm=0.05, num_patterns=MIXED_N),
-}
-# Images (Figure 3): quick narrows the codec and trains about as long as an EBMM point on the CPU
-IMAGE_PRESETS: dict[str, tuple[tuple[int, ...], TrainConfig]] = {  # codec channels, training
-    "quick": ((16, 32, 32), TrainConfig(steps=1600, batch_size=2, lr=1e-3, clip_norm=1.0, log_every=20,
-                                        checkpoint_every=100)),
-    "paper": ((32, 64, 96), TrainConfig(steps=200_000, batch_size=16, lr=5e-5, clip_norm=0.05, log_every=100,
-                                        checkpoint_every=1000)),
-}
 
 
 class Centre(nn.Module):
@@ -72,11 +59,29 @@ class Unflatten(nn.Module):
 
 @dataclass(frozen=True)
 class MANNConfig:
-    num_slots: int = 64           # memory rows (from_spec sizes this to the budget)
+    num_slots: int | None = None  # memory rows; None: as many as the budget allows
     memory_width: int = 128       # floats per slot (= key size)
     controller_size: int = 32     # LSTM hidden units; final h and c are part of the memory
     usage_decay: float = 0.99     # gamma of the LRUA usage weights (not learnable: argmin has no gradient)
     init_sharpness: float = 10.0  # initial beta of the cosine addressing (learned, kept positive)
+    channels: tuple[int, ...] = (32, 64, 96)  # images only: the shared codec's residual block widths
+
+
+PRESETS: dict[str, Preset] = {
+    # CPU, about 7 minutes on this 2-core machine
+    "quick": Preset(MANNConfig(), TrainConfig(steps=2000, batch_size=16, lr=1e-3, clip_norm=1.0,
+                                              num_patterns=MIXED_N)),
+    # GPU scale, the paper's optimiser (App. D)
+    "paper": Preset(MANNConfig(), TrainConfig(steps=200_000, batch_size=64, lr=5e-5, clip_norm=0.05,
+                                              num_patterns=MIXED_N)),
+}
+# Images (Figure 3): quick narrows the codec and trains about as long as an EBMM point on the CPU
+IMAGE_PRESETS: dict[str, Preset] = {
+    "quick": Preset(MANNConfig(channels=(16, 32, 32)), TrainConfig(steps=1600, batch_size=2, lr=1e-3, clip_norm=1.0,
+                                                                   log_every=20, checkpoint_every=100)),
+    "paper": Preset(MANNConfig(), TrainConfig(steps=200_000, batch_size=16, lr=5e-5, clip_norm=0.05, log_every=100,
+                                              checkpoint_every=1000)),
+}
 
 
 @dataclass
@@ -90,11 +95,11 @@ class MANN(AssociativeMemory):
     name = "mann"
     trainable = True
 
-    def __init__(self, spec: TaskSpec, config: MANNConfig = MANNConfig(), encoder: nn.Module | None = None,
+    def __init__(self, spec: TaskSpec, config: MANNConfig = MANNConfig(num_slots=64), encoder: nn.Module | None = None,
                  decoder: nn.Module | None = None, feature_size: int | None = None):
         super().__init__()
+        assert config.num_slots is not None, "num_slots must be sized (from_preset sizes it to the budget)"
         self.spec, self.cfg = spec, config
-        self.train_settings: TrainConfig | None = None  # set by from_spec: the preset's training config
         self.encoder = encoder if encoder is not None else Centre()
         self.decoder = decoder if decoder is not None else Unflatten(spec.pattern_shape)
         self.feature_size = feature_size or spec.pattern_size
@@ -106,21 +111,24 @@ class MANN(AssociativeMemory):
         self.log_sharpness = nn.Parameter(torch.tensor(config.init_sharpness).log())
 
     @classmethod
-    def from_spec(cls, spec: TaskSpec, budget: int, preset: str = "quick", **options) -> "MANN":
-        """Keep the controller and slot width; give the memory as many slots as the budget allows."""
-        train = pick_preset(TRAIN_PRESETS, preset, cls.name)
-        fields = {k: options.pop(k) for k in list(options) if k in MANNConfig.__dataclass_fields__}
-        config = MANNConfig(**fields)
-        if "num_slots" not in fields:
+    def presets(cls, spec: TaskSpec, options: object = None) -> dict[str, Preset]:
+        return IMAGE_PRESETS if len(spec.pattern_shape) == 3 else PRESETS
+
+    @classmethod
+    def from_preset(cls, spec: TaskSpec, budget: int, preset: Preset) -> "MANN":
+        """Keep the controller and slot width; give the memory as many slots as the budget allows
+        (unless the preset fixes num_slots). Images get the shared codec at the preset's channels."""
+        config = preset.model
+        if config.num_slots is None:
             slots = (budget - 2 * config.controller_size) // config.memory_width
-            config = MANNConfig(**{**asdict(config), "num_slots": max(slots, 1)})
-        if len(spec.pattern_shape) == 3 and "encoder" not in options:
-            channels, train = pick_preset(IMAGE_PRESETS, preset, cls.name)
-            encoder, decoder, width = image_codec(spec.pattern_shape, channels)
-            options.update(encoder=encoder, decoder=decoder, feature_size=width)
-        model = cls(spec, config, **options)
-        model.train_settings = train
-        return model
+            if slots < 1:
+                raise OverBudgetError(f"mann: the budget of {budget} floats holds no slot of width "
+                                      f"{config.memory_width} beside the controller state (2 x {config.controller_size})")
+            config = replace(config, num_slots=slots)
+        if len(spec.pattern_shape) == 3:
+            encoder, decoder, width = image_codec(spec.pattern_shape, config.channels)
+            return cls(spec, config, encoder=encoder, decoder=decoder, feature_size=width)
+        return cls(spec, config)
 
     def memory_floats(self, spec: TaskSpec) -> int:
         return self.cfg.num_slots * self.cfg.memory_width + 2 * self.cfg.controller_size
@@ -177,9 +185,6 @@ class MANN(AssociativeMemory):
         """Binary cross-entropy of the retrievals against the written patterns (B, N, *S)."""
         logits = self._logits(self.write(patterns), queries)
         return F.binary_cross_entropy_with_logits(logits, patterns), torch.sigmoid(logits).detach()
-
-    def train_config(self, preset: str) -> TrainConfig:
-        return self.train_settings or pick_preset(TRAIN_PRESETS, preset, self.name)
 
     def config(self) -> dict:
         return {**asdict(self.cfg), "feature_size": self.feature_size,

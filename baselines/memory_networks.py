@@ -30,8 +30,9 @@ first `width` values of an image's code (Figure 3: 64 slots x width).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -39,8 +40,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from membench.encoders import image_codec
-from membench.interface import AssociativeMemory, TaskSpec
-from membench.training import TrainConfig, pick_preset
+from membench.errors import OverBudgetError
+from membench.interface import AssociativeMemory, Preset, TaskSpec, TrainConfig
 
 TRAIN_NUM_PATTERNS = (16, 32, 48, 64, 96)  # one checkpoint serves every N of Table 1
 
@@ -56,22 +57,22 @@ class MemNetConfig:
 IMAGE_TRAIN = dict(log_every=20, checkpoint_every=100, clip_norm=1.0)
 
 
-PRESETS: dict[str, tuple[MemNetConfig, TrainConfig]] = {
+PRESETS: dict[str, Preset] = {
     # CPU, ~4 minutes on one shared core: the model is tiny, training converges fast at lr 1e-3
-    "quick": (MemNetConfig(), TrainConfig(steps=5000, batch_size=16, lr=1e-3, clip_norm=1.0,
-                                          log_every=50, checkpoint_every=500, num_patterns=TRAIN_NUM_PATTERNS)),
+    "quick": Preset(MemNetConfig(), TrainConfig(steps=5000, batch_size=16, lr=1e-3, clip_norm=1.0,
+                                                log_every=50, checkpoint_every=500, num_patterns=TRAIN_NUM_PATTERNS)),
     # GPU scale: bigger batches, more steps, lower learning rate
-    "paper": (MemNetConfig(), TrainConfig(steps=100_000, batch_size=64, lr=2e-4, clip_norm=1.0,
-                                          log_every=100, checkpoint_every=2000, num_patterns=TRAIN_NUM_PATTERNS)),
+    "paper": Preset(MemNetConfig(), TrainConfig(steps=100_000, batch_size=64, lr=2e-4, clip_norm=1.0,
+                                                log_every=100, checkpoint_every=2000, num_patterns=TRAIN_NUM_PATTERNS)),
 }
 
 # Images (Figure 3): 256-wide codes of the shared encoder; quick narrows the encoder / decoder and
 # trains for about the CPU time of an EBMM point (1600 steps of 2 episodes, ~5 minutes).
-IMAGE_PRESETS: dict[str, tuple[MemNetConfig, TrainConfig]] = {
-    "quick": (MemNetConfig(embedding_width=256, channels=(16, 32, 32)),
-              TrainConfig(steps=1600, batch_size=2, lr=1e-3, **IMAGE_TRAIN)),
-    "paper": (MemNetConfig(embedding_width=256),
-              TrainConfig(steps=100_000, batch_size=16, lr=5e-5, weight_decay=1e-6, **IMAGE_TRAIN)),
+IMAGE_PRESETS: dict[str, Preset] = {
+    "quick": Preset(MemNetConfig(embedding_width=256, channels=(16, 32, 32)),
+                    TrainConfig(steps=1600, batch_size=2, lr=1e-3, **IMAGE_TRAIN)),
+    "paper": Preset(MemNetConfig(embedding_width=256),
+                    TrainConfig(steps=100_000, batch_size=16, lr=5e-5, weight_decay=1e-6, **IMAGE_TRAIN)),
 }
 
 
@@ -86,7 +87,6 @@ class MemoryNetwork(AssociativeMemory):
         assert (encoder is None) == (decoder is None), "give both encoder and decoder, or neither"
         assert encoder is None or feature_width is not None, "a custom encoder needs its feature_width"
         self.spec, self.budget, self.settings = spec, budget, config
-        self.train_settings: TrainConfig | None = None  # set by from_spec: the preset's training config
         self.feature_width = feature_width or spec.pattern_size
         self.encoder = encoder or nn.Flatten()   # default: identity on flat patterns
         self.decoder = decoder or nn.Identity()
@@ -102,20 +102,17 @@ class MemoryNetwork(AssociativeMemory):
         self.log_scale = nn.Parameter(torch.tensor(math.log(config.init_scale)))
 
     @classmethod
-    def from_spec(cls, spec: TaskSpec, budget: int, preset: str = "quick", **options: Any) -> "MemoryNetwork":
-        images = len(spec.pattern_shape) == 3
-        defaults, train = pick_preset(IMAGE_PRESETS if images else PRESETS, preset, cls.name)
-        config = replace(defaults, **{k: v for k, v in options.items() if k in asdict(defaults)})
-        extra = {k: v for k, v in options.items() if k not in asdict(config)}
-        if images and "encoder" not in extra:
-            encoder, decoder, width = image_codec(spec.pattern_shape, config.channels, config.embedding_width)
-            extra.update(encoder=encoder, decoder=decoder, feature_width=width)
-        model = cls(spec, budget, config, **extra)
-        model.train_settings = train
-        return model
+    def presets(cls, spec: TaskSpec, options: Any = None) -> dict[str, Preset]:
+        return IMAGE_PRESETS if len(spec.pattern_shape) == 3 else PRESETS
 
-    def train_config(self, preset: str) -> TrainConfig:
-        return self.train_settings or pick_preset(PRESETS, preset, self.name)[1]
+    @classmethod
+    def from_preset(cls, spec: TaskSpec, budget: int, preset: Preset) -> "MemoryNetwork":
+        """Images get the shared ResNet codec at the preset's channels and embedding width."""
+        config = preset.model
+        if len(spec.pattern_shape) == 3:
+            encoder, decoder, width = image_codec(spec.pattern_shape, config.channels, config.embedding_width)
+            return cls(spec, budget, config, encoder=encoder, decoder=decoder, feature_width=width)
+        return cls(spec, budget, config)
 
     def config(self) -> dict[str, Any]:
         return {**asdict(self.settings), "budget": self.budget, "feature_width": self.feature_width}
@@ -123,7 +120,9 @@ class MemoryNetwork(AssociativeMemory):
     def slot_width(self, num_patterns: int) -> int:
         """Values per slot for N written patterns: min(embedding width, budget // N)."""
         width = min(self.settings.embedding_width, self.budget // num_patterns)
-        assert width >= 1, f"budget {self.budget} leaves no value per slot for N={num_patterns}"
+        if width < 1:
+            raise OverBudgetError(f"{self.name}: the budget of {self.budget} floats leaves no value per slot for "
+                                  f"N={num_patterns} patterns; use N <= {self.budget} or a larger --budget")
         return width
 
     def memory_floats(self, spec: TaskSpec) -> int:
@@ -141,7 +140,7 @@ class MemoryNetwork(AssociativeMemory):
         """patterns (B, N, *S) -> slots (B, N, width), width = slot_width(N)."""
         assert patterns.shape[2:] == self.spec.pattern_shape, f"patterns {tuple(patterns.shape)} vs spec {self.spec}"
         width = self.slot_width(patterns.shape[1])
-        return self.embed_write(self._features(patterns))[..., :width]
+        return self.embed_write(self._features(patterns))[..., :width].contiguous()  # only the kept values
 
     def _logits(self, slots: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
         """slots (B, N, w), queries (B, Q, *S) -> retrieval logits (B, Q, *S)."""
@@ -174,5 +173,6 @@ class LearnedEmbeddingMemoryNetwork(MemoryNetwork):
     name = "memory_networks_learned"
 
     @classmethod
-    def from_spec(cls, spec: TaskSpec, budget: int, preset: str = "quick", **options: Any) -> "MemoryNetwork":
-        return super().from_spec(spec, budget, preset, **{"learned_embedding": True, **options})
+    def presets(cls, spec: TaskSpec, options: Any = None) -> dict[str, Preset]:
+        return {name: Preset(dataclasses.replace(preset.model, learned_embedding=True), preset.train)
+                for name, preset in super().presets(spec, options).items()}

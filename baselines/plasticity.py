@@ -26,22 +26,15 @@ vectors.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from membench.interface import AssociativeMemory, TaskSpec
-from membench.training import TrainConfig, pick_preset
+from membench.interface import AssociativeMemory, Preset, TaskSpec, TrainConfig
 
 MIXED_N = (16, 32, 48, 64, 96)
-TRAIN_PRESETS: dict[str, TrainConfig] = {
-    # CPU, about 2 minutes on this 2-core machine
-    "quick": TrainConfig(steps=2500, batch_size=16, lr=5e-3, clip_norm=1.0, num_patterns=MIXED_N),
-    # GPU scale, the paper's optimiser (App. D)
-    "paper": TrainConfig(steps=200_000, batch_size=64, lr=5e-5, clip_norm=0.05, num_patterns=MIXED_N),
-}
 
 
 class FlatLinear(nn.Module):
@@ -58,18 +51,29 @@ class FlatLinear(nn.Module):
 
 @dataclass(frozen=True)
 class PlasticityConfig:
-    plastic_size: int = 90      # k plastic units; the Hebbian trace (k^2 floats) is the memory
+    plastic_size: int | None = None  # k plastic units; the Hebbian trace (k^2 floats) is the memory.
+    #   None: the largest k with k^2 within the budget (90 at Table 1's 8256)
     present_steps: int = 2      # steps each written pattern is clamped for (k^2 trace updates: steps - 1)
     read_steps: int = 3         # recurrent steps when reading a query
     init_eta: float = 0.05      # initial Hebbian rate (learned, kept in (0, 1))
     init_alpha: float = 0.01    # plasticity coefficients start uniform in [0, init_alpha)
 
 
+PRESETS: dict[str, Preset] = {
+    # CPU, about 2 minutes on this 2-core machine
+    "quick": Preset(PlasticityConfig(), TrainConfig(steps=2500, batch_size=16, lr=5e-3, clip_norm=1.0,
+                                                    num_patterns=MIXED_N)),
+    # GPU scale, the paper's optimiser (App. D)
+    "paper": Preset(PlasticityConfig(), TrainConfig(steps=200_000, batch_size=64, lr=5e-5, clip_norm=0.05,
+                                                    num_patterns=MIXED_N)),
+}
+
+
 class DifferentiablePlasticity(AssociativeMemory):
     name = "differentiable_plasticity"
     trainable = True
 
-    def __init__(self, spec: TaskSpec, config: PlasticityConfig = PlasticityConfig(),
+    def __init__(self, spec: TaskSpec, config: PlasticityConfig = PlasticityConfig(plastic_size=90),
                  encoder: nn.Module | None = None, decoder: nn.Module | None = None):
         super().__init__()
         assert config.present_steps >= 2, "present_steps must be >= 2: the first step only sets the hidden state"
@@ -83,12 +87,16 @@ class DifferentiablePlasticity(AssociativeMemory):
         self.query_gain = nn.Parameter(torch.tensor(1.0))         # skip: known query entries push their logits
 
     @classmethod
-    def from_spec(cls, spec: TaskSpec, budget: int, preset: str = "quick", **options) -> "DifferentiablePlasticity":
-        """The largest plastic layer whose k x k Hebbian trace fits the budget."""
-        pick_preset(TRAIN_PRESETS, preset, cls.name)
-        fields = {k: options.pop(k) for k in list(options) if k in PlasticityConfig.__dataclass_fields__}
-        fields.setdefault("plastic_size", math.isqrt(budget))
-        return cls(spec, PlasticityConfig(**fields), **options)
+    def presets(cls, spec: TaskSpec, options: object = None) -> dict[str, Preset]:
+        return PRESETS
+
+    @classmethod
+    def from_preset(cls, spec: TaskSpec, budget: int, preset: Preset) -> "DifferentiablePlasticity":
+        """The largest plastic layer whose k x k Hebbian trace fits the budget (unless the preset fixes k)."""
+        config = preset.model
+        if config.plastic_size is None:
+            config = replace(config, plastic_size=math.isqrt(budget))
+        return cls(spec, config)
 
     def memory_floats(self, spec: TaskSpec) -> int:
         return self.cfg.plastic_size ** 2
@@ -133,9 +141,6 @@ class DifferentiablePlasticity(AssociativeMemory):
         """Binary cross-entropy of the retrievals against the written patterns (B, N, *S)."""
         logits = self._logits(self.write(patterns), queries)
         return F.binary_cross_entropy_with_logits(logits, patterns), torch.sigmoid(logits).detach()
-
-    def train_config(self, preset: str) -> TrainConfig:
-        return pick_preset(TRAIN_PRESETS, preset, self.name)
 
     def config(self) -> dict:
         return {**asdict(self.cfg), "encoder": type(self.encoder).__name__, "decoder": type(self.decoder).__name__}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from membench.errors import OverBudgetError
 from membench.interface import AssociativeMemory, TaskSpec
 
 
@@ -17,7 +18,9 @@ class RawSlotMemory(AssociativeMemory):
 
     def __init__(self, spec: TaskSpec, num_slots: int):
         super().__init__()
-        assert num_slots >= 1, f"the budget holds no whole pattern of {spec.pattern_size} values"
+        if num_slots < 1:
+            raise OverBudgetError(f"raw_slots: the budget holds no whole pattern of {spec.pattern_size} values; "
+                                  f"give a budget of at least {spec.pattern_size}")
         self.spec, self.num_slots = spec, num_slots
 
     @classmethod

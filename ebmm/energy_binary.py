@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from membench.errors import MembenchError
+
 
 class GatedRNNEnergy(nn.Module):
     """E(x; theta): x (M, D) in [0, 1] -> energies (M,). Writable: `memory.weight`, `memory.bias`."""
@@ -26,8 +28,10 @@ class GatedRNNEnergy(nn.Module):
 
     def __init__(self, dim: int = 128, memory_size: int = 64, hidden: int = 1024, hops: int = 5):
         super().__init__()
-        assert 0 < memory_size < hidden, f"memory_size={memory_size} must lie in (0, hidden={hidden})"
-        assert hops >= 1, f"hops={hops} must be positive"
+        if not 0 < memory_size < hidden:
+            raise MembenchError(f"memory_size={memory_size} must lie in (0, hidden={hidden})")
+        if hops < 1:
+            raise MembenchError(f"hops={hops} must be positive")
         self.dim, self.hidden, self.hops = dim, hidden, hops
         self.memory = nn.Linear(dim, memory_size)                    # writable
         self.static = nn.Linear(dim + hidden, hidden - memory_size)  # static from here on

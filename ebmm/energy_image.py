@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from membench.encoders import CodecConfig, Encoder, ResBlock
+from membench.errors import MembenchError
 
 
 def _he_init(module: nn.Module) -> None:
@@ -54,7 +55,8 @@ class ResNetFCEnergy(nn.Module):
     def __init__(self, codec: CodecConfig, memory_size: int = 32, hidden: int = 512, hops: int = 3,
                  readout: int = 1024):
         super().__init__()
-        assert 0 < memory_size < hidden, f"memory_size={memory_size} must lie in (0, hidden={hidden})"
+        if not 0 < memory_size < hidden:
+            raise MembenchError(f"memory_size={memory_size} must lie in (0, hidden={hidden})")
         self.hidden, self.hops = hidden, hops
         width = codec.embedding
         self.memory = nn.Linear(width, memory_size)                      # writable
@@ -83,7 +85,8 @@ class WritableBottleneck(nn.Module):
 
     def __init__(self, in_channels: int, width: int, bottleneck: int, memory_size: int, stride: int = 1):
         super().__init__()
-        assert 0 < memory_size < width, f"memory_size={memory_size} must lie in (0, width={width})"
+        if not 0 < memory_size < width:
+            raise MembenchError(f"memory_size={memory_size} must lie in (0, width={width})")
         self.reduce = nn.Conv2d(in_channels, bottleneck, 1)
         self.memory = nn.Conv2d(bottleneck, memory_size, 3, stride=stride, padding=1)        # writable
         self.static = nn.Conv2d(bottleneck, width - memory_size, 3, stride=stride, padding=1)
@@ -106,8 +109,10 @@ class ResNetConvEnergy(nn.Module):
                  width: int = 128, bottleneck: int = 64, memory_size: int = 4, hidden: int = 128, hops: int = 3,
                  readout: int = 1024):
         super().__init__()
-        assert len(channels) == 2, f"the conv energy has 2 residual blocks, got channels={channels}"
-        assert image_size % 8 == 0, f"image_size={image_size} must be divisible by 8 (three stride-2 stages)"
+        if len(channels) != 2:
+            raise MembenchError(f"the conv energy has 2 residual blocks, got channels={channels}")
+        if image_size % 8:
+            raise MembenchError(f"image_size={image_size} must be divisible by 8 (three stride-2 stages)")
         self.hidden, self.hops, self.grid = hidden, hops, image_size // 8
         self.stem = nn.Sequential(ResBlock(image_channels, channels[0]), ResBlock(channels[0], channels[1]))
         self.block1 = WritableBottleneck(channels[1], width, bottleneck, memory_size, stride=2)

@@ -25,16 +25,16 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
-from membench.interface import AssociativeMemory, TaskSpec
-from membench.training import TrainConfig, pick_preset
 from membench.encoders import CodecConfig
+from membench.errors import MembenchError
+from membench.interface import AssociativeMemory, Preset, TaskSpec, TrainConfig
 from ebmm.energy_binary import GatedRNNEnergy
 from ebmm.energy_image import ResNetConvEnergy, ResNetFCEnergy
 
@@ -64,49 +64,49 @@ class EBMMConfig:
     decay_init: float = 0.95      # initial sigmoid(eta_k): gamma_k / gamma_{k-1} and psi_k / psi_{k-1}
 
 
-PRESETS: dict[str, dict[str, Any]] = {
+PRESETS: dict[str, Preset] = {
     # CPU, about 9 minutes on 2 cores: small hidden size, 2 hops, three write steps and three
     # read steps, energy term only (no third-order meta-gradient), large initial rates, a beta-term
     # rate that starts by halving the deviation from theta_bar (at 3.0 it multiplied it by -5), a
     # large meta learning rate decayed along a cosine, 16 episodes a step
-    "quick": dict(model=dict(hidden=128, hops=2, read_steps=3, write_steps=3, grad_norm_term=False,
-                             write_lr_init=3.0, anchor_lr_init=0.25, read_step_init=5.0),
-                  train=dict(steps=5600, batch_size=16, lr=6e-3, cosine_decay=True, clip_norm=1.0, log_every=50,
-                             checkpoint_every=250, num_patterns=(16, 32, 48, 64, 96))),
+    "quick": Preset(EBMMConfig(hidden=128, hops=2, read_steps=3, write_steps=3, grad_norm_term=False,
+                               write_lr_init=3.0, anchor_lr_init=0.25, read_step_init=5.0),
+                    TrainConfig(steps=5600, batch_size=16, lr=6e-3, cosine_decay=True, clip_norm=1.0, log_every=50,
+                                checkpoint_every=250, num_patterns=(16, 32, 48, 64, 96))),
     # one GPU, about 6 minutes on an H100 (363 s of training): a wider, deeper energy, three write steps
-    "gpu": dict(model=dict(hidden=512, hops=3, write_steps=3, grad_norm_term=False, write_lr_init=1.0,
-                           read_step_init=1.0),
-                train=dict(steps=4000, batch_size=32, lr=1e-3, clip_norm=1.0, log_every=50,
-                           checkpoint_every=250, num_patterns=(16, 32, 48, 64, 96))),
+    "gpu": Preset(EBMMConfig(hidden=512, hops=3, write_steps=3, grad_norm_term=False, write_lr_init=1.0,
+                             read_step_init=1.0),
+                  TrainConfig(steps=4000, batch_size=32, lr=1e-3, clip_norm=1.0, log_every=50,
+                              checkpoint_every=250, num_patterns=(16, 32, 48, 64, 96))),
     # GPU scale: the paper's architecture and optimiser (App. B.1, D). Initial rates: softplus -> 1e-4
     # leaves the written field ~1e-6 (no learning signal), and a first read step above ~1 saturates
     # every bit of the 1024-unit energy, so writing starts at 0.3 and reading at 1.0.
-    "paper": dict(model=dict(write_steps=3, write_lr_init=0.3, read_step_init=1.0),
-                  train=dict(steps=200_000, batch_size=32, lr=5e-5, weight_decay=1e-6, clip_norm=0.05,
-                             checkpoint_every=1000, num_patterns=(16, 32, 48, 64, 96))),
+    "paper": Preset(EBMMConfig(write_steps=3, write_lr_init=0.3, read_step_init=1.0),
+                    TrainConfig(steps=200_000, batch_size=32, lr=5e-5, weight_decay=1e-6, clip_norm=0.05,
+                                checkpoint_every=1000, num_patterns=(16, 32, 48, 64, 96))),
 }
 
 # Image presets, per energy (Figure 3). quick: narrower networks (memory per d shrinks for the conv
 # energy: 578 * d at bottleneck 32, so d = 4, 8, 16 give the paper's 1154 * (2, 4, 8) sizes), one
 # write step and small meta-batches. paper: App. B.2 / B.3 sizes and App. D optimiser.
-_IMAGE_TRAIN_QUICK = dict(steps=300, batch_size=2, lr=1e-3, clip_norm=1.0, log_every=20, checkpoint_every=100)
-_IMAGE_TRAIN_PAPER = dict(steps=200_000, batch_size=16, lr=5e-5, weight_decay=1e-6, clip_norm=0.05,
-                          log_every=100, checkpoint_every=1000)
-IMAGE_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    "quick": {
-        "resnet_fc": dict(model=dict(energy="resnet_fc", channels=(16, 32, 32), hidden=128, hops=2, readout=256,
-                                     write_steps=1, grad_norm_term=False, write_lr_init=1.0, read_step_init=1.0),
-                          train=_IMAGE_TRAIN_QUICK),
-        "resnet_conv": dict(model=dict(energy="resnet_conv", channels=(16, 32), width=64, bottleneck=32, hidden=32,
-                                       hops=2, readout=256, write_steps=1, grad_norm_term=False,
-                                       write_lr_init=1.0, read_step_init=1.0),
-                            train=_IMAGE_TRAIN_QUICK),
+_IMAGE_TRAIN_QUICK = TrainConfig(steps=300, batch_size=2, lr=1e-3, clip_norm=1.0, log_every=20, checkpoint_every=100)
+_IMAGE_TRAIN_PAPER = TrainConfig(steps=200_000, batch_size=16, lr=5e-5, weight_decay=1e-6, clip_norm=0.05,
+                                 log_every=100, checkpoint_every=1000)
+IMAGE_PRESETS: dict[str, dict[str, Preset]] = {  # energy -> preset name -> preset
+    "resnet_fc": {
+        "quick": Preset(EBMMConfig(energy="resnet_fc", channels=(16, 32, 32), hidden=128, hops=2, readout=256,
+                                   write_steps=1, grad_norm_term=False, write_lr_init=1.0, read_step_init=1.0),
+                        _IMAGE_TRAIN_QUICK),
+        "paper": Preset(EBMMConfig(energy="resnet_fc", hidden=512, hops=3, write_steps=3, write_lr_init=0.3),
+                        _IMAGE_TRAIN_PAPER),
     },
-    "paper": {
-        "resnet_fc": dict(model=dict(energy="resnet_fc", hidden=512, hops=3, write_steps=3, write_lr_init=0.3),
-                          train=_IMAGE_TRAIN_PAPER),
-        "resnet_conv": dict(model=dict(energy="resnet_conv", hidden=128, hops=3, write_steps=3, write_lr_init=0.3),
-                            train=_IMAGE_TRAIN_PAPER),
+    "resnet_conv": {
+        "quick": Preset(EBMMConfig(energy="resnet_conv", channels=(16, 32), width=64, bottleneck=32, hidden=32,
+                                   hops=2, readout=256, write_steps=1, grad_norm_term=False, write_lr_init=1.0,
+                                   read_step_init=1.0),
+                        _IMAGE_TRAIN_QUICK),
+        "paper": Preset(EBMMConfig(energy="resnet_conv", hidden=128, hops=3, write_steps=3, write_lr_init=0.3),
+                        _IMAGE_TRAIN_PAPER),
     },
 }
 
@@ -115,16 +115,18 @@ def build_energy(spec: TaskSpec, config: EBMMConfig) -> nn.Module:
     """The energy network named by `config.energy`, sized for the task's patterns."""
     shape = spec.pattern_shape
     if config.energy == "gated_rnn":
-        assert len(shape) == 1, f"the gated-RNN energy takes flat patterns, got {shape}"
+        if len(shape) != 1:
+            raise MembenchError(f"the gated-RNN energy takes flat patterns, got {shape}")
         return GatedRNNEnergy(spec.pattern_size, config.memory_size, config.hidden, config.hops)
-    assert len(shape) == 3, f"energy '{config.energy}' takes images (C, H, W), got {shape}"
+    if len(shape) != 3:
+        raise MembenchError(f"energy '{config.energy}' takes images (C, H, W), got {shape}")
     if config.energy == "resnet_fc":
         codec = CodecConfig.for_images(shape, config.channels, config.embedding)
         return ResNetFCEnergy(codec, config.memory_size, config.hidden, config.hops, config.readout)
     if config.energy == "resnet_conv":
         return ResNetConvEnergy(shape[0], shape[1], tuple(config.channels[:2]), config.width, config.bottleneck,
                                 config.memory_size, config.hidden, config.hops, config.readout)
-    raise ValueError(f"unknown energy '{config.energy}'; valid: gated_rnn, resnet_fc, resnet_conv")
+    raise MembenchError(f"unknown energy '{config.energy}'; valid: gated_rnn, resnet_fc, resnet_conv")
 
 
 def _inverse_softplus(value: float) -> float:
@@ -147,10 +149,9 @@ class EBMM(AssociativeMemory):
     name = "ebmm"
     trainable = True
 
-    def __init__(self, spec: TaskSpec, energy: nn.Module, config: EBMMConfig, train: dict[str, Any] | None = None):
+    def __init__(self, spec: TaskSpec, energy: nn.Module, config: EBMMConfig):
         super().__init__()
         self.spec, self.energy, self.cfg = spec, energy, config
-        self.train_settings = train or {}  # TrainConfig fields of the preset it was built with
         names = tuple(energy.writable_names)
         own = dict(energy.named_parameters())
         assert names and all(n in own for n in names), f"writable_names {names} must name parameters of the energy"
@@ -166,26 +167,23 @@ class EBMM(AssociativeMemory):
         self.momentum_decay = nn.Parameter(torch.full((config.read_steps - 1,), _logit(config.decay_init)))
 
     @classmethod
-    def from_spec(cls, spec: TaskSpec, budget: int, preset: str = "quick", **options: Any) -> "EBMM":
-        """Flat patterns -> gated-RNN energy; images (C, H, W) -> the ResNet energy named by option
-        `energy` (resnet_fc by default). Other options override the preset's EBMMConfig fields."""
+    def presets(cls, spec: TaskSpec, options: Mapping[str, Any]) -> dict[str, Preset]:
+        """Flat patterns: the gated-RNN presets. Images (C, H, W): the presets of the ResNet energy named
+        by option `energy` (resnet_fc by default)."""
         if len(spec.pattern_shape) == 1:
-            chosen = pick_preset(PRESETS, preset, cls.name)
-        else:
-            kind = options.get("energy", "resnet_fc")
-            per_energy = pick_preset(IMAGE_PRESETS, preset, cls.name)
-            if kind not in per_energy:
-                raise ValueError(f"unknown image energy '{kind}'; valid: {', '.join(per_energy)}")
-            chosen = per_energy[kind]
-        config = EBMMConfig(**{**chosen["model"], **options})
-        return cls(spec, build_energy(spec, config), config, chosen["train"])
+            return PRESETS
+        energy = options.get("energy", "resnet_fc")
+        if energy not in IMAGE_PRESETS:
+            raise MembenchError(f"unknown image energy '{energy}'; valid: {', '.join(IMAGE_PRESETS)}")
+        return IMAGE_PRESETS[energy]
+
+    @classmethod
+    def from_preset(cls, spec: TaskSpec, budget: int, preset: Preset) -> "EBMM":
+        return cls(spec, build_energy(spec, preset.model), preset.model)
 
     def memory_floats(self, spec: TaskSpec) -> int:
         params = dict(self.energy.named_parameters())
         return sum(params[name].numel() for name in self.writable_names)
-
-    def train_config(self, preset: str) -> TrainConfig:
-        return TrainConfig(**self.train_settings)
 
     def config(self) -> dict[str, Any]:
         return {"energy": type(self.energy).__name__, **dataclasses.asdict(self.cfg)}

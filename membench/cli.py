@@ -1,4 +1,4 @@
-"""Command line: `membench list | run | report | plots`."""
+"""Command line: `membench list | run | report | figures | readme | download`."""
 from __future__ import annotations
 
 import functools
@@ -6,37 +6,60 @@ from pathlib import Path
 
 import click
 
-from membench.errors import MembenchError, TrainingPaused
+from membench.errors import MembenchError, TrainingInterrupted, TrainingPaused
 
 EXIT_PAUSED = 3  # `membench run` stopped at --train-time-limit: rerun to continue
-
-
-class PausedException(click.ClickException):
-    exit_code = EXIT_PAUSED
-
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), as shells report it
+MAX_SEED = 2**31 - 1
 DEFAULT_OUT = "membench-results"
 
 
-def _int_list(_ctx, _param, value: str | None) -> tuple[int, ...] | None:
-    if value is None:
-        return None
-    try:
-        return tuple(int(v) for v in value.replace(" ", "").split(",") if v)
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers such as 0,1,2; got '{value}'") from None
+class ExitWith(click.ClickException):
+    """'Error: <message>' and a chosen exit status."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _int_list(low: int, high: int | None = None):
+    """Click callback: comma-separated integers in [low, high], duplicates dropped, at least one."""
+
+    def parse(_ctx, param, value: str | None) -> tuple[int, ...] | None:
+        if value is None:
+            return None
+        try:
+            numbers = [int(v) for v in value.replace(" ", "").split(",") if v]
+        except ValueError:
+            raise click.BadParameter(f"expected comma-separated integers such as 0,1,2; got '{value}'") from None
+        if not numbers:
+            raise click.BadParameter(f"give at least one value, e.g. --{param.name.replace('_', '-')} {low}")
+        bad = [n for n in numbers if n < low or (high is not None and n > high)]
+        if bad:
+            bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise click.BadParameter(f"{bad[0]} is out of range: values must be {bounds}")
+        return tuple(dict.fromkeys(numbers))
+
+    return parse
 
 
 def _friendly_errors(command):
-    """Turn MembenchError into 'Error: <message>' and exit status 1; no traceback."""
+    """Turn MembenchError into 'Error: <message>' and exit status 1 (3 when paused, 130 when
+    interrupted); no traceback."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
         except TrainingPaused as exc:
-            raise PausedException(str(exc)) from exc
+            raise ExitWith(str(exc), EXIT_PAUSED) from None
+        except TrainingInterrupted as exc:
+            raise ExitWith(str(exc), EXIT_INTERRUPTED) from None
         except MembenchError as exc:
-            raise click.ClickException(str(exc)) from exc
+            raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            raise ExitWith("interrupted; finished runs are kept, rerun the same command to continue",
+                           EXIT_INTERRUPTED) from None
 
     return wrapper
 
@@ -69,8 +92,9 @@ def list_command() -> None:
 @main.command()
 @click.option("--suite", default="table1", show_default=True, help="Suite to run (see `membench list`).")
 @click.option("--model", "models", multiple=True, help="Model name or module:Class; repeatable. Default: the suite's models.")
-@click.option("--num-patterns", callback=_int_list, help="Comma-separated N values. Default: the suite's.")
-@click.option("--seeds", default="0", callback=_int_list, show_default=True, help="Comma-separated seeds.")
+@click.option("--num-patterns", callback=_int_list(1), help="Comma-separated N values (>= 1). Default: the suite's.")
+@click.option("--seeds", default="0", callback=_int_list(0, MAX_SEED), show_default=True,
+              help=f"Comma-separated seeds in [0, {MAX_SEED}].")
 @click.option("--queries", type=click.IntRange(1),
               help="Minimum queries per run. Default: the suite's (1000 for table1, 64000 = 1000 batches for fig3-*).")
 @click.option("--preset", default="quick", show_default=True, type=click.Choice(["quick", "gpu", "paper"]),
@@ -99,12 +123,10 @@ def run(suite, models, num_patterns, seeds, queries, preset, budget, device, out
     set_data_dir(data_dir)
     chosen = get_suite(suite)
     specs = chosen.expand(suite, tuple(models) or None, seeds, queries or chosen.queries, preset, num_patterns, budget)
-    try:
-        done = run_all(specs, out, device=device, force=force, checkpoint_dir=checkpoint_dir, progress=progress,
-                       train_time_limit_s=train_time_limit)
-    except KeyboardInterrupt:
-        raise click.ClickException(f"interrupted; finished runs are kept in {out}/runs, rerun to continue") from None
-    click.echo(f"{len(done)} run(s) executed, {len(specs) - len(done)} already finished, in {out}")
+    done = run_all(specs, out, device=device, force=force, checkpoint_dir=checkpoint_dir, progress=progress,
+                   train_time_limit_s=train_time_limit)
+    click.echo(f"{len(done)} run(s) executed, {len(set(s.run_id for s in specs)) - len(done)} already finished, "
+               f"in {out}")
     if isinstance(chosen, SweepSuite):
         from membench.figure3 import DEFAULT_REFERENCE, image_records, load_reference, summarise, summary_markdown
 
@@ -154,6 +176,24 @@ def figures(out, reference, checkpoint_dir, grids, data_dir) -> None:
     click.echo(markdown)
     for path in paths:
         click.echo(f"wrote {path}")
+
+
+@main.command()
+@click.option("--results", default="results", show_default=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder holding table1/ and fig3/ (the committed results).")
+@click.option("--file", "readme", default="README.md", show_default=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The README whose marked tables are rewritten.")
+@click.option("--check", is_flag=True, help="Change nothing; exit 1 when a table differs from its records.")
+@_friendly_errors
+def readme(results, readme, check) -> None:
+    """Rewrite the README's result tables (between <!-- results:NAME --> markers) from the records."""
+    from membench.readme import sync
+
+    stale = sync(readme, results, write=not check)
+    if check and stale:
+        raise MembenchError(f"{readme}: the tables {', '.join(stale)} differ from the records in {results}; "
+                            "run `membench readme` (or `make readme`) to rewrite them")
+    click.echo(f"{readme}: {'rewrote ' + ', '.join(stale) if stale else 'tables match the records'}")
 
 
 @main.command()

@@ -35,6 +35,7 @@ import pickle
 import tarfile
 import urllib.request
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,8 +133,21 @@ def _decode_omniglot(png: bytes, image_size: int) -> np.ndarray:
     return (ink >= 128).astype(np.uint8)
 
 
+def _corrupt(path: Path, exc: BaseException, fix: str) -> DatasetMissing:
+    return DatasetMissing(f"{path} is corrupt or truncated ({type(exc).__name__}: {exc}); {fix}")
+
+
 def _read_omniglot_zip(path: Path, image_size: int, seen: set) -> dict[str, list[np.ndarray]]:
     """character name 'Alphabet/characterNN' -> images, skipping (character, file) pairs in `seen`."""
+    from PIL import UnidentifiedImageError
+
+    try:
+        return _read_omniglot_members(path, image_size, seen)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, UnidentifiedImageError) as exc:
+        raise _corrupt(path, exc, "delete it and download it again (`membench download omniglot`)") from None
+
+
+def _read_omniglot_members(path: Path, image_size: int, seen: set) -> dict[str, list[np.ndarray]]:
     characters: dict[str, list[np.ndarray]] = {}
     with zipfile.ZipFile(path) as archive:
         for member in sorted(archive.namelist()):
@@ -200,12 +214,19 @@ def _cifar_folder(root: Path) -> Path:
 
 
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    with open(path, "rb") as handle:
-        batch = pickle.load(handle, encoding="latin1")
-    batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
-    data = np.asarray(batch["data"], dtype=np.uint8)
-    assert data.ndim == 2 and data.shape[1] == 3072, f"{path}: data has shape {data.shape}, expected (N, 3072)"
-    return data.reshape(-1, 3, 32, 32), np.asarray(batch["labels"], dtype=np.int64)
+    fix = f"delete {path.parent} and extract {CIFAR_URL} again (`membench download cifar10`)"
+    try:
+        with open(path, "rb") as handle:
+            batch = pickle.load(handle, encoding="latin1")
+        batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
+        data = np.asarray(batch["data"], dtype=np.uint8)
+        labels = np.asarray(batch["labels"], dtype=np.int64)
+    except (pickle.UnpicklingError, EOFError, OSError, AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise _corrupt(path, exc, fix) from None
+    if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
+        raise DatasetMissing(f"{path} holds data of shape {data.shape} and {len(labels)} labels, expected (M, 3072) "
+                             f"and M labels; {fix}")
+    return data.reshape(-1, 3, 32, 32), labels
 
 
 def _resize_uint8(pixels: np.ndarray, image_size: int) -> torch.Tensor:

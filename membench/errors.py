@@ -19,3 +19,7 @@ class TrainingPaused(MembenchError):
 
 class DatasetMissing(MembenchError):
     """A data set was not found where the loader looked."""
+
+
+class TrainingInterrupted(MembenchError):
+    """Ctrl-C during meta-training; the checkpoint was written first, so rerunning resumes."""

@@ -8,10 +8,10 @@ percentiles over batches, as in the paper (App. D). The paper's points come from
 results/reference/paper_fig3.csv (read off the PDF's vector graphics).
 
 Reconstruction grids (query, retrieval, original, like the paper's Fig. 2) need the model
-itself, so they are redrawn rather than stored: the run's model is rebuilt from its record
-exactly as the runner builds it, a trained model loads its cached checkpoint (and is
-skipped, with a note, when that checkpoint is not on this machine), and it reads the
-first evaluation episode of the run's own seed.
+itself, so they are redrawn rather than stored: the run's model is rebuilt and loaded by
+the runner's own path (`membench.runner.load_trained`; a grid is skipped, with a note, when
+the trained checkpoint is not on this machine), and it reads the first evaluation episode
+of the run's own seed.
 """
 from __future__ import annotations
 
@@ -24,8 +24,9 @@ import pandas as pd
 import torch
 from tabulate import tabulate
 
+from membench.errors import MembenchError
 from membench.plots import training_curves
-from membench.report import REPO_ROOT
+from membench.report import REPO_ROOT, distinct
 from membench.store import ResultsStore, write_text_atomic
 
 DEFAULT_REFERENCE = REPO_ROOT / "results" / "reference" / "paper_fig3.csv"
@@ -42,8 +43,8 @@ QUICK_CHANGES = ("quick preset: the paper's task (64 images of 32x32 per batch, 
 
 
 def image_records(out_dir: Path) -> list[dict[str, Any]]:
-    """Finished runs in `out_dir` whose task is an image task."""
-    return [r for r in ResultsStore(out_dir).records() if r["task"]["kind"] in PAPER_DATASET]
+    """Finished runs in `out_dir` whose task is an image task, one per (point, seed) (report.distinct)."""
+    return distinct([r for r in ResultsStore(out_dir).records() if r["task"]["kind"] in PAPER_DATASET])[0]
 
 
 def _curve_label(record: dict[str, Any]) -> str:
@@ -57,7 +58,9 @@ def batch_errors(record: dict[str, Any]) -> np.ndarray:
     """Mean error per evaluated batch (episode), in evaluation order."""
     n = record["task"]["num_patterns"]
     errors = np.asarray(record["errors"], dtype=float)
-    assert errors.size % n == 0, f"{record['run_id']}: {errors.size} errors is not a whole number of N={n} episodes"
+    if errors.size % n:
+        raise MembenchError(f"record {record['run_id']} holds {errors.size} errors, not a whole number of N={n} "
+                            "episodes; rerun its `membench run` command with --force to replace it")
     return errors.reshape(-1, n).mean(axis=1)
 
 
@@ -74,14 +77,16 @@ def summarise(records: list[dict[str, Any]], reference: pd.DataFrame | None = No
         rows.append({"dataset": record["task"]["kind"], "curve": _curve_label(record), "model": record["model"],
                      "options": json.dumps(record["options"], sort_keys=True), "memory_floats": record["memory_floats"],
                      "num_patterns": record["task"]["num_patterns"], "preset": record["preset"],
-                     "image_size": record["task"]["image_size"], "data": record["task"].get("data", ""),
+                     "image_size": record["task"]["image_size"], "block": record["task"]["block"],
+                     "data": record["task"].get("data", ""), "budget": record["budget"],
                      "seed": record["seed"], "batch_errors": batch_errors(record),
                      "train_time_s": (record["training"] or {}).get("train_time_s", 0.0),
                      "wall_time_s": record["wall_time_s"], "device": record["environment"]["device"],
                      "command": record["command"]})
     if not rows:
         return pd.DataFrame()
-    keys = ["dataset", "curve", "model", "options", "memory_floats", "num_patterns", "preset", "image_size", "data"]
+    keys = ["dataset", "curve", "model", "options", "memory_floats", "num_patterns", "preset", "image_size", "block",
+            "data", "budget"]
     summary = []
     for key, group in pd.DataFrame(rows).groupby(keys, sort=False):
         batches = np.concatenate(list(group["batch_errors"]))
@@ -111,6 +116,16 @@ def _attach_paper(frame: pd.DataFrame, reference: pd.DataFrame | None) -> pd.Dat
     return frame.assign(**paper)
 
 
+def dataset_table(frame: pd.DataFrame) -> str:
+    """The markdown table of one data set's points: ours beside the paper's."""
+    grid = [[row.curve, f"{row.memory_k:.2f}", f"{row.median:.2f} [{row.p5:.2f}, {row.p95:.2f}]",
+             "" if pd.isna(row.paper) else f"{row.paper:.2f} [{row.paper_lo:.2f}, {row.paper_hi:.2f}]",
+             row.num_patterns, row.batches, row.preset, f"{row.train_time_s:.0f}", f"{row.wall_time_s:.1f}"]
+            for row in frame.itertuples()]
+    headers = ["curve", "memory (k floats)", "ours", "paper", "N", "batches", "preset", "train s", "wall s"]
+    return tabulate(grid, headers=headers, tablefmt="github")
+
+
 def summary_markdown(summary: pd.DataFrame) -> str:
     """Markdown tables (one per data set): ours beside the paper's, with provenance."""
     if summary.empty:
@@ -119,14 +134,9 @@ def summary_markdown(summary: pd.DataFrame) -> str:
              f"[5th, 95th percentile over batches], batches of N images, {summary['batches'].min()}-"
              f"{summary['batches'].max()} batches per point. Paper: {CITATION} (read off the PDF).\n"]
     for dataset, frame in summary.groupby("dataset", sort=True):
-        grid = [[row.curve, f"{row.memory_k:.2f}", f"{row.median:.2f} [{row.p5:.2f}, {row.p95:.2f}]",
-                 "" if pd.isna(row.paper) else f"{row.paper:.2f} [{row.paper_lo:.2f}, {row.paper_hi:.2f}]",
-                 row.num_patterns, row.batches, row.preset, f"{row.train_time_s:.0f}", f"{row.wall_time_s:.1f}"]
-                for row in frame.itertuples()]
-        headers = ["curve", "memory (k floats)", "ours", "paper", "N", "batches", "preset", "train s", "wall s"]
         parts.append(f"## {TITLES[dataset]}\n\nData: {', '.join(sorted(set(frame['data'])))}; image size "
                      f"{', '.join(map(str, sorted(set(frame['image_size']))))}; device {', '.join(sorted(set(frame['device'])))}.\n\n"
-                     + tabulate(grid, headers=headers, tablefmt="github") + "\n")
+                     + dataset_table(frame) + "\n")
     if "quick" in set(summary["preset"]):
         parts.append(f"Note, {QUICK_CHANGES}.\n")
     commands = sorted(set(" | ".join(summary["command"]).split(" | ")))
@@ -178,20 +188,15 @@ def reconstruction_grid(record: dict[str, Any], path: Path, checkpoint_dir: Path
 
     Returns the written path, or None (after printing why) when a trained model's checkpoint is absent.
     """
-    from membench.runner import EVAL_STREAM, build_model
+    from membench.runner import EVAL_STREAM, load_trained
     from membench.suites import RunSpec
-    from membench.tasks import make_task
 
     spec = RunSpec(**{name: record[name] for name in RunSpec.__dataclass_fields__})
-    task = make_task(spec.task)
-    model = build_model(spec, task)
-    if model.trainable:
-        checkpoint = Path(checkpoint_dir) / f"{record['training']['checkpoint_key']}.pt"
-        if not checkpoint.exists():
-            print(f"skipped the grid of {record['run_id']}: checkpoint {checkpoint} is not on this machine")
-            return None
-        model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=False)["model"])
-    model.eval()
+    task, model, checkpoint = load_trained(spec, checkpoint_dir)
+    if model.trainable and checkpoint is None:
+        print(f"skipped the grid of {record['run_id']}: its trained checkpoint is not in {checkpoint_dir} "
+              "(rerun its `membench run` command there to retrain it)")
+        return None
     torch.manual_seed(spec.seed)
     episodes = task.sample(1, torch.Generator().manual_seed(spec.seed + EVAL_STREAM), split="test")
     with torch.no_grad():

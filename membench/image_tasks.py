@@ -28,7 +28,7 @@ import torch
 from membench import datasets
 from membench.errors import MembenchError
 from membench.interface import TaskSpec
-from membench.tasks import TASK_KINDS, Episodes, Task
+from membench.tasks import Episodes, Task, check_positive
 
 
 class ImageTask(Task):
@@ -39,8 +39,10 @@ class ImageTask(Task):
     binary: ClassVar[bool]
 
     def __init__(self, num_patterns: int = 64, image_size: int = 32, block: int = 16, data: str | None = None):
-        assert num_patterns >= 1, f"num_patterns={num_patterns} must be positive"
-        assert 1 <= block <= image_size, f"block={block} must lie in [1, image_size={image_size}]"
+        check_positive("num_patterns", num_patterns)
+        check_positive("image_size", image_size)
+        if not 1 <= block <= image_size:
+            raise MembenchError(f"block={block} must lie in [1, image_size={image_size}]")
         self.image_size, self.block = image_size, block
         self.dataset = datasets.load(self.dataset_name, image_size)
         if data is not None and data != self.dataset.fingerprint():
@@ -99,5 +101,3 @@ class Cifar10Task(ImageTask):
         assert retrievals.shape == patterns.shape, f"retrievals {tuple(retrievals.shape)} != patterns {tuple(patterns.shape)}"
         return (retrievals - patterns).pow(2).flatten(2).sum(dim=-1)
 
-
-TASK_KINDS.update({"omniglot": OmniglotTask, "cifar10": Cifar10Task})

@@ -1,27 +1,36 @@
-"""The one interface every memory model implements.
+"""The one interface every memory model implements, and the preset shape of learned models.
 
 A memory is used in two phases, batched over B independent episodes:
 
-    state = model.write(patterns)          # patterns (B, N, *S) -> opaque state
+    state = model.write(patterns)            # patterns (B, N, *S) -> state
     retrievals = model.read(state, queries)  # queries (B, Q, *S) -> retrievals (B, Q, *S)
 
-`write` must not keep anything about the patterns on `self`: everything the memory
-knows about the written set lives in the returned state, and `memory_floats` states
-how many float32 values that state amounts to. The runner refuses a model whose
-count exceeds the run's budget.
+The contract, which the runner checks on every run (membench.budget, membench.integrity):
+- everything the memory knows about the written set lives in the returned state: tensors
+  (or tuples, lists, dicts and dataclasses of them) with the B episodes on their first
+  dimension. The runner counts the values in that state (a tensor's storage bytes / 4, so
+  other dtypes do not escape the count) and refuses a run whose count differs from
+  `memory_floats` or exceeds the budget;
+- `write` leaves the model unchanged (parameters, buffers and plain attributes), and an
+  episode's retrievals depend on that episode alone.
 
-Models that must be meta-trained set `trainable = True` and implement `meta_loss`;
-the runner then calls `membench.training.meta_train`, which is the single training
-entry point shared by every learned model.
+Models that must be meta-trained set `trainable = True`, list their presets with
+`presets` (each a `Preset`: the model's configuration and its `TrainConfig`), build from
+one with `from_preset` and implement `meta_loss`. The runner resolves the preset once
+(`resolve_preset`, options applied), builds the model from it and trains it with
+`membench.training.meta_train`, the single training loop shared by every learned model.
 """
 from __future__ import annotations
 
 import abc
+import dataclasses
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Mapping
 
 import torch
 from torch import nn
+
+from membench.errors import MembenchError
 
 MemoryState = Any  # whatever `write` returns; only the same model's `read` looks inside
 
@@ -49,25 +58,86 @@ class TaskSpec:
         return size
 
 
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 2000                 # optimiser updates
+    batch_size: int = 16              # episodes per update
+    lr: float = 5e-5                  # AdamW learning rate (paper: 5e-5)
+    weight_decay: float = 1e-6        # AdamW weight decay (paper: 1e-6)
+    clip_norm: float = 0.05           # global gradient-norm clip (paper: 0.05)
+    cosine_decay: bool = False        # decay lr along a half cosine to 0 at `steps` (paper: constant)
+    log_every: int = 25               # steps between curve rows
+    checkpoint_every: int = 100       # steps between checkpoints
+    num_patterns: tuple[int, ...] | None = None  # train on N drawn from this set each step
+    #   (one checkpoint then serves every N); None: train on the run's N only
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A learned model's complete configuration: `model` (its frozen config dataclass) and `train`.
+
+    Run options override fields of `model`; the checkpoint key hashes the whole preset.
+    """
+
+    model: Any
+    train: TrainConfig
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": dataclasses.asdict(self.model), "train": dataclasses.asdict(self.train)}
+
+
+def resolve_preset(cls: type["AssociativeMemory"], spec: TaskSpec, name: str,
+                   options: Mapping[str, Any]) -> Preset:
+    """`cls.presets(spec, options)[name]` with `options` applied to its model config.
+
+    Raises MembenchError naming the valid presets, or the valid options, on a bad name.
+    """
+    presets = cls.presets(spec, options)
+    label = cls.name or cls.__name__
+    if name not in presets:
+        raise MembenchError(f"model '{label}' has no preset '{name}'. Its presets: {', '.join(presets)}")
+    preset = presets[name]
+    fields = {f.name for f in dataclasses.fields(preset.model)}
+    unknown = sorted(set(options) - fields)
+    if unknown:
+        raise MembenchError(f"model '{label}' has no option {', '.join(map(repr, unknown))}. "
+                            f"Its options: {', '.join(sorted(fields))}")
+    return Preset(dataclasses.replace(preset.model, **options), preset.train)
+
+
 class AssociativeMemory(nn.Module, abc.ABC):
     """Base class of every model in membench.
 
-    Subclasses are built with `from_spec(spec, budget, preset, **options)` and may size
-    themselves to the budget (e.g. as many slots as fit). Inputs and outputs are float32
-    tensors with values in [0, 1].
+    Inputs and outputs are float32 tensors with values in [0, 1]. `self.preset` is the
+    resolved Preset of a learned model (None for the others).
     """
 
-    name: ClassVar[str] = ""      # registry name, e.g. "hopfield_hebb"
+    name: ClassVar[str] = ""           # registry name, e.g. "hopfield_hebb"
     trainable: ClassVar[bool] = False  # True: runner meta-trains before evaluating
+    preset: Preset | None = None
 
     @classmethod
-    def from_spec(cls, spec: TaskSpec, budget: int, preset: str = "quick", **options: Any) -> "AssociativeMemory":
-        """Build the model for a task and a float32 budget. Default: `cls(spec, **options)`."""
-        return cls(spec, **options)
+    def from_spec(cls, spec: TaskSpec, budget: int, preset: str | Preset = "quick",
+                  **options: Any) -> "AssociativeMemory":
+        """Build the model for a task and a float32 budget.
+
+        Learned models: `preset` is a name (resolved here with `options`) or the Preset the
+        runner resolved; the model comes from `from_preset`. Others: `cls(spec, **options)`;
+        override to size the model to the budget (e.g. as many slots as fit).
+        """
+        if not cls.trainable:
+            return cls(spec, **options)
+        if not isinstance(preset, Preset):
+            preset = resolve_preset(cls, spec, preset, options)
+        elif options:
+            raise TypeError("give options either inside the resolved Preset or with a preset name, not both")
+        model = cls.from_preset(spec, budget, preset)
+        model.preset = preset
+        return model
 
     @abc.abstractmethod
     def memory_floats(self, spec: TaskSpec) -> int:
-        """Number of float32 values the written state holds about N patterns of `spec`."""
+        """Number of float32 values the state returned by `write` holds per episode, for N of `spec`."""
 
     @abc.abstractmethod
     def write(self, patterns: torch.Tensor) -> MemoryState:
@@ -77,21 +147,26 @@ class AssociativeMemory(nn.Module, abc.ABC):
     def read(self, state: MemoryState, queries: torch.Tensor) -> torch.Tensor:
         """Retrieve from queries (B, Q, *S) with erased entries at spec.fill_value; same shape out."""
 
+    def config(self) -> dict[str, Any]:
+        """JSON-able facts of the built model (sizes derived from the budget); in checkpoint keys and records."""
+        return {}
+
     # --- meta-learned models only -------------------------------------------------
+    @classmethod
+    def presets(cls, spec: TaskSpec, options: Mapping[str, Any]) -> Mapping[str, Preset]:
+        """Preset name -> Preset for this task (`options` for models whose defaults depend on one)."""
+        raise TypeError(f"{cls.__name__} is not trainable (trainable = False)")
+
+    @classmethod
+    def from_preset(cls, spec: TaskSpec, budget: int, preset: Preset) -> "AssociativeMemory":
+        """Build a learned model from its resolved preset."""
+        raise TypeError(f"{cls.__name__} is not trainable (trainable = False)")
+
     def meta_loss(self, patterns: torch.Tensor, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Differentiable training loss of one batch of episodes, and the retrievals.
 
         patterns (B, N, *S) are written, queries (B, N, *S) are their corrupted versions
         (query i belongs to pattern i). Returns (scalar loss, retrievals (B, N, *S)); the
-        training loop logs the task's error of the retrievals. Only models with
-        `trainable = True` implement it.
+        training loop logs the task's error of the retrievals.
         """
         raise TypeError(f"{type(self).__name__} is not trainable (trainable = False)")
-
-    def train_config(self, preset: str) -> "TrainConfig":  # noqa: F821 (forward reference)
-        """The `membench.training.TrainConfig` for a preset ('quick' or 'paper')."""
-        raise TypeError(f"{type(self).__name__} is not trainable (trainable = False)")
-
-    def config(self) -> dict[str, Any]:
-        """JSON-able description of the built model; part of checkpoint keys and run records."""
-        return {}

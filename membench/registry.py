@@ -1,7 +1,8 @@
-"""Model registry: maps names to memory classes.
+"""Registries: model names and task kinds to classes, listed by import path.
 
-Built-in models are listed by import path and imported only when used, so adding a
-model to membench is one line here plus its module. Models defined elsewhere run
+Both registries follow one convention: a name maps to 'module:Class', imported only when
+used, so their contents never depend on what was imported before. Adding a model (or a
+task kind) to membench is one line here plus its module. Models defined elsewhere run
 without editing membench, in two ways:
 
 - `membench run --model my_module:MyMemory` (a class importable from the current
@@ -36,6 +37,12 @@ BUILTIN_MODELS: dict[str, str] = {
 
 ENTRY_POINT_GROUP = "membench.models"
 
+TASK_KINDS: dict[str, str] = {
+    "binary": "membench.tasks:BinaryTask",
+    "omniglot": "membench.image_tasks:OmniglotTask",
+    "cifar10": "membench.image_tasks:Cifar10Task",
+}
+
 
 def _entry_point_models() -> dict[str, str]:
     return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
@@ -46,7 +53,7 @@ def available_models() -> dict[str, str]:
     return {**_entry_point_models(), **BUILTIN_MODELS}
 
 
-def _import_class(path: str) -> type:
+def _import_class(path: str, base: type = AssociativeMemory) -> type:
     module_name, _, class_name = path.partition(":")
     if os.getcwd() not in sys.path:  # console scripts do not put the working directory on sys.path
         sys.path.insert(0, os.getcwd())
@@ -56,13 +63,18 @@ def _import_class(path: str) -> type:
         raise MembenchError(
             f"cannot import module '{module_name}' for model '{path}': {exc}. "
             "Check the spelling, and that the module is on PYTHONPATH (the current directory is)."
-        ) from exc
-    try:
-        cls = getattr(module, class_name)
-    except AttributeError as exc:
-        raise MembenchError(f"module '{module_name}' has no class '{class_name}'") from exc
-    if not (inspect.isclass(cls) and issubclass(cls, AssociativeMemory)):
-        raise MembenchError(f"'{path}' is not a subclass of membench.AssociativeMemory")
+        ) from None
+    except SyntaxError as exc:
+        raise MembenchError(f"cannot import module '{module_name}': {exc.msg} in {exc.filename}, line {exc.lineno}; "
+                            "fix the syntax error") from None
+    except Exception as exc:  # noqa: BLE001 (any error raised while the user's module runs)
+        raise MembenchError(f"importing module '{module_name}' raised {type(exc).__name__}: {exc}; "
+                            "fix the module so that it imports") from None
+    cls = getattr(module, class_name, None)
+    if cls is None:
+        raise MembenchError(f"module '{module_name}' has no class '{class_name}'")
+    if not (inspect.isclass(cls) and issubclass(cls, base)):
+        raise MembenchError(f"'{path}' is not a subclass of {base.__module__}.{base.__name__}")
     return cls
 
 
@@ -77,3 +89,17 @@ def resolve_model(name: str) -> type[AssociativeMemory]:
         f"unknown model '{name}'. Valid models: {', '.join(sorted(known))}; "
         "or give a class as 'module:Class'."
     )
+
+
+def make_task(config: dict):
+    """Build a task (a membench.tasks.Task) from its config dict, as stored in run records: {'kind': ..., **arguments}."""
+    from membench.tasks import Task
+
+    kwargs = dict(config)
+    kind = kwargs.pop("kind", None)
+    if kind not in TASK_KINDS:
+        raise MembenchError(f"unknown task kind '{kind}'. Valid kinds: {', '.join(sorted(TASK_KINDS))}")
+    try:
+        return _import_class(TASK_KINDS[kind], base=Task)(**kwargs)
+    except TypeError as exc:
+        raise MembenchError(f"task '{kind}' cannot take {kwargs}: {exc}") from None

@@ -1,10 +1,14 @@
 """Derive tables from stored run records: mean and 95% interval per cell, paper beside ours.
 
 The records hold raw per-query errors; everything here is computed from them, so a
-table can be rebuilt at any time with `membench report`.
+table can be rebuilt at any time with `membench report`. A cell is defined by the task
+(kind, dimension, erased count, data...), the budget, the model, its options, its preset
+and N; seeds pool only inside a cell, and records that repeat another's episodes count
+once (`distinct`). Each task and budget gets its own table, with its own header.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +17,13 @@ import pandas as pd
 from scipy import stats
 from tabulate import tabulate
 
+from membench.budget import TABLE1_BUDGET
+from membench.errors import MembenchError
 from membench.store import ResultsStore, write_text_atomic
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_REFERENCE = REPO_ROOT / "results" / "reference" / "paper_table1.csv"
+PAPER_TASK = {"kind": "binary", "dim": 128, "erased": 64}  # Table 1's task (the paper's values apply to it alone)
 CITATION = ("Bartunov, Rae, Osindero & Lillicrap, 'Meta-Learning Deep Energy-Based Memory Models', "
             "arXiv:1910.02720, Table 1")
 
@@ -47,30 +54,81 @@ def training_time(records: list[dict[str, Any]]) -> float:
     return float(sum(checkpoints.values()))
 
 
-def row_label(model: str, preset: str, trained: bool) -> str:
-    """Table row of a model: its name, with the training preset unless that is the default 'quick'."""
-    return f"{model} ({preset})" if trained and preset != "quick" else model
+def row_label(model: str, preset: str, trained: bool, options: dict[str, Any] | None = None) -> str:
+    """Table row of a model: its name, the training preset unless it is the default 'quick', and its options."""
+    label = f"{model} ({preset})" if trained and preset != "quick" else model
+    if options:
+        label += " [" + ", ".join(f"{k}={v}" for k, v in sorted(options.items())) + "]"
+    return label
+
+
+def task_key(record: dict[str, Any]) -> str:
+    """What defines a table: the task (everything but N) and the budget."""
+    task = {k: v for k, v in record["task"].items() if k != "num_patterns"}
+    return json.dumps({"task": task, "budget": record["budget"]}, sort_keys=True)
+
+
+def cell_key(record: dict[str, Any]) -> tuple[str, str, str, str, int]:
+    """What defines a cell: task and budget, model, options, preset and N. Seeds pool inside it."""
+    return (task_key(record), record["model"], json.dumps(record["options"], sort_keys=True), record["preset"],
+            record["task"]["num_patterns"])
+
+
+def distinct(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+    """One record per (cell, seed), and how many were dropped.
+
+    Records of one cell and seed evaluate the same episodes (the evaluation stream depends on
+    the seed alone), so pooling them would count queries twice: a copied record file, the same
+    run from two suites, or a rerun with more --queries. The one with the most queries (then
+    the latest) is kept.
+    """
+    best: dict[tuple, dict[str, Any]] = {}
+    for record in records:
+        key = (*cell_key(record), record["seed"])
+        rank = (len(record["errors"]), record.get("finished_at", ""))
+        if key not in best or rank > (len(best[key]["errors"]), best[key].get("finished_at", "")):
+            best[key] = record
+    kept = sorted(best.values(), key=lambda r: r["run_id"])
+    return kept, len(records) - len(kept)
+
+
+def _versions(group: pd.DataFrame) -> str:
+    envs = list(group["environment"])
+    devices = sorted({e["device"] for e in envs})
+    torches = sorted({e["torch"] for e in envs})
+    return f"{' '.join(devices)} · torch {' '.join(torches)}"
+
+
+def _commits(records: list[dict[str, Any]]) -> str:
+    commits = sorted({(r["environment"].get("git_commit") or "unknown")[:10]
+                      + (" (dirty)" if r["environment"].get("git_dirty") else "") for r in records})
+    return ", ".join(commits)
 
 
 def summarise(records: list[dict[str, Any]]) -> pd.DataFrame:
-    """One row per (model, preset, N): pooled over seeds, with provenance columns."""
+    """One row per cell (task, budget, model, options, preset, N): pooled over seeds, with provenance."""
     rows = []
-    frame = pd.DataFrame([{**r, "num_patterns": r["task"]["num_patterns"]} for r in records])
-    for (model, preset, num_patterns), group in frame.groupby(["model", "preset", "num_patterns"], sort=False):
+    frame = pd.DataFrame([{**r, "table": task_key(r), "num_patterns": r["task"]["num_patterns"],
+                           "options_json": json.dumps(r["options"], sort_keys=True)} for r in records])
+    keys = ["table", "model", "options_json", "preset", "num_patterns"]
+    for (table, model, options, preset, num_patterns), group in frame.groupby(keys, sort=False):
         errors = np.concatenate([np.asarray(e, dtype=float) for e in group["errors"]])
         mean, low, high = mean_interval(errors)
         trained = list({t["checkpoint_key"]: t for t in group["training"] if t}.values())
         rows.append({
-            "model": model, "row": row_label(model, preset, bool(trained)), "num_patterns": int(num_patterns), "mean": mean, "ci_low": low, "ci_high": high,
-            "num_queries": len(errors), "memory_floats": int(group["memory_floats"].max()),
-            "budget": int(group["budget"].iloc[0]), "seeds": " ".join(str(s) for s in sorted(group["seed"])),
-            "preset": preset,
+            "table": table, "model": model, "options": options, "preset": preset,
+            "row": row_label(model, preset, bool(trained), json.loads(options)), "num_patterns": int(num_patterns),
+            "mean": mean, "ci_low": low, "ci_high": high, "num_queries": len(errors),
+            "memory_floats": int(group["memory_floats"].max()), "budget": int(group["budget"].iloc[0]),
+            "seeds": " ".join(str(s) for s in sorted(group["seed"])),
             "train_time_s": round(sum(t["train_time_s"] for t in trained), 1) if trained else 0.0,
             "wall_time_s": round(float(group["wall_time_s"].sum()), 2),
-            "device": " ".join(sorted({r["device"] for r in group["environment"]})),
+            "device": " ".join(sorted({e["device"] for e in group["environment"]})),
+            "versions": _versions(group),
+            "commit": _commits(group.to_dict("records")),
             "command": " | ".join(sorted(set(group["command"]))),
         })
-    return pd.DataFrame(rows).sort_values(["row", "num_patterns"], kind="stable").reset_index(drop=True)
+    return pd.DataFrame(rows).sort_values(["table", "row", "num_patterns"], kind="stable").reset_index(drop=True)
 
 
 def _cell(row: pd.Series, decimals: int = 2) -> str:
@@ -81,42 +139,91 @@ def _cell(row: pd.Series, decimals: int = 2) -> str:
     return text
 
 
-def table1(out_dir: Path, reference: Path | None = DEFAULT_REFERENCE, write: bool = True) -> str:
-    """Build the bit-error table from `out_dir/runs`; write table1.{md,csv,tex}; return the markdown."""
-    records = ResultsStore(out_dir).records()
-    if not records:
-        from membench.errors import MembenchError
+def _title(table: str) -> str:
+    key = json.loads(table)
+    task, budget = key["task"], key["budget"]
+    if task.get("kind") == "binary":
+        what = f"{task['dim']}-bit patterns, {task['erased']} bits erased"
+    else:
+        what = ", ".join(f"{k} {v}" for k, v in sorted(task.items()))
+    return f"error {'bits' if task.get('kind') == 'binary' else 'per query'} retrieving {what}; budget {budget} float32"
 
-        raise MembenchError(f"no finished runs in {out_dir}/runs; run `membench run --out {out_dir}` first")
-    summary = summarise(records)
-    paper = load_reference(reference)
-    if paper is not None:
+
+def is_paper_table(table: str) -> bool:
+    """True for Table 1's own task and budget (128-bit patterns, 64 erased, 8256 floats)."""
+    return json.loads(table) == {"task": PAPER_TASK, "budget": TABLE1_BUDGET}
+
+
+def grid(summary: pd.DataFrame, paper: pd.DataFrame | None) -> tuple[list[list[str]], list[str]]:
+    """Rows (model x N cells) and headers of one table; the paper's values only for Table 1's task."""
+    if paper is not None and is_paper_table(summary["table"].iloc[0]):
         summary = summary.merge(paper, on=["model", "num_patterns"], how="left")
     order = list(dict.fromkeys(paper["model"])) if paper is not None else []
     model_of = dict(zip(summary["row"], summary["model"]))
     rows = sorted(model_of, key=lambda r: (order.index(model_of[r]) if model_of[r] in order else len(order), r))
     columns = sorted(summary["num_patterns"].unique())
-    grid = [[r] + [_cell(summary[(summary.row == r) & (summary.num_patterns == n)].iloc[0])
-                   if ((summary.row == r) & (summary.num_patterns == n)).any() else "" for n in columns]
-            for r in rows]
-    headers = ["model \\ N"] + [str(n) for n in columns]
-    provenance = [
-        f"Mean error bits per query ± half-width of the 95% t-interval over queries; "
-        f"in parentheses: the paper's value ({CITATION})." if paper is not None else
-        "Mean error bits per query ± half-width of the 95% t-interval over queries.",
-        f"Queries per cell: {summary['num_queries'].min()}–{summary['num_queries'].max()}; "
-        f"seeds: {', '.join(sorted(set(summary['seeds'])))}; budget: {', '.join(map(str, sorted(set(summary['budget']))))} float32; "
-        f"device: {', '.join(sorted(set(summary['device'])))}; torch {records[0]['environment']['torch']}, "
-        f"membench {records[0]['environment']['membench']}; wall time of the runs {summary['wall_time_s'].sum():.1f} s; "
-        f"meta-training {training_time(records):.1f} s (each checkpoint counted once).",
-        "Commands: " + "; ".join(f"`{c}`" for c in sorted(set(" | ".join(summary["command"]).split(" | ")))),
-    ]
-    markdown = "# Table 1: error bits retrieving 128-bit patterns, 64 bits erased\n\n" + "\n\n".join(provenance) + \
-        "\n\n" + tabulate(grid, headers=headers, tablefmt="github") + "\n"
+    versions = dict(zip(summary["row"], summary["versions"]))
+    per_row = len(set(versions.values())) > 1
+    cells = []
+    for r in rows:
+        line = [r]
+        for n in columns:
+            match = summary[(summary.row == r) & (summary.num_patterns == n)]
+            line.append(_cell(match.iloc[0]) if len(match) else "")
+        cells.append(line + ([versions[r]] if per_row else []))
+    headers = ["model \\ N"] + [str(n) for n in columns] + (["device · torch"] if per_row else [])
+    return cells, headers
+
+
+def table1(out_dir: Path, reference: Path | None = DEFAULT_REFERENCE, write: bool = True) -> str:
+    """Build the error tables from `out_dir/runs` (one per task and budget); write table1.{md,csv,tex}.
+
+    Image-task runs are left to `membench figures`. Returns the markdown.
+    """
+    all_records = ResultsStore(out_dir).records()
+    records = [r for r in all_records if r["task"]["kind"] == "binary"]
+    if not records:
+        hint = (f" ({len(all_records)} image-task runs are summarised by `membench figures --out {out_dir}`)"
+                if all_records else "")
+        raise MembenchError(f"no finished binary-task runs in {out_dir}/runs{hint}; "
+                            f"run `membench run --out {out_dir}` first")
+    records, dropped = distinct(records)
+    summary = summarise(records)
+    paper = load_reference(reference)
+    sections, latex, csv_frames = [], [], []
+    for table, part in summary.groupby("table", sort=False):
+        table_records = [r for r in records if task_key(r) == table]
+        cells, headers = grid(part, paper)
+        with_paper = paper is not None and is_paper_table(table)
+        versions = sorted(set(part["versions"]))
+        provenance = [
+            "Mean error per query ± half-width of the 95% t-interval over queries" +
+            (f"; in parentheses: the paper's value ({CITATION})." if with_paper else "."),
+            f"Queries per cell: {part['num_queries'].min()}–{part['num_queries'].max()}; "
+            f"seeds: {', '.join(sorted(set(part['seeds'])))}; "
+            + (f"device · torch: {versions[0]}; " if len(versions) == 1 else "device and torch per row; ")
+            + f"membench {table_records[0]['environment']['membench']}; commits: {_commits(table_records)}; "
+            f"wall time of the runs {part['wall_time_s'].sum():.1f} s; "
+            f"meta-training {training_time(table_records):.1f} s (each checkpoint counted once).",
+            "Commands: " + "; ".join(f"`{c}`" for c in sorted(set(" | ".join(part["command"]).split(" | ")))),
+        ]
+        title = ("Table 1: " if with_paper else "") + _title(table)
+        sections.append(f"## {title}\n\n" + "\n\n".join(provenance) + "\n\n"
+                        + tabulate(cells, headers=headers, tablefmt="github") + "\n")
+        latex.append(f"% {title}\n" + "\n".join(f"% {line}" for line in provenance) + "\n"
+                     + tabulate(cells, headers=headers, tablefmt="latex_booktabs").replace("±", r"$\pm$") + "\n")
+        csv_frames.append(part.merge(paper, on=["model", "num_patterns"], how="left") if with_paper else part)
+    notes = []
+    if dropped:
+        notes.append(f"{dropped} record(s) repeat the episodes of another record of the same cell and seed "
+                     "(a copy, the same run from another suite, or fewer --queries) and were counted once.")
+    skipped = len(all_records) - len([r for r in all_records if r["task"]["kind"] == "binary"])
+    if skipped:
+        notes.append(f"{skipped} image-task run(s) are summarised by `membench figures`.")
+    markdown = "# Error tables\n\n" + "".join(f"{n}\n\n" for n in notes) + "\n".join(sections)
     if write:
         write_text_atomic(Path(out_dir) / "table1.md", markdown)
-        write_text_atomic(Path(out_dir) / "table1.csv", summary.to_csv(index=False, float_format="%.4f"))
-        latex = "\n".join(f"% {line}" for line in provenance) + "\n" + \
-            tabulate(grid, headers=headers, tablefmt="latex_booktabs").replace("±", r"$\pm$") + "\n"
-        write_text_atomic(Path(out_dir) / "table1.tex", latex)
+        write_text_atomic(Path(out_dir) / "table1.csv",
+                          pd.concat(csv_frames).to_csv(index=False, float_format="%.4f"))
+        write_text_atomic(Path(out_dir) / "table1.tex", "\n".join(latex))
     return markdown

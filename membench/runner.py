@@ -1,16 +1,19 @@
-"""Runs: build task and model, check the budget, meta-train if needed, evaluate, store.
+"""Runs: build task and model, check the budget and isolation, meta-train if needed, evaluate, store.
 
 Data flow of one run (a `RunSpec`):
-    task = make_task(spec.task)                      # episodes + error measure
-    model = ModelClass.from_spec(task.spec, budget)  # sized to the budget
-    check_budget(...)                                # refuse over-budget models
-    meta_train(...)                                  # learned models only; cached checkpoint
-    errors = task.errors(model.read(model.write(patterns), queries), patterns)
-    ResultsStore.save(record)                        # atomic; finished runs are skipped
+    task = make_task(spec.task)                           # episodes + error measure
+    model = build_model(spec, task)                       # preset resolved once; sized to the budget
+    check_declared(...); audit_write(...)                 # declared and measured counts, isolated writes
+    meta_train(model, task, model.preset.train, ...)      # learned models only; cached checkpoint
+    errors = task.errors(model.read(model.write(patterns), queries), patterns)  # every state measured
+    ResultsStore.save(record)                             # atomic; finished runs are skipped
+Several processes may share one output directory: each run is claimed with a lock, so
+every run is computed once.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -27,16 +30,18 @@ import numpy as np
 import torch
 
 import membench
-from membench.budget import check_budget
+from membench.budget import check_declared, check_measured
 from membench.errors import MembenchError, TrainingPaused
-from membench.interface import AssociativeMemory
-from membench.registry import resolve_model
+from membench.integrity import audit_write
+from membench.interface import AssociativeMemory, resolve_preset
+from membench.registry import make_task, resolve_model
 from membench.store import ResultsStore, write_text_atomic
 from membench.suites import RunSpec
-from membench.tasks import Task, make_task
-from membench.training import meta_train
+from membench.tasks import Task
+from membench.training import load_checkpoint, meta_train
 
 EVAL_STREAM = 104729  # offset of the evaluation generator's seed from the run seed
+PROBE_STREAM = 1299709  # offset of the seed of the probe batches that audit a model's writes
 
 
 def resolve_device(device: str) -> torch.device:
@@ -53,20 +58,32 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def _git_commit() -> str | None:
-    """HEAD of this checkout; $MEMBENCH_GIT_COMMIT where the code was copied without .git (remote machines)."""
+@functools.lru_cache(maxsize=1)
+def git_state() -> tuple[str | None, bool | None]:
+    """(HEAD, dirty) of this checkout: dirty when tracked files outside results/ differ from HEAD.
+
+    Where the code was copied without .git (remote machines), $MEMBENCH_GIT_COMMIT and
+    $MEMBENCH_GIT_DIRTY (0 or 1) say it instead. Computed once per process, before any results
+    are written.
+    """
     if os.environ.get("MEMBENCH_GIT_COMMIT"):
-        return os.environ["MEMBENCH_GIT_COMMIT"]
+        dirty = os.environ.get("MEMBENCH_GIT_DIRTY")
+        return os.environ["MEMBENCH_GIT_COMMIT"], None if dirty is None else dirty == "1"
+    root = Path(membench.__file__).resolve().parent.parent
     try:
-        root = Path(membench.__file__).resolve().parent.parent
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or None
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return None, None
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!results"],
+                                cwd=root, capture_output=True, text=True, timeout=10)
+        return head.stdout.strip() or None, bool(status.stdout.strip()) if status.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
-        return None
+        return None, None
 
 
 def environment(device: torch.device) -> dict[str, Any]:
     """Versions and machine facts stored with every record."""
+    commit, dirty = git_state()
     return {
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
@@ -74,7 +91,8 @@ def environment(device: torch.device) -> dict[str, Any]:
         "numpy": np.__version__,
         "membench": membench.__version__,
         "python": platform.python_version(),
-        "git_commit": _git_commit(),
+        "git_commit": commit,
+        "git_dirty": dirty,
     }
 
 
@@ -84,27 +102,59 @@ def default_checkpoint_dir() -> Path:
 
 
 def build_model(spec: RunSpec, task: Task) -> AssociativeMemory:
+    """The run's model: a learned model from its preset (resolved here, once, with the run's options)."""
     cls = resolve_model(spec.model)
     try:
-        return cls.from_spec(task.spec, spec.budget, spec.preset, **spec.options)
+        if cls.trainable:
+            return cls.from_spec(task.spec, spec.budget, resolve_preset(cls, task.spec, spec.preset, spec.options))
+        return cls.from_spec(task.spec, spec.budget, **spec.options)
     except TypeError as exc:
-        raise MembenchError(f"cannot build model '{spec.model}' with options {spec.options}: {exc}") from exc
+        raise MembenchError(f"cannot build model '{spec.model}' with options {spec.options}: {exc}") from None
 
 
-def checkpoint_key(spec: RunSpec, model: AssociativeMemory, task: Task, train_config: Any) -> str:
-    """Checkpoints are shared by every run whose training would be identical."""
+def checkpoint_key(spec: RunSpec, model: AssociativeMemory, task: Task) -> str:
+    """File stem of a learned model's checkpoint: a digest of everything its training depends on
+    (model, complete preset, built sizes, task, seed, budget), so identical training is shared."""
     task_config = dict(task.config())
-    if train_config.num_patterns:
+    if model.preset.train.num_patterns:
         task_config.pop("num_patterns")  # trained on a set of N: one checkpoint for all
-    payload = {"model": spec.model, "model_config": model.config(), "task": task_config, "preset": spec.preset,
-               "train": dataclasses.asdict(train_config), "seed": spec.seed, "budget": spec.budget}
+    payload = {"model": spec.model, "preset": model.preset.to_dict(), "model_config": model.config(),
+               "task": task_config, "seed": spec.seed, "budget": spec.budget}
     digest = hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
     return f"{spec.model.replace(':', '-')}-{spec.preset}-{digest}"
 
 
-def evaluate(model: AssociativeMemory, task: Task, spec: RunSpec, device: torch.device,
+def load_trained(spec: RunSpec, checkpoint_dir: Path, device: torch.device | str = "cpu"
+                 ) -> tuple[Task, AssociativeMemory, Path | None]:
+    """Rebuild a run's model as the runner does and load its trained checkpoint, if on this machine.
+
+    Returns (task, model, checkpoint path); the path is None when a learned model's checkpoint is
+    absent (the model is then untrained). Used for figures drawn after the run.
+    """
+    task = make_task(spec.task)
+    torch.manual_seed(spec.seed)
+    model = build_model(spec, task).to(device)
+    path = None
+    if model.trainable:
+        candidate = Path(checkpoint_dir) / f"{checkpoint_key(spec, model, task)}.pt"
+        path = candidate if load_checkpoint(candidate, model, torch.device(device)) is not None else None
+    model.eval()
+    return task, model, path
+
+
+def audit(model: AssociativeMemory, task: Task, spec: RunSpec, declared: int, device: torch.device) -> int:
+    """Isolated-write checks and the measured count on two probe episodes (membench.integrity)."""
+    generator = torch.Generator().manual_seed(spec.seed + PROBE_STREAM)
+    probe = task.sample(2, generator, split="train").to(device)
+    other = task.sample(2, generator, split="train").to(device)
+    return audit_write(model, probe.patterns, probe.queries, other.patterns, declared, spec.budget, spec.model)
+
+
+def evaluate(model: AssociativeMemory, task: Task, spec: RunSpec, device: torch.device, declared: int,
              episodes_per_batch: int = 64) -> list[float]:
-    """Per-query errors over ceil(queries / N) fresh test episodes (query every written pattern once)."""
+    """Per-query errors over ceil(queries / N) fresh test episodes (query every written pattern once).
+
+    Every batch's state is measured against `declared` and the budget."""
     generator = torch.Generator().manual_seed(spec.seed + EVAL_STREAM)
     torch.manual_seed(spec.seed)  # models that draw random numbers (e.g. update orders) get the same ones
     num_episodes = math.ceil(spec.queries / task.spec.num_patterns)
@@ -114,9 +164,13 @@ def evaluate(model: AssociativeMemory, task: Task, spec: RunSpec, device: torch.
         for start in range(0, num_episodes, episodes_per_batch):
             batch = min(episodes_per_batch, num_episodes - start)
             episodes = task.sample(batch, generator, split="test").to(device)
-            retrievals = model.read(model.write(episodes.patterns), episodes.queries)
-            assert retrievals.shape == episodes.queries.shape, (
-                f"{spec.model}.read returned shape {tuple(retrievals.shape)}, expected {tuple(episodes.queries.shape)}")
+            state = model.write(episodes.patterns)
+            check_measured(state, batch, declared, spec.budget, spec.model)
+            retrievals = model.read(state, episodes.queries)
+            if not isinstance(retrievals, torch.Tensor) or retrievals.shape != episodes.queries.shape:
+                got = tuple(retrievals.shape) if isinstance(retrievals, torch.Tensor) else type(retrievals).__name__
+                raise MembenchError(f"model '{spec.model}': read returned {got}, expected a tensor of shape "
+                                    f"{tuple(episodes.queries.shape)} (one retrieval per query)")
             if not torch.isfinite(retrievals).all():
                 raise MembenchError(f"model '{spec.model}' returned NaN or inf retrievals (N={task.spec.num_patterns}, "
                                     f"seed={spec.seed}); its read is numerically unstable, so no record was written")
@@ -134,11 +188,12 @@ def execute(spec: RunSpec, store: ResultsStore, device: torch.device, checkpoint
     task = make_task(spec.task)
     torch.manual_seed(spec.seed)  # initial weights depend on the run's seed, not on earlier runs in this process
     model = build_model(spec, task).to(device)
-    memory_floats = check_budget(model, task.spec, spec.budget, spec.model)
+    declared = check_declared(model, task.spec, spec.budget, spec.model)
+    audit(model, task, spec, declared, device)
     training: dict[str, Any] | None = None
     if model.trainable:
-        train_config = model.train_config(spec.preset)
-        key = checkpoint_key(spec, model, task, train_config)
+        train_config = model.preset.train
+        key = checkpoint_key(spec, model, task)
         result = meta_train(model, task, train_config, checkpoint_dir / f"{key}.pt", device, spec.seed, progress,
                             time_limit_s=train_time_limit_s)
         if not result.finished:
@@ -153,13 +208,14 @@ def execute(spec: RunSpec, store: ResultsStore, device: torch.device, checkpoint
         training = {"checkpoint_key": key, "steps": result.steps, "train_time_s": round(result.train_time_s, 2),
                     "config": dataclasses.asdict(train_config), "curve": str(curve_path.relative_to(store.root))}
     eval_started = time.perf_counter()
-    errors = evaluate(model, task, spec, device)
+    errors = evaluate(model, task, spec, device, declared)
     record = {
         "run_id": spec.run_id,
         **dataclasses.asdict(spec),
         "task_unit": task.error_unit,
         "model_config": model.config(),
-        "memory_floats": memory_floats,
+        "preset_config": model.preset.to_dict() if model.preset is not None else None,
+        "memory_floats": declared,  # measured on the probe and on every evaluated batch
         "num_queries": len(errors),
         "mean_error": float(np.mean(errors)),
         "errors": errors,
@@ -178,19 +234,31 @@ def run_all(specs: list[RunSpec], out_dir: Path, device: str = "auto", force: bo
             checkpoint_dir: Path | None = None, command: str | None = None, progress: bool = True,
             on_record: Callable[[dict[str, Any]], None] | None = None,
             train_time_limit_s: float | None = None) -> list[dict[str, Any]]:
-    """Execute every spec not already finished in `out_dir` (all of them with `force`).
+    """Execute every spec not already finished in `out_dir` (all of them with `force`); return the new records.
 
-    `train_time_limit_s` bounds the meta-training wall time of each model in this call.
+    Runs claimed by another process on the same directory are left to it until the end, then
+    waited for (and computed here only if that process did not finish them). `train_time_limit_s`
+    bounds the meta-training wall time of each model in this call.
     """
     torch_device = resolve_device(device)
     store = ResultsStore(out_dir)
     checkpoint_dir = Path(checkpoint_dir or default_checkpoint_dir())
     command = command or shlex.join(["membench", *sys.argv[1:]])
+    git_state()  # before any file is written
     for spec in specs:  # fail fast on unknown names before any work
         resolve_model(spec.model)
         make_task(spec.task)
-    todo = [s for s in specs if force or not store.has(s.run_id)]
-    records = []
+    unique = list({spec.run_id: spec for spec in specs}.values())
+    todo = [s for s in unique if force or not store.has(s.run_id)]
+    records: list[dict[str, Any]] = []
+    deferred: list[RunSpec] = []
+
+    def run_one(spec: RunSpec) -> None:
+        record = execute(spec, store, torch_device, checkpoint_dir, command, progress, train_time_limit_s)
+        records.append(record)
+        if on_record:
+            on_record(record)
+
     iterator = todo
     if progress and todo:
         from tqdm.auto import tqdm
@@ -199,8 +267,14 @@ def run_all(specs: list[RunSpec], out_dir: Path, device: str = "auto", force: bo
     for spec in iterator:
         if progress and hasattr(iterator, "set_postfix_str"):
             iterator.set_postfix_str(f"{spec.model} N={spec.task['num_patterns']} seed={spec.seed}")
-        record = execute(spec, store, torch_device, checkpoint_dir, command, progress, train_time_limit_s)
-        records.append(record)
-        if on_record:
-            on_record(record)
+        existed = store.record_path(spec.run_id).exists()
+        with store.claim(spec.run_id) as mine:
+            if not mine:
+                deferred.append(spec)
+            elif force or existed or not store.record_path(spec.run_id).exists():
+                run_one(spec)  # (a record that appeared meanwhile was finished by another process)
+    for spec in deferred:
+        with store.claim(spec.run_id, blocking=True):
+            if not store.has(spec.run_id):
+                run_one(spec)
     return records

@@ -1,46 +1,119 @@
-"""Results store: one JSON record per finished run, written atomically.
+"""Results store: one JSON record per finished run, written atomically; files shared between processes.
 
 Layout of an output directory:
     runs/<run_id>.json        raw record of one run (per-query errors + metadata)
     training/<key>.csv        training curve of each meta-trained model
-A record appears only when its run has finished (written to a temporary file and
-renamed), so a killed run leaves nothing behind and a rerun skips finished runs.
+    .locks/<run_id>.lock      held while a process computes that run
+Every file (records, curves, checkpoints) is written by `write_atomic`: to a temporary
+file named after this host and process, then renamed, so a killed writer leaves the old
+content or the complete new one, and two writers never share a temporary file. Temporary
+files whose process is gone are removed (`remove_orphans`). A record that cannot be read
+(truncated, empty, not a record) is reported by path and counts as unfinished, so the
+rerun repairs it.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import re
+import socket
+import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable, Iterator
+
+from membench.errors import MembenchError
+
+RECORD_KEYS = ("run_id", "suite", "model", "task", "budget", "seed", "queries", "preset", "options",
+               "memory_floats", "errors", "environment", "command", "wall_time_s")
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+_TEMP = re.compile(r"^\..+\.(?P<host>[A-Za-z0-9-]+)-(?P<pid>\d+)\.[^.]+\.tmp$")
 
 
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON so that `path` either keeps its old content or has the complete new one."""
+def warn(message: str) -> None:
+    """One line on stderr for a problem membench handled itself (a file set aside, a run repaired)."""
+    print(f"Warning: {message}", file=sys.stderr, flush=True)
+
+
+def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> Path:
+    """Call `write(handle)` on a temporary file beside `path`, then rename it to `path`."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_HOST}-{os.getpid()}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=1)
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return path
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write text so that `path` either keeps its old content or has the complete new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def write_json_atomic(path: Path, payload: Any) -> Path:
+    return write_atomic(path, lambda handle: handle.write(json.dumps(payload, indent=1).encode()))
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    return write_atomic(path, lambda handle: handle.write(text.encode()))
+
+
+def _alive(pid: int) -> bool:
     try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_orphans(folder: Path) -> list[Path]:
+    """Delete temporary files in `folder` left by dead processes of this host (or in an older naming)."""
+    removed = []
+    for path in Path(folder).glob(".*.tmp") if Path(folder).is_dir() else []:
+        match = _TEMP.match(path.name)
+        if match and (match["host"] != _HOST or _alive(int(match["pid"]))):
+            continue
+        path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, blocking: bool = True) -> Iterator[bool]:
+    """Hold an exclusive lock on `path` (created if needed); yields False when `blocking` is off and
+    another process holds it. The lock dies with its process, so a killed holder never blocks others."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def read_record(path: Path) -> dict[str, Any]:
+    """The record at `path`; MembenchError naming the file when it is not a complete record."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MembenchError(f"record {path} is unreadable ({type(exc).__name__}: {exc})") from None
+    if not isinstance(record, dict) or any(key not in record for key in RECORD_KEYS):
+        missing = [k for k in RECORD_KEYS if not isinstance(record, dict) or k not in record]
+        raise MembenchError(f"record {path} is not a membench record (missing {', '.join(missing)})")
+    if not isinstance(record["errors"], list) or not record["errors"]:
+        raise MembenchError(f"record {path} holds no per-query errors")
+    return record
 
 
 class ResultsStore:
@@ -50,20 +123,40 @@ class ResultsStore:
         self.root = Path(root)
         self.runs_dir = self.root / "runs"
         self.training_dir = self.root / "training"
+        for folder in (self.runs_dir, self.training_dir):
+            remove_orphans(folder)
 
     def record_path(self, run_id: str) -> Path:
         return self.runs_dir / f"{run_id}.json"
 
     def has(self, run_id: str) -> bool:
-        return self.record_path(run_id).exists()
+        """True when a complete record exists; a corrupt one is reported and counts as unfinished."""
+        path = self.record_path(run_id)
+        if not path.exists():
+            return False
+        try:
+            read_record(path)
+        except MembenchError as exc:
+            warn(f"{exc}; treating the run as unfinished, it will be computed again and the file replaced")
+            return False
+        return True
+
+    def claim(self, run_id: str, blocking: bool = False):
+        """Lock that marks a run as being computed by this process (see `file_lock`)."""
+        return file_lock(self.root / ".locks" / f"{run_id}.lock", blocking=blocking)
 
     def save(self, record: dict[str, Any]) -> Path:
-        path = self.record_path(record["run_id"])
-        write_json_atomic(path, record)
-        return path
+        return write_json_atomic(self.record_path(record["run_id"]), record)
 
     def records(self) -> list[dict[str, Any]]:
-        """All finished records, sorted by run id."""
+        """All finished records, sorted by file name; MembenchError naming the first unreadable one."""
         if not self.runs_dir.exists():
             return []
-        return [json.loads(p.read_text()) for p in sorted(self.runs_dir.glob("*.json"))]
+        records = []
+        for path in sorted(self.runs_dir.glob("*.json")):
+            try:
+                records.append(read_record(path))
+            except MembenchError as exc:
+                raise MembenchError(f"{exc}. Rerun the `membench run` command that made it (it recomputes "
+                                    "unreadable runs), or delete the file") from None
+        return records

@@ -115,7 +115,7 @@ class SweepSuite:
     def expand(self, name: str, models: tuple[str, ...] | None, seeds: tuple[int, ...], queries: int,
                preset: str, num_patterns: tuple[int, ...] | None = None, budget: int | None = None) -> list[RunSpec]:
         """Runs for the curves whose label or model is in `models` (all by default)."""
-        from membench.tasks import make_task
+        from membench.registry import make_task
 
         if budget is not None:
             raise MembenchError(f"suite '{name}' sets a budget per sweep point; drop --budget")

@@ -12,7 +12,14 @@ from typing import Any
 
 import torch
 
+from membench.errors import MembenchError
 from membench.interface import TaskSpec
+
+
+def check_positive(name: str, value: int) -> None:
+    """MembenchError unless `value` is a positive integer."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise MembenchError(f"{name}={value!r} must be a positive integer")
 
 
 @dataclass
@@ -63,8 +70,10 @@ class BinaryTask(Task):
     error_unit = "bits"
 
     def __init__(self, num_patterns: int, dim: int = 128, erased: int = 64):
-        assert 0 <= erased <= dim, f"erased={erased} must lie in [0, dim={dim}]"
-        assert num_patterns >= 1, f"num_patterns={num_patterns} must be positive"
+        check_positive("num_patterns", num_patterns)
+        check_positive("dim", dim)
+        if not 0 <= erased <= dim:
+            raise MembenchError(f"erased={erased} must lie in [0, dim={dim}]")
         self.dim, self.erased = dim, erased
         self.spec = TaskSpec(pattern_shape=(dim,), num_patterns=num_patterns, binary=True, fill_value=0.5)
 
@@ -82,19 +91,3 @@ class BinaryTask(Task):
 
     def config(self) -> dict[str, Any]:
         return {"kind": "binary", "num_patterns": self.spec.num_patterns, "dim": self.dim, "erased": self.erased}
-
-
-TASK_KINDS: dict[str, type[Task]] = {"binary": BinaryTask}
-
-
-def make_task(config: dict[str, Any]) -> Task:
-    """Build a task from its config dict (as stored in run records)."""
-    import membench.image_tasks  # noqa: F401 (registers the image kinds "omniglot" and "cifar10")
-
-    kwargs = dict(config)
-    kind = kwargs.pop("kind")
-    if kind not in TASK_KINDS:
-        from membench.errors import MembenchError
-
-        raise MembenchError(f"unknown task kind '{kind}'. Valid kinds: {', '.join(sorted(TASK_KINDS))}")
-    return TASK_KINDS[kind](**kwargs)

@@ -7,50 +7,36 @@ Conventions, so that learned models are trained alike:
 - a checkpoint (model, optimiser, generator state, curve) written atomically every
   `checkpoint_every` steps and at the end; a killed run resumes from the last one, and a
   finished checkpoint is reused as is (the runner keys checkpoints by config);
-- a non-finite loss or gradient stops training with `TrainingDiverged`;
+- a non-finite loss or gradient stops training with `TrainingDiverged`; an unreadable
+  checkpoint is set aside (`<name>.corrupt`) and training starts afresh;
+- one process at a time trains a checkpoint (a lock beside it): another waits, then
+  resumes or reuses the work; Ctrl-C finishes the step, checkpoints, then stops;
 - with `time_limit_s`, training checkpoints and returns unfinished once that much wall
   time has passed in this call (`TrainResult.finished` is False): long presets then run
   as a series of bounded commands, each resuming where the last one stopped.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
-import os
+import pickle
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, TypeVar
+from typing import Any, Iterator
 
 import torch
 
-from membench.errors import MembenchError, TrainingDiverged
-from membench.interface import AssociativeMemory
+from membench.errors import TrainingDiverged, TrainingInterrupted
+from membench.interface import AssociativeMemory, TrainConfig
+from membench.store import file_lock, remove_orphans, warn, write_atomic
 from membench.tasks import Task
 
 TRAIN_STREAM = 7919  # offset of the training generator's seed from the run seed
-PresetEntry = TypeVar("PresetEntry")
-
-
-def pick_preset(presets: Mapping[str, PresetEntry], preset: str, model: str) -> PresetEntry:
-    """`presets[preset]`, or a MembenchError naming the model's valid presets."""
-    if preset not in presets:
-        raise MembenchError(f"model '{model}' has no preset '{preset}'. Its presets: {', '.join(presets)}")
-    return presets[preset]
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    steps: int = 2000                 # optimiser updates
-    batch_size: int = 16              # episodes per update
-    lr: float = 5e-5                  # AdamW learning rate (paper: 5e-5)
-    weight_decay: float = 1e-6        # AdamW weight decay (paper: 1e-6)
-    clip_norm: float = 0.05           # global gradient-norm clip (paper: 0.05)
-    cosine_decay: bool = False        # decay lr along a half cosine to 0 at `steps` (paper: constant)
-    log_every: int = 25               # steps between curve rows
-    checkpoint_every: int = 100       # steps between checkpoints
-    num_patterns: tuple[int, ...] | None = None  # train on N drawn from this set each step
-    #   (one checkpoint then serves every N); None: train on the run's N only
+CHECKPOINT_KEYS = ("model", "optimizer", "generator", "step", "elapsed_s", "curve")
 
 
 @dataclass
@@ -62,10 +48,55 @@ class TrainResult:
     finished: bool = True             # False: stopped at the time limit before config.steps
 
 
-def _save_atomic(obj: dict, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+def save_checkpoint(payload: dict[str, Any], path: Path) -> None:
+    write_atomic(path, lambda handle: torch.save(payload, handle))
+
+
+def load_checkpoint(path: Path, model: AssociativeMemory, device: torch.device,
+                    optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any] | None:
+    """Load `path` into `model` (and `optimizer`); return the checkpoint, or None when there is none.
+
+    A checkpoint that cannot be read or does not fit the model is renamed to `<name>.corrupt`
+    (reported on stderr) and None is returned, so the caller trains afresh.
+    """
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        saved = torch.load(path, map_location=device, weights_only=False)
+        if not isinstance(saved, dict) or any(key not in saved for key in CHECKPOINT_KEYS):
+            raise ValueError("not a membench training checkpoint")
+        model.load_state_dict(saved["model"])
+        if optimizer is not None:
+            optimizer.load_state_dict(saved["optimizer"])
+    except (EOFError, OSError, RuntimeError, ValueError, KeyError, TypeError, pickle.UnpicklingError) as exc:
+        aside = path.with_name(path.name + ".corrupt")
+        path.replace(aside)
+        warn(f"checkpoint {path} is unreadable or does not fit {type(model).__name__} ({type(exc).__name__}: "
+             f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); moved it to {aside} and training afresh")
+        return None
+    return saved
+
+
+@contextlib.contextmanager
+def _deferred_interrupt() -> Iterator[list[bool]]:
+    """While inside, a first Ctrl-C only sets the yielded flag (checked between steps); a second one
+    interrupts at once. Off the main thread (where signals cannot be caught) the flag never rises."""
+    flag = [False]
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        if flag[0]:
+            raise KeyboardInterrupt
+        flag[0] = True
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def meta_train(
@@ -80,27 +111,40 @@ def meta_train(
 ) -> TrainResult:
     """Train `model` in place on episodes of `task`; resume from / write `checkpoint_path`.
 
-    Stops early (checkpointed, `finished=False`) once `time_limit_s` seconds have passed.
+    Stops early (checkpointed, `finished=False`) once `time_limit_s` seconds have passed. Only
+    one process trains a checkpoint at a time: another one waits, then resumes or reuses its work.
+    A Ctrl-C finishes the current step, checkpoints and raises TrainingInterrupted.
     """
+    checkpoint_path = Path(checkpoint_path)
+    checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
+    remove_orphans(checkpoint_path.parent)
+    lock = checkpoint_path.with_name(checkpoint_path.name + ".lock")
+    with file_lock(lock, blocking=False) as free:
+        if not free:
+            warn(f"another process is training {checkpoint_path.name}; waiting for it to finish or pause")
+    with file_lock(lock), _deferred_interrupt() as interrupted:
+        return _train(model, task, config, checkpoint_path, device, seed, progress, time_limit_s, interrupted)
+
+
+def _train(model: AssociativeMemory, task: Task, config: TrainConfig, checkpoint_path: Path, device: torch.device,
+           seed: int, progress: bool, time_limit_s: float | None, interrupted: list[bool]) -> TrainResult:
     call_started = time.perf_counter()
     model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(seed + TRAIN_STREAM)
     step, elapsed, curve = 0, 0.0, []
-    checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
-    if checkpoint_path.exists():
-        saved = torch.load(checkpoint_path, map_location=device, weights_only=False)
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
+    saved = load_checkpoint(checkpoint_path, model, device, optimizer)
+    if saved is not None:
         generator.set_state(saved["generator"].cpu())  # map_location moved it; generators live on the CPU
         step, elapsed, curve = saved["step"], saved["elapsed_s"], saved["curve"]
+    saved_step = step if saved is not None else None
 
     def checkpoint() -> None:
-        _save_atomic(
-            {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
-             "step": step, "elapsed_s": elapsed, "curve": curve, "config": dataclasses.asdict(config)},
-            checkpoint_path,
-        )
+        nonlocal saved_step
+        save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "generator": generator.get_state(), "step": step, "elapsed_s": elapsed, "curve": curve,
+                         "config": dataclasses.asdict(config)}, checkpoint_path)
+        saved_step = step
 
     bar = None
     if progress and step < config.steps:
@@ -123,11 +167,12 @@ def meta_train(
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
         if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+            kept = (f"its last checkpoint (step {saved_step}) is kept at {checkpoint_path}" if saved_step is not None
+                    else "no checkpoint was written")
             raise TrainingDiverged(
                 f"meta-training of {type(model).__name__} diverged at step {step + 1}: loss={loss.item()}, "
                 f"gradient norm={grad_norm.item()}. Lower the learning rate (lr={config.lr}) or the clip norm "
-                f"(clip_norm={config.clip_norm}); the last good checkpoint is kept at {checkpoint_path}."
-            )
+                f"(clip_norm={config.clip_norm}); {kept}.")
         optimizer.step()
         step += 1
         elapsed += time.perf_counter() - started
@@ -141,12 +186,20 @@ def meta_train(
             checkpoint()
         if bar is not None:
             bar.update(1)
+        if interrupted[0]:
+            if saved_step != step:
+                checkpoint()
+            if bar is not None:
+                bar.close()
+            raise TrainingInterrupted(
+                f"interrupted: meta-training of {type(model).__name__} checkpointed at step {step} of {config.steps} "
+                f"({checkpoint_path}); rerun the same command to continue")
         if time_limit_s is not None and time.perf_counter() - call_started > time_limit_s and step < config.steps:
             checkpoint()
             break
     if bar is not None:
         bar.close()
-    if not checkpoint_path.exists():
+    if saved_step is None:
         checkpoint()
     model.eval()
     return TrainResult(steps=step, train_time_s=elapsed, curve=curve, checkpoint=str(checkpoint_path),

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ebmm.memory import EBMM
-from membench.budget import TABLE1_BUDGET, check_budget
+from membench.budget import TABLE1_BUDGET, check_declared
 from membench.errors import OverBudgetError, TrainingDiverged
 from membench.tasks import BinaryTask
 from membench.training import TrainConfig, meta_train
@@ -30,12 +30,12 @@ def test_memory_count_is_the_table1_budget():
     task = BinaryTask(96)
     for preset in ("quick", "paper"):  # hidden 128 and 1024: the static size does not count
         model = EBMM.from_spec(task.spec, TABLE1_BUDGET, preset)
-        assert check_budget(model, task.spec, TABLE1_BUDGET, "ebmm") == 8256 == TABLE1_BUDGET
+        assert check_declared(model, task.spec, TABLE1_BUDGET, "ebmm") == 8256 == TABLE1_BUDGET
     state = model.write(task.sample(2, torch.Generator().manual_seed(0)).patterns)
     assert set(state) == {"memory.weight", "memory.bias"}
     assert sum(t[0].numel() for t in state.values()) == 8256  # one episode's written state
     with pytest.raises(OverBudgetError):
-        check_budget(EBMM.from_spec(task.spec, TABLE1_BUDGET, "quick", memory_size=65), task.spec,
+        check_declared(EBMM.from_spec(task.spec, TABLE1_BUDGET, "quick", memory_size=65), task.spec,
                      TABLE1_BUDGET, "ebmm")
 
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from ebmm.memory import EBMM
-from membench.budget import check_budget
+from membench.errors import MembenchError
+from membench.budget import check_declared
 from membench.errors import OverBudgetError
 from membench.interface import TaskSpec
 
@@ -22,15 +23,15 @@ TINY_CONV = dict(energy="resnet_conv", channels=(4, 8), width=16, bottleneck=8, 
 @pytest.mark.parametrize("d", [12, 64])
 def test_paper_fc_memory_is_257_d(spec, d):
     model = EBMM.from_spec(spec, 257 * d, "paper", energy="resnet_fc", memory_size=d)
-    assert check_budget(model, spec, 257 * d, "ebmm") == 257 * d
+    assert check_declared(model, spec, 257 * d, "ebmm") == 257 * d
 
 
 @pytest.mark.parametrize("d", [2, 14])
 def test_paper_conv_memory_is_1154_d(d):
     model = EBMM.from_spec(CIFAR, 1154 * d, "paper", energy="resnet_conv", memory_size=d)
-    assert check_budget(model, CIFAR, 1154 * d, "ebmm") == 1154 * d
+    assert check_declared(model, CIFAR, 1154 * d, "ebmm") == 1154 * d
     with pytest.raises(OverBudgetError):
-        check_budget(model, CIFAR, 1154 * d - 1, "ebmm")
+        check_declared(model, CIFAR, 1154 * d - 1, "ebmm")
 
 
 def test_quick_conv_memory_is_578_d_and_state_is_the_writable_convolutions():
@@ -43,7 +44,7 @@ def test_quick_conv_memory_is_578_d_and_state_is_the_writable_convolutions():
 
 
 def test_unknown_image_energy_is_refused():
-    with pytest.raises(ValueError, match="unknown image energy 'mlp'"):
+    with pytest.raises(MembenchError, match="unknown image energy 'mlp'"):
         EBMM.from_spec(CIFAR, 10**6, "quick", energy="mlp")
 
 

@@ -47,7 +47,7 @@ def test_sweep_suite_expands_points(data_root):
 def _record(model: str, memory: int, errors: list[float], n: int, seed: int = 0) -> dict:
     return {"run_id": f"{model}-{memory}-{seed}", "suite": "custom", "model": model, "options": {}, "seed": seed,
             "preset": "quick", "task": {"kind": "cifar10", "num_patterns": n, "image_size": 32, "block": 16},
-            "memory_floats": memory, "errors": errors, "training": None, "wall_time_s": 1.0,
+            "memory_floats": memory, "budget": memory, "errors": errors, "training": None, "wall_time_s": 1.0,
             "environment": {"device": "cpu"}, "command": "membench run"}
 
 

@@ -65,14 +65,15 @@ def test_rule_matches_slow_reference(cls, reference):
     task = BinaryTask(num_patterns=5, dim=12, erased=5)
     episodes = task.sample(2, torch.Generator().manual_seed(3))
     model = cls(task.spec)
-    weights, thresholds = model.write(episodes.patterns)
+    packed, thresholds = model.write(episodes.patterns)
+    weights = model.unpack(packed, 12)
     for b in range(2):
         expected = reference((2 * episodes.patterns[b] - 1).numpy())
         np.testing.assert_allclose(weights[b].numpy(), expected, atol=1e-5)
     assert torch.all(thresholds == 0)
 
     torch.manual_seed(11)
-    retrieved = model.read((weights, thresholds), episodes.queries.clone())
+    retrieved = model.read((packed, thresholds), episodes.queries.clone())
     torch.manual_seed(11)  # redraw the same per-sweep orders the model drew (free units first)
     clamped_last = (episodes.queries != 0.5).float() * 2.0
     orders = [(torch.rand(2, 5, 12) + clamped_last).argsort(-1) for _ in range(model.max_sweeps)]
@@ -87,7 +88,7 @@ def test_pseudoinverse_stores_patterns_as_fixed_points():
     task = BinaryTask(num_patterns=40, dim=64, erased=0)
     episodes = task.sample(3, torch.Generator().manual_seed(0))
     model = PseudoInverseHopfield(task.spec)
-    weights, _ = model.write(episodes.patterns)
+    weights = model.unpack(model.write(episodes.patterns)[0], 64)
     spins = 2 * episodes.patterns - 1                             # (B, N, D)
     fields = spins @ weights.transpose(1, 2)                      # field of every unit at every pattern
     assert torch.all(torch.sign(fields) == spins), "every stored pattern must be a fixed point"
@@ -97,12 +98,19 @@ def test_pseudoinverse_stores_patterns_as_fixed_points():
     assert torch.equal(model.read(light_weights, light.queries), light.patterns)
 
 
-def test_hebb_weights_symmetric_with_zero_diagonal():
+def test_state_is_the_packed_free_weights_and_thresholds():
+    """write keeps exactly n(n-1)/2 + n values; unpacked, they are each rule's symmetric zero-diagonal weights."""
     patterns = BinaryTask(num_patterns=10, dim=32, erased=16).sample(2, torch.Generator().manual_seed(0)).patterns
     for cls in (HebbHopfield, StorkeyHopfield, PseudoInverseHopfield):
-        weights, _ = cls(BinaryTask(10, 32, 16).spec).write(patterns)
-        assert torch.allclose(weights, weights.transpose(1, 2), atol=1e-5), cls.__name__
+        model = cls(BinaryTask(10, 32, 16).spec)
+        packed, thresholds = model.write(patterns)
+        assert packed.shape == (2, 32 * 31 // 2) and thresholds.shape == (2, 32), cls.__name__
+        weights = model.unpack(packed, 32)
+        assert torch.equal(weights, weights.transpose(1, 2)), cls.__name__
         assert torch.all(torch.diagonal(weights, dim1=1, dim2=2) == 0), cls.__name__
+        full = model.weights(2 * patterns - 1)
+        rows, cols = torch.triu_indices(32, 32, offset=1)
+        assert torch.equal(weights[:, rows, cols], full[:, rows, cols]), cls.__name__
 
 
 def test_memory_count_is_table1_budget():

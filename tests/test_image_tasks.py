@@ -10,7 +10,7 @@ from membench import datasets
 from membench.encoders import CodecConfig, Decoder, Encoder
 from membench.errors import MembenchError
 from membench.image_tasks import Cifar10Task, OmniglotTask
-from membench.tasks import make_task
+from membench.registry import make_task
 from tests.test_datasets import write_fixture_data
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from baselines.lstm import LSTMConfig, LSTMMemory
-from membench.budget import TABLE1_BUDGET, check_budget
+from membench.budget import TABLE1_BUDGET, check_declared
 from membench.errors import OverBudgetError
 from membench.tasks import BinaryTask
 from membench.training import TrainConfig, meta_train
@@ -15,13 +15,13 @@ def test_paper_preset_state_is_the_whole_budget():
     spec = BinaryTask(96).spec
     model = LSTMMemory.from_spec(spec, TABLE1_BUDGET, preset="paper")
     assert model.hidden_size == 4128
-    assert check_budget(model, spec, TABLE1_BUDGET, "lstm") == TABLE1_BUDGET
+    assert check_declared(model, spec, TABLE1_BUDGET, "lstm") == TABLE1_BUDGET
 
 
 def test_quick_preset_is_under_budget_and_state_matches_count():
     task = BinaryTask(16)
     model = LSTMMemory.from_spec(task.spec, TABLE1_BUDGET, preset="quick")
-    count = check_budget(model, task.spec, TABLE1_BUDGET, "lstm")
+    count = check_declared(model, task.spec, TABLE1_BUDGET, "lstm")
     h, c = model.write(task.sample(2, torch.Generator().manual_seed(0)).patterns)
     assert h.shape == c.shape == (2, model.hidden_size)
     assert count == 2 * model.hidden_size == (h.numel() + c.numel()) // 2 <= TABLE1_BUDGET
@@ -31,7 +31,7 @@ def test_oversized_configuration_is_refused():
     spec = BinaryTask(16).spec
     model = LSTMMemory(spec, TABLE1_BUDGET, LSTMConfig(hidden_size=TABLE1_BUDGET // 2 + 1))
     with pytest.raises(OverBudgetError):
-        check_budget(model, spec, TABLE1_BUDGET, "lstm")
+        check_declared(model, spec, TABLE1_BUDGET, "lstm")
 
 
 def test_retrievals_depend_on_write_order():

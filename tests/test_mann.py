@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from baselines.mann import MANN
-from membench.budget import TABLE1_BUDGET, check_budget
+from membench.budget import TABLE1_BUDGET, check_declared
 from membench.errors import OverBudgetError
 from membench.tasks import BinaryTask
 from membench.training import TrainConfig, meta_train
@@ -24,7 +24,7 @@ def test_memory_fills_table1_budget_exactly():
     model = MANN.from_spec(spec, TABLE1_BUDGET)
     assert model.cfg.num_slots == 64
     assert model.memory_floats(spec) == 64 * 128 + 2 * 32 == TABLE1_BUDGET
-    assert check_budget(model, spec, TABLE1_BUDGET, "mann") == TABLE1_BUDGET
+    assert check_declared(model, spec, TABLE1_BUDGET, "mann") == TABLE1_BUDGET
     state = model.write(BinaryTask(96).sample(2, torch.Generator().manual_seed(0)).patterns)
     carried = state.memory[0].numel() + state.hidden[0].numel() + state.cell[0].numel()
     assert carried == model.memory_floats(spec)  # the count is what the read phase receives
@@ -34,7 +34,7 @@ def test_oversized_memory_is_refused():
     spec = BinaryTask(16).spec
     model = MANN.from_spec(spec, TABLE1_BUDGET, num_slots=65)
     with pytest.raises(OverBudgetError):
-        check_budget(model, spec, TABLE1_BUDGET, "mann")
+        check_declared(model, spec, TABLE1_BUDGET, "mann")
 
 
 def test_reads_are_in_unit_interval_and_queries_do_not_interact():
@@ -89,10 +89,10 @@ def test_image_memory_is_64_slots_of_the_point_width_plus_controller():
 
     spec = TaskSpec(pattern_shape=(3, 32, 32), num_patterns=64, binary=False)
     model = MANN.from_spec(spec, 64 * 32 + 64, "quick", memory_width=32)
-    assert check_budget(model, spec, 64 * 32 + 64, "mann") == 64 * 32 + 64 and model.cfg.num_slots == 64
+    assert check_declared(model, spec, 64 * 32 + 64, "mann") == 64 * 32 + 64 and model.cfg.num_slots == 64
     images = torch.rand(2, 64, 3, 32, 32)
     with torch.no_grad():
         state = model.write(images)
         retrieved = model.read(state, images)
     assert state.memory.shape == (2, 64, 32) and retrieved.shape == images.shape
-    assert model.train_config("quick").num_patterns is None  # images: always the task's N = 64
+    assert model.preset.train.num_patterns is None  # images: always the task's N = 64

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from baselines.memory_networks import LearnedEmbeddingMemoryNetwork, MemNetConfig, MemoryNetwork
-from membench.budget import TABLE1_BUDGET, check_budget
+from membench.budget import TABLE1_BUDGET, check_declared
 from membench.errors import OverBudgetError
 from membench.interface import TaskSpec
 from membench.tasks import BinaryTask
@@ -16,7 +16,7 @@ def test_slots_fill_the_budget_at_96_patterns():
     spec = BinaryTask(96).spec
     model = MemoryNetwork.from_spec(spec, TABLE1_BUDGET)
     assert model.slot_width(96) == 86
-    assert check_budget(model, spec, TABLE1_BUDGET, "memory_networks") == 96 * 86 == TABLE1_BUDGET
+    assert check_declared(model, spec, TABLE1_BUDGET, "memory_networks") == 96 * 86 == TABLE1_BUDGET
     for num_patterns in (16, 32, 48, 64):  # whole 128-wide slots, one per pattern
         assert model.memory_floats(BinaryTask(num_patterns).spec) == num_patterns * 128 <= TABLE1_BUDGET
 
@@ -25,11 +25,11 @@ def test_oversized_configuration_is_refused():
     spec = BinaryTask(96).spec
     model = MemoryNetwork.from_spec(spec, TABLE1_BUDGET)
     with pytest.raises(OverBudgetError):
-        check_budget(model, spec, TABLE1_BUDGET - 1, "memory_networks")
+        check_declared(model, spec, TABLE1_BUDGET - 1, "memory_networks")
     wide = MemoryNetwork(BinaryTask(48).spec, budget=10**6, config=MemNetConfig(embedding_width=256,
                                                                                 learned_embedding=True))
     with pytest.raises(OverBudgetError):  # 48 slots of 256 values = 12288 > 8256
-        check_budget(wide, BinaryTask(48).spec, TABLE1_BUDGET, "memory_networks")
+        check_declared(wide, BinaryTask(48).spec, TABLE1_BUDGET, "memory_networks")
 
 
 def test_state_is_slots_and_read_is_in_unit_interval():
@@ -78,10 +78,10 @@ def test_image_slots_hold_64_codes_of_the_budgeted_width():
     """Figure 3 accounting: 64 slots x width; the shared encoder gives 256-wide codes."""
     spec = TaskSpec(pattern_shape=(1, 32, 32), num_patterns=64, binary=True)
     model = MemoryNetwork.from_spec(spec, 64 * 48, "quick")
-    assert check_budget(model, spec, 64 * 48, "memory_networks") == 64 * 48
+    assert check_declared(model, spec, 64 * 48, "memory_networks") == 64 * 48
     images = torch.rand(2, 64, 1, 32, 32).round()
     with torch.no_grad():
         slots = model.write(images)
         retrieved = model.read(slots, images)
     assert slots.shape == (2, 64, 48) and retrieved.shape == images.shape
-    assert model.train_config("quick").steps == 1600  # the image preset, not the binary one
+    assert model.preset.train.steps == 1600  # the image preset, not the binary one

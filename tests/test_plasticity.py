@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from baselines.plasticity import DifferentiablePlasticity
-from membench.budget import TABLE1_BUDGET, check_budget
+from baselines.plasticity import DifferentiablePlasticity, PlasticityConfig
+from membench.budget import TABLE1_BUDGET, check_declared
 from membench.errors import OverBudgetError
 from membench.tasks import BinaryTask
 from membench.training import TrainConfig, meta_train
@@ -17,7 +17,7 @@ def test_trace_is_the_largest_square_within_table1_budget():
     model = DifferentiablePlasticity.from_spec(spec, TABLE1_BUDGET)
     assert model.cfg.plastic_size == 90
     assert model.memory_floats(spec) == 90 * 90 <= TABLE1_BUDGET < 91 * 91
-    assert check_budget(model, spec, TABLE1_BUDGET, "differentiable_plasticity") == 8100
+    assert check_declared(model, spec, TABLE1_BUDGET, "differentiable_plasticity") == 8100
     trace = model.write(BinaryTask(32).sample(2, torch.Generator().manual_seed(0)).patterns)
     assert trace[0].numel() == model.memory_floats(spec)  # the count is what the read phase receives
 
@@ -26,7 +26,7 @@ def test_oversized_trace_is_refused():
     spec = BinaryTask(16).spec
     model = DifferentiablePlasticity.from_spec(spec, TABLE1_BUDGET, plastic_size=91)
     with pytest.raises(OverBudgetError):
-        check_budget(model, spec, TABLE1_BUDGET, "differentiable_plasticity")
+        check_declared(model, spec, TABLE1_BUDGET, "differentiable_plasticity")
 
 
 def test_reads_are_in_unit_interval_and_queries_do_not_interact():
@@ -56,7 +56,8 @@ def test_written_order_changes_the_trace():
 def test_pluggable_encoder_and_decoder():
     task = BinaryTask(4)
     encoder = nn.Sequential(nn.Flatten(2), nn.Linear(128, 20))
-    model = DifferentiablePlasticity.from_spec(task.spec, 400, encoder=encoder, decoder=nn.Linear(20, 128))
+    model = DifferentiablePlasticity(task.spec, PlasticityConfig(plastic_size=20), encoder=encoder,
+                                     decoder=nn.Linear(20, 128))
     episodes = task.sample(2, torch.Generator().manual_seed(3))
     assert model.read(model.write(episodes.patterns), episodes.queries).shape == episodes.queries.shape
 

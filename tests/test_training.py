@@ -20,8 +20,14 @@ from membench.training import TrainConfig, meta_train
 TINY_MODEL = textwrap.dedent('''
     import torch
     import torch.nn.functional as F
+    from dataclasses import dataclass
     from membench import AssociativeMemory, TaskSpec
-    from membench.training import TrainConfig
+    from membench.interface import Preset, TrainConfig
+
+
+    @dataclass(frozen=True)
+    class TinyConfig:
+        sharpness: float = 4.0
 
 
     class TinyLearned(AssociativeMemory):
@@ -29,10 +35,19 @@ TINY_MODEL = textwrap.dedent('''
 
         trainable = True
 
-        def __init__(self, spec: TaskSpec):
+        def __init__(self, spec: TaskSpec, config: TinyConfig):
             super().__init__()
-            self.spec = spec
+            self.spec, self.cfg = spec, config
             self.bias = torch.nn.Parameter(torch.zeros(spec.pattern_size))
+
+        @classmethod
+        def presets(cls, spec, options):
+            return {"quick": Preset(TinyConfig(), TrainConfig(steps=6, batch_size=2, lr=1e-2, log_every=1,
+                                                              checkpoint_every=100))}
+
+        @classmethod
+        def from_preset(cls, spec, budget, preset):
+            return cls(spec, preset.model)
 
         def memory_floats(self, spec):
             return spec.pattern_size
@@ -41,7 +56,7 @@ TINY_MODEL = textwrap.dedent('''
             return patterns.mean(1)
 
         def _logits(self, state, queries):
-            return (4 * (2 * state.unsqueeze(1) - 1) + self.bias).expand_as(queries)
+            return (self.cfg.sharpness * (2 * state.unsqueeze(1) - 1) + self.bias).expand_as(queries)
 
         def read(self, state, queries):
             known = queries != self.spec.fill_value
@@ -50,9 +65,6 @@ TINY_MODEL = textwrap.dedent('''
         def meta_loss(self, patterns, queries):
             logits = self._logits(self.write(patterns), queries)
             return F.binary_cross_entropy_with_logits(logits, patterns), torch.sigmoid(logits).detach()
-
-        def train_config(self, preset):
-            return TrainConfig(steps=6, batch_size=2, lr=1e-2, log_every=1, checkpoint_every=100)
 ''')
 
 
@@ -105,8 +117,8 @@ def test_unknown_preset_names_the_models_presets():
 
 def test_report_keeps_one_row_per_preset():
     def record(preset: str, error: float) -> dict:
-        return {"model": "ebmm", "preset": preset, "task": {"num_patterns": 16}, "errors": [error] * 4,
+        return {"model": "ebmm", "preset": preset, "task": {"num_patterns": 16}, "errors": [error] * 4, "options": {},
                 "seed": 0, "memory_floats": 8256, "budget": 8256, "training": {"checkpoint_key": preset,
-                "train_time_s": 1.0}, "environment": {"device": "cpu"}, "command": "membench run", "wall_time_s": 1.0}
+                "train_time_s": 1.0}, "environment": {"device": "cpu", "torch": "2"}, "command": "membench run", "wall_time_s": 1.0}
     summary = summarise([record("quick", 1.0), record("gpu", 2.0)])
     assert len(summary) == 2 and sorted(summary["mean"]) == [1.0, 2.0]

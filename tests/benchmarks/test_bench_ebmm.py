@@ -13,7 +13,7 @@ from membench.tasks import BinaryTask
 from membench.training import TrainConfig
 
 
-def build(batch: int = PRESETS["quick"]["train"]["batch_size"], num_patterns: int = 64):
+def build(batch: int = PRESETS["quick"].train.batch_size, num_patterns: int = 64):
     torch.manual_seed(0)
     task = BinaryTask(num_patterns=num_patterns)
     episodes = task.sample(batch, torch.Generator().manual_seed(0), split="train")
@@ -23,7 +23,7 @@ def build(batch: int = PRESETS["quick"]["train"]["batch_size"], num_patterns: in
 def test_meta_training_step(benchmark):
     """One AdamW update: second-order meta-gradient through T writes and K reads, clip, step."""
     model, episodes = build()
-    config: TrainConfig = model.train_config("quick")
+    config: TrainConfig = model.preset.train
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
     def step() -> float:

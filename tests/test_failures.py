@@ -1,0 +1,242 @@
+"""Bad input and bad luck: one clear line, a non-zero exit, no traceback, nothing lost or half-written."""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from membench import datasets
+from membench.cli import EXIT_INTERRUPTED, main
+from membench.errors import MembenchError, TrainingDiverged
+from membench.store import ResultsStore
+from membench.tasks import BinaryTask
+from membench.training import meta_train
+from tests.conftest import REPO_ROOT
+from tests.test_datasets import write_fixture_data
+from tests.test_training import TINY_MODEL
+
+SLOW_LEARNED = TINY_MODEL + textwrap.dedent('''
+
+    class SlowLearned(TinyLearned):
+        """TinyLearned with 0.2 s steps, 40 of them, on N in {16, 32}: one checkpoint for both N, slow
+        enough to be interrupted or waited for."""
+
+        @classmethod
+        def presets(cls, spec, options):
+            return {"quick": Preset(TinyConfig(), TrainConfig(steps=40, batch_size=2, lr=1e-2, log_every=1,
+                                                              checkpoint_every=1000, num_patterns=(16, 32)))}
+
+        def meta_loss(self, patterns, queries):
+            import time
+            time.sleep(0.2)
+            return super().meta_loss(patterns, queries)
+''')
+
+
+def _invoke(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+def _one_clear_line(result, *fragments: str, exit_code: int | None = None) -> None:
+    assert result.exit_code != 0 if exit_code is None else result.exit_code == exit_code, result.output
+    assert "Traceback" not in result.output and not isinstance(result.exception, (AssertionError, TypeError))
+    error_lines = [line for line in result.output.splitlines() if line.startswith("Error")]
+    assert len(error_lines) == 1, result.output
+    for fragment in fragments:
+        assert fragment in result.output, (fragment, result.output)
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--num-patterns", "0"], "0 is out of range"),
+    (["--num-patterns", "-5"], "-5 is out of range"),
+    (["--seeds", "99999999999999999999"], "out of range: values must be between 0 and 2147483647"),
+    (["--seeds", ""], "give at least one value"),
+    (["--seeds", ","], "give at least one value"),
+])
+def test_bad_numbers_are_refused_before_any_work(tmp_path, args, fragment):
+    result = _invoke("run", *args, "--out", str(tmp_path), "--no-progress")
+    _one_clear_line(result, fragment, exit_code=2)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_duplicate_seeds_and_sizes_run_once(tmp_path):
+    result = _invoke("run", "--model", "raw_slots", "--seeds", "0,0,1", "--num-patterns", "16,16",
+                     "--queries", "16", "--out", str(tmp_path), "--no-progress")
+    assert result.exit_code == 0 and "2 run(s) executed, 0 already finished" in result.output, result.output
+
+
+@pytest.mark.parametrize("source, fragments", [
+    ("def broken(:\n", ["cannot import module 'user_model'", "line 1", "fix the syntax error"]),
+    ("raise ValueError('no config')\n", ["importing module 'user_model' raised ValueError: no config"]),
+    (textwrap.dedent('''
+        from membench import AssociativeMemory
+        class Model(AssociativeMemory):
+            def __init__(self, spec):
+                super().__init__()
+            def memory_floats(self, spec):
+                return "8256"
+            def write(self, patterns):
+                return None
+            def read(self, state, queries):
+                return queries
+     '''), ["memory_floats returned '8256' (str)", "non-negative integer"]),
+])
+def test_broken_user_models_get_one_line(tmp_path, monkeypatch, source, fragments):
+    (tmp_path / "user_model.py").write_text(source)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("user_model", None)
+    _one_clear_line(_invoke("run", "--model", "user_model:Model", "--num-patterns", "16", "--out", "out",
+                            "--no-progress"), *fragments, exit_code=1)
+
+
+def test_memory_networks_beyond_the_budget_and_small_raw_slots(tmp_path):
+    _one_clear_line(_invoke("run", "--suite", "table1-learned", "--model", "memory_networks", "--num-patterns", "9000",
+                            "--out", str(tmp_path), "--no-progress"), "no value per slot for N=9000", exit_code=1)
+    _one_clear_line(_invoke("run", "--model", "raw_slots", "--budget", "100", "--num-patterns", "16",
+                            "--out", str(tmp_path), "--no-progress"), "no whole pattern of 128 values", exit_code=1)
+
+
+@pytest.mark.parametrize("content", [b"", b'{"run_id": "x", "errors": [1', b"\x00garbage\xff", b'{"schema": 2}'])
+def test_corrupt_record_is_named_by_report_and_repaired_by_run(tmp_path, content):
+    args = ["--model", "raw_slots", "--num-patterns", "16", "--queries", "16", "--out", str(tmp_path), "--no-progress"]
+    assert _invoke("run", *args).exit_code == 0
+    (path,) = (tmp_path / "runs").glob("*.json")
+    good = json.loads(path.read_text())
+    path.write_bytes(content)
+    _one_clear_line(_invoke("report", "--out", str(tmp_path)), str(path), "Rerun the `membench run` command",
+                    exit_code=1)
+    rerun = _invoke("run", *args)
+    assert rerun.exit_code == 0 and "1 run(s) executed" in rerun.output, rerun.output
+    assert f"{path} is" in rerun.output and "computed again" in rerun.output
+    assert json.loads(path.read_text())["errors"] == good["errors"]
+
+
+def _tiny(tmp_path: Path, monkeypatch, source: str = TINY_MODEL) -> None:
+    (tmp_path / "tiny_learned.py").write_text(source)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("tiny_learned", None)
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04truncated", "foreign"])
+def test_corrupt_checkpoint_is_set_aside_and_retrained(tmp_path, monkeypatch, content):
+    _tiny(tmp_path, monkeypatch)
+    args = ["run", "--model", "tiny_learned:TinyLearned", "--num-patterns", "16", "--queries", "16",
+            "--checkpoint-dir", "ck", "--no-progress"]
+    assert _invoke(*args, "--out", "first").exit_code == 0
+    (checkpoint,) = (tmp_path / "ck").glob("*.pt")
+    trained = torch.load(checkpoint, weights_only=False)["model"]
+    if content == "foreign":
+        torch.save({"model": {"other.weight": torch.zeros(3)}, "optimizer": {}, "generator": torch.zeros(1),
+                    "step": 6, "elapsed_s": 0.0, "curve": []}, checkpoint)
+    else:
+        checkpoint.write_bytes(content)
+    result = _invoke(*args, "--out", "second")
+    assert result.exit_code == 0, result.output
+    assert f"checkpoint {checkpoint.relative_to(tmp_path)} is unreadable or does not fit" in result.output
+    assert (tmp_path / "ck" / (checkpoint.name + ".corrupt")).exists()
+    retrained = torch.load(checkpoint, weights_only=False)["model"]
+    assert all(torch.equal(trained[k], retrained[k]) for k in trained)  # same seed, same training
+
+
+def test_truncated_data_files_name_the_file(tmp_path):
+    root = write_fixture_data(tmp_path / "data")
+    zip_path = root / "omniglot" / "images_background_small1.zip"
+    zip_path.write_bytes(zip_path.read_bytes()[: zip_path.stat().st_size // 2])
+    with pytest.raises(MembenchError, match=f"{zip_path} is corrupt or truncated.*membench download omniglot"):
+        datasets.load_omniglot(root)
+    batch = root / "cifar-10-batches-py" / "data_batch_3"
+    batch.write_bytes(batch.read_bytes()[:100])
+    with pytest.raises(MembenchError, match=f"{batch} is corrupt or truncated"):
+        datasets.load_cifar10(root)
+    batch.write_bytes(pickle.dumps({"data": [[1, 2]], "labels": [0]}))
+    with pytest.raises(MembenchError, match=f"{batch} holds data of shape"):
+        datasets.load_cifar10(root)
+
+
+def test_divergence_says_whether_a_checkpoint_exists(tmp_path):
+    from tests.test_training import _linear_model
+    from membench.interface import TrainConfig
+
+    model = _linear_model()
+    with torch.no_grad():
+        next(model.parameters()).fill_(float("nan"))
+    config = TrainConfig(steps=3, batch_size=2, log_every=1)
+    with pytest.raises(TrainingDiverged, match="diverged at step 1.*no checkpoint was written"):
+        meta_train(model, BinaryTask(4), config, tmp_path / "c.pt", torch.device("cpu"), 0, progress=False)
+
+
+def test_orphan_temporary_files_are_removed(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    dead = runs / ".table1-x.json.deadhost-4.abc.tmp"
+    old_style = runs / ".table1-y.json.k3j2.tmp"
+    mine = runs / f".table1-z.json.{__import__('membench.store').store._HOST}-{os.getpid()}.abc.tmp"
+    for path in (dead, old_style, mine):
+        path.write_text("{")
+    ResultsStore(tmp_path)
+    assert not old_style.exists() and mine.exists()  # a live writer's file stays
+    assert dead.exists()  # another host's writer may still be alive: its file stays
+
+
+def _membench(tmp_path: Path, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO_ROOT)]), "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "membench.cli", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for(condition, seconds: float = 60.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_training_checkpoints_and_the_rerun_resumes(tmp_path):
+    (tmp_path / "slow_learned.py").write_text(SLOW_LEARNED)
+    args = ["run", "--model", "slow_learned:SlowLearned", "--num-patterns", "16", "--queries", "16",
+            "--checkpoint-dir", "ck", "--out", "out", "--no-progress"]
+    process = _membench(tmp_path, *args)
+    _wait_for(lambda: (tmp_path / "ck").exists() and any((tmp_path / "ck").glob("*.lock")))
+    time.sleep(1.0)  # a few steps in
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == EXIT_INTERRUPTED, output
+    assert "Traceback" not in output and "checkpointed at step" in output and "rerun the same command" in output
+    (checkpoint,) = (tmp_path / "ck").glob("*.pt")
+    saved = torch.load(checkpoint, weights_only=False)
+    assert 0 < saved["step"] < 40
+    rerun = _membench(tmp_path, *args)
+    output, _ = rerun.communicate(timeout=120)
+    assert rerun.returncode == 0, output
+    curve = torch.load(checkpoint, weights_only=False)["curve"]
+    assert [row["step"] for row in curve] == list(range(1, 41))  # resumed, no step trained twice
+
+
+@pytest.mark.slow
+def test_two_processes_share_one_checkpoint_and_one_output_directory(tmp_path):
+    (tmp_path / "slow_learned.py").write_text(SLOW_LEARNED)
+    args = ["run", "--model", "slow_learned:SlowLearned", "--num-patterns", "16,32", "--queries", "16",
+            "--checkpoint-dir", "ck", "--out", "out", "--no-progress"]
+    first, second = _membench(tmp_path, *args), _membench(tmp_path, *args)
+    outputs = [p.communicate(timeout=180)[0] for p in (first, second)]
+    assert first.returncode == 0 and second.returncode == 0, outputs
+    executed = sum(int(re.search(r"(\d+) run\(s\) executed", o).group(1)) for o in outputs)
+    assert executed == 2, outputs  # every run computed once, by one of the two
+    records = [json.loads(p.read_text()) for p in (tmp_path / "out" / "runs").glob("*.json")]
+    assert sorted(r["task"]["num_patterns"] for r in records) == [16, 32]
+    (checkpoint,) = (tmp_path / "ck").glob("*.pt")
+    assert [row["step"] for row in torch.load(checkpoint, weights_only=False)["curve"]] == list(range(1, 41))
+    assert not list((tmp_path / "out").rglob("*.tmp")) and not list((tmp_path / "ck").glob("*.tmp"))

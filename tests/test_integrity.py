@@ -1,0 +1,247 @@
+"""The budget is measured, not declared; writes are isolated; every registered model keeps its word."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from membench.budget import TABLE1_BUDGET, check_declared, measure_state
+from membench.errors import MembenchError, OverBudgetError
+from membench.integrity import audit_write
+from membench.interface import AssociativeMemory, TaskSpec
+from membench.registry import BUILTIN_MODELS, make_task, resolve_model
+from membench.runner import build_model, run_all
+from membench.store import ResultsStore
+from membench.suites import SUITES, TABLE1_NUM_PATTERNS, RunSpec, get_suite
+from membench.tasks import BinaryTask
+from tests.test_datasets import write_cifar, write_omniglot_zip
+
+
+class StoresEverything(AssociativeMemory):
+    """Declares one float, keeps every pattern whole: an under-declaring model."""
+
+    declared = 1
+
+    def __init__(self, spec: TaskSpec):
+        super().__init__()
+        self.spec = spec
+
+    def memory_floats(self, spec: TaskSpec):
+        return self.declared
+
+    def write(self, patterns):
+        return patterns.clone()
+
+    def read(self, state, queries):
+        known = (queries != 0.5).float()
+        nearest = (known * (queries - 0.5)) @ (state - 0.5).transpose(1, 2)
+        return state.gather(1, nearest.argmax(-1, keepdim=True).expand_as(queries))
+
+
+class DeclaresBudget(StoresEverything):
+    """Declares exactly the budget, but its state holds more than that at N = 96."""
+
+    declared = TABLE1_BUDGET
+
+
+class KeepsOnSelf(StoresEverything):
+    """Declares nothing and keeps the patterns on itself."""
+
+    declared = 0
+
+    def write(self, patterns):
+        self.kept = patterns.clone()
+        return None
+
+    def read(self, state, queries):
+        return super().read(self.kept, queries)
+
+
+SHARED: dict[str, torch.Tensor] = {}
+
+
+class KeepsInGlobal(KeepsOnSelf):
+    """Keeps the patterns in a module-level dict: the model itself does not change."""
+
+    def write(self, patterns):
+        SHARED["kept"] = patterns.clone()
+        return None
+
+    def read(self, state, queries):
+        return StoresEverything.read(self, SHARED["kept"], queries)
+
+
+class TruncatedSoftmax(AssociativeMemory):
+    """An honest outside model: as many whole patterns as the budget holds, each truncated to fit."""
+
+    def __init__(self, spec: TaskSpec, budget: int):
+        super().__init__()
+        self.spec, self.budget = spec, budget
+
+    @classmethod
+    def from_spec(cls, spec, budget, preset="quick", **options):
+        return cls(spec, budget)
+
+    def width(self, spec: TaskSpec) -> int:
+        return min(spec.pattern_size, self.budget // spec.num_patterns)
+
+    def memory_floats(self, spec: TaskSpec) -> int:
+        return spec.num_patterns * self.width(spec)
+
+    def write(self, patterns):
+        return patterns[..., : self.width(self.spec)].contiguous()
+
+    def read(self, slots, queries):
+        width = slots.shape[-1]
+        known = (queries[..., :width] != 0.5).float()
+        scores = 20 * (known * (2 * queries[..., :width] - 1)) @ (2 * slots - 1).transpose(1, 2) / width
+        head = scores.softmax(-1) @ slots
+        return torch.cat([head, queries[..., width:].clamp(0, 1)], dim=-1)
+
+
+def _bad_count(value):
+    return type("BadCount", (StoresEverything,), {"memory_floats": lambda self, spec: value})
+
+
+def _run(model: str, tmp_path, num_patterns=(96,), budget=None):
+    specs = get_suite("table1").expand("table1", (model,), (0,), 96, "quick", num_patterns, budget)
+    return run_all(specs, tmp_path, device="cpu", progress=False)
+
+
+@pytest.mark.parametrize("cls, message", [
+    (StoresEverything, r"'tests.test_integrity:StoresEverything': its written state holds 12288 float32 values "
+                       r"per episode, which exceeds the budget \(declared 1, measured 12288, budget 8256\)"),
+    (DeclaresBudget, r"holds 12288 .* exceeds the budget \(declared 8256, measured 12288, budget 8256\)"),
+    (KeepsOnSelf, r"KeepsOnSelf' changed 'kept' while writing"),
+    (KeepsInGlobal, r"KeepsInGlobal' retrieved differently from the same state after another batch was written"),
+])
+def test_cheating_models_are_refused_in_one_line_and_nothing_is_written(cls, message, tmp_path):
+    with pytest.raises(MembenchError, match=message) as caught:
+        _run(f"{__name__}:{cls.__name__}", tmp_path)
+    assert "\n" not in str(caught.value)
+    assert ResultsStore(tmp_path).records() == []
+
+
+def test_honest_models_differ_only_in_what_they_declare(tmp_path):
+    """The same state, declared exactly: it runs, and its record holds the measured count."""
+    honest = type("Honest", (StoresEverything,), {"memory_floats": lambda self, spec: spec.num_patterns * 128})
+    globals()["Honest"] = honest
+    (record,) = _run(f"{__name__}:Honest", tmp_path, num_patterns=(32,))
+    assert record["memory_floats"] == 32 * 128 and record["mean_error"] == 0
+
+
+def test_outside_softmax_memory_runs_within_the_budget(tmp_path):
+    records = _run(f"{__name__}:TruncatedSoftmax", tmp_path, num_patterns=(16, 96))
+    assert [r["memory_floats"] for r in sorted(records, key=lambda r: r["task"]["num_patterns"])] == [2048, 8256]
+
+
+@pytest.mark.parametrize("value", [-5, float("nan"), 8256.9, "8256", True, None])
+def test_memory_floats_must_be_a_non_negative_integer(value):
+    spec = BinaryTask(16).spec
+    with pytest.raises(MembenchError, match="must return a non-negative integer"):
+        check_declared(_bad_count(value)(spec), spec, TABLE1_BUDGET, "bad")
+
+
+def test_measure_counts_storage_bytes_not_shapes():
+    batch = 4
+    floats = torch.zeros(batch, 10)
+    assert measure_state(floats, batch) == 10
+    assert measure_state(torch.zeros(batch, 10, dtype=torch.bool), batch) == math.ceil(10 / 4)  # bits packed as bytes
+    assert measure_state(torch.zeros(batch, 10, dtype=torch.float64), batch) == 20
+    assert measure_state(torch.zeros(batch, 100)[:, :10], batch) == 100      # a view keeps its whole storage
+    assert measure_state((floats, {"b": floats[:, :5]}), batch) == 10        # one storage counts once
+    assert measure_state(torch.zeros(7), batch) == 7                         # no episode dimension: whole
+    assert measure_state(np.zeros((batch, 3), dtype=np.float32), batch) == 3
+    assert measure_state(None, batch) == 0
+    with pytest.raises(MembenchError, match="cannot measure"):
+        measure_state(object(), batch)
+
+
+# --- every registered model keeps its word -------------------------------------------
+
+def _episodes(task, batch, seed):
+    return task.sample(batch, torch.Generator().manual_seed(seed), split="test")
+
+
+def _check_model(spec: RunSpec) -> None:
+    """Measured = declared <= budget; write leaves the model unchanged; episodes are independent."""
+    task = make_task(spec.task)
+    torch.manual_seed(0)
+    model = build_model(spec, task)
+    declared = check_declared(model, task.spec, spec.budget, spec.model)
+    a, b = _episodes(task, 2, 1), _episodes(task, 2, 2)
+    assert audit_write(model, a.patterns, a.queries, b.patterns, declared, spec.budget, spec.model) == declared
+    # batches [e, x] and [e, y] share episode e: its retrievals must not depend on its neighbour
+    first = torch.stack([a.patterns[0], a.patterns[1]]), torch.stack([a.queries[0], a.queries[1]])
+    second = torch.stack([a.patterns[0], b.patterns[0]]), torch.stack([a.queries[0], b.queries[0]])
+    model.eval()
+    retrievals = []
+    with torch.no_grad():
+        for patterns, queries in (first, second):
+            torch.manual_seed(5)
+            retrievals.append(model.read(model.write(patterns), queries)[0])
+    torch.testing.assert_close(retrievals[0], retrievals[1], rtol=1e-5, atol=1e-5,
+                               msg=f"{spec.model}: an episode's retrievals depend on another episode")
+
+
+TABLE1_CASES = [(model, n) for model in BUILTIN_MODELS if model != "passthrough" for n in TABLE1_NUM_PATTERNS]
+
+
+@pytest.mark.parametrize("model, num_patterns", TABLE1_CASES)
+def test_every_registered_model_at_every_table1_n(model, num_patterns):
+    spec = get_suite("table1").expand("table1", (model,), (0,), 64, "quick", (num_patterns,))[0]
+    _check_model(spec)
+
+
+def test_passthrough_holds_nothing():
+    _check_model(get_suite("table1").expand("table1", ("passthrough",), (0,), 64, "quick", (16,))[0])
+
+
+def test_every_learned_preset_at_table1_budget():
+    """Every preset of every learned model: measured = declared within the budget at the largest N."""
+    task = BinaryTask(96)
+    for name, path in BUILTIN_MODELS.items():
+        cls = resolve_model(name)
+        if not cls.trainable:
+            continue
+        for preset in cls.presets(task.spec, {}):
+            spec = RunSpec("table1-learned", name, task.config(), TABLE1_BUDGET, 0, 96, preset)
+            model = build_model(spec, task)
+            episodes = _episodes(task, 1, 0)
+            with torch.no_grad():
+                state = model.write(episodes.patterns)
+            assert measure_state(state, 1) == model.memory_floats(task.spec) <= TABLE1_BUDGET, (name, preset)
+
+
+@pytest.fixture
+def image_data(tmp_path, monkeypatch):
+    from membench import datasets
+
+    root = tmp_path / "data"  # at least 64 images in each split, so the sweeps' own N = 64 is used
+    write_omniglot_zip(root / "omniglot" / "images_background.zip", {"Greek": 20}, drawers=4)
+    write_omniglot_zip(root / "omniglot" / "images_evaluation.zip", {"Thai": 20}, drawers=4, seed=1)
+    write_cifar(root / "cifar-10-batches-py", per_batch=13, test=64)
+    monkeypatch.setattr(datasets, "_data_dir_override", root)
+
+
+@pytest.mark.slow
+def test_every_figure3_point_measures_what_it_declares(image_data):
+    """All points of both rate sweeps (quick preset, N = 64), on fixture data in the published formats."""
+    for suite_name in ("fig3-omniglot", "fig3-cifar"):
+        for spec in SUITES[suite_name].expand(suite_name, None, (0,), 64, "quick"):
+            task = make_task(spec.task)
+            model = build_model(spec, task)
+            declared = check_declared(model, task.spec, spec.budget, spec.model)
+            episodes = _episodes(task, 1, 0)
+            with torch.no_grad():
+                assert measure_state(model.write(episodes.patterns), 1) == declared, (spec.model, spec.options)
+
+
+def test_over_budget_raw_slots_and_memory_networks_are_clear(tmp_path):
+    with pytest.raises(OverBudgetError, match="raw_slots: the budget holds no whole pattern of 128 values"):
+        _run("raw_slots", tmp_path, num_patterns=(16,), budget=100)
+    specs = get_suite("table1-learned").expand("table1-learned", ("memory_networks",), (0,), 9000, "quick", (9000,))
+    with pytest.raises(OverBudgetError, match="leaves no value per slot for N=9000"):
+        run_all(specs, tmp_path, device="cpu", progress=False)

@@ -1,0 +1,79 @@
+"""Reports are keyed by what defines a cell: tasks and budgets never pool, duplicates count once."""
+from __future__ import annotations
+
+import shutil
+
+from click.testing import CliRunner
+
+from membench.cli import main
+from membench.report import table1
+from membench.runner import run_all
+from membench.store import ResultsStore
+from membench.suites import get_suite
+from tests.conftest import REPO_ROOT
+from tests.test_datasets import write_fixture_data
+
+
+def _row(markdown: str, label: str, section: int = 0) -> list[str]:
+    table = markdown.split("## ")[1 + section]
+    line = next(line for line in table.splitlines() if line.startswith(f"| {label} "))
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+def _binary(tmp_path, num_patterns=(64, 96), queries=64, budget=None, seeds=(0,)):
+    specs = get_suite("table1").expand("table1", ("raw_slots",), seeds, queries, "quick", num_patterns, budget)
+    return run_all(specs, tmp_path, device="cpu", progress=False)
+
+
+def test_binary_and_image_runs_of_one_model_do_not_pool(tmp_path, monkeypatch):
+    _binary(tmp_path)
+    root = write_fixture_data(tmp_path / "data")
+    monkeypatch.setenv("MEMBENCH_DATA", str(root))
+    result = CliRunner().invoke(main, ["run", "--suite", "fig3-omniglot", "--model", "raw_slots", "--num-patterns", "4",
+                                       "--queries", "8", "--out", str(tmp_path), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    markdown = table1(tmp_path)
+    assert _row(markdown, "raw_slots")[1] == "0.00 ± 0.00"  # N = 64: all 64 patterns kept, no image run pooled
+    assert "image-task run(s) are summarised by `membench figures`" in markdown
+
+
+def test_two_budgets_make_two_tables(tmp_path):
+    _binary(tmp_path)
+    _binary(tmp_path, budget=4096)   # 32 slots: N = 64 and 96 lose patterns
+    markdown = table1(tmp_path)
+    assert markdown.count("## ") == 2
+    assert "budget 8256 float32" in markdown and "budget 4096 float32" in markdown
+    full = _row(markdown, "raw_slots", section=[s.startswith("Table 1") for s in markdown.split("## ")[1:]].index(True))
+    assert full[1].startswith("0.00")
+    assert not full[2].startswith("0.00")  # N = 96 at 8256 floats: 64 of 96 patterns kept
+
+
+def test_copies_and_reruns_with_more_queries_count_once(tmp_path):
+    (record,) = _binary(tmp_path, num_patterns=(96,))
+    runs = ResultsStore(tmp_path).runs_dir
+    shutil.copy(runs / f"{record['run_id']}.json", runs / f"{record['run_id']} (copy).json")
+    (bigger,) = _binary(tmp_path, num_patterns=(96,), queries=192)  # same seed: the first 96 queries again
+    markdown = table1(tmp_path)
+    assert "2 record(s) repeat the episodes of another record" in markdown
+    assert f"Queries per cell: {len(bigger['errors'])}–{len(bigger['errors'])}" in markdown
+
+
+def test_rows_show_device_and_torch_where_they_differ(tmp_path):
+    _binary(tmp_path, num_patterns=(16,))
+    specs = get_suite("table1").expand("table1", ("hopfield_hebb",), (0,), 64, "quick", (16,))
+    (record,) = run_all(specs, tmp_path, device="cpu", progress=False)
+    record["environment"]["torch"] = "0.0-other"
+    ResultsStore(tmp_path).save(record)
+    markdown = table1(tmp_path)
+    assert "device · torch" in markdown and "cpu · torch 0.0-other" in _row(markdown, "hopfield_hebb")[-1]
+
+
+def test_records_hold_commit_and_dirty_flag(tmp_path):
+    (record,) = _binary(tmp_path, num_patterns=(16,))
+    assert set(record["environment"]) >= {"git_commit", "git_dirty"}
+
+
+def test_readme_tables_match_the_committed_records():
+    result = CliRunner().invoke(main, ["readme", "--check", "--results", str(REPO_ROOT / "results"),
+                                       "--file", str(REPO_ROOT / "README.md")])
+    assert result.exit_code == 0, result.output
