@@ -191,7 +191,9 @@ def table1(out_dir: Path, reference: Path | None = DEFAULT_REFERENCE, write: boo
     summary = summarise(records)
     paper = load_reference(reference)
     sections, latex, csv_frames = [], [], []
-    for table, part in summary.groupby("table", sort=False):
+    tables = sorted(summary["table"].unique(), key=lambda t: (not is_paper_table(t), t))  # Table 1's own first
+    for table in tables:
+        part = summary[summary.table == table]
         table_records = [r for r in records if task_key(r) == table]
         cells, headers = grid(part, paper)
         with_paper = paper is not None and is_paper_table(table)
