@@ -3,7 +3,7 @@ PYTHON ?= python3
 RESULTS ?= results
 DATA ?= ../shared/data
 
-.PHONY: install test bench table1 table1-classical table1-learned table1-gpu figures readme clean
+.PHONY: install test bench table1 table1-classical table1-learned table1-gpu figures readme throughput throughput-gpu clean
 
 # torch first: a CPU build where none is importable (an unpinned `torch` would pull CUDA wheels);
 # an existing torch install is kept as it is.
@@ -31,6 +31,16 @@ table1-gpu:
 table1: table1-classical table1-learned
 	membench report --out $(RESULTS)/table1
 	membench readme --results $(RESULTS)
+
+# meta-training throughput (episodes/s) into results/bench/throughput.csv: CPU rows here,
+# CUDA rows (gpu preset, growing meta-batches, eager and CUDA-graph) on a CUDA machine
+throughput:
+	membench throughput --model ebmm --model memory_networks --model mann --model lstm \
+		--model differentiable_plasticity --preset quick --device cpu --steps 10
+
+throughput-gpu:
+	membench throughput --model ebmm --preset gpu --device cuda --batch-sizes 32,128,512 --steps 20
+	membench throughput --model ebmm --preset gpu --device cuda --batch-sizes 32,128,512 --steps 20 --cuda-graph
 
 # the README's result tables, rewritten from the records in $(RESULTS)
 readme:

@@ -1,4 +1,4 @@
-"""Command line: `membench list | run | report | figures | readme | download`."""
+"""Command line: `membench list | run | report | figures | readme | throughput | download`."""
 from __future__ import annotations
 
 import functools
@@ -176,6 +176,34 @@ def figures(out, reference, checkpoint_dir, grids, data_dir) -> None:
     click.echo(markdown)
     for path in paths:
         click.echo(f"wrote {path}")
+
+
+@main.command()
+@click.option("--model", "models", multiple=True, default=("ebmm",), show_default=True, help="Learned model; repeatable.")
+@click.option("--preset", default="quick", show_default=True, type=click.Choice(["quick", "gpu", "paper"]))
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--num-patterns", default="64", callback=_int_list(1), show_default=True, help="Comma-separated N.")
+@click.option("--batch-sizes", callback=_int_list(1), help="Comma-separated episodes per update. Default: the preset's.")
+@click.option("--steps", default=20, show_default=True, type=click.IntRange(1), help="Timed updates per row.")
+@click.option("--warmup", default=3, show_default=True, type=click.IntRange(0), help="Untimed updates first.")
+@click.option("--cuda-graph/--no-cuda-graph", default=False, help="Replay updates from CUDA graphs (CUDA only).")
+@click.option("--out", default="results/bench/throughput.csv", show_default=True,
+              type=click.Path(dir_okay=False, path_type=Path), help="CSV the rows are merged into.")
+@_friendly_errors
+def throughput(models, preset, device, num_patterns, batch_sizes, steps, warmup, cuda_graph, out) -> None:
+    """Time meta-training updates (episodes/s) and merge the rows into OUT."""
+    from tabulate import tabulate
+
+    from membench.runner import resolve_device
+    from membench.throughput import merge, measure
+
+    torch_device = resolve_device(device)
+    rows = [measure(model, preset, torch_device, n, batch, steps, warmup, cuda_graph)
+            for model in models for n in num_patterns for batch in (batch_sizes or (None,))]
+    merge(out, rows)
+    shown = ["device_name", "model", "preset", "batch_size", "num_patterns", "cuda_graph", "episodes_per_s", "ms_per_step"]
+    click.echo(tabulate([[row[c] for c in shown] for row in rows], headers=shown, tablefmt="github"))
+    click.echo(f"merged {len(rows)} row(s) into {out}")
 
 
 @main.command()

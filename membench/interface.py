@@ -70,6 +70,7 @@ class TrainConfig:
     checkpoint_every: int = 100       # steps between checkpoints
     num_patterns: tuple[int, ...] | None = None  # train on N drawn from this set each step
     #   (one checkpoint then serves every N); None: train on the run's N only
+    cuda_graph: bool = False          # on CUDA, replay each update from a captured graph (membench.stepper)
 
 
 @dataclass(frozen=True)

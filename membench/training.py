@@ -7,7 +7,10 @@ Conventions, so that learned models are trained alike:
 - a checkpoint (model, optimiser, generator state, curve) written atomically every
   `checkpoint_every` steps and at the end; a killed run resumes from the last one, and a
   finished checkpoint is reused as is (the runner keys checkpoints by config);
-- a non-finite loss or gradient stops training with `TrainingDiverged`; an unreadable
+- one update is `membench.stepper.Stepper.step` (eager, or replayed from a CUDA graph);
+  the loop waits for the device only when it logs, checkpoints or stops;
+- a non-finite loss or gradient stops training with `TrainingDiverged` (at the next log or
+  checkpoint, before anything is saved); an unreadable
   checkpoint is set aside (`<name>.corrupt`) and training starts afresh;
 - one process at a time trains a checkpoint (a lock beside it): another waits, then
   resumes or reuses the work; Ctrl-C finishes the step, checkpoints, then stops;
@@ -32,6 +35,7 @@ import torch
 
 from membench.errors import TrainingDiverged, TrainingInterrupted
 from membench.interface import AssociativeMemory, TrainConfig
+from membench.stepper import Stepper
 from membench.store import file_lock, remove_orphans, warn, write_atomic
 from membench.tasks import Task
 
@@ -130,18 +134,30 @@ def _train(model: AssociativeMemory, task: Task, config: TrainConfig, checkpoint
            seed: int, progress: bool, time_limit_s: float | None, interrupted: list[bool]) -> TrainResult:
     call_started = time.perf_counter()
     model.to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    stepper = Stepper(model, config, device)
     generator = torch.Generator().manual_seed(seed + TRAIN_STREAM)
     step, elapsed, curve = 0, 0.0, []
-    saved = load_checkpoint(checkpoint_path, model, device, optimizer)
+    saved = load_checkpoint(checkpoint_path, model, device, stepper.optimizer)
     if saved is not None:
+        stepper.after_load()
         generator.set_state(saved["generator"].cpu())  # map_location moved it; generators live on the CPU
         step, elapsed, curve = saved["step"], saved["elapsed_s"], saved["curve"]
     saved_step = step if saved is not None else None
+    first_bad = torch.tensor(-1, device=device)  # first step whose loss or gradient was not finite
+
+    def check_finite(loss: torch.Tensor) -> None:
+        """Raise TrainingDiverged if any step so far was not finite (the one place training waits)."""
+        if first_bad.item() >= 0:
+            kept = (f"its last checkpoint (step {saved_step}) is kept at {checkpoint_path}" if saved_step is not None
+                    else "no checkpoint was written")
+            raise TrainingDiverged(
+                f"meta-training of {type(model).__name__} diverged at step {first_bad.item()}: the loss ({loss.item()}) "
+                f"or the gradient norm was not finite. Lower the learning rate (lr={config.lr}) or the clip norm "
+                f"(clip_norm={config.clip_norm}); {kept}.")
 
     def checkpoint() -> None:
         nonlocal saved_step
-        save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        save_checkpoint({"model": model.state_dict(), "optimizer": stepper.optimizer.state_dict(),
                          "generator": generator.get_state(), "step": step, "elapsed_s": elapsed, "curve": curve,
                          "config": dataclasses.asdict(config)}, checkpoint_path)
         saved_step = step
@@ -155,34 +171,28 @@ def _train(model: AssociativeMemory, task: Task, config: TrainConfig, checkpoint
     while step < config.steps:
         started = time.perf_counter()
         if config.cosine_decay:  # a function of the step alone, so a resumed run continues the schedule
-            for group in optimizer.param_groups:
-                group["lr"] = config.lr * 0.5 * (1 + math.cos(math.pi * step / config.steps))
+            stepper.set_lr(config.lr * 0.5 * (1 + math.cos(math.pi * step / config.steps)))
         step_task = task
         if config.num_patterns:
             choice = torch.randint(len(config.num_patterns), (1,), generator=generator).item()
             step_task = task.with_num_patterns(config.num_patterns[choice])
         episodes = step_task.sample(config.batch_size, generator, split="train").to(device)
-        loss, retrievals = model.meta_loss(episodes.patterns, episodes.queries)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
-        if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
-            kept = (f"its last checkpoint (step {saved_step}) is kept at {checkpoint_path}" if saved_step is not None
-                    else "no checkpoint was written")
-            raise TrainingDiverged(
-                f"meta-training of {type(model).__name__} diverged at step {step + 1}: loss={loss.item()}, "
-                f"gradient norm={grad_norm.item()}. Lower the learning rate (lr={config.lr}) or the clip norm "
-                f"(clip_norm={config.clip_norm}); {kept}.")
-        optimizer.step()
+        out = stepper.step(episodes.patterns, episodes.queries)
         step += 1
+        first_bad.masked_fill_(~out.finite & (first_bad < 0), step)
+        logging = step % config.log_every == 0 or step == config.steps
+        saving = step % config.checkpoint_every == 0 or step == config.steps
+        paused = time_limit_s is not None and time.perf_counter() - call_started > time_limit_s
+        if logging or saving or paused or interrupted[0]:
+            check_finite(out.loss)
         elapsed += time.perf_counter() - started
-        if step % config.log_every == 0 or step == config.steps:
-            error = step_task.errors(retrievals.detach(), episodes.patterns).mean().item()
-            curve.append({"step": step, "loss": loss.item(), "error": error,
+        if logging:
+            error = step_task.errors(out.retrievals, episodes.patterns).mean().item()
+            curve.append({"step": step, "loss": out.loss.item(), "error": error,
                           "num_patterns": step_task.spec.num_patterns, "elapsed_s": elapsed})
             if bar is not None:
-                bar.set_postfix(loss=f"{loss.item():.4f}", error=f"{error:.2f}")
-        if step % config.checkpoint_every == 0 or step == config.steps:
+                bar.set_postfix(loss=f"{out.loss.item():.4f}", error=f"{error:.2f}")
+        if saving:
             checkpoint()
         if bar is not None:
             bar.update(1)
@@ -194,7 +204,7 @@ def _train(model: AssociativeMemory, task: Task, config: TrainConfig, checkpoint
             raise TrainingInterrupted(
                 f"interrupted: meta-training of {type(model).__name__} checkpointed at step {step} of {config.steps} "
                 f"({checkpoint_path}); rerun the same command to continue")
-        if time_limit_s is not None and time.perf_counter() - call_started > time_limit_s and step < config.steps:
+        if paused and step < config.steps:
             checkpoint()
             break
     if bar is not None:

@@ -1,0 +1,123 @@
+"""One meta-training update, shared by `meta_train` and `membench throughput`.
+
+    loss, retrievals = model.meta_loss(patterns, queries)
+    loss.backward(); clip the global gradient norm; AdamW step
+
+`Stepper.step` returns device tensors and never waits for the device: whether the loss
+and gradient norm were finite is a device flag, read by the caller only when it logs or
+checkpoints. With `TrainConfig.cuda_graph` on a CUDA device the whole update (forward,
+second-order backward, clipping, AdamW) is captured once per batch shape (one graph per
+N) and replayed, which removes the per-kernel launch cost; the capture's warm-up updates
+are undone, so training matches eager training step for step. Where capture fails, a
+warning is printed and training continues eagerly.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from membench.interface import AssociativeMemory, TrainConfig
+from membench.store import warn
+
+GRAPH_WARMUP = 3  # eager updates on a side stream before a capture (required by CUDA graphs)
+
+
+@dataclass
+class StepOutput:
+    loss: torch.Tensor        # () on the device
+    retrievals: torch.Tensor  # (B, N, *S), detached
+    finite: torch.Tensor      # () bool: loss and gradient norm were finite
+
+
+@dataclass
+class _Captured:
+    graph: "torch.cuda.CUDAGraph"
+    patterns: torch.Tensor
+    queries: torch.Tensor
+    output: StepOutput
+
+
+class Stepper:
+    """AdamW updates of `model` under `config`, eager or replayed from CUDA graphs."""
+
+    def __init__(self, model: AssociativeMemory, config: TrainConfig, device: torch.device):
+        self.model, self.config = model, config
+        self.graphs_on = bool(config.cuda_graph) and device.type == "cuda"
+        lr = torch.tensor(config.lr, device=device) if self.graphs_on else config.lr
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=config.weight_decay,
+                                           capturable=self.graphs_on)
+        self._graphs: dict[tuple, _Captured] = {}
+
+    def after_load(self) -> None:
+        """Call after loading an optimizer state: keeps the learning rate a device tensor for graphs."""
+        if self.graphs_on:
+            device = next(self.model.parameters()).device
+            for group in self.optimizer.param_groups:
+                group["lr"] = torch.tensor(float(group["lr"]), device=device)
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            if isinstance(group["lr"], torch.Tensor):
+                group["lr"].fill_(lr)
+            else:
+                group["lr"] = lr
+
+    def _eager(self, patterns: torch.Tensor, queries: torch.Tensor) -> StepOutput:
+        loss, retrievals = self.model.meta_loss(patterns, queries)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_norm)
+        finite = torch.isfinite(loss.detach()) & torch.isfinite(norm)
+        self.optimizer.step()
+        return StepOutput(loss.detach(), retrievals.detach(), finite)
+
+    def step(self, patterns: torch.Tensor, queries: torch.Tensor) -> StepOutput:
+        """One update on a batch (patterns, queries (B, N, *S) on the model's device)."""
+        if not self.graphs_on:
+            return self._eager(patterns, queries)
+        key = (tuple(patterns.shape), tuple(queries.shape))
+        if key not in self._graphs:
+            try:
+                self._graphs[key] = self._capture(patterns, queries)
+            except RuntimeError as exc:  # capture is not supported by some op: keep training, eagerly
+                warn(f"CUDA graph capture failed ({str(exc).splitlines()[0][:200]}); training eagerly")
+                self.graphs_on = False
+                return self._eager(patterns, queries)
+        captured = self._graphs[key]
+        captured.patterns.copy_(patterns)
+        captured.queries.copy_(queries)
+        captured.graph.replay()
+        return captured.output
+
+    def _state_tensors(self) -> list[tuple[torch.Tensor, dict | None]]:
+        return [(p, self.optimizer.state.get(p)) for p in self.model.parameters()]
+
+    def _capture(self, patterns: torch.Tensor, queries: torch.Tensor) -> _Captured:
+        """Warm up, capture one update, then restore parameters and optimiser state as they were."""
+        saved = [(p.detach().clone(), {k: v.clone() for k, v in state.items()} if state else None)
+                 for p, state in self._state_tensors()]
+        static_patterns, static_queries = patterns.clone(), queries.clone()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        try:
+            with torch.cuda.stream(side):
+                for _ in range(GRAPH_WARMUP):
+                    self._eager(static_patterns, static_queries)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            self.optimizer.zero_grad(set_to_none=True)
+            with torch.cuda.graph(graph):
+                output = self._eager(static_patterns, static_queries)
+        finally:
+            with torch.no_grad():
+                for (param, state), (param_before, state_before) in zip(self._state_tensors(), saved):
+                    param.copy_(param_before)
+                    for name, value in (state or {}).items():
+                        if not isinstance(value, torch.Tensor):
+                            continue
+                        if state_before:
+                            value.copy_(state_before[name])
+                        else:  # the state the warm-up created: back to AdamW's fresh state
+                            value.zero_()
+        return _Captured(graph, static_patterns, static_queries, output)

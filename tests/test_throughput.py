@@ -1,0 +1,79 @@
+"""The shared update (`Stepper`) and the throughput table; speed itself is measured, never asserted."""
+from __future__ import annotations
+
+import dataclasses
+
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+
+from membench.cli import main
+from membench.errors import TrainingDiverged
+from membench.interface import TrainConfig
+from membench.stepper import Stepper
+from membench.tasks import BinaryTask
+from membench.throughput import COLUMNS
+from membench.training import meta_train
+from tests.test_training import _linear_model
+
+
+def test_cuda_graph_flag_is_eager_off_cuda_and_identical():
+    task = BinaryTask(8)
+    episodes = task.sample(2, torch.Generator().manual_seed(0), split="train")
+    config = TrainConfig(lr=1e-3, clip_norm=1.0)
+    models = [_linear_model(), _linear_model()]
+    steppers = [Stepper(models[0], config, torch.device("cpu")),
+                Stepper(models[1], dataclasses.replace(config, cuda_graph=True), torch.device("cpu"))]
+    assert not steppers[1].graphs_on
+    for stepper in steppers:
+        out = stepper.step(episodes.patterns, episodes.queries)
+        assert bool(out.finite) and out.retrievals.shape == episodes.patterns.shape
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        assert torch.equal(a, b)
+
+
+def test_divergence_is_caught_at_the_next_log_before_any_save(tmp_path):
+    """A loss that turns non-finite at step 3 stops training at step 4 (its log), naming step 3."""
+    model = _linear_model()
+    real_loss = model.meta_loss
+    calls = []
+
+    def poisoned(patterns, queries):
+        calls.append(1)
+        loss, retrievals = real_loss(patterns, queries)
+        return (loss * float("nan") if len(calls) == 3 else loss), retrievals
+
+    model.meta_loss = poisoned
+    config = TrainConfig(steps=8, batch_size=2, log_every=4, checkpoint_every=2, clip_norm=1.0)
+    with pytest.raises(TrainingDiverged, match="diverged at step 3.*last checkpoint \\(step 2\\)"):
+        meta_train(model, BinaryTask(4), config, tmp_path / "c.pt", torch.device("cpu"), 0, progress=False)
+    saved = torch.load(tmp_path / "c.pt", weights_only=False)
+    assert saved["step"] == 2 and all(torch.isfinite(t).all() for t in saved["model"].values())
+
+
+def test_throughput_rows_merge_by_key(tmp_path):
+    out = tmp_path / "throughput.csv"
+    args = ["throughput", "--model", "memory_networks", "--device", "cpu", "--num-patterns", "16",
+            "--batch-sizes", "2,4", "--steps", "2", "--warmup", "1", "--out", str(out)]
+    for _ in range(2):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 0, result.output
+    table = pd.read_csv(out)
+    assert list(table.columns) == COLUMNS and sorted(table["batch_size"]) == [2, 4]  # the rerun replaced its rows
+    assert (table["episodes_per_s"] > 0).all() and set(table["device"]) == {"cpu"}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_training_matches_eager_training(tmp_path):
+    """On CUDA: 6 updates on N in {4, 8} (two graphs), replayed, give the eager run's weights."""
+    config = TrainConfig(steps=6, batch_size=2, lr=1e-3, clip_norm=1.0, log_every=1, num_patterns=(4, 8),
+                         cosine_decay=True)
+    results = []
+    for graphs in (False, True):
+        model = _linear_model()
+        meta_train(model, BinaryTask(4), dataclasses.replace(config, cuda_graph=graphs), tmp_path / f"{graphs}.pt",
+                   torch.device("cuda"), seed=0, progress=False)
+        results.append(model.state_dict())
+    for name in results[0]:
+        torch.testing.assert_close(results[0][name], results[1][name], msg=f"graph replay differs in {name}")
