@@ -26,6 +26,10 @@ BUILTIN_MODELS: dict[str, str] = {
     "hopfield_pseudoinverse": "baselines.hopfield:PseudoInverseHopfield",
     "raw_slots": "baselines.raw_slots:RawSlotMemory",
     "passthrough": "baselines.passthrough:PassThrough",
+    "modern_hopfield": "baselines.modern_hopfield:ModernHopfield",
+    "dense_associative_memory": "baselines.dense_am:DenseAssociativeMemory",
+    "universal_hopfield": "baselines.universal_hopfield:UniversalHopfield",
+    "sparse_distributed_memory": "baselines.sdm:SparseDistributedMemory",
     # meta-learned models (trained by membench.training.meta_train)
     "ebmm": "ebmm.memory:EBMM",
     "memory_networks": "baselines.memory_networks:MemoryNetwork",

@@ -11,6 +11,7 @@ from membench.errors import MembenchError
 
 TABLE1_NUM_PATTERNS = (16, 32, 48, 64, 96)
 CLASSICAL_MODELS = ("hopfield_hebb", "hopfield_storkey", "hopfield_pseudoinverse", "raw_slots")
+MODERN_MODELS = ("modern_hopfield", "dense_associative_memory", "universal_hopfield", "sparse_distributed_memory")
 LEARNED_MODELS = ("ebmm", "memory_networks", "memory_networks_learned", "mann", "lstm", "differentiable_plasticity")
 
 
@@ -143,6 +144,9 @@ class SweepSuite:
 SUITES: dict[str, Suite | SweepSuite] = {
     "table1": Suite("Table 1, classical memories (no training): Hopfield rules and raw slots",
                     models=CLASSICAL_MODELS),
+    "table1-modern": Suite("Table 1, associative memories the paper predates or only mentions (no training): modern "
+                           "Hopfield, dense associative memory, universal Hopfield, sparse distributed memory",
+                           models=MODERN_MODELS),
     "table1-learned": Suite("Table 1, meta-learned memories (trained with --preset, checkpoints cached)",
                             models=LEARNED_MODELS),
     "fig3-omniglot": SweepSuite("Figure 3, Omniglot: distortion (wrong pixels) against memory size, 64 images "
