@@ -19,6 +19,7 @@ bench:
 
 table1-classical:
 	membench run --suite table1 --seeds 0,1,2 --queries 1000 --out $(RESULTS)/table1 --no-progress
+	membench run --suite table1-modern --seeds 0,1,2 --queries 1000 --out $(RESULTS)/table1 --no-progress
 
 table1-learned:
 	membench run --suite table1-learned --seeds 0 --queries 3000 --preset quick --out $(RESULTS)/table1 --no-progress
