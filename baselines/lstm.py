@@ -42,6 +42,10 @@ PRESETS: dict[str, Preset] = {
     "quick": Preset(LSTMConfig(hidden_size=256),
                     TrainConfig(steps=2000, batch_size=16, lr=1e-3, clip_norm=1.0,
                                 log_every=25, checkpoint_every=250, num_patterns=TRAIN_NUM_PATTERNS)),
+    # one GPU: the full budget, hidden 4128 (h + c = 8256), EBMM gpu's training compute
+    "gpu": Preset(LSTMConfig(hidden_size=None),
+                  TrainConfig(steps=4000, batch_size=32, lr=1e-4, clip_norm=1.0, cosine_decay=True, log_every=50,
+                              checkpoint_every=250, num_patterns=TRAIN_NUM_PATTERNS, cuda_graph=True)),
     # GPU: the full budget, hidden 4128 (h + c = 8256)
     "paper": Preset(LSTMConfig(hidden_size=None),
                     TrainConfig(steps=50_000, batch_size=64, lr=1e-4, clip_norm=1.0,

@@ -71,6 +71,9 @@ PRESETS: dict[str, Preset] = {
     # CPU, about 7 minutes on this 2-core machine
     "quick": Preset(MANNConfig(), TrainConfig(steps=2000, batch_size=16, lr=1e-3, clip_norm=1.0,
                                               num_patterns=MIXED_N)),
+    # one GPU, EBMM gpu's training compute (4000 updates of 32 episodes)
+    "gpu": Preset(MANNConfig(), TrainConfig(steps=4000, batch_size=32, lr=1e-3, clip_norm=1.0, cosine_decay=True,
+                                            log_every=50, checkpoint_every=250, num_patterns=MIXED_N, cuda_graph=True)),
     # GPU scale, the paper's optimiser (App. D)
     "paper": Preset(MANNConfig(), TrainConfig(steps=200_000, batch_size=64, lr=5e-5, clip_norm=0.05,
                                               num_patterns=MIXED_N)),
@@ -79,6 +82,8 @@ PRESETS: dict[str, Preset] = {
 IMAGE_PRESETS: dict[str, Preset] = {
     "quick": Preset(MANNConfig(channels=(16, 32, 32)), TrainConfig(steps=1600, batch_size=2, lr=1e-3, clip_norm=1.0,
                                                                    log_every=20, checkpoint_every=100)),
+    "gpu": Preset(MANNConfig(), TrainConfig(steps=6000, batch_size=16, lr=3e-4, clip_norm=1.0, cosine_decay=True,
+                                            log_every=50, checkpoint_every=250, cuda_graph=True)),
     "paper": Preset(MANNConfig(), TrainConfig(steps=200_000, batch_size=16, lr=5e-5, clip_norm=0.05, log_every=100,
                                               checkpoint_every=1000)),
 }

@@ -61,6 +61,10 @@ PRESETS: dict[str, Preset] = {
     # CPU, ~4 minutes on one shared core: the model is tiny, training converges fast at lr 1e-3
     "quick": Preset(MemNetConfig(), TrainConfig(steps=5000, batch_size=16, lr=1e-3, clip_norm=1.0,
                                                 log_every=50, checkpoint_every=500, num_patterns=TRAIN_NUM_PATTERNS)),
+    # one GPU, EBMM gpu's training compute (4000 updates of 32 episodes)
+    "gpu": Preset(MemNetConfig(), TrainConfig(steps=4000, batch_size=32, lr=1e-3, clip_norm=1.0, cosine_decay=True,
+                                              log_every=50, checkpoint_every=250, num_patterns=TRAIN_NUM_PATTERNS,
+                                              cuda_graph=True)),
     # GPU scale: bigger batches, more steps, lower learning rate
     "paper": Preset(MemNetConfig(), TrainConfig(steps=100_000, batch_size=64, lr=2e-4, clip_norm=1.0,
                                                 log_every=100, checkpoint_every=2000, num_patterns=TRAIN_NUM_PATTERNS)),
@@ -71,6 +75,9 @@ PRESETS: dict[str, Preset] = {
 IMAGE_PRESETS: dict[str, Preset] = {
     "quick": Preset(MemNetConfig(embedding_width=256, channels=(16, 32, 32)),
                     TrainConfig(steps=1600, batch_size=2, lr=1e-3, **IMAGE_TRAIN)),
+    "gpu": Preset(MemNetConfig(embedding_width=256),  # the paper's codec; EBMM gpu's image training compute
+                  TrainConfig(steps=6000, batch_size=16, lr=3e-4, clip_norm=1.0, cosine_decay=True, log_every=50,
+                              checkpoint_every=250, cuda_graph=True)),
     "paper": Preset(MemNetConfig(embedding_width=256),
                     TrainConfig(steps=100_000, batch_size=16, lr=5e-5, weight_decay=1e-6, **IMAGE_TRAIN)),
 }

@@ -63,6 +63,10 @@ PRESETS: dict[str, Preset] = {
     # CPU, about 2 minutes on this 2-core machine
     "quick": Preset(PlasticityConfig(), TrainConfig(steps=2500, batch_size=16, lr=5e-3, clip_norm=1.0,
                                                     num_patterns=MIXED_N)),
+    # one GPU, EBMM gpu's training compute (4000 updates of 32 episodes)
+    "gpu": Preset(PlasticityConfig(), TrainConfig(steps=4000, batch_size=32, lr=3e-3, clip_norm=1.0, cosine_decay=True,
+                                                  log_every=50, checkpoint_every=250, num_patterns=MIXED_N,
+                                                  cuda_graph=True)),
     # GPU scale, the paper's optimiser (App. D)
     "paper": Preset(PlasticityConfig(), TrainConfig(steps=200_000, batch_size=64, lr=5e-5, clip_norm=0.05,
                                                     num_patterns=MIXED_N)),

@@ -87,10 +87,13 @@ PRESETS: dict[str, Preset] = {
                                 checkpoint_every=1000, num_patterns=(16, 32, 48, 64, 96))),
 }
 
-# Image presets, per energy (Figure 3). quick: narrower networks (memory per d shrinks for the conv
-# energy: 578 * d at bottleneck 32, so d = 4, 8, 16 give the paper's 1154 * (2, 4, 8) sizes), one
-# write step and small meta-batches. paper: App. B.2 / B.3 sizes and App. D optimiser.
+# Image presets, per energy (Figure 3). quick: a CPU smoke test (narrower networks: the conv energy's
+# memory is 578 * d at bottleneck 32; one write step, 300 updates of 2 episodes: it learns little).
+# gpu: App. B.2 / B.3 sizes on one GPU. paper: App. B.2 / B.3 sizes and the App. D optimiser.
 _IMAGE_TRAIN_QUICK = TrainConfig(steps=300, batch_size=2, lr=1e-3, clip_norm=1.0, log_every=20, checkpoint_every=100)
+# gpu: the paper's architectures and T = 3 write steps, trained for a bounded GPU budget, graphs replayed
+_IMAGE_TRAIN_GPU = TrainConfig(steps=6000, batch_size=16, lr=1e-4, clip_norm=1.0, cosine_decay=True, log_every=50,
+                               checkpoint_every=250, cuda_graph=True)
 _IMAGE_TRAIN_PAPER = TrainConfig(steps=200_000, batch_size=16, lr=5e-5, weight_decay=1e-6, clip_norm=0.05,
                                  log_every=100, checkpoint_every=1000)
 IMAGE_PRESETS: dict[str, dict[str, Preset]] = {  # energy -> preset name -> preset
@@ -98,6 +101,8 @@ IMAGE_PRESETS: dict[str, dict[str, Preset]] = {  # energy -> preset name -> pres
         "quick": Preset(EBMMConfig(energy="resnet_fc", channels=(16, 32, 32), hidden=128, hops=2, readout=256,
                                    write_steps=1, grad_norm_term=False, write_lr_init=1.0, read_step_init=1.0),
                         _IMAGE_TRAIN_QUICK),
+        "gpu": Preset(EBMMConfig(energy="resnet_fc", hidden=512, hops=3, write_steps=3, write_lr_init=0.3),
+                      _IMAGE_TRAIN_GPU),
         "paper": Preset(EBMMConfig(energy="resnet_fc", hidden=512, hops=3, write_steps=3, write_lr_init=0.3),
                         _IMAGE_TRAIN_PAPER),
     },
@@ -106,6 +111,8 @@ IMAGE_PRESETS: dict[str, dict[str, Preset]] = {  # energy -> preset name -> pres
                                    hops=2, readout=256, write_steps=1, grad_norm_term=False, write_lr_init=1.0,
                                    read_step_init=1.0),
                         _IMAGE_TRAIN_QUICK),
+        "gpu": Preset(EBMMConfig(energy="resnet_conv", hidden=128, hops=3, write_steps=3, write_lr_init=0.3),
+                      _IMAGE_TRAIN_GPU),
         "paper": Preset(EBMMConfig(energy="resnet_conv", hidden=128, hops=3, write_steps=3, write_lr_init=0.3),
                         _IMAGE_TRAIN_PAPER),
     },

@@ -36,7 +36,7 @@ PAPER_DATASET = {"omniglot": "omniglot", "cifar10": "cifar"}   # task kind -> pa
 TITLES = {"omniglot": "Omniglot (error: wrong pixels of 32x32)", "cifar10": "CIFAR-10 (error: squared error)"}
 MATCH_TOLERANCE = 0.05  # a paper point matches ours when memory sizes differ by at most 5%
 # What the quick presets change against the paper (ebmm.memory.IMAGE_PRESETS, baselines.memory_networks)
-QUICK_CHANGES = ("quick preset: the paper's task (64 images of 32x32 per batch, 16x16 block) with narrower "
+QUICK_CHANGES = ("quick preset (a CPU smoke test, not a result): the paper's task (64 images of 32x32 per batch, 16x16 block) with narrower "
                  "networks and short CPU training: encoders 16/32/32 channels (paper 32/64/96); EBMM-FC hidden 128, "
                  "2 hops, 1 write step, 300 steps of 2 episodes; EBMM-conv bottleneck 32 (memory 578 d; paper "
                  "1154 d), 2 hops; MemNet and MANN 1600 steps of 2 episodes")
@@ -80,6 +80,7 @@ def summarise(records: list[dict[str, Any]], reference: pd.DataFrame | None = No
                      "image_size": record["task"]["image_size"], "block": record["task"]["block"],
                      "data": record["task"].get("data", ""), "budget": record["budget"],
                      "seed": record["seed"], "batch_errors": batch_errors(record),
+                     "train_batches": np.asarray((record.get("train_split") or {}).get("batch_errors", []), float),
                      "train_time_s": (record["training"] or {}).get("train_time_s", 0.0),
                      "wall_time_s": record["wall_time_s"], "device": record["environment"]["device"],
                      "command": record["command"]})
@@ -91,7 +92,9 @@ def summarise(records: list[dict[str, Any]], reference: pd.DataFrame | None = No
     for key, group in pd.DataFrame(rows).groupby(keys, sort=False):
         batches = np.concatenate(list(group["batch_errors"]))
         p5, median, p95 = np.percentile(batches, [5, 50, 95])
+        seen = np.concatenate(list(group["train_batches"]))
         summary.append({**dict(zip(keys, key)), "memory_k": key[4] / 1000, "median": median, "p5": p5, "p95": p95,
+                        "train_median": float(np.median(seen)) if seen.size else np.nan,
                         "mean": batches.mean(), "batches": len(batches),
                         "seeds": " ".join(str(s) for s in sorted(group["seed"])),
                         "train_time_s": float(group["train_time_s"].sum()), "wall_time_s": float(group["wall_time_s"].sum()),
@@ -117,12 +120,17 @@ def _attach_paper(frame: pd.DataFrame, reference: pd.DataFrame | None) -> pd.Dat
 
 
 def dataset_table(frame: pd.DataFrame) -> str:
-    """The markdown table of one data set's points: ours beside the paper's."""
+    """The markdown table of one data set's points: ours beside the paper's (and the train-split
+    median of trained models, where a record has one: well below the test median means memorised)."""
+    with_train = bool(frame["train_median"].notna().any())
     grid = [[row.curve, f"{row.memory_k:.2f}", f"{row.median:.2f} [{row.p5:.2f}, {row.p95:.2f}]",
              "" if pd.isna(row.paper) else f"{row.paper:.2f} [{row.paper_lo:.2f}, {row.paper_hi:.2f}]",
              row.num_patterns, row.batches, row.preset, f"{row.train_time_s:.0f}", f"{row.wall_time_s:.1f}"]
+            + ([] if not with_train else ["" if pd.isna(row.train_median) else f"{row.train_median:.2f}"])
             for row in frame.itertuples()]
     headers = ["curve", "memory (k floats)", "ours", "paper", "N", "batches", "preset", "train s", "wall s"]
+    if with_train:
+        headers.append("train-split median")
     return tabulate(grid, headers=headers, tablefmt="github")
 
 
@@ -150,6 +158,22 @@ def _pyplot():
     return pyplot()
 
 
+def _readable_axis(ax, ours: pd.DataFrame, paper: pd.DataFrame | None) -> None:
+    """Fit the error axis to the learned curves, the paper's and passthrough; say which curves lie above it."""
+    tops = [paper["hi"].max()] if paper is not None and len(paper) else []
+    if not ours.empty:
+        kept = ours[ours.curve != "raw_slots"]
+        tops += [kept["p95"].max()] if len(kept) else []
+    if not tops:
+        return
+    top = 1.15 * max(tops)
+    ax.set_ylim(0, top)
+    above = sorted(set(ours[ours.p5 > top]["curve"])) if not ours.empty else []
+    if above:
+        ax.text(0.98, 0.98, f"above the axis: {', '.join(above)} (see the table)", transform=ax.transAxes,
+                ha="right", va="top", fontsize=7, color="grey")
+
+
 def plot(summary: pd.DataFrame, reference: pd.DataFrame | None, paths: list[Path]) -> list[Path]:
     """Distortion against memory (k floats), ours with 5-95% bars, the paper's dashed with bands."""
     plt = _pyplot()
@@ -168,6 +192,7 @@ def plot(summary: pd.DataFrame, reference: pd.DataFrame | None, paths: list[Path
             points = points.sort_values("memory_k")
             ax.errorbar(points.memory_k, points["median"], yerr=[points["median"] - points.p5, points.p95 - points["median"]],
                         fmt="-o", color=colours[label], capsize=3, label=f"ours: {label}")
+        _readable_axis(ax, ours, reference[reference.dataset == paper_name] if reference is not None else None)
         if ours.empty:
             ax.text(0.5, 0.5, "no runs yet", transform=ax.transAxes, ha="center", color="grey")
         ax.set(xlabel="memory (thousands of float32 values)", ylabel="error per image", title=TITLES[dataset])

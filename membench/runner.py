@@ -42,6 +42,8 @@ from membench.training import load_checkpoint, meta_train
 
 EVAL_STREAM = 104729  # offset of the evaluation generator's seed from the run seed
 PROBE_STREAM = 1299709  # offset of the seed of the probe batches that audit a model's writes
+TRAIN_SPLIT_STREAM = 15485863  # offset for the train-split check of trained image models
+TRAIN_SPLIT_EPISODES = 100  # train-split episodes evaluated per trained image model (memorisation check)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -151,19 +153,20 @@ def audit(model: AssociativeMemory, task: Task, spec: RunSpec, declared: int, de
 
 
 def evaluate(model: AssociativeMemory, task: Task, spec: RunSpec, device: torch.device, declared: int,
-             episodes_per_batch: int = 64) -> list[float]:
-    """Per-query errors over ceil(queries / N) fresh test episodes (query every written pattern once).
+             episodes_per_batch: int = 64, split: str = "test", queries: int | None = None) -> list[float]:
+    """Per-query errors over ceil(queries / N) fresh episodes of `split` (query every written pattern once).
 
     Every batch's state is measured against `declared` and the budget."""
-    generator = torch.Generator().manual_seed(spec.seed + EVAL_STREAM)
+    offset = EVAL_STREAM if split == "test" else TRAIN_SPLIT_STREAM
+    generator = torch.Generator().manual_seed(spec.seed + offset)
     torch.manual_seed(spec.seed)  # models that draw random numbers (e.g. update orders) get the same ones
-    num_episodes = math.ceil(spec.queries / task.spec.num_patterns)
+    num_episodes = math.ceil((queries or spec.queries) / task.spec.num_patterns)
     errors: list[float] = []
     model.eval()
     with torch.no_grad():
         for start in range(0, num_episodes, episodes_per_batch):
             batch = min(episodes_per_batch, num_episodes - start)
-            episodes = task.sample(batch, generator, split="test").to(device)
+            episodes = task.sample(batch, generator, split=split).to(device)
             state = model.write(episodes.patterns)
             check_measured(state, batch, declared, spec.budget, spec.model)
             retrievals = model.read(state, episodes.queries)
@@ -209,6 +212,12 @@ def execute(spec: RunSpec, store: ResultsStore, device: torch.device, checkpoint
                     "config": dataclasses.asdict(train_config), "curve": str(curve_path.relative_to(store.root))}
     eval_started = time.perf_counter()
     errors = evaluate(model, task, spec, device, declared)
+    train_split = None
+    if model.trainable and len(task.spec.pattern_shape) == 3:  # images: did it memorise its training images?
+        seen = evaluate(model, task, spec, device, declared, split="train",
+                        queries=TRAIN_SPLIT_EPISODES * task.spec.num_patterns)
+        batches = np.asarray(seen).reshape(-1, task.spec.num_patterns).mean(axis=1)
+        train_split = {"num_queries": len(seen), "batch_errors": batches.round(4).tolist()}
     record = {
         "run_id": spec.run_id,
         **dataclasses.asdict(spec),
@@ -220,6 +229,7 @@ def execute(spec: RunSpec, store: ResultsStore, device: torch.device, checkpoint
         "mean_error": float(np.mean(errors)),
         "errors": errors,
         "training": training,
+        "train_split": train_split,  # trained image models: per-batch errors on training-split episodes
         "eval_time_s": round(time.perf_counter() - eval_started, 3),
         "wall_time_s": round(time.perf_counter() - started, 3),
         "command": command,

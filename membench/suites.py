@@ -59,39 +59,65 @@ class Suite:
         ]
 
 
+Points = tuple[tuple[dict[str, Any], int], ...]  # (constructor options, float32 budget) per point
+
+
 @dataclass(frozen=True)
 class Curve:
-    """One curve of a rate sweep: a model and its memory-size points (constructor options, budget)."""
+    """One curve of a rate sweep: a model and its memory-size points per preset.
 
-    model: str                                          # registry name
-    points: tuple[tuple[dict[str, Any], int], ...]      # (options, float32 budget) per point
+    `points` holds the points of each preset ("quick", "gpu", "paper"); an untrained model
+    has the same points under every preset (key "*").
+    """
 
+    model: str                       # registry name
+    points: dict[str, Points]        # preset -> points
 
-def _raw_slot_points(pattern_floats: int, counts: tuple[int, ...]) -> tuple[tuple[dict[str, Any], int], ...]:
-    return tuple(({}, pattern_floats * count) for count in counts)
+    def at(self, preset: str) -> Points:
+        return self.points.get(preset, self.points.get("*", ()))
+
+    def all_points(self) -> Points:
+        return tuple(point for points in self.points.values() for point in points)
 
 
 # Figure 3 curves per data set, keyed by the paper's curve label (paper_fig3.csv `model`).
-# Memory sizes under the quick presets (see each model's IMAGE_PRESETS):
-#   EBMM_FC   257 * d (embedding 256, as in the paper): d = 16, 32 -> 4112, 8224 (paper points 4.11k, 8.23k)
-#   EBMM_conv 578 * d (bottleneck 32; the paper's 64 gives 1154 * d): d = 6, 16 -> 3468, 9248 (paper 3.46k, 9.23k)
-#   MemNet    64 slots x width w: w = 48, 128 -> 3072, 8192 (paper 3.07k, 8.19k)
-#   MANN      64 slots x width w + controller (h, c) 2 x 32: w = 32, 64 -> 2112, 4160 (paper 2.18k, 4.35k)
+# quick (CPU smoke test; see each model's IMAGE_PRESETS): 2 points per curve at narrower widths
+#   EBMM_FC   257 * d (embedding 256): d = 16, 32 -> 4112, 8224 (paper points 4.11k, 8.23k)
+#   EBMM_conv 578 * d (bottleneck 32; the paper's 64 gives 1154 * d): d = 6, 16 -> 3468, 9248
+#   MemNet    64 slots x width w: w = 48, 128 -> 3072, 8192
+#   MANN      64 slots x width w + controller (h, c) 2 x 32: w = 32, 64 -> 2112, 4160
+# gpu (one GPU, the paper's architectures, App. B.2/B.3): 4 points per curve at the paper's own
+# memory sizes, spanning its range; paper: all 7 of the paper's points
+#   EBMM_FC   257 * d:  d = 12, 20, 42, 64 (paper: 12, 16, 20, 32, 42, 54, 64) -> 3.08k ... 16.45k
+#   EBMM_conv 1154 * d: d = 2, 4, 10, 14 (paper: 2, 3, 4, 8, 10, 12, 14) -> 2.31k ... 16.16k
+#   MemNet    64 * w:   w = 48, 64, 160, 256 (paper: 48, 64, 128, 160, 192, 224, 256) -> 3.07k ... 16.38k
+#   MANN      64 * w + 64: w = 16, 32, 64, 192 (paper: + 24, 48, 128, 256) -> 1.09k ... 12.35k
 # raw_slots (whole images, nearest neighbour on the known pixels) is the untrained reference;
 # passthrough (the query returned unchanged, 0 floats) is the floor: what the corruption costs.
-# The paper preset's sizes differ for EBMM_conv (1154 * d); add points here to extend a curve.
-def _ebmm_points(energy: str, floats_per_unit: int, units: tuple[int, ...]) -> tuple[tuple[dict[str, Any], int], ...]:
+def _ebmm_points(energy: str, floats_per_unit: int, units: tuple[int, ...]) -> Points:
     return tuple(({"energy": energy, "memory_size": d}, floats_per_unit * d) for d in units)
 
 
+def _per_preset(make, quick: tuple[int, ...], gpu: tuple[int, ...], paper: tuple[int, ...]) -> dict[str, Points]:
+    return {"quick": make(quick), "gpu": make(gpu), "paper": make(paper)}
+
+
 def _image_curves(pattern_floats: int, raw_counts: tuple[int, ...]) -> dict[str, Curve]:
+    fc = _per_preset(lambda ds: _ebmm_points("resnet_fc", 257, ds), (16, 32), (12, 20, 42, 64),
+                     (12, 16, 20, 32, 42, 54, 64))
+    conv = {"quick": _ebmm_points("resnet_conv", 578, (6, 16)), "gpu": _ebmm_points("resnet_conv", 1154, (2, 4, 10, 14)),
+            "paper": _ebmm_points("resnet_conv", 1154, (2, 3, 4, 8, 10, 12, 14))}
+    memnet = _per_preset(lambda ws: tuple(({}, 64 * w) for w in ws), (48, 128), (48, 64, 160, 256),
+                         (48, 64, 128, 160, 192, 224, 256))
+    mann = _per_preset(lambda ws: tuple(({"memory_width": w}, 64 * w + 64) for w in ws), (32, 64), (16, 32, 64, 192),
+                       (16, 24, 32, 48, 64, 128, 192, 256))
     return {
-        "EBMM_FC": Curve("ebmm", _ebmm_points("resnet_fc", 257, (16, 32))),
-        "EBMM_conv": Curve("ebmm", _ebmm_points("resnet_conv", 578, (6, 16))),
-        "MemNet": Curve("memory_networks", tuple(({}, 64 * width) for width in (48, 128))),
-        "MANN": Curve("mann", tuple(({"memory_width": width}, 64 * width + 64) for width in (32, 64))),
-        "raw_slots": Curve("raw_slots", _raw_slot_points(pattern_floats, raw_counts)),
-        "passthrough": Curve("passthrough", (({}, 0),)),
+        "EBMM_FC": Curve("ebmm", fc),
+        "EBMM_conv": Curve("ebmm", conv),
+        "MemNet": Curve("memory_networks", memnet),
+        "MANN": Curve("mann", mann),
+        "raw_slots": Curve("raw_slots", {"*": tuple(({}, pattern_floats * count) for count in raw_counts)}),
+        "passthrough": Curve("passthrough", {"*": (({}, 0),)}),
     }
 
 
@@ -130,13 +156,13 @@ class SweepSuite:
                               "block": self.block}).config()  # names the data found; loads it
             specs += [RunSpec(suite=name, model=curve.model, task=task, budget=point_budget, seed=seed,
                               queries=queries, preset=preset, options=dict(options))
-                      for curve in curves for options, point_budget in curve.points for seed in seeds]
+                      for curve in curves for options, point_budget in curve.at(preset) for seed in seeds]
         return specs
 
     def curve_label(self, model: str, options: dict[str, Any]) -> str:
         """The paper's curve label of a run (the model name if no curve lists it)."""
         for label, curve in self.curves.items():
-            if curve.model == model and any(options == point for point, _ in curve.points):
+            if curve.model == model and any(options == point for point, _ in curve.all_points()):
                 return label
         return model
 

@@ -228,15 +228,16 @@ def image_data(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_every_figure3_point_measures_what_it_declares(image_data):
-    """All points of both rate sweeps (quick preset, N = 64), on fixture data in the published formats."""
-    for suite_name in ("fig3-omniglot", "fig3-cifar"):
-        for spec in SUITES[suite_name].expand(suite_name, None, (0,), 64, "quick"):
+    """All points of both rate sweeps (quick and gpu presets, N = 64), on fixture data in the published formats."""
+    for suite_name, preset in [(s, p) for s in ("fig3-omniglot", "fig3-cifar") for p in ("quick", "gpu")]:
+        for spec in SUITES[suite_name].expand(suite_name, None, (0,), 64, preset):
             task = make_task(spec.task)
             model = build_model(spec, task)
             declared = check_declared(model, task.spec, spec.budget, spec.model)
             episodes = _episodes(task, 1, 0)
             with torch.no_grad():
-                assert measure_state(model.write(episodes.patterns), 1) == declared, (spec.model, spec.options)
+                measured = measure_state(model.write(episodes.patterns), 1)
+            assert measured == declared == spec.budget, (spec.model, spec.preset, spec.options, measured, spec.budget)
 
 
 def test_over_budget_raw_slots_and_memory_networks_are_clear(tmp_path):

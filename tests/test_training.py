@@ -110,8 +110,8 @@ def test_cli_pauses_with_exit_3_and_resumes_without_duplicates(tmp_path: Path, m
 
 
 def test_unknown_preset_names_the_models_presets():
-    spec = get_suite("table1-learned").expand("table1-learned", ("memory_networks",), (0,), 64, "gpu", (16,))[0]
-    with pytest.raises(MembenchError, match="model 'memory_networks' has no preset 'gpu'. Its presets: quick, paper"):
+    spec = get_suite("table1-learned").expand("table1-learned", ("memory_networks",), (0,), 64, "huge", (16,))[0]
+    with pytest.raises(MembenchError, match="model 'memory_networks' has no preset 'huge'. Its presets: quick, gpu, paper"):
         build_model(spec, BinaryTask(16))
 
 
