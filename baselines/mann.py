@@ -57,6 +57,11 @@ class Unflatten(nn.Module):
         return features.reshape(*features.shape[:2], *self.pattern_shape)
 
 
+def _one_hot_min(usage: torch.Tensor) -> torch.Tensor:
+    """usage (B, S) -> one-hot (B, S) of each row's least-used slot (no host sync, unlike F.one_hot)."""
+    return torch.zeros_like(usage).scatter_(-1, usage.argmin(-1, keepdim=True), 1.0)
+
+
 @dataclass(frozen=True)
 class MANNConfig:
     num_slots: int | None = None  # memory rows; None: as many as the budget allows
@@ -153,7 +158,7 @@ class MANN(AssociativeMemory):
         hidden, cell = features.new_zeros(batch, size), features.new_zeros(batch, size)
         read_prev = features.new_zeros(batch, slots)
         usage = features.new_zeros(batch, slots)
-        least_used = F.one_hot(usage.argmin(-1), slots).to(features.dtype)
+        least_used = _one_hot_min(usage)
         for t in range(num_patterns):
             hidden, cell = self.controller(features[:, t], (hidden, cell))
             z = torch.cat([features[:, t], hidden], dim=-1)
@@ -163,7 +168,7 @@ class MANN(AssociativeMemory):
             write = gate * read_prev + (1 - gate) * least_used                   # (B, S)
             memory = memory * (1 - least_used[..., None]) + write[..., None] * key[:, None, :]
             usage = self.cfg.usage_decay * usage + read + write
-            least_used = F.one_hot(usage.detach().argmin(-1), slots).to(features.dtype)
+            least_used = _one_hot_min(usage.detach())
             read_prev = read
         return MANNState(memory, hidden, cell)
 
