@@ -1,4 +1,4 @@
-"""Command line: `membench list | run | report | figures | readme | throughput | download`."""
+"""Command line: `membench list | run | report | figures | capacity | readme | throughput | download`."""
 from __future__ import annotations
 
 import functools
@@ -175,6 +175,18 @@ def figures(out, reference, checkpoint_dir, grids, data_dir) -> None:
     markdown, paths = draw(out, reference or DEFAULT_REFERENCE, checkpoint_dir, grids)
     click.echo(markdown)
     for path in paths:
+        click.echo(f"wrote {path}")
+
+
+@main.command()
+@click.option("--out", default="results/capacity", show_default=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output directory holding runs/ of the capacity-* suites.")
+@_friendly_errors
+def capacity(out) -> None:
+    """Write the capacity figures and tables (OUT/capacity_*.{png,pdf}, capacity.md, .csv) from stored runs."""
+    from membench.capacity import capacity_figures
+
+    for path in capacity_figures(out):
         click.echo(f"wrote {path}")
 
 

@@ -142,7 +142,9 @@ def _cell(row: pd.Series, decimals: int = 2) -> str:
 def _title(table: str) -> str:
     key = json.loads(table)
     task, budget = key["task"], key["budget"]
-    if task.get("kind") == "binary":
+    if task.get("kind") == "binary" and task.get("flip"):
+        what = f"{task['dim']}-bit patterns, {round(task['flip'] * task['dim'])} bits flipped (none erased)"
+    elif task.get("kind") == "binary":
         what = f"{task['dim']}-bit patterns, {task['erased']} bits erased"
     else:
         what = ", ".join(f"{k} {v}" for k, v in sorted(task.items()))

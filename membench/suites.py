@@ -1,13 +1,14 @@
 """Named suites: each expands to a list of runs (model x number of patterns x seed)."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from membench.budget import TABLE1_BUDGET
-from membench.errors import MembenchError
+from membench.budget import TABLE1_BUDGET, hopfield_floats
+from membench.errors import MembenchError, OverBudgetError
 
 TABLE1_NUM_PATTERNS = (16, 32, 48, 64, 96)
 CLASSICAL_MODELS = ("hopfield_hebb", "hopfield_storkey", "hopfield_pseudoinverse", "raw_slots")
@@ -167,7 +168,109 @@ class SweepSuite:
         return model
 
 
-SUITES: dict[str, Suite | SweepSuite] = {
+CAPACITY_MODELS = CLASSICAL_MODELS + MODERN_MODELS   # the non-learned memories
+CAPACITY_NUM_PATTERNS = (8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
+# Hopfield on 64 units, twice that, Table 1's (Hopfield on 128 units), twice and four times Table 1's:
+# 16, 32, 64, 129 and 258 whole 128-bit patterns
+CAPACITY_BUDGETS = (hopfield_floats(64), 2 * hopfield_floats(64), TABLE1_BUDGET, 2 * TABLE1_BUDGET, 4 * TABLE1_BUDGET)
+BUDGET_NUM_PATTERNS = 64                              # N of the budget sweep
+FLIP_RATES = (0.1, 0.2, 0.3)
+FLIP_NUM_PATTERNS = (16, 32, 64, 96)
+
+
+@dataclass(frozen=True)
+class CapacitySuite(Suite):
+    """A `Suite` over budgets and flip rates as well: runs = model x budget x flip x N x seed.
+
+    `flips` empty: the erasure task (`erased` bits). Otherwise each flip rate is its own task,
+    {"erased": 0, "flip": rate}, and `erased` must be 0. Runs whose model's declared float32
+    count exceeds the point's budget (or that cannot be built within it) are left out.
+    """
+
+    budgets: tuple[int, ...] = (TABLE1_BUDGET,)
+    flips: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.flips and self.erased:
+            raise MembenchError(f"a suite with flip rates {self.flips} corrupts by flips alone: set erased=0")
+        if not self.budgets:
+            raise MembenchError("a capacity suite needs at least one budget")
+
+    def grid(self, name: str, models: tuple[str, ...] | None, seeds: tuple[int, ...], queries: int, preset: str,
+             num_patterns: tuple[int, ...] | None = None, budget: int | None = None) -> list[RunSpec]:
+        """Every run of the grid, before the budget check (`--budget` replaces the budget sweep)."""
+        specs = []
+        for point_budget in (budget,) if budget else self.budgets:
+            base = Suite.expand(self, name, models, seeds, queries, preset, num_patterns, point_budget)
+            for flip in self.flips or (0.0,):
+                specs += [dataclasses.replace(s, task={**s.task, "erased": 0, "flip": flip}) if flip else s
+                          for s in base]
+        return specs
+
+    def expand(self, name: str, models: tuple[str, ...] | None, seeds: tuple[int, ...], queries: int,
+               preset: str, num_patterns: tuple[int, ...] | None = None, budget: int | None = None) -> list[RunSpec]:
+        specs, refused = split_by_budget(self.grid(name, models, seeds, queries, preset, num_patterns, budget))
+        if not specs:
+            raise MembenchError(f"suite '{name}': every run is over its budget: "
+                                + "; ".join(sorted({_refusal(s, c) for s, c in refused})))
+        return specs
+
+
+def _refusal(spec: RunSpec, count: int | None) -> str:
+    held = f"declares {count} float32 values" if count is not None else "cannot be built"
+    return f"{spec.model} {held} at budget {spec.budget}"
+
+
+def declared_count(spec: RunSpec) -> int | None:
+    """The float32 count `spec`'s model declares for its task, as the runner builds it; None when the
+    model refuses to be built within the budget (OverBudgetError from its constructor)."""
+    import torch
+
+    from membench.budget import declared_floats
+    from membench.registry import make_task
+    from membench.runner import build_model
+
+    task = make_task(spec.task)
+    with torch.random.fork_rng(devices=[]):  # building draws no numbers that a later run would see
+        try:
+            model = build_model(spec, task)
+        except OverBudgetError:
+            return None
+    return declared_floats(model, task.spec, spec.model)
+
+
+def split_by_budget(specs: list[RunSpec]) -> tuple[list[RunSpec], list[tuple[RunSpec, int | None]]]:
+    """(runs within their budget, [(run, declared count or None) over it]), order kept."""
+    counts: dict[str, int | None] = {}
+    fit, refused = [], []
+    for spec in specs:
+        key = json.dumps([spec.model, spec.options, spec.preset, spec.task, spec.budget], sort_keys=True)
+        if key not in counts:
+            counts[key] = declared_count(spec)
+        count = counts[key]
+        if count is not None and count <= spec.budget:
+            fit.append(spec)
+        else:
+            refused.append((spec, count))
+    return fit, refused
+
+
+CAPACITY_SUITES: dict[str, CapacitySuite] = {
+    "capacity-n": CapacitySuite(
+        "Capacity, non-learned memories: error against N = 8...256 at Table 1's task (128 bits, 64 erased) "
+        "and budget (8256)", models=CAPACITY_MODELS, num_patterns=CAPACITY_NUM_PATTERNS),
+    "capacity-budget": CapacitySuite(
+        "Capacity, non-learned memories: error at N = 64 against budgets 2080...33024 float32 (Hopfield rules, "
+        "8256 floats, are absent below 8256)", models=CAPACITY_MODELS, num_patterns=(BUDGET_NUM_PATTERNS,),
+        budgets=CAPACITY_BUDGETS),
+    "capacity-flip": CapacitySuite(
+        "Capacity, non-learned memories: error against N = 16...96 with 10/20/30% of the bits flipped "
+        "(none erased), budget 8256", models=CAPACITY_MODELS, num_patterns=FLIP_NUM_PATTERNS, erased=0,
+        flips=FLIP_RATES),
+}
+
+
+SUITES: dict[str, Suite | SweepSuite | CapacitySuite] = {
     "table1": Suite("Table 1, classical memories (no training): Hopfield rules and raw slots",
                     models=CLASSICAL_MODELS),
     "table1-modern": Suite("Table 1, associative memories the paper predates or only mentions (no training): modern "
@@ -179,6 +282,7 @@ SUITES: dict[str, Suite | SweepSuite] = {
                                 "written, 16x16 block corrupted", dataset="omniglot", curves=FIG3_CURVES["omniglot"]),
     "fig3-cifar": SweepSuite("Figure 3, CIFAR-10: distortion (squared error) against memory size, 64 images "
                              "written, 16x16 block corrupted", dataset="cifar10", curves=FIG3_CURVES["cifar10"]),
+    **CAPACITY_SUITES,
 }
 
 

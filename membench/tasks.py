@@ -7,6 +7,7 @@ one of them once, corrupted; query i belongs to pattern i. All sampling uses a C
 from __future__ import annotations
 
 import abc
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,7 +61,11 @@ class Task(abc.ABC):
 
 
 class BinaryTask(Task):
-    """Random binary patterns; queries erase `erased` random positions (set to 0.5).
+    """Random binary patterns; queries erase `erased` random positions (set to 0.5), or flip bits.
+
+    With `flip` > 0 (then `erased` must be 0) a query instead flips round(flip * dim) random
+    positions of its pattern (0 <-> 1), chosen without replacement per query; no entry is
+    0.5, so a model sees every bit as known and must correct the flipped ones itself.
 
     Error: number of wrong bits over all `dim` positions after thresholding at 0.5; a
     retrieved value of exactly 0.5 (undecided) counts as wrong. Chance is dim/2 per query
@@ -69,19 +74,29 @@ class BinaryTask(Task):
 
     error_unit = "bits"
 
-    def __init__(self, num_patterns: int, dim: int = 128, erased: int = 64):
+    def __init__(self, num_patterns: int, dim: int = 128, erased: int = 64, flip: float = 0.0):
         check_positive("num_patterns", num_patterns)
         check_positive("dim", dim)
         if not 0 <= erased <= dim:
             raise MembenchError(f"erased={erased} must lie in [0, dim={dim}]")
-        self.dim, self.erased = dim, erased
+        if (isinstance(flip, bool) or not isinstance(flip, (int, float)) or not math.isfinite(flip)
+                or not 0 <= flip <= 0.5):
+            raise MembenchError(f"flip={flip!r} must be a fraction of the bits in [0, 0.5]")
+        if flip > 0 and erased > 0:
+            raise MembenchError(f"flip={flip} corrupts queries instead of erasure: give erased=0 with it "
+                                f"(got erased={erased})")
+        self.dim, self.erased, self.flip = dim, erased, float(flip)
+        self.flipped = round(self.flip * dim)  # bits flipped per query
         self.spec = TaskSpec(pattern_shape=(dim,), num_patterns=num_patterns, binary=True, fill_value=0.5)
 
     def sample(self, batch_size: int, generator: torch.Generator, split: str = "test") -> Episodes:
         shape = (batch_size, self.spec.num_patterns, self.dim)
         patterns = torch.randint(0, 2, shape, generator=generator).float()
-        erase_order = torch.rand(shape, generator=generator).argsort(dim=-1)
-        erased_mask = torch.zeros(shape, dtype=torch.bool).scatter_(-1, erase_order[..., : self.erased], True)
+        order = torch.rand(shape, generator=generator).argsort(dim=-1)  # random positions, without replacement
+        if self.flip > 0:
+            flipped_mask = torch.zeros(shape, dtype=torch.bool).scatter_(-1, order[..., : self.flipped], True)
+            return Episodes(patterns, torch.where(flipped_mask, 1.0 - patterns, patterns))
+        erased_mask = torch.zeros(shape, dtype=torch.bool).scatter_(-1, order[..., : self.erased], True)
         queries = patterns.masked_fill(erased_mask, self.spec.fill_value)
         return Episodes(patterns, queries)
 
@@ -90,4 +105,7 @@ class BinaryTask(Task):
         return ((retrievals - patterns).abs() >= 0.5).sum(dim=-1).float()
 
     def config(self) -> dict[str, Any]:
-        return {"kind": "binary", "num_patterns": self.spec.num_patterns, "dim": self.dim, "erased": self.erased}
+        config = {"kind": "binary", "num_patterns": self.spec.num_patterns, "dim": self.dim, "erased": self.erased}
+        if self.flip:  # only when set, so configs (run ids, checkpoint keys) of erasure tasks stay as they were
+            config["flip"] = self.flip
+        return config

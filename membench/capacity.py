@@ -1,0 +1,306 @@
+"""Capacity suites for the non-learned memories: error against N, against the budget, under bit flips.
+
+Suites (defined in membench.suites, each a `CapacitySuite`: a `Suite` that also sweeps budgets
+and flip rates):
+- capacity-n: N = 8 ... 256 patterns written, Table 1's task (128 bits, 64 erased) and budget (8256);
+- capacity-budget: N = 64, budgets 2080 ... 33024 float32 (16 to 258 whole 128-bit patterns);
+- capacity-flip: N = 16 ... 96 with 10, 20 or 30% of the bits flipped (none erased), budget 8256.
+A run whose model would hold more float32 values than its point's budget is left out when a
+suite expands (`split_by_budget`): a Hopfield network on 128 units holds 8256 values at every
+budget, so it has no cell at 2080 or 4160 (and at 16512 and 33024 it still uses 8256).
+
+`capacity_figures(out_dir)` draws the three figures (error against N, against the budget at
+N = 64, against N per flip rate) from the stored records, and writes capacity.md (one table per
+task and budget, model x N, mean ± half-width of the 95% t-interval) and capacity.csv.
+
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from membench.errors import MembenchError
+from membench.suites import BUDGET_NUM_PATTERNS, CAPACITY_MODELS, RunSpec, declared_count
+
+# ---------------------------------------------------------------- figures and tables from records
+
+def _task_of(table: str) -> tuple[dict[str, Any], int]:
+    key = json.loads(table)
+    return key["task"], key["budget"]
+
+
+def _title(table: str) -> str:
+    task, budget = _task_of(table)
+    dim = task.get("dim", 128)
+    if task.get("flip"):
+        what = f"{round(task['flip'] * dim)} of {dim} bits flipped (flip {task['flip']:g}), none erased"
+    else:
+        what = f"{task.get('erased')} of {dim} bits erased"
+    return f"{dim}-bit patterns, {what}; budget {budget} float32 ({budget // dim} whole patterns)"
+
+
+def _table_order(table: str) -> tuple:
+    task, budget = _task_of(table)
+    return (float(task.get("flip", 0.0)), task.get("dim", 0), task.get("erased", 0), budget)
+
+
+def _half(row) -> float:
+    return (row["ci_high"] - row["ci_low"]) / 2
+
+
+def _cell(row) -> str:
+    return f"{row['mean']:.2f} ± {_half(row):.2f}"
+
+
+def _row_order(rows: list[str], model_of: dict[str, str]) -> list[str]:
+    order = list(CAPACITY_MODELS)
+    return sorted(rows, key=lambda r: (order.index(model_of[r]) if model_of[r] in order else len(order), r))
+
+
+def _absent(summary, table: str) -> list[str]:
+    """Rows present elsewhere that the table lacks because their state would exceed its budget."""
+    task, budget = _task_of(table)
+    here = set(summary[summary.table == table]["row"])
+    notes = []
+    for row, group in summary[~summary.row.isin(here)].groupby("row", sort=True):
+        first = group.iloc[0]
+        n = int(summary[summary.table == table]["num_patterns"].min())
+        spec = RunSpec(suite="check", model=first["model"], task={**task, "num_patterns": n}, budget=budget, seed=0,
+                       queries=1, preset=first["preset"], options=json.loads(first["options"]))
+        try:
+            count = declared_count(spec)
+        except MembenchError:
+            continue
+        if count is None or count > budget:
+            notes.append(f"{row} ({'over budget' if count is None else f'{count} floats'})")
+    return notes
+
+
+def capacity_summary(out_dir: Path):
+    """(summary frame of the binary-task records in out_dir, records kept, duplicates dropped)."""
+    from membench.report import distinct, summarise
+    from membench.store import ResultsStore
+
+    records = [r for r in ResultsStore(out_dir).records() if r["task"]["kind"] == "binary"]
+    if not records:
+        raise MembenchError(f"no finished binary-task runs in {out_dir}/runs; run a capacity-* suite first, e.g. "
+                            f"`membench run --suite capacity-n --out {out_dir}`")
+    records, dropped = distinct(records)
+    summary = summarise(records)
+    tasks = [_task_of(t) for t in summary["table"]]
+    summary["dim"] = [t.get("dim") for t, _ in tasks]
+    summary["erased"] = [t.get("erased") for t, _ in tasks]
+    summary["flip"] = [float(t.get("flip", 0.0)) for t, _ in tasks]
+    summary["half_width"] = (summary["ci_high"] - summary["ci_low"]) / 2
+    return summary, records, dropped
+
+
+def capacity_markdown(summary, records: list[dict[str, Any]], dropped: int) -> str:
+    from tabulate import tabulate
+
+    from membench.report import task_key
+
+    sections = []
+    for table in sorted(summary["table"].unique(), key=_table_order):
+        part = summary[summary.table == table]
+        model_of = dict(zip(part["row"], part["model"]))
+        columns = sorted(part["num_patterns"].unique())
+        cells = []
+        for row in _row_order(list(model_of), model_of):
+            line = [row]
+            for n in columns:
+                match = part[(part.row == row) & (part.num_patterns == n)]
+                line.append(_cell(match.iloc[0]) if len(match) else "")
+            cells.append(line)
+        table_records = [r for r in records if task_key(r) == table]
+        commits = sorted({(r["environment"].get("git_commit") or "unknown")[:10]
+                          + (" (dirty)" if r["environment"].get("git_dirty") else "") for r in table_records})
+        lines = [f"Queries per cell: {part['num_queries'].min()}–{part['num_queries'].max()}; "
+                 f"seeds: {', '.join(sorted(set(part['seeds'])))}; "
+                 f"device · torch: {', '.join(sorted(set(part['versions'])))}; "
+                 f"commits: {', '.join(commits)}; wall time of the runs {part['wall_time_s'].sum():.1f} s."]
+        absent = _absent(summary, table)
+        if absent:
+            lines.append("Absent (state over this budget): " + ", ".join(absent) + ".")
+        sections.append(f"## {_title(table)}\n\n" + "\n\n".join(lines) + "\n\n"
+                        + tabulate(cells, headers=["model \\ N"] + [str(n) for n in columns], tablefmt="github") + "\n")
+    pivot = _budget_pivot(summary)
+    header = ["# Capacity of the non-learned memories", "",
+              "Error bits per query (wrong bits of all 128, an undecided 0.5 counts as wrong): mean ± half-width "
+              "of the 95% t-interval over queries. One table per task and budget; seeds pooled inside a cell."]
+    if dropped:
+        header.append(f"\n{dropped} record(s) repeat the episodes of another record of the same cell and seed "
+                      "(e.g. N = 64 at 8256 floats in both capacity-n and capacity-budget) and were counted once.")
+    return "\n".join(header) + "\n\n" + "\n".join(sections) + (f"\n{pivot}" if pivot else "")
+
+
+def _budget_pivot(summary) -> str:
+    """Model x budget at N = BUDGET_NUM_PATTERNS on the erasure task, where several budgets were run."""
+    from tabulate import tabulate
+
+    part = summary[(summary.flip == 0) & (summary.num_patterns == BUDGET_NUM_PATTERNS)]
+    if part.empty or part["budget"].nunique() < 2:
+        return ""
+    sections = []
+    for (dim, erased), group in part.groupby(["dim", "erased"], sort=True):
+        budgets = sorted(group["budget"].unique())
+        if len(budgets) < 2:
+            continue
+        model_of = dict(zip(group["row"], group["model"]))
+        cells = []
+        for row in _row_order(list(model_of), model_of):
+            line = [row]
+            for budget in budgets:
+                match = group[(group.row == row) & (group.budget == budget)]
+                line.append(_cell(match.iloc[0]) if len(match) else "over budget")
+            cells.append(line)
+        headers = ["model \\ budget"] + [f"{b} ({b // dim} patterns)" for b in budgets]
+        sections.append(f"## Summary: error at N = {BUDGET_NUM_PATTERNS} against the budget ({dim}-bit patterns, "
+                        f"{erased} erased)\n\nThe same cells as the tables above, side by side; \"over budget\": the "
+                        "model's state exceeds that budget, so it was not run.\n\n"
+                        + tabulate(cells, headers=headers, tablefmt="github") + "\n")
+    return "\n".join(sections)
+
+
+LINE_STYLES = ("-", "--", "-.", ":")
+MARKERS = ("o", "s", "^", "v", "D", "x", "+", "*")
+
+
+def _styles(rows: list[str]) -> dict[str, dict[str, Any]]:
+    """Colour, line style and marker per row, fixed by the model order (so every figure agrees);
+    styles and markers vary too, so that coinciding lines stay visible."""
+    import matplotlib
+
+    palette = matplotlib.colormaps["tab10"]
+    order = list(CAPACITY_MODELS) + sorted(r for r in rows if r not in CAPACITY_MODELS)
+    return {row: {"color": palette(order.index(row) % 10), "linestyle": LINE_STYLES[order.index(row) % 4],
+                  "marker": MARKERS[order.index(row) % len(MARKERS)]} for row in rows}
+
+
+def _line(ax, frame, x: str, label: str, style: dict[str, Any]) -> None:
+    frame = frame.sort_values(x)
+    ax.plot(frame[x], frame["mean"], markersize=4, markerfacecolor="none", label=label, **style)
+    ax.fill_between(frame[x], frame["ci_low"], frame["ci_high"], color=style["color"], alpha=0.2, linewidth=0)
+
+
+def _save(fig, out_dir: Path, name: str) -> list[Path]:
+    paths = [Path(out_dir) / f"{name}.png", Path(out_dir) / f"{name}.pdf"]
+    for path in paths:
+        fig.savefig(path, dpi=130)
+    return paths
+
+
+def _log2_axis(ax, values) -> None:
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(list(values))
+    ax.set_xticklabels([str(v) for v in values])
+    ax.minorticks_off()
+
+
+def capacity_figures(out_dir: Path) -> list[Path]:
+    """Draw the capacity figures and write capacity.{md,csv} from the records in `out_dir`; return the paths.
+
+    capacity_n: error against N, one panel per erasure task and budget run at several N;
+    capacity_budget: error against the budget at N = 64 (erasure task);
+    capacity_flip: error against N, one panel per flip rate (dashed: the flipped bits, what
+    returning the query unchanged costs). One line per model with its 95% t-interval shaded.
+    A figure whose data is absent is not drawn.
+    """
+    from membench.plots import _pyplot
+    from membench.store import write_text_atomic
+
+    out_dir = Path(out_dir)
+    summary, records, dropped = capacity_summary(out_dir)
+    styles = _styles(sorted(summary["row"].unique()))
+    plt = _pyplot()
+    paths: list[Path] = []
+
+    erasure = summary[summary.flip == 0]
+    n_tables = sorted((t for t, g in erasure.groupby("table") if g["num_patterns"].nunique() > 1), key=_table_order)
+    if n_tables:
+        fig, axes = plt.subplots(1, len(n_tables), figsize=(6.4 * len(n_tables), 4.6), squeeze=False)
+        for ax, table in zip(axes[0], n_tables):
+            part = erasure[erasure.table == table]
+            for row in _row_order(list(part["row"].unique()), dict(zip(part["row"], part["model"]))):
+                _line(ax, part[part.row == row], "num_patterns", row, styles[row])
+            task, budget = _task_of(table)
+            slots = budget // task.get("dim", 128)
+            ax.axvline(slots, color="grey", linestyle=":", linewidth=1)
+            ax.text(slots, 0.97, f" {slots} patterns fit whole", transform=ax.get_xaxis_transform(), fontsize=7,
+                    color="grey", va="top")
+            _log2_axis(ax, sorted(part["num_patterns"].unique()))
+            ax.set(xlabel="N (patterns written)", ylabel="error bits per query", title=_title(table))
+            ax.title.set_fontsize(9)
+            ax.grid(alpha=0.3)
+        axes[0][0].legend(fontsize=7)
+        fig.tight_layout()
+        paths += _save(fig, out_dir, "capacity_n")
+        plt.close(fig)
+
+    at_n = erasure[erasure.num_patterns == BUDGET_NUM_PATTERNS]
+    budget_groups = [(key, g) for key, g in at_n.groupby(["dim", "erased"], sort=True) if g["budget"].nunique() > 1]
+    if budget_groups:
+        fig, axes = plt.subplots(1, len(budget_groups), figsize=(7.2 * len(budget_groups), 4.6), squeeze=False)
+        for ax, ((dim, erased), group) in zip(axes[0], budget_groups):
+            budgets = sorted(group["budget"].unique())
+            absent = []
+            for row in _row_order(list(group["row"].unique()), dict(zip(group["row"], group["model"]))):
+                mine = group[group.row == row]
+                _line(ax, mine, "budget", row, styles[row])
+                if len(mine) < len(budgets):
+                    absent.append(row)
+            _log2_axis(ax, budgets)
+            ax.set_xticklabels([f"{b}\n({b // dim} patterns)" for b in budgets], fontsize=8)
+            ax.set(xlabel="budget (float32 values)", ylabel="error bits per query",
+                   title=f"N = {BUDGET_NUM_PATTERNS}, {dim}-bit patterns, {erased} bits erased")
+            ax.grid(alpha=0.3)
+            if absent:
+                ax.text(0.01, 0.01, "absent where their state exceeds the budget: " + ", ".join(absent),
+                        transform=ax.transAxes, fontsize=7, color="grey")
+        axes[0][0].legend(fontsize=7)
+        fig.tight_layout()
+        paths += _save(fig, out_dir, "capacity_budget")
+        plt.close(fig)
+
+    flipped = summary[summary.flip > 0]
+    if not flipped.empty:
+        tables = sorted(flipped["table"].unique(), key=_table_order)
+        fig, axes = plt.subplots(1, len(tables), figsize=(4.8 * len(tables), 4.4), squeeze=False, sharey=True)
+        unchanged: set[str] | None = None  # rows whose error is exactly the flipped bits everywhere
+        for ax, table in zip(axes[0], tables):
+            part = flipped[flipped.table == table]
+            task, budget = _task_of(table)
+            for row in _row_order(list(part["row"].unique()), dict(zip(part["row"], part["model"]))):
+                _line(ax, part[part.row == row], "num_patterns", row, styles[row])
+            bits = round(task["flip"] * task.get("dim", 128))
+            ax.axhline(bits, color="grey", linestyle="--", linewidth=1)
+            on_line = {row for row, g in part.groupby("row")
+                       if (g["ci_low"] == bits).all() and (g["ci_high"] == bits).all()}
+            unchanged = on_line if unchanged is None else unchanged & on_line
+            _log2_axis(ax, sorted(part["num_patterns"].unique()))
+            ax.set(xlabel="N (patterns written)", title=f"flip {task['flip']:g}: {bits} of {task.get('dim', 128)} "
+                                                        f"bits flipped; budget {budget}")
+            ax.title.set_fontsize(9)
+            ax.grid(alpha=0.3)
+        axes[0][0].set_ylabel("error bits per query")
+        axes[0][0].legend(fontsize=7)
+        note = "Dashed: the error of returning the query unchanged (the flipped bits)."
+        if unchanged:
+            note += (" Every query exactly on it, at every N and rate: "
+                     + ", ".join(_row_order(sorted(unchanged), {r: r for r in unchanged}))
+                     + " (a flipped query has no 0.5 entry, so a read that keeps known bits clamped returns it as is).")
+        fig.text(0.5, 0.005, note, ha="center", fontsize=7, wrap=True)
+        fig.tight_layout(rect=(0, 0.05, 1, 1))
+        paths += _save(fig, out_dir, "capacity_flip")
+        plt.close(fig)
+
+    markdown = capacity_markdown(summary, records, dropped)
+    paths.append(write_text_atomic(out_dir / "capacity.md", markdown))
+    columns = ["dim", "erased", "flip", "budget", "model", "row", "options", "preset", "num_patterns", "mean",
+               "ci_low", "ci_high", "half_width", "num_queries", "seeds", "memory_floats", "wall_time_s",
+               "versions", "commit", "command"]
+    ordered = summary.assign(_order=[_table_order(t) for t in summary["table"]]).sort_values(
+        ["_order", "row", "num_patterns"], kind="stable")
+    paths.append(write_text_atomic(out_dir / "capacity.csv", ordered[columns].to_csv(index=False, float_format="%.4f")))
+    return paths

@@ -1,0 +1,157 @@
+"""Bit-flip corruption of the binary task, the capacity suites, and their figures and tables."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from membench.budget import TABLE1_BUDGET
+from membench.capacity import capacity_figures
+from membench.suites import (CAPACITY_BUDGETS, CAPACITY_MODELS, CAPACITY_NUM_PATTERNS, CAPACITY_SUITES,
+                             FLIP_NUM_PATTERNS, FLIP_RATES, CapacitySuite, split_by_budget)
+from membench.errors import MembenchError
+from membench.registry import make_task
+from membench.report import task_key
+from membench.runner import run_all
+from membench.store import ResultsStore
+from membench.tasks import BinaryTask, Episodes
+
+HOPFIELD = ("hopfield_hebb", "hopfield_storkey", "hopfield_pseudoinverse")
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: the Hopfield read's many small ops slow down 20x or more when two threads
+    compete with other processes for two cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def erasure_sample_before_flips(task: BinaryTask, batch_size: int, generator: torch.Generator) -> Episodes:
+    """BinaryTask.sample as it was before flips existed (a copy), to pin the erasure task's episodes."""
+    shape = (batch_size, task.spec.num_patterns, task.dim)
+    patterns = torch.randint(0, 2, shape, generator=generator).float()
+    erase_order = torch.rand(shape, generator=generator).argsort(dim=-1)
+    erased_mask = torch.zeros(shape, dtype=torch.bool).scatter_(-1, erase_order[..., : task.erased], True)
+    queries = patterns.masked_fill(erased_mask, task.spec.fill_value)
+    return Episodes(patterns, queries)
+
+
+@pytest.mark.parametrize("flip, dim", [(0.1, 128), (0.2, 128), (0.3, 128), (0.5, 128), (0.25, 10), (0.1, 7)])
+def test_flip_flips_exactly_round_flip_dim_bits_per_query(flip, dim):
+    task = BinaryTask(num_patterns=9, dim=dim, erased=0, flip=flip)
+    episodes = task.sample(5, torch.Generator().manual_seed(3))
+    assert episodes.queries.shape == episodes.patterns.shape == (5, 9, dim)
+    assert set(episodes.queries.unique().tolist()) <= {0.0, 1.0}            # nothing erased, all bits known
+    differ = episodes.queries != episodes.patterns
+    assert (differ.sum(-1) == round(flip * dim)).all()                      # exactly that many per query
+    assert torch.equal(episodes.queries[differ], 1 - episodes.patterns[differ])  # those bits flipped, the rest equal
+    # the error measure counts them as today: a model returning the query errs on exactly the flipped bits
+    assert (task.errors(episodes.queries, episodes.patterns) == round(flip * dim)).all()
+    # different queries flip different positions; the same generator state gives the same episodes
+    assert not (differ == differ[:1, :1]).all()
+    again = task.sample(5, torch.Generator().manual_seed(3))
+    assert torch.equal(again.queries, episodes.queries) and torch.equal(again.patterns, episodes.patterns)
+
+
+@pytest.mark.parametrize("num_patterns, dim, erased", [(16, 128, 64), (5, 12, 5), (7, 64, 0), (3, 32, 32)])
+def test_erasure_sampling_unchanged_when_flip_is_zero(num_patterns, dim, erased):
+    for flip in (0.0, 0):
+        task = BinaryTask(num_patterns=num_patterns, dim=dim, erased=erased, flip=flip)
+        new, old = torch.Generator().manual_seed(11), torch.Generator().manual_seed(11)
+        for _ in range(3):  # successive batches: the generator advances the same way too
+            ours, before = task.sample(4, new), erasure_sample_before_flips(task, 4, old)
+            assert torch.equal(ours.patterns, before.patterns) and torch.equal(ours.queries, before.queries)
+        assert torch.equal(new.get_state(), old.get_state())
+        assert "flip" not in task.config()  # configs, so run ids, of erasure tasks are as before
+        assert task.config() == {"kind": "binary", "num_patterns": num_patterns, "dim": dim, "erased": erased}
+
+
+def test_flip_config_round_trips_and_survives_with_num_patterns():
+    task = BinaryTask(num_patterns=16, erased=0, flip=0.2)
+    assert task.config() == {"kind": "binary", "num_patterns": 16, "dim": 128, "erased": 0, "flip": 0.2}
+    other = task.with_num_patterns(32)
+    assert other.flip == 0.2 and other.config() == {**task.config(), "num_patterns": 32}
+    assert make_task(json.loads(json.dumps(task.config()))).config() == task.config()
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"erased": 0, "flip": -0.1}, {"erased": 0, "flip": 0.51}, {"erased": 0, "flip": 1.0},
+    {"erased": 0, "flip": float("nan")}, {"erased": 0, "flip": True}, {"erased": 0, "flip": "0.1"},
+    {"erased": 64, "flip": 0.1}, {"flip": 0.1},  # erased defaults to 64: flips and erasure together are refused
+    {"erased": 1, "flip": 0.5},
+])
+def test_bad_flip_values_are_refused(kwargs):
+    with pytest.raises(MembenchError, match="flip"):
+        BinaryTask(num_patterns=8, **kwargs)
+
+
+def test_suites_expand_to_their_grids():
+    n = CAPACITY_SUITES["capacity-n"].expand("capacity-n", None, (0, 1), 1000, "quick")
+    assert len(n) == len(CAPACITY_MODELS) * len(CAPACITY_NUM_PATTERNS) * 2 == 160
+    assert {s.budget for s in n} == {TABLE1_BUDGET} and {s.model for s in n} == set(CAPACITY_MODELS)
+    assert {json.dumps(s.task, sort_keys=True) for s in n} == {
+        json.dumps({"kind": "binary", "num_patterns": k, "dim": 128, "erased": 64}, sort_keys=True)
+        for k in CAPACITY_NUM_PATTERNS}
+
+    budget = CAPACITY_SUITES["capacity-budget"].expand("capacity-budget", None, (0,), 1000, "quick")
+    cells = {(s.model, s.budget) for s in budget}
+    assert CAPACITY_BUDGETS == (2080, 4160, 8256, 16512, 33024)
+    below = [b for b in CAPACITY_BUDGETS if b < TABLE1_BUDGET]
+    # Hopfield networks (8256 floats at every budget) are left out where that exceeds the budget
+    assert cells == {(m, b) for m in CAPACITY_MODELS for b in CAPACITY_BUDGETS if not (m in HOPFIELD and b in below)}
+    assert len(budget) == len(CAPACITY_MODELS) * 5 - len(HOPFIELD) * len(below) == 34
+    assert all(s.task == {"kind": "binary", "num_patterns": 64, "dim": 128, "erased": 64} for s in budget)
+    fit, refused = split_by_budget(CAPACITY_SUITES["capacity-budget"].grid("capacity-budget", None, (0,), 1000,
+                                                                           "quick"))
+    assert len(fit) == 34 and {(s.model, s.budget, count) for s, count in refused} == {
+        (m, b, TABLE1_BUDGET) for m in HOPFIELD for b in below}
+
+    flip = CAPACITY_SUITES["capacity-flip"].expand("capacity-flip", None, (0,), 1000, "quick")
+    assert len(flip) == len(CAPACITY_MODELS) * len(FLIP_NUM_PATTERNS) * len(FLIP_RATES) == 96
+    assert {s.budget for s in flip} == {TABLE1_BUDGET}
+    assert {(s.task["num_patterns"], s.task["flip"]) for s in flip} == {
+        (k, f) for k in FLIP_NUM_PATTERNS for f in FLIP_RATES}
+    assert all(s.task["erased"] == 0 and make_task(s.task).config() == s.task for s in flip)
+    assert len({s.run_id for s in n + budget + flip}) == len(n + budget + flip)
+
+
+def test_suite_overrides_and_refusals():
+    suite = CAPACITY_SUITES["capacity-budget"]
+    only = suite.expand("capacity-budget", ("raw_slots",), (0,), 10, "quick", num_patterns=(8,), budget=4160)
+    assert [(s.model, s.budget, s.task["num_patterns"]) for s in only] == [("raw_slots", 4160, 8)]
+    with pytest.raises(MembenchError, match="hopfield_hebb declares 8256"):
+        suite.expand("capacity-budget", ("hopfield_hebb",), (0,), 10, "quick", budget=2080)
+    with pytest.raises(MembenchError, match="erased=0"):
+        CapacitySuite("bad", models=("raw_slots",), flips=(0.1,))  # erased defaults to 64
+
+
+def test_capacity_figures_on_a_tiny_run(tmp_path, one_thread):
+    models, sizes = ("raw_slots", "modern_hopfield"), (16, 96)
+    specs = [s for name in ("capacity-n", "capacity-flip")
+             for s in CAPACITY_SUITES[name].expand(name, models, (0,), 32, "quick", num_patterns=sizes)]
+    specs += CAPACITY_SUITES["capacity-budget"].expand("capacity-budget", models + ("hopfield_hebb",), (0,), 32,
+                                                       "quick", num_patterns=(64,))
+    run_all(specs, tmp_path, device="cpu", progress=False, command="pytest")
+    paths = capacity_figures(tmp_path)
+    names = {p.name for p in paths}
+    assert names == {f"capacity_{kind}.{ext}" for kind in ("n", "budget", "flip") for ext in ("png", "pdf")} | {
+        "capacity.md", "capacity.csv"}
+    assert all(p.exists() and p.stat().st_size > 0 for p in paths)
+
+    records = ResultsStore(tmp_path).records()
+    tables = {task_key(r) for r in records}
+    assert len(tables) == 1 + 3 + 5 - 1  # capacity-n's task; 3 flip rates; 5 budgets (8256 shared with capacity-n)
+    markdown = (tmp_path / "capacity.md").read_text()
+    assert markdown.count("| model \\ N ") == len(tables)      # one table per task and budget
+    assert markdown.count("| model \\ budget ") == 1           # and the budget summary
+    assert "13 of 128 bits flipped" in markdown and "budget 2080 float32 (16 whole patterns)" in markdown
+    assert "Absent (state over this budget): hopfield_hebb (8256 floats)" in markdown
+    # the clamping memory returns a flipped query unchanged: error = the flipped bits exactly
+    assert "| modern_hopfield | 13.00 ± 0.00 | 13.00 ± 0.00 |" in markdown
+    csv = (tmp_path / "capacity.csv").read_text().splitlines()
+    assert csv[0].startswith("dim,erased,flip,budget,model") and len(csv) == 1 + len(
+        {(task_key(r), r["model"], r["task"]["num_patterns"]) for r in records})
