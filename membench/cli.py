@@ -98,8 +98,8 @@ def list_command() -> None:
 @click.option("--queries", type=click.IntRange(1),
               help="Minimum queries per run. Default: the suite's (1000 for table1, 64000 = 1000 batches for fig3-*).")
 @click.option("--preset", default="quick", show_default=True, type=click.Choice(["quick", "gpu", "paper"]),
-              help="Training preset of meta-learned models: quick (CPU, minutes), gpu (one GPU, ~10 minutes; "
-                   "EBMM only), paper (the paper's scale, GPU days).")
+              help="Training preset of meta-learned models: quick (CPU, minutes), gpu (one GPU, minutes to an "
+                   "hour, CUDA graphs), paper (the paper's scale, GPU days).")
 @click.option("--budget", type=click.IntRange(1), help="Float32 budget. Default: the suite's (8256 for table1).")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--out", default=DEFAULT_OUT, show_default=True, type=click.Path(file_okay=False, path_type=Path),
