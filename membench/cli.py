@@ -110,10 +110,13 @@ def list_command() -> None:
 @click.option("--progress/--no-progress", default=True, help="Show progress bars.")
 @click.option("--train-time-limit", type=click.FloatRange(min=0), metavar="SECONDS",
               help="Stop meta-training after this many seconds (checkpointed; exit status 3); rerun to resume (0: one step).")
+@click.option("--launcher", default="local", show_default=True, type=click.Choice(["local", "ray"]),
+              help="local: runs in this process; ray: runs as Ray tasks (pip install 'membench[ray]').")
+@click.option("--address", help="Address of an existing Ray cluster (with --launcher ray). Default: start a local Ray.")
 @DATA_DIR_OPTION
 @_friendly_errors
 def run(suite, models, num_patterns, seeds, queries, preset, budget, device, out, checkpoint_dir, force, progress,
-        train_time_limit, data_dir) -> None:
+        train_time_limit, launcher, address, data_dir) -> None:
     """Run a suite (skipping finished runs), then print its report."""
     from membench.datasets import set_data_dir
     from membench.report import table1
@@ -123,8 +126,10 @@ def run(suite, models, num_patterns, seeds, queries, preset, budget, device, out
     set_data_dir(data_dir)
     chosen = get_suite(suite)
     specs = chosen.expand(suite, tuple(models) or None, seeds, queries or chosen.queries, preset, num_patterns, budget)
+    if address and launcher != "ray":
+        raise MembenchError("--address is for --launcher ray; add --launcher ray or drop --address")
     done = run_all(specs, out, device=device, force=force, checkpoint_dir=checkpoint_dir, progress=progress,
-                   train_time_limit_s=train_time_limit)
+                   train_time_limit_s=train_time_limit, launcher=launcher, address=address)
     click.echo(f"{len(done)} run(s) executed, {len(set(s.run_id for s in specs)) - len(done)} already finished, "
                f"in {out}")
     if isinstance(chosen, SweepSuite):

@@ -243,12 +243,14 @@ def execute(spec: RunSpec, store: ResultsStore, device: torch.device, checkpoint
 def run_all(specs: list[RunSpec], out_dir: Path, device: str = "auto", force: bool = False,
             checkpoint_dir: Path | None = None, command: str | None = None, progress: bool = True,
             on_record: Callable[[dict[str, Any]], None] | None = None,
-            train_time_limit_s: float | None = None) -> list[dict[str, Any]]:
+            train_time_limit_s: float | None = None, launcher: str = "local",
+            address: str | None = None) -> list[dict[str, Any]]:
     """Execute every spec not already finished in `out_dir` (all of them with `force`); return the new records.
 
     Runs claimed by another process on the same directory are left to it until the end, then
     waited for (and computed here only if that process did not finish them). `train_time_limit_s`
-    bounds the meta-training wall time of each model in this call.
+    bounds the meta-training wall time of each model in this call. `launcher="ray"` runs them as
+    Ray tasks instead (membench.ray_launcher; `address` of an existing cluster, else a local Ray).
     """
     torch_device = resolve_device(device)
     store = ResultsStore(out_dir)
@@ -258,6 +260,13 @@ def run_all(specs: list[RunSpec], out_dir: Path, device: str = "auto", force: bo
     for spec in specs:  # fail fast on unknown names before any work
         resolve_model(spec.model)
         make_task(spec.task)
+    if launcher == "ray":
+        from membench.ray_launcher import run_with_ray
+
+        return run_with_ray(specs, Path(out_dir), device, force, checkpoint_dir, command, progress,
+                            train_time_limit_s, address)
+    if launcher != "local":
+        raise MembenchError(f"unknown launcher '{launcher}'. Valid launchers: local, ray")
     unique = list({spec.run_id: spec for spec in specs}.values())
     todo = [s for s in unique if force or not store.has(s.run_id)]
     records: list[dict[str, Any]] = []

@@ -1,0 +1,132 @@
+"""`membench run --launcher ray`: the same runs as the local runner, as Ray tasks on a cluster.
+
+Each run executes `membench.runner.execute` in a Ray worker, so records, run ids, the
+skip-finished rule, checkpoints and locks are exactly the local runner's; workers write into
+the shared output directory and checkpoint cache (both must be on a filesystem every node
+sees). Scheduling:
+- runs whose record exists are skipped (all of them rerun with --force);
+- a learned model's runs that share a checkpoint form a chain: the first trains (and
+  evaluates), the others start once it has finished and reuse the checkpoint, so each
+  checkpoint is trained once; runs of different checkpoints and untrained runs go in parallel;
+- a task asks for one GPU when the device is CUDA, else one CPU;
+- a failed run is reported with its message and the others go on; the call then raises
+  MembenchError naming the failures (rerunning finishes only what is missing).
+Without an address a local Ray is started (so one machine works too); Ray is imported only here.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from membench.errors import MembenchError, TrainingPaused
+from membench.suites import RunSpec
+
+
+def _execute(spec: RunSpec, out_dir: str, device: str, checkpoint_dir: str, command: str, force: bool,
+             train_time_limit_s: float | None, after: Any = None) -> dict[str, Any] | None:
+    """One run in a worker (`after`: the result of the run this one waits for, unused). None: finished
+    elsewhere meanwhile; a pause at the training time limit comes back as {"paused": message}."""
+    from membench.runner import execute, resolve_device
+    from membench.store import ResultsStore
+
+    store = ResultsStore(out_dir)
+    with store.claim(spec.run_id, blocking=True):
+        if not force and store.record_path(spec.run_id).exists() and store.has(spec.run_id):
+            return None
+        try:
+            return execute(spec, store, resolve_device(device), Path(checkpoint_dir), command, False,
+                           train_time_limit_s)
+        except TrainingPaused as exc:
+            return {"paused": str(exc)}
+
+
+def _chains(specs: list[RunSpec]) -> list[list[RunSpec]]:
+    """Runs grouped so that the runs of one checkpoint form one chain (untrained runs: one each)."""
+    from membench.registry import make_task, resolve_model
+    from membench.runner import build_model, checkpoint_key
+
+    chains: dict[str, list[RunSpec]] = {}
+    for spec in specs:
+        key = spec.run_id
+        if resolve_model(spec.model).trainable:
+            task = make_task(spec.task)
+            key = checkpoint_key(spec, build_model(spec, task), task)
+        chains.setdefault(key, []).append(spec)
+    return list(chains.values())
+
+
+def run_with_ray(specs: list[RunSpec], out_dir: Path, device: str, force: bool, checkpoint_dir: Path,
+                 command: str, progress: bool, train_time_limit_s: float | None,
+                 address: str | None) -> list[dict[str, Any]]:
+    """Execute the unfinished specs as Ray tasks; return the new records (see the module docstring)."""
+    try:
+        import ray
+    except ImportError:
+        raise MembenchError("--launcher ray needs Ray: pip install 'membench[ray]' (or pip install ray)") from None
+    from membench.runner import resolve_device
+    from membench.store import ResultsStore
+
+    out_dir, checkpoint_dir = Path(out_dir).resolve(), Path(checkpoint_dir).resolve()
+    store = ResultsStore(out_dir)
+    todo = [s for s in {s.run_id: s for s in specs}.values() if force or not store.has(s.run_id)]
+    if not todo:
+        return []
+    resolve_device(device)  # a clear error here rather than in every worker
+    if not ray.is_initialized():
+        path = os.pathsep.join([os.getcwd(), *sys.path])  # user models given as module:Class import in workers
+        ray.init(address=address, log_to_driver=False, include_dashboard=False,
+                 runtime_env={"env_vars": {"PYTHONPATH": path, **_membench_env()}})
+    gpus = 1 if device == "cuda" else 0
+    remote = ray.remote(num_cpus=0 if gpus else 1, num_gpus=gpus, max_retries=0)(_execute)
+    pending: dict[Any, RunSpec] = {}
+    for chain in _chains(todo):
+        previous = None
+        for spec in chain:
+            previous = remote.remote(spec, str(out_dir), device, str(checkpoint_dir), command, force,
+                                     train_time_limit_s, previous)
+            pending[previous] = spec
+    return _collect(ray, pending, progress)
+
+
+def _membench_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k.startswith("MEMBENCH_")}
+
+
+def _collect(ray, pending: dict[Any, RunSpec], progress: bool) -> list[dict[str, Any]]:
+    """Wait for every task; report each failure as it comes; raise once at the end if any failed."""
+    from membench.store import warn
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(pending), desc="runs (ray)", unit="run")
+    records, failures, paused = [], [], []
+    waiting = list(pending)
+    while waiting:
+        done, waiting = ray.wait(waiting, num_returns=1)
+        spec = pending[done[0]]
+        try:
+            result = ray.get(done[0])
+        except ray.exceptions.RayTaskError as exc:
+            cause = exc.cause if getattr(exc, "cause", None) is not None else exc
+            message = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+            failures.append(f"{spec.run_id}: {message}")
+            warn(f"run {spec.run_id} failed: {message}")
+            result = None
+        if isinstance(result, dict) and "paused" in result:
+            paused.append(result["paused"])
+        elif result is not None:
+            records.append(result)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    if failures:
+        raise MembenchError(f"{len(failures)} of {len(pending)} runs failed ({'; '.join(failures)}); the other "
+                            "runs' records are kept, rerun the same command to finish the failed ones")
+    if paused:
+        raise TrainingPaused(f"{len(paused)} run(s) paused at the training time limit ({paused[0]})")
+    return records
