@@ -185,9 +185,11 @@ def _line(ax, frame, x: str, label: str, style: dict[str, Any]) -> None:
 
 
 def _save(fig, out_dir: Path, name: str) -> list[Path]:
+    from membench.plots import save
+
     paths = [Path(out_dir) / f"{name}.png", Path(out_dir) / f"{name}.pdf"]
     for path in paths:
-        fig.savefig(path, dpi=130)
+        save(fig, path)
     return paths
 
 

@@ -25,7 +25,7 @@ import torch
 from tabulate import tabulate
 
 from membench.errors import MembenchError
-from membench.plots import training_curves
+from membench.plots import save, training_curves
 from membench.report import REPO_ROOT, distinct
 from membench.store import ResultsStore, write_text_atomic
 
@@ -203,7 +203,7 @@ def plot(summary: pd.DataFrame, reference: pd.DataFrame | None, paths: list[Path
     fig.text(0.5, 0.005, caption, ha="center", fontsize=6.5, wrap=True)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     for path in paths:
-        fig.savefig(path, dpi=130)
+        save(fig, path)
     plt.close(fig)
     return paths
 
@@ -243,7 +243,7 @@ def reconstruction_grid(record: dict[str, Any], path: Path, checkpoint_dir: Path
     fig.suptitle(f"{_curve_label(record)} on {record['task']['kind']}, {record['memory_floats'] / 1000:.2f}k floats "
                  f"(retrieval error under each image)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
+    save(fig, path)
     plt.close(fig)
     return path
 

@@ -11,6 +11,11 @@ from membench.store import ResultsStore
 SMOOTH = 10  # logged rows in the rolling mean of training curves
 
 
+def save(fig, path: Path) -> None:
+    """Write a figure; PDFs without a creation date, so an unchanged figure gives unchanged bytes."""
+    fig.savefig(path, dpi=130, metadata={"CreationDate": None} if Path(path).suffix == ".pdf" else None)
+
+
 def _pyplot():
     import matplotlib
 
@@ -59,6 +64,6 @@ def training_curves(out_dir: Path, models: tuple[str, ...] | None = None, name: 
     fig.tight_layout(rect=(0, 0.04, 1, 1))
     paths = [Path(out_dir) / f"{name}.png", Path(out_dir) / f"{name}.pdf"]
     for path in paths:
-        fig.savefig(path, dpi=130)
+        save(fig, path)
     plt.close(fig)
     return paths
