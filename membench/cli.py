@@ -1,4 +1,4 @@
-"""Command line: `membench list | run | report | figures | capacity | readme | throughput | download`."""
+"""Command line: `membench list | run | report | figures | capacity | readme | ship | throughput | download`."""
 from __future__ import annotations
 
 import functools
@@ -181,6 +181,20 @@ def figures(out, reference, checkpoint_dir, grids, data_dir) -> None:
     click.echo(markdown)
     for path in paths:
         click.echo(f"wrote {path}")
+
+
+@main.command()
+@click.option("--out", default="results/table1", show_default=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output directory whose trained records' checkpoints are shipped.")
+@click.option("--checkpoint-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="The checkpoint cache. Default: $MEMBENCH_CACHE/checkpoints or ~/.cache/membench.")
+@_friendly_errors
+def ship(out, checkpoint_dir) -> None:
+    """Copy the checkpoints behind OUT's trained records into results/checkpoints (committed with them)."""
+    from membench.runner import default_checkpoint_dir, ship_checkpoints
+
+    for path in ship_checkpoints(out, checkpoint_dir or default_checkpoint_dir()):
+        click.echo(f"shipped {path}")
 
 
 @main.command()

@@ -35,7 +35,7 @@ from membench.errors import MembenchError, TrainingPaused
 from membench.integrity import audit_write
 from membench.interface import AssociativeMemory, resolve_preset
 from membench.registry import make_task, resolve_model
-from membench.store import ResultsStore, write_text_atomic
+from membench.store import ResultsStore, warn, write_atomic, write_text_atomic
 from membench.suites import RunSpec
 from membench.tasks import Task
 from membench.training import load_checkpoint, meta_train
@@ -103,6 +103,39 @@ def default_checkpoint_dir() -> Path:
     return Path(os.environ.get("MEMBENCH_CACHE", Path.home() / ".cache" / "membench")).expanduser() / "checkpoints"
 
 
+SHIPPED_CHECKPOINTS = Path(membench.__file__).resolve().parent.parent / "results" / "checkpoints"
+
+
+def checkpoint_path(key: str, checkpoint_dir: Path) -> Path:
+    """`checkpoint_dir/<key>.pt`; when absent there but shipped with the repository (results/checkpoints),
+    the shipped one is copied in first, so committed learned rows evaluate (or resume) without retraining."""
+    path = Path(checkpoint_dir) / f"{key}.pt"
+    shipped = SHIPPED_CHECKPOINTS / f"{key}.pt"
+    if not path.exists() and shipped.exists():
+        write_atomic(path, lambda handle: handle.write(shipped.read_bytes()))
+    return path
+
+
+def ship_checkpoints(out_dir: Path, checkpoint_dir: Path, target: Path | None = None,
+                     max_mb: float = 50.0) -> list[Path]:
+    """Copy the checkpoint of every trained record in `out_dir` from the cache into `target`
+    (default: SHIPPED_CHECKPOINTS). Checkpoints over `max_mb` are skipped with a warning."""
+    target = Path(target or SHIPPED_CHECKPOINTS)
+    shipped = []
+    for record in ResultsStore(out_dir).records():
+        key = (record.get("training") or {}).get("checkpoint_key")
+        source = Path(checkpoint_dir) / f"{key}.pt"
+        if not key or (Path(target) / source.name).exists():
+            continue
+        if not source.exists():
+            warn(f"checkpoint {source} of {record['run_id']} is not in the cache; rerun its command to train it")
+        elif source.stat().st_size > max_mb * 2**20:
+            warn(f"checkpoint {source} is {source.stat().st_size / 2**20:.0f} MB, over {max_mb:g} MB: not shipped")
+        else:
+            shipped.append(write_atomic(Path(target) / source.name, lambda handle: handle.write(source.read_bytes())))
+    return shipped
+
+
 def build_model(spec: RunSpec, task: Task) -> AssociativeMemory:
     """The run's model: a learned model from its preset (resolved here, once, with the run's options)."""
     cls = resolve_model(spec.model)
@@ -138,7 +171,7 @@ def load_trained(spec: RunSpec, checkpoint_dir: Path, device: torch.device | str
     model = build_model(spec, task).to(device)
     path = None
     if model.trainable:
-        candidate = Path(checkpoint_dir) / f"{checkpoint_key(spec, model, task)}.pt"
+        candidate = checkpoint_path(checkpoint_key(spec, model, task), checkpoint_dir)
         path = candidate if load_checkpoint(candidate, model, torch.device(device)) is not None else None
     model.eval()
     return task, model, path
@@ -197,8 +230,8 @@ def execute(spec: RunSpec, store: ResultsStore, device: torch.device, checkpoint
     if model.trainable:
         train_config = model.preset.train
         key = checkpoint_key(spec, model, task)
-        result = meta_train(model, task, train_config, checkpoint_dir / f"{key}.pt", device, spec.seed, progress,
-                            time_limit_s=train_time_limit_s)
+        result = meta_train(model, task, train_config, checkpoint_path(key, checkpoint_dir), device, spec.seed,
+                            progress, time_limit_s=train_time_limit_s)
         if not result.finished:
             raise TrainingPaused(
                 f"meta-training of '{spec.model}' (preset {spec.preset}) stopped at step {result.steps} of "

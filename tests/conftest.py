@@ -12,8 +12,11 @@ SHARED = REPO_ROOT.parent / "shared"
 
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch, tmp_path):
-    """Every test gets its own checkpoint cache and full float32 precision."""
+    """Every test gets its own checkpoint cache, no shipped checkpoints and full float32 precision."""
+    from membench import runner
+
     monkeypatch.setenv("MEMBENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(runner, "SHIPPED_CHECKPOINTS", tmp_path / "shipped")
     torch.set_float32_matmul_precision("highest")
 
 

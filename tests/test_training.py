@@ -15,6 +15,7 @@ from membench.report import summarise
 from membench.runner import build_model
 from membench.suites import get_suite
 from membench.tasks import BinaryTask
+from membench.stepper import Stepper
 from membench.training import TrainConfig, meta_train
 
 TINY_MODEL = textwrap.dedent('''
@@ -122,3 +123,23 @@ def test_report_keeps_one_row_per_preset():
                 "train_time_s": 1.0}, "environment": {"device": "cpu", "torch": "2"}, "command": "membench run", "wall_time_s": 1.0}
     summary = summarise([record("quick", 1.0), record("gpu", 2.0)])
     assert len(summary) == 2 and sorted(summary["mean"]) == [1.0, 2.0]
+
+
+def test_shipped_checkpoint_evaluates_without_training(tmp_path: Path, monkeypatch):
+    """`membench ship` copies a trained run's checkpoint into the repository's folder; a fresh cache then
+    evaluates the run from it (same numbers, no training step). conftest points the shipped folder at
+    tmp_path / "shipped"."""
+    (tmp_path / "tiny_learned.py").write_text(TINY_MODEL)
+    monkeypatch.chdir(tmp_path)
+    args = ["run", "--model", "tiny_learned:TinyLearned", "--num-patterns", "16", "--queries", "32", "--out", "out",
+            "--no-progress"]
+    assert CliRunner().invoke(main, [*args, "--checkpoint-dir", "cache1"]).exit_code == 0
+    shipped = CliRunner().invoke(main, ["ship", "--out", "out", "--checkpoint-dir", "cache1"])
+    assert shipped.exit_code == 0 and len(list((tmp_path / "shipped").glob("*.pt"))) == 1, shipped.output
+    (first,) = [json.loads(p.read_text()) for p in (tmp_path / "out" / "runs").glob("*.json")]
+    calls = []
+    monkeypatch.setattr(Stepper, "step", lambda *args: calls.append(1))
+    assert CliRunner().invoke(main, [*args, "--checkpoint-dir", "cache2", "--force"]).exit_code == 0
+    (second,) = [json.loads(p.read_text()) for p in (tmp_path / "out" / "runs").glob("*.json")]
+    assert calls == [] and second["errors"] == first["errors"]
+    assert second["training"]["checkpoint_key"] == first["training"]["checkpoint_key"]
