@@ -121,18 +121,19 @@ def ship_checkpoints(out_dir: Path, checkpoint_dir: Path, target: Path | None = 
     """Copy the checkpoint of every trained record in `out_dir` from the cache into `target`
     (default: SHIPPED_CHECKPOINTS). Checkpoints over `max_mb` are skipped with a warning."""
     target = Path(target or SHIPPED_CHECKPOINTS)
-    shipped = []
+    shipped, seen = [], set()
     for record in ResultsStore(out_dir).records():
         key = (record.get("training") or {}).get("checkpoint_key")
         source = Path(checkpoint_dir) / f"{key}.pt"
-        if not key or (Path(target) / source.name).exists():
+        if not key or key in seen or (target / source.name).exists():
             continue
+        seen.add(key)
         if not source.exists():
             warn(f"checkpoint {source} of {record['run_id']} is not in the cache; rerun its command to train it")
         elif source.stat().st_size > max_mb * 2**20:
             warn(f"checkpoint {source} is {source.stat().st_size / 2**20:.0f} MB, over {max_mb:g} MB: not shipped")
         else:
-            shipped.append(write_atomic(Path(target) / source.name, lambda handle: handle.write(source.read_bytes())))
+            shipped.append(write_atomic(target / source.name, lambda handle: handle.write(source.read_bytes())))
     return shipped
 
 
