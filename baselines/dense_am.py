@@ -75,7 +75,9 @@ class DenseAssociativeMemory(StoredPatternMemory):
             return (per_level * torch.exp(shift)).sum(-1)
         return ((rest + bits).clamp(min=0) ** self.degree - (rest - bits).clamp(min=0) ** self.degree).sum(-1)
 
-    def retrieve(self, memories: torch.Tensor, spins: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    def retrieve(self, memories: torch.Tensor, spins: torch.Tensor, known: torch.Tensor,
+                 clamped: torch.Tensor) -> torch.Tensor:
+        known = clamped  # only clamped units stay; under bit flips every unit is free
         batch, num_queries, dim = spins.shape
         spins = spins.clone()
         columns = memories.transpose(1, 2)                  # (B, D, K): row i holds ξ_μi for every μ

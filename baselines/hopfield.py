@@ -3,7 +3,8 @@
 Protocol (the one that reproduces Table 1 of the EBMM paper; see
 `../shared/papers/ebmm-appendix-notes.md`): patterns are coded in ±1, the weight
 matrix is symmetric with a zero diagonal, and reading runs asynchronous updates in a
-random order over the erased units only (known bits stay clamped), sweep after sweep,
+random order over the erased units only (known bits stay clamped; under bit flips, where
+`spec.clamp_known` is False, over every unit), sweep after sweep,
 until a whole sweep changes no unit (capped at `max_sweeps`). A unit whose local field
 is exactly zero keeps its value; an erased unit that never moves stays at 0.5 and
 counts as an error.
@@ -68,6 +69,8 @@ class HopfieldMemory(AssociativeMemory):
         weights = self.unpack(packed, dim)
         spins = 2.0 * queries - 1.0          # erased entries (0.5) become 0
         free = queries == self.spec.fill_value  # (B, Q, D) units the dynamics may change
+        if not self.spec.clamp_known:          # bit flips: any unit may be wrong, all of them move
+            free = torch.ones_like(free)
         episode = torch.arange(batch, device=queries.device)[:, None].expand(batch, num_queries)
         # clamped units never move: visit the free ones first and stop after the largest free count
         clamped_last = (~free).float().cpu() * 2.0

@@ -76,15 +76,18 @@ class StoredPatternMemory(AssociativeMemory):
     def read(self, memories: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
         """memories (B, K, D), queries (B, Q, *S) -> retrievals (B, Q, *S) in [0, 1], known entries clamped."""
         flat = queries.flatten(2)                       # (B, Q, D)
-        known = flat != self.spec.fill_value            # (B, Q, D)
+        known = flat != self.spec.fill_value            # (B, Q, D) entries the query shows
+        clamped = known if self.spec.clamp_known else torch.zeros_like(known)  # entries kept as given
         spins = torch.where(known, 2.0 * flat - 1.0, torch.zeros_like(flat))
-        retrieved = self.retrieve(memories, spins, known)  # (B, Q, D) in [-1, 1]
-        return torch.where(known, flat, (retrieved + 1.0) / 2.0).reshape(queries.shape)
+        retrieved = self.retrieve(memories, spins, known, clamped)  # (B, Q, D) in [-1, 1]
+        return torch.where(clamped, flat, (retrieved + 1.0) / 2.0).reshape(queries.shape)
 
     @abc.abstractmethod
-    def retrieve(self, memories: torch.Tensor, spins: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
-        """memories (B, K, D) ±1 rows; spins (B, Q, D) queries in ±1 coding, erased entries 0;
-        known (B, Q, D) bool -> retrievals (B, Q, D) in [-1, 1] (known entries are clamped by `read`)."""
+    def retrieve(self, memories: torch.Tensor, spins: torch.Tensor, known: torch.Tensor,
+                 clamped: torch.Tensor) -> torch.Tensor:
+        """memories (B, K, D) ±1 rows; spins (B, Q, D) queries in ±1 coding, erased entries 0; known
+        (B, Q, D) bool: entries the query shows; clamped (B, Q, D) bool: entries kept as given (known,
+        or none under bit flips) -> retrievals (B, Q, D) in [-1, 1] (`read` resets the clamped ones)."""
 
     def config(self) -> dict[str, Any]:
         return {"num_slots": self.num_slots}
@@ -101,11 +104,12 @@ class ModernHopfield(StoredPatternMemory):
         check_positive_int(self.name, "steps", steps)
         self.beta, self.steps = float(beta), steps
 
-    def retrieve(self, memories: torch.Tensor, spins: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    def retrieve(self, memories: torch.Tensor, spins: torch.Tensor, known: torch.Tensor,
+                 clamped: torch.Tensor) -> torch.Tensor:
         state = spins
         for _ in range(self.steps):
             weights = torch.softmax(self.beta * state @ memories.transpose(1, 2), dim=-1)  # (B, Q, K)
-            state = torch.where(known, spins, weights @ memories)                         # (B, Q, D)
+            state = torch.where(clamped, spins, weights @ memories)                       # (B, Q, D)
         return state
 
     def config(self) -> dict[str, Any]:

@@ -98,7 +98,8 @@ class SparseDistributedMemory(AssociativeMemory):
         # scaled distance D / k * mismatches <= r, compared without division (exact on integers)
         active = (mismatches * flat.shape[-1] <= self.radius * num_known).to(flat.dtype)
         sums = active @ counters                                            # (B, Q, D)
-        return torch.where(known, flat, (sums.sign() + 1.0) / 2.0).reshape(queries.shape)
+        clamped = known if self.spec.clamp_known else torch.zeros_like(known)  # bit flips: every bit is read
+        return torch.where(clamped, flat, (sums.sign() + 1.0) / 2.0).reshape(queries.shape)
 
     def config(self) -> dict[str, Any]:
         return {"num_locations": self.num_locations, "radius": self.radius, "seed": self.seed}

@@ -92,7 +92,8 @@ class UniversalHopfield(StoredPatternMemory):
             scores = scores.sign() * scores.abs() ** self.degree
         return scores / scores.abs().sum(-1, keepdim=True).clamp(min=torch.finfo(scores.dtype).tiny)
 
-    def retrieve(self, memories: torch.Tensor, spins: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    def retrieve(self, memories: torch.Tensor, spins: torch.Tensor, known: torch.Tensor,
+                 clamped: torch.Tensor) -> torch.Tensor:
         return self.weights(self.scores(memories, spins, known)) @ memories   # (B, Q, D)
 
     def config(self) -> dict[str, Any]:

@@ -43,12 +43,16 @@ class TaskSpec:
     num_patterns: N, patterns written per episode
     binary: True when patterns are in {0, 1} (errors counted in bits)
     fill_value: value that marks erased / corrupted entries in a query (the midpoint)
+    clamp_known: True when every query entry other than fill_value is the pattern's own (erasure,
+        blocks), so a model may keep those entries; False when any entry may be corrupted (bit
+        flips), so a model must be free to change every entry
     """
 
     pattern_shape: tuple[int, ...]
     num_patterns: int
     binary: bool = True
     fill_value: float = 0.5
+    clamp_known: bool = True
 
     @property
     def pattern_size(self) -> int:

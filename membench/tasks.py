@@ -65,7 +65,7 @@ class BinaryTask(Task):
 
     With `flip` > 0 (then `erased` must be 0) a query instead flips round(flip * dim) random
     positions of its pattern (0 <-> 1), chosen without replacement per query; no entry is
-    0.5, so a model sees every bit as known and must correct the flipped ones itself.
+    0.5 and `spec.clamp_known` is False: a model must be free to change every bit.
 
     Error: number of wrong bits over all `dim` positions after thresholding at 0.5; a
     retrieved value of exactly 0.5 (undecided) counts as wrong. Chance is dim/2 per query
@@ -87,7 +87,8 @@ class BinaryTask(Task):
                                 f"(got erased={erased})")
         self.dim, self.erased, self.flip = dim, erased, float(flip)
         self.flipped = round(self.flip * dim)  # bits flipped per query
-        self.spec = TaskSpec(pattern_shape=(dim,), num_patterns=num_patterns, binary=True, fill_value=0.5)
+        self.spec = TaskSpec(pattern_shape=(dim,), num_patterns=num_patterns, binary=True, fill_value=0.5,
+                             clamp_known=self.flip == 0)
 
     def sample(self, batch_size: int, generator: torch.Generator, split: str = "test") -> Episodes:
         shape = (batch_size, self.spec.num_patterns, self.dim)
