@@ -32,7 +32,8 @@ from typing import Any
 
 import torch
 
-from membench.errors import MembenchError, OverBudgetError
+from membench.budget import check_whole_patterns
+from membench.errors import MembenchError
 from membench.interface import AssociativeMemory, TaskSpec
 
 
@@ -56,9 +57,7 @@ class StoredPatternMemory(AssociativeMemory):
 
     def __init__(self, spec: TaskSpec, num_slots: int):
         super().__init__()
-        if num_slots < 1:
-            raise OverBudgetError(f"{self.name}: the budget holds no whole pattern of {spec.pattern_size} values; "
-                                  f"give a budget of at least {spec.pattern_size}")
+        check_whole_patterns(self.name, num_slots, spec)
         self.spec, self.num_slots = spec, num_slots
 
     @classmethod

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from membench.errors import OverBudgetError
+from membench.budget import check_whole_patterns
 from membench.interface import AssociativeMemory, TaskSpec
 
 
@@ -18,9 +18,7 @@ class RawSlotMemory(AssociativeMemory):
 
     def __init__(self, spec: TaskSpec, num_slots: int):
         super().__init__()
-        if num_slots < 1:
-            raise OverBudgetError(f"raw_slots: the budget holds no whole pattern of {spec.pattern_size} values; "
-                                  f"give a budget of at least {spec.pattern_size}")
+        check_whole_patterns(self.name, num_slots, spec)
         self.spec, self.num_slots = spec, num_slots
 
     @classmethod

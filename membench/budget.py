@@ -37,6 +37,13 @@ def declared_floats(model: AssociativeMemory, spec: TaskSpec, model_name: str) -
     return int(value)
 
 
+def check_whole_patterns(model_name: str, num_slots: int, spec: TaskSpec) -> None:
+    """OverBudgetError unless a memory of whole patterns has at least one slot."""
+    if num_slots < 1:
+        raise OverBudgetError(f"{model_name}: the budget holds no whole pattern of {spec.pattern_size} values; "
+                              f"give a budget of at least {spec.pattern_size}")
+
+
 def check_declared(model: AssociativeMemory, spec: TaskSpec, budget: int, model_name: str) -> int:
     """The declared count for `spec`; OverBudgetError if it exceeds `budget` (checked before any training)."""
     count = declared_floats(model, spec, model_name)

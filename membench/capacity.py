@@ -45,14 +45,6 @@ def _table_order(table: str) -> tuple:
     return (float(task.get("flip", 0.0)), task.get("dim", 0), task.get("erased", 0), budget)
 
 
-def _half(row) -> float:
-    return (row["ci_high"] - row["ci_low"]) / 2
-
-
-def _cell(row) -> str:
-    return f"{row['mean']:.2f} ± {_half(row):.2f}"
-
-
 def _row_order(rows: list[str], model_of: dict[str, str]) -> list[str]:
     order = list(CAPACITY_MODELS)
     return sorted(rows, key=lambda r: (order.index(model_of[r]) if model_of[r] in order else len(order), r))
@@ -99,7 +91,7 @@ def capacity_summary(out_dir: Path):
 def capacity_markdown(summary, records: list[dict[str, Any]], dropped: int) -> str:
     from tabulate import tabulate
 
-    from membench.report import task_key
+    from membench.report import _cell, _commits, task_key
 
     sections = []
     for table in sorted(summary["table"].unique(), key=_table_order):
@@ -114,12 +106,11 @@ def capacity_markdown(summary, records: list[dict[str, Any]], dropped: int) -> s
                 line.append(_cell(match.iloc[0]) if len(match) else "")
             cells.append(line)
         table_records = [r for r in records if task_key(r) == table]
-        commits = sorted({(r["environment"].get("git_commit") or "unknown")[:10]
-                          + (" (dirty)" if r["environment"].get("git_dirty") else "") for r in table_records})
+        commits = _commits(table_records)
         lines = [f"Queries per cell: {part['num_queries'].min()}–{part['num_queries'].max()}; "
                  f"seeds: {', '.join(sorted(set(part['seeds'])))}; "
                  f"device · torch: {', '.join(sorted(set(part['versions'])))}; "
-                 f"commits: {', '.join(commits)}; wall time of the runs {part['wall_time_s'].sum():.1f} s."]
+                 f"commits: {commits}; wall time of the runs {part['wall_time_s'].sum():.1f} s."]
         absent = _absent(summary, table)
         if absent:
             lines.append("Absent (state over this budget): " + ", ".join(absent) + ".")
@@ -138,6 +129,8 @@ def capacity_markdown(summary, records: list[dict[str, Any]], dropped: int) -> s
 def _budget_pivot(summary) -> str:
     """Model x budget at N = BUDGET_NUM_PATTERNS on the erasure task, where several budgets were run."""
     from tabulate import tabulate
+
+    from membench.report import _cell
 
     part = summary[(summary.flip == 0) & (summary.num_patterns == BUDGET_NUM_PATTERNS)]
     if part.empty or part["budget"].nunique() < 2:

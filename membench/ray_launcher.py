@@ -33,7 +33,7 @@ def _execute(spec: RunSpec, out_dir: str, device: str, checkpoint_dir: str, comm
 
     store = ResultsStore(out_dir)
     with store.claim(spec.run_id, blocking=True):
-        if not force and store.record_path(spec.run_id).exists() and store.has(spec.run_id):
+        if not force and store.has(spec.run_id):
             return None
         try:
             return execute(spec, store, resolve_device(device), Path(checkpoint_dir), command, False,
