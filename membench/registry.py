@@ -37,6 +37,7 @@ BUILTIN_MODELS: dict[str, str] = {
     "mann": "baselines.mann:MANN",
     "lstm": "baselines.lstm:LSTMMemory",
     "differentiable_plasticity": "baselines.plasticity:DifferentiablePlasticity",
+    "kanerva_machine": "baselines.kanerva_machine:KanervaMachine",
 }
 
 ENTRY_POINT_GROUP = "membench.models"
