@@ -73,8 +73,8 @@ class MANNConfig:
 
 
 PRESETS: dict[str, Preset] = {
-    # CPU, about 7 minutes on this 2-core machine
-    "quick": Preset(MANNConfig(), TrainConfig(steps=2000, batch_size=16, lr=1e-3, clip_norm=1.0,
+    # CPU: EBMM quick's training compute (5600 updates of 16 episodes)
+    "quick": Preset(MANNConfig(), TrainConfig(steps=5600, batch_size=16, lr=1e-3, clip_norm=1.0,
                                               num_patterns=MIXED_N)),
     # one GPU, EBMM gpu's training compute (4000 updates of 32 episodes)
     "gpu": Preset(MANNConfig(), TrainConfig(steps=4000, batch_size=32, lr=1e-3, clip_norm=1.0, cosine_decay=True,

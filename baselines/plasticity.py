@@ -60,8 +60,8 @@ class PlasticityConfig:
 
 
 PRESETS: dict[str, Preset] = {
-    # CPU, about 2 minutes on this 2-core machine
-    "quick": Preset(PlasticityConfig(), TrainConfig(steps=2500, batch_size=16, lr=5e-3, clip_norm=1.0,
+    # CPU: EBMM quick's training compute (5600 updates of 16 episodes)
+    "quick": Preset(PlasticityConfig(), TrainConfig(steps=5600, batch_size=16, lr=5e-3, clip_norm=1.0,
                                                     num_patterns=MIXED_N)),
     # one GPU, EBMM gpu's training compute (4000 updates of 32 episodes)
     "gpu": Preset(PlasticityConfig(), TrainConfig(steps=4000, batch_size=32, lr=3e-3, clip_norm=1.0, cosine_decay=True,
