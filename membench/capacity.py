@@ -9,10 +9,12 @@ A run whose model would hold more float32 values than its point's budget is left
 suite expands (`split_by_budget`): a Hopfield network on 128 units holds 8256 values at every
 budget, so it has no cell at 2080 or 4160 (and at 16512 and 33024 it still uses 8256).
 
-`capacity_figures(out_dir)` draws the three figures (error against N, against the budget at
-N = 64, against N per flip rate) from the stored records, and writes capacity.md (one table per
-task and budget, model x N, mean ± half-width of the 95% t-interval) and capacity.csv.
+Image suites (capacity-omniglot, capacity-cifar): see membench.capacity_images.
 
+`capacity_figures(out_dir)` draws, from the binary-task records, the three figures (error against
+N, against the budget at N = 64, against N per flip rate) and writes capacity.md (one table per
+task and budget, model x N, mean ± half-width of the 95% t-interval) and capacity.csv; and, from
+the image-task records, the outputs of `membench.capacity_images.image_capacity_figures`.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from typing import Any
 
 from membench.errors import MembenchError
 from membench.suites import BUDGET_NUM_PATTERNS, CAPACITY_MODELS, RunSpec, declared_count
+
 
 # ---------------------------------------------------------------- figures and tables from records
 
@@ -69,53 +72,63 @@ def _absent(summary, table: str) -> list[str]:
     return notes
 
 
+def _summary(records: list[dict[str, Any]]):
+    """(summary frame of `records` with half_width, records kept, duplicates dropped)."""
+    from membench.report import distinct, summarise
+
+    records, dropped = distinct(records)
+    summary = summarise(records)
+    summary["half_width"] = (summary["ci_high"] - summary["ci_low"]) / 2
+    return summary, records, dropped
+
+
 def capacity_summary(out_dir: Path):
     """(summary frame of the binary-task records in out_dir, records kept, duplicates dropped)."""
-    from membench.report import distinct, summarise
     from membench.store import ResultsStore
 
     records = [r for r in ResultsStore(out_dir).records() if r["task"]["kind"] == "binary"]
     if not records:
         raise MembenchError(f"no finished binary-task runs in {out_dir}/runs; run a capacity-* suite first, e.g. "
                             f"`membench run --suite capacity-n --out {out_dir}`")
-    records, dropped = distinct(records)
-    summary = summarise(records)
+    summary, records, dropped = _summary(records)
     tasks = [_task_of(t) for t in summary["table"]]
     summary["dim"] = [t.get("dim") for t, _ in tasks]
     summary["erased"] = [t.get("erased") for t, _ in tasks]
     summary["flip"] = [float(t.get("flip", 0.0)) for t, _ in tasks]
-    summary["half_width"] = (summary["ci_high"] - summary["ci_low"]) / 2
     return summary, records, dropped
 
 
-def capacity_markdown(summary, records: list[dict[str, Any]], dropped: int) -> str:
+def _section(summary, records: list[dict[str, Any]], table: str, title: str, notes: list[str]) -> str:
+    """The markdown section of one task and budget: `title`, provenance, `notes`, then model x N cells."""
     from tabulate import tabulate
 
     from membench.report import _cell, _commits, task_key
 
+    part = summary[summary.table == table]
+    model_of = dict(zip(part["row"], part["model"]))
+    columns = sorted(part["num_patterns"].unique())
+    cells = []
+    for row in _row_order(list(model_of), model_of):
+        line = [row]
+        for n in columns:
+            match = part[(part.row == row) & (part.num_patterns == n)]
+            line.append(_cell(match.iloc[0]) if len(match) else "")
+        cells.append(line)
+    commits = _commits([r for r in records if task_key(r) == table])
+    lines = [f"Queries per cell: {part['num_queries'].min()}–{part['num_queries'].max()}; "
+             f"seeds: {', '.join(sorted(set(part['seeds'])))}; "
+             f"device · torch: {', '.join(sorted(set(part['versions'])))}; "
+             f"commits: {commits}; wall time of the runs {part['wall_time_s'].sum():.1f} s.", *notes]
+    return (f"## {title}\n\n" + "\n\n".join(lines) + "\n\n"
+            + tabulate(cells, headers=["model \\ N"] + [str(n) for n in columns], tablefmt="github") + "\n")
+
+
+def capacity_markdown(summary, records: list[dict[str, Any]], dropped: int) -> str:
     sections = []
     for table in sorted(summary["table"].unique(), key=_table_order):
-        part = summary[summary.table == table]
-        model_of = dict(zip(part["row"], part["model"]))
-        columns = sorted(part["num_patterns"].unique())
-        cells = []
-        for row in _row_order(list(model_of), model_of):
-            line = [row]
-            for n in columns:
-                match = part[(part.row == row) & (part.num_patterns == n)]
-                line.append(_cell(match.iloc[0]) if len(match) else "")
-            cells.append(line)
-        table_records = [r for r in records if task_key(r) == table]
-        commits = _commits(table_records)
-        lines = [f"Queries per cell: {part['num_queries'].min()}–{part['num_queries'].max()}; "
-                 f"seeds: {', '.join(sorted(set(part['seeds'])))}; "
-                 f"device · torch: {', '.join(sorted(set(part['versions'])))}; "
-                 f"commits: {commits}; wall time of the runs {part['wall_time_s'].sum():.1f} s."]
         absent = _absent(summary, table)
-        if absent:
-            lines.append("Absent (state over this budget): " + ", ".join(absent) + ".")
-        sections.append(f"## {_title(table)}\n\n" + "\n\n".join(lines) + "\n\n"
-                        + tabulate(cells, headers=["model \\ N"] + [str(n) for n in columns], tablefmt="github") + "\n")
+        notes = ["Absent (state over this budget): " + ", ".join(absent) + "."] if absent else []
+        sections.append(_section(summary, records, table, _title(table), notes))
     pivot = _budget_pivot(summary)
     header = ["# Capacity of the non-learned memories", "",
               "Error bits per query (wrong bits of all 128, an undecided 0.5 counts as wrong): mean ± half-width "
@@ -194,7 +207,23 @@ def _log2_axis(ax, values) -> None:
 
 
 def capacity_figures(out_dir: Path) -> list[Path]:
-    """Draw the capacity figures and write capacity.{md,csv} from the records in `out_dir`; return the paths.
+    """The binary-task outputs (`binary_capacity_figures`) and the image-task ones (`image_capacity_figures`)
+    of the records in `out_dir`, each where such records exist; return the paths written."""
+    from membench.store import ResultsStore
+
+    from membench.capacity_images import IMAGE_TASKS, image_capacity_figures
+
+    kinds = {r["task"]["kind"] for r in ResultsStore(out_dir).records()}
+    if not kinds & ({"binary"} | set(IMAGE_TASKS)):
+        raise MembenchError(f"no finished capacity runs in {out_dir}/runs; run a capacity-* suite first, e.g. "
+                            f"`membench run --suite capacity-n --out {out_dir}`")
+    return ((binary_capacity_figures(out_dir) if "binary" in kinds else [])
+            + (image_capacity_figures(out_dir) if kinds & set(IMAGE_TASKS) else []))
+
+
+def binary_capacity_figures(out_dir: Path) -> list[Path]:
+    """Draw the capacity figures and write capacity.{md,csv} from the binary-task records in `out_dir`; return
+    the paths.
 
     capacity_n: error against N, one panel per erasure task and budget run at several N;
     capacity_budget: error against the budget at N = 64 (erasure task);
@@ -299,3 +328,6 @@ def capacity_figures(out_dir: Path) -> list[Path]:
         ["_order", "row", "num_patterns"], kind="stable")
     paths.append(write_text_atomic(out_dir / "capacity.csv", ordered[columns].to_csv(index=False, float_format="%.4f")))
     return paths
+
+
+# ---------------------------------------------------------------- image tasks

@@ -121,7 +121,7 @@ def run(suite, models, num_patterns, seeds, queries, preset, budget, device, out
     from membench.datasets import set_data_dir
     from membench.report import table1
     from membench.runner import run_all
-    from membench.suites import SweepSuite, get_suite
+    from membench.suites import ImageCapacitySuite, SweepSuite, get_suite
 
     set_data_dir(data_dir)
     chosen = get_suite(suite)
@@ -136,6 +136,8 @@ def run(suite, models, num_patterns, seeds, queries, preset, budget, device, out
         from membench.figure3 import DEFAULT_REFERENCE, image_records, load_reference, summarise, summary_markdown
 
         click.echo(summary_markdown(summarise(image_records(out), load_reference(DEFAULT_REFERENCE))))
+    elif isinstance(chosen, ImageCapacitySuite):
+        click.echo(f"tables and figures: membench capacity --out {out}")
     else:
         click.echo(table1(out))
 

@@ -43,8 +43,10 @@ QUICK_CHANGES = ("quick preset (a CPU smoke test, not a result): the paper's tas
 
 
 def image_records(out_dir: Path) -> list[dict[str, Any]]:
-    """Finished runs in `out_dir` whose task is an image task, one per (point, seed) (report.distinct)."""
-    return distinct([r for r in ResultsStore(out_dir).records() if r["task"]["kind"] in PAPER_DATASET])[0]
+    """Finished runs in `out_dir` of Figure 3's block-corrupted image tasks, one per (point, seed) (report.distinct);
+    runs of other corruptions (noise, mask: block 0) belong to the capacity suites."""
+    return distinct([r for r in ResultsStore(out_dir).records()
+                     if r["task"]["kind"] in PAPER_DATASET and r["task"].get("block")])[0]
 
 
 def _curve_label(record: dict[str, Any]) -> str:

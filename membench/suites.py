@@ -255,7 +255,76 @@ def split_by_budget(specs: list[RunSpec]) -> tuple[list[RunSpec], list[tuple[Run
     return fit, refused
 
 
-CAPACITY_SUITES: dict[str, CapacitySuite] = {
+def task_refusal(spec: RunSpec) -> str | None:
+    """Why `spec`'s model refuses its task (the MembenchError it raises when built, other than over budget),
+    or None when it accepts the task."""
+    try:
+        declared_count(spec)
+    except MembenchError as exc:
+        return str(exc)
+    return None
+
+
+# Image capacity (capacity-omniglot, capacity-cifar): the budget holds IMAGE_CAPACITY_IMAGES whole images, N runs
+# past it. Corruptions, one task each (ImageTask arguments); the 0-float passthrough (the query returned
+# unchanged) runs beside the memories as the floor: what the corruption alone costs.
+# - the 16x16 block of Figure 3 (256 of 1024 pixel positions);
+# - a random half of the pixel positions masked: the fraction of UHN's half-image masking (Millidge et al. 2022),
+#   scattered instead of contiguous, and twice the block's pixels, so it is a harder test and not a repeat of it;
+# - Gaussian noise sigma 0.2 on every value, between UHN's example (0.1) and the default sigma of its capacity
+#   code (0.5): on CIFAR-10 a query returned as is then costs about as much as under the mask (about 100 squared
+#   error per image; the block about 46), but no entry may be trusted; on Omniglot about 6 of 1024 pixels cross 0.5
+IMAGE_CAPACITY_MODELS = CAPACITY_MODELS + ("passthrough",)
+IMAGE_CAPACITY_NUM_PATTERNS = (16, 32, 64, 128, 256)
+IMAGE_CAPACITY_IMAGES = 64
+IMAGE_CORRUPTIONS: tuple[dict[str, Any], ...] = ({"block": 16}, {"block": 0, "mask": 0.5}, {"block": 0, "noise": 0.2})
+
+
+@dataclass(frozen=True)
+class ImageCapacitySuite:
+    """Capacity on an image task: runs = model x corruption x N x seed at a budget of `images` whole images.
+
+    A model that refuses the data set's task (MembenchError when built: the Hopfield rules take flat patterns,
+    dense AM and SDM binary ones) is left out, and so is a run over its budget (`split_by_budget`).
+    Expanding loads the data set (the task config names the data found).
+    """
+
+    description: str
+    dataset: str                                   # image task kind: "omniglot" or "cifar10"
+    models: tuple[str, ...] = IMAGE_CAPACITY_MODELS
+    num_patterns: tuple[int, ...] = IMAGE_CAPACITY_NUM_PATTERNS
+    corruptions: tuple[dict[str, Any], ...] = IMAGE_CORRUPTIONS
+    images: int = IMAGE_CAPACITY_IMAGES            # budget in whole images
+    queries: int = 1024                            # default --queries
+
+    def expand(self, name: str, models: tuple[str, ...] | None, seeds: tuple[int, ...], queries: int,
+               preset: str, num_patterns: tuple[int, ...] | None = None, budget: int | None = None) -> list[RunSpec]:
+        """The grid's runs whose model accepts the task and fits the budget (`--budget` replaces `images`)."""
+        from membench.registry import make_task, resolve_model
+
+        tasks = [make_task({"kind": self.dataset, "num_patterns": n, **corruption}).config()
+                 for corruption in self.corruptions for n in num_patterns or self.num_patterns]
+        budget = budget or self.images * make_task(tasks[0]).spec.pattern_size
+        grid = [RunSpec(suite=name, model=model, task=task, budget=budget, seed=seed, queries=queries, preset=preset)
+                for model in models or self.models for task in tasks for seed in seeds]
+        refusals: dict[tuple[str, str], str | None] = {}  # (model, task) -> why the model refuses it, or None
+        accepted = []
+        for spec in grid:
+            key = (spec.model, json.dumps(spec.task, sort_keys=True))
+            if key not in refusals:
+                resolve_model(spec.model)  # an unknown name is an error, not a refusal
+                refusals[key] = task_refusal(spec)
+            if refusals[key] is None:
+                accepted.append(spec)
+        specs, over = split_by_budget(accepted)
+        if not specs:
+            raise MembenchError(f"suite '{name}' runs nothing: " + "; ".join(
+                sorted({f"{model} refuses the task ({why})" for (model, _), why in refusals.items() if why}
+                       | {_refusal(s, c) for s, c in over})))
+        return specs
+
+
+CAPACITY_SUITES: dict[str, CapacitySuite | ImageCapacitySuite] = {
     "capacity-n": CapacitySuite(
         "Capacity, non-learned memories: error against N = 8...256 at Table 1's task (128 bits, 64 erased) "
         "and budget (8256)", models=CAPACITY_MODELS, num_patterns=CAPACITY_NUM_PATTERNS),
@@ -267,10 +336,18 @@ CAPACITY_SUITES: dict[str, CapacitySuite] = {
         "Capacity, non-learned memories: error against N = 16...96 with 10/20/30% of the bits flipped "
         "(none erased), budget 8256", models=CAPACITY_MODELS, num_patterns=FLIP_NUM_PATTERNS, erased=0,
         flips=FLIP_RATES),
+    "capacity-omniglot": ImageCapacitySuite(
+        "Capacity on Omniglot, non-learned memories: wrong pixels against N = 16...256 images written, budget 64 "
+        "images (65536 floats), queries corrupted by the 16x16 block, a 50% pixel mask or noise sigma 0.2",
+        dataset="omniglot"),
+    "capacity-cifar": ImageCapacitySuite(
+        "Capacity on CIFAR-10, non-learned memories: squared error against N = 16...256 images written, budget 64 "
+        "images (196608 floats), queries corrupted by the 16x16 block, a 50% pixel mask or noise sigma 0.2",
+        dataset="cifar10"),
 }
 
 
-SUITES: dict[str, Suite | SweepSuite | CapacitySuite] = {
+SUITES: dict[str, Suite | SweepSuite | CapacitySuite | ImageCapacitySuite] = {
     "table1": Suite("Table 1, classical memories (no training): Hopfield rules and raw slots",
                     models=CLASSICAL_MODELS),
     "table1-modern": Suite("Table 1, associative memories the paper predates or only mentions (no training): modern "
@@ -286,7 +363,7 @@ SUITES: dict[str, Suite | SweepSuite | CapacitySuite] = {
 }
 
 
-def get_suite(name: str) -> Suite | SweepSuite:
+def get_suite(name: str) -> Suite | SweepSuite | CapacitySuite | ImageCapacitySuite:
     if name not in SUITES:
         raise MembenchError(f"unknown suite '{name}'. Valid suites: {', '.join(sorted(SUITES))}")
     return SUITES[name]

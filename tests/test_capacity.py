@@ -1,4 +1,4 @@
-"""Bit-flip corruption of the binary task, the capacity suites, and their figures and tables."""
+"""Bit-flip corruption of the binary task, the capacity suites (binary and image), and their figures and tables."""
 from __future__ import annotations
 
 import json
@@ -7,16 +7,18 @@ import re
 import pytest
 import torch
 
+from membench import datasets
 from membench.budget import TABLE1_BUDGET
 from membench.capacity import capacity_figures
 from membench.suites import (CAPACITY_BUDGETS, CAPACITY_MODELS, CAPACITY_NUM_PATTERNS, CAPACITY_SUITES,
-                             FLIP_NUM_PATTERNS, FLIP_RATES, CapacitySuite, split_by_budget)
+                             FLIP_NUM_PATTERNS, FLIP_RATES, IMAGE_CORRUPTIONS, CapacitySuite, split_by_budget)
 from membench.errors import MembenchError
 from membench.registry import make_task
 from membench.report import task_key
 from membench.runner import run_all
 from membench.store import ResultsStore
 from membench.tasks import BinaryTask, Episodes
+from tests.test_datasets import write_fixture_data
 
 HOPFIELD = ("hopfield_hebb", "hopfield_storkey", "hopfield_pseudoinverse")
 
@@ -157,3 +159,76 @@ def test_capacity_figures_on_a_tiny_run(tmp_path, one_thread):
     csv = (tmp_path / "capacity.csv").read_text().splitlines()
     assert csv[0].startswith("dim,erased,flip,budget,model") and len(csv) == 1 + len(
         {(task_key(r), r["model"], r["task"]["num_patterns"]) for r in records})
+
+
+# --- image capacity suites ----------------------------------------------------------------
+
+@pytest.fixture
+def fixture_data(tmp_path, monkeypatch):
+    """Fixture data in the published formats (test splits: 30 Omniglot, 70 CIFAR images), found via $MEMBENCH_DATA."""
+    root = write_fixture_data(tmp_path / "data")
+    monkeypatch.setattr(datasets, "_data_dir_override", None)
+    monkeypatch.setenv("MEMBENCH_DATA", str(root))
+    return root
+
+
+def test_image_suites_expand_without_the_models_that_refuse(fixture_data):
+    corruptions = {json.dumps(c, sort_keys=True) for c in IMAGE_CORRUPTIONS}
+    accepted = {"capacity-omniglot": ({"raw_slots", "modern_hopfield", "universal_hopfield", "dense_associative_memory",
+                                       "sparse_distributed_memory", "passthrough"}, 64 * 1024),
+                "capacity-cifar": ({"raw_slots", "modern_hopfield", "universal_hopfield", "passthrough"}, 64 * 3072)}
+    all_specs = []
+    for name, (models, budget) in accepted.items():
+        specs = CAPACITY_SUITES[name].expand(name, None, (0, 1), 64, "quick", num_patterns=(8, 16))
+        assert {s.model for s in specs} == models                          # Hopfield rules (and SDM, dense AM on
+        assert len(specs) == len(models) * len(IMAGE_CORRUPTIONS) * 2 * 2  # CIFAR-10) refuse the task: left out
+        assert {s.budget for s in specs} == {budget}                        # 64 whole images
+        assert {json.dumps({k: v for k, v in s.task.items() if k in ("block", "mask", "noise")}, sort_keys=True)
+                for s in specs} == corruptions
+        assert all(make_task(s.task).config() == s.task for s in specs)
+        all_specs += specs
+    assert len({s.run_id for s in all_specs}) == len(all_specs)
+
+    suite = CAPACITY_SUITES["capacity-omniglot"]
+    # below one whole image only the 0-float passthrough fits (raw slots, the Hopfield memories and SDM hold none)
+    tiny = suite.expand("capacity-omniglot", None, (0,), 8, "quick", num_patterns=(4,), budget=1000)
+    assert {(s.model, s.budget) for s in tiny} == {("passthrough", 1000)}
+    with pytest.raises(MembenchError, match="sparse_distributed_memory refuses the task .*real-valued"):
+        CAPACITY_SUITES["capacity-cifar"].expand("capacity-cifar", ("sparse_distributed_memory",), (0,), 8, "quick",
+                                                 num_patterns=(4,))
+    with pytest.raises(MembenchError, match="unknown model 'no_such_model'"):
+        suite.expand("capacity-omniglot", ("raw_slots", "no_such_model"), (0,), 8, "quick", num_patterns=(4,))
+
+
+def test_image_capacity_figures_on_a_tiny_run(tmp_path, fixture_data, one_thread):
+    out = tmp_path / "out"
+    with pytest.raises(MembenchError, match="no finished capacity runs"):
+        capacity_figures(out)
+    specs = CAPACITY_SUITES["capacity-omniglot"].expand("capacity-omniglot", ("raw_slots", "modern_hopfield",
+                                                        "passthrough"), (0,), 16, "quick", num_patterns=(4, 16),
+                                                        budget=8 * 1024)
+    specs += CAPACITY_SUITES["capacity-cifar"].expand("capacity-cifar", ("raw_slots", "passthrough"), (0,), 16,
+                                                      "quick", num_patterns=(4, 16), budget=8 * 3072)
+    run_all(specs, out, device="cpu", progress=False, command="pytest")
+    paths = capacity_figures(out)
+    assert {p.name for p in paths} == {f"capacity_{kind}.{ext}" for kind in ("omniglot", "cifar10")
+                                       for ext in ("png", "pdf")} | {"capacity_images.md", "capacity_images.csv"}
+    assert all(p.exists() and p.stat().st_size > 0 for p in paths)
+
+    markdown = (out / "capacity_images.md").read_text()
+    assert markdown.count("| model \\ N ") == 6                        # one table per data set and corruption
+    sections = {s.split("\n")[0]: s for s in markdown.split("## ")[1:]}
+    omniglot = "Omniglot 32x32, {}; budget 8192 float32 (8 whole images)"
+    block = sections[omniglot.format("16x16 block set to 0.5")]
+    mask = sections[omniglot.format("512 of 1024 pixel positions (50%) set to 0.5")]
+    noise = sections[omniglot.format("Gaussian noise sigma 0.2 on every value, clipped to [0, 1]")]
+    cifar = sections["CIFAR-10 32x32, 16x16 block set to 0.5; budget 24576 float32 (8 whole images)"]
+    # the passthrough costs exactly the corrupted pixels; raw slots are exact while the images fit (N = 4 <= 8)
+    assert re.search(r"\| passthrough +\| 256\.00 ± 0\.00 +\| 256\.00 ± 0\.00 +\|", block), block
+    assert re.search(r"\| passthrough +\| 512\.00 ± 0\.00 +\| 512\.00 ± 0\.00 +\|", mask), mask
+    assert re.search(r"\| raw_slots +\| 0\.00 ± 0\.00 +\| [1-9]", noise), noise
+    assert "Error: wrong pixels per image" in block and "Error: squared error per image" in cifar
+    assert "- hopfield_hebb, hopfield_storkey, hopfield_pseudoinverse: Hopfield networks take flat patterns" in block
+    assert "dense_associative_memory" not in block and "- dense_associative_memory: " in cifar  # binary only
+    csv = (out / "capacity_images.csv").read_text().splitlines()
+    assert csv[0].startswith("dataset,corruption,level,image_size,budget,model") and len(csv) == 1 + len(specs)

@@ -120,3 +120,98 @@ def test_shared_encoder_and_decoder_shapes(config):
     assert out.shape == images.shape and 0 <= out.min() and out.max() <= 1
     with pytest.raises(AssertionError, match="encoder expects"):
         encoder(torch.rand(2, config.image_channels, config.image_size + 8, config.image_size + 8))
+
+
+# --- corruptions beyond the block: random pixel mask and Gaussian noise ---------------------
+
+def block_sample_before_corruptions(task, batch_size: int, generator: torch.Generator):
+    """ImageTask.sample as it was before masks and noise existed (a copy), to pin the block task's episodes."""
+    patterns = task.dataset.split("test").images(task.sample_indices(batch_size, generator, "test"))
+    return patterns, patterns.masked_fill(task.block_mask(batch_size, generator), task.spec.fill_value)
+
+
+@pytest.mark.parametrize("task_class", [OmniglotTask, Cifar10Task])
+def test_block_task_config_and_episodes_unchanged(data_root, task_class):
+    task = task_class(num_patterns=8)
+    assert list(task.config()) == ["kind", "num_patterns", "image_size", "block", "data"]  # run ids as before
+    assert task.corruption == "block" and task.spec.clamp_known
+    new, old = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    for _ in range(2):
+        ours, (patterns, queries) = task.sample(3, new), block_sample_before_corruptions(task, 3, old)
+        assert torch.equal(ours.patterns, patterns) and torch.equal(ours.queries, queries)
+    assert torch.equal(new.get_state(), old.get_state())
+
+
+@pytest.mark.parametrize("task_class, channels", [(OmniglotTask, 1), (Cifar10Task, 3)])
+@pytest.mark.parametrize("mask, image_size", [(0.5, 32), (0.3, 32), (1.0, 16), (0.01, 16)])
+def test_mask_sets_that_many_pixel_positions_in_every_channel(data_root, task_class, channels, mask, image_size):
+    task = task_class(num_patterns=8, image_size=image_size, block=0, mask=mask)
+    assert task.spec.clamp_known and task.config()["mask"] == mask and "noise" not in task.config()
+    episodes = task.sample(6, torch.Generator().manual_seed(2))
+    masked = episodes.queries == 0.5
+    assert (masked == masked[:, :, :1]).all()                                  # same positions in every channel
+    assert (masked[:, :, 0].sum((-1, -2)) == round(mask * image_size**2)).all()  # exactly that many per query
+    assert torch.equal(episodes.queries[~masked], episodes.patterns[~masked])  # the rest is the image's own
+    if mask < 1:
+        assert not (masked == masked[:1, :1]).all()                            # positions differ between queries
+    again = task.sample(6, torch.Generator().manual_seed(2))
+    assert torch.equal(again.queries, episodes.queries) and torch.equal(again.patterns, episodes.patterns)
+
+
+@pytest.mark.parametrize("task_class", [OmniglotTask, Cifar10Task])
+def test_noise_perturbs_every_value_within_unit_range(data_root, task_class):
+    task = task_class(num_patterns=16, block=0, noise=0.2)
+    assert not task.spec.clamp_known                                           # every entry may be wrong
+    episodes = task.sample(16, torch.Generator().manual_seed(4))
+    queries, patterns = episodes.queries, episodes.patterns
+    assert 0 <= queries.min() and queries.max() <= 1 and not (queries == 0.5).any()
+    moved = (queries - patterns).abs()
+    if task_class is Cifar10Task:
+        assert (moved > 0).float().mean() > 0.95                               # all but the clipped values change
+        # away from 0 and 1, clipping never shrinks a move below 0.4: P(|move| > 0.2) = P(|N(0, 0.2²)| > 0.2)
+        middle = (patterns >= 0.4) & (patterns <= 0.6)
+        assert abs((moved[middle] > 0.2).float().mean() - 0.3173) < 0.01
+        assert abs((queries - patterns)[middle].mean()) < 0.005               # unbiased there
+    else:  # binary images: a value moves unless the noise pushes it out of [0, 1], half of them
+        assert abs((moved > 0).float().mean() - 0.5) < 0.02
+        assert abs((moved > 0.2).float().mean() - 0.1587) < 0.01              # P(N(0, 0.2²) > 0.2)
+    assert task.errors(queries, patterns).mean() > 0
+    again = task.sample(16, torch.Generator().manual_seed(4))
+    assert torch.equal(again.queries, queries) and torch.equal(again.patterns, patterns)
+    assert not torch.equal(task.sample(16, torch.Generator().manual_seed(5)).queries, queries)
+
+
+def test_noise_never_lands_on_the_fill_value(data_root, monkeypatch):
+    task = OmniglotTask(num_patterns=2, block=0, noise=0.2)
+    patterns = torch.tensor([0.0, 1.0, 0.0, 1.0])
+    monkeypatch.setattr(torch, "randn", lambda shape, generator: torch.tensor([2.5, -2.5, 1.0, -1.0]))
+    noisy = task.add_noise(patterns, torch.Generator())
+    assert (0.2 * torch.tensor(2.5) == 0.5).item()                             # the raw sums are exactly 0.5
+    assert noisy[0] < 0.5 < noisy[1] and (noisy[:2] - 0.5).abs().max() < 1e-7  # moved one step towards the image
+    assert torch.equal(noisy[2:], torch.tensor([0.2, 0.8]))
+
+
+def test_corrupted_configs_round_trip(data_root):
+    for extra in ({"block": 0, "noise": 0.2}, {"block": 0, "mask": 0.5}):
+        task = make_task({"kind": "cifar10", "num_patterns": 8, **extra})
+        config = task.config()
+        assert config == {"kind": "cifar10", "num_patterns": 8, "image_size": 32, **extra,
+                          "data": "cifar-10-batches-py (train 70, test 70)"}
+        assert make_task(json.loads(json.dumps(config))).config() == config
+        assert task.with_num_patterns(4).config() == {**config, "num_patterns": 4}
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"block": 0, "noise": -0.1}, "noise=-0.1 must be a standard deviation"),
+    ({"block": 0, "noise": float("nan")}, "noise=nan must be"), ({"block": 0, "noise": float("inf")}, "noise=inf"),
+    ({"block": 0, "noise": True}, "noise=True"), ({"block": 0, "noise": "0.2"}, "noise='0.2'"),
+    ({"block": 0, "mask": 1.5}, r"mask=1.5 must be a fraction in \(0, 1\]"), ({"block": 0, "mask": -0.5}, "mask=-0.5"),
+    ({"block": 0, "mask": 0.0001}, "masks at least one"), ({"block": 0, "mask": "half"}, "mask='half'"),
+    ({"noise": 0.2}, "give exactly one corruption"),                        # block defaults to 16
+    ({"block": 0, "noise": 0.2, "mask": 0.5}, "give exactly one corruption"),
+    ({"block": 0}, "give exactly one corruption"),
+    ({"block": 33}, r"block=33 must lie in \[0, image_size=32\]"), ({"block": 2.5}, "block=2.5"),
+])
+def test_bad_corruptions_are_refused(data_root, kwargs, message):
+    with pytest.raises(MembenchError, match=message):
+        Cifar10Task(num_patterns=4, **kwargs)
