@@ -35,6 +35,7 @@ BUILTIN_MODELS: dict[str, str] = {
     "memory_networks": "baselines.memory_networks:MemoryNetwork",
     "memory_networks_learned": "baselines.memory_networks:LearnedEmbeddingMemoryNetwork",
     "mann": "baselines.mann:MANN",
+    "dnc": "baselines.dnc:DNC",
     "lstm": "baselines.lstm:LSTMMemory",
     "differentiable_plasticity": "baselines.plasticity:DifferentiablePlasticity",
     "kanerva_machine": "baselines.kanerva_machine:KanervaMachine",

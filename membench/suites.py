@@ -13,7 +13,8 @@ from membench.errors import MembenchError, OverBudgetError
 TABLE1_NUM_PATTERNS = (16, 32, 48, 64, 96)
 CLASSICAL_MODELS = ("hopfield_hebb", "hopfield_storkey", "hopfield_pseudoinverse", "raw_slots")
 MODERN_MODELS = ("modern_hopfield", "dense_associative_memory", "universal_hopfield", "sparse_distributed_memory")
-LEARNED_MODELS = ("ebmm", "memory_networks", "memory_networks_learned", "mann", "lstm", "differentiable_plasticity")
+LEARNED_MODELS = ("ebmm", "memory_networks", "memory_networks_learned", "mann", "lstm", "differentiable_plasticity",
+                  "kanerva_machine", "dnc")
 
 
 @dataclass(frozen=True)
