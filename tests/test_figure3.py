@@ -87,3 +87,24 @@ def test_cli_sweep_then_figures(data_root, tmp_path):
     assert len(summary) == 10 and set(summary.batches) == {2, 4}
     cifar = summary[summary.dataset == "cifar10"].sort_values("memory_floats")
     assert cifar["median"].is_monotonic_decreasing          # more whole images stored: less error
+
+
+def test_figure3_keeps_block_corrupted_runs_only(monkeypatch, tmp_path):
+    """Capacity runs under a pixel mask or noise (block 0) in the same directory never join a Figure 3 curve."""
+    from membench import figure3
+
+    block = _record("raw_slots", 3072, [1.0], 2)
+    masked = {**_record("raw_slots", 3072, [9.0], 2), "run_id": "masked"}
+    masked["task"] = {**masked["task"], "block": 0, "mask": 0.5}
+    noisy = {**_record("raw_slots", 3072, [9.0], 2), "run_id": "noisy"}
+    noisy["task"] = {**noisy["task"], "block": 0, "noise": 0.2}
+
+    class Store:
+        def __init__(self, out_dir):
+            pass
+
+        def records(self):
+            return [block, masked, noisy]
+
+    monkeypatch.setattr(figure3, "ResultsStore", Store)
+    assert [r["run_id"] for r in figure3.image_records(tmp_path)] == [block["run_id"]]
