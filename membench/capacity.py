@@ -1,8 +1,10 @@
-"""Capacity suites for the non-learned memories: error against N, against the budget, under bit flips.
+"""Capacity suites: error against N, against the budget, under bit flips.
 
 Suites (defined in membench.suites, each a `CapacitySuite`: a `Suite` that also sweeps budgets
 and flip rates):
 - capacity-n: N = 8 ... 256 patterns written, Table 1's task (128 bits, 64 erased) and budget (8256);
+- capacity-n-learned: the same grid for the meta-learned memories, evaluated from Table 1's quick
+  checkpoints (trained on N = 16 ... 96, so N = 8 and N > 96 are outside their training);
 - capacity-budget: N = 64, budgets 2080 ... 33024 float32 (16 to 258 whole 128-bit patterns);
 - capacity-flip: N = 16 ... 96 with 10, 20 or 30% of the bits flipped (none erased), budget 8256.
 A run whose model would hold more float32 values than its point's budget is left out when a
@@ -130,7 +132,7 @@ def capacity_markdown(summary, records: list[dict[str, Any]], dropped: int) -> s
         notes = ["Absent (state over this budget): " + ", ".join(absent) + "."] if absent else []
         sections.append(_section(summary, records, table, _title(table), notes))
     pivot = _budget_pivot(summary)
-    header = ["# Capacity of the non-learned memories", "",
+    header = ["# Capacity of the memories", "",
               "Error bits per query (wrong bits of all 128, an undecided 0.5 counts as wrong): mean ± half-width "
               "of the 95% t-interval over queries. One table per task and budget; seeds pooled inside a cell."]
     if dropped:

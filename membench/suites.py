@@ -329,6 +329,9 @@ CAPACITY_SUITES: dict[str, CapacitySuite | ImageCapacitySuite] = {
     "capacity-n": CapacitySuite(
         "Capacity, non-learned memories: error against N = 8...256 at Table 1's task (128 bits, 64 erased) "
         "and budget (8256)", models=CAPACITY_MODELS, num_patterns=CAPACITY_NUM_PATTERNS),
+    "capacity-n-learned": CapacitySuite(
+        "Capacity, meta-learned memories (quick preset, Table 1's checkpoints, trained on N = 16...96): error "
+        "against N = 8...256 at Table 1's task and budget", models=LEARNED_MODELS, num_patterns=CAPACITY_NUM_PATTERNS),
     "capacity-budget": CapacitySuite(
         "Capacity, non-learned memories: error at N = 64 against budgets 2080...33024 float32 (Hopfield rules, "
         "8256 floats, are absent below 8256)", models=CAPACITY_MODELS, num_patterns=(BUDGET_NUM_PATTERNS,),
