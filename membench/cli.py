@@ -1,7 +1,9 @@
 """Command line: `membench list | run | report | figures | capacity | readme | ship | throughput | download`."""
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
 from pathlib import Path
 
 import click
@@ -41,6 +43,21 @@ def _int_list(low: int, high: int | None = None):
         return tuple(dict.fromkeys(numbers))
 
     return parse
+
+
+def _options(_ctx, _param, values: tuple[str, ...]) -> dict[str, object]:
+    """Click callback: KEY=VALUE pairs (VALUE read as JSON when it parses, else as a string) -> dict."""
+    options = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"expected KEY=VALUE such as hidden=256; got '{item}'")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        options[key.strip()] = tuple(value) if isinstance(value, list) else value
+    return options
 
 
 def _friendly_errors(command):
@@ -113,10 +130,13 @@ def list_command() -> None:
 @click.option("--launcher", default="local", show_default=True, type=click.Choice(["local", "ray"]),
               help="local: runs in this process; ray: runs as Ray tasks (pip install 'membench[ray]').")
 @click.option("--address", help="Address of an existing Ray cluster (with --launcher ray). Default: start a local Ray.")
+@click.option("--option", "options", multiple=True, callback=_options, metavar="KEY=VALUE",
+              help="Model option for every run, repeatable (a field of a learned model's config, e.g. hidden=256, or "
+                   "a constructor argument of an untrained model); part of the run ids and checkpoint keys.")
 @DATA_DIR_OPTION
 @_friendly_errors
 def run(suite, models, num_patterns, seeds, queries, preset, budget, device, out, checkpoint_dir, force, progress,
-        train_time_limit, launcher, address, data_dir) -> None:
+        train_time_limit, launcher, address, options, data_dir) -> None:
     """Run a suite (skipping finished runs), then print its report."""
     from membench.datasets import set_data_dir
     from membench.report import table1
@@ -126,6 +146,8 @@ def run(suite, models, num_patterns, seeds, queries, preset, budget, device, out
     set_data_dir(data_dir)
     chosen = get_suite(suite)
     specs = chosen.expand(suite, tuple(models) or None, seeds, queries or chosen.queries, preset, num_patterns, budget)
+    if options:
+        specs = [dataclasses.replace(s, options={**s.options, **options}) for s in specs]
     if address and launcher != "ray":
         raise MembenchError("--address is for --launcher ray; add --launcher ray or drop --address")
     done = run_all(specs, out, device=device, force=force, checkpoint_dir=checkpoint_dir, progress=progress,

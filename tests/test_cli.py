@@ -93,3 +93,19 @@ def test_list_shows_models_and_suites():
     assert result.exit_code == 0
     for name in ("hopfield_hebb", "hopfield_storkey", "hopfield_pseudoinverse", "raw_slots", "table1"):
         assert name in result.output
+
+
+def test_option_reaches_the_model_and_names_its_runs(tmp_path):
+    """--option KEY=VALUE sets a model option in every run (record and run id); an unknown key is one line."""
+    args = ["run", "--model", "modern_hopfield", "--num-patterns", "16", "--queries", "32", "--out", str(tmp_path),
+            "--no-progress"]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    result = CliRunner().invoke(main, args + ["--option", "beta=0.05", "--option", "steps=2"])
+    assert result.exit_code == 0, result.output
+    records = [json.loads(p.read_text()) for p in sorted((tmp_path / "runs").glob("*.json"))]
+    assert sorted(json.dumps(r["options"], sort_keys=True) for r in records) == ['{"beta": 0.05, "steps": 2}', "{}"]
+    assert len({r["run_id"] for r in records}) == 2
+    bad = CliRunner().invoke(main, args + ["--option", "betta=1"])
+    assert bad.exit_code == 1 and "unexpected keyword argument 'betta'" in bad.output and "Traceback" not in bad.output
+    malformed = CliRunner().invoke(main, args + ["--option", "beta"])
+    assert malformed.exit_code == 2 and "expected KEY=VALUE" in malformed.output
