@@ -57,7 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines.mann import MIXED_N, Centre, Unflatten
+from baselines.mann import GPU_TRAIN, IMAGE_TRAIN, MIXED_N, PAPER_TRAIN, QUICK_CHANNELS, Centre, Unflatten
 from membench.encoders import image_codec
 from membench.errors import OverBudgetError
 from membench.interface import AssociativeMemory, Preset, TaskSpec, TrainConfig
@@ -80,21 +80,12 @@ PRESETS: dict[str, Preset] = {
     # update several times dearer than EBMM's on this CPU
     "quick": Preset(DNCConfig(), TrainConfig(steps=5600, batch_size=16, lr=1e-3, clip_norm=1.0, log_every=50,
                                              checkpoint_every=250, num_patterns=MIXED_N)),
-    # one GPU, EBMM gpu's training compute (4000 updates of 32 episodes)
-    "gpu": Preset(DNCConfig(), TrainConfig(steps=4000, batch_size=32, lr=1e-3, clip_norm=1.0, cosine_decay=True,
-                                           log_every=50, checkpoint_every=250, num_patterns=MIXED_N, cuda_graph=True)),
-    # GPU scale, the paper's optimiser (App. D)
-    "paper": Preset(DNCConfig(), TrainConfig(steps=200_000, batch_size=64, lr=5e-5, clip_norm=0.05,
-                                             num_patterns=MIXED_N)),
+    "gpu": Preset(DNCConfig(), GPU_TRAIN),
+    "paper": Preset(DNCConfig(), PAPER_TRAIN),
 }
-# Images: quick narrows the codec and trains about as long as an EBMM point on the CPU
 IMAGE_PRESETS: dict[str, Preset] = {
-    "quick": Preset(DNCConfig(channels=(16, 32, 32)), TrainConfig(steps=1600, batch_size=2, lr=1e-3, clip_norm=1.0,
-                                                                  log_every=20, checkpoint_every=100)),
-    "gpu": Preset(DNCConfig(), TrainConfig(steps=6000, batch_size=16, lr=3e-4, clip_norm=1.0, cosine_decay=True,
-                                           log_every=50, checkpoint_every=250, cuda_graph=True)),
-    "paper": Preset(DNCConfig(), TrainConfig(steps=200_000, batch_size=16, lr=5e-5, clip_norm=0.05, log_every=100,
-                                             checkpoint_every=1000)),
+    name: Preset(DNCConfig(channels=QUICK_CHANNELS) if name == "quick" else DNCConfig(), train)
+    for name, train in IMAGE_TRAIN.items()
 }
 
 

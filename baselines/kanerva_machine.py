@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines.mann import MIXED_N, Centre, Unflatten
+from baselines.mann import GPU_TRAIN, IMAGE_TRAIN, MIXED_N, PAPER_TRAIN, QUICK_CHANNELS, Centre, Unflatten
 from membench.encoders import image_codec
 from membench.errors import OverBudgetError
 from membench.interface import AssociativeMemory, Preset, TaskSpec, TrainConfig
@@ -62,24 +62,13 @@ PRESETS: dict[str, Preset] = {
     # CPU: EBMM quick's training compute (5600 updates of 16 episodes); the write is one batched solve
     "quick": Preset(KanervaConfig(), TrainConfig(steps=5600, batch_size=16, lr=1e-3, clip_norm=1.0, cosine_decay=True,
                                                  log_every=50, checkpoint_every=500, num_patterns=MIXED_N)),
-    # one GPU, EBMM gpu's training compute (4000 updates of 32 episodes)
-    "gpu": Preset(KanervaConfig(), TrainConfig(steps=4000, batch_size=32, lr=1e-3, clip_norm=1.0, cosine_decay=True,
-                                               log_every=50, checkpoint_every=250, num_patterns=MIXED_N,
-                                               cuda_graph=True)),
-    # GPU scale, the paper's optimiser (App. D)
-    "paper": Preset(KanervaConfig(), TrainConfig(steps=200_000, batch_size=64, lr=5e-5, clip_norm=0.05,
-                                                 num_patterns=MIXED_N)),
+    "gpu": Preset(KanervaConfig(), GPU_TRAIN),
+    "paper": Preset(KanervaConfig(), PAPER_TRAIN),
 }
-# Images: the codec's 256-wide features; quick narrows the codec (a CPU smoke test, like MANN's)
 IMAGE_PRESETS: dict[str, Preset] = {
-    "quick": Preset(KanervaConfig(channels=(16, 32, 32)), TrainConfig(steps=1600, batch_size=2, lr=1e-3, clip_norm=1.0,
-                                                                      log_every=20, checkpoint_every=100)),
-    "gpu": Preset(KanervaConfig(), TrainConfig(steps=6000, batch_size=16, lr=3e-4, clip_norm=1.0, cosine_decay=True,
-                                               log_every=50, checkpoint_every=250, cuda_graph=True)),
-    "paper": Preset(KanervaConfig(), TrainConfig(steps=200_000, batch_size=16, lr=5e-5, clip_norm=0.05, log_every=100,
-                                                 checkpoint_every=1000)),
+    name: Preset(KanervaConfig(channels=QUICK_CHANNELS) if name == "quick" else KanervaConfig(), train)
+    for name, train in IMAGE_TRAIN.items()
 }
-
 
 def bayesian_write(prior_mean: torch.Tensor, prior_cov: torch.Tensor, addresses: torch.Tensor, codes: torch.Tensor,
                    noise_variance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -72,25 +72,30 @@ class MANNConfig:
     channels: tuple[int, ...] = (32, 64, 96)  # images only: the shared codec's residual block widths
 
 
+# Training schedules shared by the slot-and-controller baselines (MANN, Kanerva Machine, DNC)
+GPU_TRAIN = TrainConfig(steps=4000, batch_size=32, lr=1e-3, clip_norm=1.0, cosine_decay=True, log_every=50,
+                        checkpoint_every=250, num_patterns=MIXED_N, cuda_graph=True)  # EBMM gpu's compute
+PAPER_TRAIN = TrainConfig(steps=200_000, batch_size=64, lr=5e-5, clip_norm=0.05, num_patterns=MIXED_N)  # App. D
+# Images (Figure 3): quick trains about as long as an EBMM point on the CPU (with a narrowed codec)
+IMAGE_TRAIN = {
+    "quick": TrainConfig(steps=1600, batch_size=2, lr=1e-3, clip_norm=1.0, log_every=20, checkpoint_every=100),
+    "gpu": TrainConfig(steps=6000, batch_size=16, lr=3e-4, clip_norm=1.0, cosine_decay=True, log_every=50,
+                       checkpoint_every=250, cuda_graph=True),
+    "paper": TrainConfig(steps=200_000, batch_size=16, lr=5e-5, clip_norm=0.05, log_every=100, checkpoint_every=1000),
+}
+QUICK_CHANNELS = (16, 32, 32)  # the image codec's widths under the quick preset
+
+
 PRESETS: dict[str, Preset] = {
     # CPU: EBMM quick's training compute (5600 updates of 16 episodes)
     "quick": Preset(MANNConfig(), TrainConfig(steps=5600, batch_size=16, lr=1e-3, clip_norm=1.0,
                                               num_patterns=MIXED_N)),
-    # one GPU, EBMM gpu's training compute (4000 updates of 32 episodes)
-    "gpu": Preset(MANNConfig(), TrainConfig(steps=4000, batch_size=32, lr=1e-3, clip_norm=1.0, cosine_decay=True,
-                                            log_every=50, checkpoint_every=250, num_patterns=MIXED_N, cuda_graph=True)),
-    # GPU scale, the paper's optimiser (App. D)
-    "paper": Preset(MANNConfig(), TrainConfig(steps=200_000, batch_size=64, lr=5e-5, clip_norm=0.05,
-                                              num_patterns=MIXED_N)),
+    "gpu": Preset(MANNConfig(), GPU_TRAIN),
+    "paper": Preset(MANNConfig(), PAPER_TRAIN),
 }
-# Images (Figure 3): quick narrows the codec and trains about as long as an EBMM point on the CPU
 IMAGE_PRESETS: dict[str, Preset] = {
-    "quick": Preset(MANNConfig(channels=(16, 32, 32)), TrainConfig(steps=1600, batch_size=2, lr=1e-3, clip_norm=1.0,
-                                                                   log_every=20, checkpoint_every=100)),
-    "gpu": Preset(MANNConfig(), TrainConfig(steps=6000, batch_size=16, lr=3e-4, clip_norm=1.0, cosine_decay=True,
-                                            log_every=50, checkpoint_every=250, cuda_graph=True)),
-    "paper": Preset(MANNConfig(), TrainConfig(steps=200_000, batch_size=16, lr=5e-5, clip_norm=0.05, log_every=100,
-                                              checkpoint_every=1000)),
+    name: Preset(MANNConfig(channels=QUICK_CHANNELS) if name == "quick" else MANNConfig(), train)
+    for name, train in IMAGE_TRAIN.items()
 }
 
 

@@ -26,3 +26,15 @@ def shared_path(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} not present (../shared is only beside the repo in development and CI)")
     return path
+
+
+@pytest.fixture
+def data_root(tmp_path, monkeypatch) -> Path:
+    """Fixture data in the published formats (test splits: 30 Omniglot, 70 CIFAR images), found via $MEMBENCH_DATA."""
+    from membench import datasets
+    from tests.test_datasets import write_fixture_data
+
+    root = write_fixture_data(tmp_path / "data")
+    monkeypatch.setattr(datasets, "_data_dir_override", None)
+    monkeypatch.setenv("MEMBENCH_DATA", str(root))
+    return root

@@ -7,7 +7,6 @@ import re
 import pytest
 import torch
 
-from membench import datasets
 from membench.budget import TABLE1_BUDGET
 from membench.capacity import capacity_figures
 from membench.suites import (CAPACITY_BUDGETS, CAPACITY_MODELS, CAPACITY_NUM_PATTERNS, CAPACITY_SUITES,
@@ -18,7 +17,6 @@ from membench.report import task_key
 from membench.runner import run_all
 from membench.store import ResultsStore
 from membench.tasks import BinaryTask, Episodes
-from tests.test_datasets import write_fixture_data
 
 HOPFIELD = ("hopfield_hebb", "hopfield_storkey", "hopfield_pseudoinverse")
 
@@ -163,16 +161,7 @@ def test_capacity_figures_on_a_tiny_run(tmp_path, one_thread):
 
 # --- image capacity suites ----------------------------------------------------------------
 
-@pytest.fixture
-def fixture_data(tmp_path, monkeypatch):
-    """Fixture data in the published formats (test splits: 30 Omniglot, 70 CIFAR images), found via $MEMBENCH_DATA."""
-    root = write_fixture_data(tmp_path / "data")
-    monkeypatch.setattr(datasets, "_data_dir_override", None)
-    monkeypatch.setenv("MEMBENCH_DATA", str(root))
-    return root
-
-
-def test_image_suites_expand_without_the_models_that_refuse(fixture_data):
+def test_image_suites_expand_without_the_models_that_refuse(data_root):
     corruptions = {json.dumps(c, sort_keys=True) for c in IMAGE_CORRUPTIONS}
     accepted = {"capacity-omniglot": ({"raw_slots", "modern_hopfield", "universal_hopfield", "dense_associative_memory",
                                        "sparse_distributed_memory", "passthrough"}, 64 * 1024),
@@ -200,7 +189,7 @@ def test_image_suites_expand_without_the_models_that_refuse(fixture_data):
         suite.expand("capacity-omniglot", ("raw_slots", "no_such_model"), (0,), 8, "quick", num_patterns=(4,))
 
 
-def test_image_capacity_figures_on_a_tiny_run(tmp_path, fixture_data, one_thread):
+def test_image_capacity_figures_on_a_tiny_run(tmp_path, data_root, one_thread):
     out = tmp_path / "out"
     with pytest.raises(MembenchError, match="no finished capacity runs"):
         capacity_figures(out)

@@ -6,20 +6,10 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from membench import datasets
 from membench.cli import main
 from membench.errors import MembenchError
 from membench.figure3 import batch_errors, summarise
 from membench.suites import get_suite
-from tests.test_datasets import write_fixture_data
-
-
-@pytest.fixture
-def data_root(tmp_path, monkeypatch):
-    root = write_fixture_data(tmp_path / "data")
-    monkeypatch.setattr(datasets, "_data_dir_override", None)
-    monkeypatch.setenv("MEMBENCH_DATA", str(root))
-    return root
 
 
 def test_sweep_suite_expands_points(data_root):
