@@ -11,6 +11,11 @@
 Only `memory` (weight d x D and bias d) is writable: with D = 128 and d = 64 it holds
 64 * 128 + 64 = 8256 float32 values, the Table 1 budget. Everything else is static
 (meta-learned, shared by all episodes). `hidden` is the paper's 1024 by default.
+
+`grads` gives E's gradients with respect to x and to the writable tensors of a batch of
+episodes in closed form (the recurrence's backward written out as tensor operations), so
+EBMM's inner loops need no autograd: the meta-gradient is an ordinary first-order backward
+through explicit operations, which `torch.compile` can fuse.
 """
 from __future__ import annotations
 
@@ -19,6 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from membench.errors import MembenchError
+
+Hop = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]  # candidate c, update u, previous state (None: s_0 = 0)
 
 
 class GatedRNNEnergy(nn.Module):
@@ -42,23 +49,73 @@ class GatedRNNEnergy(nn.Module):
             if layer.bias is not None:
                 nn.init.zeros_(layer.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (M, D) -> energies (M,).
+    # The recurrence is computed with two exact shortcuts: the x-halves of `static` and `gate` are
+    # applied once rather than every hop (`project`), and hop 1 skips the s-halves (s_0 = 0).
+    def _stacked(self) -> torch.Tensor:
+        return torch.cat([self.static.weight, self.gate.weight])  # (2 hidden - d, D + hidden)
 
-        Computed as the recurrence above, with two exact shortcuts: the x-halves of `static`
-        and `gate` are applied once rather than every hop, and hop 1 skips the s-halves
-        (s_0 = 0). About half the multiply-adds of the literal form at hidden = 128, hops = 2.
-        """
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., M, D) in [0, 1] -> the x-halves of `static` and `gate`, (..., M, 2 hidden - d).
+
+        Independent of the writable tensors: a write computes it once for all its steps."""
         assert x.shape[-1] == self.dim, f"expected patterns of size {self.dim}, got shape {tuple(x.shape)}"
-        x = 2 * x - 1  # ±1 coding (erased 0.5 -> 0): writing gradients are centred outer products
-        weight = torch.cat([self.static.weight, self.gate.weight])      # (2 hidden - d, D + hidden)
-        from_x = F.linear(x, weight[:, :self.dim], torch.cat([self.static.bias, self.gate.bias]))
-        written = self.memory(x)                                          # (M, d)
+        return F.linear(2 * x - 1, self._stacked()[:, :self.dim], torch.cat([self.static.bias, self.gate.bias]))
+
+    def _hops(self, written: torch.Tensor, projected: torch.Tensor) -> tuple[torch.Tensor, list[Hop]]:
+        """written (..., M, d), projected (..., M, 2 hidden - d) -> final state (..., M, hidden), per-hop values."""
+        recurrent = self._stacked()[:, self.dim:]
         split = self.hidden - written.shape[-1]
-        state = None
+        state, hops = None, []
         for _ in range(self.hops):
-            mixed = from_x if state is None else from_x + F.linear(state, weight[:, self.dim:])
+            mixed = projected if state is None else projected + F.linear(state, recurrent)
             candidate = torch.tanh(torch.cat([written, mixed[..., :split]], dim=-1))
             update = torch.sigmoid(mixed[..., split:])
+            hops.append((candidate, update, state))
             state = update * candidate if state is None else state + update * (candidate - state)
+        return state, hops
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (M, D) -> energies (M,), with this module's own writable tensors."""
+        written = self.memory(2 * x - 1)  # ±1 coding (erased 0.5 -> 0): writing gradients are centred outer products
+        state, _ = self._hops(written, self.project(x))
         return self.readout(state).squeeze(-1)
+
+    def grads(self, writable: dict[str, torch.Tensor], x: torch.Tensor, projected: torch.Tensor | None = None,
+              wrt_x: bool = True, wrt_writable: bool = True
+              ) -> tuple[torch.Tensor | None, dict[str, torch.Tensor] | None]:
+        """Closed-form gradients for B episodes, each with its own writable tensors.
+
+        writable: memory.weight (B, d, D), memory.bias (B, d); x (B, M, D); projected: `project(x)` if
+        already computed. Returns grad_x (B, M, D), the gradient of E(x_i) with respect to x_i, and
+        name -> (B, *shape), the gradient of sum_i E(x_i) with respect to each episode's writable
+        tensors (either None when not asked for). Differentiable in everything (explicit operations).
+        """
+        weight, bias = writable["memory.weight"], writable["memory.bias"]
+        assert x.dim() == 3 and weight.shape == (x.shape[0], weight.shape[1], self.dim), (
+            f"x (B, M, {self.dim}) and memory.weight (B, d, {self.dim}) expected, got {tuple(x.shape)}, "
+            f"{tuple(weight.shape)}")
+        signed = 2 * x - 1
+        written = torch.baddbmm(bias.unsqueeze(1), signed, weight.transpose(1, 2))  # (B, M, d)
+        _, hops = self._hops(written, self.project(x) if projected is None else projected)
+        recurrent = self._stacked()[:, self.dim:]
+        d = written.shape[-1]
+        d_state = self.readout.weight[0].expand_as(hops[-1][0])  # dE/ds_H
+        d_written, d_projected = 0, 0
+        for candidate, update, previous in reversed(hops):
+            d_candidate = d_state * update
+            d_update = d_state * candidate if previous is None else d_state * (candidate - previous)
+            d_candidate = d_candidate * (1 - candidate * candidate)   # through tanh
+            d_update = d_update * update * (1 - update)              # through sigmoid
+            d_written = d_written + d_candidate[..., :d]
+            d_mixed = torch.cat([d_candidate[..., d:], d_update], dim=-1)
+            d_projected = d_projected + d_mixed
+            if previous is not None:
+                d_state = d_state * (1 - update) + d_mixed @ recurrent
+        grad_x = None
+        if wrt_x:
+            grad_x = 2 * (torch.bmm(d_written, weight) + d_projected @ self._stacked()[:, :self.dim])
+        grad_writable = None
+        if wrt_writable:
+            grad_writable = {"memory.weight": torch.bmm(d_written.transpose(1, 2), signed),
+                             "memory.bias": d_written.sum(1)}
+        return grad_x, grad_writable

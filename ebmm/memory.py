@@ -16,9 +16,12 @@ loss term; the paper's alpha and beta are the ratios of these rates, so they are
 separate parameters. Read (App. A): K steps of projected gradient descent on E(x) with
 Nesterov momentum and non-increasing learned step sizes and momentum rates.
 Meta-training backpropagates the step-wise reconstruction loss through read and write.
-All inner loops run on a batch of B episodes at once: the energy is vmapped over the
-episodes' writable copies (torch.func.functional_call + vmap) and differentiated with
-torch.autograd.grad (create_graph only while meta-training).
+All inner loops run on a batch of B episodes at once. An energy with a `grads` method
+(the gated RNN) gives its gradients in closed form, so the inner loops are explicit
+operations (no autograd inside, `torch.compile`-able; only the optional ||grad_x E||^2 term
+is differentiated by autograd); any other energy is vmapped over the episodes' writable
+copies (torch.func.functional_call + vmap) and differentiated with torch.autograd.grad
+(create_graph only while meta-training).
 """
 from __future__ import annotations
 
@@ -65,14 +68,14 @@ class EBMMConfig:
 
 
 PRESETS: dict[str, Preset] = {
-    # CPU, about 9 minutes on 2 cores: small hidden size, 2 hops, three write steps and three
-    # read steps, energy term only (no third-order meta-gradient), large initial rates, a beta-term
-    # rate that starts by halving the deviation from theta_bar (at 3.0 it multiplied it by -5), a
-    # large meta learning rate decayed along a cosine, 16 episodes a step
+    # CPU, on 2 cores: small hidden size, 2 hops, three write steps and three read steps, energy
+    # term only (no third-order meta-gradient), large initial rates, a beta-term rate that starts by
+    # halving the deviation from theta_bar (at 3.0 it multiplied it by -5), a large meta learning
+    # rate decayed along a cosine, 16 episodes a step; the meta-loss compiled
     "quick": Preset(EBMMConfig(hidden=128, hops=2, read_steps=3, write_steps=3, grad_norm_term=False,
                                write_lr_init=3.0, anchor_lr_init=0.25, read_step_init=5.0),
                     TrainConfig(steps=5600, batch_size=16, lr=6e-3, cosine_decay=True, clip_norm=1.0, log_every=50,
-                                checkpoint_every=250, num_patterns=(16, 32, 48, 64, 96))),
+                                checkpoint_every=250, num_patterns=(16, 32, 48, 64, 96), compile=True)),
     # one GPU, about 6 minutes on an H100 (363 s of training, eager): a wider, deeper energy, three write
     # steps; each update replayed from a CUDA graph (one per N)
     "gpu": Preset(EBMMConfig(hidden=512, hops=3, write_steps=3, grad_norm_term=False, write_lr_init=1.0,
@@ -164,6 +167,7 @@ class EBMM(AssociativeMemory):
         own = dict(energy.named_parameters())
         assert names and all(n in own for n in names), f"writable_names {names} must name parameters of the energy"
         self.writable_names = names
+        self._closed_form = callable(getattr(energy, "grads", None))  # gradients without autograd (gated RNN)
         terms = 3 if config.grad_norm_term else 2
         write_lr = torch.full((config.write_steps, len(names), terms), _inverse_softplus(config.write_lr_init))
         if config.anchor_lr_init is not None:
@@ -205,12 +209,38 @@ class EBMM(AssociativeMemory):
 
     def _grad_x(self, writable: Writable, x: torch.Tensor, create_graph: bool) -> torch.Tensor:
         """grad_x E for x (B, M, *S) -> same shape (episodes and patterns are independent)."""
+        if self._closed_form:
+            return self.energy.grads(writable, x, wrt_writable=False)[0]
         if not x.requires_grad:
             x = x.detach().requires_grad_(True)
         energy = self.batched_energy(writable, x).sum()
         return torch.autograd.grad(energy, x, create_graph=create_graph)[0]
 
     # --- write ----------------------------------------------------------------------
+    def _term_grads(self, theta: Writable, patterns: torch.Tensor, projected: torch.Tensor | None,
+                    create_graph: bool) -> list[list[torch.Tensor]]:
+        """Per pattern term of the writing loss (mean_i E, then mean_i ||grad_x E||^2 if on), its gradient
+        with respect to each writable tensor (in `writable_names` order), each (B, *shape)."""
+        names = list(self.writable_names)
+        reduce = (lambda t: t.mean(1)) if self.cfg.write_mean else (lambda t: t.sum(1))  # over patterns
+        if self._closed_form:  # no autograd for the energy term; ||grad_x E||^2 differentiated by autograd
+            grad_x, grads = self.energy.grads(theta, patterns, projected, wrt_x=self.cfg.grad_norm_term)
+            scale = 1 / patterns.shape[1] if self.cfg.write_mean else 1
+            term_grads = [[grads[n] * scale for n in names]]
+            if self.cfg.grad_norm_term:
+                objective = reduce(grad_x.pow(2).flatten(2).sum(-1)).sum()
+                term_grads.append(list(torch.autograd.grad(objective, [theta[n] for n in names],
+                                                           create_graph=create_graph)))
+            return term_grads
+        x = patterns.detach().requires_grad_(self.cfg.grad_norm_term)
+        energies = self.batched_energy(theta, x)                         # (B, N)
+        objectives = [reduce(energies).sum()]  # episodes are independent: their sum separates
+        if self.cfg.grad_norm_term:
+            grad_x = torch.autograd.grad(energies.sum(), x, create_graph=True)[0]
+            objectives.append(reduce(grad_x.pow(2).flatten(2).sum(-1)).sum())
+        return [list(torch.autograd.grad(objective, [theta[n] for n in names], retain_graph=True,
+                                         create_graph=create_graph)) for objective in objectives]
+
     def _write(self, patterns: torch.Tensor, create_graph: bool) -> Writable:
         """patterns (B, N, *S) -> writable copies name -> (B, *shape) after T steps."""
         assert patterns.shape[2:] == self.spec.pattern_shape, (
@@ -225,16 +255,9 @@ class EBMM(AssociativeMemory):
         if not create_graph:
             rates = rates.detach()
         tensors = list(self.writable_names)
-        reduce = (lambda t: t.mean(1)) if self.cfg.write_mean else (lambda t: t.sum(1))  # over patterns
+        projected = self.energy.project(patterns) if self._closed_form else None
         for step in range(self.cfg.write_steps):
-            x = patterns.detach().requires_grad_(self.cfg.grad_norm_term)
-            energies = self.batched_energy(theta, x)                         # (B, N)
-            objectives = [reduce(energies).sum()]  # episodes are independent: their sum separates
-            if self.cfg.grad_norm_term:
-                grad_x = torch.autograd.grad(energies.sum(), x, create_graph=True)[0]
-                objectives.append(reduce(grad_x.pow(2).flatten(2).sum(-1)).sum())
-            term_grads = [torch.autograd.grad(objective, [theta[n] for n in tensors], retain_graph=True,
-                                              create_graph=create_graph) for objective in objectives]
+            term_grads = self._term_grads(theta, patterns, projected, create_graph)
             new = {}
             for j, n in enumerate(tensors):
                 update = 2 * (theta[n] - initial[n]) * rates[step, j, -1]  # grad of ||theta - theta_bar||^2

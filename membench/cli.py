@@ -242,21 +242,30 @@ def capacity(out) -> None:
 @click.option("--steps", default=20, show_default=True, type=click.IntRange(1), help="Timed updates per row.")
 @click.option("--warmup", default=3, show_default=True, type=click.IntRange(0), help="Untimed updates first.")
 @click.option("--cuda-graph/--no-cuda-graph", default=False, help="Replay updates from CUDA graphs (CUDA only).")
+@click.option("--compile/--eager", "compile_", default=None,
+              help="torch.compile the meta-loss, or not. Default: as the preset says.")
+@click.option("--rounds", default=1, show_default=True, type=click.IntRange(1),
+              help="Time the rows in turn this many times; each keeps its median round.")
+@click.option("--reference", metavar="COMMIT",
+              help="Also time this commit's own EBMM quick benchmark in a temporary worktree, in the same rounds.")
 @click.option("--out", default="results/bench/throughput.csv", show_default=True,
               type=click.Path(dir_okay=False, path_type=Path), help="CSV the rows are merged into.")
 @_friendly_errors
-def throughput(models, preset, device, num_patterns, batch_sizes, steps, warmup, cuda_graph, out) -> None:
+def throughput(models, preset, device, num_patterns, batch_sizes, steps, warmup, cuda_graph, compile_, rounds,
+               reference, out) -> None:
     """Time meta-training updates (episodes/s) and merge the rows into OUT."""
     from tabulate import tabulate
 
     from membench.runner import resolve_device
-    from membench.throughput import merge, measure
+    from membench.throughput import measure, merge
 
-    torch_device = resolve_device(device)
-    rows = [measure(model, preset, torch_device, n, batch, steps, warmup, cuda_graph)
-            for model in models for n in num_patterns for batch in (batch_sizes or (None,))]
+    requests = [dict(model=model, preset=preset, device=resolve_device(device), num_patterns=n, batch_size=batch,
+                     steps=steps, warmup=warmup, cuda_graph=cuda_graph, compile=compile_)
+                for model in models for n in num_patterns for batch in (batch_sizes or (None,))]
+    rows = measure(requests, rounds, reference)
     merge(out, rows)
-    shown = ["device_name", "model", "preset", "batch_size", "num_patterns", "cuda_graph", "episodes_per_s", "ms_per_step"]
+    shown = ["device_name", "model", "preset", "batch_size", "num_patterns", "cuda_graph", "compiled", "commit",
+             "episodes_per_s", "ms_per_step"]
     click.echo(tabulate([[row[c] for c in shown] for row in rows], headers=shown, tablefmt="github"))
     click.echo(f"merged {len(rows)} row(s) into {out}")
 

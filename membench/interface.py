@@ -75,6 +75,8 @@ class TrainConfig:
     num_patterns: tuple[int, ...] | None = None  # train on N drawn from this set each step
     #   (one checkpoint then serves every N); None: train on the run's N only
     cuda_graph: bool = False          # on CUDA, replay each update from a captured graph (membench.stepper)
+    compile: bool = False             # torch.compile the meta-loss (inductor, one compile for every N); eager
+    #   where compiling fails. How the update runs, like the device: not part of the checkpoint key
 
 
 @dataclass(frozen=True)

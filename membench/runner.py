@@ -154,7 +154,9 @@ def checkpoint_key(spec: RunSpec, model: AssociativeMemory, task: Task) -> str:
     task_config = dict(task.config())
     if model.preset.train.num_patterns:
         task_config.pop("num_patterns")  # trained on a set of N: one checkpoint for all
-    payload = {"model": spec.model, "preset": model.preset.to_dict(), "model_config": model.config(),
+    preset = model.preset.to_dict()
+    preset["train"].pop("compile")  # how updates run (like the device), not what is trained
+    payload = {"model": spec.model, "preset": preset, "model_config": model.config(),
                "task": task_config, "seed": spec.seed, "budget": spec.budget}
     digest = hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
     return f"{spec.model.replace(':', '-')}-{spec.preset}-{digest}"

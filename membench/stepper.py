@@ -8,8 +8,11 @@ and gradient norm were finite is a device flag, read by the caller only when it 
 checkpoints. With `TrainConfig.cuda_graph` on a CUDA device the whole update (forward,
 second-order backward, clipping, AdamW) is captured once per batch shape (one graph per
 N) and replayed, which removes the per-kernel launch cost; the capture's warm-up updates
-are undone, so training matches eager training step for step. Where capture fails, a
-warning is printed and training continues eagerly.
+are undone, so training matches eager training step for step. With `TrainConfig.compile`
+the meta-loss (forward and its backward) is compiled by `torch.compile` with dynamic
+shapes, once for every N (on the CPU, inductor fuses the elementwise work into C++ loops;
+it needs a C++ compiler). Where capture or compiling fails, a warning is printed and
+training continues eagerly.
 """
 from __future__ import annotations
 
@@ -48,6 +51,12 @@ class Stepper:
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=config.weight_decay,
                                            capturable=self.graphs_on)
         self._graphs: dict[tuple, _Captured] = {}
+        self._compiled, self._compiled_ran = None, False
+        if config.compile:
+            if device.type == "cpu":  # a pool of compile workers would compete with training for the cores
+                from torch._inductor import config as inductor_config
+                inductor_config.compile_threads = 1
+            self._compiled = torch.compile(model.meta_loss, dynamic=True)
 
     def after_load(self) -> None:
         """Call after loading an optimizer state: keeps the learning rate a device tensor for graphs."""
@@ -63,10 +72,24 @@ class Stepper:
             else:
                 group["lr"] = lr
 
+    @property
+    def compiled(self) -> bool:
+        """Whether updates run the compiled meta-loss (False once compiling has failed)."""
+        return self._compiled is not None
+
     def _eager(self, patterns: torch.Tensor, queries: torch.Tensor) -> StepOutput:
-        loss, retrievals = self.model.meta_loss(patterns, queries)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss_fn = self._compiled or self.model.meta_loss
+        try:
+            loss, retrievals = loss_fn(patterns, queries)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        except Exception as exc:  # noqa: BLE001 - compiling failed (no C++ compiler, an op inductor cannot lower)
+            if loss_fn is self.model.meta_loss or self._compiled_ran:
+                raise
+            warn(f"torch.compile failed ({(str(exc).splitlines() or [type(exc).__name__])[0][:200]}); training eagerly")
+            self._compiled = None
+            return self._eager(patterns, queries)
+        self._compiled_ran = True
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_norm)
         finite = torch.isfinite(loss.detach()) & torch.isfinite(norm)
         self.optimizer.step()

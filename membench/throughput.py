@@ -1,20 +1,32 @@
 """Meta-training throughput: episodes per second of the real update (`membench throughput`).
 
 Times `Stepper.step` (forward, second-order backward, clipping, AdamW; a CUDA graph replay
-with --cuda-graph) on the Table 1 task at one N, after warm-up updates, on pre-sampled
+with --cuda-graph; the compiled meta-loss where the preset or --compile says so) on the
+Table 1 task at one N, after warm-up updates (compiling happens there), on pre-sampled
 batches (sampling is left out: it is a CPU-side cost that overlaps with GPU work). CUDA
-timings synchronise before and after the timed loop. Rows are merged into a CSV keyed by
-device name, model, preset, batch size, N, graph mode and commit, so a rerun replaces its
-own rows and keeps the others (CPU and CUDA rows side by side).
+timings synchronise before and after each timed round. With several rounds the rows are
+timed in turn, round after round, and each row keeps its median round: a machine whose
+speed drifts slows every row alike. A reference commit adds a row timed by that commit's
+own EBMM benchmark (`REFERENCE_BENCH`, the quick preset's update at 16 episodes, N = 64)
+in a temporary git worktree, in the same rounds, so a speed-up is measured in one run.
+Rows are merged into a CSV keyed by device name, model, preset, batch size, N, graph and
+compile modes and commit, so a rerun replaces its own rows and keeps the others.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
+import json
+import os
 import platform
+import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import pandas as pd
 import torch
@@ -28,8 +40,9 @@ from membench.store import write_text_atomic
 from membench.suites import RunSpec
 
 COLUMNS = ["device", "device_name", "model", "preset", "batch_size", "num_patterns", "episodes_per_s", "ms_per_step",
-           "commit", "cuda_graph", "steps", "threads", "torch", "measured_at"]
-KEY = ["device_name", "model", "preset", "batch_size", "num_patterns", "cuda_graph", "commit"]
+           "commit", "cuda_graph", "compiled", "steps", "rounds", "threads", "torch", "measured_at"]
+KEY = ["device_name", "model", "preset", "batch_size", "num_patterns", "cuda_graph", "compiled", "commit"]
+REFERENCE_BENCH = "tests/benchmarks/test_bench_ebmm.py::test_meta_training_step"  # EBMM quick, 16 episodes, N = 64
 
 
 def _synchronize(device: torch.device) -> None:
@@ -37,41 +50,108 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(model: str, preset: str, device: torch.device, num_patterns: int = 64, batch_size: int | None = None,
-            steps: int = 20, warmup: int = 3, cuda_graph: bool = False) -> dict[str, Any]:
-    """One row: the mean time of `steps` updates of `model` at `preset` (batch size from the preset unless given)."""
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+
+
+def _row(device: torch.device, model: str, preset: str, batch_size: int, num_patterns: int, seconds: list[float],
+         commit: str, cuda_graph: bool, compiled: bool, steps: int) -> dict[str, Any]:
+    """A CSV row from the per-round seconds per update (the median round counts)."""
+    median = statistics.median(seconds)
+    return {"device": device.type, "device_name": _device_name(device), "model": model, "preset": preset,
+            "batch_size": batch_size, "num_patterns": num_patterns,
+            "episodes_per_s": round(batch_size / median, 1), "ms_per_step": round(1000 * median, 2),
+            "commit": commit, "cuda_graph": cuda_graph, "compiled": compiled, "steps": steps, "rounds": len(seconds),
+            "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def prepare(model: str, preset: str, device: torch.device, num_patterns: int = 64, batch_size: int | None = None,
+            steps: int = 20, warmup: int = 3, cuda_graph: bool = False, compile: bool | None = None
+            ) -> tuple[Callable[[], float], Callable[[list[float]], dict[str, Any]]]:
+    """Build and warm up one row: returns `time_round()` (seconds per update, mean of `steps` updates) and
+    `row(seconds)`. Batch size as the preset says unless given; compiled as it says unless `compile` is given."""
     task = make_task({"kind": "binary", "num_patterns": num_patterns, "dim": 128, "erased": 64})
     spec = RunSpec("throughput", model, task.config(), TABLE1_BUDGET, 0, num_patterns, preset)
     torch.manual_seed(0)
     built = build_model(spec, task).to(device)
     if not built.trainable:
         raise MembenchError(f"model '{model}' is not meta-trained; throughput measures meta-training updates")
-    config = dataclasses.replace(built.preset.train, cuda_graph=cuda_graph,
-                                 batch_size=batch_size or built.preset.train.batch_size)
+    train = built.preset.train
+    config = dataclasses.replace(train, cuda_graph=cuda_graph, batch_size=batch_size or train.batch_size,
+                                 compile=train.compile if compile is None else compile)
     stepper = Stepper(built, config, device)
     generator = torch.Generator().manual_seed(0)
     batches = [task.sample(config.batch_size, generator, split="train").to(device) for _ in range(4)]
     built.train()
-    for index in range(warmup):
+    for index in range(max(warmup, 1 if config.compile else 0)):
         stepper.step(batches[index % 4].patterns, batches[index % 4].queries)
-    _synchronize(device)
-    started = time.perf_counter()
-    for index in range(steps):
-        out = stepper.step(batches[index % 4].patterns, batches[index % 4].queries)
-    _synchronize(device)
-    seconds = (time.perf_counter() - started) / steps
-    if not bool(out.finite):
-        raise MembenchError(f"model '{model}' ({preset}) produced a non-finite loss while being timed")
+
+    def time_round() -> float:
+        _synchronize(device)
+        started = time.perf_counter()
+        for index in range(steps):
+            out = stepper.step(batches[index % 4].patterns, batches[index % 4].queries)
+        _synchronize(device)
+        if not bool(out.finite):
+            raise MembenchError(f"model '{model}' ({preset}) produced a non-finite loss while being timed")
+        return (time.perf_counter() - started) / steps
+
     commit, dirty = git_state()
-    return {
-        "device": device.type,
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
-        "model": model, "preset": preset, "batch_size": config.batch_size, "num_patterns": num_patterns,
-        "episodes_per_s": round(config.batch_size / seconds, 1), "ms_per_step": round(1000 * seconds, 2),
-        "commit": (commit or "unknown")[:10] + ("-dirty" if dirty else ""),
-        "cuda_graph": stepper.graphs_on, "steps": steps, "threads": torch.get_num_threads(),
-        "torch": torch.__version__, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
+    label = (commit or "unknown")[:10] + ("-dirty" if dirty else "")
+    return time_round, lambda seconds: _row(device, model, preset, config.batch_size, num_patterns, seconds, label,
+                                            stepper.graphs_on, stepper.compiled, steps)
+
+
+@contextlib.contextmanager
+def reference_tree(commit: str) -> Iterator[Path]:
+    """A temporary detached git worktree of `commit` of the repository this package runs from."""
+    root = Path(__file__).resolve().parent.parent
+    with tempfile.TemporaryDirectory(prefix="membench-reference-") as scratch:
+        tree = Path(scratch) / "tree"
+        made = subprocess.run(["git", "-C", str(root), "worktree", "add", "--detach", "-f", str(tree), commit],
+                              capture_output=True, text=True)
+        if made.returncode:
+            reason = (made.stderr.strip().splitlines() or ["git failed"])[-1]
+            raise MembenchError(f"cannot check out reference commit '{commit}' ({reason}); give a commit of this "
+                                f"repository's history")
+        try:
+            yield tree
+        finally:
+            subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(tree)], capture_output=True)
+
+
+def time_reference(tree: Path) -> float:
+    """Seconds per update by the tree's own `REFERENCE_BENCH` (pytest-benchmark, the median of its rounds)."""
+    with tempfile.TemporaryDirectory(prefix="membench-bench-") as scratch:
+        report = Path(scratch) / "bench.json"
+        ran = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", REFERENCE_BENCH,
+                              "--benchmark-only", f"--benchmark-json={report}"], cwd=tree, capture_output=True,
+                             text=True, env={**os.environ, "PYTHONPATH": str(tree)})
+        if ran.returncode or not report.exists():
+            tail = (ran.stdout.strip().splitlines() or ["no output"])[-1]
+            raise MembenchError(f"the reference benchmark {REFERENCE_BENCH} failed in {tree} ({tail})")
+        return json.loads(report.read_text())["benchmarks"][0]["stats"]["median"]
+
+
+def measure(requests: list[dict[str, Any]], rounds: int = 1, reference: str | None = None) -> list[dict[str, Any]]:
+    """Rows for `requests` (keyword arguments of `prepare`), timed in turn for `rounds` rounds, plus a row for
+    the `reference` commit's benchmark on the CPU (EBMM quick, 16 episodes, N = 64) when given."""
+    prepared = [prepare(**request) for request in requests]
+    seconds: list[list[float]] = [[] for _ in prepared]
+    with contextlib.ExitStack() as stack:
+        tree = stack.enter_context(reference_tree(reference)) if reference else None
+        reference_seconds = []
+        for _ in range(rounds):
+            for (time_round, _), times in zip(prepared, seconds):
+                times.append(time_round())
+            if tree is not None:
+                reference_seconds.append(time_reference(tree))
+    rows = [row(times) for (_, row), times in zip(prepared, seconds)]
+    if reference:
+        rows.append(_row(torch.device("cpu"), "ebmm", "quick", 16, 64, reference_seconds, reference[:10],
+                         False, False, steps=1))  # pytest-benchmark rounds of one update each
+    return rows
 
 
 def merge(path: Path, rows: list[dict[str, Any]]) -> pd.DataFrame:
@@ -83,8 +163,11 @@ def merge(path: Path, rows: list[dict[str, Any]]) -> pd.DataFrame:
             old = pd.read_csv(path, dtype={"commit": str})
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
             raise MembenchError(f"{path} is not a throughput CSV ({exc}); move it aside and rerun") from None
-        frame = pd.concat([old, frame], ignore_index=True).drop_duplicates(KEY, keep="last")
-    frame = frame.sort_values(["device", "model", "preset", "num_patterns", "batch_size", "cuda_graph"], kind="stable")
+        for column, before in (("compiled", False), ("rounds", 1)):  # rows from before these columns existed
+            if column not in old:
+                old[column] = before
+        frame = pd.concat([old[COLUMNS], frame], ignore_index=True).drop_duplicates(KEY, keep="last")
+    frame = frame.sort_values(["device", "model", "preset", "num_patterns", "batch_size", "cuda_graph", "compiled"], kind="stable")
     buffer = io.StringIO()
     frame.to_csv(buffer, index=False)
     write_text_atomic(path, buffer.getvalue())

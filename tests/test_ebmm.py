@@ -140,6 +140,55 @@ def test_gated_rnn_energy_is_the_literal_recurrence(hops: int):
     torch.testing.assert_close(model.energy(x), literal_gated_rnn(model.energy, x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("hops", [1, 2, 3])
+def test_closed_form_gradients_are_autograds(hops: int):
+    """GatedRNNEnergy.grads (the backward written out) equals autograd, per episode, in float64."""
+    model, task = small_model(hops=hops)
+    energy = model.energy.double()
+    with torch.no_grad():
+        for layer in (energy.memory, energy.static, energy.gate):
+            layer.bias.normal_()
+    generator = torch.Generator().manual_seed(2)
+    x = torch.rand(3, 5, task.spec.pattern_size, generator=generator, dtype=torch.float64)
+    writable = {name: (param.detach() + 0.1 * torch.randn(3, *param.shape, generator=generator, dtype=torch.float64))
+                for name, param in energy.named_parameters() if name in energy.writable_names}
+    grad_x, grad_writable = energy.grads(writable, x)
+    for b in range(3):
+        episode = {name: t[b].clone().requires_grad_(True) for name, t in writable.items()}
+        xb = x[b].clone().requires_grad_(True)
+        total = torch.func.functional_call(energy, episode, (xb,), strict=False).sum()
+        expected = torch.autograd.grad(total, [xb, *episode.values()])
+        torch.testing.assert_close(grad_x[b], expected[0])
+        for name, value in zip(episode, expected[1:]):
+            torch.testing.assert_close(grad_writable[name][b], value, msg=f"gradient of {name} differs")
+
+
+class _AutogradOnlyEnergy(type(small_model()[0].energy)):
+    grads = None  # no closed form: EBMM differentiates this energy with vmap + autograd
+
+
+@pytest.mark.parametrize("grad_norm_term", [False, True])
+def test_closed_form_and_autograd_paths_give_the_same_meta_gradient(grad_norm_term: bool):
+    """The meta-loss and its gradient are the same whether the inner loops use the closed form or autograd."""
+    model, task = small_model(grad_norm_term=grad_norm_term, write_lr_init=0.05, read_step_init=0.5)
+    model = model.double()
+    energy = copy.deepcopy(model.energy)
+    energy.__class__ = _AutogradOnlyEnergy
+    other = EBMM(model.spec, energy, model.cfg).double()
+    other.load_state_dict(model.state_dict())
+    assert model._closed_form and not other._closed_form
+    batch = episodes(task)
+    patterns, queries = batch.patterns.double(), batch.queries.double()
+    results = []
+    for memory in (model, other):
+        loss, retrievals = memory.meta_loss(patterns, queries)
+        results.append((loss, retrievals, torch.autograd.grad(loss, list(memory.parameters()))))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    torch.testing.assert_close(results[0][1], results[1][1])
+    for (name, _), a, b in zip(model.named_parameters(), results[0][2], results[1][2]):
+        torch.testing.assert_close(a, b, msg=f"meta-gradient of {name} differs")
+
+
 def test_meta_gradient_reaches_every_meta_parameter():
     model, task = small_model(grad_norm_term=True)
     batch = episodes(task)

@@ -33,6 +33,43 @@ def test_cuda_graph_flag_is_eager_off_cuda_and_identical():
         assert torch.equal(a, b)
 
 
+def _three_updates(config: TrainConfig) -> tuple[Stepper, dict[str, torch.Tensor]]:
+    from tests.test_ebmm import small_model
+
+    model, task = small_model(8, hops=1, write_steps=1, read_steps=2)  # a small graph: a short compile
+    stepper = Stepper(model, config, torch.device("cpu"))
+    for seed in range(3):
+        episodes = task.sample(2, torch.Generator().manual_seed(seed), split="train")
+        assert bool(stepper.step(episodes.patterns, episodes.queries).finite)
+    return stepper, model.state_dict()
+
+
+def test_compiled_updates_match_eager_updates():
+    """The compiled meta-loss (closed-form inner loops, inductor) trains the same weights as eager updates."""
+    config = TrainConfig(lr=1e-3, clip_norm=1.0)
+    _, eager = _three_updates(config)
+    stepper, compiled = _three_updates(dataclasses.replace(config, compile=True))
+    if not stepper.compiled:
+        pytest.skip("torch.compile does not work on this machine (the Stepper fell back to eager updates)")
+    for name in eager:
+        torch.testing.assert_close(compiled[name], eager[name], rtol=1e-4, atol=1e-5, msg=f"compiled differs in {name}")
+
+
+def test_a_failing_compile_warns_and_trains_eagerly(monkeypatch, capsys):
+    def broken(fn, **kwargs):
+        def call(*args):
+            raise RuntimeError("InvalidCxxCompiler: no working C++ compiler found")
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken)
+    config = TrainConfig(lr=1e-3, clip_norm=1.0)
+    stepper, weights = _three_updates(dataclasses.replace(config, compile=True))
+    assert not stepper.compiled and "torch.compile failed (InvalidCxxCompiler" in capsys.readouterr().err
+    _, eager = _three_updates(config)
+    for name in eager:
+        assert torch.equal(weights[name], eager[name]), f"the eager fallback differs in {name}"
+
+
 def test_divergence_is_caught_at_the_next_log_before_any_save(tmp_path):
     """A loss that turns non-finite at step 3 stops training at step 4 (its log), naming step 3."""
     model = _linear_model()
