@@ -131,8 +131,9 @@ def list_command() -> None:
               help="local: runs in this process; ray: runs as Ray tasks (pip install 'membench[ray]').")
 @click.option("--address", help="Address of an existing Ray cluster (with --launcher ray). Default: start a local Ray.")
 @click.option("--option", "options", multiple=True, callback=_options, metavar="KEY=VALUE",
-              help="Model option for every run, repeatable (a field of a learned model's config, e.g. hidden=256, or "
-                   "a constructor argument of an untrained model); part of the run ids and checkpoint keys.")
+              help="Model option for every run, repeatable (a field of a learned model's config, e.g. hidden=256, or of "
+                   "its training config as train.FIELD, e.g. train.num_patterns=null to train one model per N, or a "
+                   "constructor argument of an untrained model); part of the run ids and checkpoint keys.")
 @DATA_DIR_OPTION
 @_friendly_errors
 def run(suite, models, num_patterns, seeds, queries, preset, budget, device, out, checkpoint_dir, force, progress,

@@ -95,21 +95,26 @@ class Preset:
 
 def resolve_preset(cls: type["AssociativeMemory"], spec: TaskSpec, name: str,
                    options: Mapping[str, Any]) -> Preset:
-    """`cls.presets(spec, options)[name]` with `options` applied to its model config.
+    """`cls.presets(spec, options)[name]` with `options` applied: a key `train.FIELD` sets a field of its
+    TrainConfig (e.g. train.steps, train.num_patterns), any other key a field of its model config.
 
     Raises MembenchError naming the valid presets, or the valid options, on a bad name.
     """
-    presets = cls.presets(spec, options)
+    train_options = {key[len("train."):]: value for key, value in options.items() if key.startswith("train.")}
+    model_options = {key: value for key, value in options.items() if not key.startswith("train.")}
+    presets = cls.presets(spec, model_options)
     label = cls.name or cls.__name__
     if name not in presets:
         raise MembenchError(f"model '{label}' has no preset '{name}'. Its presets: {', '.join(presets)}")
     preset = presets[name]
-    fields = {f.name for f in dataclasses.fields(preset.model)}
-    unknown = sorted(set(options) - fields)
-    if unknown:
-        raise MembenchError(f"model '{label}' has no option {', '.join(map(repr, unknown))}. "
-                            f"Its options: {', '.join(sorted(fields))}")
-    return Preset(dataclasses.replace(preset.model, **options), preset.train)
+    for config, given, prefix in ((preset.model, model_options, ""), (preset.train, train_options, "train.")):
+        fields = {f.name for f in dataclasses.fields(config)}
+        unknown = sorted(set(given) - fields)
+        if unknown:
+            raise MembenchError(f"model '{label}' has no option {', '.join(repr(prefix + u) for u in unknown)}. "
+                                f"Its options: {', '.join(prefix + f for f in sorted(fields))}")
+    return Preset(dataclasses.replace(preset.model, **model_options),
+                  dataclasses.replace(preset.train, **train_options))
 
 
 class AssociativeMemory(nn.Module, abc.ABC):

@@ -109,3 +109,26 @@ def test_option_reaches_the_model_and_names_its_runs(tmp_path):
     assert bad.exit_code == 1 and "unexpected keyword argument 'betta'" in bad.output and "Traceback" not in bad.output
     malformed = CliRunner().invoke(main, args + ["--option", "beta"])
     assert malformed.exit_code == 2 and "expected KEY=VALUE" in malformed.output
+
+
+def test_train_options_set_the_training_config_and_split_checkpoints_by_n():
+    """train.FIELD options reach the TrainConfig; train.num_patterns=None trains (and keys) one model per N."""
+    from ebmm.memory import EBMM
+    from membench.budget import TABLE1_BUDGET
+    from membench.errors import MembenchError
+    from membench.interface import resolve_preset
+    from membench.runner import build_model, checkpoint_key
+    from membench.suites import RunSpec
+    from membench.tasks import BinaryTask
+
+    options = {"train.num_patterns": None, "train.steps": 7, "hidden": 96}
+    preset = resolve_preset(EBMM, BinaryTask(16).spec, "quick", options)
+    assert (preset.train.steps, preset.train.num_patterns, preset.model.hidden) == (7, None, 96)
+    keys = set()
+    for n, opts in ((16, options), (32, options), (16, {}), (32, {})):
+        task = BinaryTask(n)
+        spec = RunSpec("table1-learned", "ebmm", task.config(), TABLE1_BUDGET, 0, n, "quick", opts)
+        keys.add(checkpoint_key(spec, build_model(spec, task), task))
+    assert len(keys) == 3  # per N with the option, one shared key for the mixed-N preset
+    with pytest.raises(MembenchError, match="no option 'train.stepz'.*train.steps"):
+        resolve_preset(EBMM, BinaryTask(16).spec, "quick", {"train.stepz": 1})
