@@ -77,7 +77,8 @@ class Stepper:
         """Whether updates run the compiled meta-loss (False once compiling has failed)."""
         return self._compiled is not None
 
-    def _eager(self, patterns: torch.Tensor, queries: torch.Tensor) -> StepOutput:
+    def _update(self, patterns: torch.Tensor, queries: torch.Tensor) -> StepOutput:
+        """One update run directly (the compiled meta-loss where compiling is on), not from a graph."""
         loss_fn = self._compiled or self.model.meta_loss
         try:
             loss, retrievals = loss_fn(patterns, queries)
@@ -88,7 +89,7 @@ class Stepper:
                 raise
             warn(f"torch.compile failed ({(str(exc).splitlines() or [type(exc).__name__])[0][:200]}); training eagerly")
             self._compiled = None
-            return self._eager(patterns, queries)
+            return self._update(patterns, queries)
         self._compiled_ran = True
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_norm)
         finite = torch.isfinite(loss.detach()) & torch.isfinite(norm)
@@ -98,7 +99,7 @@ class Stepper:
     def step(self, patterns: torch.Tensor, queries: torch.Tensor) -> StepOutput:
         """One update on a batch (patterns, queries (B, N, *S) on the model's device)."""
         if not self.graphs_on:
-            return self._eager(patterns, queries)
+            return self._update(patterns, queries)
         key = (tuple(patterns.shape), tuple(queries.shape))
         if key not in self._graphs:
             try:
@@ -106,7 +107,7 @@ class Stepper:
             except RuntimeError as exc:  # capture is not supported by some op: keep training, eagerly
                 warn(f"CUDA graph capture failed ({str(exc).splitlines()[0][:200]}); training eagerly")
                 self.graphs_on = False
-                return self._eager(patterns, queries)
+                return self._update(patterns, queries)
         captured = self._graphs[key]
         captured.patterns.copy_(patterns)
         captured.queries.copy_(queries)
@@ -126,12 +127,12 @@ class Stepper:
         try:
             with torch.cuda.stream(side):
                 for _ in range(GRAPH_WARMUP):
-                    self._eager(static_patterns, static_queries)
+                    self._update(static_patterns, static_queries)
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             self.optimizer.zero_grad(set_to_none=True)
             with torch.cuda.graph(graph):
-                output = self._eager(static_patterns, static_queries)
+                output = self._update(static_patterns, static_queries)
         finally:
             with torch.no_grad():
                 for (param, state), (param_before, state_before) in zip(self._state_tensors(), saved):
