@@ -50,14 +50,14 @@ Encoder / decoder are pluggable as in baselines.mann (defaults: bits centred to 
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines.mann import GPU_TRAIN, IMAGE_TRAIN, MIXED_N, PAPER_TRAIN, QUICK_CHANNELS, Centre, Unflatten
+from baselines.mann import GPU_TRAIN, IMAGE_TRAIN, MIXED_N, PAPER_TRAIN, QUICK_CHANNELS, Centre, LogitReadout, Unflatten
 from membench.encoders import image_codec
 from membench.errors import OverBudgetError
 from membench.interface import AssociativeMemory, Preset, TaskSpec, TrainConfig
@@ -127,7 +127,7 @@ def update_links(links: torch.Tensor, write: torch.Tensor, precedence: torch.Ten
     return links.diagonal_scatter(links.new_zeros(links.shape[:-1]), dim1=1, dim2=2)
 
 
-class DNC(AssociativeMemory):
+class DNC(LogitReadout, AssociativeMemory):
     name = "dnc"
     trainable = True
 
@@ -248,15 +248,3 @@ class DNC(AssociativeMemory):
         assert logits.shape == queries.shape, f"decoder gave {tuple(logits.shape)}, expected {tuple(queries.shape)}"
         return logits
 
-    def read(self, state: DNCState, queries: torch.Tensor) -> torch.Tensor:
-        """queries (B, Q, *S) with erased entries at fill_value -> retrievals (B, Q, *S) in [0, 1]."""
-        return torch.sigmoid(self._logits(state, queries))
-
-    def meta_loss(self, patterns: torch.Tensor, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Binary cross-entropy of the retrievals against the written patterns (B, N, *S)."""
-        logits = self._logits(self.write(patterns), queries)
-        return F.binary_cross_entropy_with_logits(logits, patterns), torch.sigmoid(logits).detach()
-
-    def config(self) -> dict:
-        return {**asdict(self.cfg), "feature_size": self.feature_size,
-                "encoder": type(self.encoder).__name__, "decoder": type(self.decoder).__name__}

@@ -34,13 +34,12 @@ get the shared ResNet codec of App. B.2.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from baselines.mann import GPU_TRAIN, IMAGE_TRAIN, MIXED_N, PAPER_TRAIN, QUICK_CHANNELS, Centre, Unflatten
+from baselines.mann import GPU_TRAIN, IMAGE_TRAIN, MIXED_N, PAPER_TRAIN, QUICK_CHANNELS, Centre, LogitReadout, Unflatten
 from membench.encoders import image_codec
 from membench.errors import OverBudgetError
 from membench.interface import AssociativeMemory, Preset, TaskSpec, TrainConfig
@@ -90,7 +89,7 @@ def bayesian_write(prior_mean: torch.Tensor, prior_cov: torch.Tensor, addresses:
     return mean, cov
 
 
-class KanervaMachine(AssociativeMemory):
+class KanervaMachine(LogitReadout, AssociativeMemory):
     name = "kanerva_machine"
     trainable = True
 
@@ -155,15 +154,3 @@ class KanervaMachine(AssociativeMemory):
         assert logits.shape == queries.shape, f"decoder gave {tuple(logits.shape)}, expected {tuple(queries.shape)}"
         return logits
 
-    def read(self, state: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
-        """queries (B, Q, *S) with erased entries at fill_value -> retrievals (B, Q, *S) in [0, 1]."""
-        return torch.sigmoid(self._logits(state, queries))
-
-    def meta_loss(self, patterns: torch.Tensor, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Binary cross-entropy of the retrievals against the written patterns (B, N, *S)."""
-        logits = self._logits(self.write(patterns), queries)
-        return F.binary_cross_entropy_with_logits(logits, patterns), torch.sigmoid(logits).detach()
-
-    def config(self) -> dict:
-        return {**asdict(self.cfg), "feature_size": self.feature_size,
-                "encoder": type(self.encoder).__name__, "decoder": type(self.decoder).__name__}

@@ -62,6 +62,24 @@ def _one_hot_min(usage: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(usage).scatter_(-1, usage.argmin(-1, keepdim=True), 1.0)
 
 
+class LogitReadout:
+    """Read, meta-loss and config of a memory whose `_logits(state, queries)` gives a logit per value
+    (MANN, DNC, Kanerva Machine); it has `cfg`, `feature_size`, `encoder` and `decoder`."""
+
+    def read(self, state, queries: torch.Tensor) -> torch.Tensor:
+        """queries (B, Q, *S) with erased entries at fill_value -> retrievals (B, Q, *S) in [0, 1]."""
+        return torch.sigmoid(self._logits(state, queries))
+
+    def meta_loss(self, patterns: torch.Tensor, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Binary cross-entropy of the retrievals against the written patterns (B, N, *S)."""
+        logits = self._logits(self.write(patterns), queries)
+        return F.binary_cross_entropy_with_logits(logits, patterns), torch.sigmoid(logits).detach()
+
+    def config(self) -> dict:
+        return {**asdict(self.cfg), "feature_size": self.feature_size,
+                "encoder": type(self.encoder).__name__, "decoder": type(self.decoder).__name__}
+
+
 @dataclass(frozen=True)
 class MANNConfig:
     num_slots: int | None = None  # memory rows; None: as many as the budget allows
@@ -106,7 +124,7 @@ class MANNState:
     cell: torch.Tensor    # (B, controller_size)
 
 
-class MANN(AssociativeMemory):
+class MANN(LogitReadout, AssociativeMemory):
     name = "mann"
     trainable = True
 
@@ -192,15 +210,3 @@ class MANN(AssociativeMemory):
         assert logits.shape == queries.shape, f"decoder gave {tuple(logits.shape)}, expected {tuple(queries.shape)}"
         return logits
 
-    def read(self, state: MANNState, queries: torch.Tensor) -> torch.Tensor:
-        """queries (B, Q, *S) with erased entries at fill_value -> retrievals (B, Q, *S) in [0, 1]."""
-        return torch.sigmoid(self._logits(state, queries))
-
-    def meta_loss(self, patterns: torch.Tensor, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Binary cross-entropy of the retrievals against the written patterns (B, N, *S)."""
-        logits = self._logits(self.write(patterns), queries)
-        return F.binary_cross_entropy_with_logits(logits, patterns), torch.sigmoid(logits).detach()
-
-    def config(self) -> dict:
-        return {**asdict(self.cfg), "feature_size": self.feature_size,
-                "encoder": type(self.encoder).__name__, "decoder": type(self.decoder).__name__}
