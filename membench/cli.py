@@ -215,7 +215,8 @@ def figures(out, reference, checkpoint_dir, grids, data_dir) -> None:
               help="The checkpoint cache. Default: $MEMBENCH_CACHE/checkpoints or ~/.cache/membench.")
 @_friendly_errors
 def ship(out, checkpoint_dir) -> None:
-    """Copy the checkpoints behind OUT's trained records into results/checkpoints (committed with them)."""
+    """Write the checkpoints behind OUT's trained records, weights only, into results/checkpoints (committed
+    with them)."""
     from membench.runner import default_checkpoint_dir, ship_checkpoints
 
     for path in ship_checkpoints(out, checkpoint_dir or default_checkpoint_dir()):

@@ -13,14 +13,13 @@ every run is computed once.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
+import io
 import json
 import math
 import os
-import platform
+import pickle
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,11 +33,12 @@ from membench.budget import check_declared, check_measured
 from membench.errors import MembenchError, TrainingPaused
 from membench.integrity import audit_write
 from membench.interface import AssociativeMemory, resolve_preset
+from membench.provenance import environment, git_state
 from membench.registry import make_task, resolve_model
 from membench.store import ResultsStore, warn, write_atomic, write_text_atomic
 from membench.suites import RunSpec
 from membench.tasks import Task
-from membench.training import load_checkpoint, meta_train
+from membench.training import CHECKPOINT_KEYS, load_checkpoint, meta_train, weights_only
 
 EVAL_STREAM = 104729  # offset of the evaluation generator's seed from the run seed
 PROBE_STREAM = 1299709  # offset of the seed of the probe batches that audit a model's writes
@@ -58,44 +58,6 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(device)
-
-
-@functools.lru_cache(maxsize=1)
-def git_state() -> tuple[str | None, bool | None]:
-    """(HEAD, dirty) of this checkout: dirty when tracked files outside results/ differ from HEAD.
-
-    Where the code was copied without .git (remote machines), $MEMBENCH_GIT_COMMIT and
-    $MEMBENCH_GIT_DIRTY (0 or 1) say it instead. Computed once per process, before any results
-    are written.
-    """
-    if os.environ.get("MEMBENCH_GIT_COMMIT"):
-        dirty = os.environ.get("MEMBENCH_GIT_DIRTY")
-        return os.environ["MEMBENCH_GIT_COMMIT"], None if dirty is None else dirty == "1"
-    root = Path(membench.__file__).resolve().parent.parent
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-        if head.returncode != 0:
-            return None, None
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!results"],
-                                cwd=root, capture_output=True, text=True, timeout=10)
-        return head.stdout.strip() or None, bool(status.stdout.strip()) if status.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None, None
-
-
-def environment(device: torch.device) -> dict[str, Any]:
-    """Versions and machine facts stored with every record."""
-    commit, dirty = git_state()
-    return {
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "membench": membench.__version__,
-        "python": platform.python_version(),
-        "git_commit": commit,
-        "git_dirty": dirty,
-    }
 
 
 def default_checkpoint_dir() -> Path:
@@ -118,23 +80,50 @@ def checkpoint_path(key: str, checkpoint_dir: Path) -> Path:
 
 def ship_checkpoints(out_dir: Path, checkpoint_dir: Path, target: Path | None = None,
                      max_mb: float = 50.0) -> list[Path]:
-    """Copy the checkpoint of every trained record in `out_dir` from the cache into `target`
-    (default: SHIPPED_CHECKPOINTS). Checkpoints over `max_mb` are skipped with a warning."""
+    """Write the checkpoint of every trained record in `out_dir` from the cache into `target` (default:
+    SHIPPED_CHECKPOINTS), weights only (`training.weights_only`); a checkpoint shipped earlier that still
+    holds an optimiser state is rewritten without it. A checkpoint from before histories were kept gets
+    one stretch of training taken from the earliest record that used it (`from_record`). Checkpoints
+    over `max_mb` are skipped with a warning. Returns the files written."""
     target = Path(target or SHIPPED_CHECKPOINTS)
-    shipped, seen = [], set()
-    for record in ResultsStore(out_dir).records():
+    records = sorted(ResultsStore(out_dir).records(), key=lambda r: r.get("finished_at", ""))
+    written, seen = [], set()
+    for record in records:
         key = (record.get("training") or {}).get("checkpoint_key")
-        source = Path(checkpoint_dir) / f"{key}.pt"
-        if not key or key in seen or (target / source.name).exists():
+        if not key or key in seen:
             continue
         seen.add(key)
-        if not source.exists():
+        source = Path(checkpoint_dir) / f"{key}.pt"
+        if (target / source.name).exists():
+            source = target / source.name  # already shipped: rewritten only if it is not weights only
+        elif not source.exists():
             warn(f"checkpoint {source} of {record['run_id']} is not in the cache; rerun its command to train it")
-        elif source.stat().st_size > max_mb * 2**20:
-            warn(f"checkpoint {source} is {source.stat().st_size / 2**20:.0f} MB, over {max_mb:g} MB: not shipped")
-        else:
-            shipped.append(write_atomic(target / source.name, lambda handle: handle.write(source.read_bytes())))
-    return shipped
+            continue
+        try:
+            saved = torch.load(source, map_location="cpu", weights_only=False)
+            if not isinstance(saved, dict) or any(name not in saved for name in CHECKPOINT_KEYS):
+                raise ValueError("not a membench training checkpoint")
+        except (EOFError, OSError, RuntimeError, ValueError, pickle.UnpicklingError) as exc:
+            warn(f"checkpoint {source} is unreadable ({type(exc).__name__}): not shipped; delete it and rerun the "
+                 f"command of {record['run_id']} to train it again")
+            continue
+        if source.parent == target and "optimizer" not in saved and saved.get("history") is not None:
+            continue
+        shipped = weights_only(saved)
+        if shipped.get("history") is None:
+            env = record["environment"]
+            shipped["history"] = [{"steps": [0, saved["step"]], "train_time_s": round(saved["elapsed_s"], 2),
+                                   "device": env["device"], "device_name": env["device_name"],
+                                   "commit": env.get("git_commit"), "torch": env.get("torch"),
+                                   "from_record": record["run_id"]}]
+        buffer = io.BytesIO()
+        torch.save(shipped, buffer)
+        if buffer.tell() > max_mb * 2**20:
+            warn(f"checkpoint {source} is {buffer.tell() / 2**20:.0f} MB without its optimiser state, over "
+                 f"{max_mb:g} MB: not shipped")
+            continue
+        written.append(write_atomic(target / source.name, lambda handle: handle.write(buffer.getvalue())))
+    return written
 
 
 def build_model(spec: RunSpec, task: Task) -> AssociativeMemory:
@@ -245,7 +234,8 @@ def execute(spec: RunSpec, store: ResultsStore, device: torch.device, checkpoint
 
         write_text_atomic(curve_path, pd.DataFrame(result.curve).to_csv(index=False))
         training = {"checkpoint_key": key, "steps": result.steps, "train_time_s": round(result.train_time_s, 2),
-                    "config": dataclasses.asdict(train_config), "curve": str(curve_path.relative_to(store.root))}
+                    "config": dataclasses.asdict(train_config), "curve": str(curve_path.relative_to(store.root)),
+                    "history": result.history}
     eval_started = time.perf_counter()
     errors = evaluate(model, task, spec, device, declared)
     train_split = None

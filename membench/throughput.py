@@ -19,7 +19,6 @@ import dataclasses
 import io
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -34,7 +33,8 @@ import torch
 from membench.budget import TABLE1_BUDGET
 from membench.errors import MembenchError
 from membench.registry import make_task
-from membench.runner import build_model, git_state
+from membench.provenance import device_name, git_state
+from membench.runner import build_model
 from membench.stepper import Stepper
 from membench.store import write_text_atomic
 from membench.suites import RunSpec
@@ -50,15 +50,11 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-
-
 def _row(device: torch.device, model: str, preset: str, batch_size: int, num_patterns: int, seconds: list[float],
          commit: str, cuda_graph: bool, compiled: bool, steps: int) -> dict[str, Any]:
     """A CSV row from the per-round seconds per update (the median round counts)."""
     median = statistics.median(seconds)
-    return {"device": device.type, "device_name": _device_name(device), "model": model, "preset": preset,
+    return {"device": device.type, "device_name": device_name(device), "model": model, "preset": preset,
             "batch_size": batch_size, "num_patterns": num_patterns,
             "episodes_per_s": round(batch_size / median, 1), "ms_per_step": round(1000 * median, 2),
             "commit": commit, "cuda_graph": cuda_graph, "compiled": compiled, "steps": steps, "rounds": len(seconds),

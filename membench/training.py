@@ -4,9 +4,12 @@ Conventions, so that learned models are trained alike:
 - fresh episodes every step from the task's *train* split, drawn from a CPU generator
   seeded by the run seed (evaluation uses another stream, so its episodes are unseen);
 - AdamW with global-norm gradient clipping (the paper's recipe, App. D);
-- a checkpoint (model, optimiser, generator state, curve) written atomically every
+- a checkpoint (model, optimiser, generator state, curve, history) written atomically every
   `checkpoint_every` steps and at the end; a killed run resumes from the last one, and a
-  finished checkpoint is reused as is (the runner keys checkpoints by config);
+  finished checkpoint is reused as is (the runner keys checkpoints by config). A weights-only
+  checkpoint (shipped in the repository, `weights_only`) resumes with a fresh optimiser state;
+- the history lists each stretch of training (steps, device, time, matmul precision, commit),
+  so a checkpoint trained across machines says which devices trained it;
 - one update is `membench.stepper.Stepper.step` (eager, or replayed from a CUDA graph);
   the loop waits for the device only when it logs, checkpoints or stops;
 - a non-finite loss or gradient stops training with `TrainingDiverged` (at the next log or
@@ -35,12 +38,13 @@ import torch
 
 from membench.errors import TrainingDiverged, TrainingInterrupted
 from membench.interface import AssociativeMemory, TrainConfig
+from membench.provenance import device_name, git_state
 from membench.stepper import Stepper
 from membench.store import file_lock, remove_orphans, warn, write_atomic
 from membench.tasks import Task
 
 TRAIN_STREAM = 7919  # offset of the training generator's seed from the run seed
-CHECKPOINT_KEYS = ("model", "optimizer", "generator", "step", "elapsed_s", "curve")
+CHECKPOINT_KEYS = ("model", "generator", "step", "elapsed_s", "curve")  # required; "optimizer", "history" optional
 
 
 @dataclass
@@ -50,15 +54,28 @@ class TrainResult:
     curve: list[dict[str, float]]     # rows: step, loss, error, elapsed_s
     checkpoint: str
     finished: bool = True             # False: stopped at the time limit before config.steps
+    history: list[dict[str, Any]] | None = None  # stretches of training; None: an older checkpoint without one
 
 
 def save_checkpoint(payload: dict[str, Any], path: Path) -> None:
     write_atomic(path, lambda handle: torch.save(payload, handle))
 
 
+def weights_only(saved: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint without its optimiser state, every floating tensor float32 on the CPU (what is shipped)."""
+    def portable(value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            value = value.detach().cpu()
+            return value.float() if value.is_floating_point() else value
+        return value
+    return {**{k: v for k, v in saved.items() if k != "optimizer"},
+            "model": {name: portable(tensor) for name, tensor in saved["model"].items()}}
+
+
 def load_checkpoint(path: Path, model: AssociativeMemory, device: torch.device,
                     optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any] | None:
-    """Load `path` into `model` (and `optimizer`); return the checkpoint, or None when there is none.
+    """Load `path` into `model` (and `optimizer`, when the checkpoint holds its state); return the
+    checkpoint, or None when there is none.
 
     A checkpoint that cannot be read or does not fit the model is renamed to `<name>.corrupt`
     (reported on stderr) and None is returned, so the caller trains afresh.
@@ -71,7 +88,7 @@ def load_checkpoint(path: Path, model: AssociativeMemory, device: torch.device,
         if not isinstance(saved, dict) or any(key not in saved for key in CHECKPOINT_KEYS):
             raise ValueError("not a membench training checkpoint")
         model.load_state_dict(saved["model"])
-        if optimizer is not None:
+        if optimizer is not None and "optimizer" in saved:
             optimizer.load_state_dict(saved["optimizer"])
     except (EOFError, OSError, RuntimeError, ValueError, KeyError, TypeError, pickle.UnpicklingError) as exc:
         aside = path.with_name(path.name + ".corrupt")
@@ -136,13 +153,29 @@ def _train(model: AssociativeMemory, task: Task, config: TrainConfig, checkpoint
     model.to(device)
     stepper = Stepper(model, config, device)
     generator = torch.Generator().manual_seed(seed + TRAIN_STREAM)
-    step, elapsed, curve = 0, 0.0, []
+    step, elapsed, curve, history = 0, 0.0, [], []
     saved = load_checkpoint(checkpoint_path, model, device, stepper.optimizer)
     if saved is not None:
         stepper.after_load()
         generator.set_state(saved["generator"].cpu())  # map_location moved it; generators live on the CPU
         step, elapsed, curve = saved["step"], saved["elapsed_s"], saved["curve"]
+        history = saved.get("history")  # None: written before checkpoints kept a history
+        if "optimizer" not in saved and step < config.steps:
+            warn(f"{checkpoint_path.name} holds weights only (a shipped checkpoint): training continues from step "
+                 f"{step} with a fresh optimiser state")
     saved_step = step if saved is not None else None
+    first_step, first_elapsed = step, elapsed  # this call's stretch of training starts here
+
+    def stretches() -> list[dict[str, Any]] | None:
+        """The saved history, plus this call's stretch once it has made a step."""
+        if step == first_step:
+            return history
+        commit, dirty = git_state()
+        return [*(history or []), {
+            "steps": [first_step, step], "train_time_s": round(elapsed - first_elapsed, 2), "device": device.type,
+            "device_name": device_name(device), "matmul_precision": torch.get_float32_matmul_precision(),
+            "compiled": stepper.compiled, "cuda_graph": stepper.graphs_on, "commit": commit, "dirty": dirty,
+            "torch": torch.__version__}]
     first_bad = torch.tensor(-1, device=device)  # first step whose loss or gradient was not finite
 
     def check_finite(loss: torch.Tensor) -> None:
@@ -159,7 +192,7 @@ def _train(model: AssociativeMemory, task: Task, config: TrainConfig, checkpoint
         nonlocal saved_step
         save_checkpoint({"model": model.state_dict(), "optimizer": stepper.optimizer.state_dict(),
                          "generator": generator.get_state(), "step": step, "elapsed_s": elapsed, "curve": curve,
-                         "config": dataclasses.asdict(config)}, checkpoint_path)
+                         "history": stretches(), "config": dataclasses.asdict(config)}, checkpoint_path)
         saved_step = step
 
     bar = None
@@ -213,4 +246,4 @@ def _train(model: AssociativeMemory, task: Task, config: TrainConfig, checkpoint
         checkpoint()
     model.eval()
     return TrainResult(steps=step, train_time_s=elapsed, curve=curve, checkpoint=str(checkpoint_path),
-                       finished=step >= config.steps)
+                       finished=step >= config.steps, history=stretches())

@@ -1,6 +1,7 @@
 """The shared training loop across bounded commands: the time limit pauses, the rerun resumes."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import textwrap
 from pathlib import Path
@@ -143,3 +144,63 @@ def test_shipped_checkpoint_evaluates_without_training(tmp_path: Path, monkeypat
     (second,) = [json.loads(p.read_text()) for p in (tmp_path / "out" / "runs").glob("*.json")]
     assert calls == [] and second["errors"] == first["errors"]
     assert second["training"]["checkpoint_key"] == first["training"]["checkpoint_key"]
+    (path,) = (tmp_path / "shipped").glob("*.pt")
+    saved = torch.load(path, weights_only=False)
+    assert "optimizer" not in saved and all(t.dtype == torch.float32 for t in saved["model"].values())
+    (stretch,) = first["training"]["history"]  # which device trained it, how many steps, at what precision
+    assert stretch["steps"] == [0, 6] and stretch["device"] == "cpu" and stretch["matmul_precision"] == "highest"
+    assert second["training"]["history"] == first["training"]["history"] == saved["history"]
+
+
+def test_weights_only_checkpoint_resumes_with_a_fresh_optimiser(tmp_path: Path, capsys):
+    """Longer training continues from a shipped (weights-only) checkpoint: from its weights, step and episode
+    stream, with a fresh AdamW state; the history gains a second stretch."""
+    from membench.training import save_checkpoint, weights_only
+
+    task, device = BinaryTask(4), torch.device("cpu")
+    short = TrainConfig(steps=3, batch_size=2, lr=1e-3, log_every=1, checkpoint_every=100)
+    meta_train(_linear_model(), task, short, tmp_path / "ck.pt", device, seed=0, progress=False)
+    saved = weights_only(torch.load(tmp_path / "ck.pt", weights_only=False))
+    save_checkpoint(saved, tmp_path / "ck.pt")
+    longer = dataclasses.replace(short, steps=5)
+    resumed = _linear_model(seed=1)  # other initial weights: the checkpoint's must be loaded
+    result = meta_train(resumed, task, longer, tmp_path / "ck.pt", device, seed=0, progress=False)
+    assert "holds weights only" in capsys.readouterr().err
+    assert result.finished and [r["step"] for r in result.curve] == [1, 2, 3, 4, 5]
+    assert [h["steps"] for h in result.history] == [[0, 3], [3, 5]]
+    by_hand = _linear_model(seed=1)  # the two steps taken by hand: saved weights and episodes, a new AdamW
+    by_hand.load_state_dict(saved["model"])
+    stepper, generator = Stepper(by_hand, longer, device), torch.Generator()
+    generator.set_state(saved["generator"])
+    for _ in range(2):
+        episodes = task.sample(longer.batch_size, generator, split="train")
+        stepper.step(episodes.patterns, episodes.queries)
+    for (name, a), b in zip(by_hand.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=f"training resumed from weights only differs in {name}")
+
+
+def test_ship_rewrites_an_old_shipped_checkpoint_without_its_optimiser(tmp_path: Path, monkeypatch):
+    """A checkpoint shipped before `ship` stripped optimiser states (and before histories were kept) is
+    rewritten weights only, its history taken from the record that trained it; the weights are unchanged."""
+    from membench.runner import ship_checkpoints
+
+    (tmp_path / "tiny_learned.py").write_text(TINY_MODEL)
+    monkeypatch.chdir(tmp_path)
+    args = ["run", "--model", "tiny_learned:TinyLearned", "--num-patterns", "16", "--queries", "32", "--out", "out",
+            "--no-progress", "--checkpoint-dir", "cache"]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    (record,) = [json.loads(p.read_text()) for p in (tmp_path / "out" / "runs").glob("*.json")]
+    (cached,) = (tmp_path / "cache").glob("*.pt")
+    old = torch.load(cached, weights_only=False)
+    del old["history"]
+    (tmp_path / "shipped").mkdir()
+    torch.save(old, tmp_path / "shipped" / cached.name)  # as an earlier `membench ship` copied it
+    assert ship_checkpoints(tmp_path / "out", tmp_path / "empty-cache") == [tmp_path / "shipped" / cached.name]
+    new = torch.load(tmp_path / "shipped" / cached.name, weights_only=False)
+    assert "optimizer" not in new and new["step"] == old["step"] and new["curve"] == old["curve"]
+    for name, tensor in old["model"].items():
+        assert torch.equal(new["model"][name], tensor), name
+    (stretch,) = new["history"]
+    assert stretch["steps"] == [0, 6] and stretch["from_record"] == record["run_id"]
+    assert stretch["device_name"] == record["environment"]["device_name"]
+    assert ship_checkpoints(tmp_path / "out", tmp_path / "empty-cache") == []  # already weights only: left alone

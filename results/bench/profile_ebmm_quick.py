@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from membench.runner import git_state
+from membench.provenance import git_state
 from membench.throughput import prepare
 
 STEPS = 10
