@@ -54,6 +54,20 @@ def training_time(records: list[dict[str, Any]]) -> float:
     return float(sum(checkpoints.values()))
 
 
+def trained_on(records: list[dict[str, Any]]) -> str:
+    """Which devices, at which commits, meta-trained the checkpoints behind `records` (their histories)."""
+    histories = {r["training"]["checkpoint_key"]: r["training"].get("history") for r in records if r.get("training")}
+    commits: dict[str, set[str]] = {}
+    for stretch in (s for history in histories.values() if history for s in history):
+        where = f"{stretch['device_name']} ({stretch['device']})"
+        commits.setdefault(where, set()).add((stretch.get("commit") or "unknown")[:10])
+    parts = [f"{where} at {', '.join(sorted(c))}" for where, c in sorted(commits.items())]
+    unknown = sum(history is None for history in histories.values())
+    if unknown:
+        parts.append(f"{unknown} checkpoint{'s' if unknown > 1 else ''} without a training history")
+    return "; ".join(parts)
+
+
 def row_label(model: str, preset: str, trained: bool, options: dict[str, Any] | None = None) -> str:
     """Table row of a model: its name, the training preset unless it is the default 'quick', and its options."""
     label = f"{model} ({preset})" if trained and preset != "quick" else model
@@ -208,7 +222,8 @@ def table1(out_dir: Path, reference: Path | None = DEFAULT_REFERENCE, write: boo
             + (f"device · torch: {versions[0]}; " if len(versions) == 1 else "device and torch per row; ")
             + f"membench {table_records[0]['environment']['membench']}; commits: {_commits(table_records)}; "
             f"wall time of the runs {part['wall_time_s'].sum():.1f} s; "
-            f"meta-training {training_time(table_records):.1f} s (each checkpoint counted once).",
+            f"meta-training {training_time(table_records):.1f} s (each checkpoint counted once)"
+            + (f", meta-trained on {trained_on(table_records)}." if trained_on(table_records) else "."),
             "Commands: " + "; ".join(f"`{c}`" for c in sorted(set(" | ".join(part["command"]).split(" | ")))),
         ]
         title = ("Table 1: " if with_paper else "") + _title(table)

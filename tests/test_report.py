@@ -77,3 +77,18 @@ def test_readme_tables_match_the_committed_records():
     result = CliRunner().invoke(main, ["readme", "--check", "--results", str(REPO_ROOT / "results"),
                                        "--file", str(REPO_ROOT / "README.md")])
     assert result.exit_code == 0, result.output
+
+
+def test_provenance_names_the_devices_and_commits_that_trained_each_checkpoint():
+    """A checkpoint trained on a GPU and continued on a CPU is listed under both; one without a history
+    is counted, not guessed."""
+    from membench.report import trained_on
+
+    def record(key: str, history):
+        return {"training": {"checkpoint_key": key, "train_time_s": 1.0, "history": history}}
+
+    gpu = {"steps": [0, 100], "device": "cuda", "device_name": "NVIDIA H100", "commit": "a" * 40}
+    cpu = {"steps": [100, 150], "device": "cpu", "device_name": "x86_64", "commit": "b" * 40}
+    text = trained_on([record("k1", [gpu, cpu]), record("k1", [gpu, cpu]), record("k2", None)])
+    assert text == ("NVIDIA H100 (cuda) at aaaaaaaaaa; x86_64 (cpu) at bbbbbbbbbb; "
+                    "1 checkpoint without a training history")
