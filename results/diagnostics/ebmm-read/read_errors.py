@@ -1,0 +1,74 @@
+"""Where EBMM quick's Table 1 errors come from, measured on its shipped checkpoint.
+
+    python results/diagnostics/ebmm-read/read_errors.py > results/diagnostics/ebmm-read/read_errors.txt
+
+For each N, on 3072 / N fresh test episodes (generator seed 123, not the evaluation stream):
+- the error split into erased and known bits;
+- the error of reading from the stored pattern itself (is each written pattern a fixed point?);
+- the error after each read step when reading goes on past the learned K = 3 steps, the last
+  learned decays of the step size and momentum repeated ("repeat") or held at the last step's
+  values ("hold");
+- reading with the known bits clamped to the query after every step.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from membench.provenance import git_state
+from membench.runner import default_checkpoint_dir, load_trained
+from membench.suites import RunSpec
+
+torch.set_num_threads(1)
+
+
+def read(model, state, queries: torch.Tensor, steps: int, schedule: str, clamp: bool = False) -> list[torch.Tensor]:
+    """Projected Nesterov reading as EBMM._read, for `steps` steps; returns every iterate."""
+    gamma, psi = F.softplus(model.read_step).item(), torch.sigmoid(model.momentum).item()
+    gamma_decay = torch.sigmoid(model.read_step_decay).tolist()
+    psi_decay = torch.sigmoid(model.momentum_decay).tolist()
+    known = queries != 0.5
+    x, velocity, iterates = queries, torch.zeros_like(queries), []
+    for k in range(steps):
+        lookahead = (x + psi * velocity).clamp(0, 1)
+        with torch.enable_grad():
+            grad = model._grad_x(state, lookahead, False).detach()
+        velocity = psi * velocity - gamma * grad
+        x = (x + velocity).clamp(0, 1)
+        if clamp:
+            x = torch.where(known, queries, x)
+        iterates.append(x)
+        if k < len(gamma_decay) or schedule == "repeat":
+            i = min(k, len(gamma_decay) - 1)
+            gamma, psi = gamma * gamma_decay[i], psi * psi_decay[i]
+    return iterates
+
+
+def main() -> None:
+    commit, dirty = git_state()
+    print(f"commit {commit}{' (dirty)' if dirty else ''}; torch {torch.__version__}; EBMM quick, shipped checkpoint")
+    for n in (16, 32, 48, 64, 96):
+        spec = RunSpec("table1-learned", "ebmm", {"kind": "binary", "num_patterns": n, "dim": 128, "erased": 64},
+                       8256, 0, 3000, "quick")
+        task, model, path = load_trained(spec, default_checkpoint_dir())
+        assert path is not None, "the quick checkpoint is shipped in results/checkpoints"
+        episodes = task.sample(3072 // n, torch.Generator().manual_seed(123))
+        patterns, queries = episodes.patterns, episodes.queries
+        state = model.write(patterns)
+
+        def bits(x: torch.Tensor, where: torch.Tensor | None = None) -> float:
+            wrong = (x - patterns).abs() >= 0.5
+            return (wrong if where is None else wrong & where).sum(-1).float().mean().item()
+
+        retrieved = model.read(state, queries)
+        erased = queries == 0.5
+        print(f"\nN = {n}: error {bits(retrieved):.2f} bits = erased {bits(retrieved, erased):.2f} + known "
+              f"{bits(retrieved, ~erased):.2f}; read from the stored pattern {bits(model.read(state, patterns)):.2f}; "
+              f"known bits clamped {bits(read(model, state, queries, 3, 'hold', clamp=True)[-1]):.2f}")
+        for schedule in ("repeat", "hold"):
+            errors = [bits(x) for x in read(model, state, queries, 12, schedule)]
+            print(f"  error after read steps 1..12 ({schedule}): " + " ".join(f"{e:.2f}" for e in errors))
+
+
+if __name__ == "__main__":
+    main()
