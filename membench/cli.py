@@ -213,13 +213,16 @@ def figures(out, reference, checkpoint_dir, grids, data_dir) -> None:
               help="Output directory whose trained records' checkpoints are shipped.")
 @click.option("--checkpoint-dir", type=click.Path(file_okay=False, path_type=Path),
               help="The checkpoint cache. Default: $MEMBENCH_CACHE/checkpoints or ~/.cache/membench.")
+@click.option("--checkpoint", "files", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Also ship this <checkpoint key>.pt file (repeatable), e.g. paused training carried back "
+                   "from a GPU machine, so the next machine resumes it.")
 @_friendly_errors
-def ship(out, checkpoint_dir) -> None:
-    """Write the checkpoints behind OUT's trained records, weights only, into results/checkpoints (committed
-    with them)."""
+def ship(out, checkpoint_dir, files) -> None:
+    """Write the checkpoints behind OUT's trained records (and any --checkpoint), weights only, into
+    results/checkpoints (committed with them); a shipped checkpoint is replaced only by one trained further."""
     from membench.runner import default_checkpoint_dir, ship_checkpoints
 
-    for path in ship_checkpoints(out, checkpoint_dir or default_checkpoint_dir()):
+    for path in ship_checkpoints(out, checkpoint_dir or default_checkpoint_dir(), files):
         click.echo(f"shipped {path}")
 
 

@@ -23,7 +23,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -78,52 +78,71 @@ def checkpoint_path(key: str, checkpoint_dir: Path) -> Path:
     return path
 
 
-def ship_checkpoints(out_dir: Path, checkpoint_dir: Path, target: Path | None = None,
-                     max_mb: float = 50.0) -> list[Path]:
-    """Write the checkpoint of every trained record in `out_dir` from the cache into `target` (default:
-    SHIPPED_CHECKPOINTS), weights only (`training.weights_only`); a checkpoint shipped earlier that still
-    holds an optimiser state is rewritten without it. A checkpoint from before histories were kept gets
-    one stretch of training taken from the earliest record that used it (`from_record`). Checkpoints
-    over `max_mb` are skipped with a warning. Returns the files written."""
+def ship_checkpoints(out_dir: Path | None, checkpoint_dir: Path, files: Sequence[Path] = (),
+                     target: Path | None = None, max_mb: float = 50.0) -> list[Path]:
+    """Ship into `target` (default: SHIPPED_CHECKPOINTS), weights only (`training.weights_only`), the
+    checkpoint of every trained record in `out_dir` (from the cache, else the one shipped earlier) and
+    each of `files` (named <checkpoint key>.pt, e.g. paused GPU training carried back from its machine).
+
+    A shipped checkpoint is replaced only by one trained further, or rewritten when it still holds an
+    optimiser state or lacks a history; one from before histories were kept gets one stretch of
+    training from the earliest record that used it (`from_record`). Checkpoints over `max_mb` are
+    skipped with a warning. Returns the files written."""
     target = Path(target or SHIPPED_CHECKPOINTS)
-    records = sorted(ResultsStore(out_dir).records(), key=lambda r: r.get("finished_at", ""))
-    written, seen = [], set()
-    for record in records:
+    sources: dict[str, tuple[Path, dict[str, Any] | None]] = {}  # key -> (file, earliest record using it)
+    records = ResultsStore(out_dir).records() if out_dir is not None else []
+    for record in sorted(records, key=lambda r: r.get("finished_at", "")):
         key = (record.get("training") or {}).get("checkpoint_key")
-        if not key or key in seen:
+        if not key or key in sources:
             continue
-        seen.add(key)
-        source = Path(checkpoint_dir) / f"{key}.pt"
-        if (target / source.name).exists():
-            source = target / source.name  # already shipped: rewritten only if it is not weights only
-        elif not source.exists():
-            warn(f"checkpoint {source} of {record['run_id']} is not in the cache; rerun its command to train it")
-            continue
-        try:
-            saved = torch.load(source, map_location="cpu", weights_only=False)
-            if not isinstance(saved, dict) or any(name not in saved for name in CHECKPOINT_KEYS):
-                raise ValueError("not a membench training checkpoint")
-        except (EOFError, OSError, RuntimeError, ValueError, pickle.UnpicklingError) as exc:
-            warn(f"checkpoint {source} is unreadable ({type(exc).__name__}): not shipped; delete it and rerun the "
-                 f"command of {record['run_id']} to train it again")
-            continue
-        if source.parent == target and "optimizer" not in saved and saved.get("history") is not None:
-            continue
-        shipped = weights_only(saved)
-        if shipped.get("history") is None:
-            env = record["environment"]
-            shipped["history"] = [{"steps": [0, saved["step"]], "train_time_s": round(saved["elapsed_s"], 2),
-                                   "device": env["device"], "device_name": env["device_name"],
-                                   "commit": env.get("git_commit"), "torch": env.get("torch"),
-                                   "from_record": record["run_id"]}]
-        buffer = io.BytesIO()
-        torch.save(shipped, buffer)
-        if buffer.tell() > max_mb * 2**20:
-            warn(f"checkpoint {source} is {buffer.tell() / 2**20:.0f} MB without its optimiser state, over "
-                 f"{max_mb:g} MB: not shipped")
-            continue
-        written.append(write_atomic(target / source.name, lambda handle: handle.write(buffer.getvalue())))
-    return written
+        cached, shipped = Path(checkpoint_dir) / f"{key}.pt", target / f"{key}.pt"
+        if cached.exists() or shipped.exists():
+            sources[key] = (cached if cached.exists() else shipped, record)
+        else:
+            warn(f"checkpoint {cached} of {record['run_id']} is not in the cache; rerun its command to train it")
+    for file in files:
+        if not Path(file).is_file():
+            raise MembenchError(f"no checkpoint file {file}; give the path of a <checkpoint key>.pt file")
+        sources[Path(file).stem] = (Path(file), None)
+    written = [_ship_one(source, target / f"{key}.pt", record, max_mb) for key, (source, record) in sources.items()]
+    return [path for path in written if path is not None]
+
+
+def _readable_checkpoint(path: Path) -> dict[str, Any] | None:
+    """The checkpoint at `path`, or None (with a warning) when it cannot be read as one."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+        if not isinstance(saved, dict) or any(name not in saved for name in CHECKPOINT_KEYS):
+            raise ValueError("not a membench training checkpoint")
+        return saved
+    except (EOFError, OSError, RuntimeError, ValueError, pickle.UnpicklingError) as exc:
+        warn(f"checkpoint {path} is unreadable ({type(exc).__name__}): not shipped; delete it and rerun the "
+             f"command that trained it")
+        return None
+
+
+def _ship_one(source: Path, dest: Path, record: dict[str, Any] | None, max_mb: float) -> Path | None:
+    saved = _readable_checkpoint(source)
+    if saved is None:
+        return None
+    shipped = _readable_checkpoint(dest) if dest.exists() and dest.resolve() != source.resolve() else saved
+    if (dest.exists() and shipped is not None and "optimizer" not in shipped and shipped.get("history") is not None
+            and shipped["step"] >= saved["step"]):
+        return None  # what is shipped is weights only and trained at least as far
+    portable = weights_only(saved)
+    if portable.get("history") is None and record is not None:
+        env = record["environment"]
+        portable["history"] = [{"steps": [0, saved["step"]], "train_time_s": round(saved["elapsed_s"], 2),
+                                "device": env["device"], "device_name": env["device_name"],
+                                "commit": env.get("git_commit"), "torch": env.get("torch"),
+                                "from_record": record["run_id"]}]
+    buffer = io.BytesIO()
+    torch.save(portable, buffer)
+    if buffer.tell() > max_mb * 2**20:
+        warn(f"checkpoint {source} is {buffer.tell() / 2**20:.0f} MB without its optimiser state, over "
+             f"{max_mb:g} MB: not shipped")
+        return None
+    return write_atomic(dest, lambda handle: handle.write(buffer.getvalue()))
 
 
 def build_model(spec: RunSpec, task: Task) -> AssociativeMemory:

@@ -204,3 +204,30 @@ def test_ship_rewrites_an_old_shipped_checkpoint_without_its_optimiser(tmp_path:
     assert stretch["steps"] == [0, 6] and stretch["from_record"] == record["run_id"]
     assert stretch["device_name"] == record["environment"]["device_name"]
     assert ship_checkpoints(tmp_path / "out", tmp_path / "empty-cache") == []  # already weights only: left alone
+
+
+def test_paused_training_shipped_from_one_machine_resumes_on_the_next(tmp_path: Path, monkeypatch):
+    """A bounded command pauses on machine 1; its checkpoint, shipped with --checkpoint, is what machine 2
+    (an empty cache) resumes from; shipping again replaces it by the finished one, and not the reverse."""
+    (tmp_path / "tiny_learned.py").write_text(TINY_MODEL)
+    monkeypatch.chdir(tmp_path)
+    args = ["run", "--model", "tiny_learned:TinyLearned", "--num-patterns", "16", "--queries", "32", "--out", "out",
+            "--no-progress"]
+    paused = CliRunner().invoke(main, [*args, "--checkpoint-dir", "machine1", "--train-time-limit", "0"])
+    assert paused.exit_code == EXIT_PAUSED, paused.output
+    (carried,) = (tmp_path / "machine1").glob("*.pt")
+    assert CliRunner().invoke(main, ["ship", "--checkpoint", str(carried)]).exit_code == 0
+    shipped = tmp_path / "shipped" / carried.name
+    assert torch.load(shipped, weights_only=False)["step"] == 1
+    resumed = CliRunner().invoke(main, [*args, "--checkpoint-dir", "machine2"])
+    assert resumed.exit_code == 0 and "holds weights only" in resumed.output, resumed.output
+    (record,) = [json.loads(p.read_text()) for p in (tmp_path / "out" / "runs").glob("*.json")]
+    assert [h["steps"] for h in record["training"]["history"]] == [[0, 1], [1, 6]]
+    assert CliRunner().invoke(main, ["ship", "--out", "out", "--checkpoint-dir", "machine2"]).exit_code == 0
+    assert torch.load(shipped, weights_only=False)["step"] == 6
+    older = CliRunner().invoke(main, ["ship", "--checkpoint", str(carried)])  # the paused one again: kept out
+    assert older.exit_code == 0 and "shipped" not in older.output
+    assert torch.load(shipped, weights_only=False)["step"] == 6
+    missing = CliRunner().invoke(main, ["ship", "--checkpoint", "nowhere/ebmm-gpu-0.pt"])
+    assert missing.exit_code != 0 and "no checkpoint file nowhere/ebmm-gpu-0.pt" in missing.output
+    assert "Traceback" not in missing.output
