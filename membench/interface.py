@@ -74,6 +74,8 @@ class TrainConfig:
     checkpoint_every: int = 100       # steps between checkpoints
     num_patterns: tuple[int, ...] | None = None  # train on N drawn from this set each step
     #   (one checkpoint then serves every N); None: train on the run's N only
+    curriculum_steps: int = 0         # with num_patterns: over the first this many steps draw N from its smallest
+    #   k values only, k growing evenly from 1 to all (0: all from the start)
     cuda_graph: bool = False          # on CUDA, replay each update from a captured graph (membench.stepper)
     compile: bool = False             # torch.compile the meta-loss (inductor, one compile for every N); eager
     #   where compiling fails. How the update runs, like the device: not part of the checkpoint key

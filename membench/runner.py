@@ -164,6 +164,8 @@ def checkpoint_key(spec: RunSpec, model: AssociativeMemory, task: Task) -> str:
         task_config.pop("num_patterns")  # trained on a set of N: one checkpoint for all
     preset = model.preset.to_dict()
     preset["train"].pop("compile")  # how updates run (like the device), not what is trained
+    if not preset["train"]["curriculum_steps"]:
+        preset["train"].pop("curriculum_steps")  # off: keys stay those of checkpoints made before the field
     payload = {"model": spec.model, "preset": preset, "model_config": model.config(),
                "task": task_config, "seed": spec.seed, "budget": spec.budget}
     digest = hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]

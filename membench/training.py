@@ -207,8 +207,11 @@ def _train(model: AssociativeMemory, task: Task, config: TrainConfig, checkpoint
             stepper.set_lr(config.lr * 0.5 * (1 + math.cos(math.pi * step / config.steps)))
         step_task = task
         if config.num_patterns:
-            choice = torch.randint(len(config.num_patterns), (1,), generator=generator).item()
-            step_task = task.with_num_patterns(config.num_patterns[choice])
+            choices = config.num_patterns
+            if step < config.curriculum_steps:
+                choices = sorted(choices)[:1 + len(choices) * step // config.curriculum_steps]
+            choice = torch.randint(len(choices), (1,), generator=generator).item()
+            step_task = task.with_num_patterns(choices[choice])
         episodes = step_task.sample(config.batch_size, generator, split="train").to(device)
         out = stepper.step(episodes.patterns, episodes.queries)
         step += 1

@@ -231,3 +231,13 @@ def test_paused_training_shipped_from_one_machine_resumes_on_the_next(tmp_path: 
     missing = CliRunner().invoke(main, ["ship", "--checkpoint", "nowhere/ebmm-gpu-0.pt"])
     assert missing.exit_code != 0 and "no checkpoint file nowhere/ebmm-gpu-0.pt" in missing.output
     assert "Traceback" not in missing.output
+
+
+def test_curriculum_draws_the_small_n_first_then_all(tmp_path: Path):
+    """curriculum_steps = 6 over N in (8, 4, 12): steps 0-1 write 4 patterns, steps 2-3 4 or 8, then any N."""
+    config = TrainConfig(steps=40, batch_size=1, lr=1e-3, log_every=1, checkpoint_every=100, num_patterns=(8, 4, 12),
+                         curriculum_steps=6)
+    result = meta_train(_linear_model(), BinaryTask(4), config, tmp_path / "ck.pt", torch.device("cpu"), seed=0,
+                        progress=False)
+    drawn = [row["num_patterns"] for row in result.curve]
+    assert drawn[:2] == [4, 4] and set(drawn[2:4]) <= {4, 8} and set(drawn[6:]) == {4, 8, 12}, drawn
