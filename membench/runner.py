@@ -128,6 +128,9 @@ def _ship_one(source: Path, dest: Path, record: dict[str, Any] | None, max_mb: f
     shipped = _readable_checkpoint(dest) if dest.exists() and dest.resolve() != source.resolve() else saved
     if (dest.exists() and shipped is not None and "optimizer" not in shipped and shipped.get("history") is not None
             and shipped["step"] >= saved["step"]):
+        if shipped["step"] > saved["step"]:
+            warn(f"kept the shipped {dest.name} (step {shipped['step']}): {source} is not trained as far "
+                 f"(step {saved['step']})")
         return None  # what is shipped is weights only and trained at least as far
     portable = weights_only(saved)
     if portable.get("history") is None and record is not None:

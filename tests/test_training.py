@@ -226,7 +226,7 @@ def test_paused_training_shipped_from_one_machine_resumes_on_the_next(tmp_path: 
     assert CliRunner().invoke(main, ["ship", "--out", "out", "--checkpoint-dir", "machine2"]).exit_code == 0
     assert torch.load(shipped, weights_only=False)["step"] == 6
     older = CliRunner().invoke(main, ["ship", "--checkpoint", str(carried)])  # the paused one again: kept out
-    assert older.exit_code == 0 and "shipped" not in older.output
+    assert older.exit_code == 0 and "kept the shipped" in older.output and "(step 1)" in older.output
     assert torch.load(shipped, weights_only=False)["step"] == 6
     missing = CliRunner().invoke(main, ["ship", "--checkpoint", "nowhere/ebmm-gpu-0.pt"])
     assert missing.exit_code != 0 and "no checkpoint file nowhere/ebmm-gpu-0.pt" in missing.output
