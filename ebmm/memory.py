@@ -59,6 +59,8 @@ class EBMMConfig:
     write_steps: int = 3          # T, gradient steps of writing (not stated in the paper)
     grad_norm_term: bool = True   # include alpha * ||grad_x E||^2 in the writing loss
     write_mean: bool = True       # average the pattern terms over the N patterns (paper); False: sum
+    write_norm_power: float | None = None  # with write_mean: divide the summed pattern terms by N ** this
+    #   instead of N (0.5: by sqrt(N)); None: by N, the paper's mean
     write_lr_init: float = 1e-4   # initial softplus learning rates of writing (paper: 1e-4)
     anchor_lr_init: float | None = None  # initial rate of the beta ||theta - theta_bar||^2 term; None:
     #   write_lr_init. A rate r scales the deviation by (1 - 2r) per step: r > 1 makes it grow
@@ -162,6 +164,9 @@ class EBMM(AssociativeMemory):
 
     def __init__(self, spec: TaskSpec, energy: nn.Module, config: EBMMConfig):
         super().__init__()
+        if config.write_norm_power is not None and not (config.write_mean and 0 <= config.write_norm_power <= 2):
+            raise MembenchError(f"write_norm_power={config.write_norm_power} needs write_mean=True and a value in "
+                                f"[0, 2] (1: the mean, 0.5: sum / sqrt(N))")
         self.spec, self.energy, self.cfg = spec, energy, config
         names = tuple(energy.writable_names)
         own = dict(energy.named_parameters())
@@ -222,10 +227,13 @@ class EBMM(AssociativeMemory):
         """Per pattern term of the writing loss (mean_i E, then mean_i ||grad_x E||^2 if on), its gradient
         with respect to each writable tensor (in `writable_names` order), each (B, *shape)."""
         names = list(self.writable_names)
-        reduce = (lambda t: t.mean(1)) if self.cfg.write_mean else (lambda t: t.sum(1))  # over patterns
+        scale = self._pattern_weight(patterns.shape[1])
+        if self.cfg.write_mean and self.cfg.write_norm_power is None:
+            reduce = lambda t: t.mean(1)  # noqa: E731  (over patterns)
+        else:
+            reduce = lambda t: t.sum(1) * scale  # noqa: E731
         if self._closed_form:  # no autograd for the energy term; ||grad_x E||^2 differentiated by autograd
             grad_x, grads = self.energy.grads(theta, patterns, projected, wrt_x=self.cfg.grad_norm_term)
-            scale = 1 / patterns.shape[1] if self.cfg.write_mean else 1
             term_grads = [[grads[n] * scale for n in names]]
             if self.cfg.grad_norm_term:
                 objective = reduce(grad_x.pow(2).flatten(2).sum(-1)).sum()
@@ -240,6 +248,14 @@ class EBMM(AssociativeMemory):
             objectives.append(reduce(grad_x.pow(2).flatten(2).sum(-1)).sum())
         return [list(torch.autograd.grad(objective, [theta[n] for n in names], retain_graph=True,
                                          create_graph=create_graph)) for objective in objectives]
+
+    def _pattern_weight(self, num_patterns: int) -> float:
+        """Weight of each pattern's term in the writing loss: 1 / N (mean), 1 (sum) or N ** -write_norm_power."""
+        if not self.cfg.write_mean:
+            return 1
+        if self.cfg.write_norm_power is None:
+            return 1 / num_patterns
+        return num_patterns ** -self.cfg.write_norm_power
 
     def _write(self, patterns: torch.Tensor, create_graph: bool) -> Writable:
         """patterns (B, N, *S) -> writable copies name -> (B, *shape) after T steps."""

@@ -40,6 +40,10 @@ from membench.suites import RunSpec
 from membench.tasks import Task
 from membench.training import CHECKPOINT_KEYS, load_checkpoint, meta_train, weights_only
 
+# Config fields added after checkpoints were shipped, with their defaults: left out of checkpoint keys
+# while at the default, so configurations that do not use them keep their keys (and shipped checkpoints).
+LATE_TRAIN_FIELDS = {"curriculum_steps": 0}
+LATE_MODEL_FIELDS = {"write_norm_power": None}
 EVAL_STREAM = 104729  # offset of the evaluation generator's seed from the run seed
 PROBE_STREAM = 1299709  # offset of the seed of the probe batches that audit a model's writes
 TRAIN_SPLIT_STREAM = 15485863  # offset for the train-split check of trained image models
@@ -165,11 +169,14 @@ def checkpoint_key(spec: RunSpec, model: AssociativeMemory, task: Task) -> str:
     task_config = dict(task.config())
     if model.preset.train.num_patterns:
         task_config.pop("num_patterns")  # trained on a set of N: one checkpoint for all
-    preset = model.preset.to_dict()
+    preset, model_config = model.preset.to_dict(), dict(model.config())
     preset["train"].pop("compile")  # how updates run (like the device), not what is trained
-    if not preset["train"]["curriculum_steps"]:
-        preset["train"].pop("curriculum_steps")  # off: keys stay those of checkpoints made before the field
-    payload = {"model": spec.model, "preset": preset, "model_config": model.config(),
+    for fields, late in ((preset["train"], LATE_TRAIN_FIELDS), (preset["model"], LATE_MODEL_FIELDS),
+                         (model_config, LATE_MODEL_FIELDS)):
+        for name, default in late.items():
+            if name in fields and fields[name] == default:
+                fields.pop(name)
+    payload = {"model": spec.model, "preset": preset, "model_config": model_config,
                "task": task_config, "seed": spec.seed, "budget": spec.budget}
     digest = hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
     return f"{spec.model.replace(':', '-')}-{spec.preset}-{digest}"

@@ -9,7 +9,7 @@ import torch
 
 from ebmm.memory import EBMM
 from membench.budget import TABLE1_BUDGET, check_declared
-from membench.errors import OverBudgetError, TrainingDiverged
+from membench.errors import MembenchError, OverBudgetError, TrainingDiverged
 from membench.tasks import BinaryTask
 from membench.training import TrainConfig, meta_train
 
@@ -229,3 +229,17 @@ def test_nan_divergence_is_reported(tmp_path: Path):
         model.energy.readout.weight.fill_(float("nan"))
     with pytest.raises(TrainingDiverged, match="diverged at step 1"):
         meta_train(model, task, tiny_config(2), tmp_path / "nan.pt", torch.device("cpu"), seed=0, progress=False)
+
+
+def test_write_norm_power_scales_the_first_write_step():
+    """One write step from theta_bar moves theta by the pattern terms' weight: N^-1 (mean), N^-0.5 or 1 (sum)."""
+    batch = episodes(BinaryTask(16), batch=2)
+    moves = {}
+    for name, options in (("mean", {}), ("sqrt", {"write_norm_power": 0.5}), ("sum", {"write_mean": False})):
+        model, _ = small_model(16, write_steps=1, **options)
+        initial = model.energy.memory.weight.detach().clone()
+        moves[name] = model.write(batch.patterns)["memory.weight"] - initial
+    torch.testing.assert_close(moves["sqrt"], 4 * moves["mean"])
+    torch.testing.assert_close(moves["sum"], 16 * moves["mean"])
+    with pytest.raises(MembenchError, match="write_norm_power=0.5 needs write_mean=True"):
+        small_model(16, write_norm_power=0.5, write_mean=False)
