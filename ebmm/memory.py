@@ -61,6 +61,8 @@ class EBMMConfig:
     write_mean: bool = True       # average the pattern terms over the N patterns (paper); False: sum
     write_norm_power: float | None = None  # with write_mean: divide the summed pattern terms by N ** this
     #   instead of N (0.5: by sqrt(N)); None: by N, the paper's mean
+    learn_write_norm: bool = False  # meta-learn that power (from write_norm_power, or 1): how strongly a
+    #   write of N patterns weighs each one, learned across the N it is trained on (ours, not the paper's)
     write_lr_init: float = 1e-4   # initial softplus learning rates of writing (paper: 1e-4)
     anchor_lr_init: float | None = None  # initial rate of the beta ||theta - theta_bar||^2 term; None:
     #   write_lr_init. A rate r scales the deviation by (1 - 2r) per step: r > 1 makes it grow
@@ -167,6 +169,9 @@ class EBMM(AssociativeMemory):
         if config.write_norm_power is not None and not (config.write_mean and 0 <= config.write_norm_power <= 2):
             raise MembenchError(f"write_norm_power={config.write_norm_power} needs write_mean=True and a value in "
                                 f"[0, 2] (1: the mean, 0.5: sum / sqrt(N))")
+        if config.learn_write_norm and not config.write_mean:
+            raise MembenchError("learn_write_norm=True needs write_mean=True (it learns the power of N that "
+                                "divides the summed pattern terms)")
         self.spec, self.energy, self.cfg = spec, energy, config
         names = tuple(energy.writable_names)
         own = dict(energy.named_parameters())
@@ -182,6 +187,9 @@ class EBMM(AssociativeMemory):
         self.read_step_decay = nn.Parameter(torch.full((config.read_steps - 1,), _logit(config.decay_init)))
         self.momentum = nn.Parameter(torch.tensor(_logit(config.momentum_init)))
         self.momentum_decay = nn.Parameter(torch.full((config.read_steps - 1,), _logit(config.decay_init)))
+        if config.learn_write_norm:
+            start = 1.0 if config.write_norm_power is None else config.write_norm_power
+            self.write_norm = nn.Parameter(torch.tensor(float(start)))
 
     @classmethod
     def presets(cls, spec: TaskSpec, options: Mapping[str, Any]) -> dict[str, Preset]:
@@ -228,7 +236,7 @@ class EBMM(AssociativeMemory):
         with respect to each writable tensor (in `writable_names` order), each (B, *shape)."""
         names = list(self.writable_names)
         scale = self._pattern_weight(patterns.shape[1])
-        if self.cfg.write_mean and self.cfg.write_norm_power is None:
+        if self.cfg.write_mean and self.cfg.write_norm_power is None and not self.cfg.learn_write_norm:
             reduce = lambda t: t.mean(1)  # noqa: E731  (over patterns)
         else:
             reduce = lambda t: t.sum(1) * scale  # noqa: E731
@@ -249,10 +257,13 @@ class EBMM(AssociativeMemory):
         return [list(torch.autograd.grad(objective, [theta[n] for n in names], retain_graph=True,
                                          create_graph=create_graph)) for objective in objectives]
 
-    def _pattern_weight(self, num_patterns: int) -> float:
-        """Weight of each pattern's term in the writing loss: 1 / N (mean), 1 (sum) or N ** -write_norm_power."""
+    def _pattern_weight(self, num_patterns: int) -> float | torch.Tensor:
+        """Weight of each pattern's term in the writing loss: 1 / N (mean), 1 (sum), N ** -write_norm_power,
+        or N ** -(the learned power)."""
         if not self.cfg.write_mean:
             return 1
+        if self.cfg.learn_write_norm:
+            return num_patterns ** -self.write_norm
         if self.cfg.write_norm_power is None:
             return 1 / num_patterns
         return num_patterns ** -self.cfg.write_norm_power

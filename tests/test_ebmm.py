@@ -243,3 +243,15 @@ def test_write_norm_power_scales_the_first_write_step():
     torch.testing.assert_close(moves["sum"], 16 * moves["mean"])
     with pytest.raises(MembenchError, match="write_norm_power=0.5 needs write_mean=True"):
         small_model(16, write_norm_power=0.5, write_mean=False)
+
+
+def test_a_learned_write_norm_starts_as_the_mean_and_is_meta_learned():
+    """learn_write_norm: the power starts at 1 (the paper's mean: the same write) and gets a meta-gradient."""
+    batch = episodes(BinaryTask(16), batch=2)
+    plain, _ = small_model(16)
+    learned, _ = small_model(16, learn_write_norm=True)
+    for name, tensor in plain.write(batch.patterns).items():
+        torch.testing.assert_close(learned.write(batch.patterns)[name], tensor)
+    loss, _ = learned.meta_loss(batch.patterns, batch.queries)
+    loss.backward()
+    assert learned.write_norm.grad is not None and learned.write_norm.grad.abs() > 0
