@@ -263,7 +263,7 @@ class EBMM(AssociativeMemory):
         if not self.cfg.write_mean:
             return 1
         if self.cfg.learn_write_norm:
-            return num_patterns ** -self.write_norm
+            return torch.exp(-self.write_norm * (self.write_norm.new_ones(()) * num_patterns).log())  # compiles
         if self.cfg.write_norm_power is None:
             return 1 / num_patterns
         return num_patterns ** -self.cfg.write_norm_power

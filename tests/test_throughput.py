@@ -33,10 +33,10 @@ def test_cuda_graph_flag_is_eager_off_cuda_and_identical():
         assert torch.equal(a, b)
 
 
-def _three_updates(config: TrainConfig) -> tuple[Stepper, dict[str, torch.Tensor]]:
+def _three_updates(config: TrainConfig, **options) -> tuple[Stepper, dict[str, torch.Tensor]]:
     from tests.test_ebmm import small_model
 
-    model, task = small_model(8, hops=1, write_steps=1, read_steps=2)  # a small graph: a short compile
+    model, task = small_model(8, hops=1, write_steps=1, read_steps=2, **options)  # a small graph: a short compile
     stepper = Stepper(model, config, torch.device("cpu"))
     for seed in range(3):
         episodes = task.sample(2, torch.Generator().manual_seed(seed), split="train")
@@ -44,11 +44,12 @@ def _three_updates(config: TrainConfig) -> tuple[Stepper, dict[str, torch.Tensor
     return stepper, model.state_dict()
 
 
-def test_compiled_updates_match_eager_updates():
+@pytest.mark.parametrize("options", [{}, {"learn_write_norm": True}], ids=["quick", "learned-write-norm"])
+def test_compiled_updates_match_eager_updates(options):
     """The compiled meta-loss (closed-form inner loops, inductor) trains the same weights as eager updates."""
     config = TrainConfig(lr=1e-3, clip_norm=1.0)
-    _, eager = _three_updates(config)
-    stepper, compiled = _three_updates(dataclasses.replace(config, compile=True))
+    _, eager = _three_updates(config, **options)
+    stepper, compiled = _three_updates(dataclasses.replace(config, compile=True), **options)
     if not stepper.compiled:
         pytest.skip("torch.compile does not work on this machine (the Stepper fell back to eager updates)")
     for name in eager:
