@@ -236,19 +236,19 @@ def test_write_norm_power_scales_the_first_write_step():
     batch = episodes(BinaryTask(16), batch=2)
     moves = {}
     for name, options in (("mean", {}), ("sqrt", {"write_norm_power": 0.5}), ("sum", {"write_mean": False})):
-        model, _ = small_model(16, write_steps=1, **options)
+        model, _ = small_model(16, write_steps=1, learn_write_norm=False, **options)
         initial = model.energy.memory.weight.detach().clone()
         moves[name] = model.write(batch.patterns)["memory.weight"] - initial
     torch.testing.assert_close(moves["sqrt"], 4 * moves["mean"])
     torch.testing.assert_close(moves["sum"], 16 * moves["mean"])
     with pytest.raises(MembenchError, match="write_norm_power=0.5 needs write_mean=True"):
-        small_model(16, write_norm_power=0.5, write_mean=False)
+        small_model(16, write_norm_power=0.5, write_mean=False, learn_write_norm=False)
 
 
 def test_a_learned_write_norm_starts_as_the_mean_and_is_meta_learned():
     """learn_write_norm: the power starts at 1 (the paper's mean: the same write) and gets a meta-gradient."""
     batch = episodes(BinaryTask(16), batch=2)
-    plain, _ = small_model(16)
+    plain, _ = small_model(16, learn_write_norm=False)
     learned, _ = small_model(16, learn_write_norm=True)
     for name, tensor in plain.write(batch.patterns).items():
         torch.testing.assert_close(learned.write(batch.patterns)[name], tensor)
