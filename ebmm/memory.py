@@ -11,6 +11,9 @@ from the meta-learned theta_bar (the energy network's own values of those tensor
     theta_{t+1} = theta_t - sum_term lr[t, tensor, term] * grad_theta term_t
     terms: mean_i E(x_i),  mean_i ||grad_x E(x_i)||^2 (optional),  ||theta - theta_bar||^2
 
+The pattern terms are means over the N patterns (the paper), sums (`write_mean=False`), or sums
+divided by N^p with p fixed (`write_norm_power`) or meta-learned (`learn_write_norm`, ours).
+
 Each learning rate is softplus of a learned value, one per step, writable tensor and
 loss term; the paper's alpha and beta are the ratios of these rates, so they are not
 separate parameters. Read (App. A): K steps of projected gradient descent on E(x) with
