@@ -4,7 +4,7 @@ Each run executes `membench.runner.execute` in a Ray worker, so records, run ids
 skip-finished rule, checkpoints and locks are exactly the local runner's; workers write into
 the shared output directory and checkpoint cache (both must be on a filesystem every node
 sees). Scheduling:
-- runs whose record exists are skipped (all of them rerun with --force);
+- runs whose record exists and is current (`runner.is_current`) are skipped (all of them rerun with --force);
 - a learned model's runs that share a checkpoint form a chain: the first trains (and
   evaluates), the others start once it has finished and reuse the checkpoint, so each
   checkpoint is trained once; runs of different checkpoints and untrained runs go in parallel;
@@ -28,12 +28,12 @@ def _execute(spec: RunSpec, out_dir: str, device: str, checkpoint_dir: str, comm
              train_time_limit_s: float | None, after: Any = None) -> dict[str, Any] | None:
     """One run in a worker (`after`: the result of the run this one waits for, unused). None: finished
     elsewhere meanwhile; a pause at the training time limit comes back as {"paused": message}."""
-    from membench.runner import execute, resolve_device
+    from membench.runner import execute, is_current, resolve_device
     from membench.store import ResultsStore
 
     store = ResultsStore(out_dir)
     with store.claim(spec.run_id, blocking=True):
-        if not force and store.has(spec.run_id):
+        if not force and is_current(spec, store):
             return None
         try:
             return execute(spec, store, resolve_device(device), Path(checkpoint_dir), command, False,
@@ -65,12 +65,12 @@ def run_with_ray(specs: list[RunSpec], out_dir: Path, device: str, force: bool, 
         import ray
     except ImportError:
         raise MembenchError("--launcher ray needs Ray: pip install 'membench[ray]' (or pip install ray)") from None
-    from membench.runner import resolve_device
+    from membench.runner import is_current, resolve_device
     from membench.store import ResultsStore
 
     out_dir, checkpoint_dir = Path(out_dir).resolve(), Path(checkpoint_dir).resolve()
     store = ResultsStore(out_dir)
-    todo = [s for s in {s.run_id: s for s in specs}.values() if force or not store.has(s.run_id)]
+    todo = [s for s in {s.run_id: s for s in specs}.values() if force or not is_current(s, store)]
     if not todo:
         return []
     resolve_device(device)  # a clear error here rather than in every worker

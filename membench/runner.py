@@ -35,7 +35,7 @@ from membench.integrity import audit_write
 from membench.interface import AssociativeMemory, resolve_preset
 from membench.provenance import environment, git_state
 from membench.registry import make_task, resolve_model
-from membench.store import ResultsStore, warn, write_atomic, write_text_atomic
+from membench.store import ResultsStore, read_record, warn, write_atomic, write_text_atomic
 from membench.suites import RunSpec
 from membench.tasks import Task
 from membench.training import CHECKPOINT_KEYS, load_checkpoint, meta_train, weights_only
@@ -163,20 +163,44 @@ def build_model(spec: RunSpec, task: Task) -> AssociativeMemory:
         raise MembenchError(f"cannot build model '{spec.model}' with options {spec.options}: {exc}") from None
 
 
+def comparable_preset(preset: dict[str, Any]) -> dict[str, Any]:
+    """A preset's dict (`Preset.to_dict`, or as stored in a record) as JSON, without what does not change
+    the numbers (`compile`: how updates run, like the device) and without late fields at their defaults."""
+    preset = json.loads(json.dumps(preset, default=str))
+    preset["train"].pop("compile", None)
+    for fields, late in ((preset["train"], LATE_TRAIN_FIELDS), (preset["model"], LATE_MODEL_FIELDS)):
+        for name, default in late.items():
+            if name in fields and fields[name] == default:
+                fields.pop(name)
+    return preset
+
+
+def is_current(spec: RunSpec, store: ResultsStore) -> bool:
+    """True when `spec` has a complete record made with today's definition of its preset. A learned model's
+    run id names its preset, not the preset's fields: a record made before the preset changed is stale
+    (warned about), and its run is done again. Records without a stored preset are taken as current."""
+    if not store.has(spec.run_id):
+        return False
+    cls = resolve_model(spec.model)
+    if not cls.trainable:
+        return True
+    recorded = read_record(store.record_path(spec.run_id)).get("preset_config")
+    today = resolve_preset(cls, make_task(spec.task).spec, spec.preset, spec.options).to_dict()
+    if recorded is None or comparable_preset(recorded) == comparable_preset(today):
+        return True
+    warn(f"{spec.run_id}: its record was made with an older definition of preset '{spec.preset}'; running it again")
+    return False
+
+
 def checkpoint_key(spec: RunSpec, model: AssociativeMemory, task: Task) -> str:
     """File stem of a learned model's checkpoint: a digest of everything its training depends on
     (model, complete preset, built sizes, task, seed, budget), so identical training is shared."""
     task_config = dict(task.config())
     if model.preset.train.num_patterns:
         task_config.pop("num_patterns")  # trained on a set of N: one checkpoint for all
-    preset, model_config = model.preset.to_dict(), dict(model.config())
-    preset["train"].pop("compile")  # how updates run (like the device), not what is trained
-    for fields, late in ((preset["train"], LATE_TRAIN_FIELDS), (preset["model"], LATE_MODEL_FIELDS),
-                         (model_config, LATE_MODEL_FIELDS)):
-        for name, default in late.items():
-            if name in fields and fields[name] == default:
-                fields.pop(name)
-    payload = {"model": spec.model, "preset": preset, "model_config": model_config,
+    model_config = {name: value for name, value in model.config().items()
+                    if name not in LATE_MODEL_FIELDS or value != LATE_MODEL_FIELDS[name]}
+    payload = {"model": spec.model, "preset": comparable_preset(model.preset.to_dict()), "model_config": model_config,
                "task": task_config, "seed": spec.seed, "budget": spec.budget}
     digest = hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
     return f"{spec.model.replace(':', '-')}-{spec.preset}-{digest}"
@@ -325,7 +349,7 @@ def run_all(specs: list[RunSpec], out_dir: Path, device: str = "auto", force: bo
     if launcher != "local":
         raise MembenchError(f"unknown launcher '{launcher}'. Valid launchers: local, ray")
     unique = list({spec.run_id: spec for spec in specs}.values())
-    todo = [s for s in unique if force or not store.has(s.run_id)]
+    todo = [s for s in unique if force or not is_current(s, store)]
     records: list[dict[str, Any]] = []
     deferred: list[RunSpec] = []
 

@@ -241,3 +241,31 @@ def test_curriculum_draws_the_small_n_first_then_all(tmp_path: Path):
                         progress=False)
     drawn = [row["num_patterns"] for row in result.curve]
     assert drawn[:2] == [4, 4] and set(drawn[2:4]) <= {4, 8} and set(drawn[6:]) == {4, 8, 12}, drawn
+
+
+def test_a_record_made_with_an_older_preset_is_run_again(tmp_path: Path, monkeypatch):
+    """Run ids name a preset, not its fields: when the preset's definition changes, `membench run` warns
+    that the stored record is stale and redoes the run (a compile switch alone changes nothing)."""
+    (tmp_path / "tiny_learned.py").write_text(TINY_MODEL)
+    monkeypatch.chdir(tmp_path)
+    args = ["run", "--model", "tiny_learned:TinyLearned", "--num-patterns", "16", "--queries", "32", "--out", "out",
+            "--no-progress", "--checkpoint-dir", "ck"]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    import tiny_learned
+
+    original = tiny_learned.TinyLearned.presets.__func__
+
+    def changed(**fields):
+        def presets(cls, spec, options):
+            quick = original(cls, spec, options)["quick"]
+            return {"quick": dataclasses.replace(quick, train=dataclasses.replace(quick.train, **fields))}
+        monkeypatch.setattr(tiny_learned.TinyLearned, "presets", classmethod(presets))
+
+    changed(compile=True)  # how updates run: the record stands
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 0 and "0 run(s) executed" in again.output and "older definition" not in again.output
+    changed(steps=7)
+    rerun = CliRunner().invoke(main, args)
+    assert rerun.exit_code == 0 and "older definition of preset 'quick'; running it again" in rerun.output
+    (record,) = [json.loads(p.read_text()) for p in (tmp_path / "out" / "runs").glob("*.json")]
+    assert record["training"]["steps"] == 7 and record["preset_config"]["train"]["steps"] == 7
