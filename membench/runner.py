@@ -129,8 +129,11 @@ def _ship_one(source: Path, dest: Path, record: dict[str, Any] | None, max_mb: f
     saved = _readable_checkpoint(source)
     if saved is None:
         return None
-    shipped = _readable_checkpoint(dest) if dest.exists() and dest.resolve() != source.resolve() else saved
-    if (dest.exists() and shipped is not None and "optimizer" not in shipped and shipped.get("history") is not None
+    if not dest.exists():
+        shipped = None
+    else:
+        shipped = saved if dest.resolve() == source.resolve() else _readable_checkpoint(dest)
+    if (shipped is not None and "optimizer" not in shipped and shipped.get("history") is not None
             and shipped["step"] >= saved["step"]):
         if shipped["step"] > saved["step"]:
             warn(f"kept the shipped {dest.name} (step {shipped['step']}): {source} is not trained as far "
@@ -163,16 +166,18 @@ def build_model(spec: RunSpec, task: Task) -> AssociativeMemory:
         raise MembenchError(f"cannot build model '{spec.model}' with options {spec.options}: {exc}") from None
 
 
+def _without_late(fields: dict[str, Any], late: dict[str, Any]) -> dict[str, Any]:
+    """`fields` without the late fields that are at their defaults."""
+    return {name: value for name, value in fields.items() if name not in late or value != late[name]}
+
+
 def comparable_preset(preset: dict[str, Any]) -> dict[str, Any]:
     """A preset's dict (`Preset.to_dict`, or as stored in a record) as JSON, without what does not change
     the numbers (`compile`: how updates run, like the device) and without late fields at their defaults."""
     preset = json.loads(json.dumps(preset, default=str))
     preset["train"].pop("compile", None)
-    for fields, late in ((preset["train"], LATE_TRAIN_FIELDS), (preset["model"], LATE_MODEL_FIELDS)):
-        for name, default in late.items():
-            if name in fields and fields[name] == default:
-                fields.pop(name)
-    return preset
+    return {"model": _without_late(preset["model"], LATE_MODEL_FIELDS),
+            "train": _without_late(preset["train"], LATE_TRAIN_FIELDS)}
 
 
 def is_current(spec: RunSpec, store: ResultsStore) -> bool:
@@ -198,9 +203,8 @@ def checkpoint_key(spec: RunSpec, model: AssociativeMemory, task: Task) -> str:
     task_config = dict(task.config())
     if model.preset.train.num_patterns:
         task_config.pop("num_patterns")  # trained on a set of N: one checkpoint for all
-    model_config = {name: value for name, value in model.config().items()
-                    if name not in LATE_MODEL_FIELDS or value != LATE_MODEL_FIELDS[name]}
-    payload = {"model": spec.model, "preset": comparable_preset(model.preset.to_dict()), "model_config": model_config,
+    payload = {"model": spec.model, "preset": comparable_preset(model.preset.to_dict()),
+               "model_config": _without_late(model.config(), LATE_MODEL_FIELDS),
                "task": task_config, "seed": spec.seed, "budget": spec.budget}
     digest = hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
     return f"{spec.model.replace(':', '-')}-{spec.preset}-{digest}"
