@@ -1,4 +1,4 @@
-"""Command line: `membench list | run | report | figures | capacity | readme | ship | throughput | download`."""
+"""Command line: `membench list | run | report | figures | ship | session | pack | unpack | capacity | readme | throughput | download`."""
 from __future__ import annotations
 
 import dataclasses
@@ -126,7 +126,8 @@ def list_command() -> None:
 @click.option("--force", is_flag=True, help="Rerun finished runs instead of skipping them.")
 @click.option("--progress/--no-progress", default=True, help="Show progress bars.")
 @click.option("--train-time-limit", type=click.FloatRange(min=0), metavar="SECONDS",
-              help="Stop meta-training after this many seconds (checkpointed; exit status 3); rerun to resume (0: one step).")
+              help="Stop this call's meta-training this many seconds after it began (checkpointed; exit status 3); rerun "
+                   "to resume. Processes given the same command share its models out (0: one step of a new model).")
 @click.option("--launcher", default="local", show_default=True, type=click.Choice(["local", "ray"]),
               help="local: runs in this process; ray: runs as Ray tasks (pip install 'membench[ray]').")
 @click.option("--address", help="Address of an existing Ray cluster (with --launcher ray). Default: start a local Ray.")
@@ -224,6 +225,79 @@ def ship(out, checkpoint_dir, files) -> None:
 
     for path in ship_checkpoints(out, checkpoint_dir or default_checkpoint_dir(), files):
         click.echo(f"shipped {path}")
+
+
+@main.command()
+@click.option("--run", "runs", required=True, multiple=True, metavar="ARGS",
+              help="The arguments of one `membench run` (quoted), repeatable; e.g. \"--suite table1-learned "
+                   "--model ebmm --preset gpu --out results/table1\".")
+@click.option("--copies", default=1, show_default=True, type=click.IntRange(1),
+              help="Processes started with each --run (they share its models out).")
+@click.option("--train-time-limit", required=True, type=click.FloatRange(min=0), metavar="SECONDS",
+              help="Each process's training stops this many seconds after it began (rerun the session to resume).")
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--to", "archive", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The archive the session's new results and checkpoints are packed into.")
+@click.option("--results", default="results", show_default=True, type=click.Path(file_okay=False, path_type=Path),
+              help="The results folder the runs write under (what is packed).")
+@click.option("--cache", default="/tmp/membench-session", show_default=True,
+              type=click.Path(file_okay=False, path_type=Path), help="The session's checkpoint cache and logs.")
+@click.option("--throughput", "time_updates", is_flag=True,
+              help="First time the gpu preset's EBMM updates (membench throughput, batches 32, 128, 512, CUDA graphs).")
+@_friendly_errors
+def session(runs, copies, train_time_limit, device, archive, results, cache, time_updates) -> None:
+    """One session on a lent machine as one bounded command: the --run processes side by side, then what
+    they made packed into one archive (exit 3: some training paused; run the session again to resume)."""
+    from membench.session import run_session
+
+    first = []
+    if time_updates:
+        first.append(["throughput", "--model", "ebmm", "--preset", "gpu", "--device", device, "--batch-sizes",
+                      "32,128,512", "--steps", "20", "--cuda-graph" if device != "cpu" else "--no-cuda-graph",
+                      "--out", str(results / "bench" / "throughput.csv")])
+    status = run_session(runs, copies, train_time_limit, device, cache, archive, results, first)
+    click.echo(f"packed into {archive}; then here: membench unpack {archive.name}, membench report, membench readme")
+    if status:
+        raise ExitWith(f"session ended with status {status} (3: training paused; run the same session again)",
+                       status)
+
+
+@main.command()
+@click.option("--to", "archive", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The archive to write (.tar.gz), e.g. $OUT/session.tgz on a lent GPU machine.")
+@click.option("--since", "mark", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A file touched when the session began: only files written after it are packed.")
+@click.option("--results", default="results", show_default=True, type=click.Path(file_okay=False, path_type=Path),
+              help="The results folder whose new files are packed.")
+@click.option("--checkpoint-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="The checkpoint cache whose new checkpoints are packed. Default: $MEMBENCH_CACHE/checkpoints.")
+@_friendly_errors
+def pack(archive, mark, results, checkpoint_dir) -> None:
+    """Pack what a session made (new results files, new checkpoints weights only) into one archive to carry
+    back; `membench unpack` adds it to a checkout."""
+    from membench.runner import default_checkpoint_dir
+    from membench.session import pack as pack_archive
+
+    names = pack_archive(archive, mark.stat().st_mtime, results, checkpoint_dir or default_checkpoint_dir())
+    click.echo(f"packed {len(names)} file(s) into {archive}: " + ", ".join(names))
+
+
+@main.command()
+@click.argument("archive", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--root", default=".", show_default=True, type=click.Path(file_okay=False, path_type=Path),
+              help="The checkout whose results/ receives the archive's results files.")
+@_friendly_errors
+def unpack(archive, root) -> None:
+    """Add a session archive (`membench pack`) to this checkout: its results files, and its checkpoints
+    shipped into results/checkpoints, so the next session resumes from them."""
+    from membench.session import unpack as unpack_archive
+
+    written, shipped = unpack_archive(archive, root)
+    for path in written:
+        click.echo(f"wrote {path}")
+    for path in shipped:
+        click.echo(f"shipped {path}")
+    click.echo("then: membench report --out <the results folder>, membench readme, and commit")
 
 
 @main.command()

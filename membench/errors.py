@@ -23,3 +23,7 @@ class DatasetMissing(MembenchError):
 
 class TrainingInterrupted(MembenchError):
     """Ctrl-C during meta-training; the checkpoint was written first, so rerunning resumes."""
+
+
+class CheckpointBusy(Exception):
+    """Another process is training this checkpoint (raised only when asked not to wait for it)."""

@@ -30,7 +30,7 @@ import torch
 
 import membench
 from membench.budget import check_declared, check_measured
-from membench.errors import MembenchError, TrainingPaused
+from membench.errors import CheckpointBusy, MembenchError, TrainingPaused
 from membench.integrity import audit_write
 from membench.interface import AssociativeMemory, resolve_preset
 from membench.provenance import environment, git_state
@@ -266,10 +266,12 @@ def evaluate(model: AssociativeMemory, task: Task, spec: RunSpec, device: torch.
 
 
 def execute(spec: RunSpec, store: ResultsStore, device: torch.device, checkpoint_dir: Path,
-            command: str, progress: bool = True, train_time_limit_s: float | None = None) -> dict[str, Any]:
+            command: str, progress: bool = True, train_time_limit_s: float | None = None,
+            wait_for_checkpoint: bool = True) -> dict[str, Any]:
     """Run one spec to completion and save its record; returns the record.
 
-    Raises TrainingPaused (no record written) when meta-training reaches `train_time_limit_s`.
+    Raises TrainingPaused (no record written) when meta-training reaches `train_time_limit_s`, and
+    CheckpointBusy when another process trains its checkpoint and `wait_for_checkpoint` is off.
     """
     started = time.perf_counter()
     task = make_task(spec.task)
@@ -282,7 +284,7 @@ def execute(spec: RunSpec, store: ResultsStore, device: torch.device, checkpoint
         train_config = model.preset.train
         key = checkpoint_key(spec, model, task)
         result = meta_train(model, task, train_config, checkpoint_path(key, checkpoint_dir), device, spec.seed,
-                            progress, time_limit_s=train_time_limit_s)
+                            progress, time_limit_s=train_time_limit_s, wait=wait_for_checkpoint)
         if not result.finished:
             raise TrainingPaused(
                 f"meta-training of '{spec.model}' (preset {spec.preset}) stopped at step {result.steps} of "
@@ -333,10 +335,13 @@ def run_all(specs: list[RunSpec], out_dir: Path, device: str = "auto", force: bo
     """Execute every spec not already finished in `out_dir` (all of them with `force`); return the new records.
 
     Runs claimed by another process on the same directory are left to it until the end, then
-    waited for (and computed here only if that process did not finish them). `train_time_limit_s`
-    bounds the meta-training wall time of each model in this call. `launcher="ray"` runs them as
-    Ray tasks instead (membench.ray_launcher; `address` of an existing cluster, else a local Ray).
+    waited for (and computed here only if that process did not finish them); so are runs whose
+    checkpoint another process is training, so several processes given the same command share its
+    models out. Meta-training in this call stops `train_time_limit_s` seconds after the call began
+    (TrainingPaused). `launcher="ray"` runs them as Ray tasks instead (membench.ray_launcher; `address`
+    of an existing cluster, else a local Ray; there the limit bounds each model's training).
     """
+    deadline = None if train_time_limit_s is None else time.perf_counter() + train_time_limit_s
     torch_device = resolve_device(device)
     store = ResultsStore(out_dir)
     checkpoint_dir = Path(checkpoint_dir or default_checkpoint_dir())
@@ -356,9 +361,11 @@ def run_all(specs: list[RunSpec], out_dir: Path, device: str = "auto", force: bo
     todo = [s for s in unique if force or not is_current(s, store)]
     records: list[dict[str, Any]] = []
     deferred: list[RunSpec] = []
+    busy: set[str] = set()  # deferred because another process was training their checkpoint
 
-    def run_one(spec: RunSpec) -> None:
-        record = execute(spec, store, torch_device, checkpoint_dir, command, progress, train_time_limit_s)
+    def run_one(spec: RunSpec, wait: bool = True) -> None:
+        limit = None if deadline is None else max(0.0, deadline - time.perf_counter())
+        record = execute(spec, store, torch_device, checkpoint_dir, command, progress, limit, wait)
         records.append(record)
         if on_record:
             on_record(record)
@@ -376,9 +383,13 @@ def run_all(specs: list[RunSpec], out_dir: Path, device: str = "auto", force: bo
             if not mine:
                 deferred.append(spec)
             elif force or existed or not store.record_path(spec.run_id).exists():
-                run_one(spec)  # (a record that appeared meanwhile was finished by another process)
+                try:  # (a record that appeared meanwhile was finished by another process)
+                    run_one(spec, wait=False)
+                except CheckpointBusy:
+                    deferred.append(spec)
+                    busy.add(spec.run_id)
     for spec in deferred:
         with store.claim(spec.run_id, blocking=True):
-            if not store.has(spec.run_id):
+            if not store.has(spec.run_id) or (force and spec.run_id in busy):
                 run_one(spec)
     return records

@@ -36,7 +36,7 @@ from typing import Any, Iterator
 
 import torch
 
-from membench.errors import TrainingDiverged, TrainingInterrupted
+from membench.errors import CheckpointBusy, TrainingDiverged, TrainingInterrupted
 from membench.interface import AssociativeMemory, TrainConfig
 from membench.provenance import device_name, git_state
 from membench.stepper import Stepper
@@ -129,27 +129,32 @@ def meta_train(
     seed: int,
     progress: bool = True,
     time_limit_s: float | None = None,
+    wait: bool = True,
 ) -> TrainResult:
     """Train `model` in place on episodes of `task`; resume from / write `checkpoint_path`.
 
-    Stops early (checkpointed, `finished=False`) once `time_limit_s` seconds have passed. Only
-    one process trains a checkpoint at a time: another one waits, then resumes or reuses its work.
-    A Ctrl-C finishes the current step, checkpoints and raises TrainingInterrupted.
+    Stops early (checkpointed, `finished=False`) once `time_limit_s` seconds have passed since this
+    call began (waiting included); a fresh model makes at least one step, a resumed one none when the
+    time is already up. Only one process trains a checkpoint at a time: another one waits, then resumes
+    or reuses its work, or with `wait=False` raises CheckpointBusy at once. A Ctrl-C finishes the
+    current step, checkpoints and raises TrainingInterrupted.
     """
+    deadline = None if time_limit_s is None else time.perf_counter() + time_limit_s
     checkpoint_path = Path(checkpoint_path)
     checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
     remove_orphans(checkpoint_path.parent)
     lock = checkpoint_path.with_name(checkpoint_path.name + ".lock")
     with file_lock(lock, blocking=False) as free:
+        if not free and not wait:
+            raise CheckpointBusy(checkpoint_path.name)
         if not free:
             warn(f"another process is training {checkpoint_path.name}; waiting for it to finish or pause")
     with file_lock(lock), _deferred_interrupt() as interrupted:
-        return _train(model, task, config, checkpoint_path, device, seed, progress, time_limit_s, interrupted)
+        return _train(model, task, config, checkpoint_path, device, seed, progress, deadline, interrupted)
 
 
 def _train(model: AssociativeMemory, task: Task, config: TrainConfig, checkpoint_path: Path, device: torch.device,
-           seed: int, progress: bool, time_limit_s: float | None, interrupted: list[bool]) -> TrainResult:
-    call_started = time.perf_counter()
+           seed: int, progress: bool, deadline: float | None, interrupted: list[bool]) -> TrainResult:
     model.to(device)
     stepper = Stepper(model, config, device)
     generator = torch.Generator().manual_seed(seed + TRAIN_STREAM)
@@ -195,6 +200,10 @@ def _train(model: AssociativeMemory, task: Task, config: TrainConfig, checkpoint
                          "history": stretches(), "config": dataclasses.asdict(config)}, checkpoint_path)
         saved_step = step
 
+    if saved is not None and deadline is not None and time.perf_counter() > deadline:
+        model.eval()  # resumed after the time was up (e.g. waited for another process): no step
+        return TrainResult(steps=step, train_time_s=elapsed, curve=curve, checkpoint=str(checkpoint_path),
+                           finished=step >= config.steps, history=stretches())
     bar = None
     if progress and step < config.steps:
         from tqdm.auto import tqdm
@@ -218,7 +227,7 @@ def _train(model: AssociativeMemory, task: Task, config: TrainConfig, checkpoint
         first_bad.masked_fill_(~out.finite & (first_bad < 0), step)
         logging = step % config.log_every == 0 or step == config.steps
         saving = step % config.checkpoint_every == 0 or step == config.steps
-        paused = time_limit_s is not None and time.perf_counter() - call_started > time_limit_s
+        paused = deadline is not None and time.perf_counter() > deadline
         if logging or saving or paused or interrupted[0]:
             check_finite(out.loss)
         elapsed += time.perf_counter() - started

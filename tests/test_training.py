@@ -1,6 +1,7 @@
 """The shared training loop across bounded commands: the time limit pauses, the rerun resumes."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import textwrap
@@ -269,3 +270,46 @@ def test_a_record_made_with_an_older_preset_is_run_again(tmp_path: Path, monkeyp
     assert rerun.exit_code == 0 and "older definition of preset 'quick'; running it again" in rerun.output
     (record,) = [json.loads(p.read_text()) for p in (tmp_path / "out" / "runs").glob("*.json")]
     assert record["training"]["steps"] == 7 and record["preset_config"]["train"]["steps"] == 7
+
+
+def test_a_resumed_model_makes_no_step_once_the_time_is_up(tmp_path: Path):
+    """time_limit_s counts from the call (waiting for another process included): a fresh model makes one
+    step at 0 s, a resumed one none, so processes that waited for a paused checkpoint do not overrun."""
+    config = TrainConfig(steps=4, batch_size=2, lr=1e-3, log_every=1, checkpoint_every=100, num_patterns=(4, 8))
+    task, device, path = BinaryTask(4), torch.device("cpu"), tmp_path / "ck.pt"
+    first = meta_train(_linear_model(), task, config, path, device, seed=0, progress=False, time_limit_s=0.0)
+    saved = path.read_bytes()
+    again = meta_train(_linear_model(), task, config, path, device, seed=0, progress=False, time_limit_s=0.0)
+    assert (first.steps, again.steps) == (1, 1) and not again.finished and path.read_bytes() == saved
+
+
+def test_a_run_whose_checkpoint_another_process_trains_waits_until_the_rest_are_done(tmp_path: Path, monkeypatch):
+    """With N = 16's checkpoint busy (its lock held, as by another process), run_all does not wait for it:
+    it finishes N = 32 first, then comes back to N = 16 once the lock is free."""
+    import threading
+
+    from membench.runner import build_model, checkpoint_key, run_all
+    from membench.registry import make_task
+    from membench.store import file_lock
+
+    (tmp_path / "tiny_learned.py").write_text(TINY_MODEL)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    specs = get_suite("table1").expand("table1", ("tiny_learned:TinyLearned",), (0,), 32, "quick", (16, 32), None)
+    busy = specs[0]
+    task = make_task(busy.task)
+    lock = tmp_path / "ck" / f"{checkpoint_key(busy, build_model(busy, task), task)}.pt.lock"
+    held = contextlib.ExitStack()
+    held.enter_context(file_lock(lock))
+    fallback = threading.Timer(120, held.close)  # only if the deferral is broken: no deadlock
+    fallback.daemon = True
+    fallback.start()
+    order = []
+
+    def on_record(record):
+        order.append(record["task"]["num_patterns"])
+        held.close()  # "the other process" pauses once the free run is done
+
+    run_all(specs, tmp_path / "out", device="cpu", checkpoint_dir=tmp_path / "ck", progress=False, on_record=on_record)
+    fallback.cancel()
+    assert order == [32, 16]

@@ -1,0 +1,105 @@
+"""A remote session's archive: `membench pack` there, `membench unpack` here, the next session resumes."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from pathlib import Path
+
+import torch
+from click.testing import CliRunner
+
+from membench.cli import EXIT_PAUSED, main
+from tests.test_training import TINY_MODEL
+
+
+def test_a_session_archive_carries_new_results_and_paused_training_home(tmp_path: Path, monkeypatch):
+    """Machine 1 pauses after one update and packs only what it wrote since the session began (the
+    records and curves of the finished run, the paused checkpoint weights only); unpacked here, the
+    results land at their paths and the checkpoint is shipped, so machine 2 resumes it to the end."""
+    (tmp_path / "tiny_learned.py").write_text(TINY_MODEL)
+    monkeypatch.chdir(tmp_path)
+    old = tmp_path / "m1" / "results" / "bench" / "old.csv"
+    old.parent.mkdir(parents=True)
+    old.write_text("a,b")
+    os.utime(old, (0, 0))
+    mark = tmp_path / "m1" / "started"
+    mark.touch()
+    run = ["run", "--model", "tiny_learned:TinyLearned", "--queries", "32", "--no-progress"]
+    finished = CliRunner().invoke(main, [*run, "--num-patterns", "8", "--out", "m1/results/table1",
+                                         "--checkpoint-dir", "m1/ck"])
+    paused = CliRunner().invoke(main, [*run, "--num-patterns", "16", "--budget", "200", "--out",
+                                       "m1/results/table1", "--checkpoint-dir", "m1/ck", "--train-time-limit", "0"])
+    assert finished.exit_code == 0, finished.output
+    assert paused.exit_code == EXIT_PAUSED, paused.output
+    packed = CliRunner().invoke(main, ["pack", "--to", "m1/out/session.tgz", "--since", str(mark), "--results",
+                                       "m1/results", "--checkpoint-dir", "m1/ck"])
+    assert packed.exit_code == 0, packed.output
+    with tarfile.open(tmp_path / "m1" / "out" / "session.tgz") as tar:
+        names = tar.getnames()
+    assert "results/bench/old.csv" not in names
+    assert sum(n.startswith("results/table1/runs/") for n in names) == 1
+    assert len([n for n in names if n.startswith("checkpoints/")]) == 2
+
+    (tmp_path / "here").mkdir()
+    unpacked = CliRunner().invoke(main, ["unpack", "m1/out/session.tgz", "--root", "here"])
+    assert unpacked.exit_code == 0, unpacked.output
+    (record,) = [json.loads(p.read_text()) for p in (tmp_path / "here" / "results" / "table1" / "runs").glob("*.json")]
+    assert record["task"]["num_patterns"] == 8
+    shipped = {p.name: torch.load(p, weights_only=False) for p in (tmp_path / "shipped").glob("*.pt")}
+    assert sorted(c["step"] for c in shipped.values()) == [1, 6]
+    assert all("optimizer" not in c for c in shipped.values())
+
+    resumed = CliRunner().invoke(main, [*run, "--num-patterns", "16", "--budget", "200", "--out", "m2",
+                                        "--checkpoint-dir", "m2/ck"])
+    assert resumed.exit_code == 0 and "holds weights only" in resumed.output, resumed.output
+    (again,) = [json.loads(p.read_text()) for p in (tmp_path / "m2" / "runs").glob("*.json")]
+    assert [h["steps"] for h in again["training"]["history"]] == [[0, 1], [1, 6]]
+
+
+def _archive(path: Path, members: dict[str, bytes]) -> Path:
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_unpack_refuses_an_unsafe_or_corrupt_archive_and_writes_nothing(tmp_path: Path):
+    """A member outside results/ and checkpoints/ (or climbing out with ..) stops the whole unpack before
+    any file is written; a truncated archive is one line naming the file; no traceback."""
+    root = tmp_path / "here"
+    root.mkdir()
+    for bad in ("../evil.json", "results/../../evil.json", "elsewhere/x.json", "checkpoints/sub/x.pt"):
+        archive = _archive(tmp_path / "bad.tgz", {"results/table1/runs/fine.json": b"{}", bad: b"x"})
+        result = CliRunner().invoke(main, ["unpack", str(archive), "--root", str(root)])
+        assert result.exit_code == 1 and f"member '{bad}'" in result.output and "nothing was unpacked" in result.output
+        assert "Traceback" not in result.output
+        assert not any(root.rglob("*")) and not (tmp_path / "evil.json").exists()
+    good = _archive(tmp_path / "good.tgz", {"results/table1/runs/fine.json": b"{}" * 5000})
+    truncated = tmp_path / "truncated.tgz"
+    truncated.write_bytes(good.read_bytes()[:60])
+    result = CliRunner().invoke(main, ["unpack", str(truncated), "--root", str(root)])
+    assert result.exit_code == 1 and "is not a readable session archive" in result.output, result.output
+    assert "Traceback" not in result.output and not any(root.rglob("*"))
+
+
+def test_a_session_runs_copies_side_by_side_and_packs_what_they_made(tmp_path: Path, monkeypatch):
+    """Two processes given one command over two models each train one of them (one stretch of training
+    per checkpoint, nothing trained twice); the session exits 0 and its archive holds both records and
+    both checkpoints."""
+    (tmp_path / "tiny_learned.py").write_text(TINY_MODEL)
+    monkeypatch.chdir(tmp_path)
+    args = "--model tiny_learned:TinyLearned --num-patterns 8,16 --queries 32 --out results/table1"
+    result = CliRunner().invoke(main, ["session", "--run", args, "--copies", "2", "--train-time-limit", "300",
+                                       "--device", "cpu", "--to", "out/session.tgz", "--cache", "session"])
+    assert result.exit_code == 0, result.output
+    records = [json.loads(p.read_text()) for p in (tmp_path / "results" / "table1" / "runs").glob("*.json")]
+    assert sorted(r["task"]["num_patterns"] for r in records) == [8, 16]
+    assert all(len(r["training"]["history"]) == 1 for r in records)
+    with tarfile.open(tmp_path / "out" / "session.tgz") as tar:
+        names = tar.getnames()
+    assert sum(n.startswith("checkpoints/") for n in names) == 2
+    assert sum(n.startswith("results/table1/runs/") for n in names) == 2
