@@ -174,3 +174,25 @@ def test_nan_retrievals_are_refused(tmp_path):
     with pytest.raises(MembenchError, match="NaN"):
         run_all(_specs(f"{__name__}:NaNMemory", num_patterns=(16,)), tmp_path, device="cpu", progress=False)
     assert ResultsStore(tmp_path).records() == []
+
+
+def test_long_error_lists_are_stored_packed_and_read_back_exactly(tmp_path):
+    """A Figure 3 point's 64,000 float32 errors are stored packed (far smaller) and read back as the very
+    same numbers; a list that is not float32 numbers, or a short one, is stored as it is; a damaged packed
+    field makes the record unreadable (named), so the run counts as unfinished."""
+    errors = torch.rand(64_000, generator=torch.Generator().manual_seed(0)).mul(60).round().tolist()
+    store = ResultsStore(tmp_path / "out")
+    base = {key: 0 for key in store_module.RECORD_KEYS}
+    path = store.save({**base, "run_id": "packed", "errors": errors})
+    assert path.stat().st_size < len(json.dumps(errors)) / 3
+    assert store_module.read_record(path)["errors"] == errors
+    float64 = [e + 1e-9 for e in errors]
+    plain = store.save({**base, "run_id": "plain", "errors": float64})
+    assert json.loads(plain.read_text())["errors"] == float64
+    assert json.loads(store.save({**base, "run_id": "short", "errors": errors[:100]}).read_text())["errors"] == errors[:100]
+    damaged = json.loads(path.read_text())
+    damaged["errors"]["float32_zlib_base64"] = damaged["errors"]["float32_zlib_base64"][:-40]
+    write_json_atomic(path, damaged)
+    with pytest.raises(MembenchError, match="record .*packed.json is unreadable"):
+        store_module.read_record(path)
+    assert not store.has("packed")
