@@ -10,9 +10,9 @@ session's time is up), then `pack` puts what they made into one .tar.gz
     checkpoints/<key>.pt every checkpoint of the session's cache written since then, weights only
 
 Here, `unpack` checks every member before writing anything (plain files under those two folders,
-no absolute or parent paths), writes the results files into this checkout and ships the
-checkpoints (`runner.ship_checkpoints`: replacing a shipped one only with one trained further), so
-the next session's same command resumes from them.
+no absolute or parent paths), writes the results files into this checkout (the throughput table's
+rows merged into the local one) and ships the checkpoints (`runner.ship_checkpoints`: replacing a
+shipped one only with one trained further), so the next session's same command resumes from them.
 """
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ from membench.training import weights_only
 RESULTS, CHECKPOINTS = "results", "checkpoints"
 CARRY_LIMIT_MB = 16.0  # what a lent machine returns per file
 EXIT_PAUSED = 3  # as `membench run`: some training stopped at the time limit
+THROUGHPUT_CSV = "results/bench/throughput.csv"  # merged row by row on unpacking
 
 
 def run_session(runs: Sequence[str], copies: int, train_time_limit_s: float, device: str, cache: Path,
@@ -125,6 +126,13 @@ def unpack(archive: Path, root: Path, checkpoint_target: Path | None = None) -> 
         for name, data in contents.items():
             if name.startswith(f"{CHECKPOINTS}/"):
                 files = [*files, write_atomic(Path(scratch) / PurePosixPath(name).name, lambda h, d=data: h.write(d))]
+            elif name == THROUGHPUT_CSV and (Path(root) / name).exists():  # rows merged, not the file replaced
+                import pandas as pd
+
+                from membench.throughput import merge
+
+                merge(Path(root) / name, pd.read_csv(io.BytesIO(data), dtype={"commit": str}).to_dict("records"))
+                written.append(Path(root) / name)
             else:
                 written.append(write_atomic(Path(root) / name, lambda h, d=data: h.write(d)))
         shipped = ship_checkpoints(None, Path(scratch), files, target=checkpoint_target)

@@ -7,11 +7,16 @@ import os
 import tarfile
 from pathlib import Path
 
+import pandas as pd
 import torch
 from click.testing import CliRunner
 
 from membench.cli import EXIT_PAUSED, main
+from membench.throughput import COLUMNS, merge
 from tests.test_training import TINY_MODEL
+
+ROW = dict.fromkeys(COLUMNS, 1) | {"device": "cpu", "device_name": "x86_64", "model": "ebmm", "preset": "gpu",
+                                   "commit": "abc", "cuda_graph": False, "compiled": False}
 
 
 def test_a_session_archive_carries_new_results_and_paused_training_home(tmp_path: Path, monkeypatch):
@@ -42,9 +47,16 @@ def test_a_session_archive_carries_new_results_and_paused_training_home(tmp_path
     assert sum(n.startswith("results/table1/runs/") for n in names) == 1
     assert len([n for n in names if n.startswith("checkpoints/")]) == 2
 
-    (tmp_path / "here").mkdir()
+    remote_rows = [{**ROW, "device": "cuda", "device_name": "H200", "episodes_per_s": 3000.0}]
+    merge(tmp_path / "m1" / "results" / "bench" / "throughput.csv", remote_rows)  # written in the session
+    merge(tmp_path / "here" / "results" / "bench" / "throughput.csv", [ROW])  # a row made here meanwhile
+    packed = CliRunner().invoke(main, ["pack", "--to", "m1/out/session.tgz", "--since", str(mark), "--results",
+                                       "m1/results", "--checkpoint-dir", "m1/ck"])
+    assert packed.exit_code == 0, packed.output
     unpacked = CliRunner().invoke(main, ["unpack", "m1/out/session.tgz", "--root", "here"])
     assert unpacked.exit_code == 0, unpacked.output
+    rows = pd.read_csv(tmp_path / "here" / "results" / "bench" / "throughput.csv")
+    assert sorted(rows.device) == ["cpu", "cuda"]  # the session's row merged beside the one made here
     (record,) = [json.loads(p.read_text()) for p in (tmp_path / "here" / "results" / "table1" / "runs").glob("*.json")]
     assert record["task"]["num_patterns"] == 8
     shipped = {p.name: torch.load(p, weights_only=False) for p in (tmp_path / "shipped").glob("*.pt")}
