@@ -243,7 +243,8 @@ def ship(out, checkpoint_dir, files) -> None:
 @click.option("--cache", default="/tmp/membench-session", show_default=True,
               type=click.Path(file_okay=False, path_type=Path), help="The session's checkpoint cache and logs.")
 @click.option("--throughput", "time_updates", is_flag=True,
-              help="First time the gpu preset's EBMM updates (membench throughput, batches 32, 128, 512, CUDA graphs).")
+              help="First time the gpu preset's EBMM updates (membench throughput: CUDA graphs of eager kernels at "
+                   "batches 32, 128, 512, and of compiled kernels at 512).")
 @_friendly_errors
 def session(runs, copies, train_time_limit, device, archive, results, cache, time_updates) -> None:
     """One session on a lent machine as one bounded command: the --run processes side by side, then what
@@ -251,10 +252,10 @@ def session(runs, copies, train_time_limit, device, archive, results, cache, tim
     from membench.session import run_session
 
     first = []
-    if time_updates:
-        first.append(["throughput", "--model", "ebmm", "--preset", "gpu", "--device", device, "--batch-sizes",
-                      "32,128,512", "--steps", "20", "--cuda-graph" if device != "cpu" else "--no-cuda-graph",
-                      "--out", str(results / "bench" / "throughput.csv")])
+    if time_updates:  # eager kernels at three meta-batches, then compiled kernels at the largest
+        timing = ["throughput", "--model", "ebmm", "--preset", "gpu", "--device", device, "--steps", "20",
+                  "--cuda-graph" if device != "cpu" else "--no-cuda-graph", "--out", str(results / "bench" / "throughput.csv")]
+        first += [[*timing, "--batch-sizes", "32,128,512", "--eager"], [*timing, "--batch-sizes", "512", "--compile"]]
     status = run_session(runs, copies, train_time_limit, device, cache, archive, results, first)
     click.echo(f"packed into {archive}; then here: membench unpack {archive.name}, membench report, membench readme")
     if status:
