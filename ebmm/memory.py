@@ -28,6 +28,7 @@ copies (torch.func.functional_call + vmap) and differentiated with torch.autogra
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from dataclasses import dataclass
@@ -301,8 +302,15 @@ class EBMM(AssociativeMemory):
 
     def write(self, patterns: torch.Tensor) -> Writable:
         """Store patterns (B, N, *S); returns per-episode writable tensors name -> (B, *shape)."""
-        with torch.enable_grad():
+        with self._inner_grad():
             return self._write(patterns, create_graph=False)
+
+    def _inner_grad(self):
+        """Grad mode for write and read outside meta-training: autograd on, unless no step needs it (closed-form
+        energy gradients, no ||grad_x E||^2 term): then the caller's mode stands, and under no_grad evaluation
+        records no graph."""
+        autograd_free = self._closed_form and not self.cfg.grad_norm_term
+        return contextlib.nullcontext() if autograd_free else torch.enable_grad()
 
     # --- read -----------------------------------------------------------------------
     def _read(self, state: Writable, queries: torch.Tensor, create_graph: bool) -> list[torch.Tensor]:
@@ -326,7 +334,7 @@ class EBMM(AssociativeMemory):
 
     def read(self, state: Writable, queries: torch.Tensor) -> torch.Tensor:
         """Retrieve from queries (B, Q, *S): the last of K projected Nesterov steps on E."""
-        with torch.enable_grad():
+        with self._inner_grad():
             return self._read(state, queries, create_graph=False)[-1]
 
     # --- meta-training --------------------------------------------------------------

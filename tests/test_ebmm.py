@@ -255,3 +255,18 @@ def test_a_learned_write_norm_starts_as_the_mean_and_is_meta_learned():
     loss, _ = learned.meta_loss(batch.patterns, batch.queries)
     loss.backward()
     assert learned.write_norm.grad is not None and learned.write_norm.grad.abs() > 0
+
+
+@pytest.mark.parametrize("grad_norm_term", [False, True])
+def test_write_and_read_under_no_grad_match_grad_mode(grad_norm_term: bool):
+    """Evaluation runs under no_grad: the closed-form path then builds no graph, the ||grad_x E||^2 term
+    still gets the autograd it needs, and both give the retrievals of grad mode."""
+    model, task = small_model(grad_norm_term=grad_norm_term)
+    batch = episodes(task)
+    patterns, queries = batch.patterns, batch.queries
+    expected = model.read(model.write(patterns), queries)
+    with torch.no_grad():
+        state = model.write(patterns)
+        retrieved = model.read(state, queries)
+    assert all(t.grad_fn is None for t in state.values())
+    torch.testing.assert_close(retrieved, expected, rtol=0, atol=0)
