@@ -8,9 +8,8 @@ from pathlib import Path
 
 import click
 
-from membench.errors import MembenchError, TrainingInterrupted, TrainingPaused
+from membench.errors import EXIT_PAUSED, MembenchError, TrainingInterrupted, TrainingPaused
 
-EXIT_PAUSED = 3  # `membench run` stopped at --train-time-limit: rerun to continue
 EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), as shells report it
 MAX_SEED = 2**31 - 1
 DEFAULT_OUT = "membench-results"
@@ -234,7 +233,7 @@ def ship(out, checkpoint_dir, files) -> None:
 @click.option("--copies", default=1, show_default=True, type=click.IntRange(1),
               help="Processes started with each --run (they share its models out).")
 @click.option("--train-time-limit", required=True, type=click.FloatRange(min=0), metavar="SECONDS",
-              help="Each process's training stops this many seconds after it began (rerun the session to resume).")
+              help="Training stops this many seconds after the session began (rerun the session to resume).")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--to", "archive", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="The archive the session's new results and checkpoints are packed into.")
@@ -242,11 +241,13 @@ def ship(out, checkpoint_dir, files) -> None:
               help="The results folder the runs write under (what is packed).")
 @click.option("--cache", default="/tmp/membench-session", show_default=True,
               type=click.Path(file_okay=False, path_type=Path), help="The session's checkpoint cache and logs.")
+@click.option("--grace", default=120.0, show_default=True, type=click.FloatRange(min=0), metavar="SECONDS",
+              help="Time after the training limit for evaluation; processes still running then are interrupted.")
 @click.option("--throughput", "time_updates", is_flag=True,
               help="First time the gpu preset's EBMM updates (membench throughput: CUDA graphs of eager kernels at "
                    "batches 32, 128, 512, and of compiled kernels at 512).")
 @_friendly_errors
-def session(runs, copies, train_time_limit, device, archive, results, cache, time_updates) -> None:
+def session(runs, copies, train_time_limit, device, archive, results, cache, grace, time_updates) -> None:
     """One session on a lent machine as one bounded command: the --run processes side by side, then what
     they made packed into one archive (exit 3: some training paused; run the session again to resume)."""
     from membench.session import run_session
@@ -254,9 +255,9 @@ def session(runs, copies, train_time_limit, device, archive, results, cache, tim
     first = []
     if time_updates:  # eager kernels at three meta-batches, then compiled kernels at the largest
         timing = ["throughput", "--model", "ebmm", "--preset", "gpu", "--device", device, "--steps", "20",
-                  "--cuda-graph" if device != "cpu" else "--no-cuda-graph", "--out", str(results / "bench" / "throughput.csv")]
+                  "--cuda-graph" if device == "cuda" else "--no-cuda-graph", "--out", str(results / "bench" / "throughput.csv")]
         first += [[*timing, "--batch-sizes", "32,128,512", "--eager"], [*timing, "--batch-sizes", "512", "--compile"]]
-    status = run_session(runs, copies, train_time_limit, device, cache, archive, results, first)
+    status = run_session(runs, copies, train_time_limit, device, cache, archive, results, first, grace)
     click.echo(f"packed into {archive}; then here: membench unpack {archive.name}, membench report, membench readme")
     if status:
         raise ExitWith(f"session ended with status {status} (3: training paused; run the same session again)",
@@ -289,8 +290,8 @@ def pack(archive, mark, results, checkpoint_dir) -> None:
               help="The checkout whose results/ receives the archive's results files.")
 @_friendly_errors
 def unpack(archive, root) -> None:
-    """Add a session archive (`membench pack`) to this checkout: its results files, and its checkpoints
-    shipped into results/checkpoints, so the next session resumes from them."""
+    """Add a session archive (`membench pack`) to the checkout ROOT: its results files, and its checkpoints
+    shipped into ROOT/results/checkpoints, so the next session resumes from them."""
     from membench.session import unpack as unpack_archive
 
     written, shipped = unpack_archive(archive, root)

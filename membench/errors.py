@@ -1,5 +1,7 @@
 """Errors that the CLI turns into a clear message and a non-zero exit."""
 
+EXIT_PAUSED = 3  # exit status of a command whose meta-training stopped at its time limit: rerun to continue
+
 
 class MembenchError(Exception):
     """A problem the user can fix; the message names the problem and the fix."""

@@ -288,7 +288,7 @@ def execute(spec: RunSpec, store: ResultsStore, device: torch.device, checkpoint
         if not result.finished:
             raise TrainingPaused(
                 f"meta-training of '{spec.model}' (preset {spec.preset}) stopped at step {result.steps} of "
-                f"{train_config.steps} at the training time limit ({train_time_limit_s:g} s); its checkpoint is "
+                f"{train_config.steps} at the command's training time limit; its checkpoint is "
                 f"{result.checkpoint}. Rerun the same command to continue; finished runs are kept.")
         curve_path = store.training_dir / f"{key}.csv"
         import pandas as pd
@@ -341,6 +341,7 @@ def run_all(specs: list[RunSpec], out_dir: Path, device: str = "auto", force: bo
     (TrainingPaused). `launcher="ray"` runs them as Ray tasks instead (membench.ray_launcher; `address`
     of an existing cluster, else a local Ray; there the limit bounds each model's training).
     """
+    started = time.time()
     deadline = None if train_time_limit_s is None else time.perf_counter() + train_time_limit_s
     torch_device = resolve_device(device)
     store = ResultsStore(out_dir)
@@ -361,7 +362,6 @@ def run_all(specs: list[RunSpec], out_dir: Path, device: str = "auto", force: bo
     todo = [s for s in unique if force or not is_current(s, store)]
     records: list[dict[str, Any]] = []
     deferred: list[RunSpec] = []
-    busy: set[str] = set()  # deferred because another process was training their checkpoint
 
     def run_one(spec: RunSpec, wait: bool = True) -> None:
         limit = None if deadline is None else max(0.0, deadline - time.perf_counter())
@@ -387,9 +387,10 @@ def run_all(specs: list[RunSpec], out_dir: Path, device: str = "auto", force: bo
                     run_one(spec, wait=False)
                 except CheckpointBusy:
                     deferred.append(spec)
-                    busy.add(spec.run_id)
     for spec in deferred:
         with store.claim(spec.run_id, blocking=True):
-            if not store.has(spec.run_id) or (force and spec.run_id in busy):
+            path = store.record_path(spec.run_id)
+            redone = path.exists() and path.stat().st_mtime >= started  # by another process, in this call
+            if (force and not redone) or not is_current(spec, store):
                 run_one(spec)
     return records

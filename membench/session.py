@@ -2,22 +2,27 @@
 
 Machines with a GPU are lent for minutes and start bare, so each session is one command
 (`membench session`, `make gpu-session`): several `membench run` processes side by side on the one
-device (processes given the same command share its models out; each stops training when the
-session's time is up), then `pack` puts what they made into one .tar.gz
+device (processes given the same command share its models out; training stops when the session's
+time is up, and processes still running `grace_s` later are interrupted, which checkpoints them),
+then `pack` puts what they made into one .tar.gz
 
     results/<...>        every file under the results folder written since the session began
                          (records, training curves, throughput rows), at its path in the repository
-    checkpoints/<key>.pt every checkpoint of the session's cache written since then, weights only
+    checkpoints/<key>.pt every checkpoint of the session's cache trained further than the one shipped
+                         in results/checkpoints, weights only
 
 Here, `unpack` checks every member before writing anything (plain files under those two folders,
-no absolute or parent paths), writes the results files into this checkout (the throughput table's
-rows merged into the local one) and ships the checkpoints (`runner.ship_checkpoints`: replacing a
-shipped one only with one trained further), so the next session's same command resumes from them.
+no absolute or parent paths, nothing into results/checkpoints), writes the results files into the
+checkout (the throughput table's rows merged into the local one) and ships the checkpoints into its
+results/checkpoints (`runner.ship_checkpoints`: a shipped one is replaced only by one trained
+further), so the next session's same command resumes from them.
 """
 from __future__ import annotations
 
 import io
+import pickle
 import shlex
+import signal
 import subprocess
 import sys
 import tarfile
@@ -28,38 +33,70 @@ from typing import Sequence
 
 import torch
 
-from membench.errors import MembenchError
+from membench.errors import EXIT_PAUSED, MembenchError
 from membench.store import warn, write_atomic
 from membench.training import weights_only
 
 RESULTS, CHECKPOINTS = "results", "checkpoints"
 CARRY_LIMIT_MB = 16.0  # what a lent machine returns per file
-EXIT_PAUSED = 3  # as `membench run`: some training stopped at the time limit
 THROUGHPUT_CSV = "results/bench/throughput.csv"  # merged row by row on unpacking
 
 
+def _out_dir(args: str) -> Path | None:
+    tokens = shlex.split(args)
+    for index, token in enumerate(tokens):
+        if token == "--out" and index + 1 < len(tokens):
+            return Path(tokens[index + 1])
+        if token.startswith("--out="):
+            return Path(token.split("=", 1)[1])
+    return None
+
+
+def _status(code: int) -> int:
+    """A child's exit status as a shell reports it (killed by signal s: 128 + s)."""
+    return 128 - code if code < 0 else code
+
+
 def run_session(runs: Sequence[str], copies: int, train_time_limit_s: float, device: str, cache: Path,
-                archive: Path, results_dir: Path, first: Sequence[Sequence[str]] = ()) -> int:
+                archive: Path, results_dir: Path, first: Sequence[Sequence[str]] = (), grace_s: float = 120.0) -> int:
     """Run the membench commands `first` one after another, then start `copies` processes of `membench run
-    <args>` for each string of `runs`, all at once, each with the session's device, checkpoint cache and
-    training time limit; wait for them, print the end of each log, and pack what was written meanwhile
-    into `archive`. Returns 0 when every command finished, 3 when some training paused at the limit, else
-    the first other exit status (a failing command of `first` does not keep the runs from starting)."""
-    cache = Path(cache)
+    <args>` for each string of `runs`, all at once, on the session's device and checkpoint cache, their
+    training ending `train_time_limit_s` after the session began (`first` included). Processes still
+    running `grace_s` after that are interrupted (they checkpoint) and, 30 s later, killed. Prints the end
+    of each log and packs what was written into `archive`. Returns 0 when every command finished, 3 when
+    some training paused, else the first other exit status (a failing command of `first` does not keep
+    the runs from starting)."""
+    results_dir, cache = Path(results_dir), Path(cache)
+    for args in runs:
+        out = _out_dir(args)
+        if out is None or not out.resolve().is_relative_to(results_dir.resolve()):
+            raise MembenchError(f"--run '{args}' must write under the results folder {results_dir} "
+                                f"(give it --out {results_dir}/...), or what it makes would not be packed")
     (cache / "checkpoints").mkdir(parents=True, exist_ok=True)
-    started = time.time()
-    statuses = [subprocess.run([sys.executable, "-m", "membench.cli", *command]).returncode for command in first]
+    started, clock = time.time(), time.monotonic()
+    statuses = [_status(subprocess.run([sys.executable, "-m", "membench.cli", *command]).returncode)
+                for command in first]
+    left = max(0.0, train_time_limit_s - (time.monotonic() - clock))
     processes = []
     for number, args in enumerate(runs):
         for copy in range(copies):
             log = cache / f"run-{number}-{copy}.log"
             command = [sys.executable, "-m", "membench.cli", "run", *shlex.split(args), "--device", device,
-                       "--no-progress", "--checkpoint-dir", str(cache / "checkpoints"),
-                       "--train-time-limit", str(train_time_limit_s)]
+                       "--no-progress", "--checkpoint-dir", str(cache / "checkpoints"), "--train-time-limit", f"{left:.1f}"]
             with open(log, "wb") as handle:
                 processes.append((args, log, subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT)))
+    end = clock + train_time_limit_s + grace_s
     for args, log, process in processes:
-        statuses.append(process.wait())
+        try:
+            code = process.wait(timeout=max(0.0, end - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGINT)  # training checkpoints and exits; evaluation stops (no record)
+            try:
+                code = process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                code = process.wait()
+        statuses.append(_status(code))
         tail = log.read_text(errors="replace").splitlines()[-12:]
         print(f"== membench run {args} (exit {statuses[-1]})", *tail, sep="\n", flush=True)
     pack(archive, started, results_dir, cache / "checkpoints")
@@ -67,20 +104,37 @@ def run_session(runs: Sequence[str], copies: int, train_time_limit_s: float, dev
     return failed[0] if failed else (EXIT_PAUSED if EXIT_PAUSED in statuses else 0)
 
 
+def _step(path: Path) -> int | None:
+    """The training step of the checkpoint at `path`, or None (warned) when it cannot be read."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)["step"]
+    except (EOFError, OSError, RuntimeError, KeyError, TypeError, pickle.UnpicklingError) as exc:
+        warn(f"checkpoint {path} is unreadable ({type(exc).__name__}): left out of the archive")
+        return None
+
+
 def pack(archive: Path, since: float, results_dir: Path, checkpoint_dir: Path) -> list[str]:
-    """Write `archive` (.tar.gz) with the files under `results_dir` and the checkpoints (*.pt, weights
-    only) in `checkpoint_dir` modified after `since` (seconds since the epoch); returns the member names."""
+    """Write `archive` (.tar.gz) with the files under `results_dir` modified since `since` (seconds since
+    the epoch; results/checkpoints aside) and the checkpoints (*.pt) of `checkpoint_dir` modified since
+    then and trained further than the one shipped in results_dir/checkpoints, weights only; returns the
+    member names."""
     results_dir, checkpoint_dir = Path(results_dir), Path(checkpoint_dir)
     members: dict[str, bytes] = {}
     for path in sorted(results_dir.rglob("*")):
         relative = path.relative_to(results_dir)
-        if path.is_file() and path.stat().st_mtime > since and not any(p.startswith(".") for p in relative.parts):
+        if (path.is_file() and path.stat().st_mtime >= since and relative.parts[0] != CHECKPOINTS
+                and not any(part.startswith(".") for part in relative.parts)):
             members[str(PurePosixPath(RESULTS, *relative.parts))] = path.read_bytes()
     for path in sorted(checkpoint_dir.glob("*.pt")):
-        if path.stat().st_mtime > since:
-            buffer = io.BytesIO()
-            torch.save(weights_only(torch.load(path, map_location="cpu", weights_only=False)), buffer)
-            members[f"{CHECKPOINTS}/{path.name}"] = buffer.getvalue()
+        if path.stat().st_mtime < since:
+            continue
+        shipped = results_dir / CHECKPOINTS / path.name
+        step = _step(path)
+        if step is None or (shipped.exists() and step <= (_step(shipped) or 0)):
+            continue  # unreadable, or only copied from the shipped one (used, not trained further)
+        buffer = io.BytesIO()
+        torch.save(weights_only(torch.load(path, map_location="cpu", weights_only=False)), buffer)
+        members[f"{CHECKPOINTS}/{path.name}"] = buffer.getvalue()
 
     def write(handle) -> None:
         with tarfile.open(fileobj=handle, mode="w:gz") as tar:
@@ -91,49 +145,57 @@ def pack(archive: Path, since: float, results_dir: Path, checkpoint_dir: Path) -
 
     size_mb = write_atomic(Path(archive), write).stat().st_size / 2**20
     if size_mb > CARRY_LIMIT_MB:
-        warn(f"{archive} is {size_mb:.1f} MB, over the {CARRY_LIMIT_MB:g} MB a lent machine returns per file; "
-             f"pack fewer results (an earlier --since)")
+        warn(f"{archive} is {size_mb:.1f} MB, over the {CARRY_LIMIT_MB:g} MB a lent machine returns per file: "
+             f"it will not come back; run fewer models a session")
     return list(members)
 
 
 def _checked_members(tar: tarfile.TarFile, archive: Path) -> list[tarfile.TarInfo]:
-    members = tar.getmembers()
-    for member in members:
+    """The archive's files (folders skipped); MembenchError for anything that is not a results file or checkpoint."""
+    files = []
+    for member in tar.getmembers():
         path = PurePosixPath(member.name)
+        if member.isdir() and not path.is_absolute() and ".." not in path.parts:
+            continue
         if (not member.isfile() or path.is_absolute() or ".." in path.parts or len(path.parts) < 2
                 or path.parts[0] not in (RESULTS, CHECKPOINTS)
+                or (path.parts[0] == RESULTS and path.parts[1] == CHECKPOINTS)
                 or (path.parts[0] == CHECKPOINTS and (len(path.parts) != 2 or path.suffix != ".pt"))):
             raise MembenchError(f"{archive}: member '{member.name}' is not a results file or checkpoint "
                                 f"(expected results/... or checkpoints/<key>.pt); nothing was unpacked")
-    return members
+        files.append(member)
+    return files
 
 
-def unpack(archive: Path, root: Path, checkpoint_target: Path | None = None) -> tuple[list[Path], list[Path]]:
-    """Write `archive`'s results files under `root` and ship its checkpoints (into `checkpoint_target`,
-    default results/checkpoints). Returns (results files written, checkpoints shipped)."""
+def unpack(archive: Path, root: Path) -> tuple[list[Path], list[Path]]:
+    """Write `archive`'s results files under the checkout `root` and ship its checkpoints into
+    root/results/checkpoints. Returns (results files written, checkpoints shipped)."""
+    import pandas as pd
+
     from membench.runner import ship_checkpoints
+    from membench.throughput import merge
 
     try:
         with tarfile.open(archive, mode="r:gz") as tar:
-            members = _checked_members(tar, archive)
-            contents = {m.name: tar.extractfile(m).read() for m in members}
+            contents = {m.name: tar.extractfile(m).read() for m in _checked_members(tar, archive)}
     except (tarfile.TarError, EOFError, OSError, UnicodeDecodeError) as exc:
         raise MembenchError(f"{archive} is not a readable session archive ({type(exc).__name__}: {exc}); "
                             f"carry it back again or run `membench pack` on the machine that made it") from None
     written: list[Path] = []
     with tempfile.TemporaryDirectory() as scratch:
-        files: Sequence[Path] = []
+        checkpoints = []
         for name, data in contents.items():
-            if name.startswith(f"{CHECKPOINTS}/"):
-                files = [*files, write_atomic(Path(scratch) / PurePosixPath(name).name, lambda h, d=data: h.write(d))]
-            elif name == THROUGHPUT_CSV and (Path(root) / name).exists():  # rows merged, not the file replaced
-                import pandas as pd
-
-                from membench.throughput import merge
-
-                merge(Path(root) / name, pd.read_csv(io.BytesIO(data), dtype={"commit": str}).to_dict("records"))
-                written.append(Path(root) / name)
-            else:
-                written.append(write_atomic(Path(root) / name, lambda h, d=data: h.write(d)))
-        shipped = ship_checkpoints(None, Path(scratch), files, target=checkpoint_target)
+            target = Path(root) / name
+            try:
+                if name.startswith(f"{CHECKPOINTS}/"):
+                    checkpoints.append(write_atomic(Path(scratch) / target.name, lambda h, d=data: h.write(d)))
+                elif name == THROUGHPUT_CSV and target.exists():  # rows merged, not the file replaced
+                    merge(target, pd.read_csv(io.BytesIO(data), dtype={"commit": str}).to_dict("records"))
+                    written.append(target)
+                else:
+                    written.append(write_atomic(target, lambda h, d=data: h.write(d)))
+            except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+                raise MembenchError(f"{archive}: could not write {target} ({type(exc).__name__}: {exc}); written "
+                                    f"before it: {len(written)} file(s); fix the cause and unpack again") from None
+        shipped = ship_checkpoints(None, Path(scratch), checkpoints, target=Path(root) / RESULTS / CHECKPOINTS)
     return written, shipped

@@ -145,10 +145,12 @@ def meta_train(
     remove_orphans(checkpoint_path.parent)
     lock = checkpoint_path.with_name(checkpoint_path.name + ".lock")
     with file_lock(lock, blocking=False) as free:
-        if not free and not wait:
-            raise CheckpointBusy(checkpoint_path.name)
-        if not free:
-            warn(f"another process is training {checkpoint_path.name}; waiting for it to finish or pause")
+        if free:  # kept from this first try: no other process can take it in between
+            with _deferred_interrupt() as interrupted:
+                return _train(model, task, config, checkpoint_path, device, seed, progress, deadline, interrupted)
+    if not wait:
+        raise CheckpointBusy(checkpoint_path.name)
+    warn(f"another process is training {checkpoint_path.name}; waiting for it to finish or pause")
     with file_lock(lock), _deferred_interrupt() as interrupted:
         return _train(model, task, config, checkpoint_path, device, seed, progress, deadline, interrupted)
 

@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 from click.testing import CliRunner
 
+from membench import runner
 from membench.cli import EXIT_PAUSED, main
 from membench.throughput import COLUMNS, merge
 from tests.test_training import TINY_MODEL
@@ -59,10 +60,12 @@ def test_a_session_archive_carries_new_results_and_paused_training_home(tmp_path
     assert sorted(rows.device) == ["cpu", "cuda"]  # the session's row merged beside the one made here
     (record,) = [json.loads(p.read_text()) for p in (tmp_path / "here" / "results" / "table1" / "runs").glob("*.json")]
     assert record["task"]["num_patterns"] == 8
-    shipped = {p.name: torch.load(p, weights_only=False) for p in (tmp_path / "shipped").glob("*.pt")}
+    shipped_dir = tmp_path / "here" / "results" / "checkpoints"  # the checkout's own, not this one's
+    shipped = {p.name: torch.load(p, weights_only=False) for p in shipped_dir.glob("*.pt")}
     assert sorted(c["step"] for c in shipped.values()) == [1, 6]
     assert all("optimizer" not in c for c in shipped.values())
 
+    monkeypatch.setattr(runner, "SHIPPED_CHECKPOINTS", shipped_dir)  # machine 2 runs from that checkout
     resumed = CliRunner().invoke(main, [*run, "--num-patterns", "16", "--budget", "200", "--out", "m2",
                                         "--checkpoint-dir", "m2/ck"])
     assert resumed.exit_code == 0 and "holds weights only" in resumed.output, resumed.output
@@ -115,3 +118,55 @@ def test_a_session_runs_copies_side_by_side_and_packs_what_they_made(tmp_path: P
         names = tar.getnames()
     assert sum(n.startswith("checkpoints/") for n in names) == 2
     assert sum(n.startswith("results/table1/runs/") for n in names) == 2
+
+
+def test_pack_leaves_out_checkpoints_only_used_or_unreadable(tmp_path: Path):
+    """A cache copy of a shipped checkpoint at the same step was only used (evaluation): not packed; one
+    trained further is packed weights only; an unreadable one is warned about and the archive still made."""
+    from membench.session import pack
+
+    shipped, cache = tmp_path / "results" / "checkpoints", tmp_path / "cache"
+    shipped.mkdir(parents=True)
+    cache.mkdir()
+    checkpoint = {"model": {"w": torch.zeros(2)}, "optimizer": {}, "step": 6}
+    torch.save(checkpoint, shipped / "used.pt")
+    torch.save(checkpoint, shipped / "trained.pt")
+    since = os.stat(shipped / "used.pt").st_mtime + 1
+    torch.save(checkpoint, cache / "used.pt")
+    torch.save({**checkpoint, "step": 9}, cache / "trained.pt")
+    (cache / "broken.pt").write_bytes(b"not a checkpoint")
+    for path in cache.iterdir():
+        os.utime(path, (since + 1, since + 1))
+    names = pack(tmp_path / "session.tgz", since, tmp_path / "results", cache)
+    assert names == ["checkpoints/trained.pt"]
+    with tarfile.open(tmp_path / "session.tgz") as tar:
+        packed = torch.load(io.BytesIO(tar.extractfile("checkpoints/trained.pt").read()), weights_only=False)
+    assert packed["step"] == 9 and "optimizer" not in packed
+
+
+def test_a_session_refuses_a_run_that_writes_outside_its_results_folder(tmp_path: Path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["session", "--run", "--model hopfield_hebb --out elsewhere", "--device", "cpu",
+                                       "--train-time-limit", "1", "--to", "session.tgz"])
+    assert result.exit_code == 1 and "must write under the results folder results" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "session.tgz").exists()
+
+
+def test_unpack_skips_folders_and_refuses_files_for_results_checkpoints(tmp_path: Path):
+    """Folder entries (as plain `tar` writes them) are fine; a file aimed at results/checkpoints would pass
+    by the keep-the-further-trained rule, so it is refused."""
+    root = tmp_path / "here"
+    root.mkdir()
+    archive = tmp_path / "a.tgz"
+    with tarfile.open(archive, "w:gz") as tar:
+        folder = tarfile.TarInfo("results/table1")
+        folder.type = tarfile.DIRTYPE
+        tar.addfile(folder)
+        info = tarfile.TarInfo("results/table1/table1.md")
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"ok"))
+    assert CliRunner().invoke(main, ["unpack", str(archive), "--root", str(root)]).exit_code == 0
+    assert (root / "results" / "table1" / "table1.md").read_text() == "ok"
+    bad = _archive(tmp_path / "bad.tgz", {"results/checkpoints/ebmm-gpu-0.pt": b"x"})
+    result = CliRunner().invoke(main, ["unpack", str(bad), "--root", str(root)])
+    assert result.exit_code == 1 and "member 'results/checkpoints/ebmm-gpu-0.pt'" in result.output
