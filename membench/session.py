@@ -9,7 +9,8 @@ then `pack` puts what they made into one .tar.gz
     results/<...>        every file under the results folder written since the session began
                          (records, training curves, throughput rows), at its path in the repository
     checkpoints/<key>.pt every checkpoint of the session's cache trained further than the one shipped
-                         in results/checkpoints, weights only
+                         in results/checkpoints, weights only, smallest first while the archive stays
+                         within the 16 MB a lent machine returns (larger ones are left out, warned)
 
 Here, `unpack` checks every member before writing anything (plain files under those two folders,
 no absolute or parent paths, nothing into results/checkpoints), writes the results files into the
@@ -116,8 +117,8 @@ def _step(path: Path) -> int | None:
 def pack(archive: Path, since: float, results_dir: Path, checkpoint_dir: Path) -> list[str]:
     """Write `archive` (.tar.gz) with the files under `results_dir` modified since `since` (seconds since
     the epoch; results/checkpoints aside) and the checkpoints (*.pt) of `checkpoint_dir` modified since
-    then and trained further than the one shipped in results_dir/checkpoints, weights only; returns the
-    member names."""
+    then and trained further than the one shipped in results_dir/checkpoints, weights only (smallest first;
+    one that would take the archive past CARRY_LIMIT_MB is left out, warned); returns the member names."""
     results_dir, checkpoint_dir = Path(results_dir), Path(checkpoint_dir)
     members: dict[str, bytes] = {}
     for path in sorted(results_dir.rglob("*")):
@@ -125,7 +126,8 @@ def pack(archive: Path, since: float, results_dir: Path, checkpoint_dir: Path) -
         if (path.is_file() and path.stat().st_mtime >= since and relative.parts[0] != CHECKPOINTS
                 and not any(part.startswith(".") for part in relative.parts)):
             members[str(PurePosixPath(RESULTS, *relative.parts))] = path.read_bytes()
-    for path in sorted(checkpoint_dir.glob("*.pt")):
+    room = CARRY_LIMIT_MB * 2**20 - sum(len(data) for data in members.values())
+    for path in sorted(checkpoint_dir.glob("*.pt"), key=lambda p: p.stat().st_size):  # smallest first
         if path.stat().st_mtime < since:
             continue
         shipped = results_dir / CHECKPOINTS / path.name
@@ -134,6 +136,12 @@ def pack(archive: Path, since: float, results_dir: Path, checkpoint_dir: Path) -
             continue  # unreadable, or only copied from the shipped one (used, not trained further)
         buffer = io.BytesIO()
         torch.save(weights_only(torch.load(path, map_location="cpu", weights_only=False)), buffer)
+        if buffer.tell() > room:  # weights barely compress: this one would keep the whole archive from returning
+            warn(f"checkpoint {path.name} ({buffer.tell() / 2**20:.0f} MB of weights) left out of {archive}: with it "
+                 f"the archive would pass the {CARRY_LIMIT_MB:g} MB a lent machine returns; its training is lost "
+                 f"with the machine unless it finishes (and is evaluated) within one session")
+            continue
+        room -= buffer.tell()
         members[f"{CHECKPOINTS}/{path.name}"] = buffer.getvalue()
 
     def write(handle) -> None:

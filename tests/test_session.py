@@ -170,3 +170,18 @@ def test_unpack_skips_folders_and_refuses_files_for_results_checkpoints(tmp_path
     bad = _archive(tmp_path / "bad.tgz", {"results/checkpoints/ebmm-gpu-0.pt": b"x"})
     result = CliRunner().invoke(main, ["unpack", str(bad), "--root", str(root)])
     assert result.exit_code == 1 and "member 'results/checkpoints/ebmm-gpu-0.pt'" in result.output
+
+
+def test_pack_leaves_out_a_checkpoint_that_would_keep_the_archive_from_coming_back(tmp_path: Path, monkeypatch,
+                                                                                    capsys):
+    """Weights barely compress: a checkpoint larger than the room left under the carry limit is left out
+    (warned), so the records and the smaller checkpoints still come back."""
+    from membench import session
+
+    monkeypatch.setattr(session, "CARRY_LIMIT_MB", 0.05)  # 52 kB
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    torch.save({"model": {"w": torch.rand(20_000)}, "step": 3}, cache / "large.pt")  # 80 kB
+    torch.save({"model": {"w": torch.rand(100)}, "step": 3}, cache / "small.pt")
+    assert session.pack(tmp_path / "s.tgz", 0.0, tmp_path / "results", cache) == ["checkpoints/small.pt"]
+    assert "checkpoint large.pt" in capsys.readouterr().err
