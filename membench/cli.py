@@ -258,7 +258,8 @@ def session(runs, copies, train_time_limit, device, archive, results, cache, gra
                   "--cuda-graph" if device == "cuda" else "--no-cuda-graph", "--out", str(results / "bench" / "throughput.csv")]
         first += [[*timing, "--batch-sizes", "32,128,512", "--eager"], [*timing, "--batch-sizes", "512", "--compile"]]
     status = run_session(runs, copies, train_time_limit, device, cache, archive, results, first, grace)
-    click.echo(f"packed into {archive}; then here: membench unpack {archive.name}, membench report, membench readme")
+    click.echo(f"packed into {archive} (and its volumes {archive.name.split('.')[0]}-2.tgz ... if any); then here: "
+               f"membench unpack <them all>, membench report, membench readme")
     if status:
         raise ExitWith(f"session ended with status {status} (3: training paused; run the same session again)",
                        status)
@@ -275,30 +276,32 @@ def session(runs, copies, train_time_limit, device, archive, results, cache, gra
               help="The checkpoint cache whose new checkpoints are packed. Default: $MEMBENCH_CACHE/checkpoints.")
 @_friendly_errors
 def pack(archive, mark, results, checkpoint_dir) -> None:
-    """Pack what a session made (new results files, new checkpoints weights only) into one archive to carry
-    back; `membench unpack` adds it to a checkout."""
+    """Pack what a session made (new results files, new checkpoints weights only) into an archive (and volumes
+    of at most 16 MB beside it) to carry back; `membench unpack` adds them to a checkout."""
     from membench.runner import default_checkpoint_dir
     from membench.session import pack as pack_archive
 
     names = pack_archive(archive, mark.stat().st_mtime, results, checkpoint_dir or default_checkpoint_dir())
-    click.echo(f"packed {len(names)} file(s) into {archive}: " + ", ".join(names))
+    click.echo(f"packed {len(names)} file(s) into {archive} and its volumes: " + ", ".join(names))
 
 
 @main.command()
-@click.argument("archive", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("archives", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--root", default=".", show_default=True, type=click.Path(file_okay=False, path_type=Path),
               help="The checkout whose results/ receives the archive's results files.")
 @_friendly_errors
-def unpack(archive, root) -> None:
-    """Add a session archive (`membench pack`) to the checkout ROOT: its results files, and its checkpoints
-    shipped into ROOT/results/checkpoints, so the next session resumes from them."""
+def unpack(archives, root) -> None:
+    """Add session archives (`membench pack`: session.tgz and its volumes session-2.tgz, ...) to the checkout
+    ROOT: their results files, and their checkpoints shipped into ROOT/results/checkpoints, so the next
+    session resumes from them."""
     from membench.session import unpack as unpack_archive
 
-    written, shipped = unpack_archive(archive, root)
-    for path in written:
-        click.echo(f"wrote {path}")
-    for path in shipped:
-        click.echo(f"shipped {path}")
+    for archive in archives:
+        written, shipped = unpack_archive(archive, root)
+        for path in written:
+            click.echo(f"wrote {path}")
+        for path in shipped:
+            click.echo(f"shipped {path}")
     click.echo("then: membench report --out <the results folder>, membench readme, and commit")
 
 

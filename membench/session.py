@@ -9,8 +9,9 @@ then `pack` puts what they made into one .tar.gz
     results/<...>        every file under the results folder written since the session began
                          (records, training curves, throughput rows), at its path in the repository
     checkpoints/<key>.pt every checkpoint of the session's cache trained further than the one shipped
-                         in results/checkpoints, weights only, smallest first while the archive stays
-                         within the 16 MB a lent machine returns (larger ones are left out, warned)
+                         in results/checkpoints, weights only
+
+in volumes of at most 16 MB (session.tgz, session-2.tgz, ...: what a lent machine returns).
 
 Here, `unpack` checks every member before writing anything (plain files under those two folders,
 no absolute or parent paths, nothing into results/checkpoints), writes the results files into the
@@ -40,6 +41,7 @@ from membench.training import weights_only
 
 RESULTS, CHECKPOINTS = "results", "checkpoints"
 CARRY_LIMIT_MB = 16.0  # what a lent machine returns per file
+MAX_VOLUMES = 7  # files of one archive (a lent machine returns 8 files a call: one left for a log)
 THROUGHPUT_CSV = "results/bench/throughput.csv"  # merged row by row on unpacking
 
 
@@ -64,7 +66,7 @@ def run_session(runs: Sequence[str], copies: int, train_time_limit_s: float, dev
     <args>` for each string of `runs`, all at once, on the session's device and checkpoint cache, their
     training ending `train_time_limit_s` after the session began (`first` included). Processes still
     running `grace_s` after that are interrupted (they checkpoint) and, 30 s later, killed. Prints the end
-    of each log and packs what was written into `archive`. Returns 0 when every command finished, 3 when
+    of each log and packs what was written into `archive` and its volumes (`pack`). Returns 0 when every command finished, 3 when
     some training paused, else the first other exit status (a failing command of `first` does not keep
     the runs from starting)."""
     results_dir, cache = Path(results_dir), Path(cache)
@@ -114,11 +116,18 @@ def _step(path: Path) -> int | None:
         return None
 
 
+def volume_path(archive: Path, number: int) -> Path:
+    """The archive's volume `number` (1: the archive itself; then <stem>-2.tgz, ...)."""
+    archive = Path(archive)
+    return archive if number == 1 else archive.with_name(f"{archive.name.split('.')[0]}-{number}.tgz")
+
+
 def pack(archive: Path, since: float, results_dir: Path, checkpoint_dir: Path) -> list[str]:
-    """Write `archive` (.tar.gz) with the files under `results_dir` modified since `since` (seconds since
-    the epoch; results/checkpoints aside) and the checkpoints (*.pt) of `checkpoint_dir` modified since
-    then and trained further than the one shipped in results_dir/checkpoints, weights only (smallest first;
-    one that would take the archive past CARRY_LIMIT_MB is left out, warned); returns the member names."""
+    """Write the files under `results_dir` modified since `since` (seconds since the epoch; results/checkpoints
+    aside) and the checkpoints (*.pt) of `checkpoint_dir` modified since then and trained further than the one
+    shipped in results_dir/checkpoints (weights only, smallest first) into `archive` (.tar.gz) and, where they
+    do not fit in CARRY_LIMIT_MB, further volumes (`volume_path`), at most MAX_VOLUMES in all: what a lent
+    machine returns. A checkpoint that fits nowhere is left out, warned. Returns the member names."""
     results_dir, checkpoint_dir = Path(results_dir), Path(checkpoint_dir)
     members: dict[str, bytes] = {}
     for path in sorted(results_dir.rglob("*")):
@@ -126,36 +135,41 @@ def pack(archive: Path, since: float, results_dir: Path, checkpoint_dir: Path) -
         if (path.is_file() and path.stat().st_mtime >= since and relative.parts[0] != CHECKPOINTS
                 and not any(part.startswith(".") for part in relative.parts)):
             members[str(PurePosixPath(RESULTS, *relative.parts))] = path.read_bytes()
-    room = CARRY_LIMIT_MB * 2**20 - sum(len(data) for data in members.values())
     for path in sorted(checkpoint_dir.glob("*.pt"), key=lambda p: p.stat().st_size):  # smallest first
-        if path.stat().st_mtime < since:
-            continue
         shipped = results_dir / CHECKPOINTS / path.name
-        step = _step(path)
-        if step is None or (shipped.exists() and step <= (_step(shipped) or 0)):
-            continue  # unreadable, or only copied from the shipped one (used, not trained further)
+        if path.stat().st_mtime < since or (step := _step(path)) is None:
+            continue
+        if shipped.exists() and step <= (_step(shipped) or 0):
+            continue  # only copied from the shipped one (used, not trained further)
         buffer = io.BytesIO()
         torch.save(weights_only(torch.load(path, map_location="cpu", weights_only=False)), buffer)
-        if buffer.tell() > room:  # weights barely compress: this one would keep the whole archive from returning
-            warn(f"checkpoint {path.name} ({buffer.tell() / 2**20:.0f} MB of weights) left out of {archive}: with it "
-                 f"the archive would pass the {CARRY_LIMIT_MB:g} MB a lent machine returns; its training is lost "
-                 f"with the machine unless it finishes (and is evaluated) within one session")
-            continue
-        room -= buffer.tell()
         members[f"{CHECKPOINTS}/{path.name}"] = buffer.getvalue()
+    limit = CARRY_LIMIT_MB * 2**20 - 2**16  # tar and gzip headers; weights barely compress
+    volumes: list[dict[str, bytes]] = [{}]
+    for name, data in members.items():  # results files first: they are what a session is for
+        fits = [v for v in volumes if sum(map(len, v.values())) + len(data) <= limit]
+        if not fits and len(volumes) < MAX_VOLUMES and len(data) <= limit:
+            volumes.append({})
+            fits = volumes[-1:]
+        if not fits:
+            warn(f"{name} ({len(data) / 2**20:.1f} MB) left out of {archive}: {MAX_VOLUMES} volumes of "
+                 f"{CARRY_LIMIT_MB:g} MB (what a lent machine returns) are full; its training is lost with the "
+                 f"machine unless it finishes (and is evaluated) within one session")
+            continue
+        fits[0][name] = data
 
-    def write(handle) -> None:
-        with tarfile.open(fileobj=handle, mode="w:gz") as tar:
-            for name, data in members.items():
-                info = tarfile.TarInfo(name)
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
+    def writer(volume: dict[str, bytes]):
+        def write(handle) -> None:
+            with tarfile.open(fileobj=handle, mode="w:gz") as tar:
+                for name, data in volume.items():
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+        return write
 
-    size_mb = write_atomic(Path(archive), write).stat().st_size / 2**20
-    if size_mb > CARRY_LIMIT_MB:
-        warn(f"{archive} is {size_mb:.1f} MB, over the {CARRY_LIMIT_MB:g} MB a lent machine returns per file: "
-             f"it will not come back; run fewer models a session")
-    return list(members)
+    for number, volume in enumerate(volumes, start=1):
+        write_atomic(volume_path(archive, number), writer(volume))
+    return [name for volume in volumes for name in volume]
 
 
 def _checked_members(tar: tarfile.TarFile, archive: Path) -> list[tarfile.TarInfo]:

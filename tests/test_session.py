@@ -172,16 +172,23 @@ def test_unpack_skips_folders_and_refuses_files_for_results_checkpoints(tmp_path
     assert result.exit_code == 1 and "member 'results/checkpoints/ebmm-gpu-0.pt'" in result.output
 
 
-def test_pack_leaves_out_a_checkpoint_that_would_keep_the_archive_from_coming_back(tmp_path: Path, monkeypatch,
-                                                                                    capsys):
-    """Weights barely compress: a checkpoint larger than the room left under the carry limit is left out
-    (warned), so the records and the smaller checkpoints still come back."""
+def test_pack_splits_into_volumes_a_lent_machine_returns_and_leaves_out_what_fits_nowhere(tmp_path: Path,
+                                                                                         monkeypatch, capsys):
+    """Weights barely compress: checkpoints go into volumes of at most CARRY_LIMIT_MB (smallest first), at
+    most MAX_VOLUMES; one larger than a volume is left out (warned); unpacking every volume ships them all."""
     from membench import session
 
-    monkeypatch.setattr(session, "CARRY_LIMIT_MB", 0.05)  # 52 kB
+    monkeypatch.setattr(session, "CARRY_LIMIT_MB", 0.1)  # 100 kB volumes (less 64 kB of headroom: 38 kB)
     cache = tmp_path / "cache"
     cache.mkdir()
-    torch.save({"model": {"w": torch.rand(20_000)}, "step": 3}, cache / "large.pt")  # 80 kB
-    torch.save({"model": {"w": torch.rand(100)}, "step": 3}, cache / "small.pt")
-    assert session.pack(tmp_path / "s.tgz", 0.0, tmp_path / "results", cache) == ["checkpoints/small.pt"]
-    assert "checkpoint large.pt" in capsys.readouterr().err
+    torch.save({"model": {"w": torch.rand(20_000)}, "step": 3}, cache / "large.pt")  # 80 kB: fits no volume
+    for name in ("a", "b"):  # 24 kB each: one a volume
+        torch.save({"model": {"w": torch.rand(6_000)}, "step": 3, "generator": torch.Generator().get_state(),
+                    "elapsed_s": 1.0, "curve": [], "history": []}, cache / f"{name}.pt")
+    names = session.pack(tmp_path / "s.tgz", 0.0, tmp_path / "results", cache)
+    assert sorted(names) == ["checkpoints/a.pt", "checkpoints/b.pt"] and "large.pt" in capsys.readouterr().err
+    volumes = [tmp_path / "s.tgz", tmp_path / "s-2.tgz"]
+    assert all(v.exists() for v in volumes) and not (tmp_path / "s-3.tgz").exists()
+    result = CliRunner().invoke(main, ["unpack", *map(str, volumes), "--root", str(tmp_path / "here")])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "here" / "results" / "checkpoints").glob("*.pt")) == ["a.pt", "b.pt"]
