@@ -276,8 +276,8 @@ def session(runs, copies, train_time_limit, device, archive, results, cache, gra
               help="The checkpoint cache whose new checkpoints are packed. Default: $MEMBENCH_CACHE/checkpoints.")
 @_friendly_errors
 def pack(archive, mark, results, checkpoint_dir) -> None:
-    """Pack what a session made (new results files, new checkpoints weights only) into an archive (and volumes
-    of at most 16 MB beside it) to carry back; `membench unpack` adds them to a checkout."""
+    """Pack what a session made (new results files, new checkpoints weights only) into an archive (and up to
+    three volumes of at most 16 MB beside it) to carry back; `membench unpack` adds them to a checkout."""
     from membench.runner import default_checkpoint_dir
     from membench.session import pack as pack_archive
 

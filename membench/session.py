@@ -11,7 +11,7 @@ then `pack` puts what they made into one .tar.gz
     checkpoints/<key>.pt every checkpoint of the session's cache trained further than the one shipped
                          in results/checkpoints, weights only
 
-in volumes of at most 16 MB (session.tgz, session-2.tgz, ...: what a lent machine returns).
+in volumes of at most 16 MB, four at most (session.tgz, session-2.tgz, ...: what a lent machine returns).
 
 Here, `unpack` checks every member before writing anything (plain files under those two folders,
 no absolute or parent paths, nothing into results/checkpoints), writes the results files into the
@@ -41,7 +41,7 @@ from membench.training import weights_only
 
 RESULTS, CHECKPOINTS = "results", "checkpoints"
 CARRY_LIMIT_MB = 16.0  # what a lent machine returns per file
-MAX_VOLUMES = 7  # files of one archive (a lent machine returns 8 files a call: one left for a log)
+MAX_VOLUMES = 4  # a lent machine returns 8 files of 16 MiB, 64 MiB together: four full volumes
 THROUGHPUT_CSV = "results/bench/throughput.csv"  # merged row by row on unpacking
 
 
