@@ -250,7 +250,7 @@ def ship(out, checkpoint_dir, files) -> None:
 def session(runs, copies, train_time_limit, device, archive, results, cache, grace, time_updates) -> None:
     """One session on a lent machine as one bounded command: the --run processes side by side, then what
     they made packed into one archive (exit 3: some training paused; run the session again to resume)."""
-    from membench.session import run_session
+    from membench.session import run_session, volume_path
 
     first = []
     if time_updates:  # eager kernels at three meta-batches, then compiled kernels at the largest
@@ -258,7 +258,7 @@ def session(runs, copies, train_time_limit, device, archive, results, cache, gra
                   "--cuda-graph" if device == "cuda" else "--no-cuda-graph", "--out", str(results / "bench" / "throughput.csv")]
         first += [[*timing, "--batch-sizes", "32,128,512", "--eager"], [*timing, "--batch-sizes", "512", "--compile"]]
     status = run_session(runs, copies, train_time_limit, device, cache, archive, results, first, grace)
-    click.echo(f"packed into {archive} (and its volumes {archive.name.split('.')[0]}-2.tgz ... if any); then here: "
+    click.echo(f"packed into {archive} (and its volumes {volume_path(archive, 2).name} ... if any); then here: "
                f"membench unpack <them all>, membench report, membench readme")
     if status:
         raise ExitWith(f"session ended with status {status} (3: training paused; run the same session again)",

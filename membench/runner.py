@@ -112,7 +112,7 @@ def ship_checkpoints(out_dir: Path | None, checkpoint_dir: Path, files: Sequence
     return [path for path in written if path is not None]
 
 
-def _readable_checkpoint(path: Path) -> dict[str, Any] | None:
+def readable_checkpoint(path: Path) -> dict[str, Any] | None:
     """The checkpoint at `path`, or None (with a warning) when it cannot be read as one."""
     try:
         saved = torch.load(path, map_location="cpu", weights_only=False)
@@ -126,13 +126,13 @@ def _readable_checkpoint(path: Path) -> dict[str, Any] | None:
 
 
 def _ship_one(source: Path, dest: Path, record: dict[str, Any] | None, max_mb: float) -> Path | None:
-    saved = _readable_checkpoint(source)
+    saved = readable_checkpoint(source)
     if saved is None:
         return None
     if not dest.exists():
         shipped = None
     else:
-        shipped = saved if dest.resolve() == source.resolve() else _readable_checkpoint(dest)
+        shipped = saved if dest.resolve() == source.resolve() else readable_checkpoint(dest)
     if (shipped is not None and "optimizer" not in shipped and shipped.get("history") is not None
             and shipped["step"] >= saved["step"]):
         if shipped["step"] > saved["step"]:

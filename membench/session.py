@@ -22,7 +22,6 @@ further), so the next session's same command resumes from them.
 from __future__ import annotations
 
 import io
-import pickle
 import shlex
 import signal
 import subprocess
@@ -36,6 +35,7 @@ from typing import Sequence
 import torch
 
 from membench.errors import EXIT_PAUSED, MembenchError
+from membench.runner import readable_checkpoint, ship_checkpoints
 from membench.store import warn, write_atomic
 from membench.training import weights_only
 
@@ -66,9 +66,9 @@ def run_session(runs: Sequence[str], copies: int, train_time_limit_s: float, dev
     <args>` for each string of `runs`, all at once, on the session's device and checkpoint cache, their
     training ending `train_time_limit_s` after the session began (`first` included). Processes still
     running `grace_s` after that are interrupted (they checkpoint) and, 30 s later, killed. Prints the end
-    of each log and packs what was written into `archive` and its volumes (`pack`). Returns 0 when every command finished, 3 when
-    some training paused, else the first other exit status (a failing command of `first` does not keep
-    the runs from starting)."""
+    of each log and packs what was written into `archive` and its volumes (`pack`). Returns 0 when every
+    command finished, 3 when some training paused, else the first other exit status (a failing command
+    of `first` does not keep the runs from starting)."""
     results_dir, cache = Path(results_dir), Path(cache)
     for args in runs:
         out = _out_dir(args)
@@ -107,15 +107,6 @@ def run_session(runs: Sequence[str], copies: int, train_time_limit_s: float, dev
     return failed[0] if failed else (EXIT_PAUSED if EXIT_PAUSED in statuses else 0)
 
 
-def _step(path: Path) -> int | None:
-    """The training step of the checkpoint at `path`, or None (warned) when it cannot be read."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)["step"]
-    except (EOFError, OSError, RuntimeError, KeyError, TypeError, pickle.UnpicklingError) as exc:
-        warn(f"checkpoint {path} is unreadable ({type(exc).__name__}): left out of the archive")
-        return None
-
-
 def volume_path(archive: Path, number: int) -> Path:
     """The archive's volume `number` (1: the archive itself; then <stem>-2.tgz, ...)."""
     archive = Path(archive)
@@ -136,13 +127,13 @@ def pack(archive: Path, since: float, results_dir: Path, checkpoint_dir: Path) -
                 and not any(part.startswith(".") for part in relative.parts)):
             members[str(PurePosixPath(RESULTS, *relative.parts))] = path.read_bytes()
     for path in sorted(checkpoint_dir.glob("*.pt"), key=lambda p: p.stat().st_size):  # smallest first
-        shipped = results_dir / CHECKPOINTS / path.name
-        if path.stat().st_mtime < since or (step := _step(path)) is None:
+        if path.stat().st_mtime < since or (saved := readable_checkpoint(path)) is None:
             continue
-        if shipped.exists() and step <= (_step(shipped) or 0):
+        shipped = results_dir / CHECKPOINTS / path.name
+        if shipped.exists() and saved["step"] <= ((readable_checkpoint(shipped) or {}).get("step") or 0):
             continue  # only copied from the shipped one (used, not trained further)
         buffer = io.BytesIO()
-        torch.save(weights_only(torch.load(path, map_location="cpu", weights_only=False)), buffer)
+        torch.save(weights_only(saved), buffer)
         members[f"{CHECKPOINTS}/{path.name}"] = buffer.getvalue()
     limit = CARRY_LIMIT_MB * 2**20 - 2**16  # tar and gzip headers; weights barely compress
     volumes: list[dict[str, bytes]] = [{}]
@@ -194,7 +185,6 @@ def unpack(archive: Path, root: Path) -> tuple[list[Path], list[Path]]:
     root/results/checkpoints. Returns (results files written, checkpoints shipped)."""
     import pandas as pd
 
-    from membench.runner import ship_checkpoints
     from membench.throughput import merge
 
     try:

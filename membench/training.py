@@ -144,14 +144,13 @@ def meta_train(
     checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
     remove_orphans(checkpoint_path.parent)
     lock = checkpoint_path.with_name(checkpoint_path.name + ".lock")
-    with file_lock(lock, blocking=False) as free:
-        if free:  # kept from this first try: no other process can take it in between
-            with _deferred_interrupt() as interrupted:
-                return _train(model, task, config, checkpoint_path, device, seed, progress, deadline, interrupted)
-    if not wait:
-        raise CheckpointBusy(checkpoint_path.name)
-    warn(f"another process is training {checkpoint_path.name}; waiting for it to finish or pause")
-    with file_lock(lock), _deferred_interrupt() as interrupted:
+    with contextlib.ExitStack() as held:
+        if not held.enter_context(file_lock(lock, blocking=False)):  # a lock got here is kept: no race
+            if not wait:
+                raise CheckpointBusy(checkpoint_path.name)
+            warn(f"another process is training {checkpoint_path.name}; waiting for it to finish or pause")
+            held.enter_context(file_lock(lock))
+        interrupted = held.enter_context(_deferred_interrupt())
         return _train(model, task, config, checkpoint_path, device, seed, progress, deadline, interrupted)
 
 
@@ -202,17 +201,15 @@ def _train(model: AssociativeMemory, task: Task, config: TrainConfig, checkpoint
                          "history": stretches(), "config": dataclasses.asdict(config)}, checkpoint_path)
         saved_step = step
 
-    if saved is not None and deadline is not None and time.perf_counter() > deadline:
-        model.eval()  # resumed after the time was up (e.g. waited for another process): no step
-        return TrainResult(steps=step, train_time_s=elapsed, curve=curve, checkpoint=str(checkpoint_path),
-                           finished=step >= config.steps, history=stretches())
+    # resumed after the time was up (e.g. waited for another process to pause): no step
+    late = saved is not None and deadline is not None and time.perf_counter() > deadline
     bar = None
-    if progress and step < config.steps:
+    if progress and step < config.steps and not late:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=config.steps, initial=step, desc=f"train {type(model).__name__}", leave=False)
     model.train()
-    while step < config.steps:
+    while step < config.steps and not late:
         started = time.perf_counter()
         if config.cosine_decay:  # a function of the step alone, so a resumed run continues the schedule
             stepper.set_lr(config.lr * 0.5 * (1 + math.cos(math.pi * step / config.steps)))

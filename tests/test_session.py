@@ -73,6 +73,12 @@ def test_a_session_archive_carries_new_results_and_paused_training_home(tmp_path
     assert [h["steps"] for h in again["training"]["history"]] == [[0, 1], [1, 6]]
 
 
+def _checkpoint(weights: torch.Tensor, step: int) -> dict:
+    """A minimal training checkpoint (the keys `training.CHECKPOINT_KEYS` requires, and a history)."""
+    return {"model": {"w": weights}, "generator": torch.Generator().get_state(), "step": step, "elapsed_s": 1.0,
+            "curve": [], "history": []}
+
+
 def _archive(path: Path, members: dict[str, bytes]) -> Path:
     with tarfile.open(path, "w:gz") as tar:
         for name, data in members.items():
@@ -128,7 +134,7 @@ def test_pack_leaves_out_checkpoints_only_used_or_unreadable(tmp_path: Path):
     shipped, cache = tmp_path / "results" / "checkpoints", tmp_path / "cache"
     shipped.mkdir(parents=True)
     cache.mkdir()
-    checkpoint = {"model": {"w": torch.zeros(2)}, "optimizer": {}, "step": 6}
+    checkpoint = {**_checkpoint(torch.zeros(2), step=6), "optimizer": {}}
     torch.save(checkpoint, shipped / "used.pt")
     torch.save(checkpoint, shipped / "trained.pt")
     since = os.stat(shipped / "used.pt").st_mtime + 1
@@ -181,10 +187,9 @@ def test_pack_splits_into_volumes_a_lent_machine_returns_and_leaves_out_what_fit
     monkeypatch.setattr(session, "CARRY_LIMIT_MB", 0.1)  # 100 kB volumes (less 64 kB of headroom: 38 kB)
     cache = tmp_path / "cache"
     cache.mkdir()
-    torch.save({"model": {"w": torch.rand(20_000)}, "step": 3}, cache / "large.pt")  # 80 kB: fits no volume
+    torch.save(_checkpoint(torch.rand(20_000), step=3), cache / "large.pt")  # 80 kB: fits no volume
     for name in ("a", "b"):  # 24 kB each: one a volume
-        torch.save({"model": {"w": torch.rand(6_000)}, "step": 3, "generator": torch.Generator().get_state(),
-                    "elapsed_s": 1.0, "curve": [], "history": []}, cache / f"{name}.pt")
+        torch.save(_checkpoint(torch.rand(6_000), step=3), cache / f"{name}.pt")
     names = session.pack(tmp_path / "s.tgz", 0.0, tmp_path / "results", cache)
     assert sorted(names) == ["checkpoints/a.pt", "checkpoints/b.pt"] and "large.pt" in capsys.readouterr().err
     volumes = [tmp_path / "s.tgz", tmp_path / "s-2.tgz"]
