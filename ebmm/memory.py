@@ -70,6 +70,7 @@ class EBMMConfig:
     write_lr_init: float = 1e-4   # initial softplus learning rates of writing (paper: 1e-4)
     anchor_lr_init: float | None = None  # initial rate of the beta ||theta - theta_bar||^2 term; None:
     #   write_lr_init. A rate r scales the deviation by (1 - 2r) per step: r > 1 makes it grow
+    grad_norm_lr_init: float | None = None  # initial rate of the alpha ||grad_x E||^2 term; None: write_lr_init
     read_step_init: float = 1.0   # initial gamma_1 of reading
     momentum_init: float = 0.5    # initial psi_1 of reading
     decay_init: float = 0.95      # initial sigmoid(eta_k): gamma_k / gamma_{k-1} and psi_k / psi_{k-1}
@@ -188,6 +189,8 @@ class EBMM(AssociativeMemory):
         write_lr = torch.full((config.write_steps, len(names), terms), _inverse_softplus(config.write_lr_init))
         if config.anchor_lr_init is not None:
             write_lr[..., -1] = _inverse_softplus(config.anchor_lr_init)
+        if config.grad_norm_term and config.grad_norm_lr_init is not None:
+            write_lr[..., 1] = _inverse_softplus(config.grad_norm_lr_init)
         self.write_lr = nn.Parameter(write_lr)
         self.read_step = nn.Parameter(torch.tensor(_inverse_softplus(config.read_step_init)))
         self.read_step_decay = nn.Parameter(torch.full((config.read_steps - 1,), _logit(config.decay_init)))

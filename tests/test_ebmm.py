@@ -257,6 +257,16 @@ def test_a_learned_write_norm_starts_as_the_mean_and_is_meta_learned():
     assert learned.write_norm.grad is not None and learned.write_norm.grad.abs() > 0
 
 
+def test_each_writing_term_starts_at_its_own_rate():
+    """write_lr holds (step, tensor, term) rates: energy at write_lr_init, alpha ||grad_x E||^2 at
+    grad_norm_lr_init, beta ||theta - theta_bar||^2 at anchor_lr_init."""
+    model, _ = small_model(grad_norm_term=True, write_lr_init=3.0, grad_norm_lr_init=0.01, anchor_lr_init=0.25)
+    rates = torch.nn.functional.softplus(model.write_lr.detach())
+    assert rates.shape[-1] == 3
+    for term, value in enumerate((3.0, 0.01, 0.25)):
+        torch.testing.assert_close(rates[..., term], torch.full_like(rates[..., term], value))
+
+
 @pytest.mark.parametrize("grad_norm_term", [False, True])
 def test_write_and_read_under_no_grad_match_grad_mode(grad_norm_term: bool):
     """Evaluation runs under no_grad: the closed-form path then builds no graph, the ||grad_x E||^2 term
