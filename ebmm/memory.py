@@ -17,7 +17,8 @@ divided by N^p with p fixed (`write_norm_power`) or meta-learned (`learn_write_n
 Each learning rate is softplus of a learned value, one per step, writable tensor and
 loss term; the paper's alpha and beta are the ratios of these rates, so they are not
 separate parameters. Read (App. A): K steps of projected gradient descent on E(x) with
-Nesterov momentum and non-increasing learned step sizes and momentum rates.
+Nesterov momentum and non-increasing learned step sizes and momentum rates; with `read_known=False`
+(ours) only the entries a query marks unknown move, where the task says the others are the pattern's.
 Meta-training backpropagates the step-wise reconstruction loss through read and write.
 All inner loops run on a batch of B episodes at once. An energy with a `grads` method
 (the gated RNN) gives its gradients in closed form, so the inner loops are explicit
@@ -72,6 +73,8 @@ class EBMMConfig:
     #   write_lr_init. A rate r scales the deviation by (1 - 2r) per step: r > 1 makes it grow
     grad_norm_lr_init: float | None = None  # initial rate of the alpha ||grad_x E||^2 term; None: write_lr_init
     read_step_init: float = 1.0   # initial gamma_1 of reading
+    read_known: bool = True       # reading moves every entry (the paper); False: where the task allows it
+    #   (spec.clamp_known), entries other than the fill value keep the query's values (ours)
     momentum_init: float = 0.5    # initial psi_1 of reading
     decay_init: float = 0.95      # initial sigmoid(eta_k): gamma_k / gamma_{k-1} and psi_k / psi_{k-1}
 
@@ -324,10 +327,15 @@ class EBMM(AssociativeMemory):
         momenta = _decaying(torch.sigmoid(self.momentum), self.momentum_decay)
         if not create_graph:
             steps, momenta = [s.detach() for s in steps], [m.detach() for m in momenta]
+        free = None  # (B, Q, *S) 1 where reading may move the entry; None: everywhere
+        if not self.cfg.read_known and self.spec.clamp_known:
+            free = (queries == self.spec.fill_value).to(queries.dtype)
         x, velocity, iterates = queries, torch.zeros_like(queries), []
         for step, momentum in zip(steps, momenta):
             lookahead = (x + momentum * velocity).clamp(0, 1)
             grad = self._grad_x(state, lookahead, create_graph)
+            if free is not None:  # known entries get no step and no velocity: they stay the query's
+                grad = grad * free
             velocity = momentum * velocity - step * grad
             x = (x + velocity).clamp(0, 1)
             if not create_graph:

@@ -267,6 +267,26 @@ def test_each_writing_term_starts_at_its_own_rate():
         torch.testing.assert_close(rates[..., term], torch.full_like(rates[..., term], value))
 
 
+def test_reading_with_known_entries_kept_moves_only_the_erased_ones():
+    """read_known=False: a query's known bits come back unchanged, its erased bits are read as usual
+    (the meta-loss still trains every parameter); under bit flips (no entry known) every bit moves."""
+    model, task = small_model(read_known=False)
+    batch = episodes(task)
+    known = batch.queries != task.spec.fill_value
+    out = model.read(model.write(batch.patterns), batch.queries)
+    assert torch.equal(out[known], batch.queries[known])
+    assert not torch.equal(out[~known], batch.queries[~known])
+    loss, _ = model.meta_loss(batch.patterns, batch.queries)
+    loss.backward()
+    assert model.read_step.grad.abs() > 0 and model.energy.memory.weight.grad.abs().sum() > 0
+    flips = BinaryTask(4, erased=0, flip=0.0625)
+    model, _ = small_model(read_known=False)
+    model.spec = flips.spec
+    noisy = episodes(flips)
+    out = model.read(model.write(noisy.patterns), noisy.queries)
+    assert not torch.equal(out[noisy.queries != 0.5], noisy.queries[noisy.queries != 0.5])
+
+
 @pytest.mark.parametrize("grad_norm_term", [False, True])
 def test_write_and_read_under_no_grad_match_grad_mode(grad_norm_term: bool):
     """Evaluation runs under no_grad: the closed-form path then builds no graph, the ||grad_x E||^2 term
