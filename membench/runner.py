@@ -38,7 +38,7 @@ from membench.registry import make_task, resolve_model
 from membench.store import ResultsStore, read_record, warn, write_atomic, write_text_atomic
 from membench.suites import RunSpec
 from membench.tasks import Task
-from membench.training import CHECKPOINT_KEYS, load_checkpoint, meta_train, weights_only
+from membench.training import load_checkpoint, meta_train, read_checkpoint, weights_only
 
 # Config fields added after checkpoints were shipped, with their defaults: left out of checkpoint keys
 # while at the default, so configurations that do not use them keep their keys (and shipped checkpoints).
@@ -116,10 +116,7 @@ def ship_checkpoints(out_dir: Path | None, checkpoint_dir: Path, files: Sequence
 def readable_checkpoint(path: Path) -> dict[str, Any] | None:
     """The checkpoint at `path`, or None (with a warning) when it cannot be read as one."""
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=False)
-        if not isinstance(saved, dict) or any(name not in saved for name in CHECKPOINT_KEYS):
-            raise ValueError("not a membench training checkpoint")
-        return saved
+        return read_checkpoint(path)
     except (EOFError, OSError, RuntimeError, ValueError, pickle.UnpicklingError) as exc:
         warn(f"checkpoint {path} is unreadable ({type(exc).__name__}): not shipped; delete it and rerun the "
              f"command that trained it")

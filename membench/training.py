@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+from torch.torch_version import TorchVersion
 
 from membench.errors import CheckpointBusy, TrainingDiverged, TrainingInterrupted
 from membench.interface import AssociativeMemory, TrainConfig
@@ -72,6 +73,16 @@ def weights_only(saved: dict[str, Any]) -> dict[str, Any]:
             "model": {name: portable(tensor) for name, tensor in saved["model"].items()}}
 
 
+def read_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """The training checkpoint at `path`, unpickled as data only (tensors, containers, numbers, strings: a
+    checkpoint carried from another machine runs no code). Raises on a file that is not one."""
+    with torch.serialization.safe_globals([TorchVersion]):  # older checkpoints' history holds torch.__version__
+        saved = torch.load(path, map_location=device, weights_only=True)
+    if not isinstance(saved, dict) or any(key not in saved for key in CHECKPOINT_KEYS):
+        raise ValueError("not a membench training checkpoint")
+    return saved
+
+
 def load_checkpoint(path: Path, model: AssociativeMemory, device: torch.device,
                     optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any] | None:
     """Load `path` into `model` (and `optimizer`, when the checkpoint holds its state); return the
@@ -84,9 +95,7 @@ def load_checkpoint(path: Path, model: AssociativeMemory, device: torch.device,
     if not path.exists():
         return None
     try:
-        saved = torch.load(path, map_location=device, weights_only=False)
-        if not isinstance(saved, dict) or any(key not in saved for key in CHECKPOINT_KEYS):
-            raise ValueError("not a membench training checkpoint")
+        saved = read_checkpoint(path, device)
         model.load_state_dict(saved["model"])
         if optimizer is not None and "optimizer" in saved:
             optimizer.load_state_dict(saved["optimizer"])
@@ -181,7 +190,7 @@ def _train(model: AssociativeMemory, task: Task, config: TrainConfig, checkpoint
             "steps": [first_step, step], "train_time_s": round(elapsed - first_elapsed, 2), "device": device.type,
             "device_name": device_name(device), "matmul_precision": torch.get_float32_matmul_precision(),
             "compiled": stepper.compiled, "cuda_graph": stepper.graphs_on, "commit": commit, "dirty": dirty,
-            "threads": torch.get_num_threads() if device.type == "cpu" else None, "torch": torch.__version__}]
+            "threads": torch.get_num_threads() if device.type == "cpu" else None, "torch": str(torch.__version__)}]
     first_bad = torch.tensor(-1, device=device)  # first step whose loss or gradient was not finite
 
     def check_finite(loss: torch.Tensor) -> None:

@@ -130,24 +130,39 @@ def _tiny(tmp_path: Path, monkeypatch, source: str = TINY_MODEL) -> None:
     sys.modules.pop("tiny_learned", None)
 
 
-@pytest.mark.parametrize("content", [b"", b"PK\x03\x04truncated", "foreign"])
+class _RunsCode:
+    """Pickles as a call of os.makedirs(path): what a checkpoint from an untrusted machine could hold."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return os.makedirs, (str(self.path),)
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04truncated", "foreign", "code"])
 def test_corrupt_checkpoint_is_set_aside_and_retrained(tmp_path, monkeypatch, content):
+    """Unreadable, foreign or code-carrying checkpoints (read as data only: nothing runs) are set aside."""
     _tiny(tmp_path, monkeypatch)
     args = ["run", "--model", "tiny_learned:TinyLearned", "--num-patterns", "16", "--queries", "16",
             "--checkpoint-dir", "ck", "--no-progress"]
     assert _invoke(*args, "--out", "first").exit_code == 0
     (checkpoint,) = (tmp_path / "ck").glob("*.pt")
-    trained = torch.load(checkpoint, weights_only=False)["model"]
+    trained = torch.load(checkpoint, weights_only=True)["model"]
     if content == "foreign":
         torch.save({"model": {"other.weight": torch.zeros(3)}, "optimizer": {}, "generator": torch.zeros(1),
                     "step": 6, "elapsed_s": 0.0, "curve": []}, checkpoint)
+    elif content == "code":
+        saved = torch.load(checkpoint, weights_only=True)
+        torch.save({**saved, "curve": [_RunsCode(tmp_path / "ran")]}, checkpoint)
     else:
         checkpoint.write_bytes(content)
     result = _invoke(*args, "--out", "second")
     assert result.exit_code == 0, result.output
     assert f"checkpoint {checkpoint.relative_to(tmp_path)} is unreadable or does not fit" in result.output
     assert (tmp_path / "ck" / (checkpoint.name + ".corrupt")).exists()
-    retrained = torch.load(checkpoint, weights_only=False)["model"]
+    assert not (tmp_path / "ran").exists()
+    retrained = torch.load(checkpoint, weights_only=True)["model"]
     assert all(torch.equal(trained[k], retrained[k]) for k in trained)  # same seed, same training
 
 
