@@ -80,6 +80,33 @@ class GatedRNNEnergy(nn.Module):
         state, _ = self._hops(written, self.project(x))
         return self.readout(state).squeeze(-1)
 
+    def _backward(self, written: torch.Tensor, projected: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor, list[Hop], list[torch.Tensor]]:
+        """dE/d written (..., M, d) and dE/d projected (..., M, 2 hidden - d), the forward hops and, per hop
+        (last first), dE/ds after it."""
+        _, hops = self._hops(written, projected)
+        recurrent = self._stacked()[:, self.dim:]
+        d = written.shape[-1]
+        d_state = self.readout.weight[0].expand_as(hops[-1][0])  # dE/ds_H
+        d_written, d_projected, d_states = 0, 0, []
+        for candidate, update, previous in reversed(hops):
+            d_states.append(d_state)
+            d_candidate = d_state * update
+            d_update = d_state * candidate if previous is None else d_state * (candidate - previous)
+            d_candidate = d_candidate * (1 - candidate * candidate)   # through tanh
+            d_update = d_update * update * (1 - update)              # through sigmoid
+            d_written = d_written + d_candidate[..., :d]
+            d_mixed = torch.cat([d_candidate[..., d:], d_update], dim=-1)
+            d_projected = d_projected + d_mixed
+            if previous is not None:
+                d_state = d_state * (1 - update) + d_mixed @ recurrent
+        return d_written, d_projected, hops, d_states
+
+    def _check(self, weight: torch.Tensor, x: torch.Tensor) -> None:
+        assert x.dim() == 3 and weight.shape == (x.shape[0], weight.shape[1], self.dim), (
+            f"x (B, M, {self.dim}) and memory.weight (B, d, {self.dim}) expected, got {tuple(x.shape)}, "
+            f"{tuple(weight.shape)}")
+
     def grads(self, writable: dict[str, torch.Tensor], x: torch.Tensor, projected: torch.Tensor | None = None,
               wrt_x: bool = True, wrt_writable: bool = True
               ) -> tuple[torch.Tensor | None, dict[str, torch.Tensor] | None]:
@@ -91,26 +118,10 @@ class GatedRNNEnergy(nn.Module):
         tensors (either None when not asked for). Differentiable in everything (explicit operations).
         """
         weight, bias = writable["memory.weight"], writable["memory.bias"]
-        assert x.dim() == 3 and weight.shape == (x.shape[0], weight.shape[1], self.dim), (
-            f"x (B, M, {self.dim}) and memory.weight (B, d, {self.dim}) expected, got {tuple(x.shape)}, "
-            f"{tuple(weight.shape)}")
+        self._check(weight, x)
         signed = 2 * x - 1
         written = torch.baddbmm(bias.unsqueeze(1), signed, weight.transpose(1, 2))  # (B, M, d)
-        _, hops = self._hops(written, self.project(x) if projected is None else projected)
-        recurrent = self._stacked()[:, self.dim:]
-        d = written.shape[-1]
-        d_state = self.readout.weight[0].expand_as(hops[-1][0])  # dE/ds_H
-        d_written, d_projected = 0, 0
-        for candidate, update, previous in reversed(hops):
-            d_candidate = d_state * update
-            d_update = d_state * candidate if previous is None else d_state * (candidate - previous)
-            d_candidate = d_candidate * (1 - candidate * candidate)   # through tanh
-            d_update = d_update * update * (1 - update)              # through sigmoid
-            d_written = d_written + d_candidate[..., :d]
-            d_mixed = torch.cat([d_candidate[..., d:], d_update], dim=-1)
-            d_projected = d_projected + d_mixed
-            if previous is not None:
-                d_state = d_state * (1 - update) + d_mixed @ recurrent
+        d_written, d_projected, _, _ = self._backward(written, self.project(x) if projected is None else projected)
         grad_x = None
         if wrt_x:
             grad_x = 2 * (torch.bmm(d_written, weight) + d_projected @ self._stacked()[:, :self.dim])
@@ -119,3 +130,54 @@ class GatedRNNEnergy(nn.Module):
             grad_writable = {"memory.weight": torch.bmm(d_written.transpose(1, 2), signed),
                              "memory.bias": d_written.sum(1)}
         return grad_x, grad_writable
+
+    def grad_norm_grads(self, writable: dict[str, torch.Tensor], x: torch.Tensor, projected: torch.Tensor | None = None
+                        ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """For the writing loss: the gradients of sum_i E(x_i) and of sum_i ||g_i||^2, g_i = grad_x E(x_i), with
+        respect to each episode's writable tensors (name -> (B, *shape) each), in closed form.
+
+        grad_theta ||g||^2 = 2 (d^2 E / dtheta dx) g: the derivative of the writable gradient when x moves
+        along g, carried through the hops and their backward in forward mode (tangents written `t_...`).
+        Explicit operations only, like `grads`, so the meta-gradient through it is first order."""
+        weight, bias = writable["memory.weight"], writable["memory.bias"]
+        self._check(weight, x)
+        signed = 2 * x - 1
+        written = torch.baddbmm(bias.unsqueeze(1), signed, weight.transpose(1, 2))
+        x_weight, recurrent = self._stacked()[:, :self.dim], self._stacked()[:, self.dim:]
+        d_written, d_projected, hops, d_states = self._backward(
+            written, self.project(x) if projected is None else projected)
+        along = 2 * (torch.bmm(d_written, weight) + d_projected @ x_weight)  # g (B, M, D)
+        d = written.shape[-1]
+        split = self.hidden - d
+        t_written, t_projected = 2 * torch.bmm(along, weight.transpose(1, 2)), 2 * along @ x_weight.T
+        t_hops, t_state = [], None  # forward: tangents of candidate and update per hop
+        for candidate, update, previous in hops:
+            t_mixed = t_projected if t_state is None else t_projected + t_state @ recurrent.T
+            t_candidate = (1 - candidate * candidate) * torch.cat([t_written, t_mixed[..., :split]], dim=-1)
+            t_update = update * (1 - update) * t_mixed[..., split:]
+            t_hops.append((t_candidate, t_update, t_state))
+            if t_state is None:
+                t_state = t_update * candidate + update * t_candidate
+            else:
+                t_state = t_state + t_update * (candidate - previous) + update * (t_candidate - t_state)
+        t_d_written, t_d_state = 0, None  # backward: tangents of its quantities (dE/ds_H is constant)
+        for (candidate, update, previous), (t_candidate, t_update, t_previous), d_state in zip(
+                reversed(hops), reversed(t_hops), d_states):
+            gap = candidate if previous is None else candidate - previous
+            t_gap = t_candidate if previous is None else t_candidate - t_previous
+            d_candidate, d_update = d_state * update, d_state * gap
+            t_d_candidate = d_state * t_update if t_d_state is None else t_d_state * update + d_state * t_update
+            t_d_update = d_state * t_gap if t_d_state is None else t_d_state * gap + d_state * t_gap
+            t_d_candidate = t_d_candidate * (1 - candidate * candidate) - d_candidate * 2 * candidate * t_candidate
+            t_d_update = (t_d_update * update * (1 - update)
+                          + d_update * (1 - 2 * update) * t_update)
+            t_d_written = t_d_written + t_d_candidate[..., :d]
+            if previous is not None:
+                t_d_mixed = torch.cat([t_d_candidate[..., d:], t_d_update], dim=-1)
+                base = -d_state * t_update if t_d_state is None else t_d_state * (1 - update) - d_state * t_update
+                t_d_state = base + t_d_mixed @ recurrent
+        energy = {"memory.weight": torch.bmm(d_written.transpose(1, 2), signed), "memory.bias": d_written.sum(1)}
+        norm = {"memory.weight": 2 * (torch.bmm(t_d_written.transpose(1, 2), signed)
+                                      + 2 * torch.bmm(d_written.transpose(1, 2), along)),
+                "memory.bias": 2 * t_d_written.sum(1)}
+        return energy, norm

@@ -22,8 +22,8 @@ Nesterov momentum and non-increasing learned step sizes and momentum rates; with
 Meta-training backpropagates the step-wise reconstruction loss through read and write.
 All inner loops run on a batch of B episodes at once. An energy with a `grads` method
 (the gated RNN) gives its gradients in closed form, so the inner loops are explicit
-operations (no autograd inside, `torch.compile`-able; only the optional ||grad_x E||^2 term
-is differentiated by autograd); any other energy is vmapped over the episodes' writable
+operations (no autograd inside, `torch.compile`-able; the optional ||grad_x E||^2 term's gradient
+too, `grad_norm_grads`); any other energy is vmapped over the episodes' writable
 copies (torch.func.functional_call + vmap) and differentiated with torch.autograd.grad
 (create_graph only while meta-training).
 """
@@ -187,7 +187,8 @@ class EBMM(AssociativeMemory):
         own = dict(energy.named_parameters())
         assert names and all(n in own for n in names), f"writable_names {names} must name parameters of the energy"
         self.writable_names = names
-        self._closed_form = callable(getattr(energy, "grads", None))  # gradients without autograd (gated RNN)
+        self._closed_form = callable(getattr(energy, "grads", None)) and (  # gradients without autograd (gated RNN)
+            not config.grad_norm_term or callable(getattr(energy, "grad_norm_grads", None)))
         terms = 3 if config.grad_norm_term else 2
         write_lr = torch.full((config.write_steps, len(names), terms), _inverse_softplus(config.write_lr_init))
         if config.anchor_lr_init is not None:
@@ -248,18 +249,16 @@ class EBMM(AssociativeMemory):
         with respect to each writable tensor (in `writable_names` order), each (B, *shape)."""
         names = list(self.writable_names)
         scale = self._pattern_weight(patterns.shape[1])
+        if self._closed_form:  # no autograd inside: explicit operations only
+            if self.cfg.grad_norm_term:
+                per_term = self.energy.grad_norm_grads(theta, patterns, projected)
+            else:
+                per_term = (self.energy.grads(theta, patterns, projected, wrt_x=False)[1],)
+            return [[grads[n] * scale for n in names] for grads in per_term]
         if self.cfg.write_mean and self.cfg.write_norm_power is None and not self.cfg.learn_write_norm:
             reduce = lambda t: t.mean(1)  # noqa: E731  (over patterns)
         else:
             reduce = lambda t: t.sum(1) * scale  # noqa: E731
-        if self._closed_form:  # no autograd for the energy term; ||grad_x E||^2 differentiated by autograd
-            grad_x, grads = self.energy.grads(theta, patterns, projected, wrt_x=self.cfg.grad_norm_term)
-            term_grads = [[grads[n] * scale for n in names]]
-            if self.cfg.grad_norm_term:
-                objective = reduce(grad_x.pow(2).flatten(2).sum(-1)).sum()
-                term_grads.append(list(torch.autograd.grad(objective, [theta[n] for n in names],
-                                                           create_graph=create_graph)))
-            return term_grads
         x = patterns.detach().requires_grad_(self.cfg.grad_norm_term)
         energies = self.batched_energy(theta, x)                         # (B, N)
         objectives = [reduce(energies).sum()]  # episodes are independent: their sum separates
@@ -313,10 +312,8 @@ class EBMM(AssociativeMemory):
 
     def _inner_grad(self):
         """Grad mode for write and read outside meta-training: autograd on, unless no step needs it (closed-form
-        energy gradients, no ||grad_x E||^2 term): then the caller's mode stands, and under no_grad evaluation
-        records no graph."""
-        autograd_free = self._closed_form and not self.cfg.grad_norm_term
-        return contextlib.nullcontext() if autograd_free else torch.enable_grad()
+        energy gradients): then the caller's mode stands, and under no_grad evaluation records no graph."""
+        return contextlib.nullcontext() if self._closed_form else torch.enable_grad()
 
     # --- read -----------------------------------------------------------------------
     def _read(self, state: Writable, queries: torch.Tensor, create_graph: bool) -> list[torch.Tensor]:

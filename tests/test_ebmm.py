@@ -142,7 +142,8 @@ def test_gated_rnn_energy_is_the_literal_recurrence(hops: int):
 
 @pytest.mark.parametrize("hops", [1, 2, 3])
 def test_closed_form_gradients_are_autograds(hops: int):
-    """GatedRNNEnergy.grads (the backward written out) equals autograd, per episode, in float64."""
+    """GatedRNNEnergy.grads (the backward written out) and grad_norm_grads (its derivative along grad_x E,
+    written out) equal autograd, per episode, in float64."""
     model, task = small_model(hops=hops)
     energy = model.energy.double()
     with torch.no_grad():
@@ -161,6 +162,16 @@ def test_closed_form_gradients_are_autograds(hops: int):
         torch.testing.assert_close(grad_x[b], expected[0])
         for name, value in zip(episode, expected[1:]):
             torch.testing.assert_close(grad_writable[name][b], value, msg=f"gradient of {name} differs")
+    energy_grads, norm_grads = energy.grad_norm_grads(writable, x)
+    for name in writable:
+        torch.testing.assert_close(energy_grads[name], grad_writable[name])
+    for b in range(3):  # grad_theta sum_i ||grad_x E(x_i)||^2 by double backward
+        episode = {name: t[b].clone().requires_grad_(True) for name, t in writable.items()}
+        xb = x[b].clone().requires_grad_(True)
+        total = torch.func.functional_call(energy, episode, (xb,), strict=False).sum()
+        norm = torch.autograd.grad(total, xb, create_graph=True)[0].pow(2).sum()
+        for name, value in zip(episode, torch.autograd.grad(norm, list(episode.values()))):
+            torch.testing.assert_close(norm_grads[name][b], value, msg=f"grad-norm gradient of {name} differs")
 
 
 class _AutogradOnlyEnergy(type(small_model()[0].energy)):
@@ -289,8 +300,8 @@ def test_reading_with_known_entries_kept_moves_only_the_erased_ones():
 
 @pytest.mark.parametrize("grad_norm_term", [False, True])
 def test_write_and_read_under_no_grad_match_grad_mode(grad_norm_term: bool):
-    """Evaluation runs under no_grad: the closed-form path then builds no graph, the ||grad_x E||^2 term
-    still gets the autograd it needs, and both give the retrievals of grad mode."""
+    """Evaluation runs under no_grad: the closed-form path (the ||grad_x E||^2 term's too) builds no graph
+    and gives the retrievals of grad mode."""
     model, task = small_model(grad_norm_term=grad_norm_term)
     batch = episodes(task)
     patterns, queries = batch.patterns, batch.queries
