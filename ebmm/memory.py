@@ -80,13 +80,15 @@ class EBMMConfig:
 
 
 PRESETS: dict[str, Preset] = {
-    # CPU, on 2 cores: small hidden size, 2 hops, three write steps and three read steps, energy
-    # term only (no third-order meta-gradient), large initial rates, a beta-term rate that starts by
-    # halving the deviation from theta_bar (at 3.0 it multiplied it by -5), the power of N dividing
-    # the write's pattern terms meta-learned (it settles near 0.7: the mean under-writes small N), a
-    # large meta learning rate decayed along a cosine, 16 episodes a step; the meta-loss compiled
-    "quick": Preset(EBMMConfig(hidden=128, hops=2, read_steps=3, write_steps=3, grad_norm_term=False,
-                               write_lr_init=3.0, anchor_lr_init=0.25, read_step_init=5.0, learn_write_norm=True),
+    # CPU, on 2 cores: small hidden size, 2 hops, three write steps and three read steps, large
+    # initial rates, the alpha ||grad_x E||^2 term's rate starting small (at the energy term's 3.0 it
+    # kept the model from learning), a beta-term rate that starts by halving the deviation from
+    # theta_bar (at 3.0 it multiplied it by -5), the power of N dividing the write's pattern terms
+    # meta-learned (it settles near 0.7: the mean under-writes small N), a large meta learning rate
+    # decayed along a cosine, 16 episodes a step; the meta-loss compiled
+    "quick": Preset(EBMMConfig(hidden=128, hops=2, read_steps=3, write_steps=3, grad_norm_term=True,
+                               write_lr_init=3.0, grad_norm_lr_init=0.01, anchor_lr_init=0.25, read_step_init=5.0,
+                               learn_write_norm=True),
                     TrainConfig(steps=5600, batch_size=16, lr=6e-3, cosine_decay=True, clip_norm=1.0, log_every=50,
                                 checkpoint_every=250, num_patterns=(16, 32, 48, 64, 96), compile=True)),
     # one GPU, about 6 minutes on an H100 (363 s of training, eager, before the learned write norm): a

@@ -209,13 +209,6 @@ def test_meta_gradient_reaches_every_meta_parameter():
         assert param.grad is not None and torch.isfinite(param.grad).all(), f"no finite meta-gradient for {name}"
 
 
-def test_write_rates_start_at_their_configured_values():
-    model, _ = small_model(write_lr_init=2.0, anchor_lr_init=0.25)
-    rates = torch.nn.functional.softplus(model.write_lr).detach()  # (steps, tensors, terms)
-    torch.testing.assert_close(rates[..., :-1], torch.full_like(rates[..., :-1], 2.0))
-    torch.testing.assert_close(rates[..., -1], torch.full_like(rates[..., -1], 0.25))  # beta term
-
-
 def tiny_config(steps: int) -> TrainConfig:
     return TrainConfig(steps=steps, batch_size=2, lr=1e-3, clip_norm=1.0, log_every=1, checkpoint_every=2,
                        num_patterns=(4, 8))
