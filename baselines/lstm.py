@@ -45,11 +45,11 @@ PRESETS: dict[str, Preset] = {
                                 log_every=25, checkpoint_every=250, num_patterns=TRAIN_NUM_PATTERNS)),
     # one GPU: the full budget, hidden 4128 (h + c = 8256), EBMM gpu's training compute
     "gpu": Preset(LSTMConfig(hidden_size=None),
-                  TrainConfig(steps=4000, batch_size=32, lr=1e-4, clip_norm=1.0, cosine_decay=True, log_every=50,
+                  TrainConfig(steps=30_000, batch_size=128, lr=1e-4, clip_norm=1.0, cosine_decay=True, log_every=50,
                               checkpoint_every=250, num_patterns=TRAIN_NUM_PATTERNS, cuda_graph=True)),
     # GPU: the full budget, hidden 4128 (h + c = 8256)
     "paper": Preset(LSTMConfig(hidden_size=None),
-                    TrainConfig(steps=50_000, batch_size=64, lr=1e-4, clip_norm=1.0,
+                    TrainConfig(steps=100_000, batch_size=64, lr=1e-4, clip_norm=1.0,
                                 log_every=100, checkpoint_every=1000, num_patterns=TRAIN_NUM_PATTERNS)),
 }
 

@@ -91,7 +91,7 @@ class MANNConfig:
 
 
 # Training schedules shared by the slot-and-controller baselines (MANN, Kanerva Machine, DNC)
-GPU_TRAIN = TrainConfig(steps=4000, batch_size=32, lr=1e-3, clip_norm=1.0, cosine_decay=True, log_every=50,
+GPU_TRAIN = TrainConfig(steps=30_000, batch_size=128, lr=1e-3, clip_norm=1.0, cosine_decay=True, log_every=50,
                         checkpoint_every=250, num_patterns=MIXED_N, cuda_graph=True)  # EBMM gpu's compute
 PAPER_TRAIN = TrainConfig(steps=200_000, batch_size=64, lr=5e-5, clip_norm=0.05, num_patterns=MIXED_N)  # App. D
 # Images (Figure 3): quick trains about as long as an EBMM point on the CPU (with a narrowed codec)

@@ -61,8 +61,8 @@ PRESETS: dict[str, Preset] = {
     # CPU: EBMM quick's training compute (5600 updates of 16 episodes)
     "quick": Preset(MemNetConfig(), TrainConfig(steps=5600, batch_size=16, lr=1e-3, clip_norm=1.0,
                                                 log_every=50, checkpoint_every=500, num_patterns=TRAIN_NUM_PATTERNS)),
-    # one GPU, EBMM gpu's training compute (4000 updates of 32 episodes)
-    "gpu": Preset(MemNetConfig(), TrainConfig(steps=4000, batch_size=32, lr=1e-3, clip_norm=1.0, cosine_decay=True,
+    # one GPU, EBMM gpu's training compute (30,000 updates of 128 episodes)
+    "gpu": Preset(MemNetConfig(), TrainConfig(steps=30_000, batch_size=128, lr=1e-3, clip_norm=1.0, cosine_decay=True,
                                               log_every=50, checkpoint_every=250, num_patterns=TRAIN_NUM_PATTERNS,
                                               cuda_graph=True)),
     # GPU scale: bigger batches, more steps, lower learning rate

@@ -66,8 +66,8 @@ PRESETS: dict[str, Preset] = {
     # rate is lower and decays along a cosine
     "quick": Preset(PlasticityConfig(), TrainConfig(steps=5600, batch_size=16, lr=2e-3, clip_norm=1.0, cosine_decay=True,
                                                     num_patterns=MIXED_N)),
-    # one GPU, EBMM gpu's training compute (4000 updates of 32 episodes)
-    "gpu": Preset(PlasticityConfig(), TrainConfig(steps=4000, batch_size=32, lr=3e-3, clip_norm=1.0, cosine_decay=True,
+    # one GPU, EBMM gpu's training compute (30,000 updates of 128 episodes)
+    "gpu": Preset(PlasticityConfig(), TrainConfig(steps=30_000, batch_size=128, lr=3e-3, clip_norm=1.0, cosine_decay=True,
                                                   log_every=50, checkpoint_every=250, num_patterns=MIXED_N,
                                                   cuda_graph=True)),
     # GPU scale, the paper's optimiser (App. D)

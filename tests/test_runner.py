@@ -196,3 +196,23 @@ def test_long_error_lists_are_stored_packed_and_read_back_exactly(tmp_path):
     with pytest.raises(MembenchError, match="record .*packed.json is unreadable"):
         store_module.read_record(path)
     assert not store.has("packed")
+
+
+@pytest.mark.parametrize("preset", ["quick", "gpu", "paper"])
+def test_learned_baselines_train_on_at_least_ebmms_episodes(preset: str):
+    """The paper's rule (App. D: baselines always made more updates than EBMM): at each Table 1 preset every
+    learned baseline meta-trains on at least as many episodes (updates x episodes per update) as EBMM."""
+    from membench.interface import resolve_preset
+    from membench.registry import resolve_model
+    from membench.suites import LEARNED_MODELS
+    from membench.tasks import BinaryTask
+
+    spec = BinaryTask(16).spec
+
+    def episodes(name: str) -> int:
+        train = resolve_preset(resolve_model(name), spec, preset, {}).train
+        return train.steps * train.batch_size
+
+    ebmm = episodes("ebmm")
+    short = {name: episodes(name) for name in LEARNED_MODELS if episodes(name) < ebmm}
+    assert not short, f"preset {preset}: fewer episodes than EBMM's {ebmm}: {short}"
