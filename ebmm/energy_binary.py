@@ -13,8 +13,9 @@ Only `memory` (weight d x D and bias d) is writable: with D = 128 and d = 64 it 
 (meta-learned, shared by all episodes). `hidden` is the paper's 1024 by default.
 
 `grads` gives E's gradients with respect to x and to the writable tensors of a batch of
-episodes in closed form (the recurrence's backward written out as tensor operations), so
-EBMM's inner loops need no autograd: the meta-gradient is an ordinary first-order backward
+episodes in closed form (the recurrence's backward written out as tensor operations), and
+`grad_norm_grads` the writable gradients of E and of ||grad_x E||^2 (that backward's derivative
+along grad_x E, in forward mode), so EBMM's inner loops need no autograd: the meta-gradient is an ordinary first-order backward
 through explicit operations, which `torch.compile` can fuse.
 """
 from __future__ import annotations
@@ -102,10 +103,20 @@ class GatedRNNEnergy(nn.Module):
                 d_state = d_state * (1 - update) + d_mixed @ recurrent
         return d_written, d_projected, hops, d_states
 
-    def _check(self, weight: torch.Tensor, x: torch.Tensor) -> None:
+    def _check(self, weight: torch.Tensor, bias: torch.Tensor, x: torch.Tensor) -> None:
         assert x.dim() == 3 and weight.shape == (x.shape[0], weight.shape[1], self.dim), (
             f"x (B, M, {self.dim}) and memory.weight (B, d, {self.dim}) expected, got {tuple(x.shape)}, "
             f"{tuple(weight.shape)}")
+        assert bias.shape == weight.shape[:2], f"memory.bias (B, d) = {tuple(weight.shape[:2])} expected, got {tuple(bias.shape)}"
+
+    def _grad_x(self, d_written: torch.Tensor, d_projected: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """grad_x E (B, M, D) from dE/d written and dE/d projected (x enters both as 2x - 1)."""
+        return 2 * (torch.bmm(d_written, weight) + d_projected @ self._stacked()[:, :self.dim])
+
+    @staticmethod
+    def _writable_grads(d_written: torch.Tensor, signed: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Gradients of sum_i E(x_i) for the writable tensors from dE/d written (B, M, d) and 2x - 1 (B, M, D)."""
+        return {"memory.weight": torch.bmm(d_written.transpose(1, 2), signed), "memory.bias": d_written.sum(1)}
 
     def grads(self, writable: dict[str, torch.Tensor], x: torch.Tensor, projected: torch.Tensor | None = None,
               wrt_x: bool = True, wrt_writable: bool = True
@@ -118,18 +129,12 @@ class GatedRNNEnergy(nn.Module):
         tensors (either None when not asked for). Differentiable in everything (explicit operations).
         """
         weight, bias = writable["memory.weight"], writable["memory.bias"]
-        self._check(weight, x)
+        self._check(weight, bias, x)
         signed = 2 * x - 1
         written = torch.baddbmm(bias.unsqueeze(1), signed, weight.transpose(1, 2))  # (B, M, d)
         d_written, d_projected, _, _ = self._backward(written, self.project(x) if projected is None else projected)
-        grad_x = None
-        if wrt_x:
-            grad_x = 2 * (torch.bmm(d_written, weight) + d_projected @ self._stacked()[:, :self.dim])
-        grad_writable = None
-        if wrt_writable:
-            grad_writable = {"memory.weight": torch.bmm(d_written.transpose(1, 2), signed),
-                             "memory.bias": d_written.sum(1)}
-        return grad_x, grad_writable
+        grad_x = self._grad_x(d_written, d_projected, weight) if wrt_x else None
+        return grad_x, self._writable_grads(d_written, signed) if wrt_writable else None
 
     def grad_norm_grads(self, writable: dict[str, torch.Tensor], x: torch.Tensor, projected: torch.Tensor | None = None
                         ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -140,13 +145,14 @@ class GatedRNNEnergy(nn.Module):
         along g, carried through the hops and their backward in forward mode (tangents written `t_...`).
         Explicit operations only, like `grads`, so the meta-gradient through it is first order."""
         weight, bias = writable["memory.weight"], writable["memory.bias"]
-        self._check(weight, x)
+        self._check(weight, bias, x)
         signed = 2 * x - 1
         written = torch.baddbmm(bias.unsqueeze(1), signed, weight.transpose(1, 2))
-        x_weight, recurrent = self._stacked()[:, :self.dim], self._stacked()[:, self.dim:]
+        stacked = self._stacked()
+        x_weight, recurrent = stacked[:, :self.dim], stacked[:, self.dim:]
         d_written, d_projected, hops, d_states = self._backward(
             written, self.project(x) if projected is None else projected)
-        along = 2 * (torch.bmm(d_written, weight) + d_projected @ x_weight)  # g (B, M, D)
+        along = self._grad_x(d_written, d_projected, weight)  # g (B, M, D)
         d = written.shape[-1]
         split = self.hidden - d
         t_written, t_projected = 2 * torch.bmm(along, weight.transpose(1, 2)), 2 * along @ x_weight.T
@@ -176,7 +182,7 @@ class GatedRNNEnergy(nn.Module):
                 t_d_mixed = torch.cat([t_d_candidate[..., d:], t_d_update], dim=-1)
                 base = -d_state * t_update if t_d_state is None else t_d_state * (1 - update) - d_state * t_update
                 t_d_state = base + t_d_mixed @ recurrent
-        energy = {"memory.weight": torch.bmm(d_written.transpose(1, 2), signed), "memory.bias": d_written.sum(1)}
+        energy = self._writable_grads(d_written, signed)
         norm = {"memory.weight": 2 * (torch.bmm(t_d_written.transpose(1, 2), signed)
                                       + 2 * torch.bmm(d_written.transpose(1, 2), along)),
                 "memory.bias": 2 * t_d_written.sum(1)}

@@ -249,8 +249,9 @@ class EBMM(AssociativeMemory):
     # --- write ----------------------------------------------------------------------
     def _term_grads(self, theta: Writable, patterns: torch.Tensor, projected: torch.Tensor | None,
                     create_graph: bool) -> list[list[torch.Tensor]]:
-        """Per pattern term of the writing loss (mean_i E, then mean_i ||grad_x E||^2 if on), its gradient
-        with respect to each writable tensor (in `writable_names` order), each (B, *shape)."""
+        """Per pattern term of the writing loss (E, then ||grad_x E||^2 if on, each summed over the patterns
+        and weighted by `_pattern_weight`), its gradient with respect to each writable tensor (in
+        `writable_names` order), each (B, *shape). `create_graph` matters only to the autograd path."""
         names = list(self.writable_names)
         scale = self._pattern_weight(patterns.shape[1])
         if self._closed_form:  # no autograd inside: explicit operations only
@@ -292,7 +293,8 @@ class EBMM(AssociativeMemory):
         initial = {n: params[n].unsqueeze(0).expand(batch, *params[n].shape) for n in self.writable_names}
         if not create_graph:
             initial = {n: t.detach() for n, t in initial.items()}
-        theta = {n: t if create_graph else t.clone().requires_grad_(True) for n, t in initial.items()}
+        track = not self._closed_form  # autograd differentiates the writing loss: theta must require grad
+        theta = {n: t if create_graph else t.clone().requires_grad_(track) for n, t in initial.items()}
         rates = F.softplus(self.write_lr)
         if not create_graph:
             rates = rates.detach()
@@ -306,7 +308,7 @@ class EBMM(AssociativeMemory):
                 for term, grads in enumerate(term_grads):
                     update = update + rates[step, j, term] * grads[j]
                 new[n] = theta[n] - update
-            theta = new if create_graph else {n: t.detach().requires_grad_(True) for n, t in new.items()}
+            theta = new if create_graph else {n: t.detach().requires_grad_(track) for n, t in new.items()}
         return theta if create_graph else {n: t.detach() for n, t in theta.items()}
 
     def write(self, patterns: torch.Tensor) -> Writable:

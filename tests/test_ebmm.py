@@ -261,13 +261,16 @@ def test_a_learned_write_norm_starts_as_the_mean_and_is_meta_learned():
     assert learned.write_norm.grad is not None and learned.write_norm.grad.abs() > 0
 
 
-def test_each_writing_term_starts_at_its_own_rate():
-    """write_lr holds (step, tensor, term) rates: energy at write_lr_init, alpha ||grad_x E||^2 at
-    grad_norm_lr_init, beta ||theta - theta_bar||^2 at anchor_lr_init."""
-    model, _ = small_model(grad_norm_term=True, write_lr_init=3.0, grad_norm_lr_init=0.01, anchor_lr_init=0.25)
+@pytest.mark.parametrize("grad_norm_term", [True, False])
+def test_each_writing_term_starts_at_its_own_rate(grad_norm_term: bool):
+    """write_lr holds (step, tensor, term) rates: energy at write_lr_init, alpha ||grad_x E||^2 (when on) at
+    grad_norm_lr_init, beta ||theta - theta_bar||^2 (last) at anchor_lr_init."""
+    model, _ = small_model(grad_norm_term=grad_norm_term, write_lr_init=3.0, grad_norm_lr_init=0.01,
+                           anchor_lr_init=0.25)
     rates = torch.nn.functional.softplus(model.write_lr.detach())
-    assert rates.shape[-1] == 3
-    for term, value in enumerate((3.0, 0.01, 0.25)):
+    expected = (3.0, 0.01, 0.25) if grad_norm_term else (3.0, 0.25)
+    assert rates.shape[-1] == len(expected)
+    for term, value in enumerate(expected):
         torch.testing.assert_close(rates[..., term], torch.full_like(rates[..., term], value))
 
 

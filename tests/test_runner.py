@@ -200,8 +200,9 @@ def test_long_error_lists_are_stored_packed_and_read_back_exactly(tmp_path):
 
 @pytest.mark.parametrize("preset", ["quick", "gpu", "paper"])
 def test_learned_baselines_train_on_at_least_ebmms_episodes(preset: str):
-    """The paper's rule (App. D: baselines always made more updates than EBMM): at each Table 1 preset every
-    learned baseline meta-trains on at least as many episodes (updates x episodes per update) as EBMM."""
+    """In the spirit of the paper's rule (App. D: baselines always made more updates than EBMM): at each Table 1
+    preset every learned baseline meta-trains on at least as many episodes (updates x episodes per update) as
+    EBMM (at the paper preset some make fewer, larger updates)."""
     from membench.interface import resolve_preset
     from membench.registry import resolve_model
     from membench.suites import LEARNED_MODELS

@@ -18,6 +18,7 @@ for i in range(steps):
     rows.append(dict(step=i + 1, n=n, error=((out.retrievals > 0.5).float() != b.patterns).float().sum(-1).mean().item()))
     if (i + 1) % 250 == 0:
         d = pd.DataFrame(rows); w = d[d.step > i + 1 - 250]
-        q = pd.read_csv("results/table1/training/ebmm-quick-823663ec0f4e.csv")  # the quick preset's run, logged every 50; q = q[(q.step > i + 1 - 250) & (q.step <= i + 1)]
+        q = pd.read_csv("results/table1/training/ebmm-quick-823663ec0f4e.csv")  # the quick preset's run, logged every 50
+        q = q[(q.step > i + 1 - 250) & (q.step <= i + 1)]
         print(i + 1, round(time.time() - t), "gpu@16", w.groupby("n").error.mean().round(2).tolist(),
               "quick", q.groupby("num_patterns").error.mean().round(2).tolist(), flush=True)
