@@ -15,8 +15,8 @@ Only `memory` (weight d x D and bias d) is writable: with D = 128 and d = 64 it 
 `grads` gives E's gradients with respect to x and to the writable tensors of a batch of
 episodes in closed form (the recurrence's backward written out as tensor operations), and
 `grad_norm_grads` the writable gradients of E and of ||grad_x E||^2 (that backward's derivative
-along grad_x E, in forward mode), so EBMM's inner loops need no autograd: the meta-gradient is an ordinary first-order backward
-through explicit operations, which `torch.compile` can fuse.
+along grad_x E, in forward mode), so EBMM's inner loops need no autograd: the meta-gradient is an
+ordinary first-order backward through explicit operations, which `torch.compile` can fuse.
 """
 from __future__ import annotations
 
@@ -103,11 +103,18 @@ class GatedRNNEnergy(nn.Module):
                 d_state = d_state * (1 - update) + d_mixed @ recurrent
         return d_written, d_projected, hops, d_states
 
-    def _check(self, weight: torch.Tensor, bias: torch.Tensor, x: torch.Tensor) -> None:
+    def _episodes_backward(self, writable: dict[str, torch.Tensor], x: torch.Tensor, projected: torch.Tensor | None
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[Hop], list[torch.Tensor]]:
+        """B episodes' writable tensors and x (B, M, D) -> 2x - 1 and `_backward` of their written values."""
+        weight, bias = writable["memory.weight"], writable["memory.bias"]
         assert x.dim() == 3 and weight.shape == (x.shape[0], weight.shape[1], self.dim), (
             f"x (B, M, {self.dim}) and memory.weight (B, d, {self.dim}) expected, got {tuple(x.shape)}, "
             f"{tuple(weight.shape)}")
-        assert bias.shape == weight.shape[:2], f"memory.bias (B, d) = {tuple(weight.shape[:2])} expected, got {tuple(bias.shape)}"
+        assert bias.shape == weight.shape[:2], (
+            f"memory.bias (B, d) = {tuple(weight.shape[:2])} expected, got {tuple(bias.shape)}")
+        signed = 2 * x - 1
+        written = torch.baddbmm(bias.unsqueeze(1), signed, weight.transpose(1, 2))  # (B, M, d)
+        return (signed, *self._backward(written, self.project(x) if projected is None else projected))
 
     def _grad_x(self, d_written: torch.Tensor, d_projected: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """grad_x E (B, M, D) from dE/d written and dE/d projected (x enters both as 2x - 1)."""
@@ -128,12 +135,8 @@ class GatedRNNEnergy(nn.Module):
         name -> (B, *shape), the gradient of sum_i E(x_i) with respect to each episode's writable
         tensors (either None when not asked for). Differentiable in everything (explicit operations).
         """
-        weight, bias = writable["memory.weight"], writable["memory.bias"]
-        self._check(weight, bias, x)
-        signed = 2 * x - 1
-        written = torch.baddbmm(bias.unsqueeze(1), signed, weight.transpose(1, 2))  # (B, M, d)
-        d_written, d_projected, _, _ = self._backward(written, self.project(x) if projected is None else projected)
-        grad_x = self._grad_x(d_written, d_projected, weight) if wrt_x else None
+        signed, d_written, d_projected, _, _ = self._episodes_backward(writable, x, projected)
+        grad_x = self._grad_x(d_written, d_projected, writable["memory.weight"]) if wrt_x else None
         return grad_x, self._writable_grads(d_written, signed) if wrt_writable else None
 
     def grad_norm_grads(self, writable: dict[str, torch.Tensor], x: torch.Tensor, projected: torch.Tensor | None = None
@@ -144,16 +147,12 @@ class GatedRNNEnergy(nn.Module):
         grad_theta ||g||^2 = 2 (d^2 E / dtheta dx) g: the derivative of the writable gradient when x moves
         along g, carried through the hops and their backward in forward mode (tangents written `t_...`).
         Explicit operations only, like `grads`, so the meta-gradient through it is first order."""
-        weight, bias = writable["memory.weight"], writable["memory.bias"]
-        self._check(weight, bias, x)
-        signed = 2 * x - 1
-        written = torch.baddbmm(bias.unsqueeze(1), signed, weight.transpose(1, 2))
+        weight = writable["memory.weight"]
+        signed, d_written, d_projected, hops, d_states = self._episodes_backward(writable, x, projected)
         stacked = self._stacked()
         x_weight, recurrent = stacked[:, :self.dim], stacked[:, self.dim:]
-        d_written, d_projected, hops, d_states = self._backward(
-            written, self.project(x) if projected is None else projected)
         along = self._grad_x(d_written, d_projected, weight)  # g (B, M, D)
-        d = written.shape[-1]
+        d = d_written.shape[-1]
         split = self.hidden - d
         t_written, t_projected = 2 * torch.bmm(along, weight.transpose(1, 2)), 2 * along @ x_weight.T
         t_hops, t_state = [], None  # forward: tangents of candidate and update per hop
