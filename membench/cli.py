@@ -245,7 +245,7 @@ def ship(out, checkpoint_dir, files) -> None:
               help="Time after the training limit for evaluation; processes still running then are interrupted.")
 @click.option("--throughput", "time_updates", is_flag=True,
               help="First time the gpu preset's EBMM updates (membench throughput: CUDA graphs of eager kernels at "
-                   "batches 32, 128, 512, and of compiled kernels at 512).")
+                   "batches 32, 128, 512, of compiled kernels at 512, and at 128 with TF32 and bf16 arithmetic).")
 @_friendly_errors
 def session(runs, copies, train_time_limit, device, archive, results, cache, grace, time_updates) -> None:
     """One session on a lent machine as one bounded command: the --run processes side by side, then what
@@ -253,10 +253,12 @@ def session(runs, copies, train_time_limit, device, archive, results, cache, gra
     from membench.session import run_session, volume_path
 
     first = []
-    if time_updates:  # eager kernels at three meta-batches, then compiled kernels at the largest
+    if time_updates:  # eager kernels at three meta-batches, compiled kernels at the largest, reduced precision
         timing = ["throughput", "--model", "ebmm", "--preset", "gpu", "--device", device, "--steps", "20",
                   "--cuda-graph" if device == "cuda" else "--no-cuda-graph", "--out", str(results / "bench" / "throughput.csv")]
-        first += [[*timing, "--batch-sizes", "32,128,512", "--eager"], [*timing, "--batch-sizes", "512", "--compile"]]
+        reduced = ["--precision", "tf32", "--precision", "bf16"] if device == "cuda" else ["--precision", "bf16"]
+        first += [[*timing, "--batch-sizes", "32,128,512", "--eager"], [*timing, "--batch-sizes", "512", "--compile"],
+                  [*timing, "--batch-sizes", "128", "--eager", *reduced]]
     status = run_session(runs, copies, train_time_limit, device, cache, archive, results, first, grace)
     click.echo(f"packed into {archive} (and its volumes {volume_path(archive, 2).name} ... if any); then here: "
                f"membench unpack <them all>, membench report, membench readme")
@@ -328,6 +330,9 @@ def capacity(out) -> None:
 @click.option("--cuda-graph/--no-cuda-graph", default=False, help="Replay updates from CUDA graphs (CUDA only).")
 @click.option("--compile/--eager", "compile_", default=None,
               help="torch.compile the meta-loss, or not. Default: as the preset says.")
+@click.option("--precision", "precisions", multiple=True, type=click.Choice(["float32", "tf32", "bf16"]),
+              help="Arithmetic of the meta-loss (train.precision; tf32: CUDA only); repeatable, a row each. Default: "
+                   "the preset's.")
 @click.option("--rounds", default=1, show_default=True, type=click.IntRange(1),
               help="Time the rows in turn this many times; each keeps its median round.")
 @click.option("--reference", metavar="COMMIT",
@@ -335,8 +340,8 @@ def capacity(out) -> None:
 @click.option("--out", default="results/bench/throughput.csv", show_default=True,
               type=click.Path(dir_okay=False, path_type=Path), help="CSV the rows are merged into.")
 @_friendly_errors
-def throughput(models, preset, device, num_patterns, batch_sizes, steps, warmup, cuda_graph, compile_, rounds,
-               reference, out) -> None:
+def throughput(models, preset, device, num_patterns, batch_sizes, steps, warmup, cuda_graph, compile_, precisions,
+               rounds, reference, out) -> None:
     """Time meta-training updates (episodes/s) and merge the rows into OUT."""
     from tabulate import tabulate
 
@@ -344,12 +349,13 @@ def throughput(models, preset, device, num_patterns, batch_sizes, steps, warmup,
     from membench.throughput import measure, merge
 
     requests = [dict(model=model, preset=preset, device=resolve_device(device), num_patterns=n, batch_size=batch,
-                     steps=steps, warmup=warmup, cuda_graph=cuda_graph, compile=compile_)
-                for model in models for n in num_patterns for batch in (batch_sizes or (None,))]
+                     steps=steps, warmup=warmup, cuda_graph=cuda_graph, compile=compile_, precision=precision)
+                for model in models for n in num_patterns for batch in (batch_sizes or (None,))
+                for precision in (precisions or (None,))]
     rows = measure(requests, rounds, reference)
     merge(out, rows)
-    shown = ["device_name", "model", "preset", "batch_size", "num_patterns", "cuda_graph", "compiled", "commit",
-             "episodes_per_s", "ms_per_step"]
+    shown = ["device_name", "model", "preset", "batch_size", "num_patterns", "cuda_graph", "compiled", "precision",
+             "commit", "episodes_per_s", "ms_per_step"]
     click.echo(tabulate([[row[c] for c in shown] for row in rows], headers=shown, tablefmt="github"))
     click.echo(f"merged {len(rows)} row(s) into {out}")
 

@@ -62,6 +62,9 @@ class TaskSpec:
         return size
 
 
+PRECISIONS = ("float32", "tf32", "bf16")  # TrainConfig.precision
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     steps: int = 2000                 # optimiser updates
@@ -79,6 +82,13 @@ class TrainConfig:
     cuda_graph: bool = False          # on CUDA, replay each update from a captured graph (membench.stepper)
     compile: bool = False             # torch.compile the meta-loss (inductor, one compile for every N); eager
     #   where compiling fails. How the update runs, like the device: not part of the checkpoint key
+    precision: str = "float32"        # arithmetic of the meta-loss and its backward: float32 (highest matmul
+    #   precision); tf32 (CUDA: TF32 matmuls and convolutions); bf16 (autocast to bfloat16: CUDA, or a CPU
+    #   with native bfloat16 such as AMX). Evaluation is float32 at the highest precision whatever trained
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise MembenchError(f"unknown precision '{self.precision}' (train.precision); valid: {', '.join(PRECISIONS)}")
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ from membench.training import load_checkpoint, meta_train, read_checkpoint, weig
 
 # Config fields added after checkpoints were shipped, with their defaults: left out of checkpoint keys
 # while at the default, so configurations that do not use them keep their keys (and shipped checkpoints).
-LATE_TRAIN_FIELDS = {"curriculum_steps": 0}
+LATE_TRAIN_FIELDS = {"curriculum_steps": 0, "precision": "float32"}
 LATE_MODEL_FIELDS = {"write_norm_power": None, "learn_write_norm": False, "grad_norm_lr_init": None,
                      "read_known": True}
 EVAL_STREAM = 104729  # offset of the evaluation generator's seed from the run seed

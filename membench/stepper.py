@@ -12,14 +12,19 @@ are undone, so training matches eager training step for step. With `TrainConfig.
 the meta-loss (forward and its backward) is compiled by `torch.compile` with dynamic
 shapes, once for every N (on the CPU, inductor fuses the elementwise work into C++ loops;
 it needs a C++ compiler). Where capture or compiling fails, a warning is printed and
-training continues eagerly.
+training continues eagerly. `TrainConfig.precision` sets the arithmetic of the meta-loss and its
+backward only (tf32: TF32 matmuls and convolutions on CUDA; bf16: autocast); clipping and AdamW,
+and everything outside the update (evaluation), stay float32 at the highest precision.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 
+from membench.errors import MembenchError
 from membench.interface import AssociativeMemory, TrainConfig
 from membench.store import warn
 
@@ -45,7 +50,10 @@ class Stepper:
     """AdamW updates of `model` under `config`, eager or replayed from CUDA graphs."""
 
     def __init__(self, model: AssociativeMemory, config: TrainConfig, device: torch.device):
-        self.model, self.config = model, config
+        if config.precision == "tf32" and device.type != "cuda":
+            raise MembenchError(f"precision 'tf32' is CUDA's (TF32 tensor cores); on {device.type} use float32 or bf16 "
+                                f"(--option train.precision=...)")
+        self.model, self.config, self.device = model, config, device
         self.graphs_on = bool(config.cuda_graph) and device.type == "cuda"
         lr = torch.tensor(config.lr, device=device) if self.graphs_on else config.lr
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=config.weight_decay,
@@ -77,13 +85,31 @@ class Stepper:
         """Whether updates run the compiled meta-loss (False once compiling has failed)."""
         return self._compiled is not None
 
+    @contextlib.contextmanager
+    def _arithmetic(self) -> Iterator[None]:
+        """The meta-loss's and its backward's arithmetic (`TrainConfig.precision`); restored afterwards."""
+        if self.config.precision == "bf16":
+            with torch.autocast(self.device.type, dtype=torch.bfloat16):
+                yield
+            return
+        if self.config.precision == "float32":
+            yield
+            return
+        before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        try:
+            yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
     def _update(self, patterns: torch.Tensor, queries: torch.Tensor) -> StepOutput:
         """One update run directly (the compiled meta-loss where compiling is on), not from a graph."""
         loss_fn = self._compiled or self.model.meta_loss
         try:
-            loss, retrievals = loss_fn(patterns, queries)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            with self._arithmetic():
+                loss, retrievals = loss_fn(patterns, queries)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
         except Exception as exc:  # noqa: BLE001 - compiling failed (no C++ compiler, an op inductor cannot lower)
             if loss_fn is self.model.meta_loss or self._compiled_ran:
                 raise
@@ -94,7 +120,7 @@ class Stepper:
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_norm)
         finite = torch.isfinite(loss.detach()) & torch.isfinite(norm)
         self.optimizer.step()
-        return StepOutput(loss.detach(), retrievals.detach(), finite)
+        return StepOutput(loss.detach().float(), retrievals.detach().float(), finite)
 
     def step(self, patterns: torch.Tensor, queries: torch.Tensor) -> StepOutput:
         """One update on a batch (patterns, queries (B, N, *S) on the model's device)."""

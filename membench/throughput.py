@@ -40,8 +40,8 @@ from membench.store import write_text_atomic
 from membench.suites import RunSpec
 
 COLUMNS = ["device", "device_name", "model", "preset", "batch_size", "num_patterns", "episodes_per_s", "ms_per_step",
-           "commit", "cuda_graph", "compiled", "steps", "rounds", "threads", "torch", "measured_at"]
-KEY = ["device_name", "model", "preset", "batch_size", "num_patterns", "cuda_graph", "compiled", "commit"]
+           "commit", "cuda_graph", "compiled", "precision", "steps", "rounds", "threads", "torch", "measured_at"]
+KEY = ["device_name", "model", "preset", "batch_size", "num_patterns", "cuda_graph", "compiled", "precision", "commit"]
 REFERENCE_BENCH = "tests/benchmarks/test_bench_ebmm.py::test_meta_training_step"  # EBMM quick, 16 episodes, N = 64
 
 
@@ -51,22 +51,24 @@ def _synchronize(device: torch.device) -> None:
 
 
 def _row(device: torch.device, model: str, preset: str, batch_size: int, num_patterns: int, seconds: list[float],
-         commit: str, cuda_graph: bool, compiled: bool, steps: int) -> dict[str, Any]:
+         commit: str, cuda_graph: bool, compiled: bool, precision: str, steps: int) -> dict[str, Any]:
     """A CSV row from the per-round seconds per update (the median round counts)."""
     median = statistics.median(seconds)
     return {"device": device.type, "device_name": device_name(device), "model": model, "preset": preset,
             "batch_size": batch_size, "num_patterns": num_patterns,
             "episodes_per_s": round(batch_size / median, 1), "ms_per_step": round(1000 * median, 2),
-            "commit": commit, "cuda_graph": cuda_graph, "compiled": compiled, "steps": steps, "rounds": len(seconds),
+            "commit": commit, "cuda_graph": cuda_graph, "compiled": compiled, "precision": precision, "steps": steps,
+            "rounds": len(seconds),
             "threads": torch.get_num_threads(), "torch": torch.__version__,
             "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
 def prepare(model: str, preset: str, device: torch.device, num_patterns: int = 64, batch_size: int | None = None,
-            steps: int = 20, warmup: int = 3, cuda_graph: bool = False, compile: bool | None = None
-            ) -> tuple[Callable[[], float], Callable[[list[float]], dict[str, Any]]]:
+            steps: int = 20, warmup: int = 3, cuda_graph: bool = False, compile: bool | None = None,
+            precision: str | None = None) -> tuple[Callable[[], float], Callable[[list[float]], dict[str, Any]]]:
     """Build and warm up one row: returns `time_round()` (seconds per update, mean of `steps` updates) and
-    `row(seconds)`. Batch size as the preset says unless given; compiled as it says unless `compile` is given."""
+    `row(seconds)`. Batch size, compiling and arithmetic (`TrainConfig.precision`) as the preset says unless
+    given."""
     task = make_task({"kind": "binary", "num_patterns": num_patterns, "dim": 128, "erased": 64})
     spec = RunSpec("throughput", model, task.config(), TABLE1_BUDGET, 0, num_patterns, preset)
     torch.manual_seed(0)
@@ -75,7 +77,8 @@ def prepare(model: str, preset: str, device: torch.device, num_patterns: int = 6
         raise MembenchError(f"model '{model}' is not meta-trained; throughput measures meta-training updates")
     train = built.preset.train
     config = dataclasses.replace(train, cuda_graph=cuda_graph, batch_size=batch_size or train.batch_size,
-                                 compile=train.compile if compile is None else compile)
+                                 compile=train.compile if compile is None else compile,
+                                 precision=precision or train.precision)
     stepper = Stepper(built, config, device)
     generator = torch.Generator().manual_seed(0)
     batches = [task.sample(config.batch_size, generator, split="train").to(device) for _ in range(4)]
@@ -96,7 +99,7 @@ def prepare(model: str, preset: str, device: torch.device, num_patterns: int = 6
     commit, dirty = git_state()
     label = (commit or "unknown")[:10] + ("-dirty" if dirty else "")
     return time_round, lambda seconds: _row(device, model, preset, config.batch_size, num_patterns, seconds, label,
-                                            stepper.graphs_on, stepper.compiled, steps)
+                                            stepper.graphs_on, stepper.compiled, config.precision, steps)
 
 
 @contextlib.contextmanager
@@ -146,7 +149,7 @@ def measure(requests: list[dict[str, Any]], rounds: int = 1, reference: str | No
     rows = [row(times) for (_, row), times in zip(prepared, seconds)]
     if reference:
         rows.append(_row(torch.device("cpu"), "ebmm", "quick", 16, 64, reference_seconds, reference[:10],
-                         False, False, steps=1))  # pytest-benchmark rounds of one update each
+                         False, False, "float32", steps=1))  # pytest-benchmark rounds of one update each
     return rows
 
 
@@ -159,11 +162,12 @@ def merge(path: Path, rows: list[dict[str, Any]]) -> pd.DataFrame:
             old = pd.read_csv(path, dtype={"commit": str})
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
             raise MembenchError(f"{path} is not a throughput CSV ({exc}); move it aside and rerun") from None
-        for column, before in (("compiled", False), ("rounds", 1)):  # rows from before these columns existed
+        for column, before in (("compiled", False), ("rounds", 1), ("precision", "float32")):  # older rows
             if column not in old:
                 old[column] = before
         frame = pd.concat([old[COLUMNS], frame], ignore_index=True).drop_duplicates(KEY, keep="last")
-    frame = frame.sort_values(["device", "model", "preset", "num_patterns", "batch_size", "cuda_graph", "compiled"], kind="stable")
+    frame = frame.sort_values(["device", "model", "preset", "num_patterns", "batch_size", "cuda_graph", "compiled",
+                               "precision"], kind="stable")
     buffer = io.StringIO()
     frame.to_csv(buffer, index=False)
     write_text_atomic(path, buffer.getvalue())

@@ -189,7 +189,8 @@ def _train(model: AssociativeMemory, task: Task, config: TrainConfig, checkpoint
         return [*(history or []), {
             "steps": [first_step, step], "train_time_s": round(elapsed - first_elapsed, 2), "device": device.type,
             "device_name": device_name(device), "matmul_precision": torch.get_float32_matmul_precision(),
-            "compiled": stepper.compiled, "cuda_graph": stepper.graphs_on, "commit": commit, "dirty": dirty,
+            "precision": config.precision, "compiled": stepper.compiled, "cuda_graph": stepper.graphs_on,
+            "commit": commit, "dirty": dirty,
             "threads": torch.get_num_threads() if device.type == "cpu" else None, "torch": str(torch.__version__)}]
     first_bad = torch.tensor(-1, device=device)  # first step whose loss or gradient was not finite
 

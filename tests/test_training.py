@@ -313,3 +313,59 @@ def test_a_run_whose_checkpoint_another_process_trains_waits_until_the_rest_are_
     run_all(specs, tmp_path / "out", device="cpu", checkpoint_dir=tmp_path / "ck", progress=False, on_record=on_record)
     fallback.cancel()
     assert order == [32, 16]
+
+
+def test_precision_is_checked_and_trains_only_the_update_in_bf16(tmp_path: Path):
+    """train.precision: an unknown value and TF32 on the CPU are refused with the fix; bf16 runs the
+    meta-loss under autocast (a close, not equal, update) and leaves evaluation and its record in float32."""
+    with pytest.raises(MembenchError, match="unknown precision 'fp8'.*float32, tf32, bf16"):
+        TrainConfig(precision="fp8")
+    with pytest.raises(MembenchError, match="precision 'tf32' is CUDA's.*float32 or bf16"):
+        Stepper(_linear_model(), TrainConfig(precision="tf32"), torch.device("cpu"))
+    task = BinaryTask(8)
+    episodes = task.sample(4, torch.Generator().manual_seed(1), split="train")
+    deltas, losses = {}, {}
+    for precision in ("float32", "bf16"):
+        model = _linear_model()
+        before = [p.detach().clone() for p in model.parameters()]
+        out = Stepper(model, TrainConfig(lr=1e-3, clip_norm=1.0, precision=precision),
+                      torch.device("cpu")).step(episodes.patterns, episodes.queries)
+        assert bool(out.finite) and out.loss.dtype == out.retrievals.dtype == torch.float32
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+        deltas[precision] = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before)])
+        losses[precision] = out.loss.item()
+    assert losses["bf16"] != losses["float32"] and abs(losses["bf16"] - losses["float32"]) < 0.05 * losses["float32"]
+    assert torch.nn.functional.cosine_similarity(deltas["bf16"], deltas["float32"], dim=0) > 0.9
+    config = TrainConfig(steps=2, batch_size=2, lr=1e-3, clip_norm=1.0, log_every=1, precision="bf16")
+    trained = meta_train(_linear_model(), task, config, tmp_path / "bf16.pt", torch.device("cpu"), seed=0,
+                         progress=False)
+    (stretch,) = trained.history
+    assert stretch["precision"] == "bf16" and stretch["matmul_precision"] == "highest"
+
+
+def test_committed_learned_rows_keep_their_checkpoint_keys_and_ship_them():
+    """Every committed Table 1 record of a learned model whose preset is today's names the checkpoint key
+    today's code computes for it (late config fields at their defaults leave keys alone), and that
+    checkpoint is shipped: a fresh clone evaluates the row without training."""
+    from membench import runner
+    from membench.registry import make_task
+    from membench.store import ResultsStore
+    from membench.suites import RunSpec
+
+    root = Path(__file__).resolve().parent.parent
+    checked = 0
+    for record in ResultsStore(root / "results" / "table1").records():
+        if not record.get("training"):
+            continue
+        spec = RunSpec(**{name: record[name] for name in ("suite", "model", "task", "budget", "seed", "queries",
+                                                          "preset", "options")})
+        task = make_task(spec.task)
+        model = runner.build_model(spec, task)
+        recorded = record.get("preset_config")
+        if recorded is None or runner.comparable_preset(recorded) != runner.comparable_preset(model.preset.to_dict()):
+            continue  # made with an older definition of its preset (the old gpu row): not a fresh clone's to evaluate
+        key = runner.checkpoint_key(spec, model, task)
+        assert record["training"]["checkpoint_key"] == key, f"{record['run_id']}: its checkpoint key changed"
+        assert (root / "results" / "checkpoints" / f"{key}.pt").is_file(), f"{key}.pt is not shipped"
+        checked += 1
+    assert checked >= 40  # eight learned models at five N
