@@ -88,8 +88,8 @@ class Stepper:
     @contextlib.contextmanager
     def _arithmetic(self) -> Iterator[None]:
         """The meta-loss's and its backward's arithmetic (`TrainConfig.precision`); restored afterwards."""
-        if self.config.precision == "bf16":
-            with torch.autocast(self.device.type, dtype=torch.bfloat16):
+        if self.config.precision == "bf16":  # no cache of cast weights in a graph (they would not be replayed)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, cache_enabled=not self.graphs_on):
                 yield
             return
         if self.config.precision == "float32":
