@@ -45,14 +45,12 @@ MAX_VOLUMES = 4  # a lent machine returns 8 files of 16 MiB, 64 MiB together: fo
 THROUGHPUT_CSV = "results/bench/throughput.csv"  # merged row by row on unpacking
 
 
-def _out_dir(args: str) -> Path | None:
-    tokens = shlex.split(args)
-    for index, token in enumerate(tokens):
-        if token == "--out" and index + 1 < len(tokens):
-            return Path(tokens[index + 1])
-        if token.startswith("--out="):
-            return Path(token.split("=", 1)[1])
-    return None
+def _out_dir(args: str) -> Path:
+    """Where `membench run ARGS` writes: its --out (or the default) as the run command itself parses it."""
+    from membench.cli import main
+
+    context = main.commands["run"].make_context("run", shlex.split(args), resilient_parsing=True)
+    return Path(context.params["out"])
 
 
 def _status(code: int) -> int:
@@ -72,7 +70,7 @@ def run_session(runs: Sequence[str], copies: int, train_time_limit_s: float, dev
     results_dir, cache = Path(results_dir), Path(cache)
     for args in runs:
         out = _out_dir(args)
-        if out is None or not out.resolve().is_relative_to(results_dir.resolve()):
+        if not out.resolve().is_relative_to(results_dir.resolve()):
             raise MembenchError(f"--run '{args}' must write under the results folder {results_dir} "
                                 f"(give it --out {results_dir}/...), or what it makes would not be packed")
     (cache / "checkpoints").mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ import tarfile
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import torch
 from click.testing import CliRunner
 
@@ -150,10 +151,12 @@ def test_pack_leaves_out_checkpoints_only_used_or_unreadable(tmp_path: Path):
     assert packed["step"] == 9 and "optimizer" not in packed
 
 
-def test_a_session_refuses_a_run_that_writes_outside_its_results_folder(tmp_path: Path, monkeypatch):
+@pytest.mark.parametrize("run", ["--model hopfield_hebb --out elsewhere", "--out=elsewhere/x --model hopfield_hebb",
+                                 "--model hopfield_hebb"])  # the last: run's default folder, membench-results
+def test_a_session_refuses_a_run_that_writes_outside_its_results_folder(tmp_path: Path, monkeypatch, run: str):
     monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(main, ["session", "--run", "--model hopfield_hebb --out elsewhere", "--device", "cpu",
-                                       "--train-time-limit", "1", "--to", "session.tgz"])
+    result = CliRunner().invoke(main, ["session", "--run", run, "--device", "cpu", "--train-time-limit", "1",
+                                       "--to", "session.tgz"])
     assert result.exit_code == 1 and "must write under the results folder results" in result.output
     assert "Traceback" not in result.output and not (tmp_path / "session.tgz").exists()
 
