@@ -245,7 +245,8 @@ def ship(out, checkpoint_dir, files) -> None:
               help="Time after the training limit for evaluation; processes still running then are interrupted.")
 @click.option("--throughput", "time_updates", is_flag=True,
               help="First time the gpu preset's EBMM updates (membench throughput: CUDA graphs of eager kernels at "
-                   "batches 32, 128, 512, of compiled kernels at 512, and at 128 with TF32 and bf16 arithmetic).")
+                   "batches 32, 128, 512, of compiled kernels at 512, and at 128 with TF32 and bf16 arithmetic; on "
+                   "a CPU bf16 only).")
 @_friendly_errors
 def session(runs, copies, train_time_limit, device, archive, results, cache, grace, time_updates) -> None:
     """One session on a lent machine as one bounded command: the --run processes side by side, then what

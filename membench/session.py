@@ -47,9 +47,14 @@ THROUGHPUT_CSV = "results/bench/throughput.csv"  # merged row by row on unpackin
 
 def _out_dir(args: str) -> Path:
     """Where `membench run ARGS` writes: its --out (or the default) as the run command itself parses it."""
+    import click
+
     from membench.cli import main
 
-    context = main.commands["run"].make_context("run", shlex.split(args), resilient_parsing=True)
+    try:
+        context = main.commands["run"].make_context("run", shlex.split(args))
+    except click.ClickException as exc:
+        raise MembenchError(f"--run '{args}' is not a `membench run` command line: {exc.format_message()}") from None
     return Path(context.params["out"])
 
 

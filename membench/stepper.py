@@ -13,8 +13,9 @@ the meta-loss (forward and its backward) is compiled by `torch.compile` with dyn
 shapes, once for every N (on the CPU, inductor fuses the elementwise work into C++ loops;
 it needs a C++ compiler). Where capture or compiling fails, a warning is printed and
 training continues eagerly. `TrainConfig.precision` sets the arithmetic of the meta-loss and its
-backward only (tf32: TF32 matmuls and convolutions on CUDA; bf16: autocast); clipping and AdamW,
-and everything outside the update (evaluation), stay float32 at the highest precision.
+backward only (tf32: TF32 matmuls and convolutions on CUDA; bf16: autocast of the meta-loss, whose
+backward follows the dtypes of its forward); clipping and AdamW, and everything outside the update
+(evaluation), stay float32 at the highest precision.
 """
 from __future__ import annotations
 
@@ -50,9 +51,6 @@ class Stepper:
     """AdamW updates of `model` under `config`, eager or replayed from CUDA graphs."""
 
     def __init__(self, model: AssociativeMemory, config: TrainConfig, device: torch.device):
-        if config.precision == "tf32" and device.type != "cuda":
-            raise MembenchError(f"precision 'tf32' is CUDA's (TF32 tensor cores); on {device.type} use float32 or bf16 "
-                                f"(--option train.precision=...)")
         self.model, self.config, self.device = model, config, device
         self.graphs_on = bool(config.cuda_graph) and device.type == "cuda"
         lr = torch.tensor(config.lr, device=device) if self.graphs_on else config.lr
@@ -86,13 +84,14 @@ class Stepper:
         return self._compiled is not None
 
     @contextlib.contextmanager
-    def _arithmetic(self) -> Iterator[None]:
-        """The meta-loss's and its backward's arithmetic (`TrainConfig.precision`); restored afterwards."""
-        if self.config.precision == "bf16":  # no cache of cast weights in a graph (they would not be replayed)
+    def _arithmetic(self, forward: bool) -> Iterator[None]:
+        """The meta-loss's (`forward`) or its backward's arithmetic (`TrainConfig.precision`), restored afterwards.
+        bf16 autocasts the forward only: the backward runs each operation in the dtype its forward used."""
+        if self.config.precision == "bf16" and forward:  # no cache of cast weights in a graph (not replayed)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, cache_enabled=not self.graphs_on):
                 yield
             return
-        if self.config.precision == "float32":
+        if self.config.precision != "tf32":
             yield
             return
         before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
@@ -104,11 +103,15 @@ class Stepper:
 
     def _update(self, patterns: torch.Tensor, queries: torch.Tensor) -> StepOutput:
         """One update run directly (the compiled meta-loss where compiling is on), not from a graph."""
+        if self.config.precision == "tf32" and self.device.type != "cuda":  # here: evaluating makes no update
+            raise MembenchError(f"precision 'tf32' is CUDA's (TF32 tensor cores); on {self.device.type} use float32 "
+                                f"or bf16 (--option train.precision=...)")
         loss_fn = self._compiled or self.model.meta_loss
         try:
-            with self._arithmetic():
+            with self._arithmetic(forward=True):
                 loss, retrievals = loss_fn(patterns, queries)
-                self.optimizer.zero_grad(set_to_none=True)
+            self.optimizer.zero_grad(set_to_none=True)
+            with self._arithmetic(forward=False):
                 loss.backward()
         except Exception as exc:  # noqa: BLE001 - compiling failed (no C++ compiler, an op inductor cannot lower)
             if loss_fn is self.model.meta_loss or self._compiled_ran:

@@ -153,19 +153,30 @@ def measure(requests: list[dict[str, Any]], rounds: int = 1, reference: str | No
     return rows
 
 
+LATE_COLUMNS = {"compiled": False, "rounds": 1, "precision": "float32"}  # what rows from before each column meant
+
+
+def _with_late_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with every column of COLUMNS, the late ones filled where missing as the rows before them meant."""
+    frame = frame.copy()
+    for column in COLUMNS:
+        if column not in frame:
+            frame[column] = LATE_COLUMNS.get(column)
+        elif column in LATE_COLUMNS:
+            frame[column] = frame[column].fillna(LATE_COLUMNS[column])
+    return frame
+
+
 def merge(path: Path, rows: list[dict[str, Any]]) -> pd.DataFrame:
     """Add `rows` to the CSV at `path` (a row with the same key replaces the old one); return the table."""
     path = Path(path)
-    frame = pd.DataFrame(rows, columns=COLUMNS)
+    frame = _with_late_columns(pd.DataFrame(rows))[COLUMNS]  # rows from an older membench (an unpacked archive)
     if path.exists():
         try:
             old = pd.read_csv(path, dtype={"commit": str})
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
             raise MembenchError(f"{path} is not a throughput CSV ({exc}); move it aside and rerun") from None
-        for column, before in (("compiled", False), ("rounds", 1), ("precision", "float32")):  # older rows
-            if column not in old:
-                old[column] = before
-        frame = pd.concat([old[COLUMNS], frame], ignore_index=True).drop_duplicates(KEY, keep="last")
+        frame = pd.concat([_with_late_columns(old)[COLUMNS], frame], ignore_index=True).drop_duplicates(KEY, keep="last")
     frame = frame.sort_values(["device", "model", "preset", "num_patterns", "batch_size", "cuda_graph", "compiled",
                                "precision"], kind="stable")
     buffer = io.StringIO()

@@ -161,6 +161,15 @@ def test_a_session_refuses_a_run_that_writes_outside_its_results_folder(tmp_path
     assert "Traceback" not in result.output and not (tmp_path / "session.tgz").exists()
 
 
+def test_a_session_names_a_run_option_that_does_not_exist(tmp_path: Path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["session", "--run", "--model hopfield_hebb --bogus 1 --out results/x",
+                                       "--device", "cpu", "--train-time-limit", "1", "--to", "session.tgz"])
+    assert result.exit_code == 1 and "is not a `membench run` command line: " in result.output
+    assert "--bogus" in result.output.split("command line: ")[1]  # click's own words name the option
+    assert "Traceback" not in result.output and not (tmp_path / "session.tgz").exists()
+
+
 def test_unpack_skips_folders_and_refuses_files_for_results_checkpoints(tmp_path: Path):
     """Folder entries (as plain `tar` writes them) are fine; a file aimed at results/checkpoints would pass
     by the keep-the-further-trained rule, so it is refused."""

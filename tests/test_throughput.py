@@ -102,6 +102,22 @@ def test_throughput_rows_merge_by_key(tmp_path):
     assert (table["episodes_per_s"] > 0).all() and set(table["device"]) == {"cpu"}
 
 
+def test_rows_from_before_the_precision_column_are_float32_wherever_they_come_from(tmp_path):
+    """A table on disk and rows carried back from a machine running older code, both without the late
+    columns: each row is one float32 row, a measurement of the same key replacing the older one."""
+    from membench.throughput import merge
+
+    older = {"device": "cpu", "device_name": "x86_64", "model": "ebmm", "preset": "quick", "batch_size": 16,
+             "num_patterns": 64, "episodes_per_s": 200.0, "ms_per_step": 80.0, "commit": "abc", "cuda_graph": False,
+             "steps": 10, "threads": 2, "torch": "2.13.0", "measured_at": "2026-11-24T00:00:00Z"}
+    out = tmp_path / "throughput.csv"
+    pd.DataFrame([older, {**older, "model": "mann"}]).to_csv(out, index=False)  # no compiled, rounds, precision
+    table = merge(out, [{**older, "episodes_per_s": 210.0}, {**older, "model": "lstm"}])  # carried back, as old
+    assert len(table) == 3 and set(table["precision"]) == {"float32"} and set(table["rounds"]) == {1}
+    assert table.set_index("model").loc["ebmm", "episodes_per_s"] == 210.0  # the same key: replaced
+    assert pd.read_csv(out)["precision"].notna().all()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_graph_training_matches_eager_training(tmp_path):
     """On CUDA: 6 updates on N in {4, 8} (two graphs), replayed, give the eager run's weights."""

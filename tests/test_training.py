@@ -316,22 +316,33 @@ def test_a_run_whose_checkpoint_another_process_trains_waits_until_the_rest_are_
 
 
 def test_precision_is_checked_and_trains_only_the_update_in_bf16(tmp_path: Path):
-    """train.precision: an unknown value and TF32 on the CPU are refused with the fix; bf16 runs the
-    meta-loss under autocast (a close, not equal, update) and leaves evaluation and its record in float32."""
+    """train.precision: an unknown value is refused with the valid ones; bf16 autocasts the meta-loss's forward
+    only (its backward follows the forward's dtypes), giving a close, not equal, update, and nothing after it
+    (clipping, AdamW, evaluation) runs under autocast; the training record names the precision."""
     with pytest.raises(MembenchError, match="unknown precision 'fp8'.*float32, tf32, bf16"):
         TrainConfig(precision="fp8")
-    with pytest.raises(MembenchError, match="precision 'tf32' is CUDA's.*float32 or bf16"):
-        Stepper(_linear_model(), TrainConfig(precision="tf32"), torch.device("cpu"))
     task = BinaryTask(8)
     episodes = task.sample(4, torch.Generator().manual_seed(1), split="train")
     deltas, losses = {}, {}
     for precision in ("float32", "bf16"):
         model = _linear_model()
         before = [p.detach().clone() for p in model.parameters()]
+        autocast_in = {}
+        meta_loss = model.meta_loss
+
+        def spy(*args):
+            autocast_in["forward"] = torch.is_autocast_enabled("cpu")
+            loss, retrievals = meta_loss(*args)
+            loss.register_hook(lambda grad: autocast_in.update(backward=torch.is_autocast_enabled("cpu")))
+            return loss, retrievals
+
+        model.meta_loss = spy
         out = Stepper(model, TrainConfig(lr=1e-3, clip_norm=1.0, precision=precision),
                       torch.device("cpu")).step(episodes.patterns, episodes.queries)
-        assert bool(out.finite) and out.loss.dtype == out.retrievals.dtype == torch.float32
-        assert all(p.dtype == torch.float32 for p in model.parameters())
+        assert autocast_in == {"forward": precision == "bf16", "backward": False}
+        assert not torch.is_autocast_enabled("cpu")
+        assert bool(out.finite) and all(p.dtype == torch.float32 for p in model.parameters())
+        assert model.read(model.write(episodes.patterns), episodes.queries).dtype == torch.float32
         deltas[precision] = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before)])
         losses[precision] = out.loss.item()
     assert losses["bf16"] != losses["float32"] and abs(losses["bf16"] - losses["float32"]) < 0.05 * losses["float32"]
@@ -341,6 +352,29 @@ def test_precision_is_checked_and_trains_only_the_update_in_bf16(tmp_path: Path)
                          progress=False)
     (stretch,) = trained.history
     assert stretch["precision"] == "bf16" and stretch["matmul_precision"] == "highest"
+
+
+def test_tf32_is_cudas_and_only_inside_an_update(monkeypatch):
+    """tf32 on the CPU: the stepper is built (a finished TF32 checkpoint evaluates anywhere) and an update is
+    refused with the fix. On CUDA, the TF32 flags are on inside an update only, and restored when it fails."""
+    episodes = BinaryTask(8).sample(2, torch.Generator().manual_seed(1), split="train")
+    on_cpu = Stepper(_linear_model(), TrainConfig(precision="tf32"), torch.device("cpu"))
+    with pytest.raises(MembenchError, match="precision 'tf32' is CUDA's.*float32 or bf16"):
+        on_cpu.step(episodes.patterns, episodes.queries)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    model = _linear_model()
+    seen = []
+
+    def failing(*args):
+        seen.append((torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32))
+        raise RuntimeError("out of memory")
+
+    model.meta_loss = failing
+    with pytest.raises(RuntimeError, match="out of memory"):  # no CUDA needed: the update fails first
+        Stepper(model, TrainConfig(precision="tf32"), torch.device("cuda")).step(episodes.patterns, episodes.queries)
+    assert seen == [(True, True)]
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (False, False)
 
 
 def test_committed_learned_rows_keep_their_checkpoint_keys_and_ship_them():
