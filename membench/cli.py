@@ -245,8 +245,8 @@ def ship(out, checkpoint_dir, files) -> None:
               help="Time after the training limit for evaluation; processes still running then are interrupted.")
 @click.option("--throughput", "time_updates", is_flag=True,
               help="First time the gpu preset's EBMM updates (membench throughput: CUDA graphs of eager kernels at "
-                   "batches 32, 128, 512, of compiled kernels at 512, and at 128 with TF32 and bf16 arithmetic; on "
-                   "a CPU bf16 only).")
+                   "batches 32, 128, 512, at 128 with TF32 and bf16 arithmetic (on a CPU bf16 only), then of "
+                   "compiled kernels at 512).")
 @_friendly_errors
 def session(runs, copies, train_time_limit, device, archive, results, cache, grace, time_updates) -> None:
     """One session on a lent machine as one bounded command: the --run processes side by side, then what
@@ -254,12 +254,12 @@ def session(runs, copies, train_time_limit, device, archive, results, cache, gra
     from membench.session import run_session, volume_path
 
     first = []
-    if time_updates:  # eager kernels at three meta-batches, compiled kernels at the largest, reduced precision
+    if time_updates:  # eager kernels at three meta-batches, reduced precision, compiled kernels (slow to compile) last
         timing = ["throughput", "--model", "ebmm", "--preset", "gpu", "--device", device, "--steps", "20",
                   "--cuda-graph" if device == "cuda" else "--no-cuda-graph", "--out", str(results / "bench" / "throughput.csv")]
         reduced = ["--precision", "tf32", "--precision", "bf16"] if device == "cuda" else ["--precision", "bf16"]
-        first += [[*timing, "--batch-sizes", "32,128,512", "--eager"], [*timing, "--batch-sizes", "512", "--compile"],
-                  [*timing, "--batch-sizes", "128", "--eager", *reduced]]
+        first += [[*timing, "--batch-sizes", "32,128,512", "--eager"], [*timing, "--batch-sizes", "128", "--eager", *reduced],
+                  [*timing, "--batch-sizes", "512", "--compile"]]
     status = run_session(runs, copies, train_time_limit, device, cache, archive, results, first, grace)
     click.echo(f"packed into {archive} (and its volumes {volume_path(archive, 2).name} ... if any); then here: "
                f"membench unpack <them all>, membench report, membench readme")
