@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from membench.errors import EXIT_PAUSED, MembenchError, TrainingInterrupted, TrainingPaused
+from membench.interface import PRECISIONS
 
 EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), as shells report it
 MAX_SEED = 2**31 - 1
@@ -331,7 +332,7 @@ def capacity(out) -> None:
 @click.option("--cuda-graph/--no-cuda-graph", default=False, help="Replay updates from CUDA graphs (CUDA only).")
 @click.option("--compile/--eager", "compile_", default=None,
               help="torch.compile the meta-loss, or not. Default: as the preset says.")
-@click.option("--precision", "precisions", multiple=True, type=click.Choice(["float32", "tf32", "bf16"]),
+@click.option("--precision", "precisions", multiple=True, type=click.Choice(PRECISIONS),
               help="Arithmetic of the meta-loss (train.precision; tf32: CUDA only); repeatable, a row each. Default: "
                    "the preset's.")
 @click.option("--rounds", default=1, show_default=True, type=click.IntRange(1),

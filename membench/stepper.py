@@ -47,6 +47,17 @@ class _Captured:
     output: StepOutput
 
 
+@contextlib.contextmanager
+def _tf32() -> Iterator[None]:
+    """TF32 matmuls and convolutions on CUDA inside the block; the flags as they were afterwards."""
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
 class Stepper:
     """AdamW updates of `model` under `config`, eager or replayed from CUDA graphs."""
 
@@ -83,23 +94,12 @@ class Stepper:
         """Whether updates run the compiled meta-loss (False once compiling has failed)."""
         return self._compiled is not None
 
-    @contextlib.contextmanager
-    def _arithmetic(self, forward: bool) -> Iterator[None]:
+    def _arithmetic(self, forward: bool) -> contextlib.AbstractContextManager:
         """The meta-loss's (`forward`) or its backward's arithmetic (`TrainConfig.precision`), restored afterwards.
         bf16 autocasts the forward only: the backward runs each operation in the dtype its forward used."""
         if self.config.precision == "bf16" and forward:  # no cache of cast weights in a graph (not replayed)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, cache_enabled=not self.graphs_on):
-                yield
-            return
-        if self.config.precision != "tf32":
-            yield
-            return
-        before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-        try:
-            yield
-        finally:
-            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+            return torch.autocast(self.device.type, dtype=torch.bfloat16, cache_enabled=not self.graphs_on)
+        return _tf32() if self.config.precision == "tf32" else contextlib.nullcontext()
 
     def _update(self, patterns: torch.Tensor, queries: torch.Tensor) -> StepOutput:
         """One update run directly (the compiled meta-loss where compiling is on), not from a graph."""

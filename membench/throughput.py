@@ -58,8 +58,7 @@ def _row(device: torch.device, model: str, preset: str, batch_size: int, num_pat
             "batch_size": batch_size, "num_patterns": num_patterns,
             "episodes_per_s": round(batch_size / median, 1), "ms_per_step": round(1000 * median, 2),
             "commit": commit, "cuda_graph": cuda_graph, "compiled": compiled, "precision": precision, "steps": steps,
-            "rounds": len(seconds),
-            "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "rounds": len(seconds), "threads": torch.get_num_threads(), "torch": torch.__version__,
             "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
