@@ -337,13 +337,16 @@ def capacity(out) -> None:
                    "the preset's.")
 @click.option("--rounds", default=1, show_default=True, type=click.IntRange(1),
               help="Time the rows in turn this many times; each keeps its median round.")
+@click.option("--option", "options", multiple=True, callback=_options, metavar="KEY=VALUE",
+              help="Change the preset as `membench run --option` does (e.g. hidden=256, grad_norm_term=false); "
+                   "repeatable; the row's options column.")
 @click.option("--reference", metavar="COMMIT",
               help="Also time this commit's own EBMM quick benchmark in a temporary worktree, in the same rounds.")
 @click.option("--out", default="results/bench/throughput.csv", show_default=True,
               type=click.Path(dir_okay=False, path_type=Path), help="CSV the rows are merged into.")
 @_friendly_errors
 def throughput(models, preset, device, num_patterns, batch_sizes, steps, warmup, cuda_graph, compile_, precisions,
-               rounds, reference, out) -> None:
+               options, rounds, reference, out) -> None:
     """Time meta-training updates (episodes/s) and merge the rows into OUT."""
     from tabulate import tabulate
 
@@ -351,13 +354,14 @@ def throughput(models, preset, device, num_patterns, batch_sizes, steps, warmup,
     from membench.throughput import measure, merge
 
     requests = [dict(model=model, preset=preset, device=resolve_device(device), num_patterns=n, batch_size=batch,
-                     steps=steps, warmup=warmup, cuda_graph=cuda_graph, compile=compile_, precision=precision)
+                     steps=steps, warmup=warmup, cuda_graph=cuda_graph, compile=compile_, precision=precision,
+                     options=options)
                 for model in models for n in num_patterns for batch in (batch_sizes or (None,))
                 for precision in (precisions or (None,))]
     rows = measure(requests, rounds, reference)
     merge(out, rows)
-    shown = ["device_name", "model", "preset", "batch_size", "num_patterns", "cuda_graph", "compiled", "precision",
-             "commit", "episodes_per_s", "ms_per_step"]
+    shown = ["device_name", "model", "preset", "options", "batch_size", "num_patterns", "cuda_graph", "compiled",
+             "precision", "commit", "episodes_per_s", "ms_per_step"]
     click.echo(tabulate([[row[c] for c in shown] for row in rows], headers=shown, tablefmt="github"))
     click.echo(f"merged {len(rows)} row(s) into {out}")
 

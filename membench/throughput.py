@@ -39,9 +39,11 @@ from membench.stepper import Stepper
 from membench.store import write_text_atomic
 from membench.suites import RunSpec
 
-COLUMNS = ["device", "device_name", "model", "preset", "batch_size", "num_patterns", "episodes_per_s", "ms_per_step",
-           "commit", "cuda_graph", "compiled", "precision", "steps", "rounds", "threads", "torch", "measured_at"]
-KEY = ["device_name", "model", "preset", "batch_size", "num_patterns", "cuda_graph", "compiled", "precision", "commit"]
+COLUMNS = ["device", "device_name", "model", "preset", "options", "batch_size", "num_patterns", "episodes_per_s",
+           "ms_per_step", "commit", "cuda_graph", "compiled", "precision", "steps", "rounds", "threads", "torch",
+           "measured_at"]
+KEY = ["device_name", "model", "preset", "options", "batch_size", "num_patterns", "cuda_graph", "compiled", "precision",
+       "commit"]
 REFERENCE_BENCH = "tests/benchmarks/test_bench_ebmm.py::test_meta_training_step"  # EBMM quick, 16 episodes, N = 64
 
 
@@ -50,12 +52,18 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _row(device: torch.device, model: str, preset: str, batch_size: int, num_patterns: int, seconds: list[float],
-         commit: str, cuda_graph: bool, compiled: bool, precision: str, steps: int) -> dict[str, Any]:
+def options_label(options: dict[str, Any]) -> str:
+    """The `options` column: the preset's overrides as `key=value` joined by spaces, sorted (empty: none)."""
+    return " ".join(f"{key}={json.dumps(value, separators=(',', ':'))}" for key, value in sorted(options.items()))
+
+
+def _row(device: torch.device, model: str, preset: str, options: dict[str, Any], batch_size: int, num_patterns: int,
+         seconds: list[float], commit: str, cuda_graph: bool, compiled: bool, precision: str, steps: int
+         ) -> dict[str, Any]:
     """A CSV row from the per-round seconds per update (the median round counts)."""
     median = statistics.median(seconds)
     return {"device": device.type, "device_name": device_name(device), "model": model, "preset": preset,
-            "batch_size": batch_size, "num_patterns": num_patterns,
+            "options": options_label(options), "batch_size": batch_size, "num_patterns": num_patterns,
             "episodes_per_s": round(batch_size / median, 1), "ms_per_step": round(1000 * median, 2),
             "commit": commit, "cuda_graph": cuda_graph, "compiled": compiled, "precision": precision, "steps": steps,
             "rounds": len(seconds), "threads": torch.get_num_threads(), "torch": torch.__version__,
@@ -64,12 +72,15 @@ def _row(device: torch.device, model: str, preset: str, batch_size: int, num_pat
 
 def prepare(model: str, preset: str, device: torch.device, num_patterns: int = 64, batch_size: int | None = None,
             steps: int = 20, warmup: int = 3, cuda_graph: bool = False, compile: bool | None = None,
-            precision: str | None = None) -> tuple[Callable[[], float], Callable[[list[float]], dict[str, Any]]]:
+            precision: str | None = None, options: dict[str, Any] | None = None
+            ) -> tuple[Callable[[], float], Callable[[list[float]], dict[str, Any]]]:
     """Build and warm up one row: returns `time_round()` (seconds per update, mean of `steps` updates) and
-    `row(seconds)`. Batch size, compiling and arithmetic (`TrainConfig.precision`) as the preset says unless
+    `row(seconds)`. The preset with `options` applied as `membench run --option` applies them (e.g. hidden=256,
+    train.steps=...); batch size, compiling and arithmetic (`TrainConfig.precision`) as that preset says unless
     given."""
+    options = dict(options or {})
     task = make_task({"kind": "binary", "num_patterns": num_patterns, "dim": 128, "erased": 64})
-    spec = RunSpec("throughput", model, task.config(), TABLE1_BUDGET, 0, num_patterns, preset)
+    spec = RunSpec("throughput", model, task.config(), TABLE1_BUDGET, 0, num_patterns, preset, options)
     torch.manual_seed(0)
     built = build_model(spec, task).to(device)
     if not built.trainable:
@@ -97,8 +108,8 @@ def prepare(model: str, preset: str, device: torch.device, num_patterns: int = 6
 
     commit, dirty = git_state()
     label = (commit or "unknown")[:10] + ("-dirty" if dirty else "")
-    return time_round, lambda seconds: _row(device, model, preset, config.batch_size, num_patterns, seconds, label,
-                                            stepper.graphs_on, stepper.compiled, config.precision, steps)
+    return time_round, lambda seconds: _row(device, model, preset, options, config.batch_size, num_patterns, seconds,
+                                            label, stepper.graphs_on, stepper.compiled, config.precision, steps)
 
 
 @contextlib.contextmanager
@@ -147,12 +158,12 @@ def measure(requests: list[dict[str, Any]], rounds: int = 1, reference: str | No
                 reference_seconds.append(time_reference(tree))
     rows = [row(times) for (_, row), times in zip(prepared, seconds)]
     if reference:
-        rows.append(_row(torch.device("cpu"), "ebmm", "quick", 16, 64, reference_seconds, reference[:10],
+        rows.append(_row(torch.device("cpu"), "ebmm", "quick", {}, 16, 64, reference_seconds, reference[:10],
                          False, False, "float32", steps=1))  # pytest-benchmark rounds of one update each
     return rows
 
 
-LATE_COLUMNS = {"compiled": False, "rounds": 1, "precision": "float32"}  # what rows from before each column meant
+LATE_COLUMNS = {"compiled": False, "rounds": 1, "precision": "float32", "options": ""}  # what rows from before each column meant
 
 
 def _with_late_columns(frame: pd.DataFrame) -> pd.DataFrame:
@@ -172,12 +183,12 @@ def merge(path: Path, rows: list[dict[str, Any]]) -> pd.DataFrame:
     frame = _with_late_columns(pd.DataFrame(rows))[COLUMNS]  # rows from an older membench (an unpacked archive)
     if path.exists():
         try:
-            old = pd.read_csv(path, dtype={"commit": str})
+            old = pd.read_csv(path, dtype={"commit": str, "options": str})
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
             raise MembenchError(f"{path} is not a throughput CSV ({exc}); move it aside and rerun") from None
         frame = pd.concat([_with_late_columns(old)[COLUMNS], frame], ignore_index=True).drop_duplicates(KEY, keep="last")
-    frame = frame.sort_values(["device", "model", "preset", "num_patterns", "batch_size", "cuda_graph", "compiled",
-                               "precision"], kind="stable")
+    frame = frame.sort_values(["device", "model", "preset", "options", "num_patterns", "batch_size", "cuda_graph",
+                               "compiled", "precision"], kind="stable")
     buffer = io.StringIO()
     frame.to_csv(buffer, index=False)
     write_text_atomic(path, buffer.getvalue())

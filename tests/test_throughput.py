@@ -100,6 +100,23 @@ def test_throughput_rows_merge_by_key(tmp_path):
     table = pd.read_csv(out)
     assert list(table.columns) == COLUMNS and sorted(table["batch_size"]) == [2, 4]  # the rerun replaced its rows
     assert (table["episodes_per_s"] > 0).all() and set(table["device"]) == {"cpu"}
+    changed = CliRunner().invoke(main, args + ["--option", "train.batch_size=3"])  # batch 2, 4 given: they win
+    assert changed.exit_code == 0, changed.output
+    table = pd.read_csv(out, keep_default_na=False)
+    assert sorted(zip(table["options"], table["batch_size"])) == [("", 2), ("", 4), ("train.batch_size=3", 2),
+                                                                   ("train.batch_size=3", 4)]  # rows of their own
+
+
+def test_throughput_times_the_preset_as_changed_by_its_options(tmp_path):
+    """--option changes the preset as `membench run --option` does; an unknown field is one clear error."""
+    args = ["throughput", "--model", "ebmm", "--device", "cpu", "--num-patterns", "8", "--steps", "1", "--warmup",
+            "0", "--eager", "--out", str(tmp_path / "t.csv")]
+    result = CliRunner().invoke(main, args + ["--option", "hidden=96", "--option", "train.batch_size=2"])
+    assert result.exit_code == 0, result.output
+    row = pd.read_csv(tmp_path / "t.csv").iloc[0]
+    assert row["options"] == "hidden=96 train.batch_size=2" and row["batch_size"] == 2
+    bad = CliRunner().invoke(main, args + ["--option", "hiden=96"])
+    assert bad.exit_code != 0 and "hiden" in bad.output and "Traceback" not in bad.output
 
 
 def test_rows_from_before_the_precision_column_are_float32_wherever_they_come_from(tmp_path):
@@ -114,6 +131,7 @@ def test_rows_from_before_the_precision_column_are_float32_wherever_they_come_fr
     pd.DataFrame([older, {**older, "model": "mann"}]).to_csv(out, index=False)  # no compiled, rounds, precision
     table = merge(out, [{**older, "episodes_per_s": 210.0}, {**older, "model": "lstm"}])  # carried back, as old
     assert len(table) == 3 and set(table["precision"]) == {"float32"} and set(table["rounds"]) == {1}
+    assert set(table["options"]) == {""}  # the preset as it was
     assert table.set_index("model").loc["ebmm", "episodes_per_s"] == 210.0  # the same key: replaced
     assert pd.read_csv(out)["precision"].notna().all()
 
