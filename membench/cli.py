@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import shlex
 from pathlib import Path
 
 import click
@@ -248,8 +249,11 @@ def ship(out, checkpoint_dir, files) -> None:
               help="First time the gpu preset's EBMM updates (membench throughput: CUDA graphs of eager kernels at "
                    "batches 32, 128, 512, at 128 with TF32 and bf16 arithmetic (on a CPU bf16 only), then of "
                    "compiled kernels at 512).")
+@click.option("--time", "timings", multiple=True, metavar="ARGS",
+              help="First run `membench throughput ARGS` (its --device and --out added: the session's), e.g. "
+                   "'--suite fig3-cifar --model ebmm --preset gpu --cuda-graph'; repeatable, after --throughput.")
 @_friendly_errors
-def session(runs, copies, train_time_limit, device, archive, results, cache, grace, time_updates) -> None:
+def session(runs, copies, train_time_limit, device, archive, results, cache, grace, time_updates, timings) -> None:
     """One session on a lent machine as one bounded command: the --run processes side by side, then what
     they made packed into one archive (exit 3: some training paused; run the session again to resume)."""
     from membench.session import run_session, volume_path
@@ -261,6 +265,13 @@ def session(runs, copies, train_time_limit, device, archive, results, cache, gra
         reduced = ["--precision", "tf32", "--precision", "bf16"] if device == "cuda" else ["--precision", "bf16"]
         first += [[*timing, "--batch-sizes", "32,128,512", "--eager"], [*timing, "--batch-sizes", "128", "--eager", *reduced],
                   [*timing, "--batch-sizes", "512", "--compile"]]
+    for args in timings:
+        command = ["throughput", *shlex.split(args), "--device", device, "--out", str(results / "bench" / "throughput.csv")]
+        try:
+            main.commands["throughput"].make_context("throughput", command[1:])
+        except click.UsageError as exc:
+            raise MembenchError(f"--time '{args}': {exc.format_message()}") from None
+        first.append(command)
     status = run_session(runs, copies, train_time_limit, device, cache, archive, results, first, grace)
     click.echo(f"packed into {archive} (and its volumes {volume_path(archive, 2).name} ... if any); then here: "
                f"membench unpack <them all>, membench report, membench readme")
@@ -322,6 +333,9 @@ def capacity(out) -> None:
 
 
 @main.command()
+@click.option("--suite", default="table1", show_default=True,
+              help="table1 (the binary task at each --num-patterns) or a rate sweep (fig3-omniglot, fig3-cifar: "
+                   "each point of the models' curves).")
 @click.option("--model", "models", multiple=True, default=("ebmm",), show_default=True, help="Learned model; repeatable.")
 @click.option("--preset", default="quick", show_default=True, type=click.Choice(["quick", "gpu", "paper"]))
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
@@ -344,24 +358,26 @@ def capacity(out) -> None:
               help="Also time this commit's own EBMM quick benchmark in a temporary worktree, in the same rounds.")
 @click.option("--out", default="results/bench/throughput.csv", show_default=True,
               type=click.Path(dir_okay=False, path_type=Path), help="CSV the rows are merged into.")
+@DATA_DIR_OPTION
 @_friendly_errors
-def throughput(models, preset, device, num_patterns, batch_sizes, steps, warmup, cuda_graph, compile_, precisions,
-               options, rounds, reference, out) -> None:
+def throughput(suite, models, preset, device, num_patterns, batch_sizes, steps, warmup, cuda_graph, compile_,
+               precisions, options, rounds, reference, out, data_dir) -> None:
     """Time meta-training updates (episodes/s) and merge the rows into OUT."""
     from tabulate import tabulate
 
+    from membench.datasets import set_data_dir
     from membench.runner import resolve_device
-    from membench.throughput import measure, merge
+    from membench.throughput import measure, merge, run_specs
 
-    requests = [dict(model=model, preset=preset, device=resolve_device(device), num_patterns=n, batch_size=batch,
-                     steps=steps, warmup=warmup, cuda_graph=cuda_graph, compile=compile_, precision=precision,
-                     options=options)
-                for model in models for n in num_patterns for batch in (batch_sizes or (None,))
-                for precision in (precisions or (None,))]
+    set_data_dir(data_dir)
+    requests = [dict(spec=spec, device=resolve_device(device), batch_size=batch, steps=steps, warmup=warmup,
+                     cuda_graph=cuda_graph, compile=compile_, precision=precision)
+                for spec in run_specs(suite, models, num_patterns, preset, options)
+                for batch in (batch_sizes or (None,)) for precision in (precisions or (None,))]
     rows = measure(requests, rounds, reference)
     merge(out, rows)
-    shown = ["device_name", "model", "preset", "options", "batch_size", "num_patterns", "cuda_graph", "compiled",
-             "precision", "commit", "episodes_per_s", "ms_per_step"]
+    shown = ["device_name", "suite", "model", "preset", "options", "budget", "batch_size", "num_patterns", "cuda_graph",
+             "compiled", "precision", "commit", "episodes_per_s", "ms_per_step"]
     click.echo(tabulate([[row[c] for c in shown] for row in rows], headers=shown, tablefmt="github"))
     click.echo(f"merged {len(rows)} row(s) into {out}")
 

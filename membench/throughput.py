@@ -2,15 +2,16 @@
 
 Times `Stepper.step` (forward, second-order backward, clipping, AdamW; a CUDA graph replay
 with --cuda-graph; the compiled meta-loss where the preset or --compile says so) on the
-Table 1 task at one N, after warm-up updates (compiling happens there), on pre-sampled
-batches (sampling is left out: it is a CPU-side cost that overlaps with GPU work). CUDA
+Table 1 task at one N, or at each point of a Figure 3 rate sweep (on its images), after warm-up
+updates (compiling happens there), on pre-sampled batches (sampling is left out: it is a
+CPU-side cost that overlaps with GPU work). CUDA
 timings synchronise before and after each timed round. With several rounds the rows are
 timed in turn, round after round, and each row keeps its median round: a machine whose
 speed drifts slows every row alike. A reference commit adds a row timed by that commit's
 own EBMM benchmark (`REFERENCE_BENCH`, the quick preset's update at 16 episodes, N = 64)
 in a temporary git worktree, in the same rounds, so a speed-up is measured in one run.
-Rows are merged into a CSV keyed by device name, model, preset, batch size, N, graph and
-compile modes and commit, so a rerun replaces its own rows and keeps the others.
+Rows are merged into a CSV keyed by device name, suite, model, preset, options, budget, batch size, N,
+graph and compile modes, precision and commit, so a rerun replaces its own rows and keeps the others.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import pandas as pd
 import torch
@@ -37,13 +38,13 @@ from membench.provenance import device_name, git_state
 from membench.runner import build_model
 from membench.stepper import Stepper
 from membench.store import write_text_atomic
-from membench.suites import RunSpec
+from membench.suites import SUITES, RunSpec, SweepSuite, get_suite
 
-COLUMNS = ["device", "device_name", "model", "preset", "options", "batch_size", "num_patterns", "episodes_per_s",
-           "ms_per_step", "commit", "cuda_graph", "compiled", "precision", "steps", "rounds", "threads", "torch",
-           "measured_at"]
-KEY = ["device_name", "model", "preset", "options", "batch_size", "num_patterns", "cuda_graph", "compiled", "precision",
-       "commit"]
+COLUMNS = ["device", "device_name", "suite", "model", "preset", "options", "budget", "batch_size", "num_patterns",
+           "episodes_per_s", "ms_per_step", "commit", "cuda_graph", "compiled", "precision", "steps", "rounds",
+           "threads", "torch", "measured_at"]
+KEY = ["device_name", "suite", "model", "preset", "options", "budget", "batch_size", "num_patterns", "cuda_graph",
+       "compiled", "precision", "commit"]
 REFERENCE_BENCH = "tests/benchmarks/test_bench_ebmm.py::test_meta_training_step"  # EBMM quick, 16 episodes, N = 64
 
 
@@ -57,34 +58,52 @@ def options_label(options: dict[str, Any]) -> str:
     return " ".join(f"{key}={json.dumps(value, separators=(',', ':'))}" for key, value in sorted(options.items()))
 
 
-def _row(device: torch.device, model: str, preset: str, options: dict[str, Any], batch_size: int, num_patterns: int,
-         seconds: list[float], commit: str, cuda_graph: bool, compiled: bool, precision: str, steps: int
-         ) -> dict[str, Any]:
+def _row(device: torch.device, spec: RunSpec, batch_size: int, seconds: list[float], commit: str, cuda_graph: bool,
+         compiled: bool, precision: str, steps: int) -> dict[str, Any]:
     """A CSV row from the per-round seconds per update (the median round counts)."""
     median = statistics.median(seconds)
-    return {"device": device.type, "device_name": device_name(device), "model": model, "preset": preset,
-            "options": options_label(options), "batch_size": batch_size, "num_patterns": num_patterns,
+    return {"device": device.type, "device_name": device_name(device), "suite": spec.suite, "model": spec.model,
+            "preset": spec.preset, "options": options_label(spec.options), "budget": spec.budget,
+            "batch_size": batch_size, "num_patterns": spec.task["num_patterns"],
             "episodes_per_s": round(batch_size / median, 1), "ms_per_step": round(1000 * median, 2),
             "commit": commit, "cuda_graph": cuda_graph, "compiled": compiled, "precision": precision, "steps": steps,
             "rounds": len(seconds), "threads": torch.get_num_threads(), "torch": torch.__version__,
             "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
-def prepare(model: str, preset: str, device: torch.device, num_patterns: int = 64, batch_size: int | None = None,
-            steps: int = 20, warmup: int = 3, cuda_graph: bool = False, compile: bool | None = None,
-            precision: str | None = None, options: dict[str, Any] | None = None
+def run_specs(suite: str, models: Sequence[str], num_patterns: Sequence[int], preset: str,
+              options: dict[str, Any] | None = None) -> list[RunSpec]:
+    """What to time: for `table1`, each model on the Table 1 task at each N; for a rate sweep (fig3-omniglot,
+    fig3-cifar), each point of the models' curves (its options: energy, memory_size, ...). `options` then
+    change the preset as `membench run --option` does (e.g. hidden=256, grad_norm_term=false)."""
+    if suite == "table1":
+        specs = []
+        for n in num_patterns:
+            task = make_task({"kind": "binary", "num_patterns": n, "dim": 128, "erased": 64}).config()
+            specs += [RunSpec(suite, model, task, TABLE1_BUDGET, 0, n, preset) for model in models]
+    else:
+        chosen = get_suite(suite)
+        if not isinstance(chosen, SweepSuite):
+            raise MembenchError(f"throughput times table1 or a rate sweep ({', '.join(sweep_suites())}), not '{suite}'")
+        specs = chosen.expand(suite, tuple(models), (0,), 1, preset, tuple(num_patterns))
+    return [dataclasses.replace(spec, options={**spec.options, **(options or {})}) for spec in specs]
+
+
+def sweep_suites() -> list[str]:
+    return [name for name, suite in SUITES.items() if isinstance(suite, SweepSuite)]
+
+
+def prepare(spec: RunSpec, device: torch.device, batch_size: int | None = None, steps: int = 20, warmup: int = 3,
+            cuda_graph: bool = False, compile: bool | None = None, precision: str | None = None
             ) -> tuple[Callable[[], float], Callable[[list[float]], dict[str, Any]]]:
-    """Build and warm up one row: returns `time_round()` (seconds per update, mean of `steps` updates) and
-    `row(seconds)`. The preset with `options` applied as `membench run --option` applies them (e.g. hidden=256,
-    train.steps=...); batch size, compiling and arithmetic (`TrainConfig.precision`) as that preset says unless
-    given."""
-    options = dict(options or {})
-    task = make_task({"kind": "binary", "num_patterns": num_patterns, "dim": 128, "erased": 64})
-    spec = RunSpec("throughput", model, task.config(), TABLE1_BUDGET, 0, num_patterns, preset, options)
+    """Build and warm up the row of one run (`run_specs`): returns `time_round()` (seconds per update, mean of
+    `steps` updates) and `row(seconds)`. Batch size, compiling and arithmetic (`TrainConfig.precision`) as the
+    preset says unless given."""
+    task = make_task(spec.task)
     torch.manual_seed(0)
     built = build_model(spec, task).to(device)
     if not built.trainable:
-        raise MembenchError(f"model '{model}' is not meta-trained; throughput measures meta-training updates")
+        raise MembenchError(f"model '{spec.model}' is not meta-trained; throughput measures meta-training updates")
     train = built.preset.train
     config = dataclasses.replace(train, cuda_graph=cuda_graph, batch_size=batch_size or train.batch_size,
                                  compile=train.compile if compile is None else compile,
@@ -103,13 +122,13 @@ def prepare(model: str, preset: str, device: torch.device, num_patterns: int = 6
             out = stepper.step(batches[index % 4].patterns, batches[index % 4].queries)
         _synchronize(device)
         if not bool(out.finite):
-            raise MembenchError(f"model '{model}' ({preset}) produced a non-finite loss while being timed")
+            raise MembenchError(f"model '{spec.model}' ({spec.preset}) produced a non-finite loss while being timed")
         return (time.perf_counter() - started) / steps
 
     commit, dirty = git_state()
     label = (commit or "unknown")[:10] + ("-dirty" if dirty else "")
-    return time_round, lambda seconds: _row(device, model, preset, options, config.batch_size, num_patterns, seconds,
-                                            label, stepper.graphs_on, stepper.compiled, config.precision, steps)
+    return time_round, lambda seconds: _row(device, spec, config.batch_size, seconds, label, stepper.graphs_on,
+                                            stepper.compiled, config.precision, steps)
 
 
 @contextlib.contextmanager
@@ -158,12 +177,15 @@ def measure(requests: list[dict[str, Any]], rounds: int = 1, reference: str | No
                 reference_seconds.append(time_reference(tree))
     rows = [row(times) for (_, row), times in zip(prepared, seconds)]
     if reference:
-        rows.append(_row(torch.device("cpu"), "ebmm", "quick", {}, 16, 64, reference_seconds, reference[:10],
-                         False, False, "float32", steps=1))  # pytest-benchmark rounds of one update each
+        spec = run_specs("table1", ["ebmm"], [64], "quick")[0]
+        rows.append(_row(torch.device("cpu"), spec, 16, reference_seconds, reference[:10], False, False, "float32",
+                         steps=1))  # pytest-benchmark rounds of one update each
     return rows
 
 
-LATE_COLUMNS = {"compiled": False, "rounds": 1, "precision": "float32", "options": ""}  # what rows from before each column meant
+# what rows from before each column meant
+LATE_COLUMNS = {"compiled": False, "rounds": 1, "precision": "float32", "options": "", "suite": "table1",
+                "budget": TABLE1_BUDGET}
 
 
 def _with_late_columns(frame: pd.DataFrame) -> pd.DataFrame:
@@ -183,12 +205,12 @@ def merge(path: Path, rows: list[dict[str, Any]]) -> pd.DataFrame:
     frame = _with_late_columns(pd.DataFrame(rows))[COLUMNS]  # rows from an older membench (an unpacked archive)
     if path.exists():
         try:
-            old = pd.read_csv(path, dtype={"commit": str, "options": str})
+            old = pd.read_csv(path, dtype={"commit": str, "options": str, "suite": str})
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
             raise MembenchError(f"{path} is not a throughput CSV ({exc}); move it aside and rerun") from None
         frame = pd.concat([_with_late_columns(old)[COLUMNS], frame], ignore_index=True).drop_duplicates(KEY, keep="last")
-    frame = frame.sort_values(["device", "model", "preset", "options", "num_patterns", "batch_size", "cuda_graph",
-                               "compiled", "precision"], kind="stable")
+    frame = frame.sort_values(["device", "suite", "model", "preset", "options", "budget", "num_patterns", "batch_size",
+                               "cuda_graph", "compiled", "precision"], kind="stable")
     buffer = io.StringIO()
     frame.to_csv(buffer, index=False)
     write_text_atomic(path, buffer.getvalue())

@@ -209,3 +209,20 @@ def test_pack_splits_into_volumes_a_lent_machine_returns_and_leaves_out_what_fit
     result = CliRunner().invoke(main, ["unpack", *map(str, volumes), "--root", str(tmp_path / "here")])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "here" / "results" / "checkpoints").glob("*.pt")) == ["a.pt", "b.pt"]
+
+
+def test_a_session_times_updates_first_and_packs_their_rows(tmp_path: Path, monkeypatch):
+    """--time ARGS runs `membench throughput ARGS` on the session's device into the results folder's table,
+    which travels in the archive; ARGS that throughput would refuse stop the session before anything runs."""
+    monkeypatch.chdir(tmp_path)
+    session = ["session", "--run", "--model hopfield_hebb --num-patterns 8 --queries 16 --out results/table1",
+               "--device", "cpu", "--train-time-limit", "300", "--to", "out/session.tgz", "--cache", "session"]
+    bad = CliRunner().invoke(main, [*session, "--time", "--model memory_networks --bogus 1"])
+    assert bad.exit_code == 1 and "--time '--model memory_networks --bogus 1'" in bad.output and "--bogus" in bad.output
+    assert "Traceback" not in bad.output and not (tmp_path / "out").exists()
+    timing = "--model memory_networks --num-patterns 8 --batch-sizes 1 --steps 1 --warmup 0"
+    result = CliRunner().invoke(main, [*session, "--time", timing])
+    assert result.exit_code == 0, result.output
+    with tarfile.open(tmp_path / "out" / "session.tgz") as tar:
+        rows = pd.read_csv(tar.extractfile("results/bench/throughput.csv"))
+    assert rows[["model", "device", "batch_size", "num_patterns"]].values.tolist() == [["memory_networks", "cpu", 1, 8]]

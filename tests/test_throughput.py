@@ -13,7 +13,7 @@ from membench.errors import TrainingDiverged
 from membench.interface import TrainConfig
 from membench.stepper import Stepper
 from membench.tasks import BinaryTask
-from membench.throughput import COLUMNS
+from membench.throughput import COLUMNS, run_specs
 from membench.training import meta_train
 from tests.test_training import _linear_model
 
@@ -119,6 +119,21 @@ def test_throughput_times_the_preset_as_changed_by_its_options(tmp_path):
     assert bad.exit_code != 0 and "hiden" in bad.output and "Traceback" not in bad.output
 
 
+def test_throughput_times_each_point_of_a_rate_sweep(tmp_path, data_root):
+    """--suite fig3-cifar: a row per point of the model's curve, on the images, its options naming the point."""
+    out = tmp_path / "t.csv"
+    args = ["throughput", "--suite", "fig3-cifar", "--model", "memory_networks", "--device", "cpu", "--steps", "1",
+            "--warmup", "0", "--batch-sizes", "1", "--out", str(out)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out, keep_default_na=False)
+    assert set(table["suite"]) == {"fig3-cifar"} and set(table["num_patterns"]) == {64}
+    points = run_specs("fig3-cifar", ["memory_networks"], [64], "quick")
+    assert sorted(table["budget"]) == sorted(s.budget for s in points) and len(points) > 1  # a row per point
+    table1 = CliRunner().invoke(main, ["throughput", "--suite", "table1-classical", "--out", str(out)])
+    assert table1.exit_code != 0 and "fig3-cifar" in table1.output and "Traceback" not in table1.output
+
+
 def test_rows_from_before_the_precision_column_are_float32_wherever_they_come_from(tmp_path):
     """A table on disk and rows carried back from a machine running older code, both without the late
     columns: each row is one float32 row, a measurement of the same key replacing the older one."""
@@ -131,7 +146,7 @@ def test_rows_from_before_the_precision_column_are_float32_wherever_they_come_fr
     pd.DataFrame([older, {**older, "model": "mann"}]).to_csv(out, index=False)  # no compiled, rounds, precision
     table = merge(out, [{**older, "episodes_per_s": 210.0}, {**older, "model": "lstm"}])  # carried back, as old
     assert len(table) == 3 and set(table["precision"]) == {"float32"} and set(table["rounds"]) == {1}
-    assert set(table["options"]) == {""}  # the preset as it was
+    assert set(table["options"]) == {""} and set(table["suite"]) == {"table1"}  # the preset and task as they were
     assert table.set_index("model").loc["ebmm", "episodes_per_s"] == 210.0  # the same key: replaced
     assert pd.read_csv(out)["precision"].notna().all()
 

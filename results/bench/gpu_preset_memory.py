@@ -14,10 +14,10 @@ import sys
 
 import torch
 
-from membench.throughput import prepare
+from membench.throughput import prepare, run_specs
 
 num_patterns = int(sys.argv[1])
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-prepare("ebmm", "gpu", torch.device("cpu"), num_patterns=num_patterns, steps=1, warmup=1)
+prepare(run_specs("table1", ["ebmm"], [num_patterns], "gpu")[0], torch.device("cpu"), steps=1, warmup=1)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 print(f"N = {num_patterns}: peak resident {peak:.2f} GB (after imports {before:.2f} GB)")

@@ -15,7 +15,7 @@ import time
 import torch
 from torch._inductor import config as inductor_config
 
-from membench.throughput import prepare
+from membench.throughput import prepare, run_specs
 
 KNOBS = {"base": dict(dynamic=True), "static": dict(dynamic=False), "cppwrap": dict(dynamic=True),
          "autotune": dict(dynamic=False, mode="max-autotune-no-cudagraphs")}
@@ -25,7 +25,7 @@ if knob == "cppwrap":
 original = torch.compile
 torch.compile = lambda fn, dynamic=None, **_: original(fn, **KNOBS[knob])  # the stepper's call, re-optioned
 started = time.time()
-time_round, _ = prepare("ebmm", "quick", torch.device("cpu"), steps=10)
+time_round, _ = prepare(run_specs("table1", ["ebmm"], [64], "quick")[0], torch.device("cpu"), steps=10)
 warm = time.time() - started
 seconds = [time_round() for _ in range(5)]
 print(knob, f"compile+warm {warm:.0f}s", "ms/update median", round(1000 * statistics.median(seconds), 2),

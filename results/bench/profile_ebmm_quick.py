@@ -11,10 +11,10 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from membench.provenance import git_state
-from membench.throughput import prepare
+from membench.throughput import prepare, run_specs
 
 STEPS = 10
-time_round, row = prepare("ebmm", "quick", torch.device("cpu"), steps=STEPS)
+time_round, row = prepare(run_specs("table1", ["ebmm"], [64], "quick")[0], torch.device("cpu"), steps=STEPS)
 seconds = [time_round() for _ in range(3)]
 with profile(activities=[ProfilerActivity.CPU]) as prof:
     time_round()
