@@ -84,13 +84,10 @@ def run_specs(suite: str, models: Sequence[str], num_patterns: Sequence[int], pr
     else:
         chosen = get_suite(suite)
         if not isinstance(chosen, SweepSuite):
-            raise MembenchError(f"throughput times table1 or a rate sweep ({', '.join(sweep_suites())}), not '{suite}'")
+            sweeps = ", ".join(name for name, known in SUITES.items() if isinstance(known, SweepSuite))
+            raise MembenchError(f"throughput times table1 or a rate sweep ({sweeps}), not '{suite}'")
         specs = chosen.expand(suite, tuple(models), (0,), 1, preset, tuple(num_patterns))
     return [dataclasses.replace(spec, options={**spec.options, **(options or {})}) for spec in specs]
-
-
-def sweep_suites() -> list[str]:
-    return [name for name, suite in SUITES.items() if isinstance(suite, SweepSuite)]
 
 
 def prepare(spec: RunSpec, device: torch.device, batch_size: int | None = None, steps: int = 20, warmup: int = 3,
