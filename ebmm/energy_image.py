@@ -30,10 +30,17 @@ Convolutional memory (`ResNetConvEnergy`, App. B.3):
 
 The quick preset shrinks channel counts and hidden sizes (ebmm.memory.IMAGE_PRESETS);
 memory counts always come from the writable tensors themselves.
+
+Both recurrences are computed with two exact shortcuts, as the gated-RNN energy's are: the
+e- (f-) halves of the hop's layers are applied once, not every hop (e and f do not change between
+hops), and hop 1 skips the s-halves (s_0 = 0); the two layers of a hop run as one (their weights
+stacked). For the conv energy the hop's two 3x3 convolutions are most of its arithmetic, so this
+halves them (results/bench/meta_update_flops.txt).
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from membench.encoders import CodecConfig, Encoder, ResBlock
@@ -71,12 +78,15 @@ class ResNetFCEnergy(nn.Module):
         """x (M, C, H, W) -> energies (M,)."""
         code = self.encoder(x)                                    # (M, embedding)
         written = self.memory(code)                               # (M, d): the same in every hop
-        state = code.new_zeros(code.shape[0], self.hidden)
+        weight = torch.cat([self.static.weight, self.gate.weight])  # (2 hidden - d, embedding + hidden)
+        split, width = self.hidden - written.shape[-1], code.shape[-1]
+        projected = F.linear(code, weight[:, :width], torch.cat([self.static.bias, self.gate.bias]))
+        state = None                                              # s_0 = 0
         for _ in range(self.hops):
-            z = torch.cat([code, state], dim=-1)
-            candidate = torch.tanh(torch.cat([written, self.static(z)], dim=-1))
-            update = torch.sigmoid(self.gate(z))
-            state = self.norm(update * candidate + (1 - update) * state)
+            mixed = projected if state is None else projected + F.linear(state, weight[:, width:])
+            candidate = torch.tanh(torch.cat([written, mixed[..., :split]], dim=-1))
+            update = torch.sigmoid(mixed[..., split:])
+            state = self.norm(update * candidate if state is None else update * candidate + (1 - update) * state)
         return self.readout(state).squeeze(-1)
 
 
@@ -125,9 +135,12 @@ class ResNetConvEnergy(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (M, C, H, W) -> energies (M,)."""
         features = self.block2(self.block1(self.stem(x)))          # (M, width, H/8, W/8)
-        state = features.new_zeros(features.shape[0], self.hidden, self.grid, self.grid)
+        weight = torch.cat([self.gate.weight, self.candidate.weight])  # (2 hidden, width + hidden, 3, 3)
+        width = features.shape[1]
+        projected = F.conv2d(features, weight[:, :width], torch.cat([self.gate.bias, self.candidate.bias]), padding=1)
+        state = None                                               # s_0 = 0
         for _ in range(self.hops):
-            z = torch.cat([features, state], dim=1)
-            update = torch.sigmoid(self.gate(z))
-            state = update * torch.tanh(self.candidate(z)) + (1 - update) * state
+            mixed = projected if state is None else projected + F.conv2d(state, weight[:, width:], padding=1)
+            update, candidate = torch.sigmoid(mixed[:, :self.hidden]), torch.tanh(mixed[:, self.hidden:])
+            state = update * candidate if state is None else update * candidate + (1 - update) * state
         return self.readout(state.flatten(1)).squeeze(-1)
