@@ -161,18 +161,28 @@ def time_reference(tree: Path) -> float:
 
 def measure(requests: list[dict[str, Any]], rounds: int = 1, reference: str | None = None) -> list[dict[str, Any]]:
     """Rows for `requests` (keyword arguments of `prepare`), timed in turn for `rounds` rounds, plus a row for
-    the `reference` commit's benchmark on the CPU (EBMM quick, 16 episodes, N = 64) when given."""
-    prepared = [prepare(**request) for request in requests]
-    seconds: list[list[float]] = [[] for _ in prepared]
+    the `reference` commit's benchmark on the CPU (EBMM quick, 16 episodes, N = 64) when given. With one round
+    each row is built, timed and freed (its model, batches and CUDA graphs) before the next is built, so rows
+    too large to be held together (Figure 3's points on one GPU) can be timed in one command."""
+    rows, reference_seconds = [], []
     with contextlib.ExitStack() as stack:
         tree = stack.enter_context(reference_tree(reference)) if reference else None
-        reference_seconds = []
-        for _ in range(rounds):
-            for (time_round, _), times in zip(prepared, seconds):
-                times.append(time_round())
+        if rounds == 1:
+            for request in requests:
+                time_round, row = prepare(**request)
+                rows.append(row([time_round()]))
+                del time_round, row  # this row's model and graphs go before the next row's are built
             if tree is not None:
                 reference_seconds.append(time_reference(tree))
-    rows = [row(times) for (_, row), times in zip(prepared, seconds)]
+        else:
+            prepared = [prepare(**request) for request in requests]
+            seconds = [[] for _ in prepared]
+            for _ in range(rounds):
+                for (time_round, _), times in zip(prepared, seconds):
+                    times.append(time_round())
+                if tree is not None:
+                    reference_seconds.append(time_reference(tree))
+            rows = [row(times) for (_, row), times in zip(prepared, seconds)]
     if reference:
         spec = run_specs("table1", ["ebmm"], [64], "quick")[0]
         rows.append(_row(torch.device("cpu"), spec, 16, reference_seconds, reference[:10], False, False, "float32",

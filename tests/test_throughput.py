@@ -164,3 +164,25 @@ def test_cuda_graph_training_matches_eager_training(tmp_path):
         results.append(model.state_dict())
     for name in results[0]:
         torch.testing.assert_close(results[0][name], results[1][name], msg=f"graph replay differs in {name}")
+
+
+def test_one_round_frees_each_row_before_the_next_is_built(monkeypatch):
+    """With one round the rows are built, timed and dropped one by one (large rows need not fit together)."""
+    import weakref
+
+    from membench import throughput
+
+    class Built:  # stands for a row's model, batches and CUDA graphs
+        pass
+
+    alive = weakref.WeakSet()
+
+    def prepare(spec, **_):
+        assert not alive, "the previous row is still held while the next is built"
+        built = Built()
+        alive.add(built)
+        return (lambda: 0.5 if built else 0.0), (lambda seconds: {"spec": spec, "seconds": seconds})
+
+    monkeypatch.setattr(throughput, "prepare", prepare)
+    rows = throughput.measure([{"spec": name} for name in "abc"])
+    assert rows == [{"spec": name, "seconds": [0.5]} for name in "abc"]
