@@ -64,6 +64,8 @@ class ResNetFCEnergy(nn.Module):
         super().__init__()
         if not 0 < memory_size < hidden:
             raise MembenchError(f"memory_size={memory_size} must lie in (0, hidden={hidden})")
+        if hops < 1:
+            raise MembenchError(f"hops={hops} must be positive")
         self.hidden, self.hops = hidden, hops
         width = codec.embedding
         self.memory = nn.Linear(width, memory_size)                      # writable
@@ -123,6 +125,8 @@ class ResNetConvEnergy(nn.Module):
             raise MembenchError(f"the conv energy has 2 residual blocks, got channels={channels}")
         if image_size % 8:
             raise MembenchError(f"image_size={image_size} must be divisible by 8 (three stride-2 stages)")
+        if hops < 1:
+            raise MembenchError(f"hops={hops} must be positive")
         self.hidden, self.hops, self.grid = hidden, hops, image_size // 8
         self.stem = nn.Sequential(ResBlock(image_channels, channels[0]), ResBlock(channels[0], channels[1]))
         self.block1 = WritableBottleneck(channels[1], width, bottleneck, memory_size, stride=2)
@@ -135,12 +139,12 @@ class ResNetConvEnergy(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (M, C, H, W) -> energies (M,)."""
         features = self.block2(self.block1(self.stem(x)))          # (M, width, H/8, W/8)
-        weight = torch.cat([self.gate.weight, self.candidate.weight])  # (2 hidden, width + hidden, 3, 3)
+        weight = torch.cat([self.candidate.weight, self.gate.weight])  # (2 hidden, width + hidden, 3, 3)
         width = features.shape[1]
-        projected = F.conv2d(features, weight[:, :width], torch.cat([self.gate.bias, self.candidate.bias]), padding=1)
+        projected = F.conv2d(features, weight[:, :width], torch.cat([self.candidate.bias, self.gate.bias]), padding=1)
         state = None                                               # s_0 = 0
         for _ in range(self.hops):
             mixed = projected if state is None else projected + F.conv2d(state, weight[:, width:], padding=1)
-            update, candidate = torch.sigmoid(mixed[:, :self.hidden]), torch.tanh(mixed[:, self.hidden:])
+            candidate, update = torch.tanh(mixed[:, :self.hidden]), torch.sigmoid(mixed[:, self.hidden:])
             state = update * candidate if state is None else update * candidate + (1 - update) * state
         return self.readout(state.flatten(1)).squeeze(-1)

@@ -265,19 +265,38 @@ def session(runs, copies, train_time_limit, device, archive, results, cache, gra
         reduced = ["--precision", "tf32", "--precision", "bf16"] if device == "cuda" else ["--precision", "bf16"]
         first += [[*timing, "--batch-sizes", "32,128,512", "--eager"], [*timing, "--batch-sizes", "128", "--eager", *reduced],
                   [*timing, "--batch-sizes", "512", "--compile"]]
-    for args in timings:
-        command = ["throughput", *shlex.split(args), "--device", device, "--out", str(results / "bench" / "throughput.csv")]
-        try:
-            main.commands["throughput"].make_context("throughput", command[1:])
-        except click.UsageError as exc:
-            raise MembenchError(f"--time '{args}': {exc.format_message()}") from None
-        first.append(command)
+    first += [_timing_command(args, device, results / "bench" / "throughput.csv") for args in timings]
     status = run_session(runs, copies, train_time_limit, device, cache, archive, results, first, grace)
     click.echo(f"packed into {archive} (and its volumes {volume_path(archive, 2).name} ... if any); then here: "
                f"membench unpack <them all>, membench report, membench readme")
     if status:
         raise ExitWith(f"session ended with status {status} (3: training paused; run the same session again)",
                        status)
+
+
+def _timing_command(args: str, device: str, table: Path) -> list[str]:
+    """`membench throughput ARGS` on the session's device into its table, as arguments; refused (MembenchError)
+    unless throughput would accept it: its options, suite, models and data."""
+    from membench.datasets import set_data_dir
+    from membench.registry import resolve_model
+    from membench.throughput import run_specs
+
+    try:
+        command = ["throughput", *shlex.split(args), "--device", device, "--out", str(table)]
+        params = main.commands["throughput"].make_context("throughput", command[1:]).params
+    except click.exceptions.Exit:
+        raise MembenchError(f"--time '{args}' asks for help; give the timing's own options") from None
+    except (ValueError, click.UsageError) as exc:
+        reason = exc.format_message() if isinstance(exc, click.UsageError) else str(exc)
+        raise MembenchError(f"--time '{args}' is not a `membench throughput` command line: {reason}") from None
+    set_data_dir(params["data_dir"])
+    try:
+        for spec in run_specs(params["suite"], params["models"], params["num_patterns"], params["preset"],
+                              params["options"]):
+            resolve_model(spec.model)
+    except MembenchError as exc:
+        raise MembenchError(f"--time '{args}': {exc}") from None
+    return command
 
 
 @main.command()

@@ -4,8 +4,8 @@ Times `Stepper.step` (forward, second-order backward, clipping, AdamW; a CUDA gr
 with --cuda-graph; the compiled meta-loss where the preset or --compile says so) on the
 Table 1 task at one N, or at each point of a Figure 3 rate sweep (on its images), after warm-up
 updates (compiling happens there), on pre-sampled batches (sampling is left out: it is a
-CPU-side cost that overlaps with GPU work). CUDA
-timings synchronise before and after each timed round. With several rounds the rows are
+CPU-side cost that overlaps with GPU work). CUDA timings synchronise before and after each
+timed round. With several rounds the rows are
 timed in turn, round after round, and each row keeps its median round: a machine whose
 speed drifts slows every row alike. A reference commit adds a row timed by that commit's
 own EBMM benchmark (`REFERENCE_BENCH`, the quick preset's update at 16 episodes, N = 64)
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import io
 import json
 import os
@@ -172,6 +173,9 @@ def measure(requests: list[dict[str, Any]], rounds: int = 1, reference: str | No
                 time_round, row = prepare(**request)
                 rows.append(row([time_round()]))
                 del time_round, row  # this row's model and graphs go before the next row's are built
+                gc.collect()
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
             if tree is not None:
                 reference_seconds.append(time_reference(tree))
         else:

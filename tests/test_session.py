@@ -217,9 +217,11 @@ def test_a_session_times_updates_first_and_packs_their_rows(tmp_path: Path, monk
     monkeypatch.chdir(tmp_path)
     session = ["session", "--run", "--model hopfield_hebb --num-patterns 8 --queries 16 --out results/table1",
                "--device", "cpu", "--train-time-limit", "300", "--to", "out/session.tgz", "--cache", "session"]
-    bad = CliRunner().invoke(main, [*session, "--time", "--model memory_networks --bogus 1"])
-    assert bad.exit_code == 1 and "--time '--model memory_networks --bogus 1'" in bad.output and "--bogus" in bad.output
-    assert "Traceback" not in bad.output and not (tmp_path / "out").exists()
+    for args, named in [("--model memory_networks --bogus 1", "--bogus"), ("--model memry_networks", "memry_networks"),
+                        ("--suite table1-classical", "table1-classical"), ("--option 'hidden=2", "quotation")]:
+        bad = CliRunner().invoke(main, [*session, "--time", args])
+        assert bad.exit_code == 1 and named in bad.output, bad.output
+        assert "Traceback" not in bad.output and not (tmp_path / "out").exists()
     timing = "--model memory_networks --num-patterns 8 --batch-sizes 1 --steps 1 --warmup 0"
     result = CliRunner().invoke(main, [*session, "--time", timing])
     assert result.exit_code == 0, result.output

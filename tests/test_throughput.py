@@ -120,7 +120,8 @@ def test_throughput_times_the_preset_as_changed_by_its_options(tmp_path):
 
 
 def test_throughput_times_each_point_of_a_rate_sweep(tmp_path, data_root):
-    """--suite fig3-cifar: a row per point of the model's curve, on the images, its options naming the point."""
+    """--suite fig3-cifar: a row per point of the model's curve, on the images (Memory Networks' points differ in
+    budget alone); a suite that is neither table1 nor a sweep is one clear error."""
     out = tmp_path / "t.csv"
     args = ["throughput", "--suite", "fig3-cifar", "--model", "memory_networks", "--device", "cpu", "--steps", "1",
             "--warmup", "0", "--batch-sizes", "1", "--out", str(out)]
