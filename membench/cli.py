@@ -397,7 +397,12 @@ def throughput(suite, models, preset, device, num_patterns, batch_sizes, steps, 
     merge(out, rows)
     shown = ["device_name", "suite", "model", "preset", "options", "budget", "batch_size", "num_patterns", "cuda_graph",
              "compiled", "precision", "commit", "episodes_per_s", "ms_per_step"]
-    click.echo(tabulate([[row[c] for c in shown] for row in rows], headers=shown, tablefmt="github"))
+    table = [[row[c] for c in shown] for row in rows]
+    if reference:  # each timed row against the reference commit timed in the same rounds
+        shown = [*shown, "speed-up"]
+        table = [[*line, round(row["reference_ms"] / row["ms_per_step"], 2) if "reference_ms" in row else ""]
+                 for line, row in zip(table, rows)]
+    click.echo(tabulate(table, headers=shown, tablefmt="github"))
     click.echo(f"merged {len(rows)} row(s) into {out}")
 
 

@@ -9,7 +9,9 @@ timed round. With several rounds the rows are
 timed in turn, round after round, and each row keeps its median round: a machine whose
 speed drifts slows every row alike. A reference commit adds a row timed by that commit's
 own EBMM benchmark (`REFERENCE_BENCH`, the quick preset's update at 16 episodes, N = 64)
-in a temporary git worktree, in the same rounds, so a speed-up is measured in one run.
+in a temporary git worktree, in the same rounds, so a speed-up is measured in one run: every row
+timed beside it names that commit (`reference`) and its time in that run (`reference_ms`), and the
+speed-up is reference_ms / ms_per_step.
 Rows are merged into a CSV keyed by device name, suite, model, preset, options, budget, batch size, N,
 graph and compile modes, precision and commit, so a rerun replaces its own rows and keeps the others.
 """
@@ -43,7 +45,7 @@ from membench.suites import SUITES, RunSpec, SweepSuite, get_suite
 
 COLUMNS = ["device", "device_name", "suite", "model", "preset", "options", "budget", "batch_size", "num_patterns",
            "episodes_per_s", "ms_per_step", "commit", "cuda_graph", "compiled", "precision", "steps", "rounds",
-           "threads", "torch", "measured_at"]
+           "threads", "torch", "measured_at", "reference", "reference_ms"]
 KEY = ["device_name", "suite", "model", "preset", "options", "budget", "batch_size", "num_patterns", "cuda_graph",
        "compiled", "precision", "commit"]
 REFERENCE_BENCH = "tests/benchmarks/test_bench_ebmm.py::test_meta_training_step"  # EBMM quick, 16 episodes, N = 64
@@ -191,12 +193,14 @@ def measure(requests: list[dict[str, Any]], rounds: int = 1, reference: str | No
         spec = run_specs("table1", ["ebmm"], [64], "quick")[0]
         rows.append(_row(torch.device("cpu"), spec, 16, reference_seconds, reference[:10], False, False, "float32",
                          steps=1))  # pytest-benchmark rounds of one update each
+        for row in rows[:-1]:
+            row.update(reference=reference[:10], reference_ms=rows[-1]["ms_per_step"])
     return rows
 
 
 # what rows from before each column meant
 LATE_COLUMNS = {"compiled": False, "rounds": 1, "precision": "float32", "options": "", "suite": "table1",
-                "budget": TABLE1_BUDGET}
+                "budget": TABLE1_BUDGET, "reference": "", "reference_ms": float("nan")}
 
 
 def _with_late_columns(frame: pd.DataFrame) -> pd.DataFrame:
@@ -216,7 +220,7 @@ def merge(path: Path, rows: list[dict[str, Any]]) -> pd.DataFrame:
     frame = _with_late_columns(pd.DataFrame(rows))[COLUMNS]  # rows from an older membench (an unpacked archive)
     if path.exists():
         try:
-            old = pd.read_csv(path, dtype={"commit": str, "options": str, "suite": str})
+            old = pd.read_csv(path, dtype={"commit": str, "options": str, "suite": str, "reference": str})
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
             raise MembenchError(f"{path} is not a throughput CSV ({exc}); move it aside and rerun") from None
         frame = pd.concat([_with_late_columns(old)[COLUMNS], frame], ignore_index=True).drop_duplicates(KEY, keep="last")

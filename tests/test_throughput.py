@@ -187,3 +187,28 @@ def test_one_round_frees_each_row_before_the_next_is_built(monkeypatch):
     monkeypatch.setattr(throughput, "prepare", prepare)
     rows = throughput.measure([{"spec": name} for name in "abc"])
     assert rows == [{"spec": name, "seconds": [0.5]} for name in "abc"]
+
+
+def test_rows_timed_beside_a_reference_keep_its_time_of_that_run(tmp_path, monkeypatch):
+    """--reference: each row names the commit and that run's reference time, so two runs (say, with and without
+    an option) keep their own ratios after the reference row itself is replaced by the second run's."""
+    import contextlib
+
+    from membench import throughput
+
+    reference_seconds = iter([0.08, 0.08, 0.12, 0.12])  # two rounds in each of two runs
+    monkeypatch.setattr(throughput, "reference_tree", lambda commit: contextlib.nullcontext(tmp_path))
+    monkeypatch.setattr(throughput, "time_reference", lambda tree: next(reference_seconds))
+    out = tmp_path / "t.csv"
+    args = ["throughput", "--model", "memory_networks", "--device", "cpu", "--num-patterns", "8", "--steps", "1",
+            "--warmup", "0", "--rounds", "2", "--reference", "028ec1c0123456", "--out", str(out)]
+    for extra in ([], ["--option", "train.batch_size=3"]):
+        result = CliRunner().invoke(main, args + extra)
+        assert result.exit_code == 0, result.output
+        assert "speed-up" in result.output
+    table = pd.read_csv(out, dtype={"options": str, "reference": str}).fillna({"options": "", "reference": ""})
+    timed = table[table["model"] == "memory_networks"].set_index("options")
+    assert timed.loc["", "reference_ms"] == 80.0 and timed.loc["train.batch_size=3", "reference_ms"] == 120.0
+    assert set(timed["reference"]) == {"028ec1c012"}
+    (reference_row,) = table[table["commit"] == "028ec1c012"].itertuples()
+    assert reference_row.ms_per_step == 120.0 and reference_row.reference == ""  # the second run's
