@@ -94,6 +94,12 @@ class Stepper:
         """Whether updates run the compiled meta-loss (False once compiling has failed)."""
         return self._compiled is not None
 
+    @property
+    def matmul_precision(self) -> str:
+        """The float32 matmul precision of the updates in torch's terms: "high" (TF32) under precision tf32,
+        else the process's setting (under bf16 the autocast meta-loss's matmuls are bfloat16 whatever it says)."""
+        return "high" if self.config.precision == "tf32" else torch.get_float32_matmul_precision()
+
     def _arithmetic(self, forward: bool) -> contextlib.AbstractContextManager:
         """The meta-loss's (`forward`) or its backward's arithmetic (`TrainConfig.precision`), restored afterwards.
         bf16 autocasts the forward only: the backward runs each operation in the dtype its forward used."""

@@ -188,7 +188,7 @@ def _train(model: AssociativeMemory, task: Task, config: TrainConfig, checkpoint
         commit, dirty = git_state()
         return [*(history or []), {
             "steps": [first_step, step], "train_time_s": round(elapsed - first_elapsed, 2), "device": device.type,
-            "device_name": device_name(device), "matmul_precision": torch.get_float32_matmul_precision(),
+            "device_name": device_name(device), "matmul_precision": stepper.matmul_precision,
             "precision": config.precision, "compiled": stepper.compiled, "cuda_graph": stepper.graphs_on,
             "commit": commit, "dirty": dirty,
             "threads": torch.get_num_threads() if device.type == "cpu" else None, "torch": str(torch.__version__)}]

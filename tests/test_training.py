@@ -356,9 +356,10 @@ def test_precision_is_checked_and_trains_only_the_update_in_bf16(tmp_path: Path)
 
 def test_tf32_is_cudas_and_only_inside_an_update(monkeypatch):
     """tf32 on the CPU: the stepper is built (a finished TF32 checkpoint evaluates anywhere) and an update is
-    refused with the fix. On CUDA, the TF32 flags are on inside an update only, and restored when it fails."""
+    refused with the fix; a TF32 update's matmul precision reads "high". On CUDA, the TF32 flags are on inside an update only, and restored when it fails."""
     episodes = BinaryTask(8).sample(2, torch.Generator().manual_seed(1), split="train")
     on_cpu = Stepper(_linear_model(), TrainConfig(precision="tf32"), torch.device("cpu"))
+    assert on_cpu.matmul_precision == "high"  # what a TF32-trained stretch's record says (torch's name for TF32)
     with pytest.raises(MembenchError, match="precision 'tf32' is CUDA's.*float32 or bf16"):
         on_cpu.step(episodes.patterns, episodes.queries)
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
