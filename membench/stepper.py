@@ -58,11 +58,23 @@ def _tf32() -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
 
 
+def cpu_has_bf16_matmul() -> bool:
+    """Whether oneDNN runs bfloat16 matrix products natively on this CPU (AMX or AVX-512 BF16)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch built without oneDNN
+        return False
+
+
 class Stepper:
     """AdamW updates of `model` under `config`, eager or replayed from CUDA graphs."""
 
     def __init__(self, model: AssociativeMemory, config: TrainConfig, device: torch.device):
         self.model, self.config, self.device = model, config, device
+        if config.precision == "bf16" and device.type == "cpu" and not cpu_has_bf16_matmul():
+            warn("precision bf16 on a CPU without bfloat16 matrix instructions (no AMX or AVX-512 BF16) emulates "
+                 "them: EBMM's quick update ran 12x slower than float32 on such a CPU "
+                 "(results/bench/throughput_equal_work.txt); use --option train.precision=float32 here")
         self.graphs_on = bool(config.cuda_graph) and device.type == "cuda"
         lr = torch.tensor(config.lr, device=device) if self.graphs_on else config.lr
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=config.weight_decay,

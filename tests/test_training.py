@@ -354,6 +354,17 @@ def test_precision_is_checked_and_trains_only_the_update_in_bf16(tmp_path: Path)
     assert stretch["precision"] == "bf16" and stretch["matmul_precision"] == "highest"
 
 
+def test_bf16_on_a_cpu_without_bf16_matmuls_warns_once_per_stepper(monkeypatch, capsys):
+    """bf16 meta-training on a CPU that emulates bfloat16 products is allowed, with one line saying it is slow."""
+    from membench import stepper as stepper_module
+
+    for native, precision, warned in ((False, "bf16", True), (True, "bf16", False), (False, "float32", False)):
+        monkeypatch.setattr(stepper_module, "cpu_has_bf16_matmul", lambda: native)
+        Stepper(_linear_model(), TrainConfig(precision=precision), torch.device("cpu"))
+        err = capsys.readouterr().err
+        assert ("without bfloat16 matrix instructions" in err and "train.precision=float32" in err) == warned, err
+
+
 def test_tf32_is_cudas_and_only_inside_an_update(monkeypatch):
     """tf32 on the CPU: the stepper is built (a finished TF32 checkpoint evaluates anywhere) and an update is
     refused with the fix; a TF32 update's matmul precision reads "high". On CUDA, the TF32 flags are on inside an update only, and restored when it fails."""
