@@ -367,7 +367,8 @@ def test_bf16_on_a_cpu_without_bf16_matmuls_warns_once_per_stepper(monkeypatch, 
 
 def test_tf32_is_cudas_and_only_inside_an_update(monkeypatch):
     """tf32 on the CPU: the stepper is built (a finished TF32 checkpoint evaluates anywhere) and an update is
-    refused with the fix; a TF32 update's matmul precision reads "high". On CUDA, the TF32 flags are on inside an update only, and restored when it fails."""
+    refused with the fix; a TF32 update's matmul precision reads "high". On CUDA, the TF32 flags are on inside an
+    update only, and restored when it fails."""
     episodes = BinaryTask(8).sample(2, torch.Generator().manual_seed(1), split="train")
     on_cpu = Stepper(_linear_model(), TrainConfig(precision="tf32"), torch.device("cpu"))
     assert on_cpu.matmul_precision == "high"  # what a TF32-trained stretch's record says (torch's name for TF32)

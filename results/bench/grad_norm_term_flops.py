@@ -30,13 +30,11 @@ def main() -> None:
         if spec.model != "ebmm" or spec.options["energy"] in seen:
             continue
         seen.add(spec.options["energy"])
-        with_term = None
-        for term in (True, False):
-            flops, seconds, _ = count(dataclasses.replace(spec, options={**spec.options, "grad_norm_term": term}))
-            with_term = with_term or flops
-            label = f"{spec.options['energy']} ({spec.options['memory_size']})"
-            print(f"{label:<28} {str(term):>5} {flops / 1e9:>8.2f} {flops / with_term:>6.2f} {seconds:>8.2f}",
-                  flush=True)
+        label = f"{spec.options['energy']} ({spec.options['memory_size']})"
+        counts = {term: count(dataclasses.replace(spec, options={**spec.options, "grad_norm_term": term}))
+                  for term in (True, False)}
+        for term, (flops, seconds, _) in counts.items():
+            print(f"{label:<28} {str(term):>5} {flops / 1e9:>8.2f} {flops / counts[True][0]:>6.2f} {seconds:>8.2f}")
 
 
 if __name__ == "__main__":
