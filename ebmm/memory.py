@@ -19,7 +19,8 @@ loss term; the paper's alpha and beta are the ratios of these rates, so they are
 separate parameters. Read (App. A): K steps of projected gradient descent on E(x) with
 Nesterov momentum and non-increasing learned step sizes and momentum rates; with `read_known=False`
 (ours) only the entries a query marks unknown move, where the task says the others are the pattern's.
-Meta-training backpropagates the step-wise reconstruction loss through read and write.
+Meta-training backpropagates the step-wise reconstruction loss (or, `stepwise_loss=False`, the last
+iterate's alone) through read and write.
 All inner loops run on a batch of B episodes at once. An energy with a `grads` method
 (the gated RNN) gives its gradients in closed form, so the inner loops are explicit
 operations (no autograd inside, `torch.compile`-able; the optional ||grad_x E||^2 term's gradient
@@ -75,6 +76,7 @@ class EBMMConfig:
     read_step_init: float = 1.0   # initial gamma_1 of reading
     read_known: bool = True       # reading moves every entry (the paper); False: where the task allows it
     #   (spec.clamp_known), entries other than the fill value keep the query's values (ours)
+    stepwise_loss: bool = True    # meta-loss on every read iterate (the paper); False: on the last only (ours)
     momentum_init: float = 0.5    # initial psi_1 of reading
     decay_init: float = 0.95      # initial sigmoid(eta_k): gamma_k / gamma_{k-1} and psi_k / psi_{k-1}
 
@@ -353,8 +355,10 @@ class EBMM(AssociativeMemory):
 
     # --- meta-training --------------------------------------------------------------
     def meta_loss(self, patterns: torch.Tensor, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Step-wise loss sum_k mean_episodes (1/N) sum_i ||x_i - x_i^(k)||^2; retrievals = x^(K)."""
+        """Step-wise loss sum_k mean_episodes (1/N) sum_i ||x_i - x_i^(k)||^2 (k = K alone without
+        `stepwise_loss`); retrievals = x^(K)."""
         state = self._write(patterns, create_graph=True)
         iterates = self._read(state, queries, create_graph=True)
-        loss = sum((patterns - x).pow(2).flatten(2).sum(-1).mean() for x in iterates)
+        scored = iterates if self.cfg.stepwise_loss else iterates[-1:]
+        loss = sum((patterns - x).pow(2).flatten(2).sum(-1).mean() for x in scored)
         return loss, iterates[-1]

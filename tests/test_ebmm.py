@@ -200,6 +200,21 @@ def test_closed_form_and_autograd_paths_give_the_same_meta_gradient(grad_norm_te
         torch.testing.assert_close(a, b, msg=f"meta-gradient of {name} differs")
 
 
+def test_last_iterate_loss_scores_the_final_retrieval_only():
+    stepwise, task = small_model()
+    last, _ = small_model(stepwise_loss=False)  # the same weights (seed 0), the loss on x^(K) alone
+    batch = episodes(task)
+    with torch.no_grad():
+        iterates = stepwise._read(stepwise.write(batch.patterns), batch.queries, create_graph=False)
+        errors = [(batch.patterns - x).pow(2).sum(-1).mean() for x in iterates]
+        loss_all, _ = stepwise.meta_loss(batch.patterns, batch.queries)
+        loss_last, retrievals = last.meta_loss(batch.patterns, batch.queries)
+    assert len(errors) == 3 and min(errors) > 0
+    torch.testing.assert_close(loss_all, sum(errors))
+    torch.testing.assert_close(loss_last, errors[-1])
+    torch.testing.assert_close(retrievals, iterates[-1])
+
+
 def test_meta_gradient_reaches_every_meta_parameter():
     model, task = small_model(grad_norm_term=True)
     batch = episodes(task)
