@@ -44,7 +44,7 @@ from membench.training import load_checkpoint, meta_train, read_checkpoint, weig
 # while at the default, so configurations that do not use them keep their keys (and shipped checkpoints).
 LATE_TRAIN_FIELDS = {"curriculum_steps": 0, "precision": "float32"}
 LATE_MODEL_FIELDS = {"write_norm_power": None, "learn_write_norm": False, "grad_norm_lr_init": None,
-                     "read_known": True}
+                     "read_known": True, "stepwise_loss": True}
 EVAL_STREAM = 104729  # offset of the evaluation generator's seed from the run seed
 PROBE_STREAM = 1299709  # offset of the seed of the probe batches that audit a model's writes
 TRAIN_SPLIT_STREAM = 15485863  # offset for the train-split check of trained image models
