@@ -74,13 +74,22 @@ SHIPPED_CHECKPOINTS = Path(membench.__file__).resolve().parent.parent / "results
 
 
 def checkpoint_path(key: str, checkpoint_dir: Path) -> Path:
-    """`checkpoint_dir/<key>.pt`; when absent there but shipped with the repository (results/checkpoints),
-    the shipped one is copied in first, so committed learned rows evaluate (or resume) without retraining."""
+    """`checkpoint_dir/<key>.pt`. When the repository ships that checkpoint (results/checkpoints) and the
+    cache has none, an unreadable one or one trained fewer steps, the shipped one is copied in first, so
+    committed learned rows evaluate (or resume from the furthest training) without retraining."""
     path = Path(checkpoint_dir) / f"{key}.pt"
     shipped = SHIPPED_CHECKPOINTS / f"{key}.pt"
-    if not path.exists() and shipped.exists():
+    if shipped.exists() and (not path.exists() or _trained_steps(path) < _trained_steps(shipped)):
         write_atomic(path, lambda handle: handle.write(shipped.read_bytes()))
     return path
+
+
+def _trained_steps(path: Path) -> float:
+    """The training steps of the checkpoint at `path`; -1 when it cannot be read as one."""
+    try:
+        return read_checkpoint(path)["step"]
+    except (EOFError, OSError, RuntimeError, ValueError, pickle.UnpicklingError):
+        return -1
 
 
 def ship_checkpoints(out_dir: Path | None, checkpoint_dir: Path, files: Sequence[Path] = (),
@@ -373,22 +382,23 @@ def run_all(specs: list[RunSpec], out_dir: Path, device: str = "auto", force: bo
         from tqdm.auto import tqdm
 
         iterator = tqdm(todo, desc="runs", unit="run")
+    def redone(spec: RunSpec) -> bool:  # its record was written by another process since this call began
+        path = store.record_path(spec.run_id)
+        return path.exists() and path.stat().st_mtime >= started
+
     for spec in iterator:
         if progress and hasattr(iterator, "set_postfix_str"):
             iterator.set_postfix_str(f"{spec.model} N={spec.task['num_patterns']} seed={spec.seed}")
-        existed = store.record_path(spec.run_id).exists()
         with store.claim(spec.run_id) as mine:
             if not mine:
                 deferred.append(spec)
-            elif force or existed or not store.record_path(spec.run_id).exists():
-                try:  # (a record that appeared meanwhile was finished by another process)
+            elif not redone(spec):
+                try:
                     run_one(spec, wait=False)
                 except CheckpointBusy:
                     deferred.append(spec)
     for spec in deferred:
         with store.claim(spec.run_id, blocking=True):
-            path = store.record_path(spec.run_id)
-            redone = path.exists() and path.stat().st_mtime >= started  # by another process, in this call
-            if (force and not redone) or not is_current(spec, store):
+            if (force and not redone(spec)) or not is_current(spec, store):
                 run_one(spec)
     return records

@@ -115,6 +115,25 @@ def test_force_reruns_finished_runs(tmp_path):
     assert len(ResultsStore(tmp_path).records()) == 1
 
 
+
+def test_a_run_another_process_redid_while_this_one_waited_is_not_computed_again(tmp_path, monkeypatch):
+    """Two processes given --force (or finding stale records) share the runs out: one that another process
+    rewrote since this call began is left as it is, not computed twice."""
+    specs = _specs("raw_slots", num_patterns=(16, 32))
+    run_all(specs, tmp_path, device="cpu", progress=False)
+    claim = ResultsStore.claim
+
+    def claim_after_the_other_process(self, run_id, blocking=False):
+        if run_id == specs[0].run_id:  # the other process finished it while this one reached it
+            time.sleep(0.01)
+            os.utime(self.record_path(run_id))
+        return claim(self, run_id, blocking)
+
+    monkeypatch.setattr(ResultsStore, "claim", claim_after_the_other_process)
+    (rerun,) = run_all(specs, tmp_path, device="cpu", force=True, progress=False)
+    assert rerun["run_id"] == specs[1].run_id  # the first was left to the other process
+    assert len(ResultsStore(tmp_path).records()) == 2
+
 def test_killed_process_leaves_no_partial_record(tmp_path):
     """SIGKILL a real `membench run` midway; the rerun completes every run exactly once."""
     (tmp_path / "slow_memory.py").write_text(textwrap.dedent("""

@@ -234,6 +234,27 @@ def test_paused_training_shipped_from_one_machine_resumes_on_the_next(tmp_path: 
     assert "Traceback" not in missing.output
 
 
+
+def test_the_cache_takes_the_shipped_checkpoint_when_it_is_trained_further_or_the_cached_one_is_corrupt(tmp_path):
+    """A checkpoint paused in this cache at step 2 and trained to step 6 elsewhere (then shipped) resumes
+    from 6; a cached one trained further than the shipped one is kept; an unreadable one is replaced."""
+    from membench import runner
+
+    def checkpoint(step: int) -> dict:
+        return {"model": {}, "generator": torch.ByteTensor(4), "step": step, "elapsed_s": 1.0, "curve": []}
+
+    shipped, cache = tmp_path / "shipped", tmp_path / "cache"  # conftest's shipped folder
+    shipped.mkdir()
+    cache.mkdir()
+    torch.save(checkpoint(6), shipped / "key.pt")
+    for cached, expected in ((2, 6), (9, 9), (None, 6)):
+        if cached is None:
+            (cache / "key.pt").write_bytes(b"not a checkpoint")
+        else:
+            torch.save(checkpoint(cached), cache / "key.pt")
+        path = runner.checkpoint_path("key", cache)
+        assert torch.load(path, weights_only=True)["step"] == expected, (cached, expected)
+
 def test_curriculum_draws_the_small_n_first_then_all(tmp_path: Path):
     """curriculum_steps = 6 over N in (8, 4, 12): steps 0-1 write 4 patterns, steps 2-3 4 or 8, then any N."""
     config = TrainConfig(steps=40, batch_size=1, lr=1e-3, log_every=1, checkpoint_every=100, num_patterns=(8, 4, 12),
