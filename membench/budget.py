@@ -5,6 +5,8 @@ A model declares `memory_floats(spec)`; the runner measures what `write` actuall
 exceeds the budget (`check_measured`). Measuring counts storage, not shapes: a tensor
 counts its storage's bytes / 4 (a view of a larger tensor counts the whole of it, a bool
 or float64 tensor its bytes), split over the B episodes when its first dimension is B.
+Reads are given a `sealed` copy of the measured state, so what the measurement does not see
+cannot reach them.
 """
 from __future__ import annotations
 
@@ -55,26 +57,72 @@ def check_declared(model: AssociativeMemory, spec: TaskSpec, budget: int, model_
     return count
 
 
+FLOAT32_EXACT_INT = 2 ** 24  # integers a float32 holds exactly
+
+
+def _unmeasurable(path: str, what: str) -> MembenchError:
+    return MembenchError(f"the memory state holds {path}, {what}, which membench cannot measure; return float "
+                         "tensors (or tuples, lists, dicts with string keys, or dataclasses of them)")
+
+
 def _tensors(state: Any, path: str):
     """Yield (path, tensor or array) for every leaf of `state`; refuse leaves that cannot be measured."""
     if state is None:
         return
+    if isinstance(state, np.ndarray) and state.dtype == object:
+        raise _unmeasurable(path, "an array of Python objects")
     if isinstance(state, (torch.Tensor, np.ndarray)):
         yield path, state
-    elif isinstance(state, (bool, numbers.Number)):
+    elif isinstance(state, bool) or (isinstance(state, numbers.Integral) and abs(state) <= FLOAT32_EXACT_INT):
         yield path, torch.zeros(1)  # a Python number counts as one value
+    elif isinstance(state, numbers.Integral):
+        raise _unmeasurable(path, "an integer beyond float32's exact range (|n| > 2^24)")
+    elif isinstance(state, numbers.Real):
+        yield path, torch.zeros(1)  # read gets it rounded to float32 (`sealed`)
     elif isinstance(state, (tuple, list)):
         for index, item in enumerate(state):
             yield from _tensors(item, f"{path}[{index}]")
     elif isinstance(state, dict):
         for key, item in state.items():
+            if not isinstance(key, str) or len(key) > MAX_KEY_LENGTH:
+                raise _unmeasurable(f"{path}[{str(key)[:40]!r}]", f"a key that is not a name of at most "
+                                    f"{MAX_KEY_LENGTH} characters")
             yield from _tensors(item, f"{path}[{key!r}]")
     elif dataclasses.is_dataclass(state) and not isinstance(state, type):
         for field in dataclasses.fields(state):
             yield from _tensors(getattr(state, field.name), f"{path}.{field.name}")
     else:
-        raise MembenchError(f"the memory state holds {path} of type {type(state).__name__}, which membench cannot "
-                            "measure; return tensors (or tuples, lists, dicts or dataclasses of them)")
+        raise _unmeasurable(path, f"of type {type(state).__name__}")
+
+
+MAX_KEY_LENGTH = 100  # a dict key names a part of the state; it is not a place to keep values
+
+
+def sealed(state: Any) -> Any:
+    """A copy of a measured `state` that holds only what `measure_state` counts, for `read`: new plain
+    tensors and arrays (no attributes, no storage shared with the original), plain lists, tuples and
+    dicts, dataclasses rebuilt from their fields, Python floats rounded to float32. Nothing kept beside
+    the measured values (an attribute set on a tensor, a cache keyed by the state's identity) reaches
+    the read. Tensor subclasses are refused: their behaviour is not measured."""
+    if state is None or isinstance(state, (bool, numbers.Integral)):
+        return state
+    if isinstance(state, numbers.Real):
+        return float(np.float32(state))
+    if isinstance(state, torch.Tensor):
+        if type(state) not in (torch.Tensor, torch.nn.Parameter):
+            raise MembenchError(f"the memory state holds a {type(state).__name__}, a tensor subclass; return plain "
+                                "torch.Tensor values")
+        return state.detach().clone()
+    if isinstance(state, np.ndarray):
+        return np.array(state, copy=True, subok=False)
+    if isinstance(state, tuple) and hasattr(state, "_fields"):  # a named tuple
+        return type(state)._make(sealed(item) for item in state)
+    if isinstance(state, (tuple, list)):
+        return (tuple if isinstance(state, tuple) else list)(sealed(item) for item in state)
+    if isinstance(state, dict):
+        return {key: sealed(item) for key, item in state.items()}
+    fields = {field.name: sealed(getattr(state, field.name)) for field in dataclasses.fields(state) if field.init}
+    return dataclasses.replace(state, **fields)
 
 
 def measure_state(state: Any, batch_size: int) -> int:

@@ -24,6 +24,7 @@ import pandas as pd
 import torch
 from tabulate import tabulate
 
+from membench.budget import sealed
 from membench.errors import MembenchError
 from membench.plots import save, training_curves
 from membench.report import REPO_ROOT, distinct
@@ -227,7 +228,7 @@ def reconstruction_grid(record: dict[str, Any], path: Path, checkpoint_dir: Path
     torch.manual_seed(spec.seed)
     episodes = task.sample(1, torch.Generator().manual_seed(spec.seed + EVAL_STREAM), split="test")
     with torch.no_grad():
-        retrievals = model.read(model.write(episodes.patterns), episodes.queries).clamp(0, 1)
+        retrievals = model.read(sealed(model.write(episodes.patterns)), episodes.queries).clamp(0, 1)
     errors = task.errors(retrievals, episodes.patterns)[0]
     plt = _pyplot()
     columns = min(columns, task.spec.num_patterns)

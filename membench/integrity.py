@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from membench.budget import check_measured
+from membench.budget import check_measured, sealed
 from membench.errors import MembenchError
 from membench.interface import AssociativeMemory
 
@@ -103,10 +103,10 @@ def audit_write(model: AssociativeMemory, patterns: torch.Tensor, queries: torch
                     "and return everything it keeps in the state it returns")
             measured = check_measured(state, patterns.shape[0], declared, budget, model_name)
             torch.manual_seed(0)
-            first = model.read(state, queries)
+            first = model.read(sealed(state), queries)
             model.write(other)
             torch.manual_seed(0)
-            second = model.read(state, queries)
+            second = model.read(sealed(state), queries)
     finally:
         model.train(was_training)
     if first.shape != second.shape or not torch.allclose(first, second, rtol=1e-5, atol=1e-5, equal_nan=True):

@@ -10,7 +10,9 @@ The contract, which the runner checks on every run (membench.budget, membench.in
   (or tuples, lists, dicts and dataclasses of them) with the B episodes on their first
   dimension. The runner counts the values in that state (a tensor's storage bytes / 4, so
   other dtypes do not escape the count) and refuses a run whose count differs from
-  `memory_floats` or exceeds the budget;
+  `memory_floats` or exceeds the budget. `read` is given a copy of the measured values
+  alone (`membench.budget.sealed`: new tensors, plain containers), so nothing hidden
+  beside them (an attribute on a tensor, a cache keyed by the state object) reaches it;
 - `write` leaves the model unchanged (parameters, buffers and plain attributes), and an
   episode's retrievals depend on that episode alone.
 

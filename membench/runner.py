@@ -5,7 +5,8 @@ Data flow of one run (a `RunSpec`):
     model = build_model(spec, task)                       # preset resolved once; sized to the budget
     check_declared(...); audit_write(...)                 # declared and measured counts, isolated writes
     meta_train(model, task, model.preset.train, ...)      # learned models only; cached checkpoint
-    errors = task.errors(model.read(model.write(patterns), queries), patterns)  # every state measured
+    state = model.write(patterns); check_measured(state, ...)          # every batch's state measured
+    errors = task.errors(model.read(sealed(state), queries), patterns)  # read: a copy of the measured values
     ResultsStore.save(record)                             # atomic; finished runs are skipped
 Several processes may share one output directory: each run is claimed with a lock, so
 every run is computed once.
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 
 import membench
-from membench.budget import check_declared, check_measured
+from membench.budget import check_declared, check_measured, sealed
 from membench.errors import CheckpointBusy, MembenchError, TrainingPaused
 from membench.integrity import audit_write
 from membench.interface import AssociativeMemory, resolve_preset
@@ -260,7 +261,7 @@ def evaluate(model: AssociativeMemory, task: Task, spec: RunSpec, device: torch.
             episodes = task.sample(batch, generator, split=split).to(device)
             state = model.write(episodes.patterns)
             check_measured(state, batch, declared, spec.budget, spec.model)
-            retrievals = model.read(state, episodes.queries)
+            retrievals = model.read(sealed(state), episodes.queries)
             if not isinstance(retrievals, torch.Tensor) or retrievals.shape != episodes.queries.shape:
                 got = tuple(retrievals.shape) if isinstance(retrievals, torch.Tensor) else type(retrievals).__name__
                 raise MembenchError(f"model '{spec.model}': read returned {got}, expected a tensor of shape "

@@ -73,6 +73,49 @@ class KeepsInGlobal(KeepsOnSelf):
         return StoresEverything.read(self, SHARED["kept"], queries)
 
 
+class PacksIntoInteger(StoresEverything):
+    """Declares one float and returns every bit of the batch packed into one Python integer."""
+
+    def write(self, patterns):
+        return int("1" + "".join(str(int(b)) for b in patterns.flatten().tolist()), 2)
+
+
+class HoldsObjects(StoresEverything):
+    """Declares one float per episode and returns the patterns inside an array of Python objects."""
+
+    def write(self, patterns):
+        return np.array([[p] for p in patterns], dtype=object)
+
+
+class HidesOnTensor(StoresEverything):
+    """Declares one float per episode; keeps the patterns in an attribute of the measured tensor."""
+
+    def write(self, patterns):
+        marker = patterns.new_zeros(patterns.shape[0], 1)
+        marker.kept = patterns.clone()
+        return marker
+
+    def read(self, state, queries):
+        kept = getattr(state, "kept", None)
+        return queries if kept is None else StoresEverything.read(self, kept, queries)
+
+
+CACHE: dict[int, torch.Tensor] = {}
+
+
+class CachesByIdentity(HidesOnTensor):
+    """Declares one float per episode; keeps the patterns in a module-level cache keyed by the state tensor."""
+
+    def write(self, patterns):
+        marker = patterns.new_zeros(patterns.shape[0], 1)
+        CACHE[marker.data_ptr()] = patterns.clone()
+        return marker
+
+    def read(self, state, queries):
+        kept = CACHE.get(state.data_ptr())
+        return queries if kept is None else StoresEverything.read(self, kept, queries)
+
+
 class TruncatedSoftmax(AssociativeMemory):
     """An honest outside model: as many whole patterns as the budget holds, each truncated to fit."""
 
@@ -116,6 +159,8 @@ def _run(model: str, tmp_path, num_patterns=(96,), budget=None):
     (DeclaresBudget, r"holds 12288 .* exceeds the budget \(declared 8256, measured 12288, budget 8256\)"),
     (KeepsOnSelf, r"KeepsOnSelf' changed 'kept' while writing"),
     (KeepsInGlobal, r"KeepsInGlobal' retrieved differently from the same state after another batch was written"),
+    (PacksIntoInteger, r"the memory state holds state, an integer beyond float32's exact range"),
+    (HoldsObjects, r"the memory state holds state, an array of Python objects"),
 ])
 def test_cheating_models_are_refused_in_one_line_and_nothing_is_written(cls, message, tmp_path):
     with pytest.raises(MembenchError, match=message) as caught:
@@ -123,6 +168,17 @@ def test_cheating_models_are_refused_in_one_line_and_nothing_is_written(cls, mes
     assert "\n" not in str(caught.value)
     assert ResultsStore(tmp_path).records() == []
 
+
+
+@pytest.mark.parametrize("cls", [HidesOnTensor, CachesByIdentity])
+def test_what_the_measurement_does_not_see_never_reaches_the_read(cls, tmp_path):
+    """A model that keeps the patterns beside its one measured value per episode (an attribute of the tensor,
+    a cache keyed by it) reads a sealed copy of the state, so it retrieves only the queries back."""
+    (record,) = _run(f"{__name__}:{cls.__name__}", tmp_path, num_patterns=(32,))
+    passthrough = record["mean_error"]
+    assert record["memory_floats"] == 1 and passthrough > 20  # half the 64 erased bits wrong: nothing retrieved
+    patterns = BinaryTask(32).sample(2, torch.Generator().manual_seed(0)).patterns
+    assert measure_state(cls(BinaryTask(32).spec).write(patterns), 2) == 1
 
 def test_honest_models_differ_only_in_what_they_declare(tmp_path):
     """The same state, declared exactly: it runs, and its record holds the measured count."""
