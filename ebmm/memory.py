@@ -80,6 +80,11 @@ class EBMMConfig:
     momentum_init: float = 0.5    # initial psi_1 of reading
     decay_init: float = 0.95      # initial sigmoid(eta_k): gamma_k / gamma_{k-1} and psi_k / psi_{k-1}
 
+    def __post_init__(self) -> None:
+        for name in ("hidden", "hops", "memory_size", "read_steps", "write_steps"):
+            if getattr(self, name) < 1:
+                raise MembenchError(f"{name}={getattr(self, name)} must be at least 1")
+
 
 PRESETS: dict[str, Preset] = {
     # CPU, on 2 cores: small hidden size, 2 hops, three write steps and three read steps, large

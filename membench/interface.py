@@ -91,6 +91,34 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise MembenchError(f"unknown precision '{self.precision}' (train.precision); valid: {', '.join(PRECISIONS)}")
+        for name in ("steps", "batch_size", "log_every", "checkpoint_every"):
+            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
+                raise MembenchError(f"train.{name}={getattr(self, name)!r} must be a positive integer")
+        if not _is_int(self.curriculum_steps) or self.curriculum_steps < 0:
+            raise MembenchError(f"train.curriculum_steps={self.curriculum_steps!r} must be a non-negative integer")
+        for name in ("lr", "clip_norm"):
+            if not isinstance(getattr(self, name), (int, float)) or not getattr(self, name) > 0:
+                raise MembenchError(f"train.{name}={getattr(self, name)!r} must be a positive number")
+        if self.num_patterns is not None:
+            sizes = (self.num_patterns,) if _is_int(self.num_patterns) else self.num_patterns
+            if not isinstance(sizes, (tuple, list)) or not sizes or not all(_is_int(n) and n > 0 for n in sizes):
+                raise MembenchError(f"train.num_patterns={self.num_patterns!r} must be null or a list of positive "
+                                    "integers such as [16,32,48]")
+            object.__setattr__(self, "num_patterns", tuple(sizes))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_option_type(label: str, config: Any, key: str, value: Any) -> None:
+    """MembenchError unless `value` has the type of the field's default (int, float, bool or str): a typo'd
+    number does not fail deep inside a model."""
+    default = getattr(config, key.split(".")[-1])
+    expected = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}.get(type(default))
+    if expected and (not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected)):
+        raise MembenchError(f"model '{label}': option {key}={value!r} is not of type {type(default).__name__} "
+                            f"(its default: {default!r})")
 
 
 @dataclass(frozen=True)
@@ -127,6 +155,8 @@ def resolve_preset(cls: type["AssociativeMemory"], spec: TaskSpec, name: str,
         if unknown:
             raise MembenchError(f"model '{label}' has no option {', '.join(repr(prefix + u) for u in unknown)}. "
                                 f"Its options: {', '.join(prefix + f for f in sorted(fields))}")
+        for key, value in given.items():
+            _check_option_type(label, config, prefix + key, value)
     return Preset(dataclasses.replace(preset.model, **model_options),
                   dataclasses.replace(preset.train, **train_options))
 

@@ -70,6 +70,21 @@ def test_bad_numbers_are_refused_before_any_work(tmp_path, args, fragment):
     assert not (tmp_path / "runs").exists()
 
 
+
+@pytest.mark.parametrize("option, fragment", [
+    ("train.log_every=0", "train.log_every=0 must be a positive integer"),
+    ("train.num_patterns=[16,0]", "train.num_patterns=(16, 0) must be null or a list of positive integers"),
+    ("train.lr=fast", "option train.lr='fast' is not of type float"),
+    ("read_steps=0", "read_steps=0 must be at least 1"),
+    ("hidden=12.5", "option hidden=12.5 is not of type int (its default: 128)"),
+    ("grad_norm_term=1", "option grad_norm_term=1 is not of type bool"),
+])
+def test_bad_option_values_are_refused_before_any_work(tmp_path, option, fragment):
+    result = _invoke("run", "--suite", "table1-learned", "--model", "ebmm", "--num-patterns", "16", "--option", option,
+                     "--out", str(tmp_path), "--no-progress")
+    _one_clear_line(result, fragment, exit_code=1)
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
+
 def test_duplicate_seeds_and_sizes_run_once(tmp_path):
     result = _invoke("run", "--model", "raw_slots", "--seeds", "0,0,1", "--num-patterns", "16,16",
                      "--queries", "16", "--out", str(tmp_path), "--no-progress")
