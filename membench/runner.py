@@ -37,7 +37,7 @@ from membench.interface import AssociativeMemory, resolve_preset
 from membench.provenance import environment, git_state
 from membench.registry import make_task, resolve_model
 from membench.store import ResultsStore, read_record, warn, write_atomic, write_text_atomic
-from membench.suites import RunSpec
+from membench.suites import DEFAULT_PRESET, RunSpec
 from membench.tasks import Task
 from membench.training import load_checkpoint, meta_train, read_checkpoint, weights_only
 
@@ -359,6 +359,8 @@ def run_all(specs: list[RunSpec], out_dir: Path, device: str = "auto", force: bo
     for spec in specs:  # fail fast on unknown names before any work
         resolve_model(spec.model)
         make_task(spec.task)
+    specs = [spec if resolve_model(spec.model).trainable else dataclasses.replace(spec, preset=DEFAULT_PRESET)
+             for spec in specs]  # a model that is not trained has no preset: one run id whatever --preset says
     if launcher == "ray":
         from membench.ray_launcher import run_with_ray
 

@@ -17,6 +17,9 @@ LEARNED_MODELS = ("ebmm", "memory_networks", "memory_networks_learned", "mann", 
                   "kanerva_machine", "dnc")
 
 
+DEFAULT_PRESET = "quick"
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """Everything that determines one run's numbers (device aside)."""
@@ -27,7 +30,7 @@ class RunSpec:
     budget: int                     # float32 budget the model must fit
     seed: int
     queries: int                    # at least this many queries are evaluated
-    preset: str = "quick"           # training preset of learned models
+    preset: str = DEFAULT_PRESET    # training preset of learned models (others run under the default)
     options: dict[str, Any] = field(default_factory=dict)  # extra model constructor options
 
     @property

@@ -134,6 +134,13 @@ def test_a_run_another_process_redid_while_this_one_waited_is_not_computed_again
     assert rerun["run_id"] == specs[1].run_id  # the first was left to the other process
     assert len(ResultsStore(tmp_path).records()) == 2
 
+
+def test_a_model_that_is_not_trained_runs_once_whatever_the_preset(tmp_path):
+    (record,) = run_all(_specs("raw_slots", num_patterns=(16,)), tmp_path, device="cpu", progress=False)
+    gpu = get_suite("table1").expand("table1", ("raw_slots",), (0,), 64, "gpu", (16,))
+    assert run_all(gpu, tmp_path, device="cpu", progress=False) == []
+    assert [r["run_id"] for r in ResultsStore(tmp_path).records()] == [record["run_id"]]
+
 def test_killed_process_leaves_no_partial_record(tmp_path):
     """SIGKILL a real `membench run` midway; the rerun completes every run exactly once."""
     (tmp_path / "slow_memory.py").write_text(textwrap.dedent("""
