@@ -115,9 +115,10 @@ def list_command() -> None:
               help=f"Comma-separated seeds in [0, {MAX_SEED}].")
 @click.option("--queries", type=click.IntRange(1),
               help="Minimum queries per run. Default: the suite's (1000 for table1, 64000 = 1000 batches for fig3-*).")
-@click.option("--preset", default="quick", show_default=True, type=click.Choice(["quick", "gpu", "paper"]),
-              help="Training preset of meta-learned models: quick (CPU, minutes), gpu (one GPU, minutes to an "
-                   "hour, CUDA graphs), paper (the paper's scale, GPU days).")
+@click.option("--preset", default="quick", show_default=True,
+              help="Training preset of meta-learned models; the built-in ones have quick (CPU, minutes), gpu (one "
+                   "GPU, minutes to an hour, CUDA graphs) and paper (the paper's scale, GPU days); a model of yours "
+                   "may name others.")
 @click.option("--budget", type=click.IntRange(1), help="Float32 budget. Default: the suite's (8256 for table1).")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--out", default=DEFAULT_OUT, show_default=True, type=click.Path(file_okay=False, path_type=Path),
@@ -356,7 +357,7 @@ def capacity(out) -> None:
               help="table1 (the binary task at each --num-patterns) or a rate sweep (fig3-omniglot, fig3-cifar: "
                    "each point of the models' curves).")
 @click.option("--model", "models", multiple=True, default=("ebmm",), show_default=True, help="Learned model; repeatable.")
-@click.option("--preset", default="quick", show_default=True, type=click.Choice(["quick", "gpu", "paper"]))
+@click.option("--preset", default="quick", show_default=True, help="Training preset (as for `membench run`).")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--num-patterns", default="64", callback=_int_list(1), show_default=True, help="Comma-separated N.")
 @click.option("--batch-sizes", callback=_int_list(1), help="Comma-separated episodes per update. Default: the preset's.")

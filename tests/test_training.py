@@ -153,6 +153,23 @@ def test_shipped_checkpoint_evaluates_without_training(tmp_path: Path, monkeypat
     assert second["training"]["history"] == first["training"]["history"] == saved["history"]
 
 
+
+def test_a_model_of_yours_may_name_its_own_presets(tmp_path: Path, monkeypatch):
+    (tmp_path / "tiny_learned.py").write_text(TINY_MODEL + textwrap.dedent("""
+
+        class OwnPresets(TinyLearned):
+            @classmethod
+            def presets(cls, spec, options):
+                return {"tiny": super().presets(spec, options)["quick"]}
+    """))
+    monkeypatch.chdir(tmp_path)
+    args = ["run", "--model", "tiny_learned:OwnPresets", "--num-patterns", "16", "--queries", "32", "--out", "out",
+            "--no-progress", "--preset"]
+    ran = CliRunner().invoke(main, [*args, "tiny"])
+    assert ran.exit_code == 0 and "1 run(s) executed" in ran.output, ran.output
+    refused = CliRunner().invoke(main, [*args, "quick"])
+    assert refused.exit_code == 1 and "has no preset 'quick'. Its presets: tiny" in refused.output
+
 def test_weights_only_checkpoint_resumes_with_a_fresh_optimiser(tmp_path: Path, capsys):
     """Longer training continues from a shipped (weights-only) checkpoint: from its weights, step and episode
     stream, with a fresh AdamW state; the history gains a second stretch."""
