@@ -16,6 +16,8 @@ of the run's own seed.
 from __future__ import annotations
 
 import json
+import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -44,17 +46,28 @@ QUICK_CHANGES = ("quick preset (a CPU smoke test, not a result): the paper's tas
 
 
 def image_records(out_dir: Path) -> list[dict[str, Any]]:
-    """Finished runs in `out_dir` of Figure 3's block-corrupted image tasks, one per (point, seed) (report.distinct);
-    runs of other corruptions (noise, mask: block 0) belong to the capacity suites."""
+    """Finished runs in `out_dir` of Figure 3's suites (fig3-*), one per (point, seed) (report.distinct); the
+    image capacity suites' runs, even of the same block-corrupted task, are theirs."""
+    from membench.suites import SUITES, SweepSuite
+
     return distinct([r for r in ResultsStore(out_dir).records()
-                     if r["task"]["kind"] in PAPER_DATASET and r["task"].get("block")])[0]
+                     if isinstance(SUITES.get(r["suite"]), SweepSuite) and r["task"]["kind"] in PAPER_DATASET])[0]
 
 
-def _curve_label(record: dict[str, Any]) -> str:
+def _curve_label(record: dict[str, Any]) -> tuple[str, str]:
+    """(the paper's curve label of a record, its variant: the options beyond its curve point's, '' if none)."""
+    from membench.report import options_text
     from membench.suites import SUITES, SweepSuite
 
     suite = SUITES.get(record["suite"])
-    return suite.curve_label(record["model"], record["options"]) if isinstance(suite, SweepSuite) else record["model"]
+    if not isinstance(suite, SweepSuite):
+        return record["model"], options_text(record["options"])
+    label, extra = suite.curve_label(record["model"], record["options"])
+    return label, options_text(extra)
+
+
+def _line_label(curve: str, variant: str) -> str:
+    return f"{curve} [{variant}]" if variant else curve
 
 
 def batch_errors(record: dict[str, Any]) -> np.ndarray:
@@ -77,7 +90,8 @@ def summarise(records: list[dict[str, Any]], reference: pd.DataFrame | None = No
     """One row per point (data set, curve, memory size, N, preset): pooled over seeds."""
     rows = []
     for record in records:
-        rows.append({"dataset": record["task"]["kind"], "curve": _curve_label(record), "model": record["model"],
+        curve, variant = _curve_label(record)
+        rows.append({"dataset": record["task"]["kind"], "curve": curve, "variant": variant, "model": record["model"],
                      "options": json.dumps(record["options"], sort_keys=True), "memory_floats": record["memory_floats"],
                      "num_patterns": record["task"]["num_patterns"], "preset": record["preset"],
                      "image_size": record["task"]["image_size"], "block": record["task"]["block"],
@@ -89,20 +103,21 @@ def summarise(records: list[dict[str, Any]], reference: pd.DataFrame | None = No
                      "command": record["command"]})
     if not rows:
         return pd.DataFrame()
-    keys = ["dataset", "curve", "model", "options", "memory_floats", "num_patterns", "preset", "image_size", "block",
-            "data", "budget"]
+    keys = ["dataset", "curve", "variant", "model", "options", "memory_floats", "num_patterns", "preset", "image_size",
+            "block", "data", "budget"]
     summary = []
     for key, group in pd.DataFrame(rows).groupby(keys, sort=False):
         batches = np.concatenate(list(group["batch_errors"]))
         p5, median, p95 = np.percentile(batches, [5, 50, 95])
         seen = np.concatenate(list(group["train_batches"]))
-        summary.append({**dict(zip(keys, key)), "memory_k": key[4] / 1000, "median": median, "p5": p5, "p95": p95,
+        summary.append({**dict(zip(keys, key)), "memory_k": key[keys.index("memory_floats")] / 1000, "median": median, "p5": p5, "p95": p95,
                         "train_median": float(np.median(seen)) if seen.size else np.nan,
                         "mean": batches.mean(), "batches": len(batches),
                         "seeds": " ".join(str(s) for s in sorted(group["seed"])),
                         "train_time_s": float(group["train_time_s"].sum()), "wall_time_s": float(group["wall_time_s"].sum()),
                         "device": " ".join(sorted(set(group["device"]))), "command": " | ".join(sorted(set(group["command"])))})
-    frame = pd.DataFrame(summary).sort_values(["dataset", "curve", "memory_floats"], kind="stable").reset_index(drop=True)
+    frame = pd.DataFrame(summary).sort_values(["dataset", "curve", "variant", "preset", "num_patterns", "memory_floats"],
+                                              kind="stable").reset_index(drop=True)
     return _attach_paper(frame, reference)
 
 
@@ -126,7 +141,7 @@ def dataset_table(frame: pd.DataFrame) -> str:
     """The markdown table of one data set's points: ours beside the paper's (and the train-split
     median of trained models, where a record has one: well below the test median means memorised)."""
     with_train = bool(frame["train_median"].notna().any())
-    grid = [[row.curve, f"{row.memory_k:.2f}", f"{row.median:.2f} [{row.p5:.2f}, {row.p95:.2f}]",
+    grid = [[_line_label(row.curve, row.variant), f"{row.memory_k:.2f}", f"{row.median:.2f} [{row.p5:.2f}, {row.p95:.2f}]",
              "" if pd.isna(row.paper) else f"{row.paper:.2f} [{row.paper_lo:.2f}, {row.paper_hi:.2f}]",
              row.num_patterns, row.batches, row.preset, f"{row.train_time_s:.0f}", f"{row.wall_time_s:.1f}"]
             + ([] if not with_train else ["" if pd.isna(row.train_median) else f"{row.train_median:.2f}"])
@@ -191,10 +206,13 @@ def plot(summary: pd.DataFrame, reference: pd.DataFrame | None, paths: list[Path
                 ax.plot(points.memory_k, points.error, "--x", color=colours[label], alpha=0.7, label=f"paper: {label}")
                 ax.fill_between(points.memory_k, points.lo, points.hi, color=colours[label], alpha=0.12)
         ours = summary[summary.dataset == dataset] if not summary.empty else summary
-        for label, points in (ours.groupby("curve") if not ours.empty else []):
+        lines = ours.groupby(["curve", "variant", "preset", "num_patterns"], sort=True) if not ours.empty else []
+        for index, ((label, variant, preset, n), points) in enumerate(lines):
             points = points.sort_values("memory_k")
+            tags = ([preset] if ours.preset.nunique() > 1 else []) + ([f"N={n}"] if ours.num_patterns.nunique() > 1 else [])
             ax.errorbar(points.memory_k, points["median"], yerr=[points["median"] - points.p5, points.p95 - points["median"]],
-                        fmt="-o", color=colours[label], capsize=3, label=f"ours: {label}")
+                        fmt="-" + "osD^v"[index % 5], color=colours[label], capsize=3,
+                        label=f"ours: {_line_label(label, variant)}" + (f" ({', '.join(tags)})" if tags else ""))
         _readable_axis(ax, ours, reference[reference.dataset == paper_name] if reference is not None else None)
         if ours.empty:
             ax.text(0.5, 0.5, "no runs yet", transform=ax.transAxes, ha="center", color="grey")
@@ -211,12 +229,11 @@ def plot(summary: pd.DataFrame, reference: pd.DataFrame | None, paths: list[Path
     return paths
 
 
-def reconstruction_grid(record: dict[str, Any], path: Path, checkpoint_dir: Path, columns: int = 8) -> Path | None:
-    """Rows: query, retrieval, original for the first `columns` queries of the run's first test episode.
-
-    Returns the written path, or None (after printing why) when a trained model's checkpoint is absent.
-    """
-    from membench.runner import EVAL_STREAM, load_trained
+def first_episode(record: dict[str, Any], checkpoint_dir: Path) -> tuple[Any, torch.Tensor, torch.Tensor] | None:
+    """The first test episode a run evaluated, as `runner.evaluate` drew it: (episodes (1 episode), its
+    retrievals (1, N, C, H, W) in [0, 1], their errors (N,)); None (after printing why) when a trained
+    model's checkpoint is absent."""
+    from membench.runner import EVAL_EPISODES_PER_BATCH, EVAL_STREAM, load_trained
     from membench.suites import RunSpec
 
     spec = RunSpec(**{name: record[name] for name in RunSpec.__dataclass_fields__})
@@ -226,12 +243,23 @@ def reconstruction_grid(record: dict[str, Any], path: Path, checkpoint_dir: Path
               "(rerun its `membench run` command there to retrain it)")
         return None
     torch.manual_seed(spec.seed)
-    episodes = task.sample(1, torch.Generator().manual_seed(spec.seed + EVAL_STREAM), split="test")
+    first_batch = min(EVAL_EPISODES_PER_BATCH, math.ceil(spec.queries / task.spec.num_patterns))
+    episodes = task.sample(first_batch, torch.Generator().manual_seed(spec.seed + EVAL_STREAM), split="test")
+    episodes = type(episodes)(episodes.patterns[:1], episodes.queries[:1])  # episodes are written independently
     with torch.no_grad():
         retrievals = model.read(sealed(model.write(episodes.patterns)), episodes.queries).clamp(0, 1)
-    errors = task.errors(retrievals, episodes.patterns)[0]
+    return episodes, retrievals, task.errors(retrievals, episodes.patterns)[0]
+
+
+def reconstruction_grid(record: dict[str, Any], path: Path, checkpoint_dir: Path, columns: int = 8) -> Path | None:
+    """Rows: query, retrieval, original for the first `columns` queries of the run's first test episode
+    (`first_episode`). Returns the written path, or None when a trained model's checkpoint is absent."""
+    shown = first_episode(record, checkpoint_dir)
+    if shown is None:
+        return None
+    episodes, retrievals, errors = shown
     plt = _pyplot()
-    columns = min(columns, task.spec.num_patterns)
+    columns = min(columns, record["task"]["num_patterns"])
     fig, axes = plt.subplots(3, columns, figsize=(1.2 * columns, 3.9), squeeze=False)
     for row, (name, images) in enumerate((("query", episodes.queries), ("retrieval", retrievals),
                                           ("original", episodes.patterns))):
@@ -243,7 +271,7 @@ def reconstruction_grid(record: dict[str, Any], path: Path, checkpoint_dir: Path
             if row == 1:
                 axes[row, col].set_xlabel(f"{errors[col]:.1f}", fontsize=7)
         axes[row, 0].set_ylabel(name, fontsize=8)
-    fig.suptitle(f"{_curve_label(record)} on {record['task']['kind']}, {record['memory_floats'] / 1000:.2f}k floats "
+    fig.suptitle(f"{_line_label(*_curve_label(record))} ({record['preset']}) on {record['task']['kind']}, {record['memory_floats'] / 1000:.2f}k floats "
                  f"(retrieval error under each image)", fontsize=9)
     fig.tight_layout()
     save(fig, path)
@@ -274,10 +302,12 @@ def figures(out_dir: Path, reference: Path | None = DEFAULT_REFERENCE, checkpoin
     written += training_curves(out_dir, name="fig3_training_curves")
     if grids:
         largest: dict[tuple[str, str], dict[str, Any]] = {}
+        presets = {r["preset"] for r in records}
         for record in sorted(records, key=lambda r: (r["memory_floats"], -r["seed"])):
-            largest[(record["task"]["kind"], _curve_label(record))] = record
-        for (dataset, label), record in sorted(largest.items()):
-            path = reconstruction_grid(record, out_dir / f"fig3_recon_{dataset}_{label}.png",
+            line = _line_label(*_curve_label(record)) + (f" {record['preset']}" if len(presets) > 1 else "")
+            largest[(record["task"]["kind"], re.sub(r"[^A-Za-z0-9.=-]+", "_", line).strip("_"))] = record
+        for (dataset, name), record in sorted(largest.items()):
+            path = reconstruction_grid(record, out_dir / f"fig3_recon_{dataset}_{name}.png",
                                        checkpoint_dir or default_checkpoint_dir())
             written += [path] if path else []
     return markdown, written

@@ -68,11 +68,16 @@ def trained_on(records: list[dict[str, Any]]) -> str:
     return "; ".join(parts)
 
 
+def options_text(options: dict[str, Any]) -> str:
+    """Run options as `key=value, ...`, sorted ('' for none)."""
+    return ", ".join(f"{k}={v}" for k, v in sorted(options.items()))
+
+
 def row_label(model: str, preset: str, trained: bool, options: dict[str, Any] | None = None) -> str:
     """Table row of a model: its name, the training preset unless it is the default 'quick', and its options."""
     label = f"{model} ({preset})" if trained and preset != "quick" else model
     if options:
-        label += " [" + ", ".join(f"{k}={v}" for k, v in sorted(options.items())) + "]"
+        label += f" [{options_text(options)}]"
     return label
 
 

@@ -47,6 +47,7 @@ LATE_TRAIN_FIELDS = {"curriculum_steps": 0, "precision": "float32"}
 LATE_MODEL_FIELDS = {"write_norm_power": None, "learn_write_norm": False, "grad_norm_lr_init": None,
                      "read_known": True, "stepwise_loss": True}
 EVAL_STREAM = 104729  # offset of the evaluation generator's seed from the run seed
+EVAL_EPISODES_PER_BATCH = 64  # episodes sampled (and written) at once in evaluation
 PROBE_STREAM = 1299709  # offset of the seed of the probe batches that audit a model's writes
 TRAIN_SPLIT_STREAM = 15485863  # offset for the train-split check of trained image models
 TRAIN_SPLIT_EPISODES = 100  # train-split episodes evaluated per trained image model (memorisation check)
@@ -245,7 +246,8 @@ def audit(model: AssociativeMemory, task: Task, spec: RunSpec, declared: int, de
 
 
 def evaluate(model: AssociativeMemory, task: Task, spec: RunSpec, device: torch.device, declared: int,
-             episodes_per_batch: int = 64, split: str = "test", queries: int | None = None) -> list[float]:
+             episodes_per_batch: int = EVAL_EPISODES_PER_BATCH, split: str = "test", queries: int | None = None
+             ) -> list[float]:
     """Per-query errors over ceil(queries / N) fresh episodes of `split` (query every written pattern once).
 
     Every batch's state is measured against `declared` and the budget."""

@@ -164,12 +164,18 @@ class SweepSuite:
                       for curve in curves for options, point_budget in curve.at(preset) for seed in seeds]
         return specs
 
-    def curve_label(self, model: str, options: dict[str, Any]) -> str:
-        """The paper's curve label of a run (the model name if no curve lists it)."""
+    def curve_label(self, model: str, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """The paper's curve label of a run (the model name if no curve lists it) and the run's options
+        beyond those of its curve point (e.g. train.precision from `--option`): the run's variant."""
+        best: tuple[int, str, dict[str, Any]] | None = None
         for label, curve in self.curves.items():
-            if curve.model == model and any(options == point for point, _ in curve.all_points()):
-                return label
-        return model
+            for point, _ in curve.all_points() if curve.model == model else ():
+                if all(key in options and options[key] == value for key, value in point.items()):
+                    if best is None or len(point) > best[0]:
+                        best = (len(point), label, point)
+        if best is None:
+            return model, dict(options)
+        return best[1], {key: value for key, value in options.items() if key not in best[2]}
 
 
 CAPACITY_MODELS = CLASSICAL_MODELS + MODERN_MODELS   # the non-learned memories

@@ -8,7 +8,8 @@ from click.testing import CliRunner
 
 from membench.cli import main
 from membench.errors import MembenchError
-from membench.figure3 import batch_errors, summarise
+from membench.figure3 import batch_errors, first_episode, summarise
+from membench.store import ResultsStore
 from membench.suites import get_suite
 
 
@@ -22,12 +23,14 @@ def test_sweep_suite_expands_points(data_root):
     ebmm = {s.budget: s.options for s in everything if s.model == "ebmm"}
     assert ebmm[257 * 16] == {"energy": "resnet_fc", "memory_size": 16}
     assert ebmm[578 * 6] == {"energy": "resnet_conv", "memory_size": 6}
-    assert suite.curve_label("ebmm", ebmm[578 * 6]) == "EBMM_conv"
+    assert suite.curve_label("ebmm", ebmm[578 * 6]) == ("EBMM_conv", {})
+    # a run given more options (--option) keeps its curve; the rest is its variant
+    assert suite.curve_label("ebmm", {**ebmm[257 * 16], "grad_norm_term": False}) == ("EBMM_FC", {"grad_norm_term": False})
     assert {s.budget for s in everything if s.model == "memory_networks"} == {64 * 48, 64 * 128}
     assert specs[0].task == {"kind": "omniglot", "num_patterns": 16, "image_size": 32, "block": 16,
                              "data": "images_background_small1.zip+images_background_small2.zip (train 120, test 30)"}
     assert len({s.run_id for s in specs}) == 10
-    assert suite.curve_label("raw_slots", {}) == "raw_slots" and suite.curve_label("lstm", {}) == "lstm"
+    assert suite.curve_label("raw_slots", {}) == ("raw_slots", {}) and suite.curve_label("lstm", {}) == ("lstm", {})
     with pytest.raises(MembenchError, match="budget per sweep point"):
         suite.expand("fig3-omniglot", None, (0,), 64, "quick", budget=8256)
     with pytest.raises(MembenchError, match="no curve for lstm"):
@@ -75,26 +78,45 @@ def test_cli_sweep_then_figures(data_root, tmp_path):
         assert (out / name).stat().st_size > 0, name
     summary = pd.read_csv(out / "fig3.csv")
     assert len(summary) == 10 and set(summary.batches) == {2, 4}
+    for record in ResultsStore(out).records():  # each grid shows the first episode the run evaluated
+        _, _, errors = first_episode(record, tmp_path / "cache")
+        assert errors.tolist() == pytest.approx(record["errors"][:record["task"]["num_patterns"]])
     cifar = summary[summary.dataset == "cifar10"].sort_values("memory_floats")
     assert cifar["median"].is_monotonic_decreasing          # more whole images stored: less error
 
 
-def test_figure3_keeps_block_corrupted_runs_only(monkeypatch, tmp_path):
-    """Capacity runs under a pixel mask or noise (block 0) in the same directory never join a Figure 3 curve."""
+def test_figure3_keeps_its_own_suites_runs_only(monkeypatch, tmp_path):
+    """Runs of the image capacity suites in the same directory, even of Figure 3's block-corrupted task, never
+    join a Figure 3 curve."""
     from membench import figure3
 
-    block = _record("raw_slots", 3072, [1.0], 2)
-    masked = {**_record("raw_slots", 3072, [9.0], 2), "run_id": "masked"}
-    masked["task"] = {**masked["task"], "block": 0, "mask": 0.5}
-    noisy = {**_record("raw_slots", 3072, [9.0], 2), "run_id": "noisy"}
-    noisy["task"] = {**noisy["task"], "block": 0, "noise": 0.2}
+    ours = {**_record("raw_slots", 3072, [1.0], 2), "suite": "fig3-cifar"}
+    capacity = {**_record("raw_slots", 3072, [9.0], 2), "run_id": "capacity", "suite": "capacity-cifar"}
 
     class Store:
         def __init__(self, out_dir):
             pass
 
         def records(self):
-            return [block, masked, noisy]
+            return [ours, capacity]
 
     monkeypatch.setattr(figure3, "ResultsStore", Store)
-    assert [r["run_id"] for r in figure3.image_records(tmp_path)] == [block["run_id"]]
+    assert [r["run_id"] for r in figure3.image_records(tmp_path)] == [ours["run_id"]]
+
+
+def test_a_variant_of_a_curve_point_keeps_its_curve_and_its_own_line():
+    """A run given more options than its curve point (here grad_norm_term=False) is matched to the paper's
+    curve and kept apart from the plain run, in the table and as its own line."""
+    from membench.figure3 import dataset_table
+
+    point = {"energy": "resnet_fc", "memory_size": 12}
+    plain = {**_record("ebmm", 257 * 12, [30.0, 32.0], 2), "suite": "fig3-cifar", "options": point}
+    variant = {**_record("ebmm", 257 * 12, [20.0, 22.0], 2), "suite": "fig3-cifar", "run_id": "variant",
+               "options": {**point, "grad_norm_term": False}}
+    reference = pd.DataFrame({"dataset": ["cifar"], "model": ["EBMM_FC"], "memory_k": [3.08], "error": [15.0],
+                              "lo": [14.0], "hi": [16.0]})
+    summary = summarise([plain, variant], reference)
+    assert list(zip(summary.curve, summary.variant, summary["median"])) == [
+        ("EBMM_FC", "", 31.0), ("EBMM_FC", "grad_norm_term=False", 21.0)]
+    assert list(summary.paper) == [15.0, 15.0]
+    assert "| EBMM_FC [grad_norm_term=False] |" in dataset_table(summary)

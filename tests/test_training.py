@@ -155,7 +155,7 @@ def test_shipped_checkpoint_evaluates_without_training(tmp_path: Path, monkeypat
 
 
 def test_a_model_of_yours_may_name_its_own_presets(tmp_path: Path, monkeypatch):
-    (tmp_path / "tiny_learned.py").write_text(TINY_MODEL + textwrap.dedent("""
+    (tmp_path / "own_presets.py").write_text(TINY_MODEL + textwrap.dedent("""
 
         class OwnPresets(TinyLearned):
             @classmethod
@@ -163,7 +163,7 @@ def test_a_model_of_yours_may_name_its_own_presets(tmp_path: Path, monkeypatch):
                 return {"tiny": super().presets(spec, options)["quick"]}
     """))
     monkeypatch.chdir(tmp_path)
-    args = ["run", "--model", "tiny_learned:OwnPresets", "--num-patterns", "16", "--queries", "32", "--out", "out",
+    args = ["run", "--model", "own_presets:OwnPresets", "--num-patterns", "16", "--queries", "32", "--out", "out",
             "--no-progress", "--preset"]
     ran = CliRunner().invoke(main, [*args, "tiny"])
     assert ran.exit_code == 0 and "1 run(s) executed" in ran.output, ran.output
