@@ -271,7 +271,8 @@ def reconstruction_grid(record: dict[str, Any], path: Path, checkpoint_dir: Path
             if row == 1:
                 axes[row, col].set_xlabel(f"{errors[col]:.1f}", fontsize=7)
         axes[row, 0].set_ylabel(name, fontsize=8)
-    fig.suptitle(f"{_line_label(*_curve_label(record))} ({record['preset']}) on {record['task']['kind']}, {record['memory_floats'] / 1000:.2f}k floats "
+    preset = f" ({record['preset']})" if record.get("training") else ""
+    fig.suptitle(f"{_line_label(*_curve_label(record))}{preset} on {record['task']['kind']}, {record['memory_floats'] / 1000:.2f}k floats "
                  f"(retrieval error under each image)", fontsize=9)
     fig.tight_layout()
     save(fig, path)
