@@ -29,7 +29,7 @@ from tabulate import tabulate
 from membench.budget import sealed
 from membench.errors import MembenchError
 from membench.plots import save, training_curves
-from membench.report import REPO_ROOT, distinct
+from membench.report import REPO_ROOT, distinct, episode_means
 from membench.store import ResultsStore, write_text_atomic
 
 DEFAULT_REFERENCE = REPO_ROOT / "results" / "reference" / "paper_fig3.csv"
@@ -70,16 +70,6 @@ def _line_label(curve: str, variant: str) -> str:
     return f"{curve} [{variant}]" if variant else curve
 
 
-def batch_errors(record: dict[str, Any]) -> np.ndarray:
-    """Mean error per evaluated batch (episode), in evaluation order."""
-    n = record["task"]["num_patterns"]
-    errors = np.asarray(record["errors"], dtype=float)
-    if errors.size % n:
-        raise MembenchError(f"record {record['run_id']} holds {errors.size} errors, not a whole number of N={n} "
-                            "episodes; rerun its `membench run` command with --force to replace it")
-    return errors.reshape(-1, n).mean(axis=1)
-
-
 def load_reference(path: Path | None = DEFAULT_REFERENCE) -> pd.DataFrame | None:
     if path is None or not Path(path).exists():
         return None
@@ -96,7 +86,7 @@ def summarise(records: list[dict[str, Any]], reference: pd.DataFrame | None = No
                      "num_patterns": record["task"]["num_patterns"], "preset": record["preset"],
                      "image_size": record["task"]["image_size"], "block": record["task"]["block"],
                      "data": record["task"].get("data", ""), "budget": record["budget"],
-                     "seed": record["seed"], "batch_errors": batch_errors(record),
+                     "seed": record["seed"], "batch_errors": episode_means(record),
                      "train_batches": np.asarray((record.get("train_split") or {}).get("batch_errors", []), float),
                      "train_time_s": (record["training"] or {}).get("train_time_s", 0.0),
                      "wall_time_s": record["wall_time_s"], "device": record["environment"]["device"],

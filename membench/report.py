@@ -28,12 +28,23 @@ CITATION = ("Bartunov, Rae, Osindero & Lillicrap, 'Meta-Learning Deep Energy-Bas
             "arXiv:1910.02720, Table 1")
 
 
-def mean_interval(errors: np.ndarray, confidence: float = 0.95) -> tuple[float, float, float]:
-    """Mean and a Student-t confidence interval of the mean over queries."""
-    mean = float(errors.mean())
-    if len(errors) < 2 or errors.std() == 0:
+def episode_means(record: dict[str, Any]) -> np.ndarray:
+    """Mean error of each evaluated episode (batch of N queries on one memory), in evaluation order."""
+    n = record["task"]["num_patterns"]
+    errors = np.asarray(record["errors"], dtype=float)
+    if errors.size % n:
+        raise MembenchError(f"record {record['run_id']} holds {errors.size} errors, not a whole number of N={n} "
+                            "episodes; rerun its `membench run` command with --force to replace it")
+    return errors.reshape(-1, n).mean(axis=1)
+
+
+def mean_interval(episodes: np.ndarray, confidence: float = 0.95) -> tuple[float, float, float]:
+    """Mean and a Student-t confidence interval of the mean over episodes (per-episode means: the queries of
+    one episode read one memory, so they are not independent)."""
+    mean = float(episodes.mean())
+    if len(episodes) < 2 or episodes.std() == 0:
         return mean, mean, mean
-    low, high = stats.t.interval(confidence, len(errors) - 1, loc=mean, scale=stats.sem(errors))
+    low, high = stats.t.interval(confidence, len(episodes) - 1, loc=mean, scale=stats.sem(episodes))
     return mean, float(low), float(high)
 
 
@@ -131,13 +142,13 @@ def summarise(records: list[dict[str, Any]]) -> pd.DataFrame:
                            "options_json": json.dumps(r["options"], sort_keys=True)} for r in records])
     keys = ["table", "model", "options_json", "preset", "num_patterns"]
     for (table, model, options, preset, num_patterns), group in frame.groupby(keys, sort=False):
-        errors = np.concatenate([np.asarray(e, dtype=float) for e in group["errors"]])
-        mean, low, high = mean_interval(errors)
+        mean, low, high = mean_interval(np.concatenate([episode_means(r) for r in group.to_dict("records")]))
+        num_queries = sum(len(e) for e in group["errors"])
         trained = list({t["checkpoint_key"]: t for t in group["training"] if t}.values())
         rows.append({
             "table": table, "model": model, "options": options, "preset": preset,
             "row": row_label(model, preset, bool(trained), json.loads(options)), "num_patterns": int(num_patterns),
-            "mean": mean, "ci_low": low, "ci_high": high, "num_queries": len(errors),
+            "mean": mean, "ci_low": low, "ci_high": high, "num_queries": num_queries,
             "memory_floats": int(group["memory_floats"].max()), "budget": int(group["budget"].iloc[0]),
             "seeds": " ".join(str(s) for s in sorted(group["seed"])),
             "train_time_s": round(sum(t["train_time_s"] for t in trained), 1) if trained else 0.0,
@@ -220,7 +231,8 @@ def table1(out_dir: Path, reference: Path | None = DEFAULT_REFERENCE, write: boo
         with_paper = paper is not None and is_paper_table(table)
         versions = sorted(set(part["versions"]))
         provenance = [
-            "Mean error per query ± half-width of the 95% t-interval over queries" +
+            "Mean error per query ± half-width of the 95% t-interval over episodes (the queries of one "
+            "episode share its memory, so the interval is over per-episode means)" +
             (f"; in parentheses: the paper's value ({CITATION})." if with_paper else "."),
             f"Queries per cell: {part['num_queries'].min()}–{part['num_queries'].max()}; "
             f"seeds: {', '.join(sorted(set(part['seeds'])))}; "

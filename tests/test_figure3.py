@@ -8,7 +8,8 @@ from click.testing import CliRunner
 
 from membench.cli import main
 from membench.errors import MembenchError
-from membench.figure3 import batch_errors, first_episode, summarise
+from membench.figure3 import first_episode, summarise
+from membench.report import episode_means
 from membench.store import ResultsStore
 from membench.suites import get_suite
 
@@ -49,7 +50,7 @@ def test_summary_uses_per_batch_means_and_matches_the_paper():
     errors = np.stack([batches - 1, batches + 1], axis=1).ravel().tolist()
     records = [_record("MemNet", 4100, errors[:100], 2), _record("MemNet", 4100, errors[100:], 2, seed=1),
                _record("MemNet", 5000, [1.0, 3.0], 2)]
-    assert batch_errors(records[0]).tolist() == list(range(50))
+    assert episode_means(records[0]).tolist() == list(range(50))
     reference = pd.DataFrame({"dataset": ["cifar"], "model": ["MemNet"], "memory_k": [4.10],
                               "error": [22.42], "lo": [20.25], "hi": [24.67]})
     summary = summarise(records, reference)

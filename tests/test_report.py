@@ -92,3 +92,21 @@ def test_provenance_names_the_devices_and_commits_that_trained_each_checkpoint()
     text = trained_on([record("k1", [gpu, cpu]), record("k1", [gpu, cpu]), record("k2", None)])
     assert text == ("NVIDIA H100 (cuda) at aaaaaaaaaa; x86_64 (cpu) at bbbbbbbbbb; "
                     "1 checkpoint without a training history")
+
+
+def test_the_interval_is_over_episodes_not_queries():
+    """Two episodes of N = 4 whose queries agree inside each episode: the queries look like 8 independent
+    draws, but there are two memories, so the interval is the t-interval of two episode means."""
+    import numpy as np
+    from scipy import stats
+
+    from membench.report import summarise
+
+    record = {"run_id": "r", "suite": "table1", "model": "raw_slots", "options": {}, "seed": 0, "preset": "quick",
+              "task": {"kind": "binary", "num_patterns": 4, "dim": 128, "erased": 64}, "budget": 8256,
+              "memory_floats": 512, "errors": [0.0] * 4 + [2.0] * 4, "training": None, "wall_time_s": 1.0,
+              "environment": {"device": "cpu", "torch": "2"}, "command": "membench run"}
+    (row,) = summarise([record]).itertuples()
+    low, high = stats.t.interval(0.95, 1, loc=1.0, scale=stats.sem(np.array([0.0, 2.0])))
+    assert row.mean == 1.0 and row.num_queries == 8
+    assert (row.ci_low, row.ci_high) == (low, high) and high - low > 10  # over queries it would be about 1.7
