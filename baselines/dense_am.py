@@ -67,8 +67,10 @@ class DenseAssociativeMemory(StoredPatternMemory):
         """rest (..., K) overlaps a_μ without the unit, bits (..., K) its stored values ξ_μi ->
         a value (...) with the sign of E(σ_i = -1) - E(σ_i = +1) (0 when the energies are equal)."""
         rest, bits = rest.double(), bits.double()
+        if self.interaction == "exp" and not torch.equal(rest, rest.round()):  # real-valued queries (noise)
+            return (bits * torch.exp(rest - rest.max(dim=-1, keepdim=True).values)).sum(-1)  # ∝ Σ ξ_μi e^{a_μ}
         if self.interaction == "exp":
-            dim = self.spec.pattern_size                     # overlaps are integers in [-D, D]
+            dim = self.spec.pattern_size                     # overlaps are integers in [-D, D]: exact ties
             levels = torch.arange(-dim, dim + 1, dtype=rest.dtype, device=rest.device)
             per_level = rest.new_zeros(*rest.shape[:-1], 2 * dim + 1).scatter_add_(-1, (rest + dim).long(), bits)
             shift = (levels - rest.max(dim=-1, keepdim=True).values).clamp(max=0)  # levels above max hold 0

@@ -152,6 +152,17 @@ def test_dense_am_matches_slow_reference(options, interaction):
             np.testing.assert_array_equal(retrieved[b, q].numpy(), expected)
 
 
+
+def test_dense_am_exp_gap_has_the_energy_differences_sign_for_real_valued_overlaps():
+    """Under noise corruption the overlaps are not integers: the gap still has the sign of
+    E(σ_i = -1) - E(σ_i = +1) = Σ_μ exp(a_μ + ξ_μi) - exp(a_μ - ξ_μi)."""
+    model = DenseAssociativeMemory.from_spec(SMALL.spec, SMALL_BUDGET, interaction="exp")
+    generator = torch.Generator().manual_seed(3)
+    rest = 4 * torch.randn(200, 6, generator=generator, dtype=torch.float64)
+    bits = torch.randint(0, 2, (200, 6), generator=generator).double() * 2 - 1
+    exact = (torch.exp(rest + bits) - torch.exp(rest - bits)).sum(-1)
+    assert torch.equal(model.energy_gap(rest, bits).sign(), exact.sign())
+
 def test_dense_am_retrieves_beyond_hebbian_capacity_at_equal_budget():
     task = BinaryTask(num_patterns=20, dim=64, erased=32)  # Hebbian capacity at D = 64 is about 9 patterns
     episodes = _episodes(task, 4, 0)
