@@ -120,8 +120,8 @@ def test_unknown_preset_names_the_models_presets():
 
 def test_report_keeps_one_row_per_preset():
     def record(preset: str, error: float) -> dict:
-        return {"model": "ebmm", "preset": preset, "task": {"num_patterns": 16}, "errors": [error] * 4, "options": {},
-                "seed": 0, "memory_floats": 8256, "budget": 8256, "training": {"checkpoint_key": preset,
+        return {"run_id": preset, "model": "ebmm", "preset": preset, "task": {"num_patterns": 16}, "errors": [error] * 32,
+                "options": {}, "seed": 0, "memory_floats": 8256, "budget": 8256, "training": {"checkpoint_key": preset,
                 "train_time_s": 1.0}, "environment": {"device": "cpu", "torch": "2"}, "command": "membench run", "wall_time_s": 1.0}
     summary = summarise([record("quick", 1.0), record("gpu", 2.0)])
     assert len(summary) == 2 and sorted(summary["mean"]) == [1.0, 2.0]
