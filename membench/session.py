@@ -63,15 +63,39 @@ def _status(code: int) -> int:
     return 128 - code if code < 0 else code
 
 
+def finish(processes: Sequence[subprocess.Popen], deadline: float, interrupt_wait_s: float = 30.0) -> list[int]:
+    """Wait for `processes` until `deadline` (time.monotonic()); then interrupt every one still running at
+    once (training checkpoints and exits; evaluation stops, no record), wait `interrupt_wait_s` for them
+    together and kill the rest. Returns their exit statuses as a shell reports them."""
+    for process in processes:
+        try:
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            break
+    running = [process for process in processes if process.poll() is None]
+    for process in running:
+        process.send_signal(signal.SIGINT)
+    stop = time.monotonic() + interrupt_wait_s
+    for process in running:
+        try:
+            process.wait(timeout=max(0.0, stop - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return [_status(process.returncode) for process in processes]
+
+
 def run_session(runs: Sequence[str], copies: int, train_time_limit_s: float, device: str, cache: Path,
                 archive: Path, results_dir: Path, first: Sequence[Sequence[str]] = (), grace_s: float = 120.0) -> int:
-    """Run the membench commands `first` one after another, then start `copies` processes of `membench run
-    <args>` for each string of `runs`, all at once, on the session's device and checkpoint cache, their
-    training ending `train_time_limit_s` after the session began (`first` included). Processes still
-    running `grace_s` after that are interrupted (they checkpoint) and, 30 s later, killed. Prints the end
-    of each log and packs what was written into `archive` and its volumes (`pack`). Returns 0 when every
-    command finished, 3 when some training paused, else the first other exit status (a failing command
-    of `first` does not keep the runs from starting)."""
+    """Run the membench commands `first` one after another, each interrupted when the training time is up
+    (the rest then skipped), then start `copies` processes of `membench run <args>` for each string of
+    `runs`, all at once, on the session's device and checkpoint cache, their training ending
+    `train_time_limit_s` after the session began (`first` included). Processes still running `grace_s`
+    after that are interrupted together (they checkpoint) and, 30 s later, killed (`finish`), so the
+    session ends by train_time_limit_s + grace_s + 30 s and packing. Prints the end of each log and packs
+    what was written into `archive` and its volumes (`pack`). Returns 0 when every command finished, 3
+    when some training paused, else the first other exit status (a failing command of `first` does not
+    keep the runs from starting)."""
     results_dir, cache = Path(results_dir), Path(cache)
     for args in runs:
         out = _out_dir(args)
@@ -80,8 +104,13 @@ def run_session(runs: Sequence[str], copies: int, train_time_limit_s: float, dev
                                 f"(give it --out {results_dir}/...), or what it makes would not be packed")
     (cache / "checkpoints").mkdir(parents=True, exist_ok=True)
     started, clock = time.time(), time.monotonic()
-    statuses = [_status(subprocess.run([sys.executable, "-m", "membench.cli", *command]).returncode)
-                for command in first]
+    statuses = []
+    for command in first:
+        if time.monotonic() >= clock + train_time_limit_s:
+            print(f"== skipped membench {shlex.join(command)}: the session's training time is spent", flush=True)
+            continue
+        process = subprocess.Popen([sys.executable, "-m", "membench.cli", *command])
+        statuses += finish([process], clock + train_time_limit_s)
     left = max(0.0, train_time_limit_s - (time.monotonic() - clock))
     processes = []
     for number, args in enumerate(runs):
@@ -91,20 +120,11 @@ def run_session(runs: Sequence[str], copies: int, train_time_limit_s: float, dev
                        "--no-progress", "--checkpoint-dir", str(cache / "checkpoints"), "--train-time-limit", f"{left:.1f}"]
             with open(log, "wb") as handle:
                 processes.append((args, log, subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT)))
-    end = clock + train_time_limit_s + grace_s
-    for args, log, process in processes:
-        try:
-            code = process.wait(timeout=max(0.0, end - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            process.send_signal(signal.SIGINT)  # training checkpoints and exits; evaluation stops (no record)
-            try:
-                code = process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                code = process.wait()
-        statuses.append(_status(code))
+    ended = finish([process for _, _, process in processes], clock + train_time_limit_s + grace_s)
+    for (args, log, _), status in zip(processes, ended):
+        statuses.append(status)
         tail = log.read_text(errors="replace").splitlines()[-12:]
-        print(f"== membench run {args} (exit {statuses[-1]})", *tail, sep="\n", flush=True)
+        print(f"== membench run {args} (exit {status})", *tail, sep="\n", flush=True)
     pack(archive, started, results_dir, cache / "checkpoints")
     failed = [status for status in statuses if status not in (0, EXIT_PAUSED)]
     return failed[0] if failed else (EXIT_PAUSED if EXIT_PAUSED in statuses else 0)

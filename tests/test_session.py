@@ -4,7 +4,10 @@ from __future__ import annotations
 import io
 import json
 import os
+import subprocess
+import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -14,6 +17,7 @@ from click.testing import CliRunner
 
 from membench import runner
 from membench.cli import EXIT_PAUSED, main
+from membench.session import finish
 from membench.throughput import COLUMNS, merge
 from tests.test_training import TINY_MODEL
 
@@ -228,3 +232,13 @@ def test_a_session_times_updates_first_and_packs_their_rows(tmp_path: Path, monk
     with tarfile.open(tmp_path / "out" / "session.tgz") as tar:
         rows = pd.read_csv(tar.extractfile("results/bench/throughput.csv"))
     assert rows[["model", "device", "batch_size", "num_patterns"]].values.tolist() == [["memory_networks", "cpu", 1, 8]]
+
+
+def test_at_the_deadline_every_running_process_is_interrupted_and_the_deaf_one_killed():
+    """A session's processes still running at its deadline all get SIGINT at once (one that checkpoints and
+    exits on it ends with its own status), one that ignores it is killed after the wait, and one that had
+    finished keeps its status: the session ends in time to pack."""
+    handler = "import signal, sys, time\nsignal.signal(signal.SIGINT, lambda *a: sys.exit(3))\ntime.sleep(60)"
+    deaf = "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\ntime.sleep(60)"
+    processes = [subprocess.Popen([sys.executable, "-c", code]) for code in ("pass", handler, handler, deaf)]
+    assert finish(processes, deadline=time.monotonic() + 3, interrupt_wait_s=2) == [0, 3, 3, 128 + 9]
