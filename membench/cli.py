@@ -394,8 +394,8 @@ def throughput(suite, models, preset, device, num_patterns, batch_sizes, steps, 
                      cuda_graph=cuda_graph, compile=compile_, precision=precision)
                 for spec in run_specs(suite, models, num_patterns, preset, options)
                 for batch in (batch_sizes or (None,)) for precision in (precisions or (None,))]
-    rows = measure(requests, rounds, reference)
-    merge(out, rows)
+    rows = measure(requests, rounds, reference, on_row=lambda row: merge(out, [row]))
+    merge(out, rows)  # again with the reference's columns, when timed beside one
     shown = ["device_name", "suite", "model", "preset", "options", "budget", "batch_size", "num_patterns", "cuda_graph",
              "compiled", "precision", "commit", "episodes_per_s", "ms_per_step"]
     table = [[row[c] for c in shown] for row in rows]

@@ -162,10 +162,12 @@ def time_reference(tree: Path) -> float:
         return json.loads(report.read_text())["benchmarks"][0]["stats"]["median"]
 
 
-def measure(requests: list[dict[str, Any]], rounds: int = 1, reference: str | None = None) -> list[dict[str, Any]]:
+def measure(requests: list[dict[str, Any]], rounds: int = 1, reference: str | None = None,
+            on_row: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     """Rows for `requests` (keyword arguments of `prepare`), timed in turn for `rounds` rounds, plus a row for
     the `reference` commit's benchmark on the CPU (EBMM quick, 16 episodes, N = 64) when given. With one round
-    each row is built, timed and freed (its model, batches and CUDA graphs) before the next is built, so rows
+    each row is built, timed, handed to `on_row` (e.g. merged into the table, so a command interrupted or
+    failing later keeps it) and freed (its model, batches and CUDA graphs) before the next is built, so rows
     too large to be held together (Figure 3's points on one GPU) can be timed in one command."""
     rows, reference_seconds = [], []
     with contextlib.ExitStack() as stack:
@@ -174,6 +176,8 @@ def measure(requests: list[dict[str, Any]], rounds: int = 1, reference: str | No
             for request in requests:
                 time_round, row = prepare(**request)
                 rows.append(row([time_round()]))
+                if on_row is not None:
+                    on_row(rows[-1])
                 del time_round, row  # this row's model and graphs go before the next row's are built
                 gc.collect()
                 if torch.cuda.is_available():

@@ -189,6 +189,23 @@ def test_one_round_frees_each_row_before_the_next_is_built(monkeypatch):
     assert rows == [{"spec": name, "seconds": [0.5]} for name in "abc"]
 
 
+
+def test_rows_timed_before_a_failing_row_are_kept(monkeypatch):
+    """With one round each row reaches `on_row` (the CLI merges it into the table) as soon as it is timed, so a
+    command that fails or is interrupted at a later row (out of memory, the session's time up) keeps them."""
+    from membench import throughput
+
+    def prepare(spec, **_):
+        if spec == "c":
+            raise KeyboardInterrupt  # the session interrupts the command while it builds the third row
+        return (lambda: 0.5), (lambda seconds: {"spec": spec, "seconds": seconds})
+
+    monkeypatch.setattr(throughput, "prepare", prepare)
+    kept = []
+    with pytest.raises(KeyboardInterrupt):
+        throughput.measure([{"spec": name} for name in "abcd"], on_row=kept.append)
+    assert kept == [{"spec": "a", "seconds": [0.5]}, {"spec": "b", "seconds": [0.5]}]
+
 def test_rows_timed_beside_a_reference_keep_its_time_of_that_run(tmp_path, monkeypatch):
     """--reference: each row names the commit and that run's reference time, so two runs (say, with and without
     an option) keep their own ratios after the reference row itself is replaced by the second run's."""
