@@ -9,10 +9,9 @@ from pathlib import Path
 
 import click
 
-from membench.errors import EXIT_PAUSED, MembenchError, TrainingInterrupted, TrainingPaused
+from membench.errors import EXIT_INTERRUPTED, EXIT_PAUSED, MembenchError, TrainingInterrupted, TrainingPaused
 from membench.interface import PRECISIONS
 
-EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), as shells report it
 MAX_SEED = 2**31 - 1
 DEFAULT_OUT = "membench-results"
 

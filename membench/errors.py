@@ -1,6 +1,7 @@
 """Errors that the CLI turns into a clear message and a non-zero exit."""
 
 EXIT_PAUSED = 3  # exit status of a command whose meta-training stopped at its time limit: rerun to continue
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), as shells report it
 
 
 class MembenchError(Exception):

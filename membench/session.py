@@ -34,7 +34,7 @@ from typing import Sequence
 
 import torch
 
-from membench.errors import EXIT_PAUSED, MembenchError
+from membench.errors import EXIT_INTERRUPTED, EXIT_PAUSED, MembenchError
 from membench.runner import readable_checkpoint, ship_checkpoints
 from membench.store import warn, write_atomic
 from membench.training import weights_only
@@ -94,7 +94,7 @@ def run_session(runs: Sequence[str], copies: int, train_time_limit_s: float, dev
     after that are interrupted together (they checkpoint) and, 30 s later, killed (`finish`), so the
     session ends by train_time_limit_s + grace_s + 30 s and packing. Prints the end of each log and packs
     what was written into `archive` and its volumes (`pack`). Returns 0 when every command finished, 3
-    when some training paused, else the first other exit status (a failing command of `first` does not
+    when some training paused or a command of `first` was cut short or skipped for the time, else the first other exit status (a failing command of `first` does not
     keep the runs from starting)."""
     results_dir, cache = Path(results_dir), Path(cache)
     for args in runs:
@@ -105,12 +105,14 @@ def run_session(runs: Sequence[str], copies: int, train_time_limit_s: float, dev
     (cache / "checkpoints").mkdir(parents=True, exist_ok=True)
     started, clock = time.time(), time.monotonic()
     statuses = []
-    for command in first:
+    for command in first:  # cut short or skipped for the time: paused, like training (the rows kept are merged)
         if time.monotonic() >= clock + train_time_limit_s:
             print(f"== skipped membench {shlex.join(command)}: the session's training time is spent", flush=True)
+            statuses.append(EXIT_PAUSED)
             continue
         process = subprocess.Popen([sys.executable, "-m", "membench.cli", *command])
-        statuses += finish([process], clock + train_time_limit_s)
+        statuses += [EXIT_PAUSED if status == EXIT_INTERRUPTED else status
+                     for status in finish([process], clock + train_time_limit_s)]
     left = max(0.0, train_time_limit_s - (time.monotonic() - clock))
     processes = []
     for number, args in enumerate(runs):

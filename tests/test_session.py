@@ -227,6 +227,9 @@ def test_a_session_times_updates_first_and_packs_their_rows(tmp_path: Path, monk
         assert bad.exit_code == 1 and named in bad.output, bad.output
         assert "Traceback" not in bad.output and not (tmp_path / "out").exists()
     timing = "--model memory_networks --num-patterns 8 --batch-sizes 1 --steps 1 --warmup 0"
+    no_time = [*session[:-6], "--train-time-limit", "0", *session[-4:]]  # the timing is skipped: paused, not failed
+    skipped = CliRunner().invoke(main, [*no_time, "--time", timing])
+    assert skipped.exit_code == EXIT_PAUSED and "== skipped membench throughput" in skipped.output, skipped.output
     result = CliRunner().invoke(main, [*session, "--time", timing])
     assert result.exit_code == 0, result.output
     with tarfile.open(tmp_path / "out" / "session.tgz") as tar:
