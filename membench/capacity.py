@@ -138,7 +138,8 @@ def capacity_markdown(summary, records: list[dict[str, Any]], dropped: int) -> s
     pivot = _budget_pivot(summary)
     header = ["# Capacity of the memories", "",
               "Error bits per query (wrong bits of all 128, an undecided 0.5 counts as wrong): mean ± half-width "
-              "of the 95% t-interval over episodes (per-episode means). One table per task and budget; seeds pooled inside a cell."]
+              "of the 95% t-interval over episodes (per-episode means). One table per task and budget; seeds pooled "
+              "inside a cell."]
     if dropped:
         header.append(f"\n{dropped} record(s) repeat the episodes of another record of the same cell and seed "
                       "(e.g. N = 64 at 8256 floats in both capacity-n and capacity-budget) and were counted once.")

@@ -100,7 +100,8 @@ def summarise(records: list[dict[str, Any]], reference: pd.DataFrame | None = No
         batches = np.concatenate(list(group["batch_errors"]))
         p5, median, p95 = np.percentile(batches, [5, 50, 95])
         seen = np.concatenate(list(group["train_batches"]))
-        summary.append({**dict(zip(keys, key)), "memory_k": key[keys.index("memory_floats")] / 1000, "median": median, "p5": p5, "p95": p95,
+        point = dict(zip(keys, key))
+        summary.append({**point, "memory_k": point["memory_floats"] / 1000, "median": median, "p5": p5, "p95": p95,
                         "train_median": float(np.median(seen)) if seen.size else np.nan,
                         "mean": batches.mean(), "batches": len(batches),
                         "seeds": " ".join(str(s) for s in sorted(group["seed"])),
@@ -131,7 +132,8 @@ def dataset_table(frame: pd.DataFrame) -> str:
     """The markdown table of one data set's points: ours beside the paper's (and the train-split
     median of trained models, where a record has one: well below the test median means memorised)."""
     with_train = bool(frame["train_median"].notna().any())
-    grid = [[_line_label(row.curve, row.variant), f"{row.memory_k:.2f}", f"{row.median:.2f} [{row.p5:.2f}, {row.p95:.2f}]",
+    grid = [[_line_label(row.curve, row.variant), f"{row.memory_k:.2f}",
+             f"{row.median:.2f} [{row.p5:.2f}, {row.p95:.2f}]",
              "" if pd.isna(row.paper) else f"{row.paper:.2f} [{row.paper_lo:.2f}, {row.paper_hi:.2f}]",
              row.num_patterns, row.batches, row.preset, f"{row.train_time_s:.0f}", f"{row.wall_time_s:.1f}"]
             + ([] if not with_train else ["" if pd.isna(row.train_median) else f"{row.train_median:.2f}"])
@@ -199,7 +201,8 @@ def plot(summary: pd.DataFrame, reference: pd.DataFrame | None, paths: list[Path
         lines = ours.groupby(["curve", "variant", "preset", "num_patterns"], sort=True) if not ours.empty else []
         for index, ((label, variant, preset, n), points) in enumerate(lines):
             points = points.sort_values("memory_k")
-            tags = ([preset] if ours.preset.nunique() > 1 else []) + ([f"N={n}"] if ours.num_patterns.nunique() > 1 else [])
+            tags = (([preset] if ours.preset.nunique() > 1 else [])
+                    + ([f"N={n}"] if ours.num_patterns.nunique() > 1 else []))
             ax.errorbar(points.memory_k, points["median"], yerr=[points["median"] - points.p5, points.p95 - points["median"]],
                         fmt="-" + "osD^v"[index % 5], color=colours[label], capsize=3,
                         label=f"ours: {_line_label(label, variant)}" + (f" ({', '.join(tags)})" if tags else ""))
@@ -262,8 +265,8 @@ def reconstruction_grid(record: dict[str, Any], path: Path, checkpoint_dir: Path
                 axes[row, col].set_xlabel(f"{errors[col]:.1f}", fontsize=7)
         axes[row, 0].set_ylabel(name, fontsize=8)
     preset = f" ({record['preset']})" if record.get("training") else ""
-    fig.suptitle(f"{_line_label(*_curve_label(record))}{preset} on {record['task']['kind']}, {record['memory_floats'] / 1000:.2f}k floats "
-                 f"(retrieval error under each image)", fontsize=9)
+    fig.suptitle(f"{_line_label(*_curve_label(record))}{preset} on {record['task']['kind']}, "
+                 f"{record['memory_floats'] / 1000:.2f}k floats (retrieval error under each image)", fontsize=9)
     fig.tight_layout()
     save(fig, path)
     plt.close(fig)

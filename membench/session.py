@@ -94,8 +94,8 @@ def run_session(runs: Sequence[str], copies: int, train_time_limit_s: float, dev
     after that are interrupted together (they checkpoint) and, 30 s later, killed (`finish`), so the
     session ends by train_time_limit_s + grace_s + 30 s and packing. Prints the end of each log and packs
     what was written into `archive` and its volumes (`pack`). Returns 0 when every command finished, 3
-    when some training paused or a command of `first` was cut short or skipped for the time, else the first other exit status (a failing command of `first` does not
-    keep the runs from starting)."""
+    when some training paused or a command of `first` was cut short or skipped for the time, else the
+    first other exit status (a failing command of `first` does not keep the runs from starting)."""
     results_dir, cache = Path(results_dir), Path(cache)
     for args in runs:
         out = _out_dir(args)

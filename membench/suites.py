@@ -130,7 +130,8 @@ def _image_curves(pattern_floats: int, raw_counts: tuple[int, ...], mann_gpu: tu
 
 
 FIG3_CURVES: dict[str, dict[str, Curve]] = {
-    "omniglot": _image_curves(1 * 32 * 32, (1, 2, 4, 8, 16), (17, 33, 67, 207), (17, 25, 26, 33, 50, 67, 135, 207, 271)),
+    "omniglot": _image_curves(1 * 32 * 32, (1, 2, 4, 8, 16), (17, 33, 67, 207),
+                              (17, 25, 26, 33, 50, 67, 135, 207, 271)),
     "cifar10": _image_curves(3 * 32 * 32, (1, 2, 3, 4, 5), (15, 31, 95, 191), (15, 23, 31, 47, 95, 191)),
 }
 
