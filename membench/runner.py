@@ -358,13 +358,16 @@ def run_all(specs: list[RunSpec], out_dir: Path, device: str = "auto", force: bo
     checkpoint_dir = Path(checkpoint_dir or default_checkpoint_dir())
     command = command or shlex.join(["membench", *sys.argv[1:]])
     git_state()  # before any file is written
+    checked = []
     for spec in specs:  # fail fast on unknown names, presets and options before any work
         cls = resolve_model(spec.model)
         task = make_task(spec.task)
         if cls.trainable:
             resolve_preset(cls, task.spec, spec.preset, spec.options)
-    specs = [spec if resolve_model(spec.model).trainable else dataclasses.replace(spec, preset=DEFAULT_PRESET)
-             for spec in specs]  # a model that is not trained has no preset: one run id whatever --preset says
+        else:  # a model that is not trained has no preset: one run id whatever --preset says
+            spec = dataclasses.replace(spec, preset=DEFAULT_PRESET)
+        checked.append(spec)
+    specs = checked
     if launcher == "ray":
         from membench.ray_launcher import run_with_ray
 
