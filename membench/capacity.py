@@ -65,17 +65,23 @@ def _absent(summary, table: str) -> list[str]:
     for row, group in summary[~summary.row.isin(here)].groupby("row", sort=True):
         if budgets[row] < 2:
             continue
-        first = group.iloc[0]
         n = int(summary[summary.table == table]["num_patterns"].min())
-        spec = RunSpec(suite="check", model=first["model"], task={**task, "num_patterns": n}, budget=budget, seed=0,
-                       queries=1, preset=first["preset"], options=json.loads(first["options"]))
-        try:
-            count = declared_count(spec)
-        except MembenchError:
-            continue
-        if count is None or count > budget:
+        count = _count_at(group.iloc[0], task, budget, n)
+        if count is not False and (count is None or count > budget):
             notes.append(f"{row} ({'over budget' if count is None else f'{count} floats'})")
     return notes
+
+
+def _count_at(record, task: dict[str, Any], budget: int, num_patterns: int) -> int | None | bool:
+    """The float32 count the model of `record` (a summary row) declares at `budget` on `task` with N =
+    `num_patterns`: None when it refuses to be built within the budget, False when it cannot be built
+    at all."""
+    spec = RunSpec(suite="check", model=record["model"], task={**task, "num_patterns": num_patterns},
+                   budget=budget, seed=0, queries=1, preset=record["preset"], options=json.loads(record["options"]))
+    try:
+        return declared_count(spec)
+    except MembenchError:
+        return False
 
 
 def _summary(records: list[dict[str, Any]]):
@@ -166,12 +172,18 @@ def _budget_pivot(summary) -> str:
             line = [row]
             for budget in budgets:
                 match = group[(group.row == row) & (group.budget == budget)]
-                line.append(_cell(match.iloc[0]) if len(match) else "over budget")
+                if len(match):
+                    line.append(_cell(match.iloc[0]))
+                    continue
+                record = group[group.row == row].iloc[0]
+                count = _count_at(record, _task_of(record["table"])[0], int(budget), BUDGET_NUM_PATTERNS)
+                line.append("over budget" if count is None or (count is not False and count > budget) else "not run")
             cells.append(line)
         headers = ["model \\ budget"] + [f"{b} ({b // dim} patterns)" for b in budgets]
         sections.append(f"## Summary: error at N = {BUDGET_NUM_PATTERNS} against the budget ({dim}-bit patterns, "
                         f"{erased} erased)\n\nThe same cells as the tables above, side by side; \"over budget\": the "
-                        "model's state exceeds that budget, so it was not run.\n\n"
+                        "model's state exceeds that budget, so it was not run; \"not run\": it would fit, but was run at "
+                        "other budgets only.\n\n"
                         + tabulate(cells, headers=headers, tablefmt="github") + "\n")
     return "\n".join(sections)
 

@@ -136,6 +136,9 @@ def test_capacity_figures_on_a_tiny_run(tmp_path, one_thread):
              for s in CAPACITY_SUITES[name].expand(name, models, (0,), 32, "quick", num_patterns=sizes)]
     specs += CAPACITY_SUITES["capacity-budget"].expand("capacity-budget", models + ("hopfield_hebb",), (0,), 32,
                                                        "quick", num_patterns=(64,))
+    # run at Table 1's budget only, though it fits any: "not run" at the others, never "over budget"
+    specs += CAPACITY_SUITES["capacity-n"].expand("capacity-n", ("sparse_distributed_memory",), (0,), 32, "quick",
+                                                  num_patterns=(64,))
     run_all(specs, tmp_path, device="cpu", progress=False, command="pytest")
     paths = capacity_figures(tmp_path)
     names = {p.name for p in paths}
@@ -151,6 +154,11 @@ def test_capacity_figures_on_a_tiny_run(tmp_path, one_thread):
     assert markdown.count("| model \\ budget ") == 1           # and the budget summary
     assert "13 of 128 bits flipped" in markdown and "budget 2080 float32 (16 whole patterns)" in markdown
     assert "Absent (state over this budget): hopfield_hebb (8256 floats)" in markdown
+    summary = markdown.split("| model \\ budget ")[1]
+    hebb = next(line for line in summary.splitlines() if line.startswith("| hopfield_hebb "))
+    sdm = next(line for line in summary.splitlines() if line.startswith("| sparse_distributed_memory "))
+    assert hebb.count("over budget") == 2 and "not run" not in hebb, hebb    # 8256 floats: the two smallest
+    assert sdm.count("not run") == 4 and "over budget" not in sdm, sdm
     # under flips no bit is clamped: modern Hopfield brings the stored pattern back (13 flips of 128)
     flip_table = markdown.split("13 of 128 bits flipped")[1].split("## ")[0]
     assert re.search(r"\| modern_hopfield +\| 0\.00 ± 0\.00 +\|", flip_table), flip_table
