@@ -124,7 +124,8 @@ class Stepper:
         if self.config.precision == "tf32" and self.device.type != "cuda":  # here: evaluating makes no update
             raise MembenchError(f"precision 'tf32' is CUDA's (TF32 tensor cores); on {self.device.type} use float32 "
                                 f"or bf16 (--option train.precision=...)")
-        loss_fn = self._compiled or self.model.meta_loss
+        compiled = self._compiled
+        loss_fn = compiled or self.model.meta_loss
         try:
             with self._arithmetic(forward=True):
                 loss, retrievals = loss_fn(patterns, queries)
@@ -132,7 +133,7 @@ class Stepper:
             with self._arithmetic(forward=False):
                 loss.backward()
         except Exception as exc:  # noqa: BLE001 - compiling failed (no C++ compiler, an op inductor cannot lower)
-            if loss_fn is self.model.meta_loss or self._compiled_ran:
+            if compiled is None or self._compiled_ran:  # eager, or compiled code that ran before: a real error
                 raise
             warn(f"torch.compile failed ({(str(exc).splitlines() or [type(exc).__name__])[0][:200]}); training eagerly")
             self._compiled = None

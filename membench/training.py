@@ -83,6 +83,17 @@ def read_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str,
     return saved
 
 
+def _on_this_device(state: dict[str, Any], optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """An AdamW state saved by another Stepper, with this one's `capturable` (True only under CUDA graphs) and a
+    float learning rate (`Stepper.after_load` makes it a device tensor where graphs need one): a state saved
+    under graphs on CUDA would otherwise refuse to step on a CPU, and one saved on a CPU keep graphs off."""
+    groups = state["param_groups"]
+    if len(groups) != len(optimizer.param_groups):
+        raise ValueError(f"{len(groups)} parameter groups saved, {len(optimizer.param_groups)} expected")
+    return {**state, "param_groups": [{**saved, "capturable": current["capturable"], "lr": float(saved["lr"])}
+                                      for saved, current in zip(groups, optimizer.param_groups)]}
+
+
 def load_checkpoint(path: Path, model: AssociativeMemory, device: torch.device,
                     optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any] | None:
     """Load `path` into `model` (and `optimizer`, when the checkpoint holds its state); return the
@@ -94,12 +105,14 @@ def load_checkpoint(path: Path, model: AssociativeMemory, device: torch.device,
     path = Path(path)
     if not path.exists():
         return None
+    before = {name: value.clone() for name, value in model.state_dict().items()}
     try:
         saved = read_checkpoint(path, device)
         model.load_state_dict(saved["model"])
         if optimizer is not None and "optimizer" in saved:
-            optimizer.load_state_dict(saved["optimizer"])
+            optimizer.load_state_dict(_on_this_device(saved["optimizer"], optimizer))
     except (EOFError, OSError, RuntimeError, ValueError, KeyError, TypeError, pickle.UnpicklingError) as exc:
+        model.load_state_dict(before)  # afresh means from the model's own initial values
         aside = path.with_name(path.name + ".corrupt")
         path.replace(aside)
         warn(f"checkpoint {path} is unreadable or does not fit {type(model).__name__} ({type(exc).__name__}: "

@@ -72,10 +72,16 @@ TINY_MODEL = textwrap.dedent('''
 
 
 def _linear_model(seed: int = 0) -> torch.nn.Module:
+    """A small EBMM; another seed moves its initial weights (small_model always starts from seed 0)."""
     from tests.test_ebmm import small_model
 
-    torch.manual_seed(seed)
-    return small_model()[0]
+    model = small_model()[0]
+    if seed:
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.add_(0.1 * torch.randn(parameter.shape, generator=generator))
+    return model
 
 
 @pytest.mark.parametrize("cosine_decay", [False, True])
@@ -454,3 +460,71 @@ def test_committed_learned_rows_keep_their_checkpoint_keys_and_ship_them():
         assert (root / "results" / "checkpoints" / f"{key}.pt").is_file(), f"{key}.pt is not shipped"
         checked += 1
     assert checked >= 40  # eight learned models at five N
+
+
+@pytest.mark.parametrize("compile", [False, True])
+def test_an_error_in_the_meta_loss_is_raised_as_itself(compile: bool, capsys):
+    """A meta-loss that raises stops training with its own error, eager or compiled (where the compiled
+    attempt fails first, one line says training goes on eagerly, and the eager error is raised), never a
+    recursion of fallbacks."""
+    model = _linear_model()
+
+    def broken(self, patterns, queries):
+        raise ValueError("a genuine bug in meta_loss")
+
+    model.__class__ = type("Broken", (type(model),), {"meta_loss": broken})  # a method: a new bound one per access
+    episodes = BinaryTask(4).sample(2, torch.Generator().manual_seed(1), split="train")
+    stepper = Stepper(model, TrainConfig(lr=1e-3, clip_norm=1.0, compile=compile), torch.device("cpu"))
+    with pytest.raises(ValueError, match="a genuine bug in meta_loss"):
+        stepper.step(episodes.patterns, episodes.queries)
+    assert capsys.readouterr().err.count("torch.compile failed") == int(compile)
+
+
+CHECKPOINT_REST = {"generator": torch.Generator().get_state(), "step": 1, "elapsed_s": 0.0, "curve": []}
+
+
+def test_an_optimiser_state_saved_under_cuda_graphs_resumes_on_a_cpu(tmp_path: Path):
+    """A full checkpoint made on CUDA with graphs (AdamW capturable, a tensor learning rate) resumes on a CPU,
+    where the optimiser is not capturable: its state is adapted on load, and the resumed update matches one
+    from the same state saved on a CPU."""
+    from membench.training import load_checkpoint
+
+    task = BinaryTask(4)
+    episodes = task.sample(2, torch.Generator().manual_seed(1), split="train")
+    config = TrainConfig(lr=1e-3, clip_norm=1.0)
+    stepper = Stepper(_linear_model(), config, torch.device("cpu"))
+    stepper.step(episodes.patterns, episodes.queries)
+    state = stepper.optimizer.state_dict()
+    as_on_cuda = {**state, "param_groups": [{**g, "capturable": True, "lr": torch.tensor(g["lr"])}
+                                            for g in state["param_groups"]]}
+    updated = {}
+    for name, optimizer_state in (("cpu", state), ("cuda", as_on_cuda)):
+        torch.save({"model": stepper.model.state_dict(), "optimizer": optimizer_state, **CHECKPOINT_REST},
+                   tmp_path / f"{name}.pt")
+        resumed = Stepper(_linear_model(), config, torch.device("cpu"))
+        assert load_checkpoint(tmp_path / f"{name}.pt", resumed.model, torch.device("cpu"), resumed.optimizer)
+        resumed.after_load()
+        assert [(g["capturable"], type(g["lr"])) for g in resumed.optimizer.param_groups] == [(False, float)]
+        resumed.step(episodes.patterns, episodes.queries)
+        updated[name] = torch.cat([p.detach().flatten() for p in resumed.model.parameters()])
+    torch.testing.assert_close(updated["cuda"], updated["cpu"], rtol=0, atol=0)
+
+
+def test_a_checkpoint_that_fails_to_load_leaves_the_model_as_it_was(tmp_path: Path):
+    """Weights that load but an optimiser state that does not fit: the checkpoint is moved aside and the model
+    keeps its own initial values (training starts afresh), not the checkpoint's weights."""
+    from membench.training import load_checkpoint
+
+    trained, fresh = _linear_model(), _linear_model()
+    with torch.no_grad():
+        for parameter in trained.parameters():
+            parameter.add_(1.0)
+    before = {name: value.clone() for name, value in fresh.state_dict().items()}
+    optimizer_state = torch.optim.AdamW(trained.parameters()).state_dict()
+    optimizer_state["param_groups"].append(dict(optimizer_state["param_groups"][0], params=[]))  # one group too many
+    torch.save({"model": trained.state_dict(), "optimizer": optimizer_state, **CHECKPOINT_REST}, tmp_path / "ck.pt")
+    stepper = Stepper(fresh, TrainConfig(lr=1e-3, clip_norm=1.0), torch.device("cpu"))
+    assert load_checkpoint(tmp_path / "ck.pt", fresh, torch.device("cpu"), stepper.optimizer) is None
+    assert (tmp_path / "ck.pt.corrupt").exists() and not (tmp_path / "ck.pt").exists()
+    for name, value in fresh.state_dict().items():
+        torch.testing.assert_close(value, before[name], rtol=0, atol=0, msg=name)
