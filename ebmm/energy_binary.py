@@ -1,9 +1,9 @@
 """Gated-RNN energy network for binary strings (EBMM paper, App. B.1).
 
-    s_0 = 0
+    s_0 = 0, x̂ = 2x - 1                      # ±1 coding: an erased 0.5 enters as 0
     for each of `hops` hops:
-        z = [x, s]
-        c = tanh([memory(x), static(z)])      # memory: Linear(D -> d), writable
+        z = [x̂, s]
+        c = tanh([memory(x̂), static(z)])     # memory: Linear(D -> d), writable
         u = sigmoid(gate(z))
         s = u * c + (1 - u) * s
     E(x) = readout(s)                          # Linear(hidden -> 1)

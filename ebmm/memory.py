@@ -84,6 +84,13 @@ class EBMMConfig:
         for name in ("hidden", "hops", "memory_size", "read_steps", "write_steps"):
             if getattr(self, name) < 1:
                 raise MembenchError(f"{name}={getattr(self, name)} must be at least 1")
+        for name in ("write_lr_init", "anchor_lr_init", "grad_norm_lr_init", "read_step_init"):  # softplus values
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise MembenchError(f"{name}={value} must be a finite number > 0 (a softplus rate)")
+        for name in ("momentum_init", "decay_init"):  # sigmoid values
+            if not 0 < getattr(self, name) < 1:
+                raise MembenchError(f"{name}={getattr(self, name)} must lie strictly between 0 and 1 (a sigmoid)")
 
 
 PRESETS: dict[str, Preset] = {
@@ -206,7 +213,7 @@ class EBMM(AssociativeMemory):
             write_lr[..., -1] = _inverse_softplus(config.anchor_lr_init)
         if config.grad_norm_term and config.grad_norm_lr_init is not None:
             write_lr[..., 1] = _inverse_softplus(config.grad_norm_lr_init)
-        self.write_lr = nn.Parameter(write_lr)
+        self.write_lr = nn.Parameter(write_lr)  # write_lr[0, :, -1] never learns: theta_0 = theta_bar, no deviation
         self.read_step = nn.Parameter(torch.tensor(_inverse_softplus(config.read_step_init)))
         self.read_step_decay = nn.Parameter(torch.full((config.read_steps - 1,), _logit(config.decay_init)))
         self.momentum = nn.Parameter(torch.tensor(_logit(config.momentum_init)))
@@ -235,7 +242,7 @@ class EBMM(AssociativeMemory):
         return sum(params[name].numel() for name in self.writable_names)
 
     def config(self) -> dict[str, Any]:
-        return {"energy": type(self.energy).__name__, **dataclasses.asdict(self.cfg)}
+        return dataclasses.asdict(self.cfg)
 
     # --- energy of a batch of episodes ------------------------------------------------
     def batched_energy(self, writable: Writable, x: torch.Tensor) -> torch.Tensor:

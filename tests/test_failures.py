@@ -78,6 +78,8 @@ def test_bad_numbers_are_refused_before_any_work(tmp_path, args, fragment):
     ("read_steps=0", "read_steps=0 must be at least 1"),
     ("hidden=12.5", "option hidden=12.5 is not of type int (its default: 128)"),
     ("grad_norm_term=1", "option grad_norm_term=1 is not of type bool"),
+    ("write_lr_init=0.0", "write_lr_init=0.0 must be a finite number > 0 (a softplus rate)"),
+    ("decay_init=1.0", "decay_init=1.0 must lie strictly between 0 and 1 (a sigmoid)"),
 ])
 def test_bad_option_values_are_refused_before_any_work(tmp_path, option, fragment):
     result = _invoke("run", "--suite", "table1-learned", "--model", "ebmm", "--num-patterns", "16", "--option", option,
