@@ -238,9 +238,12 @@ def first_episode(record: dict[str, Any], checkpoint_dir: Path) -> tuple[Any, to
     torch.manual_seed(spec.seed)
     first_batch = min(EVAL_EPISODES_PER_BATCH, math.ceil(spec.queries / task.spec.num_patterns))
     episodes = task.sample(first_batch, torch.Generator().manual_seed(spec.seed + EVAL_STREAM), split="test")
-    episodes = type(episodes)(episodes.patterns[:1], episodes.queries[:1])  # episodes are written independently
+    # episodes are written independently, but a batch of one can round differently (the conv energy's
+    # vmapped convolutions take another path at B = 1): write two, as evaluate writes its batches
+    episodes = type(episodes)(episodes.patterns[:2], episodes.queries[:2])
     with torch.no_grad():
-        retrievals = model.read(sealed(model.write(episodes.patterns)), episodes.queries).clamp(0, 1)
+        retrievals = model.read(sealed(model.write(episodes.patterns)), episodes.queries)[:1].clamp(0, 1)
+    episodes = type(episodes)(episodes.patterns[:1], episodes.queries[:1])
     return episodes, retrievals, task.errors(retrievals, episodes.patterns)[0]
 
 
