@@ -34,6 +34,8 @@ from membench.errors import MembenchError
 RECORD_KEYS = ("run_id", "suite", "model", "task", "budget", "seed", "queries", "preset", "options",
                "memory_floats", "errors", "environment", "command", "wall_time_s")
 _HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+_UMASK = os.umask(0o022)  # read once (os.umask can only be read by setting it), then put back
+os.umask(_UMASK)
 PACK_ERRORS_OVER = 10_000  # a record with more per-query errors stores them packed (Figure 3: 64,000 a point)
 _TEMP = re.compile(r"^\..+\.(?P<host>[A-Za-z0-9-]+)-(?P<pid>\d+)\.[^.]+\.tmp$")
 
@@ -49,6 +51,7 @@ def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_HOST}-{os.getpid()}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # as open() would make it (mkstemp makes it private to its owner)
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
@@ -145,7 +148,31 @@ def read_record(path: Path) -> dict[str, Any]:
         raise MembenchError(f"record {path} is not a membench record (missing {', '.join(missing)})")
     if not isinstance(record["errors"], list) or not record["errors"]:
         raise MembenchError(f"record {path} holds no per-query errors")
+    problem = _field_problem(record)
+    if problem:
+        raise MembenchError(f"record {path} is not a membench record ({problem}); restore it from git or rerun it")
     return record
+
+
+def _field_problem(record: dict[str, Any]) -> str | None:
+    """What is wrong with the fields the reports read, or None."""
+    task, environment = record["task"], record["environment"]
+    if not isinstance(task, dict) or not isinstance(task.get("kind"), str) or not _whole(task.get("num_patterns")):
+        return "task needs a kind and a whole num_patterns"
+    if not isinstance(environment, dict) or not isinstance(environment.get("device"), str):
+        return "environment needs a device"
+    for name in ("budget", "seed", "queries", "memory_floats"):
+        if not _whole(record[name]):
+            return f"{name} is not a whole number"
+    if not isinstance(record["options"], dict):
+        return "options is not a mapping"
+    if not all(isinstance(e, (int, float)) and not isinstance(e, bool) for e in record["errors"]):
+        return "errors holds a value that is not a number"
+    return None
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class ResultsStore:

@@ -140,6 +140,22 @@ def test_corrupt_record_is_named_by_report_and_repaired_by_run(tmp_path, content
     assert json.loads(path.read_text())["errors"] == good["errors"]
 
 
+@pytest.mark.parametrize("change", [{"task": "binary"}, {"environment": {"torch": "2.13.0"}}, {"errors": [0.0, "x"]},
+                                    {"seed": "0"}])
+def test_a_record_with_a_wrong_field_is_named_by_report_and_repaired_by_run(tmp_path, change):
+    """A record that parses but whose fields the reports read are of the wrong kind: one line naming the file
+    and the field (no traceback), and `membench run` computes it again."""
+    args = ["--model", "raw_slots", "--num-patterns", "16", "--queries", "16", "--out", str(tmp_path), "--no-progress"]
+    assert _invoke("run", *args).exit_code == 0
+    (path,) = (tmp_path / "runs").glob("*.json")
+    good = json.loads(path.read_text())
+    path.write_text(json.dumps({**good, **change}))
+    _one_clear_line(_invoke("report", "--out", str(tmp_path)), str(path), next(iter(change)), exit_code=1)
+    rerun = _invoke("run", *args)
+    assert rerun.exit_code == 0 and "1 run(s) executed" in rerun.output, rerun.output
+    assert json.loads(path.read_text())["errors"] == good["errors"]
+
+
 def _tiny(tmp_path: Path, monkeypatch, source: str = TINY_MODEL) -> None:
     (tmp_path / "tiny_learned.py").write_text(source)
     monkeypatch.chdir(tmp_path)

@@ -202,13 +202,23 @@ def test_nan_retrievals_are_refused(tmp_path):
     assert ResultsStore(tmp_path).records() == []
 
 
+def test_files_are_written_with_the_users_usual_permissions(tmp_path):
+    """Records, tables and checkpoints go through write_atomic: with the permissions open() would give them
+    (under the usual umask 022, rw-r--r--), not private to their owner as a temporary file is."""
+    from membench.store import write_atomic
+
+    path = write_atomic(tmp_path / "table.md", lambda handle: handle.write(b"x"))
+    assert path.stat().st_mode & 0o777 == 0o666 & ~store_module._UMASK != 0o600
+
+
 def test_long_error_lists_are_stored_packed_and_read_back_exactly(tmp_path):
     """A Figure 3 point's 64,000 float32 errors are stored packed (far smaller) and read back as the very
     same numbers; a list that is not float32 numbers, or a short one, is stored as it is; a damaged packed
     field makes the record unreadable (named), so the run counts as unfinished."""
     errors = torch.rand(64_000, generator=torch.Generator().manual_seed(0)).mul(60).round().tolist()
     store = ResultsStore(tmp_path / "out")
-    base = {key: 0 for key in store_module.RECORD_KEYS}
+    base = {**{key: 0 for key in store_module.RECORD_KEYS}, "task": {"kind": "binary", "num_patterns": 16},
+            "environment": {"device": "cpu"}, "options": {}}
     path = store.save({**base, "run_id": "packed", "errors": errors})
     assert path.stat().st_size < len(json.dumps(errors)) / 3
     assert store_module.read_record(path)["errors"] == errors
