@@ -177,12 +177,13 @@ def report(out, reference) -> None:
     """Write the bit-error table (OUT/table1.md, .csv, .tex) and training curves from stored runs."""
     from membench.report import DEFAULT_REFERENCE, table1
 
-    from membench.plots import training_curves
+    from membench.plots import read_curves, training_curves
 
     if reference is not None and not reference.exists():
         raise MembenchError(f"reference file {reference} does not exist; omit --reference to use the default")
+    curves = read_curves(out)  # every input read before any output is written
     click.echo(table1(out, reference or DEFAULT_REFERENCE))
-    for path in training_curves(out):
+    for path in training_curves(out, curves=curves):
         click.echo(f"wrote {path}")
 
 

@@ -28,9 +28,9 @@ from tabulate import tabulate
 
 from membench.budget import sealed
 from membench.errors import MembenchError
-from membench.plots import save, training_curves
+from membench.plots import read_curves, save, training_curves
 from membench.report import REPO_ROOT, distinct, episode_means
-from membench.store import ResultsStore, write_text_atomic
+from membench.store import ResultsStore, read_table, write_text_atomic
 
 DEFAULT_REFERENCE = REPO_ROOT / "results" / "reference" / "paper_fig3.csv"
 CITATION = ("Bartunov, Rae, Osindero & Lillicrap, 'Meta-Learning Deep Energy-Based Memory Models', "
@@ -73,7 +73,8 @@ def _line_label(curve: str, variant: str) -> str:
 def load_reference(path: Path | None = DEFAULT_REFERENCE) -> pd.DataFrame | None:
     if path is None or not Path(path).exists():
         return None
-    return pd.read_csv(path, comment="#")
+    return read_table(path, "a table of the paper's Figure 3", ("dataset", "model", "memory_k", "error", "lo", "hi"),
+                      "pass the shipped one (--reference ../shared/reference/paper_fig3.csv)", comment="#")
 
 
 def summarise(records: list[dict[str, Any]], reference: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -287,7 +288,11 @@ def figures(out_dir: Path, reference: Path | None = DEFAULT_REFERENCE, checkpoin
 
     out_dir = Path(out_dir)
     records = image_records(out_dir)
+    if not records:
+        raise MembenchError(f"no finished Figure 3 run in {out_dir}/runs; run a fig3-* suite first, e.g. "
+                            f"`membench run --suite fig3-omniglot --out {out_dir}`")
     paper = load_reference(reference)
+    curves = read_curves(out_dir)  # every input read before any output is written
     summary = summarise(records, paper)
     markdown = summary_markdown(summary)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -296,7 +301,7 @@ def figures(out_dir: Path, reference: Path | None = DEFAULT_REFERENCE, checkpoin
     write_text_atomic(out_dir / "fig3.csv", summary[columns].to_csv(index=False, float_format="%.4f") if len(summary) else "")
     written = [out_dir / "fig3.md", out_dir / "fig3.csv"]
     written += plot(summary, paper, [out_dir / "fig3.png", out_dir / "fig3.pdf"])
-    written += training_curves(out_dir, name="fig3_training_curves")
+    written += training_curves(out_dir, name="fig3_training_curves", curves=curves)
     if grids:
         largest: dict[tuple[str, str], dict[str, Any]] = {}
         presets = {r["preset"] for r in records}

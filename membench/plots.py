@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 
 from membench.report import row_label
-from membench.store import ResultsStore
+from membench.store import ResultsStore, read_table
 
 SMOOTH = 10  # logged rows in the rolling mean of training curves
 
@@ -25,14 +25,14 @@ def _pyplot():
     return plt
 
 
-def training_curves(out_dir: Path, models: tuple[str, ...] | None = None, name: str = "training_curves") -> list[Path]:
-    """Plot loss and task error against step for every trained run in `out_dir` (PNG + PDF).
+Curves = dict[str, tuple[str, pd.DataFrame]]  # checkpoint key -> (line label, curve: step, loss, error)
 
-    One line per checkpoint (a checkpoint trained on several N serves several runs and is
-    drawn once). Returns the written paths.
-    """
+
+def read_curves(out_dir: Path, models: tuple[str, ...] | None = None) -> Curves:
+    """The training curve of every trained run in `out_dir` (of `models`), one per checkpoint (a checkpoint
+    trained on several N serves several runs). MembenchError naming a missing or unreadable curve file."""
     store = ResultsStore(out_dir)
-    curves: dict[str, tuple[str, pd.DataFrame]] = {}
+    curves: Curves = {}
     for record in store.records():
         training = record.get("training")
         if not training or (models and record["model"] not in models):
@@ -45,7 +45,16 @@ def training_curves(out_dir: Path, models: tuple[str, ...] | None = None, name: 
                 label = f"{record['task']['kind']} {label} {options} ({record['memory_floats']} floats)"
             elif not training["config"].get("num_patterns"):
                 label += f" N={record['task']['num_patterns']}"
-            curves[key] = (label, pd.read_csv(Path(out_dir) / training["curve"]))
+            curves[key] = (label, read_table(Path(out_dir) / training["curve"], f"the training curve of {record['run_id']}",
+                                             ("step", "loss", "error"), "restore it from git or rerun the run with --force"))
+    return curves
+
+
+def training_curves(out_dir: Path, models: tuple[str, ...] | None = None, name: str = "training_curves",
+                    curves: Curves | None = None) -> list[Path]:
+    """Plot loss and task error against step for every trained run in `out_dir` (PNG + PDF): `curves`, or
+    `read_curves(out_dir, models)`. One line per checkpoint. Returns the written paths."""
+    curves = read_curves(out_dir, models) if curves is None else curves
     if not curves:
         return []
     plt = _pyplot()

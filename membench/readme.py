@@ -20,6 +20,8 @@ def _table1(results: Path) -> str:
     from tabulate import tabulate
 
     records = distinct([r for r in ResultsStore(results / "table1").records() if r["task"]["kind"] == "binary"])[0]
+    if not records:
+        raise MembenchError(f"{results}/table1 holds no finished run; run `make table1` (or give --results)")
     summary = summarise(records)
     paper_rows = summary[[is_paper_table(t) for t in summary["table"]]]
     if paper_rows.empty:

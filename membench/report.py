@@ -19,7 +19,7 @@ from tabulate import tabulate
 
 from membench.budget import TABLE1_BUDGET
 from membench.errors import MembenchError
-from membench.store import ResultsStore, write_text_atomic
+from membench.store import ResultsStore, read_table, write_text_atomic
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_REFERENCE = REPO_ROOT / "results" / "reference" / "paper_table1.csv"
@@ -52,7 +52,12 @@ def load_reference(path: Path | None = DEFAULT_REFERENCE) -> pd.DataFrame | None
     """The paper's Table 1 as a long frame (model, num_patterns, paper), or None if absent."""
     if path is None or not Path(path).exists():
         return None
-    wide = pd.read_csv(path, comment="#").set_index("method")
+    wide = read_table(path, "a table of the paper's Table 1", ("method",),
+                      "pass the shipped one (--reference ../shared/reference/paper_table1.csv)", comment="#")
+    wide = wide.set_index("method")
+    if not all(str(c).isdigit() for c in wide.columns) or not all(map(pd.api.types.is_numeric_dtype, wide.dtypes)):
+        raise MembenchError(f"{path} is not a table of the paper's Table 1 (its columns must be N values with "
+                            "numbers); pass the shipped one (--reference ../shared/reference/paper_table1.csv)")
     long = wide.stack().rename("paper").reset_index()
     long.columns = ["model", "num_patterns", "paper"]
     long["num_patterns"] = long["num_patterns"].astype(int)

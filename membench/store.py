@@ -45,6 +45,22 @@ def warn(message: str) -> None:
     print(f"Warning: {message}", file=sys.stderr, flush=True)
 
 
+def read_table(path: Path, what: str, columns: tuple[str, ...] = (), fix: str = "restore it from git", **read_csv):
+    """The CSV at `path` as a DataFrame (`read_csv`: pandas.read_csv's options); MembenchError naming `what` the
+    file should be, and `fix`, when it is missing, unreadable or lacks one of `columns`."""
+    import pandas as pd
+
+    try:
+        frame = pd.read_csv(path, **read_csv)
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise MembenchError(f"{path} is not {what} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+                            f"{fix}") from None
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise MembenchError(f"{path} is not {what} (no column {', '.join(missing)}); {fix}")
+    return frame
+
+
 def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> Path:
     """Call `write(handle)` on a temporary file beside `path`, then rename it to `path`."""
     path = Path(path)

@@ -288,3 +288,30 @@ def test_two_processes_share_one_checkpoint_and_one_output_directory(tmp_path):
     (checkpoint,) = (tmp_path / "ck").glob("*.pt")
     assert [row["step"] for row in torch.load(checkpoint, weights_only=False)["curve"]] == list(range(1, 41))
     assert not list((tmp_path / "out").rglob("*.tmp")) and not list((tmp_path / "ck").glob("*.tmp"))
+
+
+def test_reports_of_missing_or_broken_inputs_say_so_in_one_line_and_write_nothing(tmp_path):
+    """report, figures and readme on an empty folder, a broken reference table or a lost training curve: one
+    line naming the file and the fix, a non-zero exit, and no output file written or half-updated."""
+    out = tmp_path / "out"
+    assert _invoke("run", "--model", "raw_slots", "--num-patterns", "16", "--queries", "16", "--out", str(out),
+                   "--no-progress").exit_code == 0
+    table = (out / "table1.md").read_text()  # as `run` wrote it
+    (out / "table1.md").write_text("as it was")
+    _one_clear_line(_invoke("readme", "--check", "--results", str(tmp_path / "nothing")), "holds no finished run")
+    _one_clear_line(_invoke("figures", "--out", str(out)), "no finished Figure 3 run", "--suite fig3-omniglot")
+    assert not list(out.glob("fig3*"))
+    for name, content in (("empty.csv", ""), ("columns.csv", "a,b\n1,2\n"), ("words.csv", "method,16\nhebb,few\n")):
+        (tmp_path / name).write_text(content)
+        _one_clear_line(_invoke("report", "--out", str(out), "--reference", str(tmp_path / name)),
+                        f"{tmp_path / name} is not a table of the paper's Table 1", "pass the shipped one")
+    assert (out / "table1.md").read_text() == "as it was"
+    from membench.figure3 import load_reference
+    with pytest.raises(MembenchError, match="is not a table of the paper's Figure 3 .no column dataset, model"):
+        load_reference(tmp_path / "columns.csv")
+    (path,) = (out / "runs").glob("*.json")
+    record = json.loads(path.read_text())
+    path.write_text(json.dumps({**record, "training": {"checkpoint_key": "lost", "curve": "training/lost.csv",
+                                                       "config": {}}}))
+    _one_clear_line(_invoke("report", "--out", str(out)), f"{out / 'training' / 'lost.csv'} is not the training curve")
+    assert (out / "table1.md").read_text() == "as it was" and "raw_slots" in table
