@@ -70,6 +70,15 @@ def _line_label(curve: str, variant: str) -> str:
     return f"{curve} [{variant}]" if variant else curve
 
 
+TASK_TAGS = {"data": "data {}", "image_size": "{} px", "block": "block {}"}  # shown where they vary
+
+
+def _task_tags(point, frame: pd.DataFrame) -> list[str]:
+    """Tags naming the task of a point (a row of `frame`) where the points of `frame` differ in it."""
+    return [text.format(getattr(point, column) or "bundled") for column, text in TASK_TAGS.items()
+            if frame[column].nunique() > 1]
+
+
 def load_reference(path: Path | None = DEFAULT_REFERENCE) -> pd.DataFrame | None:
     if path is None or not Path(path).exists():
         return None
@@ -89,6 +98,7 @@ def summarise(records: list[dict[str, Any]], reference: pd.DataFrame | None = No
                      "data": record["task"].get("data", ""), "budget": record["budget"],
                      "seed": record["seed"], "batch_errors": episode_means(record),
                      "train_batches": np.asarray((record.get("train_split") or {}).get("batch_errors", []), float),
+                     "trained": bool(record["training"]),
                      "train_time_s": (record["training"] or {}).get("train_time_s", 0.0),
                      "wall_time_s": record["wall_time_s"], "device": record["environment"]["device"],
                      "command": record["command"]})
@@ -105,7 +115,7 @@ def summarise(records: list[dict[str, Any]], reference: pd.DataFrame | None = No
         summary.append({**point, "memory_k": point["memory_floats"] / 1000, "median": median, "p5": p5, "p95": p95,
                         "train_median": float(np.median(seen)) if seen.size else np.nan,
                         "mean": batches.mean(), "batches": len(batches),
-                        "seeds": " ".join(str(s) for s in sorted(group["seed"])),
+                        "seeds": " ".join(str(s) for s in sorted(group["seed"])), "trained": bool(group["trained"].any()),
                         "train_time_s": float(group["train_time_s"].sum()), "wall_time_s": float(group["wall_time_s"].sum()),
                         "device": " ".join(sorted(set(group["device"]))), "command": " | ".join(sorted(set(group["command"])))})
     frame = pd.DataFrame(summary).sort_values(["dataset", "curve", "variant", "preset", "num_patterns", "memory_floats"],
@@ -129,14 +139,20 @@ def _attach_paper(frame: pd.DataFrame, reference: pd.DataFrame | None) -> pd.Dat
     return frame.assign(**paper)
 
 
+def _smoke_test(summary: pd.DataFrame) -> bool:
+    """Whether a point was trained with the quick presets (untrained references have no preset that matters)."""
+    return not summary.empty and bool((summary["trained"] & (summary["preset"] == "quick")).any())
+
+
 def dataset_table(frame: pd.DataFrame) -> str:
     """The markdown table of one data set's points: ours beside the paper's (and the train-split
     median of trained models, where a record has one: well below the test median means memorised)."""
     with_train = bool(frame["train_median"].notna().any())
-    grid = [[_line_label(row.curve, row.variant), f"{row.memory_k:.2f}",
+    grid = [[" ".join([_line_label(row.curve, row.variant), *_task_tags(row, frame)]), f"{row.memory_k:.2f}",
              f"{row.median:.2f} [{row.p5:.2f}, {row.p95:.2f}]",
              "" if pd.isna(row.paper) else f"{row.paper:.2f} [{row.paper_lo:.2f}, {row.paper_hi:.2f}]",
-             row.num_patterns, row.batches, row.preset, f"{row.train_time_s:.0f}", f"{row.wall_time_s:.1f}"]
+             row.num_patterns, row.batches, row.preset if row.trained else "untrained", f"{row.train_time_s:.0f}",
+             f"{row.wall_time_s:.1f}"]
             + ([] if not with_train else ["" if pd.isna(row.train_median) else f"{row.train_median:.2f}"])
             for row in frame.itertuples()]
     headers = ["curve", "memory (k floats)", "ours", "paper", "N", "batches", "preset", "train s", "wall s"]
@@ -156,7 +172,7 @@ def summary_markdown(summary: pd.DataFrame) -> str:
         parts.append(f"## {TITLES[dataset]}\n\nData: {', '.join(sorted(set(frame['data'])))}; image size "
                      f"{', '.join(map(str, sorted(set(frame['image_size']))))}; device {', '.join(sorted(set(frame['device'])))}.\n\n"
                      + dataset_table(frame) + "\n")
-    if "quick" in set(summary["preset"]):
+    if _smoke_test(summary):
         parts.append(f"Note, {QUICK_CHANGES}.\n")
     commands = sorted(set(" | ".join(summary["command"]).split(" | ")))
     parts.append("Commands: " + "; ".join(f"`{c}`" for c in commands) + "\n")
@@ -199,11 +215,12 @@ def plot(summary: pd.DataFrame, reference: pd.DataFrame | None, paths: list[Path
                 ax.plot(points.memory_k, points.error, "--x", color=colours[label], alpha=0.7, label=f"paper: {label}")
                 ax.fill_between(points.memory_k, points.lo, points.hi, color=colours[label], alpha=0.12)
         ours = summary[summary.dataset == dataset] if not summary.empty else summary
-        lines = ours.groupby(["curve", "variant", "preset", "num_patterns"], sort=True) if not ours.empty else []
-        for index, ((label, variant, preset, n), points) in enumerate(lines):
+        keys = ["curve", "variant", "preset", "num_patterns", *TASK_TAGS]
+        lines = ours.groupby(keys, sort=True) if not ours.empty else []
+        for index, ((label, variant, preset, n, *_), points) in enumerate(lines):
             points = points.sort_values("memory_k")
             tags = (([preset] if ours.preset.nunique() > 1 else [])
-                    + ([f"N={n}"] if ours.num_patterns.nunique() > 1 else []))
+                    + ([f"N={n}"] if ours.num_patterns.nunique() > 1 else []) + _task_tags(points.iloc[0], ours))
             ax.errorbar(points.memory_k, points["median"], yerr=[points["median"] - points.p5, points.p95 - points["median"]],
                         fmt="-" + "osD^v"[index % 5], color=colours[label], capsize=3,
                         label=f"ours: {_line_label(label, variant)}" + (f" ({', '.join(tags)})" if tags else ""))
@@ -213,7 +230,7 @@ def plot(summary: pd.DataFrame, reference: pd.DataFrame | None, paths: list[Path
         ax.set(xlabel="memory (thousands of float32 values)", ylabel="error per image", title=TITLES[dataset])
         ax.legend(fontsize=7)
     caption = f"Ours: median over batches, bars 5th-95th percentile. Dashed: {CITATION}."
-    if not summary.empty and "quick" in set(summary["preset"]):
+    if _smoke_test(summary):
         caption += "\n" + QUICK_CHANGES + "."
     fig.text(0.5, 0.005, caption, ha="center", fontsize=6.5, wrap=True)
     fig.tight_layout(rect=(0, 0.07, 1, 1))

@@ -1,6 +1,8 @@
 """Figure 3 sweeps: suite expansion, per-batch summaries beside the paper, the CLI end to end."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -77,6 +79,8 @@ def test_cli_sweep_then_figures(data_root, tmp_path):
     for name in ("fig3.md", "fig3.csv", "fig3.png", "fig3.pdf", "fig3_recon_cifar10_raw_slots.png",
                  "fig3_recon_omniglot_raw_slots.png"):
         assert (out / name).stat().st_size > 0, name
+    markdown = (out / "fig3.md").read_text()  # untrained references: no preset, and no smoke-test note
+    assert re.search(r"\| untrained +\|", markdown) and "smoke test" not in markdown, markdown
     summary = pd.read_csv(out / "fig3.csv")
     assert len(summary) == 10 and set(summary.batches) == {2, 4}
     for record in ResultsStore(out).records():  # each grid shows the first episode the run evaluated
@@ -121,3 +125,20 @@ def test_a_variant_of_a_curve_point_keeps_its_curve_and_its_own_line():
         ("EBMM_FC", "", 31.0), ("EBMM_FC", "grad_norm_term=False", 21.0)]
     assert list(summary.paper) == [15.0, 15.0]
     assert "| EBMM_FC [grad_norm_term=False] |" in dataset_table(summary)
+
+
+def test_points_on_different_data_stay_apart_and_say_so(tmp_path, monkeypatch):
+    """The same curve point on the bundled subset and on the full data set: two rows of the table, each
+    naming its data, and two lines of the figure."""
+    from membench import figure3
+
+    bundled = {**_record("raw_slots", 4096, [30.0, 32.0], 2), "suite": "fig3-cifar"}
+    full = {**bundled, "run_id": "full", "task": {**bundled["task"], "data": "full"}, "errors": [20.0, 22.0]}
+    summary = summarise([bundled, full])
+    table = figure3.dataset_table(summary)
+    assert "data bundled" in table and "data full" in table, table
+    legends = []
+    monkeypatch.setattr(figure3, "save", lambda fig, path: legends.extend(
+        label for ax in fig.axes for label in ax.get_legend_handles_labels()[1]))
+    figure3.plot(summary, None, [tmp_path / "fig3.png"])
+    assert sorted(legends) == ["ours: raw_slots (data bundled)", "ours: raw_slots (data full)"], legends
