@@ -135,9 +135,12 @@ def _versions(group: pd.DataFrame) -> str:
 
 
 def _commits(records: list[dict[str, Any]]) -> str:
-    commits = sorted({(r["environment"].get("git_commit") or "unknown")[:10]
-                      + (" (dirty)" if r["environment"].get("git_dirty") else "") for r in records})
-    return ", ".join(commits)
+    def dirty(environment: dict[str, Any]) -> str:  # a record without the flag may have come from a dirty tree
+        flag = environment.get("git_dirty")
+        return " (dirty)" if flag else " (clean unknown)" if flag is None else ""
+
+    return ", ".join(sorted({(r["environment"].get("git_commit") or "unknown")[:10] + dirty(r["environment"])
+                             for r in records}))
 
 
 def summarise(records: list[dict[str, Any]]) -> pd.DataFrame:
@@ -242,7 +245,8 @@ def table1(out_dir: Path, reference: Path | None = DEFAULT_REFERENCE, write: boo
             f"Queries per cell: {part['num_queries'].min()}–{part['num_queries'].max()}; "
             f"seeds: {', '.join(sorted(set(part['seeds'])))}; "
             + (f"device · torch: {versions[0]}; " if len(versions) == 1 else "device and torch per row; ")
-            + f"membench {table_records[0]['environment']['membench']}; commits: {_commits(table_records)}; "
+            + f"membench {' '.join(sorted({str(r['environment'].get('membench')) for r in table_records}))}; "
+            f"commits: {_commits(table_records)}; "
             f"wall time of the runs {part['wall_time_s'].sum():.1f} s; "
             f"meta-training {training_time(table_records):.1f} s (each checkpoint counted once)"
             + (f", meta-trained on {trained_on(table_records)}." if trained_on(table_records) else "."),

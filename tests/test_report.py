@@ -110,3 +110,12 @@ def test_the_interval_is_over_episodes_not_queries():
     low, high = stats.t.interval(0.95, 1, loc=1.0, scale=stats.sem(np.array([0.0, 2.0])))
     assert row.mean == 1.0 and row.num_queries == 8
     assert (row.ci_low, row.ci_high) == (low, high) and high - low > 10  # over queries it would be about 1.7
+
+
+def test_a_record_without_a_dirty_flag_is_not_shown_as_clean():
+    from membench.report import _commits
+
+    records = [{"environment": {"git_commit": "a" * 40, "git_dirty": False}},
+               {"environment": {"git_commit": "b" * 40, "git_dirty": True}},
+               {"environment": {"git_commit": "c" * 40}}]
+    assert _commits(records) == "aaaaaaaaaa, bbbbbbbbbb (dirty), cccccccccc (clean unknown)"
