@@ -36,7 +36,7 @@ import torch
 
 from membench.errors import EXIT_INTERRUPTED, EXIT_PAUSED, MembenchError
 from membench.runner import readable_checkpoint, ship_checkpoints
-from membench.store import warn, write_atomic
+from membench.store import read_record, warn, write_atomic
 from membench.training import weights_only
 
 RESULTS, CHECKPOINTS = "results", "checkpoints"
@@ -185,7 +185,21 @@ def pack(archive: Path, since: float, results_dir: Path, checkpoint_dir: Path) -
 
     for number, volume in enumerate(volumes, start=1):
         write_atomic(volume_path(archive, number), writer(volume))
+    for number in range(len(volumes) + 1, MAX_VOLUMES + 1):  # an earlier, larger pack's volumes would unpack too
+        volume_path(archive, number).unlink(missing_ok=True)
     return [name for volume in volumes for name in volume]
+
+
+def _keeps_better_record(target: Path, data: bytes, scratch: Path) -> bool:
+    """Whether `target` already holds a record better than the archived one (`data`): more queries, or as
+    many and finished later (report.distinct's rule). An unreadable target is not better."""
+    try:
+        here = read_record(target)
+    except MembenchError:
+        return False
+    arrived = read_record(write_atomic(scratch / "arrived.json", lambda handle: handle.write(data)))
+    rank = lambda record: (len(record["errors"]), record.get("finished_at", ""))  # noqa: E731
+    return rank(here) > rank(arrived)
 
 
 def _checked_members(tar: tarfile.TarFile, archive: Path) -> list[tarfile.TarInfo]:
@@ -229,6 +243,9 @@ def unpack(archive: Path, root: Path) -> tuple[list[Path], list[Path]]:
                 elif name == THROUGHPUT_CSV and target.exists():  # rows merged, not the file replaced
                     merge(target, pd.read_csv(io.BytesIO(data), dtype={"commit": str}).to_dict("records"))
                     written.append(target)
+                elif target.parent.name == "runs" and target.suffix == ".json" and target.exists() and \
+                        _keeps_better_record(target, data, Path(scratch)):
+                    warn(f"{target} kept: it holds more queries, or finished later, than the archive's {name}")
                 else:
                     written.append(write_atomic(target, lambda h, d=data: h.write(d)))
             except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:

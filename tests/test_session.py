@@ -213,6 +213,30 @@ def test_pack_splits_into_volumes_a_lent_machine_returns_and_leaves_out_what_fit
     result = CliRunner().invoke(main, ["unpack", *map(str, volumes), "--root", str(tmp_path / "here")])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "here" / "results" / "checkpoints").glob("*.pt")) == ["a.pt", "b.pt"]
+    (cache / "b.pt").unlink()  # the next pack to the same name needs one volume: no stale second volume stays
+    assert session.pack(tmp_path / "s.tgz", 0.0, tmp_path / "results", cache) == ["checkpoints/a.pt"]
+    assert not (tmp_path / "s-2.tgz").exists()
+
+
+def test_unpack_keeps_a_record_with_more_queries_than_the_archives(tmp_path: Path):
+    """A record arriving in an archive replaces the one here only when it is at least as good (report.distinct's
+    rule: more queries, then the later finish)."""
+    from membench.store import read_record, write_json_atomic
+
+    root = tmp_path / "here"
+    run = "results/table1/runs/hebb-N16-s0.json"
+    record = {"run_id": "hebb", "suite": "table1", "model": "hopfield_hebb", "task": {"kind": "binary",
+              "num_patterns": 16}, "budget": 8256, "seed": 0, "queries": 3, "preset": "quick", "options": {},
+              "memory_floats": 8256, "environment": {"device": "cpu"}, "command": "membench run",
+              "wall_time_s": 1.0, "finished_at": "2026-12-01T00:00:00Z"}
+    write_json_atomic(root / run, {**record, "errors": [1.0, 0.0, 2.0]})
+    fewer = {**record, "errors": [5.0], "finished_at": "2026-12-02T00:00:00Z"}
+    more = {**record, "errors": [5.0, 5.0, 5.0, 5.0]}
+    for arriving, kept in ((fewer, [1.0, 0.0, 2.0]), (more, [5.0, 5.0, 5.0, 5.0])):
+        archive = _archive(tmp_path / "a.tgz", {run: json.dumps(arriving).encode()})
+        result = CliRunner().invoke(main, ["unpack", str(archive), "--root", str(root)])
+        assert result.exit_code == 0 and read_record(root / run)["errors"] == kept, result.output
+        assert ("hebb-N16-s0.json kept: it holds more queries" in result.output) == (arriving is fewer)
 
 
 def test_a_session_times_updates_first_and_packs_their_rows(tmp_path: Path, monkeypatch):
