@@ -21,6 +21,7 @@ from typing import Any
 from membench.capacity import _line, _log2_axis, _row_order, _save, _section, _styles, _summary, _task_of
 from membench.errors import MembenchError
 from membench.image_tasks import Cifar10Task, ImageTask, OmniglotTask
+from membench.store import warn
 from membench.suites import IMAGE_CAPACITY_MODELS, RunSpec, declared_count
 
 IMAGE_TASKS: dict[str, type[ImageTask]] = {cls.dataset_name: cls for cls in (OmniglotTask, Cifar10Task)}
@@ -66,7 +67,9 @@ def _image_left_out(part, table: str) -> list[str]:
     task = {**task, "num_patterns": int(part["num_patterns"].min())}
     try:
         make_task(task)
-    except MembenchError:
+    except MembenchError as exc:
+        warn(f"capacity_images.md names no model left out of {task['kind']} (N = {task['num_patterns']}): the "
+             f"task cannot be rebuilt here ({str(exc)[:160]}); set MEMBENCH_DATA to the data folder and rerun")
         return []
     reasons: dict[str, list[str]] = {}
     for model in IMAGE_CAPACITY_MODELS:

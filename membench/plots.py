@@ -6,14 +6,16 @@ from pathlib import Path
 import pandas as pd
 
 from membench.report import row_label
-from membench.store import ResultsStore, read_table
+from membench.store import ResultsStore, read_table, write_atomic
 
 SMOOTH = 10  # logged rows in the rolling mean of training curves
 
 
 def save(fig, path: Path) -> None:
-    """Write a figure; PDFs without a creation date, so an unchanged figure gives unchanged bytes."""
-    fig.savefig(path, dpi=130, metadata={"CreationDate": None} if Path(path).suffix == ".pdf" else None)
+    """Write a figure (atomically); PDFs without a creation date, so an unchanged figure gives unchanged bytes."""
+    suffix = Path(path).suffix
+    write_atomic(path, lambda handle: fig.savefig(handle, format=suffix[1:], dpi=130,
+                                                  metadata={"CreationDate": None} if suffix == ".pdf" else None))
 
 
 def _pyplot():
