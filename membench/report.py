@@ -210,9 +210,15 @@ def grid(summary: pd.DataFrame, paper: pd.DataFrame | None) -> tuple[list[list[s
         for n in columns:
             match = summary[(summary.row == r) & (summary.num_patterns == n)]
             line.append(_cell(match.iloc[0]) if len(match) else "")
-        cells.append(line + ([versions[r]] if per_row else []))
-    headers = ["model \\ N"] + [str(n) for n in columns] + (["device · torch"] if per_row else [])
+        cells.append(line + [_floats(summary[summary.row == r]["memory_floats"])] + ([versions[r]] if per_row else []))
+    headers = ["model \\ N"] + [str(n) for n in columns] + ["floats used"] + (["device · torch"] if per_row else [])
     return cells, headers
+
+
+def _floats(counts: pd.Series) -> str:
+    """The measured state of a row's cells: one count, or the range over N (slot memories grow with N)."""
+    low, high = int(counts.min()), int(counts.max())
+    return str(low) if low == high else f"{low}–{high}"
 
 
 def table1(out_dir: Path, reference: Path | None = DEFAULT_REFERENCE, write: bool = True) -> str:
