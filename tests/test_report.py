@@ -119,3 +119,16 @@ def test_a_record_without_a_dirty_flag_is_not_shown_as_clean():
                {"environment": {"git_commit": "b" * 40, "git_dirty": True}},
                {"environment": {"git_commit": "c" * 40}}]
     assert _commits(records) == "aaaaaaaaaa, bbbbbbbbbb (dirty), cccccccccc (clean unknown)"
+
+
+def test_each_row_says_the_floats_its_state_held(tmp_path):
+    """Raw slots hold min(N, 64) whole patterns of 128 values: 2048 floats at N = 16 and 8192 at N = 96, shown
+    as the row's range beside its cells."""
+    from membench.report import table1
+
+    _binary(tmp_path, num_patterns=(16, 96))
+    markdown = table1(tmp_path, write=False)
+    header = next(line for line in markdown.splitlines() if line.startswith("| model \\ N"))
+    row = next(line for line in markdown.splitlines() if line.startswith("| raw_slots"))
+    assert [c.strip() for c in header.split("|")][-2] == "floats used"
+    assert [c.strip() for c in row.split("|")][-2] == "2048–8192"
