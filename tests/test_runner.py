@@ -1,6 +1,7 @@
 """Runner and results store: budgets, resume without duplicates, atomic records, determinism."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -194,6 +195,24 @@ def test_same_seed_same_numbers_other_seed_differs(tmp_path):
     first = errors(tmp_path / "a", 5)
     assert errors(tmp_path / "b", 5) == first
     assert errors(tmp_path / "c", 6) != first
+
+
+@pytest.mark.parametrize("model", ["ebmm", "mann", "memory_networks", "differentiable_plasticity"])
+def test_a_learned_model_trained_twice_from_one_seed_gives_the_same_numbers(tmp_path, model):
+    """Meta-training (a few updates, eager) and evaluation from one seed, twice in fresh folders and
+    checkpoint caches: the same trained weights' numbers, query for query; another seed differs."""
+    options = {"train.steps": 3, "train.batch_size": 2, "train.compile": False}
+
+    def errors(name: str, seed: int):
+        specs = [dataclasses.replace(spec, options={**spec.options, **options})
+                 for spec in get_suite("table1-learned").expand("table1-learned", (model,), (seed,), 32, "quick", (16,))]
+        (record,) = run_all(specs, tmp_path / name, device="cpu", progress=False, checkpoint_dir=tmp_path / f"ck-{name}")
+        assert record["training"]["steps"] == 3
+        return record["errors"]
+
+    first = errors("a", 0)
+    assert errors("b", 0) == first
+    assert errors("c", 1) != first
 
 
 def test_nan_retrievals_are_refused(tmp_path):
