@@ -38,9 +38,16 @@ SLOW_LEARNED = TINY_MODEL + textwrap.dedent('''
                                                               checkpoint_every=1000, num_patterns=(16, 32)))}
 
         def meta_loss(self, patterns, queries):
-            import time
+            import os, pathlib, time
+            global UPDATES
+            UPDATES += 1
+            if UPDATES == 3 and os.environ.get("MEMBENCH_TEST_MARK"):  # says: three updates in
+                pathlib.Path(os.environ["MEMBENCH_TEST_MARK"]).touch()
             time.sleep(0.2)
             return super().meta_loss(patterns, queries)
+
+
+    UPDATES = 0
 ''')
 
 
@@ -239,8 +246,9 @@ def test_orphan_temporary_files_are_removed(tmp_path):
     assert dead.exists()  # another host's writer may still be alive: its file stays
 
 
-def _membench(tmp_path: Path, *args: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO_ROOT)]), "PYTHONUNBUFFERED": "1"}
+def _membench(tmp_path: Path, *args: str, **env_vars: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO_ROOT)]), "PYTHONUNBUFFERED": "1",
+           **env_vars}
     return subprocess.Popen([sys.executable, "-m", "membench.cli", *args], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -256,16 +264,15 @@ def test_ctrl_c_during_training_checkpoints_and_the_rerun_resumes(tmp_path):
     (tmp_path / "slow_learned.py").write_text(SLOW_LEARNED)
     args = ["run", "--model", "slow_learned:SlowLearned", "--num-patterns", "16", "--queries", "16",
             "--checkpoint-dir", "ck", "--out", "out", "--no-progress"]
-    process = _membench(tmp_path, *args)
-    _wait_for(lambda: (tmp_path / "ck").exists() and any((tmp_path / "ck").glob("*.lock")))
-    time.sleep(1.0)  # a few steps in
+    process = _membench(tmp_path, *args, MEMBENCH_TEST_MARK=str(tmp_path / "three"))
+    _wait_for(lambda: (tmp_path / "three").exists() or process.poll() is not None)  # three updates in
     process.send_signal(signal.SIGINT)
     output, _ = process.communicate(timeout=60)
     assert process.returncode == EXIT_INTERRUPTED, output
     assert "Traceback" not in output and "checkpointed at step" in output and "rerun the same command" in output
     (checkpoint,) = (tmp_path / "ck").glob("*.pt")
     saved = torch.load(checkpoint, weights_only=False)
-    assert 0 < saved["step"] < 40
+    assert 3 <= saved["step"] < 40
     rerun = _membench(tmp_path, *args)
     output, _ = rerun.communicate(timeout=120)
     assert rerun.returncode == 0, output

@@ -144,27 +144,32 @@ def test_a_model_that_is_not_trained_runs_once_whatever_the_preset(tmp_path):
 
 def test_killed_process_leaves_no_partial_record(tmp_path):
     """SIGKILL a real `membench run` midway; the rerun completes every run exactly once."""
-    (tmp_path / "slow_memory.py").write_text(textwrap.dedent("""
-        import time
+    (tmp_path / "held_memory.py").write_text(textwrap.dedent("""
+        import os, pathlib, time
         from baselines.raw_slots import RawSlotMemory
 
-        class SlowSlots(RawSlotMemory):
-            def read(self, slots, queries):
-                time.sleep(0.4)
+        class HeldSlots(RawSlotMemory):
+            def read(self, slots, queries):  # with MEMBENCH_TEST_GATE: the third run's read waits to be killed
+                gate = os.environ.get("MEMBENCH_TEST_GATE")
+                if gate and len(list(pathlib.Path(os.environ["MEMBENCH_TEST_OUT"]).glob("runs/*.json"))) >= 2:
+                    pathlib.Path(gate).touch()
+                    while True:
+                        time.sleep(1)
                 return super().read(slots, queries)
     """))
-    out = tmp_path / "out"
-    args = [sys.executable, "-m", "membench.cli", "run", "--model", "slow_memory:SlowSlots",
+    out, gate = tmp_path / "out", tmp_path / "gate"
+    args = [sys.executable, "-m", "membench.cli", "run", "--model", "held_memory:HeldSlots",
             "--queries", "16", "--seeds", "0,1,2,3", "--out", str(out), "--no-progress", "--device", "cpu"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(Path(__file__).parent.parent)])}
-    process = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while time.time() < deadline and len(list((out / "runs").glob("*.json"))) < 2:
+    held = {**env, "MEMBENCH_TEST_GATE": str(gate), "MEMBENCH_TEST_OUT": str(out)}
+    process = subprocess.Popen(args, cwd=tmp_path, env=held, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(2400):  # a guard against a hang (2 minutes), not a timing: the gate opens when the run is held
+        if gate.exists() or process.poll() is not None:
+            break
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    partial = len(list((out / "runs").glob("*.json")))
-    assert 2 <= partial < 20, "the run should have been killed midway"
+    assert gate.exists() and len(list((out / "runs").glob("*.json"))) == 2, "killed while the third run reads"
     for path in (out / "runs").glob("*.json"):
         json.loads(path.read_text())  # every record on disk is complete
     subprocess.run(args, cwd=tmp_path, env=env, check=True, capture_output=True)

@@ -265,7 +265,12 @@ def test_at_the_deadline_every_running_process_is_interrupted_and_the_deaf_one_k
     """A session's processes still running at its deadline all get SIGINT at once (one that checkpoints and
     exits on it ends with its own status), one that ignores it is killed after the wait, and one that had
     finished keeps its status: the session ends in time to pack."""
-    handler = "import signal, sys, time\nsignal.signal(signal.SIGINT, lambda *a: sys.exit(3))\ntime.sleep(60)"
-    deaf = "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\ntime.sleep(60)"
-    processes = [subprocess.Popen([sys.executable, "-c", code]) for code in ("pass", handler, handler, deaf)]
-    assert finish(processes, deadline=time.monotonic() + 3, interrupt_wait_s=2) == [0, 3, 3, 128 + 9]
+    ready = "print('ready', flush=True)\ntime.sleep(60)"  # said once the handler is in place
+    handler = f"import signal, sys, time\nsignal.signal(signal.SIGINT, lambda *a: sys.exit(3))\n{ready}"
+    deaf = f"import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n{ready}"
+    processes = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+                 for code in ("pass", handler, handler, deaf)]
+    assert processes[0].wait() == 0 and all(p.stdout.readline() == "ready\n" for p in processes[1:])
+    assert finish(processes, deadline=time.monotonic() + 0.5, interrupt_wait_s=2) == [0, 3, 3, 128 + 9]
+    for process in processes:
+        process.stdout.close()
