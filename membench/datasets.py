@@ -29,6 +29,7 @@ Decoded splits are cached in memory per (directory, size, file stamps).
 from __future__ import annotations
 
 import hashlib
+import http.client
 import io
 import os
 import pickle
@@ -143,7 +144,8 @@ def _read_omniglot_zip(path: Path, image_size: int, seen: set) -> dict[str, list
 
     try:
         return _read_omniglot_members(path, image_size, seen)
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, UnidentifiedImageError) as exc:
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+        # (PIL's PNG reader raises SyntaxError on a broken chunk, ValueError on a decompression bomb)
         raise _corrupt(path, exc, "delete it and download it again (`membench download omniglot`)") from None
 
 
@@ -276,9 +278,15 @@ def _fetch(url: str, target: Path) -> Path:
         with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as handle:
             while chunk := response.read(1 << 20):
                 handle.write(chunk)
-    except OSError as exc:
+            expected = response.headers.get("Content-Length")
+        if expected is not None and partial.stat().st_size != int(expected):  # a connection closed early
+            raise OSError(f"{partial.stat().st_size} of {expected} bytes arrived")
+        if target.suffix == ".zip" and not zipfile.is_zipfile(partial):
+            raise OSError("what arrived is not a zip archive")
+    except (OSError, http.client.HTTPException) as exc:
         partial.unlink(missing_ok=True)
-        raise DatasetMissing(f"could not download {url} ({exc}); fetch it by hand and put it at {target}") from exc
+        raise DatasetMissing(f"could not download {url} ({type(exc).__name__}: {exc}); download again, or fetch "
+                             f"it by hand and put it at {target}") from None
     os.replace(partial, target)
     return target
 
@@ -301,5 +309,8 @@ def download(name: str, root: Path) -> list[Path]:
     if digest != CIFAR_MD5:
         raise DatasetMissing(f"{archive} has md5 {digest}, expected {CIFAR_MD5}; delete it and download again")
     with tarfile.open(archive) as tar:
-        tar.extractall(root, filter="data")
+        if hasattr(tarfile, "data_filter"):  # Python >= 3.10.12 / 3.11.4: refuse links and paths out of root
+            tar.extractall(root, filter="data")
+        else:  # the archive's md5 is the published one, so its members are the published files
+            tar.extractall(root)
     return [root / CIFAR_DIR]

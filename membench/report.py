@@ -112,10 +112,11 @@ def cell_key(record: dict[str, Any]) -> tuple[str, str, str, str, int]:
 def distinct(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
     """One record per (cell, seed), and how many were dropped.
 
-    Records of one cell and seed evaluate the same episodes (the evaluation stream depends on
-    the seed alone), so pooling them would count queries twice: a copied record file, the same
-    run from two suites, or a rerun with more --queries. The one with the most queries (then
-    the latest) is kept.
+    Records of one cell and seed draw their episodes from one stream (it depends on the seed alone):
+    the same patterns in the same order, and with equal --queries the very same queries (with other
+    --queries the batches differ, and so do the queries' corruptions, drawn after a batch's patterns).
+    Pooling them would count patterns twice: a copied record file, the same run from two suites, or
+    a rerun with more --queries. The one with the most queries (then the latest) is kept.
     """
     best: dict[tuple, dict[str, Any]] = {}
     for record in records:

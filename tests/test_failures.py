@@ -1,6 +1,7 @@
 """Bad input and bad luck: one clear line, a non-zero exit, no traceback, nothing lost or half-written."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,7 @@ from click.testing import CliRunner
 
 from membench import datasets
 from membench.cli import EXIT_INTERRUPTED, main
-from membench.errors import MembenchError, TrainingDiverged
+from membench.errors import DatasetMissing, MembenchError, TrainingDiverged
 from membench.store import ResultsStore
 from membench.tasks import BinaryTask
 from membench.training import meta_train
@@ -219,6 +221,45 @@ def test_truncated_data_files_name_the_file(tmp_path):
     batch.write_bytes(pickle.dumps({"data": [[1, 2]], "labels": [0]}))
     with pytest.raises(MembenchError, match=f"{batch} holds data of shape"):
         datasets.load_cifar10(root)
+
+
+def test_a_png_with_a_broken_chunk_names_its_zip(tmp_path):
+    """A zip whose checksums are right but one of whose PNGs is damaged (PIL raises SyntaxError)."""
+    root = write_fixture_data(tmp_path / "data")
+    zip_path = root / "omniglot" / "images_background_small1.zip"
+    with zipfile.ZipFile(zip_path) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    first = next(name for name in members if name.endswith(".png"))
+    png = bytearray(members[first])
+    png[36] ^= 0x55  # the image data chunk's length: PIL then reads a garbage chunk type (SyntaxError)
+    members[first] = bytes(png)
+    with zipfile.ZipFile(zip_path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    with pytest.raises(MembenchError, match=f"{zip_path} is corrupt or truncated"):
+        datasets.load_omniglot(root)
+
+
+def test_a_download_cut_short_is_refused_and_leaves_nothing(tmp_path, monkeypatch):
+    """A server that closes the connection early (fewer bytes than its Content-Length) or sends a page that is
+    not a zip: one clear error, and neither the file nor its .part stays (a later download would skip it)."""
+    class Response(io.BytesIO):
+        def __init__(self, body: bytes, length: int):
+            super().__init__(body)
+            self.headers = {"Content-Length": str(length)}
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *args):
+            self.close()
+
+    for body, length, fragment in ((b"PK" + bytes(100), 300, "102 of 300 bytes arrived"),
+                                   (b"<html>busy</html>", 17, "not a zip archive")):
+        monkeypatch.setattr(datasets.urllib.request, "urlopen", lambda *a, **k: Response(body, length))
+        with pytest.raises(DatasetMissing, match=f"could not download .*images_background.zip.*{fragment}"):
+            datasets.download("omniglot", tmp_path)
+        assert not list(tmp_path.rglob("*.zip*"))
 
 
 def test_divergence_says_whether_a_checkpoint_exists(tmp_path):
