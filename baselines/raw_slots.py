@@ -23,7 +23,7 @@ class RawSlotMemory(AssociativeMemory):
 
     @classmethod
     def from_spec(cls, spec: TaskSpec, budget: int, preset: str = "quick", **options) -> "RawSlotMemory":
-        return cls(spec, num_slots=options.get("num_slots", budget // spec.pattern_size))
+        return cls(spec, **{"num_slots": budget // spec.pattern_size, **options})  # any other option is refused
 
     def memory_floats(self, spec: TaskSpec) -> int:
         return min(spec.num_patterns, self.num_slots) * spec.pattern_size

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import pickle
 import shlex
 from pathlib import Path
 
@@ -77,6 +78,10 @@ def _friendly_errors(command):
         except KeyboardInterrupt:
             raise ExitWith("interrupted; finished runs are kept, rerun the same command to continue",
                            EXIT_INTERRUPTED) from None
+        except OSError as exc:  # a path the checks before the work could not foresee (a full disk, permissions)
+            where = f" {exc.filename}" if exc.filename else ""
+            raise click.ClickException(f"cannot read or write{where}: {exc.strerror or exc}; check the path, "
+                                       "its permissions and the free space, then run the command again") from None
 
     return wrapper
 
@@ -123,14 +128,15 @@ def list_command() -> None:
 @click.option("--out", default=DEFAULT_OUT, show_default=True, type=click.Path(file_okay=False, path_type=Path),
               help="Output directory (records in OUT/runs).")
 @click.option("--checkpoint-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Where trained checkpoints are cached. Default: $MEMBENCH_CACHE/checkpoints or ~/.cache/membench.")
+              help="Where trained checkpoints are cached. Default: $MEMBENCH_CACHE/checkpoints or "
+                   "~/.cache/membench/checkpoints.")
 @click.option("--force", is_flag=True, help="Rerun finished runs instead of skipping them.")
 @click.option("--progress/--no-progress", default=True, help="Show progress bars.")
 @click.option("--train-time-limit", type=click.FloatRange(min=0), metavar="SECONDS",
               help="Stop this call's meta-training this many seconds after it began (checkpointed; exit status 3); rerun "
                    "to resume. Processes given the same command share its models out (0: one step of a new model).")
 @click.option("--launcher", default="local", show_default=True, type=click.Choice(["local", "ray"]),
-              help="local: runs in this process; ray: runs as Ray tasks (pip install 'membench[ray]').")
+              help="local: runs in this process; ray: runs as Ray tasks (pip install -e '.[ray]' in the checkout).")
 @click.option("--address", help="Address of an existing Ray cluster (with --launcher ray). Default: start a local Ray.")
 @click.option("--option", "options", multiple=True, callback=_options, metavar="KEY=VALUE",
               help="Model option for every run, repeatable (a field of a learned model's config, e.g. hidden=256, or of "
@@ -144,13 +150,10 @@ def run(suite, models, num_patterns, seeds, queries, preset, budget, device, out
     from membench.datasets import set_data_dir
     from membench.report import table1
     from membench.runner import run_all
-    from membench.suites import ImageCapacitySuite, SweepSuite, get_suite
+    from membench.suites import ImageCapacitySuite, SweepSuite
 
     set_data_dir(data_dir)
-    chosen = get_suite(suite)
-    specs = chosen.expand(suite, tuple(models) or None, seeds, queries or chosen.queries, preset, num_patterns, budget)
-    if options:
-        specs = [dataclasses.replace(s, options={**s.options, **options}) for s in specs]
+    chosen, specs = _run_specs(suite, models, num_patterns, seeds, queries, preset, budget, options)
     if address and launcher != "ray":
         raise MembenchError("--address is for --launcher ray; add --launcher ray or drop --address")
     done = run_all(specs, out, device=device, force=force, checkpoint_dir=checkpoint_dir, progress=progress,
@@ -165,6 +168,15 @@ def run(suite, models, num_patterns, seeds, queries, preset, budget, device, out
         click.echo(f"tables and figures: membench capacity --out {out}")
     else:
         click.echo(table1(out))
+
+
+def _run_specs(suite, models, num_patterns, seeds, queries, preset, budget, options):
+    """`membench run`'s suite and its runs, from the command's parameters."""
+    from membench.suites import get_suite
+
+    chosen = get_suite(suite)
+    specs = chosen.expand(suite, tuple(models) or None, seeds, queries or chosen.queries, preset, num_patterns, budget)
+    return chosen, [dataclasses.replace(s, options={**s.options, **options}) for s in specs] if options else specs
 
 
 @main.command()
@@ -215,7 +227,7 @@ def figures(out, reference, checkpoint_dir, grids, data_dir) -> None:
 @click.option("--out", default="results/table1", show_default=True, type=click.Path(file_okay=False, path_type=Path),
               help="Output directory whose trained records' checkpoints are shipped.")
 @click.option("--checkpoint-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="The checkpoint cache. Default: $MEMBENCH_CACHE/checkpoints or ~/.cache/membench.")
+              help="The checkpoint cache. Default: $MEMBENCH_CACHE/checkpoints or ~/.cache/membench/checkpoints.")
 @click.option("--checkpoint", "files", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Also ship this <checkpoint key>.pt file (repeatable), e.g. paused training carried back "
                    "from a GPU machine, so the next machine resumes it.")
@@ -224,7 +236,18 @@ def ship(out, checkpoint_dir, files) -> None:
     """Write the checkpoints behind OUT's trained records (and any --checkpoint), weights only, into
     results/checkpoints (committed with them); a shipped checkpoint is replaced only by one trained further."""
     from membench.runner import default_checkpoint_dir, ship_checkpoints
+    from membench.training import read_checkpoint
 
+    if not files and not (out / "runs").is_dir():
+        raise MembenchError(f"{out} holds no runs/ folder; give --out the results folder of trained runs, or "
+                            "--checkpoint FILE")
+    for file in (f for f in files if f.is_file()):  # one named on purpose that cannot be shipped: an error
+        try:
+            read_checkpoint(file)
+        except (EOFError, OSError, RuntimeError, ValueError, pickle.UnpicklingError) as exc:
+            raise MembenchError(f"checkpoint {file} is unreadable ({type(exc).__name__}: "
+                                f"{str(exc).splitlines()[0][:160] if str(exc) else ''}); give a <key>.pt file "
+                                "a training run wrote") from None
     for path in ship_checkpoints(out, checkpoint_dir or default_checkpoint_dir(), files):
         click.echo(f"shipped {path}")
 
@@ -258,7 +281,10 @@ def session(runs, copies, train_time_limit, device, archive, results, cache, gra
     """One session on a lent machine as one bounded command: the --run processes side by side, then what
     they made packed into one archive (exit 3: some training paused; run the session again to resume)."""
     from membench.session import run_session, volume_path
+    from membench.store import writable_folder
 
+    for args in runs:
+        _check_run_command(args)
     first = []
     if time_updates:  # eager kernels at three meta-batches, reduced precision, compiled kernels (slow to compile) last
         timing = ["throughput", "--model", "ebmm", "--preset", "gpu", "--device", device, "--steps", "20",
@@ -267,12 +293,34 @@ def session(runs, copies, train_time_limit, device, archive, results, cache, gra
         first += [[*timing, "--batch-sizes", "32,128,512", "--eager"], [*timing, "--batch-sizes", "128", "--eager", *reduced],
                   [*timing, "--batch-sizes", "512", "--compile"]]
     first += [_timing_command(args, device, results / "bench" / "throughput.csv") for args in timings]
+    writable_folder(archive.parent, "--to's folder")  # before the session's work, not when packing it
     status = run_session(runs, copies, train_time_limit, device, cache, archive, results, first, grace)
     click.echo(f"packed into {archive} (and its volumes {volume_path(archive, 2).name} ... if any); then here: "
                f"membench unpack <them all>, membench report, membench readme")
     if status:
         raise ExitWith(f"session ended with status {status} (3: training paused; run the same session again)",
                        status)
+
+
+def _check_run_command(args: str) -> None:
+    """Refuse (MembenchError) a session's `--run ARGS` that `membench run` would refuse before any work: its
+    options, suite, models, presets and model options (so no session time is spent first)."""
+    from membench.datasets import set_data_dir
+    from membench.runner import checked_specs
+
+    try:
+        params = main.commands["run"].make_context("run", shlex.split(args)).params
+    except click.exceptions.Exit:
+        raise MembenchError(f"--run '{args}' asks for help; give the run's own options") from None
+    except (ValueError, click.UsageError) as exc:
+        reason = exc.format_message() if isinstance(exc, click.UsageError) else str(exc)
+        raise MembenchError(f"--run '{args}' is not a `membench run` command line: {reason}") from None
+    set_data_dir(params["data_dir"])
+    try:
+        checked_specs(_run_specs(params["suite"], params["models"], params["num_patterns"], params["seeds"],
+                                 params["queries"], params["preset"], params["budget"], params["options"])[1])
+    except MembenchError as exc:
+        raise MembenchError(f"--run '{args}': {exc}") from None
 
 
 def _timing_command(args: str, device: str, table: Path) -> list[str]:
@@ -308,14 +356,19 @@ def _timing_command(args: str, device: str, table: Path) -> list[str]:
 @click.option("--results", default="results", show_default=True, type=click.Path(file_okay=False, path_type=Path),
               help="The results folder whose new files are packed.")
 @click.option("--checkpoint-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="The checkpoint cache whose new checkpoints are packed. Default: $MEMBENCH_CACHE/checkpoints.")
+              help="The checkpoint cache whose new checkpoints are packed. Default: $MEMBENCH_CACHE/checkpoints or "
+                   "~/.cache/membench/checkpoints.")
 @_friendly_errors
 def pack(archive, mark, results, checkpoint_dir) -> None:
     """Pack what a session made (new results files, new checkpoints weights only) into an archive (and up to
     three volumes of at most 16 MB beside it) to carry back; `membench unpack` adds them to a checkout."""
     from membench.runner import default_checkpoint_dir
     from membench.session import pack as pack_archive
+    from membench.store import writable_folder
 
+    if not results.is_dir():
+        raise MembenchError(f"--results {results} is not a folder; give the results folder the session wrote into")
+    writable_folder(archive.parent, "--to's folder")
     names = pack_archive(archive, mark.stat().st_mtime, results, checkpoint_dir or default_checkpoint_dir())
     click.echo(f"packed {len(names)} file(s) into {archive} and its volumes: " + ", ".join(names))
 
@@ -387,8 +440,9 @@ def throughput(suite, models, preset, device, num_patterns, batch_sizes, steps, 
 
     from membench.datasets import set_data_dir
     from membench.runner import resolve_device
-    from membench.throughput import measure, merge, run_specs
+    from membench.throughput import existing_table, measure, merge, run_specs
 
+    existing_table(out)  # a table that cannot be written or read refused before any timing
     set_data_dir(data_dir)
     requests = [dict(spec=spec, device=resolve_device(device), batch_size=batch, steps=steps, warmup=warmup,
                      cuda_graph=cuda_graph, compile=compile_, precision=precision)

@@ -161,6 +161,11 @@ def resolve_preset(cls: type["AssociativeMemory"], spec: TaskSpec, name: str,
                   dataclasses.replace(preset.train, **train_options))
 
 
+_NOT_LEARNED = ("model {name} does not implement {method}(): a meta-learned model (trainable = True) implements "
+                "presets(), from_preset() and meta_loss() (README: Adding a model); a model that is not trained "
+                "sets trainable = False")
+
+
 class AssociativeMemory(nn.Module, abc.ABC):
     """Base class of every model in membench.
 
@@ -211,12 +216,12 @@ class AssociativeMemory(nn.Module, abc.ABC):
     @classmethod
     def presets(cls, spec: TaskSpec, options: Mapping[str, Any]) -> Mapping[str, Preset]:
         """Preset name -> Preset for this task (`options` for models whose defaults depend on one)."""
-        raise TypeError(f"{cls.__name__} is not trainable (trainable = False)")
+        raise MembenchError(_NOT_LEARNED.format(name=cls.__name__, method="presets"))
 
     @classmethod
     def from_preset(cls, spec: TaskSpec, budget: int, preset: Preset) -> "AssociativeMemory":
         """Build a learned model from its resolved preset."""
-        raise TypeError(f"{cls.__name__} is not trainable (trainable = False)")
+        raise MembenchError(_NOT_LEARNED.format(name=cls.__name__, method="from_preset"))
 
     def meta_loss(self, patterns: torch.Tensor, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Differentiable training loss of one batch of episodes, and the retrievals.
@@ -225,4 +230,4 @@ class AssociativeMemory(nn.Module, abc.ABC):
         (query i belongs to pattern i). Returns (scalar loss, retrievals (B, N, *S)); the
         training loop logs the task's error of the retrievals.
         """
-        raise TypeError(f"{type(self).__name__} is not trainable (trainable = False)")
+        raise MembenchError(_NOT_LEARNED.format(name=type(self).__name__, method="meta_loss"))

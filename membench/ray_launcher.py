@@ -26,11 +26,14 @@ from membench.suites import RunSpec
 
 def _execute(spec: RunSpec, out_dir: str, device: str, checkpoint_dir: str, command: str, force: bool,
              train_time_limit_s: float | None, after: Any = None) -> dict[str, Any] | None:
-    """One run in a worker (`after`: the result of the run this one waits for, unused). None: finished
-    elsewhere meanwhile; a pause at the training time limit comes back as {"paused": message}."""
+    """One run in a worker (`after`: the result of the run this one waits for: when that one paused, this one
+    is not started, so a chain trains its checkpoint for the time limit once). None: finished elsewhere
+    meanwhile; a pause at the training time limit comes back as {"paused": message}."""
     from membench.runner import execute, is_current, resolve_device
     from membench.store import ResultsStore
 
+    if isinstance(after, dict) and "paused" in after:  # the chain's checkpoint paused: its training time is spent
+        return after
     store = ResultsStore(out_dir)
     with store.claim(spec.run_id, blocking=True):
         if not force and is_current(spec, store):
@@ -64,7 +67,7 @@ def run_with_ray(specs: list[RunSpec], out_dir: Path, device: str, force: bool, 
     try:
         import ray
     except ImportError:
-        raise MembenchError("--launcher ray needs Ray: pip install 'membench[ray]' (or pip install ray)") from None
+        raise MembenchError("--launcher ray needs Ray: pip install -e '.[ray]' in the checkout (or pip install ray)") from None
     from membench.runner import is_current, resolve_device
     from membench.store import ResultsStore
 

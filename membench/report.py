@@ -9,6 +9,7 @@ once (`distinct`). Each task and budget gets its own table, with its own header.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,9 @@ def mean_interval(episodes: np.ndarray, confidence: float = 0.95) -> tuple[float
     """Mean and a Student-t confidence interval of the mean over episodes (per-episode means: the queries of
     one episode read one memory, so they are not independent)."""
     mean = float(episodes.mean())
-    if len(episodes) < 2 or episodes.std() == 0:
+    if len(episodes) < 2:  # no spread to estimate: no interval
+        return mean, math.nan, math.nan
+    if episodes.std() == 0:
         return mean, mean, mean
     low, high = stats.t.interval(confidence, len(episodes) - 1, loc=mean, scale=stats.sem(episodes))
     return mean, float(low), float(high)
@@ -172,7 +175,7 @@ def summarise(records: list[dict[str, Any]]) -> pd.DataFrame:
 
 def _cell(row: pd.Series, decimals: int = 2) -> str:
     half = (row["ci_high"] - row["ci_low"]) / 2
-    text = f"{row['mean']:.{decimals}f} ± {half:.{decimals}f}"
+    text = f"{row['mean']:.{decimals}f} ± " + ("n/a" if math.isnan(half) else f"{half:.{decimals}f}")
     if "paper" in row and pd.notna(row["paper"]):
         text += f" ({row['paper']:g})"
     return text

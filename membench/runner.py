@@ -36,7 +36,7 @@ from membench.integrity import audit_write
 from membench.interface import AssociativeMemory, resolve_preset
 from membench.provenance import environment, git_state
 from membench.registry import make_task, resolve_model
-from membench.store import ResultsStore, read_record, warn, write_atomic, write_text_atomic
+from membench.store import ResultsStore, read_record, warn, writable_folder, write_atomic, write_text_atomic
 from membench.suites import DEFAULT_PRESET, RunSpec
 from membench.tasks import Task
 from membench.training import load_checkpoint, meta_train, read_checkpoint, weights_only
@@ -337,6 +337,21 @@ def execute(spec: RunSpec, store: ResultsStore, device: torch.device, checkpoint
     return record
 
 
+def checked_specs(specs: list[RunSpec]) -> list[RunSpec]:
+    """`specs` after failing fast (MembenchError) on unknown models, tasks, presets and options, before any
+    work; a model that is not trained gets DEFAULT_PRESET (one run id whatever --preset says)."""
+    checked = []
+    for spec in specs:
+        cls = resolve_model(spec.model)
+        task = make_task(spec.task)
+        if cls.trainable:
+            resolve_preset(cls, task.spec, spec.preset, spec.options)
+        else:
+            spec = dataclasses.replace(spec, preset=DEFAULT_PRESET)
+        checked.append(spec)
+    return checked
+
+
 def run_all(specs: list[RunSpec], out_dir: Path, device: str = "auto", force: bool = False,
             checkpoint_dir: Path | None = None, command: str | None = None, progress: bool = True,
             on_record: Callable[[dict[str, Any]], None] | None = None,
@@ -358,16 +373,10 @@ def run_all(specs: list[RunSpec], out_dir: Path, device: str = "auto", force: bo
     checkpoint_dir = Path(checkpoint_dir or default_checkpoint_dir())
     command = command or shlex.join(["membench", *sys.argv[1:]])
     git_state()  # before any file is written
-    checked = []
-    for spec in specs:  # fail fast on unknown names, presets and options before any work
-        cls = resolve_model(spec.model)
-        task = make_task(spec.task)
-        if cls.trainable:
-            resolve_preset(cls, task.spec, spec.preset, spec.options)
-        else:  # a model that is not trained has no preset: one run id whatever --preset says
-            spec = dataclasses.replace(spec, preset=DEFAULT_PRESET)
-        checked.append(spec)
-    specs = checked
+    specs = checked_specs(specs)
+    writable_folder(out_dir, "--out")
+    if any(resolve_model(spec.model).trainable for spec in specs):
+        writable_folder(checkpoint_dir, "--checkpoint-dir")
     if launcher == "ray":
         from membench.ray_launcher import run_with_ray
 

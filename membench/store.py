@@ -45,6 +45,20 @@ def warn(message: str) -> None:
     print(f"Warning: {message}", file=sys.stderr, flush=True)
 
 
+def writable_folder(folder: Path, what: str) -> Path:
+    """`folder`, created if absent, after a test that a file can be written in it; MembenchError naming `what`
+    (e.g. "--out") and the reason otherwise: checked before work whose output would have nowhere to go."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise MembenchError(f"{what} {folder} is not a folder membench can write in ({exc.strerror or exc}); "
+                            f"give another") from None
+    return folder
+
+
 def read_table(path: Path, what: str, columns: tuple[str, ...] = (), fix: str = "restore it from git", **read_csv):
     """The CSV at `path` as a DataFrame (`read_csv`: pandas.read_csv's options); MembenchError naming `what` the
     file should be, and `fix`, when it is missing, unreadable or lacks one of `columns`."""

@@ -40,7 +40,7 @@ from membench.registry import make_task
 from membench.provenance import device_name, git_state
 from membench.runner import build_model
 from membench.stepper import Stepper
-from membench.store import write_text_atomic
+from membench.store import read_table, writable_folder, write_text_atomic
 from membench.suites import SUITES, RunSpec, SweepSuite, get_suite
 
 COLUMNS = ["device", "device_name", "suite", "model", "preset", "options", "budget", "batch_size", "num_patterns",
@@ -218,16 +218,25 @@ def _with_late_columns(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
+def existing_table(path: Path) -> pd.DataFrame | None:
+    """The throughput CSV at `path` (None when absent), in this membench's columns; MembenchError when its
+    folder cannot be written or it is not such a CSV. Called before timing, so a bad --out costs no work."""
+    path = Path(path)
+    writable_folder(path.parent, "--out's folder")
+    if not path.exists():
+        return None
+    old = read_table(path, "a throughput CSV", ("device", "model", "episodes_per_s"), "move it aside and rerun",
+                     dtype={"commit": str, "options": str, "suite": str, "reference": str})
+    return _with_late_columns(old)[COLUMNS]
+
+
 def merge(path: Path, rows: list[dict[str, Any]]) -> pd.DataFrame:
     """Add `rows` to the CSV at `path` (a row with the same key replaces the old one); return the table."""
     path = Path(path)
     frame = _with_late_columns(pd.DataFrame(rows))[COLUMNS]  # rows from an older membench (an unpacked archive)
-    if path.exists():
-        try:
-            old = pd.read_csv(path, dtype={"commit": str, "options": str, "suite": str, "reference": str})
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-            raise MembenchError(f"{path} is not a throughput CSV ({exc}); move it aside and rerun") from None
-        frame = pd.concat([_with_late_columns(old)[COLUMNS], frame], ignore_index=True).drop_duplicates(KEY, keep="last")
+    old = existing_table(path)
+    if old is not None:
+        frame = pd.concat([old, frame], ignore_index=True).drop_duplicates(KEY, keep="last")
     frame = frame.sort_values(["device", "suite", "model", "preset", "options", "budget", "num_patterns", "batch_size",
                                "cuda_graph", "compiled", "precision"], kind="stable")
     buffer = io.StringIO()

@@ -363,3 +363,52 @@ def test_reports_of_missing_or_broken_inputs_say_so_in_one_line_and_write_nothin
                                                        "config": {}}}))
     _one_clear_line(_invoke("report", "--out", str(out)), f"{out / 'training' / 'lost.csv'} is not the training curve")
     assert (out / "table1.md").read_text() == "as it was" and "raw_slots" in table
+
+
+def test_outputs_that_cannot_be_written_are_refused_before_any_work(tmp_path, monkeypatch):
+    """run --out, session --to, pack --to and throughput --out under a path whose parent is a file; session
+    --run naming an unknown model; pack --results and ship --out that are no results folder; ship --checkpoint
+    that is no checkpoint: one line naming it, a non-zero exit, nothing run or written."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("x")
+    small = ["--model", "raw_slots", "--num-patterns", "16", "--queries", "16", "--no-progress"]
+    _one_clear_line(_invoke("run", *small, "--out", "afile/out"), "--out afile/out is not a folder membench can write")
+    session = ["session", "--device", "cpu", "--train-time-limit", "60", "--cache", "cache"]
+    ok_run = "--model raw_slots --num-patterns 16 --queries 16 --out results/x"
+    _one_clear_line(_invoke(*session, "--run", ok_run, "--to", "afile/s.tgz"), "--to's folder afile is not a folder")
+    _one_clear_line(_invoke(*session, "--run", "--model nosuch --out results/x", "--to", "out/s.tgz"),
+                    "--run '--model nosuch --out results/x'", "nosuch")
+    assert not (tmp_path / "results").exists() and not (tmp_path / "cache").exists()
+    _one_clear_line(_invoke("pack", "--to", "out/p.tgz", "--since", "afile", "--results", "nothing"),
+                    "--results nothing is not a folder")
+    _one_clear_line(_invoke("ship", "--out", "nothing"), "nothing holds no runs/ folder")
+    _one_clear_line(_invoke("ship", "--checkpoint", "afile"), "checkpoint afile is unreadable")
+    (tmp_path / "table.csv").write_text("not,a\nthroughput,table\n")
+    _one_clear_line(_invoke("throughput", "--model", "memory_networks", "--num-patterns", "8", "--batch-sizes", "1",
+                            "--steps", "1", "--out", "table.csv"), "table.csv is not a throughput CSV")
+    assert (tmp_path / "table.csv").read_text() == "not,a\nthroughput,table\n"
+    assert not list(tmp_path.glob("out*"))
+
+
+USER_MODELS = textwrap.dedent('''
+    from baselines.raw_slots import RawSlotMemory
+
+    class LearnedWithoutPresets(RawSlotMemory):
+        trainable = True
+''')
+
+
+def test_a_model_that_says_it_learns_but_has_no_presets_is_told_what_is_missing(tmp_path, monkeypatch):
+    (tmp_path / "presetless.py").write_text(USER_MODELS)  # its own module name: others import tiny_learned
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "presetless", raising=False)
+    _one_clear_line(_invoke("run", "--model", "presetless:LearnedWithoutPresets", "--num-patterns", "16",
+                            "--out", "out", "--no-progress"),
+                    "does not implement presets(): a meta-learned model (trainable = True) implements")
+
+
+def test_an_option_a_model_does_not_take_is_refused(tmp_path):
+    _one_clear_line(_invoke("run", "--model", "raw_slots", "--num-patterns", "16", "--option", "foo=1",
+                            "--out", str(tmp_path), "--no-progress"), "cannot build model 'raw_slots'", "foo")
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())

@@ -284,3 +284,14 @@ def test_learned_baselines_train_on_at_least_ebmms_updates_and_episodes(preset: 
     assert not short, (f"preset {preset}, patterns {shape}: fewer (updates, episodes) than EBMM's "
                        f"({most_steps}, {most_episodes}): {short}")
 
+
+
+def test_with_ray_a_chain_whose_checkpoint_paused_trains_no_further(tmp_path):
+    """The runs of one checkpoint form a chain of Ray tasks; once one pauses at the training time limit, the
+    later ones come back paused without starting, so the limit bounds the model's training, not each run's."""
+    from membench.ray_launcher import _execute
+
+    spec = _specs("raw_slots", num_patterns=(16,))[0]
+    paused = {"paused": "meta-training stopped at step 10"}
+    assert _execute(spec, str(tmp_path), "cpu", str(tmp_path / "ck"), "membench run", False, 1.0, after=paused) == paused
+    assert not (tmp_path / "runs").exists()
