@@ -144,8 +144,8 @@ def capacity_markdown(summary, records: list[dict[str, Any]], dropped: int) -> s
     pivot = _budget_pivot(summary)
     header = ["# Capacity of the memories", "",
               "Error bits per query (wrong bits of all 128, an undecided 0.5 counts as wrong): mean ± half-width "
-              "of the 95% t-interval over episodes (per-episode means). One table per task and budget; seeds pooled "
-              "inside a cell."]
+              "of the 95% t-interval over episodes (per-episode means; n/a: one episode). One table per task and "
+              "budget; seeds pooled inside a cell."]
     if dropped:
         header.append(f"\n{dropped} record(s) repeat the episodes of another record of the same cell and seed "
                       "(e.g. N = 64 at 8256 floats in both capacity-n and capacity-budget) and were counted once.")
@@ -177,13 +177,14 @@ def _budget_pivot(summary) -> str:
                     continue
                 record = group[group.row == row].iloc[0]
                 count = _count_at(record, _task_of(record["table"])[0], int(budget), BUDGET_NUM_PATTERNS)
-                line.append("over budget" if count is None or (count is not False and count > budget) else "not run")
+                line.append("cannot be built" if count is False else "over budget" if count is None or count > budget
+                            else "not run")
             cells.append(line)
         headers = ["model \\ budget"] + [f"{b} ({b // dim} patterns)" for b in budgets]
         sections.append(f"## Summary: error at N = {BUDGET_NUM_PATTERNS} against the budget ({dim}-bit patterns, "
                         f"{erased} erased)\n\nThe same cells as the tables above, side by side; \"over budget\": the "
-                        "model's state exceeds that budget, so it was not run; \"not run\": it would fit, but was run at "
-                        "other budgets only.\n\n"
+                        "model's state exceeds that budget, so it was not run; \"not run\": it would fit, but was "
+                        "run at other budgets only.\n\n"
                         + tabulate(cells, headers=headers, tablefmt="github") + "\n")
     return "\n".join(sections)
 
@@ -318,8 +319,8 @@ def binary_capacity_figures(out_dir: Path) -> list[Path]:
                 _line(ax, part[part.row == row], "num_patterns", row, styles[row])
             bits = round(task["flip"] * task.get("dim", 128))
             ax.axhline(bits, color="grey", linestyle="--", linewidth=1)
-            on_line = {row for row, g in part.groupby("row")
-                       if (g["ci_low"] == bits).all() and (g["ci_high"] == bits).all()}
+            on_line = {row for row, g in part.groupby("row")  # every query exactly the flips (one episode: mean)
+                       if all((g[bound].fillna(g["mean"]) == bits).all() for bound in ("ci_low", "ci_high"))}
             unchanged = on_line if unchanged is None else unchanged & on_line
             _log2_axis(ax, sorted(part["num_patterns"].unique()))
             ax.set(xlabel="N (patterns written)", title=f"flip {task['flip']:g}: {bits} of {task.get('dim', 128)} "

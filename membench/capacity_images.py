@@ -118,10 +118,9 @@ def image_capacity_markdown(summary, records: list[dict[str, Any]], dropped: int
     header = ["# Capacity of the non-learned memories on images", "",
               "Error per image, over all its pixels: Omniglot, wrong pixels of 32x32 after thresholding at 0.5 (an "
               "undecided 0.5 counts as wrong); CIFAR-10, squared error summed over 3x32x32 values in [0, 1]. Mean ± "
-              "half-width of the 95% t-interval over episodes (per-episode means); one table per data set, corruption "
-              "and budget; seeds "
-              "pooled inside a cell. passthrough stores nothing and returns the query unchanged: what the "
-              "corruption alone costs."]
+              "half-width of the 95% t-interval over episodes (per-episode means; n/a: one episode); one table per "
+              "data set, corruption and budget; seeds pooled inside a cell. passthrough stores nothing and returns "
+              "the query unchanged: what the corruption alone costs."]
     if dropped:
         header.append(f"\n{dropped} record(s) repeat the episodes of another record of the same cell and seed "
                       "and were counted once.")

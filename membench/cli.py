@@ -78,10 +78,11 @@ def _friendly_errors(command):
         except KeyboardInterrupt:
             raise ExitWith("interrupted; finished runs are kept, rerun the same command to continue",
                            EXIT_INTERRUPTED) from None
-        except OSError as exc:  # a path the checks before the work could not foresee (a full disk, permissions)
-            where = f" {exc.filename}" if exc.filename else ""
-            raise click.ClickException(f"cannot read or write{where}: {exc.strerror or exc}; check the path, "
-                                       "its permissions and the free space, then run the command again") from None
+        except OSError as exc:  # a file the checks before the work could not foresee (a full disk, permissions)
+            if not exc.filename:  # not a file's (e.g. a connection refused): its own message
+                raise click.ClickException(str(exc)) from None
+            raise click.ClickException(f"cannot read or write {exc.filename}: {exc.strerror or exc}; check the "
+                                       "path, its permissions and the free space, then run the command again") from None
 
     return wrapper
 
@@ -302,19 +303,24 @@ def session(runs, copies, train_time_limit, device, archive, results, cache, gra
                        status)
 
 
+def _parsed(name: str, flag: str, args: str, extra: tuple[str, ...] = ()) -> dict:
+    """The parameters of `membench NAME ARGS EXTRA` as that command parses them; MembenchError naming `flag`."""
+    try:
+        return main.commands[name].make_context(name, [*shlex.split(args), *extra]).params
+    except click.exceptions.Exit:
+        raise MembenchError(f"{flag} '{args}' asks for help; give the {name} command's own options") from None
+    except (ValueError, click.UsageError) as exc:
+        reason = exc.format_message() if isinstance(exc, click.UsageError) else str(exc)
+        raise MembenchError(f"{flag} '{args}' is not a `membench {name}` command line: {reason}") from None
+
+
 def _check_run_command(args: str) -> None:
     """Refuse (MembenchError) a session's `--run ARGS` that `membench run` would refuse before any work: its
     options, suite, models, presets and model options (so no session time is spent first)."""
     from membench.datasets import set_data_dir
     from membench.runner import checked_specs
 
-    try:
-        params = main.commands["run"].make_context("run", shlex.split(args)).params
-    except click.exceptions.Exit:
-        raise MembenchError(f"--run '{args}' asks for help; give the run's own options") from None
-    except (ValueError, click.UsageError) as exc:
-        reason = exc.format_message() if isinstance(exc, click.UsageError) else str(exc)
-        raise MembenchError(f"--run '{args}' is not a `membench run` command line: {reason}") from None
+    params = _parsed("run", "--run", args)
     set_data_dir(params["data_dir"])
     try:
         checked_specs(_run_specs(params["suite"], params["models"], params["num_patterns"], params["seeds"],
@@ -330,14 +336,8 @@ def _timing_command(args: str, device: str, table: Path) -> list[str]:
     from membench.registry import resolve_model
     from membench.throughput import run_specs
 
-    try:
-        command = ["throughput", *shlex.split(args), "--device", device, "--out", str(table)]
-        params = main.commands["throughput"].make_context("throughput", command[1:]).params
-    except click.exceptions.Exit:
-        raise MembenchError(f"--time '{args}' asks for help; give the timing's own options") from None
-    except (ValueError, click.UsageError) as exc:
-        reason = exc.format_message() if isinstance(exc, click.UsageError) else str(exc)
-        raise MembenchError(f"--time '{args}' is not a `membench throughput` command line: {reason}") from None
+    extra = ("--device", device, "--out", str(table))
+    params = _parsed("throughput", "--time", args, extra)
     set_data_dir(params["data_dir"])
     try:
         for spec in run_specs(params["suite"], params["models"], params["num_patterns"], params["preset"],
@@ -345,7 +345,7 @@ def _timing_command(args: str, device: str, table: Path) -> list[str]:
             resolve_model(spec.model)
     except MembenchError as exc:
         raise MembenchError(f"--time '{args}': {exc}") from None
-    return command
+    return ["throughput", *shlex.split(args), *extra]
 
 
 @main.command()
@@ -442,12 +442,12 @@ def throughput(suite, models, preset, device, num_patterns, batch_sizes, steps, 
     from membench.runner import resolve_device
     from membench.throughput import existing_table, measure, merge, run_specs
 
-    existing_table(out)  # a table that cannot be written or read refused before any timing
     set_data_dir(data_dir)
     requests = [dict(spec=spec, device=resolve_device(device), batch_size=batch, steps=steps, warmup=warmup,
                      cuda_graph=cuda_graph, compile=compile_, precision=precision)
                 for spec in run_specs(suite, models, num_patterns, preset, options)
                 for batch in (batch_sizes or (None,)) for precision in (precisions or (None,))]
+    existing_table(out)  # a table that cannot be written or read refused before any timing
     rows = measure(requests, rounds, reference, on_row=lambda row: merge(out, [row]))
     merge(out, rows)  # again with the reference's columns, when timed beside one
     shown = ["device_name", "suite", "model", "preset", "options", "budget", "batch_size", "num_patterns", "cuda_graph",

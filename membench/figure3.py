@@ -83,7 +83,8 @@ def load_reference(path: Path | None = DEFAULT_REFERENCE) -> pd.DataFrame | None
     if path is None or not Path(path).exists():
         return None
     return read_table(path, "a table of the paper's Figure 3", ("dataset", "model", "memory_k", "error", "lo", "hi"),
-                      "pass the shipped one (--reference ../shared/reference/paper_fig3.csv)", comment="#")
+                      "omit --reference for the shipped results/reference/paper_fig3.csv (restore it from git if "
+                      "broken)", comment="#")
 
 
 def summarise(records: list[dict[str, Any]], reference: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -115,7 +116,8 @@ def summarise(records: list[dict[str, Any]], reference: pd.DataFrame | None = No
         summary.append({**point, "memory_k": point["memory_floats"] / 1000, "median": median, "p5": p5, "p95": p95,
                         "train_median": float(np.median(seen)) if seen.size else np.nan,
                         "mean": batches.mean(), "batches": len(batches),
-                        "seeds": " ".join(str(s) for s in sorted(group["seed"])), "trained": bool(group["trained"].any()),
+                        "seeds": " ".join(str(s) for s in sorted(group["seed"])),
+                        "trained": bool(group["trained"].any()),
                         "train_time_s": float(group["train_time_s"].sum()), "wall_time_s": float(group["wall_time_s"].sum()),
                         "device": " ".join(sorted(set(group["device"]))), "command": " | ".join(sorted(set(group["command"])))})
     frame = pd.DataFrame(summary).sort_values(["dataset", "curve", "variant", "preset", "num_patterns", "memory_floats"],

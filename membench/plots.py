@@ -47,8 +47,9 @@ def read_curves(out_dir: Path, models: tuple[str, ...] | None = None) -> Curves:
                 label = f"{record['task']['kind']} {label} {options} ({record['memory_floats']} floats)"
             elif not training["config"].get("num_patterns"):
                 label += f" N={record['task']['num_patterns']}"
-            curves[key] = (label, read_table(Path(out_dir) / training["curve"], f"the training curve of {record['run_id']}",
-                                             ("step", "loss", "error"), "restore it from git or rerun the run with --force"))
+            curve = read_table(Path(out_dir) / training["curve"], f"the training curve of {record['run_id']}",
+                               ("step", "loss", "error"), "restore it from git or rerun the run with --force")
+            curves[key] = (label, curve)
     return curves
 
 

@@ -67,7 +67,8 @@ def run_with_ray(specs: list[RunSpec], out_dir: Path, device: str, force: bool, 
     try:
         import ray
     except ImportError:
-        raise MembenchError("--launcher ray needs Ray: pip install -e '.[ray]' in the checkout (or pip install ray)") from None
+        raise MembenchError("--launcher ray needs Ray: pip install -e '.[ray]' in the checkout (or pip install "
+                            "ray)") from None
     from membench.runner import is_current, resolve_device
     from membench.store import ResultsStore
 

@@ -20,7 +20,7 @@ from tabulate import tabulate
 
 from membench.budget import TABLE1_BUDGET
 from membench.errors import MembenchError
-from membench.store import ResultsStore, read_table, write_text_atomic
+from membench.store import ResultsStore, completeness, read_table, write_text_atomic
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_REFERENCE = REPO_ROOT / "results" / "reference" / "paper_table1.csv"
@@ -55,12 +55,11 @@ def load_reference(path: Path | None = DEFAULT_REFERENCE) -> pd.DataFrame | None
     """The paper's Table 1 as a long frame (model, num_patterns, paper), or None if absent."""
     if path is None or not Path(path).exists():
         return None
-    wide = read_table(path, "a table of the paper's Table 1", ("method",),
-                      "pass the shipped one (--reference ../shared/reference/paper_table1.csv)", comment="#")
-    wide = wide.set_index("method")
+    fix = "omit --reference for the shipped results/reference/paper_table1.csv (restore it from git if broken)"
+    wide = read_table(path, "a table of the paper's Table 1", ("method",), fix, comment="#").set_index("method")
     if not all(str(c).isdigit() for c in wide.columns) or not all(map(pd.api.types.is_numeric_dtype, wide.dtypes)):
         raise MembenchError(f"{path} is not a table of the paper's Table 1 (its columns must be N values with "
-                            "numbers); pass the shipped one (--reference ../shared/reference/paper_table1.csv)")
+                            f"numbers); {fix}")
     long = wide.stack().rename("paper").reset_index()
     long.columns = ["model", "num_patterns", "paper"]
     long["num_patterns"] = long["num_patterns"].astype(int)
@@ -124,8 +123,7 @@ def distinct(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
     best: dict[tuple, dict[str, Any]] = {}
     for record in records:
         key = (*cell_key(record), record["seed"])
-        rank = (len(record["errors"]), record.get("finished_at", ""))
-        if key not in best or rank > (len(best[key]["errors"]), best[key].get("finished_at", "")):
+        if key not in best or completeness(record) > completeness(best[key]):
             best[key] = record
     kept = sorted(best.values(), key=lambda r: r["run_id"])
     return kept, len(records) - len(kept)
@@ -250,7 +248,7 @@ def table1(out_dir: Path, reference: Path | None = DEFAULT_REFERENCE, write: boo
         versions = sorted(set(part["versions"]))
         provenance = [
             "Mean error per query ± half-width of the 95% t-interval over episodes (the queries of one "
-            "episode share its memory, so the interval is over per-episode means)" +
+            "episode share its memory, so the interval is over per-episode means; n/a: one episode)" +
             (f"; in parentheses: the paper's value ({CITATION})." if with_paper else "."),
             f"Queries per cell: {part['num_queries'].min()}–{part['num_queries'].max()}; "
             f"seeds: {', '.join(sorted(set(part['seeds'])))}; "

@@ -31,7 +31,7 @@ import torch
 
 import membench
 from membench.budget import check_declared, check_measured, sealed
-from membench.errors import CheckpointBusy, MembenchError, TrainingPaused
+from membench.errors import CheckpointBusy, MembenchError, OverBudgetError, TrainingPaused
 from membench.integrity import audit_write
 from membench.interface import AssociativeMemory, resolve_preset
 from membench.provenance import environment, git_state
@@ -339,8 +339,9 @@ def execute(spec: RunSpec, store: ResultsStore, device: torch.device, checkpoint
 
 def checked_specs(specs: list[RunSpec]) -> list[RunSpec]:
     """`specs` after failing fast (MembenchError) on unknown models, tasks, presets and options, before any
-    work; a model that is not trained gets DEFAULT_PRESET (one run id whatever --preset says)."""
-    checked = []
+    work; a model that is not trained gets DEFAULT_PRESET (one run id whatever --preset says) and is built
+    once per model and options (cheap), so an option it does not take is refused here too."""
+    checked, built = [], set()
     for spec in specs:
         cls = resolve_model(spec.model)
         task = make_task(spec.task)
@@ -348,6 +349,14 @@ def checked_specs(specs: list[RunSpec]) -> list[RunSpec]:
             resolve_preset(cls, task.spec, spec.preset, spec.options)
         else:
             spec = dataclasses.replace(spec, preset=DEFAULT_PRESET)
+            key = (spec.model, json.dumps(spec.options, sort_keys=True))
+            if key not in built:
+                with torch.random.fork_rng(devices=[]):  # building draws no numbers a run would see
+                    try:
+                        build_model(spec, task)
+                    except OverBudgetError:  # refused with its own message when the run starts
+                        pass
+                built.add(key)
         checked.append(spec)
     return checked
 
@@ -375,8 +384,6 @@ def run_all(specs: list[RunSpec], out_dir: Path, device: str = "auto", force: bo
     git_state()  # before any file is written
     specs = checked_specs(specs)
     writable_folder(out_dir, "--out")
-    if any(resolve_model(spec.model).trainable for spec in specs):
-        writable_folder(checkpoint_dir, "--checkpoint-dir")
     if launcher == "ray":
         from membench.ray_launcher import run_with_ray
 
@@ -386,6 +393,8 @@ def run_all(specs: list[RunSpec], out_dir: Path, device: str = "auto", force: bo
         raise MembenchError(f"unknown launcher '{launcher}'. Valid launchers: local, ray")
     unique = list({spec.run_id: spec for spec in specs}.values())
     todo = [s for s in unique if force or not is_current(s, store)]
+    if any(resolve_model(spec.model).trainable for spec in todo):
+        writable_folder(checkpoint_dir, "--checkpoint-dir")
     records: list[dict[str, Any]] = []
     deferred: list[RunSpec] = []
 

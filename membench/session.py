@@ -36,7 +36,7 @@ import torch
 
 from membench.errors import EXIT_INTERRUPTED, EXIT_PAUSED, MembenchError
 from membench.runner import readable_checkpoint, ship_checkpoints
-from membench.store import read_record, warn, write_atomic
+from membench.store import completeness, parse_record, read_record, warn, write_atomic
 from membench.training import weights_only
 
 RESULTS, CHECKPOINTS = "results", "checkpoints"
@@ -135,7 +135,8 @@ def run_session(runs: Sequence[str], copies: int, train_time_limit_s: float, dev
 def volume_path(archive: Path, number: int) -> Path:
     """The archive's volume `number` (1: the archive itself; then <stem>-2.tgz, ...)."""
     archive = Path(archive)
-    return archive if number == 1 else archive.with_name(f"{archive.name.split('.')[0]}-{number}.tgz")
+    stem = archive.name.removesuffix(".tgz").removesuffix(".tar.gz")
+    return archive if number == 1 else archive.with_name(f"{stem}-{number}.tgz")
 
 
 def pack(archive: Path, since: float, results_dir: Path, checkpoint_dir: Path) -> list[str]:
@@ -190,16 +191,18 @@ def pack(archive: Path, since: float, results_dir: Path, checkpoint_dir: Path) -
     return [name for volume in volumes for name in volume]
 
 
-def _keeps_better_record(target: Path, data: bytes, scratch: Path) -> bool:
-    """Whether `target` already holds a record better than the archived one (`data`): more queries, or as
-    many and finished later (report.distinct's rule). An unreadable target is not better."""
+def _is_record(name: str) -> bool:
+    path = PurePosixPath(name)
+    return path.parts[0] == RESULTS and path.parent.name == "runs" and path.suffix == ".json"
+
+
+def _better_here(target: Path, arrived: dict) -> bool:
+    """Whether `target` already holds a record more complete than `arrived` (report.distinct's rule: the
+    later finish, the queries being equal for one run id). An unreadable target is not better."""
     try:
-        here = read_record(target)
+        return completeness(read_record(target)) > completeness(arrived)
     except MembenchError:
         return False
-    arrived = read_record(write_atomic(scratch / "arrived.json", lambda handle: handle.write(data)))
-    rank = lambda record: (len(record["errors"]), record.get("finished_at", ""))  # noqa: E731
-    return rank(here) > rank(arrived)
 
 
 def _checked_members(tar: tarfile.TarFile, archive: Path) -> list[tarfile.TarInfo]:
@@ -232,6 +235,8 @@ def unpack(archive: Path, root: Path) -> tuple[list[Path], list[Path]]:
     except (tarfile.TarError, EOFError, OSError, UnicodeDecodeError) as exc:
         raise MembenchError(f"{archive} is not a readable session archive ({type(exc).__name__}: {exc}); "
                             f"carry it back again or run `membench pack` on the machine that made it") from None
+    arriving = {name: parse_record(data, f"{archive}: member {name}") for name, data in contents.items()
+                if _is_record(name)}  # every record checked before anything is written
     written: list[Path] = []
     with tempfile.TemporaryDirectory() as scratch:
         checkpoints = []
@@ -243,8 +248,7 @@ def unpack(archive: Path, root: Path) -> tuple[list[Path], list[Path]]:
                 elif name == THROUGHPUT_CSV and target.exists():  # rows merged, not the file replaced
                     merge(target, pd.read_csv(io.BytesIO(data), dtype={"commit": str}).to_dict("records"))
                     written.append(target)
-                elif target.parent.name == "runs" and target.suffix == ".json" and target.exists() and \
-                        _keeps_better_record(target, data, Path(scratch)):
+                elif name in arriving and target.exists() and _better_here(target, arriving[name]):
                     warn(f"{target} kept: it holds more queries, or finished later, than the archive's {name}")
                 else:
                     written.append(write_atomic(target, lambda h, d=data: h.write(d)))

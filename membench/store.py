@@ -167,25 +167,40 @@ def unpack_errors(stored: Any) -> Any:
 def read_record(path: Path) -> dict[str, Any]:
     """The record at `path`, its errors unpacked; MembenchError naming the file when it is not a complete record."""
     try:
-        record = json.loads(Path(path).read_text())
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MembenchError(f"record {path} is unreadable ({type(exc).__name__}: {exc})") from None
+    return parse_record(text, f"record {path}")
+
+
+def parse_record(text: str | bytes, name: str) -> dict[str, Any]:
+    """A record from its JSON text, its errors unpacked; MembenchError starting with `name` when it is not a
+    complete record."""
+    try:
+        record = json.loads(text)
         if isinstance(record, dict) and "errors" in record:
             record["errors"] = unpack_errors(record["errors"])
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, binascii.Error, zlib.error, KeyError, TypeError,
+    except (UnicodeDecodeError, json.JSONDecodeError, binascii.Error, zlib.error, KeyError, TypeError,
             ValueError) as exc:
-        raise MembenchError(f"record {path} is unreadable ({type(exc).__name__}: {exc})") from None
+        raise MembenchError(f"{name} is unreadable ({type(exc).__name__}: {exc})") from None
     if not isinstance(record, dict) or any(key not in record for key in RECORD_KEYS):
         missing = [k for k in RECORD_KEYS if not isinstance(record, dict) or k not in record]
-        raise MembenchError(f"record {path} is not a membench record (missing {', '.join(missing)})")
+        raise MembenchError(f"{name} is not a membench record (missing {', '.join(missing)})")
     if not isinstance(record["errors"], list) or not record["errors"]:
-        raise MembenchError(f"record {path} holds no per-query errors")
+        raise MembenchError(f"{name} holds no per-query errors")
     problem = _field_problem(record)
     if problem:
-        raise MembenchError(f"record {path} is not a membench record ({problem}); restore it from git or rerun it")
+        raise MembenchError(f"{name} is not a membench record ({problem}); restore it from git or rerun it")
     return record
 
 
+def completeness(record: dict[str, Any]) -> tuple[int, str]:
+    """How complete a record is, to keep the better of two of one run or cell: its queries, then its finish."""
+    return len(record["errors"]), record.get("finished_at", "")
+
+
 def _field_problem(record: dict[str, Any]) -> str | None:
-    """What is wrong with the fields the reports read, or None."""
+    """What is wrong with the fields the reports group, sum and print, or None."""
     task, environment = record["task"], record["environment"]
     if not isinstance(task, dict) or not isinstance(task.get("kind"), str) or not _whole(task.get("num_patterns")):
         return "task needs a kind and a whole num_patterns"
@@ -194,6 +209,11 @@ def _field_problem(record: dict[str, Any]) -> str | None:
     for name in ("budget", "seed", "queries", "memory_floats"):
         if not _whole(record[name]):
             return f"{name} is not a whole number"
+    for name in ("run_id", "suite", "model", "preset", "command"):
+        if not isinstance(record[name], str):
+            return f"{name} is not a string"
+    if not isinstance(record["wall_time_s"], (int, float)) or isinstance(record["wall_time_s"], bool):
+        return "wall_time_s is not a number"
     if not isinstance(record["options"], dict):
         return "options is not a mapping"
     if not all(isinstance(e, (int, float)) and not isinstance(e, bool) for e in record["errors"]):

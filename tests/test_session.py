@@ -237,6 +237,11 @@ def test_unpack_keeps_a_record_with_more_queries_than_the_archives(tmp_path: Pat
         result = CliRunner().invoke(main, ["unpack", str(archive), "--root", str(root)])
         assert result.exit_code == 0 and read_record(root / run)["errors"] == kept, result.output
         assert ("hebb-N16-s0.json kept: it holds more queries" in result.output) == (arriving is fewer)
+    broken = _archive(tmp_path / "b.tgz", {"results/table1/table1.md": b"new", run: json.dumps({**more, "seed": "0"})
+                                           .encode()})
+    result = CliRunner().invoke(main, ["unpack", str(broken), "--root", str(root)])
+    assert result.exit_code == 1 and f"member {run} is not a membench record (seed" in result.output, result.output
+    assert not (root / "results" / "table1" / "table1.md").exists()  # nothing unpacked
 
 
 def test_a_session_times_updates_first_and_packs_their_rows(tmp_path: Path, monkeypatch):
