@@ -19,8 +19,8 @@ import torch
 from click.testing import CliRunner
 
 from membench import datasets
-from membench.cli import EXIT_INTERRUPTED, main
-from membench.errors import DatasetMissing, MembenchError, TrainingDiverged
+from membench.cli import main
+from membench.errors import EXIT_INTERRUPTED, DatasetMissing, MembenchError, TrainingDiverged
 from membench.store import ResultsStore
 from membench.tasks import BinaryTask
 from membench.training import meta_train

@@ -16,7 +16,8 @@ import torch
 from click.testing import CliRunner
 
 from membench import runner
-from membench.cli import EXIT_PAUSED, main
+from membench.cli import main
+from membench.errors import EXIT_PAUSED
 from membench.session import finish
 from membench.throughput import COLUMNS, merge
 from tests.test_training import TINY_MODEL

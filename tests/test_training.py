@@ -11,8 +11,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from membench.cli import EXIT_PAUSED, main
-from membench.errors import MembenchError
+from membench.cli import main
+from membench.errors import EXIT_PAUSED, MembenchError
 from membench.report import summarise
 from membench.runner import build_model
 from membench.suites import get_suite

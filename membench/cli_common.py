@@ -1,0 +1,88 @@
+"""What the command modules share: exit statuses through click, list and option callbacks, the error wrapper."""
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import click
+
+from membench.errors import EXIT_INTERRUPTED, EXIT_PAUSED, MembenchError, TrainingInterrupted, TrainingPaused
+
+MAX_SEED = 2**31 - 1
+DEFAULT_OUT = "membench-results"
+
+
+class ExitWith(click.ClickException):
+    """'Error: <message>' and a chosen exit status."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def int_list(low: int, high: int | None = None):
+    """Click callback: comma-separated integers in [low, high], duplicates dropped, at least one."""
+
+    def parse(_ctx, param, value: str | None) -> tuple[int, ...] | None:
+        if value is None:
+            return None
+        try:
+            numbers = [int(v) for v in value.replace(" ", "").split(",") if v]
+        except ValueError:
+            raise click.BadParameter(f"expected comma-separated integers such as 0,1,2; got '{value}'") from None
+        if not numbers:
+            raise click.BadParameter(f"give at least one value, e.g. --{param.name.replace('_', '-')} {low}")
+        bad = [n for n in numbers if n < low or (high is not None and n > high)]
+        if bad:
+            bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise click.BadParameter(f"{bad[0]} is out of range: values must be {bounds}")
+        return tuple(dict.fromkeys(numbers))
+
+    return parse
+
+
+def parse_options(_ctx, _param, values: tuple[str, ...]) -> dict[str, object]:
+    """Click callback: KEY=VALUE pairs (VALUE read as JSON when it parses, else as a string) -> dict."""
+    options = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"expected KEY=VALUE such as hidden=256; got '{item}'")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        options[key.strip()] = tuple(value) if isinstance(value, list) else value
+    return options
+
+
+def friendly_errors(command):
+    """Turn MembenchError into 'Error: <message>' and exit status 1 (3 when paused, 130 when
+    interrupted); no traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except TrainingPaused as exc:
+            raise ExitWith(str(exc), EXIT_PAUSED) from None
+        except TrainingInterrupted as exc:
+            raise ExitWith(str(exc), EXIT_INTERRUPTED) from None
+        except MembenchError as exc:
+            raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            raise ExitWith("interrupted; finished runs are kept, rerun the same command to continue",
+                           EXIT_INTERRUPTED) from None
+        except OSError as exc:  # a file the checks before the work could not foresee (a full disk, permissions)
+            if not exc.filename:  # not a file's (e.g. a connection refused): its own message
+                raise click.ClickException(str(exc)) from None
+            raise click.ClickException(f"cannot read or write {exc.filename}: {exc.strerror or exc}; check the "
+                                       "path, its permissions and the free space, then run the command again") from None
+
+    return wrapper
+
+
+DATA_DIR_OPTION = click.option(
+    "--data-dir", type=click.Path(file_okay=False, path_type=Path),
+    help="Directory holding omniglot/ and cifar-10-batches-py/. Default: $MEMBENCH_DATA or ./data.")

@@ -1,0 +1,253 @@
+"""Commands for lent machines and carried results: `membench session | pack | unpack | ship | throughput`.
+
+Registered on the `membench` group by membench.cli."""
+from __future__ import annotations
+
+import pickle
+import shlex
+from pathlib import Path
+
+import click
+
+from membench.cli_common import DATA_DIR_OPTION, ExitWith, friendly_errors, int_list, parse_options
+from membench.errors import MembenchError
+from membench.interface import PRECISIONS
+
+
+def _command(name: str) -> click.Command:
+    """The `membench NAME` command, whichever module defines it."""
+    from membench.cli import main
+
+    return main.commands[name]
+
+
+@click.command()
+@click.option("--out", default="results/table1", show_default=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output directory whose trained records' checkpoints are shipped.")
+@click.option("--checkpoint-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="The checkpoint cache. Default: $MEMBENCH_CACHE/checkpoints or ~/.cache/membench/checkpoints.")
+@click.option("--checkpoint", "files", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Also ship this <checkpoint key>.pt file (repeatable), e.g. paused training carried back "
+                   "from a GPU machine, so the next machine resumes it.")
+@friendly_errors
+def ship(out, checkpoint_dir, files) -> None:
+    """Write the checkpoints behind OUT's trained records (and any --checkpoint), weights only, into
+    results/checkpoints (committed with them); a shipped checkpoint is replaced only by one trained further."""
+    from membench.runner import default_checkpoint_dir, ship_checkpoints
+    from membench.training import read_checkpoint
+
+    if not files and not (out / "runs").is_dir():
+        raise MembenchError(f"{out} holds no runs/ folder; give --out the results folder of trained runs, or "
+                            "--checkpoint FILE")
+    for file in (f for f in files if f.is_file()):  # one named on purpose that cannot be shipped: an error
+        try:
+            read_checkpoint(file)
+        except (EOFError, OSError, RuntimeError, ValueError, pickle.UnpicklingError) as exc:
+            raise MembenchError(f"checkpoint {file} is unreadable ({type(exc).__name__}: "
+                                f"{str(exc).splitlines()[0][:160] if str(exc) else ''}); give a <key>.pt file "
+                                "a training run wrote") from None
+    for path in ship_checkpoints(out, checkpoint_dir or default_checkpoint_dir(), files):
+        click.echo(f"shipped {path}")
+
+
+@click.command()
+@click.option("--run", "runs", required=True, multiple=True, metavar="ARGS",
+              help="The arguments of one `membench run` (quoted), repeatable; e.g. \"--suite table1-learned "
+                   "--model ebmm --preset gpu --out results/table1\".")
+@click.option("--copies", default=1, show_default=True, type=click.IntRange(1),
+              help="Processes started with each --run (they share its models out).")
+@click.option("--train-time-limit", required=True, type=click.FloatRange(min=0), metavar="SECONDS",
+              help="Training stops this many seconds after the session began (rerun the session to resume).")
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--to", "archive", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The archive the session's new results and checkpoints are packed into.")
+@click.option("--results", default="results", show_default=True, type=click.Path(file_okay=False, path_type=Path),
+              help="The results folder the runs write under (what is packed).")
+@click.option("--cache", default="/tmp/membench-session", show_default=True,
+              type=click.Path(file_okay=False, path_type=Path), help="The session's checkpoint cache and logs.")
+@click.option("--grace", default=120.0, show_default=True, type=click.FloatRange(min=0), metavar="SECONDS",
+              help="Time after the training limit for evaluation; processes still running then are interrupted.")
+@click.option("--throughput", "time_updates", is_flag=True,
+              help="First time the gpu preset's EBMM updates (membench throughput: CUDA graphs of eager kernels at "
+                   "batches 32, 128, 512, at 128 with TF32 and bf16 arithmetic (on a CPU bf16 only), then of "
+                   "compiled kernels at 512).")
+@click.option("--time", "timings", multiple=True, metavar="ARGS",
+              help="First run `membench throughput ARGS` (its --device and --out added: the session's), e.g. "
+                   "'--suite fig3-cifar --model ebmm --preset gpu --cuda-graph'; repeatable, after --throughput.")
+@friendly_errors
+def session(runs, copies, train_time_limit, device, archive, results, cache, grace, time_updates, timings) -> None:
+    """One session on a lent machine as one bounded command: the --run processes side by side, then what
+    they made packed into one archive (exit 3: some training paused; run the session again to resume)."""
+    from membench.session import run_session, volume_path
+    from membench.store import writable_folder
+
+    for args in runs:
+        _check_run_command(args)
+    first = []
+    if time_updates:  # eager kernels at three meta-batches, reduced precision, compiled kernels (slow to compile) last
+        timing = ["throughput", "--model", "ebmm", "--preset", "gpu", "--device", device, "--steps", "20",
+                  "--cuda-graph" if device == "cuda" else "--no-cuda-graph",
+                  "--out", str(results / "bench" / "throughput.csv")]
+        reduced = ["--precision", "tf32", "--precision", "bf16"] if device == "cuda" else ["--precision", "bf16"]
+        first += [[*timing, "--batch-sizes", "32,128,512", "--eager"],
+                  [*timing, "--batch-sizes", "128", "--eager", *reduced],
+                  [*timing, "--batch-sizes", "512", "--compile"]]
+    first += [_timing_command(args, device, results / "bench" / "throughput.csv") for args in timings]
+    writable_folder(archive.parent, "--to's folder")  # before the session's work, not when packing it
+    status = run_session(runs, copies, train_time_limit, device, cache, archive, results, first, grace)
+    click.echo(f"packed into {archive} (and its volumes {volume_path(archive, 2).name} ... if any); then here: "
+               f"membench unpack <them all>, membench report, membench readme")
+    if status:
+        raise ExitWith(f"session ended with status {status} (3: training paused; run the same session again)",
+                       status)
+
+
+def _parsed(name: str, flag: str, args: str, extra: tuple[str, ...] = ()) -> dict:
+    """The parameters of `membench NAME ARGS EXTRA` as that command parses them; MembenchError naming `flag`."""
+    try:
+        return _command(name).make_context(name, [*shlex.split(args), *extra]).params
+    except click.exceptions.Exit:
+        raise MembenchError(f"{flag} '{args}' asks for help; give the {name} command's own options") from None
+    except (ValueError, click.UsageError) as exc:
+        reason = exc.format_message() if isinstance(exc, click.UsageError) else str(exc)
+        raise MembenchError(f"{flag} '{args}' is not a `membench {name}` command line: {reason}") from None
+
+
+def _check_run_command(args: str) -> None:
+    """Refuse (MembenchError) a session's `--run ARGS` that `membench run` would refuse before any work: its
+    options, suite, models, presets and model options (so no session time is spent first)."""
+    from membench.cli import _run_specs
+    from membench.datasets import set_data_dir
+    from membench.runner import checked_specs
+
+    params = _parsed("run", "--run", args)
+    set_data_dir(params["data_dir"])
+    try:
+        checked_specs(_run_specs(params["suite"], params["models"], params["num_patterns"], params["seeds"],
+                                 params["queries"], params["preset"], params["budget"], params["options"])[1])
+    except MembenchError as exc:
+        raise MembenchError(f"--run '{args}': {exc}") from None
+
+
+def _timing_command(args: str, device: str, table: Path) -> list[str]:
+    """`membench throughput ARGS` on the session's device into its table, as arguments; refused (MembenchError)
+    unless throughput would accept it: its options, suite, models and data."""
+    from membench.datasets import set_data_dir
+    from membench.registry import resolve_model
+    from membench.throughput import run_specs
+
+    extra = ("--device", device, "--out", str(table))
+    params = _parsed("throughput", "--time", args, extra)
+    set_data_dir(params["data_dir"])
+    try:
+        for spec in run_specs(params["suite"], params["models"], params["num_patterns"], params["preset"],
+                              params["options"]):
+            resolve_model(spec.model)
+    except MembenchError as exc:
+        raise MembenchError(f"--time '{args}': {exc}") from None
+    return ["throughput", *shlex.split(args), *extra]
+
+
+@click.command()
+@click.option("--to", "archive", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The archive to write (.tar.gz), e.g. $OUT/session.tgz on a lent GPU machine.")
+@click.option("--since", "mark", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A file touched when the session began: only files written after it are packed.")
+@click.option("--results", default="results", show_default=True, type=click.Path(file_okay=False, path_type=Path),
+              help="The results folder whose new files are packed.")
+@click.option("--checkpoint-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="The checkpoint cache whose new checkpoints are packed. Default: $MEMBENCH_CACHE/checkpoints or "
+                   "~/.cache/membench/checkpoints.")
+@friendly_errors
+def pack(archive, mark, results, checkpoint_dir) -> None:
+    """Pack what a session made (new results files, new checkpoints weights only) into an archive (and up to
+    three volumes of at most 16 MB beside it) to carry back; `membench unpack` adds them to a checkout."""
+    from membench.runner import default_checkpoint_dir
+    from membench.session import pack as pack_archive
+    from membench.store import writable_folder
+
+    if not results.is_dir():
+        raise MembenchError(f"--results {results} is not a folder; give the results folder the session wrote into")
+    writable_folder(archive.parent, "--to's folder")
+    names = pack_archive(archive, mark.stat().st_mtime, results, checkpoint_dir or default_checkpoint_dir())
+    click.echo(f"packed {len(names)} file(s) into {archive} and its volumes: " + ", ".join(names))
+
+
+@click.command()
+@click.argument("archives", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--root", default=".", show_default=True, type=click.Path(file_okay=False, path_type=Path),
+              help="The checkout whose results/ receives the archive's results files.")
+@friendly_errors
+def unpack(archives, root) -> None:
+    """Add session archives (`membench pack`: session.tgz and its volumes session-2.tgz, ...) to the checkout
+    ROOT: their results files, and their checkpoints shipped into ROOT/results/checkpoints, so the next
+    session resumes from them."""
+    from membench.session import unpack as unpack_archive
+
+    for archive in archives:
+        written, shipped = unpack_archive(archive, root)
+        for path in written:
+            click.echo(f"wrote {path}")
+        for path in shipped:
+            click.echo(f"shipped {path}")
+    click.echo("then: membench report --out <the results folder>, membench readme, and commit")
+
+
+@click.command()
+@click.option("--suite", default="table1", show_default=True,
+              help="table1 (the binary task at each --num-patterns) or a rate sweep (fig3-omniglot, fig3-cifar: "
+                   "each point of the models' curves).")
+@click.option("--model", "models", multiple=True, default=("ebmm",), show_default=True,
+              help="Learned model; repeatable.")
+@click.option("--preset", default="quick", show_default=True, help="Training preset (as for `membench run`).")
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--num-patterns", default="64", callback=int_list(1), show_default=True, help="Comma-separated N.")
+@click.option("--batch-sizes", callback=int_list(1), help="Comma-separated episodes per update. Default: the preset's.")
+@click.option("--steps", default=20, show_default=True, type=click.IntRange(1), help="Timed updates per row.")
+@click.option("--warmup", default=3, show_default=True, type=click.IntRange(0), help="Untimed updates first.")
+@click.option("--cuda-graph/--no-cuda-graph", default=False, help="Replay updates from CUDA graphs (CUDA only).")
+@click.option("--compile/--eager", "compile_", default=None,
+              help="torch.compile the meta-loss, or not. Default: as the preset says.")
+@click.option("--precision", "precisions", multiple=True, type=click.Choice(PRECISIONS),
+              help="Arithmetic of the meta-loss (train.precision; tf32: CUDA only); repeatable, a row each. Default: "
+                   "the preset's.")
+@click.option("--rounds", default=1, show_default=True, type=click.IntRange(1),
+              help="Time the rows in turn this many times; each keeps its median round.")
+@click.option("--option", "options", multiple=True, callback=parse_options, metavar="KEY=VALUE",
+              help="Change the preset as `membench run --option` does (e.g. hidden=256, grad_norm_term=false); "
+                   "repeatable; the row's options column.")
+@click.option("--reference", metavar="COMMIT",
+              help="Also time this commit's own EBMM quick benchmark in a temporary worktree, in the same rounds.")
+@click.option("--out", default="results/bench/throughput.csv", show_default=True,
+              type=click.Path(dir_okay=False, path_type=Path), help="CSV the rows are merged into.")
+@DATA_DIR_OPTION
+@friendly_errors
+def throughput(suite, models, preset, device, num_patterns, batch_sizes, steps, warmup, cuda_graph, compile_,
+               precisions, options, rounds, reference, out, data_dir) -> None:
+    """Time meta-training updates (episodes/s) and merge the rows into OUT."""
+    from tabulate import tabulate
+
+    from membench.datasets import set_data_dir
+    from membench.runner import resolve_device
+    from membench.throughput import existing_table, measure, merge, run_specs
+
+    set_data_dir(data_dir)
+    requests = [dict(spec=spec, device=resolve_device(device), batch_size=batch, steps=steps, warmup=warmup,
+                     cuda_graph=cuda_graph, compile=compile_, precision=precision)
+                for spec in run_specs(suite, models, num_patterns, preset, options)
+                for batch in (batch_sizes or (None,)) for precision in (precisions or (None,))]
+    existing_table(out)  # a table that cannot be written or read refused before any timing
+    rows = measure(requests, rounds, reference, on_row=lambda row: merge(out, [row]))
+    merge(out, rows)  # again with the reference's columns, when timed beside one
+    shown = ["device_name", "suite", "model", "preset", "options", "budget", "batch_size", "num_patterns", "cuda_graph",
+             "compiled", "precision", "commit", "episodes_per_s", "ms_per_step"]
+    table = [[row[c] for c in shown] for row in rows]
+    if reference:  # each timed row against the reference commit timed in the same rounds
+        shown = [*shown, "speed-up"]
+        table = [[*line, round(row["reference_ms"] / row["ms_per_step"], 2) if "reference_ms" in row else ""]
+                 for line, row in zip(table, rows)]
+    click.echo(tabulate(table, headers=shown, tablefmt="github"))
+    click.echo(f"merged {len(rows)} row(s) into {out}")
+
+
+COMMANDS = (ship, session, pack, unpack, throughput)
