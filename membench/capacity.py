@@ -184,7 +184,8 @@ def _budget_pivot(summary) -> str:
         sections.append(f"## Summary: error at N = {BUDGET_NUM_PATTERNS} against the budget ({dim}-bit patterns, "
                         f"{erased} erased)\n\nThe same cells as the tables above, side by side; \"over budget\": the "
                         "model's state exceeds that budget, so it was not run; \"not run\": it would fit, but was "
-                        "run at other budgets only.\n\n"
+                        "run at other budgets only; \"cannot be built\": its model refuses that budget for another "
+                        "reason.\n\n"
                         + tabulate(cells, headers=headers, tablefmt="github") + "\n")
     return "\n".join(sections)
 

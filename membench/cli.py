@@ -2,12 +2,12 @@
 membench.cli_sessions (`session | pack | unpack | ship | throughput`), all on the one `membench` group."""
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import click
 
-from membench.cli_common import DATA_DIR_OPTION, DEFAULT_OUT, MAX_SEED, friendly_errors, int_list, parse_options
+from membench.cli_common import (DATA_DIR_OPTION, DEFAULT_OUT, MAX_SEED, friendly_errors, int_list, parse_options,
+                                 suite_runs)
 from membench.cli_sessions import COMMANDS
 from membench.errors import MembenchError
 
@@ -74,7 +74,7 @@ def run(suite, models, num_patterns, seeds, queries, preset, budget, device, out
     from membench.suites import ImageCapacitySuite, SweepSuite
 
     set_data_dir(data_dir)
-    chosen, specs = _run_specs(suite, models, num_patterns, seeds, queries, preset, budget, options)
+    chosen, specs = suite_runs(suite, models, num_patterns, seeds, queries, preset, budget, options)
     if address and launcher != "ray":
         raise MembenchError("--address is for --launcher ray; add --launcher ray or drop --address")
     done = run_all(specs, out, device=device, force=force, checkpoint_dir=checkpoint_dir, progress=progress,
@@ -89,15 +89,6 @@ def run(suite, models, num_patterns, seeds, queries, preset, budget, device, out
         click.echo(f"tables and figures: membench capacity --out {out}")
     else:
         click.echo(table1(out))
-
-
-def _run_specs(suite, models, num_patterns, seeds, queries, preset, budget, options):
-    """`membench run`'s suite and its runs, from the command's parameters."""
-    from membench.suites import get_suite
-
-    chosen = get_suite(suite)
-    specs = chosen.expand(suite, tuple(models) or None, seeds, queries or chosen.queries, preset, num_patterns, budget)
-    return chosen, [dataclasses.replace(s, options={**s.options, **options}) for s in specs] if options else specs
 
 
 @main.command()
@@ -186,8 +177,8 @@ def download(dataset, data_dir) -> None:
         click.echo(f"wrote {path}")
 
 
-for _command in COMMANDS:
-    main.add_command(_command)
+for session_command in COMMANDS:
+    main.add_command(session_command)
 
 if __name__ == "__main__":
     main()

@@ -1,6 +1,7 @@
 """What the command modules share: exit statuses through click, list and option callbacks, the error wrapper."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from pathlib import Path
@@ -86,3 +87,12 @@ def friendly_errors(command):
 DATA_DIR_OPTION = click.option(
     "--data-dir", type=click.Path(file_okay=False, path_type=Path),
     help="Directory holding omniglot/ and cifar-10-batches-py/. Default: $MEMBENCH_DATA or ./data.")
+
+
+def suite_runs(suite, models, num_patterns, seeds, queries, preset, budget, options):
+    """`membench run`'s suite and its runs, from the command's parameters."""
+    from membench.suites import get_suite
+
+    chosen = get_suite(suite)
+    specs = chosen.expand(suite, tuple(models) or None, seeds, queries or chosen.queries, preset, num_patterns, budget)
+    return chosen, [dataclasses.replace(s, options={**s.options, **options}) for s in specs] if options else specs

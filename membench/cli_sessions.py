@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from membench.cli_common import DATA_DIR_OPTION, ExitWith, friendly_errors, int_list, parse_options
+from membench.cli_common import DATA_DIR_OPTION, ExitWith, friendly_errors, int_list, parse_options, suite_runs
 from membench.errors import MembenchError
 from membench.interface import PRECISIONS
 
@@ -102,7 +102,7 @@ def session(runs, copies, train_time_limit, device, archive, results, cache, gra
                        status)
 
 
-def _parsed(name: str, flag: str, args: str, extra: tuple[str, ...] = ()) -> dict:
+def parsed(name: str, flag: str, args: str, extra: tuple[str, ...] = ()) -> dict:
     """The parameters of `membench NAME ARGS EXTRA` as that command parses them; MembenchError naming `flag`."""
     try:
         return _command(name).make_context(name, [*shlex.split(args), *extra]).params
@@ -116,14 +116,13 @@ def _parsed(name: str, flag: str, args: str, extra: tuple[str, ...] = ()) -> dic
 def _check_run_command(args: str) -> None:
     """Refuse (MembenchError) a session's `--run ARGS` that `membench run` would refuse before any work: its
     options, suite, models, presets and model options (so no session time is spent first)."""
-    from membench.cli import _run_specs
     from membench.datasets import set_data_dir
     from membench.runner import checked_specs
 
-    params = _parsed("run", "--run", args)
+    params = parsed("run", "--run", args)
     set_data_dir(params["data_dir"])
     try:
-        checked_specs(_run_specs(params["suite"], params["models"], params["num_patterns"], params["seeds"],
+        checked_specs(suite_runs(params["suite"], params["models"], params["num_patterns"], params["seeds"],
                                  params["queries"], params["preset"], params["budget"], params["options"])[1])
     except MembenchError as exc:
         raise MembenchError(f"--run '{args}': {exc}") from None
@@ -137,7 +136,7 @@ def _timing_command(args: str, device: str, table: Path) -> list[str]:
     from membench.throughput import run_specs
 
     extra = ("--device", device, "--out", str(table))
-    params = _parsed("throughput", "--time", args, extra)
+    params = parsed("throughput", "--time", args, extra)
     set_data_dir(params["data_dir"])
     try:
         for spec in run_specs(params["suite"], params["models"], params["num_patterns"], params["preset"],
@@ -182,8 +181,10 @@ def unpack(archives, root) -> None:
     """Add session archives (`membench pack`: session.tgz and its volumes session-2.tgz, ...) to the checkout
     ROOT: their results files, and their checkpoints shipped into ROOT/results/checkpoints, so the next
     session resumes from them."""
-    from membench.session import unpack as unpack_archive
+    from membench.session import read_archive, unpack as unpack_archive
 
+    for archive in archives:  # every archive checked before any is unpacked
+        read_archive(archive)
     for archive in archives:
         written, shipped = unpack_archive(archive, root)
         for path in written:

@@ -31,13 +31,13 @@ import torch
 
 import membench
 from membench.budget import check_declared, check_measured, sealed
-from membench.errors import CheckpointBusy, MembenchError, OverBudgetError, TrainingPaused
+from membench.errors import CheckpointBusy, MembenchError, TrainingPaused
 from membench.integrity import audit_write
 from membench.interface import AssociativeMemory, resolve_preset
 from membench.provenance import environment, git_state
 from membench.registry import make_task, resolve_model
 from membench.store import ResultsStore, read_record, warn, writable_folder, write_atomic, write_text_atomic
-from membench.suites import DEFAULT_PRESET, RunSpec
+from membench.suites import DEFAULT_PRESET, RunSpec, declared_count
 from membench.tasks import Task
 from membench.training import load_checkpoint, meta_train, read_checkpoint, weights_only
 
@@ -349,13 +349,10 @@ def checked_specs(specs: list[RunSpec]) -> list[RunSpec]:
             resolve_preset(cls, task.spec, spec.preset, spec.options)
         else:
             spec = dataclasses.replace(spec, preset=DEFAULT_PRESET)
-            key = (spec.model, json.dumps(spec.options, sort_keys=True))
-            if key not in built:
-                with torch.random.fork_rng(devices=[]):  # building draws no numbers a run would see
-                    try:
-                        build_model(spec, task)
-                    except OverBudgetError:  # refused with its own message when the run starts
-                        pass
+            key = (spec.model, json.dumps(spec.options, sort_keys=True), json.dumps(spec.task, sort_keys=True),
+                   spec.budget)
+            if key not in built:  # (an over-budget model is refused with its own message when its run starts)
+                declared_count(spec)
                 built.add(key)
         checked.append(spec)
     return checked
@@ -385,6 +382,8 @@ def run_all(specs: list[RunSpec], out_dir: Path, device: str = "auto", force: bo
     specs = checked_specs(specs)
     writable_folder(out_dir, "--out")
     if launcher == "ray":
+        if any(resolve_model(spec.model).trainable for spec in specs):
+            writable_folder(checkpoint_dir, "--checkpoint-dir")
         from membench.ray_launcher import run_with_ray
 
         return run_with_ray(specs, Path(out_dir), device, force, checkpoint_dir, command, progress,

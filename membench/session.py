@@ -47,15 +47,9 @@ THROUGHPUT_CSV = "results/bench/throughput.csv"  # merged row by row on unpackin
 
 def _out_dir(args: str) -> Path:
     """Where `membench run ARGS` writes: its --out (or the default) as the run command itself parses it."""
-    import click
+    from membench.cli_sessions import parsed
 
-    from membench.cli import main
-
-    try:
-        context = main.commands["run"].make_context("run", shlex.split(args))
-    except click.ClickException as exc:
-        raise MembenchError(f"--run '{args}' is not a `membench run` command line: {exc.format_message()}") from None
-    return Path(context.params["out"])
+    return Path(parsed("run", "--run", args)["out"])
 
 
 def _status(code: int) -> int:
@@ -222,6 +216,19 @@ def _checked_members(tar: tarfile.TarFile, archive: Path) -> list[tarfile.TarInf
     return files
 
 
+def read_archive(archive: Path) -> tuple[dict[str, bytes], dict[str, dict]]:
+    """(member name -> bytes, member name -> record of each run record), every member and record checked;
+    MembenchError naming the archive and member otherwise. `unpack` writes nothing before this passes."""
+    try:
+        with tarfile.open(archive, mode="r:gz") as tar:
+            contents = {m.name: tar.extractfile(m).read() for m in _checked_members(tar, archive)}
+    except (tarfile.TarError, EOFError, OSError, UnicodeDecodeError) as exc:
+        raise MembenchError(f"{archive} is not a readable session archive ({type(exc).__name__}: {exc}); "
+                            f"carry it back again or run `membench pack` on the machine that made it") from None
+    return contents, {name: parse_record(data, f"{archive}: member {name}") for name, data in contents.items()
+                      if _is_record(name)}
+
+
 def unpack(archive: Path, root: Path) -> tuple[list[Path], list[Path]]:
     """Write `archive`'s results files under the checkout `root` and ship its checkpoints into
     root/results/checkpoints. Returns (results files written, checkpoints shipped)."""
@@ -229,14 +236,7 @@ def unpack(archive: Path, root: Path) -> tuple[list[Path], list[Path]]:
 
     from membench.throughput import merge
 
-    try:
-        with tarfile.open(archive, mode="r:gz") as tar:
-            contents = {m.name: tar.extractfile(m).read() for m in _checked_members(tar, archive)}
-    except (tarfile.TarError, EOFError, OSError, UnicodeDecodeError) as exc:
-        raise MembenchError(f"{archive} is not a readable session archive ({type(exc).__name__}: {exc}); "
-                            f"carry it back again or run `membench pack` on the machine that made it") from None
-    arriving = {name: parse_record(data, f"{archive}: member {name}") for name, data in contents.items()
-                if _is_record(name)}  # every record checked before anything is written
+    contents, arriving = read_archive(archive)
     written: list[Path] = []
     with tempfile.TemporaryDirectory() as scratch:
         checkpoints = []

@@ -214,6 +214,8 @@ def _field_problem(record: dict[str, Any]) -> str | None:
             return f"{name} is not a string"
     if not isinstance(record["wall_time_s"], (int, float)) or isinstance(record["wall_time_s"], bool):
         return "wall_time_s is not a number"
+    if not isinstance(record.get("finished_at", ""), str):
+        return "finished_at is not a string"
     if not isinstance(record["options"], dict):
         return "options is not a mapping"
     if not all(isinstance(e, (int, float)) and not isinstance(e, bool) for e in record["errors"]):

@@ -280,3 +280,13 @@ def test_at_the_deadline_every_running_process_is_interrupted_and_the_deaf_one_k
     assert finish(processes, deadline=time.monotonic() + 0.5, interrupt_wait_s=2) == [0, 3, 3, 128 + 9]
     for process in processes:
         process.stdout.close()
+
+
+def test_unpack_checks_every_archive_before_writing_any(tmp_path: Path):
+    """`membench unpack good.tgz bad.tgz`: the bad one's record is refused before the good one is written."""
+    root = tmp_path / "here"
+    good = _archive(tmp_path / "good.tgz", {"results/table1/table1.md": b"new"})
+    bad = _archive(tmp_path / "bad.tgz", {"results/table1/runs/x.json": b'{"run_id": "x"}'})
+    result = CliRunner().invoke(main, ["unpack", str(good), str(bad), "--root", str(root)])
+    assert result.exit_code == 1 and "member results/table1/runs/x.json is not a membench record" in result.output
+    assert not (root / "results").exists()
