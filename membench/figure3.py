@@ -230,7 +230,8 @@ def plot(summary: pd.DataFrame, reference: pd.DataFrame | None, paths: list[Path
         if ours.empty:
             ax.text(0.5, 0.5, "no runs yet", transform=ax.transAxes, ha="center", color="grey")
         ax.set(xlabel="memory (thousands of float32 values)", ylabel="error per image", title=TITLES[dataset])
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:  # an axis with neither runs nor paper points has no legend
+            ax.legend(fontsize=7)
     caption = f"Ours: median over batches, bars 5th-95th percentile. Dashed: {CITATION}."
     if _smoke_test(summary):
         caption += "\n" + QUICK_CHANGES + "."
