@@ -12,6 +12,7 @@ import click
 from membench.cli_common import DATA_DIR_OPTION, ExitWith, friendly_errors, int_list, parse_options, suite_runs
 from membench.errors import MembenchError
 from membench.interface import PRECISIONS
+from membench.store import writable_folder
 
 
 def _command(name: str) -> click.Command:
@@ -79,7 +80,6 @@ def session(runs, copies, train_time_limit, device, archive, results, cache, gra
     """One session on a lent machine as one bounded command: the --run processes side by side, then what
     they made packed into one archive (exit 3: some training paused; run the session again to resume)."""
     from membench.session import run_session, volume_path
-    from membench.store import writable_folder
 
     for args in runs:
         _check_run_command(args)
@@ -163,7 +163,6 @@ def pack(archive, mark, results, checkpoint_dir) -> None:
     three volumes of at most 16 MB beside it) to carry back; `membench unpack` adds them to a checkout."""
     from membench.runner import default_checkpoint_dir
     from membench.session import pack as pack_archive
-    from membench.store import writable_folder
 
     if not results.is_dir():
         raise MembenchError(f"--results {results} is not a folder; give the results folder the session wrote into")
@@ -237,7 +236,8 @@ def throughput(suite, models, preset, device, num_patterns, batch_sizes, steps, 
                      cuda_graph=cuda_graph, compile=compile_, precision=precision)
                 for spec in run_specs(suite, models, num_patterns, preset, options)
                 for batch in (batch_sizes or (None,)) for precision in (precisions or (None,))]
-    existing_table(out)  # a table that cannot be written or read refused before any timing
+    writable_folder(out.parent, "--out's folder")  # a table that cannot be written or read: refused before timing
+    existing_table(out)
     rows = measure(requests, rounds, reference, on_row=lambda row: merge(out, [row]))
     merge(out, rows)  # again with the reference's columns, when timed beside one
     shown = ["device_name", "suite", "model", "preset", "options", "budget", "batch_size", "num_patterns", "cuda_graph",

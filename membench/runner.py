@@ -340,7 +340,7 @@ def execute(spec: RunSpec, store: ResultsStore, device: torch.device, checkpoint
 def checked_specs(specs: list[RunSpec]) -> list[RunSpec]:
     """`specs` after failing fast (MembenchError) on unknown models, tasks, presets and options, before any
     work; a model that is not trained gets DEFAULT_PRESET (one run id whatever --preset says) and is built
-    once per model and options (cheap), so an option it does not take is refused here too."""
+    once per model, options, task and budget (cheap), so an option it does not take is refused here too."""
     checked, built = [], set()
     for spec in specs:
         cls = resolve_model(spec.model)

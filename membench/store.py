@@ -178,7 +178,8 @@ def parse_record(text: str | bytes, name: str) -> dict[str, Any]:
     complete record."""
     try:
         record = json.loads(text)
-        if isinstance(record, dict) and "errors" in record:
+        packed = isinstance(record, dict) and isinstance(record.get("errors"), dict)  # float32 by construction
+        if packed:
             record["errors"] = unpack_errors(record["errors"])
     except (UnicodeDecodeError, json.JSONDecodeError, binascii.Error, zlib.error, KeyError, TypeError,
             ValueError) as exc:
@@ -188,7 +189,7 @@ def parse_record(text: str | bytes, name: str) -> dict[str, Any]:
         raise MembenchError(f"{name} is not a membench record (missing {', '.join(missing)})")
     if not isinstance(record["errors"], list) or not record["errors"]:
         raise MembenchError(f"{name} holds no per-query errors")
-    problem = _field_problem(record)
+    problem = _field_problem(record, check_errors=not packed)
     if problem:
         raise MembenchError(f"{name} is not a membench record ({problem}); restore it from git or rerun it")
     return record
@@ -199,8 +200,9 @@ def completeness(record: dict[str, Any]) -> tuple[int, str]:
     return len(record["errors"]), record.get("finished_at", "")
 
 
-def _field_problem(record: dict[str, Any]) -> str | None:
-    """What is wrong with the fields the reports group, sum and print, or None."""
+def _field_problem(record: dict[str, Any], check_errors: bool = True) -> str | None:
+    """What is wrong with the fields the reports group, sum and print, or None (`check_errors`: each error's
+    type too, needless where they were unpacked from float32)."""
     task, environment = record["task"], record["environment"]
     if not isinstance(task, dict) or not isinstance(task.get("kind"), str) or not _whole(task.get("num_patterns")):
         return "task needs a kind and a whole num_patterns"
@@ -218,7 +220,7 @@ def _field_problem(record: dict[str, Any]) -> str | None:
         return "finished_at is not a string"
     if not isinstance(record["options"], dict):
         return "options is not a mapping"
-    if not all(isinstance(e, (int, float)) and not isinstance(e, bool) for e in record["errors"]):
+    if check_errors and not all(isinstance(e, (int, float)) and not isinstance(e, bool) for e in record["errors"]):
         return "errors holds a value that is not a number"
     return None
 

@@ -40,7 +40,7 @@ from membench.registry import make_task
 from membench.provenance import device_name, git_state
 from membench.runner import build_model
 from membench.stepper import Stepper
-from membench.store import read_table, writable_folder, write_text_atomic
+from membench.store import read_table, write_text_atomic
 from membench.suites import SUITES, RunSpec, SweepSuite, get_suite
 
 COLUMNS = ["device", "device_name", "suite", "model", "preset", "options", "budget", "batch_size", "num_patterns",
@@ -219,10 +219,9 @@ def _with_late_columns(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def existing_table(path: Path) -> pd.DataFrame | None:
-    """The throughput CSV at `path` (None when absent), in this membench's columns; MembenchError when its
-    folder cannot be written or it is not such a CSV. Called before timing, so a bad --out costs no work."""
+    """The throughput CSV at `path` (None when absent), in this membench's columns; MembenchError when it is
+    not such a CSV."""
     path = Path(path)
-    writable_folder(path.parent, "--out's folder")
     if not path.exists():
         return None
     old = read_table(path, "a throughput CSV", ("device", "model", "episodes_per_s"), "move it aside and rerun",

@@ -100,7 +100,7 @@ class HidesOnTensor(StoresEverything):
         return queries if kept is None else StoresEverything.read(self, kept, queries)
 
 
-CACHE: dict[int, torch.Tensor] = {}
+CACHE: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # state address -> (state, patterns)
 
 
 class CachesByIdentity(HidesOnTensor):
@@ -108,12 +108,12 @@ class CachesByIdentity(HidesOnTensor):
 
     def write(self, patterns):
         marker = patterns.new_zeros(patterns.shape[0], 1)
-        CACHE[marker.data_ptr()] = patterns.clone()
+        CACHE[marker.data_ptr()] = (marker, patterns.clone())  # the marker kept alive: its address never reused
         return marker
 
     def read(self, state, queries):
         kept = CACHE.get(state.data_ptr())
-        return queries if kept is None else StoresEverything.read(self, kept, queries)
+        return queries if kept is None else StoresEverything.read(self, kept[1], queries)
 
 
 class TruncatedSoftmax(AssociativeMemory):
@@ -179,6 +179,7 @@ def test_what_the_measurement_does_not_see_never_reaches_the_read(cls, tmp_path)
     assert record["memory_floats"] == 1 and passthrough > 20  # half the 64 erased bits wrong: nothing retrieved
     patterns = BinaryTask(32).sample(2, torch.Generator().manual_seed(0)).patterns
     assert measure_state(cls(BinaryTask(32).spec).write(patterns), 2) == 1
+
 
 def test_honest_models_differ_only_in_what_they_declare(tmp_path):
     """The same state, declared exactly: it runs, and its record holds the measured count."""
