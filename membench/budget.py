@@ -2,17 +2,21 @@
 
 A model declares `memory_floats(spec)`; the runner measures what `write` actually returns
 (`measure_state`) and refuses a run whose measured count differs from the declared one or
-exceeds the budget (`check_measured`). Measuring counts storage, not shapes: a tensor
-counts its storage's bytes / 4 (a view of a larger tensor counts the whole of it, a bool
-or float64 tensor its bytes), split over the B episodes when its first dimension is B.
-Reads are given a `sealed` copy of the measured state, so what the measurement does not see
-cannot reach them.
+exceeds the budget (`check_measured`). Measuring counts storage, not shapes: every byte under
+the state counts once as bytes / 4 (a view of a larger tensor counts the whole storage, a bool
+or float64 tensor its bytes, storages that overlap their union), split over the B episodes when
+every view of it has first dimension B. Every write of a run must return the probe write's
+layout (`StateContract`: containers, keys, dtypes, shapes), so only the measured values can
+hold what was written, and reads are given a `sealed` copy of them, so what the measurement
+does not see cannot reach them.
 """
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import numbers
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,6 +24,11 @@ import torch
 
 from membench.errors import MembenchError, OverBudgetError
 from membench.interface import AssociativeMemory, TaskSpec
+
+try:
+    from numpy.lib.array_utils import byte_bounds
+except ImportError:  # numpy < 2
+    byte_bounds = np.byte_bounds
 
 
 def hopfield_floats(dim: int) -> int:
@@ -58,61 +67,93 @@ def check_declared(model: AssociativeMemory, spec: TaskSpec, budget: int, model_
 
 
 FLOAT32_EXACT_INT = 2 ** 24  # integers a float32 holds exactly
-
-
-def _unmeasurable(path: str, what: str) -> MembenchError:
-    return MembenchError(f"the memory state holds {path}, {what}, which membench cannot measure; return float "
-                         "tensors (or tuples, lists, dicts with string keys, or dataclasses of them)")
-
-
-def _tensors(state: Any, path: str):
-    """Yield (path, tensor or array) for every leaf of `state`; refuse leaves that cannot be measured."""
-    if state is None:
-        return
-    if isinstance(state, np.ndarray) and state.dtype == object:
-        raise _unmeasurable(path, "an array of Python objects")
-    if isinstance(state, (torch.Tensor, np.ndarray)):
-        yield path, state
-    elif isinstance(state, bool) or (isinstance(state, numbers.Integral) and abs(state) <= FLOAT32_EXACT_INT):
-        yield path, torch.zeros(1)  # a Python number counts as one value
-    elif isinstance(state, numbers.Integral):
-        raise _unmeasurable(path, "an integer beyond float32's exact range (|n| > 2^24)")
-    elif isinstance(state, numbers.Real):
-        yield path, torch.zeros(1)  # read gets it rounded to float32 (`sealed`)
-    elif isinstance(state, (tuple, list)):
-        for index, item in enumerate(state):
-            yield from _tensors(item, f"{path}[{index}]")
-    elif isinstance(state, dict):
-        for key, item in state.items():
-            if not isinstance(key, str) or len(key) > MAX_KEY_LENGTH:
-                raise _unmeasurable(f"{path}[{str(key)[:40]!r}]", f"a key that is not a name of at most "
-                                    f"{MAX_KEY_LENGTH} characters")
-            yield from _tensors(item, f"{path}[{key!r}]")
-    elif dataclasses.is_dataclass(state) and not isinstance(state, type):
-        for field in dataclasses.fields(state):
-            yield from _tensors(getattr(state, field.name), f"{path}.{field.name}")
-    else:
-        raise _unmeasurable(path, f"of type {type(state).__name__}")
-
-
 MAX_KEY_LENGTH = 100  # a dict key names a part of the state; it is not a place to keep values
+_FIX = ("return plain float tensors (or tuples, lists, dicts with string keys of at most "
+        f"{MAX_KEY_LENGTH} characters, or dataclasses of them)")
+
+
+def _unmeasurable(model_name: str, path: str, what: str) -> MembenchError:
+    return MembenchError(f"model '{model_name}': its memory state holds {path}, {what}, which membench cannot "
+                         f"measure; {_FIX}")
+
+
+def _shape(shape: tuple[int, ...], batch_size: int) -> tuple[int | str, ...]:
+    return tuple("B" if index == 0 and size == batch_size else size for index, size in enumerate(shape))
+
+
+def _walk(state: Any, path: str, batch_size: int, model_name: str, layout: list):
+    """Yield (path, leaf) for every tensor, array or number of `state`, appending its layout (container
+    types, keys, where the Nones are, leaf dtypes and shapes with the episode dimension as "B") to
+    `layout`; refuse what cannot be measured."""
+    if state is None:
+        layout.append((path, "None"))
+    elif type(state) in (bool, int, float) or (isinstance(state, np.generic) and state.dtype.kind in "biuf"):
+        if isinstance(state, (int, np.integer)) and not isinstance(state, (bool, np.bool_)) \
+                and abs(int(state)) > FLOAT32_EXACT_INT:
+            raise _unmeasurable(model_name, path, "an integer beyond float32's exact range (|n| > 2^24)")
+        layout.append((path, "number"))
+        yield path, state
+    elif isinstance(state, torch.Tensor):
+        if type(state) not in (torch.Tensor, torch.nn.Parameter):
+            raise _unmeasurable(model_name, path, f"a {type(state).__name__} (a tensor subclass)")
+        if state.layout != torch.strided or state.is_quantized or state.device.type == "meta":
+            what = ("a quantized tensor" if state.is_quantized else "a tensor on the meta device"
+                    if state.device.type == "meta" else f"a tensor with layout {state.layout}")
+            raise _unmeasurable(model_name, path, what)
+        layout.append((path, "tensor", state.device.type, str(state.dtype), _shape(state.shape, batch_size)))
+        yield path, state
+    elif isinstance(state, np.ndarray):
+        if type(state) is not np.ndarray or state.dtype.hasobject:
+            raise _unmeasurable(model_name, path, "an array of Python objects" if state.dtype.hasobject
+                                else f"a {type(state).__name__} (an array subclass)")
+        layout.append((path, "array", state.dtype.str, _shape(state.shape, batch_size)))
+        yield path, state
+    elif isinstance(state, (tuple, list)):
+        layout.append((path, type(state).__qualname__, len(state)))
+        for index, item in enumerate(state):
+            yield from _walk(item, f"{path}[{index}]", batch_size, model_name, layout)
+    elif isinstance(state, dict):
+        for key in state:
+            if type(key) is not str or len(key) > MAX_KEY_LENGTH:
+                raise _unmeasurable(model_name, f"{path}[{str(key)[:40]!r}]",
+                                    f"a key that is not a string of at most {MAX_KEY_LENGTH} characters")
+        layout.append((path, "dict", tuple(state)))
+        for key, item in state.items():
+            yield from _walk(item, f"{path}[{key!r}]", batch_size, model_name, layout)
+    elif dataclasses.is_dataclass(state) and not isinstance(state, type):
+        fields = [field.name for field in dataclasses.fields(state)]
+        layout.append((path, type(state).__qualname__, tuple(fields)))
+        for name in fields:
+            yield from _walk(getattr(state, name), f"{path}.{name}", batch_size, model_name, layout)
+    else:
+        raise _unmeasurable(model_name, path, f"of type {type(state).__name__}")
+
+
+def state_layout(state: Any, batch_size: int, model_name: str = "model") -> tuple:
+    """The layout of a measurable `state`: its containers, keys, Nones, and each leaf's kind, dtype and shape
+    (the episode dimension as "B"). The runner requires every write of a run to give the probe's layout, so
+    the layout carries nothing about the patterns written."""
+    layout: list = []
+    for _ in _walk(state, "state", batch_size, model_name, layout):
+        pass
+    return tuple(layout)
 
 
 def sealed(state: Any) -> Any:
     """A copy of a measured `state` that holds only what `measure_state` counts, for `read`: new plain
     tensors and arrays (no attributes, no storage shared with the original), plain lists, tuples and
-    dicts, dataclasses rebuilt from their fields, Python floats rounded to float32. Nothing kept beside
-    the measured values (an attribute set on a tensor, a cache keyed by the state's identity) reaches
-    the read. Tensor subclasses are refused: their behaviour is not measured."""
-    if state is None or isinstance(state, (bool, numbers.Integral)):
-        return state
-    if isinstance(state, numbers.Real):
+    dicts, dataclasses rebuilt from their fields, Python numbers as plain bool, int or float (floats
+    rounded to float32). Nothing kept beside the measured values (an attribute set on a tensor or a
+    number, a cache keyed by the state's identity) reaches the read. Call it on a state `measure_state`
+    accepted: tensor and array subclasses are refused there."""
+    if state is None or isinstance(state, (bool, np.bool_)):
+        return None if state is None else bool(state)
+    if isinstance(state, (int, np.integer)):
+        return int(state)
+    if isinstance(state, (float, np.floating)):
         return float(np.float32(state))
     if isinstance(state, torch.Tensor):
-        if type(state) not in (torch.Tensor, torch.nn.Parameter):
-            raise MembenchError(f"the memory state holds a {type(state).__name__}, a tensor subclass; return plain "
-                                "torch.Tensor values")
-        return state.detach().clone()
+        return torch.Tensor(state.detach().clone()) if type(state) is torch.nn.Parameter else state.detach().clone()
     if isinstance(state, np.ndarray):
         return np.array(state, copy=True, subok=False)
     if isinstance(state, tuple) and hasattr(state, "_fields"):  # a named tuple
@@ -125,34 +166,51 @@ def sealed(state: Any) -> Any:
     return dataclasses.replace(state, **fields)
 
 
-def measure_state(state: Any, batch_size: int) -> int:
+def _extent(leaf: torch.Tensor | np.ndarray) -> tuple[str, int, int]:
+    """(device, first byte, end byte) of the whole storage under a tensor or array."""
+    if isinstance(leaf, np.ndarray):
+        root = leaf
+        while isinstance(root.base, np.ndarray):
+            root = root.base
+        low, high = byte_bounds(root)
+        return "cpu", low, high
+    storage = leaf.untyped_storage()
+    return str(leaf.device), storage.data_ptr(), storage.data_ptr() + storage.nbytes()
+
+
+def measure_state(state: Any, batch_size: int, model_name: str = "model") -> int:
     """float32 values per episode held by `state` from a write of `batch_size` episodes.
 
-    Each distinct storage counts once, as ceil(bytes / 4); a tensor whose first dimension is
-    `batch_size` shares its storage among the episodes, any other tensor counts whole for each.
+    Every byte of every storage under the state counts once, however many tensors or arrays view
+    it (overlapping storages count their union), as ceil(bytes / 4); the bytes of a storage whose
+    every view has first dimension `batch_size` are shared among the episodes, any other storage
+    counts whole for each. A Python number counts as one value.
     """
-    seen: set[tuple[str, int]] = set()
+    extents: dict[str, list[tuple[int, int, bool]]] = {}
     total = 0.0
-    for path, leaf in _tensors(state, "state"):
-        if isinstance(leaf, np.ndarray):
-            owner = leaf.base if isinstance(leaf.base, np.ndarray) else leaf
-            key, nbytes = ("numpy", id(owner)), owner.nbytes
-        else:
-            if leaf.layout != torch.strided:
-                raise MembenchError(f"the memory state holds {path} with layout {leaf.layout}; return dense tensors")
-            storage = leaf.untyped_storage()
-            key, nbytes = (str(leaf.device), storage.data_ptr()), storage.nbytes()
-        if key in seen:
+    for _, leaf in _walk(state, "state", batch_size, model_name, []):
+        if not isinstance(leaf, (torch.Tensor, np.ndarray)):
+            total += 4
             continue
-        seen.add(key)
-        per_episode = leaf.ndim >= 1 and leaf.shape[0] == batch_size
-        total += nbytes / batch_size if per_episode else nbytes
+        device, low, high = _extent(leaf)
+        if high > low:
+            extents.setdefault(device, []).append((low, high, leaf.ndim >= 1 and leaf.shape[0] == batch_size))
+    for spans in extents.values():
+        spans.sort()
+        index = 0
+        while index < len(spans):  # one merged run of overlapping storages at a time
+            low, high, per_episode = spans[index]
+            index += 1
+            while index < len(spans) and spans[index][0] < high:
+                high, per_episode = max(high, spans[index][1]), per_episode and spans[index][2]
+                index += 1
+            total += (high - low) / batch_size if per_episode else high - low
     return math.ceil(total / 4 - 1e-9)
 
 
 def check_measured(state: Any, batch_size: int, declared: int, budget: int, model_name: str) -> int:
     """Measure `state`; OverBudgetError when it exceeds `budget` or differs from `declared`."""
-    measured = measure_state(state, batch_size)
+    measured = measure_state(state, batch_size, model_name)
     if measured > budget or measured != declared:
         problem = "exceeds the budget" if measured > budget else "differs from what the model declares"
         raise OverBudgetError(
@@ -160,3 +218,30 @@ def check_measured(state: Any, batch_size: int, declared: int, budget: int, mode
             f"(declared {declared}, measured {measured}, budget {budget}); memory_floats must count exactly what "
             "write returns, within the budget")
     return measured
+
+
+@dataclass(frozen=True)
+class StateContract:
+    """What every write of one run must return: `floats` values per episode (declared and measured on the
+    probe write, within `budget`) in the probe write's `layout` (`state_layout`)."""
+
+    model_name: str
+    floats: int
+    budget: int
+    layout: tuple
+
+    def check(self, state: Any, batch_size: int) -> None:
+        """MembenchError (OverBudgetError for the count) unless `state` holds `floats` values per episode
+        laid out as the probe's state was."""
+        check_measured(state, batch_size, self.floats, self.budget, self.model_name)
+        layout = state_layout(state, batch_size, self.model_name)
+        if layout != self.layout:
+            first, now = next((a, b) for a, b in itertools.zip_longest(self.layout, layout) if a != b)
+            raise MembenchError(
+                f"model '{self.model_name}': its memory state's layout differs between writes ({_described(first)} "
+                f"in the probe write, {_described(now)} now); every write must return the same containers, keys, "
+                "dtypes and shapes (apart from the episode dimension), so that only the values hold what was written")
+
+
+def _described(entry: tuple | None) -> str:
+    return "nothing" if entry is None else f"{entry[0]}: " + " ".join(map(str, entry[1:]))

@@ -26,8 +26,9 @@ import pandas as pd
 import torch
 from tabulate import tabulate
 
-from membench.budget import sealed
+from membench.budget import check_measured, sealed
 from membench.errors import MembenchError
+from membench.integrity import checked_retrievals
 from membench.plots import read_curves, save, training_curves
 from membench.report import REPO_ROOT, distinct, episode_means
 from membench.store import ResultsStore, read_table, write_text_atomic
@@ -263,9 +264,12 @@ def first_episode(record: dict[str, Any], checkpoint_dir: Path) -> tuple[Any, to
     # vmapped convolutions take another path at B = 1): write two, as evaluate writes its batches
     episodes = type(episodes)(episodes.patterns[:2], episodes.queries[:2])
     with torch.no_grad():
-        retrievals = model.read(sealed(model.write(episodes.patterns)), episodes.queries)[:1].clamp(0, 1)
+        state = model.write(episodes.patterns.clone())
+        check_measured(state, 2, record["memory_floats"], spec.budget, spec.model)  # what its record measured
+        retrievals = checked_retrievals(model.read(sealed(state), episodes.queries.clone()), episodes.queries,
+                                        spec.model)[:1]
     episodes = type(episodes)(episodes.patterns[:1], episodes.queries[:1])
-    return episodes, retrievals, task.errors(retrievals, episodes.patterns)[0]
+    return episodes, retrievals.clamp(0, 1), task.errors(retrievals, episodes.patterns)[0]  # errors as evaluated
 
 
 def reconstruction_grid(record: dict[str, Any], path: Path, checkpoint_dir: Path, columns: int = 8) -> Path | None:

@@ -7,70 +7,92 @@ evaluation. It refuses a model that
   before and after `write`), or
 - reads anything but the state it is given: reading one state before and after another
   batch was written must give identical retrievals,
+- lets episodes of one batch reach each other: an episode's retrievals must not change when
+  the other episodes of its batch do,
 
-and it measures the probe's state against the declared count and the budget.
+and it measures the probe's state against the declared count and the budget and returns the
+`StateContract` every later write of the run must meet.
 """
 from __future__ import annotations
 
-import copy
+import io
+import pickle
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from membench.budget import check_measured, sealed
+from membench.budget import StateContract, check_measured, sealed, state_layout
 from membench.errors import MembenchError
 from membench.interface import AssociativeMemory
 
 _MODULE_INTERNALS = frozenset(vars(nn.Module()))  # nn.Module's own bookkeeping (hooks, registries, training)
 
 
-def _frozen(value: Any) -> Any:
-    """A copy of `value` that later changes to the original cannot reach."""
+def _frozen(value: Any, seen: frozenset[int] = frozenset()) -> Any:
+    """A copy of `value` that later changes to the original cannot reach, comparable with `_same`."""
     if isinstance(value, torch.Tensor):
         return value.detach().clone()
     if isinstance(value, tuple) and hasattr(value, "_fields"):  # a named tuple
-        return type(value)(*(_frozen(v) for v in value))
+        return type(value)(*(_frozen(v, seen) for v in value))
     if isinstance(value, (list, tuple)):
-        return type(value)(_frozen(v) for v in value)
+        return type(value)(_frozen(v, seen) for v in value)
     if isinstance(value, dict):
-        return {k: _frozen(v) for k, v in value.items()}
-    if isinstance(value, nn.Module):
-        return ("module", id(value))  # submodules are compared through their own attributes
+        return {k: _frozen(v, seen) for k, v in value.items()}
+    if isinstance(value, nn.Module):  # one held in a container: compared through its own attributes
+        return ("module", id(value)) if id(value) in seen else ("module", snapshot(value, seen | {id(value)}))
     try:
-        return copy.deepcopy(value)
-    except Exception:  # noqa: BLE001 (anything that cannot be copied is compared by identity)
+        return ("pickled", _pickled(value))  # unchanged objects (generators, NaNs, plain classes) compare equal
+    except Exception:  # noqa: BLE001 (anything that cannot be pickled is compared by identity)
         return ("object", id(value))
 
 
+def _bits(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+
+
+class _ValuePickler(pickle.Pickler):
+    """Pickles tensors and torch generators as their bytes, so equal values give equal pickles (torch's own
+    pickling names storages by their address)."""
+
+    def persistent_id(self, obj: Any) -> Any:
+        if isinstance(obj, torch.Tensor):
+            return "tensor", str(obj.dtype), tuple(obj.shape), _bits(obj).numpy().tobytes()
+        if isinstance(obj, torch.Generator):
+            return "generator", obj.get_state().numpy().tobytes()
+        return None
+
+
+def _pickled(value: Any) -> bytes:
+    buffer = io.BytesIO()
+    _ValuePickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(value)
+    return buffer.getvalue()
+
+
 def _same(before: Any, after: Any) -> bool:
-    if isinstance(before, torch.Tensor) or isinstance(after, torch.Tensor):
+    if isinstance(before, torch.Tensor) or isinstance(after, torch.Tensor):  # bit for bit, NaNs included
         return (isinstance(before, torch.Tensor) and isinstance(after, torch.Tensor) and before.shape == after.shape
-                and before.dtype == after.dtype and torch.equal(before, after.detach().to(before.device)))
-    if isinstance(before, np.ndarray) or isinstance(after, np.ndarray):
-        return isinstance(after, np.ndarray) and isinstance(before, np.ndarray) and np.array_equal(before, after)
+                and before.dtype == after.dtype and torch.equal(_bits(before), _bits(after)))
     if isinstance(before, (list, tuple)) and isinstance(after, (list, tuple)):
         return type(before) is type(after) and len(before) == len(after) and all(map(_same, before, after))
     if isinstance(before, dict) and isinstance(after, dict):
         return before.keys() == after.keys() and all(_same(before[k], after[k]) for k in before)
-    try:
-        return bool(before == after)
-    except Exception:  # noqa: BLE001
-        return before is after
+    return before == after
 
 
-def snapshot(model: nn.Module) -> dict[str, Any]:
+def snapshot(model: nn.Module, seen: frozenset[int] = frozenset()) -> dict[str, Any]:
     """Every parameter, buffer, submodule name and plain attribute of `model`, copied."""
     state: dict[str, Any] = {}
-    for prefix, module in model.named_modules(remove_duplicate=False):
+    modules = dict(model.named_modules(remove_duplicate=False))
+    seen = seen | {id(module) for module in modules.values()}
+    for prefix, module in modules.items():
         dot = f"{prefix}." if prefix else ""
         state[f"{dot}<submodules>"] = tuple(module._modules)
         for name, tensor in [*module._parameters.items(), *module._buffers.items()]:
-            state[dot + name] = _frozen(tensor)
+            state[dot + name] = _frozen(tensor, seen)
         for name, value in vars(module).items():
             if name not in _MODULE_INTERNALS:
-                state[dot + name] = _frozen(value)
+                state[dot + name] = _frozen(value, seen)
     return state
 
 
@@ -82,35 +104,66 @@ def changed_attribute(before: dict[str, Any], after: dict[str, Any]) -> str | No
     return None
 
 
-def audit_write(model: AssociativeMemory, patterns: torch.Tensor, queries: torch.Tensor, other: torch.Tensor,
-                declared: int, budget: int, model_name: str) -> int:
-    """Check isolated writes on a probe batch; return the measured state's count per episode.
+def _retrieved(model: AssociativeMemory, state: Any, queries: torch.Tensor, model_name: str) -> torch.Tensor:
+    """`model.read` of a sealed copy of `state` and of a copy of `queries`, from the same random numbers each
+    time; MembenchError unless it is a plain floating tensor shaped like the queries."""
+    torch.manual_seed(0)
+    return checked_retrievals(model.read(sealed(state), queries.clone()), queries, model_name)
 
-    patterns, queries (B, N, *S): a probe batch; other (B, N, *S): different patterns written in
-    between two reads of the probe's state. Raises MembenchError (or OverBudgetError) on a violation.
+
+def checked_retrievals(retrievals: Any, queries: torch.Tensor, model_name: str) -> torch.Tensor:
+    """`retrievals` on the queries' device; MembenchError unless `read` returned a plain floating
+    torch.Tensor (no subclass: its methods could change how it is scored) shaped like `queries`."""
+    if type(retrievals) is not torch.Tensor or retrievals.shape != queries.shape or not retrievals.is_floating_point():
+        got = (f"a {type(retrievals).__name__} of shape {tuple(retrievals.shape)} and dtype {retrievals.dtype}"
+               if isinstance(retrievals, torch.Tensor) else f"a {type(retrievals).__name__}")
+        raise MembenchError(f"model '{model_name}': read returned {got}, expected a plain floating torch.Tensor of "
+                            f"shape {tuple(queries.shape)} (one retrieval per query)")
+    return retrievals.detach().to(queries.device)
+
+
+def audit_write(model: AssociativeMemory, patterns: torch.Tensor, queries: torch.Tensor, other: torch.Tensor,
+                declared: int, budget: int, model_name: str) -> StateContract:
+    """Check isolated writes on a probe batch; return what every later write of the run must match.
+
+    patterns, queries (B, N, *S): a probe batch of B >= 2 episodes; other (B, N, *S): different patterns,
+    written in between two reads of the probe's state and, in place of the probe's episodes after the
+    first, to check that the first episode's retrievals depend on that episode alone. Raises
+    MembenchError (or OverBudgetError) on a violation.
     """
+    assert patterns.shape[0] >= 2 and other.shape == patterns.shape, "the probe needs two or more episodes"
     devices = [patterns.device] if patterns.device.type == "cuda" else []
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=devices):
             before = snapshot(model)
-            state = model.write(patterns)
+            torch.manual_seed(0)
+            state = model.write(patterns.clone())
             changed = changed_attribute(before, snapshot(model))
             if changed:
                 raise MembenchError(
                     f"model '{model_name}' changed '{changed}' while writing; write must leave the model unchanged "
                     "and return everything it keeps in the state it returns")
             measured = check_measured(state, patterns.shape[0], declared, budget, model_name)
+            contract = StateContract(model_name, measured, budget, state_layout(state, patterns.shape[0], model_name))
+            first = _retrieved(model, state, queries, model_name)
             torch.manual_seed(0)
-            first = model.read(sealed(state), queries)
-            model.write(other)
+            other_state = model.write(other.clone())
+            contract.check(other_state, other.shape[0])
+            second = _retrieved(model, state, queries, model_name)
             torch.manual_seed(0)
-            second = model.read(sealed(state), queries)
+            mixed = model.write(torch.cat([patterns[:1], other[1:]]))
+            contract.check(mixed, patterns.shape[0])
+            alone = _retrieved(model, mixed, queries, model_name)
     finally:
         model.train(was_training)
-    if first.shape != second.shape or not torch.allclose(first, second, rtol=1e-5, atol=1e-5, equal_nan=True):
+    if not torch.allclose(first, second, rtol=1e-5, atol=1e-5, equal_nan=True):
         raise MembenchError(
             f"model '{model_name}' retrieved differently from the same state after another batch was written; "
             "read must depend only on the state and the queries it is given (nothing kept on the model or elsewhere)")
-    return measured
+    if not torch.allclose(first[:1], alone[:1], rtol=1e-5, atol=1e-5, equal_nan=True):
+        raise MembenchError(
+            f"model '{model_name}' retrieved differently for an episode when the other episodes of its batch "
+            "changed; each episode's write and read must depend on that episode alone")
+    return contract

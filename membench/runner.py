@@ -3,9 +3,9 @@
 Data flow of one run (a `RunSpec`):
     task = make_task(spec.task)                           # episodes + error measure
     model = build_model(spec, task)                       # preset resolved once; sized to the budget
-    check_declared(...); audit_write(...)                 # declared and measured counts, isolated writes
+    check_declared(...); contract = audit_write(...)      # declared and measured counts, isolated writes
     meta_train(model, task, model.preset.train, ...)      # learned models only; cached checkpoint
-    state = model.write(patterns); check_measured(state, ...)          # every batch's state measured
+    state = model.write(patterns); contract.check(state, ...)          # every batch's state measured
     errors = task.errors(model.read(sealed(state), queries), patterns)  # read: a copy of the measured values
     ResultsStore.save(record)                             # atomic; finished runs are skipped
 Several processes may share one output directory: each run is claimed with a lock, so
@@ -30,9 +30,9 @@ import numpy as np
 import torch
 
 import membench
-from membench.budget import check_declared, check_measured, sealed
+from membench.budget import StateContract, check_declared, sealed
 from membench.errors import CheckpointBusy, MembenchError, TrainingPaused
-from membench.integrity import audit_write
+from membench.integrity import audit_write, checked_retrievals
 from membench.interface import AssociativeMemory, resolve_preset
 from membench.provenance import environment, git_state
 from membench.registry import make_task, resolve_model
@@ -237,7 +237,8 @@ def load_trained(spec: RunSpec, checkpoint_dir: Path, device: torch.device | str
     return task, model, path
 
 
-def audit(model: AssociativeMemory, task: Task, spec: RunSpec, declared: int, device: torch.device) -> int:
+def audit(model: AssociativeMemory, task: Task, spec: RunSpec, declared: int, device: torch.device
+          ) -> StateContract:
     """Isolated-write checks and the measured count on two probe episodes (membench.integrity)."""
     generator = torch.Generator().manual_seed(spec.seed + PROBE_STREAM)
     probe = task.sample(2, generator, split="train").to(device)
@@ -245,12 +246,13 @@ def audit(model: AssociativeMemory, task: Task, spec: RunSpec, declared: int, de
     return audit_write(model, probe.patterns, probe.queries, other.patterns, declared, spec.budget, spec.model)
 
 
-def evaluate(model: AssociativeMemory, task: Task, spec: RunSpec, device: torch.device, declared: int,
+def evaluate(model: AssociativeMemory, task: Task, spec: RunSpec, device: torch.device, contract: StateContract,
              episodes_per_batch: int = EVAL_EPISODES_PER_BATCH, split: str = "test", queries: int | None = None
              ) -> list[float]:
     """Per-query errors over ceil(queries / N) fresh episodes of `split` (query every written pattern once).
 
-    Every batch's state is measured against `declared` and the budget."""
+    Every batch's state must meet the probe's `contract` (count and layout); the model writes and reads
+    copies, so the patterns it is scored against are the runner's own."""
     offset = EVAL_STREAM if split == "test" else TRAIN_SPLIT_STREAM
     generator = torch.Generator().manual_seed(spec.seed + offset)
     torch.manual_seed(spec.seed)  # models that draw random numbers (e.g. update orders) get the same ones
@@ -261,13 +263,10 @@ def evaluate(model: AssociativeMemory, task: Task, spec: RunSpec, device: torch.
         for start in range(0, num_episodes, episodes_per_batch):
             batch = min(episodes_per_batch, num_episodes - start)
             episodes = task.sample(batch, generator, split=split).to(device)
-            state = model.write(episodes.patterns)
-            check_measured(state, batch, declared, spec.budget, spec.model)
-            retrievals = model.read(sealed(state), episodes.queries)
-            if not isinstance(retrievals, torch.Tensor) or retrievals.shape != episodes.queries.shape:
-                got = tuple(retrievals.shape) if isinstance(retrievals, torch.Tensor) else type(retrievals).__name__
-                raise MembenchError(f"model '{spec.model}': read returned {got}, expected a tensor of shape "
-                                    f"{tuple(episodes.queries.shape)} (one retrieval per query)")
+            state = model.write(episodes.patterns.clone())
+            contract.check(state, batch)
+            retrievals = checked_retrievals(model.read(sealed(state), episodes.queries.clone()), episodes.queries,
+                                            spec.model)
             if not torch.isfinite(retrievals).all():
                 raise MembenchError(f"model '{spec.model}' returned NaN or inf retrievals (N={task.spec.num_patterns}, "
                                     f"seed={spec.seed}); its read is numerically unstable, so no record was written")
@@ -288,7 +287,7 @@ def execute(spec: RunSpec, store: ResultsStore, device: torch.device, checkpoint
     torch.manual_seed(spec.seed)  # initial weights depend on the run's seed, not on earlier runs in this process
     model = build_model(spec, task).to(device)
     declared = check_declared(model, task.spec, spec.budget, spec.model)
-    audit(model, task, spec, declared, device)
+    contract = audit(model, task, spec, declared, device)
     training: dict[str, Any] | None = None
     if model.trainable:
         train_config = model.preset.train
@@ -308,10 +307,10 @@ def execute(spec: RunSpec, store: ResultsStore, device: torch.device, checkpoint
                     "config": dataclasses.asdict(train_config), "curve": str(curve_path.relative_to(store.root)),
                     "history": result.history}
     eval_started = time.perf_counter()
-    errors = evaluate(model, task, spec, device, declared)
+    errors = evaluate(model, task, spec, device, contract)
     train_split = None
     if model.trainable and len(task.spec.pattern_shape) == 3:  # images: did it memorise its training images?
-        seen = evaluate(model, task, spec, device, declared, split="train",
+        seen = evaluate(model, task, spec, device, contract, split="train",
                         queries=TRAIN_SPLIT_EPISODES * task.spec.num_patterns)
         batches = np.asarray(seen).reshape(-1, task.spec.num_patterns).mean(axis=1)
         train_split = {"num_queries": len(seen), "batch_errors": batches.round(4).tolist()}
@@ -321,7 +320,7 @@ def execute(spec: RunSpec, store: ResultsStore, device: torch.device, checkpoint
         "task_unit": task.error_unit,
         "model_config": model.config(),
         "preset_config": model.preset.to_dict() if model.preset is not None else None,
-        "memory_floats": declared,  # measured on the probe and on every evaluated batch
+        "memory_floats": contract.floats,  # declared, measured on the probe and on every evaluated batch
         "num_queries": len(errors),
         "mean_error": float(np.mean(errors)),
         "errors": errors,

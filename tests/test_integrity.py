@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from membench.budget import TABLE1_BUDGET, check_declared, measure_state
 from membench.errors import MembenchError, OverBudgetError
@@ -116,6 +117,168 @@ class CachesByIdentity(HidesOnTensor):
         return queries if kept is None else StoresEverything.read(self, kept[1], queries)
 
 
+class MutatesPatterns(StoresEverything):
+    """Stores nothing, zeroes the patterns it is given and retrieves zeros: scored against zeros it would be
+    perfect."""
+
+    declared = 0
+
+    def write(self, patterns):
+        patterns.zero_()
+        return None
+
+    def read(self, state, queries):
+        return torch.zeros_like(queries)
+
+
+class AlwaysRight(torch.Tensor):
+    """A tensor whose comparisons are all False, so that `errors` counts no wrong bit."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        result = super().__torch_function__(func, types, args, kwargs or {})
+        return torch.zeros(result.shape, dtype=torch.bool) if func is torch.Tensor.__ge__ else result
+
+
+class LyingRetrievals(MutatesPatterns):
+    """Stores nothing; returns the queries as a tensor subclass that rigs the scoring."""
+
+    def write(self, patterns):
+        return None
+
+    def read(self, state, queries):
+        return queries.clone().as_subclass(AlwaysRight)
+
+
+class Tag(int):
+    """An int that carries whatever is set on it."""
+
+
+class IntWithAttribute(StoresEverything):
+    """Declares one float: an int subclass, the patterns kept as its attribute."""
+
+    def write(self, patterns):
+        tag = Tag(0)
+        tag.kept = patterns.clone()
+        return tag
+
+    def read(self, state, queries):
+        return StoresEverything.read(self, state.kept, queries) if hasattr(state, "kept") else queries
+
+
+def _bit_strings(patterns):
+    return [["".join(str(int(b)) for b in pattern.tolist()) for pattern in episode] for episode in patterns]
+
+
+def _from_bit_strings(strings):
+    return torch.tensor([[[float(c) for c in s] for s in episode] for episode in strings])
+
+
+class KeysHoldPatterns(StoresEverything):
+    """Declares nothing: every pattern is a dict key (short, as the keys' limit wants) with value None."""
+
+    declared = 0
+
+    def write(self, patterns):
+        return {f"{e}.{i}.{int(s, 2):x}": None for e, episode in enumerate(_bit_strings(patterns))
+                for i, s in enumerate(episode)}
+
+    def read(self, state, queries):
+        strings = [["" for _ in range(queries.shape[1])] for _ in range(queries.shape[0])]
+        for key in state:
+            e, i, value = key.split(".")
+            strings[int(e)][int(i)] = format(int(value, 16), f"0{queries.shape[-1]}b")
+        return StoresEverything.read(self, _from_bit_strings(strings), queries)
+
+
+class ShapesHoldPatterns(StoresEverything):
+    """Declares nothing: empty tensors whose second dimension spells 16 bits of a pattern each."""
+
+    declared = 0
+
+    def write(self, patterns):
+        return [[[torch.empty(0, int(s[j:j + 16], 2) + 1) for j in range(0, len(s), 16)] for s in episode]
+                for episode in _bit_strings(patterns)]
+
+    def read(self, state, queries):
+        strings = [["".join(format(t.shape[1] - 1, "016b") for t in pattern) for pattern in episode]
+                   for episode in state]
+        return StoresEverything.read(self, _from_bit_strings(strings), queries)
+
+
+class StructuredObjects(StoresEverything):
+    """Declares two floats per episode: a structured array whose one field holds Python objects."""
+
+    declared = 2
+
+    def write(self, patterns):
+        array = np.empty(patterns.shape[0], dtype=[("p", object)])
+        for e in range(patterns.shape[0]):
+            array[e]["p"] = patterns[e].clone()
+        return array
+
+
+class QuantizedScales(StoresEverything):
+    """A quantized tensor: one byte a value counted, its float64 scales (the patterns) not."""
+
+    declared = 1
+
+    def write(self, patterns):
+        flat = patterns.flatten(1).double()
+        scales = (flat + 1).reshape(-1)
+        zeros = torch.zeros(scales.shape[0], 1)
+        return torch.quantize_per_channel(zeros, scales, torch.zeros_like(scales, dtype=torch.long), 0, torch.quint8)
+
+
+class AliasedNumpy(StoresEverything):
+    """Declares one float per episode: a tensor over the first values of a buffer, and a second tensor over the
+    whole buffer (patterns after them) starting at the same address."""
+
+    declared = 1
+
+    def write(self, patterns):
+        batch = patterns.shape[0]
+        buffer = np.concatenate([np.zeros(batch, dtype=np.float32), patterns.flatten().numpy()])
+        return torch.from_numpy(buffer[:batch]), torch.from_numpy(buffer)
+
+    def read(self, state, queries):
+        return StoresEverything.read(self, state[1][queries.shape[0]:].view(queries.shape), queries)
+
+
+class ReadsNeighbours(StoresEverything):
+    """Keeps one honest float per episode (its mean bit), but fills an episode's erased bits with its
+    neighbour's: episodes are not independent."""
+
+    def write(self, patterns):
+        return patterns.mean(dim=(1, 2)).unsqueeze(1)
+
+    def read(self, state, queries):
+        return torch.where(queries == 0.5, state.roll(1, 0)[:, :, None].expand_as(queries), queries)
+
+
+class Holder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("kept", torch.zeros(0))
+
+
+class KeepsInHeldModule(StoresEverything):
+    """Declares nothing; keeps the patterns in a buffer of a module it holds in a plain list."""
+
+    declared = 0
+
+    def __init__(self, spec):
+        super().__init__(spec)
+        self.holders = [Holder()]
+
+    def write(self, patterns):
+        self.holders[0].kept = patterns.clone()
+        return None
+
+    def read(self, state, queries):
+        return StoresEverything.read(self, self.holders[0].kept, queries)
+
+
 class TruncatedSoftmax(AssociativeMemory):
     """An honest outside model: as many whole patterns as the budget holds, each truncated to fit."""
 
@@ -159,8 +322,19 @@ def _run(model: str, tmp_path, num_patterns=(96,), budget=None):
     (DeclaresBudget, r"holds 12288 .* exceeds the budget \(declared 8256, measured 12288, budget 8256\)"),
     (KeepsOnSelf, r"KeepsOnSelf' changed 'kept' while writing"),
     (KeepsInGlobal, r"KeepsInGlobal' retrieved differently from the same state after another batch was written"),
-    (PacksIntoInteger, r"the memory state holds state, an integer beyond float32's exact range"),
-    (HoldsObjects, r"the memory state holds state, an array of Python objects"),
+    (PacksIntoInteger, r"PacksIntoInteger': its memory state holds state, an integer beyond float32's exact range"),
+    (HoldsObjects, r"HoldsObjects': its memory state holds state, an array of Python objects"),
+    (LyingRetrievals, r"LyingRetrievals': read returned a AlwaysRight .*expected a plain floating torch.Tensor"),
+    (IntWithAttribute, r"IntWithAttribute': its memory state holds state, of type Tag"),
+    (KeysHoldPatterns, r"KeysHoldPatterns': its memory state's layout differs between writes \(state: dict \('0\.0\."),
+    (ShapesHoldPatterns, r"ShapesHoldPatterns': its memory state's layout differs between writes "
+                         r"\(state\[0\]\[0\]\[0\]: tensor cpu torch.float32 \(0, \d+\) in the probe write"),
+    (StructuredObjects, r"StructuredObjects': its memory state holds state, an array of Python objects"),
+    (QuantizedScales, r"QuantizedScales': its memory state holds state, a quantized tensor"),
+    (AliasedNumpy, r"AliasedNumpy': its written state holds 24578 float32 values per episode, which exceeds the budget"),
+    (ReadsNeighbours, r"ReadsNeighbours' retrieved differently for an episode when the other episodes of its batch "
+                      r"changed"),
+    (KeepsInHeldModule, r"KeepsInHeldModule' changed 'holders' while writing"),
 ])
 def test_cheating_models_are_refused_in_one_line_and_nothing_is_written(cls, message, tmp_path):
     with pytest.raises(MembenchError, match=message) as caught:
@@ -168,6 +342,30 @@ def test_cheating_models_are_refused_in_one_line_and_nothing_is_written(cls, mes
     assert "\n" not in str(caught.value)
     assert ResultsStore(tmp_path).records() == []
 
+
+
+def test_a_model_that_changes_the_patterns_it_is_given_is_scored_against_the_real_ones(tmp_path):
+    (record,) = _run(f"{__name__}:MutatesPatterns", tmp_path, num_patterns=(16,))
+    assert record["memory_floats"] == 0 and record["mean_error"] > 50  # zeros against random bits: about 64
+
+
+class HonestWithObjects(StoresEverything):
+    """Honest, and holds attributes that writing leaves alone but that compare unequal to their copies."""
+
+    def __init__(self, spec):
+        super().__init__(spec)
+        self.rng, self.generator, self.nan = np.random.default_rng(0), torch.Generator(), float("nan")
+        self.nans, self.thing = torch.full((3,), float("nan")), type("Thing", (), {})()
+        self.register_buffer("nan_buffer", torch.full((2,), float("nan")))
+
+    def memory_floats(self, spec):
+        return spec.num_patterns * 128
+
+
+def test_attributes_that_writing_leaves_alone_are_not_changes(tmp_path):
+    """Generators, NaNs and plain objects are compared by value (their pickled bytes, tensors bit for bit)."""
+    (record,) = _run(f"{__name__}:HonestWithObjects", tmp_path, num_patterns=(16,))
+    assert record["mean_error"] == 0
 
 
 @pytest.mark.parametrize("cls", [HidesOnTensor, CachesByIdentity])
@@ -214,6 +412,11 @@ def test_measure_counts_storage_bytes_not_shapes():
     assert measure_state(None, batch) == 0
     with pytest.raises(MembenchError, match="cannot measure"):
         measure_state(object(), batch)
+    whole = torch.zeros(1000)
+    assert measure_state((whole, whole[:batch]), batch) == measure_state((whole[:batch], whole), batch) == 1000
+    array = np.zeros((batch, 250), dtype=np.float32)                       # one buffer seen as an array and a tensor
+    assert measure_state((array, torch.from_numpy(array)), batch) == 250
+    assert measure_state((torch.from_numpy(array[:, :10]), array), batch) == 250  # overlapping storages: their union
 
 
 # --- every registered model keeps its word -------------------------------------------
@@ -229,7 +432,7 @@ def _check_model(spec: RunSpec) -> None:
     model = build_model(spec, task)
     declared = check_declared(model, task.spec, spec.budget, spec.model)
     a, b = _episodes(task, 2, 1), _episodes(task, 2, 2)
-    assert audit_write(model, a.patterns, a.queries, b.patterns, declared, spec.budget, spec.model) == declared
+    assert audit_write(model, a.patterns, a.queries, b.patterns, declared, spec.budget, spec.model).floats == declared
     # batches [e, x] and [e, y] share episode e: its retrievals must not depend on its neighbour
     first = torch.stack([a.patterns[0], a.patterns[1]]), torch.stack([a.queries[0], a.queries[1]])
     second = torch.stack([a.patterns[0], b.patterns[0]]), torch.stack([a.queries[0], b.queries[0]])
