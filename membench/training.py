@@ -11,7 +11,8 @@ Conventions, so that learned models are trained alike:
 - the history lists each stretch of training (steps, device, time, matmul precision, commit),
   so a checkpoint trained across machines says which devices trained it;
 - one update is `membench.stepper.Stepper.step` (eager, or replayed from a CUDA graph);
-  the loop waits for the device only when it logs, checkpoints or stops;
+  the loop waits for the device only when it logs, checkpoints or stops, and on CUDA the
+  next batch is drawn on a worker thread meanwhile (`EpisodeStream`: the same batches);
 - a non-finite loss or gradient stops training with `TrainingDiverged` (at the next log or
   checkpoint, before anything is saved); an unreadable
   checkpoint is set aside (`<name>.corrupt`) and training starts afresh;
@@ -30,6 +31,7 @@ import pickle
 import signal
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -42,9 +44,10 @@ from membench.interface import AssociativeMemory, TrainConfig
 from membench.provenance import device_name, git_state
 from membench.stepper import Stepper
 from membench.store import file_lock, remove_orphans, warn, write_atomic
-from membench.tasks import Task
+from membench.tasks import Episodes, Task
 
 TRAIN_STREAM = 7919  # offset of the training generator's seed from the run seed
+DRAW_AHEAD_ON = ("cuda",)  # device types whose training draws the next batch while an update runs (EpisodeStream)
 CHECKPOINT_KEYS = ("model", "generator", "step", "elapsed_s", "curve")  # required; "optimizer", "history" optional
 
 
@@ -142,6 +145,51 @@ def _deferred_interrupt() -> Iterator[list[bool]]:
         signal.signal(signal.SIGINT, previous)
 
 
+class EpisodeStream:
+    """The training batches, step by step, all drawn from `generator`: the step's N (mixed-N presets, over a
+    curriculum), then `config.batch_size` episodes of the train split.
+
+    With `ahead` (on CUDA), the next step's batch is drawn on a worker thread while the device runs this
+    one: the CPU's sampling would otherwise hold up every update. The batches are the same either way, and
+    `generator_state` is the state before the first batch not yet taken, so a checkpoint resumes exactly.
+    """
+
+    def __init__(self, task: Task, config: TrainConfig, generator: torch.Generator, ahead: bool):
+        self.task, self.config, self.generator = task, config, generator
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="episodes") if ahead else None
+        self._next: Future | None = None
+        self._state = generator.get_state()  # before the first batch not yet taken
+
+    def _draw(self, step: int) -> tuple[Task, Episodes]:
+        step_task = self.task
+        if self.config.num_patterns:
+            choices = self.config.num_patterns
+            if step < self.config.curriculum_steps:
+                choices = sorted(choices)[:1 + len(choices) * step // self.config.curriculum_steps]
+            choice = torch.randint(len(choices), (1,), generator=self.generator).item()
+            step_task = self.task.with_num_patterns(choices[choice])
+        return step_task, step_task.sample(self.config.batch_size, self.generator, split="train")
+
+    def take(self, step: int) -> tuple[Task, Episodes]:
+        """The task (its N) and the CPU batch of update `step` (0-based); call with consecutive steps."""
+        if self._pool is None:
+            drawn = self._draw(step)
+        else:
+            drawn = (self._next or self._pool.submit(self._draw, step)).result()
+            self._next = None
+        self._state = self.generator.get_state()
+        if self._pool is not None and step + 1 < self.config.steps:
+            self._next = self._pool.submit(self._draw, step + 1)
+        return drawn
+
+    def generator_state(self) -> torch.Tensor:
+        return self._state
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+
 def meta_train(
     model: AssociativeMemory,
     task: Task,
@@ -220,7 +268,7 @@ def _train(model: AssociativeMemory, task: Task, config: TrainConfig, checkpoint
     def checkpoint() -> None:
         nonlocal saved_step
         save_checkpoint({"model": model.state_dict(), "optimizer": stepper.optimizer.state_dict(),
-                         "generator": generator.get_state(), "step": step, "elapsed_s": elapsed, "curve": curve,
+                         "generator": stream.generator_state(), "step": step, "elapsed_s": elapsed, "curve": curve,
                          "history": stretches(), "config": dataclasses.asdict(config)}, checkpoint_path)
         saved_step = step
 
@@ -231,53 +279,51 @@ def _train(model: AssociativeMemory, task: Task, config: TrainConfig, checkpoint
         from tqdm.auto import tqdm
 
         bar = tqdm(total=config.steps, initial=step, desc=f"train {type(model).__name__}", leave=False)
-    model.train()
-    while step < config.steps and not late:
-        started = time.perf_counter()
-        if config.cosine_decay:  # a function of the step alone, so a resumed run continues the schedule
-            stepper.set_lr(config.lr * 0.5 * (1 + math.cos(math.pi * step / config.steps)))
-        step_task = task
-        if config.num_patterns:
-            choices = config.num_patterns
-            if step < config.curriculum_steps:
-                choices = sorted(choices)[:1 + len(choices) * step // config.curriculum_steps]
-            choice = torch.randint(len(choices), (1,), generator=generator).item()
-            step_task = task.with_num_patterns(choices[choice])
-        episodes = step_task.sample(config.batch_size, generator, split="train").to(device)
-        out = stepper.step(episodes.patterns, episodes.queries)
-        step += 1
-        first_bad.masked_fill_(~out.finite & (first_bad < 0), step)
-        logging = step % config.log_every == 0 or step == config.steps
-        saving = step % config.checkpoint_every == 0 or step == config.steps
-        paused = deadline is not None and time.perf_counter() > deadline
-        if logging or saving or paused or interrupted[0]:
-            check_finite(out.loss)
-        elapsed += time.perf_counter() - started
-        if logging:
-            error = step_task.errors(out.retrievals, episodes.patterns).mean().item()
-            curve.append({"step": step, "loss": out.loss.item(), "error": error,
-                          "num_patterns": step_task.spec.num_patterns, "elapsed_s": elapsed})
-            if bar is not None:
-                bar.set_postfix(loss=f"{out.loss.item():.4f}", error=f"{error:.2f}")
-        if saving:
-            checkpoint()
-        if bar is not None:
-            bar.update(1)
-        if interrupted[0]:
-            if saved_step != step:
+    stream = EpisodeStream(task, config, generator, ahead=device.type in DRAW_AHEAD_ON)
+    try:
+        model.train()
+        while step < config.steps and not late:
+            started = time.perf_counter()
+            if config.cosine_decay:  # a function of the step alone, so a resumed run continues the schedule
+                stepper.set_lr(config.lr * 0.5 * (1 + math.cos(math.pi * step / config.steps)))
+            step_task, episodes = stream.take(step)
+            episodes = episodes.to(device)
+            out = stepper.step(episodes.patterns, episodes.queries)
+            step += 1
+            first_bad.masked_fill_(~out.finite & (first_bad < 0), step)
+            logging = step % config.log_every == 0 or step == config.steps
+            saving = step % config.checkpoint_every == 0 or step == config.steps
+            paused = deadline is not None and time.perf_counter() > deadline
+            if logging or saving or paused or interrupted[0]:
+                check_finite(out.loss)
+            elapsed += time.perf_counter() - started
+            if logging:
+                error = step_task.errors(out.retrievals, episodes.patterns).mean().item()
+                curve.append({"step": step, "loss": out.loss.item(), "error": error,
+                              "num_patterns": step_task.spec.num_patterns, "elapsed_s": elapsed})
+                if bar is not None:
+                    bar.set_postfix(loss=f"{out.loss.item():.4f}", error=f"{error:.2f}")
+            if saving:
                 checkpoint()
             if bar is not None:
-                bar.close()
-            raise TrainingInterrupted(
-                f"interrupted: meta-training of {type(model).__name__} checkpointed at step {step} of {config.steps} "
-                f"({checkpoint_path}); rerun the same command to continue")
-        if paused and step < config.steps:
+                bar.update(1)
+            if interrupted[0]:
+                if saved_step != step:
+                    checkpoint()
+                if bar is not None:
+                    bar.close()
+                raise TrainingInterrupted(
+                    f"interrupted: meta-training of {type(model).__name__} checkpointed at step {step} of {config.steps} "
+                    f"({checkpoint_path}); rerun the same command to continue")
+            if paused and step < config.steps:
+                checkpoint()
+                break
+        if bar is not None:
+            bar.close()
+        if saved_step is None:
             checkpoint()
-            break
-    if bar is not None:
-        bar.close()
-    if saved_step is None:
-        checkpoint()
-    model.eval()
+        model.eval()
+    finally:
+        stream.close()
     return TrainResult(steps=step, train_time_s=elapsed, curve=curve, checkpoint=str(checkpoint_path),
                        finished=step >= config.steps, history=stretches())

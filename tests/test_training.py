@@ -18,7 +18,7 @@ from membench.runner import build_model
 from membench.suites import get_suite
 from membench.tasks import BinaryTask
 from membench.stepper import Stepper
-from membench.training import TrainConfig, meta_train
+from membench.training import EpisodeStream, TrainConfig, meta_train
 
 TINY_MODEL = textwrap.dedent('''
     import torch
@@ -84,8 +84,12 @@ def _linear_model(seed: int = 0) -> torch.nn.Module:
     return model
 
 
-@pytest.mark.parametrize("cosine_decay", [False, True])
-def test_time_limit_pauses_and_the_next_call_matches_straight_training(tmp_path: Path, cosine_decay: bool):
+@pytest.mark.parametrize("cosine_decay, ahead", [(False, False), (True, False), (True, True)])
+def test_time_limit_pauses_and_the_next_call_matches_straight_training(tmp_path: Path, cosine_decay: bool, ahead: bool,
+                                                                       monkeypatch):
+    """Also with the next batch drawn while an update runs (as on CUDA): the checkpoint's generator state is
+    the one before the batch in flight."""
+    monkeypatch.setattr("membench.training.DRAW_AHEAD_ON", ("cpu", "cuda") if ahead else ("cuda",))
     config = TrainConfig(steps=4, batch_size=2, lr=1e-3, clip_norm=1.0, log_every=1, checkpoint_every=100,
                          num_patterns=(4, 8), cosine_decay=cosine_decay)
     task, device = BinaryTask(4), torch.device("cpu")
@@ -277,6 +281,19 @@ def test_the_cache_takes_the_shipped_checkpoint_when_it_is_trained_further_or_th
             torch.save(checkpoint(cached), cache / "key.pt")
         path = runner.checkpoint_path("key", cache)
         assert torch.load(path, weights_only=True)["step"] == expected, (cached, expected)
+
+def test_episodes_drawn_ahead_are_the_episodes_drawn_in_turn():
+    config = TrainConfig(steps=5, batch_size=3, num_patterns=(4, 8, 12), curriculum_steps=2)
+    streams = [EpisodeStream(BinaryTask(4), config, torch.Generator().manual_seed(0), ahead) for ahead in (False, True)]
+    try:
+        for step in range(config.steps):
+            (task_a, a), (task_b, b) = (stream.take(step) for stream in streams)
+            assert task_a.spec.num_patterns == task_b.spec.num_patterns
+            assert torch.equal(a.patterns, b.patterns) and torch.equal(a.queries, b.queries)
+            assert torch.equal(streams[0].generator_state(), streams[1].generator_state()), step
+    finally:
+        streams[1].close()
+
 
 def test_curriculum_draws_the_small_n_first_then_all(tmp_path: Path):
     """curriculum_steps = 6 over N in (8, 4, 12): steps 0-1 write 4 patterns, steps 2-3 4 or 8, then any N."""
