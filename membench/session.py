@@ -22,6 +22,7 @@ further), so the next session's same command resumes from them.
 from __future__ import annotations
 
 import io
+import os
 import shlex
 import signal
 import subprocess
@@ -109,16 +110,18 @@ def run_session(runs: Sequence[str], copies: int, train_time_limit_s: float, dev
                      for status in finish([process], clock + train_time_limit_s)]
     left = max(0.0, train_time_limit_s - (time.monotonic() - clock))
     processes = []
+    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // max(1, len(runs) * copies)))
     for number, args in enumerate(runs):
         for copy in range(copies):
             log = cache / f"run-{number}-{copy}.log"
             command = [sys.executable, "-m", "membench.cli", "run", *shlex.split(args), "--device", device,
                        "--no-progress", "--checkpoint-dir", str(cache / "checkpoints"), "--train-time-limit", f"{left:.1f}"]
-            with open(log, "wb") as handle:
-                processes.append((args, log, subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT)))
+            with open(log, "wb") as handle:  # the CPU's cores shared among the runs (their sampling, their loss)
+                processes.append((args, log, subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT,
+                                                              env={**os.environ, "OMP_NUM_THREADS": threads})))
     ended = finish([process for _, _, process in processes], clock + train_time_limit_s + grace_s)
     for (args, log, _), status in zip(processes, ended):
-        statuses.append(status)
+        statuses.append(EXIT_PAUSED if status == EXIT_INTERRUPTED else status)  # stopped at the grace's end
         tail = log.read_text(errors="replace").splitlines()[-12:]
         print(f"== membench run {args} (exit {status})", *tail, sep="\n", flush=True)
     pack(archive, started, results_dir, cache / "checkpoints")

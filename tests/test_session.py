@@ -17,8 +17,8 @@ from click.testing import CliRunner
 
 from membench import runner
 from membench.cli import main
-from membench.errors import EXIT_PAUSED
-from membench.session import finish
+from membench.errors import EXIT_INTERRUPTED, EXIT_PAUSED
+from membench.session import finish, run_session
 from membench.throughput import COLUMNS, merge
 from tests.test_training import TINY_MODEL
 
@@ -265,6 +265,26 @@ def test_a_session_times_updates_first_and_packs_their_rows(tmp_path: Path, monk
     with tarfile.open(tmp_path / "out" / "session.tgz") as tar:
         rows = pd.read_csv(tar.extractfile("results/bench/throughput.csv"))
     assert rows[["model", "device", "batch_size", "num_patterns"]].values.tolist() == [["memory_networks", "cpu", 1, 8]]
+
+
+def test_runs_stopped_at_the_grace_end_make_the_session_paused_and_share_the_cores(tmp_path: Path, monkeypatch):
+    """A run interrupted while still evaluating at the grace's end (exit 130) checkpointed and wrote no record:
+    the session says "paused" (3), not failed; its processes split the CPU's cores between them."""
+    started = []
+
+    class Process:
+        def __init__(self, command, env=None, **kwargs):
+            started.append(env)
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("membench.session.subprocess.Popen", Process)
+    monkeypatch.setattr("membench.session.finish", lambda processes, deadline: [EXIT_INTERRUPTED] * len(processes))
+    monkeypatch.setattr("membench.session.pack", lambda *args: None)
+    monkeypatch.setattr("membench.session.os.cpu_count", lambda: 16)
+    status = run_session(["--model raw_slots --out results/table1"], copies=2, train_time_limit_s=10, device="cpu",
+                         cache=tmp_path / "cache", archive=tmp_path / "s.tgz", results_dir=Path("results"))
+    assert status == EXIT_PAUSED
+    assert [env["OMP_NUM_THREADS"] for env in started] == ["8", "8"]
 
 
 def test_at_the_deadline_every_running_process_is_interrupted_and_the_deaf_one_killed():
