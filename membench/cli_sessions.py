@@ -133,12 +133,14 @@ def _timing_command(args: str, device: str, table: Path) -> list[str]:
     unless throughput would accept it: its options, suite, models and data."""
     from membench.datasets import set_data_dir
     from membench.registry import resolve_model
-    from membench.throughput import run_specs
+    from membench.runner import resolve_device
+    from membench.throughput import check_precisions, run_specs
 
     extra = ("--device", device, "--out", str(table))
     params = parsed("throughput", "--time", args, extra)
     set_data_dir(params["data_dir"])
     try:
+        check_precisions(params["precisions"], resolve_device(device).type)
         for spec in run_specs(params["suite"], params["models"], params["num_patterns"], params["preset"],
                               params["options"]):
             resolve_model(spec.model)
@@ -229,9 +231,10 @@ def throughput(suite, models, preset, device, num_patterns, batch_sizes, steps, 
 
     from membench.datasets import set_data_dir
     from membench.runner import resolve_device
-    from membench.throughput import existing_table, measure, merge, run_specs
+    from membench.throughput import check_precisions, existing_table, measure, merge, run_specs
 
     set_data_dir(data_dir)
+    check_precisions(precisions, resolve_device(device).type)
     requests = [dict(spec=spec, device=resolve_device(device), batch_size=batch, steps=steps, warmup=warmup,
                      cuda_graph=cuda_graph, compile=compile_, precision=precision)
                 for spec in run_specs(suite, models, num_patterns, preset, options)

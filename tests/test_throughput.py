@@ -207,8 +207,9 @@ def test_rows_timed_before_a_failing_row_are_kept(monkeypatch):
     assert kept == [{"spec": "a", "seconds": [0.5]}, {"spec": "b", "seconds": [0.5]}]
 
 def test_rows_timed_beside_a_reference_keep_its_time_of_that_run(tmp_path, monkeypatch):
-    """--reference: each row names the commit and that run's reference time, so two runs (say, with and without
-    an option) keep their own ratios after the reference row itself is replaced by the second run's."""
+    """--reference: each row of the reference's update names the commit and that run's reference time, so two
+    runs (say, with and without an option) keep their own ratios after the reference row itself is replaced by
+    the second run's; a row of another model gets no speed-up."""
     import contextlib
 
     from membench import throughput
@@ -216,8 +217,10 @@ def test_rows_timed_beside_a_reference_keep_its_time_of_that_run(tmp_path, monke
     reference_seconds = iter([0.08, 0.08, 0.12, 0.12])  # two rounds in each of two runs
     monkeypatch.setattr(throughput, "reference_tree", lambda commit: contextlib.nullcontext(tmp_path))
     monkeypatch.setattr(throughput, "time_reference", lambda tree: next(reference_seconds))
+    monkeypatch.setattr(throughput, "matches_reference", lambda row: row["model"] == "memory_networks")  # its update
     out = tmp_path / "t.csv"
-    args = ["throughput", "--model", "memory_networks", "--device", "cpu", "--num-patterns", "8", "--steps", "1",
+    args = ["throughput", "--model", "memory_networks", "--model", "lstm", "--device", "cpu", "--num-patterns", "8",
+            "--steps", "1",
             "--warmup", "0", "--rounds", "2", "--reference", "028ec1c0123456", "--out", str(out)]
     for extra in ([], ["--option", "train.batch_size=3"]):
         result = CliRunner().invoke(main, args + extra)
@@ -227,5 +230,17 @@ def test_rows_timed_beside_a_reference_keep_its_time_of_that_run(tmp_path, monke
     timed = table[table["model"] == "memory_networks"].set_index("options")
     assert timed.loc["", "reference_ms"] == 80.0 and timed.loc["train.batch_size=3", "reference_ms"] == 120.0
     assert set(timed["reference"]) == {"028ec1c012"}
+    assert table.loc[table["model"] == "lstm", "reference_ms"].isna().all()  # another update: no speed-up
     (reference_row,) = table[table["commit"] == "028ec1c012"].itertuples()
     assert reference_row.ms_per_step == 120.0 and reference_row.reference == ""  # the second run's
+
+
+def test_tf32_on_a_cpu_is_refused_before_any_row_is_built(tmp_path):
+    result = CliRunner().invoke(main, ["throughput", "--model", "ebmm", "--device", "cpu", "--precision", "tf32",
+                                       "--out", str(tmp_path / "t.csv")])
+    assert result.exit_code == 1 and "--precision tf32 is CUDA's" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "t.csv").exists()
+    session = CliRunner().invoke(main, ["session", "--time", "--model ebmm --precision tf32", "--device", "cpu",
+                                        "--run", f"--model raw_slots --out {tmp_path}/results/table1",
+                                        "--to", str(tmp_path / "s.tgz"), "--train-time-limit", "10"])
+    assert session.exit_code == 1 and "--precision tf32 is CUDA's" in session.output, session.output
