@@ -8,8 +8,9 @@ Conventions, so that learned models are trained alike:
   `checkpoint_every` steps and at the end; a killed run resumes from the last one, and a
   finished checkpoint is reused as is (the runner keys checkpoints by config). A weights-only
   checkpoint (shipped in the repository, `weights_only`) resumes with a fresh optimiser state;
-- the history lists each stretch of training (steps, device, time, matmul precision, commit),
-  so a checkpoint trained across machines says which devices trained it;
+- the history lists each stretch of training (steps, device, time, matmul precision, commit,
+  whether AdamW's state was resumed or fresh), so a checkpoint trained across machines says
+  which devices trained it and where its optimiser restarted;
 - one update is `membench.stepper.Stepper.step` (eager, or replayed from a CUDA graph);
   the loop waits for the device only when it logs, checkpoints or stops, and on CUDA the
   next batch is drawn on a worker thread meanwhile (`EpisodeStream`: the same batches);
@@ -240,6 +241,7 @@ def _train(model: AssociativeMemory, task: Task, config: TrainConfig, checkpoint
             warn(f"{checkpoint_path.name} holds weights only (a shipped checkpoint): training continues from step "
                  f"{step} with a fresh optimiser state")
     saved_step = step if saved is not None else None
+    resumed_optimizer = saved is not None and "optimizer" in saved  # else AdamW's moments start afresh
     first_step, first_elapsed = step, elapsed  # this call's stretch of training starts here
 
     def stretches() -> list[dict[str, Any]] | None:
@@ -251,7 +253,7 @@ def _train(model: AssociativeMemory, task: Task, config: TrainConfig, checkpoint
             "steps": [first_step, step], "train_time_s": round(elapsed - first_elapsed, 2), "device": device.type,
             "device_name": device_name(device), "matmul_precision": stepper.matmul_precision,
             "precision": config.precision, "compiled": stepper.compiled, "cuda_graph": stepper.graphs_on,
-            "commit": commit, "dirty": dirty,
+            "commit": commit, "dirty": dirty, "optimizer": "resumed" if resumed_optimizer else "fresh",
             "threads": torch.get_num_threads() if device.type == "cpu" else None, "torch": str(torch.__version__)}]
     first_bad = torch.tensor(-1, device=device)  # first step whose loss or gradient was not finite
 

@@ -101,6 +101,7 @@ def test_time_limit_pauses_and_the_next_call_matches_straight_training(tmp_path:
     resumed = _linear_model()                               # a new process
     second = meta_train(resumed, task, config, tmp_path / "paused.pt", device, seed=0, progress=False)
     assert second.finished and second.steps == 4 and [r["step"] for r in second.curve] == [1, 2, 3, 4]
+    assert [h["optimizer"] for h in second.history] == ["fresh", "resumed"]
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b, msg=f"paused-and-resumed training differs in {name}")
 
@@ -196,6 +197,7 @@ def test_weights_only_checkpoint_resumes_with_a_fresh_optimiser(tmp_path: Path, 
     assert "holds weights only" in capsys.readouterr().err
     assert result.finished and [r["step"] for r in result.curve] == [1, 2, 3, 4, 5]
     assert [h["steps"] for h in result.history] == [[0, 3], [3, 5]]
+    assert [h["optimizer"] for h in result.history] == ["fresh", "fresh"]  # the second stretch's AdamW restarted
     by_hand = _linear_model(seed=1)  # the two steps taken by hand: saved weights and episodes, a new AdamW
     by_hand.load_state_dict(saved["model"])
     stepper, generator = Stepper(by_hand, longer, device), torch.Generator()
