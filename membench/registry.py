@@ -11,11 +11,13 @@ without editing membench, in two ways:
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
 import inspect
 import os
 import sys
 from importlib.metadata import entry_points
+from pathlib import Path
 
 from membench.errors import MembenchError
 from membench.interface import AssociativeMemory
@@ -57,6 +59,21 @@ def _entry_point_models() -> dict[str, str]:
 def available_models() -> dict[str, str]:
     """All model names known without importing them: name -> 'module:Class'."""
     return {**_entry_point_models(), **BUILTIN_MODELS}
+
+
+BUILTIN_PACKAGES = ("membench", "baselines", "ebmm")  # their code is versioned by the record's git commit
+
+
+def model_source_digest(cls: type) -> str | None:
+    """A digest of the source file defining a model from outside membench (None for built-in models, or
+    when its source file cannot be read): records and checkpoint keys carry it, so a run of a model whose
+    code changed since is run (and trained) again rather than skipped."""
+    if cls.__module__.split(".")[0] in BUILTIN_PACKAGES:
+        return None
+    try:
+        return hashlib.sha1(Path(inspect.getsourcefile(cls)).read_bytes()).hexdigest()[:12]
+    except (TypeError, OSError):  # defined interactively, or its file is gone
+        return None
 
 
 def _import_class(path: str, base: type = AssociativeMemory) -> type:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import io
 import json
 import math
@@ -35,7 +36,7 @@ from membench.errors import CheckpointBusy, MembenchError, TrainingPaused
 from membench.integrity import audit_write, checked_retrievals
 from membench.interface import AssociativeMemory, resolve_preset
 from membench.provenance import environment, git_state
-from membench.registry import make_task, resolve_model
+from membench.registry import make_task, model_source_digest, resolve_model
 from membench.store import ResultsStore, read_record, warn, writable_folder, write_atomic, write_text_atomic
 from membench.suites import DEFAULT_PRESET, RunSpec, declared_count
 from membench.tasks import Task
@@ -190,12 +191,18 @@ def comparable_preset(preset: dict[str, Any]) -> dict[str, Any]:
 
 
 def is_current(spec: RunSpec, store: ResultsStore) -> bool:
-    """True when `spec` has a complete record made with today's definition of its preset. A learned model's
-    run id names its preset, not the preset's fields: a record made before the preset changed is stale
-    (warned about), and its run is done again. Records without a stored preset are taken as current."""
+    """True when `spec` has a complete record made with today's definition of its preset and, for a model
+    from outside membench, today's source file (`registry.model_source_digest`). A learned model's run id
+    names its preset, not the preset's fields: a record made before the preset changed is stale (warned
+    about), and its run is done again. Records without a stored preset are taken as current."""
     if not store.has(spec.run_id):
         return False
     cls = resolve_model(spec.model)
+    digest = model_source_digest(cls)
+    if digest is not None and read_record(store.record_path(spec.run_id)).get("model_source") != digest:
+        warn(f"{spec.run_id}: the source of {spec.model} ({inspect.getsourcefile(cls)}) changed since its record "
+             "was made; running it again")
+        return False
     if not cls.trainable:
         return True
     recorded = read_record(store.record_path(spec.run_id)).get("preset_config")
@@ -208,13 +215,17 @@ def is_current(spec: RunSpec, store: ResultsStore) -> bool:
 
 def checkpoint_key(spec: RunSpec, model: AssociativeMemory, task: Task) -> str:
     """File stem of a learned model's checkpoint: a digest of everything its training depends on
-    (model, complete preset, built sizes, task, seed, budget), so identical training is shared."""
+    (model, complete preset, built sizes, task, seed, budget; an outside model's source file), so identical
+    training is shared."""
     task_config = dict(task.config())
     if model.preset.train.num_patterns:
         task_config.pop("num_patterns")  # trained on a set of N: one checkpoint for all
     payload = {"model": spec.model, "preset": comparable_preset(model.preset.to_dict()),
                "model_config": _without_late(model.config(), LATE_MODEL_FIELDS),
                "task": task_config, "seed": spec.seed, "budget": spec.budget}
+    source = model_source_digest(type(model))
+    if source is not None:  # a model from outside membench: its code changed, it trains again
+        payload["source"] = source
     digest = hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
     return f"{spec.model.replace(':', '-')}-{spec.preset}-{digest}"
 
@@ -332,6 +343,9 @@ def execute(spec: RunSpec, store: ResultsStore, device: torch.device, checkpoint
         "environment": environment(device),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    source = model_source_digest(type(model))
+    if source is not None:  # a model from outside membench (built-in ones: the environment's git commit)
+        record["model_source"] = source
     store.save(record)
     return record
 

@@ -15,10 +15,10 @@ from membench.cli import main
 from tests.conftest import REPO_ROOT
 
 
-def readme_example() -> str:
+def readme_example(marker: str = "example-model") -> str:
     text = (REPO_ROOT / "README.md").read_text()
-    block = re.search(r"<!-- example-model -->\s*```python\n(.*?)```", text, re.S)
-    assert block, "README must contain the example model between <!-- example-model --> markers"
+    block = re.search(rf"<!-- {marker} -->\s*```python\n(.*?)```", text, re.S)
+    assert block, f"README must contain the example model between <!-- {marker} --> markers"
     return block.group(1)
 
 
@@ -132,3 +132,18 @@ def test_train_options_set_the_training_config_and_split_checkpoints_by_n():
     assert len(keys) == 3  # per N with the option, one shared key for the mixed-N preset
     with pytest.raises(MembenchError, match="no option 'train.stepz'.*train.steps"):
         resolve_preset(EBMM, BinaryTask(16).spec, "quick", {"train.stepz": 1})
+
+
+def test_readme_learned_example_trains_and_runs(tmp_path, monkeypatch):
+    """The README's meta-learned example, on the example it extends: trained (a few updates here), then
+    evaluated with the same budget; its options are its config's and TrainConfig's fields."""
+    (tmp_path / "my_memory.py").write_text(readme_example())
+    (tmp_path / "learned_memory.py").write_text(readme_example("example-learned-model"))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["run", "--model", "learned_memory:LearnedGainHebb", "--num-patterns", "16",
+                                       "--queries", "64", "--out", "out", "--no-progress", "--checkpoint-dir", "ck",
+                                       "--option", "train.steps=5", "--option", "gain_init=2.0"])
+    assert result.exit_code == 0, result.output
+    (record,) = [json.loads(p.read_text()) for p in (tmp_path / "out" / "runs").glob("*.json")]
+    assert record["training"]["steps"] == 5 and record["memory_floats"] == 8256
+    assert record["preset_config"]["model"] == {"gain_init": 2.0}

@@ -181,6 +181,24 @@ def test_a_model_of_yours_may_name_its_own_presets(tmp_path: Path, monkeypatch):
     refused = CliRunner().invoke(main, [*args, "quick"])
     assert refused.exit_code == 1 and "has no preset 'quick'. Its presets: tiny" in refused.output
 
+def test_a_model_of_yours_whose_code_changed_is_run_and_trained_again(tmp_path: Path, monkeypatch):
+    """Its record and checkpoint key carry a digest of its source file: an edit makes the next run redo it (and
+    train a new checkpoint) instead of showing the old numbers; an unchanged model is skipped."""
+    source = tmp_path / "edited_model.py"
+    source.write_text(TINY_MODEL)
+    monkeypatch.chdir(tmp_path)
+    args = ["run", "--model", "edited_model:TinyLearned", "--num-patterns", "16", "--queries", "32", "--out", "out",
+            "--no-progress", "--checkpoint-dir", "ck"]
+    outputs = [CliRunner().invoke(main, args)]
+    outputs.append(CliRunner().invoke(main, args))
+    source.write_text(TINY_MODEL + "\n# an edit\n")
+    outputs.append(CliRunner().invoke(main, args))
+    assert [o.exit_code for o in outputs] == [0, 0, 0], [o.output for o in outputs]
+    assert ["1 run(s) executed" in o.output for o in outputs] == [True, False, True]
+    assert "edited_model:TinyLearned (" in outputs[2].output and "changed since its record was made" in outputs[2].output
+    assert len(list((tmp_path / "ck").glob("*.pt"))) == 2  # trained again under a new key
+
+
 def test_weights_only_checkpoint_resumes_with_a_fresh_optimiser(tmp_path: Path, capsys):
     """Longer training continues from a shipped (weights-only) checkpoint: from its weights, step and episode
     stream, with a fresh AdamW state; the history gains a second stretch."""
