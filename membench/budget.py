@@ -208,6 +208,18 @@ def measure_state(state: Any, batch_size: int, model_name: str = "model") -> int
     return math.ceil(total / 4 - 1e-9)
 
 
+def _count_hint(state: Any, batch_size: int, model_name: str) -> str:
+    """Why a state may count otherwise than its shapes suggest: its first leaf without the episode dimension,
+    or not 4 bytes a value."""
+    for path, leaf in _walk(state, "state", batch_size, model_name, []):
+        if isinstance(leaf, (torch.Tensor, np.ndarray)) and (leaf.ndim == 0 or leaf.shape[0] != batch_size):
+            return (f" ({path} has shape {tuple(leaf.shape)}, not B = {batch_size} episodes first, so it counts whole "
+                    "for each episode)")
+        if isinstance(leaf, (torch.Tensor, np.ndarray)) and leaf.dtype not in (torch.float32, np.float32):
+            return f" ({path} is {leaf.dtype}: counted by its bytes, 4 a value)"
+    return ""
+
+
 def check_measured(state: Any, batch_size: int, declared: int, budget: int, model_name: str) -> int:
     """Measure `state`; OverBudgetError when it exceeds `budget` or differs from `declared`."""
     measured = measure_state(state, batch_size, model_name)
@@ -215,8 +227,8 @@ def check_measured(state: Any, batch_size: int, declared: int, budget: int, mode
         problem = "exceeds the budget" if measured > budget else "differs from what the model declares"
         raise OverBudgetError(
             f"model '{model_name}': its written state holds {measured} float32 values per episode, which {problem} "
-            f"(declared {declared}, measured {measured}, budget {budget}); memory_floats must count exactly what "
-            "write returns, within the budget")
+            f"(declared {declared}, measured {measured}, budget {budget}){_count_hint(state, batch_size, model_name)}; "
+            "memory_floats must count exactly what write returns, within the budget")
     return measured
 
 

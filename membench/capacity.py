@@ -287,24 +287,32 @@ def binary_capacity_figures(out_dir: Path) -> list[Path]:
     budget_groups = [(key, g) for key, g in at_n.groupby(["dim", "erased"], sort=True) if g["budget"].nunique() > 1]
     if budget_groups:
         fig, axes = plt.subplots(1, len(budget_groups), figsize=(7.2 * len(budget_groups), 4.6), squeeze=False)
+        notes = []
         for ax, ((dim, erased), group) in zip(axes[0], budget_groups):
             budgets = sorted(group["budget"].unique())
-            absent = []
+            over, not_run = [], []
             for row in _row_order(list(group["row"].unique()), dict(zip(group["row"], group["model"]))):
                 mine = group[group.row == row]
                 _line(ax, mine, "budget", row, styles[row])
-                if len(mine) < len(budgets):
-                    absent.append(row)
+                missing = [int(b) for b in budgets if b not in set(mine["budget"])]
+                counts = [_count_at(mine.iloc[0], _task_of(mine.iloc[0]["table"])[0], b, BUDGET_NUM_PATTERNS)
+                          for b in missing]
+                if any(c is None or (c is not False and c > b) for c, b in zip(counts, missing)):
+                    over.append(row)
+                elif missing:
+                    not_run.append(row)
             _log2_axis(ax, budgets)
             ax.set_xticklabels([f"{b}\n({b // dim} patterns)" for b in budgets], fontsize=8)
             ax.set(xlabel="budget (float32 values)", ylabel="error bits per query",
                    title=f"N = {BUDGET_NUM_PATTERNS}, {dim}-bit patterns, {erased} bits erased")
             ax.grid(alpha=0.3)
-            if absent:
-                ax.text(0.01, 0.01, "absent where their state exceeds the budget: " + ", ".join(absent),
-                        transform=ax.transAxes, fontsize=7, color="grey")
+            notes += [f"{what}: {', '.join(rows)}" for what, rows in
+                     (("absent where their state exceeds the budget", over), ("run at other budgets only", not_run))
+                     if rows]
         axes[0][0].legend(fontsize=7)
-        fig.tight_layout()
+        if notes:  # below the axes, so that a long list does not squeeze them
+            fig.text(0.5, 0.005, "; ".join(notes), ha="center", fontsize=7, color="grey", wrap=True)
+        fig.tight_layout(rect=(0, 0.08 if notes else 0, 1, 1))
         paths += _save(fig, out_dir, "capacity_budget")
         plt.close(fig)
 

@@ -22,7 +22,7 @@ from membench.capacity import _line, _log2_axis, _row_order, _save, _section, _s
 from membench.errors import MembenchError
 from membench.image_tasks import Cifar10Task, ImageTask, OmniglotTask
 from membench.store import warn
-from membench.suites import IMAGE_CAPACITY_MODELS, RunSpec, declared_count
+from membench.suites import IMAGE_CAPACITY_MODELS, SUITES, ImageCapacitySuite, RunSpec, declared_count
 
 IMAGE_TASKS: dict[str, type[ImageTask]] = {cls.dataset_name: cls for cls in (OmniglotTask, Cifar10Task)}
 DATASET_NAMES = {"omniglot": "Omniglot", "cifar10": "CIFAR-10"}
@@ -91,7 +91,8 @@ def image_capacity_summary(out_dir: Path):
     duplicates dropped)."""
     from membench.store import ResultsStore
 
-    records = [r for r in ResultsStore(out_dir).records() if r["task"]["kind"] in IMAGE_TASKS]
+    records = [r for r in ResultsStore(out_dir).records()  # Figure 3's runs are `membench figures`'
+               if r["task"]["kind"] in IMAGE_TASKS and isinstance(SUITES.get(r.get("suite")), ImageCapacitySuite)]
     if not records:
         raise MembenchError(f"no finished image-task runs in {out_dir}/runs; run capacity-omniglot or "
                             f"capacity-cifar first, e.g. `membench run --suite capacity-omniglot --out {out_dir}`")

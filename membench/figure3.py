@@ -189,10 +189,11 @@ def _pyplot():
 
 
 def _readable_axis(ax, ours: pd.DataFrame, paper: pd.DataFrame | None) -> None:
-    """Fit the error axis to the learned curves, the paper's and passthrough; say which curves lie above it."""
+    """Fit the error axis to the learned curves and the paper's (the references, raw slots and the unchanged
+    query, may lie far above: Omniglot's passthrough is 256); say which curves lie above it."""
     tops = [paper["hi"].max()] if paper is not None and len(paper) else []
     if not ours.empty:
-        kept = ours[ours.curve != "raw_slots"]
+        kept = ours[~ours.curve.isin(["raw_slots", "passthrough"])]
         tops += [kept["p95"].max()] if len(kept) else []
     if not tops:
         return

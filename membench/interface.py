@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import inspect
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any, ClassVar, Mapping
 
 import torch
@@ -121,6 +123,15 @@ def _check_option_type(label: str, config: Any, key: str, value: Any) -> None:
                             f"(its default: {default!r})")
 
 
+def check_constructor_options(cls: type, label: str, options: Mapping[str, Any]) -> None:
+    """MembenchError for an option of a model that is not trained whose value has another type (int, float,
+    bool or str) than its constructor's default for it: a typo'd number does not fail deep inside a read."""
+    parameters = inspect.signature(cls.__init__).parameters
+    for key, value in options.items():
+        if key in parameters and parameters[key].default is not inspect.Parameter.empty:
+            _check_option_type(label, SimpleNamespace(**{key: parameters[key].default}), key, value)
+
+
 @dataclass(frozen=True)
 class Preset:
     """A learned model's complete configuration: `model` (its frozen config dataclass) and `train`.
@@ -149,6 +160,10 @@ def resolve_preset(cls: type["AssociativeMemory"], spec: TaskSpec, name: str,
     if name not in presets:
         raise MembenchError(f"model '{label}' has no preset '{name}'. Its presets: {', '.join(presets)}")
     preset = presets[name]
+    if (not isinstance(preset, Preset) or not dataclasses.is_dataclass(preset.model)
+            or not isinstance(preset.train, TrainConfig)):
+        raise MembenchError(f"model '{label}': presets() maps '{name}' to a {type(preset).__name__}; it must map "
+                            "each name to membench.interface.Preset(<a frozen config dataclass>, TrainConfig(...))")
     for config, given, prefix in ((preset.model, model_options, ""), (preset.train, train_options, "train.")):
         fields = {f.name for f in dataclasses.fields(config)}
         unknown = sorted(set(given) - fields)

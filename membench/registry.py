@@ -78,6 +78,10 @@ def model_source_digest(cls: type) -> str | None:
 
 def _import_class(path: str, base: type = AssociativeMemory) -> type:
     module_name, _, class_name = path.partition(":")
+    if module_name.endswith(".py") or "/" in module_name or os.sep in module_name:
+        dotted = module_name.removesuffix(".py").strip("./").replace("/", ".").replace(os.sep, ".")
+        raise MembenchError(f"'{path}' names a file; give a module name and class, e.g. '{dotted}:{class_name}' "
+                            "(a module in the current directory or on PYTHONPATH)")
     if os.getcwd() not in sys.path:  # console scripts do not put the working directory on sys.path
         sys.path.insert(0, os.getcwd())
     try:

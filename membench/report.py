@@ -223,16 +223,26 @@ def _floats(counts: pd.Series) -> str:
     return str(low) if low == high else f"{low}–{high}"
 
 
+def _image_summaries(records: list[dict[str, Any]]) -> dict[str, int]:
+    """How many of the image-task `records` each command summarises: the image capacity suites' `capacity`,
+    the others (Figure 3's) `figures`."""
+    from membench.suites import SUITES, ImageCapacitySuite
+
+    commands = ["capacity" if isinstance(SUITES.get(r.get("suite")), ImageCapacitySuite) else "figures"
+                for r in records]
+    return {command: commands.count(command) for command in sorted(set(commands))}
+
+
 def table1(out_dir: Path, reference: Path | None = DEFAULT_REFERENCE, write: bool = True) -> str:
     """Build the error tables from `out_dir/runs` (one per task and budget); write table1.{md,csv,tex}.
 
-    Image-task runs are left to `membench figures`. Returns the markdown.
+    Image-task runs are left to `membench figures` (Figure 3) and `membench capacity`. Returns the markdown.
     """
     all_records = ResultsStore(out_dir).records()
     records = [r for r in all_records if r["task"]["kind"] == "binary"]
     if not records:
-        hint = (f" ({len(all_records)} image-task runs are summarised by `membench figures --out {out_dir}`)"
-                if all_records else "")
+        hint = "".join(f" ({count} image-task runs are summarised by `membench {command} --out {out_dir}`)"
+                       for command, count in _image_summaries(all_records).items())
         raise MembenchError(f"no finished binary-task runs in {out_dir}/runs{hint}; "
                             f"run `membench run --out {out_dir}` first")
     records, dropped = distinct(records)
@@ -270,9 +280,9 @@ def table1(out_dir: Path, reference: Path | None = DEFAULT_REFERENCE, write: boo
     if dropped:
         notes.append(f"{dropped} record(s) repeat the episodes of another record of the same cell and seed "
                      "(a copy, the same run from another suite, or fewer --queries) and were counted once.")
-    skipped = len(all_records) - len([r for r in all_records if r["task"]["kind"] == "binary"])
-    if skipped:
-        notes.append(f"{skipped} image-task run(s) are summarised by `membench figures`.")
+    images = [r for r in all_records if r["task"]["kind"] != "binary"]
+    for command, count in _image_summaries(images).items():
+        notes.append(f"{count} image-task run(s) are summarised by `membench {command}`.")
     markdown = "# Error tables\n\n" + "".join(f"{n}\n\n" for n in notes) + "\n".join(sections)
     if write:
         write_text_atomic(Path(out_dir) / "table1.md", markdown)

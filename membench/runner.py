@@ -29,12 +29,13 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+from torch import nn
 
 import membench
 from membench.budget import StateContract, check_declared, sealed
 from membench.errors import CheckpointBusy, MembenchError, TrainingPaused
 from membench.integrity import audit_write, checked_retrievals
-from membench.interface import AssociativeMemory, resolve_preset
+from membench.interface import AssociativeMemory, check_constructor_options, resolve_preset
 from membench.provenance import environment, git_state
 from membench.registry import make_task, model_source_digest, resolve_model
 from membench.store import ResultsStore, read_record, warn, writable_folder, write_atomic, write_text_atomic
@@ -170,10 +171,17 @@ def build_model(spec: RunSpec, task: Task) -> AssociativeMemory:
     cls = resolve_model(spec.model)
     try:
         if cls.trainable:
-            return cls.from_spec(task.spec, spec.budget, resolve_preset(cls, task.spec, spec.preset, spec.options))
-        return cls.from_spec(task.spec, spec.budget, **spec.options)
+            model = cls.from_spec(task.spec, spec.budget, resolve_preset(cls, task.spec, spec.preset, spec.options))
+        else:
+            check_constructor_options(cls, spec.model, spec.options)
+            model = cls.from_spec(task.spec, spec.budget, **spec.options)
     except TypeError as exc:
         raise MembenchError(f"cannot build model '{spec.model}' with options {spec.options}: {exc}") from None
+    if not isinstance(model, AssociativeMemory) or "_parameters" not in vars(model):
+        what = ("its __init__ does not call super().__init__() (nn.Module's, first)" if isinstance(model, nn.Module)
+                else f"from_spec returned a {type(model).__name__}, not the model")
+        raise MembenchError(f"model '{spec.model}': {what}")
+    return model
 
 
 def _without_late(fields: dict[str, Any], late: dict[str, Any]) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 
@@ -46,6 +46,21 @@ class _Captured:
     patterns: torch.Tensor
     queries: torch.Tensor
     output: StepOutput
+
+
+def _checked(out: Any, patterns: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """`meta_loss`'s (loss, retrievals); MembenchError naming what it returned instead."""
+    def described(value: Any) -> str:
+        return f"a tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
+    if not (isinstance(out, tuple) and len(out) == 2 and all(isinstance(v, torch.Tensor) for v in out)
+            and out[0].ndim == 0 and out[1].shape == patterns.shape):
+        got = f"({', '.join(map(described, out))})" if isinstance(out, tuple) else described(out)
+        raise MembenchError(f"{name}.meta_loss returned {got}; it must return (the batch's loss as a scalar tensor, "
+                            f"its retrievals shaped like the patterns, {tuple(patterns.shape)})")
+    if not out[0].requires_grad:
+        raise MembenchError(f"{name}.meta_loss returned a loss that no parameter of the model reaches; it must be "
+                            "computed from the model's parameters (through write and read) to be trained")
+    return out
 
 
 @contextlib.contextmanager
@@ -129,10 +144,12 @@ class Stepper:
         loss_fn = compiled or self.model.meta_loss
         try:
             with self._arithmetic(forward=True):
-                loss, retrievals = loss_fn(patterns, queries)
+                loss, retrievals = _checked(loss_fn(patterns, queries), patterns, type(self.model).__name__)
             self.optimizer.zero_grad(set_to_none=True)
             with self._arithmetic(forward=False):
                 loss.backward()
+        except MembenchError:
+            raise
         except Exception as exc:  # noqa: BLE001 - compiling failed (no C++ compiler, an op inductor cannot lower)
             if compiled is None or self._compiled_ran:  # eager, or compiled code that ran before: a real error
                 raise

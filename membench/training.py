@@ -117,10 +117,13 @@ def load_checkpoint(path: Path, model: AssociativeMemory, device: torch.device,
             optimizer.load_state_dict(_on_this_device(saved["optimizer"], optimizer))
     except (EOFError, OSError, RuntimeError, ValueError, KeyError, TypeError, pickle.UnpicklingError) as exc:
         model.load_state_dict(before)  # afresh means from the model's own initial values
-        aside = path.with_name(path.name + ".corrupt")
+        aside, number = path.with_name(path.name + ".corrupt"), 1
+        while aside.exists():  # an earlier one set aside is kept
+            number += 1
+            aside = path.with_name(f"{path.name}.corrupt-{number}")
         path.replace(aside)
         warn(f"checkpoint {path} is unreadable or does not fit {type(model).__name__} ({type(exc).__name__}: "
-             f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); moved it to {aside} and training afresh")
+             f"{' '.join(str(exc).split())[:300]}); moved it to {aside} and training afresh")
         return None
     return saved
 
@@ -257,14 +260,14 @@ def _train(model: AssociativeMemory, task: Task, config: TrainConfig, checkpoint
             "threads": torch.get_num_threads() if device.type == "cpu" else None, "torch": str(torch.__version__)}]
     first_bad = torch.tensor(-1, device=device)  # first step whose loss or gradient was not finite
 
-    def check_finite(loss: torch.Tensor) -> None:
+    def check_finite(loss: torch.Tensor | None) -> None:
         """Raise TrainingDiverged if any step so far was not finite (the one place training waits)."""
         if first_bad.item() >= 0:
             kept = (f"its last checkpoint (step {saved_step}) is kept at {checkpoint_path}" if saved_step is not None
                     else "no checkpoint was written")
             raise TrainingDiverged(
-                f"meta-training of {type(model).__name__} diverged at step {first_bad.item()}: the loss ({loss.item()}) "
-                f"or the gradient norm was not finite. Lower the learning rate (lr={config.lr}) or the clip norm "
+                f"meta-training of {type(model).__name__} diverged at step {first_bad.item()}: the loss"
+                f"{'' if loss is None else f' ({loss.item()})'} or the gradient norm was not finite. Lower the learning rate (lr={config.lr}) or the clip norm "
                 f"(clip_norm={config.clip_norm}); {kept}.")
 
     def checkpoint() -> None:
@@ -290,7 +293,11 @@ def _train(model: AssociativeMemory, task: Task, config: TrainConfig, checkpoint
                 stepper.set_lr(config.lr * 0.5 * (1 + math.cos(math.pi * step / config.steps)))
             step_task, episodes = stream.take(step)
             episodes = episodes.to(device)
-            out = stepper.step(episodes.patterns, episodes.queries)
+            try:
+                out = stepper.step(episodes.patterns, episodes.queries)
+            except (RuntimeError, ValueError, ArithmeticError):  # e.g. a loss of NaN weights refused by the model
+                check_finite(None)  # an earlier step diverged: say so, not this error
+                raise
             step += 1
             first_bad.masked_fill_(~out.finite & (first_bad < 0), step)
             logging = step % config.log_every == 0 or step == config.steps

@@ -207,6 +207,9 @@ def test_image_capacity_figures_on_a_tiny_run(tmp_path, data_root, one_thread):
     specs += CAPACITY_SUITES["capacity-cifar"].expand("capacity-cifar", ("raw_slots", "passthrough"), (0,), 16,
                                                       "quick", num_patterns=(4, 16), budget=8 * 3072)
     run_all(specs, out, device="cpu", progress=False, command="pytest")
+    cifar_record = next(r for r in ResultsStore(out).records() if r["suite"] == "capacity-cifar")
+    # a Figure 3 run in the same folder is `membench figures`', not summarised here
+    ResultsStore(out).save({**cifar_record, "suite": "fig3-cifar", "run_id": "fig3-cifar-a-copy", "budget": 5 * 3072})
     paths = capacity_figures(out)
     assert {p.name for p in paths} == {f"capacity_{kind}.{ext}" for kind in ("omniglot", "cifar10")
                                        for ext in ("png", "pdf")} | {"capacity_images.md", "capacity_images.csv"}

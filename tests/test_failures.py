@@ -127,6 +127,108 @@ def test_broken_user_models_get_one_line(tmp_path, monkeypatch, source, fragment
                             "--no-progress"), *fragments, exit_code=1)
 
 
+_OWN = textwrap.dedent('''
+    import torch
+    from membench import AssociativeMemory
+
+
+    class Soft(AssociativeMemory):
+        def __init__(self, spec, beta: float = 4.0):
+            super().__init__()
+            self.spec, self.beta = spec, beta
+
+        def memory_floats(self, spec):
+            return spec.num_patterns * spec.pattern_size
+
+        def write(self, patterns):
+            return patterns.clone()
+
+        def read(self, state, queries):
+            weights = (-self.beta * torch.cdist(queries, state)).softmax(-1)
+            return weights @ state
+
+
+    class NoSuper(Soft):
+        def __init__(self, spec):
+            self.spec = spec
+
+
+    class BoolRead(Soft):
+        def read(self, state, queries):
+            return super().read(state, queries) > 0.5
+
+
+    class Flattened(Soft):
+        def write(self, patterns):
+            return patterns.flatten(0, 1).clone()
+''')
+
+_OWN_LEARNED = TINY_MODEL + textwrap.dedent('''
+
+    class LossOnly(TinyLearned):
+        def meta_loss(self, patterns, queries):
+            return super().meta_loss(patterns, queries)[0]
+
+
+    class LossPerBit(TinyLearned):
+        def meta_loss(self, patterns, queries):
+            loss, retrievals = super().meta_loss(patterns, queries)
+            return (retrievals - patterns) ** 2, retrievals
+
+
+    class NoPreset(TinyLearned):
+        @classmethod
+        def presets(cls, spec, options):
+            return {"quick": super().presets(spec, options)["quick"].train}
+
+
+    class NaNAfterOneStep(TinyLearned):
+        @classmethod
+        def presets(cls, spec, options):
+            quick = super().presets(spec, options)["quick"]
+            return {"quick": Preset(quick.model, TrainConfig(steps=20, batch_size=2, lr=1e-2, log_every=10))}
+
+        def meta_loss(self, patterns, queries):
+            logits = self._logits(self.write(patterns), queries)
+            if torch.isnan(self.bias).any():  # what a model checking its inputs does with NaN weights
+                raise ValueError("all elements of input should be between 0 and 1")
+            return (logits * float("nan")).mean(), torch.sigmoid(logits).detach()
+''')
+
+
+@pytest.mark.parametrize("model, options, fragments", [
+    ("Soft", ["--option", "beta=abc"], ["option beta='abc' is not of type float (its default: 4.0)"]),
+    ("NoSuper", [], ["its __init__ does not call super().__init__()"]),
+    ("BoolRead", [], ["read returned a Tensor of shape (", "dtype torch.bool", "a plain floating torch.Tensor"]),
+    ("Flattened", [], ["differs from what the model declares", "state has shape (32, 128), not B = 2 episodes "
+                                                                 "first, so it counts whole for each episode"]),
+])
+def test_a_model_that_breaks_the_contract_is_told_how_in_one_line(tmp_path, monkeypatch, model, options, fragments):
+    (tmp_path / "own.py").write_text(_OWN)
+    monkeypatch.chdir(tmp_path)
+    _one_clear_line(_invoke("run", "--model", f"own:{model}", *options, "--num-patterns", "16", "--queries", "32",
+                            "--out", "out", "--no-progress"), *fragments, exit_code=1)
+    assert not (tmp_path / "out" / "runs").exists() or not list((tmp_path / "out" / "runs").iterdir())
+
+
+@pytest.mark.parametrize("model, fragments", [
+    ("LossOnly", ["LossOnly.meta_loss returned a tensor of shape ()", "it must return (the batch's loss"]),
+    ("LossPerBit", ["LossPerBit.meta_loss returned (a tensor of shape (2, 16, 128), a tensor of shape (2, 16, 128))"]),
+    ("NoPreset", ["presets() maps 'quick' to a TrainConfig", "Preset(<a frozen config dataclass>, TrainConfig(...))"]),
+    ("NaNAfterOneStep", ["diverged at step 1: the loss or the gradient norm was not finite"]),
+])
+def test_a_learned_model_that_breaks_the_contract_is_told_how_in_one_line(tmp_path, monkeypatch, model, fragments):
+    (tmp_path / "own_learned.py").write_text(_OWN_LEARNED)
+    monkeypatch.chdir(tmp_path)
+    _one_clear_line(_invoke("run", "--model", f"own_learned:{model}", "--num-patterns", "16", "--queries", "32",
+                            "--out", "out", "--checkpoint-dir", "ck", "--no-progress"), *fragments, exit_code=1)
+
+
+def test_a_file_path_for_a_model_is_told_to_name_the_module(tmp_path):
+    _one_clear_line(_invoke("run", "--model", "./own.py:Soft", "--out", str(tmp_path), "--no-progress"),
+                    "'./own.py:Soft' names a file; give a module name and class, e.g. 'own:Soft'", exit_code=1)
+
+
 def test_memory_networks_beyond_the_budget_and_small_raw_slots(tmp_path):
     _one_clear_line(_invoke("run", "--suite", "table1-learned", "--model", "memory_networks", "--num-patterns", "9000",
                             "--out", str(tmp_path), "--no-progress"), "no value per slot for N=9000", exit_code=1)
@@ -203,6 +305,8 @@ def test_corrupt_checkpoint_is_set_aside_and_retrained(tmp_path, monkeypatch, co
     assert result.exit_code == 0, result.output
     assert f"checkpoint {checkpoint.relative_to(tmp_path)} is unreadable or does not fit" in result.output
     assert (tmp_path / "ck" / (checkpoint.name + ".corrupt")).exists()
+    if content == "foreign":  # the reason in full, not its first line ("Error(s) in loading state_dict for ...:")
+        assert "Missing key(s) in state_dict" in result.output
     assert not (tmp_path / "ran").exists()
     retrained = torch.load(checkpoint, weights_only=True)["model"]
     assert all(torch.equal(trained[k], retrained[k]) for k in trained)  # same seed, same training

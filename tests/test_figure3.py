@@ -142,3 +142,23 @@ def test_points_on_different_data_stay_apart_and_say_so(tmp_path, monkeypatch):
         label for ax in fig.axes for label in ax.get_legend_handles_labels()[1]))
     figure3.plot(summary, None, [tmp_path / "fig3.png"])
     assert sorted(legends) == ["ours: raw_slots (data bundled)", "ours: raw_slots (data full)"], legends
+
+
+def test_the_error_axis_fits_the_learned_and_paper_curves_not_the_references():
+    """Omniglot's passthrough (256 wrong pixels) would squash curves of 2-45 into the axis' bottom: it is named
+    above the axis instead."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from membench.figure3 import _readable_axis
+
+    ours = pd.DataFrame({"curve": ["passthrough", "raw_slots", "EBMM_FC"], "p5": [256.0, 80.0, 20.0],
+                         "p95": [256.0, 90.0, 40.0]})
+    fig, ax = plt.subplots()
+    _readable_axis(ax, ours, pd.DataFrame({"hi": [41.2]}))
+    assert ax.get_ylim() == (0, 1.15 * 41.2)
+    assert [t.get_text() for t in ax.texts] == ["above the axis: passthrough, raw_slots (see the table)"]
+    plt.close(fig)
