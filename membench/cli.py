@@ -2,6 +2,7 @@
 membench.cli_sessions (`session | pack | unpack | ship | throughput`), all on the one `membench` group."""
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import click
@@ -86,7 +87,8 @@ def run(suite, models, num_patterns, seeds, queries, preset, budget, device, out
 
         click.echo(summary_markdown(summarise(image_records(out), load_reference(DEFAULT_REFERENCE))))
     elif isinstance(chosen, ImageCapacitySuite):
-        click.echo(f"tables and figures: membench capacity --out {out}")
+        data = f" --data-dir {shlex.quote(str(data_dir))}" if data_dir else ""
+        click.echo(f"tables and figures: membench capacity --out {shlex.quote(str(out))}{data}")
     else:
         click.echo(table1(out))
 
@@ -136,13 +138,16 @@ def figures(out, reference, checkpoint_dir, grids, data_dir) -> None:
 
 
 @main.command()
-@click.option("--out", default="results/capacity", show_default=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Output directory holding runs/ of the capacity-* suites.")
+@click.option("--out", default=DEFAULT_OUT, show_default=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output directory holding runs/ of the capacity-* suites (`make capacity`: results/capacity).")
+@DATA_DIR_OPTION
 @friendly_errors
-def capacity(out) -> None:
+def capacity(out, data_dir) -> None:
     """Write the capacity figures and tables (OUT/capacity_*.{png,pdf}, capacity.md, .csv) from stored runs."""
     from membench.capacity import capacity_figures
+    from membench.datasets import set_data_dir
 
+    set_data_dir(data_dir)  # an image table names why a model is absent by rebuilding its task
     for path in capacity_figures(out):
         click.echo(f"wrote {path}")
 

@@ -233,3 +233,16 @@ def test_image_capacity_figures_on_a_tiny_run(tmp_path, data_root, one_thread):
     assert "dense_associative_memory" not in block and "- dense_associative_memory: " in cifar  # binary only
     csv = (out / "capacity_images.csv").read_text().splitlines()
     assert csv[0].startswith("dataset,corruption,level,image_size,budget,model") and len(csv) == 1 + len(specs)
+
+
+def test_capacity_reads_and_writes_where_run_does_by_default(tmp_path, monkeypatch):
+    """`membench capacity` with no --out looks in membench-results (as `run` writes), never the committed
+    results/capacity of a checkout it is run in."""
+    from click.testing import CliRunner
+
+    from membench.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["capacity", "--data-dir", str(tmp_path / "data")])
+    assert result.exit_code == 1 and "membench-results" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "results").exists()
