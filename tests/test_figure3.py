@@ -146,7 +146,7 @@ def test_points_on_different_data_stay_apart_and_say_so(tmp_path, monkeypatch):
 
 def test_the_error_axis_fits_the_learned_and_paper_curves_not_the_references():
     """Omniglot's passthrough (256 wrong pixels) would squash curves of 2-45 into the axis' bottom: it is named
-    above the axis instead."""
+    above the axis instead; CIFAR's (46) stays on it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -161,4 +161,9 @@ def test_the_error_axis_fits_the_learned_and_paper_curves_not_the_references():
     _readable_axis(ax, ours, pd.DataFrame({"hi": [41.2]}))
     assert ax.get_ylim() == (0, 1.15 * 41.2)
     assert [t.get_text() for t in ax.texts] == ["above the axis: passthrough, raw_slots (see the table)"]
+    plt.close(fig)
+    fig, ax = plt.subplots()  # CIFAR's passthrough (46.2) is within twice the paper's top: on the axis
+    _readable_axis(ax, ours.assign(p5=[46.2, 80.0, 20.0], p95=[46.2, 90.0, 40.0]), pd.DataFrame({"hi": [30.7]}))
+    assert ax.get_ylim() == (0, 1.15 * 46.2)
+    assert [t.get_text() for t in ax.texts] == ["above the axis: raw_slots (see the table)"]
     plt.close(fig)
