@@ -41,9 +41,10 @@ TITLES = {"omniglot": "Omniglot (error: wrong pixels of 32x32)", "cifar10": "CIF
 MATCH_TOLERANCE = 0.05  # a paper point matches ours when memory sizes differ by at most 5%
 # What the quick presets change against the paper (ebmm.memory.IMAGE_PRESETS, baselines.memory_networks)
 QUICK_CHANGES = ("quick preset (a CPU smoke test, not a result): the paper's task (64 images of 32x32 per batch, 16x16 block) with narrower "
-                 "networks and short CPU training: encoders 16/32/32 channels (paper 32/64/96); EBMM-FC hidden 128, "
-                 "2 hops, 1 write step, 300 steps of 2 episodes; EBMM-conv bottleneck 32 (memory 578 d; paper "
-                 "1154 d), 2 hops; MemNet and MANN 1600 steps of 2 episodes")
+                 "networks and short CPU training: encoders 16/32/32 channels (paper 32/64/96); EBMM-FC hidden 128 "
+                 "(paper 512), readout 256 (1024), 2 hops (3), 1 write step, no gradient-norm term, 300 steps of 2 "
+                 "episodes; EBMM-conv width 64 (128), bottleneck 32 (memory 578 d; paper 1154 d), hidden 32 (128), "
+                 "readout 256, 2 hops; MemNet and MANN 1600 steps of 2 episodes")
 
 
 def image_records(out_dir: Path) -> list[dict[str, Any]]:
