@@ -136,9 +136,14 @@ FIG3_CURVES: dict[str, dict[str, Curve]] = {
 }
 
 
+OTHER_MODELS_CURVE = "MemNet"  # a model no curve names runs at this curve's memory sizes (its own budgets)
+
+
 @dataclass(frozen=True)
 class SweepSuite:
-    """A rate sweep on an image task (Figure 3): every curve's (options, budget) points."""
+    """A rate sweep on an image task (Figure 3): every curve's (options, budget) points; a model no curve
+    names (yours, or another built-in memory) at the memory sizes of the OTHER_MODELS_CURVE curve, each
+    point's budget given to the model to size itself (`from_spec`)."""
 
     description: str
     dataset: str                          # image task kind: "omniglot" or "cifar10"
@@ -150,22 +155,24 @@ class SweepSuite:
 
     def expand(self, name: str, models: tuple[str, ...] | None, seeds: tuple[int, ...], queries: int,
                preset: str, num_patterns: tuple[int, ...] | None = None, budget: int | None = None) -> list[RunSpec]:
-        """Runs for the curves whose label or model is in `models` (all by default)."""
+        """Runs for the curves whose label or model is in `models` (all by default), and for each other model
+        in `models` a curve at the memory sizes of OTHER_MODELS_CURVE."""
         from membench.registry import make_task
 
         if budget is not None:
             raise MembenchError(f"suite '{name}' sets a budget per sweep point; drop --budget")
         curves = [c for label, c in self.curves.items() if not models or label in models or c.model in models]
-        if not curves:
-            raise MembenchError(f"suite '{name}' has no curve for {', '.join(models or ())}. "
-                                f"Its curves: {', '.join(f'{k} ({c.model})' for k, c in self.curves.items())}")
+        named = {label for label in self.curves} | {c.model for c in self.curves.values()}
+        others = [Curve(model, {"*": tuple(({}, b) for _, b in self.curves[OTHER_MODELS_CURVE].at(preset))})
+                  for model in models or () if model not in named]  # sized by the budget, as Memory Networks
         specs = []
         for n in num_patterns or self.num_patterns:
             task = make_task({"kind": self.dataset, "num_patterns": n, "image_size": self.image_size,
                               "block": self.block}).config()  # names the data found; loads it
             specs += [RunSpec(suite=name, model=curve.model, task=task, budget=point_budget, seed=seed,
                               queries=queries, preset=preset, options=dict(options))
-                      for curve in curves for options, point_budget in curve.at(preset) for seed in seeds]
+                      for curve in [*curves, *others] for options, point_budget in curve.at(preset)
+                      for seed in seeds]
         return specs
 
     def curve_label(self, model: str, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:

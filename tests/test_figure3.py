@@ -167,3 +167,41 @@ def test_the_error_axis_fits_the_learned_and_paper_curves_not_the_references():
     assert ax.get_ylim() == (0, 1.15 * 46.2)
     assert [t.get_text() for t in ax.texts] == ["above the axis: raw_slots (see the table)"]
     plt.close(fig)
+
+
+MEAN_IMAGE = '''
+import torch
+from membench import AssociativeMemory
+
+
+class MeanImage(AssociativeMemory):
+    """Keeps the batch's mean image (C*H*W floats, whatever the budget) and fills corrupted pixels from it."""
+
+    def __init__(self, spec):
+        super().__init__()
+        self.spec = spec
+
+    def memory_floats(self, spec):
+        return spec.pattern_size
+
+    def write(self, patterns):
+        return patterns.mean(1)
+
+    def read(self, state, queries):
+        return torch.where(queries == self.spec.fill_value, state.unsqueeze(1).expand_as(queries), queries)
+'''
+
+
+def test_a_model_no_curve_names_gets_a_curve_at_memory_networks_sizes(data_root, tmp_path, monkeypatch):
+    """Your own memory on Figure 3: one run per memory size of the Memory Networks curve (the quick preset's two),
+    drawn as its own curve."""
+    (tmp_path / "mean_image.py").write_text(MEAN_IMAGE)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["run", "--suite", "fig3-cifar", "--model", "mean_image:MeanImage", "--queries",
+                                       "64", "--out", "out", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    records = ResultsStore(tmp_path / "out").records()
+    assert sorted(r["budget"] for r in records) == [3072, 8192] and {r["memory_floats"] for r in records} == {3072}
+    figures = CliRunner().invoke(main, ["figures", "--out", "out", "--no-grids"])
+    assert figures.exit_code == 0, figures.output
+    assert re.search(r"\| mean_image:MeanImage +\| +3\.07 ", (tmp_path / "out" / "fig3.md").read_text())
