@@ -3,6 +3,7 @@ membench.cli_sessions (`session | pack | unpack | ship | throughput`), all on th
 from __future__ import annotations
 
 import shlex
+import sys
 from pathlib import Path
 
 import click
@@ -53,7 +54,8 @@ def list_command() -> None:
               help="Where trained checkpoints are cached. Default: $MEMBENCH_CACHE/checkpoints or "
                    "~/.cache/membench/checkpoints.")
 @click.option("--force", is_flag=True, help="Rerun finished runs instead of skipping them.")
-@click.option("--progress/--no-progress", default=True, help="Show progress bars.")
+@click.option("--progress/--no-progress", default=None,
+              help="Show progress bars. Default: when the terminal shows them (not into a file or pipe).")
 @click.option("--train-time-limit", type=click.FloatRange(min=0), metavar="SECONDS",
               help="Stop this call's meta-training this many seconds after it began (checkpointed; exit status 3); rerun "
                    "to resume. Processes given the same command share its models out (0: one step of a new model).")
@@ -75,6 +77,7 @@ def run(suite, models, num_patterns, seeds, queries, preset, budget, device, out
     from membench.suites import ImageCapacitySuite, SweepSuite
 
     set_data_dir(data_dir)
+    progress = sys.stderr.isatty() if progress is None else progress
     chosen, specs = suite_runs(suite, models, num_patterns, seeds, queries, preset, budget, options)
     if address and launcher != "ray":
         raise MembenchError("--address is for --launcher ray; add --launcher ray or drop --address")

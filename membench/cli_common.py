@@ -28,12 +28,14 @@ def int_list(low: int, high: int | None = None):
     def parse(_ctx, param, value: str | None) -> tuple[int, ...] | None:
         if value is None:
             return None
+        example = f"{max(low, 16)},{max(low, 16) * 2}" if low > 0 else "0,1,2"
+        items = value.replace(" ", "").split(",")
+        if all(not item for item in items):
+            raise click.BadParameter(f"give at least one value, e.g. --{param.name.replace('_', '-')} {example}")
         try:
-            numbers = [int(v) for v in value.replace(" ", "").split(",") if v]
+            numbers = [int(item) for item in items]
         except ValueError:
-            raise click.BadParameter(f"expected comma-separated integers such as 0,1,2; got '{value}'") from None
-        if not numbers:
-            raise click.BadParameter(f"give at least one value, e.g. --{param.name.replace('_', '-')} {low}")
+            raise click.BadParameter(f"expected comma-separated integers such as {example}; got '{value}'") from None
         bad = [n for n in numbers if n < low or (high is not None and n > high)]
         if bad:
             bounds = f"between {low} and {high}" if high is not None else f"at least {low}"

@@ -105,6 +105,12 @@ def task_key(record: dict[str, Any]) -> str:
     return json.dumps({"task": task, "budget": record["budget"]}, sort_keys=True)
 
 
+def _table_order(table: str) -> tuple[bool, str, int]:
+    """Tables in order: Table 1's own first, then by task and by budget as a number (2080 before 16512)."""
+    key = json.loads(table)
+    return not is_paper_table(table), json.dumps(key["task"], sort_keys=True), key["budget"]
+
+
 def cell_key(record: dict[str, Any]) -> tuple[str, str, str, str, int]:
     """What defines a cell: task and budget, model, options, preset and N. Seeds pool inside it."""
     return (task_key(record), record["model"], json.dumps(record["options"], sort_keys=True), record["preset"],
@@ -249,7 +255,7 @@ def table1(out_dir: Path, reference: Path | None = DEFAULT_REFERENCE, write: boo
     summary = summarise(records)
     paper = load_reference(reference)
     sections, latex, csv_frames = [], [], []
-    tables = sorted(summary["table"].unique(), key=lambda t: (not is_paper_table(t), t))  # Table 1's own first
+    tables = sorted(summary["table"].unique(), key=_table_order)  # Table 1's own first, then by budget
     for table in tables:
         part = summary[summary.table == table]
         table_records = [r for r in records if task_key(r) == table]

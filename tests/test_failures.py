@@ -516,3 +516,8 @@ def test_an_option_a_model_does_not_take_is_refused(tmp_path):
     _one_clear_line(_invoke("run", "--model", "raw_slots", "--num-patterns", "16", "--option", "foo=1",
                             "--out", str(tmp_path / "out"), "--no-progress"), "cannot build model 'raw_slots'", "foo")
     assert not (tmp_path / "out").exists()  # refused before any run (and before the output folder is made)
+
+
+def test_an_empty_item_in_a_list_of_numbers_is_refused(tmp_path):
+    result = _invoke("run", "--num-patterns", "16,,32", "--out", str(tmp_path), "--no-progress")
+    _one_clear_line(result, "expected comma-separated integers such as 16,32; got '16,,32'", exit_code=2)

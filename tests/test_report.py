@@ -1,6 +1,7 @@
 """Reports are keyed by what defines a cell: tasks and budgets never pool, duplicates count once."""
 from __future__ import annotations
 
+import re
 import shutil
 
 from click.testing import CliRunner
@@ -46,6 +47,10 @@ def test_two_budgets_make_two_tables(tmp_path):
     full = _row(markdown, "raw_slots", section=[s.startswith("Table 1") for s in markdown.split("## ")[1:]].index(True))
     assert full[1].startswith("0.00")
     assert not full[2].startswith("0.00")  # N = 96 at 8256 floats: 64 of 96 patterns kept
+    _binary(tmp_path, budget=16384)
+    _binary(tmp_path, budget=2048)
+    budgets = [int(b) for b in re.findall(r"budget (\d+) float32", table1(tmp_path))]
+    assert budgets == [8256, 2048, 4096, 16384]  # Table 1's own first, then by budget as a number
 
 
 def test_copies_and_reruns_with_more_queries_count_once(tmp_path):
