@@ -311,8 +311,9 @@ def execute(spec: RunSpec, store: ResultsStore, device: torch.device, checkpoint
     if model.trainable:
         train_config = model.preset.train
         key = checkpoint_key(spec, model, task)
+        limit = None if train_time_limit_s is None else max(0.0, train_time_limit_s - (time.perf_counter() - started))
         result = meta_train(model, task, train_config, checkpoint_path(key, checkpoint_dir), device, spec.seed,
-                            progress, time_limit_s=train_time_limit_s, wait=wait_for_checkpoint)
+                            progress, time_limit_s=limit, wait=wait_for_checkpoint)  # building and the audit count
         if not result.finished:
             raise TrainingPaused(
                 f"meta-training of '{spec.model}' (preset {spec.preset}) stopped at step {result.steps} of "

@@ -11,7 +11,7 @@ N) and replayed, which removes the per-kernel launch cost; the capture's warm-up
 are undone, so training matches eager training step for step. With `TrainConfig.compile`
 the meta-loss (forward and its backward) is compiled by `torch.compile` with dynamic
 shapes, once for every N (on the CPU, inductor fuses the elementwise work into C++ loops;
-it needs a C++ compiler). Where capture fails (for a batch shape) or compiling fails (on the first
+it needs a C++ compiler). Where capture fails (for any batch shape: graphs are then off for all) or compiling fails (on the first
 update), a warning is printed and training continues eagerly; an error of the eager meta-loss, or of
 compiled code that has run, is raised as itself. `TrainConfig.precision` sets the arithmetic of the
 meta-loss and its backward only (tf32: TF32 matmuls and convolutions on CUDA; bf16: autocast of the meta-loss, whose
