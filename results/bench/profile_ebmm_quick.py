@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from membench.provenance import git_state
+from membench.provenance import device_name, git_state
 from membench.throughput import prepare, run_specs
 
 STEPS = 10
@@ -20,7 +20,8 @@ with profile(activities=[ProfilerActivity.CPU]) as prof:
     time_round()
 info = row(seconds)
 commit, dirty = git_state()
-print(f"commit {commit}{' (dirty)' if dirty else ''}; torch {torch.__version__}; threads {torch.get_num_threads()}; "
+print(f"commit {commit}{' (dirty)' if dirty else ''}; {device_name(torch.device('cpu'))}; torch {torch.__version__}; "
+      f"threads {torch.get_num_threads()}; "
       f"compiled {info['compiled']}; unprofiled median {info['ms_per_step']} ms per update over 3 rounds of {STEPS}")
 averages = prof.key_averages()
 matmul = sum(e.self_cpu_time_total for e in averages if e.key in ("aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm"))
