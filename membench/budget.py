@@ -153,7 +153,7 @@ def sealed(state: Any) -> Any:
     if isinstance(state, (float, np.floating)):
         return float(np.float32(state))
     if isinstance(state, torch.Tensor):
-        return torch.Tensor(state.detach().clone()) if type(state) is torch.nn.Parameter else state.detach().clone()
+        return state.detach().clone()  # a Parameter's detach is a plain tensor
     if isinstance(state, np.ndarray):
         return np.array(state, copy=True, subok=False)
     if isinstance(state, tuple) and hasattr(state, "_fields"):  # a named tuple
@@ -246,13 +246,21 @@ class StateContract:
         """MembenchError (OverBudgetError for the count) unless `state` holds `floats` values per episode
         laid out as the probe's state was."""
         check_measured(state, batch_size, self.floats, self.budget, self.model_name)
-        layout = state_layout(state, batch_size, self.model_name)
-        if layout != self.layout:
-            first, now = next((a, b) for a, b in itertools.zip_longest(self.layout, layout) if a != b)
+        layout, probe = state_layout(state, batch_size, self.model_name), self.layout
+        if batch_size == 1:  # a leading 1 is then both a shared leaf's size and the episode dimension
+            layout, probe = _ones(layout), _ones(probe)
+        if layout != probe:
+            first, now = next((a, b) for a, b in itertools.zip_longest(probe, layout) if a != b)
             raise MembenchError(
                 f"model '{self.model_name}': its memory state's layout differs between writes ({_described(first)} "
                 f"in the probe write, {_described(now)} now); every write must return the same containers, keys, "
                 "dtypes and shapes (apart from the episode dimension), so that only the values hold what was written")
+
+
+def _ones(layout: tuple) -> tuple:
+    """`layout` with the episode dimension "B" of each leaf's shape written as 1."""
+    return tuple((*entry[:-1], tuple(1 if size == "B" else size for size in entry[-1]))
+                 if entry[1] in ("tensor", "array") else entry for entry in layout)
 
 
 def _described(entry: tuple | None) -> str:

@@ -127,8 +127,8 @@ def audit_write(model: AssociativeMemory, patterns: torch.Tensor, queries: torch
     """Check isolated writes on a probe batch; return what every later write of the run must match.
 
     patterns, queries (B, N, *S): a probe batch of B >= 2 episodes; other (B, N, *S): different patterns,
-    written in between two reads of the probe's state and, in place of the probe's episodes after the
-    first, to check that the first episode's retrievals depend on that episode alone. Raises
+    written in between two reads of the probe's state and, in place of the probe's first episode and
+    then of the others, to check that each episode's retrievals depend on that episode alone. Raises
     MembenchError (or OverBudgetError) on a violation.
     """
     assert patterns.shape[0] >= 2 and other.shape == patterns.shape, "the probe needs two or more episodes"
@@ -152,17 +152,20 @@ def audit_write(model: AssociativeMemory, patterns: torch.Tensor, queries: torch
             other_state = model.write(other.clone())
             contract.check(other_state, other.shape[0])
             second = _retrieved(model, state, queries, model_name)
-            torch.manual_seed(0)
-            mixed = model.write(torch.cat([patterns[:1], other[1:]]))
-            contract.check(mixed, patterns.shape[0])
-            alone = _retrieved(model, mixed, queries, model_name)
+            alone = []  # the first episode with the others replaced, then the others with the first replaced
+            for mixed in (torch.cat([patterns[:1], other[1:]]), torch.cat([other[:1], patterns[1:]])):
+                torch.manual_seed(0)
+                state = model.write(mixed)
+                contract.check(state, patterns.shape[0])
+                alone.append(_retrieved(model, state, queries, model_name))
     finally:
         model.train(was_training)
     if not torch.allclose(first, second, rtol=1e-5, atol=1e-5, equal_nan=True):
         raise MembenchError(
             f"model '{model_name}' retrieved differently from the same state after another batch was written; "
             "read must depend only on the state and the queries it is given (nothing kept on the model or elsewhere)")
-    if not torch.allclose(first[:1], alone[:1], rtol=1e-5, atol=1e-5, equal_nan=True):
+    if not (torch.allclose(first[:1], alone[0][:1], rtol=1e-5, atol=1e-5, equal_nan=True)
+            and torch.allclose(first[1:], alone[1][1:], rtol=1e-5, atol=1e-5, equal_nan=True)):
         raise MembenchError(
             f"model '{model_name}' retrieved differently for an episode when the other episodes of its batch "
             "changed; each episode's write and read must depend on that episode alone")

@@ -27,6 +27,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import inspect
+import typing
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any, ClassVar, Mapping
@@ -113,23 +114,31 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _check_option_type(label: str, config: Any, key: str, value: Any) -> None:
-    """MembenchError unless `value` has the type of the field's default (int, float, bool or str): a typo'd
-    number does not fail deep inside a model."""
+def _check_option_type(label: str, config: Any, key: str, value: Any, kind: type | None = None) -> None:
+    """MembenchError unless `value` has the type `kind` (int, float, bool or str; default: the type of the
+    field's default): a typo'd number does not fail deep inside a model."""
     default = getattr(config, key.split(".")[-1])
-    expected = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}.get(type(default))
+    kind = kind or type(default)
+    expected = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}.get(kind)
     if expected and (not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected)):
-        raise MembenchError(f"model '{label}': option {key}={value!r} is not of type {type(default).__name__} "
+        raise MembenchError(f"model '{label}': option {key}={value!r} is not of type {kind.__name__} "
                             f"(its default: {default!r})")
 
 
 def check_constructor_options(cls: type, label: str, options: Mapping[str, Any]) -> None:
     """MembenchError for an option of a model that is not trained whose value has another type (int, float,
-    bool or str) than its constructor's default for it: a typo'd number does not fail deep inside a read."""
+    bool or str) than its constructor's annotation for it, else its default: a typo'd number does not fail
+    deep inside a read."""
     parameters = inspect.signature(cls.__init__).parameters
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # noqa: BLE001 (an annotation that does not resolve: the defaults' types decide)
+        hints = {}
     for key, value in options.items():
         if key in parameters and parameters[key].default is not inspect.Parameter.empty:
-            _check_option_type(label, SimpleNamespace(**{key: parameters[key].default}), key, value)
+            declared = hints.get(key)  # `degree: float = 3` takes 2.5
+            _check_option_type(label, SimpleNamespace(**{key: parameters[key].default}), key, value,
+                               declared if declared in (bool, int, float, str) else None)
 
 
 @dataclass(frozen=True)

@@ -61,18 +61,23 @@ def available_models() -> dict[str, str]:
     return {**_entry_point_models(), **BUILTIN_MODELS}
 
 
-BUILTIN_PACKAGES = ("membench", "baselines", "ebmm")  # their code is versioned by the record's git commit
+BUILTIN_DIRS = tuple(Path(__file__).resolve().parent.parent / name for name in ("membench", "baselines", "ebmm"))
+#   this checkout's packages: their code is versioned by the record's git commit
 
 
 def model_source_digest(cls: type) -> str | None:
     """A digest of the source file defining a model from outside membench (None for built-in models, or
     when its source file cannot be read): records and checkpoint keys carry it, so a run of a model whose
     code changed since is run (and trained) again rather than skipped."""
-    if cls.__module__.split(".")[0] in BUILTIN_PACKAGES:
+    try:
+        source = Path(inspect.getsourcefile(cls)).resolve()
+    except TypeError:  # defined interactively
+        return None
+    if any(source.is_relative_to(folder) for folder in BUILTIN_DIRS):
         return None
     try:
-        return hashlib.sha1(Path(inspect.getsourcefile(cls)).read_bytes()).hexdigest()[:12]
-    except (TypeError, OSError):  # defined interactively, or its file is gone
+        return hashlib.sha1(source.read_bytes()).hexdigest()[:12]
+    except OSError:  # its file is gone
         return None
 
 

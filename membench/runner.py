@@ -207,9 +207,10 @@ def is_current(spec: RunSpec, store: ResultsStore) -> bool:
         return False
     cls = resolve_model(spec.model)
     digest = model_source_digest(cls)
-    if digest is not None and read_record(store.record_path(spec.run_id)).get("model_source") != digest:
-        warn(f"{spec.run_id}: the source of {spec.model} ({inspect.getsourcefile(cls)}) changed since its record "
-             "was made; running it again")
+    recorded_source = read_record(store.record_path(spec.run_id)).get("model_source") if digest else None
+    if digest is not None and recorded_source != digest:
+        why = "changed since its record was made" if recorded_source else "is not in its record (an older membench)"
+        warn(f"{spec.run_id}: the source of {spec.model} ({inspect.getsourcefile(cls)}) {why}; running it again")
         return False
     if not cls.trainable:
         return True

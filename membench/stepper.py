@@ -197,7 +197,7 @@ class Stepper:
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             self.optimizer.zero_grad(set_to_none=True)
-            with torch.cuda.graph(graph):
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):  # the batch drawn meanwhile
                 output = self._update(static_patterns, static_queries)
         finally:
             with torch.no_grad():

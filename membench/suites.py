@@ -136,7 +136,8 @@ FIG3_CURVES: dict[str, dict[str, Curve]] = {
 }
 
 
-OTHER_MODELS_CURVE = "MemNet"  # a model no curve names runs at this curve's memory sizes (its own budgets)
+OTHER_MODELS_CURVE = "MemNet"  # a model no curve names runs at this curve's memory sizes (its own budgets;
+#   under a preset name of its own, the quick preset's)
 
 
 @dataclass(frozen=True)
@@ -163,7 +164,8 @@ class SweepSuite:
             raise MembenchError(f"suite '{name}' sets a budget per sweep point; drop --budget")
         curves = [c for label, c in self.curves.items() if not models or label in models or c.model in models]
         named = {label for label in self.curves} | {c.model for c in self.curves.values()}
-        others = [Curve(model, {"*": tuple(({}, b) for _, b in self.curves[OTHER_MODELS_CURVE].at(preset))})
+        sizes = self.curves[OTHER_MODELS_CURVE].points  # a preset of a model's own: the quick preset's sizes
+        others = [Curve(model, {"*": tuple(({}, b) for _, b in sizes.get(preset, sizes["quick"]))})
                   for model in models or () if model not in named]  # sized by the budget, as Memory Networks
         specs = []
         for n in num_patterns or self.num_patterns:

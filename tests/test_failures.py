@@ -224,6 +224,13 @@ def test_a_learned_model_that_breaks_the_contract_is_told_how_in_one_line(tmp_pa
                             "--out", "out", "--checkpoint-dir", "ck", "--no-progress"), *fragments, exit_code=1)
 
 
+def test_an_int_for_a_float_option_and_a_fraction_where_annotated_float_are_taken(tmp_path):
+    """Universal Hopfield's `degree: float = 3`: its annotation, not its default's type, says what it takes."""
+    result = _invoke("run", "--model", "universal_hopfield", "--option", "separation=polynomial", "--option",
+                     "degree=2.5", "--num-patterns", "16", "--queries", "16", "--out", str(tmp_path), "--no-progress")
+    assert result.exit_code == 0, result.output
+
+
 def test_a_file_path_for_a_model_is_told_to_name_the_module(tmp_path):
     _one_clear_line(_invoke("run", "--model", "./own.py:Soft", "--out", str(tmp_path), "--no-progress"),
                     "'./own.py:Soft' names a file; give a module name and class, e.g. 'own:Soft'", exit_code=1)

@@ -39,6 +39,8 @@ def test_sweep_suite_expands_points(data_root):
     # a model no curve names: a curve of its own at Memory Networks' memory sizes
     lstm = suite.expand("fig3-omniglot", ("lstm",), (0,), 64, "quick", num_patterns=(16,))
     assert [(s.model, s.budget, s.options) for s in lstm] == [("lstm", 64 * 48, {}), ("lstm", 64 * 128, {})]
+    own = suite.expand("fig3-omniglot", ("mine:Mine",), (0,), 64, "tiny", num_patterns=(16,))  # a preset of its own
+    assert [s.budget for s in own] == [64 * 48, 64 * 128]
 
 
 def _record(model: str, memory: int, errors: list[float], n: int, seed: int = 0) -> dict:

@@ -256,6 +256,28 @@ class ReadsNeighbours(StoresEverything):
         return torch.where(queries == 0.5, state.roll(1, 0)[:, :, None].expand_as(queries), queries)
 
 
+class ReadsEarlier(ReadsNeighbours):
+    """Fills an episode's erased bits with the previous episode's mean bit (the first with its own): only the
+    episodes after the first depend on another."""
+
+    def read(self, state, queries):
+        earlier = torch.cat([state[:1], state[:-1]])
+        return torch.where(queries == 0.5, earlier[:, :, None].expand_as(queries), queries)
+
+
+class SharedRow(StoresEverything):
+    """Honest: the patterns, and one row shared by every episode (no episode dimension, first size 1)."""
+
+    def memory_floats(self, spec):
+        return spec.num_patterns * 128 + 128
+
+    def write(self, patterns):
+        return {"patterns": patterns.clone(), "fill": patterns.new_full((1, 128), 0.5)}
+
+    def read(self, state, queries):
+        return StoresEverything.read(self, state["patterns"], queries)
+
+
 class Holder(nn.Module):
     def __init__(self):
         super().__init__()
@@ -335,6 +357,7 @@ def _run(model: str, tmp_path, num_patterns=(96,), budget=None):
     (ReadsNeighbours, r"ReadsNeighbours' retrieved differently for an episode when the other episodes of its batch "
                       r"changed"),
     (KeepsInHeldModule, r"KeepsInHeldModule' changed 'holders' while writing"),
+    (ReadsEarlier, r"ReadsEarlier' retrieved differently for an episode when the other episodes of its batch"),
 ])
 def test_cheating_models_are_refused_in_one_line_and_nothing_is_written(cls, message, tmp_path):
     with pytest.raises(MembenchError, match=message) as caught:
@@ -342,6 +365,14 @@ def test_cheating_models_are_refused_in_one_line_and_nothing_is_written(cls, mes
     assert "\n" not in str(caught.value)
     assert ResultsStore(tmp_path).records() == []
 
+
+
+def test_a_leaf_shared_by_the_episodes_keeps_its_layout_in_a_batch_of_one(tmp_path):
+    """Its (1, 128) row is the episode dimension's size in a batch of one episode (--queries <= N): the same
+    layout, not a changed one."""
+    specs = get_suite("table1").expand("table1", (f"{__name__}:SharedRow",), (0,), 16, "quick", (16,))
+    (record,) = run_all(specs, tmp_path, device="cpu", progress=False)
+    assert record["num_queries"] == 16 and record["memory_floats"] == 16 * 128 + 128 and record["mean_error"] == 0
 
 
 def test_a_model_that_changes_the_patterns_it_is_given_is_scored_against_the_real_ones(tmp_path):
