@@ -41,7 +41,7 @@ from membench.registry import make_task, model_source_digest, resolve_model
 from membench.store import ResultsStore, read_record, warn, writable_folder, write_atomic, write_text_atomic
 from membench.suites import DEFAULT_PRESET, RunSpec, declared_count
 from membench.tasks import Task
-from membench.training import load_checkpoint, meta_train, read_checkpoint, weights_only
+from membench.training import load_checkpoint, meta_train, portable, read_checkpoint
 
 # Config fields added after checkpoints were shipped, with their defaults: left out of checkpoint keys
 # while at the default, so configurations that do not use them keep their keys (and shipped checkpoints).
@@ -98,12 +98,13 @@ def _trained_steps(path: Path) -> float:
 
 def ship_checkpoints(out_dir: Path | None, checkpoint_dir: Path, files: Sequence[Path] = (),
                      target: Path | None = None, max_mb: float = 50.0) -> list[Path]:
-    """Ship into `target` (default: SHIPPED_CHECKPOINTS), weights only (`training.weights_only`), the
+    """Ship into `target` (default: SHIPPED_CHECKPOINTS), as `training.portable` (weights only once
+    finished; an unfinished one with its optimiser state where small enough), the
     checkpoint of every trained record in `out_dir` (from the cache, else the one shipped earlier) and
     each of `files` (named <checkpoint key>.pt, e.g. paused GPU training carried back from its machine).
 
-    A shipped checkpoint is replaced only by one trained further, or rewritten when it still holds an
-    optimiser state or lacks a history; one from before histories were kept gets one stretch of
+    A shipped checkpoint is replaced only by one trained further, or rewritten when it holds more or less
+    than `portable` keeps (a finished one's optimiser state) or lacks a history; one from before histories were kept gets one stretch of
     training from the earliest record that used it (`from_record`). Checkpoints over `max_mb` are
     skipped with a warning. Returns the files written."""
     target = Path(target or SHIPPED_CHECKPOINTS)
@@ -144,21 +145,21 @@ def _ship_one(source: Path, dest: Path, record: dict[str, Any] | None, max_mb: f
         shipped = None
     else:
         shipped = saved if dest.resolve() == source.resolve() else readable_checkpoint(dest)
-    if (shipped is not None and "optimizer" not in shipped and shipped.get("history") is not None
-            and shipped["step"] >= saved["step"]):
+    if (shipped is not None and ("optimizer" in shipped) == ("optimizer" in portable(shipped))
+            and shipped.get("history") is not None and shipped["step"] >= saved["step"]):
         if shipped["step"] > saved["step"]:
             warn(f"kept the shipped {dest.name} (step {shipped['step']}): {source} is not trained as far "
                  f"(step {saved['step']})")
-        return None  # what is shipped is weights only and trained at least as far
-    portable = weights_only(saved)
-    if portable.get("history") is None and record is not None:
+        return None  # what is shipped is portable as it stands and trained at least as far
+    carried = portable(saved)
+    if carried.get("history") is None and record is not None:
         env = record["environment"]
-        portable["history"] = [{"steps": [0, saved["step"]], "train_time_s": round(saved["elapsed_s"], 2),
-                                "device": env["device"], "device_name": env["device_name"],
-                                "commit": env.get("git_commit"), "torch": env.get("torch"),
-                                "from_record": record["run_id"]}]
+        carried["history"] = [{"steps": [0, saved["step"]], "train_time_s": round(saved["elapsed_s"], 2),
+                               "device": env["device"], "device_name": env["device_name"],
+                               "commit": env.get("git_commit"), "torch": env.get("torch"),
+                               "from_record": record["run_id"]}]
     buffer = io.BytesIO()
-    torch.save(portable, buffer)
+    torch.save(carried, buffer)
     if buffer.tell() > max_mb * 2**20:
         warn(f"checkpoint {source} is {buffer.tell() / 2**20:.0f} MB without its optimiser state, over "
              f"{max_mb:g} MB: not shipped")

@@ -9,7 +9,7 @@ then `pack` puts what they made into one .tar.gz
     results/<...>        every file under the results folder written since the session began
                          (records, training curves, throughput rows), at its path in the repository
     checkpoints/<key>.pt every checkpoint of the session's cache trained further than the one shipped
-                         in results/checkpoints, weights only
+                         in results/checkpoints (`training.portable`)
 
 in volumes of at most 16 MB, four at most (session.tgz, session-2.tgz, ...: what a lent machine returns).
 
@@ -38,7 +38,7 @@ import torch
 from membench.errors import EXIT_INTERRUPTED, EXIT_PAUSED, MembenchError
 from membench.runner import readable_checkpoint, ship_checkpoints
 from membench.store import completeness, parse_record, read_record, warn, write_atomic
-from membench.training import weights_only
+from membench.training import portable
 
 RESULTS, CHECKPOINTS = "results", "checkpoints"
 CARRY_LIMIT_MB = 16.0  # what a lent machine returns per file
@@ -139,7 +139,7 @@ def volume_path(archive: Path, number: int) -> Path:
 def pack(archive: Path, since: float, results_dir: Path, checkpoint_dir: Path) -> list[str]:
     """Write the files under `results_dir` modified since `since` (seconds since the epoch; results/checkpoints
     aside) and the checkpoints (*.pt) of `checkpoint_dir` modified since then and trained further than the one
-    shipped in results_dir/checkpoints (weights only, smallest first) into `archive` (.tar.gz) and, where they
+    shipped in results_dir/checkpoints (`training.portable`: weights only once finished, smallest first) into `archive` (.tar.gz) and, where they
     do not fit in CARRY_LIMIT_MB, further volumes (`volume_path`), at most MAX_VOLUMES in all: what a lent
     machine returns. A checkpoint that fits nowhere is left out, warned. Returns the member names."""
     results_dir, checkpoint_dir = Path(results_dir), Path(checkpoint_dir)
@@ -156,7 +156,7 @@ def pack(archive: Path, since: float, results_dir: Path, checkpoint_dir: Path) -
         if shipped.exists() and saved["step"] <= ((readable_checkpoint(shipped) or {}).get("step") or 0):
             continue  # only copied from the shipped one (used, not trained further)
         buffer = io.BytesIO()
-        torch.save(weights_only(saved), buffer)
+        torch.save(portable(saved), buffer)
         members[f"{CHECKPOINTS}/{path.name}"] = buffer.getvalue()
     limit = CARRY_LIMIT_MB * 2**20 - 2**16  # tar and gzip headers; weights barely compress
     volumes: list[dict[str, bytes]] = [{}]

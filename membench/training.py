@@ -6,8 +6,10 @@ Conventions, so that learned models are trained alike:
 - AdamW with global-norm gradient clipping (the paper's recipe, App. D);
 - a checkpoint (model, optimiser, generator state, curve, history) written atomically every
   `checkpoint_every` steps and at the end; a killed run resumes from the last one, and a
-  finished checkpoint is reused as is (the runner keys checkpoints by config). A weights-only
-  checkpoint (shipped in the repository, `weights_only`) resumes with a fresh optimiser state;
+  finished checkpoint is reused as is (the runner keys checkpoints by config). What is shipped
+  or carried between machines is `portable`: weights only once finished, and with the optimiser
+  state while unfinished (up to RESUME_STATE_MAX_MB); a weights-only one resumes with a fresh
+  optimiser state;
 - the history lists each stretch of training (steps, device, time, matmul precision, commit,
   whether AdamW's state was resumed or fresh), so a checkpoint trained across machines says
   which devices trained it and where its optimiser restarted;
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import math
 import pickle
 import signal
@@ -66,15 +69,40 @@ def save_checkpoint(payload: dict[str, Any], path: Path) -> None:
     write_atomic(path, lambda handle: torch.save(payload, handle))
 
 
+def _on_cpu(value: Any) -> Any:
+    """Tensors (in nested dicts and lists too) on the CPU, floating ones float32."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu()
+        return value.float() if value.is_floating_point() else value
+    if isinstance(value, dict):
+        return {key: _on_cpu(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_on_cpu(item) for item in value]
+    return value
+
+
 def weights_only(saved: dict[str, Any]) -> dict[str, Any]:
-    """A checkpoint without its optimiser state, every floating tensor float32 on the CPU (what is shipped)."""
-    def portable(value: Any) -> Any:
-        if isinstance(value, torch.Tensor):
-            value = value.detach().cpu()
-            return value.float() if value.is_floating_point() else value
-        return value
+    """A checkpoint without its optimiser state, every floating tensor float32 on the CPU (a finished one
+    shipped)."""
     return {**{k: v for k, v in saved.items() if k != "optimizer"},
-            "model": {name: portable(tensor) for name, tensor in saved["model"].items()}}
+            "model": {name: _on_cpu(tensor) for name, tensor in saved["model"].items()}}
+
+
+RESUME_STATE_MAX_MB = 8.0  # an unfinished checkpoint carried elsewhere keeps AdamW's state up to this size (half a volume)
+
+
+def portable(saved: dict[str, Any]) -> dict[str, Any]:
+    """What is shipped or carried of a checkpoint: the weights (`weights_only`) and, while its training is
+    unfinished, its optimiser state (on the CPU), so the next machine's AdamW continues where this one
+    stopped, unless that makes the file larger than RESUME_STATE_MAX_MB (then it restarts there, and the
+    history's stretch says so)."""
+    light = weights_only(saved)
+    unfinished = saved["step"] < (saved.get("config") or {}).get("steps", 0)
+    if not unfinished or "optimizer" not in saved:
+        return light
+    buffer = io.BytesIO()
+    torch.save({**light, "optimizer": _on_cpu(saved["optimizer"])}, buffer)
+    return {**light, "optimizer": _on_cpu(saved["optimizer"])} if buffer.tell() <= RESUME_STATE_MAX_MB * 2**20 else light
 
 
 def read_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:

@@ -255,8 +255,9 @@ def test_ship_rewrites_an_old_shipped_checkpoint_without_its_optimiser(tmp_path:
 
 
 def test_paused_training_shipped_from_one_machine_resumes_on_the_next(tmp_path: Path, monkeypatch):
-    """A bounded command pauses on machine 1; its checkpoint, shipped with --checkpoint, is what machine 2
-    (an empty cache) resumes from; shipping again replaces it by the finished one, and not the reverse."""
+    """A bounded command pauses on machine 1; its checkpoint, shipped with --checkpoint (weights and, while
+    unfinished, AdamW's state), is what machine 2 (an empty cache) resumes from, to the numbers of straight
+    training; shipping again replaces it by the finished one (weights only), and not the reverse."""
     (tmp_path / "tiny_learned.py").write_text(TINY_MODEL)
     monkeypatch.chdir(tmp_path)
     args = ["run", "--model", "tiny_learned:TinyLearned", "--num-patterns", "16", "--queries", "32", "--out", "out",
@@ -268,11 +269,18 @@ def test_paused_training_shipped_from_one_machine_resumes_on_the_next(tmp_path: 
     shipped = tmp_path / "shipped" / carried.name
     assert torch.load(shipped, weights_only=False)["step"] == 1
     resumed = CliRunner().invoke(main, [*args, "--checkpoint-dir", "machine2"])
-    assert resumed.exit_code == 0 and "holds weights only" in resumed.output, resumed.output
+    assert resumed.exit_code == 0 and "holds weights only" not in resumed.output, resumed.output
     (record,) = [json.loads(p.read_text()) for p in (tmp_path / "out" / "runs").glob("*.json")]
     assert [h["steps"] for h in record["training"]["history"]] == [[0, 1], [1, 6]]
+    straight = CliRunner().invoke(main, ["run", "--model", "tiny_learned:TinyLearned", "--num-patterns", "16",
+                                         "--queries", "32", "--out", "straight", "--no-progress",
+                                         "--checkpoint-dir", "machine3"])
+    assert straight.exit_code == 0, straight.output
+    (uninterrupted,) = [json.loads(p.read_text()) for p in (tmp_path / "straight" / "runs").glob("*.json")]
+    assert record["errors"] == uninterrupted["errors"]  # the optimiser carried on: straight training's numbers
     assert CliRunner().invoke(main, ["ship", "--out", "out", "--checkpoint-dir", "machine2"]).exit_code == 0
     assert torch.load(shipped, weights_only=False)["step"] == 6
+    assert "optimizer" not in torch.load(shipped, weights_only=False)
     older = CliRunner().invoke(main, ["ship", "--checkpoint", str(carried)])  # the paused one again: kept out
     assert older.exit_code == 0 and "kept the shipped" in older.output and "(step 1)" in older.output
     assert torch.load(shipped, weights_only=False)["step"] == 6
