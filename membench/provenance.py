@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 import membench
+from membench.errors import MembenchError
 
 
 def device_name(device: torch.device) -> str:
@@ -35,25 +36,47 @@ def cpu_name() -> str:
 
 @functools.lru_cache(maxsize=1)
 def git_state() -> tuple[str | None, bool | None]:
-    """(HEAD, dirty) of this checkout: dirty when tracked files outside results/ differ from HEAD.
+    """(HEAD, dirty) of this checkout: dirty when a tracked file differs from HEAD (outside the results, but
+    the shipped checkpoints count) or an untracked, unignored file sits in the code's folders.
 
     Where the code was copied without .git (remote machines), $MEMBENCH_GIT_COMMIT and
-    $MEMBENCH_GIT_DIRTY (0 or 1) say it instead. Computed once per process, before any results
-    are written.
+    $MEMBENCH_GIT_DIRTY (0 or 1; anything else is refused) say it instead. A checkout that is not the root
+    of its git repository (a copy inside another one) has no state of its own: (None, None). Computed once
+    per process, before any results are written.
     """
     if os.environ.get("MEMBENCH_GIT_COMMIT"):
         dirty = os.environ.get("MEMBENCH_GIT_DIRTY")
+        if dirty not in (None, "0", "1"):
+            raise MembenchError(f"MEMBENCH_GIT_DIRTY={dirty!r} must be 0 (a clean tree) or 1 (changes not committed)")
         return os.environ["MEMBENCH_GIT_COMMIT"], None if dirty is None else dirty == "1"
-    root = Path(membench.__file__).resolve().parent.parent
+    return checkout_state(Path(membench.__file__).resolve().parent.parent)
+
+
+def checkout_state(root: Path) -> tuple[str | None, bool | None]:
+    """(HEAD, dirty) of the checkout at `root` as `git_state` defines them, from git."""
+    root = Path(root).resolve()
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)
+
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        top = git("rev-parse", "--show-toplevel")
+        if top.returncode != 0 or Path(top.stdout.strip()).resolve() != root:
+            return None, None
+        head = git("rev-parse", "HEAD")
         if head.returncode != 0:
             return None, None
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!results"],
-                                cwd=root, capture_output=True, text=True, timeout=10)
-        return head.stdout.strip() or None, bool(status.stdout.strip()) if status.returncode == 0 else None
+        answers = [git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!results"),
+                   git("status", "--porcelain", "--untracked-files=no", "--", "results/checkpoints"),
+                   git("ls-files", "--others", "--exclude-standard", "--", *CODE_FOLDERS)]
+        if any(answer.returncode != 0 for answer in answers):
+            return head.stdout.strip() or None, None
+        return head.stdout.strip() or None, any(answer.stdout.strip() for answer in answers)
     except (OSError, subprocess.SubprocessError):
         return None, None
+
+
+CODE_FOLDERS = ("membench", "baselines", "ebmm")  # an untracked file here is code the commit does not hold
 
 
 def environment(device: torch.device) -> dict[str, Any]:

@@ -25,15 +25,19 @@ from membench.suites import RunSpec
 
 
 def _execute(spec: RunSpec, out_dir: str, device: str, checkpoint_dir: str, command: str, force: bool,
-             train_time_limit_s: float | None, after: Any = None) -> dict[str, Any] | None:
-    """One run in a worker (`after`: the result of the run this one waits for: when that one paused, this one
-    is not started, so a chain trains its checkpoint for the time limit once). None: finished elsewhere
-    meanwhile; a pause at the training time limit comes back as {"paused": message}."""
+             train_time_limit_s: float | None, env: dict[str, str], after: Any = None) -> dict[str, Any] | None:
+    """One run in a worker, under the driver's MEMBENCH_ variables `env` (`_membench_env`; `after`: the result of
+    the run this one waits for: when that one paused, this one is not started, so a chain trains its
+    checkpoint for the time limit once). None: finished elsewhere meanwhile; a pause at the training time
+    limit comes back as {"paused": message}."""
+    from membench.provenance import git_state
     from membench.runner import execute, is_current, resolve_device
     from membench.store import ResultsStore
 
     if isinstance(after, dict) and "paused" in after:  # the chain's checkpoint paused: its training time is spent
         return after
+    os.environ.update(env)  # the data folder and the code's provenance as the driver found them
+    git_state.cache_clear()
     store = ResultsStore(out_dir)
     with store.claim(spec.run_id, blocking=True):
         if not force and is_current(spec, store):
@@ -78,10 +82,11 @@ def run_with_ray(specs: list[RunSpec], out_dir: Path, device: str, force: bool, 
     if not todo:
         return []
     resolve_device(device)  # a clear error here rather than in every worker
+    env = _membench_env()
     if not ray.is_initialized():
         path = os.pathsep.join([os.getcwd(), *sys.path])  # user models given as module:Class import in workers
         ray.init(address=address, log_to_driver=False, include_dashboard=False,
-                 runtime_env={"env_vars": {"PYTHONPATH": path, **_membench_env()}})
+                 runtime_env={"env_vars": {"PYTHONPATH": path}})
     gpus = 1 if device == "cuda" else 0
     remote = ray.remote(num_cpus=0 if gpus else 1, num_gpus=gpus, max_retries=0)(_execute)
     pending: dict[Any, RunSpec] = {}
@@ -89,13 +94,26 @@ def run_with_ray(specs: list[RunSpec], out_dir: Path, device: str, force: bool, 
         previous = None
         for spec in chain:
             previous = remote.remote(spec, str(out_dir), device, str(checkpoint_dir), command, force,
-                                     train_time_limit_s, previous)
+                                     train_time_limit_s, env, previous)
             pending[previous] = spec
     return _collect(ray, pending, progress)
 
 
 def _membench_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k.startswith("MEMBENCH_")}
+    """The workers' MEMBENCH_ variables: this process's, plus the data folder it resolved (--data-dir sets
+    it here only) and the code's commit and dirty flag as this process found them before any run (a worker
+    would look at the tree when its run ends, or on a node without .git not at all)."""
+    from membench.datasets import data_dir
+    from membench.provenance import git_state
+
+    env = {k: v for k, v in os.environ.items() if k.startswith("MEMBENCH_")}
+    env["MEMBENCH_DATA"] = str(Path(data_dir()).resolve())
+    commit, dirty = git_state()
+    if commit is not None and "MEMBENCH_GIT_COMMIT" not in env:
+        env["MEMBENCH_GIT_COMMIT"] = commit
+        if dirty is not None:
+            env["MEMBENCH_GIT_DIRTY"] = "1" if dirty else "0"
+    return env
 
 
 def _collect(ray, pending: dict[Any, RunSpec], progress: bool) -> list[dict[str, Any]]:
@@ -114,7 +132,7 @@ def _collect(ray, pending: dict[Any, RunSpec], progress: bool) -> list[dict[str,
         spec = pending[done[0]]
         try:
             result = ray.get(done[0])
-        except ray.exceptions.RayTaskError as exc:
+        except ray.exceptions.RayError as exc:  # the run raised, or its worker died (crash, out of memory)
             cause = exc.cause if getattr(exc, "cause", None) is not None else exc
             message = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
             failures.append(f"{spec.run_id}: {message}")

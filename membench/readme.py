@@ -54,13 +54,16 @@ def sync(readme: Path, results: Path, write: bool = True) -> list[str]:
     readme, results = Path(readme), Path(results)
     if not readme.exists():
         raise MembenchError(f"{readme} does not exist; give the README with --file")
-    text = readme.read_text()
+    text = readme.read_text(encoding="utf-8")
     stale = []
     for name, build in BLOCKS.items():
         pattern = re.compile(rf"(<!-- results:{name} -->\n)(.*?)(<!-- /results:{name} -->)", re.S)
         match = pattern.search(text)
         if not match:
             raise MembenchError(f"{readme} has no <!-- results:{name} --> ... <!-- /results:{name} --> block")
+        if text.count(f"<!-- results:{name} -->") > 1:
+            raise MembenchError(f"{readme} has more than one <!-- results:{name} --> block; keep one (the others "
+                                "would go stale unchecked)")
         table = build(results) + "\n"
         if match.group(2) != table:
             stale.append(name)

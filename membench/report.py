@@ -138,7 +138,7 @@ def distinct(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
 def _versions(group: pd.DataFrame) -> str:
     envs = list(group["environment"])
     devices = sorted({e["device"] for e in envs})
-    torches = sorted({e["torch"] for e in envs})
+    torches = sorted({str(e.get("torch")) for e in envs})
     return f"{' '.join(devices)} · torch {' '.join(torches)}"
 
 
@@ -264,7 +264,10 @@ def table1(out_dir: Path, reference: Path | None = DEFAULT_REFERENCE, write: boo
         versions = sorted(set(part["versions"]))
         provenance = [
             "Mean error per query ± half-width of the 95% t-interval over episodes (the queries of one "
-            "episode share its memory, so the interval is over per-episode means; n/a: one episode)" +
+            "episode share its memory, so the interval is over per-episode means; n/a: one episode" +
+            ("; a meta-learned row's, given its trained checkpoint: training from another seed can move "
+             "the row by more, `results/diagnostics/ebmm-seeds`" if any(r.get("training") for r in table_records)
+             else "") + ")" +
             (f"; in parentheses: the paper's value ({CITATION})." if with_paper else "."),
             f"Queries per cell: {part['num_queries'].min()}–{part['num_queries'].max()}; "
             f"seeds: {', '.join(sorted(set(part['seeds'])))}; "

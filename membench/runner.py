@@ -155,7 +155,7 @@ def _ship_one(source: Path, dest: Path, record: dict[str, Any] | None, max_mb: f
     if carried.get("history") is None and record is not None:
         env = record["environment"]
         carried["history"] = [{"steps": [0, saved["step"]], "train_time_s": round(saved["elapsed_s"], 2),
-                               "device": env["device"], "device_name": env["device_name"],
+                               "device": env["device"], "device_name": env.get("device_name"),
                                "commit": env.get("git_commit"), "torch": env.get("torch"),
                                "from_record": record["run_id"]}]
     buffer = io.BytesIO()

@@ -204,10 +204,18 @@ def _field_problem(record: dict[str, Any], check_errors: bool = True) -> str | N
     """What is wrong with the fields the reports group, sum and print, or None (`check_errors`: each error's
     type too, needless where they were unpacked from float32)."""
     task, environment = record["task"], record["environment"]
-    if not isinstance(task, dict) or not isinstance(task.get("kind"), str) or not _whole(task.get("num_patterns")):
-        return "task needs a kind and a whole num_patterns"
+    if (not isinstance(task, dict) or not isinstance(task.get("kind"), str) or not _whole(task.get("num_patterns"))
+            or task["num_patterns"] < 1):
+        return "task needs a kind and a positive whole num_patterns"
     if not isinstance(environment, dict) or not isinstance(environment.get("device"), str):
         return "environment needs a device"
+    for name in ("device_name", "torch", "membench", "git_commit"):
+        if not isinstance(environment.get(name), (str, type(None))):
+            return f"environment's {name} is not a string"
+    if len(record["errors"]) % task["num_patterns"]:
+        return f"errors holds {len(record['errors'])} values, not whole episodes of {task['num_patterns']} queries"
+    if not isinstance(record.get("training"), (dict, type(None))):
+        return "training is neither a mapping nor null"
     for name in ("budget", "seed", "queries", "memory_floats"):
         if not _whole(record[name]):
             return f"{name} is not a whole number"

@@ -259,7 +259,9 @@ def test_corrupt_record_is_named_by_report_and_repaired_by_run(tmp_path, content
 
 
 @pytest.mark.parametrize("change", [{"task": "binary"}, {"environment": {"torch": "2.13.0"}}, {"errors": [0.0, "x"]},
-                                    {"seed": "0"}, {"finished_at": None}])
+                                    {"seed": "0"}, {"finished_at": None}, {"training": 1.5}, {"errors": [0.0] * 17},
+                                    {"task": {"kind": "binary", "num_patterns": 0}},
+                                    {"environment": {"device": "cpu", "device_name": "x", "git_commit": 123}}])
 def test_a_record_with_a_wrong_field_is_named_by_report_and_repaired_by_run(tmp_path, change):
     """A record that parses but whose fields the reports read are of the wrong kind: one line naming the file
     and the field (no traceback), and `membench run` computes it again."""

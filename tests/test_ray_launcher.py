@@ -102,3 +102,21 @@ def test_a_failed_run_is_reported_and_the_others_are_kept(local_ray, tmp_path):
     with pytest.raises(MembenchError, match=r"1 of 3 runs failed .*broken at N = 32.*rerun the same command"):
         run_all(specs, tmp_path, device="cpu", progress=False, launcher="ray")
     assert sorted(r["task"]["num_patterns"] for r in ResultsStore(tmp_path).records()) == [16, 48]
+
+
+def test_workers_use_the_drivers_data_folder_and_provenance(local_ray, tmp_path, monkeypatch):
+    """--data-dir sets the driver's data folder only; the workers get it, and the commit and dirty flag the
+    driver found before any run (not their own look at the tree when a run ends)."""
+    from membench import datasets
+    from membench.provenance import git_state
+    from membench.suites import SUITES
+    from tests.test_datasets import write_fixture_data
+
+    root = write_fixture_data(tmp_path / "elsewhere")
+    monkeypatch.delenv("MEMBENCH_DATA", raising=False)
+    monkeypatch.setattr(datasets, "_data_dir_override", root)
+    specs = SUITES["fig3-omniglot"].expand("fig3-omniglot", ("raw_slots",), (0,), 16, "quick", num_patterns=(16,))
+    made = run_all(specs[:1], tmp_path / "out", device="cpu", progress=False, launcher="ray")
+    assert len(made) == 1
+    commit, dirty = git_state()
+    assert (made[0]["environment"]["git_commit"], made[0]["environment"]["git_dirty"]) == (commit, dirty)

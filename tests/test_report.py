@@ -84,6 +84,17 @@ def test_readme_tables_match_the_committed_records():
     assert result.exit_code == 0, result.output
 
 
+def test_a_readme_with_a_block_twice_is_refused(tmp_path):
+    """Only the first would be rewritten: the second, stale, would pass --check."""
+    readme = tmp_path / "README.md"
+    text = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    block = text[text.index("<!-- results:table1 -->"):text.index("<!-- /results:table1 -->") + 24]
+    readme.write_text(text + "\n" + block + "\n", encoding="utf-8")
+    result = CliRunner().invoke(main, ["readme", "--check", "--results", str(REPO_ROOT / "results"), "--file",
+                                       str(readme)])
+    assert result.exit_code == 1 and "more than one <!-- results:table1 --> block" in result.output
+
+
 def test_provenance_names_the_devices_and_commits_that_trained_each_checkpoint():
     """A checkpoint trained on a GPU and continued on a CPU is listed under both; one without a history
     is counted, not guessed."""
@@ -137,3 +148,15 @@ def test_each_row_says_the_floats_its_state_held(tmp_path):
     row = next(line for line in markdown.splitlines() if line.startswith("| raw_slots"))
     assert [c.strip() for c in header.split("|")][-2] == "floats used"
     assert [c.strip() for c in row.split("|")][-2] == "2048–8192"
+
+
+def test_a_record_without_a_torch_version_is_reported(tmp_path):
+    """Fields the record format never required are read with a default, not a KeyError."""
+    import json
+
+    (record,) = _binary(tmp_path, num_patterns=(16,))
+    path = ResultsStore(tmp_path).record_path(record["run_id"])
+    saved = json.loads(path.read_text())
+    del saved["environment"]["torch"]
+    path.write_text(json.dumps(saved))
+    assert "raw_slots" in table1(tmp_path)
