@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 import membench
+from membench import fresh_read
 from membench.budget import StateContract, check_declared, sealed
 from membench.errors import CheckpointBusy, MembenchError, TrainingPaused
 from membench.integrity import audit_write, checked_retrievals
@@ -260,11 +261,15 @@ def load_trained(spec: RunSpec, checkpoint_dir: Path, device: torch.device | str
 
 def audit(model: AssociativeMemory, task: Task, spec: RunSpec, declared: int, device: torch.device
           ) -> StateContract:
-    """Isolated-write checks and the measured count on two probe episodes (membench.integrity)."""
+    """Isolated-write checks and the measured count on two probe episodes (membench.integrity); for a model
+    from outside membench, the probe read again in a fresh process (membench.fresh_read)."""
     generator = torch.Generator().manual_seed(spec.seed + PROBE_STREAM)
     probe = task.sample(2, generator, split="train").to(device)
     other = task.sample(2, generator, split="train").to(device)
-    return audit_write(model, probe.patterns, probe.queries, other.patterns, declared, spec.budget, spec.model)
+    contract = audit_write(model, probe.patterns, probe.queries, other.patterns, declared, spec.budget, spec.model)
+    if model_source_digest(type(model)) is not None:  # a model from outside membench: read again elsewhere
+        fresh_read.audit(spec, model, probe.patterns, probe.queries, device)
+    return contract
 
 
 def evaluate(model: AssociativeMemory, task: Task, spec: RunSpec, device: torch.device, contract: StateContract,

@@ -1,6 +1,7 @@
 """The budget is measured, not declared; writes are isolated; every registered model keeps its word."""
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -301,6 +302,47 @@ class KeepsInHeldModule(StoresEverything):
         return StoresEverything.read(self, self.holders[0].kept, queries)
 
 
+TABLE: list[torch.Tensor] = []  # every pattern ever written by a GlobalTable
+
+
+class GlobalTable(StoresEverything):
+    """Declares nothing, keeps every pattern it is given in a module-level table and reads the nearest one
+    there: content-addressed, so another batch written in between, or other episodes, change nothing in this
+    process."""
+
+    declared = 0
+
+    def write(self, patterns):
+        TABLE.extend(patterns.flatten(0, 1).clone())
+        return None
+
+    def read(self, state, queries):
+        if not TABLE:
+            return queries.clamp(0, 1)
+        stored = torch.stack(TABLE).expand(queries.shape[0], -1, -1)
+        return StoresEverything.read(self, stored, queries)
+
+
+KEYS = itertools.count(1)
+
+
+class KeyedByItsState(StoresEverything):
+    """Declares one float per episode, a key never used before, under which a module-level table keeps the
+    patterns."""
+
+    def write(self, patterns):
+        keys = torch.tensor([[float(next(KEYS))] for _ in range(patterns.shape[0])])
+        for key, episode in zip(keys, patterns):
+            CACHE[float(key)] = (key, episode.clone())
+        return keys
+
+    def read(self, state, queries):
+        kept = [CACHE.get(float(key)) for key in state]
+        if any(k is None for k in kept):
+            return queries.clamp(0, 1)
+        return StoresEverything.read(self, torch.stack([k[1] for k in kept]), queries)
+
+
 class TruncatedSoftmax(AssociativeMemory):
     """An honest outside model: as many whole patterns as the budget holds, each truncated to fit."""
 
@@ -358,6 +400,8 @@ def _run(model: str, tmp_path, num_patterns=(96,), budget=None):
                       r"changed"),
     (KeepsInHeldModule, r"KeepsInHeldModule' changed 'holders' while writing"),
     (ReadsEarlier, r"ReadsEarlier' retrieved differently for an episode when the other episodes of its batch"),
+    (GlobalTable, r"GlobalTable' retrieved differently in a fresh process from the same state, queries and weights"),
+    (KeyedByItsState, r"KeyedByItsState' retrieved differently in a fresh process"),
 ])
 def test_cheating_models_are_refused_in_one_line_and_nothing_is_written(cls, message, tmp_path):
     with pytest.raises(MembenchError, match=message) as caught:
@@ -410,10 +454,15 @@ def test_what_the_measurement_does_not_see_never_reaches_the_read(cls, tmp_path)
     assert measure_state(cls(BinaryTask(32).spec).write(patterns), 2) == 1
 
 
+class Honest(StoresEverything):
+    """StoresEverything's state, declared exactly."""
+
+    def memory_floats(self, spec):
+        return spec.num_patterns * 128
+
+
 def test_honest_models_differ_only_in_what_they_declare(tmp_path):
     """The same state, declared exactly: it runs, and its record holds the measured count."""
-    honest = type("Honest", (StoresEverything,), {"memory_floats": lambda self, spec: spec.num_patterns * 128})
-    globals()["Honest"] = honest
     (record,) = _run(f"{__name__}:Honest", tmp_path, num_patterns=(32,))
     assert record["memory_floats"] == 32 * 128 and record["mean_error"] == 0
 

@@ -1,0 +1,107 @@
+"""The fresh-process read: a model from outside membench reads its probe state again in a new interpreter.
+
+Inside one process a model could keep what it writes beside the measured state, in a module-level
+table keyed by the patterns' content or by a value its state carries, and no check there can tell.
+A new interpreter has no such table: the runner rebuilds the model there from its run (the same seed,
+so the same initial values) and its weights, gives it the sealed probe state and queries, and
+requires the same retrievals (`check`). Built-in models are reviewed code and skip it (an interpreter
+start costs seconds); files on disk stay open to a model, as the README says.
+
+Run as `python -m membench.fresh_read FILE`: the child's side (`_child`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from membench.errors import MembenchError
+from membench.interface import AssociativeMemory
+
+TOLERANCE = 1e-5  # as the in-process checks: the same device and kernels, a new interpreter
+
+
+_PASSED: set[str] = set()  # (model, its source, task, budget, options, device) checked in this process
+
+
+def audit(spec: Any, model: AssociativeMemory, patterns: torch.Tensor, queries: torch.Tensor,
+          device: torch.device) -> None:
+    """Write the probe `patterns` and read `queries` (B, N, *S) here, then `check` the read in a new process;
+    once per process for a model's source, task (its N included), budget and options (other seeds or numbers
+    of queries repeat the check of the same code)."""
+    from membench.budget import sealed
+    from membench.integrity import checked_retrievals
+    from membench.registry import model_source_digest
+
+    key = json.dumps([spec.model, model_source_digest(type(model)), spec.task, spec.budget, spec.options,
+                      str(device)], sort_keys=True, default=str)
+    if key in _PASSED:
+        return
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(0)
+            state = sealed(model.write(patterns.clone()))
+            torch.manual_seed(0)
+            retrievals = checked_retrievals(model.read(sealed(state), queries.clone()), queries, spec.model)
+    finally:
+        model.train(was_training)
+    check(spec, model, state, queries, retrievals, device)
+    _PASSED.add(key)
+
+
+def check(spec: Any, model: AssociativeMemory, state: Any, queries: torch.Tensor, retrievals: torch.Tensor,
+          device: torch.device) -> None:
+    """MembenchError unless the run `spec`'s model, rebuilt in a new interpreter on `device` with `model`'s
+    weights, reads the sealed `state` and `queries` (B, N, *S) into `retrievals` (as `model` did, seed 0)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        task_file, answer = Path(scratch) / "task.pt", Path(scratch) / "answer.pt"
+        torch.save({"spec": dataclasses.asdict(spec), "weights": model.state_dict(), "state": state,
+                    "queries": queries, "device": str(device)}, task_file)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), *sys.path])}
+        child = subprocess.run([sys.executable, "-m", "membench.fresh_read", str(task_file), str(answer)],
+                               capture_output=True, text=True, env=env, cwd=os.getcwd())
+        if child.returncode != 0 or not answer.exists():
+            last = (child.stderr.strip().splitlines() or ["no output"])[-1][:300]
+            raise MembenchError(f"model '{spec.model}' could not be rebuilt and read in a fresh process ({last}); "
+                                "a model must build from its run (name, task, budget, options) alone")
+        again = torch.load(answer, map_location=retrievals.device, weights_only=True)
+    if again.shape != retrievals.shape or not torch.allclose(again, retrievals, rtol=TOLERANCE, atol=TOLERANCE,
+                                                             equal_nan=True):
+        raise MembenchError(
+            f"model '{spec.model}' retrieved differently in a fresh process from the same state, queries and "
+            "weights; read must depend only on those (a table kept in a module, keyed by the patterns or by "
+            "a value of the state, is not the state)")
+
+
+def _child(task_file: str, answer: str) -> None:
+    """Rebuild the run's model (its seed, then its weights), read the state, save the retrievals."""
+    from membench.registry import make_task
+    from membench.runner import build_model, resolve_device
+    from membench.suites import RunSpec
+
+    saved = torch.load(task_file, weights_only=False)  # written by `check` in the parent, a moment ago
+    spec = RunSpec(**saved["spec"])
+    device = resolve_device(saved["device"].split(":")[0])
+    task = make_task(spec.task)
+    torch.manual_seed(spec.seed)
+    model = build_model(spec, task).to(device)
+    model.load_state_dict(saved["weights"])
+    model.eval()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        retrievals = model.read(saved["state"], saved["queries"].clone())
+    torch.save(retrievals.detach().cpu(), answer)
+
+
+if __name__ == "__main__":
+    _child(*sys.argv[1:3])
