@@ -254,7 +254,7 @@ def first_episode(record: dict[str, Any], checkpoint_dir: Path) -> tuple[Any, to
     """The first test episode a run evaluated, as `runner.evaluate` drew it: (episodes (1 episode), its
     retrievals (1, N, C, H, W) in [0, 1], their errors (N,)); None (after printing why) when a trained
     model's checkpoint is absent."""
-    from membench.runner import EVAL_EPISODES_PER_BATCH, EVAL_STREAM, load_trained
+    from membench.runner import EVAL_EPISODES_PER_BATCH, EVAL_STREAM, load_trained, seed_all
     from membench.suites import RunSpec
 
     spec = RunSpec(**{name: record[name] for name in RunSpec.__dataclass_fields__})
@@ -263,7 +263,7 @@ def first_episode(record: dict[str, Any], checkpoint_dir: Path) -> tuple[Any, to
         print(f"skipped the grid of {record['run_id']}: its trained checkpoint is not in {checkpoint_dir} "
               "(rerun its `membench run` command there to retrain it)")
         return None
-    torch.manual_seed(spec.seed)
+    seed_all(spec.seed)
     first_batch = min(EVAL_EPISODES_PER_BATCH, math.ceil(spec.queries / task.spec.num_patterns))
     episodes = task.sample(first_batch, torch.Generator().manual_seed(spec.seed + EVAL_STREAM), split="test")
     # episodes are written independently, but a batch of one can round differently (the conv energy's

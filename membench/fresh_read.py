@@ -14,12 +14,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import random
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from membench.errors import MembenchError
@@ -45,16 +47,21 @@ def audit(spec: Any, model: AssociativeMemory, patterns: torch.Tensor, queries: 
     if key in _PASSED:
         return
 
+    from membench.runner import seed_all
+
     was_training = model.training
     model.eval()
+    generators = np.random.get_state(), random.getstate()
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(0)
+            seed_all(0)
             state = sealed(model.write(patterns.clone()))
-            torch.manual_seed(0)
+            seed_all(0)
             retrievals = checked_retrievals(model.read(sealed(state), queries.clone()), queries, spec.model)
     finally:
         model.train(was_training)
+        np.random.set_state(generators[0])
+        random.setstate(generators[1])
     check(spec, model, state, queries, retrievals, device)
     _PASSED.add(key)
 
@@ -86,18 +93,18 @@ def check(spec: Any, model: AssociativeMemory, state: Any, queries: torch.Tensor
 def _child(task_file: str, answer: str) -> None:
     """Rebuild the run's model (its seed, then its weights), read the state, save the retrievals."""
     from membench.registry import make_task
-    from membench.runner import build_model, resolve_device
+    from membench.runner import build_model, resolve_device, seed_all
     from membench.suites import RunSpec
 
     saved = torch.load(task_file, weights_only=False)  # written by `check` in the parent, a moment ago
     spec = RunSpec(**saved["spec"])
     device = resolve_device(saved["device"].split(":")[0])
     task = make_task(spec.task)
-    torch.manual_seed(spec.seed)
+    seed_all(spec.seed)  # as the runner built it
     model = build_model(spec, task).to(device)
     model.load_state_dict(saved["weights"])
     model.eval()
-    torch.manual_seed(0)
+    seed_all(0)
     with torch.no_grad():
         retrievals = model.read(saved["state"], saved["queries"].clone())
     torch.save(retrievals.detach().cpu(), answer)

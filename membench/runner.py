@@ -21,6 +21,7 @@ import json
 import math
 import os
 import pickle
+import random
 import shlex
 import sys
 import time
@@ -54,6 +55,14 @@ EVAL_EPISODES_PER_BATCH = 64  # episodes sampled (and written) at once in evalua
 PROBE_STREAM = 1299709  # offset of the seed of the probe batches that audit a model's writes
 TRAIN_SPLIT_STREAM = 15485863  # offset for the train-split check of trained image models
 TRAIN_SPLIT_EPISODES = 100  # train-split episodes evaluated per trained image model (memorisation check)
+
+
+def seed_all(seed: int) -> None:
+    """Seed torch's, NumPy's and Python's global generators: a model drawing from any of them (its initial
+    values, a read's update order) draws the same numbers for the same run, here or in a fresh process."""
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -249,7 +258,7 @@ def load_trained(spec: RunSpec, checkpoint_dir: Path, device: torch.device | str
     absent (the model is then untrained). Used for figures drawn after the run.
     """
     task = make_task(spec.task)
-    torch.manual_seed(spec.seed)
+    seed_all(spec.seed)
     model = build_model(spec, task).to(device)
     path = None
     if model.trainable:
@@ -281,7 +290,7 @@ def evaluate(model: AssociativeMemory, task: Task, spec: RunSpec, device: torch.
     copies, so the patterns it is scored against are the runner's own."""
     offset = EVAL_STREAM if split == "test" else TRAIN_SPLIT_STREAM
     generator = torch.Generator().manual_seed(spec.seed + offset)
-    torch.manual_seed(spec.seed)  # models that draw random numbers (e.g. update orders) get the same ones
+    seed_all(spec.seed)  # models that draw random numbers (e.g. update orders) get the same ones
     num_episodes = math.ceil((queries or spec.queries) / task.spec.num_patterns)
     errors: list[float] = []
     model.eval()
@@ -310,7 +319,7 @@ def execute(spec: RunSpec, store: ResultsStore, device: torch.device, checkpoint
     """
     started = time.perf_counter()
     task = make_task(spec.task)
-    torch.manual_seed(spec.seed)  # initial weights depend on the run's seed, not on earlier runs in this process
+    seed_all(spec.seed)  # initial weights depend on the run's seed, not on earlier runs in this process
     model = build_model(spec, task).to(device)
     declared = check_declared(model, task.spec, spec.budget, spec.model)
     contract = audit(model, task, spec, declared, device)

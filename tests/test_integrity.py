@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import random
 
 import numpy as np
 import pytest
@@ -343,6 +344,25 @@ class KeyedByItsState(StoresEverything):
         return StoresEverything.read(self, torch.stack([k[1] for k in kept]), queries)
 
 
+class RandomFromEverywhere(StoresEverything):
+    """Honest, and random three ways: a projection drawn from NumPy's global generator at build (not a
+    parameter or buffer), and Python's and torch's generators in every read."""
+
+    def memory_floats(self, spec):
+        return spec.num_patterns * 128
+
+    def __init__(self, spec):
+        super().__init__(spec)
+        self.projection = torch.from_numpy(np.random.randn(128, 128).astype(np.float32))
+
+    def read(self, state, queries):
+        order = list(range(queries.shape[1]))
+        random.shuffle(order)  # an update order
+        noise = 1e-3 * torch.rand(()) * self.projection.sum()
+        retrieved = StoresEverything.read(self, state, queries)
+        return (retrieved[:, order] + noise).clamp(0, 1)[:, torch.tensor(order).argsort()]
+
+
 class TruncatedSoftmax(AssociativeMemory):
     """An honest outside model: as many whole patterns as the budget holds, each truncated to fit."""
 
@@ -435,6 +455,13 @@ class HonestWithObjects(StoresEverything):
 
     def memory_floats(self, spec):
         return spec.num_patterns * 128
+
+
+def test_a_model_drawing_from_every_global_generator_reads_the_same_in_a_fresh_process(tmp_path):
+    """The runner seeds torch's, NumPy's and Python's generators from the run's seed before building a model
+    (and the fresh process does the same), so an honest model using any of them is not refused."""
+    (record,) = _run(f"{__name__}:RandomFromEverywhere", tmp_path, num_patterns=(16,))
+    assert record["mean_error"] == 0
 
 
 def test_attributes_that_writing_leaves_alone_are_not_changes(tmp_path):
