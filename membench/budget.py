@@ -215,6 +215,9 @@ def _count_hint(state: Any, batch_size: int, model_name: str) -> str:
         if isinstance(leaf, (torch.Tensor, np.ndarray)) and (leaf.ndim == 0 or leaf.shape[0] != batch_size):
             return (f" ({path} has shape {tuple(leaf.shape)}, not B = {batch_size} episodes first, so it counts whole "
                     "for each episode)")
+        if isinstance(leaf, torch.Tensor) and leaf.untyped_storage().nbytes() > leaf.nbytes:
+            return (f" ({path} is a view of a larger storage, {leaf.untyped_storage().nbytes() // 4} values, counted "
+                    "whole: return a copy of what is kept, e.g. .clone())")
         if isinstance(leaf, (torch.Tensor, np.ndarray)) and leaf.dtype not in (torch.float32, np.float32):
             return f" ({path} is {leaf.dtype}: counted by its bytes, 4 a value)"
     return ""

@@ -254,7 +254,8 @@ def first_episode(record: dict[str, Any], checkpoint_dir: Path) -> tuple[Any, to
     """The first test episode a run evaluated, as `runner.evaluate` drew it: (episodes (1 episode), its
     retrievals (1, N, C, H, W) in [0, 1], their errors (N,)); None (after printing why) when a trained
     model's checkpoint is absent."""
-    from membench.runner import EVAL_EPISODES_PER_BATCH, EVAL_STREAM, load_trained, seed_all
+    from membench.runner import EVAL_EPISODES_PER_BATCH, EVAL_STREAM, load_trained
+    from membench.tasks import seed_all
     from membench.suites import RunSpec
 
     spec = RunSpec(**{name: record[name] for name in RunSpec.__dataclass_fields__})

@@ -3,8 +3,8 @@
 Inside one process a model could keep what it writes beside the measured state, in a module-level
 table keyed by the patterns' content or by a value its state carries, and no check there can tell.
 A new interpreter has no such table: the runner rebuilds the model there from its run (the same seed,
-so the same initial values) and its weights, gives it the sealed probe state and queries, and
-requires the same retrievals (`check`). Built-in models are reviewed code and skip it (an interpreter
+so the same initial values) and its weights, gives it the sealed state and queries of the run's first
+evaluated batch, and requires the same retrievals (`check`). Built-in models are reviewed code and skip it (an interpreter
 start costs seconds); files on disk stay open to a model, as the README says.
 
 Run as `python -m membench.fresh_read FILE`: the child's side (`_child`).
@@ -14,54 +14,41 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import random
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from membench.errors import MembenchError
 from membench.interface import AssociativeMemory
 
 TOLERANCE = 1e-5  # as the in-process checks: the same device and kernels, a new interpreter
+CHILD_TIMEOUT_S = 600
 
 
-_PASSED: set[str] = set()  # (model, its source, task, budget, options, device) checked in this process
+_PASSED: set[str] = set()  # (model, its source, task, budget, options, seed, device) checked in this process
 
 
-def audit(spec: Any, model: AssociativeMemory, patterns: torch.Tensor, queries: torch.Tensor,
-          device: torch.device) -> None:
-    """Write the probe `patterns` and read `queries` (B, N, *S) here, then `check` the read in a new process;
-    once per process for a model's source, task (its N included), budget and options (other seeds or numbers
-    of queries repeat the check of the same code)."""
+def audit(spec: Any, model: AssociativeMemory, state: Any, queries: torch.Tensor, device: torch.device) -> None:
+    """Read the written `state` (an evaluated batch's) and `queries` (B, N, *S) here and `check` the read in a
+    new process, both from seed 0; once per process for a model's source and run (its other numbers of
+    queries repeat the check of the same code)."""
     from membench.budget import sealed
     from membench.integrity import checked_retrievals
     from membench.registry import model_source_digest
+    from membench.tasks import forked_generators, seed_all
 
     key = json.dumps([spec.model, model_source_digest(type(model)), spec.task, spec.budget, spec.options,
-                      str(device)], sort_keys=True, default=str)
+                      spec.preset, spec.seed, str(device)], sort_keys=True, default=str)
     if key in _PASSED:
         return
-
-    from membench.runner import seed_all
-
-    was_training = model.training
-    model.eval()
-    generators = np.random.get_state(), random.getstate()
-    try:
-        with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            seed_all(0)
-            state = sealed(model.write(patterns.clone()))
-            seed_all(0)
-            retrievals = checked_retrievals(model.read(sealed(state), queries.clone()), queries, spec.model)
-    finally:
-        model.train(was_training)
-        np.random.set_state(generators[0])
-        random.setstate(generators[1])
+    state = sealed(state)
+    with torch.no_grad(), forked_generators(device):
+        seed_all(0)
+        retrievals = checked_retrievals(model.read(sealed(state), queries.clone()), queries, spec.model)
     check(spec, model, state, queries, retrievals, device)
     _PASSED.add(key)
 
@@ -70,17 +57,25 @@ def check(spec: Any, model: AssociativeMemory, state: Any, queries: torch.Tensor
           device: torch.device) -> None:
     """MembenchError unless the run `spec`'s model, rebuilt in a new interpreter on `device` with `model`'s
     weights, reads the sealed `state` and `queries` (B, N, *S) into `retrievals` (as `model` did, seed 0)."""
+    from membench.datasets import data_dir
+
     with tempfile.TemporaryDirectory() as scratch:
         task_file, answer = Path(scratch) / "task.pt", Path(scratch) / "answer.pt"
         torch.save({"spec": dataclasses.asdict(spec), "weights": model.state_dict(), "state": state,
                     "queries": queries, "device": str(device)}, task_file)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), *sys.path])}
-        child = subprocess.run([sys.executable, "-m", "membench.fresh_read", str(task_file), str(answer)],
-                               capture_output=True, text=True, env=env, cwd=os.getcwd())
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), *sys.path]),
+               "MEMBENCH_DATA": str(Path(data_dir()).resolve())}  # --data-dir set it in this process only
+        try:
+            child = subprocess.run([sys.executable, "-m", "membench.fresh_read", str(task_file), str(answer)],
+                                   capture_output=True, text=True, env=env, cwd=os.getcwd(), timeout=CHILD_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise MembenchError(f"model '{spec.model}' did not read its state within {CHILD_TIMEOUT_S} s in a fresh "
+                                "process; its read must not wait on anything but the state") from None
         if child.returncode != 0 or not answer.exists():
             last = (child.stderr.strip().splitlines() or ["no output"])[-1][:300]
             raise MembenchError(f"model '{spec.model}' could not be rebuilt and read in a fresh process ({last}); "
-                                "a model must build from its run (name, task, budget, options) alone")
+                                "a model must be importable as module:Class (not defined in a script's __main__) "
+                                "and build from its run (name, task, budget, options) alone")
         again = torch.load(answer, map_location=retrievals.device, weights_only=True)
     if again.shape != retrievals.shape or not torch.allclose(again, retrievals, rtol=TOLERANCE, atol=TOLERANCE,
                                                              equal_nan=True):
@@ -92,17 +87,19 @@ def check(spec: Any, model: AssociativeMemory, state: Any, queries: torch.Tensor
 
 def _child(task_file: str, answer: str) -> None:
     """Rebuild the run's model (its seed, then its weights), read the state, save the retrievals."""
-    from membench.registry import make_task
-    from membench.runner import build_model, resolve_device, seed_all
+    from membench.registry import make_task, resolve_model
+    from membench.runner import build_model, resolve_device
+    from membench.tasks import seed_all
     from membench.suites import RunSpec
 
     saved = torch.load(task_file, weights_only=False)  # written by `check` in the parent, a moment ago
     spec = RunSpec(**saved["spec"])
     device = resolve_device(saved["device"].split(":")[0])
     task = make_task(spec.task)
+    resolve_model(spec.model)  # imported before seeding, as in the parent (a module may draw at import)
     seed_all(spec.seed)  # as the runner built it
     model = build_model(spec, task).to(device)
-    model.load_state_dict(saved["weights"])
+    model.load_state_dict(saved["weights"], strict=False)  # a buffer a read registers lazily is not missing
     model.eval()
     seed_all(0)
     with torch.no_grad():

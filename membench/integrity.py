@@ -25,6 +25,7 @@ from torch import nn
 from membench.budget import StateContract, check_measured, sealed, state_layout
 from membench.errors import MembenchError
 from membench.interface import AssociativeMemory
+from membench.tasks import forked_generators, seed_all
 
 _MODULE_INTERNALS = frozenset(vars(nn.Module()))  # nn.Module's own bookkeeping (hooks, registries, training)
 
@@ -107,7 +108,7 @@ def changed_attribute(before: dict[str, Any], after: dict[str, Any]) -> str | No
 def _retrieved(model: AssociativeMemory, state: Any, queries: torch.Tensor, model_name: str) -> torch.Tensor:
     """`model.read` of a sealed copy of `state` and of a copy of `queries`, from the same random numbers each
     time; MembenchError unless it is a plain floating tensor shaped like the queries."""
-    torch.manual_seed(0)
+    seed_all(0)
     return checked_retrievals(model.read(sealed(state), queries.clone()), queries, model_name)
 
 
@@ -132,13 +133,12 @@ def audit_write(model: AssociativeMemory, patterns: torch.Tensor, queries: torch
     MembenchError (or OverBudgetError) on a violation.
     """
     assert patterns.shape[0] >= 2 and other.shape == patterns.shape, "the probe needs two or more episodes"
-    devices = [patterns.device] if patterns.device.type == "cuda" else []
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), torch.random.fork_rng(devices=devices):
+        with torch.no_grad(), forked_generators(patterns.device):
             before = snapshot(model)
-            torch.manual_seed(0)
+            seed_all(0)
             state = model.write(patterns.clone())
             changed = changed_attribute(before, snapshot(model))
             if changed:
@@ -148,13 +148,13 @@ def audit_write(model: AssociativeMemory, patterns: torch.Tensor, queries: torch
             measured = check_measured(state, patterns.shape[0], declared, budget, model_name)
             contract = StateContract(model_name, measured, budget, state_layout(state, patterns.shape[0], model_name))
             first = _retrieved(model, state, queries, model_name)
-            torch.manual_seed(0)
+            seed_all(0)
             other_state = model.write(other.clone())
             contract.check(other_state, other.shape[0])
             second = _retrieved(model, state, queries, model_name)
             alone = []  # the first episode with the others replaced, then the others with the first replaced
             for mixed in (torch.cat([patterns[:1], other[1:]]), torch.cat([other[:1], patterns[1:]])):
-                torch.manual_seed(0)
+                seed_all(0)
                 state = model.write(mixed)
                 contract.check(state, patterns.shape[0])
                 alone.append(_retrieved(model, state, queries, model_name))

@@ -56,8 +56,10 @@ def checkout_state(root: Path) -> tuple[str | None, bool | None]:
     """(HEAD, dirty) of the checkout at `root` as `git_state` defines them, from git."""
     root = Path(root).resolve()
 
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}  # (a hook's GIT_DIR is not ours)
+
     def git(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10, env=env)
 
     try:
         top = git("rev-parse", "--show-toplevel")

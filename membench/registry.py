@@ -66,19 +66,42 @@ BUILTIN_DIRS = tuple(Path(__file__).resolve().parent.parent / name for name in (
 
 
 def model_source_digest(cls: type) -> str | None:
-    """A digest of the source file defining a model from outside membench (None for built-in models, or
-    when its source file cannot be read): records and checkpoint keys carry it, so a run of a model whose
-    code changed since is run (and trained) again rather than skipped."""
+    """A digest of the source files defining a model from outside membench and the classes it inherits from
+    (None for built-in models, or when a file cannot be read): records and checkpoint keys carry it, so a
+    run of a model whose code changed since is run (and trained) again rather than skipped."""
+    files = model_source_files(cls)
+    if is_builtin_model(cls) or not files:
+        return None
+    try:
+        return hashlib.sha1(b"".join(path.read_bytes() for path in files)).hexdigest()[:12]
+    except OSError:  # a file is gone
+        return None
+
+
+def is_builtin_model(cls: type) -> bool:
+    """True for a class defined in this checkout's packages; False for any other (one with no source file,
+    defined interactively or in a script's __main__, too)."""
     try:
         source = Path(inspect.getsourcefile(cls)).resolve()
-    except TypeError:  # defined interactively
-        return None
-    if any(source.is_relative_to(folder) for folder in BUILTIN_DIRS):
-        return None
-    try:
-        return hashlib.sha1(source.read_bytes()).hexdigest()[:12]
-    except OSError:  # its file is gone
-        return None
+    except TypeError:
+        return False
+    return any(source.is_relative_to(folder) for folder in BUILTIN_DIRS)
+
+
+def model_source_files(cls: type) -> list[Path]:
+    """The source files outside membench defining `cls` and the memory classes it inherits from (sorted; not
+    torch's or other libraries')."""
+    files = set()
+    for klass in cls.__mro__:
+        if not issubclass(klass, AssociativeMemory) or klass is AssociativeMemory:
+            continue
+        try:
+            source = Path(inspect.getsourcefile(klass)).resolve()
+        except TypeError:  # built in, or defined interactively
+            continue
+        if not any(source.is_relative_to(folder) for folder in BUILTIN_DIRS):
+            files.add(source)
+    return sorted(files)
 
 
 def _import_class(path: str, base: type = AssociativeMemory) -> type:

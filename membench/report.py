@@ -125,7 +125,21 @@ def distinct(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
     --queries the batches differ, and so do the queries' corruptions, drawn after a batch's patterns).
     Pooling them would count patterns twice: a copied record file, the same run from two suites, or
     a rerun with more --queries. The one with the most queries (then the latest) is kept.
+
+    Records of a model from outside membench made by another version of its source file than its latest
+    record (`model_source`) are left out, with a warning: a cell never pools two versions of a model.
     """
+    latest: dict[str, tuple[str, str | None]] = {}  # model -> (finished_at, model_source) of its latest record
+    for record in records:
+        if record.get("finished_at", "") >= latest.get(record["model"], ("", None))[0]:
+            latest[record["model"]] = (record.get("finished_at", ""), record.get("model_source"))
+    stale = [r for r in records if r.get("model_source") != latest[r["model"]][1]]
+    if stale:
+        from membench.store import warn
+
+        warn(f"{len(stale)} record(s) of {', '.join(sorted({r['model'] for r in stale}))} were made by an older "
+             "version of the model's source file and are left out; rerun their commands to include them")
+        records = [r for r in records if r.get("model_source") == latest[r["model"]][1]]
     best: dict[tuple, dict[str, Any]] = {}
     for record in records:
         key = (*cell_key(record), record["seed"])

@@ -21,10 +21,10 @@ import json
 import math
 import os
 import pickle
-import random
 import shlex
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -39,10 +39,10 @@ from membench.errors import CheckpointBusy, MembenchError, TrainingPaused
 from membench.integrity import audit_write, checked_retrievals
 from membench.interface import AssociativeMemory, check_constructor_options, resolve_preset
 from membench.provenance import environment, git_state
-from membench.registry import make_task, model_source_digest, resolve_model
+from membench.registry import is_builtin_model, make_task, model_source_digest, model_source_files, resolve_model
 from membench.store import ResultsStore, read_record, warn, writable_folder, write_atomic, write_text_atomic
 from membench.suites import DEFAULT_PRESET, RunSpec, declared_count
-from membench.tasks import Task
+from membench.tasks import Task, seed_all
 from membench.training import load_checkpoint, meta_train, portable, read_checkpoint
 
 # Config fields added after checkpoints were shipped, with their defaults: left out of checkpoint keys
@@ -55,14 +55,6 @@ EVAL_EPISODES_PER_BATCH = 64  # episodes sampled (and written) at once in evalua
 PROBE_STREAM = 1299709  # offset of the seed of the probe batches that audit a model's writes
 TRAIN_SPLIT_STREAM = 15485863  # offset for the train-split check of trained image models
 TRAIN_SPLIT_EPISODES = 100  # train-split episodes evaluated per trained image model (memorisation check)
-
-
-def seed_all(seed: int) -> None:
-    """Seed torch's, NumPy's and Python's global generators: a model drawing from any of them (its initial
-    values, a read's update order) draws the same numbers for the same run, here or in a fresh process."""
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-    random.seed(seed)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -161,13 +153,13 @@ def _ship_one(source: Path, dest: Path, record: dict[str, Any] | None, max_mb: f
             warn(f"kept the shipped {dest.name} (step {shipped['step']}): {source} is not trained as far "
                  f"(step {saved['step']})")
         return None  # what is shipped is portable as it stands and trained at least as far
-    carried = portable(saved)
-    if carried.get("history") is None and record is not None:
+    if saved.get("history") is None and record is not None:  # before `portable` sizes it
         env = record["environment"]
-        carried["history"] = [{"steps": [0, saved["step"]], "train_time_s": round(saved["elapsed_s"], 2),
-                               "device": env["device"], "device_name": env.get("device_name"),
-                               "commit": env.get("git_commit"), "torch": env.get("torch"),
-                               "from_record": record["run_id"]}]
+        saved = {**saved, "history": [{"steps": [0, saved["step"]], "train_time_s": round(saved["elapsed_s"], 2),
+                                       "device": env["device"], "device_name": env.get("device_name"),
+                                       "commit": env.get("git_commit"), "torch": env.get("torch"),
+                                       "from_record": record["run_id"]}]}
+    carried = portable(saved)
     buffer = io.BytesIO()
     torch.save(carried, buffer)
     if buffer.tell() > max_mb * 2**20:
@@ -181,17 +173,22 @@ def build_model(spec: RunSpec, task: Task) -> AssociativeMemory:
     """The run's model: a learned model from its preset (resolved here, once, with the run's options)."""
     cls = resolve_model(spec.model)
     try:
-        if cls.trainable:
-            model = cls.from_spec(task.spec, spec.budget, resolve_preset(cls, task.spec, spec.preset, spec.options))
+        if cls.trainable:  # through from_preset, whatever from_spec a class it inherits from sizes itself with
+            preset = resolve_preset(cls, task.spec, spec.preset, spec.options)
+            model = cls.from_preset(task.spec, spec.budget, preset)
         else:
             check_constructor_options(cls, spec.model, spec.options)
             model = cls.from_spec(task.spec, spec.budget, **spec.options)
     except TypeError as exc:
-        raise MembenchError(f"cannot build model '{spec.model}' with options {spec.options}: {exc}") from None
+        taken = [name for name in inspect.signature(cls.__init__).parameters if name not in ("self", "spec")]
+        its = f" Its options: {', '.join(taken)}" if taken and not cls.trainable else ""
+        raise MembenchError(f"cannot build model '{spec.model}' with options {spec.options}: {exc}.{its}") from None
     if not isinstance(model, AssociativeMemory) or "_parameters" not in vars(model):
         what = ("its __init__ does not call super().__init__() (nn.Module's, first)" if isinstance(model, nn.Module)
-                else f"from_spec returned a {type(model).__name__}, not the model")
+                else f"{'from_preset' if cls.trainable else 'from_spec'} returned a {type(model).__name__}, not the model")
         raise MembenchError(f"model '{spec.model}': {what}")
+    if cls.trainable:
+        model.preset = preset
     return model
 
 
@@ -221,7 +218,8 @@ def is_current(spec: RunSpec, store: ResultsStore) -> bool:
     recorded_source = read_record(store.record_path(spec.run_id)).get("model_source") if digest else None
     if digest is not None and recorded_source != digest:
         why = "changed since its record was made" if recorded_source else "is not in its record (an older membench)"
-        warn(f"{spec.run_id}: the source of {spec.model} ({inspect.getsourcefile(cls)}) {why}; running it again")
+        files = ", ".join(str(path) for path in model_source_files(cls))
+        warn(f"{spec.run_id}: the source of {spec.model} ({files}) {why}; running it again")
         return False
     if not cls.trainable:
         return True
@@ -270,15 +268,11 @@ def load_trained(spec: RunSpec, checkpoint_dir: Path, device: torch.device | str
 
 def audit(model: AssociativeMemory, task: Task, spec: RunSpec, declared: int, device: torch.device
           ) -> StateContract:
-    """Isolated-write checks and the measured count on two probe episodes (membench.integrity); for a model
-    from outside membench, the probe read again in a fresh process (membench.fresh_read)."""
+    """Isolated-write checks and the measured count on two probe episodes (membench.integrity)."""
     generator = torch.Generator().manual_seed(spec.seed + PROBE_STREAM)
     probe = task.sample(2, generator, split="train").to(device)
     other = task.sample(2, generator, split="train").to(device)
-    contract = audit_write(model, probe.patterns, probe.queries, other.patterns, declared, spec.budget, spec.model)
-    if model_source_digest(type(model)) is not None:  # a model from outside membench: read again elsewhere
-        fresh_read.audit(spec, model, probe.patterns, probe.queries, device)
-    return contract
+    return audit_write(model, probe.patterns, probe.queries, other.patterns, declared, spec.budget, spec.model)
 
 
 def evaluate(model: AssociativeMemory, task: Task, spec: RunSpec, device: torch.device, contract: StateContract,
@@ -287,7 +281,8 @@ def evaluate(model: AssociativeMemory, task: Task, spec: RunSpec, device: torch.
     """Per-query errors over ceil(queries / N) fresh episodes of `split` (query every written pattern once).
 
     Every batch's state must meet the probe's `contract` (count and layout); the model writes and reads
-    copies, so the patterns it is scored against are the runner's own."""
+    copies, so the patterns it is scored against are the runner's own. A model from outside membench reads
+    the first test batch again in a fresh process (membench.fresh_read)."""
     offset = EVAL_STREAM if split == "test" else TRAIN_SPLIT_STREAM
     generator = torch.Generator().manual_seed(spec.seed + offset)
     seed_all(spec.seed)  # models that draw random numbers (e.g. update orders) get the same ones
@@ -302,6 +297,8 @@ def evaluate(model: AssociativeMemory, task: Task, spec: RunSpec, device: torch.
             contract.check(state, batch)
             retrievals = checked_retrievals(model.read(sealed(state), episodes.queries.clone()), episodes.queries,
                                             spec.model)
+            if start == 0 and split == "test" and not is_builtin_model(type(model)):  # read again elsewhere
+                fresh_read.audit(spec, model, state, episodes.queries, device)
             if not torch.isfinite(retrievals).all():
                 raise MembenchError(f"model '{spec.model}' returned NaN or inf retrievals (N={task.spec.num_patterns}, "
                                     f"seed={spec.seed}); its read is numerically unstable, so no record was written")
@@ -315,8 +312,27 @@ def execute(spec: RunSpec, store: ResultsStore, device: torch.device, checkpoint
     """Run one spec to completion and save its record; returns the record.
 
     Raises TrainingPaused (no record written) when meta-training reaches `train_time_limit_s`, and
-    CheckpointBusy when another process trains its checkpoint and `wait_for_checkpoint` is off.
+    CheckpointBusy when another process trains its checkpoint and `wait_for_checkpoint` is off. An error
+    raised in the code of a model from outside membench becomes a MembenchError naming its line.
     """
+    try:
+        return _execute(spec, store, device, checkpoint_dir, command, progress, train_time_limit_s,
+                        wait_for_checkpoint)
+    except (MembenchError, CheckpointBusy):
+        raise
+    except Exception as exc:  # noqa: BLE001 (re-raised unless it comes from the user's model)
+        files = {str(path) for path in model_source_files(resolve_model(spec.model))}
+        frames = [frame for frame in traceback.extract_tb(exc.__traceback__) if frame.filename in files]
+        if not frames:
+            raise
+        where = frames[-1]
+        message = " ".join(str(exc).split())[:300]
+        raise MembenchError(f"model '{spec.model}' raised {type(exc).__name__}: {message} (in {where.name}, "
+                            f"{where.filename}, line {where.lineno}); no record was written") from None
+
+
+def _execute(spec: RunSpec, store: ResultsStore, device: torch.device, checkpoint_dir: Path, command: str,
+             progress: bool, train_time_limit_s: float | None, wait_for_checkpoint: bool) -> dict[str, Any]:
     started = time.perf_counter()
     task = make_task(spec.task)
     seed_all(spec.seed)  # initial weights depend on the run's seed, not on earlier runs in this process

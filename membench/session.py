@@ -31,14 +31,14 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path, PurePosixPath
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
 from membench.errors import EXIT_INTERRUPTED, EXIT_PAUSED, MembenchError
 from membench.runner import readable_checkpoint, ship_checkpoints
 from membench.store import completeness, parse_record, read_record, warn, write_atomic
-from membench.training import portable
+from membench.training import portable, weights_only
 
 RESULTS, CHECKPOINTS = "results", "checkpoints"
 CARRY_LIMIT_MB = 16.0  # what a lent machine returns per file
@@ -149,15 +149,16 @@ def pack(archive: Path, since: float, results_dir: Path, checkpoint_dir: Path) -
         if (path.is_file() and path.stat().st_mtime >= since and relative.parts[0] != CHECKPOINTS
                 and not any(part.startswith(".") for part in relative.parts)):
             members[str(PurePosixPath(RESULTS, *relative.parts))] = path.read_bytes()
+    resumable: dict[str, bytes] = {}  # unfinished checkpoints with their optimiser state, where room remains
     for path in sorted(checkpoint_dir.glob("*.pt"), key=lambda p: p.stat().st_size):  # smallest first
         if path.stat().st_mtime < since or (saved := readable_checkpoint(path)) is None:
             continue
         shipped = results_dir / CHECKPOINTS / path.name
         if shipped.exists() and saved["step"] <= ((readable_checkpoint(shipped) or {}).get("step") or 0):
             continue  # only copied from the shipped one (used, not trained further)
-        buffer = io.BytesIO()
-        torch.save(portable(saved), buffer)
-        members[f"{CHECKPOINTS}/{path.name}"] = buffer.getvalue()
+        members[f"{CHECKPOINTS}/{path.name}"] = _saved_bytes(weights_only(saved))
+        if "optimizer" in (carried := portable(saved)):
+            resumable[f"{CHECKPOINTS}/{path.name}"] = _saved_bytes(carried)
     limit = CARRY_LIMIT_MB * 2**20 - 2**16  # tar and gzip headers; weights barely compress
     volumes: list[dict[str, bytes]] = [{}]
     for name, data in members.items():  # results files first: they are what a session is for
@@ -171,6 +172,12 @@ def pack(archive: Path, since: float, results_dir: Path, checkpoint_dir: Path) -
                  f"machine unless it finishes (and is evaluated) within one session")
             continue
         fits[0][name] = data
+    for name, data in resumable.items():  # then AdamW's state for unfinished ones, smallest first, where it fits
+        home = next((v for v in volumes if name in v), None)
+        room = [v for v in volumes if sum(map(len, v.values())) - len(v.get(name, b"")) + len(data) <= limit]
+        if home is not None and room:
+            del home[name]
+            room[0][name] = data
 
     def writer(volume: dict[str, bytes]):
         def write(handle) -> None:
@@ -186,6 +193,12 @@ def pack(archive: Path, since: float, results_dir: Path, checkpoint_dir: Path) -
     for number in range(len(volumes) + 1, MAX_VOLUMES + 1):  # an earlier, larger pack's volumes would unpack too
         volume_path(archive, number).unlink(missing_ok=True)
     return [name for volume in volumes for name in volume]
+
+
+def _saved_bytes(checkpoint: dict[str, Any]) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    return buffer.getvalue()
 
 
 def _is_record(name: str) -> bool:

@@ -7,14 +7,38 @@ one of them once, corrupted; query i belongs to pattern i. All sampling uses a C
 from __future__ import annotations
 
 import abc
+import contextlib
 import math
+import random
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
+import numpy as np
 import torch
 
 from membench.errors import MembenchError
 from membench.interface import TaskSpec
+
+
+def seed_all(seed: int) -> None:
+    """Seed torch's, NumPy's and Python's global generators: a model drawing from any of them (its initial
+    values, a read's update order) draws the same numbers for the same run, here or in a fresh process."""
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+@contextlib.contextmanager
+def forked_generators(device: torch.device) -> Iterator[None]:
+    """Inside, the global generators (torch's, on `device` too, NumPy's, Python's) may be reseeded; after,
+    they are as before."""
+    saved = np.random.get_state(), random.getstate()
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            yield
+    finally:
+        np.random.set_state(saved[0])
+        random.setstate(saved[1])
 
 
 def check_positive(name: str, value: int) -> None:

@@ -161,6 +161,22 @@ _OWN = textwrap.dedent('''
     class Flattened(Soft):
         def write(self, patterns):
             return patterns.flatten(0, 1).clone()
+
+
+    class HalfView(Soft):
+        def memory_floats(self, spec):
+            return spec.num_patterns * spec.pattern_size // 2
+
+        def write(self, patterns):
+            return patterns[..., : self.spec.pattern_size // 2]
+
+        def read(self, state, queries):
+            return queries.clamp(0, 1)
+
+
+    class Raises(Soft):
+        def read(self, state, queries):
+            return state @ queries  # (B, N, D) @ (B, N, D): the shapes do not fit
 ''')
 
 _OWN_LEARNED = TINY_MODEL + textwrap.dedent('''
@@ -180,6 +196,32 @@ _OWN_LEARNED = TINY_MODEL + textwrap.dedent('''
         @classmethod
         def presets(cls, spec, options):
             return {"quick": super().presets(spec, options)["quick"].train}
+
+
+    class SizedByBudget(TinyLearned):
+        """A budget-sized model (its own from_spec), the base of a learned one."""
+
+        trainable = False
+
+        def __init__(self, spec):
+            super().__init__(spec, TinyConfig())
+
+        @classmethod
+        def from_spec(cls, spec, budget, preset="quick", **options):
+            return cls(spec, **options)
+
+
+    class LearnedSoft(SizedByBudget):
+        """Learned: built through from_preset, whatever from_spec it inherits."""
+
+        trainable = True
+
+        def __init__(self, spec, config):
+            TinyLearned.__init__(self, spec, config)
+
+        @classmethod
+        def presets(cls, spec, options):
+            return TinyLearned.presets(spec, options)
 
 
     class NaNAfterOneStep(TinyLearned):
@@ -202,6 +244,10 @@ _OWN_LEARNED = TINY_MODEL + textwrap.dedent('''
     ("BoolRead", [], ["read returned a Tensor of shape (", "dtype torch.bool", "a plain floating torch.Tensor"]),
     ("Flattened", [], ["differs from what the model declares", "state has shape (32, 128), not B = 2 episodes "
                                                                  "first, so it counts whole for each episode"]),
+    ("HalfView", [], ["differs from what the model declares", "state is a view of a larger storage, 4096 values",
+                      "e.g. .clone()"]),
+    ("Raises", [], ["model 'own:Raises' raised RuntimeError: ", "(in read, ", "own.py, line "]),
+    ("Soft", ["--option", "bta=2"], ["unexpected keyword argument 'bta'", "Its options: beta"]),
 ])
 def test_a_model_that_breaks_the_contract_is_told_how_in_one_line(tmp_path, monkeypatch, model, options, fragments):
     (tmp_path / "own.py").write_text(_OWN)
@@ -222,6 +268,15 @@ def test_a_learned_model_that_breaks_the_contract_is_told_how_in_one_line(tmp_pa
     monkeypatch.chdir(tmp_path)
     _one_clear_line(_invoke("run", "--model", f"own_learned:{model}", "--num-patterns", "16", "--queries", "32",
                             "--out", "out", "--checkpoint-dir", "ck", "--no-progress"), *fragments, exit_code=1)
+
+
+def test_a_learned_model_built_on_a_budget_sized_one_is_built_from_its_preset(tmp_path, monkeypatch):
+    """The from_spec it inherits (a budget-sized base) is not the learned model's way in: from_preset is."""
+    (tmp_path / "own_learned.py").write_text(_OWN_LEARNED)
+    monkeypatch.chdir(tmp_path)
+    result = _invoke("run", "--model", "own_learned:LearnedSoft", "--num-patterns", "16", "--queries", "32",
+                     "--out", "out", "--checkpoint-dir", "ck", "--no-progress")
+    assert result.exit_code == 0 and "1 run(s) executed" in result.output, result.output
 
 
 def test_an_int_for_a_float_option_and_a_fraction_where_annotated_float_are_taken(tmp_path):

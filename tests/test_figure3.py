@@ -198,13 +198,16 @@ class MeanImage(AssociativeMemory):
 def test_a_model_no_curve_names_gets_a_curve_at_memory_networks_sizes(data_root, tmp_path, monkeypatch):
     """Your own memory on Figure 3: one run per memory size of the Memory Networks curve (the quick preset's two),
     drawn as its own curve."""
-    (tmp_path / "mean_image.py").write_text(MEAN_IMAGE)
-    monkeypatch.chdir(tmp_path)
+    work = tmp_path / "work"  # not beside the images: ./data would find them
+    work.mkdir()
+    (work / "mean_image.py").write_text(MEAN_IMAGE)
+    monkeypatch.chdir(work)
+    monkeypatch.delenv("MEMBENCH_DATA")  # --data-dir only: the fresh-process read must find the images too
     result = CliRunner().invoke(main, ["run", "--suite", "fig3-cifar", "--model", "mean_image:MeanImage", "--queries",
-                                       "64", "--out", "out", "--no-progress"])
+                                       "64", "--out", "out", "--no-progress", "--data-dir", str(data_root)])
     assert result.exit_code == 0, result.output
-    records = ResultsStore(tmp_path / "out").records()
+    records = ResultsStore(work / "out").records()
     assert sorted(r["budget"] for r in records) == [3072, 8192] and {r["memory_floats"] for r in records} == {3072}
-    figures = CliRunner().invoke(main, ["figures", "--out", "out", "--no-grids"])
+    figures = CliRunner().invoke(main, ["figures", "--out", "out", "--no-grids", "--data-dir", str(data_root)])
     assert figures.exit_code == 0, figures.output
-    assert re.search(r"\| mean_image:MeanImage +\| +3\.07 ", (tmp_path / "out" / "fig3.md").read_text())
+    assert re.search(r"\| mean_image:MeanImage +\| +3\.07 ", (work / "out" / "fig3.md").read_text())

@@ -115,8 +115,14 @@ def test_workers_use_the_drivers_data_folder_and_provenance(local_ray, tmp_path,
     root = write_fixture_data(tmp_path / "elsewhere")
     monkeypatch.delenv("MEMBENCH_DATA", raising=False)
     monkeypatch.setattr(datasets, "_data_dir_override", root)
-    specs = SUITES["fig3-omniglot"].expand("fig3-omniglot", ("raw_slots",), (0,), 16, "quick", num_patterns=(16,))
-    made = run_all(specs[:1], tmp_path / "out", device="cpu", progress=False, launcher="ray")
+    monkeypatch.setenv("MEMBENCH_GIT_COMMIT", "the-drivers")  # set after the workers started: only passed on
+    monkeypatch.setenv("MEMBENCH_GIT_DIRTY", "1")
+    git_state.cache_clear()
+    try:
+        specs = SUITES["fig3-omniglot"].expand("fig3-omniglot", ("raw_slots",), (0,), 16, "quick",
+                                               num_patterns=(16,))
+        made = run_all(specs[:1], tmp_path / "out", device="cpu", progress=False, launcher="ray")
+    finally:
+        git_state.cache_clear()
     assert len(made) == 1
-    commit, dirty = git_state()
-    assert (made[0]["environment"]["git_commit"], made[0]["environment"]["git_dirty"]) == (commit, dirty)
+    assert (made[0]["environment"]["git_commit"], made[0]["environment"]["git_dirty"]) == ("the-drivers", True)

@@ -219,6 +219,33 @@ def test_pack_splits_into_volumes_a_lent_machine_returns_and_leaves_out_what_fit
     assert not (tmp_path / "s-2.tgz").exists()
 
 
+def test_pack_carries_optimiser_states_only_where_room_remains(tmp_path: Path, monkeypatch):
+    """Every checkpoint goes in weights only first (a finished one is never pushed out); then unfinished ones
+    take their AdamW state, smallest first, while a volume has room for it."""
+    from membench import session
+
+    monkeypatch.setattr(session, "CARRY_LIMIT_MB", 0.27)  # one volume of 283 kB less 64 kB of headroom: 217 kB
+    monkeypatch.setattr(session, "MAX_VOLUMES", 1)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+
+    def unfinished(size: int) -> dict:
+        weights = torch.rand(size)
+        return {**_checkpoint(weights, step=3), "config": {"steps": 10},
+                "optimizer": {"state": {0: {"exp_avg": torch.rand(size), "exp_avg_sq": torch.rand(size)}},
+                              "param_groups": [{"params": [0], "lr": 0.1}]}}
+
+    for name in ("a", "b"):  # 24 kB of weights (and 5 kB of generator state), 72 kB with AdamW's state
+        torch.save(unfinished(6_000), cache / f"{name}.pt")
+    torch.save(_checkpoint(torch.rand(20_000), step=10) | {"config": {"steps": 10}}, cache / "done.pt")  # 80 kB
+    names = session.pack(tmp_path / "s.tgz", 0.0, tmp_path / "results", cache)
+    assert sorted(names) == ["checkpoints/a.pt", "checkpoints/b.pt", "checkpoints/done.pt"]
+    with tarfile.open(tmp_path / "s.tgz") as tar:
+        packed = {m.name: torch.load(tar.extractfile(m), weights_only=True) for m in tar.getmembers()}
+    assert sorted("optimizer" in c for c in packed.values()) == [False, False, True]  # room for one state only
+    assert "optimizer" not in packed["checkpoints/done.pt"]
+
+
 def test_unpack_keeps_a_record_with_more_queries_than_the_archives(tmp_path: Path):
     """A record arriving in an archive replaces the one here only when it is at least as good (report.distinct's
     rule: more queries, then the later finish)."""

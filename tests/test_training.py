@@ -197,6 +197,11 @@ def test_a_model_of_yours_whose_code_changed_is_run_and_trained_again(tmp_path: 
     assert ["1 run(s) executed" in o.output for o in outputs] == [True, False, True]
     assert "edited_model:TinyLearned (" in outputs[2].output and "changed since its record was made" in outputs[2].output
     assert len(list((tmp_path / "ck").glob("*.pt"))) == 2  # trained again under a new key
+    source.write_text(TINY_MODEL + "\n# another edit\n")  # seed 1 with the new code; seed 0's record is older
+    other_seed = CliRunner().invoke(main, [*args, "--seeds", "1"])
+    assert other_seed.exit_code == 0 and "1 run(s) executed" in other_seed.output, other_seed.output
+    assert "1 record(s) of edited_model:TinyLearned were made by an older version" in other_seed.output
+    assert "seeds: 1;" in other_seed.output  # the two versions never pool in one cell
 
 
 def test_weights_only_checkpoint_resumes_with_a_fresh_optimiser(tmp_path: Path, capsys):
