@@ -78,14 +78,18 @@ def model_source_digest(cls: type) -> str | None:
         return None
 
 
+def is_builtin_file(path: Path) -> bool:
+    """True for a (resolved) file of this checkout's packages."""
+    return any(path.is_relative_to(folder) for folder in BUILTIN_DIRS)
+
+
 def is_builtin_model(cls: type) -> bool:
     """True for a class defined in this checkout's packages; False for any other (one with no source file,
     defined interactively or in a script's __main__, too)."""
     try:
-        source = Path(inspect.getsourcefile(cls)).resolve()
+        return is_builtin_file(Path(inspect.getsourcefile(cls)).resolve())
     except TypeError:
         return False
-    return any(source.is_relative_to(folder) for folder in BUILTIN_DIRS)
 
 
 def model_source_files(cls: type) -> list[Path]:

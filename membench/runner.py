@@ -39,7 +39,7 @@ from membench.errors import CheckpointBusy, MembenchError, TrainingPaused
 from membench.integrity import audit_write, checked_retrievals
 from membench.interface import AssociativeMemory, check_constructor_options, resolve_preset
 from membench.provenance import environment, git_state
-from membench.registry import is_builtin_model, make_task, model_source_digest, model_source_files, resolve_model
+from membench.registry import is_builtin_file, is_builtin_model, make_task, model_source_digest, model_source_files, resolve_model
 from membench.store import ResultsStore, read_record, warn, writable_folder, write_atomic, write_text_atomic
 from membench.suites import DEFAULT_PRESET, RunSpec, declared_count
 from membench.tasks import Task, seed_all
@@ -321,9 +321,10 @@ def execute(spec: RunSpec, store: ResultsStore, device: torch.device, checkpoint
     except (MembenchError, CheckpointBusy):
         raise
     except Exception as exc:  # noqa: BLE001 (re-raised unless it comes from the user's model)
-        files = {str(path) for path in model_source_files(resolve_model(spec.model))}
-        frames = [frame for frame in traceback.extract_tb(exc.__traceback__) if frame.filename in files]
-        if not frames:
+        files = set(model_source_files(resolve_model(spec.model)))
+        stack = traceback.extract_tb(exc.__traceback__)
+        frames = [frame for frame in stack if Path(frame.filename).resolve() in files]
+        if not frames or is_builtin_file(Path(stack[-1].filename).resolve()):  # membench's own error: as it is
             raise
         where = frames[-1]
         message = " ".join(str(exc).split())[:300]

@@ -585,3 +585,16 @@ def test_an_option_a_model_does_not_take_is_refused(tmp_path):
 def test_an_empty_item_in_a_list_of_numbers_is_refused(tmp_path):
     result = _invoke("run", "--num-patterns", "16,,32", "--out", str(tmp_path), "--no-progress")
     _one_clear_line(result, "expected comma-separated integers such as 16,32; got '16,,32'", exit_code=2)
+
+
+def test_an_error_in_a_model_reached_through_a_symlink_is_still_named(tmp_path, monkeypatch):
+    """The traceback's file names are the symlinked ones, the model's source files resolved: both compared
+    resolved."""
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "own.py").write_text(_OWN)
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path / "link"))  # imported as link/own.py
+    monkeypatch.delitem(sys.modules, "own", raising=False)
+    _one_clear_line(_invoke("run", "--model", "own:Raises", "--num-patterns", "16", "--queries", "32", "--out", "out",
+                            "--no-progress"), "model 'own:Raises' raised RuntimeError: ", exit_code=1)
