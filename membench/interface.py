@@ -5,16 +5,21 @@ A memory is used in two phases, batched over B independent episodes:
     state = model.write(patterns)            # patterns (B, N, *S) -> state
     retrievals = model.read(state, queries)  # queries (B, Q, *S) -> retrievals (B, Q, *S)
 
-The contract, which the runner checks on every run (membench.budget, membench.integrity):
+The contract, which the runner checks on every run (membench.budget, membench.integrity,
+membench.fresh_read):
 - everything the memory knows about the written set lives in the returned state: tensors
   (or tuples, lists, dicts and dataclasses of them) with the B episodes on their first
-  dimension. The runner counts the values in that state (a tensor's storage bytes / 4, so
-  other dtypes do not escape the count) and refuses a run whose count differs from
-  `memory_floats` or exceeds the budget. `read` is given a copy of the measured values
-  alone (`membench.budget.sealed`: new tensors, plain containers), so nothing hidden
-  beside them (an attribute on a tensor, a cache keyed by the state object) reaches it;
+  dimension, laid out alike by every write of a run. The runner counts the values in that
+  state (every storage byte / 4, so other dtypes do not escape the count) and refuses a run
+  whose count differs from `memory_floats` or exceeds the budget. `read` is given a copy of
+  the measured values alone (`membench.budget.sealed`: new tensors, plain containers), so
+  nothing hidden beside them (an attribute on a tensor, a cache keyed by the state object)
+  reaches it, and returns a plain floating tensor;
 - `write` leaves the model unchanged (parameters, buffers and plain attributes), and an
-  episode's retrievals depend on that episode alone.
+  episode's retrievals depend on that episode alone;
+- a model from outside membench reads the same from the same state in a fresh interpreter,
+  rebuilt from its run and weights (no module-level table stands in for the state).
+A learned model is built through `from_preset`; any other through `from_spec`.
 
 Models that must be meta-trained set `trainable = True`, list their presets with
 `presets` (each a `Preset`: the model's configuration and its `TrainConfig`), build from
@@ -206,9 +211,10 @@ class AssociativeMemory(nn.Module, abc.ABC):
                   **options: Any) -> "AssociativeMemory":
         """Build the model for a task and a float32 budget.
 
-        Learned models: `preset` is a name (resolved here with `options`) or the Preset the
-        runner resolved; the model comes from `from_preset`. Others: `cls(spec, **options)`;
-        override to size the model to the budget (e.g. as many slots as fit).
+        Learned models: `preset` is a name (resolved here with `options`) or a resolved Preset; the
+        model comes from `from_preset` (the runner calls that directly, so an override here does not
+        change how a learned model is built for a run). Others: `cls(spec, **options)`; override to
+        size the model to the budget (e.g. as many slots as fit).
         """
         if not cls.trainable:
             return cls(spec, **options)
