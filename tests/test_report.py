@@ -160,3 +160,17 @@ def test_a_record_without_a_torch_version_is_reported(tmp_path):
     del saved["environment"]["torch"]
     path.write_text(json.dumps(saved))
     assert "raw_slots" in table1(tmp_path)
+
+
+def test_a_cell_never_pools_two_versions_of_a_models_source():
+    """Within a cell only the latest record's source counts; a cell the new version never ran keeps the old."""
+    from membench.report import distinct
+
+    def record(n, seed, source, finished):
+        return {"run_id": f"{n}-{seed}-{source}", "model": "mine:M", "task": {"kind": "binary", "num_patterns": n},
+                "budget": 8256, "options": {}, "preset": "quick", "seed": seed, "model_source": source,
+                "finished_at": finished, "errors": [0.0] * n, "num_queries": n}
+
+    kept, _ = distinct([record(16, 0, "old", "2026-01-01"), record(16, 1, "new", "2026-01-02"),
+                        record(32, 0, "old", "2026-01-01")])
+    assert sorted((r["task"]["num_patterns"], r["model_source"]) for r in kept) == [(16, "new"), (32, "old")]
