@@ -186,9 +186,14 @@ def measure_state(state: Any, batch_size: int, model_name: str = "model") -> int
     every view has first dimension `batch_size` are shared among the episodes, any other storage
     counts whole for each. A Python number counts as one value.
     """
+    return _measured(state, batch_size, model_name)[0]
+
+
+def _measured(state: Any, batch_size: int, model_name: str) -> tuple[int, tuple]:
+    """(`measure_state`, `state_layout`) of `state`, from one walk."""
     extents: dict[str, list[tuple[int, int, bool]]] = {}
-    total = 0.0
-    for _, leaf in _walk(state, "state", batch_size, model_name, []):
+    total, layout = 0.0, []
+    for _, leaf in _walk(state, "state", batch_size, model_name, layout):
         if not isinstance(leaf, (torch.Tensor, np.ndarray)):
             total += 4
             continue
@@ -205,7 +210,7 @@ def measure_state(state: Any, batch_size: int, model_name: str = "model") -> int
                 high, per_episode = max(high, spans[index][1]), per_episode and spans[index][2]
                 index += 1
             total += (high - low) / batch_size if per_episode else high - low
-    return math.ceil(total / 4 - 1e-9)
+    return math.ceil(total / 4 - 1e-9), tuple(layout)
 
 
 def _count_hint(state: Any, batch_size: int, model_name: str) -> str:
@@ -225,7 +230,11 @@ def _count_hint(state: Any, batch_size: int, model_name: str) -> str:
 
 def check_measured(state: Any, batch_size: int, declared: int, budget: int, model_name: str) -> int:
     """Measure `state`; OverBudgetError when it exceeds `budget` or differs from `declared`."""
-    measured = measure_state(state, batch_size, model_name)
+    return _checked_count(measure_state(state, batch_size, model_name), state, batch_size, declared, budget,
+                          model_name)
+
+
+def _checked_count(measured: int, state: Any, batch_size: int, declared: int, budget: int, model_name: str) -> int:
     if measured > budget or measured != declared:
         problem = "exceeds the budget" if measured > budget else "differs from what the model declares"
         raise OverBudgetError(
@@ -248,8 +257,9 @@ class StateContract:
     def check(self, state: Any, batch_size: int) -> None:
         """MembenchError (OverBudgetError for the count) unless `state` holds `floats` values per episode
         laid out as the probe's state was."""
-        check_measured(state, batch_size, self.floats, self.budget, self.model_name)
-        layout, probe = state_layout(state, batch_size, self.model_name), self.layout
+        measured, layout = _measured(state, batch_size, self.model_name)
+        _checked_count(measured, state, batch_size, self.floats, self.budget, self.model_name)
+        probe = self.layout
         if batch_size == 1:  # a leading 1 is then both a shared leaf's size and the episode dimension
             layout, probe = _ones(layout), _ones(probe)
         if layout != probe:

@@ -34,7 +34,6 @@ import dataclasses
 import inspect
 import typing
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Any, ClassVar, Mapping
 
 import torch
@@ -119,10 +118,9 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _check_option_type(label: str, config: Any, key: str, value: Any, kind: type | None = None) -> None:
+def _check_option_type(label: str, key: str, value: Any, default: Any, kind: type | None = None) -> None:
     """MembenchError unless `value` has the type `kind` (int, float, bool or str; default: the type of the
-    field's default): a typo'd number does not fail deep inside a model."""
-    default = getattr(config, key.split(".")[-1])
+    option's `default`): a typo'd number does not fail deep inside a model."""
     kind = kind or type(default)
     expected = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}.get(kind)
     if expected and (not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected)):
@@ -142,7 +140,7 @@ def check_constructor_options(cls: type, label: str, options: Mapping[str, Any])
     for key, value in options.items():
         if key in parameters and parameters[key].default is not inspect.Parameter.empty:
             declared = hints.get(key)  # `degree: float = 3` takes 2.5
-            _check_option_type(label, SimpleNamespace(**{key: parameters[key].default}), key, value,
+            _check_option_type(label, key, value, parameters[key].default,
                                declared if declared in (bool, int, float, str) else None)
 
 
@@ -185,7 +183,7 @@ def resolve_preset(cls: type["AssociativeMemory"], spec: TaskSpec, name: str,
             raise MembenchError(f"model '{label}' has no option {', '.join(repr(prefix + u) for u in unknown)}. "
                                 f"Its options: {', '.join(prefix + f for f in sorted(fields))}")
         for key, value in given.items():
-            _check_option_type(label, config, prefix + key, value)
+            _check_option_type(label, prefix + key, value, getattr(config, key))
     return Preset(dataclasses.replace(preset.model, **model_options),
                   dataclasses.replace(preset.train, **train_options))
 

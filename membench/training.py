@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import io
 import math
 import pickle
 import signal
@@ -94,15 +93,25 @@ RESUME_STATE_MAX_MB = 8.0  # an unfinished checkpoint carried elsewhere keeps Ad
 def portable(saved: dict[str, Any]) -> dict[str, Any]:
     """What is shipped or carried of a checkpoint: the weights (`weights_only`) and, while its training is
     unfinished, its optimiser state (on the CPU), so the next machine's AdamW continues where this one
-    stopped, unless that makes the file larger than RESUME_STATE_MAX_MB (then it restarts there, and the
-    history's stretch says so)."""
+    stopped, unless its tensors would then hold more than RESUME_STATE_MAX_MB (then it restarts there, and
+    the history's stretch says so)."""
     light = weights_only(saved)
     unfinished = saved["step"] < (saved.get("config") or {}).get("steps", 0)
     if not unfinished or "optimizer" not in saved:
         return light
-    buffer = io.BytesIO()
-    torch.save({**light, "optimizer": _on_cpu(saved["optimizer"])}, buffer)
-    return {**light, "optimizer": _on_cpu(saved["optimizer"])} if buffer.tell() <= RESUME_STATE_MAX_MB * 2**20 else light
+    carried = {**light, "optimizer": _on_cpu(saved["optimizer"])}
+    return carried if _tensor_bytes(carried) <= RESUME_STATE_MAX_MB * 2**20 else light
+
+
+def _tensor_bytes(value: Any) -> int:
+    """Bytes of the tensors in `value` (nested dicts and lists): what a saved checkpoint's size is made of."""
+    if isinstance(value, torch.Tensor):
+        return value.nbytes
+    if isinstance(value, dict):
+        return sum(map(_tensor_bytes, value.values()))
+    if isinstance(value, list):
+        return sum(map(_tensor_bytes, value))
+    return 0
 
 
 def read_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
@@ -209,13 +218,14 @@ class EpisodeStream:
         else:
             drawn = (self._next or self._pool.submit(self._draw, step)).result()
             self._next = None
-        self._state = self.generator.get_state()
-        if self._pool is not None and step + 1 < self.config.steps:
-            self._next = self._pool.submit(self._draw, step + 1)
+        if self._pool is not None:  # the state before the batch about to be drawn ahead
+            self._state = self.generator.get_state()
+            if step + 1 < self.config.steps:
+                self._next = self._pool.submit(self._draw, step + 1)
         return drawn
 
     def generator_state(self) -> torch.Tensor:
-        return self._state
+        return self.generator.get_state() if self._pool is None else self._state
 
     def close(self) -> None:
         if self._pool is not None:
