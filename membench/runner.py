@@ -210,12 +210,14 @@ def is_current(spec: RunSpec, store: ResultsStore) -> bool:
     """True when `spec` has a complete record made with today's definition of its preset and, for a model
     from outside membench, today's source file (`registry.model_source_digest`). A learned model's run id
     names its preset, not the preset's fields: a record made before the preset changed is stale (warned
-    about), and its run is done again. Records without a stored preset are taken as current."""
+    about), and its run is done again. A record older than stored presets is judged by the training fields
+    it does hold (`training.config`); one holding neither is taken as current."""
     if not store.has(spec.run_id):
         return False
     cls = resolve_model(spec.model)
+    record = read_record(store.record_path(spec.run_id))
     digest = model_source_digest(cls)
-    recorded_source = read_record(store.record_path(spec.run_id)).get("model_source") if digest else None
+    recorded_source = record.get("model_source")
     if digest is not None and recorded_source != digest:
         why = "changed since its record was made" if recorded_source else "is not in its record (an older membench)"
         files = ", ".join(str(path) for path in model_source_files(cls))
@@ -223,12 +225,16 @@ def is_current(spec: RunSpec, store: ResultsStore) -> bool:
         return False
     if not cls.trainable:
         return True
-    recorded = read_record(store.record_path(spec.run_id)).get("preset_config")
-    today = resolve_preset(cls, make_task(spec.task).spec, spec.preset, spec.options).to_dict()
-    if recorded is None or comparable_preset(recorded) == comparable_preset(today):
-        return True
-    warn(f"{spec.run_id}: its record was made with an older definition of preset '{spec.preset}'; running it again")
-    return False
+    today = comparable_preset(resolve_preset(cls, make_task(spec.task).spec, spec.preset, spec.options).to_dict())
+    recorded = record.get("preset_config")
+    if recorded is not None:
+        current = comparable_preset(recorded) == today
+    else:
+        trained = json.loads(json.dumps((record.get("training") or {}).get("config") or {}, default=str))
+        current = all(today["train"].get(name, value) == value for name, value in trained.items())
+    if not current:
+        warn(f"{spec.run_id}: its record was made with an older definition of preset '{spec.preset}'; running it again")
+    return current
 
 
 def checkpoint_key(spec: RunSpec, model: AssociativeMemory, task: Task) -> str:

@@ -362,8 +362,17 @@ def test_a_record_made_with_an_older_preset_is_run_again(tmp_path: Path, monkeyp
     changed(steps=7)
     rerun = CliRunner().invoke(main, args)
     assert rerun.exit_code == 0 and "older definition of preset 'quick'; running it again" in rerun.output
-    (record,) = [json.loads(p.read_text()) for p in (tmp_path / "out" / "runs").glob("*.json")]
+    (path,) = (tmp_path / "out" / "runs").glob("*.json")
+    record = json.loads(path.read_text())
     assert record["training"]["steps"] == 7 and record["preset_config"]["train"]["steps"] == 7
+    del record["preset_config"]  # a record from before presets were stored: judged by its training config
+    path.write_text(json.dumps(record))
+    same = CliRunner().invoke(main, args)
+    assert same.exit_code == 0 and "0 run(s) executed" in same.output and "older definition" not in same.output
+    changed(steps=9)
+    older = CliRunner().invoke(main, args)
+    assert older.exit_code == 0 and "older definition of preset 'quick'; running it again" in older.output
+    assert json.loads(path.read_text())["training"]["steps"] == 9
 
 
 def test_a_resumed_model_makes_no_step_once_the_time_is_up(tmp_path: Path):
