@@ -105,6 +105,7 @@ def run_session(runs: Sequence[str], copies: int, train_time_limit_s: float, dev
             print(f"== skipped membench {shlex.join(command)}: the session's training time is spent", flush=True)
             statuses.append(EXIT_PAUSED)
             continue
+        print(f"== membench {shlex.join(command)}", flush=True)  # its output follows, unprefixed
         process = subprocess.Popen([sys.executable, "-m", "membench.cli", *command])
         statuses += [EXIT_PAUSED if status == EXIT_INTERRUPTED else status
                      for status in finish([process], clock + train_time_limit_s)]

@@ -288,7 +288,7 @@ def test_a_session_times_updates_first_and_packs_their_rows(tmp_path: Path, monk
     skipped = CliRunner().invoke(main, [*no_time, "--time", timing])
     assert skipped.exit_code == EXIT_PAUSED and "== skipped membench throughput" in skipped.output, skipped.output
     result = CliRunner().invoke(main, [*session, "--time", timing])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 0 and f"== membench throughput {timing}" in result.output, result.output
     with tarfile.open(tmp_path / "out" / "session.tgz") as tar:
         rows = pd.read_csv(tar.extractfile("results/bench/throughput.csv"))
     assert rows[["model", "device", "batch_size", "num_patterns"]].values.tolist() == [["memory_networks", "cpu", 1, 8]]
