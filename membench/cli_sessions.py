@@ -35,7 +35,7 @@ def ship(out, checkpoint_dir, files) -> None:
     """Write the checkpoints behind OUT's trained records (and any --checkpoint), weights only (an unfinished
     one with its optimiser state where small), into
     results/checkpoints (committed with them); a shipped checkpoint is replaced only by one trained further."""
-    from membench.runner import default_checkpoint_dir, ship_checkpoints
+    from membench.checkpoints import default_checkpoint_dir, ship_checkpoints
     from membench.training import read_checkpoint
 
     if not files and not (out / "runs").is_dir():
@@ -164,7 +164,7 @@ def _timing_command(args: str, device: str, table: Path) -> list[str]:
 def pack(archive, mark, results, checkpoint_dir) -> None:
     """Pack what a session made (new results files, new checkpoints: `training.portable`) into an archive (and up to
     three volumes of at most 16 MB beside it) to carry back; `membench unpack` adds them to a checkout."""
-    from membench.runner import default_checkpoint_dir
+    from membench.checkpoints import default_checkpoint_dir
     from membench.session import pack as pack_archive
 
     if not results.is_dir():

@@ -315,7 +315,7 @@ def figures(out_dir: Path, reference: Path | None = DEFAULT_REFERENCE, checkpoin
 
     Grids use each curve's largest-memory run. Returns (markdown summary, written paths).
     """
-    from membench.runner import default_checkpoint_dir
+    from membench.checkpoints import default_checkpoint_dir
 
     out_dir = Path(out_dir)
     records = image_records(out_dir)

@@ -16,7 +16,7 @@ in volumes of at most 16 MB, four at most (session.tgz, session-2.tgz, ...: what
 Here, `unpack` checks every member before writing anything (plain files under those two folders,
 no absolute or parent paths, nothing into results/checkpoints), writes the results files into the
 checkout (the throughput table's rows merged into the local one) and ships the checkpoints into its
-results/checkpoints (`runner.ship_checkpoints`: a shipped one is replaced only by one trained
+results/checkpoints (`checkpoints.ship_checkpoints`: a shipped one is replaced only by one trained
 further), so the next session's same command resumes from them.
 """
 from __future__ import annotations
@@ -36,7 +36,7 @@ from typing import Any, Sequence
 import torch
 
 from membench.errors import EXIT_INTERRUPTED, EXIT_PAUSED, MembenchError
-from membench.runner import readable_checkpoint, ship_checkpoints
+from membench.checkpoints import readable_checkpoint, ship_checkpoints
 from membench.store import completeness, parse_record, read_record, warn, write_atomic
 from membench.training import portable, weights_only
 

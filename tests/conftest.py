@@ -13,10 +13,10 @@ SHARED = REPO_ROOT.parent / "shared"
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch, tmp_path):
     """Every test gets its own checkpoint cache, no shipped checkpoints and full float32 precision."""
-    from membench import runner
+    from membench import checkpoints
 
     monkeypatch.setenv("MEMBENCH_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(runner, "SHIPPED_CHECKPOINTS", tmp_path / "shipped")
+    monkeypatch.setattr(checkpoints, "SHIPPED_CHECKPOINTS", tmp_path / "shipped")
     torch.set_float32_matmul_precision("highest")
 
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from membench import runner
+from membench import checkpoints
 from membench.cli import main
 from membench.errors import EXIT_INTERRUPTED, EXIT_PAUSED
 from membench.session import finish, run_session
@@ -70,7 +70,7 @@ def test_a_session_archive_carries_new_results_and_paused_training_home(tmp_path
     shipped = {p.name: torch.load(p, weights_only=False) for p in shipped_dir.glob("*.pt")}
     assert {c["step"]: "optimizer" in c for c in shipped.values()} == {1: True, 6: False}  # AdamW's while unfinished
 
-    monkeypatch.setattr(runner, "SHIPPED_CHECKPOINTS", shipped_dir)  # machine 2 runs from that checkout
+    monkeypatch.setattr(checkpoints, "SHIPPED_CHECKPOINTS", shipped_dir)  # machine 2 runs from that checkout
     resumed = CliRunner().invoke(main, [*run, "--num-patterns", "16", "--budget", "200", "--out", "m2",
                                         "--checkpoint-dir", "m2/ck"])
     assert resumed.exit_code == 0 and "holds weights only" not in resumed.output, resumed.output

@@ -235,7 +235,7 @@ def test_weights_only_checkpoint_resumes_with_a_fresh_optimiser(tmp_path: Path, 
 def test_ship_rewrites_an_old_shipped_checkpoint_without_its_optimiser(tmp_path: Path, monkeypatch):
     """A checkpoint shipped before `ship` stripped optimiser states (and before histories were kept) is
     rewritten weights only, its history taken from the record that trained it; the weights are unchanged."""
-    from membench.runner import ship_checkpoints
+    from membench.checkpoints import ship_checkpoints
 
     (tmp_path / "tiny_learned.py").write_text(TINY_MODEL)
     monkeypatch.chdir(tmp_path)
@@ -298,7 +298,7 @@ def test_paused_training_shipped_from_one_machine_resumes_on_the_next(tmp_path: 
 def test_the_cache_takes_the_shipped_checkpoint_when_it_is_trained_further_or_the_cached_one_is_corrupt(tmp_path):
     """A checkpoint paused in this cache at step 2 and trained to step 6 elsewhere (then shipped) resumes
     from 6; a cached one trained further than the shipped one is kept; an unreadable one is replaced."""
-    from membench import runner
+    from membench import checkpoints
 
     def checkpoint(step: int) -> dict:
         return {"model": {}, "generator": torch.ByteTensor(4), "step": step, "elapsed_s": 1.0, "curve": []}
@@ -312,7 +312,7 @@ def test_the_cache_takes_the_shipped_checkpoint_when_it_is_trained_further_or_th
             (cache / "key.pt").write_bytes(b"not a checkpoint")
         else:
             torch.save(checkpoint(cached), cache / "key.pt")
-        path = runner.checkpoint_path("key", cache)
+        path = checkpoints.checkpoint_path("key", cache)
         assert torch.load(path, weights_only=True)["step"] == expected, (cached, expected)
 
 def test_episodes_drawn_ahead_are_the_episodes_drawn_in_turn():

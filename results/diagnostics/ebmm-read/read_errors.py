@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from membench.provenance import git_state
-from membench.runner import default_checkpoint_dir, load_trained
+from membench.checkpoints import default_checkpoint_dir
+from membench.runner import load_trained
 from membench.suites import RunSpec
 
 torch.set_num_threads(1)
