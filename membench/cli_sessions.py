@@ -1,4 +1,4 @@
-"""Commands for lent machines and carried results: `membench session | pack | unpack | ship | throughput`.
+"""Commands for lent machines and carried results: `membench session | pack | unpack | ship | set-aside | throughput`.
 
 Registered on the `membench` group by membench.cli."""
 from __future__ import annotations
@@ -196,6 +196,24 @@ def unpack(archives, root) -> None:
     click.echo("then: membench report --out <the results folder>, membench readme, and commit")
 
 
+@click.command("set-aside")
+@click.option("--keep", multiple=True, required=True,
+              help="A results folder the session writes into and reads (its --out, e.g. results/fig3); repeatable.")
+@click.option("--root", default=".", show_default=True, type=click.Path(file_okay=False, path_type=Path),
+              help="The checkout a lent machine copies.")
+@friendly_errors
+def set_aside(keep, root) -> None:
+    """Before a call to a lent machine: delete from the working tree the results its session does not need
+    (every folder under results/ but results/bench, results/reference and the --keep folders; finished checkpoints whose runs
+    have records), so the copy it carries has room for the checkpoints it resumes. After the call,
+    `git checkout -- results` brings them all back."""
+    from membench.session import set_aside as delete_unneeded
+
+    deleted, size = delete_unneeded(root, keep)
+    click.echo(f"set aside {len(deleted)} file(s), {size / 2**20:.1f} MiB, from {root}/results "
+               f"(`make device-size`: what a lent machine carries now); after the call: git checkout -- results")
+
+
 @click.command()
 @click.option("--suite", default="table1", show_default=True,
               help="table1 (the binary task at each --num-patterns) or a rate sweep (fig3-omniglot, fig3-cifar: "
@@ -255,4 +273,4 @@ def throughput(suite, models, preset, device, num_patterns, batch_sizes, steps, 
     click.echo(f"merged {len(rows)} row(s) into {out}")
 
 
-COMMANDS = (ship, session, pack, unpack, throughput)
+COMMANDS = (ship, session, pack, unpack, set_aside, throughput)

@@ -61,7 +61,8 @@ def _status(code: int) -> int:
 def finish(processes: Sequence[subprocess.Popen], deadline: float, interrupt_wait_s: float = 30.0) -> list[int]:
     """Wait for `processes` until `deadline` (time.monotonic()); then interrupt every one still running at
     once (training checkpoints and exits; evaluation stops, no record), wait `interrupt_wait_s` for them
-    together and kill the rest. Returns their exit statuses as a shell reports them."""
+    together and kill the rest (warned about: what it did since its last checkpoint is lost). Returns their
+    exit statuses as a shell reports them, a killed one's as interrupted: it too was stopped for the time."""
     for process in processes:
         try:
             process.wait(timeout=max(0.0, deadline - time.monotonic()))
@@ -70,14 +71,17 @@ def finish(processes: Sequence[subprocess.Popen], deadline: float, interrupt_wai
     running = [process for process in processes if process.poll() is None]
     for process in running:
         process.send_signal(signal.SIGINT)
-    stop = time.monotonic() + interrupt_wait_s
+    stop, killed = time.monotonic() + interrupt_wait_s, set()
     for process in running:
         try:
             process.wait(timeout=max(0.0, stop - time.monotonic()))
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-    return [_status(process.returncode) for process in processes]
+            killed.add(process.pid)
+            warn(f"killed {shlex.join(map(str, process.args))}: it did not stop within {interrupt_wait_s:g} s of "
+                 f"its interrupt (work since its last checkpoint is lost)")
+    return [EXIT_INTERRUPTED if process.pid in killed else _status(process.returncode) for process in processes]
 
 
 def run_session(runs: Sequence[str], copies: int, train_time_limit_s: float, device: str, cache: Path,
@@ -274,3 +278,57 @@ def unpack(archive: Path, root: Path) -> tuple[list[Path], list[Path]]:
                                     f"before it: {len(written)} file(s); fix the cause and unpack again") from None
         shipped = ship_checkpoints(None, Path(scratch), checkpoints, target=Path(root) / RESULTS / CHECKPOINTS)
     return written, shipped
+
+
+def set_aside(root: Path, keep: Sequence[str]) -> tuple[list[Path], int]:
+    """Delete from the checkout `root`'s working tree the results a lent machine's session does not need, so
+    the copy it carries (at most 64 MiB) has room for the checkpoints it resumes: every file under results/
+    except results/bench, results/reference (the paper's numbers, printed beside a run's) and the folders
+    `keep` (relative to root: the session's --out folders, whose records make it skip finished runs), and of
+    results/checkpoints every finished checkpoint a record names (its run is done). Unfinished checkpoints
+    and those no record names stay. Refused (MembenchError) unless git reports nothing changed under
+    results/, so `git checkout -- results` brings every deleted file back (a finished checkpoint that runs
+    of another suite, without records, still need: `git checkout -- <it>`). Returns (files deleted, bytes)."""
+    root = Path(root)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    try:
+        changed = subprocess.run(["git", "status", "--porcelain", "--", RESULTS], cwd=root, env=env,
+                                 capture_output=True, text=True, check=True).stdout
+        tracked = subprocess.run(["git", "ls-files", "-z", "--", RESULTS], cwd=root, env=env,
+                                 capture_output=True, text=True, check=True).stdout.split("\0")[:-1]
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise MembenchError(f"{root} is not a git checkout git can read ({exc}); run set-aside in the checkout "
+                            f"a lent machine copies") from None
+    if changed:
+        raise MembenchError(f"{root}/{RESULTS} has changes git does not hold ({len(changed.splitlines())} path(s), "
+                            f"e.g. {changed.splitlines()[0][3:]}): commit them first, so `git checkout -- "
+                            f"{RESULTS}` restores what is set aside")
+    kept = [PurePosixPath(folder.rstrip("/")) for folder in (f"{RESULTS}/bench", f"{RESULTS}/reference", *keep)]
+    for folder in kept[2:]:
+        if not folder.is_relative_to(RESULTS) or not (root / folder).is_dir():
+            raise MembenchError(f"--keep {folder}: not a folder under {root}/{RESULTS}; give the session's --out "
+                                f"folders, e.g. {RESULTS}/fig3")
+    named = {(record.get("training") or {}).get("checkpoint_key") for record in _records(root, tracked)}
+    deleted, size = [], 0
+    for name in tracked:
+        path = PurePosixPath(name)
+        if any(path.is_relative_to(folder) for folder in kept):
+            continue
+        if path.parent == PurePosixPath(RESULTS, CHECKPOINTS) and not _finished_and_named(root / name, named):
+            continue
+        size += (root / name).stat().st_size
+        (root / name).unlink()
+        deleted.append(root / name)
+    return deleted, size
+
+
+def _records(root: Path, tracked: Sequence[str]) -> list[dict[str, Any]]:
+    """The run records among the `tracked` files."""
+    return [read_record(root / name) for name in tracked if _is_record(name)]
+
+
+def _finished_and_named(path: Path, named: set[str | None]) -> bool:
+    """Whether the checkpoint at `path` finished its training and a record names its key."""
+    saved = readable_checkpoint(path)
+    return (path.stem in named and saved is not None
+            and saved["step"] >= (saved.get("config") or {}).get("steps", float("inf")))

@@ -314,17 +314,19 @@ def test_runs_stopped_at_the_grace_end_make_the_session_paused_and_share_the_cor
     assert [env["OMP_NUM_THREADS"] for env in started] == ["8", "8"]
 
 
-def test_at_the_deadline_every_running_process_is_interrupted_and_the_deaf_one_killed():
+def test_at_the_deadline_every_running_process_is_interrupted_and_the_deaf_one_killed(capsys):
     """A session's processes still running at its deadline all get SIGINT at once (one that checkpoints and
-    exits on it ends with its own status), one that ignores it is killed after the wait, and one that had
-    finished keeps its status: the session ends in time to pack."""
+    exits on it ends with its own status), one that ignores it is killed after the wait (named, and counted
+    as interrupted: stopped for the time, so the session is paused, not failed), and one that had finished
+    keeps its status: the session ends in time to pack."""
     ready = "print('ready', flush=True)\ntime.sleep(60)"  # said once the handler is in place
     handler = f"import signal, sys, time\nsignal.signal(signal.SIGINT, lambda *a: sys.exit(3))\n{ready}"
     deaf = f"import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n{ready}"
     processes = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
                  for code in ("pass", handler, handler, deaf)]
     assert processes[0].wait() == 0 and all(p.stdout.readline() == "ready\n" for p in processes[1:])
-    assert finish(processes, deadline=time.monotonic() + 0.5, interrupt_wait_s=2) == [0, 3, 3, 128 + 9]
+    assert finish(processes, deadline=time.monotonic() + 0.5, interrupt_wait_s=2) == [0, 3, 3, EXIT_INTERRUPTED]
+    assert "SIG_IGN" in capsys.readouterr().err.split("killed ")[1].split(": it did not stop within 2 s")[0]
     for process in processes:
         process.stdout.close()
 
@@ -337,3 +339,40 @@ def test_unpack_checks_every_archive_before_writing_any(tmp_path: Path):
     result = CliRunner().invoke(main, ["unpack", str(good), str(bad), "--root", str(root)])
     assert result.exit_code == 1 and "member results/table1/runs/x.json is not a membench record" in result.output
     assert not (root / "results").exists()
+
+
+def test_set_aside_leaves_a_session_its_records_and_unfinished_checkpoints_and_git_restores_the_rest(tmp_path):
+    """`membench set-aside --keep results/fig3` deletes what a lent machine's session does not need: other results
+    folders and finished checkpoints whose runs have records; it keeps results/bench, the kept folder, unfinished
+    checkpoints, those no record names and the paper's numbers; `git checkout -- results` restores everything. A tree with changes git
+    does not hold under results/ (which checkout could not restore) or a --keep outside results/ is refused."""
+    root = Path(__file__).resolve().parent.parent
+    learned = "table1-learned-ebmm-N16-s0-da6a44d483.json"  # names the finished ebmm-quick-823663ec0f4e
+    files = {f"results/table1/runs/{learned}": (root / "results" / "table1" / "runs" / learned).read_bytes(),
+             "results/fig3/fig3.md": b"kept", "results/bench/throughput.csv": b"kept", "results/capacity/c.md": b"c",
+             "results/reference/paper_table1.csv": b"kept"}
+    for name, data in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(data)
+    ck = tmp_path / "results" / "checkpoints"
+    ck.mkdir()
+    (ck / "ebmm-quick-823663ec0f4e.pt").write_bytes((root / "results/checkpoints/ebmm-quick-823663ec0f4e.pt").read_bytes())
+    base = {"model": {}, "generator": torch.ByteTensor(4), "elapsed_s": 1.0, "curve": [], "config": {"steps": 10}}
+    torch.save({**base, "step": 5}, ck / "paused-key.pt")  # unfinished: the session resumes it
+    torch.save({**base, "step": 10}, ck / "unrecorded-key.pt")  # finished, evaluation not recorded yet
+    git = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    for command in (["init", "-q"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "r"]):
+        subprocess.run(["git", *command], cwd=tmp_path, env=git, check=True)
+    before = sorted(p.relative_to(tmp_path).as_posix() for p in (tmp_path / "results").rglob("*") if p.is_file())
+
+    outside = CliRunner().invoke(main, ["set-aside", "--keep", "fig3", "--root", str(tmp_path)])
+    assert outside.exit_code == 1 and "--keep fig3: not a folder under" in outside.output, outside.output
+    result = CliRunner().invoke(main, ["set-aside", "--keep", "results/fig3", "--root", str(tmp_path)])
+    assert result.exit_code == 0 and "set aside 3 file(s)" in result.output, result.output
+    left = sorted(p.relative_to(tmp_path).as_posix() for p in (tmp_path / "results").rglob("*") if p.is_file())
+    assert left == ["results/bench/throughput.csv", "results/checkpoints/paused-key.pt",
+                    "results/checkpoints/unrecorded-key.pt", "results/fig3/fig3.md", "results/reference/paper_table1.csv"]
+    changed = CliRunner().invoke(main, ["set-aside", "--keep", "results/fig3", "--root", str(tmp_path)])
+    assert changed.exit_code == 1 and "commit them first" in changed.output and "Traceback" not in changed.output
+    subprocess.run(["git", "checkout", "--", "results"], cwd=tmp_path, env=git, check=True)
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in (tmp_path / "results").rglob("*") if p.is_file()) == before
