@@ -8,7 +8,7 @@ sees). Scheduling:
 - a learned model's runs that share a checkpoint form a chain: the first trains (and
   evaluates), the others start once it has finished and reuse the checkpoint, so each
   checkpoint is trained once; runs of different checkpoints and untrained runs go in parallel;
-- a task asks for one GPU when the device is CUDA, else one CPU;
+- a task asks for one GPU when the device is CUDA, else one CPU; `auto` is CUDA when the cluster has a GPU;
 - a failed run is reported with its message and the others go on; the call then raises
   MembenchError naming the failures (rerunning finishes only what is missing).
 Without an address a local Ray is started (so one machine works too); Ray is imported only here.
@@ -73,20 +73,21 @@ def run_with_ray(specs: list[RunSpec], out_dir: Path, device: str, force: bool, 
     except ImportError:
         raise MembenchError("--launcher ray needs Ray: pip install -e '.[ray]' in the checkout (or pip install "
                             "ray)") from None
-    from membench.runner import is_current, resolve_device
+    from membench.runner import check_device_name, is_current
     from membench.store import ResultsStore
 
+    check_device_name(device)
     out_dir, checkpoint_dir = Path(out_dir).resolve(), Path(checkpoint_dir).resolve()
     store = ResultsStore(out_dir)
     todo = [s for s in {s.run_id: s for s in specs}.values() if force or not is_current(s, store)]
     if not todo:
         return []
-    resolve_device(device)  # a clear error here rather than in every worker
     env = _membench_env()
     if not ray.is_initialized():
         path = os.pathsep.join([os.getcwd(), *sys.path])  # user models given as module:Class import in workers
         ray.init(address=address, log_to_driver=False, include_dashboard=False,
                  runtime_env={"env_vars": {"PYTHONPATH": path}})
+    device = _cluster_device(ray, device)
     gpus = 1 if device == "cuda" else 0
     remote = ray.remote(num_cpus=0 if gpus else 1, num_gpus=gpus, max_retries=0)(_execute)
     pending: dict[Any, RunSpec] = {}
@@ -97,6 +98,16 @@ def run_with_ray(specs: list[RunSpec], out_dir: Path, device: str, force: bool, 
                                      train_time_limit_s, env, previous)
             pending[previous] = spec
     return _collect(ray, pending, progress)
+
+
+def _cluster_device(ray, device: str) -> str:
+    """The workers' device: 'auto' is cuda when the cluster has a GPU (the driver's node may have none), else
+    cpu; cuda on a cluster without one is refused here rather than in every worker."""
+    has_gpu = ray.cluster_resources().get("GPU", 0) > 0
+    if device == "cuda" and not has_gpu:
+        raise MembenchError("--device cuda: the Ray cluster has no GPU (ray.cluster_resources()); use --device cpu "
+                            "or auto, or add GPU nodes")
+    return ("cuda" if has_gpu else "cpu") if device == "auto" else device
 
 
 def _membench_env() -> dict[str, str]:

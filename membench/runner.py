@@ -54,10 +54,15 @@ TRAIN_SPLIT_STREAM = 15485863  # offset for the train-split check of trained ima
 TRAIN_SPLIT_EPISODES = 100  # train-split episodes evaluated per trained image model (memorisation check)
 
 
-def resolve_device(device: str) -> torch.device:
-    """'auto' -> cuda when available else cpu; fixes float32 matmul precision (no TF32)."""
+def check_device_name(device: str) -> None:
+    """MembenchError unless `device` is auto, cpu or cuda."""
     if device not in ("auto", "cpu", "cuda"):
         raise MembenchError(f"unknown device '{device}'. Valid devices: auto, cpu, cuda")
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' -> cuda when available else cpu; fixes float32 matmul precision (no TF32)."""
+    check_device_name(device)
     if device == "cuda" and not torch.cuda.is_available():
         raise MembenchError("--device cuda was asked for but torch sees no CUDA device; use --device cpu or auto")
     torch.set_float32_matmul_precision("highest")
@@ -334,7 +339,7 @@ def run_all(specs: list[RunSpec], out_dir: Path, device: str = "auto", force: bo
     """
     started = time.time()
     deadline = None if train_time_limit_s is None else time.perf_counter() + train_time_limit_s
-    torch_device = resolve_device(device)
+    torch_device = resolve_device(device) if launcher != "ray" else None  # Ray's workers: on their nodes
     store = ResultsStore(out_dir)
     checkpoint_dir = Path(checkpoint_dir or default_checkpoint_dir())
     command = command or shlex.join(["membench", *sys.argv[1:]])

@@ -5,6 +5,7 @@ import os
 import textwrap
 
 import pytest
+import torch
 
 from membench.errors import MembenchError
 from membench.runner import run_all
@@ -126,3 +127,27 @@ def test_workers_use_the_drivers_data_folder_and_provenance(local_ray, tmp_path,
         git_state.cache_clear()
     assert len(made) == 1
     assert (made[0]["environment"]["git_commit"], made[0]["environment"]["git_dirty"]) == ("the-drivers", True)
+
+
+def test_the_workers_device_follows_the_cluster_not_the_driver():
+    """'auto' is CUDA when any node has a GPU (the driver's may have none) and the CPU otherwise; --device cuda
+    on a cluster without a GPU is refused before any task starts."""
+    from membench.ray_launcher import _cluster_device
+
+    class Cluster:
+        def __init__(self, resources):
+            self.cluster_resources = lambda: resources
+
+    with_gpu, without = Cluster({"CPU": 64.0, "GPU": 2.0}), Cluster({"CPU": 2.0})
+    assert [_cluster_device(with_gpu, d) for d in ("auto", "cuda", "cpu")] == ["cuda", "cuda", "cpu"]
+    assert [_cluster_device(without, d) for d in ("auto", "cpu")] == ["cpu", "cpu"]
+    with pytest.raises(MembenchError, match="--device cuda: the Ray cluster has no GPU"):
+        _cluster_device(without, "cuda")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a driver without CUDA")
+def test_cuda_is_asked_of_the_cluster_not_of_the_driver(local_ray, tmp_path):
+    specs = _specs(("raw_slots",), seeds=(0,), num_patterns=(16,))
+    with pytest.raises(MembenchError, match="the Ray cluster has no GPU"):  # not "torch sees no CUDA device" here
+        run_all(specs, tmp_path, device="cuda", progress=False, launcher="ray")
+    assert [r["environment"]["device"] for r in run_all(specs, tmp_path, progress=False, launcher="ray")] == ["cpu"]
