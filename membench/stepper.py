@@ -8,7 +8,9 @@ and gradient norm were finite is a device flag, read by the caller only when it 
 checkpoints. With `TrainConfig.cuda_graph` on a CUDA device the whole update (forward,
 second-order backward, clipping, AdamW) is captured once per batch shape (one graph per
 N) and replayed, which removes the per-kernel launch cost; the capture's warm-up updates
-are undone, so training matches eager training step for step. With `TrainConfig.compile`
+are undone, so training matches eager training step for step. The graphs share one memory
+pool (a process holds one update's peak, not one per N), so a step's outputs hold until the
+next step only: use them (or queue work on them) before calling `step` again. With `TrainConfig.compile`
 the meta-loss (forward and its backward) is compiled by `torch.compile` with dynamic
 shapes, once for every N (on the CPU, inductor fuses the elementwise work into C++ loops;
 it needs a C++ compiler). Where capture fails (for any batch shape: graphs are then off for all) or compiling fails (on the first
@@ -96,6 +98,7 @@ class Stepper:
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=config.weight_decay,
                                            capturable=self.graphs_on)
         self._graphs: dict[tuple, _Captured] = {}
+        self._pool = torch.cuda.graph_pool_handle() if self.graphs_on else None  # shared by every N's graph
         self._compiled, self._compiled_ran = None, False
         if config.compile:
             if device.type == "cpu":  # a pool of compile workers would compete with training for the cores
@@ -104,7 +107,9 @@ class Stepper:
             self._compiled = torch.compile(model.meta_loss, dynamic=True)
 
     def after_load(self) -> None:
-        """Call after loading an optimizer state: keeps the learning rate a device tensor for graphs."""
+        """Call after loading an optimizer state, before the first update: keeps the learning rate a device
+        tensor for graphs (a graph captured earlier would go on reading the tensor it captured)."""
+        assert not self._graphs, "after_load must come before the first update"
         if self.graphs_on:
             device = next(self.model.parameters()).device
             for group in self.optimizer.param_groups:
@@ -168,11 +173,18 @@ class Stepper:
             return self._update(patterns, queries)
         key = (tuple(patterns.shape), tuple(queries.shape))
         if key not in self._graphs:
+            stream = torch.cuda.current_stream()
             try:
                 self._graphs[key] = self._capture(patterns, queries)
-            except RuntimeError as exc:  # capture is not supported by some op: keep training, eagerly
-                warn(f"CUDA graph capture failed ({str(exc).splitlines()[0][:200]}); training eagerly")
+            except RuntimeError as exc:  # an op capture does not support, or out of memory: keep training, eagerly
+                cause = exc.__context__ or exc  # a failed capture's end raises over the op's own error
+                warn(f"CUDA graph capture failed ({(str(cause).splitlines() or [type(cause).__name__])[0][:200]}); "
+                     f"training eagerly")
+                torch.cuda.set_stream(stream)  # the capture's stream stays current when its end fails
+                torch.cuda.synchronize()
                 self.graphs_on = False
+                self._graphs.clear()  # their memory back for the eager updates
+                torch.cuda.empty_cache()
                 return self._update(patterns, queries)
         captured = self._graphs[key]
         captured.patterns.copy_(patterns)
@@ -197,7 +209,7 @@ class Stepper:
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             self.optimizer.zero_grad(set_to_none=True)
-            with torch.cuda.graph(graph, capture_error_mode="thread_local"):  # the batch drawn meanwhile
+            with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):  # batch drawn meanwhile
                 output = self._update(static_patterns, static_queries)
         finally:
             with torch.no_grad():

@@ -54,8 +54,13 @@ class Episodes:
     patterns: torch.Tensor
     queries: torch.Tensor
 
-    def to(self, device: torch.device | str) -> "Episodes":
-        return Episodes(self.patterns.to(device), self.queries.to(device))
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Episodes":
+        return Episodes(self.patterns.to(device, non_blocking=non_blocking),
+                        self.queries.to(device, non_blocking=non_blocking))
+
+    def pinned(self) -> "Episodes":
+        """A copy in page-locked memory, whose copy to a CUDA device can overlap the device's work."""
+        return Episodes(self.patterns.pin_memory(), self.queries.pin_memory())
 
 
 class Task(abc.ABC):

@@ -15,7 +15,8 @@ Conventions, so that learned models are trained alike:
   which devices trained it and where its optimiser restarted;
 - one update is `membench.stepper.Stepper.step` (eager, or replayed from a CUDA graph);
   the loop waits for the device only when it logs, checkpoints or stops, and on CUDA the
-  next batch is drawn on a worker thread meanwhile (`EpisodeStream`: the same batches);
+  next batch is drawn on a worker thread meanwhile, into pinned memory, and copied without
+  waiting (`EpisodeStream`: the same batches);
 - a non-finite loss or gradient stops training with `TrainingDiverged` (at the next log or
   checkpoint, before anything is saved); an unreadable
   checkpoint is set aside (`<name>.corrupt`) and training starts afresh;
@@ -135,10 +136,11 @@ def _on_this_device(state: dict[str, Any], optimizer: torch.optim.Optimizer) -> 
                                       for saved, current in zip(groups, optimizer.param_groups)]}
 
 
-def load_checkpoint(path: Path, model: AssociativeMemory, device: torch.device,
+def load_checkpoint(path: Path, model: AssociativeMemory,
                     optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any] | None:
-    """Load `path` into `model` (and `optimizer`, when the checkpoint holds its state); return the
-    checkpoint, or None when there is none.
+    """Load `path` into `model` (and `optimizer`, when the checkpoint holds its state) wherever they are; return
+    the checkpoint as read, on the CPU, or None when there is none. (AdamW then keeps a step counter on the CPU
+    where it is not capturable: one on CUDA would be read back to the host every update.)
 
     A checkpoint that cannot be read or does not fit the model is renamed to `<name>.corrupt`
     (reported on stderr) and None is returned, so the caller trains afresh.
@@ -148,7 +150,7 @@ def load_checkpoint(path: Path, model: AssociativeMemory, device: torch.device,
         return None
     before = {name: value.clone() for name, value in model.state_dict().items()}
     try:
-        saved = read_checkpoint(path, device)
+        saved = read_checkpoint(path)
         model.load_state_dict(saved["model"])
         if optimizer is not None and "optimizer" in saved:
             optimizer.load_state_dict(_on_this_device(saved["optimizer"], optimizer))
@@ -191,13 +193,15 @@ class EpisodeStream:
     curriculum), then `config.batch_size` episodes of the train split.
 
     With `ahead` (on CUDA), the next step's batch is drawn on a worker thread while the device runs this
-    one: the CPU's sampling would otherwise hold up every update. The batches are the same either way, and
+    one, into pinned memory (so that its copy to the device need not wait for the update before it): the
+    CPU's sampling would otherwise hold up every update. The batches are the same either way, and
     `generator_state` is the state before the first batch not yet taken, so a checkpoint resumes exactly.
     """
 
     def __init__(self, task: Task, config: TrainConfig, generator: torch.Generator, ahead: bool):
         self.task, self.config, self.generator = task, config, generator
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="episodes") if ahead else None
+        self._pin = ahead and torch.cuda.is_available()
         self._next: Future | None = None
         self._state = generator.get_state()  # before the first batch not yet taken
 
@@ -209,7 +213,8 @@ class EpisodeStream:
                 choices = sorted(choices)[:1 + len(choices) * step // self.config.curriculum_steps]
             choice = torch.randint(len(choices), (1,), generator=self.generator).item()
             step_task = self.task.with_num_patterns(choices[choice])
-        return step_task, step_task.sample(self.config.batch_size, self.generator, split="train")
+        episodes = step_task.sample(self.config.batch_size, self.generator, split="train")
+        return step_task, episodes.pinned() if self._pin else episodes
 
     def take(self, step: int) -> tuple[Task, Episodes]:
         """The task (its N) and the CPU batch of update `step` (0-based); call with consecutive steps."""
@@ -272,10 +277,10 @@ def _train(model: AssociativeMemory, task: Task, config: TrainConfig, checkpoint
     stepper = Stepper(model, config, device)
     generator = torch.Generator().manual_seed(seed + TRAIN_STREAM)
     step, elapsed, curve, history = 0, 0.0, [], []
-    saved = load_checkpoint(checkpoint_path, model, device, stepper.optimizer)
+    saved = load_checkpoint(checkpoint_path, model, stepper.optimizer)
     if saved is not None:
         stepper.after_load()
-        generator.set_state(saved["generator"].cpu())  # map_location moved it; generators live on the CPU
+        generator.set_state(saved["generator"])
         step, elapsed, curve = saved["step"], saved["elapsed_s"], saved["curve"]
         history = saved.get("history")  # None: written before checkpoints kept a history
         if "optimizer" not in saved and step < config.steps:
@@ -330,7 +335,7 @@ def _train(model: AssociativeMemory, task: Task, config: TrainConfig, checkpoint
             if config.cosine_decay:  # a function of the step alone, so a resumed run continues the schedule
                 stepper.set_lr(config.lr * 0.5 * (1 + math.cos(math.pi * step / config.steps)))
             step_task, episodes = stream.take(step)
-            episodes = episodes.to(device)
+            episodes = episodes.to(device, non_blocking=True)  # pinned when drawn ahead: the host goes on
             try:
                 out = stepper.step(episodes.patterns, episodes.queries)
             except (RuntimeError, ValueError, ArithmeticError):  # e.g. a loss of NaN weights refused by the model

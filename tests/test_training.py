@@ -561,7 +561,7 @@ def test_an_optimiser_state_saved_under_cuda_graphs_resumes_on_a_cpu(tmp_path: P
         torch.save({"model": stepper.model.state_dict(), "optimizer": optimizer_state, **CHECKPOINT_REST},
                    tmp_path / f"{name}.pt")
         resumed = Stepper(_linear_model(), config, torch.device("cpu"))
-        assert load_checkpoint(tmp_path / f"{name}.pt", resumed.model, torch.device("cpu"), resumed.optimizer)
+        assert load_checkpoint(tmp_path / f"{name}.pt", resumed.model, resumed.optimizer)
         resumed.after_load()
         assert [(g["capturable"], type(g["lr"])) for g in resumed.optimizer.param_groups] == [(False, float)]
         resumed.step(episodes.patterns, episodes.queries)
@@ -583,7 +583,7 @@ def test_a_checkpoint_that_fails_to_load_leaves_the_model_as_it_was(tmp_path: Pa
     optimizer_state["param_groups"].append(dict(optimizer_state["param_groups"][0], params=[]))  # one group too many
     torch.save({"model": trained.state_dict(), "optimizer": optimizer_state, **CHECKPOINT_REST}, tmp_path / "ck.pt")
     stepper = Stepper(fresh, TrainConfig(lr=1e-3, clip_norm=1.0), torch.device("cpu"))
-    assert load_checkpoint(tmp_path / "ck.pt", fresh, torch.device("cpu"), stepper.optimizer) is None
+    assert load_checkpoint(tmp_path / "ck.pt", fresh, stepper.optimizer) is None
     assert (tmp_path / "ck.pt.corrupt").exists() and not (tmp_path / "ck.pt").exists()
     for name, value in fresh.state_dict().items():
         torch.testing.assert_close(value, before[name], rtol=0, atol=0, msg=name)
