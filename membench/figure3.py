@@ -28,6 +28,7 @@ from tabulate import tabulate
 
 from membench.budget import check_measured, sealed
 from membench.errors import MembenchError
+from membench.fig3_acceptance import acceptance_markdown
 from membench.integrity import checked_retrievals
 from membench.plots import read_curves, save, training_curves
 from membench.report import REPO_ROOT, distinct, episode_means
@@ -310,8 +311,8 @@ def reconstruction_grid(record: dict[str, Any], path: Path, checkpoint_dir: Path
 
 def figures(out_dir: Path, reference: Path | None = DEFAULT_REFERENCE, checkpoint_dir: Path | None = None,
             grids: bool = True) -> tuple[str, list[Path]]:
-    """Write fig3.{md,csv,png,pdf}, the training curves and one reconstruction grid per (data set,
-    curve) into `out_dir`.
+    """Write fig3.{md,csv,png,pdf}, the acceptance's checks (fig3_acceptance.md), the training curves and one
+    reconstruction grid per (data set, curve) into `out_dir`.
 
     Grids use each curve's largest-memory run. Returns (markdown summary, written paths).
     """
@@ -328,9 +329,10 @@ def figures(out_dir: Path, reference: Path | None = DEFAULT_REFERENCE, checkpoin
     markdown = summary_markdown(summary)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out_dir / "fig3.md", markdown)
+    write_text_atomic(out_dir / "fig3_acceptance.md", acceptance_markdown(summary, paper))
     columns = [c for c in summary.columns if c != "command"]
     write_text_atomic(out_dir / "fig3.csv", summary[columns].to_csv(index=False, float_format="%.4f") if len(summary) else "")
-    written = [out_dir / "fig3.md", out_dir / "fig3.csv"]
+    written = [out_dir / "fig3.md", out_dir / "fig3_acceptance.md", out_dir / "fig3.csv"]
     written += plot(summary, paper, [out_dir / "fig3.png", out_dir / "fig3.pdf"])
     written += training_curves(out_dir, name="fig3_training_curves", curves=curves)
     if grids:

@@ -79,7 +79,7 @@ def test_cli_sweep_then_figures(data_root, tmp_path):
     assert result.exit_code == 0, result.output
     result = runner.invoke(main, ["figures", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    for name in ("fig3.md", "fig3.csv", "fig3.png", "fig3.pdf", "fig3_recon_cifar10_raw_slots.png",
+    for name in ("fig3.md", "fig3_acceptance.md", "fig3.csv", "fig3.png", "fig3.pdf", "fig3_recon_cifar10_raw_slots.png",
                  "fig3_recon_omniglot_raw_slots.png"):
         assert (out / name).stat().st_size > 0, name
     markdown = (out / "fig3.md").read_text()  # untrained references: no preset, and no smoke-test note
@@ -91,6 +91,40 @@ def test_cli_sweep_then_figures(data_root, tmp_path):
         assert errors.tolist() == pytest.approx(record["errors"][:record["task"]["num_patterns"]])
     cifar = summary[summary.dataset == "cifar10"].sort_values("memory_floats")
     assert cifar["median"].is_monotonic_decreasing          # more whole images stored: less error
+
+
+def test_the_acceptance_reads_each_check_off_the_points():
+    """fig3_acceptance: sizes per curve, the fall with memory, EBMM against the paper's curve at its memory
+    (interpolated in log-memory; n/a without a paper curve) and against passthrough, and on CIFAR EBMM_conv
+    against MemNet where both curves reach; only trained points of the preset, without extra options."""
+    from membench.fig3_acceptance import checks
+
+    def point(dataset, curve, memory_k, median, preset="gpu", trained=True, variant=""):
+        return {"dataset": dataset, "curve": curve, "variant": variant, "preset": preset, "trained": trained,
+                "memory_k": memory_k, "median": median}
+
+    summary = pd.DataFrame(
+        [point("cifar10", "EBMM_conv", k, e) for k, e in ((2.0, 20.0), (4.0, 14.0), (8.0, 12.0), (16.0, 14.0))]
+        + [point("cifar10", "MemNet", k, e) for k, e in ((3.0, 16.0), (6.0, 12.0), (12.0, 9.0), (24.0, 6.0))]
+        + [point("cifar10", "EBMM_FC", 4.0, 10.0), point("cifar10", "EBMM_FC", 8.0, 5.0, preset="quick"),
+           point("cifar10", "EBMM_FC", 16.0, 1.0, variant="hidden=8"),
+           point("cifar10", "passthrough", 0.0, 46.0, preset="quick", trained=False)])
+    reference = pd.DataFrame({"dataset": "cifar", "model": "EBMM_conv", "memory_k": [2.0, 8.0],
+                              "error": [12.0, 4.0], "lo": 0.0, "hi": 0.0})
+    verdicts = {row["check"]: (row["verdict"], row["measured"]) for row in checks(summary, reference)
+                if row["data set"] == "cifar10"}
+    assert verdicts["EBMM_conv: at least 4 memory sizes (gpu)"][0] == "PASS"
+    assert verdicts["EBMM_FC: at least 4 memory sizes (gpu)"] == ("FAIL", "1")  # quick and variant points left out
+    assert verdicts["EBMM_conv: error at the largest size at most 0.75 x the smallest's"][0] == "PASS"  # 14 <= 15
+    assert verdicts["MemNet: error at the largest size at most 0.75 x the smallest's"][0] == "PASS"
+    assert verdicts["EBMM_conv at 4.00k: at most 2 x the paper's"][1] == "14.00 against 8.00 (1.75 x)"  # 12 -> 4, halfway
+    assert verdicts["EBMM_conv at 4.00k: at most 2 x the paper's"][0] == "PASS"
+    assert verdicts["EBMM_conv at 8.00k: at most 2 x the paper's"][0] == "FAIL"  # 12 against 4
+    assert verdicts["EBMM_conv at 16.00k: at most 2 x the paper's"] == ("n/a", "outside the paper's curve")
+    assert verdicts["EBMM_FC at 4.00k: at most 2 x the paper's"] == ("n/a", "the paper has no such curve")
+    assert verdicts["EBMM_conv at 2.00k: at most 0.5 x passthrough's error"][0] == "PASS"  # 20 <= 23
+    comparison = verdicts["EBMM_conv below MemNet at the smallest memory both reach"]
+    assert comparison == ("FAIL", "16.49 against 16.00 at 3.00k")  # conv interpolated at MemNet's smallest
 
 
 def test_figure3_keeps_its_own_suites_runs_only(monkeypatch, tmp_path):

@@ -1,0 +1,104 @@
+"""Figure 3's acceptance (issue 15) read off `figure3.summarise`'s points: fig3_acceptance.md.
+
+For each data set, on the trained points of one preset (default gpu) without extra options:
+- EBMM_conv, EBMM_FC and MemNet each have at least MIN_SIZES memory sizes;
+- each of those curves falls with memory: its largest size's median at most FALL x its smallest size's;
+- every EBMM point is at most PAPER_FACTOR x the paper's curve at its memory (the paper's points
+  interpolated linearly in log-memory, inside their range; n/a where the paper has no such curve),
+- and at most PASSTHROUGH_FRACTION of passthrough's error (the query returned unchanged);
+- on CIFAR, EBMM_conv below MemNet at the smallest memory both curves reach (both interpolated there).
+A check is PASS, FAIL or n/a; the page says how many pass. Nothing here changes a number.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from tabulate import tabulate
+
+CURVES = ("EBMM_conv", "EBMM_FC", "MemNet")
+MIN_SIZES = 4
+FALL = 0.75
+PAPER_FACTOR = 2.0
+PASSTHROUGH_FRACTION = 0.5
+PAPER_DATASET = {"omniglot": "omniglot", "cifar10": "cifar"}  # our task kind -> paper_fig3.csv's data set
+
+
+def interpolated(memory_k: pd.Series, error: pd.Series, at: float) -> float:
+    """The curve through (memory_k, error) at memory `at`, linear in log-memory; NaN outside its range."""
+    order = np.argsort(memory_k.to_numpy())
+    xs, ys = np.log(memory_k.to_numpy()[order]), error.to_numpy()[order]
+    if not len(xs) or not xs[0] <= np.log(at) <= xs[-1]:
+        return float("nan")
+    return float(np.interp(np.log(at), xs, ys))
+
+
+def _verdict(passed: bool | None) -> str:
+    return "n/a" if passed is None else ("PASS" if passed else "FAIL")
+
+
+def checks(summary: pd.DataFrame, reference: pd.DataFrame | None, preset: str = "gpu") -> list[dict[str, str]]:
+    """The acceptance's checks, one row each: data set, check, what was measured, verdict."""
+    rows: list[dict[str, str]] = []
+
+    def add(dataset: str, check: str, measured: str, passed: bool | None) -> None:
+        rows.append({"data set": dataset, "check": check, "measured": measured, "verdict": _verdict(passed)})
+
+    if summary.empty:
+        summary = pd.DataFrame(columns=["dataset", "curve", "variant", "preset", "trained", "memory_k", "median"])
+    for dataset in PAPER_DATASET:
+        frame = summary[summary["dataset"] == dataset]
+        learned = frame[frame["trained"].astype(bool) & (frame["preset"] == preset) & (frame["variant"] == "")]
+        through = frame[frame["curve"] == "passthrough"]["median"]
+        passthrough = float(through.iloc[0]) if len(through) else float("nan")
+        curves = {}
+        for curve in CURVES:
+            points = learned[learned["curve"] == curve].sort_values("memory_k")
+            curves[curve] = points
+            add(dataset, f"{curve}: at least {MIN_SIZES} memory sizes ({preset})", f"{len(points)}",
+                len(points) >= MIN_SIZES)
+            if len(points) >= 2:
+                small, large = points.iloc[0], points.iloc[-1]
+                add(dataset, f"{curve}: error at the largest size at most {FALL} x the smallest's",
+                    f"{large['median']:.2f} at {large['memory_k']:.2f}k, {small['median']:.2f} at "
+                    f"{small['memory_k']:.2f}k ({large['median'] / small['median']:.2f} x)",
+                    large["median"] <= FALL * small["median"])
+            if not curve.startswith("EBMM"):
+                continue
+            paper = (reference[(reference["dataset"] == PAPER_DATASET[dataset]) & (reference["model"] == curve)]
+                     if reference is not None else pd.DataFrame())
+            for point in points.itertuples():
+                at = f"{curve} at {point.memory_k:.2f}k"
+                theirs = interpolated(paper["memory_k"], paper["error"], point.memory_k) if len(paper) else np.nan
+                why = "the paper has no such curve" if not len(paper) else "outside the paper's curve"
+                add(dataset, f"{at}: at most {PAPER_FACTOR:g} x the paper's",
+                    why if np.isnan(theirs) else f"{point.median:.2f} against {theirs:.2f} ({point.median / theirs:.2f} x)",
+                    None if np.isnan(theirs) else point.median <= PAPER_FACTOR * theirs)
+                add(dataset, f"{at}: at most {PASSTHROUGH_FRACTION:g} x passthrough's error",
+                    "no passthrough point" if np.isnan(passthrough) else f"{point.median:.2f} against {passthrough:.2f}",
+                    None if np.isnan(passthrough) else point.median <= PASSTHROUGH_FRACTION * passthrough)
+        if dataset == "cifar10":
+            conv, memnet = curves["EBMM_conv"], curves["MemNet"]
+            if len(conv) and len(memnet):
+                at = max(conv["memory_k"].min(), memnet["memory_k"].min())
+                ours = interpolated(conv["memory_k"], conv["median"], at)
+                theirs = interpolated(memnet["memory_k"], memnet["median"], at)
+                known = not (np.isnan(ours) or np.isnan(theirs))
+                add(dataset, "EBMM_conv below MemNet at the smallest memory both reach",
+                    f"{ours:.2f} against {theirs:.2f} at {at:.2f}k" if known else f"the curves do not both reach {at:.2f}k",
+                    ours < theirs if known else None)
+            else:
+                add(dataset, "EBMM_conv below MemNet at the smallest memory both reach", "a curve is missing", False)
+    return rows
+
+
+def acceptance_markdown(summary: pd.DataFrame, reference: pd.DataFrame | None, preset: str = "gpu") -> str:
+    """fig3_acceptance.md: every check in a table, and how many pass."""
+    rows = checks(summary, reference, preset)
+    verdicts = [row["verdict"] for row in rows]
+    return (f"# Figure 3: acceptance (issue 15), {preset} preset\n\n"
+            f"{verdicts.count('PASS')} of {len(rows) - verdicts.count('n/a')} checks pass "
+            f"({verdicts.count('n/a')} not applicable). Written by `membench figures` from this folder's records; "
+            f"the rules are in `membench/fig3_acceptance.py`. On Omniglot passthrough leaves the block at 0.5, "
+            f"which counts as wrong at every pixel, so its half is a weak bar there.\n\n"
+            + tabulate([list(row.values()) for row in rows], headers=list(rows[0]) if rows else [],
+                       tablefmt="github") + "\n")
