@@ -85,9 +85,10 @@ def finish(processes: Sequence[subprocess.Popen], deadline: float, interrupt_wai
 
 
 def run_session(runs: Sequence[str], copies: int, train_time_limit_s: float, device: str, cache: Path,
-                archive: Path, results_dir: Path, first: Sequence[Sequence[str]] = (), grace_s: float = 120.0) -> int:
-    """Run the membench commands `first` one after another, each interrupted when the training time is up
-    (the rest then skipped), then start `copies` processes of `membench run <args>` for each string of
+                archive: Path, results_dir: Path, first: Sequence[Sequence[str]] = (), grace_s: float = 120.0,
+                first_cap_s: float = float("inf")) -> int:
+    """Run the membench commands `first` one after another, each interrupted after `first_cap_s` or when the
+    training time is up (the rest then skipped), then start `copies` processes of `membench run <args>` for each string of
     `runs`, all at once, on the session's device and checkpoint cache, their training ending
     `train_time_limit_s` after the session began (`first` included). Processes still running `grace_s`
     after that are interrupted together (they checkpoint) and, 30 s later, killed (`finish`), so the
@@ -111,8 +112,8 @@ def run_session(runs: Sequence[str], copies: int, train_time_limit_s: float, dev
             continue
         print(f"== membench {shlex.join(command)}", flush=True)  # its output follows, unprefixed
         process = subprocess.Popen([sys.executable, "-m", "membench.cli", *command])
-        statuses += [EXIT_PAUSED if status == EXIT_INTERRUPTED else status
-                     for status in finish([process], clock + train_time_limit_s)]
+        deadline = min(clock + train_time_limit_s, time.monotonic() + first_cap_s)
+        statuses += [EXIT_PAUSED if status == EXIT_INTERRUPTED else status for status in finish([process], deadline)]
     left = max(0.0, train_time_limit_s - (time.monotonic() - clock))
     processes = []
     threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // max(1, len(runs) * copies)))
@@ -146,7 +147,8 @@ def pack(archive: Path, since: float, results_dir: Path, checkpoint_dir: Path) -
     aside) and the checkpoints (*.pt) of `checkpoint_dir` modified since then and trained further than the one
     shipped in results_dir/checkpoints (`training.portable`: weights only once finished, smallest first) into `archive` (.tar.gz) and, where they
     do not fit in CARRY_LIMIT_MB, further volumes (`volume_path`), at most MAX_VOLUMES in all: what a lent
-    machine returns. A checkpoint that fits nowhere is left out, warned. Returns the member names."""
+    machine returns. Unfinished checkpoints then take their AdamW state where a volume has room (or a further
+    volume may open). A checkpoint that fits nowhere is left out, warned. Returns the member names."""
     results_dir, checkpoint_dir = Path(results_dir), Path(checkpoint_dir)
     members: dict[str, bytes] = {}
     for path in sorted(results_dir.rglob("*")):
@@ -180,6 +182,9 @@ def pack(archive: Path, since: float, results_dir: Path, checkpoint_dir: Path) -
     for name, data in resumable.items():  # then AdamW's state for unfinished ones, smallest first, where it fits
         home = next((v for v in volumes if name in v), None)
         room = [v for v in volumes if sum(map(len, v.values())) - len(v.get(name, b"")) + len(data) <= limit]
+        if home is not None and not room and len(volumes) < MAX_VOLUMES and len(data) <= limit:
+            volumes.append({})  # a volume of its own rather than a fresh optimiser on the next machine
+            room = volumes[-1:]
         if home is not None and room:
             del home[name]
             room[0][name] = data

@@ -10,7 +10,9 @@ second-order backward, clipping, AdamW) is captured once per batch shape (one gr
 N) and replayed, which removes the per-kernel launch cost; the capture's warm-up updates
 are undone, so training matches eager training step for step. The graphs share one memory
 pool (a process holds one update's peak, not one per N), so a step's outputs hold until the
-next step only: use them (or queue work on them) before calling `step` again. With `TrainConfig.compile`
+next step only: use them (or queue work on them) before calling `step` again. $MEMBENCH_CUDA_GRAPHS=0
+turns graphs off for a process (how updates run is not part of checkpoint keys or records' presets;
+each stretch of training's history says whether it replayed graphs). With `TrainConfig.compile`
 the meta-loss (forward and its backward) is compiled by `torch.compile` with dynamic
 shapes, once for every N (on the CPU, inductor fuses the elementwise work into C++ loops;
 it needs a C++ compiler). Where capture fails (for any batch shape: graphs are then off for all) or compiling fails (on the first
@@ -23,6 +25,7 @@ backward follows the dtypes of its forward); clipping and AdamW, and everything 
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -33,6 +36,7 @@ from membench.interface import AssociativeMemory, TrainConfig
 from membench.store import warn
 
 GRAPH_WARMUP = 3  # eager updates on a side stream before a capture (required by CUDA graphs)
+GRAPHS_ENV = "MEMBENCH_CUDA_GRAPHS"  # "0": no graphs whatever the preset says (make gpu-graph-check failed)
 
 
 @dataclass
@@ -93,7 +97,7 @@ class Stepper:
             warn("precision bf16 on a CPU without bfloat16 matrix instructions (no AMX or AVX-512 BF16) emulates "
                  "them: EBMM's quick update ran 12x slower than float32 on such a CPU "
                  "(results/bench/throughput_equal_work.txt); use --option train.precision=float32 here")
-        self.graphs_on = bool(config.cuda_graph) and device.type == "cuda"
+        self.graphs_on = bool(config.cuda_graph) and device.type == "cuda" and os.environ.get(GRAPHS_ENV) != "0"
         lr = torch.tensor(config.lr, device=device) if self.graphs_on else config.lr
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=config.weight_decay,
                                            capturable=self.graphs_on)

@@ -244,6 +244,14 @@ def test_pack_carries_optimiser_states_only_where_room_remains(tmp_path: Path, m
         packed = {m.name: torch.load(tar.extractfile(m), weights_only=True) for m in tar.getmembers()}
     assert sorted("optimizer" in c for c in packed.values()) == [False, False, True]  # room for one state only
     assert "optimizer" not in packed["checkpoints/done.pt"]
+    monkeypatch.setattr(session, "MAX_VOLUMES", 2)  # a second volume may open for a state the first has no room for
+    names = session.pack(tmp_path / "s.tgz", 0.0, tmp_path / "results", cache)
+    packed = {}
+    for volume in (tmp_path / "s.tgz", tmp_path / "s-2.tgz"):
+        with tarfile.open(volume) as tar:
+            packed |= {m.name: torch.load(tar.extractfile(m), weights_only=True) for m in tar.getmembers()}
+    assert {name: "optimizer" in c for name, c in packed.items()} == {
+        "checkpoints/a.pt": True, "checkpoints/b.pt": True, "checkpoints/done.pt": False}
 
 
 def test_unpack_keeps_a_record_with_more_queries_than_the_archives(tmp_path: Path):
@@ -376,3 +384,21 @@ def test_set_aside_leaves_a_session_its_records_and_unfinished_checkpoints_and_g
     assert changed.exit_code == 1 and "commit them first" in changed.output and "Traceback" not in changed.output
     subprocess.run(["git", "checkout", "--", "results"], cwd=tmp_path, env=git, check=True)
     assert sorted(p.relative_to(tmp_path).as_posix() for p in (tmp_path / "results").rglob("*") if p.is_file()) == before
+
+
+def test_each_timing_command_is_cut_at_its_cap_not_at_the_sessions_end(tmp_path, monkeypatch):
+    """A timing command (compiling can take minutes) gets --time-cap seconds, not the session's training time;
+    the runs then start."""
+    waits = []
+
+    def finish_now(processes, deadline):
+        waits.append(deadline - time.monotonic())
+        return [0] * len(processes)
+
+    monkeypatch.setattr("membench.session.subprocess.Popen", lambda *args, **kwargs: object())
+    monkeypatch.setattr("membench.session.finish", finish_now)
+    monkeypatch.setattr("membench.session.pack", lambda *args: None)
+    status = run_session([], copies=1, train_time_limit_s=3600, device="cpu", cache=tmp_path / "cache",
+                         archive=tmp_path / "s.tgz", results_dir=Path("results"), first=[["throughput"]] * 2,
+                         first_cap_s=90)
+    assert status == 0 and all(80 < wait <= 90 for wait in waits[:2]) and waits[2] > 3600, waits  # then the runs

@@ -340,7 +340,7 @@ def test_curriculum_draws_the_small_n_first_then_all(tmp_path: Path):
 
 def test_a_record_made_with_an_older_preset_is_run_again(tmp_path: Path, monkeypatch):
     """Run ids name a preset, not its fields: when the preset's definition changes, `membench run` warns
-    that the stored record is stale and redoes the run (a compile switch alone changes nothing)."""
+    that the stored record is stale and redoes the run (a compile or CUDA-graph switch alone changes nothing)."""
     (tmp_path / "tiny_learned.py").write_text(TINY_MODEL)
     monkeypatch.chdir(tmp_path)
     args = ["run", "--model", "tiny_learned:TinyLearned", "--num-patterns", "16", "--queries", "32", "--out", "out",
@@ -356,7 +356,7 @@ def test_a_record_made_with_an_older_preset_is_run_again(tmp_path: Path, monkeyp
             return {"quick": dataclasses.replace(quick, train=dataclasses.replace(quick.train, **fields))}
         monkeypatch.setattr(tiny_learned.TinyLearned, "presets", classmethod(presets))
 
-    changed(compile=True)  # how updates run: the record stands
+    changed(compile=True, cuda_graph=True)  # how updates run: the record stands
     again = CliRunner().invoke(main, args)
     assert again.exit_code == 0 and "0 run(s) executed" in again.output and "older definition" not in again.output
     changed(steps=7)
@@ -587,3 +587,20 @@ def test_a_checkpoint_that_fails_to_load_leaves_the_model_as_it_was(tmp_path: Pa
     assert (tmp_path / "ck.pt.corrupt").exists() and not (tmp_path / "ck.pt").exists()
     for name, value in fresh.state_dict().items():
         torch.testing.assert_close(value, before[name], rtol=0, atol=0, msg=name)
+
+
+def test_how_updates_run_leaves_the_checkpoint_key_alone():
+    """CUDA graphs and compiling change how an update runs, not what it computes: a checkpoint trained with
+    graphs resumes without them (e.g. when `make gpu-graph-check` fails); the steps do change the key."""
+    from membench import runner
+    from membench.registry import make_task
+    from membench.suites import get_suite
+
+    (spec,) = get_suite("table1").expand("table1", ("memory_networks",), (0,), 64, "gpu", (16,))
+    task = make_task(spec.task)
+    model = runner.build_model(spec, task)
+    assert model.preset.train.cuda_graph  # the gpu preset replays graphs
+    key = runner.checkpoint_key(spec, model, task)
+    for fields, same in (({"cuda_graph": False}, True), ({"compile": True}, True), ({"steps": 7}, False)):
+        model.preset = dataclasses.replace(model.preset, train=dataclasses.replace(model.preset.train, **fields))
+        assert (runner.checkpoint_key(spec, model, task) == key) == same, fields
