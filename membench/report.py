@@ -183,6 +183,7 @@ def summarise(records: list[dict[str, Any]]) -> pd.DataFrame:
             "memory_floats": int(group["memory_floats"].max()), "budget": int(group["budget"].iloc[0]),
             "seeds": " ".join(str(s) for s in sorted(group["seed"])),
             "train_time_s": round(sum(t["train_time_s"] for t in trained), 1) if trained else 0.0,
+            "trained_on": ", ".join(sorted({f"{t['steps']} × {t['config']['batch_size']}" for t in trained})),
             "wall_time_s": round(float(group["wall_time_s"].sum()), 2),
             "device": " ".join(sorted({e["device"] for e in group["environment"]})),
             "versions": _versions(group),
@@ -227,14 +228,18 @@ def grid(summary: pd.DataFrame, paper: pd.DataFrame | None) -> tuple[list[list[s
     columns = sorted(summary["num_patterns"].unique())
     versions = dict(zip(summary["row"], summary["versions"]))
     per_row = len(set(versions.values())) > 1
+    trained = summary.groupby("row")["trained_on"].agg(lambda texts: ", ".join(sorted(set(texts) - {""})))
+    with_training = bool(trained.str.len().any())
     cells = []
     for r in rows:
         line = [r]
         for n in columns:
             match = summary[(summary.row == r) & (summary.num_patterns == n)]
             line.append(_cell(match.iloc[0]) if len(match) else "")
-        cells.append(line + [_floats(summary[summary.row == r]["memory_floats"])] + ([versions[r]] if per_row else []))
-    headers = ["model \\ N"] + [str(n) for n in columns] + ["floats used"] + (["device · torch"] if per_row else [])
+        cells.append(line + ([trained[r]] if with_training else []) + [_floats(summary[summary.row == r]["memory_floats"])]
+                     + ([versions[r]] if per_row else []))
+    headers = (["model \\ N"] + [str(n) for n in columns] + (["updates × episodes"] if with_training else [])
+               + ["floats used"] + (["device · torch"] if per_row else []))
     return cells, headers
 
 

@@ -174,3 +174,21 @@ def test_a_cell_never_pools_two_versions_of_a_models_source():
     kept, _ = distinct([record(16, 0, "old", "2026-01-01"), record(16, 1, "new", "2026-01-02"),
                         record(32, 0, "old", "2026-01-01")])
     assert sorted((r["task"]["num_patterns"], r["model_source"]) for r in kept) == [(16, "new"), (32, "old")]
+
+
+def test_a_trained_row_says_how_many_updates_of_how_many_episodes_trained_it():
+    """Compute beside the numbers (issue 14: baselines get at least EBMM's): updates × episodes per update of a
+    learned row's checkpoint; an untrained row leaves the column empty, a table without learned rows has none."""
+    from membench.report import grid, summarise
+
+    def record(model: str, training: dict | None) -> dict:
+        return {"run_id": model, "suite": "table1", "model": model, "options": {}, "seed": 0, "preset": "quick",
+                "task": {"kind": "binary", "num_patterns": 4, "dim": 128, "erased": 64}, "budget": 8256,
+                "memory_floats": 512, "errors": [0.0] * 8, "training": training, "wall_time_s": 1.0,
+                "environment": {"device": "cpu", "torch": "2"}, "command": "membench run"}
+
+    learned = {"checkpoint_key": "k", "train_time_s": 1.0, "steps": 30, "config": {"batch_size": 4}, "history": None}
+    cells, headers = grid(summarise([record("raw_slots", None), record("mann", learned)]), None)
+    column = headers.index("updates × episodes")
+    assert {line[0]: line[column] for line in cells} == {"mann": "30 × 4", "raw_slots": ""}
+    assert "updates × episodes" not in grid(summarise([record("raw_slots", None)]), None)[1]
