@@ -44,18 +44,21 @@ def checks(summary: pd.DataFrame, reference: pd.DataFrame | None, preset: str = 
         rows.append({"data set": dataset, "check": check, "measured": measured, "verdict": _verdict(passed)})
 
     if summary.empty:
-        summary = pd.DataFrame(columns=["dataset", "curve", "variant", "preset", "trained", "memory_k", "median"])
+        summary = pd.DataFrame(columns=["dataset", "curve", "variant", "preset", "trained", "data", "memory_k", "median"])
     for dataset in PAPER_DATASET:
         frame = summary[summary["dataset"] == dataset]
         learned = frame[frame["trained"].astype(bool) & (frame["preset"] == preset) & (frame["variant"] == "")]
+        if len(learned):  # points of one data (the most of them): a subset's and the full set's do not mix
+            frame = frame[frame["data"] == learned["data"].mode().iloc[0]]
+            learned = learned[learned["data"] == learned["data"].mode().iloc[0]]
         through = frame[frame["curve"] == "passthrough"]["median"]
         passthrough = float(through.iloc[0]) if len(through) else float("nan")
         curves = {}
         for curve in CURVES:
             points = learned[learned["curve"] == curve].sort_values("memory_k")
             curves[curve] = points
-            add(dataset, f"{curve}: at least {MIN_SIZES} memory sizes ({preset})", f"{len(points)}",
-                len(points) >= MIN_SIZES)
+            sizes = points["memory_k"].nunique()
+            add(dataset, f"{curve}: at least {MIN_SIZES} memory sizes ({preset})", f"{sizes}", sizes >= MIN_SIZES)
             if len(points) >= 2:
                 small, large = points.iloc[0], points.iloc[-1]
                 add(dataset, f"{curve}: error at the largest size at most {FALL} x the smallest's",

@@ -8,7 +8,8 @@ sees). Scheduling:
 - a learned model's runs that share a checkpoint form a chain: the first trains (and
   evaluates), the others start once it has finished and reuse the checkpoint, so each
   checkpoint is trained once; runs of different checkpoints and untrained runs go in parallel;
-- a task asks for one GPU when the device is CUDA, else one CPU; `auto` is CUDA when the cluster has a GPU;
+- a task asks for one GPU when its device is CUDA, else one CPU; with `auto`, a learned model's runs are
+  CUDA's when the cluster has a GPU, the others' (quick, and numbered the same anywhere) a CPU's;
 - a failed run is reported with its message and the others go on; the call then raises
   MembenchError naming the failures (rerunning finishes only what is missing).
 Without an address a local Ray is started (so one machine works too); Ray is imported only here.
@@ -73,6 +74,7 @@ def run_with_ray(specs: list[RunSpec], out_dir: Path, device: str, force: bool, 
     except ImportError:
         raise MembenchError("--launcher ray needs Ray: pip install -e '.[ray]' in the checkout (or pip install "
                             "ray)") from None
+    from membench.registry import resolve_model
     from membench.runner import check_device_name, is_current
     from membench.store import ResultsStore
 
@@ -87,27 +89,29 @@ def run_with_ray(specs: list[RunSpec], out_dir: Path, device: str, force: bool, 
         path = os.pathsep.join([os.getcwd(), *sys.path])  # user models given as module:Class import in workers
         ray.init(address=address, log_to_driver=False, include_dashboard=False,
                  runtime_env={"env_vars": {"PYTHONPATH": path}})
-    device = _cluster_device(ray, device)
-    gpus = 1 if device == "cuda" else 0
-    remote = ray.remote(num_cpus=0 if gpus else 1, num_gpus=gpus, max_retries=0)(_execute)
+    remote = ray.remote(max_retries=0)(_execute)
     pending: dict[Any, RunSpec] = {}
     for chain in _chains(todo):
+        chain_device = _cluster_device(ray, device, resolve_model(chain[0].model).trainable)
+        on_gpu = chain_device == "cuda"
         previous = None
         for spec in chain:
-            previous = remote.remote(spec, str(out_dir), device, str(checkpoint_dir), command, force,
-                                     train_time_limit_s, env, previous)
+            previous = remote.options(num_cpus=0 if on_gpu else 1, num_gpus=1 if on_gpu else 0).remote(
+                spec, str(out_dir), chain_device, str(checkpoint_dir), command, force, train_time_limit_s, env,
+                previous)
             pending[previous] = spec
     return _collect(ray, pending, progress)
 
 
-def _cluster_device(ray, device: str) -> str:
-    """The workers' device: 'auto' is cuda when the cluster has a GPU (the driver's node may have none), else
-    cpu; cuda on a cluster without one is refused here rather than in every worker."""
+def _cluster_device(ray: Any, device: str, trainable: bool) -> str:
+    """A run's device on the cluster: 'auto' is cuda for a learned model when the cluster has a GPU (the
+    driver's node may have none), else cpu; cuda on a cluster without one is refused here rather than in
+    every worker."""
     has_gpu = ray.cluster_resources().get("GPU", 0) > 0
     if device == "cuda" and not has_gpu:
         raise MembenchError("--device cuda: the Ray cluster has no GPU (ray.cluster_resources()); use --device cpu "
                             "or auto, or add GPU nodes")
-    return ("cuda" if has_gpu else "cpu") if device == "auto" else device
+    return ("cuda" if has_gpu and trainable else "cpu") if device == "auto" else device
 
 
 def _membench_env() -> dict[str, str]:

@@ -183,7 +183,8 @@ def summarise(records: list[dict[str, Any]]) -> pd.DataFrame:
             "memory_floats": int(group["memory_floats"].max()), "budget": int(group["budget"].iloc[0]),
             "seeds": " ".join(str(s) for s in sorted(group["seed"])),
             "train_time_s": round(sum(t["train_time_s"] for t in trained), 1) if trained else 0.0,
-            "trained_on": ", ".join(sorted({f"{t['steps']} × {t['config']['batch_size']}" for t in trained})),
+            "trained_on": ", ".join(sorted({f"{t.get('steps', '?')} × {(t.get('config') or {}).get('batch_size', '?')}"
+                                            for t in trained})),
             "wall_time_s": round(float(group["wall_time_s"].sum()), 2),
             "device": " ".join(sorted({e["device"] for e in group["environment"]})),
             "versions": _versions(group),

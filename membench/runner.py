@@ -137,8 +137,8 @@ def is_current(spec: RunSpec, store: ResultsStore) -> bool:
     if recorded is not None:
         current = comparable_preset(recorded) == today
     else:
-        trained = json.loads(json.dumps((record.get("training") or {}).get("config") or {}, default=str))
-        current = all(today["train"].get(name, value) == value for name, value in trained.items())
+        trained = comparable_preset({"model": {}, "train": (record.get("training") or {}).get("config") or {}})
+        current = all(today["train"].get(name, value) == value for name, value in trained["train"].items())
     if not current:
         warn(f"{spec.run_id}: its record was made with an older definition of preset '{spec.preset}'; running it again")
     return current

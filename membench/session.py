@@ -290,8 +290,8 @@ def set_aside(root: Path, keep: Sequence[str]) -> tuple[list[Path], int]:
     the copy it carries (at most 64 MiB) has room for the checkpoints it resumes: every file under results/
     except results/bench, results/reference (the paper's numbers, printed beside a run's) and the folders
     `keep` (relative to root: the session's --out folders, whose records make it skip finished runs), and of
-    results/checkpoints every finished checkpoint a record names (its run is done). Unfinished checkpoints
-    and those no record names stay. Refused (MembenchError) unless git reports nothing changed under
+    results/checkpoints every finished checkpoint whose records cover every N it was trained on (its runs
+    are done). Unfinished checkpoints, and those whose runs lack a record, stay. Refused (MembenchError) unless git reports nothing changed under
     results/, so `git checkout -- results` brings every deleted file back (a finished checkpoint that runs
     of another suite, without records, still need: `git checkout -- <it>`). Returns (files deleted, bytes)."""
     root = Path(root)
@@ -309,19 +309,22 @@ def set_aside(root: Path, keep: Sequence[str]) -> tuple[list[Path], int]:
                             f"e.g. {changed.splitlines()[0][3:]}): commit them first, so `git checkout -- "
                             f"{RESULTS}` restores what is set aside")
     kept = [PurePosixPath(folder.rstrip("/")) for folder in (f"{RESULTS}/bench", f"{RESULTS}/reference", *keep)]
-    for folder in kept[2:]:
-        if not folder.is_relative_to(RESULTS) or not (root / folder).is_dir():
+    for folder in kept[2:]:  # (a session's --out need not exist yet)
+        if not folder.is_relative_to(RESULTS) or folder == PurePosixPath(RESULTS) or (root / folder).is_file():
             raise MembenchError(f"--keep {folder}: not a folder under {root}/{RESULTS}; give the session's --out "
                                 f"folders, e.g. {RESULTS}/fig3")
-    named = {(record.get("training") or {}).get("checkpoint_key") for record in _records(root, tracked)}
+    evaluated: dict[str, set[int]] = {}  # checkpoint key -> the N its records evaluated
+    for record in _records(root, tracked):
+        if key := (record.get("training") or {}).get("checkpoint_key"):
+            evaluated.setdefault(key, set()).add(record["task"]["num_patterns"])
     deleted, size = [], 0
     for name in tracked:
         path = PurePosixPath(name)
         if any(path.is_relative_to(folder) for folder in kept):
             continue
-        if path.parent == PurePosixPath(RESULTS, CHECKPOINTS) and not _finished_and_named(root / name, named):
+        if path.parent == PurePosixPath(RESULTS, CHECKPOINTS) and not _done(root / name, evaluated):
             continue
-        size += (root / name).stat().st_size
+        size += (root / name).lstat().st_size
         (root / name).unlink()
         deleted.append(root / name)
     return deleted, size
@@ -332,8 +335,12 @@ def _records(root: Path, tracked: Sequence[str]) -> list[dict[str, Any]]:
     return [read_record(root / name) for name in tracked if _is_record(name)]
 
 
-def _finished_and_named(path: Path, named: set[str | None]) -> bool:
-    """Whether the checkpoint at `path` finished its training and a record names its key."""
-    saved = readable_checkpoint(path)
-    return (path.stem in named and saved is not None
-            and saved["step"] >= (saved.get("config") or {}).get("steps", float("inf")))
+def _done(path: Path, evaluated: dict[str, set[int]]) -> bool:
+    """Whether the checkpoint at `path` finished its training and records evaluated it at every N it was
+    trained on (one trained on a single N: a record)."""
+    saved = readable_checkpoint(path) if path.stem in evaluated else None
+    if saved is None:
+        return False
+    config = saved.get("config") or {}
+    return (saved["step"] >= config.get("steps", float("inf"))
+            and set(config.get("num_patterns") or ()) <= evaluated[path.stem])

@@ -115,11 +115,11 @@ def _tensor_bytes(value: Any) -> int:
     return 0
 
 
-def read_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
-    """The training checkpoint at `path`, unpickled as data only (tensors, containers, numbers, strings: a
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """The training checkpoint at `path`, on the CPU, unpickled as data only (tensors, containers, numbers, strings: a
     checkpoint carried from another machine runs no code). Raises on a file that is not one."""
     with torch.serialization.safe_globals([TorchVersion]):  # older checkpoints' history holds torch.__version__
-        saved = torch.load(path, map_location=device, weights_only=True)
+        saved = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(saved, dict) or any(key not in saved for key in CHECKPOINT_KEYS):
         raise ValueError("not a membench training checkpoint")
     return saved

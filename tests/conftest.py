@@ -16,6 +16,7 @@ def _isolated(monkeypatch, tmp_path):
     from membench import checkpoints
 
     monkeypatch.setenv("MEMBENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("MEMBENCH_CUDA_GRAPHS", raising=False)  # a session's switch, not the tests'
     monkeypatch.setattr(checkpoints, "SHIPPED_CHECKPOINTS", tmp_path / "shipped")
     torch.set_float32_matmul_precision("highest")
 

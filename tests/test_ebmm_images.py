@@ -104,29 +104,3 @@ def test_image_energy_hops_equal_the_papers_recurrence(options, paper):
     for mine, reference in zip(torch.autograd.grad(ours.sum(), params), torch.autograd.grad(theirs.sum(), params)):
         torch.testing.assert_close(mine, reference, rtol=1e-9, atol=1e-12)
 
-
-def _updated_weights(options: dict, device: torch.device, graphs: bool) -> dict[str, torch.Tensor]:
-    """A tiny image EBMM's weights after five updates on batches of two shapes (N = 4 and 2)."""
-    from membench.interface import TrainConfig
-    from membench.stepper import Stepper
-
-    generator = torch.Generator().manual_seed(0)
-    torch.manual_seed(0)
-    model = EBMM.from_spec(TINY, 10**6, "quick", **options).to(device)
-    stepper = Stepper(model, TrainConfig(lr=1e-3, clip_norm=1.0, cuda_graph=graphs), device)
-    for n in (4, 2, 4, 2, 4):
-        patterns = torch.rand(2, n, 3, 16, 16, generator=generator)
-        queries = patterns.clone()
-        queries[..., 4:12, 4:12] = 0.5
-        stepper.step(patterns.to(device), queries.to(device))
-    return {name: value.detach().cpu().clone() for name, value in model.state_dict().items()}
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("options", [TINY_FC, TINY_CONV], ids=["fc", "conv"])
-def test_cuda_graph_updates_of_image_ebmm_match_eager_ones(options):
-    """On CUDA: updates of the image energies (vmapped writes, grouped convolutions, second-order backward)
-    replayed from two graphs sharing one memory pool give the eager updates' weights."""
-    eager, replayed = (_updated_weights(options, torch.device("cuda"), graphs) for graphs in (False, True))
-    for name in eager:
-        torch.testing.assert_close(replayed[name], eager[name], msg=f"graph replay differs in {name}")

@@ -130,8 +130,9 @@ def test_workers_use_the_drivers_data_folder_and_provenance(local_ray, tmp_path,
 
 
 def test_the_workers_device_follows_the_cluster_not_the_driver():
-    """'auto' is CUDA when any node has a GPU (the driver's may have none) and the CPU otherwise; --device cuda
-    on a cluster without a GPU is refused before any task starts."""
+    """'auto' is CUDA for a learned model when any node has a GPU (the driver's may have none), the CPU for the
+    others (a GPU per Hebb run would run them one at a time); --device cuda on a cluster without a GPU is refused
+    before any task starts."""
     from membench.ray_launcher import _cluster_device
 
     class Cluster:
@@ -139,10 +140,11 @@ def test_the_workers_device_follows_the_cluster_not_the_driver():
             self.cluster_resources = lambda: resources
 
     with_gpu, without = Cluster({"CPU": 64.0, "GPU": 2.0}), Cluster({"CPU": 2.0})
-    assert [_cluster_device(with_gpu, d) for d in ("auto", "cuda", "cpu")] == ["cuda", "cuda", "cpu"]
-    assert [_cluster_device(without, d) for d in ("auto", "cpu")] == ["cpu", "cpu"]
+    assert [_cluster_device(with_gpu, d, True) for d in ("auto", "cuda", "cpu")] == ["cuda", "cuda", "cpu"]
+    assert [_cluster_device(with_gpu, d, False) for d in ("auto", "cuda")] == ["cpu", "cuda"]  # no GPU held for Hebb
+    assert [_cluster_device(without, d, True) for d in ("auto", "cpu")] == ["cpu", "cpu"]
     with pytest.raises(MembenchError, match="--device cuda: the Ray cluster has no GPU"):
-        _cluster_device(without, "cuda")
+        _cluster_device(without, "cuda", True)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a driver without CUDA")

@@ -351,14 +351,17 @@ def test_unpack_checks_every_archive_before_writing_any(tmp_path: Path):
 
 def test_set_aside_leaves_a_session_its_records_and_unfinished_checkpoints_and_git_restores_the_rest(tmp_path):
     """`membench set-aside --keep results/fig3` deletes what a lent machine's session does not need: other results
-    folders and finished checkpoints whose runs have records; it keeps results/bench, the kept folder, unfinished
-    checkpoints, those no record names and the paper's numbers; `git checkout -- results` restores everything. A tree with changes git
-    does not hold under results/ (which checkout could not restore) or a --keep outside results/ is refused."""
+    folders and finished checkpoints whose records cover every N they were trained on; it keeps results/bench,
+    the kept folder, unfinished checkpoints, those without records, those evaluated at some of their N only and
+    the paper's numbers; `git checkout -- results` restores everything. A tree with changes git does not hold
+    under results/ (which checkout could not restore) or a --keep outside results/ is refused."""
     root = Path(__file__).resolve().parent.parent
-    learned = "table1-learned-ebmm-N16-s0-da6a44d483.json"  # names the finished ebmm-quick-823663ec0f4e
-    files = {f"results/table1/runs/{learned}": (root / "results" / "table1" / "runs" / learned).read_bytes(),
-             "results/fig3/fig3.md": b"kept", "results/bench/throughput.csv": b"kept", "results/capacity/c.md": b"c",
-             "results/reference/paper_table1.csv": b"kept"}
+    learned = [f"table1-learned-ebmm-N{n}-s0-{run}.json" for n, run in ((16, "da6a44d483"), (32, "8598470d06"),
+               (48, "0c040aa752"), (64, "be77139c8d"), (96, "1f35cff22a"))]  # the quick preset's: N = 16 ... 96
+    files = {f"results/table1/runs/{name}": (root / "results" / "table1" / "runs" / name).read_bytes()
+             for name in learned[:4]}  # evaluated at N = 16 ... 64 so far
+    files |= {"results/fig3/fig3.md": b"kept", "results/bench/throughput.csv": b"kept", "results/capacity/c.md": b"c",
+              "results/reference/paper_table1.csv": b"kept"}
     for name, data in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(data)
@@ -369,22 +372,33 @@ def test_set_aside_leaves_a_session_its_records_and_unfinished_checkpoints_and_g
     torch.save({**base, "step": 5}, ck / "paused-key.pt")  # unfinished: the session resumes it
     torch.save({**base, "step": 10}, ck / "unrecorded-key.pt")  # finished, evaluation not recorded yet
     git = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
-    for command in (["init", "-q"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "r"]):
-        subprocess.run(["git", *command], cwd=tmp_path, env=git, check=True)
-    before = sorted(p.relative_to(tmp_path).as_posix() for p in (tmp_path / "results").rglob("*") if p.is_file())
 
+    def commit():
+        for command in (["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "r"]):
+            subprocess.run(["git", *command], cwd=tmp_path, env=git, check=True)
+
+    def left() -> list[str]:
+        return sorted(p.relative_to(tmp_path).as_posix() for p in (tmp_path / "results").rglob("*") if p.is_file())
+
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, env=git, check=True)
+    commit()
+    before = left()
     outside = CliRunner().invoke(main, ["set-aside", "--keep", "fig3", "--root", str(tmp_path)])
     assert outside.exit_code == 1 and "--keep fig3: not a folder under" in outside.output, outside.output
     result = CliRunner().invoke(main, ["set-aside", "--keep", "results/fig3", "--root", str(tmp_path)])
-    assert result.exit_code == 0 and "set aside 3 file(s)" in result.output, result.output
-    left = sorted(p.relative_to(tmp_path).as_posix() for p in (tmp_path / "results").rglob("*") if p.is_file())
-    assert left == ["results/bench/throughput.csv", "results/checkpoints/paused-key.pt",
-                    "results/checkpoints/unrecorded-key.pt", "results/fig3/fig3.md", "results/reference/paper_table1.csv"]
+    assert result.exit_code == 0 and "set aside 5 file(s)" in result.output, result.output
+    kept = ["results/bench/throughput.csv", "results/checkpoints/paused-key.pt", "results/checkpoints/unrecorded-key.pt",
+            "results/fig3/fig3.md", "results/reference/paper_table1.csv"]
+    assert left() == sorted([*kept, "results/checkpoints/ebmm-quick-823663ec0f4e.pt"])  # N = 96 still to evaluate
     changed = CliRunner().invoke(main, ["set-aside", "--keep", "results/fig3", "--root", str(tmp_path)])
     assert changed.exit_code == 1 and "commit them first" in changed.output and "Traceback" not in changed.output
     subprocess.run(["git", "checkout", "--", "results"], cwd=tmp_path, env=git, check=True)
-    assert sorted(p.relative_to(tmp_path).as_posix() for p in (tmp_path / "results").rglob("*") if p.is_file()) == before
-
+    assert left() == before
+    name = f"results/table1/runs/{learned[4]}"
+    (tmp_path / name).write_bytes((root / name).read_bytes())  # every N evaluated: its checkpoint is done
+    commit()
+    result = CliRunner().invoke(main, ["set-aside", "--keep", "results/fig3", "--root", str(tmp_path)])
+    assert result.exit_code == 0 and left() == kept, result.output
 
 def test_each_timing_command_is_cut_at_its_cap_not_at_the_sessions_end(tmp_path, monkeypatch):
     """A timing command (compiling can take minutes) gets --time-cap seconds, not the session's training time;

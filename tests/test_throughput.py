@@ -244,3 +244,28 @@ def test_tf32_on_a_cpu_is_refused_before_any_row_is_built(tmp_path):
                                         "--run", f"--model raw_slots --out {tmp_path}/results/table1",
                                         "--to", str(tmp_path / "s.tgz"), "--train-time-limit", "10"])
     assert session.exit_code == 1 and "--precision tf32 is CUDA's" in session.output, session.output
+
+
+def test_the_graph_check_compares_every_case_and_names_what_differs(capsys):
+    """`python -m membench.graph_check` (run first in GPU sessions): its three cases run here (eager on both
+    sides on a CPU: equal), a difference is named per case, and without CUDA it says so and exits 2."""
+    from membench import graph_check
+
+    assert graph_check.mismatches(torch.device("cpu")) == []
+
+    def drifting(name, device, graphs):  # replayed weights off by 1e-3
+        return {"weight": torch.full((3,), 1e-3 if graphs else 0.0)}, 2
+
+    found = graph_check.mismatches(torch.device("cpu"), run=drifting)
+    assert [line.split(":")[0] for line in found] == list(graph_check.CASES)
+    if not torch.cuda.is_available():
+        assert graph_check.main() == 2 and "no CUDA device here" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_updates_equal_eager_ones_for_every_energy():
+    """On CUDA: two graphs in one pool, replayed in turn, give the eager updates' weights (binary and image
+    energies), and the graphs were captured."""
+    from membench import graph_check
+
+    assert graph_check.mismatches(torch.device("cuda")) == []
