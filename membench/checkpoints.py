@@ -84,7 +84,7 @@ def readable_checkpoint(path: Path) -> dict[str, Any] | None:
     try:
         return read_checkpoint(path)
     except (EOFError, OSError, RuntimeError, ValueError, pickle.UnpicklingError) as exc:
-        warn(f"checkpoint {path} is unreadable ({type(exc).__name__}): not shipped; delete it and rerun the "
+        warn(f"checkpoint {path} is unreadable ({type(exc).__name__}): left as it is; delete it and rerun the "
              f"command that trained it")
         return None
 
@@ -109,11 +109,16 @@ def _ship_one(source: Path, dest: Path, record: dict[str, Any] | None, max_mb: f
                                        "device": env["device"], "device_name": env.get("device_name"),
                                        "commit": env.get("git_commit"), "torch": env.get("torch"),
                                        "from_record": record["run_id"]}]}
-    carried = portable(saved)
-    buffer = io.BytesIO()
-    torch.save(carried, buffer)
-    if buffer.tell() > max_mb * 2**20:
-        warn(f"checkpoint {source} is {buffer.tell() / 2**20:.0f} MB without its optimiser state, over "
+    data = saved_bytes(portable(saved))
+    if len(data) > max_mb * 2**20:
+        warn(f"checkpoint {source} is {len(data) / 2**20:.0f} MB without its optimiser state, over "
              f"{max_mb:g} MB: not shipped")
         return None
-    return write_atomic(dest, lambda handle: handle.write(buffer.getvalue()))
+    return write_atomic(dest, lambda handle: handle.write(data))
+
+
+def saved_bytes(checkpoint: dict[str, Any]) -> bytes:
+    """`checkpoint` as the bytes of its file (torch.save)."""
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    return buffer.getvalue()

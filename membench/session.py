@@ -31,12 +31,11 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path, PurePosixPath
-from typing import Any, Sequence
+from typing import Sequence
 
-import torch
 
 from membench.errors import EXIT_INTERRUPTED, EXIT_PAUSED, MembenchError
-from membench.checkpoints import readable_checkpoint, ship_checkpoints
+from membench.checkpoints import readable_checkpoint, saved_bytes, ship_checkpoints
 from membench.store import completeness, parse_record, read_record, warn, write_atomic
 from membench.training import portable, weights_only
 
@@ -163,9 +162,9 @@ def pack(archive: Path, since: float, results_dir: Path, checkpoint_dir: Path) -
         shipped = results_dir / CHECKPOINTS / path.name
         if shipped.exists() and saved["step"] <= ((readable_checkpoint(shipped) or {}).get("step") or 0):
             continue  # only copied from the shipped one (used, not trained further)
-        members[f"{CHECKPOINTS}/{path.name}"] = _saved_bytes(weights_only(saved))
+        members[f"{CHECKPOINTS}/{path.name}"] = saved_bytes(weights_only(saved))
         if "optimizer" in (carried := portable(saved)):
-            resumable[f"{CHECKPOINTS}/{path.name}"] = _saved_bytes(carried)
+            resumable[f"{CHECKPOINTS}/{path.name}"] = saved_bytes(carried)
     limit = CARRY_LIMIT_MB * 2**20 - 2**16  # tar and gzip headers; weights barely compress
     volumes: list[dict[str, bytes]] = [{}]
     for name, data in members.items():  # results files first: they are what a session is for
@@ -203,12 +202,6 @@ def pack(archive: Path, since: float, results_dir: Path, checkpoint_dir: Path) -
     for number in range(len(volumes) + 1, MAX_VOLUMES + 1):  # an earlier, larger pack's volumes would unpack too
         volume_path(archive, number).unlink(missing_ok=True)
     return [name for volume in volumes for name in volume]
-
-
-def _saved_bytes(checkpoint: dict[str, Any]) -> bytes:
-    buffer = io.BytesIO()
-    torch.save(checkpoint, buffer)
-    return buffer.getvalue()
 
 
 def _is_record(name: str) -> bool:
@@ -291,9 +284,10 @@ def set_aside(root: Path, keep: Sequence[str]) -> tuple[list[Path], int]:
     except results/bench, results/reference (the paper's numbers, printed beside a run's) and the folders
     `keep` (relative to root: the session's --out folders, whose records make it skip finished runs), and of
     results/checkpoints every finished checkpoint whose records cover every N it was trained on (its runs
-    are done). Unfinished checkpoints, and those whose runs lack a record, stay. Refused (MembenchError) unless git reports nothing changed under
-    results/, so `git checkout -- results` brings every deleted file back (a finished checkpoint that runs
-    of another suite, without records, still need: `git checkout -- <it>`). Returns (files deleted, bytes)."""
+    are done). Unfinished checkpoints, and those whose runs lack a record, stay. Refused (MembenchError)
+    unless git reports nothing changed under results/, so `git checkout -- results` brings every deleted
+    file back (a finished checkpoint that runs of another suite, without records, still need: `git checkout
+    -- <it>`). Returns (files deleted, bytes)."""
     root = Path(root)
     env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
     try:
@@ -314,7 +308,7 @@ def set_aside(root: Path, keep: Sequence[str]) -> tuple[list[Path], int]:
             raise MembenchError(f"--keep {folder}: not a folder under {root}/{RESULTS}; give the session's --out "
                                 f"folders, e.g. {RESULTS}/fig3")
     evaluated: dict[str, set[int]] = {}  # checkpoint key -> the N its records evaluated
-    for record in _records(root, tracked):
+    for record in (read_record(root / name) for name in tracked if _is_record(name)):
         if key := (record.get("training") or {}).get("checkpoint_key"):
             evaluated.setdefault(key, set()).add(record["task"]["num_patterns"])
     deleted, size = [], 0
@@ -328,11 +322,6 @@ def set_aside(root: Path, keep: Sequence[str]) -> tuple[list[Path], int]:
         (root / name).unlink()
         deleted.append(root / name)
     return deleted, size
-
-
-def _records(root: Path, tracked: Sequence[str]) -> list[dict[str, Any]]:
-    """The run records among the `tracked` files."""
-    return [read_record(root / name) for name in tracked if _is_record(name)]
 
 
 def _done(path: Path, evaluated: dict[str, set[int]]) -> bool:
