@@ -1,0 +1,66 @@
+"""Image EBMM recipes on the CPU: does the energy learn to fill the block, and which write/read settings let it?
+
+    python results/diagnostics/ebmm-images/screen.py VARIANT [VARIANT ...] [--n 16] [--steps 1500]
+        [--dataset omniglot] [--queries 1024]
+
+Each variant is one run of the Figure 3 task (64 images by default; `--n` writes fewer to screen faster):
+EBMM-FC at d = 16 (4112 floats) on the quick preset's narrow networks, trained `--steps` updates on the
+train split and evaluated on fresh test-split episodes. Records (and training curves) go to
+results/diagnostics/ebmm-images/{runs,training} (or `--out`) through the runner, like any `membench run`; the
+README there reads them.
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from membench.datasets import set_data_dir
+from membench.registry import make_task
+from membench.runner import run_all
+from membench.suites import RunSpec
+
+HERE = Path(__file__).resolve().parent
+D = 16  # writable units: 257 * 16 = 4112 floats (the quick EBMM-FC curve's first point)
+
+# name -> EBMM options beyond the quick image preset's (ebmm.memory.IMAGE_PRESETS["resnet_fc"]["quick"])
+VARIANTS: dict[str, dict] = {
+    "quick": {},                                                           # T = 1, no grad-norm, rates 1.0, lr 1e-3
+    "keep-known": {"read_known": False},                                   # the read moves only the block
+    "gpu-write": {"write_steps": 3, "write_lr_init": 0.3, "grad_norm_term": True},  # the gpu preset's write
+    "gpu-write-gn0.01": {"write_steps": 3, "write_lr_init": 0.3, "grad_norm_term": True,
+                         "grad_norm_lr_init": 0.01},
+    "T3": {"write_steps": 3, "write_lr_init": 0.3},                        # the gpu write without the term
+    "gpu-lr": {"train.lr": 1e-4},                                          # the gpu preset's meta learning rate
+    "big-rates": {"write_lr_init": 3.0, "read_step_init": 5.0},            # the binary quick preset's rates
+    "keep-known-T3": {"read_known": False, "write_steps": 3, "write_lr_init": 0.3},
+    "keep-known-cos": {"read_known": False, "train.lr": 3e-3, "train.cosine_decay": True},
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("variants", nargs="+", choices=sorted(VARIANTS))
+    parser.add_argument("--n", type=int, default=64, help="images written per episode")
+    parser.add_argument("--steps", type=int, default=1500, help="meta-training updates")
+    parser.add_argument("--dataset", default="omniglot", choices=("omniglot", "cifar10"))
+    parser.add_argument("--queries", type=int, default=1024, help="test queries evaluated (whole episodes)")
+    parser.add_argument("--data-dir", type=Path, default=HERE.parents[2].parent / "shared" / "data")
+    parser.add_argument("--out", type=Path, default=HERE, help="records go to OUT/runs")
+    args = parser.parse_args()
+    set_data_dir(args.data_dir)
+    task = make_task({"kind": args.dataset, "num_patterns": args.n, "image_size": 32, "block": 16}).config()
+    suite = "fig3-omniglot" if args.dataset == "omniglot" else "fig3-cifar"
+    specs = [RunSpec(suite=suite, model="ebmm", task=task, budget=257 * D, seed=0, queries=args.queries,
+                     preset="quick", options={"energy": "resnet_fc", "memory_size": D, "train.steps": args.steps,
+                                              **VARIANTS[name]})
+             for name in args.variants]
+    command = shlex.join(["python", "results/diagnostics/ebmm-images/screen.py", *sys.argv[1:]])
+    for record in run_all(specs, args.out, device="cpu", command=command, progress=False):
+        print(record["options"], "error", round(record["mean_error"], 2), "train s",
+              record["training"]["train_time_s"], flush=True)
+
+
+if __name__ == "__main__":
+    main()
