@@ -36,6 +36,8 @@ VARIANTS: dict[str, dict] = {
     "big-rates": {"write_lr_init": 3.0, "read_step_init": 5.0},            # the binary quick preset's rates
     "keep-known-T3": {"read_known": False, "write_steps": 3, "write_lr_init": 0.3},
     "keep-known-cos": {"read_known": False, "train.lr": 3e-3, "train.cosine_decay": True},
+    "write3-norm": {"write_lr_init": 3.0, "learn_write_norm": True},       # a stronger write: rate and N's power
+    "write10": {"write_lr_init": 10.0},                                    # a much stronger write
 }
 
 
