@@ -38,6 +38,8 @@ VARIANTS: dict[str, dict] = {
     "keep-known-cos": {"read_known": False, "train.lr": 3e-3, "train.cosine_decay": True},
     "write3-norm": {"write_lr_init": 3.0, "learn_write_norm": True},       # a stronger write: rate and N's power
     "write10": {"write_lr_init": 10.0},                                    # a much stronger write
+    "mixed-n": {"train.num_patterns": [4, 8, 16, 32, 64]},                 # trained on fewer images too
+    "curriculum": {"train.num_patterns": [4, 8, 16, 32, 64], "train.curriculum_steps": 1000},  # N = 4 first
 }
 
 
