@@ -4,7 +4,8 @@
         [--dataset omniglot] [--queries 1024]
 
 Each variant is one run of the Figure 3 task (64 images by default; `--n` writes fewer to screen faster):
-EBMM-FC at d = 16 (4112 floats) on the quick preset's narrow networks, trained `--steps` updates on the
+EBMM-FC at d = 16 (4112 floats; `--energy resnet_conv`: EBMM-conv at d = 6, 3468 floats) on the quick
+preset's narrow networks, trained `--steps` updates on the
 train split and evaluated on fresh test-split episodes. Records (and training curves) go to
 results/diagnostics/ebmm-images/{runs,training} (or `--out`) through the runner, like any `membench run`; the
 README there reads them.
@@ -22,9 +23,11 @@ from membench.runner import run_all
 from membench.suites import RunSpec
 
 HERE = Path(__file__).resolve().parent
-D = 16  # writable units: 257 * 16 = 4112 floats (the quick EBMM-FC curve's first point)
+# energy -> (writable units d, floats): the quick EBMM-FC curve's first point (257 * 16) and the quick
+# EBMM-conv curve's first (578 * 6: bottleneck 32)
+POINTS = {"resnet_fc": (16, 4112), "resnet_conv": (6, 3468)}
 
-# name -> EBMM options beyond the quick image preset's (ebmm.memory.IMAGE_PRESETS["resnet_fc"]["quick"])
+# name -> EBMM options beyond the quick image preset's (ebmm.memory.IMAGE_PRESETS[energy]["quick"])
 VARIANTS: dict[str, dict] = {
     "quick": {},                                                           # T = 1, no grad-norm, rates 1.0, lr 1e-3
     "keep-known": {"read_known": False},                                   # the read moves only the block
@@ -49,6 +52,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=64, help="images written per episode")
     parser.add_argument("--steps", type=int, default=1500, help="meta-training updates")
     parser.add_argument("--dataset", default="omniglot", choices=("omniglot", "cifar10"))
+    parser.add_argument("--energy", default="resnet_fc", choices=sorted(POINTS))
     parser.add_argument("--queries", type=int, default=1024, help="test queries evaluated (whole episodes)")
     parser.add_argument("--data-dir", type=Path, default=HERE.parents[2].parent / "shared" / "data")
     parser.add_argument("--out", type=Path, default=HERE, help="records go to OUT/runs")
@@ -56,8 +60,9 @@ def main() -> None:
     set_data_dir(args.data_dir)
     task = make_task({"kind": args.dataset, "num_patterns": args.n, "image_size": 32, "block": 16}).config()
     suite = "fig3-omniglot" if args.dataset == "omniglot" else "fig3-cifar"
-    specs = [RunSpec(suite=suite, model="ebmm", task=task, budget=257 * D, seed=0, queries=args.queries,
-                     preset="quick", options={"energy": "resnet_fc", "memory_size": D, "train.steps": args.steps,
+    units, floats = POINTS[args.energy]
+    specs = [RunSpec(suite=suite, model="ebmm", task=task, budget=floats, seed=0, queries=args.queries,
+                     preset="quick", options={"energy": args.energy, "memory_size": units, "train.steps": args.steps,
                                               **VARIANTS[name]})
              for name in args.variants]
     command = shlex.join(["python", "results/diagnostics/ebmm-images/screen.py", *sys.argv[1:]])
