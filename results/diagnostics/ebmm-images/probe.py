@@ -1,25 +1,35 @@
-"""What a trained image EBMM's read does to the block, per read iterate.
+"""What a trained image EBMM's write and read do: is the memory used, and is the write selective?
 
-    python results/diagnostics/ebmm-images/probe.py [RECORD.json ...]   (default: every record in runs/)
+    python results/diagnostics/ebmm-images/probe.py [RECORD.json ...] [--data-dir DIR]
+        (default: every Omniglot record in runs/; data: ../shared/data beside the checkout)
 
-For each record (its checkpoint from the cache): 8 fresh test-split episodes; per read iterate x^(k),
-the wrong pixels inside the 16x16 block and outside it, and how far the block's pixels moved from the
-fill value 0.5 (mean |x - 0.5|); beside them two readings no memory is needed for: the block filled
-with 0 (Omniglot's background) and the query itself, and the read of a memory written with no image (its
-meta-learned theta_bar: what the energy's prior alone fills in).
+For each record (its checkpoint from the cache), on 8 fresh test-split episodes of 64 images:
+- the read: per read iterate x^(k), wrong pixels inside the 16x16 block and outside it and how far the
+  block's pixels moved from the fill value 0.5 (mean |x - 0.5|); beside them the block filled with 0
+  (Omniglot's background) and the read of theta_bar, the memory with nothing written (what the energy's
+  prior alone fills in): the written read's gain over it is what the memory adds;
+- the write's selectivity: how much the write lowers the energy of the stored images and of 64 other test
+  images it never saw (equal drops: the write moves every image's energy alike, it stores nothing);
+- for EBMM-FC, whose write is a rank-N update in the encoder's embedding space (memory = Linear(embedding
+  -> d)): mean cosine similarities of embeddings between different images, of a query to its own image and
+  to the others (a write can single out an image only as far as its query's embedding is closer to it).
+The same cosines of the untrained encoders (quick and gpu widths, seed 0) come first.
 """
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
-from membench.datasets import set_data_dir
-from membench.runner import load_trained
 from membench.checkpoints import default_checkpoint_dir
+from membench.datasets import set_data_dir
+from membench.registry import make_task
+from membench.runner import load_trained
 from membench.suites import RunSpec
+from ebmm.memory import IMAGE_PRESETS, build_energy
 
 HERE = Path(__file__).resolve().parent
 EPISODES = 8
@@ -30,33 +40,62 @@ def wrong(x: torch.Tensor, patterns: torch.Tensor, where: torch.Tensor) -> float
     return (((x > 0.5) != (patterns > 0.5)) & where).flatten(2).sum(-1).float().mean().item()
 
 
+def cosines(encoder: torch.nn.Module, patterns: torch.Tensor, queries: torch.Tensor) -> str:
+    """patterns, queries (N, C, H, W) of one episode -> mean cosines of their embeddings."""
+    with torch.no_grad():
+        e, q = F.normalize(encoder(patterns), dim=-1), F.normalize(encoder(queries), dim=-1)
+    others = ~torch.eye(len(e), dtype=torch.bool)
+    return (f"cos(images) {(e @ e.T)[others].mean():.3f}, cos(query, its image) {(q * e).sum(-1).mean():.3f}, "
+            f"cos(query, other images) {(q @ e.T)[others].mean():.3f}")
+
+
+def probe(path: Path) -> None:
+    record = json.loads(path.read_text())
+    spec = RunSpec(**{k: record[k] for k in ("suite", "model", "task", "budget", "seed", "queries", "preset",
+                                              "options")})
+    task, model, checkpoint = load_trained(spec, default_checkpoint_dir())
+    if checkpoint is None:
+        print(f"{path.name}: no checkpoint in the cache; skipped")
+        return
+    batch = task.sample(EPISODES, torch.Generator().manual_seed(1), split="test")
+    unseen = task.sample(EPISODES, torch.Generator().manual_seed(2), split="test").patterns
+    block = batch.queries == task.spec.fill_value                            # (B, N, 1, H, W)
+    params = dict(model.energy.named_parameters())
+    theta_bar = {n: params[n].detach().expand(EPISODES, *params[n].shape) for n in model.writable_names}
+    with torch.enable_grad():
+        written = model.write(batch.patterns)
+        iterates = model._read(written, batch.queries, create_graph=False)
+        unwritten = model._read(theta_bar, batch.queries, create_graph=False)[-1]
+    with torch.no_grad():
+        drop = {name: (model.batched_energy(written, x) - model.batched_energy(theta_bar, x)).mean().item()
+                for name, x in (("stored", batch.patterns), ("unseen", unseen))}
+    print(f"{path.name} {record['options']} (recorded error {record['mean_error']:.2f})")
+    filled = batch.queries.masked_fill(block, 0.0)
+    print(f"  block filled with 0: {wrong(filled, batch.patterns, block):.2f} wrong in the block; read with "
+          f"nothing written (theta_bar): {wrong(unwritten, batch.patterns, block):.2f}")
+    for k, x in enumerate(iterates, 1):
+        moved = ((x - 0.5).abs() * block).sum().item() / block.sum().item()
+        print(f"  x^({k}): {wrong(x, batch.patterns, block):6.2f} wrong in the block, "
+              f"{wrong(x, batch.patterns, ~block):5.2f} outside; block moved {moved:.3f} from 0.5")
+    print(f"  energy change by the write: stored images {drop['stored']:+.4f}, unseen images {drop['unseen']:+.4f}")
+    if hasattr(model.energy, "encoder"):
+        print(f"  embeddings: {cosines(model.energy.encoder, batch.patterns[0], batch.queries[0])}")
+
+
 def main() -> None:
-    set_data_dir(HERE.parents[2].parent / "shared" / "data")
-    paths = [Path(p) for p in sys.argv[1:]] or sorted((HERE / "runs").glob("*.json"))
-    for path in paths:
-        record = json.loads(path.read_text())
-        spec = RunSpec(**{k: record[k] for k in ("suite", "model", "task", "budget", "seed", "queries", "preset",
-                                                  "options")})
-        task, model, checkpoint = load_trained(spec, default_checkpoint_dir())
-        if checkpoint is None:
-            print(f"{path.name}: no checkpoint in the cache; skipped")
-            continue
-        batch = task.sample(EPISODES, torch.Generator().manual_seed(1), split="test")
-        block = batch.queries == task.spec.fill_value                            # (B, N, 1, H, W)
-        with torch.enable_grad():
-            iterates = model._read(model.write(batch.patterns), batch.queries, create_graph=False)
-            params = dict(model.energy.named_parameters())
-            theta_bar = {n: params[n].detach().expand(EPISODES, *params[n].shape) for n in model.writable_names}
-            unwritten = model._read(theta_bar, batch.queries, create_graph=False)[-1]
-        print(f"{path.name} {record['options']} (recorded error {record['mean_error']:.2f})")
-        filled = batch.queries.masked_fill(block, 0.0)
-        print(f"  block filled with 0: {wrong(filled, batch.patterns, block):.2f} wrong in the block; "
-              f"the query: {wrong(batch.queries, batch.patterns, block):.2f}; read with nothing written (theta_bar): "
-              f"{wrong(unwritten, batch.patterns, block):.2f}")
-        for k, x in enumerate(iterates, 1):
-            moved = ((x - 0.5).abs() * block).flatten(2).sum(-1).mean().item() / block.flatten(2).sum(-1).float().mean().item()
-            print(f"  x^({k}): {wrong(x, batch.patterns, block):6.2f} wrong in the block, "
-                  f"{wrong(x, batch.patterns, ~block):5.2f} outside; block moved {moved:.3f} from 0.5")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("records", nargs="*", type=Path)
+    parser.add_argument("--data-dir", type=Path, default=HERE.parents[2].parent / "shared" / "data")
+    args = parser.parse_args()
+    set_data_dir(args.data_dir)
+    task = make_task({"kind": "omniglot", "num_patterns": 64, "image_size": 32, "block": 16})
+    batch = task.sample(1, torch.Generator().manual_seed(1), split="test")
+    for preset in ("quick", "gpu"):
+        torch.manual_seed(0)
+        energy = build_energy(task.spec, IMAGE_PRESETS["resnet_fc"][preset].model)
+        print(f"untrained EBMM-FC encoder, {preset} widths: {cosines(energy.encoder, batch.patterns[0], batch.queries[0])}")
+    for path in args.records or sorted((HERE / "runs").glob("fig3-omniglot-*.json")):
+        probe(path)
 
 
 if __name__ == "__main__":
