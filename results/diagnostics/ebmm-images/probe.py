@@ -1,19 +1,23 @@
 """What a trained image EBMM's write and read do: is the memory used, and is the write selective?
 
     python results/diagnostics/ebmm-images/probe.py [RECORD.json ...] [--data-dir DIR]
-        (default: every Omniglot record in runs/; data: ../shared/data beside the checkout)
+        (default: every record in runs/; data: ../shared/data beside the checkout)
 
-For each record (its checkpoint from the cache), on 8 fresh test-split episodes of 64 images:
-- the read: per read iterate x^(k), wrong pixels inside the 16x16 block and outside it and how far the
-  block's pixels moved from the fill value 0.5 (mean |x - 0.5|); beside them the block filled with 0
-  (Omniglot's background) and the read of theta_bar, the memory with nothing written (what the energy's
+Works on any Figure 3 EBMM record whose checkpoint is cached or shipped (results/checkpoints), e.g. those a
+GPU session carried back (`probe.py results/fig3/runs/fig3-cifar-ebmm-*.json`).
+
+For each record, on 8 fresh test-split episodes:
+- the read: per read iterate x^(k), the error per image inside the block and outside it (wrong pixels on
+  Omniglot, squared error on CIFAR) and how far the block's values moved from the fill value 0.5 (mean
+  |x - 0.5|); beside them the query itself (its block at 0.5; on Omniglot that counts as background) and
+  the read of theta_bar, the memory with nothing written (what the energy's
   prior alone fills in): the written read's gain over it is what the memory adds;
-- the write's selectivity: how much the write lowers the energy of the stored images and of 64 other test
-  images it never saw (equal drops: the write moves every image's energy alike, it stores nothing);
+- the write's selectivity: how much the write lowers the energy of the stored images and of as many other
+  test images it never saw (equal drops: the write moves every image's energy alike, it stores nothing);
 - for EBMM-FC, whose write is a rank-N update in the encoder's embedding space (memory = Linear(embedding
   -> d)): mean cosine similarities of embeddings between different images, of a query to its own image and
   to the others (a write can single out an image only as far as its query's embedding is closer to it).
-The same cosines of the untrained encoders (quick and gpu widths, seed 0) come first.
+The same cosines of the untrained encoders (quick and gpu widths, seed 0) come first, per data set.
 """
 from __future__ import annotations
 
@@ -35,9 +39,11 @@ HERE = Path(__file__).resolve().parent
 EPISODES = 8
 
 
-def wrong(x: torch.Tensor, patterns: torch.Tensor, where: torch.Tensor) -> float:
-    """Mean wrong pixels per image (x thresholded at 0.5) counted where `where` is True."""
-    return (((x > 0.5) != (patterns > 0.5)) & where).flatten(2).sum(-1).float().mean().item()
+def error(x: torch.Tensor, patterns: torch.Tensor, where: torch.Tensor, binary: bool) -> float:
+    """Mean error per image counted where `where` is True: wrong pixels (x thresholded at 0.5) when
+    `binary`, else squared error. x, patterns, where (B, N, C, H, W)."""
+    per_value = ((x > 0.5) != (patterns > 0.5)).float() if binary else (x - patterns).pow(2)
+    return (per_value * where).flatten(2).sum(-1).mean().item()
 
 
 def cosines(encoder: torch.nn.Module, patterns: torch.Tensor, queries: torch.Tensor) -> str:
@@ -59,7 +65,8 @@ def probe(path: Path) -> None:
         return
     batch = task.sample(EPISODES, torch.Generator().manual_seed(1), split="test")
     unseen = task.sample(EPISODES, torch.Generator().manual_seed(2), split="test").patterns
-    block = batch.queries == task.spec.fill_value                            # (B, N, 1, H, W)
+    block = batch.queries == task.spec.fill_value                            # (B, N, C, H, W)
+    binary = task.spec.binary
     params = dict(model.energy.named_parameters())
     theta_bar = {n: params[n].detach().expand(EPISODES, *params[n].shape) for n in model.writable_names}
     with torch.enable_grad():
@@ -70,13 +77,12 @@ def probe(path: Path) -> None:
         drop = {name: (model.batched_energy(written, x) - model.batched_energy(theta_bar, x)).mean().item()
                 for name, x in (("stored", batch.patterns), ("unseen", unseen))}
     print(f"{path.name} {record['options']} (recorded error {record['mean_error']:.2f})")
-    filled = batch.queries.masked_fill(block, 0.0)
-    print(f"  block filled with 0: {wrong(filled, batch.patterns, block):.2f} wrong in the block; read with "
-          f"nothing written (theta_bar): {wrong(unwritten, batch.patterns, block):.2f}")
+    print(f"  the query: {error(batch.queries, batch.patterns, block, binary):.2f} in the block; read with "
+          f"nothing written (theta_bar): {error(unwritten, batch.patterns, block, binary):.2f}")
     for k, x in enumerate(iterates, 1):
         moved = ((x - 0.5).abs() * block).sum().item() / block.sum().item()
-        print(f"  x^({k}): {wrong(x, batch.patterns, block):6.2f} wrong in the block, "
-              f"{wrong(x, batch.patterns, ~block):5.2f} outside; block moved {moved:.3f} from 0.5")
+        print(f"  x^({k}): {error(x, batch.patterns, block, binary):6.2f} in the block, "
+              f"{error(x, batch.patterns, ~block, binary):5.2f} outside; block moved {moved:.3f} from 0.5")
     print(f"  energy change by the write: stored images {drop['stored']:+.4f}, unseen images {drop['unseen']:+.4f}")
     if hasattr(model.energy, "encoder"):
         print(f"  embeddings: {cosines(model.energy.encoder, batch.patterns[0], batch.queries[0])}")
@@ -88,13 +94,16 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=HERE.parents[2].parent / "shared" / "data")
     args = parser.parse_args()
     set_data_dir(args.data_dir)
-    task = make_task({"kind": "omniglot", "num_patterns": 64, "image_size": 32, "block": 16})
-    batch = task.sample(1, torch.Generator().manual_seed(1), split="test")
-    for preset in ("quick", "gpu"):
-        torch.manual_seed(0)
-        energy = build_energy(task.spec, IMAGE_PRESETS["resnet_fc"][preset].model)
-        print(f"untrained EBMM-FC encoder, {preset} widths: {cosines(energy.encoder, batch.patterns[0], batch.queries[0])}")
-    for path in args.records or sorted((HERE / "runs").glob("fig3-omniglot-*.json")):
+    paths = args.records or sorted((HERE / "runs").glob("fig3-*.json"))
+    for kind in sorted({json.loads(path.read_text())["task"]["kind"] for path in paths}):
+        task = make_task({"kind": kind, "num_patterns": 64, "image_size": 32, "block": 16})
+        batch = task.sample(1, torch.Generator().manual_seed(1), split="test")
+        for preset in ("quick", "gpu"):
+            torch.manual_seed(0)
+            encoder = build_energy(task.spec, IMAGE_PRESETS["resnet_fc"][preset].model).encoder
+            print(f"{kind}, untrained EBMM-FC encoder, {preset} widths: "
+                  f"{cosines(encoder, batch.patterns[0], batch.queries[0])}")
+    for path in paths:
         probe(path)
 
 
