@@ -126,8 +126,9 @@ PRESETS: dict[str, Preset] = {
 # memory is 578 * d at bottleneck 32; one write step, 300 updates of 2 episodes: it learns little).
 # gpu: App. B.2 / B.3 sizes on one GPU. paper: App. B.2 / B.3 sizes and the App. D optimiser.
 _IMAGE_TRAIN_QUICK = TrainConfig(steps=300, batch_size=2, lr=1e-3, clip_norm=1.0, log_every=20, checkpoint_every=100)
-# gpu: the paper's architectures and T = 3 write steps, trained for a bounded GPU budget, graphs replayed
-_IMAGE_TRAIN_GPU = TrainConfig(steps=6000, batch_size=16, lr=1e-4, clip_norm=1.0, cosine_decay=True, log_every=50,
+# gpu: the paper's architectures and T = 3 write steps, trained for a bounded GPU budget, graphs replayed; meta
+# learning rate 1e-3 (at 1e-4 the quick networks learned nothing in 1500 updates: results/diagnostics/ebmm-images)
+_IMAGE_TRAIN_GPU = TrainConfig(steps=6000, batch_size=16, lr=1e-3, clip_norm=1.0, cosine_decay=True, log_every=50,
                                checkpoint_every=250, cuda_graph=True)
 _IMAGE_TRAIN_PAPER = TrainConfig(steps=200_000, batch_size=16, lr=5e-5, weight_decay=1e-6, clip_norm=0.05,
                                  log_every=100, checkpoint_every=1000)
