@@ -6,7 +6,7 @@
 Works on any Figure 3 EBMM record whose checkpoint is cached or shipped (results/checkpoints), e.g. those a
 GPU session carried back (`probe.py results/fig3/runs/fig3-cifar-ebmm-*.json`).
 
-For each record, on 8 fresh test-split episodes:
+For each record, on fresh test-split episodes (8, or enough for 64 queries when fewer images are written):
 - the read: per read iterate x^(k), the error per image inside the block and outside it (wrong pixels on
   Omniglot, squared error on CIFAR) and how far the block's values moved from the fill value 0.5 (mean
   |x - 0.5|); beside them the query itself (its block at 0.5; on Omniglot that counts as background) and
@@ -36,7 +36,7 @@ from membench.suites import RunSpec
 from ebmm.memory import IMAGE_PRESETS, build_energy
 
 HERE = Path(__file__).resolve().parent
-EPISODES = 8
+IMAGES = 64  # at least this many queries are read (8 episodes at least), and embeddings compared
 
 
 def error(x: torch.Tensor, patterns: torch.Tensor, where: torch.Tensor, binary: bool) -> float:
@@ -47,7 +47,7 @@ def error(x: torch.Tensor, patterns: torch.Tensor, where: torch.Tensor, binary: 
 
 
 def cosines(encoder: torch.nn.Module, patterns: torch.Tensor, queries: torch.Tensor) -> str:
-    """patterns, queries (N, C, H, W) of one episode -> mean cosines of their embeddings."""
+    """patterns, queries (M, C, H, W), M >= 2 -> mean cosines of their embeddings."""
     with torch.no_grad():
         e, q = F.normalize(encoder(patterns), dim=-1), F.normalize(encoder(queries), dim=-1)
     others = ~torch.eye(len(e), dtype=torch.bool)
@@ -63,12 +63,13 @@ def probe(path: Path) -> None:
     if checkpoint is None:
         print(f"{path.name}: no checkpoint in the cache; skipped")
         return
-    batch = task.sample(EPISODES, torch.Generator().manual_seed(1), split="test")
-    unseen = task.sample(EPISODES, torch.Generator().manual_seed(2), split="test").patterns
+    episodes = max(8, -(-IMAGES // task.spec.num_patterns))
+    batch = task.sample(episodes, torch.Generator().manual_seed(1), split="test")
+    unseen = task.sample(episodes, torch.Generator().manual_seed(2), split="test").patterns
     block = batch.queries == task.spec.fill_value                            # (B, N, C, H, W)
     binary = task.spec.binary
     params = dict(model.energy.named_parameters())
-    theta_bar = {n: params[n].detach().expand(EPISODES, *params[n].shape) for n in model.writable_names}
+    theta_bar = {n: params[n].detach().expand(episodes, *params[n].shape) for n in model.writable_names}
     with torch.enable_grad():
         written = model.write(batch.patterns)
         iterates = model._read(written, batch.queries, create_graph=False)
@@ -85,7 +86,8 @@ def probe(path: Path) -> None:
               f"{error(x, batch.patterns, ~block, binary):5.2f} outside; block moved {moved:.3f} from 0.5")
     print(f"  energy change by the write: stored images {drop['stored']:+.4f}, unseen images {drop['unseen']:+.4f}")
     if hasattr(model.energy, "encoder"):
-        print(f"  embeddings: {cosines(model.energy.encoder, batch.patterns[0], batch.queries[0])}")
+        first = lambda x: x.flatten(0, 1)[:IMAGES]  # noqa: E731  (the first episodes' images)
+        print(f"  embeddings: {cosines(model.energy.encoder, first(batch.patterns), first(batch.queries))}")
 
 
 def main() -> None:

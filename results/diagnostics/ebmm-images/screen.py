@@ -1,14 +1,13 @@
 """Image EBMM recipes on the CPU: does the energy learn to fill the block, and which write/read settings let it?
 
-    python results/diagnostics/ebmm-images/screen.py VARIANT [VARIANT ...] [--n 16] [--steps 1500]
-        [--dataset omniglot] [--queries 1024]
+    python results/diagnostics/ebmm-images/screen.py VARIANT [VARIANT ...] [--n 64] [--steps 1500]
+        [--dataset omniglot] [--energy resnet_fc] [--queries 1024] [--data-dir DIR] [--out DIR]
 
-Each variant is one run of the Figure 3 task (64 images by default; `--n` writes fewer to screen faster):
-EBMM-FC at d = 16 (4112 floats; `--energy resnet_conv`: EBMM-conv at d = 6, 3468 floats) on the quick
-preset's narrow networks, trained `--steps` updates on the
-train split and evaluated on fresh test-split episodes. Records (and training curves) go to
-results/diagnostics/ebmm-images/{runs,training} (or `--out`) through the runner, like any `membench run`; the
-README there reads them.
+Each variant is one run of the Figure 3 task (64 images by default; `--n` writes fewer): EBMM-FC at
+d = 16 (4112 floats; `--energy resnet_conv`: EBMM-conv at d = 6, 3468 floats) on the quick preset's
+narrow networks, trained `--steps` updates on the train split and evaluated on fresh test-split
+episodes. Records (and training curves) go to results/diagnostics/ebmm-images/{runs,training} (or
+`--out`) through the runner, like any `membench run`; the README there reads them.
 """
 from __future__ import annotations
 
@@ -32,17 +31,11 @@ VARIANTS: dict[str, dict] = {
     "quick": {},                                                           # T = 1, no grad-norm, rates 1.0, lr 1e-3
     "keep-known": {"read_known": False},                                   # the read moves only the block
     "gpu-write": {"write_steps": 3, "write_lr_init": 0.3, "grad_norm_term": True},  # the gpu preset's write
-    "gpu-write-gn0.01": {"write_steps": 3, "write_lr_init": 0.3, "grad_norm_term": True,
-                         "grad_norm_lr_init": 0.01},
-    "T3": {"write_steps": 3, "write_lr_init": 0.3},                        # the gpu write without the term
-    "gpu-lr": {"train.lr": 1e-4},                                          # the gpu preset's meta learning rate
-    "big-rates": {"write_lr_init": 3.0, "read_step_init": 5.0},            # the binary quick preset's rates
-    "keep-known-T3": {"read_known": False, "write_steps": 3, "write_lr_init": 0.3},
+    "gpu-lr": {"train.lr": 1e-4},                                # the gpu image preset's meta lr until 43e3941
     "keep-known-cos": {"read_known": False, "train.lr": 3e-3, "train.cosine_decay": True},
     "write3-norm": {"write_lr_init": 3.0, "learn_write_norm": True},       # a stronger write: rate and N's power
     "write10": {"write_lr_init": 10.0},                                    # a much stronger write
     "mixed-n": {"train.num_patterns": [4, 8, 16, 32, 64]},                 # trained on fewer images too
-    "curriculum": {"train.num_patterns": [4, 8, 16, 32, 64], "train.curriculum_steps": 1000},  # N = 4 first
 }
 
 
