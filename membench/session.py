@@ -33,7 +33,6 @@ import time
 from pathlib import Path, PurePosixPath
 from typing import Sequence
 
-
 from membench.errors import EXIT_INTERRUPTED, EXIT_PAUSED, MembenchError
 from membench.checkpoints import readable_checkpoint, saved_bytes, ship_checkpoints
 from membench.store import completeness, parse_record, read_record, warn, write_atomic

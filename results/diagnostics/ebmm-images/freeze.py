@@ -30,7 +30,7 @@ from membench.stepper import Stepper
 from membench.suites import RunSpec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from probe import cosines, error  # noqa: E402  (this folder's probe)
+from probe import cosines, error, unwritten_memory  # noqa: E402  (this folder's probe)
 
 HERE = Path(__file__).resolve().parent
 
@@ -64,8 +64,7 @@ def main() -> None:
     episodes = max(16, -(-1024 // args.n))
     batch = task.sample(episodes, torch.Generator().manual_seed(1), split="test")
     block = batch.queries == task.spec.fill_value
-    params = dict(model.energy.named_parameters())
-    theta_bar = {n: params[n].detach().expand(episodes, *params[n].shape) for n in model.writable_names}
+    theta_bar = unwritten_memory(model, episodes)
     with torch.enable_grad():
         written = model.read(model.write(batch.patterns), batch.queries)
         unwritten = model.read(theta_bar, batch.queries)

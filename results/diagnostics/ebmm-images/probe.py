@@ -55,6 +55,13 @@ def cosines(encoder: torch.nn.Module, patterns: torch.Tensor, queries: torch.Ten
             f"cos(query, other images) {(q @ e.T)[others].mean():.3f}")
 
 
+def unwritten_memory(model: torch.nn.Module, episodes: int) -> dict[str, torch.Tensor]:
+    """EBMM's meta-learned theta_bar as the state of `episodes` episodes with nothing written:
+    name -> (episodes, *shape), what `write` starts from."""
+    params = dict(model.energy.named_parameters())
+    return {n: params[n].detach().expand(episodes, *params[n].shape) for n in model.writable_names}
+
+
 def probe(path: Path) -> None:
     record = json.loads(path.read_text())
     spec = RunSpec(**{k: record[k] for k in ("suite", "model", "task", "budget", "seed", "queries", "preset",
@@ -68,8 +75,7 @@ def probe(path: Path) -> None:
     unseen = task.sample(episodes, torch.Generator().manual_seed(2), split="test").patterns
     block = batch.queries == task.spec.fill_value                            # (B, N, C, H, W)
     binary = task.spec.binary
-    params = dict(model.energy.named_parameters())
-    theta_bar = {n: params[n].detach().expand(episodes, *params[n].shape) for n in model.writable_names}
+    theta_bar = unwritten_memory(model, episodes)
     with torch.enable_grad():
         written = model.write(batch.patterns)
         iterates = model._read(written, batch.queries, create_graph=False)
