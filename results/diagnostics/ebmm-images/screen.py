@@ -36,6 +36,8 @@ VARIANTS: dict[str, dict] = {
     "write3-norm": {"write_lr_init": 3.0, "learn_write_norm": True},       # a stronger write: rate and N's power
     "write10": {"write_lr_init": 10.0},                                    # a much stronger write
     "mixed-n": {"train.num_patterns": [4, 8, 16, 32, 64]},                 # trained on fewer images too
+    "write0.01": {"write_lr_init": 0.01},      # a write that leaves the memory units unsaturated (probe.py)
+    "write0.03": {"write_lr_init": 0.03},
 }
 
 
