@@ -1,15 +1,22 @@
-"""Does image EBMM use its memory when its encoder cannot collapse? The quick EBMM-FC trained with its
-encoder frozen at initialisation, beside the same loop with the encoder trained.
+"""Does image EBMM use its memory when its encoder cannot collapse, or when its write is not swamped by
+what all embeddings share? The quick EBMM-FC trained with its encoder frozen at initialisation, or with its
+memory layer reading centred embeddings, beside the same loop with neither.
 
-    python results/diagnostics/ebmm-images/freeze.py [--freeze] [--n 64] [--steps 1500] [--data-dir DIR]
+    python results/diagnostics/ebmm-images/freeze.py [--freeze] [--centre] [--write-lr R] [--n 64]
+        [--steps 1500] [--data-dir DIR]
 
 The quick image preset's model and optimiser (`screen.py`'s `quick` variant: d = 16, 4112 floats), the
 Figure 3 Omniglot task at N images an episode, `--steps` updates of 2 train-split episodes through
 `membench.stepper.Stepper` (the runner's update); with `--freeze` the encoder's parameters get no
-gradient (the rest of the energy, the write's and read's rates still train). Then, on fresh test episodes
-(at least 1024 queries), the error per image of the written read against the read of theta_bar (nothing
-written), and the embeddings' cosines (probe.py). Prints its command, commit and timings; the README
-quotes the logs (freeze-*.log).
+gradient (the rest of the energy, the write's and read's rates still train). With `--centre` (ours, not
+the paper's) the memory layer computes W (e - c) + b instead of W e + b, c a static meta-learned vector
+started at the mean embedding of 512 training images: the write's update W -= rate * g (e - c)^T then moves a
+query's memory units by its centred embedding's agreement with the stored images', not by the large part
+that every embedding shares (probe.py's "common" change). `--write-lr` sets the initial write rate (the
+quick preset's: 1.0). Then, on fresh test episodes (at least 1024 queries), the error per image of the
+written read against the read of theta_bar (nothing written), the embeddings' cosines and the memory units'
+change by the write (probe.py). Prints its command, commit and timings; the README quotes the logs
+(freeze-*.log, centre-*.log).
 """
 from __future__ import annotations
 
@@ -21,6 +28,8 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from membench.datasets import set_data_dir
 from membench.provenance import environment
@@ -30,14 +39,25 @@ from membench.stepper import Stepper
 from membench.suites import RunSpec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from probe import cosines, error, unwritten_memory  # noqa: E402  (this folder's probe)
+from probe import cosines, error, unit_shift, unwritten_memory  # noqa: E402  (this folder's probe)
 
 HERE = Path(__file__).resolve().parent
+
+
+class CentredLinear(nn.Linear):
+    """Linear(x - centre): the memory layer reading centred embeddings; `centre` (embedding,) is static."""
+
+    centre: nn.Parameter
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x - self.centre, self.weight, self.bias)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--freeze", action="store_true", help="keep the encoder at its initial weights")
+    parser.add_argument("--centre", action="store_true", help="the memory layer reads centred embeddings")
+    parser.add_argument("--write-lr", type=float, default=None, help="initial write rate (default: the preset's)")
     parser.add_argument("--n", type=int, default=64, help="images written per episode")
     parser.add_argument("--steps", type=int, default=1500, help="meta-training updates")
     parser.add_argument("--data-dir", type=Path, default=HERE.parents[2].parent / "shared" / "data")
@@ -47,12 +67,19 @@ def main() -> None:
     set_data_dir(args.data_dir)
     task_config = make_task({"kind": "omniglot", "num_patterns": args.n, "image_size": 32, "block": 16}).config()
     spec = RunSpec(suite="fig3-omniglot", model="ebmm", task=task_config, budget=4112, seed=0, queries=1024,
-                   options={"energy": "resnet_fc", "memory_size": 16})
+                   options={"energy": "resnet_fc", "memory_size": 16,
+                            **({} if args.write_lr is None else {"write_lr_init": args.write_lr})})
     task = make_task(task_config)
     torch.manual_seed(0)
     model = build_model(spec, task)
     if args.freeze:
         model.energy.encoder.requires_grad_(False)
+    if args.centre:
+        draw = task.sample(-(-512 // args.n), torch.Generator().manual_seed(3), split="train")
+        images = draw.patterns.flatten(0, 1)                                    # (>= 512, C, H, W)
+        model.energy.memory.__class__ = CentredLinear
+        with torch.no_grad():
+            model.energy.memory.centre = nn.Parameter(model.energy.encoder(images).mean(0))
     stepper = Stepper(model, model.preset.train, torch.device("cpu"))
     generator, started = torch.Generator().manual_seed(0), time.perf_counter()
     for step in range(1, args.steps + 1):
@@ -75,6 +102,8 @@ def main() -> None:
           f"the query {error(batch.queries, batch.patterns, block, True):.2f} in the block")
     first = lambda x: x.flatten(0, 1)[:64]  # noqa: E731
     print(f"embeddings: {cosines(model.energy.encoder, first(batch.patterns), first(batch.queries))}")
+    with torch.enable_grad():
+        print(f"memory units: {unit_shift(model, theta_bar, model.write(batch.patterns), batch.queries)}")
 
 
 if __name__ == "__main__":

@@ -16,12 +16,17 @@ For each record, on fresh test-split episodes (8, or enough for 64 queries when 
   test images it never saw (equal drops: the write moves every image's energy alike, it stores nothing);
 - for EBMM-FC, whose write is a rank-N update in the encoder's embedding space (memory = Linear(embedding
   -> d)): mean cosine similarities of embeddings between different images, of a query to its own image and
-  to the others (a write can single out an image only as far as its query's embedding is closer to it).
-The same cosines of the untrained encoders (quick and gpu widths, seed 0) come first, per data set.
+  to the others (a write can single out an image only as far as its query's embedding is closer to it),
+  and how the write moves the memory units' pre-activations W e + b at the queries: the mean |change|,
+  split into the part common to an episode's queries and the rest (the selective part), and the share of
+  units past |2| (where tanh saturates: a saturated unit passes the read no gradient) before and after.
+The same cosines of the untrained encoders (quick and gpu widths, seed 0) come first, per data set, and
+the untrained quick EBMM-FC's pre-activation change by one write at initial write rates 1e-4 ... 10.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -33,7 +38,7 @@ from membench.datasets import set_data_dir
 from membench.registry import make_task
 from membench.runner import load_trained
 from membench.suites import RunSpec
-from ebmm.memory import IMAGE_PRESETS, build_energy
+from ebmm.memory import EBMM, IMAGE_PRESETS, build_energy
 
 HERE = Path(__file__).resolve().parent
 IMAGES = 64  # at least this many queries are read (8 episodes at least), and embeddings compared
@@ -53,6 +58,33 @@ def cosines(encoder: torch.nn.Module, patterns: torch.Tensor, queries: torch.Ten
     others = ~torch.eye(len(e), dtype=torch.bool)
     return (f"cos(images) {(e @ e.T)[others].mean():.3f}, cos(query, its image) {(q * e).sum(-1).mean():.3f}, "
             f"cos(query, other images) {(q @ e.T)[others].mean():.3f}")
+
+
+def unit_shift(model: EBMM, theta_bar: dict[str, torch.Tensor], written: dict[str, torch.Tensor],
+               queries: torch.Tensor) -> str:
+    """EBMM-FC: how the write moves the memory units' pre-activations W e + b at the queries (B, N, C, H, W)."""
+    with torch.no_grad():
+        codes = model.energy.encoder(queries.flatten(0, 1)).unflatten(0, queries.shape[:2])  # (B, N, embedding)
+        codes = codes - getattr(model.energy.memory, "centre", 0)  # what the memory layer reads (freeze.py --centre)
+        before, after = ((codes @ w["memory.weight"].transpose(1, 2) + w["memory.bias"].unsqueeze(1))
+                         for w in (theta_bar, written))                                   # (B, N, d)
+    change = after - before
+    common = change.mean(1, keepdim=True)
+    return (f"|change| {change.abs().mean():.4g} (common {common.abs().mean():.4g}, selective "
+            f"{(change - common).abs().mean():.4g}); beyond |2|: {(before.abs() > 2).float().mean():.2f} before, "
+            f"{(after.abs() > 2).float().mean():.2f} after")
+
+
+def untrained_write_scale(task) -> None:
+    """The untrained quick EBMM-FC (d = 16, seed 0): one write of 64 test images at initial write rates 1e-4 ... 10."""
+    batch = task.sample(2, torch.Generator().manual_seed(1), split="test")
+    for rate in (1e-4, 1e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 10.0):
+        torch.manual_seed(0)
+        config = dataclasses.replace(IMAGE_PRESETS["resnet_fc"]["quick"].model, memory_size=16, write_lr_init=rate)
+        model = EBMM(task.spec, build_energy(task.spec, config), config)
+        with torch.enable_grad():
+            written = model.write(batch.patterns)
+        print(f"  write rate {rate:g}: memory units {unit_shift(model, unwritten_memory(model, 2), written, batch.queries)}")
 
 
 def unwritten_memory(model: torch.nn.Module, episodes: int) -> dict[str, torch.Tensor]:
@@ -94,6 +126,7 @@ def probe(path: Path) -> None:
     if hasattr(model.energy, "encoder"):
         first = lambda x: x.flatten(0, 1)[:IMAGES]  # noqa: E731  (the first episodes' images)
         print(f"  embeddings: {cosines(model.energy.encoder, first(batch.patterns), first(batch.queries))}")
+        print(f"  memory units: {unit_shift(model, theta_bar, written, batch.queries)}")
 
 
 def main() -> None:
@@ -111,6 +144,8 @@ def main() -> None:
             encoder = build_energy(task.spec, IMAGE_PRESETS["resnet_fc"][preset].model).encoder
             print(f"{kind}, untrained EBMM-FC encoder, {preset} widths: "
                   f"{cosines(encoder, batch.patterns[0], batch.queries[0])}")
+        print(f"{kind}, untrained quick EBMM-FC, one write of 64 images:")
+        untrained_write_scale(task)
     for path in paths:
         probe(path)
 
