@@ -31,6 +31,16 @@ Convolutional memory (`ResNetConvEnergy`, App. B.3):
 The quick preset shrinks channel counts and hidden sizes (ebmm.memory.IMAGE_PRESETS);
 memory counts always come from the writable tensors themselves.
 
+Centred memory (`centre=True`, ours, not the paper's): each writable layer reads its input minus a
+static, meta-learned centre c, memory(e - c) (conv: each bottleneck's writable 3x3 convolution reads
+its ReLU features minus a per-channel c), started by `initialise` at the mean input over training
+images. The energy functions it can express are the same (memory(e - c) = memory(e) - W c), but the
+write's step on W, g (e - c)^T, then moves a query's memory units by how far its centred input agrees
+with the stored images', not by the part every image shares. Without it, the part of one write's
+change that all queries share is ~24 times the part that differs between them (untrained quick
+EBMM-FC), and the write saturates the tanh units or, at small rates, stores nothing
+(results/diagnostics/ebmm-images).
+
 Both recurrences are computed with two exact shortcuts, as the gated-RNN energy's are: the
 e- (f-) halves of the hop's layers are applied once, not every hop (e and f do not change between
 hops), and hop 1 skips the s-halves (s_0 = 0); the two layers of a hop run as one (their weights
@@ -60,7 +70,7 @@ class ResNetFCEnergy(nn.Module):
     writable_names: tuple[str, ...] = ("memory.weight", "memory.bias")
 
     def __init__(self, codec: CodecConfig, memory_size: int = 32, hidden: int = 512, hops: int = 3,
-                 readout: int = 1024):
+                 readout: int = 1024, centre: bool = False):
         super().__init__()
         if not 0 < memory_size < hidden:
             raise MembenchError(f"memory_size={memory_size} must lie in (0, hidden={hidden})")
@@ -75,11 +85,18 @@ class ResNetFCEnergy(nn.Module):
         self.readout = nn.Sequential(nn.Linear(hidden, readout), nn.Tanh(), nn.Linear(readout, 1))
         _he_init(self)
         self.encoder = Encoder(codec)  # He-initialised by its own module
+        self.centre = nn.Parameter(torch.zeros(width)) if centre else None  # static: what the memory reads around
+
+    @torch.no_grad()
+    def initialise(self, images: torch.Tensor) -> None:
+        """Centre the memory's input on images (M, C, H, W) of the train split (no-op without `centre`)."""
+        if self.centre is not None:
+            self.centre.copy_(self.encoder(images).mean(0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (M, C, H, W) -> energies (M,)."""
         code = self.encoder(x)                                    # (M, embedding)
-        written = self.memory(code)                               # (M, d): the same in every hop
+        written = self.memory(code if self.centre is None else code - self.centre)  # (M, d): the same every hop
         weight = torch.cat([self.static.weight, self.gate.weight])  # (2 hidden - d, embedding + hidden)
         split, width = self.hidden - written.shape[-1], code.shape[-1]
         projected = F.linear(code, weight[:, :width], torch.cat([self.static.bias, self.gate.bias]))
@@ -95,7 +112,8 @@ class ResNetFCEnergy(nn.Module):
 class WritableBottleneck(nn.Module):
     """(M, C_in, H, W) -> (M, width, H / stride, W / stride); the 3x3 conv's first d outputs are writable."""
 
-    def __init__(self, in_channels: int, width: int, bottleneck: int, memory_size: int, stride: int = 1):
+    def __init__(self, in_channels: int, width: int, bottleneck: int, memory_size: int, stride: int = 1,
+                 centre: bool = False):
         super().__init__()
         if not 0 < memory_size < width:
             raise MembenchError(f"memory_size={memory_size} must lie in (0, width={width})")
@@ -104,10 +122,18 @@ class WritableBottleneck(nn.Module):
         self.static = nn.Conv2d(bottleneck, width - memory_size, 3, stride=stride, padding=1)
         self.expand = nn.Conv2d(width, width, 1)
         self.skip = nn.Conv2d(in_channels, width, 1, stride=stride)
+        self.centre = nn.Parameter(torch.zeros(bottleneck)) if centre else None  # static, per channel
+
+    @torch.no_grad()
+    def initialise(self, x: torch.Tensor) -> None:
+        """Centre the writable convolution's input on the block's inputs x (M, C_in, H, W) (no-op without `centre`)."""
+        if self.centre is not None:
+            self.centre.copy_(torch.relu(self.reduce(x)).mean((0, 2, 3)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = torch.relu(self.reduce(x))
-        h = torch.relu(torch.cat([self.memory(h), self.static(h)], dim=1))
+        read = h if self.centre is None else h - self.centre[:, None, None]
+        h = torch.relu(torch.cat([self.memory(read), self.static(h)], dim=1))
         return torch.relu(self.expand(h) + self.skip(x))
 
 
@@ -119,7 +145,7 @@ class ResNetConvEnergy(nn.Module):
 
     def __init__(self, image_channels: int = 1, image_size: int = 32, channels: tuple[int, int] = (32, 64),
                  width: int = 128, bottleneck: int = 64, memory_size: int = 4, hidden: int = 128, hops: int = 3,
-                 readout: int = 1024):
+                 readout: int = 1024, centre: bool = False):
         super().__init__()
         if len(channels) != 2:
             raise MembenchError(f"the conv energy has 2 residual blocks, got channels={channels}")
@@ -129,12 +155,20 @@ class ResNetConvEnergy(nn.Module):
             raise MembenchError(f"hops={hops} must be positive")
         self.hidden, self.hops, self.grid = hidden, hops, image_size // 8
         self.stem = nn.Sequential(ResBlock(image_channels, channels[0]), ResBlock(channels[0], channels[1]))
-        self.block1 = WritableBottleneck(channels[1], width, bottleneck, memory_size, stride=2)
-        self.block2 = WritableBottleneck(width, width, bottleneck, memory_size)
+        self.block1 = WritableBottleneck(channels[1], width, bottleneck, memory_size, stride=2, centre=centre)
+        self.block2 = WritableBottleneck(width, width, bottleneck, memory_size, centre=centre)
         self.candidate = nn.Conv2d(width + hidden, hidden, 3, padding=1)
         self.gate = nn.Conv2d(width + hidden, hidden, 3, padding=1)
         self.readout = nn.Sequential(nn.Linear(hidden * self.grid**2, readout), nn.Tanh(), nn.Linear(readout, 1))
         _he_init(self)
+
+    @torch.no_grad()
+    def initialise(self, images: torch.Tensor) -> None:
+        """Centre each bottleneck's writable input on images (M, C, H, W) of the train split, in order."""
+        features = self.stem(images)
+        for block in (self.block1, self.block2):
+            block.initialise(features)
+            features = block(features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (M, C, H, W) -> energies (M,)."""

@@ -61,6 +61,8 @@ class EBMMConfig:
     width: int = 128              # resnet_conv: bottleneck block width
     bottleneck: int = 64          # resnet_conv: bottleneck width; memory = 2 * (9 * bottleneck + 1) * d
     readout: int = 1024           # images: hidden width of the tanh readout
+    centre_memory: bool = False   # images (ours): the writable layers read their input minus a static centre,
+    #   started at the training images' mean (ebmm.energy_image); the write then tells images apart
     read_steps: int = 5           # K, projected Nesterov steps of reading
     write_steps: int = 3          # T, gradient steps of writing (not stated in the paper)
     grad_norm_term: bool = True   # include alpha * ||grad_x E||^2 in the writing loss
@@ -161,15 +163,19 @@ def build_energy(spec: TaskSpec, config: EBMMConfig) -> nn.Module:
     if config.energy == "gated_rnn":
         if len(shape) != 1:
             raise MembenchError(f"the gated-RNN energy takes flat patterns, got {shape}")
+        if config.centre_memory:
+            raise MembenchError("centre_memory=True applies to the image energies (resnet_fc, resnet_conv), not "
+                                "gated_rnn; drop the option")
         return GatedRNNEnergy(spec.pattern_size, config.memory_size, config.hidden, config.hops)
     if len(shape) != 3:
         raise MembenchError(f"energy '{config.energy}' takes images (C, H, W), got {shape}")
     if config.energy == "resnet_fc":
         codec = CodecConfig.for_images(shape, config.channels, config.embedding)
-        return ResNetFCEnergy(codec, config.memory_size, config.hidden, config.hops, config.readout)
+        return ResNetFCEnergy(codec, config.memory_size, config.hidden, config.hops, config.readout,
+                              config.centre_memory)
     if config.energy == "resnet_conv":
         return ResNetConvEnergy(shape[0], shape[1], tuple(config.channels[:2]), config.width, config.bottleneck,
-                                config.memory_size, config.hidden, config.hops, config.readout)
+                                config.memory_size, config.hidden, config.hops, config.readout, config.centre_memory)
     raise MembenchError(f"unknown energy '{config.energy}'; valid: gated_rnn, resnet_fc, resnet_conv")
 
 
@@ -244,6 +250,11 @@ class EBMM(AssociativeMemory):
 
     def config(self) -> dict[str, Any]:
         return dataclasses.asdict(self.cfg)
+
+    def initialise(self, patterns: torch.Tensor) -> None:
+        """With `centre_memory`: centre the energy's writable layers on training patterns (B, N, *S)."""
+        if self.cfg.centre_memory:
+            self.energy.initialise(patterns.flatten(0, 1))
 
     # --- energy of a batch of episodes ------------------------------------------------
     def batched_energy(self, writable: Writable, x: torch.Tensor) -> torch.Tensor:

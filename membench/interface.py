@@ -251,6 +251,10 @@ class AssociativeMemory(nn.Module, abc.ABC):
         """Build a learned model from its resolved preset."""
         raise MembenchError(_NOT_LEARNED.format(name=cls.__name__, method="from_preset"))
 
+    def initialise(self, patterns: torch.Tensor) -> None:
+        """Data-dependent initialisation of a fresh learned model, once, before its first meta-training step
+        (not on resume): patterns (B, N, *S) drawn from the train split. Default: nothing."""
+
     def meta_loss(self, patterns: torch.Tensor, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Differentiable training loss of one batch of episodes, and the retrievals.
 

@@ -51,6 +51,8 @@ from membench.store import file_lock, remove_orphans, warn, write_atomic
 from membench.tasks import Episodes, Task
 
 TRAIN_STREAM = 7919  # offset of the training generator's seed from the run seed
+INIT_STREAM = 6007  # offset of the seed of the batch a fresh model's `initialise` sees
+INIT_PATTERNS = 512  # patterns of that batch, at least (whole episodes)
 DRAW_AHEAD_ON = ("cuda",)  # device types whose training draws the next batch while an update runs (EpisodeStream)
 CHECKPOINT_KEYS = ("model", "generator", "step", "elapsed_s", "curve")  # required; "optimizer", "history" optional
 
@@ -286,6 +288,10 @@ def _train(model: AssociativeMemory, task: Task, config: TrainConfig, checkpoint
         if "optimizer" not in saved and step < config.steps:
             warn(f"{checkpoint_path.name} holds weights only (a shipped checkpoint): training continues from step "
                  f"{step} with a fresh optimiser state")
+    if saved is None:  # a fresh model: its data-dependent initialisation, from a stream of its own
+        count = -(-INIT_PATTERNS // task.spec.num_patterns)
+        init = task.sample(count, torch.Generator().manual_seed(seed + INIT_STREAM), split="train")
+        model.initialise(init.patterns.to(device))
     saved_step = step if saved is not None else None
     resumed_optimizer = saved is not None and "optimizer" in saved  # else AdamW's moments start afresh
     first_step, first_elapsed = step, elapsed  # this call's stretch of training starts here

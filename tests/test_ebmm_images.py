@@ -104,3 +104,43 @@ def test_image_energy_hops_equal_the_papers_recurrence(options, paper):
     for mine, reference in zip(torch.autograd.grad(ours.sum(), params), torch.autograd.grad(theirs.sum(), params)):
         torch.testing.assert_close(mine, reference, rtol=1e-9, atol=1e-12)
 
+
+
+@pytest.mark.parametrize("options", [TINY_FC, TINY_CONV], ids=["fc", "conv"])
+def test_centred_memory_reads_its_input_around_the_training_mean_and_holds_the_same_floats(options):
+    torch.manual_seed(0)
+    centred = EBMM.from_spec(TINY, 10**6, "quick", **options, centre_memory=True)
+    assert centred.memory_floats(TINY) == EBMM.from_spec(TINY, 10**6, "quick", **options).memory_floats(TINY)
+    images = torch.rand(3, 4, 3, 16, 16)
+    centred.initialise(images)
+    energy, flat = centred.energy, images.flatten(0, 1)
+    with torch.no_grad():
+        if options is TINY_FC:
+            inputs = [(energy.encoder(flat) - energy.centre, 0)]
+        else:
+            first = energy.stem(flat)
+            inputs = [(torch.relu(block.reduce(x)) - block.centre[:, None, None], (0, 2, 3))
+                      for block, x in ((energy.block1, first), (energy.block2, energy.block1(first)))]
+    for read, over in inputs:
+        torch.testing.assert_close(read.mean(over), torch.zeros(read.shape[1]), atol=1e-5, rtol=0)
+    assert all(not name.endswith("centre") for name in centred.writable_names)  # static: not in the state
+
+
+def test_centred_fc_energy_is_the_plain_energy_with_the_memory_bias_moved():
+    """memory(e - c) = memory(e) - W c: centring changes what the write's gradient step does, not the energies."""
+    torch.manual_seed(0)
+    centred = EBMM.from_spec(TINY, 10**6, "quick", **TINY_FC, centre_memory=True)
+    centred.initialise(torch.rand(2, 4, 3, 16, 16))
+    plain = EBMM.from_spec(TINY, 10**6, "quick", **TINY_FC)
+    state = {k: v for k, v in centred.state_dict().items() if k != "energy.centre"}
+    state["energy.memory.bias"] = state["energy.memory.bias"] - state["energy.memory.weight"] @ centred.energy.centre
+    plain.load_state_dict(state)
+    x = torch.rand(5, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(plain.energy(x), centred.energy(x))
+
+
+def test_centred_memory_is_refused_for_the_binary_energy():
+    spec = TaskSpec(pattern_shape=(128,), num_patterns=16, binary=True)
+    with pytest.raises(MembenchError, match="centre_memory=True applies to the image energies"):
+        EBMM.from_spec(spec, 8256, "quick", centre_memory=True)

@@ -604,3 +604,22 @@ def test_how_updates_run_leaves_the_checkpoint_key_alone():
     for fields, same in (({"cuda_graph": False}, True), ({"compile": True}, True), ({"steps": 7}, False)):
         model.preset = dataclasses.replace(model.preset, train=dataclasses.replace(model.preset.train, **fields))
         assert (runner.checkpoint_key(spec, model, task) == key) == same, fields
+
+
+def test_a_fresh_model_is_initialised_once_from_training_patterns_and_a_resumed_one_is_not(tmp_path: Path,
+                                                                                          monkeypatch):
+    from ebmm.memory import EBMM
+
+    seen = []
+    monkeypatch.setattr(EBMM, "initialise", lambda self, patterns: seen.append(patterns.clone()))
+    task, device = BinaryTask(4), torch.device("cpu")
+    config = TrainConfig(steps=2, batch_size=2, lr=1e-3, log_every=1, checkpoint_every=100)
+    meta_train(_linear_model(), task, config, tmp_path / "a.pt", device, seed=0, progress=False)
+    assert len(seen) == 1 and seen[0].shape == (128, 4, 128)  # whole episodes, 512 patterns
+    meta_train(_linear_model(), task, dataclasses.replace(config, steps=3), tmp_path / "a.pt", device, seed=0,
+               progress=False)
+    assert len(seen) == 1                                     # resumed: initialised from its checkpoint
+    meta_train(_linear_model(), task, config, tmp_path / "b.pt", device, seed=0, progress=False)
+    torch.testing.assert_close(seen[1], seen[0])              # the same seed sees the same patterns
+    meta_train(_linear_model(), task, config, tmp_path / "c.pt", device, seed=1, progress=False)
+    assert not torch.equal(seen[2], seen[0])

@@ -8,11 +8,12 @@ memory layer reading centred embeddings, beside the same loop with neither.
 The quick image preset's model and optimiser (`screen.py`'s `quick` variant: d = 16, 4112 floats), the
 Figure 3 Omniglot task at N images an episode, `--steps` updates of 2 train-split episodes through
 `membench.stepper.Stepper` (the runner's update); with `--freeze` the encoder's parameters get no
-gradient (the rest of the energy, the write's and read's rates still train). With `--centre` (ours, not
-the paper's) the memory layer computes W (e - c) + b instead of W e + b, c a static meta-learned vector
-started at the mean embedding of 512 training images: the write's update W -= rate * g (e - c)^T then moves a
-query's memory units by its centred embedding's agreement with the stored images', not by the large part
-that every embedding shares (probe.py's "common" change). `--write-lr` sets the initial write rate (the
+gradient (the rest of the energy, the write's and read's rates still train). With `--centre` (option
+`centre_memory`, ours, not the paper's) the memory layer computes W (e - c) + b instead of W e + b, c a
+static meta-learned vector started at the mean embedding of at least 512 training images (`EBMM.initialise`,
+as the trainer does): the write's update W -= rate * g (e - c)^T then moves a query's memory units by its
+centred embedding's agreement with the stored images', not by the large part that every embedding shares
+(probe.py's "common" change). `--write-lr` sets the initial write rate (the
 quick preset's: 1.0). Then, on fresh test episodes (at least 1024 queries), the error per image of the
 written read against the read of theta_bar (nothing written), the embeddings' cosines and the memory units'
 change by the write (probe.py). Prints its command, commit and timings; the README quotes the logs
@@ -28,8 +29,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from membench.datasets import set_data_dir
 from membench.provenance import environment
@@ -42,15 +41,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from probe import cosines, error, unit_shift, unwritten_memory  # noqa: E402  (this folder's probe)
 
 HERE = Path(__file__).resolve().parent
-
-
-class CentredLinear(nn.Linear):
-    """Linear(x - centre): the memory layer reading centred embeddings; `centre` (embedding,) is static."""
-
-    centre: nn.Parameter
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x - self.centre, self.weight, self.bias)
 
 
 def main() -> None:
@@ -68,18 +58,14 @@ def main() -> None:
     task_config = make_task({"kind": "omniglot", "num_patterns": args.n, "image_size": 32, "block": 16}).config()
     spec = RunSpec(suite="fig3-omniglot", model="ebmm", task=task_config, budget=4112, seed=0, queries=1024,
                    options={"energy": "resnet_fc", "memory_size": 16,
+                            **({"centre_memory": True} if args.centre else {}),
                             **({} if args.write_lr is None else {"write_lr_init": args.write_lr})})
     task = make_task(task_config)
     torch.manual_seed(0)
     model = build_model(spec, task)
     if args.freeze:
         model.energy.encoder.requires_grad_(False)
-    if args.centre:
-        draw = task.sample(-(-512 // args.n), torch.Generator().manual_seed(3), split="train")
-        images = draw.patterns.flatten(0, 1)                                    # (>= 512, C, H, W)
-        model.energy.memory.__class__ = CentredLinear
-        with torch.no_grad():
-            model.energy.memory.centre = nn.Parameter(model.energy.encoder(images).mean(0))
+    model.initialise(task.sample(-(-512 // args.n), torch.Generator().manual_seed(3), split="train").patterns)
     stepper = Stepper(model, model.preset.train, torch.device("cpu"))
     generator, started = torch.Generator().manual_seed(0), time.perf_counter()
     for step in range(1, args.steps + 1):

@@ -65,7 +65,8 @@ def unit_shift(model: EBMM, theta_bar: dict[str, torch.Tensor], written: dict[st
     """EBMM-FC: how the write moves the memory units' pre-activations W e + b at the queries (B, N, C, H, W)."""
     with torch.no_grad():
         codes = model.energy.encoder(queries.flatten(0, 1)).unflatten(0, queries.shape[:2])  # (B, N, embedding)
-        codes = codes - getattr(model.energy.memory, "centre", 0)  # what the memory layer reads (freeze.py --centre)
+        if model.energy.centre is not None:  # option centre_memory: the memory layer reads e - c
+            codes = codes - model.energy.centre
         before, after = ((codes @ w["memory.weight"].transpose(1, 2) + w["memory.bias"].unsqueeze(1))
                          for w in (theta_bar, written))                                   # (B, N, d)
     change = after - before

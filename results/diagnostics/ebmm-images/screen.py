@@ -38,6 +38,7 @@ VARIANTS: dict[str, dict] = {
     "mixed-n": {"train.num_patterns": [4, 8, 16, 32, 64]},                 # trained on fewer images too
     "write0.01": {"write_lr_init": 0.01},      # a write that leaves the memory units unsaturated (probe.py)
     "write0.03": {"write_lr_init": 0.03},
+    "centre": {"centre_memory": True, "write_lr_init": 0.1},  # the memory layer reads centred embeddings (ours)
 }
 
 
