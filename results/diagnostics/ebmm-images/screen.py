@@ -39,6 +39,8 @@ VARIANTS: dict[str, dict] = {
     "write0.01": {"write_lr_init": 0.01},      # a write that leaves the memory units unsaturated (probe.py)
     "write0.03": {"write_lr_init": 0.03},
     "centre": {"centre_memory": True, "write_lr_init": 0.1},  # the memory layer reads centred embeddings (ours)
+    "centre-curriculum": {"centre_memory": True, "write_lr_init": 0.1,  # the same, trained from 1 image up
+                          "train.num_patterns": [1, 2, 4, 8, 16, 32, 64], "train.curriculum_steps": 1000},
 }
 
 
