@@ -34,12 +34,12 @@ memory counts always come from the writable tensors themselves.
 Centred memory (`centre=True`, ours, not the paper's): each writable layer reads its input minus a
 static, meta-learned centre c, memory(e - c) (conv: each bottleneck's writable 3x3 convolution reads
 its ReLU features minus a per-channel c), started by `initialise` at the mean input over training
-images. The energy functions it can express are the same (memory(e - c) = memory(e) - W c), but the
-write's step on W, g (e - c)^T, then moves a query's memory units by how far its centred input agrees
-with the stored images', not by the part every image shares. Without it, the part of one write's
-change that all queries share is ~24 times the part that differs between them (untrained quick
-EBMM-FC), and the write saturates the tanh units or, at small rates, stores nothing
-(results/diagnostics/ebmm-images).
+images. EBMM-FC expresses the same energies (memory(e - c) = memory(e) - W c; the conv energy too, up
+to its zero padding at the borders), but the write's step on W, g (e - c)^T, then moves a query's
+memory units by how far its centred input agrees with the stored images', not by the embedding part
+every image shares (the bias's step stays common to all). Without it, the part of one write's change
+that all queries share is ~24 times the part that differs between them (untrained quick EBMM-FC), and
+the write saturates the tanh units or, at small rates, stores nothing (results/diagnostics/ebmm-images).
 
 Both recurrences are computed with two exact shortcuts, as the gated-RNN energy's are: the
 e- (f-) halves of the hop's layers are applied once, not every hop (e and f do not change between
@@ -164,7 +164,10 @@ class ResNetConvEnergy(nn.Module):
 
     @torch.no_grad()
     def initialise(self, images: torch.Tensor) -> None:
-        """Centre each bottleneck's writable input on images (M, C, H, W) of the train split, in order."""
+        """Centre each bottleneck's writable input on images (M, C, H, W) of the train split, in order
+        (no-op without `centre`)."""
+        if self.block1.centre is None:
+            return
         features = self.stem(images)
         for block in (self.block1, self.block2):
             block.initialise(features)

@@ -23,9 +23,11 @@ A learned model is built through `from_preset`; any other through `from_spec`.
 
 Models that must be meta-trained set `trainable = True`, list their presets with
 `presets` (each a `Preset`: the model's configuration and its `TrainConfig`), build from
-one with `from_preset` and implement `meta_loss`. The runner resolves the preset once
-(`resolve_preset`, options applied), builds the model from it and trains it with
-`membench.training.meta_train`, the single training loop shared by every learned model.
+one with `from_preset` and implement `meta_loss`; one that needs a data-dependent initialisation
+overrides `initialise`, which the training loop calls once on a fresh model with train-split
+patterns. The runner resolves the preset once (`resolve_preset`, options applied), builds the
+model from it and trains it with `membench.training.meta_train`, the single training loop shared
+by every learned model.
 """
 from __future__ import annotations
 

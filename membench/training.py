@@ -3,6 +3,8 @@
 Conventions, so that learned models are trained alike:
 - fresh episodes every step from the task's *train* split, drawn from a CPU generator
   seeded by the run seed (evaluation uses another stream, so its episodes are unseen);
+- a fresh model's `initialise` (data-dependent initialisation, if the model has one) sees at least
+  INIT_PATTERNS train-split patterns from a stream of their own, once: never on resume;
 - AdamW with global-norm gradient clipping (the paper's recipe, App. D);
 - a checkpoint (model, optimiser, generator state, curve, history) written atomically every
   `checkpoint_every` steps and at the end; a killed run resumes from the last one, and a
@@ -288,9 +290,12 @@ def _train(model: AssociativeMemory, task: Task, config: TrainConfig, checkpoint
         if "optimizer" not in saved and step < config.steps:
             warn(f"{checkpoint_path.name} holds weights only (a shipped checkpoint): training continues from step "
                  f"{step} with a fresh optimiser state")
-    if saved is None:  # a fresh model: its data-dependent initialisation, from a stream of its own
-        count = -(-INIT_PATTERNS // task.spec.num_patterns)
-        init = task.sample(count, torch.Generator().manual_seed(seed + INIT_STREAM), split="train")
+    if saved is None and type(model).initialise is not AssociativeMemory.initialise:  # a fresh model: its
+        # data-dependent initialisation, from a stream of its own; trained on a set of N (one checkpoint for
+        # all), at the largest, so that the batch does not depend on the N evaluated
+        init_task = task.with_num_patterns(max(config.num_patterns)) if config.num_patterns else task
+        count = -(-INIT_PATTERNS // init_task.spec.num_patterns)
+        init = init_task.sample(count, torch.Generator().manual_seed(seed + INIT_STREAM), split="train")
         model.initialise(init.patterns.to(device))
     saved_step = step if saved is not None else None
     resumed_optimizer = saved is not None and "optimizer" in saved  # else AdamW's moments start afresh

@@ -105,7 +105,6 @@ def test_image_energy_hops_equal_the_papers_recurrence(options, paper):
         torch.testing.assert_close(mine, reference, rtol=1e-9, atol=1e-12)
 
 
-
 @pytest.mark.parametrize("options", [TINY_FC, TINY_CONV], ids=["fc", "conv"])
 def test_centred_memory_reads_its_input_around_the_training_mean_and_holds_the_same_floats(options):
     torch.manual_seed(0)
@@ -123,7 +122,32 @@ def test_centred_memory_reads_its_input_around_the_training_mean_and_holds_the_s
                       for block, x in ((energy.block1, first), (energy.block2, energy.block1(first)))]
     for read, over in inputs:
         torch.testing.assert_close(read.mean(over), torch.zeros(read.shape[1]), atol=1e-5, rtol=0)
-    assert all(not name.endswith("centre") for name in centred.writable_names)  # static: not in the state
+    centres = {n: t.clone() for n, t in centred.state_dict().items() if n.endswith("centre")}
+    assert len(centres) == (1 if options is TINY_FC else 2)                  # static: saved, not written
+    state = centred.write(torch.rand(2, 4, 3, 16, 16))
+    assert not any(n.endswith("centre") for n in state)
+    assert all(torch.equal(centred.state_dict()[n], t) for n, t in centres.items())
+
+
+def test_a_centred_memory_is_centred_once_by_training_and_resumes_with_its_learned_centre(data_root, tmp_path):
+    from membench.interface import TrainConfig
+    from membench.registry import make_task
+    from membench.training import meta_train
+
+    task = make_task({"kind": "cifar10", "num_patterns": 4, "image_size": 16, "block": 8})
+    config = TrainConfig(steps=2, batch_size=2, lr=1e-2, log_every=1, checkpoint_every=100)
+
+    def fresh():
+        torch.manual_seed(0)
+        return EBMM.from_spec(task.spec, 10**6, "quick", **TINY_FC, centre_memory=True)
+
+    model = fresh()
+    meta_train(model, task, config, tmp_path / "ck.pt", torch.device("cpu"), seed=0, progress=False)
+    trained = model.energy.centre.detach().clone()
+    assert trained.abs().sum() > 0                                     # initialised from data, then trained
+    resumed = fresh()
+    meta_train(resumed, task, config, tmp_path / "ck.pt", torch.device("cpu"), seed=0, progress=False)
+    assert torch.equal(resumed.energy.centre, trained)                 # loaded, not centred again
 
 
 def test_centred_fc_energy_is_the_plain_energy_with_the_memory_bias_moved():

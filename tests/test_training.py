@@ -623,3 +623,7 @@ def test_a_fresh_model_is_initialised_once_from_training_patterns_and_a_resumed_
     torch.testing.assert_close(seen[1], seen[0])              # the same seed sees the same patterns
     meta_train(_linear_model(), task, config, tmp_path / "c.pt", device, seed=1, progress=False)
     assert not torch.equal(seen[2], seen[0])
+    mixed = dataclasses.replace(config, num_patterns=(4, 8))  # one checkpoint for every N: one batch too
+    for n in (4, 8):
+        meta_train(_linear_model(), BinaryTask(n), mixed, tmp_path / f"mixed{n}.pt", device, seed=0, progress=False)
+    assert seen[3].shape == (64, 8, 128) and torch.equal(seen[3], seen[4])

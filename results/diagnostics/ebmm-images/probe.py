@@ -21,7 +21,8 @@ For each record, on fresh test-split episodes (8, or enough for 64 queries when 
   split into the part common to an episode's queries and the rest (the selective part), and the share of
   units past |2| (where tanh saturates: a saturated unit passes the read no gradient) before and after.
 The same cosines of the untrained encoders (quick and gpu widths, seed 0) come first, per data set, and
-the untrained quick EBMM-FC's pre-activation change by one write at initial write rates 1e-4 ... 10.
+the untrained quick EBMM-FC's pre-activation change by one write at initial write rates 1e-4 ... 10,
+plain and centred (option `centre_memory`).
 """
 from __future__ import annotations
 
@@ -62,7 +63,8 @@ def cosines(encoder: torch.nn.Module, patterns: torch.Tensor, queries: torch.Ten
 
 def unit_shift(model: EBMM, theta_bar: dict[str, torch.Tensor], written: dict[str, torch.Tensor],
                queries: torch.Tensor) -> str:
-    """EBMM-FC: how the write moves the memory units' pre-activations W e + b at the queries (B, N, C, H, W)."""
+    """EBMM-FC: how the write moves the memory units' pre-activations W e + b (W (e - c) + b with
+    `centre_memory`) at the queries (B, N, C, H, W)."""
     with torch.no_grad():
         codes = model.energy.encoder(queries.flatten(0, 1)).unflatten(0, queries.shape[:2])  # (B, N, embedding)
         if model.energy.centre is not None:  # option centre_memory: the memory layer reads e - c
@@ -77,15 +79,21 @@ def unit_shift(model: EBMM, theta_bar: dict[str, torch.Tensor], written: dict[st
 
 
 def untrained_write_scale(task) -> None:
-    """The untrained quick EBMM-FC (d = 16, seed 0): one write of 64 test images at initial write rates 1e-4 ... 10."""
+    """The untrained quick EBMM-FC (d = 16, seed 0), plain and with `centre_memory` (centred on 512
+    training images): one write of 64 test images at initial write rates 1e-4 ... 10."""
     batch = task.sample(2, torch.Generator().manual_seed(1), split="test")
+    training = task.sample(8, torch.Generator().manual_seed(3), split="train").patterns
     for rate in (1e-4, 1e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 10.0):
-        torch.manual_seed(0)
-        config = dataclasses.replace(IMAGE_PRESETS["resnet_fc"]["quick"].model, memory_size=16, write_lr_init=rate)
-        model = EBMM(task.spec, build_energy(task.spec, config), config)
-        with torch.enable_grad():
-            written = model.write(batch.patterns)
-        print(f"  write rate {rate:g}: memory units {unit_shift(model, unwritten_memory(model, 2), written, batch.queries)}")
+        for centre in (False, True):
+            torch.manual_seed(0)
+            config = dataclasses.replace(IMAGE_PRESETS["resnet_fc"]["quick"].model, memory_size=16,
+                                         write_lr_init=rate, centre_memory=centre)
+            model = EBMM(task.spec, build_energy(task.spec, config), config)
+            model.initialise(training)
+            with torch.enable_grad():
+                written = model.write(batch.patterns)
+            print(f"  write rate {rate:g}{', centred' if centre else ''}: memory units "
+                  f"{unit_shift(model, unwritten_memory(model, 2), written, batch.queries)}")
 
 
 def unwritten_memory(model: torch.nn.Module, episodes: int) -> dict[str, torch.Tensor]:
