@@ -2,8 +2,8 @@
 what all embeddings share? The quick EBMM-FC trained with its encoder frozen at initialisation, or with its
 memory layer reading centred embeddings, beside the same loop with neither.
 
-    python results/diagnostics/ebmm-images/freeze.py [--freeze] [--centre] [--write-lr R] [--n 64]
-        [--steps 1500] [--data-dir DIR]
+    python results/diagnostics/ebmm-images/freeze.py [--freeze] [--centre] [--linear-memory] [--write-lr R]
+        [--n 64] [--steps 1500] [--data-dir DIR]
 
 The quick image preset's model and optimiser (`screen.py`'s `quick` variant: d = 16, 4112 floats), the
 Figure 3 Omniglot task at N images an episode, `--steps` updates of 2 train-split episodes through
@@ -13,7 +13,8 @@ gradient (the rest of the energy, the write's and read's rates still train). Wit
 static meta-learned vector started at the mean embedding of at least 512 training images (`EBMM.initialise`,
 as the trainer does): the write's update W -= rate * g (e - c)^T then moves a query's memory units by its
 centred embedding's agreement with the stored images', not by the large part that every embedding shares
-(probe.py's "common" change). `--write-lr` sets the initial write rate (the
+(probe.py's "common" change). With `--linear-memory` (ours) the memory units skip the tanh, so training
+cannot switch the memory off by saturating them (probe.py's "past |2|"). `--write-lr` sets the initial write rate (the
 quick preset's: 1.0). Then, on fresh test episodes (at least 1024 queries), the error per image of the
 written read against the read of theta_bar (nothing written), the embeddings' cosines and the memory units'
 change by the write (probe.py). Prints its command, commit and timings; the README quotes the logs
@@ -29,7 +30,9 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
+from ebmm.energy_image import ResNetFCEnergy
 from membench.datasets import set_data_dir
 from membench.provenance import environment
 from membench.registry import make_task
@@ -43,10 +46,29 @@ from probe import cosines, error, unit_shift, unwritten_memory  # noqa: E402  (t
 HERE = Path(__file__).resolve().parent
 
 
+class LinearMemoryFCEnergy(ResNetFCEnergy):
+    """EBMM-FC whose d memory units enter each hop's candidate without the tanh (the static ones keep it)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        code = self.encoder(x)
+        written = self.memory(code if self.centre is None else code - self.centre)
+        weight = torch.cat([self.static.weight, self.gate.weight])
+        split, width = self.hidden - written.shape[-1], code.shape[-1]
+        projected = F.linear(code, weight[:, :width], torch.cat([self.static.bias, self.gate.bias]))
+        state = None
+        for _ in range(self.hops):
+            mixed = projected if state is None else projected + F.linear(state, weight[:, width:])
+            candidate = torch.cat([written, torch.tanh(mixed[..., :split])], dim=-1)
+            update = torch.sigmoid(mixed[..., split:])
+            state = self.norm(update * candidate if state is None else update * candidate + (1 - update) * state)
+        return self.readout(state).squeeze(-1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--freeze", action="store_true", help="keep the encoder at its initial weights")
     parser.add_argument("--centre", action="store_true", help="the memory layer reads centred embeddings")
+    parser.add_argument("--linear-memory", action="store_true", help="no tanh on the memory units")
     parser.add_argument("--write-lr", type=float, default=None, help="initial write rate (default: the preset's)")
     parser.add_argument("--n", type=int, default=64, help="images written per episode")
     parser.add_argument("--steps", type=int, default=1500, help="meta-training updates")
@@ -65,6 +87,8 @@ def main() -> None:
     model = build_model(spec, task)
     if args.freeze:
         model.energy.encoder.requires_grad_(False)
+    if args.linear_memory:
+        model.energy.__class__ = LinearMemoryFCEnergy
     model.initialise(task.sample(-(-512 // args.n), torch.Generator().manual_seed(3), split="train").patterns)
     stepper = Stepper(model, model.preset.train, torch.device("cpu"))
     generator, started = torch.Generator().manual_seed(0), time.perf_counter()
