@@ -15,6 +15,10 @@ Fully connected memory (`ResNetFCEnergy`, App. B.2), on the shared image encoder
 
   Memory = (embedding + 1) * d floats: 257 * d at the paper's embedding of 256.
 
+  Linear memory units (`linear_memory=True`, ours, not the paper's): c = [memory(e), tanh(static(z))],
+  the memory units without the tanh, so that meta-training cannot switch the memory off by saturating
+  them (it did, from two stored images on: results/diagnostics/ebmm-images).
+
 Convolutional memory (`ResNetConvEnergy`, App. B.3):
 
     f = ResBlocks(x)                             # 2 blocks, stride 2 each (paper: 32, 64 channels)
@@ -70,7 +74,7 @@ class ResNetFCEnergy(nn.Module):
     writable_names: tuple[str, ...] = ("memory.weight", "memory.bias")
 
     def __init__(self, codec: CodecConfig, memory_size: int = 32, hidden: int = 512, hops: int = 3,
-                 readout: int = 1024, centre: bool = False):
+                 readout: int = 1024, centre: bool = False, linear_memory: bool = False):
         super().__init__()
         if not 0 < memory_size < hidden:
             raise MembenchError(f"memory_size={memory_size} must lie in (0, hidden={hidden})")
@@ -86,6 +90,7 @@ class ResNetFCEnergy(nn.Module):
         _he_init(self)
         self.encoder = Encoder(codec)  # He-initialised by its own module
         self.centre = nn.Parameter(torch.zeros(width)) if centre else None  # static: what the memory reads around
+        self.linear_memory = linear_memory  # the d memory units enter the candidate without the tanh
 
     @torch.no_grad()
     def initialise(self, images: torch.Tensor) -> None:
@@ -103,7 +108,10 @@ class ResNetFCEnergy(nn.Module):
         state = None                                              # s_0 = 0
         for _ in range(self.hops):
             mixed = projected if state is None else projected + F.linear(state, weight[:, width:])
-            candidate = torch.tanh(torch.cat([written, mixed[..., :split]], dim=-1))
+            if self.linear_memory:
+                candidate = torch.cat([written, torch.tanh(mixed[..., :split])], dim=-1)
+            else:
+                candidate = torch.tanh(torch.cat([written, mixed[..., :split]], dim=-1))
             update = torch.sigmoid(mixed[..., split:])
             state = self.norm(update * candidate if state is None else update * candidate + (1 - update) * state)
         return self.readout(state).squeeze(-1)

@@ -63,6 +63,7 @@ class EBMMConfig:
     readout: int = 1024           # images: hidden width of the tanh readout
     centre_memory: bool = False   # images (ours): the writable layers read their input minus a static centre,
     #   started at the training images' mean (ebmm.energy_image); the write then tells images apart
+    linear_memory: bool = False   # resnet_fc (ours): the memory units skip the hop's tanh, so they cannot saturate
     read_steps: int = 5           # K, projected Nesterov steps of reading
     write_steps: int = 3          # T, gradient steps of writing (not stated in the paper)
     grad_norm_term: bool = True   # include alpha * ||grad_x E||^2 in the writing loss
@@ -160,6 +161,8 @@ IMAGE_PRESETS: dict[str, dict[str, Preset]] = {  # energy -> preset name -> pres
 def build_energy(spec: TaskSpec, config: EBMMConfig) -> nn.Module:
     """The energy network named by `config.energy`, sized for the task's patterns."""
     shape = spec.pattern_shape
+    if config.linear_memory and config.energy != "resnet_fc":
+        raise MembenchError(f"linear_memory=True applies to the resnet_fc energy, not {config.energy}; drop the option")
     if config.energy == "gated_rnn":
         if len(shape) != 1:
             raise MembenchError(f"the gated-RNN energy takes flat patterns, got {shape}")
@@ -172,7 +175,7 @@ def build_energy(spec: TaskSpec, config: EBMMConfig) -> nn.Module:
     if config.energy == "resnet_fc":
         codec = CodecConfig.for_images(shape, config.channels, config.embedding)
         return ResNetFCEnergy(codec, config.memory_size, config.hidden, config.hops, config.readout,
-                              config.centre_memory)
+                              config.centre_memory, config.linear_memory)
     if config.energy == "resnet_conv":
         return ResNetConvEnergy(shape[0], shape[1], tuple(config.channels[:2]), config.width, config.bottleneck,
                                 config.memory_size, config.hidden, config.hops, config.readout, config.centre_memory)

@@ -46,7 +46,8 @@ from membench.training import load_checkpoint, meta_train
 # while at the default, so configurations that do not use them keep their keys (and shipped checkpoints).
 LATE_TRAIN_FIELDS = {"curriculum_steps": 0, "precision": "float32"}
 LATE_MODEL_FIELDS = {"write_norm_power": None, "learn_write_norm": False, "grad_norm_lr_init": None,
-                     "read_known": True, "stepwise_loss": True, "centre_memory": False}
+                     "read_known": True, "stepwise_loss": True, "centre_memory": False,
+                     "linear_memory": False}
 EVAL_STREAM = 104729  # offset of the evaluation generator's seed from the run seed
 EVAL_EPISODES_PER_BATCH = 64  # episodes sampled (and written) at once in evaluation
 PROBE_STREAM = 1299709  # offset of the seed of the probe batches that audit a model's writes

@@ -168,3 +168,26 @@ def test_centred_memory_is_refused_for_the_binary_energy():
     spec = TaskSpec(pattern_shape=(128,), num_patterns=16, binary=True)
     with pytest.raises(MembenchError, match="centre_memory=True applies to the image energies"):
         EBMM.from_spec(spec, 8256, "quick", centre_memory=True)
+
+
+def test_linear_memory_units_do_not_saturate_where_tanh_ones_do():
+    """A memory unit driven far past tanh's range still moves the energy when it is linear (ours), not otherwise."""
+    x = torch.rand(3, 3, 16, 16)
+    moved = {}
+    for linear in (False, True):
+        torch.manual_seed(0)
+        model = EBMM.from_spec(TINY, 10**6, "quick", **TINY_FC, linear_memory=linear)
+        with torch.no_grad():
+            energies = []
+            for shift in (50.0, 100.0):
+                model.energy.memory.bias.fill_(shift)
+                energies.append(model.energy(x))
+        moved[linear] = (energies[1] - energies[0]).abs().max().item()
+    assert moved[False] < 1e-6 < 1e-3 < moved[True]
+
+
+@pytest.mark.parametrize("spec, options", [(TINY, TINY_CONV), (TaskSpec(pattern_shape=(128,), num_patterns=16,
+                                                                        binary=True), {})], ids=["conv", "binary"])
+def test_linear_memory_is_refused_outside_the_fc_energy(spec, options):
+    with pytest.raises(MembenchError, match="linear_memory=True applies to the resnet_fc energy"):
+        EBMM.from_spec(spec, 10**6, "quick", **options, linear_memory=True)

@@ -13,8 +13,9 @@ gradient (the rest of the energy, the write's and read's rates still train). Wit
 static meta-learned vector started at the mean embedding of at least 512 training images (`EBMM.initialise`,
 as the trainer does): the write's update W -= rate * g (e - c)^T then moves a query's memory units by its
 centred embedding's agreement with the stored images', not by the large part that every embedding shares
-(probe.py's "common" change). With `--linear-memory` (ours) the memory units skip the tanh, so training
-cannot switch the memory off by saturating them (probe.py's "past |2|"). `--write-lr` sets the initial write rate (the
+(probe.py's "common" change). With `--linear-memory` (option `linear_memory`, ours) the memory units skip
+the tanh, so training cannot switch the memory off by saturating them (probe.py's "past |2|"; the
+linear-*.log runs were made at 6ab764d, when this script swapped in the same forward itself). `--write-lr` sets the initial write rate (the
 quick preset's: 1.0). Then, on fresh test episodes (at least 1024 queries), the error per image of the
 written read against the read of theta_bar (nothing written), the embeddings' cosines and the memory units'
 change by the write (probe.py). Prints its command, commit and timings; the README quotes the logs
@@ -30,9 +31,7 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from ebmm.energy_image import ResNetFCEnergy
 from membench.datasets import set_data_dir
 from membench.provenance import environment
 from membench.registry import make_task
@@ -44,24 +43,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from probe import cosines, error, unit_shift, unwritten_memory  # noqa: E402  (this folder's probe)
 
 HERE = Path(__file__).resolve().parent
-
-
-class LinearMemoryFCEnergy(ResNetFCEnergy):
-    """EBMM-FC whose d memory units enter each hop's candidate without the tanh (the static ones keep it)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        code = self.encoder(x)
-        written = self.memory(code if self.centre is None else code - self.centre)
-        weight = torch.cat([self.static.weight, self.gate.weight])
-        split, width = self.hidden - written.shape[-1], code.shape[-1]
-        projected = F.linear(code, weight[:, :width], torch.cat([self.static.bias, self.gate.bias]))
-        state = None
-        for _ in range(self.hops):
-            mixed = projected if state is None else projected + F.linear(state, weight[:, width:])
-            candidate = torch.cat([written, torch.tanh(mixed[..., :split])], dim=-1)
-            update = torch.sigmoid(mixed[..., split:])
-            state = self.norm(update * candidate if state is None else update * candidate + (1 - update) * state)
-        return self.readout(state).squeeze(-1)
 
 
 def main() -> None:
@@ -81,14 +62,13 @@ def main() -> None:
     spec = RunSpec(suite="fig3-omniglot", model="ebmm", task=task_config, budget=4112, seed=0, queries=1024,
                    options={"energy": "resnet_fc", "memory_size": 16,
                             **({"centre_memory": True} if args.centre else {}),
+                            **({"linear_memory": True} if args.linear_memory else {}),
                             **({} if args.write_lr is None else {"write_lr_init": args.write_lr})})
     task = make_task(task_config)
     torch.manual_seed(0)
     model = build_model(spec, task)
     if args.freeze:
         model.energy.encoder.requires_grad_(False)
-    if args.linear_memory:
-        model.energy.__class__ = LinearMemoryFCEnergy
     model.initialise(task.sample(-(-512 // args.n), torch.Generator().manual_seed(3), split="train").patterns)
     stepper = Stepper(model, model.preset.train, torch.device("cpu"))
     generator, started = torch.Generator().manual_seed(0), time.perf_counter()
