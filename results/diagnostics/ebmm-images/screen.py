@@ -41,6 +41,7 @@ VARIANTS: dict[str, dict] = {
     "centre": {"centre_memory": True, "write_lr_init": 0.1},  # the memory layer reads centred embeddings (ours)
     "centre-curriculum": {"centre_memory": True, "write_lr_init": 0.1,  # the same, trained from 1 image up
                           "train.num_patterns": [1, 2, 4, 8, 16, 32, 64], "train.curriculum_steps": 1000},
+    "centre-linear": {"centre_memory": True, "linear_memory": True, "write_lr_init": 0.1},  # and units without tanh
 }
 
 
