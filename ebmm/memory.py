@@ -62,7 +62,8 @@ class EBMMConfig:
     bottleneck: int = 64          # resnet_conv: bottleneck width; memory = 2 * (9 * bottleneck + 1) * d
     readout: int = 1024           # images: hidden width of the tanh readout
     centre_memory: bool = False   # images (ours): the writable layers read their input minus a static centre,
-    #   started at the training images' mean (ebmm.energy_image); the write then tells images apart
+    #   started at the training images' mean (ebmm.energy_image), so the write's step is not mostly what
+    #   every image shares
     linear_memory: bool = False   # resnet_fc (ours): the memory units skip the hop's tanh, so they cannot saturate
     read_steps: int = 5           # K, projected Nesterov steps of reading
     write_steps: int = 3          # T, gradient steps of writing (not stated in the paper)
