@@ -38,6 +38,7 @@ from membench.registry import make_task
 from membench.runner import build_model
 from membench.stepper import Stepper
 from membench.suites import RunSpec
+from membench.training import INIT_PATTERNS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from probe import cosines, error, unit_shift, unwritten_memory  # noqa: E402  (this folder's probe)
@@ -69,7 +70,8 @@ def main() -> None:
     model = build_model(spec, task)
     if args.freeze:
         model.energy.encoder.requires_grad_(False)
-    model.initialise(task.sample(-(-512 // args.n), torch.Generator().manual_seed(3), split="train").patterns)
+    count = -(-INIT_PATTERNS // args.n)  # as many training patterns as the trainer's own initialise sees
+    model.initialise(task.sample(count, torch.Generator().manual_seed(3), split="train").patterns)
     stepper = Stepper(model, model.preset.train, torch.device("cpu"))
     generator, started = torch.Generator().manual_seed(0), time.perf_counter()
     for step in range(1, args.steps + 1):

@@ -39,6 +39,7 @@ from membench.datasets import set_data_dir
 from membench.registry import make_task
 from membench.runner import load_trained
 from membench.suites import RunSpec
+from membench.training import INIT_PATTERNS
 from ebmm.memory import EBMM, IMAGE_PRESETS, build_energy
 
 HERE = Path(__file__).resolve().parent
@@ -82,7 +83,8 @@ def untrained_write_scale(task) -> None:
     """The untrained quick EBMM-FC (d = 16, seed 0), plain and with `centre_memory` (centred on 512
     training images): one write of 64 test images at initial write rates 1e-4 ... 10."""
     batch = task.sample(2, torch.Generator().manual_seed(1), split="test")
-    training = task.sample(8, torch.Generator().manual_seed(3), split="train").patterns
+    count = -(-INIT_PATTERNS // task.spec.num_patterns)  # as many training patterns as the trainer's initialise sees
+    training = task.sample(count, torch.Generator().manual_seed(3), split="train").patterns
     for rate in (1e-4, 1e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 10.0):
         for centre in (False, True):
             torch.manual_seed(0)
