@@ -42,6 +42,8 @@ VARIANTS: dict[str, dict] = {
     "centre-curriculum": {"centre_memory": True, "write_lr_init": 0.1,  # the same, trained from 1 image up
                           "train.num_patterns": [1, 2, 4, 8, 16, 32, 64], "train.curriculum_steps": 1000},
     "centre-linear": {"centre_memory": True, "linear_memory": True, "write_lr_init": 0.1},  # and units without tanh
+    "centre-linear-write3": {"centre_memory": True, "linear_memory": True, "write_lr_init": 0.1,  # T = 3 write steps
+                             "write_steps": 3},
     # the same, N grown from 2 to 64 over 2000 updates (64 listed thrice: half the later updates store 64)
     "centre-linear-grow": {"centre_memory": True, "linear_memory": True, "write_lr_init": 0.1,
                            "train.num_patterns": [2, 8, 32, 64, 64, 64], "train.curriculum_steps": 2000},
