@@ -8,17 +8,24 @@ d = 16 (4112 floats; `--energy resnet_conv`: EBMM-conv at d = 6, 3468 floats) on
 narrow networks, trained `--steps` updates on the train split and evaluated on fresh test-split
 episodes. Records (and training curves) go to results/diagnostics/ebmm-images/{runs,training} (or
 `--out`) through the runner, like any `membench run`; the README there reads them.
+
+`--continue-from S` trains further a run already trained S updates: where this run (`--steps`) has no
+checkpoint yet, it starts from that run's (weights, optimiser and episode stream at update S), which gives
+the same model as training `--steps` updates from scratch, the image presets' learning rate being constant.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
+import shutil
 import sys
 from pathlib import Path
 
+from membench.checkpoints import default_checkpoint_dir
 from membench.datasets import set_data_dir
 from membench.registry import make_task
-from membench.runner import run_all
+from membench.runner import build_model, checkpoint_key, run_all
 from membench.suites import RunSpec
 
 HERE = Path(__file__).resolve().parent
@@ -50,6 +57,18 @@ VARIANTS: dict[str, dict] = {
 }
 
 
+def continue_from(spec: RunSpec, steps: int) -> None:
+    """Copy the checkpoint of `spec` trained `steps` updates to `spec`'s own key, unless that has one."""
+    task = make_task(spec.task)
+    target = default_checkpoint_dir() / f"{checkpoint_key(spec, build_model(spec, task), task)}.pt"
+    shorter = dataclasses.replace(spec, options={**spec.options, "train.steps": steps})
+    source = default_checkpoint_dir() / f"{checkpoint_key(shorter, build_model(shorter, task), task)}.pt"
+    if not target.exists():
+        if not source.exists():
+            sys.exit(f"no checkpoint {source} of the run trained {steps} updates; run it first (--steps {steps})")
+        shutil.copyfile(source, target)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("variants", nargs="+", choices=sorted(VARIANTS))
@@ -60,6 +79,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=1024, help="test queries evaluated (whole episodes)")
     parser.add_argument("--data-dir", type=Path, default=HERE.parents[2].parent / "shared" / "data")
     parser.add_argument("--out", type=Path, default=HERE, help="records go to OUT/runs")
+    parser.add_argument("--continue-from", type=int, metavar="S", help="start from the same run trained S updates")
     args = parser.parse_args()
     set_data_dir(args.data_dir)
     task = make_task({"kind": args.dataset, "num_patterns": args.n, "image_size": 32, "block": 16}).config()
@@ -69,6 +89,9 @@ def main() -> None:
                      preset="quick", options={"energy": args.energy, "memory_size": units, "train.steps": args.steps,
                                               **VARIANTS[name]})
              for name in args.variants]
+    if args.continue_from is not None:
+        for spec in specs:
+            continue_from(spec, args.continue_from)
     command = shlex.join(["python", "results/diagnostics/ebmm-images/screen.py", *sys.argv[1:]])
     for record in run_all(specs, args.out, device="cpu", command=command, progress=False):
         print(record["options"], "error", round(record["mean_error"], 2), "train s",
