@@ -54,6 +54,8 @@ VARIANTS: dict[str, dict] = {
     # the same, N grown from 2 to 64 over 2000 updates (64 listed thrice: half the later updates store 64)
     "centre-linear-grow": {"centre_memory": True, "linear_memory": True, "write_lr_init": 0.1,
                            "train.num_patterns": [2, 8, 32, 64, 64, 64], "train.curriculum_steps": 2000},
+    "centre-linear-grow-write3": {"centre_memory": True, "linear_memory": True, "write_lr_init": 0.1, "write_steps": 3,
+                                  "train.num_patterns": [2, 8, 32, 64, 64, 64], "train.curriculum_steps": 2000},
 }
 
 
