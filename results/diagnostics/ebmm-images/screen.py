@@ -10,8 +10,9 @@ episodes. Records (and training curves) go to results/diagnostics/ebmm-images/{r
 `--out`) through the runner, like any `membench run`; the README there reads them.
 
 `--continue-from S` trains further a run already trained S updates: where this run (`--steps`) has no
-checkpoint yet, it starts from that run's (weights, optimiser and episode stream at update S), which gives
-the same model as training `--steps` updates from scratch, the image presets' learning rate being constant.
+checkpoint yet, it starts from that run's (weights, optimiser and episode stream at update S), which should
+give the same model as training `--steps` updates from scratch, since the quick preset's learning rate is
+constant (not run side by side).
 """
 from __future__ import annotations
 
@@ -51,7 +52,8 @@ VARIANTS: dict[str, dict] = {
     "centre-linear": {"centre_memory": True, "linear_memory": True, "write_lr_init": 0.1},  # and units without tanh
     "centre-linear-write3": {"centre_memory": True, "linear_memory": True, "write_lr_init": 0.1,  # T = 3 write steps
                              "write_steps": 3},
-    # the same, N grown from 2 to 64 over 2000 updates (64 listed thrice: half the later updates store 64)
+    # the same, N grown from 2 to 64 (N drawn from the smallest 1 + 6 * update // 2000 entries: all of them from
+    # update 1667 on; 64 listed thrice, so from then on half the updates store 64)
     "centre-linear-grow": {"centre_memory": True, "linear_memory": True, "write_lr_init": 0.1,
                            "train.num_patterns": [2, 8, 32, 64, 64, 64], "train.curriculum_steps": 2000},
     "centre-linear-grow-write3": {"centre_memory": True, "linear_memory": True, "write_lr_init": 0.1, "write_steps": 3,
@@ -61,8 +63,15 @@ VARIANTS: dict[str, dict] = {
 
 def continue_from(spec: RunSpec, steps: int) -> None:
     """Copy the checkpoint of `spec` trained `steps` updates to `spec`'s own key, unless that has one."""
+    total = spec.options["train.steps"]
+    if not 0 < steps < total:
+        sys.exit(f"--continue-from {steps}: give a number of updates between 0 and --steps ({total}), exclusive")
     task = make_task(spec.task)
-    target = default_checkpoint_dir() / f"{checkpoint_key(spec, build_model(spec, task), task)}.pt"
+    model = build_model(spec, task)
+    if model.preset.train.cosine_decay:
+        sys.exit("--continue-from: the learning rate decays along a cosine over --steps, so a shorter run's "
+                 "checkpoint is not a longer run's; train it from scratch")
+    target = default_checkpoint_dir() / f"{checkpoint_key(spec, model, task)}.pt"
     shorter = dataclasses.replace(spec, options={**spec.options, "train.steps": steps})
     source = default_checkpoint_dir() / f"{checkpoint_key(shorter, build_model(shorter, task), task)}.pt"
     if not target.exists():
