@@ -19,20 +19,26 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import shlex
-import shutil
 import sys
 from pathlib import Path
 
-from membench.checkpoints import default_checkpoint_dir
+from membench.checkpoints import checkpoint_path, default_checkpoint_dir
 from membench.datasets import set_data_dir
 from membench.registry import make_task
 from membench.runner import build_model, checkpoint_key, run_all
+from membench.store import write_atomic
 from membench.suites import RunSpec
 
 HERE = Path(__file__).resolve().parent
 # energy -> (writable units d, floats): the quick EBMM-FC curve's first point (257 * 16) and the quick
 # EBMM-conv curve's first (578 * 6: bottleneck 32)
 POINTS = {"resnet_fc": (16, 4112), "resnet_conv": (6, 3468)}
+
+# the linear centred memory units (options centre_memory, linear_memory; ours) with the write rate from 0.1
+LINEAR = {"centre_memory": True, "linear_memory": True, "write_lr_init": 0.1}
+# N grown from 2 to 64 (N drawn from the smallest 1 + 6 * update // 2000 entries: all of them from update 1667
+# on; 64 listed thrice, so from then on half the updates store 64)
+GROW = {"train.num_patterns": [2, 8, 32, 64, 64, 64], "train.curriculum_steps": 2000}
 
 # name -> EBMM options beyond the quick image preset's (ebmm.memory.IMAGE_PRESETS[energy]["quick"])
 VARIANTS: dict[str, dict] = {
@@ -49,15 +55,10 @@ VARIANTS: dict[str, dict] = {
     "centre": {"centre_memory": True, "write_lr_init": 0.1},  # the memory layer reads centred embeddings (ours)
     "centre-curriculum": {"centre_memory": True, "write_lr_init": 0.1,  # the same, trained from 1 image up
                           "train.num_patterns": [1, 2, 4, 8, 16, 32, 64], "train.curriculum_steps": 1000},
-    "centre-linear": {"centre_memory": True, "linear_memory": True, "write_lr_init": 0.1},  # and units without tanh
-    "centre-linear-write3": {"centre_memory": True, "linear_memory": True, "write_lr_init": 0.1,  # T = 3 write steps
-                             "write_steps": 3},
-    # the same, N grown from 2 to 64 (N drawn from the smallest 1 + 6 * update // 2000 entries: all of them from
-    # update 1667 on; 64 listed thrice, so from then on half the updates store 64)
-    "centre-linear-grow": {"centre_memory": True, "linear_memory": True, "write_lr_init": 0.1,
-                           "train.num_patterns": [2, 8, 32, 64, 64, 64], "train.curriculum_steps": 2000},
-    "centre-linear-grow-write3": {"centre_memory": True, "linear_memory": True, "write_lr_init": 0.1, "write_steps": 3,
-                                  "train.num_patterns": [2, 8, 32, 64, 64, 64], "train.curriculum_steps": 2000},
+    "centre-linear": LINEAR,                                               # and units without tanh
+    "centre-linear-write3": {**LINEAR, "write_steps": 3},                 # T = 3 write steps
+    "centre-linear-grow": {**LINEAR, **GROW},
+    "centre-linear-grow-write3": {**LINEAR, **GROW, "write_steps": 3},
 }
 
 
@@ -71,13 +72,13 @@ def continue_from(spec: RunSpec, steps: int) -> None:
     if model.preset.train.cosine_decay:
         sys.exit("--continue-from: the learning rate decays along a cosine over --steps, so a shorter run's "
                  "checkpoint is not a longer run's; train it from scratch")
-    target = default_checkpoint_dir() / f"{checkpoint_key(spec, model, task)}.pt"
+    target = checkpoint_path(checkpoint_key(spec, model, task), default_checkpoint_dir())
     shorter = dataclasses.replace(spec, options={**spec.options, "train.steps": steps})
-    source = default_checkpoint_dir() / f"{checkpoint_key(shorter, build_model(shorter, task), task)}.pt"
+    source = checkpoint_path(checkpoint_key(shorter, build_model(shorter, task), task), default_checkpoint_dir())
     if not target.exists():
         if not source.exists():
             sys.exit(f"no checkpoint {source} of the run trained {steps} updates; run it first (--steps {steps})")
-        shutil.copyfile(source, target)
+        write_atomic(target, lambda handle: handle.write(source.read_bytes()))
 
 
 def main() -> None:
