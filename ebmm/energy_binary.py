@@ -12,6 +12,9 @@ Only `memory` (weight d x D and bias d) is writable: with D = 128 and d = 64 it 
 64 * 128 + 64 = 8256 float32 values, the Table 1 budget. Everything else is static
 (meta-learned, shared by all episodes). `hidden` is the paper's 1024 by default.
 
+Linear memory units (`linear_memory=True`, ours, not the paper's): c = [memory(x̂), tanh(static(z))],
+the d memory units without the tanh (as the image energy's option; results/diagnostics/ebmm-images).
+
 `grads` gives E's gradients with respect to x and to the writable tensors of a batch of
 episodes in closed form (the recurrence's backward written out as tensor operations), and
 `grad_norm_grads` the writable gradients of E and of ||grad_x E||^2 (that backward's derivative
@@ -34,13 +37,15 @@ class GatedRNNEnergy(nn.Module):
 
     writable_names: tuple[str, ...] = ("memory.weight", "memory.bias")
 
-    def __init__(self, dim: int = 128, memory_size: int = 64, hidden: int = 1024, hops: int = 5):
+    def __init__(self, dim: int = 128, memory_size: int = 64, hidden: int = 1024, hops: int = 5,
+                 linear_memory: bool = False):
         super().__init__()
         if not 0 < memory_size < hidden:
             raise MembenchError(f"memory_size={memory_size} must lie in (0, hidden={hidden})")
         if hops < 1:
             raise MembenchError(f"hops={hops} must be positive")
         self.dim, self.hidden, self.hops = dim, hidden, hops
+        self.linear_memory = linear_memory  # the d memory units enter the candidate without the tanh
         self.memory = nn.Linear(dim, memory_size)                    # writable
         self.static = nn.Linear(dim + hidden, hidden - memory_size)  # static from here on
         self.gate = nn.Linear(dim + hidden, hidden)
@@ -69,11 +74,28 @@ class GatedRNNEnergy(nn.Module):
         state, hops = None, []
         for _ in range(self.hops):
             mixed = projected if state is None else projected + F.linear(state, recurrent)
-            candidate = torch.tanh(torch.cat([written, mixed[..., :split]], dim=-1))
+            if self.linear_memory:
+                candidate = torch.cat([written, torch.tanh(mixed[..., :split])], dim=-1)
+            else:
+                candidate = torch.tanh(torch.cat([written, mixed[..., :split]], dim=-1))
             update = torch.sigmoid(mixed[..., split:])
             hops.append((candidate, update, state))
             state = update * candidate if state is None else state + update * (candidate - state)
         return state, hops
+
+    def _slope(self, candidate: torch.Tensor, d: int) -> torch.Tensor:
+        """d candidate / d pre-activation, elementwise: 1 - c^2 (1 on linear memory units)."""
+        slope = 1 - candidate * candidate
+        if self.linear_memory:
+            slope = torch.cat([torch.ones_like(slope[..., :d]), slope[..., d:]], dim=-1)
+        return slope
+
+    def _slope_tangent(self, candidate: torch.Tensor, t_candidate: torch.Tensor, d: int) -> torch.Tensor:
+        """The tangent of `_slope` when the candidate moves along t_candidate: -2 c t_c (0 on linear units)."""
+        tangent = -2 * candidate * t_candidate
+        if self.linear_memory:
+            tangent = torch.cat([torch.zeros_like(tangent[..., :d]), tangent[..., d:]], dim=-1)
+        return tangent
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (M, D) -> energies (M,), with this module's own writable tensors."""
@@ -94,7 +116,7 @@ class GatedRNNEnergy(nn.Module):
             d_states.append(d_state)
             d_candidate = d_state * update
             d_update = d_state * candidate if previous is None else d_state * (candidate - previous)
-            d_candidate = d_candidate * (1 - candidate * candidate)   # through tanh
+            d_candidate = d_candidate * self._slope(candidate, d)   # through tanh
             d_update = d_update * update * (1 - update)              # through sigmoid
             d_written = d_written + d_candidate[..., :d]
             d_mixed = torch.cat([d_candidate[..., d:], d_update], dim=-1)
@@ -158,7 +180,7 @@ class GatedRNNEnergy(nn.Module):
         t_hops, t_state = [], None  # forward: tangents of candidate and update per hop
         for candidate, update, previous in hops:
             t_mixed = t_projected if t_state is None else t_projected + t_state @ recurrent.T
-            t_candidate = (1 - candidate * candidate) * torch.cat([t_written, t_mixed[..., :split]], dim=-1)
+            t_candidate = self._slope(candidate, d) * torch.cat([t_written, t_mixed[..., :split]], dim=-1)
             t_update = update * (1 - update) * t_mixed[..., split:]
             t_hops.append((t_candidate, t_update, t_state))
             if t_state is None:
@@ -173,7 +195,8 @@ class GatedRNNEnergy(nn.Module):
             d_candidate, d_update = d_state * update, d_state * gap
             t_d_candidate = d_state * t_update if t_d_state is None else t_d_state * update + d_state * t_update
             t_d_update = d_state * t_gap if t_d_state is None else t_d_state * gap + d_state * t_gap
-            t_d_candidate = t_d_candidate * (1 - candidate * candidate) - d_candidate * 2 * candidate * t_candidate
+            t_d_candidate = (t_d_candidate * self._slope(candidate, d)
+                             + d_candidate * self._slope_tangent(candidate, t_candidate, d))
             t_d_update = (t_d_update * update * (1 - update)
                           + d_update * (1 - 2 * update) * t_update)
             t_d_written = t_d_written + t_d_candidate[..., :d]

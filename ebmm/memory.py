@@ -64,7 +64,8 @@ class EBMMConfig:
     centre_memory: bool = False   # images (ours): the writable layers read their input minus a static centre,
     #   started at the training images' mean (ebmm.energy_image), so the write's step is not mostly what
     #   every image shares
-    linear_memory: bool = False   # resnet_fc (ours): the memory units skip the hop's tanh, so they cannot saturate
+    linear_memory: bool = False   # gated_rnn, resnet_fc (ours): the memory units skip the hop's tanh, so they
+    #   cannot saturate
     read_steps: int = 5           # K, projected Nesterov steps of reading
     write_steps: int = 3          # T, gradient steps of writing (not stated in the paper)
     grad_norm_term: bool = True   # include alpha * ||grad_x E||^2 in the writing loss
@@ -162,15 +163,16 @@ IMAGE_PRESETS: dict[str, dict[str, Preset]] = {  # energy -> preset name -> pres
 def build_energy(spec: TaskSpec, config: EBMMConfig) -> nn.Module:
     """The energy network named by `config.energy`, sized for the task's patterns."""
     shape = spec.pattern_shape
-    if config.linear_memory and config.energy != "resnet_fc":
-        raise MembenchError(f"linear_memory=True applies to the resnet_fc energy, not {config.energy}; drop the option")
+    if config.linear_memory and config.energy == "resnet_conv":
+        raise MembenchError("linear_memory=True applies to the gated_rnn and resnet_fc energies, not resnet_conv; "
+                            "drop the option")
     if config.energy == "gated_rnn":
         if len(shape) != 1:
             raise MembenchError(f"the gated-RNN energy takes flat patterns, got {shape}")
         if config.centre_memory:
             raise MembenchError("centre_memory=True applies to the image energies (resnet_fc, resnet_conv), not "
                                 "gated_rnn; drop the option")
-        return GatedRNNEnergy(spec.pattern_size, config.memory_size, config.hidden, config.hops)
+        return GatedRNNEnergy(spec.pattern_size, config.memory_size, config.hidden, config.hops, config.linear_memory)
     if len(shape) != 3:
         raise MembenchError(f"energy '{config.energy}' takes images (C, H, W), got {shape}")
     if config.energy == "resnet_fc":

@@ -124,15 +124,19 @@ def literal_gated_rnn(energy, x: torch.Tensor) -> torch.Tensor:
     state = x.new_zeros(x.shape[0], energy.hidden)
     for _ in range(energy.hops):
         z = torch.cat([x, state], dim=-1)
-        candidate = torch.tanh(torch.cat([energy.memory(x), energy.static(z)], dim=-1))
+        if energy.linear_memory:  # ours: the memory units without the tanh
+            candidate = torch.cat([energy.memory(x), torch.tanh(energy.static(z))], dim=-1)
+        else:
+            candidate = torch.tanh(torch.cat([energy.memory(x), energy.static(z)], dim=-1))
         update = torch.sigmoid(energy.gate(z))
         state = update * candidate + (1 - update) * state
     return energy.readout(state).squeeze(-1)
 
 
+@pytest.mark.parametrize("linear_memory", [False, True])
 @pytest.mark.parametrize("hops", [1, 3])
-def test_gated_rnn_energy_is_the_literal_recurrence(hops: int):
-    model, task = small_model(hops=hops)
+def test_gated_rnn_energy_is_the_literal_recurrence(hops: int, linear_memory: bool):
+    model, task = small_model(hops=hops, linear_memory=linear_memory)
     with torch.no_grad():  # nonzero biases, so hoisting the x-halves out of the hops is tested too
         for layer in (model.energy.memory, model.energy.static, model.energy.gate):
             layer.bias.normal_()
@@ -140,11 +144,12 @@ def test_gated_rnn_energy_is_the_literal_recurrence(hops: int):
     torch.testing.assert_close(model.energy(x), literal_gated_rnn(model.energy, x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("linear_memory", [False, True])
 @pytest.mark.parametrize("hops", [1, 2, 3])
-def test_closed_form_gradients_are_autograds(hops: int):
+def test_closed_form_gradients_are_autograds(hops: int, linear_memory: bool):
     """GatedRNNEnergy.grads (the backward written out) and grad_norm_grads (its derivative along grad_x E,
-    written out) equal autograd, per episode, in float64."""
-    model, task = small_model(hops=hops)
+    written out) equal autograd, per episode, in float64, with tanh or linear memory units."""
+    model, task = small_model(hops=hops, linear_memory=linear_memory)
     energy = model.energy.double()
     with torch.no_grad():
         for layer in (energy.memory, energy.static, energy.gate):
@@ -178,10 +183,11 @@ class _AutogradOnlyEnergy(type(small_model()[0].energy)):
     grads = None  # no closed form: EBMM differentiates this energy with vmap + autograd
 
 
-@pytest.mark.parametrize("grad_norm_term", [False, True])
-def test_closed_form_and_autograd_paths_give_the_same_meta_gradient(grad_norm_term: bool):
+@pytest.mark.parametrize("grad_norm_term, linear_memory", [(False, False), (True, False), (True, True)])
+def test_closed_form_and_autograd_paths_give_the_same_meta_gradient(grad_norm_term: bool, linear_memory: bool):
     """The meta-loss and its gradient are the same whether the inner loops use the closed form or autograd."""
-    model, task = small_model(grad_norm_term=grad_norm_term, write_lr_init=0.05, read_step_init=0.5)
+    model, task = small_model(grad_norm_term=grad_norm_term, write_lr_init=0.05, read_step_init=0.5,
+                              linear_memory=linear_memory)
     model = model.double()
     energy = copy.deepcopy(model.energy)
     energy.__class__ = _AutogradOnlyEnergy
