@@ -32,6 +32,10 @@ Convolutional memory (`ResNetConvEnergy`, App. B.3):
   d x bottleneck x 3 x 3 and bias d) beside `width - d` static ones, so memory =
   2 * (9 * bottleneck * d + d): 1154 * d at the paper's bottleneck of 64.
 
+  Linear memory channels (`linear_memory=True`, ours, not the paper's): the d writable channels skip
+  the block's ReLU, the conv counterpart of the FC energy's option (a ReLU unit a write pushes below 0
+  passes the read nothing, as a saturated tanh unit does).
+
 The quick preset shrinks channel counts and hidden sizes (ebmm.memory.IMAGE_PRESETS);
 memory counts always come from the writable tensors themselves.
 
@@ -121,7 +125,7 @@ class WritableBottleneck(nn.Module):
     """(M, C_in, H, W) -> (M, width, H / stride, W / stride); the 3x3 conv's first d outputs are writable."""
 
     def __init__(self, in_channels: int, width: int, bottleneck: int, memory_size: int, stride: int = 1,
-                 centre: bool = False):
+                 centre: bool = False, linear_memory: bool = False):
         super().__init__()
         if not 0 < memory_size < width:
             raise MembenchError(f"memory_size={memory_size} must lie in (0, width={width})")
@@ -131,6 +135,7 @@ class WritableBottleneck(nn.Module):
         self.expand = nn.Conv2d(width, width, 1)
         self.skip = nn.Conv2d(in_channels, width, 1, stride=stride)
         self.centre = nn.Parameter(torch.zeros(bottleneck)) if centre else None  # static, per channel
+        self.linear_memory = linear_memory  # the writable channels skip the ReLU
 
     @torch.no_grad()
     def initialise(self, x: torch.Tensor) -> None:
@@ -141,7 +146,10 @@ class WritableBottleneck(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = torch.relu(self.reduce(x))
         read = h if self.centre is None else h - self.centre[:, None, None]
-        h = torch.relu(torch.cat([self.memory(read), self.static(h)], dim=1))
+        if self.linear_memory:
+            h = torch.cat([self.memory(read), torch.relu(self.static(h))], dim=1)
+        else:
+            h = torch.relu(torch.cat([self.memory(read), self.static(h)], dim=1))
         return torch.relu(self.expand(h) + self.skip(x))
 
 
@@ -153,7 +161,7 @@ class ResNetConvEnergy(nn.Module):
 
     def __init__(self, image_channels: int = 1, image_size: int = 32, channels: tuple[int, int] = (32, 64),
                  width: int = 128, bottleneck: int = 64, memory_size: int = 4, hidden: int = 128, hops: int = 3,
-                 readout: int = 1024, centre: bool = False):
+                 readout: int = 1024, centre: bool = False, linear_memory: bool = False):
         super().__init__()
         if len(channels) != 2:
             raise MembenchError(f"the conv energy has 2 residual blocks, got channels={channels}")
@@ -163,8 +171,10 @@ class ResNetConvEnergy(nn.Module):
             raise MembenchError(f"hops={hops} must be positive")
         self.hidden, self.hops, self.grid = hidden, hops, image_size // 8
         self.stem = nn.Sequential(ResBlock(image_channels, channels[0]), ResBlock(channels[0], channels[1]))
-        self.block1 = WritableBottleneck(channels[1], width, bottleneck, memory_size, stride=2, centre=centre)
-        self.block2 = WritableBottleneck(width, width, bottleneck, memory_size, centre=centre)
+        self.block1 = WritableBottleneck(channels[1], width, bottleneck, memory_size, stride=2, centre=centre,
+                                         linear_memory=linear_memory)
+        self.block2 = WritableBottleneck(width, width, bottleneck, memory_size, centre=centre,
+                                         linear_memory=linear_memory)
         self.candidate = nn.Conv2d(width + hidden, hidden, 3, padding=1)
         self.gate = nn.Conv2d(width + hidden, hidden, 3, padding=1)
         self.readout = nn.Sequential(nn.Linear(hidden * self.grid**2, readout), nn.Tanh(), nn.Linear(readout, 1))

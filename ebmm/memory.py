@@ -64,8 +64,8 @@ class EBMMConfig:
     centre_memory: bool = False   # images (ours): the writable layers read their input minus a static centre,
     #   started at the training images' mean (ebmm.energy_image), so the write's step is not mostly what
     #   every image shares
-    linear_memory: bool = False   # gated_rnn, resnet_fc (ours): the memory units skip the hop's tanh, so they
-    #   cannot saturate
+    linear_memory: bool = False   # (ours) the memory units skip their nonlinearity, so they cannot saturate or
+    #   die: the hop's tanh (gated_rnn, resnet_fc), the bottleneck's ReLU (resnet_conv)
     read_steps: int = 5           # K, projected Nesterov steps of reading
     write_steps: int = 3          # T, gradient steps of writing (not stated in the paper)
     grad_norm_term: bool = True   # include alpha * ||grad_x E||^2 in the writing loss
@@ -163,9 +163,6 @@ IMAGE_PRESETS: dict[str, dict[str, Preset]] = {  # energy -> preset name -> pres
 def build_energy(spec: TaskSpec, config: EBMMConfig) -> nn.Module:
     """The energy network named by `config.energy`, sized for the task's patterns."""
     shape = spec.pattern_shape
-    if config.linear_memory and config.energy == "resnet_conv":
-        raise MembenchError("linear_memory=True applies to the gated_rnn and resnet_fc energies, not resnet_conv; "
-                            "drop the option")
     if config.energy == "gated_rnn":
         if len(shape) != 1:
             raise MembenchError(f"the gated-RNN energy takes flat patterns, got {shape}")
@@ -181,7 +178,8 @@ def build_energy(spec: TaskSpec, config: EBMMConfig) -> nn.Module:
                               config.centre_memory, config.linear_memory)
     if config.energy == "resnet_conv":
         return ResNetConvEnergy(shape[0], shape[1], tuple(config.channels[:2]), config.width, config.bottleneck,
-                                config.memory_size, config.hidden, config.hops, config.readout, config.centre_memory)
+                                config.memory_size, config.hidden, config.hops, config.readout, config.centre_memory,
+                                config.linear_memory)
     raise MembenchError(f"unknown energy '{config.energy}'; valid: gated_rnn, resnet_fc, resnet_conv")
 
 

@@ -170,22 +170,23 @@ def test_centred_memory_is_refused_for_the_binary_energy():
         EBMM.from_spec(spec, 8256, "quick", centre_memory=True)
 
 
-def test_linear_memory_units_do_not_saturate_where_tanh_ones_do():
-    """A memory unit driven far past tanh's range still moves the energy when it is linear (ours), not otherwise."""
+@pytest.mark.parametrize("options, shifts", [(TINY_FC, (50.0, 100.0)), (TINY_CONV, (-50.0, -100.0))],
+                         ids=["fc-tanh", "conv-relu"])
+def test_linear_memory_units_do_not_saturate_where_tanh_ones_do(options, shifts):
+    """Memory units driven far past tanh's range (FC) or below the ReLU's zero (conv) still move the energy
+    when they are linear (ours), not otherwise."""
     x = torch.rand(3, 3, 16, 16)
     moved = {}
     for linear in (False, True):
         torch.manual_seed(0)
-        model = EBMM.from_spec(TINY, 10**6, "quick", **TINY_FC, linear_memory=linear)
+        energy = EBMM.from_spec(TINY, 10**6, "quick", **options, linear_memory=linear).energy
+        biases = [param for name, param in energy.named_parameters()
+                  if name in energy.writable_names and name.endswith("bias")]
         with torch.no_grad():
             energies = []
-            for shift in (50.0, 100.0):
-                model.energy.memory.bias.fill_(shift)
-                energies.append(model.energy(x))
+            for shift in shifts:
+                for bias in biases:
+                    bias.fill_(shift)
+                energies.append(energy(x))
         moved[linear] = (energies[1] - energies[0]).abs().max().item()
     assert moved[False] < 1e-6 < 1e-3 < moved[True]
-
-
-def test_linear_memory_is_refused_for_the_conv_energy():
-    with pytest.raises(MembenchError, match="linear_memory=True applies to the gated_rnn and resnet_fc energies"):
-        EBMM.from_spec(TINY, 10**6, "quick", **TINY_CONV, linear_memory=True)
