@@ -13,7 +13,8 @@ Only `memory` (weight d x D and bias d) is writable: with D = 128 and d = 64 it 
 (meta-learned, shared by all episodes). `hidden` is the paper's 1024 by default.
 
 Linear memory units (`linear_memory=True`, ours, not the paper's): c = [memory(x̂), tanh(static(z))],
-the d memory units without the tanh (as the image energy's option; results/diagnostics/ebmm-images).
+the d memory units without the tanh (as the image energy's option). On Table 1's task it trains
+worse than the tanh at every N (results/diagnostics/ebmm-recipes).
 
 `grads` gives E's gradients with respect to x and to the writable tensors of a batch of
 episodes in closed form (the recurrence's backward written out as tensor operations), and
@@ -116,7 +117,7 @@ class GatedRNNEnergy(nn.Module):
             d_states.append(d_state)
             d_candidate = d_state * update
             d_update = d_state * candidate if previous is None else d_state * (candidate - previous)
-            d_candidate = d_candidate * self._slope(candidate, d)   # through tanh
+            d_candidate = d_candidate * self._slope(candidate, d)   # through tanh (or linear units)
             d_update = d_update * update * (1 - update)              # through sigmoid
             d_written = d_written + d_candidate[..., :d]
             d_mixed = torch.cat([d_candidate[..., d:], d_update], dim=-1)
