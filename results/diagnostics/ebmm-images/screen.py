@@ -57,6 +57,7 @@ VARIANTS: dict[str, dict] = {
                           "train.num_patterns": [1, 2, 4, 8, 16, 32, 64], "train.curriculum_steps": 1000},
     "centre-linear": LINEAR,                                               # and units without tanh
     "centre-linear-write3": {**LINEAR, "write_steps": 3},                 # T = 3 write steps
+    "centre-linear-write3-read8": {**LINEAR, "write_steps": 3, "read_steps": 8},  # and K = 8 read steps
     "centre-linear-grow": {**LINEAR, **GROW},
     "centre-linear-grow-write3": {**LINEAR, **GROW, "write_steps": 3},
 }
