@@ -60,6 +60,7 @@ VARIANTS: dict[str, dict] = {
     "centre-linear-write3-read8": {**LINEAR, "write_steps": 3, "read_steps": 8},  # and K = 8 read steps
     "centre-linear-grow": {**LINEAR, **GROW},
     "centre-linear-grow-write3": {**LINEAR, **GROW, "write_steps": 3},
+    "centre-linear-grow-write3-read8": {**LINEAR, **GROW, "write_steps": 3, "read_steps": 8},
 }
 
 
