@@ -33,8 +33,9 @@ Convolutional memory (`ResNetConvEnergy`, App. B.3):
   2 * (9 * bottleneck * d + d): 1154 * d at the paper's bottleneck of 64.
 
   Linear memory channels (`linear_memory=True`, ours, not the paper's): the d writable channels skip
-  the block's ReLU, the conv counterpart of the FC energy's option (a ReLU unit a write pushes below 0
-  passes the read nothing, as a saturated tanh unit does).
+  the ReLU after the 3x3 convolution (the block's output ReLU stays), the conv counterpart of the FC
+  energy's option (a ReLU unit a write pushes below 0 passes the read nothing, as a saturated tanh
+  unit does).
 
 The quick preset shrinks channel counts and hidden sizes (ebmm.memory.IMAGE_PRESETS);
 memory counts always come from the writable tensors themselves.

@@ -65,7 +65,7 @@ class EBMMConfig:
     #   started at the training images' mean (ebmm.energy_image), so the write's step is not mostly what
     #   every image shares
     linear_memory: bool = False   # (ours) the memory units skip their nonlinearity, so they cannot saturate or
-    #   die: the hop's tanh (gated_rnn, resnet_fc), the bottleneck's ReLU (resnet_conv)
+    #   die: the hop's tanh (gated_rnn, resnet_fc), the ReLU after the bottleneck's 3x3 conv (resnet_conv)
     read_steps: int = 5           # K, projected Nesterov steps of reading
     write_steps: int = 3          # T, gradient steps of writing (not stated in the paper)
     grad_norm_term: bool = True   # include alpha * ||grad_x E||^2 in the writing loss

@@ -172,7 +172,7 @@ def test_centred_memory_is_refused_for_the_binary_energy():
 
 @pytest.mark.parametrize("options, shifts", [(TINY_FC, (50.0, 100.0)), (TINY_CONV, (-50.0, -100.0))],
                          ids=["fc-tanh", "conv-relu"])
-def test_linear_memory_units_do_not_saturate_where_tanh_ones_do(options, shifts):
+def test_linear_memory_units_do_not_saturate_or_die_where_nonlinear_ones_do(options, shifts):
     """Memory units driven far past tanh's range (FC) or below the ReLU's zero (conv) still move the energy
     when they are linear (ours), not otherwise."""
     x = torch.rand(3, 3, 16, 16)
