@@ -72,13 +72,11 @@ class GatedRNNEnergy(nn.Module):
         """written (..., M, d), projected (..., M, 2 hidden - d) -> final state (..., M, hidden), per-hop values."""
         recurrent = self._stacked()[:, self.dim:]
         split = self.hidden - written.shape[-1]
+        units = written if self.linear_memory else torch.tanh(written)  # the memory units: the same every hop
         state, hops = None, []
         for _ in range(self.hops):
             mixed = projected if state is None else projected + F.linear(state, recurrent)
-            if self.linear_memory:
-                candidate = torch.cat([written, torch.tanh(mixed[..., :split])], dim=-1)
-            else:
-                candidate = torch.tanh(torch.cat([written, mixed[..., :split]], dim=-1))
+            candidate = torch.cat([units, torch.tanh(mixed[..., :split])], dim=-1)
             update = torch.sigmoid(mixed[..., split:])
             hops.append((candidate, update, state))
             state = update * candidate if state is None else state + update * (candidate - state)

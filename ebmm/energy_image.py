@@ -109,14 +109,12 @@ class ResNetFCEnergy(nn.Module):
         written = self.memory(code if self.centre is None else code - self.centre)  # (M, d): the same every hop
         weight = torch.cat([self.static.weight, self.gate.weight])  # (2 hidden - d, embedding + hidden)
         split, width = self.hidden - written.shape[-1], code.shape[-1]
+        units = written if self.linear_memory else torch.tanh(written)  # the memory units: the same every hop
         projected = F.linear(code, weight[:, :width], torch.cat([self.static.bias, self.gate.bias]))
         state = None                                              # s_0 = 0
         for _ in range(self.hops):
             mixed = projected if state is None else projected + F.linear(state, weight[:, width:])
-            if self.linear_memory:
-                candidate = torch.cat([written, torch.tanh(mixed[..., :split])], dim=-1)
-            else:
-                candidate = torch.tanh(torch.cat([written, mixed[..., :split]], dim=-1))
+            candidate = torch.cat([units, torch.tanh(mixed[..., :split])], dim=-1)
             update = torch.sigmoid(mixed[..., split:])
             state = self.norm(update * candidate if state is None else update * candidate + (1 - update) * state)
         return self.readout(state).squeeze(-1)
