@@ -6,7 +6,8 @@
 MODEL (memory_networks or mann) runs the Figure 3 task on its quick image preset (the quick
 preset's narrow codec, 2 episodes an update, a constant learning rate) with `--steps` updates
 instead of the preset's 1600, at `--budget` floats (default 3468: screen.py's EBMM-conv point,
-so Memory Networks get 64 slots of 3468 // 64 = 54 values, 3456 floats). Evaluated on the same
+so Memory Networks get 64 slots of 3468 // 64 = 54 values, 3456 floats; MANN, as on the Figure 3 curve,
+64 slots as wide as fit beside its controller's h and c, 64 x 53 + 64 = 3456 floats). Evaluated on the same
 fresh test-split episodes as screen.py's runs (same seed and queries), so their errors compare
 directly. `--continue-from` as in screen.py.
 """
@@ -41,8 +42,11 @@ def main() -> None:
     set_data_dir(args.data_dir)
     task = make_task({"kind": args.dataset, "num_patterns": args.n, "image_size": 32, "block": 16}).config()
     suite = "fig3-omniglot" if args.dataset == "omniglot" else "fig3-cifar"
+    options = {"train.steps": args.steps}
+    if args.model == "mann":  # 64 slots beside the controller's h and c (2 x 32), as on the Figure 3 curve
+        options["memory_width"] = (args.budget - 64) // 64
     spec = RunSpec(suite=suite, model=args.model, task=task, budget=args.budget, seed=0, queries=args.queries,
-                   preset="quick", options={"train.steps": args.steps})
+                   preset="quick", options=options)
     if args.continue_from is not None:
         continue_from(spec, args.continue_from)
     command = shlex.join(["python", "results/diagnostics/ebmm-images/baseline.py", *sys.argv[1:]])

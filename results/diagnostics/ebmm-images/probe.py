@@ -23,6 +23,9 @@ For each record, on fresh test-split episodes (8, or enough for 64 queries when 
 The same cosines of the untrained encoders (quick and gpu widths, seed 0) come first, per data set, and
 the untrained quick EBMM-FC's pre-activation change by one write at initial write rates 1e-4 ... 10,
 plain and centred (option `centre_memory`).
+
+For a learned baseline's record (baseline.py: Memory Networks, MANN), only the read's error inside the
+block and outside it, beside the query's.
 """
 from __future__ import annotations
 
@@ -118,6 +121,14 @@ def probe(path: Path) -> None:
     unseen = task.sample(episodes, torch.Generator().manual_seed(2), split="test").patterns
     block = batch.queries == task.spec.fill_value                            # (B, N, C, H, W)
     binary = task.spec.binary
+    if not isinstance(model, EBMM):
+        with torch.no_grad():
+            read = model.read(model.write(batch.patterns), batch.queries)
+        print(f"{path.name} {record['model']} {record['options']} (recorded error {record['mean_error']:.2f})")
+        print(f"  the query: {error(batch.queries, batch.patterns, block, binary):.2f} in the block; the read: "
+              f"{error(read, batch.patterns, block, binary):.2f} in the block, "
+              f"{error(read, batch.patterns, ~block, binary):.2f} outside")
+        return
     theta_bar = unwritten_memory(model, episodes)
     with torch.enable_grad():
         written = model.write(batch.patterns)
