@@ -25,7 +25,8 @@ the untrained quick EBMM-FC's pre-activation change by one write at initial writ
 plain and centred (option `centre_memory`).
 
 For a learned baseline's record (baseline.py: Memory Networks, MANN), only the read's error inside the
-block and outside it, beside the query's.
+block and outside it, beside the query's, and for Memory Networks the same of a read of all-zero slots
+(what the decoder makes of the query with nothing stored).
 """
 from __future__ import annotations
 
@@ -122,12 +123,16 @@ def probe(path: Path) -> None:
     block = batch.queries == task.spec.fill_value                            # (B, N, C, H, W)
     binary = task.spec.binary
     if not isinstance(model, EBMM):
-        with torch.no_grad():
-            read = model.read(model.write(batch.patterns), batch.queries)
         print(f"{path.name} {record['model']} {record['options']} (recorded error {record['mean_error']:.2f})")
-        print(f"  the query: {error(batch.queries, batch.patterns, block, binary):.2f} in the block; the read: "
-              f"{error(read, batch.patterns, block, binary):.2f} in the block, "
-              f"{error(read, batch.patterns, ~block, binary):.2f} outside")
+        print(f"  the query: {error(batch.queries, batch.patterns, block, binary):.2f} in the block")
+        with torch.no_grad():
+            state = model.write(batch.patterns)
+            reads = {"the read": model.read(state, batch.queries)}
+            if isinstance(state, torch.Tensor):  # slots (Memory Networks): all zero is a memory with nothing in it
+                reads["the read of zero slots"] = model.read(torch.zeros_like(state), batch.queries)
+        for name, read in reads.items():
+            print(f"  {name}: {error(read, batch.patterns, block, binary):.2f} in the block, "
+                  f"{error(read, batch.patterns, ~block, binary):.2f} outside")
         return
     theta_bar = unwritten_memory(model, episodes)
     with torch.enable_grad():
