@@ -25,8 +25,8 @@ the untrained quick EBMM-FC's pre-activation change by one write at initial writ
 plain and centred (option `centre_memory`).
 
 For a learned baseline's record (baseline.py: Memory Networks, MANN), only the read's error inside the
-block and outside it, beside the query's, and for Memory Networks the same of a read of all-zero slots
-(what the decoder makes of the query with nothing stored).
+block and outside it, beside the query's, and the same of a read of an all-zero memory (what the
+decoder makes of the query with nothing stored; MANN's controller state zeroed too).
 """
 from __future__ import annotations
 
@@ -128,8 +128,10 @@ def probe(path: Path) -> None:
         with torch.no_grad():
             state = model.write(batch.patterns)
             reads = {"the read": model.read(state, batch.queries)}
-            if isinstance(state, torch.Tensor):  # slots (Memory Networks): all zero is a memory with nothing in it
-                reads["the read of zero slots"] = model.read(torch.zeros_like(state), batch.queries)
+            # all zero: a memory with nothing in it (Memory Networks' slots; MANN's slots and controller state)
+            empty = (torch.zeros_like(state) if isinstance(state, torch.Tensor) else dataclasses.replace(
+                state, **{f.name: torch.zeros_like(getattr(state, f.name)) for f in dataclasses.fields(state)}))
+            reads["the read of an all-zero memory"] = model.read(empty, batch.queries)
         for name, read in reads.items():
             print(f"  {name}: {error(read, batch.patterns, block, binary):.2f} in the block, "
                   f"{error(read, batch.patterns, ~block, binary):.2f} outside")
