@@ -1,7 +1,7 @@
 """A learned baseline beside screen.py's EBMM runs: the same task, memory and training episodes.
 
     python results/diagnostics/ebmm-images/baseline.py MODEL [--budget 3468] [--steps 6000]
-        [--dataset cifar10] [--n 64] [--queries 1024] [--data-dir DIR] [--out DIR] [--continue-from S]
+        [--dataset cifar10] [--n 64] [--seed 0] [--queries 1024] [--data-dir DIR] [--out DIR] [--continue-from S]
 
 MODEL (memory_networks or mann) runs the Figure 3 task on its quick image preset (the quick
 preset's narrow codec, 2 episodes an update, a constant learning rate) with `--steps` updates
@@ -9,7 +9,7 @@ instead of the preset's 1600, at `--budget` floats (default 3468: screen.py's EB
 so Memory Networks get 64 slots of 3468 // 64 = 54 values, 3456 floats; MANN, as on the Figure 3 curve,
 64 slots as wide as fit beside its controller's h and c, 64 x 53 + 64 = 3456 floats). Evaluated on the same
 fresh test-split episodes as screen.py's runs (same seed and queries), so their errors compare
-directly. `--continue-from` as in screen.py.
+directly (at the default seed). `--continue-from` as in screen.py.
 """
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6000, help="meta-training updates (2 episodes each)")
     parser.add_argument("--dataset", default="cifar10", choices=("omniglot", "cifar10"))
     parser.add_argument("--n", type=int, default=64, help="images written per episode")
+    parser.add_argument("--seed", type=int, default=0, help="run seed (initial weights, training and test episodes)")
     parser.add_argument("--queries", type=int, default=1024, help="test queries evaluated (whole episodes)")
     parser.add_argument("--data-dir", type=Path, default=HERE.parents[2].parent / "shared" / "data")
     parser.add_argument("--out", type=Path, default=HERE, help="records go to OUT/runs")
@@ -45,7 +46,7 @@ def main() -> None:
     options = {"train.steps": args.steps}
     if args.model == "mann":  # 64 slots beside the controller's h and c (2 x 32), as on the Figure 3 curve
         options["memory_width"] = (args.budget - 64) // 64
-    spec = RunSpec(suite=suite, model=args.model, task=task, budget=args.budget, seed=0, queries=args.queries,
+    spec = RunSpec(suite=suite, model=args.model, task=task, budget=args.budget, seed=args.seed, queries=args.queries,
                    preset="quick", options=options)
     if args.continue_from is not None:
         continue_from(spec, args.continue_from)
