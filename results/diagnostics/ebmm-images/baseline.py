@@ -1,7 +1,7 @@
 """A learned baseline beside screen.py's EBMM runs: the same task, memory and training episodes.
 
     python results/diagnostics/ebmm-images/baseline.py MODEL [--budget 3468] [--steps 6000]
-        [--dataset cifar10] [--n 64] [--seed 0] [--queries 1024] [--data-dir DIR] [--out DIR] [--continue-from S]
+        [--dataset cifar10] [--n 64] [--seed 0] [--queries 1024] [--data-dir DIR] [--out DIR] [--option KEY=VALUE] [--continue-from S]
 
 MODEL (memory_networks or mann) runs the Figure 3 task on its quick image preset (the quick
 preset's narrow codec, 2 episodes an update, a constant learning rate) with `--steps` updates
@@ -14,6 +14,7 @@ directly (at the default seed). `--continue-from` as in screen.py.
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 from pathlib import Path
@@ -27,6 +28,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from screen import HERE, continue_from  # noqa: E402  (the sibling script; not a package)
 
 
+def parse_option(text: str) -> tuple[str, object]:
+    """'KEY=VALUE' -> (KEY, VALUE read as JSON, or as the string itself)."""
+    key, sep, value = text.partition("=")
+    if not sep:
+        sys.exit(f"--option {text}: give KEY=VALUE, e.g. init_scale=8.0")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", choices=("memory_networks", "mann"))
@@ -38,12 +50,14 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=1024, help="test queries evaluated (whole episodes)")
     parser.add_argument("--data-dir", type=Path, default=HERE.parents[2].parent / "shared" / "data")
     parser.add_argument("--out", type=Path, default=HERE, help="records go to OUT/runs")
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                        help="a model option beyond the preset's, e.g. init_scale=8.0 (value read as JSON)")
     parser.add_argument("--continue-from", type=int, metavar="S", help="start from the same run trained S updates")
     args = parser.parse_args()
     set_data_dir(args.data_dir)
     task = make_task({"kind": args.dataset, "num_patterns": args.n, "image_size": 32, "block": 16}).config()
     suite = "fig3-omniglot" if args.dataset == "omniglot" else "fig3-cifar"
-    options = {"train.steps": args.steps}
+    options = {"train.steps": args.steps, **dict(parse_option(text) for text in args.option)}
     if args.model == "mann":  # 64 slots beside the controller's h and c (2 x 32), as on the Figure 3 curve
         options["memory_width"] = (args.budget - 64) // 64
     spec = RunSpec(suite=suite, model=args.model, task=task, budget=args.budget, seed=args.seed, queries=args.queries,

@@ -26,7 +26,8 @@ plain and centred (option `centre_memory`).
 
 For a learned baseline's record (baseline.py: Memory Networks, MANN), only the read's error inside the
 block and outside it, beside the query's, and the same of a read of an all-zero memory (what the
-decoder makes of the query with nothing stored; MANN's controller state zeroed too).
+decoder makes of the query with nothing stored; MANN's controller state zeroed too); for Memory Networks
+also how the queries attend over the slots (on their own image's?).
 """
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ from membench.registry import make_task
 from membench.runner import load_trained
 from membench.suites import RunSpec
 from membench.training import INIT_PATTERNS
+from baselines.memory_networks import MemoryNetwork
 from ebmm.memory import EBMM, IMAGE_PRESETS, build_energy
 
 HERE = Path(__file__).resolve().parent
@@ -102,6 +104,20 @@ def untrained_write_scale(task) -> None:
                   f"{unit_shift(model, unwritten_memory(model, 2), written, batch.queries)}")
 
 
+def attention(model: MemoryNetwork, slots: torch.Tensor, queries: torch.Tensor) -> str:
+    """How Memory Networks' queries (B, N, C, H, W) attend over the slots (B, N, w) of their episode's
+    images, query i's own image in slot i (the read's softmax, as in MemoryNetwork._logits)."""
+    width = slots.shape[-1]
+    with torch.no_grad():
+        keys = model.embed_query(model._features(queries))[..., :width]
+        weights = (keys @ slots.transpose(1, 2) * (model.log_scale.exp() / width ** 0.5)).softmax(-1)  # (B, N, N)
+    own = weights.diagonal(dim1=1, dim2=2)
+    found = (weights.argmax(-1) == torch.arange(weights.shape[-1])).float().mean().item()
+    return (f"weight on the query's own image {own.mean().item():.3f} (uniform: {1 / weights.shape[-1]:.3f}), "
+            f"largest weight {weights.max(-1).values.mean().item():.3f}, own image the largest for {found:.0%} "
+            f"of queries, inverse temperature {model.log_scale.exp().item():.2f}")
+
+
 def unwritten_memory(model: torch.nn.Module, episodes: int) -> dict[str, torch.Tensor]:
     """EBMM's meta-learned theta_bar as the state of `episodes` episodes with nothing written:
     name -> (episodes, *shape), what `write` starts from."""
@@ -135,6 +151,8 @@ def probe(path: Path) -> None:
         for name, read in reads.items():
             print(f"  {name}: {error(read, batch.patterns, block, binary):.2f} in the block, "
                   f"{error(read, batch.patterns, ~block, binary):.2f} outside")
+        if isinstance(model, MemoryNetwork):
+            print(f"  attention: {attention(model, state, batch.queries)}")
         return
     theta_bar = unwritten_memory(model, episodes)
     with torch.enable_grad():
