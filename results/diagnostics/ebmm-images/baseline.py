@@ -14,11 +14,13 @@ directly (at the default seed). `--continue-from` as in screen.py.
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 from pathlib import Path
 
+import click
+
+from membench.cli_common import parse_options
 from membench.datasets import set_data_dir
 from membench.registry import make_task
 from membench.runner import run_all
@@ -26,17 +28,6 @@ from membench.suites import RunSpec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from screen import HERE, continue_from  # noqa: E402  (the sibling script; not a package)
-
-
-def parse_option(text: str) -> tuple[str, object]:
-    """'KEY=VALUE' -> (KEY, VALUE read as JSON, or as the string itself)."""
-    key, sep, value = text.partition("=")
-    if not sep:
-        sys.exit(f"--option {text}: give KEY=VALUE, e.g. init_scale=8.0")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
 
 
 def main() -> None:
@@ -57,9 +48,12 @@ def main() -> None:
     set_data_dir(args.data_dir)
     task = make_task({"kind": args.dataset, "num_patterns": args.n, "image_size": 32, "block": 16}).config()
     suite = "fig3-omniglot" if args.dataset == "omniglot" else "fig3-cifar"
-    options = {"train.steps": args.steps, **dict(parse_option(text) for text in args.option)}
-    if args.model == "mann":  # 64 slots beside the controller's h and c (2 x 32), as on the Figure 3 curve
-        options["memory_width"] = (args.budget - 64) // 64
+    try:
+        options = {"train.steps": args.steps, **parse_options(None, None, tuple(args.option))}
+    except click.BadParameter as exc:
+        sys.exit(f"--option: {exc.message}")
+    if args.model == "mann":  # 64 slots beside the quick preset's controller h and c (2 x 32), as on the Figure 3 curve
+        options["memory_width"] = (args.budget - 2 * 32) // 64
     spec = RunSpec(suite=suite, model=args.model, task=task, budget=args.budget, seed=args.seed, queries=args.queries,
                    preset="quick", options=options)
     if args.continue_from is not None:

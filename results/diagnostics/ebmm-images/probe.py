@@ -1,10 +1,13 @@
-"""What a trained image EBMM's write and read do: is the memory used, and is the write selective?
+"""What a trained image EBMM's (or learned baseline's) write and read do: is the memory used, and is the
+write selective?
 
     python results/diagnostics/ebmm-images/probe.py [RECORD.json ...] [--data-dir DIR]
         (default: every record in runs/; data: ../shared/data beside the checkout)
 
-Works on any Figure 3 EBMM record whose checkpoint is cached or shipped (results/checkpoints), e.g. those a
-GPU session carried back (`probe.py results/fig3/runs/fig3-cifar-ebmm-*.json`).
+Works on any Figure 3 record of EBMM, Memory Networks or MANN whose checkpoint is cached or shipped
+(results/checkpoints), e.g. those a GPU session carried back (`probe.py results/fig3/runs/fig3-cifar-ebmm-*.json`).
+A Memory Networks record is rebuilt at its own recorded initial attention (`init_scale`), which the image
+presets changed in 9f22d5d.
 
 For each record, on fresh test-split episodes (8, or enough for 64 queries when fewer images are written):
 - the read: per read iterate x^(k), the error per image inside the block and outside it (wrong pixels on
@@ -27,7 +30,7 @@ plain and centred (option `centre_memory`).
 For a learned baseline's record (baseline.py: Memory Networks, MANN), only the read's error inside the
 block and outside it, beside the query's, and the same of a read of an all-zero memory (what the
 decoder makes of the query with nothing stored; MANN's controller state zeroed too); for Memory Networks
-also how the queries attend over the slots (on their own image's?).
+also how much of each query's attention falls on its own image's slot.
 """
 from __future__ import annotations
 
@@ -106,11 +109,9 @@ def untrained_write_scale(task) -> None:
 
 def attention(model: MemoryNetwork, slots: torch.Tensor, queries: torch.Tensor) -> str:
     """How Memory Networks' queries (B, N, C, H, W) attend over the slots (B, N, w) of their episode's
-    images, query i's own image in slot i (the read's softmax, as in MemoryNetwork._logits)."""
-    width = slots.shape[-1]
+    images, query i's own image in slot i."""
     with torch.no_grad():
-        keys = model.embed_query(model._features(queries))[..., :width]
-        weights = (keys @ slots.transpose(1, 2) * (model.log_scale.exp() / width ** 0.5)).softmax(-1)  # (B, N, N)
+        weights = model.attention(slots, model._features(queries))           # (B, N, N)
     own = weights.diagonal(dim1=1, dim2=2)
     found = (weights.argmax(-1) == torch.arange(weights.shape[-1])).float().mean().item()
     return (f"weight on the query's own image {own.mean().item():.3f} (uniform: {1 / weights.shape[-1]:.3f}), "
@@ -129,13 +130,14 @@ def probe(path: Path) -> None:
     record = json.loads(path.read_text())
     spec = RunSpec(**{k: record[k] for k in ("suite", "model", "task", "budget", "seed", "queries", "preset",
                                               "options")})
+    if "init_scale" in record.get("model_config", {}):  # Memory Networks: as trained, whatever the preset says now
+        spec = dataclasses.replace(spec, options={"init_scale": record["model_config"]["init_scale"], **spec.options})
     task, model, checkpoint = load_trained(spec, default_checkpoint_dir())
     if checkpoint is None:
         print(f"{path.name}: no checkpoint in the cache; skipped")
         return
     episodes = max(8, -(-IMAGES // task.spec.num_patterns))
     batch = task.sample(episodes, torch.Generator().manual_seed(1), split="test")
-    unseen = task.sample(episodes, torch.Generator().manual_seed(2), split="test").patterns
     block = batch.queries == task.spec.fill_value                            # (B, N, C, H, W)
     binary = task.spec.binary
     if not isinstance(model, EBMM):
@@ -154,6 +156,7 @@ def probe(path: Path) -> None:
         if isinstance(model, MemoryNetwork):
             print(f"  attention: {attention(model, state, batch.queries)}")
         return
+    unseen = task.sample(episodes, torch.Generator().manual_seed(2), split="test").patterns
     theta_bar = unwritten_memory(model, episodes)
     with torch.enable_grad():
         written = model.write(batch.patterns)
