@@ -1,7 +1,8 @@
 """A learned baseline beside screen.py's EBMM runs: the same task, memory and training episodes.
 
     python results/diagnostics/ebmm-images/baseline.py MODEL [--budget 3468] [--steps 6000]
-        [--dataset cifar10] [--n 64] [--seed 0] [--queries 1024] [--data-dir DIR] [--out DIR] [--option KEY=VALUE] [--continue-from S]
+        [--dataset cifar10] [--n 64] [--seed 0] [--queries 1024] [--data-dir DIR] [--out DIR]
+        [--option KEY=VALUE] [--continue-from S]
 
 MODEL (memory_networks or mann) runs the Figure 3 task on its quick image preset (the quick
 preset's narrow codec, 2 episodes an update, a constant learning rate) with `--steps` updates
