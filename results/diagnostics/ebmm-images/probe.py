@@ -126,6 +126,25 @@ def unwritten_memory(model: torch.nn.Module, episodes: int) -> dict[str, torch.T
     return {n: params[n].detach().expand(episodes, *params[n].shape) for n in model.writable_names}
 
 
+def probe_baseline(name: str, record: dict, model: torch.nn.Module, batch, block: torch.Tensor, binary: bool) -> None:
+    """A learned baseline's read (Memory Networks, MANN) on the probe's episodes `batch`, with its block mask
+    (B, N, C, H, W): the errors inside and outside the block, and those of an all-zero memory's read."""
+    print(f"{name} {record['model']} {record['options']} (recorded error {record['mean_error']:.2f})")
+    print(f"  the query: {error(batch.queries, batch.patterns, block, binary):.2f} in the block")
+    with torch.no_grad():
+        state = model.write(batch.patterns)
+        reads = {"the read": model.read(state, batch.queries)}
+        # all zero: a memory with nothing in it (Memory Networks' slots; MANN's slots and controller state)
+        empty = (torch.zeros_like(state) if isinstance(state, torch.Tensor) else dataclasses.replace(
+            state, **{f.name: torch.zeros_like(getattr(state, f.name)) for f in dataclasses.fields(state)}))
+        reads["the read of an all-zero memory"] = model.read(empty, batch.queries)
+    for label, read in reads.items():
+        print(f"  {label}: {error(read, batch.patterns, block, binary):.2f} in the block, "
+              f"{error(read, batch.patterns, ~block, binary):.2f} outside")
+    if isinstance(model, MemoryNetwork):
+        print(f"  attention: {attention(model, state, batch.queries)}")
+
+
 def probe(path: Path) -> None:
     record = json.loads(path.read_text())
     spec = RunSpec(**{k: record[k] for k in ("suite", "model", "task", "budget", "seed", "queries", "preset",
@@ -141,20 +160,7 @@ def probe(path: Path) -> None:
     block = batch.queries == task.spec.fill_value                            # (B, N, C, H, W)
     binary = task.spec.binary
     if not isinstance(model, EBMM):
-        print(f"{path.name} {record['model']} {record['options']} (recorded error {record['mean_error']:.2f})")
-        print(f"  the query: {error(batch.queries, batch.patterns, block, binary):.2f} in the block")
-        with torch.no_grad():
-            state = model.write(batch.patterns)
-            reads = {"the read": model.read(state, batch.queries)}
-            # all zero: a memory with nothing in it (Memory Networks' slots; MANN's slots and controller state)
-            empty = (torch.zeros_like(state) if isinstance(state, torch.Tensor) else dataclasses.replace(
-                state, **{f.name: torch.zeros_like(getattr(state, f.name)) for f in dataclasses.fields(state)}))
-            reads["the read of an all-zero memory"] = model.read(empty, batch.queries)
-        for name, read in reads.items():
-            print(f"  {name}: {error(read, batch.patterns, block, binary):.2f} in the block, "
-                  f"{error(read, batch.patterns, ~block, binary):.2f} outside")
-        if isinstance(model, MemoryNetwork):
-            print(f"  attention: {attention(model, state, batch.queries)}")
+        probe_baseline(path.name, record, model, batch, block, binary)
         return
     unseen = task.sample(episodes, torch.Generator().manual_seed(2), split="test").patterns
     theta_bar = unwritten_memory(model, episodes)
