@@ -260,7 +260,7 @@ def first_episode(record: dict[str, Any], checkpoint_dir: Path) -> tuple[Any, to
     from membench.suites import RunSpec
 
     spec = RunSpec(**{name: record[name] for name in RunSpec.__dataclass_fields__})
-    task, model, checkpoint = load_trained(spec, checkpoint_dir)
+    task, model, checkpoint = load_trained(spec, checkpoint_dir, preset_config=record.get("preset_config"))
     if model.trainable and checkpoint is None:
         print(f"skipped the grid of {record['run_id']}: its trained checkpoint is not in {checkpoint_dir} "
               "(rerun its `membench run` command there to retrain it)")

@@ -48,6 +48,7 @@ LATE_TRAIN_FIELDS = {"curriculum_steps": 0, "precision": "float32"}
 LATE_MODEL_FIELDS = {"write_norm_power": None, "learn_write_norm": False, "grad_norm_lr_init": None,
                      "read_known": True, "stepwise_loss": True, "centre_memory": False,
                      "linear_memory": False}
+LATE_FIELDS = {"model": LATE_MODEL_FIELDS, "train": LATE_TRAIN_FIELDS}
 EVAL_STREAM = 104729  # offset of the evaluation generator's seed from the run seed
 EVAL_EPISODES_PER_BATCH = 64  # episodes sampled (and written) at once in evaluation
 PROBE_STREAM = 1299709  # offset of the seed of the probe batches that audit a model's writes
@@ -162,13 +163,40 @@ def checkpoint_key(spec: RunSpec, model: AssociativeMemory, task: Task) -> str:
     return f"{spec.model.replace(':', '-')}-{spec.preset}-{digest}"
 
 
-def load_trained(spec: RunSpec, checkpoint_dir: Path, device: torch.device | str = "cpu"
-                 ) -> tuple[Task, AssociativeMemory, Path | None]:
+def as_recorded(spec: RunSpec, preset_config: dict[str, Any] | None) -> RunSpec:
+    """`spec` with options that rebuild the preset a record stores (`preset_config`, `Preset.to_dict`)
+    where today's definition of the preset differs, so a model is rebuilt as it was trained. A field
+    today's config no longer has is left out, with a warning; `spec` unchanged without a stored preset."""
+    if preset_config is None or not resolve_model(spec.model).trainable:
+        return spec
+    today = resolve_preset(resolve_model(spec.model), make_task(spec.task).spec, spec.preset, spec.options)
+    now, then = comparable_preset(today.to_dict()), comparable_preset(preset_config)
+    options = dict(spec.options)
+    for part, prefix in (("model", ""), ("train", "train.")):
+        config = getattr(today, part)
+        late = LATE_FIELDS[part]
+        for name in then[part].keys() | (now[part].keys() & late.keys()):  # a late field left out is at its default
+            value = then[part].get(name, late.get(name))
+            if now[part].get(name, late.get(name)) == value:
+                continue
+            if not hasattr(config, name):
+                warn(f"{spec.run_id}: its record's preset has {prefix}{name}={value!r}, which this membench does "
+                     "not know; rebuilt without it")
+                continue
+            options[prefix + name] = tuple(value) if isinstance(getattr(config, name), tuple) else value
+    return dataclasses.replace(spec, options=options)
+
+
+def load_trained(spec: RunSpec, checkpoint_dir: Path, device: torch.device | str = "cpu",
+                 preset_config: dict[str, Any] | None = None) -> tuple[Task, AssociativeMemory, Path | None]:
     """Rebuild a run's model as the runner does and load its trained checkpoint, if on this machine.
 
-    Returns (task, model, checkpoint path); the path is None when a learned model's checkpoint is
-    absent (the model is then untrained). Used for figures drawn after the run.
+    With a record's `preset_config`, the model is rebuilt as that record's run trained it, even where
+    the preset has changed since (`as_recorded`). Returns (task, model, checkpoint path); the path is
+    None when a learned model's checkpoint is absent (the model is then untrained). Used for figures
+    and diagnostics drawn after the run.
     """
+    spec = as_recorded(spec, preset_config)
     task = make_task(spec.task)
     seed_all(spec.seed)
     model = build_model(spec, task).to(device)

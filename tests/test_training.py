@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 from membench.cli import main
 from membench.errors import EXIT_PAUSED, MembenchError
+from membench.interface import Preset
 from membench.report import summarise
 from membench.runner import build_model
 from membench.suites import get_suite
@@ -373,6 +374,37 @@ def test_a_record_made_with_an_older_preset_is_run_again(tmp_path: Path, monkeyp
     older = CliRunner().invoke(main, args)
     assert older.exit_code == 0 and "older definition of preset 'quick'; running it again" in older.output
     assert json.loads(path.read_text())["training"]["steps"] == 9
+
+
+def test_a_model_is_rebuilt_from_its_record_as_trained_after_its_preset_changed(tmp_path: Path, monkeypatch):
+    """load_trained(..., preset_config=record's) rebuilds the model with the preset the record stores, so
+    a figure or probe drawn after a preset change finds the trained checkpoint and reads as the run did;
+    today's preset alone finds no checkpoint (another key)."""
+    from membench.runner import load_trained
+    from membench.suites import RunSpec
+
+    (tmp_path / "tiny_learned.py").write_text(TINY_MODEL)
+    monkeypatch.chdir(tmp_path)
+    args = ["run", "--model", "tiny_learned:TinyLearned", "--num-patterns", "16", "--queries", "32", "--out", "out",
+            "--no-progress", "--checkpoint-dir", "ck"]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    (path,) = (tmp_path / "out" / "runs").glob("*.json")
+    record = json.loads(path.read_text())
+    spec = RunSpec(**{name: record[name] for name in RunSpec.__dataclass_fields__})
+    import tiny_learned
+
+    original = tiny_learned.TinyLearned.presets.__func__
+
+    def presets(cls, spec, options):
+        quick = original(cls, spec, options)["quick"]
+        return {"quick": Preset(dataclasses.replace(quick.model, sharpness=9.0),
+                                dataclasses.replace(quick.train, steps=7))}
+    monkeypatch.setattr(tiny_learned.TinyLearned, "presets", classmethod(presets))
+    _, today, missing = load_trained(spec, tmp_path / "ck")
+    assert missing is None and today.cfg.sharpness == 9.0
+    _, model, found = load_trained(spec, tmp_path / "ck", preset_config=record["preset_config"])
+    assert found is not None and model.cfg.sharpness == 4.0 and model.preset.train.steps == 6
+    assert model.bias.abs().sum() > 0  # the trained bias, not the zeros it starts from
 
 
 def test_a_resumed_model_makes_no_step_once_the_time_is_up(tmp_path: Path):

@@ -6,8 +6,8 @@ write selective?
 
 Works on any Figure 3 record of EBMM, Memory Networks or MANN whose checkpoint is cached or shipped
 (results/checkpoints), e.g. those a GPU session carried back (`probe.py results/fig3/runs/fig3-cifar-ebmm-*.json`).
-A Memory Networks record is rebuilt at its own recorded initial attention (`init_scale`), which the image
-presets changed in 9f22d5d.
+Each model is rebuilt from its record's stored preset (`runner.load_trained`), as it was trained, even where
+the preset has changed since (as the Memory Networks image presets' `init_scale` did in 9f22d5d).
 
 For each record, on fresh test-split episodes (8, or enough for 64 queries when fewer images are written):
 - the read: per read iterate x^(k), the error per image inside the block and outside it (wrong pixels on
@@ -149,9 +149,7 @@ def probe(path: Path) -> None:
     record = json.loads(path.read_text())
     spec = RunSpec(**{k: record[k] for k in ("suite", "model", "task", "budget", "seed", "queries", "preset",
                                               "options")})
-    if "init_scale" in record.get("model_config", {}):  # Memory Networks: as trained, whatever the preset says now
-        spec = dataclasses.replace(spec, options={"init_scale": record["model_config"]["init_scale"], **spec.options})
-    task, model, checkpoint = load_trained(spec, default_checkpoint_dir())
+    task, model, checkpoint = load_trained(spec, default_checkpoint_dir(), preset_config=record.get("preset_config"))
     if checkpoint is None:
         print(f"{path.name}: no checkpoint in the cache; skipped")
         return
