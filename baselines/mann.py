@@ -87,6 +87,7 @@ class MANNConfig:
     controller_size: int = 32     # LSTM hidden units; final h and c are part of the memory
     usage_decay: float = 0.99     # gamma of the LRUA usage weights (not learnable: argmin has no gradient)
     init_sharpness: float = 10.0  # initial beta of the cosine addressing (learned, kept positive)
+    init_gate_bias: float | None = None  # initial bias of the write gate s_t (None: nn.Linear's random init)
     channels: tuple[int, ...] = (32, 64, 96)  # images only: the shared codec's residual block widths
 
 
@@ -140,6 +141,8 @@ class MANN(LogitReadout, AssociativeMemory):
         self.controller = nn.LSTMCell(e, h)
         self.key_head = nn.Linear(e + h, w)
         self.gate_head = nn.Linear(e + h, 1)
+        if config.init_gate_bias is not None:  # below 0: writes start in the least-used slot, not where the last read went
+            nn.init.constant_(self.gate_head.bias, config.init_gate_bias)
         self.output_head = nn.Linear(w + h + e, e)
         self.log_sharpness = nn.Parameter(torch.tensor(config.init_sharpness).log())
 
