@@ -176,6 +176,10 @@ class MANN(LogitReadout, AssociativeMemory):
 
     def write(self, patterns: torch.Tensor) -> MANNState:
         """patterns (B, N, *S) -> final memory (B, slots, width) and controller state (B, H) x 2."""
+        return self.write_trace(patterns)[0]
+
+    def write_trace(self, patterns: torch.Tensor) -> tuple[MANNState, torch.Tensor, torch.Tensor]:
+        """`write`, with each step's write key k_t (B, N, width) and write gate s_t (B, N) (for diagnostics)."""
         features = self.encoder(patterns)
         batch, num_patterns, _ = features.shape
         assert features.shape[-1] == self.feature_size, f"encoder gave {features.shape[-1]} features, expected {self.feature_size}"
@@ -185,6 +189,7 @@ class MANN(LogitReadout, AssociativeMemory):
         read_prev = features.new_zeros(batch, slots)
         usage = features.new_zeros(batch, slots)
         least_used = _one_hot_min(usage)
+        keys, gates = [], []
         for t in range(num_patterns):
             hidden, cell = self.controller(features[:, t], (hidden, cell))
             z = torch.cat([features[:, t], hidden], dim=-1)
@@ -196,18 +201,25 @@ class MANN(LogitReadout, AssociativeMemory):
             usage = self.cfg.usage_decay * usage + read + write
             least_used = _one_hot_min(usage.detach())
             read_prev = read
-        return MANNState(memory, hidden, cell)
+            keys.append(key)
+            gates.append(gate[:, 0])
+        return MANNState(memory, hidden, cell), torch.stack(keys, 1), torch.stack(gates, 1)
 
-    def _logits(self, state: MANNState, queries: torch.Tensor) -> torch.Tensor:
-        """queries (B, Q, *S) -> pattern logits (B, Q, *S); one controller step per query, no writing."""
-        features = self.encoder(queries)
+    def query_keys(self, state: MANNState, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoded queries (B, Q, E) -> their read keys (B, Q, width) and controller outputs (B, Q, H):
+        one controller step each from the final controller state, no writing."""
         batch, num_queries, e = features.shape
         size = self.cfg.controller_size
         hidden0 = state.hidden[:, None].expand(batch, num_queries, size).reshape(-1, size)
         cell0 = state.cell[:, None].expand(batch, num_queries, size).reshape(-1, size)
         hidden, _ = self.controller(features.reshape(-1, e), (hidden0, cell0))
         hidden = hidden.view(batch, num_queries, size)
-        key = torch.tanh(self.key_head(torch.cat([features, hidden], dim=-1)))  # (B, Q, W)
+        return torch.tanh(self.key_head(torch.cat([features, hidden], dim=-1))), hidden
+
+    def _logits(self, state: MANNState, queries: torch.Tensor) -> torch.Tensor:
+        """queries (B, Q, *S) -> pattern logits (B, Q, *S)."""
+        features = self.encoder(queries)
+        key, hidden = self.query_keys(state, features)                           # (B, Q, W), (B, Q, H)
         retrieved = self._address(key, state.memory) @ state.memory               # (B, Q, W)
         logits = self.decoder(self.output_head(torch.cat([retrieved, hidden, features], dim=-1)))
         assert logits.shape == queries.shape, f"decoder gave {tuple(logits.shape)}, expected {tuple(queries.shape)}"

@@ -103,14 +103,9 @@ def test_a_closed_write_gate_puts_each_key_in_a_slot_of_its_own():
     the memory holds every write key once, unblurred (the default gate mixes keys into the slots last read)."""
     model, task = _small(num_patterns=4, init_gate_bias=-30.0)
     patterns = task.sample(2, torch.Generator().manual_seed(0)).patterns
-    features = model.encoder(patterns)
-    hidden = cell = features.new_zeros(2, model.cfg.controller_size)
-    keys = []
-    for t in range(4):
-        hidden, cell = model.controller(features[:, t], (hidden, cell))
-        keys.append(torch.tanh(model.key_head(torch.cat([features[:, t], hidden], dim=-1))))
-    keys = torch.stack(keys, 1)                                                   # (B, N, W)
-    memory = model.write(patterns).memory                                         # (B, slots, W)
+    state, keys, gates = model.write_trace(patterns)                              # keys (B, N, W), gates (B, N)
+    memory = state.memory                                                         # (B, slots, W)
+    assert gates.max() < 1e-12 and torch.equal(memory, model.write(patterns).memory)
     match = (memory[:, :, None] - keys[:, None]).abs().amax(-1) < 1e-6            # (B, slots, N)
     assert (match.sum(1) == 1).all() and (match.sum(2) == 1).all()
     blurred = _small(num_patterns=4)[0].write(patterns).memory                   # the same weights, gate at random

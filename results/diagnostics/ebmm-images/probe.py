@@ -30,7 +30,8 @@ plain and centred (option `centre_memory`).
 For a learned baseline's record (baseline.py: Memory Networks, MANN), only the read's error inside the
 block and outside it, beside the query's, and the same of a read of an all-zero memory (what the
 decoder makes of the query with nothing stored; MANN's controller state zeroed too); for Memory Networks
-also how much of each query's attention falls on its own image's slot.
+also how much of each query's attention falls on its own image's slot; for MANN whether its read keys
+find their images' write keys, whether the slots hold those keys apart, and its mean write gate.
 """
 from __future__ import annotations
 
@@ -48,6 +49,7 @@ from membench.registry import make_task
 from membench.runner import load_trained
 from membench.suites import RunSpec
 from membench.training import INIT_PATTERNS
+from baselines.mann import MANN
 from baselines.memory_networks import MemoryNetwork
 from ebmm.memory import EBMM, IMAGE_PRESETS, build_energy
 
@@ -119,6 +121,28 @@ def attention(model: MemoryNetwork, slots: torch.Tensor, queries: torch.Tensor) 
             f"of queries, inverse temperature {model.log_scale.exp().item():.2f}")
 
 
+def mann_addressing(model: MANN, patterns: torch.Tensor, queries: torch.Tensor) -> str:
+    """Whether MANN's memory holds its write keys apart and its queries find them: cosines of each query's
+    read key to its own image's write key and to the others', mean cosine between memory slots, mean write
+    gate (near 1: keys are added where the last read went, near 0: into the least-used slot), the learned
+    sharpness and the queries' largest read weight. patterns, queries (B, N, C, H, W)."""
+    with torch.no_grad():
+        state, keys, gates = model.write_trace(patterns)                     # (B, N, W), (B, N)
+        read_keys, _ = model.query_keys(state, model.encoder(queries))       # (B, N, W)
+        cos = F.normalize(read_keys, dim=-1) @ F.normalize(keys, dim=-1).transpose(1, 2)       # (B, N, N)
+        slots = F.normalize(state.memory, dim=-1) @ F.normalize(state.memory, dim=-1).transpose(1, 2)
+        weights = model._address(read_keys, state.memory)                    # (B, N, slots)
+    def off_diagonal(x: torch.Tensor) -> float:  # mean of (B, n, n) off its diagonal
+        n = x.shape[-1]
+        return ((x.sum((1, 2)) - x.diagonal(dim1=1, dim2=2).sum(1)) / (n * n - n)).mean().item()
+
+    found = (cos.argmax(-1) == torch.arange(cos.shape[-1])).float().mean().item()
+    return (f"cos(read key, own write key) {cos.diagonal(dim1=1, dim2=2).mean().item():.3f}, to the others "
+            f"{off_diagonal(cos):.3f}, own the closest for {found:.0%}; cos between slots {off_diagonal(slots):.3f}; "
+            f"write gate {gates.mean().item():.3f}; sharpness {model.log_sharpness.exp().item():.2f}, "
+            f"largest read weight {weights.max(-1).values.mean().item():.3f} (uniform: {1 / weights.shape[-1]:.3f})")
+
+
 def unwritten_memory(model: torch.nn.Module, episodes: int) -> dict[str, torch.Tensor]:
     """EBMM's meta-learned theta_bar as the state of `episodes` episodes with nothing written:
     name -> (episodes, *shape), what `write` starts from."""
@@ -143,6 +167,8 @@ def probe_baseline(name: str, record: dict, model: torch.nn.Module, batch, block
               f"{error(read, batch.patterns, ~block, binary):.2f} outside")
     if isinstance(model, MemoryNetwork):
         print(f"  attention: {attention(model, state, batch.queries)}")
+    if isinstance(model, MANN):
+        print(f"  addressing: {mann_addressing(model, batch.patterns, batch.queries)}")
 
 
 def probe(path: Path) -> None:
