@@ -23,9 +23,9 @@ For each record, on fresh test-split episodes (8, or enough for 64 queries when 
   and how the write moves the memory units' pre-activations W e + b at the queries: the mean |change|,
   split into the part common to an episode's queries and the rest (the selective part), and the share of
   units past |2| (where tanh saturates: a saturated unit passes the read no gradient) before and after.
-The same cosines of the untrained encoders (quick and gpu widths, seed 0) come first, per data set, and
-the untrained quick EBMM-FC's pre-activation change by one write at initial write rates 1e-4 ... 10,
-plain and centred (option `centre_memory`).
+The same cosines of the untrained encoders (quick and gpu widths, seed 0) come first, per data set of the
+EBMM records given, and the untrained quick EBMM-FC's pre-activation change by one write at initial write
+rates 1e-4 ... 10, plain and centred (option `centre_memory`).
 
 For a learned baseline's record (baseline.py: Memory Networks, MANN), only the read's error inside the
 block and outside it, beside the query's, and the same of a read of an all-zero memory (what the
@@ -216,7 +216,8 @@ def main() -> None:
     args = parser.parse_args()
     set_data_dir(args.data_dir)
     paths = args.records or sorted((HERE / "runs").glob("fig3-*.json"))
-    for kind in sorted({json.loads(path.read_text())["task"]["kind"] for path in paths}):
+    records = [json.loads(path.read_text()) for path in paths]
+    for kind in sorted({record["task"]["kind"] for record in records if record["model"] == "ebmm"}):
         task = make_task({"kind": kind, "num_patterns": 64, "image_size": 32, "block": 16})
         batch = task.sample(1, torch.Generator().manual_seed(1), split="test")
         for preset in ("quick", "gpu"):
