@@ -51,6 +51,7 @@ class MemNetConfig:
     embedding_width: int = 128   # E: full slot width; slots are truncated to min(E, budget // N)
     learned_embedding: bool = False  # False: slot = the features themselves (needs E == feature width)
     init_scale: float = 1.0      # initial attention inverse temperature (learned, log-parameterised)
+    identity_query: bool = False  # start the query embedding at the identity (keys = the query's own code)
     channels: tuple[int, ...] = (32, 64, 96)  # images only: encoder / decoder residual block widths
 
 
@@ -112,6 +113,10 @@ class MemoryNetwork(AssociativeMemory):
             assert width == self.feature_width, f"identity slots need embedding_width == feature width ({self.feature_width})"
             self.embed_write = nn.Identity()
         self.embed_query = nn.Linear(self.feature_width, width)   # query embedding (MemN2N's B)
+        if config.identity_query:  # drawn first, then replaced: the other weights are those of the random start
+            with torch.no_grad():
+                self.embed_query.weight.copy_(torch.eye(width, self.feature_width))
+                self.embed_query.bias.zero_()
         self.out = nn.Linear(width, self.feature_width)            # attended slot -> features
         self.skip = nn.Linear(self.feature_width, self.feature_width)  # query features -> features
         self.log_scale = nn.Parameter(torch.tensor(math.log(config.init_scale)))

@@ -47,7 +47,8 @@ from membench.training import load_checkpoint, meta_train
 LATE_TRAIN_FIELDS = {"curriculum_steps": 0, "precision": "float32"}
 LATE_MODEL_FIELDS = {"write_norm_power": None, "learn_write_norm": False, "grad_norm_lr_init": None,
                      "read_known": True, "stepwise_loss": True, "centre_memory": False,
-                     "linear_memory": False, "init_gate_bias": None}
+                     "linear_memory": False, "init_gate_bias": None,
+                     "identity_query": False}
 LATE_FIELDS = {"model": LATE_MODEL_FIELDS, "train": LATE_TRAIN_FIELDS}
 EVAL_STREAM = 104729  # offset of the evaluation generator's seed from the run seed
 EVAL_EPISODES_PER_BATCH = 64  # episodes sampled (and written) at once in evaluation

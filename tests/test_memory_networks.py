@@ -85,3 +85,17 @@ def test_image_slots_hold_64_codes_of_the_budgeted_width():
         retrieved = model.read(slots, images)
     assert slots.shape == (2, 64, 48) and retrieved.shape == images.shape
     assert model.preset.train.steps == 1600  # the image preset, not the binary one
+
+
+def test_an_identity_query_start_attends_to_the_slot_of_the_query_itself():
+    """identity_query: the query embedding starts as the identity, so at a sharp start a query equal to a
+    written pattern puts its weight on that pattern's slot; the rest of the weights are the random start's."""
+    spec = BinaryTask(8).spec
+    torch.manual_seed(0)
+    model = MemoryNetwork.from_spec(spec, TABLE1_BUDGET, identity_query=True, init_scale=64.0)
+    torch.manual_seed(0)
+    plain = MemoryNetwork.from_spec(spec, TABLE1_BUDGET, init_scale=64.0)
+    patterns = BinaryTask(8).sample(2, torch.Generator().manual_seed(0)).patterns
+    weights = model.attention(model.write(patterns), model._features(patterns))     # (B, N, N)
+    assert (weights.argmax(-1) == torch.arange(8)).all() and weights.diagonal(dim1=1, dim2=2).min() > 0.99
+    assert torch.equal(model.out.weight, plain.out.weight) and torch.equal(model.skip.weight, plain.skip.weight)
