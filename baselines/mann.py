@@ -141,7 +141,7 @@ class MANN(LogitReadout, AssociativeMemory):
         self.controller = nn.LSTMCell(e, h)
         self.key_head = nn.Linear(e + h, w)
         self.gate_head = nn.Linear(e + h, 1)
-        if config.init_gate_bias is not None:  # below 0: writes start in the least-used slot, not where the last read went
+        if config.init_gate_bias is not None:  # below 0: writes start in the least-used slot, not the last read's
             nn.init.constant_(self.gate_head.bias, config.init_gate_bias)
         self.output_head = nn.Linear(w + h + e, e)
         self.log_sharpness = nn.Parameter(torch.tensor(config.init_sharpness).log())

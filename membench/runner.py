@@ -176,7 +176,7 @@ def as_recorded(spec: RunSpec, preset_config: dict[str, Any] | None) -> RunSpec:
     for part, prefix in (("model", ""), ("train", "train.")):
         config = getattr(today, part)
         late = LATE_FIELDS[part]
-        for name in then[part].keys() | (now[part].keys() & late.keys()):  # a late field left out is at its default
+        for name in sorted(then[part].keys() | (now[part].keys() & late.keys())):  # late fields left out: at default
             value = then[part].get(name, late.get(name))
             if now[part].get(name, late.get(name)) == value:
                 continue
