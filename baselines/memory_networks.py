@@ -51,7 +51,8 @@ class MemNetConfig:
     embedding_width: int = 128   # E: full slot width; slots are truncated to min(E, budget // N)
     learned_embedding: bool = False  # False: slot = the features themselves (needs E == feature width)
     init_scale: float = 1.0      # initial attention inverse temperature (learned, log-parameterised)
-    identity_query: bool = False  # start the query embedding at the identity (keys = the query's own code)
+    identity_query: bool = False  # query embedding started at the identity (keys = the query's code, as are the
+                                  # slots unless learned_embedding)
     channels: tuple[int, ...] = (32, 64, 96)  # images only: encoder / decoder residual block widths
 
 

@@ -34,7 +34,7 @@ from membench.budget import StateContract, check_declared, sealed
 from membench.checkpoints import checkpoint_path, default_checkpoint_dir
 from membench.errors import CheckpointBusy, MembenchError, TrainingPaused
 from membench.integrity import audit_write, checked_retrievals
-from membench.interface import AssociativeMemory, check_constructor_options, resolve_preset
+from membench.interface import AssociativeMemory, Preset, TaskSpec, check_constructor_options, resolve_preset
 from membench.provenance import environment, git_state
 from membench.registry import is_builtin_file, is_builtin_model, make_task, model_source_digest, model_source_files, resolve_model
 from membench.store import ResultsStore, read_record, warn, writable_folder, write_text_atomic
@@ -76,12 +76,13 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def build_model(spec: RunSpec, task: Task) -> AssociativeMemory:
-    """The run's model: a learned model from its preset (resolved here, once, with the run's options)."""
+def build_model(spec: RunSpec, task: Task, preset: Preset | None = None) -> AssociativeMemory:
+    """The run's model: a learned model from its preset (resolved here, once, with the run's options,
+    unless a resolved `preset` is given, as `load_trained` gives a record's)."""
     cls = resolve_model(spec.model)
     try:
         if cls.trainable:  # through from_preset, whatever from_spec a class it inherits from sizes itself with
-            preset = resolve_preset(cls, task.spec, spec.preset, spec.options)
+            preset = preset if preset is not None else resolve_preset(cls, task.spec, spec.preset, spec.options)
             model = cls.from_preset(task.spec, spec.budget, preset)
         else:
             check_constructor_options(cls, spec.model, spec.options)
@@ -164,43 +165,50 @@ def checkpoint_key(spec: RunSpec, model: AssociativeMemory, task: Task) -> str:
     return f"{spec.model.replace(':', '-')}-{spec.preset}-{digest}"
 
 
-def as_recorded(spec: RunSpec, preset_config: dict[str, Any] | None) -> RunSpec:
-    """`spec` with options that rebuild the preset a record stores (`preset_config`, `Preset.to_dict`)
-    where today's definition of the preset differs, so a model is rebuilt as it was trained. A field
-    today's config no longer has is left out, with a warning; `spec` unchanged without a stored preset."""
-    if preset_config is None or not resolve_model(spec.model).trainable:
-        return spec
-    today = resolve_preset(resolve_model(spec.model), make_task(spec.task).spec, spec.preset, spec.options)
+def _from_json(value: Any) -> Any:
+    """A config value as read back from a record's JSON: lists (at any depth) as tuples."""
+    return tuple(_from_json(item) for item in value) if isinstance(value, list) else value
+
+
+def recorded_preset(spec: RunSpec, task_spec: TaskSpec, preset_config: dict[str, Any]) -> Preset:
+    """The preset a record stores (`preset_config`, `Preset.to_dict`) as today's Preset classes, so a model is
+    rebuilt as it was trained even where the preset's definition has changed since: today's preset with the
+    recorded value of every field that differs (a late field a record leaves out: its default). A field
+    today's configs lack, or one the record lacks that is not late, keeps today's value, with a warning."""
+    today = resolve_preset(resolve_model(spec.model), task_spec, spec.preset, spec.options)
     now, then = comparable_preset(today.to_dict()), comparable_preset(preset_config)
-    options = dict(spec.options)
-    for part, prefix in (("model", ""), ("train", "train.")):
-        config = getattr(today, part)
-        late = LATE_FIELDS[part]
-        for name in sorted(then[part].keys() | (now[part].keys() & late.keys())):  # late fields left out: at default
-            value = then[part].get(name, late.get(name))
-            if now[part].get(name, late.get(name)) == value:
-                continue
-            if not hasattr(config, name):
-                warn(f"{spec.run_id}: its record's preset has {prefix}{name}={value!r}, which this membench does "
-                     "not know; rebuilt without it")
-                continue
-            options[prefix + name] = tuple(value) if isinstance(getattr(config, name), tuple) else value
-    return dataclasses.replace(spec, options=options)
+    parts = {}
+    for part in ("model", "train"):
+        config, late = getattr(today, part), LATE_FIELDS[part]
+        known = {field.name for field in dataclasses.fields(config)}
+        changed = {name: _from_json(then[part].get(name, late.get(name)))
+                   for name in then[part].keys() | (now[part].keys() & late.keys())  # late fields left out: default
+                   if name in known and now[part].get(name, late.get(name)) != then[part].get(name, late.get(name))}
+        parts[part] = dataclasses.replace(config, **changed)
+    preset = Preset(**parts)
+    rebuilt = comparable_preset(preset.to_dict())
+    if rebuilt != then:
+        fields = sorted(f"{prefix}{name}" for part, prefix in (("model", ""), ("train", "train."))
+                        for name in rebuilt[part].keys() | then[part].keys()
+                        if rebuilt[part].get(name) != then[part].get(name))
+        warn(f"{spec.run_id}: its record's preset differs from this membench's in {', '.join(fields)}, which "
+             "this membench cannot rebuild; the model keeps today's values there")
+    return preset
 
 
 def load_trained(spec: RunSpec, checkpoint_dir: Path, device: torch.device | str = "cpu",
                  preset_config: dict[str, Any] | None = None) -> tuple[Task, AssociativeMemory, Path | None]:
     """Rebuild a run's model as the runner does and load its trained checkpoint, if on this machine.
 
-    With a record's `preset_config`, the model is rebuilt as that record's run trained it, even where
-    the preset has changed since (`as_recorded`). Returns (task, model, checkpoint path); the path is
+    With a record's `preset_config` (a learned model's), the model is rebuilt as that record's run trained
+    it, even where the preset has changed since (`recorded_preset`). Returns (task, model, checkpoint path); the path is
     None when a learned model's checkpoint is absent (the model is then untrained). Used for figures
     and diagnostics drawn after the run.
     """
-    spec = as_recorded(spec, preset_config)
     task = make_task(spec.task)
+    preset = recorded_preset(spec, task.spec, preset_config) if preset_config is not None else None
     seed_all(spec.seed)
-    model = build_model(spec, task).to(device)
+    model = build_model(spec, task, preset).to(device)
     path = None
     if model.trainable:
         candidate = checkpoint_path(checkpoint_key(spec, model, task), checkpoint_dir)

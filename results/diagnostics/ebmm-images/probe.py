@@ -171,8 +171,7 @@ def probe_baseline(name: str, record: dict, model: torch.nn.Module, batch, block
         print(f"  addressing: {mann_addressing(model, batch.patterns, batch.queries)}")
 
 
-def probe(path: Path) -> None:
-    record = json.loads(path.read_text())
+def probe(path: Path, record: dict) -> None:
     spec = RunSpec(**{k: record[k] for k in ("suite", "model", "task", "budget", "seed", "queries", "preset",
                                               "options")})
     task, model, checkpoint = load_trained(spec, default_checkpoint_dir(), preset_config=record.get("preset_config"))
@@ -227,8 +226,8 @@ def main() -> None:
                   f"{cosines(encoder, batch.patterns[0], batch.queries[0])}")
         print(f"{kind}, untrained quick EBMM-FC, one write of 64 images:")
         untrained_write_scale(task)
-    for path in paths:
-        probe(path)
+    for path, record in zip(paths, records):
+        probe(path, record)
 
 
 if __name__ == "__main__":
