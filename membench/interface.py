@@ -34,6 +34,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import inspect
+import types
 import typing
 from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping
@@ -130,6 +131,20 @@ def _check_option_type(label: str, key: str, value: Any, default: Any, kind: typ
                             f"(its default: {default!r})")
 
 
+def _declared_type(config: Any, name: str) -> tuple[type | None, bool]:
+    """The scalar type (bool, int, float or str; None for another) a config dataclass declares for field
+    `name`, and whether it admits None (`float | None`); (None, False) where its annotations do not resolve."""
+    try:
+        hint = typing.get_type_hints(type(config)).get(name)
+    except Exception:  # noqa: BLE001 (an annotation that does not resolve: the default's type decides)
+        return None, False
+    kinds, optional = [hint], False
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        kinds = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        optional = len(kinds) < len(typing.get_args(hint))
+    return (kinds[0] if len(kinds) == 1 and kinds[0] in (bool, int, float, str) else None), optional
+
+
 def check_constructor_options(cls: type, label: str, options: Mapping[str, Any]) -> None:
     """MembenchError for an option of a model that is not trained whose value has another type (int, float,
     bool or str) than its constructor's annotation for it, else its default: a typo'd number does not fail
@@ -184,8 +199,10 @@ def resolve_preset(cls: type["AssociativeMemory"], spec: TaskSpec, name: str,
         if unknown:
             raise MembenchError(f"model '{label}' has no option {', '.join(repr(prefix + u) for u in unknown)}. "
                                 f"Its options: {', '.join(prefix + f for f in sorted(fields))}")
-        for key, value in given.items():
-            _check_option_type(label, prefix + key, value, getattr(config, key))
+        for key, value in given.items():  # checked against the field's declared type (else its default's)
+            kind, optional = _declared_type(config, key)
+            if not (value is None and optional):
+                _check_option_type(label, prefix + key, value, getattr(config, key), kind)
     return Preset(dataclasses.replace(preset.model, **model_options),
                   dataclasses.replace(preset.train, **train_options))
 

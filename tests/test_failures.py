@@ -96,6 +96,22 @@ def test_bad_option_values_are_refused_before_any_work(tmp_path, option, fragmen
     _one_clear_line(result, fragment, exit_code=1)
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
 
+def test_options_are_checked_against_the_declared_field_type():
+    """A field declared `float | None` takes null and a float whatever the preset sets (EBMM quick's
+    grad_norm_lr_init is 0.01, write_norm_power None), and refuses a string; an int field refuses null."""
+    from membench.interface import resolve_preset
+    from membench.registry import resolve_model
+    from membench.tasks import BinaryTask
+
+    ebmm, spec = resolve_model("ebmm"), BinaryTask(16).spec
+    assert resolve_preset(ebmm, spec, "quick", {"grad_norm_lr_init": None}).model.grad_norm_lr_init is None
+    assert resolve_preset(ebmm, spec, "quick", {"write_norm_power": 2.0}).model.write_norm_power == 2.0
+    for option, fragment in ((("write_norm_power", "a"), "write_norm_power='a' is not of type float"),
+                             (("hidden", None), "hidden=None is not of type int")):
+        with pytest.raises(MembenchError, match=fragment):
+            resolve_preset(ebmm, spec, "quick", dict([option]))
+
+
 def test_duplicate_seeds_and_sizes_run_once(tmp_path):
     result = _invoke("run", "--model", "raw_slots", "--seeds", "0,0,1", "--num-patterns", "16,16",
                      "--queries", "16", "--out", str(tmp_path), "--no-progress")
