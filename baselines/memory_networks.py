@@ -80,8 +80,8 @@ PRESETS: dict[str, Preset] = {
 # preset never learned to address its slots on CIFAR (2 seeds; 12,000 updates for one) nor on Omniglot
 # for seed 0 (weights spread evenly over 64 images, the read the decoder's inpainting of the query alone);
 # at 8 it did after about 5,000 updates (seed 0) or 9,000 (seed 1); at 8 from the identity, both seeds'
-# training error was below 40 after 1,600 updates (the others' stayed above 42 until they addressed), and
-# both address their slots after 6,000 (results/diagnostics/ebmm-images, "Memory Networks and MANN").
+# training error was below 40 over updates 1,201-1,600 (the runs without the identity: 58-64), and both
+# address their slots after 6,000 (results/diagnostics/ebmm-images, "Memory Networks and MANN").
 IMAGE_START = {"init_scale": 8.0, "identity_query": True}
 IMAGE_PRESETS: dict[str, Preset] = {
     "quick": Preset(MemNetConfig(embedding_width=256, channels=(16, 32, 32), **IMAGE_START),
