@@ -96,6 +96,7 @@ def test_bad_option_values_are_refused_before_any_work(tmp_path, option, fragmen
     _one_clear_line(result, fragment, exit_code=1)
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
 
+
 def test_options_are_checked_against_the_declared_field_type():
     """A field declared `float | None` takes null and a float whatever the preset sets (EBMM quick's
     grad_norm_lr_init is 0.01, write_norm_power None), and refuses a string; an int field refuses null."""
