@@ -121,6 +121,12 @@ def attention(model: MemoryNetwork, slots: torch.Tensor, queries: torch.Tensor) 
             f"of queries, inverse temperature {model.log_scale.exp().item():.2f}")
 
 
+def off_diagonal(x: torch.Tensor) -> float:
+    """Mean of x (B, n, n) over the entries off its diagonal."""
+    n = x.shape[-1]
+    return ((x.sum((1, 2)) - x.diagonal(dim1=1, dim2=2).sum(1)) / (n * n - n)).mean().item()
+
+
 def mann_addressing(model: MANN, patterns: torch.Tensor, queries: torch.Tensor) -> str:
     """Whether MANN's memory holds its write keys apart and its queries find them: cosines of each query's
     read key to its own image's write key and to the others', mean cosine between memory slots, mean write
@@ -132,10 +138,6 @@ def mann_addressing(model: MANN, patterns: torch.Tensor, queries: torch.Tensor) 
         cos = F.normalize(read_keys, dim=-1) @ F.normalize(keys, dim=-1).transpose(1, 2)       # (B, N, N)
         slots = F.normalize(state.memory, dim=-1) @ F.normalize(state.memory, dim=-1).transpose(1, 2)
         weights = model._address(read_keys, state.memory)                    # (B, N, slots)
-    def off_diagonal(x: torch.Tensor) -> float:  # mean of (B, n, n) off its diagonal
-        n = x.shape[-1]
-        return ((x.sum((1, 2)) - x.diagonal(dim1=1, dim2=2).sum(1)) / (n * n - n)).mean().item()
-
     found = (cos.argmax(-1) == torch.arange(cos.shape[-1])).float().mean().item()
     return (f"cos(read key, own write key) {cos.diagonal(dim1=1, dim2=2).mean().item():.3f}, to the others "
             f"{off_diagonal(cos):.3f}, own the closest for {found:.0%}; cos between slots {off_diagonal(slots):.3f}; "
