@@ -1,9 +1,11 @@
-"""Trained checkpoints: the per-user cache, the ones the repository ships (results/checkpoints), and shipping.
+"""Trained checkpoints: their file, the per-user cache, the ones the repository ships (results/checkpoints).
 
-A learned run's checkpoint is `<cache>/<checkpoint key>.pt` (`runner.checkpoint_key`). `checkpoint_path`
-copies a shipped one into the cache first when the cache has none trained as far, so committed learned rows
-evaluate (or resume) without retraining; `ship_checkpoints` writes trained ones into results/checkpoints as
-`training.portable` keeps them (weights only once finished).
+A checkpoint is a dict holding at least CHECKPOINT_KEYS, written atomically (`save_checkpoint`), read as data
+only (`read_checkpoint`) and loaded into a model and its optimiser (`load_checkpoint`, which sets an unreadable
+one aside). A learned run's checkpoint is `<cache>/<checkpoint key>.pt` (`run_identity.checkpoint_key`).
+`checkpoint_path` copies a shipped one into the cache first when the cache has none trained as far, so committed
+learned rows evaluate (or resume) without retraining; `ship_checkpoints` writes trained ones into
+results/checkpoints as `portable` keeps them (weights only once finished).
 """
 from __future__ import annotations
 
@@ -14,11 +16,116 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from torch.torch_version import TorchVersion
 
 import membench
 from membench.errors import MembenchError
+from membench.interface import AssociativeMemory
 from membench.store import ResultsStore, warn, write_atomic
-from membench.training import portable, read_checkpoint
+
+CHECKPOINT_KEYS = ("model", "generator", "step", "elapsed_s", "curve")  # required; "optimizer", "history" optional
+
+
+def save_checkpoint(payload: dict[str, Any], path: Path) -> None:
+    write_atomic(path, lambda handle: torch.save(payload, handle))
+
+
+def _on_cpu(value: Any) -> Any:
+    """Tensors (in nested dicts and lists too) on the CPU, floating ones float32."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu()
+        return value.float() if value.is_floating_point() else value
+    if isinstance(value, dict):
+        return {key: _on_cpu(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_on_cpu(item) for item in value]
+    return value
+
+
+def weights_only(saved: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint without its optimiser state, every floating tensor float32 on the CPU (a finished one
+    shipped)."""
+    return {**{k: v for k, v in saved.items() if k != "optimizer"},
+            "model": {name: _on_cpu(tensor) for name, tensor in saved["model"].items()}}
+
+
+RESUME_STATE_MAX_MB = 8.0  # an unfinished checkpoint carried elsewhere keeps AdamW's state up to this size (half a volume)
+
+
+def portable(saved: dict[str, Any]) -> dict[str, Any]:
+    """What is shipped or carried of a checkpoint: the weights (`weights_only`) and, while its training is
+    unfinished, its optimiser state (on the CPU), so the next machine's AdamW continues where this one
+    stopped, unless its tensors would then hold more than RESUME_STATE_MAX_MB (then it restarts there, and
+    the history's stretch says so)."""
+    light = weights_only(saved)
+    unfinished = saved["step"] < (saved.get("config") or {}).get("steps", 0)
+    if not unfinished or "optimizer" not in saved:
+        return light
+    carried = {**light, "optimizer": _on_cpu(saved["optimizer"])}
+    return carried if _tensor_bytes(carried) <= RESUME_STATE_MAX_MB * 2**20 else light
+
+
+def _tensor_bytes(value: Any) -> int:
+    """Bytes of the tensors in `value` (nested dicts and lists): what a saved checkpoint's size is made of."""
+    if isinstance(value, torch.Tensor):
+        return value.nbytes
+    if isinstance(value, dict):
+        return sum(map(_tensor_bytes, value.values()))
+    if isinstance(value, list):
+        return sum(map(_tensor_bytes, value))
+    return 0
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """The training checkpoint at `path`, on the CPU, unpickled as data only (tensors, containers, numbers, strings: a
+    checkpoint carried from another machine runs no code). Raises on a file that is not one."""
+    with torch.serialization.safe_globals([TorchVersion]):  # older checkpoints' history holds torch.__version__
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(saved, dict) or any(key not in saved for key in CHECKPOINT_KEYS):
+        raise ValueError("not a membench training checkpoint")
+    return saved
+
+
+def _on_this_device(state: dict[str, Any], optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """An AdamW state saved by another Stepper, with this one's `capturable` (True only under CUDA graphs) and a
+    float learning rate (`Stepper.after_load` makes it a device tensor where graphs need one): a state saved
+    under graphs on CUDA would otherwise refuse to step on a CPU, and one saved on a CPU keep graphs off."""
+    groups = state["param_groups"]
+    if len(groups) != len(optimizer.param_groups):
+        raise ValueError(f"{len(groups)} parameter groups saved, {len(optimizer.param_groups)} expected")
+    return {**state, "param_groups": [{**saved, "capturable": current["capturable"], "lr": float(saved["lr"])}
+                                      for saved, current in zip(groups, optimizer.param_groups)]}
+
+
+def load_checkpoint(path: Path, model: AssociativeMemory,
+                    optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any] | None:
+    """Load `path` into `model` (and `optimizer`, when the checkpoint holds its state) wherever they are; return
+    the checkpoint as read, on the CPU, or None when there is none. (AdamW then keeps a step counter on the CPU
+    where it is not capturable: one on CUDA would be read back to the host every update.)
+
+    A checkpoint that cannot be read or does not fit the model is renamed to `<name>.corrupt`
+    (reported on stderr) and None is returned, so the caller trains afresh.
+    """
+    path = Path(path)
+    if not path.exists():
+        return None
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    try:
+        saved = read_checkpoint(path)
+        model.load_state_dict(saved["model"])
+        if optimizer is not None and "optimizer" in saved:
+            optimizer.load_state_dict(_on_this_device(saved["optimizer"], optimizer))
+    except (EOFError, OSError, RuntimeError, ValueError, KeyError, TypeError, pickle.UnpicklingError) as exc:
+        model.load_state_dict(before)  # afresh means from the model's own initial values
+        aside, number = path.with_name(path.name + ".corrupt"), 1
+        while aside.exists():  # an earlier one set aside is kept
+            number += 1
+            aside = path.with_name(f"{path.name}.corrupt-{number}")
+        path.replace(aside)
+        warn(f"checkpoint {path} is unreadable or does not fit {type(model).__name__} ({type(exc).__name__}: "
+             f"{' '.join(str(exc).split())[:300]}); moved it to {aside} and training afresh")
+        return None
+    return saved
 
 
 def default_checkpoint_dir() -> Path:
@@ -50,7 +157,7 @@ def _trained_steps(path: Path) -> float:
 
 def ship_checkpoints(out_dir: Path | None, checkpoint_dir: Path, files: Sequence[Path] = (),
                      target: Path | None = None, max_mb: float = 50.0) -> list[Path]:
-    """Ship into `target` (default: SHIPPED_CHECKPOINTS), as `training.portable` (weights only once
+    """Ship into `target` (default: SHIPPED_CHECKPOINTS), as `portable` (weights only once
     finished; an unfinished one with its optimiser state where small enough), the
     checkpoint of every trained record in `out_dir` (from the cache, else the one shipped earlier) and
     each of `files` (named <checkpoint key>.pt, e.g. paused GPU training carried back from its machine).

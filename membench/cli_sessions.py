@@ -36,7 +36,7 @@ def ship(out, checkpoint_dir, files) -> None:
     one with its optimiser state where small), into
     results/checkpoints (committed with them); a shipped checkpoint is replaced only by one trained further."""
     from membench.checkpoints import default_checkpoint_dir, ship_checkpoints
-    from membench.training import read_checkpoint
+    from membench.checkpoints import read_checkpoint
 
     if not files and not (out / "runs").is_dir():
         raise MembenchError(f"{out} holds no runs/ folder; give --out the results folder of trained runs, or "
@@ -165,7 +165,7 @@ def _timing_command(args: str, device: str, table: Path) -> list[str]:
                    "~/.cache/membench/checkpoints.")
 @friendly_errors
 def pack(archive, mark, results, checkpoint_dir) -> None:
-    """Pack what a session made (new results files, new checkpoints: `training.portable`) into an archive (and up to
+    """Pack what a session made (new results files, new checkpoints: `checkpoints.portable`) into an archive (and up to
     three volumes of at most 16 MB beside it) to carry back; `membench unpack` adds them to a checkout."""
     from membench.checkpoints import default_checkpoint_dir
     from membench.session import pack as pack_archive

@@ -4,7 +4,7 @@ Each run executes `membench.runner.execute` in a Ray worker, so records, run ids
 skip-finished rule, checkpoints and locks are exactly the local runner's; workers write into
 the shared output directory and checkpoint cache (both must be on a filesystem every node
 sees). Scheduling:
-- runs whose record exists and is current (`runner.is_current`) are skipped (all of them rerun with --force);
+- runs whose record exists and is current (`run_identity.is_current`) are skipped (all of them rerun with --force);
 - a learned model's runs that share a checkpoint form a chain: the first trains (and
   evaluates), the others start once it has finished and reuse the checkpoint, so each
   checkpoint is trained once; runs of different checkpoints and untrained runs go in parallel;
@@ -32,7 +32,8 @@ def _execute(spec: RunSpec, out_dir: str, device: str, checkpoint_dir: str, comm
     checkpoint for the time limit once). None: finished elsewhere meanwhile; a pause at the training time
     limit comes back as {"paused": message}."""
     from membench.provenance import git_state
-    from membench.runner import execute, is_current, resolve_device
+    from membench.run_identity import is_current
+    from membench.runner import execute, resolve_device
     from membench.store import ResultsStore
 
     if isinstance(after, dict) and "paused" in after:  # the chain's checkpoint paused: its training time is spent
@@ -53,7 +54,8 @@ def _execute(spec: RunSpec, out_dir: str, device: str, checkpoint_dir: str, comm
 def _chains(specs: list[RunSpec]) -> list[list[RunSpec]]:
     """Runs grouped so that the runs of one checkpoint form one chain (untrained runs: one each)."""
     from membench.registry import make_task, resolve_model
-    from membench.runner import build_model, checkpoint_key
+    from membench.run_identity import checkpoint_key
+    from membench.runner import build_model
 
     chains: dict[str, list[RunSpec]] = {}
     for spec in specs:
@@ -75,7 +77,8 @@ def run_with_ray(specs: list[RunSpec], out_dir: Path, device: str, force: bool, 
         raise MembenchError("--launcher ray needs Ray: pip install -e '.[ray]' in the checkout (or pip install "
                             "ray)") from None
     from membench.registry import resolve_model
-    from membench.runner import check_device_name, is_current
+    from membench.run_identity import is_current
+    from membench.runner import check_device_name
     from membench.store import ResultsStore
 
     check_device_name(device)

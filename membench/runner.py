@@ -14,7 +14,6 @@ every run is computed once.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import inspect
 import json
 import math
@@ -31,25 +30,18 @@ from torch import nn
 
 from membench import fresh_read
 from membench.budget import StateContract, check_declared, sealed
-from membench.checkpoints import checkpoint_path, default_checkpoint_dir
+from membench.checkpoints import checkpoint_path, default_checkpoint_dir, load_checkpoint
 from membench.errors import CheckpointBusy, MembenchError, TrainingPaused
 from membench.integrity import audit_write, checked_retrievals
-from membench.interface import AssociativeMemory, Preset, TaskSpec, check_constructor_options, resolve_preset
+from membench.interface import AssociativeMemory, Preset, check_constructor_options, resolve_preset
 from membench.provenance import environment, git_state
 from membench.registry import is_builtin_file, is_builtin_model, make_task, model_source_digest, model_source_files, resolve_model
-from membench.store import ResultsStore, read_record, warn, writable_folder, write_text_atomic
+from membench.run_identity import checkpoint_key, is_current, recorded_preset
+from membench.store import ResultsStore, writable_folder, write_text_atomic
 from membench.suites import DEFAULT_PRESET, RunSpec, declared_count
 from membench.tasks import Task, seed_all
-from membench.training import load_checkpoint, meta_train
+from membench.training import meta_train
 
-# Config fields added after checkpoints were shipped, with their defaults: left out of checkpoint keys
-# while at the default, so configurations that do not use them keep their keys (and shipped checkpoints).
-LATE_TRAIN_FIELDS = {"curriculum_steps": 0, "precision": "float32"}
-LATE_MODEL_FIELDS = {"write_norm_power": None, "learn_write_norm": False, "grad_norm_lr_init": None,
-                     "read_known": True, "stepwise_loss": True, "centre_memory": False,
-                     "linear_memory": False, "init_gate_bias": None,
-                     "identity_query": False}
-LATE_FIELDS = {"model": LATE_MODEL_FIELDS, "train": LATE_TRAIN_FIELDS}
 EVAL_STREAM = 104729  # offset of the evaluation generator's seed from the run seed
 EVAL_EPISODES_PER_BATCH = 64  # episodes sampled (and written) at once in evaluation
 PROBE_STREAM = 1299709  # offset of the seed of the probe batches that audit a model's writes
@@ -98,102 +90,6 @@ def build_model(spec: RunSpec, task: Task, preset: Preset | None = None) -> Asso
     if cls.trainable:
         model.preset = preset
     return model
-
-
-def _without_late(fields: dict[str, Any], late: dict[str, Any]) -> dict[str, Any]:
-    """`fields` without the late fields that are at their defaults."""
-    return {name: value for name, value in fields.items() if name not in late or value != late[name]}
-
-
-def comparable_preset(preset: dict[str, Any]) -> dict[str, Any]:
-    """A preset's dict (`Preset.to_dict`, or as stored in a record) as JSON, without what does not change
-    the numbers (how updates run, like the device: `compile` left out, `cuda_graph` read as off, as every
-    preset had it when keys were first shipped) and without late fields at their defaults."""
-    preset = json.loads(json.dumps(preset, default=str))
-    preset["train"].pop("compile", None)
-    if "cuda_graph" in preset["train"]:  # replayed updates equal eager ones (tests, make gpu-graph-check)
-        preset["train"]["cuda_graph"] = False
-    return {"model": _without_late(preset["model"], LATE_MODEL_FIELDS),
-            "train": _without_late(preset["train"], LATE_TRAIN_FIELDS)}
-
-
-def is_current(spec: RunSpec, store: ResultsStore) -> bool:
-    """True when `spec` has a complete record made with today's definition of its preset and, for a model
-    from outside membench, today's source file (`registry.model_source_digest`). A learned model's run id
-    names its preset, not the preset's fields: a record made before the preset changed is stale (warned
-    about), and its run is done again. A record older than stored presets is judged by the training fields
-    it does hold (`training.config`); one holding neither is taken as current."""
-    if not store.has(spec.run_id):
-        return False
-    cls = resolve_model(spec.model)
-    record = read_record(store.record_path(spec.run_id))
-    digest = model_source_digest(cls)
-    recorded_source = record.get("model_source")
-    if digest is not None and recorded_source != digest:
-        why = "changed since its record was made" if recorded_source else "is not in its record (an older membench)"
-        files = ", ".join(str(path) for path in model_source_files(cls))
-        warn(f"{spec.run_id}: the source of {spec.model} ({files}) {why}; running it again")
-        return False
-    if not cls.trainable:
-        return True
-    today = comparable_preset(resolve_preset(cls, make_task(spec.task).spec, spec.preset, spec.options).to_dict())
-    recorded = record.get("preset_config")
-    if recorded is not None:
-        current = comparable_preset(recorded) == today
-    else:
-        trained = comparable_preset({"model": {}, "train": (record.get("training") or {}).get("config") or {}})
-        current = all(today["train"].get(name, value) == value for name, value in trained["train"].items())
-    if not current:
-        warn(f"{spec.run_id}: its record was made with an older definition of preset '{spec.preset}'; running it again")
-    return current
-
-
-def checkpoint_key(spec: RunSpec, model: AssociativeMemory, task: Task) -> str:
-    """File stem of a learned model's checkpoint: a digest of everything its training depends on
-    (model, complete preset, built sizes, task, seed, budget; an outside model's source file), so identical
-    training is shared."""
-    task_config = dict(task.config())
-    if model.preset.train.num_patterns:
-        task_config.pop("num_patterns")  # trained on a set of N: one checkpoint for all
-    payload = {"model": spec.model, "preset": comparable_preset(model.preset.to_dict()),
-               "model_config": _without_late(model.config(), LATE_MODEL_FIELDS),
-               "task": task_config, "seed": spec.seed, "budget": spec.budget}
-    source = model_source_digest(type(model))
-    if source is not None:  # a model from outside membench: its code changed, it trains again
-        payload["source"] = source
-    digest = hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    return f"{spec.model.replace(':', '-')}-{spec.preset}-{digest}"
-
-
-def _from_json(value: Any) -> Any:
-    """A config value as read back from a record's JSON: lists (at any depth) as tuples."""
-    return tuple(_from_json(item) for item in value) if isinstance(value, list) else value
-
-
-def recorded_preset(spec: RunSpec, task_spec: TaskSpec, preset_config: dict[str, Any]) -> Preset:
-    """The preset a record stores (`preset_config`, `Preset.to_dict`) as today's Preset classes, so a model is
-    rebuilt as it was trained even where the preset's definition has changed since: today's preset with the
-    recorded value of every field that differs (a late field a record leaves out: its default). A field
-    today's configs lack, or one the record lacks that is not late, keeps today's value, with a warning."""
-    today = resolve_preset(resolve_model(spec.model), task_spec, spec.preset, spec.options)
-    now, then = comparable_preset(today.to_dict()), comparable_preset(preset_config)
-    parts = {}
-    for part in ("model", "train"):
-        config, late = getattr(today, part), LATE_FIELDS[part]
-        known = {field.name for field in dataclasses.fields(config)}
-        changed = {name: _from_json(then[part].get(name, late.get(name)))
-                   for name in then[part].keys() | (now[part].keys() & late.keys())  # late fields left out: default
-                   if name in known and now[part].get(name, late.get(name)) != then[part].get(name, late.get(name))}
-        parts[part] = dataclasses.replace(config, **changed)
-    preset = Preset(**parts)
-    rebuilt = comparable_preset(preset.to_dict())
-    if rebuilt != then:
-        fields = sorted(f"{prefix}{name}" for part, prefix in (("model", ""), ("train", "train."))
-                        for name in rebuilt[part].keys() | then[part].keys()
-                        if rebuilt[part].get(name) != then[part].get(name))
-        warn(f"{spec.run_id}: its record's preset differs from this membench's in {', '.join(fields)}, which "
-             "this membench cannot rebuild; the model keeps today's values there")
-    return preset
 
 
 def load_trained(spec: RunSpec, checkpoint_dir: Path, device: torch.device | str = "cpu",

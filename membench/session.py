@@ -9,7 +9,7 @@ then `pack` puts what they made into one .tar.gz
     results/<...>        every file under the results folder written since the session began
                          (records, training curves, throughput rows), at its path in the repository
     checkpoints/<key>.pt every checkpoint of the session's cache trained further than the one shipped
-                         in results/checkpoints (`training.portable`)
+                         in results/checkpoints (`checkpoints.portable`)
 
 in volumes of at most 16 MB, four at most (session.tgz, session-2.tgz, ...: what a lent machine returns).
 
@@ -33,10 +33,9 @@ import time
 from pathlib import Path, PurePosixPath
 from typing import Sequence
 
+from membench.checkpoints import portable, readable_checkpoint, saved_bytes, ship_checkpoints, weights_only
 from membench.errors import EXIT_INTERRUPTED, EXIT_PAUSED, MembenchError
-from membench.checkpoints import readable_checkpoint, saved_bytes, ship_checkpoints
 from membench.store import completeness, parse_record, read_record, warn, write_atomic
-from membench.training import portable, weights_only
 
 RESULTS, CHECKPOINTS = "results", "checkpoints"
 CARRY_LIMIT_MB = 16.0  # what a lent machine returns per file
@@ -143,7 +142,7 @@ def volume_path(archive: Path, number: int) -> Path:
 def pack(archive: Path, since: float, results_dir: Path, checkpoint_dir: Path) -> list[str]:
     """Write the files under `results_dir` modified since `since` (seconds since the epoch; results/checkpoints
     aside) and the checkpoints (*.pt) of `checkpoint_dir` modified since then and trained further than the one
-    shipped in results_dir/checkpoints (`training.portable`: weights only once finished, smallest first) into `archive` (.tar.gz) and, where they
+    shipped in results_dir/checkpoints (`checkpoints.portable`: weights only once finished, smallest first) into `archive` (.tar.gz) and, where they
     do not fit in CARRY_LIMIT_MB, further volumes (`volume_path`), at most MAX_VOLUMES in all: what a lent
     machine returns. Unfinished checkpoints then take their AdamW state where a volume has room (or a further
     volume may open). A checkpoint that fits nowhere is left out, warned. Returns the member names."""

@@ -9,7 +9,7 @@ Conventions, so that learned models are trained alike:
 - a checkpoint (model, optimiser, generator state, curve, history) written atomically every
   `checkpoint_every` steps and at the end; a killed run resumes from the last one, and a
   finished checkpoint is reused as is (the runner keys checkpoints by config). What is shipped
-  or carried between machines is `portable`: weights only once finished, and with the optimiser
+  or carried between machines is `checkpoints.portable`: weights only once finished, and with the optimiser
   state while unfinished (up to RESUME_STATE_MAX_MB); a weights-only one resumes with a fresh
   optimiser state;
 - the history lists each stretch of training (steps, device, time, matmul precision, commit,
@@ -33,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import pickle
 import signal
 import threading
 import time
@@ -43,20 +42,19 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
-from torch.torch_version import TorchVersion
 
+from membench.checkpoints import load_checkpoint, save_checkpoint
 from membench.errors import CheckpointBusy, TrainingDiverged, TrainingInterrupted
 from membench.interface import AssociativeMemory, TrainConfig
 from membench.provenance import device_name, git_state
 from membench.stepper import Stepper
-from membench.store import file_lock, remove_orphans, warn, write_atomic
+from membench.store import file_lock, remove_orphans, warn
 from membench.tasks import Episodes, Task
 
 TRAIN_STREAM = 7919  # offset of the training generator's seed from the run seed
 INIT_STREAM = 6007  # offset of the seed of the batch a fresh model's `initialise` sees
 INIT_PATTERNS = 512  # patterns of that batch, at least (whole episodes)
 DRAW_AHEAD_ON = ("cuda",)  # device types whose training draws the next batch while an update runs (EpisodeStream)
-CHECKPOINT_KEYS = ("model", "generator", "step", "elapsed_s", "curve")  # required; "optimizer", "history" optional
 
 
 @dataclass
@@ -67,108 +65,6 @@ class TrainResult:
     checkpoint: str
     finished: bool = True             # False: stopped at the time limit before config.steps
     history: list[dict[str, Any]] | None = None  # stretches of training; None: an older checkpoint without one
-
-
-def save_checkpoint(payload: dict[str, Any], path: Path) -> None:
-    write_atomic(path, lambda handle: torch.save(payload, handle))
-
-
-def _on_cpu(value: Any) -> Any:
-    """Tensors (in nested dicts and lists too) on the CPU, floating ones float32."""
-    if isinstance(value, torch.Tensor):
-        value = value.detach().cpu()
-        return value.float() if value.is_floating_point() else value
-    if isinstance(value, dict):
-        return {key: _on_cpu(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_on_cpu(item) for item in value]
-    return value
-
-
-def weights_only(saved: dict[str, Any]) -> dict[str, Any]:
-    """A checkpoint without its optimiser state, every floating tensor float32 on the CPU (a finished one
-    shipped)."""
-    return {**{k: v for k, v in saved.items() if k != "optimizer"},
-            "model": {name: _on_cpu(tensor) for name, tensor in saved["model"].items()}}
-
-
-RESUME_STATE_MAX_MB = 8.0  # an unfinished checkpoint carried elsewhere keeps AdamW's state up to this size (half a volume)
-
-
-def portable(saved: dict[str, Any]) -> dict[str, Any]:
-    """What is shipped or carried of a checkpoint: the weights (`weights_only`) and, while its training is
-    unfinished, its optimiser state (on the CPU), so the next machine's AdamW continues where this one
-    stopped, unless its tensors would then hold more than RESUME_STATE_MAX_MB (then it restarts there, and
-    the history's stretch says so)."""
-    light = weights_only(saved)
-    unfinished = saved["step"] < (saved.get("config") or {}).get("steps", 0)
-    if not unfinished or "optimizer" not in saved:
-        return light
-    carried = {**light, "optimizer": _on_cpu(saved["optimizer"])}
-    return carried if _tensor_bytes(carried) <= RESUME_STATE_MAX_MB * 2**20 else light
-
-
-def _tensor_bytes(value: Any) -> int:
-    """Bytes of the tensors in `value` (nested dicts and lists): what a saved checkpoint's size is made of."""
-    if isinstance(value, torch.Tensor):
-        return value.nbytes
-    if isinstance(value, dict):
-        return sum(map(_tensor_bytes, value.values()))
-    if isinstance(value, list):
-        return sum(map(_tensor_bytes, value))
-    return 0
-
-
-def read_checkpoint(path: Path) -> dict[str, Any]:
-    """The training checkpoint at `path`, on the CPU, unpickled as data only (tensors, containers, numbers, strings: a
-    checkpoint carried from another machine runs no code). Raises on a file that is not one."""
-    with torch.serialization.safe_globals([TorchVersion]):  # older checkpoints' history holds torch.__version__
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(saved, dict) or any(key not in saved for key in CHECKPOINT_KEYS):
-        raise ValueError("not a membench training checkpoint")
-    return saved
-
-
-def _on_this_device(state: dict[str, Any], optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """An AdamW state saved by another Stepper, with this one's `capturable` (True only under CUDA graphs) and a
-    float learning rate (`Stepper.after_load` makes it a device tensor where graphs need one): a state saved
-    under graphs on CUDA would otherwise refuse to step on a CPU, and one saved on a CPU keep graphs off."""
-    groups = state["param_groups"]
-    if len(groups) != len(optimizer.param_groups):
-        raise ValueError(f"{len(groups)} parameter groups saved, {len(optimizer.param_groups)} expected")
-    return {**state, "param_groups": [{**saved, "capturable": current["capturable"], "lr": float(saved["lr"])}
-                                      for saved, current in zip(groups, optimizer.param_groups)]}
-
-
-def load_checkpoint(path: Path, model: AssociativeMemory,
-                    optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any] | None:
-    """Load `path` into `model` (and `optimizer`, when the checkpoint holds its state) wherever they are; return
-    the checkpoint as read, on the CPU, or None when there is none. (AdamW then keeps a step counter on the CPU
-    where it is not capturable: one on CUDA would be read back to the host every update.)
-
-    A checkpoint that cannot be read or does not fit the model is renamed to `<name>.corrupt`
-    (reported on stderr) and None is returned, so the caller trains afresh.
-    """
-    path = Path(path)
-    if not path.exists():
-        return None
-    before = {name: value.clone() for name, value in model.state_dict().items()}
-    try:
-        saved = read_checkpoint(path)
-        model.load_state_dict(saved["model"])
-        if optimizer is not None and "optimizer" in saved:
-            optimizer.load_state_dict(_on_this_device(saved["optimizer"], optimizer))
-    except (EOFError, OSError, RuntimeError, ValueError, KeyError, TypeError, pickle.UnpicklingError) as exc:
-        model.load_state_dict(before)  # afresh means from the model's own initial values
-        aside, number = path.with_name(path.name + ".corrupt"), 1
-        while aside.exists():  # an earlier one set aside is kept
-            number += 1
-            aside = path.with_name(f"{path.name}.corrupt-{number}")
-        path.replace(aside)
-        warn(f"checkpoint {path} is unreadable or does not fit {type(model).__name__} ({type(exc).__name__}: "
-             f"{' '.join(str(exc).split())[:300]}); moved it to {aside} and training afresh")
-        return None
-    return saved
 
 
 @contextlib.contextmanager

@@ -80,7 +80,7 @@ def test_a_session_archive_carries_new_results_and_paused_training_home(tmp_path
 
 
 def _checkpoint(weights: torch.Tensor, step: int) -> dict:
-    """A minimal training checkpoint (the keys `training.CHECKPOINT_KEYS` requires, and a history)."""
+    """A minimal training checkpoint (the keys `checkpoints.CHECKPOINT_KEYS` requires, and a history)."""
     return {"model": {"w": weights}, "generator": torch.Generator().get_state(), "step": step, "elapsed_s": 1.0,
             "curve": [], "history": []}
 

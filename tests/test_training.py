@@ -208,7 +208,7 @@ def test_a_model_of_yours_whose_code_changed_is_run_and_trained_again(tmp_path: 
 def test_weights_only_checkpoint_resumes_with_a_fresh_optimiser(tmp_path: Path, capsys):
     """Longer training continues from a shipped (weights-only) checkpoint: from its weights, step and episode
     stream, with a fresh AdamW state; the history gains a second stretch."""
-    from membench.training import save_checkpoint, weights_only
+    from membench.checkpoints import save_checkpoint, weights_only
 
     task, device = BinaryTask(4), torch.device("cpu")
     short = TrainConfig(steps=3, batch_size=2, lr=1e-3, log_every=1, checkpoint_every=100)
@@ -425,7 +425,8 @@ def test_a_run_whose_checkpoint_another_process_trains_waits_until_the_rest_are_
     it finishes N = 32 first, then comes back to N = 16 once the lock is free."""
     import threading
 
-    from membench.runner import build_model, checkpoint_key, run_all
+    from membench.run_identity import checkpoint_key
+    from membench.runner import build_model, run_all
     from membench.registry import make_task
     from membench.store import file_lock
 
@@ -531,7 +532,7 @@ def test_committed_learned_rows_keep_their_checkpoint_keys_and_ship_them():
     """Every committed Table 1 record of a learned model whose preset is today's names the checkpoint key
     today's code computes for it (late config fields at their defaults leave keys alone), and that
     checkpoint is shipped: a fresh clone evaluates the row without training."""
-    from membench import runner
+    from membench import run_identity, runner
     from membench.registry import make_task
     from membench.store import ResultsStore
     from membench.suites import RunSpec
@@ -546,9 +547,9 @@ def test_committed_learned_rows_keep_their_checkpoint_keys_and_ship_them():
         task = make_task(spec.task)
         model = runner.build_model(spec, task)
         recorded = record.get("preset_config")
-        if recorded is None or runner.comparable_preset(recorded) != runner.comparable_preset(model.preset.to_dict()):
+        if recorded is None or run_identity.comparable_preset(recorded) != run_identity.comparable_preset(model.preset.to_dict()):
             continue  # made with an older definition of its preset (the old gpu row): not a fresh clone's to evaluate
-        key = runner.checkpoint_key(spec, model, task)
+        key = run_identity.checkpoint_key(spec, model, task)
         assert record["training"]["checkpoint_key"] == key, f"{record['run_id']}: its checkpoint key changed"
         assert (root / "results" / "checkpoints" / f"{key}.pt").is_file(), f"{key}.pt is not shipped"
         checked += 1
@@ -580,7 +581,7 @@ def test_an_optimiser_state_saved_under_cuda_graphs_resumes_on_a_cpu(tmp_path: P
     """A full checkpoint made on CUDA with graphs (AdamW capturable, a tensor learning rate) resumes on a CPU,
     where the optimiser is not capturable: its state is adapted on load, and the resumed update matches one
     from the same state saved on a CPU."""
-    from membench.training import load_checkpoint
+    from membench.checkpoints import load_checkpoint
 
     task = BinaryTask(4)
     episodes = task.sample(2, torch.Generator().manual_seed(1), split="train")
@@ -606,7 +607,7 @@ def test_an_optimiser_state_saved_under_cuda_graphs_resumes_on_a_cpu(tmp_path: P
 def test_a_checkpoint_that_fails_to_load_leaves_the_model_as_it_was(tmp_path: Path):
     """Weights that load but an optimiser state that does not fit: the checkpoint is moved aside and the model
     keeps its own initial values (training starts afresh), not the checkpoint's weights."""
-    from membench.training import load_checkpoint
+    from membench.checkpoints import load_checkpoint
 
     trained, fresh = _linear_model(), _linear_model()
     with torch.no_grad():
@@ -626,7 +627,7 @@ def test_a_checkpoint_that_fails_to_load_leaves_the_model_as_it_was(tmp_path: Pa
 def test_how_updates_run_leaves_the_checkpoint_key_alone():
     """CUDA graphs and compiling change how an update runs, not what it computes: a checkpoint trained with
     graphs resumes without them (e.g. when `make gpu-graph-check` fails); the steps do change the key."""
-    from membench import runner
+    from membench import run_identity, runner
     from membench.registry import make_task
     from membench.suites import get_suite
 
@@ -634,10 +635,10 @@ def test_how_updates_run_leaves_the_checkpoint_key_alone():
     task = make_task(spec.task)
     model = runner.build_model(spec, task)
     assert model.preset.train.cuda_graph  # the gpu preset replays graphs
-    key = runner.checkpoint_key(spec, model, task)
+    key = run_identity.checkpoint_key(spec, model, task)
     for fields, same in (({"cuda_graph": False}, True), ({"compile": True}, True), ({"steps": 7}, False)):
         model.preset = dataclasses.replace(model.preset, train=dataclasses.replace(model.preset.train, **fields))
-        assert (runner.checkpoint_key(spec, model, task) == key) == same, fields
+        assert (run_identity.checkpoint_key(spec, model, task) == key) == same, fields
 
 
 def test_a_fresh_model_is_initialised_once_from_training_patterns_and_a_resumed_one_is_not(tmp_path: Path,
