@@ -131,13 +131,9 @@ def _check_option_type(label: str, key: str, value: Any, default: Any, kind: typ
                             f"(its default: {default!r})")
 
 
-def _declared_type(config: Any, name: str) -> tuple[type | None, bool]:
-    """The scalar type (bool, int, float or str; None for another) a config dataclass declares for field
-    `name`, and whether it admits None (`float | None`); (None, False) where its annotations do not resolve."""
-    try:
-        hint = typing.get_type_hints(type(config)).get(name)
-    except Exception:  # noqa: BLE001 (an annotation that does not resolve: the default's type decides)
-        return None, False
+def _scalar_type(hint: Any) -> tuple[type | None, bool]:
+    """The scalar type (bool, int, float or str; None for another or no hint) an annotation declares, and
+    whether it admits None (`float | None`)."""
     kinds, optional = [hint], False
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         kinds = [arg for arg in typing.get_args(hint) if arg is not type(None)]
@@ -145,20 +141,30 @@ def _declared_type(config: Any, name: str) -> tuple[type | None, bool]:
     return (kinds[0] if len(kinds) == 1 and kinds[0] in (bool, int, float, str) else None), optional
 
 
+def _type_hints(owner: Any) -> dict[str, Any]:
+    """`owner`'s resolved annotations; {} where they do not resolve (the defaults' types then decide)."""
+    try:
+        return typing.get_type_hints(owner)
+    except Exception:  # noqa: BLE001 (any annotation that does not resolve)
+        return {}
+
+
+def _check_declared(label: str, key: str, value: Any, default: Any, hint: Any) -> None:
+    """`_check_option_type` against the scalar type `hint` declares (else `default`'s); None passes where the
+    hint admits it."""
+    kind, optional = _scalar_type(hint)
+    if not (value is None and optional):
+        _check_option_type(label, key, value, default, kind)
+
+
 def check_constructor_options(cls: type, label: str, options: Mapping[str, Any]) -> None:
     """MembenchError for an option of a model that is not trained whose value has another type (int, float,
-    bool or str) than its constructor's annotation for it, else its default: a typo'd number does not fail
-    deep inside a read."""
-    parameters = inspect.signature(cls.__init__).parameters
-    try:
-        hints = typing.get_type_hints(cls.__init__)
-    except Exception:  # noqa: BLE001 (an annotation that does not resolve: the defaults' types decide)
-        hints = {}
+    bool or str) than its constructor's annotation for it (None passing where that admits None), else its
+    default: a typo'd number does not fail deep inside a read."""
+    parameters, hints = inspect.signature(cls.__init__).parameters, _type_hints(cls.__init__)
     for key, value in options.items():
         if key in parameters and parameters[key].default is not inspect.Parameter.empty:
-            declared = hints.get(key)  # `degree: float = 3` takes 2.5
-            _check_option_type(label, key, value, parameters[key].default,
-                               declared if declared in (bool, int, float, str) else None)
+            _check_declared(label, key, value, parameters[key].default, hints.get(key))  # `degree: float = 3` takes 2.5
 
 
 @dataclass(frozen=True)
@@ -199,10 +205,9 @@ def resolve_preset(cls: type["AssociativeMemory"], spec: TaskSpec, name: str,
         if unknown:
             raise MembenchError(f"model '{label}' has no option {', '.join(repr(prefix + u) for u in unknown)}. "
                                 f"Its options: {', '.join(prefix + f for f in sorted(fields))}")
+        hints = _type_hints(type(config))
         for key, value in given.items():  # checked against the field's declared type (else its default's)
-            kind, optional = _declared_type(config, key)
-            if not (value is None and optional):
-                _check_option_type(label, prefix + key, value, getattr(config, key), kind)
+            _check_declared(label, prefix + key, value, getattr(config, key), hints.get(key))
     return Preset(dataclasses.replace(preset.model, **model_options),
                   dataclasses.replace(preset.train, **train_options))
 

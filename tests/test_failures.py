@@ -113,6 +113,20 @@ def test_options_are_checked_against_the_declared_field_type():
             resolve_preset(ebmm, spec, "quick", dict([option]))
 
 
+def test_constructor_options_are_checked_against_an_optional_annotation():
+    """A model that is not trained declaring `radius: int | None = None` (sparse distributed memory) takes
+    null and an int, and refuses a float or a string, though its default (None) names no type."""
+    from membench.interface import check_constructor_options
+    from membench.registry import resolve_model
+
+    sdm = resolve_model("sparse_distributed_memory")
+    for value in (None, 40):
+        check_constructor_options(sdm, "sparse_distributed_memory", {"radius": value})
+    for value in (40.5, "wide"):
+        with pytest.raises(MembenchError, match=f"option radius={value!r} is not of type int"):
+            check_constructor_options(sdm, "sparse_distributed_memory", {"radius": value})
+
+
 def test_duplicate_seeds_and_sizes_run_once(tmp_path):
     result = _invoke("run", "--model", "raw_slots", "--seeds", "0,0,1", "--num-patterns", "16,16",
                      "--queries", "16", "--out", str(tmp_path), "--no-progress")
