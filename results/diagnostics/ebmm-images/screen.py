@@ -1,7 +1,7 @@
 """Image EBMM recipes on the CPU: does the energy learn to fill the block, and which write/read settings let it?
 
     python results/diagnostics/ebmm-images/screen.py VARIANT [VARIANT ...] [--n 64] [--steps 1500]
-        [--dataset omniglot] [--energy resnet_fc] [--queries 1024] [--data-dir DIR] [--out DIR]
+        [--dataset omniglot] [--energy resnet_fc] [--seed 0] [--queries 1024] [--data-dir DIR] [--out DIR]
 
 Each variant is one run of the Figure 3 task (64 images by default; `--n` writes fewer): EBMM-FC at
 d = 16 (4112 floats; `--energy resnet_conv`: EBMM-conv at d = 6, 3468 floats) on the quick preset's
@@ -25,7 +25,8 @@ from pathlib import Path
 from membench.checkpoints import checkpoint_path, default_checkpoint_dir
 from membench.datasets import set_data_dir
 from membench.registry import make_task
-from membench.runner import build_model, checkpoint_key, run_all
+from membench.run_identity import checkpoint_key
+from membench.runner import build_model, run_all
 from membench.store import write_atomic
 from membench.suites import RunSpec
 
@@ -90,6 +91,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1500, help="meta-training updates")
     parser.add_argument("--dataset", default="omniglot", choices=("omniglot", "cifar10"))
     parser.add_argument("--energy", default="resnet_fc", choices=sorted(POINTS))
+    parser.add_argument("--seed", type=int, default=0, help="run seed (initial weights, training and test episodes)")
     parser.add_argument("--queries", type=int, default=1024, help="test queries evaluated (whole episodes)")
     parser.add_argument("--data-dir", type=Path, default=HERE.parents[2].parent / "shared" / "data")
     parser.add_argument("--out", type=Path, default=HERE, help="records go to OUT/runs")
@@ -99,7 +101,7 @@ def main() -> None:
     task = make_task({"kind": args.dataset, "num_patterns": args.n, "image_size": 32, "block": 16}).config()
     suite = "fig3-omniglot" if args.dataset == "omniglot" else "fig3-cifar"
     units, floats = POINTS[args.energy]
-    specs = [RunSpec(suite=suite, model="ebmm", task=task, budget=floats, seed=0, queries=args.queries,
+    specs = [RunSpec(suite=suite, model="ebmm", task=task, budget=floats, seed=args.seed, queries=args.queries,
                      preset="quick", options={"energy": args.energy, "memory_size": units, "train.steps": args.steps,
                                               **VARIANTS[name]})
              for name in args.variants]
