@@ -35,8 +35,7 @@ def ship(out, checkpoint_dir, files) -> None:
     """Write the checkpoints behind OUT's trained records (and any --checkpoint), weights only (an unfinished
     one with its optimiser state where small), into
     results/checkpoints (committed with them); a shipped checkpoint is replaced only by one trained further."""
-    from membench.checkpoints import default_checkpoint_dir, ship_checkpoints
-    from membench.checkpoints import read_checkpoint
+    from membench.checkpoints import default_checkpoint_dir, read_checkpoint, ship_checkpoints
 
     if not files and not (out / "runs").is_dir():
         raise MembenchError(f"{out} holds no runs/ folder; give --out the results folder of trained runs, or "

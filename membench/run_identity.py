@@ -28,6 +28,7 @@ LATE_MODEL_FIELDS = {"write_norm_power": None, "learn_write_norm": False, "grad_
                      "identity_query": False}
 LATE_FIELDS = {"model": LATE_MODEL_FIELDS, "train": LATE_TRAIN_FIELDS}
 
+
 def _without_late(fields: dict[str, Any], late: dict[str, Any]) -> dict[str, Any]:
     """`fields` without the late fields that are at their defaults."""
     return {name: value for name, value in fields.items() if name not in late or value != late[name]}

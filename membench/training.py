@@ -8,10 +8,10 @@ Conventions, so that learned models are trained alike:
 - AdamW with global-norm gradient clipping (the paper's recipe, App. D);
 - a checkpoint (model, optimiser, generator state, curve, history) written atomically every
   `checkpoint_every` steps and at the end; a killed run resumes from the last one, and a
-  finished checkpoint is reused as is (the runner keys checkpoints by config). What is shipped
-  or carried between machines is `checkpoints.portable`: weights only once finished, and with the optimiser
-  state while unfinished (up to RESUME_STATE_MAX_MB); a weights-only one resumes with a fresh
-  optimiser state;
+  finished checkpoint is reused as is (`run_identity.checkpoint_key` keys checkpoints by config).
+  What is shipped or carried between machines is `checkpoints.portable`: weights only once
+  finished, and with the optimiser state while unfinished (up to RESUME_STATE_MAX_MB there); a
+  weights-only one resumes with a fresh optimiser state;
 - the history lists each stretch of training (steps, device, time, matmul precision, commit,
   whether AdamW's state was resumed or fresh), so a checkpoint trained across machines says
   which devices trained it and where its optimiser restarted;
