@@ -21,12 +21,12 @@ from membench.tasks import Task
 
 # Config fields added after checkpoints were shipped, with their defaults: left out of checkpoint keys
 # while at the default, so configurations that do not use them keep their keys (and shipped checkpoints).
-LATE_TRAIN_FIELDS = {"curriculum_steps": 0, "precision": "float32"}
-LATE_MODEL_FIELDS = {"write_norm_power": None, "learn_write_norm": False, "grad_norm_lr_init": None,
-                     "read_known": True, "stepwise_loss": True, "centre_memory": False,
-                     "linear_memory": False, "init_gate_bias": None,
-                     "identity_query": False}
-LATE_FIELDS = {"model": LATE_MODEL_FIELDS, "train": LATE_TRAIN_FIELDS}
+LATE_FIELDS = {  # config part -> {field: default}
+    "model": {"write_norm_power": None, "learn_write_norm": False, "grad_norm_lr_init": None, "read_known": True,
+              "stepwise_loss": True, "centre_memory": False, "linear_memory": False, "init_gate_bias": None,
+              "identity_query": False},
+    "train": {"curriculum_steps": 0, "precision": "float32"},
+}
 
 
 def _without_late(fields: dict[str, Any], late: dict[str, Any]) -> dict[str, Any]:
@@ -42,8 +42,7 @@ def comparable_preset(preset: dict[str, Any]) -> dict[str, Any]:
     preset["train"].pop("compile", None)
     if "cuda_graph" in preset["train"]:  # replayed updates equal eager ones (tests, make gpu-graph-check)
         preset["train"]["cuda_graph"] = False
-    return {"model": _without_late(preset["model"], LATE_MODEL_FIELDS),
-            "train": _without_late(preset["train"], LATE_TRAIN_FIELDS)}
+    return {part: _without_late(preset[part], LATE_FIELDS[part]) for part in ("model", "train")}
 
 
 def is_current(spec: RunSpec, store: ResultsStore) -> bool:
@@ -85,7 +84,7 @@ def checkpoint_key(spec: RunSpec, model: AssociativeMemory, task: Task) -> str:
     if model.preset.train.num_patterns:
         task_config.pop("num_patterns")  # trained on a set of N: one checkpoint for all
     payload = {"model": spec.model, "preset": comparable_preset(model.preset.to_dict()),
-               "model_config": _without_late(model.config(), LATE_MODEL_FIELDS),
+               "model_config": _without_late(model.config(), LATE_FIELDS["model"]),
                "task": task_config, "seed": spec.seed, "budget": spec.budget}
     source = model_source_digest(type(model))
     if source is not None:  # a model from outside membench: its code changed, it trains again
