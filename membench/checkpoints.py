@@ -24,6 +24,7 @@ from membench.interface import AssociativeMemory
 from membench.store import ResultsStore, warn, write_atomic
 
 CHECKPOINT_KEYS = ("model", "generator", "step", "elapsed_s", "curve")  # required; "optimizer", "history" optional
+UNREADABLE = (EOFError, OSError, RuntimeError, ValueError, pickle.UnpicklingError)  # what reading a bad file raises
 
 
 def save_checkpoint(payload: dict[str, Any], path: Path) -> None:
@@ -115,7 +116,7 @@ def load_checkpoint(path: Path, model: AssociativeMemory,
         model.load_state_dict(saved["model"])
         if optimizer is not None and "optimizer" in saved:
             optimizer.load_state_dict(_on_this_device(saved["optimizer"], optimizer))
-    except (EOFError, OSError, RuntimeError, ValueError, KeyError, TypeError, pickle.UnpicklingError) as exc:
+    except (*UNREADABLE, KeyError, TypeError) as exc:  # or a file that does not fit the model
         model.load_state_dict(before)  # afresh means from the model's own initial values
         aside, number = path.with_name(path.name + ".corrupt"), 1
         while aside.exists():  # an earlier one set aside is kept
@@ -151,7 +152,7 @@ def _trained_steps(path: Path) -> float:
     """The training steps of the checkpoint at `path`; -1 when it cannot be read as one."""
     try:
         return read_checkpoint(path)["step"]
-    except (EOFError, OSError, RuntimeError, ValueError, pickle.UnpicklingError):
+    except UNREADABLE:
         return -1
 
 
@@ -190,7 +191,7 @@ def readable_checkpoint(path: Path) -> dict[str, Any] | None:
     """The checkpoint at `path`, or None (with a warning) when it cannot be read as one."""
     try:
         return read_checkpoint(path)
-    except (EOFError, OSError, RuntimeError, ValueError, pickle.UnpicklingError) as exc:
+    except UNREADABLE as exc:
         warn(f"checkpoint {path} is unreadable ({type(exc).__name__}): left as it is; delete it and rerun the "
              f"command that trained it")
         return None

@@ -3,7 +3,6 @@
 Registered on the `membench` group by membench.cli."""
 from __future__ import annotations
 
-import pickle
 import shlex
 from pathlib import Path
 
@@ -35,7 +34,7 @@ def ship(out, checkpoint_dir, files) -> None:
     """Write the checkpoints behind OUT's trained records (and any --checkpoint), weights only (an unfinished
     one with its optimiser state where small), into
     results/checkpoints (committed with them); a shipped checkpoint is replaced only by one trained further."""
-    from membench.checkpoints import default_checkpoint_dir, read_checkpoint, ship_checkpoints
+    from membench.checkpoints import UNREADABLE, default_checkpoint_dir, read_checkpoint, ship_checkpoints
 
     if not files and not (out / "runs").is_dir():
         raise MembenchError(f"{out} holds no runs/ folder; give --out the results folder of trained runs, or "
@@ -43,7 +42,7 @@ def ship(out, checkpoint_dir, files) -> None:
     for file in (f for f in files if f.is_file()):  # one named on purpose that cannot be shipped: an error
         try:
             read_checkpoint(file)
-        except (EOFError, OSError, RuntimeError, ValueError, pickle.UnpicklingError) as exc:
+        except UNREADABLE as exc:
             raise MembenchError(f"checkpoint {file} is unreadable ({type(exc).__name__}: "
                                 f"{str(exc).splitlines()[0][:160] if str(exc) else ''}); give a <key>.pt file "
                                 "a training run wrote") from None
