@@ -80,8 +80,13 @@ def _tensor_bytes(value: Any) -> int:
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """The training checkpoint at `path`, on the CPU, unpickled as data only (tensors, containers, numbers, strings: a
     checkpoint carried from another machine runs no code). Raises on a file that is not one."""
-    with torch.serialization.safe_globals([TorchVersion]):  # older checkpoints' history holds torch.__version__
-        saved = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        with torch.serialization.safe_globals([TorchVersion]):  # older checkpoints' history holds torch.__version__
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+    except UNREADABLE:
+        raise
+    except Exception as exc:  # torch's data-only unpickler fails on some stray bytes with IndexError, KeyError...
+        raise pickle.UnpicklingError(f"not a checkpoint file ({type(exc).__name__}: {exc})") from exc
     if not isinstance(saved, dict) or any(key not in saved for key in CHECKPOINT_KEYS):
         raise ValueError("not a membench training checkpoint")
     return saved
