@@ -315,6 +315,9 @@ def test_an_int_for_a_float_option_and_a_fraction_where_annotated_float_are_take
     result = _invoke("run", "--model", "universal_hopfield", "--option", "separation=polynomial", "--option",
                      "degree=2.5", "--num-patterns", "16", "--queries", "16", "--out", str(tmp_path), "--no-progress")
     assert result.exit_code == 0, result.output
+    (record,) = [json.loads(path.read_text()) for path in (tmp_path / "runs").glob("*.json")]
+    assert record["options"] == {"separation": "polynomial", "degree": 2.5}
+    assert record["model_config"]["degree"] == 2.5 and record["model_config"]["separation"] == "polynomial"
 
 
 def test_a_file_path_for_a_model_is_told_to_name_the_module(tmp_path):
@@ -327,6 +330,15 @@ def test_memory_networks_beyond_the_budget_and_small_raw_slots(tmp_path):
                             "--out", str(tmp_path), "--no-progress"), "no value per slot for N=9000", exit_code=1)
     _one_clear_line(_invoke("run", "--model", "raw_slots", "--budget", "100", "--num-patterns", "16",
                             "--out", str(tmp_path), "--no-progress"), "no whole pattern of 128 values", exit_code=1)
+
+
+def test_a_record_with_no_per_query_errors_is_named_by_report(tmp_path):
+    """A record complete in every other field but holding no errors cannot be summarised: report names it."""
+    args = ["--model", "raw_slots", "--num-patterns", "16", "--queries", "16", "--out", str(tmp_path), "--no-progress"]
+    assert _invoke("run", *args).exit_code == 0
+    (path,) = (tmp_path / "runs").glob("*.json")
+    path.write_text(json.dumps({**json.loads(path.read_text()), "errors": []}))
+    _one_clear_line(_invoke("report", "--out", str(tmp_path)), f"{path} holds no per-query errors", exit_code=1)
 
 
 @pytest.mark.parametrize("content", [b"", b'{"run_id": "x", "errors": [1', b"\x00garbage\xff", b'{"schema": 2}'])

@@ -4,6 +4,7 @@ from __future__ import annotations
 import re
 import shutil
 
+import pytest
 from click.testing import CliRunner
 
 from membench.cli import main
@@ -73,15 +74,42 @@ def test_rows_show_device_and_torch_where_they_differ(tmp_path):
     assert "device · torch" in markdown and "cpu · torch 0.0-other" in _row(markdown, "hopfield_hebb")[-1]
 
 
-def test_records_hold_commit_and_dirty_flag(tmp_path):
-    (record,) = _binary(tmp_path, num_patterns=(16,))
-    assert set(record["environment"]) >= {"git_commit", "git_dirty"}
+def test_records_hold_commit_and_dirty_flag(tmp_path, monkeypatch):
+    """The commit and whether the tree was dirty are what provenance says (here: set as on a lent machine)."""
+    from membench.provenance import git_state
+
+    monkeypatch.setenv("MEMBENCH_GIT_COMMIT", "0123abcd")
+    monkeypatch.setenv("MEMBENCH_GIT_DIRTY", "1")
+    git_state.cache_clear()  # read once per process
+    try:
+        (record,) = _binary(tmp_path, num_patterns=(16,))
+    finally:
+        git_state.cache_clear()
+    assert (record["environment"]["git_commit"], record["environment"]["git_dirty"]) == ("0123abcd", True)
+    assert ResultsStore(tmp_path).records()[0]["environment"]["git_dirty"] is True  # as stored, not only returned
 
 
 def test_readme_tables_match_the_committed_records():
     result = CliRunner().invoke(main, ["readme", "--check", "--results", str(REPO_ROOT / "results"),
                                        "--file", str(REPO_ROOT / "README.md")])
     assert result.exit_code == 0, result.output
+
+
+def test_a_stale_readme_table_fails_the_check_and_is_rewritten_without_it(tmp_path):
+    """`readme --check` exits 1 naming the stale table and changes nothing; `readme` then rewrites that table
+    from the records, leaving the prose around it as it was."""
+    readme = tmp_path / "README.md"
+    text = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    stale = text.replace("| hopfield_hebb ", "| hopfield_hebb_renamed ", 1)
+    assert stale != text
+    readme.write_text(stale, encoding="utf-8")
+    args = ["readme", "--results", str(REPO_ROOT / "results"), "--file", str(readme)]
+    check = CliRunner().invoke(main, [*args, "--check"])
+    assert check.exit_code == 1 and "the tables table1 differ from the records" in check.output, check.output
+    assert readme.read_text(encoding="utf-8") == stale
+    rewrite = CliRunner().invoke(main, args)
+    assert rewrite.exit_code == 0 and "rewrote table1" in rewrite.output, rewrite.output
+    assert readme.read_text(encoding="utf-8") == text
 
 
 def test_a_readme_with_a_block_twice_is_refused(tmp_path):
@@ -113,9 +141,6 @@ def test_provenance_names_the_devices_and_commits_that_trained_each_checkpoint()
 def test_the_interval_is_over_episodes_not_queries():
     """Two episodes of N = 4 whose queries agree inside each episode: the queries look like 8 independent
     draws, but there are two memories, so the interval is the t-interval of two episode means."""
-    import numpy as np
-    from scipy import stats
-
     from membench.report import summarise
 
     record = {"run_id": "r", "suite": "table1", "model": "raw_slots", "options": {}, "seed": 0, "preset": "quick",
@@ -123,9 +148,10 @@ def test_the_interval_is_over_episodes_not_queries():
               "memory_floats": 512, "errors": [0.0] * 4 + [2.0] * 4, "training": None, "wall_time_s": 1.0,
               "environment": {"device": "cpu", "torch": "2"}, "command": "membench run"}
     (row,) = summarise([record]).itertuples()
-    low, high = stats.t.interval(0.95, 1, loc=1.0, scale=stats.sem(np.array([0.0, 2.0])))
     assert row.mean == 1.0 and row.num_queries == 8
-    assert (row.ci_low, row.ci_high) == (low, high) and high - low > 10  # over queries it would be about 1.7
+    # episode means 0 and 2: standard error 1, one degree of freedom, t(0.975, 1) = 12.7062 (printed t tables);
+    # an interval over the 8 queries would be about 1.8 wide
+    assert (row.ci_low, row.ci_high) == pytest.approx((1.0 - 12.7062, 1.0 + 12.7062), abs=1e-4)
 
 
 def test_a_record_without_a_dirty_flag_is_not_shown_as_clean():

@@ -9,6 +9,7 @@ import sys
 import tarfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -403,16 +404,17 @@ def test_set_aside_leaves_a_session_its_records_and_unfinished_checkpoints_and_g
 def test_each_timing_command_is_cut_at_its_cap_not_at_the_sessions_end(tmp_path, monkeypatch):
     """A timing command (compiling can take minutes) gets --time-cap seconds, not the session's training time;
     the runs then start."""
-    waits = []
+    waits, now = [], 1000.0  # the session's clock stands still: the deadlines are exact
 
     def finish_now(processes, deadline):
-        waits.append(deadline - time.monotonic())
+        waits.append(deadline - now)
         return [0] * len(processes)
 
+    monkeypatch.setattr("membench.session.time", SimpleNamespace(time=time.time, monotonic=lambda: now))
     monkeypatch.setattr("membench.session.subprocess.Popen", lambda *args, **kwargs: object())
     monkeypatch.setattr("membench.session.finish", finish_now)
     monkeypatch.setattr("membench.session.pack", lambda *args: None)
     status = run_session([], copies=1, train_time_limit_s=3600, device="cpu", cache=tmp_path / "cache",
                          archive=tmp_path / "s.tgz", results_dir=Path("results"), first=[["throughput"]] * 2,
                          first_cap_s=90)
-    assert status == 0 and all(80 < wait <= 90 for wait in waits[:2]) and waits[2] > 3600, waits  # then the runs
+    assert status == 0 and waits == [90.0, 90.0, 3600.0 + 120.0], waits  # then the runs: to the end, plus grace_s

@@ -624,6 +624,58 @@ def test_a_checkpoint_that_fails_to_load_leaves_the_model_as_it_was(tmp_path: Pa
         torch.testing.assert_close(value, before[name], rtol=0, atol=0, msg=name)
 
 
+def test_a_second_unreadable_checkpoint_is_set_aside_beside_the_first(tmp_path: Path, capsys):
+    """Each unreadable checkpoint at one path is kept for inspection: the second goes to `.corrupt-2`, the first
+    stays as it was, and each is named on stderr."""
+    from membench.checkpoints import load_checkpoint
+
+    for number, content in enumerate((b"first: not a checkpoint", b"second: not one either"), start=1):
+        (tmp_path / "ck.pt").write_bytes(content)
+        assert load_checkpoint(tmp_path / "ck.pt", _linear_model()) is None
+        assert "unreadable" in capsys.readouterr().err
+    assert (tmp_path / "ck.pt.corrupt").read_bytes() == b"first: not a checkpoint"
+    assert (tmp_path / "ck.pt.corrupt-2").read_bytes() == b"second: not one either"
+    assert not (tmp_path / "ck.pt").exists()
+
+
+def test_an_unfinished_checkpoint_carries_its_optimiser_state_only_up_to_the_limit(monkeypatch):
+    """What travels of a paused run: its AdamW state while that is small enough, else the weights alone (the
+    next machine restarts AdamW); a finished run never carries it."""
+    from membench import checkpoints
+
+    model = _linear_model()
+    stepper = Stepper(model, TrainConfig(lr=1e-3, clip_norm=1.0), torch.device("cpu"))
+    episodes = BinaryTask(4).sample(2, torch.Generator().manual_seed(0), split="train")
+    stepper.step(episodes.patterns, episodes.queries)  # AdamW's moments exist
+    saved = {"model": model.state_dict(), "optimizer": stepper.optimizer.state_dict(), **CHECKPOINT_REST,
+             "config": {"steps": 5}}
+    assert "optimizer" in checkpoints.portable(saved)
+    assert "optimizer" not in checkpoints.portable({**saved, "step": 5})  # finished: weights only
+    monkeypatch.setattr(checkpoints, "RESUME_STATE_MAX_MB", 1e-4)  # 105 bytes: less than the moments hold
+    light = checkpoints.portable(saved)
+    assert "optimizer" not in light and light["step"] == 1
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(light["model"][name], tensor), name
+
+
+def test_a_checkpoint_over_the_shipping_limit_is_named_and_not_shipped(tmp_path: Path, monkeypatch, capsys):
+    """`ship` refuses a checkpoint larger than its limit with a warning naming it and its size, and writes
+    nothing in the shipped folder."""
+    from membench.checkpoints import ship_checkpoints
+
+    (tmp_path / "tiny_learned.py").write_text(TINY_MODEL)
+    monkeypatch.chdir(tmp_path)
+    args = ["run", "--model", "tiny_learned:TinyLearned", "--num-patterns", "16", "--queries", "32", "--out", "out",
+            "--no-progress", "--checkpoint-dir", "cache"]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    (cached,) = (tmp_path / "cache").glob("*.pt")
+    capsys.readouterr()
+    assert ship_checkpoints(tmp_path / "out", tmp_path / "cache", target=tmp_path / "shipped", max_mb=1e-6) == []
+    err = capsys.readouterr().err
+    assert f"checkpoint {cached} is" in err and "over 1e-06 MB: not shipped" in err, err
+    assert not (tmp_path / "shipped").exists() or not any((tmp_path / "shipped").iterdir())
+
+
 def test_how_updates_run_leaves_the_checkpoint_key_alone():
     """CUDA graphs and compiling change how an update runs, not what it computes: a checkpoint trained with
     graphs resumes without them (e.g. when `make gpu-graph-check` fails); the steps do change the key."""
