@@ -144,8 +144,10 @@ def _read_omniglot_zip(path: Path, image_size: int, seen: set) -> dict[str, list
 
     try:
         return _read_omniglot_members(path, image_size, seen)
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
-        # (PIL's PNG reader raises SyntaxError on a broken chunk, ValueError on a decompression bomb)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, UnidentifiedImageError, SyntaxError, ValueError,
+            NotImplementedError, RuntimeError) as exc:
+        # (PIL's PNG reader raises SyntaxError on a broken chunk, ValueError on a decompression bomb; zipfile
+        # NotImplementedError on an unknown compression method, RuntimeError on an encrypted member)
         raise _corrupt(path, exc, "delete it and download it again (`membench download omniglot`)") from None
 
 
@@ -215,15 +217,28 @@ def _cifar_folder(root: Path) -> Path:
         "at the directory holding cifar-10-batches-py/.")
 
 
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles containers, numbers, strings and numpy arrays only: a CIFAR batch file runs no other code."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}  # the last: bytes pickled by Python 3
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"{module}.{name} is not part of a CIFAR batch")
+        return super().find_class(module, name)
+
+
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     fix = f"delete {path.parent} and extract {CIFAR_URL} again (`membench download cifar10`)"
     try:
         with open(path, "rb") as handle:
-            batch = pickle.load(handle, encoding="latin1")
+            batch = _ArrayUnpickler(handle, encoding="latin1").load()
         batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
         data = np.asarray(batch["data"], dtype=np.uint8)
         labels = np.asarray(batch["labels"], dtype=np.int64)
-    except (pickle.UnpicklingError, EOFError, OSError, AttributeError, KeyError, TypeError, ValueError) as exc:
+    except (pickle.UnpicklingError, EOFError, OSError, AttributeError, LookupError, TypeError, ValueError,
+            OverflowError, MemoryError) as exc:  # (stray bytes: an unknown opcode, a bad length, a huge one)
         raise _corrupt(path, exc, fix) from None
     if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
         raise DatasetMissing(f"{path} holds data of shape {data.shape} and {len(labels)} labels, expected (M, 3072) "

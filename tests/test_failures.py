@@ -434,6 +434,38 @@ def test_truncated_data_files_name_the_file(tmp_path):
         datasets.load_cifar10(root)
 
 
+def test_a_cifar_batch_runs_no_code_and_stray_bytes_in_it_name_the_file(tmp_path):
+    """A batch file is unpickled as containers and numpy arrays only: one that would call a function is
+    refused before calling it; stray bytes that make pickle raise LookupError (an unknown codec) or name
+    an unknown module are a corrupt file, named, not a traceback."""
+    root = write_fixture_data(tmp_path / "data")
+    batch, marker = root / "cifar-10-batches-py" / "data_batch_2", tmp_path / "written-by-the-pickle"
+    batch.write_bytes(b"c__builtin__\nopen\n(S'" + str(marker).encode() + b"'\nS'w'\ntR.")  # open(marker, 'w')
+    with pytest.raises(MembenchError, match=f"{batch} is corrupt or truncated .*__builtin__.open is not part of"):
+        datasets.load_cifar10(root)
+    assert not marker.exists()
+    valid = pickle.dumps({b"data": b"x" * 10, b"labels": [1, 2]}, protocol=2)
+    for stray in (valid.replace(b"latin1", b"la!in1", 1), valid.replace(b"_codecs", b"_-odecs", 1)):
+        batch.write_bytes(stray)
+        with pytest.raises(MembenchError, match=f"{batch} is corrupt or truncated"):
+            datasets.load_cifar10(root)
+
+
+def test_an_omniglot_zip_member_in_an_unknown_compression_names_its_zip(tmp_path):
+    """zipfile raises NotImplementedError on a compression method it does not know (here 99, AES)."""
+    root = write_fixture_data(tmp_path / "data")
+    zip_path = root / "omniglot" / "images_background_small1.zip"
+    data = bytearray(zip_path.read_bytes())
+    for signature, method_at in ((b"PK\x03\x04", 8), (b"PK\x01\x02", 10)):  # local headers, central directory
+        start = data.find(signature)
+        while start != -1:
+            data[start + method_at:start + method_at + 2] = (99).to_bytes(2, "little")
+            start = data.find(signature, start + 4)
+    zip_path.write_bytes(bytes(data))
+    with pytest.raises(MembenchError, match=f"{zip_path} is corrupt or truncated.*membench download omniglot"):
+        datasets.load_omniglot(root)
+
+
 def test_a_png_with_a_broken_chunk_names_its_zip(tmp_path):
     """A zip whose checksums are right but one of whose PNGs is damaged (PIL raises SyntaxError)."""
     root = write_fixture_data(tmp_path / "data")
