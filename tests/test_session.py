@@ -114,6 +114,45 @@ def test_unpack_refuses_an_unsafe_or_corrupt_archive_and_writes_nothing(tmp_path
     assert "Traceback" not in result.output and not any(root.rglob("*"))
 
 
+def test_an_unpack_that_cannot_write_a_file_says_which_and_what_it_wrote_before(tmp_path: Path):
+    """A target that cannot be written (here a folder where the file goes) stops the unpack with one line naming
+    it and how many files came before; those are whole, no temporary file is left, and the folder is untouched."""
+    root = tmp_path / "here"
+    (root / "results" / "table1" / "b.md").mkdir(parents=True)
+    (root / "results" / "table1" / "b.md" / "mine.txt").write_text("kept")
+    archive = _archive(tmp_path / "s.tgz", {"results/table1/a.md": b"first", "results/table1/b.md": b"second",
+                                             "results/table1/c.md": b"third"})
+    result = CliRunner().invoke(main, ["unpack", str(archive), "--root", str(root)])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert f"could not write {root / 'results' / 'table1' / 'b.md'}" in result.output
+    assert "written before it: 1 file(s); fix the cause and unpack again" in result.output
+    assert (root / "results" / "table1" / "a.md").read_bytes() == b"first"
+    assert (root / "results" / "table1" / "b.md" / "mine.txt").read_text() == "kept"
+    assert sorted(p.name for p in (root / "results" / "table1").iterdir()) == ["a.md", "b.md"]
+
+
+def test_a_session_whose_run_fails_exits_with_its_status_and_still_packs(tmp_path: Path, monkeypatch):
+    """A run that fails (here an unknown model) does not stop the others: the session packs what they made,
+    shows the failed run's own message and exits with its status (not 0, not 3: not a pause to resume)."""
+    (tmp_path / "tiny_learned.py").write_text(TINY_MODEL)
+    (tmp_path / "failing.py").write_text("from baselines.raw_slots import RawSlotMemory\n\n\n"
+                                         "class Failing(RawSlotMemory):\n"
+                                         "    def read(self, state, queries):\n"
+                                         "        raise ValueError('this model fails on purpose')\n")
+    monkeypatch.chdir(tmp_path)
+    good = "--model tiny_learned:TinyLearned --num-patterns 8 --queries 32 --out results/table1"
+    failing = "--model failing:Failing --num-patterns 8 --queries 32 --out results/table1"
+    result = CliRunner().invoke(main, ["session", "--run", failing, "--run", good,
+                                       "--train-time-limit", "300", "--device", "cpu", "--to", "out/session.tgz",
+                                       "--cache", "session"])
+    assert result.exit_code == 1, result.output
+    assert "failing:Failing" in result.output and "(exit 1)" in result.output and "fails on purpose" in result.output
+    with tarfile.open(tmp_path / "out" / "session.tgz") as tar:
+        names = tar.getnames()
+    assert any(name.startswith("results/table1/runs/") for name in names), names  # the good run's record
+    assert any(name.startswith("checkpoints/") for name in names), names
+
+
 def test_a_session_runs_copies_side_by_side_and_packs_what_they_made(tmp_path: Path, monkeypatch):
     """Two processes given one command over two models each train one of them (one stretch of training
     per checkpoint, nothing trained twice); the session exits 0 and its archive holds both records and
