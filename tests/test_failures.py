@@ -320,6 +320,22 @@ def test_an_int_for_a_float_option_and_a_fraction_where_annotated_float_are_take
     assert record["model_config"]["degree"] == 2.5 and record["model_config"]["separation"] == "polynomial"
 
 
+@pytest.mark.parametrize("args, fragment", [
+    (["run", "--model", "raw_slots", "--address", "auto", "--no-progress"],
+     "--address is for --launcher ray; add --launcher ray or drop --address"),
+    (["report", "--reference", "no-such.csv"], "reference file no-such.csv does not exist; omit --reference"),
+    (["figures", "--reference", "no-such.csv"], "reference file no-such.csv does not exist; omit --reference"),
+    (["session", "--run", "--help", "--train-time-limit", "10", "--to", "s.tgz"],
+     "--run '--help' asks for help; give the run command's own options"),
+    (["set-aside", "--keep", "results/fig3", "--root", "."], "is not a git checkout git can read"),
+])
+def test_misused_commands_get_one_line_naming_the_fix(tmp_path, monkeypatch, args, fragment):
+    monkeypatch.chdir(tmp_path)  # a plain folder: not a git checkout, no results
+    _one_clear_line(_invoke(*args, *(["--out", "out"] if args[0] in ("run", "report", "figures") else [])), fragment,
+                    exit_code=1)
+    assert not (tmp_path / "out" / "runs").exists() and not (tmp_path / "s.tgz").exists()
+
+
 def test_a_file_path_for_a_model_is_told_to_name_the_module(tmp_path):
     _one_clear_line(_invoke("run", "--model", "./own.py:Soft", "--out", str(tmp_path), "--no-progress"),
                     "'./own.py:Soft' names a file; give a module name and class, e.g. 'own:Soft'", exit_code=1)
