@@ -120,8 +120,8 @@ def test_a_run_another_process_redid_while_this_one_waited_is_not_computed_again
 
     def claim_after_the_other_process(self, run_id, blocking=False):
         if run_id == specs[0].run_id:  # the other process finished it while this one reached it
-            time.sleep(0.01)
-            os.utime(self.record_path(run_id))
+            later = time.time() + 60  # a minute after this call began, whatever the file system's mtime grain
+            os.utime(self.record_path(run_id), (later, later))
         return claim(self, run_id, blocking)
 
     monkeypatch.setattr(ResultsStore, "claim", claim_after_the_other_process)
