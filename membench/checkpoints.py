@@ -83,7 +83,7 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     try:
         with torch.serialization.safe_globals([TorchVersion]):  # older checkpoints' history holds torch.__version__
             saved = torch.load(path, map_location="cpu", weights_only=True)
-    except UNREADABLE:
+    except (*UNREADABLE, MemoryError, ImportError):  # the file's own errors, or this machine's: as they are
         raise
     except Exception as exc:  # torch's data-only unpickler fails on some stray bytes with IndexError, KeyError...
         raise pickle.UnpicklingError(f"not a checkpoint file ({type(exc).__name__}: {exc})") from exc

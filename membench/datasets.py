@@ -238,7 +238,8 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         data = np.asarray(batch["data"], dtype=np.uint8)
         labels = np.asarray(batch["labels"], dtype=np.int64)
     except (pickle.UnpicklingError, EOFError, OSError, AttributeError, LookupError, TypeError, ValueError,
-            OverflowError, MemoryError) as exc:  # (stray bytes: an unknown opcode, a bad length, a huge one)
+            OverflowError, MemoryError, ImportError) as exc:  # (stray bytes: an unknown opcode, a bad length, a
+        # huge one; ImportError: a numpy 2 pickle read under numpy 1)
         raise _corrupt(path, exc, fix) from None
     if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
         raise DatasetMissing(f"{path} holds data of shape {data.shape} and {len(labels)} labels, expected (M, 3072) "

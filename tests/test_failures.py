@@ -453,7 +453,7 @@ def test_truncated_data_files_name_the_file(tmp_path):
 def test_a_cifar_batch_runs_no_code_and_stray_bytes_in_it_name_the_file(tmp_path):
     """A batch file is unpickled as containers and numpy arrays only: one that would call a function is
     refused before calling it; stray bytes that make pickle raise LookupError (an unknown codec) or name
-    an unknown module are a corrupt file, named, not a traceback."""
+    a function outside the allowed ones are a corrupt file, named, not a traceback."""
     root = write_fixture_data(tmp_path / "data")
     batch, marker = root / "cifar-10-batches-py" / "data_batch_2", tmp_path / "written-by-the-pickle"
     batch.write_bytes(b"c__builtin__\nopen\n(S'" + str(marker).encode() + b"'\nS'w'\ntR.")  # open(marker, 'w')

@@ -132,7 +132,7 @@ def test_an_unpack_that_cannot_write_a_file_says_which_and_what_it_wrote_before(
 
 
 def test_a_session_whose_run_fails_exits_with_its_status_and_still_packs(tmp_path: Path, monkeypatch):
-    """A run that fails (here an unknown model) does not stop the others: the session packs what they made,
+    """A run that fails (here a model whose read raises) does not stop the others: the session packs what they made,
     shows the failed run's own message and exits with its status (not 0, not 3: not a pause to resume)."""
     (tmp_path / "tiny_learned.py").write_text(TINY_MODEL)
     (tmp_path / "failing.py").write_text("from baselines.raw_slots import RawSlotMemory\n\n\n"
