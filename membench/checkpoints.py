@@ -224,7 +224,7 @@ def _ship_one(source: Path, dest: Path, record: dict[str, Any] | None, max_mb: f
                                        "from_record": record["run_id"]}]}
     data = saved_bytes(portable(saved))
     if len(data) > max_mb * 2**20:
-        warn(f"checkpoint {source} is {len(data) / 2**20:.0f} MB without its optimiser state, over "
+        warn(f"checkpoint {source} is {len(data) / 2**20:.0f} MB as shipped (see `portable`), over "
              f"{max_mb:g} MB: not shipped")
         return None
     return write_atomic(dest, lambda handle: handle.write(data))
