@@ -72,6 +72,15 @@ TINY_MODEL = textwrap.dedent('''
 ''')
 
 
+def _tiny_run(tmp_path: Path, monkeypatch) -> list[str]:
+    """`membench run` arguments for TINY_MODEL (written into tmp_path, the working directory from here on):
+    N = 16, 32 queries, records in out/; the caller adds where checkpoints go."""
+    (tmp_path / "tiny_learned.py").write_text(TINY_MODEL)
+    monkeypatch.chdir(tmp_path)
+    return ["run", "--model", "tiny_learned:TinyLearned", "--num-patterns", "16", "--queries", "32", "--out", "out",
+            "--no-progress"]
+
+
 def _linear_model(seed: int = 0) -> torch.nn.Module:
     """A small EBMM; another seed moves its initial weights (small_model always starts from seed 0)."""
     from tests.test_ebmm import small_model
@@ -143,10 +152,7 @@ def test_shipped_checkpoint_evaluates_without_training(tmp_path: Path, monkeypat
     """`membench ship` copies a trained run's checkpoint into the repository's folder; a fresh cache then
     evaluates the run from it (same numbers, no training step). conftest points the shipped folder at
     tmp_path / "shipped"."""
-    (tmp_path / "tiny_learned.py").write_text(TINY_MODEL)
-    monkeypatch.chdir(tmp_path)
-    args = ["run", "--model", "tiny_learned:TinyLearned", "--num-patterns", "16", "--queries", "32", "--out", "out",
-            "--no-progress"]
+    args = _tiny_run(tmp_path, monkeypatch)
     assert CliRunner().invoke(main, [*args, "--checkpoint-dir", "cache1"]).exit_code == 0
     shipped = CliRunner().invoke(main, ["ship", "--out", "out", "--checkpoint-dir", "cache1"])
     assert shipped.exit_code == 0 and len(list((tmp_path / "shipped").glob("*.pt"))) == 1, shipped.output
@@ -238,10 +244,7 @@ def test_ship_rewrites_an_old_shipped_checkpoint_without_its_optimiser(tmp_path:
     rewritten weights only, its history taken from the record that trained it; the weights are unchanged."""
     from membench.checkpoints import ship_checkpoints
 
-    (tmp_path / "tiny_learned.py").write_text(TINY_MODEL)
-    monkeypatch.chdir(tmp_path)
-    args = ["run", "--model", "tiny_learned:TinyLearned", "--num-patterns", "16", "--queries", "32", "--out", "out",
-            "--no-progress", "--checkpoint-dir", "cache"]
+    args = [*_tiny_run(tmp_path, monkeypatch), "--checkpoint-dir", "cache"]
     assert CliRunner().invoke(main, args).exit_code == 0
     (record,) = [json.loads(p.read_text()) for p in (tmp_path / "out" / "runs").glob("*.json")]
     (cached,) = (tmp_path / "cache").glob("*.pt")
@@ -264,10 +267,7 @@ def test_paused_training_shipped_from_one_machine_resumes_on_the_next(tmp_path: 
     """A bounded command pauses on machine 1; its checkpoint, shipped with --checkpoint (weights and, while
     unfinished, AdamW's state), is what machine 2 (an empty cache) resumes from, to the numbers of straight
     training; shipping again replaces it by the finished one (weights only), and not the reverse."""
-    (tmp_path / "tiny_learned.py").write_text(TINY_MODEL)
-    monkeypatch.chdir(tmp_path)
-    args = ["run", "--model", "tiny_learned:TinyLearned", "--num-patterns", "16", "--queries", "32", "--out", "out",
-            "--no-progress"]
+    args = _tiny_run(tmp_path, monkeypatch)
     paused = CliRunner().invoke(main, [*args, "--checkpoint-dir", "machine1", "--train-time-limit", "0"])
     assert paused.exit_code == EXIT_PAUSED, paused.output
     (carried,) = (tmp_path / "machine1").glob("*.pt")
@@ -342,10 +342,7 @@ def test_curriculum_draws_the_small_n_first_then_all(tmp_path: Path):
 def test_a_record_made_with_an_older_preset_is_run_again(tmp_path: Path, monkeypatch):
     """Run ids name a preset, not its fields: when the preset's definition changes, `membench run` warns
     that the stored record is stale and redoes the run (a compile or CUDA-graph switch alone changes nothing)."""
-    (tmp_path / "tiny_learned.py").write_text(TINY_MODEL)
-    monkeypatch.chdir(tmp_path)
-    args = ["run", "--model", "tiny_learned:TinyLearned", "--num-patterns", "16", "--queries", "32", "--out", "out",
-            "--no-progress", "--checkpoint-dir", "ck"]
+    args = [*_tiny_run(tmp_path, monkeypatch), "--checkpoint-dir", "ck"]
     assert CliRunner().invoke(main, args).exit_code == 0
     import tiny_learned
 
@@ -384,10 +381,7 @@ def test_a_model_is_rebuilt_from_its_record_as_trained_after_its_preset_changed(
     from membench.runner import load_trained
     from membench.suites import RunSpec
 
-    (tmp_path / "tiny_learned.py").write_text(TINY_MODEL)
-    monkeypatch.chdir(tmp_path)
-    args = ["run", "--model", "tiny_learned:TinyLearned", "--num-patterns", "16", "--queries", "32", "--out", "out",
-            "--no-progress", "--checkpoint-dir", "ck"]
+    args = [*_tiny_run(tmp_path, monkeypatch), "--checkpoint-dir", "ck"]
     assert CliRunner().invoke(main, args).exit_code == 0
     (path,) = (tmp_path / "out" / "runs").glob("*.json")
     record = json.loads(path.read_text())
@@ -663,10 +657,7 @@ def test_a_checkpoint_over_the_shipping_limit_is_named_and_not_shipped(tmp_path:
     nothing in the shipped folder."""
     from membench.checkpoints import ship_checkpoints
 
-    (tmp_path / "tiny_learned.py").write_text(TINY_MODEL)
-    monkeypatch.chdir(tmp_path)
-    args = ["run", "--model", "tiny_learned:TinyLearned", "--num-patterns", "16", "--queries", "32", "--out", "out",
-            "--no-progress", "--checkpoint-dir", "cache"]
+    args = [*_tiny_run(tmp_path, monkeypatch), "--checkpoint-dir", "cache"]
     assert CliRunner().invoke(main, args).exit_code == 0
     (cached,) = (tmp_path / "cache").glob("*.pt")
     capsys.readouterr()
