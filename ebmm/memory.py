@@ -16,7 +16,8 @@ divided by N^p with p fixed (`write_norm_power`) or meta-learned (`learn_write_n
 
 Each learning rate is softplus of a learned value, one per step, writable tensor and
 loss term; the paper's alpha and beta are the ratios of these rates, so they are not
-separate parameters. Read (App. A): K steps of projected gradient descent on E(x) with
+separate parameters. With `elementwise_write_lr` (ours) each step's update is further scaled
+entry by entry, by exp of a learned tensor the shape of the writable one (Meta-SGD's rates). Read (App. A): K steps of projected gradient descent on E(x) with
 Nesterov momentum and non-increasing learned step sizes and momentum rates; with `read_known=False`
 (ours) only the entries a query marks unknown move, where the task says the others are the pattern's.
 Meta-training backpropagates the step-wise reconstruction loss (or, `stepwise_loss=False`, the last
@@ -78,6 +79,8 @@ class EBMMConfig:
     anchor_lr_init: float | None = None  # initial rate of the beta ||theta - theta_bar||^2 term; None:
     #   write_lr_init. A rate r scales the deviation by (1 - 2r) per step: r > 1 makes it grow
     grad_norm_lr_init: float | None = None  # initial rate of the alpha ||grad_x E||^2 term; None: write_lr_init
+    elementwise_write_lr: bool = False  # (ours, as Meta-SGD) each write step's update of every writable entry is
+    #   also scaled by that entry's own learned factor exp(s), s from 0: a meta-learned diagonal preconditioner
     read_step_init: float = 1.0   # initial gamma_1 of reading
     read_known: bool = True       # reading moves every entry (the paper); False: where the task allows it
     #   (spec.clamp_known), entries other than the fill value keep the query's values (ours)
@@ -225,6 +228,9 @@ class EBMM(AssociativeMemory):
         if config.grad_norm_term and config.grad_norm_lr_init is not None:
             write_lr[..., 1] = _inverse_softplus(config.grad_norm_lr_init)
         self.write_lr = nn.Parameter(write_lr)  # write_lr[0, :, -1] never learns: theta_0 = theta_bar, no deviation
+        if config.elementwise_write_lr:  # log-factors (T, *shape) per writable tensor, in writable_names order
+            self.write_scale = nn.ParameterList(nn.Parameter(torch.zeros(config.write_steps, *own[n].shape))
+                                                for n in names)
         self.read_step = nn.Parameter(torch.tensor(_inverse_softplus(config.read_step_init)))
         self.read_step_decay = nn.Parameter(torch.full((config.read_steps - 1,), _logit(config.decay_init)))
         self.momentum = nn.Parameter(torch.tensor(_logit(config.momentum_init)))
@@ -326,8 +332,10 @@ class EBMM(AssociativeMemory):
         track = not self._closed_form  # autograd differentiates the writing loss: theta must require grad
         theta = {n: t if create_graph else t.clone().requires_grad_(track) for n, t in initial.items()}
         rates = F.softplus(self.write_lr)
+        scales = [s.exp() for s in self.write_scale] if self.cfg.elementwise_write_lr else None  # (T, *shape) each
         if not create_graph:
             rates = rates.detach()
+            scales = scales and [s.detach() for s in scales]
         tensors = list(self.writable_names)
         projected = self.energy.project(patterns) if self._closed_form else None
         for step in range(self.cfg.write_steps):
@@ -337,6 +345,8 @@ class EBMM(AssociativeMemory):
                 update = 2 * (theta[n] - initial[n]) * rates[step, j, -1]  # grad of ||theta - theta_bar||^2
                 for term, grads in enumerate(term_grads):
                     update = update + rates[step, j, term] * grads[j]
+                if scales is not None:
+                    update = update * scales[j][step]
                 new[n] = theta[n] - update
             theta = new if create_graph else {n: t.detach().requires_grad_(track) for n, t in new.items()}
         return theta if create_graph else {n: t.detach() for n, t in theta.items()}

@@ -282,6 +282,30 @@ def test_a_learned_write_norm_starts_as_the_mean_and_is_meta_learned():
     assert learned.write_norm.grad is not None and learned.write_norm.grad.abs() > 0
 
 
+@pytest.mark.parametrize("closed_form", [True, False])
+def test_elementwise_write_rates_start_as_the_shared_ones_and_scale_each_entry(closed_form: bool):
+    """elementwise_write_lr: factors exp(0) = 1 give the plain write; a factor of 3 on one entry at the only
+    write step triples that entry's move alone; every factor gets a meta-gradient (closed-form and autograd)."""
+    batch = episodes(BinaryTask(8), batch=2)
+    plain, _ = small_model(8, write_steps=1)
+    scaled, _ = small_model(8, write_steps=1, elementwise_write_lr=True)
+    if not closed_form:
+        plain._closed_form = scaled._closed_form = False
+    assert scaled.write_scale[0].shape == (1, *scaled.energy.memory.weight.shape)
+    initial = plain.energy.memory.weight.detach().clone()
+    move = plain.write(batch.patterns)["memory.weight"] - initial
+    torch.testing.assert_close(scaled.write(batch.patterns)["memory.weight"] - initial, move)
+    with torch.no_grad():
+        scaled.write_scale[0][0, 2, 5] = torch.tensor(3.0).log()
+    expected = move.clone()
+    expected[:, 2, 5] *= 3
+    torch.testing.assert_close(scaled.write(batch.patterns)["memory.weight"] - initial, expected)
+    loss, _ = scaled.meta_loss(batch.patterns, batch.queries)
+    loss.backward()
+    for factors in scaled.write_scale:
+        assert factors.grad is not None and factors.grad.abs().sum() > 0
+
+
 @pytest.mark.parametrize("grad_norm_term", [True, False])
 def test_each_writing_term_starts_at_its_own_rate(grad_norm_term: bool):
     """write_lr holds (step, tensor, term) rates: energy at write_lr_init, alpha ||grad_x E||^2 (when on) at
