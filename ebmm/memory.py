@@ -106,20 +106,22 @@ PRESETS: dict[str, Preset] = {
     # initial rates, the alpha ||grad_x E||^2 term's rate starting small (at the energy term's 3.0 it
     # kept the model from learning), a beta-term rate that starts by halving the deviation from
     # theta_bar (at 3.0 it multiplied it by -5), the power of N dividing the write's pattern terms
-    # meta-learned (it settles near 0.7: the mean under-writes small N), a large meta learning rate
-    # decayed along a cosine, 16 episodes a step; the meta-loss compiled
+    # meta-learned (it settles near 0.7: the mean under-writes small N), each writable entry's write
+    # steps scaled by its own learned factor (elementwise_write_lr: 0.33-0.51 bits fewer at N = 48 and 64,
+    # seed for seed), a large meta learning rate decayed along a cosine, 16 episodes a step; the meta-loss
+    # compiled
     "quick": Preset(EBMMConfig(hidden=128, hops=2, read_steps=3, write_steps=3, grad_norm_term=True,
                                write_lr_init=3.0, grad_norm_lr_init=0.01, anchor_lr_init=0.25, read_step_init=5.0,
-                               learn_write_norm=True),
+                               learn_write_norm=True, elementwise_write_lr=True),
                     TrainConfig(steps=5600, batch_size=16, lr=6e-3, cosine_decay=True, clip_norm=1.0, log_every=50,
                                 checkpoint_every=250, num_patterns=(16, 32, 48, 64, 96), compile=True)),
-    # one GPU: the quick recipe with a 4x wider energy, 8x the episodes per update and 5.4x the updates
-    # (on this CPU a third hop, five read steps and a smaller first read step each trained worse), the
-    # meta learning rate halved for the width; each update replayed from a CUDA graph (one per N), in
-    # sessions that checkpoint and resume
+    # one GPU: the quick recipe (elementwise write rates too) with a 4x wider energy, 8x the episodes per
+    # update and 5.4x the updates (on this CPU a third hop, five read steps and a smaller first read step
+    # each trained worse), the meta learning rate halved for the width; each update replayed from a CUDA
+    # graph (one per N), in sessions that checkpoint and resume
     "gpu": Preset(EBMMConfig(hidden=512, hops=2, read_steps=3, write_steps=3, grad_norm_term=True,
                              write_lr_init=3.0, grad_norm_lr_init=0.01, anchor_lr_init=0.25, read_step_init=5.0,
-                             learn_write_norm=True),
+                             learn_write_norm=True, elementwise_write_lr=True),
                   TrainConfig(steps=30_000, batch_size=128, lr=3e-3, cosine_decay=True, clip_norm=1.0, log_every=50,
                               checkpoint_every=250, num_patterns=(16, 32, 48, 64, 96), cuda_graph=True)),
     # GPU scale: the paper's architecture and optimiser (App. B.1, D). Initial rates: softplus -> 1e-4

@@ -407,7 +407,8 @@ def test_set_aside_leaves_a_session_its_records_and_unfinished_checkpoints_and_g
         (tmp_path / name).write_bytes(data)
     ck = tmp_path / "results" / "checkpoints"
     ck.mkdir()
-    (ck / "ebmm-quick-823663ec0f4e.pt").write_bytes((root / "results/checkpoints/ebmm-quick-823663ec0f4e.pt").read_bytes())
+    shipped = f"{json.loads(files[f'results/table1/runs/{learned[0]}'])['training']['checkpoint_key']}.pt"
+    (ck / shipped).write_bytes((root / "results/checkpoints" / shipped).read_bytes())
     base = {"model": {}, "generator": torch.ByteTensor(4), "elapsed_s": 1.0, "curve": [], "config": {"steps": 10}}
     torch.save({**base, "step": 5}, ck / "paused-key.pt")  # unfinished: the session resumes it
     torch.save({**base, "step": 10}, ck / "unrecorded-key.pt")  # finished, evaluation not recorded yet
@@ -429,7 +430,7 @@ def test_set_aside_leaves_a_session_its_records_and_unfinished_checkpoints_and_g
     assert result.exit_code == 0 and "set aside 5 file(s)" in result.output, result.output
     kept = ["results/bench/throughput.csv", "results/checkpoints/paused-key.pt", "results/checkpoints/unrecorded-key.pt",
             "results/fig3/fig3.md", "results/reference/paper_table1.csv"]
-    assert left() == sorted([*kept, "results/checkpoints/ebmm-quick-823663ec0f4e.pt"])  # N = 96 still to evaluate
+    assert left() == sorted([*kept, f"results/checkpoints/{shipped}"])  # N = 96 still to evaluate
     changed = CliRunner().invoke(main, ["set-aside", "--keep", "results/fig3", "--root", str(tmp_path)])
     assert changed.exit_code == 1 and "commit them first" in changed.output and "Traceback" not in changed.output
     subprocess.run(["git", "checkout", "--", "results"], cwd=tmp_path, env=git, check=True)
