@@ -17,7 +17,8 @@ divided by N^p with p fixed (`write_norm_power`) or meta-learned (`learn_write_n
 Each learning rate is softplus of a learned value, one per step, writable tensor and
 loss term; the paper's alpha and beta are the ratios of these rates, so they are not
 separate parameters. With `elementwise_write_lr` (ours) each step's update is further scaled
-entry by entry, by exp of a learned tensor the shape of the writable one (Meta-SGD's rates). Read (App. A): K steps of projected gradient descent on E(x) with
+entry by entry, by exp of a learned tensor the shape of the writable one (Meta-SGD's rates).
+Read (App. A): K steps of projected gradient descent on E(x) with
 Nesterov momentum and non-increasing learned step sizes and momentum rates; with `read_known=False`
 (ours) only the entries a query marks unknown move, where the task says the others are the pattern's.
 Meta-training backpropagates the step-wise reconstruction loss (or, `stepwise_loss=False`, the last
@@ -108,7 +109,7 @@ PRESETS: dict[str, Preset] = {
     # kept the model from learning), a beta-term rate that starts by halving the deviation from
     # theta_bar (at 3.0 it multiplied it by -5), the power of N dividing the write's pattern terms
     # meta-learned (it settles near 0.7: the mean under-writes small N), each writable entry's write
-    # steps scaled by its own learned factor (elementwise_write_lr: 0.33-0.51 bits fewer at N = 48 and 64,
+    # steps scaled by its own learned factor (elementwise_write_lr: 0.33-0.52 bits fewer at N = 48 and 64,
     # seed for seed), a large meta learning rate decayed along a cosine, 16 episodes a step; the meta-loss
     # compiled
     "quick": Preset(EBMMConfig(hidden=128, hops=2, read_steps=3, write_steps=4, grad_norm_term=True,

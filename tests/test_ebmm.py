@@ -75,6 +75,7 @@ def test_write_lowers_the_writing_loss():
 def plain_write_read(model: EBMM, patterns: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
     """One episode at a time with a plain module copy and torch.autograd.grad: reference loops."""
     rates = torch.nn.functional.softplus(model.write_lr).detach()
+    factors = [s.detach().exp() for s in model.write_scale] if model.cfg.elementwise_write_lr else None
     steps = [torch.nn.functional.softplus(model.read_step).detach()]
     momenta = [torch.sigmoid(model.momentum).detach()]
     for k in range(model.cfg.read_steps - 1):
@@ -94,8 +95,9 @@ def plain_write_read(model: EBMM, patterns: torch.Tensor, queries: torch.Tensor)
             g_norm = torch.autograd.grad(grad_x.pow(2).sum(-1).mean(), writable)
             with torch.no_grad():
                 for j, p in enumerate(writable):
-                    p -= rates[step, j, 0] * g_energy[j] + rates[step, j, 1] * g_norm[j] \
+                    update = rates[step, j, 0] * g_energy[j] + rates[step, j, 1] * g_norm[j] \
                         + rates[step, j, 2] * 2 * (p - initial[j])
+                    p -= update if factors is None else factors[j][step] * update
         x, velocity = query.clone(), torch.zeros_like(query)
         for step, momentum in zip(steps, momenta):
             look = (x + momentum * velocity).clamp(0, 1).requires_grad_(True)
@@ -106,8 +108,14 @@ def plain_write_read(model: EBMM, patterns: torch.Tensor, queries: torch.Tensor)
     return torch.stack(outputs)
 
 
-def test_batched_inner_loops_match_plain_autograd_loops():
-    model, task = small_model(grad_norm_term=True, write_lr_init=0.05, read_step_init=0.5)
+@pytest.mark.parametrize("elementwise", [True, False])
+def test_batched_inner_loops_match_plain_autograd_loops(elementwise: bool):
+    model, task = small_model(grad_norm_term=True, write_lr_init=0.05, read_step_init=0.5,
+                              elementwise_write_lr=elementwise)
+    if elementwise:  # factors other than 1, different per step and entry
+        with torch.no_grad():
+            for factors in model.write_scale:
+                factors.copy_(torch.randn(factors.shape, generator=torch.Generator().manual_seed(4)) * 0.5)
     batch = episodes(task)
     with torch.no_grad():
         batched = model.read(model.write(batch.patterns), batch.queries)
@@ -285,9 +293,10 @@ def test_a_learned_write_norm_starts_as_the_mean_and_is_meta_learned():
 @pytest.mark.parametrize("closed_form", [True, False])
 def test_elementwise_write_rates_start_as_the_shared_ones_and_scale_each_entry(closed_form: bool):
     """elementwise_write_lr: factors exp(0) = 1 give the plain write; a factor of 3 on one entry at the only
-    write step triples that entry's move alone; every factor gets a meta-gradient (closed-form and autograd)."""
+    write step triples that entry's move alone; every step's factors get a meta-gradient (closed-form and
+    autograd). Factors at several steps are checked against reference loops (test_batched_inner_loops_...)."""
     batch = episodes(BinaryTask(8), batch=2)
-    plain, _ = small_model(8, write_steps=1)
+    plain, _ = small_model(8, write_steps=1, elementwise_write_lr=False)
     scaled, _ = small_model(8, write_steps=1, elementwise_write_lr=True)
     if not closed_form:
         plain._closed_form = scaled._closed_form = False
@@ -300,10 +309,12 @@ def test_elementwise_write_rates_start_as_the_shared_ones_and_scale_each_entry(c
     expected = move.clone()
     expected[:, 2, 5] *= 3
     torch.testing.assert_close(scaled.write(batch.patterns)["memory.weight"] - initial, expected)
-    loss, _ = scaled.meta_loss(batch.patterns, batch.queries)
+    deeper, _ = small_model(8, write_steps=3, elementwise_write_lr=True)
+    deeper._closed_form = closed_form
+    loss, _ = deeper.meta_loss(batch.patterns, batch.queries)
     loss.backward()
-    for factors in scaled.write_scale:
-        assert factors.grad is not None and factors.grad.abs().sum() > 0
+    for factors in deeper.write_scale:
+        assert factors.grad is not None and (factors.grad.flatten(1).abs().sum(1) > 0).all()
 
 
 @pytest.mark.parametrize("grad_norm_term", [True, False])
