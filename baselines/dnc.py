@@ -60,7 +60,7 @@ from torch import nn
 from baselines.mann import GPU_TRAIN, IMAGE_TRAIN, MIXED_N, PAPER_TRAIN, QUICK_CHANNELS, Centre, LogitReadout, Unflatten
 from membench.encoders import image_codec
 from membench.errors import OverBudgetError
-from membench.interface import AssociativeMemory, Preset, TaskSpec, TrainConfig
+from membench.interface import AssociativeMemory, Preset, TaskSpec, TrainConfig, check_fields
 
 USAGE_EPS = 1e-6  # keeps usage off 0 so the log-space product of the allocation is finite
 
@@ -73,6 +73,9 @@ class DNCConfig:
     read_heads: int = 1               # R, read heads (each keeps R x S weights and R x W vectors)
     input_skip: bool = True           # interface and output head also see e_t (False: the paper's wiring)
     channels: tuple[int, ...] = (32, 64, 96)  # images only: the shared codec's residual block widths
+
+    def __post_init__(self) -> None:
+        check_fields("dnc", self, positive=("num_slots", "memory_width", "controller_size", "read_heads"))
 
 
 PRESETS: dict[str, Preset] = {

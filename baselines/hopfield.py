@@ -24,6 +24,7 @@ import torch
 from membench.budget import hopfield_floats
 from membench.errors import MembenchError
 from membench.interface import AssociativeMemory, TaskSpec
+from baselines.modern_hopfield import check_positive_int
 
 
 def zero_diagonal(weights: torch.Tensor) -> torch.Tensor:
@@ -38,6 +39,7 @@ class HopfieldMemory(AssociativeMemory):
         super().__init__()
         if len(spec.pattern_shape) != 1:
             raise MembenchError(f"Hopfield networks take flat patterns, got shape {spec.pattern_shape}")
+        check_positive_int(self.name, "max_sweeps", max_sweeps)
         self.spec, self.max_sweeps = spec, max_sweeps
 
     def memory_floats(self, spec: TaskSpec) -> int:

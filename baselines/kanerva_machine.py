@@ -42,7 +42,7 @@ from torch import nn
 from baselines.mann import GPU_TRAIN, IMAGE_TRAIN, MIXED_N, PAPER_TRAIN, QUICK_CHANNELS, Centre, LogitReadout, Unflatten
 from membench.encoders import image_codec
 from membench.errors import OverBudgetError
-from membench.interface import AssociativeMemory, Preset, TaskSpec, TrainConfig
+from membench.interface import AssociativeMemory, Preset, TaskSpec, TrainConfig, check_fields
 
 MIN_NOISE_VARIANCE = 1e-3  # floor under the learned sigma^2: keeps Σ_z's smallest eigenvalue away from 0 in float32
 
@@ -55,6 +55,10 @@ class KanervaConfig:
     prior_variance: float = 1.0    # initial u0 of the prior row covariance U0 = u0 I (learned, kept positive)
     noise_variance: float = 0.1    # initial sigma^2 of the observation noise (learned, kept positive)
     channels: tuple[int, ...] = (32, 64, 96)  # images only: the shared codec's residual block widths
+
+    def __post_init__(self) -> None:
+        check_fields("kanerva_machine", self,
+                     positive=("num_slots", "code_size", "hidden", "prior_variance", "noise_variance"))
 
 
 PRESETS: dict[str, Preset] = {

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from membench.errors import OverBudgetError
-from membench.interface import AssociativeMemory, Preset, TaskSpec, TrainConfig
+from membench.interface import AssociativeMemory, Preset, TaskSpec, TrainConfig, check_fields
 
 TRAIN_NUM_PATTERNS = (16, 32, 48, 64, 96)  # one checkpoint serves every N of Table 1
 
@@ -35,6 +35,9 @@ TRAIN_NUM_PATTERNS = (16, 32, 48, 64, 96)  # one checkpoint serves every N of Ta
 @dataclass(frozen=True)
 class LSTMConfig:
     hidden_size: int | None = None  # None: as large as the budget allows (budget // 2)
+
+    def __post_init__(self) -> None:
+        check_fields("lstm", self, positive=("hidden_size",))
 
 
 PRESETS: dict[str, Preset] = {

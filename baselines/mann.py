@@ -34,7 +34,7 @@ from torch import nn
 
 from membench.encoders import image_codec
 from membench.errors import OverBudgetError
-from membench.interface import AssociativeMemory, Preset, TaskSpec, TrainConfig
+from membench.interface import AssociativeMemory, Preset, TaskSpec, TrainConfig, check_fields
 
 MIXED_N = (16, 32, 48, 64, 96)
 
@@ -89,6 +89,9 @@ class MANNConfig:
     init_sharpness: float = 10.0  # initial beta of the cosine addressing (learned, kept positive)
     init_gate_bias: float | None = None  # initial bias of the write gate s_t (None: nn.Linear's random init)
     channels: tuple[int, ...] = (32, 64, 96)  # images only: the shared codec's residual block widths
+
+    def __post_init__(self) -> None:
+        check_fields("mann", self, positive=("num_slots", "memory_width", "controller_size", "init_sharpness"), fractions=("usage_decay",))
 
 
 # Training schedules shared by the slot-and-controller baselines (MANN, Kanerva Machine, DNC)

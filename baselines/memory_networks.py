@@ -41,7 +41,7 @@ from torch import nn
 
 from membench.encoders import image_codec
 from membench.errors import OverBudgetError
-from membench.interface import AssociativeMemory, Preset, TaskSpec, TrainConfig
+from membench.interface import AssociativeMemory, Preset, TaskSpec, TrainConfig, check_fields
 
 TRAIN_NUM_PATTERNS = (16, 32, 48, 64, 96)  # one checkpoint serves every N of Table 1
 
@@ -54,6 +54,9 @@ class MemNetConfig:
     identity_query: bool = False  # query embedding started at the identity (keys = the query's code, as are the
                                   # slots unless learned_embedding)
     channels: tuple[int, ...] = (32, 64, 96)  # images only: encoder / decoder residual block widths
+
+    def __post_init__(self) -> None:
+        check_fields("memory_networks", self, positive=("embedding_width", "init_scale"))
 
 
 IMAGE_TRAIN = dict(log_every=20, checkpoint_every=100, clip_norm=1.0)

@@ -62,8 +62,8 @@ class StoredPatternMemory(AssociativeMemory):
 
     @classmethod
     def from_spec(cls, spec: TaskSpec, budget: int, preset: str = "quick", **options: Any) -> "StoredPatternMemory":
-        """As many whole patterns as `budget` float32 values hold: num_slots = budget // D."""
-        return cls(spec, budget // spec.pattern_size, **options)
+        """As many whole patterns as `budget` float32 values hold, num_slots = budget // D (option num_slots: fewer)."""
+        return cls(spec, **{"num_slots": budget // spec.pattern_size, **options})
 
     def memory_floats(self, spec: TaskSpec) -> int:
         return min(spec.num_patterns, self.num_slots) * spec.pattern_size

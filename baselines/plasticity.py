@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from membench.interface import AssociativeMemory, Preset, TaskSpec, TrainConfig
+from membench.errors import MembenchError
+from membench.interface import AssociativeMemory, Preset, TaskSpec, TrainConfig, check_fields
 
 MIXED_N = (16, 32, 48, 64, 96)
 
@@ -57,6 +58,13 @@ class PlasticityConfig:
     read_steps: int = 3         # recurrent steps when reading a query
     init_eta: float = 0.05      # initial Hebbian rate (learned, kept in (0, 1))
     init_alpha: float = 0.01    # plasticity coefficients start uniform in [0, init_alpha)
+
+    def __post_init__(self) -> None:
+        check_fields("differentiable_plasticity", self, positive=("plastic_size", "read_steps", "init_alpha"),
+                     fractions=("init_eta",))
+        if not isinstance(self.present_steps, int) or self.present_steps < 2:
+            raise MembenchError(f"differentiable_plasticity: present_steps={self.present_steps!r} must be at least 2 "
+                                f"(the first step of a pattern only sets the hidden state)")
 
 
 PRESETS: dict[str, Preset] = {
@@ -83,7 +91,6 @@ class DifferentiablePlasticity(AssociativeMemory):
     def __init__(self, spec: TaskSpec, config: PlasticityConfig = PlasticityConfig(plastic_size=90),
                  encoder: nn.Module | None = None, decoder: nn.Module | None = None):
         super().__init__()
-        assert config.present_steps >= 2, "present_steps must be >= 2: the first step only sets the hidden state"
         self.spec, self.cfg = spec, config
         k = config.plastic_size
         self.encoder = encoder if encoder is not None else FlatLinear(spec.pattern_shape, (k,))

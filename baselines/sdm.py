@@ -54,9 +54,11 @@ class SparseDistributedMemory(AssociativeMemory):
 
     def __init__(self, spec: TaskSpec, num_locations: int, radius: int | None = None, seed: int = 0):
         super().__init__()
-        if num_locations < 1:
-            raise OverBudgetError(f"{self.name}: the budget holds no counter vector of {spec.pattern_size} values; "
-                                  f"give a budget of at least {spec.pattern_size}")
+        if isinstance(num_locations, bool) or not isinstance(num_locations, int) or num_locations < 1:
+            raise OverBudgetError(f"{self.name}: num_locations={num_locations!r} holds no counter vector of "
+                                  f"{spec.pattern_size} values; give --option num_locations=M with M >= 1, or a "
+                                  f"budget of at least {spec.pattern_size} (by default M = budget // "
+                                  f"{spec.pattern_size})")
         if not spec.binary:
             raise MembenchError(f"{self.name} takes binary patterns (addresses are bit strings); "
                                 "this task's patterns are real-valued")
@@ -75,8 +77,8 @@ class SparseDistributedMemory(AssociativeMemory):
     @classmethod
     def from_spec(cls, spec: TaskSpec, budget: int, preset: str = "quick",
                   **options: Any) -> "SparseDistributedMemory":
-        """As many hard locations as `budget` float32 values hold: num_locations = budget // D."""
-        return cls(spec, budget // spec.pattern_size, **options)
+        """As many hard locations as `budget` float32 values hold, num_locations = budget // D (or the option's)."""
+        return cls(spec, **{"num_locations": budget // spec.pattern_size, **options})
 
     def memory_floats(self, spec: TaskSpec) -> int:
         return self.num_locations * spec.pattern_size

@@ -45,7 +45,7 @@ from torch.func import functional_call, vmap
 
 from membench.encoders import CodecConfig
 from membench.errors import MembenchError
-from membench.interface import AssociativeMemory, Preset, TaskSpec, TrainConfig
+from membench.interface import AssociativeMemory, Preset, TaskSpec, TrainConfig, check_fields
 from ebmm.energy_binary import GatedRNNEnergy
 from ebmm.energy_image import ResNetConvEnergy, ResNetFCEnergy
 
@@ -90,9 +90,12 @@ class EBMMConfig:
     decay_init: float = 0.95      # initial sigmoid(eta_k): gamma_k / gamma_{k-1} and psi_k / psi_{k-1}
 
     def __post_init__(self) -> None:
-        for name in ("hidden", "hops", "memory_size", "read_steps", "write_steps"):
+        for name in ("hidden", "hops", "memory_size", "read_steps", "write_steps", "embedding", "width", "bottleneck",
+                     "readout"):
             if getattr(self, name) < 1:
                 raise MembenchError(f"{name}={getattr(self, name)} must be at least 1")
+        check_fields("ebmm", self)
+        object.__setattr__(self, "channels", tuple(self.channels))
         for name in ("write_lr_init", "anchor_lr_init", "grad_norm_lr_init", "read_step_init"):  # softplus values
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value > 0):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 from pathlib import Path
 
 import click
@@ -20,6 +21,20 @@ class ExitWith(click.ClickException):
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def seconds(low: float) -> click.FloatRange:
+    """A click type for a duration: a finite number of seconds, at least `low` (FloatRange alone lets nan and
+    inf through)."""
+
+    class Seconds(click.FloatRange):
+        def convert(self, value, param, ctx):
+            number = super().convert(value, param, ctx)
+            if not math.isfinite(number):
+                self.fail(f"{value!r} is not a finite number of seconds", param, ctx)
+            return number
+
+    return Seconds(min=low)
 
 
 def int_list(low: int, high: int | None = None):

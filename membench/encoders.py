@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from membench.errors import MembenchError
+
 
 @dataclass(frozen=True)
 class CodecConfig:
@@ -41,8 +43,12 @@ class CodecConfig:
         """The codec for image patterns (C, H, W) with square H = W."""
         assert len(pattern_shape) == 3 and pattern_shape[1] == pattern_shape[2], (
             f"the image codec takes square images (C, H, H), got {pattern_shape}")
-        return cls(image_channels=pattern_shape[0], image_size=pattern_shape[1], channels=tuple(channels),
-                   embedding=embedding)
+        size = pattern_shape[1]
+        if size % 2 ** len(channels):
+            raise MembenchError(f"{len(channels)} residual blocks (channels={list(channels)}) halve {size}x{size} "
+                                f"images {len(channels)} times, which {size} does not allow; give at most "
+                                f"{(size & -size).bit_length() - 1} channel widths")
+        return cls(image_channels=pattern_shape[0], image_size=size, channels=tuple(channels), embedding=embedding)
 
 
 def image_codec(pattern_shape: tuple[int, ...], channels: tuple[int, ...],

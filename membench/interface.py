@@ -34,6 +34,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import inspect
+import math
 import types
 import typing
 from dataclasses import dataclass
@@ -107,8 +108,10 @@ class TrainConfig:
         if not _is_int(self.curriculum_steps) or self.curriculum_steps < 0:
             raise MembenchError(f"train.curriculum_steps={self.curriculum_steps!r} must be a non-negative integer")
         for name in ("lr", "clip_norm"):
-            if not isinstance(getattr(self, name), (int, float)) or not getattr(self, name) > 0:
-                raise MembenchError(f"train.{name}={getattr(self, name)!r} must be a positive number")
+            if not _is_finite(getattr(self, name)) or not getattr(self, name) > 0:
+                raise MembenchError(f"train.{name}={getattr(self, name)!r} must be a positive finite number")
+        if not _is_finite(self.weight_decay) or self.weight_decay < 0:
+            raise MembenchError(f"train.weight_decay={self.weight_decay!r} must be a non-negative finite number")
         if self.num_patterns is not None:
             sizes = (self.num_patterns,) if _is_int(self.num_patterns) else self.num_patterns
             if not isinstance(sizes, (tuple, list)) or not sizes or not all(_is_int(n) and n > 0 for n in sizes):
@@ -119,6 +122,28 @@ class TrainConfig:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_fields(label: str, config: Any, positive: tuple[str, ...] = (), fractions: tuple[str, ...] = ()) -> None:
+    """MembenchError naming the first field of `config` out of range: each of `positive` a finite number > 0 (None
+    passes: sized from the budget), each of `fractions` strictly between 0 and 1, and a `channels` field, where
+    the config has one, at least two positive integers (residual block widths). For configs' __post_init__."""
+    for name in positive:
+        value = getattr(config, name)
+        if value is not None and not (_is_finite(value) and value > 0):
+            raise MembenchError(f"{label}: {name}={value!r} must be a positive number")
+    for name in fractions:
+        value = getattr(config, name)
+        if not (_is_finite(value) and 0 < value < 1):
+            raise MembenchError(f"{label}: {name}={value!r} must lie strictly between 0 and 1")
+    channels = getattr(config, "channels", (1, 1))
+    if not isinstance(channels, (list, tuple)) or len(channels) < 2 or not all(_is_int(c) and c > 0 for c in channels):
+        raise MembenchError(f"{label}: channels={channels!r} must be a list of at least two positive integers such as "
+                            f"[32,64,96] (residual block widths)")
 
 
 def _check_option_type(label: str, key: str, value: Any, default: Any, kind: type | None = None) -> None:

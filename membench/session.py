@@ -280,7 +280,7 @@ def set_aside(root: Path, keep: Sequence[str]) -> tuple[list[Path], int]:
     """Delete from the checkout `root`'s working tree the results a lent machine's session does not need, so
     the copy it carries (at most 64 MiB) has room for the checkpoints it resumes: every file under results/
     except results/bench, results/reference (the paper's numbers, printed beside a run's) and the folders
-    `keep` (relative to root: the session's --out folders, whose records make it skip finished runs), and of
+    `keep` (existing folders relative to root: the session's --out, whose records make it skip finished runs), and of
     results/checkpoints every finished checkpoint whose records cover every N it was trained on (its runs
     are done). Unfinished checkpoints, and those whose runs lack a record, stay. Refused (MembenchError)
     unless git reports nothing changed under results/, so `git checkout -- results` brings every deleted
@@ -301,10 +301,10 @@ def set_aside(root: Path, keep: Sequence[str]) -> tuple[list[Path], int]:
                             f"e.g. {changed.splitlines()[0][3:]}): commit them first, so `git checkout -- "
                             f"{RESULTS}` restores what is set aside")
     kept = [PurePosixPath(folder.rstrip("/")) for folder in (f"{RESULTS}/bench", f"{RESULTS}/reference", *keep)]
-    for folder in kept[2:]:  # (a session's --out need not exist yet)
-        if not folder.is_relative_to(RESULTS) or folder == PurePosixPath(RESULTS) or (root / folder).is_file():
+    for folder in kept[2:]:
+        if not folder.is_relative_to(RESULTS) or folder == PurePosixPath(RESULTS) or not (root / folder).is_dir():
             raise MembenchError(f"--keep {folder}: not a folder under {root}/{RESULTS}; give the session's --out "
-                                f"folders, e.g. {RESULTS}/fig3")
+                                f"folders, e.g. {RESULTS}/fig3 (a session writing a new folder needs no --keep)")
     evaluated: dict[str, set[int]] = {}  # checkpoint key -> the N its records evaluated
     for record in (read_record(root / name) for name in tracked if _is_record(name)):
         if key := (record.get("training") or {}).get("checkpoint_key"):

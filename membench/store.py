@@ -18,6 +18,7 @@ import binascii
 import contextlib
 import fcntl
 import json
+import math
 import os
 import re
 import socket
@@ -161,6 +162,8 @@ def unpack_errors(stored: Any) -> Any:
     values = np.frombuffer(zlib.decompress(base64.b64decode(stored["float32_zlib_base64"], validate=True)), "<f4")
     if values.size != stored["count"]:
         raise ValueError(f"packed errors hold {values.size} values, the record says {stored['count']}")
+    if not (np.isfinite(values) & (values >= 0)).all():
+        raise ValueError("packed errors hold a value that is not a finite non-negative number")
     return values.astype(np.float64).tolist()
 
 
@@ -228,8 +231,9 @@ def _field_problem(record: dict[str, Any], check_errors: bool = True) -> str | N
         return "finished_at is not a string"
     if not isinstance(record["options"], dict):
         return "options is not a mapping"
-    if check_errors and not all(isinstance(e, (int, float)) and not isinstance(e, bool) for e in record["errors"]):
-        return "errors holds a value that is not a number"
+    if check_errors and not all(isinstance(e, (int, float)) and not isinstance(e, bool) and math.isfinite(e) and e >= 0
+                                for e in record["errors"]):
+        return "errors holds a value that is not a finite non-negative number"
     return None
 
 

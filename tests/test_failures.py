@@ -72,6 +72,8 @@ def _one_clear_line(result, *fragments: str, exit_code: int | None = None) -> No
     (["--seeds", "99999999999999999999"], "out of range: values must be between 0 and 2147483647"),
     (["--seeds", ""], "give at least one value"),
     (["--seeds", ","], "give at least one value"),
+    (["--train-time-limit", "nan"], "'nan' is not a finite number of seconds"),
+    (["--train-time-limit", "inf"], "'inf' is not a finite number of seconds"),
 ])
 def test_bad_numbers_are_refused_before_any_work(tmp_path, args, fragment):
     result = _invoke("run", *args, "--out", str(tmp_path), "--no-progress")
@@ -89,6 +91,8 @@ def test_bad_numbers_are_refused_before_any_work(tmp_path, args, fragment):
     ("grad_norm_term=1", "option grad_norm_term=1 is not of type bool"),
     ("write_lr_init=0.0", "write_lr_init=0.0 must be a finite number > 0 (a softplus rate)"),
     ("decay_init=1.0", "decay_init=1.0 must lie strictly between 0 and 1 (a sigmoid)"),
+    ("train.weight_decay=-5", "train.weight_decay=-5 must be a non-negative finite number"),
+    ("train.lr=Infinity", "train.lr=inf must be a positive finite number"),
 ])
 def test_bad_option_values_are_refused_before_any_work(tmp_path, option, fragment):
     result = _invoke("run", "--suite", "table1-learned", "--model", "ebmm", "--num-patterns", "16", "--option", option,
@@ -372,8 +376,69 @@ def test_corrupt_record_is_named_by_report_and_repaired_by_run(tmp_path, content
     assert json.loads(path.read_text())["errors"] == good["errors"]
 
 
+def test_more_residual_blocks_than_the_image_size_halves_is_refused_by_name():
+    from membench.encoders import CodecConfig
+    with pytest.raises(MembenchError, match=r"6 residual blocks \(channels=\[8, 8, 8, 8, 8, 8\]\) halve 32x32 images 6 "
+                                            r"times, which 32 does not allow; give at most 5 channel widths"):
+        CodecConfig.for_images((1, 32, 32), (8,) * 6)
+    assert CodecConfig.for_images((1, 32, 32), (8,) * 5).grid == 1
+
+
+@pytest.mark.parametrize("option", ["channels=[]", "channels=[0,-1,2]", "readout=-1", "embedding=0"])
+def test_bad_image_energy_sizes_are_refused_by_name(option):
+    from membench.interface import resolve_preset
+    from membench.registry import resolve_model
+    from membench.tasks import BinaryTask
+    key, value = option.split("=")
+    with pytest.raises(MembenchError, match=f"{key}=.* must be"):
+        resolve_preset(resolve_model("ebmm"), BinaryTask(16).spec, "quick", {key: json.loads(value)})
+
+
+@pytest.mark.parametrize("model, option, fragment", [
+    ("hopfield_hebb", "max_sweeps=0", "hopfield_hebb: max_sweeps=0 must be a positive integer"),
+    ("lstm", "hidden_size=0", "lstm: hidden_size=0 must be a positive number"),
+    ("mann", "usage_decay=5", "mann: usage_decay=5 must lie strictly between 0 and 1"),
+    ("dnc", "read_heads=0", "dnc: read_heads=0 must be a positive number"),
+    ("memory_networks", "init_scale=-1", "memory_networks: init_scale=-1 must be a positive number"),
+    ("differentiable_plasticity", "present_steps=0", "present_steps=0 must be at least 2"),
+    ("kanerva_machine", "noise_variance=-1", "kanerva_machine: noise_variance=-1 must be a positive number"),
+    ("sparse_distributed_memory", "num_locations=0", "num_locations=0 holds no counter vector of 128 values"),
+    ("modern_hopfield", "num_slots=0", "modern_hopfield: num_slots=0 holds no whole pattern of 128 values"),
+])
+def test_baseline_option_values_out_of_range_are_refused_before_any_work(tmp_path, model, option, fragment):
+    result = _invoke("run", "--model", model, "--num-patterns", "16", "--queries", "16", "--option", option,
+                     "--out", str(tmp_path), "--checkpoint-dir", str(tmp_path / "ck"), "--no-progress")
+    _one_clear_line(result, fragment, exit_code=1)
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
+
+
+def test_a_smaller_slot_count_is_an_option_of_the_stored_pattern_memories(tmp_path):
+    """num_slots (SDM: num_locations) comes from the budget unless an option gives it."""
+    result = _invoke("run", "--model", "modern_hopfield", "--num-patterns", "16", "--queries", "16", "--option",
+                     "num_slots=8", "--out", str(tmp_path), "--no-progress")
+    assert result.exit_code == 0, result.output
+    (record,) = [json.loads(path.read_text()) for path in (tmp_path / "runs").glob("*.json")]
+    assert record["memory_floats"] == 8 * 128
+
+
+def test_packed_errors_out_of_range_are_unreadable():
+    """Packed float32 errors (long records) must be finite and non-negative too, as a list's are."""
+    import base64
+    import zlib
+
+    import numpy as np
+
+    from membench.store import unpack_errors
+    for value in (-1.0, float("inf")):
+        values = np.array([0.0, value, 2.0], dtype="<f4")
+        packed = {"float32_zlib_base64": base64.b64encode(zlib.compress(values.tobytes())).decode(), "count": 3}
+        with pytest.raises(ValueError, match="not a finite non-negative number"):
+            unpack_errors(packed)
+
+
 @pytest.mark.parametrize("change", [{"task": "binary"}, {"environment": {"torch": "2.13.0"}}, {"errors": [0.0, "x"]},
                                     {"seed": "0"}, {"finished_at": None}, {"training": 1.5}, {"errors": [0.0] * 17},
+                                    {"errors": [float("nan")] + [0.0] * 15}, {"errors": [-5.0] + [0.0] * 15},
                                     {"task": {"kind": "binary", "num_patterns": 0}},
                                     {"environment": {"device": "cpu", "device_name": "x", "git_commit": 123}}])
 def test_a_record_with_a_wrong_field_is_named_by_report_and_repaired_by_run(tmp_path, change):

@@ -426,6 +426,8 @@ def test_set_aside_leaves_a_session_its_records_and_unfinished_checkpoints_and_g
     before = left()
     outside = CliRunner().invoke(main, ["set-aside", "--keep", "fig3", "--root", str(tmp_path)])
     assert outside.exit_code == 1 and "--keep fig3: not a folder under" in outside.output, outside.output
+    typo = CliRunner().invoke(main, ["set-aside", "--keep", "results/fg3", "--root", str(tmp_path)])
+    assert typo.exit_code == 1 and "--keep results/fg3: not a folder under" in typo.output and left() == before
     result = CliRunner().invoke(main, ["set-aside", "--keep", "results/fig3", "--root", str(tmp_path)])
     assert result.exit_code == 0 and "set aside 5 file(s)" in result.output, result.output
     kept = ["results/bench/throughput.csv", "results/checkpoints/paused-key.pt", "results/checkpoints/unrecorded-key.pt",
