@@ -182,7 +182,7 @@ def download(dataset, data_dir) -> None:
     from membench.datasets import data_dir as default_dir, download as fetch
 
     for path in fetch(dataset, data_dir or default_dir()):
-        click.echo(f"wrote {path}")
+        click.echo(f"in place: {path}")
 
 
 for session_command in COMMANDS:

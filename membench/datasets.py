@@ -285,8 +285,11 @@ def load(name: str, image_size: int = 32, root: Path | None = None) -> ImageData
 # --- opt-in download ------------------------------------------------------------------
 
 def _fetch(url: str, target: Path) -> Path:
-    """Download `url` to `target` unless it is already there (e.g. fetched by hand)."""
+    """Download `url` to `target` unless it is already there (e.g. fetched by hand; a .zip must then be one)."""
     if target.exists():
+        if target.suffix == ".zip" and not zipfile.is_zipfile(target):
+            raise DatasetMissing(f"{target} is already there but is not a zip archive; delete it and run the "
+                                 f"download again")
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(target.suffix + ".part")

@@ -54,7 +54,11 @@ def sync(readme: Path, results: Path, write: bool = True) -> list[str]:
     readme, results = Path(readme), Path(results)
     if not readme.exists():
         raise MembenchError(f"{readme} does not exist; give the README with --file")
-    text = readme.read_text(encoding="utf-8")
+    try:
+        text = readme.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MembenchError(f"{readme} is not readable UTF-8 text ({type(exc).__name__}); give the README with "
+                            f"--file") from None
     stale = []
     for name, build in BLOCKS.items():
         pattern = re.compile(rf"(<!-- results:{name} -->\n)(.*?)(<!-- /results:{name} -->)", re.S)

@@ -33,7 +33,8 @@ import time
 from pathlib import Path, PurePosixPath
 from typing import Sequence
 
-from membench.checkpoints import portable, readable_checkpoint, saved_bytes, ship_checkpoints, weights_only
+from membench.checkpoints import (UNREADABLE, portable, read_checkpoint, readable_checkpoint, saved_bytes,
+                                  ship_checkpoints, weights_only)
 from membench.errors import EXIT_INTERRUPTED, EXIT_PAUSED, MembenchError
 from membench.store import completeness, parse_record, read_record, warn, write_atomic
 
@@ -261,7 +262,13 @@ def unpack(archive: Path, root: Path) -> tuple[list[Path], list[Path]]:
             target = Path(root) / name
             try:
                 if name.startswith(f"{CHECKPOINTS}/"):
-                    checkpoints.append(write_atomic(Path(scratch) / target.name, lambda h, d=data: h.write(d)))
+                    copy = write_atomic(Path(scratch) / target.name, lambda h, d=data: h.write(d))
+                    try:
+                        read_checkpoint(copy)
+                        checkpoints.append(copy)
+                    except UNREADABLE as exc:
+                        warn(f"{archive}: its {name} is not a readable checkpoint ({type(exc).__name__}): not "
+                             f"shipped; pack it again where it was trained")
                 elif name == THROUGHPUT_CSV and target.exists():  # rows merged, not the file replaced
                     merge(target, pd.read_csv(io.BytesIO(data), dtype={"commit": str}).to_dict("records"))
                     written.append(target)

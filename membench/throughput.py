@@ -240,7 +240,16 @@ def existing_table(path: Path) -> pd.DataFrame | None:
         return None
     old = read_table(path, "a throughput CSV", ("device", "model", "episodes_per_s"), "move it aside and rerun",
                      dtype={"commit": str, "options": str, "suite": str, "reference": str})
-    return _with_late_columns(old)[COLUMNS]
+    old = _with_late_columns(old)[COLUMNS]
+    required = ["device", "device_name", "model", "preset", "batch_size", "num_patterns", "episodes_per_s",
+                "ms_per_step", "commit"]
+    gaps = old[required].isna()
+    if gaps.any(axis=None):
+        row = int(gaps.any(axis=1).idxmax())
+        missing = ", ".join(c for c in required if gaps.at[row, c])
+        raise MembenchError(f"{path} is not a complete throughput CSV (line {row + 2} has no {missing}); move it "
+                            f"aside and rerun")
+    return old
 
 
 def merge(path: Path, rows: list[dict[str, Any]]) -> pd.DataFrame:

@@ -187,3 +187,13 @@ def test_download_uses_a_hand_fetched_archive_and_checks_md5(tmp_path):
     (tmp_path / "cifar-10-python.tar.gz").write_bytes(b"not the archive")
     with pytest.raises(DatasetMissing, match="expected c58f30108f718f92721af3b95e74349a"):
         datasets.download("cifar10", tmp_path)
+
+
+def test_download_refuses_a_hand_fetched_omniglot_file_that_is_no_zip(tmp_path):
+    """Omniglot publishes no checksum, but a file in the archive's place must at least be a zip."""
+    (tmp_path / "omniglot").mkdir()
+    for name in datasets.OMNIGLOT_FILES:
+        (tmp_path / "omniglot" / name).write_bytes(b"junk")
+    with pytest.raises(DatasetMissing, match="images_background.zip is already there but is not a zip archive; "
+                                             "delete it and run the download again"):
+        datasets.download("omniglot", tmp_path)

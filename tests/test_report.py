@@ -123,6 +123,15 @@ def test_a_readme_with_a_block_twice_is_refused(tmp_path):
     assert result.exit_code == 1 and "more than one <!-- results:table1 --> block" in result.output
 
 
+def test_a_readme_that_is_not_utf8_text_is_named(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_bytes(b"\xff\xfe binary")
+    result = CliRunner().invoke(main, ["readme", "--check", "--results", str(REPO_ROOT / "results"), "--file",
+                                       str(readme)])
+    assert result.exit_code == 1 and "is not readable UTF-8 text (UnicodeDecodeError)" in result.output
+    assert "Traceback" not in result.output
+
+
 def test_provenance_names_the_devices_and_commits_that_trained_each_checkpoint():
     """A checkpoint trained on a GPU and continued on a CPU is listed under both; one without a history
     is counted, not guessed."""

@@ -235,6 +235,17 @@ def test_unpack_skips_folders_and_refuses_files_for_results_checkpoints(tmp_path
     assert result.exit_code == 1 and "member 'results/checkpoints/ebmm-gpu-0.pt'" in result.output
 
 
+def test_unpack_names_an_unreadable_checkpoint_by_its_archive_member_and_ships_nothing(tmp_path: Path):
+    root = tmp_path / "here"
+    root.mkdir()
+    junk = _archive(tmp_path / "junk.tgz", {"checkpoints/ebmm-quick-0123456789ab.pt": b"junk"})
+    result = CliRunner().invoke(main, ["unpack", str(junk), "--root", str(root)])
+    assert result.exit_code == 0, result.output
+    assert f"{junk}: its checkpoints/ebmm-quick-0123456789ab.pt is not a readable checkpoint" in result.output
+    assert "left as it is" not in result.output  # no scratch path named for the user to delete
+    assert not (root / "results" / "checkpoints").exists() or not list((root / "results" / "checkpoints").iterdir())
+
+
 def test_pack_splits_into_volumes_a_lent_machine_returns_and_leaves_out_what_fits_nowhere(tmp_path: Path,
                                                                                          monkeypatch, capsys):
     """Weights barely compress: checkpoints go into volumes of at most CARRY_LIMIT_MB (smallest first), at

@@ -15,6 +15,7 @@ from membench.stepper import Stepper
 from membench.tasks import BinaryTask
 from membench.throughput import COLUMNS, run_specs
 from membench.training import meta_train
+from tests.conftest import REPO_ROOT
 from tests.test_training import _linear_model
 
 
@@ -105,6 +106,17 @@ def test_throughput_rows_merge_by_key(tmp_path):
     table = pd.read_csv(out, keep_default_na=False)
     assert sorted(zip(table["options"], table["batch_size"])) == [("", 2), ("", 4), ("train.batch_size=3", 2),
                                                                    ("train.batch_size=3", 4)]  # rows of their own
+
+
+def test_a_truncated_throughput_csv_is_refused_before_timing_and_left_as_it_is(tmp_path):
+    out = tmp_path / "throughput.csv"
+    lines = (REPO_ROOT / "results" / "bench" / "throughput.csv").read_text().splitlines()
+    out.write_text("\n".join(lines[:3]) + "\n" + lines[3][:40] + "\n")  # the last row cut mid-value
+    before = out.read_bytes()
+    result = CliRunner().invoke(main, ["throughput", "--model", "memory_networks", "--device", "cpu", "--num-patterns",
+                                       "16", "--steps", "1", "--out", str(out)])
+    assert result.exit_code == 1 and "is not a complete throughput CSV (line 4 has no" in result.output, result.output
+    assert "Traceback" not in result.output and out.read_bytes() == before
 
 
 def test_throughput_times_the_preset_as_changed_by_its_options(tmp_path):
