@@ -21,7 +21,6 @@ from typing import Any
 from membench.capacity import _line, _log2_axis, _row_order, _save, _section, _styles, _summary, _task_of
 from membench.errors import MembenchError
 from membench.image_tasks import Cifar10Task, ImageTask, OmniglotTask
-from membench.store import warn
 from membench.suites import IMAGE_CAPACITY_MODELS, SUITES, ImageCapacitySuite, RunSpec, declared_count
 
 IMAGE_TASKS: dict[str, type[ImageTask]] = {cls.dataset_name: cls for cls in (OmniglotTask, Cifar10Task)}
@@ -60,7 +59,7 @@ def _image_title(table: str, panel: bool = False) -> str:
 
 def _image_left_out(part, table: str) -> list[str]:
     """'models: why' for each image capacity model the table lacks because it refuses the task or exceeds the
-    budget (grouped by reason); empty when the task cannot be rebuilt here (data absent or different)."""
+    budget (grouped by reason); MembenchError when the task cannot be rebuilt here (data absent or different)."""
     from membench.registry import make_task
 
     task, budget = _task_of(table)
@@ -68,9 +67,9 @@ def _image_left_out(part, table: str) -> list[str]:
     try:
         make_task(task)
     except MembenchError as exc:
-        warn(f"capacity_images.md names no model left out of {task['kind']} (N = {task['num_patterns']}): the "
-             f"task cannot be rebuilt here ({str(exc)[:160]}); set MEMBENCH_DATA to the data folder and rerun")
-        return []
+        raise MembenchError(f"capacity_images.md names the models left out of {task['kind']} (N = "
+                            f"{task['num_patterns']}) by rebuilding its task, which cannot be done here ({exc}); give "
+                            f"--data-dir (or MEMBENCH_DATA) the data folder and rerun (the image outputs are left as they were)") from None
     reasons: dict[str, list[str]] = {}
     for model in IMAGE_CAPACITY_MODELS:
         if model in set(part["model"]):
@@ -141,6 +140,7 @@ def image_capacity_figures(out_dir: Path) -> list[Path]:
 
     out_dir = Path(out_dir)
     summary, records, dropped = image_capacity_summary(out_dir)
+    markdown = image_capacity_markdown(summary, records, dropped)  # first: it needs the data, the figures do not
     styles = _styles(sorted(summary["row"].unique()))
     plt = _pyplot()
     paths: list[Path] = []
@@ -169,7 +169,7 @@ def image_capacity_figures(out_dir: Path) -> list[Path]:
         paths += _save(fig, out_dir, f"capacity_{kind}")
         plt.close(fig)
 
-    paths.append(write_text_atomic(out_dir / "capacity_images.md", image_capacity_markdown(summary, records, dropped)))
+    paths.append(write_text_atomic(out_dir / "capacity_images.md", markdown))
     columns = ["dataset", "corruption", "level", "image_size", "budget", "model", "row", "options", "preset",
                "num_patterns", "mean", "ci_low", "ci_high", "half_width", "num_queries", "seeds", "memory_floats",
                "wall_time_s", "versions", "commit", "command", "data"]

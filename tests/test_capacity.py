@@ -235,6 +235,21 @@ def test_image_capacity_figures_on_a_tiny_run(tmp_path, data_root, one_thread):
     assert csv[0].startswith("dataset,corruption,level,image_size,budget,model") and len(csv) == 1 + len(specs)
 
 
+def test_image_capacity_without_its_data_is_refused_and_keeps_the_table(tmp_path, data_root, monkeypatch, one_thread):
+    """The image table names the models left out by rebuilding each task: without the data it cannot, so the
+    command says so and leaves capacity_images.md as it was (it used to drop those lines with a warning)."""
+    out = tmp_path / "out"
+    specs = CAPACITY_SUITES["capacity-omniglot"].expand("capacity-omniglot", ("raw_slots",), (0,), 16, "quick",
+                                                        num_patterns=(4,), budget=8 * 1024)
+    run_all(specs, out, device="cpu", progress=False, command="pytest")
+    capacity_figures(out)
+    before = (out / "capacity_images.md").read_text()
+    monkeypatch.setenv("MEMBENCH_DATA", str(tmp_path / "nodata"))
+    with pytest.raises(MembenchError, match="names the models left out of omniglot .* give --data-dir"):
+        capacity_figures(out)
+    assert (out / "capacity_images.md").read_text() == before and "Not run" in before
+
+
 def test_capacity_reads_and_writes_where_run_does_by_default(tmp_path, monkeypatch):
     """`membench capacity` with no --out looks in membench-results (as `run` writes), never the committed
     results/capacity of a checkout it is run in."""
