@@ -103,14 +103,15 @@ def _on_this_device(state: dict[str, Any], optimizer: torch.optim.Optimizer) -> 
                                       for saved, current in zip(groups, optimizer.param_groups)]}
 
 
-def load_checkpoint(path: Path, model: AssociativeMemory,
-                    optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any] | None:
+def load_checkpoint(path: Path, model: AssociativeMemory, optimizer: torch.optim.Optimizer | None = None,
+                    set_aside: bool = True) -> dict[str, Any] | None:
     """Load `path` into `model` (and `optimizer`, when the checkpoint holds its state) wherever they are; return
     the checkpoint as read, on the CPU, or None when there is none. (AdamW then keeps a step counter on the CPU
     where it is not capturable: one on CUDA would be read back to the host every update.)
 
     A checkpoint that cannot be read or does not fit the model is renamed to `<name>.corrupt`
-    (reported on stderr) and None is returned, so the caller trains afresh.
+    (reported on stderr) and None is returned, so the caller trains afresh; with `set_aside=False` (a caller
+    that only reads, such as a figure) it is left where it is, reported all the same.
     """
     path = Path(path)
     if not path.exists():
@@ -123,13 +124,17 @@ def load_checkpoint(path: Path, model: AssociativeMemory,
             optimizer.load_state_dict(_on_this_device(saved["optimizer"], optimizer))
     except (*UNREADABLE, KeyError, TypeError) as exc:  # or a file that does not fit the model
         model.load_state_dict(before)  # afresh means from the model's own initial values
+        problem = (f"checkpoint {path} is unreadable or does not fit {type(model).__name__} ({type(exc).__name__}: "
+                   f"{' '.join(str(exc).split())[:300]})")
+        if not set_aside:
+            warn(f"{problem}; left as it is: delete it, or rerun the command that trained it")
+            return None
         aside, number = path.with_name(path.name + ".corrupt"), 1
         while aside.exists():  # an earlier one set aside is kept
             number += 1
             aside = path.with_name(f"{path.name}.corrupt-{number}")
         path.replace(aside)
-        warn(f"checkpoint {path} is unreadable or does not fit {type(model).__name__} ({type(exc).__name__}: "
-             f"{' '.join(str(exc).split())[:300]}); moved it to {aside} and training afresh")
+        warn(f"{problem}; moved it to {aside} and training afresh")
         return None
     return saved
 

@@ -108,7 +108,7 @@ def load_trained(spec: RunSpec, checkpoint_dir: Path, device: torch.device | str
     path = None
     if model.trainable:
         candidate = checkpoint_path(checkpoint_key(spec, model, task), checkpoint_dir)
-        path = candidate if load_checkpoint(candidate, model) is not None else None
+        path = candidate if load_checkpoint(candidate, model, set_aside=False) is not None else None
     model.eval()
     return task, model, path
 

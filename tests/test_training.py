@@ -705,3 +705,21 @@ def test_a_fresh_model_is_initialised_once_from_training_patterns_and_a_resumed_
     for n in (4, 8):
         meta_train(_linear_model(), BinaryTask(n), mixed, tmp_path / f"mixed{n}.pt", device, seed=0, progress=False)
     assert seen[3].shape == (64, 8, 128) and torch.equal(seen[3], seen[4])
+
+
+def test_a_reader_leaves_an_unreadable_checkpoint_where_it_is(tmp_path: Path, monkeypatch, capsys):
+    """load_trained only reads (figures, probes): an unreadable checkpoint is reported, not renamed to
+    .corrupt as training does before it starts afresh, and the model comes back untrained."""
+    from membench.runner import load_trained
+    from membench.suites import RunSpec
+
+    args = [*_tiny_run(tmp_path, monkeypatch), "--checkpoint-dir", "ck"]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    (path,) = (tmp_path / "out" / "runs").glob("*.json")
+    record = json.loads(path.read_text())
+    spec = RunSpec(**{name: record[name] for name in RunSpec.__dataclass_fields__})
+    (checkpoint,) = (tmp_path / "ck").glob("*.pt")
+    checkpoint.write_bytes(b"junk")
+    _, model, found = load_trained(spec, tmp_path / "ck", preset_config=record["preset_config"])
+    assert found is None and checkpoint.read_bytes() == b"junk" and not list((tmp_path / "ck").glob("*.corrupt*"))
+    assert f"checkpoint {checkpoint} is unreadable" in capsys.readouterr().err
