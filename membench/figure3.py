@@ -85,9 +85,19 @@ def _task_tags(point, frame: pd.DataFrame) -> list[str]:
 def load_reference(path: Path | None = DEFAULT_REFERENCE) -> pd.DataFrame | None:
     if path is None or not Path(path).exists():
         return None
-    return read_table(path, "a table of the paper's Figure 3", ("dataset", "model", "memory_k", "error", "lo", "hi"),
-                      "omit --reference for the shipped results/reference/paper_fig3.csv (restore it from git if "
-                      "broken)", comment="#")
+    fix = "omit --reference for the shipped results/reference/paper_fig3.csv (restore it from git if broken)"
+    table = read_table(path, "a table of the paper's Figure 3", ("dataset", "model", "memory_k", "error", "lo", "hi"),
+                       fix, comment="#")
+    numbers = table[["memory_k", "error", "lo", "hi"]]
+    valid = (all(map(pd.api.types.is_numeric_dtype, numbers.dtypes))
+             and table["dataset"].isin(["omniglot", "cifar"]).all())
+    if valid:
+        ordered = (numbers["lo"] <= numbers["error"]) & (numbers["error"] <= numbers["hi"]) & (numbers["lo"] >= 0)
+        valid = np.isfinite(numbers.to_numpy(float)).all() and (numbers["memory_k"] > 0).all() and ordered.all()
+    if not valid:
+        raise MembenchError(f"{path} is not a table of the paper's Figure 3 (dataset omniglot or cifar; memory_k > 0; "
+                            f"finite 0 <= lo <= error <= hi on every row); {fix}")
+    return table
 
 
 def summarise(records: list[dict[str, Any]], reference: pd.DataFrame | None = None) -> pd.DataFrame:

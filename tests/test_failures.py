@@ -673,7 +673,9 @@ def test_reports_of_missing_or_broken_inputs_say_so_in_one_line_and_write_nothin
     _one_clear_line(_invoke("readme", "--check", "--results", str(tmp_path / "nothing")), "holds no finished run")
     _one_clear_line(_invoke("figures", "--out", str(out)), "no finished Figure 3 run", "--suite fig3-omniglot")
     assert not list(out.glob("fig3*"))
-    for name, content in (("empty.csv", ""), ("columns.csv", "a,b\n1,2\n"), ("words.csv", "method,16\nhebb,few\n")):
+    for name, content in (("empty.csv", ""), ("columns.csv", "a,b\n1,2\n"), ("words.csv", "method,16\nhebb,few\n"),
+                          ("negative.csv", "method,16\nhebb,-5\n"), ("twice.csv", "method,16\nhebb,1\nhebb,2\n"),
+                          ("nan.csv", "method,16\nhebb,NaN\n")):
         (tmp_path / name).write_text(content)
         _one_clear_line(_invoke("report", "--out", str(out), "--reference", str(tmp_path / name)),
                         f"{tmp_path / name} is not a table of the paper's Table 1", "omit --reference")
@@ -681,6 +683,10 @@ def test_reports_of_missing_or_broken_inputs_say_so_in_one_line_and_write_nothin
     from membench.figure3 import load_reference
     with pytest.raises(MembenchError, match="is not a table of the paper's Figure 3 .no column dataset, model"):
         load_reference(tmp_path / "columns.csv")
+    for row in ("omniglot,MANN,1.2,abc,1,2", "omniglot,MANN,-1,5,4,6", "omniglot,MANN,1.2,5,6,4", "mnist,MANN,1.2,5,4,6"):
+        (tmp_path / "fig.csv").write_text(f"dataset,model,memory_k,error,lo,hi\n{row}\n")
+        with pytest.raises(MembenchError, match="is not a table of the paper's Figure 3 .dataset omniglot or cifar"):
+            load_reference(tmp_path / "fig.csv")
     (path,) = (out / "runs").glob("*.json")
     record = json.loads(path.read_text())
     path.write_text(json.dumps({**record, "training": {"checkpoint_key": "lost", "curve": "training/lost.csv",
