@@ -69,7 +69,8 @@ def _image_left_out(part, table: str) -> list[str]:
     except MembenchError as exc:
         raise MembenchError(f"capacity_images.md names the models left out of {task['kind']} (N = "
                             f"{task['num_patterns']}) by rebuilding its task, which cannot be done here ({exc}); give "
-                            f"--data-dir (or MEMBENCH_DATA) the data folder and rerun (the image outputs are left as they were)") from None
+                            f"--data-dir (or MEMBENCH_DATA) the data folder and rerun (the image outputs are left as "
+                            f"they were)") from None
     reasons: dict[str, list[str]] = {}
     for model in IMAGE_CAPACITY_MODELS:
         if model in set(part["model"]):

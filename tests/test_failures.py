@@ -683,7 +683,8 @@ def test_reports_of_missing_or_broken_inputs_say_so_in_one_line_and_write_nothin
     from membench.figure3 import load_reference
     with pytest.raises(MembenchError, match="is not a table of the paper's Figure 3 .no column dataset, model"):
         load_reference(tmp_path / "columns.csv")
-    for row in ("omniglot,MANN,1.2,abc,1,2", "omniglot,MANN,-1,5,4,6", "omniglot,MANN,1.2,5,6,4", "mnist,MANN,1.2,5,4,6"):
+    for row in ("omniglot,MANN,1.2,abc,1,2", "omniglot,MANN,-1,5,4,6", "omniglot,MANN,1.2,5,6,4",
+                "mnist,MANN,1.2,5,4,6"):
         (tmp_path / "fig.csv").write_text(f"dataset,model,memory_k,error,lo,hi\n{row}\n")
         with pytest.raises(MembenchError, match="is not a table of the paper's Figure 3 .dataset omniglot or cifar"):
             load_reference(tmp_path / "fig.csv")
