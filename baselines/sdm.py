@@ -54,11 +54,12 @@ class SparseDistributedMemory(AssociativeMemory):
 
     def __init__(self, spec: TaskSpec, num_locations: int, radius: int | None = None, seed: int = 0):
         super().__init__()
-        if isinstance(num_locations, bool) or not isinstance(num_locations, int) or num_locations < 1:
-            raise OverBudgetError(f"{self.name}: num_locations={num_locations!r} holds no counter vector of "
-                                  f"{spec.pattern_size} values; give --option num_locations=M with M >= 1, or a "
-                                  f"budget of at least {spec.pattern_size} (by default M = budget // "
-                                  f"{spec.pattern_size})")
+        if isinstance(num_locations, bool) or not isinstance(num_locations, int):
+            raise MembenchError(f"{self.name}: num_locations={num_locations!r} must be a positive integer")
+        if num_locations < 1:
+            raise OverBudgetError(f"{self.name}: no counter vector of {spec.pattern_size} values fits (num_locations="
+                                  f"{num_locations}); give a budget of at least {spec.pattern_size}, or --option "
+                                  f"num_locations=M with 1 <= M <= budget // {spec.pattern_size}")
         if not spec.binary:
             raise MembenchError(f"{self.name} takes binary patterns (addresses are bit strings); "
                                 "this task's patterns are real-valued")

@@ -51,10 +51,12 @@ def declared_floats(model: AssociativeMemory, spec: TaskSpec, model_name: str) -
 def check_whole_patterns(model_name: str, num_slots: int, spec: TaskSpec) -> None:
     """OverBudgetError unless a memory of whole patterns has at least one slot (num_slots: by default the budget's
     whole patterns, or the option's)."""
-    if isinstance(num_slots, bool) or not isinstance(num_slots, int) or num_slots < 1:
-        raise OverBudgetError(f"{model_name}: num_slots={num_slots!r} holds no whole pattern of {spec.pattern_size} "
-                              f"values; give --option num_slots=K with K >= 1, or a budget of at least "
-                              f"{spec.pattern_size} (num_slots by default: budget // {spec.pattern_size})")
+    if isinstance(num_slots, bool) or not isinstance(num_slots, int):
+        raise MembenchError(f"{model_name}: num_slots={num_slots!r} must be a positive integer")
+    if num_slots < 1:
+        raise OverBudgetError(f"{model_name}: no whole pattern of {spec.pattern_size} values fits (num_slots="
+                              f"{num_slots}); give a budget of at least {spec.pattern_size}, or --option num_slots=K "
+                              f"with 1 <= K <= budget // {spec.pattern_size}")
 
 
 def check_declared(model: AssociativeMemory, spec: TaskSpec, budget: int, model_name: str) -> int:

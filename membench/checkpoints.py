@@ -127,7 +127,7 @@ def load_checkpoint(path: Path, model: AssociativeMemory, optimizer: torch.optim
         problem = (f"checkpoint {path} is unreadable or does not fit {type(model).__name__} ({type(exc).__name__}: "
                    f"{' '.join(str(exc).split())[:300]})")
         if not set_aside:
-            warn(f"{problem}; left as it is: delete it, or rerun the command that trained it")
+            warn(f"{problem}; left as it is: delete it and rerun the command that trained it with --force")
             return None
         aside, number = path.with_name(path.name + ".corrupt"), 1
         while aside.exists():  # an earlier one set aside is kept

@@ -44,10 +44,11 @@ class CodecConfig:
         assert len(pattern_shape) == 3 and pattern_shape[1] == pattern_shape[2], (
             f"the image codec takes square images (C, H, H), got {pattern_shape}")
         size = pattern_shape[1]
-        if size % 2 ** len(channels):
+        halvings = (size & -size).bit_length() - 1  # how often `size` halves evenly
+        if len(channels) > halvings:
             raise MembenchError(f"{len(channels)} residual blocks (channels={list(channels)}) halve {size}x{size} "
-                                f"images {len(channels)} times, which {size} does not allow; give at most "
-                                f"{(size & -size).bit_length() - 1} channel widths")
+                                f"images {len(channels)} times, which {size} allows only {halvings} times; give at "
+                                f"most {halvings} channel widths")
         return cls(image_channels=pattern_shape[0], image_size=size, channels=tuple(channels), embedding=embedding)
 
 

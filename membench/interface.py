@@ -131,7 +131,7 @@ def _is_finite(value: Any) -> bool:
 def check_fields(label: str, config: Any, positive: tuple[str, ...] = (), fractions: tuple[str, ...] = ()) -> None:
     """MembenchError naming the first field of `config` out of range: each of `positive` a finite number > 0 (None
     passes: sized from the budget), each of `fractions` strictly between 0 and 1, and a `channels` field, where
-    the config has one, at least two positive integers (residual block widths). For configs' __post_init__."""
+    the config has one, a non-empty list of positive integers (residual block widths). For configs' __post_init__."""
     for name in positive:
         value = getattr(config, name)
         if value is not None and not (_is_finite(value) and value > 0):
@@ -140,10 +140,10 @@ def check_fields(label: str, config: Any, positive: tuple[str, ...] = (), fracti
         value = getattr(config, name)
         if not (_is_finite(value) and 0 < value < 1):
             raise MembenchError(f"{label}: {name}={value!r} must lie strictly between 0 and 1")
-    channels = getattr(config, "channels", (1, 1))
-    if not isinstance(channels, (list, tuple)) or len(channels) < 2 or not all(_is_int(c) and c > 0 for c in channels):
-        raise MembenchError(f"{label}: channels={channels!r} must be a list of at least two positive integers such as "
-                            f"[32,64,96] (residual block widths)")
+    channels = getattr(config, "channels", (1,))
+    if not isinstance(channels, (list, tuple)) or not channels or not all(_is_int(c) and c > 0 for c in channels):
+        raise MembenchError(f"{label}: channels={channels!r} must be a list of positive integers such as [32,64,96] "
+                            f"(residual block widths)")
 
 
 def _check_option_type(label: str, key: str, value: Any, default: Any, kind: type | None = None) -> None:

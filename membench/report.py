@@ -60,11 +60,14 @@ def load_reference(path: Path | None = DEFAULT_REFERENCE) -> pd.DataFrame | None
     if not all(str(c).isdigit() for c in wide.columns) or not all(map(pd.api.types.is_numeric_dtype, wide.dtypes)):
         raise MembenchError(f"{path} is not a table of the paper's Table 1 (its columns must be N values with "
                             f"numbers); {fix}")
-    if wide.index.duplicated().any() or not (np.isfinite(wide.to_numpy()) & (wide.to_numpy() >= 0)).all():
-        raise MembenchError(f"{path} is not a table of the paper's Table 1 (each method once, every value a finite "
-                            f"non-negative number of error bits); {fix}")
+    values = wide.to_numpy(float)
+    given = values[~np.isnan(values)]  # a blank cell: the paper gives no value there
+    if wide.index.duplicated().any() or not (np.isfinite(given) & (given >= 0)).all():
+        raise MembenchError(f"{path} is not a table of the paper's Table 1 (each method once, every value given a "
+                            f"finite non-negative number of error bits); {fix}")
     long = wide.stack().rename("paper").reset_index()
     long.columns = ["model", "num_patterns", "paper"]
+    long = long.dropna(subset=["paper"])  # blank cells: no paper value to print
     long["num_patterns"] = long["num_patterns"].astype(int)
     return long
 

@@ -268,7 +268,7 @@ def unpack(archive: Path, root: Path) -> tuple[list[Path], list[Path]]:
                         checkpoints.append(copy)
                     except UNREADABLE as exc:
                         warn(f"{archive}: its {name} is not a readable checkpoint ({type(exc).__name__}): not "
-                             f"shipped; pack it again where it was trained")
+                             f"shipped; the other files are written (rerun the session that made it to train it again)")
                 elif name == THROUGHPUT_CSV and target.exists():  # rows merged, not the file replaced
                     merge(target, pd.read_csv(io.BytesIO(data), dtype={"commit": str}).to_dict("records"))
                     written.append(target)

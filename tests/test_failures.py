@@ -379,7 +379,7 @@ def test_corrupt_record_is_named_by_report_and_repaired_by_run(tmp_path, content
 def test_more_residual_blocks_than_the_image_size_halves_is_refused_by_name():
     from membench.encoders import CodecConfig
     with pytest.raises(MembenchError, match=r"6 residual blocks \(channels=\[8, 8, 8, 8, 8, 8\]\) halve 32x32 images 6 "
-                                            r"times, which 32 does not allow; give at most 5 channel widths"):
+                                            r"times, which 32 allows only 5 times; give at most 5 channel widths"):
         CodecConfig.for_images((1, 32, 32), (8,) * 6)
     assert CodecConfig.for_images((1, 32, 32), (8,) * 5).grid == 1
 
@@ -397,13 +397,15 @@ def test_bad_image_energy_sizes_are_refused_by_name(option):
 @pytest.mark.parametrize("model, option, fragment", [
     ("hopfield_hebb", "max_sweeps=0", "hopfield_hebb: max_sweeps=0 must be a positive integer"),
     ("lstm", "hidden_size=0", "lstm: hidden_size=0 must be a positive number"),
-    ("mann", "usage_decay=5", "mann: usage_decay=5 must lie strictly between 0 and 1"),
+    ("mann", "usage_decay=5", "mann: usage_decay=5 must lie in [0, 1]"),
     ("dnc", "read_heads=0", "dnc: read_heads=0 must be a positive number"),
     ("memory_networks", "init_scale=-1", "memory_networks: init_scale=-1 must be a positive number"),
     ("differentiable_plasticity", "present_steps=0", "present_steps=0 must be at least 2"),
     ("kanerva_machine", "noise_variance=-1", "kanerva_machine: noise_variance=-1 must be a positive number"),
-    ("sparse_distributed_memory", "num_locations=0", "num_locations=0 holds no counter vector of 128 values"),
-    ("modern_hopfield", "num_slots=0", "modern_hopfield: num_slots=0 holds no whole pattern of 128 values"),
+    ("sparse_distributed_memory", "num_locations=0", "no counter vector of 128 values fits (num_locations=0)"),
+    ("modern_hopfield", "num_slots=0", "modern_hopfield: no whole pattern of 128 values fits (num_slots=0)"),
+    ("modern_hopfield", "num_slots=true", "modern_hopfield: num_slots=True must be a positive integer"),
+    ("mann", "usage_decay=1.5", "mann: usage_decay=1.5 must lie in [0, 1]"),
 ])
 def test_baseline_option_values_out_of_range_are_refused_before_any_work(tmp_path, model, option, fragment):
     result = _invoke("run", "--model", model, "--num-patterns", "16", "--queries", "16", "--option", option,
@@ -429,7 +431,7 @@ def test_packed_errors_out_of_range_are_unreadable():
     import numpy as np
 
     from membench.store import unpack_errors
-    for value in (-1.0, float("inf")):
+    for value in (-1.0, float("inf"), float("nan")):
         values = np.array([0.0, value, 2.0], dtype="<f4")
         packed = {"float32_zlib_base64": base64.b64encode(zlib.compress(values.tobytes())).decode(), "count": 3}
         with pytest.raises(ValueError, match="not a finite non-negative number"):
@@ -675,7 +677,7 @@ def test_reports_of_missing_or_broken_inputs_say_so_in_one_line_and_write_nothin
     assert not list(out.glob("fig3*"))
     for name, content in (("empty.csv", ""), ("columns.csv", "a,b\n1,2\n"), ("words.csv", "method,16\nhebb,few\n"),
                           ("negative.csv", "method,16\nhebb,-5\n"), ("twice.csv", "method,16\nhebb,1\nhebb,2\n"),
-                          ("nan.csv", "method,16\nhebb,NaN\n")):
+                          ("inf.csv", "method,16\nhebb,inf\n")):
         (tmp_path / name).write_text(content)
         _one_clear_line(_invoke("report", "--out", str(out), "--reference", str(tmp_path / name)),
                         f"{tmp_path / name} is not a table of the paper's Table 1", "omit --reference")

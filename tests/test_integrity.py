@@ -605,7 +605,7 @@ def test_every_figure3_point_measures_what_it_declares(image_data):
 
 
 def test_over_budget_raw_slots_and_memory_networks_are_clear(tmp_path):
-    with pytest.raises(OverBudgetError, match="raw_slots: num_slots=0 holds no whole pattern of 128 values"):
+    with pytest.raises(OverBudgetError, match="raw_slots: no whole pattern of 128 values fits .num_slots=0."):
         _run("raw_slots", tmp_path, num_patterns=(16,), budget=100)
     specs = get_suite("table1-learned").expand("table1-learned", ("memory_networks",), (0,), 9000, "quick", (9000,))
     with pytest.raises(OverBudgetError, match="leaves no value per slot for N=9000"):

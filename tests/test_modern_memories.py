@@ -84,7 +84,7 @@ def test_stored_pattern_memories_keep_the_first_whole_patterns_within_the_budget
     assert retrieved.min() >= 0 and retrieved.max() <= 1
     assert torch.all(task.errors(retrieved[:, :64], episodes.patterns[:, :64]) == 0)  # stored: exact
     assert task.errors(retrieved[:, 64:], episodes.patterns[:, 64:]).mean() > 20      # dropped: about chance
-    with pytest.raises(OverBudgetError, match="holds no whole pattern of 128 values"):
+    with pytest.raises(OverBudgetError, match="no whole pattern of 128 values fits"):
         cls.from_spec(task.spec, 100)
 
 
