@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from membench.encoders import image_codec
-from membench.errors import MembenchError, OverBudgetError
+from membench.errors import OverBudgetError
 from membench.interface import AssociativeMemory, Preset, TaskSpec, TrainConfig, check_fields
 
 MIXED_N = (16, 32, 48, 64, 96)
@@ -91,9 +91,8 @@ class MANNConfig:
     channels: tuple[int, ...] = (32, 64, 96)  # images only: the shared codec's residual block widths
 
     def __post_init__(self) -> None:
-        check_fields("mann", self, positive=("num_slots", "memory_width", "controller_size", "init_sharpness"))
-        if not (isinstance(self.usage_decay, (int, float)) and 0 <= self.usage_decay <= 1):
-            raise MembenchError(f"mann: usage_decay={self.usage_decay!r} must lie in [0, 1] (the LRUA usage decay)")
+        check_fields("mann", self, positive=("num_slots", "memory_width", "controller_size", "init_sharpness"),
+                     unit=("usage_decay",))
 
 
 # Training schedules shared by the slot-and-controller baselines (MANN, Kanerva Machine, DNC)

@@ -61,9 +61,8 @@ class PlasticityConfig:
 
     def __post_init__(self) -> None:
         name = "differentiable_plasticity"
-        check_fields(name, self, positive=("plastic_size", "read_steps"), fractions=("init_eta",))
-        if not (isinstance(self.init_alpha, (int, float)) and 0 <= self.init_alpha < float("inf")):
-            raise MembenchError(f"{name}: init_alpha={self.init_alpha!r} must be a finite number >= 0")
+        check_fields(name, self, positive=("plastic_size", "read_steps"), non_negative=("init_alpha",),
+                     fractions=("init_eta",))
         if not isinstance(self.present_steps, int) or self.present_steps < 2:
             raise MembenchError(f"{name}: present_steps={self.present_steps!r} must be at least 2 "
                                 f"(the first step of a pattern only sets the hidden state)")

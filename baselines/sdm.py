@@ -31,7 +31,8 @@ from typing import Any
 
 import torch
 
-from membench.errors import MembenchError, OverBudgetError
+from membench.budget import check_whole_patterns
+from membench.errors import MembenchError
 from membench.interface import AssociativeMemory, TaskSpec
 
 MEAN_ACTIVATIONS = 4  # the default radius activates about this many locations for a random pattern
@@ -54,12 +55,7 @@ class SparseDistributedMemory(AssociativeMemory):
 
     def __init__(self, spec: TaskSpec, num_locations: int, radius: int | None = None, seed: int = 0):
         super().__init__()
-        if isinstance(num_locations, bool) or not isinstance(num_locations, int):
-            raise MembenchError(f"{self.name}: num_locations={num_locations!r} must be a positive integer")
-        if num_locations < 1:
-            raise OverBudgetError(f"{self.name}: no counter vector of {spec.pattern_size} values fits (num_locations="
-                                  f"{num_locations}); give a budget of at least {spec.pattern_size}, or --option "
-                                  f"num_locations=M with 1 <= M <= budget // {spec.pattern_size}")
+        check_whole_patterns(self.name, num_locations, spec, option="num_locations", slot="counter vector")
         if not spec.binary:
             raise MembenchError(f"{self.name} takes binary patterns (addresses are bit strings); "
                                 "this task's patterns are real-valued")

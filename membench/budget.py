@@ -48,15 +48,16 @@ def declared_floats(model: AssociativeMemory, spec: TaskSpec, model_name: str) -
     return int(value)
 
 
-def check_whole_patterns(model_name: str, num_slots: int, spec: TaskSpec) -> None:
-    """OverBudgetError unless a memory of whole patterns has at least one slot (num_slots: by default the budget's
-    whole patterns, or the option's)."""
+def check_whole_patterns(model_name: str, num_slots: int, spec: TaskSpec, option: str = "num_slots",
+                         slot: str = "whole pattern") -> None:
+    """OverBudgetError unless a memory of pattern-sized slots (whole patterns; SDM: counter vectors) has at least
+    one (`option`: by default the budget's whole slots, or the option's value); MembenchError for a non-integer."""
     if isinstance(num_slots, bool) or not isinstance(num_slots, int):
-        raise MembenchError(f"{model_name}: num_slots={num_slots!r} must be a positive integer")
+        raise MembenchError(f"{model_name}: {option}={num_slots!r} must be a positive integer")
     if num_slots < 1:
-        raise OverBudgetError(f"{model_name}: no whole pattern of {spec.pattern_size} values fits (num_slots="
-                              f"{num_slots}); give a budget of at least {spec.pattern_size}, or --option num_slots=K "
-                              f"with 1 <= K <= budget // {spec.pattern_size}")
+        raise OverBudgetError(f"{model_name}: no {slot} of {spec.pattern_size} values fits ({option}={num_slots}); "
+                              f"give a budget of at least {spec.pattern_size}, or --option {option}=K with 1 <= K <= "
+                              f"budget // {spec.pattern_size}")
 
 
 def check_declared(model: AssociativeMemory, spec: TaskSpec, budget: int, model_name: str) -> int:

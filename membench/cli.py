@@ -8,8 +8,8 @@ from pathlib import Path
 
 import click
 
-from membench.cli_common import (DATA_DIR_OPTION, DEFAULT_OUT, MAX_SEED, friendly_errors, int_list, parse_options,
-                                 seconds, suite_runs)
+from membench.cli_common import (DATA_DIR_OPTION, DEFAULT_OUT, MAX_SEED, Seconds, friendly_errors, int_list,
+                                 parse_options, suite_runs)
 from membench.cli_sessions import COMMANDS
 from membench.errors import MembenchError
 
@@ -56,7 +56,7 @@ def list_command() -> None:
 @click.option("--force", is_flag=True, help="Rerun finished runs instead of skipping them.")
 @click.option("--progress/--no-progress", default=None,
               help="Show progress bars. Default: when the terminal shows them (not into a file or pipe).")
-@click.option("--train-time-limit", type=seconds(0), metavar="SECONDS",
+@click.option("--train-time-limit", type=Seconds(min=0), metavar="SECONDS",
               help="Stop this call's meta-training this many seconds after it began (checkpointed; exit status 3); rerun "
                    "to resume. Processes given the same command share its models out (0: one step of a new model).")
 @click.option("--launcher", default="local", show_default=True, type=click.Choice(["local", "ray"]),

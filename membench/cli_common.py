@@ -23,18 +23,14 @@ class ExitWith(click.ClickException):
         self.exit_code = exit_code
 
 
-def seconds(low: float) -> click.FloatRange:
-    """A click type for a duration: a finite number of seconds, at least `low` (FloatRange alone lets nan and
-    inf through)."""
+class Seconds(click.FloatRange):
+    """A click type for a duration: a finite number of seconds (FloatRange alone lets nan and inf through)."""
 
-    class Seconds(click.FloatRange):
-        def convert(self, value, param, ctx):
-            number = super().convert(value, param, ctx)
-            if not math.isfinite(number):
-                self.fail(f"{value!r} is not a finite number of seconds", param, ctx)
-            return number
-
-    return Seconds(min=low)
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number of seconds", param, ctx)
+        return number
 
 
 def int_list(low: int, high: int | None = None):

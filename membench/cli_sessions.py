@@ -8,7 +8,8 @@ from pathlib import Path
 
 import click
 
-from membench.cli_common import DATA_DIR_OPTION, ExitWith, friendly_errors, int_list, parse_options, seconds, suite_runs
+from membench.cli_common import (DATA_DIR_OPTION, ExitWith, Seconds, friendly_errors, int_list, parse_options,
+                                 suite_runs)
 from membench.errors import MembenchError
 from membench.interface import PRECISIONS
 from membench.store import writable_folder
@@ -56,7 +57,7 @@ def ship(out, checkpoint_dir, files) -> None:
                    "--model ebmm --preset gpu --out results/table1\".")
 @click.option("--copies", default=1, show_default=True, type=click.IntRange(1),
               help="Processes started with each --run (they share its models out).")
-@click.option("--train-time-limit", required=True, type=seconds(0), metavar="SECONDS",
+@click.option("--train-time-limit", required=True, type=Seconds(min=0), metavar="SECONDS",
               help="Training stops this many seconds after the session began (rerun the session to resume).")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--to", "archive", required=True, type=click.Path(dir_okay=False, path_type=Path),
@@ -65,13 +66,13 @@ def ship(out, checkpoint_dir, files) -> None:
               help="The results folder the runs write under (what is packed).")
 @click.option("--cache", default="/tmp/membench-session", show_default=True,
               type=click.Path(file_okay=False, path_type=Path), help="The session's checkpoint cache and logs.")
-@click.option("--grace", default=120.0, show_default=True, type=seconds(0), metavar="SECONDS",
+@click.option("--grace", default=120.0, show_default=True, type=Seconds(min=0), metavar="SECONDS",
               help="Time after the training limit for evaluation; processes still running then are interrupted.")
 @click.option("--throughput", "time_updates", is_flag=True,
               help="First time the gpu preset's EBMM update at its batch, 128 episodes of N = 64 (membench "
                    "throughput): eager kernels replayed from a CUDA graph in float32 (the issue's row, 50 updates) and "
                    "TF32 (on a CPU bf16), then compiled kernels.")
-@click.option("--time-cap", default=90.0, show_default=True, type=seconds(1), metavar="SECONDS",
+@click.option("--time-cap", default=90.0, show_default=True, type=Seconds(min=1), metavar="SECONDS",
               help="Each timing command (--throughput, --time) is interrupted after this long (compiling can take "
                    "minutes): the training's time is the session's.")
 @click.option("--time", "timings", multiple=True, metavar="ARGS",

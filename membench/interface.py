@@ -128,18 +128,28 @@ def _is_finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def check_fields(label: str, config: Any, positive: tuple[str, ...] = (), fractions: tuple[str, ...] = ()) -> None:
+def check_fields(label: str, config: Any, positive: tuple[str, ...] = (), non_negative: tuple[str, ...] = (),
+                 fractions: tuple[str, ...] = (), unit: tuple[str, ...] = ()) -> None:
     """MembenchError naming the first field of `config` out of range: each of `positive` a finite number > 0 (None
-    passes: sized from the budget), each of `fractions` strictly between 0 and 1, and a `channels` field, where
+    passes: sized from the budget), of `non_negative` a finite number >= 0, of `fractions` strictly between 0 and
+    1, of `unit` in [0, 1], and a `channels` field, where
     the config has one, a non-empty list of positive integers (residual block widths). For configs' __post_init__."""
     for name in positive:
         value = getattr(config, name)
         if value is not None and not (_is_finite(value) and value > 0):
             raise MembenchError(f"{label}: {name}={value!r} must be a positive number")
+    for name in non_negative:
+        value = getattr(config, name)
+        if not (_is_finite(value) and value >= 0):
+            raise MembenchError(f"{label}: {name}={value!r} must be a finite number >= 0")
     for name in fractions:
         value = getattr(config, name)
         if not (_is_finite(value) and 0 < value < 1):
             raise MembenchError(f"{label}: {name}={value!r} must lie strictly between 0 and 1")
+    for name in unit:
+        value = getattr(config, name)
+        if not (_is_finite(value) and 0 <= value <= 1):
+            raise MembenchError(f"{label}: {name}={value!r} must lie in [0, 1]")
     channels = getattr(config, "channels", (1,))
     if not isinstance(channels, (list, tuple)) or not channels or not all(_is_int(c) and c > 0 for c in channels):
         raise MembenchError(f"{label}: channels={channels!r} must be a list of positive integers such as [32,64,96] "
