@@ -42,9 +42,9 @@ class LSTMConfig:
 
 PRESETS: dict[str, Preset] = {
     # CPU: hidden 256 (memory 512 of 8256) so that a step stays cheap on this CPU; EBMM quick's training
-    # compute (5600 updates of 16 episodes)
+    # compute (9000 updates of 16 episodes)
     "quick": Preset(LSTMConfig(hidden_size=256),
-                    TrainConfig(steps=5600, batch_size=16, lr=1e-3, clip_norm=1.0,
+                    TrainConfig(steps=9000, batch_size=16, lr=1e-3, clip_norm=1.0,
                                 log_every=25, checkpoint_every=250, num_patterns=TRAIN_NUM_PATTERNS)),
     # one GPU: the full budget, hidden 4128 (h + c = 8256), EBMM gpu's training compute
     "gpu": Preset(LSTMConfig(hidden_size=None),

@@ -110,8 +110,8 @@ QUICK_CHANNELS = (16, 32, 32)  # the image codec's widths under the quick preset
 
 
 PRESETS: dict[str, Preset] = {
-    # CPU: EBMM quick's training compute (5600 updates of 16 episodes)
-    "quick": Preset(MANNConfig(), TrainConfig(steps=5600, batch_size=16, lr=1e-3, clip_norm=1.0,
+    # CPU: EBMM quick's training compute (9000 updates of 16 episodes)
+    "quick": Preset(MANNConfig(), TrainConfig(steps=9000, batch_size=16, lr=1e-3, clip_norm=1.0,
                                               num_patterns=MIXED_N)),
     "gpu": Preset(MANNConfig(), GPU_TRAIN),
     "paper": Preset(MANNConfig(), PAPER_TRAIN),

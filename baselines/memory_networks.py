@@ -63,8 +63,8 @@ IMAGE_TRAIN = dict(log_every=20, checkpoint_every=100, clip_norm=1.0)
 
 
 PRESETS: dict[str, Preset] = {
-    # CPU: EBMM quick's training compute (5600 updates of 16 episodes)
-    "quick": Preset(MemNetConfig(), TrainConfig(steps=5600, batch_size=16, lr=1e-3, clip_norm=1.0,
+    # CPU: EBMM quick's training compute (9000 updates of 16 episodes)
+    "quick": Preset(MemNetConfig(), TrainConfig(steps=9000, batch_size=16, lr=1e-3, clip_norm=1.0,
                                                 log_every=50, checkpoint_every=500, num_patterns=TRAIN_NUM_PATTERNS)),
     # one GPU, EBMM gpu's training compute (30,000 updates of 128 episodes)
     "gpu": Preset(MemNetConfig(), TrainConfig(steps=30_000, batch_size=128, lr=1e-3, clip_norm=1.0, cosine_decay=True,

@@ -113,12 +113,12 @@ PRESETS: dict[str, Preset] = {
     # theta_bar (at 3.0 it multiplied it by -5), the power of N dividing the write's pattern terms
     # meta-learned (it settles near 0.7: the mean under-writes small N), each writable entry's write
     # steps scaled by its own learned factor (elementwise_write_lr: 0.33-0.52 bits fewer at N = 48 and 64,
-    # seed for seed), a large meta learning rate decayed along a cosine, 16 episodes a step; the meta-loss
-    # compiled
+    # seed for seed), a large meta learning rate decayed along a cosine, 16 episodes a step, 9000 steps (0.06-0.32
+    # bits fewer than 5600 at N = 32-64 in three seeds, results/diagnostics/ebmm-seeds); the meta-loss compiled
     "quick": Preset(EBMMConfig(hidden=128, hops=2, read_steps=3, write_steps=4, grad_norm_term=True,
                                write_lr_init=3.0, grad_norm_lr_init=0.01, anchor_lr_init=0.25, read_step_init=5.0,
                                learn_write_norm=True, elementwise_write_lr=True),
-                    TrainConfig(steps=5600, batch_size=16, lr=6e-3, cosine_decay=True, clip_norm=1.0, log_every=50,
+                    TrainConfig(steps=9000, batch_size=16, lr=6e-3, cosine_decay=True, clip_norm=1.0, log_every=50,
                                 checkpoint_every=250, num_patterns=(16, 32, 48, 64, 96), compile=True)),
     # one GPU: the quick recipe (elementwise write rates too, but three write steps: on this CPU a fourth
     # made training take about 1.3x as long, untried at this size) with a 4x wider energy, 8x the episodes
