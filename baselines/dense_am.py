@@ -39,9 +39,9 @@ from typing import Any
 
 import torch
 
-from baselines.modern_hopfield import StoredPatternMemory, check_positive_int
+from baselines.modern_hopfield import StoredPatternMemory
 from membench.errors import MembenchError
-from membench.interface import TaskSpec
+from membench.interface import TaskSpec, check_positive_int
 
 INTERACTIONS = ("polynomial", "exp")
 

@@ -21,10 +21,9 @@ import abc
 
 import torch
 
-from baselines.modern_hopfield import check_positive_int
 from membench.budget import hopfield_floats
 from membench.errors import MembenchError
-from membench.interface import AssociativeMemory, TaskSpec
+from membench.interface import AssociativeMemory, TaskSpec, check_positive_int
 
 
 def zero_diagonal(weights: torch.Tensor) -> torch.Tensor:

@@ -27,26 +27,13 @@ patterns are not stored and their queries retrieve some other (stored) pattern.
 from __future__ import annotations
 
 import abc
-import math
 from typing import Any
 
 import torch
 
 from membench.budget import check_whole_patterns
 from membench.errors import MembenchError
-from membench.interface import AssociativeMemory, TaskSpec
-
-
-def check_positive_number(model: str, name: str, value: Any) -> None:
-    """MembenchError unless `value` is a finite real number > 0."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise MembenchError(f"{model}: {name}={value!r} must be a positive number")
-
-
-def check_positive_int(model: str, name: str, value: Any) -> None:
-    """MembenchError unless `value` is an integer >= 1."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise MembenchError(f"{model}: {name}={value!r} must be a positive integer")
+from membench.interface import AssociativeMemory, TaskSpec, check_positive_int, check_positive_number
 
 
 class StoredPatternMemory(AssociativeMemory):

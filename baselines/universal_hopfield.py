@@ -38,9 +38,9 @@ from typing import Any
 
 import torch
 
-from baselines.modern_hopfield import StoredPatternMemory, check_positive_number
+from baselines.modern_hopfield import StoredPatternMemory
 from membench.errors import MembenchError
-from membench.interface import TaskSpec
+from membench.interface import TaskSpec, check_positive_number
 
 SIMILARITIES = ("dot", "euclidean", "manhattan")
 SEPARATIONS = ("identity", "polynomial", "softmax", "max")

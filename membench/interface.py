@@ -156,6 +156,18 @@ def check_fields(label: str, config: Any, positive: tuple[str, ...] = (), non_ne
                             f"(residual block widths)")
 
 
+def check_positive_number(model: str, name: str, value: Any) -> None:
+    """MembenchError unless `value` is a finite real number > 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise MembenchError(f"{model}: {name}={value!r} must be a positive number")
+
+
+def check_positive_int(model: str, name: str, value: Any) -> None:
+    """MembenchError unless `value` is an integer >= 1."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise MembenchError(f"{model}: {name}={value!r} must be a positive integer")
+
+
 def _check_option_type(label: str, key: str, value: Any, default: Any, kind: type | None = None) -> None:
     """MembenchError unless `value` has the type `kind` (int, float, bool or str; default: the type of the
     option's `default`): a typo'd number does not fail deep inside a model."""
