@@ -135,9 +135,8 @@ def check_fields(label: str, config: Any, positive: tuple[str, ...] = (), non_ne
     1, of `unit` in [0, 1], and a `channels` field, where
     the config has one, a non-empty list of positive integers (residual block widths). For configs' __post_init__."""
     for name in positive:
-        value = getattr(config, name)
-        if value is not None and not (_is_finite(value) and value > 0):
-            raise MembenchError(f"{label}: {name}={value!r} must be a positive number")
+        if getattr(config, name) is not None:
+            check_positive_number(label, name, getattr(config, name))
     for name in non_negative:
         value = getattr(config, name)
         if not (_is_finite(value) and value >= 0):
@@ -158,13 +157,13 @@ def check_fields(label: str, config: Any, positive: tuple[str, ...] = (), non_ne
 
 def check_positive_number(model: str, name: str, value: Any) -> None:
     """MembenchError unless `value` is a finite real number > 0."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+    if not (_is_finite(value) and value > 0):
         raise MembenchError(f"{model}: {name}={value!r} must be a positive number")
 
 
 def check_positive_int(model: str, name: str, value: Any) -> None:
     """MembenchError unless `value` is an integer >= 1."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if not (_is_int(value) and value >= 1):
         raise MembenchError(f"{model}: {name}={value!r} must be a positive integer")
 
 
