@@ -189,13 +189,18 @@ def unpack(archives, root) -> None:
 
     for archive in archives:  # every archive checked before any is unpacked
         read_archive(archive)
+    unreadable = []
     for archive in archives:
-        written, shipped = unpack_archive(archive, root)
+        written, shipped, skipped = unpack_archive(archive, root)
         for path in written:
             click.echo(f"wrote {path}")
         for path in shipped:
             click.echo(f"shipped {path}")
+        unreadable += [f"{archive}: {name}" for name in skipped]
     click.echo("then: membench report --out <the results folder>, membench readme, and commit")
+    if unreadable:  # everything else is written: a rerun of unpack is not needed, a rerun of the session is
+        raise ExitWith(f"{len(unreadable)} checkpoint(s) not shipped, unreadable ({'; '.join(unreadable)}); the rest "
+                       f"is unpacked; rerun the session that made them to train them again", 1)
 
 
 @click.command("set-aside")

@@ -247,15 +247,17 @@ def read_archive(archive: Path) -> tuple[dict[str, bytes], dict[str, dict]]:
                       if _is_record(name)}
 
 
-def unpack(archive: Path, root: Path) -> tuple[list[Path], list[Path]]:
+def unpack(archive: Path, root: Path) -> tuple[list[Path], list[Path], list[str]]:
     """Write `archive`'s results files under the checkout `root` and ship its checkpoints into
-    root/results/checkpoints. Returns (results files written, checkpoints shipped)."""
+    root/results/checkpoints. Returns (results files written, checkpoints shipped, members of checkpoints
+    that could not be read and were not shipped)."""
     import pandas as pd
 
     from membench.throughput import merge
 
     contents, arriving = read_archive(archive)
     written: list[Path] = []
+    unreadable: list[str] = []
     with tempfile.TemporaryDirectory() as scratch:
         checkpoints = []
         for name, data in contents.items():
@@ -269,6 +271,7 @@ def unpack(archive: Path, root: Path) -> tuple[list[Path], list[Path]]:
                     except UNREADABLE as exc:
                         warn(f"{archive}: its {name} is not a readable checkpoint ({type(exc).__name__}): not "
                              f"shipped; the other files are written (rerun the session that made it to train it again)")
+                        unreadable.append(name)
                 elif name == THROUGHPUT_CSV and target.exists():  # rows merged, not the file replaced
                     merge(target, pd.read_csv(io.BytesIO(data), dtype={"commit": str}).to_dict("records"))
                     written.append(target)
@@ -280,7 +283,7 @@ def unpack(archive: Path, root: Path) -> tuple[list[Path], list[Path]]:
                 raise MembenchError(f"{archive}: could not write {target} ({type(exc).__name__}: {exc}); written "
                                     f"before it: {len(written)} file(s); fix the cause and unpack again") from None
         shipped = ship_checkpoints(None, Path(scratch), checkpoints, target=Path(root) / RESULTS / CHECKPOINTS)
-    return written, shipped
+    return written, shipped, unreadable
 
 
 def set_aside(root: Path, keep: Sequence[str]) -> tuple[list[Path], int]:

@@ -240,8 +240,10 @@ def test_unpack_names_an_unreadable_checkpoint_by_its_archive_member_and_ships_n
     root.mkdir()
     junk = _archive(tmp_path / "junk.tgz", {"checkpoints/ebmm-quick-0123456789ab.pt": b"junk"})
     result = CliRunner().invoke(main, ["unpack", str(junk), "--root", str(root)])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # the rest unpacked, but the unpack did not do all it was given
     assert f"{junk}: its checkpoints/ebmm-quick-0123456789ab.pt is not a readable checkpoint" in result.output
+    assert f"1 checkpoint(s) not shipped, unreadable ({junk}: checkpoints/ebmm-quick-0123456789ab.pt)" in result.output
+    assert "Traceback" not in result.output
     assert "left as it is" not in result.output  # no scratch path named for the user to delete
     assert not (root / "results" / "checkpoints").exists() or not list((root / "results" / "checkpoints").iterdir())
 
