@@ -194,15 +194,15 @@ def _execute(spec: RunSpec, store: ResultsStore, device: torch.device, checkpoin
         limit = None if train_time_limit_s is None else max(0.0, train_time_limit_s - (time.perf_counter() - started))
         result = meta_train(model, task, train_config, checkpoint_path(key, checkpoint_dir), device, spec.seed,
                             progress, time_limit_s=limit, wait=wait_for_checkpoint)  # building and the audit count
+        curve_path = store.training_dir / f"{key}.csv"  # a paused run's curve too (a session packs it)
+        import pandas as pd
+
+        write_text_atomic(curve_path, pd.DataFrame(result.curve).to_csv(index=False))
         if not result.finished:
             raise TrainingPaused(
                 f"meta-training of '{spec.model}' (preset {spec.preset}) stopped at step {result.steps} of "
                 f"{train_config.steps} at the command's training time limit; its checkpoint is "
                 f"{result.checkpoint}. Rerun the same command to continue; finished runs are kept.")
-        curve_path = store.training_dir / f"{key}.csv"
-        import pandas as pd
-
-        write_text_atomic(curve_path, pd.DataFrame(result.curve).to_csv(index=False))
         training = {"checkpoint_key": key, "steps": result.steps, "train_time_s": round(result.train_time_s, 2),
                     "config": dataclasses.asdict(train_config), "curve": str(curve_path.relative_to(store.root)),
                     "history": result.history}

@@ -7,6 +7,7 @@ import json
 import textwrap
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
@@ -126,6 +127,8 @@ def test_cli_pauses_with_exit_3_and_resumes_without_duplicates(tmp_path: Path, m
     assert paused.exit_code == EXIT_PAUSED, paused.output
     assert "step 1 of 6" in paused.output and "Rerun the same command" in paused.output
     assert not list(tmp_path.glob("out/runs/*.json"))  # a paused run leaves no record
+    curves = list(tmp_path.glob("out/training/*.csv"))  # but its curve so far, so a session carries it home
+    assert len(curves) == 1 and list(pd.read_csv(curves[0])["step"]) == [1]
     done = runner.invoke(main, args)
     assert done.exit_code == 0, done.output
     records = [json.loads(p.read_text()) for p in (tmp_path / "out" / "runs").glob("*.json")]
