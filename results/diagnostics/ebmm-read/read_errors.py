@@ -1,16 +1,20 @@
-"""Where EBMM quick's Table 1 errors come from, measured on its shipped checkpoint.
+"""Where EBMM's Table 1 errors come from, measured on a preset's shipped checkpoint (finished or paused).
 
-    python results/diagnostics/ebmm-read/read_errors.py > results/diagnostics/ebmm-read/read_errors.txt
+    python results/diagnostics/ebmm-read/read_errors.py [PRESET] > results/diagnostics/ebmm-read/read_errors_PRESET.txt
+
+PRESET: quick (the default) or gpu, evaluated here on the CPU in float32.
 
 For each N, on 3072 / N fresh test episodes (generator seed 123, not the evaluation stream):
 - the error split into erased and known bits;
 - the error of reading from the stored pattern itself (is each written pattern a fixed point?);
-- the error after each read step when reading goes on past the learned K = 3 steps, the last
+- the error after each read step when reading goes on past the learned K steps, the last
   learned decays of the step size and momentum repeated ("repeat") or held at the last step's
   values ("hold");
 - reading with the known bits clamped to the query after every step.
 """
 from __future__ import annotations
+
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -45,14 +49,17 @@ def read(model, state, queries: torch.Tensor, steps: int, schedule: str, clamp: 
     return iterates
 
 
-def main() -> None:
+def main(preset: str) -> None:
     commit, dirty = git_state()
-    print(f"commit {commit}{' (dirty)' if dirty else ''}; torch {torch.__version__}; EBMM quick, shipped checkpoint")
+    print(f"commit {commit}{' (dirty)' if dirty else ''}; torch {torch.__version__}; EBMM {preset}, shipped checkpoint")
     for n in (16, 32, 48, 64, 96):
         spec = RunSpec("table1-learned", "ebmm", {"kind": "binary", "num_patterns": n, "dim": 128, "erased": 64},
-                       8256, 0, 3000, "quick")
+                       8256, 0, 3000, preset)
         task, model, path = load_trained(spec, default_checkpoint_dir())
-        assert path is not None, "the quick checkpoint is shipped in results/checkpoints"
+        assert path is not None, f"the {preset} checkpoint is shipped in results/checkpoints"
+        if n == 16:
+            trained = torch.load(path, weights_only=False, map_location="cpu")["step"]
+            print(f"{path.name}: {trained} of {model.preset.train.steps} updates; K = {model.cfg.read_steps}")
         episodes = task.sample(3072 // n, torch.Generator().manual_seed(123))
         patterns, queries = episodes.patterns, episodes.queries
         state = model.write(patterns)
@@ -65,11 +72,11 @@ def main() -> None:
         erased = queries == 0.5
         print(f"\nN = {n}: error {bits(retrieved):.2f} bits = erased {bits(retrieved, erased):.2f} + known "
               f"{bits(retrieved, ~erased):.2f}; read from the stored pattern {bits(model.read(state, patterns)):.2f}; "
-              f"known bits clamped {bits(read(model, state, queries, 3, 'hold', clamp=True)[-1]):.2f}")
-        for schedule in ("repeat", "hold"):
+              f"known bits clamped {bits(read(model, state, queries, model.cfg.read_steps, 'hold', clamp=True)[-1]):.2f}")
+        for schedule in ("repeat", "hold"):  # past the learned K steps
             errors = [bits(x) for x in read(model, state, queries, 12, schedule)]
             print(f"  error after read steps 1..12 ({schedule}): " + " ".join(f"{e:.2f}" for e in errors))
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1] if len(sys.argv) > 1 else "quick")
