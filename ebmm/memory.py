@@ -107,18 +107,19 @@ class EBMMConfig:
 
 PRESETS: dict[str, Preset] = {
     # CPU, on 2 cores: small hidden size, 2 hops, four write steps (with the elementwise rates below, 0.04-0.39
-    # bits fewer than three at N = 48 and 64 in three seeds; five were no better) and three read steps, large
+    # bits fewer than three at N = 48 and 64 in three seeds; five were no better) and five read steps (0.04-0.68
+    # bits fewer than three at N <= 64 in two seeds, 0.3-0.75 more at N = 96; results/diagnostics/ebmm-seeds), large
     # initial rates, the alpha ||grad_x E||^2 term's rate starting small (at the energy term's 3.0 it
     # kept the model from learning), a beta-term rate that starts by halving the deviation from
     # theta_bar (at 3.0 it multiplied it by -5), the power of N dividing the write's pattern terms
     # meta-learned (it settles near 0.7: the mean under-writes small N), each writable entry's write
     # steps scaled by its own learned factor (elementwise_write_lr: 0.33-0.52 bits fewer at N = 48 and 64,
-    # seed for seed), a large meta learning rate decayed along a cosine, 16 episodes a step, 9000 steps (0.06-0.32
-    # bits fewer than 5600 at N = 32-64 in three seeds, results/diagnostics/ebmm-seeds); the meta-loss compiled
-    "quick": Preset(EBMMConfig(hidden=128, hops=2, read_steps=3, write_steps=4, grad_norm_term=True,
+    # seed for seed), a large meta learning rate decayed along a cosine, 16 episodes a step, 7800 steps (what
+    # fits 15 minutes of two cores with five read steps, results/diagnostics/ebmm-recipes); the meta-loss compiled
+    "quick": Preset(EBMMConfig(hidden=128, hops=2, read_steps=5, write_steps=4, grad_norm_term=True,
                                write_lr_init=3.0, grad_norm_lr_init=0.01, anchor_lr_init=0.25, read_step_init=5.0,
                                learn_write_norm=True, elementwise_write_lr=True),
-                    TrainConfig(steps=9000, batch_size=16, lr=6e-3, cosine_decay=True, clip_norm=1.0, log_every=50,
+                    TrainConfig(steps=7800, batch_size=16, lr=6e-3, cosine_decay=True, clip_norm=1.0, log_every=50,
                                 checkpoint_every=250, num_patterns=(16, 32, 48, 64, 96), compile=True)),
     # one GPU: the quick recipe (elementwise write rates too, but three write steps: on this CPU a fourth
     # made training take about 1.3x as long, untried at this size) with a 4x wider energy, 8x the episodes
