@@ -121,11 +121,11 @@ PRESETS: dict[str, Preset] = {
                                learn_write_norm=True, elementwise_write_lr=True),
                     TrainConfig(steps=7800, batch_size=16, lr=6e-3, cosine_decay=True, clip_norm=1.0, log_every=50,
                                 checkpoint_every=250, num_patterns=(16, 32, 48, 64, 96), compile=True)),
-    # one GPU: the quick recipe (elementwise write rates too, but three write steps: on this CPU a fourth
-    # made training take about 1.3x as long, untried at this size) with a 4x wider energy, 8x the episodes
-    # per update and 5.4x the updates (on this CPU a third hop, five read steps and a smaller first read
-    # step each trained worse), the meta learning rate halved for the width; each update replayed from a
-    # CUDA graph (one per N), in sessions that checkpoint and resume
+    # one GPU: the quick recipe of f04edef (elementwise write rates too, but three write steps: on this CPU a
+    # fourth made training take about 1.3x as long, untried at this size; three read steps, as the quick preset
+    # had then) with a 4x wider energy, 8x the episodes per update and 30,000 updates (on this CPU a third hop
+    # and a smaller first read step each trained worse), the meta learning rate halved for the width; each
+    # update replayed from a CUDA graph (one per N), in sessions that checkpoint and resume
     "gpu": Preset(EBMMConfig(hidden=512, hops=2, read_steps=3, write_steps=3, grad_norm_term=True,
                              write_lr_init=3.0, grad_norm_lr_init=0.01, anchor_lr_init=0.25, read_step_init=5.0,
                              learn_write_norm=True, elementwise_write_lr=True),
