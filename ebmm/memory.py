@@ -107,8 +107,9 @@ class EBMMConfig:
 
 PRESETS: dict[str, Preset] = {
     # CPU, on 2 cores: small hidden size, 2 hops, four write steps (with the elementwise rates below, 0.04-0.39
-    # bits fewer than three at N = 48 and 64 in three seeds; five were no better) and five read steps (0.04-0.68
-    # bits fewer than three at N <= 64 in two seeds, 0.3-0.75 more at N = 96; results/diagnostics/ebmm-seeds), large
+    # bits fewer than three at N = 48 and 64 in three seeds; five were no better) and five read steps (at 9000
+    # updates 0.04-0.68 bits fewer than three at N <= 64 in two seeds, 0.3-0.75 more at N = 96;
+    # results/diagnostics/ebmm-seeds), large
     # initial rates, the alpha ||grad_x E||^2 term's rate starting small (at the energy term's 3.0 it
     # kept the model from learning), a beta-term rate that starts by halving the deviation from
     # theta_bar (at 3.0 it multiplied it by -5), the power of N dividing the write's pattern terms
