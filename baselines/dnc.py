@@ -79,8 +79,8 @@ class DNCConfig:
 
 
 PRESETS: dict[str, Preset] = {
-    # CPU: EBMM quick's training compute (9000 updates of 16 episodes); the N sequential write steps make an
-    # update several times dearer than EBMM's on this CPU
+    # CPU: at least EBMM quick's training compute (9000 updates of 16 episodes; EBMM's: 7800); the N sequential
+    # write steps make an update several times dearer than EBMM's on this CPU
     "quick": Preset(DNCConfig(), TrainConfig(steps=9000, batch_size=16, lr=1e-3, clip_norm=1.0, log_every=50,
                                              checkpoint_every=250, num_patterns=MIXED_N)),
     "gpu": Preset(DNCConfig(), GPU_TRAIN),

@@ -62,7 +62,8 @@ class KanervaConfig:
 
 
 PRESETS: dict[str, Preset] = {
-    # CPU: EBMM quick's training compute (9000 updates of 16 episodes); the write is one batched solve
+    # CPU: at least EBMM quick's training compute (9000 updates of 16 episodes; EBMM's: 7800); the write is one
+    # batched solve
     "quick": Preset(KanervaConfig(), TrainConfig(steps=9000, batch_size=16, lr=1e-3, clip_norm=1.0, cosine_decay=True,
                                                  log_every=50, checkpoint_every=500, num_patterns=MIXED_N)),
     "gpu": Preset(KanervaConfig(), GPU_TRAIN),

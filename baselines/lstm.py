@@ -41,8 +41,8 @@ class LSTMConfig:
 
 
 PRESETS: dict[str, Preset] = {
-    # CPU: hidden 256 (memory 512 of 8256) so that a step stays cheap on this CPU; EBMM quick's training
-    # compute (9000 updates of 16 episodes)
+    # CPU: hidden 256 (memory 512 of 8256) so that a step stays cheap on this CPU; at least EBMM quick's
+    # training compute (9000 updates of 16 episodes; EBMM's: 7800)
     "quick": Preset(LSTMConfig(hidden_size=256),
                     TrainConfig(steps=9000, batch_size=16, lr=1e-3, clip_norm=1.0,
                                 log_every=25, checkpoint_every=250, num_patterns=TRAIN_NUM_PATTERNS)),

@@ -110,7 +110,7 @@ QUICK_CHANNELS = (16, 32, 32)  # the image codec's widths under the quick preset
 
 
 PRESETS: dict[str, Preset] = {
-    # CPU: EBMM quick's training compute (9000 updates of 16 episodes)
+    # CPU: at least EBMM quick's training compute (9000 updates of 16 episodes; EBMM's: 7800)
     "quick": Preset(MANNConfig(), TrainConfig(steps=9000, batch_size=16, lr=1e-3, clip_norm=1.0,
                                               num_patterns=MIXED_N)),
     "gpu": Preset(MANNConfig(), GPU_TRAIN),

@@ -63,7 +63,7 @@ IMAGE_TRAIN = dict(log_every=20, checkpoint_every=100, clip_norm=1.0)
 
 
 PRESETS: dict[str, Preset] = {
-    # CPU: EBMM quick's training compute (9000 updates of 16 episodes)
+    # CPU: at least EBMM quick's training compute (9000 updates of 16 episodes; EBMM's: 7800)
     "quick": Preset(MemNetConfig(), TrainConfig(steps=9000, batch_size=16, lr=1e-3, clip_norm=1.0,
                                                 log_every=50, checkpoint_every=500, num_patterns=TRAIN_NUM_PATTERNS)),
     # one GPU, EBMM gpu's training compute (30,000 updates of 128 episodes)

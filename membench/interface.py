@@ -135,8 +135,8 @@ def check_fields(label: str, config: Any, positive: tuple[str, ...] = (), non_ne
     1, of `unit` in [0, 1], and a `channels` field, where
     the config has one, a non-empty list of positive integers (residual block widths). For configs' __post_init__."""
     for name in positive:
-        if getattr(config, name) is not None:
-            check_positive_number(label, name, getattr(config, name))
+        if (value := getattr(config, name)) is not None:
+            check_positive_number(label, name, value)
     for name in non_negative:
         value = getattr(config, name)
         if not (_is_finite(value) and value >= 0):
