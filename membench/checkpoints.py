@@ -176,25 +176,51 @@ def ship_checkpoints(out_dir: Path | None, checkpoint_dir: Path, files: Sequence
     A shipped checkpoint is replaced only by one trained further, or rewritten when it holds more or less
     than `portable` keeps (a finished one's optimiser state) or lacks a history; one from before histories were kept gets one stretch of
     training from the earliest record that used it (`from_record`). Checkpoints over `max_mb` are
-    skipped with a warning. Returns the files written."""
+    skipped with a warning. Returns the files written; MembenchError, after the others are shipped, naming
+    every checkpoint none of whose files (the cache's, then the shipped one) can be read."""
     target = Path(target or SHIPPED_CHECKPOINTS)
-    sources: dict[str, tuple[Path, dict[str, Any] | None]] = {}  # key -> (file, earliest record using it)
+    sources: dict[str, tuple[list[Path], dict[str, Any] | None]] = {}  # key -> (files, earliest record using it)
     records = ResultsStore(out_dir).records() if out_dir is not None else []
     for record in sorted(records, key=lambda r: r.get("finished_at", "")):
         key = (record.get("training") or {}).get("checkpoint_key")
         if not key or key in sources:
             continue
-        cached, shipped = Path(checkpoint_dir) / f"{key}.pt", target / f"{key}.pt"
-        if cached.exists() or shipped.exists():
-            sources[key] = (cached if cached.exists() else shipped, record)
+        candidates = [path for path in (Path(checkpoint_dir) / f"{key}.pt", target / f"{key}.pt") if path.exists()]
+        if candidates:
+            sources[key] = (candidates, record)
         else:
-            warn(f"checkpoint {cached} of {record['run_id']} is not in the cache; rerun its command to train it")
+            warn(f"checkpoint {Path(checkpoint_dir) / f'{key}.pt'} of {record['run_id']} is not in the cache; "
+                 "rerun its command to train it")
     for file in files:
         if not Path(file).is_file():
             raise MembenchError(f"no checkpoint file {file}; give the path of a <checkpoint key>.pt file")
-        sources[Path(file).stem] = (Path(file), None)
-    written = [_ship_one(source, target / f"{key}.pt", record, max_mb) for key, (source, record) in sources.items()]
-    return [path for path in written if path is not None]
+        sources[Path(file).stem] = ([Path(file)], None)
+    written: list[Path] = []
+    unreadable: list[str] = []
+    for key, (candidates, record) in sources.items():
+        source, saved = _first_readable(candidates)
+        if saved is None:
+            unreadable += [str(path) for path in candidates]
+        elif (path := _ship_one(source, saved, target / f"{key}.pt", record, max_mb)) is not None:
+            written.append(path)
+    if unreadable:
+        raise MembenchError(f"{len(unreadable)} checkpoint file(s) unreadable, not shipped ({', '.join(unreadable)}); "
+                            f"the others were shipped ({len(written)} written): delete each and rerun the command "
+                            "that trained it")
+    return written
+
+
+def _first_readable(paths: list[Path]) -> tuple[Path, dict[str, Any] | None]:
+    """The first of `paths` that reads as a checkpoint and its contents (a warning for each before it that does
+    not), or the last path and None."""
+    for index, path in enumerate(paths):
+        try:
+            return path, read_checkpoint(path)
+        except UNREADABLE as exc:
+            if index + 1 < len(paths):
+                warn(f"checkpoint {path} is unreadable ({type(exc).__name__}): left as it is; shipping from "
+                     f"{paths[index + 1]} instead")
+    return paths[-1], None
 
 
 def readable_checkpoint(path: Path) -> dict[str, Any] | None:
@@ -207,10 +233,9 @@ def readable_checkpoint(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def _ship_one(source: Path, dest: Path, record: dict[str, Any] | None, max_mb: float) -> Path | None:
-    saved = readable_checkpoint(source)
-    if saved is None:
-        return None
+def _ship_one(source: Path, saved: dict[str, Any], dest: Path, record: dict[str, Any] | None,
+              max_mb: float) -> Path | None:
+    """Write `saved` (read from `source`) to `dest` as `portable`, unless what is there is as good."""
     if not dest.exists():
         shipped = None
     else:

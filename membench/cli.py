@@ -8,8 +8,8 @@ from pathlib import Path
 
 import click
 
-from membench.cli_common import (DATA_DIR_OPTION, DEFAULT_OUT, MAX_SEED, Seconds, friendly_errors, int_list,
-                                 parse_options, suite_runs)
+from membench.cli_common import (DATA_DIR_OPTION, DEFAULT_OUT, MAX_SEED, PathArg, Seconds, friendly_errors,
+                                 int_list, parse_options, suite_runs)
 from membench.cli_sessions import COMMANDS
 from membench.errors import MembenchError
 
@@ -48,9 +48,9 @@ def list_command() -> None:
                    "may name others.")
 @click.option("--budget", type=click.IntRange(1), help="Float32 budget. Default: the suite's (8256 for table1).")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
-@click.option("--out", default=DEFAULT_OUT, show_default=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", default=DEFAULT_OUT, show_default=True, type=PathArg(file_okay=False, path_type=Path),
               help="Output directory (records in OUT/runs).")
-@click.option("--checkpoint-dir", type=click.Path(file_okay=False, path_type=Path),
+@click.option("--checkpoint-dir", type=PathArg(file_okay=False, path_type=Path),
               help="Where trained checkpoints are cached. Default: $MEMBENCH_CACHE/checkpoints or "
                    "~/.cache/membench/checkpoints.")
 @click.option("--force", is_flag=True, help="Rerun finished runs instead of skipping them.")
@@ -97,9 +97,9 @@ def run(suite, models, num_patterns, seeds, queries, preset, budget, device, out
 
 
 @main.command()
-@click.option("--out", default=DEFAULT_OUT, show_default=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", default=DEFAULT_OUT, show_default=True, type=PathArg(file_okay=False, path_type=Path),
               help="Output directory holding runs/.")
-@click.option("--reference", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--reference", type=PathArg(dir_okay=False, path_type=Path),
               help="Paper's Table 1 CSV. Default: results/reference/paper_table1.csv of this checkout.")
 @friendly_errors
 def report(out, reference) -> None:
@@ -117,11 +117,11 @@ def report(out, reference) -> None:
 
 
 @main.command()
-@click.option("--out", default=DEFAULT_OUT, show_default=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", default=DEFAULT_OUT, show_default=True, type=PathArg(file_okay=False, path_type=Path),
               help="Output directory holding runs/ of fig3-* suites.")
-@click.option("--reference", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--reference", type=PathArg(dir_okay=False, path_type=Path),
               help="Paper's Figure 3 CSV. Default: results/reference/paper_fig3.csv of this checkout.")
-@click.option("--checkpoint-dir", type=click.Path(file_okay=False, path_type=Path),
+@click.option("--checkpoint-dir", type=PathArg(file_okay=False, path_type=Path),
               help="Where trained checkpoints are cached (for the reconstruction grids).")
 @click.option("--grids/--no-grids", default=True, help="Draw reconstruction grids (query, retrieval, original).")
 @DATA_DIR_OPTION
@@ -141,7 +141,7 @@ def figures(out, reference, checkpoint_dir, grids, data_dir) -> None:
 
 
 @main.command()
-@click.option("--out", default=DEFAULT_OUT, show_default=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", default=DEFAULT_OUT, show_default=True, type=PathArg(file_okay=False, path_type=Path),
               help="Output directory holding runs/ of the capacity-* suites (`make capacity`: results/capacity).")
 @DATA_DIR_OPTION
 @friendly_errors
@@ -156,9 +156,9 @@ def capacity(out, data_dir) -> None:
 
 
 @main.command()
-@click.option("--results", default="results", show_default=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("--results", default="results", show_default=True, type=PathArg(file_okay=False, path_type=Path),
               help="Folder holding table1/ and fig3/ (the committed results).")
-@click.option("--file", "readme", default="README.md", show_default=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--file", "readme", default="README.md", show_default=True, type=PathArg(dir_okay=False, path_type=Path),
               help="The README whose marked tables are rewritten.")
 @click.option("--check", is_flag=True, help="Change nothing; exit 1 when a table differs from its records.")
 @friendly_errors

@@ -33,6 +33,15 @@ class Seconds(click.FloatRange):
         return number
 
 
+class PathArg(click.Path):
+    """click.Path that refuses an empty or blank value (click would take it for the current directory)."""
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and not value.strip():
+            self.fail("is empty; give a path", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 def int_list(low: int, high: int | None = None):
     """Click callback: comma-separated integers in [low, high], duplicates dropped, at least one."""
 
@@ -98,7 +107,7 @@ def friendly_errors(command):
 
 
 DATA_DIR_OPTION = click.option(
-    "--data-dir", type=click.Path(file_okay=False, path_type=Path),
+    "--data-dir", type=PathArg(file_okay=False, path_type=Path),
     help="Directory holding omniglot/ and cifar-10-batches-py/. Default: $MEMBENCH_DATA or ./data.")
 
 

@@ -3,13 +3,15 @@
 Registered on the `membench` group by membench.cli."""
 from __future__ import annotations
 
+import contextlib
+import io
 import shlex
 from pathlib import Path
 
 import click
 
-from membench.cli_common import (DATA_DIR_OPTION, ExitWith, Seconds, friendly_errors, int_list, parse_options,
-                                 suite_runs)
+from membench.cli_common import (DATA_DIR_OPTION, ExitWith, PathArg, Seconds, friendly_errors, int_list,
+                                 parse_options, suite_runs)
 from membench.errors import MembenchError
 from membench.interface import PRECISIONS
 from membench.store import writable_folder
@@ -23,11 +25,11 @@ def _command(name: str) -> click.Command:
 
 
 @click.command()
-@click.option("--out", default="results/table1", show_default=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", default="results/table1", show_default=True, type=PathArg(file_okay=False, path_type=Path),
               help="Output directory whose trained records' checkpoints are shipped.")
-@click.option("--checkpoint-dir", type=click.Path(file_okay=False, path_type=Path),
+@click.option("--checkpoint-dir", type=PathArg(file_okay=False, path_type=Path),
               help="The checkpoint cache. Default: $MEMBENCH_CACHE/checkpoints or ~/.cache/membench/checkpoints.")
-@click.option("--checkpoint", "files", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--checkpoint", "files", multiple=True, type=PathArg(dir_okay=False, path_type=Path),
               help="Also ship this <checkpoint key>.pt file (repeatable), e.g. paused training carried back "
                    "from a GPU machine, so the next machine resumes it.")
 @friendly_errors
@@ -60,12 +62,12 @@ def ship(out, checkpoint_dir, files) -> None:
 @click.option("--train-time-limit", required=True, type=Seconds(min=0), metavar="SECONDS",
               help="Training stops this many seconds after the session began (rerun the session to resume).")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
-@click.option("--to", "archive", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--to", "archive", required=True, type=PathArg(dir_okay=False, path_type=Path),
               help="The archive the session's new results and checkpoints are packed into.")
-@click.option("--results", default="results", show_default=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("--results", default="results", show_default=True, type=PathArg(file_okay=False, path_type=Path),
               help="The results folder the runs write under (what is packed).")
 @click.option("--cache", default="/tmp/membench-session", show_default=True,
-              type=click.Path(file_okay=False, path_type=Path), help="The session's checkpoint cache and logs.")
+              type=PathArg(file_okay=False, path_type=Path), help="The session's checkpoint cache and logs.")
 @click.option("--grace", default=120.0, show_default=True, type=Seconds(min=0), metavar="SECONDS",
               help="Time after the training limit for evaluation; processes still running then are interrupted.")
 @click.option("--throughput", "time_updates", is_flag=True,
@@ -108,7 +110,8 @@ def session(runs, copies, train_time_limit, device, archive, results, cache, gra
 def parsed(name: str, flag: str, args: str, extra: tuple[str, ...] = ()) -> dict:
     """The parameters of `membench NAME ARGS EXTRA` as that command parses them; MembenchError naming `flag`."""
     try:
-        return _command(name).make_context(name, [*shlex.split(args), *extra]).params
+        with contextlib.redirect_stdout(io.StringIO()):  # a help page asked for: refused below, not printed
+            return _command(name).make_context(name, [*shlex.split(args), *extra]).params
     except click.exceptions.Exit:
         raise MembenchError(f"{flag} '{args}' asks for help; give the {name} command's own options") from None
     except (ValueError, click.UsageError) as exc:
@@ -135,7 +138,6 @@ def _timing_command(args: str, device: str, table: Path) -> list[str]:
     """`membench throughput ARGS` on the session's device into its table, as arguments; refused (MembenchError)
     unless throughput would accept it: its options, suite, models and data."""
     from membench.datasets import set_data_dir
-    from membench.registry import resolve_model
     from membench.runner import resolve_device
     from membench.throughput import check_precisions, run_specs
 
@@ -144,22 +146,20 @@ def _timing_command(args: str, device: str, table: Path) -> list[str]:
     set_data_dir(params["data_dir"])
     try:
         check_precisions(params["precisions"], resolve_device(device).type)
-        for spec in run_specs(params["suite"], params["models"], params["num_patterns"], params["preset"],
-                              params["options"]):
-            resolve_model(spec.model)
+        run_specs(params["suite"], params["models"], params["num_patterns"], params["preset"], params["options"])
     except MembenchError as exc:
         raise MembenchError(f"--time '{args}': {exc}") from None
     return ["throughput", *shlex.split(args), *extra]
 
 
 @click.command()
-@click.option("--to", "archive", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--to", "archive", required=True, type=PathArg(dir_okay=False, path_type=Path),
               help="The archive to write (.tar.gz), e.g. $OUT/session.tgz on a lent GPU machine.")
-@click.option("--since", "mark", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+@click.option("--since", "mark", required=True, type=PathArg(exists=True, dir_okay=False, path_type=Path),
               help="A file touched when the session began: only files written after it are packed.")
-@click.option("--results", default="results", show_default=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("--results", default="results", show_default=True, type=PathArg(file_okay=False, path_type=Path),
               help="The results folder whose new files are packed.")
-@click.option("--checkpoint-dir", type=click.Path(file_okay=False, path_type=Path),
+@click.option("--checkpoint-dir", type=PathArg(file_okay=False, path_type=Path),
               help="The checkpoint cache whose new checkpoints are packed. Default: $MEMBENCH_CACHE/checkpoints or "
                    "~/.cache/membench/checkpoints.")
 @friendly_errors
@@ -177,16 +177,19 @@ def pack(archive, mark, results, checkpoint_dir) -> None:
 
 
 @click.command()
-@click.argument("archives", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--root", default=".", show_default=True, type=click.Path(file_okay=False, path_type=Path),
+@click.argument("archives", nargs=-1, required=True, type=PathArg(exists=True, dir_okay=False, path_type=Path))
+@click.option("--root", default=".", show_default=True, type=PathArg(file_okay=False, path_type=Path),
               help="The checkout whose results/ receives the archive's results files.")
 @friendly_errors
 def unpack(archives, root) -> None:
     """Add session archives (`membench pack`: session.tgz and its volumes session-2.tgz, ...) to the checkout
     ROOT: their results files, and their checkpoints shipped into ROOT/results/checkpoints, so the next
     session resumes from them."""
-    from membench.session import read_archive, unpack as unpack_archive
+    from membench.session import RESULTS, read_archive, unpack as unpack_archive
 
+    if not (root / RESULTS).is_dir():
+        raise MembenchError(f"{root} is not a membench checkout (no {RESULTS}/ folder); give --root the checkout "
+                            "the session's archive belongs to")
     for archive in archives:  # every archive checked before any is unpacked
         read_archive(archive)
     unreadable = []
@@ -206,7 +209,7 @@ def unpack(archives, root) -> None:
 @click.command("set-aside")
 @click.option("--keep", multiple=True, required=True,
               help="A results folder the session writes into and reads (its --out, e.g. results/fig3); repeatable.")
-@click.option("--root", default=".", show_default=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("--root", default=".", show_default=True, type=PathArg(file_okay=False, path_type=Path),
               help="The checkout a lent machine copies.")
 @friendly_errors
 def set_aside(keep, root) -> None:
@@ -247,7 +250,7 @@ def set_aside(keep, root) -> None:
 @click.option("--reference", metavar="COMMIT",
               help="Also time this commit's own EBMM quick benchmark in a temporary worktree, in the same rounds.")
 @click.option("--out", default="results/bench/throughput.csv", show_default=True,
-              type=click.Path(dir_okay=False, path_type=Path), help="CSV the rows are merged into.")
+              type=PathArg(dir_okay=False, path_type=Path), help="CSV the rows are merged into.")
 @DATA_DIR_OPTION
 @friendly_errors
 def throughput(suite, models, preset, device, num_patterns, batch_sizes, steps, warmup, cuda_graph, compile_,

@@ -290,12 +290,10 @@ def first_episode(record: dict[str, Any], checkpoint_dir: Path) -> tuple[Any, to
     return episodes, retrievals.clamp(0, 1), task.errors(retrievals, episodes.patterns)[0]  # errors as evaluated
 
 
-def reconstruction_grid(record: dict[str, Any], path: Path, checkpoint_dir: Path, columns: int = 8) -> Path | None:
-    """Rows: query, retrieval, original for the first `columns` queries of the run's first test episode
-    (`first_episode`). Returns the written path, or None when a trained model's checkpoint is absent."""
-    shown = first_episode(record, checkpoint_dir)
-    if shown is None:
-        return None
+def reconstruction_grid(record: dict[str, Any], path: Path, shown: tuple[Any, torch.Tensor, torch.Tensor],
+                        columns: int = 8) -> Path:
+    """Rows: query, retrieval, original for the first `columns` queries of the run's first test episode,
+    `shown` (`first_episode`). Returns the written path."""
     episodes, retrievals, errors = shown
     plt = _pyplot()
     columns = min(columns, record["task"]["num_patterns"])
@@ -334,7 +332,18 @@ def figures(out_dir: Path, reference: Path | None = DEFAULT_REFERENCE, checkpoin
         raise MembenchError(f"no finished Figure 3 run in {out_dir}/runs; run a fig3-* suite first, e.g. "
                             f"`membench run --suite fig3-omniglot --out {out_dir}`")
     paper = load_reference(reference)
-    curves = read_curves(out_dir)  # every input read before any output is written
+    curves = read_curves(out_dir)  # every input (data sets and checkpoints too) read before any output is written
+    shown: dict[Path, tuple[dict[str, Any], tuple[Any, torch.Tensor, torch.Tensor]]] = {}
+    if grids:
+        largest: dict[tuple[str, str], dict[str, Any]] = {}
+        presets = {r["preset"] for r in records}
+        for record in sorted(records, key=lambda r: (r["memory_floats"], -r["seed"])):
+            line = _line_label(*_curve_label(record)) + (f" {record['preset']}" if len(presets) > 1 else "")
+            largest[(record["task"]["kind"], re.sub(r"[^A-Za-z0-9.=-]+", "_", line).strip("_"))] = record
+        for (dataset, name), record in sorted(largest.items()):
+            episode = first_episode(record, checkpoint_dir or default_checkpoint_dir())
+            if episode is not None:
+                shown[out_dir / f"fig3_recon_{dataset}_{name}.png"] = (record, episode)
     summary = summarise(records, paper)
     markdown = summary_markdown(summary)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -345,14 +354,5 @@ def figures(out_dir: Path, reference: Path | None = DEFAULT_REFERENCE, checkpoin
     written = [out_dir / "fig3.md", out_dir / "fig3_acceptance.md", out_dir / "fig3.csv"]
     written += plot(summary, paper, [out_dir / "fig3.png", out_dir / "fig3.pdf"])
     written += training_curves(out_dir, name="fig3_training_curves", curves=curves)
-    if grids:
-        largest: dict[tuple[str, str], dict[str, Any]] = {}
-        presets = {r["preset"] for r in records}
-        for record in sorted(records, key=lambda r: (r["memory_floats"], -r["seed"])):
-            line = _line_label(*_curve_label(record)) + (f" {record['preset']}" if len(presets) > 1 else "")
-            largest[(record["task"]["kind"], re.sub(r"[^A-Za-z0-9.=-]+", "_", line).strip("_"))] = record
-        for (dataset, name), record in sorted(largest.items()):
-            path = reconstruction_grid(record, out_dir / f"fig3_recon_{dataset}_{name}.png",
-                                       checkpoint_dir or default_checkpoint_dir())
-            written += [path] if path else []
+    written += [reconstruction_grid(record, path, episode) for path, (record, episode) in shown.items()]
     return markdown, written

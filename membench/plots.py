@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from membench.errors import MembenchError
 from membench.report import row_label
 from membench.store import ResultsStore, read_table, write_atomic
 
@@ -47,8 +48,14 @@ def read_curves(out_dir: Path, models: tuple[str, ...] | None = None) -> Curves:
                 label = f"{record['task']['kind']} {label} {options} ({record['memory_floats']} floats)"
             elif not training["config"].get("num_patterns"):
                 label += f" N={record['task']['num_patterns']}"
-            curve = read_table(Path(out_dir) / training["curve"], f"the training curve of {record['run_id']}",
-                               ("step", "loss", "error"), "restore it from git or rerun the run with --force")
+            path, fix = Path(out_dir) / training["curve"], "restore it from git or rerun the run with --force"
+            curve = read_table(path, f"the training curve of {record['run_id']}", ("step", "loss", "error"), fix)
+            for column in ("step", "loss", "error"):
+                try:
+                    curve[column] = pd.to_numeric(curve[column])
+                except (TypeError, ValueError):
+                    raise MembenchError(f"{path} is not the training curve of {record['run_id']} (its {column} "
+                                        f"column holds text); {fix}") from None
             curves[key] = (label, curve)
     return curves
 

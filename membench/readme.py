@@ -36,7 +36,7 @@ def _fig3(dataset: str) -> Callable[[Path], str]:
 
         summary = summarise(image_records(results / "fig3"), load_reference(DEFAULT_REFERENCE))
         if summary.empty or dataset not in set(summary["dataset"]):
-            raise MembenchError(f"{results}/fig3 holds no {dataset} run")
+            raise MembenchError(f"{results}/fig3 holds no {dataset} run; run `make figures` (or give --results)")
         return dataset_table(summary[summary.dataset == dataset])
 
     return build

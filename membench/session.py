@@ -243,8 +243,12 @@ def read_archive(archive: Path) -> tuple[dict[str, bytes], dict[str, dict]]:
     except (tarfile.TarError, EOFError, OSError, UnicodeDecodeError) as exc:
         raise MembenchError(f"{archive} is not a readable session archive ({type(exc).__name__}: {exc}); "
                             f"carry it back again or run `membench pack` on the machine that made it") from None
-    return contents, {name: parse_record(data, f"{archive}: member {name}") for name, data in contents.items()
-                      if _is_record(name)}
+    try:
+        return contents, {name: parse_record(data, f"{archive}: member {name}") for name, data in contents.items()
+                          if _is_record(name)}
+    except MembenchError as exc:
+        raise MembenchError(f"{exc}; nothing was unpacked: carry the archive back again or run `membench pack` "
+                            "on the machine that made it") from None
 
 
 def unpack(archive: Path, root: Path) -> tuple[list[Path], list[Path], list[str]]:

@@ -194,7 +194,7 @@ def parse_record(text: str | bytes, name: str) -> dict[str, Any]:
         raise MembenchError(f"{name} holds no per-query errors")
     problem = _field_problem(record, check_errors=not packed)
     if problem:
-        raise MembenchError(f"{name} is not a membench record ({problem}); restore it from git or rerun it")
+        raise MembenchError(f"{name} is not a membench record ({problem})")
     return record
 
 
@@ -217,8 +217,13 @@ def _field_problem(record: dict[str, Any], check_errors: bool = True) -> str | N
             return f"environment's {name} is not a string"
     if len(record["errors"]) % task["num_patterns"]:
         return f"errors holds {len(record['errors'])} values, not whole episodes of {task['num_patterns']} queries"
-    if not isinstance(record.get("training"), (dict, type(None))):
+    training = record.get("training")
+    if not isinstance(training, (dict, type(None))):
         return "training is neither a mapping nor null"
+    if training is not None and not (isinstance(training.get("checkpoint_key"), str)
+                                     and isinstance(training.get("curve"), str)
+                                     and isinstance(training.get("config"), dict)):
+        return "training needs a checkpoint_key, a curve (strings) and a config (a mapping)"
     for name in ("budget", "seed", "queries", "memory_floats"):
         if not _whole(record[name]):
             return f"{name} is not a whole number"
@@ -283,6 +288,6 @@ class ResultsStore:
             try:
                 records.append(read_record(path))
             except MembenchError as exc:
-                raise MembenchError(f"{exc}. Rerun the `membench run` command that made it (it recomputes "
-                                    "unreadable runs), or delete the file") from None
+                raise MembenchError(f"{exc}; restore it from git, rerun the `membench run` command that made it (it "
+                                    "recomputes unreadable runs), or delete the file") from None
         return records

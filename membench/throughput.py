@@ -37,9 +37,9 @@ import torch
 
 from membench.budget import TABLE1_BUDGET
 from membench.errors import MembenchError
-from membench.registry import make_task
+from membench.registry import make_task, resolve_model
 from membench.provenance import device_name, git_state
-from membench.runner import build_model
+from membench.runner import build_model, checked_specs
 from membench.stepper import Stepper
 from membench.store import read_table, write_text_atomic
 from membench.suites import SUITES, RunSpec, SweepSuite, get_suite
@@ -79,7 +79,8 @@ def run_specs(suite: str, models: Sequence[str], num_patterns: Sequence[int], pr
               options: dict[str, Any] | None = None) -> list[RunSpec]:
     """What to time: for `table1`, each model on the Table 1 task at each N; for a rate sweep (fig3-omniglot,
     fig3-cifar), each point of the models' curves (its options: energy, memory_size, ...). `options` then
-    change the preset as `membench run --option` does (e.g. hidden=256, grad_norm_term=false)."""
+    change the preset as `membench run --option` does (e.g. hidden=256, grad_norm_term=false). MembenchError,
+    before anything is timed, for a model that is not meta-trained or an unknown model, preset or option."""
     if suite == "table1":
         specs = []
         for n in num_patterns:
@@ -91,7 +92,12 @@ def run_specs(suite: str, models: Sequence[str], num_patterns: Sequence[int], pr
             sweeps = ", ".join(name for name, known in SUITES.items() if isinstance(known, SweepSuite))
             raise MembenchError(f"throughput times table1 or a rate sweep ({sweeps}), not '{suite}'")
         specs = chosen.expand(suite, tuple(models), (0,), 1, preset, tuple(num_patterns))
-    return [dataclasses.replace(spec, options={**spec.options, **(options or {})}) for spec in specs]
+    specs = [dataclasses.replace(spec, options={**spec.options, **(options or {})}) for spec in specs]
+    untrained = sorted({spec.model for spec in specs if not resolve_model(spec.model).trainable})
+    if untrained:
+        raise MembenchError(f"model(s) {', '.join(untrained)} not meta-trained; throughput measures meta-training "
+                            "updates: give learned models (`membench list`)")
+    return checked_specs(specs)  # every model, preset and option checked before any row is timed
 
 
 def prepare(spec: RunSpec, device: torch.device, batch_size: int | None = None, steps: int = 20, warmup: int = 3,
@@ -103,8 +109,6 @@ def prepare(spec: RunSpec, device: torch.device, batch_size: int | None = None, 
     task = make_task(spec.task)
     torch.manual_seed(0)
     built = build_model(spec, task).to(device)
-    if not built.trainable:
-        raise MembenchError(f"model '{spec.model}' is not meta-trained; throughput measures meta-training updates")
     train = built.preset.train
     config = dataclasses.replace(train, cuda_graph=cuda_graph, batch_size=batch_size or train.batch_size,
                                  compile=train.compile if compile is None else compile,

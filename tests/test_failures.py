@@ -332,12 +332,16 @@ def test_an_int_for_a_float_option_and_a_fraction_where_annotated_float_are_take
     (["session", "--run", "--help", "--train-time-limit", "10", "--to", "s.tgz"],
      "--run '--help' asks for help; give the run command's own options"),
     (["set-aside", "--keep", "results/fig3", "--root", "."], "is not a git checkout git can read"),
+    (["throughput", "--model", "ebmm", "--model", "nope"], "unknown model 'nope'"),
+    (["throughput", "--model", "ebmm", "--model", "hopfield_hebb"], "model(s) hopfield_hebb not meta-trained"),
 ])
 def test_misused_commands_get_one_line_naming_the_fix(tmp_path, monkeypatch, args, fragment):
     monkeypatch.chdir(tmp_path)  # a plain folder: not a git checkout, no results
-    _one_clear_line(_invoke(*args, *(["--out", "out"] if args[0] in ("run", "report", "figures") else [])), fragment,
-                    exit_code=1)
+    result = _invoke(*args, *(["--out", "out"] if args[0] in ("run", "report", "figures") else []))
+    _one_clear_line(result, fragment, exit_code=1)
+    assert "Usage:" not in result.output  # no help page either
     assert not (tmp_path / "out" / "runs").exists() and not (tmp_path / "s.tgz").exists()
+    assert not (tmp_path / "results").exists()  # throughput: nothing timed, no table written
 
 
 def test_a_file_path_for_a_model_is_told_to_name_the_module(tmp_path):
@@ -368,7 +372,7 @@ def test_corrupt_record_is_named_by_report_and_repaired_by_run(tmp_path, content
     (path,) = (tmp_path / "runs").glob("*.json")
     good = json.loads(path.read_text())
     path.write_bytes(content)
-    _one_clear_line(_invoke("report", "--out", str(tmp_path)), str(path), "Rerun the `membench run` command",
+    _one_clear_line(_invoke("report", "--out", str(tmp_path)), str(path), "rerun the `membench run` command that made it",
                     exit_code=1)
     rerun = _invoke("run", *args)
     assert rerun.exit_code == 0 and "1 run(s) executed" in rerun.output, rerun.output
@@ -763,3 +767,38 @@ def test_an_error_in_a_model_reached_through_a_symlink_is_still_named(tmp_path, 
     monkeypatch.delitem(sys.modules, "own", raising=False)
     _one_clear_line(_invoke("run", "--model", "own:Raises", "--num-patterns", "16", "--queries", "32", "--out", "out",
                             "--no-progress"), "model 'own:Raises' raised RuntimeError: ", exit_code=1)
+
+
+def test_an_empty_out_is_refused_not_taken_for_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = _invoke("run", "--model", "raw_slots", "--num-patterns", "16", "--queries", "16", "--out", "", "--no-progress")
+    _one_clear_line(result, "Invalid value for '--out': is empty; give a path", exit_code=2)
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("training, fragment", [
+    ({"curve": "training/x.csv", "config": {}}, "training needs a checkpoint_key, a curve (strings) and a config"),
+    ({"checkpoint_key": "x", "curve": 5, "config": {}}, "training needs a checkpoint_key, a curve (strings)"),
+    ({"checkpoint_key": "x", "curve": "training/x.csv", "config": None}, "and a config (a mapping)"),
+])
+def test_a_record_with_an_incomplete_training_field_is_named(tmp_path, training, fragment):
+    args = ["--model", "raw_slots", "--num-patterns", "16", "--queries", "16", "--out", str(tmp_path), "--no-progress"]
+    assert _invoke("run", *args).exit_code == 0
+    (path,) = (tmp_path / "runs").glob("*.json")
+    path.write_text(json.dumps({**json.loads(path.read_text()), "training": training}))
+    for command in ("report", "capacity"):
+        _one_clear_line(_invoke(command, "--out", str(tmp_path)), str(path), fragment, exit_code=1)
+
+
+def test_a_training_curve_holding_text_is_named_and_nothing_is_written(tmp_path):
+    args = ["--model", "raw_slots", "--num-patterns", "16", "--queries", "16", "--out", str(tmp_path), "--no-progress"]
+    assert _invoke("run", *args).exit_code == 0
+    (path,) = (tmp_path / "runs").glob("*.json")
+    training = {"checkpoint_key": "k", "curve": "training/k.csv", "config": {}}
+    path.write_text(json.dumps({**json.loads(path.read_text()), "training": training}))
+    (tmp_path / "training").mkdir(exist_ok=True)
+    (tmp_path / "training" / "k.csv").write_text("step,loss,error\n0,nan,0.1\n1,abc,0.2\n")
+    (tmp_path / "table1.md").unlink()
+    _one_clear_line(_invoke("report", "--out", str(tmp_path)), "k.csv is not the training curve",
+                    "its loss column holds text", exit_code=1)
+    assert not (tmp_path / "table1.md").exists()

@@ -93,6 +93,20 @@ def test_cli_sweep_then_figures(data_root, tmp_path):
     assert cifar["median"].is_monotonic_decreasing          # more whole images stored: less error
 
 
+def test_figures_without_the_data_for_their_grids_write_nothing(data_root, tmp_path):
+    """The grids need the test images: with a data folder that lacks them, `figures` names the problem before
+    it writes the table, the figure or the acceptance."""
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["run", "--suite", "fig3-cifar", "--model", "raw_slots", "--num-patterns", "16",
+                                       "--queries", "64", "--data-dir", str(data_root), "--out", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    for name in out.glob("fig3*"):
+        name.unlink()
+    result = CliRunner().invoke(main, ["figures", "--out", str(out), "--data-dir", str(tmp_path / "none")])
+    assert result.exit_code == 1 and "Traceback" not in result.output and "CIFAR-10" in result.output, result.output
+    assert not list(out.glob("fig3*"))
+
+
 def test_the_acceptance_reads_each_check_off_the_points():
     """fig3_acceptance: sizes per curve, the fall with memory, EBMM against the paper's curve at its memory
     (interpolated in log-memory; n/a without a paper curve) and against passthrough, and on CIFAR EBMM_conv

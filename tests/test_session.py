@@ -99,19 +99,19 @@ def test_unpack_refuses_an_unsafe_or_corrupt_archive_and_writes_nothing(tmp_path
     """A member outside results/ and checkpoints/ (or climbing out with ..) stops the whole unpack before
     any file is written; a truncated archive is one line naming the file; no traceback."""
     root = tmp_path / "here"
-    root.mkdir()
+    (root / "results").mkdir(parents=True)
     for bad in ("../evil.json", "results/../../evil.json", "elsewhere/x.json", "checkpoints/sub/x.pt"):
         archive = _archive(tmp_path / "bad.tgz", {"results/table1/runs/fine.json": b"{}", bad: b"x"})
         result = CliRunner().invoke(main, ["unpack", str(archive), "--root", str(root)])
         assert result.exit_code == 1 and f"member '{bad}'" in result.output and "nothing was unpacked" in result.output
         assert "Traceback" not in result.output
-        assert not any(root.rglob("*")) and not (tmp_path / "evil.json").exists()
+        assert list(root.rglob("*")) == [root / "results"] and not (tmp_path / "evil.json").exists()
     good = _archive(tmp_path / "good.tgz", {"results/table1/runs/fine.json": b"{}" * 5000})
     truncated = tmp_path / "truncated.tgz"
     truncated.write_bytes(good.read_bytes()[:60])
     result = CliRunner().invoke(main, ["unpack", str(truncated), "--root", str(root)])
     assert result.exit_code == 1 and "is not a readable session archive" in result.output, result.output
-    assert "Traceback" not in result.output and not any(root.rglob("*"))
+    assert "Traceback" not in result.output and list(root.rglob("*")) == [root / "results"]
 
 
 def test_an_unpack_that_cannot_write_a_file_says_which_and_what_it_wrote_before(tmp_path: Path):
@@ -219,7 +219,7 @@ def test_unpack_skips_folders_and_refuses_files_for_results_checkpoints(tmp_path
     """Folder entries (as plain `tar` writes them) are fine; a file aimed at results/checkpoints would pass
     by the keep-the-further-trained rule, so it is refused."""
     root = tmp_path / "here"
-    root.mkdir()
+    (root / "results").mkdir(parents=True)
     archive = tmp_path / "a.tgz"
     with tarfile.open(archive, "w:gz") as tar:
         folder = tarfile.TarInfo("results/table1")
@@ -237,7 +237,7 @@ def test_unpack_skips_folders_and_refuses_files_for_results_checkpoints(tmp_path
 
 def test_unpack_names_an_unreadable_checkpoint_by_its_archive_member_and_ships_nothing(tmp_path: Path):
     root = tmp_path / "here"
-    root.mkdir()
+    (root / "results").mkdir(parents=True)
     junk = _archive(tmp_path / "junk.tgz", {"checkpoints/ebmm-quick-0123456789ab.pt": b"junk"})
     result = CliRunner().invoke(main, ["unpack", str(junk), "--root", str(root)])
     assert result.exit_code == 1, result.output  # the rest unpacked, but the unpack did not do all it was given
@@ -264,6 +264,7 @@ def test_pack_splits_into_volumes_a_lent_machine_returns_and_leaves_out_what_fit
     assert sorted(names) == ["checkpoints/a.pt", "checkpoints/b.pt"] and "large.pt" in capsys.readouterr().err
     volumes = [tmp_path / "s.tgz", tmp_path / "s-2.tgz"]
     assert all(v.exists() for v in volumes) and not (tmp_path / "s-3.tgz").exists()
+    (tmp_path / "here" / "results").mkdir(parents=True)
     result = CliRunner().invoke(main, ["unpack", *map(str, volumes), "--root", str(tmp_path / "here")])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "here" / "results" / "checkpoints").glob("*.pt")) == ["a.pt", "b.pt"]
@@ -395,11 +396,20 @@ def test_at_the_deadline_every_running_process_is_interrupted_and_the_deaf_one_k
 def test_unpack_checks_every_archive_before_writing_any(tmp_path: Path):
     """`membench unpack good.tgz bad.tgz`: the bad one's record is refused before the good one is written."""
     root = tmp_path / "here"
+    (root / "results").mkdir(parents=True)
     good = _archive(tmp_path / "good.tgz", {"results/table1/table1.md": b"new"})
     bad = _archive(tmp_path / "bad.tgz", {"results/table1/runs/x.json": b'{"run_id": "x"}'})
     result = CliRunner().invoke(main, ["unpack", str(good), str(bad), "--root", str(root)])
     assert result.exit_code == 1 and "member results/table1/runs/x.json is not a membench record" in result.output
-    assert not (root / "results").exists()
+    assert "nothing was unpacked" in result.output and not (root / "results" / "table1").exists()
+
+
+def test_unpack_refuses_a_root_that_is_not_a_checkout(tmp_path: Path):
+    """A mistyped --root is refused by name before anything is written, not created and filled."""
+    archive = _archive(tmp_path / "good.tgz", {"results/table1/table1.md": b"new"})
+    result = CliRunner().invoke(main, ["unpack", str(archive), "--root", str(tmp_path / "typo")])
+    assert result.exit_code == 1 and f"{tmp_path / 'typo'} is not a membench checkout" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "typo").exists()
 
 
 def test_set_aside_leaves_a_session_its_records_and_unfinished_checkpoints_and_git_restores_the_rest(tmp_path):

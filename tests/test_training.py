@@ -655,6 +655,28 @@ def test_an_unfinished_checkpoint_carries_its_optimiser_state_only_up_to_the_lim
         assert torch.equal(light["model"][name], tensor), name
 
 
+def test_ship_takes_the_shipped_copy_of_an_unreadable_cached_file_and_fails_without_one(tmp_path: Path, monkeypatch,
+                                                                                         capsys):
+    """A truncated file in the cache: `ship` leaves the readable shipped copy as it is (warned, nothing
+    written); with no shipped copy either, it exits 1 with one line naming the file."""
+    from membench.checkpoints import ship_checkpoints
+
+    assert CliRunner().invoke(main, [*_tiny_run(tmp_path, monkeypatch), "--checkpoint-dir", "cache"]).exit_code == 0
+    (cached,) = (tmp_path / "cache").glob("*.pt")
+    shipped = tmp_path / "shipped" / cached.name
+    assert ship_checkpoints(tmp_path / "out", tmp_path / "cache") == [shipped]
+    good = shipped.read_bytes()
+    cached.write_bytes(cached.read_bytes()[:100])
+    capsys.readouterr()
+    assert ship_checkpoints(tmp_path / "out", tmp_path / "cache") == [] and shipped.read_bytes() == good
+    assert f"checkpoint {cached} is unreadable" in capsys.readouterr().err
+    shipped.unlink()
+    result = CliRunner().invoke(main, ["ship", "--out", "out", "--checkpoint-dir", "cache"])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert f"1 checkpoint file(s) unreadable, not shipped (cache/{cached.name})" in result.output
+    assert not shipped.exists()
+
+
 def test_a_checkpoint_over_the_shipping_limit_is_named_and_not_shipped(tmp_path: Path, monkeypatch, capsys):
     """`ship` refuses a checkpoint larger than its limit with a warning naming it and its size, and writes
     nothing in the shipped folder."""
