@@ -173,7 +173,8 @@ def pack(archive, mark, results, checkpoint_dir) -> None:
         raise MembenchError(f"--results {results} is not a folder; give the results folder the session wrote into")
     writable_folder(archive.parent, "--to's folder")
     names = pack_archive(archive, mark.stat().st_mtime, results, checkpoint_dir or default_checkpoint_dir())
-    click.echo(f"packed {len(names)} file(s) into {archive} and its volumes: " + ", ".join(names))
+    click.echo(f"packed {len(names)} file(s) into {archive} (and its volumes, if any)" + (": " + ", ".join(names)
+                                                                                         if names else ""))
 
 
 @click.command()
