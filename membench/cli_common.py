@@ -66,7 +66,8 @@ def int_list(low: int, high: int | None = None):
 
 
 def parse_options(_ctx, _param, values: tuple[str, ...]) -> dict[str, object]:
-    """Click callback: KEY=VALUE pairs (VALUE read as JSON when it parses, else as a string) -> dict."""
+    """Click callback: KEY=VALUE pairs (VALUE read as JSON when it parses, nan and inf in any case as floats
+    (for the option's own check to refuse by name), else as a string) -> dict."""
     options = {}
     for item in values:
         key, sep, raw = item.partition("=")
@@ -75,7 +76,7 @@ def parse_options(_ctx, _param, values: tuple[str, ...]) -> dict[str, object]:
         try:
             value = json.loads(raw)
         except ValueError:
-            value = raw
+            value = float(raw) if raw.strip().lower().lstrip("+-") in ("nan", "inf", "infinity") else raw
         options[key.strip()] = tuple(value) if isinstance(value, list) else value
     return options
 

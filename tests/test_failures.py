@@ -93,6 +93,8 @@ def test_bad_numbers_are_refused_before_any_work(tmp_path, args, fragment):
     ("decay_init=1.0", "decay_init=1.0 must lie strictly between 0 and 1 (a sigmoid)"),
     ("train.weight_decay=-5", "train.weight_decay=-5 must be a non-negative finite number"),
     ("train.lr=Infinity", "train.lr=inf must be a positive finite number"),
+    ("train.lr=nan", "train.lr=nan must be a positive finite number"),
+    ("write_lr_init=-inf", "write_lr_init=-inf must be a finite number > 0"),
 ])
 def test_bad_option_values_are_refused_before_any_work(tmp_path, option, fragment):
     result = _invoke("run", "--suite", "table1-learned", "--model", "ebmm", "--num-patterns", "16", "--option", option,
