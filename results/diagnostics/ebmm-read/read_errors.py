@@ -1,8 +1,9 @@
 """Where EBMM's Table 1 errors come from, measured on a preset's shipped checkpoint (finished or paused).
 
-    python results/diagnostics/ebmm-read/read_errors.py [PRESET] > results/diagnostics/ebmm-read/read_errors_PRESET.txt
+    python results/diagnostics/ebmm-read/read_errors.py [PRESET [KEY=VALUE ...]] > results/diagnostics/ebmm-read/read_errors_PRESET.txt
 
-PRESET: quick (the default) or gpu, evaluated here on the CPU in float32.
+PRESET: quick (the default) or gpu, evaluated here on the CPU in float32; KEY=VALUE: a screen's options (as
+`membench run --option`), its checkpoint found in $MEMBENCH_CACHE/checkpoints or the shipped ones.
 
 For each N, on 3072 / N fresh test episodes (generator seed 123, not the evaluation stream):
 - the error split into erased and known bits;
@@ -19,6 +20,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
+from membench.cli_common import parse_options
 from membench.provenance import git_state
 from membench.checkpoints import default_checkpoint_dir
 from membench.runner import load_trained
@@ -49,14 +51,15 @@ def read(model, state, queries: torch.Tensor, steps: int, schedule: str, clamp: 
     return iterates
 
 
-def main(preset: str) -> None:
+def main(preset: str, options: dict) -> None:
     commit, dirty = git_state()
-    print(f"commit {commit}{' (dirty)' if dirty else ''}; torch {torch.__version__}; EBMM {preset}, shipped checkpoint")
+    print(f"commit {commit}{' (dirty)' if dirty else ''}; torch {torch.__version__}; EBMM {preset}"
+          + (f" {options}, its checkpoint" if options else ", shipped checkpoint"))
     for n in (16, 32, 48, 64, 96):
         spec = RunSpec("table1-learned", "ebmm", {"kind": "binary", "num_patterns": n, "dim": 128, "erased": 64},
-                       8256, 0, 3000, preset)
+                       8256, 0, 3000, preset, options)
         task, model, path = load_trained(spec, default_checkpoint_dir())
-        assert path is not None, f"the {preset} checkpoint is shipped in results/checkpoints"
+        assert path is not None, f"the {preset} checkpoint {options or ''} is in the cache or shipped"
         if n == 16:
             trained = torch.load(path, weights_only=False, map_location="cpu")["step"]
             print(f"{path.name}: {trained} of {model.preset.train.steps} updates; K = {model.cfg.read_steps}")
@@ -79,4 +82,4 @@ def main(preset: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "quick")
+    main(sys.argv[1] if len(sys.argv) > 1 else "quick", parse_options(None, None, tuple(sys.argv[2:])))
