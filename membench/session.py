@@ -320,7 +320,11 @@ def set_aside(root: Path, keep: Sequence[str]) -> tuple[list[Path], int]:
             raise MembenchError(f"--keep {folder}: not a folder under {root}/{RESULTS}; give the session's --out "
                                 f"folders, e.g. {RESULTS}/fig3 (a session writing a new folder needs no --keep)")
     evaluated: dict[str, set[int]] = {}  # checkpoint key -> the N its records evaluated
-    for record in (read_record(root / name) for name in tracked if _is_record(name)):
+    try:
+        records = [read_record(root / name) for name in tracked if _is_record(name)]
+    except MembenchError as exc:
+        raise MembenchError(f"{exc}; restore it from git (`git checkout -- FILE`), then set aside again") from None
+    for record in records:
         if key := (record.get("training") or {}).get("checkpoint_key"):
             evaluated.setdefault(key, set()).add(record["task"]["num_patterns"])
     deleted, size = [], 0
