@@ -171,6 +171,8 @@ def pack(archive, mark, results, checkpoint_dir) -> None:
 
     if not results.is_dir():
         raise MembenchError(f"--results {results} is not a folder; give the results folder the session wrote into")
+    if not archive.name.endswith((".tgz", ".tar.gz")):
+        raise MembenchError(f"--to {archive} is written as a gzipped tar: give it a name ending .tgz or .tar.gz")
     writable_folder(archive.parent, "--to's folder")
     names = pack_archive(archive, mark.stat().st_mtime, results, checkpoint_dir or default_checkpoint_dir())
     click.echo(f"packed {len(names)} file(s) into {archive} (and its volumes, if any)" + (": " + ", ".join(names)

@@ -38,7 +38,7 @@ from membench.provenance import environment, git_state
 from membench.registry import is_builtin_file, is_builtin_model, make_task, model_source_digest, model_source_files, resolve_model
 from membench.run_identity import checkpoint_key, is_current, recorded_preset
 from membench.store import ResultsStore, writable_folder, write_text_atomic
-from membench.suites import DEFAULT_PRESET, RunSpec, declared_count
+from membench.suites import BUILTIN_PRESETS, DEFAULT_PRESET, RunSpec, declared_count
 from membench.tasks import Task, seed_all
 from membench.training import meta_train
 
@@ -241,15 +241,20 @@ def _execute(spec: RunSpec, store: ResultsStore, device: torch.device, checkpoin
 
 def checked_specs(specs: list[RunSpec]) -> list[RunSpec]:
     """`specs` after failing fast (MembenchError) on unknown models, tasks, presets and options, before any
-    work; a model that is not trained gets DEFAULT_PRESET (one run id whatever --preset says) and is built
-    once per model, options, task and budget (cheap), so an option it does not take is refused here too."""
+    work; a model that is not trained gets DEFAULT_PRESET (one run id whatever built-in preset --preset names; a
+    name no model of the run knows is refused) and is built once per model, options, task and budget (cheap),
+    so an option it does not take is refused here too."""
     checked, built = [], set()
+    any_trained = any(resolve_model(spec.model).trainable for spec in specs)
     for spec in specs:
         cls = resolve_model(spec.model)
         task = make_task(spec.task)
         if cls.trainable:
             resolve_preset(cls, task.spec, spec.preset, spec.options)
         else:
+            if spec.preset not in BUILTIN_PRESETS and not any_trained:
+                raise MembenchError(f"no model of this run has a preset '{spec.preset}'; give --preset one of "
+                                    f"{', '.join(BUILTIN_PRESETS)} (models that are not trained run under any)")
             spec = dataclasses.replace(spec, preset=DEFAULT_PRESET)
             key = (spec.model, json.dumps(spec.options, sort_keys=True), json.dumps(spec.task, sort_keys=True),
                    spec.budget)

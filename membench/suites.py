@@ -18,6 +18,7 @@ LEARNED_MODELS = ("ebmm", "memory_networks", "memory_networks_learned", "mann", 
 
 
 DEFAULT_PRESET = "quick"
+BUILTIN_PRESETS = ("quick", "gpu", "paper")  # the presets of every built-in learned model
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,7 @@ def _ebmm_points(energy: str, floats_per_unit: int, units: tuple[int, ...]) -> P
 
 
 def _per_preset(make, quick: tuple[int, ...], gpu: tuple[int, ...], paper: tuple[int, ...]) -> dict[str, Points]:
-    return {"quick": make(quick), "gpu": make(gpu), "paper": make(paper)}
+    return dict(zip(BUILTIN_PRESETS, (make(quick), make(gpu), make(paper))))
 
 
 def _image_curves(pattern_floats: int, raw_counts: tuple[int, ...], mann_gpu: tuple[int, ...],
@@ -163,6 +164,10 @@ class SweepSuite:
         if budget is not None:
             raise MembenchError(f"suite '{name}' sets a budget per sweep point; drop --budget")
         curves = [c for label, c in self.curves.items() if not models or label in models or c.model in models]
+        missing = sorted({label for label, c in self.curves.items() if c in curves and not c.at(preset)})
+        if missing:
+            raise MembenchError(f"suite '{name}' has no points for preset '{preset}' (curves {', '.join(missing)}); "
+                                f"give --preset one of {', '.join(BUILTIN_PRESETS)}")
         named = {label for label in self.curves} | {c.model for c in self.curves.values()}
         sizes = self.curves[OTHER_MODELS_CURVE].points  # a preset of a model's own: the quick preset's sizes
         others = [Curve(model, {"*": tuple(({}, b) for _, b in sizes.get(preset, sizes["quick"]))})

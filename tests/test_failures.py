@@ -705,7 +705,8 @@ def test_reports_of_missing_or_broken_inputs_say_so_in_one_line_and_write_nothin
 
 
 def test_outputs_that_cannot_be_written_are_refused_before_any_work(tmp_path, monkeypatch):
-    """run --out, session --to, pack --to and throughput --out under a path whose parent is a file; session
+    """run --out, session --to, pack --to and throughput --out under a path whose parent is a file (pack --to not
+    named .tgz or .tar.gz); session
     --run naming an unknown model; pack --results and ship --out that are no results folder; ship --checkpoint
     that is no checkpoint: one line naming it, a non-zero exit, nothing run or written."""
     monkeypatch.chdir(tmp_path)
@@ -720,6 +721,8 @@ def test_outputs_that_cannot_be_written_are_refused_before_any_work(tmp_path, mo
     assert not (tmp_path / "results").exists() and not (tmp_path / "cache").exists()
     _one_clear_line(_invoke("pack", "--to", "out/p.tgz", "--since", "afile", "--results", "nothing"),
                     "--results nothing is not a folder")
+    _one_clear_line(_invoke("pack", "--to", "out/p.zip", "--since", "afile", "--results", "."),
+                    "--to out/p.zip is written as a gzipped tar: give it a name ending .tgz or .tar.gz")
     _one_clear_line(_invoke("ship", "--out", "nothing"), "nothing holds no runs/ folder")
     _one_clear_line(_invoke("ship", "--checkpoint", "afile"), "checkpoint afile is unreadable")
     (tmp_path / "table.csv").write_text("not,a\nthroughput,table\n")
@@ -804,3 +807,23 @@ def test_a_training_curve_holding_text_is_named_and_nothing_is_written(tmp_path)
     _one_clear_line(_invoke("report", "--out", str(tmp_path)), "k.csv is not the training curve",
                     "its loss column holds text", exit_code=1)
     assert not (tmp_path / "table1.md").exists()
+
+
+def test_a_preset_no_model_of_the_run_knows_is_refused(tmp_path, monkeypatch, data_root):
+    """--preset names a preset of the run's learned models; with none of them it must be a built-in one, and an
+    image suite must have points for it: otherwise one line, nothing run or written (before: untrained models ran
+    under the default, the learned image curves silently had no runs)."""
+    monkeypatch.chdir(tmp_path)
+    small = ["run", "--num-patterns", "16", "--queries", "16", "--no-progress", "--out", "out"]
+    _one_clear_line(_invoke(*small, "--model", "hopfield_hebb", "--preset", "nope"),
+                    "no model of this run has a preset 'nope'; give --preset one of quick, gpu, paper")
+    images = ["run", "--suite", "fig3-omniglot", "--num-patterns", "8", "--queries", "64", "--no-progress",
+              "--out", "out", "--data-dir", str(data_root), "--preset", "nope"]
+    _one_clear_line(_invoke(*images, "--model", "ebmm"),
+                    "suite 'fig3-omniglot' has no points for preset 'nope' (curves EBMM_FC, EBMM_conv)")
+    _one_clear_line(_invoke(*images, "--model", "raw_slots"), "no model of this run has a preset 'nope'")
+    assert not (tmp_path / "out").exists()
+    ran = _invoke(*small, "--model", "hopfield_hebb", "--preset", "gpu")  # any built-in one: the default's run
+    assert ran.exit_code == 0 and "1 run(s) executed" in ran.output, ran.output
+    (record,) = [json.loads(p.read_text()) for p in (tmp_path / "out" / "runs").glob("*.json")]
+    assert record["preset"] == "quick"
