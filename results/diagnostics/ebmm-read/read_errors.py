@@ -20,11 +20,8 @@ import sys
 import torch
 import torch.nn.functional as F
 
+from checkpoint import NUM_PATTERNS, episodes, header, trained
 from membench.cli_common import parse_options
-from membench.provenance import git_state
-from membench.checkpoints import default_checkpoint_dir
-from membench.runner import load_trained
-from membench.suites import RunSpec
 
 torch.set_num_threads(1)
 
@@ -52,19 +49,14 @@ def read(model, state, queries: torch.Tensor, steps: int, schedule: str, clamp: 
 
 
 def main(preset: str, options: dict) -> None:
-    commit, dirty = git_state()
-    print(f"commit {commit}{' (dirty)' if dirty else ''}; torch {torch.__version__}; EBMM {preset}"
-          + (f" {options}, its checkpoint" if options else ", shipped checkpoint"))
-    for n in (16, 32, 48, 64, 96):
-        spec = RunSpec("table1-learned", "ebmm", {"kind": "binary", "num_patterns": n, "dim": 128, "erased": 64},
-                       8256, 0, 3000, preset, options)
-        task, model, path = load_trained(spec, default_checkpoint_dir())
-        assert path is not None, f"the {preset} checkpoint {options or ''} is in the cache or shipped"
-        if n == 16:
-            trained = torch.load(path, weights_only=False, map_location="cpu")["step"]
-            print(f"{path.name}: {trained} of {model.preset.train.steps} updates; K = {model.cfg.read_steps}")
-        episodes = task.sample(3072 // n, torch.Generator().manual_seed(123))
-        patterns, queries = episodes.patterns, episodes.queries
+    print(header(preset, options))
+    for n in NUM_PATTERNS:
+        task, model, path = trained(preset, options, n)
+        if n == NUM_PATTERNS[0]:
+            steps = torch.load(path, weights_only=False, map_location="cpu")["step"]
+            print(f"{path.name}: {steps} of {model.preset.train.steps} updates; K = {model.cfg.read_steps}")
+        sample = episodes(task, n)
+        patterns, queries = sample.patterns, sample.queries
         state = model.write(patterns)
 
         def bits(x: torch.Tensor, where: torch.Tensor | None = None) -> float:
