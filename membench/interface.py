@@ -195,12 +195,15 @@ def _type_hints(owner: Any) -> dict[str, Any]:
         return {}
 
 
-def _check_declared(label: str, key: str, value: Any, default: Any, hint: Any) -> None:
-    """`_check_option_type` against the scalar type `hint` declares (else `default`'s); None passes where the
-    hint admits it."""
+def _check_declared(label: str, key: str, value: Any, default: Any, hint: Any) -> Any:
+    """`value` after `_check_option_type` against the scalar type `hint` declares (else `default`'s), an int
+    given for a float made a float (`--option gain_init=2` is 2.0); None passes where the hint admits it."""
     kind, optional = _scalar_type(hint)
-    if not (value is None and optional):
-        _check_option_type(label, key, value, default, kind)
+    if value is None and optional:
+        return value
+    _check_option_type(label, key, value, default, kind)
+    is_float = (kind or type(default)) is float
+    return float(value) if is_float and isinstance(value, int) and not isinstance(value, bool) else value
 
 
 def check_constructor_options(cls: type, label: str, options: Mapping[str, Any]) -> None:
@@ -253,7 +256,7 @@ def resolve_preset(cls: type["AssociativeMemory"], spec: TaskSpec, name: str,
                                 f"Its options: {', '.join(prefix + f for f in sorted(fields))}")
         hints = _type_hints(type(config))
         for key, value in given.items():  # checked against the field's declared type (else its default's)
-            _check_declared(label, prefix + key, value, getattr(config, key), hints.get(key))
+            given[key] = _check_declared(label, prefix + key, value, getattr(config, key), hints.get(key))
     return Preset(dataclasses.replace(preset.model, **model_options),
                   dataclasses.replace(preset.train, **train_options))
 

@@ -132,21 +132,22 @@ def distinct(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
     Pooling them would count patterns twice: a copied record file, the same run from two suites, or
     a rerun with more --queries. The one with the most queries (then the latest) is kept.
 
-    Records of a model from outside membench made by another version of its source files than the cell's
-    latest record (`model_source`) are left out, with a warning: a cell never pools two versions of a model.
+    Records of a model from outside membench made by another version of its source files than the model's
+    latest record among `records` (`model_source`) are left out, with a warning: no cell, row or curve
+    mixes two versions of a model.
     """
-    latest: dict[tuple, tuple[str, str | None]] = {}  # cell -> (finished_at, model_source) of its latest record
+    latest: dict[str, tuple[str, str | None]] = {}  # model -> (finished_at, model_source) of its latest record
     for record in records:
-        if record.get("finished_at", "") >= latest.get(cell_key(record), ("", None))[0]:
-            latest[cell_key(record)] = (record.get("finished_at", ""), record.get("model_source"))
-    stale = [r for r in records if r.get("model_source") != latest[cell_key(r)][1]]
+        if record.get("finished_at", "") >= latest.get(record["model"], ("", None))[0]:
+            latest[record["model"]] = (record.get("finished_at", ""), record.get("model_source"))
+    stale = [r for r in records if r.get("model_source") != latest[r["model"]][1]]
     if stale:
         from membench.store import warn
 
         warn(f"{len(stale)} record(s) of {', '.join(sorted({r['model'] for r in stale}))} were made by an older "
-             "version of the model's source files than others of their cell and are left out; rerun their "
+             "version of the model's source files than its latest record and are left out; rerun their "
              "commands to include them")
-        records = [r for r in records if r.get("model_source") == latest[cell_key(r)][1]]
+        records = [r for r in records if r.get("model_source") == latest[r["model"]][1]]
     best: dict[tuple, dict[str, Any]] = {}
     for record in records:
         key = (*cell_key(record), record["seed"])

@@ -137,13 +137,14 @@ def test_train_options_set_the_training_config_and_split_checkpoints_by_n():
 
 def test_readme_learned_example_trains_and_runs(tmp_path, monkeypatch):
     """The README's meta-learned example, on the example it extends: trained (a few updates here), then
-    evaluated with the same budget; its options are its config's and TrainConfig's fields."""
+    evaluated with the same budget; its options are its config's and TrainConfig's fields (`gain_init=2`, as
+    the README writes it, is the float 2.0)."""
     (tmp_path / "my_memory.py").write_text(readme_example())
     (tmp_path / "learned_memory.py").write_text(readme_example("example-learned-model"))
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(main, ["run", "--model", "learned_memory:LearnedGainHebb", "--num-patterns", "16",
                                        "--queries", "64", "--out", "out", "--no-progress", "--checkpoint-dir", "ck",
-                                       "--option", "train.steps=5", "--option", "gain_init=2.0"])
+                                       "--option", "train.steps=5", "--option", "gain_init=2"])
     assert result.exit_code == 0, result.output
     (record,) = [json.loads(p.read_text()) for p in (tmp_path / "out" / "runs").glob("*.json")]
     assert record["training"]["steps"] == 5 and record["memory_floats"] == 8256

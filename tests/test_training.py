@@ -142,6 +142,18 @@ def test_unknown_preset_names_the_models_presets():
         build_model(spec, BinaryTask(16))
 
 
+def test_an_int_given_for_a_float_option_is_a_float():
+    """`--option write_lr_init=2` (a float field) configures 2.0, as `=2.0` does; an int field keeps its int."""
+    from ebmm.memory import EBMM
+    from membench.interface import resolve_preset
+
+    spec = BinaryTask(16).spec
+    given = resolve_preset(EBMM, spec, "quick", {"write_lr_init": 2, "train.steps": 3})
+    assert type(given.model.write_lr_init) is float and given == resolve_preset(
+        EBMM, spec, "quick", {"write_lr_init": 2.0, "train.steps": 3})
+    assert type(given.train.steps) is int
+
+
 def test_report_keeps_one_row_per_preset():
     def record(preset: str, error: float) -> dict:
         return {"run_id": preset, "model": "ebmm", "preset": preset, "task": {"num_patterns": 16}, "errors": [error] * 32,
@@ -212,6 +224,23 @@ def test_a_model_of_yours_whose_code_changed_is_run_and_trained_again(tmp_path: 
     assert other_seed.exit_code == 0 and "1 run(s) executed" in other_seed.output, other_seed.output
     assert "1 record(s) of edited_model:TinyLearned were made by an older version" in other_seed.output
     assert "seeds: 1;" in other_seed.output  # the two versions never pool in one cell
+
+
+def test_a_report_leaves_out_every_n_an_older_version_of_a_model_made(tmp_path: Path, monkeypatch):
+    """Edited and rerun at N = 16 only, a model's N = 32 record (older source) is left out of the report with a
+    warning, not shown in the new version's row."""
+    source = tmp_path / "slots_model.py"
+    source.write_text("from baselines.raw_slots import RawSlotMemory\n\nclass Slots(RawSlotMemory):\n    pass\n")
+    monkeypatch.chdir(tmp_path)
+    args = ["run", "--model", "slots_model:Slots", "--queries", "32", "--out", "out", "--no-progress", "--num-patterns"]
+    assert CliRunner().invoke(main, [*args, "16,32"]).exit_code == 0
+    source.write_text(source.read_text() + "\n# an edit\n")
+    assert CliRunner().invoke(main, [*args, "16"]).exit_code == 0
+    report = CliRunner().invoke(main, ["report", "--out", "out"])
+    assert report.exit_code == 0, report.output
+    assert "1 record(s) of slots_model:Slots were made by an older version" in report.output
+    table = pd.read_csv(tmp_path / "out" / "table1.csv")
+    assert sorted(table["num_patterns"]) == [16], table
 
 
 def test_weights_only_checkpoint_resumes_with_a_fresh_optimiser(tmp_path: Path, capsys):
