@@ -16,11 +16,15 @@ DEFAULT_OUT = "membench-results"
 
 
 class ExitWith(click.ClickException):
-    """'Error: <message>' and a chosen exit status."""
+    """'<label>: <message>' (label 'Error', or 'Paused' for a pause at the time limit, which is no failure)
+    and a chosen exit status."""
 
-    def __init__(self, message: str, exit_code: int):
+    def __init__(self, message: str, exit_code: int, label: str = "Error"):
         super().__init__(message)
-        self.exit_code = exit_code
+        self.exit_code, self.label = exit_code, label
+
+    def show(self, file=None) -> None:
+        click.echo(f"{self.label}: {self.format_message()}", file=file, err=True)
 
 
 class Seconds(click.FloatRange):
@@ -82,15 +86,15 @@ def parse_options(_ctx, _param, values: tuple[str, ...]) -> dict[str, object]:
 
 
 def friendly_errors(command):
-    """Turn MembenchError into 'Error: <message>' and exit status 1 (3 when paused, 130 when
-    interrupted); no traceback."""
+    """Turn MembenchError into 'Error: <message>' and exit status 1 ('Paused: …' and 3 when paused at the
+    time limit, 130 when interrupted); no traceback."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
         except TrainingPaused as exc:
-            raise ExitWith(str(exc), EXIT_PAUSED) from None
+            raise ExitWith(str(exc), EXIT_PAUSED, "Paused") from None
         except TrainingInterrupted as exc:
             raise ExitWith(str(exc), EXIT_INTERRUPTED) from None
         except MembenchError as exc:

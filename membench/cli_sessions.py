@@ -12,7 +12,7 @@ import click
 
 from membench.cli_common import (DATA_DIR_OPTION, ExitWith, PathArg, Seconds, friendly_errors, int_list,
                                  parse_options, suite_runs)
-from membench.errors import MembenchError
+from membench.errors import EXIT_PAUSED, MembenchError
 from membench.interface import PRECISIONS
 from membench.store import writable_folder
 
@@ -104,7 +104,7 @@ def session(runs, copies, train_time_limit, device, archive, results, cache, gra
                f"membench unpack <them all>, membench report, membench readme")
     if status:
         raise ExitWith(f"session ended with status {status} (3: training paused; run the same session again)",
-                       status)
+                       status, "Paused" if status == EXIT_PAUSED else "Error")
 
 
 def parsed(name: str, flag: str, args: str, extra: tuple[str, ...] = ()) -> dict:

@@ -217,8 +217,9 @@ def _train(model: AssociativeMemory, task: Task, config: TrainConfig, checkpoint
                     else "no checkpoint was written")
             raise TrainingDiverged(
                 f"meta-training of {type(model).__name__} diverged at step {first_bad.item()}: the loss"
-                f"{'' if loss is None else f' ({loss.item()})'} or the gradient norm was not finite. Lower the learning rate (lr={config.lr}) or the clip norm "
-                f"(clip_norm={config.clip_norm}); {kept}.")
+                f"{'' if loss is None else f' ({loss.item()})'} or the gradient norm was not finite. Lower the "
+                f"learning rate (now {config.lr}: --option train.lr=...) or the clip norm (now {config.clip_norm}: "
+                f"--option train.clip_norm=...); {kept}.")
 
     def checkpoint() -> None:
         nonlocal saved_step

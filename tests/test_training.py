@@ -126,6 +126,7 @@ def test_cli_pauses_with_exit_3_and_resumes_without_duplicates(tmp_path: Path, m
     paused = runner.invoke(main, [*args, "--train-time-limit", "0"])
     assert paused.exit_code == EXIT_PAUSED, paused.output
     assert "step 1 of 6" in paused.output and "Rerun the same command" in paused.output
+    assert "Paused: meta-training of" in paused.output and "Error" not in paused.output  # a pause is no failure
     assert not list(tmp_path.glob("out/runs/*.json"))  # a paused run leaves no record
     curves = list(tmp_path.glob("out/training/*.csv"))  # but its curve so far, so a session carries it home
     assert len(curves) == 1 and list(pd.read_csv(curves[0])["step"]) == [1]
