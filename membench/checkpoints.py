@@ -10,6 +10,7 @@ results/checkpoints as `portable` keeps them (weights only once finished).
 from __future__ import annotations
 
 import io
+import math
 import os
 import pickle
 from pathlib import Path
@@ -89,7 +90,43 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         raise pickle.UnpicklingError(f"not a checkpoint file ({type(exc).__name__}: {exc})") from exc
     if not isinstance(saved, dict) or any(key not in saved for key in CHECKPOINT_KEYS):
         raise ValueError("not a membench training checkpoint")
+    problem = _field_problem(saved)
+    if problem:
+        raise ValueError(f"not a membench training checkpoint ({problem})")
     return saved
+
+
+def _field_problem(saved: dict[str, Any]) -> str | None:
+    """What is wrong with a checkpoint's fields (None: nothing), so that a damaged one counts as unreadable
+    instead of failing later inside training, a report or a session's packing."""
+    def number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+
+    def rows(value: Any) -> bool:
+        return isinstance(value, list) and all(isinstance(row, dict) for row in value)
+
+    if not isinstance(saved["model"], dict) or not all(isinstance(t, torch.Tensor) for t in saved["model"].values()):
+        return "model is not a state dict of tensors"
+    generator = saved["generator"]
+    if not isinstance(generator, torch.Tensor) or generator.dtype != torch.uint8 or generator.dim() != 1:
+        return "generator is not a random generator's state"
+    try:
+        torch.Generator().set_state(generator)
+    except RuntimeError:
+        return "generator is not a random generator's state"
+    if not isinstance(saved["step"], int) or isinstance(saved["step"], bool) or saved["step"] < 0:
+        return "step is not a count of updates"
+    if not number(saved["elapsed_s"]):
+        return "elapsed_s is not a number of seconds"
+    if not rows(saved["curve"]):
+        return "curve is not a list of rows"
+    if saved.get("history") is not None and not rows(saved["history"]):
+        return "history is not a list of stretches"
+    if saved.get("config") is not None and not isinstance(saved["config"], dict):
+        return "config is not a training configuration"
+    if "optimizer" in saved and not isinstance(saved["optimizer"], dict):
+        return "optimizer is not an optimiser's state"
+    return None
 
 
 def _on_this_device(state: dict[str, Any], optimizer: torch.optim.Optimizer) -> dict[str, Any]:

@@ -215,6 +215,9 @@ def _field_problem(record: dict[str, Any], check_errors: bool = True) -> str | N
     for name in ("device_name", "torch", "membench", "git_commit"):
         if not isinstance(environment.get(name), (str, type(None))):
             return f"environment's {name} is not a string"
+    sizes = {"binary": ("dim", "erased")}.get(task["kind"], ("image_size", "block"))
+    if not all(_whole(task.get(name)) and task[name] >= 0 for name in sizes):
+        return f"a {task['kind']} task needs whole numbers {' and '.join(sizes)}"
     if len(record["errors"]) % task["num_patterns"]:
         return f"errors holds {len(record['errors'])} values, not whole episodes of {task['num_patterns']} queries"
     training = record.get("training")
@@ -224,6 +227,19 @@ def _field_problem(record: dict[str, Any], check_errors: bool = True) -> str | N
                                      and isinstance(training.get("curve"), str)
                                      and isinstance(training.get("config"), dict)):
         return "training needs a checkpoint_key, a curve (strings) and a config (a mapping)"
+    if training is not None and not _seconds(training.get("train_time_s")):
+        return "training's train_time_s is not a number of seconds"
+    history = (training or {}).get("history")
+    if history is not None and not (isinstance(history, list) and all(isinstance(h, dict) for h in history)):
+        return "training's history is not a list of stretches"
+    preset_config = record.get("preset_config")
+    if preset_config is not None and not (isinstance(preset_config, dict) and isinstance(preset_config.get("model"), dict)
+                                          and isinstance(preset_config.get("train"), dict)):
+        return "preset_config needs a model and a train mapping"
+    split = record.get("train_split")
+    if split is not None and not (isinstance(split, dict) and isinstance(split.get("batch_errors"), list)
+                                  and all(_seconds(e) for e in split["batch_errors"])):
+        return "train_split needs batch_errors, a list of finite non-negative numbers"
     for name in ("budget", "seed", "queries", "memory_floats"):
         if not _whole(record[name]):
             return f"{name} is not a whole number"
@@ -244,6 +260,11 @@ def _field_problem(record: dict[str, Any], check_errors: bool = True) -> str | N
 
 def _whole(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _seconds(value: Any) -> bool:
+    """A finite non-negative number (seconds, or an error)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
 
 
 class ResultsStore:

@@ -444,11 +444,19 @@ def test_packed_errors_out_of_range_are_unreadable():
             unpack_errors(packed)
 
 
+TRAINED = {"checkpoint_key": "k", "curve": "training/k.csv", "config": {}, "train_time_s": 1.0, "history": None}
+
+
 @pytest.mark.parametrize("change", [{"task": "binary"}, {"environment": {"torch": "2.13.0"}}, {"errors": [0.0, "x"]},
                                     {"seed": "0"}, {"finished_at": None}, {"training": 1.5}, {"errors": [0.0] * 17},
                                     {"errors": [float("nan")] + [0.0] * 15}, {"errors": [-5.0] + [0.0] * 15},
                                     {"task": {"kind": "binary", "num_patterns": 0}},
-                                    {"environment": {"device": "cpu", "device_name": "x", "git_commit": 123}}])
+                                    {"environment": {"device": "cpu", "device_name": "x", "git_commit": 123}},
+                                    {"task": {"kind": "binary", "num_patterns": 16, "erased": 64}},
+                                    {"task": {"kind": "omniglot", "num_patterns": 16, "image_size": 32}},
+                                    {"training": {**TRAINED, "train_time_s": "x"}},
+                                    {"training": {**TRAINED, "history": ["x"]}}, {"preset_config": "x"},
+                                    {"preset_config": {"model": {}}}, {"train_split": {"batch_errors": "x"}}])
 def test_a_record_with_a_wrong_field_is_named_by_report_and_repaired_by_run(tmp_path, change):
     """A record that parses but whose fields the reports read are of the wrong kind: one line naming the file
     and the field (no traceback), and `membench run` computes it again."""
@@ -480,9 +488,12 @@ class _RunsCode:
         return os.makedirs, (str(self.path),)
 
 
-@pytest.mark.parametrize("content", [b"", b"PK\x03\x04truncated", "foreign", "code"])
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04truncated", "foreign", "code", ("step", "5"), ("step", -3),
+                                     ("elapsed_s", "x"), ("curve", "x"), ("history", "x"), ("history", ["x"]),
+                                     ("generator", torch.zeros(5056)), ("generator", torch.zeros(10, dtype=torch.uint8))])
 def test_corrupt_checkpoint_is_set_aside_and_retrained(tmp_path, monkeypatch, content):
-    """Unreadable, foreign or code-carrying checkpoints (read as data only: nothing runs) are set aside."""
+    """Unreadable, foreign or code-carrying checkpoints (read as data only: nothing runs), and ones with a field
+    of the wrong kind, are set aside."""
     _tiny(tmp_path, monkeypatch)
     args = ["run", "--model", "tiny_learned:TinyLearned", "--num-patterns", "16", "--queries", "16",
             "--checkpoint-dir", "ck", "--no-progress"]
@@ -490,11 +501,13 @@ def test_corrupt_checkpoint_is_set_aside_and_retrained(tmp_path, monkeypatch, co
     (checkpoint,) = (tmp_path / "ck").glob("*.pt")
     trained = torch.load(checkpoint, weights_only=True)["model"]
     if content == "foreign":
-        torch.save({"model": {"other.weight": torch.zeros(3)}, "optimizer": {}, "generator": torch.zeros(1),
-                    "step": 6, "elapsed_s": 0.0, "curve": []}, checkpoint)
+        torch.save({"model": {"other.weight": torch.zeros(3)}, "optimizer": {},
+                    "generator": torch.Generator().get_state(), "step": 6, "elapsed_s": 0.0, "curve": []}, checkpoint)
     elif content == "code":
         saved = torch.load(checkpoint, weights_only=True)
         torch.save({**saved, "curve": [_RunsCode(tmp_path / "ran")]}, checkpoint)
+    elif isinstance(content, tuple):
+        torch.save({**torch.load(checkpoint, weights_only=True), content[0]: content[1]}, checkpoint)
     else:
         checkpoint.write_bytes(content)
     result = _invoke(*args, "--out", "second")
