@@ -183,6 +183,9 @@ def build_energy(spec: TaskSpec, config: EBMMConfig) -> nn.Module:
             raise MembenchError("centre_memory=True applies to the image energies (resnet_fc, resnet_conv), not "
                                 "gated_rnn; drop the option")
         return GatedRNNEnergy(spec.pattern_size, config.memory_size, config.hidden, config.hops, config.linear_memory)
+    if config.energy not in IMAGE_PRESETS:
+        raise MembenchError(f"unknown energy '{config.energy}'; valid: gated_rnn (flat patterns), "
+                            f"{', '.join(IMAGE_PRESETS)} (images)")
     if len(shape) != 3:
         raise MembenchError(f"energy '{config.energy}' takes images (C, H, W), got {shape}")
     if config.energy == "resnet_fc":

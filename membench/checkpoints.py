@@ -177,8 +177,9 @@ def load_checkpoint(path: Path, model: AssociativeMemory, optimizer: torch.optim
 
 
 def default_checkpoint_dir() -> Path:
-    """$MEMBENCH_CACHE/checkpoints, default ~/.cache/membench/checkpoints (shared by all output dirs)."""
-    return Path(os.environ.get("MEMBENCH_CACHE", Path.home() / ".cache" / "membench")).expanduser() / "checkpoints"
+    """$MEMBENCH_CACHE/checkpoints, default (unset or empty) ~/.cache/membench/checkpoints (shared by all output
+    dirs)."""
+    return Path(os.environ.get("MEMBENCH_CACHE") or Path.home() / ".cache" / "membench").expanduser() / "checkpoints"
 
 
 SHIPPED_CHECKPOINTS = Path(membench.__file__).resolve().parent.parent / "results" / "checkpoints"

@@ -98,13 +98,21 @@ def session(runs, copies, train_time_limit, device, archive, results, cache, gra
         first += [[*timing, "--steps", "50", "--eager"], [*timing, "--steps", "20", "--eager", *reduced],
                   [*timing, "--steps", "20", "--compile"]]
     first += [_timing_command(args, device, results / "bench" / "throughput.csv") for args in timings]
-    writable_folder(archive.parent, "--to's folder")  # before the session's work, not when packing it
+    writable_archive(archive)  # before the session's work, not when packing it
     status = run_session(runs, copies, train_time_limit, device, cache, archive, results, first, grace, time_cap)
     click.echo(f"packed into {archive} (and its volumes {volume_path(archive, 2).name} ... if any); then here: "
                f"membench unpack <them all>, membench report, membench readme")
     if status:
         raise ExitWith(f"session ended with status {status} (3: training paused; run the same session again)",
                        status, "Paused" if status == EXIT_PAUSED else "Error")
+
+
+def writable_archive(archive: Path) -> None:
+    """MembenchError unless `archive` (--to) is named as the gzipped tar it will be, in a folder that can be
+    written."""
+    if not archive.name.endswith((".tgz", ".tar.gz")):
+        raise MembenchError(f"--to {archive} is written as a gzipped tar: give it a name ending .tgz or .tar.gz")
+    writable_folder(archive.parent, "--to's folder")
 
 
 def parsed(name: str, flag: str, args: str, extra: tuple[str, ...] = ()) -> dict:
@@ -171,9 +179,7 @@ def pack(archive, mark, results, checkpoint_dir) -> None:
 
     if not results.is_dir():
         raise MembenchError(f"--results {results} is not a folder; give the results folder the session wrote into")
-    if not archive.name.endswith((".tgz", ".tar.gz")):
-        raise MembenchError(f"--to {archive} is written as a gzipped tar: give it a name ending .tgz or .tar.gz")
-    writable_folder(archive.parent, "--to's folder")
+    writable_archive(archive)
     names = pack_archive(archive, mark.stat().st_mtime, results, checkpoint_dir or default_checkpoint_dir())
     click.echo(f"packed {len(names)} file(s) into {archive} (and its volumes, if any)" + (": " + ", ".join(names)
                                                                                          if names else ""))

@@ -129,7 +129,7 @@ def _decode_omniglot(png: bytes, image_size: int) -> np.ndarray:
     from PIL import Image
 
     ink = 255 - np.asarray(Image.open(io.BytesIO(png)).convert("L"), dtype=np.uint8)  # ink = 255
-    if ink.shape[0] != image_size:
+    if ink.shape != (image_size, image_size):
         ink = np.asarray(Image.fromarray(ink).resize((image_size, image_size), Image.BOX))
     return (ink >= 128).astype(np.uint8)
 
@@ -235,12 +235,14 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         with open(path, "rb") as handle:
             batch = _ArrayUnpickler(handle, encoding="latin1").load()
         batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
-        data = np.asarray(batch["data"], dtype=np.uint8)
+        data = np.asarray(batch["data"])
         labels = np.asarray(batch["labels"], dtype=np.int64)
     except (pickle.UnpicklingError, EOFError, OSError, AttributeError, LookupError, TypeError, ValueError,
             OverflowError, MemoryError, ImportError) as exc:  # (stray bytes: an unknown opcode, a bad length, a
         # huge one; ImportError: a numpy 2 pickle read under numpy 1)
         raise _corrupt(path, exc, fix) from None
+    if data.dtype != np.uint8:  # CIFAR's pixels are bytes; another type would be cast (NaN, 300) silently
+        raise DatasetMissing(f"{path} holds pixels of type {data.dtype}, expected uint8 (0..255); {fix}")
     if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
         raise DatasetMissing(f"{path} holds data of shape {data.shape} and {len(labels)} labels, expected (M, 3072) "
                              f"and M labels; {fix}")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from membench.errors import MembenchError
@@ -56,6 +57,9 @@ def read_curves(out_dir: Path, models: tuple[str, ...] | None = None) -> Curves:
                 except (TypeError, ValueError):
                     raise MembenchError(f"{path} is not the training curve of {record['run_id']} (its {column} "
                                         f"column holds text); {fix}") from None
+                if not np.isfinite(curve[column]).all():
+                    raise MembenchError(f"{path} is not the training curve of {record['run_id']} (its {column} "
+                                        f"column holds a value that is not a finite number); {fix}")
             curves[key] = (label, curve)
     return curves
 

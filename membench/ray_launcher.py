@@ -17,6 +17,7 @@ Without an address a local Ray is started (so one machine works too); Ray is imp
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,23 @@ def _chains(specs: list[RunSpec]) -> list[list[RunSpec]]:
     return list(chains.values())
 
 
+ADDRESS_FIX = "give the head node's HOST:PORT (ray start --head prints it; port 6379 by default) or auto"
+
+
+def _check_address(address: str | None) -> None:
+    """MembenchError unless `address` is None, auto, a ray:// address or a HOST:PORT something answers at
+    (Ray itself would wait minutes for a head that is not there)."""
+    if address is None or address == "auto" or address.startswith("ray://"):
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise MembenchError(f"--address {address!r} is not HOST:PORT; {ADDRESS_FIX}")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise MembenchError(f"--address {address}: nothing answers there ({exc}); {ADDRESS_FIX}") from None
+
+
 def run_with_ray(specs: list[RunSpec], out_dir: Path, device: str, force: bool, checkpoint_dir: Path,
                  command: str, progress: bool, train_time_limit_s: float | None,
                  address: str | None) -> list[dict[str, Any]]:
@@ -89,9 +107,14 @@ def run_with_ray(specs: list[RunSpec], out_dir: Path, device: str, force: bool, 
         return []
     env = _membench_env()
     if not ray.is_initialized():
+        _check_address(address)
         path = os.pathsep.join([os.getcwd(), *sys.path])  # user models given as module:Class import in workers
-        ray.init(address=address, log_to_driver=False, include_dashboard=False,
-                 runtime_env={"env_vars": {"PYTHONPATH": path}})
+        try:
+            ray.init(address=address, log_to_driver=False, include_dashboard=False,
+                     runtime_env={"env_vars": {"PYTHONPATH": path}})
+        except (ValueError, ConnectionError, RuntimeError) as exc:
+            raise MembenchError(f"--address {address}: Ray could not join that cluster ({type(exc).__name__}: "
+                                f"{' '.join(str(exc).split())[:200]}); {ADDRESS_FIX}") from None
     remote = ray.remote(max_retries=0)(_execute)
     pending: dict[Any, RunSpec] = {}
     for chain in _chains(todo):

@@ -161,7 +161,8 @@ def execute(spec: RunSpec, store: ResultsStore, device: torch.device, checkpoint
 
     Raises TrainingPaused (no record written) when meta-training reaches `train_time_limit_s`, and
     CheckpointBusy when another process trains its checkpoint and `wait_for_checkpoint` is off. An error
-    raised in the code of a model from outside membench becomes a MembenchError naming its line.
+    raised in the code of a model from outside membench becomes a MembenchError naming its line; a built-in
+    model's, one when memory ran out or the run has options (`_sized_or_optioned`).
     """
     try:
         return _execute(spec, store, device, checkpoint_dir, command, progress, train_time_limit_s,
@@ -172,12 +173,32 @@ def execute(spec: RunSpec, store: ResultsStore, device: torch.device, checkpoint
         files = set(model_source_files(resolve_model(spec.model)))
         stack = traceback.extract_tb(exc.__traceback__)
         frames = [frame for frame in stack if Path(frame.filename).resolve() in files]
-        if not frames or is_builtin_file(Path(stack[-1].filename).resolve()):  # membench's own error: as it is
-            raise
+        if not frames or is_builtin_file(Path(stack[-1].filename).resolve()):  # membench's own error: as it is,
+            explained = _sized_or_optioned(spec, exc)  # unless the run's sizes or options explain it
+            if explained is None:
+                raise
+            raise explained from None
         where = frames[-1]
         message = " ".join(str(exc).split())[:300]
         raise MembenchError(f"model '{spec.model}' raised {type(exc).__name__}: {message} (in {where.name}, "
                             f"{where.filename}, line {where.lineno}); no record was written") from None
+
+
+def _sized_or_optioned(spec: RunSpec, exc: Exception) -> MembenchError | None:
+    """The one-line error for a built-in model's failure that the run's input explains: memory it cannot
+    allocate (sizes too large), or an error its options caused (a value out of the model's range); None
+    for any other failure, which is membench's own and keeps its traceback."""
+    message = " ".join(str(exc).split())[:300]
+    if isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and any(
+            phrase in message for phrase in ("allocate", "out of memory", "size calculation overflowed"))):
+        return MembenchError(f"model '{spec.model}' ran out of memory at N={spec.task['num_patterns']} with budget "
+                             f"{spec.budget} and options {spec.options} ({type(exc).__name__}: {message}); lower "
+                             "--num-patterns, --queries or the sizes the options give; no record was written")
+    if spec.options and isinstance(exc, (ValueError, RuntimeError, AssertionError, OverflowError)):
+        return MembenchError(f"model '{spec.model}' failed with options {spec.options} ({type(exc).__name__}: "
+                             f"{message}); change the options' values (without options it is the tested "
+                             "configuration); no record was written")
+    return None
 
 
 def _execute(spec: RunSpec, store: ResultsStore, device: torch.device, checkpoint_dir: Path, command: str,
@@ -243,8 +264,9 @@ def _execute(spec: RunSpec, store: ResultsStore, device: torch.device, checkpoin
 def checked_specs(specs: list[RunSpec]) -> list[RunSpec]:
     """`specs` after failing fast (MembenchError) on unknown models, tasks, presets and options, before any
     work; a model that is not trained gets DEFAULT_PRESET (one run id whatever built-in preset --preset names; a
-    name no model of the run knows is refused) and is built once per model, options, task and budget (cheap),
-    so an option it does not take is refused here too."""
+    name no model of the run knows is refused) and none of the train.* options (those of meta-training: a
+    suite's learned models take them, its others run as they are), and is built once per model, options, task
+    and budget (cheap), so an option it does not take is refused here too."""
     checked, built = [], set()
     any_trained = any(resolve_model(spec.model).trainable for spec in specs)
     for spec in specs:
@@ -256,7 +278,8 @@ def checked_specs(specs: list[RunSpec]) -> list[RunSpec]:
             if spec.preset not in BUILTIN_PRESETS and not any_trained:
                 raise MembenchError(f"no model of this run has a preset '{spec.preset}'; give --preset one of "
                                     f"{', '.join(BUILTIN_PRESETS)} (models that are not trained run under any)")
-            spec = dataclasses.replace(spec, preset=DEFAULT_PRESET)
+            spec = dataclasses.replace(spec, preset=DEFAULT_PRESET, options={
+                key: value for key, value in spec.options.items() if not key.startswith("train.")})
             key = (spec.model, json.dumps(spec.options, sort_keys=True), json.dumps(spec.task, sort_keys=True),
                    spec.budget)
             if key not in built:  # (an over-budget model is refused with its own message when its run starts)

@@ -244,11 +244,28 @@ def read_archive(archive: Path) -> tuple[dict[str, bytes], dict[str, dict]]:
         raise MembenchError(f"{archive} is not a readable session archive ({type(exc).__name__}: {exc}); "
                             f"carry it back again or run `membench pack` on the machine that made it") from None
     try:
-        return contents, {name: parse_record(data, f"{archive}: member {name}") for name, data in contents.items()
-                          if _is_record(name)}
+        records = {name: parse_record(data, f"{archive}: member {name}") for name, data in contents.items()
+                   if _is_record(name)}
+        if THROUGHPUT_CSV in contents:
+            _check_throughput(contents[THROUGHPUT_CSV], f"{archive}: member {THROUGHPUT_CSV}")
     except MembenchError as exc:
         raise MembenchError(f"{exc}; nothing was unpacked: carry the archive back again or run `membench pack` "
                             "on the machine that made it") from None
+    return contents, records
+
+
+def _check_throughput(data: bytes, label: str) -> None:
+    """MembenchError naming `label` unless `data` is a complete throughput CSV (rows `merge` can take)."""
+    from membench.throughput import existing_table
+
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "throughput.csv"
+        path.write_bytes(data)
+        try:
+            existing_table(path)
+        except MembenchError as exc:
+            reason = str(exc).removeprefix(str(path)).split("; move it aside")[0]
+            raise MembenchError(f"{label}{reason}") from None
 
 
 def unpack(archive: Path, root: Path) -> tuple[list[Path], list[Path], list[str]]:
@@ -314,7 +331,7 @@ def set_aside(root: Path, keep: Sequence[str]) -> tuple[list[Path], int]:
         raise MembenchError(f"{root}/{RESULTS} has changes git does not hold ({len(changed.splitlines())} path(s), "
                             f"e.g. {changed.splitlines()[0][3:]}): commit them first, so `git checkout -- "
                             f"{RESULTS}` restores what is set aside")
-    kept = [PurePosixPath(folder.rstrip("/")) for folder in (f"{RESULTS}/bench", f"{RESULTS}/reference", *keep)]
+    kept = [PurePosixPath(os.path.normpath(folder)) for folder in (f"{RESULTS}/bench", f"{RESULTS}/reference", *keep)]
     for folder in kept[2:]:
         if not folder.is_relative_to(RESULTS) or folder == PurePosixPath(RESULTS) or not (root / folder).is_dir():
             raise MembenchError(f"--keep {folder}: not a folder under {root}/{RESULTS}; give the session's --out "

@@ -85,6 +85,16 @@ def test_omniglot_inverts_resizes_and_binarises(tmp_path):
     assert data.classes[data.test.labels[0]] == "A/character05"   # every 5th character is held out
 
 
+def test_an_omniglot_image_as_high_as_the_size_but_not_as_wide_is_resized(tmp_path):
+    """A 32-high, 40-wide PNG (the Omniglot zips' are 105 square) is resized like any other, not stacked as it is."""
+    with zipfile.ZipFile(tmp_path / "images_background.zip", "w") as archive:
+        for c in range(1, 6):
+            shape = (32, 40) if c == 1 else (105, 105)
+            archive.writestr(f"images_background/A/character{c:02d}/{c:04d}_01.png", _png(np.zeros(shape, bool)))
+    data = datasets.load_omniglot(tmp_path)
+    assert data.train.pixels.shape == (4, 1, 32, 32)
+
+
 def test_omniglot_holdout_split_is_by_character_and_deduplicated(tmp_path):
     root = write_fixture_data(tmp_path)
     data = datasets.load_omniglot(root)

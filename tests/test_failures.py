@@ -14,6 +14,7 @@ import time
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -531,9 +532,13 @@ def test_truncated_data_files_name_the_file(tmp_path):
     batch.write_bytes(batch.read_bytes()[:100])
     with pytest.raises(MembenchError, match=f"{batch} is corrupt or truncated"):
         datasets.load_cifar10(root)
-    batch.write_bytes(pickle.dumps({"data": [[1, 2]], "labels": [0]}))
+    batch.write_bytes(pickle.dumps({"data": np.zeros((1, 2), np.uint8), "labels": [0]}))
     with pytest.raises(MembenchError, match=f"{batch} holds data of shape"):
         datasets.load_cifar10(root)
+    for pixels in (np.full((1, 3072), np.nan), np.full((1, 3072), 300)):  # cast to bytes, they were silent
+        batch.write_bytes(pickle.dumps({"data": pixels, "labels": [0]}))
+        with pytest.raises(MembenchError, match=f"{batch} holds pixels of type {pixels.dtype}, expected uint8"):
+            datasets.load_cifar10(root)
 
 
 def test_a_cifar_batch_runs_no_code_and_stray_bytes_in_it_name_the_file(tmp_path):
@@ -712,7 +717,7 @@ def test_reports_of_missing_or_broken_inputs_say_so_in_one_line_and_write_nothin
     (path,) = (out / "runs").glob("*.json")
     record = json.loads(path.read_text())
     path.write_text(json.dumps({**record, "training": {"checkpoint_key": "lost", "curve": "training/lost.csv",
-                                                       "config": {}}}))
+                                                       "config": {}, "train_time_s": 1.0}}))
     _one_clear_line(_invoke("report", "--out", str(out)), f"{out / 'training' / 'lost.csv'} is not the training curve")
     assert (out / "table1.md").read_text() == "as it was" and "raw_slots" in table
 
@@ -808,17 +813,20 @@ def test_a_record_with_an_incomplete_training_field_is_named(tmp_path, training,
         _one_clear_line(_invoke(command, "--out", str(tmp_path)), str(path), fragment, exit_code=1)
 
 
-def test_a_training_curve_holding_text_is_named_and_nothing_is_written(tmp_path):
+@pytest.mark.parametrize("rows, fragment", [("0,nan,0.1\n1,abc,0.2", "its loss column holds text"),
+                                           ("0,0.5,inf\n1,0.4,0.2", "its error column holds a value that is not a "
+                                                                      "finite number")])
+def test_a_training_curve_holding_text_is_named_and_nothing_is_written(tmp_path, rows, fragment):
     args = ["--model", "raw_slots", "--num-patterns", "16", "--queries", "16", "--out", str(tmp_path), "--no-progress"]
     assert _invoke("run", *args).exit_code == 0
     (path,) = (tmp_path / "runs").glob("*.json")
-    training = {"checkpoint_key": "k", "curve": "training/k.csv", "config": {}}
+    training = {"checkpoint_key": "k", "curve": "training/k.csv", "config": {}, "train_time_s": 1.0}
     path.write_text(json.dumps({**json.loads(path.read_text()), "training": training}))
     (tmp_path / "training").mkdir(exist_ok=True)
-    (tmp_path / "training" / "k.csv").write_text("step,loss,error\n0,nan,0.1\n1,abc,0.2\n")
+    (tmp_path / "training" / "k.csv").write_text(f"step,loss,error\n{rows}\n")
     (tmp_path / "table1.md").unlink()
-    _one_clear_line(_invoke("report", "--out", str(tmp_path)), "k.csv is not the training curve",
-                    "its loss column holds text", exit_code=1)
+    _one_clear_line(_invoke("report", "--out", str(tmp_path)), "k.csv is not the training curve", fragment,
+                    exit_code=1)
     assert not (tmp_path / "table1.md").exists()
 
 
@@ -840,3 +848,38 @@ def test_a_preset_no_model_of_the_run_knows_is_refused(tmp_path, monkeypatch, da
     assert ran.exit_code == 0 and "1 run(s) executed" in ran.output, ran.output
     (record,) = [json.loads(p.read_text()) for p in (tmp_path / "out" / "runs").glob("*.json")]
     assert record["preset"] == "quick"
+
+
+def test_a_builtin_model_that_runs_out_of_memory_or_fails_on_its_options_says_so_in_one_line(tmp_path, monkeypatch):
+    """Sizes the machine cannot allocate, or an option value the model cannot take (caught deep inside it), give
+    one line naming the run's sizes or options, no traceback and no record; without options and memory to
+    spare a built-in model's failure stays membench's own (its traceback)."""
+    from baselines.raw_slots import RawSlotMemory
+
+    small = ["run", "--num-patterns", "16", "--queries", "16", "--no-progress", "--out", str(tmp_path / "out")]
+    failed = _invoke(*small, "--suite", "table1-learned", "--model", "memory_networks", "--option", "train.steps=1",
+                     "--option", "embedding_width=64")
+    _one_clear_line(failed, "model 'memory_networks' failed with options", "embedding_width", "change the options")
+
+    def no_memory(self, patterns):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
+
+    monkeypatch.setattr(RawSlotMemory, "write", no_memory)
+    _one_clear_line(_invoke(*small, "--model", "raw_slots"), "model 'raw_slots' ran out of memory at N=16",
+                    "lower --num-patterns")
+    monkeypatch.setattr(RawSlotMemory, "write", lambda self, patterns: 1 / 0)
+    crashed = _invoke(*small, "--model", "raw_slots")
+    assert isinstance(crashed.exception, ZeroDivisionError)
+    assert not list((tmp_path / "out").glob("runs/*.json"))
+
+
+def test_untrained_models_of_a_run_ignore_its_training_options(tmp_path, monkeypatch):
+    """`--option train.steps=…` on a suite with untrained models trains its learned ones shorter and leaves the
+    others as they are (their run ids too), as --preset does; an option an untrained model does not take is
+    still refused."""
+    monkeypatch.chdir(tmp_path)
+    small = ["run", "--num-patterns", "16", "--queries", "16", "--no-progress", "--out", "out", "--model", "raw_slots"]
+    assert _invoke(*small).exit_code == 0
+    again = _invoke(*small, "--option", "train.steps=5")
+    assert again.exit_code == 0 and "0 run(s) executed, 1 already finished" in again.output, again.output
+    _one_clear_line(_invoke(*small, "--option", "steps=5"), "raw_slots")

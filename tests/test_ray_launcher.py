@@ -153,3 +153,22 @@ def test_cuda_is_asked_of_the_cluster_not_of_the_driver(local_ray, tmp_path):
     with pytest.raises(MembenchError, match="the Ray cluster has no GPU"):  # not "torch sees no CUDA device" here
         run_all(specs, tmp_path, device="cuda", progress=False, launcher="ray")
     assert [r["environment"]["device"] for r in run_all(specs, tmp_path, progress=False, launcher="ray")] == ["cpu"]
+
+
+def test_an_address_that_is_not_a_cluster_is_refused_in_one_line_before_ray_waits_for_it():
+    """--address must be auto, ray://… or a HOST:PORT something answers at: Ray itself raised a ValueError on
+    'foo' and waited minutes on a closed port."""
+    import socket
+
+    from membench.ray_launcher import _check_address
+
+    for address in ("auto", "ray://head:10001", None):
+        _check_address(address)
+    for address in ("foo", "", ":6379", "head:port", "head:70000"):
+        with pytest.raises(MembenchError, match="is not HOST:PORT"):
+            _check_address(address)
+    with socket.socket() as probe:  # a port nothing listens on once closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(MembenchError, match=f"--address 127.0.0.1:{port}: nothing answers there"):
+        _check_address(f"127.0.0.1:{port}")

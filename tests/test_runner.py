@@ -237,7 +237,7 @@ def test_long_error_lists_are_stored_packed_and_read_back_exactly(tmp_path):
     field makes the record unreadable (named), so the run counts as unfinished."""
     errors = torch.rand(64_000, generator=torch.Generator().manual_seed(0)).mul(60).round().tolist()
     store = ResultsStore(tmp_path / "out")
-    base = {**{key: 0 for key in store_module.RECORD_KEYS}, "task": {"kind": "binary", "num_patterns": 16},
+    base = {**{key: 0 for key in store_module.RECORD_KEYS}, "task": {"kind": "binary", "num_patterns": 16, "dim": 128, "erased": 64},
             "environment": {"device": "cpu"}, "options": {}, "suite": "table1", "model": "raw_slots",
             "preset": "quick", "command": "membench run"}
     path = store.save({**base, "run_id": "packed", "errors": errors})

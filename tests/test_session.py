@@ -114,6 +114,22 @@ def test_unpack_refuses_an_unsafe_or_corrupt_archive_and_writes_nothing(tmp_path
     assert "Traceback" not in result.output and list(root.rglob("*")) == [root / "results"]
 
 
+@pytest.mark.parametrize("csv", [b"\xff\xfe\x00binary", b"", b"a,b\n1,2\n",
+                                 b"device,model,episodes_per_s\ncpu,ebmm,10\n"])
+def test_unpack_refuses_a_throughput_table_that_is_not_one_and_writes_nothing(tmp_path: Path, csv: bytes):
+    """The archive's results/bench/throughput.csv is checked with the records, before anything is written: a
+    binary, empty, foreign or incomplete table is one line naming the member, and the checkout is untouched."""
+    root = tmp_path / "here"
+    (root / "results" / "bench").mkdir(parents=True)
+    (root / "results" / "bench" / "throughput.csv").write_text("as it was")
+    archive = _archive(tmp_path / "s.tgz", {"results/table1/a.md": b"first", "results/bench/throughput.csv": csv})
+    result = CliRunner().invoke(main, ["unpack", str(archive), "--root", str(root)])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert "member results/bench/throughput.csv is not" in result.output and "nothing was unpacked" in result.output
+    assert not (root / "results" / "table1").exists()
+    assert (root / "results" / "bench" / "throughput.csv").read_text() == "as it was"
+
+
 def test_an_unpack_that_cannot_write_a_file_says_which_and_what_it_wrote_before(tmp_path: Path):
     """A target that cannot be written (here a folder where the file goes) stops the unpack with one line naming
     it and how many files came before; those are whole, no temporary file is left, and the folder is untouched."""
@@ -316,7 +332,7 @@ def test_unpack_keeps_a_record_with_more_queries_than_the_archives(tmp_path: Pat
     root = tmp_path / "here"
     run = "results/table1/runs/hebb-N16-s0.json"
     record = {"run_id": "hebb", "suite": "table1", "model": "hopfield_hebb", "task": {"kind": "binary",
-              "num_patterns": 1}, "budget": 8256, "seed": 0, "queries": 3, "preset": "quick", "options": {},
+              "num_patterns": 1, "dim": 128, "erased": 64}, "budget": 8256, "seed": 0, "queries": 3, "preset": "quick", "options": {},
               "memory_floats": 8256, "environment": {"device": "cpu"}, "command": "membench run",
               "wall_time_s": 1.0, "finished_at": "2026-12-01T00:00:00Z"}
     write_json_atomic(root / run, {**record, "errors": [1.0, 0.0, 2.0]})
@@ -432,7 +448,7 @@ def test_set_aside_leaves_a_session_its_records_and_unfinished_checkpoints_and_g
     ck.mkdir()
     shipped = f"{json.loads(files[f'results/table1/runs/{learned[0]}'])['training']['checkpoint_key']}.pt"
     (ck / shipped).write_bytes((root / "results/checkpoints" / shipped).read_bytes())
-    base = {"model": {}, "generator": torch.ByteTensor(4), "elapsed_s": 1.0, "curve": [], "config": {"steps": 10}}
+    base = {"model": {}, "generator": torch.Generator().get_state(), "elapsed_s": 1.0, "curve": [], "config": {"steps": 10}}
     torch.save({**base, "step": 5}, ck / "paused-key.pt")  # unfinished: the session resumes it
     torch.save({**base, "step": 10}, ck / "unrecorded-key.pt")  # finished, evaluation not recorded yet
     git = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
@@ -451,8 +467,10 @@ def test_set_aside_leaves_a_session_its_records_and_unfinished_checkpoints_and_g
     assert outside.exit_code == 1 and "--keep fig3: not a folder under" in outside.output, outside.output
     typo = CliRunner().invoke(main, ["set-aside", "--keep", "results/fg3", "--root", str(tmp_path)])
     assert typo.exit_code == 1 and "--keep results/fg3: not a folder under" in typo.output and left() == before
-    result = CliRunner().invoke(main, ["set-aside", "--keep", "results/fig3", "--root", str(tmp_path)])
-    assert result.exit_code == 0 and "set aside 5 file(s)" in result.output, result.output
+    climbs = CliRunner().invoke(main, ["set-aside", "--keep", "results/..", "--root", str(tmp_path)])
+    assert climbs.exit_code == 1 and "not a folder under" in climbs.output and left() == before
+    result = CliRunner().invoke(main, ["set-aside", "--keep", "results/../results/fig3/", "--root", str(tmp_path)])
+    assert result.exit_code == 0 and "set aside 5 file(s)" in result.output, result.output  # the path as written
     kept = ["results/bench/throughput.csv", "results/checkpoints/paused-key.pt", "results/checkpoints/unrecorded-key.pt",
             "results/fig3/fig3.md", "results/reference/paper_table1.csv"]
     assert left() == sorted([*kept, f"results/checkpoints/{shipped}"])  # N = 96 still to evaluate

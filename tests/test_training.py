@@ -335,7 +335,7 @@ def test_the_cache_takes_the_shipped_checkpoint_when_it_is_trained_further_or_th
     from membench import checkpoints
 
     def checkpoint(step: int) -> dict:
-        return {"model": {}, "generator": torch.ByteTensor(4), "step": step, "elapsed_s": 1.0, "curve": []}
+        return {"model": {}, "generator": torch.Generator().get_state(), "step": step, "elapsed_s": 1.0, "curve": []}
 
     shipped, cache = tmp_path / "shipped", tmp_path / "cache"  # conftest's shipped folder
     shipped.mkdir()
