@@ -75,6 +75,7 @@ def run(suite, models, num_patterns, seeds, queries, preset, budget, device, out
     from membench.datasets import set_data_dir
     from membench.report import table1
     from membench.runner import run_all
+    from membench.store import discard_if_unused
     from membench.suites import ImageCapacitySuite, SweepSuite
 
     set_data_dir(data_dir)
@@ -82,8 +83,14 @@ def run(suite, models, num_patterns, seeds, queries, preset, budget, device, out
     chosen, specs = suite_runs(suite, models, num_patterns, seeds, queries, preset, budget, options)
     if address and launcher != "ray":
         raise MembenchError("--address is for --launcher ray; add --launcher ray or drop --address")
-    done = run_all(specs, out, device=device, force=force, checkpoint_dir=checkpoint_dir, progress=progress,
-                   train_time_limit_s=train_time_limit, launcher=launcher, address=address)
+    made = not out.exists()
+    try:
+        done = run_all(specs, out, device=device, force=force, checkpoint_dir=checkpoint_dir, progress=progress,
+                       train_time_limit_s=train_time_limit, launcher=launcher, address=address)
+    except MembenchError:
+        if made:  # a failure found while running leaves no empty output folder behind
+            discard_if_unused(out)
+        raise
     click.echo(f"{len(done)} run(s) executed, {len(set(s.run_id for s in specs)) - len(done)} already finished, "
                f"in {out}")
     if isinstance(chosen, SweepSuite):

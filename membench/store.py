@@ -21,6 +21,7 @@ import json
 import math
 import os
 import re
+import shutil
 import socket
 import sys
 import tempfile
@@ -122,6 +123,15 @@ def remove_orphans(folder: Path) -> list[Path]:
         path.unlink(missing_ok=True)
         removed.append(path)
     return removed
+
+
+def discard_if_unused(root: Path) -> None:
+    """Delete the output folder `root` if it holds nothing but run locks and empty folders: what a command that
+    made it and then failed (bad input found only while running) leaves behind."""
+    root = Path(root)
+    files = [p for p in root.rglob("*") if not p.is_dir()] if root.is_dir() else [root]
+    if all(path.parent == root / ".locks" and path.suffix == ".lock" for path in files):
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @contextlib.contextmanager

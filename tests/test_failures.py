@@ -883,3 +883,17 @@ def test_untrained_models_of_a_run_ignore_its_training_options(tmp_path, monkeyp
     again = _invoke(*small, "--option", "train.steps=5")
     assert again.exit_code == 0 and "0 run(s) executed, 1 already finished" in again.output, again.output
     _one_clear_line(_invoke(*small, "--option", "steps=5"), "raw_slots")
+
+
+def test_a_run_that_fails_on_input_found_while_running_leaves_no_output_folder(tmp_path, monkeypatch):
+    """An EBMM energy name is checked when the model is built, after the output folder (and a run lock) were
+    made: the folder goes again; one that held results before is kept."""
+    monkeypatch.chdir(tmp_path)
+    bad = ["run", "--suite", "table1-learned", "--model", "ebmm", "--num-patterns", "16", "--queries", "16",
+           "--no-progress", "--option", "energy=bogus", "--out"]
+    _one_clear_line(_invoke(*bad, "new"), "unknown energy 'bogus'; valid: gated_rnn")
+    assert not (tmp_path / "new").exists()
+    assert _invoke("run", "--model", "raw_slots", "--num-patterns", "16", "--queries", "16", "--no-progress",
+                   "--out", "old").exit_code == 0
+    _one_clear_line(_invoke(*bad, "old"), "unknown energy 'bogus'")
+    assert len(list((tmp_path / "old" / "runs").glob("*.json"))) == 1
