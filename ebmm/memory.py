@@ -52,6 +52,9 @@ from ebmm.energy_image import ResNetConvEnergy, ResNetFCEnergy
 Writable = dict[str, torch.Tensor]  # name -> (B, *shape): one copy per episode
 
 
+ENERGIES = ("gated_rnn", "resnet_fc", "resnet_conv")
+
+
 @dataclass(frozen=True)
 class EBMMConfig:
     energy: str = "gated_rnn"     # gated_rnn (binary, App. B.1); images: resnet_fc (B.2) or resnet_conv (B.3)
@@ -95,6 +98,9 @@ class EBMMConfig:
             if getattr(self, name) < 1:
                 raise MembenchError(f"{name}={getattr(self, name)} must be at least 1")
         check_fields("ebmm", self)
+        if self.energy not in ENERGIES:
+            raise MembenchError(f"unknown energy '{self.energy}'; valid: gated_rnn (flat patterns), resnet_fc and "
+                                "resnet_conv (images)")
         object.__setattr__(self, "channels", tuple(self.channels))
         for name in ("write_lr_init", "anchor_lr_init", "grad_norm_lr_init", "read_step_init"):  # softplus values
             value = getattr(self, name)
@@ -183,20 +189,15 @@ def build_energy(spec: TaskSpec, config: EBMMConfig) -> nn.Module:
             raise MembenchError("centre_memory=True applies to the image energies (resnet_fc, resnet_conv), not "
                                 "gated_rnn; drop the option")
         return GatedRNNEnergy(spec.pattern_size, config.memory_size, config.hidden, config.hops, config.linear_memory)
-    if config.energy not in IMAGE_PRESETS:
-        raise MembenchError(f"unknown energy '{config.energy}'; valid: gated_rnn (flat patterns), "
-                            f"{', '.join(IMAGE_PRESETS)} (images)")
     if len(shape) != 3:
         raise MembenchError(f"energy '{config.energy}' takes images (C, H, W), got {shape}")
     if config.energy == "resnet_fc":
         codec = CodecConfig.for_images(shape, config.channels, config.embedding)
         return ResNetFCEnergy(codec, config.memory_size, config.hidden, config.hops, config.readout,
                               config.centre_memory, config.linear_memory)
-    if config.energy == "resnet_conv":
-        return ResNetConvEnergy(shape[0], shape[1], tuple(config.channels[:2]), config.width, config.bottleneck,
-                                config.memory_size, config.hidden, config.hops, config.readout, config.centre_memory,
-                                config.linear_memory)
-    raise MembenchError(f"unknown energy '{config.energy}'; valid: gated_rnn, resnet_fc, resnet_conv")
+    return ResNetConvEnergy(shape[0], shape[1], tuple(config.channels[:2]), config.width, config.bottleneck,
+                            config.memory_size, config.hidden, config.hops, config.readout, config.centre_memory,
+                            config.linear_memory)  # resnet_conv: EBMMConfig refuses any other name
 
 
 def _inverse_softplus(value: float) -> float:

@@ -206,14 +206,16 @@ def _check_declared(label: str, key: str, value: Any, default: Any, hint: Any) -
     return float(value) if is_float and isinstance(value, int) and not isinstance(value, bool) else value
 
 
-def check_constructor_options(cls: type, label: str, options: Mapping[str, Any]) -> None:
-    """MembenchError for an option of a model that is not trained whose value has another type (int, float,
-    bool or str) than its constructor's annotation for it (None passing where that admits None), else its
-    default: a typo'd number does not fail deep inside a read."""
+def check_constructor_options(cls: type, label: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """`options` of a model that is not trained, an int given for a float made a float; MembenchError for one
+    whose value has another type (int, float, bool or str) than its constructor's annotation for it (None
+    passing where that admits None), else its default: a typo'd number does not fail deep inside a read."""
     parameters, hints = inspect.signature(cls.__init__).parameters, _type_hints(cls.__init__)
+    checked = dict(options)
     for key, value in options.items():
-        if key in parameters and parameters[key].default is not inspect.Parameter.empty:
-            _check_declared(label, key, value, parameters[key].default, hints.get(key))  # `degree: float = 3` takes 2.5
+        if key in parameters and parameters[key].default is not inspect.Parameter.empty:  # `degree: float = 3`
+            checked[key] = _check_declared(label, key, value, parameters[key].default, hints.get(key))  # takes 2.5
+    return checked
 
 
 @dataclass(frozen=True)

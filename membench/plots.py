@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from membench.errors import MembenchError
-from membench.report import row_label
+from membench.report import latest_versions, row_label
 from membench.store import ResultsStore, read_table, write_atomic
 
 SMOOTH = 10  # logged rows in the rolling mean of training curves
@@ -34,10 +34,11 @@ Curves = dict[str, tuple[str, pd.DataFrame]]  # checkpoint key -> (line label, c
 
 def read_curves(out_dir: Path, models: tuple[str, ...] | None = None) -> Curves:
     """The training curve of every trained run in `out_dir` (of `models`), one per checkpoint (a checkpoint
-    trained on several N serves several runs). MembenchError naming a missing or unreadable curve file."""
+    trained on several N serves several runs; none of a model's older source version, as in the tables).
+    MembenchError naming a missing or unreadable curve file."""
     store = ResultsStore(out_dir)
     curves: Curves = {}
-    for record in store.records():
+    for record in latest_versions(store.records())[0]:
         training = record.get("training")
         if not training or (models and record["model"] not in models):
             continue

@@ -72,11 +72,12 @@ ADDRESS_FIX = "give the head node's HOST:PORT (ray start --head prints it; port 
 
 
 def _check_address(address: str | None) -> None:
-    """MembenchError unless `address` is None, auto, a ray:// address or a HOST:PORT something answers at
-    (Ray itself would wait minutes for a head that is not there)."""
-    if address is None or address == "auto" or address.startswith("ray://"):
+    """MembenchError unless `address` is None, auto, local, a ray:// address or a HOST:PORT (an IPv6 host in
+    brackets) something answers at (Ray itself would wait minutes for a head that is not there)."""
+    if address is None or address in ("auto", "local") or address.startswith("ray://"):
         return
     host, _, port = address.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")  # [::1]:6379
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise MembenchError(f"--address {address!r} is not HOST:PORT; {ADDRESS_FIX}")
     try:
@@ -113,8 +114,12 @@ def run_with_ray(specs: list[RunSpec], out_dir: Path, device: str, force: bool, 
             ray.init(address=address, log_to_driver=False, include_dashboard=False,
                      runtime_env={"env_vars": {"PYTHONPATH": path}})
         except (ValueError, ConnectionError, RuntimeError) as exc:
-            raise MembenchError(f"--address {address}: Ray could not join that cluster ({type(exc).__name__}: "
-                                f"{' '.join(str(exc).split())[:200]}); {ADDRESS_FIX}") from None
+            reason = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+            if address is None:
+                raise MembenchError(f"Ray could not start on this machine ({reason}); see `ray start --head`'s "
+                                    "own message, or run without --launcher ray") from None
+            raise MembenchError(f"--address {address}: Ray could not join that cluster ({reason}); {ADDRESS_FIX}") \
+                from None
     remote = ray.remote(max_retries=0)(_execute)
     pending: dict[Any, RunSpec] = {}
     for chain in _chains(todo):

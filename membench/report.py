@@ -123,6 +123,17 @@ def cell_key(record: dict[str, Any]) -> tuple[str, str, str, str, int]:
             record["task"]["num_patterns"])
 
 
+def latest_versions(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(kept, stale): the records of each model made by the source files of its latest record among
+    `records` (`model_source`; None for built-in models), and the others."""
+    latest: dict[str, tuple[str, str | None]] = {}  # model -> (finished_at, model_source) of its latest record
+    for record in records:
+        if record.get("finished_at", "") >= latest.get(record["model"], ("", None))[0]:
+            latest[record["model"]] = (record.get("finished_at", ""), record.get("model_source"))
+    current = [r.get("model_source") == latest[r["model"]][1] for r in records]
+    return ([r for r, keep in zip(records, current) if keep], [r for r, keep in zip(records, current) if not keep])
+
+
 def distinct(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
     """One record per (cell, seed), and how many were dropped.
 
@@ -136,18 +147,13 @@ def distinct(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
     latest record among `records` (`model_source`) are left out, with a warning: no cell, row or curve
     mixes two versions of a model.
     """
-    latest: dict[str, tuple[str, str | None]] = {}  # model -> (finished_at, model_source) of its latest record
-    for record in records:
-        if record.get("finished_at", "") >= latest.get(record["model"], ("", None))[0]:
-            latest[record["model"]] = (record.get("finished_at", ""), record.get("model_source"))
-    stale = [r for r in records if r.get("model_source") != latest[r["model"]][1]]
+    records, stale = latest_versions(records)
     if stale:
         from membench.store import warn
 
         warn(f"{len(stale)} record(s) of {', '.join(sorted({r['model'] for r in stale}))} were made by an older "
              "version of the model's source files than its latest record and are left out; rerun their "
              "commands to include them")
-        records = [r for r in records if r.get("model_source") == latest[r["model"]][1]]
     best: dict[tuple, dict[str, Any]] = {}
     for record in records:
         key = (*cell_key(record), record["seed"])

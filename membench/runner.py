@@ -174,7 +174,8 @@ def execute(spec: RunSpec, store: ResultsStore, device: torch.device, checkpoint
         stack = traceback.extract_tb(exc.__traceback__)
         frames = [frame for frame in stack if Path(frame.filename).resolve() in files]
         if not frames or is_builtin_file(Path(stack[-1].filename).resolve()):  # membench's own error: as it is,
-            explained = _sized_or_optioned(spec, exc)  # unless the run's sizes or options explain it
+            explained = (_sized_or_optioned(spec, exc, stack[-1])  # unless a built-in model's run's sizes or
+                         if is_builtin_model(resolve_model(spec.model)) else None)  # options explain it
             if explained is None:
                 raise
             raise explained from None
@@ -184,20 +185,20 @@ def execute(spec: RunSpec, store: ResultsStore, device: torch.device, checkpoint
                             f"{where.filename}, line {where.lineno}); no record was written") from None
 
 
-def _sized_or_optioned(spec: RunSpec, exc: Exception) -> MembenchError | None:
-    """The one-line error for a built-in model's failure that the run's input explains: memory it cannot
-    allocate (sizes too large), or an error its options caused (a value out of the model's range); None
-    for any other failure, which is membench's own and keeps its traceback."""
-    message = " ".join(str(exc).split())[:300]
+def _sized_or_optioned(spec: RunSpec, exc: Exception, where: traceback.FrameSummary) -> MembenchError | None:
+    """The one-line error (naming where it was raised) for a built-in model's failure that the run's input can
+    explain: memory it cannot allocate (sizes too large), or an error of a run with options (a value out of
+    the model's range); None for any other failure, which is membench's own and keeps its traceback."""
+    message = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}, at {where.filename}:{where.lineno}"
     if isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and any(
-            phrase in message for phrase in ("allocate", "out of memory", "size calculation overflowed"))):
+            phrase in str(exc) for phrase in ("allocate", "out of memory", "size calculation overflowed"))):
         return MembenchError(f"model '{spec.model}' ran out of memory at N={spec.task['num_patterns']} with budget "
-                             f"{spec.budget} and options {spec.options} ({type(exc).__name__}: {message}); lower "
-                             "--num-patterns, --queries or the sizes the options give; no record was written")
+                             f"{spec.budget} and options {spec.options} ({message}); lower --num-patterns, --budget "
+                             "or the sizes the options give (a learned model's train.batch_size too); no record "
+                             "was written")
     if spec.options and isinstance(exc, (ValueError, RuntimeError, AssertionError, OverflowError)):
-        return MembenchError(f"model '{spec.model}' failed with options {spec.options} ({type(exc).__name__}: "
-                             f"{message}); change the options' values (without options it is the tested "
-                             "configuration); no record was written")
+        return MembenchError(f"model '{spec.model}' failed with options {spec.options} ({message}); where an "
+                             "option's value caused it, change it; no record was written")
     return None
 
 
@@ -266,20 +267,24 @@ def checked_specs(specs: list[RunSpec]) -> list[RunSpec]:
     work; a model that is not trained gets DEFAULT_PRESET (one run id whatever built-in preset --preset names; a
     name no model of the run knows is refused) and none of the train.* options (those of meta-training: a
     suite's learned models take them, its others run as they are), and is built once per model, options, task
-    and budget (cheap), so an option it does not take is refused here too."""
+    and budget (cheap), so an option it does not take is refused here too. An int given for a float option is
+    made that float (one run, whichever was typed)."""
     checked, built = [], set()
     any_trained = any(resolve_model(spec.model).trainable for spec in specs)
     for spec in specs:
         cls = resolve_model(spec.model)
         task = make_task(spec.task)
         if cls.trainable:
-            resolve_preset(cls, task.spec, spec.preset, spec.options)
+            preset = resolve_preset(cls, task.spec, spec.preset, spec.options)
+            spec = dataclasses.replace(spec, options={key: _as_resolved(preset, key, value)
+                                                      for key, value in spec.options.items()})
         else:
             if spec.preset not in BUILTIN_PRESETS and not any_trained:
                 raise MembenchError(f"no model of this run has a preset '{spec.preset}'; give --preset one of "
                                     f"{', '.join(BUILTIN_PRESETS)} (models that are not trained run under any)")
             spec = dataclasses.replace(spec, preset=DEFAULT_PRESET, options={
                 key: value for key, value in spec.options.items() if not key.startswith("train.")})
+            spec = dataclasses.replace(spec, options=check_constructor_options(cls, spec.model, spec.options))
             key = (spec.model, json.dumps(spec.options, sort_keys=True), json.dumps(spec.task, sort_keys=True),
                    spec.budget)
             if key not in built:  # (an over-budget model is refused with its own message when its run starts)
@@ -287,6 +292,14 @@ def checked_specs(specs: list[RunSpec]) -> list[RunSpec]:
                 built.add(key)
         checked.append(spec)
     return checked
+
+
+def _as_resolved(preset: Preset, key: str, value: Any) -> Any:
+    """An option's value as its resolved preset holds it: an int given for a float field is that float, so
+    `gain_init=2` and `gain_init=2.0` are one run."""
+    config, field = (preset.train, key.removeprefix("train.")) if key.startswith("train.") else (preset.model, key)
+    resolved = getattr(config, field)
+    return resolved if isinstance(resolved, float) and isinstance(value, int) and not isinstance(value, bool) else value
 
 
 def run_all(specs: list[RunSpec], out_dir: Path, device: str = "auto", force: bool = False,

@@ -332,9 +332,9 @@ def set_aside(root: Path, keep: Sequence[str]) -> tuple[list[Path], int]:
                             f"e.g. {changed.splitlines()[0][3:]}): commit them first, so `git checkout -- "
                             f"{RESULTS}` restores what is set aside")
     kept = [PurePosixPath(os.path.normpath(folder)) for folder in (f"{RESULTS}/bench", f"{RESULTS}/reference", *keep)]
-    for folder in kept[2:]:
+    for typed, folder in zip(keep, kept[2:]):
         if not folder.is_relative_to(RESULTS) or folder == PurePosixPath(RESULTS) or not (root / folder).is_dir():
-            raise MembenchError(f"--keep {folder}: not a folder under {root}/{RESULTS}; give the session's --out "
+            raise MembenchError(f"--keep {typed}: not a folder under {root}/{RESULTS}; give the session's --out "
                                 f"folders, e.g. {RESULTS}/fig3 (a session writing a new folder needs no --keep)")
     evaluated: dict[str, set[int]] = {}  # checkpoint key -> the N its records evaluated
     try:

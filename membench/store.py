@@ -126,12 +126,17 @@ def remove_orphans(folder: Path) -> list[Path]:
 
 
 def discard_if_unused(root: Path) -> None:
-    """Delete the output folder `root` if it holds nothing but run locks and empty folders: what a command that
-    made it and then failed (bad input found only while running) leaves behind."""
+    """Delete the output folder `root` if it holds nothing but free run locks and empty folders: what a command
+    that made it and then failed (bad input found only while running) leaves behind."""
     root = Path(root)
     files = [p for p in root.rglob("*") if not p.is_dir()] if root.is_dir() else [root]
-    if all(path.parent == root / ".locks" and path.suffix == ".lock" for path in files):
-        shutil.rmtree(root, ignore_errors=True)
+    if not all(path.parent == root / ".locks" and path.suffix == ".lock" for path in files):
+        return
+    for path in files:  # a lock another process holds: its run is under way in this folder
+        with file_lock(path, blocking=False) as free:
+            if not free:
+                return
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -148,4 +148,8 @@ def test_readme_learned_example_trains_and_runs(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     (record,) = [json.loads(p.read_text()) for p in (tmp_path / "out" / "runs").glob("*.json")]
     assert record["training"]["steps"] == 5 and record["memory_floats"] == 8256
-    assert record["preset_config"]["model"] == {"gain_init": 2.0}
+    assert record["preset_config"]["model"] == {"gain_init": 2.0} and record["options"]["gain_init"] == 2.0
+    same = CliRunner().invoke(main, ["run", "--model", "learned_memory:LearnedGainHebb", "--num-patterns", "16",
+                                     "--queries", "64", "--out", "out", "--no-progress", "--checkpoint-dir", "ck",
+                                     "--option", "train.steps=5", "--option", "gain_init=2.0"])
+    assert same.exit_code == 0 and "0 run(s) executed, 1 already finished" in same.output, same.output

@@ -859,7 +859,8 @@ def test_a_builtin_model_that_runs_out_of_memory_or_fails_on_its_options_says_so
     small = ["run", "--num-patterns", "16", "--queries", "16", "--no-progress", "--out", str(tmp_path / "out")]
     failed = _invoke(*small, "--suite", "table1-learned", "--model", "memory_networks", "--option", "train.steps=1",
                      "--option", "embedding_width=64")
-    _one_clear_line(failed, "model 'memory_networks' failed with options", "embedding_width", "change the options")
+    _one_clear_line(failed, "model 'memory_networks' failed with options", "embedding_width", "memory_networks.py:",
+                    "where an option's value caused it, change it")
 
     def no_memory(self, patterns):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
@@ -880,20 +881,33 @@ def test_untrained_models_of_a_run_ignore_its_training_options(tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)
     small = ["run", "--num-patterns", "16", "--queries", "16", "--no-progress", "--out", "out", "--model", "raw_slots"]
     assert _invoke(*small).exit_code == 0
-    again = _invoke(*small, "--option", "train.steps=5")
-    assert again.exit_code == 0 and "0 run(s) executed, 1 already finished" in again.output, again.output
+    again = _invoke(*small, "--model", "memory_networks", "--option", "train.steps=2")
+    assert again.exit_code == 0 and "1 run(s) executed, 1 already finished" in again.output, again.output
+    (learned,) = [json.loads(p.read_text()) for p in (tmp_path / "out" / "runs").glob("*memory_networks*.json")]
+    assert learned["training"]["steps"] == 2
     _one_clear_line(_invoke(*small, "--option", "steps=5"), "raw_slots")
 
 
 def test_a_run_that_fails_on_input_found_while_running_leaves_no_output_folder(tmp_path, monkeypatch):
-    """An EBMM energy name is checked when the model is built, after the output folder (and a run lock) were
-    made: the folder goes again; one that held results before is kept."""
+    """Memory Networks' embedding width is checked inside the model, after the output folder (and a run lock)
+    were made: the folder goes again; one that held results before is kept, and so is one whose run lock
+    another process holds. An unknown EBMM energy is refused before any folder is made."""
+    from membench.store import discard_if_unused, file_lock
+
     monkeypatch.chdir(tmp_path)
-    bad = ["run", "--suite", "table1-learned", "--model", "ebmm", "--num-patterns", "16", "--queries", "16",
-           "--no-progress", "--option", "energy=bogus", "--out"]
-    _one_clear_line(_invoke(*bad, "new"), "unknown energy 'bogus'; valid: gated_rnn")
+    bad = ["run", "--suite", "table1-learned", "--model", "memory_networks", "--num-patterns", "16", "--queries",
+           "16", "--no-progress", "--option", "train.steps=1", "--option", "embedding_width=64", "--out"]
+    _one_clear_line(_invoke(*bad, "new"), "failed with options")
+    assert not (tmp_path / "new").exists()
+    _one_clear_line(_invoke("run", "--suite", "table1-learned", "--model", "ebmm", "--option", "energy=bogus",
+                            "--out", "new"), "unknown energy 'bogus'; valid: gated_rnn")
     assert not (tmp_path / "new").exists()
     assert _invoke("run", "--model", "raw_slots", "--num-patterns", "16", "--queries", "16", "--no-progress",
                    "--out", "old").exit_code == 0
-    _one_clear_line(_invoke(*bad, "old"), "unknown energy 'bogus'")
+    _one_clear_line(_invoke(*bad, "old"), "failed with options")
     assert len(list((tmp_path / "old" / "runs").glob("*.json"))) == 1
+    with file_lock(tmp_path / "busy" / ".locks" / "run.lock"):
+        discard_if_unused(tmp_path / "busy")
+    assert (tmp_path / "busy" / ".locks" / "run.lock").exists()
+    discard_if_unused(tmp_path / "busy")
+    assert not (tmp_path / "busy").exists()

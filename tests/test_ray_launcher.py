@@ -162,9 +162,9 @@ def test_an_address_that_is_not_a_cluster_is_refused_in_one_line_before_ray_wait
 
     from membench.ray_launcher import _check_address
 
-    for address in ("auto", "ray://head:10001", None):
+    for address in ("auto", "local", "ray://head:10001", None):
         _check_address(address)
-    for address in ("foo", "", ":6379", "head:port", "head:70000"):
+    for address in ("foo", "", ":6379", "[]:6379", "head:port", "head:70000"):
         with pytest.raises(MembenchError, match="is not HOST:PORT"):
             _check_address(address)
     with socket.socket() as probe:  # a port nothing listens on once closed

@@ -228,3 +228,22 @@ def test_a_trained_row_says_how_many_updates_of_how_many_episodes_trained_it():
     column = headers.index("updates × episodes")
     assert {line[0]: line[column] for line in cells} == {"mann": "30 × 4", "raw_slots": ""}
     assert "updates × episodes" not in grid(summarise([record("raw_slots", None)]), None)[1]
+
+
+def test_training_curves_leave_out_a_models_older_source_version(tmp_path):
+    """The curves figure follows the tables' rule: a model's run made by an older version of its source files
+    (`model_source`) draws no curve beside the new version's."""
+    from membench.plots import read_curves
+    from membench.store import RECORD_KEYS, ResultsStore
+
+    store = ResultsStore(tmp_path)
+    (tmp_path / "training").mkdir()
+    for name, source, finished in (("old", "a", "2026-01-01"), ("new", "b", "2026-01-02")):
+        (tmp_path / "training" / f"{name}.csv").write_text("step,loss,error\n1,0.5,3.0\n")
+        store.save({**{key: 0 for key in RECORD_KEYS}, "run_id": name, "suite": "table1", "model": "mine:M",
+                    "task": {"kind": "binary", "num_patterns": 16, "dim": 128, "erased": 64}, "errors": [0.0] * 16,
+                    "environment": {"device": "cpu"}, "options": {}, "preset": "quick", "command": "membench run",
+                    "model_source": source, "finished_at": finished,
+                    "training": {"checkpoint_key": name, "curve": f"training/{name}.csv", "train_time_s": 1.0,
+                                 "config": {"num_patterns": [16]}}})
+    assert list(read_curves(tmp_path)) == ["new"]

@@ -468,7 +468,7 @@ def test_set_aside_leaves_a_session_its_records_and_unfinished_checkpoints_and_g
     typo = CliRunner().invoke(main, ["set-aside", "--keep", "results/fg3", "--root", str(tmp_path)])
     assert typo.exit_code == 1 and "--keep results/fg3: not a folder under" in typo.output and left() == before
     climbs = CliRunner().invoke(main, ["set-aside", "--keep", "results/..", "--root", str(tmp_path)])
-    assert climbs.exit_code == 1 and "not a folder under" in climbs.output and left() == before
+    assert climbs.exit_code == 1 and "--keep results/..: not a folder under" in climbs.output and left() == before
     result = CliRunner().invoke(main, ["set-aside", "--keep", "results/../results/fig3/", "--root", str(tmp_path)])
     assert result.exit_code == 0 and "set aside 5 file(s)" in result.output, result.output  # the path as written
     kept = ["results/bench/throughput.csv", "results/checkpoints/paused-key.pt", "results/checkpoints/unrecorded-key.pt",
