@@ -65,8 +65,8 @@ def list_command() -> None:
 @click.option("--option", "options", multiple=True, callback=parse_options, metavar="KEY=VALUE",
               help="Model option for every run, repeatable (a field of a learned model's config, e.g. hidden=256, or of "
                    "its training config as train.FIELD, e.g. train.num_patterns=null to train one model per N, or a "
-                   "constructor argument of an untrained model, which ignores train.* options); part of the run ids and "
-                   "checkpoint keys.")
+                   "constructor argument of an untrained model, which ignores train.* options); part of the run ids "
+                   "and checkpoint keys.")
 @DATA_DIR_OPTION
 @friendly_errors
 def run(suite, models, num_patterns, seeds, queries, preset, budget, device, out, checkpoint_dir, force, progress,

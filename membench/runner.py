@@ -148,8 +148,8 @@ def evaluate(model: AssociativeMemory, task: Task, spec: RunSpec, device: torch.
                 fresh_read.audit(spec, model, state, episodes.queries, device)
             if not torch.isfinite(retrievals).all():
                 raise MembenchError(f"model '{spec.model}' returned NaN or inf retrievals (N={task.spec.num_patterns}, "
-                                    f"seed={spec.seed}); its read is numerically unstable (guard its divisions, logs and exponentials), "
-                                    "so no record was written")
+                                    f"seed={spec.seed}); its read is numerically unstable (guard its divisions, logs "
+                                    "and exponentials), so no record was written")
             errors.extend(task.errors(retrievals, episodes.patterns).flatten().cpu().tolist())
     return errors
 

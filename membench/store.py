@@ -248,7 +248,8 @@ def _field_problem(record: dict[str, Any], check_errors: bool = True) -> str | N
     if history is not None and not (isinstance(history, list) and all(isinstance(h, dict) for h in history)):
         return "training's history is not a list of stretches"
     preset_config = record.get("preset_config")
-    if preset_config is not None and not (isinstance(preset_config, dict) and isinstance(preset_config.get("model"), dict)
+    if preset_config is not None and not (isinstance(preset_config, dict)
+                                          and isinstance(preset_config.get("model"), dict)
                                           and isinstance(preset_config.get("train"), dict)):
         return "preset_config needs a model and a train mapping"
     split = record.get("train_split")
