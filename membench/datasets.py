@@ -28,6 +28,7 @@ Decoded splits are cached in memory per (directory, size, file stamps).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import io
@@ -293,6 +294,7 @@ def _fetch(url: str, target: Path) -> Path:
             raise DatasetMissing(f"{target} is already there but is not a zip archive; delete it and run the "
                                  f"download again")
         return target
+    made = [folder for folder in (target.parent, *target.parent.parents) if not folder.exists()]  # deepest first
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(target.suffix + ".part")
     try:
@@ -306,6 +308,9 @@ def _fetch(url: str, target: Path) -> Path:
             raise OSError("what arrived is not a zip archive")
     except (OSError, http.client.HTTPException) as exc:
         partial.unlink(missing_ok=True)
+        for folder in made:  # the folders this call made, where they are still empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         raise DatasetMissing(f"could not download {url} ({type(exc).__name__}: {exc}); download again, or fetch "
                              f"it by hand and put it at {target}") from None
     os.replace(partial, target)

@@ -135,6 +135,9 @@ def test_download_error_path_is_a_clear_message(tmp_path, monkeypatch):
     with pytest.raises(DatasetMissing, match="could not download .*cifar-10-python.tar.gz"):
         datasets.download("cifar10", tmp_path)
     assert not list(tmp_path.rglob("*.part"))
+    with pytest.raises(DatasetMissing, match="could not download .*images_background.zip"):
+        datasets.download("omniglot", tmp_path / "new" / "data")  # the folders it made go again
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_data_dir_resolution(tmp_path, monkeypatch):
