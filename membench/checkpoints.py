@@ -10,7 +10,6 @@ results/checkpoints as `portable` keeps them (weights only once finished).
 from __future__ import annotations
 
 import io
-import math
 import os
 import pickle
 from pathlib import Path
@@ -22,7 +21,7 @@ from torch.torch_version import TorchVersion
 import membench
 from membench.errors import MembenchError
 from membench.interface import AssociativeMemory
-from membench.store import ResultsStore, warn, write_atomic
+from membench.store import ResultsStore, list_of_mappings, nonnegative_number, warn, write_atomic
 
 CHECKPOINT_KEYS = ("model", "generator", "step", "elapsed_s", "curve")  # required; "optimizer", "history" optional
 UNREADABLE = (EOFError, OSError, RuntimeError, ValueError, pickle.UnpicklingError)  # what reading a bad file raises
@@ -99,28 +98,19 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
 def _field_problem(saved: dict[str, Any]) -> str | None:
     """What is wrong with a checkpoint's fields (None: nothing), so that a damaged one counts as unreadable
     instead of failing later inside training, a report or a session's packing."""
-    def number(value: Any) -> bool:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
-
-    def rows(value: Any) -> bool:
-        return isinstance(value, list) and all(isinstance(row, dict) for row in value)
-
     if not isinstance(saved["model"], dict) or not all(isinstance(t, torch.Tensor) for t in saved["model"].values()):
         return "model is not a state dict of tensors"
-    generator = saved["generator"]
-    if not isinstance(generator, torch.Tensor) or generator.dtype != torch.uint8 or generator.dim() != 1:
-        return "generator is not a random generator's state"
     try:
-        torch.Generator().set_state(generator)
-    except RuntimeError:
+        torch.Generator().set_state(saved["generator"])  # refuses another type, dtype or size
+    except (RuntimeError, TypeError):
         return "generator is not a random generator's state"
     if not isinstance(saved["step"], int) or isinstance(saved["step"], bool) or saved["step"] < 0:
         return "step is not a count of updates"
-    if not number(saved["elapsed_s"]):
+    if not nonnegative_number(saved["elapsed_s"]):
         return "elapsed_s is not a number of seconds"
-    if not rows(saved["curve"]):
+    if not list_of_mappings(saved["curve"]):
         return "curve is not a list of rows"
-    if saved.get("history") is not None and not rows(saved["history"]):
+    if saved.get("history") is not None and not list_of_mappings(saved["history"]):
         return "history is not a list of stretches"
     if saved.get("config") is not None and not isinstance(saved["config"], dict):
         return "config is not a training configuration"

@@ -282,9 +282,9 @@ def checked_specs(specs: list[RunSpec]) -> list[RunSpec]:
             if spec.preset not in BUILTIN_PRESETS and not any_trained:
                 raise MembenchError(f"no model of this run has a preset '{spec.preset}'; give --preset one of "
                                     f"{', '.join(BUILTIN_PRESETS)} (models that are not trained run under any)")
-            spec = dataclasses.replace(spec, preset=DEFAULT_PRESET, options={
-                key: value for key, value in spec.options.items() if not key.startswith("train.")})
-            spec = dataclasses.replace(spec, options=check_constructor_options(cls, spec.model, spec.options))
+            options = {key: value for key, value in spec.options.items() if not key.startswith("train.")}
+            spec = dataclasses.replace(spec, preset=DEFAULT_PRESET,
+                                       options=check_constructor_options(cls, spec.model, options))
             key = (spec.model, json.dumps(spec.options, sort_keys=True), json.dumps(spec.task, sort_keys=True),
                    spec.budget)
             if key not in built:  # (an over-budget model is refused with its own message when its run starts)

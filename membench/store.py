@@ -242,10 +242,10 @@ def _field_problem(record: dict[str, Any], check_errors: bool = True) -> str | N
                                      and isinstance(training.get("curve"), str)
                                      and isinstance(training.get("config"), dict)):
         return "training needs a checkpoint_key, a curve (strings) and a config (a mapping)"
-    if training is not None and not _seconds(training.get("train_time_s")):
+    if training is not None and not nonnegative_number(training.get("train_time_s")):
         return "training's train_time_s is not a number of seconds"
     history = (training or {}).get("history")
-    if history is not None and not (isinstance(history, list) and all(isinstance(h, dict) for h in history)):
+    if history is not None and not list_of_mappings(history):
         return "training's history is not a list of stretches"
     preset_config = record.get("preset_config")
     if preset_config is not None and not (isinstance(preset_config, dict)
@@ -254,7 +254,7 @@ def _field_problem(record: dict[str, Any], check_errors: bool = True) -> str | N
         return "preset_config needs a model and a train mapping"
     split = record.get("train_split")
     if split is not None and not (isinstance(split, dict) and isinstance(split.get("batch_errors"), list)
-                                  and all(_seconds(e) for e in split["batch_errors"])):
+                                  and all(nonnegative_number(e) for e in split["batch_errors"])):
         return "train_split needs batch_errors, a list of finite non-negative numbers"
     for name in ("budget", "seed", "queries", "memory_floats"):
         if not _whole(record[name]):
@@ -268,8 +268,7 @@ def _field_problem(record: dict[str, Any], check_errors: bool = True) -> str | N
         return "finished_at is not a string"
     if not isinstance(record["options"], dict):
         return "options is not a mapping"
-    if check_errors and not all(isinstance(e, (int, float)) and not isinstance(e, bool) and math.isfinite(e) and e >= 0
-                                for e in record["errors"]):
+    if check_errors and not all(nonnegative_number(e) for e in record["errors"]):
         return "errors holds a value that is not a finite non-negative number"
     return None
 
@@ -278,8 +277,13 @@ def _whole(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _seconds(value: Any) -> bool:
-    """A finite non-negative number (seconds, or an error)."""
+def list_of_mappings(value: Any) -> bool:
+    """A list of dicts (a training curve's rows, a history's stretches)."""
+    return isinstance(value, list) and all(isinstance(item, dict) for item in value)
+
+
+def nonnegative_number(value: Any) -> bool:
+    """A finite non-negative int or float (not a bool): seconds, an error."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
 
 
