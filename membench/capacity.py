@@ -114,7 +114,7 @@ def _section(summary, records: list[dict[str, Any]], table: str, title: str, not
     """The markdown section of one task and budget: `title`, provenance, `notes`, then model x N cells."""
     from tabulate import tabulate
 
-    from membench.report import _cell, _commits, task_key
+    from membench.report import _cell, _commits, seed_sets, span, task_key
 
     part = summary[summary.table == table]
     model_of = dict(zip(part["row"], part["model"]))
@@ -127,8 +127,7 @@ def _section(summary, records: list[dict[str, Any]], table: str, title: str, not
             line.append(_cell(match.iloc[0]) if len(match) else "")
         cells.append(line)
     commits = _commits([r for r in records if task_key(r) == table])
-    lines = [f"Queries per cell: {part['num_queries'].min()}–{part['num_queries'].max()}; "
-             f"seeds: {', '.join(sorted(set(part['seeds'])))}; "
+    lines = [f"Queries per cell: {span(part['num_queries'])}; seeds: {seed_sets(part['seeds'])}; "
              f"device · torch: {', '.join(sorted(set(part['versions'])))}; "
              f"commits: {commits}; wall time of the runs {part['wall_time_s'].sum():.1f} s.", *notes]
     return (f"## {title}\n\n" + "\n\n".join(lines) + "\n\n"

@@ -76,7 +76,7 @@ def run(suite, models, num_patterns, seeds, queries, preset, budget, device, out
     from membench.report import table1
     from membench.runner import run_all
     from membench.store import discard_if_unused
-    from membench.suites import ImageCapacitySuite, SweepSuite
+    from membench.suites import CapacitySuite, ImageCapacitySuite, SweepSuite
 
     set_data_dir(data_dir)
     progress = sys.stderr.isatty() if progress is None else progress
@@ -91,13 +91,16 @@ def run(suite, models, num_patterns, seeds, queries, preset, budget, device, out
         if made:  # a failure found while running leaves no empty output folder behind
             discard_if_unused(out)
         raise
+    trained = [r["training"] for r in done if r.get("training")]
+    now = sum(t.get("trained_by_this_run_s", 0.0) for t in trained)
     click.echo(f"{len(done)} run(s) executed, {len(set(s.run_id for s in specs)) - len(done)} already finished, "
-               f"in {out}")
+               f"in {out}" + ("" if not trained else f"; meta-training in this call: {now:.1f} s" if now else
+                              "; no meta-training in this call (every checkpoint was trained already)"))
     if isinstance(chosen, SweepSuite):
         from membench.figure3 import DEFAULT_REFERENCE, image_records, load_reference, summarise, summary_markdown
 
         click.echo(summary_markdown(summarise(image_records(out), load_reference(DEFAULT_REFERENCE))))
-    elif isinstance(chosen, ImageCapacitySuite):
+    elif isinstance(chosen, (CapacitySuite, ImageCapacitySuite)):  # summarised with the other capacity suites
         data = f" --data-dir {shlex.quote(str(data_dir))}" if data_dir else ""
         click.echo(f"tables and figures: membench capacity --out {shlex.quote(str(out))}{data}")
     else:

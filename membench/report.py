@@ -250,17 +250,25 @@ def grid(summary: pd.DataFrame, paper: pd.DataFrame | None) -> tuple[list[list[s
         for n in columns:
             match = summary[(summary.row == r) & (summary.num_patterns == n)]
             line.append(_cell(match.iloc[0]) if len(match) else "")
-        cells.append(line + ([trained[r]] if with_training else []) + [_floats(summary[summary.row == r]["memory_floats"])]
+        cells.append(line + ([trained[r]] if with_training else []) + [span(summary[summary.row == r]["memory_floats"])]
                      + ([versions[r]] if per_row else []))
     headers = (["model \\ N"] + [str(n) for n in columns] + (["updates × episodes"] if with_training else [])
                + ["floats used"] + (["device · torch"] if per_row else []))
     return cells, headers
 
 
-def _floats(counts: pd.Series) -> str:
-    """The measured state of a row's cells: one count, or the range over N (slot memories grow with N)."""
+def span(counts: pd.Series) -> str:
+    """Whole numbers (a row's floats over N, queries per cell): one count, or the range 'low–high'."""
     low, high = int(counts.min()), int(counts.max())
     return str(low) if low == high else f"{low}–{high}"
+
+
+def seed_sets(seeds: pd.Series) -> str:
+    """The seeds each cell pools ('0 1 2' a cell), with how many cells pool them where they differ."""
+    counts = seeds.value_counts()
+    if len(counts) == 1:
+        return str(counts.index[0])
+    return ", ".join(f"{sets} in {count} cell{'s' if count > 1 else ''}" for sets, count in counts.items())
 
 
 def _image_summaries(records: list[dict[str, Any]]) -> dict[str, int]:
@@ -303,13 +311,12 @@ def table1(out_dir: Path, reference: Path | None = DEFAULT_REFERENCE, write: boo
              "the row by more, `results/diagnostics/ebmm-seeds`" if any(r.get("training") for r in table_records)
              else "") + ")" +
             (f"; in parentheses: the paper's value ({CITATION})." if with_paper else "."),
-            f"Queries per cell: {part['num_queries'].min()}–{part['num_queries'].max()}; "
-            f"seeds: {', '.join(sorted(set(part['seeds'])))}; "
+            f"Queries per cell: {span(part['num_queries'])}; seeds: {seed_sets(part['seeds'])}; "
             + (f"device · torch: {versions[0]}; " if len(versions) == 1 else "device and torch per row; ")
             + f"membench {' '.join(sorted({str(r['environment'].get('membench')) for r in table_records}))}; "
             f"commits: {_commits(table_records)}; "
             f"wall time of the runs {part['wall_time_s'].sum():.1f} s; "
-            f"meta-training {training_time(table_records):.1f} s (each checkpoint counted once)"
+            f"meta-training behind these records {training_time(table_records):.1f} s (each checkpoint counted once)"
             + (f", meta-trained on {trained_on(table_records)}." if trained_on(table_records) else "."),
             "Commands: " + "; ".join(f"`{c}`" for c in sorted(set(" | ".join(part["command"]).split(" | ")))),
         ]

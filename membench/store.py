@@ -244,6 +244,8 @@ def _field_problem(record: dict[str, Any], check_errors: bool = True) -> str | N
         return "training needs a checkpoint_key, a curve (strings) and a config (a mapping)"
     if training is not None and not nonnegative_number(training.get("train_time_s")):
         return "training's train_time_s is not a number of seconds"
+    if training is not None and not nonnegative_number(training.get("trained_by_this_run_s", 0)):
+        return "training's trained_by_this_run_s is not a number of seconds"
     history = (training or {}).get("history")
     if history is not None and not list_of_mappings(history):
         return "training's history is not a list of stretches"

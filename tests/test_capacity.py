@@ -264,3 +264,18 @@ def test_capacity_reads_and_writes_where_run_does_by_default(tmp_path, monkeypat
     result = CliRunner().invoke(main, ["capacity", "--data-dir", str(tmp_path / "data")])
     assert result.exit_code == 1 and "membench-results" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "results").exists()
+
+
+def test_running_a_binary_capacity_suite_points_to_its_summary_not_table1(tmp_path):
+    """`membench run --suite capacity-n` names `membench capacity`, which summarises it, and writes no table1.*
+    beside the capacity tables."""
+    from click.testing import CliRunner
+
+    from membench.cli import main
+
+    result = CliRunner().invoke(main, ["run", "--suite", "capacity-n", "--model", "raw_slots", "--num-patterns", "16",
+                                       "--queries", "16", "--out", str(tmp_path / "out"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert f"tables and figures: membench capacity --out {tmp_path / 'out'}" in result.output
+    assert len(list((tmp_path / "out" / "runs").glob("*.json"))) == 1
+    assert not list((tmp_path / "out").glob("table1.*"))

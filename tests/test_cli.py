@@ -149,7 +149,14 @@ def test_readme_learned_example_trains_and_runs(tmp_path, monkeypatch):
     (record,) = [json.loads(p.read_text()) for p in (tmp_path / "out" / "runs").glob("*.json")]
     assert record["training"]["steps"] == 5 and record["memory_floats"] == 8256
     assert record["preset_config"]["model"] == {"gain_init": 2.0} and record["options"]["gain_init"] == 2.0
+    assert record["training"]["trained_by_this_run_s"] > 0 and "; meta-training in this call: " in result.output
     same = CliRunner().invoke(main, ["run", "--model", "learned_memory:LearnedGainHebb", "--num-patterns", "16",
                                      "--queries", "64", "--out", "out", "--no-progress", "--checkpoint-dir", "ck",
                                      "--option", "train.steps=5", "--option", "gain_init=2.0"])
     assert same.exit_code == 0 and "0 run(s) executed, 1 already finished" in same.output, same.output
+    again = CliRunner().invoke(main, ["run", "--model", "learned_memory:LearnedGainHebb", "--num-patterns", "16",
+                                      "--queries", "64", "--out", "out", "--no-progress", "--checkpoint-dir", "ck",
+                                      "--option", "train.steps=5", "--option", "gain_init=2", "--force"])
+    assert again.exit_code == 0 and "no meta-training in this call (every checkpoint was trained already)" in again.output
+    (redone,) = [json.loads(p.read_text()) for p in (tmp_path / "out" / "runs").glob("*.json")]
+    assert redone["training"]["trained_by_this_run_s"] == 0 and redone["training"]["train_time_s"] > 0

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -14,6 +15,7 @@ from membench.figure3 import first_episode, summarise
 from membench.report import episode_means
 from membench.store import ResultsStore
 from membench.suites import get_suite
+from tests.conftest import REPO_ROOT
 
 
 def test_sweep_suite_expands_points(data_root):
@@ -261,3 +263,14 @@ def test_a_model_no_curve_names_gets_a_curve_at_memory_networks_sizes(data_root,
     figures = CliRunner().invoke(main, ["figures", "--out", "out", "--no-grids", "--data-dir", str(data_root)])
     assert figures.exit_code == 0, figures.output
     assert re.search(r"\| mean_image:MeanImage +\| +3\.07 ", (work / "out" / "fig3.md").read_text())
+
+
+def test_a_smoke_tests_folder_gets_its_figure_but_no_acceptance_of_gpu_points(tmp_path):
+    """The committed quick-preset points (results/fig3-smoke): fig3.md says smoke test, and no fig3_acceptance.md,
+    which reads gpu points only."""
+    for folder in ("runs", "training"):
+        shutil.copytree(REPO_ROOT / "results" / "fig3-smoke" / folder, tmp_path / folder)
+    result = CliRunner().invoke(main, ["figures", "--out", str(tmp_path), "--no-grids"])
+    assert result.exit_code == 0, result.output
+    assert "smoke test" in (tmp_path / "fig3.md").read_text() and (tmp_path / "fig3.png").exists()
+    assert not (tmp_path / "fig3_acceptance.md").exists()

@@ -61,7 +61,14 @@ def test_copies_and_reruns_with_more_queries_count_once(tmp_path):
     (bigger,) = _binary(tmp_path, num_patterns=(96,), queries=192)  # same seed: the first 96 queries again
     markdown = table1(tmp_path)
     assert "2 record(s) repeat the episodes of another record" in markdown
-    assert f"Queries per cell: {len(bigger['errors'])}–{len(bigger['errors'])}" in markdown
+    assert f"Queries per cell: {len(bigger['errors'])};" in markdown
+
+
+def test_the_provenance_says_which_cells_pool_which_seeds(tmp_path):
+    _binary(tmp_path, num_patterns=(16, 32, 64), seeds=(0, 1))
+    specs = get_suite("table1").expand("table1", ("hopfield_hebb",), (0,), 64, "quick", (16,))
+    run_all(specs, tmp_path, device="cpu", progress=False)
+    assert "seeds: 0 1 in 3 cells, 0 in 1 cell;" in table1(tmp_path)
 
 
 def test_rows_show_device_and_torch_where_they_differ(tmp_path):
