@@ -10,8 +10,8 @@ from pathlib import Path
 
 import click
 
-from membench.cli_common import (DATA_DIR_OPTION, ExitWith, PathArg, Seconds, friendly_errors, int_list,
-                                 parse_options, suite_runs)
+from membench.cli_common import (DATA_DIR_OPTION, DEFAULT_OUT, ExitWith, PathArg, Seconds, friendly_errors,
+                                 int_list, parse_options, suite_runs)
 from membench.errors import EXIT_PAUSED, MembenchError
 from membench.interface import PRECISIONS
 from membench.store import writable_folder
@@ -258,8 +258,9 @@ def set_aside(keep, root) -> None:
                    "repeatable; the row's options column.")
 @click.option("--reference", metavar="COMMIT",
               help="Also time this commit's own EBMM quick benchmark in a temporary worktree, in the same rounds.")
-@click.option("--out", default="results/bench/throughput.csv", show_default=True,
-              type=PathArg(dir_okay=False, path_type=Path), help="CSV the rows are merged into.")
+@click.option("--out", default=f"{DEFAULT_OUT}/bench/throughput.csv", show_default=True,
+              type=PathArg(dir_okay=False, path_type=Path),
+              help="CSV the rows are merged into (`make throughput`: the committed results/bench/throughput.csv).")
 @DATA_DIR_OPTION
 @friendly_errors
 def throughput(suite, models, preset, device, num_patterns, batch_sizes, steps, warmup, cuda_graph, compile_,

@@ -108,6 +108,16 @@ def test_throughput_rows_merge_by_key(tmp_path):
                                                                    ("train.batch_size=3", 4)]  # rows of their own
 
 
+def test_throughput_without_out_writes_beside_runs_not_into_a_checkouts_committed_table(tmp_path, monkeypatch):
+    """No --out: membench-results/bench/throughput.csv, where `run` puts its records; results/ stays as it was."""
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["throughput", "--model", "memory_networks", "--device", "cpu", "--num-patterns",
+                                       "16", "--batch-sizes", "2", "--steps", "1", "--warmup", "0"])
+    assert result.exit_code == 0, result.output
+    assert len(pd.read_csv(tmp_path / "membench-results" / "bench" / "throughput.csv")) == 1
+    assert not (tmp_path / "results").exists()
+
+
 def test_a_truncated_throughput_csv_is_refused_before_timing_and_left_as_it_is(tmp_path):
     out = tmp_path / "throughput.csv"
     lines = (REPO_ROOT / "results" / "bench" / "throughput.csv").read_text().splitlines()
