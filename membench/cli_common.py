@@ -5,6 +5,7 @@ import dataclasses
 import functools
 import json
 import math
+import re
 from pathlib import Path
 
 import click
@@ -56,10 +57,9 @@ def int_list(low: int, high: int | None = None):
         items = value.replace(" ", "").split(",")
         if all(not item for item in items):
             raise click.BadParameter(f"give at least one value, e.g. --{param.name.replace('_', '-')} {example}")
-        try:
-            numbers = [int(item) for item in items]
-        except ValueError:
-            raise click.BadParameter(f"expected comma-separated integers such as {example}; got '{value}'") from None
+        if not all(re.fullmatch(r"-?[0-9]+", item) for item in items):  # not int()'s 1_6 (16) or +16
+            raise click.BadParameter(f"expected comma-separated integers such as {example}; got '{value}'")
+        numbers = [int(item) for item in items]
         bad = [n for n in numbers if n < low or (high is not None and n > high)]
         if bad:
             bounds = f"between {low} and {high}" if high is not None else f"at least {low}"

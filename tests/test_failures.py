@@ -774,9 +774,12 @@ def test_an_option_a_model_does_not_take_is_refused(tmp_path):
     assert not (tmp_path / "out").exists()  # refused before any run (and before the output folder is made)
 
 
-def test_an_empty_item_in_a_list_of_numbers_is_refused(tmp_path):
-    result = _invoke("run", "--num-patterns", "16,,32", "--out", str(tmp_path), "--no-progress")
-    _one_clear_line(result, "expected comma-separated integers such as 16,32; got '16,,32'", exit_code=2)
+@pytest.mark.parametrize("value", ["16,,32", "1_6", "+16", "16.0"])
+def test_a_list_of_numbers_that_is_not_plain_digits_is_refused(tmp_path, value):
+    """An empty item, and what int() would take but a reader might not mean (1_6 is 16)."""
+    result = _invoke("run", "--num-patterns", value, "--out", str(tmp_path / "out"), "--no-progress")
+    _one_clear_line(result, f"expected comma-separated integers such as 16,32; got '{value}'", exit_code=2)
+    assert not (tmp_path / "out").exists()
 
 
 def test_an_error_in_a_model_reached_through_a_symlink_is_still_named(tmp_path, monkeypatch):
