@@ -110,6 +110,9 @@ def model_source_files(cls: type) -> list[Path]:
 
 def _import_class(path: str, base: type = AssociativeMemory) -> type:
     module_name, _, class_name = path.partition(":")
+    if not module_name or not class_name.isidentifier():
+        raise MembenchError(f"'{path}' is not a module and a class; give them as 'module:Class', e.g. "
+                            "'my_memory:MyMemory' (my_memory.py in the current directory)")
     if module_name.endswith(".py") or "/" in module_name or os.sep in module_name:
         dotted = module_name.removesuffix(".py").strip("./").replace("/", ".").replace(os.sep, ".")
         raise MembenchError(f"'{path}' names a file; give a module name and class, e.g. '{dotted}:{class_name}' "

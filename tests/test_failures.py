@@ -352,6 +352,13 @@ def test_a_file_path_for_a_model_is_told_to_name_the_module(tmp_path):
                     "'./own.py:Soft' names a file; give a module name and class, e.g. 'own:Soft'", exit_code=1)
 
 
+@pytest.mark.parametrize("model", [":", "own:", ":Soft", "own:Soft.inner"])
+def test_a_model_path_without_a_module_or_a_class_name_says_the_form(tmp_path, model):
+    _one_clear_line(_invoke("run", "--model", model, "--out", str(tmp_path / "out"), "--no-progress"),
+                    f"'{model}' is not a module and a class; give them as 'module:Class'", exit_code=1)
+    assert not (tmp_path / "out").exists()
+
+
 def test_memory_networks_beyond_the_budget_and_small_raw_slots(tmp_path):
     _one_clear_line(_invoke("run", "--suite", "table1-learned", "--model", "memory_networks", "--num-patterns", "9000",
                             "--out", str(tmp_path), "--no-progress"), "no value per slot for N=9000", exit_code=1)
