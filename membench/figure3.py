@@ -181,7 +181,8 @@ def summary_markdown(summary: pd.DataFrame) -> str:
     if summary.empty:
         return "# Figure 3\n\nNo image runs found.\n"
     parts = [f"# Figure 3: distortion against memory size\n\nPer point: median per-batch error "
-             f"[5th, 95th percentile over batches], batches of N images, {span(summary['batches'])} batches per point. Paper: {CITATION} (read off the PDF).\n"]
+             f"[5th, 95th percentile over batches], batches of N images, {span(summary['batches'])} batches per "
+             f"point. Paper: {CITATION} (read off the PDF).\n"]
     for dataset, frame in summary.groupby("dataset", sort=True):
         parts.append(f"## {TITLES[dataset]}\n\nData: {', '.join(sorted(set(frame['data'])))}; image size "
                      f"{', '.join(map(str, sorted(set(frame['image_size']))))}; device {', '.join(sorted(set(frame['device'])))}.\n\n"
