@@ -46,7 +46,9 @@ def list_command() -> None:
               help="Training preset of meta-learned models; the built-in ones have quick (CPU, minutes), gpu (one "
                    "GPU, minutes to an hour, CUDA graphs) and paper (the paper's scale, GPU days); a model of yours "
                    "may name others.")
-@click.option("--budget", type=click.IntRange(1), help="Float32 budget. Default: the suite's (8256 for table1).")
+@click.option("--budget", type=click.IntRange(1),
+              help="Float32 budget. Default: the suite's (8256 for table1). A Figure 3 suite: run only its points of "
+                   "this memory size.")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--out", default=DEFAULT_OUT, show_default=True, type=PathArg(file_okay=False, path_type=Path),
               help="Output directory (records in OUT/runs).")

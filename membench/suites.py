@@ -158,11 +158,10 @@ class SweepSuite:
     def expand(self, name: str, models: tuple[str, ...] | None, seeds: tuple[int, ...], queries: int,
                preset: str, num_patterns: tuple[int, ...] | None = None, budget: int | None = None) -> list[RunSpec]:
         """Runs for the curves whose label or model is in `models` (all by default), and for each other model
-        in `models` a curve at the memory sizes of OTHER_MODELS_CURVE."""
+        in `models` a curve at the memory sizes of OTHER_MODELS_CURVE; with `budget`, only their points of
+        that memory size (one point of a curve, e.g. for a short probe of a recipe)."""
         from membench.registry import make_task
 
-        if budget is not None:
-            raise MembenchError(f"suite '{name}' sets a budget per sweep point; drop --budget")
         curves = [c for label, c in self.curves.items() if not models or label in models or c.model in models]
         missing = sorted({label for label, c in self.curves.items() if c in curves and not c.at(preset)})
         if missing:
@@ -172,6 +171,10 @@ class SweepSuite:
         sizes = self.curves[OTHER_MODELS_CURVE].points  # a preset of a model's own: the quick preset's sizes
         others = [Curve(model, {"*": tuple(({}, b) for _, b in sizes.get(preset, sizes["quick"]))})
                   for model in models or () if model not in named]  # sized by the budget, as Memory Networks
+        sizes = sorted({size for curve in [*curves, *others] for _, size in curve.at(preset)})
+        if budget is not None and budget not in sizes:
+            raise MembenchError(f"suite '{name}' has no point of {budget} floats among these curves' (preset "
+                                f"{preset}); give --budget one of {', '.join(map(str, sizes))}, or drop it")
         specs = []
         for n in num_patterns or self.num_patterns:
             task = make_task({"kind": self.dataset, "num_patterns": n, "image_size": self.image_size,
@@ -179,7 +182,7 @@ class SweepSuite:
             specs += [RunSpec(suite=name, model=curve.model, task=task, budget=point_budget, seed=seed,
                               queries=queries, preset=preset, options=dict(options))
                       for curve in [*curves, *others] for options, point_budget in curve.at(preset)
-                      for seed in seeds]
+                      if budget in (None, point_budget) for seed in seeds]
         return specs
 
     def curve_label(self, model: str, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:

@@ -36,8 +36,12 @@ def test_sweep_suite_expands_points(data_root):
                              "data": "images_background_small1.zip+images_background_small2.zip (train 120, test 30)"}
     assert len({s.run_id for s in specs}) == 10
     assert suite.curve_label("raw_slots", {}) == ("raw_slots", {}) and suite.curve_label("lstm", {}) == ("lstm", {})
-    with pytest.raises(MembenchError, match="budget per sweep point"):
-        suite.expand("fig3-omniglot", None, (0,), 64, "quick", budget=8256)
+    # --budget: one memory size, each curve's point of that size (EBMM_FC's smallest gpu point alone here)
+    point = suite.expand("fig3-omniglot", ("EBMM_FC",), (0,), 64, "gpu", num_patterns=(16,), budget=257 * 12)
+    assert [(s.model, s.budget, s.options) for s in point] == [("ebmm", 3084, {"energy": "resnet_fc",
+                                                                                "memory_size": 12})]
+    with pytest.raises(MembenchError, match="no point of 8256 floats.*give --budget one of 3084, 5140, 10794, 16448"):
+        suite.expand("fig3-omniglot", ("EBMM_FC",), (0,), 64, "gpu", budget=8256)
     # a model no curve names: a curve of its own at Memory Networks' memory sizes
     lstm = suite.expand("fig3-omniglot", ("lstm",), (0,), 64, "quick", num_patterns=(16,))
     assert [(s.model, s.budget, s.options) for s in lstm] == [("lstm", 64 * 48, {}), ("lstm", 64 * 128, {})]
