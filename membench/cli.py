@@ -123,7 +123,7 @@ def report(out, reference) -> None:
 
     if reference is not None and not reference.exists():
         raise MembenchError(f"reference file {reference} does not exist; omit --reference to use the default")
-    curves = read_curves(out)  # every input read before any output is written
+    curves = read_curves(out, images=False)  # every input read before any output is written (Figure 3's: figures)
     click.echo(table1(out, reference or DEFAULT_REFERENCE))
     for path in training_curves(out, curves=curves):
         click.echo(f"wrote {path}")

@@ -154,6 +154,11 @@ def _attach_paper(frame: pd.DataFrame, reference: pd.DataFrame | None) -> pd.Dat
     return frame.assign(**paper)
 
 
+def _gpu_points(summary: pd.DataFrame) -> bool:
+    """Whether a point was trained with the gpu presets (what fig3_acceptance reads)."""
+    return not summary.empty and bool((summary["trained"] & (summary["preset"] == "gpu")).any())
+
+
 def _smoke_test(summary: pd.DataFrame) -> bool:
     """Whether a point was trained with the quick presets (untrained references have no preset that matters)."""
     return not summary.empty and bool((summary["trained"] & (summary["preset"] == "quick")).any())
@@ -319,8 +324,8 @@ def reconstruction_grid(record: dict[str, Any], path: Path, shown: tuple[Any, to
 
 def figures(out_dir: Path, reference: Path | None = DEFAULT_REFERENCE, checkpoint_dir: Path | None = None,
             grids: bool = True) -> tuple[str, list[Path]]:
-    """Write fig3.{md,csv,png,pdf}, the acceptance's checks (fig3_acceptance.md; not for a smoke test's quick
-    points), the training curves and one reconstruction grid per (data set, curve) into `out_dir`.
+    """Write fig3.{md,csv,png,pdf}, the acceptance's checks of the gpu presets' points (fig3_acceptance.md, once
+    there are such points), the training curves and one reconstruction grid per (data set, curve) into `out_dir`.
 
     Grids use each curve's largest-memory run. Returns (markdown summary, written paths).
     """
@@ -332,7 +337,7 @@ def figures(out_dir: Path, reference: Path | None = DEFAULT_REFERENCE, checkpoin
         raise MembenchError(f"no finished Figure 3 run in {out_dir}/runs; run a fig3-* suite first, e.g. "
                             f"`membench run --suite fig3-omniglot --out {out_dir}`")
     paper = load_reference(reference)
-    curves = read_curves(out_dir)  # every input (data sets and checkpoints too) read before any output is written
+    curves = read_curves(out_dir, images=True)  # every input (data sets and checkpoints too) read before any output is written
     shown: dict[Path, tuple[dict[str, Any], tuple[Any, torch.Tensor, torch.Tensor]]] = {}
     if grids:
         largest: dict[tuple[str, str], dict[str, Any]] = {}
@@ -349,7 +354,7 @@ def figures(out_dir: Path, reference: Path | None = DEFAULT_REFERENCE, checkpoin
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out_dir / "fig3.md", markdown)
     written = [out_dir / "fig3.md", out_dir / "fig3.csv"]
-    if not _smoke_test(summary):  # the acceptance reads gpu points: a smoke test's folder has none to read
+    if _gpu_points(summary):  # the acceptance reads the gpu presets' points: none, nothing to read
         write_text_atomic(out_dir / "fig3_acceptance.md", acceptance_markdown(summary, paper))
         written.insert(1, out_dir / "fig3_acceptance.md")
     columns = [c for c in summary.columns if c != "command"]

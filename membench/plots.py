@@ -32,15 +32,18 @@ def _pyplot():
 Curves = dict[str, tuple[str, pd.DataFrame]]  # checkpoint key -> (line label, curve: step, loss, error)
 
 
-def read_curves(out_dir: Path, models: tuple[str, ...] | None = None) -> Curves:
-    """The training curve of every trained run in `out_dir` (of `models`), one per checkpoint (a checkpoint
-    trained on several N serves several runs; none of a model's older source version, as in the tables).
-    MembenchError naming a missing or unreadable curve file."""
+def read_curves(out_dir: Path, models: tuple[str, ...] | None = None, images: bool | None = None) -> Curves:
+    """The training curve of every trained run in `out_dir` (of `models`; of image tasks only with `images`,
+    of binary ones only with images=False), one per checkpoint (a checkpoint trained on several N serves
+    several runs; none of a model's older source version, as in the tables). MembenchError naming a missing
+    or unreadable curve file."""
     store = ResultsStore(out_dir)
     curves: Curves = {}
     for record in latest_versions(store.records())[0]:
         training = record.get("training")
         if not training or (models and record["model"] not in models):
+            continue
+        if images is not None and images != (record["task"]["kind"] != "binary"):
             continue
         key = training["checkpoint_key"]
         if key not in curves:

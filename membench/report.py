@@ -304,20 +304,21 @@ def table1(out_dir: Path, reference: Path | None = DEFAULT_REFERENCE, write: boo
         cells, headers = grid(part, paper)
         with_paper = paper is not None and is_paper_table(table)
         versions = sorted(set(part["versions"]))
+        learned = any(r.get("training") for r in table_records)
         provenance = [
             "Mean error per query ± half-width of the 95% t-interval over episodes (the queries of one "
-            "episode share its memory, so the interval is over per-episode means; n/a: one episode" +
-            ("; a meta-learned row's, given its trained checkpoint: training from another seed can move "
-             "the row by more, `results/diagnostics/ebmm-seeds`" if any(r.get("training") for r in table_records)
-             else "") + ")" +
-            (f"; in parentheses: the paper's value ({CITATION})." if with_paper else "."),
+            "episode share its memory, so the interval is over per-episode means; n/a: one episode)" +
+            (f"; in parentheses: the paper's value ({CITATION})." if with_paper else ".") +
+            (" A meta-learned row's interval is that of its one trained checkpoint: retraining from another seed "
+             "can move the row by more (membench's results/diagnostics/ebmm-seeds)." if learned else ""),
             f"Queries per cell: {span(part['num_queries'])}; seeds: {seed_sets(part['seeds'])}; "
             + (f"device · torch: {versions[0]}; " if len(versions) == 1 else "device and torch per row; ")
             + f"membench {' '.join(sorted({str(r['environment'].get('membench')) for r in table_records}))}; "
             f"commits: {_commits(table_records)}; "
-            f"wall time of the runs {part['wall_time_s'].sum():.1f} s; "
-            f"meta-training behind these records {training_time(table_records):.1f} s (each checkpoint counted once)"
-            + (f", meta-trained on {trained_on(table_records)}." if trained_on(table_records) else "."),
+            f"wall time of the runs {part['wall_time_s'].sum():.1f} s"
+            + (f"; meta-training behind these records {training_time(table_records):.1f} s (each checkpoint "
+               f"counted once)" + (f", meta-trained on {trained_on(table_records)}" if trained_on(table_records)
+                                   else "") if learned else "") + ".",
             "Commands: " + "; ".join(f"`{c}`" for c in sorted(set(" | ".join(part["command"]).split(" | ")))),
         ]
         title = ("Table 1: " if with_paper else "") + _title(table)

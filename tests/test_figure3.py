@@ -85,9 +85,10 @@ def test_cli_sweep_then_figures(data_root, tmp_path):
     assert result.exit_code == 0, result.output
     result = runner.invoke(main, ["figures", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    for name in ("fig3.md", "fig3_acceptance.md", "fig3.csv", "fig3.png", "fig3.pdf", "fig3_recon_cifar10_raw_slots.png",
+    for name in ("fig3.md", "fig3.csv", "fig3.png", "fig3.pdf", "fig3_recon_cifar10_raw_slots.png",
                  "fig3_recon_omniglot_raw_slots.png"):
         assert (out / name).stat().st_size > 0, name
+    assert not (out / "fig3_acceptance.md").exists()  # it reads gpu points; references alone have none
     markdown = (out / "fig3.md").read_text()  # untrained references: no preset, and no smoke-test note
     assert re.search(r"\| untrained +\|", markdown) and "smoke test" not in markdown, markdown
     summary = pd.read_csv(out / "fig3.csv")
@@ -269,12 +270,27 @@ def test_a_model_no_curve_names_gets_a_curve_at_memory_networks_sizes(data_root,
     assert re.search(r"\| mean_image:MeanImage +\| +3\.07 ", (work / "out" / "fig3.md").read_text())
 
 
-def test_a_smoke_tests_folder_gets_its_figure_but_no_acceptance_of_gpu_points(tmp_path):
+def test_the_acceptance_is_written_once_a_gpu_point_exists_and_curves_keep_to_images(tmp_path):
     """The committed quick-preset points (results/fig3-smoke): fig3.md says smoke test, and no fig3_acceptance.md,
-    which reads gpu points only."""
+    which reads gpu points only; a gpu point (here a smoke record relabelled) brings it. A Table 1 run in the same
+    folder stays out of fig3_training_curves (its curve is left to `membench report`)."""
     for folder in ("runs", "training"):
         shutil.copytree(REPO_ROOT / "results" / "fig3-smoke" / folder, tmp_path / folder)
     result = CliRunner().invoke(main, ["figures", "--out", str(tmp_path), "--no-grids"])
     assert result.exit_code == 0, result.output
     assert "smoke test" in (tmp_path / "fig3.md").read_text() and (tmp_path / "fig3.png").exists()
     assert not (tmp_path / "fig3_acceptance.md").exists()
+    from membench.plots import read_curves
+
+    table1 = ResultsStore(REPO_ROOT / "results" / "table1")
+    binary = next(r for r in table1.records() if r["model"] == "mann")  # a trained Table 1 run beside the points
+    shutil.copy(table1.record_path(binary["run_id"]), tmp_path / "runs")
+    shutil.copy(table1.root / binary["training"]["curve"], tmp_path / "training")
+    key = binary["training"]["checkpoint_key"]
+    assert list(read_curves(tmp_path, images=False)) == [key] and key not in read_curves(tmp_path, images=True)
+    store = ResultsStore(tmp_path)
+    record = next(r for r in store.records() if r["model"] == "ebmm")
+    store.save({**record, "preset": "gpu"})
+    result = CliRunner().invoke(main, ["figures", "--out", str(tmp_path), "--no-grids"])
+    assert result.exit_code == 0, result.output
+    assert "checks pass" in (tmp_path / "fig3_acceptance.md").read_text()
