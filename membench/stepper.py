@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -151,6 +152,9 @@ class Stepper:
                                 f"or bf16 (--option train.precision=...)")
         compiled = self._compiled
         loss_fn = compiled or self.model.meta_loss
+        if compiled is not None and not self._compiled_ran:  # else minutes pass silently where no bar is drawn
+            print(f"compiling {type(self.model).__name__}'s meta-loss (torch.compile): the first update takes "
+                  f"minutes on a CPU", file=sys.stderr, flush=True)
         try:
             with self._arithmetic(forward=True):
                 loss, retrievals = _checked(loss_fn(patterns, queries), patterns, type(self.model).__name__)

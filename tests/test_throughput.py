@@ -66,7 +66,9 @@ def test_a_failing_compile_warns_and_trains_eagerly(monkeypatch, capsys):
     monkeypatch.setattr(torch, "compile", broken)
     config = TrainConfig(lr=1e-3, clip_norm=1.0)
     stepper, weights = _three_updates(dataclasses.replace(config, compile=True))
-    assert not stepper.compiled and "torch.compile failed (InvalidCxxCompiler" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert not stepper.compiled and "torch.compile failed (InvalidCxxCompiler" in err
+    assert err.count("compiling EBMM's meta-loss (torch.compile)") == 1  # said once, before the first update
     _, eager = _three_updates(config)
     for name in eager:
         assert torch.equal(weights[name], eager[name]), f"the eager fallback differs in {name}"
