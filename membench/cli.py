@@ -21,17 +21,54 @@ def main() -> None:
 
 
 @main.command("list")
-def list_command() -> None:
-    """List registered models and suites."""
-    from membench.registry import available_models
+@click.option("--model", help="Show this model's options instead (name or module:Class): a learned model's preset "
+                               "values on Table 1's task, an untrained one's constructor defaults.")
+@friendly_errors
+def list_command(model) -> None:
+    """List registered models (learned or not) and suites, or one model's options."""
+    from membench.registry import available_models, resolve_model
     from membench.suites import SUITES
 
-    click.echo("models:")
+    if model:
+        click.echo(model_options(model, resolve_model(model)))
+        return
+    click.echo("models (learned: meta-trained under --preset; `membench list --model NAME` for its options):")
     for name, path in sorted(available_models().items()):
-        click.echo(f"  {name:28s} {path}")
+        click.echo(f"  {name:28s} {'learned  ' if resolve_model(name).trainable else 'untrained'}  {path}")
     click.echo("suites:")
     for name, suite in SUITES.items():
         click.echo(f"  {name:28s} {suite.description}")
+
+
+def model_options(label: str, cls: type) -> str:
+    """The `--option`s of a model as a table: per preset on Table 1's task for a learned model (config fields,
+    then train.FIELD), its constructor's defaults for an untrained one."""
+    import dataclasses
+    import inspect
+    import json
+
+    from tabulate import tabulate
+
+    from membench.registry import make_task
+    from membench.report import PAPER_TASK
+
+    def shown(value) -> str:  # as --option takes it: JSON, a string bare
+        return value if isinstance(value, str) else json.dumps(value)
+
+    if not cls.trainable:
+        parameters = list(inspect.signature(cls.__init__).parameters.values())[1:]
+        rows = [[p.name, "(from the task or budget)" if p.default is inspect.Parameter.empty else shown(p.default)]
+                for p in parameters if p.name != "spec" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        return (f"{label}: untrained; its options (--option KEY=VALUE) and their defaults:\n"
+                + tabulate(rows, headers=["option", "default"], tablefmt="github"))
+    presets = cls.presets(make_task({**PAPER_TASK, "num_patterns": 64}).spec, {})
+    rows = []
+    for part, prefix in (("model", ""), ("train", "train.")):
+        for field in dataclasses.fields(getattr(next(iter(presets.values())), part)):
+            rows.append([prefix + field.name, *(shown(getattr(getattr(p, part), field.name, ""))
+                                                for p in presets.values())])
+    return (f"{label}: learned; its options (--option KEY=VALUE) per preset on Table 1's task (image suites may "
+            f"use other presets):\n" + tabulate(rows, headers=["option", *presets], tablefmt="github"))
 
 
 @main.command()

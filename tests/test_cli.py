@@ -93,6 +93,23 @@ def test_list_shows_models_and_suites():
     assert result.exit_code == 0
     for name in ("hopfield_hebb", "hopfield_storkey", "hopfield_pseudoinverse", "raw_slots", "table1"):
         assert name in result.output
+    assert re.search(r"ebmm +learned ", result.output) and re.search(r"hopfield_hebb +untrained ", result.output)
+
+
+def test_list_shows_a_models_options_as_run_takes_them(tmp_path):
+    """A learned model's preset values per preset (train.FIELD too), an untrained one's defaults; each one a value
+    `membench run --option` accepts as it is written."""
+    learned = CliRunner().invoke(main, ["list", "--model", "ebmm"])
+    assert learned.exit_code == 0, learned.output
+    assert re.search(r"\| hidden +\| 128 +\| 512 +\| 1024 +\|", learned.output)
+    assert re.search(r"\| train.num_patterns +\| \[16, 32, 48, 64, 96\] ", learned.output)
+    untrained = CliRunner().invoke(main, ["list", "--model", "modern_hopfield"])
+    assert untrained.exit_code == 0 and re.search(r"\| beta +\| 1.0 +\|", untrained.output), untrained.output
+    run = CliRunner().invoke(main, ["run", "--model", "modern_hopfield", "--option", "beta=1.0", "--num-patterns", "16",
+                                    "--queries", "16", "--out", str(tmp_path), "--no-progress"])
+    assert run.exit_code == 0, run.output
+    unknown = CliRunner().invoke(main, ["list", "--model", "nope"])
+    assert unknown.exit_code == 1 and "unknown model 'nope'" in unknown.output and "Traceback" not in unknown.output
 
 
 def test_option_reaches_the_model_and_names_its_runs(tmp_path):
