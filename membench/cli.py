@@ -34,7 +34,11 @@ def list_command(model) -> None:
         return
     click.echo("models (learned: meta-trained under --preset; `membench list --model NAME` for its options):")
     for name, path in sorted(available_models().items()):
-        click.echo(f"  {name:28s} {'learned  ' if resolve_model(name).trainable else 'untrained'}  {path}")
+        try:
+            kind = "learned  " if resolve_model(name).trainable else "untrained"
+        except MembenchError as exc:  # a plugin's model that does not import: named, the list goes on
+            kind = f"cannot import ({exc})"
+        click.echo(f"  {name:28s} {kind}  {path}")
     click.echo("suites:")
     for name, suite in SUITES.items():
         click.echo(f"  {name:28s} {suite.description}")
@@ -53,14 +57,16 @@ def model_options(label: str, cls: type) -> str:
     from membench.report import PAPER_TASK
 
     def shown(value) -> str:  # as --option takes it: JSON, a string bare
-        return value if isinstance(value, str) else json.dumps(value)
+        return value if isinstance(value, str) else json.dumps(value, default=str)
 
     if not cls.trainable:
         parameters = list(inspect.signature(cls.__init__).parameters.values())[1:]
-        rows = [[p.name, "(from the task or budget)" if p.default is inspect.Parameter.empty else shown(p.default)]
+        rows = [[p.name, "(none: from_spec sets it)" if p.default is inspect.Parameter.empty else shown(p.default)]
                 for p in parameters if p.name != "spec" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        if not rows:
+            return f"{label}: untrained; it takes no options"
         return (f"{label}: untrained; its options (--option KEY=VALUE) and their defaults:\n"
-                + tabulate(rows, headers=["option", "default"], tablefmt="github"))
+                + tabulate(rows, headers=["option", "default"], tablefmt="github", disable_numparse=True))
     presets = cls.presets(make_task({**PAPER_TASK, "num_patterns": 64}).spec, {})
     rows = []
     for part, prefix in (("model", ""), ("train", "train.")):
@@ -68,7 +74,8 @@ def model_options(label: str, cls: type) -> str:
             rows.append([prefix + field.name, *(shown(getattr(getattr(p, part), field.name, ""))
                                                 for p in presets.values())])
     return (f"{label}: learned; its options (--option KEY=VALUE) per preset on Table 1's task (image suites may "
-            f"use other presets):\n" + tabulate(rows, headers=["option", *presets], tablefmt="github"))
+            f"use other presets):\n" + tabulate(rows, headers=["option", *presets], tablefmt="github",
+                                                 disable_numparse=True))
 
 
 @main.command()
@@ -130,11 +137,15 @@ def run(suite, models, num_patterns, seeds, queries, preset, budget, device, out
         if made:  # a failure found while running leaves no empty output folder behind
             discard_if_unused(out)
         raise
-    trained = [r["training"] for r in done if r.get("training")]
-    now = sum(t.get("trained_by_this_run_s", 0.0) for t in trained)
+    now = [r["training"]["trained_by_this_run"] for r in done if r.get("training")]
+    if not now:
+        training = ""
+    elif any(stretch["steps"] for stretch in now):
+        training = f"; meta-training in this call: {sum(stretch['train_time_s'] for stretch in now):.1f} s"
+    else:
+        training = "; no meta-training in this call (every checkpoint was trained already)"
     click.echo(f"{len(done)} run(s) executed, {len(set(s.run_id for s in specs)) - len(done)} already finished, "
-               f"in {out}" + ("" if not trained else f"; meta-training in this call: {now:.1f} s" if now else
-                              "; no meta-training in this call (every checkpoint was trained already)"))
+               f"in {out}{training}")
     if isinstance(chosen, SweepSuite):
         from membench.figure3 import DEFAULT_REFERENCE, image_records, load_reference, summarise, summary_markdown
 

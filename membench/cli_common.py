@@ -5,9 +5,7 @@ import dataclasses
 import functools
 import json
 import math
-import os
 import re
-import sys
 from pathlib import Path
 
 import click
@@ -104,9 +102,8 @@ def friendly_errors(command):
         except KeyboardInterrupt:
             raise ExitWith("interrupted; finished runs are kept, rerun the same command to continue",
                            EXIT_INTERRUPTED) from None
-        except BrokenPipeError:  # the reader stopped reading (`membench list | head`): nothing more to say
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
-            sys.exit(1)
+        except BrokenPipeError:  # the reader stopped reading (`membench list | head`): click ends quietly
+            raise
         except OSError as exc:  # a file the checks before the work could not foresee (a full disk, permissions)
             if not exc.filename:  # not a file's (e.g. a connection refused): its own message
                 raise click.ClickException(str(exc)) from None

@@ -36,6 +36,13 @@ def _verdict(passed: bool | None) -> str:
     return "n/a" if passed is None else ("PASS" if passed else "FAIL")
 
 
+def read_points(summary: pd.DataFrame, preset: str = "gpu") -> pd.DataFrame:
+    """The points the acceptance reads: trained with `preset`, at the curve's own options (no variant)."""
+    if summary.empty:
+        return summary
+    return summary[summary["trained"].astype(bool) & (summary["preset"] == preset) & (summary["variant"] == "")]
+
+
 def checks(summary: pd.DataFrame, reference: pd.DataFrame | None, preset: str = "gpu") -> list[dict[str, str]]:
     """The acceptance's checks, one row each: data set, check, what was measured, verdict."""
     rows: list[dict[str, str]] = []
@@ -47,7 +54,7 @@ def checks(summary: pd.DataFrame, reference: pd.DataFrame | None, preset: str = 
         summary = pd.DataFrame(columns=["dataset", "curve", "variant", "preset", "trained", "data", "memory_k", "median"])
     for dataset in PAPER_DATASET:
         frame = summary[summary["dataset"] == dataset]
-        learned = frame[frame["trained"].astype(bool) & (frame["preset"] == preset) & (frame["variant"] == "")]
+        learned = read_points(frame, preset)
         if len(learned):  # points of one data (the most of them): a subset's and the full set's do not mix
             frame = frame[frame["data"] == learned["data"].mode().iloc[0]]
             learned = learned[learned["data"] == learned["data"].mode().iloc[0]]

@@ -28,7 +28,7 @@ from tabulate import tabulate
 
 from membench.budget import check_measured, sealed
 from membench.errors import MembenchError
-from membench.fig3_acceptance import acceptance_markdown
+from membench.fig3_acceptance import acceptance_markdown, read_points
 from membench.integrity import checked_retrievals
 from membench.plots import read_curves, save, training_curves
 from membench.report import REPO_ROOT, distinct, episode_means, span
@@ -152,11 +152,6 @@ def _attach_paper(frame: pd.DataFrame, reference: pd.DataFrame | None) -> pd.Dat
         for column, source in (("paper", "error"), ("paper_lo", "lo"), ("paper_hi", "hi")):
             paper[column].append(match[source] if match is not None else np.nan)
     return frame.assign(**paper)
-
-
-def _gpu_points(summary: pd.DataFrame) -> bool:
-    """Whether a point was trained with the gpu presets (what fig3_acceptance reads)."""
-    return not summary.empty and bool((summary["trained"] & (summary["preset"] == "gpu")).any())
 
 
 def _smoke_test(summary: pd.DataFrame) -> bool:
@@ -337,7 +332,7 @@ def figures(out_dir: Path, reference: Path | None = DEFAULT_REFERENCE, checkpoin
         raise MembenchError(f"no finished Figure 3 run in {out_dir}/runs; run a fig3-* suite first, e.g. "
                             f"`membench run --suite fig3-omniglot --out {out_dir}`")
     paper = load_reference(reference)
-    curves = read_curves(out_dir, images=True)  # every input (data sets and checkpoints too) read before any output is written
+    curves = read_curves(out_dir, images=True)  # every input (data, checkpoints) read before any output is written
     shown: dict[Path, tuple[dict[str, Any], tuple[Any, torch.Tensor, torch.Tensor]]] = {}
     if grids:
         largest: dict[tuple[str, str], dict[str, Any]] = {}
@@ -354,9 +349,12 @@ def figures(out_dir: Path, reference: Path | None = DEFAULT_REFERENCE, checkpoin
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out_dir / "fig3.md", markdown)
     written = [out_dir / "fig3.md", out_dir / "fig3.csv"]
-    if _gpu_points(summary):  # the acceptance reads the gpu presets' points: none, nothing to read
-        write_text_atomic(out_dir / "fig3_acceptance.md", acceptance_markdown(summary, paper))
-        written.insert(1, out_dir / "fig3_acceptance.md")
+    acceptance = out_dir / "fig3_acceptance.md"
+    if len(read_points(summary)):  # the gpu presets' points at their curves' own options
+        write_text_atomic(acceptance, acceptance_markdown(summary, paper))
+        written.insert(1, acceptance)
+    else:  # none to read: no page of checks that read nothing (nor one left from earlier points)
+        acceptance.unlink(missing_ok=True)
     columns = [c for c in summary.columns if c != "command"]
     write_text_atomic(out_dir / "fig3.csv", summary[columns].to_csv(index=False, float_format="%.4f") if len(summary) else "")
     written += plot(summary, paper, [out_dir / "fig3.png", out_dir / "fig3.pdf"])

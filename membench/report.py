@@ -265,10 +265,10 @@ def span(counts: pd.Series) -> str:
 
 def seed_sets(seeds: pd.Series) -> str:
     """The seeds each cell pools ('0 1 2' a cell), with how many cells pool them where they differ."""
-    counts = seeds.value_counts()
+    counts = sorted(seeds.value_counts().items(), key=lambda item: (-item[1], item[0]))  # most cells first
     if len(counts) == 1:
-        return str(counts.index[0])
-    return ", ".join(f"{sets} in {count} cell{'s' if count > 1 else ''}" for sets, count in counts.items())
+        return str(counts[0][0])
+    return ", ".join(f"{sets} in {count} cell{'s' if count > 1 else ''}" for sets, count in counts)
 
 
 def _image_summaries(records: list[dict[str, Any]]) -> dict[str, int]:
@@ -305,6 +305,9 @@ def table1(out_dir: Path, reference: Path | None = DEFAULT_REFERENCE, write: boo
         with_paper = paper is not None and is_paper_table(table)
         versions = sorted(set(part["versions"]))
         learned = any(r.get("training") for r in table_records)
+        devices = trained_on(table_records)
+        training = (f"; meta-training behind these records {training_time(table_records):.1f} s (each checkpoint "
+                    f"counted once)" + (f", meta-trained on {devices}" if devices else "")) if learned else ""
         provenance = [
             "Mean error per query ± half-width of the 95% t-interval over episodes (the queries of one "
             "episode share its memory, so the interval is over per-episode means; n/a: one episode)" +
@@ -315,10 +318,7 @@ def table1(out_dir: Path, reference: Path | None = DEFAULT_REFERENCE, write: boo
             + (f"device · torch: {versions[0]}; " if len(versions) == 1 else "device and torch per row; ")
             + f"membench {' '.join(sorted({str(r['environment'].get('membench')) for r in table_records}))}; "
             f"commits: {_commits(table_records)}; "
-            f"wall time of the runs {part['wall_time_s'].sum():.1f} s"
-            + (f"; meta-training behind these records {training_time(table_records):.1f} s (each checkpoint "
-               f"counted once)" + (f", meta-trained on {trained_on(table_records)}" if trained_on(table_records)
-                                   else "") if learned else "") + ".",
+            f"wall time of the runs {part['wall_time_s'].sum():.1f} s{training}.",
             "Commands: " + "; ".join(f"`{c}`" for c in sorted(set(" | ".join(part["command"]).split(" | ")))),
         ]
         title = ("Table 1: " if with_paper else "") + _title(table)

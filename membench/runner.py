@@ -227,7 +227,8 @@ def _execute(spec: RunSpec, store: ResultsStore, device: torch.device, checkpoin
                 f"{train_config.steps} at the command's training time limit; its checkpoint is "
                 f"{result.checkpoint}. Rerun the same command to continue; finished runs are kept.")
         training = {"checkpoint_key": key, "steps": result.steps, "train_time_s": round(result.train_time_s, 2),
-                    "trained_by_this_run_s": round(result.trained_now_s, 2),  # 0: its checkpoint was trained already
+                    "trained_by_this_run": {"steps": result.trained_now[0],  # 0: its checkpoint was trained already
+                                            "train_time_s": round(result.trained_now[1], 2)},
                     "config": dataclasses.asdict(train_config), "curve": str(curve_path.relative_to(store.root)),
                     "history": result.history}
     eval_started = time.perf_counter()

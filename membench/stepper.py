@@ -153,8 +153,8 @@ class Stepper:
         compiled = self._compiled
         loss_fn = compiled or self.model.meta_loss
         if compiled is not None and not self._compiled_ran:  # else minutes pass silently where no bar is drawn
-            print(f"compiling {type(self.model).__name__}'s meta-loss (torch.compile): the first update takes "
-                  f"minutes on a CPU", file=sys.stderr, flush=True)
+            print(f"compiling {type(self.model).__name__}'s meta-loss (torch.compile): the first update takes a "
+                  f"while (minutes on a CPU)", file=sys.stderr, flush=True)
         try:
             with self._arithmetic(forward=True):
                 loss, retrievals = _checked(loss_fn(patterns, queries), patterns, type(self.model).__name__)

@@ -244,8 +244,10 @@ def _field_problem(record: dict[str, Any], check_errors: bool = True) -> str | N
         return "training needs a checkpoint_key, a curve (strings) and a config (a mapping)"
     if training is not None and not nonnegative_number(training.get("train_time_s")):
         return "training's train_time_s is not a number of seconds"
-    if training is not None and not nonnegative_number(training.get("trained_by_this_run_s", 0)):
-        return "training's trained_by_this_run_s is not a number of seconds"
+    now = (training or {}).get("trained_by_this_run", {"steps": 0, "train_time_s": 0})
+    if not (isinstance(now, dict) and _whole(now.get("steps")) and now["steps"] >= 0
+            and nonnegative_number(now.get("train_time_s"))):
+        return "training's trained_by_this_run is not {steps, train_time_s}"
     history = (training or {}).get("history")
     if history is not None and not list_of_mappings(history):
         return "training's history is not a list of stretches"

@@ -168,13 +168,13 @@ class SweepSuite:
             raise MembenchError(f"suite '{name}' has no points for preset '{preset}' (curves {', '.join(missing)}); "
                                 f"give --preset one of {', '.join(BUILTIN_PRESETS)}")
         named = {label for label in self.curves} | {c.model for c in self.curves.values()}
-        sizes = self.curves[OTHER_MODELS_CURVE].points  # a preset of a model's own: the quick preset's sizes
-        others = [Curve(model, {"*": tuple(({}, b) for _, b in sizes.get(preset, sizes["quick"]))})
+        points = self.curves[OTHER_MODELS_CURVE].points  # a preset of a model's own: the quick preset's sizes
+        others = [Curve(model, {"*": tuple(({}, b) for _, b in points.get(preset, points["quick"]))})
                   for model in models or () if model not in named]  # sized by the budget, as Memory Networks
-        sizes = sorted({size for curve in [*curves, *others] for _, size in curve.at(preset)})
-        if budget is not None and budget not in sizes:
+        sizes = sorted({size for curve in [*curves, *others] for _, size in curve.at(preset)} - {0})  # 0: passthrough
+        if budget is not None and budget not in sizes:  # (curves without that size are left out)
             raise MembenchError(f"suite '{name}' has no point of {budget} floats among these curves' (preset "
-                                f"{preset}); give --budget one of {', '.join(map(str, sizes))}, or drop it")
+                                f"{preset}); give --budget one of {', '.join(map(str, sizes)) or '(none)'}, or drop it")
         specs = []
         for n in num_patterns or self.num_patterns:
             task = make_task({"kind": self.dataset, "num_patterns": n, "image_size": self.image_size,

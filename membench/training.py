@@ -64,7 +64,7 @@ class TrainResult:
     curve: list[dict[str, float]]     # rows: step, loss, error, elapsed_s
     checkpoint: str
     finished: bool = True             # False: stopped at the time limit before config.steps
-    trained_now_s: float = 0.0        # of train_time_s, the seconds this call trained (0: the checkpoint was done)
+    trained_now: tuple[int, float] = (0, 0.0)  # the updates and seconds of them this call made (0: it was done)
     history: list[dict[str, Any]] | None = None  # stretches of training; None: an older checkpoint without one
 
 
@@ -287,4 +287,5 @@ def _train(model: AssociativeMemory, task: Task, config: TrainConfig, checkpoint
     finally:
         stream.close()
     return TrainResult(steps=step, train_time_s=elapsed, curve=curve, checkpoint=str(checkpoint_path),
-                       finished=step >= config.steps, history=stretches(), trained_now_s=elapsed - first_elapsed)
+                       finished=step >= config.steps, history=stretches(),
+                       trained_now=(step - first_step, elapsed - first_elapsed))

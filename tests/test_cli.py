@@ -99,10 +99,23 @@ def test_list_shows_models_and_suites():
 def test_list_shows_a_models_options_as_run_takes_them(tmp_path):
     """A learned model's preset values per preset (train.FIELD too), an untrained one's defaults; each one a value
     `membench run --option` accepts as it is written."""
+    from membench.cli_common import parse_options
+    from membench.interface import resolve_preset
+    from membench.registry import make_task, resolve_model
+
     learned = CliRunner().invoke(main, ["list", "--model", "ebmm"])
     assert learned.exit_code == 0, learned.output
     assert re.search(r"\| hidden +\| 128 +\| 512 +\| 1024 +\|", learned.output)
-    assert re.search(r"\| train.num_patterns +\| \[16, 32, 48, 64, 96\] ", learned.output)
+    rows = {}  # option -> its quick value, as shown
+    for line in learned.output.splitlines()[3:]:  # | option | quick | gpu | paper |
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        rows[cells[0]] = cells[1]
+    shown = {key: rows[key] for key in ("energy", "hidden", "write_norm_power", "train.num_patterns", "train.lr")}
+    assert shown["train.num_patterns"] == "[16, 32, 48, 64, 96]" and shown["write_norm_power"] == "null"
+    options = parse_options(None, None, tuple(f"{key}={value}" for key, value in shown.items()))
+    spec = make_task({"kind": "binary", "dim": 128, "erased": 64, "num_patterns": 64}).spec
+    ebmm = resolve_model("ebmm")
+    assert resolve_preset(ebmm, spec, "quick", options) == ebmm.presets(spec, {})["quick"]  # as written: the same
     untrained = CliRunner().invoke(main, ["list", "--model", "modern_hopfield"])
     assert untrained.exit_code == 0 and re.search(r"\| beta +\| 1.0 +\|", untrained.output), untrained.output
     run = CliRunner().invoke(main, ["run", "--model", "modern_hopfield", "--option", "beta=1.0", "--num-patterns", "16",
@@ -166,7 +179,7 @@ def test_readme_learned_example_trains_and_runs(tmp_path, monkeypatch):
     (record,) = [json.loads(p.read_text()) for p in (tmp_path / "out" / "runs").glob("*.json")]
     assert record["training"]["steps"] == 5 and record["memory_floats"] == 8256
     assert record["preset_config"]["model"] == {"gain_init": 2.0} and record["options"]["gain_init"] == 2.0
-    assert record["training"]["trained_by_this_run_s"] > 0 and "; meta-training in this call: " in result.output
+    assert record["training"]["trained_by_this_run"]["steps"] == 5 and "; meta-training in this call: " in result.output
     same = CliRunner().invoke(main, ["run", "--model", "learned_memory:LearnedGainHebb", "--num-patterns", "16",
                                      "--queries", "64", "--out", "out", "--no-progress", "--checkpoint-dir", "ck",
                                      "--option", "train.steps=5", "--option", "gain_init=2.0"])
@@ -176,4 +189,5 @@ def test_readme_learned_example_trains_and_runs(tmp_path, monkeypatch):
                                       "--option", "train.steps=5", "--option", "gain_init=2", "--force"])
     assert again.exit_code == 0 and "no meta-training in this call (every checkpoint was trained already)" in again.output
     (redone,) = [json.loads(p.read_text()) for p in (tmp_path / "out" / "runs").glob("*.json")]
-    assert redone["training"]["trained_by_this_run_s"] == 0 and redone["training"]["train_time_s"] > 0
+    assert redone["training"]["trained_by_this_run"] == {"steps": 0, "train_time_s": 0.0}
+    assert redone["training"]["train_time_s"] > 0

@@ -921,3 +921,12 @@ def test_a_run_that_fails_on_input_found_while_running_leaves_no_output_folder(t
     assert (tmp_path / "busy" / ".locks" / "run.lock").exists()
     discard_if_unused(tmp_path / "busy")
     assert not (tmp_path / "busy").exists()
+
+
+def test_a_reader_that_stops_reading_gets_no_error_line():
+    """`membench list | head -1`: the pipe closes before membench writes; it ends without 'Error:' or a traceback."""
+    process = subprocess.Popen([sys.executable, "-m", "membench.cli", "list"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, cwd=REPO_ROOT)
+    process.stdout.close()  # the reader is gone before the first line
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 1 and stderr == "", stderr

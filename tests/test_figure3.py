@@ -293,4 +293,7 @@ def test_the_acceptance_is_written_once_a_gpu_point_exists_and_curves_keep_to_im
     store.save({**record, "preset": "gpu"})
     result = CliRunner().invoke(main, ["figures", "--out", str(tmp_path), "--no-grids"])
     assert result.exit_code == 0, result.output
-    assert "checks pass" in (tmp_path / "fig3_acceptance.md").read_text()
+    assert re.search(r"\| EBMM_\w+: at least 4 memory sizes \(gpu\) +\| 1 ", (tmp_path / "fig3_acceptance.md").read_text())
+    store.save({**record, "preset": "gpu", "options": {**record["options"], "train.steps": 5}})  # a variant only
+    result = CliRunner().invoke(main, ["figures", "--out", str(tmp_path), "--no-grids"])
+    assert result.exit_code == 0 and not (tmp_path / "fig3_acceptance.md").exists()  # nothing to read: none left
