@@ -239,6 +239,13 @@ def resolve_preset(cls: type["AssociativeMemory"], spec: TaskSpec, name: str,
 
     Raises MembenchError naming the valid presets, or the valid options, on a bad name.
     """
+    return resolve_options(cls, spec, name, options)[0]
+
+
+def resolve_options(cls: type["AssociativeMemory"], spec: TaskSpec, name: str,
+                    options: Mapping[str, Any]) -> tuple[Preset, dict[str, Any]]:
+    """`resolve_preset`'s preset, and `options` as it applied them (an int given for a float field made that
+    float: `gain_init=2` and `gain_init=2.0` are one run)."""
     train_options = {key[len("train."):]: value for key, value in options.items() if key.startswith("train.")}
     model_options = {key: value for key, value in options.items() if not key.startswith("train.")}
     presets = cls.presets(spec, model_options)
@@ -259,8 +266,9 @@ def resolve_preset(cls: type["AssociativeMemory"], spec: TaskSpec, name: str,
         hints = _type_hints(type(config))
         for key, value in given.items():  # checked against the field's declared type (else its default's)
             given[key] = _check_declared(label, prefix + key, value, getattr(config, key), hints.get(key))
-    return Preset(dataclasses.replace(preset.model, **model_options),
-                  dataclasses.replace(preset.train, **train_options))
+    applied = {**model_options, **{f"train.{key}": value for key, value in train_options.items()}}
+    return (Preset(dataclasses.replace(preset.model, **model_options),
+                   dataclasses.replace(preset.train, **train_options)), {key: applied[key] for key in options})
 
 
 _NOT_LEARNED = ("model {name} does not implement {method}(): a meta-learned model (trainable = True) implements "

@@ -33,7 +33,8 @@ from membench.budget import StateContract, check_declared, sealed
 from membench.checkpoints import checkpoint_path, default_checkpoint_dir, load_checkpoint
 from membench.errors import CheckpointBusy, MembenchError, TrainingPaused
 from membench.integrity import audit_write, checked_retrievals
-from membench.interface import AssociativeMemory, Preset, check_constructor_options, resolve_preset
+from membench.interface import (AssociativeMemory, Preset, check_constructor_options, resolve_options,
+                                resolve_preset)
 from membench.provenance import environment, git_state
 from membench.registry import is_builtin_file, is_builtin_model, make_task, model_source_digest, model_source_files, resolve_model
 from membench.run_identity import checkpoint_key, is_current, recorded_preset
@@ -277,9 +278,7 @@ def checked_specs(specs: list[RunSpec]) -> list[RunSpec]:
         cls = resolve_model(spec.model)
         task = make_task(spec.task)
         if cls.trainable:
-            preset = resolve_preset(cls, task.spec, spec.preset, spec.options)
-            spec = dataclasses.replace(spec, options={key: _as_resolved(preset, key, value)
-                                                      for key, value in spec.options.items()})
+            spec = dataclasses.replace(spec, options=resolve_options(cls, task.spec, spec.preset, spec.options)[1])
         else:
             if spec.preset not in BUILTIN_PRESETS and not any_trained:
                 raise MembenchError(f"no model of this run has a preset '{spec.preset}'; give --preset one of "
@@ -294,14 +293,6 @@ def checked_specs(specs: list[RunSpec]) -> list[RunSpec]:
                 built.add(key)
         checked.append(spec)
     return checked
-
-
-def _as_resolved(preset: Preset, key: str, value: Any) -> Any:
-    """An option's value as its resolved preset holds it: an int given for a float field is that float, so
-    `gain_init=2` and `gain_init=2.0` are one run."""
-    config, field = (preset.train, key.removeprefix("train.")) if key.startswith("train.") else (preset.model, key)
-    resolved = getattr(config, field)
-    return resolved if isinstance(resolved, float) and isinstance(value, int) and not isinstance(value, bool) else value
 
 
 def run_all(specs: list[RunSpec], out_dir: Path, device: str = "auto", force: bool = False,
