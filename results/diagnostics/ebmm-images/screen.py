@@ -62,6 +62,8 @@ VARIANTS: dict[str, dict] = {
     "centre-linear-grow": {**LINEAR, **GROW},
     "centre-linear-grow-write3": {**LINEAR, **GROW, "write_steps": 3},
     "centre-linear-grow-write3-read8": {**LINEAR, **GROW, "write_steps": 3, "read_steps": 8},
+    "centre-linear-grow-write3-batch8": {**LINEAR, **GROW, "write_steps": 3,  # 8 episodes an update, not the
+                                         "train.batch_size": 8},                 # quick preset's 2
     "centre-linear-grow-write3-elementwise": {**LINEAR, **GROW, "write_steps": 3,  # and each writable entry's
                                               "elementwise_write_lr": True},      # own learned rate factor
 }
