@@ -216,15 +216,16 @@ def unpack(archives, root) -> None:
 
 
 @click.command("set-aside")
-@click.option("--keep", multiple=True, required=True,
-              help="A results folder the session writes into and reads (its --out, e.g. results/fig3); repeatable.")
+@click.option("--keep", multiple=True,
+              help="A results folder the session writes into and reads (its --out, e.g. results/fig3); repeatable. "
+                   "A session writing a folder that does not exist yet needs none.")
 @click.option("--root", default=".", show_default=True, type=PathArg(file_okay=False, path_type=Path),
               help="The checkout a lent machine copies.")
 @friendly_errors
 def set_aside(keep, root) -> None:
     """Before a call to a lent machine: delete from the working tree the results its session does not need
     (every folder under results/ but results/bench, results/reference and the --keep folders; finished checkpoints whose runs
-    have records), so the copy it carries has room for the checkpoints it resumes. After the call,
+    have records at every N their suite evaluates), so the copy it carries has room for the checkpoints it resumes. After the call,
     `git checkout -- results` brings them all back."""
     from membench.session import set_aside as delete_unneeded
 

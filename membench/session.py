@@ -37,6 +37,7 @@ from membench.checkpoints import (UNREADABLE, portable, read_checkpoint, readabl
                                   ship_checkpoints, weights_only)
 from membench.errors import EXIT_INTERRUPTED, EXIT_PAUSED, MembenchError
 from membench.store import completeness, parse_record, read_record, warn, write_atomic
+from membench.suites import SUITES
 
 RESULTS, CHECKPOINTS = "results", "checkpoints"
 CARRY_LIMIT_MB = 16.0  # what a lent machine returns per file
@@ -312,8 +313,8 @@ def set_aside(root: Path, keep: Sequence[str]) -> tuple[list[Path], int]:
     the copy it carries (at most 64 MiB) has room for the checkpoints it resumes: every file under results/
     except results/bench, results/reference (the paper's numbers, printed beside a run's) and the folders
     `keep` (existing folders relative to root: the session's --out, whose records make it skip finished runs),
-    and of results/checkpoints every finished checkpoint whose records cover every N it was trained on (its
-    runs are done). Unfinished checkpoints, and those whose runs lack a record, stay. Refused (MembenchError)
+    and of results/checkpoints every finished checkpoint whose records cover every N it was trained on that
+    their suites evaluate (its runs are done: `_done`). Unfinished checkpoints, and those whose runs lack a record, stay. Refused (MembenchError)
     unless git reports nothing changed under results/, so `git checkout -- results` brings every deleted
     file back (a finished checkpoint that runs of another suite, without records, still need: `git checkout
     -- <it>`). Returns (files deleted, bytes)."""
@@ -337,6 +338,7 @@ def set_aside(root: Path, keep: Sequence[str]) -> tuple[list[Path], int]:
             raise MembenchError(f"--keep {typed}: not a folder under {root}/{RESULTS}; give the session's --out "
                                 f"folders, e.g. {RESULTS}/fig3 (a session writing a new folder needs no --keep)")
     evaluated: dict[str, set[int]] = {}  # checkpoint key -> the N its records evaluated
+    suites: dict[str, set[str]] = {}     # checkpoint key -> the suites of those records
     try:
         records = [read_record(root / name) for name in tracked if _is_record(name)]
     except MembenchError as exc:
@@ -344,12 +346,13 @@ def set_aside(root: Path, keep: Sequence[str]) -> tuple[list[Path], int]:
     for record in records:
         if key := (record.get("training") or {}).get("checkpoint_key"):
             evaluated.setdefault(key, set()).add(record["task"]["num_patterns"])
+            suites.setdefault(key, set()).add(record["suite"])
     deleted, size = [], 0
     for name in tracked:
         path = PurePosixPath(name)
         if any(path.is_relative_to(folder) for folder in kept):
             continue
-        if path.parent == PurePosixPath(RESULTS, CHECKPOINTS) and not _done(root / name, evaluated):
+        if path.parent == PurePosixPath(RESULTS, CHECKPOINTS) and not _done(root / name, evaluated, suites):
             continue
         size += (root / name).lstat().st_size
         (root / name).unlink()
@@ -357,12 +360,16 @@ def set_aside(root: Path, keep: Sequence[str]) -> tuple[list[Path], int]:
     return deleted, size
 
 
-def _done(path: Path, evaluated: dict[str, set[int]]) -> bool:
+def _done(path: Path, evaluated: dict[str, set[int]], suites: dict[str, set[str]]) -> bool:
     """Whether the checkpoint at `path` finished its training and records evaluated it at every N it was
-    trained on (one trained on a single N: a record)."""
+    trained on that its records' suites evaluate (a Table 1 checkpoint: each of the five N; one grown through
+    N = 2, 8, 32, 64 for Figure 3's 64 images: N = 64, the smaller N being steps of its training, not cells;
+    one trained on a single N, or a suite unknown here: a record, or every N it was trained on)."""
     saved = readable_checkpoint(path) if path.stem in evaluated else None
     if saved is None:
         return False
     config = saved.get("config") or {}
-    return (saved["step"] >= config.get("steps", float("inf"))
-            and set(config.get("num_patterns") or ()) <= evaluated[path.stem])
+    trained = set(config.get("num_patterns") or ())
+    if all(name in SUITES for name in suites[path.stem]):
+        trained &= set().union(*(SUITES[name].num_patterns for name in suites[path.stem]))
+    return saved["step"] >= config.get("steps", float("inf")) and trained <= evaluated[path.stem]

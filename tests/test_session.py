@@ -430,15 +430,19 @@ def test_unpack_refuses_a_root_that_is_not_a_checkout(tmp_path: Path):
 
 def test_set_aside_leaves_a_session_its_records_and_unfinished_checkpoints_and_git_restores_the_rest(tmp_path):
     """`membench set-aside --keep results/fig3` deletes what a lent machine's session does not need: other results
-    folders and finished checkpoints whose records cover every N they were trained on; it keeps results/bench,
-    the kept folder, unfinished checkpoints, those without records, those evaluated at some of their N only and
-    the paper's numbers; `git checkout -- results` restores everything. A tree with changes git does not hold
-    under results/ (which checkout could not restore) or a --keep outside results/ is refused."""
+    folders and finished checkpoints whose records cover every N they were trained on that their suite evaluates
+    (a Figure 3 checkpoint grown through N = 2 ... 64: its record at 64); it keeps results/bench, the kept folder,
+    unfinished checkpoints, those without records, those evaluated at some of their N only and the paper's
+    numbers; `git checkout -- results` restores everything. A tree with changes git does not hold under results/
+    (which checkout could not restore) or a --keep outside results/ is refused; without --keep (a session writing
+    a new folder) only results/bench and the paper's numbers stay."""
     root = Path(__file__).resolve().parent.parent
     learned = [f"table1-learned-ebmm-N{n}-s0-{run}.json" for n, run in ((16, "da6a44d483"), (32, "8598470d06"),
                (48, "0c040aa752"), (64, "be77139c8d"), (96, "1f35cff22a"))]  # the quick preset's: N = 16 ... 96
     files = {f"results/table1/runs/{name}": (root / "results" / "table1" / "runs" / name).read_bytes()
              for name in learned[:4]}  # evaluated at N = 16 ... 64 so far
+    grown = "results/fig3-smoke/runs/fig3-cifar-ebmm-N64-s0-082c493a9a.json"  # a Figure 3 record, N = 64
+    files[grown] = (root / grown).read_bytes()
     files |= {"results/fig3/fig3.md": b"kept", "results/bench/throughput.csv": b"kept", "results/capacity/c.md": b"c",
               "results/reference/paper_table1.csv": b"kept"}
     for name, data in files.items():
@@ -451,6 +455,8 @@ def test_set_aside_leaves_a_session_its_records_and_unfinished_checkpoints_and_g
     base = {"model": {}, "generator": torch.Generator().get_state(), "elapsed_s": 1.0, "curve": [], "config": {"steps": 10}}
     torch.save({**base, "step": 5}, ck / "paused-key.pt")  # unfinished: the session resumes it
     torch.save({**base, "step": 10}, ck / "unrecorded-key.pt")  # finished, evaluation not recorded yet
+    curriculum = {**base, "step": 10, "config": {"steps": 10, "num_patterns": [2, 8, 32, 64]}}
+    torch.save(curriculum, ck / f"{json.loads(files[grown])['training']['checkpoint_key']}.pt")  # done: N = 64
     git = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
 
     def commit():
@@ -470,7 +476,7 @@ def test_set_aside_leaves_a_session_its_records_and_unfinished_checkpoints_and_g
     climbs = CliRunner().invoke(main, ["set-aside", "--keep", "results/..", "--root", str(tmp_path)])
     assert climbs.exit_code == 1 and "--keep results/..: not a folder under" in climbs.output and left() == before
     result = CliRunner().invoke(main, ["set-aside", "--keep", "results/../results/fig3/", "--root", str(tmp_path)])
-    assert result.exit_code == 0 and "set aside 5 file(s)" in result.output, result.output  # the path as written
+    assert result.exit_code == 0 and "set aside 7 file(s)" in result.output, result.output  # the path as written
     kept = ["results/bench/throughput.csv", "results/checkpoints/paused-key.pt", "results/checkpoints/unrecorded-key.pt",
             "results/fig3/fig3.md", "results/reference/paper_table1.csv"]
     assert left() == sorted([*kept, f"results/checkpoints/{shipped}"])  # N = 96 still to evaluate
@@ -483,6 +489,9 @@ def test_set_aside_leaves_a_session_its_records_and_unfinished_checkpoints_and_g
     commit()
     result = CliRunner().invoke(main, ["set-aside", "--keep", "results/fig3", "--root", str(tmp_path)])
     assert result.exit_code == 0 and left() == kept, result.output
+    subprocess.run(["git", "checkout", "--", "results"], cwd=tmp_path, env=git, check=True)
+    result = CliRunner().invoke(main, ["set-aside", "--root", str(tmp_path)])
+    assert result.exit_code == 0 and left() == [name for name in kept if not name.startswith("results/fig3/")]
 
 def test_each_timing_command_is_cut_at_its_cap_not_at_the_sessions_end(tmp_path, monkeypatch):
     """A timing command (compiling can take minutes) gets --time-cap seconds, not the session's training time;
