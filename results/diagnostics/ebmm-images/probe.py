@@ -16,12 +16,15 @@ For each record, on fresh test-split episodes (8, or enough for 64 queries when 
   the read of theta_bar, the memory with nothing written (what the energy's
   prior alone fills in): the written read's gain over it is what the memory adds;
 - the write's selectivity: how much the write lowers the energy of the stored images and of as many other
-  test images it never saw (equal drops: the write moves every image's energy alike, it stores nothing);
+  test images it never saw, none of them in the episode it wrote (equal drops: the write moves every image's
+  energy alike, it stores nothing);
 - for EBMM-FC, whose write is a rank-N update in the encoder's embedding space (memory = Linear(embedding
   -> d)): mean cosine similarities of embeddings between different images, of a query to its own image and
   to the others (a write can single out an image only as far as its query's embedding is closer to it),
   and how the write moves the memory units' pre-activations W e + b at the queries: the mean |change|,
-  split into the part common to an episode's queries and the rest (the selective part), and the share of
+  split into the part common to an episode's queries and the rest (the varying part), beside the same at
+  queries of the unseen images (any change of W varies across queries, whose embeddings differ, so only a
+  varying part larger at the written images' queries than at those is selective), and the share of
   units past |2| (where tanh saturates: a saturated unit passes the read no gradient) before and after.
 The same cosines of the untrained encoders (quick and gpu widths, seed 0) come first, per data set of the
 EBMM records given, and the untrained quick EBMM-FC's pre-activation change by one write at initial write
@@ -43,7 +46,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from membench.checkpoints import default_checkpoint_dir
+from membench.checkpoints import default_checkpoint_dir, readable_checkpoint
 from membench.datasets import set_data_dir
 from membench.registry import make_task
 from membench.runner import load_trained
@@ -74,26 +77,47 @@ def cosines(encoder: torch.nn.Module, patterns: torch.Tensor, queries: torch.Ten
 
 
 def unit_shift(model: EBMM, theta_bar: dict[str, torch.Tensor], written: dict[str, torch.Tensor],
-               queries: torch.Tensor) -> str:
+               queries: torch.Tensor, unseen: torch.Tensor) -> str:
     """EBMM-FC: how the write moves the memory units' pre-activations W e + b (W (e - c) + b with
-    `centre_memory`) at the queries (B, N, C, H, W)."""
-    with torch.no_grad():
-        codes = model.energy.encoder(queries.flatten(0, 1)).unflatten(0, queries.shape[:2])  # (B, N, embedding)
-        if model.energy.centre is not None:  # option centre_memory: the memory layer reads e - c
-            codes = codes - model.energy.centre
-        before, after = ((codes @ w["memory.weight"].transpose(1, 2) + w["memory.bias"].unsqueeze(1))
-                         for w in (theta_bar, written))                                   # (B, N, d)
-    change = after - before
-    common = change.mean(1, keepdim=True)
-    return (f"|change| {change.abs().mean():.4g} (common {common.abs().mean():.4g}, selective "
-            f"{(change - common).abs().mean():.4g}); beyond |2|: {(before.abs() > 2).float().mean():.2f} before, "
-            f"{(after.abs() > 2).float().mean():.2f} after")
+    `centre_memory`) at the written images' queries (B, N, C, H, W) and, the control, at queries of images
+    the write never saw, `unseen` (B, M, C, H, W)."""
+    def change(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> the pre-activations before and after the write, and the change split: (B, N, d) each."""
+        with torch.no_grad():
+            codes = model.energy.encoder(x.flatten(0, 1)).unflatten(0, x.shape[:2])     # (B, N, embedding)
+            if model.energy.centre is not None:  # option centre_memory: the memory layer reads e - c
+                codes = codes - model.energy.centre
+            before, after = ((codes @ w["memory.weight"].transpose(1, 2) + w["memory.bias"].unsqueeze(1))
+                             for w in (theta_bar, written))
+        return before, after, after - before
+
+    def split(shift: torch.Tensor) -> str:
+        common = shift.mean(1, keepdim=True)
+        return (f"|change| {shift.abs().mean():.4g} (common {common.abs().mean():.4g}, varying "
+                f"{(shift - common).abs().mean():.4g})")
+
+    before, after, shift = change(queries)
+    return (f"at the written images' queries {split(shift)}, at unseen images' queries {split(change(unseen)[2])}; "
+            f"beyond |2|: {(before.abs() > 2).float().mean():.2f} before, {(after.abs() > 2).float().mean():.2f} after")
+
+
+def stored_and_unseen(task, episodes: int, seed: int):
+    """Test-split episodes (Episodes: patterns, queries (B, N, C, H, W)) and, per episode, N other test images
+    (patterns and queries, (B, N, C, H, W) each) none of which it holds: one draw of 2N distinct images an
+    episode, whose first N are exactly `task.sample(episodes, seed)`'s (the indices are the top N of the
+    same random numbers), so the episodes are those of the probe's earlier outputs."""
+    batch = task.sample(episodes, torch.Generator().manual_seed(seed), split="test")
+    doubled = make_task({**task.config(), "num_patterns": 2 * task.spec.num_patterns})
+    both = doubled.sample(episodes, torch.Generator().manual_seed(seed), split="test")
+    n = task.spec.num_patterns
+    assert torch.equal(both.patterns[:, :n], batch.patterns), "the doubled draw's first N are not the episodes'"
+    return batch, both.patterns[:, n:], both.queries[:, n:]
 
 
 def untrained_write_scale(task) -> None:
     """The untrained quick EBMM-FC (d = 16, seed 0), plain and with `centre_memory` (centred on 512
     training images): one write of 64 test images at initial write rates 1e-4 ... 10."""
-    batch = task.sample(2, torch.Generator().manual_seed(1), split="test")
+    batch, _, unseen = stored_and_unseen(task, 2, seed=1)
     count = -(-INIT_PATTERNS // task.spec.num_patterns)  # as many training patterns as the trainer's initialise sees
     training = task.sample(count, torch.Generator().manual_seed(3), split="train").patterns
     for rate in (1e-4, 1e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 10.0):
@@ -106,7 +130,7 @@ def untrained_write_scale(task) -> None:
             with torch.enable_grad():
                 written = model.write(batch.patterns)
             print(f"  write rate {rate:g}{', centred' if centre else ''}: memory units "
-                  f"{unit_shift(model, unwritten_memory(model, 2), written, batch.queries)}")
+                  f"{unit_shift(model, unwritten_memory(model, 2), written, batch.queries, unseen)}")
 
 
 def attention(model: MemoryNetwork, slots: torch.Tensor, queries: torch.Tensor) -> str:
@@ -180,14 +204,17 @@ def probe(path: Path, record: dict) -> None:
     if checkpoint is None:
         print(f"{path.name}: no checkpoint in the cache; skipped")
         return
+    if (steps := readable_checkpoint(checkpoint)["step"]) != record["training"]["steps"]:
+        print(f"{path.name}: the cached checkpoint has {steps} updates, the record's model {record['training']['steps']};"
+              f" skipped (probe the record of that checkpoint, or train this one again)")
+        return
     episodes = max(8, -(-IMAGES // task.spec.num_patterns))
-    batch = task.sample(episodes, torch.Generator().manual_seed(1), split="test")
+    batch, unseen, unseen_queries = stored_and_unseen(task, episodes, seed=1)
     block = batch.queries == task.spec.fill_value                            # (B, N, C, H, W)
     binary = task.spec.binary
     if not isinstance(model, EBMM):
         probe_baseline(path.name, record, model, batch, block, binary)
         return
-    unseen = task.sample(episodes, torch.Generator().manual_seed(2), split="test").patterns
     theta_bar = unwritten_memory(model, episodes)
     with torch.enable_grad():
         written = model.write(batch.patterns)
@@ -207,7 +234,7 @@ def probe(path: Path, record: dict) -> None:
     if hasattr(model.energy, "encoder"):
         first = lambda x: x.flatten(0, 1)[:IMAGES]  # noqa: E731  (the first episodes' images)
         print(f"  embeddings: {cosines(model.energy.encoder, first(batch.patterns), first(batch.queries))}")
-        print(f"  memory units: {unit_shift(model, theta_bar, written, batch.queries)}")
+        print(f"  memory units: {unit_shift(model, theta_bar, written, batch.queries, unseen_queries)}")
 
 
 def main() -> None:
