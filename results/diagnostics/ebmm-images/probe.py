@@ -14,7 +14,9 @@ For each record, on fresh test-split episodes (8, or enough for 64 queries when 
   Omniglot, squared error on CIFAR) and how far the block's values moved from the fill value 0.5 (mean
   |x - 0.5|); beside them the query itself (its block at 0.5; on Omniglot that counts as background) and
   the read of theta_bar, the memory with nothing written (what the energy's
-  prior alone fills in): the written read's gain over it is what the memory adds;
+  prior alone fills in): the written read's gain over it is what the memory adds; and the read of another
+  episode's written memory (the episodes' memories rolled by one): its gain over that is what the memory
+  holds of the query's own images, beyond what any episode's write adds;
 - the write's selectivity: how much the write lowers the energy of the stored images and of as many other
   test images it never saw, none of them in the episode it wrote (equal drops: the write moves every image's
   energy alike, it stores nothing);
@@ -220,12 +222,15 @@ def probe(path: Path, record: dict) -> None:
         written = model.write(batch.patterns)
         iterates = model._read(written, batch.queries, create_graph=False)
         unwritten = model._read(theta_bar, batch.queries, create_graph=False)[-1]
+        others = model._read({name: w.roll(1, 0) for name, w in written.items()}, batch.queries,
+                             create_graph=False)[-1]                         # another episode's memory
     with torch.no_grad():
         drop = {name: (model.batched_energy(written, x) - model.batched_energy(theta_bar, x)).mean().item()
                 for name, x in (("stored", batch.patterns), ("unseen", unseen))}
     print(f"{path.name} {record['options']} (recorded error {record['mean_error']:.2f})")
     print(f"  the query: {error(batch.queries, batch.patterns, block, binary):.2f} in the block; read with "
-          f"nothing written (theta_bar): {error(unwritten, batch.patterns, block, binary):.2f}")
+          f"nothing written (theta_bar): {error(unwritten, batch.patterns, block, binary):.2f}; read with "
+          f"another episode's memory: {error(others, batch.patterns, block, binary):.2f}")
     for k, x in enumerate(iterates, 1):
         moved = ((x - 0.5).abs() * block).sum().item() / block.sum().item()
         print(f"  x^({k}): {error(x, batch.patterns, block, binary):6.2f} in the block, "
