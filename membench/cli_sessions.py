@@ -224,9 +224,9 @@ def unpack(archives, root) -> None:
 @friendly_errors
 def set_aside(keep, root) -> None:
     """Before a call to a lent machine: delete from the working tree the results its session does not need
-    (every folder under results/ but results/bench, results/reference and the --keep folders; finished checkpoints whose runs
-    have records at every N their suite evaluates), so the copy it carries has room for the checkpoints it resumes. After the call,
-    `git checkout -- results` brings them all back."""
+    (every folder under results/ but results/bench, results/reference and the --keep folders; finished
+    checkpoints whose runs have records at every N their suite evaluates), so the copy it carries has room for
+    the checkpoints it resumes. After the call, `git checkout -- results` brings them all back."""
     from membench.session import set_aside as delete_unneeded
 
     deleted, size = delete_unneeded(root, keep)

@@ -84,7 +84,7 @@ def unit_shift(model: EBMM, theta_bar: dict[str, torch.Tensor], written: dict[st
     `centre_memory`) at the written images' queries (B, N, C, H, W) and, the control, at queries of images
     the write never saw, `unseen` (B, M, C, H, W)."""
     def change(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """-> the pre-activations before and after the write, and the change split: (B, N, d) each."""
+        """-> the pre-activations at queries x before and after the write, and their difference: (B, N, d) each."""
         with torch.no_grad():
             codes = model.energy.encoder(x.flatten(0, 1)).unflatten(0, x.shape[:2])     # (B, N, embedding)
             if model.energy.centre is not None:  # option centre_memory: the memory layer reads e - c
@@ -207,8 +207,8 @@ def probe(path: Path, record: dict) -> None:
         print(f"{path.name}: no checkpoint in the cache; skipped")
         return
     if (steps := readable_checkpoint(checkpoint)["step"]) != record["training"]["steps"]:
-        print(f"{path.name}: the cached checkpoint has {steps} updates, the record's model {record['training']['steps']};"
-              f" skipped (probe the record of that checkpoint, or train this one again)")
+        print(f"{path.name}: the cached checkpoint has {steps} updates, the record's model "
+              f"{record['training']['steps']}; skipped (probe the record of that checkpoint, or train this one again)")
         return
     episodes = max(8, -(-IMAGES // task.spec.num_patterns))
     batch, unseen, unseen_queries = stored_and_unseen(task, episodes, seed=1)
