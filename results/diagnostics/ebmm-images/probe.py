@@ -34,7 +34,8 @@ rates 1e-4 ... 10, plain and centred (option `centre_memory`).
 
 For a learned baseline's record (baseline.py: Memory Networks, MANN), only the read's error inside the
 block and outside it, beside the query's, and the same of a read of an all-zero memory (what the
-decoder makes of the query with nothing stored; MANN's controller state zeroed too); for Memory Networks
+decoder makes of the query with nothing stored; MANN's controller state zeroed too) and of another
+episode's memory; for Memory Networks
 also how much of each query's attention falls on its own image's slot; for MANN whether its read keys
 find their images' write keys, whether the slots hold those keys apart, and its mean write gate.
 """
@@ -180,7 +181,8 @@ def unwritten_memory(model: torch.nn.Module, episodes: int) -> dict[str, torch.T
 
 def probe_baseline(name: str, record: dict, model: torch.nn.Module, batch, block: torch.Tensor, binary: bool) -> None:
     """A learned baseline's read (Memory Networks, MANN) on the probe's episodes `batch`, with its block mask
-    (B, N, C, H, W): the errors inside and outside the block, and those of an all-zero memory's read."""
+    (B, N, C, H, W): the errors inside and outside the block, and those of an all-zero memory's read and of
+    another episode's memory's."""
     print(f"{name} {record['model']} {record['options']} (recorded error {record['mean_error']:.2f})")
     print(f"  the query: {error(batch.queries, batch.patterns, block, binary):.2f} in the block")
     with torch.no_grad():
@@ -190,6 +192,10 @@ def probe_baseline(name: str, record: dict, model: torch.nn.Module, batch, block
         empty = (torch.zeros_like(state) if isinstance(state, torch.Tensor) else dataclasses.replace(
             state, **{f.name: torch.zeros_like(getattr(state, f.name)) for f in dataclasses.fields(state)}))
         reads["the read of an all-zero memory"] = model.read(empty, batch.queries)
+        # another episode's memory (every state tensor is batch-first): what is held of the query's own images
+        rolled = (state.roll(1, 0) if isinstance(state, torch.Tensor) else dataclasses.replace(
+            state, **{f.name: getattr(state, f.name).roll(1, 0) for f in dataclasses.fields(state)}))
+        reads["the read of another episode's memory"] = model.read(rolled, batch.queries)
     for label, read in reads.items():
         print(f"  {label}: {error(read, batch.patterns, block, binary):.2f} in the block, "
               f"{error(read, batch.patterns, ~block, binary):.2f} outside")
