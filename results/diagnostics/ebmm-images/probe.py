@@ -14,9 +14,9 @@ For each record, on fresh test-split episodes (8, or enough for 64 queries when 
   Omniglot, squared error on CIFAR) and how far the block's values moved from the fill value 0.5 (mean
   |x - 0.5|); beside them the query itself (its block at 0.5; on Omniglot that counts as background) and
   the read of theta_bar, the memory with nothing written (what the energy's
-  prior alone fills in): the written read's gain over it is what the memory adds; and the read of another
-  episode's written memory (the episodes' memories rolled by one): its gain over that is what the memory
-  holds of the query's own images, beyond what any episode's write adds;
+  prior alone fills in): the written read's gain over it is what the memory adds; and the read of a memory
+  written with N other test images (the unseen ones below, none of the query's episode): the written read's
+  gain over that is what the memory holds of the query's own images, beyond what any N images written add;
 - the write's selectivity: how much the write lowers the energy of the stored images and of as many other
   test images it never saw, none of them in the episode it wrote (equal drops: the write moves every image's
   energy alike, it stores nothing);
@@ -34,8 +34,8 @@ rates 1e-4 ... 10, plain and centred (option `centre_memory`).
 
 For a learned baseline's record (baseline.py: Memory Networks, MANN), only the read's error inside the
 block and outside it, beside the query's, and the same of a read of an all-zero memory (what the
-decoder makes of the query with nothing stored; MANN's controller state zeroed too) and of another
-episode's memory; for Memory Networks
+decoder makes of the query with nothing stored; MANN's controller state zeroed too) and of a memory
+written with N other test images; for Memory Networks
 also how much of each query's attention falls on its own image's slot; for MANN whether its read keys
 find their images' write keys, whether the slots hold those keys apart, and its mean write gate.
 """
@@ -179,10 +179,11 @@ def unwritten_memory(model: torch.nn.Module, episodes: int) -> dict[str, torch.T
     return {n: params[n].detach().expand(episodes, *params[n].shape) for n in model.writable_names}
 
 
-def probe_baseline(name: str, record: dict, model: torch.nn.Module, batch, block: torch.Tensor, binary: bool) -> None:
+def probe_baseline(name: str, record: dict, model: torch.nn.Module, batch, unseen: torch.Tensor,
+                   block: torch.Tensor, binary: bool) -> None:
     """A learned baseline's read (Memory Networks, MANN) on the probe's episodes `batch`, with its block mask
     (B, N, C, H, W): the errors inside and outside the block, and those of an all-zero memory's read and of
-    another episode's memory's."""
+    the read of a memory written with `unseen` (B, N, C, H, W), other test images than the episode's."""
     print(f"{name} {record['model']} {record['options']} (recorded error {record['mean_error']:.2f})")
     print(f"  the query: {error(batch.queries, batch.patterns, block, binary):.2f} in the block")
     with torch.no_grad():
@@ -192,10 +193,8 @@ def probe_baseline(name: str, record: dict, model: torch.nn.Module, batch, block
         empty = (torch.zeros_like(state) if isinstance(state, torch.Tensor) else dataclasses.replace(
             state, **{f.name: torch.zeros_like(getattr(state, f.name)) for f in dataclasses.fields(state)}))
         reads["the read of an all-zero memory"] = model.read(empty, batch.queries)
-        # another episode's memory (every state tensor is batch-first): what is held of the query's own images
-        rolled = (state.roll(1, 0) if isinstance(state, torch.Tensor) else dataclasses.replace(
-            state, **{f.name: getattr(state, f.name).roll(1, 0) for f in dataclasses.fields(state)}))
-        reads["the read of another episode's memory"] = model.read(rolled, batch.queries)
+        # N other images written: the read's gain over it is what is held of the query's own images
+        reads["the read of a memory of N other images"] = model.read(model.write(unseen), batch.queries)
     for label, read in reads.items():
         print(f"  {label}: {error(read, batch.patterns, block, binary):.2f} in the block, "
               f"{error(read, batch.patterns, ~block, binary):.2f} outside")
@@ -221,22 +220,21 @@ def probe(path: Path, record: dict) -> None:
     block = batch.queries == task.spec.fill_value                            # (B, N, C, H, W)
     binary = task.spec.binary
     if not isinstance(model, EBMM):
-        probe_baseline(path.name, record, model, batch, block, binary)
+        probe_baseline(path.name, record, model, batch, unseen, block, binary)
         return
     theta_bar = unwritten_memory(model, episodes)
     with torch.enable_grad():
         written = model.write(batch.patterns)
         iterates = model._read(written, batch.queries, create_graph=False)
         unwritten = model._read(theta_bar, batch.queries, create_graph=False)[-1]
-        others = model._read({name: w.roll(1, 0) for name, w in written.items()}, batch.queries,
-                             create_graph=False)[-1]                         # another episode's memory
+        others = model._read(model.write(unseen), batch.queries, create_graph=False)[-1]  # N other images
     with torch.no_grad():
         drop = {name: (model.batched_energy(written, x) - model.batched_energy(theta_bar, x)).mean().item()
                 for name, x in (("stored", batch.patterns), ("unseen", unseen))}
     print(f"{path.name} {record['options']} (recorded error {record['mean_error']:.2f})")
     print(f"  the query: {error(batch.queries, batch.patterns, block, binary):.2f} in the block; read with "
           f"nothing written (theta_bar): {error(unwritten, batch.patterns, block, binary):.2f}; read with "
-          f"another episode's memory: {error(others, batch.patterns, block, binary):.2f}")
+          f"a memory of N other images: {error(others, batch.patterns, block, binary):.2f}")
     for k, x in enumerate(iterates, 1):
         moved = ((x - 0.5).abs() * block).sum().item() / block.sum().item()
         print(f"  x^({k}): {error(x, batch.patterns, block, binary):6.2f} in the block, "
