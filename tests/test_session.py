@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from membench import checkpoints
 from membench.cli import main
 from membench.errors import EXIT_INTERRUPTED, EXIT_PAUSED
-from membench.session import finish, run_session
+from membench.session import _done, finish, run_session
 from membench.throughput import COLUMNS, merge
 from tests.test_training import TINY_MODEL
 
@@ -492,6 +492,21 @@ def test_set_aside_leaves_a_session_its_records_and_unfinished_checkpoints_and_g
     subprocess.run(["git", "checkout", "--", "results"], cwd=tmp_path, env=git, check=True)
     result = CliRunner().invoke(main, ["set-aside", "--root", str(tmp_path)])
     assert result.exit_code == 0 and left() == [name for name in kept if not name.startswith("results/fig3/")]
+
+def test_a_grown_checkpoint_is_done_at_the_n_its_suites_evaluate_and_at_every_n_where_a_suite_is_unknown(tmp_path):
+    """A finished checkpoint trained through N = 2, 8, 32, 64: done with its record at 64 in a Figure 3 suite
+    (it evaluates 64 only), not with a record of a suite this checkout does not know (every trained N is then
+    needed), nor while unfinished."""
+    base = {"model": {}, "generator": torch.Generator().get_state(), "elapsed_s": 1.0, "curve": []}
+    config = {"steps": 10, "num_patterns": [2, 8, 32, 64, 64, 64]}
+    torch.save({**base, "step": 10, "config": config}, tmp_path / "grown.pt")
+    torch.save({**base, "step": 9, "config": config}, tmp_path / "paused.pt")
+    evaluated = {"grown": {64}, "paused": {64}}
+    assert _done(tmp_path / "grown.pt", evaluated, {"grown": {"fig3-cifar"}})
+    assert not _done(tmp_path / "grown.pt", evaluated, {"grown": {"fig3-cifar", "someone-elses-suite"}})
+    assert _done(tmp_path / "grown.pt", {"grown": {2, 8, 32, 64}}, {"grown": {"someone-elses-suite"}})
+    assert not _done(tmp_path / "paused.pt", evaluated, {"paused": {"fig3-cifar"}})
+
 
 def test_each_timing_command_is_cut_at_its_cap_not_at_the_sessions_end(tmp_path, monkeypatch):
     """A timing command (compiling can take minutes) gets --time-cap seconds, not the session's training time;
