@@ -315,9 +315,9 @@ def set_aside(root: Path, keep: Sequence[str]) -> tuple[list[Path], int]:
     `keep` (existing folders relative to root: the session's --out, whose records make it skip finished runs),
     and of results/checkpoints every finished checkpoint whose records cover every N it was trained on that
     their suites evaluate (its runs are done: `_done`). Unfinished checkpoints, and those whose runs lack a
-    record, stay. Refused (MembenchError) unless git reports nothing changed under results/, so `git checkout -- results` brings every deleted
-    file back (a finished checkpoint that runs of another suite, without records, still need: `git checkout
-    -- <it>`). Returns (files deleted, bytes)."""
+    record, stay. Refused (MembenchError) unless git reports nothing changed under results/, so `git checkout
+    -- results` brings every deleted file back (a finished checkpoint that runs of another suite, without
+    records, still need: `git checkout -- <it>`). Returns (files deleted, bytes)."""
     root = Path(root)
     env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
     try:

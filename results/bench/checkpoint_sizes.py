@@ -44,8 +44,8 @@ def main() -> None:
     args = parser.parse_args()
     set_data_dir(args.data_dir)
     commit, dirty = git_state()
-    print(f"# commit {commit}{' (dirty)' if dirty else ''}; torch {torch.__version__}; MB = 2^20 bytes; a paused checkpoint carries AdamW's "
-          f"state up to {RESUME_STATE_MAX_MB:g} MB")
+    print(f"# commit {commit}{' (dirty)' if dirty else ''}; torch {torch.__version__}; MB = 2^20 bytes; a paused "
+          f"checkpoint carries AdamW's state up to {RESUME_STATE_MAX_MB:g} MB")
     print(f"# {'suite, model (memory floats)':44} {'with AdamW':>10} {'weights':>8} {'paused, carried':>16}")
     runs = get_suite("table1-learned").expand("table1-learned", None, (0,), 1, "gpu", (64,))
     for suite in ("fig3-omniglot", "fig3-cifar"):
