@@ -66,6 +66,12 @@ VARIANTS: dict[str, dict] = {
                                          "train.batch_size": 8},                 # quick preset's 2
     "centre-linear-grow-write3-elementwise": {**LINEAR, **GROW, "write_steps": 3,  # and each writable entry's
                                               "elementwise_write_lr": True},      # own learned rate factor
+    # the paper's recurrent part and readout (App. B.2: hidden 512, three hops, readout 1024) on the quick encoder:
+    # the d memory units are then 16 of 512 hidden units, not 16 of 128
+    "centre-linear-grow-write3-hidden512": {**LINEAR, **GROW, "write_steps": 3, "hidden": 512, "hops": 3,
+                                            "readout": 1024},
+    "centre-linear-grow-write3-cos": {**LINEAR, **GROW, "write_steps": 3,  # the gpu preset's learning rate,
+                                      "train.cosine_decay": True},           # decayed along a cosine
 }
 
 
