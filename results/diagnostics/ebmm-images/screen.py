@@ -1,13 +1,15 @@
 """Image EBMM recipes on the CPU: does the energy learn to fill the block, and which write/read settings let it?
 
     python results/diagnostics/ebmm-images/screen.py VARIANT [VARIANT ...] [--n 64] [--steps 1500]
-        [--dataset omniglot] [--energy resnet_fc] [--seed 0] [--queries 1024] [--data-dir DIR] [--out DIR]
+        [--dataset omniglot] [--energy resnet_fc] [--units D] [--seed 0] [--queries 1024] [--data-dir DIR]
+        [--out DIR]
 
 Each variant is one run of the Figure 3 task (64 images by default; `--n` writes fewer): EBMM-FC at
-d = 16 (4112 floats; `--energy resnet_conv`: EBMM-conv at d = 6, 3468 floats) on the quick preset's
-narrow networks, trained `--steps` updates on the train split and evaluated on fresh test-split
-episodes. Records (and training curves) go to results/diagnostics/ebmm-images/{runs,training} (or
-`--out`) through the runner, like any `membench run`; the README there reads them.
+d = 16 (4112 floats; `--energy resnet_conv`: EBMM-conv at d = 6, 3468 floats; `--units D`: D writable
+units, the budget what they hold) on the quick preset's narrow networks, trained `--steps` updates on
+the train split and evaluated on fresh test-split episodes. Records (and training curves) go to
+results/diagnostics/ebmm-images/{runs,training} (or `--out`) through the runner, like any `membench run`;
+the README there reads them.
 
 `--continue-from S` trains further a run already trained S updates: where this run (`--steps`) has no
 checkpoint yet, it starts from that run's (weights, optimiser and episode stream at update S), which should
@@ -101,6 +103,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1500, help="meta-training updates")
     parser.add_argument("--dataset", default="omniglot", choices=("omniglot", "cifar10"))
     parser.add_argument("--energy", default="resnet_fc", choices=sorted(POINTS))
+    parser.add_argument("--units", type=int, help="writable units d (default: the curve's first point's)")
     parser.add_argument("--seed", type=int, default=0, help="run seed (initial weights, training and test episodes)")
     parser.add_argument("--queries", type=int, default=1024, help="test queries evaluated (whole episodes)")
     parser.add_argument("--data-dir", type=Path, default=HERE.parents[2].parent / "shared" / "data")
@@ -111,6 +114,10 @@ def main() -> None:
     task = make_task({"kind": args.dataset, "num_patterns": args.n, "image_size": 32, "block": 16}).config()
     suite = "fig3-omniglot" if args.dataset == "omniglot" else "fig3-cifar"
     units, floats = POINTS[args.energy]
+    if args.units is not None:
+        if args.units < 1:
+            sys.exit(f"--units {args.units}: give a positive number of writable units")
+        units, floats = args.units, floats // units * args.units  # floats per unit: 257 (FC), 578 (conv)
     specs = [RunSpec(suite=suite, model="ebmm", task=task, budget=floats, seed=args.seed, queries=args.queries,
                      preset="quick", options={"energy": args.energy, "memory_size": units, "train.steps": args.steps,
                                               **VARIANTS[name]})
