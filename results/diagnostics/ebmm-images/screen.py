@@ -72,6 +72,8 @@ VARIANTS: dict[str, dict] = {
     # the d memory units are then 16 of 512 hidden units, not 16 of 128
     "centre-linear-grow-write3-hidden512": {**LINEAR, **GROW, "write_steps": 3, "hidden": 512, "hops": 3,
                                             "readout": 1024},
+    # the paper's encoder (App. B.2: 32, 64, 96 channels) under the quick recurrent part and readout
+    "centre-linear-grow-write3-encoder": {**LINEAR, **GROW, "write_steps": 3, "channels": [32, 64, 96]},
     "centre-linear-grow-write3-cos": {**LINEAR, **GROW, "write_steps": 3,  # the gpu preset's learning rate,
                                       "train.cosine_decay": True},           # decayed along a cosine
 }
