@@ -103,6 +103,16 @@ class ResNetFCEnergy(nn.Module):
         if self.centre is not None:
             self.centre.copy_(self.encoder(images).mean(0))
 
+    @torch.no_grad()
+    def track_centre(self, images: torch.Tensor, share: float) -> None:
+        """Move the centre `share` of the way to the mean embedding of images (M, C, H, W), and the memory
+        bias by W times that move: W (e - c) + b, so every energy, is unchanged; the write's steps, which
+        follow (e - c), are not."""
+        target = self.encoder(images).mean(0)
+        move = share * (target - self.centre)
+        self.memory.bias.add_(self.memory.weight @ move)
+        self.centre.add_(move)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (M, C, H, W) -> energies (M,)."""
         code = self.encoder(x)                                    # (M, embedding)

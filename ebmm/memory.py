@@ -69,6 +69,10 @@ class EBMMConfig:
     centre_memory: bool = False   # images (ours): the writable layers read their input minus a static centre,
     #   started at the training images' mean (ebmm.energy_image), so the write's step is not mostly what
     #   every image shares
+    centre_tracking: float = 0.0  # resnet_fc with centre_memory (ours): after every meta-training update the
+    #   centre moves this share of the way to the mean embedding of the update's stored images, the memory
+    #   bias compensating (theta_bar's energies unchanged), as BatchNorm's running mean follows its
+    #   features; 0: the centre moves only by its meta-gradient, and lags an encoder that training moves
     linear_memory: bool = False   # (ours) the memory units skip their nonlinearity, so they cannot saturate or
     #   die: the hop's tanh (gated_rnn, resnet_fc), the ReLU after the bottleneck's 3x3 conv (resnet_conv)
     read_steps: int = 5           # K, projected Nesterov steps of reading
@@ -106,6 +110,12 @@ class EBMMConfig:
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise MembenchError(f"{name}={value} must be a finite number > 0 (a softplus rate)")
+        if not 0 <= self.centre_tracking <= 1:
+            raise MembenchError(f"centre_tracking={self.centre_tracking} must lie in [0, 1] (the share of the way "
+                                "the centre moves an update)")
+        if self.centre_tracking and not (self.centre_memory and self.energy == "resnet_fc"):
+            raise MembenchError("centre_tracking applies to the resnet_fc energy with centre_memory=true; add "
+                                "--option centre_memory=true, or drop centre_tracking")
         for name in ("momentum_init", "decay_init"):  # sigmoid values
             if not 0 < getattr(self, name) < 1:
                 raise MembenchError(f"{name}={getattr(self, name)} must lie strictly between 0 and 1 (a sigmoid)")
@@ -279,6 +289,11 @@ class EBMM(AssociativeMemory):
         """With `centre_memory`: centre the energy's writable layers on training patterns (B, N, *S)."""
         if self.cfg.centre_memory:
             self.energy.initialise(patterns.flatten(0, 1))
+
+    def after_update(self, patterns: torch.Tensor) -> None:
+        """With `centre_tracking`: move the memory's centre towards the update's stored patterns (B, N, *S)."""
+        if self.cfg.centre_tracking:
+            self.energy.track_centre(patterns.flatten(0, 1), self.cfg.centre_tracking)
 
     # --- energy of a batch of episodes ------------------------------------------------
     def batched_energy(self, writable: Writable, x: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,8 @@ Models that must be meta-trained set `trainable = True`, list their presets with
 `presets` (each a `Preset`: the model's configuration and its `TrainConfig`), build from
 one with `from_preset` and implement `meta_loss`; one that needs a data-dependent initialisation
 overrides `initialise`, which the training loop calls once on a fresh model with train-split
-patterns. The runner resolves the preset once (`resolve_preset`, options applied), builds the
+patterns, and one that keeps statistics outside the meta-gradient overrides `after_update`, which it
+calls after every update with that update's patterns. The runner resolves the preset once (`resolve_preset`, options applied), builds the
 model from it and trains it with `membench.training.meta_train`, the single training loop shared
 by every learned model.
 """
@@ -337,6 +338,11 @@ class AssociativeMemory(nn.Module, abc.ABC):
     def initialise(self, patterns: torch.Tensor) -> None:
         """Data-dependent initialisation of a fresh learned model, once, before its first meta-training step
         (not on resume): patterns (B, N, *S) drawn from the train split. Default: nothing."""
+
+    def after_update(self, patterns: torch.Tensor) -> None:
+        """Called by the training loop, without gradients, after every meta-training update with the patterns
+        (B, N, *S) that update wrote: for statistics kept outside the meta-gradient (EBMM's
+        `centre_tracking`). Default: nothing."""
 
     def meta_loss(self, patterns: torch.Tensor, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Differentiable training loss of one batch of episodes, and the retrievals.

@@ -4,7 +4,8 @@ Conventions, so that learned models are trained alike:
 - fresh episodes every step from the task's *train* split, drawn from a CPU generator
   seeded by the run seed (evaluation uses another stream, so its episodes are unseen);
 - a fresh model's `initialise` (data-dependent initialisation, if the model has one) sees at least
-  INIT_PATTERNS train-split patterns from a stream of their own, once: never on resume;
+  INIT_PATTERNS train-split patterns from a stream of their own, once: never on resume; its
+  `after_update` (statistics outside the meta-gradient) sees each update's stored patterns;
 - AdamW with global-norm gradient clipping (the paper's recipe, App. D);
 - a checkpoint (model, optimiser, generator state, curve, history) written atomically every
   `checkpoint_every` steps and at the end; a killed run resumes from the last one, and a
@@ -237,6 +238,7 @@ def _train(model: AssociativeMemory, task: Task, config: TrainConfig, checkpoint
 
         bar = tqdm(total=config.steps, initial=step, desc=f"train {type(model).__name__}", leave=False)
     stream = EpisodeStream(task, config, generator, ahead=device.type in DRAW_AHEAD_ON)
+    keeps_statistics = type(model).after_update is not AssociativeMemory.after_update
     try:
         model.train()
         while step < config.steps and not late:
@@ -250,6 +252,9 @@ def _train(model: AssociativeMemory, task: Task, config: TrainConfig, checkpoint
             except (RuntimeError, ValueError, ArithmeticError):  # e.g. a loss of NaN weights refused by the model
                 check_finite(None)  # an earlier step diverged: say so, not this error
                 raise
+            if keeps_statistics:
+                with torch.no_grad():
+                    model.after_update(episodes.patterns)
             step += 1
             first_bad.masked_fill_(~out.finite & (first_bad < 0), step)
             logging = step % config.log_every == 0 or step == config.steps

@@ -164,6 +164,53 @@ def test_centred_fc_energy_is_the_plain_energy_with_the_memory_bias_moved():
         torch.testing.assert_close(plain.energy(x), centred.energy(x))
 
 
+def test_tracking_the_centre_moves_it_towards_the_images_and_keeps_every_energy():
+    """centre_tracking: c moves the given share of the way to the images' mean embedding, b by W times that move."""
+    torch.manual_seed(0)
+    model = EBMM.from_spec(TINY, 10**6, "quick", **TINY_FC, centre_memory=True, centre_tracking=0.5)
+    model.initialise(torch.rand(2, 4, 3, 16, 16))
+    energy, x = model.energy, torch.rand(5, 3, 16, 16)
+    images = torch.rand(2, 4, 3, 16, 16) * 0.5  # darker than the initialising ones: another mean embedding
+    with torch.no_grad():
+        before, centre, target = energy(x), energy.centre.clone(), energy.encoder(images.flatten(0, 1)).mean(0)
+        model.after_update(images)
+        torch.testing.assert_close(energy(x), before)
+    torch.testing.assert_close(energy.centre, centre + 0.5 * (target - centre))
+    assert (energy.centre - centre).norm() > 0.1 * (target - centre).norm()
+
+
+def test_training_tracks_the_centre_on_each_updates_stored_images(data_root, tmp_path, monkeypatch):
+    from membench.interface import TrainConfig
+    from membench.registry import make_task
+    from membench.training import meta_train
+
+    task = make_task({"kind": "cifar10", "num_patterns": 4, "image_size": 16, "block": 8})
+    config = TrainConfig(steps=3, batch_size=2, lr=1e-2, log_every=1, checkpoint_every=100)
+    torch.manual_seed(0)
+    model = EBMM.from_spec(task.spec, 10**6, "quick", **TINY_FC, centre_memory=True, centre_tracking=1.0)
+    written, track = [], EBMM.after_update
+
+    def recording(self, patterns):
+        written.append(patterns.clone())
+        track(self, patterns)
+
+    monkeypatch.setattr(EBMM, "after_update", recording)
+    meta_train(model, task, config, tmp_path / "ck.pt", torch.device("cpu"), seed=0, progress=False)
+    assert [tuple(p.shape) for p in written] == [(2, 4, 3, 16, 16)] * 3  # once an update, its stored images
+    assert not torch.equal(written[0], written[1])
+    with torch.no_grad():                                                 # share 1: the last update's mean
+        torch.testing.assert_close(model.energy.centre, model.energy.encoder(written[-1].flatten(0, 1)).mean(0))
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(TINY_FC, centre_tracking=0.1), "centre_tracking applies to the resnet_fc energy with centre_memory=true"),
+    (dict(TINY_CONV, centre_memory=True, centre_tracking=0.1), "centre_tracking applies to the resnet_fc"),
+    (dict(TINY_FC, centre_memory=True, centre_tracking=1.5), r"centre_tracking=1.5 must lie in \[0, 1\]")])
+def test_centre_tracking_is_refused_where_it_has_no_centre_or_a_bad_share(options, message):
+    with pytest.raises(MembenchError, match=message):
+        EBMM.from_spec(TINY, 10**6, "quick", **options)
+
+
 def test_centred_memory_is_refused_for_the_binary_energy():
     spec = TaskSpec(pattern_shape=(128,), num_patterns=16, binary=True)
     with pytest.raises(MembenchError, match="centre_memory=True applies to the image energies"):
