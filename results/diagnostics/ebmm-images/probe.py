@@ -27,7 +27,9 @@ For each record, on fresh test-split episodes (8, or enough for 64 queries when 
   split into the part common to an episode's queries and the rest (the varying part), beside the same at
   queries of the unseen images (any change of W varies across queries, whose embeddings differ, so only a
   varying part larger at the written images' queries than at those is selective), and the share of
-  units past |2| (where tanh saturates: a saturated unit passes the read no gradient) before and after.
+  units past |2| (where tanh saturates: a saturated unit passes the read no gradient) before and after;
+  with `centre_memory`, how far the centre sits from the stored images' embeddings, and the three reads
+  again once it is moved onto the training images' mean (bias compensating; not retrained).
 The same cosines of the untrained encoders (quick and gpu widths, seed 0) come first, per data set of the
 EBMM records given, and the untrained quick EBMM-FC's pre-activation change by one write at initial write
 rates 1e-4 ... 10, plain and centred (option `centre_memory`).
@@ -42,6 +44,7 @@ find their images' write keys, whether the slots hold those keys apart, and its 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 from pathlib import Path
@@ -172,6 +175,31 @@ def mann_addressing(model: MANN, patterns: torch.Tensor, queries: torch.Tensor) 
             f"largest read weight {weights.max(-1).values.mean().item():.3f} (uniform: {1 / weights.shape[-1]:.3f})")
 
 
+def centre_offset(model: EBMM, task, batch, unseen: torch.Tensor, block: torch.Tensor) -> list[str]:
+    """EBMM-FC with `centre_memory`: how far the centre c sits from the stored images' embeddings (the write's
+    step on W follows e - c, so a common offset makes it common to every query), and the reads (theta_bar's,
+    of N other images' memory, of the episode's own) once c is moved onto the mean embedding of training
+    images with the bias compensating (`track_centre` at share 1: theta_bar's energies unchanged), not
+    retrained."""
+    with torch.no_grad():
+        centred = model.energy.encoder(batch.patterns.flatten(0, 1)[:IMAGES]) - model.energy.centre
+    offset = centred.mean(0)
+    lines = [f"  centre: |mean(e - c)| {offset.norm():.3f} over the stored images, their spread about that mean "
+             f"{(centred - offset).norm(dim=-1).mean():.3f}"]
+    count = -(-INIT_PATTERNS // task.spec.num_patterns)  # as many training images as `initialise` saw
+    training = task.sample(count, torch.Generator().manual_seed(3), split="train").patterns
+    moved = copy.deepcopy(model)
+    moved.energy.track_centre(training.flatten(0, 1), 1.0)
+    with torch.enable_grad():
+        reads = [moved._read(state, batch.queries, create_graph=False)[-1] for state in (
+            unwritten_memory(moved, len(batch.patterns)), moved.write(unseen), moved.write(batch.patterns))]
+    binary = task.spec.binary
+    theta_bar, others, own = (error(x, batch.patterns, block, binary) for x in reads)
+    lines.append(f"  re-centred on {count * task.spec.num_patterns} training images, not retrained: theta_bar "
+                 f"{theta_bar:.2f}, a memory of N other images {others:.2f}, the written read {own:.2f} in the block")
+    return lines
+
+
 def unwritten_memory(model: torch.nn.Module, episodes: int) -> dict[str, torch.Tensor]:
     """EBMM's meta-learned theta_bar as the state of `episodes` episodes with nothing written:
     name -> (episodes, *shape), what `write` starts from."""
@@ -244,6 +272,8 @@ def probe(path: Path, record: dict) -> None:
         first = lambda x: x.flatten(0, 1)[:IMAGES]  # noqa: E731  (the first episodes' images)
         print(f"  embeddings: {cosines(model.energy.encoder, first(batch.patterns), first(batch.queries))}")
         print(f"  memory units: {unit_shift(model, theta_bar, written, batch.queries, unseen_queries)}")
+        if getattr(model.energy, "centre", None) is not None:
+            print("\n".join(centre_offset(model, task, batch, unseen, block)))
 
 
 def main() -> None:
