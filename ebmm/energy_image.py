@@ -106,8 +106,8 @@ class ResNetFCEnergy(nn.Module):
     @torch.no_grad()
     def track_centre(self, images: torch.Tensor, share: float) -> None:
         """Move the centre `share` of the way to the mean embedding of images (M, C, H, W), and the memory
-        bias by W times that move: W (e - c) + b, so every energy, is unchanged; the write's steps, which
-        follow (e - c), are not."""
+        bias by W times that move, so that W (e - c) + b, and with it every energy of theta_bar, is unchanged;
+        a write's steps, which follow e - c, are not (`centre` must be on)."""
         target = self.encoder(images).mean(0)
         move = share * (target - self.centre)
         self.memory.bias.add_(self.memory.weight @ move)

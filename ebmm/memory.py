@@ -113,8 +113,11 @@ class EBMMConfig:
         if not 0 <= self.centre_tracking <= 1:
             raise MembenchError(f"centre_tracking={self.centre_tracking} must lie in [0, 1] (the share of the way "
                                 "the centre moves an update)")
-        if self.centre_tracking and not (self.centre_memory and self.energy == "resnet_fc"):
-            raise MembenchError("centre_tracking applies to the resnet_fc energy with centre_memory=true; add "
+        if self.centre_tracking and self.energy != "resnet_fc":
+            raise MembenchError(f"centre_tracking applies to the resnet_fc energy only, not {self.energy}; drop "
+                                "the option")
+        if self.centre_tracking and not self.centre_memory:
+            raise MembenchError("centre_tracking moves the centre of centre_memory=true, which is off; add "
                                 "--option centre_memory=true, or drop centre_tracking")
         for name in ("momentum_init", "decay_init"):  # sigmoid values
             if not 0 < getattr(self, name) < 1:
@@ -291,7 +294,8 @@ class EBMM(AssociativeMemory):
             self.energy.initialise(patterns.flatten(0, 1))
 
     def after_update(self, patterns: torch.Tensor) -> None:
-        """With `centre_tracking`: move the memory's centre towards the update's stored patterns (B, N, *S)."""
+        """With `centre_tracking`: move the memory's centre towards the mean embedding of the update's stored
+        patterns (B, N, *S), the memory bias compensating."""
         if self.cfg.centre_tracking:
             self.energy.track_centre(patterns.flatten(0, 1), self.cfg.centre_tracking)
 

@@ -25,10 +25,10 @@ Models that must be meta-trained set `trainable = True`, list their presets with
 `presets` (each a `Preset`: the model's configuration and its `TrainConfig`), build from
 one with `from_preset` and implement `meta_loss`; one that needs a data-dependent initialisation
 overrides `initialise`, which the training loop calls once on a fresh model with train-split
-patterns, and one that keeps statistics outside the meta-gradient overrides `after_update`, which it
-calls after every update with that update's patterns. The runner resolves the preset once (`resolve_preset`, options applied), builds the
-model from it and trains it with `membench.training.meta_train`, the single training loop shared
-by every learned model.
+patterns; one that keeps statistics outside the meta-gradient overrides `after_update`, which the
+training loop calls after every update (resumed runs too) with that update's patterns. The runner
+resolves the preset once (`resolve_preset`, options applied), builds the model from it and trains it
+with `membench.training.meta_train`, the single training loop shared by every learned model.
 """
 from __future__ import annotations
 
@@ -341,8 +341,9 @@ class AssociativeMemory(nn.Module, abc.ABC):
 
     def after_update(self, patterns: torch.Tensor) -> None:
         """Called by the training loop, without gradients, after every meta-training update with the patterns
-        (B, N, *S) that update wrote: for statistics kept outside the meta-gradient (EBMM's
-        `centre_tracking`). Default: nothing."""
+        (B, N, *S) that update wrote, on the model's device: for statistics kept outside the meta-gradient
+        (EBMM's `centre_tracking`), held in parameters or buffers so that checkpoints keep them. Not called
+        by the throughput benchmark. Default: nothing."""
 
     def meta_loss(self, patterns: torch.Tensor, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Differentiable training loss of one batch of episodes, and the retrievals.

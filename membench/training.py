@@ -4,8 +4,8 @@ Conventions, so that learned models are trained alike:
 - fresh episodes every step from the task's *train* split, drawn from a CPU generator
   seeded by the run seed (evaluation uses another stream, so its episodes are unseen);
 - a fresh model's `initialise` (data-dependent initialisation, if the model has one) sees at least
-  INIT_PATTERNS train-split patterns from a stream of their own, once: never on resume; its
-  `after_update` (statistics outside the meta-gradient) sees each update's stored patterns;
+  INIT_PATTERNS train-split patterns from a stream of their own, once: never on resume; a model's
+  `after_update` (statistics outside the meta-gradient) sees every update's stored patterns;
 - AdamW with global-norm gradient clipping (the paper's recipe, App. D);
 - a checkpoint (model, optimiser, generator state, curve, history) written atomically every
   `checkpoint_every` steps and at the end; a killed run resumes from the last one, and a
