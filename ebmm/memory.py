@@ -72,7 +72,9 @@ class EBMMConfig:
     centre_tracking: float = 0.0  # resnet_fc with centre_memory (ours): after every meta-training update the
     #   centre moves this share of the way to the mean embedding of the update's stored images, the memory
     #   bias compensating (theta_bar's energies unchanged), as BatchNorm's running mean follows its
-    #   features; 0: the centre moves only by its meta-gradient, and lags an encoder that training moves
+    #   features; 0: the centre moves only by its meta-gradient, and lags an encoder that training moves.
+    #   At 0.1 on the paper's encoder it lowered the memory's hold on the query's own images
+    #   (results/diagnostics/ebmm-images)
     linear_memory: bool = False   # (ours) the memory units skip their nonlinearity, so they cannot saturate or
     #   die: the hop's tanh (gated_rnn, resnet_fc), the ReLU after the bottleneck's 3x3 conv (resnet_conv)
     read_steps: int = 5           # K, projected Nesterov steps of reading
