@@ -74,7 +74,7 @@ VARIANTS: dict[str, dict] = {
                                             "readout": 1024},
     # the paper's encoder (App. B.2: 32, 64, 96 channels) under the quick recurrent part and readout
     "centre-linear-grow-write3-encoder": {**LINEAR, **GROW, "write_steps": 3, "channels": [32, 64, 96]},
-    # and the centre following the embeddings' mean (centre_tracking, ours): the encoder moved it far off
+    # and the memory's centre kept near the embeddings' mean as the encoder trains (centre_tracking, ours)
     "centre-linear-grow-write3-encoder-track": {**LINEAR, **GROW, "write_steps": 3, "channels": [32, 64, 96],
                                                 "centre_tracking": 0.1},
     "centre-linear-grow-write3-cos": {**LINEAR, **GROW, "write_steps": 3,  # the gpu preset's learning rate,
