@@ -120,12 +120,18 @@ def stored_and_unseen(task, episodes: int, seed: int):
     return batch, both.patterns[:, n:], both.queries[:, n:]
 
 
+def training_images(task) -> torch.Tensor:
+    """Train-split episodes' patterns (B, N, C, H, W), at least INIT_PATTERNS images in all: as many as the
+    trainer's `initialise` sees (from another stream)."""
+    count = -(-INIT_PATTERNS // task.spec.num_patterns)
+    return task.sample(count, torch.Generator().manual_seed(3), split="train").patterns
+
+
 def untrained_write_scale(task) -> None:
     """The untrained quick EBMM-FC (d = 16, seed 0), plain and with `centre_memory` (centred on 512
     training images): one write of 64 test images at initial write rates 1e-4 ... 10."""
     batch, _, unseen = stored_and_unseen(task, 2, seed=1)
-    count = -(-INIT_PATTERNS // task.spec.num_patterns)  # as many training patterns as the trainer's initialise sees
-    training = task.sample(count, torch.Generator().manual_seed(3), split="train").patterns
+    training = training_images(task)
     for rate in (1e-4, 1e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 10.0):
         for centre in (False, True):
             torch.manual_seed(0)
@@ -186,16 +192,15 @@ def centre_offset(model: EBMM, task, batch, unseen: torch.Tensor, block: torch.T
     offset = centred.mean(0)
     lines = [f"  centre: |mean(e - c)| {offset.norm():.3f} over the stored images, their spread about that mean "
              f"{(centred - offset).norm(dim=-1).mean():.3f}"]
-    count = -(-INIT_PATTERNS // task.spec.num_patterns)  # as many training images as `initialise` saw
-    training = task.sample(count, torch.Generator().manual_seed(3), split="train").patterns
+    training = training_images(task).flatten(0, 1)
     moved = copy.deepcopy(model)
-    moved.energy.track_centre(training.flatten(0, 1), 1.0)
+    moved.energy.track_centre(training, 1.0)
     with torch.enable_grad():
         reads = [moved._read(state, batch.queries, create_graph=False)[-1] for state in (
             unwritten_memory(moved, len(batch.patterns)), moved.write(unseen), moved.write(batch.patterns))]
     binary = task.spec.binary
     theta_bar, others, own = (error(x, batch.patterns, block, binary) for x in reads)
-    lines.append(f"  re-centred on {count * task.spec.num_patterns} training images, not retrained: theta_bar "
+    lines.append(f"  re-centred on {len(training)} training images, not retrained: theta_bar "
                  f"{theta_bar:.2f}, a memory of N other images {others:.2f}, the written read {own:.2f} in the block")
     return lines
 
