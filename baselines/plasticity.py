@@ -70,9 +70,8 @@ class PlasticityConfig:
 
 PRESETS: dict[str, Preset] = {
     # CPU: at least EBMM quick's training compute (9000 updates of 16 episodes; EBMM's: 7800). At a constant lr
-    # 5e-3 a 5600-update run collapsed after ~2600 updates: the Hebbian rate's logit drifted to 4.6 (eta = 0.99, the trace keeps only
-    # the last pattern) and every N fell to 32 bits, chance (results/diagnostics/plasticity-collapse), so the
-    # rate is lower and decays along a cosine
+    # 5e-3 a 5600-update run collapsed after ~2600 updates: every N fell to 32 bits, chance (why is not measured:
+    # results/diagnostics/plasticity-collapse), so the rate is lower and decays along a cosine
     "quick": Preset(PlasticityConfig(), TrainConfig(steps=9000, batch_size=16, lr=2e-3, clip_norm=1.0, cosine_decay=True,
                                                     num_patterns=MIXED_N)),
     # one GPU, EBMM gpu's training compute (30,000 updates of 128 episodes)
