@@ -30,7 +30,11 @@ def list_command(model) -> None:
     from membench.suites import SUITES
 
     if model:
-        click.echo(model_options(model, resolve_model(model)))
+        from membench.runner import errors_of_user_model
+
+        cls = resolve_model(model)
+        with errors_of_user_model(model, "its options cannot be listed"):
+            click.echo(model_options(model, cls))
         return
     click.echo("models (learned: meta-trained under --preset; `membench list --model NAME` for its options):")
     for name, path in sorted(available_models().items()):
@@ -133,8 +137,8 @@ def run(suite, models, num_patterns, seeds, queries, preset, budget, device, out
     try:
         done = run_all(specs, out, device=device, force=force, checkpoint_dir=checkpoint_dir, progress=progress,
                        train_time_limit_s=train_time_limit, launcher=launcher, address=address)
-    except MembenchError:
-        if made:  # a failure found while running leaves no empty output folder behind
+    except BaseException:  # bad input found only while running, Ctrl-C, a full disk
+        if made:  # leave no empty output folder behind
             discard_if_unused(out)
         raise
     now = [r["training"]["trained_by_this_run"] for r in done if r.get("training")]

@@ -254,10 +254,17 @@ def resolve_options(cls: type["AssociativeMemory"], spec: TaskSpec, name: str,
     if name not in presets:
         raise MembenchError(f"model '{label}' has no preset '{name}'. Its presets: {', '.join(presets)}")
     preset = presets[name]
-    if (not isinstance(preset, Preset) or not dataclasses.is_dataclass(preset.model)
-            or not isinstance(preset.train, TrainConfig)):
-        raise MembenchError(f"model '{label}': presets() maps '{name}' to a {type(preset).__name__}; it must map "
-                            "each name to membench.interface.Preset(<a frozen config dataclass>, TrainConfig(...))")
+    if not isinstance(preset, Preset):
+        wrong = f"a {type(preset).__name__}"
+    elif not dataclasses.is_dataclass(preset.model) or isinstance(preset.model, type):
+        wrong = f"a Preset whose model config is {type(preset.model).__name__}, not a dataclass instance"
+    elif not isinstance(preset.train, TrainConfig):
+        wrong = f"a Preset whose train config is {type(preset.train).__name__}, not a TrainConfig"
+    else:
+        wrong = None
+    if wrong:
+        raise MembenchError(f"model '{label}': presets() maps '{name}' to {wrong}; it must map each name to "
+                            "membench.interface.Preset(<a frozen config dataclass>, TrainConfig(...))")
     for config, given, prefix in ((preset.model, model_options, ""), (preset.train, train_options, "train.")):
         fields = {f.name for f in dataclasses.fields(config)}
         unknown = sorted(set(given) - fields)

@@ -13,6 +13,7 @@ every run is computed once.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import json
@@ -22,7 +23,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -171,19 +172,42 @@ def execute(spec: RunSpec, store: ResultsStore, device: torch.device, checkpoint
     except (MembenchError, CheckpointBusy):
         raise
     except Exception as exc:  # noqa: BLE001 (re-raised unless it comes from the user's model)
-        files = set(model_source_files(resolve_model(spec.model)))
-        stack = traceback.extract_tb(exc.__traceback__)
-        frames = [frame for frame in stack if Path(frame.filename).resolve() in files]
-        if not frames or is_builtin_file(Path(stack[-1].filename).resolve()):  # membench's own error: as it is,
-            explained = (_sized_or_optioned(spec, exc, stack[-1])  # unless a built-in model's run's sizes or
-                         if is_builtin_model(resolve_model(spec.model)) else None)  # options explain it
-            if explained is None:
-                raise
-            raise explained from None
-        where = frames[-1]
-        message = " ".join(str(exc).split())[:300]
-        raise MembenchError(f"model '{spec.model}' raised {type(exc).__name__}: {message} (in {where.name}, "
-                            f"{where.filename}, line {where.lineno}); no record was written") from None
+        explained = user_model_error(spec.model, exc, "no record was written")
+        if explained is None and is_builtin_model(resolve_model(spec.model)):  # membench's own error: as it is,
+            explained = _sized_or_optioned(spec, exc, traceback.extract_tb(exc.__traceback__)[-1])  # unless a
+        if explained is None:  # built-in model's run's sizes or options explain it
+            raise
+        raise explained from None
+
+
+@contextlib.contextmanager
+def errors_of_user_model(model: str, consequence: str) -> Iterator[None]:
+    """Inside: an exception raised in the code of `model`, a model from outside membench, becomes
+    `user_model_error`'s one-line MembenchError; any other passes as it is."""
+    try:
+        yield
+    except MembenchError:
+        raise
+    except Exception as exc:  # noqa: BLE001 (re-raised unless it comes from the user's model)
+        explained = user_model_error(model, exc, consequence)
+        if explained is None:
+            raise
+        raise explained from None
+
+
+def user_model_error(model: str, exc: Exception, consequence: str) -> MembenchError | None:
+    """The one-line error for `exc` when it was raised in the code of `model`, a model from outside membench:
+    its type and message, and the function, file and line of the model's code it came from, then
+    `consequence`; None for an error of membench's own code (or none of the model's files in its traceback)."""
+    files = set(model_source_files(resolve_model(model)))
+    stack = traceback.extract_tb(exc.__traceback__)
+    frames = [frame for frame in stack if Path(frame.filename).resolve() in files]
+    if not frames or is_builtin_file(Path(stack[-1].filename).resolve()):
+        return None
+    where = frames[-1]
+    message = " ".join(str(exc).split())[:300]
+    return MembenchError(f"model '{model}' raised {type(exc).__name__}: {message} (in {where.name}, "
+                         f"{where.filename}, line {where.lineno}); {consequence}")
 
 
 def _sized_or_optioned(spec: RunSpec, exc: Exception, where: traceback.FrameSummary) -> MembenchError | None:
@@ -275,24 +299,27 @@ def checked_specs(specs: list[RunSpec]) -> list[RunSpec]:
     checked, built = [], set()
     any_trained = any(resolve_model(spec.model).trainable for spec in specs)
     for spec in specs:
-        cls = resolve_model(spec.model)
-        task = make_task(spec.task)
-        if cls.trainable:
-            spec = dataclasses.replace(spec, options=resolve_options(cls, task.spec, spec.preset, spec.options)[1])
-        else:
-            if spec.preset not in BUILTIN_PRESETS and not any_trained:
-                raise MembenchError(f"no model of this run has a preset '{spec.preset}'; give --preset one of "
-                                    f"{', '.join(BUILTIN_PRESETS)} (models that are not trained run under any)")
-            options = {key: value for key, value in spec.options.items() if not key.startswith("train.")}
-            spec = dataclasses.replace(spec, preset=DEFAULT_PRESET,
-                                       options=check_constructor_options(cls, spec.model, options))
-            key = (spec.model, json.dumps(spec.options, sort_keys=True), json.dumps(spec.task, sort_keys=True),
-                   spec.budget)
-            if key not in built:  # (an over-budget model is refused with its own message when its run starts)
-                declared_count(spec)
-                built.add(key)
-        checked.append(spec)
+        with errors_of_user_model(spec.model, "no run was started"):
+            checked.append(_checked(spec, any_trained, built))
     return checked
+
+
+def _checked(spec: RunSpec, any_trained: bool, built: set) -> RunSpec:
+    """One spec of `checked_specs` (`built`: the keys of the models it built already)."""
+    cls = resolve_model(spec.model)
+    task = make_task(spec.task)
+    if cls.trainable:
+        return dataclasses.replace(spec, options=resolve_options(cls, task.spec, spec.preset, spec.options)[1])
+    if spec.preset not in BUILTIN_PRESETS and not any_trained:
+        raise MembenchError(f"no model of this run has a preset '{spec.preset}'; give --preset one of "
+                            f"{', '.join(BUILTIN_PRESETS)} (models that are not trained run under any)")
+    options = {key: value for key, value in spec.options.items() if not key.startswith("train.")}
+    spec = dataclasses.replace(spec, preset=DEFAULT_PRESET, options=check_constructor_options(cls, spec.model, options))
+    key = (spec.model, json.dumps(spec.options, sort_keys=True), json.dumps(spec.task, sort_keys=True), spec.budget)
+    if key not in built:  # (an over-budget model is refused with its own message when its run starts)
+        declared_count(spec)
+        built.add(key)
+    return spec
 
 
 def run_all(specs: list[RunSpec], out_dir: Path, device: str = "auto", force: bool = False,

@@ -6,11 +6,9 @@ import json
 import os
 import pickle
 import re
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 import zipfile
 from pathlib import Path
 
@@ -25,7 +23,7 @@ from membench.errors import EXIT_INTERRUPTED, DatasetMissing, MembenchError, Tra
 from membench.store import ResultsStore
 from membench.tasks import BinaryTask
 from membench.training import meta_train
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, exited_cleanly
 from tests.test_datasets import write_fixture_data
 from tests.test_training import TINY_MODEL
 
@@ -41,11 +39,12 @@ SLOW_LEARNED = TINY_MODEL + textwrap.dedent('''
                                                               checkpoint_every=1000, num_patterns=(16, 32)))}
 
         def meta_loss(self, patterns, queries):
-            import os, pathlib, time
+            import os, signal, time
             global UPDATES
             UPDATES += 1
-            if UPDATES == 3 and os.environ.get("MEMBENCH_TEST_MARK"):  # says: three updates in
-                pathlib.Path(os.environ["MEMBENCH_TEST_MARK"]).touch()
+            if UPDATES == 3:  # the user presses Ctrl-C this many times during the third update
+                for _ in range(int(os.environ.get("MEMBENCH_TEST_CTRL_C", 0))):
+                    os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.2)
             return super().meta_loss(patterns, queries)
 
@@ -60,7 +59,7 @@ def _invoke(*args: str):
 
 def _one_clear_line(result, *fragments: str, exit_code: int | None = None) -> None:
     assert result.exit_code != 0 if exit_code is None else result.exit_code == exit_code, result.output
-    assert "Traceback" not in result.output and not isinstance(result.exception, (AssertionError, TypeError))
+    assert exited_cleanly(result)
     error_lines = [line for line in result.output.splitlines() if line.startswith("Error")]
     assert len(error_lines) == 1, result.output
     for fragment in fragments:
@@ -215,6 +214,17 @@ _OWN = textwrap.dedent('''
     class Raises(Soft):
         def read(self, state, queries):
             return state @ queries  # (B, N, D) @ (B, N, D): the shapes do not fit
+
+
+    class RaisesWhenBuilt(Soft):
+        def __init__(self, spec, beta: float = 4.0):
+            super().__init__(spec, beta)
+            self.scale = 1 / (beta - 4.0)
+
+
+    class CannotCount(Soft):
+        def memory_floats(self, spec):
+            return self.slots * spec.pattern_size
 ''')
 
 _OWN_LEARNED = TINY_MODEL + textwrap.dedent('''
@@ -234,6 +244,18 @@ _OWN_LEARNED = TINY_MODEL + textwrap.dedent('''
         @classmethod
         def presets(cls, spec, options):
             return {"quick": super().presets(spec, options)["quick"].train}
+
+
+    class PresetsRaise(TinyLearned):
+        @classmethod
+        def presets(cls, spec, options):
+            return {"fast": super().presets(spec, options)["quick"]}["quick"]
+
+
+    class ConfigNone(TinyLearned):
+        @classmethod
+        def presets(cls, spec, options):
+            return {"quick": Preset(None, super().presets(spec, options)["quick"].train)}
 
 
     class SizedByBudget(TinyLearned):
@@ -286,6 +308,10 @@ _OWN_LEARNED = TINY_MODEL + textwrap.dedent('''
                       "e.g. .clone()"]),
     ("Raises", [], ["model 'own:Raises' raised RuntimeError: ", "(in read, ", "own.py, line "]),
     ("Soft", ["--option", "bta=2"], ["unexpected keyword argument 'bta'", "Its options: beta"]),
+    ("RaisesWhenBuilt", [], ["model 'own:RaisesWhenBuilt' raised ZeroDivisionError: ", "(in __init__, ", "own.py, line ",
+                             "no run was started"]),
+    ("CannotCount", [], ["raised AttributeError: 'CannotCount' object has no attribute 'slots' (in memory_floats, ",
+                         "no run was started"]),
 ])
 def test_a_model_that_breaks_the_contract_is_told_how_in_one_line(tmp_path, monkeypatch, model, options, fragments):
     (tmp_path / "own.py").write_text(_OWN)
@@ -299,6 +325,8 @@ def test_a_model_that_breaks_the_contract_is_told_how_in_one_line(tmp_path, monk
     ("LossOnly", ["LossOnly.meta_loss returned a tensor of shape ()", "it must return (the batch's loss"]),
     ("LossPerBit", ["LossPerBit.meta_loss returned (a tensor of shape (2, 16, 128), a tensor of shape (2, 16, 128))"]),
     ("NoPreset", ["presets() maps 'quick' to a TrainConfig", "Preset(<a frozen config dataclass>, TrainConfig(...))"]),
+    ("ConfigNone", ["presets() maps 'quick' to a Preset whose model config is NoneType, not a dataclass instance"]),
+    ("PresetsRaise", ["model 'own_learned:PresetsRaise' raised KeyError: 'quick' (in presets, ", "no run was started"]),
     ("NaNAfterOneStep", ["diverged at step 1: the loss or the gradient norm was not finite"]),
 ])
 def test_a_learned_model_that_breaks_the_contract_is_told_how_in_one_line(tmp_path, monkeypatch, model, fragments):
@@ -306,6 +334,23 @@ def test_a_learned_model_that_breaks_the_contract_is_told_how_in_one_line(tmp_pa
     monkeypatch.chdir(tmp_path)
     _one_clear_line(_invoke("run", "--model", f"own_learned:{model}", "--num-patterns", "16", "--queries", "32",
                             "--out", "out", "--checkpoint-dir", "ck", "--no-progress"), *fragments, exit_code=1)
+
+
+def test_ctrl_c_before_the_first_record_leaves_no_output_folder(tmp_path, monkeypatch):
+    """Interrupted while evaluating its first run, `run` exits 130 and removes the output folder it made (it held
+    only that run's lock)."""
+    monkeypatch.setenv("CRASH_AT_32", "1")  # tests.test_runner.Crashing: Ctrl-C while reading at N = 32
+    result = _invoke("run", "--model", "tests.test_runner:Crashing", "--num-patterns", "32", "--queries", "96",
+                     "--out", str(tmp_path / "new"), "--no-progress")
+    assert result.exit_code == EXIT_INTERRUPTED and "rerun the same command" in result.output, result.output
+    assert not (tmp_path / "new").exists()
+
+
+def test_listing_the_options_of_a_model_whose_presets_raise_names_its_line(tmp_path, monkeypatch):
+    (tmp_path / "own_learned.py").write_text(_OWN_LEARNED)
+    monkeypatch.chdir(tmp_path)
+    _one_clear_line(_invoke("list", "--model", "own_learned:PresetsRaise"), "raised KeyError: 'quick' (in presets, ",
+                    "own_learned.py, line ", "its options cannot be listed", exit_code=1)
 
 
 def test_a_learned_model_built_on_a_budget_sized_one_is_built_from_its_preset(tmp_path, monkeypatch):
@@ -498,7 +543,9 @@ class _RunsCode:
 
 @pytest.mark.parametrize("content", [b"", b"PK\x03\x04truncated", "foreign", "code", ("step", "5"), ("step", -3),
                                      ("elapsed_s", "x"), ("curve", "x"), ("history", "x"), ("history", ["x"]),
-                                     ("generator", torch.zeros(5056)), ("generator", torch.zeros(10, dtype=torch.uint8))])
+                                     ("generator", torch.zeros(5056)), ("generator", torch.zeros(10, dtype=torch.uint8)),
+                                     ("model", {"bias": "x"}), ("model", [torch.zeros(128)]), ("config", "x"),
+                                     ("optimizer", ["x"])])
 def test_corrupt_checkpoint_is_set_aside_and_retrained(tmp_path, monkeypatch, content):
     """Unreadable, foreign or code-carrying checkpoints (read as data only: nothing runs), and ones with a field
     of the wrong kind, are set aside."""
@@ -651,27 +698,21 @@ def _membench(tmp_path: Path, *args: str, **env_vars: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _wait_for(condition, seconds: float = 60.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition() and time.monotonic() < deadline:
-        time.sleep(0.05)
+_SLOW_ARGS = ["run", "--model", "slow_learned:SlowLearned", "--num-patterns", "16", "--queries", "16",
+              "--checkpoint-dir", "ck", "--out", "out", "--no-progress"]
 
 
 @pytest.mark.slow
 def test_ctrl_c_during_training_checkpoints_and_the_rerun_resumes(tmp_path):
+    """A first Ctrl-C lets the update in flight finish, checkpoints it and exits; the rerun trains the rest."""
     (tmp_path / "slow_learned.py").write_text(SLOW_LEARNED)
-    args = ["run", "--model", "slow_learned:SlowLearned", "--num-patterns", "16", "--queries", "16",
-            "--checkpoint-dir", "ck", "--out", "out", "--no-progress"]
-    process = _membench(tmp_path, *args, MEMBENCH_TEST_MARK=str(tmp_path / "three"))
-    _wait_for(lambda: (tmp_path / "three").exists() or process.poll() is not None)  # three updates in
-    process.send_signal(signal.SIGINT)
-    output, _ = process.communicate(timeout=60)
+    process = _membench(tmp_path, *_SLOW_ARGS, MEMBENCH_TEST_CTRL_C="1")
+    output, _ = process.communicate(timeout=120)
     assert process.returncode == EXIT_INTERRUPTED, output
-    assert "Traceback" not in output and "checkpointed at step" in output and "rerun the same command" in output
+    assert "Traceback" not in output and "checkpointed at step 3" in output and "rerun the same command" in output
     (checkpoint,) = (tmp_path / "ck").glob("*.pt")
-    saved = torch.load(checkpoint, weights_only=False)
-    assert 3 <= saved["step"] < 40
-    rerun = _membench(tmp_path, *args)
+    assert torch.load(checkpoint, weights_only=False)["step"] == 3
+    rerun = _membench(tmp_path, *_SLOW_ARGS)
     output, _ = rerun.communicate(timeout=120)
     assert rerun.returncode == 0, output
     curve = torch.load(checkpoint, weights_only=False)["curve"]
@@ -679,10 +720,27 @@ def test_ctrl_c_during_training_checkpoints_and_the_rerun_resumes(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_second_ctrl_c_stops_at_once_and_leaves_nothing_half_written(tmp_path):
+    """A second Ctrl-C interrupts the update in flight: no checkpoint (none was due), no record, no temporary
+    file; the rerun trains from the start."""
+    (tmp_path / "slow_learned.py").write_text(SLOW_LEARNED)
+    process = _membench(tmp_path, *_SLOW_ARGS, MEMBENCH_TEST_CTRL_C="2")
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == EXIT_INTERRUPTED, output
+    assert "Traceback" not in output and "rerun the same command to continue" in output
+    assert not list((tmp_path / "ck").glob("*.pt")) and not list(tmp_path.rglob("*.tmp"))
+    assert not (tmp_path / "out" / "runs").exists() or not list((tmp_path / "out" / "runs").iterdir())
+    rerun = _membench(tmp_path, *_SLOW_ARGS)
+    output, _ = rerun.communicate(timeout=120)
+    assert rerun.returncode == 0 and "1 run(s) executed" in output, output
+    (checkpoint,) = (tmp_path / "ck").glob("*.pt")
+    assert [row["step"] for row in torch.load(checkpoint, weights_only=False)["curve"]] == list(range(1, 41))
+
+
+@pytest.mark.slow
 def test_two_processes_share_one_checkpoint_and_one_output_directory(tmp_path):
     (tmp_path / "slow_learned.py").write_text(SLOW_LEARNED)
-    args = ["run", "--model", "slow_learned:SlowLearned", "--num-patterns", "16,32", "--queries", "16",
-            "--checkpoint-dir", "ck", "--out", "out", "--no-progress"]
+    args = [*_SLOW_ARGS[:4], "16,32", *_SLOW_ARGS[5:]]
     first, second = _membench(tmp_path, *args), _membench(tmp_path, *args)
     outputs = [p.communicate(timeout=180)[0] for p in (first, second)]
     assert first.returncode == 0 and second.returncode == 0, outputs
