@@ -12,11 +12,14 @@ SHARED = REPO_ROOT.parent / "shared"
 
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch, tmp_path):
-    """Every test gets its own checkpoint cache, no shipped checkpoints and full float32 precision."""
-    from membench import checkpoints
+    """Every test gets its own checkpoint cache, no shipped checkpoints, full float32 precision, and none of the
+    user's data directory (environment or an earlier test's --data-dir) or provenance overrides."""
+    from membench import checkpoints, datasets
 
     monkeypatch.setenv("MEMBENCH_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("MEMBENCH_CUDA_GRAPHS", raising=False)  # a session's switch, not the tests'
+    for name in ("MEMBENCH_CUDA_GRAPHS", "MEMBENCH_DATA", "MEMBENCH_GIT_COMMIT", "MEMBENCH_GIT_DIRTY"):
+        monkeypatch.delenv(name, raising=False)  # a session's or a user's switches, not the tests'
+    monkeypatch.setattr(datasets, "_data_dir_override", None)
     monkeypatch.setattr(checkpoints, "SHIPPED_CHECKPOINTS", tmp_path / "shipped")
     torch.set_float32_matmul_precision("highest")
 
@@ -39,3 +42,9 @@ def data_root(tmp_path, monkeypatch) -> Path:
     monkeypatch.setattr(datasets, "_data_dir_override", None)
     monkeypatch.setenv("MEMBENCH_DATA", str(root))
     return root
+
+
+def exited_cleanly(result) -> bool:
+    """A CliRunner result ended by the command's own exit (a message and a status), not by an exception that
+    escaped it: CliRunner prints no traceback, so the output alone cannot tell."""
+    return result.exception is None or isinstance(result.exception, SystemExit)

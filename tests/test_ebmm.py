@@ -236,6 +236,7 @@ def test_meta_gradient_reaches_every_meta_parameter():
     loss.backward()
     for name, param in model.named_parameters():
         assert param.grad is not None and torch.isfinite(param.grad).all(), f"no finite meta-gradient for {name}"
+        assert param.grad.abs().sum() > 0, f"the meta-gradient of {name} is zero: the meta-loss does not use it"
 
 
 def tiny_config(steps: int) -> TrainConfig:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
+import re
 
 import numpy as np
 import pytest
@@ -441,6 +442,49 @@ def test_a_model_that_changes_the_patterns_it_is_given_is_scored_against_the_rea
     assert record["memory_floats"] == 0 and record["mean_error"] > 50  # zeros against random bits: about 64
 
 
+class GrowsAfterTheProbe(StoresEverything):
+    """Keeps half of each pattern in writes of at most two episodes (the probe's), whole patterns in the larger
+    batches of evaluation."""
+
+    def memory_floats(self, spec):
+        return spec.num_patterns * 64
+
+    def write(self, patterns):
+        return patterns.clone() if patterns.shape[0] > 2 else patterns[..., :64].clone()
+
+    def read(self, state, queries):
+        if state.shape[-1] == 128:
+            return StoresEverything.read(self, state, queries)
+        return torch.cat([StoresEverything.read(self, state, queries[..., :64]), queries[..., 64:]], -1)
+
+
+class RelaysOutAfterTheProbe(GrowsAfterTheProbe):
+    """The same count in every write, but evaluation's writes lay it out otherwise (two halves, not one)."""
+
+    def write(self, patterns):
+        half = patterns[..., :64].clone()
+        return (half[..., :32].clone(), half[..., 32:].clone()) if patterns.shape[0] > 2 else half
+
+    def read(self, state, queries):
+        return super().read(torch.cat(state, -1) if isinstance(state, tuple) else state, queries)
+
+
+@pytest.mark.parametrize("cls, message", [
+    (GrowsAfterTheProbe, r"GrowsAfterTheProbe': its written state holds 4096 float32 values per episode, which differs "
+                         r"from what the model declares \(declared 2048, measured 4096"),
+    (RelaysOutAfterTheProbe, r"RelaysOutAfterTheProbe': its memory state's layout differs between writes"),
+])
+def test_a_model_that_changes_its_state_after_the_probe_is_refused_at_the_evaluation_batch(cls, message, tmp_path):
+    """The probe writes two episodes; evaluation writes more at once (3 at N = 32 and 96 queries). Every
+    evaluation batch's state is measured against the probe's count and layout, so a model that behaves only
+    while probed is refused there, with no record."""
+    specs = get_suite("table1").expand("table1", (f"{__name__}:{cls.__name__}",), (0,), 96, "quick", (32,))
+    with pytest.raises(MembenchError, match=message) as caught:
+        run_all(specs, tmp_path, device="cpu", progress=False)
+    assert "\n" not in str(caught.value)
+    assert ResultsStore(tmp_path).records() == []
+
+
 class HonestWithObjects(StoresEverything):
     """Honest, and holds attributes that writing leaves alone but that compare unequal to their copies."""
 
@@ -521,6 +565,31 @@ def test_measure_counts_storage_bytes_not_shapes():
     array = np.zeros((batch, 250), dtype=np.float32)                       # one buffer seen as an array and a tensor
     assert measure_state((array, torch.from_numpy(array)), batch) == 250
     assert measure_state((torch.from_numpy(array[:, :10]), array), batch) == 250  # overlapping storages: their union
+
+
+class _Subtensor(torch.Tensor):
+    pass
+
+
+class _Subarray(np.ndarray):
+    pass
+
+
+@pytest.mark.parametrize("state, what", [
+    (torch.zeros(2, 4, device="meta"), "a tensor on the meta device"),
+    (torch.zeros(2, 4).to_sparse(), "a tensor with layout torch.sparse_coo"),
+    (torch.zeros(2, 4).as_subclass(_Subtensor), "a _Subtensor (a tensor subclass)"),
+    ({"a": [torch.zeros(2, 4).as_subclass(_Subtensor)]}, "a _Subtensor (a tensor subclass)"),
+    (np.zeros((2, 4), dtype=np.float32).view(_Subarray), "a _Subarray (an array subclass)"),
+    ({0: torch.zeros(2, 4)}, "a key that is not a string"),
+    ({"k" * 101: torch.zeros(2, 4)}, "a key that is not a string of at most 100 characters"),
+    ((1.0, 2 ** 24 + 1), "an integer beyond float32's exact range"),
+])
+def test_what_cannot_be_measured_is_refused_naming_where_it_is(state, what):
+    """The measurement walks every container; a leaf or key it cannot count is refused with its path, never
+    counted as nothing."""
+    with pytest.raises(MembenchError, match=f"its memory state holds state.*{re.escape(what)}.*cannot measure"):
+        measure_state(state, 2)
 
 
 # --- every registered model keeps its word -------------------------------------------

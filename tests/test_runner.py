@@ -16,7 +16,7 @@ import torch
 
 from membench import store as store_module
 from membench.errors import MembenchError, OverBudgetError
-from membench.interface import AssociativeMemory, TaskSpec
+from membench.interface import AssociativeMemory, Preset, TaskSpec, TrainConfig
 from membench.runner import run_all
 from membench.store import ResultsStore, write_json_atomic
 from membench.suites import get_suite
@@ -60,6 +60,71 @@ class Crashing(AssociativeMemory):
 class NaNMemory(Crashing):
     def read(self, state, queries):
         return torch.full_like(queries, float("nan"))
+
+
+@dataclasses.dataclass(frozen=True)
+class RecorderConfig:
+    pass
+
+
+class Recorder(AssociativeMemory):
+    """Learned (a bias on the erased bits' fill): keeps each bit's mean, and notes the patterns it trains on,
+    the patterns of every write outside training, and the float32 matmul precision its reads ran at."""
+
+    trainable = True
+    trained_on: list[torch.Tensor] = []
+    written: list[torch.Tensor] = []
+    precisions: set[str] = set()
+
+    def __init__(self, spec: TaskSpec):
+        super().__init__()
+        self.spec = spec
+        self.bias = torch.nn.Parameter(torch.zeros(spec.pattern_size))
+
+    @classmethod
+    def presets(cls, spec, options):
+        return {"quick": Preset(RecorderConfig(), TrainConfig(steps=4, batch_size=2, lr=1e-2, log_every=1,
+                                                              checkpoint_every=100))}
+
+    @classmethod
+    def from_preset(cls, spec, budget, preset):
+        return cls(spec)
+
+    def memory_floats(self, spec):
+        return spec.pattern_size
+
+    def write(self, patterns):
+        if not self.training:
+            Recorder.written.append(patterns.flatten(0, 1).clone())
+        return patterns.mean(1)
+
+    def read(self, state, queries):
+        Recorder.precisions.add(torch.get_float32_matmul_precision())
+        known = queries != self.spec.fill_value
+        return torch.where(known, queries, torch.sigmoid(state.unsqueeze(1) + self.bias).expand_as(queries))
+
+    def meta_loss(self, patterns, queries):
+        Recorder.trained_on.append(patterns.flatten(0, 1).detach().clone())
+        logits = (patterns.mean(1, keepdim=True) + self.bias).expand_as(queries)
+        return torch.nn.functional.binary_cross_entropy_with_logits(logits, patterns), torch.sigmoid(logits).detach()
+
+
+def test_a_learned_model_is_evaluated_on_episodes_it_never_trained_on_at_full_float32_precision(tmp_path,
+                                                                                                monkeypatch):
+    """Training, the write audit and evaluation draw from separate streams of the run's seed, so no pattern a
+    model trained on is written again when it is scored; and reads run at the "highest" float32 matmul
+    precision whatever the caller had set."""
+    monkeypatch.setattr(Recorder, "trained_on", []), monkeypatch.setattr(Recorder, "written", [])
+    monkeypatch.setattr(Recorder, "precisions", set())
+    torch.set_float32_matmul_precision("medium")
+    (record,) = run_all(_specs(f"{__name__}:Recorder", num_patterns=(16,), queries=64), tmp_path, device="cpu",
+                        progress=False)
+    assert record["training"]["steps"] == 4 and len(Recorder.trained_on) == 4
+    trained = {tuple(row.tolist()) for batch in Recorder.trained_on for row in batch}
+    written = {tuple(row.tolist()) for batch in Recorder.written for row in batch}
+    assert len(trained) == 4 * 2 * 16 and len(written) >= 64  # every evaluation episode's patterns among them
+    assert not trained & written
+    assert Recorder.precisions == {"highest"}
 
 
 def _specs(model: str, num_patterns=(16, 32, 48), seeds=(0,), queries=64):
@@ -196,7 +261,8 @@ def test_same_seed_same_numbers_other_seed_differs(tmp_path):
     assert errors(tmp_path / "c", 6) != first
 
 
-@pytest.mark.parametrize("model", ["ebmm", "mann", "memory_networks", "differentiable_plasticity"])
+@pytest.mark.parametrize("model", ["ebmm", "mann", "memory_networks", "memory_networks_learned",
+                                   "differentiable_plasticity", "lstm", "dnc", "kanerva_machine"])
 def test_a_learned_model_trained_twice_from_one_seed_gives_the_same_numbers(tmp_path, model):
     """Meta-training (a few updates, eager) and evaluation from one seed, twice in fresh folders and
     checkpoint caches: the same trained weights' numbers, query for query; another seed differs."""

@@ -21,6 +21,7 @@ from membench.cli import main
 from membench.errors import EXIT_INTERRUPTED, EXIT_PAUSED
 from membench.session import _done, finish, run_session
 from membench.throughput import COLUMNS, merge
+from tests.conftest import exited_cleanly
 from tests.test_training import TINY_MODEL
 
 ROW = dict.fromkeys(COLUMNS, 1) | {"device": "cpu", "device_name": "x86_64", "model": "ebmm", "preset": "gpu",
@@ -104,14 +105,14 @@ def test_unpack_refuses_an_unsafe_or_corrupt_archive_and_writes_nothing(tmp_path
         archive = _archive(tmp_path / "bad.tgz", {"results/table1/runs/fine.json": b"{}", bad: b"x"})
         result = CliRunner().invoke(main, ["unpack", str(archive), "--root", str(root)])
         assert result.exit_code == 1 and f"member '{bad}'" in result.output and "nothing was unpacked" in result.output
-        assert "Traceback" not in result.output
+        assert exited_cleanly(result)
         assert list(root.rglob("*")) == [root / "results"] and not (tmp_path / "evil.json").exists()
     good = _archive(tmp_path / "good.tgz", {"results/table1/runs/fine.json": b"{}" * 5000})
     truncated = tmp_path / "truncated.tgz"
     truncated.write_bytes(good.read_bytes()[:60])
     result = CliRunner().invoke(main, ["unpack", str(truncated), "--root", str(root)])
     assert result.exit_code == 1 and "is not a readable session archive" in result.output, result.output
-    assert "Traceback" not in result.output and list(root.rglob("*")) == [root / "results"]
+    assert exited_cleanly(result) and list(root.rglob("*")) == [root / "results"]
 
 
 @pytest.mark.parametrize("csv", [b"\xff\xfe\x00binary", b"", b"a,b\n1,2\n",
@@ -124,7 +125,7 @@ def test_unpack_refuses_a_throughput_table_that_is_not_one_and_writes_nothing(tm
     (root / "results" / "bench" / "throughput.csv").write_text("as it was")
     archive = _archive(tmp_path / "s.tgz", {"results/table1/a.md": b"first", "results/bench/throughput.csv": csv})
     result = CliRunner().invoke(main, ["unpack", str(archive), "--root", str(root)])
-    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert result.exit_code == 1 and exited_cleanly(result), result.output
     assert "member results/bench/throughput.csv is not" in result.output and "nothing was unpacked" in result.output
     assert not (root / "results" / "table1").exists()
     assert (root / "results" / "bench" / "throughput.csv").read_text() == "as it was"
@@ -139,7 +140,7 @@ def test_an_unpack_that_cannot_write_a_file_says_which_and_what_it_wrote_before(
     archive = _archive(tmp_path / "s.tgz", {"results/table1/a.md": b"first", "results/table1/b.md": b"second",
                                              "results/table1/c.md": b"third"})
     result = CliRunner().invoke(main, ["unpack", str(archive), "--root", str(root)])
-    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert result.exit_code == 1 and exited_cleanly(result), result.output
     assert f"could not write {root / 'results' / 'table1' / 'b.md'}" in result.output
     assert "written before it: 1 file(s); fix the cause and unpack again" in result.output
     assert (root / "results" / "table1" / "a.md").read_bytes() == b"first"
@@ -167,6 +168,20 @@ def test_a_session_whose_run_fails_exits_with_its_status_and_still_packs(tmp_pat
         names = tar.getnames()
     assert any(name.startswith("results/table1/runs/") for name in names), names  # the good run's record
     assert any(name.startswith("checkpoints/") for name in names), names
+
+
+def test_a_failing_first_command_does_not_keep_the_runs_from_starting(tmp_path: Path, monkeypatch, capsys):
+    """A command of `first` (the session's timing) that fails is reported by its status; the runs start anyway,
+    and the session packs their records."""
+    monkeypatch.chdir(tmp_path)
+    status = run_session(["--model hopfield_hebb --num-patterns 8 --queries 16 --out results/table1"], copies=1,
+                         train_time_limit_s=300, device="cpu", cache=tmp_path / "session",
+                         archive=tmp_path / "out" / "session.tgz", results_dir=tmp_path / "results",
+                         first=[["no-such-command"]])
+    assert status == 2, capsys.readouterr().out  # click's status for an unknown command
+    assert len(list((tmp_path / "results" / "table1" / "runs").glob("*.json"))) == 1
+    with tarfile.open(tmp_path / "out" / "session.tgz") as tar:
+        assert sum(name.startswith("results/table1/runs/") for name in tar.getnames()) == 1
 
 
 def test_a_session_runs_copies_side_by_side_and_packs_what_they_made(tmp_path: Path, monkeypatch):
@@ -219,7 +234,7 @@ def test_a_session_refuses_a_run_that_writes_outside_its_results_folder(tmp_path
     result = CliRunner().invoke(main, ["session", "--run", run, "--device", "cpu", "--train-time-limit", "1",
                                        "--to", "session.tgz"])
     assert result.exit_code == 1 and "must write under the results folder results" in result.output
-    assert "Traceback" not in result.output and not (tmp_path / "session.tgz").exists()
+    assert exited_cleanly(result) and not (tmp_path / "session.tgz").exists()
 
 
 def test_a_session_names_a_run_option_that_does_not_exist(tmp_path: Path, monkeypatch):
@@ -228,7 +243,7 @@ def test_a_session_names_a_run_option_that_does_not_exist(tmp_path: Path, monkey
                                        "--device", "cpu", "--train-time-limit", "1", "--to", "session.tgz"])
     assert result.exit_code == 1 and "is not a `membench run` command line: " in result.output
     assert "--bogus" in result.output.split("command line: ")[1]  # click's own words name the option
-    assert "Traceback" not in result.output and not (tmp_path / "session.tgz").exists()
+    assert exited_cleanly(result) and not (tmp_path / "session.tgz").exists()
 
 
 def test_unpack_skips_folders_and_refuses_files_for_results_checkpoints(tmp_path: Path):
@@ -259,7 +274,7 @@ def test_unpack_names_an_unreadable_checkpoint_by_its_archive_member_and_ships_n
     assert result.exit_code == 1, result.output  # the rest unpacked, but the unpack did not do all it was given
     assert f"{junk}: its checkpoints/ebmm-quick-0123456789ab.pt is not a readable checkpoint" in result.output
     assert f"1 checkpoint(s) not shipped, unreadable ({junk}: checkpoints/ebmm-quick-0123456789ab.pt)" in result.output
-    assert "Traceback" not in result.output
+    assert exited_cleanly(result)
     assert "left as it is" not in result.output  # no scratch path named for the user to delete
     assert not (root / "results" / "checkpoints").exists() or not list((root / "results" / "checkpoints").iterdir())
 
@@ -360,7 +375,7 @@ def test_a_session_times_updates_first_and_packs_their_rows(tmp_path: Path, monk
                         ("--suite table1-classical", "table1-classical"), ("--option 'hidden=2", "quotation")]:
         bad = CliRunner().invoke(main, [*session, "--time", args])
         assert bad.exit_code == 1 and named in bad.output, bad.output
-        assert "Traceback" not in bad.output and not (tmp_path / "out").exists()
+        assert exited_cleanly(bad) and not (tmp_path / "out").exists()
     timing = "--model memory_networks --num-patterns 8 --batch-sizes 1 --steps 1 --warmup 0"
     no_time = [*session[:-6], "--train-time-limit", "0", *session[-4:]]  # the timing is skipped: paused, not failed
     skipped = CliRunner().invoke(main, [*no_time, "--time", timing])
@@ -425,7 +440,7 @@ def test_unpack_refuses_a_root_that_is_not_a_checkout(tmp_path: Path):
     archive = _archive(tmp_path / "good.tgz", {"results/table1/table1.md": b"new"})
     result = CliRunner().invoke(main, ["unpack", str(archive), "--root", str(tmp_path / "typo")])
     assert result.exit_code == 1 and f"{tmp_path / 'typo'} is not a membench checkout" in result.output
-    assert "Traceback" not in result.output and not (tmp_path / "typo").exists()
+    assert exited_cleanly(result) and not (tmp_path / "typo").exists()
 
 
 def test_set_aside_leaves_a_session_its_records_and_unfinished_checkpoints_and_git_restores_the_rest(tmp_path):
@@ -481,7 +496,7 @@ def test_set_aside_leaves_a_session_its_records_and_unfinished_checkpoints_and_g
             "results/fig3/fig3.md", "results/reference/paper_table1.csv"]
     assert left() == sorted([*kept, f"results/checkpoints/{shipped}"])  # N = 96 still to evaluate
     changed = CliRunner().invoke(main, ["set-aside", "--keep", "results/fig3", "--root", str(tmp_path)])
-    assert changed.exit_code == 1 and "commit them first" in changed.output and "Traceback" not in changed.output
+    assert changed.exit_code == 1 and "commit them first" in changed.output and exited_cleanly(changed)
     subprocess.run(["git", "checkout", "--", "results"], cwd=tmp_path, env=git, check=True)
     assert left() == before
     name = f"results/table1/runs/{learned[4]}"
