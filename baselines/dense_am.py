@@ -35,6 +35,8 @@ are dropped and their queries fall into some stored pattern's basin).
 """
 from __future__ import annotations
 
+import math
+import sys
 from typing import Any
 
 import torch
@@ -60,6 +62,11 @@ class DenseAssociativeMemory(StoredPatternMemory):
         if interaction not in INTERACTIONS:
             raise MembenchError(f"{self.name}: interaction={interaction!r} is not one of {', '.join(INTERACTIONS)}")
         check_positive_int(self.name, "degree", degree)
+        most = int(math.log(sys.float_info.max) / math.log(spec.pattern_size))  # D^degree finite in float64
+        if interaction == "polynomial" and degree > most:
+            raise MembenchError(f"{self.name}: degree={degree} overflows float64 at D = {spec.pattern_size} (the "
+                                f"energy gaps reach D^degree): give a degree of at most {most}, or "
+                                "--option interaction=exp")
         check_positive_int(self.name, "max_sweeps", max_sweeps)
         self.degree, self.interaction, self.max_sweeps = degree, interaction, max_sweeps
 

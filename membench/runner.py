@@ -340,6 +340,8 @@ def run_all(specs: list[RunSpec], out_dir: Path, device: str = "auto", force: bo
     deadline = None if train_time_limit_s is None else time.perf_counter() + train_time_limit_s
     torch_device = resolve_device(device) if launcher != "ray" else None  # Ray's workers: on their nodes
     store = ResultsStore(out_dir)
+    cache = ("--checkpoint-dir", "give another") if checkpoint_dir else (
+        "the checkpoint cache", "set $MEMBENCH_CACHE to another folder (it holds checkpoints/), or give --checkpoint-dir")
     checkpoint_dir = Path(checkpoint_dir or default_checkpoint_dir())
     command = command or shlex.join(["membench", *sys.argv[1:]])
     git_state()  # before any file is written
@@ -347,7 +349,7 @@ def run_all(specs: list[RunSpec], out_dir: Path, device: str = "auto", force: bo
     writable_folder(out_dir, "--out")
     if launcher == "ray":
         if any(resolve_model(spec.model).trainable for spec in specs):
-            writable_folder(checkpoint_dir, "--checkpoint-dir")
+            writable_folder(checkpoint_dir, *cache)
         from membench.ray_launcher import run_with_ray
 
         return run_with_ray(specs, Path(out_dir), device, force, checkpoint_dir, command, progress,
@@ -357,7 +359,7 @@ def run_all(specs: list[RunSpec], out_dir: Path, device: str = "auto", force: bo
     unique = list({spec.run_id: spec for spec in specs}.values())
     todo = [s for s in unique if force or not is_current(s, store)]
     if any(resolve_model(spec.model).trainable for spec in todo):
-        writable_folder(checkpoint_dir, "--checkpoint-dir")
+        writable_folder(checkpoint_dir, *cache)
     records: list[dict[str, Any]] = []
     deferred: list[RunSpec] = []
 

@@ -47,9 +47,9 @@ def warn(message: str) -> None:
     print(f"Warning: {message}", file=sys.stderr, flush=True)
 
 
-def writable_folder(folder: Path, what: str) -> Path:
+def writable_folder(folder: Path, what: str, fix: str = "give another") -> Path:
     """`folder`, created if absent, after a test that a file can be written in it; MembenchError naming `what`
-    (e.g. "--out") and the reason otherwise: checked before work whose output would have nowhere to go."""
+    (e.g. "--out"), the reason and `fix` otherwise: checked before work whose output would have nowhere to go."""
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -57,7 +57,7 @@ def writable_folder(folder: Path, what: str) -> Path:
             pass
     except OSError as exc:
         raise MembenchError(f"{what} {folder} is not a folder membench can write in ({exc.strerror or exc}); "
-                            f"give another") from None
+                            f"{fix}") from None
     return folder
 
 

@@ -787,6 +787,24 @@ def test_reports_of_missing_or_broken_inputs_say_so_in_one_line_and_write_nothin
     assert (out / "table1.md").read_text() == "as it was" and "raw_slots" in table
 
 
+def test_a_file_or_folder_in_the_way_of_an_output_is_named_with_the_fix(tmp_path, monkeypatch):
+    """A file where --out's runs/ folder goes, a folder where its table1.md goes, and a $MEMBENCH_CACHE that is a
+    file: one line naming that path (not a temporary file's) and what to do."""
+    monkeypatch.chdir(tmp_path)
+    small = ["--model", "raw_slots", "--num-patterns", "16", "--queries", "16", "--no-progress"]
+    (tmp_path / "a").mkdir(), (tmp_path / "a" / "runs").write_text("x")
+    _one_clear_line(_invoke("run", *small, "--out", "a"), f"cannot write {Path('a') / 'runs'}: a file is where "
+                    "membench needs a folder; move it away, or write somewhere else")
+    (tmp_path / "b" / "table1.md").mkdir(parents=True)
+    _one_clear_line(_invoke("run", *small, "--out", "b"), f"cannot write {Path('b') / 'table1.md'}: a folder is "
+                    "where membench writes a file")
+    monkeypatch.setenv("MEMBENCH_CACHE", str(tmp_path / "afile"))
+    (tmp_path / "afile").write_text("x")
+    tiny = ["--model", "tests.test_runner:Recorder", "--num-patterns", "16", "--queries", "16", "--no-progress"]
+    _one_clear_line(_invoke("run", *tiny, "--out", "c"), f"the checkpoint cache {tmp_path / 'afile' / 'checkpoints'} "
+                    "is not a folder membench can write in", "set $MEMBENCH_CACHE to another folder")
+
+
 def test_outputs_that_cannot_be_written_are_refused_before_any_work(tmp_path, monkeypatch):
     """run --out, session --to, pack --to and throughput --out under a path whose parent is a file (pack --to not
     named .tgz or .tar.gz); session

@@ -233,6 +233,17 @@ def test_universal_hopfield_dot_identity_is_one_hebbian_step():
     assert torch.equal((retrieved > 0.5)[erased], (field > 0)[erased])
 
 
+def test_dense_am_refuses_a_degree_whose_energy_gaps_overflow_and_reads_at_the_largest_it_takes():
+    """At D = 128 the gaps reach 128^degree: finite in float64 up to degree 146, so that degree still recalls
+    (every pattern stored, no erased bit left at 0.5) and 147 is refused, not read as all-unchanged."""
+    task = BinaryTask(num_patterns=16)
+    with pytest.raises(MembenchError, match="degree=147 overflows float64 at D = 128.*at most 146"):
+        DenseAssociativeMemory.from_spec(task.spec, TABLE1_BUDGET, degree=147)
+    model = DenseAssociativeMemory.from_spec(task.spec, TABLE1_BUDGET, degree=146)
+    episodes = _episodes(task, 2, 0)
+    assert torch.equal(model.read(model.write(episodes.patterns), episodes.queries), episodes.patterns)
+
+
 @pytest.mark.parametrize("option, value, valid", [
     ("similarity", "cosine", "dot, euclidean, manhattan"),
     ("separation", "relu", "identity, polynomial, softmax, max"),
