@@ -82,6 +82,8 @@ def parse_options(_ctx, _param, values: tuple[str, ...]) -> dict[str, object]:
             value = json.loads(raw)
         except ValueError:
             value = float(raw) if raw.strip().lower().lstrip("+-") in ("nan", "inf", "infinity") else raw
+        if key.strip() in options:
+            raise click.BadParameter(f"'{key.strip()}' is given twice; give each option once")
         options[key.strip()] = tuple(value) if isinstance(value, list) else value
     return options
 

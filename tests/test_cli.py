@@ -139,6 +139,9 @@ def test_option_reaches_the_model_and_names_its_runs(tmp_path):
     assert bad.exit_code == 1 and "unexpected keyword argument 'betta'" in bad.output and exited_cleanly(bad)
     malformed = CliRunner().invoke(main, args + ["--option", "beta"])
     assert malformed.exit_code == 2 and "expected KEY=VALUE" in malformed.output
+    twice = CliRunner().invoke(main, args + ["--option", "beta=1", "--option", " beta=2"])
+    assert twice.exit_code == 2 and "'beta' is given twice" in twice.output
+    assert len(list((tmp_path / "runs").glob("*.json"))) == 2  # nothing run
 
 
 def test_train_options_set_the_training_config_and_split_checkpoints_by_n():
