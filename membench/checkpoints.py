@@ -156,14 +156,20 @@ def load_checkpoint(path: Path, model: AssociativeMemory, optimizer: torch.optim
         if not set_aside:
             warn(f"{problem}; left as it is: delete it and rerun the command that trained it with --force")
             return None
-        aside, number = path.with_name(path.name + ".corrupt"), 1
-        while aside.exists():  # an earlier one set aside is kept
-            number += 1
-            aside = path.with_name(f"{path.name}.corrupt-{number}")
-        path.replace(aside)
-        warn(f"{problem}; moved it to {aside} and training afresh")
+        warn(f"{problem}; moved it to {_set_aside(path)} and training afresh")
         return None
     return saved
+
+
+def _set_aside(path: Path) -> Path:
+    """Rename the unusable checkpoint `path` to `<name>.corrupt` (`.corrupt-2`, … when earlier ones are kept there)
+    for inspection; returns the new path."""
+    aside, number = path.with_name(path.name + ".corrupt"), 1
+    while aside.exists():
+        number += 1
+        aside = path.with_name(f"{path.name}.corrupt-{number}")
+    path.replace(aside)
+    return aside
 
 
 def default_checkpoint_dir() -> Path:
@@ -181,8 +187,12 @@ def checkpoint_path(key: str, checkpoint_dir: Path) -> Path:
     committed learned rows evaluate (or resume from the furthest training) without retraining."""
     path = Path(checkpoint_dir) / f"{key}.pt"
     shipped = SHIPPED_CHECKPOINTS / f"{key}.pt"
-    if shipped.exists() and (not path.exists() or _trained_steps(path) < _trained_steps(shipped)):
-        write_atomic(path, lambda handle: handle.write(shipped.read_bytes()))
+    if shipped.exists():
+        cached = _trained_steps(path) if path.exists() else None
+        if cached is None or cached < _trained_steps(shipped):
+            if cached == -1:  # kept for inspection, as training keeps the unreadable ones it finds
+                warn(f"checkpoint {path} is unreadable; moved it to {_set_aside(path)} and took the shipped {shipped}")
+            write_atomic(path, lambda handle: handle.write(shipped.read_bytes()))
     return path
 
 

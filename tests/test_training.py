@@ -334,7 +334,8 @@ def test_paused_training_shipped_from_one_machine_resumes_on_the_next(tmp_path: 
 
 def test_the_cache_takes_the_shipped_checkpoint_when_it_is_trained_further_or_the_cached_one_is_corrupt(tmp_path):
     """A checkpoint paused in this cache at step 2 and trained to step 6 elsewhere (then shipped) resumes
-    from 6; a cached one trained further than the shipped one is kept; an unreadable one is replaced."""
+    from 6; a cached one trained further than the shipped one is kept; an unreadable one is set aside (with a
+    warning) and replaced."""
     from membench import checkpoints
 
     def checkpoint(step: int) -> dict:
@@ -351,6 +352,8 @@ def test_the_cache_takes_the_shipped_checkpoint_when_it_is_trained_further_or_th
             torch.save(checkpoint(cached), cache / "key.pt")
         path = checkpoints.checkpoint_path("key", cache)
         assert torch.load(path, weights_only=True)["step"] == expected, (cached, expected)
+    assert (cache / "key.pt.corrupt").read_bytes() == b"not a checkpoint"  # kept for inspection, not overwritten
+
 
 def test_episodes_drawn_ahead_are_the_episodes_drawn_in_turn():
     config = TrainConfig(steps=5, batch_size=3, num_patterns=(4, 8, 12), curriculum_steps=2)
