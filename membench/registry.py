@@ -52,8 +52,21 @@ TASK_KINDS: dict[str, str] = {
 }
 
 
+_SHADOWED_WARNED: set[str] = set()
+
+
 def _entry_point_models() -> dict[str, str]:
-    return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    """Models exposed in the entry point group; one warning per process for each whose name a built-in model
+    takes (the built-in one is what that name runs)."""
+    from membench.store import warn
+
+    found = {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    for name in sorted(set(found) & set(BUILTIN_MODELS) - _SHADOWED_WARNED):
+        _SHADOWED_WARNED.add(name)
+        if found[name] != BUILTIN_MODELS[name]:
+            warn(f"the entry point '{name}' ({found[name]}) of group {ENTRY_POINT_GROUP} is shadowed by the built-in "
+                 f"model of that name: rename it, or run it as --model {found[name]}")
+    return found
 
 
 def available_models() -> dict[str, str]:

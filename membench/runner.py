@@ -298,9 +298,16 @@ def checked_specs(specs: list[RunSpec]) -> list[RunSpec]:
     made that float (one run, whichever was typed)."""
     checked, built = [], set()
     any_trained = any(resolve_model(spec.model).trainable for spec in specs)
+    several = len({spec.model for spec in specs}) > 1
     for spec in specs:
-        with errors_of_user_model(spec.model, "no run was started"):
-            checked.append(_checked(spec, any_trained, built))
+        try:
+            with errors_of_user_model(spec.model, "no run was started"):
+                checked.append(_checked(spec, any_trained, built))
+        except MembenchError as exc:
+            if not (several and spec.options and "option" in str(exc)):
+                raise
+            raise MembenchError(f"{exc} (--option applies to every model of the run: name the ones it is for with "
+                                "--model)") from None
     return checked
 
 
@@ -341,7 +348,8 @@ def run_all(specs: list[RunSpec], out_dir: Path, device: str = "auto", force: bo
     torch_device = resolve_device(device) if launcher != "ray" else None  # Ray's workers: on their nodes
     store = ResultsStore(out_dir)
     cache = ("--checkpoint-dir", "give another") if checkpoint_dir else (
-        "the checkpoint cache", "set $MEMBENCH_CACHE to another folder (it holds checkpoints/), or give --checkpoint-dir")
+        "the checkpoint cache", "set $MEMBENCH_CACHE to another folder (it holds checkpoints/), or give "
+                                "--checkpoint-dir")
     checkpoint_dir = Path(checkpoint_dir or default_checkpoint_dir())
     command = command or shlex.join(["membench", *sys.argv[1:]])
     git_state()  # before any file is written

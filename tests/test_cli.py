@@ -125,6 +125,26 @@ def test_list_shows_a_models_options_as_run_takes_them(tmp_path):
     assert unknown.exit_code == 1 and "unknown model 'nope'" in unknown.output and exited_cleanly(unknown)
 
 
+def test_entry_point_models_are_listed_and_one_named_like_a_built_in_is_said_to_be_shadowed(monkeypatch, capsys):
+    from importlib.metadata import EntryPoint
+
+    from membench import registry
+
+    points = [EntryPoint("my_hebb", "baselines.hopfield:HebbHopfield", registry.ENTRY_POINT_GROUP),
+              EntryPoint("raw_slots", "my_package.slots:Slots", registry.ENTRY_POINT_GROUP)]
+    monkeypatch.setattr(registry, "entry_points", lambda group: [p for p in points if p.group == group])
+    monkeypatch.setattr(registry, "_SHADOWED_WARNED", set())
+    known = registry.available_models()
+    assert known["my_hebb"] == "baselines.hopfield:HebbHopfield"
+    assert known["raw_slots"] == "baselines.raw_slots:RawSlotMemory"
+    assert registry.resolve_model("my_hebb").__name__ == "HebbHopfield"
+    registry.available_models()
+    warnings = capsys.readouterr().err.splitlines()
+    assert warnings == ["Warning: the entry point 'raw_slots' (my_package.slots:Slots) of group membench.models is "
+                        "shadowed by the built-in model of that name: rename it, or run it as --model "
+                        "my_package.slots:Slots"]  # once a process
+
+
 def test_option_reaches_the_model_and_names_its_runs(tmp_path):
     """--option KEY=VALUE sets a model option in every run (record and run id); an unknown key is one line."""
     args = ["run", "--model", "modern_hopfield", "--num-patterns", "16", "--queries", "32", "--out", str(tmp_path),
@@ -142,6 +162,8 @@ def test_option_reaches_the_model_and_names_its_runs(tmp_path):
     twice = CliRunner().invoke(main, args + ["--option", "beta=1", "--option", " beta=2"])
     assert twice.exit_code == 2 and "'beta' is given twice" in twice.output
     assert len(list((tmp_path / "runs").glob("*.json"))) == 2  # nothing run
+    suite = CliRunner().invoke(main, ["run", "--option", "max_sweeps=5", "--out", str(tmp_path / "s")])
+    assert suite.exit_code == 1 and "--option applies to every model of the run" in suite.output, suite.output
 
 
 def test_train_options_set_the_training_config_and_split_checkpoints_by_n():

@@ -308,8 +308,8 @@ _OWN_LEARNED = TINY_MODEL + textwrap.dedent('''
                       "e.g. .clone()"]),
     ("Raises", [], ["model 'own:Raises' raised RuntimeError: ", "(in read, ", "own.py, line "]),
     ("Soft", ["--option", "bta=2"], ["unexpected keyword argument 'bta'", "Its options: beta"]),
-    ("RaisesWhenBuilt", [], ["model 'own:RaisesWhenBuilt' raised ZeroDivisionError: ", "(in __init__, ", "own.py, line ",
-                             "no run was started"]),
+    ("RaisesWhenBuilt", [], ["model 'own:RaisesWhenBuilt' raised ZeroDivisionError: ", "(in __init__, ",
+                             "own.py, line ", "no run was started"]),
     ("CannotCount", [], ["raised AttributeError: 'CannotCount' object has no attribute 'slots' (in memory_floats, ",
                          "no run was started"]),
 ])
