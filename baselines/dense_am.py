@@ -62,11 +62,13 @@ class DenseAssociativeMemory(StoredPatternMemory):
         if interaction not in INTERACTIONS:
             raise MembenchError(f"{self.name}: interaction={interaction!r} is not one of {', '.join(INTERACTIONS)}")
         check_positive_int(self.name, "degree", degree)
-        most = int(math.log(sys.float_info.max) / math.log(spec.pattern_size))  # D^degree finite in float64
-        if interaction == "polynomial" and degree > most:
-            raise MembenchError(f"{self.name}: degree={degree} overflows float64 at D = {spec.pattern_size} (the "
-                                f"energy gaps reach D^degree): give a degree of at most {most}, or "
-                                "--option interaction=exp")
+        dim = spec.pattern_size
+        if interaction == "polynomial" and dim > 1 and dim ** degree > sys.float_info.max:  # exact: int against float
+            most = int(math.log(sys.float_info.max) / math.log(dim))
+            while dim ** most > sys.float_info.max:  # the logarithms' rounding
+                most -= 1
+            raise MembenchError(f"{self.name}: degree={degree} overflows float64 at D = {dim} (the energy gaps reach "
+                                f"D^degree): give a degree of at most {most}, or --option interaction=exp")
         check_positive_int(self.name, "max_sweeps", max_sweeps)
         self.degree, self.interaction, self.max_sweeps = degree, interaction, max_sweeps
 

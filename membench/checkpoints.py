@@ -21,7 +21,7 @@ from torch.torch_version import TorchVersion
 import membench
 from membench.errors import MembenchError
 from membench.interface import AssociativeMemory
-from membench.store import ResultsStore, list_of_mappings, nonnegative_number, warn, write_atomic
+from membench.store import ResultsStore, file_lock, list_of_mappings, nonnegative_number, warn, write_atomic
 
 CHECKPOINT_KEYS = ("model", "generator", "step", "elapsed_s", "curve")  # required; "optimizer", "history" optional
 UNREADABLE = (EOFError, OSError, RuntimeError, ValueError, pickle.UnpicklingError)  # what reading a bad file raises
@@ -188,11 +188,13 @@ def checkpoint_path(key: str, checkpoint_dir: Path) -> Path:
     path = Path(checkpoint_dir) / f"{key}.pt"
     shipped = SHIPPED_CHECKPOINTS / f"{key}.pt"
     if shipped.exists():
-        cached = _trained_steps(path) if path.exists() else None
-        if cached is None or cached < _trained_steps(shipped):
-            if cached == -1:  # kept for inspection, as training keeps the unreadable ones it finds
-                warn(f"checkpoint {path} is unreadable; moved it to {_set_aside(path)} and took the shipped {shipped}")
-            write_atomic(path, lambda handle: handle.write(shipped.read_bytes()))
+        with file_lock(path.with_name(path.name + ".copy.lock")):  # processes sharing the cache take turns
+            cached = _trained_steps(path) if path.exists() else None
+            if cached is None or cached < _trained_steps(shipped):
+                if cached == -1:  # kept for inspection, as training keeps the unreadable ones it finds
+                    warn(f"checkpoint {path} is unreadable; moved it to {_set_aside(path)} and took the shipped "
+                         f"{shipped}")
+                write_atomic(path, lambda handle: handle.write(shipped.read_bytes()))
     return path
 
 

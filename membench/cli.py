@@ -26,12 +26,10 @@ def main() -> None:
 @friendly_errors
 def list_command(model) -> None:
     """List registered models (learned or not) and suites, or one model's options."""
-    from membench.registry import available_models, resolve_model
+    from membench.registry import available_models, errors_of_user_model, resolve_model
     from membench.suites import SUITES
 
     if model:
-        from membench.runner import errors_of_user_model
-
         cls = resolve_model(model)
         with errors_of_user_model(model, "its options cannot be listed"):
             click.echo(model_options(model, cls))

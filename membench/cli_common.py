@@ -110,15 +110,14 @@ def friendly_errors(command):
         except OSError as exc:  # a file the checks before the work could not foresee (a full disk, permissions)
             if not exc.filename:  # not a file's (e.g. a connection refused): its own message
                 raise click.ClickException(str(exc)) from None
-            path = exc.filename2 or exc.filename  # os.replace(temporary, target) failed: the target's name
             misplaced = {errno.EEXIST: "a file is where membench needs a folder",
                          errno.ENOTDIR: "a file is where membench needs a folder",
                          errno.EISDIR: "a folder is where membench writes a file"}.get(exc.errno)
-            if misplaced:
-                raise click.ClickException(f"cannot write {path}: {misplaced}; move it away, or write somewhere "
-                                           "else, then run the command again") from None
-            raise click.ClickException(f"cannot read or write {path}: {exc.strerror or exc}; check the path, its "
-                                       "permissions and the free space, then run the command again") from None
+            if misplaced:  # of os.replace(temporary, target): the target's name
+                raise click.ClickException(f"cannot write {exc.filename2 or exc.filename}: {misplaced}; move it "
+                                           "away, or write somewhere else, then run the command again") from None
+            raise click.ClickException(f"cannot read or write {exc.filename}: {exc.strerror or exc}; check the path, "
+                                       "its permissions and the free space, then run the command again") from None
 
     return wrapper
 

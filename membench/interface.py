@@ -256,10 +256,12 @@ def resolve_options(cls: type["AssociativeMemory"], spec: TaskSpec, name: str,
     preset = presets[name]
     if not isinstance(preset, Preset):
         wrong = f"a {type(preset).__name__}"
-    elif not dataclasses.is_dataclass(preset.model) or isinstance(preset.model, type):
-        wrong = f"a Preset whose model config is {type(preset.model).__name__}, not a dataclass instance"
+    elif isinstance(preset.model, type):
+        wrong = f"a Preset whose model config is the class {preset.model.__name__}, not an instance of it"
+    elif not dataclasses.is_dataclass(preset.model):
+        wrong = f"a Preset whose model config is a {type(preset.model).__name__}, not a dataclass instance"
     elif not isinstance(preset.train, TrainConfig):
-        wrong = f"a Preset whose train config is {type(preset.train).__name__}, not a TrainConfig"
+        wrong = f"a Preset whose train config is a {type(preset.train).__name__}, not a TrainConfig"
     else:
         wrong = None
     if wrong:

@@ -11,13 +11,16 @@ without editing membench, in two ways:
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import inspect
 import os
 import sys
+import traceback
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Iterator
 
 from membench.errors import MembenchError
 from membench.interface import AssociativeMemory
@@ -178,3 +181,33 @@ def make_task(config: dict):
         return _import_class(TASK_KINDS[kind], base=Task)(**kwargs)
     except TypeError as exc:
         raise MembenchError(f"task '{kind}' cannot take {kwargs}: {exc}") from None
+
+
+@contextlib.contextmanager
+def errors_of_user_model(model: str, consequence: str) -> Iterator[None]:
+    """Inside: an exception raised in the code of `model`, a model from outside membench, becomes
+    `user_model_error`'s one-line MembenchError; any other passes as it is."""
+    try:
+        yield
+    except MembenchError:
+        raise
+    except Exception as exc:  # noqa: BLE001 (re-raised unless it comes from the user's model)
+        explained = user_model_error(model, exc, consequence)
+        if explained is None:
+            raise
+        raise explained from None
+
+
+def user_model_error(model: str, exc: Exception, consequence: str) -> MembenchError | None:
+    """The one-line error for `exc` when it was raised in the code of `model`, a model from outside membench:
+    its type and message, and the function, file and line of the model's code it came from, then
+    `consequence`; None for an error of membench's own code (or none of the model's files in its traceback)."""
+    files = set(model_source_files(resolve_model(model)))
+    stack = traceback.extract_tb(exc.__traceback__)
+    frames = [frame for frame in stack if Path(frame.filename).resolve() in files]
+    if not frames or is_builtin_file(Path(stack[-1].filename).resolve()):
+        return None
+    where = frames[-1]
+    message = " ".join(str(exc).split())[:300]
+    return MembenchError(f"model '{model}' raised {type(exc).__name__}: {message} (in {where.name}, "
+                         f"{where.filename}, line {where.lineno}); {consequence}")

@@ -13,7 +13,6 @@ every run is computed once.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import inspect
 import json
@@ -23,7 +22,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -37,7 +36,8 @@ from membench.integrity import audit_write, checked_retrievals
 from membench.interface import (AssociativeMemory, Preset, check_constructor_options, resolve_options,
                                 resolve_preset)
 from membench.provenance import environment, git_state
-from membench.registry import is_builtin_file, is_builtin_model, make_task, model_source_digest, model_source_files, resolve_model
+from membench.registry import (errors_of_user_model, is_builtin_model, make_task, model_source_digest, resolve_model,
+                               user_model_error)
 from membench.run_identity import checkpoint_key, is_current, recorded_preset
 from membench.store import ResultsStore, writable_folder, write_text_atomic
 from membench.suites import BUILTIN_PRESETS, DEFAULT_PRESET, RunSpec, declared_count
@@ -180,36 +180,6 @@ def execute(spec: RunSpec, store: ResultsStore, device: torch.device, checkpoint
         raise explained from None
 
 
-@contextlib.contextmanager
-def errors_of_user_model(model: str, consequence: str) -> Iterator[None]:
-    """Inside: an exception raised in the code of `model`, a model from outside membench, becomes
-    `user_model_error`'s one-line MembenchError; any other passes as it is."""
-    try:
-        yield
-    except MembenchError:
-        raise
-    except Exception as exc:  # noqa: BLE001 (re-raised unless it comes from the user's model)
-        explained = user_model_error(model, exc, consequence)
-        if explained is None:
-            raise
-        raise explained from None
-
-
-def user_model_error(model: str, exc: Exception, consequence: str) -> MembenchError | None:
-    """The one-line error for `exc` when it was raised in the code of `model`, a model from outside membench:
-    its type and message, and the function, file and line of the model's code it came from, then
-    `consequence`; None for an error of membench's own code (or none of the model's files in its traceback)."""
-    files = set(model_source_files(resolve_model(model)))
-    stack = traceback.extract_tb(exc.__traceback__)
-    frames = [frame for frame in stack if Path(frame.filename).resolve() in files]
-    if not frames or is_builtin_file(Path(stack[-1].filename).resolve()):
-        return None
-    where = frames[-1]
-    message = " ".join(str(exc).split())[:300]
-    return MembenchError(f"model '{model}' raised {type(exc).__name__}: {message} (in {where.name}, "
-                         f"{where.filename}, line {where.lineno}); {consequence}")
-
-
 def _sized_or_optioned(spec: RunSpec, exc: Exception, where: traceback.FrameSummary) -> MembenchError | None:
     """The one-line error (naming where it was raised) for a built-in model's failure that the run's input can
     explain: memory it cannot allocate (sizes too large), or an error of a run with options (a value out of
@@ -304,7 +274,8 @@ def checked_specs(specs: list[RunSpec]) -> list[RunSpec]:
             with errors_of_user_model(spec.model, "no run was started"):
                 checked.append(_checked(spec, any_trained, built))
         except MembenchError as exc:
-            if not (several and spec.options and "option" in str(exc)):
+            unknown = any(phrase in str(exc) for phrase in ("unexpected keyword argument", "has no option"))
+            if not (several and unknown):  # an option another model of the run takes, not this one
                 raise
             raise MembenchError(f"{exc} (--option applies to every model of the run: name the ones it is for with "
                                 "--model)") from None

@@ -258,16 +258,16 @@ def declared_count(spec: RunSpec) -> int | None:
     import torch
 
     from membench.budget import declared_floats
-    from membench.registry import make_task
+    from membench.registry import errors_of_user_model, make_task
     from membench.runner import build_model
 
     task = make_task(spec.task)
-    with torch.random.fork_rng(devices=[]):  # building draws no numbers that a later run would see
-        try:
+    with torch.random.fork_rng(devices=[]), errors_of_user_model(spec.model, "no run was started"):
+        try:  # building draws no numbers that a later run would see
             model = build_model(spec, task)
         except OverBudgetError:
             return None
-    return declared_floats(model, task.spec, spec.model)
+        return declared_floats(model, task.spec, spec.model)
 
 
 def split_by_budget(specs: list[RunSpec]) -> tuple[list[RunSpec], list[tuple[RunSpec, int | None]]]:

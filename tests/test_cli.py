@@ -164,6 +164,10 @@ def test_option_reaches_the_model_and_names_its_runs(tmp_path):
     assert len(list((tmp_path / "runs").glob("*.json"))) == 2  # nothing run
     suite = CliRunner().invoke(main, ["run", "--option", "max_sweeps=5", "--out", str(tmp_path / "s")])
     assert suite.exit_code == 1 and "--option applies to every model of the run" in suite.output, suite.output
+    value = CliRunner().invoke(main, ["run", "--model", "dense_associative_memory", "--model", "hopfield_hebb",
+                                      "--option", "degree=200", "--out", str(tmp_path / "s")])
+    assert value.exit_code == 1 and "degree=200 overflows" in value.output, value.output
+    assert "applies to every model" not in value.output  # a value the model refuses, not a key it lacks
 
 
 def test_train_options_set_the_training_config_and_split_checkpoints_by_n():

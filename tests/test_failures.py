@@ -321,11 +321,23 @@ def test_a_model_that_breaks_the_contract_is_told_how_in_one_line(tmp_path, monk
     assert not (tmp_path / "out" / "runs").exists() or not list((tmp_path / "out" / "runs").iterdir())
 
 
+@pytest.mark.parametrize("suite", ["table1", "capacity-budget"])
+def test_a_model_raising_while_built_is_one_line_in_every_suite(tmp_path, monkeypatch, suite):
+    """Suites that size runs by the models' declared counts build them before any run (capacity-budget): the
+    error raised in the model's code is the same one line there."""
+    (tmp_path / "own.py").write_text(_OWN)
+    monkeypatch.chdir(tmp_path)
+    _one_clear_line(_invoke("run", "--suite", suite, "--model", "own:RaisesWhenBuilt", "--queries", "32", "--out",
+                            "out", "--no-progress"), "raised ZeroDivisionError: ", "(in __init__, ", "no run was started",
+                    exit_code=1)
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("model, fragments", [
     ("LossOnly", ["LossOnly.meta_loss returned a tensor of shape ()", "it must return (the batch's loss"]),
     ("LossPerBit", ["LossPerBit.meta_loss returned (a tensor of shape (2, 16, 128), a tensor of shape (2, 16, 128))"]),
     ("NoPreset", ["presets() maps 'quick' to a TrainConfig", "Preset(<a frozen config dataclass>, TrainConfig(...))"]),
-    ("ConfigNone", ["presets() maps 'quick' to a Preset whose model config is NoneType, not a dataclass instance"]),
+    ("ConfigNone", ["presets() maps 'quick' to a Preset whose model config is a NoneType, not a dataclass instance"]),
     ("PresetsRaise", ["model 'own_learned:PresetsRaise' raised KeyError: 'quick' (in presets, ", "no run was started"]),
     ("NaNAfterOneStep", ["diverged at step 1: the loss or the gradient norm was not finite"]),
 ])

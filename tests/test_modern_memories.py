@@ -242,6 +242,10 @@ def test_dense_am_refuses_a_degree_whose_energy_gaps_overflow_and_reads_at_the_l
     model = DenseAssociativeMemory.from_spec(task.spec, TABLE1_BUDGET, degree=146)
     episodes = _episodes(task, 2, 0)
     assert torch.equal(model.read(model.write(episodes.patterns), episodes.queries), episodes.patterns)
+    wide = BinaryTask(num_patterns=16, dim=256, erased=128).spec  # 256^128 = 2^1024: just past float64's range
+    with pytest.raises(MembenchError, match="degree=128 overflows float64 at D = 256.*at most 127"):
+        DenseAssociativeMemory.from_spec(wide, 4 * TABLE1_BUDGET, degree=128)
+    DenseAssociativeMemory.from_spec(wide, 4 * TABLE1_BUDGET, degree=1000, interaction="exp")  # no D^degree there
 
 
 @pytest.mark.parametrize("option, value, valid", [

@@ -332,7 +332,8 @@ def test_paused_training_shipped_from_one_machine_resumes_on_the_next(tmp_path: 
 
 
 
-def test_the_cache_takes_the_shipped_checkpoint_when_it_is_trained_further_or_the_cached_one_is_corrupt(tmp_path):
+def test_the_cache_takes_the_shipped_checkpoint_when_it_is_trained_further_or_the_cached_one_is_corrupt(tmp_path,
+                                                                                                     capsys):
     """A checkpoint paused in this cache at step 2 and trained to step 6 elsewhere (then shipped) resumes
     from 6; a cached one trained further than the shipped one is kept; an unreadable one is set aside (with a
     warning) and replaced."""
@@ -353,6 +354,8 @@ def test_the_cache_takes_the_shipped_checkpoint_when_it_is_trained_further_or_th
         path = checkpoints.checkpoint_path("key", cache)
         assert torch.load(path, weights_only=True)["step"] == expected, (cached, expected)
     assert (cache / "key.pt.corrupt").read_bytes() == b"not a checkpoint"  # kept for inspection, not overwritten
+    warned = f"checkpoint {cache / 'key.pt'} is unreadable; moved it to {cache / 'key.pt.corrupt'}"
+    assert warned in capsys.readouterr().err
 
 
 def test_episodes_drawn_ahead_are_the_episodes_drawn_in_turn():
