@@ -157,6 +157,7 @@ def run(suite, models, num_patterns, seeds, queries, preset, budget, device, out
         click.echo(f"tables and figures: membench capacity --out {shlex.quote(str(out))}{data}")
     else:
         click.echo(table1(out))
+        click.echo(f"wrote {out / 'table1'}.md, .csv and .tex")
 
 
 @main.command()
@@ -175,6 +176,7 @@ def report(out, reference) -> None:
         raise MembenchError(f"reference file {reference} does not exist; omit --reference to use the default")
     curves = read_curves(out, images=False)  # every input read before any output is written (Figure 3's: figures)
     click.echo(table1(out, reference or DEFAULT_REFERENCE))
+    click.echo(f"wrote {out / 'table1'}.md, .csv and .tex")
     for path in training_curves(out, curves=curves):
         click.echo(f"wrote {path}")
 
