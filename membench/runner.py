@@ -173,9 +173,9 @@ def execute(spec: RunSpec, store: ResultsStore, device: torch.device, checkpoint
         raise
     except Exception as exc:  # noqa: BLE001 (re-raised unless it comes from the user's model)
         explained = user_model_error(spec.model, exc, "no record was written")
-        if explained is None and is_builtin_model(resolve_model(spec.model)):  # membench's own error: as it is,
-            explained = _sized_or_optioned(spec, exc, traceback.extract_tb(exc.__traceback__)[-1])  # unless a
-        if explained is None:  # built-in model's run's sizes or options explain it
+        if explained is None and is_builtin_model(resolve_model(spec.model)):  # a built-in model's failure that
+            explained = _sized_or_optioned(spec, exc, traceback.extract_tb(exc.__traceback__)[-1])  # the run's sizes
+        if explained is None:  # or options explain; otherwise membench's own error, which keeps its traceback
             raise
         raise explained from None
 
