@@ -48,6 +48,17 @@ from membench.interface import TaskSpec, check_positive_int
 INTERACTIONS = ("polynomial", "exp")
 
 
+def _largest_finite_power(dim: int) -> int:
+    """The largest n with dim^n finite in float64 (dim >= 2), exactly: the logarithms' estimate, corrected by
+    comparing the integer power with the largest float."""
+    most = int(math.log(sys.float_info.max) / math.log(dim))
+    while dim ** most > sys.float_info.max:
+        most -= 1
+    while dim ** (most + 1) <= sys.float_info.max:
+        most += 1
+    return most
+
+
 class DenseAssociativeMemory(StoredPatternMemory):
     """E(σ) = -Σ_μ F(ξ_μ · σ); clamped asynchronous single-unit energy descent on the erased units."""
 
@@ -63,10 +74,7 @@ class DenseAssociativeMemory(StoredPatternMemory):
             raise MembenchError(f"{self.name}: interaction={interaction!r} is not one of {', '.join(INTERACTIONS)}")
         check_positive_int(self.name, "degree", degree)
         dim = spec.pattern_size
-        if interaction == "polynomial" and dim > 1 and dim ** degree > sys.float_info.max:  # exact: int against float
-            most = int(math.log(sys.float_info.max) / math.log(dim))
-            while dim ** most > sys.float_info.max:  # the logarithms' rounding
-                most -= 1
+        if interaction == "polynomial" and dim > 1 and degree > (most := _largest_finite_power(dim)):
             raise MembenchError(f"{self.name}: degree={degree} overflows float64 at D = {dim} (the energy gaps reach "
                                 f"D^degree): give a degree of at most {most}, or --option interaction=exp")
         check_positive_int(self.name, "max_sweeps", max_sweeps)
