@@ -107,6 +107,10 @@ def model_options(label: str, cls: type) -> str:
 @click.option("--train-time-limit", type=Seconds(min=0), metavar="SECONDS",
               help="Stop this call's meta-training this many seconds after it began (checkpointed; exit status 3); rerun "
                    "to resume. Processes given the same command share its models out (0: one step of a new model).")
+@click.option("--no-train", "no_train", is_flag=True,
+              help="Train nothing: evaluate learned models from their checkpoints (cached or shipped in "
+                   "results/checkpoints) as they stand, a paused one at its step (the table shows 'done of planned "
+                   "updates'); a model without one is refused. A later run without it trains a paused one on.")
 @click.option("--launcher", default="local", show_default=True, type=click.Choice(["local", "ray"]),
               help="local: runs in this process; ray: runs as Ray tasks (pip install -e '.[ray]' in the checkout).")
 @click.option("--address", help="Address of an existing Ray cluster (with --launcher ray). Default: start a local Ray.")
@@ -118,7 +122,7 @@ def model_options(label: str, cls: type) -> str:
 @DATA_DIR_OPTION
 @friendly_errors
 def run(suite, models, num_patterns, seeds, queries, preset, budget, device, out, checkpoint_dir, force, progress,
-        train_time_limit, launcher, address, options, data_dir) -> None:
+        train_time_limit, no_train, launcher, address, options, data_dir) -> None:
     """Run a suite (skipping finished runs), then print its report."""
     from membench.datasets import set_data_dir
     from membench.report import table1
@@ -134,7 +138,7 @@ def run(suite, models, num_patterns, seeds, queries, preset, budget, device, out
     made = not out.exists()
     try:
         done = run_all(specs, out, device=device, force=force, checkpoint_dir=checkpoint_dir, progress=progress,
-                       train_time_limit_s=train_time_limit, launcher=launcher, address=address)
+                       train_time_limit_s=train_time_limit, launcher=launcher, address=address, train=not no_train)
     except BaseException:  # bad input found only while running, Ctrl-C, a full disk
         if made:  # leave no empty output folder behind
             discard_if_unused(out)
@@ -144,6 +148,10 @@ def run(suite, models, num_patterns, seeds, queries, preset, budget, device, out
         training = ""
     elif any(stretch["steps"] for stretch in now):
         training = f"; meta-training in this call: {sum(stretch['train_time_s'] for stretch in now):.1f} s"
+    elif no_train:
+        paused = sum(r["training"].get("finished") is False for r in done if r.get("training"))
+        training = (f"; --no-train: evaluated from the checkpoints as they stand"
+                    f"{f' ({paused} run(s) from a paused one)' if paused else ''}")
     else:
         training = "; no meta-training in this call (every checkpoint was trained already)"
     click.echo(f"{len(done)} run(s) executed, {len(set(s.run_id for s in specs)) - len(done)} already finished, "

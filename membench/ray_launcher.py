@@ -27,7 +27,8 @@ from membench.suites import RunSpec
 
 
 def _execute(spec: RunSpec, out_dir: str, device: str, checkpoint_dir: str, command: str, force: bool,
-             train_time_limit_s: float | None, env: dict[str, str], after: Any = None) -> dict[str, Any] | None:
+             train_time_limit_s: float | None, train: bool, env: dict[str, str], after: Any = None
+             ) -> dict[str, Any] | None:
     """One run in a worker, under the driver's MEMBENCH_ variables `env` (`_membench_env`; `after`: the result of
     the run this one waits for: when that one paused, this one is not started, so a chain trains its
     checkpoint for the time limit once). None: finished elsewhere meanwhile; a pause at the training time
@@ -43,11 +44,11 @@ def _execute(spec: RunSpec, out_dir: str, device: str, checkpoint_dir: str, comm
     git_state.cache_clear()
     store = ResultsStore(out_dir)
     with store.claim(spec.run_id, blocking=True):
-        if not force and is_current(spec, store):
+        if not force and is_current(spec, store, train):
             return None
         try:
             return execute(spec, store, resolve_device(device), Path(checkpoint_dir), command, False,
-                           train_time_limit_s)
+                           train_time_limit_s, train=train)
         except TrainingPaused as exc:
             return {"paused": str(exc)}
 
@@ -88,7 +89,7 @@ def _check_address(address: str | None) -> None:
 
 def run_with_ray(specs: list[RunSpec], out_dir: Path, device: str, force: bool, checkpoint_dir: Path,
                  command: str, progress: bool, train_time_limit_s: float | None,
-                 address: str | None) -> list[dict[str, Any]]:
+                 address: str | None, train: bool = True) -> list[dict[str, Any]]:
     """Execute the unfinished specs as Ray tasks; return the new records (see the module docstring)."""
     try:
         import ray
@@ -103,7 +104,7 @@ def run_with_ray(specs: list[RunSpec], out_dir: Path, device: str, force: bool, 
     check_device_name(device)
     out_dir, checkpoint_dir = Path(out_dir).resolve(), Path(checkpoint_dir).resolve()
     store = ResultsStore(out_dir)
-    todo = [s for s in {s.run_id: s for s in specs}.values() if force or not is_current(s, store)]
+    todo = [s for s in {s.run_id: s for s in specs}.values() if force or not is_current(s, store, train)]
     if not todo:
         return []
     env = _membench_env()
@@ -128,8 +129,8 @@ def run_with_ray(specs: list[RunSpec], out_dir: Path, device: str, force: bool, 
         previous = None
         for spec in chain:
             previous = remote.options(num_cpus=0 if on_gpu else 1, num_gpus=1 if on_gpu else 0).remote(
-                spec, str(out_dir), chain_device, str(checkpoint_dir), command, force, train_time_limit_s, env,
-                previous)
+                spec, str(out_dir), chain_device, str(checkpoint_dir), command, force, train_time_limit_s, train,
+                env, previous)
             pending[previous] = spec
     return _collect(ray, pending, progress)
 

@@ -196,8 +196,7 @@ def summarise(records: list[dict[str, Any]]) -> pd.DataFrame:
             "memory_floats": int(group["memory_floats"].max()), "budget": int(group["budget"].iloc[0]),
             "seeds": " ".join(str(s) for s in sorted(group["seed"])),
             "train_time_s": round(sum(t["train_time_s"] for t in trained), 1) if trained else 0.0,
-            "trained_on": ", ".join(sorted({f"{t.get('steps', '?')} × {(t.get('config') or {}).get('batch_size', '?')}"
-                                            for t in trained})),
+            "trained_on": ", ".join(sorted(map(updates_text, trained))),
             "wall_time_s": round(float(group["wall_time_s"].sum()), 2),
             "device": " ".join(sorted({e["device"] for e in group["environment"]})),
             "versions": _versions(group),
@@ -205,6 +204,16 @@ def summarise(records: list[dict[str, Any]]) -> pd.DataFrame:
             "command": " | ".join(sorted(set(group["command"]))),
         })
     return pd.DataFrame(rows).sort_values(["table", "row", "num_patterns"], kind="stable").reset_index(drop=True)
+
+
+def updates_text(training: dict[str, Any]) -> str:
+    """A record's training as 'updates × episodes', a paused checkpoint's (`--no-train`) as 'done of planned ×
+    episodes'."""
+    config = training.get("config") or {}
+    steps = training.get("steps", "?")
+    if training.get("finished") is False:
+        steps = f"{steps} of {config.get('steps', '?')}"
+    return f"{steps} × {config.get('batch_size', '?')}"
 
 
 def _cell(row: pd.Series, decimals: int = 2) -> str:

@@ -45,12 +45,14 @@ def comparable_preset(preset: dict[str, Any]) -> dict[str, Any]:
     return {part: _without_late(preset[part], LATE_FIELDS[part]) for part in ("model", "train")}
 
 
-def is_current(spec: RunSpec, store: ResultsStore) -> bool:
+def is_current(spec: RunSpec, store: ResultsStore, train: bool = True) -> bool:
     """True when `spec` has a complete record made with today's definition of its preset and, for a model
     from outside membench, today's source file (`registry.model_source_digest`). A learned model's run id
     names its preset, not the preset's fields: a record made before the preset changed is stale (warned
     about), and its run is done again. A record older than stored presets is judged by the training fields
-    it does hold (`training.config`); one holding neither is taken as current."""
+    it does hold (`training.config`); one holding neither is taken as current. A record of a checkpoint
+    whose training was paused (`--no-train`) is current only for a run that does not `train`: one that
+    does trains it on and replaces the record."""
     if not store.has(spec.run_id):
         return False
     cls = resolve_model(spec.model)
@@ -64,6 +66,11 @@ def is_current(spec: RunSpec, store: ResultsStore) -> bool:
         return False
     if not cls.trainable:
         return True
+    training = record.get("training") or {}
+    if train and training.get("finished") is False:
+        warn(f"{spec.run_id}: its record was made from a checkpoint paused at step {training.get('steps')} of "
+             f"{(training.get('config') or {}).get('steps')}; training it on")
+        return False
     today = comparable_preset(resolve_preset(cls, make_task(spec.task).spec, spec.preset, spec.options).to_dict())
     recorded = record.get("preset_config")
     if recorded is not None:

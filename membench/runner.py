@@ -4,7 +4,8 @@ Data flow of one run (a `RunSpec`):
     task = make_task(spec.task)                           # episodes + error measure
     model = build_model(spec, task)                       # preset resolved once; sized to the budget
     check_declared(...); contract = audit_write(...)      # declared and measured counts, isolated writes
-    meta_train(model, task, model.preset.train, ...)      # learned models only; cached checkpoint
+    meta_train(model, task, model.preset.train, ...)      # learned models only; cached checkpoint (--no-train:
+                                                          # as_trained loads it as it stands)
     state = model.write(patterns); contract.check(state, ...)          # every batch's state measured
     errors = task.errors(model.read(sealed(state), queries), patterns)  # read: a copy of the measured values
     ResultsStore.save(record)                             # atomic; finished runs are skipped
@@ -42,7 +43,7 @@ from membench.run_identity import checkpoint_key, is_current, recorded_preset
 from membench.store import ResultsStore, writable_folder, write_text_atomic
 from membench.suites import BUILTIN_PRESETS, DEFAULT_PRESET, RunSpec, declared_count
 from membench.tasks import Task, seed_all
-from membench.training import meta_train
+from membench.training import TrainResult, meta_train
 
 EVAL_STREAM = 104729  # offset of the evaluation generator's seed from the run seed
 EVAL_EPISODES_PER_BATCH = 64  # episodes sampled (and written) at once in evaluation
@@ -158,17 +159,19 @@ def evaluate(model: AssociativeMemory, task: Task, spec: RunSpec, device: torch.
 
 def execute(spec: RunSpec, store: ResultsStore, device: torch.device, checkpoint_dir: Path,
             command: str, progress: bool = True, train_time_limit_s: float | None = None,
-            wait_for_checkpoint: bool = True) -> dict[str, Any]:
+            wait_for_checkpoint: bool = True, train: bool = True) -> dict[str, Any]:
     """Run one spec to completion and save its record; returns the record.
 
     Raises TrainingPaused (no record written) when meta-training reaches `train_time_limit_s`, and
-    CheckpointBusy when another process trains its checkpoint and `wait_for_checkpoint` is off. An error
+    CheckpointBusy when another process trains its checkpoint and `wait_for_checkpoint` is off. With `train`
+    off a learned model is evaluated from its checkpoint as it stands (`as_trained`), even a paused one, whose
+    record says so (`training.finished`), and a MembenchError is raised when it has none. An error
     raised in the code of a model from outside membench becomes a MembenchError naming its line; a built-in
     model's, one when memory ran out or the run has options (`_sized_or_optioned`).
     """
     try:
         return _execute(spec, store, device, checkpoint_dir, command, progress, train_time_limit_s,
-                        wait_for_checkpoint)
+                        wait_for_checkpoint, train)
     except (MembenchError, CheckpointBusy):
         raise
     except Exception as exc:  # noqa: BLE001 (re-raised unless it comes from the user's model)
@@ -197,8 +200,23 @@ def _sized_or_optioned(spec: RunSpec, exc: Exception, where: traceback.FrameSumm
     return None
 
 
+def as_trained(model: AssociativeMemory, path: Path, config: Any, spec: RunSpec) -> TrainResult:
+    """Load the checkpoint at `path` into `model` as it stands, for `--no-train` (finished or paused; no step
+    is made), as the TrainResult meta-training would have returned; MembenchError when there is none (an
+    unreadable one is left where it is, reported)."""
+    saved = load_checkpoint(path, model, set_aside=False)
+    if saved is None:
+        raise MembenchError(f"--no-train: '{spec.model}' (preset {spec.preset}, seed {spec.seed}) has no trained "
+                            f"checkpoint {path.name} in {path.parent} or results/checkpoints; run without --no-train "
+                            "to train it, or give the --checkpoint-dir that holds it")
+    return TrainResult(steps=saved["step"], train_time_s=saved["elapsed_s"], curve=saved["curve"],
+                       checkpoint=str(path), finished=saved["step"] >= config.steps, history=saved.get("history"),
+                       trained_now=(0, 0.0))
+
+
 def _execute(spec: RunSpec, store: ResultsStore, device: torch.device, checkpoint_dir: Path, command: str,
-             progress: bool, train_time_limit_s: float | None, wait_for_checkpoint: bool) -> dict[str, Any]:
+             progress: bool, train_time_limit_s: float | None, wait_for_checkpoint: bool,
+             train: bool) -> dict[str, Any]:
     started = time.perf_counter()
     task = make_task(spec.task)
     seed_all(spec.seed)  # initial weights depend on the run's seed, not on earlier runs in this process
@@ -210,18 +228,21 @@ def _execute(spec: RunSpec, store: ResultsStore, device: torch.device, checkpoin
         train_config = model.preset.train
         key = checkpoint_key(spec, model, task)
         limit = None if train_time_limit_s is None else max(0.0, train_time_limit_s - (time.perf_counter() - started))
-        result = meta_train(model, task, train_config, checkpoint_path(key, checkpoint_dir), device, spec.seed,
-                            progress, time_limit_s=limit, wait=wait_for_checkpoint)  # building and the audit count
+        path = checkpoint_path(key, checkpoint_dir)
+        result = (meta_train(model, task, train_config, path, device, spec.seed, progress, time_limit_s=limit,
+                             wait=wait_for_checkpoint)  # the limit counts building and the audit
+                  if train else as_trained(model, path, train_config, spec))
         curve_path = store.training_dir / f"{key}.csv"  # a paused run's curve too (a session packs it)
         import pandas as pd
 
         write_text_atomic(curve_path, pd.DataFrame(result.curve).to_csv(index=False))
-        if not result.finished:
+        if train and not result.finished:
             raise TrainingPaused(
                 f"meta-training of '{spec.model}' (preset {spec.preset}) stopped at step {result.steps} of "
                 f"{train_config.steps} at the command's training time limit; its checkpoint is "
                 f"{result.checkpoint}. Rerun the same command to continue; finished runs are kept.")
-        training = {"checkpoint_key": key, "steps": result.steps, "train_time_s": round(result.train_time_s, 2),
+        training = {"checkpoint_key": key, "steps": result.steps, "finished": result.finished,  # False: paused
+                    "train_time_s": round(result.train_time_s, 2),
                     "trained_by_this_run": {"steps": result.trained_now[0],  # 0: its checkpoint was trained already
                                             "train_time_s": round(result.trained_now[1], 2)},
                     "config": dataclasses.asdict(train_config), "curve": str(curve_path.relative_to(store.root)),
@@ -304,7 +325,7 @@ def run_all(specs: list[RunSpec], out_dir: Path, device: str = "auto", force: bo
             checkpoint_dir: Path | None = None, command: str | None = None, progress: bool = True,
             on_record: Callable[[dict[str, Any]], None] | None = None,
             train_time_limit_s: float | None = None, launcher: str = "local",
-            address: str | None = None) -> list[dict[str, Any]]:
+            address: str | None = None, train: bool = True) -> list[dict[str, Any]]:
     """Execute every spec not already finished in `out_dir` (all of them with `force`); return the new records.
 
     Runs claimed by another process on the same directory are left to it until the end, then
@@ -312,8 +333,13 @@ def run_all(specs: list[RunSpec], out_dir: Path, device: str = "auto", force: bo
     checkpoint another process is training, so several processes given the same command share its
     models out. Meta-training in this call stops `train_time_limit_s` seconds after the call began
     (TrainingPaused). `launcher="ray"` runs them as Ray tasks instead (membench.ray_launcher; `address`
-    of an existing cluster, else a local Ray; there the limit bounds each model's training).
+    of an existing cluster, else a local Ray; there the limit bounds each model's training). With `train` off,
+    learned models are evaluated from their checkpoints as they stand (`execute`); a record of a paused
+    checkpoint counts as finished then, and otherwise its run trains on (`is_current`).
     """
+    if not train and train_time_limit_s is not None:
+        raise MembenchError("--no-train and --train-time-limit contradict each other (one trains for a time, the "
+                            "other not at all); give one of them")
     started = time.time()
     deadline = None if train_time_limit_s is None else time.perf_counter() + train_time_limit_s
     torch_device = resolve_device(device) if launcher != "ray" else None  # Ray's workers: on their nodes
@@ -332,11 +358,11 @@ def run_all(specs: list[RunSpec], out_dir: Path, device: str = "auto", force: bo
         from membench.ray_launcher import run_with_ray
 
         return run_with_ray(specs, Path(out_dir), device, force, checkpoint_dir, command, progress,
-                            train_time_limit_s, address)
+                            train_time_limit_s, address, train)
     if launcher != "local":
         raise MembenchError(f"unknown launcher '{launcher}'. Valid launchers: local, ray")
     unique = list({spec.run_id: spec for spec in specs}.values())
-    todo = [s for s in unique if force or not is_current(s, store)]
+    todo = [s for s in unique if force or not is_current(s, store, train)]
     if any(resolve_model(spec.model).trainable for spec in todo):
         writable_folder(checkpoint_dir, *cache)
     records: list[dict[str, Any]] = []
@@ -344,7 +370,7 @@ def run_all(specs: list[RunSpec], out_dir: Path, device: str = "auto", force: bo
 
     def run_one(spec: RunSpec, wait: bool = True) -> None:
         limit = None if deadline is None else max(0.0, deadline - time.perf_counter())
-        record = execute(spec, store, torch_device, checkpoint_dir, command, progress, limit, wait)
+        record = execute(spec, store, torch_device, checkpoint_dir, command, progress, limit, wait, train)
         records.append(record)
         if on_record:
             on_record(record)
@@ -371,6 +397,6 @@ def run_all(specs: list[RunSpec], out_dir: Path, device: str = "auto", force: bo
                     deferred.append(spec)
     for spec in deferred:
         with store.claim(spec.run_id, blocking=True):
-            if (force and not redone(spec)) or not is_current(spec, store):
+            if (force and not redone(spec)) or not is_current(spec, store, train):
                 run_one(spec)
     return records

@@ -213,9 +213,11 @@ def parse_record(text: str | bytes, name: str) -> dict[str, Any]:
     return record
 
 
-def completeness(record: dict[str, Any]) -> tuple[int, str]:
-    """How complete a record is, to keep the better of two of one run or cell: its queries, then its finish."""
-    return len(record["errors"]), record.get("finished_at", "")
+def completeness(record: dict[str, Any]) -> tuple[bool, int, str]:
+    """How complete a record is, to keep the better of two of one run or cell: whether its model's training
+    was finished (not a paused checkpoint's, `--no-train`), then its queries, then its finish."""
+    return ((record.get("training") or {}).get("finished") is not False, len(record["errors"]),
+            record.get("finished_at", ""))
 
 
 def _field_problem(record: dict[str, Any], check_errors: bool = True) -> str | None:
@@ -244,6 +246,8 @@ def _field_problem(record: dict[str, Any], check_errors: bool = True) -> str | N
         return "training needs a checkpoint_key, a curve (strings) and a config (a mapping)"
     if training is not None and not nonnegative_number(training.get("train_time_s")):
         return "training's train_time_s is not a number of seconds"
+    if not isinstance((training or {}).get("finished", True), bool):
+        return "training's finished is neither true nor false"
     now = (training or {}).get("trained_by_this_run", {"steps": 0, "train_time_s": 0})
     if not (isinstance(now, dict) and _whole(now.get("steps")) and now["steps"] >= 0
             and nonnegative_number(now.get("train_time_s"))):

@@ -901,6 +901,8 @@ def test_an_empty_out_is_refused_not_taken_for_the_working_directory(tmp_path, m
     ({"curve": "training/x.csv", "config": {}}, "training needs a checkpoint_key, a curve (strings) and a config"),
     ({"checkpoint_key": "x", "curve": 5, "config": {}}, "training needs a checkpoint_key, a curve (strings)"),
     ({"checkpoint_key": "x", "curve": "training/x.csv", "config": None}, "and a config (a mapping)"),
+    ({"checkpoint_key": "x", "curve": "training/x.csv", "config": {}, "train_time_s": 1.0, "finished": "no"},
+     "training's finished is neither true nor false"),
 ])
 def test_a_record_with_an_incomplete_training_field_is_named(tmp_path, training, fragment):
     args = ["--model", "raw_slots", "--num-patterns", "16", "--queries", "16", "--out", str(tmp_path), "--no-progress"]

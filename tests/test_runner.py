@@ -351,6 +351,7 @@ def test_with_ray_a_chain_whose_checkpoint_paused_trains_no_further(tmp_path):
 
     spec = _specs("raw_slots", num_patterns=(16,))[0]
     paused = {"paused": "meta-training stopped at step 10"}
-    returned = _execute(spec, str(tmp_path), "cpu", str(tmp_path / "ck"), "membench run", False, 1.0, {}, after=paused)
+    returned = _execute(spec, str(tmp_path), "cpu", str(tmp_path / "ck"), "membench run", False, 1.0, True, {},
+                        after=paused)
     assert returned == paused
     assert not (tmp_path / "runs").exists()

@@ -140,6 +140,47 @@ def test_cli_pauses_with_exit_3_and_resumes_without_duplicates(tmp_path: Path, m
     assert all(r["training"]["steps"] == 6 for r in records)
 
 
+def test_no_train_evaluates_a_paused_checkpoint_as_it_stands_and_a_later_run_trains_it_on(tmp_path: Path,
+                                                                                           monkeypatch):
+    """--no-train makes no update: a paused checkpoint is evaluated at its step, its record and table say so,
+    and the checkpoint is left as it was; the same command again skips the run; the command without
+    --no-train trains the checkpoint on and replaces the record, which a report then prefers."""
+    args = [*_tiny_run(tmp_path, monkeypatch), "--checkpoint-dir", "ck"]
+    assert CliRunner().invoke(main, [*args, "--train-time-limit", "0"]).exit_code == EXIT_PAUSED
+    (checkpoint,) = (tmp_path / "ck").glob("*.pt")
+    before = checkpoint.read_bytes()
+    evaluated = CliRunner().invoke(main, [*args, "--no-train"])
+    assert evaluated.exit_code == 0, evaluated.output
+    assert "1 of 6 × 2" in evaluated.output and "1 run(s) from a paused one" in evaluated.output
+    assert checkpoint.read_bytes() == before  # no step, no rewrite
+    (path,) = (tmp_path / "out" / "runs").glob("*.json")
+    paused = json.loads(path.read_text())
+    assert paused["training"]["finished"] is False and paused["training"]["steps"] == 1
+    assert paused["training"]["trained_by_this_run"] == {"steps": 0, "train_time_s": 0.0}
+    again = CliRunner().invoke(main, [*args, "--no-train"])
+    assert again.exit_code == 0 and "0 run(s) executed, 1 already finished" in again.output, again.output
+    trained = CliRunner().invoke(main, args)
+    assert trained.exit_code == 0 and "paused at step 1 of 6; training it on" in trained.output, trained.output
+    done = json.loads(path.read_text())
+    assert done["training"]["finished"] is True and done["training"]["steps"] == 6
+    assert "| 6 × 2 " in trained.output and "of 6 ×" not in trained.output
+    from membench.report import distinct
+
+    later = {**paused, "finished_at": "9999-12-31T00:00:00Z"}  # made after the finished one, still second to it
+    assert distinct([later, done])[0] == [done] and distinct([done, later])[0] == [done]
+
+
+def test_no_train_refuses_a_model_without_a_checkpoint_and_a_time_limit(tmp_path: Path, monkeypatch):
+    args = [*_tiny_run(tmp_path, monkeypatch), "--checkpoint-dir", "ck"]
+    missing = CliRunner().invoke(main, [*args, "--no-train"])
+    assert missing.exit_code == 1 and exited_cleanly(missing), missing.output
+    assert "--no-train: 'tiny_learned:TinyLearned' (preset quick, seed 0) has no trained checkpoint" in missing.output
+    assert "run without --no-train to train it" in missing.output
+    assert not list(tmp_path.glob("ck/*.pt")) and not list(tmp_path.glob("out/runs/*.json"))
+    both = CliRunner().invoke(main, [*args, "--no-train", "--train-time-limit", "10"])
+    assert both.exit_code == 1 and "contradict each other" in both.output and exited_cleanly(both), both.output
+
+
 def test_unknown_preset_names_the_models_presets():
     spec = get_suite("table1-learned").expand("table1-learned", ("memory_networks",), (0,), 64, "huge", (16,))[0]
     with pytest.raises(MembenchError, match="model 'memory_networks' has no preset 'huge'. Its presets: quick, gpu, paper"):
