@@ -189,8 +189,8 @@ def checkpoint_path(key: str, checkpoint_dir: Path) -> Path:
     shipped = SHIPPED_CHECKPOINTS / f"{key}.pt"
     if shipped.exists():
         with file_lock(path.with_name(path.name + ".copy.lock")):  # processes sharing the cache take turns
-            cached = _trained_steps(path) if path.exists() else None
-            if cached is None or cached < _trained_steps(shipped):
+            cached = trained_steps(path) if path.exists() else None
+            if cached is None or cached < trained_steps(shipped):
                 if cached == -1:  # kept for inspection, as training keeps the unreadable ones it finds
                     warn(f"checkpoint {path} is unreadable; moved it to {_set_aside(path)} and took the shipped "
                          f"{shipped}")
@@ -198,7 +198,7 @@ def checkpoint_path(key: str, checkpoint_dir: Path) -> Path:
     return path
 
 
-def _trained_steps(path: Path) -> float:
+def trained_steps(path: Path) -> float:
     """The training steps of the checkpoint at `path`; -1 when it cannot be read as one."""
     try:
         return read_checkpoint(path)["step"]

@@ -44,7 +44,7 @@ def _execute(spec: RunSpec, out_dir: str, device: str, checkpoint_dir: str, comm
     git_state.cache_clear()
     store = ResultsStore(out_dir)
     with store.claim(spec.run_id, blocking=True):
-        if not force and is_current(spec, store, train):
+        if not force and is_current(spec, store, train, Path(checkpoint_dir)):
             return None
         try:
             return execute(spec, store, resolve_device(device), Path(checkpoint_dir), command, False,
@@ -104,7 +104,8 @@ def run_with_ray(specs: list[RunSpec], out_dir: Path, device: str, force: bool, 
     check_device_name(device)
     out_dir, checkpoint_dir = Path(out_dir).resolve(), Path(checkpoint_dir).resolve()
     store = ResultsStore(out_dir)
-    todo = [s for s in {s.run_id: s for s in specs}.values() if force or not is_current(s, store, train)]
+    todo = [s for s in {s.run_id: s for s in specs}.values()
+            if force or not is_current(s, store, train, checkpoint_dir)]
     if not todo:
         return []
     env = _membench_env()

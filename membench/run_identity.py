@@ -11,8 +11,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from pathlib import Path
 from typing import Any
 
+from membench.checkpoints import checkpoint_path, default_checkpoint_dir, trained_steps
 from membench.interface import AssociativeMemory, Preset, TaskSpec, resolve_preset
 from membench.registry import make_task, model_source_digest, model_source_files, resolve_model
 from membench.store import ResultsStore, read_record, warn
@@ -45,14 +47,15 @@ def comparable_preset(preset: dict[str, Any]) -> dict[str, Any]:
     return {part: _without_late(preset[part], LATE_FIELDS[part]) for part in ("model", "train")}
 
 
-def is_current(spec: RunSpec, store: ResultsStore, train: bool = True) -> bool:
+def is_current(spec: RunSpec, store: ResultsStore, train: bool = True, checkpoint_dir: Path | None = None) -> bool:
     """True when `spec` has a complete record made with today's definition of its preset and, for a model
     from outside membench, today's source file (`registry.model_source_digest`). A learned model's run id
     names its preset, not the preset's fields: a record made before the preset changed is stale (warned
     about), and its run is done again. A record older than stored presets is judged by the training fields
     it does hold (`training.config`); one holding neither is taken as current. A record of a checkpoint
-    whose training was paused (`--no-train`) is current only for a run that does not `train`: one that
-    does trains it on and replaces the record."""
+    whose training was paused (`--no-train`) is current only for a run that does not `train`, and only while
+    that checkpoint (in `checkpoint_dir`, or shipped) stands where it did: a run that trains trains it on,
+    and either replaces the record."""
     if not store.has(spec.run_id):
         return False
     cls = resolve_model(spec.model)
@@ -67,10 +70,17 @@ def is_current(spec: RunSpec, store: ResultsStore, train: bool = True) -> bool:
     if not cls.trainable:
         return True
     training = record.get("training") or {}
-    if train and training.get("finished") is False:
-        warn(f"{spec.run_id}: its record was made from a checkpoint paused at step {training.get('steps')} of "
-             f"{(training.get('config') or {}).get('steps')}; training it on")
-        return False
+    if training.get("finished") is False:
+        planned = (training.get("config") or {}).get("steps")
+        paused_at = f"a checkpoint paused at step {training.get('steps')} of {planned}"
+        if train:
+            warn(f"{spec.run_id}: its record was made from {paused_at}; training it on")
+            return False
+        now = trained_steps(checkpoint_path(training["checkpoint_key"], checkpoint_dir or default_checkpoint_dir()))
+        if now > training.get("steps", now):
+            warn(f"{spec.run_id}: its record was made from {paused_at}, trained to step {now:g} since; evaluating "
+                 "it again")
+            return False
     today = comparable_preset(resolve_preset(cls, make_task(spec.task).spec, spec.preset, spec.options).to_dict())
     recorded = record.get("preset_config")
     if recorded is not None:

@@ -362,7 +362,7 @@ def run_all(specs: list[RunSpec], out_dir: Path, device: str = "auto", force: bo
     if launcher != "local":
         raise MembenchError(f"unknown launcher '{launcher}'. Valid launchers: local, ray")
     unique = list({spec.run_id: spec for spec in specs}.values())
-    todo = [s for s in unique if force or not is_current(s, store, train)]
+    todo = [s for s in unique if force or not is_current(s, store, train, checkpoint_dir)]
     if any(resolve_model(spec.model).trainable for spec in todo):
         writable_folder(checkpoint_dir, *cache)
     records: list[dict[str, Any]] = []
@@ -397,6 +397,6 @@ def run_all(specs: list[RunSpec], out_dir: Path, device: str = "auto", force: bo
                     deferred.append(spec)
     for spec in deferred:
         with store.claim(spec.run_id, blocking=True):
-            if (force and not redone(spec)) or not is_current(spec, store, train):
+            if (force and not redone(spec)) or not is_current(spec, store, train, checkpoint_dir):
                 run_one(spec)
     return records

@@ -170,6 +170,19 @@ def test_no_train_evaluates_a_paused_checkpoint_as_it_stands_and_a_later_run_tra
     assert distinct([later, done])[0] == [done] and distinct([done, later])[0] == [done]
 
 
+def test_no_train_evaluates_again_once_the_paused_checkpoint_was_trained_further(tmp_path: Path, monkeypatch):
+    """A GPU session trains the shipped checkpoint on elsewhere: the next --no-train evaluates it again."""
+    args = [*_tiny_run(tmp_path, monkeypatch), "--checkpoint-dir", "ck"]
+    assert CliRunner().invoke(main, [*args, "--train-time-limit", "0"]).exit_code == EXIT_PAUSED
+    assert CliRunner().invoke(main, [*args, "--no-train"]).exit_code == 0
+    elsewhere = [*args[:args.index("--out")], "--out", "elsewhere", *args[args.index("--out") + 2:]]
+    assert CliRunner().invoke(main, elsewhere).exit_code == 0  # the same checkpoint, trained to its end
+    again = CliRunner().invoke(main, [*args, "--no-train"])
+    assert again.exit_code == 0 and "trained to step 6 since; evaluating it again" in again.output, again.output
+    (path,) = (tmp_path / "out" / "runs").glob("*.json")
+    assert json.loads(path.read_text())["training"]["finished"] is True
+
+
 def test_no_train_refuses_a_model_without_a_checkpoint_and_a_time_limit(tmp_path: Path, monkeypatch):
     args = [*_tiny_run(tmp_path, monkeypatch), "--checkpoint-dir", "ck"]
     missing = CliRunner().invoke(main, [*args, "--no-train"])
