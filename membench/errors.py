@@ -12,6 +12,10 @@ class OverBudgetError(MembenchError):
     """A model's memory state holds more float32 values than the run's budget."""
 
 
+class UnknownOption(MembenchError):
+    """An --option the model does not take (a field its configs lack, or an argument its constructor lacks)."""
+
+
 class TrainingDiverged(MembenchError):
     """Meta-training produced a non-finite loss or gradient."""
 

@@ -44,7 +44,7 @@ from typing import Any, ClassVar, Mapping
 import torch
 from torch import nn
 
-from membench.errors import MembenchError
+from membench.errors import MembenchError, UnknownOption
 
 MemoryState = Any  # whatever `write` returns; only the same model's `read` looks inside
 
@@ -271,7 +271,7 @@ def resolve_options(cls: type["AssociativeMemory"], spec: TaskSpec, name: str,
         fields = {f.name for f in dataclasses.fields(config)}
         unknown = sorted(set(given) - fields)
         if unknown:
-            raise MembenchError(f"model '{label}' has no option {', '.join(repr(prefix + u) for u in unknown)}. "
+            raise UnknownOption(f"model '{label}' has no option {', '.join(repr(prefix + u) for u in unknown)}. "
                                 f"Its options: {', '.join(prefix + f for f in sorted(fields))}")
         hints = _type_hints(type(config))
         for key, value in given.items():  # checked against the field's declared type (else its default's)

@@ -32,7 +32,7 @@ from torch import nn
 from membench import fresh_read
 from membench.budget import StateContract, check_declared, sealed
 from membench.checkpoints import checkpoint_path, default_checkpoint_dir, load_checkpoint
-from membench.errors import CheckpointBusy, MembenchError, TrainingPaused
+from membench.errors import CheckpointBusy, MembenchError, TrainingPaused, UnknownOption
 from membench.integrity import audit_write, checked_retrievals
 from membench.interface import (AssociativeMemory, Preset, check_constructor_options, resolve_options,
                                 resolve_preset)
@@ -85,7 +85,8 @@ def build_model(spec: RunSpec, task: Task, preset: Preset | None = None) -> Asso
     except TypeError as exc:
         taken = [name for name in inspect.signature(cls.__init__).parameters if name not in ("self", "spec")]
         its = f" Its options: {', '.join(taken)}" if taken and not cls.trainable else ""
-        raise MembenchError(f"cannot build model '{spec.model}' with options {spec.options}: {exc}.{its}") from None
+        error = UnknownOption if "unexpected keyword argument" in str(exc) else MembenchError  # Python's words
+        raise error(f"cannot build model '{spec.model}' with options {spec.options}: {exc}.{its}") from None
     if not isinstance(model, AssociativeMemory) or "_parameters" not in vars(model):
         what = ("its __init__ does not call super().__init__() (nn.Module's, first)" if isinstance(model, nn.Module)
                 else f"{'from_preset' if cls.trainable else 'from_spec'} returned a {type(model).__name__}, not the model")
@@ -294,11 +295,10 @@ def checked_specs(specs: list[RunSpec]) -> list[RunSpec]:
         try:
             with errors_of_user_model(spec.model, "no run was started"):
                 checked.append(_checked(spec, any_trained, built))
-        except MembenchError as exc:
-            unknown = any(phrase in str(exc) for phrase in ("unexpected keyword argument", "has no option"))
-            if not (several and unknown):  # an option another model of the run takes, not this one
+        except UnknownOption as exc:
+            if not several:  # else perhaps an option another model of the run takes, not this one
                 raise
-            raise MembenchError(f"{exc} (--option applies to every model of the run: name the ones it is for with "
+            raise UnknownOption(f"{exc} (--option applies to every model of the run: name the ones it is for with "
                                 "--model)") from None
     return checked
 

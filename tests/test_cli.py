@@ -164,6 +164,10 @@ def test_option_reaches_the_model_and_names_its_runs(tmp_path):
     assert len(list((tmp_path / "runs").glob("*.json"))) == 2  # nothing run
     suite = CliRunner().invoke(main, ["run", "--option", "max_sweeps=5", "--out", str(tmp_path / "s")])
     assert suite.exit_code == 1 and "--option applies to every model of the run" in suite.output, suite.output
+    learned = CliRunner().invoke(main, ["run", "--suite", "table1-learned", "--model", "ebmm", "--model", "lstm",
+                                        "--option", "write_steps=2", "--out", str(tmp_path / "s")])
+    assert learned.exit_code == 1 and "model 'lstm' has no option 'write_steps'" in learned.output, learned.output
+    assert "--option applies to every model of the run" in learned.output and exited_cleanly(learned)
     value = CliRunner().invoke(main, ["run", "--model", "dense_associative_memory", "--model", "hopfield_hebb",
                                       "--option", "degree=200", "--out", str(tmp_path / "s")])
     assert value.exit_code == 1 and "degree=200 overflows" in value.output, value.output
