@@ -1,6 +1,7 @@
 """Shared test fixtures."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -48,3 +49,8 @@ def exited_cleanly(result) -> bool:
     """A CliRunner result ended by the command's own exit (a message and a status), not by an exception that
     escaped it: CliRunner prints no traceback, so the output alone cannot tell."""
     return result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def records_in(out: Path, pattern: str = "*.json") -> list[dict]:
+    """The run records `membench run --out out` wrote (out/runs/<pattern>), in file-name order."""
+    return [json.loads(path.read_text()) for path in sorted((Path(out) / "runs").glob(pattern))]

@@ -12,7 +12,7 @@ import torch
 from click.testing import CliRunner
 
 from membench.cli import main
-from tests.conftest import REPO_ROOT, exited_cleanly
+from tests.conftest import REPO_ROOT, exited_cleanly, records_in
 
 
 def readme_example(marker: str = "example-model") -> str:
@@ -32,7 +32,7 @@ def test_readme_example_is_short_and_runs_through_the_console_script(tmp_path):
                             cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "my_memory:OneStepHebb" in result.stdout  # the table has its row
-    records = [json.loads(p.read_text()) for p in (tmp_path / "out" / "runs").glob("*.json")]
+    records = records_in(tmp_path / "out")
     assert sorted(r["task"]["num_patterns"] for r in records) == [16, 32]
     assert all(r["memory_floats"] == 8256 for r in records)
     assert (tmp_path / "out" / "table1.md").exists()
@@ -152,7 +152,7 @@ def test_option_reaches_the_model_and_names_its_runs(tmp_path):
     assert CliRunner().invoke(main, args).exit_code == 0
     result = CliRunner().invoke(main, args + ["--option", "beta=0.05", "--option", "steps=2"])
     assert result.exit_code == 0, result.output
-    records = [json.loads(p.read_text()) for p in sorted((tmp_path / "runs").glob("*.json"))]
+    records = records_in(tmp_path)
     assert sorted(json.dumps(r["options"], sort_keys=True) for r in records) == ['{"beta": 0.05, "steps": 2}', "{}"]
     assert len({r["run_id"] for r in records}) == 2
     bad = CliRunner().invoke(main, args + ["--option", "betta=1"])
@@ -209,7 +209,7 @@ def test_readme_learned_example_trains_and_runs(tmp_path, monkeypatch):
                                        "--queries", "64", "--out", "out", "--no-progress", "--checkpoint-dir", "ck",
                                        "--option", "train.steps=5", "--option", "gain_init=2"])
     assert result.exit_code == 0, result.output
-    (record,) = [json.loads(p.read_text()) for p in (tmp_path / "out" / "runs").glob("*.json")]
+    (record,) = records_in(tmp_path / "out")
     assert record["training"]["steps"] == 5 and record["memory_floats"] == 8256
     assert record["preset_config"]["model"] == {"gain_init": 2.0} and record["options"]["gain_init"] == 2.0
     assert record["training"]["trained_by_this_run"]["steps"] == 5 and "; meta-training in this call: " in result.output
@@ -221,6 +221,6 @@ def test_readme_learned_example_trains_and_runs(tmp_path, monkeypatch):
                                       "--queries", "64", "--out", "out", "--no-progress", "--checkpoint-dir", "ck",
                                       "--option", "train.steps=5", "--option", "gain_init=2", "--force"])
     assert again.exit_code == 0 and "no meta-training in this call (every checkpoint was trained already)" in again.output
-    (redone,) = [json.loads(p.read_text()) for p in (tmp_path / "out" / "runs").glob("*.json")]
+    (redone,) = records_in(tmp_path / "out")
     assert redone["training"]["trained_by_this_run"] == {"steps": 0, "train_time_s": 0.0}
     assert redone["training"]["train_time_s"] > 0

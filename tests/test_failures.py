@@ -23,7 +23,7 @@ from membench.errors import EXIT_INTERRUPTED, DatasetMissing, MembenchError, Tra
 from membench.store import ResultsStore
 from membench.tasks import BinaryTask
 from membench.training import meta_train
-from tests.conftest import REPO_ROOT, exited_cleanly
+from tests.conftest import REPO_ROOT, exited_cleanly, records_in
 from tests.test_datasets import write_fixture_data
 from tests.test_training import TINY_MODEL
 
@@ -758,7 +758,7 @@ def test_two_processes_share_one_checkpoint_and_one_output_directory(tmp_path):
     assert first.returncode == 0 and second.returncode == 0, outputs
     executed = sum(int(re.search(r"(\d+) run\(s\) executed", o).group(1)) for o in outputs)
     assert executed == 2, outputs  # every run computed once, by one of the two
-    records = [json.loads(p.read_text()) for p in (tmp_path / "out" / "runs").glob("*.json")]
+    records = records_in(tmp_path / "out")
     assert sorted(r["task"]["num_patterns"] for r in records) == [16, 32]
     (checkpoint,) = (tmp_path / "ck").glob("*.pt")
     assert [row["step"] for row in torch.load(checkpoint, weights_only=False)["curve"]] == list(range(1, 41))
@@ -946,7 +946,7 @@ def test_a_preset_no_model_of_the_run_knows_is_refused(tmp_path, monkeypatch, da
     assert not (tmp_path / "out").exists()
     ran = _invoke(*small, "--model", "hopfield_hebb", "--preset", "gpu")  # any built-in one: the default's run
     assert ran.exit_code == 0 and "1 run(s) executed" in ran.output, ran.output
-    (record,) = [json.loads(p.read_text()) for p in (tmp_path / "out" / "runs").glob("*.json")]
+    (record,) = records_in(tmp_path / "out")
     assert record["preset"] == "quick"
 
 
@@ -983,7 +983,7 @@ def test_untrained_models_of_a_run_ignore_its_training_options(tmp_path, monkeyp
     assert _invoke(*small).exit_code == 0
     again = _invoke(*small, "--model", "memory_networks", "--option", "train.steps=2")
     assert again.exit_code == 0 and "1 run(s) executed, 1 already finished" in again.output, again.output
-    (learned,) = [json.loads(p.read_text()) for p in (tmp_path / "out" / "runs").glob("*memory_networks*.json")]
+    (learned,) = records_in(tmp_path / "out", "*memory_networks*.json")
     assert learned["training"]["steps"] == 2
     _one_clear_line(_invoke(*small, "--option", "steps=5"), "raw_slots")
 

@@ -21,7 +21,7 @@ from membench.cli import main
 from membench.errors import EXIT_INTERRUPTED, EXIT_PAUSED
 from membench.session import _done, finish, run_session
 from membench.throughput import COLUMNS, merge
-from tests.conftest import exited_cleanly
+from tests.conftest import exited_cleanly, records_in
 from tests.test_training import TINY_MODEL
 
 ROW = dict.fromkeys(COLUMNS, 1) | {"device": "cpu", "device_name": "x86_64", "model": "ebmm", "preset": "gpu",
@@ -66,7 +66,7 @@ def test_a_session_archive_carries_new_results_and_paused_training_home(tmp_path
     assert unpacked.exit_code == 0, unpacked.output
     rows = pd.read_csv(tmp_path / "here" / "results" / "bench" / "throughput.csv")
     assert sorted(rows.device) == ["cpu", "cuda"]  # the session's row merged beside the one made here
-    (record,) = [json.loads(p.read_text()) for p in (tmp_path / "here" / "results" / "table1" / "runs").glob("*.json")]
+    (record,) = records_in(tmp_path / "here" / "results" / "table1")
     assert record["task"]["num_patterns"] == 8
     shipped_dir = tmp_path / "here" / "results" / "checkpoints"  # the checkout's own, not this one's
     shipped = {p.name: torch.load(p, weights_only=False) for p in shipped_dir.glob("*.pt")}
@@ -76,7 +76,7 @@ def test_a_session_archive_carries_new_results_and_paused_training_home(tmp_path
     resumed = CliRunner().invoke(main, [*run, "--num-patterns", "16", "--budget", "200", "--out", "m2",
                                         "--checkpoint-dir", "m2/ck"])
     assert resumed.exit_code == 0 and "holds weights only" not in resumed.output, resumed.output
-    (again,) = [json.loads(p.read_text()) for p in (tmp_path / "m2" / "runs").glob("*.json")]
+    (again,) = records_in(tmp_path / "m2")
     assert [h["steps"] for h in again["training"]["history"]] == [[0, 1], [1, 6]]
     assert [h["optimizer"] for h in again["training"]["history"]] == ["fresh", "resumed"]
 
@@ -194,7 +194,7 @@ def test_a_session_runs_copies_side_by_side_and_packs_what_they_made(tmp_path: P
     result = CliRunner().invoke(main, ["session", "--run", args, "--copies", "2", "--train-time-limit", "300",
                                        "--device", "cpu", "--to", "out/session.tgz", "--cache", "session"])
     assert result.exit_code == 0, result.output
-    records = [json.loads(p.read_text()) for p in (tmp_path / "results" / "table1" / "runs").glob("*.json")]
+    records = records_in(tmp_path / "results" / "table1")
     assert sorted(r["task"]["num_patterns"] for r in records) == [8, 16]
     assert all(len(r["training"]["history"]) == 1 for r in records)
     with tarfile.open(tmp_path / "out" / "session.tgz") as tar:

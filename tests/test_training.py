@@ -22,7 +22,7 @@ from membench.suites import get_suite
 from membench.tasks import BinaryTask
 from membench.stepper import Stepper
 from membench.training import EpisodeStream, TrainConfig, meta_train
-from tests.conftest import exited_cleanly
+from tests.conftest import exited_cleanly, records_in
 
 TINY_MODEL = textwrap.dedent('''
     import torch
@@ -135,7 +135,7 @@ def test_cli_pauses_with_exit_3_and_resumes_without_duplicates(tmp_path: Path, m
     assert len(curves) == 1 and list(pd.read_csv(curves[0])["step"]) == [1]
     done = runner.invoke(main, args)
     assert done.exit_code == 0, done.output
-    records = [json.loads(p.read_text()) for p in (tmp_path / "out" / "runs").glob("*.json")]
+    records = records_in(tmp_path / "out")
     assert sorted(r["task"]["num_patterns"] for r in records) == [16, 32]
     assert all(r["training"]["steps"] == 6 for r in records)
 
@@ -229,11 +229,11 @@ def test_shipped_checkpoint_evaluates_without_training(tmp_path: Path, monkeypat
     assert CliRunner().invoke(main, [*args, "--checkpoint-dir", "cache1"]).exit_code == 0
     shipped = CliRunner().invoke(main, ["ship", "--out", "out", "--checkpoint-dir", "cache1"])
     assert shipped.exit_code == 0 and len(list((tmp_path / "shipped").glob("*.pt"))) == 1, shipped.output
-    (first,) = [json.loads(p.read_text()) for p in (tmp_path / "out" / "runs").glob("*.json")]
+    (first,) = records_in(tmp_path / "out")
     calls = []
     monkeypatch.setattr(Stepper, "step", lambda *args: calls.append(1))
     assert CliRunner().invoke(main, [*args, "--checkpoint-dir", "cache2", "--force"]).exit_code == 0
-    (second,) = [json.loads(p.read_text()) for p in (tmp_path / "out" / "runs").glob("*.json")]
+    (second,) = records_in(tmp_path / "out")
     assert calls == [] and second["errors"] == first["errors"]
     assert second["training"]["checkpoint_key"] == first["training"]["checkpoint_key"]
     (path,) = (tmp_path / "shipped").glob("*.pt")
@@ -336,7 +336,7 @@ def test_ship_rewrites_an_old_shipped_checkpoint_without_its_optimiser(tmp_path:
 
     args = [*_tiny_run(tmp_path, monkeypatch), "--checkpoint-dir", "cache"]
     assert CliRunner().invoke(main, args).exit_code == 0
-    (record,) = [json.loads(p.read_text()) for p in (tmp_path / "out" / "runs").glob("*.json")]
+    (record,) = records_in(tmp_path / "out")
     (cached,) = (tmp_path / "cache").glob("*.pt")
     old = torch.load(cached, weights_only=False)
     del old["history"]
@@ -366,13 +366,13 @@ def test_paused_training_shipped_from_one_machine_resumes_on_the_next(tmp_path: 
     assert torch.load(shipped, weights_only=False)["step"] == 1
     resumed = CliRunner().invoke(main, [*args, "--checkpoint-dir", "machine2"])
     assert resumed.exit_code == 0 and "holds weights only" not in resumed.output, resumed.output
-    (record,) = [json.loads(p.read_text()) for p in (tmp_path / "out" / "runs").glob("*.json")]
+    (record,) = records_in(tmp_path / "out")
     assert [h["steps"] for h in record["training"]["history"]] == [[0, 1], [1, 6]]
     straight = CliRunner().invoke(main, ["run", "--model", "tiny_learned:TinyLearned", "--num-patterns", "16",
                                          "--queries", "32", "--out", "straight", "--no-progress",
                                          "--checkpoint-dir", "machine3"])
     assert straight.exit_code == 0, straight.output
-    (uninterrupted,) = [json.loads(p.read_text()) for p in (tmp_path / "straight" / "runs").glob("*.json")]
+    (uninterrupted,) = records_in(tmp_path / "straight")
     assert record["errors"] == uninterrupted["errors"]  # the optimiser carried on: straight training's numbers
     assert CliRunner().invoke(main, ["ship", "--out", "out", "--checkpoint-dir", "machine2"]).exit_code == 0
     assert torch.load(shipped, weights_only=False)["step"] == 6
