@@ -127,9 +127,13 @@ def _section(summary, records: list[dict[str, Any]], table: str, title: str, not
             line.append(_cell(match.iloc[0]) if len(match) else "")
         cells.append(line)
     commits = _commits([r for r in records if task_key(r) == table])
+    paused = part[part["paused"]].groupby("row")["trained_on"].agg(lambda texts: ", ".join(sorted(set(texts))))
     lines = [f"Queries per cell: {span(part['num_queries'])}; seeds: {seed_sets(part['seeds'])}; "
              f"device · torch: {', '.join(sorted(set(part['versions'])))}; "
              f"commits: {commits}; wall time of the runs {part['wall_time_s'].sum():.1f} s.", *notes]
+    if len(paused):
+        lines.append("Evaluated from a paused checkpoint (`--no-train`; updates done of planned × episodes): "
+                     + "; ".join(f"{row} ({updates})" for row, updates in paused.items()) + ".")
     return (f"## {title}\n\n" + "\n\n".join(lines) + "\n\n"
             + tabulate(cells, headers=["model \\ N"] + [str(n) for n in columns], tablefmt="github") + "\n")
 

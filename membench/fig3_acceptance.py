@@ -37,10 +37,13 @@ def _verdict(passed: bool | None) -> str:
 
 
 def read_points(summary: pd.DataFrame, preset: str = "gpu") -> pd.DataFrame:
-    """The points the acceptance reads: trained with `preset`, at the curve's own options (no variant)."""
+    """The points the acceptance reads: trained with `preset` to its end (not a paused checkpoint's, `--no-train`),
+    at the curve's own options (no variant)."""
     if summary.empty:
         return summary
-    return summary[summary["trained"].astype(bool) & (summary["preset"] == preset) & (summary["variant"] == "")]
+    finished = summary["paused"].fillna("") == "" if "paused" in summary else True
+    return summary[summary["trained"].astype(bool) & finished & (summary["preset"] == preset)
+                   & (summary["variant"] == "")]
 
 
 def checks(summary: pd.DataFrame, reference: pd.DataFrame | None, preset: str = "gpu") -> list[dict[str, str]]:
@@ -51,7 +54,8 @@ def checks(summary: pd.DataFrame, reference: pd.DataFrame | None, preset: str = 
         rows.append({"data set": dataset, "check": check, "measured": measured, "verdict": _verdict(passed)})
 
     if summary.empty:
-        summary = pd.DataFrame(columns=["dataset", "curve", "variant", "preset", "trained", "data", "memory_k", "median"])
+        summary = pd.DataFrame(columns=["dataset", "curve", "variant", "preset", "trained", "paused", "data", "memory_k",
+                                        "median"])
     for dataset in PAPER_DATASET:
         frame = summary[summary["dataset"] == dataset]
         learned = read_points(frame, preset)

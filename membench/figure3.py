@@ -27,11 +27,12 @@ import torch
 from tabulate import tabulate
 
 from membench.budget import check_measured, sealed
+from membench.checkpoints import trained_steps
 from membench.errors import MembenchError
 from membench.fig3_acceptance import acceptance_markdown, read_points
 from membench.integrity import checked_retrievals
 from membench.plots import read_curves, save, training_curves
-from membench.report import REPO_ROOT, distinct, episode_means, span
+from membench.report import REPO_ROOT, distinct, episode_means, span, updates_text
 from membench.store import ResultsStore, read_table, write_text_atomic
 
 DEFAULT_REFERENCE = REPO_ROOT / "results" / "reference" / "paper_fig3.csv"
@@ -113,6 +114,9 @@ def summarise(records: list[dict[str, Any]], reference: pd.DataFrame | None = No
                      "seed": record["seed"], "batch_errors": episode_means(record),
                      "train_batches": np.asarray((record.get("train_split") or {}).get("batch_errors", []), float),
                      "trained": bool(record["training"]),
+                     "paused": updates_text(record["training"]) if (record["training"] or {}).get("finished") is False
+                     else "",  # evaluated from a paused checkpoint (--no-train): 'done of planned × episodes'
+
                      "train_time_s": (record["training"] or {}).get("train_time_s", 0.0),
                      "wall_time_s": record["wall_time_s"], "device": record["environment"]["device"],
                      "command": record["command"]})
@@ -131,6 +135,7 @@ def summarise(records: list[dict[str, Any]], reference: pd.DataFrame | None = No
                         "mean": batches.mean(), "batches": len(batches),
                         "seeds": " ".join(str(s) for s in sorted(group["seed"])),
                         "trained": bool(group["trained"].any()),
+                        "paused": ", ".join(sorted(set(group["paused"]) - {""})),
                         "train_time_s": float(group["train_time_s"].sum()), "wall_time_s": float(group["wall_time_s"].sum()),
                         "device": " ".join(sorted(set(group["device"]))), "command": " | ".join(sorted(set(group["command"])))})
     frame = pd.DataFrame(summary).sort_values(["dataset", "curve", "variant", "preset", "num_patterns", "memory_floats"],
@@ -159,6 +164,13 @@ def _smoke_test(summary: pd.DataFrame) -> bool:
     return not summary.empty and bool((summary["trained"] & (summary["preset"] == "quick")).any())
 
 
+def _preset_text(row: Any) -> str:
+    """A point's preset column: 'untrained', the preset, or the preset and where its paused checkpoint stood."""
+    if not row.trained:
+        return "untrained"
+    return f"{row.preset}, paused at {row.paused}" if row.paused else row.preset
+
+
 def dataset_table(frame: pd.DataFrame) -> str:
     """The markdown table of one data set's points: ours beside the paper's (and the train-split
     median of trained models, where a record has one: well below the test median means memorised)."""
@@ -166,7 +178,7 @@ def dataset_table(frame: pd.DataFrame) -> str:
     grid = [[" ".join([_line_label(row.curve, row.variant), *_task_tags(row, frame)]), f"{row.memory_k:.2f}",
              f"{row.median:.2f} [{row.p5:.2f}, {row.p95:.2f}]",
              "" if pd.isna(row.paper) else f"{row.paper:.2f} [{row.paper_lo:.2f}, {row.paper_hi:.2f}]",
-             row.num_patterns, row.batches, row.preset if row.trained else "untrained", f"{row.train_time_s:.0f}",
+             row.num_patterns, row.batches, _preset_text(row), f"{row.train_time_s:.0f}",
              f"{row.wall_time_s:.1f}"]
             + ([] if not with_train else ["" if pd.isna(row.train_median) else f"{row.train_median:.2f}"])
             for row in frame.itertuples()]
@@ -274,6 +286,11 @@ def first_episode(record: dict[str, Any], checkpoint_dir: Path) -> tuple[Any, to
     if model.trainable and checkpoint is None:
         print(f"skipped the grid of {record['run_id']}: its trained checkpoint is not in {checkpoint_dir} "
               "(rerun its `membench run` command there to retrain it)")
+        return None
+    if model.trainable and trained_steps(checkpoint) != record["training"]["steps"]:
+        print(f"skipped the grid of {record['run_id']}: its checkpoint stands at step {trained_steps(checkpoint):g}, "
+              f"its record's model at step {record['training']['steps']} (rerun its `membench run` command, with "
+              "--no-train for a paused one, to evaluate the checkpoint as it stands)")
         return None
     seed_all(spec.seed)
     first_batch = min(EVAL_EPISODES_PER_BATCH, math.ceil(spec.queries / task.spec.num_patterns))

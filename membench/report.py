@@ -141,7 +141,8 @@ def distinct(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
     the same patterns in the same order, and with equal --queries the very same queries (with other
     --queries the batches differ, and so do the queries' corruptions, drawn after a batch's patterns).
     Pooling them would count patterns twice: a copied record file, the same run from two suites, or
-    a rerun with more --queries. The one with the most queries (then the latest) is kept.
+    a rerun with more --queries. The most complete is kept (`store.completeness`: finished training before a
+    paused checkpoint's, then the most queries, then the latest).
 
     Records of a model from outside membench made by another version of its source files than the model's
     latest record among `records` (`model_source`) are left out, with a warning: no cell, row or curve
@@ -197,6 +198,7 @@ def summarise(records: list[dict[str, Any]]) -> pd.DataFrame:
             "seeds": " ".join(str(s) for s in sorted(group["seed"])),
             "train_time_s": round(sum(t["train_time_s"] for t in trained), 1) if trained else 0.0,
             "trained_on": ", ".join(sorted(map(updates_text, trained))),
+            "paused": any(t.get("finished") is False for t in trained),  # a paused checkpoint's (--no-train)
             "wall_time_s": round(float(group["wall_time_s"].sum()), 2),
             "device": " ".join(sorted({e["device"] for e in group["environment"]})),
             "versions": _versions(group),
@@ -339,7 +341,8 @@ def table1(out_dir: Path, reference: Path | None = DEFAULT_REFERENCE, write: boo
     notes = []
     if dropped:
         notes.append(f"{dropped} record(s) repeat the episodes of another record of the same cell and seed "
-                     "(a copy, the same run from another suite, or fewer --queries) and were counted once.")
+                     "(a copy, the same run from another suite, fewer --queries, or a paused checkpoint's "
+                     "evaluation) and were counted once.")
     images = [r for r in all_records if r["task"]["kind"] != "binary"]
     for command, count in _image_summaries(images).items():
         notes.append(f"{count} image-task run(s) are summarised by `membench {command}`.")

@@ -69,29 +69,36 @@ def is_current(spec: RunSpec, store: ResultsStore, train: bool = True, checkpoin
         return False
     if not cls.trainable:
         return True
-    training = record.get("training") or {}
-    if training.get("finished") is False:
-        planned = (training.get("config") or {}).get("steps")
-        paused_at = f"a checkpoint paused at step {training.get('steps')} of {planned}"
-        if train:
-            warn(f"{spec.run_id}: its record was made from {paused_at}; training it on")
-            return False
-        now = trained_steps(checkpoint_path(training["checkpoint_key"], checkpoint_dir or default_checkpoint_dir()))
-        if now > training.get("steps", now):
-            warn(f"{spec.run_id}: its record was made from {paused_at}, trained to step {now:g} since; evaluating "
-                 "it again")
-            return False
     today = comparable_preset(resolve_preset(cls, make_task(spec.task).spec, spec.preset, spec.options).to_dict())
     recorded = record.get("preset_config")
+    training = record.get("training") or {}
     if recorded is not None:
         current = comparable_preset(recorded) == today
     else:
-        trained = comparable_preset({"model": {}, "train": (record.get("training") or {}).get("config") or {}})
+        trained = comparable_preset({"model": {}, "train": training.get("config") or {}})
         current = all(today["train"].get(name, value) == value for name, value in trained["train"].items())
     if not current:
         warn(f"{spec.run_id}: its record was made with an older definition of preset '{spec.preset}'; running it again")
-    return current
+        return False
+    return training.get("finished") is not False or _paused_record_current(spec.run_id, training, train, checkpoint_dir)
 
+
+def _paused_record_current(run_id: str, training: dict[str, Any], train: bool, checkpoint_dir: Path | None) -> bool:
+    """`is_current` for a record of a paused checkpoint (`--no-train`): current for a run that does not `train`
+    while the checkpoint (in `checkpoint_dir`, or shipped) stands at the record's step; otherwise warned about."""
+    planned, steps = (training.get("config") or {}).get("steps"), training.get("steps")
+    now = trained_steps(checkpoint_path(training["checkpoint_key"], checkpoint_dir or default_checkpoint_dir()))
+    paused_at = f"{run_id}: its record was made from a checkpoint paused at step {steps} of {planned}"
+    if planned is not None and now >= planned:
+        warn(f"{paused_at}, which has finished training since; evaluating it again")
+        return False
+    if train:
+        warn(f"{paused_at}; training it on")
+        return False
+    if steps is not None and now > steps:
+        warn(f"{paused_at}, trained to step {now:g} since; evaluating it again")
+        return False
+    return True
 
 def checkpoint_key(spec: RunSpec, model: AssociativeMemory, task: Task) -> str:
     """File stem of a learned model's checkpoint: a digest of everything its training depends on

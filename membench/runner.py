@@ -31,7 +31,8 @@ from torch import nn
 
 from membench import fresh_read
 from membench.budget import StateContract, check_declared, sealed
-from membench.checkpoints import checkpoint_path, default_checkpoint_dir, load_checkpoint
+from membench.checkpoints import (SHIPPED_CHECKPOINTS, UNREADABLE, checkpoint_path, default_checkpoint_dir,
+                                  load_checkpoint, read_checkpoint, trained_steps)
 from membench.errors import CheckpointBusy, MembenchError, TrainingPaused, UnknownOption
 from membench.integrity import audit_write, checked_retrievals
 from membench.interface import (AssociativeMemory, Preset, check_constructor_options, resolve_options,
@@ -40,7 +41,7 @@ from membench.provenance import environment, git_state
 from membench.registry import (errors_of_user_model, is_builtin_model, make_task, model_source_digest, resolve_model,
                                user_model_error)
 from membench.run_identity import checkpoint_key, is_current, recorded_preset
-from membench.store import ResultsStore, writable_folder, write_text_atomic
+from membench.store import ResultsStore, file_lock, writable_folder, write_text_atomic
 from membench.suites import BUILTIN_PRESETS, DEFAULT_PRESET, RunSpec, declared_count
 from membench.tasks import Task, seed_all
 from membench.training import TrainResult, meta_train
@@ -203,16 +204,56 @@ def _sized_or_optioned(spec: RunSpec, exc: Exception, where: traceback.FrameSumm
 
 def as_trained(model: AssociativeMemory, path: Path, config: Any, spec: RunSpec) -> TrainResult:
     """Load the checkpoint at `path` into `model` as it stands, for `--no-train` (finished or paused; no step
-    is made), as the TrainResult meta-training would have returned; MembenchError when there is none (an
-    unreadable one is left where it is, reported)."""
-    saved = load_checkpoint(path, model, set_aside=False)
-    if saved is None:
-        raise MembenchError(f"--no-train: '{spec.model}' (preset {spec.preset}, seed {spec.seed}) has no trained "
-                            f"checkpoint {path.name} in {path.parent} or results/checkpoints; run without --no-train "
-                            "to train it, or give the --checkpoint-dir that holds it")
+    is made), as the TrainResult meta-training would have returned. Waits while another process trains it (it
+    pauses or finishes first); MembenchError for a missing or unusable one, which is left where it is."""
+    with file_lock(path.with_name(path.name + ".lock")):
+        problem = _checkpoint_problem(path)
+        if problem is None:
+            try:
+                saved = read_checkpoint(path)
+                model.load_state_dict(saved["model"])
+            except (*UNREADABLE, KeyError, TypeError) as exc:
+                why = " ".join(str(exc).split())[:200]
+                problem = f"{path} does not fit {type(model).__name__} ({type(exc).__name__}: {why}; left as it is)"
+    if problem is not None:
+        raise MembenchError(f"--no-train: the checkpoint of '{spec.model}' (preset {spec.preset}, seed {spec.seed}, "
+                            f"N={spec.task['num_patterns']}) {problem}; {NO_TRAIN_FIX}")
     return TrainResult(steps=saved["step"], train_time_s=saved["elapsed_s"], curve=saved["curve"],
                        checkpoint=str(path), finished=saved["step"] >= config.steps, history=saved.get("history"),
                        trained_now=(0, 0.0))
+
+
+NO_TRAIN_FIX = ("run without --no-train to train it (an unreadable one is then set aside), or give the "
+                "--checkpoint-dir that holds it")
+
+
+def _checkpoint_problem(path: Path) -> str | None:
+    """Why the checkpoint file at `path` cannot be evaluated as it stands (missing, unreadable), or None."""
+    if not path.exists():
+        return f"is neither in {path.parent} nor shipped in {SHIPPED_CHECKPOINTS} (no file {path.name})"
+    if trained_steps(path) < 0:
+        return f"{path} is unreadable (left as it is)"
+    return None
+
+
+def require_checkpoints(specs: list[RunSpec], checkpoint_dir: Path) -> None:
+    """For `--no-train`, before any run: MembenchError naming every learned run of `specs` whose checkpoint is
+    missing or unreadable, so that no run is made when some cannot be."""
+    problems: dict[str, list[str]] = {}
+    for spec in specs:
+        if not resolve_model(spec.model).trainable:
+            continue
+        task = make_task(spec.task)
+        with errors_of_user_model(spec.model, "no run was started"):
+            model = build_model(spec, task)
+        path = checkpoint_path(checkpoint_key(spec, model, task), checkpoint_dir)
+        problem = _checkpoint_problem(path)
+        if problem is not None:
+            problems.setdefault(f"'{spec.model}' (preset {spec.preset}, seed {spec.seed}): its checkpoint {problem}",
+                                []).append(str(spec.task["num_patterns"]))
+    if problems:
+        named = "; ".join(f"{what}, at N={','.join(ns)}" for what, ns in problems.items())
+        raise MembenchError(f"--no-train: {named}; no run was started: {NO_TRAIN_FIX}")
 
 
 def _execute(spec: RunSpec, store: ResultsStore, device: torch.device, checkpoint_dir: Path, command: str,
@@ -352,6 +393,10 @@ def run_all(specs: list[RunSpec], out_dir: Path, device: str = "auto", force: bo
     git_state()  # before any file is written
     specs = checked_specs(specs)
     writable_folder(out_dir, "--out")
+    if not train and any(resolve_model(spec.model).trainable for spec in specs):
+        writable_folder(checkpoint_dir, *cache)  # the shipped checkpoints are copied in, under lock files
+        require_checkpoints([s for s in specs if force or not store.has(s.run_id)], checkpoint_dir)  # those without
+        # a record; a record's staleness is judged later, and its run then refused alone if its checkpoint is gone
     if launcher == "ray":
         if any(resolve_model(spec.model).trainable for spec in specs):
             writable_folder(checkpoint_dir, *cache)

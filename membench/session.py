@@ -36,7 +36,7 @@ from typing import Sequence
 from membench.checkpoints import (UNREADABLE, portable, read_checkpoint, readable_checkpoint, saved_bytes,
                                   ship_checkpoints, weights_only)
 from membench.errors import EXIT_INTERRUPTED, EXIT_PAUSED, MembenchError
-from membench.store import completeness, parse_record, read_record, warn, write_atomic
+from membench.store import better_because, completeness, parse_record, read_record, warn, write_atomic
 from membench.suites import SUITES
 
 RESULTS, CHECKPOINTS = "results", "checkpoints"
@@ -210,8 +210,9 @@ def _is_record(name: str) -> bool:
 
 
 def _better_here(target: Path, arrived: dict) -> bool:
-    """Whether `target` already holds a record more complete than `arrived` (report.distinct's rule: the
-    later finish, the queries being equal for one run id). An unreadable target is not better."""
+    """Whether `target` already holds a record more complete than `arrived` (`store.completeness`, report.distinct's
+    rule: finished training before a paused checkpoint's, then more queries, then the later finish). An
+    unreadable target is not better."""
     try:
         return completeness(read_record(target)) > completeness(arrived)
     except MembenchError:
@@ -298,7 +299,8 @@ def unpack(archive: Path, root: Path) -> tuple[list[Path], list[Path], list[str]
                     merge(target, pd.read_csv(io.BytesIO(data), dtype={"commit": str}).to_dict("records"))
                     written.append(target)
                 elif name in arriving and target.exists() and _better_here(target, arriving[name]):
-                    warn(f"{target} kept: it holds more queries, or finished later, than the archive's {name}")
+                    warn(f"{target} kept over the archive's {name}: "
+                         f"{better_because(read_record(target), arriving[name])}")
                 else:
                     written.append(write_atomic(target, lambda h, d=data: h.write(d)))
             except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:

@@ -220,6 +220,13 @@ def completeness(record: dict[str, Any]) -> tuple[bool, int, str]:
             record.get("finished_at", ""))
 
 
+def better_because(kept: dict[str, Any], other: dict[str, Any]) -> str:
+    """Why `completeness` ranks `kept` above `other`, in words ('it holds more queries', …)."""
+    reasons = ("its model's training finished, the other's checkpoint was paused", "it holds more queries",
+               "it finished later")
+    return next(reason for reason, a, b in zip(reasons, completeness(kept), completeness(other)) if a != b)
+
+
 def _field_problem(record: dict[str, Any], check_errors: bool = True) -> str | None:
     """What is wrong with the fields the reports group, sum and print, or None (`check_errors`: each error's
     type too, needless where they were unpacked from float32)."""

@@ -114,6 +114,20 @@ def test_figures_without_the_data_for_their_grids_write_nothing(data_root, tmp_p
     assert not list(out.glob("fig3*"))
 
 
+def test_a_point_of_a_paused_checkpoint_says_so_in_its_table():
+    """A record evaluated from a paused checkpoint (--no-train) is marked in the table's preset column."""
+    from membench.figure3 import dataset_table
+
+    training = {"checkpoint_key": "k", "curve": "training/k.csv", "train_time_s": 3.0, "config": {"steps": 9,
+                                                                                              "batch_size": 2}}
+    paused = {**_record("EBMM_FC", 4100, [1.0, 3.0], 2), "preset": "gpu",
+              "training": {**training, "steps": 5, "finished": False}}
+    done = {**_record("EBMM_FC", 5000, [1.0, 3.0], 2), "preset": "gpu",
+            "training": {**training, "steps": 9, "finished": True}}
+    table = dataset_table(summarise([paused, done]))
+    assert "| gpu, paused at 5 of 9 × 2 |" in table and "| gpu      " in table, table
+
+
 def test_the_acceptance_reads_each_check_off_the_points():
     """fig3_acceptance: sizes per curve, the fall with memory, EBMM against the paper's curve at its memory
     (interpolated in log-memory; n/a without a paper curve) and against passthrough, and on CIFAR EBMM_conv
@@ -121,15 +135,16 @@ def test_the_acceptance_reads_each_check_off_the_points():
     data most of them used."""
     from membench.fig3_acceptance import checks
 
-    def point(dataset, curve, memory_k, median, preset="gpu", trained=True, variant="", data="bundled"):
+    def point(dataset, curve, memory_k, median, preset="gpu", trained=True, variant="", data="bundled", paused=""):
         return {"dataset": dataset, "curve": curve, "variant": variant, "preset": preset, "trained": trained,
-                "data": data, "memory_k": memory_k, "median": median}
+                "paused": paused, "data": data, "memory_k": memory_k, "median": median}
 
     summary = pd.DataFrame(
         [point("cifar10", "EBMM_conv", k, e) for k, e in ((2.0, 20.0), (4.0, 14.0), (8.0, 12.0), (16.0, 14.0))]
         + [point("cifar10", "MemNet", k, e) for k, e in ((3.0, 16.0), (6.0, 12.0), (12.0, 9.0), (24.0, 6.0))]
         + [point("cifar10", "EBMM_FC", 4.0, 10.0), point("cifar10", "EBMM_FC", 8.0, 5.0, preset="quick"),
            point("cifar10", "EBMM_FC", 16.0, 1.0, variant="hidden=8"),
+           point("cifar10", "EBMM_FC", 12.0, 2.0, paused="5 of 9 × 128"),  # a paused checkpoint's: left out too
            point("cifar10", "EBMM_conv", 32.0, 1.0, data="full"),  # other data: not part of these curves
            point("cifar10", "passthrough", 0.0, 46.0, preset="quick", trained=False)])
     reference = pd.DataFrame({"dataset": "cifar", "model": "EBMM_conv", "memory_k": [2.0, 8.0],
@@ -137,7 +152,7 @@ def test_the_acceptance_reads_each_check_off_the_points():
     verdicts = {row["check"]: (row["verdict"], row["measured"]) for row in checks(summary, reference)
                 if row["data set"] == "cifar10"}
     assert verdicts["EBMM_conv: at least 4 memory sizes (gpu)"][0] == "PASS"
-    assert verdicts["EBMM_FC: at least 4 memory sizes (gpu)"] == ("FAIL", "1")  # quick and variant points left out
+    assert verdicts["EBMM_FC: at least 4 memory sizes (gpu)"] == ("FAIL", "1")  # quick, variant, paused: left out
     assert verdicts["EBMM_conv: error at the largest size at most 0.75 x the smallest's"][0] == "PASS"  # 14 <= 15
     assert verdicts["MemNet: error at the largest size at most 0.75 x the smallest's"][0] == "PASS"
     assert verdicts["EBMM_conv at 4.00k: at most 2 x the paper's"][1] == "14.00 against 8.00 (1.75 x)"  # 12 -> 4, halfway

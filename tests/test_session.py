@@ -341,7 +341,7 @@ def test_pack_carries_optimiser_states_only_where_room_remains(tmp_path: Path, m
 
 def test_unpack_keeps_a_record_with_more_queries_than_the_archives(tmp_path: Path):
     """A record arriving in an archive replaces the one here only when it is at least as good (report.distinct's
-    rule: more queries, then the later finish)."""
+    rule: finished training before a paused checkpoint's, then more queries, then the later finish)."""
     from membench.store import read_record, write_json_atomic
 
     root = tmp_path / "here"
@@ -357,7 +357,15 @@ def test_unpack_keeps_a_record_with_more_queries_than_the_archives(tmp_path: Pat
         archive = _archive(tmp_path / "a.tgz", {run: json.dumps(arriving).encode()})
         result = CliRunner().invoke(main, ["unpack", str(archive), "--root", str(root)])
         assert result.exit_code == 0 and read_record(root / run)["errors"] == kept, result.output
-        assert ("hebb-N16-s0.json kept: it holds more queries" in result.output) == (arriving is fewer)
+        assert ("hebb-N16-s0.json kept over the archive's" in result.output) == (arriving is fewer)
+        assert ("it holds more queries" in result.output) == (arriving is fewer)
+    training = {"checkpoint_key": "k", "curve": "training/k.csv", "config": {"steps": 6}, "train_time_s": 1.0}
+    write_json_atomic(root / run, {**record, "errors": [1.0], "training": {**training, "steps": 6, "finished": True}})
+    paused = {**more, "training": {**training, "steps": 2, "finished": False}}  # more queries, but a paused model
+    result = CliRunner().invoke(main, ["unpack", str(_archive(tmp_path / "p.tgz", {run: json.dumps(paused).encode()})),
+                                       "--root", str(root)])
+    assert result.exit_code == 0 and read_record(root / run)["errors"] == [1.0], result.output
+    assert "its model's training finished, the other's checkpoint was paused" in result.output
     broken = _archive(tmp_path / "b.tgz", {"results/table1/table1.md": b"new", run: json.dumps({**more, "seed": "0"})
                                            .encode()})
     result = CliRunner().invoke(main, ["unpack", str(broken), "--root", str(root)])

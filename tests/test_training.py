@@ -171,27 +171,54 @@ def test_no_train_evaluates_a_paused_checkpoint_as_it_stands_and_a_later_run_tra
 
 
 def test_no_train_evaluates_again_once_the_paused_checkpoint_was_trained_further(tmp_path: Path, monkeypatch):
-    """A GPU session trains the shipped checkpoint on elsewhere: the next --no-train evaluates it again."""
+    """A GPU session trains the shipped checkpoint on (here: its step moved on by hand), without finishing it: the
+    next --no-train evaluates it again, still as paused."""
+    args = [*_tiny_run(tmp_path, monkeypatch), "--checkpoint-dir", "ck"]
+    assert CliRunner().invoke(main, [*args, "--train-time-limit", "0"]).exit_code == EXIT_PAUSED
+    assert CliRunner().invoke(main, [*args, "--no-train"]).exit_code == 0
+    (checkpoint,) = (tmp_path / "ck").glob("*.pt")
+    torch.save({**torch.load(checkpoint, weights_only=False), "step": 3}, checkpoint)
+    again = CliRunner().invoke(main, [*args, "--no-train"])
+    assert again.exit_code == 0 and "trained to step 3 since; evaluating it again" in again.output, again.output
+    (record,) = records_in(tmp_path / "out")
+    assert record["training"]["steps"] == 3 and record["training"]["finished"] is False
+    capacity = CliRunner().invoke(main, ["capacity", "--out", "out"])  # its tables say so too
+    assert capacity.exit_code == 0, capacity.output
+    assert ("Evaluated from a paused checkpoint (`--no-train`; updates done of planned × episodes): "
+            "tiny_learned:TinyLearned (3 of 6 × 2).") in (tmp_path / "out" / "capacity.md").read_text()
+
+
+def test_no_train_refuses_before_any_run_naming_every_missing_or_unreadable_checkpoint(tmp_path: Path, monkeypatch):
+    """Only N = 16 has a checkpoint: the command (Hebb beside the learned model) is refused before any run, in
+    one line naming N = 32; an unreadable checkpoint is named as such, left where it is, in one line."""
+    args = [*_tiny_run(tmp_path, monkeypatch), "--checkpoint-dir", "ck"]
+    assert CliRunner().invoke(main, [*args, "--train-time-limit", "0"]).exit_code == EXIT_PAUSED  # N = 16's
+    both_n = [*args[:args.index("16")], "16,32", *args[args.index("16") + 1:], "--model", "hopfield_hebb"]
+    missing = CliRunner().invoke(main, [*both_n, "--no-train"])
+    assert missing.exit_code == 1 and exited_cleanly(missing), missing.output
+    assert "--no-train: 'tiny_learned:TinyLearned' (preset quick, seed 0): its checkpoint is neither in ck nor " \
+           "shipped in" in missing.output and ", at N=32; no run was started: run without --no-train" in missing.output
+    assert len(missing.output.strip().splitlines()) == 1 and not (tmp_path / "out" / "runs").exists()
+    (checkpoint,) = (tmp_path / "ck").glob("*.pt")
+    checkpoint.write_bytes(b"garbage")
+    unreadable = CliRunner().invoke(main, [*args, "--no-train"])
+    assert unreadable.exit_code == 1 and len(unreadable.output.strip().splitlines()) == 1, unreadable.output
+    assert f"its checkpoint {Path('ck') / checkpoint.name} is unreadable (left as it is), at N=16" in unreadable.output
+    assert checkpoint.read_bytes() == b"garbage" and not (tmp_path / "out" / "runs").exists()
+    both = CliRunner().invoke(main, [*args, "--no-train", "--train-time-limit", "10"])
+    assert both.exit_code == 1 and "contradict each other" in both.output and exited_cleanly(both), both.output
+
+
+def test_a_paused_record_whose_checkpoint_finished_elsewhere_is_evaluated_again_not_trained(tmp_path: Path,
+                                                                                           monkeypatch):
     args = [*_tiny_run(tmp_path, monkeypatch), "--checkpoint-dir", "ck"]
     assert CliRunner().invoke(main, [*args, "--train-time-limit", "0"]).exit_code == EXIT_PAUSED
     assert CliRunner().invoke(main, [*args, "--no-train"]).exit_code == 0
     elsewhere = [*args[:args.index("--out")], "--out", "elsewhere", *args[args.index("--out") + 2:]]
     assert CliRunner().invoke(main, elsewhere).exit_code == 0  # the same checkpoint, trained to its end
-    again = CliRunner().invoke(main, [*args, "--no-train"])
-    assert again.exit_code == 0 and "trained to step 6 since; evaluating it again" in again.output, again.output
-    (path,) = (tmp_path / "out" / "runs").glob("*.json")
-    assert json.loads(path.read_text())["training"]["finished"] is True
-
-
-def test_no_train_refuses_a_model_without_a_checkpoint_and_a_time_limit(tmp_path: Path, monkeypatch):
-    args = [*_tiny_run(tmp_path, monkeypatch), "--checkpoint-dir", "ck"]
-    missing = CliRunner().invoke(main, [*args, "--no-train"])
-    assert missing.exit_code == 1 and exited_cleanly(missing), missing.output
-    assert "--no-train: 'tiny_learned:TinyLearned' (preset quick, seed 0) has no trained checkpoint" in missing.output
-    assert "run without --no-train to train it" in missing.output
-    assert not list(tmp_path.glob("ck/*.pt")) and not list(tmp_path.glob("out/runs/*.json"))
-    both = CliRunner().invoke(main, [*args, "--no-train", "--train-time-limit", "10"])
-    assert both.exit_code == 1 and "contradict each other" in both.output and exited_cleanly(both), both.output
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0 and "which has finished training since; evaluating it again" in result.output
+    assert "training it on" not in result.output and "no meta-training in this call" in result.output
 
 
 def test_unknown_preset_names_the_models_presets():
