@@ -116,7 +116,6 @@ def summarise(records: list[dict[str, Any]], reference: pd.DataFrame | None = No
                      "trained": bool(record["training"]),
                      "paused": updates_text(record["training"]) if (record["training"] or {}).get("finished") is False
                      else "",  # evaluated from a paused checkpoint (--no-train): 'done of planned × episodes'
-
                      "train_time_s": (record["training"] or {}).get("train_time_s", 0.0),
                      "wall_time_s": record["wall_time_s"], "device": record["environment"]["device"],
                      "command": record["command"]})
@@ -287,8 +286,9 @@ def first_episode(record: dict[str, Any], checkpoint_dir: Path) -> tuple[Any, to
         print(f"skipped the grid of {record['run_id']}: its trained checkpoint is not in {checkpoint_dir} "
               "(rerun its `membench run` command there to retrain it)")
         return None
-    if model.trainable and trained_steps(checkpoint) != record["training"]["steps"]:
-        print(f"skipped the grid of {record['run_id']}: its checkpoint stands at step {trained_steps(checkpoint):g}, "
+    stands = trained_steps(checkpoint) if model.trainable else None
+    if model.trainable and stands != record["training"]["steps"]:
+        print(f"skipped the grid of {record['run_id']}: its checkpoint stands at step {stands:g}, "
               f"its record's model at step {record['training']['steps']} (rerun its `membench run` command, with "
               "--no-train for a paused one, to evaluate the checkpoint as it stands)")
         return None
