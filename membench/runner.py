@@ -417,6 +417,10 @@ def run_all(specs: list[RunSpec], out_dir: Path, device: str = "auto", force: bo
         limit = None if deadline is None else max(0.0, deadline - time.perf_counter())
         record = execute(spec, store, torch_device, checkpoint_dir, command, progress, limit, wait, train)
         records.append(record)
+        if not progress:  # no bars (e.g. into a log file): a line a run, so a long command shows it is alive
+            print(f"run {len(records)} of at most {len(todo)} done: {spec.run_id}, mean error "
+                  f"{record['mean_error']:.4g} {record['task_unit']}, {record['wall_time_s']:.1f} s", file=sys.stderr,
+                  flush=True)
         if on_record:
             on_record(record)
 

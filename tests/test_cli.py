@@ -32,6 +32,9 @@ def test_readme_example_is_short_and_runs_through_the_console_script(tmp_path):
                             cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "my_memory:OneStepHebb" in result.stdout  # the table has its row
+    done = [line.split(":")[0] for line in result.stderr.splitlines() if line.startswith("run ")]
+    assert done == ["run 1 of at most 2 done", "run 2 of at most 2 done"]  # without bars, a line a run, on stderr
+    assert "mean error" in result.stderr and "of at most" not in result.stdout
     records = records_in(tmp_path / "out")
     assert sorted(r["task"]["num_patterns"] for r in records) == [16, 32]
     assert all(r["memory_floats"] == 8256 for r in records)
