@@ -9,6 +9,7 @@ results/checkpoints as `portable` keeps them (weights only once finished).
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import pickle
@@ -48,6 +49,16 @@ def weights_only(saved: dict[str, Any]) -> dict[str, Any]:
     shipped)."""
     return {**{k: v for k, v in saved.items() if k != "optimizer"},
             "model": {name: _on_cpu(tensor) for name, tensor in saved["model"].items()}}
+
+
+def weights_digest(state: dict[str, torch.Tensor]) -> str:
+    """A digest of a model's weights as shipped (`weights_only`: float32 on the CPU), the same for a checkpoint
+    wherever it is cached or shipped, and different for other weights at the same step."""
+    digest = hashlib.sha1()
+    for name in sorted(state):
+        digest.update(name.encode())
+        digest.update(_on_cpu(state[name]).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 RESUME_STATE_MAX_MB = 8.0  # an unfinished checkpoint carried elsewhere keeps AdamW's state up to this size (half a volume)

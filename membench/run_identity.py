@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from membench.checkpoints import checkpoint_path, default_checkpoint_dir, trained_steps
+from membench.checkpoints import checkpoint_path, default_checkpoint_dir, readable_checkpoint, weights_digest
 from membench.interface import AssociativeMemory, Preset, TaskSpec, resolve_preset
 from membench.registry import make_task, model_source_digest, model_source_files, resolve_model
 from membench.store import ResultsStore, read_record, warn
@@ -87,7 +87,9 @@ def _paused_record_current(run_id: str, training: dict[str, Any], train: bool, c
     """`is_current` for a record of a paused checkpoint (`--no-train`): current for a run that does not `train`
     while the checkpoint (in `checkpoint_dir`, or shipped) stands at the record's step; otherwise warned about."""
     planned, steps = (training.get("config") or {}).get("steps"), training.get("steps")
-    now = trained_steps(checkpoint_path(training["checkpoint_key"], checkpoint_dir or default_checkpoint_dir()))
+    path = checkpoint_path(training["checkpoint_key"], checkpoint_dir or default_checkpoint_dir())
+    saved = readable_checkpoint(path) if path.exists() else None
+    now = saved["step"] if saved is not None else -1
     paused_at = f"{run_id}: its record was made from a checkpoint paused at step {steps} of {planned}"
     if planned is not None and now >= planned:
         warn(f"{paused_at}, which has finished training since; evaluating it again")
@@ -97,6 +99,10 @@ def _paused_record_current(run_id: str, training: dict[str, Any], train: bool, c
         return False
     if steps is not None and now > steps:
         warn(f"{paused_at}, trained to step {now:g} since; evaluating it again")
+        return False
+    recorded = training.get("weights_digest")
+    if saved is not None and recorded is not None and weights_digest(saved["model"]) != recorded:
+        warn(f"{paused_at}, whose weights have changed since (trained again, to step {now:g}); evaluating it again")
         return False
     return True
 

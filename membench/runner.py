@@ -32,7 +32,7 @@ from torch import nn
 from membench import fresh_read
 from membench.budget import StateContract, check_declared, sealed
 from membench.checkpoints import (SHIPPED_CHECKPOINTS, UNREADABLE, checkpoint_path, default_checkpoint_dir,
-                                  load_checkpoint, read_checkpoint, trained_steps)
+                                  load_checkpoint, read_checkpoint, trained_steps, weights_digest)
 from membench.errors import CheckpointBusy, MembenchError, TrainingPaused, UnknownOption
 from membench.integrity import audit_write, checked_retrievals
 from membench.interface import (AssociativeMemory, Preset, check_constructor_options, resolve_options,
@@ -284,6 +284,7 @@ def _execute(spec: RunSpec, store: ResultsStore, device: torch.device, checkpoin
                 f"{train_config.steps} at the command's training time limit; its checkpoint is "
                 f"{result.checkpoint}. Rerun the same command to continue; finished runs are kept.")
         training = {"checkpoint_key": key, "steps": result.steps, "finished": result.finished,  # False: paused
+                    **({} if train else {"weights_digest": weights_digest(model.state_dict())}),  # as it stood
                     "train_time_s": round(result.train_time_s, 2),
                     "trained_by_this_run": {"steps": result.trained_now[0],  # 0: its checkpoint was trained already
                                             "train_time_s": round(result.trained_now[1], 2)},

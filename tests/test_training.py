@@ -182,6 +182,13 @@ def test_no_train_evaluates_again_once_the_paused_checkpoint_was_trained_further
     assert again.exit_code == 0 and "trained to step 3 since; evaluating it again" in again.output, again.output
     (record,) = records_in(tmp_path / "out")
     assert record["training"]["steps"] == 3 and record["training"]["finished"] is False
+    saved = torch.load(checkpoint, weights_only=False)  # trained again from scratch, to the same step
+    torch.save({**saved, "model": {**saved["model"], "bias": saved["model"]["bias"] + 1.0}}, checkpoint)
+    changed = CliRunner().invoke(main, [*args, "--no-train"])
+    assert changed.exit_code == 0 and "whose weights have changed since" in changed.output, changed.output
+    assert records_in(tmp_path / "out")[0]["training"]["weights_digest"] != record["training"]["weights_digest"]
+    unchanged = CliRunner().invoke(main, [*args, "--no-train"])
+    assert unchanged.exit_code == 0 and "0 run(s) executed, 1 already finished" in unchanged.output
     capacity = CliRunner().invoke(main, ["capacity", "--out", "out"])  # its tables say so too
     assert capacity.exit_code == 0, capacity.output
     assert ("Evaluated from a paused checkpoint (`--no-train`; updates done of planned × episodes): "
