@@ -239,6 +239,7 @@ def plot(summary: pd.DataFrame, reference: pd.DataFrame | None, paths: list[Path
     labels = sorted((set(summary["curve"]) if not summary.empty else set())
                     | (set(reference["model"]) if reference is not None else set()))
     colours = {label: plt.cm.tab10(i % 10) for i, label in enumerate(labels)}
+    any_paused = False
     for ax, (dataset, paper_name) in zip(axes, PAPER_DATASET.items()):
         if reference is not None:
             for label, points in reference[reference.dataset == paper_name].groupby("model"):
@@ -248,6 +249,7 @@ def plot(summary: pd.DataFrame, reference: pd.DataFrame | None, paths: list[Path
         ours = summary[summary.dataset == dataset] if not summary.empty else summary
         keys = ["curve", "variant", "preset", "num_patterns", *TASK_TAGS]
         lines = ours.groupby(keys, sort=True) if not ours.empty else []
+        ringed = False  # this axis has a paused checkpoint's point, labelled once
         for index, ((label, variant, preset, n, *_), points) in enumerate(lines):
             points = points.sort_values("memory_k")
             tags = (([preset] if ours.preset.nunique() > 1 else [])
@@ -255,6 +257,11 @@ def plot(summary: pd.DataFrame, reference: pd.DataFrame | None, paths: list[Path
             ax.errorbar(points.memory_k, points["median"], yerr=[points["median"] - points.p5, points.p95 - points["median"]],
                         fmt="-" + "osD^v"[index % 5], color=colours[label], capsize=3,
                         label=f"ours: {_line_label(label, variant)}" + (f" ({', '.join(tags)})" if tags else ""))
+            paused = points[points["paused"] != ""]
+            if len(paused):  # hollow rings over them: a paused checkpoint's points (--no-train)
+                ax.plot(paused.memory_k, paused["median"], "o", mfc="none", mec="black", ms=11, zorder=4,
+                        label=None if ringed else "a paused checkpoint's point")
+                ringed = any_paused = True
         _readable_axis(ax, ours, reference[reference.dataset == paper_name] if reference is not None else None)
         if ours.empty:
             ax.text(0.5, 0.5, "no runs yet", transform=ax.transAxes, ha="center", color="grey")
@@ -262,6 +269,8 @@ def plot(summary: pd.DataFrame, reference: pd.DataFrame | None, paths: list[Path
         if ax.get_legend_handles_labels()[0]:  # an axis with neither runs nor paper points has no legend
             ax.legend(fontsize=7)
     caption = f"Ours: median over batches, bars 5th-95th percentile. Dashed: {CITATION}."
+    if any_paused:
+        caption += " Ringed: evaluated from a checkpoint whose training was paused (membench run --no-train)."
     if _smoke_test(summary):
         caption += "\n" + QUICK_CHANGES + "."
     fig.text(0.5, 0.005, caption, ha="center", fontsize=6.5, wrap=True)

@@ -114,9 +114,13 @@ def test_figures_without_the_data_for_their_grids_write_nothing(data_root, tmp_p
     assert not list(out.glob("fig3*"))
 
 
-def test_a_point_of_a_paused_checkpoint_says_so_in_its_table():
-    """A record evaluated from a paused checkpoint (--no-train) is marked in the table's preset column."""
-    from membench.figure3 import dataset_table
+def test_a_point_of_a_paused_checkpoint_says_so_in_its_table_and_plot(monkeypatch, tmp_path):
+    """A record evaluated from a paused checkpoint (--no-train) is marked in the table's preset column, and ringed
+    (once in the legend) in the plot, whose caption says what a ring means."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from membench.figure3 import dataset_table, plot
 
     training = {"checkpoint_key": "k", "curve": "training/k.csv", "train_time_s": 3.0, "config": {"steps": 9,
                                                                                               "batch_size": 2}}
@@ -124,8 +128,16 @@ def test_a_point_of_a_paused_checkpoint_says_so_in_its_table():
               "training": {**training, "steps": 5, "finished": False}}
     done = {**_record("EBMM_FC", 5000, [1.0, 3.0], 2), "preset": "gpu",
             "training": {**training, "steps": 9, "finished": True}}
-    table = dataset_table(summarise([paused, done]))
+    summary = summarise([paused, done])
+    table = dataset_table(summary)
     assert "| gpu, paused at 5 of 9 × 2 |" in table and "| gpu      " in table, table
+    figures = []
+    monkeypatch.setattr("membench.figure3.save", lambda fig, path: figures.append(fig))
+    plot(summary, None, [tmp_path / "fig3.png"])
+    (fig,) = figures
+    rings = [line for ax in fig.axes for line in ax.lines if line.get_label() == "a paused checkpoint's point"]
+    assert len(rings) == 1 and list(rings[0].get_xdata()) == [4.1]  # the paused point only, not the 5.0k one
+    assert "Ringed: evaluated from a checkpoint whose training was paused" in fig.texts[0].get_text()
 
 
 def test_the_acceptance_reads_each_check_off_the_points():
