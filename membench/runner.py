@@ -29,10 +29,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from membench import fresh_read
+from membench import checkpoints, fresh_read
 from membench.budget import StateContract, check_declared, sealed
-from membench.checkpoints import (SHIPPED_CHECKPOINTS, UNREADABLE, checkpoint_path, default_checkpoint_dir,
-                                  load_checkpoint, read_checkpoint, trained_steps, weights_digest)
+from membench.checkpoints import (UNREADABLE, checkpoint_path, default_checkpoint_dir, load_checkpoint, read_checkpoint,
+                                  trained_steps, weights_digest)
 from membench.errors import CheckpointBusy, MembenchError, TrainingPaused, UnknownOption
 from membench.integrity import audit_write, checked_retrievals
 from membench.interface import (AssociativeMemory, Preset, check_constructor_options, resolve_options,
@@ -230,7 +230,7 @@ NO_TRAIN_FIX = ("run without --no-train to train it (an unreadable one is then s
 def _checkpoint_problem(path: Path) -> str | None:
     """Why the checkpoint file at `path` cannot be evaluated as it stands (missing, unreadable), or None."""
     if not path.exists():
-        return f"is neither in {path.parent} nor shipped in {SHIPPED_CHECKPOINTS} (no file {path.name})"
+        return f"is neither in {path.parent} nor shipped in {checkpoints.SHIPPED_CHECKPOINTS} (no file {path.name})"
     if trained_steps(path) < 0:
         return f"{path} is unreadable (left as it is)"
     return None

@@ -204,7 +204,7 @@ def test_no_train_refuses_before_any_run_naming_every_missing_or_unreadable_chec
     missing = CliRunner().invoke(main, [*both_n, "--no-train"])
     assert missing.exit_code == 1 and exited_cleanly(missing), missing.output
     assert "--no-train: 'tiny_learned:TinyLearned' (preset quick, seed 0): its checkpoint is neither in ck nor " \
-           "shipped in" in missing.output and ", at N=32; no run was started: run without --no-train" in missing.output
+           f"shipped in {tmp_path / 'shipped'}" in missing.output and ", at N=32; no run was started: run without --no-train" in missing.output
     assert len(missing.output.strip().splitlines()) == 1 and not (tmp_path / "out" / "runs").exists()
     (checkpoint,) = (tmp_path / "ck").glob("*.pt")
     checkpoint.write_bytes(b"garbage")
