@@ -316,3 +316,25 @@ def saved_bytes(checkpoint: dict[str, Any]) -> bytes:
     buffer = io.BytesIO()
     torch.save(checkpoint, buffer)
     return buffer.getvalue()
+
+
+def standing(checkpoint_dir: Path) -> list[dict[str, Any]]:
+    """Where every checkpoint in the cache (`checkpoint_dir`) and shipped in results/checkpoints stands, one row
+    a file, keys in order, the cache's first: where it is, its key, step of planned, the devices that trained
+    it (its history), whether AdamW's state is kept, and its size; an unreadable one says so."""
+    rows = []
+    for place, folder in (("cache", Path(checkpoint_dir)), ("shipped", SHIPPED_CHECKPOINTS)):
+        for path in sorted(folder.glob("*.pt")) if folder.is_dir() else []:
+            row = {"where": place, "key": path.stem, "MB": round(path.stat().st_size / 2**20, 1)}
+            try:
+                saved = read_checkpoint(path)
+            except UNREADABLE as exc:
+                rows.append({**row, "step": f"unreadable ({type(exc).__name__})"})
+                continue
+            planned = (saved.get("config") or {}).get("steps")
+            devices = sorted({s.get("device_name") or s.get("device", "?") for s in saved.get("history") or []})
+            rows.append({**row, "step": f"{saved['step']} of {planned}" if saved["step"] < (planned or 0)
+                         else f"{saved['step']} (finished)", "trained on": ", ".join(devices) or "unknown",
+                         "optimiser": "optimizer" in saved})
+    return rows
+

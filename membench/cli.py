@@ -1,5 +1,5 @@
-"""Command line: `membench list | run | report | figures | capacity | readme | download`, and the commands of
-membench.cli_sessions (`session | pack | unpack | ship | throughput`), all on the one `membench` group."""
+"""Command line: `membench list | run | report | figures | capacity | readme | download | checkpoints`, and the
+commands of membench.cli_sessions (`session | pack | unpack | ship | throughput`), all on the one `membench` group."""
 from __future__ import annotations
 
 import shlex
@@ -256,6 +256,21 @@ def download(dataset, data_dir) -> None:
 
     for path in fetch(dataset, data_dir or default_dir()):
         click.echo(f"in place: {path}")
+
+
+@main.command()
+@click.option("--checkpoint-dir", type=PathArg(file_okay=False, path_type=Path),
+              help="The checkpoint cache. Default: $MEMBENCH_CACHE/checkpoints or ~/.cache/membench/checkpoints.")
+@friendly_errors
+def checkpoints(checkpoint_dir) -> None:
+    """List the trained checkpoints, cached and shipped: where each stands (step of planned), which devices trained
+    it, whether AdamW's state is kept (resumable as it was), and its size."""
+    from tabulate import tabulate
+
+    from membench.checkpoints import default_checkpoint_dir, standing
+
+    rows = standing(checkpoint_dir or default_checkpoint_dir())
+    click.echo(tabulate(rows, headers="keys", tablefmt="github") if rows else "no checkpoints, cached or shipped")
 
 
 for session_command in COMMANDS:

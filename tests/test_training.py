@@ -195,6 +195,22 @@ def test_no_train_evaluates_again_once_the_paused_checkpoint_was_trained_further
             "tiny_learned:TinyLearned (3 of 6 × 2).") in (tmp_path / "out" / "capacity.md").read_text()
 
 
+def test_checkpoints_lists_where_each_cached_and_shipped_checkpoint_stands(tmp_path: Path, monkeypatch):
+    args = [*_tiny_run(tmp_path, monkeypatch), "--checkpoint-dir", "ck"]
+    empty = CliRunner().invoke(main, ["checkpoints", "--checkpoint-dir", "ck"])
+    assert empty.exit_code == 0 and "no checkpoints, cached or shipped" in empty.output
+    assert CliRunner().invoke(main, [*args, "--train-time-limit", "0"]).exit_code == EXIT_PAUSED
+    (paused,) = (tmp_path / "ck").glob("*.pt")
+    (tmp_path / "shipped").mkdir()
+    (tmp_path / "shipped" / "broken-quick-0.pt").write_bytes(b"garbage")
+    listed = CliRunner().invoke(main, ["checkpoints", "--checkpoint-dir", "ck"])
+    assert listed.exit_code == 0, listed.output
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in listed.output.splitlines()[2:]]
+    assert rows[0][:2] == ["cache", paused.stem] and rows[0][3] == "1 of 6" and rows[0][5] == "True", rows
+    assert rows[0][4] not in ("", "unknown")  # this machine's processor, from the checkpoint's history
+    assert rows[1][:2] == ["shipped", "broken-quick-0"] and rows[1][3].startswith("unreadable"), rows
+
+
 def test_no_train_refuses_before_any_run_naming_every_missing_or_unreadable_checkpoint(tmp_path: Path, monkeypatch):
     """Only N = 16 has a checkpoint: the command (Hebb beside the learned model) is refused before any run, in
     one line naming N = 32; an unreadable checkpoint is named as such, left where it is, in one line."""
