@@ -29,10 +29,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from membench import checkpoints, fresh_read
+from membench import fresh_read
 from membench.budget import StateContract, check_declared, sealed
-from membench.checkpoints import (UNREADABLE, checkpoint_path, default_checkpoint_dir, load_checkpoint, read_checkpoint,
-                                  trained_steps, weights_digest)
+from membench.checkpoints import checkpoint_path, default_checkpoint_dir, load_checkpoint, weights_digest
 from membench.errors import CheckpointBusy, MembenchError, TrainingPaused, UnknownOption
 from membench.integrity import audit_write, checked_retrievals
 from membench.interface import (AssociativeMemory, Preset, check_constructor_options, resolve_options,
@@ -41,10 +40,11 @@ from membench.provenance import environment, git_state
 from membench.registry import (errors_of_user_model, is_builtin_model, make_task, model_source_digest, resolve_model,
                                user_model_error)
 from membench.run_identity import checkpoint_key, is_current, recorded_preset
-from membench.store import ResultsStore, file_lock, writable_folder, write_text_atomic
+from membench.store import ResultsStore, writable_folder, write_text_atomic
 from membench.suites import BUILTIN_PRESETS, DEFAULT_PRESET, RunSpec, declared_count
 from membench.tasks import Task, seed_all
-from membench.training import TrainResult, meta_train
+from membench.no_train import as_trained, require_checkpoints
+from membench.training import meta_train
 
 EVAL_STREAM = 104729  # offset of the evaluation generator's seed from the run seed
 EVAL_EPISODES_PER_BATCH = 64  # episodes sampled (and written) at once in evaluation
@@ -200,60 +200,6 @@ def _sized_or_optioned(spec: RunSpec, exc: Exception, where: traceback.FrameSumm
         return MembenchError(f"model '{spec.model}' failed with options {spec.options} ({message}); where an "
                              "option's value caused it, change it; no record was written")
     return None
-
-
-def as_trained(model: AssociativeMemory, path: Path, config: Any, spec: RunSpec) -> TrainResult:
-    """Load the checkpoint at `path` into `model` as it stands, for `--no-train` (finished or paused; no step
-    is made), as the TrainResult meta-training would have returned. Waits while another process trains it (it
-    pauses or finishes first); MembenchError for a missing or unusable one, which is left where it is."""
-    with file_lock(path.with_name(path.name + ".lock")):
-        problem = _checkpoint_problem(path)
-        if problem is None:
-            try:
-                saved = read_checkpoint(path)
-                model.load_state_dict(saved["model"])
-            except (*UNREADABLE, KeyError, TypeError) as exc:
-                why = " ".join(str(exc).split())[:200]
-                problem = f"{path} does not fit {type(model).__name__} ({type(exc).__name__}: {why}; left as it is)"
-    if problem is not None:
-        raise MembenchError(f"--no-train: the checkpoint of '{spec.model}' (preset {spec.preset}, seed {spec.seed}, "
-                            f"N={spec.task['num_patterns']}) {problem}; {NO_TRAIN_FIX}")
-    return TrainResult(steps=saved["step"], train_time_s=saved["elapsed_s"], curve=saved["curve"],
-                       checkpoint=str(path), finished=saved["step"] >= config.steps, history=saved.get("history"),
-                       trained_now=(0, 0.0))
-
-
-NO_TRAIN_FIX = ("run without --no-train to train it (an unreadable one is then set aside), or give the "
-                "--checkpoint-dir that holds it")
-
-
-def _checkpoint_problem(path: Path) -> str | None:
-    """Why the checkpoint file at `path` cannot be evaluated as it stands (missing, unreadable), or None."""
-    if not path.exists():
-        return f"is neither in {path.parent} nor shipped in {checkpoints.SHIPPED_CHECKPOINTS} (no file {path.name})"
-    if trained_steps(path) < 0:
-        return f"{path} is unreadable (left as it is)"
-    return None
-
-
-def require_checkpoints(specs: list[RunSpec], checkpoint_dir: Path) -> None:
-    """For `--no-train`, before any run: MembenchError naming every learned run of `specs` whose checkpoint is
-    missing or unreadable, so that no run is made when some cannot be."""
-    problems: dict[str, list[str]] = {}
-    for spec in specs:
-        if not resolve_model(spec.model).trainable:
-            continue
-        task = make_task(spec.task)
-        with errors_of_user_model(spec.model, "no run was started"):
-            model = build_model(spec, task)
-        path = checkpoint_path(checkpoint_key(spec, model, task), checkpoint_dir)
-        problem = _checkpoint_problem(path)
-        if problem is not None:
-            problems.setdefault(f"'{spec.model}' (preset {spec.preset}, seed {spec.seed}): its checkpoint {problem}",
-                                []).append(str(spec.task["num_patterns"]))
-    if problems:
-        named = "; ".join(f"{what}, at N={','.join(ns)}" for what, ns in problems.items())
-        raise MembenchError(f"--no-train: {named}; no run was started: {NO_TRAIN_FIX}")
 
 
 def _execute(spec: RunSpec, store: ResultsStore, device: torch.device, checkpoint_dir: Path, command: str,
