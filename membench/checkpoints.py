@@ -52,12 +52,13 @@ def weights_only(saved: dict[str, Any]) -> dict[str, Any]:
 
 
 def weights_digest(state: dict[str, torch.Tensor]) -> str:
-    """A digest of a model's weights as shipped (`weights_only`: float32 on the CPU), the same for a checkpoint
-    wherever it is cached or shipped, and different for other weights at the same step."""
+    """A digest of a model's weights as shipped (`weights_only`: float32 on the CPU): each tensor's name, shape,
+    dtype and values. The same for a checkpoint wherever it is cached or shipped; another for other weights."""
     digest = hashlib.sha1()
     for name in sorted(state):
-        digest.update(name.encode())
-        digest.update(_on_cpu(state[name]).contiguous().numpy().tobytes())
+        tensor = _on_cpu(state[name]).contiguous()
+        digest.update(f"{name} {tuple(tensor.shape)} {tensor.dtype}".encode())
+        digest.update(tensor.numpy().tobytes())
     return digest.hexdigest()[:16]
 
 
@@ -70,7 +71,7 @@ def portable(saved: dict[str, Any]) -> dict[str, Any]:
     stopped, unless its tensors would then hold more than RESUME_STATE_MAX_MB (then it restarts there, and
     the history's stretch says so)."""
     light = weights_only(saved)
-    unfinished = saved["step"] < (saved.get("config") or {}).get("steps", 0)
+    unfinished = saved["step"] < ((saved.get("config") or {}).get("steps") or 0)
     if not unfinished or "optimizer" not in saved:
         return light
     carried = {**light, "optimizer": _on_cpu(saved["optimizer"])}
@@ -125,6 +126,9 @@ def _field_problem(saved: dict[str, Any]) -> str | None:
         return "history is not a list of stretches"
     if saved.get("config") is not None and not isinstance(saved["config"], dict):
         return "config is not a training configuration"
+    planned = (saved.get("config") or {}).get("steps")
+    if planned is not None and (not isinstance(planned, int) or isinstance(planned, bool) or planned < 0):
+        return "config's steps is not a count of updates"
     if "optimizer" in saved and not isinstance(saved["optimizer"], dict):
         return "optimizer is not an optimiser's state"
     return None
@@ -320,21 +324,27 @@ def saved_bytes(checkpoint: dict[str, Any]) -> bytes:
 
 def standing(checkpoint_dir: Path) -> list[dict[str, Any]]:
     """Where every checkpoint in the cache (`checkpoint_dir`) and shipped in results/checkpoints stands, one row
-    a file, keys in order, the cache's first: where it is, its key, step of planned, the devices that trained
-    it (its history), whether AdamW's state is kept, and its size; an unreadable one says so."""
-    rows = []
-    for place, folder in (("cache", Path(checkpoint_dir)), ("shipped", SHIPPED_CHECKPOINTS)):
+    a file, keys in order, the cache's first (the shipped folder once, when it is the cache): where it is, its key,
+    its size, its step of planned ('?' where its configuration names none), the devices that trained it (its
+    history) and whether AdamW's state is kept; an unreadable one says why."""
+    rows, seen = [], set()
+    for place, folder in (("cache", Path(checkpoint_dir).resolve()), ("shipped", SHIPPED_CHECKPOINTS.resolve())):
+        if folder in seen:
+            continue
+        seen.add(folder)
         for path in sorted(folder.glob("*.pt")) if folder.is_dir() else []:
-            row = {"where": place, "key": path.stem, "MB": round(path.stat().st_size / 2**20, 1)}
+            row = {"where": place, "key": path.stem, "MB": ""}
             try:
+                row["MB"] = round(path.stat().st_size / 2**20, 1)
                 saved = read_checkpoint(path)
             except UNREADABLE as exc:
-                rows.append({**row, "step": f"unreadable ({type(exc).__name__})"})
+                reason = " ".join(str(exc).split())[:80]
+                rows.append({**row, "step": f"unreadable ({type(exc).__name__}{': ' + reason if reason else ''})"})
                 continue
             planned = (saved.get("config") or {}).get("steps")
+            step = (f"{saved['step']} of ?" if planned is None else f"{saved['step']} of {planned}"
+                    if saved["step"] < planned else f"{saved['step']} (finished)")
             devices = sorted({s.get("device_name") or s.get("device", "?") for s in saved.get("history") or []})
-            rows.append({**row, "step": f"{saved['step']} of {planned}" if saved["step"] < (planned or 0)
-                         else f"{saved['step']} (finished)", "trained on": ", ".join(devices) or "unknown",
+            rows.append({**row, "step": step, "trained on": ", ".join(devices) or "unknown",
                          "optimiser": "optimizer" in saved})
     return rows
-

@@ -269,7 +269,10 @@ def checkpoints(checkpoint_dir) -> None:
 
     from membench.checkpoints import default_checkpoint_dir, standing
 
-    rows = standing(checkpoint_dir or default_checkpoint_dir())
+    cache = checkpoint_dir or default_checkpoint_dir()
+    if not cache.is_dir():
+        click.echo(f"no cache folder {cache} (nothing trained on this machine there yet)")
+    rows = standing(cache)
     click.echo(tabulate(rows, headers="keys", tablefmt="github") if rows else "no checkpoints, cached or shipped")
 
 

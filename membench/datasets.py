@@ -67,7 +67,7 @@ def set_data_dir(path: Path | str | None) -> None:
 
 def data_dir() -> Path:
     """The data directory: set_data_dir(...), else $MEMBENCH_DATA, else ./data."""
-    return _data_dir_override or Path(os.environ.get("MEMBENCH_DATA", "data")).expanduser()
+    return _data_dir_override or Path(os.environ.get("MEMBENCH_DATA") or "data").expanduser()  # empty: unset
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ import torch
 from tabulate import tabulate
 
 from membench.budget import check_measured, sealed
-from membench.checkpoints import trained_steps
+from membench.checkpoints import trained_steps, weights_digest
 from membench.errors import MembenchError
 from membench.fig3_acceptance import acceptance_markdown, read_points
 from membench.integrity import checked_retrievals
@@ -295,11 +295,13 @@ def first_episode(record: dict[str, Any], checkpoint_dir: Path) -> tuple[Any, to
         print(f"skipped the grid of {record['run_id']}: its trained checkpoint is not in {checkpoint_dir} "
               "(rerun its `membench run` command there to retrain it)")
         return None
-    stands = trained_steps(checkpoint) if model.trainable else None
-    if model.trainable and stands != record["training"]["steps"]:
-        print(f"skipped the grid of {record['run_id']}: its checkpoint stands at step {stands:g}, "
-              f"its record's model at step {record['training']['steps']} (rerun its `membench run` command, with "
-              "--no-train for a paused one, to evaluate the checkpoint as it stands)")
+    training = record["training"] or {}
+    moved = model.trainable and (trained_steps(checkpoint) != training["steps"] or training.get("weights_digest")
+                                 not in (None, weights_digest(model.state_dict())))
+    if moved:
+        print(f"skipped the grid of {record['run_id']}: its checkpoint is not the one its record evaluated (now at "
+              f"step {trained_steps(checkpoint):g}, the record's at step {training['steps']}, or other weights); "
+              "rerun its `membench run` command, with --no-train for a paused one, to evaluate it as it stands")
         return None
     seed_all(spec.seed)
     first_batch = min(EVAL_EPISODES_PER_BATCH, math.ceil(spec.queries / task.spec.num_patterns))

@@ -108,6 +108,10 @@ def run_with_ray(specs: list[RunSpec], out_dir: Path, device: str, force: bool, 
             if force or not is_current(s, store, train, checkpoint_dir)]
     if not todo:
         return []
+    if not train:  # on the driver: every run to be made has its checkpoint, or none is started
+        from membench.no_train import require_checkpoints
+
+        require_checkpoints(todo, checkpoint_dir)
     env = _membench_env()
     if not ray.is_initialized():
         _check_address(address)
@@ -166,6 +170,7 @@ def _membench_env() -> dict[str, str]:
 
 def _collect(ray, pending: dict[Any, RunSpec], progress: bool) -> list[dict[str, Any]]:
     """Wait for every task; report each failure as it comes; raise once at the end if any failed."""
+    from membench.runner import say_done
     from membench.store import warn
 
     bar = None
@@ -190,6 +195,8 @@ def _collect(ray, pending: dict[Any, RunSpec], progress: bool) -> list[dict[str,
             paused.append(result["paused"])
         elif result is not None:
             records.append(result)
+            if bar is None:  # no bars: a line a run, as local runs print
+                say_done(len(records), len(pending), result)
         if bar is not None:
             bar.update(1)
     if bar is not None:

@@ -97,8 +97,8 @@ def _paused_record_current(run_id: str, training: dict[str, Any], train: bool, c
     if train:
         warn(f"{paused_at}; training it on")
         return False
-    if steps is not None and now > steps:
-        warn(f"{paused_at}, trained to step {now:g} since; evaluating it again")
+    if steps is not None and now >= 0 and now != steps:  # (gone or unreadable: the record stands as it was made)
+        warn(f"{paused_at}, now at step {now:g} (trained on or again since); evaluating it again")
         return False
     recorded = training.get("weights_digest")
     if saved is not None and recorded is not None and weights_digest(saved["model"]) != recorded:

@@ -84,10 +84,13 @@ def build_model(spec: RunSpec, task: Task, preset: Preset | None = None) -> Asso
             check_constructor_options(cls, spec.model, spec.options)
             model = cls.from_spec(task.spec, spec.budget, **spec.options)
     except TypeError as exc:
+        unknown = not cls.trainable and not _takes(cls, spec.options)  # (a learned model's: resolve_options')
+        if not unknown and not is_builtin_model(cls):
+            raise  # the model's own error, not its options': errors_of_user_model names its line
         taken = [name for name in inspect.signature(cls.__init__).parameters if name not in ("self", "spec")]
         its = f" Its options: {', '.join(taken)}" if taken and not cls.trainable else ""
-        error = UnknownOption if "unexpected keyword argument" in str(exc) else MembenchError  # Python's words
-        raise error(f"cannot build model '{spec.model}' with options {spec.options}: {exc}.{its}") from None
+        raise (UnknownOption if unknown else MembenchError)(
+            f"cannot build model '{spec.model}' with options {spec.options}: {exc}.{its}") from None
     if not isinstance(model, AssociativeMemory) or "_parameters" not in vars(model):
         what = ("its __init__ does not call super().__init__() (nn.Module's, first)" if isinstance(model, nn.Module)
                 else f"{'from_preset' if cls.trainable else 'from_spec'} returned a {type(model).__name__}, not the model")
@@ -95,6 +98,15 @@ def build_model(spec: RunSpec, task: Task, preset: Preset | None = None) -> Asso
     if cls.trainable:
         model.preset = preset
     return model
+
+
+def _takes(cls: type, options: dict[str, Any]) -> bool:
+    """Whether the constructor of `cls` (a model that is not trained) takes every key of `options`."""
+    try:
+        inspect.signature(cls.__init__).bind_partial(None, None, **options)  # self, spec
+    except TypeError:
+        return False
+    return True
 
 
 def load_trained(spec: RunSpec, checkpoint_dir: Path, device: torch.device | str = "cpu",
@@ -269,6 +281,12 @@ def _execute(spec: RunSpec, store: ResultsStore, device: torch.device, checkpoin
     return record
 
 
+def say_done(count: int, total: int, record: dict[str, Any]) -> None:
+    """The line on stderr for a finished run when no progress bars are shown: `count` runs of at most `total`."""
+    print(f"run {count} of at most {total} done: {record['run_id']}, mean error {record['mean_error']:.4g} "
+          f"{record['task_unit']}, {record['wall_time_s']:.1f} s", file=sys.stderr, flush=True)
+
+
 def checked_specs(specs: list[RunSpec]) -> list[RunSpec]:
     """`specs` after failing fast (MembenchError) on unknown models, tasks, presets and options, before any
     work; a model that is not trained gets DEFAULT_PRESET (one run id whatever built-in preset --preset names; a
@@ -340,10 +358,6 @@ def run_all(specs: list[RunSpec], out_dir: Path, device: str = "auto", force: bo
     git_state()  # before any file is written
     specs = checked_specs(specs)
     writable_folder(out_dir, "--out")
-    if not train and any(resolve_model(spec.model).trainable for spec in specs):
-        writable_folder(checkpoint_dir, *cache)  # the shipped checkpoints are copied in, under lock files
-        require_checkpoints([s for s in specs if force or not store.has(s.run_id)], checkpoint_dir)  # those without
-        # a record; a record's staleness is judged later, and its run then refused alone if its checkpoint is gone
     if launcher == "ray":
         if any(resolve_model(spec.model).trainable for spec in specs):
             writable_folder(checkpoint_dir, *cache)
@@ -357,6 +371,8 @@ def run_all(specs: list[RunSpec], out_dir: Path, device: str = "auto", force: bo
     todo = [s for s in unique if force or not is_current(s, store, train, checkpoint_dir)]
     if any(resolve_model(spec.model).trainable for spec in todo):
         writable_folder(checkpoint_dir, *cache)
+    if not train:  # every run to be made has its checkpoint, or none is made
+        require_checkpoints(todo, checkpoint_dir)
     records: list[dict[str, Any]] = []
     deferred: list[RunSpec] = []
 
@@ -365,9 +381,7 @@ def run_all(specs: list[RunSpec], out_dir: Path, device: str = "auto", force: bo
         record = execute(spec, store, torch_device, checkpoint_dir, command, progress, limit, wait, train)
         records.append(record)
         if not progress:  # no bars (e.g. into a log file): a line a run, so a long command shows it is alive
-            print(f"run {len(records)} of at most {len(todo)} done: {spec.run_id}, mean error "
-                  f"{record['mean_error']:.4g} {record['task_unit']}, {record['wall_time_s']:.1f} s", file=sys.stderr,
-                  flush=True)
+            say_done(len(records), len(todo), record)
         if on_record:
             on_record(record)
 

@@ -148,7 +148,7 @@ def test_entry_point_models_are_listed_and_one_named_like_a_built_in_is_said_to_
                         "my_package.slots:Slots"]  # once a process
 
 
-def test_option_reaches_the_model_and_names_its_runs(tmp_path):
+def test_option_reaches_the_model_and_names_its_runs(tmp_path, monkeypatch):
     """--option KEY=VALUE sets a model option in every run (record and run id); an unknown key is one line."""
     args = ["run", "--model", "modern_hopfield", "--num-patterns", "16", "--queries", "32", "--out", str(tmp_path),
             "--no-progress"]
@@ -167,6 +167,14 @@ def test_option_reaches_the_model_and_names_its_runs(tmp_path):
     assert len(list((tmp_path / "runs").glob("*.json"))) == 2  # nothing run
     suite = CliRunner().invoke(main, ["run", "--option", "max_sweeps=5", "--out", str(tmp_path / "s")])
     assert suite.exit_code == 1 and "--option applies to every model of the run" in suite.output, suite.output
+    (tmp_path / "typos.py").write_text(
+        "import torch\nfrom baselines.hopfield import HebbHopfield\n\n\nclass Typo(HebbHopfield):\n"
+        "    def __init__(self, spec, **options):\n        torch.zeros(2, dtyp=torch.float32)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    own = CliRunner().invoke(main, ["run", "--model", "typos:Typo", "--model", "hopfield_hebb", "--out",
+                                    str(tmp_path / "t")])  # the model's own TypeError, no option given
+    assert own.exit_code == 1 and "typos.py, line 7" in own.output and exited_cleanly(own), own.output
+    assert "applies to every model" not in own.output
     learned = CliRunner().invoke(main, ["run", "--suite", "table1-learned", "--model", "ebmm", "--model", "lstm",
                                         "--option", "write_steps=2", "--out", str(tmp_path / "s")])
     assert learned.exit_code == 1 and "model 'lstm' has no option 'write_steps'" in learned.output, learned.output

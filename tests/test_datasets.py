@@ -144,6 +144,8 @@ def test_data_dir_resolution(tmp_path, monkeypatch):
     monkeypatch.setattr(datasets, "_data_dir_override", None)
     monkeypatch.delenv("MEMBENCH_DATA", raising=False)
     assert datasets.data_dir() == Path("data")
+    monkeypatch.setenv("MEMBENCH_DATA", "")  # set but empty: as unset (not the working directory)
+    assert datasets.data_dir() == Path("data")
     monkeypatch.setenv("MEMBENCH_DATA", str(tmp_path))
     assert datasets.data_dir() == tmp_path
     datasets.set_data_dir(tmp_path / "x")

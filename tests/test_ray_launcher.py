@@ -70,12 +70,15 @@ def _records(out) -> dict[str, list[float]]:
     return {r["run_id"]: r["errors"] for r in ResultsStore(out).records()}
 
 
-def test_ray_records_equal_the_local_runner(local_ray, tmp_path):
+def test_ray_records_equal_the_local_runner(local_ray, tmp_path, capfd):
+    """Both print a line on stderr as each run finishes when no progress bars are shown."""
     specs = _specs(("hopfield_hebb", "raw_slots"))
     run_all(specs, tmp_path / "local", device="cpu", progress=False)
+    assert capfd.readouterr().err.count(" done: table1-") == 8
     made = run_all(specs, tmp_path / "ray", device="cpu", progress=False, launcher="ray")
     assert len(made) == len(specs) == 8
     assert _records(tmp_path / "ray") == _records(tmp_path / "local")
+    assert "run 8 of at most 8 done: table1-" in capfd.readouterr().err
 
 
 def test_learned_model_trains_once_for_all_its_runs(local_ray, tmp_path):

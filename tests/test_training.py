@@ -179,7 +179,7 @@ def test_no_train_evaluates_again_once_the_paused_checkpoint_was_trained_further
     (checkpoint,) = (tmp_path / "ck").glob("*.pt")
     torch.save({**torch.load(checkpoint, weights_only=False), "step": 3}, checkpoint)
     again = CliRunner().invoke(main, [*args, "--no-train"])
-    assert again.exit_code == 0 and "trained to step 3 since; evaluating it again" in again.output, again.output
+    assert again.exit_code == 0 and "now at step 3 (trained on or again since); evaluating it again" in again.output, again.output
     (record,) = records_in(tmp_path / "out")
     assert record["training"]["steps"] == 3 and record["training"]["finished"] is False
     saved = torch.load(checkpoint, weights_only=False)  # trained again from scratch, to the same step
@@ -189,26 +189,59 @@ def test_no_train_evaluates_again_once_the_paused_checkpoint_was_trained_further
     assert records_in(tmp_path / "out")[0]["training"]["weights_digest"] != record["training"]["weights_digest"]
     unchanged = CliRunner().invoke(main, [*args, "--no-train"])
     assert unchanged.exit_code == 0 and "0 run(s) executed, 1 already finished" in unchanged.output
+    torch.save({**torch.load(checkpoint, weights_only=False), "step": 2}, checkpoint)  # retrained, fewer steps
+    fewer = CliRunner().invoke(main, [*args, "--no-train"])
+    assert fewer.exit_code == 0 and "now at step 2 (trained on or again since); evaluating it again" in fewer.output, fewer.output
     capacity = CliRunner().invoke(main, ["capacity", "--out", "out"])  # its tables say so too
     assert capacity.exit_code == 0, capacity.output
     assert ("Evaluated from a paused checkpoint (`--no-train`; updates done of planned × episodes): "
-            "tiny_learned:TinyLearned (3 of 6 × 2).") in (tmp_path / "out" / "capacity.md").read_text()
+            "tiny_learned:TinyLearned (2 of 6 × 2).") in (tmp_path / "out" / "capacity.md").read_text()
 
 
 def test_checkpoints_lists_where_each_cached_and_shipped_checkpoint_stands(tmp_path: Path, monkeypatch):
+    """A paused checkpoint at its step of planned; one whose config names no steps at 'of ?'; an unreadable file, a
+    dangling link and a .pt that is not a checkpoint, each with why; a missing cache folder said; the shipped
+    folder (an empty one, here, until the test adds to it) listed once when it is also the cache."""
     args = [*_tiny_run(tmp_path, monkeypatch), "--checkpoint-dir", "ck"]
     empty = CliRunner().invoke(main, ["checkpoints", "--checkpoint-dir", "ck"])
-    assert empty.exit_code == 0 and "no checkpoints, cached or shipped" in empty.output
+    assert empty.exit_code == 0 and "no cache folder ck" in empty.output
+    assert "no checkpoints, cached or shipped" in empty.output
     assert CliRunner().invoke(main, [*args, "--train-time-limit", "0"]).exit_code == EXIT_PAUSED
     (paused,) = (tmp_path / "ck").glob("*.pt")
+    saved = torch.load(paused, weights_only=False)
+    torch.save({**saved, "config": None}, tmp_path / "ck" / "unplanned-quick-0.pt")
+    (tmp_path / "ck" / "dangling-quick-0.pt").symlink_to(tmp_path / "nowhere.pt")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "ck" / "other-quick-0.pt")
     (tmp_path / "shipped").mkdir()
     (tmp_path / "shipped" / "broken-quick-0.pt").write_bytes(b"garbage")
     listed = CliRunner().invoke(main, ["checkpoints", "--checkpoint-dir", "ck"])
-    assert listed.exit_code == 0, listed.output
-    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in listed.output.splitlines()[2:]]
-    assert rows[0][:2] == ["cache", paused.stem] and rows[0][3] == "1 of 6" and rows[0][5] == "True", rows
-    assert rows[0][4] not in ("", "unknown")  # this machine's processor, from the checkpoint's history
-    assert rows[1][:2] == ["shipped", "broken-quick-0"] and rows[1][3].startswith("unreadable"), rows
+    assert listed.exit_code == 0 and exited_cleanly(listed), listed.output
+    rows = {tuple(cells[:2]): cells[2:] for cells in (
+        [cell.strip() for cell in line.strip("|").split("|")] for line in listed.output.splitlines()[2:])}
+    assert rows[("cache", paused.stem)][1] == "1 of 6" and rows[("cache", paused.stem)][3] == "True", rows
+    assert rows[("cache", paused.stem)][2] not in ("", "unknown")  # this processor, from the checkpoint's history
+    assert rows[("cache", "unplanned-quick-0")][1] == "1 of ?"
+    assert rows[("cache", "dangling-quick-0")][1].startswith("unreadable (FileNotFoundError")
+    assert rows[("cache", "other-quick-0")][1] == "unreadable (ValueError: not a membench training checkpoint)"
+    assert rows[("shipped", "broken-quick-0")][1].startswith("unreadable"), rows
+    both = CliRunner().invoke(main, ["checkpoints", "--checkpoint-dir", str(tmp_path / "shipped")])
+    assert both.output.count("broken-quick-0") == 1, both.output
+
+
+def test_no_train_checks_the_checkpoints_of_stale_records_before_any_run(tmp_path: Path, monkeypatch):
+    """A record made with an older preset is run again: with --no-train its checkpoint must be there before
+    Hebb's run beside it is made."""
+    args = [*_tiny_run(tmp_path, monkeypatch), "--checkpoint-dir", "ck"]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    (path,) = (tmp_path / "out" / "runs").glob("*.json")
+    record = json.loads(path.read_text())
+    record["preset_config"]["train"]["steps"] = 7  # an older definition of the preset
+    path.write_text(json.dumps(record))
+    for checkpoint in (tmp_path / "ck").glob("*.pt"):
+        checkpoint.unlink()
+    refused = CliRunner().invoke(main, [*args, "--model", "hopfield_hebb", "--no-train"])
+    assert refused.exit_code == 1 and "its checkpoint is neither in ck" in refused.output, refused.output
+    assert [p.name for p in (tmp_path / "out" / "runs").glob("*.json")] == [path.name]  # no Hebb record
 
 
 def test_no_train_refuses_before_any_run_naming_every_missing_or_unreadable_checkpoint(tmp_path: Path, monkeypatch):
@@ -234,6 +267,7 @@ def test_no_train_refuses_before_any_run_naming_every_missing_or_unreadable_chec
 
 def test_a_paused_record_whose_checkpoint_finished_elsewhere_is_evaluated_again_not_trained(tmp_path: Path,
                                                                                            monkeypatch):
+    """Its warning says the checkpoint finished (not 'training it on'), and nothing is trained."""
     args = [*_tiny_run(tmp_path, monkeypatch), "--checkpoint-dir", "ck"]
     assert CliRunner().invoke(main, [*args, "--train-time-limit", "0"]).exit_code == EXIT_PAUSED
     assert CliRunner().invoke(main, [*args, "--no-train"]).exit_code == 0
