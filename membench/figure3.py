@@ -296,11 +296,11 @@ def first_episode(record: dict[str, Any], checkpoint_dir: Path) -> tuple[Any, to
               "(rerun its `membench run` command there to retrain it)")
         return None
     training = record["training"] or {}
-    moved = model.trainable and (trained_steps(checkpoint) != training["steps"] or training.get("weights_digest")
-                                 not in (None, weights_digest(model.state_dict())))
-    if moved:
+    stands = trained_steps(checkpoint) if model.trainable else None
+    if model.trainable and (stands != training["steps"] or training.get("weights_digest")
+                            not in (None, weights_digest(model.state_dict()))):
         print(f"skipped the grid of {record['run_id']}: its checkpoint is not the one its record evaluated (now at "
-              f"step {trained_steps(checkpoint):g}, the record's at step {training['steps']}, or other weights); "
+              f"step {stands:g}, the record's at step {training['steps']}, or other weights); "
               "rerun its `membench run` command, with --no-train for a paused one, to evaluate it as it stands")
         return None
     seed_all(spec.seed)
