@@ -37,7 +37,7 @@ Convolutional memory (`ResNetConvEnergy`, App. B.3):
   energy's option (a ReLU unit a write pushes below 0 passes the read nothing, as a saturated tanh
   unit does).
 
-The quick preset shrinks channel counts and hidden sizes (ebmm.memory.IMAGE_PRESETS);
+The quick preset shrinks channel counts and hidden sizes (ebmm.config.IMAGE_PRESETS);
 memory counts always come from the writable tensors themselves.
 
 Centred memory (`centre=True`, ours, not the paper's): each writable layer reads its input minus a

@@ -41,7 +41,7 @@ CITATION = ("Bartunov, Rae, Osindero & Lillicrap, 'Meta-Learning Deep Energy-Bas
 PAPER_DATASET = {"omniglot": "omniglot", "cifar10": "cifar"}   # task kind -> paper_fig3.csv dataset
 TITLES = {"omniglot": "Omniglot (error: wrong pixels of 32x32)", "cifar10": "CIFAR-10 (error: squared error)"}
 MATCH_TOLERANCE = 0.05  # a paper point matches ours when memory sizes differ by at most 5%
-# What the quick presets change against the paper (ebmm.memory.IMAGE_PRESETS, baselines.memory_networks)
+# What the quick presets change against the paper (ebmm.config.IMAGE_PRESETS, baselines.memory_networks)
 QUICK_CHANGES = ("quick preset (a CPU smoke test, not a result): the paper's task (64 images of 32x32 per batch, 16x16 block) with narrower "
                  "networks and short CPU training: encoders 16/32/32 channels (paper 32/64/96); EBMM-FC hidden 128 "
                  "(paper 512), readout 256 (1024), 2 hops (3), 1 write step, no gradient-norm term, 300 steps of 2 "

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from ebmm.memory import EBMM, PRESETS
+from ebmm.config import PRESETS
+from ebmm.memory import EBMM
 from membench.budget import TABLE1_BUDGET
 from membench.tasks import BinaryTask
 from membench.training import TrainConfig

@@ -3,7 +3,8 @@ import sys, dataclasses, time, torch, pandas as pd
 from membench.tasks import BinaryTask
 from membench.budget import TABLE1_BUDGET
 from membench.stepper import Stepper
-from ebmm.memory import EBMM, PRESETS
+from ebmm.config import PRESETS
+from ebmm.memory import EBMM
 steps = int(sys.argv[1]); opts = {k: float(v) for k, v in (a.split("=") for a in sys.argv[2:])}
 torch.manual_seed(0)
 g = torch.Generator().manual_seed(0)

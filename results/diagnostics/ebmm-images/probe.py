@@ -60,7 +60,8 @@ from membench.suites import RunSpec
 from membench.training import INIT_PATTERNS
 from baselines.mann import MANN
 from baselines.memory_networks import MemoryNetwork
-from ebmm.memory import EBMM, IMAGE_PRESETS, build_energy
+from ebmm.config import IMAGE_PRESETS, build_energy
+from ebmm.memory import EBMM
 
 HERE = Path(__file__).resolve().parent
 IMAGES = 64  # at least this many queries are read (8 episodes at least), and embeddings compared

@@ -43,7 +43,7 @@ LINEAR = {"centre_memory": True, "linear_memory": True, "write_lr_init": 0.1}
 # on; 64 listed thrice, so from then on half the updates store 64)
 GROW = {"train.num_patterns": [2, 8, 32, 64, 64, 64], "train.curriculum_steps": 2000}
 
-# name -> EBMM options beyond the quick image preset's (ebmm.memory.IMAGE_PRESETS[energy]["quick"])
+# name -> EBMM options beyond the quick image preset's (ebmm.config.IMAGE_PRESETS[energy]["quick"])
 VARIANTS: dict[str, dict] = {
     "quick": {},                                                           # T = 1, no grad-norm, rates 1.0, lr 1e-3
     "keep-known": {"read_known": False},                                   # the read moves only the block
