@@ -43,7 +43,8 @@ import torch
 
 from baselines.modern_hopfield import StoredPatternMemory
 from membench.errors import MembenchError
-from membench.interface import TaskSpec, check_positive_int
+from membench.interface import TaskSpec
+from membench.options import check_positive_int
 
 INTERACTIONS = ("polynomial", "exp")
 

@@ -60,7 +60,8 @@ from torch import nn
 from baselines.mann import GPU_TRAIN, IMAGE_TRAIN, MIXED_N, PAPER_TRAIN, QUICK_CHANNELS, Centre, LogitReadout, Unflatten
 from membench.encoders import image_codec
 from membench.errors import OverBudgetError
-from membench.interface import AssociativeMemory, Preset, TaskSpec, TrainConfig, check_fields
+from membench.interface import AssociativeMemory, Preset, TaskSpec, TrainConfig
+from membench.options import check_fields
 
 USAGE_EPS = 1e-6  # keeps usage off 0 so the log-space product of the allocation is finite
 

@@ -23,7 +23,8 @@ import torch
 
 from membench.budget import hopfield_floats
 from membench.errors import MembenchError
-from membench.interface import AssociativeMemory, TaskSpec, check_positive_int
+from membench.interface import AssociativeMemory, TaskSpec
+from membench.options import check_positive_int
 
 
 def zero_diagonal(weights: torch.Tensor) -> torch.Tensor:

@@ -42,7 +42,8 @@ from torch import nn
 from baselines.mann import GPU_TRAIN, IMAGE_TRAIN, MIXED_N, PAPER_TRAIN, QUICK_CHANNELS, Centre, LogitReadout, Unflatten
 from membench.encoders import image_codec
 from membench.errors import OverBudgetError
-from membench.interface import AssociativeMemory, Preset, TaskSpec, TrainConfig, check_fields
+from membench.interface import AssociativeMemory, Preset, TaskSpec, TrainConfig
+from membench.options import check_fields
 
 MIN_NOISE_VARIANCE = 1e-3  # floor under the learned sigma^2: keeps Σ_z's smallest eigenvalue away from 0 in float32
 

@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from membench.errors import OverBudgetError
-from membench.interface import AssociativeMemory, Preset, TaskSpec, TrainConfig, check_fields
+from membench.interface import AssociativeMemory, Preset, TaskSpec, TrainConfig
+from membench.options import check_fields
 
 TRAIN_NUM_PATTERNS = (16, 32, 48, 64, 96)  # one checkpoint serves every N of Table 1
 

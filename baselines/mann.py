@@ -34,7 +34,8 @@ from torch import nn
 
 from membench.encoders import image_codec
 from membench.errors import OverBudgetError
-from membench.interface import AssociativeMemory, Preset, TaskSpec, TrainConfig, check_fields
+from membench.interface import AssociativeMemory, Preset, TaskSpec, TrainConfig
+from membench.options import check_fields
 
 MIXED_N = (16, 32, 48, 64, 96)
 

@@ -41,7 +41,8 @@ from torch import nn
 
 from membench.encoders import image_codec
 from membench.errors import OverBudgetError
-from membench.interface import AssociativeMemory, Preset, TaskSpec, TrainConfig, check_fields
+from membench.interface import AssociativeMemory, Preset, TaskSpec, TrainConfig
+from membench.options import check_fields
 
 TRAIN_NUM_PATTERNS = (16, 32, 48, 64, 96)  # one checkpoint serves every N of Table 1
 

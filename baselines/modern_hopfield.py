@@ -33,7 +33,8 @@ import torch
 
 from membench.budget import check_whole_patterns
 from membench.errors import MembenchError
-from membench.interface import AssociativeMemory, TaskSpec, check_positive_int, check_positive_number
+from membench.interface import AssociativeMemory, TaskSpec
+from membench.options import check_positive_int, check_positive_number
 
 
 class StoredPatternMemory(AssociativeMemory):

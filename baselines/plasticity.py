@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from membench.errors import MembenchError
-from membench.interface import AssociativeMemory, Preset, TaskSpec, TrainConfig, check_fields
+from membench.interface import AssociativeMemory, Preset, TaskSpec, TrainConfig
+from membench.options import check_fields
 
 MIXED_N = (16, 32, 48, 64, 96)
 

@@ -40,7 +40,8 @@ import torch
 
 from baselines.modern_hopfield import StoredPatternMemory
 from membench.errors import MembenchError
-from membench.interface import TaskSpec, check_positive_number
+from membench.interface import TaskSpec
+from membench.options import check_positive_number
 
 SIMILARITIES = ("dot", "euclidean", "manhattan")
 SEPARATIONS = ("identity", "polynomial", "softmax", "max")

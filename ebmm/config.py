@@ -12,7 +12,8 @@ from torch import nn
 
 from membench.encoders import CodecConfig
 from membench.errors import MembenchError
-from membench.interface import Preset, TaskSpec, TrainConfig, check_fields
+from membench.interface import Preset, TaskSpec, TrainConfig
+from membench.options import check_fields
 from ebmm.energy_binary import GatedRNNEnergy
 from ebmm.energy_image import ResNetConvEnergy, ResNetFCEnergy
 

@@ -34,10 +34,6 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import inspect
-import math
-import types
-import typing
 from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping
 
@@ -45,6 +41,7 @@ import torch
 from torch import nn
 
 from membench.errors import MembenchError, UnknownOption
+from membench.options import declared_value, is_finite, is_int, type_hints
 
 MemoryState = Any  # whatever `write` returns; only the same model's `read` looks inside
 
@@ -104,119 +101,21 @@ class TrainConfig:
         if self.precision not in PRECISIONS:
             raise MembenchError(f"unknown precision '{self.precision}' (train.precision); valid: {', '.join(PRECISIONS)}")
         for name in ("steps", "batch_size", "log_every", "checkpoint_every"):
-            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
+            if not is_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise MembenchError(f"train.{name}={getattr(self, name)!r} must be a positive integer")
-        if not _is_int(self.curriculum_steps) or self.curriculum_steps < 0:
+        if not is_int(self.curriculum_steps) or self.curriculum_steps < 0:
             raise MembenchError(f"train.curriculum_steps={self.curriculum_steps!r} must be a non-negative integer")
         for name in ("lr", "clip_norm"):
-            if not _is_finite(getattr(self, name)) or not getattr(self, name) > 0:
+            if not is_finite(getattr(self, name)) or not getattr(self, name) > 0:
                 raise MembenchError(f"train.{name}={getattr(self, name)!r} must be a positive finite number")
-        if not _is_finite(self.weight_decay) or self.weight_decay < 0:
+        if not is_finite(self.weight_decay) or self.weight_decay < 0:
             raise MembenchError(f"train.weight_decay={self.weight_decay!r} must be a non-negative finite number")
         if self.num_patterns is not None:
-            sizes = (self.num_patterns,) if _is_int(self.num_patterns) else self.num_patterns
-            if not isinstance(sizes, (tuple, list)) or not sizes or not all(_is_int(n) and n > 0 for n in sizes):
+            sizes = (self.num_patterns,) if is_int(self.num_patterns) else self.num_patterns
+            if not isinstance(sizes, (tuple, list)) or not sizes or not all(is_int(n) and n > 0 for n in sizes):
                 raise MembenchError(f"train.num_patterns={self.num_patterns!r} must be null or a list of positive "
                                     "integers such as [16,32,48]")
             object.__setattr__(self, "num_patterns", tuple(sizes))
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def check_fields(label: str, config: Any, positive: tuple[str, ...] = (), non_negative: tuple[str, ...] = (),
-                 fractions: tuple[str, ...] = (), unit: tuple[str, ...] = ()) -> None:
-    """MembenchError naming the first field of `config` out of range: each of `positive` a finite number > 0 (None
-    passes: sized from the budget), of `non_negative` a finite number >= 0, of `fractions` strictly between 0 and
-    1, of `unit` in [0, 1], and a `channels` field, where
-    the config has one, a non-empty list of positive integers (residual block widths). For configs' __post_init__."""
-    for name in positive:
-        if (value := getattr(config, name)) is not None:
-            check_positive_number(label, name, value)
-    for name in non_negative:
-        value = getattr(config, name)
-        if not (_is_finite(value) and value >= 0):
-            raise MembenchError(f"{label}: {name}={value!r} must be a finite number >= 0")
-    for name in fractions:
-        value = getattr(config, name)
-        if not (_is_finite(value) and 0 < value < 1):
-            raise MembenchError(f"{label}: {name}={value!r} must lie strictly between 0 and 1")
-    for name in unit:
-        value = getattr(config, name)
-        if not (_is_finite(value) and 0 <= value <= 1):
-            raise MembenchError(f"{label}: {name}={value!r} must lie in [0, 1]")
-    channels = getattr(config, "channels", (1,))
-    if not isinstance(channels, (list, tuple)) or not channels or not all(_is_int(c) and c > 0 for c in channels):
-        raise MembenchError(f"{label}: channels={channels!r} must be a list of positive integers such as [32,64,96] "
-                            f"(residual block widths)")
-
-
-def check_positive_number(model: str, name: str, value: Any) -> None:
-    """MembenchError unless `value` is a finite real number > 0."""
-    if not (_is_finite(value) and value > 0):
-        raise MembenchError(f"{model}: {name}={value!r} must be a positive number")
-
-
-def check_positive_int(model: str, name: str, value: Any) -> None:
-    """MembenchError unless `value` is an integer >= 1."""
-    if not (_is_int(value) and value >= 1):
-        raise MembenchError(f"{model}: {name}={value!r} must be a positive integer")
-
-
-def _check_option_type(label: str, key: str, value: Any, default: Any, kind: type | None = None) -> None:
-    """MembenchError unless `value` has the type `kind` (int, float, bool or str; default: the type of the
-    option's `default`): a typo'd number does not fail deep inside a model."""
-    kind = kind or type(default)
-    expected = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}.get(kind)
-    if expected and (not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected)):
-        raise MembenchError(f"model '{label}': option {key}={value!r} is not of type {kind.__name__} "
-                            f"(its default: {default!r})")
-
-
-def _scalar_type(hint: Any) -> tuple[type | None, bool]:
-    """The scalar type (bool, int, float or str; None for another or no hint) an annotation declares, and
-    whether it admits None (`float | None`)."""
-    kinds, optional = [hint], False
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        kinds = [arg for arg in typing.get_args(hint) if arg is not type(None)]
-        optional = len(kinds) < len(typing.get_args(hint))
-    return (kinds[0] if len(kinds) == 1 and kinds[0] in (bool, int, float, str) else None), optional
-
-
-def _type_hints(owner: Any) -> dict[str, Any]:
-    """`owner`'s resolved annotations; {} where they do not resolve (the defaults' types then decide)."""
-    try:
-        return typing.get_type_hints(owner)
-    except Exception:  # noqa: BLE001 (any annotation that does not resolve)
-        return {}
-
-
-def _check_declared(label: str, key: str, value: Any, default: Any, hint: Any) -> Any:
-    """`value` after `_check_option_type` against the scalar type `hint` declares (else `default`'s), an int
-    given for a float made a float (`--option gain_init=2` is 2.0); None passes where the hint admits it."""
-    kind, optional = _scalar_type(hint)
-    if value is None and optional:
-        return value
-    _check_option_type(label, key, value, default, kind)
-    is_float = (kind or type(default)) is float
-    return float(value) if is_float and isinstance(value, int) and not isinstance(value, bool) else value
-
-
-def check_constructor_options(cls: type, label: str, options: Mapping[str, Any]) -> dict[str, Any]:
-    """`options` of a model that is not trained, an int given for a float made a float; MembenchError for one
-    whose value has another type (int, float, bool or str) than its constructor's annotation for it (None
-    passing where that admits None), else its default: a typo'd number does not fail deep inside a read."""
-    parameters, hints = inspect.signature(cls.__init__).parameters, _type_hints(cls.__init__)
-    checked = dict(options)
-    for key, value in options.items():
-        if key in parameters and parameters[key].default is not inspect.Parameter.empty:  # `degree: float = 3`
-            checked[key] = _check_declared(label, key, value, parameters[key].default, hints.get(key))  # takes 2.5
-    return checked
 
 
 @dataclass(frozen=True)
@@ -273,9 +172,9 @@ def resolve_options(cls: type["AssociativeMemory"], spec: TaskSpec, name: str,
         if unknown:
             raise UnknownOption(f"model '{label}' has no option {', '.join(repr(prefix + u) for u in unknown)}. "
                                 f"Its options: {', '.join(prefix + f for f in sorted(fields))}")
-        hints = _type_hints(type(config))
+        hints = type_hints(type(config))
         for key, value in given.items():  # checked against the field's declared type (else its default's)
-            given[key] = _check_declared(label, prefix + key, value, getattr(config, key), hints.get(key))
+            given[key] = declared_value(label, prefix + key, value, getattr(config, key), hints.get(key))
     applied = {**model_options, **{f"train.{key}": value for key, value in train_options.items()}}
     return (Preset(dataclasses.replace(preset.model, **model_options),
                    dataclasses.replace(preset.train, **train_options)), {key: applied[key] for key in options})

@@ -34,8 +34,8 @@ from membench.budget import StateContract, check_declared, sealed
 from membench.checkpoints import checkpoint_path, default_checkpoint_dir, load_checkpoint, weights_digest
 from membench.errors import CheckpointBusy, MembenchError, TrainingPaused, UnknownOption
 from membench.integrity import audit_write, checked_retrievals
-from membench.interface import (AssociativeMemory, Preset, check_constructor_options, resolve_options,
-                                resolve_preset)
+from membench.interface import AssociativeMemory, Preset, resolve_options, resolve_preset
+from membench.options import check_constructor_options
 from membench.provenance import environment, git_state
 from membench.registry import (errors_of_user_model, is_builtin_model, make_task, model_source_digest, resolve_model,
                                user_model_error)

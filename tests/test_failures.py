@@ -122,7 +122,7 @@ def test_options_are_checked_against_the_declared_field_type():
 def test_constructor_options_are_checked_against_an_optional_annotation():
     """A model that is not trained declaring `radius: int | None = None` (sparse distributed memory) takes
     null and an int, and refuses a float or a string, though its default (None) names no type."""
-    from membench.interface import check_constructor_options
+    from membench.options import check_constructor_options
     from membench.registry import resolve_model
 
     sdm = resolve_model("sparse_distributed_memory")
