@@ -73,11 +73,13 @@ def check_declared(model: AssociativeMemory, spec: TaskSpec, budget: int, model_
 
 FLOAT32_EXACT_INT = 2 ** 24  # integers a float32 holds exactly
 MAX_KEY_LENGTH = 100  # a dict key names a part of the state; it is not a place to keep values
+MAX_DEPTH = 32  # containers nested deeper than this (a state that holds itself) are not measured
 _FIX = ("return plain float tensors (or tuples, lists, dicts with string keys of at most "
         f"{MAX_KEY_LENGTH} characters, or dataclasses of them)")
 
 
 def _unmeasurable(model_name: str, path: str, what: str) -> MembenchError:
+    path = path if len(path) <= 80 else path[:60] + "..."
     return MembenchError(f"model '{model_name}': its memory state holds {path}, {what}, which membench cannot "
                          f"measure; {_FIX}")
 
@@ -86,10 +88,13 @@ def _shape(shape: tuple[int, ...], batch_size: int) -> tuple[int | str, ...]:
     return tuple("B" if index == 0 and size == batch_size else size for index, size in enumerate(shape))
 
 
-def _walk(state: Any, path: str, batch_size: int, model_name: str, layout: list):
+def _walk(state: Any, path: str, batch_size: int, model_name: str, layout: list, depth: int = 0):
     """Yield (path, leaf) for every tensor, array or number of `state`, appending its layout (container
     types, keys, where the Nones are, leaf dtypes and shapes with the episode dimension as "B") to
-    `layout`; refuse what cannot be measured."""
+    `layout`; refuse what cannot be measured (`depth`: containers above `state`)."""
+    if depth > MAX_DEPTH:
+        raise _unmeasurable(model_name, path, f"containers nested more than {MAX_DEPTH} deep (does the state "
+                            "hold itself?)")
     if state is None:
         layout.append((path, "None"))
     elif type(state) in (bool, int, float) or (isinstance(state, np.generic) and state.dtype.kind in "biuf"):
@@ -116,7 +121,7 @@ def _walk(state: Any, path: str, batch_size: int, model_name: str, layout: list)
     elif isinstance(state, (tuple, list)):
         layout.append((path, type(state).__qualname__, len(state)))
         for index, item in enumerate(state):
-            yield from _walk(item, f"{path}[{index}]", batch_size, model_name, layout)
+            yield from _walk(item, f"{path}[{index}]", batch_size, model_name, layout, depth + 1)
     elif isinstance(state, dict):
         for key in state:
             if type(key) is not str or len(key) > MAX_KEY_LENGTH:
@@ -124,12 +129,13 @@ def _walk(state: Any, path: str, batch_size: int, model_name: str, layout: list)
                                     f"a key that is not a string of at most {MAX_KEY_LENGTH} characters")
         layout.append((path, "dict", tuple(state)))
         for key, item in state.items():
-            yield from _walk(item, f"{path}[{key!r}]", batch_size, model_name, layout)
+            yield from _walk(item, f"{path}[{key!r}]", batch_size, model_name, layout, depth + 1)
     elif dataclasses.is_dataclass(state) and not isinstance(state, type):
         fields = [field.name for field in dataclasses.fields(state)]
         layout.append((path, type(state).__qualname__, tuple(fields)))
         for name in fields:
-            yield from _walk(getattr(state, name), f"{path}.{name}", batch_size, model_name, layout)
+            yield from _walk(getattr(state, name), f"{path}.{name}", batch_size, model_name, layout,
+                              depth + 1)
     else:
         raise _unmeasurable(model_name, path, f"of type {type(state).__name__}")
 

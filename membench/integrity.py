@@ -114,12 +114,15 @@ def _retrieved(model: AssociativeMemory, state: Any, queries: torch.Tensor, mode
 
 def checked_retrievals(retrievals: Any, queries: torch.Tensor, model_name: str) -> torch.Tensor:
     """`retrievals` on the queries' device; MembenchError unless `read` returned a plain floating
-    torch.Tensor (no subclass: its methods could change how it is scored) shaped like `queries`."""
-    if type(retrievals) is not torch.Tensor or retrievals.shape != queries.shape or not retrievals.is_floating_point():
+    torch.Tensor (no subclass: its methods could change how it is scored; dense, with values) shaped like `queries`."""
+    if (type(retrievals) is not torch.Tensor or retrievals.shape != queries.shape or not retrievals.is_floating_point()
+            or retrievals.layout != torch.strided or retrievals.device.type == "meta"):
         got = (f"a {type(retrievals).__name__} of shape {tuple(retrievals.shape)} and dtype {retrievals.dtype}"
+               + (f", layout {retrievals.layout}" if retrievals.layout != torch.strided else "")
+               + (" on the meta device (no values)" if retrievals.device.type == "meta" else "")
                if isinstance(retrievals, torch.Tensor) else f"a {type(retrievals).__name__}")
-        raise MembenchError(f"model '{model_name}': read returned {got}, expected a plain floating torch.Tensor of "
-                            f"shape {tuple(queries.shape)} (one retrieval per query)")
+        raise MembenchError(f"model '{model_name}': read returned {got}, expected a plain, dense floating "
+                            f"torch.Tensor of shape {tuple(queries.shape)} (one retrieval per query)")
     return retrievals.detach().to(queries.device)
 
 

@@ -153,6 +153,29 @@ class LyingRetrievals(MutatesPatterns):
         return queries.clone().as_subclass(AlwaysRight)
 
 
+class SparseRetrievals(LyingRetrievals):
+    """Returns the queries as a sparse tensor: its values cannot be scored as a dense one's."""
+
+    def read(self, state, queries):
+        return queries.clone().to_sparse()
+
+
+class MetaRetrievals(LyingRetrievals):
+    """Returns a tensor on the meta device: a shape with no values."""
+
+    def read(self, state, queries):
+        return queries.to("meta")
+
+
+class HoldsItself(StoresEverything):
+    """A state list that holds itself (no finite count)."""
+
+    def write(self, patterns):
+        state = [patterns.clone()]
+        state.append(state)
+        return state
+
+
 class Tag(int):
     """An int that carries whatever is set on it."""
 
@@ -406,7 +429,11 @@ def _run(model: str, tmp_path, num_patterns=(96,), budget=None):
     (KeepsInGlobal, r"KeepsInGlobal' retrieved differently from the same state after another batch was written"),
     (PacksIntoInteger, r"PacksIntoInteger': its memory state holds state, an integer beyond float32's exact range"),
     (HoldsObjects, r"HoldsObjects': its memory state holds state, an array of Python objects"),
-    (LyingRetrievals, r"LyingRetrievals': read returned a AlwaysRight .*expected a plain floating torch.Tensor"),
+    (LyingRetrievals, r"LyingRetrievals': read returned a AlwaysRight .*expected a plain, dense floating torch.Tensor"),
+    (SparseRetrievals, r"SparseRetrievals': read returned a Tensor .*, layout torch.sparse_coo, expected a plain, dense"),
+    (MetaRetrievals, r"MetaRetrievals': read returned a Tensor .* on the meta device \(no values\), expected"),
+    (HoldsItself, r"HoldsItself': its memory state holds state\[1\]\[1\].*\.\.\., containers nested more than 32 "
+                  r"deep \(does the state hold itself\?\)"),
     (IntWithAttribute, r"IntWithAttribute': its memory state holds state, of type Tag"),
     (KeysHoldPatterns, r"KeysHoldPatterns': its memory state's layout differs between writes \(state: dict \('0\.0\."),
     (ShapesHoldPatterns, r"ShapesHoldPatterns': its memory state's layout differs between writes "
