@@ -8,6 +8,8 @@ import types
 import typing
 from typing import Any, Mapping
 
+import numpy as np
+
 from membench.errors import MembenchError
 
 
@@ -107,3 +109,20 @@ def check_constructor_options(cls: type, label: str, options: Mapping[str, Any])
         if key in parameters and parameters[key].default is not inspect.Parameter.empty:  # `degree: float = 3`
             checked[key] = declared_value(label, key, value, parameters[key].default, hints.get(key))  # takes 2.5
     return checked
+
+
+def plain_config(config: Any, label: str, path: str = "config()") -> Any:
+    """A model's `config()` as records and checkpoint keys store it: dicts with string keys, lists, and plain
+    bools, numbers, strings and Nones (a NumPy scalar made the Python one); MembenchError naming the first other
+    value, so a model whose config a record cannot hold is refused when it is built, before any run."""
+    if config is None or type(config) in (bool, int, float, str):
+        return config
+    if isinstance(config, np.generic) and config.dtype.kind in "biuf":
+        return config.item()
+    if isinstance(config, dict) and all(type(key) is str for key in config):
+        return {key: plain_config(value, label, f"{path}[{key!r}]") for key, value in config.items()}
+    if isinstance(config, (list, tuple)):
+        return [plain_config(value, label, f"{path}[{index}]") for index, value in enumerate(config)]
+    what = "a dict with a key that is not a string" if isinstance(config, dict) else f"a {type(config).__name__}"
+    raise MembenchError(f"model '{label}': {path} is {what}, which a record cannot store; return plain numbers, "
+                        "strings, lists and dicts with string keys (int(x) or x.item() for a tensor's or array's value)")

@@ -16,6 +16,7 @@ from typing import Any
 
 from membench.checkpoints import checkpoint_path, default_checkpoint_dir, readable_checkpoint, weights_digest
 from membench.interface import AssociativeMemory, Preset, TaskSpec, resolve_preset
+from membench.options import plain_config
 from membench.registry import make_task, model_source_digest, model_source_files, resolve_model
 from membench.store import ResultsStore, read_record, warn
 from membench.suites import RunSpec
@@ -114,7 +115,7 @@ def checkpoint_key(spec: RunSpec, model: AssociativeMemory, task: Task) -> str:
     if model.preset.train.num_patterns:
         task_config.pop("num_patterns")  # trained on a set of N: one checkpoint for all
     payload = {"model": spec.model, "preset": comparable_preset(model.preset.to_dict()),
-               "model_config": _without_late(model.config(), LATE_FIELDS["model"]),
+               "model_config": _without_late(plain_config(model.config(), spec.model), LATE_FIELDS["model"]),
                "task": task_config, "seed": spec.seed, "budget": spec.budget}
     source = model_source_digest(type(model))
     if source is not None:  # a model from outside membench: its code changed, it trains again

@@ -35,7 +35,7 @@ from membench.checkpoints import checkpoint_path, default_checkpoint_dir, load_c
 from membench.errors import CheckpointBusy, MembenchError, TrainingPaused, UnknownOption
 from membench.integrity import audit_write, checked_retrievals
 from membench.interface import AssociativeMemory, Preset, resolve_options, resolve_preset
-from membench.options import check_constructor_options
+from membench.options import check_constructor_options, plain_config
 from membench.provenance import environment, git_state
 from membench.registry import (errors_of_user_model, is_builtin_model, make_task, model_source_digest, resolve_model,
                                user_model_error)
@@ -95,7 +95,12 @@ def build_model(spec: RunSpec, task: Task, preset: Preset | None = None) -> Asso
         what = ("its __init__ does not call super().__init__() (nn.Module's, first)" if isinstance(model, nn.Module)
                 else f"{'from_preset' if cls.trainable else 'from_spec'} returned a {type(model).__name__}, not the model")
         raise MembenchError(f"model '{spec.model}': {what}")
+    plain_config(model.config(), spec.model)  # a config no record can store is refused before any run
     if cls.trainable:
+        if not any(parameter.requires_grad for parameter in model.parameters()):
+            raise MembenchError(f"model '{spec.model}' is meta-learned (trainable = True) but has no parameters to "
+                                "train: hold what it learns in torch.nn.Parameter attributes (a plain tensor with "
+                                "requires_grad is not registered), or set trainable = False")
         model.preset = preset
     return model
 
@@ -260,7 +265,7 @@ def _execute(spec: RunSpec, store: ResultsStore, device: torch.device, checkpoin
         "run_id": spec.run_id,
         **dataclasses.asdict(spec),
         "task_unit": task.error_unit,
-        "model_config": model.config(),
+        "model_config": plain_config(model.config(), spec.model),
         "preset_config": model.preset.to_dict() if model.preset is not None else None,
         "memory_floats": contract.floats,  # declared, measured on the probe and on every evaluated batch
         "num_queries": len(errors),

@@ -225,6 +225,17 @@ _OWN = textwrap.dedent('''
     class CannotCount(Soft):
         def memory_floats(self, spec):
             return self.slots * spec.pattern_size
+
+
+    class TensorConfig(Soft):
+        def config(self):
+            return {"beta": torch.tensor(self.beta)}
+
+
+    class NumpyConfig(Soft):
+        def config(self):
+            import numpy
+            return {"beta": numpy.float32(self.beta), "slots": [numpy.int64(16)]}
 ''')
 
 _OWN_LEARNED = TINY_MODEL + textwrap.dedent('''
@@ -284,6 +295,18 @@ _OWN_LEARNED = TINY_MODEL + textwrap.dedent('''
             return TinyLearned.presets(spec, options)
 
 
+    class NotRegistered(TinyLearned):
+        def __init__(self, spec, config):
+            super().__init__(spec, config)
+            del self.bias
+            self.bias = torch.zeros(spec.pattern_size, requires_grad=True)  # not an nn.Parameter
+
+
+    class TensorConfig(TinyLearned):
+        def config(self):
+            return {"bias": self.bias}
+
+
     class NaNAfterOneStep(TinyLearned):
         @classmethod
         def presets(cls, spec, options):
@@ -301,7 +324,7 @@ _OWN_LEARNED = TINY_MODEL + textwrap.dedent('''
 @pytest.mark.parametrize("model, options, fragments", [
     ("Soft", ["--option", "beta=abc"], ["option beta='abc' is not of type float (its default: 4.0)"]),
     ("NoSuper", [], ["its __init__ does not call super().__init__()"]),
-    ("BoolRead", [], ["read returned a Tensor of shape (", "dtype torch.bool", "a plain floating torch.Tensor"]),
+    ("BoolRead", [], ["read returned a Tensor of shape (", "dtype torch.bool", "a plain, dense floating torch.Tensor"]),
     ("Flattened", [], ["differs from what the model declares", "state has shape (32, 128), not B = 2 episodes "
                                                                  "first, so it counts whole for each episode"]),
     ("HalfView", [], ["differs from what the model declares", "state is a view of a larger storage, 4096 values",
@@ -312,6 +335,8 @@ _OWN_LEARNED = TINY_MODEL + textwrap.dedent('''
                              "own.py, line ", "no run was started"]),
     ("CannotCount", [], ["raised AttributeError: 'CannotCount' object has no attribute 'slots' (in memory_floats, ",
                          "no run was started"]),
+    ("TensorConfig", [], ["model 'own:TensorConfig': config()['beta'] is a Tensor, which a record cannot store",
+                          "x.item()"]),
 ])
 def test_a_model_that_breaks_the_contract_is_told_how_in_one_line(tmp_path, monkeypatch, model, options, fragments):
     (tmp_path / "own.py").write_text(_OWN)
@@ -340,12 +365,31 @@ def test_a_model_raising_while_built_is_one_line_in_every_suite(tmp_path, monkey
     ("ConfigNone", ["presets() maps 'quick' to a Preset whose model config is a NoneType, not a dataclass instance"]),
     ("PresetsRaise", ["model 'own_learned:PresetsRaise' raised KeyError: 'quick' (in presets, ", "no run was started"]),
     ("NaNAfterOneStep", ["diverged at step 1: the loss or the gradient norm was not finite"]),
+    ("NotRegistered", ["model 'own_learned:NotRegistered' is meta-learned (trainable = True) but has no parameters to "
+                       "train", "torch.nn.Parameter"]),
+    ("TensorConfig", ["model 'own_learned:TensorConfig': config()['bias'] is a Parameter, which a record cannot "
+                      "store"]),
 ])
 def test_a_learned_model_that_breaks_the_contract_is_told_how_in_one_line(tmp_path, monkeypatch, model, fragments):
     (tmp_path / "own_learned.py").write_text(_OWN_LEARNED)
     monkeypatch.chdir(tmp_path)
     _one_clear_line(_invoke("run", "--model", f"own_learned:{model}", "--num-patterns", "16", "--queries", "32",
                             "--out", "out", "--checkpoint-dir", "ck", "--no-progress"), *fragments, exit_code=1)
+    if model in ("NotRegistered", "TensorConfig"):  # refused when built: nothing trained, nothing written
+        assert not (tmp_path / "ck").exists() or not list((tmp_path / "ck").glob("*.pt"))
+        assert not (tmp_path / "out").exists()
+
+
+def test_numpy_numbers_in_a_model_config_are_stored_as_plain_ones(tmp_path, monkeypatch):
+    """A config sized with NumPy arithmetic (budget // np.prod(...)) is stored as a record's plain numbers, not
+    a crash after the run."""
+    (tmp_path / "own.py").write_text(_OWN)
+    monkeypatch.chdir(tmp_path)
+    result = _invoke("run", "--model", "own:NumpyConfig", "--num-patterns", "16", "--queries", "32", "--out", "out",
+                     "--no-progress")
+    assert result.exit_code == 0, result.output
+    (record,) = ResultsStore(tmp_path / "out").records()
+    assert record["model_config"] == {"beta": 4.0, "slots": [16]}
 
 
 def test_ctrl_c_before_the_first_record_leaves_no_output_folder(tmp_path, monkeypatch):
