@@ -53,7 +53,9 @@ def read_curves(out_dir: Path, models: tuple[str, ...] | None = None, images: bo
                 label = f"{record['task']['kind']} {label} {options} ({record['memory_floats']} floats)"
             elif not training["config"].get("num_patterns"):
                 label += f" N={record['task']['num_patterns']}"
-            path, fix = Path(out_dir) / training["curve"], "restore it from git or rerun the run with --force"
+            path = Path(out_dir) / training["curve"]
+            fix = ("restore it from git, copy it from the folder its record came from (training/ beside runs/), or "
+                   "rerun the run with --force")
             curve = read_table(path, f"the training curve of {record['run_id']}", ("step", "loss", "error"), fix)
             for column in ("step", "loss", "error"):
                 try:

@@ -68,6 +68,8 @@ def read_table(path: Path, what: str, columns: tuple[str, ...] = (), fix: str = 
 
     try:
         frame = pd.read_csv(path, **read_csv)
+    except FileNotFoundError:
+        raise MembenchError(f"{path} is missing: it should be {what}; {fix}") from None
     except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise MembenchError(f"{path} is not {what} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
                             f"{fix}") from None

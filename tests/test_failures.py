@@ -839,7 +839,8 @@ def test_reports_of_missing_or_broken_inputs_say_so_in_one_line_and_write_nothin
     record = json.loads(path.read_text())
     path.write_text(json.dumps({**record, "training": {"checkpoint_key": "lost", "curve": "training/lost.csv",
                                                        "config": {}, "train_time_s": 1.0}}))
-    _one_clear_line(_invoke("report", "--out", str(out)), f"{out / 'training' / 'lost.csv'} is not the training curve")
+    _one_clear_line(_invoke("report", "--out", str(out)),
+                    f"{out / 'training' / 'lost.csv'} is missing: it should be the training curve")
     assert (out / "table1.md").read_text() == "as it was" and "raw_slots" in table
 
 
@@ -1064,3 +1065,22 @@ def test_a_reader_that_stops_reading_gets_no_error_line():
     process.stdout.close()  # the reader is gone before the first line
     stderr = process.stderr.read().decode()
     assert process.wait(timeout=120) == 1 and stderr == "", stderr
+
+
+def test_records_copied_without_their_training_curves_are_told_to_bring_them(tmp_path, monkeypatch):
+    """The README's 'beside the committed rows' copy: records alone make `report` name the missing curve and the
+    folder to copy it from; with training/ copied too the report is written."""
+    import shutil
+
+    (tmp_path / "own_learned.py").write_text(_OWN_LEARNED)
+    monkeypatch.chdir(tmp_path)
+    result = _invoke("run", "--model", "own_learned:TinyLearned", "--num-patterns", "16", "--queries", "32", "--out",
+                     "out", "--checkpoint-dir", "ck", "--no-progress")
+    assert result.exit_code == 0, result.output
+    shutil.copytree(tmp_path / "out" / "runs", tmp_path / "mine" / "runs")
+    _one_clear_line(_invoke("report", "--out", "mine"), "is missing", "the training curve of",
+                    "copy it from the folder its record came from (training/ beside runs/)", exit_code=1)
+    shutil.copytree(tmp_path / "out" / "training", tmp_path / "mine" / "training")
+    result = _invoke("report", "--out", "mine")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "mine" / "table1.md").is_file()
