@@ -217,11 +217,16 @@ def _train(model: AssociativeMemory, task: Task, config: TrainConfig, checkpoint
         if first_bad.item() >= 0:
             kept = (f"its last checkpoint (step {saved_step}) is kept at {checkpoint_path}" if saved_step is not None
                     else "no checkpoint was written")
+            if first_bad.item() == 1:  # before any update: the initial weights or options, not the learning rate
+                fix = ("the model's initial weights give it: check its options (a NaN or inf value?) and its "
+                       "initialisation")
+            else:
+                fix = (f"lower the learning rate (now {config.lr}: --option train.lr=...) or the clip norm (now "
+                       f"{config.clip_norm}: --option train.clip_norm=...)")
             raise TrainingDiverged(
                 f"meta-training of {type(model).__name__} diverged at step {first_bad.item()}: the loss"
-                f"{'' if loss is None else f' ({loss.item()})'} or the gradient norm was not finite. Lower the "
-                f"learning rate (now {config.lr}: --option train.lr=...) or the clip norm (now {config.clip_norm}: "
-                f"--option train.clip_norm=...); {kept}.")
+                f"{'' if loss is None else f' ({loss.item()})'} or the gradient norm was not finite. Fix: {fix}; "
+                f"{kept}.")
 
     def checkpoint() -> None:
         nonlocal saved_step

@@ -730,7 +730,8 @@ def test_divergence_says_whether_a_checkpoint_exists(tmp_path):
     with torch.no_grad():
         next(model.parameters()).fill_(float("nan"))
     config = TrainConfig(steps=3, batch_size=2, log_every=1)
-    with pytest.raises(TrainingDiverged, match="diverged at step 1.*no checkpoint was written"):
+    with pytest.raises(TrainingDiverged, match="diverged at step 1.*Fix: the model's initial weights give it: check its options .a NaN or inf "
+                       "value.. and its initialisation; no checkpoint was written"):
         meta_train(model, BinaryTask(4), config, tmp_path / "c.pt", torch.device("cpu"), 0, progress=False)
 
 

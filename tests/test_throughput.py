@@ -87,7 +87,8 @@ def test_divergence_is_caught_at_the_next_log_before_any_save(tmp_path):
 
     model.meta_loss = poisoned
     config = TrainConfig(steps=8, batch_size=2, log_every=4, checkpoint_every=2, clip_norm=1.0)
-    with pytest.raises(TrainingDiverged, match="diverged at step 3.*last checkpoint \\(step 2\\)"):
+    with pytest.raises(TrainingDiverged,
+                       match="diverged at step 3.*Fix: lower the learning rate.*last checkpoint \\(step 2\\)"):
         meta_train(model, BinaryTask(4), config, tmp_path / "c.pt", torch.device("cpu"), 0, progress=False)
     saved = torch.load(tmp_path / "c.pt", weights_only=False)
     assert saved["step"] == 2 and all(torch.isfinite(t).all() for t in saved["model"].values())
