@@ -66,8 +66,9 @@ def _check_option_type(label: str, key: str, value: Any, default: Any, kind: typ
     kind = kind or type(default)
     expected = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}.get(kind)
     if expected and (not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected)):
+        given = {bool: "give true or false", int: "give a whole number", float: "give a number"}.get(kind, "give text")
         raise MembenchError(f"model '{label}': option {key}={value!r} is not of type {kind.__name__} "
-                            f"(its default: {default!r})")
+                            f"(its default: {default!r}); {given}")
 
 
 def _scalar_type(hint: Any) -> tuple[type | None, bool]:

@@ -138,10 +138,15 @@ def _import_class(path: str, base: type = AssociativeMemory) -> type:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise MembenchError(
-            f"cannot import module '{module_name}' for model '{path}': {exc}. "
-            "Check the spelling, and that the module is on PYTHONPATH (the current directory is)."
-        ) from None
+        missing = exc.name if isinstance(exc, ModuleNotFoundError) else None
+        if missing and (module_name == missing or module_name.startswith(missing + ".")):  # the module itself
+            raise MembenchError(
+                f"cannot import module '{module_name}' for model '{path}': {exc}. "
+                "Check the spelling, and that the module is on PYTHONPATH (the current directory is)."
+            ) from None
+        fix = (f"install the package that provides '{missing}'" if missing else "fix the import in the module")
+        raise MembenchError(f"module '{module_name}' for model '{path}' was found, but an import inside it failed: "
+                            f"{exc}; {fix}") from None
     except SyntaxError as exc:
         raise MembenchError(f"cannot import module '{module_name}': {exc.msg} in {exc.filename}, line {exc.lineno}; "
                             "fix the syntax error") from None

@@ -87,8 +87,8 @@ def test_bad_numbers_are_refused_before_any_work(tmp_path, args, fragment):
     ("train.num_patterns=[16,0]", "train.num_patterns=(16, 0) must be null or a list of positive integers"),
     ("train.lr=fast", "option train.lr='fast' is not of type float"),
     ("read_steps=0", "read_steps=0 must be at least 1"),
-    ("hidden=12.5", "option hidden=12.5 is not of type int (its default: 128)"),
-    ("grad_norm_term=1", "option grad_norm_term=1 is not of type bool"),
+    ("hidden=12.5", "option hidden=12.5 is not of type int (its default: 128); give a whole number"),
+    ("grad_norm_term=1", "option grad_norm_term=1 is not of type bool (its default: True); give true or false"),
     ("write_lr_init=0.0", "write_lr_init=0.0 must be a finite number > 0 (a softplus rate)"),
     ("decay_init=1.0", "decay_init=1.0 must lie strictly between 0 and 1 (a sigmoid)"),
     ("train.weight_decay=-5", "train.weight_decay=-5.0 must be a non-negative finite number"),
@@ -142,6 +142,11 @@ def test_duplicate_seeds_and_sizes_run_once(tmp_path):
 @pytest.mark.parametrize("source, fragments", [
     ("def broken(:\n", ["cannot import module 'user_model'", "line 1", "fix the syntax error"]),
     ("raise ValueError('no config')\n", ["importing module 'user_model' raised ValueError: no config"]),
+    ("import membench_test_absent_package\n", ["module 'user_model' for model 'user_model:Model' was found, but an "
+                                              "import inside it failed", "install the package that provides "
+                                              "'membench_test_absent_package'"]),
+    ("from membench import NoSuchName\n", ["module 'user_model' for model 'user_model:Model' was found, but an "
+                                          "import inside it failed", "fix the import in the module"]),
     (textwrap.dedent('''
         from membench import AssociativeMemory
         class Model(AssociativeMemory):
@@ -322,7 +327,7 @@ _OWN_LEARNED = TINY_MODEL + textwrap.dedent('''
 
 
 @pytest.mark.parametrize("model, options, fragments", [
-    ("Soft", ["--option", "beta=abc"], ["option beta='abc' is not of type float (its default: 4.0)"]),
+    ("Soft", ["--option", "beta=abc"], ["option beta='abc' is not of type float (its default: 4.0); give a number"]),
     ("NoSuper", [], ["its __init__ does not call super().__init__()"]),
     ("BoolRead", [], ["read returned a Tensor of shape (", "dtype torch.bool", "a plain, dense floating torch.Tensor"]),
     ("Flattened", [], ["differs from what the model declares", "state has shape (32, 128), not B = 2 episodes "
