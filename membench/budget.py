@@ -60,14 +60,18 @@ def check_whole_patterns(model_name: str, num_slots: int, spec: TaskSpec, option
                               f"budget // {spec.pattern_size}")
 
 
-def check_declared(model: AssociativeMemory, spec: TaskSpec, budget: int, model_name: str) -> int:
-    """The declared count for `spec`; OverBudgetError if it exceeds `budget` (checked before any training)."""
+def check_declared(model: AssociativeMemory, spec: TaskSpec, budget: int, model_name: str,
+                   swept: bool = False) -> int:
+    """The declared count for `spec`; OverBudgetError if it exceeds `budget` (checked before any training).
+    `swept`: the budget is a point of a suite's memory sweep (Figure 3), which --budget only selects."""
     count = declared_floats(model, spec, model_name)
     if count > budget:
+        fix = ("size it from the budget its from_spec is given (each point of the sweep has its own)" if swept
+               else "or run with a larger --budget")
         raise OverBudgetError(
             f"model '{model_name}' declares {count} float32 values for N={spec.num_patterns} patterns of shape "
             f"{spec.pattern_shape}, over the budget of {budget}. Shrink the model's memory (e.g. fewer slots or "
-            "a smaller writable layer) or run with a larger --budget.")
+            f"a smaller writable layer) {fix}.")
     return count
 
 

@@ -41,7 +41,7 @@ from membench.registry import (errors_of_user_model, is_builtin_model, make_task
                                user_model_error)
 from membench.run_identity import checkpoint_key, is_current, recorded_preset
 from membench.store import ResultsStore, writable_folder, write_text_atomic
-from membench.suites import BUILTIN_PRESETS, DEFAULT_PRESET, RunSpec, declared_count
+from membench.suites import BUILTIN_PRESETS, DEFAULT_PRESET, SUITES, RunSpec, SweepSuite, declared_count
 from membench.tasks import Task, seed_all
 from membench.no_train import as_trained, require_checkpoints
 from membench.training import meta_train
@@ -226,7 +226,8 @@ def _execute(spec: RunSpec, store: ResultsStore, device: torch.device, checkpoin
     task = make_task(spec.task)
     seed_all(spec.seed)  # initial weights depend on the run's seed, not on earlier runs in this process
     model = build_model(spec, task).to(device)
-    declared = check_declared(model, task.spec, spec.budget, spec.model)
+    declared = check_declared(model, task.spec, spec.budget, spec.model,
+                              swept=isinstance(SUITES.get(spec.suite), SweepSuite))
     contract = audit(model, task, spec, declared, device)
     training: dict[str, Any] | None = None
     if model.trainable:

@@ -1090,3 +1090,19 @@ def test_records_copied_without_their_training_curves_are_told_to_bring_them(tmp
     result = _invoke("report", "--out", "mine")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "mine" / "table1.md").is_file()
+
+
+def test_an_over_budget_model_is_told_the_fix_its_suite_allows(tmp_path, monkeypatch, data_root):
+    """Table 1 takes a larger --budget; a Figure 3 point's budget is fixed (--budget only selects a point), so there
+    the fix is sizing the model from the budget from_spec is given."""
+    (tmp_path / "own.py").write_text(_OWN)
+    monkeypatch.chdir(tmp_path)
+    _one_clear_line(_invoke("run", "--model", "own:Soft", "--num-patterns", "16", "--queries", "32", "--budget", "1000",
+                            "--out", "out", "--no-progress"),
+                    "declares 2048 float32 values", "over the budget of 1000", "or run with a larger --budget",
+                    exit_code=1)
+    _one_clear_line(_invoke("run", "--suite", "fig3-omniglot", "--model", "own:Soft", "--num-patterns", "16",
+                            "--queries", "64", "--data-dir", str(data_root), "--out", "out", "--no-progress"),
+                    "declares 16384 float32 values", "size it from the budget its from_spec is given (each point of "
+                    "the sweep has its own)", exit_code=1)
+    assert not (tmp_path / "out").exists()
