@@ -209,6 +209,29 @@ def test_train_options_set_the_training_config_and_split_checkpoints_by_n():
         resolve_preset(EBMM, BinaryTask(16).spec, "quick", {"train.stepz": 1})
 
 
+def test_readme_sized_example_takes_the_budget_and_its_options_on_both_tasks(tmp_path, monkeypatch, data_root):
+    """The README's budget-sized example: as many slots as the budget holds (64 at 8256 floats, every pattern at
+    N = 16 stored: no wrong bit), `--option slots=4` winning over the budget's, and a Figure 3 curve whose points
+    hold three and eight images (3072 and 8192 floats of 32x32)."""
+    code = readme_example("example-sized-model")
+    assert len(code.strip().splitlines()) <= 30
+    (tmp_path / "sized_memory.py").write_text(code)
+    monkeypatch.chdir(tmp_path)
+    small = ["run", "--model", "sized_memory:NearestSlots", "--num-patterns", "16", "--queries", "64", "--no-progress"]
+    for options, out in (([], "whole"), (["--option", "slots=4"], "four")):
+        result = CliRunner().invoke(main, [*small, *options, "--out", out])
+        assert result.exit_code == 0, result.output
+    (whole,), (four,) = records_in(tmp_path / "whole"), records_in(tmp_path / "four")
+    assert whole["model_config"] == {"slots": 64} and whole["memory_floats"] == 16 * 128 and whole["mean_error"] == 0
+    assert four["model_config"] == {"slots": 4} and four["memory_floats"] == 4 * 128 and four["mean_error"] > 0
+    result = CliRunner().invoke(main, ["run", "--suite", "fig3-omniglot", "--model", "sized_memory:NearestSlots",
+                                       "--num-patterns", "8", "--queries", "64", "--data-dir", str(data_root),
+                                       "--out", "images", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    points = sorted((r["budget"], r["model_config"]["slots"], r["memory_floats"]) for r in records_in(tmp_path / "images"))
+    assert points == [(3072, 3, 3072), (8192, 8, 8192)]
+
+
 def test_readme_learned_example_trains_and_runs(tmp_path, monkeypatch):
     """The README's meta-learned example, on the example it extends: trained (a few updates here), then
     evaluated with the same budget; its options are its config's and TrainConfig's fields (`gain_init=2`, as
