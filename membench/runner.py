@@ -302,6 +302,10 @@ def checked_specs(specs: list[RunSpec]) -> list[RunSpec]:
     made that float (one run, whichever was typed)."""
     checked, built = [], set()
     any_trained = any(resolve_model(spec.model).trainable for spec in specs)
+    training_options = sorted({key for spec in specs for key in spec.options if key.startswith("train.")})
+    if training_options and not any_trained:
+        raise MembenchError(f"no model of this run is meta-learned, so --option {', '.join(training_options)} has "
+                            "nothing to train; drop it")
     several = len({spec.model for spec in specs}) > 1
     for spec in specs:
         try:

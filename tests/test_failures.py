@@ -1028,7 +1028,7 @@ def test_a_builtin_model_that_runs_out_of_memory_or_fails_on_its_options_says_so
 def test_untrained_models_of_a_run_ignore_its_training_options(tmp_path, monkeypatch):
     """`--option train.steps=…` on a suite with untrained models trains its learned ones shorter and leaves the
     others as they are (their run ids too), as --preset does; an option an untrained model does not take is
-    still refused."""
+    still refused, and a training option on a run with no learned model at all (a typo'd one, too) is refused."""
     monkeypatch.chdir(tmp_path)
     small = ["run", "--num-patterns", "16", "--queries", "16", "--no-progress", "--out", "out", "--model", "raw_slots"]
     assert _invoke(*small).exit_code == 0
@@ -1037,6 +1037,8 @@ def test_untrained_models_of_a_run_ignore_its_training_options(tmp_path, monkeyp
     (learned,) = records_in(tmp_path / "out", "*memory_networks*.json")
     assert learned["training"]["steps"] == 2
     _one_clear_line(_invoke(*small, "--option", "steps=5"), "raw_slots")
+    _one_clear_line(_invoke(*small, "--option", "train.stpes=5"), "no model of this run is meta-learned, so --option "
+                    "train.stpes has nothing to train; drop it")
 
 
 def test_a_run_that_fails_on_input_found_while_running_leaves_no_output_folder(tmp_path, monkeypatch):
