@@ -133,23 +133,24 @@ class Preset:
 
 
 def resolve_preset(cls: type["AssociativeMemory"], spec: TaskSpec, name: str,
-                   options: Mapping[str, Any]) -> Preset:
+                   options: Mapping[str, Any], label: str | None = None) -> Preset:
     """`cls.presets(spec, options)[name]` with `options` applied: a key `train.FIELD` sets a field of its
     TrainConfig (e.g. train.steps, train.num_patterns), any other key a field of its model config.
 
-    Raises MembenchError naming the valid presets, or the valid options, on a bad name.
+    Raises MembenchError naming the model (`label`, as the run names it; else the class's name), and the valid
+    presets or options, on a bad name.
     """
-    return resolve_options(cls, spec, name, options)[0]
+    return resolve_options(cls, spec, name, options, label)[0]
 
 
 def resolve_options(cls: type["AssociativeMemory"], spec: TaskSpec, name: str,
-                    options: Mapping[str, Any]) -> tuple[Preset, dict[str, Any]]:
+                    options: Mapping[str, Any], label: str | None = None) -> tuple[Preset, dict[str, Any]]:
     """`resolve_preset`'s preset, and `options` as it applied them (an int given for a float field made that
     float: `gain_init=2` and `gain_init=2.0` are one run)."""
     train_options = {key[len("train."):]: value for key, value in options.items() if key.startswith("train.")}
     model_options = {key: value for key, value in options.items() if not key.startswith("train.")}
     presets = cls.presets(spec, model_options)
-    label = cls.name or cls.__name__
+    label = label or cls.name or cls.__name__
     if name not in presets:
         raise MembenchError(f"model '{label}' has no preset '{name}'. Its presets: {', '.join(presets)}")
     preset = presets[name]

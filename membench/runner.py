@@ -78,7 +78,8 @@ def build_model(spec: RunSpec, task: Task, preset: Preset | None = None) -> Asso
     cls = resolve_model(spec.model)
     try:
         if cls.trainable:  # through from_preset, whatever from_spec a class it inherits from sizes itself with
-            preset = preset if preset is not None else resolve_preset(cls, task.spec, spec.preset, spec.options)
+            if preset is None:
+                preset = resolve_preset(cls, task.spec, spec.preset, spec.options, spec.model)
             model = cls.from_preset(task.spec, spec.budget, preset)
         else:
             check_constructor_options(cls, spec.model, spec.options)
@@ -324,7 +325,8 @@ def _checked(spec: RunSpec, any_trained: bool, built: set) -> RunSpec:
     cls = resolve_model(spec.model)
     task = make_task(spec.task)
     if cls.trainable:
-        return dataclasses.replace(spec, options=resolve_options(cls, task.spec, spec.preset, spec.options)[1])
+        options = resolve_options(cls, task.spec, spec.preset, spec.options, spec.model)[1]
+        return dataclasses.replace(spec, options=options)
     if spec.preset not in BUILTIN_PRESETS and not any_trained:
         raise MembenchError(f"no model of this run has a preset '{spec.preset}'; give --preset one of "
                             f"{', '.join(BUILTIN_PRESETS)} (models that are not trained run under any)")

@@ -1108,3 +1108,12 @@ def test_an_over_budget_model_is_told_the_fix_its_suite_allows(tmp_path, monkeyp
                     "declares 16384 float32 values", "size it from the budget its from_spec is given (each point of "
                     "the sweep has its own)", exit_code=1)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_learned_model_of_yours_is_named_as_the_run_names_it(tmp_path, monkeypatch):
+    """module:Class in its option errors, as an untrained model of yours is, not the bare class name."""
+    (tmp_path / "own_learned.py").write_text(_OWN_LEARNED)
+    monkeypatch.chdir(tmp_path)
+    result = _invoke("run", "--model", "own_learned:TinyLearned", "--option", "sharpnes=2", "--num-patterns", "16",
+                     "--out", "out", "--checkpoint-dir", "ck", "--no-progress")
+    _one_clear_line(result, "model 'own_learned:TinyLearned' has no option 'sharpnes'. Its options: sharpness")
