@@ -149,11 +149,12 @@ def _timing_command(args: str, device: str, table: Path) -> list[str]:
     from membench.runner import resolve_device
     from membench.throughput import check_precisions, run_specs
 
-    extra = ("--device", device, "--out", str(table))
+    graphs = () if resolve_device(device).type == "cuda" else ("--no-cuda-graph",)  # a CPU rehearsal: none
+    extra = ("--device", device, *graphs, "--out", str(table))
     params = parsed("throughput", "--time", args, extra)
     set_data_dir(params["data_dir"])
     try:
-        check_precisions(params["precisions"], resolve_device(device).type)
+        check_precisions(params["precisions"], resolve_device(device).type, params["cuda_graph"])
         run_specs(params["suite"], params["models"], params["num_patterns"], params["preset"], params["options"])
     except MembenchError as exc:
         raise MembenchError(f"--time '{args}': {exc}") from None
@@ -274,7 +275,7 @@ def throughput(suite, models, preset, device, num_patterns, batch_sizes, steps, 
     from membench.throughput import check_precisions, existing_table, measure, merge, run_specs
 
     set_data_dir(data_dir)
-    check_precisions(precisions, resolve_device(device).type)
+    check_precisions(precisions, resolve_device(device).type, cuda_graph)
     requests = [dict(spec=spec, device=resolve_device(device), batch_size=batch, steps=steps, warmup=warmup,
                      cuda_graph=cuda_graph, compile=compile_, precision=precision)
                 for spec in run_specs(suite, models, num_patterns, preset, options)

@@ -208,10 +208,13 @@ def measure(requests: list[dict[str, Any]], rounds: int = 1, reference: str | No
     return rows
 
 
-def check_precisions(precisions: Sequence[str], device_type: str) -> None:
-    """MembenchError for a precision the device cannot time (tf32 is CUDA's), before any row is built."""
+def check_precisions(precisions: Sequence[str], device_type: str, cuda_graph: bool = False) -> None:
+    """MembenchError for a precision or CUDA graphs the device cannot time (tf32 and graphs are CUDA's), before
+    any row is built."""
     if "tf32" in precisions and device_type != "cuda":
         raise MembenchError(f"--precision tf32 is CUDA's (TF32 tensor cores); on {device_type} time float32 or bf16")
+    if cuda_graph and device_type != "cuda":
+        raise MembenchError(f"--cuda-graph is CUDA's (updates replayed from CUDA graphs); on {device_type} drop it")
 
 
 def matches_reference(row: dict[str, Any]) -> bool:

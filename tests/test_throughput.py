@@ -271,6 +271,19 @@ def test_tf32_on_a_cpu_is_refused_before_any_row_is_built(tmp_path):
     assert session.exit_code == 1 and "--precision tf32 is CUDA's" in session.output, session.output
 
 
+def test_cuda_graphs_on_a_cpu_are_refused_but_a_session_rehearses_without_them(tmp_path):
+    """`throughput --cuda-graph` on the CPU is refused (it timed eager updates and wrote cuda_graph False); a
+    session's --time asking for graphs, as the Makefile's GPU targets do, times eager ones in a CPU rehearsal."""
+    from membench.cli_sessions import _timing_command
+
+    result = CliRunner().invoke(main, ["throughput", "--model", "ebmm", "--device", "cpu", "--cuda-graph",
+                                       "--out", str(tmp_path / "t.csv")])
+    assert result.exit_code == 1 and "--cuda-graph is CUDA's" in result.output and exited_cleanly(result)
+    assert not (tmp_path / "t.csv").exists()
+    command = _timing_command("--model ebmm --steps 1 --cuda-graph", "cpu", tmp_path / "t.csv")
+    assert command.index("--no-cuda-graph") > command.index("--cuda-graph")  # the last flag wins
+
+
 def test_the_graph_check_compares_every_case_and_names_what_differs(capsys):
     """`python -m membench.graph_check` (run first in GPU sessions): its three cases run here (eager on both
     sides on a CPU: equal), a difference is named per case, and without CUDA it says so and exits 2."""
