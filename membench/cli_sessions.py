@@ -127,6 +127,9 @@ def parsed(name: str, flag: str, args: str, extra: tuple[str, ...] = ()) -> dict
         raise MembenchError(f"{flag} '{args}' is not a `membench {name}` command line: {reason}") from None
 
 
+SESSION_RUN_FLAGS = {"--device", "--train-time-limit", "--checkpoint-dir"}  # what the session gives each --run
+
+
 def _check_run_command(args: str) -> None:
     """Refuse (MembenchError) a session's `--run ARGS` that `membench run` would refuse before any work: its
     options, suite, models, presets and model options (so no session time is spent first)."""
@@ -134,6 +137,10 @@ def _check_run_command(args: str) -> None:
     from membench.runner import checked_specs
 
     params = parsed("run", "--run", args)
+    owned = sorted({token.split("=")[0] for token in shlex.split(args)} & SESSION_RUN_FLAGS)
+    if owned:
+        raise MembenchError(f"--run '{args}': {', '.join(owned)} is the session's own (every run gets the "
+                            "session's device, time and cache): give it to `membench session`, or leave it out")
     set_data_dir(params["data_dir"])
     try:
         checked_specs(suite_runs(params["suite"], params["models"], params["num_patterns"], params["seeds"],

@@ -246,6 +246,17 @@ def test_a_session_names_a_run_option_that_does_not_exist(tmp_path: Path, monkey
     assert exited_cleanly(result) and not (tmp_path / "session.tgz").exists()
 
 
+@pytest.mark.parametrize("flag", ["--device cuda", "--train-time-limit=1000", "--checkpoint-dir mine"])
+def test_a_session_refuses_a_run_that_sets_what_the_session_gives_it(tmp_path: Path, monkeypatch, flag: str):
+    """The session appends its device, time and cache to every --run; the run's own, silently overridden (and
+    shown beside the session's in the record's command), is refused."""
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["session", "--run", f"--model hopfield_hebb {flag} --out results/x",
+                                       "--device", "cpu", "--train-time-limit", "1", "--to", "session.tgz"])
+    assert result.exit_code == 1 and f"{flag.split()[0].split('=')[0]} is the session's own" in result.output
+    assert exited_cleanly(result) and not (tmp_path / "session.tgz").exists() and not (tmp_path / "results").exists()
+
+
 def test_unpack_skips_folders_and_refuses_files_for_results_checkpoints(tmp_path: Path):
     """Folder entries (as plain `tar` writes them) are fine; a file aimed at results/checkpoints would pass
     by the keep-the-further-trained rule, so it is refused."""
