@@ -321,6 +321,9 @@ def set_aside(root: Path, keep: Sequence[str]) -> tuple[list[Path], int]:
     -- results` brings every deleted file back (a finished checkpoint that runs of another suite, without
     records, still need: `git checkout -- <it>`). Returns (files deleted, bytes)."""
     root = Path(root)
+    if not (root / RESULTS).is_dir():
+        raise MembenchError(f"{root} has no {RESULTS}/ folder: give --root the membench checkout a lent machine "
+                            "copies")
     env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
     try:
         changed = subprocess.run(["git", "status", "--porcelain", "--", RESULTS], cwd=root, env=env,
@@ -330,9 +333,14 @@ def set_aside(root: Path, keep: Sequence[str]) -> tuple[list[Path], int]:
     except (OSError, subprocess.CalledProcessError) as exc:
         raise MembenchError(f"{root} is not a git checkout git can read ({exc}); run set-aside in the checkout "
                             f"a lent machine copies") from None
-    if changed:
-        raise MembenchError(f"{root}/{RESULTS} has changes git does not hold ({len(changed.splitlines())} path(s), "
-                            f"e.g. {changed.splitlines()[0][3:]}): commit them first, so `git checkout -- "
+    lines = changed.splitlines()
+    if lines and all(line.startswith(" D ") for line in lines):  # deletions only: set aside before, not restored
+        raise MembenchError(f"{root}/{RESULTS} has {len(lines)} file(s) deleted from the working tree, as a set-aside "
+                            f"leaves it (e.g. {lines[0][3:]}): run `git checkout -- {RESULTS}` first (it brings "
+                            "them back), then set aside again; do not commit the deletions")
+    if lines:
+        raise MembenchError(f"{root}/{RESULTS} has changes git does not hold ({len(lines)} path(s), "
+                            f"e.g. {lines[0][3:]}): commit them first, so `git checkout -- "
                             f"{RESULTS}` restores what is set aside")
     kept = [PurePosixPath(os.path.normpath(folder)) for folder in (f"{RESULTS}/bench", f"{RESULTS}/reference", *keep)]
     for typed, folder in zip(keep, kept[2:]):

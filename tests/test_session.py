@@ -468,8 +468,9 @@ def test_set_aside_leaves_a_session_its_records_and_unfinished_checkpoints_and_g
     (a Figure 3 checkpoint grown through N = 2 ... 64: its record at 64); it keeps results/bench, the kept folder,
     unfinished checkpoints, those without records, those evaluated at some of their N only and the paper's
     numbers; `git checkout -- results` restores everything. A tree with changes git does not hold under results/
-    (which checkout could not restore) or a --keep outside results/ is refused; without --keep (a session writing
-    a new folder) only results/bench and the paper's numbers stay."""
+    (which checkout could not restore) or a --keep outside results/ is refused, a set-aside tree told to be
+    restored first, and a root without results/ named; without --keep (a session writing a new folder) only
+    results/bench and the paper's numbers stay."""
     root = Path(__file__).resolve().parent.parent
     learned = [f"table1-learned-ebmm-N{n}-s0-{run}.json" for n, run in ((16, "da6a44d483"), (32, "8598470d06"),
                (48, "0c040aa752"), (64, "be77139c8d"), (96, "1f35cff22a"))]  # the quick preset's: N = 16 ... 96
@@ -514,9 +515,16 @@ def test_set_aside_leaves_a_session_its_records_and_unfinished_checkpoints_and_g
     kept = ["results/bench/throughput.csv", "results/checkpoints/paused-key.pt", "results/checkpoints/unrecorded-key.pt",
             "results/fig3/fig3.md", "results/reference/paper_table1.csv"]
     assert left() == sorted([*kept, f"results/checkpoints/{shipped}"])  # N = 96 still to evaluate
+    again = CliRunner().invoke(main, ["set-aside", "--keep", "results/fig3", "--root", str(tmp_path)])
+    assert again.exit_code == 1 and "run `git checkout -- results` first" in again.output and exited_cleanly(again)
+    assert "do not commit the deletions" in again.output and left() == sorted([*kept, f"results/checkpoints/{shipped}"])
+    (tmp_path / "results/fig3/fig3.md").write_bytes(b"edited")  # a change beside the deletions: commit it first
     changed = CliRunner().invoke(main, ["set-aside", "--keep", "results/fig3", "--root", str(tmp_path)])
     assert changed.exit_code == 1 and "commit them first" in changed.output and exited_cleanly(changed)
     subprocess.run(["git", "checkout", "--", "results"], cwd=tmp_path, env=git, check=True)
+    assert left() == before
+    nowhere = CliRunner().invoke(main, ["set-aside", "--root", str(tmp_path / "results")])
+    assert nowhere.exit_code == 1 and "has no results/ folder: give --root the membench checkout" in nowhere.output
     assert left() == before
     name = f"results/table1/runs/{learned[4]}"
     (tmp_path / name).write_bytes((root / name).read_bytes())  # every N evaluated: its checkpoint is done
