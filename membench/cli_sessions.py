@@ -37,12 +37,17 @@ def ship(out, checkpoint_dir, files) -> None:
     """Write the checkpoints behind OUT's trained records (and any --checkpoint), weights only (an unfinished
     one with its optimiser state where small), into
     results/checkpoints (committed with them); a shipped checkpoint is replaced only by one trained further."""
-    from membench.checkpoints import UNREADABLE, default_checkpoint_dir, read_checkpoint, ship_checkpoints
+    from membench.checkpoints import (KEY_PATTERN, UNREADABLE, default_checkpoint_dir, read_checkpoint,
+                                      ship_checkpoints)
 
     if not files and not (out / "runs").is_dir():
         raise MembenchError(f"{out} holds no runs/ folder; give --out the results folder of trained runs, or "
                             "--checkpoint FILE")
     for file in (f for f in files if f.is_file()):  # one named on purpose that cannot be shipped: an error
+        if not KEY_PATTERN.fullmatch(file.stem) or file.suffix != ".pt":
+            raise MembenchError(f"{file} is not named <model>-<preset>-<12 hex digits>.pt, as training names a "
+                                "checkpoint, and no run would look it up: give the file under the name it was "
+                                "written with")
         try:
             read_checkpoint(file)
         except UNREADABLE as exc:

@@ -440,7 +440,7 @@ def test_an_int_for_a_float_option_and_a_fraction_where_annotated_float_are_take
     (["figures", "--reference", "no-such.csv"], "reference file no-such.csv does not exist; omit --reference"),
     (["session", "--run", "--help", "--train-time-limit", "10", "--to", "s.tgz"],
      "--run '--help' asks for help; give the run command's own options"),
-    (["set-aside", "--keep", "results/fig3", "--root", "."], "is not a git checkout git can read"),
+    (["set-aside", "--keep", "results/fig3", "--root", "."], "has no results/ folder: give --root the membench checkout"),
     (["throughput", "--model", "ebmm", "--model", "nope"], "unknown model 'nope'"),
     (["throughput", "--model", "ebmm", "--model", "hopfield_hebb"], "model(s) hopfield_hebb not meta-trained"),
 ])
@@ -888,7 +888,10 @@ def test_outputs_that_cannot_be_written_are_refused_before_any_work(tmp_path, mo
     _one_clear_line(_invoke("pack", "--to", "out/p.zip", "--since", "afile", "--results", "."),
                     "--to out/p.zip is written as a gzipped tar: give it a name ending .tgz or .tar.gz")
     _one_clear_line(_invoke("ship", "--out", "nothing"), "nothing holds no runs/ folder")
-    _one_clear_line(_invoke("ship", "--checkpoint", "afile"), "checkpoint afile is unreadable")
+    _one_clear_line(_invoke("ship", "--checkpoint", "afile"), "afile is not named <model>-<preset>-<12 hex digits>.pt")
+    (tmp_path / "x-quick-0123456789ab.pt").write_text("not a checkpoint")
+    _one_clear_line(_invoke("ship", "--checkpoint", "x-quick-0123456789ab.pt"),
+                    "checkpoint x-quick-0123456789ab.pt is unreadable")
     (tmp_path / "table.csv").write_text("not,a\nthroughput,table\n")
     _one_clear_line(_invoke("throughput", "--model", "memory_networks", "--num-patterns", "8", "--batch-sizes", "1",
                             "--steps", "1", "--out", "table.csv"), "table.csv is not a throughput CSV")

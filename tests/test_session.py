@@ -535,6 +535,15 @@ def test_set_aside_leaves_a_session_its_records_and_unfinished_checkpoints_and_g
     result = CliRunner().invoke(main, ["set-aside", "--root", str(tmp_path)])
     assert result.exit_code == 0 and left() == [name for name in kept if not name.startswith("results/fig3/")]
 
+def test_set_aside_refuses_a_results_folder_git_does_not_hold(tmp_path):
+    """Without git, `git checkout -- results` could not bring anything back: nothing is deleted."""
+    (tmp_path / "results" / "table1").mkdir(parents=True)
+    (tmp_path / "results" / "table1" / "table1.md").write_text("kept")
+    result = CliRunner().invoke(main, ["set-aside", "--root", str(tmp_path)])
+    assert result.exit_code == 1 and "is not a git checkout git can read" in result.output and exited_cleanly(result)
+    assert (tmp_path / "results" / "table1" / "table1.md").read_text() == "kept"
+
+
 def test_a_grown_checkpoint_is_done_at_the_n_its_suites_evaluate_and_at_every_n_where_a_suite_is_unknown(tmp_path):
     """A finished checkpoint trained through N = 2, 8, 32, 64: done with its record at 64 in a Figure 3 suite
     (it evaluates 64 only), not with a record of a suite this checkout does not know (every trained N is then

@@ -467,6 +467,12 @@ def test_paused_training_shipped_from_one_machine_resumes_on_the_next(tmp_path: 
     missing = CliRunner().invoke(main, ["ship", "--checkpoint", "nowhere/ebmm-gpu-0.pt"])
     assert missing.exit_code != 0 and "no checkpoint file nowhere/ebmm-gpu-0.pt" in missing.output
     assert exited_cleanly(missing)
+    (tmp_path / "other").mkdir()  # another model's weights, trained further, under this key: refused
+    other = torch.load(shipped, weights_only=False)
+    torch.save({**other, "step": 100, "model": {"weight": torch.zeros(3, 3)}}, tmp_path / "other" / carried.name)
+    wrong = CliRunner().invoke(main, ["ship", "--checkpoint", str(tmp_path / "other" / carried.name)])
+    assert wrong.exit_code == 1 and "holds other weights (names or shapes) than the shipped" in wrong.output
+    assert exited_cleanly(wrong) and torch.load(shipped, weights_only=False)["step"] == 6
 
 
 
