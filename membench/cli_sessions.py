@@ -92,6 +92,7 @@ def session(runs, copies, train_time_limit, device, archive, results, cache, gra
     they made packed into one archive (exit 3: some training paused; run the session again to resume)."""
     from membench.session import run_session, volume_path
 
+    results_folder(results)
     for args in runs:
         _check_run_command(args)
     first = []
@@ -110,6 +111,14 @@ def session(runs, copies, train_time_limit, device, archive, results, cache, gra
     if status:
         raise ExitWith(f"session ended with status {status} (3: training paused; run the same session again)",
                        status, "Paused" if status == EXIT_PAUSED else "Error")
+
+
+def results_folder(results: Path) -> None:
+    """MembenchError unless --results is a checkout's results/ folder: an archive names its files under results/,
+    where `membench unpack` writes them."""
+    if results.resolve().name != "results":
+        raise MembenchError(f"--results {results} is not a checkout's results/ folder: an archive's files are unpacked "
+                            "under results/, so give that folder (the runs' --out folders below it)")
 
 
 def writable_archive(archive: Path) -> None:
@@ -193,6 +202,7 @@ def pack(archive, mark, results, checkpoint_dir) -> None:
     if not results.is_dir():
         raise MembenchError(f"--results {results} is not a folder; give the results folder the session wrote into")
     writable_archive(archive)
+    results_folder(results)
     names = pack_archive(archive, mark.stat().st_mtime, results, checkpoint_dir or default_checkpoint_dir())
     click.echo(f"packed {len(names)} file(s) into {archive} (and its volumes, if any)" + (": " + ", ".join(names)
                                                                                          if names else ""))

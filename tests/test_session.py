@@ -246,6 +246,20 @@ def test_a_session_names_a_run_option_that_does_not_exist(tmp_path: Path, monkey
     assert exited_cleanly(result) and not (tmp_path / "session.tgz").exists()
 
 
+def test_pack_and_session_refuse_a_results_folder_that_unpack_would_not_write_back_to(tmp_path: Path, monkeypatch):
+    """Archive members are named results/...: packing results/x would unpack its runs into results/runs."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "results" / "x").mkdir(parents=True)
+    (tmp_path / "mark").write_text("")
+    packed = CliRunner().invoke(main, ["pack", "--to", "s.tgz", "--since", "mark", "--results", "results/x"])
+    assert packed.exit_code == 1 and "--results results/x is not a checkout's results/ folder" in packed.output
+    session = CliRunner().invoke(main, ["session", "--run", "--model hopfield_hebb --out results/x/t", "--results",
+                                        "results/x", "--device", "cpu", "--train-time-limit", "1", "--to", "s.tgz"])
+    assert session.exit_code == 1 and "--results results/x is not a checkout's results/ folder" in session.output
+    assert exited_cleanly(packed) and exited_cleanly(session) and not (tmp_path / "s.tgz").exists()
+    assert not list((tmp_path / "results" / "x").iterdir())
+
+
 @pytest.mark.parametrize("flag", ["--device cuda", "--train-time-limit=1000", "--checkpoint-dir mine"])
 def test_a_session_refuses_a_run_that_sets_what_the_session_gives_it(tmp_path: Path, monkeypatch, flag: str):
     """The session appends its device, time and cache to every --run; the run's own, silently overridden (and
