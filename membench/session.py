@@ -270,6 +270,44 @@ def _check_throughput(data: bytes, label: str) -> None:
             raise MembenchError(f"{label}{reason}") from None
 
 
+def _is_curve(name: str) -> bool:
+    path = PurePosixPath(name)
+    return path.parts[0] == RESULTS and path.parent.name == "training" and path.suffix == ".csv"
+
+
+def _last_step(data: bytes) -> float:
+    """The last step of a training curve's CSV (-1 where it has none or cannot be read: any curve is better)."""
+    import pandas as pd
+
+    try:
+        steps = pd.to_numeric(pd.read_csv(io.BytesIO(data))["step"])
+    except (KeyError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+        return -1.0
+    return float(steps.max()) if len(steps) else -1.0
+
+
+def _check_targets(archive: Path, contents: dict[str, bytes], root: Path) -> None:
+    """MembenchError, before anything is written, where a results file of the archive cannot be written under
+    `root` (a folder in its place, or a file in place of one of its folders) or the throughput CSV its rows are
+    merged into is unreadable."""
+    from membench.throughput import existing_table
+
+    for name in contents:
+        if name.startswith(f"{CHECKPOINTS}/"):
+            continue
+        target = root / name
+        blocked = [folder for folder in target.parents if folder.is_relative_to(root) and folder.is_file()]
+        if target.is_dir() or blocked:
+            what = f"{target} is a folder" if target.is_dir() else f"{blocked[-1]} is a file, not a folder"
+            raise MembenchError(f"{archive}: its {name} cannot be written here ({what}); move that aside and unpack "
+                                "again; nothing was unpacked")
+    if THROUGHPUT_CSV in contents and (root / THROUGHPUT_CSV).is_file():
+        try:
+            existing_table(root / THROUGHPUT_CSV)
+        except MembenchError as exc:
+            raise MembenchError(f"{exc} (the archive's rows are merged into it); nothing was unpacked") from None
+
+
 def unpack(archive: Path, root: Path) -> tuple[list[Path], list[Path], list[str]]:
     """Write `archive`'s results files under the checkout `root` and ship its checkpoints into
     root/results/checkpoints. Returns (results files written, checkpoints shipped, members of checkpoints
@@ -279,6 +317,7 @@ def unpack(archive: Path, root: Path) -> tuple[list[Path], list[Path], list[str]
     from membench.throughput import merge
 
     contents, arriving = read_archive(archive)
+    _check_targets(archive, contents, Path(root))
     written: list[Path] = []
     unreadable: list[str] = []
     with tempfile.TemporaryDirectory() as scratch:
@@ -301,6 +340,9 @@ def unpack(archive: Path, root: Path) -> tuple[list[Path], list[Path], list[str]
                 elif name in arriving and target.exists() and _better_here(target, arriving[name]):
                     warn(f"{target} kept over the archive's {name}: "
                          f"{better_because(read_record(target), arriving[name])}")
+                elif _is_curve(name) and target.exists() and _last_step(target.read_bytes()) > _last_step(data):
+                    warn(f"{target} kept over the archive's {name}: its training goes further (step "
+                         f"{_last_step(target.read_bytes()):g} against {_last_step(data):g})")
                 else:
                     written.append(write_atomic(target, lambda h, d=data: h.write(d)))
             except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:

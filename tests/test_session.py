@@ -96,6 +96,38 @@ def _archive(path: Path, members: dict[str, bytes]) -> Path:
     return path
 
 
+def test_unpack_checks_where_it_writes_before_writing_and_keeps_the_further_training_curve(tmp_path: Path):
+    """A folder (or a file) in the way of a member, or an unreadable local throughput CSV its rows would be
+    merged into, stops the unpack before any file is written; a training curve that arrives shorter than the
+    one here (sessions unpacked out of order) is kept out, with a warning."""
+    root = tmp_path / "here"
+    (root / "results" / "table1" / "table1.md").mkdir(parents=True)  # a folder where the archive has a file
+    members = {"results/aaa/new.txt": b"new", "results/table1/table1.md": b"table"}
+    result = CliRunner().invoke(main, ["unpack", str(_archive(tmp_path / "a.tgz", members)), "--root", str(root)])
+    assert result.exit_code == 1 and "table1.md is a folder" in result.output and "nothing was unpacked" in result.output
+    assert exited_cleanly(result) and not (root / "results" / "aaa").exists()
+    (root / "results" / "file").write_text("a file")
+    result = CliRunner().invoke(main, ["unpack", str(_archive(tmp_path / "b.tgz", {"results/aaa/new.txt": b"new",
+                                                                                  "results/file/x.md": b"x"})),
+                                       "--root", str(root)])
+    assert result.exit_code == 1 and "file is a file, not a folder" in result.output
+    assert not (root / "results" / "aaa").exists()
+    (root / "results" / "bench").mkdir()
+    (root / "results" / "bench" / "throughput.csv").write_text("<<<<<<< HEAD\n")  # a merge conflict left behind
+    members = {"results/aaa/new.txt": b"new", "results/bench/throughput.csv": (root / "results/bench/throughput.csv")
+               .read_bytes()}
+    result = CliRunner().invoke(main, ["unpack", str(_archive(tmp_path / "c.tgz", members)), "--root", str(root)])
+    assert result.exit_code == 1 and "is not a throughput CSV" in result.output, result.output
+    assert "nothing was unpacked" in result.output and not (root / "results" / "aaa").exists()
+    curve = root / "results" / "t" / "training" / "m-quick-0123456789ab.csv"
+    curve.parent.mkdir(parents=True)
+    curve.write_text("step,loss,error,elapsed_s\n1,2.0,3.0,0.1\n5,1.0,2.0,0.5\n")
+    shorter = {"results/t/training/m-quick-0123456789ab.csv": b"step,loss,error,elapsed_s\n1,2.0,3.0,0.1\n"}
+    result = CliRunner().invoke(main, ["unpack", str(_archive(tmp_path / "d.tgz", shorter)), "--root", str(root)])
+    assert result.exit_code == 0 and "kept over the archive's" in result.output and "(step 5 against 1)" in result.output
+    assert "5,1.0,2.0,0.5" in curve.read_text()
+
+
 def test_unpack_refuses_an_unsafe_or_corrupt_archive_and_writes_nothing(tmp_path: Path):
     """A member outside results/ and checkpoints/ (or climbing out with ..) stops the whole unpack before
     any file is written; a truncated archive is one line naming the file; no traceback."""
@@ -131,21 +163,29 @@ def test_unpack_refuses_a_throughput_table_that_is_not_one_and_writes_nothing(tm
     assert (root / "results" / "bench" / "throughput.csv").read_text() == "as it was"
 
 
-def test_an_unpack_that_cannot_write_a_file_says_which_and_what_it_wrote_before(tmp_path: Path):
-    """A target that cannot be written (here a folder where the file goes) stops the unpack with one line naming
-    it and how many files came before; those are whole, no temporary file is left, and the folder is untouched."""
+def test_an_unpack_that_cannot_write_a_file_says_which_and_what_it_wrote_before(tmp_path: Path, monkeypatch):
+    """A target that cannot be written though nothing is in its way (here the disk refuses it) stops the unpack
+    with one line naming it and how many files came before; those are whole and no temporary file is left."""
+    from membench import session
+
     root = tmp_path / "here"
-    (root / "results" / "table1" / "b.md").mkdir(parents=True)
-    (root / "results" / "table1" / "b.md" / "mine.txt").write_text("kept")
+    (root / "results" / "table1").mkdir(parents=True)
     archive = _archive(tmp_path / "s.tgz", {"results/table1/a.md": b"first", "results/table1/b.md": b"second",
                                              "results/table1/c.md": b"third"})
+    real = session.write_atomic
+
+    def refusing(path, write):
+        if Path(path).name == "b.md":
+            raise OSError(28, "No space left on device")
+        return real(path, write)
+
+    monkeypatch.setattr(session, "write_atomic", refusing)
     result = CliRunner().invoke(main, ["unpack", str(archive), "--root", str(root)])
     assert result.exit_code == 1 and exited_cleanly(result), result.output
     assert f"could not write {root / 'results' / 'table1' / 'b.md'}" in result.output
     assert "written before it: 1 file(s); fix the cause and unpack again" in result.output
     assert (root / "results" / "table1" / "a.md").read_bytes() == b"first"
-    assert (root / "results" / "table1" / "b.md" / "mine.txt").read_text() == "kept"
-    assert sorted(p.name for p in (root / "results" / "table1").iterdir()) == ["a.md", "b.md"]
+    assert sorted(p.name for p in (root / "results" / "table1").iterdir()) == ["a.md"]
 
 
 def test_a_session_whose_run_fails_exits_with_its_status_and_still_packs(tmp_path: Path, monkeypatch):
