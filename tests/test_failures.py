@@ -1120,3 +1120,24 @@ def test_a_learned_model_of_yours_is_named_as_the_run_names_it(tmp_path, monkeyp
     result = _invoke("run", "--model", "own_learned:TinyLearned", "--option", "sharpnes=2", "--num-patterns", "16",
                      "--out", "out", "--checkpoint-dir", "ck", "--no-progress")
     _one_clear_line(result, "model 'own_learned:TinyLearned' has no option 'sharpnes'. Its options: sharpness")
+
+
+def test_a_write_the_disk_refuses_names_the_file_asked_for_not_its_temporary_twin(tmp_path, monkeypatch):
+    """write_atomic writes a hidden temporary file first; the error a read-only folder gives names the target."""
+    from membench import store
+
+    def read_only(*args, **kwargs):
+        raise OSError(30, "Read-only file system", str(tmp_path / ".table1.md.host-1.abc.tmp"))
+
+    monkeypatch.setattr(store.tempfile, "mkstemp", read_only)
+    with pytest.raises(OSError) as caught:
+        store.write_text_atomic(tmp_path / "table1.md", "x")
+    assert caught.value.filename == str(tmp_path / "table1.md") and caught.value.strerror == "Read-only file system"
+    monkeypatch.undo()
+
+    def failing(handle):  # a write to the temporary file's descriptor: no file name
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError) as caught:
+        store.write_atomic(tmp_path / "table1.md", failing)
+    assert caught.value.filename == str(tmp_path / "table1.md") and not list(tmp_path.iterdir())
