@@ -37,8 +37,8 @@ def ship(out, checkpoint_dir, files) -> None:
     """Write the checkpoints behind OUT's trained records (and any --checkpoint), weights only (an unfinished
     one with its optimiser state where small), into
     results/checkpoints (committed with them); a shipped checkpoint is replaced only by one trained further."""
-    from membench.checkpoints import (KEY_PATTERN, UNREADABLE, default_checkpoint_dir, read_checkpoint,
-                                      ship_checkpoints)
+    from membench.checkpoints import (KEY_PATTERN, SHIPPED_CHECKPOINTS, UNREADABLE, default_checkpoint_dir, layout,
+                                      read_checkpoint, readable_checkpoint, ship_checkpoints)
 
     if not files and not (out / "runs").is_dir():
         raise MembenchError(f"{out} holds no runs/ folder; give --out the results folder of trained runs, or "
@@ -49,11 +49,17 @@ def ship(out, checkpoint_dir, files) -> None:
                                 "checkpoint, and no run would look it up: give the file under the name it was "
                                 "written with")
         try:
-            read_checkpoint(file)
+            saved = read_checkpoint(file)
         except UNREADABLE as exc:
             raise MembenchError(f"checkpoint {file} is unreadable ({type(exc).__name__}: "
                                 f"{str(exc).splitlines()[0][:160] if str(exc) else ''}); give a <key>.pt file "
                                 "a training run wrote") from None
+        shipped = readable_checkpoint(SHIPPED_CHECKPOINTS / file.name)
+        if shipped is not None and layout(shipped) != layout(saved):
+            raise MembenchError(f"{file} holds other weights (names or shapes) than the shipped {file.name}: another "
+                                "model's checkpoint under its name, or the model's code changed since that one was "
+                                "shipped; nothing was shipped (give the file under the name it was written with, or "
+                                "delete the shipped one first)")
     for path in ship_checkpoints(out, checkpoint_dir or default_checkpoint_dir(), files):
         click.echo(f"shipped {path}")
 
@@ -170,12 +176,16 @@ def _timing_command(args: str, device: str, table: Path) -> list[str]:
     from membench.runner import resolve_device
     from membench.throughput import check_precisions, run_specs
 
-    graphs = () if resolve_device(device).type == "cuda" else ("--no-cuda-graph",)  # a CPU rehearsal: none
+    try:
+        device_type = resolve_device(device).type
+    except MembenchError as exc:
+        raise MembenchError(f"--time '{args}': {exc}") from None
+    graphs = () if device_type == "cuda" else ("--no-cuda-graph",)  # a CPU rehearsal: none
     extra = ("--device", device, *graphs, "--out", str(table))
     params = parsed("throughput", "--time", args, extra)
     set_data_dir(params["data_dir"])
     try:
-        check_precisions(params["precisions"], resolve_device(device).type, params["cuda_graph"])
+        check_precisions(params["precisions"], device_type, params["cuda_graph"])
         run_specs(params["suite"], params["models"], params["num_patterns"], params["preset"], params["options"])
     except MembenchError as exc:
         raise MembenchError(f"--time '{args}': {exc}") from None

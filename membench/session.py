@@ -286,6 +286,16 @@ def _last_step(data: bytes) -> float:
     return float(steps.max()) if len(steps) else -1.0
 
 
+def _curve_kept_because(name: str, target: Path, data: bytes, users: dict[str, list[bool]]) -> str | None:
+    """Why the training curve here (`target`) is kept over the archive's `name` (`data`), or None: a curve follows
+    the records that use it (kept here when every arriving one is kept out); one no arriving record uses is kept
+    where it goes further (sessions unpacked out of order)."""
+    if name in users:
+        return "the records that use it are kept here" if all(users[name]) else None
+    here, there = _last_step(target.read_bytes()), _last_step(data)
+    return f"its training goes further (step {here:g} against {there:g})" if here > there else None
+
+
 def _check_targets(archive: Path, contents: dict[str, bytes], root: Path) -> None:
     """MembenchError, before anything is written, where a results file of the archive cannot be written under
     `root` (a folder in its place, or a file in place of one of its folders) or the throughput CSV its rows are
@@ -318,6 +328,11 @@ def unpack(archive: Path, root: Path) -> tuple[list[Path], list[Path], list[str]
 
     contents, arriving = read_archive(archive)
     _check_targets(archive, contents, Path(root))
+    users: dict[str, list[bool]] = {}  # curve member -> for each arriving record using it: kept out (a better one here)
+    for name, record in arriving.items():
+        if curve := (record.get("training") or {}).get("curve"):
+            kept_out = (Path(root) / name).exists() and _better_here(Path(root) / name, record)
+            users.setdefault(str(PurePosixPath(name).parent.parent / curve), []).append(kept_out)
     written: list[Path] = []
     unreadable: list[str] = []
     with tempfile.TemporaryDirectory() as scratch:
@@ -340,9 +355,8 @@ def unpack(archive: Path, root: Path) -> tuple[list[Path], list[Path], list[str]
                 elif name in arriving and target.exists() and _better_here(target, arriving[name]):
                     warn(f"{target} kept over the archive's {name}: "
                          f"{better_because(read_record(target), arriving[name])}")
-                elif _is_curve(name) and target.exists() and _last_step(target.read_bytes()) > _last_step(data):
-                    warn(f"{target} kept over the archive's {name}: its training goes further (step "
-                         f"{_last_step(target.read_bytes()):g} against {_last_step(data):g})")
+                elif _is_curve(name) and target.exists() and (why := _curve_kept_because(name, target, data, users)):
+                    warn(f"{target} kept over the archive's {name}: {why}")
                 else:
                     written.append(write_atomic(target, lambda h, d=data: h.write(d)))
             except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:

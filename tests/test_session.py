@@ -128,6 +128,39 @@ def test_unpack_checks_where_it_writes_before_writing_and_keeps_the_further_trai
     assert "5,1.0,2.0,0.5" in curve.read_text()
 
 
+def test_unpack_ships_a_checkpoint_retrained_with_other_weights_and_a_curve_follows_its_records(tmp_path: Path):
+    """A built-in model whose code changed trains afresh under the same key (its code is not part of the key): the
+    retrained checkpoint, trained further, replaces the shipped one though its weights differ. A training curve
+    follows the records that use it: kept here when the archive's records are kept out, taken with them otherwise
+    (shorter or not)."""
+    from membench.checkpoints import saved_bytes
+
+    root = tmp_path / "here"
+    (root / "results" / "checkpoints").mkdir(parents=True)
+    torch.save(_checkpoint(torch.rand(3), step=250), root / "results" / "checkpoints" / "m-gpu-0123456789ab.pt")
+    retrained = {**_checkpoint(torch.rand(5), step=1000), "model": {"w": torch.rand(5), "b": torch.rand(2)}}
+    record = json.loads((Path(__file__).resolve().parent.parent / "results" / "table1" / "runs" /
+                         "table1-learned-ebmm-N16-s0-da6a44d483.json").read_text())
+    curve = f"results/table1/{record['training']['curve']}"
+    members = {"checkpoints/m-gpu-0123456789ab.pt": saved_bytes(retrained),
+               "results/table1/runs/table1-learned-ebmm-N16-s0-da6a44d483.json": json.dumps(record).encode(),
+               curve: b"step,loss,error,elapsed_s\n1,2.0,3.0,0.1\n"}
+    (root / curve).parent.mkdir(parents=True)
+    (root / curve).write_text("step,loss,error,elapsed_s\n1,2.0,3.0,0.1\n9,1.0,2.0,0.5\n")
+    result = CliRunner().invoke(main, ["unpack", str(_archive(tmp_path / "a.tgz", members)), "--root", str(root)])
+    assert result.exit_code == 0, result.output
+    shipped = torch.load(root / "results" / "checkpoints" / "m-gpu-0123456789ab.pt", weights_only=False)
+    assert shipped["step"] == 1000 and set(shipped["model"]) == {"w", "b"}
+    assert (root / curve).read_bytes() == members[curve]  # its record arrived and was written: its curve too
+    better = {**record, "finished_at": "2099-01-01T00:00:00Z"}  # a record here the archive's does not beat
+    (root / "results/table1/runs/table1-learned-ebmm-N16-s0-da6a44d483.json").write_text(json.dumps(better))
+    (root / curve).write_text("step,loss,error,elapsed_s\n1,2.0,3.0,0.1\n")
+    longer = {**members, curve: b"step,loss,error,elapsed_s\n1,2.0,3.0,0.1\n9,1.0,2.0,0.5\n"}
+    result = CliRunner().invoke(main, ["unpack", str(_archive(tmp_path / "b.tgz", longer)), "--root", str(root)])
+    assert result.exit_code == 0 and "the records that use it are kept here" in result.output, result.output
+    assert (root / curve).read_text() == "step,loss,error,elapsed_s\n1,2.0,3.0,0.1\n"
+
+
 def test_unpack_refuses_an_unsafe_or_corrupt_archive_and_writes_nothing(tmp_path: Path):
     """A member outside results/ and checkpoints/ (or climbing out with ..) stops the whole unpack before
     any file is written; a truncated archive is one line naming the file; no traceback."""
