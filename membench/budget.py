@@ -66,12 +66,12 @@ def check_declared(model: AssociativeMemory, spec: TaskSpec, budget: int, model_
     `swept`: the budget is a point of a suite's memory sweep (Figure 3), which --budget only selects."""
     count = declared_floats(model, spec, model_name)
     if count > budget:
-        fix = ("size it from the budget its from_spec is given (each point of the sweep has its own)" if swept
-               else "or run with a larger --budget")
+        fix = ("; size it from the budget its from_spec is given (each point of the sweep has its own)" if swept
+               else " or run with a larger --budget")
         raise OverBudgetError(
             f"model '{model_name}' declares {count} float32 values for N={spec.num_patterns} patterns of shape "
             f"{spec.pattern_shape}, over the budget of {budget}. Shrink the model's memory (e.g. fewer slots or "
-            f"a smaller writable layer) {fix}.")
+            f"a smaller writable layer){fix}.")
     return count
 
 

@@ -116,8 +116,11 @@ def plain_config(config: Any, label: str, path: str = "config()") -> Any:
     """A model's `config()` as records and checkpoint keys store it: dicts with string keys, lists, and plain
     bools, numbers, strings and Nones (a NumPy scalar made the Python one); MembenchError naming the first other
     value, so a model whose config a record cannot hold is refused when it is built, before any run."""
-    if config is None or type(config) in (bool, int, float, str):
+    if config is None:
         return config
+    for kind in (bool, int, float, str):  # subclasses (IntEnum, StrEnum, np.str_) as the plain value
+        if isinstance(config, kind):
+            return kind(config) if kind is not str else str.__str__(config)
     if isinstance(config, np.generic) and config.dtype.kind in "biuf":
         return config.item()
     if isinstance(config, dict) and all(type(key) is str for key in config):

@@ -96,13 +96,13 @@ def build_model(spec: RunSpec, task: Task, preset: Preset | None = None) -> Asso
         what = ("its __init__ does not call super().__init__() (nn.Module's, first)" if isinstance(model, nn.Module)
                 else f"{'from_preset' if cls.trainable else 'from_spec'} returned a {type(model).__name__}, not the model")
         raise MembenchError(f"model '{spec.model}': {what}")
-    plain_config(model.config(), spec.model)  # a config no record can store is refused before any run
     if cls.trainable:
         if not any(parameter.requires_grad for parameter in model.parameters()):
             raise MembenchError(f"model '{spec.model}' is meta-learned (trainable = True) but has no parameters to "
                                 "train: hold what it learns in torch.nn.Parameter attributes (a plain tensor with "
                                 "requires_grad is not registered), or set trainable = False")
         model.preset = preset
+    plain_config(model.config(), spec.model)  # a config no record can store is refused before any run
     return model
 
 

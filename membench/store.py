@@ -87,6 +87,8 @@ def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> Path:
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_HOST}-{os.getpid()}.", suffix=".tmp")
     except OSError as exc:
+        if exc.errno is None:
+            raise
         raise OSError(exc.errno, exc.strerror, str(path)) from None
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)  # as open() would make it (mkstemp makes it private to its owner)
@@ -97,7 +99,7 @@ def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> Path:
         os.replace(tmp, path)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
-        if exc.filename in (None, tmp):  # the temporary file's, or none (a write to its descriptor)
+        if exc.errno is not None and exc.filename in (None, tmp):  # the temporary file's, or a write's to its fd
             raise OSError(exc.errno, exc.strerror, str(path)) from None
         raise
     except BaseException:

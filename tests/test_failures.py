@@ -312,6 +312,11 @@ _OWN_LEARNED = TINY_MODEL + textwrap.dedent('''
             return {"bias": self.bias}
 
 
+    class PresetConfig(TinyLearned):
+        def config(self):  # the resolved preset is the model's when config() is read
+            return {"sharpness": self.preset.model.sharpness}
+
+
     class NaNAfterOneStep(TinyLearned):
         @classmethod
         def presets(cls, spec, options):
@@ -383,6 +388,16 @@ def test_a_learned_model_that_breaks_the_contract_is_told_how_in_one_line(tmp_pa
     if model in ("NotRegistered", "TensorConfig"):  # refused when built: nothing trained, nothing written
         assert not (tmp_path / "ck").exists() or not list((tmp_path / "ck").glob("*.pt"))
         assert not (tmp_path / "out").exists()
+
+
+def test_a_learned_model_config_may_read_its_resolved_preset(tmp_path, monkeypatch):
+    (tmp_path / "own_learned.py").write_text(_OWN_LEARNED)
+    monkeypatch.chdir(tmp_path)
+    result = _invoke("run", "--model", "own_learned:PresetConfig", "--num-patterns", "16", "--queries", "32", "--out",
+                     "out", "--checkpoint-dir", "ck", "--no-progress")
+    assert result.exit_code == 0, result.output
+    (record,) = records_in(tmp_path / "out")
+    assert record["model_config"] == {"sharpness": record["preset_config"]["model"]["sharpness"]}
 
 
 def test_numpy_numbers_in_a_model_config_are_stored_as_plain_ones(tmp_path, monkeypatch):
@@ -1104,12 +1119,13 @@ def test_an_over_budget_model_is_told_the_fix_its_suite_allows(tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)
     _one_clear_line(_invoke("run", "--model", "own:Soft", "--num-patterns", "16", "--queries", "32", "--budget", "1000",
                             "--out", "out", "--no-progress"),
-                    "declares 2048 float32 values", "over the budget of 1000", "or run with a larger --budget",
+                    "declares 2048 float32 values", "over the budget of 1000", "(e.g. fewer slots or a smaller "
+                    "writable layer) or run with a larger --budget.",
                     exit_code=1)
     _one_clear_line(_invoke("run", "--suite", "fig3-omniglot", "--model", "own:Soft", "--num-patterns", "16",
                             "--queries", "64", "--data-dir", str(data_root), "--out", "out", "--no-progress"),
-                    "declares 16384 float32 values", "size it from the budget its from_spec is given (each point of "
-                    "the sweep has its own)", exit_code=1)
+                    "declares 16384 float32 values", "(e.g. fewer slots or a smaller writable layer); size it from "
+                    "the budget its from_spec is given (each point of the sweep has its own).", exit_code=1)
     assert not (tmp_path / "out").exists()
 
 
@@ -1141,3 +1157,19 @@ def test_a_write_the_disk_refuses_names_the_file_asked_for_not_its_temporary_twi
     with pytest.raises(OSError) as caught:
         store.write_atomic(tmp_path / "table1.md", failing)
     assert caught.value.filename == str(tmp_path / "table1.md") and not list(tmp_path.iterdir())
+
+
+def test_config_values_of_str_and_int_subclasses_are_stored_as_plain_ones():
+    """IntEnum, StrEnum and NumPy strings, which JSON stored before, still are (as their plain values)."""
+    import enum
+
+    from membench.options import plain_config
+
+    class Kind(enum.IntEnum):
+        WIDE = 3
+
+    class Name(enum.StrEnum):
+        LONG = "long"
+
+    assert plain_config({"k": Kind.WIDE, "n": Name.LONG, "s": np.str_("s"), "b": np.bool_(True), "f": (np.float32(1.5),)},
+                        "m") == {"k": 3, "n": "long", "s": "s", "b": True, "f": [1.5]}

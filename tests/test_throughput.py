@@ -9,7 +9,7 @@ import torch
 from click.testing import CliRunner
 
 from membench.cli import main
-from membench.errors import TrainingDiverged
+from membench.errors import MembenchError, TrainingDiverged
 from membench.interface import TrainConfig
 from membench.stepper import Stepper
 from membench.tasks import BinaryTask
@@ -282,6 +282,9 @@ def test_cuda_graphs_on_a_cpu_are_refused_but_a_session_rehearses_without_them(t
     assert not (tmp_path / "t.csv").exists()
     command = _timing_command("--model ebmm --steps 1 --cuda-graph", "cpu", tmp_path / "t.csv")
     assert command.index("--no-cuda-graph") > command.index("--cuda-graph")  # the last flag wins
+    if not torch.cuda.is_available():  # a device this machine lacks: refused, naming the --time it came with
+        with pytest.raises(MembenchError, match="^--time '--model ebmm': "):
+            _timing_command("--model ebmm", "cuda", tmp_path / "t.csv")
 
 
 def test_the_graph_check_compares_every_case_and_names_what_differs(capsys):
