@@ -260,7 +260,7 @@ def set_aside(keep, root) -> None:
     (every folder under results/ but results/bench, results/reference and the --keep folders; finished
     checkpoints whose runs have records at every N their suite evaluates), so the copy it carries has room for
     the checkpoints it resumes. After the call, `git checkout -- results` brings them all back."""
-    from membench.session import set_aside as delete_unneeded
+    from membench.set_aside import set_aside as delete_unneeded
 
     deleted, size = delete_unneeded(root, keep)
     click.echo(f"set aside {len(deleted)} file(s), {size / 2**20:.1f} MiB, from {root}/results "

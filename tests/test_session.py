@@ -19,7 +19,8 @@ from click.testing import CliRunner
 from membench import checkpoints
 from membench.cli import main
 from membench.errors import EXIT_INTERRUPTED, EXIT_PAUSED
-from membench.session import _done, finish, run_session
+from membench.session import finish, run_session
+from membench.set_aside import done
 from membench.throughput import COLUMNS, merge
 from tests.conftest import exited_cleanly, records_in
 from tests.test_training import TINY_MODEL
@@ -640,10 +641,10 @@ def test_a_grown_checkpoint_is_done_at_the_n_its_suites_evaluate_and_at_every_n_
     torch.save({**base, "step": 10, "config": config}, tmp_path / "grown.pt")
     torch.save({**base, "step": 9, "config": config}, tmp_path / "paused.pt")
     evaluated = {"grown": {64}, "paused": {64}}
-    assert _done(tmp_path / "grown.pt", evaluated, {"grown": {"fig3-cifar"}})
-    assert not _done(tmp_path / "grown.pt", evaluated, {"grown": {"fig3-cifar", "someone-elses-suite"}})
-    assert _done(tmp_path / "grown.pt", {"grown": {2, 8, 32, 64}}, {"grown": {"someone-elses-suite"}})
-    assert not _done(tmp_path / "paused.pt", evaluated, {"paused": {"fig3-cifar"}})
+    assert done(tmp_path / "grown.pt", evaluated, {"grown": {"fig3-cifar"}})
+    assert not done(tmp_path / "grown.pt", evaluated, {"grown": {"fig3-cifar", "someone-elses-suite"}})
+    assert done(tmp_path / "grown.pt", {"grown": {2, 8, 32, 64}}, {"grown": {"someone-elses-suite"}})
+    assert not done(tmp_path / "paused.pt", evaluated, {"paused": {"fig3-cifar"}})
 
 
 def test_each_timing_command_is_cut_at_its_cap_not_at_the_sessions_end(tmp_path, monkeypatch):
