@@ -326,10 +326,21 @@ def download(name: str, root: Path) -> list[Path]:
     is checked.
     """
     root = Path(root)
+    if name not in ("omniglot", "cifar10"):
+        raise MembenchError(f"unknown data set '{name}'. Valid: cifar10, omniglot")
+    try:
+        return _download(name, root)
+    except DatasetMissing as exc:
+        try:  # what is there already (a subset, say) still serves the runs: say so beside the failure
+            there = load(name, root=root).fingerprint()
+        except MembenchError:
+            raise exc from None
+        raise DatasetMissing(f"{exc} (the files already in {root} load as they are: {there})") from None
+
+
+def _download(name: str, root: Path) -> list[Path]:
     if name == "omniglot":
         return [_fetch(OMNIGLOT_URL.format(name=f), root / "omniglot" / f) for f in OMNIGLOT_FILES]
-    if name != "cifar10":
-        raise MembenchError(f"unknown data set '{name}'. Valid: cifar10, omniglot")
     archive = _fetch(CIFAR_URL, root / "cifar-10-python.tar.gz")
     digest = hashlib.md5(archive.read_bytes()).hexdigest()
     if digest != CIFAR_MD5:

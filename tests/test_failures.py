@@ -742,6 +742,22 @@ def test_a_download_cut_short_is_refused_and_leaves_nothing(tmp_path, monkeypatc
         assert not list(tmp_path.rglob("*.zip*"))
 
 
+def test_a_download_that_fails_says_whether_the_files_already_there_load(tmp_path, monkeypatch, data_root):
+    """Offline, beside a subset of the data (the fixture's, as the bundled ../shared/data): the failure says the
+    files in place still serve the runs; with nothing in place it says only that the download failed."""
+    def offline(*args, **kwargs):
+        raise datasets.urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(datasets.urllib.request, "urlopen", offline)
+    for name in ("cifar10", "omniglot"):
+        with pytest.raises(DatasetMissing, match=f"could not download .*URLError.*the files already in {data_root} "
+                                                 r"load as they are: .*\(train \d+, test \d+\)"):
+            datasets.download(name, data_root)
+    with pytest.raises(DatasetMissing, match="could not download") as caught:
+        datasets.download("cifar10", tmp_path / "empty")
+    assert "load as they are" not in str(caught.value) and not (tmp_path / "empty").exists()
+
+
 def test_divergence_says_whether_a_checkpoint_exists(tmp_path):
     from tests.test_training import _linear_model
     from membench.interface import TrainConfig
