@@ -227,13 +227,23 @@ def unpack(archives, root) -> None:
     """Add session archives (`membench pack`: session.tgz and its volumes session-2.tgz, ...) to the checkout
     ROOT: their results files, and their checkpoints shipped into ROOT/results/checkpoints, so the next
     session resumes from them."""
-    from membench.session import RESULTS, read_archive, unpack as unpack_archive
+    from membench.session import MAX_VOLUMES, RESULTS, read_archive, unpack as unpack_archive, volume_path
 
     if not (root / RESULTS).is_dir():
         raise MembenchError(f"{root} is not a membench checkout (no {RESULTS}/ folder); give --root the checkout "
                             "the session's archive belongs to")
-    for archive in archives:  # every archive checked before any is unpacked
-        read_archive(archive)
+    given = {archive.resolve() for archive in archives}
+    for archive in archives:  # a volume lying beside a given archive, not given itself: its files would be missed
+        left = [volume_path(archive, n) for n in range(2, MAX_VOLUMES + 1) if volume_path(archive, n).is_file()
+                and volume_path(archive, n).resolve() not in given]
+        if left:
+            raise MembenchError(f"{archive} has the volume {left[0]} beside it, not given: unpack them all in one "
+                                f"command (membench unpack {archive} {' '.join(map(str, left))}); nothing was unpacked")
+    contents = [read_archive(archive)[0] for archive in archives]  # every archive checked before any is unpacked
+    if not any(contents):  # not an error: a session whose runs were all finished already makes nothing new
+        click.echo(f"{', '.join(map(str, archives))}: no file in it, nothing unpacked (a session whose runs were "
+                   "finished already makes nothing new)")
+        return
     unreadable = []
     for archive in archives:
         written, shipped, skipped = unpack_archive(archive, root)

@@ -162,6 +162,21 @@ def test_unpack_ships_a_checkpoint_retrained_with_other_weights_and_a_curve_foll
     assert (root / curve).read_text() == "step,loss,error,elapsed_s\n1,2.0,3.0,0.1\n"
 
 
+def test_unpack_names_a_volume_left_beside_and_says_when_an_archive_holds_nothing(tmp_path: Path):
+    root = tmp_path / "here"
+    (root / "results").mkdir(parents=True)
+    first = _archive(tmp_path / "session.tgz", {"results/t/a.md": b"a"})
+    second = _archive(tmp_path / "session-2.tgz", {"results/t/b.md": b"b"})
+    result = CliRunner().invoke(main, ["unpack", str(first), "--root", str(root)])
+    assert result.exit_code == 1 and f"has the volume {second} beside it, not given" in result.output
+    assert exited_cleanly(result) and not (root / "results" / "t").exists()
+    result = CliRunner().invoke(main, ["unpack", str(first), str(second), "--root", str(root)])
+    assert result.exit_code == 0 and sorted(p.name for p in (root / "results" / "t").iterdir()) == ["a.md", "b.md"]
+    empty = _archive(tmp_path / "empty.tgz", {})
+    result = CliRunner().invoke(main, ["unpack", str(empty), "--root", str(root)])
+    assert result.exit_code == 0 and "no file in it, nothing unpacked" in result.output, result.output
+
+
 def test_unpack_refuses_an_unsafe_or_corrupt_archive_and_writes_nothing(tmp_path: Path):
     """A member outside results/ and checkpoints/ (or climbing out with ..) stops the whole unpack before
     any file is written; a truncated archive is one line naming the file; no traceback."""
