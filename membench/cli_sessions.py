@@ -96,9 +96,10 @@ def session(runs, copies, train_time_limit, device, archive, results, cache, gra
             timings) -> None:
     """One session on a lent machine as one bounded command: the --run processes side by side, then what
     they made packed into one archive (exit 3: some training paused; run the session again to resume)."""
-    from membench.session import run_session, volume_path
+    from membench.session import check_outs, run_session, volume_path
 
     results_folder(results)
+    check_outs(runs, results)  # before --to's folder is made
     for args in runs:
         _check_run_command(args)
     first = []

@@ -82,6 +82,14 @@ def finish(processes: Sequence[subprocess.Popen], deadline: float, interrupt_wai
     return [EXIT_INTERRUPTED if process.pid in killed else _status(process.returncode) for process in processes]
 
 
+def check_outs(runs: Sequence[str], results_dir: Path) -> None:
+    """MembenchError unless every `membench run` of `runs` writes under `results_dir` (what is packed)."""
+    for args in runs:
+        if not _out_dir(args).resolve().is_relative_to(Path(results_dir).resolve()):
+            raise MembenchError(f"--run '{args}' must write under the results folder {results_dir} "
+                                f"(give it --out {results_dir}/...), or what it makes would not be packed")
+
+
 def run_session(runs: Sequence[str], copies: int, train_time_limit_s: float, device: str, cache: Path,
                 archive: Path, results_dir: Path, first: Sequence[Sequence[str]] = (), grace_s: float = 120.0,
                 first_cap_s: float = float("inf")) -> int:
@@ -95,11 +103,7 @@ def run_session(runs: Sequence[str], copies: int, train_time_limit_s: float, dev
     when some training paused or a command of `first` was cut short or skipped for the time, else the
     first other exit status (a failing command of `first` does not keep the runs from starting)."""
     results_dir, cache = Path(results_dir), Path(cache)
-    for args in runs:
-        out = _out_dir(args)
-        if not out.resolve().is_relative_to(results_dir.resolve()):
-            raise MembenchError(f"--run '{args}' must write under the results folder {results_dir} "
-                                f"(give it --out {results_dir}/...), or what it makes would not be packed")
+    check_outs(runs, results_dir)
     (cache / "checkpoints").mkdir(parents=True, exist_ok=True)
     started, clock = time.time(), time.monotonic()
     statuses = []

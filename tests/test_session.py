@@ -321,9 +321,9 @@ def test_pack_leaves_out_checkpoints_only_used_or_unreadable(tmp_path: Path):
 def test_a_session_refuses_a_run_that_writes_outside_its_results_folder(tmp_path: Path, monkeypatch, run: str):
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(main, ["session", "--run", run, "--device", "cpu", "--train-time-limit", "1",
-                                       "--to", "session.tgz"])
+                                       "--to", "out/session.tgz"])
     assert result.exit_code == 1 and "must write under the results folder results" in result.output
-    assert exited_cleanly(result) and not (tmp_path / "session.tgz").exists()
+    assert exited_cleanly(result) and not (tmp_path / "out").exists()  # refused before --to's folder is made
 
 
 def test_a_session_names_a_run_option_that_does_not_exist(tmp_path: Path, monkeypatch):
