@@ -56,8 +56,9 @@ def writable_folder(folder: Path, what: str, fix: str = "give another") -> Path:
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as exc:
-        raise MembenchError(f"{what} {folder} is not a folder membench can write in ({exc.strerror or exc}); "
-                            f"{fix}") from None
+        blocking = next((path for path in (folder, *folder.parents) if path.exists() and not path.is_dir()), None)
+        reason = f"{blocking} is a file" if blocking is not None else exc.strerror or exc
+        raise MembenchError(f"{what} {folder} is not a folder membench can write in ({reason}); {fix}") from None
     return folder
 
 

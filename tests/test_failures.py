@@ -907,10 +907,12 @@ def test_outputs_that_cannot_be_written_are_refused_before_any_work(tmp_path, mo
     monkeypatch.chdir(tmp_path)
     (tmp_path / "afile").write_text("x")
     small = ["--model", "raw_slots", "--num-patterns", "16", "--queries", "16", "--no-progress"]
-    _one_clear_line(_invoke("run", *small, "--out", "afile/out"), "--out afile/out is not a folder membench can write")
+    _one_clear_line(_invoke("run", *small, "--out", "afile/out"),
+                    "--out afile/out is not a folder membench can write in (afile is a file)")
     session = ["session", "--device", "cpu", "--train-time-limit", "60", "--cache", "cache"]
     ok_run = "--model raw_slots --num-patterns 16 --queries 16 --out results/x"
-    _one_clear_line(_invoke(*session, "--run", ok_run, "--to", "afile/s.tgz"), "--to's folder afile is not a folder")
+    _one_clear_line(_invoke(*session, "--run", ok_run, "--to", "afile/s.tgz"),
+                    "--to's folder afile is not a folder membench can write in (afile is a file)")
     _one_clear_line(_invoke(*session, "--run", "--model nosuch --out results/x", "--to", "out/s.tgz"),
                     "--run '--model nosuch --out results/x'", "nosuch")
     assert not (tmp_path / "results").exists() and not (tmp_path / "cache").exists()
