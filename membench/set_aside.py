@@ -47,7 +47,13 @@ def set_aside(root: Path, keep: Sequence[str]) -> tuple[list[Path], int]:
         raise MembenchError(f"{root}/{RESULTS} has changes git does not hold ({len(lines)} path(s), "
                             f"e.g. {lines[0][3:]}): commit them first, so `git checkout -- "
                             f"{RESULTS}` restores what is set aside")
-    kept = [PurePosixPath(os.path.normpath(folder)) for folder in (f"{RESULTS}/bench", f"{RESULTS}/reference", *keep)]
+    def relative(folder: str) -> str:  # an absolute path into the checkout as the root-relative one
+        absolute = Path(folder)
+        inside = absolute.is_absolute() and absolute.resolve().is_relative_to(root.resolve())
+        return absolute.resolve().relative_to(root.resolve()).as_posix() if inside else folder
+
+    kept = [PurePosixPath(os.path.normpath(relative(folder)))
+            for folder in (f"{RESULTS}/bench", f"{RESULTS}/reference", *keep)]
     for typed, folder in zip(keep, kept[2:]):
         if not folder.is_relative_to(RESULTS) or folder == PurePosixPath(RESULTS) or not (root / folder).is_dir():
             raise MembenchError(f"--keep {typed}: not a folder under {root}/{RESULTS}; give the session's --out "

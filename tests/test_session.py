@@ -632,8 +632,8 @@ def test_set_aside_leaves_a_session_its_records_and_unfinished_checkpoints_and_g
     name = f"results/table1/runs/{learned[4]}"
     (tmp_path / name).write_bytes((root / name).read_bytes())  # every N evaluated: its checkpoint is done
     commit()
-    result = CliRunner().invoke(main, ["set-aside", "--keep", "results/fig3", "--root", str(tmp_path)])
-    assert result.exit_code == 0 and left() == kept, result.output
+    result = CliRunner().invoke(main, ["set-aside", "--keep", str(tmp_path / "results/fig3"), "--root", str(tmp_path)])
+    assert result.exit_code == 0 and left() == kept, result.output  # an absolute --keep into the checkout too
     subprocess.run(["git", "checkout", "--", "results"], cwd=tmp_path, env=git, check=True)
     result = CliRunner().invoke(main, ["set-aside", "--root", str(tmp_path)])
     assert result.exit_code == 0 and left() == [name for name in kept if not name.startswith("results/fig3/")]
