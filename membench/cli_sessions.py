@@ -60,8 +60,11 @@ def ship(out, checkpoint_dir, files) -> None:
                                 "model's checkpoint under its name, or the model's code changed since that one was "
                                 "shipped; nothing was shipped (give the file under the name it was written with, or "
                                 "delete the shipped one first)")
-    for path in ship_checkpoints(out, checkpoint_dir or default_checkpoint_dir(), files):
+    shipped = ship_checkpoints(out, checkpoint_dir or default_checkpoint_dir(), files)
+    for path in shipped:
         click.echo(f"shipped {path}")
+    if not shipped:
+        click.echo(f"nothing shipped: {SHIPPED_CHECKPOINTS} holds every checkpoint found as far as it is trained")
 
 
 @click.command()

@@ -313,6 +313,9 @@ def test_shipped_checkpoint_evaluates_without_training(tmp_path: Path, monkeypat
     assert CliRunner().invoke(main, [*args, "--checkpoint-dir", "cache1"]).exit_code == 0
     shipped = CliRunner().invoke(main, ["ship", "--out", "out", "--checkpoint-dir", "cache1"])
     assert shipped.exit_code == 0 and len(list((tmp_path / "shipped").glob("*.pt"))) == 1, shipped.output
+    again = CliRunner().invoke(main, ["ship", "--out", "out", "--checkpoint-dir", "cache1"])
+    assert again.exit_code == 0 and again.output.startswith("nothing shipped: "), again.output
+    assert not any(line.startswith("shipped ") for line in again.output.splitlines())
     (first,) = records_in(tmp_path / "out")
     calls = []
     monkeypatch.setattr(Stepper, "step", lambda *args: calls.append(1))
