@@ -299,7 +299,7 @@ def _curve_kept_because(name: str, target: Path, data: bytes, users: dict[str, l
     return f"its training goes further (step {here:g} against {there:g})" if here > there else None
 
 
-def _check_targets(archive: Path, contents: dict[str, bytes], root: Path) -> None:
+def check_targets(archive: Path, contents: dict[str, bytes], root: Path) -> None:
     """MembenchError, before anything is written, where a results file of the archive cannot be written under
     `root` (a folder in its place, or a file in place of one of its folders) or the throughput CSV its rows are
     merged into is unreadable."""
@@ -330,7 +330,7 @@ def unpack(archive: Path, root: Path) -> tuple[list[Path], list[Path], list[str]
     from membench.throughput import merge
 
     contents, arriving = read_archive(archive)
-    _check_targets(archive, contents, Path(root))
+    check_targets(archive, contents, Path(root))
     users: dict[str, list[bool]] = {}  # curve member -> for each arriving record using it: kept out (a better one here)
     for name, record in arriving.items():
         if curve := (record.get("training") or {}).get("curve"):

@@ -170,6 +170,10 @@ def test_unpack_names_a_volume_left_beside_and_says_when_an_archive_holds_nothin
     result = CliRunner().invoke(main, ["unpack", str(first), "--root", str(root)])
     assert result.exit_code == 1 and f"has the volume {second} beside it, not given" in result.output
     assert exited_cleanly(result) and not (root / "results" / "t").exists()
+    (root / "results" / "t" / "b.md").mkdir(parents=True)  # in the way of the second volume's file
+    result = CliRunner().invoke(main, ["unpack", str(first), str(second), "--root", str(root)])
+    assert result.exit_code == 1 and "b.md is a folder" in result.output and not (root / "results/t/a.md").exists()
+    (root / "results" / "t" / "b.md").rmdir()
     result = CliRunner().invoke(main, ["unpack", str(first), str(second), "--root", str(root)])
     assert result.exit_code == 0 and sorted(p.name for p in (root / "results" / "t").iterdir()) == ["a.md", "b.md"]
     empty = _archive(tmp_path / "empty.tgz", {})

@@ -267,6 +267,7 @@ def test_tf32_on_a_cpu_is_refused_before_any_row_is_built(tmp_path):
     assert not (tmp_path / "t.csv").exists()
     session = CliRunner().invoke(main, ["session", "--time", "--model ebmm --precision tf32", "--device", "cpu",
                                         "--run", f"--model raw_slots --out {tmp_path}/results/table1",
+                                        "--results", str(tmp_path / "results"),
                                         "--to", str(tmp_path / "s.tgz"), "--train-time-limit", "10"])
     assert session.exit_code == 1 and "--precision tf32 is CUDA's" in session.output, session.output
 
