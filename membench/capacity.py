@@ -237,9 +237,8 @@ def capacity_figures(out_dir: Path) -> list[Path]:
 
     from membench.capacity_images import IMAGE_TASKS, image_capacity_figures
 
-    records = ResultsStore(out_dir).records()
-    kinds = {r["task"]["kind"] for r in records}
-    if not kinds & ({"binary"} | set(IMAGE_TASKS)) or not any(r["suite"].startswith("capacity") for r in records):
+    kinds = {r["task"]["kind"] for r in ResultsStore(out_dir).records()}
+    if not kinds & ({"binary"} | set(IMAGE_TASKS)):
         raise MembenchError(f"no finished capacity runs in {out_dir}/runs; run a capacity-* suite first, e.g. "
                             f"`membench run --suite capacity-n --out {out_dir}`")
     return ((binary_capacity_figures(out_dir) if "binary" in kinds else [])

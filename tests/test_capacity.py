@@ -10,8 +10,7 @@ import torch
 from membench.budget import TABLE1_BUDGET
 from membench.capacity import capacity_figures
 from membench.suites import (CAPACITY_BUDGETS, CAPACITY_MODELS, CAPACITY_NUM_PATTERNS, CAPACITY_SUITES,
-                             FLIP_NUM_PATTERNS, FLIP_RATES, IMAGE_CORRUPTIONS, CapacitySuite, get_suite,
-                             split_by_budget)
+                             FLIP_NUM_PATTERNS, FLIP_RATES, IMAGE_CORRUPTIONS, CapacitySuite, split_by_budget)
 from membench.errors import MembenchError
 from membench.registry import make_task
 from membench.report import task_key
@@ -197,16 +196,6 @@ def test_image_suites_expand_without_the_models_that_refuse(data_root):
                                                  num_patterns=(4,))
     with pytest.raises(MembenchError, match="unknown model 'no_such_model'"):
         suite.expand("capacity-omniglot", ("raw_slots", "no_such_model"), (0,), 8, "quick", num_patterns=(4,))
-
-
-def test_a_table1_folder_is_not_taken_for_capacity_runs(tmp_path):
-    """`membench capacity --out results/table1` wrote capacity tables from Table 1's records into that folder."""
-    out = tmp_path / "table1"
-    run_all(get_suite("table1").expand("table1", ("hopfield_hebb",), (0,), 16, "quick", (16,)), out, device="cpu",
-            progress=False, command="pytest")
-    with pytest.raises(MembenchError, match="no finished capacity runs .* run a capacity-\\* suite first"):
-        capacity_figures(out)
-    assert not list(out.glob("capacity*"))
 
 
 def test_image_capacity_figures_on_a_tiny_run(tmp_path, data_root, one_thread):
