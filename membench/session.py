@@ -331,11 +331,12 @@ def unpack(archive: Path, root: Path) -> tuple[list[Path], list[Path], list[str]
 
     contents, arriving = read_archive(archive)
     check_targets(archive, contents, Path(root))
-    users: dict[str, list[bool]] = {}  # curve member -> for each arriving record using it: kept out (a better one here)
+    kept_here = {name for name, record in arriving.items()  # records a better one here keeps out
+                 if (Path(root) / name).exists() and _better_here(Path(root) / name, record)}
+    users: dict[str, list[bool]] = {}  # curve member -> for each arriving record using it: kept out
     for name, record in arriving.items():
         if curve := (record.get("training") or {}).get("curve"):
-            kept_out = (Path(root) / name).exists() and _better_here(Path(root) / name, record)
-            users.setdefault(str(PurePosixPath(name).parent.parent / curve), []).append(kept_out)
+            users.setdefault(str(PurePosixPath(name).parent.parent / curve), []).append(name in kept_here)
     written: list[Path] = []
     unreadable: list[str] = []
     with tempfile.TemporaryDirectory() as scratch:
@@ -355,7 +356,7 @@ def unpack(archive: Path, root: Path) -> tuple[list[Path], list[Path], list[str]
                 elif name == THROUGHPUT_CSV and target.exists():  # rows merged, not the file replaced
                     merge(target, pd.read_csv(io.BytesIO(data), dtype={"commit": str}).to_dict("records"))
                     written.append(target)
-                elif name in arriving and target.exists() and _better_here(target, arriving[name]):
+                elif name in kept_here:
                     warn(f"{target} kept over the archive's {name}: "
                          f"{better_because(read_record(target), arriving[name])}")
                 elif _is_curve(name) and target.exists() and (why := _curve_kept_because(name, target, data, users)):

@@ -98,13 +98,10 @@ def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> Path:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except OSError as exc:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
-        if exc.errno is not None and exc.filename in (None, tmp):  # the temporary file's, or a write's to its fd
-            raise OSError(exc.errno, exc.strerror, str(path)) from None
-        raise
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno is not None and exc.filename in (None, tmp):  # the temporary
+            raise OSError(exc.errno, exc.strerror, str(path)) from None  # file's, or a write's to its descriptor
         raise
     return path
 
