@@ -177,7 +177,7 @@ def _timing_command(args: str, device: str, table: Path) -> list[str]:
     """`membench throughput ARGS` on the session's device into its table, as arguments; refused (MembenchError)
     unless throughput would accept it: its options, suite, models and data."""
     from membench.datasets import set_data_dir
-    from membench.runner import resolve_device
+    from membench.build import resolve_device
     from membench.throughput import check_precisions, run_specs
 
     try:
@@ -320,7 +320,7 @@ def throughput(suite, models, preset, device, num_patterns, batch_sizes, steps, 
     from tabulate import tabulate
 
     from membench.datasets import set_data_dir
-    from membench.runner import resolve_device
+    from membench.build import resolve_device
     from membench.throughput import check_precisions, existing_table, measure, merge, run_specs
 
     set_data_dir(data_dir)

@@ -9,7 +9,7 @@ results/reference/paper_fig3.csv (read off the PDF's vector graphics).
 
 Reconstruction grids (query, retrieval, original, like the paper's Fig. 2) need the model
 itself, so they are redrawn rather than stored: the run's model is rebuilt and loaded by
-the runner's own path (`membench.runner.load_trained`; a grid is skipped, with a note, when
+the runner's own path (`membench.build.load_trained`; a grid is skipped, with a note, when
 the trained checkpoint is not on this machine), and it reads the first evaluation episode
 of the run's own seed.
 """
@@ -285,7 +285,8 @@ def first_episode(record: dict[str, Any], checkpoint_dir: Path) -> tuple[Any, to
     """The first test episode a run evaluated, as `runner.evaluate` drew it: (episodes (1 episode), its
     retrievals (1, N, C, H, W) in [0, 1], their errors (N,)); None (after printing why) when a trained
     model's checkpoint is absent."""
-    from membench.runner import EVAL_EPISODES_PER_BATCH, EVAL_STREAM, load_trained
+    from membench.build import load_trained
+    from membench.runner import EVAL_EPISODES_PER_BATCH, EVAL_STREAM
     from membench.tasks import seed_all
     from membench.suites import RunSpec
 

@@ -88,7 +88,7 @@ def check(spec: Any, model: AssociativeMemory, state: Any, queries: torch.Tensor
 def _child(task_file: str, answer: str) -> None:
     """Rebuild the run's model (its seed, then its weights), read the state, save the retrievals."""
     from membench.registry import make_task, resolve_model
-    from membench.runner import build_model, resolve_device
+    from membench.build import build_model, resolve_device
     from membench.tasks import seed_all
     from membench.suites import RunSpec
 

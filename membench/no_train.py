@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from membench import checkpoints
+from membench.build import build_model
 from membench.checkpoints import UNREADABLE, checkpoint_path, read_checkpoint, trained_steps
 from membench.errors import MembenchError
 from membench.interface import AssociativeMemory
@@ -55,8 +56,6 @@ def _checkpoint_problem(path: Path) -> str | None:
 def require_checkpoints(specs: list[RunSpec], checkpoint_dir: Path) -> None:
     """For `--no-train`, before any run: MembenchError naming every learned run of `specs` whose checkpoint is
     missing or unreadable, so that no run is made when some cannot be."""
-    from membench.runner import build_model  # the runner's own way of building a run's model
-
     problems: dict[str, list[str]] = {}
     for spec in specs:
         if not resolve_model(spec.model).trainable:

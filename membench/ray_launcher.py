@@ -35,7 +35,8 @@ def _execute(spec: RunSpec, out_dir: str, device: str, checkpoint_dir: str, comm
     limit comes back as {"paused": message}."""
     from membench.provenance import git_state
     from membench.run_identity import is_current
-    from membench.runner import execute, resolve_device
+    from membench.build import resolve_device
+    from membench.runner import execute
     from membench.store import ResultsStore
 
     if isinstance(after, dict) and "paused" in after:  # the chain's checkpoint paused: its training time is spent
@@ -57,7 +58,7 @@ def _chains(specs: list[RunSpec]) -> list[list[RunSpec]]:
     """Runs grouped so that the runs of one checkpoint form one chain (untrained runs: one each)."""
     from membench.registry import make_task, resolve_model
     from membench.run_identity import checkpoint_key
-    from membench.runner import build_model
+    from membench.build import build_model
 
     chains: dict[str, list[RunSpec]] = {}
     for spec in specs:
@@ -98,7 +99,7 @@ def run_with_ray(specs: list[RunSpec], out_dir: Path, device: str, force: bool, 
                             "ray)") from None
     from membench.registry import resolve_model
     from membench.run_identity import is_current
-    from membench.runner import check_device_name
+    from membench.build import check_device_name
     from membench.store import ResultsStore
 
     check_device_name(device)

@@ -259,7 +259,7 @@ def declared_count(spec: RunSpec) -> int | None:
 
     from membench.budget import declared_floats
     from membench.registry import errors_of_user_model, make_task
-    from membench.runner import build_model
+    from membench.build import build_model
 
     task = make_task(spec.task)
     with torch.random.fork_rng(devices=[]), errors_of_user_model(spec.model, "no run was started"):

@@ -40,7 +40,8 @@ from membench.budget import TABLE1_BUDGET
 from membench.errors import MembenchError
 from membench.registry import make_task, resolve_model
 from membench.provenance import device_name, git_state
-from membench.runner import build_model, checked_specs
+from membench.build import build_model
+from membench.runner import checked_specs
 from membench.stepper import Stepper
 from membench.store import read_table, write_text_atomic
 from membench.suites import SUITES, RunSpec, SweepSuite, get_suite

@@ -192,7 +192,7 @@ def test_train_options_set_the_training_config_and_split_checkpoints_by_n():
     from membench.errors import MembenchError
     from membench.interface import resolve_preset
     from membench.run_identity import checkpoint_key
-    from membench.runner import build_model
+    from membench.build import build_model
     from membench.suites import RunSpec
     from membench.tasks import BinaryTask
 

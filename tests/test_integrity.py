@@ -16,7 +16,8 @@ from membench.errors import MembenchError, OverBudgetError
 from membench.integrity import audit_write
 from membench.interface import AssociativeMemory, TaskSpec
 from membench.registry import BUILTIN_MODELS, make_task, resolve_model
-from membench.runner import build_model, run_all
+from membench.build import build_model
+from membench.runner import run_all
 from membench.store import ResultsStore
 from membench.suites import SUITES, TABLE1_NUM_PATTERNS, RunSpec, get_suite
 from membench.tasks import BinaryTask

@@ -17,7 +17,7 @@ from membench.cli import main
 from membench.errors import EXIT_PAUSED, MembenchError
 from membench.interface import Preset
 from membench.report import summarise
-from membench.runner import build_model
+from membench.build import build_model
 from membench.suites import get_suite
 from membench.tasks import BinaryTask
 from membench.stepper import Stepper
@@ -567,7 +567,7 @@ def test_a_model_is_rebuilt_from_its_record_as_trained_after_its_preset_changed(
     a figure or probe drawn after a preset change finds the trained checkpoint and reads as the run did;
     today's preset alone finds no checkpoint (another key). Today's preset here differs in a float field
     given as an int, a null field now a tuple and a late field the record leaves out (its default, 0)."""
-    from membench.runner import load_trained
+    from membench.build import load_trained
     from membench.suites import RunSpec
 
     args = [*_tiny_run(tmp_path, monkeypatch), "--checkpoint-dir", "ck"]
@@ -609,7 +609,8 @@ def test_a_run_whose_checkpoint_another_process_trains_waits_until_the_rest_are_
     import threading
 
     from membench.run_identity import checkpoint_key
-    from membench.runner import build_model, run_all
+    from membench.build import build_model
+    from membench.runner import run_all
     from membench.registry import make_task
     from membench.store import file_lock
 
@@ -715,7 +716,7 @@ def test_committed_learned_rows_keep_their_checkpoint_keys_and_ship_them():
     """Every committed Table 1 record of a learned model whose preset is today's names the checkpoint key
     today's code computes for it (late config fields at their defaults leave keys alone), and that
     checkpoint is shipped: a fresh clone evaluates the row without training."""
-    from membench import run_identity, runner
+    from membench import build, run_identity
     from membench.registry import make_task
     from membench.store import ResultsStore
     from membench.suites import RunSpec
@@ -728,7 +729,7 @@ def test_committed_learned_rows_keep_their_checkpoint_keys_and_ship_them():
         spec = RunSpec(**{name: record[name] for name in ("suite", "model", "task", "budget", "seed", "queries",
                                                           "preset", "options")})
         task = make_task(spec.task)
-        model = runner.build_model(spec, task)
+        model = build.build_model(spec, task)
         recorded = record.get("preset_config")
         if recorded is None or run_identity.comparable_preset(recorded) != run_identity.comparable_preset(model.preset.to_dict()):
             continue  # made with an older definition of its preset (the old gpu row): not a fresh clone's to evaluate
@@ -881,13 +882,13 @@ def test_a_checkpoint_over_the_shipping_limit_is_named_and_not_shipped(tmp_path:
 def test_how_updates_run_leaves_the_checkpoint_key_alone():
     """CUDA graphs and compiling change how an update runs, not what it computes: a checkpoint trained with
     graphs resumes without them (e.g. when `make gpu-graph-check` fails); the steps do change the key."""
-    from membench import run_identity, runner
+    from membench import build, run_identity
     from membench.registry import make_task
     from membench.suites import get_suite
 
     (spec,) = get_suite("table1").expand("table1", ("memory_networks",), (0,), 64, "gpu", (16,))
     task = make_task(spec.task)
-    model = runner.build_model(spec, task)
+    model = build.build_model(spec, task)
     assert model.preset.train.cuda_graph  # the gpu preset replays graphs
     key = run_identity.checkpoint_key(spec, model, task)
     for fields, same in (({"cuda_graph": False}, True), ({"compile": True}, True), ({"steps": 7}, False)):
@@ -921,7 +922,7 @@ def test_a_fresh_model_is_initialised_once_from_training_patterns_and_a_resumed_
 def test_a_reader_leaves_an_unreadable_checkpoint_where_it_is(tmp_path: Path, monkeypatch, capsys):
     """load_trained only reads (figures, probes): an unreadable checkpoint is reported, not renamed to
     .corrupt as training does before it starts afresh, and the model comes back untrained."""
-    from membench.runner import load_trained
+    from membench.build import load_trained
     from membench.suites import RunSpec
 
     args = [*_tiny_run(tmp_path, monkeypatch), "--checkpoint-dir", "ck"]

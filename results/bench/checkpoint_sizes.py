@@ -17,7 +17,7 @@ from membench.checkpoints import RESUME_STATE_MAX_MB, portable, saved_bytes, wei
 from membench.datasets import set_data_dir
 from membench.provenance import git_state
 from membench.registry import make_task
-from membench.runner import build_model
+from membench.build import build_model
 from membench.stepper import Stepper
 from membench.suites import get_suite
 

@@ -3,7 +3,7 @@ quick update on the CPU (16 episodes, N = 64, compiled)? `python results/bench/c
 import statistics, sys, time
 import torch
 from membench.registry import make_task
-from membench.runner import build_model
+from membench.build import build_model
 from membench.provenance import git_state
 from membench.suites import RunSpec
 

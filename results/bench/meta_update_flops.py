@@ -20,7 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from membench.budget import TABLE1_BUDGET
 from membench.provenance import cpu_name, git_state
 from membench.registry import make_task
-from membench.runner import build_model
+from membench.build import build_model
 from membench.stepper import Stepper
 from membench.suites import RunSpec, get_suite
 

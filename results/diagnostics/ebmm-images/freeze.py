@@ -35,7 +35,7 @@ import torch
 from membench.datasets import set_data_dir
 from membench.provenance import environment
 from membench.registry import make_task
-from membench.runner import build_model
+from membench.build import build_model
 from membench.stepper import Stepper
 from membench.suites import RunSpec
 from membench.training import INIT_PATTERNS

@@ -6,7 +6,7 @@ write selective?
 
 Works on any Figure 3 record of EBMM, Memory Networks or MANN whose checkpoint is cached or shipped
 (results/checkpoints), e.g. those a GPU session carried back (`probe.py results/fig3/runs/fig3-cifar-ebmm-*.json`).
-Each model is rebuilt from its record's stored preset (`runner.load_trained`), as it was trained, even where
+Each model is rebuilt from its record's stored preset (`membench.build.load_trained`), as it was trained, even where
 the preset has changed since (as the Memory Networks image presets' `init_scale` did in 9f22d5d).
 
 For each record, on fresh test-split episodes (8, or enough for 64 queries when fewer images are written):
@@ -55,7 +55,7 @@ import torch.nn.functional as F
 from membench.checkpoints import default_checkpoint_dir, readable_checkpoint
 from membench.datasets import set_data_dir
 from membench.registry import make_task
-from membench.runner import load_trained
+from membench.build import load_trained
 from membench.suites import RunSpec
 from membench.training import INIT_PATTERNS
 from baselines.mann import MANN

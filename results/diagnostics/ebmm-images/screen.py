@@ -28,7 +28,8 @@ from membench.checkpoints import checkpoint_path, default_checkpoint_dir
 from membench.datasets import set_data_dir
 from membench.registry import make_task
 from membench.run_identity import checkpoint_key
-from membench.runner import build_model, run_all
+from membench.build import build_model
+from membench.runner import run_all
 from membench.store import write_atomic
 from membench.suites import RunSpec
 

@@ -15,7 +15,7 @@ import torch
 
 from membench.budget import TABLE1_BUDGET
 from membench.registry import make_task
-from membench.runner import build_model
+from membench.build import build_model
 from membench.stepper import Stepper
 from membench.suites import RunSpec
 

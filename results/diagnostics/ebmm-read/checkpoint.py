@@ -7,7 +7,7 @@ import torch
 
 from membench.checkpoints import default_checkpoint_dir
 from membench.provenance import git_state
-from membench.runner import load_trained
+from membench.build import load_trained
 from membench.suites import RunSpec
 
 NUM_PATTERNS = (16, 32, 48, 64, 96)
