@@ -21,7 +21,8 @@ the overlaps a_μ are integers, and the ξ_μi are summed per overlap value firs
 opposite terms cancel exactly (equal energies give exactly 0) and nothing overflows.
 
 Protocol (that of `baselines/hopfield.py`): erased query entries start at 0 and only they
-move; known bits stay clamped. Each sweep visits the erased units of every query in a fresh
+move; known bits stay clamped (under bit flips, where `spec.clamp_known` is False, every unit
+is free). Each sweep visits the erased units of every query in a fresh
 random order (drawn on the CPU from torch's global generator, so devices agree); sweeps
 repeat until one changes no unit, at most `max_sweeps` (100). An erased unit that never
 moves stays at 0 and is returned as 0.5 (an error). Patterns (B, N, *S) are flattened, so
@@ -97,15 +98,14 @@ class DenseAssociativeMemory(StoredPatternMemory):
 
     def retrieve(self, memories: torch.Tensor, spins: torch.Tensor, known: torch.Tensor,
                  clamped: torch.Tensor) -> torch.Tensor:
-        known = clamped  # only clamped units stay; under bit flips every unit is free
         batch, num_queries, dim = spins.shape
         spins = spins.clone()
         columns = memories.transpose(1, 2)                  # (B, D, K): row i holds ξ_μi for every μ
         overlaps = spins @ memories.transpose(1, 2)         # (B, Q, K): ξ_μ · σ
         episode = torch.arange(batch, device=spins.device)[:, None].expand(batch, num_queries)
         # clamped units never move: visit the free ones first and stop after the largest free count
-        clamped_last = known.float().cpu() * 2.0
-        num_steps = int((~known).sum(-1).max())
+        clamped_last = clamped.float().cpu() * 2.0
+        num_steps = int((~clamped).sum(-1).max())
         for _ in range(self.max_sweeps):
             order = (torch.rand(batch, num_queries, dim) + clamped_last).argsort(dim=-1).to(spins.device)
             changed = torch.zeros(batch, num_queries, dtype=torch.bool, device=spins.device)
@@ -114,7 +114,7 @@ class DenseAssociativeMemory(StoredPatternMemory):
                 bits = columns[episode, unit]                               # (B, Q, K)
                 current = spins.gather(-1, unit[..., None]).squeeze(-1)     # (B, Q)
                 gap = self.energy_gap(overlaps - bits * current[..., None], bits)
-                free = ~known.gather(-1, unit[..., None]).squeeze(-1)
+                free = ~clamped.gather(-1, unit[..., None]).squeeze(-1)
                 new = torch.where(free & (gap != 0), gap.sign().to(spins.dtype), current)
                 overlaps += bits * (new - current)[..., None]
                 changed |= new != current

@@ -57,7 +57,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines.mann import GPU_TRAIN, IMAGE_TRAIN, MIXED_N, PAPER_TRAIN, QUICK_CHANNELS, Centre, LogitReadout, Unflatten
+from baselines.mann import GPU_TRAIN, IMAGE_TRAIN, PAPER_TRAIN, QUICK_CHANNELS, Centre, Unflatten
+from baselines.readout import CodecLogitReadout
+from membench.budget import TABLE1_NUM_PATTERNS
 from membench.encoders import image_codec
 from membench.errors import OverBudgetError
 from membench.interface import AssociativeMemory, Preset, TaskSpec, TrainConfig
@@ -83,7 +85,7 @@ PRESETS: dict[str, Preset] = {
     # CPU: at least EBMM quick's training compute (9000 updates of 16 episodes; EBMM's: 7800); the N sequential
     # write steps make an update several times dearer than EBMM's on this CPU
     "quick": Preset(DNCConfig(), TrainConfig(steps=9000, batch_size=16, lr=1e-3, clip_norm=1.0, log_every=50,
-                                             checkpoint_every=250, num_patterns=MIXED_N)),
+                                             checkpoint_every=250, num_patterns=TABLE1_NUM_PATTERNS)),
     "gpu": Preset(DNCConfig(), GPU_TRAIN),
     "paper": Preset(DNCConfig(), PAPER_TRAIN),
 }
@@ -131,7 +133,7 @@ def update_links(links: torch.Tensor, write: torch.Tensor, precedence: torch.Ten
     return links.diagonal_scatter(links.new_zeros(links.shape[:-1]), dim1=1, dim2=2)
 
 
-class DNC(LogitReadout, AssociativeMemory):
+class DNC(CodecLogitReadout, AssociativeMemory):
     name = "dnc"
     trainable = True
 

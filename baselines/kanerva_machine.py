@@ -39,7 +39,9 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from baselines.mann import GPU_TRAIN, IMAGE_TRAIN, MIXED_N, PAPER_TRAIN, QUICK_CHANNELS, Centre, LogitReadout, Unflatten
+from baselines.mann import GPU_TRAIN, IMAGE_TRAIN, PAPER_TRAIN, QUICK_CHANNELS, Centre, Unflatten
+from baselines.readout import CodecLogitReadout
+from membench.budget import TABLE1_NUM_PATTERNS
 from membench.encoders import image_codec
 from membench.errors import OverBudgetError
 from membench.interface import AssociativeMemory, Preset, TaskSpec, TrainConfig
@@ -66,7 +68,7 @@ PRESETS: dict[str, Preset] = {
     # CPU: at least EBMM quick's training compute (9000 updates of 16 episodes; EBMM's: 7800); the write is one
     # batched solve
     "quick": Preset(KanervaConfig(), TrainConfig(steps=9000, batch_size=16, lr=1e-3, clip_norm=1.0, cosine_decay=True,
-                                                 log_every=50, checkpoint_every=500, num_patterns=MIXED_N)),
+                                                 log_every=50, checkpoint_every=500, num_patterns=TABLE1_NUM_PATTERNS)),
     "gpu": Preset(KanervaConfig(), GPU_TRAIN),
     "paper": Preset(KanervaConfig(), PAPER_TRAIN),
 }
@@ -95,7 +97,7 @@ def bayesian_write(prior_mean: torch.Tensor, prior_cov: torch.Tensor, addresses:
     return mean, cov
 
 
-class KanervaMachine(LogitReadout, AssociativeMemory):
+class KanervaMachine(CodecLogitReadout, AssociativeMemory):
     name = "kanerva_machine"
     trainable = True
 

@@ -8,14 +8,12 @@ Queries are batched by expanding the final (h, c) over the Q queries; no query s
 another, and nothing but (h, c) carries information about the written patterns.
 
 Memory = hidden + cell = 2 * hidden_size float32 values (one layer). The budget gives
-hidden_size = budget // 2 (4128 at Table 1's 8256), which the 'paper' preset uses; the
-'quick' preset uses a smaller hidden size (under budget) so it trains on one CPU core.
+hidden_size = budget // 2 (4128 at Table 1's 8256), which the 'gpu' and 'paper' presets use; the
+'quick' preset uses a smaller hidden size (under budget) so that an update stays cheap on a CPU.
 
-The LSTM is sequential: retrievals depend on the order of the written patterns.
-
-The encoder/decoder pair is pluggable: `encoder` maps patterns (M, *S) to features
-(M, feature_width), `decoder` maps features (M, feature_width) to logits (M, *S).
-The default is the identity on flat patterns (feature_width = pattern size).
+The LSTM is sequential: retrievals depend on the order of the written patterns. Its inputs are the
+flat patterns (feature_width = pattern size) and a phase flag; a linear layer maps the hidden state
+to one logit per entry.
 """
 from __future__ import annotations
 
@@ -23,14 +21,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from baselines.readout import LogitReadout
+from membench.budget import TABLE1_NUM_PATTERNS
 from membench.errors import OverBudgetError
 from membench.interface import AssociativeMemory, Preset, TaskSpec, TrainConfig
 from membench.options import check_fields
-
-TRAIN_NUM_PATTERNS = (16, 32, 48, 64, 96)  # one checkpoint serves every N of Table 1
 
 
 @dataclass(frozen=True)
@@ -46,36 +43,30 @@ PRESETS: dict[str, Preset] = {
     # training compute (9000 updates of 16 episodes; EBMM's: 7800)
     "quick": Preset(LSTMConfig(hidden_size=256),
                     TrainConfig(steps=9000, batch_size=16, lr=1e-3, clip_norm=1.0,
-                                log_every=25, checkpoint_every=250, num_patterns=TRAIN_NUM_PATTERNS)),
+                                log_every=25, checkpoint_every=250, num_patterns=TABLE1_NUM_PATTERNS)),
     # one GPU: the full budget, hidden 4128 (h + c = 8256), EBMM gpu's training compute
     "gpu": Preset(LSTMConfig(hidden_size=None),
                   TrainConfig(steps=30_000, batch_size=128, lr=1e-4, clip_norm=1.0, cosine_decay=True, log_every=50,
-                              checkpoint_every=250, num_patterns=TRAIN_NUM_PATTERNS, cuda_graph=True)),
+                              checkpoint_every=250, num_patterns=TABLE1_NUM_PATTERNS, cuda_graph=True)),
     # GPU: the full budget, hidden 4128 (h + c = 8256), EBMM paper's 200,000 updates (App. D: baselines
     # made at least EBMM's updates) of twice its episodes
     "paper": Preset(LSTMConfig(hidden_size=None),
                     TrainConfig(steps=200_000, batch_size=64, lr=1e-4, clip_norm=1.0,
-                                log_every=100, checkpoint_every=1000, num_patterns=TRAIN_NUM_PATTERNS)),
+                                log_every=100, checkpoint_every=1000, num_patterns=TABLE1_NUM_PATTERNS)),
 }
 
 
-class LSTMMemory(AssociativeMemory):
+class LSTMMemory(LogitReadout, AssociativeMemory):
     name = "lstm"
     trainable = True
 
-    def __init__(self, spec: TaskSpec, budget: int, config: LSTMConfig = LSTMConfig(),
-                 encoder: nn.Module | None = None, decoder: nn.Module | None = None,
-                 feature_width: int | None = None):
+    def __init__(self, spec: TaskSpec, budget: int, config: LSTMConfig = LSTMConfig()):
         super().__init__()
-        assert (encoder is None) == (decoder is None), "give both encoder and decoder, or neither"
-        assert encoder is None or feature_width is not None, "a custom encoder needs its feature_width"
         self.spec, self.budget, self.settings = spec, budget, config
         self.hidden_size = config.hidden_size or budget // 2
         if self.hidden_size < 1:
             raise OverBudgetError(f"lstm: the budget of {budget} floats leaves no room for an LSTM state (h, c)")
-        self.feature_width = feature_width or spec.pattern_size
-        self.encoder = encoder or nn.Flatten()   # default: identity on flat patterns
-        self.decoder = decoder or nn.Identity()
+        self.feature_width = spec.pattern_size
         self.cell = nn.LSTMCell(self.feature_width + 1, self.hidden_size)  # +1: phase flag (0 write, 1 query)
         self.out = nn.Linear(self.hidden_size, self.feature_width)
 
@@ -96,9 +87,7 @@ class LSTMMemory(AssociativeMemory):
     def _inputs(self, patterns: torch.Tensor, phase: float) -> torch.Tensor:
         """patterns (B, M, *S) -> LSTM inputs (B, M, feature_width + 1): features and phase flag."""
         batch, count = patterns.shape[:2]
-        features = self.encoder(patterns.reshape(batch * count, *patterns.shape[2:]))
-        assert features.shape == (batch * count, self.feature_width), (
-            f"encoder gave {tuple(features.shape)}, expected ({batch * count}, {self.feature_width})")
+        features = patterns.reshape(batch * count, self.feature_width)
         flag = features.new_full((batch * count, 1), phase)
         return torch.cat([features, flag], dim=-1).view(batch, count, self.feature_width + 1)
 
@@ -122,15 +111,6 @@ class LSTMMemory(AssociativeMemory):
         start = tuple(s[:, None].expand(batch, num_queries, self.hidden_size).reshape(batch * num_queries, -1)
                       for s in (h, c))
         hidden, _ = self.cell(inputs, start)                                  # (B*Q, hidden)
-        logits = self.decoder(self.out(hidden))
+        logits = self.out(hidden)
         return logits.reshape(queries.shape)
 
-    def read(self, state: tuple[torch.Tensor, torch.Tensor], queries: torch.Tensor) -> torch.Tensor:
-        """state from `write`, queries (B, Q, *S) -> retrievals (B, Q, *S) in [0, 1]."""
-        return torch.sigmoid(self._logits(state, queries))
-
-    def meta_loss(self, patterns: torch.Tensor, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Binary cross-entropy of the retrievals (B, N, *S) against the written patterns."""
-        logits = self._logits(self.write(patterns), queries)
-        loss = F.binary_cross_entropy_with_logits(logits, patterns)
-        return loss, torch.sigmoid(logits.detach())

@@ -26,18 +26,18 @@ Figure 3 sizes the memory as 64 slots x width + controller state (64 w + 64).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from baselines.readout import CodecLogitReadout
+from membench.budget import TABLE1_NUM_PATTERNS
 from membench.encoders import image_codec
 from membench.errors import OverBudgetError
 from membench.interface import AssociativeMemory, Preset, TaskSpec, TrainConfig
 from membench.options import check_fields
-
-MIXED_N = (16, 32, 48, 64, 96)
 
 
 class Centre(nn.Module):
@@ -63,24 +63,6 @@ def _one_hot_min(usage: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(usage).scatter_(-1, usage.argmin(-1, keepdim=True), 1.0)
 
 
-class LogitReadout:
-    """Read, meta-loss and config of a memory whose `_logits(state, queries)` gives a logit per value
-    (MANN, DNC, Kanerva Machine); it has `cfg`, `feature_size`, `encoder` and `decoder`."""
-
-    def read(self, state, queries: torch.Tensor) -> torch.Tensor:
-        """queries (B, Q, *S) with erased entries at fill_value -> retrievals (B, Q, *S) in [0, 1]."""
-        return torch.sigmoid(self._logits(state, queries))
-
-    def meta_loss(self, patterns: torch.Tensor, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Binary cross-entropy of the retrievals against the written patterns (B, N, *S)."""
-        logits = self._logits(self.write(patterns), queries)
-        return F.binary_cross_entropy_with_logits(logits, patterns), torch.sigmoid(logits).detach()
-
-    def config(self) -> dict:
-        return {**asdict(self.cfg), "feature_size": self.feature_size,
-                "encoder": type(self.encoder).__name__, "decoder": type(self.decoder).__name__}
-
-
 @dataclass(frozen=True)
 class MANNConfig:
     num_slots: int | None = None  # memory rows; None: as many as the budget allows
@@ -98,8 +80,8 @@ class MANNConfig:
 
 # Training schedules shared by the slot-and-controller baselines (MANN, Kanerva Machine, DNC)
 GPU_TRAIN = TrainConfig(steps=30_000, batch_size=128, lr=1e-3, clip_norm=1.0, cosine_decay=True, log_every=50,
-                        checkpoint_every=250, num_patterns=MIXED_N, cuda_graph=True)  # EBMM gpu's compute
-PAPER_TRAIN = TrainConfig(steps=200_000, batch_size=64, lr=5e-5, clip_norm=0.05, num_patterns=MIXED_N)  # App. D
+                        checkpoint_every=250, num_patterns=TABLE1_NUM_PATTERNS, cuda_graph=True)  # EBMM gpu's compute
+PAPER_TRAIN = TrainConfig(steps=200_000, batch_size=64, lr=5e-5, clip_norm=0.05, num_patterns=TABLE1_NUM_PATTERNS)  # App. D
 # Images (Figure 3): quick trains about as long as an EBMM point on the CPU (with a narrowed codec)
 IMAGE_TRAIN = {
     "quick": TrainConfig(steps=1600, batch_size=2, lr=1e-3, clip_norm=1.0, log_every=20, checkpoint_every=100),
@@ -113,7 +95,7 @@ QUICK_CHANNELS = (16, 32, 32)  # the image codec's widths under the quick preset
 PRESETS: dict[str, Preset] = {
     # CPU: at least EBMM quick's training compute (9000 updates of 16 episodes; EBMM's: 7800)
     "quick": Preset(MANNConfig(), TrainConfig(steps=9000, batch_size=16, lr=1e-3, clip_norm=1.0,
-                                              num_patterns=MIXED_N)),
+                                              num_patterns=TABLE1_NUM_PATTERNS)),
     "gpu": Preset(MANNConfig(), GPU_TRAIN),
     "paper": Preset(MANNConfig(), PAPER_TRAIN),
 }
@@ -142,7 +124,7 @@ class MANNState:
     cell: torch.Tensor    # (B, controller_size)
 
 
-class MANN(LogitReadout, AssociativeMemory):
+class MANN(CodecLogitReadout, AssociativeMemory):
     name = "mann"
     trainable = True
 

@@ -39,12 +39,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from baselines.readout import LogitReadout
+from membench.budget import TABLE1_NUM_PATTERNS
 from membench.encoders import image_codec
 from membench.errors import OverBudgetError
 from membench.interface import AssociativeMemory, Preset, TaskSpec, TrainConfig
 from membench.options import check_fields
-
-TRAIN_NUM_PATTERNS = (16, 32, 48, 64, 96)  # one checkpoint serves every N of Table 1
 
 
 @dataclass(frozen=True)
@@ -66,15 +66,15 @@ IMAGE_TRAIN = dict(log_every=20, checkpoint_every=100, clip_norm=1.0)
 PRESETS: dict[str, Preset] = {
     # CPU: at least EBMM quick's training compute (9000 updates of 16 episodes; EBMM's: 7800)
     "quick": Preset(MemNetConfig(), TrainConfig(steps=9000, batch_size=16, lr=1e-3, clip_norm=1.0,
-                                                log_every=50, checkpoint_every=500, num_patterns=TRAIN_NUM_PATTERNS)),
+                                                log_every=50, checkpoint_every=500, num_patterns=TABLE1_NUM_PATTERNS)),
     # one GPU, EBMM gpu's training compute (30,000 updates of 128 episodes)
     "gpu": Preset(MemNetConfig(), TrainConfig(steps=30_000, batch_size=128, lr=1e-3, clip_norm=1.0, cosine_decay=True,
-                                              log_every=50, checkpoint_every=250, num_patterns=TRAIN_NUM_PATTERNS,
+                                              log_every=50, checkpoint_every=250, num_patterns=TABLE1_NUM_PATTERNS,
                                               cuda_graph=True)),
     # GPU scale: EBMM paper's 200,000 updates (App. D: baselines made at least EBMM's updates), bigger
     # batches, a lower learning rate
     "paper": Preset(MemNetConfig(), TrainConfig(steps=200_000, batch_size=64, lr=2e-4, clip_norm=1.0,
-                                                log_every=100, checkpoint_every=2000, num_patterns=TRAIN_NUM_PATTERNS)),
+                                                log_every=100, checkpoint_every=2000, num_patterns=TABLE1_NUM_PATTERNS)),
 }
 
 # Images (Figure 3): 256-wide codes of the shared encoder; quick narrows the encoder / decoder and
@@ -100,7 +100,7 @@ IMAGE_PRESETS: dict[str, Preset] = {
 }
 
 
-class MemoryNetwork(AssociativeMemory):
+class MemoryNetwork(LogitReadout, AssociativeMemory):
     name = "memory_networks"
     trainable = True
 
@@ -179,6 +179,7 @@ class MemoryNetwork(AssociativeMemory):
 
     def _logits(self, slots: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
         """slots (B, N, w), queries (B, Q, *S) -> retrieval logits (B, Q, *S)."""
+        assert slots.shape[0] == queries.shape[0], f"slots {tuple(slots.shape)} vs queries {tuple(queries.shape)}"
         batch, num_queries = queries.shape[:2]
         width = slots.shape[-1]
         features = self._features(queries)                                   # (B, Q, F)
@@ -188,16 +189,6 @@ class MemoryNetwork(AssociativeMemory):
         logits = self.decoder(hidden.reshape(batch * num_queries, self.feature_width))
         return logits.reshape(queries.shape)
 
-    def read(self, state: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
-        """slots (B, N, w), queries (B, Q, *S) -> retrievals (B, Q, *S) in [0, 1]."""
-        assert state.shape[0] == queries.shape[0], f"slots {tuple(state.shape)} vs queries {tuple(queries.shape)}"
-        return torch.sigmoid(self._logits(state, queries))
-
-    def meta_loss(self, patterns: torch.Tensor, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Binary cross-entropy of the retrievals (B, N, *S) against the written patterns."""
-        logits = self._logits(self.write(patterns), queries)
-        loss = F.binary_cross_entropy_with_logits(logits, patterns)
-        return loss, torch.sigmoid(logits.detach())
 
 
 class LearnedEmbeddingMemoryNetwork(MemoryNetwork):

@@ -7,9 +7,9 @@ at 0, is updated by the attention step
     ξ <- Xᵀ softmax(β X ξ)
 
 `steps` times from ξ = q; after every step the known (non-erased) entries are reset to the
-query's, so only the erased entries move. The output is the continuous ξ mapped back to
-[0, 1] by (ξ + 1) / 2 (the harness thresholds it at 0.5); known entries are returned
-exactly as given. β multiplies the raw dot product (no 1/√D): on Table 1 a stored pattern
+query's, so only the erased entries move (under bit flips, where `spec.clamp_known` is False,
+every entry moves). The output is the continuous ξ mapped back to [0, 1] by (ξ + 1) / 2 (the
+harness thresholds it at 0.5); clamped entries are returned exactly as given. β multiplies the raw dot product (no 1/√D): on Table 1 a stored pattern
 matches a query on its 64 known bits (overlap 64) while another stored pattern overlaps it
 by about 0 ± 8, so any β of order 1 already separates them and the default β = 1 retrieves
 exactly whenever the pattern is stored.
@@ -32,7 +32,6 @@ from typing import Any
 import torch
 
 from membench.budget import check_whole_patterns
-from membench.errors import MembenchError
 from membench.interface import AssociativeMemory, TaskSpec
 from membench.options import check_positive_int, check_positive_number
 

@@ -8,7 +8,7 @@ coefficients alpha (k x k) and a Hebbian trace updated while patterns are presen
 
 Memory is the Hebbian trace. A full trace over 128 units would be 128^2 = 16384 floats,
 about twice the Table 1 budget (8256), so a learned encoder maps patterns to the k plastic
-units and a learned decoder maps them back; from_spec picks the largest k with k^2 within
+units and a learned decoder maps them back; from_preset picks the largest k with k^2 within
 the budget (k = 90, 8100 floats at the Table 1 budget).
 
 Write phase: each pattern is clamped as input for `present_steps` steps starting from a
@@ -29,14 +29,13 @@ import math
 from dataclasses import asdict, dataclass, replace
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from membench.budget import TABLE1_NUM_PATTERNS
+from baselines.readout import LogitReadout
 from membench.errors import MembenchError
 from membench.interface import AssociativeMemory, Preset, TaskSpec, TrainConfig
 from membench.options import check_fields
-
-MIXED_N = (16, 32, 48, 64, 96)
 
 
 class FlatLinear(nn.Module):
@@ -74,18 +73,18 @@ PRESETS: dict[str, Preset] = {
     # 5e-3 a 5600-update run collapsed after ~2600 updates: every N fell to 32 bits, chance (why is not measured:
     # results/diagnostics/plasticity-collapse), so the rate is lower and decays along a cosine
     "quick": Preset(PlasticityConfig(), TrainConfig(steps=9000, batch_size=16, lr=2e-3, clip_norm=1.0, cosine_decay=True,
-                                                    num_patterns=MIXED_N)),
+                                                    num_patterns=TABLE1_NUM_PATTERNS)),
     # one GPU, EBMM gpu's training compute (30,000 updates of 128 episodes)
     "gpu": Preset(PlasticityConfig(), TrainConfig(steps=30_000, batch_size=128, lr=3e-3, clip_norm=1.0, cosine_decay=True,
-                                                  log_every=50, checkpoint_every=250, num_patterns=MIXED_N,
+                                                  log_every=50, checkpoint_every=250, num_patterns=TABLE1_NUM_PATTERNS,
                                                   cuda_graph=True)),
     # GPU scale, the paper's optimiser (App. D)
     "paper": Preset(PlasticityConfig(), TrainConfig(steps=200_000, batch_size=64, lr=5e-5, clip_norm=0.05,
-                                                    num_patterns=MIXED_N)),
+                                                    num_patterns=TABLE1_NUM_PATTERNS)),
 }
 
 
-class DifferentiablePlasticity(AssociativeMemory):
+class DifferentiablePlasticity(LogitReadout, AssociativeMemory):
     name = "differentiable_plasticity"
     trainable = True
 
@@ -147,15 +146,6 @@ class DifferentiablePlasticity(AssociativeMemory):
         logits = self.decoder(hidden) + self.query_gain * (queries - self.spec.fill_value)
         assert logits.shape == queries.shape, f"decoder gave {tuple(logits.shape)}, expected {tuple(queries.shape)}"
         return logits
-
-    def read(self, hebb: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
-        """queries (B, Q, *S) with erased entries at fill_value -> retrievals (B, Q, *S) in [0, 1]."""
-        return torch.sigmoid(self._logits(hebb, queries))
-
-    def meta_loss(self, patterns: torch.Tensor, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Binary cross-entropy of the retrievals against the written patterns (B, N, *S)."""
-        logits = self._logits(self.write(patterns), queries)
-        return F.binary_cross_entropy_with_logits(logits, patterns), torch.sigmoid(logits).detach()
 
     def config(self) -> dict:
         return {**asdict(self.cfg), "encoder": type(self.encoder).__name__, "decoder": type(self.decoder).__name__}

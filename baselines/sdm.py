@@ -10,7 +10,8 @@ network's weights, not of the written state) and a counter vector c_m ∈ R^D ea
   counters of the locations with d <= r are summed, s = Σ_m [d <= r] c_m, and each erased
   bit is read as 1 where s > 0, 0 where s < 0 and 0.5 (undecided, an error) where s = 0,
   which is also what a query that activates no location gets. Known bits are returned as
-  given. A query with no known bit is at distance 0 from every location.
+  given (under bit flips, where `spec.clamp_known` is False, every bit is read). A query with
+  no known bit is at distance 0 from every location.
 
 The default radius is the smallest r at which M · P[Binomial(D, 1/2) <= r] >= 4, i.e. a
 random pattern activates about four locations on average (r = 55 at Table 1: 4.3 of 64).

@@ -19,7 +19,8 @@ the distances are first shifted to closeness, s_μ + (largest possible distance)
 more (softmax and max are unchanged by the shift). "dot" stays signed: "dot" with
 "identity" is one synchronous step of the Hebbian Hopfield network, sign Σ_μ (m_μ·q) m_μ.
 Softmax and max weights already sum to 1. The retrieval (in [-1, 1]) is mapped back by
-(r + 1) / 2 and known entries are returned as given. For binary patterns every distance is
+(r + 1) / 2 and known entries are returned as given (under bit flips, where `spec.clamp_known`
+is False, none is kept). For binary patterns every distance is
 a function of the mismatches h on the known bits (dot = k - 2h, manhattan = -2h), so
 "dot" and "manhattan" give the same softmax and max retrievals.
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from membench.budget import TABLE1_NUM_PATTERNS
 from membench.encoders import CodecConfig
 from membench.errors import MembenchError
 from membench.interface import Preset, TaskSpec, TrainConfig
@@ -102,29 +103,29 @@ PRESETS: dict[str, Preset] = {
     # theta_bar (at 3.0 it multiplied it by -5), the power of N dividing the write's pattern terms
     # meta-learned (it settles near 0.7: the mean under-writes small N), each writable entry's write
     # steps scaled by its own learned factor (elementwise_write_lr: 0.33-0.52 bits fewer at N = 48 and 64,
-    # seed for seed), a large meta learning rate decayed along a cosine, 16 episodes a step, 7800 steps (what
-    # fits 15 minutes of two cores with five read steps, results/diagnostics/ebmm-recipes); the meta-loss compiled
+    # seed for seed), a large meta learning rate decayed along a cosine, 16 episodes a step, 7800 steps (inside
+    # the CPU budget of 15 minutes on two cores with five read steps, results/diagnostics/ebmm-recipes); compiled
     "quick": Preset(EBMMConfig(hidden=128, hops=2, read_steps=5, write_steps=4, grad_norm_term=True,
                                write_lr_init=3.0, grad_norm_lr_init=0.01, anchor_lr_init=0.25, read_step_init=5.0,
                                learn_write_norm=True, elementwise_write_lr=True),
                     TrainConfig(steps=7800, batch_size=16, lr=6e-3, cosine_decay=True, clip_norm=1.0, log_every=50,
-                                checkpoint_every=250, num_patterns=(16, 32, 48, 64, 96), compile=True)),
-    # one GPU: the quick recipe of f04edef (elementwise write rates too, but three write steps: on this CPU a
-    # fourth made training take about 1.3x as long, untried at this size; three read steps, as the quick preset
-    # had then) with a 4x wider energy, 8x the episodes per update and 30,000 updates (on this CPU a third hop
-    # and a smaller first read step each trained worse), the meta learning rate halved for the width; each
-    # update replayed from a CUDA graph (one per N), in sessions that checkpoint and resume
+                                checkpoint_every=250, num_patterns=TABLE1_NUM_PATTERNS, compile=True)),
+    # one GPU: the quick recipe of f04edef (elementwise write rates too, but three write steps: a fourth costs
+    # more an update, results/bench/throughput_equal_work.txt, untried at this size; three read steps, as the
+    # quick preset had then) with a 4x wider energy, 8x the episodes per update and 30,000 updates (on this
+    # CPU a third hop and a smaller first read step each trained worse), the meta learning rate halved for the
+    # width; each update replayed from a CUDA graph (one per N), in sessions that checkpoint and resume
     "gpu": Preset(EBMMConfig(hidden=512, hops=2, read_steps=3, write_steps=3, grad_norm_term=True,
                              write_lr_init=3.0, grad_norm_lr_init=0.01, anchor_lr_init=0.25, read_step_init=5.0,
                              learn_write_norm=True, elementwise_write_lr=True),
                   TrainConfig(steps=30_000, batch_size=128, lr=3e-3, cosine_decay=True, clip_norm=1.0, log_every=50,
-                              checkpoint_every=250, num_patterns=(16, 32, 48, 64, 96), cuda_graph=True)),
+                              checkpoint_every=250, num_patterns=TABLE1_NUM_PATTERNS, cuda_graph=True)),
     # GPU scale: the paper's architecture and optimiser (App. B.1, D). Initial rates: softplus -> 1e-4
     # leaves the written field ~1e-6 (no learning signal), and a first read step above ~1 saturates
     # every bit of the 1024-unit energy, so writing starts at 0.3 and reading at 1.0.
     "paper": Preset(EBMMConfig(write_steps=3, write_lr_init=0.3, read_step_init=1.0),
                     TrainConfig(steps=200_000, batch_size=32, lr=5e-5, weight_decay=1e-6, clip_norm=0.05,
-                                checkpoint_every=1000, num_patterns=(16, 32, 48, 64, 96))),
+                                checkpoint_every=1000, num_patterns=TABLE1_NUM_PATTERNS)),
 }
 
 # Image presets, per energy (Figure 3). quick: a CPU smoke test (narrower networks: the conv energy's

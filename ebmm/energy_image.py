@@ -62,15 +62,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from membench.encoders import CodecConfig, Encoder, ResBlock
+from membench.encoders import CodecConfig, Encoder, ResBlock, he_init
 from membench.errors import MembenchError
-
-
-def _he_init(module: nn.Module) -> None:
-    for layer in module.modules():
-        if isinstance(layer, (nn.Conv2d, nn.Linear)):
-            nn.init.kaiming_normal_(layer.weight, nonlinearity="linear")
-            nn.init.zeros_(layer.bias)
 
 
 class ResNetFCEnergy(nn.Module):
@@ -92,7 +85,7 @@ class ResNetFCEnergy(nn.Module):
         self.gate = nn.Linear(width + hidden, hidden)
         self.norm = nn.LayerNorm(hidden)
         self.readout = nn.Sequential(nn.Linear(hidden, readout), nn.Tanh(), nn.Linear(readout, 1))
-        _he_init(self)
+        he_init(self, "linear")
         self.encoder = Encoder(codec)  # He-initialised by its own module
         self.centre = nn.Parameter(torch.zeros(width)) if centre else None  # static: what the memory reads around
         self.linear_memory = linear_memory  # the d memory units enter the candidate without the tanh
@@ -187,7 +180,7 @@ class ResNetConvEnergy(nn.Module):
         self.candidate = nn.Conv2d(width + hidden, hidden, 3, padding=1)
         self.gate = nn.Conv2d(width + hidden, hidden, 3, padding=1)
         self.readout = nn.Sequential(nn.Linear(hidden * self.grid**2, readout), nn.Tanh(), nn.Linear(readout, 1))
-        _he_init(self)
+        he_init(self, "linear")
 
     @torch.no_grad()
     def initialise(self, images: torch.Tensor) -> None:

@@ -37,6 +37,7 @@ def hopfield_floats(dim: int) -> int:
 
 
 TABLE1_BUDGET = hopfield_floats(128)  # 8256, the paper's budget for 128-bit patterns
+TABLE1_NUM_PATTERNS = (16, 32, 48, 64, 96)  # Table 1's N; the learned models' presets train one checkpoint on all
 
 
 def declared_floats(model: AssociativeMemory, spec: TaskSpec, model_name: str) -> int:

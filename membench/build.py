@@ -85,9 +85,9 @@ def _takes(cls: type, options: dict[str, Any]) -> bool:
     return True
 
 
-def load_trained(spec: RunSpec, checkpoint_dir: Path, device: torch.device | str = "cpu",
-                 preset_config: dict[str, Any] | None = None) -> tuple[Task, AssociativeMemory, Path | None]:
-    """Rebuild a run's model as the runner does and load its trained checkpoint, if on this machine.
+def load_trained(spec: RunSpec, checkpoint_dir: Path, preset_config: dict[str, Any] | None = None
+                 ) -> tuple[Task, AssociativeMemory, Path | None]:
+    """Rebuild a run's model as the runner does, on the CPU, and load its trained checkpoint, if on this machine.
 
     With a record's `preset_config` (a learned model's), the model is rebuilt as that record's run trained
     it, even where the preset has changed since (`recorded_preset`). Returns (task, model, checkpoint path); the path is
@@ -97,7 +97,7 @@ def load_trained(spec: RunSpec, checkpoint_dir: Path, device: torch.device | str
     task = make_task(spec.task)
     preset = recorded_preset(spec, task.spec, preset_config) if preset_config is not None else None
     seed_all(spec.seed)
-    model = build_model(spec, task, preset).to(device)
+    model = build_model(spec, task, preset)
     path = None
     if model.trainable:
         candidate = checkpoint_path(checkpoint_key(spec, model, task), checkpoint_dir)

@@ -255,13 +255,13 @@ def binary_capacity_figures(out_dir: Path) -> list[Path]:
     returning the query unchanged costs). One line per model with its 95% t-interval shaded.
     A figure whose data is absent is not drawn.
     """
-    from membench.plots import _pyplot
+    from membench.plots import pyplot
     from membench.store import write_text_atomic
 
     out_dir = Path(out_dir)
     summary, records, dropped = capacity_summary(out_dir)
     styles = _styles(sorted(summary["row"].unique()))
-    plt = _pyplot()
+    plt = pyplot()
     paths: list[Path] = []
 
     erasure = summary[summary.flip == 0]
@@ -360,6 +360,3 @@ def binary_capacity_figures(out_dir: Path) -> list[Path]:
         ["_order", "row", "num_patterns"], kind="stable")
     paths.append(write_text_atomic(out_dir / "capacity.csv", ordered[columns].to_csv(index=False, float_format="%.4f")))
     return paths
-
-
-# ---------------------------------------------------------------- image tasks

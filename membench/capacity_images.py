@@ -135,7 +135,7 @@ def image_capacity_figures(out_dir: Path) -> list[Path]:
     its 95% t-interval shaded; dashed black: the passthrough (the query returned unchanged), where it was run;
     dotted vertical: the number of whole images the budget holds.
     """
-    from membench.plots import _pyplot
+    from membench.plots import pyplot
     from membench.store import write_text_atomic
 
     out_dir = Path(out_dir)
@@ -147,7 +147,7 @@ def image_capacity_figures(out_dir: Path) -> list[Path]:
              f"they were: point --data-dir (make: DATA=) at the data folder to redraw them")
         return []
     styles = _styles(sorted(summary["row"].unique()))
-    plt = _pyplot()
+    plt = pyplot()
     paths: list[Path] = []
     for kind in [k for k in IMAGE_TASKS if k in set(summary["dataset"])]:
         tables = sorted(summary[summary.dataset == kind]["table"].unique(), key=_image_table_order)

@@ -214,7 +214,7 @@ def checkpoint_path(key: str, checkpoint_dir: Path) -> Path:
     return path
 
 
-def trained_steps(path: Path) -> float:
+def trained_steps(path: Path) -> int:
     """The training steps of the checkpoint at `path`; -1 when it cannot be read as one."""
     try:
         return read_checkpoint(path)["step"]

@@ -1,5 +1,6 @@
 """Command line: `membench list | run | report | figures | capacity | readme | download | checkpoints`, and the
-commands of membench.cli_sessions (`session | pack | unpack | ship | throughput`), all on the one `membench` group."""
+commands of membench.cli_sessions (`session | pack | unpack | ship | set-aside | throughput`), all on the one
+`membench` group."""
 from __future__ import annotations
 
 import shlex
@@ -89,9 +90,8 @@ def model_options(label: str, cls: type) -> str:
 @click.option("--queries", type=click.IntRange(1),
               help="Minimum queries per run. Default: the suite's (1000 for table1, 64000 = 1000 batches for fig3-*).")
 @click.option("--preset", default="quick", show_default=True,
-              help="Training preset of meta-learned models; the built-in ones have quick (CPU, minutes), gpu (one "
-                   "GPU, minutes to an hour, CUDA graphs) and paper (the paper's scale, GPU days); a model of yours "
-                   "may name others.")
+              help="Training preset of meta-learned models; the built-in ones have quick (CPU), gpu (one GPU, CUDA "
+                   "graphs) and paper (the paper's scale); a model of yours may name others.")
 @click.option("--budget", type=click.IntRange(1),
               help="Float32 budget. Default: the suite's (8256 for table1). A Figure 3 suite: run only its points of "
                    "this memory size.")
@@ -185,7 +185,7 @@ def report(out, reference) -> None:
     curves = read_curves(out, images=False)  # every input read before any output is written (Figure 3's: figures)
     click.echo(table1(out, reference or DEFAULT_REFERENCE))
     click.echo(f"wrote {out / 'table1'}.md, .csv and .tex")
-    for path in training_curves(out, curves=curves):
+    for path in training_curves(out, curves):
         click.echo(f"wrote {path}")
 
 

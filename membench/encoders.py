@@ -15,7 +15,7 @@ Weights use He (Kaiming) initialisation, as in the paper (App. D).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -34,9 +34,6 @@ class CodecConfig:
     def grid(self) -> int:
         """Spatial size after the encoder's strided blocks."""
         return self.image_size // 2 ** len(self.channels)
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "channels": list(self.channels)}
 
     @classmethod
     def for_images(cls, pattern_shape: tuple[int, ...], channels: tuple[int, ...], embedding: int = 256) -> "CodecConfig":
@@ -59,10 +56,12 @@ def image_codec(pattern_shape: tuple[int, ...], channels: tuple[int, ...],
     return Encoder(config), Decoder(config, logits=True), config.embedding
 
 
-def _he_init(module: nn.Module) -> None:
+def he_init(module: nn.Module, nonlinearity: str = "relu") -> None:
+    """He-normal weights for the gain of `nonlinearity` and zero biases, in every (transposed) convolution and
+    linear layer of `module` (App. D)."""
     for layer in module.modules():
         if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
-            nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+            nn.init.kaiming_normal_(layer.weight, nonlinearity=nonlinearity)
             nn.init.zeros_(layer.bias)
 
 
@@ -106,7 +105,7 @@ class Encoder(nn.Module):
         self.blocks = nn.Sequential(*(ResBlock(a, b) for a, b in zip(widths[:-1], widths[1:])))
         self.linear = nn.Linear(config.channels[-1] * config.grid**2, config.embedding)
         self.norm = nn.LayerNorm(config.embedding)
-        _he_init(self)
+        he_init(self)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         c = self.config
@@ -131,7 +130,7 @@ class Decoder(nn.Module):
         self.linear = nn.Linear(config.embedding, config.channels[-1] * config.grid**2)
         self.blocks = nn.Sequential(*(TransposedResBlock(a, b, last=i == len(widths) - 2)
                                       for i, (a, b) in enumerate(zip(widths[:-1], widths[1:]))))
-        _he_init(self)
+        he_init(self)
         for layer in self.blocks[-1].modules():  # the output feeds a sigmoid, not a ReLU: unit gain
             if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d)):
                 nn.init.kaiming_normal_(layer.weight, nonlinearity="linear")

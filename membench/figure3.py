@@ -29,16 +29,15 @@ from tabulate import tabulate
 from membench.budget import check_measured, sealed
 from membench.checkpoints import trained_steps, weights_digest
 from membench.errors import MembenchError
-from membench.fig3_acceptance import acceptance_markdown, read_points
+from membench.fig3_acceptance import PAPER_DATASET, acceptance_markdown, read_points
 from membench.integrity import checked_retrievals
-from membench.plots import read_curves, save, training_curves
+from membench.plots import pyplot, read_curves, save, training_curves
 from membench.report import REPO_ROOT, distinct, episode_means, span, updates_text
 from membench.store import ResultsStore, read_table, write_text_atomic
 
 DEFAULT_REFERENCE = REPO_ROOT / "results" / "reference" / "paper_fig3.csv"
 CITATION = ("Bartunov, Rae, Osindero & Lillicrap, 'Meta-Learning Deep Energy-Based Memory Models', "
             "arXiv:1910.02720, Figure 3")
-PAPER_DATASET = {"omniglot": "omniglot", "cifar10": "cifar"}   # task kind -> paper_fig3.csv dataset
 TITLES = {"omniglot": "Omniglot (error: wrong pixels of 32x32)", "cifar10": "CIFAR-10 (error: squared error)"}
 MATCH_TOLERANCE = 0.05  # a paper point matches ours when memory sizes differ by at most 5%
 # What the quick presets change against the paper (ebmm.config.IMAGE_PRESETS, baselines.memory_networks)
@@ -205,12 +204,6 @@ def summary_markdown(summary: pd.DataFrame) -> str:
     return "\n".join(parts)
 
 
-def _pyplot():
-    from membench.plots import _pyplot as pyplot
-
-    return pyplot()
-
-
 def _readable_axis(ax, ours: pd.DataFrame, paper: pd.DataFrame | None) -> None:
     """Fit the error axis to the learned curves, the paper's and the unchanged query (passthrough) where it is
     within twice their top (Omniglot's, 256 wrong pixels, is not; CIFAR's is); raw slots left out; say which
@@ -234,7 +227,7 @@ def _readable_axis(ax, ours: pd.DataFrame, paper: pd.DataFrame | None) -> None:
 
 def plot(summary: pd.DataFrame, reference: pd.DataFrame | None, paths: list[Path]) -> list[Path]:
     """Distortion against memory (k floats), ours with 5-95% bars, the paper's dashed with bands."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
     labels = sorted((set(summary["curve"]) if not summary.empty else set())
                     | (set(reference["model"]) if reference is not None else set()))
@@ -324,7 +317,7 @@ def reconstruction_grid(record: dict[str, Any], path: Path, shown: tuple[Any, to
     """Rows: query, retrieval, original for the first `columns` queries of the run's first test episode,
     `shown` (`first_episode`). Returns the written path."""
     episodes, retrievals, errors = shown
-    plt = _pyplot()
+    plt = pyplot()
     columns = min(columns, record["task"]["num_patterns"])
     fig, axes = plt.subplots(3, columns, figsize=(1.2 * columns, 3.9), squeeze=False)
     for row, (name, images) in enumerate((("query", episodes.queries), ("retrieval", retrievals),
@@ -387,6 +380,6 @@ def figures(out_dir: Path, reference: Path | None = DEFAULT_REFERENCE, checkpoin
     columns = [c for c in summary.columns if c != "command"]
     write_text_atomic(out_dir / "fig3.csv", summary[columns].to_csv(index=False, float_format="%.4f") if len(summary) else "")
     written += plot(summary, paper, [out_dir / "fig3.png", out_dir / "fig3.pdf"])
-    written += training_curves(out_dir, name="fig3_training_curves", curves=curves)
+    written += training_curves(out_dir, curves, name="fig3_training_curves")
     written += [reconstruction_grid(record, path, episode) for path, (record, episode) in shown.items()]
     return markdown, written

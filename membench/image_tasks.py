@@ -40,7 +40,6 @@ and checkpoints, and a mismatch is refused.
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, ClassVar
 
 import torch
@@ -48,12 +47,13 @@ import torch
 from membench import datasets
 from membench.errors import MembenchError
 from membench.interface import TaskSpec
+from membench.options import is_finite
 from membench.tasks import Episodes, Task, check_positive
 
 
 def _number(name: str, value: Any, valid: Callable[[float], bool], what: str) -> float:
     """float(value); MembenchError unless `value` is a finite real number for which `valid` holds."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not valid(value):
+    if not (is_finite(value) and valid(value)):
         raise MembenchError(f"{name}={value!r} must be {what}")
     return float(value)
 

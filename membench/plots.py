@@ -20,7 +20,8 @@ def save(fig, path: Path) -> None:
                                                   metadata={"CreationDate": None} if suffix == ".pdf" else None))
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (files only, no display), imported when a figure is drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -32,8 +33,8 @@ def _pyplot():
 Curves = dict[str, tuple[str, pd.DataFrame]]  # checkpoint key -> (line label, curve: step, loss, error)
 
 
-def read_curves(out_dir: Path, models: tuple[str, ...] | None = None, images: bool | None = None) -> Curves:
-    """The training curve of every trained run in `out_dir` (of `models`; of image tasks only with `images`,
+def read_curves(out_dir: Path, images: bool | None = None) -> Curves:
+    """The training curve of every trained run in `out_dir` (of image tasks only with `images`,
     of binary ones only with images=False), one per checkpoint (a checkpoint trained on several N serves
     several runs; none of a model's older source version, as in the tables). MembenchError naming a missing
     or unreadable curve file."""
@@ -41,7 +42,7 @@ def read_curves(out_dir: Path, models: tuple[str, ...] | None = None, images: bo
     curves: Curves = {}
     for record in latest_versions(store.records())[0]:
         training = record.get("training")
-        if not training or (models and record["model"] not in models):
+        if not training:
             continue
         if images is not None and images != (record["task"]["kind"] != "binary"):
             continue
@@ -70,14 +71,12 @@ def read_curves(out_dir: Path, models: tuple[str, ...] | None = None, images: bo
     return curves
 
 
-def training_curves(out_dir: Path, models: tuple[str, ...] | None = None, name: str = "training_curves",
-                    curves: Curves | None = None) -> list[Path]:
-    """Plot loss and task error against step for every trained run in `out_dir` (PNG + PDF): `curves`, or
-    `read_curves(out_dir, models)`. One line per checkpoint. Returns the written paths."""
-    curves = read_curves(out_dir, models) if curves is None else curves
+def training_curves(out_dir: Path, curves: Curves, name: str = "training_curves") -> list[Path]:
+    """Plot loss and task error against step of `curves` (`read_curves(out_dir)`'s) into `out_dir` (PNG + PDF).
+    One line per checkpoint. Returns the written paths."""
     if not curves:
         return []
-    plt = _pyplot()
+    plt = pyplot()
     fig, (ax_loss, ax_error) = plt.subplots(1, 2, figsize=(12, 4.4))
     palette = plt.cm.tab10 if len(curves) <= 10 else plt.cm.tab20
     for index, (label, curve) in enumerate(sorted(curves.values(), key=lambda item: item[0])):

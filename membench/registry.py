@@ -119,7 +119,7 @@ def model_source_files(cls: type) -> list[Path]:
             source = Path(inspect.getsourcefile(klass)).resolve()
         except TypeError:  # built in, or defined interactively
             continue
-        if not any(source.is_relative_to(folder) for folder in BUILTIN_DIRS):
+        if not is_builtin_file(source):
             files.add(source)
     return sorted(files)
 

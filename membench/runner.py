@@ -62,8 +62,7 @@ def audit(model: AssociativeMemory, task: Task, spec: RunSpec, declared: int, de
 
 
 def evaluate(model: AssociativeMemory, task: Task, spec: RunSpec, device: torch.device, contract: StateContract,
-             episodes_per_batch: int = EVAL_EPISODES_PER_BATCH, split: str = "test", queries: int | None = None
-             ) -> list[float]:
+             split: str = "test", queries: int | None = None) -> list[float]:
     """Per-query errors over ceil(queries / N) fresh episodes of `split` (query every written pattern once).
 
     Every batch's state must meet the probe's `contract` (count and layout); the model writes and reads
@@ -76,8 +75,8 @@ def evaluate(model: AssociativeMemory, task: Task, spec: RunSpec, device: torch.
     errors: list[float] = []
     model.eval()
     with torch.no_grad():
-        for start in range(0, num_episodes, episodes_per_batch):
-            batch = min(episodes_per_batch, num_episodes - start)
+        for start in range(0, num_episodes, EVAL_EPISODES_PER_BATCH):
+            batch = min(EVAL_EPISODES_PER_BATCH, num_episodes - start)
             episodes = task.sample(batch, generator, split=split).to(device)
             state = model.write(episodes.patterns.clone())
             contract.check(state, batch)

@@ -40,7 +40,7 @@ from membench.store import better_because, completeness, parse_record, read_reco
 
 RESULTS, CHECKPOINTS = "results", "checkpoints"
 CARRY_LIMIT_MB = 16.0  # what a lent machine returns per file
-MAX_VOLUMES = 4  # a lent machine returns 8 files of 16 MiB, 64 MiB together: four full volumes
+MAX_VOLUMES = 4  # a lent machine returns at most 8 files of up to 16 MiB each, 64 MiB together: 4 full volumes
 THROUGHPUT_CSV = "results/bench/throughput.csv"  # merged row by row on unpacking
 
 

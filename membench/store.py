@@ -32,6 +32,7 @@ from typing import Any, BinaryIO, Callable, Iterator
 import numpy as np
 
 from membench.errors import MembenchError
+from membench.options import is_int
 
 RECORD_KEYS = ("run_id", "suite", "model", "task", "budget", "seed", "queries", "preset", "options",
                "memory_floats", "errors", "environment", "command", "wall_time_s")
@@ -242,7 +243,7 @@ def _field_problem(record: dict[str, Any], check_errors: bool = True) -> str | N
     """What is wrong with the fields the reports group, sum and print, or None (`check_errors`: each error's
     type too, needless where they were unpacked from float32)."""
     task, environment = record["task"], record["environment"]
-    if (not isinstance(task, dict) or not isinstance(task.get("kind"), str) or not _whole(task.get("num_patterns"))
+    if (not isinstance(task, dict) or not isinstance(task.get("kind"), str) or not is_int(task.get("num_patterns"))
             or task["num_patterns"] < 1):
         return "task needs a kind and a positive whole num_patterns"
     if not isinstance(environment, dict) or not isinstance(environment.get("device"), str):
@@ -251,7 +252,7 @@ def _field_problem(record: dict[str, Any], check_errors: bool = True) -> str | N
         if not isinstance(environment.get(name), (str, type(None))):
             return f"environment's {name} is not a string"
     sizes = {"binary": ("dim", "erased")}.get(task["kind"], ("image_size", "block"))
-    if not all(_whole(task.get(name)) and task[name] >= 0 for name in sizes):
+    if not all(is_int(task.get(name)) and task[name] >= 0 for name in sizes):
         return f"a {task['kind']} task needs whole numbers {' and '.join(sizes)}"
     if len(record["errors"]) % task["num_patterns"]:
         return f"errors holds {len(record['errors'])} values, not whole episodes of {task['num_patterns']} queries"
@@ -267,7 +268,7 @@ def _field_problem(record: dict[str, Any], check_errors: bool = True) -> str | N
     if not isinstance((training or {}).get("finished", True), bool):
         return "training's finished is neither true nor false"
     now = (training or {}).get("trained_by_this_run", {"steps": 0, "train_time_s": 0})
-    if not (isinstance(now, dict) and _whole(now.get("steps")) and now["steps"] >= 0
+    if not (isinstance(now, dict) and is_int(now.get("steps")) and now["steps"] >= 0
             and nonnegative_number(now.get("train_time_s"))):
         return "training's trained_by_this_run is not {steps, train_time_s}"
     history = (training or {}).get("history")
@@ -283,7 +284,7 @@ def _field_problem(record: dict[str, Any], check_errors: bool = True) -> str | N
                                   and all(nonnegative_number(e) for e in split["batch_errors"])):
         return "train_split needs batch_errors, a list of finite non-negative numbers"
     for name in ("budget", "seed", "queries", "memory_floats"):
-        if not _whole(record[name]):
+        if not is_int(record[name]):
             return f"{name} is not a whole number"
     for name in ("run_id", "suite", "model", "preset", "command"):
         if not isinstance(record[name], str):
@@ -297,10 +298,6 @@ def _field_problem(record: dict[str, Any], check_errors: bool = True) -> str | N
     if check_errors and not all(nonnegative_number(e) for e in record["errors"]):
         return "errors holds a value that is not a finite non-negative number"
     return None
-
-
-def _whole(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def list_of_mappings(value: Any) -> bool:

@@ -7,10 +7,9 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from membench.budget import TABLE1_BUDGET, hopfield_floats
+from membench.budget import TABLE1_BUDGET, TABLE1_NUM_PATTERNS, hopfield_floats
 from membench.errors import MembenchError, OverBudgetError
 
-TABLE1_NUM_PATTERNS = (16, 32, 48, 64, 96)
 CLASSICAL_MODELS = ("hopfield_hebb", "hopfield_storkey", "hopfield_pseudoinverse", "raw_slots")
 MODERN_MODELS = ("modern_hopfield", "dense_associative_memory", "universal_hopfield", "sparse_distributed_memory")
 LEARNED_MODELS = ("ebmm", "memory_networks", "memory_networks_learned", "mann", "lstm", "differentiable_plasticity",
@@ -32,7 +31,7 @@ class RunSpec:
     seed: int
     queries: int                    # at least this many queries are evaluated
     preset: str = DEFAULT_PRESET    # training preset of learned models (others run under the default)
-    options: dict[str, Any] = field(default_factory=dict)  # extra model constructor options
+    options: dict[str, Any] = field(default_factory=dict)  # constructor options; a learned model's config, train.*
 
     @property
     def run_id(self) -> str:
@@ -93,7 +92,7 @@ class Curve:
 #   MemNet    64 slots x width w: w = 48, 128 -> 3072, 8192
 #   MANN      64 slots x width w + controller (h, c) 2 x 32: w = 32, 64 -> 2112, 4160
 # gpu (one GPU, the paper's architectures, App. B.2/B.3): 4 points per curve at the paper's own
-# memory sizes, spanning its range; paper: all 7 of the paper's points
+# memory sizes, spanning its range; paper: all the paper's points (7 a curve; MANN's 9 on Omniglot, 6 on CIFAR)
 #   EBMM_FC   257 * d:  d = 12, 20, 42, 64 (paper: 12, 16, 20, 32, 42, 54, 64) -> 3.08k ... 16.45k
 #   EBMM_conv 1154 * d: d = 2, 4, 10, 14 (paper: 2, 3, 4, 8, 10, 12, 14) -> 2.31k ... 16.16k
 #   MemNet    64 * w:   w = 48, 64, 160, 256 (paper: 48, 64, 128, 160, 192, 224, 256) -> 3.07k ... 16.38k

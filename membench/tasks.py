@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import math
 import random
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -18,6 +17,7 @@ import torch
 
 from membench.errors import MembenchError
 from membench.interface import TaskSpec
+from membench.options import is_finite, is_int
 
 
 def seed_all(seed: int) -> None:
@@ -43,7 +43,7 @@ def forked_generators(device: torch.device) -> Iterator[None]:
 
 def check_positive(name: str, value: int) -> None:
     """MembenchError unless `value` is a positive integer."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if not (is_int(value) and value >= 1):
         raise MembenchError(f"{name}={value!r} must be a positive integer")
 
 
@@ -108,8 +108,7 @@ class BinaryTask(Task):
         check_positive("dim", dim)
         if not 0 <= erased <= dim:
             raise MembenchError(f"erased={erased} must lie in [0, dim={dim}]")
-        if (isinstance(flip, bool) or not isinstance(flip, (int, float)) or not math.isfinite(flip)
-                or not 0 <= flip <= 0.5):
+        if not (is_finite(flip) and 0 <= flip <= 0.5):
             raise MembenchError(f"flip={flip!r} must be a fraction of the bits in [0, 0.5]")
         if flip > 0 and erased > 0:
             raise MembenchError(f"flip={flip} corrupts queries instead of erasure: give erased=0 with it "

@@ -62,7 +62,7 @@ DRAW_AHEAD_ON = ("cuda",)  # device types whose training draws the next batch wh
 class TrainResult:
     steps: int
     train_time_s: float
-    curve: list[dict[str, float]]     # rows: step, loss, error, elapsed_s
+    curve: list[dict[str, float]]     # rows: step, loss, error, num_patterns, elapsed_s
     checkpoint: str
     finished: bool = True             # False: stopped at the time limit before config.steps
     trained_now: tuple[int, float] = (0, 0.0)  # the updates and seconds of them this call made (0: it was done)

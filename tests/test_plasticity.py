@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from baselines.plasticity import DifferentiablePlasticity, PlasticityConfig
+from baselines.plasticity import DifferentiablePlasticity
 from membench.budget import TABLE1_BUDGET, check_declared
 from membench.errors import OverBudgetError
 from membench.tasks import BinaryTask

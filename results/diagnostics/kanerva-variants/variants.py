@@ -1,4 +1,4 @@
-import torch, time, random, sys
+import torch, time, random
 from baselines.kanerva_machine import KanervaMachine
 from membench.tasks import BinaryTask
 from membench.budget import TABLE1_BUDGET
