@@ -7,6 +7,8 @@ import functools
 import json
 import math
 import re
+import signal
+import threading
 from pathlib import Path
 
 import click
@@ -88,12 +90,18 @@ def parse_options(_ctx, _param, values: tuple[str, ...]) -> dict[str, object]:
     return options
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def friendly_errors(command):
     """Turn MembenchError into 'Error: <message>' and exit status 1 ('Paused: …' and 3 when paused at the
-    time limit, 130 when interrupted); no traceback."""
+    time limit, 130 when interrupted by Ctrl-C or SIGTERM, which stops a command as Ctrl-C does); no traceback."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _interrupt) if main else None
         try:
             return command(*args, **kwargs)
         except TrainingPaused as exc:
@@ -118,6 +126,9 @@ def friendly_errors(command):
                                            "away, or write somewhere else, then run the command again") from None
             raise click.ClickException(f"cannot read or write {exc.filename}: {exc.strerror or exc}; check the path, "
                                        "its permissions and the free space, then run the command again") from None
+        finally:
+            if main:
+                signal.signal(signal.SIGTERM, previous)
 
     return wrapper
 

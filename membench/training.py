@@ -71,8 +71,9 @@ class TrainResult:
 
 @contextlib.contextmanager
 def _deferred_interrupt() -> Iterator[list[bool]]:
-    """While inside, a first Ctrl-C only sets the yielded flag (checked between steps); a second one
-    interrupts at once. Off the main thread (where signals cannot be caught) the flag never rises."""
+    """While inside, a first Ctrl-C or SIGTERM (`kill`, a scheduler's stop) only sets the yielded flag (checked
+    between steps); a second one interrupts at once. Off the main thread (where signals cannot be caught) the
+    flag never rises."""
     flag = [False]
     if threading.current_thread() is not threading.main_thread():
         yield flag
@@ -83,11 +84,12 @@ def _deferred_interrupt() -> Iterator[list[bool]]:
             raise KeyboardInterrupt
         flag[0] = True
 
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {number: signal.signal(number, handler) for number in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield flag
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for number, action in previous.items():
+            signal.signal(number, action)
 
 
 class EpisodeStream:

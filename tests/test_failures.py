@@ -42,9 +42,9 @@ SLOW_LEARNED = TINY_MODEL + textwrap.dedent('''
             import os, signal, time
             global UPDATES
             UPDATES += 1
-            if UPDATES == 3:  # the user presses Ctrl-C this many times during the third update
+            if UPDATES == 3:  # the user presses Ctrl-C (or a scheduler sends SIGTERM) this many times in update 3
                 for _ in range(int(os.environ.get("MEMBENCH_TEST_CTRL_C", 0))):
-                    os.kill(os.getpid(), signal.SIGINT)
+                    os.kill(os.getpid(), getattr(signal, os.environ.get("MEMBENCH_TEST_SIGNAL", "SIGINT")))
             time.sleep(0.2)
             return super().meta_loss(patterns, queries)
 
@@ -796,10 +796,12 @@ _SLOW_ARGS = ["run", "--model", "slow_learned:SlowLearned", "--num-patterns", "1
 
 
 @pytest.mark.slow
-def test_ctrl_c_during_training_checkpoints_and_the_rerun_resumes(tmp_path):
-    """A first Ctrl-C lets the update in flight finish, checkpoints it and exits; the rerun trains the rest."""
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_during_training_checkpoints_and_the_rerun_resumes(tmp_path, signal_name):
+    """A first Ctrl-C (or SIGTERM: `kill`, a scheduler's stop) lets the update in flight finish, checkpoints it
+    and exits; the rerun trains the rest."""
     (tmp_path / "slow_learned.py").write_text(SLOW_LEARNED)
-    process = _membench(tmp_path, *_SLOW_ARGS, MEMBENCH_TEST_CTRL_C="1")
+    process = _membench(tmp_path, *_SLOW_ARGS, MEMBENCH_TEST_CTRL_C="1", MEMBENCH_TEST_SIGNAL=signal_name)
     output, _ = process.communicate(timeout=120)
     assert process.returncode == EXIT_INTERRUPTED, output
     assert "Traceback" not in output and "checkpointed at step 3" in output and "rerun the same command" in output
@@ -813,11 +815,12 @@ def test_ctrl_c_during_training_checkpoints_and_the_rerun_resumes(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_second_ctrl_c_stops_at_once_and_leaves_nothing_half_written(tmp_path):
-    """A second Ctrl-C interrupts the update in flight: no checkpoint (none was due), no record, no temporary
-    file; the rerun trains from the start."""
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
+def test_a_second_ctrl_c_stops_at_once_and_leaves_nothing_half_written(tmp_path, signal_name):
+    """A second Ctrl-C (or SIGTERM) interrupts the update in flight: no checkpoint (none was due), no record, no
+    temporary file; the rerun trains from the start."""
     (tmp_path / "slow_learned.py").write_text(SLOW_LEARNED)
-    process = _membench(tmp_path, *_SLOW_ARGS, MEMBENCH_TEST_CTRL_C="2")
+    process = _membench(tmp_path, *_SLOW_ARGS, MEMBENCH_TEST_CTRL_C="2", MEMBENCH_TEST_SIGNAL=signal_name)
     output, _ = process.communicate(timeout=120)
     assert process.returncode == EXIT_INTERRUPTED, output
     assert "Traceback" not in output and "rerun the same command to continue" in output
