@@ -113,6 +113,8 @@ def _field_problem(saved: dict[str, Any]) -> str | None:
     instead of failing later inside training, a report or a session's packing."""
     if not isinstance(saved["model"], dict) or not all(isinstance(t, torch.Tensor) for t in saved["model"].values()):
         return "model is not a state dict of tensors"
+    if not all(torch.isfinite(t).all() for t in saved["model"].values() if t.is_floating_point()):
+        return "model holds NaN or infinite weights"  # training stops before it saves such weights (diverged)
     try:
         torch.Generator().set_state(saved["generator"])  # refuses another type, dtype or size
     except (RuntimeError, TypeError):

@@ -621,10 +621,10 @@ class _RunsCode:
                                      ("elapsed_s", "x"), ("curve", "x"), ("history", "x"), ("history", ["x"]),
                                      ("generator", torch.zeros(5056)), ("generator", torch.zeros(10, dtype=torch.uint8)),
                                      ("model", {"bias": "x"}), ("model", [torch.zeros(128)]), ("config", "x"),
-                                     ("optimizer", ["x"])])
+                                     ("optimizer", ["x"]), "nan"])
 def test_corrupt_checkpoint_is_set_aside_and_retrained(tmp_path, monkeypatch, content):
-    """Unreadable, foreign or code-carrying checkpoints (read as data only: nothing runs), and ones with a field
-    of the wrong kind, are set aside."""
+    """Unreadable, foreign or code-carrying checkpoints (read as data only: nothing runs), ones with a field
+    of the wrong kind, and ones whose weights hold a NaN (not the model's read to blame), are set aside."""
     _tiny(tmp_path, monkeypatch)
     args = ["run", "--model", "tiny_learned:TinyLearned", "--num-patterns", "16", "--queries", "16",
             "--checkpoint-dir", "ck", "--no-progress"]
@@ -639,6 +639,11 @@ def test_corrupt_checkpoint_is_set_aside_and_retrained(tmp_path, monkeypatch, co
         torch.save({**saved, "curve": [_RunsCode(tmp_path / "ran")]}, checkpoint)
     elif isinstance(content, tuple):
         torch.save({**torch.load(checkpoint, weights_only=True), content[0]: content[1]}, checkpoint)
+    elif content == "nan":
+        saved = torch.load(checkpoint, weights_only=True)
+        name = next(name for name, value in saved["model"].items() if value.is_floating_point())
+        saved["model"][name] = torch.full_like(saved["model"][name], float("nan"))
+        torch.save(saved, checkpoint)
     else:
         checkpoint.write_bytes(content)
     result = _invoke(*args, "--out", "second")
