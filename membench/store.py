@@ -35,7 +35,7 @@ from membench.errors import MembenchError
 from membench.options import is_int
 
 RECORD_KEYS = ("run_id", "suite", "model", "task", "budget", "seed", "queries", "preset", "options",
-               "memory_floats", "errors", "environment", "command", "wall_time_s")
+               "memory_floats", "errors", "environment", "command", "wall_time_s", "training")
 _HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
 _UMASK = os.umask(0o022)  # read once (os.umask can only be read by setting it), then put back
 os.umask(_UMASK)
@@ -195,12 +195,17 @@ def unpack_errors(stored: Any) -> Any:
 
 
 def read_record(path: Path) -> dict[str, Any]:
-    """The record at `path`, its errors unpacked; MembenchError naming the file when it is not a complete record."""
+    """The record at `path`, its errors unpacked; MembenchError naming the file when it is not a complete record
+    or not the record of the run its name says (`ResultsStore.record_path`: runs/<run_id>.json)."""
     try:
         text = Path(path).read_text()
     except (OSError, UnicodeDecodeError) as exc:
         raise MembenchError(f"record {path} is unreadable ({type(exc).__name__}: {exc})") from None
-    return parse_record(text, f"record {path}")
+    record = parse_record(text, f"record {path}")
+    if record["run_id"] != Path(path).stem:
+        raise MembenchError(f"record {path} is the record of run {record['run_id']}, not of the run its name says "
+                            "(a record is runs/<its run_id>.json)")
+    return record
 
 
 def parse_record(text: str | bytes, name: str) -> dict[str, Any]:

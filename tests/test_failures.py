@@ -496,12 +496,19 @@ def test_a_record_with_no_per_query_errors_is_named_by_report(tmp_path):
     _one_clear_line(_invoke("report", "--out", str(tmp_path)), f"{path} holds no per-query errors", exit_code=1)
 
 
-@pytest.mark.parametrize("content", [b"", b'{"run_id": "x", "errors": [1', b"\x00garbage\xff", b'{"schema": 2}'])
+@pytest.mark.parametrize("content", [b"", b'{"run_id": "x", "errors": [1', b"\x00garbage\xff", b'{"schema": 2}',
+                                     "no training", "another run's"])
 def test_corrupt_record_is_named_by_report_and_repaired_by_run(tmp_path, content):
+    """Unreadable records, one without its training field and another run's record copied under this run's name
+    are named by report and made again by run."""
     args = ["--model", "raw_slots", "--num-patterns", "16", "--queries", "16", "--out", str(tmp_path), "--no-progress"]
     assert _invoke("run", *args).exit_code == 0
     (path,) = (tmp_path / "runs").glob("*.json")
     good = json.loads(path.read_text())
+    if content == "no training":
+        content = json.dumps({name: value for name, value in good.items() if name != "training"}).encode()
+    elif content == "another run's":
+        content = json.dumps({**good, "run_id": good["run_id"].replace("-N16-", "-N32-")}).encode()
     path.write_bytes(content)
     _one_clear_line(_invoke("report", "--out", str(tmp_path)), str(path), "rerun the `membench run` command that made it",
                     exit_code=1)
