@@ -195,17 +195,12 @@ def unpack_errors(stored: Any) -> Any:
 
 
 def read_record(path: Path) -> dict[str, Any]:
-    """The record at `path`, its errors unpacked; MembenchError naming the file when it is not a complete record
-    or not the record of the run its name says (`ResultsStore.record_path`: runs/<run_id>.json)."""
+    """The record at `path`, its errors unpacked; MembenchError naming the file when it is not a complete record."""
     try:
         text = Path(path).read_text()
     except (OSError, UnicodeDecodeError) as exc:
         raise MembenchError(f"record {path} is unreadable ({type(exc).__name__}: {exc})") from None
-    record = parse_record(text, f"record {path}")
-    if record["run_id"] != Path(path).stem:
-        raise MembenchError(f"record {path} is the record of run {record['run_id']}, not of the run its name says "
-                            "(a record is runs/<its run_id>.json)")
-    return record
+    return parse_record(text, f"record {path}")
 
 
 def parse_record(text: str | bytes, name: str) -> dict[str, Any]:
@@ -329,14 +324,20 @@ class ResultsStore:
         return self.runs_dir / f"{run_id}.json"
 
     def has(self, run_id: str) -> bool:
-        """True when a complete record exists; a corrupt one is reported and counts as unfinished."""
+        """True when the complete record of `run_id` is at its path; a corrupt one, or another run's record under
+        this run's name (a copy), is reported and counts as unfinished. (Reports read every record whatever its
+        file's name: copies of one run count once.)"""
         path = self.record_path(run_id)
         if not path.exists():
             return False
         try:
-            read_record(path)
+            held = read_record(path)["run_id"]
         except MembenchError as exc:
             warn(f"{exc}; treating the run as unfinished, it will be computed again and the file replaced")
+            return False
+        if held != run_id:
+            warn(f"record {path} is the record of run {held}, not of {run_id}; treating {run_id} as unfinished, it "
+                 "will be computed and the file replaced")
             return False
         return True
 

@@ -497,18 +497,15 @@ def test_a_record_with_no_per_query_errors_is_named_by_report(tmp_path):
 
 
 @pytest.mark.parametrize("content", [b"", b'{"run_id": "x", "errors": [1', b"\x00garbage\xff", b'{"schema": 2}',
-                                     "no training", "another run's"])
+                                     "no training"])
 def test_corrupt_record_is_named_by_report_and_repaired_by_run(tmp_path, content):
-    """Unreadable records, one without its training field and another run's record copied under this run's name
-    are named by report and made again by run."""
+    """Unreadable records, and one without its training field, are named by report and made again by run."""
     args = ["--model", "raw_slots", "--num-patterns", "16", "--queries", "16", "--out", str(tmp_path), "--no-progress"]
     assert _invoke("run", *args).exit_code == 0
     (path,) = (tmp_path / "runs").glob("*.json")
     good = json.loads(path.read_text())
     if content == "no training":
         content = json.dumps({name: value for name, value in good.items() if name != "training"}).encode()
-    elif content == "another run's":
-        content = json.dumps({**good, "run_id": good["run_id"].replace("-N16-", "-N32-")}).encode()
     path.write_bytes(content)
     _one_clear_line(_invoke("report", "--out", str(tmp_path)), str(path), "rerun the `membench run` command that made it",
                     exit_code=1)
@@ -516,6 +513,20 @@ def test_corrupt_record_is_named_by_report_and_repaired_by_run(tmp_path, content
     assert rerun.exit_code == 0 and "1 run(s) executed" in rerun.output, rerun.output
     assert f"{path} is" in rerun.output and "computed again" in rerun.output
     assert json.loads(path.read_text())["errors"] == good["errors"]
+
+
+def test_another_runs_record_under_this_runs_name_does_not_finish_this_run(tmp_path):
+    """A record of N = 32 copied over N = 16's file: the N = 16 run is made again (before, it counted as done
+    and its cell stayed blank) and its file holds its own record."""
+    args = ["--model", "raw_slots", "--num-patterns", "16,32", "--queries", "32", "--out", str(tmp_path), "--no-progress"]
+    assert _invoke("run", *args).exit_code == 0
+    paths = {json.loads(path.read_text())["task"]["num_patterns"]: path for path in (tmp_path / "runs").glob("*.json")}
+    good = json.loads(paths[16].read_text())
+    paths[16].write_text(paths[32].read_text())
+    rerun = _invoke("run", *args)
+    assert rerun.exit_code == 0 and "1 run(s) executed" in rerun.output, rerun.output
+    assert f"{paths[16]} is the record of run {paths[32].stem}, not of {paths[16].stem}" in rerun.output
+    assert json.loads(paths[16].read_text())["errors"] == good["errors"]
 
 
 def test_more_residual_blocks_than_the_image_size_halves_is_refused_by_name():

@@ -305,7 +305,7 @@ def test_long_error_lists_are_stored_packed_and_read_back_exactly(tmp_path):
     store = ResultsStore(tmp_path / "out")
     base = {**{key: 0 for key in store_module.RECORD_KEYS}, "task": {"kind": "binary", "num_patterns": 16, "dim": 128, "erased": 64},
             "environment": {"device": "cpu"}, "options": {}, "suite": "table1", "model": "raw_slots",
-            "preset": "quick", "command": "membench run"}
+            "preset": "quick", "command": "membench run", "training": None}
     path = store.save({**base, "run_id": "packed", "errors": errors})
     assert path.stat().st_size < len(json.dumps(errors)) / 3
     assert store_module.read_record(path)["errors"] == errors

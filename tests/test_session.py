@@ -467,7 +467,7 @@ def test_unpack_keeps_a_record_with_more_queries_than_the_archives(tmp_path: Pat
     record = {"run_id": "hebb", "suite": "table1", "model": "hopfield_hebb", "task": {"kind": "binary",
               "num_patterns": 1, "dim": 128, "erased": 64}, "budget": 8256, "seed": 0, "queries": 3, "preset": "quick", "options": {},
               "memory_floats": 8256, "environment": {"device": "cpu"}, "command": "membench run",
-              "wall_time_s": 1.0, "finished_at": "2026-12-01T00:00:00Z"}
+              "wall_time_s": 1.0, "finished_at": "2026-12-01T00:00:00Z", "training": None}
     write_json_atomic(root / run, {**record, "errors": [1.0, 0.0, 2.0]})
     fewer = {**record, "errors": [5.0], "finished_at": "2026-12-02T00:00:00Z"}
     more = {**record, "errors": [5.0, 5.0, 5.0, 5.0]}
