@@ -118,7 +118,8 @@ def execute(spec: RunSpec, store: ResultsStore, device: torch.device, checkpoint
         raise explained from None
 
 
-def _sized_or_optioned(spec: RunSpec, exc: Exception, where: traceback.FrameSummary) -> MembenchError | None:
+def _sized_or_optioned(spec: RunSpec, exc: Exception, where: traceback.FrameSummary,
+                       outcome: str = "no record was written") -> MembenchError | None:
     """The one-line error (naming where it was raised) for a built-in model's failure that the run's input can
     explain: memory it cannot allocate (sizes too large), or an error of a run with options (a value out of
     the model's range); None for any other failure, which is membench's own and keeps its traceback."""
@@ -127,11 +128,10 @@ def _sized_or_optioned(spec: RunSpec, exc: Exception, where: traceback.FrameSumm
             phrase in str(exc) for phrase in ("allocate", "out of memory", "size calculation overflowed"))):
         return MembenchError(f"model '{spec.model}' ran out of memory at N={spec.task['num_patterns']} with budget "
                              f"{spec.budget} and options {spec.options} ({message}); lower --num-patterns, --budget "
-                             "or the sizes the options give (a learned model's train.batch_size too); no record "
-                             "was written")
+                             f"or the sizes the options give (a learned model's train.batch_size too); {outcome}")
     if spec.options and isinstance(exc, (ValueError, RuntimeError, AssertionError, OverflowError)):
         return MembenchError(f"model '{spec.model}' failed with options {spec.options} ({message}); where an "
-                             "option's value caused it, change it; no record was written")
+                             f"option's value caused it, change it; {outcome}")
     return None
 
 
@@ -232,6 +232,13 @@ def checked_specs(specs: list[RunSpec]) -> list[RunSpec]:
                 raise
             raise UnknownOption(f"{exc} (--option applies to every model of the run: name the ones it is for with "
                                 "--model)") from None
+        except MembenchError:
+            raise
+        except Exception as exc:  # noqa: BLE001 (a built-in model built with the run's sizes or options)
+            explained = _sized_or_optioned(spec, exc, traceback.extract_tb(exc.__traceback__)[-1], "no run was started")
+            if explained is None:
+                raise
+            raise explained from None
     return checked
 
 

@@ -468,6 +468,19 @@ def test_misused_commands_get_one_line_naming_the_fix(tmp_path, monkeypatch, arg
     assert not (tmp_path / "results").exists()  # throughput: nothing timed, no table written
 
 
+@pytest.mark.parametrize("args, fragment", [
+    (["--budget", "99999999999999999999"], "ran out of memory at N=16 with budget 99999999999999999999"),
+    (["--option", "seed=100000000000000000000000"], "failed with options {'seed': 100000000000000000000000}"),
+])
+def test_a_built_in_model_that_cannot_be_built_with_the_runs_sizes_is_refused_before_any_run(tmp_path, args, fragment):
+    """The checks before any run build each model: an impossible size or option value gets the runs' own one line
+    (naming the model's line), not a traceback."""
+    result = _invoke("run", "--model", "sparse_distributed_memory", "--num-patterns", "16", *args,
+                     "--out", str(tmp_path / "out"), "--no-progress")
+    _one_clear_line(result, fragment, "baselines/sdm.py:", "no run was started", exit_code=1)
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_file_path_for_a_model_is_told_to_name_the_module(tmp_path):
     _one_clear_line(_invoke("run", "--model", "./own.py:Soft", "--out", str(tmp_path), "--no-progress"),
                     "'./own.py:Soft' names a file; give a module name and class, e.g. 'own:Soft'", exit_code=1)
