@@ -1,11 +1,12 @@
-"""The fresh-process read: a model from outside membench reads its probe state again in a new interpreter.
+"""The fresh-process read: a model from outside membench reads its evaluated states again in a new interpreter.
 
 Inside one process a model could keep what it writes beside the measured state, in a module-level
 table keyed by the patterns' content or by a value its state carries, and no check there can tell.
 A new interpreter has no such table: the runner rebuilds the model there from its run (the same seed,
-so the same initial values) and its weights, gives it the sealed state and queries of the run's first
-evaluated batch, and requires the same retrievals (`check`). Built-in models are reviewed code and skip it (an interpreter
-start costs seconds); files on disk stay open to a model, as the README says.
+so the same initial values) and its weights, gives it the sealed state and queries of every evaluated
+batch of the run, and requires the same retrievals (`check`): a model honest on the first batch and not
+on a later one is caught too. Built-in models are reviewed code and skip it (an interpreter start costs
+seconds); files on disk stay open to a model, as the README says.
 
 Run as `python -m membench.fresh_read FILE`: the child's side (`_child`).
 """
@@ -32,10 +33,10 @@ CHILD_TIMEOUT_S = 600
 _PASSED: set[str] = set()  # (model, its source, task, budget, options, seed, device) checked in this process
 
 
-def audit(spec: Any, model: AssociativeMemory, state: Any, queries: torch.Tensor, device: torch.device) -> None:
-    """Read the written `state` (an evaluated batch's) and `queries` (B, N, *S) here and `check` the read in a
-    new process, both from seed 0; once per process for a model's source and run (its other numbers of
-    queries repeat the check of the same code)."""
+def audit(spec: Any, model: AssociativeMemory, batches: list[tuple[Any, torch.Tensor]], device: torch.device) -> None:
+    """Read each evaluated batch's written state and queries (B, N, *S) of `batches` here and `check` the reads in
+    one new process, each read from seed 0; once per process for a model's source and run (its other numbers
+    of queries repeat the check of the same code)."""
     from membench.budget import sealed
     from membench.integrity import checked_retrievals
     from membench.registry import model_source_digest
@@ -45,24 +46,27 @@ def audit(spec: Any, model: AssociativeMemory, state: Any, queries: torch.Tensor
                       spec.preset, spec.seed, str(device)], sort_keys=True, default=str)
     if key in _PASSED:
         return
-    state = sealed(state)
+    reads = []
     with torch.no_grad(), forked_generators(device):
-        seed_all(0)
-        retrievals = checked_retrievals(model.read(sealed(state), queries.clone()), queries, spec.model)
-    check(spec, model, state, queries, retrievals, device)
+        for state, queries in batches:
+            seed_all(0)
+            retrievals = checked_retrievals(model.read(sealed(state), queries.clone()), queries, spec.model)
+            reads.append((sealed(state), queries, retrievals))
+    check(spec, model, reads, device)
     _PASSED.add(key)
 
 
-def check(spec: Any, model: AssociativeMemory, state: Any, queries: torch.Tensor, retrievals: torch.Tensor,
+def check(spec: Any, model: AssociativeMemory, reads: list[tuple[Any, torch.Tensor, torch.Tensor]],
           device: torch.device) -> None:
     """MembenchError unless the run `spec`'s model, rebuilt in a new interpreter on `device` with `model`'s
-    weights, reads the sealed `state` and `queries` (B, N, *S) into `retrievals` (as `model` did, seed 0)."""
+    weights, reads each sealed state and queries (B, N, *S) of `reads` into its retrievals (as `model` did, each
+    read from seed 0)."""
     from membench.datasets import data_dir
 
     with tempfile.TemporaryDirectory() as scratch:
         task_file, answer = Path(scratch) / "task.pt", Path(scratch) / "answer.pt"
-        torch.save({"spec": dataclasses.asdict(spec), "weights": model.state_dict(), "state": state,
-                    "queries": queries, "device": str(device)}, task_file)
+        torch.save({"spec": dataclasses.asdict(spec), "weights": model.state_dict(), "device": str(device),
+                    "reads": [(state, queries) for state, queries, _ in reads]}, task_file)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), *sys.path]),
                "MEMBENCH_DATA": str(Path(data_dir()).resolve())}  # --data-dir set it in this process only
         try:
@@ -76,17 +80,18 @@ def check(spec: Any, model: AssociativeMemory, state: Any, queries: torch.Tensor
             raise MembenchError(f"model '{spec.model}' could not be rebuilt and read in a fresh process ({last}); "
                                 "a model must be importable as module:Class (not defined in a script's __main__) "
                                 "and build from its run (name, task, budget, options) alone")
-        again = torch.load(answer, map_location=retrievals.device, weights_only=True)
-    if again.shape != retrievals.shape or not torch.allclose(again, retrievals, rtol=TOLERANCE, atol=TOLERANCE,
-                                                             equal_nan=True):
-        raise MembenchError(
-            f"model '{spec.model}' retrieved differently in a fresh process from the same state, queries and "
-            "weights; read must depend only on those (a table kept in a module, keyed by the patterns or by "
-            "a value of the state, is not the state)")
+        again = torch.load(answer, map_location="cpu", weights_only=True)
+    for number, ((_, _, retrievals), fresh) in enumerate(zip(reads, again), 1):
+        if fresh.shape != retrievals.shape or not torch.allclose(fresh, retrievals.cpu(), rtol=TOLERANCE,
+                                                                 atol=TOLERANCE, equal_nan=True):
+            raise MembenchError(
+                f"model '{spec.model}' retrieved differently in a fresh process from the same state, queries and "
+                f"weights (evaluated batch {number} of {len(reads)}); read must depend only on those (a table kept "
+                "in a module, keyed by the patterns or by a value of the state, is not the state)")
 
 
 def _child(task_file: str, answer: str) -> None:
-    """Rebuild the run's model (its seed, then its weights), read the state, save the retrievals."""
+    """Rebuild the run's model (its seed, then its weights), read each state, save the retrievals."""
     from membench.registry import make_task, resolve_model
     from membench.build import build_model, resolve_device
     from membench.tasks import seed_all
@@ -101,10 +106,12 @@ def _child(task_file: str, answer: str) -> None:
     model = build_model(spec, task).to(device)
     model.load_state_dict(saved["weights"], strict=False)  # a buffer a read registers lazily is not missing
     model.eval()
-    seed_all(0)
+    answers = []
     with torch.no_grad():
-        retrievals = model.read(saved["state"], saved["queries"].clone())
-    torch.save(retrievals.detach().cpu(), answer)
+        for state, queries in saved["reads"]:
+            seed_all(0)
+            answers.append(model.read(state, queries.clone()).detach().cpu())
+    torch.save(answers, answer)
 
 
 if __name__ == "__main__":

@@ -67,12 +67,13 @@ def evaluate(model: AssociativeMemory, task: Task, spec: RunSpec, device: torch.
 
     Every batch's state must meet the probe's `contract` (count and layout); the model writes and reads
     copies, so the patterns it is scored against are the runner's own. A model from outside membench reads
-    the first test batch again in a fresh process (membench.fresh_read)."""
+    every test batch again in a fresh process (membench.fresh_read)."""
     offset = EVAL_STREAM if split == "test" else TRAIN_SPLIT_STREAM
     generator = torch.Generator().manual_seed(spec.seed + offset)
     seed_all(spec.seed)  # models that draw random numbers (e.g. update orders) get the same ones
     num_episodes = math.ceil((queries or spec.queries) / task.spec.num_patterns)
     errors: list[float] = []
+    audited = [] if split == "test" and not is_builtin_model(type(model)) else None  # read again elsewhere
     model.eval()
     with torch.no_grad():
         for start in range(0, num_episodes, EVAL_EPISODES_PER_BATCH):
@@ -82,13 +83,15 @@ def evaluate(model: AssociativeMemory, task: Task, spec: RunSpec, device: torch.
             contract.check(state, batch)
             retrievals = checked_retrievals(model.read(sealed(state), episodes.queries.clone()), episodes.queries,
                                             spec.model)
-            if start == 0 and split == "test" and not is_builtin_model(type(model)):  # read again elsewhere
-                fresh_read.audit(spec, model, state, episodes.queries, device)
+            if audited is not None:
+                audited.append((state, episodes.queries))
             if not torch.isfinite(retrievals).all():
                 raise MembenchError(f"model '{spec.model}' returned NaN or inf retrievals (N={task.spec.num_patterns}, "
                                     f"seed={spec.seed}); its read is numerically unstable (guard its divisions, logs "
                                     "and exponentials), so no record was written")
             errors.extend(task.errors(retrievals, episodes.patterns).flatten().cpu().tolist())
+    if audited:
+        fresh_read.audit(spec, model, audited, device)
     return errors
 
 

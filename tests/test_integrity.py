@@ -369,6 +369,16 @@ class KeyedByItsState(StoresEverything):
         return StoresEverything.read(self, torch.stack([k[1] for k in kept]), queries)
 
 
+class LateKeyed(KeyedByItsState):
+    """KeyedByItsState on every write but the first evaluated batch's (64 episodes), where it keeps nothing: a
+    fresh-process read of that batch alone finds it honest."""
+
+    def write(self, patterns):
+        if patterns.shape[0] == 64:
+            return torch.zeros(64, 1)  # key 0: never in the table, read as the queries themselves
+        return super().write(patterns)
+
+
 class RandomFromEverywhere(StoresEverything):
     """Honest, and random three ways: a projection drawn from NumPy's global generator at build (not a
     parameter or buffer), and Python's and torch's generators in every read."""
@@ -455,6 +465,16 @@ def test_cheating_models_are_refused_in_one_line_and_nothing_is_written(cls, mes
     assert "\n" not in str(caught.value)
     assert ResultsStore(tmp_path).records() == []
 
+
+
+def test_a_model_honest_on_the_first_evaluated_batch_only_is_refused(tmp_path):
+    """1100 queries at N = 16 are two evaluated batches (64 and 5 episodes): every one is read again in the fresh
+    process, so keeping the second's patterns in a module-level table is caught."""
+    specs = get_suite("table1").expand("table1", (f"{__name__}:LateKeyed",), (0,), 1100, "quick", (16,))
+    with pytest.raises(MembenchError, match=r"LateKeyed' retrieved differently in a fresh process from the same state, "
+                                            r"queries and weights \(evaluated batch 2 of 2\)"):
+        run_all(specs, tmp_path, device="cpu", progress=False)
+    assert ResultsStore(tmp_path).records() == []
 
 
 def test_a_leaf_shared_by_the_episodes_keeps_its_layout_in_a_batch_of_one(tmp_path):
