@@ -3,6 +3,7 @@ commands of membench.cli_sessions (`session | pack | unpack | ship | set-aside |
 `membench` group."""
 from __future__ import annotations
 
+import contextlib
 import shlex
 import sys
 from pathlib import Path
@@ -135,13 +136,16 @@ def run(suite, models, num_patterns, seeds, queries, preset, budget, device, out
     chosen, specs = suite_runs(suite, models, num_patterns, seeds, queries, preset, budget, options)
     if address and launcher != "ray":
         raise MembenchError("--address is for --launcher ray; add --launcher ray or drop --address")
-    made = not out.exists()
+    made = [folder for folder in (out, *out.absolute().parents) if not folder.exists()]  # deepest first
     try:
         done = run_all(specs, out, device=device, force=force, checkpoint_dir=checkpoint_dir, progress=progress,
                        train_time_limit_s=train_time_limit, launcher=launcher, address=address, train=not no_train)
     except BaseException:  # bad input found only while running, Ctrl-C, a full disk
-        if made:  # leave no empty output folder behind
+        if made:  # leave no empty output folder behind, nor the folders made to hold it
             discard_if_unused(out)
+            for folder in made[1:]:
+                with contextlib.suppress(OSError):  # not empty: something else was written there meanwhile
+                    folder.rmdir()
         raise
     now = [r["training"]["trained_by_this_run"] for r in done if r.get("training")]
     if not now:

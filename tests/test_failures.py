@@ -494,10 +494,13 @@ def test_a_model_path_without_a_module_or_a_class_name_says_the_form(tmp_path, m
 
 
 def test_memory_networks_beyond_the_budget_and_small_raw_slots(tmp_path):
+    """Refused when their runs start: the output folder, and the folders made to hold it, are gone again."""
+    out = str(tmp_path / "a" / "b" / "out")
     _one_clear_line(_invoke("run", "--suite", "table1-learned", "--model", "memory_networks", "--num-patterns", "9000",
-                            "--out", str(tmp_path), "--no-progress"), "no value per slot for N=9000", exit_code=1)
+                            "--out", out, "--no-progress"), "no value per slot for N=9000", exit_code=1)
     _one_clear_line(_invoke("run", "--model", "raw_slots", "--budget", "100", "--num-patterns", "16",
-                            "--out", str(tmp_path), "--no-progress"), "no whole pattern of 128 values", exit_code=1)
+                            "--out", out, "--no-progress"), "no whole pattern of 128 values", exit_code=1)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_record_with_no_per_query_errors_is_named_by_report(tmp_path):
