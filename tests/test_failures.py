@@ -500,7 +500,7 @@ def test_memory_networks_beyond_the_budget_and_small_raw_slots(tmp_path):
                             "--out", out, "--no-progress"), "no value per slot for N=9000", exit_code=1)
     _one_clear_line(_invoke("run", "--model", "raw_slots", "--budget", "100", "--num-patterns", "16",
                             "--out", out, "--no-progress"), "no whole pattern of 128 values", exit_code=1)
-    assert list(tmp_path.iterdir()) == []
+    assert not (tmp_path / "a").exists()
 
 
 def test_a_record_with_no_per_query_errors_is_named_by_report(tmp_path):
