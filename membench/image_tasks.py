@@ -90,9 +90,12 @@ class ImageTask(Task):
             raise MembenchError(
                 f"this run was defined on {self.dataset_name} data '{data}', but {datasets.data_dir()} holds "
                 f"'{self.dataset.fingerprint()}'; point --data-dir at the original data or use a new output directory")
-        smallest = min(len(self.dataset.train), len(self.dataset.test))
-        if num_patterns > smallest:
-            raise MembenchError(f"num_patterns={num_patterns} exceeds the {smallest} images of the smaller split")
+        sizes = {"train": len(self.dataset.train), "test": len(self.dataset.test)}
+        split = min(sizes, key=sizes.get)
+        if num_patterns > sizes[split]:
+            raise MembenchError(f"num_patterns={num_patterns} exceeds the {sizes[split]} images of the {split} split "
+                                f"of {self.dataset_name} in {datasets.data_dir()}; give a smaller --num-patterns, or "
+                                "point --data-dir at data with more")
         self.spec = TaskSpec(pattern_shape=(self.channels, image_size, image_size), num_patterns=num_patterns,
                              binary=self.binary, fill_value=0.5, clamp_known=self.corruption != "noise")
 

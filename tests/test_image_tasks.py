@@ -105,7 +105,8 @@ def test_config_is_json_and_round_trips(data_root):
 def test_refuses_other_data_and_too_many_patterns(data_root):
     with pytest.raises(MembenchError, match="defined on omniglot data 'images_background.zip"):
         OmniglotTask(num_patterns=4, data="images_background.zip (train 19280, test 13180)")
-    with pytest.raises(MembenchError, match="exceeds the 30 images"):
+    with pytest.raises(MembenchError, match="exceeds the 30 images of the test split of omniglot in .*; give a smaller "
+                                            "--num-patterns"):
         OmniglotTask(num_patterns=64)
 
 
