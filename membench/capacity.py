@@ -30,13 +30,14 @@ from membench.suites import BUDGET_NUM_PATTERNS, CAPACITY_MODELS, RunSpec, decla
 
 # ---------------------------------------------------------------- figures and tables from records
 
-def _task_of(table: str) -> tuple[dict[str, Any], int]:
+def task_of(table: str) -> tuple[dict[str, Any], int]:
+    """A table's key (`report.task_key`) -> (task without N, budget)."""
     key = json.loads(table)
     return key["task"], key["budget"]
 
 
 def _title(table: str) -> str:
-    task, budget = _task_of(table)
+    task, budget = task_of(table)
     dim = task.get("dim", 128)
     if task.get("flip"):
         what = f"{round(task['flip'] * dim)} of {dim} bits flipped (flip {task['flip']:g}), none erased"
@@ -46,11 +47,12 @@ def _title(table: str) -> str:
 
 
 def _table_order(table: str) -> tuple:
-    task, budget = _task_of(table)
+    task, budget = task_of(table)
     return (float(task.get("flip", 0.0)), task.get("dim", 0), task.get("erased", 0), budget)
 
 
-def _row_order(rows: list[str], model_of: dict[str, str]) -> list[str]:
+def row_order(rows: list[str], model_of: dict[str, str]) -> list[str]:
+    """`rows` in CAPACITY_MODELS' order of their models (`model_of`: row -> model), others after, by name."""
     order = list(CAPACITY_MODELS)
     return sorted(rows, key=lambda r: (order.index(model_of[r]) if model_of[r] in order else len(order), r))
 
@@ -58,7 +60,7 @@ def _row_order(rows: list[str], model_of: dict[str, str]) -> list[str]:
 def _absent(summary, table: str) -> list[str]:
     """Rows swept over budgets elsewhere (run at two or more budgets) that the table lacks because their
     state would exceed its budget; rows run at one budget only (e.g. the learned ones) are not expected."""
-    task, budget = _task_of(table)
+    task, budget = task_of(table)
     here = set(summary[summary.table == table]["row"])
     budgets = summary.groupby("row")["budget"].nunique()
     notes = []
@@ -84,7 +86,7 @@ def _count_at(record, task: dict[str, Any], budget: int, num_patterns: int) -> i
         return False
 
 
-def _summary(records: list[dict[str, Any]]):
+def summary_and_records(records: list[dict[str, Any]]):
     """(summary frame of `records` with half_width, records kept, duplicates dropped)."""
     from membench.report import distinct, summarise
 
@@ -102,31 +104,31 @@ def capacity_summary(out_dir: Path):
     if not records:
         raise MembenchError(f"no finished binary-task runs in {out_dir}/runs; run a capacity-* suite first, e.g. "
                             f"`membench run --suite capacity-n --out {out_dir}`")
-    summary, records, dropped = _summary(records)
-    tasks = [_task_of(t) for t in summary["table"]]
+    summary, records, dropped = summary_and_records(records)
+    tasks = [task_of(t) for t in summary["table"]]
     summary["dim"] = [t.get("dim") for t, _ in tasks]
     summary["erased"] = [t.get("erased") for t, _ in tasks]
     summary["flip"] = [float(t.get("flip", 0.0)) for t, _ in tasks]
     return summary, records, dropped
 
 
-def _section(summary, records: list[dict[str, Any]], table: str, title: str, notes: list[str]) -> str:
+def table_section(summary, records: list[dict[str, Any]], table: str, title: str, notes: list[str]) -> str:
     """The markdown section of one task and budget: `title`, provenance, `notes`, then model x N cells."""
     from tabulate import tabulate
 
-    from membench.report import _cell, _commits, seed_sets, span, task_key
+    from membench.report import cell_text, commits_text, seed_sets, span, task_key
 
     part = summary[summary.table == table]
     model_of = dict(zip(part["row"], part["model"]))
     columns = sorted(part["num_patterns"].unique())
     cells = []
-    for row in _row_order(list(model_of), model_of):
+    for row in row_order(list(model_of), model_of):
         line = [row]
         for n in columns:
             match = part[(part.row == row) & (part.num_patterns == n)]
-            line.append(_cell(match.iloc[0]) if len(match) else "")
+            line.append(cell_text(match.iloc[0]) if len(match) else "")
         cells.append(line)
-    commits = _commits([r for r in records if task_key(r) == table])
+    commits = commits_text([r for r in records if task_key(r) == table])
     paused = part[part["paused"]].groupby("row")["trained_on"].agg(lambda texts: ", ".join(sorted(set(texts))))
     lines = [f"Queries per cell: {span(part['num_queries'])}; seeds: {seed_sets(part['seeds'])}; "
              f"device · torch: {', '.join(sorted(set(part['versions'])))}; "
@@ -143,7 +145,7 @@ def capacity_markdown(summary, records: list[dict[str, Any]], dropped: int) -> s
     for table in sorted(summary["table"].unique(), key=_table_order):
         absent = _absent(summary, table)
         notes = ["Absent (state over this budget): " + ", ".join(absent) + "."] if absent else []
-        sections.append(_section(summary, records, table, _title(table), notes))
+        sections.append(table_section(summary, records, table, _title(table), notes))
     pivot = _budget_pivot(summary)
     header = ["# Capacity of the memories", "",
               "Error bits per query (wrong bits of all 128, an undecided 0.5 counts as wrong): mean ± half-width "
@@ -159,7 +161,7 @@ def _budget_pivot(summary) -> str:
     """Model x budget at N = BUDGET_NUM_PATTERNS on the erasure task, where several budgets were run."""
     from tabulate import tabulate
 
-    from membench.report import _cell
+    from membench.report import cell_text
 
     part = summary[(summary.flip == 0) & (summary.num_patterns == BUDGET_NUM_PATTERNS)]
     if part.empty or part["budget"].nunique() < 2:
@@ -171,15 +173,15 @@ def _budget_pivot(summary) -> str:
             continue
         model_of = dict(zip(group["row"], group["model"]))
         cells = []
-        for row in _row_order(list(model_of), model_of):
+        for row in row_order(list(model_of), model_of):
             line = [row]
             for budget in budgets:
                 match = group[(group.row == row) & (group.budget == budget)]
                 if len(match):
-                    line.append(_cell(match.iloc[0]))
+                    line.append(cell_text(match.iloc[0]))
                     continue
                 record = group[group.row == row].iloc[0]
-                count = _count_at(record, _task_of(record["table"])[0], int(budget), BUDGET_NUM_PATTERNS)
+                count = _count_at(record, task_of(record["table"])[0], int(budget), BUDGET_NUM_PATTERNS)
                 line.append("cannot be built" if count is False else "over budget" if count is None or count > budget
                             else "not run")
             cells.append(line)
@@ -197,7 +199,7 @@ LINE_STYLES = ("-", "--", "-.", ":")
 MARKERS = ("o", "s", "^", "v", "D", "x", "+", "*")
 
 
-def _styles(rows: list[str]) -> dict[str, dict[str, Any]]:
+def row_styles(rows: list[str]) -> dict[str, dict[str, Any]]:
     """Colour, line style and marker per row, fixed by the model order (so every figure agrees);
     styles and markers vary too, so that coinciding lines stay visible."""
     import matplotlib
@@ -208,13 +210,15 @@ def _styles(rows: list[str]) -> dict[str, dict[str, Any]]:
                   "marker": MARKERS[order.index(row) % len(MARKERS)]} for row in rows}
 
 
-def _line(ax, frame, x: str, label: str, style: dict[str, Any]) -> None:
+def plot_line(ax, frame, x: str, label: str, style: dict[str, Any]) -> None:
+    """One row's mean error against column `x` of `frame` (sorted by it) on `ax`, its 95% interval shaded."""
     frame = frame.sort_values(x)
     ax.plot(frame[x], frame["mean"], markersize=4, markerfacecolor="none", label=label, **style)
     ax.fill_between(frame[x], frame["ci_low"], frame["ci_high"], color=style["color"], alpha=0.2, linewidth=0)
 
 
-def _save(fig, out_dir: Path, name: str) -> list[Path]:
+def save_figure(fig, out_dir: Path, name: str) -> list[Path]:
+    """`fig` as out_dir/name.png and .pdf; returns the two paths."""
     from membench.plots import save
 
     paths = [Path(out_dir) / f"{name}.png", Path(out_dir) / f"{name}.pdf"]
@@ -223,7 +227,8 @@ def _save(fig, out_dir: Path, name: str) -> list[Path]:
     return paths
 
 
-def _log2_axis(ax, values) -> None:
+def log2_axis(ax, values) -> None:
+    """A base-2 log x axis with a tick at each of `values`."""
     ax.set_xscale("log", base=2)
     ax.set_xticks(list(values))
     ax.set_xticklabels([str(v) for v in values])
@@ -260,7 +265,7 @@ def binary_capacity_figures(out_dir: Path) -> list[Path]:
 
     out_dir = Path(out_dir)
     summary, records, dropped = capacity_summary(out_dir)
-    styles = _styles(sorted(summary["row"].unique()))
+    styles = row_styles(sorted(summary["row"].unique()))
     plt = pyplot()
     paths: list[Path] = []
 
@@ -270,20 +275,20 @@ def binary_capacity_figures(out_dir: Path) -> list[Path]:
         fig, axes = plt.subplots(1, len(n_tables), figsize=(6.4 * len(n_tables), 4.6), squeeze=False)
         for ax, table in zip(axes[0], n_tables):
             part = erasure[erasure.table == table]
-            for row in _row_order(list(part["row"].unique()), dict(zip(part["row"], part["model"]))):
-                _line(ax, part[part.row == row], "num_patterns", row, styles[row])
-            task, budget = _task_of(table)
+            for row in row_order(list(part["row"].unique()), dict(zip(part["row"], part["model"]))):
+                plot_line(ax, part[part.row == row], "num_patterns", row, styles[row])
+            task, budget = task_of(table)
             slots = budget // task.get("dim", 128)
             ax.axvline(slots, color="grey", linestyle=":", linewidth=1)
             ax.text(slots, 0.97, f" {slots} patterns fit whole", transform=ax.get_xaxis_transform(), fontsize=7,
                     color="grey", va="top")
-            _log2_axis(ax, sorted(part["num_patterns"].unique()))
+            log2_axis(ax, sorted(part["num_patterns"].unique()))
             ax.set(xlabel="N (patterns written)", ylabel="error bits per query", title=_title(table))
             ax.title.set_fontsize(9)
             ax.grid(alpha=0.3)
         axes[0][0].legend(fontsize=7)
         fig.tight_layout()
-        paths += _save(fig, out_dir, "capacity_n")
+        paths += save_figure(fig, out_dir, "capacity_n")
         plt.close(fig)
 
     at_n = erasure[erasure.num_patterns == BUDGET_NUM_PATTERNS]
@@ -294,17 +299,17 @@ def binary_capacity_figures(out_dir: Path) -> list[Path]:
         for ax, ((dim, erased), group) in zip(axes[0], budget_groups):
             budgets = sorted(group["budget"].unique())
             over, not_run = [], []
-            for row in _row_order(list(group["row"].unique()), dict(zip(group["row"], group["model"]))):
+            for row in row_order(list(group["row"].unique()), dict(zip(group["row"], group["model"]))):
                 mine = group[group.row == row]
-                _line(ax, mine, "budget", row, styles[row])
+                plot_line(ax, mine, "budget", row, styles[row])
                 missing = [int(b) for b in budgets if b not in set(mine["budget"])]
-                counts = [_count_at(mine.iloc[0], _task_of(mine.iloc[0]["table"])[0], b, BUDGET_NUM_PATTERNS)
+                counts = [_count_at(mine.iloc[0], task_of(mine.iloc[0]["table"])[0], b, BUDGET_NUM_PATTERNS)
                           for b in missing]
                 if any(c is None or (c is not False and c > b) for c, b in zip(counts, missing)):
                     over.append(row)
                 elif missing:
                     not_run.append(row)
-            _log2_axis(ax, budgets)
+            log2_axis(ax, budgets)
             ax.set_xticklabels([f"{b}\n({b // dim} patterns)" for b in budgets], fontsize=8)
             ax.set(xlabel="budget (float32 values)", ylabel="error bits per query",
                    title=f"N = {BUDGET_NUM_PATTERNS}, {dim}-bit patterns, {erased} bits erased")
@@ -316,7 +321,7 @@ def binary_capacity_figures(out_dir: Path) -> list[Path]:
         if notes:  # below the axes, so that a long list does not squeeze them
             fig.text(0.5, 0.005, "; ".join(notes), ha="center", fontsize=7, color="grey", wrap=True)
         fig.tight_layout(rect=(0, 0.08 if notes else 0, 1, 1))
-        paths += _save(fig, out_dir, "capacity_budget")
+        paths += save_figure(fig, out_dir, "capacity_budget")
         plt.close(fig)
 
     flipped = summary[summary.flip > 0]
@@ -326,15 +331,15 @@ def binary_capacity_figures(out_dir: Path) -> list[Path]:
         unchanged: set[str] | None = None  # rows whose error is exactly the flipped bits everywhere
         for ax, table in zip(axes[0], tables):
             part = flipped[flipped.table == table]
-            task, budget = _task_of(table)
-            for row in _row_order(list(part["row"].unique()), dict(zip(part["row"], part["model"]))):
-                _line(ax, part[part.row == row], "num_patterns", row, styles[row])
+            task, budget = task_of(table)
+            for row in row_order(list(part["row"].unique()), dict(zip(part["row"], part["model"]))):
+                plot_line(ax, part[part.row == row], "num_patterns", row, styles[row])
             bits = round(task["flip"] * task.get("dim", 128))
             ax.axhline(bits, color="grey", linestyle="--", linewidth=1)
             on_line = {row for row, g in part.groupby("row")  # every query exactly the flips (one episode: mean)
                        if all((g[bound].fillna(g["mean"]) == bits).all() for bound in ("ci_low", "ci_high"))}
             unchanged = on_line if unchanged is None else unchanged & on_line
-            _log2_axis(ax, sorted(part["num_patterns"].unique()))
+            log2_axis(ax, sorted(part["num_patterns"].unique()))
             ax.set(xlabel="N (patterns written)", title=f"flip {task['flip']:g}: {bits} of {task.get('dim', 128)} "
                                                         f"bits flipped; budget {budget}")
             ax.title.set_fontsize(9)
@@ -344,11 +349,11 @@ def binary_capacity_figures(out_dir: Path) -> list[Path]:
         note = "Dashed: the error of returning the query unchanged (the flipped bits)."
         if unchanged:
             note += (" Every query exactly on it, at every N and rate: "
-                     + ", ".join(_row_order(sorted(unchanged), {r: r for r in unchanged}))
+                     + ", ".join(row_order(sorted(unchanged), {r: r for r in unchanged}))
                      + " (a flipped query has no 0.5 entry, so a read that keeps known bits clamped returns it as is).")
         fig.text(0.5, 0.005, note, ha="center", fontsize=7, wrap=True)
         fig.tight_layout(rect=(0, 0.05, 1, 1))
-        paths += _save(fig, out_dir, "capacity_flip")
+        paths += save_figure(fig, out_dir, "capacity_flip")
         plt.close(fig)
 
     markdown = capacity_markdown(summary, records, dropped)

@@ -18,7 +18,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from membench.capacity import _line, _log2_axis, _row_order, _save, _section, _styles, _summary, _task_of
+from membench.capacity import (log2_axis, plot_line, row_order, row_styles, save_figure, summary_and_records,
+                               table_section, task_of)
 from membench.errors import DatasetMissing, MembenchError
 from membench.image_tasks import Cifar10Task, ImageTask, OmniglotTask
 from membench.store import warn
@@ -39,7 +40,7 @@ def _corruption(task: dict[str, Any]) -> tuple[str, float]:
 
 
 def _image_table_order(table: str) -> tuple:
-    task, budget = _task_of(table)
+    task, budget = task_of(table)
     name, level = _corruption(task)
     return (list(IMAGE_TASKS).index(task["kind"]), task["image_size"], CORRUPTIONS.index(name), level, budget,
             task.get("data", ""))
@@ -47,7 +48,7 @@ def _image_table_order(table: str) -> tuple:
 
 def _image_title(table: str, panel: bool = False) -> str:
     """'<data set> <size>, <corruption>; budget ...' (a panel's title: corruption and budget on two lines)."""
-    task, budget = _task_of(table)
+    task, budget = task_of(table)
     name, level = _corruption(task)
     size = task["image_size"]
     pixels = size * size
@@ -63,7 +64,7 @@ def _image_left_out(part, table: str) -> list[str]:
     budget (grouped by reason); DatasetMissing when the task cannot be rebuilt here (data absent or different)."""
     from membench.registry import make_task
 
-    task, budget = _task_of(table)
+    task, budget = task_of(table)
     task = {**task, "num_patterns": int(part["num_patterns"].min())}
     missing = [model for model in IMAGE_CAPACITY_MODELS if model not in set(part["model"])]
     if missing:
@@ -95,8 +96,8 @@ def image_capacity_summary(out_dir: Path):
     if not records:
         raise MembenchError(f"no finished image-task runs in {out_dir}/runs; run capacity-omniglot or "
                             f"capacity-cifar first, e.g. `membench run --suite capacity-omniglot --out {out_dir}`")
-    summary, records, dropped = _summary(records)
-    tasks = [_task_of(t)[0] for t in summary["table"]]
+    summary, records, dropped = summary_and_records(records)
+    tasks = [task_of(t)[0] for t in summary["table"]]
     summary["dataset"] = [t["kind"] for t in tasks]
     summary["corruption"] = [_corruption(t)[0] for t in tasks]
     summary["level"] = [_corruption(t)[1] for t in tasks]
@@ -109,12 +110,12 @@ def image_capacity_markdown(summary, records: list[dict[str, Any]], dropped: int
     sections = []
     for table in sorted(summary["table"].unique(), key=_image_table_order):
         part = summary[summary.table == table]
-        kind = _task_of(table)[0]["kind"]
+        kind = task_of(table)[0]["kind"]
         notes = [f"Error: {ERROR_LABELS[kind]}; data: {part['data'].iloc[0]}."]
         left_out = _image_left_out(part, table)
         if left_out:
             notes.append("Not run (refuse the task, or over budget):\n\n" + "\n".join(f"- {m}" for m in left_out))
-        sections.append(_section(summary, records, table, _image_title(table), notes))
+        sections.append(table_section(summary, records, table, _image_title(table), notes))
     header = ["# Capacity of the non-learned memories on images", "",
               "Error per image, over all its pixels: Omniglot, wrong pixels of 32x32 after thresholding at 0.5 (an "
               "undecided 0.5 counts as wrong); CIFAR-10, squared error summed over 3x32x32 values in [0, 1]. Mean ± "
@@ -146,7 +147,7 @@ def image_capacity_figures(out_dir: Path) -> list[Path]:
         warn(f"{exc}; the image outputs (capacity_images.*, capacity_omniglot.*, capacity_cifar10.*) are left as "
              f"they were: point --data-dir (make: DATA=) at the data folder to redraw them")
         return []
-    styles = _styles(sorted(summary["row"].unique()))
+    styles = row_styles(sorted(summary["row"].unique()))
     plt = pyplot()
     paths: list[Path] = []
     for kind in [k for k in IMAGE_TASKS if k in set(summary["dataset"])]:
@@ -154,24 +155,24 @@ def image_capacity_figures(out_dir: Path) -> list[Path]:
         fig, axes = plt.subplots(1, len(tables), figsize=(5.2 * len(tables), 4.4), squeeze=False)
         for ax, table in zip(axes[0], tables):
             part = summary[summary.table == table]
-            for row in _row_order(list(part["row"].unique()), dict(zip(part["row"], part["model"]))):
+            for row in row_order(list(part["row"].unique()), dict(zip(part["row"], part["model"]))):
                 floor = part[part.row == row]["model"].iloc[0] == "passthrough"
                 style = {"color": "black", "linestyle": "--", "marker": ""} if floor else styles[row]
-                _line(ax, part[part.row == row], "num_patterns", "passthrough (query unchanged)" if floor else row,
+                plot_line(ax, part[part.row == row], "num_patterns", "passthrough (query unchanged)" if floor else row,
                       style)
-            task, budget = _task_of(table)
+            task, budget = task_of(table)
             images = budget // (IMAGE_TASKS[kind].channels * task["image_size"] ** 2)
             ax.axvline(images, color="grey", linestyle=":", linewidth=1)
             ax.text(images, 0.5, f"{images} images fit whole ", transform=ax.get_xaxis_transform(), fontsize=7,
                     color="grey", rotation=90, ha="right", va="center")
-            _log2_axis(ax, sorted(part["num_patterns"].unique()))
+            log2_axis(ax, sorted(part["num_patterns"].unique()))
             ax.set(xlabel="N (images written)", ylabel=ERROR_LABELS[kind], title=_image_title(table, panel=True))
             ax.title.set_fontsize(8)
             ax.grid(alpha=0.3)
         axes[0][0].legend(fontsize=7)
         fig.suptitle(f"{DATASET_NAMES[kind]}: error against N, non-learned memories", fontsize=10)
         fig.tight_layout()
-        paths += _save(fig, out_dir, f"capacity_{kind}")
+        paths += save_figure(fig, out_dir, f"capacity_{kind}")
         plt.close(fig)
 
     paths.append(write_text_atomic(out_dir / "capacity_images.md", markdown))

@@ -171,7 +171,7 @@ def _versions(group: pd.DataFrame) -> str:
     return f"{' '.join(devices)} · torch {' '.join(torches)}"
 
 
-def _commits(records: list[dict[str, Any]]) -> str:
+def commits_text(records: list[dict[str, Any]]) -> str:
     def dirty(environment: dict[str, Any]) -> str:  # a record without the flag may have come from a dirty tree
         flag = environment.get("git_dirty")
         return " (dirty)" if flag else " (clean unknown)" if flag is None else ""
@@ -202,7 +202,7 @@ def summarise(records: list[dict[str, Any]]) -> pd.DataFrame:
             "wall_time_s": round(float(group["wall_time_s"].sum()), 2),
             "device": " ".join(sorted({e["device"] for e in group["environment"]})),
             "versions": _versions(group),
-            "commit": _commits(group.to_dict("records")),
+            "commit": commits_text(group.to_dict("records")),
             "command": " | ".join(sorted(set(group["command"]))),
         })
     return pd.DataFrame(rows).sort_values(["table", "row", "num_patterns"], kind="stable").reset_index(drop=True)
@@ -218,7 +218,7 @@ def updates_text(training: dict[str, Any]) -> str:
     return f"{steps} × {config.get('batch_size', '?')}"
 
 
-def _cell(row: pd.Series, decimals: int = 2) -> str:
+def cell_text(row: pd.Series, decimals: int = 2) -> str:
     half = (row["ci_high"] - row["ci_low"]) / 2
     text = f"{row['mean']:.{decimals}f} ± " + ("n/a" if math.isnan(half) else f"{half:.{decimals}f}")
     if "paper" in row and pd.notna(row["paper"]):
@@ -260,7 +260,7 @@ def grid(summary: pd.DataFrame, paper: pd.DataFrame | None) -> tuple[list[list[s
         line = [r]
         for n in columns:
             match = summary[(summary.row == r) & (summary.num_patterns == n)]
-            line.append(_cell(match.iloc[0]) if len(match) else "")
+            line.append(cell_text(match.iloc[0]) if len(match) else "")
         cells.append(line + ([trained[r]] if with_training else []) + [span(summary[summary.row == r]["memory_floats"])]
                      + ([versions[r]] if per_row else []))
     headers = (["model \\ N"] + [str(n) for n in columns] + (["updates × episodes"] if with_training else [])
@@ -328,7 +328,7 @@ def table1(out_dir: Path, reference: Path | None = DEFAULT_REFERENCE, write: boo
             f"Queries per cell: {span(part['num_queries'])}; seeds: {seed_sets(part['seeds'])}; "
             + (f"device · torch: {versions[0]}; " if len(versions) == 1 else "device and torch per row; ")
             + f"membench {' '.join(sorted({str(r['environment'].get('membench')) for r in table_records}))}; "
-            f"commits: {_commits(table_records)}; "
+            f"commits: {commits_text(table_records)}; "
             f"wall time of the runs {part['wall_time_s'].sum():.1f} s{training}.",
             "Commands: " + "; ".join(f"`{c}`" for c in sorted(set(" | ".join(part["command"]).split(" | ")))),
         ]

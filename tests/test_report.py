@@ -171,12 +171,12 @@ def test_the_interval_is_over_episodes_not_queries():
 
 
 def test_a_record_without_a_dirty_flag_is_not_shown_as_clean():
-    from membench.report import _commits
+    from membench.report import commits_text
 
     records = [{"environment": {"git_commit": "a" * 40, "git_dirty": False}},
                {"environment": {"git_commit": "b" * 40, "git_dirty": True}},
                {"environment": {"git_commit": "c" * 40}}]
-    assert _commits(records) == "aaaaaaaaaa, bbbbbbbbbb (dirty), cccccccccc (clean unknown)"
+    assert commits_text(records) == "aaaaaaaaaa, bbbbbbbbbb (dirty), cccccccccc (clean unknown)"
 
 
 def test_each_row_says_the_floats_its_state_held(tmp_path):
