@@ -3,10 +3,12 @@
 Inside one process a model could keep what it writes beside the measured state, in a module-level
 table keyed by the patterns' content or by a value its state carries, and no check there can tell.
 A new interpreter has no such table: the runner rebuilds the model there from its run (the same seed,
-so the same initial values) and its weights, gives it the sealed state and queries of every evaluated
-batch of the run, and requires the same retrievals (`check`): a model honest on the first batch and not
-on a later one is caught too. Built-in models are reviewed code and skip it (an interpreter start costs
-seconds); files on disk stay open to a model, as the README says.
+so the same initial values) and its weights, gives it the sealed states and queries of evaluated batches
+of the run, and requires the same retrievals (`check`). The batches are the first, the last and
+AUDITED_AT_RANDOM others drawn from the operating system's entropy, which no model can foresee (`batches_to_audit`):
+a model honest on some batches and not on others is caught too, while a Figure 3 point's 16 batches of
+64 image episodes need not all be held for the check. Built-in models are reviewed code and skip it (an
+interpreter start costs seconds); files on disk stay open to a model, as the README says.
 
 Run as `python -m membench.fresh_read FILE`: the child's side (`_child`).
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import random
 import subprocess
 import sys
 import tempfile
@@ -28,15 +31,24 @@ from membench.interface import AssociativeMemory
 
 TOLERANCE = 1e-5  # as the in-process checks: the same device and kernels, a new interpreter
 CHILD_TIMEOUT_S = 600
+AUDITED_AT_RANDOM = 2  # batches read again besides the first and the last
+
+
+def batches_to_audit(count: int) -> set[int]:
+    """Which of an evaluation's batches 1..`count` are read again: the first, the last and AUDITED_AT_RANDOM of
+    the others, drawn from the operating system's entropy (not from the seeded generators a model can see)."""
+    middle = range(2, count)
+    return {1, count} | set(random.SystemRandom().sample(middle, min(AUDITED_AT_RANDOM, len(middle))))
 
 
 _PASSED: set[str] = set()  # (model, its source, task, budget, options, seed, device) checked in this process
 
 
-def audit(spec: Any, model: AssociativeMemory, batches: list[tuple[Any, torch.Tensor]], device: torch.device) -> None:
-    """Read each evaluated batch's written state and queries (B, N, *S) of `batches` here and `check` the reads in
-    one new process, each read from seed 0; once per process for a model's source and run (its other numbers
-    of queries repeat the check of the same code)."""
+def audit(spec: Any, model: AssociativeMemory, batches: list[tuple[int, Any, torch.Tensor]], count: int,
+          device: torch.device) -> None:
+    """Read each (batch number, written state, queries (B, N, *S)) of `batches`, of the `count` evaluated, here and
+    `check` the reads in one new process, each read from seed 0; once per process for a model's source and run
+    (its other numbers of queries repeat the check of the same code)."""
     from membench.budget import sealed
     from membench.integrity import checked_retrievals
     from membench.registry import model_source_digest
@@ -48,25 +60,25 @@ def audit(spec: Any, model: AssociativeMemory, batches: list[tuple[Any, torch.Te
         return
     reads = []
     with torch.no_grad(), forked_generators(device):
-        for state, queries in batches:
+        for number, state, queries in batches:
             seed_all(0)
             retrievals = checked_retrievals(model.read(sealed(state), queries.clone()), queries, spec.model)
-            reads.append((sealed(state), queries, retrievals))
+            reads.append((f"{number} of {count}", sealed(state), queries, retrievals))
     check(spec, model, reads, device)
     _PASSED.add(key)
 
 
-def check(spec: Any, model: AssociativeMemory, reads: list[tuple[Any, torch.Tensor, torch.Tensor]],
+def check(spec: Any, model: AssociativeMemory, reads: list[tuple[str, Any, torch.Tensor, torch.Tensor]],
           device: torch.device) -> None:
     """MembenchError unless the run `spec`'s model, rebuilt in a new interpreter on `device` with `model`'s
-    weights, reads each sealed state and queries (B, N, *S) of `reads` into its retrievals (as `model` did, each
-    read from seed 0)."""
+    weights, reads each sealed state and queries (B, N, *S) of `reads` (name, state, queries, retrievals) into its
+    retrievals (as `model` did, each read from seed 0)."""
     from membench.datasets import data_dir
 
     with tempfile.TemporaryDirectory() as scratch:
         task_file, answer = Path(scratch) / "task.pt", Path(scratch) / "answer.pt"
         torch.save({"spec": dataclasses.asdict(spec), "weights": model.state_dict(), "device": str(device),
-                    "reads": [(state, queries) for state, queries, _ in reads]}, task_file)
+                    "reads": [(state, queries) for _, state, queries, _ in reads]}, task_file)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), *sys.path]),
                "MEMBENCH_DATA": str(Path(data_dir()).resolve())}  # --data-dir set it in this process only
         try:
@@ -81,13 +93,13 @@ def check(spec: Any, model: AssociativeMemory, reads: list[tuple[Any, torch.Tens
                                 "a model must be importable as module:Class (not defined in a script's __main__) "
                                 "and build from its run (name, task, budget, options) alone")
         again = torch.load(answer, map_location="cpu", weights_only=True)
-    for number, ((_, _, retrievals), fresh) in enumerate(zip(reads, again), 1):
+    for (name, _, _, retrievals), fresh in zip(reads, again):
         if fresh.shape != retrievals.shape or not torch.allclose(fresh, retrievals.cpu(), rtol=TOLERANCE,
                                                                  atol=TOLERANCE, equal_nan=True):
             raise MembenchError(
                 f"model '{spec.model}' retrieved differently in a fresh process from the same state, queries and "
-                f"weights (evaluated batch {number} of {len(reads)}); read must depend only on those (a table kept "
-                "in a module, keyed by the patterns or by a value of the state, is not the state)")
+                f"weights (evaluated batch {name}); read must depend only on those (a table kept in a module, keyed "
+                "by the patterns or by a value of the state, is not the state)")
 
 
 def _child(task_file: str, answer: str) -> None:

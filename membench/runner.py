@@ -67,31 +67,34 @@ def evaluate(model: AssociativeMemory, task: Task, spec: RunSpec, device: torch.
 
     Every batch's state must meet the probe's `contract` (count and layout); the model writes and reads
     copies, so the patterns it is scored against are the runner's own. A model from outside membench reads
-    every test batch again in a fresh process (membench.fresh_read)."""
+    test batches again in a fresh process: the first, the last and some drawn unforeseeably (membench.fresh_read)."""
     offset = EVAL_STREAM if split == "test" else TRAIN_SPLIT_STREAM
     generator = torch.Generator().manual_seed(spec.seed + offset)
     seed_all(spec.seed)  # models that draw random numbers (e.g. update orders) get the same ones
     num_episodes = math.ceil((queries or spec.queries) / task.spec.num_patterns)
     errors: list[float] = []
-    audited = [] if split == "test" and not is_builtin_model(type(model)) else None  # read again elsewhere
+    starts = range(0, num_episodes, EVAL_EPISODES_PER_BATCH)
+    audited: list[tuple[int, Any, torch.Tensor]] = []  # (batch number, state, queries) read again elsewhere
+    chosen = (fresh_read.batches_to_audit(len(starts)) if split == "test" and not is_builtin_model(type(model))
+              else set())
     model.eval()
     with torch.no_grad():
-        for start in range(0, num_episodes, EVAL_EPISODES_PER_BATCH):
+        for number, start in enumerate(starts, 1):
             batch = min(EVAL_EPISODES_PER_BATCH, num_episodes - start)
             episodes = task.sample(batch, generator, split=split).to(device)
             state = model.write(episodes.patterns.clone())
             contract.check(state, batch)
             retrievals = checked_retrievals(model.read(sealed(state), episodes.queries.clone()), episodes.queries,
                                             spec.model)
-            if audited is not None:
-                audited.append((state, episodes.queries))
+            if number in chosen:
+                audited.append((number, state, episodes.queries))
             if not torch.isfinite(retrievals).all():
                 raise MembenchError(f"model '{spec.model}' returned NaN or inf retrievals (N={task.spec.num_patterns}, "
                                     f"seed={spec.seed}); its read is numerically unstable (guard its divisions, logs "
                                     "and exponentials), so no record was written")
             errors.extend(task.errors(retrievals, episodes.patterns).flatten().cpu().tolist())
     if audited:
-        fresh_read.audit(spec, model, audited, device)
+        fresh_read.audit(spec, model, audited, len(starts), device)
     return errors
 
 

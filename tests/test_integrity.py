@@ -467,6 +467,15 @@ def test_cheating_models_are_refused_in_one_line_and_nothing_is_written(cls, mes
 
 
 
+def test_the_fresh_read_takes_the_first_the_last_and_two_unforeseeable_batches():
+    from membench.fresh_read import batches_to_audit
+
+    assert batches_to_audit(1) == {1} and batches_to_audit(2) == {1, 2} and batches_to_audit(4) == {1, 2, 3, 4}
+    drawn = [batches_to_audit(16) for _ in range(200)]
+    assert all(len(chosen) == 4 and {1, 16} <= chosen for chosen in drawn)
+    assert set().union(*drawn) == set(range(1, 17))  # every middle batch can be drawn (200 draws of 2 of 14)
+
+
 def test_a_model_honest_on_the_first_evaluated_batch_only_is_refused(tmp_path):
     """1100 queries at N = 16 are two evaluated batches (64 and 5 episodes): every one is read again in the fresh
     process, so keeping the second's patterns in a module-level table is caught."""
