@@ -113,8 +113,6 @@ def _field_problem(saved: dict[str, Any]) -> str | None:
     instead of failing later inside training, a report or a session's packing."""
     if not isinstance(saved["model"], dict) or not all(isinstance(t, torch.Tensor) for t in saved["model"].values()):
         return "model is not a state dict of tensors"
-    if not all(torch.isfinite(t).all() for t in saved["model"].values() if t.is_floating_point()):
-        return "model holds NaN or infinite weights"  # training stops before it saves such weights (diverged)
     try:
         torch.Generator().set_state(saved["generator"])  # refuses another type, dtype or size
     except (RuntimeError, TypeError):
@@ -148,13 +146,23 @@ def _on_this_device(state: dict[str, Any], optimizer: torch.optim.Optimizer) -> 
                                       for saved, current in zip(groups, optimizer.param_groups)]}
 
 
+def load_weights(model: AssociativeMemory, weights: dict[str, torch.Tensor]) -> None:
+    """`model.load_state_dict(weights)`; ValueError when a parameter then holds NaN or infinite values (buffers
+    may hold infinities by design: a running maximum's start, a mask)."""
+    model.load_state_dict(weights)
+    broken = [name for name, value in model.named_parameters() if not torch.isfinite(value).all()]
+    if broken:
+        raise ValueError(f"its weights {', '.join(broken[:3])} hold NaN or infinite values")
+
+
 def load_checkpoint(path: Path, model: AssociativeMemory, optimizer: torch.optim.Optimizer | None = None,
                     set_aside: bool = True) -> dict[str, Any] | None:
     """Load `path` into `model` (and `optimizer`, when the checkpoint holds its state) wherever they are; return
     the checkpoint as read, on the CPU, or None when there is none. (AdamW then keeps a step counter on the CPU
     where it is not capturable: one on CUDA would be read back to the host every update.)
 
-    A checkpoint that cannot be read or does not fit the model is renamed to `<name>.corrupt`
+    A checkpoint that cannot be read, does not fit the model or holds a NaN or infinite parameter (never saved
+    by training, which stops when its loss diverges) is renamed to `<name>.corrupt`
     (reported on stderr) and None is returned, so the caller trains afresh; with `set_aside=False` (a caller
     that only reads, such as a figure) it is left where it is, reported all the same.
     """
@@ -164,7 +172,7 @@ def load_checkpoint(path: Path, model: AssociativeMemory, optimizer: torch.optim
     before = {name: value.clone() for name, value in model.state_dict().items()}
     try:
         saved = read_checkpoint(path)
-        model.load_state_dict(saved["model"])
+        load_weights(model, saved["model"])
         if optimizer is not None and "optimizer" in saved:
             optimizer.load_state_dict(_on_this_device(saved["optimizer"], optimizer))
     except (*UNREADABLE, KeyError, TypeError) as exc:  # or a file that does not fit the model

@@ -10,7 +10,7 @@ from typing import Any
 
 from membench import checkpoints
 from membench.build import build_model
-from membench.checkpoints import UNREADABLE, checkpoint_path, read_checkpoint, trained_steps
+from membench.checkpoints import UNREADABLE, checkpoint_path, load_weights, read_checkpoint, trained_steps
 from membench.errors import MembenchError
 from membench.interface import AssociativeMemory
 from membench.registry import errors_of_user_model, make_task, resolve_model
@@ -32,7 +32,7 @@ def as_trained(model: AssociativeMemory, path: Path, config: Any, spec: RunSpec)
         if problem is None:
             try:
                 saved = read_checkpoint(path)
-                model.load_state_dict(saved["model"])
+                load_weights(model, saved["model"])
             except (*UNREADABLE, KeyError, TypeError) as exc:
                 why = " ".join(str(exc).split())[:200]
                 problem = f"{path} does not fit {type(model).__name__} ({type(exc).__name__}: {why}; left as it is)"

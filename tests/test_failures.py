@@ -691,6 +691,29 @@ def test_corrupt_checkpoint_is_set_aside_and_retrained(tmp_path, monkeypatch, co
     assert all(torch.equal(trained[k], retrained[k]) for k in trained)  # same seed, same training
 
 
+INF_BUFFER_MODEL = TINY_MODEL.replace(
+    "        self.bias = torch.nn.Parameter(torch.zeros(spec.pattern_size))\n",
+    "        self.bias = torch.nn.Parameter(torch.zeros(spec.pattern_size))\n"
+    "        self.register_buffer('floor', torch.tensor(float('-inf')))  # by design: a running maximum's start\n")
+
+
+def test_an_infinite_buffer_is_no_broken_checkpoint_and_a_nan_weight_is_refused_by_no_train(tmp_path, monkeypatch):
+    assert "register_buffer" in INF_BUFFER_MODEL
+    _tiny(tmp_path, monkeypatch, INF_BUFFER_MODEL)
+    args = ["run", "--model", "tiny_learned:TinyLearned", "--num-patterns", "16", "--queries", "16",
+            "--checkpoint-dir", "ck", "--no-progress"]
+    assert _invoke(*args, "--out", "first").exit_code == 0
+    again = _invoke(*args, "--out", "second")
+    assert again.exit_code == 0 and "every checkpoint was trained already" in again.output, again.output
+    (checkpoint,) = (tmp_path / "ck").glob("*.pt")
+    saved = torch.load(checkpoint, weights_only=True)
+    saved["model"]["bias"][0] = float("nan")
+    torch.save(saved, checkpoint)
+    _one_clear_line(_invoke(*args, "--out", "third", "--no-train"),
+                    "does not fit TinyLearned (ValueError: its weights bias hold NaN or infinite values", exit_code=1)
+    assert checkpoint.exists()  # --no-train leaves it where it is
+
+
 def test_truncated_data_files_name_the_file(tmp_path):
     root = write_fixture_data(tmp_path / "data")
     zip_path = root / "omniglot" / "images_background_small1.zip"
