@@ -57,15 +57,22 @@ def _status(code: int) -> int:
 
 
 def finish(processes: Sequence[subprocess.Popen], deadline: float, interrupt_wait_s: float = 30.0) -> list[int]:
-    """Wait for `processes` until `deadline` (time.monotonic()); then interrupt every one still running at
-    once (training checkpoints and exits; evaluation stops, no record), wait `interrupt_wait_s` for them
-    together and kill the rest (warned about: what it did since its last checkpoint is lost). Returns their
-    exit statuses as a shell reports them, a killed one's as interrupted: it too was stopped for the time."""
-    for process in processes:
-        try:
-            process.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            break
+    """Wait for `processes` until `deadline` (time.monotonic()), or until this process is interrupted (Ctrl-C,
+    SIGTERM); then interrupt every one still running at once (training checkpoints and exits; evaluation stops,
+    no record), wait `interrupt_wait_s` for them together and kill the rest (warned about: what it did since its
+    last checkpoint is lost). Returns their exit statuses as a shell reports them, a killed one's as interrupted:
+    it too was stopped for the time; raises KeyboardInterrupt after stopping them when this process was
+    interrupted. (The session starts its processes in sessions of their own, so an interrupt reaches them once,
+    from here: a second would stop their training at once, before it checkpoints.)"""
+    interrupted = False
+    try:
+        for process in processes:
+            try:
+                process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                break
+    except KeyboardInterrupt:
+        interrupted = True
     running = [process for process in processes if process.poll() is None]
     for process in running:
         process.send_signal(signal.SIGINT)
@@ -79,6 +86,8 @@ def finish(processes: Sequence[subprocess.Popen], deadline: float, interrupt_wai
             killed.add(process.pid)
             warn(f"killed {shlex.join(map(str, process.args))}: it did not stop within {interrupt_wait_s:g} s of "
                  f"its interrupt (work since its last checkpoint is lost)")
+    if interrupted:
+        raise KeyboardInterrupt
     return [EXIT_INTERRUPTED if process.pid in killed else _status(process.returncode) for process in processes]
 
 
@@ -101,33 +110,45 @@ def run_session(runs: Sequence[str], copies: int, train_time_limit_s: float, dev
     session ends by train_time_limit_s + grace_s + 30 s and packing. Prints the end of each log and packs
     what was written into `archive` and its volumes (`pack`). Returns 0 when every command finished, 3
     when some training paused or a command of `first` was cut short or skipped for the time, else the
-    first other exit status (a failing command of `first` does not keep the runs from starting)."""
+    first other exit status (a failing command of `first` does not keep the runs from starting). Interrupted
+    (Ctrl-C, SIGTERM), it stops its processes as at the grace's end, packs what they made and raises
+    KeyboardInterrupt."""
     results_dir, cache = Path(results_dir), Path(cache)
     check_outs(runs, results_dir)
     (cache / "checkpoints").mkdir(parents=True, exist_ok=True)
     started, clock = time.time(), time.monotonic()
-    statuses = []
-    for command in first:  # cut short or skipped for the time: paused, like training (the rows kept are merged)
-        if time.monotonic() >= clock + train_time_limit_s:
-            print(f"== skipped membench {shlex.join(command)}: the session's training time is spent", flush=True)
-            statuses.append(EXIT_PAUSED)
-            continue
-        print(f"== membench {shlex.join(command)}", flush=True)  # its output follows, unprefixed
-        process = subprocess.Popen([sys.executable, "-m", "membench.cli", *command])
-        deadline = min(clock + train_time_limit_s, time.monotonic() + first_cap_s)
-        statuses += [EXIT_PAUSED if status == EXIT_INTERRUPTED else status for status in finish([process], deadline)]
-    left = max(0.0, train_time_limit_s - (time.monotonic() - clock))
-    processes = []
-    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // max(1, len(runs) * copies)))
-    for number, args in enumerate(runs):
-        for copy in range(copies):
-            log = cache / f"run-{number}-{copy}.log"
-            command = [sys.executable, "-m", "membench.cli", "run", *shlex.split(args), "--device", device,
-                       "--no-progress", "--checkpoint-dir", str(cache / "checkpoints"), "--train-time-limit", f"{left:.1f}"]
-            with open(log, "wb") as handle:  # the CPU's cores shared among the runs (their sampling, their loss)
-                processes.append((args, log, subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT,
-                                                              env={**os.environ, "OMP_NUM_THREADS": threads})))
-    ended = finish([process for _, _, process in processes], clock + train_time_limit_s + grace_s)
+    statuses, children = [], []  # children: every process started, to stop the ones left running when interrupted
+    try:
+        for command in first:  # cut short or skipped for the time: paused, like training (the rows kept are merged)
+            if time.monotonic() >= clock + train_time_limit_s:
+                print(f"== skipped membench {shlex.join(command)}: the session's training time is spent", flush=True)
+                statuses.append(EXIT_PAUSED)
+                continue
+            print(f"== membench {shlex.join(command)}", flush=True)  # its output follows, unprefixed
+            process = subprocess.Popen([sys.executable, "-m", "membench.cli", *command], start_new_session=True)
+            children.append(process)
+            deadline = min(clock + train_time_limit_s, time.monotonic() + first_cap_s)
+            statuses += [EXIT_PAUSED if status == EXIT_INTERRUPTED else status
+                         for status in finish([process], deadline)]
+        left = max(0.0, train_time_limit_s - (time.monotonic() - clock))
+        processes = []
+        threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // max(1, len(runs) * copies)))
+        for number, args in enumerate(runs):
+            for copy in range(copies):
+                log = cache / f"run-{number}-{copy}.log"
+                command = [sys.executable, "-m", "membench.cli", "run", *shlex.split(args), "--device", device,
+                           "--no-progress", "--checkpoint-dir", str(cache / "checkpoints"),
+                           "--train-time-limit", f"{left:.1f}"]
+                with open(log, "wb") as handle:  # the CPU's cores shared among the runs (their sampling, their loss)
+                    children.append(subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT,
+                                                     env={**os.environ, "OMP_NUM_THREADS": threads},
+                                                     start_new_session=True))
+                processes.append((args, log, children[-1]))
+        ended = finish([process for _, _, process in processes], clock + train_time_limit_s + grace_s)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: its processes are stopped (`finish`); what they made travels
+        finish([child for child in children if child.poll() is None], time.monotonic())
+        pack(archive, started, results_dir, cache / "checkpoints")
+        raise
     for (args, log, _), status in zip(processes, ended):
         statuses.append(EXIT_PAUSED if status == EXIT_INTERRUPTED else status)  # stopped at the grace's end
         tail = log.read_text(errors="replace").splitlines()[-12:]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import tarfile
@@ -548,6 +549,27 @@ def test_at_the_deadline_every_running_process_is_interrupted_and_the_deaf_one_k
     assert "SIG_IGN" in capsys.readouterr().err.split("killed ")[1].split(": it did not stop within 2 s")[0]
     for process in processes:
         process.stdout.close()
+
+
+def test_an_interrupted_session_interrupts_each_of_its_processes_once_then_stops(tmp_path: Path):
+    """SIGTERM (or Ctrl-C) reaching the session while it waits: every process it started (each in a session of
+    its own, so the terminal's Ctrl-C does not reach it too) gets one SIGINT, and checkpoints on it, before the
+    session stops; a second SIGINT would stop a run's training before its checkpoint."""
+    import threading
+
+    count = tmp_path / "interrupts"
+    handler = (f"import signal, sys, time, pathlib\nseen = []\n"
+               f"def got(*a):\n    seen.append(1)\n    pathlib.Path({str(count)!r}).write_text(str(len(seen)))\n"
+               f"signal.signal(signal.SIGINT, got)\nprint('ready', flush=True)\n"
+               f"while not seen: time.sleep(0.05)\ntime.sleep(0.5)\nsys.exit(3)")
+    process = subprocess.Popen([sys.executable, "-c", handler], stdout=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    assert process.stdout.readline() == "ready\n"
+    threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGINT)).start()  # as friendly_errors' SIGTERM
+    with pytest.raises(KeyboardInterrupt):
+        finish([process], deadline=time.monotonic() + 60, interrupt_wait_s=10)
+    assert process.returncode == 3 and count.read_text() == "1"
+    process.stdout.close()
 
 
 def test_unpack_checks_every_archive_before_writing_any(tmp_path: Path):
