@@ -100,8 +100,10 @@ def friendly_errors(command):
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
-        main = threading.current_thread() is threading.main_thread()
-        previous = signal.signal(signal.SIGTERM, _interrupt) if main else None
+        previous = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
+        ours = previous not in (None, signal.SIG_IGN)  # not one set outside Python, nor an ignored SIGTERM
+        if ours:
+            signal.signal(signal.SIGTERM, _interrupt)
         try:
             return command(*args, **kwargs)
         except TrainingPaused as exc:
@@ -127,7 +129,7 @@ def friendly_errors(command):
             raise click.ClickException(f"cannot read or write {exc.filename}: {exc.strerror or exc}; check the path, "
                                        "its permissions and the free space, then run the command again") from None
         finally:
-            if main:
+            if ours:
                 signal.signal(signal.SIGTERM, previous)
 
     return wrapper

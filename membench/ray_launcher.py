@@ -17,8 +17,10 @@ Without an address a local Ray is started (so one machine works too); Ray is imp
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +119,7 @@ def run_with_ray(specs: list[RunSpec], out_dir: Path, device: str, force: bool, 
     if not ray.is_initialized():
         _check_address(address)
         path = os.pathsep.join([os.getcwd(), *sys.path])  # user models given as module:Class import in workers
+        handler = signal.getsignal(signal.SIGTERM)  # ray.init replaces it (sys.exit): membench's is put back
         try:
             ray.init(address=address, log_to_driver=False, include_dashboard=False,
                      runtime_env={"env_vars": {"PYTHONPATH": path}})
@@ -127,6 +130,8 @@ def run_with_ray(specs: list[RunSpec], out_dir: Path, device: str, force: bool, 
                                     "own message, or run without --launcher ray") from None
             raise MembenchError(f"--address {address}: Ray could not join that cluster ({reason}); {ADDRESS_FIX}") \
                 from None
+        if handler is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, handler)  # SIGTERM stops the driver as Ctrl-C does
     remote = ray.remote(max_retries=0)(_execute)
     pending: dict[Any, RunSpec] = {}
     for chain in _chains(todo):

@@ -241,6 +241,8 @@ def checked_specs(specs: list[RunSpec]) -> list[RunSpec]:
         except MembenchError:
             raise
         except Exception as exc:  # noqa: BLE001 (a built-in model built with the run's sizes or options)
+            if not is_builtin_model(resolve_model(spec.model)):
+                raise  # membench's own failure (a user model's are errors_of_user_model's): its traceback
             explained = _sized_or_optioned(spec, exc, traceback.extract_tb(exc.__traceback__)[-1], "no run was started")
             if explained is None:
                 raise

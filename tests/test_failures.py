@@ -1256,3 +1256,20 @@ def test_config_values_of_str_and_int_subclasses_are_stored_as_plain_ones():
 
     assert plain_config({"k": Kind.WIDE, "n": Name.LONG, "s": np.str_("s"), "b": np.bool_(True), "f": (np.float32(1.5),)},
                         "m") == {"k": 3, "n": "long", "s": "s", "b": True, "f": [1.5]}
+
+
+def test_sigterm_stops_a_command_unless_its_caller_ignores_it():
+    """friendly_errors turns SIGTERM into an interrupt while a command runs and puts the caller's handler back;
+    a SIGTERM the caller ignores (nohup-like) stays ignored."""
+    import signal
+
+    from membench.cli_common import friendly_errors
+
+    during = friendly_errors(lambda: signal.getsignal(signal.SIGTERM))
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        assert during() is signal.SIG_IGN and signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        assert during() not in (signal.SIG_DFL, signal.SIG_IGN) and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGTERM, previous)
