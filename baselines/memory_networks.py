@@ -190,7 +190,6 @@ class MemoryNetwork(LogitReadout, AssociativeMemory):
         return logits.reshape(queries.shape)
 
 
-
 class LearnedEmbeddingMemoryNetwork(MemoryNetwork):
     """Memory Networks whose slots hold a learned linear embedding of each pattern."""
 

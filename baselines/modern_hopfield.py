@@ -9,10 +9,10 @@ at 0, is updated by the attention step
 `steps` times from ξ = q; after every step the known (non-erased) entries are reset to the
 query's, so only the erased entries move (under bit flips, where `spec.clamp_known` is False,
 every entry moves). The output is the continuous ξ mapped back to [0, 1] by (ξ + 1) / 2 (the
-harness thresholds it at 0.5); clamped entries are returned exactly as given. β multiplies the raw dot product (no 1/√D): on Table 1 a stored pattern
-matches a query on its 64 known bits (overlap 64) while another stored pattern overlaps it
-by about 0 ± 8, so any β of order 1 already separates them and the default β = 1 retrieves
-exactly whenever the pattern is stored.
+harness thresholds it at 0.5); clamped entries are returned exactly as given. β multiplies
+the raw dot product (no 1/√D): on Table 1 a stored pattern matches a query on its 64 known bits
+(overlap 64) while another stored pattern overlaps it by about 0 ± 8, so any β of order 1 already
+separates them and the default β = 1 retrieves exactly whenever the pattern is stored.
 
 Protocol: patterns (B, N, *S) are flattened to (B, N, D), D = prod(S), so flat binary
 patterns (Table 1) and images (C, H, W) (Figure 3, binary or not) are both accepted;

@@ -31,8 +31,8 @@ from dataclasses import asdict, dataclass, replace
 import torch
 from torch import nn
 
-from membench.budget import TABLE1_NUM_PATTERNS
 from baselines.readout import LogitReadout
+from membench.budget import TABLE1_NUM_PATTERNS
 from membench.errors import MembenchError
 from membench.interface import AssociativeMemory, Preset, TaskSpec, TrainConfig
 from membench.options import check_fields

@@ -1,7 +1,7 @@
 """Errors that the CLI turns into a clear message and a non-zero exit."""
 
 EXIT_PAUSED = 3  # exit status of a command whose meta-training stopped at its time limit: rerun to continue
-EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), as shells report it
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), as shells report it; SIGTERM ends a command the same way
 
 
 class MembenchError(Exception):
@@ -29,7 +29,7 @@ class DatasetMissing(MembenchError):
 
 
 class TrainingInterrupted(MembenchError):
-    """Ctrl-C during meta-training; the checkpoint was written first, so rerunning resumes."""
+    """Ctrl-C or SIGTERM during meta-training; the checkpoint was written first, so rerunning resumes."""
 
 
 class CheckpointBusy(Exception):

@@ -24,7 +24,7 @@ Conventions, so that learned models are trained alike:
   checkpoint, before anything is saved); an unreadable
   checkpoint is set aside (`<name>.corrupt`) and training starts afresh;
 - one process at a time trains a checkpoint (a lock beside it): another waits, then
-  resumes or reuses the work; Ctrl-C finishes the step, checkpoints, then stops;
+  resumes or reuses the work; Ctrl-C or SIGTERM finishes the step, checkpoints, then stops;
 - with `time_limit_s`, training checkpoints and returns unfinished once that much wall
   time has passed in this call (`TrainResult.finished` is False): long presets then run
   as a series of bounded commands, each resuming where the last one stopped.
@@ -157,7 +157,7 @@ def meta_train(
     Stops early (checkpointed, `finished=False`) once `time_limit_s` seconds have passed since this
     call began (waiting included); a fresh model makes at least one step, a resumed one none when the
     time is already up. Only one process trains a checkpoint at a time: another one waits, then resumes
-    or reuses its work, or with `wait=False` raises CheckpointBusy at once. A Ctrl-C finishes the
+    or reuses its work, or with `wait=False` raises CheckpointBusy at once. A Ctrl-C or SIGTERM finishes the
     current step, checkpoints and raises TrainingInterrupted.
     """
     deadline = None if time_limit_s is None else time.perf_counter() + time_limit_s
