@@ -22,16 +22,21 @@ def device_name(device: torch.device) -> str:
 
 @functools.lru_cache(maxsize=1)
 def cpu_name() -> str:
-    """The processor's model name (Linux: /proc/cpuinfo; elsewhere the machine type), marked '+AMX' where it has
-    bfloat16 matrix units (a bf16 meta-training update is much faster there than on other processors)."""
+    """The processor's model name (Linux: /proc/cpuinfo; elsewhere the machine type), marked by `processor_label`."""
     try:
         lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
         return platform.processor() or platform.machine()
     fields = dict(line.split(":", 1) for line in lines if ":" in line)  # the last processor's fields
     fields = {key.strip(): value.strip() for key, value in fields.items()}
-    name = fields.get("model name") or platform.machine()
-    return name + (" +AMX" if "amx_bf16" in fields.get("flags", "").split() else "")
+    return processor_label(fields.get("model name") or platform.machine(), fields.get("flags", "").split())
+
+
+def processor_label(name: str, flags: list[str]) -> str:
+    """`name` marked '+AMX' where the processor has bfloat16 matrix units (a bf16 meta-training update is much
+    faster there than on other processors), else '+AVX512' where it has AVX-512: processors that share a generic
+    name ('AMD EPYC') and differ in speed are kept apart in timing tables."""
+    return name + (" +AMX" if "amx_bf16" in flags else " +AVX512" if "avx512f" in flags else "")
 
 
 @functools.lru_cache(maxsize=1)

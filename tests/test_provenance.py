@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from membench.errors import MembenchError
-from membench.provenance import checkout_state, git_state
+from membench.provenance import checkout_state, git_state, processor_label
 
 
 def _git(root: Path, *args: str) -> str:
@@ -60,3 +60,10 @@ def test_a_dirty_flag_given_by_hand_must_be_0_or_1(monkeypatch):
         assert git_state() == ("abc", False)
     finally:
         git_state.cache_clear()
+
+
+def test_processors_sharing_a_generic_name_are_told_apart_by_their_matrix_units():
+    """Timing rows are keyed by the processor's label: a Zen 2 and a Zen 4 are both 'AMD EPYC' by name."""
+    assert processor_label("AMD EPYC", ["avx2", "fma"]) == "AMD EPYC"
+    assert processor_label("AMD EPYC", ["avx2", "avx512f", "avx512_bf16"]) == "AMD EPYC +AVX512"
+    assert processor_label("Intel(R) Xeon(R) Processor", ["avx512f", "amx_bf16"]) == "Intel(R) Xeon(R) Processor +AMX"
