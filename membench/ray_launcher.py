@@ -100,15 +100,14 @@ def run_with_ray(specs: list[RunSpec], out_dir: Path, device: str, force: bool, 
         raise MembenchError("--launcher ray needs Ray: pip install -e '.[ray]' in the checkout (or pip install "
                             "ray)") from None
     from membench.registry import resolve_model
-    from membench.run_identity import is_current
+    from membench.run_identity import pending
     from membench.build import check_device_name
     from membench.store import ResultsStore
 
     check_device_name(device)
     out_dir, checkpoint_dir = Path(out_dir).resolve(), Path(checkpoint_dir).resolve()
     store = ResultsStore(out_dir)
-    todo = [s for s in {s.run_id: s for s in specs}.values()
-            if force or not is_current(s, store, train, checkpoint_dir)]
+    todo = pending(specs, store, force, train, checkpoint_dir)
     if not todo:
         return []
     if not train:  # on the driver: every run to be made has its checkpoint, or none is started

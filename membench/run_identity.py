@@ -48,6 +48,13 @@ def comparable_preset(preset: dict[str, Any]) -> dict[str, Any]:
     return {part: _without_late(preset[part], LATE_FIELDS[part]) for part in ("model", "train")}
 
 
+def pending(specs: list[RunSpec], store: ResultsStore, force: bool, train: bool, checkpoint_dir: Path) -> list[RunSpec]:
+    """The runs of `specs` still to be made in `store`, each once: every one with `force`, else those not
+    `is_current`."""
+    unique = list({spec.run_id: spec for spec in specs}.values())
+    return [spec for spec in unique if force or not is_current(spec, store, train, checkpoint_dir)]
+
+
 def is_current(spec: RunSpec, store: ResultsStore, train: bool = True, checkpoint_dir: Path | None = None) -> bool:
     """True when `spec` has a complete record made with today's definition of its preset and, for a model
     from outside membench, today's source file (`registry.model_source_digest`). A learned model's run id

@@ -38,7 +38,7 @@ from membench.options import check_constructor_options, plain_config
 from membench.provenance import environment, git_state
 from membench.registry import (errors_of_user_model, is_builtin_model, make_task, model_source_digest, resolve_model,
                                user_model_error)
-from membench.run_identity import checkpoint_key, is_current
+from membench.run_identity import checkpoint_key, is_current, pending
 from membench.store import ResultsStore, writable_folder, write_text_atomic
 from membench.suites import BUILTIN_PRESETS, DEFAULT_PRESET, SUITES, RunSpec, SweepSuite, declared_count
 from membench.tasks import Task, seed_all
@@ -309,8 +309,7 @@ def run_all(specs: list[RunSpec], out_dir: Path, device: str = "auto", force: bo
                             train_time_limit_s, address, train)
     if launcher != "local":
         raise MembenchError(f"unknown launcher '{launcher}'. Valid launchers: local, ray")
-    unique = list({spec.run_id: spec for spec in specs}.values())
-    todo = [s for s in unique if force or not is_current(s, store, train, checkpoint_dir)]
+    todo = pending(specs, store, force, train, checkpoint_dir)
     if any(resolve_model(spec.model).trainable for spec in todo):
         writable_folder(checkpoint_dir, *cache)
     if not train:  # every run to be made has its checkpoint, or none is made
