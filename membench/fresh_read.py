@@ -93,7 +93,7 @@ def check(spec: Any, model: AssociativeMemory, reads: list[tuple[str, Any, torch
                                 "a model must be importable as module:Class (not defined in a script's __main__) "
                                 "and build from its run (name, task, budget, options) alone")
         again = torch.load(answer, map_location="cpu", weights_only=True)
-    for (name, _, _, retrievals), fresh in zip(reads, again):
+    for (name, _, _, retrievals), fresh in zip(reads, again, strict=True):
         if fresh.shape != retrievals.shape or not torch.allclose(fresh, retrievals.cpu(), rtol=TOLERANCE,
                                                                  atol=TOLERANCE, equal_nan=True):
             raise MembenchError(
