@@ -36,8 +36,8 @@ Curves = dict[str, tuple[str, pd.DataFrame]]  # checkpoint key -> (line label, c
 def read_curves(out_dir: Path, images: bool | None = None) -> Curves:
     """The training curve of every trained run in `out_dir` (of image tasks only with `images`,
     of binary ones only with images=False), one per checkpoint (a checkpoint trained on several N serves
-    several runs; none of a model's older source version, as in the tables). MembenchError naming a missing
-    or unreadable curve file."""
+    several runs; none of a model's older source version, as in the tables; none paused before its first
+    logged step, which has no point to draw). MembenchError naming a missing or unreadable curve file."""
     store = ResultsStore(out_dir)
     curves: Curves = {}
     for record in latest_versions(store.records())[0]:
@@ -57,7 +57,11 @@ def read_curves(out_dir: Path, images: bool | None = None) -> Curves:
             path = Path(out_dir) / training["curve"]
             fix = ("restore it from git, copy it from the folder its record came from (training/ beside runs/), or "
                    "rerun the run with --force")
+            if path.is_file() and not path.read_text(errors="replace").strip():
+                continue  # paused before its first logged step (written so before the curve kept its header)
             curve = read_table(path, f"the training curve of {record['run_id']}", ("step", "loss", "error"), fix)
+            if curve.empty:
+                continue  # paused before its first logged step: nothing to draw
             for column in ("step", "loss", "error"):
                 try:
                     curve[column] = pd.to_numeric(curve[column])

@@ -163,7 +163,8 @@ def _execute(spec: RunSpec, store: ResultsStore, device: torch.device, checkpoin
         curve_path = store.training_dir / f"{key}.csv"  # a paused run's curve too (a session packs it)
         import pandas as pd
 
-        write_text_atomic(curve_path, pd.DataFrame(result.curve).to_csv(index=False))
+        rows = pd.DataFrame(result.curve) if result.curve else pd.DataFrame(columns=["step", "loss", "error"])
+        write_text_atomic(curve_path, rows.to_csv(index=False))  # (paused before its first logged step: a header)
         if train and not result.finished:
             raise TrainingPaused(
                 f"meta-training of '{spec.model}' (preset {spec.preset}) stopped at step {result.steps} of "

@@ -1273,3 +1273,18 @@ def test_sigterm_stops_a_command_unless_its_caller_ignores_it():
         assert during() not in (signal.SIG_DFL, signal.SIG_IGN) and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_run_paused_before_its_first_logged_step_does_not_stop_its_folders_report(tmp_path):
+    """--train-time-limit 0 makes one step, fewer than log_every: the curve holds no row (a header), the run's
+    --no-train record is reported and the empty curve is left out of the curves' figure."""
+    args = ["--model", "memory_networks", "--num-patterns", "16", "--queries", "16", "--option", "train.steps=500",
+            "--checkpoint-dir", str(tmp_path / "ck"), "--out", str(tmp_path / "out"), "--no-progress"]
+    assert _invoke("run", *args, "--train-time-limit", "0").exit_code == 3
+    assert _invoke("run", *args, "--no-train").exit_code == 0
+    (curve,) = (tmp_path / "out" / "training").glob("*.csv")
+    assert curve.read_text().splitlines() == ["step,loss,error"]
+    result = _invoke("report", "--out", str(tmp_path / "out"))
+    assert result.exit_code == 0 and "memory_networks [train.steps=500]" in result.output, result.output
+    curve.write_text("\n")  # as such a curve was written before it kept its header
+    assert _invoke("report", "--out", str(tmp_path / "out")).exit_code == 0
