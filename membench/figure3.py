@@ -40,6 +40,7 @@ CITATION = ("Bartunov, Rae, Osindero & Lillicrap, 'Meta-Learning Deep Energy-Bas
             "arXiv:1910.02720, Figure 3")
 TITLES = {"omniglot": "Omniglot (error: wrong pixels of 32x32)", "cifar10": "CIFAR-10 (error: squared error)"}
 MATCH_TOLERANCE = 0.05  # a paper point matches ours when memory sizes differ by at most 5%
+PAPER_POINT_TASK = {"num_patterns": 64, "image_size": 32, "block": 16}  # the paper's task: its points apply there
 # What the quick presets change against the paper (ebmm.config.IMAGE_PRESETS, baselines.memory_networks)
 QUICK_CHANGES = ("quick preset (a CPU smoke test, not a result): the paper's task (64 images of 32x32 per batch, 16x16 block) with narrower "
                  "networks and short CPU training: encoders 16/32/32 channels (paper 32/64/96); EBMM-FC hidden 128 "
@@ -142,11 +143,12 @@ def summarise(records: list[dict[str, Any]], reference: pd.DataFrame | None = No
 
 
 def _attach_paper(frame: pd.DataFrame, reference: pd.DataFrame | None) -> pd.DataFrame:
-    """Add the paper's point of the same curve at (within 5%) the same memory size, if any."""
+    """Add the paper's point of the same curve at (within 5%) the same memory size, if any, to the points of the
+    paper's task (PAPER_POINT_TASK: 64 images of 32x32 an episode, a 16x16 block)."""
     paper = {"paper": [], "paper_lo": [], "paper_hi": []}
     for _, row in frame.iterrows():
         match = None
-        if reference is not None:
+        if reference is not None and all(row[name] == value for name, value in PAPER_POINT_TASK.items()):
             same = reference[(reference.dataset == PAPER_DATASET[row["dataset"]]) & (reference.model == row["curve"])]
             if len(same):
                 nearest = same.iloc[(same.memory_k - row["memory_k"]).abs().argmin()]

@@ -57,20 +57,23 @@ def _record(model: str, memory: int, errors: list[float], n: int, seed: int = 0)
 
 
 def test_summary_uses_per_batch_means_and_matches_the_paper():
-    batches = np.arange(100, dtype=float)                     # batch b: queries b-1, b+1 -> mean b
-    errors = np.stack([batches - 1, batches + 1], axis=1).ravel().tolist()
-    records = [_record("MemNet", 4100, errors[:100], 2), _record("MemNet", 4100, errors[100:], 2, seed=1),
-               _record("MemNet", 5000, [1.0, 3.0], 2)]
+    """Paper points go beside points of the paper's task alone (64 images an episode), at its memory sizes."""
+    batches = np.arange(100, dtype=float)                     # batch b: 32 queries b-1, 32 b+1 -> mean b
+    errors = np.repeat(np.stack([batches - 1, batches + 1], axis=1), 32, axis=1).ravel().tolist()
+    records = [_record("MemNet", 4100, errors[:50 * 64], 64), _record("MemNet", 4100, errors[50 * 64:], 64, seed=1),
+               _record("MemNet", 5000, [1.0, 3.0] * 32, 64), _record("MemNet", 4100, [1.0, 3.0], 2)]
     assert episode_means(records[0]).tolist() == list(range(50))
     reference = pd.DataFrame({"dataset": ["cifar"], "model": ["MemNet"], "memory_k": [4.10],
                               "error": [22.42], "lo": [20.25], "hi": [24.67]})
     summary = summarise(records, reference)
-    first = summary.iloc[0]
+    paper_task = summary[summary.num_patterns == 64]
+    first = paper_task.iloc[0]
     assert first.batches == 100 and first.seeds == "0 1"
     assert first["median"] == pytest.approx(np.median(batches))
     assert (first.p5, first.p95) == pytest.approx((4.95, 94.05))  # batch means 0..99: 5% and 95% of the way
     assert (first.paper, first.paper_lo, first.paper_hi) == (22.42, 20.25, 24.67)
-    assert summary.iloc[1]["median"] == 2.0 and np.isnan(summary.iloc[1].paper)   # 5.0k: no paper point
+    assert paper_task.iloc[1]["median"] == 2.0 and np.isnan(paper_task.iloc[1].paper)   # 5.0k: no paper point
+    assert np.isnan(summary[summary.num_patterns == 2].iloc[0].paper)  # 4.1k, but 2 images an episode
 
 
 def test_cli_sweep_then_figures(data_root, tmp_path):
@@ -202,8 +205,8 @@ def test_a_variant_of_a_curve_point_keeps_its_curve_and_its_own_line():
     from membench.figure3 import dataset_table
 
     point = {"energy": "resnet_fc", "memory_size": 12}
-    plain = {**_record("ebmm", 257 * 12, [30.0, 32.0], 2), "suite": "fig3-cifar", "options": point}
-    variant = {**_record("ebmm", 257 * 12, [20.0, 22.0], 2), "suite": "fig3-cifar", "run_id": "variant",
+    plain = {**_record("ebmm", 257 * 12, [30.0, 32.0] * 32, 64), "suite": "fig3-cifar", "options": point}
+    variant = {**_record("ebmm", 257 * 12, [20.0, 22.0] * 32, 64), "suite": "fig3-cifar", "run_id": "variant",
                "options": {**point, "grad_norm_term": False}}
     reference = pd.DataFrame({"dataset": ["cifar"], "model": ["EBMM_FC"], "memory_k": [3.08], "error": [15.0],
                               "lo": [14.0], "hi": [16.0]})
