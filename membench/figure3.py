@@ -279,13 +279,28 @@ def plot(summary: pd.DataFrame, reference: pd.DataFrame | None, paths: list[Path
 def first_episode(record: dict[str, Any], checkpoint_dir: Path) -> tuple[Any, torch.Tensor, torch.Tensor] | None:
     """The first test episode a run evaluated, as `runner.evaluate` drew it: (episodes (1 episode), its
     retrievals (1, N, C, H, W) in [0, 1], their errors (N,)); None (after printing why) when a trained
-    model's checkpoint is absent."""
-    from membench.build import load_trained
-    from membench.runner import EVAL_EPISODES_PER_BATCH, EVAL_STREAM
-    from membench.tasks import seed_all
+    model's checkpoint is absent, or a model from outside membench has changed since its record was made.
+    MembenchError naming the line when such a model fails."""
+    from membench.registry import errors_of_user_model, model_source_digest, resolve_model
     from membench.suites import RunSpec
 
     spec = RunSpec(**{name: record[name] for name in RunSpec.__dataclass_fields__})
+    source = model_source_digest(resolve_model(spec.model))
+    if source is not None and record.get("model_source") != source:
+        print(f"skipped the grid of {record['run_id']}: the source of {spec.model} has changed since its record was "
+              "made (rerun its `membench run` command to evaluate today's code)")
+        return None
+    with errors_of_user_model(spec.model, "no figure was written; mend it, or give --no-grids"):
+        return _first_episode(record, spec, checkpoint_dir)
+
+
+def _first_episode(record: dict[str, Any], spec: Any, checkpoint_dir: Path
+                   ) -> tuple[Any, torch.Tensor, torch.Tensor] | None:
+    """`first_episode` of the run `spec`, its model as today's code builds it."""
+    from membench.build import load_trained
+    from membench.runner import EVAL_EPISODES_PER_BATCH, EVAL_STREAM
+    from membench.tasks import seed_all
+
     task, model, checkpoint = load_trained(spec, checkpoint_dir, preset_config=record.get("preset_config"))
     if model.trainable and checkpoint is None:
         print(f"skipped the grid of {record['run_id']}: its trained checkpoint is not in {checkpoint_dir} "

@@ -232,6 +232,32 @@ def test_readme_sized_example_takes_the_budget_and_its_options_on_both_tasks(tmp
     assert points == [(3072, 3, 3072), (8192, 8, 8192)]
 
 
+def test_figures_draw_a_model_of_yours_only_as_its_record_was_made(tmp_path, monkeypatch, data_root):
+    """The grid of a model from outside membench is drawn with the code that made its record: after an edit it is
+    skipped, with the reason; a read that fails while drawing is one line naming its line and --no-grids."""
+    code = readme_example("example-sized-model") + (
+        "\n\nclass Flaky(NearestSlots):\n    def read(self, state, queries):\n        import os\n"
+        "        if os.environ.get('FLAKY'):\n            raise KeyError('flaky read')\n"
+        "        return super().read(state, queries)\n")
+    (tmp_path / "flaky_memory.py").write_text(code)
+    monkeypatch.chdir(tmp_path)
+    args = ["--data-dir", str(data_root), "--out", "images"]
+    result = CliRunner().invoke(main, ["run", "--suite", "fig3-omniglot", "--model", "flaky_memory:Flaky",
+                                       "--num-patterns", "8", "--queries", "16", "--budget", "3072", *args,
+                                       "--no-progress"])
+    assert result.exit_code == 0, result.output
+    drawn = CliRunner().invoke(main, ["figures", *args])
+    assert drawn.exit_code == 0 and (tmp_path / "images" / "fig3_recon_omniglot_flaky_memory_Flaky.png").exists()
+    monkeypatch.setenv("FLAKY", "1")
+    failed = CliRunner().invoke(main, ["figures", *args])
+    assert failed.exit_code == 1 and exited_cleanly(failed), failed.output
+    assert "KeyError" in failed.output and "flaky_memory.py" in failed.output and "--no-grids" in failed.output
+    (tmp_path / "flaky_memory.py").write_text(code + "\n# edited\n")
+    skipped = CliRunner().invoke(main, ["figures", *args])
+    assert skipped.exit_code == 0, skipped.output
+    assert "the source of flaky_memory:Flaky has changed since its record was made" in skipped.output
+
+
 def test_readme_learned_example_trains_and_runs(tmp_path, monkeypatch):
     """The README's meta-learned example, on the example it extends: trained (a few updates here), then
     evaluated with the same budget; its options are its config's and TrainConfig's fields (`gain_init=2`, as
