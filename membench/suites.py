@@ -9,6 +9,7 @@ from typing import Any
 
 from membench.budget import TABLE1_BUDGET, TABLE1_NUM_PATTERNS, hopfield_floats
 from membench.errors import MembenchError, OverBudgetError
+from membench.store import warn
 
 CLASSICAL_MODELS = ("hopfield_hebb", "hopfield_storkey", "hopfield_pseudoinverse", "raw_slots")
 MODERN_MODELS = ("modern_hopfield", "dense_associative_memory", "universal_hopfield", "sparse_distributed_memory")
@@ -243,6 +244,8 @@ class CapacitySuite(Suite):
         if not specs:
             raise MembenchError(f"suite '{name}': every run is over its budget: "
                                 + "; ".join(sorted({_refusal(s, c) for s, c in refused})))
+        if models and refused:  # runs of models named on the command line: say which are left out, and why
+            warn(f"suite '{name}' leaves out: " + "; ".join(sorted({_refusal(s, c) for s, c in refused})))
         return specs
 
 
@@ -347,10 +350,12 @@ class ImageCapacitySuite:
             if refusals[key] is None:
                 accepted.append(spec)
         specs, over = split_by_budget(accepted)
+        left_out = sorted({f"{model} refuses the task ({why})" for (model, _), why in refusals.items() if why}
+                          | {_refusal(s, c) for s, c in over})
         if not specs:
-            raise MembenchError(f"suite '{name}' runs nothing: " + "; ".join(
-                sorted({f"{model} refuses the task ({why})" for (model, _), why in refusals.items() if why}
-                       | {_refusal(s, c) for s, c in over})))
+            raise MembenchError(f"suite '{name}' runs nothing: " + "; ".join(left_out))
+        if models and left_out:  # runs of models named on the command line: say which are left out, and why
+            warn(f"suite '{name}' leaves out: " + "; ".join(left_out))
         return specs
 
 

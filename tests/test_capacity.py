@@ -121,10 +121,16 @@ def test_suites_expand_to_their_grids():
     assert len({s.run_id for s in n + budget + flip}) == len(n + budget + flip)
 
 
-def test_suite_overrides_and_refusals():
+def test_suite_overrides_and_refusals(capsys):
     suite = CAPACITY_SUITES["capacity-budget"]
     only = suite.expand("capacity-budget", ("raw_slots",), (0,), 10, "quick", num_patterns=(8,), budget=4160)
     assert [(s.model, s.budget, s.task["num_patterns"]) for s in only] == [("raw_slots", 4160, 8)]
+    assert capsys.readouterr().err == ""
+    named = suite.expand("capacity-budget", ("raw_slots", "hopfield_hebb"), (0,), 10, "quick", num_patterns=(8,),
+                         budget=4160)  # a model named on the command line and left out is said so
+    assert {s.model for s in named} == {"raw_slots"}
+    assert "suite 'capacity-budget' leaves out: hopfield_hebb declares 8256 float32 values at budget 4160" in (
+        capsys.readouterr().err)
     with pytest.raises(MembenchError, match="hopfield_hebb declares 8256"):
         suite.expand("capacity-budget", ("hopfield_hebb",), (0,), 10, "quick", budget=2080)
     with pytest.raises(MembenchError, match="erased=0"):
@@ -196,6 +202,8 @@ def test_image_suites_expand_without_the_models_that_refuse(data_root):
                                                  num_patterns=(4,))
     with pytest.raises(MembenchError, match="unknown model 'no_such_model'"):
         suite.expand("capacity-omniglot", ("raw_slots", "no_such_model"), (0,), 8, "quick", num_patterns=(4,))
+    named = suite.expand("capacity-omniglot", ("raw_slots", "hopfield_hebb"), (0,), 8, "quick", num_patterns=(4,))
+    assert {s.model for s in named} == {"raw_slots"}
 
 
 def test_image_capacity_figures_on_a_tiny_run(tmp_path, data_root, one_thread):
