@@ -331,21 +331,25 @@ def _first_episode(record: dict[str, Any], spec: Any, checkpoint_dir: Path
 
 def reconstruction_grid(record: dict[str, Any], path: Path, shown: tuple[Any, torch.Tensor, torch.Tensor],
                         columns: int = 8) -> Path:
-    """Rows: query, retrieval, original for the first `columns` queries of the run's first test episode,
-    `shown` (`first_episode`). Returns the written path."""
+    """Rows: query, retrieval, original for `columns` queries spread evenly over the run's first test episode,
+    `shown` (`first_episode`), first and last included, each titled with its place in the episode (a memory that
+    keeps the first images it is given shows what it does with the others too). Returns the written path."""
     episodes, retrievals, errors = shown
     plt = pyplot()
-    columns = min(columns, record["task"]["num_patterns"])
-    fig, axes = plt.subplots(3, columns, figsize=(1.2 * columns, 3.9), squeeze=False)
+    count = record["task"]["num_patterns"]
+    picked = torch.linspace(0, count - 1, min(columns, count)).round().long().unique().tolist()
+    fig, axes = plt.subplots(3, len(picked), figsize=(1.2 * len(picked), 3.9), squeeze=False)
     for row, (name, images) in enumerate((("query", episodes.queries), ("retrieval", retrievals),
                                           ("original", episodes.patterns))):
-        for col in range(columns):
-            image = images[0, col].permute(1, 2, 0).numpy()
+        for col, query in enumerate(picked):
+            image = images[0, query].permute(1, 2, 0).numpy()
             axes[row, col].imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray_r" if
                                   image.shape[-1] == 1 else None, vmin=0, vmax=1, interpolation="nearest")
             axes[row, col].set_xticks([]), axes[row, col].set_yticks([])
+            if row == 0:
+                axes[row, col].set_title(f"#{query + 1} of {count}", fontsize=7)
             if row == 1:
-                axes[row, col].set_xlabel(f"{errors[col]:.1f}", fontsize=7)
+                axes[row, col].set_xlabel(f"{errors[query]:.1f}", fontsize=7)
         axes[row, 0].set_ylabel(name, fontsize=8)
     preset = f" ({record['preset']})" if record.get("training") else ""
     fig.suptitle(f"{_line_label(*_curve_label(record))}{preset} on {record['task']['kind']}, "
