@@ -173,9 +173,11 @@ def _preset_text(row: Any) -> str:
 
 def dataset_table(frame: pd.DataFrame) -> str:
     """The markdown table of one data set's points: ours beside the paper's (and the train-split
-    median of trained models, where a record has one: well below the test median means memorised)."""
+    median of trained models, where a record has one: well below the test median means memorised). A point whose
+    model holds less than its budget says of which budget (two points of one curve may hold the same)."""
     with_train = bool(frame["train_median"].notna().any())
-    grid = [[" ".join([_line_label(row.curve, row.variant), *_task_tags(row, frame)]), f"{row.memory_k:.2f}",
+    grid = [[" ".join([_line_label(row.curve, row.variant), *_task_tags(row, frame)]),
+             f"{row.memory_k:.2f}" + (f" of {row.budget / 1000:.2f}" if row.memory_floats < row.budget else ""),
              f"{row.median:.2f} [{row.p5:.2f}, {row.p95:.2f}]",
              "" if pd.isna(row.paper) else f"{row.paper:.2f} [{row.paper_lo:.2f}, {row.paper_hi:.2f}]",
              row.num_patterns, row.batches, _preset_text(row), f"{row.train_time_s:.0f}",

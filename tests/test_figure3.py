@@ -199,6 +199,15 @@ def test_figure3_keeps_its_own_suites_runs_only(monkeypatch, tmp_path):
     assert [r["run_id"] for r in figure3.image_records(tmp_path)] == [ours["run_id"]]
 
 
+def test_points_holding_less_than_their_budgets_say_which_budget():
+    """A model that holds 2048 floats at the points of 3072 and 8192: two rows, told apart by their budgets."""
+    from membench.figure3 import dataset_table
+
+    small, large = (_record("mine:Mine", 2048, [10.0, 12.0] * 32, 64) for _ in range(2))
+    table = dataset_table(summarise([{**small, "budget": 3072}, {**large, "run_id": "large", "budget": 8192}]))
+    assert "| 2.05 of 3.07 " in table and "| 2.05 of 8.19 " in table
+
+
 def test_a_variant_of_a_curve_point_keeps_its_curve_and_its_own_line():
     """A run given more options than its curve point (here grad_norm_term=False) is matched to the paper's
     curve and kept apart from the plain run, in the table and as its own line."""
