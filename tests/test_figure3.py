@@ -208,6 +208,18 @@ def test_points_holding_less_than_their_budgets_say_which_budget():
     assert "| 2.05 of 3.07 " in table and "| 2.05 of 8.19 " in table
 
 
+def test_the_quick_presets_note_is_for_built_in_models_alone():
+    """The note on what the quick presets change applies to membench's own models: a model of yours whose preset
+    is also called quick does not get it."""
+    from membench.figure3 import summary_markdown
+
+    training = {"checkpoint_key": "k", "curve": "training/k.csv", "config": {}, "train_time_s": 1.0, "steps": 2}
+    mine = {**_record("mine:Mine", 2048, [10.0, 12.0] * 32, 64), "training": training}
+    memnet = {**_record("memory_networks", 3072, [10.0, 12.0] * 32, 64), "run_id": "memnet", "training": training}
+    assert "a CPU smoke test, not a result" not in summary_markdown(summarise([mine]))
+    assert "a CPU smoke test, not a result" in summary_markdown(summarise([mine, memnet]))
+
+
 def test_a_variant_of_a_curve_point_keeps_its_curve_and_its_own_line():
     """A run given more options than its curve point (here grad_norm_term=False) is matched to the paper's
     curve and kept apart from the plain run, in the table and as its own line."""
