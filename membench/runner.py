@@ -30,7 +30,7 @@ import torch
 from membench import fresh_read
 from membench.budget import StateContract, check_declared, sealed
 from membench.build import build_model, resolve_device
-from membench.checkpoints import checkpoint_path, default_checkpoint_dir, weights_digest
+from membench.checkpoints import checkpoint_path, default_checkpoint_dir, trained_steps, weights_digest
 from membench.errors import CheckpointBusy, MembenchError, TrainingPaused, UnknownOption
 from membench.integrity import audit_write, checked_retrievals
 from membench.interface import AssociativeMemory, resolve_options
@@ -39,7 +39,7 @@ from membench.provenance import environment, git_state
 from membench.registry import (errors_of_user_model, is_builtin_model, make_task, model_source_digest, resolve_model,
                                user_model_error)
 from membench.run_identity import checkpoint_key, is_current, pending
-from membench.store import ResultsStore, writable_folder, write_text_atomic
+from membench.store import ResultsStore, warn, writable_folder, write_text_atomic
 from membench.suites import BUILTIN_PRESETS, DEFAULT_PRESET, SUITES, RunSpec, SweepSuite, declared_count
 from membench.tasks import Task, seed_all
 from membench.no_train import as_trained, require_checkpoints
@@ -157,6 +157,12 @@ def _execute(spec: RunSpec, store: ResultsStore, device: torch.device, checkpoin
         key = checkpoint_key(spec, model, task)
         limit = None if train_time_limit_s is None else max(0.0, train_time_limit_s - (time.perf_counter() - started))
         path = checkpoint_path(key, checkpoint_dir)
+        if train and device.type == "cpu" and spec.preset in ("gpu", "paper") and is_builtin_model(type(model)) \
+                and (not path.exists() or trained_steps(path) < train_config.steps):
+            warn(f"training {spec.model}'s {spec.preset} preset on a CPU ({train_config.steps} updates of "
+                 f"{train_config.batch_size} episodes): this preset is sized for a GPU and can take hours here (the "
+                 "README's 'How much compute each gpu preset needs'); --train-time-limit bounds it, and a rerun "
+                 "resumes")
         result = (meta_train(model, task, train_config, path, device, spec.seed, progress, time_limit_s=limit,
                              wait=wait_for_checkpoint)  # the limit counts building and the audit
                   if train else as_trained(model, path, train_config, spec))

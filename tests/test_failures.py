@@ -1288,3 +1288,18 @@ def test_a_run_paused_before_its_first_logged_step_does_not_stop_its_folders_rep
     assert result.exit_code == 0 and "memory_networks [train.steps=500]" in result.output, result.output
     curve.write_text("\n")  # as such a curve was written before it kept its header
     assert _invoke("report", "--out", str(tmp_path / "out")).exit_code == 0
+
+
+def test_training_a_gpu_preset_on_a_cpu_is_warned_about_once_it_would_train(tmp_path):
+    """A built-in model's gpu preset trained on a CPU: one warning line that it is sized for a GPU (it can take
+    hours) and how to bound it; none once its checkpoint is trained, none for the quick preset."""
+    args = ["--model", "memory_networks", "--num-patterns", "16", "--queries", "16", "--option", "train.steps=2",
+            "--checkpoint-dir", str(tmp_path / "ck"), "--device", "cpu", "--no-progress"]
+    first = _invoke("run", *args, "--preset", "gpu", "--out", str(tmp_path / "a"))
+    assert first.exit_code == 0, first.output
+    assert "training memory_networks's gpu preset on a CPU (2 updates of 128 episodes): this preset is sized for a " \
+           "GPU" in first.output and "--train-time-limit bounds it" in first.output
+    again = _invoke("run", *args, "--preset", "gpu", "--out", str(tmp_path / "b"))
+    assert again.exit_code == 0 and "sized for a GPU" not in again.output
+    quick = _invoke("run", *args, "--out", str(tmp_path / "c"))
+    assert quick.exit_code == 0 and "sized for a GPU" not in quick.output
