@@ -57,8 +57,8 @@ def read_curves(out_dir: Path, images: bool | None = None) -> Curves:
             path = Path(out_dir) / training["curve"]
             fix = ("restore it from git, copy it from the folder its record came from (training/ beside runs/), or "
                    "rerun the run with --force")
-            if path.is_file() and not path.read_text(errors="replace").strip():
-                continue  # paused before its first logged step (written so before the curve kept its header)
+            if path.is_file() and path.stat().st_size <= 1:
+                continue  # paused before its first logged step, written as one newline before the curve kept its header
             curve = read_table(path, f"the training curve of {record['run_id']}", ("step", "loss", "error"), fix)
             if curve.empty:
                 continue  # paused before its first logged step: nothing to draw
