@@ -9,7 +9,10 @@ coefficients alpha (k x k) and a Hebbian trace updated while patterns are presen
 Memory is the Hebbian trace. A full trace over 128 units would be 128^2 = 16384 floats,
 about twice the Table 1 budget (8256), so a learned encoder maps patterns to the k plastic
 units and a learned decoder maps them back; from_preset picks the largest k with k^2 within
-the budget (k = 90, 8100 floats at the Table 1 budget).
+the budget (k = 90, 8100 floats at the Table 1 budget). With `symmetric_trace` (ours) every trace
+update is the symmetrised outer product, so the trace is a symmetric matrix and its upper triangle
+(k(k+1)/2 floats) is the memory: k = 128 units fit Table 1's budget exactly (128 * 129 / 2 = 8256,
+the budget of a Hopfield network's symmetric weights and biases).
 
 Write phase: each pattern is clamped as input for `present_steps` steps starting from a
 zero hidden state (the first step gives y = tanh(e); every further step updates Hebb),
@@ -58,6 +61,8 @@ class PlasticityConfig:
     read_steps: int = 3         # recurrent steps when reading a query
     init_eta: float = 0.05      # initial Hebbian rate (learned, kept in (0, 1))
     init_alpha: float = 0.01    # plasticity coefficients start uniform in [0, init_alpha)
+    symmetric_trace: bool = False  # (ours) symmetrised trace updates; the memory is the trace's upper triangle,
+    #   k(k+1)/2 floats, so None picks the largest such k (128 at Table 1's 8256, not 90)
 
     def __post_init__(self) -> None:
         name = "differentiable_plasticity"
@@ -99,6 +104,11 @@ class DifferentiablePlasticity(LogitReadout, AssociativeMemory):
         self.alpha = nn.Parameter(config.init_alpha * torch.rand(k, k))       # per-connection plasticity coefficients
         self.eta_logit = nn.Parameter(torch.tensor(math.log(config.init_eta / (1 - config.init_eta))))
         self.query_gain = nn.Parameter(torch.tensor(1.0))         # skip: known query entries push their logits
+        rows, cols = torch.triu_indices(k, k)
+        unpack = torch.empty(k, k, dtype=torch.long)                # (i, j) -> index of (min, max) in the triangle
+        unpack[rows, cols] = unpack[cols, rows] = torch.arange(rows.numel())
+        self.register_buffer("triangle", torch.stack([rows, cols]), persistent=False)
+        self.register_buffer("unpack", unpack, persistent=False)
 
     @classmethod
     def presets(cls, spec: TaskSpec, options: object = None) -> dict[str, Preset]:
@@ -106,14 +116,17 @@ class DifferentiablePlasticity(LogitReadout, AssociativeMemory):
 
     @classmethod
     def from_preset(cls, spec: TaskSpec, budget: int, preset: Preset) -> "DifferentiablePlasticity":
-        """The largest plastic layer whose k x k Hebbian trace fits the budget (unless the preset fixes k)."""
+        """The largest plastic layer whose Hebbian trace (k^2 floats, or k(k+1)/2 when symmetric) fits the
+        budget (unless the preset fixes k)."""
         config = preset.model
         if config.plastic_size is None:
-            config = replace(config, plastic_size=math.isqrt(budget))
+            largest = (math.isqrt(8 * budget + 1) - 1) // 2 if config.symmetric_trace else math.isqrt(budget)
+            config = replace(config, plastic_size=largest)
         return cls(spec, config)
 
     def memory_floats(self, spec: TaskSpec) -> int:
-        return self.cfg.plastic_size ** 2
+        k = self.cfg.plastic_size
+        return k * (k + 1) // 2 if self.cfg.symmetric_trace else k * k
 
     def _encode(self, patterns: torch.Tensor) -> torch.Tensor:
         features = self.encoder(patterns)
@@ -122,7 +135,8 @@ class DifferentiablePlasticity(LogitReadout, AssociativeMemory):
         return features
 
     def write(self, patterns: torch.Tensor) -> torch.Tensor:
-        """patterns (B, N, *S) -> Hebbian trace (B, k, k), patterns presented in order."""
+        """patterns (B, N, *S) -> Hebbian trace (B, k, k), patterns presented in order; with symmetric_trace its
+        upper triangle (B, k(k+1)/2), row by row."""
         features = self._encode(patterns)                           # (B, N, k)
         batch, num_patterns, k = features.shape
         eta = torch.sigmoid(self.eta_logit)
@@ -132,13 +146,18 @@ class DifferentiablePlasticity(LogitReadout, AssociativeMemory):
             hidden = torch.tanh(inputs)
             for _ in range(self.cfg.present_steps - 1):
                 new = torch.tanh(hidden @ (self.weight + self.alpha * hebb) + inputs)
-                hebb = (1 - eta) * hebb + eta * hidden.transpose(1, 2) @ new
+                outer = hidden.transpose(1, 2) @ new                # (B, k, k)
+                if self.cfg.symmetric_trace:
+                    outer = (outer + outer.transpose(1, 2)) / 2
+                hebb = (1 - eta) * hebb + eta * outer
                 hidden = new
-        return hebb
+        return hebb[:, self.triangle[0], self.triangle[1]] if self.cfg.symmetric_trace else hebb
 
     def _logits(self, hebb: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
         """queries (B, Q, *S) -> pattern logits (B, Q, *S); the trace is read, never updated."""
         inputs = self._encode(queries)                              # (B, Q, k)
+        if self.cfg.symmetric_trace:
+            hebb = hebb[:, self.unpack]                             # (B, k(k+1)/2) -> (B, k, k)
         effective = self.weight + self.alpha * hebb                 # (B, k, k)
         hidden = torch.tanh(inputs)
         for _ in range(self.cfg.read_steps):

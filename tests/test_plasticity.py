@@ -61,3 +61,25 @@ def test_meta_training_lowers_the_loss(tmp_path):
     losses = [row["loss"] for row in result.curve]
     assert sum(losses[-10:]) / 10 < 0.95 * sum(losses[:10]) / 10
     assert (tmp_path / "dp.pt").exists()
+
+
+def test_symmetric_trace_holds_128_units_in_table1_budget_and_its_triangle_loses_nothing():
+    task = BinaryTask(16)
+    model = DifferentiablePlasticity.from_spec(task.spec, TABLE1_BUDGET, symmetric_trace=True)
+    assert model.cfg.plastic_size == 128  # 128 * 129 / 2 = 8256: a Hopfield network's budget, exactly
+    assert check_declared(model, task.spec, TABLE1_BUDGET, "differentiable_plasticity") == 8256
+    with pytest.raises(OverBudgetError):
+        check_declared(DifferentiablePlasticity.from_spec(task.spec, TABLE1_BUDGET, symmetric_trace=True,
+                                                          plastic_size=129), task.spec, TABLE1_BUDGET, "dp")
+    episodes = task.sample(2, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model.alpha.mul_(100)  # a trace that moves the read
+        packed = model.write(episodes.patterns)
+        full = packed[:, model.unpack]
+        # the same weights reading the whole k x k matrix, as the square trace's model does
+        square = DifferentiablePlasticity.from_spec(task.spec, TABLE1_BUDGET, plastic_size=128)
+        square.load_state_dict(model.state_dict())
+        from_packed, from_full = model.read(packed, episodes.queries), square.read(full, episodes.queries)
+    assert packed.shape == (2, 8256)
+    torch.testing.assert_close(from_packed, from_full, rtol=0, atol=0)
+    assert not torch.allclose(from_packed, model.read(torch.zeros_like(packed), episodes.queries), atol=1e-4)
