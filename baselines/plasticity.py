@@ -8,11 +8,12 @@ coefficients alpha (k x k) and a Hebbian trace updated while patterns are presen
 
 Memory is the Hebbian trace. A full trace over 128 units would be 128^2 = 16384 floats,
 about twice the Table 1 budget (8256), so a learned encoder maps patterns to the k plastic
-units and a learned decoder maps them back; from_preset picks the largest k with k^2 within
-the budget (k = 90, 8100 floats at the Table 1 budget). With `symmetric_trace` (ours) every trace
-update is the symmetrised outer product, so the trace is a symmetric matrix and its upper triangle
-(k(k+1)/2 floats) is the memory: k = 128 units fit Table 1's budget exactly (128 * 129 / 2 = 8256,
-the budget of a Hopfield network's symmetric weights and biases).
+units and a learned decoder maps them back. The presets use `symmetric_trace` (ours): every
+trace update is the symmetrised outer product, so the trace is a symmetric matrix and its upper
+triangle, k(k+1)/2 floats, is the memory; from_preset picks the largest k that fits, k = 128 at
+Table 1's budget exactly (128 * 129 / 2 = 8256, the budget of a Hopfield network's symmetric
+weights and biases). With `symmetric_trace=false` the memory is the whole k x k trace (k = 90,
+8100 floats).
 
 Write phase: each pattern is clamped as input for `present_steps` steps starting from a
 zero hidden state (the first step gives y = tanh(e); every further step updates Hebb),
@@ -20,7 +21,7 @@ so patterns are stored in order and older ones fade with (1 - eta): the order ma
 Read phase: each query (batched, none of them updates the trace) is clamped as input and
 the plastic layer runs `read_steps` steps from y = tanh(e); the decoder gives the pattern
 logits, plus a learned scalar gain times (query - fill_value), a skip that lets the known
-entries of the query through so the 90 plastic units are spent on the erased ones.
+entries of the query through so the plastic units are spent on the erased ones.
 
 Encoder/decoder are pluggable: `encoder` maps patterns (B, N, *S) in [0, 1] to (B, N, k);
 `decoder` maps (B, Q, k) to pattern logits (B, Q, *S). Defaults: Linear layers on flat
@@ -73,19 +74,22 @@ class PlasticityConfig:
                                 f"(the first step of a pattern only sets the hidden state)")
 
 
+SYMMETRIC = PlasticityConfig(symmetric_trace=True)
 PRESETS: dict[str, Preset] = {
+    # Every preset: the symmetric trace, 128 units in Table 1's budget (8.27 ... 19.13 bits against the 90 x 90
+    # trace's 16.86 ... 24.29, results/diagnostics/plasticity-symmetric).
     # CPU: at least EBMM quick's training compute (9000 updates of 16 episodes; EBMM's: 7800). At a constant lr
     # 5e-3 a 5600-update run collapsed after ~2600 updates: every N fell to 32 bits, chance (why is not measured:
     # results/diagnostics/plasticity-collapse), so the rate is lower and decays along a cosine
-    "quick": Preset(PlasticityConfig(), TrainConfig(steps=9000, batch_size=16, lr=2e-3, clip_norm=1.0, cosine_decay=True,
-                                                    num_patterns=TABLE1_NUM_PATTERNS)),
+    "quick": Preset(SYMMETRIC, TrainConfig(steps=9000, batch_size=16, lr=2e-3, clip_norm=1.0, cosine_decay=True,
+                                           num_patterns=TABLE1_NUM_PATTERNS)),
     # one GPU, EBMM gpu's training compute (30,000 updates of 128 episodes)
-    "gpu": Preset(PlasticityConfig(), TrainConfig(steps=30_000, batch_size=128, lr=3e-3, clip_norm=1.0, cosine_decay=True,
-                                                  log_every=50, checkpoint_every=250, num_patterns=TABLE1_NUM_PATTERNS,
-                                                  cuda_graph=True)),
+    "gpu": Preset(SYMMETRIC, TrainConfig(steps=30_000, batch_size=128, lr=3e-3, clip_norm=1.0, cosine_decay=True,
+                                         log_every=50, checkpoint_every=250, num_patterns=TABLE1_NUM_PATTERNS,
+                                         cuda_graph=True)),
     # GPU scale, the paper's optimiser (App. D)
-    "paper": Preset(PlasticityConfig(), TrainConfig(steps=200_000, batch_size=64, lr=5e-5, clip_norm=0.05,
-                                                    num_patterns=TABLE1_NUM_PATTERNS)),
+    "paper": Preset(SYMMETRIC, TrainConfig(steps=200_000, batch_size=64, lr=5e-5, clip_norm=0.05,
+                                           num_patterns=TABLE1_NUM_PATTERNS)),
 }
 
 

@@ -1,4 +1,4 @@
-"""Differentiable plasticity baseline: trace size, training, order sensitivity."""
+"""Differentiable plasticity baseline: trace size (square and symmetric), training, order sensitivity."""
 from __future__ import annotations
 
 import pytest
@@ -11,9 +11,9 @@ from membench.tasks import BinaryTask
 from membench.training import TrainConfig, meta_train
 
 
-def test_trace_is_the_largest_square_within_table1_budget():
+def test_square_trace_is_the_largest_square_within_table1_budget():
     spec = BinaryTask(32).spec
-    model = DifferentiablePlasticity.from_spec(spec, TABLE1_BUDGET)
+    model = DifferentiablePlasticity.from_spec(spec, TABLE1_BUDGET, symmetric_trace=False)
     assert model.cfg.plastic_size == 90
     assert model.memory_floats(spec) == 90 * 90 <= TABLE1_BUDGET < 91 * 91
     assert check_declared(model, spec, TABLE1_BUDGET, "differentiable_plasticity") == 8100
@@ -23,7 +23,7 @@ def test_trace_is_the_largest_square_within_table1_budget():
 
 def test_oversized_trace_is_refused():
     spec = BinaryTask(16).spec
-    model = DifferentiablePlasticity.from_spec(spec, TABLE1_BUDGET, plastic_size=91)
+    model = DifferentiablePlasticity.from_spec(spec, TABLE1_BUDGET, symmetric_trace=False, plastic_size=91)
     with pytest.raises(OverBudgetError):
         check_declared(model, spec, TABLE1_BUDGET, "differentiable_plasticity")
 
@@ -63,21 +63,20 @@ def test_meta_training_lowers_the_loss(tmp_path):
     assert (tmp_path / "dp.pt").exists()
 
 
-def test_symmetric_trace_holds_128_units_in_table1_budget_and_its_triangle_loses_nothing():
+def test_presets_symmetric_trace_holds_128_units_in_table1_budget_and_its_triangle_loses_nothing():
     task = BinaryTask(16)
-    model = DifferentiablePlasticity.from_spec(task.spec, TABLE1_BUDGET, symmetric_trace=True)
+    model = DifferentiablePlasticity.from_spec(task.spec, TABLE1_BUDGET)
     assert model.cfg.plastic_size == 128  # 128 * 129 / 2 = 8256: a Hopfield network's budget, exactly
     assert check_declared(model, task.spec, TABLE1_BUDGET, "differentiable_plasticity") == 8256
     with pytest.raises(OverBudgetError):
-        check_declared(DifferentiablePlasticity.from_spec(task.spec, TABLE1_BUDGET, symmetric_trace=True,
-                                                          plastic_size=129), task.spec, TABLE1_BUDGET, "dp")
+        check_declared(DifferentiablePlasticity.from_spec(task.spec, TABLE1_BUDGET, plastic_size=129), task.spec, TABLE1_BUDGET, "dp")
     episodes = task.sample(2, torch.Generator().manual_seed(0))
     with torch.no_grad():
         model.alpha.mul_(100)  # a trace that moves the read
         packed = model.write(episodes.patterns)
         full = packed[:, model.unpack]
         # the same weights reading the whole k x k matrix, as the square trace's model does
-        square = DifferentiablePlasticity.from_spec(task.spec, TABLE1_BUDGET, plastic_size=128)
+        square = DifferentiablePlasticity.from_spec(task.spec, TABLE1_BUDGET, symmetric_trace=False, plastic_size=128)
         square.load_state_dict(model.state_dict())
         from_packed, from_full = model.read(packed, episodes.queries), square.read(full, episodes.queries)
     assert packed.shape == (2, 8256)
