@@ -5,18 +5,12 @@ memory size, evaluated on `queries / N` random test batches (episodes) of N = 64
 Records hold per-query errors in episode order (N per episode), so per-batch means are
 recovered here; a point is summarised by the median per-batch error and its 5th / 95th
 percentiles over batches, as in the paper (App. D). The paper's points come from
-results/reference/paper_fig3.csv (read off the PDF's vector graphics).
-
-Reconstruction grids (query, retrieval, original, like the paper's Fig. 2) need the model
-itself, so they are redrawn rather than stored: the run's model is rebuilt and loaded by
-the runner's own path (`membench.build.load_trained`; a grid is skipped, with a note, when
-the trained checkpoint is not on this machine), and it reads the first evaluation episode
-of the run's own seed.
+results/reference/paper_fig3.csv (read off the PDF's vector graphics). Reconstruction grids,
+one per curve, come from `membench.grids`.
 """
 from __future__ import annotations
 
 import json
-import math
 import re
 from pathlib import Path
 from typing import Any
@@ -26,11 +20,9 @@ import pandas as pd
 import torch
 from tabulate import tabulate
 
-from membench.budget import check_measured, sealed
-from membench.checkpoints import trained_steps, weights_digest
 from membench.errors import MembenchError
 from membench.fig3_acceptance import PAPER_DATASET, acceptance_markdown, read_points
-from membench.integrity import checked_retrievals
+from membench.grids import first_episode, reconstruction_grid
 from membench.plots import pyplot, read_curves, save, training_curves
 from membench.report import REPO_ROOT, distinct, episode_means, span, updates_text
 from membench.store import ResultsStore, read_table, write_text_atomic
@@ -282,90 +274,6 @@ def plot(summary: pd.DataFrame, reference: pd.DataFrame | None, paths: list[Path
     return paths
 
 
-def first_episode(record: dict[str, Any], checkpoint_dir: Path) -> tuple[Any, torch.Tensor, torch.Tensor] | None:
-    """The first test episode a run evaluated, as `runner.evaluate` drew it: (episodes (1 episode), its
-    retrievals (1, N, C, H, W) in [0, 1], their errors (N,)); None (after printing why) when a trained
-    model's checkpoint is absent, or a model from outside membench has changed since its record was made.
-    MembenchError naming the line when such a model fails."""
-    from membench.registry import errors_of_user_model, model_source_digest, resolve_model
-    from membench.suites import RunSpec
-
-    spec = RunSpec(**{name: record[name] for name in RunSpec.__dataclass_fields__})
-    source = model_source_digest(resolve_model(spec.model))
-    if source is not None and record.get("model_source") != source:
-        print(f"skipped the grid of {record['run_id']}: the source of {spec.model} has changed since its record was "
-              "made (rerun its `membench run` command to evaluate today's code)")
-        return None
-    with errors_of_user_model(spec.model, "no figure was written; mend it, or give --no-grids"):
-        return _first_episode(record, spec, checkpoint_dir)
-
-
-def _first_episode(record: dict[str, Any], spec: Any, checkpoint_dir: Path
-                   ) -> tuple[Any, torch.Tensor, torch.Tensor] | None:
-    """`first_episode` of the run `spec`, its model as today's code builds it."""
-    from membench.build import load_trained
-    from membench.runner import EVAL_EPISODES_PER_BATCH, EVAL_STREAM
-    from membench.tasks import seed_all
-
-    task, model, checkpoint = load_trained(spec, checkpoint_dir, preset_config=record.get("preset_config"))
-    if model.trainable and checkpoint is None:
-        print(f"skipped the grid of {record['run_id']}: its trained checkpoint is not in {checkpoint_dir} "
-              "(rerun its `membench run` command there to retrain it)")
-        return None
-    training = record["training"] or {}
-    stands = trained_steps(checkpoint) if model.trainable else None
-    if model.trainable and (stands != training["steps"] or training.get("weights_digest")
-                            not in (None, weights_digest(model.state_dict()))):
-        print(f"skipped the grid of {record['run_id']}: its checkpoint is not the one its record evaluated (now at "
-              f"step {stands:g}, the record's at step {training['steps']}, or other weights); "
-              "rerun its `membench run` command, with --no-train for a paused one, to evaluate it as it stands")
-        return None
-    seed_all(spec.seed)
-    first_batch = min(EVAL_EPISODES_PER_BATCH, math.ceil(spec.queries / task.spec.num_patterns))
-    episodes = task.sample(first_batch, torch.Generator().manual_seed(spec.seed + EVAL_STREAM), split="test")
-    # episodes are written independently, but a batch of one can round differently (the conv energy's
-    # vmapped convolutions take another path at B = 1): write two, as evaluate writes its batches
-    episodes = type(episodes)(episodes.patterns[:2], episodes.queries[:2])
-    with torch.no_grad():
-        state = model.write(episodes.patterns.clone())
-        check_measured(state, 2, record["memory_floats"], spec.budget, spec.model)  # what its record measured
-        retrievals = checked_retrievals(model.read(sealed(state), episodes.queries.clone()), episodes.queries,
-                                        spec.model)[:1]
-    episodes = type(episodes)(episodes.patterns[:1], episodes.queries[:1])
-    return episodes, retrievals.clamp(0, 1), task.errors(retrievals, episodes.patterns)[0]  # errors as evaluated
-
-
-def reconstruction_grid(record: dict[str, Any], path: Path, shown: tuple[Any, torch.Tensor, torch.Tensor],
-                        columns: int = 8) -> Path:
-    """Rows: query, retrieval, original for `columns` queries spread evenly over the run's first test episode,
-    `shown` (`first_episode`), first and last included, each titled with its place in the episode (a memory that
-    keeps the first images it is given shows what it does with the others too). Returns the written path."""
-    episodes, retrievals, errors = shown
-    plt = pyplot()
-    count = record["task"]["num_patterns"]
-    picked = torch.linspace(0, count - 1, min(columns, count)).round().long().unique().tolist()
-    fig, axes = plt.subplots(3, len(picked), figsize=(1.2 * len(picked), 3.9), squeeze=False)
-    for row, (name, images) in enumerate((("query", episodes.queries), ("retrieval", retrievals),
-                                          ("original", episodes.patterns))):
-        for col, query in enumerate(picked):
-            image = images[0, query].permute(1, 2, 0).numpy()
-            axes[row, col].imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray_r" if
-                                  image.shape[-1] == 1 else None, vmin=0, vmax=1, interpolation="nearest")
-            axes[row, col].set_xticks([]), axes[row, col].set_yticks([])
-            if row == 0:
-                axes[row, col].set_title(f"#{query + 1} of {count}", fontsize=7)
-            if row == 1:
-                axes[row, col].set_xlabel(f"{errors[query]:.1f}", fontsize=7)
-        axes[row, 0].set_ylabel(name, fontsize=8)
-    preset = f" ({record['preset']})" if record.get("training") else ""
-    fig.suptitle(f"{_line_label(*_curve_label(record))}{preset} on {record['task']['kind']}, "
-                 f"{record['memory_floats'] / 1000:.2f}k floats (retrieval error under each image)", fontsize=9)
-    fig.tight_layout()
-    save(fig, path)
-    plt.close(fig)
-    return path
-
-
 def figures(out_dir: Path, reference: Path | None = DEFAULT_REFERENCE, checkpoint_dir: Path | None = None,
             grids: bool = True) -> tuple[str, list[Path]]:
     """Write fig3.{md,csv,png,pdf}, the acceptance's checks of the gpu presets' points (fig3_acceptance.md, once
@@ -408,5 +316,6 @@ def figures(out_dir: Path, reference: Path | None = DEFAULT_REFERENCE, checkpoin
     write_text_atomic(out_dir / "fig3.csv", summary[columns].to_csv(index=False, float_format="%.4f") if len(summary) else "")
     written += plot(summary, paper, [out_dir / "fig3.png", out_dir / "fig3.pdf"])
     written += training_curves(out_dir, curves, name="fig3_training_curves")
-    written += [reconstruction_grid(record, path, episode) for path, (record, episode) in shown.items()]
+    written += [reconstruction_grid(record, path, episode, _line_label(*_curve_label(record)))
+                for path, (record, episode) in shown.items()]
     return markdown, written

@@ -11,7 +11,8 @@ from click.testing import CliRunner
 
 from membench.cli import main
 from membench.errors import MembenchError
-from membench.figure3 import first_episode, summarise
+from membench.figure3 import summarise
+from membench.grids import first_episode
 from membench.report import episode_means
 from membench.store import ResultsStore
 from membench.suites import get_suite
