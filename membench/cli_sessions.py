@@ -99,7 +99,8 @@ def session(runs, copies, train_time_limit, device, archive, results, cache, gra
             timings) -> None:
     """One session on a lent machine as one bounded command: the --run processes side by side, then what
     they made packed into one archive (exit 3: some training paused; run the session again to resume)."""
-    from membench.session import check_outs, run_session, volume_path
+    from membench.archive import volume_path
+    from membench.session import check_outs, run_session
 
     results_folder(results)
     check_outs(runs, results)  # before --to's folder is made
@@ -211,7 +212,7 @@ def pack(archive, mark, results, checkpoint_dir) -> None:
     """Pack what a session made (new results files, new checkpoints: `checkpoints.portable`) into an archive (and up to
     three volumes of at most 16 MB beside it) to carry back; `membench unpack` adds them to a checkout."""
     from membench.checkpoints import default_checkpoint_dir
-    from membench.session import pack as pack_archive
+    from membench.archive import pack as pack_archive
 
     if not results.is_dir():
         raise MembenchError(f"--results {results} is not a folder; give the results folder the session wrote into")
@@ -231,7 +232,7 @@ def unpack(archives, root) -> None:
     """Add session archives (`membench pack`: session.tgz and its volumes session-2.tgz, ...) to the checkout
     ROOT: their results files, and their checkpoints shipped into ROOT/results/checkpoints, so the next
     session resumes from them."""
-    from membench.session import (MAX_VOLUMES, RESULTS, check_targets, read_archive, unpack as unpack_archive,
+    from membench.archive import (MAX_VOLUMES, RESULTS, check_targets, read_archive, unpack as unpack_archive,
                                   volume_path)
 
     if not (root / RESULTS).is_dir():

@@ -220,21 +220,21 @@ def test_unpack_refuses_a_throughput_table_that_is_not_one_and_writes_nothing(tm
 def test_an_unpack_that_cannot_write_a_file_says_which_and_what_it_wrote_before(tmp_path: Path, monkeypatch):
     """A target that cannot be written though nothing is in its way (here the disk refuses it) stops the unpack
     with one line naming it and how many files came before; those are whole and no temporary file is left."""
-    from membench import session
+    from membench import archive as archive_module
 
     root = tmp_path / "here"
     (root / "results" / "table1").mkdir(parents=True)
-    archive = _archive(tmp_path / "s.tgz", {"results/table1/a.md": b"first", "results/table1/b.md": b"second",
+    packed = _archive(tmp_path / "s.tgz", {"results/table1/a.md": b"first", "results/table1/b.md": b"second",
                                              "results/table1/c.md": b"third"})
-    real = session.write_atomic
+    real = archive_module.write_atomic
 
     def refusing(path, write):
         if Path(path).name == "b.md":
             raise OSError(28, "No space left on device")
         return real(path, write)
 
-    monkeypatch.setattr(session, "write_atomic", refusing)
-    result = CliRunner().invoke(main, ["unpack", str(archive), "--root", str(root)])
+    monkeypatch.setattr(archive_module, "write_atomic", refusing)
+    result = CliRunner().invoke(main, ["unpack", str(packed), "--root", str(root)])
     assert result.exit_code == 1 and exited_cleanly(result), result.output
     assert f"could not write {root / 'results' / 'table1' / 'b.md'}" in result.output
     assert "written before it: 1 file(s); fix the cause and unpack again" in result.output
@@ -300,7 +300,7 @@ def test_a_session_runs_copies_side_by_side_and_packs_what_they_made(tmp_path: P
 def test_pack_leaves_out_checkpoints_only_used_or_unreadable(tmp_path: Path):
     """A cache copy of a shipped checkpoint at the same step was only used (evaluation): not packed; one
     trained further is packed weights only; an unreadable one is warned about and the archive still made."""
-    from membench.session import pack
+    from membench.archive import pack
 
     shipped, cache = tmp_path / "results" / "checkpoints", tmp_path / "cache"
     shipped.mkdir(parents=True)
@@ -402,15 +402,15 @@ def test_pack_splits_into_volumes_a_lent_machine_returns_and_leaves_out_what_fit
                                                                                          monkeypatch, capsys):
     """Weights barely compress: checkpoints go into volumes of at most CARRY_LIMIT_MB (smallest first), at
     most MAX_VOLUMES; one larger than a volume is left out (warned); unpacking every volume ships them all."""
-    from membench import session
+    from membench import archive
 
-    monkeypatch.setattr(session, "CARRY_LIMIT_MB", 0.1)  # 100 kB volumes (less 64 kB of headroom: 38 kB)
+    monkeypatch.setattr(archive, "CARRY_LIMIT_MB", 0.1)  # 100 kB volumes (less 64 kB of headroom: 38 kB)
     cache = tmp_path / "cache"
     cache.mkdir()
     torch.save(_checkpoint(torch.rand(20_000), step=3), cache / "large.pt")  # 80 kB: fits no volume
     for name in ("a", "b"):  # 24 kB each: one a volume
         torch.save(_checkpoint(torch.rand(6_000), step=3), cache / f"{name}.pt")
-    names = session.pack(tmp_path / "s.tgz", 0.0, tmp_path / "results", cache)
+    names = archive.pack(tmp_path / "s.tgz", 0.0, tmp_path / "results", cache)
     assert sorted(names) == ["checkpoints/a.pt", "checkpoints/b.pt"] and "large.pt" in capsys.readouterr().err
     volumes = [tmp_path / "s.tgz", tmp_path / "s-2.tgz"]
     assert all(v.exists() for v in volumes) and not (tmp_path / "s-3.tgz").exists()
@@ -419,17 +419,17 @@ def test_pack_splits_into_volumes_a_lent_machine_returns_and_leaves_out_what_fit
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "here" / "results" / "checkpoints").glob("*.pt")) == ["a.pt", "b.pt"]
     (cache / "b.pt").unlink()  # the next pack to the same name needs one volume: no stale second volume stays
-    assert session.pack(tmp_path / "s.tgz", 0.0, tmp_path / "results", cache) == ["checkpoints/a.pt"]
+    assert archive.pack(tmp_path / "s.tgz", 0.0, tmp_path / "results", cache) == ["checkpoints/a.pt"]
     assert not (tmp_path / "s-2.tgz").exists()
 
 
 def test_pack_carries_optimiser_states_only_where_room_remains(tmp_path: Path, monkeypatch):
     """Every checkpoint goes in weights only first (a finished one is never pushed out); then unfinished ones
     take their AdamW state, smallest first, while a volume has room for it."""
-    from membench import session
+    from membench import archive
 
-    monkeypatch.setattr(session, "CARRY_LIMIT_MB", 0.27)  # one volume of 283 kB less 64 kB of headroom: 217 kB
-    monkeypatch.setattr(session, "MAX_VOLUMES", 1)
+    monkeypatch.setattr(archive, "CARRY_LIMIT_MB", 0.27)  # one volume of 283 kB less 64 kB of headroom: 217 kB
+    monkeypatch.setattr(archive, "MAX_VOLUMES", 1)
     cache = tmp_path / "cache"
     cache.mkdir()
 
@@ -442,14 +442,14 @@ def test_pack_carries_optimiser_states_only_where_room_remains(tmp_path: Path, m
     for name in ("a", "b"):  # 24 kB of weights (and 5 kB of generator state), 72 kB with AdamW's state
         torch.save(unfinished(6_000), cache / f"{name}.pt")
     torch.save(_checkpoint(torch.rand(20_000), step=10) | {"config": {"steps": 10}}, cache / "done.pt")  # 80 kB
-    names = session.pack(tmp_path / "s.tgz", 0.0, tmp_path / "results", cache)
+    names = archive.pack(tmp_path / "s.tgz", 0.0, tmp_path / "results", cache)
     assert sorted(names) == ["checkpoints/a.pt", "checkpoints/b.pt", "checkpoints/done.pt"]
     with tarfile.open(tmp_path / "s.tgz") as tar:
         packed = {m.name: torch.load(tar.extractfile(m), weights_only=True) for m in tar.getmembers()}
     assert sorted("optimizer" in c for c in packed.values()) == [False, False, True]  # room for one state only
     assert "optimizer" not in packed["checkpoints/done.pt"]
-    monkeypatch.setattr(session, "MAX_VOLUMES", 2)  # a second volume may open for a state the first has no room for
-    names = session.pack(tmp_path / "s.tgz", 0.0, tmp_path / "results", cache)
+    monkeypatch.setattr(archive, "MAX_VOLUMES", 2)  # a second volume may open for a state the first has no room for
+    names = archive.pack(tmp_path / "s.tgz", 0.0, tmp_path / "results", cache)
     packed = {}
     for volume in (tmp_path / "s.tgz", tmp_path / "s-2.tgz"):
         with tarfile.open(volume) as tar:
