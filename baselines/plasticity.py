@@ -64,6 +64,8 @@ class PlasticityConfig:
     init_alpha: float = 0.01    # plasticity coefficients start uniform in [0, init_alpha)
     symmetric_trace: bool = False  # (ours) symmetrised trace updates; the memory is the trace's upper triangle,
     #   k(k+1)/2 floats, so None picks the largest such k (128 at Table 1's 8256, not 90)
+    hebbian_init: bool = False  # (ours) start as a Hebbian memory: encoder and decoder scaled identities, no fixed
+    #   weights, uniform plasticity off the diagonal, a slow trace (HEBBIAN_START); needs k = the pattern size
 
     def __post_init__(self) -> None:
         name = "differentiable_plasticity"
@@ -74,6 +76,10 @@ class PlasticityConfig:
                                 f"(the first step of a pattern only sets the hidden state)")
 
 
+# hebbian_init's start, chosen untrained at N = 16 on Table 1's task (results/diagnostics/plasticity-symmetric):
+# encoder a * I with bias -a / 2 (a bit's input +-a / 2, an erased one's 0), plasticity c off the diagonal (a
+# unit does not excite itself, as a Hopfield network's zero diagonal), Hebbian rate eta, decoder d * I
+HEBBIAN_START = {"a": 4.0, "c": 0.03, "eta": 0.003, "d": 4.0}
 SYMMETRIC = PlasticityConfig(symmetric_trace=True)
 PRESETS: dict[str, Preset] = {
     # Every preset: the symmetric trace, 128 units in Table 1's budget (8.27 ... 19.13 bits against the 90 x 90
@@ -108,11 +114,33 @@ class DifferentiablePlasticity(LogitReadout, AssociativeMemory):
         self.alpha = nn.Parameter(config.init_alpha * torch.rand(k, k))       # per-connection plasticity coefficients
         self.eta_logit = nn.Parameter(torch.tensor(math.log(config.init_eta / (1 - config.init_eta))))
         self.query_gain = nn.Parameter(torch.tensor(1.0))         # skip: known query entries push their logits
+        if config.hebbian_init:
+            self._start_hebbian()
         rows, cols = torch.triu_indices(k, k)
         unpack = torch.empty(k, k, dtype=torch.long)                # (i, j) -> index of (min, max) in the triangle
         unpack[rows, cols] = unpack[cols, rows] = torch.arange(rows.numel())
         self.register_buffer("triangle", torch.stack([rows, cols]), persistent=False)
         self.register_buffer("unpack", unpack, persistent=False)
+
+    def _start_hebbian(self) -> None:
+        """Set the weights to HEBBIAN_START: untrained, the model is then a Hebbian memory of the patterns."""
+        k, size = self.cfg.plastic_size, self.spec.pattern_size
+        if k != size or not all(isinstance(m, FlatLinear) for m in (self.encoder, self.decoder)):
+            raise MembenchError(f"differentiable_plasticity: hebbian_init needs the default encoder and decoder and "
+                                f"plastic_size equal to the pattern size ({size}), not {k}; drop the option or give "
+                                f"--option plastic_size={size} (with symmetric_trace=true at a budget of at least "
+                                f"{size * (size + 1) // 2})")
+        a, c, eta, d = (HEBBIAN_START[name] for name in ("a", "c", "eta", "d"))
+        eye = torch.eye(k)
+        with torch.no_grad():
+            self.encoder.linear.weight.copy_(a * eye)
+            self.encoder.linear.bias.fill_(-a * self.spec.fill_value)
+            self.weight.zero_()
+            self.alpha.copy_(c * (1 - eye))
+            self.eta_logit.fill_(math.log(eta / (1 - eta)))
+            self.decoder.linear.weight.copy_(d * eye)
+            self.decoder.linear.bias.zero_()
+            self.query_gain.zero_()
 
     @classmethod
     def presets(cls, spec: TaskSpec, options: object = None) -> dict[str, Preset]:

@@ -6,7 +6,7 @@ import torch
 
 from baselines.plasticity import DifferentiablePlasticity
 from membench.budget import TABLE1_BUDGET, check_declared
-from membench.errors import OverBudgetError
+from membench.errors import MembenchError, OverBudgetError
 from membench.tasks import BinaryTask
 from membench.training import TrainConfig, meta_train
 
@@ -82,3 +82,20 @@ def test_presets_symmetric_trace_holds_128_units_in_table1_budget_and_its_triang
     assert packed.shape == (2, 8256)
     torch.testing.assert_close(from_packed, from_full, rtol=0, atol=0)
     assert not torch.allclose(from_packed, model.read(torch.zeros_like(packed), episodes.queries), atol=1e-4)
+
+
+def test_hebbian_init_starts_as_a_hebbian_memory_and_needs_a_unit_per_entry():
+    """Untrained, hebbian_init recalls 16 written patterns from half their bits (a few bits wrong of 128, where
+    the default start is at chance); it needs one plastic unit per pattern entry."""
+    task = BinaryTask(16)
+    episodes = task.sample(32, torch.Generator().manual_seed(1))
+    errors = {}
+    for hebbian in (True, False):
+        torch.manual_seed(0)
+        model = DifferentiablePlasticity.from_spec(task.spec, TABLE1_BUDGET, hebbian_init=hebbian)
+        with torch.no_grad():
+            errors[hebbian] = task.errors(model.read(model.write(episodes.patterns), episodes.queries),
+                                          episodes.patterns).mean().item()
+    assert errors[True] < 3 and errors[False] > 25, errors
+    with pytest.raises(MembenchError, match="hebbian_init needs .* plastic_size equal to the pattern size"):
+        DifferentiablePlasticity.from_spec(task.spec, TABLE1_BUDGET, hebbian_init=True, symmetric_trace=False)
