@@ -201,4 +201,8 @@ class DifferentiablePlasticity(LogitReadout, AssociativeMemory):
         return logits
 
     def config(self) -> dict:
-        return {**asdict(self.cfg), "encoder": type(self.encoder).__name__, "decoder": type(self.decoder).__name__}
+        """The configuration, the encoder's and decoder's classes and, with hebbian_init, the start's values (part
+        of the checkpoint key, so a checkpoint trained from another start is not taken for this one's)."""
+        start = {"hebbian_start": dict(HEBBIAN_START)} if self.cfg.hebbian_init else {}
+        return {**asdict(self.cfg), "encoder": type(self.encoder).__name__, "decoder": type(self.decoder).__name__,
+                **start}

@@ -99,3 +99,24 @@ def test_hebbian_init_starts_as_a_hebbian_memory_and_needs_a_unit_per_entry():
     assert errors[True] < 3 and errors[False] > 25, errors
     with pytest.raises(MembenchError, match="hebbian_init needs .* plastic_size equal to the pattern size"):
         DifferentiablePlasticity.from_spec(task.spec, TABLE1_BUDGET, hebbian_init=True, symmetric_trace=False)
+
+
+def test_the_hebbian_start_is_part_of_the_checkpoint_key(monkeypatch):
+    """A checkpoint trained from one Hebbian start is not taken for another's: the start's values change the key
+    (a model without hebbian_init keeps its key whatever they are)."""
+    from baselines import plasticity
+    from membench.build import build_model
+    from membench.run_identity import checkpoint_key
+    from membench.suites import RunSpec
+
+    task = BinaryTask(16)
+
+    def key(options: dict) -> str:
+        spec = RunSpec("table1-learned", "differentiable_plasticity", task.config(), TABLE1_BUDGET, 0, 16, "quick",
+                       options)
+        return checkpoint_key(spec, build_model(spec, task), task)
+
+    before = key({"hebbian_init": True}), key({})
+    monkeypatch.setitem(plasticity.HEBBIAN_START, "c", 1.0)
+    after = key({"hebbian_init": True}), key({})
+    assert before[0] != after[0] and before[1] == after[1]
