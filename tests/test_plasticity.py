@@ -13,7 +13,8 @@ from membench.training import TrainConfig, meta_train
 
 def test_square_trace_is_the_largest_square_within_table1_budget():
     spec = BinaryTask(32).spec
-    model = DifferentiablePlasticity.from_spec(spec, TABLE1_BUDGET, symmetric_trace=False)
+    model = DifferentiablePlasticity.from_spec(spec, TABLE1_BUDGET, symmetric_trace=False,
+                                               hebbian_init=False)
     assert model.cfg.plastic_size == 90
     assert model.memory_floats(spec) == 90 * 90 <= TABLE1_BUDGET < 91 * 91
     assert check_declared(model, spec, TABLE1_BUDGET, "differentiable_plasticity") == 8100
@@ -23,7 +24,8 @@ def test_square_trace_is_the_largest_square_within_table1_budget():
 
 def test_oversized_trace_is_refused():
     spec = BinaryTask(16).spec
-    model = DifferentiablePlasticity.from_spec(spec, TABLE1_BUDGET, symmetric_trace=False, plastic_size=91)
+    model = DifferentiablePlasticity.from_spec(spec, TABLE1_BUDGET, symmetric_trace=False, hebbian_init=False,
+                                               plastic_size=91)
     with pytest.raises(OverBudgetError):
         check_declared(model, spec, TABLE1_BUDGET, "differentiable_plasticity")
 
@@ -31,7 +33,7 @@ def test_oversized_trace_is_refused():
 def test_reads_are_in_unit_interval_and_queries_do_not_interact():
     torch.manual_seed(0)
     task = BinaryTask(6)
-    model = DifferentiablePlasticity.from_spec(task.spec, 400)
+    model = DifferentiablePlasticity.from_spec(task.spec, 400, hebbian_init=False)
     episodes = task.sample(3, torch.Generator().manual_seed(1))
     with torch.no_grad():
         trace = model.write(episodes.patterns)
@@ -44,7 +46,7 @@ def test_reads_are_in_unit_interval_and_queries_do_not_interact():
 def test_written_order_changes_the_trace():
     torch.manual_seed(0)
     task = BinaryTask(6)
-    model = DifferentiablePlasticity.from_spec(task.spec, 400)
+    model = DifferentiablePlasticity.from_spec(task.spec, 400, hebbian_init=False)
     patterns = task.sample(2, torch.Generator().manual_seed(2)).patterns
     with torch.no_grad():
         forward = model.write(patterns)
@@ -55,7 +57,7 @@ def test_written_order_changes_the_trace():
 def test_meta_training_lowers_the_loss(tmp_path):
     torch.manual_seed(0)
     task = BinaryTask(4)
-    model = DifferentiablePlasticity.from_spec(task.spec, 400)
+    model = DifferentiablePlasticity.from_spec(task.spec, 400, hebbian_init=False)
     config = TrainConfig(steps=150, batch_size=8, lr=1e-2, clip_norm=1.0, log_every=1, checkpoint_every=1000)
     result = meta_train(model, task, config, tmp_path / "dp.pt", torch.device("cpu"), seed=0, progress=False)
     losses = [row["loss"] for row in result.curve]
@@ -69,7 +71,8 @@ def test_presets_symmetric_trace_holds_128_units_in_table1_budget_and_its_triang
     assert model.cfg.plastic_size == 128  # 128 * 129 / 2 = 8256: a Hopfield network's budget, exactly
     assert check_declared(model, task.spec, TABLE1_BUDGET, "differentiable_plasticity") == 8256
     with pytest.raises(OverBudgetError):
-        check_declared(DifferentiablePlasticity.from_spec(task.spec, TABLE1_BUDGET, plastic_size=129), task.spec, TABLE1_BUDGET, "dp")
+        check_declared(DifferentiablePlasticity.from_spec(task.spec, TABLE1_BUDGET, plastic_size=129,
+                                                          hebbian_init=False), task.spec, TABLE1_BUDGET, "dp")
     episodes = task.sample(2, torch.Generator().manual_seed(0))
     with torch.no_grad():
         model.alpha.mul_(100)  # a trace that moves the read
@@ -98,7 +101,7 @@ def test_hebbian_init_starts_as_a_hebbian_memory_and_needs_a_unit_per_entry():
                                           episodes.patterns).mean().item()
     assert errors[True] < 3 and errors[False] > 25, errors
     with pytest.raises(MembenchError, match="hebbian_init needs .* plastic_size equal to the pattern size"):
-        DifferentiablePlasticity.from_spec(task.spec, TABLE1_BUDGET, hebbian_init=True, symmetric_trace=False)
+        DifferentiablePlasticity.from_spec(task.spec, TABLE1_BUDGET, symmetric_trace=False)  # 90 units
 
 
 def test_the_hebbian_start_is_part_of_the_checkpoint_key(monkeypatch):
@@ -116,7 +119,7 @@ def test_the_hebbian_start_is_part_of_the_checkpoint_key(monkeypatch):
                        options)
         return checkpoint_key(spec, build_model(spec, task), task)
 
-    before = key({"hebbian_init": True}), key({})
+    before = key({}), key({"hebbian_init": False})  # the presets start Hebbian
     monkeypatch.setitem(plasticity.HEBBIAN_START, "c", 1.0)
-    after = key({"hebbian_init": True}), key({})
+    after = key({}), key({"hebbian_init": False})
     assert before[0] != after[0] and before[1] == after[1]
