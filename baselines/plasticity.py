@@ -132,9 +132,9 @@ class DifferentiablePlasticity(LogitReadout, AssociativeMemory):
         k, size = self.cfg.plastic_size, self.spec.pattern_size
         if k != size or not all(isinstance(m, FlatLinear) for m in (self.encoder, self.decoder)):
             raise MembenchError(f"differentiable_plasticity: hebbian_init needs the default encoder and decoder and "
-                                f"plastic_size equal to the pattern size ({size}), not {k}; drop the option or give "
-                                f"--option plastic_size={size} (with symmetric_trace=true at a budget of at least "
-                                f"{size * (size + 1) // 2})")
+                                f"plastic_size equal to the pattern size ({size}), not {k} (with symmetric_trace, a "
+                                f"budget of at least {size * (size + 1) // 2}); give --option hebbian_init=false (the "
+                                f"presets start Hebbian) to start from random weights")
         a, c, eta, d = (HEBBIAN_START[name] for name in ("a", "c", "eta", "d"))
         eye = torch.eye(k)
         with torch.no_grad():
@@ -154,10 +154,12 @@ class DifferentiablePlasticity(LogitReadout, AssociativeMemory):
     @classmethod
     def from_preset(cls, spec: TaskSpec, budget: int, preset: Preset) -> "DifferentiablePlasticity":
         """The largest plastic layer whose Hebbian trace (k^2 floats, or k(k+1)/2 when symmetric) fits the
-        budget (unless the preset fixes k)."""
+        budget, with hebbian_init at most one unit per pattern entry (unless the preset fixes k)."""
         config = preset.model
         if config.plastic_size is None:
             largest = (math.isqrt(8 * budget + 1) - 1) // 2 if config.symmetric_trace else math.isqrt(budget)
+            if config.hebbian_init:  # one unit per pattern entry, however large the budget
+                largest = min(largest, spec.pattern_size)
             config = replace(config, plastic_size=largest)
         return cls(spec, config)
 

@@ -123,3 +123,12 @@ def test_the_hebbian_start_is_part_of_the_checkpoint_key(monkeypatch):
     monkeypatch.setitem(plasticity.HEBBIAN_START, "c", 1.0)
     after = key({}), key({"hebbian_init": False})
     assert before[0] != after[0] and before[1] == after[1]
+
+
+def test_a_hebbian_start_keeps_one_unit_per_entry_at_a_larger_budget_and_names_the_way_out_at_a_smaller():
+    spec = BinaryTask(16).spec
+    model = DifferentiablePlasticity.from_spec(spec, 4 * TABLE1_BUDGET)
+    assert model.cfg.plastic_size == 128 and model.memory_floats(spec) == 8256  # within the budget, not filling it
+    with pytest.raises(MembenchError, match="give --option hebbian_init=false"):
+        DifferentiablePlasticity.from_spec(spec, TABLE1_BUDGET - 1)
+    assert DifferentiablePlasticity.from_spec(spec, TABLE1_BUDGET - 1, hebbian_init=False).cfg.plastic_size == 127
