@@ -39,7 +39,7 @@ from torch import nn
 
 from baselines.readout import LogitReadout
 from membench.budget import TABLE1_NUM_PATTERNS
-from membench.errors import MembenchError
+from membench.errors import MembenchError, OverBudgetError
 from membench.interface import AssociativeMemory, Preset, TaskSpec, TrainConfig
 from membench.options import check_fields
 
@@ -58,12 +58,13 @@ class FlatLinear(nn.Module):
 
 @dataclass(frozen=True)
 class PlasticityConfig:
-    plastic_size: int | None = None  # k plastic units; the Hebbian trace (k^2 floats) is the memory.
-    #   None: the largest k with k^2 within the budget (90 at Table 1's 8256)
+    plastic_size: int | None = None  # k plastic units; the Hebbian trace (k^2 floats, k(k+1)/2 when symmetric) is the
+    #   memory. None: the largest k whose trace fits the budget (Table 1's 8256: 90 square, 128 symmetric), with
+    #   hebbian_init the pattern size
     present_steps: int = 2      # steps each written pattern is clamped for (k^2 trace updates: steps - 1)
     read_steps: int = 3         # recurrent steps when reading a query
-    init_eta: float = 0.05      # initial Hebbian rate (learned, kept in (0, 1))
-    init_alpha: float = 0.01    # plasticity coefficients start uniform in [0, init_alpha)
+    init_eta: float = 0.05      # initial Hebbian rate (learned, kept in (0, 1)); unused with hebbian_init
+    init_alpha: float = 0.01    # plasticity coefficients start uniform in [0, init_alpha); unused with hebbian_init
     symmetric_trace: bool = False  # (ours) symmetrised trace updates; the memory is the trace's upper triangle,
     #   k(k+1)/2 floats, so None picks the largest such k (128 at Table 1's 8256, not 90)
     hebbian_init: bool = False  # (ours) start as a Hebbian memory: encoder and decoder scaled identities, no fixed
@@ -80,9 +81,9 @@ class PlasticityConfig:
 
 # hebbian_init's start (results/diagnostics/plasticity-symmetric): encoder a * I with bias -a / 2 (a bit's input
 # +-a / 2, an erased one's 0), plasticity c off the diagonal (a unit does not excite itself, as a Hopfield network's
-# zero diagonal), Hebbian rate eta, decoder d * I. Untrained it errs about as little as any start of the grid in
-# untrained_hebbian.log at both N = 16 and 96, with c * eta large enough that an erased bit's unit moves well off 0:
-# starts whose erased units stay near 0 lose their recall within a few updates (start_robustness.log)
+# zero diagonal), Hebbian rate eta, decoder d * I. Chosen from the grid of untrained_hebbian.log for low error at
+# both N = 16 and 96 among starts with c * eta large enough that an erased bit's unit moves well off 0: starts whose
+# erased units stay near 0 lose their recall within a few updates (start_robustness.log)
 HEBBIAN_START = {"a": 8.0, "c": 3.0, "eta": 0.001, "d": 16.0}
 HEBBIAN = PlasticityConfig(symmetric_trace=True, hebbian_init=True)
 PRESETS: dict[str, Preset] = {
@@ -159,7 +160,14 @@ class DifferentiablePlasticity(LogitReadout, AssociativeMemory):
         if config.plastic_size is None:
             largest = (math.isqrt(8 * budget + 1) - 1) // 2 if config.symmetric_trace else math.isqrt(budget)
             if config.hebbian_init:  # one unit per pattern entry, however large the budget
-                largest = min(largest, spec.pattern_size)
+                if largest < spec.pattern_size:
+                    size = spec.pattern_size
+                    raise OverBudgetError(
+                        f"differentiable_plasticity: hebbian_init needs {size} plastic units, a trace of "
+                        f"{size * (size + 1) // 2 if config.symmetric_trace else size * size} floats, over the "
+                        f"budget of {budget}; give --option hebbian_init=false (the presets start Hebbian) to start "
+                        f"{largest} units from random weights")
+                largest = spec.pattern_size
             config = replace(config, plastic_size=largest)
         return cls(spec, config)
 

@@ -101,7 +101,9 @@ def test_hebbian_init_starts_as_a_hebbian_memory_and_needs_a_unit_per_entry():
                                           episodes.patterns).mean().item()
     assert errors[True] < 3 and errors[False] > 25, errors
     with pytest.raises(MembenchError, match="hebbian_init needs .* plastic_size equal to the pattern size"):
-        DifferentiablePlasticity.from_spec(task.spec, TABLE1_BUDGET, symmetric_trace=False)  # 90 units
+        DifferentiablePlasticity.from_spec(task.spec, TABLE1_BUDGET, plastic_size=64)
+    with pytest.raises(OverBudgetError, match="needs 128 plastic units, a trace of 16384 floats"):
+        DifferentiablePlasticity.from_spec(task.spec, TABLE1_BUDGET, symmetric_trace=False)  # room for 90
 
 
 def test_the_hebbian_start_is_part_of_the_checkpoint_key(monkeypatch):
@@ -125,10 +127,15 @@ def test_the_hebbian_start_is_part_of_the_checkpoint_key(monkeypatch):
     assert before[0] != after[0] and before[1] == after[1]
 
 
-def test_a_hebbian_start_keeps_one_unit_per_entry_at_a_larger_budget_and_names_the_way_out_at_a_smaller():
+def test_a_hebbian_start_keeps_one_unit_per_entry_at_a_larger_budget_and_is_over_a_smaller_one():
     spec = BinaryTask(16).spec
     model = DifferentiablePlasticity.from_spec(spec, 4 * TABLE1_BUDGET)
     assert model.cfg.plastic_size == 128 and model.memory_floats(spec) == 8256  # within the budget, not filling it
-    with pytest.raises(MembenchError, match="give --option hebbian_init=false"):
+    with pytest.raises(OverBudgetError, match="give --option hebbian_init=false"):  # as a suite leaves out
         DifferentiablePlasticity.from_spec(spec, TABLE1_BUDGET - 1)
     assert DifferentiablePlasticity.from_spec(spec, TABLE1_BUDGET - 1, hebbian_init=False).cfg.plastic_size == 127
+    from membench.suites import SUITES  # the budget sweep leaves out the budgets below 128 units and keeps the rest
+    budgets = {spec.budget for spec in SUITES["capacity-budget"].expand("capacity-budget",
+                                                                          ("differentiable_plasticity",), (0,), 64,
+                                                                          "quick")}
+    assert min(budgets) == TABLE1_BUDGET and len(budgets) == 3
