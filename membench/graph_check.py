@@ -1,7 +1,9 @@
 """`python -m membench.graph_check`: do updates replayed from CUDA graphs equal eager ones on this machine?
 
-Small EBMMs (the gated-RNN energy on 128-bit patterns, both image energies) make five AdamW updates on
-batches of two shapes, so two graphs share the stepper's one memory pool and replay in turn; the weights
+Small EBMMs (the gated-RNN energy on 128-bit patterns, both image energies), or with `--baselines` the
+learned baselines that `make gpu-baselines-session` trains (their gpu presets on 128-bit patterns), make
+five AdamW updates on batches of two shapes, so two graphs share the stepper's one memory pool and
+replay in turn; the weights
 must equal those of the same updates run eagerly (float32, torch.testing's tolerances), and a graph must
 really have been captured. GPU sessions run it first (`make gpu-graph-check`) and train without graphs
 (MEMBENCH_CUDA_GRAPHS=0) where it fails. Needs no pytest. Exit status: 0 equal, 1 different or not
@@ -20,13 +22,16 @@ from membench.stepper import GRAPHS_ENV, Stepper
 
 BINARY = TaskSpec(pattern_shape=(128,), num_patterns=8, binary=True)
 IMAGE = TaskSpec(pattern_shape=(3, 16, 16), num_patterns=4, binary=False)
-CASES: dict[str, tuple[TaskSpec, dict]] = {  # name -> (task, EBMM options)
-    "gated_rnn": (BINARY, dict(hidden=80, hops=2, read_steps=3, write_steps=2)),
-    "resnet_fc": (IMAGE, dict(energy="resnet_fc", channels=(4, 8, 8), embedding=32, hidden=24, hops=2, readout=16,
-                              memory_size=6)),
-    "resnet_conv": (IMAGE, dict(energy="resnet_conv", channels=(4, 8), width=16, bottleneck=8, hidden=8, hops=2,
-                                readout=16, memory_size=3)),
+CASES: dict[str, tuple[TaskSpec, str, dict]] = {  # name -> (task, model, options of its gpu preset)
+    "gated_rnn": (BINARY, "ebmm", dict(hidden=80, hops=2, read_steps=3, write_steps=2)),
+    "resnet_fc": (IMAGE, "ebmm", dict(energy="resnet_fc", channels=(4, 8, 8), embedding=32, hidden=24, hops=2,
+                                      readout=16, memory_size=6)),
+    "resnet_conv": (IMAGE, "ebmm", dict(energy="resnet_conv", channels=(4, 8), width=16, bottleneck=8, hidden=8,
+                                        hops=2, readout=16, memory_size=3)),
 }
+BASELINE_CASES: dict[str, tuple[TaskSpec, str, dict]] = {  # --baselines: make gpu-baselines-session's models
+    name: (BINARY, name, {}) for name in ("mann", "differentiable_plasticity", "dnc", "kanerva_machine")}
+BUDGET = 8256  # Table 1's: the baselines sized as they train
 
 
 def _batch(spec: TaskSpec, num_patterns: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,12 +50,13 @@ def _batch(spec: TaskSpec, num_patterns: int, generator: torch.Generator) -> tup
 def updated(name: str, device: torch.device, graphs: bool) -> tuple[dict[str, torch.Tensor], int]:
     """Case `name`'s weights after five updates (N alternating between the task's and half of it), and how
     many graphs the stepper captured."""
-    from ebmm.memory import EBMM
+    from membench.registry import resolve_model
 
-    spec, options = CASES[name]
+    spec, model_name, options = {**CASES, **BASELINE_CASES}[name]
     generator = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
-    model = EBMM.from_spec(spec, 10**6, "quick", **options).to(device)
+    budget = 10**6 if model_name == "ebmm" else BUDGET
+    model = resolve_model(model_name).from_spec(spec, budget, "quick" if options else "gpu", **options).to(device)
     stepper = Stepper(model, TrainConfig(lr=1e-3, clip_norm=1.0, cuda_graph=graphs), device)
     for num_patterns in [spec.num_patterns, spec.num_patterns // 2] * 2 + [spec.num_patterns]:
         patterns, queries = _batch(spec, num_patterns, generator)
@@ -59,10 +65,10 @@ def updated(name: str, device: torch.device, graphs: bool) -> tuple[dict[str, to
     return weights, len(stepper._graphs)
 
 
-def mismatches(device: torch.device, run: Callable = updated) -> list[str]:
-    """What differs between replayed and eager updates on `device`: one line per case that did."""
+def mismatches(device: torch.device, run: Callable = updated, cases: dict = CASES) -> list[str]:
+    """What differs between replayed and eager updates on `device`: one line per case of `cases` that did."""
     found = []
-    for name in CASES:
+    for name in cases:
         (eager, _), (replayed, captured) = run(name, device, False), run(name, device, True)
         if device.type == "cuda" and captured != 2:
             found.append(f"{name}: {captured} graphs captured, 2 expected (capture failed: see the warning above)")
@@ -82,8 +88,9 @@ def main() -> int:
     os.environ.pop(GRAPHS_ENV, None)  # the check itself replays graphs whatever a session was told
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     torch.set_float32_matmul_precision("highest")
-    found = mismatches(torch.device("cuda"))
-    print("graph check: " + ("; ".join(found) if found else f"replayed updates equal eager ones ({', '.join(CASES)})"))
+    cases = BASELINE_CASES if "--baselines" in sys.argv[1:] else CASES
+    found = mismatches(torch.device("cuda"), cases=cases)
+    print("graph check: " + ("; ".join(found) if found else f"replayed updates equal eager ones ({', '.join(cases)})"))
     return 1 if found else 0
 
 

@@ -289,11 +289,12 @@ def test_cuda_graphs_on_a_cpu_are_refused_but_a_session_rehearses_without_them(t
 
 
 def test_the_graph_check_compares_every_case_and_names_what_differs(capsys):
-    """`python -m membench.graph_check` (run first in GPU sessions): its three cases run here (eager on both
+    """`python -m membench.graph_check` (run first in GPU sessions): its cases run here (eager on both
     sides on a CPU: equal), a difference is named per case, and without CUDA it says so and exits 2."""
     from membench import graph_check
 
     assert graph_check.mismatches(torch.device("cpu")) == []
+    assert graph_check.mismatches(torch.device("cpu"), cases=graph_check.BASELINE_CASES) == []
 
     def drifting(name, device, graphs):  # replayed weights off by 1e-3
         return {"weight": torch.full((3,), 1e-3 if graphs else 0.0)}, 2
@@ -311,3 +312,4 @@ def test_cuda_graph_updates_equal_eager_ones_for_every_energy():
     from membench import graph_check
 
     assert graph_check.mismatches(torch.device("cuda")) == []
+    assert graph_check.mismatches(torch.device("cuda"), cases=graph_check.BASELINE_CASES) == []
