@@ -17,21 +17,21 @@ from typing import Callable
 
 import torch
 
+from membench.budget import TABLE1_BUDGET
 from membench.interface import TaskSpec, TrainConfig
 from membench.stepper import GRAPHS_ENV, Stepper
 
 BINARY = TaskSpec(pattern_shape=(128,), num_patterns=8, binary=True)
 IMAGE = TaskSpec(pattern_shape=(3, 16, 16), num_patterns=4, binary=False)
-CASES: dict[str, tuple[TaskSpec, str, dict]] = {  # name -> (task, model, options of its gpu preset)
+CASES: dict[str, tuple[TaskSpec, str, dict]] = {  # name -> (task, model, options: small quick-preset EBMMs)
     "gated_rnn": (BINARY, "ebmm", dict(hidden=80, hops=2, read_steps=3, write_steps=2)),
     "resnet_fc": (IMAGE, "ebmm", dict(energy="resnet_fc", channels=(4, 8, 8), embedding=32, hidden=24, hops=2,
                                       readout=16, memory_size=6)),
     "resnet_conv": (IMAGE, "ebmm", dict(energy="resnet_conv", channels=(4, 8), width=16, bottleneck=8, hidden=8,
                                         hops=2, readout=16, memory_size=3)),
 }
-BASELINE_CASES: dict[str, tuple[TaskSpec, str, dict]] = {  # --baselines: make gpu-baselines-session's models
-    name: (BINARY, name, {}) for name in ("mann", "differentiable_plasticity", "dnc", "kanerva_machine")}
-BUDGET = 8256  # Table 1's: the baselines sized as they train
+BASELINE_CASES: dict[str, tuple[TaskSpec, str, dict]] = {  # --baselines: make gpu-baselines-session's models,
+    name: (BINARY, name, {}) for name in ("mann", "differentiable_plasticity", "dnc", "kanerva_machine")}  # gpu presets
 
 
 def _batch(spec: TaskSpec, num_patterns: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,7 +55,7 @@ def updated(name: str, device: torch.device, graphs: bool) -> tuple[dict[str, to
     spec, model_name, options = {**CASES, **BASELINE_CASES}[name]
     generator = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
-    budget = 10**6 if model_name == "ebmm" else BUDGET
+    budget = 10**6 if model_name == "ebmm" else TABLE1_BUDGET  # the baselines sized as they train
     model = resolve_model(model_name).from_spec(spec, budget, "quick" if options else "gpu", **options).to(device)
     stepper = Stepper(model, TrainConfig(lr=1e-3, clip_norm=1.0, cuda_graph=graphs), device)
     for num_patterns in [spec.num_patterns, spec.num_patterns // 2] * 2 + [spec.num_patterns]:
