@@ -85,6 +85,13 @@ class PlasticityConfig:
 # both N = 16 and 96 among starts with c * eta large enough that an erased bit's unit moves well off 0: starts whose
 # erased units stay near 0 lose their recall within a few updates (start_robustness.log)
 HEBBIAN_START = {"a": 8.0, "c": 3.0, "eta": 0.001, "d": 16.0}
+
+
+def trace_floats(k: int, symmetric: bool) -> int:
+    """Floats of the memory: a k x k trace, or its upper triangle when symmetric."""
+    return k * (k + 1) // 2 if symmetric else k * k
+
+
 HEBBIAN = PlasticityConfig(symmetric_trace=True, hebbian_init=True)
 PRESETS: dict[str, Preset] = {
     # Every preset: the symmetric trace, 128 units in Table 1's budget, and the Hebbian start (quick: 1.37 ... 13.32
@@ -122,11 +129,12 @@ class DifferentiablePlasticity(LogitReadout, AssociativeMemory):
         self.query_gain = nn.Parameter(torch.tensor(1.0))         # skip: known query entries push their logits
         if config.hebbian_init:
             self._start_hebbian()
-        rows, cols = torch.triu_indices(k, k)
-        unpack = torch.empty(k, k, dtype=torch.long)                # (i, j) -> index of (min, max) in the triangle
-        unpack[rows, cols] = unpack[cols, rows] = torch.arange(rows.numel())
-        self.register_buffer("triangle", torch.stack([rows, cols]), persistent=False)
-        self.register_buffer("unpack", unpack, persistent=False)
+        if config.symmetric_trace:
+            rows, cols = torch.triu_indices(k, k)
+            unpack = torch.empty(k, k, dtype=torch.long)            # (i, j) -> index of (min, max) in the triangle
+            unpack[rows, cols] = unpack[cols, rows] = torch.arange(rows.numel())
+            self.register_buffer("triangle", torch.stack([rows, cols]), persistent=False)
+            self.register_buffer("unpack", unpack, persistent=False)
 
     def _start_hebbian(self) -> None:
         """Set the weights to HEBBIAN_START: untrained, the model is then a Hebbian memory of the patterns."""
@@ -134,7 +142,7 @@ class DifferentiablePlasticity(LogitReadout, AssociativeMemory):
         if k != size or not all(isinstance(m, FlatLinear) for m in (self.encoder, self.decoder)):
             raise MembenchError(f"differentiable_plasticity: hebbian_init needs the default encoder and decoder and "
                                 f"plastic_size equal to the pattern size ({size}), not {k} (with symmetric_trace, a "
-                                f"budget of at least {size * (size + 1) // 2}); give --option hebbian_init=false (the "
+                                f"budget of at least {trace_floats(size, True)}); give --option hebbian_init=false (the "
                                 f"presets start Hebbian) to start from random weights")
         a, c, eta, d = (HEBBIAN_START[name] for name in ("a", "c", "eta", "d"))
         eye = torch.eye(k)
@@ -164,7 +172,7 @@ class DifferentiablePlasticity(LogitReadout, AssociativeMemory):
                     size = spec.pattern_size
                     raise OverBudgetError(
                         f"differentiable_plasticity: hebbian_init needs {size} plastic units, a trace of "
-                        f"{size * (size + 1) // 2 if config.symmetric_trace else size * size} floats, over the "
+                        f"{trace_floats(size, config.symmetric_trace)} floats, over the "
                         f"budget of {budget}; give --option hebbian_init=false (the presets start Hebbian) to start "
                         f"{largest} units from random weights")
                 largest = spec.pattern_size
@@ -172,8 +180,7 @@ class DifferentiablePlasticity(LogitReadout, AssociativeMemory):
         return cls(spec, config)
 
     def memory_floats(self, spec: TaskSpec) -> int:
-        k = self.cfg.plastic_size
-        return k * (k + 1) // 2 if self.cfg.symmetric_trace else k * k
+        return trace_floats(self.cfg.plastic_size, self.cfg.symmetric_trace)
 
     def _encode(self, patterns: torch.Tensor) -> torch.Tensor:
         features = self.encoder(patterns)
