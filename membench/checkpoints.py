@@ -251,9 +251,11 @@ def ship_checkpoints(out_dir: Path | None, checkpoint_dir: Path, files: Sequence
     than `portable` keeps (a finished one's optimiser state) or lacks a history; one from before histories were kept gets one stretch of
     training from the earliest record that used it (`from_record`). Checkpoints over `max_mb` are
     skipped with a warning. Returns the files written; MembenchError, after the others are shipped, naming
-    every checkpoint none of whose files (the cache's, then the shipped one) can be read."""
+    every checkpoint none of whose files (the cache's, then the shipped one) can be read, or else every record
+    whose checkpoint is in neither place."""
     target = Path(target or SHIPPED_CHECKPOINTS)
     sources: dict[str, tuple[list[Path], dict[str, Any] | None]] = {}  # key -> (files, earliest record using it)
+    missing: list[str] = []  # records whose checkpoint is neither cached nor shipped
     records = ResultsStore(out_dir).records() if out_dir is not None else []
     for record in sorted(records, key=lambda r: r.get("finished_at", "")):
         key = (record.get("training") or {}).get("checkpoint_key")
@@ -263,8 +265,7 @@ def ship_checkpoints(out_dir: Path | None, checkpoint_dir: Path, files: Sequence
         if candidates:
             sources[key] = (candidates, record)
         else:
-            warn(f"checkpoint {Path(checkpoint_dir) / f'{key}.pt'} of {record['run_id']} is not in the cache; "
-                 "rerun its command to train it")
+            missing.append(f"{key}.pt of {record['run_id']}")
     for file in files:
         if not Path(file).is_file():
             raise MembenchError(f"no checkpoint file {file}; give the path of a <checkpoint key>.pt file")
@@ -281,6 +282,10 @@ def ship_checkpoints(out_dir: Path | None, checkpoint_dir: Path, files: Sequence
         raise MembenchError(f"{len(unreadable)} checkpoint file(s) unreadable, not shipped ({', '.join(unreadable)}); "
                             f"the others were shipped ({len(written)} written): delete each and rerun the command "
                             "that trained it")
+    if missing:
+        raise MembenchError(f"{len(missing)} record(s) of {out_dir} have their checkpoint neither in {checkpoint_dir} "
+                            f"nor in {target} ({'; '.join(missing)}); the others were shipped ({len(written)} "
+                            "written): rerun each record's command with --force to train it, or delete its record")
     return written
 
 

@@ -864,6 +864,24 @@ def test_ship_takes_the_shipped_copy_of_an_unreadable_cached_file_and_fails_with
     assert not shipped.exists()
 
 
+def test_ship_fails_naming_a_record_whose_checkpoint_is_nowhere_after_shipping_the_others(tmp_path: Path,
+                                                                                       monkeypatch):
+    """A record whose checkpoint is neither cached nor shipped cannot be evaluated on a fresh clone: `ship`
+    ships the rest, then exits 1 with one line naming the record and the fix."""
+    args = [*_tiny_run(tmp_path, monkeypatch), "--checkpoint-dir", "cache"]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    assert CliRunner().invoke(main, [*args[:-2], "--checkpoint-dir", "other", "--seeds", "1"]).exit_code == 0
+    (gone,) = (tmp_path / "other").glob("*.pt")
+    gone.unlink()
+    result = CliRunner().invoke(main, ["ship", "--out", "out", "--checkpoint-dir", "cache"])
+    assert result.exit_code == 1 and exited_cleanly(result), result.output
+    (record,) = [r for r in records_in(tmp_path / "out") if r["seed"] == 1]
+    assert f"{gone.name} of {record['run_id']}" in result.output and "(1 written)" in result.output, result.output
+    assert "--force" in result.output
+    assert [path.name for path in (tmp_path / "shipped").glob("*.pt")] == [
+        next((tmp_path / "cache").glob("*.pt")).name]
+
+
 def test_a_checkpoint_over_the_shipping_limit_is_named_and_not_shipped(tmp_path: Path, monkeypatch, capsys):
     """`ship` refuses a checkpoint larger than its limit with a warning naming it and its size, and writes
     nothing in the shipped folder."""
