@@ -17,7 +17,7 @@ from membench.checkpoints import checkpoint_path, load_checkpoint
 from membench.errors import MembenchError, UnknownOption
 from membench.interface import AssociativeMemory, Preset, resolve_preset
 from membench.options import check_constructor_options, plain_config
-from membench.registry import is_builtin_model, make_task, resolve_model
+from membench.registry import is_builtin_model, make_task, resolve_model, user_model_error
 from membench.run_identity import checkpoint_key, recorded_preset
 from membench.suites import RunSpec
 from membench.tasks import Task, seed_all
@@ -46,6 +46,9 @@ def build_model(spec: RunSpec, task: Task, preset: Preset | None = None) -> Asso
     """The run's model: a learned model from its preset (resolved here, once, with the run's options,
     unless a resolved `preset` is given, as `load_trained` gives a record's)."""
     cls = resolve_model(spec.model)
+    if inspect.isabstract(cls):
+        raise MembenchError(f"model '{spec.model}' does not implement {', '.join(sorted(cls.__abstractmethods__))}(): "
+                            "every model implements memory_floats(), write() and read() (README: Adding a model)")
     try:
         if cls.trainable:  # through from_preset, whatever from_spec a class it inherits from sizes itself with
             if preset is None:
@@ -57,7 +60,14 @@ def build_model(spec: RunSpec, task: Task, preset: Preset | None = None) -> Asso
     except TypeError as exc:
         unknown = not cls.trainable and not _takes(cls, spec.options)  # (a learned model's: resolve_options')
         if not unknown and not is_builtin_model(cls):
-            raise  # the model's own error, not its options': errors_of_user_model names its line
+            if user_model_error(spec.model, exc, "") is not None:
+                raise  # raised in the model's own code: errors_of_user_model names its line
+            name = cls.__name__
+            how = (f"{name}.from_preset(spec, budget, preset)" if cls.trainable
+                   else f"{name}.from_spec(spec, budget, **options), by default {name}(spec, **options); a model "
+                        "sized by the budget overrides from_spec")
+            raise MembenchError(f"cannot build model '{spec.model}': {exc}. It is built as {how} (README: Adding "
+                                "a model)") from None
         taken = [name for name in inspect.signature(cls.__init__).parameters if name not in ("self", "spec")]
         its = f" Its options: {', '.join(taken)}" if taken and not cls.trainable else ""
         raise (UnknownOption if unknown else MembenchError)(

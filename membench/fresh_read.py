@@ -7,8 +7,16 @@ so the same initial values) and its weights, gives it the sealed states and quer
 of the run, and requires the same retrievals (`check`). The batches are the first, the last and
 AUDITED_AT_RANDOM others drawn from the operating system's entropy, which no model can foresee (`batches_to_audit`):
 a model honest on some batches and not on others is caught too, while a Figure 3 point's 16 batches of
-64 image episodes need not all be held for the check. Built-in models are reviewed code and skip it (an
-interpreter start costs seconds); files on disk stay open to a model, as the README says.
+64 image episodes need not all be held for the check. The child gets the weights from before the evaluated
+writes and the environment variables from before any run, so neither can carry what those writes stored.
+
+The evaluated episodes themselves come from seeded generators, which a model could regenerate (from
+`torch.initial_seed()`, say) and answer without storing anything, here and in the child alike. So the model
+also writes and reads UNFORESEEN_EPISODES episodes drawn from the operating system's entropy, and must not
+err clearly more on them than on the evaluated ones (`unforeseen_check`).
+
+Built-in models are reviewed code and skip these checks (an interpreter start costs seconds); files on
+disk stay open to a model, as the README says.
 
 Run as `python -m membench.fresh_read FILE`: the child's side (`_child`).
 """
@@ -30,8 +38,12 @@ from membench.errors import MembenchError
 from membench.interface import AssociativeMemory
 
 TOLERANCE = 1e-5  # as the in-process checks: the same device and kernels, a new interpreter
+ENVIRONMENT = dict(os.environ)  # the child's, as it was before any run (the runner imports this module first)
 CHILD_TIMEOUT_S = 600
 AUDITED_AT_RANDOM = 2  # batches read again besides the first and the last
+UNFORESEEN_EPISODES = 64  # episodes drawn from the operating system's entropy, written and read after evaluation
+UNFORESEEN_SIGMAS = 6.0  # how many standard errors worse than evaluated an honest model does not err on them
+UNFORESEEN_SLACK = 0.05  # ... nor by this share of returning the queries unchanged (for errors with no spread)
 
 
 def batches_to_audit(count: int) -> set[int]:
@@ -45,10 +57,11 @@ _PASSED: set[str] = set()  # (model, its source, task, budget, options, seed, de
 
 
 def audit(spec: Any, model: AssociativeMemory, batches: list[tuple[int, Any, torch.Tensor]], count: int,
-          device: torch.device) -> None:
+          device: torch.device, weights: dict[str, torch.Tensor]) -> None:
     """Read each (batch number, written state, queries (B, N, *S)) of `batches`, of the `count` evaluated, here and
-    `check` the reads in one new process, each read from seed 0; once per process for a model's source and run
-    (its other numbers of queries repeat the check of the same code)."""
+    `check` the reads in one new process given `weights` (the model's state_dict before the evaluated writes), each
+    read from seed 0; once per process for a model's source and run (its other numbers of queries repeat the
+    check of the same code)."""
     from membench.budget import sealed
     from membench.integrity import checked_retrievals
     from membench.registry import model_source_digest
@@ -64,22 +77,22 @@ def audit(spec: Any, model: AssociativeMemory, batches: list[tuple[int, Any, tor
             seed_all(0)
             retrievals = checked_retrievals(model.read(sealed(state), queries.clone()), queries, spec.model)
             reads.append((f"{number} of {count}", sealed(state), queries, retrievals))
-    check(spec, model, reads, device)
+    check(spec, reads, device, weights)
     _PASSED.add(key)
 
 
-def check(spec: Any, model: AssociativeMemory, reads: list[tuple[str, Any, torch.Tensor, torch.Tensor]],
-          device: torch.device) -> None:
-    """MembenchError unless the run `spec`'s model, rebuilt in a new interpreter on `device` with `model`'s
-    weights, reads each sealed state and queries (B, N, *S) of `reads` (name, state, queries, retrievals) into its
-    retrievals (as `model` did, each read from seed 0)."""
+def check(spec: Any, reads: list[tuple[str, Any, torch.Tensor, torch.Tensor]], device: torch.device,
+          weights: dict[str, torch.Tensor]) -> None:
+    """MembenchError unless the run `spec`'s model, rebuilt in a new interpreter on `device` with `weights` and
+    the ENVIRONMENT from before any run, reads each sealed state and queries (B, N, *S)
+    of `reads` (name, state, queries, retrievals) into its retrievals (as `model` did, each read from seed 0)."""
     from membench.datasets import data_dir
 
     with tempfile.TemporaryDirectory() as scratch:
         task_file, answer = Path(scratch) / "task.pt", Path(scratch) / "answer.pt"
-        torch.save({"spec": dataclasses.asdict(spec), "weights": model.state_dict(), "device": str(device),
+        torch.save({"spec": dataclasses.asdict(spec), "weights": weights, "device": str(device),
                     "reads": [(state, queries) for _, state, queries, _ in reads]}, task_file)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), *sys.path]),
+        env = {**ENVIRONMENT, "PYTHONPATH": os.pathsep.join([os.getcwd(), *sys.path]),
                "MEMBENCH_DATA": str(Path(data_dir()).resolve())}  # --data-dir set it in this process only
         try:
             child = subprocess.run([sys.executable, "-m", "membench.fresh_read", str(task_file), str(answer)],
@@ -99,7 +112,43 @@ def check(spec: Any, model: AssociativeMemory, reads: list[tuple[str, Any, torch
             raise MembenchError(
                 f"model '{spec.model}' retrieved differently in a fresh process from the same state, queries and "
                 f"weights (evaluated batch {name}); read must depend only on those (a table kept in a module, keyed "
-                "by the patterns or by a value of the state, is not the state)")
+                "by the patterns or by a value of the state, an environment variable, or a buffer changed by the "
+                "evaluated writes is not the state)")
+
+
+def unforeseen_check(spec: Any, model: AssociativeMemory, task: Any, device: torch.device,
+                     errors: list[float]) -> None:
+    """MembenchError unless `model` errs on UNFORESEEN_EPISODES test episodes drawn from the operating system's
+    entropy about as it erred on the run's evaluated episodes (`errors`: per query, N queries an episode).
+
+    An honest memory's per-episode mean errors on both come from one distribution; one that answers from
+    foreseen episodes rather than from its state errs on the unforeseen ones as if it stored nothing. Refused
+    when their mean exceeds the evaluated mean by more than UNFORESEEN_SIGMAS standard errors of the difference
+    (the larger of the two samples' spreads) and by more than UNFORESEEN_SLACK of the unforeseen episodes'
+    error with the queries returned unchanged."""
+    from membench.budget import sealed
+    from membench.integrity import checked_retrievals
+    from membench.tasks import forked_generators, seed_all
+
+    generator = torch.Generator().manual_seed(random.SystemRandom().getrandbits(63))
+    episodes = task.sample(UNFORESEEN_EPISODES, generator, split="test").to(device)
+    with torch.no_grad(), forked_generators(device):
+        seed_all(spec.seed)
+        state = model.write(episodes.patterns.clone())
+        retrievals = checked_retrievals(model.read(sealed(state), episodes.queries.clone()), episodes.queries,
+                                        spec.model)
+    unforeseen = task.errors(retrievals, episodes.patterns).mean(dim=1).double().cpu()
+    evaluated = torch.tensor(errors, dtype=torch.float64).reshape(-1, task.spec.num_patterns).mean(dim=1)
+    spread = max((sample.std().item() for sample in (evaluated, unforeseen) if len(sample) > 1), default=0.0)
+    allowed = max(UNFORESEEN_SIGMAS * spread * (1 / len(evaluated) + 1 / len(unforeseen)) ** 0.5,
+                  UNFORESEEN_SLACK * task.errors(episodes.queries, episodes.patterns).mean().item())
+    excess = unforeseen.mean().item() - evaluated.mean().item()
+    if not excess <= allowed:  # (NaN too)
+        raise MembenchError(
+            f"model '{spec.model}' erred {unforeseen.mean().item():.3g} on {len(unforeseen)} episodes drawn "
+            f"unforeseeably against {evaluated.mean().item():.3g} on the run's {len(evaluated)} evaluated ones, "
+            f"more than chance allows ({allowed:.3g}); its retrievals must come from the state it wrote, not from "
+            "foreseeing the seeded test episodes (e.g. from torch.initial_seed()), so no record was written")
 
 
 def _child(task_file: str, answer: str) -> None:

@@ -67,7 +67,8 @@ def evaluate(model: AssociativeMemory, task: Task, spec: RunSpec, device: torch.
 
     Every batch's state must meet the probe's `contract` (count and layout); the model writes and reads
     copies, so the patterns it is scored against are the runner's own. A model from outside membench reads
-    test batches again in a fresh process: the first, the last and some drawn unforeseeably (membench.fresh_read)."""
+    test batches again in a fresh process (the first, the last and some drawn unforeseeably), with its weights
+    from before these writes, and then reads episodes no seed foresees (membench.fresh_read)."""
     offset = EVAL_STREAM if split == "test" else TRAIN_SPLIT_STREAM
     generator = torch.Generator().manual_seed(spec.seed + offset)
     seed_all(spec.seed)  # models that draw random numbers (e.g. update orders) get the same ones
@@ -75,8 +76,9 @@ def evaluate(model: AssociativeMemory, task: Task, spec: RunSpec, device: torch.
     errors: list[float] = []
     starts = range(0, num_episodes, EVAL_EPISODES_PER_BATCH)
     audited: list[tuple[int, Any, torch.Tensor]] = []  # (batch number, state, queries) read again elsewhere
-    chosen = (fresh_read.batches_to_audit(len(starts)) if split == "test" and not is_builtin_model(type(model))
-              else set())
+    audits = split == "test" and not is_builtin_model(type(model))
+    chosen = fresh_read.batches_to_audit(len(starts)) if audits else set()
+    weights = {name: value.detach().clone() for name, value in model.state_dict().items()} if audits else {}
     model.eval()
     with torch.no_grad():
         for number, start in enumerate(starts, 1):
@@ -93,8 +95,9 @@ def evaluate(model: AssociativeMemory, task: Task, spec: RunSpec, device: torch.
                                     f"seed={spec.seed}); its read is numerically unstable (guard its divisions, logs "
                                     "and exponentials), so no record was written")
             errors.extend(task.errors(retrievals, episodes.patterns).flatten().cpu().tolist())
-    if audited:
-        fresh_read.audit(spec, model, audited, len(starts), device)
+    if audits:
+        fresh_read.audit(spec, model, audited, len(starts), device, weights)
+        fresh_read.unforeseen_check(spec, model, task, device, errors)
     return errors
 
 

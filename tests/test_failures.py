@@ -241,6 +241,22 @@ _OWN = textwrap.dedent('''
         def config(self):
             import numpy
             return {"beta": numpy.float32(self.beta), "slots": [numpy.int64(16)]}
+
+
+    class NoCount(AssociativeMemory):  # memory_floats forgotten
+        def __init__(self, spec):
+            super().__init__()
+
+        def write(self, patterns):
+            return patterns.clone()
+
+        def read(self, state, queries):
+            return queries.clamp(0, 1)
+
+
+    class NeedsBudget(Soft):  # sized by the budget, but from_spec not overridden to pass it
+        def __init__(self, spec, budget):
+            super().__init__(spec)
 ''')
 
 _OWN_LEARNED = TINY_MODEL + textwrap.dedent('''
@@ -347,6 +363,9 @@ _OWN_LEARNED = TINY_MODEL + textwrap.dedent('''
                          "no run was started"]),
     ("TensorConfig", [], ["model 'own:TensorConfig': config()['beta'] is a Tensor, which a record cannot store",
                           "x.item()"]),
+    ("NoCount", [], ["model 'own:NoCount' does not implement memory_floats(): every model implements"]),
+    ("NeedsBudget", [], ["cannot build model 'own:NeedsBudget': NeedsBudget.__init__() missing 1 required positional "
+                         "argument: 'budget'", "by default NeedsBudget(spec, **options)", "overrides from_spec"]),
 ])
 def test_a_model_that_breaks_the_contract_is_told_how_in_one_line(tmp_path, monkeypatch, model, options, fragments):
     (tmp_path / "own.py").write_text(_OWN)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import random
 import re
 
@@ -379,6 +380,69 @@ class LateKeyed(KeyedByItsState):
         return super().write(patterns)
 
 
+class ForeseesEpisodes(StoresEverything):
+    """Keeps nothing: regenerates the run's test episodes from the seed torch was given before it was built (and
+    the runner's public stream offset), then answers each query from the episode its known bits match."""
+
+    def __init__(self, spec):
+        super().__init__(spec)
+        from membench.runner import EVAL_STREAM
+
+        generator = torch.Generator().manual_seed(torch.initial_seed() + EVAL_STREAM)
+        self.foreseen = BinaryTask(spec.num_patterns).sample(1, generator).patterns[0]  # (N, D): the first episode
+
+    def write(self, patterns):
+        return torch.zeros(patterns.shape[0], 1)
+
+    def read(self, state, queries):
+        return StoresEverything.read(self, self.foreseen.expand(queries.shape[0], -1, -1), queries)
+
+
+STASH = "MEMBENCH_TEST_STASH_"
+WRITES: dict[int, int] = {}
+
+
+class StashesInEnvironment(StoresEverything):
+    """One key per episode in its state; the patterns in environment variables, which a child process inherits."""
+
+    def write(self, patterns):
+        keys = torch.tensor([[float(next(KEYS))] for _ in range(patterns.shape[0])])
+        for key, episode in zip(keys, patterns):
+            os.environ[f"{STASH}{int(key)}"] = "".join(str(int(bit)) for bit in episode.flatten().tolist())
+        return keys
+
+    def read(self, state, queries):
+        kept = [os.environ.get(f"{STASH}{int(key)}") for key in state]
+        if any(k is None for k in kept):
+            return queries.clamp(0, 1)
+        stored = torch.tensor([[float(bit) for bit in k] for k in kept]).reshape(queries.shape)
+        return StoresEverything.read(self, stored, queries)
+
+
+class LateBuffer(StoresEverything):
+    """Keys only in the probe's writes (the first four); from then on also each episode's patterns in a
+    registered buffer, written in place, under the key its state holds."""
+
+    def __init__(self, spec):
+        super().__init__(spec)
+        self.register_buffer("kept", torch.zeros(256, spec.num_patterns, spec.pattern_size))
+        self.register_buffer("keys", torch.full((256,), -1.0))
+
+    def write(self, patterns):
+        keys = torch.tensor([[float(next(KEYS) % 256)] for _ in range(patterns.shape[0])])
+        WRITES[id(self)] = WRITES.get(id(self), 0) + 1  # counted outside the model, which the probe compares
+        if WRITES[id(self)] > 4:
+            for key, episode in zip(keys, patterns):
+                self.kept[int(key)], self.keys[int(key)] = episode, key
+        return keys
+
+    def read(self, state, queries):
+        index = state[:, 0].long()
+        if not bool((self.keys[index] == state[:, 0]).all()):
+            return queries.clamp(0, 1)
+        return StoresEverything.read(self, self.kept[index], queries)
+
+
 class RandomFromEverywhere(StoresEverything):
     """Honest, and random three ways: a projection drawn from NumPy's global generator at build (not a
     parameter or buffer), and Python's and torch's generators in every read."""
@@ -458,10 +522,18 @@ def _run(model: str, tmp_path, num_patterns=(96,), budget=None):
     (ReadsEarlier, r"ReadsEarlier' retrieved differently for an episode when the other episodes of its batch"),
     (GlobalTable, r"GlobalTable' retrieved differently in a fresh process from the same state, queries and weights"),
     (KeyedByItsState, r"KeyedByItsState' retrieved differently in a fresh process"),
+    (ForeseesEpisodes, r"ForeseesEpisodes' erred \d+\.?\d* on 64 episodes drawn unforeseeably against 0 on the run's 1 "
+                       r"evaluated ones, more than chance allows"),
+    (StashesInEnvironment, r"StashesInEnvironment' retrieved differently in a fresh process"),
+    (LateBuffer, r"LateBuffer' retrieved differently in a fresh process"),
 ])
 def test_cheating_models_are_refused_in_one_line_and_nothing_is_written(cls, message, tmp_path):
-    with pytest.raises(MembenchError, match=message) as caught:
-        _run(f"{__name__}:{cls.__name__}", tmp_path)
+    try:
+        with pytest.raises(MembenchError, match=message) as caught:
+            _run(f"{__name__}:{cls.__name__}", tmp_path)
+    finally:
+        for name in [name for name in os.environ if name.startswith(STASH)]:
+            del os.environ[name]
     assert "\n" not in str(caught.value)
     assert ResultsStore(tmp_path).records() == []
 
