@@ -113,6 +113,8 @@ def _field_problem(saved: dict[str, Any]) -> str | None:
     instead of failing later inside training, a report or a session's packing."""
     if not isinstance(saved["model"], dict) or not all(isinstance(t, torch.Tensor) for t in saved["model"].values()):
         return "model is not a state dict of tensors"
+    if any(t.is_floating_point() and t.isnan().any() for t in saved["model"].values()):
+        return "model holds NaN values, which training never saves"
     try:
         torch.Generator().set_state(saved["generator"])  # refuses another type, dtype or size
     except (RuntimeError, TypeError):
@@ -130,6 +132,8 @@ def _field_problem(saved: dict[str, Any]) -> str | None:
     planned = (saved.get("config") or {}).get("steps")
     if planned is not None and (not isinstance(planned, int) or isinstance(planned, bool) or planned < 0):
         return "config's steps is not a count of updates"
+    if planned is not None and saved["step"] > planned:
+        return f"step {saved['step']} is beyond the {planned} its configuration plans"
     if "optimizer" in saved and not isinstance(saved["optimizer"], dict):
         return "optimizer is not an optimiser's state"
     return None
@@ -215,8 +219,11 @@ def checkpoint_path(key: str, checkpoint_dir: Path) -> Path:
     shipped = SHIPPED_CHECKPOINTS / f"{key}.pt"
     if shipped.exists():
         with file_lock(path.with_name(path.name + ".copy.lock")):  # processes sharing the cache take turns
-            cached = trained_steps(path) if path.exists() else None
-            if cached is None or cached < trained_steps(shipped):
+            cached, ships = (trained_steps(path) if path.exists() else None), trained_steps(shipped)
+            if ships == -1:  # damaged in the checkout: left for the user, never copied
+                warn(f"shipped checkpoint {shipped} is unreadable; left as it is and not used: restore it "
+                     f"(`git checkout -- {shipped}`), or delete it to train afresh")
+            elif cached is None or cached < ships:
                 if cached == -1:  # kept for inspection, as training keeps the unreadable ones it finds
                     warn(f"checkpoint {path} is unreadable; moved it to {_set_aside(path)} and took the shipped "
                          f"{shipped}")

@@ -472,7 +472,8 @@ def test_paused_training_shipped_from_one_machine_resumes_on_the_next(tmp_path: 
     assert exited_cleanly(missing)
     (tmp_path / "other").mkdir()  # another model's weights, trained further, under this key: refused
     other = torch.load(shipped, weights_only=False)
-    torch.save({**other, "step": 100, "model": {"weight": torch.zeros(3, 3)}}, tmp_path / "other" / carried.name)
+    torch.save({**other, "step": 100, "config": {**other["config"], "steps": 100},
+                "model": {"weight": torch.zeros(3, 3)}}, tmp_path / "other" / carried.name)
     wrong = CliRunner().invoke(main, ["ship", "--checkpoint", str(tmp_path / "other" / carried.name)])
     assert wrong.exit_code == 1 and "holds other weights (names or shapes) than the shipped" in wrong.output
     assert exited_cleanly(wrong) and torch.load(shipped, weights_only=False)["step"] == 6
@@ -503,6 +504,33 @@ def test_the_cache_takes_the_shipped_checkpoint_when_it_is_trained_further_or_th
     assert (cache / "key.pt.corrupt").read_bytes() == b"not a checkpoint"  # kept for inspection, not overwritten
     warned = f"checkpoint {cache / 'key.pt'} is unreadable; moved it to {cache / 'key.pt.corrupt'}"
     assert warned in capsys.readouterr().err
+
+
+def test_a_damaged_shipped_checkpoint_is_named_and_never_copied_into_the_cache(tmp_path, capsys):
+    """A shipped file that does not read (truncated in the checkout) stays where it is, unused, with a warning
+    naming it and how to restore it; the cache gets nothing from it."""
+    from membench import checkpoints
+
+    (tmp_path / "shipped").mkdir()
+    (tmp_path / "shipped" / "key.pt").write_bytes(b"truncated")
+    path = checkpoints.checkpoint_path("key", tmp_path / "cache")
+    assert not path.exists() and (tmp_path / "shipped" / "key.pt").read_bytes() == b"truncated"
+    assert f"shipped checkpoint {tmp_path / 'shipped' / 'key.pt'} is unreadable" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("change, problem", [
+    ({"model": {"weight": torch.tensor([1.0, float("nan")])}}, "model holds NaN values"),
+    ({"step": 7, "config": {"steps": 5}}, "step 7 is beyond the 5 its configuration plans"),
+])
+def test_a_checkpoint_no_training_saves_does_not_read(tmp_path, change, problem):
+    """NaN weights (training stops before saving them) or more steps than planned: such a file is refused
+    wherever it is read (cache, shipping, unpacking), so it never replaces a shipped checkpoint."""
+    from membench.checkpoints import read_checkpoint
+
+    torch.save({"model": {}, "generator": torch.Generator().get_state(), "step": 1, "elapsed_s": 1.0, "curve": [],
+                **change}, tmp_path / "key.pt")
+    with pytest.raises(ValueError, match=problem):
+        read_checkpoint(tmp_path / "key.pt")
 
 
 def test_episodes_drawn_ahead_are_the_episodes_drawn_in_turn():
