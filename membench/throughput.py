@@ -38,6 +38,7 @@ import torch
 
 from membench.budget import TABLE1_BUDGET
 from membench.errors import MembenchError
+from membench.interface import PRECISIONS
 from membench.registry import make_task, resolve_model
 from membench.provenance import device_name, git_state
 from membench.build import build_model
@@ -250,14 +251,14 @@ def existing_table(path: Path) -> pd.DataFrame | None:
     old = read_table(path, "a throughput CSV", ("device", "model", "episodes_per_s"), "move it aside and rerun",
                      dtype={"commit": str, "options": str, "suite": str, "reference": str})
     old = _with_late_columns(old)[COLUMNS]
-    required = ["device", "device_name", "model", "preset", "batch_size", "num_patterns", "episodes_per_s",
-                "ms_per_step", "commit"]
+    required = [column for column in COLUMNS if column not in LATE_COLUMNS]  # in every row since the first
     gaps = old[required].isna()
+    gaps["precision"] = ~old["precision"].isin(PRECISIONS)  # (a row cut short ends in a piece of one)
     if gaps.any(axis=None):
         row = int(gaps.any(axis=1).idxmax())
-        missing = ", ".join(c for c in required if gaps.at[row, c])
-        raise MembenchError(f"{path} is not a complete throughput CSV (line {row + 2} has no {missing}); move it "
-                            f"aside and rerun")
+        missing = ", ".join(c for c in gaps.columns if gaps.at[row, c])
+        raise MembenchError(f"{path} is not a complete throughput CSV (line {row + 2} has no valid {missing}); "
+                            "move it aside and rerun")
     return old
 
 

@@ -121,14 +121,16 @@ def test_throughput_without_out_writes_beside_runs_not_into_a_checkouts_committe
     assert not (tmp_path / "results").exists()
 
 
-def test_a_truncated_throughput_csv_is_refused_before_timing_and_left_as_it_is(tmp_path):
+@pytest.mark.parametrize("cut", [40, -46])  # early, or inside the precision column ("fl")
+def test_a_truncated_throughput_csv_is_refused_before_timing_and_left_as_it_is(tmp_path, cut):
     out = tmp_path / "throughput.csv"
     lines = (REPO_ROOT / "results" / "bench" / "throughput.csv").read_text().splitlines()
-    out.write_text("\n".join(lines[:3]) + "\n" + lines[3][:40] + "\n")  # the last row cut mid-value
+    out.write_text("\n".join(lines[:3]) + "\n" + lines[3][:cut] + "\n")  # the last row cut mid-value
     before = out.read_bytes()
     result = CliRunner().invoke(main, ["throughput", "--model", "memory_networks", "--device", "cpu", "--num-patterns",
                                        "16", "--steps", "1", "--out", str(out)])
-    assert result.exit_code == 1 and "is not a complete throughput CSV (line 4 has no" in result.output, result.output
+    assert result.exit_code == 1 and "is not a complete throughput CSV (line 4 has no valid" in result.output, \
+        result.output
     assert exited_cleanly(result) and out.read_bytes() == before
 
 
