@@ -8,6 +8,7 @@ import pandas as pd
 
 from membench.errors import MembenchError
 from membench.report import latest_versions, row_label
+from membench.options import is_int
 from membench.store import ResultsStore, read_table, write_atomic
 
 SMOOTH = 10  # logged rows in the rolling mean of training curves
@@ -37,7 +38,7 @@ def read_curves(out_dir: Path, images: bool | None = None) -> Curves:
     """The training curve of every trained run in `out_dir` (of image tasks only with `images`,
     of binary ones only with images=False), one per checkpoint (a checkpoint trained on several N serves
     several runs; none of a model's older source version, as in the tables; none paused before its first
-    logged step, which has no point to draw). MembenchError naming a missing or unreadable curve file."""
+    logged step, which has no point to draw). MembenchError naming a missing, unreadable or cut-short curve file."""
     store = ResultsStore(out_dir)
     curves: Curves = {}
     for record in latest_versions(store.records())[0]:
@@ -57,10 +58,12 @@ def read_curves(out_dir: Path, images: bool | None = None) -> Curves:
             path = Path(out_dir) / training["curve"]
             fix = ("restore it from git, copy it from the folder its record came from (training/ beside runs/), or "
                    "rerun the run with --force")
-            if path.is_file() and path.stat().st_size <= 1:
+            steps, every = training.get("steps"), training["config"].get("log_every")
+            logged = steps >= every if is_int(steps) and is_int(every) and every > 0 else None  # None: not recorded
+            if path.is_file() and path.stat().st_size <= 1 and not logged:
                 continue  # paused before its first logged step, written as one newline before the curve kept its header
             curve = read_table(path, f"the training curve of {record['run_id']}", ("step", "loss", "error"), fix)
-            if curve.empty:
+            if curve.empty and not logged:
                 continue  # paused before its first logged step: nothing to draw
             for column in ("step", "loss", "error"):
                 try:
@@ -71,6 +74,10 @@ def read_curves(out_dir: Path, images: bool | None = None) -> Curves:
                 if not np.isfinite(curve[column]).all():
                     raise MembenchError(f"{path} is not the training curve of {record['run_id']} (its {column} "
                                         f"column holds a value that is not a finite number); {fix}")
+            last = curve["step"].max() if not curve.empty else 0
+            if logged and last < steps - every:
+                raise MembenchError(f"{path} ends at step {last:g}, but its record {record['run_id']} trained "
+                                    f"{steps} updates, logged every {every}: it is cut short; {fix}")
             curves[key] = (label, curve)
     return curves
 

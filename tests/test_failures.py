@@ -1101,6 +1101,25 @@ def test_a_training_curve_holding_text_is_named_and_nothing_is_written(tmp_path,
     assert not (tmp_path / "table1.md").exists()
 
 
+@pytest.mark.parametrize("rows, fragment", [("", "ends at step 0, but its record"),
+                                           ("0,0.5,0.1\n50,0.4,0.2", "ends at step 50, but its record")])
+def test_a_training_curve_cut_short_is_named_and_nothing_is_written(tmp_path, rows, fragment):
+    """A record trained 100 updates, logged every 10: a curve with only its header, or ending at step 50, was cut
+    (an empty one is drawn only for a run paused before its first logged step)."""
+    args = ["--model", "raw_slots", "--num-patterns", "16", "--queries", "16", "--out", str(tmp_path), "--no-progress"]
+    assert _invoke("run", *args).exit_code == 0
+    (path,) = (tmp_path / "runs").glob("*.json")
+    training = {"checkpoint_key": "k", "curve": "training/k.csv", "config": {"log_every": 10}, "steps": 100,
+                "train_time_s": 1.0}
+    path.write_text(json.dumps({**json.loads(path.read_text()), "training": training}))
+    (tmp_path / "training").mkdir(exist_ok=True)
+    (tmp_path / "training" / "k.csv").write_text(f"step,loss,error\n{rows}\n" if rows else "step,loss,error\n")
+    (tmp_path / "table1.md").unlink()
+    _one_clear_line(_invoke("report", "--out", str(tmp_path)), "k.csv " + fragment, "trained 100 updates, logged "
+                    "every 10: it is cut short", exit_code=1)
+    assert not (tmp_path / "table1.md").exists()
+
+
 def test_a_preset_no_model_of_the_run_knows_is_refused(tmp_path, monkeypatch, data_root):
     """--preset names a preset of the run's learned models; with none of them it must be a built-in one, and an
     image suite must have points for it: otherwise one line, nothing run or written (before: untrained models ran
