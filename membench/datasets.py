@@ -154,16 +154,21 @@ def _read_omniglot_zip(path: Path, image_size: int, seen: set) -> dict[str, list
 
 def _read_omniglot_members(path: Path, image_size: int, seen: set) -> dict[str, list[np.ndarray]]:
     characters: dict[str, list[np.ndarray]] = {}
+    images = 0  # (those another zip held too included)
     with zipfile.ZipFile(path) as archive:
         for member in sorted(archive.namelist()):
             parts = member.split("/")
             if not member.endswith(".png") or len(parts) < 3:
                 continue
+            images += 1
             character, key = f"{parts[-3]}/{parts[-2]}", f"{parts[-3]}/{parts[-2]}/{parts[-1]}"
             if key in seen:
                 continue
             seen.add(key)
             characters.setdefault(character, []).append(_decode_omniglot(archive.read(member), image_size))
+    if not images:
+        raise DatasetMissing(f"{path} holds no Omniglot images (<alphabet>/<character>/<image>.png); delete it and "
+                             "download it again (`membench download omniglot`)")
     return characters
 
 

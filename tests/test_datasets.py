@@ -116,6 +116,16 @@ def test_omniglot_evaluation_zip_is_the_test_split(tmp_path):
     assert {data.classes[i].split("/")[0] for i in data.test.labels.tolist()} == {"Atemayar"}
 
 
+def test_an_omniglot_zip_with_no_images_is_named_not_skipped(tmp_path):
+    """A valid zip holding no <alphabet>/<character>/<image>.png (a README only, say) would leave its alphabets
+    out of the data set unnoticed: it is named instead."""
+    write_omniglot_zip(tmp_path / "omniglot" / "images_background_small1.zip", {"Latin": 4}, drawers=2)
+    with zipfile.ZipFile(tmp_path / "omniglot" / "images_background_small2.zip", "w") as archive:
+        archive.writestr("README.txt", "no images here")
+    with pytest.raises(DatasetMissing, match=r"images_background_small2.zip holds no Omniglot images .*download"):
+        datasets.load_omniglot(tmp_path)
+
+
 def test_missing_data_names_the_download(tmp_path):
     with pytest.raises(DatasetMissing, match="brendenlake/omniglot/raw/master/python/images_background.zip"):
         datasets.load_omniglot(tmp_path)
