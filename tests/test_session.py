@@ -27,7 +27,7 @@ from tests.conftest import exited_cleanly, records_in
 from tests.test_training import TINY_MODEL
 
 ROW = dict.fromkeys(COLUMNS, 1) | {"device": "cpu", "device_name": "x86_64", "model": "ebmm", "preset": "gpu",
-                                   "commit": "abc", "cuda_graph": False, "compiled": False}
+                                   "commit": "abc", "cuda_graph": False, "compiled": False, "precision": "float32"}
 
 
 def test_a_session_archive_carries_new_results_and_paused_training_home(tmp_path: Path, monkeypatch):
