@@ -25,7 +25,8 @@ from membench.errors import MembenchError
 from membench.interface import AssociativeMemory
 from membench.store import ResultsStore, file_lock, list_of_mappings, nonnegative_number, warn, write_atomic
 
-CHECKPOINT_KEYS = ("model", "generator", "step", "elapsed_s", "curve")  # required; "optimizer", "history" optional
+CHECKPOINT_KEYS = ("model", "generator", "step", "elapsed_s", "curve")  # required; "optimizer", "history",
+# "config" and "parameters" (the names in "model" that are the model's parameters, not buffers) optional
 UNREADABLE = (EOFError, OSError, RuntimeError, ValueError, pickle.UnpicklingError)  # what reading a bad file raises
 
 
@@ -113,8 +114,13 @@ def _field_problem(saved: dict[str, Any]) -> str | None:
     instead of failing later inside training, a report or a session's packing."""
     if not isinstance(saved["model"], dict) or not all(isinstance(t, torch.Tensor) for t in saved["model"].values()):
         return "model is not a state dict of tensors"
-    if any(t.is_floating_point() and t.isnan().any() for t in saved["model"].values()):
-        return "model holds NaN values, which training never saves"
+    names = saved.get("parameters")
+    if names is not None and not (isinstance(names, list) and all(name in saved["model"] for name in names)):
+        return "parameters is not a list of the model's tensors"
+    broken = [name for name in (saved["model"] if names is None else names)  # (before parameters were listed: all)
+              if saved["model"][name].is_floating_point() and saved["model"][name].isnan().any()]
+    if broken:
+        return f"its parameters {', '.join(broken[:3])} hold NaN values, which training stops before saving"
     try:
         torch.Generator().set_state(saved["generator"])  # refuses another type, dtype or size
     except (RuntimeError, TypeError):
@@ -262,17 +268,19 @@ def ship_checkpoints(out_dir: Path | None, checkpoint_dir: Path, files: Sequence
     whose checkpoint is in neither place."""
     target = Path(target or SHIPPED_CHECKPOINTS)
     sources: dict[str, tuple[list[Path], dict[str, Any] | None]] = {}  # key -> (files, earliest record using it)
-    missing: list[str] = []  # records whose checkpoint is neither cached nor shipped
+    missing: dict[str, list[str]] = {}  # checkpoint key -> run ids of the records using it, in neither place
     records = ResultsStore(out_dir).records() if out_dir is not None else []
     for record in sorted(records, key=lambda r: r.get("finished_at", "")):
         key = (record.get("training") or {}).get("checkpoint_key")
-        if not key or key in sources:
+        if key in missing:
+            missing[key].append(record["run_id"])
+        if not key or key in sources or key in missing:
             continue
         candidates = [path for path in (Path(checkpoint_dir) / f"{key}.pt", target / f"{key}.pt") if path.exists()]
         if candidates:
             sources[key] = (candidates, record)
         else:
-            missing.append(f"{key}.pt of {record['run_id']}")
+            missing[key] = [record["run_id"]]
     for file in files:
         if not Path(file).is_file():
             raise MembenchError(f"no checkpoint file {file}; give the path of a <checkpoint key>.pt file")
@@ -290,9 +298,11 @@ def ship_checkpoints(out_dir: Path | None, checkpoint_dir: Path, files: Sequence
                             f"the others were shipped ({len(written)} written): delete each and rerun the command "
                             "that trained it")
     if missing:
-        raise MembenchError(f"{len(missing)} record(s) of {out_dir} have their checkpoint neither in {checkpoint_dir} "
-                            f"nor in {target} ({'; '.join(missing)}); the others were shipped ({len(written)} "
-                            "written): rerun each record's command with --force to train it, or delete its record")
+        named = "; ".join(f"{key}.pt of {runs[0]}" + (f" and {len(runs) - 1} other record(s)" if len(runs) > 1 else "")
+                          for key, runs in missing.items())
+        raise MembenchError(f"{len(missing)} checkpoint(s) behind records of {out_dir} are neither in {checkpoint_dir} "
+                            f"nor in {target} ({named}); the others were shipped ({len(written)} written): rerun "
+                            "each record's command with --force to train it, or delete its records")
     return written
 
 

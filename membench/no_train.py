@@ -10,7 +10,7 @@ from typing import Any
 
 from membench import checkpoints
 from membench.build import build_model
-from membench.checkpoints import UNREADABLE, checkpoint_path, load_weights, read_checkpoint, trained_steps
+from membench.checkpoints import UNREADABLE, checkpoint_path, load_weights, read_checkpoint
 from membench.errors import MembenchError
 from membench.interface import AssociativeMemory
 from membench.registry import errors_of_user_model, make_task, resolve_model
@@ -48,8 +48,10 @@ def _checkpoint_problem(path: Path) -> str | None:
     """Why the checkpoint file at `path` cannot be evaluated as it stands (missing, unreadable), or None."""
     if not path.exists():
         return f"is neither in {path.parent} nor shipped in {checkpoints.SHIPPED_CHECKPOINTS} (no file {path.name})"
-    if trained_steps(path) < 0:
-        return f"{path} is unreadable (left as it is)"
+    try:
+        read_checkpoint(path)
+    except UNREADABLE as exc:
+        return f"{path} is unreadable ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}; left as it is)"
     return None
 
 

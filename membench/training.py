@@ -232,7 +232,8 @@ def _train(model: AssociativeMemory, task: Task, config: TrainConfig, checkpoint
 
     def checkpoint() -> None:
         nonlocal saved_step
-        save_checkpoint({"model": model.state_dict(), "optimizer": stepper.optimizer.state_dict(),
+        save_checkpoint({"model": model.state_dict(), "parameters": [name for name, _ in model.named_parameters()],
+                         "optimizer": stepper.optimizer.state_dict(),
                          "generator": stream.generator_state(), "step": step, "elapsed_s": elapsed, "curve": curve,
                          "history": stretches(), "config": dataclasses.asdict(config)}, checkpoint_path)
         saved_step = step

@@ -729,7 +729,8 @@ def test_an_infinite_buffer_is_no_broken_checkpoint_and_a_nan_weight_is_refused_
     saved["model"]["bias"][0] = float("nan")
     torch.save(saved, checkpoint)
     _one_clear_line(_invoke(*args, "--out", "third", "--no-train"),
-                    "does not fit TinyLearned (ValueError: its weights bias hold NaN or infinite values", exit_code=1)
+                    "is unreadable (ValueError: not a membench training checkpoint (its parameters bias hold NaN",
+                    exit_code=1)
     assert checkpoint.exists()  # --no-train leaves it where it is
 
 
