@@ -12,8 +12,8 @@ writes and the environment variables from before any run, so neither can carry w
 
 The evaluated episodes themselves come from seeded generators, which a model could regenerate (from
 `torch.initial_seed()`, say) and answer without storing anything, here and in the child alike. So the model
-also writes and reads UNFORESEEN_EPISODES episodes drawn from the operating system's entropy, and must not
-err clearly more on them than on the evaluated ones (`unforeseen_check`).
+also writes and reads episodes drawn from the operating system's entropy, and must not err clearly more on
+them than on the evaluated ones (`unforeseen_check`); the child reads them again too.
 
 Built-in models are reviewed code and skip these checks (an interpreter start costs seconds); files on
 disk stay open to a model, as the README says.
@@ -41,7 +41,8 @@ TOLERANCE = 1e-5  # as the in-process checks: the same device and kernels, a new
 ENVIRONMENT = dict(os.environ)  # the child's, as it was before any run (the runner imports this module first)
 CHILD_TIMEOUT_S = 600
 AUDITED_AT_RANDOM = 2  # batches read again besides the first and the last
-UNFORESEEN_EPISODES = 64  # episodes drawn from the operating system's entropy, written and read after evaluation
+UNFORESEEN_EPISODES = (16, 64)  # episodes drawn from the operating system's entropy after evaluation: as many as
+#   were evaluated, within these bounds
 UNFORESEEN_SIGMAS = 6.0  # how many standard errors worse than evaluated an honest model does not err on them
 UNFORESEEN_SLACK = 0.05  # ... nor by this share of returning the queries unchanged (for errors with no spread)
 
@@ -56,12 +57,11 @@ def batches_to_audit(count: int) -> set[int]:
 _PASSED: set[str] = set()  # (model, its source, task, budget, options, seed, device) checked in this process
 
 
-def audit(spec: Any, model: AssociativeMemory, batches: list[tuple[int, Any, torch.Tensor]], count: int,
-          device: torch.device, weights: dict[str, torch.Tensor]) -> None:
-    """Read each (batch number, written state, queries (B, N, *S)) of `batches`, of the `count` evaluated, here and
-    `check` the reads in one new process given `weights` (the model's state_dict before the evaluated writes), each
-    read from seed 0; once per process for a model's source and run (its other numbers of queries repeat the
-    check of the same code)."""
+def audit(spec: Any, model: AssociativeMemory, batches: list[tuple[str, Any, torch.Tensor]], device: torch.device,
+          weights: dict[str, torch.Tensor]) -> None:
+    """Read each (name, written state, queries (B, N, *S)) of `batches` here and `check` the reads in one new
+    process given `weights` (the model's state_dict before the evaluated writes), each read from seed 0; once per
+    process for a model's source and run (its other numbers of queries repeat the check of the same code)."""
     from membench.budget import sealed
     from membench.integrity import checked_retrievals
     from membench.registry import model_source_digest
@@ -73,10 +73,10 @@ def audit(spec: Any, model: AssociativeMemory, batches: list[tuple[int, Any, tor
         return
     reads = []
     with torch.no_grad(), forked_generators(device):
-        for number, state, queries in batches:
+        for name, state, queries in batches:
             seed_all(0)
             retrievals = checked_retrievals(model.read(sealed(state), queries.clone()), queries, spec.model)
-            reads.append((f"{number} of {count}", sealed(state), queries, retrievals))
+            reads.append((name, sealed(state), queries, retrievals))
     check(spec, reads, device, weights)
     _PASSED.add(key)
 
@@ -111,15 +111,17 @@ def check(spec: Any, reads: list[tuple[str, Any, torch.Tensor, torch.Tensor]], d
                                                                  atol=TOLERANCE, equal_nan=True):
             raise MembenchError(
                 f"model '{spec.model}' retrieved differently in a fresh process from the same state, queries and "
-                f"weights (evaluated batch {name}); read must depend only on those (a table kept in a module, keyed "
+                f"weights ({name}); read must depend only on those (a table kept in a module, keyed "
                 "by the patterns or by a value of the state, an environment variable, or a buffer changed by the "
                 "evaluated writes is not the state)")
 
 
-def unforeseen_check(spec: Any, model: AssociativeMemory, task: Any, device: torch.device,
-                     errors: list[float]) -> None:
-    """MembenchError unless `model` errs on UNFORESEEN_EPISODES test episodes drawn from the operating system's
-    entropy about as it erred on the run's evaluated episodes (`errors`: per query, N queries an episode).
+def unforeseen_check(spec: Any, model: AssociativeMemory, task: Any, device: torch.device, contract: Any,
+                     errors: list[float]) -> tuple[Any, torch.Tensor]:
+    """MembenchError unless `model` errs on test episodes drawn from the operating system's entropy (as many as
+    were evaluated, from UNFORESEEN_EPISODES[0] to [1]) about as it erred on the run's evaluated episodes
+    (`errors`: per query, N queries an episode); their state must meet the run's `contract` and their
+    retrievals be finite, as any evaluated batch's. Returns the state and queries, for the fresh-process read.
 
     An honest memory's per-episode mean errors on both come from one distribution; one that answers from
     foreseen episodes rather than from its state errs on the unforeseen ones as if it stored nothing. Refused
@@ -130,15 +132,21 @@ def unforeseen_check(spec: Any, model: AssociativeMemory, task: Any, device: tor
     from membench.integrity import checked_retrievals
     from membench.tasks import forked_generators, seed_all
 
+    evaluated = torch.tensor(errors, dtype=torch.float64).reshape(-1, task.spec.num_patterns).mean(dim=1)
+    count = min(max(len(evaluated), UNFORESEEN_EPISODES[0]), UNFORESEEN_EPISODES[1])
     generator = torch.Generator().manual_seed(random.SystemRandom().getrandbits(63))
-    episodes = task.sample(UNFORESEEN_EPISODES, generator, split="test").to(device)
+    episodes = task.sample(count, generator, split="test").to(device)
     with torch.no_grad(), forked_generators(device):
         seed_all(spec.seed)
         state = model.write(episodes.patterns.clone())
+        contract.check(state, count)
         retrievals = checked_retrievals(model.read(sealed(state), episodes.queries.clone()), episodes.queries,
                                         spec.model)
+    if not torch.isfinite(retrievals).all():
+        raise MembenchError(f"model '{spec.model}' returned NaN or inf retrievals for episodes drawn unforeseeably; "
+                            "its read is numerically unstable (guard its divisions, logs and exponentials), so no "
+                            "record was written")
     unforeseen = task.errors(retrievals, episodes.patterns).mean(dim=1).double().cpu()
-    evaluated = torch.tensor(errors, dtype=torch.float64).reshape(-1, task.spec.num_patterns).mean(dim=1)
     spread = max((sample.std().item() for sample in (evaluated, unforeseen) if len(sample) > 1), default=0.0)
     allowed = max(UNFORESEEN_SIGMAS * spread * (1 / len(evaluated) + 1 / len(unforeseen)) ** 0.5,
                   UNFORESEEN_SLACK * task.errors(episodes.queries, episodes.patterns).mean().item())
@@ -149,6 +157,7 @@ def unforeseen_check(spec: Any, model: AssociativeMemory, task: Any, device: tor
             f"unforeseeably against {evaluated.mean().item():.3g} on the run's {len(evaluated)} evaluated ones, "
             f"more than chance allows ({allowed:.3g}); its retrievals must come from the state it wrote, not from "
             "foreseeing the seeded test episodes (e.g. from torch.initial_seed()), so no record was written")
+    return state, episodes.queries
 
 
 def _child(task_file: str, answer: str) -> None:

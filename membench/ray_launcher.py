@@ -38,12 +38,14 @@ def _execute(spec: RunSpec, out_dir: str, device: str, checkpoint_dir: str, comm
     from membench.provenance import git_state
     from membench.run_identity import is_current
     from membench.build import resolve_device
+    from membench import fresh_read
     from membench.runner import execute
     from membench.store import ResultsStore
 
     if isinstance(after, dict) and "paused" in after:  # the chain's checkpoint paused: its training time is spent
         return after
     os.environ.update(env)  # the data folder and the code's provenance as the driver found them
+    fresh_read.ENVIRONMENT.update(env)  # (imported with the runner, before they arrived)
     git_state.cache_clear()
     store = ResultsStore(out_dir)
     with store.claim(spec.run_id, blocking=True):

@@ -75,10 +75,11 @@ def evaluate(model: AssociativeMemory, task: Task, spec: RunSpec, device: torch.
     num_episodes = math.ceil((queries or spec.queries) / task.spec.num_patterns)
     errors: list[float] = []
     starts = range(0, num_episodes, EVAL_EPISODES_PER_BATCH)
-    audited: list[tuple[int, Any, torch.Tensor]] = []  # (batch number, state, queries) read again elsewhere
+    audited: list[tuple[str, Any, torch.Tensor]] = []  # (which batch, state, queries) read again elsewhere
     audits = split == "test" and not is_builtin_model(type(model))
     chosen = fresh_read.batches_to_audit(len(starts)) if audits else set()
-    weights = {name: value.detach().clone() for name, value in model.state_dict().items()} if audits else {}
+    weights = {name: value.detach().to("cpu", copy=True) for name, value in model.state_dict().items()} if audits \
+        else {}
     model.eval()
     with torch.no_grad():
         for number, start in enumerate(starts, 1):
@@ -89,15 +90,16 @@ def evaluate(model: AssociativeMemory, task: Task, spec: RunSpec, device: torch.
             retrievals = checked_retrievals(model.read(sealed(state), episodes.queries.clone()), episodes.queries,
                                             spec.model)
             if number in chosen:
-                audited.append((number, state, episodes.queries))
+                audited.append((f"evaluated batch {number} of {len(starts)}", state, episodes.queries))
             if not torch.isfinite(retrievals).all():
                 raise MembenchError(f"model '{spec.model}' returned NaN or inf retrievals (N={task.spec.num_patterns}, "
                                     f"seed={spec.seed}); its read is numerically unstable (guard its divisions, logs "
                                     "and exponentials), so no record was written")
             errors.extend(task.errors(retrievals, episodes.patterns).flatten().cpu().tolist())
     if audits:
-        fresh_read.audit(spec, model, audited, len(starts), device, weights)
-        fresh_read.unforeseen_check(spec, model, task, device, errors)
+        state, queries = fresh_read.unforeseen_check(spec, model, task, device, contract, errors)
+        fresh_read.audit(spec, model, [*audited, ("the episodes drawn unforeseeably", state, queries)], device,
+                         weights)
     return errors
 
 
