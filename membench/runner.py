@@ -41,7 +41,7 @@ from membench.registry import (errors_of_user_model, is_builtin_model, make_task
 from membench.run_identity import checkpoint_key, is_current, pending
 from membench.store import ResultsStore, warn, writable_folder, write_text_atomic
 from membench.suites import BUILTIN_PRESETS, DEFAULT_PRESET, SUITES, RunSpec, SweepSuite, declared_count
-from membench.tasks import Task, seed_all
+from membench.tasks import BinaryTask, Task, seed_all
 from membench.no_train import as_trained, require_checkpoints
 from membench.training import meta_train
 
@@ -89,6 +89,8 @@ def evaluate(model: AssociativeMemory, task: Task, spec: RunSpec, device: torch.
             contract.check(state, batch)
             retrievals = checked_retrievals(model.read(sealed(state), episodes.queries.clone()), episodes.queries,
                                             spec.model)
+            if number == 1 and isinstance(task, BinaryTask):
+                _warn_outside_unit_range(retrievals, spec.model)
             if number in chosen:
                 audited.append((f"evaluated batch {number} of {len(starts)}", state, episodes.queries))
             if not torch.isfinite(retrievals).all():
@@ -101,6 +103,15 @@ def evaluate(model: AssociativeMemory, task: Task, spec: RunSpec, device: torch.
         fresh_read.audit(spec, model, [*audited, ("the episodes drawn unforeseeably", state, queries)], device,
                          weights)
     return errors
+
+
+def _warn_outside_unit_range(retrievals: torch.Tensor, model_name: str) -> None:
+    """Warn once a run when a binary task's retrievals, from its first evaluated batch, leave [0, 1] (e.g. a model
+    reading in ±1 coding): a bit is wrong when its retrieval is 0.5 or more away from it, so a -1 is a wrong 0."""
+    low, high = retrievals.min().item(), retrievals.max().item()
+    if low < -0.01 or high > 1.01:
+        warn(f"model '{model_name}' read values from {low:.3g} to {high:.3g}, outside [0, 1]: a bit counts as wrong "
+             "when its retrieval is 0.5 or more away from it (a -1 is a wrong 0), so return 0/1 coding, not ±1")
 
 
 def execute(spec: RunSpec, store: ResultsStore, device: torch.device, checkpoint_dir: Path,

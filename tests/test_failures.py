@@ -257,6 +257,11 @@ _OWN = textwrap.dedent('''
     class NeedsBudget(Soft):  # sized by the budget, but from_spec not overridden to pass it
         def __init__(self, spec, budget):
             super().__init__(spec)
+
+
+    class PlusMinus(Soft):  # reads in ±1 coding
+        def read(self, state, queries):
+            return 2 * super().read(state, queries) - 1
 ''')
 
 _OWN_LEARNED = TINY_MODEL + textwrap.dedent('''
@@ -373,6 +378,17 @@ def test_a_model_that_breaks_the_contract_is_told_how_in_one_line(tmp_path, monk
     _one_clear_line(_invoke("run", "--model", f"own:{model}", *options, "--num-patterns", "16", "--queries", "32",
                             "--out", "out", "--no-progress"), *fragments, exit_code=1)
     assert not (tmp_path / "out" / "runs").exists() or not list((tmp_path / "out" / "runs").iterdir())
+
+
+def test_a_binary_read_outside_zero_one_is_warned_about_once(tmp_path, monkeypatch):
+    """±1 coding is scored as 0/1 (a -1 counts as 0), so the run goes on, with one warning saying so."""
+    (tmp_path / "own.py").write_text(_OWN)
+    monkeypatch.chdir(tmp_path)
+    result = _invoke("run", "--model", "own:PlusMinus", "--num-patterns", "16", "--queries", "2000", "--out", "out",
+                     "--no-progress")
+    assert result.exit_code == 0, result.output
+    warned = [line for line in result.output.splitlines() if "outside [0, 1]" in line]
+    assert len(warned) == 1 and "read values from -1 to 1" in warned[0] and "not ±1" in warned[0], warned
 
 
 @pytest.mark.parametrize("suite", ["table1", "capacity-budget"])
