@@ -9,9 +9,10 @@ The contract, which the runner checks on every run (membench.budget, membench.in
 membench.fresh_read):
 - everything the memory knows about the written set lives in the returned state: tensors,
   NumPy arrays and Python numbers (or tuples, lists, dicts and dataclasses of them), each
-  episode's own with the B episodes on their first dimension, laid out alike by every write of a run. The runner counts the values in that
-  state (every storage byte / 4, so other dtypes do not escape the count) and refuses a run
-  whose count differs from `memory_floats` or exceeds the budget. `read` is given a copy of
+  episode's own with the B episodes on their first dimension, laid out alike by every write
+  of a run. The runner counts the values in that state (every storage byte / 4, so other
+  dtypes do not escape the count) and refuses a run whose count differs from `memory_floats`
+  or exceeds the budget. `read` is given a copy of
   the measured values alone (`membench.budget.sealed`: new tensors, plain containers), so
   nothing hidden beside them (an attribute on a tensor, a cache keyed by the state object)
   reaches it, and returns a plain floating tensor;
