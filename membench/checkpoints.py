@@ -120,7 +120,8 @@ def _field_problem(saved: dict[str, Any]) -> str | None:
     broken = [name for name in (saved["model"] if names is None else names)  # (before parameters were listed: all)
               if saved["model"][name].is_floating_point() and saved["model"][name].isnan().any()]
     if broken:
-        return f"its parameters {', '.join(broken[:3])} hold NaN values, which training stops before saving"
+        return (f"its {'tensors' if names is None else 'parameters'} {', '.join(broken[:3])} hold NaN values, which "
+                "training stops before saving")
     try:
         torch.Generator().set_state(saved["generator"])  # refuses another type, dtype or size
     except (RuntimeError, TypeError):

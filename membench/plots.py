@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 
 from membench.errors import MembenchError
-from membench.report import latest_versions, row_label
 from membench.options import is_int
+from membench.report import latest_versions, row_label
 from membench.store import ResultsStore, read_table, write_atomic
 
 SMOOTH = 10  # logged rows in the rolling mean of training curves

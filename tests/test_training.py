@@ -520,7 +520,7 @@ def test_a_damaged_shipped_checkpoint_is_named_and_never_copied_into_the_cache(t
 
 
 @pytest.mark.parametrize("change, problem", [
-    ({"model": {"weight": torch.tensor([1.0, float("nan")])}}, "its parameters weight hold NaN values"),
+    ({"model": {"weight": torch.tensor([1.0, float("nan")])}}, "its tensors weight hold NaN values"),
     ({"model": {"weight": torch.tensor([float("nan")]), "unset": torch.tensor([float("nan")])}, "parameters": []},
      None),  # a buffer (not listed as a parameter) may hold NaN by design
     ({"model": {"weight": torch.tensor([float("nan")])}, "parameters": ["weight"]}, "its parameters weight hold NaN"),
