@@ -12,7 +12,7 @@ in volumes of at most 16 MB, four at most (session.tgz, session-2.tgz, ...: what
 Here, `unpack` checks every member before writing anything (plain files under those two folders,
 no absolute or parent paths, nothing into results/checkpoints), writes the results files into the
 checkout (the throughput table's rows merged into the local one) and ships the checkpoints into its
-results/checkpoints (`checkpoints.ship_checkpoints`: a shipped one is replaced only by one trained
+results/checkpoints (`shipping.ship_checkpoints`: a shipped one is replaced only by one trained
 further), so the next session's same command resumes from them.
 """
 from __future__ import annotations
@@ -22,9 +22,9 @@ import tarfile
 import tempfile
 from pathlib import Path, PurePosixPath
 
-from membench.checkpoints import (UNREADABLE, portable, read_checkpoint, readable_checkpoint, saved_bytes,
-                                  ship_checkpoints, weights_only)
+from membench.checkpoints import UNREADABLE, portable, read_checkpoint, readable_checkpoint, saved_bytes, weights_only
 from membench.errors import MembenchError
+from membench.shipping import ship_checkpoints
 from membench.store import better_because, completeness, parse_record, read_record, warn, write_atomic
 
 RESULTS, CHECKPOINTS = "results", "checkpoints"

@@ -271,7 +271,8 @@ def checkpoints(checkpoint_dir) -> None:
     it, whether AdamW's state is kept (resumable as it was), and its size."""
     from tabulate import tabulate
 
-    from membench.checkpoints import default_checkpoint_dir, standing
+    from membench.checkpoints import default_checkpoint_dir
+    from membench.shipping import standing
 
     cache = checkpoint_dir or default_checkpoint_dir()
     if not cache.is_dir():

@@ -420,7 +420,7 @@ def test_weights_only_checkpoint_resumes_with_a_fresh_optimiser(tmp_path: Path, 
 def test_ship_rewrites_an_old_shipped_checkpoint_without_its_optimiser(tmp_path: Path, monkeypatch):
     """A checkpoint shipped before `ship` stripped optimiser states (and before histories were kept) is
     rewritten weights only, its history taken from the record that trained it; the weights are unchanged."""
-    from membench.checkpoints import ship_checkpoints
+    from membench.shipping import ship_checkpoints
 
     args = [*_tiny_run(tmp_path, monkeypatch), "--checkpoint-dir", "cache"]
     assert CliRunner().invoke(main, args).exit_code == 0
@@ -882,7 +882,7 @@ def test_ship_takes_the_shipped_copy_of_an_unreadable_cached_file_and_fails_with
                                                                                          capsys):
     """A truncated file in the cache: `ship` leaves the readable shipped copy as it is (warned, nothing
     written); with no shipped copy either, it exits 1 with one line naming the file."""
-    from membench.checkpoints import ship_checkpoints
+    from membench.shipping import ship_checkpoints
 
     assert CliRunner().invoke(main, [*_tiny_run(tmp_path, monkeypatch), "--checkpoint-dir", "cache"]).exit_code == 0
     (cached,) = (tmp_path / "cache").glob("*.pt")
@@ -921,7 +921,7 @@ def test_ship_fails_naming_a_record_whose_checkpoint_is_nowhere_after_shipping_t
 def test_a_checkpoint_over_the_shipping_limit_is_named_and_not_shipped(tmp_path: Path, monkeypatch, capsys):
     """`ship` refuses a checkpoint larger than its limit with a warning naming it and its size, and writes
     nothing in the shipped folder."""
-    from membench.checkpoints import ship_checkpoints
+    from membench.shipping import ship_checkpoints
 
     args = [*_tiny_run(tmp_path, monkeypatch), "--checkpoint-dir", "cache"]
     assert CliRunner().invoke(main, args).exit_code == 0
