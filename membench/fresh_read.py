@@ -128,8 +128,7 @@ def unforeseen_check(spec: Any, model: AssociativeMemory, task: Any, device: tor
     when their mean exceeds the evaluated mean by more than UNFORESEEN_SIGMAS standard errors of the difference
     (the larger of the two samples' spreads) and by more than UNFORESEEN_SLACK of the unforeseen episodes'
     error with the queries returned unchanged."""
-    from membench.budget import sealed
-    from membench.integrity import checked_retrievals
+    from membench.integrity import write_and_read
     from membench.tasks import forked_generators, seed_all
 
     evaluated = torch.tensor(errors, dtype=torch.float64).reshape(-1, task.spec.num_patterns).mean(dim=1)
@@ -138,14 +137,8 @@ def unforeseen_check(spec: Any, model: AssociativeMemory, task: Any, device: tor
     episodes = task.sample(count, generator, split="test").to(device)
     with torch.no_grad(), forked_generators(device):
         seed_all(spec.seed)
-        state = model.write(episodes.patterns.clone())
-        contract.check(state, count)
-        retrievals = checked_retrievals(model.read(sealed(state), episodes.queries.clone()), episodes.queries,
-                                        spec.model)
-    if not torch.isfinite(retrievals).all():
-        raise MembenchError(f"model '{spec.model}' returned NaN or inf retrievals for episodes drawn unforeseeably; "
-                            "its read is numerically unstable (guard its divisions, logs and exponentials), so no "
-                            "record was written")
+        state, retrievals = write_and_read(model, episodes.patterns, episodes.queries, contract, spec.model,
+                                           "for episodes drawn unforeseeably")
     unforeseen = task.errors(retrievals, episodes.patterns).mean(dim=1).double().cpu()
     spread = max((sample.std().item() for sample in (evaluated, unforeseen) if len(sample) > 1), default=0.0)
     allowed = max(UNFORESEEN_SIGMAS * spread * (1 / len(evaluated) + 1 / len(unforeseen)) ** 0.5,

@@ -126,6 +126,20 @@ def checked_retrievals(retrievals: Any, queries: torch.Tensor, model_name: str) 
     return retrievals.detach().to(queries.device)
 
 
+def write_and_read(model: AssociativeMemory, patterns: torch.Tensor, queries: torch.Tensor, contract: StateContract,
+                   model_name: str, which: str) -> tuple[Any, torch.Tensor]:
+    """A scored batch: `model` writes a copy of `patterns` (B, N, *S), its state is held to the run's `contract`,
+    and it reads a sealed copy with a copy of `queries`; returns (state, retrievals). MembenchError when the
+    retrievals are not finite (`which`: the batch, in that message)."""
+    state = model.write(patterns.clone())
+    contract.check(state, patterns.shape[0])
+    retrievals = checked_retrievals(model.read(sealed(state), queries.clone()), queries, model_name)
+    if not torch.isfinite(retrievals).all():
+        raise MembenchError(f"model '{model_name}' returned NaN or inf retrievals {which}; its read is numerically "
+                            "unstable (guard its divisions, logs and exponentials), so no record was written")
+    return state, retrievals
+
+
 def audit_write(model: AssociativeMemory, patterns: torch.Tensor, queries: torch.Tensor, other: torch.Tensor,
                 declared: int, budget: int, model_name: str) -> StateContract:
     """Check isolated writes on a probe batch; return what every later write of the run must match.

@@ -28,11 +28,11 @@ import numpy as np
 import torch
 
 from membench import fresh_read
-from membench.budget import StateContract, check_declared, sealed
+from membench.budget import StateContract, check_declared
 from membench.build import build_model, resolve_device
 from membench.checkpoints import checkpoint_path, default_checkpoint_dir, trained_steps, weights_digest
 from membench.errors import CheckpointBusy, MembenchError, TrainingPaused, UnknownOption
-from membench.integrity import audit_write, checked_retrievals
+from membench.integrity import audit_write, write_and_read
 from membench.interface import AssociativeMemory, resolve_options
 from membench.options import check_constructor_options, plain_config
 from membench.provenance import environment, git_state
@@ -85,18 +85,12 @@ def evaluate(model: AssociativeMemory, task: Task, spec: RunSpec, device: torch.
         for number, start in enumerate(starts, 1):
             batch = min(EVAL_EPISODES_PER_BATCH, num_episodes - start)
             episodes = task.sample(batch, generator, split=split).to(device)
-            state = model.write(episodes.patterns.clone())
-            contract.check(state, batch)
-            retrievals = checked_retrievals(model.read(sealed(state), episodes.queries.clone()), episodes.queries,
-                                            spec.model)
+            state, retrievals = write_and_read(model, episodes.patterns, episodes.queries, contract, spec.model,
+                                               f"(N={task.spec.num_patterns}, seed={spec.seed})")
             if number == 1 and isinstance(task, BinaryTask):
                 _warn_outside_unit_range(retrievals, spec.model)
             if number in chosen:
                 audited.append((f"evaluated batch {number} of {len(starts)}", state, episodes.queries))
-            if not torch.isfinite(retrievals).all():
-                raise MembenchError(f"model '{spec.model}' returned NaN or inf retrievals (N={task.spec.num_patterns}, "
-                                    f"seed={spec.seed}); its read is numerically unstable (guard its divisions, logs "
-                                    "and exponentials), so no record was written")
             errors.extend(task.errors(retrievals, episodes.patterns).flatten().cpu().tolist())
     if audits:
         state, queries = fresh_read.unforeseen_check(spec, model, task, device, contract, errors)
