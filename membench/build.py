@@ -19,7 +19,7 @@ from membench.interface import AssociativeMemory, Preset, resolve_preset
 from membench.options import check_constructor_options, plain_config
 from membench.registry import is_builtin_model, make_task, resolve_model, user_model_error
 from membench.run_identity import checkpoint_key, recorded_preset
-from membench.suites import RunSpec
+from membench.run_spec import RunSpec
 from membench.tasks import Task, seed_all
 
 

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from membench.errors import MembenchError
-from membench.suites import BUDGET_NUM_PATTERNS, CAPACITY_MODELS, RunSpec, declared_count
+from membench.run_spec import RunSpec
+from membench.suites import BUDGET_NUM_PATTERNS, CAPACITY_MODELS, declared_count
 
 
 # ---------------------------------------------------------------- figures and tables from records

@@ -23,7 +23,8 @@ from membench.capacity import (log2_axis, plot_line, row_order, row_styles, save
 from membench.errors import DatasetMissing, MembenchError
 from membench.image_tasks import Cifar10Task, ImageTask, OmniglotTask
 from membench.store import warn
-from membench.suites import IMAGE_CAPACITY_MODELS, SUITES, ImageCapacitySuite, RunSpec, declared_count
+from membench.run_spec import RunSpec
+from membench.suites import IMAGE_CAPACITY_MODELS, SUITES, ImageCapacitySuite, declared_count
 
 IMAGE_TASKS: dict[str, type[ImageTask]] = {cls.dataset_name: cls for cls in (OmniglotTask, Cifar10Task)}
 DATASET_NAMES = {"omniglot": "Omniglot", "cifar10": "CIFAR-10"}

@@ -129,7 +129,8 @@ def run(suite, models, num_patterns, seeds, queries, preset, budget, device, out
     from membench.report import table1
     from membench.runner import run_all
     from membench.store import discard_if_unused
-    from membench.suites import CapacitySuite, ImageCapacitySuite, SweepSuite
+    from membench.suites import CapacitySuite, ImageCapacitySuite
+    from membench.sweeps import SweepSuite
 
     set_data_dir(data_dir)
     progress = sys.stderr.isatty() if progress is None else progress

@@ -44,7 +44,8 @@ QUICK_CHANGES = ("quick preset (a CPU smoke test, not a result): the paper's tas
 def image_records(out_dir: Path) -> list[dict[str, Any]]:
     """Finished runs in `out_dir` of Figure 3's suites (fig3-*), one per (point, seed) (report.distinct); the
     image capacity suites' runs, even of the same block-corrupted task, are theirs."""
-    from membench.suites import SUITES, SweepSuite
+    from membench.suites import SUITES
+    from membench.sweeps import SweepSuite
 
     return distinct([r for r in ResultsStore(out_dir).records()
                      if isinstance(SUITES.get(r["suite"]), SweepSuite) and r["task"]["kind"] in PAPER_DATASET])[0]
@@ -53,7 +54,8 @@ def image_records(out_dir: Path) -> list[dict[str, Any]]:
 def _curve_label(record: dict[str, Any]) -> tuple[str, str]:
     """(the paper's curve label of a record, its variant: the options beyond its curve point's, '' if none)."""
     from membench.report import options_text
-    from membench.suites import SUITES, SweepSuite
+    from membench.suites import SUITES
+    from membench.sweeps import SweepSuite
 
     suite = SUITES.get(record["suite"])
     if not isinstance(suite, SweepSuite):

@@ -158,7 +158,7 @@ def _child(task_file: str, answer: str) -> None:
     from membench.registry import make_task, resolve_model
     from membench.build import build_model, resolve_device
     from membench.tasks import seed_all
-    from membench.suites import RunSpec
+    from membench.run_spec import RunSpec
 
     saved = torch.load(task_file, weights_only=False)  # written by `check` in the parent, a moment ago
     spec = RunSpec(**saved["spec"])

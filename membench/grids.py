@@ -25,7 +25,7 @@ def first_episode(record: dict[str, Any], checkpoint_dir: Path) -> tuple[Any, to
     model's checkpoint is absent, or a model from outside membench has changed since its record was made.
     MembenchError naming the line when such a model fails."""
     from membench.registry import errors_of_user_model, model_source_digest, resolve_model
-    from membench.suites import RunSpec
+    from membench.run_spec import RunSpec
 
     spec = RunSpec(**{name: record[name] for name in RunSpec.__dataclass_fields__})
     source = model_source_digest(resolve_model(spec.model))

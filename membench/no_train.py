@@ -16,7 +16,7 @@ from membench.interface import AssociativeMemory
 from membench.registry import errors_of_user_model, make_task, resolve_model
 from membench.run_identity import checkpoint_key
 from membench.store import file_lock
-from membench.suites import RunSpec
+from membench.run_spec import RunSpec
 from membench.training import TrainResult
 
 NO_TRAIN_FIX = ("run without --no-train to train it (an unreadable one is then set aside), or give the "

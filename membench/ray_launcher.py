@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from membench.errors import MembenchError, TrainingPaused
-from membench.suites import RunSpec
+from membench.run_spec import RunSpec
 
 
 def _execute(spec: RunSpec, out_dir: str, device: str, checkpoint_dir: str, command: str, force: bool,

@@ -19,7 +19,7 @@ from membench.interface import AssociativeMemory, Preset, TaskSpec, resolve_pres
 from membench.options import plain_config
 from membench.registry import make_task, model_source_digest, model_source_files, resolve_model
 from membench.store import ResultsStore, read_record, warn
-from membench.suites import RunSpec
+from membench.run_spec import RunSpec
 from membench.tasks import Task
 
 # Config fields added after checkpoints were shipped, with their defaults: left out of checkpoint keys

@@ -39,8 +39,10 @@ from membench.provenance import environment, git_state
 from membench.registry import (errors_of_user_model, is_builtin_model, make_task, model_source_digest, resolve_model,
                                user_model_error)
 from membench.run_identity import checkpoint_key, is_current, pending
+from membench.run_spec import BUILTIN_PRESETS, DEFAULT_PRESET, RunSpec
 from membench.store import ResultsStore, warn, writable_folder, write_text_atomic
-from membench.suites import BUILTIN_PRESETS, DEFAULT_PRESET, SUITES, RunSpec, SweepSuite, declared_count
+from membench.suites import SUITES, declared_count
+from membench.sweeps import SweepSuite
 from membench.tasks import BinaryTask, Task, seed_all
 from membench.no_train import as_trained, require_checkpoints
 from membench.training import meta_train

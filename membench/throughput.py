@@ -45,7 +45,9 @@ from membench.build import build_model
 from membench.runner import checked_specs
 from membench.stepper import Stepper
 from membench.store import read_table, write_text_atomic
-from membench.suites import SUITES, RunSpec, SweepSuite, get_suite
+from membench.run_spec import RunSpec
+from membench.suites import SUITES, get_suite
+from membench.sweeps import SweepSuite
 
 COLUMNS = ["device", "device_name", "suite", "model", "preset", "options", "budget", "batch_size", "num_patterns",
            "episodes_per_s", "ms_per_step", "commit", "cuda_graph", "compiled", "precision", "steps", "rounds",

@@ -193,7 +193,7 @@ def test_train_options_set_the_training_config_and_split_checkpoints_by_n():
     from membench.interface import resolve_preset
     from membench.run_identity import checkpoint_key
     from membench.build import build_model
-    from membench.suites import RunSpec
+    from membench.run_spec import RunSpec
     from membench.tasks import BinaryTask
 
     options = {"train.num_patterns": None, "train.steps": 7, "hidden": 96}

@@ -20,7 +20,8 @@ from membench.registry import BUILTIN_MODELS, make_task, resolve_model
 from membench.build import build_model
 from membench.runner import run_all
 from membench.store import ResultsStore
-from membench.suites import SUITES, TABLE1_NUM_PATTERNS, RunSpec, get_suite
+from membench.run_spec import RunSpec
+from membench.suites import SUITES, TABLE1_NUM_PATTERNS, get_suite
 from membench.tasks import BinaryTask
 from tests.test_datasets import write_cifar, write_omniglot_zip
 

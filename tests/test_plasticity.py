@@ -112,7 +112,7 @@ def test_the_hebbian_start_is_part_of_the_checkpoint_key(monkeypatch):
     from baselines import plasticity
     from membench.build import build_model
     from membench.run_identity import checkpoint_key
-    from membench.suites import RunSpec
+    from membench.run_spec import RunSpec
 
     task = BinaryTask(16)
 

@@ -604,7 +604,7 @@ def test_a_model_is_rebuilt_from_its_record_as_trained_after_its_preset_changed(
     today's preset alone finds no checkpoint (another key). Today's preset here differs in a float field
     given as an int, a null field now a tuple and a late field the record leaves out (its default, 0)."""
     from membench.build import load_trained
-    from membench.suites import RunSpec
+    from membench.run_spec import RunSpec
 
     args = [*_tiny_run(tmp_path, monkeypatch), "--checkpoint-dir", "ck"]
     assert CliRunner().invoke(main, args).exit_code == 0
@@ -755,7 +755,7 @@ def test_committed_learned_rows_keep_their_checkpoint_keys_and_ship_them():
     from membench import build, run_identity
     from membench.registry import make_task
     from membench.store import ResultsStore
-    from membench.suites import RunSpec
+    from membench.run_spec import RunSpec
 
     root = Path(__file__).resolve().parent.parent
     checked = 0
@@ -977,7 +977,7 @@ def test_a_reader_leaves_an_unreadable_checkpoint_where_it_is(tmp_path: Path, mo
     """load_trained only reads (figures, probes): an unreadable checkpoint is reported, not renamed to
     .corrupt as training does before it starts afresh, and the model comes back untrained."""
     from membench.build import load_trained
-    from membench.suites import RunSpec
+    from membench.run_spec import RunSpec
 
     args = [*_tiny_run(tmp_path, monkeypatch), "--checkpoint-dir", "ck"]
     assert CliRunner().invoke(main, args).exit_code == 0

@@ -5,7 +5,7 @@ import torch
 from membench.registry import make_task
 from membench.build import build_model
 from membench.provenance import git_state
-from membench.suites import RunSpec
+from membench.run_spec import RunSpec
 
 print(f"commit {git_state()[0]} dirty {git_state()[1]}; torch {torch.__version__}; threads {torch.get_num_threads()}")
 

@@ -22,7 +22,8 @@ from membench.provenance import cpu_name, git_state
 from membench.registry import make_task
 from membench.build import build_model
 from membench.stepper import Stepper
-from membench.suites import RunSpec, get_suite
+from membench.run_spec import RunSpec
+from membench.suites import get_suite
 
 
 def count(spec: RunSpec) -> tuple[float, float, object]:

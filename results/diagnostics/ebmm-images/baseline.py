@@ -25,7 +25,7 @@ from membench.cli_common import parse_options
 from membench.datasets import set_data_dir
 from membench.registry import make_task
 from membench.runner import run_all
-from membench.suites import RunSpec
+from membench.run_spec import RunSpec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from screen import HERE, continue_from  # noqa: E402  (the sibling script; not a package)

@@ -37,7 +37,7 @@ from membench.provenance import environment
 from membench.registry import make_task
 from membench.build import build_model
 from membench.stepper import Stepper
-from membench.suites import RunSpec
+from membench.run_spec import RunSpec
 from membench.training import INIT_PATTERNS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

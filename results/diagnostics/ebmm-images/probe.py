@@ -56,7 +56,7 @@ from membench.checkpoints import default_checkpoint_dir, readable_checkpoint
 from membench.datasets import set_data_dir
 from membench.registry import make_task
 from membench.build import load_trained
-from membench.suites import RunSpec
+from membench.run_spec import RunSpec
 from membench.training import INIT_PATTERNS
 from baselines.mann import MANN
 from baselines.memory_networks import MemoryNetwork

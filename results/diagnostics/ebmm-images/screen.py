@@ -31,7 +31,7 @@ from membench.run_identity import checkpoint_key
 from membench.build import build_model
 from membench.runner import run_all
 from membench.store import write_atomic
-from membench.suites import RunSpec
+from membench.run_spec import RunSpec
 
 HERE = Path(__file__).resolve().parent
 # energy -> (writable units d, floats): the quick EBMM-FC curve's first point (257 * 16) and the quick

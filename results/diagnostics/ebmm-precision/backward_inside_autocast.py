@@ -17,7 +17,7 @@ from membench.budget import TABLE1_BUDGET
 from membench.registry import make_task
 from membench.build import build_model
 from membench.stepper import Stepper
-from membench.suites import RunSpec
+from membench.run_spec import RunSpec
 
 
 def _backward_inside(self, patterns, queries):

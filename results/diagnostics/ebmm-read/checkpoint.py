@@ -8,7 +8,7 @@ import torch
 from membench.checkpoints import default_checkpoint_dir
 from membench.provenance import git_state
 from membench.build import load_trained
-from membench.suites import RunSpec
+from membench.run_spec import RunSpec
 
 NUM_PATTERNS = (16, 32, 48, 64, 96)
 QUERIES = 3072  # per N: 3072 / N episodes
