@@ -1,13 +1,14 @@
 """`python -m membench.graph_check`: do updates replayed from CUDA graphs equal eager ones on this machine?
 
 Small EBMMs (the gated-RNN energy on 128-bit patterns, both image energies), or with `--baselines` the
-learned baselines that `make gpu-baselines-session` trains (their gpu presets on 128-bit patterns), make
+learned baselines that `make gpu-baselines-session` trains (their gpu presets on 128-bit patterns), or the
+cases named (`python -m membench.graph_check gated_rnn mann`: what a session trains), make
 five AdamW updates on batches of two shapes, so two graphs share the stepper's one memory pool and
 replay in turn; the weights
 must equal those of the same updates run eagerly (float32, torch.testing's tolerances), and a graph must
 really have been captured. GPU sessions run it first (`make gpu-graph-check`) and train without graphs
 (MEMBENCH_CUDA_GRAPHS=0) where it fails. Needs no pytest. Exit status: 0 equal, 1 different or not
-captured, 2 no CUDA device here.
+captured, 2 no CUDA device here, 3 an unknown case named.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from typing import Callable
 import torch
 
 from membench.budget import TABLE1_BUDGET
+from membench.errors import MembenchError
 from membench.interface import TaskSpec, TrainConfig
 from membench.stepper import GRAPHS_ENV, Stepper
 
@@ -81,14 +83,34 @@ def mismatches(device: torch.device, run: Callable = updated, cases: dict = CASE
     return found
 
 
-def main() -> int:
+def chosen_cases(args: list[str]) -> dict[str, tuple[TaskSpec, str, dict]]:
+    """The cases `args` name: none, EBMM's (CASES); `--baselines`, BASELINE_CASES; otherwise the cases named.
+    MembenchError naming an unknown one."""
+    if not args:
+        return CASES
+    if args == ["--baselines"]:
+        return BASELINE_CASES
+    known = {**CASES, **BASELINE_CASES}
+    unknown = [name for name in args if name not in known]
+    if unknown:
+        raise MembenchError(f"graph check: unknown case {', '.join(unknown)}; give --baselines or case names "
+                            f"among {', '.join(known)}")
+    return {name: known[name] for name in args}
+
+
+def main(args: list[str] | None = None) -> int:
+    """Check the cases `args` name (`chosen_cases`; None: the command line's) and print one line; the exit status."""
+    try:
+        cases = chosen_cases(sys.argv[1:] if args is None else args)
+    except MembenchError as exc:
+        print(exc)
+        return 3
     if not torch.cuda.is_available():
         print("graph check: no CUDA device here; nothing to check")
         return 2
     os.environ.pop(GRAPHS_ENV, None)  # the check itself replays graphs whatever a session was told
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     torch.set_float32_matmul_precision("highest")
-    cases = BASELINE_CASES if "--baselines" in sys.argv[1:] else CASES
     found = mismatches(torch.device("cuda"), cases=cases)
     print("graph check: " + ("; ".join(found) if found else f"replayed updates equal eager ones ({', '.join(cases)})"))
     return 1 if found else 0

@@ -304,7 +304,21 @@ def test_the_graph_check_compares_every_case_and_names_what_differs(capsys):
     found = graph_check.mismatches(torch.device("cpu"), run=drifting)
     assert [line.split(":")[0] for line in found] == list(graph_check.CASES)
     if not torch.cuda.is_available():
-        assert graph_check.main() == 2 and "no CUDA device here" in capsys.readouterr().out
+        assert graph_check.main([]) == 2 and "no CUDA device here" in capsys.readouterr().out
+
+
+def test_the_graph_check_checks_the_cases_a_session_names(capsys):
+    """A session checks what it trains: no names, EBMM's cases; --baselines, the baselines'; names, those
+    cases in that order; an unknown name, one line naming it and the valid ones, exit 3, nothing run."""
+    from membench import graph_check
+
+    assert list(graph_check.chosen_cases([])) == list(graph_check.CASES)
+    assert list(graph_check.chosen_cases(["--baselines"])) == list(graph_check.BASELINE_CASES)
+    assert list(graph_check.chosen_cases(["gated_rnn", "mann", "dnc"])) == ["gated_rnn", "mann", "dnc"]
+    assert graph_check.main(["gated_rnn", "mnn"]) == 3
+    out = capsys.readouterr().out
+    assert out.startswith("graph check: unknown case mnn; give --baselines or case names among gated_rnn")
+    assert out.count("\n") == 1
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
