@@ -25,7 +25,8 @@ from pathlib import Path, PurePosixPath
 from membench.checkpoints import UNREADABLE, portable, read_checkpoint, readable_checkpoint, saved_bytes, weights_only
 from membench.errors import MembenchError
 from membench.shipping import ship_checkpoints
-from membench.store import better_because, completeness, parse_record, read_record, warn, write_atomic
+from membench.records import better_because, completeness, parse_record, read_record
+from membench.store import warn, write_atomic
 
 RESULTS, CHECKPOINTS = "results", "checkpoints"
 CARRY_LIMIT_MB = 16.0  # what a lent machine returns per file
@@ -109,7 +110,7 @@ def is_record(name: str) -> bool:
 
 
 def _better_here(target: Path, arrived: dict) -> bool:
-    """Whether `target` already holds a record more complete than `arrived` (`store.completeness`, report.distinct's
+    """Whether `target` already holds a record more complete than `arrived` (`records.completeness`, report.distinct's
     rule: finished training before a paused checkpoint's, then more queries, then the later finish). An
     unreadable target is not better."""
     try:

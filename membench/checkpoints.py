@@ -21,7 +21,8 @@ from torch.torch_version import TorchVersion
 
 import membench
 from membench.interface import AssociativeMemory
-from membench.store import file_lock, list_of_mappings, nonnegative_number, warn, write_atomic
+from membench.records import list_of_mappings, nonnegative_number
+from membench.store import file_lock, warn, write_atomic
 
 CHECKPOINT_KEYS = ("model", "generator", "step", "elapsed_s", "curve")  # required; "optimizer", "history",
 # "config" and "parameters" (the names in "model" that are the model's parameters, not buffers) optional

@@ -20,7 +20,8 @@ from tabulate import tabulate
 
 from membench.budget import TABLE1_BUDGET
 from membench.errors import MembenchError
-from membench.store import ResultsStore, completeness, read_table, write_text_atomic
+from membench.records import completeness
+from membench.store import ResultsStore, read_table, write_text_atomic
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_REFERENCE = REPO_ROOT / "results" / "reference" / "paper_table1.csv"
@@ -141,7 +142,7 @@ def distinct(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
     the same patterns in the same order, and with equal --queries the very same queries (with other
     --queries the batches differ, and so do the queries' corruptions, drawn after a batch's patterns).
     Pooling them would count patterns twice: a copied record file, the same run from two suites, or
-    a rerun with more --queries. The most complete is kept (`store.completeness`: finished training before a
+    a rerun with more --queries. The most complete is kept (`records.completeness`: finished training before a
     paused checkpoint's, then the most queries, then the latest).
 
     Records of a model from outside membench made by another version of its source files than the model's

@@ -18,7 +18,8 @@ from membench.checkpoints import checkpoint_path, default_checkpoint_dir, readab
 from membench.interface import AssociativeMemory, Preset, TaskSpec, resolve_preset
 from membench.options import plain_config
 from membench.registry import make_task, model_source_digest, model_source_files, resolve_model
-from membench.store import ResultsStore, read_record, warn
+from membench.records import read_record
+from membench.store import ResultsStore, warn
 from membench.run_spec import RunSpec
 from membench.tasks import Task
 

@@ -11,7 +11,7 @@ from typing import Sequence
 from membench.checkpoints import readable_checkpoint
 from membench.errors import MembenchError
 from membench.archive import CHECKPOINTS, RESULTS, is_record
-from membench.store import read_record
+from membench.records import read_record
 from membench.suites import SUITES
 
 

@@ -634,7 +634,7 @@ def test_packed_errors_out_of_range_are_unreadable():
 
     import numpy as np
 
-    from membench.store import unpack_errors
+    from membench.records import unpack_errors
     for value in (-1.0, float("inf"), float("nan")):
         values = np.array([0.0, value, 2.0], dtype="<f4")
         packed = {"float32_zlib_base64": base64.b64encode(zlib.compress(values.tobytes())).decode(), "count": 3}

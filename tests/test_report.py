@@ -241,7 +241,8 @@ def test_training_curves_leave_out_a_models_older_source_version(tmp_path):
     """The curves figure follows the tables' rule: a model's run made by an older version of its source files
     (`model_source`) draws no curve beside the new version's."""
     from membench.plots import read_curves
-    from membench.store import RECORD_KEYS, ResultsStore
+    from membench.records import RECORD_KEYS
+    from membench.store import ResultsStore
 
     store = ResultsStore(tmp_path)
     (tmp_path / "training").mkdir()

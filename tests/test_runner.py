@@ -17,6 +17,7 @@ import torch
 from membench import store as store_module
 from membench.errors import MembenchError, OverBudgetError
 from membench.interface import AssociativeMemory, Preset, TaskSpec, TrainConfig
+from membench.records import RECORD_KEYS, read_record
 from membench.runner import run_all
 from membench.store import ResultsStore, write_json_atomic
 from membench.suites import get_suite
@@ -303,12 +304,12 @@ def test_long_error_lists_are_stored_packed_and_read_back_exactly(tmp_path):
     field makes the record unreadable (named), so the run counts as unfinished."""
     errors = torch.rand(64_000, generator=torch.Generator().manual_seed(0)).mul(60).round().tolist()
     store = ResultsStore(tmp_path / "out")
-    base = {**{key: 0 for key in store_module.RECORD_KEYS}, "task": {"kind": "binary", "num_patterns": 16, "dim": 128, "erased": 64},
+    base = {**{key: 0 for key in RECORD_KEYS}, "task": {"kind": "binary", "num_patterns": 16, "dim": 128, "erased": 64},
             "environment": {"device": "cpu"}, "options": {}, "suite": "table1", "model": "raw_slots",
             "preset": "quick", "command": "membench run", "training": None}
     path = store.save({**base, "run_id": "packed", "errors": errors})
     assert path.stat().st_size < len(json.dumps(errors)) / 3
-    assert store_module.read_record(path)["errors"] == errors
+    assert read_record(path)["errors"] == errors
     float64 = [e + 1e-9 for e in errors]
     plain = store.save({**base, "run_id": "plain", "errors": float64})
     assert json.loads(plain.read_text())["errors"] == float64
@@ -317,7 +318,7 @@ def test_long_error_lists_are_stored_packed_and_read_back_exactly(tmp_path):
     damaged["errors"]["float32_zlib_base64"] = damaged["errors"]["float32_zlib_base64"][:-40]
     write_json_atomic(path, damaged)
     with pytest.raises(MembenchError, match="record .*packed.json is unreadable"):
-        store_module.read_record(path)
+        read_record(path)
     assert not store.has("packed")
 
 

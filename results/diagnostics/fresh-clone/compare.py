@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from membench.store import read_record
+from membench.records import read_record
 
 fresh_dir, committed_dir = map(Path, sys.argv[1:3])
 same, differ, missing = [], [], []
