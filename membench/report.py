@@ -168,7 +168,7 @@ def distinct(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
 def _versions(group: pd.DataFrame) -> str:
     envs = list(group["environment"])
     devices = sorted({e["device"] for e in envs})
-    torches = sorted({str(e.get("torch")) for e in envs})
+    torches = sorted({str(e.get("torch") or "unknown") for e in envs})
     return f"{' '.join(devices)} · torch {' '.join(torches)}"
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,18 @@ def exited_cleanly(result) -> bool:
     """A CliRunner result ended by the command's own exit (a message and a status), not by an exception that
     escaped it: CliRunner prints no traceback, so the output alone cannot tell."""
     return result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def the_error_line(result) -> str:
+    """The one `Error: ...` line of a failed command's CliRunner output, asserting that the command ended by its own
+    exit, with that line last, and printed no traceback (CliRunner would show one the command printed)."""
+    assert exited_cleanly(result), result.exception
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("Error")]
+    assert len(errors) == 1 and lines[-1] == errors[0], result.output
+    assert "Traceback" not in result.output and not re.search(r'^\s*File ".*", line \d+', result.output, re.M), \
+        result.output
+    return errors[0]
 
 
 def records_in(out: Path, pattern: str = "*.json") -> list[dict]:

@@ -2,17 +2,19 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 from click.testing import CliRunner
 
 from membench.cli import main
-from tests.conftest import REPO_ROOT, exited_cleanly, records_in
+from tests.conftest import REPO_ROOT, exited_cleanly, records_in, the_error_line
 
 
 def readme_example(marker: str = "example-model") -> str:
@@ -43,40 +45,68 @@ def test_readme_example_is_short_and_runs_through_the_console_script(tmp_path):
 
 def test_unknown_model_lists_valid_ones(tmp_path):
     result = CliRunner().invoke(main, ["run", "--model", "hopfield_heb", "--out", str(tmp_path)])
-    assert result.exit_code != 0
-    assert "unknown model 'hopfield_heb'" in result.output and "hopfield_hebb" in result.output
+    assert result.exit_code == 1
+    line = the_error_line(result)
+    assert "unknown model 'hopfield_heb'" in line and "hopfield_hebb" in line
     assert not (tmp_path / "runs").exists()
 
 
 def test_unknown_suite_and_bad_seeds(tmp_path):
     result = CliRunner().invoke(main, ["run", "--suite", "table9", "--out", str(tmp_path)])
-    assert result.exit_code != 0 and "unknown suite 'table9'" in result.output and "table1" in result.output
+    line = the_error_line(result)
+    assert result.exit_code == 1 and "unknown suite 'table9'" in line and "table1" in line
     result = CliRunner().invoke(main, ["run", "--seeds", "0,x", "--out", str(tmp_path)])
-    assert result.exit_code != 0 and "comma-separated integers" in result.output
+    assert result.exit_code == 2 and "comma-separated integers" in the_error_line(result)
+    assert not (tmp_path / "runs").exists()
 
 
 def test_missing_module_names_the_problem(tmp_path):
     result = CliRunner().invoke(main, ["run", "--model", "no_such_module:Thing", "--out", str(tmp_path)])
-    assert result.exit_code != 0 and "cannot import module 'no_such_module'" in result.output
+    assert result.exit_code == 1 and "cannot import module 'no_such_module'" in the_error_line(result)
 
 
 def test_over_budget_is_refused_with_count_and_budget(tmp_path):
     result = CliRunner().invoke(main, ["run", "--model", "hopfield_hebb", "--budget", "100", "--num-patterns", "16",
                                        "--out", str(tmp_path), "--no-progress"])
     assert result.exit_code == 1
-    assert "hopfield_hebb" in result.output and "8256" in result.output and "budget of 100" in result.output
+    line = the_error_line(result)
+    assert "hopfield_hebb" in line and "8256" in line and "budget of 100" in line
     assert not list((tmp_path / "runs").glob("*.json")) if (tmp_path / "runs").exists() else True
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_without_gpu_is_a_clear_error(tmp_path):
     result = CliRunner().invoke(main, ["run", "--device", "cuda", "--out", str(tmp_path)])
-    assert result.exit_code == 1 and "no CUDA device" in result.output
+    assert result.exit_code == 1 and "no CUDA device" in the_error_line(result)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_bad_input_in_a_real_process_is_one_line_on_stderr_and_no_traceback(tmp_path):
+    """Through the interpreter, as a user runs it: an unknown model, and a report over a damaged record, each
+    exit 1 with exactly one line on stderr (the error, naming the problem and the fix) and nothing on stdout;
+    the damaged record is left as it was."""
+    def membench(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "membench.cli", *args], cwd=tmp_path, capture_output=True,
+                              text=True, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+
+    unknown = membench("run", "--model", "hopfield_heb", "--out", "out")
+    (tmp_path / "out" / "runs").mkdir(parents=True)
+    damaged = tmp_path / "out" / "runs" / "table1-raw_slots-N16-s0-x.json"
+    damaged.write_text('{"run_id": "table1-raw_slots-N16-s0-x", "errors": [0.0')
+    report = membench("report", "--out", "out")
+    for result, fragments in ((unknown, ("unknown model 'hopfield_heb'", "hopfield_hebb")),
+                              (report, (str(Path("out") / "runs" / damaged.name), "unreadable", "restore it from git"))):
+        assert result.returncode == 1, result.stderr
+        assert result.stdout == "" and len(result.stderr.splitlines()) == 1, result.stderr
+        assert result.stderr.startswith("Error: ") and "Traceback" not in result.stderr
+        assert all(fragment in result.stderr for fragment in fragments), result.stderr
+    assert damaged.read_text() == '{"run_id": "table1-raw_slots-N16-s0-x", "errors": [0.0'
 
 
 def test_report_without_runs_says_what_to_do(tmp_path):
     result = CliRunner().invoke(main, ["report", "--out", str(tmp_path)])
-    assert result.exit_code == 1 and "membench run --out" in result.output
+    assert result.exit_code == 1 and "membench run --out" in the_error_line(result)
+    assert list(tmp_path.iterdir()) == []  # no table written
 
 
 def test_run_then_report_puts_paper_value_beside_ours(tmp_path):

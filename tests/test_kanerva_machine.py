@@ -97,9 +97,17 @@ def test_meta_training_lowers_the_loss(tmp_path):
 
 
 def test_image_memory_goes_through_the_codec():
+    """Images (C, H, W): the shared codec's encoder (quick widths) feeds the slots, the state written holds
+    exactly the declared floats, and retrievals are images in [0, 1]."""
+    from membench.budget import measure_state
+
     spec = TaskSpec(pattern_shape=(1, 32, 32), num_patterns=8, binary=True)
     model = KanervaMachine.from_spec(spec, 64 * 40, "quick")
+    assert type(model.encoder).__name__ == "Encoder" and model.cfg.channels == (16, 32, 32)
+    assert model.feature_size == 256 and check_declared(model, spec, 64 * 40, "kanerva_machine") == 64 * 40
     images = (torch.rand(2, 8, 1, 32, 32) > 0.5).float()
     with torch.no_grad():
-        retrieved = model.read(model.write(images), images)
-    assert model.memory_floats(spec) == 64 * 40 and retrieved.shape == images.shape
+        state = model.write(images)
+        retrieved = model.read(state, images)
+    assert measure_state(state, 2) == 64 * 40 and retrieved.shape == images.shape
+    assert ((retrieved >= 0) & (retrieved <= 1)).all()

@@ -201,7 +201,10 @@ def test_a_record_without_a_torch_version_is_reported(tmp_path):
     saved = json.loads(path.read_text())
     del saved["environment"]["torch"]
     path.write_text(json.dumps(saved))
-    assert "raw_slots" in table1(tmp_path)
+    text = table1(tmp_path)
+    assert "device · torch: cpu · torch unknown;" in text
+    assert [[cell.strip() for cell in line.split("|")[1:4]] for line in text.splitlines()
+            if line.startswith("| raw_slots")] == [["raw_slots", "0.00 ± 0.00", "2048"]]
 
 
 def test_a_report_never_mixes_two_versions_of_a_models_source():

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -138,6 +139,40 @@ def test_over_budget_model_is_refused_and_nothing_written(tmp_path):
     assert ResultsStore(tmp_path).records() == []
 
 
+class GrowsWithN(Crashing):
+    """Keeps the patterns themselves: N * D floats, within Table 1's budget at N = 16 (2048), over it at 96."""
+
+    def memory_floats(self, spec: TaskSpec) -> int:
+        return spec.num_patterns * spec.pattern_size
+
+    def write(self, patterns):
+        return patterns.flatten(1)
+
+
+class OversizedLearned(Recorder):
+    """Learned, and declares more than any budget: refused before a single update."""
+
+    def memory_floats(self, spec):
+        return 10**9
+
+
+def test_a_model_over_budget_at_one_n_is_refused_there_and_the_runs_before_it_keep_their_records(tmp_path):
+    specs = _specs(f"{__name__}:GrowsWithN", num_patterns=(16, 96))
+    with pytest.raises(OverBudgetError, match=r"GrowsWithN.*12288.*8256"):
+        run_all(specs, tmp_path, device="cpu", progress=False)
+    (kept,) = ResultsStore(tmp_path).records()
+    assert kept["task"]["num_patterns"] == 16 and kept["memory_floats"] == 2048
+
+
+def test_a_learned_model_over_budget_is_refused_before_it_trains(tmp_path, monkeypatch):
+    monkeypatch.setattr(Recorder, "trained_on", [])
+    with pytest.raises(OverBudgetError, match=r"OversizedLearned.*1000000000.*8256"):
+        run_all(_specs(f"{__name__}:OversizedLearned", num_patterns=(16,)), tmp_path / "out", device="cpu",
+                checkpoint_dir=tmp_path / "checkpoints", progress=False)
+    assert Recorder.trained_on == []  # no update
+    assert not list((tmp_path / "checkpoints").rglob("*.pt")) and ResultsStore(tmp_path / "out").records() == []
+
+
 def test_record_holds_count_raw_errors_and_provenance(tmp_path):
     (record,) = run_all(_specs("hopfield_hebb", num_patterns=(16,)), tmp_path, device="cpu", progress=False,
                         command="membench run test")
@@ -146,6 +181,8 @@ def test_record_holds_count_raw_errors_and_provenance(tmp_path):
     assert record["command"] == "membench run test"
     for key in ("device", "torch", "membench", "python", "git_commit"):
         assert key in record["environment"]
+    assert record["environment"]["device"] == "cpu" and record["environment"]["torch"] == torch.__version__
+    assert record["environment"]["python"] == platform.python_version()
     assert record["wall_time_s"] > 0
     on_disk = json.loads(ResultsStore(tmp_path).record_path(record["run_id"]).read_text())
     assert on_disk["errors"] == record["errors"]
@@ -209,27 +246,30 @@ def test_killed_process_leaves_no_partial_record(tmp_path):
         from baselines.raw_slots import RawSlotMemory
 
         class HeldSlots(RawSlotMemory):
-            def read(self, slots, queries):  # with MEMBENCH_TEST_GATE: the third run's read waits to be killed
-                gate = os.environ.get("MEMBENCH_TEST_GATE")
-                if gate and len(list(pathlib.Path(os.environ["MEMBENCH_TEST_OUT"]).glob("runs/*.json"))) >= 2:
-                    pathlib.Path(gate).touch()
+            def read(self, slots, queries):  # with MEMBENCH_TEST_GATE_FD: the third run's read says so, then waits
+                gate = os.environ.get("MEMBENCH_TEST_GATE_FD")  # (not in the fresh-read process it starts)
+                runs = pathlib.Path(os.environ.get("MEMBENCH_TEST_OUT", ".")).glob("runs/*.json")
+                if gate and os.getppid() == int(os.environ["MEMBENCH_TEST_PARENT"]) and len(list(runs)) >= 2:
+                    os.write(int(gate), b"held\\n")
                     while True:
                         time.sleep(1)
                 return super().read(slots, queries)
     """))
-    out, gate = tmp_path / "out", tmp_path / "gate"
+    out = tmp_path / "out"
     args = [sys.executable, "-m", "membench.cli", "run", "--model", "held_memory:HeldSlots",
             "--queries", "16", "--seeds", "0,1,2,3", "--out", str(out), "--no-progress", "--device", "cpu"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(Path(__file__).parent.parent)])}
-    held = {**env, "MEMBENCH_TEST_GATE": str(gate), "MEMBENCH_TEST_OUT": str(out)}
-    process = subprocess.Popen(args, cwd=tmp_path, env=held, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(2400):  # a guard against a hang (2 minutes), not a timing: the gate opens when the run is held
-        if gate.exists() or process.poll() is not None:
-            break
-        time.sleep(0.05)
+    said, gate = os.pipe()
+    held = {**env, "MEMBENCH_TEST_GATE_FD": str(gate), "MEMBENCH_TEST_OUT": str(out),
+            "MEMBENCH_TEST_PARENT": str(os.getpid())}
+    process = subprocess.Popen(args, cwd=tmp_path, env=held, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               pass_fds=(gate,))
+    os.close(gate)
+    with os.fdopen(said) as reader:  # blocks until the third run's read is held (or the process ends: "")
+        line = reader.readline()
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert gate.exists() and len(list((out / "runs").glob("*.json"))) == 2, "killed while the third run reads"
+    assert line == "held\n" and len(list((out / "runs").glob("*.json"))) == 2, "killed while the third run reads"
     for path in (out / "runs").glob("*.json"):
         json.loads(path.read_text())  # every record on disk is complete
     subprocess.run(args, cwd=tmp_path, env=env, check=True, capture_output=True)
@@ -296,6 +336,12 @@ def test_files_are_written_with_the_users_usual_permissions(tmp_path):
 
     path = write_atomic(tmp_path / "table.md", lambda handle: handle.write(b"x"))
     assert path.stat().st_mode & 0o777 == 0o666 & ~store_module._UMASK
+    for umask, mode in ((0o022, 0o644), (0o077, 0o600), (0o002, 0o664)):  # a user's own umask, as open() honours it
+        target = tmp_path / f"under-{umask:o}.md"
+        code = (f"import os; os.umask({umask}); from membench.store import write_atomic; "
+                f"write_atomic({str(target)!r}, lambda handle: handle.write(b'x'))")
+        subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+        assert target.stat().st_mode & 0o777 == mode, (oct(umask), oct(target.stat().st_mode))
 
 
 def test_long_error_lists_are_stored_packed_and_read_back_exactly(tmp_path):

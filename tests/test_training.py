@@ -346,8 +346,11 @@ def test_a_model_of_yours_may_name_its_own_presets(tmp_path: Path, monkeypatch):
             "--no-progress", "--preset"]
     ran = CliRunner().invoke(main, [*args, "tiny"])
     assert ran.exit_code == 0 and "1 run(s) executed" in ran.output, ran.output
+    (record,) = records_in(tmp_path / "out")
+    assert record["preset"] == "tiny" and record["training"]["steps"] == 6  # trained under its own preset
     refused = CliRunner().invoke(main, [*args, "quick"])
     assert refused.exit_code == 1 and "has no preset 'quick'. Its presets: tiny" in refused.output
+    assert len(records_in(tmp_path / "out")) == 1
 
 def test_a_model_of_yours_whose_code_changed_is_run_and_trained_again(tmp_path: Path, monkeypatch):
     """Its record and checkpoint key carry a digest of its source file: an edit makes the next run redo it (and
