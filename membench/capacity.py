@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from membench.errors import MembenchError
+from membench.plots import log2_axis, plot_line, save_figure
 from membench.run_spec import RunSpec
 from membench.suites import BUDGET_NUM_PATTERNS, CAPACITY_MODELS, declared_count
 
@@ -209,31 +210,6 @@ def row_styles(rows: list[str]) -> dict[str, dict[str, Any]]:
     order = list(CAPACITY_MODELS) + sorted(r for r in rows if r not in CAPACITY_MODELS)
     return {row: {"color": palette(order.index(row) % 10), "linestyle": LINE_STYLES[order.index(row) % 4],
                   "marker": MARKERS[order.index(row) % len(MARKERS)]} for row in rows}
-
-
-def plot_line(ax, frame, x: str, label: str, style: dict[str, Any]) -> None:
-    """One row's mean error against column `x` of `frame` (sorted by it) on `ax`, its 95% interval shaded."""
-    frame = frame.sort_values(x)
-    ax.plot(frame[x], frame["mean"], markersize=4, markerfacecolor="none", label=label, **style)
-    ax.fill_between(frame[x], frame["ci_low"], frame["ci_high"], color=style["color"], alpha=0.2, linewidth=0)
-
-
-def save_figure(fig, out_dir: Path, name: str) -> list[Path]:
-    """`fig` as out_dir/name.png and .pdf; returns the two paths."""
-    from membench.plots import save
-
-    paths = [Path(out_dir) / f"{name}.png", Path(out_dir) / f"{name}.pdf"]
-    for path in paths:
-        save(fig, path)
-    return paths
-
-
-def log2_axis(ax, values) -> None:
-    """A base-2 log x axis with a tick at each of `values`."""
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(list(values))
-    ax.set_xticklabels([str(v) for v in values])
-    ax.minorticks_off()
 
 
 def capacity_figures(out_dir: Path) -> list[Path]:

@@ -18,10 +18,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from membench.capacity import (log2_axis, plot_line, row_order, row_styles, save_figure, summary_and_records,
-                               table_section, task_of)
+from membench.capacity import row_order, row_styles, summary_and_records, table_section, task_of
 from membench.errors import DatasetMissing, MembenchError
 from membench.image_tasks import Cifar10Task, ImageTask, OmniglotTask
+from membench.plots import log2_axis, plot_line, save_figure
 from membench.store import warn
 from membench.run_spec import RunSpec
 from membench.suites import IMAGE_CAPACITY_MODELS, SUITES, ImageCapacitySuite, declared_count

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -101,8 +102,29 @@ def training_curves(out_dir: Path, curves: Curves, name: str = "training_curves"
     fig.text(0.5, 0.005, f"Faint: each logged training batch (models trained on several N draw one N per batch); "
              f"bold: rolling mean over {SMOOTH} logs.", ha="center", fontsize=7)
     fig.tight_layout(rect=(0, 0.04, 1, 1))
+    paths = save_figure(fig, out_dir, name)
+    plt.close(fig)
+    return paths
+
+
+def plot_line(ax, frame, x: str, label: str, style: dict[str, Any]) -> None:
+    """One row's mean error against column `x` of `frame` (sorted by it) on `ax`, its 95% interval shaded."""
+    frame = frame.sort_values(x)
+    ax.plot(frame[x], frame["mean"], markersize=4, markerfacecolor="none", label=label, **style)
+    ax.fill_between(frame[x], frame["ci_low"], frame["ci_high"], color=style["color"], alpha=0.2, linewidth=0)
+
+
+def save_figure(fig, out_dir: Path, name: str) -> list[Path]:
+    """`fig` as out_dir/name.png and .pdf; returns the two paths."""
     paths = [Path(out_dir) / f"{name}.png", Path(out_dir) / f"{name}.pdf"]
     for path in paths:
         save(fig, path)
-    plt.close(fig)
     return paths
+
+
+def log2_axis(ax, values) -> None:
+    """A base-2 log x axis with a tick at each of `values`."""
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(list(values))
+    ax.set_xticklabels([str(v) for v in values])
+    ax.minorticks_off()
