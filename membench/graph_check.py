@@ -32,8 +32,8 @@ CASES: dict[str, tuple[TaskSpec, str, dict]] = {  # name -> (task, model, option
     "resnet_conv": (IMAGE, "ebmm", dict(energy="resnet_conv", channels=(4, 8), width=16, bottleneck=8, hidden=8,
                                         hops=2, readout=16, memory_size=3)),
 }
-BASELINE_CASES: dict[str, tuple[TaskSpec, str, dict]] = {  # --baselines: make gpu-baselines-session's models,
-    name: (BINARY, name, {}) for name in ("mann", "differentiable_plasticity", "dnc", "kanerva_machine")}  # gpu presets
+BASELINE_CASES: dict[str, tuple[TaskSpec, str, dict]] = {  # the learned baselines whose gpu presets GPU sessions
+    name: (BINARY, name, {}) for name in ("mann", "differentiable_plasticity", "dnc", "kanerva_machine")}  # train
 
 
 def _batch(spec: TaskSpec, num_patterns: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,6 +91,9 @@ def chosen_cases(args: list[str]) -> dict[str, tuple[TaskSpec, str, dict]]:
     if args == ["--baselines"]:
         return BASELINE_CASES
     known = {**CASES, **BASELINE_CASES}
+    if "--baselines" in args:
+        raise MembenchError("graph check: --baselines names the baselines' cases itself; give it alone, or case "
+                            f"names among {', '.join(known)}")
     unknown = [name for name in args if name not in known]
     if unknown:
         raise MembenchError(f"graph check: unknown case {', '.join(unknown)}; give --baselines or case names "

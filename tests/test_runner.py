@@ -5,6 +5,7 @@ import dataclasses
 import json
 import os
 import platform
+import select
 import signal
 import subprocess
 import sys
@@ -266,7 +267,8 @@ def test_killed_process_leaves_no_partial_record(tmp_path):
                                pass_fds=(gate,))
     os.close(gate)
     with os.fdopen(said) as reader:  # blocks until the third run's read is held (or the process ends: "")
-        line = reader.readline()
+        ready, _, _ = select.select([reader], [], [], 600)  # a guard against a hang, not a timing
+        line = reader.readline() if ready else "hung"
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert line == "held\n" and len(list((out / "runs").glob("*.json"))) == 2, "killed while the third run reads"

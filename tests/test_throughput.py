@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -307,18 +308,24 @@ def test_the_graph_check_compares_every_case_and_names_what_differs(capsys):
         assert graph_check.main([]) == 2 and "no CUDA device here" in capsys.readouterr().out
 
 
-def test_the_graph_check_checks_the_cases_a_session_names(capsys):
+def test_the_graph_check_checks_the_cases_a_session_names(capsys, monkeypatch):
     """A session checks what it trains: no names, EBMM's cases; --baselines, the baselines'; names, those
-    cases in that order; an unknown name, one line naming it and the valid ones, exit 3, nothing run."""
+    cases in that order; an unknown name, or --baselines beside names, one line, exit 3, nothing run. Every
+    model the Makefile's GPU sessions train as baselines (BASELINES_GPU) has a case."""
     from membench import graph_check
 
     assert list(graph_check.chosen_cases([])) == list(graph_check.CASES)
     assert list(graph_check.chosen_cases(["--baselines"])) == list(graph_check.BASELINE_CASES)
     assert list(graph_check.chosen_cases(["gated_rnn", "mann", "dnc"])) == ["gated_rnn", "mann", "dnc"]
-    assert graph_check.main(["gated_rnn", "mnn"]) == 3
-    out = capsys.readouterr().out
-    assert out.startswith("graph check: unknown case mnn; give --baselines or case names among gated_rnn")
-    assert out.count("\n") == 1
+    monkeypatch.setattr(graph_check, "mismatches", lambda *args, **kwargs: pytest.fail("a case ran"))
+    for args, start in ((["gated_rnn", "mnn"], "graph check: unknown case mnn; give --baselines or case names among"),
+                        (["--baselines", "mann"], "graph check: --baselines names the baselines' cases itself")):
+        assert graph_check.main(args) == 3
+        out = capsys.readouterr().out
+        assert out.startswith(start) and out.count("\n") == 1, out
+    makefile = (Path(__file__).parent.parent / "Makefile").read_text()
+    (line,) = [line for line in makefile.splitlines() if line.startswith("BASELINES_GPU ?=")]
+    assert set(line.split("?=")[1].split()) == set(graph_check.BASELINE_CASES)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
