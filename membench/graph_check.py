@@ -1,14 +1,14 @@
 """`python -m membench.graph_check`: do updates replayed from CUDA graphs equal eager ones on this machine?
 
 Small EBMMs (the gated-RNN energy on 128-bit patterns, both image energies), or with `--baselines` the
-learned baselines that `make gpu-baselines-session` trains (their gpu presets on 128-bit patterns), or the
-cases named (`python -m membench.graph_check gated_rnn mann`: what a session trains), make
+learned baselines that GPU sessions train (their gpu presets on 128-bit patterns), or the cases named
+(`python -m membench.graph_check mann dnc`: the sessions name what they train), make
 five AdamW updates on batches of two shapes, so two graphs share the stepper's one memory pool and
 replay in turn; the weights
 must equal those of the same updates run eagerly (float32, torch.testing's tolerances), and a graph must
 really have been captured. GPU sessions run it first (`make gpu-graph-check`) and train without graphs
 (MEMBENCH_CUDA_GRAPHS=0) where it fails. Needs no pytest. Exit status: 0 equal, 1 different or not
-captured, 2 no CUDA device here, 3 an unknown case named.
+captured, 2 no CUDA device here, 3 cases named wrongly (an unknown one, or --baselines beside names).
 """
 from __future__ import annotations
 
