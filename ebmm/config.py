@@ -44,6 +44,8 @@ class EBMMConfig:
     #   (results/diagnostics/ebmm-images)
     linear_memory: bool = False   # (ours) the memory units skip their nonlinearity, so they cannot saturate or
     #   die: the hop's tanh (gated_rnn, resnet_fc), the ReLU after the bottleneck's 3x3 conv (resnet_conv)
+    init_gain: float = 1.0        # gated_rnn: its layers start normal with std init_gain / sqrt(fan_in); 1: gain of
+    #   a linear layer; sqrt(2): He et al.'s for ReLU, what App. D's "He init" may mean
     read_steps: int = 5           # K, projected Nesterov steps of reading
     write_steps: int = 3          # T, gradient steps of writing (not stated in the paper)
     grad_norm_term: bool = True   # include alpha * ||grad_x E||^2 in the writing loss
@@ -75,6 +77,10 @@ class EBMMConfig:
             raise MembenchError(f"unknown energy '{self.energy}'; valid: gated_rnn (flat patterns), resnet_fc and "
                                 "resnet_conv (images)")
         object.__setattr__(self, "channels", tuple(self.channels))
+        if not (math.isfinite(self.init_gain) and self.init_gain > 0):
+            raise MembenchError(f"init_gain={self.init_gain} must be a finite number > 0")
+        if self.init_gain != 1.0 and self.energy != "gated_rnn":
+            raise MembenchError(f"init_gain applies to the gated_rnn energy only, not {self.energy}; drop the option")
         for name in ("write_lr_init", "anchor_lr_init", "grad_norm_lr_init", "read_step_init"):  # softplus values
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value > 0):
@@ -170,7 +176,8 @@ def build_energy(spec: TaskSpec, config: EBMMConfig) -> nn.Module:
         if config.centre_memory:
             raise MembenchError("centre_memory=True applies to the image energies (resnet_fc, resnet_conv), not "
                                 "gated_rnn; drop the option")
-        return GatedRNNEnergy(spec.pattern_size, config.memory_size, config.hidden, config.hops, config.linear_memory)
+        return GatedRNNEnergy(spec.pattern_size, config.memory_size, config.hidden, config.hops, config.linear_memory,
+                              config.init_gain)
     if len(shape) != 3:
         raise MembenchError(f"energy '{config.energy}' takes images (C, H, W), got {shape}")
     if config.energy == "resnet_fc":

@@ -39,7 +39,7 @@ class GatedRNNEnergy(nn.Module):
     writable_names: tuple[str, ...] = ("memory.weight", "memory.bias")
 
     def __init__(self, dim: int = 128, memory_size: int = 64, hidden: int = 1024, hops: int = 5,
-                 linear_memory: bool = False):
+                 linear_memory: bool = False, init_gain: float = 1.0):
         super().__init__()
         if not 0 < memory_size < hidden:
             raise MembenchError(f"memory_size={memory_size} must lie in (0, hidden={hidden})")
@@ -51,8 +51,10 @@ class GatedRNNEnergy(nn.Module):
         self.static = nn.Linear(dim + hidden, hidden - memory_size)  # static from here on
         self.gate = nn.Linear(dim + hidden, hidden)
         self.readout = nn.Linear(hidden, 1, bias=False)  # a constant offset would not change any gradient
-        for layer in (self.memory, self.static, self.gate, self.readout):
-            nn.init.kaiming_normal_(layer.weight, nonlinearity="linear")  # He init (App. D)
+        for layer in (self.memory, self.static, self.gate, self.readout):  # normal, std init_gain / sqrt(fan_in)
+            nn.init.kaiming_normal_(layer.weight, nonlinearity="linear")
+            if init_gain != 1.0:
+                layer.weight.data.mul_(init_gain)
             if layer.bias is not None:
                 nn.init.zeros_(layer.bias)
 

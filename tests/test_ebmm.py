@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 
 import pytest
 import torch
 
+from ebmm.config import EBMMConfig
 from ebmm.memory import EBMM
 from membench.budget import TABLE1_BUDGET, check_declared
 from membench.errors import MembenchError, OverBudgetError, TrainingDiverged
@@ -247,6 +249,32 @@ def test_the_meta_gradient_is_the_meta_losss_derivative(options: dict):
             assert numeric == pytest.approx(gradient.view(-1)[index].item(), rel=1e-5, abs=1e-9), (name, index)
     with torch.no_grad():
         torch.testing.assert_close(model.read(model.write(patterns), queries), retrievals)
+
+
+def test_init_gain_scales_the_gated_rnns_initial_weights_and_leaves_the_default_key_alone():
+    """init_gain g starts every weight of the gated RNN at g times the default draw (the same seed: the same
+    draw), biases at 0; the default's checkpoint key is the one without the field (shipped checkpoints keep
+    theirs); the image energies refuse it."""
+    from membench.build import build_model
+    from membench.run_identity import checkpoint_key
+    from membench.run_spec import RunSpec
+
+    plain, _ = small_model()
+    scaled, _ = small_model(init_gain=2 ** 0.5)
+    for (name, a), (_, b) in zip(plain.energy.named_parameters(), scaled.energy.named_parameters()):
+        expected = a * 2 ** 0.5 if name.endswith("weight") else a
+        torch.testing.assert_close(b, expected, rtol=0, atol=0, msg=name)
+    spec = RunSpec(suite="table1-learned", model="ebmm", task=BinaryTask(16).config(), budget=TABLE1_BUDGET,
+                   seed=0, queries=16)
+    task = BinaryTask(16)
+
+    def key(options: dict) -> str:
+        run = dataclasses.replace(spec, options=options)
+        return checkpoint_key(run, build_model(run, task), task)
+
+    assert key({}) == key({"init_gain": 1.0}) != key({"init_gain": 2.0})
+    with pytest.raises(MembenchError, match="init_gain applies to the gated_rnn energy only, not resnet_fc"):
+        EBMMConfig(energy="resnet_fc", init_gain=2.0)
 
 
 def test_last_iterate_loss_scores_the_final_retrieval_only():
