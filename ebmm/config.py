@@ -45,7 +45,8 @@ class EBMMConfig:
     linear_memory: bool = False   # (ours) the memory units skip their nonlinearity, so they cannot saturate or
     #   die: the hop's tanh (gated_rnn, resnet_fc), the ReLU after the bottleneck's 3x3 conv (resnet_conv)
     init_gain: float = 1.0        # gated_rnn: its layers start normal with std init_gain / sqrt(fan_in); 1: gain of
-    #   a linear layer; sqrt(2): He et al.'s for ReLU, what App. D's "He init" may mean
+    #   a linear layer; sqrt(2): He et al.'s for ReLU, what App. D's "He init" may mean, worse at every N on the
+    #   quick preset (results/diagnostics/ebmm-recipes)
     read_steps: int = 5           # K, projected Nesterov steps of reading
     write_steps: int = 3          # T, gradient steps of writing (not stated in the paper)
     grad_norm_term: bool = True   # include alpha * ||grad_x E||^2 in the writing loss
