@@ -73,13 +73,11 @@ class EBMMConfig:
                      "readout"):
             if getattr(self, name) < 1:
                 raise MembenchError(f"{name}={getattr(self, name)} must be at least 1")
-        check_fields("ebmm", self)
+        check_fields("ebmm", self, positive=("init_gain",))
         if self.energy not in ENERGIES:
             raise MembenchError(f"unknown energy '{self.energy}'; valid: gated_rnn (flat patterns), resnet_fc and "
                                 "resnet_conv (images)")
         object.__setattr__(self, "channels", tuple(self.channels))
-        if not (math.isfinite(self.init_gain) and self.init_gain > 0):
-            raise MembenchError(f"init_gain={self.init_gain} must be a finite number > 0")
         if self.init_gain != 1.0 and self.energy != "gated_rnn":
             raise MembenchError(f"init_gain applies to the gated_rnn energy only, not {self.energy}; drop the option")
         for name in ("write_lr_init", "anchor_lr_init", "grad_norm_lr_init", "read_step_init"):  # softplus values

@@ -53,8 +53,7 @@ class GatedRNNEnergy(nn.Module):
         self.readout = nn.Linear(hidden, 1, bias=False)  # a constant offset would not change any gradient
         for layer in (self.memory, self.static, self.gate, self.readout):  # normal, std init_gain / sqrt(fan_in)
             nn.init.kaiming_normal_(layer.weight, nonlinearity="linear")
-            if init_gain != 1.0:
-                layer.weight.data.mul_(init_gain)
+            layer.weight.data.mul_(init_gain)  # (by 1.0: exactly the draw)
             if layer.bias is not None:
                 nn.init.zeros_(layer.bias)
 

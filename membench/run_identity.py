@@ -19,8 +19,8 @@ from membench.interface import AssociativeMemory, Preset, TaskSpec, resolve_pres
 from membench.options import plain_config
 from membench.registry import make_task, model_source_digest, model_source_files, resolve_model
 from membench.records import read_record
-from membench.store import ResultsStore, warn
 from membench.run_spec import RunSpec
+from membench.store import ResultsStore, warn
 from membench.tasks import Task
 
 # Config fields added after checkpoints were shipped, with their defaults: left out of checkpoint keys
