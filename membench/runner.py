@@ -235,12 +235,13 @@ def say_done(count: int, total: int, record: dict[str, Any]) -> None:
 
 
 def checked_specs(specs: list[RunSpec]) -> list[RunSpec]:
-    """`specs` after failing fast (MembenchError) on unknown models, tasks, presets and options, before any
-    work; a model that is not trained gets DEFAULT_PRESET (one run id whatever built-in preset --preset names; a
-    name no model of the run knows is refused) and none of the train.* options (those of meta-training: a
-    suite's learned models take them, its others run as they are), and is built once per model, options, task
-    and budget (cheap), so an option it does not take is refused here too. An int given for a float option is
-    made that float (one run, whichever was typed)."""
+    """`specs` after failing fast (MembenchError) on unknown models, tasks, presets and options, and on models
+    over their budget (OverBudgetError), before any work; a model that is not trained gets DEFAULT_PRESET (one
+    run id whatever built-in preset --preset names; a name no model of the run knows is refused) and none of the
+    train.* options (those of meta-training: a suite's learned models take them, its others run as they are).
+    Every model is built once per model, preset, options, task and budget (cheap, untrained), so an option it
+    does not take is refused here too. An int given for a float option is made that float (one run, whichever
+    was typed)."""
     checked, built = [], set()
     any_trained = any(resolve_model(spec.model).trainable for spec in specs)
     training_options = sorted({key for spec in specs for key in spec.options if key.startswith("train.")})
@@ -270,20 +271,24 @@ def checked_specs(specs: list[RunSpec]) -> list[RunSpec]:
 
 
 def _checked(spec: RunSpec, any_trained: bool, built: set) -> RunSpec:
-    """One spec of `checked_specs` (`built`: the keys of the models it built already)."""
+    """One spec of `checked_specs` (`built`: the keys of the models it built already), refused when its model
+    declares more float32 values than its budget, so a model over it at one N starts no run at any."""
     cls = resolve_model(spec.model)
     task = make_task(spec.task)
     if cls.trainable:
-        options = resolve_options(cls, task.spec, spec.preset, spec.options, spec.model)[1]
-        return dataclasses.replace(spec, options=options)
-    if spec.preset not in BUILTIN_PRESETS and not any_trained:
-        raise MembenchError(f"no model of this run has a preset '{spec.preset}'; give --preset one of "
-                            f"{', '.join(BUILTIN_PRESETS)} (models that are not trained run under any)")
-    options = {key: value for key, value in spec.options.items() if not key.startswith("train.")}
-    spec = dataclasses.replace(spec, preset=DEFAULT_PRESET, options=check_constructor_options(cls, spec.model, options))
-    key = (spec.model, json.dumps(spec.options, sort_keys=True), json.dumps(spec.task, sort_keys=True), spec.budget)
-    if key not in built:  # (an over-budget model is refused with its own message when its run starts)
-        declared_count(spec)
+        spec = dataclasses.replace(spec, options=resolve_options(cls, task.spec, spec.preset, spec.options,
+                                                                 spec.model)[1])
+    else:
+        if spec.preset not in BUILTIN_PRESETS and not any_trained:
+            raise MembenchError(f"no model of this run has a preset '{spec.preset}'; give --preset one of "
+                                f"{', '.join(BUILTIN_PRESETS)} (models that are not trained run under any)")
+        options = {key: value for key, value in spec.options.items() if not key.startswith("train.")}
+        spec = dataclasses.replace(spec, preset=DEFAULT_PRESET,
+                                   options=check_constructor_options(cls, spec.model, options))
+    key = (spec.model, spec.preset, json.dumps(spec.options, sort_keys=True), json.dumps(spec.task, sort_keys=True),
+           spec.budget)
+    if key not in built:
+        declared_count(spec, refuse=True)
         built.add(key)
     return spec
 

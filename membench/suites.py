@@ -97,12 +97,14 @@ def _refusal(spec: RunSpec, count: int | None) -> str:
     return f"{spec.model} {held} at budget {spec.budget}"
 
 
-def declared_count(spec: RunSpec) -> int | None:
+def declared_count(spec: RunSpec, refuse: bool = False) -> int | None:
     """The float32 count `spec`'s model declares for its task, as the runner builds it; None when the
-    model refuses to be built within the budget (OverBudgetError from its constructor)."""
+    model refuses to be built within the budget (OverBudgetError from its constructor). `refuse`: raise
+    that OverBudgetError instead, and the run's own one when the count exceeds the budget (the check
+    before any run starts)."""
     import torch
 
-    from membench.budget import declared_floats
+    from membench.budget import check_declared, declared_floats
     from membench.registry import errors_of_user_model, make_task
     from membench.build import build_model
 
@@ -111,7 +113,12 @@ def declared_count(spec: RunSpec) -> int | None:
         try:  # building draws no numbers that a later run would see
             model = build_model(spec, task)
         except OverBudgetError:
+            if refuse:
+                raise
             return None
+        if refuse:
+            return check_declared(model, task.spec, spec.budget, spec.model,
+                                  swept=isinstance(SUITES.get(spec.suite), SweepSuite))
         return declared_floats(model, task.spec, spec.model)
 
 

@@ -157,12 +157,13 @@ class OversizedLearned(Recorder):
         return 10**9
 
 
-def test_a_model_over_budget_at_one_n_is_refused_there_and_the_runs_before_it_keep_their_records(tmp_path):
-    specs = _specs(f"{__name__}:GrowsWithN", num_patterns=(16, 96))
-    with pytest.raises(OverBudgetError, match=r"GrowsWithN.*12288.*8256"):
+def test_a_model_over_budget_at_one_n_is_refused_before_any_run_of_the_call(tmp_path):
+    specs = [*_specs("hopfield_hebb", num_patterns=(16,)), *_specs(f"{__name__}:GrowsWithN", num_patterns=(16, 96))]
+    with pytest.raises(OverBudgetError, match=r"GrowsWithN.*12288.*N=96.*8256"):
         run_all(specs, tmp_path, device="cpu", progress=False)
-    (kept,) = ResultsStore(tmp_path).records()
-    assert kept["task"]["num_patterns"] == 16 and kept["memory_floats"] == 2048
+    assert ResultsStore(tmp_path).records() == []  # not its N = 16 run, nor the other model's, which came first
+    _, grows = run_all(specs[:2], tmp_path, device="cpu", progress=False)  # within budget at N = 16: it runs
+    assert grows["task"]["num_patterns"] == 16 and grows["memory_floats"] == 2048
 
 
 def test_a_learned_model_over_budget_is_refused_before_it_trains(tmp_path, monkeypatch):
