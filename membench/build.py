@@ -47,8 +47,9 @@ def build_model(spec: RunSpec, task: Task, preset: Preset | None = None) -> Asso
     unless a resolved `preset` is given, as `load_trained` gives a record's)."""
     cls = resolve_model(spec.model)
     if inspect.isabstract(cls):
-        raise MembenchError(f"model '{spec.model}' does not implement {', '.join(sorted(cls.__abstractmethods__))}(): "
-                            "every model implements memory_floats(), write() and read() (README: Adding a model)")
+        missing = ", ".join(f"{name}()" for name in sorted(cls.__abstractmethods__))
+        raise MembenchError(f"model '{spec.model}' does not implement {missing}: every model implements "
+                            "memory_floats(), write() and read() (README: Adding a model)")
     try:
         if cls.trainable:  # through from_preset, whatever from_spec a class it inherits from sizes itself with
             if preset is None:

@@ -252,6 +252,10 @@ _OWN = textwrap.dedent('''
             return queries.clamp(0, 1)
 
 
+    class Bare(AssociativeMemory):  # nothing implemented
+        pass
+
+
     class NeedsBudget(Soft):  # sized by the budget, but from_spec not overridden to pass it
         def __init__(self, spec, budget):
             super().__init__(spec)
@@ -367,6 +371,7 @@ _OWN_LEARNED = TINY_MODEL + textwrap.dedent('''
     ("TensorConfig", [], ["model 'own:TensorConfig': config()['beta'] is a Tensor, which a record cannot store",
                           "x.item()"]),
     ("NoCount", [], ["model 'own:NoCount' does not implement memory_floats(): every model implements"]),
+    ("Bare", [], ["model 'own:Bare' does not implement memory_floats(), read(), write(): every model implements"]),
     ("NeedsBudget", [], ["cannot build model 'own:NeedsBudget': NeedsBudget.__init__() missing 1 required positional "
                          "argument: 'budget'", "by default NeedsBudget(spec, **options)", "overrides from_spec"]),
 ])
