@@ -24,7 +24,8 @@ def main() -> None:
 
 @main.command("list")
 @click.option("--model", help="Show this model's options instead (name or module:Class): a learned model's preset "
-                               "values on Table 1's task, an untrained one's constructor defaults.")
+                               "values on Table 1's task, an untrained one's constructor defaults (and, when its "
+                               "from_spec sizes it, the values that sets at Table 1's budget).")
 @friendly_errors
 def list_command(model) -> None:
     """List registered models (learned or not) and suites, or one model's options."""
@@ -57,6 +58,7 @@ def model_options(label: str, cls: type) -> str:
 
     from tabulate import tabulate
 
+    from membench.budget import TABLE1_BUDGET
     from membench.registry import make_task
     from membench.report import PAPER_TASK
 
@@ -69,8 +71,13 @@ def model_options(label: str, cls: type) -> str:
                 for p in parameters if p.name != "spec" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
         if not rows:
             return f"{label}: untrained; it takes no options"
+        headers = ["option", "default"]
+        sized = _sized_at_table1(cls)
+        if sized is not None:  # from_spec overridden: what it sets from Table 1's budget wins over the default
+            headers.append(f"from_spec at Table 1's {TABLE1_BUDGET} floats")
+            rows = [[*row, sized.get(row[0], "")] for row in rows]
         return (f"{label}: untrained; its options (--option KEY=VALUE) and their defaults:\n"
-                + tabulate(rows, headers=["option", "default"], tablefmt="github", disable_numparse=True))
+                + tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True))
     presets = cls.presets(make_task({**PAPER_TASK, "num_patterns": 64}).spec, {})
     rows = []
     for part, prefix in (("model", ""), ("train", "train.")):
@@ -80,6 +87,28 @@ def model_options(label: str, cls: type) -> str:
     return (f"{label}: learned; its options (--option KEY=VALUE) per preset on Table 1's task (image suites may "
             f"use other presets):\n" + tabulate(rows, headers=["option", *presets], tablefmt="github",
                                                  disable_numparse=True))
+
+
+def _sized_at_table1(cls: type) -> dict[str, str] | None:
+    """The option values an untrained model's own `from_spec` sets at Table 1's task (N = 64) and budget, as
+    `--option` takes them (from its config(), else its attributes); None when it keeps the base class's
+    from_spec (its defaults are what runs) or does not take Table 1's task."""
+    import json
+
+    from membench.budget import TABLE1_BUDGET
+    from membench.interface import AssociativeMemory
+    from membench.registry import make_task
+    from membench.report import PAPER_TASK
+
+    if getattr(cls.from_spec, "__func__", None) is AssociativeMemory.from_spec.__func__:
+        return None
+    try:
+        model = cls.from_spec(make_task({**PAPER_TASK, "num_patterns": 64}).spec, TABLE1_BUDGET)
+    except MembenchError:  # e.g. a model of images only
+        return None
+    values = {**{name: getattr(model, name) for name in vars(model) if not name.startswith("_")}, **model.config()}
+    return {name: value if isinstance(value, str) else json.dumps(value) for name, value in values.items()
+            if isinstance(value, (bool, int, float, str, list, tuple))}
 
 
 @main.command()

@@ -254,6 +254,8 @@ def test_readme_sized_example_takes_the_budget_and_its_options_on_both_tasks(tmp
     (whole,), (four,) = records_in(tmp_path / "whole"), records_in(tmp_path / "four")
     assert whole["model_config"] == {"slots": 64} and whole["memory_floats"] == 16 * 128 and whole["mean_error"] == 0
     assert four["model_config"] == {"slots": 4} and four["memory_floats"] == 4 * 128 and four["mean_error"] > 0
+    listed = CliRunner().invoke(main, ["list", "--model", "sized_memory:NearestSlots"])  # the 64 a run uses, beside 16
+    assert listed.exit_code == 0 and re.search(r"\| slots +\| 16 +\| 64 +\|", listed.output), listed.output
     result = CliRunner().invoke(main, ["run", "--suite", "fig3-omniglot", "--model", "sized_memory:NearestSlots",
                                        "--num-patterns", "8", "--queries", "64", "--data-dir", str(data_root),
                                        "--out", "images", "--no-progress"])
