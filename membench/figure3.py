@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 from tabulate import tabulate
 
-from membench.errors import MembenchError
+from membench.errors import DatasetMissing, MembenchError
 from membench.fig3_acceptance import PAPER_DATASET, acceptance_markdown, read_points
 from membench.grids import first_episode, reconstruction_grid
 from membench.plots import pyplot, read_curves, save, training_curves
@@ -300,7 +300,11 @@ def figures(out_dir: Path, reference: Path | None = DEFAULT_REFERENCE, checkpoin
             line = _line_label(*_curve_label(record)) + (f" {record['preset']}" if len(presets) > 1 else "")
             largest[(record["task"]["kind"], re.sub(r"[^A-Za-z0-9.=-]+", "_", line).strip("_"))] = record
         for (dataset, name), record in sorted(largest.items()):
-            episode = first_episode(record, checkpoint_dir or default_checkpoint_dir())
+            try:
+                episode = first_episode(record, checkpoint_dir or default_checkpoint_dir())
+            except DatasetMissing as exc:  # only the grids need the images
+                raise DatasetMissing(f"{exc} The figure itself needs no images: `--no-grids` draws it without "
+                                     "its reconstruction grids.") from None
             if episode is not None:
                 shown[out_dir / f"fig3_recon_{dataset}_{name}.png"] = (record, episode)
     summary = summarise(records, paper)

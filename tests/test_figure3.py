@@ -115,7 +115,10 @@ def test_figures_without_the_data_for_their_grids_write_nothing(data_root, tmp_p
         name.unlink()
     result = CliRunner().invoke(main, ["figures", "--out", str(out), "--data-dir", str(tmp_path / "none")])
     assert result.exit_code == 1 and exited_cleanly(result) and "CIFAR-10" in result.output, result.output
+    assert "`--no-grids` draws it" in result.output  # the way out it names
     assert not list(out.glob("fig3*"))
+    result = CliRunner().invoke(main, ["figures", "--out", str(out), "--data-dir", str(tmp_path / "none"), "--no-grids"])
+    assert result.exit_code == 0 and (out / "fig3.png").exists() and not list(out.glob("fig3_recon*")), result.output
 
 
 def test_a_point_of_a_paused_checkpoint_says_so_in_its_table_and_plot(monkeypatch, tmp_path):
