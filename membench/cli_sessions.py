@@ -160,7 +160,7 @@ def _check_run_command(args: str) -> None:
     """Refuse (MembenchError) a session's `--run ARGS` that `membench run` would refuse before any work: its
     options, suite, models, presets and model options (so no session time is spent first)."""
     from membench.datasets import set_data_dir
-    from membench.runner import checked_specs
+    from membench.preflight import checked_specs
 
     params = parsed("run", "--run", args)
     owned = sorted({token.split("=")[0] for token in shlex.split(args)} & SESSION_RUN_FLAGS)

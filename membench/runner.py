@@ -15,7 +15,6 @@ every run is computed once.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import shlex
 import sys
@@ -31,17 +30,17 @@ from membench import fresh_read
 from membench.budget import StateContract, check_declared
 from membench.build import build_model, resolve_device
 from membench.checkpoints import checkpoint_path, default_checkpoint_dir, trained_steps, weights_digest
-from membench.errors import CheckpointBusy, MembenchError, TrainingPaused, UnknownOption
+from membench.errors import CheckpointBusy, MembenchError, TrainingPaused
 from membench.integrity import audit_write, write_and_read
-from membench.interface import AssociativeMemory, resolve_options
-from membench.options import check_constructor_options, plain_config
+from membench.interface import AssociativeMemory
+from membench.options import plain_config
+from membench.preflight import checked_specs, sized_or_optioned
 from membench.provenance import environment, git_state
-from membench.registry import (errors_of_user_model, is_builtin_model, make_task, model_source_digest, resolve_model,
-                               user_model_error)
+from membench.registry import is_builtin_model, make_task, model_source_digest, resolve_model, user_model_error
 from membench.run_identity import checkpoint_key, is_current, pending
-from membench.run_spec import BUILTIN_PRESETS, DEFAULT_PRESET, RunSpec
+from membench.run_spec import RunSpec
 from membench.store import ResultsStore, warn, writable_folder, write_text_atomic
-from membench.suites import SUITES, declared_count
+from membench.suites import SUITES
 from membench.sweeps import SweepSuite
 from membench.tasks import BinaryTask, Task, seed_all
 from membench.no_train import as_trained, require_checkpoints
@@ -120,7 +119,7 @@ def execute(spec: RunSpec, store: ResultsStore, device: torch.device, checkpoint
     off a learned model is evaluated from its checkpoint as it stands (`as_trained`), even a paused one, whose
     record says so (`training.finished`), and a MembenchError is raised when it has none. An error
     raised in the code of a model from outside membench becomes a MembenchError naming its line; a built-in
-    model's, one when memory ran out or the run has options (`_sized_or_optioned`).
+    model's, one when memory ran out or the run has options (`membench.preflight.sized_or_optioned`).
     """
     try:
         return _execute(spec, store, device, checkpoint_dir, command, progress, train_time_limit_s,
@@ -130,27 +129,10 @@ def execute(spec: RunSpec, store: ResultsStore, device: torch.device, checkpoint
     except Exception as exc:  # noqa: BLE001 (re-raised unless it comes from the user's model)
         explained = user_model_error(spec.model, exc, "no record was written")
         if explained is None and is_builtin_model(resolve_model(spec.model)):  # a built-in model's failure that
-            explained = _sized_or_optioned(spec, exc, traceback.extract_tb(exc.__traceback__)[-1])  # the run's sizes
+            explained = sized_or_optioned(spec, exc, traceback.extract_tb(exc.__traceback__)[-1])  # the run's sizes
         if explained is None:  # or options explain; otherwise membench's own error, which keeps its traceback
             raise
         raise explained from None
-
-
-def _sized_or_optioned(spec: RunSpec, exc: Exception, where: traceback.FrameSummary,
-                       outcome: str = "no record was written") -> MembenchError | None:
-    """The one-line error (naming where it was raised) for a built-in model's failure that the run's input can
-    explain: memory it cannot allocate (sizes too large), or an error of a run with options (a value out of
-    the model's range); None for any other failure, which is membench's own and keeps its traceback."""
-    message = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}, at {where.filename}:{where.lineno}"
-    if isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and any(
-            phrase in str(exc) for phrase in ("allocate", "out of memory", "size calculation overflowed"))):
-        return MembenchError(f"model '{spec.model}' ran out of memory at N={spec.task['num_patterns']} with budget "
-                             f"{spec.budget} and options {spec.options} ({message}); lower --num-patterns, --budget "
-                             f"or the sizes the options give (a learned model's train.batch_size too); {outcome}")
-    if spec.options and isinstance(exc, (ValueError, RuntimeError, AssertionError, OverflowError)):
-        return MembenchError(f"model '{spec.model}' failed with options {spec.options} ({message}); where an "
-                             f"option's value caused it, change it; {outcome}")
-    return None
 
 
 def _execute(spec: RunSpec, store: ResultsStore, device: torch.device, checkpoint_dir: Path, command: str,
@@ -232,65 +214,6 @@ def say_done(count: int, total: int, record: dict[str, Any]) -> None:
     """The line on stderr for a finished run when no progress bars are shown: `count` runs of at most `total`."""
     print(f"run {count} of at most {total} done: {record['run_id']}, mean error {record['mean_error']:.4g} "
           f"{record['task_unit']}, {record['wall_time_s']:.1f} s", file=sys.stderr, flush=True)
-
-
-def checked_specs(specs: list[RunSpec]) -> list[RunSpec]:
-    """`specs` after failing fast (MembenchError) on unknown models, tasks, presets and options, and on models
-    over their budget (OverBudgetError), before any work; a model that is not trained gets DEFAULT_PRESET (one
-    run id whatever built-in preset --preset names; a name no model of the run knows is refused) and none of the
-    train.* options (those of meta-training: a suite's learned models take them, its others run as they are).
-    Every model is built once per model, preset, options, task and budget (cheap, untrained), so an option it
-    does not take is refused here too. An int given for a float option is made that float (one run, whichever
-    was typed)."""
-    checked, built = [], set()
-    any_trained = any(resolve_model(spec.model).trainable for spec in specs)
-    training_options = sorted({key for spec in specs for key in spec.options if key.startswith("train.")})
-    if training_options and not any_trained:
-        raise MembenchError(f"no model of this run is meta-learned, so --option {', '.join(training_options)} has "
-                            "nothing to train; drop it")
-    several = len({spec.model for spec in specs}) > 1
-    for spec in specs:
-        try:
-            with errors_of_user_model(spec.model, "no run was started"):
-                checked.append(_checked(spec, any_trained, built))
-        except UnknownOption as exc:
-            if not several:  # else perhaps an option another model of the run takes, not this one
-                raise
-            raise UnknownOption(f"{exc} (--option applies to every model of the run: name the ones it is for with "
-                                "--model)") from None
-        except MembenchError:
-            raise
-        except Exception as exc:  # noqa: BLE001 (a built-in model built with the run's sizes or options)
-            if not is_builtin_model(resolve_model(spec.model)):
-                raise  # membench's own failure (a user model's are errors_of_user_model's): its traceback
-            explained = _sized_or_optioned(spec, exc, traceback.extract_tb(exc.__traceback__)[-1], "no run was started")
-            if explained is None:
-                raise
-            raise explained from None
-    return checked
-
-
-def _checked(spec: RunSpec, any_trained: bool, built: set) -> RunSpec:
-    """One spec of `checked_specs` (`built`: the keys of the models it built already), refused when its model
-    declares more float32 values than its budget, so a model over it at one N starts no run at any."""
-    cls = resolve_model(spec.model)
-    task = make_task(spec.task)
-    if cls.trainable:
-        spec = dataclasses.replace(spec, options=resolve_options(cls, task.spec, spec.preset, spec.options,
-                                                                 spec.model)[1])
-    else:
-        if spec.preset not in BUILTIN_PRESETS and not any_trained:
-            raise MembenchError(f"no model of this run has a preset '{spec.preset}'; give --preset one of "
-                                f"{', '.join(BUILTIN_PRESETS)} (models that are not trained run under any)")
-        options = {key: value for key, value in spec.options.items() if not key.startswith("train.")}
-        spec = dataclasses.replace(spec, preset=DEFAULT_PRESET,
-                                   options=check_constructor_options(cls, spec.model, options))
-    key = (spec.model, spec.preset, json.dumps(spec.options, sort_keys=True), json.dumps(spec.task, sort_keys=True),
-           spec.budget)
-    if key not in built:
-        declared_count(spec, refuse=True)
-        built.add(key)
-    return spec
 
 
 def run_all(specs: list[RunSpec], out_dir: Path, device: str = "auto", force: bool = False,

@@ -42,7 +42,7 @@ from membench.interface import PRECISIONS
 from membench.registry import make_task, resolve_model
 from membench.provenance import device_name, git_state
 from membench.build import build_model
-from membench.runner import checked_specs
+from membench.preflight import checked_specs
 from membench.stepper import Stepper
 from membench.store import read_table, write_text_atomic
 from membench.run_spec import RunSpec
