@@ -286,7 +286,8 @@ def readme(results, readme, check) -> None:
 @friendly_errors
 def download(dataset, data_dir) -> None:
     """Fetch a data set's published files into the data directory (CIFAR-10 md5-checked)."""
-    from membench.datasets import data_dir as default_dir, download as fetch
+    from membench.datasets import data_dir as default_dir
+    from membench.downloads import download as fetch
 
     for path in fetch(dataset, data_dir or default_dir()):
         click.echo(f"in place: {path}")

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from tests.conftest import shared_path
-from membench import datasets
+from membench import datasets, downloads
 from membench.errors import DatasetMissing
 
 
@@ -140,12 +140,12 @@ def test_download_error_path_is_a_clear_message(tmp_path, monkeypatch):
     def offline(*_args, **_kwargs):
         raise OSError("network unreachable")
 
-    monkeypatch.setattr(datasets.urllib.request, "urlopen", offline)
+    monkeypatch.setattr(downloads.urllib.request, "urlopen", offline)
     with pytest.raises(DatasetMissing, match="could not download .*cifar-10-python.tar.gz"):
-        datasets.download("cifar10", tmp_path)
+        downloads.download("cifar10", tmp_path)
     assert not list(tmp_path.rglob("*.part"))
     with pytest.raises(DatasetMissing, match="could not download .*images_background.zip"):
-        datasets.download("omniglot", tmp_path / "new" / "data")  # the folders it made go again
+        downloads.download("omniglot", tmp_path / "new" / "data")  # the folders it made go again
     assert list(tmp_path.iterdir()) == []
 
 
@@ -206,7 +206,7 @@ def test_shared_real_data_loads():
 def test_download_uses_a_hand_fetched_archive_and_checks_md5(tmp_path):
     (tmp_path / "cifar-10-python.tar.gz").write_bytes(b"not the archive")
     with pytest.raises(DatasetMissing, match="expected c58f30108f718f92721af3b95e74349a"):
-        datasets.download("cifar10", tmp_path)
+        downloads.download("cifar10", tmp_path)
 
 
 def test_download_refuses_a_hand_fetched_omniglot_file_that_is_no_zip(tmp_path):
@@ -216,4 +216,4 @@ def test_download_refuses_a_hand_fetched_omniglot_file_that_is_no_zip(tmp_path):
         (tmp_path / "omniglot" / name).write_bytes(b"junk")
     with pytest.raises(DatasetMissing, match="images_background.zip is already there but is not a zip archive; "
                                              "delete it and run the download again"):
-        datasets.download("omniglot", tmp_path)
+        downloads.download("omniglot", tmp_path)

@@ -17,7 +17,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from membench import datasets
+from membench import datasets, downloads
 from membench.cli import main
 from membench.errors import EXIT_INTERRUPTED, DatasetMissing, MembenchError, TrainingDiverged
 from membench.store import ResultsStore
@@ -838,9 +838,9 @@ def test_a_download_cut_short_is_refused_and_leaves_nothing(tmp_path, monkeypatc
 
     for body, length, fragment in ((b"PK" + bytes(100), 300, "102 of 300 bytes arrived"),
                                    (b"<html>busy</html>", 17, "not a zip archive")):
-        monkeypatch.setattr(datasets.urllib.request, "urlopen", lambda *a, **k: Response(body, length))
+        monkeypatch.setattr(downloads.urllib.request, "urlopen", lambda *a, **k: Response(body, length))
         with pytest.raises(DatasetMissing, match=f"could not download .*images_background.zip.*{fragment}"):
-            datasets.download("omniglot", tmp_path)
+            downloads.download("omniglot", tmp_path)
         assert not list(tmp_path.rglob("*.zip*"))
 
 
@@ -848,15 +848,15 @@ def test_a_download_that_fails_says_whether_the_files_already_there_load(tmp_pat
     """Offline, beside a subset of the data (the fixture's, as the bundled ../shared/data): the failure says the
     files in place still serve the runs; with nothing in place it says only that the download failed."""
     def offline(*args, **kwargs):
-        raise datasets.urllib.error.URLError("Name or service not known")
+        raise downloads.urllib.error.URLError("Name or service not known")
 
-    monkeypatch.setattr(datasets.urllib.request, "urlopen", offline)
+    monkeypatch.setattr(downloads.urllib.request, "urlopen", offline)
     for name in ("cifar10", "omniglot"):
         with pytest.raises(DatasetMissing, match=f"could not download .*URLError.*the files already in {data_root} "
                                                  r"load as they are: .*\(train \d+, test \d+\)"):
-            datasets.download(name, data_root)
+            downloads.download(name, data_root)
     with pytest.raises(DatasetMissing, match="could not download") as caught:
-        datasets.download("cifar10", tmp_path / "empty")
+        downloads.download("cifar10", tmp_path / "empty")
     assert "load as they are" not in str(caught.value) and not (tmp_path / "empty").exists()
 
 
