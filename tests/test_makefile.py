@@ -1,0 +1,87 @@
+"""The Makefile's GPU session logic, run by `make` with Python and the clock stubbed: which sessions start,
+with which CUDA-graph setting, and the status the target exits with (a lent GPU's minutes are too scarce to find
+a wrong branch there)."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+
+# Stands in for Python: logs each call (with its MEMBENCH_CUDA_GRAPHS) and exits with the status the test gives
+# the graph checks (EBMM's, then the baselines', which name mann) and the sessions (EBMM's, then the one whose
+# archive is then.tgz).
+PYTHON_STUB = """#!/bin/sh
+echo "${MEMBENCH_CUDA_GRAPHS:-unset} $*" >> "$STUB_LOG"
+case "$*" in
+  *membench.graph_check*mann*) echo "stub: the baselines' graph check"; exit "$STUB_THEN_CHECK";;
+  *membench.graph_check*) echo "stub: EBMM's graph check"; exit 0;;
+  *then.tgz*) exit "$STUB_THEN";;
+  *"membench.cli session"*) exit "$STUB_EBMM";;
+esac
+exit 99
+"""
+# Stands in for `date +%s`: each call prints the next line of $STUB_CLOCK, the last one from then on.
+DATE_STUB = """#!/bin/sh
+head -1 "$STUB_CLOCK"
+rest=$(tail -n +2 "$STUB_CLOCK")
+if [ -n "$rest" ]; then printf '%s\\n' "$rest" > "$STUB_CLOCK"; fi
+"""
+
+
+def _session(tmp_path: Path, clock: list[int], ebmm: int = 0, then_check: int = 0, then: int = 0
+             ) -> tuple[int, str, list[str]]:
+    """`make gpu-table1-session` (TRAIN_S=100, THEN_MIN_S=60) with the stubs; (make's status, its output, the
+    stubbed Python's calls)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in (("python", PYTHON_STUB), ("date", DATE_STUB)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    (tmp_path / "clock").write_text("".join(f"{t}\n" for t in clock))
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "STUB_LOG": str(tmp_path / "log"),
+           "STUB_CLOCK": str(tmp_path / "clock"), "STUB_EBMM": str(ebmm), "STUB_THEN_CHECK": str(then_check),
+           "STUB_THEN": str(then), "MEMBENCH_GIT_COMMIT": "0" * 40, "MEMBENCH_GIT_DIRTY": "0"}
+    env.pop("MEMBENCH_CUDA_GRAPHS", None)
+    done = subprocess.run(["make", "-s", "-C", str(REPO_ROOT), "gpu-table1-session", f"OUT={tmp_path / 'out'}",
+                           f"PYTHON={bin_dir / 'python'}", "TRAIN_S=100", "THEN_MIN_S=60"],
+                          env=env, capture_output=True, text=True, timeout=60)
+    calls = (tmp_path / "log").read_text().splitlines() if (tmp_path / "log").exists() else []
+    return done.returncode, done.stdout + done.stderr, calls
+
+
+def _sessions(calls: list[str]) -> list[str]:
+    """Each session call as "GRAPHS which" (which: ebmm or then)."""
+    return [f"{call.split()[0]} {'then' if 'then.tgz' in call else 'ebmm'}" for call in calls
+            if "membench.cli session" in call]
+
+
+def test_the_baselines_train_after_ebmm_finishes_with_their_own_graph_setting(tmp_path):
+    status, output, calls = _session(tmp_path, [1000, 1000, 1010], then_check=1)  # their graphs differ
+    assert status == 0, output
+    assert _sessions(calls) == ["1 ebmm", "0 then"], calls  # EBMM's updates keep graphs, theirs run eagerly
+    assert "== 90 s of TRAIN_S left" in output and "replayed updates differed" in output
+
+
+def test_a_skipped_baselines_session_leaves_the_status_ebmms_whatever_their_graph_check_said(tmp_path):
+    """Time runs out during the baselines' graph check, which could not run (status 2): the target succeeded."""
+    status, output, calls = _session(tmp_path, [1000, 1000, 1090], then_check=2)
+    assert status == 0, output
+    assert _sessions(calls) == ["1 ebmm"] and "the baselines' session skipped: 10 s of TRAIN_S left" in output
+
+
+@pytest.mark.parametrize("ebmm, then, sessions, error", [
+    (3, 0, ["1 ebmm"], "Error 3"),              # EBMM paused: no baselines' session, its status
+    (0, 3, ["1 ebmm", "1 then"], "Error 3"),    # the baselines' session paused: its status
+    (0, 1, ["1 ebmm", "1 then"], "Error 1"),
+])
+def test_the_target_exits_with_the_last_session_that_ran(tmp_path, ebmm, then, sessions, error):
+    status, output, calls = _session(tmp_path, [1000, 1000, 1000], ebmm=ebmm, then=then)
+    assert status != 0 and error in output, output
+    assert _sessions(calls) == sessions, calls
