@@ -41,8 +41,8 @@ def checked_specs(specs: list[RunSpec]) -> list[RunSpec]:
     over their budget (OverBudgetError), before any work; a model that is not trained gets DEFAULT_PRESET (one
     run id whatever built-in preset --preset names; a name no model of the run knows is refused) and none of the
     train.* options (those of meta-training: a suite's learned models take them, its others run as they are).
-    Every model is built once per model, preset, options, task and budget (cheap, untrained), so an option it
-    does not take is refused here too. An int given for a float option is made that float (one run, whichever
+    Every model is built once per model, preset, options, task and budget, untrained (seconds for a command of
+    large learned models, such as the gpu presets at every N), so an option it does not take is refused here too. An int given for a float option is made that float (one run, whichever
     was typed)."""
     checked, built = [], set()
     any_trained = any(resolve_model(spec.model).trainable for spec in specs)

@@ -264,6 +264,27 @@ def test_readme_sized_example_takes_the_budget_and_its_options_on_both_tasks(tmp
     assert points == [(3072, 3, 3072), (8192, 8, 8192)]
 
 
+def test_list_shows_the_options_of_a_sized_model_that_cannot_take_table1s_task(tmp_path, monkeypatch):
+    """A model of images only, sized by its from_spec, raises its own error on the binary task: `list` still shows
+    its options, without the column of what from_spec sets at Table 1's budget."""
+    (tmp_path / "images_only.py").write_text(
+        "from membench import AssociativeMemory\n\n\n"
+        "class Blocks(AssociativeMemory):\n"
+        "    def __init__(self, spec, width: int = 4):\n"
+        "        super().__init__()\n"
+        "        self.channels, self.height, self.width = spec.pattern_shape\n\n"
+        "    @classmethod\n"
+        "    def from_spec(cls, spec, budget, preset='quick', **options):\n"
+        "        return cls(spec, **options)\n\n"
+        "    def memory_floats(self, spec):\n        return 0\n\n"
+        "    def write(self, patterns):\n        return patterns[:, :0].clone()\n\n"
+        "    def read(self, state, queries):\n        return queries.clone()\n")
+    monkeypatch.chdir(tmp_path)
+    listed = CliRunner().invoke(main, ["list", "--model", "images_only:Blocks"])
+    assert listed.exit_code == 0 and re.search(r"\| width +\| 4 +\|$", listed.output, re.M), listed.output
+    assert "from_spec at" not in listed.output
+
+
 def test_figures_draw_a_model_of_yours_only_as_its_record_was_made(tmp_path, monkeypatch, data_root):
     """The grid of a model from outside membench is drawn with the code that made its record: after an edit it is
     skipped, with the reason; a read that fails while drawing is one line naming its line and --no-grids."""

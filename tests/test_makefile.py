@@ -12,7 +12,8 @@ import pytest
 
 from tests.conftest import REPO_ROOT
 
-pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+pytestmark = pytest.mark.skipif(shutil.which("make") is None or shutil.which("timeout") is None,
+                                reason="needs make and coreutils' timeout")
 
 # Stands in for Python: logs each call (with its MEMBENCH_CUDA_GRAPHS) and exits with the status the test gives
 # the graph checks (EBMM's, then the baselines', which name mann) and the sessions (EBMM's, then the one whose
@@ -37,8 +38,9 @@ if [ -n "$rest" ]; then printf '%s\\n' "$rest" > "$STUB_CLOCK"; fi
 
 def _session(tmp_path: Path, clock: list[int], ebmm: int = 0, then_check: int = 0, then: int = 0
              ) -> tuple[int, str, list[str]]:
-    """`make gpu-table1-session` (TRAIN_S=100, THEN_MIN_S=60) with the stubs; (make's status, its output, the
-    stubbed Python's calls)."""
+    """`make gpu-table1-session` (TRAIN_S=100, THEN_MIN_S=60, the baselines mann and dnc; every variable the
+    target reads given, so none comes from the caller's environment) with the stubs; (make's status, its
+    output, the stubbed Python's calls)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for name, text in (("python", PYTHON_STUB), ("date", DATE_STUB)):
@@ -50,7 +52,8 @@ def _session(tmp_path: Path, clock: list[int], ebmm: int = 0, then_check: int = 
            "STUB_THEN": str(then), "MEMBENCH_GIT_COMMIT": "0" * 40, "MEMBENCH_GIT_DIRTY": "0"}
     env.pop("MEMBENCH_CUDA_GRAPHS", None)
     done = subprocess.run(["make", "-s", "-C", str(REPO_ROOT), "gpu-table1-session", f"OUT={tmp_path / 'out'}",
-                           f"PYTHON={bin_dir / 'python'}", "TRAIN_S=100", "THEN_MIN_S=60"],
+                           f"PYTHON={bin_dir / 'python'}", "TRAIN_S=100", "THEN_MIN_S=60", "GRACE=120",
+                           "TABLE1_THEN=mann dnc", "TABLE1_TIMING=0", "GRAPH_CHECK_ARGS=", "GPU_DEVICE=cuda"],
                           env=env, capture_output=True, text=True, timeout=60)
     calls = (tmp_path / "log").read_text().splitlines() if (tmp_path / "log").exists() else []
     return done.returncode, done.stdout + done.stderr, calls

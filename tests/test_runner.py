@@ -150,6 +150,19 @@ class GrowsWithN(Crashing):
         return patterns.flatten(1)
 
 
+class LearnedGrowsWithN(Recorder):
+    """Learned, and keeps the patterns themselves: within Table 1's budget at N = 16 (2048), over it at 96."""
+
+    def memory_floats(self, spec: TaskSpec) -> int:
+        return spec.num_patterns * spec.pattern_size
+
+    def write(self, patterns):
+        return patterns.flatten(1)
+
+    def read(self, state, queries):
+        return queries.clamp(0, 1)
+
+
 class OversizedLearned(Recorder):
     """Learned, and declares more than any budget: refused before a single update."""
 
@@ -172,6 +185,15 @@ def test_a_learned_model_over_budget_is_refused_before_it_trains(tmp_path, monke
         run_all(_specs(f"{__name__}:OversizedLearned", num_patterns=(16,)), tmp_path / "out", device="cpu",
                 checkpoint_dir=tmp_path / "checkpoints", progress=False)
     assert Recorder.trained_on == []  # no update
+    assert not list((tmp_path / "checkpoints").rglob("*.pt")) and ResultsStore(tmp_path / "out").records() == []
+
+
+def test_a_learned_model_over_budget_at_a_later_n_trains_at_none(tmp_path, monkeypatch):
+    monkeypatch.setattr(Recorder, "trained_on", [])
+    with pytest.raises(OverBudgetError, match=r"LearnedGrowsWithN.*12288.*N=96.*8256"):
+        run_all(_specs(f"{__name__}:LearnedGrowsWithN", num_patterns=(16, 96)), tmp_path / "out", device="cpu",
+                checkpoint_dir=tmp_path / "checkpoints", progress=False)
+    assert Recorder.trained_on == []  # not at N = 16 either
     assert not list((tmp_path / "checkpoints").rglob("*.pt")) and ResultsStore(tmp_path / "out").records() == []
 
 
