@@ -104,9 +104,10 @@ def _sized_at_table1(cls: type) -> dict[str, str] | None:
         return None
     try:
         model = cls.from_spec(make_task({**PAPER_TASK, "num_patterns": 64}).spec, TABLE1_BUDGET)
+        config = model.config()
     except Exception:  # noqa: BLE001 (e.g. a model of images only, whatever it raises: the column is left out)
         return None
-    values = {**{name: getattr(model, name) for name in vars(model) if not name.startswith("_")}, **model.config()}
+    values = {**{name: getattr(model, name) for name in vars(model) if not name.startswith("_")}, **config}
     return {name: value if isinstance(value, str) else json.dumps(value) for name, value in values.items()
             if isinstance(value, (bool, int, float, str, list, tuple))}
 
