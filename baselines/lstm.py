@@ -48,8 +48,8 @@ PRESETS: dict[str, Preset] = {
     "gpu": Preset(LSTMConfig(hidden_size=None),
                   TrainConfig(steps=30_000, batch_size=128, lr=1e-4, clip_norm=1.0, cosine_decay=True, log_every=50,
                               checkpoint_every=250, num_patterns=TABLE1_NUM_PATTERNS, cuda_graph=True)),
-    # GPU: the full budget, hidden 4128 (h + c = 8256), EBMM paper's 200,000 updates (App. D: baselines
-    # made at least EBMM's updates) of twice its episodes
+    # GPU: the full budget, hidden 4128 (h + c = 8256), the paper presets' 200,000 updates (a tenth of App. D's
+    # 2e6; baselines made at least EBMM's updates) of twice EBMM's paper-preset episodes
     "paper": Preset(LSTMConfig(hidden_size=None),
                     TrainConfig(steps=200_000, batch_size=64, lr=1e-4, clip_norm=1.0,
                                 log_every=100, checkpoint_every=1000, num_patterns=TABLE1_NUM_PATTERNS)),

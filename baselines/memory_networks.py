@@ -71,8 +71,8 @@ PRESETS: dict[str, Preset] = {
     "gpu": Preset(MemNetConfig(), TrainConfig(steps=30_000, batch_size=128, lr=1e-3, clip_norm=1.0, cosine_decay=True,
                                               log_every=50, checkpoint_every=250, num_patterns=TABLE1_NUM_PATTERNS,
                                               cuda_graph=True)),
-    # GPU scale: EBMM paper's 200,000 updates (App. D: baselines made at least EBMM's updates), bigger
-    # batches, a lower learning rate
+    # GPU scale: the paper presets' 200,000 updates (a tenth of App. D's 2e6; baselines made at least EBMM's
+    # updates), bigger batches, a lower learning rate
     "paper": Preset(MemNetConfig(), TrainConfig(steps=200_000, batch_size=64, lr=2e-4, clip_norm=1.0,
                                                 log_every=100, checkpoint_every=2000, num_patterns=TABLE1_NUM_PATTERNS)),
 }

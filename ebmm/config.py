@@ -125,7 +125,8 @@ PRESETS: dict[str, Preset] = {
                              learn_write_norm=True, elementwise_write_lr=True),
                   TrainConfig(steps=30_000, batch_size=128, lr=3e-3, cosine_decay=True, clip_norm=1.0, log_every=50,
                               checkpoint_every=250, num_patterns=TABLE1_NUM_PATTERNS, cuda_graph=True)),
-    # GPU scale: the paper's architecture and optimiser (App. B.1, D). Initial rates: softplus -> 1e-4
+    # GPU scale: the paper's architecture and optimiser (App. B.1, D), 200,000 updates (a tenth of App. D's 2e6
+    # or one week; every paper preset trains as long). Initial rates: softplus -> 1e-4
     # leaves the written field ~1e-6 (no learning signal), and a first read step above ~1 saturates
     # every bit of the 1024-unit energy, so writing starts at 0.3 and reading at 1.0.
     "paper": Preset(EBMMConfig(write_steps=3, write_lr_init=0.3, read_step_init=1.0),
