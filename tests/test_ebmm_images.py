@@ -34,6 +34,29 @@ def test_paper_conv_memory_is_1154_d(d):
         check_declared(model, CIFAR, 1154 * d - 1, "ebmm")
 
 
+def _gain(layer: torch.nn.Module) -> float:
+    """A layer's weight standard deviation times the square root of its fan-in: He's gain (ReLU: sqrt 2)."""
+    weight = layer.weight
+    return float(weight.std() * (weight[0].numel() ** 0.5))
+
+
+@pytest.mark.parametrize("energy", ["resnet_fc", "resnet_conv"])
+def test_image_energies_start_their_relu_layers_at_hes_gain_and_their_gated_layers_at_gain_1(energy):
+    """App. D's He init: the ReLU layers (the FC energy's shared encoder; the conv energy's stem and bottlenecks,
+    writable convolutions too) at gain sqrt 2, the tanh/sigmoid hops and readout at gain 1, in both energies."""
+    torch.manual_seed(0)
+    model = EBMM.from_spec(CIFAR, 1154 * 8 if energy == "resnet_conv" else 257 * 32, "gpu", energy=energy,
+                           memory_size=8 if energy == "resnet_conv" else 32)
+    net = model.energy
+    relu = [net.encoder.blocks[1].conv1] if energy == "resnet_fc" else [
+        net.stem[1].conv1, net.block1.reduce, net.block1.static, net.block2.memory]
+    gated = [net.gate, net.readout[0]]
+    for layer in relu:
+        assert _gain(layer) == pytest.approx(2 ** 0.5, rel=0.1), f"{layer} is not at He's ReLU gain"
+    for layer in gated:
+        assert _gain(layer) == pytest.approx(1.0, rel=0.1), f"{layer} is not at gain 1"
+
+
 def test_quick_conv_memory_is_578_d_and_state_is_the_writable_convolutions():
     model = EBMM.from_spec(OMNIGLOT, 578 * 6, "quick", energy="resnet_conv", memory_size=6)
     assert model.memory_floats(OMNIGLOT) == 578 * 6
