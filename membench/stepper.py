@@ -38,6 +38,7 @@ from membench.store import warn
 
 GRAPH_WARMUP = 3  # eager updates on a side stream before a capture (required by CUDA graphs)
 GRAPHS_ENV = "MEMBENCH_CUDA_GRAPHS"  # "0": no graphs whatever the preset says (make gpu-graph-check failed)
+GRAPHS_OFF_ENV = "MEMBENCH_CUDA_GRAPHS_OFF"  # model names, space-separated: no graphs for these (their check differed)
 
 
 @dataclass
@@ -98,7 +99,8 @@ class Stepper:
             warn("precision bf16 on a CPU without bfloat16 matrix instructions (no AMX or AVX-512 BF16) emulates "
                  "them: EBMM's quick update ran 12x slower than float32 on such a CPU "
                  "(results/bench/throughput_equal_work.txt); use --option train.precision=float32 here")
-        self.graphs_on = bool(config.cuda_graph) and device.type == "cuda" and os.environ.get(GRAPHS_ENV) != "0"
+        self.graphs_on = (bool(config.cuda_graph) and device.type == "cuda" and os.environ.get(GRAPHS_ENV) != "0"
+                          and getattr(model, "name", None) not in os.environ.get(GRAPHS_OFF_ENV, "").split())
         lr = torch.tensor(config.lr, device=device) if self.graphs_on else config.lr
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=config.weight_decay,
                                            capturable=self.graphs_on)

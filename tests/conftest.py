@@ -19,7 +19,8 @@ def _isolated(monkeypatch, tmp_path):
     from membench import checkpoints, datasets
 
     monkeypatch.setenv("MEMBENCH_CACHE", str(tmp_path / "cache"))
-    for name in ("MEMBENCH_CUDA_GRAPHS", "MEMBENCH_DATA", "MEMBENCH_GIT_COMMIT", "MEMBENCH_GIT_DIRTY"):
+    for name in ("MEMBENCH_CUDA_GRAPHS", "MEMBENCH_CUDA_GRAPHS_OFF", "MEMBENCH_DATA", "MEMBENCH_GIT_COMMIT",
+                 "MEMBENCH_GIT_DIRTY"):
         monkeypatch.delenv(name, raising=False)  # a session's or a user's switches, not the tests'
     monkeypatch.setattr(datasets, "_data_dir_override", None)
     monkeypatch.setattr(checkpoints, "SHIPPED_CHECKPOINTS", tmp_path / "shipped")

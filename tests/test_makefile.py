@@ -15,13 +15,14 @@ from tests.conftest import REPO_ROOT
 pytestmark = pytest.mark.skipif(shutil.which("make") is None or shutil.which("timeout") is None,
                                 reason="needs make and coreutils' timeout")
 
-# Stands in for Python: logs each call (with its MEMBENCH_CUDA_GRAPHS) and exits with the status the test gives
-# the graph checks (EBMM's, then the baselines', which name mann) and the sessions (EBMM's, then the one whose
-# archive is then.tgz).
+# Stands in for Python: logs each call (with its MEMBENCH_CUDA_GRAPHS and, comma-separated, MEMBENCH_CUDA_GRAPHS_OFF)
+# and exits with the status the test gives the graph checks (EBMM's, then the baselines', which name mann and may
+# name the models whose graphs differed) and the sessions (EBMM's, then the one whose archive is then.tgz).
 PYTHON_STUB = """#!/bin/sh
-echo "${MEMBENCH_CUDA_GRAPHS:-unset} $*" >> "$STUB_LOG"
+echo "${MEMBENCH_CUDA_GRAPHS:-unset} off=$(echo $MEMBENCH_CUDA_GRAPHS_OFF | tr ' ' ,) $*" >> "$STUB_LOG"
 case "$*" in
-  *membench.graph_check*mann*) echo "stub: the baselines' graph check"; exit "$STUB_THEN_CHECK";;
+  *membench.graph_check*mann*) echo "stub: the baselines' graph check"
+    if [ -n "$STUB_THEN_OFF" ]; then echo "graphs off for: $STUB_THEN_OFF"; fi; exit "$STUB_THEN_CHECK";;
   *membench.graph_check*) echo "stub: EBMM's graph check"; exit 0;;
   *then.tgz*) exit "$STUB_THEN";;
   *"membench.cli session"*) exit "$STUB_EBMM";;
@@ -36,8 +37,8 @@ if [ -n "$rest" ]; then printf '%s\\n' "$rest" > "$STUB_CLOCK"; fi
 """
 
 
-def _session(tmp_path: Path, clock: list[int], ebmm: int = 0, then_check: int = 0, then: int = 0
-             ) -> tuple[int, str, list[str]]:
+def _session(tmp_path: Path, clock: list[int], ebmm: int = 0, then_check: int = 0, then: int = 0,
+             then_off: str = "") -> tuple[int, str, list[str]]:
     """`make gpu-table1-session` (TRAIN_S=100, THEN_MIN_S=60, the baselines mann and dnc; every variable the
     target reads given, so none comes from the caller's environment) with the stubs; (make's status, its
     output, the stubbed Python's calls)."""
@@ -49,8 +50,10 @@ def _session(tmp_path: Path, clock: list[int], ebmm: int = 0, then_check: int = 
     (tmp_path / "clock").write_text("".join(f"{t}\n" for t in clock))
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "STUB_LOG": str(tmp_path / "log"),
            "STUB_CLOCK": str(tmp_path / "clock"), "STUB_EBMM": str(ebmm), "STUB_THEN_CHECK": str(then_check),
-           "STUB_THEN": str(then), "MEMBENCH_GIT_COMMIT": "0" * 40, "MEMBENCH_GIT_DIRTY": "0"}
-    env.pop("MEMBENCH_CUDA_GRAPHS", None)
+           "STUB_THEN": str(then), "STUB_THEN_OFF": then_off, "MEMBENCH_GIT_COMMIT": "0" * 40,
+           "MEMBENCH_GIT_DIRTY": "0"}
+    for name in ("MEMBENCH_CUDA_GRAPHS", "MEMBENCH_CUDA_GRAPHS_OFF"):
+        env.pop(name, None)
     done = subprocess.run(["make", "-s", "-C", str(REPO_ROOT), "gpu-table1-session", f"OUT={tmp_path / 'out'}",
                            f"PYTHON={bin_dir / 'python'}", "TRAIN_S=100", "THEN_MIN_S=60", "GRACE=120",
                            "TABLE1_THEN=mann dnc", "TABLE1_TIMING=0", "GRAPH_CHECK_ARGS=", "GPU_DEVICE=cuda"],
@@ -59,9 +62,9 @@ def _session(tmp_path: Path, clock: list[int], ebmm: int = 0, then_check: int = 
     return done.returncode, done.stdout + done.stderr, calls
 
 
-def _sessions(calls: list[str]) -> list[str]:
-    """Each session call as "GRAPHS which" (which: ebmm or then)."""
-    return [f"{call.split()[0]} {'then' if 'then.tgz' in call else 'ebmm'}" for call in calls
+def _sessions(calls: list[str], off: bool = False) -> list[str]:
+    """Each session call as "GRAPHS which" (which: ebmm or then), with off: "GRAPHS off=MODELS which"."""
+    return [f"{' '.join(call.split()[:2 if off else 1])} {'then' if 'then.tgz' in call else 'ebmm'}" for call in calls
             if "membench.cli session" in call]
 
 
@@ -70,6 +73,15 @@ def test_the_baselines_train_after_ebmm_finishes_with_their_own_graph_setting(tm
     assert status == 0, output
     assert _sessions(calls) == ["1 ebmm", "0 then"], calls  # EBMM's updates keep graphs, theirs run eagerly
     assert "== 90 s of TRAIN_S left" in output and "replayed updates differed" in output
+
+
+def test_only_the_baselines_whose_graphs_differed_train_eagerly(tmp_path):
+    """The baselines' check names dnc alone ("graphs off for: dnc", status 1): their session keeps graphs on,
+    dnc's off by name (MEMBENCH_CUDA_GRAPHS_OFF); EBMM's session had neither."""
+    status, output, calls = _session(tmp_path, [1000, 1000, 1010], then_check=1, then_off="dnc")
+    assert status == 0, output
+    assert _sessions(calls, off=True) == ["1 off= ebmm", "1 off=dnc then"], calls
+    assert "CUDA graphs off for dnc this session" in output
 
 
 def test_a_skipped_baselines_session_leaves_the_status_ebmms_whatever_their_graph_check_said(tmp_path):

@@ -11,7 +11,8 @@ from click.testing import CliRunner
 
 from membench.cli import main
 from membench.errors import MembenchError, TrainingDiverged
-from membench.interface import TrainConfig
+from membench.budget import TABLE1_BUDGET
+from membench.interface import TaskSpec, TrainConfig
 from membench.stepper import Stepper
 from membench.tasks import BinaryTask
 from membench.throughput import COLUMNS, run_specs
@@ -306,6 +307,47 @@ def test_the_graph_check_compares_every_case_and_names_what_differs(capsys):
     assert [line.split(":")[0] for line in found] == list(graph_check.CASES)
     if not torch.cuda.is_available():
         assert graph_check.main([]) == 2 and "no CUDA device here" in capsys.readouterr().out
+
+
+def test_the_graph_check_compares_what_each_update_returned_and_names_the_models_to_run_eagerly(capsys,
+                                                                                             monkeypatch):
+    """Each update's loss, finite flag and retrievals are compared as well as the final weights (a replayed
+    update that returned a stale loss is found though the weights agree), and a failed check's last line names
+    the failing cases' models, each once (EBMM's three cases are one model)."""
+    from membench import graph_check
+
+    eager, captured = graph_check.updated("mann", torch.device("cpu"), False)
+    assert captured == 0 and {"update 1 loss", "update 5 finite", "update 3 retrievals"} <= set(eager)
+    assert eager["update 2 retrievals"].shape[1] == graph_check.BINARY.num_patterns // 2  # the second shape's N
+
+    def stale_loss(name, device, graphs):
+        seen = dict(eager)
+        if graphs:
+            seen["update 2 loss"] = seen["update 1 loss"]
+        return seen, 2
+
+    (line,) = graph_check.mismatches(torch.device("cpu"), run=stale_loss, cases={"mann": None})
+    assert line.startswith("mann: update 2 loss differs"), line
+    assert graph_check.off_models(["resnet_conv: x differs", "gated_rnn: y differs", "dnc: z differs"],
+                                  {**graph_check.CASES, **graph_check.BASELINE_CASES}) == ["ebmm", "dnc"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(graph_check, "mismatches", lambda *args, **kwargs: ["dnc: update 1 loss differs (...)"])
+    assert graph_check.main(["mann", "dnc"]) == 1
+    assert capsys.readouterr().out.splitlines() == ["graph check: dnc: update 1 loss differs (...)",
+                                                    "graphs off for: dnc"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_models_named_in_membench_cuda_graphs_off_update_eagerly(monkeypatch):
+    """MEMBENCH_CUDA_GRAPHS_OFF (set by the sessions for the models whose graph check differed) turns graphs off
+    for the models it names alone."""
+    from membench.registry import resolve_model
+
+    monkeypatch.setenv("MEMBENCH_CUDA_GRAPHS_OFF", "ebmm dnc")
+    config, device = TrainConfig(lr=1e-3, cuda_graph=True), torch.device("cuda")
+    for name, on in (("dnc", False), ("mann", True)):
+        model = resolve_model(name).from_spec(TaskSpec((128,), 8, True), TABLE1_BUDGET, "gpu").to(device)
+        assert Stepper(model, config, device).graphs_on is on, name
 
 
 def test_the_graph_check_checks_the_cases_a_session_names(capsys, monkeypatch):
