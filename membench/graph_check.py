@@ -2,7 +2,8 @@
 
 Small EBMMs (the gated-RNN energy on 128-bit patterns, both image energies), or with `--baselines` the
 learned baselines that GPU sessions train (their gpu presets on 128-bit patterns), or the cases named
-(`python -m membench.graph_check mann dnc`: the sessions name what they train), make
+(`python -m membench.graph_check mann dnc`: the sessions name what they train; `mann_images` and
+`memory_networks_images`, the image gpu presets Figure 3's sessions train, on small images), make
 five AdamW updates on batches of two shapes, so two graphs share the stepper's one memory pool and
 replay in turn; the weights after the five must equal those of the same updates run eagerly (float32,
 torch.testing's tolerances: replayed updates round a little differently, capturable AdamW dividing where the
@@ -40,6 +41,8 @@ CASES: dict[str, tuple[TaskSpec, str, dict]] = {  # name -> (task, model, option
 }
 BASELINE_CASES: dict[str, tuple[TaskSpec, str, dict]] = {  # the learned baselines whose gpu presets GPU sessions
     name: (BINARY, name, {}) for name in ("mann", "differentiable_plasticity", "dnc", "kanerva_machine")}  # train
+IMAGE_BASELINE_CASES: dict[str, tuple[TaskSpec, str, dict]] = {  # their image gpu presets (the shared codec), which
+    f"{name}_images": (IMAGE, name, {}) for name in ("mann", "memory_networks")}  # Figure 3's sessions train
 
 
 def _batch(spec: TaskSpec, num_patterns: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,10 +64,11 @@ def updated(name: str, device: torch.device, graphs: bool) -> tuple[dict[str, to
     captured."""
     from membench.registry import resolve_model
 
-    spec, model_name, options = {**CASES, **BASELINE_CASES}[name]
+    spec, model_name, options = {**CASES, **BASELINE_CASES, **IMAGE_BASELINE_CASES}[name]
     generator = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
-    budget = 10**6 if model_name == "ebmm" else TABLE1_BUDGET  # the baselines sized as they train
+    budget = 10**6 if model_name == "ebmm" else TABLE1_BUDGET  # Table 1's baselines as they train (images: a
+    # Figure 3 size)
     model = resolve_model(model_name).from_spec(spec, budget, "quick" if options else "gpu", **options).to(device)
     stepper = Stepper(model, TrainConfig(lr=1e-3, clip_norm=1.0, cuda_graph=graphs), device)
     seen = {}
@@ -102,7 +106,7 @@ def chosen_cases(args: list[str]) -> dict[str, tuple[TaskSpec, str, dict]]:
         return CASES
     if args == ["--baselines"]:
         return BASELINE_CASES
-    known = {**CASES, **BASELINE_CASES}
+    known = {**CASES, **BASELINE_CASES, **IMAGE_BASELINE_CASES}
     if "--baselines" in args:
         raise MembenchError("graph check: --baselines names the baselines' cases itself; give it alone, or case "
                             f"names among {', '.join(known)}")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -299,6 +300,7 @@ def test_the_graph_check_compares_every_case_and_names_what_differs(capsys):
 
     assert graph_check.mismatches(torch.device("cpu")) == []
     assert graph_check.mismatches(torch.device("cpu"), cases=graph_check.BASELINE_CASES) == []
+    assert graph_check.mismatches(torch.device("cpu"), cases=graph_check.IMAGE_BASELINE_CASES) == []
 
     def drifting(name, device, graphs):  # replayed weights off by 1e-3
         return {"weight": torch.full((3,), 1e-3 if graphs else 0.0)}, 2
@@ -368,6 +370,12 @@ def test_the_graph_check_checks_the_cases_a_session_names(capsys, monkeypatch):
     makefile = (Path(__file__).parent.parent / "Makefile").read_text()
     (line,) = [line for line in makefile.splitlines() if line.startswith("BASELINES_GPU ?=")]
     assert set(line.split("?=")[1].split()) <= set(graph_check.BASELINE_CASES)  # (the Kanerva machine's is done)
+    (line,) = [line for line in makefile.splitlines() if line.startswith("FIG3_GRAPH_CASES =")]
+    fig3_cases = graph_check.chosen_cases(line.split("=")[1].split())
+    (training,) = [line for line in makefile.splitlines() if '--run "$(FIG3_GPU)' in line]
+    trained = {"ebmm"} | set(re.findall(r"--model (\w+)", training))  # EBMM timed, the others trained
+    assert trained == {model for _, model, _ in fig3_cases.values()}, "a Figure 3 session model has no graph case"
+    assert {spec.pattern_shape for spec, model, _ in fig3_cases.values() if model != "ebmm"} == {(3, 16, 16)}
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -378,3 +386,4 @@ def test_cuda_graph_updates_equal_eager_ones_for_every_energy():
 
     assert graph_check.mismatches(torch.device("cuda")) == []
     assert graph_check.mismatches(torch.device("cuda"), cases=graph_check.BASELINE_CASES) == []
+    assert graph_check.mismatches(torch.device("cuda"), cases=graph_check.IMAGE_BASELINE_CASES) == []
