@@ -180,9 +180,10 @@ class ResNetConvEnergy(nn.Module):
         self.candidate = nn.Conv2d(width + hidden, hidden, 3, padding=1)
         self.gate = nn.Conv2d(width + hidden, hidden, 3, padding=1)
         self.readout = nn.Sequential(nn.Linear(hidden * self.grid**2, readout), nn.Tanh(), nn.Linear(readout, 1))
-        he_init(self, "linear")  # the gated hops and the readout (tanh and sigmoid), as the FC energy's
-        for relu_part in (self.stem, self.block1, self.block2):  # ReLU layers at He's gain, as the shared encoder's
-            he_init(relu_part, "relu")
+        # Every layer at gain 1, its ReLU stem and bottlenecks too (App. D says He init; the FC energy's shared encoder
+        # has He's ReLU gain, then a LayerNorm): with He's gain on them the CPU smoke point learned less in both seeds
+        # tried (results/diagnostics/ebmm-conv-init)
+        he_init(self, "linear")
 
     @torch.no_grad()
     def initialise(self, images: torch.Tensor) -> None:
