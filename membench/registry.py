@@ -31,6 +31,7 @@ BUILTIN_MODELS: dict[str, str] = {
     "hopfield_pseudoinverse": "baselines.hopfield:PseudoInverseHopfield",
     "raw_slots": "baselines.raw_slots:RawSlotMemory",
     "passthrough": "baselines.passthrough:PassThrough",
+    "mean_fill": "baselines.mean_fill:MeanFill",
     "modern_hopfield": "baselines.modern_hopfield:ModernHopfield",
     "dense_associative_memory": "baselines.dense_am:DenseAssociativeMemory",
     "universal_hopfield": "baselines.universal_hopfield:UniversalHopfield",

@@ -46,7 +46,8 @@ class Curve:
 #             at about 68 * w): Omniglot w = 17, 33, 67, 207 (paper: + 25, 26, 50, 135, 271) -> 1.15k ... 13.31k;
 #             CIFAR w = 15, 31, 95, 191 (paper: + 23, 47) -> 1.02k ... 12.29k
 # raw_slots (whole images, nearest neighbour on the known pixels) is the untrained reference;
-# passthrough (the query returned unchanged, 0 floats) is the floor: what the corruption costs.
+# passthrough (the query returned unchanged, 0 floats) is the floor: what the corruption costs; mean_fill (the
+# block filled with the query's known mean, 0 floats) what a read gets from the query alone.
 def _ebmm_points(energy: str, floats_per_unit: int, units: tuple[int, ...]) -> Points:
     return tuple(({"energy": energy, "memory_size": d}, floats_per_unit * d) for d in units)
 
@@ -71,6 +72,7 @@ def _image_curves(pattern_floats: int, raw_counts: tuple[int, ...], mann_gpu: tu
         "MANN": Curve("mann", mann),
         "raw_slots": Curve("raw_slots", {"*": tuple(({}, pattern_floats * count) for count in raw_counts)}),
         "passthrough": Curve("passthrough", {"*": (({}, 0),)}),
+        "mean_fill": Curve("mean_fill", {"*": (({}, 0),)}),
     }
 
 

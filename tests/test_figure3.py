@@ -19,6 +19,25 @@ from membench.suites import get_suite
 from tests.conftest import REPO_ROOT, exited_cleanly
 
 
+def test_mean_fill_fills_each_erased_entry_with_its_querys_known_mean_and_refuses_noise():
+    """The 0-float reference: known entries returned unchanged, erased ones (at the fill value) set to the mean of
+    the same query's known entries in their channel; a task whose corruption may change any entry is refused."""
+    import torch
+
+    from baselines.mean_fill import MeanFill
+    from membench.interface import TaskSpec
+
+    spec = TaskSpec(pattern_shape=(2, 2, 2), num_patterns=1, binary=False)
+    query = torch.tensor([[0.2, 0.5], [0.4, 0.5]]).expand(2, 2, 2).clone()  # channel 1 then 2, one erased each row
+    query[1] = torch.tensor([[0.5, 0.5], [0.5, 0.5]])                          # channel 2 wholly erased
+    read = MeanFill(spec).read(MeanFill(spec).write(query[None, None]), query[None, None])[0, 0]
+    expected = torch.tensor([[[0.2, 0.3], [0.4, 0.3]], [[0.5, 0.5], [0.5, 0.5]]])  # none known: the fill value kept
+    torch.testing.assert_close(read, expected)
+    assert MeanFill(spec).memory_floats(spec) == 0
+    with pytest.raises(MembenchError, match="mean_fill fills the erased entries.*use passthrough"):
+        MeanFill(TaskSpec(pattern_shape=(1, 4, 4), num_patterns=1, binary=False, clamp_known=False))
+
+
 def test_sweep_suite_expands_points(data_root):
     suite = get_suite("fig3-omniglot")
     specs = suite.expand("fig3-omniglot", ("raw_slots",), (0, 1), suite.queries, "quick", num_patterns=(16,))
