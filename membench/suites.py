@@ -150,14 +150,15 @@ def task_refusal(spec: RunSpec) -> str | None:
 
 # Image capacity (capacity-omniglot, capacity-cifar): the budget holds IMAGE_CAPACITY_IMAGES whole images, N runs
 # past it. Corruptions, one task each (ImageTask arguments); the 0-float passthrough (the query returned
-# unchanged) runs beside the memories as the floor: what the corruption alone costs.
+# unchanged) runs beside the memories as the floor, what the corruption alone costs, and so does the 0-float
+# mean_fill (erased pixels set to the query's known mean) where the erased pixels are known (not under noise).
 # - the 16x16 block of Figure 3 (256 of 1024 pixel positions);
 # - a random half of the pixel positions masked: the fraction of UHN's half-image masking (Millidge et al. 2022),
 #   scattered instead of contiguous, and twice the block's pixels, so it is a harder test and not a repeat of it;
 # - Gaussian noise sigma 0.2 on every value, between UHN's example (0.1) and the default sigma of its capacity
 #   code (0.5): on CIFAR-10 a query returned as is then costs about as much as under the mask (about 100 squared
 #   error per image; the block about 46), but no entry may be trusted; on Omniglot about 6 of 1024 pixels cross 0.5
-IMAGE_CAPACITY_MODELS = CAPACITY_MODELS + ("passthrough",)
+IMAGE_CAPACITY_MODELS = CAPACITY_MODELS + ("passthrough", "mean_fill")
 IMAGE_CAPACITY_NUM_PATTERNS = (16, 32, 64, 128, 256)
 IMAGE_CAPACITY_IMAGES = 64
 IMAGE_CORRUPTIONS: tuple[dict[str, Any], ...] = ({"block": 16}, {"block": 0, "mask": 0.5}, {"block": 0, "noise": 0.2})

@@ -179,13 +179,16 @@ def test_capacity_figures_on_a_tiny_run(tmp_path, one_thread):
 def test_image_suites_expand_without_the_models_that_refuse(data_root):
     corruptions = {json.dumps(c, sort_keys=True) for c in IMAGE_CORRUPTIONS}
     accepted = {"capacity-omniglot": ({"raw_slots", "modern_hopfield", "universal_hopfield", "dense_associative_memory",
-                                       "sparse_distributed_memory", "passthrough"}, 64 * 1024),
-                "capacity-cifar": ({"raw_slots", "modern_hopfield", "universal_hopfield", "passthrough"}, 64 * 3072)}
+                                       "sparse_distributed_memory", "passthrough", "mean_fill"}, 64 * 1024),
+                "capacity-cifar": ({"raw_slots", "modern_hopfield", "universal_hopfield", "passthrough", "mean_fill"},
+                                   64 * 3072)}
     all_specs = []
     for name, (models, budget) in accepted.items():
         specs = CAPACITY_SUITES[name].expand(name, None, (0, 1), 64, "quick", num_patterns=(8, 16))
         assert {s.model for s in specs} == models                          # Hopfield rules (and SDM, dense AM on
-        assert len(specs) == len(models) * len(IMAGE_CORRUPTIONS) * 2 * 2  # CIFAR-10) refuse the task: left out
+        # CIFAR-10) refuse the task: left out; mean_fill refuses the noise task alone (no erased pixel to find)
+        assert len(specs) == (len(models) * len(IMAGE_CORRUPTIONS) - 1) * 2 * 2
+        assert {s.task.get("noise", 0) for s in specs if s.model == "mean_fill"} == {0}
         assert {s.budget for s in specs} == {budget}                        # 64 whole images
         assert {json.dumps({k: v for k, v in s.task.items() if k in ("block", "mask", "noise")}, sort_keys=True)
                 for s in specs} == corruptions
@@ -194,9 +197,9 @@ def test_image_suites_expand_without_the_models_that_refuse(data_root):
     assert len({s.run_id for s in all_specs}) == len(all_specs)
 
     suite = CAPACITY_SUITES["capacity-omniglot"]
-    # below one whole image only the 0-float passthrough fits (raw slots, the Hopfield memories and SDM hold none)
+    # below one whole image only the 0-float references fit (raw slots, the Hopfield memories and SDM hold none)
     tiny = suite.expand("capacity-omniglot", None, (0,), 8, "quick", num_patterns=(4,), budget=1000)
-    assert {(s.model, s.budget) for s in tiny} == {("passthrough", 1000)}
+    assert {(s.model, s.budget) for s in tiny} == {("passthrough", 1000), ("mean_fill", 1000)}
     with pytest.raises(MembenchError, match="sparse_distributed_memory refuses the task .*real-valued"):
         CAPACITY_SUITES["capacity-cifar"].expand("capacity-cifar", ("sparse_distributed_memory",), (0,), 8, "quick",
                                                  num_patterns=(4,))
