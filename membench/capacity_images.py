@@ -5,7 +5,8 @@ written at a budget of 64 whole images (65536 / 196608 float32), queries corrupt
 block, a 50% pixel mask or Gaussian noise sigma 0.2 (see membench.suites for the choice); the
 Hopfield rules (flat patterns only) and, on CIFAR-10, dense AM and SDM (binary patterns only)
 refuse the task and are left out. The passthrough (query returned unchanged, 0 floats) runs
-beside them.
+beside them, and so does mean_fill (each erased pixel set to its query's known mean per channel, 0 floats;
+it refuses noise, where no pixel is known to be erased).
 
 `image_capacity_figures(out_dir)` draws one figure per data set (capacity_omniglot,
 capacity_cifar10: a panel per corruption) and writes capacity_images.md / .csv (one table per
@@ -122,7 +123,8 @@ def image_capacity_markdown(summary, records: list[dict[str, Any]], dropped: int
               "undecided 0.5 counts as wrong); CIFAR-10, squared error summed over 3x32x32 values in [0, 1]. Mean ± "
               "half-width of the 95% t-interval over episodes (per-episode means; n/a: one episode); one table per "
               "data set, corruption and budget; seeds pooled inside a cell. passthrough stores nothing and returns "
-              "the query unchanged: what the corruption alone costs."]
+              "the query unchanged: what the corruption alone costs; mean_fill stores nothing and sets each erased "
+              "pixel to its query's known mean per channel: what a read gets from the query alone."]
     if dropped:
         header.append(f"\n{dropped} record(s) repeat the episodes of another record of the same cell and seed "
                       "and were counted once.")
@@ -134,8 +136,8 @@ def image_capacity_figures(out_dir: Path) -> list[Path]:
     `out_dir`; return the paths.
 
     One figure per data set, one panel per corruption (and budget): error against N, one line per model with
-    its 95% t-interval shaded; dashed black: the passthrough (the query returned unchanged), where it was run;
-    dotted vertical: the number of whole images the budget holds.
+    its 95% t-interval shaded (mean_fill's too); dashed black: the passthrough (the query returned unchanged),
+    where it was run; dotted vertical: the number of whole images the budget holds.
     """
     from membench.plots import pyplot
     from membench.store import write_text_atomic

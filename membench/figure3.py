@@ -207,9 +207,9 @@ def summary_markdown(summary: pd.DataFrame) -> str:
 
 
 def _readable_axis(ax, ours: pd.DataFrame, paper: pd.DataFrame | None) -> None:
-    """Fit the error axis to the learned curves, the paper's and the unchanged query (passthrough) where it is
-    within twice their top (Omniglot's, 256 wrong pixels, is not; CIFAR's is); raw slots left out; say which
-    curves lie above it."""
+    """Fit the error axis to our curves but raw slots and passthrough (the learned ones and mean fill), the
+    paper's, and the unchanged query (passthrough) where it is within twice their top (Omniglot's, 256 wrong
+    pixels, is not; CIFAR's is); say which curves lie above it."""
     tops = [paper["hi"].max()] if paper is not None and len(paper) else []
     if not ours.empty:
         kept = ours[~ours.curve.isin(["raw_slots", "passthrough"])]
