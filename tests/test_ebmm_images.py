@@ -280,3 +280,27 @@ def test_linear_memory_units_do_not_saturate_or_die_where_nonlinear_ones_do(opti
                 energies.append(energy(x))
         moved[linear] = (energies[1] - energies[0]).abs().max().item()
     assert moved[False] < 1e-6 < 1e-3 < moved[True]
+
+
+@pytest.mark.parametrize("options", [TINY_FC, TINY_CONV], ids=["resnet_fc", "resnet_conv"])
+def test_image_energies_meta_train_in_bf16_close_to_float32(options):
+    """bf16 meta-training (which GPU sessions time for Figure 3's EBMM points): the image energies' updates,
+    second-order through the write, run under autocast with finite losses close to float32's, and leave
+    float32 weights."""
+    from membench.interface import TrainConfig
+    from membench.stepper import Stepper
+
+    patterns = torch.rand(2, 4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    queries = patterns.clone()
+    queries[..., 4:12, 4:12] = 0.5
+    losses = {}
+    for precision in ("float32", "bf16"):
+        torch.manual_seed(0)
+        model = EBMM.from_spec(TINY, 10**6, "quick", **options)
+        stepper = Stepper(model, TrainConfig(lr=1e-3, clip_norm=1.0, precision=precision), torch.device("cpu"))
+        outs = [stepper.step(patterns, queries) for _ in range(3)]
+        assert all(bool(out.finite) for out in outs), precision
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+        losses[precision] = torch.stack([out.loss for out in outs])
+    assert not torch.equal(losses["bf16"], losses["float32"])
+    torch.testing.assert_close(losses["bf16"], losses["float32"], rtol=0.02, atol=0.0)
