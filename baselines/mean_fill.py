@@ -12,26 +12,21 @@ from __future__ import annotations
 
 import torch
 
+from baselines.passthrough import PassThrough
 from membench.errors import MembenchError
-from membench.interface import AssociativeMemory, TaskSpec
+from membench.interface import TaskSpec
 
 
-class MeanFill(AssociativeMemory):
+class MeanFill(PassThrough):
+    """PassThrough's 0-float memory (it writes nothing) with another read."""
+
     name = "mean_fill"
 
     def __init__(self, spec: TaskSpec):
-        super().__init__()
         if not spec.clamp_known:
             raise MembenchError(f"{self.name} fills the erased entries, and this task's corruption may change any "
                                 "entry (clamp_known=False); use passthrough as the floor there")
-        self.spec = spec
-
-    def memory_floats(self, spec: TaskSpec) -> int:
-        return 0
-
-    def write(self, patterns: torch.Tensor) -> None:
-        """Keeps nothing about patterns (B, N, *S)."""
-        return None
+        super().__init__(spec)
 
     def read(self, state: None, queries: torch.Tensor) -> torch.Tensor:
         """queries (B, Q, *S) -> the queries with each erased entry set to the mean of the known entries of its
