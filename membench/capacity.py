@@ -16,7 +16,8 @@ Image suites (capacity-omniglot, capacity-cifar): see membench.capacity_images.
 `capacity_figures(out_dir)` draws, from the binary-task records, the three figures (error against
 N, against the budget at N = 64, against N per flip rate) and writes capacity.md (one table per
 task and budget, model x N, mean ± half-width of the 95% t-interval) and capacity.csv; and, from
-the image-task records, the outputs of `membench.capacity_images.image_capacity_figures`.
+the image-task records, the outputs of `membench.capacity_images.image_capacity_figures`. The
+binary figures themselves are drawn in membench.capacity_plots.
 """
 from __future__ import annotations
 
@@ -25,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 from membench.errors import MembenchError
-from membench.plots import log2_axis, plot_line, save_figure
 from membench.run_spec import RunSpec
 from membench.suites import BUDGET_NUM_PATTERNS, CAPACITY_MODELS, declared_count
 
@@ -38,7 +38,8 @@ def task_of(table: str) -> tuple[dict[str, Any], int]:
     return key["task"], key["budget"]
 
 
-def _title(table: str) -> str:
+def table_title(table: str) -> str:
+    """A binary table's title: its task (bits erased or flipped) and budget."""
     task, budget = task_of(table)
     dim = task.get("dim", 128)
     if task.get("flip"):
@@ -48,7 +49,8 @@ def _title(table: str) -> str:
     return f"{dim}-bit patterns, {what}; budget {budget} float32 ({budget // dim} whole patterns)"
 
 
-def _table_order(table: str) -> tuple:
+def table_order(table: str) -> tuple:
+    """Sort key of a binary table: erasure before flips, then dimension, bits erased, budget."""
     task, budget = task_of(table)
     return (float(task.get("flip", 0.0)), task.get("dim", 0), task.get("erased", 0), budget)
 
@@ -70,13 +72,13 @@ def _absent(summary, table: str) -> list[str]:
         if budgets[row] < 2:
             continue
         n = int(summary[summary.table == table]["num_patterns"].min())
-        count = _count_at(group.iloc[0], task, budget, n)
+        count = count_at(group.iloc[0], task, budget, n)
         if count is not False and (count is None or count > budget):
             notes.append(f"{row} ({'over budget' if count is None else f'{count} floats'})")
     return notes
 
 
-def _count_at(record, task: dict[str, Any], budget: int, num_patterns: int) -> int | None | bool:
+def count_at(record, task: dict[str, Any], budget: int, num_patterns: int) -> int | None | bool:
     """The float32 count the model of `record` (a summary row) declares at `budget` on `task` with N =
     `num_patterns`: None when it refuses to be built within the budget, False when it cannot be built
     at all."""
@@ -144,10 +146,10 @@ def table_section(summary, records: list[dict[str, Any]], table: str, title: str
 
 def capacity_markdown(summary, records: list[dict[str, Any]], dropped: int) -> str:
     sections = []
-    for table in sorted(summary["table"].unique(), key=_table_order):
+    for table in sorted(summary["table"].unique(), key=table_order):
         absent = _absent(summary, table)
         notes = ["Absent (state over this budget): " + ", ".join(absent) + "."] if absent else []
-        sections.append(table_section(summary, records, table, _title(table), notes))
+        sections.append(table_section(summary, records, table, table_title(table), notes))
     pivot = _budget_pivot(summary)
     header = ["# Capacity of the memories", "",
               "Error bits per query (wrong bits of all 128, an undecided 0.5 counts as wrong): mean ± half-width "
@@ -183,7 +185,7 @@ def _budget_pivot(summary) -> str:
                     line.append(cell_text(match.iloc[0]))
                     continue
                 record = group[group.row == row].iloc[0]
-                count = _count_at(record, task_of(record["table"])[0], int(budget), BUDGET_NUM_PATTERNS)
+                count = count_at(record, task_of(record["table"])[0], int(budget), BUDGET_NUM_PATTERNS)
                 line.append("cannot be built" if count is False else "over budget" if count is None or count > budget
                             else "not run")
             cells.append(line)
@@ -195,21 +197,6 @@ def _budget_pivot(summary) -> str:
                         "reason.\n\n"
                         + tabulate(cells, headers=headers, tablefmt="github") + "\n")
     return "\n".join(sections)
-
-
-LINE_STYLES = ("-", "--", "-.", ":")
-MARKERS = ("o", "s", "^", "v", "D", "x", "+", "*")
-
-
-def row_styles(rows: list[str]) -> dict[str, dict[str, Any]]:
-    """Colour, line style and marker per row, fixed by the model order (so every figure agrees);
-    styles and markers vary too, so that coinciding lines stay visible."""
-    import matplotlib
-
-    palette = matplotlib.colormaps["tab10"]
-    order = list(CAPACITY_MODELS) + sorted(r for r in rows if r not in CAPACITY_MODELS)
-    return {row: {"color": palette(order.index(row) % 10), "linestyle": LINE_STYLES[order.index(row) % 4],
-                  "marker": MARKERS[order.index(row) % len(MARKERS)]} for row in rows}
 
 
 def capacity_figures(out_dir: Path) -> list[Path]:
@@ -227,108 +214,6 @@ def capacity_figures(out_dir: Path) -> list[Path]:
             + (image_capacity_figures(out_dir) if kinds & set(IMAGE_TASKS) else []))
 
 
-def _n_figure(plt, erasure, styles: dict[str, Any], out_dir: Path) -> list[Path]:
-    """capacity_n: error against N, one panel per erasure task and budget run at several N (none: no figure)."""
-    n_tables = sorted((t for t, g in erasure.groupby("table") if g["num_patterns"].nunique() > 1), key=_table_order)
-    if not n_tables:
-        return []
-    fig, axes = plt.subplots(1, len(n_tables), figsize=(6.4 * len(n_tables), 4.6), squeeze=False)
-    for ax, table in zip(axes[0], n_tables):
-        part = erasure[erasure.table == table]
-        for row in row_order(list(part["row"].unique()), dict(zip(part["row"], part["model"]))):
-            plot_line(ax, part[part.row == row], "num_patterns", row, styles[row])
-        task, budget = task_of(table)
-        slots = budget // task.get("dim", 128)
-        ax.axvline(slots, color="grey", linestyle=":", linewidth=1)
-        ax.text(slots, 0.97, f" {slots} patterns fit whole", transform=ax.get_xaxis_transform(), fontsize=7,
-                color="grey", va="top")
-        log2_axis(ax, sorted(part["num_patterns"].unique()))
-        ax.set(xlabel="N (patterns written)", ylabel="error bits per query", title=_title(table))
-        ax.title.set_fontsize(9)
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    saved = save_figure(fig, out_dir, "capacity_n")
-    plt.close(fig)
-    return saved
-
-
-def _budget_figure(plt, erasure, styles: dict[str, Any], out_dir: Path) -> list[Path]:
-    """capacity_budget: error against the budget at N = BUDGET_NUM_PATTERNS (erasure task), a note naming the
-    rows absent at some budget and why (no model run at several budgets: no figure)."""
-    at_n = erasure[erasure.num_patterns == BUDGET_NUM_PATTERNS]
-    budget_groups = [(key, g) for key, g in at_n.groupby(["dim", "erased"], sort=True) if g["budget"].nunique() > 1]
-    if not budget_groups:
-        return []
-    fig, axes = plt.subplots(1, len(budget_groups), figsize=(7.2 * len(budget_groups), 4.6), squeeze=False)
-    notes = []
-    for ax, ((dim, erased), group) in zip(axes[0], budget_groups):
-        budgets = sorted(group["budget"].unique())
-        over, not_run = [], []
-        for row in row_order(list(group["row"].unique()), dict(zip(group["row"], group["model"]))):
-            mine = group[group.row == row]
-            plot_line(ax, mine, "budget", row, styles[row])
-            missing = [int(b) for b in budgets if b not in set(mine["budget"])]
-            counts = [_count_at(mine.iloc[0], task_of(mine.iloc[0]["table"])[0], b, BUDGET_NUM_PATTERNS)
-                      for b in missing]
-            if any(c is None or (c is not False and c > b) for c, b in zip(counts, missing)):
-                over.append(row)
-            elif missing:
-                not_run.append(row)
-        log2_axis(ax, budgets)
-        ax.set_xticklabels([f"{b}\n({b // dim} patterns)" for b in budgets], fontsize=8)
-        ax.set(xlabel="budget (float32 values)", ylabel="error bits per query",
-               title=f"N = {BUDGET_NUM_PATTERNS}, {dim}-bit patterns, {erased} bits erased")
-        ax.grid(alpha=0.3)
-        notes += [f"{what}: {', '.join(rows)}" for what, rows in
-                 (("absent where their state exceeds the budget", over), ("run at other budgets only", not_run))
-                 if rows]
-    axes[0][0].legend(fontsize=7)
-    if notes:  # below the axes, so that a long list does not squeeze them
-        fig.text(0.5, 0.005, "; ".join(notes), ha="center", fontsize=7, color="grey", wrap=True)
-    fig.tight_layout(rect=(0, 0.08 if notes else 0, 1, 1))
-    saved = save_figure(fig, out_dir, "capacity_budget")
-    plt.close(fig)
-    return saved
-
-
-def _flip_figure(plt, flipped, styles: dict[str, Any], out_dir: Path) -> list[Path]:
-    """capacity_flip: error against N, one panel per flip rate; dashed, the flipped bits (what returning the
-    query unchanged costs), and the rows exactly on it named (no flip task run: no figure)."""
-    if flipped.empty:
-        return []
-    tables = sorted(flipped["table"].unique(), key=_table_order)
-    fig, axes = plt.subplots(1, len(tables), figsize=(4.8 * len(tables), 4.4), squeeze=False, sharey=True)
-    unchanged: set[str] | None = None  # rows whose error is exactly the flipped bits everywhere
-    for ax, table in zip(axes[0], tables):
-        part = flipped[flipped.table == table]
-        task, budget = task_of(table)
-        for row in row_order(list(part["row"].unique()), dict(zip(part["row"], part["model"]))):
-            plot_line(ax, part[part.row == row], "num_patterns", row, styles[row])
-        bits = round(task["flip"] * task.get("dim", 128))
-        ax.axhline(bits, color="grey", linestyle="--", linewidth=1)
-        on_line = {row for row, g in part.groupby("row")  # every query exactly the flips (one episode: mean)
-                   if all((g[bound].fillna(g["mean"]) == bits).all() for bound in ("ci_low", "ci_high"))}
-        unchanged = on_line if unchanged is None else unchanged & on_line
-        log2_axis(ax, sorted(part["num_patterns"].unique()))
-        ax.set(xlabel="N (patterns written)", title=f"flip {task['flip']:g}: {bits} of {task.get('dim', 128)} "
-                                                    f"bits flipped; budget {budget}")
-        ax.title.set_fontsize(9)
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("error bits per query")
-    axes[0][0].legend(fontsize=7)
-    note = "Dashed: the error of returning the query unchanged (the flipped bits)."
-    if unchanged:
-        note += (" Every query exactly on it, at every N and rate: "
-                 + ", ".join(row_order(sorted(unchanged), {r: r for r in unchanged}))
-                 + " (a flipped query has no 0.5 entry, so a read that keeps known bits clamped returns it as is).")
-    fig.text(0.5, 0.005, note, ha="center", fontsize=7, wrap=True)
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
-    saved = save_figure(fig, out_dir, "capacity_flip")
-    plt.close(fig)
-    return saved
-
-
 def binary_capacity_figures(out_dir: Path) -> list[Path]:
     """Draw the capacity figures and write capacity.{md,csv} from the binary-task records in `out_dir`; return
     the paths.
@@ -339,6 +224,7 @@ def binary_capacity_figures(out_dir: Path) -> list[Path]:
     returning the query unchanged costs). One line per model with its 95% t-interval shaded.
     A figure whose data is absent is not drawn.
     """
+    from membench.capacity_plots import budget_figure, flip_figure, n_figure, row_styles
     from membench.plots import pyplot
     from membench.store import write_text_atomic
 
@@ -347,15 +233,15 @@ def binary_capacity_figures(out_dir: Path) -> list[Path]:
     styles = row_styles(sorted(summary["row"].unique()))
     plt = pyplot()
     erasure = summary[summary.flip == 0]
-    paths = (_n_figure(plt, erasure, styles, out_dir) + _budget_figure(plt, erasure, styles, out_dir)
-             + _flip_figure(plt, summary[summary.flip > 0], styles, out_dir))
+    paths = (n_figure(plt, erasure, styles, out_dir) + budget_figure(plt, erasure, styles, out_dir)
+             + flip_figure(plt, summary[summary.flip > 0], styles, out_dir))
 
     markdown = capacity_markdown(summary, records, dropped)
     paths.append(write_text_atomic(out_dir / "capacity.md", markdown))
     columns = ["dim", "erased", "flip", "budget", "model", "row", "options", "preset", "num_patterns", "mean",
                "ci_low", "ci_high", "half_width", "num_queries", "seeds", "memory_floats", "wall_time_s",
                "versions", "commit", "command"]
-    ordered = summary.assign(_order=[_table_order(t) for t in summary["table"]]).sort_values(
+    ordered = summary.assign(_order=[table_order(t) for t in summary["table"]]).sort_values(
         ["_order", "row", "num_patterns"], kind="stable")
     paths.append(write_text_atomic(out_dir / "capacity.csv", ordered[columns].to_csv(index=False, float_format="%.4f")))
     return paths

@@ -19,7 +19,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from membench.capacity import row_order, row_styles, summary_and_records, table_section, task_of
+from membench.capacity import row_order, summary_and_records, table_section, task_of
+from membench.capacity_plots import row_styles
 from membench.errors import DatasetMissing, MembenchError
 from membench.image_tasks import Cifar10Task, ImageTask, OmniglotTask
 from membench.plots import log2_axis, plot_line, save_figure

@@ -1,0 +1,134 @@
+"""The binary capacity suites' figures, drawn by `membench.capacity.binary_capacity_figures` from its summary
+(one row per model, task, budget and N; see membench.capacity):
+
+- capacity_n: error against N, one panel per erasure task and budget run at several N;
+- capacity_budget: error against the budget at N = 64 (erasure task), the rows absent at some budget named;
+- capacity_flip: error against N, one panel per flip rate, dashed at the flipped bits.
+
+`row_styles` fixes each model's colour, line style and marker, so every capacity figure (the image
+suites' too) draws a model alike.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from membench.capacity import count_at, row_order, table_order, table_title, task_of
+from membench.plots import log2_axis, plot_line, save_figure
+from membench.suites import BUDGET_NUM_PATTERNS, CAPACITY_MODELS
+
+LINE_STYLES = ("-", "--", "-.", ":")
+MARKERS = ("o", "s", "^", "v", "D", "x", "+", "*")
+
+
+def row_styles(rows: list[str]) -> dict[str, dict[str, Any]]:
+    """Colour, line style and marker per row, fixed by the model order (so every figure agrees);
+    styles and markers vary too, so that coinciding lines stay visible."""
+    import matplotlib
+
+    palette = matplotlib.colormaps["tab10"]
+    order = list(CAPACITY_MODELS) + sorted(r for r in rows if r not in CAPACITY_MODELS)
+    return {row: {"color": palette(order.index(row) % 10), "linestyle": LINE_STYLES[order.index(row) % 4],
+                  "marker": MARKERS[order.index(row) % len(MARKERS)]} for row in rows}
+
+
+def n_figure(plt, erasure, styles: dict[str, Any], out_dir: Path) -> list[Path]:
+    """capacity_n: error against N, one panel per erasure task and budget run at several N (none: no figure)."""
+    n_tables = sorted((t for t, g in erasure.groupby("table") if g["num_patterns"].nunique() > 1), key=table_order)
+    if not n_tables:
+        return []
+    fig, axes = plt.subplots(1, len(n_tables), figsize=(6.4 * len(n_tables), 4.6), squeeze=False)
+    for ax, table in zip(axes[0], n_tables):
+        part = erasure[erasure.table == table]
+        for row in row_order(list(part["row"].unique()), dict(zip(part["row"], part["model"]))):
+            plot_line(ax, part[part.row == row], "num_patterns", row, styles[row])
+        task, budget = task_of(table)
+        slots = budget // task.get("dim", 128)
+        ax.axvline(slots, color="grey", linestyle=":", linewidth=1)
+        ax.text(slots, 0.97, f" {slots} patterns fit whole", transform=ax.get_xaxis_transform(), fontsize=7,
+                color="grey", va="top")
+        log2_axis(ax, sorted(part["num_patterns"].unique()))
+        ax.set(xlabel="N (patterns written)", ylabel="error bits per query", title=table_title(table))
+        ax.title.set_fontsize(9)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    saved = save_figure(fig, out_dir, "capacity_n")
+    plt.close(fig)
+    return saved
+
+
+def budget_figure(plt, erasure, styles: dict[str, Any], out_dir: Path) -> list[Path]:
+    """capacity_budget: error against the budget at N = BUDGET_NUM_PATTERNS (erasure task), a note naming the
+    rows absent at some budget and why (no model run at several budgets: no figure)."""
+    at_n = erasure[erasure.num_patterns == BUDGET_NUM_PATTERNS]
+    budget_groups = [(key, g) for key, g in at_n.groupby(["dim", "erased"], sort=True) if g["budget"].nunique() > 1]
+    if not budget_groups:
+        return []
+    fig, axes = plt.subplots(1, len(budget_groups), figsize=(7.2 * len(budget_groups), 4.6), squeeze=False)
+    notes = []
+    for ax, ((dim, erased), group) in zip(axes[0], budget_groups):
+        budgets = sorted(group["budget"].unique())
+        over, not_run = [], []
+        for row in row_order(list(group["row"].unique()), dict(zip(group["row"], group["model"]))):
+            mine = group[group.row == row]
+            plot_line(ax, mine, "budget", row, styles[row])
+            missing = [int(b) for b in budgets if b not in set(mine["budget"])]
+            counts = [count_at(mine.iloc[0], task_of(mine.iloc[0]["table"])[0], b, BUDGET_NUM_PATTERNS)
+                      for b in missing]
+            if any(c is None or (c is not False and c > b) for c, b in zip(counts, missing)):
+                over.append(row)
+            elif missing:
+                not_run.append(row)
+        log2_axis(ax, budgets)
+        ax.set_xticklabels([f"{b}\n({b // dim} patterns)" for b in budgets], fontsize=8)
+        ax.set(xlabel="budget (float32 values)", ylabel="error bits per query",
+               title=f"N = {BUDGET_NUM_PATTERNS}, {dim}-bit patterns, {erased} bits erased")
+        ax.grid(alpha=0.3)
+        notes += [f"{what}: {', '.join(rows)}" for what, rows in
+                 (("absent where their state exceeds the budget", over), ("run at other budgets only", not_run))
+                 if rows]
+    axes[0][0].legend(fontsize=7)
+    if notes:  # below the axes, so that a long list does not squeeze them
+        fig.text(0.5, 0.005, "; ".join(notes), ha="center", fontsize=7, color="grey", wrap=True)
+    fig.tight_layout(rect=(0, 0.08 if notes else 0, 1, 1))
+    saved = save_figure(fig, out_dir, "capacity_budget")
+    plt.close(fig)
+    return saved
+
+
+def flip_figure(plt, flipped, styles: dict[str, Any], out_dir: Path) -> list[Path]:
+    """capacity_flip: error against N, one panel per flip rate; dashed, the flipped bits (what returning the
+    query unchanged costs), and the rows exactly on it named (no flip task run: no figure)."""
+    if flipped.empty:
+        return []
+    tables = sorted(flipped["table"].unique(), key=table_order)
+    fig, axes = plt.subplots(1, len(tables), figsize=(4.8 * len(tables), 4.4), squeeze=False, sharey=True)
+    unchanged: set[str] | None = None  # rows whose error is exactly the flipped bits everywhere
+    for ax, table in zip(axes[0], tables):
+        part = flipped[flipped.table == table]
+        task, budget = task_of(table)
+        for row in row_order(list(part["row"].unique()), dict(zip(part["row"], part["model"]))):
+            plot_line(ax, part[part.row == row], "num_patterns", row, styles[row])
+        bits = round(task["flip"] * task.get("dim", 128))
+        ax.axhline(bits, color="grey", linestyle="--", linewidth=1)
+        on_line = {row for row, g in part.groupby("row")  # every query exactly the flips (one episode: mean)
+                   if all((g[bound].fillna(g["mean"]) == bits).all() for bound in ("ci_low", "ci_high"))}
+        unchanged = on_line if unchanged is None else unchanged & on_line
+        log2_axis(ax, sorted(part["num_patterns"].unique()))
+        ax.set(xlabel="N (patterns written)", title=f"flip {task['flip']:g}: {bits} of {task.get('dim', 128)} "
+                                                    f"bits flipped; budget {budget}")
+        ax.title.set_fontsize(9)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("error bits per query")
+    axes[0][0].legend(fontsize=7)
+    note = "Dashed: the error of returning the query unchanged (the flipped bits)."
+    if unchanged:
+        note += (" Every query exactly on it, at every N and rate: "
+                 + ", ".join(row_order(sorted(unchanged), {r: r for r in unchanged}))
+                 + " (a flipped query has no 0.5 entry, so a read that keeps known bits clamped returns it as is).")
+    fig.text(0.5, 0.005, note, ha="center", fontsize=7, wrap=True)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    saved = save_figure(fig, out_dir, "capacity_flip")
+    plt.close(fig)
+    return saved
