@@ -61,6 +61,8 @@ class EBMMConfig:
     grad_norm_lr_init: float | None = None  # initial rate of the alpha ||grad_x E||^2 term; None: write_lr_init
     elementwise_write_lr: bool = False  # (ours, as Meta-SGD) each write step's update of every writable entry is
     #   also scaled by that entry's own learned factor exp(s), s from 0: a meta-learned diagonal preconditioner
+    n_scaled_rates: bool = False  # (ours) every write rate (step, writable tensor, term) is also multiplied by
+    #   (N / 64) ** q, its own exponent q learned from 0: one model's write adapts to how many patterns it stores
     read_step_init: float = 1.0   # initial gamma_1 of reading
     read_known: bool = True       # reading moves every entry (the paper); False: where the task allows it
     #   (spec.clamp_known), entries other than the fill value keep the query's values (ours)

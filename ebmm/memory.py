@@ -17,7 +17,8 @@ divided by N^p with p fixed (`write_norm_power`) or meta-learned (`learn_write_n
 Each learning rate is softplus of a learned value, one per step, writable tensor and
 loss term; the paper's alpha and beta are the ratios of these rates, so they are not
 separate parameters. With `elementwise_write_lr` (ours) each step's update is further scaled
-entry by entry, by exp of a learned tensor the shape of the writable one (Meta-SGD's rates).
+entry by entry, by exp of a learned tensor the shape of the writable one (Meta-SGD's rates). With
+`n_scaled_rates` (ours) each rate is also multiplied by (N / 64) ** q, q learned per rate from 0.
 Read (App. A): K steps of projected gradient descent on E(x) with
 Nesterov momentum and non-increasing learned step sizes and momentum rates; with `read_known=False`
 (ours) only the entries a query marks unknown move, where the task says the others are the pattern's.
@@ -47,6 +48,7 @@ from membench.interface import AssociativeMemory, Preset, TaskSpec
 from ebmm.config import IMAGE_PRESETS, PRESETS, EBMMConfig, build_energy
 
 Writable = dict[str, torch.Tensor]  # name -> (B, *shape): one copy per episode
+N_REFERENCE = 64  # n_scaled_rates: the N at which the rates are the learned softplus values themselves
 
 
 def _inverse_softplus(value: float) -> float:
@@ -91,6 +93,8 @@ class EBMM(AssociativeMemory):
         if config.grad_norm_term and config.grad_norm_lr_init is not None:
             write_lr[..., 1] = _inverse_softplus(config.grad_norm_lr_init)
         self.write_lr = nn.Parameter(write_lr)  # write_lr[0, :, -1] never learns: theta_0 = theta_bar, no deviation
+        if config.n_scaled_rates:  # exponents q of (N / N_REFERENCE) ** q, one per write rate
+            self.write_lr_power = nn.Parameter(torch.zeros_like(write_lr))
         if config.elementwise_write_lr:  # log-factors (T, *shape) per writable tensor, in writable_names order
             self.write_scale = nn.ParameterList(nn.Parameter(torch.zeros(config.write_steps, *own[n].shape))
                                                 for n in names)
@@ -201,6 +205,9 @@ class EBMM(AssociativeMemory):
         track = not self._closed_form  # autograd differentiates the writing loss: theta must require grad
         theta = {n: t if create_graph else t.clone().requires_grad_(track) for n, t in initial.items()}
         rates = F.softplus(self.write_lr)
+        if self.cfg.n_scaled_rates:  # N as a tensor, so that one compile serves every N
+            log_n = (self.write_lr_power.new_ones(()) * patterns.shape[1] / N_REFERENCE).log()
+            rates = rates * torch.exp(self.write_lr_power * log_n)
         scales = [s.exp() for s in self.write_scale] if self.cfg.elementwise_write_lr else None  # (T, *shape) each
         if not create_graph:
             rates = rates.detach()

@@ -29,7 +29,8 @@ LATE_FIELDS = {  # config part -> {field: default}
     "model": {"write_norm_power": None, "learn_write_norm": False, "grad_norm_lr_init": None, "read_known": True,
               "stepwise_loss": True, "centre_memory": False, "linear_memory": False, "init_gate_bias": None,
               "identity_query": False, "elementwise_write_lr": False, "centre_tracking": 0.0,
-              "symmetric_trace": False, "hebbian_init": False, "init_gain": 1.0},
+              "symmetric_trace": False, "hebbian_init": False, "init_gain": 1.0,
+              "n_scaled_rates": False},
     "train": {"curriculum_steps": 0, "precision": "float32"},
 }
 

@@ -217,7 +217,8 @@ def test_closed_form_and_autograd_paths_give_the_same_meta_gradient(grad_norm_te
 
 
 @pytest.mark.parametrize("options", [{}, {"learn_write_norm": True, "elementwise_write_lr": True},
-                                     {"grad_norm_term": False}, {"read_known": False}, {"stepwise_loss": False}])
+                                     {"grad_norm_term": False}, {"read_known": False}, {"stepwise_loss": False},
+                                     {"n_scaled_rates": True}])
 def test_the_meta_gradient_is_the_meta_losss_derivative(options: dict):
     """Backpropagation through every write step (second order) and every read step gives the derivative of the
     meta-loss: central differences agree for sampled entries of every parameter tensor (float64, random
@@ -379,6 +380,30 @@ def test_elementwise_write_rates_start_as_the_shared_ones_and_scale_each_entry(c
     loss.backward()
     for factors in deeper.write_scale:
         assert factors.grad is not None and (factors.grad.flatten(1).abs().sum(1) > 0).all()
+
+
+@pytest.mark.parametrize("closed_form", [True, False])
+def test_n_scaled_rates_start_as_the_plain_ones_and_scale_every_rate_by_a_power_of_n(closed_form: bool):
+    """n_scaled_rates: exponents 0 give the plain write at any N; exponent 1 on every rate at N = 32 halves a
+    single write step's move (32 / 64), and exponent -1 at N = 128 halves it too; every exponent gets a
+    meta-gradient."""
+    for num_patterns, power in ((32, 1.0), (128, -1.0)):
+        batch = episodes(BinaryTask(num_patterns), batch=2)
+        plain, _ = small_model(num_patterns, write_steps=1)
+        scaled, _ = small_model(num_patterns, write_steps=1, n_scaled_rates=True)
+        if not closed_form:
+            plain._closed_form = scaled._closed_form = False
+        initial = plain.energy.memory.weight.detach().clone()
+        move = plain.write(batch.patterns)["memory.weight"] - initial
+        torch.testing.assert_close(scaled.write(batch.patterns)["memory.weight"] - initial, move)
+        with torch.no_grad():
+            scaled.write_lr_power.fill_(power)
+        torch.testing.assert_close(scaled.write(batch.patterns)["memory.weight"] - initial, move / 2)
+    deeper, _ = small_model(48, write_steps=2, n_scaled_rates=True)
+    deeper._closed_form = closed_form
+    batch = episodes(BinaryTask(48), batch=2)
+    deeper.meta_loss(batch.patterns, batch.queries)[0].backward()
+    assert deeper.write_lr_power.grad is not None and (deeper.write_lr_power.grad[:, :, 0].abs() > 0).all()
 
 
 @pytest.mark.parametrize("grad_norm_term", [True, False])
