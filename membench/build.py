@@ -67,8 +67,13 @@ def build_model(spec: RunSpec, task: Task, preset: Preset | None = None) -> Asso
             how = (f"{name}.from_preset(spec, budget, preset)" if cls.trainable
                    else f"{name}.from_spec(spec, budget, **options), by default {name}(spec, **options); a model "
                         "sized by the budget overrides from_spec")
+            learned_looking = not cls.trainable and any(  # its own presets or meta_loss (qualname: a classmethod too)
+                getattr(cls, method).__qualname__ != getattr(AssociativeMemory, method).__qualname__
+                for method in ("presets", "meta_loss"))
+            forgot = (f" {name} defines presets or meta_loss but trainable is False: a meta-learned model sets "
+                      "trainable = True" if learned_looking else "")
             raise MembenchError(f"cannot build model '{spec.model}': {exc}. It is built as {how} (README: Adding "
-                                "a model)") from None
+                                f"a model).{forgot}") from None
         taken = [name for name in inspect.signature(cls.__init__).parameters if name not in ("self", "spec")]
         its = f" Its options: {', '.join(taken)}" if taken and not cls.trainable else ""
         raise (UnknownOption if unknown else MembenchError)(

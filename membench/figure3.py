@@ -154,12 +154,19 @@ def _attach_paper(frame: pd.DataFrame, reference: pd.DataFrame | None) -> pd.Dat
 
 
 def _smoke_test(summary: pd.DataFrame) -> bool:
-    """Whether a point of a built-in model was trained with its quick preset (untrained references have no preset
-    that matters; a model of yours names its own presets, which QUICK_CHANGES does not describe)."""
-    from membench.registry import BUILTIN_MODELS
+    """Whether a point of a built-in model (by where its class's file lives, as everywhere) was trained with its
+    quick preset (untrained references have no preset that matters; a model of yours names its own presets,
+    which QUICK_CHANGES does not describe)."""
+    from membench.registry import is_builtin_model, resolve_model
 
-    return not summary.empty and bool((summary["trained"] & (summary["preset"] == "quick")
-                                       & summary["model"].isin(list(BUILTIN_MODELS))).any())
+    def builtin(name: str) -> bool:
+        try:
+            return is_builtin_model(resolve_model(name))
+        except MembenchError:  # a record of a model this checkout cannot import: not one of ours
+            return False
+
+    quick = summary[summary["trained"] & (summary["preset"] == "quick")] if not summary.empty else summary
+    return any(builtin(name) for name in quick["model"].unique())
 
 
 def _preset_text(row: Any) -> str:

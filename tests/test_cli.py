@@ -244,7 +244,7 @@ def test_readme_sized_example_takes_the_budget_and_its_options_on_both_tasks(tmp
     N = 16 stored: no wrong bit), `--option slots=4` winning over the budget's, and a Figure 3 curve whose points
     hold three and eight images (3072 and 8192 floats of 32x32)."""
     code = readme_example("example-sized-model")
-    assert len(code.strip().splitlines()) <= 30
+    assert len(code.strip().splitlines()) <= 32
     (tmp_path / "sized_memory.py").write_text(code)
     monkeypatch.chdir(tmp_path)
     small = ["run", "--model", "sized_memory:NearestSlots", "--num-patterns", "16", "--queries", "64", "--no-progress"]
@@ -254,6 +254,10 @@ def test_readme_sized_example_takes_the_budget_and_its_options_on_both_tasks(tmp
     (whole,), (four,) = records_in(tmp_path / "whole"), records_in(tmp_path / "four")
     assert whole["model_config"] == {"slots": 64} and whole["memory_floats"] == 16 * 128 and whole["mean_error"] == 0
     assert four["model_config"] == {"slots": 4} and four["memory_floats"] == 4 * 128 and four["mean_error"] > 0
+    for bad in ("0", "2.5"):  # refused by the example's own check, in one line, before any run
+        refused = CliRunner().invoke(main, [*small, "--option", f"slots={bad}", "--out", "bad"])
+        assert refused.exit_code != 0 and exited_cleanly(refused), refused.output
+        assert f"slots={bad}" in refused.output and not (tmp_path / "bad" / "runs").exists(), refused.output
     listed = CliRunner().invoke(main, ["list", "--model", "sized_memory:NearestSlots"])  # the 64 a run uses, beside 16
     assert listed.exit_code == 0 and re.search(r"\| slots +\| 16 +\| 64 +\|", listed.output), listed.output
     result = CliRunner().invoke(main, ["run", "--suite", "fig3-omniglot", "--model", "sized_memory:NearestSlots",

@@ -297,6 +297,10 @@ _OWN_LEARNED = TINY_MODEL + textwrap.dedent('''
             return {"quick": Preset(None, super().presets(spec, options)["quick"].train)}
 
 
+    class ForgotTrainable(TinyLearned):
+        trainable = False  # built through from_spec(spec, budget): its __init__ wants a config
+
+
     class SizedByBudget(TinyLearned):
         """A budget-sized model (its own from_spec), the base of a learned one."""
 
@@ -415,6 +419,9 @@ def test_a_model_raising_while_built_is_one_line_in_every_suite(tmp_path, monkey
     ("NaNAfterOneStep", ["diverged at step 1: the loss or the gradient norm was not finite"]),
     ("NotRegistered", ["model 'own_learned:NotRegistered' is meta-learned (trainable = True) but has no parameters to "
                        "train", "torch.nn.Parameter"]),
+    ("ForgotTrainable", ["cannot build model 'own_learned:ForgotTrainable': ", "missing 1 required positional",
+                         "ForgotTrainable defines presets or meta_loss but trainable is False: a meta-learned model "
+                         "sets trainable = True"]),
     ("TensorConfig", ["model 'own_learned:TensorConfig': config()['bias'] is a Parameter, which a record cannot "
                       "store"]),
 ])

@@ -387,3 +387,21 @@ def test_the_acceptance_is_written_once_a_gpu_point_exists_and_curves_keep_to_im
     store.save({**record, "preset": "gpu", "options": {**record["options"], "train.steps": 5}})  # a variant only
     result = CliRunner().invoke(main, ["figures", "--out", str(tmp_path), "--no-grids"])
     assert result.exit_code == 0 and not (tmp_path / "fig3_acceptance.md").exists()  # nothing to read: none left
+
+
+def test_the_smoke_test_note_goes_by_where_a_quick_point_s_model_lives(tmp_path, monkeypatch):
+    """The quick preset's smoke-test note describes membench's own quick presets: a quick point of a model of
+    yours (a file outside membench, even under a registered name) or of one this checkout cannot import does
+    not bring it; one of ebmm's does; untrained points never do."""
+    from membench.figure3 import _smoke_test
+
+    (tmp_path / "mine_fig3.py").write_text("from baselines.mann import MANN\n\n\nclass MyMANN(MANN):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def points(model: str, trained: bool = True) -> pd.DataFrame:
+        return pd.DataFrame({"model": [model], "trained": [trained], "preset": ["quick"]})
+
+    assert _smoke_test(points("ebmm"))
+    assert not _smoke_test(points("ebmm", trained=False))
+    assert not _smoke_test(points("mine_fig3:MyMANN"))
+    assert not _smoke_test(points("no_such_module_here:Model"))
