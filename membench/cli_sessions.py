@@ -101,10 +101,12 @@ def session(runs, copies, train_time_limit, device, archive, results, cache, gra
     """One session on a lent machine as one bounded command: the --run processes side by side, then what
     they made packed into one archive (exit 3: some training paused; run the session again to resume)."""
     from membench.archive import volume_path
+    from membench.build import resolve_device
     from membench.session import check_outs, run_session
 
     results_folder(results)
     check_outs(runs, results)  # before --to's folder is made
+    resolve_device(device)  # --device cuda without a CUDA device: refused before anything runs or is packed
     for args in runs:
         _check_run_command(args)
     first = []
@@ -217,8 +219,8 @@ def pack(archive, mark, results, checkpoint_dir) -> None:
 
     if not results.is_dir():
         raise MembenchError(f"--results {results} is not a folder; give the results folder the session wrote into")
-    writable_archive(archive)
     results_folder(results)
+    writable_archive(archive)  # last: it makes --to's folder
     names = pack_archive(archive, mark.stat().st_mtime, results, checkpoint_dir or default_checkpoint_dir())
     click.echo(f"packed {len(names)} file(s) into {archive} (and its volumes, if any)" + (": " + ", ".join(names)
                                                                                          if names else ""))

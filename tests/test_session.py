@@ -352,6 +352,22 @@ def test_pack_and_session_refuse_a_results_folder_that_unpack_would_not_write_ba
     assert session.exit_code == 1 and "--results results/x is not a checkout's results/ folder" in session.output
     assert exited_cleanly(packed) and exited_cleanly(session) and not (tmp_path / "s.tgz").exists()
     assert not list((tmp_path / "results" / "x").iterdir())
+    nested = CliRunner().invoke(main, ["pack", "--to", "new/s.tgz", "--since", "mark", "--results", "results/x"])
+    assert nested.exit_code == 1 and not (tmp_path / "new").exists()  # refused before --to's folder is made
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_session_on_cuda_without_a_cuda_device_is_refused_before_it_touches_its_archive(tmp_path: Path, monkeypatch):
+    """--device cuda where torch sees none: one line before any run, the archive of an earlier session kept as it was
+    and no cache made."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "results").mkdir()
+    (tmp_path / "session.tgz").write_bytes(b"an earlier session's archive")
+    result = CliRunner().invoke(main, ["session", "--run", "--model hopfield_hebb --out results/x", "--device", "cuda",
+                                       "--train-time-limit", "1", "--to", "session.tgz", "--cache", "cache"])
+    assert result.exit_code == 1 and "--device cuda was asked for but torch sees no CUDA device" in result.output
+    assert exited_cleanly(result) and (tmp_path / "session.tgz").read_bytes() == b"an earlier session's archive"
+    assert not (tmp_path / "cache").exists() and not list((tmp_path / "results").iterdir())
 
 
 @pytest.mark.parametrize("flag", ["--device cuda", "--train-time-limit=1000", "--checkpoint-dir mine"])
