@@ -54,7 +54,14 @@ def pack(archive: Path, since: float, results_dir: Path, checkpoint_dir: Path) -
         relative = path.relative_to(results_dir)
         if (path.is_file() and path.stat().st_mtime >= since and relative.parts[0] != CHECKPOINTS
                 and not any(part.startswith(".") for part in relative.parts)):
-            members[str(PurePosixPath(RESULTS, *relative.parts))] = path.read_bytes()
+            name, data = str(PurePosixPath(RESULTS, *relative.parts)), path.read_bytes()
+            if is_record(name):  # unpack refuses an archive with an unreadable record: it stays here, named
+                try:
+                    parse_record(data, str(path))
+                except MembenchError as exc:
+                    warn(f"{exc}; left out of {archive} (run its command again to make it)")
+                    continue
+            members[name] = data
     resumable: dict[str, bytes] = {}  # unfinished checkpoints with their optimiser state, where room remains
     for path in sorted(checkpoint_dir.glob("*.pt"), key=lambda p: p.stat().st_size):  # smallest first
         if path.stat().st_mtime < since or (saved := readable_checkpoint(path)) is None:

@@ -23,7 +23,7 @@ from membench.errors import EXIT_INTERRUPTED, EXIT_PAUSED
 from membench.session import finish, run_session
 from membench.set_aside import done
 from membench.throughput import COLUMNS, merge
-from tests.conftest import exited_cleanly, records_in
+from tests.conftest import REPO_ROOT, exited_cleanly, records_in
 from tests.test_training import TINY_MODEL
 
 ROW = dict.fromkeys(COLUMNS, 1) | {"device": "cpu", "device_name": "x86_64", "model": "ebmm", "preset": "gpu",
@@ -319,6 +319,26 @@ def test_pack_leaves_out_checkpoints_only_used_or_unreadable(tmp_path: Path):
     with tarfile.open(tmp_path / "session.tgz") as tar:
         packed = torch.load(io.BytesIO(tar.extractfile("checkpoints/trained.pt").read()), weights_only=False)
     assert packed["step"] == 9 and "optimizer" not in packed
+
+
+def test_pack_leaves_out_an_unreadable_record_so_that_the_others_unpack(tmp_path: Path, capsys):
+    """unpack refuses an archive holding an unreadable record (the lent machine is gone by then): pack leaves such a
+    record out, named, and the archive of the rest unpacks."""
+    from membench.archive import pack
+
+    record = next((REPO_ROOT / "results" / "table1" / "runs").glob("table1-hopfield_hebb-N16-*.json"))
+    runs = tmp_path / "results" / "t" / "runs"
+    runs.mkdir(parents=True)
+    (runs / record.name).write_bytes(record.read_bytes())
+    (runs / "table1-x.json").write_bytes(record.read_bytes()[:100])  # truncated
+    names = pack(tmp_path / "session.tgz", 0.0, tmp_path / "results", tmp_path / "cache")
+    assert names == [f"results/t/runs/{record.name}"]
+    assert "table1-x.json is unreadable" in capsys.readouterr().err
+    checkout = tmp_path / "checkout"
+    (checkout / "results").mkdir(parents=True)
+    unpacked = CliRunner().invoke(main, ["unpack", str(tmp_path / "session.tgz"), "--root", str(checkout)])
+    assert unpacked.exit_code == 0, unpacked.output
+    assert (checkout / "results" / "t" / "runs" / record.name).read_bytes() == record.read_bytes()
 
 
 @pytest.mark.parametrize("run", ["--model hopfield_hebb --out elsewhere", "--out=elsewhere/x --model hopfield_hebb",
