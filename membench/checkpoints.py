@@ -152,6 +152,15 @@ def _on_this_device(state: dict[str, Any], optimizer: torch.optim.Optimizer) -> 
     groups = state["param_groups"]
     if len(groups) != len(optimizer.param_groups):
         raise ValueError(f"{len(groups)} parameter groups saved, {len(optimizer.param_groups)} expected")
+    params = [param for group in optimizer.param_groups for param in group["params"]]
+    ids = [index for group in groups for index in group["params"]]
+    if len(ids) != len(params):
+        raise ValueError(f"optimiser state of {len(ids)} parameters saved, {len(params)} expected")
+    for index, param in zip(ids, params):  # AdamW's moments, shaped as their parameters (its step count: a scalar)
+        for key, value in state["state"].get(index, {}).items():
+            if isinstance(value, torch.Tensor) and value.dim() and value.shape != param.shape:
+                raise ValueError(f"optimiser state {key} of shape {tuple(value.shape)} saved for a parameter of "
+                                 f"shape {tuple(param.shape)}")
     return {**state, "param_groups": [{**saved, "capturable": current["capturable"], "lr": float(saved["lr"])}
                                       for saved, current in zip(groups, optimizer.param_groups)]}
 

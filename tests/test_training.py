@@ -420,6 +420,25 @@ def test_weights_only_checkpoint_resumes_with_a_fresh_optimiser(tmp_path: Path, 
         torch.testing.assert_close(a, b, msg=f"training resumed from weights only differs in {name}")
 
 
+def test_a_checkpoint_whose_optimiser_state_does_not_fit_its_parameters_is_set_aside(tmp_path: Path, capsys):
+    """AdamW's load_state_dict takes moments of another shape without a word, and the update then fails deep in
+    AdamW: such a checkpoint is set aside at load, named, and training starts afresh."""
+    from membench.checkpoints import save_checkpoint
+
+    task, device = BinaryTask(4), torch.device("cpu")
+    short = TrainConfig(steps=3, batch_size=2, lr=1e-3, log_every=1, checkpoint_every=100)
+    meta_train(_linear_model(), task, dataclasses.replace(short, steps=2), tmp_path / "ck.pt", device, seed=0,
+               progress=False)
+    saved = torch.load(tmp_path / "ck.pt", weights_only=False)
+    moments = saved["optimizer"]["state"][0]
+    moments["exp_avg"] = moments["exp_avg"].flatten()[:1].clone()
+    save_checkpoint(saved, tmp_path / "ck.pt")
+    result = meta_train(_linear_model(), task, short, tmp_path / "ck.pt", device, seed=0, progress=False)
+    err = capsys.readouterr().err
+    assert "optimiser state exp_avg of shape (1,) saved for a parameter of shape" in err and "ck.pt.corrupt" in err
+    assert result.finished and [r["step"] for r in result.curve] == [1, 2, 3]  # afresh
+
+
 def test_ship_rewrites_an_old_shipped_checkpoint_without_its_optimiser(tmp_path: Path, monkeypatch):
     """A checkpoint shipped before `ship` stripped optimiser states (and before histories were kept) is
     rewritten weights only, its history taken from the record that trained it; the weights are unchanged."""
