@@ -21,7 +21,7 @@ from torch.torch_version import TorchVersion
 
 import membench
 from membench.interface import AssociativeMemory
-from membench.records import list_of_mappings, nonnegative_number
+from membench.records import list_of_mappings, nonnegative_number, training_history
 from membench.store import file_lock, warn, write_atomic
 
 CHECKPOINT_KEYS = ("model", "generator", "step", "elapsed_s", "curve")  # required; "optimizer", "history",
@@ -131,8 +131,8 @@ def _field_problem(saved: dict[str, Any]) -> str | None:
         return "elapsed_s is not a number of seconds"
     if not list_of_mappings(saved["curve"]):
         return "curve is not a list of rows"
-    if saved.get("history") is not None and not list_of_mappings(saved["history"]):
-        return "history is not a list of stretches"
+    if saved.get("history") is not None and not training_history(saved["history"]):
+        return "history is not a list of stretches (device, device_name, steps, train_time_s, commit)"
     if saved.get("config") is not None and not isinstance(saved["config"], dict):
         return "config is not a training configuration"
     planned = (saved.get("config") or {}).get("steps")

@@ -110,6 +110,13 @@ def _field_problem(record: dict[str, Any], check_errors: bool = True) -> str | N
     sizes = {"binary": ("dim", "erased")}.get(task["kind"], ("image_size", "block"))
     if not all(is_int(task.get(name)) and task[name] >= 0 for name in sizes):
         return f"a {task['kind']} task needs whole numbers {' and '.join(sizes)}"
+    rates = [name for name in ("flip", "mask") if name in task]  # optional corruptions: shares, a noise's sigma
+    if not all(nonnegative_number(task[name]) and task[name] <= 1 for name in rates):
+        return f"task's {' and '.join(rates)} must be shares in [0, 1]"
+    if "noise" in task and not nonnegative_number(task["noise"]):
+        return "task's noise is not a standard deviation"
+    if "data" in task and not isinstance(task["data"], str):
+        return "task's data is not a description of the data set"
     if len(record["errors"]) % task["num_patterns"]:
         return f"errors holds {len(record['errors'])} values, not whole episodes of {task['num_patterns']} queries"
     training = record.get("training")
@@ -128,8 +135,8 @@ def _field_problem(record: dict[str, Any], check_errors: bool = True) -> str | N
             and nonnegative_number(now.get("train_time_s"))):
         return "training's trained_by_this_run is not {steps, train_time_s}"
     history = (training or {}).get("history")
-    if history is not None and not list_of_mappings(history):
-        return "training's history is not a list of stretches"
+    if history is not None and not training_history(history):
+        return "training's history is not a list of stretches (device, device_name, steps, train_time_s, commit)"
     preset_config = record.get("preset_config")
     if preset_config is not None and not (isinstance(preset_config, dict)
                                           and isinstance(preset_config.get("model"), dict)
@@ -159,6 +166,18 @@ def _field_problem(record: dict[str, Any], check_errors: bool = True) -> str | N
 def list_of_mappings(value: Any) -> bool:
     """A list of dicts (a training curve's rows, a history's stretches)."""
     return isinstance(value, list) and all(isinstance(item, dict) for item in value)
+
+
+def training_history(value: Any) -> bool:
+    """A training history (checkpoints', records'): a list of stretches, each with its device type, the device's
+    name (None in one rebuilt from a record that lacked it), its [first, last] step, seconds and commit (or None),
+    as reports and `membench checkpoints` read them."""
+    def stretch(item: dict) -> bool:
+        steps = item.get("steps")
+        return (isinstance(item.get("device"), str) and isinstance(item.get("device_name"), (str, type(None)))
+                and isinstance(steps, list) and len(steps) == 2 and all(is_int(s) and s >= 0 for s in steps)
+                and nonnegative_number(item.get("train_time_s")) and isinstance(item.get("commit"), (str, type(None))))
+    return list_of_mappings(value) and all(stretch(item) for item in value)
 
 
 def nonnegative_number(value: Any) -> bool:

@@ -663,8 +663,15 @@ TRAINED = {"checkpoint_key": "k", "curve": "training/k.csv", "config": {}, "trai
                                     {"environment": {"device": "cpu", "device_name": "x", "git_commit": 123}},
                                     {"task": {"kind": "binary", "num_patterns": 16, "erased": 64}},
                                     {"task": {"kind": "omniglot", "num_patterns": 16, "image_size": 32}},
+                                    {"task": {"kind": "binary", "num_patterns": 16, "dim": 128, "erased": 0,
+                                              "flip": "abc"}},
+                                    {"task": {"kind": "binary", "num_patterns": 16, "dim": 128, "erased": 0,
+                                              "flip": float("nan")}},
+                                    {"task": {"kind": "omniglot", "num_patterns": 16, "image_size": 32, "block": 16,
+                                              "data": 5}},
                                     {"training": {**TRAINED, "train_time_s": "x"}},
-                                    {"training": {**TRAINED, "history": ["x"]}}, {"preset_config": "x"},
+                                    {"training": {**TRAINED, "history": ["x"]}},
+                                    {"training": {**TRAINED, "history": [{}]}}, {"preset_config": "x"},
                                     {"preset_config": {"model": {}}}, {"train_split": {"batch_errors": "x"}}])
 def test_a_record_with_a_wrong_field_is_named_by_report_and_repaired_by_run(tmp_path, change):
     """A record that parses but whose fields the reports read are of the wrong kind: one line naming the file
@@ -699,6 +706,8 @@ class _RunsCode:
 
 @pytest.mark.parametrize("content", [b"", b"PK\x03\x04truncated", "foreign", "code", ("step", "5"), ("step", -3),
                                      ("elapsed_s", "x"), ("curve", "x"), ("history", "x"), ("history", ["x"]),
+                                     ("history", [{"device_name": 5, "device": "cpu", "steps": [0, 1],
+                                                   "train_time_s": 1.0, "commit": None}]),
                                      ("generator", torch.zeros(5056)), ("generator", torch.zeros(10, dtype=torch.uint8)),
                                      ("model", {"bias": "x"}), ("model", [torch.zeros(128)]), ("config", "x"),
                                      ("optimizer", ["x"]), "nan"])
