@@ -54,6 +54,7 @@ COLUMNS = ["device", "device_name", "suite", "model", "preset", "options", "budg
            "threads", "torch", "measured_at", "reference", "reference_ms"]
 KEY = ["device_name", "suite", "model", "preset", "options", "budget", "batch_size", "num_patterns", "cuda_graph",
        "compiled", "precision", "commit"]
+NUMBERS = ["budget", "batch_size", "num_patterns", "episodes_per_s", "ms_per_step"]  # numeric where given
 REFERENCE_BENCH = "tests/benchmarks/test_bench_ebmm.py::test_meta_training_step"  # EBMM quick, 16 episodes, N = 64
 
 
@@ -256,6 +257,9 @@ def existing_table(path: Path) -> pd.DataFrame | None:
     required = [column for column in COLUMNS if column not in LATE_COLUMNS]  # in every row since the first
     gaps = old[required].isna()
     gaps["precision"] = ~old["precision"].isin(PRECISIONS)  # (a row cut short ends in a piece of one)
+    for column in NUMBERS:  # text where a number belongs would also keep merge from matching the row's key
+        text = old[column].notna() & pd.to_numeric(old[column], errors="coerce").isna()
+        gaps[column] = gaps[column] | text if column in gaps else text
     if gaps.any(axis=None):
         row = int(gaps.any(axis=1).idxmax())
         missing = ", ".join(c for c in gaps.columns if gaps.at[row, c])
