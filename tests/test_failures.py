@@ -90,8 +90,9 @@ def test_bad_numbers_are_refused_before_any_work(tmp_path, args, fragment):
     ("write_lr_init=0.0", "write_lr_init=0.0 must be a finite number > 0 (a softplus rate)"),
     ("decay_init=1.0", "decay_init=1.0 must lie strictly between 0 and 1 (a sigmoid)"),
     ("train.weight_decay=-5", "train.weight_decay=-5.0 must be a non-negative finite number"),
-    ("train.lr=Infinity", "train.lr=inf must be a positive finite number"),
-    ("train.lr=nan", "train.lr=nan must be a positive finite number"),
+    ("train.lr=Infinity", "train.lr=inf must be a positive finite float32 number"),
+    ("train.lr=nan", "train.lr=nan must be a positive finite float32 number"),
+    ("train.lr=1e300", "train.lr=1e+300 must be a positive finite float32 number (at most 3.403e+38)"),
     ("write_lr_init=-inf", "write_lr_init=-inf must be a finite number > 0"),
 ])
 def test_bad_option_values_are_refused_before_any_work(tmp_path, option, fragment):
