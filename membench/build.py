@@ -68,7 +68,8 @@ def build_model(spec: RunSpec, task: Task, preset: Preset | None = None) -> Asso
                    else f"{name}.from_spec(spec, budget, **options), by default {name}(spec, **options); a model "
                         "sized by the budget overrides from_spec")
             learned_looking = not cls.trainable and any(  # its own presets or meta_loss (qualname: a classmethod too)
-                getattr(cls, method).__qualname__ != getattr(AssociativeMemory, method).__qualname__
+                getattr(getattr(cls, method, None), "__qualname__", None)
+                != getattr(AssociativeMemory, method).__qualname__
                 for method in ("presets", "meta_loss"))
             forgot = (f" {name} defines presets or meta_loss but trainable is False: a meta-learned model sets "
                       "trainable = True" if learned_looking else "")

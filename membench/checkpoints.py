@@ -158,7 +158,7 @@ def _on_this_device(state: dict[str, Any], optimizer: torch.optim.Optimizer) -> 
         raise ValueError(f"optimiser state of {len(ids)} parameters saved, {len(params)} expected")
     for index, param in zip(ids, params):  # AdamW's moments, shaped as their parameters (its step count: a scalar)
         for key, value in state["state"].get(index, {}).items():
-            if isinstance(value, torch.Tensor) and value.dim() and value.shape != param.shape:
+            if key != "step" and isinstance(value, torch.Tensor) and value.shape != param.shape:
                 raise ValueError(f"optimiser state {key} of shape {tuple(value.shape)} saved for a parameter of "
                                  f"shape {tuple(param.shape)}")
     return {**state, "param_groups": [{**saved, "capturable": current["capturable"], "lr": float(saved["lr"])}

@@ -165,7 +165,9 @@ def _smoke_test(summary: pd.DataFrame) -> bool:
         except MembenchError:  # a record of a model this checkout cannot import: not one of ours
             return False
 
-    quick = summary[summary["trained"] & (summary["preset"] == "quick")] if not summary.empty else summary
+    if summary.empty:
+        return False
+    quick = summary[summary["trained"] & (summary["preset"] == "quick")]
     return any(builtin(name) for name in quick["model"].unique())
 
 

@@ -76,7 +76,8 @@ class TaskSpec:
 
 
 PRECISIONS = ("float32", "tf32", "bf16")  # TrainConfig.precision
-FLOAT32_MAX = float(torch.finfo(torch.float32).max)  # TrainConfig.lr and clip_norm: float32 numbers
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)  # TrainConfig.lr and clip_norm: normal float32 numbers
+FLOAT32_TINY = float(torch.finfo(torch.float32).tiny)
 
 
 @dataclass(frozen=True)
@@ -109,9 +110,9 @@ class TrainConfig:
         if not is_int(self.curriculum_steps) or self.curriculum_steps < 0:
             raise MembenchError(f"train.curriculum_steps={self.curriculum_steps!r} must be a non-negative integer")
         for name in ("lr", "clip_norm"):  # float32 numbers: the optimiser and clipping compute in float32
-            if not is_finite(getattr(self, name)) or not 0 < getattr(self, name) <= FLOAT32_MAX:
+            if not is_finite(getattr(self, name)) or not FLOAT32_TINY <= getattr(self, name) <= FLOAT32_MAX:
                 raise MembenchError(f"train.{name}={getattr(self, name)!r} must be a positive finite float32 number "
-                                    f"(at most {FLOAT32_MAX:.4g})")
+                                    f"(from {FLOAT32_TINY:.4g} to {FLOAT32_MAX:.4g})")
         if not is_finite(self.weight_decay) or self.weight_decay < 0:
             raise MembenchError(f"train.weight_decay={self.weight_decay!r} must be a non-negative finite number")
         if self.num_patterns is not None:

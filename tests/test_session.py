@@ -201,14 +201,14 @@ def test_unpack_refuses_an_unsafe_or_corrupt_archive_and_writes_nothing(tmp_path
     assert exited_cleanly(result) and list(root.rglob("*")) == [root / "results"]
 
 
-_COMMITTED_CSV = (REPO_ROOT / "results" / "bench" / "throughput.csv").read_bytes()
-_ROW = _COMMITTED_CSV.splitlines()[1].split(b",")
+_COMMITTED_CSV = (REPO_ROOT / "results" / "bench" / "throughput.csv").read_text()
+_TEXT_BUDGET = pd.read_csv(io.StringIO(_COMMITTED_CSV), dtype=str, keep_default_na=False).head(1).assign(budget="abc")
 
 
 @pytest.mark.parametrize("csv", [b"\xff\xfe\x00binary", b"", b"a,b\n1,2\n",
                                  b"device,model,episodes_per_s\ncpu,ebmm,10\n",
                                  # a row with text for its budget (its key would then match no committed row)
-                                 _COMMITTED_CSV.splitlines()[0] + b"\n" + b",".join(_ROW[:6] + [b"abc"] + _ROW[7:])])
+                                 _TEXT_BUDGET.to_csv(index=False).encode()])
 def test_unpack_refuses_a_throughput_table_that_is_not_one_and_writes_nothing(tmp_path: Path, csv: bytes):
     """The archive's results/bench/throughput.csv is checked with the records, before anything is written: a
     binary, empty, foreign or incomplete table is one line naming the member, and the checkout is untouched."""

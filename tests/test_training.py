@@ -427,16 +427,18 @@ def test_a_checkpoint_whose_optimiser_state_does_not_fit_its_parameters_is_set_a
 
     task, device = BinaryTask(4), torch.device("cpu")
     short = TrainConfig(steps=3, batch_size=2, lr=1e-3, log_every=1, checkpoint_every=100)
-    meta_train(_linear_model(), task, dataclasses.replace(short, steps=2), tmp_path / "ck.pt", device, seed=0,
-               progress=False)
-    saved = torch.load(tmp_path / "ck.pt", weights_only=False)
-    moments = saved["optimizer"]["state"][0]
-    moments["exp_avg"] = moments["exp_avg"].flatten()[:1].clone()
-    save_checkpoint(saved, tmp_path / "ck.pt")
-    result = meta_train(_linear_model(), task, short, tmp_path / "ck.pt", device, seed=0, progress=False)
-    err = capsys.readouterr().err
-    assert "optimiser state exp_avg of shape (1,) saved for a parameter of shape" in err and "ck.pt.corrupt" in err
-    assert result.finished and [r["step"] for r in result.curve] == [1, 2, 3]  # afresh
+    for shape, cut in (("(1,)", lambda t: t.flatten()[:1]), ("()", lambda t: t.flatten()[0])):
+        path = tmp_path / f"ck{len(shape)}.pt"
+        meta_train(_linear_model(), task, dataclasses.replace(short, steps=2), path, device, seed=0, progress=False)
+        saved = torch.load(path, weights_only=False)
+        moments = saved["optimizer"]["state"][0]
+        moments["exp_avg"] = cut(moments["exp_avg"]).clone()
+        save_checkpoint(saved, path)
+        result = meta_train(_linear_model(), task, short, path, device, seed=0, progress=False)
+        err = capsys.readouterr().err
+        assert f"optimiser state exp_avg of shape {shape} saved for a parameter of shape" in err, err
+        assert f"{path.name}.corrupt" in err
+        assert result.finished and [r["step"] for r in result.curve] == [1, 2, 3]  # afresh
 
 
 def test_ship_rewrites_an_old_shipped_checkpoint_without_its_optimiser(tmp_path: Path, monkeypatch):

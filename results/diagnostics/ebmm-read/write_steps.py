@@ -34,6 +34,9 @@ def extended(model, extra: int):
     steps = model.write_lr.shape[0]
     last = model.write_lr.data[-1:]
     model.write_lr = nn.Parameter(torch.cat([model.write_lr.data[:steps], last.expand(extra, *last.shape[1:])]))
+    if model.cfg.n_scaled_rates:
+        power = model.write_lr_power.data
+        model.write_lr_power = nn.Parameter(torch.cat([power, power[-1:].expand(extra, *power.shape[1:])]))
     if model.cfg.elementwise_write_lr:
         model.write_scale = nn.ParameterList(
             nn.Parameter(torch.cat([s.data[:steps], s.data[-1:].expand(extra, *s.shape[1:])])) for s in model.write_scale)
