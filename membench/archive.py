@@ -3,7 +3,8 @@
 `pack` puts what a session made into one .tar.gz
 
     results/<...>        every file under the results folder written since the session began
-                         (records, training curves, throughput rows), at its path in the repository
+                         (records, training curves, throughput rows), at its path in the repository;
+                         a record that cannot be read is left out, named
     checkpoints/<key>.pt every checkpoint of the session's cache trained further than the one shipped
                          in results/checkpoints (`checkpoints.portable`)
 
@@ -47,7 +48,8 @@ def pack(archive: Path, since: float, results_dir: Path, checkpoint_dir: Path) -
     shipped in results_dir/checkpoints (`checkpoints.portable`: weights only once finished, smallest first) into `archive` (.tar.gz) and, where they
     do not fit in CARRY_LIMIT_MB, further volumes (`volume_path`), at most MAX_VOLUMES in all: what a lent
     machine returns. Unfinished checkpoints then take their AdamW state where a volume has room (or a further
-    volume may open). A checkpoint that fits nowhere is left out, warned. Returns the member names."""
+    volume may open). A checkpoint that fits nowhere is left out, warned, and so is a record that cannot be read
+    (`unpack` would refuse the whole archive for it). Returns the member names."""
     results_dir, checkpoint_dir = Path(results_dir), Path(checkpoint_dir)
     members: dict[str, bytes] = {}
     for path in sorted(results_dir.rglob("*")):
