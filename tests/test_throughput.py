@@ -48,7 +48,8 @@ def _three_updates(config: TrainConfig, **options) -> tuple[Stepper, dict[str, t
     return stepper, model.state_dict()
 
 
-@pytest.mark.parametrize("options", [{}, {"learn_write_norm": True}], ids=["quick", "learned-write-norm"])
+@pytest.mark.parametrize("options", [{}, {"learn_write_norm": True}, {"n_scaled_rates": True}],
+                         ids=["quick", "learned-write-norm", "n-scaled-rates"])
 def test_compiled_updates_match_eager_updates(options):
     """The compiled meta-loss (closed-form inner loops, inductor) trains the same weights as eager updates."""
     config = TrainConfig(lr=1e-3, clip_norm=1.0)
