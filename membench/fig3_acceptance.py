@@ -142,8 +142,7 @@ def acceptance_markdown(summary: pd.DataFrame, reference: pd.DataFrame | None, p
             f"({verdicts.count('n/a')} not applicable). Written by `membench figures` from this folder's records; "
             f"the rules are in `membench/fig3_acceptance.py`. On Omniglot passthrough leaves the block at 0.5, "
             f"which counts as wrong at every pixel, so its half is a weak bar there.\n\n"
-            + tabulate([list(row.values()) for row in rows], headers=list(rows[0]) if rows else [],
-                       tablefmt="github") + "\n" + _mean_fill_section(against_mean_fill(summary, preset)))
+            + _table(rows) + "\n" + _mean_fill_section(against_mean_fill(summary, preset)))
 
 
 def _mean_fill_section(rows: list[dict[str, str]]) -> str:
@@ -152,5 +151,9 @@ def _mean_fill_section(rows: list[dict[str, str]]) -> str:
         return ""
     return ("\n## Beyond the issue: does a point recall anything? (not counted above)\n\nMean fill stores nothing and "
             "sets each erased pixel to its query's known mean: a point at or above it recalls nothing the query "
-            "alone does not give.\n\n" + tabulate([list(row.values()) for row in rows], headers=list(rows[0]),
-                                                     tablefmt="github") + "\n")
+            "alone does not give.\n\n" + _table(rows) + "\n")
+
+
+def _table(rows: list[dict[str, str]]) -> str:
+    """Rows of one kind (dicts with the same keys) as a GitHub table, their keys the header."""
+    return tabulate([list(row.values()) for row in rows], headers=list(rows[0]) if rows else [], tablefmt="github")
