@@ -13,7 +13,7 @@ pool (a process holds one update's peak, not one per N), so a step's outputs hol
 next step only: use them (or queue work on them) before calling `step` again. $MEMBENCH_CUDA_GRAPHS=0
 turns graphs off for a process (how updates run is not part of checkpoint keys or records' presets;
 each stretch of training's history says whether it replayed graphs). With `TrainConfig.compile`
-the meta-loss (forward and its backward) is compiled by `torch.compile` with dynamic
+(or $MEMBENCH_COMPILE=1 for a process, whatever the preset says; =0: eager; likewise not part of keys) the meta-loss (forward and its backward) is compiled by `torch.compile` with dynamic
 shapes, once for every N (on the CPU, inductor fuses the elementwise work into C++ loops;
 it needs a C++ compiler). Where capture fails (for any batch shape: graphs are then off for all) or compiling fails (on the first
 update), a warning is printed and training continues eagerly; an error of the eager meta-loss, or of
@@ -39,6 +39,7 @@ from membench.store import warn
 GRAPH_WARMUP = 3  # eager updates on a side stream before a capture (required by CUDA graphs)
 GRAPHS_ENV = "MEMBENCH_CUDA_GRAPHS"  # "0": no graphs whatever the preset says (make gpu-graph-check failed)
 GRAPHS_OFF_ENV = "MEMBENCH_CUDA_GRAPHS_OFF"  # model names, space-separated: no graphs for these (their check differed)
+COMPILE_ENV = "MEMBENCH_COMPILE"  # "1": compile the meta-loss, "0": eager, whatever the preset says; unset: the preset
 
 
 @dataclass
@@ -69,6 +70,15 @@ def _checked(out: Any, patterns: torch.Tensor, name: str) -> tuple[torch.Tensor,
         raise MembenchError(f"{name}.meta_loss returned a loss that no parameter of the model reaches; it must be "
                             "computed from the model's parameters (through write and read) to be trained")
     return out
+
+
+def _compile(config: TrainConfig) -> bool:
+    """Whether updates compile the meta-loss: $MEMBENCH_COMPILE where set ("1" or "0"), else `config.compile`."""
+    value = os.environ.get(COMPILE_ENV, "")
+    if value not in ("", "0", "1"):
+        raise MembenchError(f"{COMPILE_ENV}={value!r}: use 1 (compile the meta-loss), 0 (eager updates), or unset it "
+                            f"(as the preset says)")
+    return config.compile if value == "" else value == "1"
 
 
 @contextlib.contextmanager
@@ -107,7 +117,7 @@ class Stepper:
         self._graphs: dict[tuple, _Captured] = {}
         self._pool = torch.cuda.graph_pool_handle() if self.graphs_on else None  # shared by every N's graph
         self._compiled, self._compiled_ran = None, False
-        if config.compile:
+        if _compile(config):
             if device.type == "cpu":  # a pool of compile workers would compete with training for the cores
                 from torch._inductor import config as inductor_config
                 inductor_config.compile_threads = 1

@@ -61,6 +61,42 @@ def test_compiled_updates_match_eager_updates(options):
         torch.testing.assert_close(compiled[name], eager[name], rtol=1e-4, atol=1e-5, msg=f"compiled differs in {name}")
 
 
+def _mann_updates(config: TrainConfig) -> tuple[Stepper, dict[str, torch.Tensor]]:
+    """Three updates of a small MANN (16-bit patterns, N = 4) from one initialisation."""
+    from baselines.mann import MANN
+
+    torch.manual_seed(0)
+    model = MANN.from_spec(TaskSpec((16,), 4, True), 16 * 8 + 2 * 8, "quick", memory_width=16, controller_size=8)
+    task = BinaryTask(4, dim=16, erased=8)
+    stepper = Stepper(model, config, torch.device("cpu"))
+    for seed in range(3):
+        episodes = task.sample(2, torch.Generator().manual_seed(seed), split="train")
+        assert bool(stepper.step(episodes.patterns, episodes.queries).finite)
+    return stepper, model.state_dict()
+
+
+def test_membench_compile_compiles_a_baseline_whatever_its_preset_says_and_trains_the_same(monkeypatch):
+    """MEMBENCH_COMPILE=1 compiles the meta-loss of a preset without `compile` (how the MANN gpu preset trains on
+    a CPU), and the compiled updates train the weights eager ones do; =0 keeps a compiling preset eager."""
+    config = TrainConfig(lr=1e-3, clip_norm=1.0)
+    stepper, eager = _mann_updates(config)
+    assert not stepper.compiled
+    monkeypatch.setenv("MEMBENCH_COMPILE", "0")
+    assert not _mann_updates(dataclasses.replace(config, compile=True))[0].compiled
+    monkeypatch.setenv("MEMBENCH_COMPILE", "1")
+    stepper, compiled = _mann_updates(config)
+    if not stepper.compiled:
+        pytest.skip("torch.compile does not work on this machine (the Stepper fell back to eager updates)")
+    for name in eager:
+        torch.testing.assert_close(compiled[name], eager[name], rtol=1e-4, atol=1e-5, msg=f"compiled differs in {name}")
+
+
+def test_a_bad_membench_compile_is_refused_in_one_line(monkeypatch):
+    monkeypatch.setenv("MEMBENCH_COMPILE", "yes")
+    with pytest.raises(MembenchError, match=r"MEMBENCH_COMPILE='yes': use 1 .*, 0 .*, or unset it"):
+        Stepper(_linear_model(), TrainConfig(lr=1e-3), torch.device("cpu"))
+
+
 def test_a_failing_compile_warns_and_trains_eagerly(monkeypatch, capsys):
     def broken(fn, **kwargs):
         def call(*args):
