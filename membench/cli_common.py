@@ -142,8 +142,15 @@ DATA_DIR_OPTION = click.option(
 
 def suite_runs(suite, models, num_patterns, seeds, queries, preset, budget, options):
     """`membench run`'s suite and its runs, from the command's parameters."""
+    from membench.registry import canonical_model_name
+    from membench.store import warn
     from membench.suites import get_suite
 
     chosen = get_suite(suite)
+    names = {model: canonical_model_name(model) for model in models}
+    for given, name in names.items():
+        if name != given:
+            warn(f"{given} is the registered model '{name}': run under that name")
+    models = tuple(dict.fromkeys(names.values()))  # in order, each model once
     specs = chosen.expand(suite, tuple(models) or None, seeds, queries or chosen.queries, preset, num_patterns, budget)
     return chosen, [dataclasses.replace(s, options={**s.options, **options}) for s in specs] if options else specs

@@ -175,6 +175,16 @@ def resolve_model(name: str) -> type[AssociativeMemory]:
     )
 
 
+def canonical_model_name(name: str) -> str:
+    """The registered name of the class a 'module:Class' path names, where it is registered (so one model given
+    under both names is one run and one checkpoint); any other name as given."""
+    if ":" not in name:
+        return name
+    cls = resolve_model(name)
+    path = f"{cls.__module__}:{cls.__qualname__}"
+    return next((registered for registered, where in available_models().items() if where == path), name)
+
+
 def make_task(config: dict):
     """Build a task (a membench.tasks.Task) from its config dict, as stored in run records: {'kind': ..., **arguments}."""
     from membench.tasks import Task

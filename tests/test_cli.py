@@ -341,3 +341,15 @@ def test_readme_learned_example_trains_and_runs(tmp_path, monkeypatch):
     (redone,) = records_in(tmp_path / "out")
     assert redone["training"]["trained_by_this_run"] == {"steps": 0, "train_time_s": 0.0}
     assert redone["training"]["train_time_s"] > 0
+
+
+def test_a_registered_model_given_as_module_and_class_runs_under_its_name(tmp_path):
+    """`--model baselines.hopfield:HebbHopfield` beside `--model hopfield_hebb` is one model: one run id per cell
+    (one record, and for a learned model one checkpoint), under the registered name, and said so."""
+    out = tmp_path / "results"
+    result = CliRunner().invoke(main, ["run", "--suite", "table1", "--model", "baselines.hopfield:HebbHopfield",
+                                       "--model", "hopfield_hebb", "--num-patterns", "16", "--queries", "64",
+                                       "--out", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "baselines.hopfield:HebbHopfield is the registered model 'hopfield_hebb'" in result.output
+    assert [record["model"] for record in records_in(out)] == ["hopfield_hebb"]
