@@ -13,9 +13,9 @@ pool (a process holds one update's peak, not one per N), so a step's outputs hol
 next step only: use them (or queue work on them) before calling `step` again. $MEMBENCH_CUDA_GRAPHS=0
 turns graphs off for a process (how updates run is not part of checkpoint keys or records' presets;
 each stretch of training's history says whether it replayed graphs). With `TrainConfig.compile`
-(or $MEMBENCH_COMPILE=1 for a process, whatever the preset says; =0: eager; likewise not part of keys) the meta-loss (forward and its backward) is compiled by `torch.compile` with dynamic
-shapes, once for every N (on the CPU, inductor fuses the elementwise work into C++ loops;
-it needs a C++ compiler). Where capture fails (for any batch shape: graphs are then off for all) or compiling fails (on the first
+(or $MEMBENCH_COMPILE=1 for a process whatever the preset says; =0: eager; not part of keys either)
+the meta-loss (forward and its backward) is compiled by `torch.compile` with dynamic shapes, once
+for every N (on the CPU, inductor fuses the elementwise work into C++ loops; it needs a C++ compiler). Where capture fails (for any batch shape: graphs are then off for all) or compiling fails (on the first
 update), a warning is printed and training continues eagerly; an error of the eager meta-loss, or of
 compiled code that has run, is raised as itself. `TrainConfig.precision` sets the arithmetic of the
 meta-loss and its backward only (tf32: TF32 matmuls and convolutions on CUDA; bf16: autocast of the meta-loss, whose
