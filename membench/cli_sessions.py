@@ -135,13 +135,17 @@ def results_folder(results: Path) -> None:
                             "under results/, so give that folder (the runs' --out folders below it)")
 
 
-def writable_archive(archive: Path, make_folder: bool = True) -> None:
-    """MembenchError unless `archive` (--to) is named as the gzipped tar it will be and (`make_folder`: made if
-    absent) in a folder that can be written."""
+def archive_name(archive: Path) -> None:
+    """MembenchError unless `archive` (--to) is named as the gzipped tar it will be."""
     if not archive.name.endswith((".tgz", ".tar.gz")):
         raise MembenchError(f"--to {archive} is written as a gzipped tar: give it a name ending .tgz or .tar.gz")
-    if make_folder:
-        writable_folder(archive.parent, "--to's folder")
+
+
+def writable_archive(archive: Path) -> None:
+    """MembenchError unless `archive` (--to) is named as the gzipped tar it will be, in a folder that can be
+    written (made if absent)."""
+    archive_name(archive)
+    writable_folder(archive.parent, "--to's folder")
 
 
 def parsed(name: str, flag: str, args: str, extra: tuple[str, ...] = ()) -> dict:
@@ -220,9 +224,9 @@ def pack(archive, mark, results, checkpoint_dir) -> None:
 
     if not results.is_dir():
         raise MembenchError(f"--results {results} is not a folder; give the results folder the session wrote into")
-    writable_archive(archive, make_folder=False)
+    archive_name(archive)
     results_folder(results)
-    writable_archive(archive)  # last: it makes --to's folder
+    writable_folder(archive.parent, "--to's folder")  # last: it makes the folder
     names = pack_archive(archive, mark.stat().st_mtime, results, checkpoint_dir or default_checkpoint_dir())
     click.echo(f"packed {len(names)} file(s) into {archive} (and its volumes, if any)" + (": " + ", ".join(names)
                                                                                          if names else ""))
