@@ -255,7 +255,9 @@ def trained_steps(path: Path) -> int:
 
 
 def readable_checkpoint(path: Path) -> dict[str, Any] | None:
-    """The checkpoint at `path`, or None (with a warning) when it cannot be read as one."""
+    """The checkpoint at `path`; None where there is no file, or (with a warning) where it cannot be read as one."""
+    if not path.exists():
+        return None
     try:
         return read_checkpoint(path)
     except UNREADABLE as exc:

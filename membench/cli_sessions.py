@@ -55,8 +55,7 @@ def ship(out, checkpoint_dir, files) -> None:
             raise MembenchError(f"checkpoint {file} is unreadable ({type(exc).__name__}: "
                                 f"{str(exc).splitlines()[0][:160] if str(exc) else ''}); give a <key>.pt file "
                                 "a training run wrote") from None
-        here = SHIPPED_CHECKPOINTS / file.name  # a key shipped for the first time has none to compare
-        shipped = readable_checkpoint(here) if here.exists() else None
+        shipped = readable_checkpoint(SHIPPED_CHECKPOINTS / file.name)
         if shipped is not None and layout(shipped) != layout(saved):
             raise MembenchError(f"{file} holds other weights (names or shapes) than the shipped {file.name}: another "
                                 "model's checkpoint under its name, or the model's code changed since that one was "

@@ -99,7 +99,7 @@ def _paused_record_current(run_id: str, training: dict[str, Any], train: bool, c
     while the checkpoint (in `checkpoint_dir`, or shipped) stands at the record's step; otherwise warned about."""
     planned, steps = (training.get("config") or {}).get("steps"), training.get("steps")
     path = checkpoint_path(training["checkpoint_key"], checkpoint_dir or default_checkpoint_dir())
-    saved = readable_checkpoint(path) if path.exists() else None
+    saved = readable_checkpoint(path)
     now = saved["step"] if saved is not None else -1
     paused_at = f"{run_id}: its record was made from a checkpoint paused at step {steps} of {planned}"
     if planned is not None and now >= planned:

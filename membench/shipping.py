@@ -93,10 +93,7 @@ def _first_readable(paths: list[Path]) -> tuple[Path, dict[str, Any] | None]:
 def _ship_one(source: Path, saved: dict[str, Any], dest: Path, record: dict[str, Any] | None,
               max_mb: float) -> Path | None:
     """Write `saved` (read from `source`) to `dest` as `portable`, unless what is there is as good."""
-    if not dest.exists():
-        shipped = None
-    else:
-        shipped = saved if dest.resolve() == source.resolve() else readable_checkpoint(dest)
+    shipped = saved if dest.resolve() == source.resolve() else readable_checkpoint(dest)
     if (shipped is not None and ("optimizer" in shipped) == ("optimizer" in portable(shipped))
             and shipped.get("history") is not None and shipped["step"] >= saved["step"]):
         if shipped["step"] > saved["step"]:
