@@ -95,8 +95,9 @@ class TrainConfig:
     curriculum_steps: int = 0         # with num_patterns: over the first this many steps draw N from its smallest
     #   k values only, k growing evenly from 1 to all (0: all from the start)
     cuda_graph: bool = False          # on CUDA, replay each update from a captured graph (membench.stepper)
-    compile: bool = False             # torch.compile the meta-loss (inductor, one compile for every N); eager
-    #   where compiling fails. How the update runs, like the device: not part of the checkpoint key
+    compile: bool = False             # torch.compile the meta-loss (inductor: one compile for every N, one per N
+    #   where the meta-loss loops over the patterns in Python); eager where compiling fails. How the update
+    #   runs, like the device: not part of the checkpoint key
     precision: str = "float32"        # arithmetic of the meta-loss and its backward: float32 (highest matmul
     #   precision); tf32 (CUDA: TF32 matmuls and convolutions); bf16 (autocast to bfloat16: CUDA, or a CPU
     #   with native bfloat16 such as AMX). Evaluation is float32 at the highest precision whatever trained
