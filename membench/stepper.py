@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -123,6 +124,9 @@ class Stepper:
             if device.type == "cpu":  # a pool of compile workers would compete with training for the cores
                 from torch._inductor import config as inductor_config
                 inductor_config.compile_threads = 1
+            # inductor's own lowering calls a deprecated torch helper: one FutureWarning per graph, nothing to act on
+            warnings.filterwarnings("ignore", message=r"`torch\._prims_common\.check` is deprecated",
+                                    category=FutureWarning)
             self._compiled = torch.compile(model.meta_loss, dynamic=True)
 
     def after_load(self) -> None:
