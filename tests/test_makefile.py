@@ -38,12 +38,13 @@ if [ -n "$rest" ]; then printf '%s\\n' "$rest" > "$STUB_CLOCK"; fi
 
 
 def _session(tmp_path: Path, clock: list[int], ebmm: int = 0, then_check: int = 0, then: int = 0,
-             then_off: str = "") -> tuple[int, str, list[str]]:
-    """`make gpu-table1-session` (TRAIN_S=100, THEN_MIN_S=60, the baselines mann and dnc; every variable the
-    target reads given, so none comes from the caller's environment) with the stubs; (make's status, its
-    output, the stubbed Python's calls)."""
+             then_off: str = "", target: str = "gpu-table1-session", baselines: str = "mann dnc"
+             ) -> tuple[int, str, list[str]]:
+    """`make TARGET` (TRAIN_S=100, THEN_MIN_S=60, the baselines BASELINES, mann and dnc by default, as both
+    TABLE1_THEN and BASELINES_GPU; every variable the target reads given, so none comes from the caller's
+    environment) with the stubs; (make's status, its output, the stubbed Python's calls)."""
     bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
+    bin_dir.mkdir(parents=True)
     for name, text in (("python", PYTHON_STUB), ("date", DATE_STUB)):
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
@@ -54,9 +55,10 @@ def _session(tmp_path: Path, clock: list[int], ebmm: int = 0, then_check: int = 
            "MEMBENCH_GIT_DIRTY": "0"}
     for name in ("MEMBENCH_CUDA_GRAPHS", "MEMBENCH_CUDA_GRAPHS_OFF"):
         env.pop(name, None)
-    done = subprocess.run(["make", "-s", "-C", str(REPO_ROOT), "gpu-table1-session", f"OUT={tmp_path / 'out'}",
+    done = subprocess.run(["make", "-s", "-C", str(REPO_ROOT), target, f"OUT={tmp_path / 'out'}",
                            f"PYTHON={bin_dir / 'python'}", "TRAIN_S=100", "THEN_MIN_S=60", "GRACE=120",
-                           "TABLE1_THEN=mann dnc", "TABLE1_TIMING=0", "GRAPH_CHECK_ARGS=", "GPU_DEVICE=cuda"],
+                           f"TABLE1_THEN={baselines}", f"BASELINES_GPU={baselines}", "TABLE1_TIMING=0",
+                           "GRAPH_CHECK_ARGS=", "GPU_DEVICE=cuda"],
                           env=env, capture_output=True, text=True, timeout=60)
     calls = (tmp_path / "log").read_text().splitlines() if (tmp_path / "log").exists() else []
     return done.returncode, done.stdout + done.stderr, calls
@@ -103,3 +105,16 @@ def test_the_target_exits_with_the_last_session_that_ran(tmp_path, ebmm, then, s
     status, output, calls = _session(tmp_path, [1000, 1000, 1000], ebmm=ebmm, then=then)
     assert status != 0 and error in output, output
     assert _sessions(calls) == sessions, calls
+
+
+def test_with_no_baselines_named_ebmm_trains_alone_and_their_session_refuses_in_one_line(tmp_path):
+    """Every baseline's gpu preset trained (BASELINES_GPU empty): the Table 1 session trains EBMM, checks no
+    baselines' graphs and starts no second session, exiting with EBMM's status; the baselines' session says
+    what to set, exits 2 and runs nothing."""
+    status, output, calls = _session(tmp_path / "table1", [1000, 1000, 1010], baselines="")
+    assert status == 0, output
+    assert _sessions(calls) == ["1 ebmm"] and not any("mann" in call for call in calls), calls
+    status, output, calls = _session(tmp_path / "baselines", [1000], target="gpu-baselines-session", baselines="")
+    assert status != 0 and calls == [], calls
+    (line,) = [line for line in output.splitlines() if not line.startswith("make")]
+    assert line.startswith("gpu-baselines-session: BASELINES_GPU names no model to train;"), output
