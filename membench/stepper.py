@@ -19,10 +19,10 @@ for every N where no Python loop runs over the N patterns (EBMM), once per N whe
 length is a guard: the DNC, MANN, plasticity, the LSTM). On the CPU inductor fuses the elementwise work
 into C++ loops (it needs a C++ compiler). Where capture fails (for any batch shape: graphs are then off
 for all) or compiling fails (on the first update), a warning is printed and training continues eagerly;
-an error of the eager meta-loss, or of compiled code that has run, is raised as itself. `TrainConfig.precision` sets the arithmetic of the
-meta-loss and its backward only (tf32: TF32 matmuls and convolutions on CUDA; bf16: autocast of the meta-loss, whose
-backward follows the dtypes of its forward); clipping and AdamW, and everything outside the update
-(evaluation), stay float32 at the highest precision.
+an error of the eager meta-loss, or of compiled code that has run, is raised as itself.
+`TrainConfig.precision` sets the arithmetic of the meta-loss and its backward only (tf32: TF32 matmuls and
+convolutions on CUDA; bf16: autocast of the meta-loss, whose backward follows the dtypes of its forward);
+clipping and AdamW, and everything outside the update (evaluation), stay float32 at the highest precision.
 """
 from __future__ import annotations
 
