@@ -55,3 +55,17 @@ def test_meta_training_lowers_the_loss(tmp_path):
     first, last = result.curve[0], result.curve[-1]
     assert last["loss"] < 0.9 * first["loss"], result.curve
     assert last["error"] < first["error"], result.curve
+
+
+def test_long_preset_is_the_quick_model_at_ebmm_gpus_training_compute():
+    """'long' gives the LSTM EBMM gpu's updates and episodes on a CPU: the quick preset's architecture (the
+    gpu preset's hidden 4128 needs a GPU), trained as long as the other baselines' gpu presets."""
+    from ebmm.memory import EBMM
+
+    spec = BinaryTask(16).spec
+    quick, long = (LSTMMemory.presets(spec)[name] for name in ("quick", "long"))
+    ebmm_gpu = EBMM.presets(spec, {})["gpu"].train
+    assert long.model == quick.model and long.model.hidden_size == 256
+    assert long.train.steps >= ebmm_gpu.steps
+    assert long.train.steps * long.train.batch_size >= ebmm_gpu.steps * ebmm_gpu.batch_size
+    assert long.train.num_patterns == ebmm_gpu.num_patterns
