@@ -88,6 +88,8 @@ class TrainConfig:
     weight_decay: float = 1e-6        # AdamW weight decay (paper: 1e-6)
     clip_norm: float = 0.05           # global gradient-norm clip (paper: 0.05)
     cosine_decay: bool = False        # decay lr along a half cosine to 0 at `steps` (paper: constant)
+    warmup_steps: int = 0             # raise lr linearly over the first this many steps, from lr / warmup_steps at
+    #   the first (then the cosine, if on, from where it stands); 0: the full lr from the start
     log_every: int = 25               # steps between curve rows
     checkpoint_every: int = 100       # steps between checkpoints
     num_patterns: tuple[int, ...] | None = None  # train on N drawn from this set each step
@@ -108,8 +110,9 @@ class TrainConfig:
         for name in ("steps", "batch_size", "log_every", "checkpoint_every"):
             if not is_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise MembenchError(f"train.{name}={getattr(self, name)!r} must be a positive integer")
-        if not is_int(self.curriculum_steps) or self.curriculum_steps < 0:
-            raise MembenchError(f"train.curriculum_steps={self.curriculum_steps!r} must be a non-negative integer")
+        for name in ("curriculum_steps", "warmup_steps"):
+            if not is_int(getattr(self, name)) or getattr(self, name) < 0:
+                raise MembenchError(f"train.{name}={getattr(self, name)!r} must be a non-negative integer")
         for name in ("lr", "clip_norm"):  # float32 numbers: the optimiser and clipping compute in float32
             if not is_finite(getattr(self, name)) or not FLOAT32_TINY <= getattr(self, name) <= FLOAT32_MAX:
                 raise MembenchError(f"train.{name}={getattr(self, name)!r} must be a positive finite float32 number "

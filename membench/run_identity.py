@@ -31,7 +31,7 @@ LATE_FIELDS = {  # config part -> {field: default}
               "identity_query": False, "elementwise_write_lr": False, "centre_tracking": 0.0,
               "symmetric_trace": False, "hebbian_init": False, "init_gain": 1.0,
               "n_scaled_rates": False},
-    "train": {"curriculum_steps": 0, "precision": "float32"},
+    "train": {"curriculum_steps": 0, "precision": "float32", "warmup_steps": 0},
 }
 
 

@@ -141,6 +141,17 @@ class EpisodeStream:
             self._pool.shutdown(wait=True, cancel_futures=True)
 
 
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """The learning rate of update `step` (0-based): `config.lr`, times (step + 1) / warmup_steps during the
+    warmup, times the half cosine 0.5 (1 + cos(pi step / steps)) with `cosine_decay`."""
+    lr = config.lr
+    if step < config.warmup_steps:
+        lr *= (step + 1) / config.warmup_steps
+    if config.cosine_decay:
+        lr *= 0.5 * (1 + math.cos(math.pi * step / config.steps))
+    return lr
+
+
 def meta_train(
     model: AssociativeMemory,
     task: Task,
@@ -251,8 +262,8 @@ def _train(model: AssociativeMemory, task: Task, config: TrainConfig, checkpoint
         model.train()
         while step < config.steps and not late:
             started = time.perf_counter()
-            if config.cosine_decay:  # a function of the step alone, so a resumed run continues the schedule
-                stepper.set_lr(config.lr * 0.5 * (1 + math.cos(math.pi * step / config.steps)))
+            if config.cosine_decay or config.warmup_steps:  # of the step alone: a resumed run continues it
+                stepper.set_lr(learning_rate(config, step))
             step_task, episodes = stream.take(step)
             episodes = episodes.to(device, non_blocking=True)  # pinned when drawn ahead: the host goes on
             try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import sys
 import textwrap
 from pathlib import Path
@@ -21,7 +22,7 @@ from membench.build import build_model
 from membench.suites import get_suite
 from membench.tasks import BinaryTask
 from membench.stepper import Stepper
-from membench.training import EpisodeStream, TrainConfig, meta_train
+from membench.training import EpisodeStream, TrainConfig, learning_rate, meta_train
 from tests.conftest import exited_cleanly, records_in
 
 TINY_MODEL = textwrap.dedent('''
@@ -98,14 +99,15 @@ def _linear_model(seed: int = 0) -> torch.nn.Module:
     return model
 
 
-@pytest.mark.parametrize("cosine_decay, ahead", [(False, False), (True, False), (True, True)])
+@pytest.mark.parametrize("cosine_decay, ahead, warmup", [(False, False, 0), (True, False, 0), (True, True, 0),
+                                                          (True, False, 3)])
 def test_time_limit_pauses_and_the_next_call_matches_straight_training(tmp_path: Path, cosine_decay: bool, ahead: bool,
-                                                                       monkeypatch):
+                                                                       warmup: int, monkeypatch):
     """Also with the next batch drawn while an update runs (as on CUDA): the checkpoint's generator state is
-    the one before the batch in flight."""
+    the one before the batch in flight; and paused inside a warmup, which the resumed call continues."""
     monkeypatch.setattr("membench.training.DRAW_AHEAD_ON", ("cpu", "cuda") if ahead else ("cuda",))
     config = TrainConfig(steps=4, batch_size=2, lr=1e-3, clip_norm=1.0, log_every=1, checkpoint_every=100,
-                         num_patterns=(4, 8), cosine_decay=cosine_decay)
+                         num_patterns=(4, 8), cosine_decay=cosine_decay, warmup_steps=warmup)
     task, device = BinaryTask(4), torch.device("cpu")
     straight = _linear_model()
     meta_train(straight, task, config, tmp_path / "straight.pt", device, seed=0, progress=False)
@@ -118,6 +120,36 @@ def test_time_limit_pauses_and_the_next_call_matches_straight_training(tmp_path:
     assert [h["optimizer"] for h in second.history] == ["fresh", "resumed"]
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b, msg=f"paused-and-resumed training differs in {name}")
+
+
+def test_learning_rate_warms_up_linearly_then_follows_the_cosine():
+    config = TrainConfig(steps=8, lr=0.8, warmup_steps=4)
+    assert [learning_rate(config, step) for step in range(6)] == pytest.approx([0.2, 0.4, 0.6, 0.8, 0.8, 0.8])
+    both = dataclasses.replace(config, cosine_decay=True)
+    cosine = [0.5 * (1 + math.cos(math.pi * step / 8)) for step in range(8)]
+    assert [learning_rate(both, step) for step in range(8)] == pytest.approx(
+        [0.8 * min(1, (step + 1) / 4) * cosine[step] for step in range(8)])
+    assert learning_rate(TrainConfig(steps=8, lr=0.8), 5) == 0.8  # neither: the constant rate
+    with pytest.raises(MembenchError, match="train.warmup_steps=-1 must be a non-negative integer"):
+        TrainConfig(warmup_steps=-1)
+
+
+def test_the_first_update_of_a_warmup_is_an_update_at_lr_over_warmup_steps(tmp_path: Path):
+    """The optimiser really takes the warmed-up rate: one update with warmup_steps = 4 equals one at lr / 4."""
+    task, device = BinaryTask(4), torch.device("cpu")
+    common = dict(steps=1, batch_size=2, clip_norm=1.0, log_every=1, checkpoint_every=100, num_patterns=(4,))
+    trained = {}
+    for name, config in (("warmup", TrainConfig(lr=1e-2, warmup_steps=4, **common)),
+                         ("quarter", TrainConfig(lr=1e-2 / 4, **common)),
+                         ("full", TrainConfig(lr=1e-2, **common))):
+        trained[name] = _linear_model()
+        meta_train(trained[name], task, config, tmp_path / f"{name}.pt", device, seed=0, progress=False)
+    for (name, warm), quarter, full in zip(trained["warmup"].state_dict().items(),
+                                           trained["quarter"].state_dict().values(),
+                                           trained["full"].state_dict().values()):
+        torch.testing.assert_close(warm, quarter, msg=f"the warmup's first update differs from lr / 4 in {name}")
+    assert any(not torch.equal(a, b) for a, b in zip(trained["warmup"].state_dict().values(),
+                                                     trained["full"].state_dict().values()))
 
 
 def test_cli_pauses_with_exit_3_and_resumes_without_duplicates(tmp_path: Path, monkeypatch):
