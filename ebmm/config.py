@@ -63,6 +63,11 @@ class EBMMConfig:
     #   also scaled by that entry's own learned factor exp(s), s from 0: a meta-learned diagonal preconditioner
     n_scaled_rates: bool = False  # (ours) every write rate (step, writable tensor, term) is also multiplied by
     #   (N / 64) ** q, its own exponent q learned from 0: one model's write adapts to how many patterns it stores
+    precondition_write: float | None = None  # (ours) the initial damping lambda of a preconditioned write: each
+    #   write step's update of the memory layer [W b] is right-multiplied by (A^T A / N + lambda I)^-1, A the N
+    #   stored patterns' inputs to that layer with a 1 appended (lambda learned): the write's outer products are
+    #   decorrelated across the patterns, from the Hebbian-like gradient towards the projection (pseudo-inverse)
+    #   rule as lambda falls. None: the paper's plain gradient step. gated_rnn only
     read_step_init: float = 1.0   # initial gamma_1 of reading
     read_known: bool = True       # reading moves every entry (the paper); False: where the task allows it
     #   (spec.clamp_known), entries other than the fill value keep the query's values (ours)
@@ -82,7 +87,11 @@ class EBMMConfig:
         object.__setattr__(self, "channels", tuple(self.channels))
         if self.init_gain != 1.0 and self.energy != "gated_rnn":
             raise MembenchError(f"init_gain applies to the gated_rnn energy only, not {self.energy}; drop the option")
-        for name in ("write_lr_init", "anchor_lr_init", "grad_norm_lr_init", "read_step_init"):  # softplus values
+        if self.precondition_write is not None and self.energy != "gated_rnn":
+            raise MembenchError(f"precondition_write applies to the gated_rnn energy only, not {self.energy}; drop "
+                                "the option")
+        for name in ("write_lr_init", "anchor_lr_init", "grad_norm_lr_init", "read_step_init",  # softplus values
+                     "precondition_write"):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise MembenchError(f"{name}={value} must be a finite number > 0 (a softplus rate)")

@@ -97,6 +97,19 @@ class GatedRNNEnergy(nn.Module):
             tangent = torch.cat([torch.zeros_like(tangent[..., :d]), tangent[..., d:]], dim=-1)
         return tangent
 
+    def write_preconditioner(self, x: torch.Tensor, damping: torch.Tensor) -> torch.Tensor:
+        """(A^T A / N + damping I)^-1 (B, D + 1, D + 1) for the stored patterns x (B, N, D): A (B, N, D + 1) is
+        what the memory layer reads of each, 2x - 1 with a 1 appended for its bias."""
+        inputs = F.pad(2 * x - 1, (0, 1), value=1.0)
+        eye = torch.eye(self.dim + 1, dtype=x.dtype, device=x.device)
+        return torch.linalg.inv(inputs.transpose(1, 2) @ inputs / x.shape[1] + damping * eye)
+
+    def precondition(self, updates: dict[str, torch.Tensor], inverse: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Updates of memory.weight (B, d, D) and memory.bias (B, d), as one (B, d, D + 1) matrix, times
+        `inverse` (`write_preconditioner`)."""
+        joined = torch.cat([updates["memory.weight"], updates["memory.bias"].unsqueeze(-1)], dim=-1) @ inverse
+        return {"memory.weight": joined[..., :self.dim], "memory.bias": joined[..., self.dim]}
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (M, D) -> energies (M,), with this module's own writable tensors."""
         written = self.memory(2 * x - 1)  # ±1 coding (erased 0.5 -> 0): writing gradients are centred outer products

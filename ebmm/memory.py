@@ -18,7 +18,11 @@ Each learning rate is softplus of a learned value, one per step, writable tensor
 loss term; the paper's alpha and beta are the ratios of these rates, so they are not
 separate parameters. With `elementwise_write_lr` (ours) each step's update is further scaled
 entry by entry, by exp of a learned tensor the shape of the writable one (Meta-SGD's rates). With
-`n_scaled_rates` (ours) each rate is also multiplied by (N / 64) ** q, q learned per rate from 0.
+`n_scaled_rates` (ours) each rate is also multiplied by (N / 64) ** q, q learned per rate from 0. With
+`precondition_write` (ours; the gated RNN) each step's update of the memory layer [W b] is right-multiplied by
+(A^T A / N + lambda I)^-1, A the stored patterns' inputs to that layer: since the layer's writing gradient is
+a sum of outer products delta_i a_i^T, this decorrelates them across the patterns (a pseudo-inverse-like
+write where the plain gradient step is Hebbian-like), lambda learned.
 Read (App. A): K steps of projected gradient descent on E(x) with
 Nesterov momentum and non-increasing learned step sizes and momentum rates; with `read_known=False`
 (ours) only the entries a query marks unknown move, where the task says the others are the pattern's.
@@ -105,6 +109,9 @@ class EBMM(AssociativeMemory):
         if config.learn_write_norm:
             start = 1.0 if config.write_norm_power is None else config.write_norm_power
             self.write_norm = nn.Parameter(torch.tensor(float(start)))
+        if config.precondition_write is not None:
+            assert callable(getattr(energy, "precondition", None)), "precondition_write needs the gated_rnn energy"
+            self.write_damping = nn.Parameter(torch.tensor(_inverse_softplus(config.precondition_write)))
 
     @classmethod
     def presets(cls, spec: TaskSpec, options: Mapping[str, Any]) -> dict[str, Preset]:
@@ -214,16 +221,23 @@ class EBMM(AssociativeMemory):
             scales = scales and [s.detach() for s in scales]
         tensors = list(self.writable_names)
         projected = self.energy.project(patterns) if self._closed_form else None
+        inverse = None  # precondition_write: (A^T A / N + lambda I)^-1 of the stored patterns, for every step
+        if self.cfg.precondition_write is not None:
+            damping = F.softplus(self.write_damping)
+            inverse = self.energy.write_preconditioner(patterns, damping if create_graph else damping.detach())
         for step in range(self.cfg.write_steps):
             term_grads = self._term_grads(theta, patterns, projected, create_graph)
-            new = {}
+            updates = {}
             for j, n in enumerate(tensors):
                 update = 2 * (theta[n] - initial[n]) * rates[step, j, -1]  # grad of ||theta - theta_bar||^2
                 for term, grads in enumerate(term_grads):
                     update = update + rates[step, j, term] * grads[j]
-                if scales is not None:
-                    update = update * scales[j][step]
-                new[n] = theta[n] - update
+                updates[n] = update
+            if inverse is not None:
+                updates = self.energy.precondition(updates, inverse)
+            new = {}
+            for j, n in enumerate(tensors):
+                new[n] = theta[n] - (updates[n] * scales[j][step] if scales is not None else updates[n])
             theta = new if create_graph else {n: t.detach().requires_grad_(track) for n, t in new.items()}
         return theta if create_graph else {n: t.detach() for n, t in theta.items()}
 

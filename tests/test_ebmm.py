@@ -218,7 +218,7 @@ def test_closed_form_and_autograd_paths_give_the_same_meta_gradient(grad_norm_te
 
 @pytest.mark.parametrize("options", [{}, {"learn_write_norm": True, "elementwise_write_lr": True},
                                      {"grad_norm_term": False}, {"read_known": False}, {"stepwise_loss": False},
-                                     {"n_scaled_rates": True}])
+                                     {"n_scaled_rates": True}, {"precondition_write": 0.7}])
 def test_the_meta_gradient_is_the_meta_losss_derivative(options: dict):
     """Backpropagation through every write step (second order) and every read step gives the derivative of the
     meta-loss: central differences agree for sampled entries of every parameter tensor (float64, random
@@ -250,6 +250,31 @@ def test_the_meta_gradient_is_the_meta_losss_derivative(options: dict):
             assert numeric == pytest.approx(gradient.view(-1)[index].item(), rel=1e-5, abs=1e-9), (name, index)
     with torch.no_grad():
         torch.testing.assert_close(model.read(model.write(patterns), queries), retrievals)
+
+
+def test_the_preconditioned_write_decorrelates_the_stored_patterns_outer_products():
+    """The memory layer's writing gradient is sum_i delta_i a_i^T (a_i: pattern i's input, 2x - 1 with a 1 for
+    the bias); preconditioned, it is sum_i delta'_i a_i^T with delta' = (K / N + lambda I)^-1 delta, K the
+    patterns' Gram matrix a_i . a_j: the write's outer products decorrelated across the patterns. The option
+    needs the gated RNN and a positive damping."""
+    from ebmm.energy_binary import GatedRNNEnergy
+
+    torch.manual_seed(0)
+    energy = GatedRNNEnergy(dim=10, memory_size=3, hidden=7, hops=2).double()
+    x = torch.randint(0, 2, (2, 4, 10)).double()                         # B = 2 episodes of N = 4 patterns
+    delta = torch.randn(2, 4, 3, dtype=torch.float64)                      # dE / d written per pattern
+    inputs = torch.cat([2 * x - 1, torch.ones(2, 4, 1, dtype=torch.float64)], dim=-1)  # (B, N, D + 1)
+    gradient = {"memory.weight": delta.transpose(1, 2) @ (2 * x - 1), "memory.bias": delta.sum(1)}
+    damping = torch.tensor(0.5, dtype=torch.float64)
+    out = energy.precondition(gradient, energy.write_preconditioner(x, damping))
+    gram = inputs @ inputs.transpose(1, 2) / 4 + damping * torch.eye(4, dtype=torch.float64)
+    expected = torch.linalg.solve(gram, delta).transpose(1, 2) @ inputs     # (B, d, D + 1)
+    torch.testing.assert_close(out["memory.weight"], expected[..., :10])
+    torch.testing.assert_close(out["memory.bias"], expected[..., 10])
+    with pytest.raises(MembenchError, match="precondition_write applies to the gated_rnn energy only"):
+        EBMMConfig(energy="resnet_fc", precondition_write=1.0)
+    with pytest.raises(MembenchError, match="precondition_write=0.0 must be a finite number > 0"):
+        EBMMConfig(precondition_write=0.0)
 
 
 def test_init_gain_scales_the_gated_rnns_initial_weights_and_leaves_the_default_key_alone():
