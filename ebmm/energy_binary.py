@@ -102,7 +102,8 @@ class GatedRNNEnergy(nn.Module):
         what the memory layer reads of each, 2x - 1 with a 1 appended for its bias."""
         inputs = F.pad(2 * x - 1, (0, 1), value=1.0)
         eye = torch.eye(self.dim + 1, dtype=x.dtype, device=x.device)
-        return torch.linalg.inv(inputs.transpose(1, 2) @ inputs / x.shape[1] + damping * eye)
+        # inv_ex: no check of the result on the host (damping > 0 keeps it invertible), so a CUDA graph can hold it
+        return torch.linalg.inv_ex(inputs.transpose(1, 2) @ inputs / x.shape[1] + damping * eye).inverse
 
     def precondition(self, updates: dict[str, torch.Tensor], inverse: torch.Tensor) -> dict[str, torch.Tensor]:
         """Updates of memory.weight (B, d, D) and memory.bias (B, d), as one (B, d, D + 1) matrix, times
