@@ -144,12 +144,9 @@ class EpisodeStream:
 def learning_rate(config: TrainConfig, step: int) -> float:
     """The learning rate of update `step` (0-based): `config.lr`, times (step + 1) / warmup_steps during the
     warmup, times the half cosine 0.5 (1 + cos(pi step / steps)) with `cosine_decay`."""
-    lr = config.lr
-    if step < config.warmup_steps:
-        lr *= (step + 1) / config.warmup_steps
-    if config.cosine_decay:
-        lr *= 0.5 * (1 + math.cos(math.pi * step / config.steps))
-    return lr
+    lr = config.lr * 0.5 * (1 + math.cos(math.pi * step / config.steps)) if config.cosine_decay else config.lr
+    # the cosine's rate first: without a warmup, the same float as the cosine schedule alone
+    return lr * (step + 1) / config.warmup_steps if step < config.warmup_steps else lr
 
 
 def meta_train(
