@@ -14,7 +14,7 @@ from membench.budget import TABLE1_NUM_PATTERNS
 from membench.encoders import CodecConfig
 from membench.errors import MembenchError
 from membench.interface import Preset, TaskSpec, TrainConfig
-from membench.options import check_fields
+from membench.options import check_fields, is_int
 from ebmm.energy_binary import GatedRNNEnergy
 from ebmm.energy_image import ResNetConvEnergy, ResNetFCEnergy
 
@@ -68,6 +68,13 @@ class EBMMConfig:
     #   stored patterns' inputs to that layer with a 1 appended (lambda learned): the write's outer products are
     #   decorrelated across the patterns, from the Hebbian-like gradient towards the projection (pseudo-inverse)
     #   rule as lambda falls. None: the paper's plain gradient step. gated_rnn only
+    contrast_steps: int | None = None  # (ours, after Hopfield et al.'s 1983 unlearning and contrastive divergence)
+    #   the writing loss also raises the energy at negatives: each stored pattern with a fixed random share
+    #   contrast_erase of its entries erased (the fill value), then moved by the model's own first contrast_steps
+    #   read steps (0: the erased patterns themselves), so the write can widen a basin where a read would leave
+    #   it; where a negative reads back to its pattern the two terms cancel. None: off (the paper). gated_rnn only
+    contrast_erase: float = 0.5   # the share of each negative's entries erased (the task's queries erase 64 of 128)
+    contrast_lr_init: float = 0.01  # initial softplus rate of that term, per write step and writable tensor
     read_step_init: float = 1.0   # initial gamma_1 of reading
     read_known: bool = True       # reading moves every entry (the paper); False: where the task allows it
     #   (spec.clamp_known), entries other than the fill value keep the query's values (ours)
@@ -80,7 +87,7 @@ class EBMMConfig:
                      "readout"):
             if getattr(self, name) < 1:
                 raise MembenchError(f"{name}={getattr(self, name)} must be at least 1")
-        check_fields("ebmm", self, positive=("init_gain",))
+        check_fields("ebmm", self, positive=("init_gain",), fractions=("contrast_erase",))
         if self.energy not in ENERGIES:
             raise MembenchError(f"unknown energy '{self.energy}'; valid: gated_rnn (flat patterns), resnet_fc and "
                                 "resnet_conv (images)")
@@ -90,8 +97,15 @@ class EBMMConfig:
         if self.precondition_write is not None and self.energy != "gated_rnn":
             raise MembenchError(f"precondition_write applies to the gated_rnn energy only, not {self.energy}; drop "
                                 "the option")
+        if self.contrast_steps is not None:
+            if self.energy != "gated_rnn":
+                raise MembenchError(f"contrast_steps applies to the gated_rnn energy only, not {self.energy}; drop "
+                                    "the option")
+            if not (is_int(self.contrast_steps) and 0 <= self.contrast_steps <= self.read_steps):
+                raise MembenchError(f"contrast_steps={self.contrast_steps!r} must be null or an integer from 0 to "
+                                    f"read_steps={self.read_steps} (the read steps that move each negative)")
         for name in ("write_lr_init", "anchor_lr_init", "grad_norm_lr_init", "read_step_init",  # softplus values
-                     "precondition_write"):
+                     "precondition_write", "contrast_lr_init"):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise MembenchError(f"{name}={value} must be a finite number > 0 (a softplus rate)")

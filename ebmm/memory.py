@@ -9,7 +9,8 @@ Write (Sec. 3): T gradient steps on the writing loss over the writable tensors t
 from the meta-learned theta_bar (the energy network's own values of those tensors):
 
     theta_{t+1} = theta_t - sum_term lr[t, tensor, term] * grad_theta term_t
-    terms: mean_i E(x_i),  mean_i ||grad_x E(x_i)||^2 (optional),  ||theta - theta_bar||^2
+    terms: mean_i E(x_i),  mean_i ||grad_x E(x_i)||^2 (optional),  -mean_i E(n_i) (optional),
+           ||theta - theta_bar||^2
 
 The pattern terms are means over the N patterns (the paper), sums (`write_mean=False`), or sums
 divided by N^p with p fixed (`write_norm_power`) or meta-learned (`learn_write_norm`, ours).
@@ -22,7 +23,10 @@ entry by entry, by exp of a learned tensor the shape of the writable one (Meta-S
 `precondition_write` (ours; the gated RNN) each step's update of the memory layer [W b] is right-multiplied by
 (A^T A / N + lambda I)^-1, A the stored patterns' inputs to that layer: since the layer's writing gradient is
 a sum of outer products delta_i a_i^T, this decorrelates them across the patterns (a pseudo-inverse-like
-write where the plain gradient step is Hebbian-like), lambda learned.
+write where the plain gradient step is Hebbian-like), lambda learned. With `contrast_steps` (ours; the gated RNN)
+the write also raises the energy at negatives n_i: pattern i with a fixed random share of its entries erased,
+moved by the first `contrast_steps` steps of the model's own read (Hopfield et al.'s unlearning of spurious
+states, contrastive divergence's negative phase; where n_i reads back to x_i the two terms cancel).
 Read (App. A): K steps of projected gradient descent on E(x) with
 Nesterov momentum and non-increasing learned step sizes and momentum rates; with `read_known=False`
 (ours) only the entries a query marks unknown move, where the task says the others are the pattern's.
@@ -53,6 +57,8 @@ from ebmm.config import IMAGE_PRESETS, PRESETS, EBMMConfig, build_energy
 
 Writable = dict[str, torch.Tensor]  # name -> (B, *shape): one copy per episode
 N_REFERENCE = 64  # n_scaled_rates: the N at which the rates are the learned softplus values themselves
+CONTRAST_MASKS = 256  # contrast_steps: erasure masks drawn once (a buffer); stored pattern i is erased by mask i % this
+CONTRAST_SEED = 4099  # the seed of their draw, the same for every model (not the run's seed: no stream moves)
 
 
 def _inverse_softplus(value: float) -> float:
@@ -90,12 +96,16 @@ class EBMM(AssociativeMemory):
         self.writable_names = names
         self._closed_form = callable(getattr(energy, "grads", None)) and (  # gradients without autograd (gated RNN)
             not config.grad_norm_term or callable(getattr(energy, "grad_norm_grads", None)))
-        terms = 3 if config.grad_norm_term else 2
+        terms = 2 + config.grad_norm_term + (config.contrast_steps is not None)  # E, ||grad_x E||^2, -E(negatives), anchor
         write_lr = torch.full((config.write_steps, len(names), terms), _inverse_softplus(config.write_lr_init))
         if config.anchor_lr_init is not None:
             write_lr[..., -1] = _inverse_softplus(config.anchor_lr_init)
         if config.grad_norm_term and config.grad_norm_lr_init is not None:
             write_lr[..., 1] = _inverse_softplus(config.grad_norm_lr_init)
+        if config.contrast_steps is not None:
+            write_lr[..., -2] = _inverse_softplus(config.contrast_lr_init)
+            assert self._closed_form, "contrast_steps needs the gated_rnn energy's closed-form gradients"
+            self.register_buffer("contrast_masks", self._draw_masks(spec, config.contrast_erase))
         self.write_lr = nn.Parameter(write_lr)  # write_lr[0, :, -1] never learns: theta_0 = theta_bar, no deviation
         if config.n_scaled_rates:  # exponents q of (N / N_REFERENCE) ** q, one per write rate
             self.write_lr_power = nn.Parameter(torch.zeros_like(write_lr))
@@ -112,6 +122,20 @@ class EBMM(AssociativeMemory):
         if config.precondition_write is not None:
             assert callable(getattr(energy, "precondition", None)), "precondition_write needs the gated_rnn energy"
             self.write_damping = nn.Parameter(torch.tensor(_inverse_softplus(config.precondition_write)))
+
+    @staticmethod
+    def _draw_masks(spec: TaskSpec, share: float) -> torch.Tensor:
+        """CONTRAST_MASKS masks (CONTRAST_MASKS, D) bool, each erasing round(share * D) entries at random."""
+        assert len(spec.pattern_shape) == 1, f"contrast_steps needs flat patterns, not {spec.pattern_shape}"
+        dim = spec.pattern_shape[0]
+        order = torch.rand(CONTRAST_MASKS, dim, generator=torch.Generator().manual_seed(CONTRAST_SEED)).argsort(-1)
+        return order < round(share * dim)  # the entries whose rank falls in the first share: a uniform subset
+
+    def _negatives(self, theta: Writable, erased: torch.Tensor, create_graph: bool) -> torch.Tensor:
+        """contrast_steps: where the first contrast_steps read steps take the erased patterns (B, N, D)."""
+        if self.cfg.contrast_steps == 0:
+            return erased
+        return self._read(theta, erased, create_graph, limit=self.cfg.contrast_steps)[-1]
 
     @classmethod
     def presets(cls, spec: TaskSpec, options: Mapping[str, Any]) -> dict[str, Preset]:
@@ -164,17 +188,21 @@ class EBMM(AssociativeMemory):
 
     # --- write ----------------------------------------------------------------------
     def _term_grads(self, theta: Writable, patterns: torch.Tensor, projected: torch.Tensor | None,
-                    create_graph: bool) -> list[list[torch.Tensor]]:
-        """Per pattern term of the writing loss (E, then ||grad_x E||^2 if on, each summed over the patterns
-        and weighted by `_pattern_weight`), its gradient with respect to each writable tensor (in
-        `writable_names` order), each (B, *shape). `create_graph` matters only to the autograd path."""
+                    create_graph: bool, erased: torch.Tensor | None = None) -> list[list[torch.Tensor]]:
+        """Per pattern term of the writing loss (E, then ||grad_x E||^2 if on, then -E at the negatives if
+        `contrast_steps` is set, each summed over the patterns and weighted by `_pattern_weight`), its gradient
+        with respect to each writable tensor (in `writable_names` order), each (B, *shape). erased (B, N, D): the
+        stored patterns with their contrast masks' entries erased, where the negatives start."""
         names = list(self.writable_names)
         scale = self._pattern_weight(patterns.shape[1])
         if self._closed_form:  # no autograd inside: explicit operations only
             if self.cfg.grad_norm_term:
-                per_term = self.energy.grad_norm_grads(theta, patterns, projected)
+                per_term = list(self.energy.grad_norm_grads(theta, patterns, projected))
             else:
-                per_term = (self.energy.grads(theta, patterns, projected, wrt_x=False)[1],)
+                per_term = [self.energy.grads(theta, patterns, projected, wrt_x=False)[1]]
+            if erased is not None:
+                pushed = self.energy.grads(theta, self._negatives(theta, erased, create_graph), wrt_x=False)[1]
+                per_term.append({n: -grads for n, grads in pushed.items()})
             return [[grads[n] * scale for n in names] for grads in per_term]
         if self.cfg.write_mean and self.cfg.write_norm_power is None and not self.cfg.learn_write_norm:
             reduce = lambda t: t.mean(1)  # noqa: E731  (over patterns)
@@ -225,8 +253,12 @@ class EBMM(AssociativeMemory):
         if self.cfg.precondition_write is not None:
             damping = F.softplus(self.write_damping)
             inverse = self.energy.write_preconditioner(patterns, damping if create_graph else damping.detach())
+        erased = None  # contrast_steps: the stored patterns with their masks' entries at the fill value
+        if self.cfg.contrast_steps is not None:
+            masks = self.contrast_masks[torch.arange(patterns.shape[1], device=patterns.device) % CONTRAST_MASKS]
+            erased = torch.where(masks, torch.full_like(patterns, self.spec.fill_value), patterns)
         for step in range(self.cfg.write_steps):
-            term_grads = self._term_grads(theta, patterns, projected, create_graph)
+            term_grads = self._term_grads(theta, patterns, projected, create_graph, erased)
             updates = {}
             for j, n in enumerate(tensors):
                 update = 2 * (theta[n] - initial[n]) * rates[step, j, -1]  # grad of ||theta - theta_bar||^2
@@ -252,12 +284,13 @@ class EBMM(AssociativeMemory):
         return contextlib.nullcontext() if self._closed_form else torch.enable_grad()
 
     # --- read -----------------------------------------------------------------------
-    def _read(self, state: Writable, queries: torch.Tensor, create_graph: bool) -> list[torch.Tensor]:
-        """queries (B, Q, *S) -> the K read iterates x^(1..K), each (B, Q, *S), in [0, 1]."""
+    def _read(self, state: Writable, queries: torch.Tensor, create_graph: bool, limit: int | None = None
+              ) -> list[torch.Tensor]:
+        """queries (B, Q, *S) -> the K read iterates x^(1..K), each (B, Q, *S), in [0, 1] (the first `limit`)."""
         assert queries.shape[2:] == self.spec.pattern_shape, (
             f"queries {tuple(queries.shape)} do not match pattern shape {self.spec.pattern_shape}")
-        steps = _decaying(F.softplus(self.read_step), self.read_step_decay)
-        momenta = _decaying(torch.sigmoid(self.momentum), self.momentum_decay)
+        steps = _decaying(F.softplus(self.read_step), self.read_step_decay)[:limit]
+        momenta = _decaying(torch.sigmoid(self.momentum), self.momentum_decay)[:limit]
         if not create_graph:
             steps, momenta = [s.detach() for s in steps], [m.detach() for m in momenta]
         free = None  # (B, Q, *S) 1 where reading may move the entry; None: everywhere

@@ -218,7 +218,8 @@ def test_closed_form_and_autograd_paths_give_the_same_meta_gradient(grad_norm_te
 
 @pytest.mark.parametrize("options", [{}, {"learn_write_norm": True, "elementwise_write_lr": True},
                                      {"grad_norm_term": False}, {"read_known": False}, {"stepwise_loss": False},
-                                     {"n_scaled_rates": True}, {"precondition_write": 0.7}])
+                                     {"n_scaled_rates": True}, {"precondition_write": 0.7}, {"contrast_steps": 0},
+                                     {"contrast_steps": 2, "read_known": False}])
 def test_the_meta_gradient_is_the_meta_losss_derivative(options: dict):
     """Backpropagation through every write step (second order) and every read step gives the derivative of the
     meta-loss: central differences agree for sampled entries of every parameter tensor (float64, random
@@ -301,6 +302,55 @@ def test_init_gain_scales_the_gated_rnns_initial_weights_and_leaves_the_default_
     assert key({}) == key({"init_gain": 1.0}) != key({"init_gain": 2.0})
     with pytest.raises(MembenchError, match="init_gain applies to the gated_rnn energy only, not resnet_fc"):
         EBMMConfig(energy="resnet_fc", init_gain=2.0)
+
+
+def test_the_contrastive_write_raises_the_energy_where_the_models_own_read_takes_erased_patterns():
+    """contrast_steps k: pattern i's negative is pattern i with its fixed mask's entries (the share contrast_erase,
+    the same masks in every model) at the fill value, moved by the first k steps of the model's read; the write's
+    extra term is the gradient of -sum_i E(n_i) / N with the negatives held, and a write made of that term alone
+    raises the energy at them. The default leaves the checkpoint key alone; bad values are refused."""
+    from membench.build import build_model
+    from membench.run_identity import checkpoint_key
+    from membench.run_spec import RunSpec
+
+    model, task = small_model(contrast_steps=1, contrast_erase=0.25)
+    model = model.double()
+    assert torch.equal(model.contrast_masks, small_model(contrast_steps=0, contrast_erase=0.25)[0].contrast_masks)
+    assert (model.contrast_masks.sum(-1) == 32).all() and len({m.tolist().__str__() for m in model.contrast_masks}) > 1
+    patterns = episodes(task).patterns.double()                                      # (B, N, D)
+    masks = model.contrast_masks[:patterns.shape[1]]
+    erased = torch.where(masks, torch.full_like(patterns, 0.5), patterns)
+    theta = {n: p.unsqueeze(0).expand(patterns.shape[0], *p.shape).clone()
+             for n, p in model.energy.named_parameters() if n in model.writable_names}
+    negatives = model._read(theta, erased, create_graph=False)[0]
+    assert not torch.equal(negatives, erased)  # the read moved them
+    contrast = model._term_grads(theta, patterns, None, create_graph=False, erased=erased)[-1]
+    held = {n: t.clone().requires_grad_(True) for n, t in theta.items()}
+    expected = torch.autograd.grad(-model.batched_energy(held, negatives).sum() / patterns.shape[1],
+                                   [held[n] for n in model.writable_names])
+    for name, got, want in zip(model.writable_names, contrast, expected):
+        torch.testing.assert_close(got, want, msg=name)
+    with torch.no_grad():  # a write of the contrast term alone (the others' rates ~0) raises E at the negatives
+        model.write_lr[..., :-2].fill_(-30.0)
+        model.write_lr[..., -1].fill_(-30.0)
+        model.write_lr[..., -2].fill_(-4.0)
+        before = model.batched_energy(theta, negatives)
+        after = model.batched_energy(model.write(patterns), negatives)
+    assert (after > before).float().mean() > 0.9, (after - before)
+    spec = RunSpec(suite="table1-learned", model="ebmm", task=BinaryTask(16).config(), budget=TABLE1_BUDGET,
+                   seed=0, queries=16)
+
+    def key(options: dict) -> str:
+        run = dataclasses.replace(spec, options=options)
+        return checkpoint_key(run, build_model(run, BinaryTask(16)), BinaryTask(16))
+
+    assert key({}) == key({"contrast_erase": 0.5, "contrast_lr_init": 0.01}) != key({"contrast_steps": 0})
+    with pytest.raises(MembenchError, match="contrast_steps applies to the gated_rnn energy only"):
+        EBMMConfig(energy="resnet_fc", contrast_steps=0)
+    with pytest.raises(MembenchError, match="contrast_steps=6 must be null or an integer from 0 to read_steps=5"):
+        EBMMConfig(contrast_steps=6)
+    with pytest.raises(MembenchError, match="contrast_erase=1.0 must lie strictly between 0 and 1"):
+        EBMMConfig(contrast_steps=0, contrast_erase=1.0)
 
 
 def test_last_iterate_loss_scores_the_final_retrieval_only():
