@@ -25,7 +25,8 @@ from membench.records import list_of_mappings, nonnegative_number, training_hist
 from membench.store import file_lock, warn, write_atomic
 
 CHECKPOINT_KEYS = ("model", "generator", "step", "elapsed_s", "curve")  # required; "optimizer", "history",
-# "config" and "parameters" (the names in "model" that are the model's parameters, not buffers) optional
+# "config", "parameters" (the names in "model" that are the model's parameters, not buffers) and "learned" (the
+# collapse guard's, membench.training) optional
 UNREADABLE = (EOFError, OSError, RuntimeError, ValueError, pickle.UnpicklingError)  # what reading a bad file raises
 
 

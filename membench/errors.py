@@ -17,7 +17,7 @@ class UnknownOption(MembenchError):
 
 
 class TrainingDiverged(MembenchError):
-    """Meta-training produced a non-finite loss or gradient."""
+    """Meta-training produced a non-finite loss or gradient, or collapsed back to chance (membench.training)."""
 
 
 class TrainingPaused(MembenchError):

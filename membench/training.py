@@ -21,7 +21,9 @@ Conventions, so that learned models are trained alike:
   next batch is drawn on a worker thread meanwhile, into pinned memory, and copied without
   waiting (`EpisodeStream`: the same batches);
 - a non-finite loss or gradient stops training with `TrainingDiverged` (at the next log or
-  checkpoint, before anything is saved); an unreadable
+  checkpoint, before anything is saved), and so does a collapse: once COLLAPSE_LOGS logged updates in a row erred
+  LEARNED_SHARE of what the queries returned unchanged err or less on average, COLLAPSE_LOGS in a row each erring
+  COLLAPSED_SHARE of it or more (a model gone back to chance burns its time without a NaN); an unreadable
   checkpoint is set aside (`<name>.corrupt`) and training starts afresh;
 - one process at a time trains a checkpoint (a lock beside it): another waits, then
   resumes or reuses the work; Ctrl-C or SIGTERM finishes the step, checkpoints, then stops;
@@ -31,6 +33,7 @@ Conventions, so that learned models are trained alike:
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import math
@@ -55,6 +58,9 @@ from membench.tasks import Episodes, Task
 TRAIN_STREAM = 7919  # offset of the training generator's seed from the run seed
 INIT_STREAM = 6007  # offset of the seed of the batch a fresh model's `initialise` sees
 INIT_PATTERNS = 512  # patterns of that batch, at least (whole episodes)
+COLLAPSE_LOGS = 10  # logged updates in a row each at COLLAPSED_SHARE of the queries' own error or more: collapsed,
+LEARNED_SHARE = 0.5  # once as many in a row erred at most this share of it on average (the model had learned)
+COLLAPSED_SHARE = 0.75  # (every collapsed binary curve committed, none of the others: results/diagnostics/collapse)
 DRAW_AHEAD_ON = ("cuda",)  # device types whose training draws the next batch while an update runs (EpisodeStream)
 
 
@@ -189,12 +195,15 @@ def _train(model: AssociativeMemory, task: Task, config: TrainConfig, checkpoint
     stepper = Stepper(model, config, device)
     generator = torch.Generator().manual_seed(seed + TRAIN_STREAM)
     step, elapsed, curve, history = 0, 0.0, [], []
+    learned, shares = False, collections.deque(maxlen=COLLAPSE_LOGS)  # the collapse guard: the model had learned;
+    #   the last logged updates' errors as shares of the queries' own
     saved = load_checkpoint(checkpoint_path, model, stepper.optimizer)
     if saved is not None:
         stepper.after_load()
         generator.set_state(saved["generator"])
         step, elapsed, curve = saved["step"], saved["elapsed_s"], saved["curve"]
         history = saved.get("history")  # None: written before checkpoints kept a history
+        learned = saved.get("learned", False)
         if "optimizer" not in saved and step < config.steps:
             warn(f"{checkpoint_path.name} holds weights only (a shipped checkpoint): training continues from step "
                  f"{step} with a fresh optimiser state")
@@ -243,7 +252,8 @@ def _train(model: AssociativeMemory, task: Task, config: TrainConfig, checkpoint
         save_checkpoint({"model": model.state_dict(), "parameters": [name for name, _ in model.named_parameters()],
                          "optimizer": stepper.optimizer.state_dict(),
                          "generator": stream.generator_state(), "step": step, "elapsed_s": elapsed, "curve": curve,
-                         "history": stretches(), "config": dataclasses.asdict(config)}, checkpoint_path)
+                         "history": stretches(), "config": dataclasses.asdict(config), "learned": learned},
+                        checkpoint_path)
         saved_step = step
 
     # resumed after the time was up (e.g. waited for another process to pause): no step
@@ -285,6 +295,19 @@ def _train(model: AssociativeMemory, task: Task, config: TrainConfig, checkpoint
                               "num_patterns": step_task.spec.num_patterns, "elapsed_s": elapsed})
                 if bar is not None:
                     bar.set_postfix(loss=f"{out.loss.item():.4f}", error=f"{error:.2f}")
+                unchanged = step_task.errors(episodes.queries, episodes.patterns).mean().item()
+                shares.append(error / unchanged if unchanged > 0 else math.nan)
+                full = len(shares) == COLLAPSE_LOGS
+                learned = learned or (full and sum(shares) <= LEARNED_SHARE * COLLAPSE_LOGS)
+                if learned and full and min(shares) >= COLLAPSED_SHARE:
+                    kept = (f"its last checkpoint (step {saved_step}) is kept at {checkpoint_path}; delete it to start "
+                            "afresh" if saved_step is not None else "no checkpoint was written")
+                    raise TrainingDiverged(
+                        f"meta-training of {type(model).__name__} collapsed: its last {COLLAPSE_LOGS} logged updates "
+                        f"(to step {step}) erred at least {COLLAPSED_SHARE:.0%} of what the queries returned unchanged "
+                        f"err (now {error:.2f} against {unchanged:.2f}), after erring at most {LEARNED_SHARE:.0%} of "
+                        f"it. Fix: lower the learning rate (now {config.lr}: --option train.lr=...) or warm it up "
+                        f"(--option train.warmup_steps=...); {kept}.")
             if saving:
                 checkpoint()
             if bar is not None:

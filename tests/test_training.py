@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from membench.cli import main
 from membench.errors import EXIT_PAUSED, MembenchError
-from membench.interface import Preset
+from membench.interface import AssociativeMemory, Preset
 from membench.report import summarise
 from membench.build import build_model
 from membench.suites import get_suite
@@ -1046,3 +1046,57 @@ def test_a_reader_leaves_an_unreadable_checkpoint_where_it_is(tmp_path: Path, mo
     _, model, found = load_trained(spec, tmp_path / "ck", preset_config=record["preset_config"])
     assert found is None and checkpoint.read_bytes() == b"junk" and not list((tmp_path / "ck").glob("*.corrupt*"))
     assert f"checkpoint {checkpoint} is unreadable" in capsys.readouterr().err
+
+
+class _Scripted(AssociativeMemory):
+    """A learned memory whose training retrievals are scripted: the patterns themselves (no error) for its first
+    `good` updates, then `after(patterns, queries)`."""
+
+    trainable = True
+
+    def memory_floats(self, spec):
+        return 0
+
+    def write(self, patterns):
+        return patterns
+
+    def read(self, state, queries):
+        return queries
+
+    def __init__(self, good: int, after):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(()))
+        self.good, self.after, self.calls = good, after, 0
+
+    def meta_loss(self, patterns, queries):
+        self.calls += 1
+        retrievals = patterns if self.calls <= self.good else self.after(patterns, queries)
+        return (self.weight - 1) ** 2, retrievals
+
+
+@pytest.mark.parametrize("good, after, collapses", [
+    (12, lambda patterns, queries: 1 - patterns, True),    # learned, then every bit wrong: collapsed
+    (12, lambda patterns, queries: queries, True),         # learned, then the queries unchanged (chance): collapsed
+    (12, lambda patterns, queries: torch.where(queries == 0.5, 1 - patterns, patterns), True),
+    (0, lambda patterns, queries: queries, False),         # never learned (as an image quick preset): trains on
+    (4, lambda patterns, queries: queries, False),         # no ten logged updates at half the error on average
+    (40, lambda patterns, queries: 1 - patterns, False)])  # learned to the end
+def test_a_model_gone_back_to_chance_stops_as_collapsed_and_one_that_never_learned_trains_on(
+        tmp_path: Path, good: int, after, collapses: bool):
+    """Once ten logged updates in a row erred at most half what the queries returned unchanged err on average, ten
+    logged updates in a row each erring 75% of that or more stop training with TrainingDiverged naming the collapse and the fix;
+    its last checkpoint stays. A model that never learned (no better than the queries from the start) is not
+    stopped, nor one that keeps what it learned."""
+    from membench.errors import TrainingDiverged
+
+    model = _Scripted(good, after)
+    config = TrainConfig(steps=40, batch_size=2, lr=1e-2, log_every=1, checkpoint_every=10)
+    path = tmp_path / "scripted.pt"
+    train = lambda: meta_train(model, BinaryTask(8), config, path, torch.device("cpu"), 0, progress=False)  # noqa: E731
+    if not collapses:
+        assert train().finished
+        return
+    with pytest.raises(TrainingDiverged, match=r"collapsed: its last 10 logged updates \(to step 22\) erred at least "
+                                               r"75% .* Fix: lower the learning rate .*kept at"):
+        train()
+    assert torch.load(path, weights_only=False)["step"] == 20
