@@ -34,6 +34,7 @@ BINARY = TaskSpec(pattern_shape=(128,), num_patterns=8, binary=True)
 IMAGE = TaskSpec(pattern_shape=(3, 16, 16), num_patterns=4, binary=False)
 CASES: dict[str, tuple[TaskSpec, str, dict]] = {  # name -> (task, model, options: small quick-preset EBMMs)
     "gated_rnn": (BINARY, "ebmm", dict(hidden=80, hops=2, read_steps=3, write_steps=2)),
+    "gated_rnn_contrast": (BINARY, "ebmm", dict(hidden=80, hops=2, read_steps=3, write_steps=2, contrast_steps=1)),
     "resnet_fc": (IMAGE, "ebmm", dict(energy="resnet_fc", channels=(4, 8, 8), embedding=32, hidden=24, hops=2,
                                       readout=16, memory_size=6)),
     "resnet_conv": (IMAGE, "ebmm", dict(energy="resnet_conv", channels=(4, 8), width=16, bottleneck=8, hidden=8,
@@ -139,7 +140,7 @@ def main(args: list[str] | None = None) -> int:
 
 
 def off_models(found: list[str], cases: dict) -> list[str]:
-    """The models of the cases whose lines `mismatches` gave, once each in the cases' order (EBMM's three
+    """The models of the cases whose lines `mismatches` gave, once each in the cases' order (EBMM's
     cases are one model: a difference in any turns its graphs off)."""
     failed = {line.split(":")[0] for line in found}
     return list(dict.fromkeys(model for name, (_, model, _) in cases.items() if name in failed))

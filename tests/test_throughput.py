@@ -352,7 +352,7 @@ def test_the_graph_check_compares_what_each_update_returned_and_names_the_models
                                                                                              monkeypatch):
     """Each update's loss, finite flag and retrievals are compared as well as the final weights (a replayed
     update that returned a stale loss is found though the weights agree), and a failed check's last line names
-    the failing cases' models, each once (EBMM's three cases are one model)."""
+    the failing cases' models, each once (EBMM's cases are one model)."""
     from membench import graph_check
 
     eager, captured = graph_check.updated("mann", torch.device("cpu"), False)
