@@ -72,7 +72,8 @@ class EBMMConfig:
     #   the writing loss also raises the energy at negatives: each stored pattern with a fixed random share
     #   contrast_erase of its entries erased (the fill value), then moved by the model's own first contrast_steps
     #   read steps (0: the erased patterns themselves), so the write can widen a basin where a read would leave
-    #   it; where a negative reads back to its pattern the two terms cancel. None: off (the paper). gated_rnn only
+    #   it; where a negative reads back to its pattern the two terms pull against each other. None: off (the
+    #   paper). gated_rnn only
     contrast_erase: float = 0.5   # the share of each negative's entries erased (the task's queries erase 64 of 128)
     contrast_lr_init: float = 0.01  # initial softplus rate of that term, per write step and writable tensor
     read_step_init: float = 1.0   # initial gamma_1 of reading

@@ -26,7 +26,8 @@ a sum of outer products delta_i a_i^T, this decorrelates them across the pattern
 write where the plain gradient step is Hebbian-like), lambda learned. With `contrast_steps` (ours; the gated RNN)
 the write also raises the energy at negatives n_i: pattern i with a fixed random share of its entries erased,
 moved by the first `contrast_steps` steps of the model's own read (Hopfield et al.'s unlearning of spurious
-states, contrastive divergence's negative phase; where n_i reads back to x_i the two terms cancel).
+states, contrastive divergence's negative phase; where n_i reads back to x_i the two terms pull against each
+other).
 Read (App. A): K steps of projected gradient descent on E(x) with
 Nesterov momentum and non-increasing learned step sizes and momentum rates; with `read_known=False`
 (ours) only the entries a query marks unknown move, where the task says the others are the pattern's.
@@ -96,7 +97,7 @@ class EBMM(AssociativeMemory):
         self.writable_names = names
         self._closed_form = callable(getattr(energy, "grads", None)) and (  # gradients without autograd (gated RNN)
             not config.grad_norm_term or callable(getattr(energy, "grad_norm_grads", None)))
-        terms = 2 + config.grad_norm_term + (config.contrast_steps is not None)  # E, ||grad_x E||^2, -E(negatives), anchor
+        terms = 2 + config.grad_norm_term + (config.contrast_steps is not None)  # E, ||grad_x E||^2, -E(n), anchor
         write_lr = torch.full((config.write_steps, len(names), terms), _inverse_softplus(config.write_lr_init))
         if config.anchor_lr_init is not None:
             write_lr[..., -1] = _inverse_softplus(config.anchor_lr_init)

@@ -299,15 +299,15 @@ def _train(model: AssociativeMemory, task: Task, config: TrainConfig, checkpoint
                 shares.append(error / unchanged if unchanged > 0 else math.nan)
                 full = len(shares) == COLLAPSE_LOGS
                 learned = learned or (full and sum(shares) <= LEARNED_SHARE * COLLAPSE_LOGS)
-                if learned and full and min(shares) >= COLLAPSED_SHARE:
+                if learned and full and all(share >= COLLAPSED_SHARE for share in shares):  # NaN: never at chance
                     kept = (f"its last checkpoint (step {saved_step}) is kept at {checkpoint_path}; delete it to start "
                             "afresh" if saved_step is not None else "no checkpoint was written")
                     raise TrainingDiverged(
                         f"meta-training of {type(model).__name__} collapsed: its last {COLLAPSE_LOGS} logged updates "
                         f"(to step {step}) erred at least {COLLAPSED_SHARE:.0%} of what the queries returned unchanged "
-                        f"err (now {error:.2f} against {unchanged:.2f}), after erring at most {LEARNED_SHARE:.0%} of "
-                        f"it. Fix: lower the learning rate (now {config.lr}: --option train.lr=...) or warm it up "
-                        f"(--option train.warmup_steps=...); {kept}.")
+                        f"err (now {error:.2f} against {unchanged:.2f}), after {COLLAPSE_LOGS} in a row erred at most "
+                        f"{LEARNED_SHARE:.0%} of it on average. Fix: lower the learning rate (now {config.lr}: "
+                        f"--option train.lr=...) or warm it up (--option train.warmup_steps=...); {kept}.")
             if saving:
                 checkpoint()
             if bar is not None:

@@ -1083,9 +1083,9 @@ class _Scripted(AssociativeMemory):
     (40, lambda patterns, queries: 1 - patterns, False)])  # learned to the end
 def test_a_model_gone_back_to_chance_stops_as_collapsed_and_one_that_never_learned_trains_on(
         tmp_path: Path, good: int, after, collapses: bool):
-    """Once ten logged updates in a row erred at most half what the queries returned unchanged err on average, ten
-    logged updates in a row each erring 75% of that or more stop training with TrainingDiverged naming the collapse and the fix;
-    its last checkpoint stays. A model that never learned (no better than the queries from the start) is not
+    """Once ten logged updates in a row erred at most half what the queries returned unchanged err on average,
+    ten logged updates in a row each erring 75% of that or more stop training with TrainingDiverged naming the
+    collapse and the fix; its last checkpoint stays. A model that never learned (no better than the queries from the start) is not
     stopped, nor one that keeps what it learned."""
     from membench.errors import TrainingDiverged
 
