@@ -93,15 +93,10 @@ class EBMMConfig:
             raise MembenchError(f"unknown energy '{self.energy}'; valid: gated_rnn (flat patterns), resnet_fc and "
                                 "resnet_conv (images)")
         object.__setattr__(self, "channels", tuple(self.channels))
-        if self.init_gain != 1.0 and self.energy != "gated_rnn":
-            raise MembenchError(f"init_gain applies to the gated_rnn energy only, not {self.energy}; drop the option")
-        if self.precondition_write is not None and self.energy != "gated_rnn":
-            raise MembenchError(f"precondition_write applies to the gated_rnn energy only, not {self.energy}; drop "
-                                "the option")
+        for name, off in (("init_gain", 1.0), ("precondition_write", None), ("contrast_steps", None)):
+            if getattr(self, name) != off and self.energy != "gated_rnn":
+                raise MembenchError(f"{name} applies to the gated_rnn energy only, not {self.energy}; drop the option")
         if self.contrast_steps is not None:
-            if self.energy != "gated_rnn":
-                raise MembenchError(f"contrast_steps applies to the gated_rnn energy only, not {self.energy}; drop "
-                                    "the option")
             if not (is_int(self.contrast_steps) and 0 <= self.contrast_steps <= self.read_steps):
                 raise MembenchError(f"contrast_steps={self.contrast_steps!r} must be null or an integer from 0 to "
                                     f"read_steps={self.read_steps} (the read steps that move each negative)")

@@ -147,6 +147,21 @@ class EpisodeStream:
             self._pool.shutdown(wait=True, cancel_futures=True)
 
 
+class CollapseGuard:
+    """Whether a model that had learned went back to chance, from its logged updates' errors (`seen`)."""
+
+    def __init__(self):
+        self.learned = False  # COLLAPSE_LOGS logged updates in a row erred LEARNED_SHARE of the queries' own or less
+        self.shares: collections.deque[float] = collections.deque(maxlen=COLLAPSE_LOGS)
+
+    def seen(self, error: float, unchanged: float) -> bool:
+        """Add a logged update's error and what its queries returned unchanged err; True once collapsed."""
+        self.shares.append(error / unchanged if unchanged > 0 else math.nan)
+        full = len(self.shares) == COLLAPSE_LOGS
+        self.learned = self.learned or (full and sum(self.shares) <= LEARNED_SHARE * COLLAPSE_LOGS)
+        return self.learned and full and all(share >= COLLAPSED_SHARE for share in self.shares)  # NaN: never
+
+
 def learning_rate(config: TrainConfig, step: int) -> float:
     """The learning rate of update `step` (0-based): `config.lr`, times (step + 1) / warmup_steps during the
     warmup, times the half cosine 0.5 (1 + cos(pi step / steps)) with `cosine_decay`."""
@@ -195,15 +210,14 @@ def _train(model: AssociativeMemory, task: Task, config: TrainConfig, checkpoint
     stepper = Stepper(model, config, device)
     generator = torch.Generator().manual_seed(seed + TRAIN_STREAM)
     step, elapsed, curve, history = 0, 0.0, [], []
-    learned, shares = False, collections.deque(maxlen=COLLAPSE_LOGS)  # the collapse guard: the model had learned;
-    #   the last logged updates' errors as shares of the queries' own
+    guard = CollapseGuard()
     saved = load_checkpoint(checkpoint_path, model, stepper.optimizer)
     if saved is not None:
         stepper.after_load()
         generator.set_state(saved["generator"])
         step, elapsed, curve = saved["step"], saved["elapsed_s"], saved["curve"]
         history = saved.get("history")  # None: written before checkpoints kept a history
-        learned = saved.get("learned", False)
+        guard.learned = saved.get("learned", False)
         if "optimizer" not in saved and step < config.steps:
             warn(f"{checkpoint_path.name} holds weights only (a shipped checkpoint): training continues from step "
                  f"{step} with a fresh optimiser state")
@@ -252,7 +266,7 @@ def _train(model: AssociativeMemory, task: Task, config: TrainConfig, checkpoint
         save_checkpoint({"model": model.state_dict(), "parameters": [name for name, _ in model.named_parameters()],
                          "optimizer": stepper.optimizer.state_dict(),
                          "generator": stream.generator_state(), "step": step, "elapsed_s": elapsed, "curve": curve,
-                         "history": stretches(), "config": dataclasses.asdict(config), "learned": learned},
+                         "history": stretches(), "config": dataclasses.asdict(config), "learned": guard.learned},
                         checkpoint_path)
         saved_step = step
 
@@ -296,10 +310,7 @@ def _train(model: AssociativeMemory, task: Task, config: TrainConfig, checkpoint
                 if bar is not None:
                     bar.set_postfix(loss=f"{out.loss.item():.4f}", error=f"{error:.2f}")
                 unchanged = step_task.errors(episodes.queries, episodes.patterns).mean().item()
-                shares.append(error / unchanged if unchanged > 0 else math.nan)
-                full = len(shares) == COLLAPSE_LOGS
-                learned = learned or (full and sum(shares) <= LEARNED_SHARE * COLLAPSE_LOGS)
-                if learned and full and all(share >= COLLAPSED_SHARE for share in shares):  # NaN: never at chance
+                if guard.seen(error, unchanged):
                     kept = (f"its last checkpoint (step {saved_step}) is kept at {checkpoint_path}; delete it to start "
                             "afresh" if saved_step is not None else "no checkpoint was written")
                     raise TrainingDiverged(

@@ -13,13 +13,12 @@ one. On the image tasks this is approximate: the guard divides by each batch's o
 from __future__ import annotations
 
 import json
-from collections import deque
 from pathlib import Path
 
 import pandas as pd
 
 from membench.provenance import git_state
-from membench.training import COLLAPSE_LOGS, COLLAPSED_SHARE, LEARNED_SHARE
+from membench.training import COLLAPSE_LOGS, COLLAPSED_SHARE, LEARNED_SHARE, CollapseGuard
 
 UNCHANGED = {"binary": 64.0, "cifar10": 46.1999, "omniglot": 256.0}  # error of the queries returned unchanged
 
@@ -37,12 +36,9 @@ def kinds(training: Path) -> dict[str, str]:
 
 def stopped_at(curve: pd.DataFrame, unchanged: float) -> int | None:
     """The logged step at which the guard would have stopped this curve, or None."""
-    learned, shares = False, deque(maxlen=COLLAPSE_LOGS)
+    guard = CollapseGuard()
     for step, error in zip(curve["step"], curve["error"]):
-        shares.append(error / unchanged)
-        full = len(shares) == COLLAPSE_LOGS
-        learned = learned or (full and sum(shares) <= LEARNED_SHARE * COLLAPSE_LOGS)
-        if learned and full and min(shares) >= COLLAPSED_SHARE:
+        if guard.seen(error, unchanged):
             return int(step)
     return None
 
