@@ -139,8 +139,7 @@ def _walk(state: Any, path: str, batch_size: int, model_name: str, layout: list,
         fields = [field.name for field in dataclasses.fields(state)]
         layout.append((path, type(state).__qualname__, tuple(fields)))
         for name in fields:
-            yield from _walk(getattr(state, name), f"{path}.{name}", batch_size, model_name, layout,
-                              depth + 1)
+            yield from _walk(_field(state, name), f"{path}.{name}", batch_size, model_name, layout, depth + 1)
     else:
         raise _unmeasurable(model_name, path, f"of type {type(state).__name__}")
 
@@ -155,13 +154,20 @@ def state_layout(state: Any, batch_size: int, model_name: str = "model") -> tupl
     return tuple(layout)
 
 
+def _field(state: Any, name: str) -> Any:
+    """A dataclass field's value as stored, past any `__getattribute__` or `__getattr__` of its class."""
+    return object.__getattribute__(state, name)
+
+
 def sealed(state: Any) -> Any:
     """A copy of a measured `state` that holds only what `measure_state` counts, for `read`: new plain
     tensors and arrays (no attributes, no storage shared with the original), plain lists, tuples and
-    dicts, dataclasses rebuilt from their fields, Python numbers as plain bool, int or float (floats
-    rounded to float32). Nothing kept beside the measured values (an attribute set on a tensor or a
-    number, a cache keyed by the state's identity) reaches the read. Call it on a state `measure_state`
-    accepted: tensor and array subclasses are refused there."""
+    dicts, dataclasses rebuilt from all their fields without running their class's code (no `__init__`
+    or `__post_init__`), Python numbers as plain bool, int or float (floats rounded to float32). Nothing
+    kept beside the measured values (an attribute set on a tensor or a number, a cache keyed by the
+    state's identity) reaches the read. Call it on a state `measure_state` accepted: tensor and array
+    subclasses are refused there; the runner measures the copy too (`membench.integrity.kept`), so a
+    container that shows the measurement other items than it copies is refused."""
     if state is None or isinstance(state, (bool, np.bool_)):
         return None if state is None else bool(state)
     if isinstance(state, (int, np.integer)):
@@ -178,8 +184,10 @@ def sealed(state: Any) -> Any:
         return (tuple if isinstance(state, tuple) else list)(sealed(item) for item in state)
     if isinstance(state, dict):
         return {key: sealed(item) for key, item in state.items()}
-    fields = {field.name: sealed(getattr(state, field.name)) for field in dataclasses.fields(state) if field.init}
-    return dataclasses.replace(state, **fields)
+    copy = object.__new__(type(state))
+    for field in dataclasses.fields(state):
+        object.__setattr__(copy, field.name, sealed(_field(state, field.name)))
+    return copy
 
 
 def _extent(leaf: torch.Tensor | np.ndarray) -> tuple[str, int, int]:
@@ -198,9 +206,12 @@ def measure_state(state: Any, batch_size: int, model_name: str = "model") -> int
     """float32 values per episode held by `state` from a write of `batch_size` episodes.
 
     Every byte of every storage under the state counts once, however many tensors or arrays view
-    it (overlapping storages count their union), as ceil(bytes / 4); the bytes of a storage whose
-    every view has first dimension `batch_size` are shared among the episodes, any other storage
-    counts whole for each. A Python number counts as one value.
+    it (overlapping storages count their union); the bytes of a storage whose every view has first
+    dimension `batch_size` are shared among the episodes, any other storage counts whole for each. A
+    Python number counts as 4 bytes; the total rounds up to whole float32 values (ceil(bytes / 4)).
+    Every leaf is meant to hold the B episodes on its first dimension (the interface's contract); a
+    leaf shared by all episodes is read by its first dimension, so one whose first size equals B
+    counts as per-episode, and its count then changes with B, which the run's contract refuses.
     """
     return _measured(state, batch_size, model_name)[0]
 

@@ -3,8 +3,10 @@
 Inside one process a model could keep what it writes beside the measured state, in a module-level
 table keyed by the patterns' content or by a value its state carries, and no check there can tell.
 A new interpreter has no such table: the runner rebuilds the model there from its run (the same seed,
-so the same initial values) and its weights, gives it the sealed states and queries of evaluated batches
-of the run, and requires the same retrievals (`check`). The batches are the first, the last and
+so the same initial values) and its weights, gives it the kept states and queries of evaluated batches
+of the run, and requires the retrievals the run scored (`check`): every read of such a model, in the run
+and there, starts from seed 0, so a deterministic honest model reads the same, while a model whose
+scored read drew on a table (or consumed it) does not. The batches are the first, the last and
 AUDITED_AT_RANDOM others drawn from the operating system's entropy, which no model can foresee (`batches_to_audit`):
 a model honest on some batches and not on others is caught too, while a Figure 3 point's 16 batches of
 64 image episodes need not all be held for the check. The child gets the weights from before the evaluated
@@ -23,7 +25,6 @@ Run as `python -m membench.fresh_read FILE`: the child's side (`_child`).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import random
 import subprocess
@@ -54,38 +55,12 @@ def batches_to_audit(count: int) -> set[int]:
     return {1, count} | set(random.SystemRandom().sample(middle, min(AUDITED_AT_RANDOM, len(middle))))
 
 
-_PASSED: set[str] = set()  # (model, its source, task, budget, options, seed, device) checked in this process
-
-
-def audit(spec: Any, model: AssociativeMemory, batches: list[tuple[str, Any, torch.Tensor]], device: torch.device,
-          weights: dict[str, torch.Tensor]) -> None:
-    """Read each (name, written state, queries (B, N, *S)) of `batches` here and `check` the reads in one new
-    process given `weights` (the model's state_dict before the evaluated writes), each read from seed 0; once per
-    process for a model's source and run (its other numbers of queries repeat the check of the same code)."""
-    from membench.budget import sealed
-    from membench.integrity import checked_retrievals
-    from membench.registry import model_source_digest
-    from membench.tasks import forked_generators, seed_all
-
-    key = json.dumps([spec.model, model_source_digest(type(model)), spec.task, spec.budget, spec.options,
-                      spec.preset, spec.seed, str(device)], sort_keys=True, default=str)
-    if key in _PASSED:
-        return
-    reads = []
-    with torch.no_grad(), forked_generators(device):
-        for name, state, queries in batches:
-            seed_all(0)
-            retrievals = checked_retrievals(model.read(sealed(state), queries.clone()), queries, spec.model)
-            reads.append((name, sealed(state), queries, retrievals))
-    check(spec, reads, device, weights)
-    _PASSED.add(key)
-
-
 def check(spec: Any, reads: list[tuple[str, Any, torch.Tensor, torch.Tensor]], device: torch.device,
           weights: dict[str, torch.Tensor]) -> None:
-    """MembenchError unless the run `spec`'s model, rebuilt in a new interpreter on `device` with `weights` and
-    the ENVIRONMENT from before any run, reads each sealed state and queries (B, N, *S)
-    of `reads` (name, state, queries, retrievals) into its retrievals (as `model` did, each read from seed 0)."""
+    """MembenchError unless the run `spec`'s model, rebuilt in a new interpreter on `device` with `weights` (its
+    state_dict before the evaluated writes) and the ENVIRONMENT from before any run, reads each kept state and
+    queries (B, N, *S) of `reads` (name, state, queries, retrievals) into the retrievals the run scored (each
+    read there, as here, from seed 0)."""
     from membench.datasets import data_dir
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -117,11 +92,12 @@ def check(spec: Any, reads: list[tuple[str, Any, torch.Tensor, torch.Tensor]], d
 
 
 def unforeseen_check(spec: Any, model: AssociativeMemory, task: Any, device: torch.device, contract: Any,
-                     errors: list[float]) -> tuple[Any, torch.Tensor]:
+                     errors: list[float]) -> tuple[Any, torch.Tensor, torch.Tensor]:
     """MembenchError unless `model` errs on test episodes drawn from the operating system's entropy (as many as
     were evaluated, from UNFORESEEN_EPISODES[0] to [1]) about as it erred on the run's evaluated episodes
     (`errors`: per query, N queries an episode); their state must meet the run's `contract` and their
-    retrievals be finite, as any evaluated batch's. Returns the state and queries, for the fresh-process read.
+    retrievals (read from seed 0) be finite, as any evaluated batch's. Returns the kept state, the queries and
+    the retrievals, for the fresh-process read.
 
     An honest memory's per-episode mean errors on both come from one distribution; one that answers from
     foreseen episodes rather than from its state errs on the unforeseen ones as if it stored nothing. Refused
@@ -138,7 +114,7 @@ def unforeseen_check(spec: Any, model: AssociativeMemory, task: Any, device: tor
     with torch.no_grad(), forked_generators(device):
         seed_all(spec.seed)
         state, retrievals = write_and_read(model, episodes.patterns, episodes.queries, contract, spec.model,
-                                           "for episodes drawn unforeseeably")
+                                           "for episodes drawn unforeseeably", read_seed=0)
     unforeseen = task.errors(retrievals, episodes.patterns).mean(dim=1).double().cpu()
     spread = max((sample.std().item() for sample in (evaluated, unforeseen) if len(sample) > 1), default=0.0)
     allowed = max(UNFORESEEN_SIGMAS * spread * (1 / len(evaluated) + 1 / len(unforeseen)) ** 0.5,
@@ -150,7 +126,7 @@ def unforeseen_check(spec: Any, model: AssociativeMemory, task: Any, device: tor
             f"unforeseeably against {evaluated.mean().item():.3g} on the run's {len(evaluated)} evaluated ones, "
             f"more than chance allows ({allowed:.3g}); its retrievals must come from the state it wrote, not from "
             "foreseeing the seeded test episodes (e.g. from torch.initial_seed()), so no record was written")
-    return state, episodes.queries
+    return state, episodes.queries, retrievals
 
 
 def _child(task_file: str, answer: str) -> None:

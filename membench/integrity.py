@@ -1,7 +1,7 @@
 """Isolated writes: the runner's check that a model keeps what it learns in the state alone.
 
-`audit_write` is run once per run, on a small probe batch, before any training or
-evaluation. It refuses a model that
+`audit_write` is run on a small probe batch before any training and, for a learned model, again
+on the trained model before evaluation. It refuses a model that
 
 - changes itself while writing (a parameter, buffer, submodule or plain attribute differs
   before and after `write`), or
@@ -126,13 +126,25 @@ def checked_retrievals(retrievals: Any, queries: torch.Tensor, model_name: str) 
     return retrievals.detach().to(queries.device)
 
 
+def kept(state: Any, batch_size: int, contract: StateContract) -> Any:
+    """The sealed copy of a written `state` that a run measures, reads and keeps: `contract` must hold for the
+    state as written (so a refusal names its parts) and for the copy (so a container that shows the
+    measurement other items than it copies is refused)."""
+    contract.check(state, batch_size)
+    copy = sealed(state)
+    contract.check(copy, batch_size)
+    return copy
+
+
 def write_and_read(model: AssociativeMemory, patterns: torch.Tensor, queries: torch.Tensor, contract: StateContract,
-                   model_name: str, which: str) -> tuple[Any, torch.Tensor]:
-    """A scored batch: `model` writes a copy of `patterns` (B, N, *S), its state is held to the run's `contract`,
-    and it reads a sealed copy with a copy of `queries`; returns (state, retrievals). MembenchError when the
-    retrievals are not finite (`which`: the batch, in that message)."""
-    state = model.write(patterns.clone())
-    contract.check(state, patterns.shape[0])
+                   model_name: str, which: str, read_seed: int | None = None) -> tuple[Any, torch.Tensor]:
+    """A scored batch: `model` writes a copy of `patterns` (B, N, *S), its state is held to the run's `contract`
+    (`kept`), and it reads a sealed copy with a copy of `queries`, after seeding the global generators with
+    `read_seed` if given (as the fresh-process read does); returns (the kept state, retrievals). MembenchError
+    when the retrievals are not finite (`which`: the batch, in that message)."""
+    state = kept(model.write(patterns.clone()), patterns.shape[0], contract)
+    if read_seed is not None:
+        seed_all(read_seed)
     retrievals = checked_retrievals(model.read(sealed(state), queries.clone()), queries, model_name)
     if not torch.isfinite(retrievals).all():
         raise MembenchError(f"model '{model_name}' returned NaN or inf retrievals {which}; its read is numerically "
@@ -164,16 +176,15 @@ def audit_write(model: AssociativeMemory, patterns: torch.Tensor, queries: torch
                     "and return everything it keeps in the state it returns")
             measured = check_measured(state, patterns.shape[0], declared, budget, model_name)
             contract = StateContract(model_name, measured, budget, state_layout(state, patterns.shape[0], model_name))
+            state = kept(state, patterns.shape[0], contract)
             first = _retrieved(model, state, queries, model_name)
             seed_all(0)
-            other_state = model.write(other.clone())
-            contract.check(other_state, other.shape[0])
+            kept(model.write(other.clone()), other.shape[0], contract)
             second = _retrieved(model, state, queries, model_name)
             alone = []  # the first episode with the others replaced, then the others with the first replaced
             for mixed in (torch.cat([patterns[:1], other[1:]]), torch.cat([other[:1], patterns[1:]])):
                 seed_all(0)
-                state = model.write(mixed)
-                contract.check(state, patterns.shape[0])
+                state = kept(model.write(mixed), patterns.shape[0], contract)
                 alone.append(_retrieved(model, state, queries, model_name))
     finally:
         model.train(was_training)

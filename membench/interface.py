@@ -17,10 +17,12 @@ membench.fresh_read):
   nothing hidden beside them (an attribute on a tensor, a cache keyed by the state object)
   reaches it, and returns a plain floating tensor;
 - `write` leaves the model unchanged (parameters, buffers and plain attributes), and an
-  episode's retrievals depend on that episode alone;
-- a model from outside membench reads the same from the same state in a fresh interpreter,
-  rebuilt from its run and weights (no module-level table stands in for the state), and errs
-  on episodes no seed foresees as it errs on the evaluated ones.
+  episode's retrievals depend on that episode alone (a learned model is checked before and
+  after training);
+- a model from outside membench reads every batch from seed 0 and gives the retrievals the run
+  scored from the same states in a fresh interpreter, rebuilt from its run and weights (no
+  module-level table stands in for the state), and errs on episodes no seed foresees as it
+  errs on the evaluated ones.
 A learned model is built through `from_preset`; any other through `from_spec`.
 
 Models that must be meta-trained set `trainable = True`, list their presets with

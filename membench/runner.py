@@ -5,8 +5,8 @@ Data flow of one run (a `RunSpec`):
     model = build_model(spec, task)                       # membench.build: preset resolved once; sized to budget
     check_declared(...); contract = audit_write(...)      # declared and measured counts, isolated writes
     meta_train(model, task, model.preset.train, ...)      # learned models only; cached checkpoint (--no-train:
-                                                          # as_trained loads it as it stands)
-    state = model.write(patterns); contract.check(state, ...)          # every batch's state measured
+                                                          # as_trained loads it as it stands); audited again
+    state = kept(model.write(patterns), B, contract)       # every batch's state sealed, the copy measured
     errors = task.errors(model.read(sealed(state), queries), patterns)  # read: a copy of the measured values
     ResultsStore.save(record)                             # atomic; finished runs are skipped
 Several processes may share one output directory: each run is claimed with a lock, so
@@ -55,7 +55,8 @@ TRAIN_SPLIT_EPISODES = 100  # train-split episodes evaluated per trained image m
 
 def audit(model: AssociativeMemory, task: Task, spec: RunSpec, declared: int, device: torch.device
           ) -> StateContract:
-    """Isolated-write checks and the measured count on two probe episodes (membench.integrity)."""
+    """Isolated-write checks and the measured count on two probe episodes (membench.integrity): before any
+    training, and for a learned model again once trained."""
     generator = torch.Generator().manual_seed(spec.seed + PROBE_STREAM)
     probe = task.sample(2, generator, split="train").to(device)
     other = task.sample(2, generator, split="train").to(device)
@@ -68,15 +69,17 @@ def evaluate(model: AssociativeMemory, task: Task, spec: RunSpec, device: torch.
 
     Every batch's state must meet the probe's `contract` (count and layout); the model writes and reads
     copies, so the patterns it is scored against are the runner's own. A model from outside membench reads
-    test batches again in a fresh process (the first, the last and some drawn unforeseeably), with its weights
-    from before these writes, and then reads episodes no seed foresees (membench.fresh_read)."""
+    every batch from seed 0; the scored retrievals of some test batches (the first, the last and some drawn
+    unforeseeably) must come again from their states in a fresh process, with its weights from before these
+    writes, and so must those of episodes no seed foresees (membench.fresh_read)."""
     offset = EVAL_STREAM if split == "test" else TRAIN_SPLIT_STREAM
     generator = torch.Generator().manual_seed(spec.seed + offset)
     seed_all(spec.seed)  # models that draw random numbers (e.g. update orders) get the same ones
     num_episodes = math.ceil((queries or spec.queries) / task.spec.num_patterns)
     errors: list[float] = []
     starts = range(0, num_episodes, EVAL_EPISODES_PER_BATCH)
-    audited: list[tuple[str, Any, torch.Tensor]] = []  # (which batch, state, queries) read again elsewhere
+    audited: list[tuple[str, Any, torch.Tensor, torch.Tensor]] = []  # (batch, state, queries, retrievals) to
+    #   read again in a fresh process
     audits = split == "test" and not is_builtin_model(type(model))
     chosen = fresh_read.batches_to_audit(len(starts)) if audits else set()
     weights = {name: value.detach().to("cpu", copy=True) for name, value in model.state_dict().items()} if audits \
@@ -87,16 +90,16 @@ def evaluate(model: AssociativeMemory, task: Task, spec: RunSpec, device: torch.
             batch = min(EVAL_EPISODES_PER_BATCH, num_episodes - start)
             episodes = task.sample(batch, generator, split=split).to(device)
             state, retrievals = write_and_read(model, episodes.patterns, episodes.queries, contract, spec.model,
-                                               f"(N={task.spec.num_patterns}, seed={spec.seed})")
+                                               f"(N={task.spec.num_patterns}, seed={spec.seed})",
+                                               read_seed=0 if audits else None)
             if number == 1 and isinstance(task, BinaryTask):
                 _warn_outside_unit_range(retrievals, spec.model)
             if number in chosen:
-                audited.append((f"evaluated batch {number} of {len(starts)}", state, episodes.queries))
+                audited.append((f"evaluated batch {number} of {len(starts)}", state, episodes.queries, retrievals))
             errors.extend(task.errors(retrievals, episodes.patterns).flatten().cpu().tolist())
     if audits:
-        state, queries = fresh_read.unforeseen_check(spec, model, task, device, contract, errors)
-        fresh_read.audit(spec, model, [*audited, ("the episodes drawn unforeseeably", state, queries)], device,
-                         weights)
+        unforeseen = fresh_read.unforeseen_check(spec, model, task, device, contract, errors)
+        fresh_read.check(spec, [*audited, ("the episodes drawn unforeseeably", *unforeseen)], device, weights)
     return errors
 
 
@@ -177,6 +180,7 @@ def _execute(spec: RunSpec, store: ResultsStore, device: torch.device, checkpoin
                                             "train_time_s": round(result.trained_now[1], 2)},
                     "config": dataclasses.asdict(train_config), "curve": str(curve_path.relative_to(store.root)),
                     "history": result.history}
+        contract = audit(model, task, spec, declared, device)  # the trained model's writes are isolated too
     eval_started = time.perf_counter()
     errors = evaluate(model, task, spec, device, contract)
     train_split = None

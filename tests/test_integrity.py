@@ -1,21 +1,24 @@
 """The budget is measured, not declared; writes are isolated; every registered model keeps its word."""
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import os
 import random
 import re
+import sys
+from typing import ClassVar
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from membench.budget import TABLE1_BUDGET, check_declared, measure_state
+from membench.budget import TABLE1_BUDGET, check_declared, measure_state, sealed
 from membench.errors import MembenchError, OverBudgetError
 from membench.integrity import audit_write
-from membench.interface import AssociativeMemory, TaskSpec
+from membench.interface import AssociativeMemory, Preset, TaskSpec, TrainConfig
 from membench.registry import BUILTIN_MODELS, make_task, resolve_model
 from membench.build import build_model
 from membench.runner import run_all
@@ -488,6 +491,133 @@ class RandomFromEverywhere(StoresEverything):
         return (StoresEverything.read(self, state, queries) + noise).clamp(0, 1)
 
 
+def _called_by(name: str) -> bool:
+    """Whether the Python function two frames up (past a dunder method and a builtin) is `name`."""
+    return sys._getframe(2).f_code.co_name == name
+
+
+class EmptyToTheMeasurement(list):
+    """A list that iterates as empty inside membench's measurement (`budget._walk`) and whole elsewhere."""
+
+    def __iter__(self):
+        return iter(()) if _called_by("_walk") else super().__iter__()
+
+
+class HidesInAList(StoresEverything):
+    """Declares nothing; its state is the patterns in a list that the measurement sees empty."""
+
+    declared = 0
+
+    def write(self, patterns):
+        return EmptyToTheMeasurement([patterns.clone()])
+
+    def read(self, state, queries):
+        return StoresEverything.read(self, state[0], queries)
+
+
+@dataclasses.dataclass
+class Disguised:
+    """A state whose `kept` field reads as one value per episode inside membench's measurement."""
+
+    kept: torch.Tensor
+
+    def __getattribute__(self, name):
+        value = object.__getattribute__(self, name)
+        return torch.zeros(value.shape[0], 1) if name == "kept" and _called_by("_walk") else value
+
+
+class HidesInADataclass(StoresEverything):
+    """Declares one float per episode; its state is a `Disguised` holding the patterns whole."""
+
+    def write(self, patterns):
+        return Disguised(patterns.clone())
+
+    def read(self, state, queries):
+        return StoresEverything.read(self, state.kept, queries)
+
+
+class ConsumesItsTable(KeyedByItsState):
+    """KeyedByItsState whose reads of more than the probe's two episodes take the patterns out of the table:
+    its states, read again in the same process, give what a fresh process gives (the queries back), so only
+    the retrievals the run scored show the table."""
+
+    def read(self, state, queries):
+        retrievals = super().read(state, queries)
+        if queries.shape[0] > 2:
+            for key in state:
+                CACHE.pop(float(key), None)
+        return retrievals
+
+
+SEEDED: dict[int, torch.Tensor] = {}
+
+
+class SeedsItsKey(StoresEverything):
+    """Declares nothing: keeps each batch in a module-level table under a fresh key, which it leaves in torch's
+    global generator (as its seed) for the read to find."""
+
+    declared = 0
+
+    def write(self, patterns):
+        key = 1000 + next(KEYS)
+        SEEDED[key] = patterns.clone()
+        torch.manual_seed(key)
+        return None
+
+    def read(self, state, queries):
+        kept = SEEDED.get(torch.initial_seed())
+        if kept is None or kept.shape[0] != queries.shape[0]:
+            return queries.clamp(0, 1)
+        return StoresEverything.read(self, kept, queries)
+
+
+@dataclasses.dataclass(frozen=True)
+class NoConfig:
+    pass
+
+
+class KeepsOnSelfOnceTrained(AssociativeMemory):
+    """Learned (a bias nobody reads), honest until trained: its `after_update` counts updates in a buffer, and
+    once it has counted one its writes also keep the patterns on the model, where its reads find them."""
+
+    trainable = True
+
+    def __init__(self, spec: TaskSpec):
+        super().__init__()
+        self.spec, self.kept = spec, None
+        self.bias = nn.Parameter(torch.zeros(spec.pattern_size))
+        self.register_buffer("updates", torch.zeros(()))
+
+    @classmethod
+    def presets(cls, spec, options):
+        return {"quick": Preset(NoConfig(), TrainConfig(steps=2, batch_size=2, lr=1e-2, log_every=1,
+                                                        checkpoint_every=100))}
+
+    @classmethod
+    def from_preset(cls, spec, budget, preset):
+        return cls(spec)
+
+    def memory_floats(self, spec):
+        return 0
+
+    def after_update(self, patterns):
+        self.updates += 1
+
+    def write(self, patterns):
+        if self.updates > 0:
+            self.kept = patterns.clone()
+        return None
+
+    def read(self, state, queries):
+        if self.kept is None or self.kept.shape[0] != queries.shape[0]:
+            return queries.clamp(0, 1)
+        return StoresEverything.read(self, self.kept, queries)
+
+    def meta_loss(self, patterns, queries):
+        logits = self.bias.expand_as(queries)
+        return nn.functional.binary_cross_entropy_with_logits(logits, patterns), torch.sigmoid(logits).detach()
+
+
 class TruncatedSoftmax(AssociativeMemory):
     """An honest outside model: as many whole patterns as the budget holds, each truncated to fit."""
 
@@ -559,6 +689,10 @@ def _run(model: str, tmp_path, num_patterns=(96,), budget=None):
                            r"queries and weights \(the episodes drawn unforeseeably\)"),
     (StashesInEnvironment, r"StashesInEnvironment' retrieved differently in a fresh process"),
     (LateBuffer, r"LateBuffer' retrieved differently in a fresh process"),
+    (HidesInAList, r"HidesInAList': its written state holds 12288 float32 values per episode, which exceeds the "
+                   r"budget \(declared 0, measured 12288"),
+    (HidesInADataclass, r"HidesInADataclass': its written state holds 12288 float32 values per episode, which "
+                        r"exceeds the budget \(declared 1, measured 12288"),
 ])
 def test_cheating_models_are_refused_in_one_line_and_nothing_is_written(cls, message, tmp_path):
     try:
@@ -589,6 +723,51 @@ def test_a_model_honest_on_the_first_evaluated_batch_only_is_refused(tmp_path):
                                             r"queries and weights \(evaluated batch 2 of 2\)"):
         run_all(specs, tmp_path, device="cpu", progress=False)
     assert ResultsStore(tmp_path).records() == []
+
+
+def test_the_fresh_process_must_give_the_retrievals_the_run_scored(tmp_path):
+    """ConsumesItsTable's states read the same twice (the queries back) once its scored reads have emptied the
+    table: the fresh process is held to the scored retrievals, not to a second read."""
+    with pytest.raises(MembenchError, match=r"ConsumesItsTable' retrieved differently in a fresh process from the "
+                                            r"same state, queries and weights \(evaluated batch 1 of 1\)"):
+        _run(f"{__name__}:ConsumesItsTable", tmp_path, num_patterns=(16,))
+    assert ResultsStore(tmp_path).records() == []
+
+
+def test_the_global_generators_carry_nothing_from_a_write_to_its_read(tmp_path):
+    """Every read of a model from outside membench starts from seed 0 (as in the fresh process), so a key left in
+    torch's generator by the write is gone: SeedsItsKey retrieves nothing (about half of the 64 erased bits
+    wrong, where its table would give none)."""
+    (record,) = _run(f"{__name__}:SeedsItsKey", tmp_path, num_patterns=(16,))
+    assert record["memory_floats"] == 0 and record["mean_error"] > 20
+
+
+def test_a_learned_model_is_audited_again_once_trained(tmp_path):
+    """KeepsOnSelfOnceTrained writes honestly until its first update; the audit of the trained model, before
+    evaluation, finds its write changing it."""
+    with pytest.raises(MembenchError, match=r"KeepsOnSelfOnceTrained' changed 'kept' while writing"):
+        _run(f"{__name__}:KeepsOnSelfOnceTrained", tmp_path, num_patterns=(16,))
+    assert ResultsStore(tmp_path).records() == []
+
+
+def test_a_sealed_dataclass_holds_every_field_and_runs_none_of_its_code():
+    """The copy a read gets has every field (one not in __init__ too), copied, and no __post_init__ ran."""
+
+    @dataclasses.dataclass(frozen=True)
+    class State:
+        kept: torch.Tensor
+        derived: torch.Tensor = dataclasses.field(init=False)
+        built: ClassVar[list[int]] = []
+
+        def __post_init__(self):
+            State.built.append(1)
+            object.__setattr__(self, "derived", 2 * self.kept)
+
+    state = State(torch.ones(2, 3))
+    copy = sealed(state)
+    assert State.built == [1] and type(copy) is State and vars(copy).keys() == {"kept", "derived"}
+    assert torch.equal(copy.derived, state.derived) and copy.derived.data_ptr() != state.derived.data_ptr()
+    assert measure_state(copy, 2) == 3 + 3
 
 
 def test_a_leaf_shared_by_the_episodes_keeps_its_layout_in_a_batch_of_one(tmp_path):
