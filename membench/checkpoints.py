@@ -20,13 +20,14 @@ import torch
 from torch.torch_version import TorchVersion
 
 import membench
+from membench.errors import MembenchError
 from membench.interface import AssociativeMemory
 from membench.records import list_of_mappings, nonnegative_number, training_history
 from membench.store import file_lock, warn, write_atomic
 
 CHECKPOINT_KEYS = ("model", "generator", "step", "elapsed_s", "curve")  # required; "optimizer", "history",
-# "config", "parameters" (the names in "model" that are the model's parameters, not buffers) and "learned" (the
-# collapse guard's, membench.training) optional
+# "config", "parameters" (the names in "model" that are the model's parameters, not buffers), "learned" and
+# "guard_shares" (the collapse guard's flag and window, membench.training) optional
 UNREADABLE = (EOFError, OSError, RuntimeError, ValueError, pickle.UnpicklingError)  # what reading a bad file raises
 
 
@@ -143,6 +144,9 @@ def _field_problem(saved: dict[str, Any]) -> str | None:
         return f"step {saved['step']} is beyond the {planned} its configuration plans"
     if "optimizer" in saved and not isinstance(saved["optimizer"], dict):
         return "optimizer is not an optimiser's state"
+    shares = saved.get("guard_shares", [])
+    if not (isinstance(shares, list) and all(type(share) is float for share in shares)):
+        return "guard_shares is not a list of error shares"
     return None
 
 
@@ -184,7 +188,8 @@ def load_checkpoint(path: Path, model: AssociativeMemory, optimizer: torch.optim
     A checkpoint that cannot be read, does not fit the model or holds a NaN or infinite parameter (never saved
     by training, which stops when its loss diverges) is renamed to `<name>.corrupt`
     (reported on stderr) and None is returned, so the caller trains afresh; with `set_aside=False` (a caller
-    that only reads, such as a figure) it is left where it is, reported all the same.
+    that only reads, such as a figure) it is left where it is, reported all the same. A failure of this machine
+    while loading (out of memory, a CUDA error, the file system) leaves it where it is and raises MembenchError.
     """
     path = Path(path)
     if not path.exists():
@@ -197,6 +202,10 @@ def load_checkpoint(path: Path, model: AssociativeMemory, optimizer: torch.optim
             optimizer.load_state_dict(_on_this_device(saved["optimizer"], optimizer))
     except (*UNREADABLE, KeyError, TypeError) as exc:  # or a file that does not fit the model
         model.load_state_dict(before)  # afresh means from the model's own initial values
+        if _machine_error(exc):
+            raise MembenchError(f"could not load checkpoint {path} on this machine ({type(exc).__name__}: "
+                                f"{' '.join(str(exc).split())[:200]}); it is left as it is: free the memory or "
+                                "the device and rerun the command") from None
         problem = (f"checkpoint {path} is unreadable or does not fit {type(model).__name__} ({type(exc).__name__}: "
                    f"{' '.join(str(exc).split())[:300]})")
         if not set_aside:
@@ -205,6 +214,13 @@ def load_checkpoint(path: Path, model: AssociativeMemory, optimizer: torch.optim
         warn(f"{problem}; moved it to {_set_aside(path)} and training afresh")
         return None
     return saved
+
+
+def _machine_error(exc: BaseException) -> bool:
+    """Whether loading failed for this machine (out of memory, a CUDA error, the file system), not for the file:
+    such a checkpoint is not set aside."""
+    return (isinstance(exc, (torch.OutOfMemoryError, OSError))
+            or (isinstance(exc, RuntimeError) and "CUDA" in str(exc)))
 
 
 def _set_aside(path: Path) -> Path:

@@ -218,6 +218,7 @@ def _train(model: AssociativeMemory, task: Task, config: TrainConfig, checkpoint
         step, elapsed, curve = saved["step"], saved["elapsed_s"], saved["curve"]
         history = saved.get("history")  # None: written before checkpoints kept a history
         guard.learned = saved.get("learned", False)
+        guard.shares.extend(saved.get("guard_shares", []))  # the window goes on across a pause
         if "optimizer" not in saved and step < config.steps:
             warn(f"{checkpoint_path.name} holds weights only (a shipped checkpoint): training continues from step "
                  f"{step} with a fresh optimiser state")
@@ -266,7 +267,8 @@ def _train(model: AssociativeMemory, task: Task, config: TrainConfig, checkpoint
         save_checkpoint({"model": model.state_dict(), "parameters": [name for name, _ in model.named_parameters()],
                          "optimizer": stepper.optimizer.state_dict(),
                          "generator": stream.generator_state(), "step": step, "elapsed_s": elapsed, "curve": curve,
-                         "history": stretches(), "config": dataclasses.asdict(config), "learned": guard.learned},
+                         "history": stretches(), "config": dataclasses.asdict(config), "learned": guard.learned,
+                         "guard_shares": list(guard.shares)},
                         checkpoint_path)
         saved_step = step
 
@@ -300,7 +302,8 @@ def _train(model: AssociativeMemory, task: Task, config: TrainConfig, checkpoint
             logging = step % config.log_every == 0 or step == config.steps
             saving = step % config.checkpoint_every == 0 or step == config.steps
             paused = deadline is not None and time.perf_counter() > deadline
-            if logging or saving or paused or interrupted[0]:
+            stopping = interrupted[0]  # read once: a signal from here on is this step's next one
+            if logging or saving or paused or stopping:
                 check_finite(out.loss)
             elapsed += time.perf_counter() - started
             if logging:
@@ -323,21 +326,22 @@ def _train(model: AssociativeMemory, task: Task, config: TrainConfig, checkpoint
                 checkpoint()
             if bar is not None:
                 bar.update(1)
-            if interrupted[0]:
+            if stopping:
+                break
+            if paused and step < config.steps:
                 if saved_step != step:
                     checkpoint()
-                if bar is not None:
-                    bar.close()
-                raise TrainingInterrupted(
-                    f"interrupted: meta-training of {type(model).__name__} checkpointed at step {step} of {config.steps} "
-                    f"({checkpoint_path}); rerun the same command to continue")
-            if paused and step < config.steps:
-                checkpoint()
                 break
         if bar is not None:
             bar.close()
-        if saved_step is None:
+        if interrupted[0]:  # during a step, or before or after the loop (a finished or late checkpoint)
+            check_finite(None)
+        if saved_step is None or (interrupted[0] and saved_step != step):
             checkpoint()
+        if interrupted[0]:
+            raise TrainingInterrupted(
+                f"interrupted: meta-training of {type(model).__name__} checkpointed at step {step} of {config.steps} "
+                f"({checkpoint_path}); rerun the same command to continue")
         model.eval()
     finally:
         stream.close()

@@ -1100,3 +1100,61 @@ def test_a_model_gone_back_to_chance_stops_as_collapsed_and_one_that_never_learn
                                                r"75% .* Fix: lower the learning rate .*kept at"):
         train()
     assert torch.load(path, weights_only=False)["step"] == 20
+
+
+def test_the_collapse_window_goes_on_across_a_pause(tmp_path: Path):
+    """Trained to step 18 (six bad logged updates in the window), then resumed to 40: it stops at step 22, as
+    the run without a pause does, not ten logged updates after the resume."""
+    from membench.errors import TrainingDiverged
+
+    model, path = _Scripted(12, lambda patterns, queries: queries), tmp_path / "scripted.pt"
+    config = TrainConfig(steps=40, batch_size=2, lr=1e-2, log_every=1, checkpoint_every=10)
+    train = lambda steps: meta_train(model, BinaryTask(8), dataclasses.replace(config, steps=steps), path,  # noqa: E731
+                                     torch.device("cpu"), 0, progress=False)
+    assert train(18).finished and len(torch.load(path, weights_only=False)["guard_shares"]) == 10
+    with pytest.raises(TrainingDiverged, match=r"collapsed: its last 10 logged updates \(to step 22\)"):
+        train(40)
+
+
+def test_a_ctrl_c_while_a_finished_checkpoint_loads_stops_the_command(tmp_path: Path, monkeypatch):
+    """The loop never runs for a finished checkpoint; a first Ctrl-C that arrived meanwhile is not lost: training
+    raises TrainingInterrupted (the checkpoint unchanged), so the command stops instead of evaluating on."""
+    import os
+    import signal
+
+    from membench import training
+    from membench.errors import TrainingInterrupted
+
+    model, path = _Scripted(100, None), tmp_path / "scripted.pt"
+    config = TrainConfig(steps=4, batch_size=2, lr=1e-2, log_every=1, checkpoint_every=10)
+    assert meta_train(model, BinaryTask(8), config, path, torch.device("cpu"), 0, progress=False).finished
+    saved = path.read_bytes()
+    load = training.load_checkpoint
+
+    def load_and_ctrl_c(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(training, "load_checkpoint", load_and_ctrl_c)
+    with pytest.raises(TrainingInterrupted, match="checkpointed at step 4 of 4"):
+        meta_train(model, BinaryTask(8), config, path, torch.device("cpu"), 0, progress=False)
+    assert path.read_bytes() == saved
+
+
+def test_a_checkpoint_this_machine_cannot_load_is_left_where_it_is(tmp_path: Path, monkeypatch):
+    """Out of memory while loading the optimiser's state (say, copies of a session sharing one GPU) is the
+    machine's failure, not the file's: one clear error, and the checkpoint is not set aside as corrupt."""
+    from membench.checkpoints import load_checkpoint
+
+    model, path = _Scripted(100, None), tmp_path / "scripted.pt"
+    config = TrainConfig(steps=4, batch_size=2, lr=1e-2, log_every=1, checkpoint_every=10)
+    assert meta_train(model, BinaryTask(8), config, path, torch.device("cpu"), 0, progress=False).finished
+
+    def out_of_memory(self, state):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(torch.optim.AdamW, "load_state_dict", out_of_memory)
+    with pytest.raises(MembenchError, match=r"could not load checkpoint .*scripted.pt on this machine "
+                                            r"\(OutOfMemoryError: CUDA out of memory.*it is left as it is"):
+        load_checkpoint(path, model, torch.optim.AdamW(model.parameters()))
+    assert path.exists() and not list(tmp_path.glob("*.corrupt*"))
