@@ -1,6 +1,7 @@
 """Figure 3's acceptance (issue 15) read off `figure3.summarise`'s points: fig3_acceptance.md.
 
-For each data set, on the trained points of one preset (default gpu) without extra options:
+For each data set, on the trained points of one preset (default gpu) without extra options, at the paper's
+task (PAPER_POINT_TASK; points at another N, image or block size are not read):
 - EBMM_conv, EBMM_FC and MemNet each have at least MIN_SIZES memory sizes;
 - each of those curves falls with memory: its largest size's median at most FALL x its smallest size's;
 - every EBMM point is at most PAPER_FACTOR x the paper's curve at its memory (the paper's points
@@ -23,6 +24,7 @@ FALL = 0.75
 PAPER_FACTOR = 2.0
 PASSTHROUGH_FRACTION = 0.5
 PAPER_DATASET = {"omniglot": "omniglot", "cifar10": "cifar"}  # our task kind -> paper_fig3.csv's data set
+PAPER_POINT_TASK = {"num_patterns": 64, "image_size": 32, "block": 16}  # the paper's task: its points apply there
 
 
 def interpolated(memory_k: pd.Series, error: pd.Series, at: float) -> float:
@@ -49,8 +51,10 @@ def read_points(summary: pd.DataFrame, preset: str = "gpu") -> pd.DataFrame:
 
 
 def _on_one_data(frame: pd.DataFrame, preset: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """A data set's points and its learned ones (`read_points`), both kept to the data most learned points used:
-    a subset's and the full set's do not mix."""
+    """A data set's points at the paper's task and its learned ones (`read_points`), both kept to the data most
+    learned points used: a subset's and the full set's do not mix."""
+    if len(frame):
+        frame = frame[np.logical_and.reduce([frame[name] == value for name, value in PAPER_POINT_TASK.items()])]
     learned = read_points(frame, preset)
     if len(learned):
         data = learned["data"].mode().iloc[0]

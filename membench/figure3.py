@@ -21,7 +21,7 @@ import torch
 from tabulate import tabulate
 
 from membench.errors import DatasetMissing, MembenchError
-from membench.fig3_acceptance import PAPER_DATASET, acceptance_markdown, read_points
+from membench.fig3_acceptance import PAPER_DATASET, PAPER_POINT_TASK, acceptance_markdown, read_points
 from membench.grids import first_episode, reconstruction_grid
 from membench.plots import pyplot, read_curves, save, training_curves
 from membench.report import REPO_ROOT, distinct, episode_means, span, updates_text
@@ -32,7 +32,6 @@ CITATION = ("Bartunov, Rae, Osindero & Lillicrap, 'Meta-Learning Deep Energy-Bas
             "arXiv:1910.02720, Figure 3")
 TITLES = {"omniglot": "Omniglot (error: wrong pixels of 32x32)", "cifar10": "CIFAR-10 (error: squared error)"}
 MATCH_TOLERANCE = 0.05  # a paper point matches ours when memory sizes differ by at most 5%
-PAPER_POINT_TASK = {"num_patterns": 64, "image_size": 32, "block": 16}  # the paper's task: its points apply there
 # What the quick presets change against the paper (ebmm.config.IMAGE_PRESETS, baselines.memory_networks)
 QUICK_CHANGES = ("quick preset (a CPU smoke test, not a result): the paper's task (64 images of 32x32 per batch, 16x16 block) with narrower "
                  "networks and short CPU training: encoders 16/32/32 channels (paper 32/64/96); EBMM-FC hidden 128 "

@@ -126,12 +126,22 @@ def cell_key(record: dict[str, Any]) -> tuple[str, str, str, str, int]:
 
 def latest_versions(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(kept, stale): the records of each model made by the source files of its latest record among
-    `records` (`model_source`; None for built-in models), and the others."""
-    latest: dict[str, tuple[str, str | None]] = {}  # model -> (finished_at, model_source) of its latest record
+    `records` (`model_source`; None for built-in models) and, in each cell, with the preset's fields of the
+    cell's latest record (`preset_config`, late fields at their defaults aside: a preset changed between
+    two seeds' runs), and the others."""
+    from membench.run_identity import comparable_preset
+
+    def preset(record: dict[str, Any]) -> str:
+        fields = record.get("preset_config")
+        return json.dumps(fields and comparable_preset(fields), sort_keys=True, default=str)
+
+    latest: dict[Any, tuple[str, str | None]] = {}  # model, or cell -> (finished_at, its source or preset)
     for record in records:
-        if record.get("finished_at", "") >= latest.get(record["model"], ("", None))[0]:
-            latest[record["model"]] = (record.get("finished_at", ""), record.get("model_source"))
-    current = [r.get("model_source") == latest[r["model"]][1] for r in records]
+        for key, value in ((record["model"], record.get("model_source")), (cell_key(record), preset(record))):
+            if record.get("finished_at", "") >= latest.get(key, ("", None))[0]:
+                latest[key] = (record.get("finished_at", ""), value)
+    current = [r.get("model_source") == latest[r["model"]][1] and preset(r) == latest[cell_key(r)][1]
+               for r in records]
     return ([r for r, keep in zip(records, current) if keep], [r for r, keep in zip(records, current) if not keep])
 
 
@@ -146,16 +156,16 @@ def distinct(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
     paused checkpoint's, then the most queries, then the latest).
 
     Records of a model from outside membench made by another version of its source files than the model's
-    latest record among `records` (`model_source`) are left out, with a warning: no cell, row or curve
-    mixes two versions of a model.
+    latest record among `records` (`model_source`), and records made with other preset fields than their
+    cell's latest record, are left out, with a warning: no cell, row or curve mixes two versions of a model.
     """
     records, stale = latest_versions(records)
     if stale:
         from membench.store import warn
 
         warn(f"{len(stale)} record(s) of {', '.join(sorted({r['model'] for r in stale}))} were made by an older "
-             "version of the model's source files than its latest record and are left out; rerun their "
-             "commands to include them")
+             "version of the model's source files than its latest record, or of its preset than its cell's latest "
+             "record, and are left out; rerun their commands to include them")
     best: dict[tuple, dict[str, Any]] = {}
     for record in records:
         key = (*cell_key(record), record["seed"])

@@ -97,8 +97,9 @@ class BinaryTask(Task):
     0.5 and `spec.clamp_known` is False: a model must be free to change every bit.
 
     Error: number of wrong bits over all `dim` positions after thresholding at 0.5; a
-    retrieved value of exactly 0.5 (undecided) counts as wrong. Chance is dim/2 per query
-    when half the bits are erased and the rest are copied.
+    retrieved value of exactly 0.5 (undecided) counts as wrong. Returning the queries unchanged
+    errs on every erased bit (64 by default); copying the known bits and guessing the erased ones
+    at random errs on half of them (chance: 32 by default).
     """
 
     error_unit = "bits"

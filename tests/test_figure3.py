@@ -169,13 +169,15 @@ def test_a_point_of_a_paused_checkpoint_says_so_in_its_table_and_plot(monkeypatc
 def test_the_acceptance_reads_each_check_off_the_points():
     """fig3_acceptance: sizes per curve, the fall with memory, EBMM against the paper's curve at its memory
     (interpolated in log-memory; n/a without a paper curve) and against passthrough, and on CIFAR EBMM_conv
-    against MemNet where both curves reach; only trained points of the preset, without extra options, on the
-    data most of them used."""
+    against MemNet where both curves reach; only trained points of the preset, without extra options, at the
+    paper's task (64 images of 32x32, a 16x16 block), on the data most of them used."""
     from membench.fig3_acceptance import checks
 
-    def point(dataset, curve, memory_k, median, preset="gpu", trained=True, variant="", data="bundled", paused=""):
+    def point(dataset, curve, memory_k, median, preset="gpu", trained=True, variant="", data="bundled", paused="",
+              num_patterns=64):
         return {"dataset": dataset, "curve": curve, "variant": variant, "preset": preset, "trained": trained,
-                "paused": paused, "data": data, "memory_k": memory_k, "median": median}
+                "paused": paused, "data": data, "memory_k": memory_k, "median": median,
+                "num_patterns": num_patterns, "image_size": 32, "block": 16}
 
     summary = pd.DataFrame(
         [point("cifar10", "EBMM_conv", k, e) for k, e in ((2.0, 20.0), (4.0, 14.0), (8.0, 12.0), (16.0, 14.0))]
@@ -184,13 +186,14 @@ def test_the_acceptance_reads_each_check_off_the_points():
            point("cifar10", "EBMM_FC", 16.0, 1.0, variant="hidden=8"),
            point("cifar10", "EBMM_FC", 12.0, 2.0, paused="5 of 9 × 128"),  # a paused checkpoint's: left out too
            point("cifar10", "EBMM_conv", 32.0, 1.0, data="full"),  # other data: not part of these curves
+           point("cifar10", "EBMM_FC", 20.0, 1.0, num_patterns=16),  # another task (N = 16): not read
            point("cifar10", "passthrough", 0.0, 46.0, preset="quick", trained=False)])
     reference = pd.DataFrame({"dataset": "cifar", "model": "EBMM_conv", "memory_k": [2.0, 8.0],
                               "error": [12.0, 4.0], "lo": 0.0, "hi": 0.0})
     verdicts = {row["check"]: (row["verdict"], row["measured"]) for row in checks(summary, reference)
                 if row["data set"] == "cifar10"}
     assert verdicts["EBMM_conv: at least 4 memory sizes (gpu)"][0] == "PASS"
-    assert verdicts["EBMM_FC: at least 4 memory sizes (gpu)"] == ("FAIL", "1")  # quick, variant, paused: left out
+    assert verdicts["EBMM_FC: at least 4 memory sizes (gpu)"] == ("FAIL", "1")  # quick, variant, paused, N = 16: out
     assert verdicts["EBMM_conv: error at the largest size at most 0.75 x the smallest's"][0] == "PASS"  # 14 <= 15
     assert verdicts["MemNet: error at the largest size at most 0.75 x the smallest's"][0] == "PASS"
     assert verdicts["EBMM_conv at 4.00k: at most 2 x the paper's"][1] == "14.00 against 8.00 (1.75 x)"  # 12 -> 4, halfway
@@ -211,7 +214,7 @@ def test_the_acceptance_reads_each_check_off_the_points():
     assert rows["EBMM_conv at 2.00k"] == ("no", "20.00 against 14.00 (1.43 x)")
     assert rows["MemNet at 24.00k"] == ("yes", "6.00 against 14.00 (0.43 x)")
     assert set(rows) == {f"EBMM_conv at {k:.2f}k" for k in (2, 4, 8, 16)} | {f"MemNet at {k:.2f}k" for k in (3, 6, 12, 24)} \
-        | {"EBMM_FC at 4.00k"}  # the points the checks read: quick, variant, paused and other data left out
+        | {"EBMM_FC at 4.00k"}  # the points the checks read: quick, variant, paused, other data or N left out
     assert {row["below mean fill"] for row in against_mean_fill(summary)} == {"n/a"}  # no mean_fill point
     page = acceptance_markdown(with_fill, reference)
     assert page.splitlines()[2] == acceptance_markdown(summary, reference).splitlines()[2]  # "k of n checks pass"

@@ -258,3 +258,22 @@ def test_training_curves_leave_out_a_models_older_source_version(tmp_path):
                     "training": {"checkpoint_key": name, "curve": f"training/{name}.csv", "train_time_s": 1.0,
                                  "config": {"num_patterns": [16]}}})
     assert list(read_curves(tmp_path)) == ["new"]
+
+
+def test_a_cell_never_pools_two_versions_of_a_preset(capsys):
+    """Seed 0 trained before the preset changed (another learning rate), seed 1 after: the cell keeps seed 1
+    alone, with a warning, rather than pooling the two models (or keeping the one with more queries)."""
+    from membench.report import distinct
+
+    def record(seed: int, lr: float, finished: str, queries: int) -> dict:
+        return {"run_id": f"r{seed}", "suite": "table1", "model": "ebmm", "options": {}, "seed": seed,
+                "preset": "quick", "task": {"kind": "binary", "num_patterns": 16, "dim": 128, "erased": 64},
+                "budget": 8256, "errors": [0.0] * queries, "finished_at": finished,
+                "preset_config": {"model": {"hidden": 128}, "train": {"steps": 10, "lr": lr}}}
+
+    kept, _ = distinct([record(0, 1e-3, "2026-01-01", 3008), record(1, 6e-3, "2026-01-02", 1008)])
+    assert [r["run_id"] for r in kept] == ["r1"]
+    assert "1 record(s) of ebmm were made by an older version" in capsys.readouterr().err
+    same = [record(0, 6e-3, "2026-01-01", 3008), record(1, 6e-3, "2026-01-02", 1008)]
+    same[0]["preset_config"]["train"]["warmup_steps"] = 0  # a late field at its default: the same preset
+    assert [r["run_id"] for r in distinct(same)[0]] == ["r0", "r1"]
