@@ -62,7 +62,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from membench.encoders import CodecConfig, Encoder, ResBlock, he_init
+from membench.encoders import CodecConfig, Encoder, LayerNorm, ResBlock, he_init
 from membench.errors import MembenchError
 
 
@@ -83,10 +83,10 @@ class ResNetFCEnergy(nn.Module):
         self.memory = nn.Linear(width, memory_size)                      # writable
         self.static = nn.Linear(width + hidden, hidden - memory_size)    # static from here on
         self.gate = nn.Linear(width + hidden, hidden)
-        self.norm = nn.LayerNorm(hidden)
+        self.norm = LayerNorm(hidden)  # membench.encoders': right to the third derivative
         self.readout = nn.Sequential(nn.Linear(hidden, readout), nn.Tanh(), nn.Linear(readout, 1))
         he_init(self, "linear")
-        self.encoder = Encoder(codec)  # He-initialised by its own module
+        self.encoder = Encoder(codec, norm=LayerNorm)  # He-initialised by its own module
         self.centre = nn.Parameter(torch.zeros(width)) if centre else None  # static: what the memory reads around
         self.linear_memory = linear_memory  # the d memory units enter the candidate without the tanh
 

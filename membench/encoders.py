@@ -93,10 +93,26 @@ class TransposedResBlock(nn.Module):
         return y if self.last else torch.relu(y)
 
 
-class Encoder(nn.Module):
-    """Images (..., C, H, W) in [0, 1] -> codes (..., embedding); any leading batch dims."""
+class LayerNorm(nn.LayerNorm):
+    """nn.LayerNorm written with mean and variance ops, so that autograd gets its derivatives of every order
+    right: torch's fused layer_norm gets the third wrong (its saved statistics carry no history; 2.13 fails
+    gradcheck of a gradient of a squared input-gradient), and EBMM's meta-gradient through a write with the
+    ||grad_x E||^2 term needs it. The same parameters and state_dict; values equal to rounding."""
 
-    def __init__(self, config: CodecConfig):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dims = tuple(range(-len(self.normalized_shape), 0))
+        centred = x - x.mean(dims, keepdim=True)
+        out = centred * torch.rsqrt(centred.pow(2).mean(dims, keepdim=True) + self.eps)
+        if self.weight is not None:
+            out = out * self.weight
+        return out if self.bias is None else out + self.bias
+
+
+class Encoder(nn.Module):
+    """Images (..., C, H, W) in [0, 1] -> codes (..., embedding); any leading batch dims. `norm`: the closing
+    LayerNorm's class (EBMM's energy, differentiated three times in meta-training, takes `LayerNorm`)."""
+
+    def __init__(self, config: CodecConfig, norm: type[nn.LayerNorm] = nn.LayerNorm):
         super().__init__()
         assert config.grid >= 1 and config.grid * 2 ** len(config.channels) == config.image_size, (
             f"image_size={config.image_size} must be divisible by 2**{len(config.channels)}")
@@ -104,7 +120,7 @@ class Encoder(nn.Module):
         widths = (config.image_channels, *config.channels)
         self.blocks = nn.Sequential(*(ResBlock(a, b) for a, b in zip(widths[:-1], widths[1:])))
         self.linear = nn.Linear(config.channels[-1] * config.grid**2, config.embedding)
-        self.norm = nn.LayerNorm(config.embedding)
+        self.norm = norm(config.embedding)
         he_init(self)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

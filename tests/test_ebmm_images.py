@@ -304,3 +304,55 @@ def test_image_energies_meta_train_in_bf16_close_to_float32(options):
         losses[precision] = torch.stack([out.loss for out in outs])
     assert not torch.equal(losses["bf16"], losses["float32"])
     torch.testing.assert_close(losses["bf16"], losses["float32"], rtol=0.02, atol=0.0)
+
+
+def test_the_layer_norm_has_every_derivative_right_and_torchs_shape():
+    """EBMM's meta-gradient through a write with the ||grad_x E||^2 term is a third derivative of the energy:
+    membench's LayerNorm passes gradcheck of the gradient of a squared input-gradient (torch's fused one does not,
+    in 2.13), with nn.LayerNorm's values and state_dict."""
+    from membench.encoders import LayerNorm
+
+    torch.manual_seed(0)
+    norm = LayerNorm(6).double()
+    with torch.no_grad():
+        norm.weight.add_(torch.randn(6, dtype=torch.float64)), norm.bias.add_(torch.randn(6, dtype=torch.float64))
+    x = torch.randn(3, 6, dtype=torch.float64, requires_grad=True)
+    scale = torch.randn(6, dtype=torch.float64, requires_grad=True)
+
+    def writing_gradient(scale):  # d/d scale of ||grad_x E||^2, E = sum(tanh(norm(x * scale)) * c)
+        energy = torch.tanh(norm(x * scale)).sum(0) @ torch.linspace(-1, 1, 6, dtype=torch.float64)
+        (grad_x,) = torch.autograd.grad(energy, x, create_graph=True)
+        return torch.autograd.grad(grad_x.pow(2).sum(), scale, create_graph=True)[0]
+
+    assert torch.autograd.gradcheck(writing_gradient, (scale,))
+    fused = torch.nn.LayerNorm(6).double()
+    fused.load_state_dict(norm.state_dict())
+    torch.testing.assert_close(norm(x), fused(x))
+
+
+@pytest.mark.parametrize("options", [{**TINY_FC, "grad_norm_term": True}, {**TINY_CONV, "grad_norm_term": True}],
+                         ids=["fc", "conv"])
+def test_the_image_meta_gradient_is_the_meta_losss_derivative(options):
+    """With the gradient-norm writing term (the gpu and paper presets'), backpropagation through the writes and
+    reads gives the meta-loss's derivative: central differences agree (float64) for the write rates, the
+    writable layer's initial weights and the encoder's or stem's first weights."""
+    torch.manual_seed(0)
+    model = EBMM.from_spec(TINY, 10**6, "quick", **{**options, "write_steps": 2, "read_steps": 2,
+                                                    "write_lr_init": 0.3, "read_step_init": 0.5}).double()
+    patterns = torch.rand(2, 4, 3, 16, 16, dtype=torch.float64)
+    queries = patterns.clone()
+    queries[..., 4:12, 4:12] = 0.5
+    loss, _ = model.meta_loss(patterns, queries)
+    named = dict(model.named_parameters())
+    picked = [name for name in named if "write_lr" in name or name.endswith("memory.weight")][:3] + \
+        [next(name for name in named if "weight" in name and named[name].dim() == 4)]
+    gradients = torch.autograd.grad(loss, [named[name] for name in picked])
+    for name, gradient in zip(picked, gradients):
+        flat, index, step = named[name].data.view(-1), 0, 1e-7  # small: no ReLU kink between the two
+        kept = flat[index].item()
+        flat[index] = kept + step
+        higher = model.meta_loss(patterns, queries)[0].item()
+        flat[index] = kept - step
+        lower = model.meta_loss(patterns, queries)[0].item()
+        flat[index] = kept
+        assert (higher - lower) / (2 * step) == pytest.approx(gradient.reshape(-1)[index].item(), rel=1e-4, abs=1e-7), name
