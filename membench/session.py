@@ -21,6 +21,8 @@ from membench.archive import pack
 from membench.errors import EXIT_INTERRUPTED, EXIT_PAUSED, MembenchError
 from membench.store import warn
 
+LOG_LINES = 12  # of a run's log printed at the session's end (the logs stay on the lent machine)
+FAILED_LOG_LINES = 40  # ... of a run that failed: room for its traceback
 
 
 def _out_dir(args: str) -> Path:
@@ -86,7 +88,8 @@ def run_session(runs: Sequence[str], copies: int, train_time_limit_s: float, dev
     `runs`, all at once, on the session's device and checkpoint cache, their training ending
     `train_time_limit_s` after the session began (`first` included). Processes still running `grace_s`
     after that are interrupted together (they checkpoint) and, 30 s later, killed (`finish`), so the
-    session ends by train_time_limit_s + grace_s + 30 s and packing. Prints the end of each log and packs
+    session ends by train_time_limit_s + grace_s + 30 s and packing. Prints the end of each log (LOG_LINES,
+    FAILED_LOG_LINES for a command that failed) and packs
     what was written into `archive` and its volumes (`pack`). Returns 0 when every command finished, 3
     when some training paused or a command of `first` was cut short or skipped for the time, else the
     first other exit status (a failing command of `first` does not keep the runs from starting). Interrupted
@@ -130,7 +133,8 @@ def run_session(runs: Sequence[str], copies: int, train_time_limit_s: float, dev
         raise
     for (args, log, _), status in zip(processes, ended):
         statuses.append(EXIT_PAUSED if status == EXIT_INTERRUPTED else status)  # stopped at the grace's end
-        tail = log.read_text(errors="replace").splitlines()[-12:]
+        failed = status not in (0, EXIT_PAUSED, EXIT_INTERRUPTED)  # its log stays on the machine: more of it
+        tail = log.read_text(errors="replace").splitlines()[-(FAILED_LOG_LINES if failed else LOG_LINES):]
         print(f"== membench run {args} (exit {status})", *tail, sep="\n", flush=True)
     pack(archive, started, results_dir, cache / "checkpoints")
     failed = [status for status in statuses if status not in (0, EXIT_PAUSED)]
