@@ -5,13 +5,14 @@
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
 from membench import checkpoints
 from membench.build import build_model
 from membench.checkpoints import UNREADABLE, checkpoint_path, load_weights, read_checkpoint
-from membench.errors import MembenchError
+from membench.errors import CheckpointBusy, MembenchError
 from membench.interface import AssociativeMemory
 from membench.registry import errors_of_user_model, make_task, resolve_model
 from membench.run_identity import checkpoint_key
@@ -23,11 +24,17 @@ NO_TRAIN_FIX = ("run without --no-train to train it (an unreadable one is then s
                 "--checkpoint-dir that holds it")
 
 
-def as_trained(model: AssociativeMemory, path: Path, config: Any, spec: RunSpec) -> TrainResult:
+def as_trained(model: AssociativeMemory, path: Path, config: Any, spec: RunSpec, wait: bool = True) -> TrainResult:
     """Load the checkpoint at `path` into `model` as it stands, for `--no-train` (finished or paused; no step
     is made), as the TrainResult meta-training would have returned. Waits while another process trains it (it
-    pauses or finishes first); MembenchError for a missing or unusable one, which is left where it is."""
-    with file_lock(path.with_name(path.name + ".lock")):
+    pauses or finishes first), or with `wait` off raises CheckpointBusy at once, as meta-training does;
+    MembenchError for a missing or unusable one, which is left where it is."""
+    lock = path.with_name(path.name + ".lock")
+    with contextlib.ExitStack() as held:
+        if not held.enter_context(file_lock(lock, blocking=False)):
+            if not wait:
+                raise CheckpointBusy(path.name)
+            held.enter_context(file_lock(lock))
         problem = _checkpoint_problem(path)
         if problem is None:
             try:

@@ -162,7 +162,7 @@ def _execute(spec: RunSpec, store: ResultsStore, device: torch.device, checkpoin
                  "resumes")
         result = (meta_train(model, task, train_config, path, device, spec.seed, progress, time_limit_s=limit,
                              wait=wait_for_checkpoint)  # the limit counts building and the audit
-                  if train else as_trained(model, path, train_config, spec))
+                  if train else as_trained(model, path, train_config, spec, wait=wait_for_checkpoint))
         curve_path = store.training_dir / f"{key}.csv"  # a paused run's curve too (a session packs it)
         import pandas as pd
 

@@ -1158,3 +1158,15 @@ def test_a_checkpoint_this_machine_cannot_load_is_left_where_it_is(tmp_path: Pat
                                             r"\(OutOfMemoryError: CUDA out of memory.*it is left as it is"):
         load_checkpoint(path, model, torch.optim.AdamW(model.parameters()))
     assert path.exists() and not list(tmp_path.glob("*.corrupt*"))
+
+
+def test_no_train_does_not_wait_for_a_checkpoint_in_training_when_told_not_to(tmp_path: Path):
+    """run_all's first pass leaves runs whose checkpoint another process trains for the end (wait=False): with
+    --no-train too, as_trained raises CheckpointBusy at once instead of waiting on the lock."""
+    from membench.errors import CheckpointBusy
+    from membench.no_train import as_trained
+    from membench.store import file_lock
+
+    with file_lock(tmp_path / "k.pt.lock"):  # held as meta_train holds it in another process
+        with pytest.raises(CheckpointBusy, match="k.pt"):
+            as_trained(None, tmp_path / "k.pt", None, None, wait=False)
