@@ -9,8 +9,10 @@ which is both the read key and the write vector (as in Santoro et al.):
     memory         M_t = M_{t-1} * (1 - w^lu_{t-1}) + w^w_t k_t^T      (least-used slot zeroed first)
     usage          w^u_t = gamma w^u_{t-1} + w^r_t + w^w_t,  w^lu_t = one-hot(argmin w^u_t)
 
-so where a pattern lands depends on what was written before it (the order matters).
-Read phase: each query runs one controller step from the final controller state, reads
+so where a pattern lands depends on what was written before it (the order matters). The
+controller steps on e_t alone (ours: Santoro et al.'s controller also takes the previous read
+vector r_{t-1}, as an NTM's does; here the write phase forms no read vector, its read weights
+serving only the write weights and usage). Read phase: each query runs one controller step from the final controller state, reads
 M_T with its own key, and the output head maps [r, h, e] to the pattern. Queries are
 batched against the same final memory and never write, so they cannot see each other.
 
