@@ -60,6 +60,7 @@ def build_model(spec: RunSpec, task: Task, preset: Preset | None = None) -> Asso
             model = cls.from_spec(task.spec, spec.budget, **spec.options)
     except TypeError as exc:
         unknown = not cls.trainable and not _takes(cls, spec.options)  # (a learned model's: resolve_options')
+        why = (str(exc).splitlines() or [""])[0]  # torch's own messages go on with its C++ stack
         if not unknown and not is_builtin_model(cls):
             if user_model_error(spec.model, exc, "") is not None:
                 raise  # raised in the model's own code: errors_of_user_model names its line
@@ -73,12 +74,12 @@ def build_model(spec: RunSpec, task: Task, preset: Preset | None = None) -> Asso
                 for method in ("presets", "meta_loss"))
             forgot = (f" {name} defines presets or meta_loss but trainable is False: a meta-learned model sets "
                       "trainable = True" if learned_looking else "")
-            raise MembenchError(f"cannot build model '{spec.model}': {exc}. It is built as {how} (README: Adding "
+            raise MembenchError(f"cannot build model '{spec.model}': {why}. It is built as {how} (README: Adding "
                                 f"a model).{forgot}") from None
         taken = [name for name in inspect.signature(cls.__init__).parameters if name not in ("self", "spec")]
         its = f" Its options: {', '.join(taken)}" if taken and not cls.trainable else ""
         raise (UnknownOption if unknown else MembenchError)(
-            f"cannot build model '{spec.model}' with options {spec.options}: {exc}.{its}") from None
+            f"cannot build model '{spec.model}' with options {spec.options}: {why}.{its}") from None
     if not isinstance(model, AssociativeMemory) or "_parameters" not in vars(model):
         what = ("its __init__ does not call super().__init__() (nn.Module's, first)" if isinstance(model, nn.Module)
                 else f"{'from_preset' if cls.trainable else 'from_spec'} returned a {type(model).__name__}, not the model")

@@ -136,14 +136,16 @@ def _corrupt(path: Path, exc: BaseException, fix: str) -> DatasetMissing:
 
 def _read_omniglot_zip(path: Path, image_size: int, seen: set) -> dict[str, list[np.ndarray]]:
     """character name 'Alphabet/characterNN' -> images, skipping (character, file) pairs in `seen`."""
+    from PIL.Image import DecompressionBombError
     from PIL import UnidentifiedImageError
 
     try:
         return _read_omniglot_members(path, image_size, seen)
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, UnidentifiedImageError, SyntaxError, ValueError,
-            NotImplementedError, RuntimeError) as exc:
-        # (PIL's PNG reader raises SyntaxError on a broken chunk, ValueError on a decompression bomb; zipfile
-        # NotImplementedError on an unknown compression method, RuntimeError on an encrypted member)
+            NotImplementedError, RuntimeError, DecompressionBombError) as exc:
+        # (PIL's PNG reader raises SyntaxError on a broken chunk, ValueError on a too large text chunk,
+        # DecompressionBombError on an image claiming more pixels than its limit; zipfile NotImplementedError on an
+        # unknown compression method, RuntimeError on an encrypted member)
         raise _corrupt(path, exc, "delete it and download it again (`membench download omniglot`)") from None
 
 

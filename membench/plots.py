@@ -68,8 +68,8 @@ def read_curves(out_dir: Path, images: bool | None = None) -> Curves:
                 continue  # paused before its first logged step: nothing to draw
             for column in ("step", "loss", "error"):
                 try:
-                    curve[column] = pd.to_numeric(curve[column])
-                except (TypeError, ValueError):
+                    curve[column] = pd.to_numeric(curve[column]).astype(float)  # (an int past int64: object dtype)
+                except (TypeError, ValueError, OverflowError):
                     raise MembenchError(f"{path} is not the training curve of {record['run_id']} (its {column} "
                                         f"column holds text); {fix}") from None
                 if not np.isfinite(curve[column]).all():

@@ -68,7 +68,7 @@ def parse_record(text: str | bytes, name: str) -> dict[str, Any]:
         if packed:
             record["errors"] = unpack_errors(record["errors"])
     except (UnicodeDecodeError, json.JSONDecodeError, binascii.Error, zlib.error, KeyError, TypeError,
-            ValueError) as exc:
+            ValueError, RecursionError) as exc:  # (RecursionError: JSON nested deeper than Python's stack)
         raise MembenchError(f"{name} is unreadable ({type(exc).__name__}: {exc})") from None
     if not isinstance(record, dict) or any(key not in record for key in RECORD_KEYS):
         missing = [k for k in RECORD_KEYS if not isinstance(record, dict) or k not in record]

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +96,8 @@ def test_bad_numbers_are_refused_before_any_work(tmp_path, args, fragment):
     ("train.lr=1e300", "train.lr=1e+300 must be a positive finite float32 number (from 1.175e-38 to 3.403e+38)"),
     ("train.clip_norm=1e-50", "train.clip_norm=1e-50 must be a positive finite float32 number"),
     ("write_lr_init=-inf", "write_lr_init=-inf must be a finite number > 0"),
+    ("hidden=99999999999999999999", "cannot build model 'ebmm' with options {'hidden': 99999999999999999999}: "
+                                    "empty(): argument 'size'"),  # torch's message, without its C++ stack
 ])
 def test_bad_option_values_are_refused_before_any_work(tmp_path, option, fragment):
     result = _invoke("run", "--suite", "table1-learned", "--model", "ebmm", "--num-patterns", "16", "--option", option,
@@ -561,7 +564,7 @@ def test_a_record_with_no_per_query_errors_is_named_by_report(tmp_path):
 
 
 @pytest.mark.parametrize("content", [b"", b'{"run_id": "x", "errors": [1', b"\x00garbage\xff", b'{"schema": 2}',
-                                     "no training"])
+                                     "no training", b"[" * 100_000 + b"]" * 100_000])  # (deeper than the stack)
 def test_corrupt_record_is_named_by_report_and_repaired_by_run(tmp_path, content):
     """Unreadable records, and one without its training field, are named by report and made again by run."""
     args = ["--model", "raw_slots", "--num-patterns", "16", "--queries", "16", "--out", str(tmp_path), "--no-progress"]
@@ -837,6 +840,25 @@ def test_a_png_with_a_broken_chunk_names_its_zip(tmp_path):
         for name, data in members.items():
             archive.writestr(name, data)
     with pytest.raises(MembenchError, match=f"{zip_path} is corrupt or truncated"):
+        datasets.load_omniglot(root)
+
+
+def test_a_png_claiming_a_huge_image_names_its_zip(tmp_path):
+    """A PNG whose header (checksum intact) claims 30000 x 30000 pixels: PIL's DecompressionBombError, named as a
+    corrupt zip like any other damage, not a traceback."""
+    root = write_fixture_data(tmp_path / "data")
+    zip_path = root / "omniglot" / "images_background_small1.zip"
+    with zipfile.ZipFile(zip_path) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    first = next(name for name in members if name.endswith(".png"))
+    png = bytearray(members[first])
+    png[16:24] = (30000).to_bytes(4, "big") * 2  # IHDR's width and height
+    png[29:33] = zlib.crc32(bytes(png[12:29])).to_bytes(4, "big")  # and its checksum, so that only the size is odd
+    members[first] = bytes(png)
+    with zipfile.ZipFile(zip_path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    with pytest.raises(MembenchError, match=f"{zip_path} is corrupt or truncated.*DecompressionBombError"):
         datasets.load_omniglot(root)
 
 
