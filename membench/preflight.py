@@ -3,7 +3,8 @@ with a bad one fails at once with one line (MembenchError) rather than after the
 
 `checked_specs` is what `membench run`, `membench throughput` and the session commands call first; the
 runner (`membench.runner.execute`) checks each run again when it comes up (the measured state, not only the
-declared count). `sized_or_optioned` explains a built-in model's failure that the run's input caused.
+declared count). `sized_or_optioned` explains a failure that the run's input caused (a built-in model's, or
+any model's memory that could not be allocated).
 """
 from __future__ import annotations
 
@@ -19,14 +20,20 @@ from membench.run_spec import BUILTIN_PRESETS, DEFAULT_PRESET, RunSpec
 from membench.suites import declared_count
 
 
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether `exc` is memory that could not be allocated (Python's, torch's CPU allocator or CUDA's)."""
+    return isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and any(
+        phrase in str(exc) for phrase in ("allocate", "out of memory", "size calculation overflowed")))
+
+
 def sized_or_optioned(spec: RunSpec, exc: Exception, where: traceback.FrameSummary,
                       outcome: str = "no record was written") -> MembenchError | None:
-    """The one-line error (naming where it was raised) for a built-in model's failure that the run's input can
-    explain: memory it cannot allocate (sizes too large), or an error of a run with options (a value out of
-    the model's range); None for any other failure, which is membench's own and keeps its traceback."""
+    """The one-line error (naming where it was raised) for a failure that the run's input can explain: memory
+    it cannot allocate (sizes too large: any model's), or an error of a built-in model's run with options (a
+    value out of the model's range); None for any other failure, which is membench's own and keeps its
+    traceback."""
     message = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}, at {where.filename}:{where.lineno}"
-    if isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and any(
-            phrase in str(exc) for phrase in ("allocate", "out of memory", "size calculation overflowed"))):
+    if out_of_memory(exc):
         return MembenchError(f"model '{spec.model}' ran out of memory at N={spec.task['num_patterns']} with budget "
                              f"{spec.budget} and options {spec.options} ({message}); lower --num-patterns, --budget "
                              f"or the sizes the options give (a learned model's train.batch_size too); {outcome}")
@@ -63,7 +70,7 @@ def checked_specs(specs: list[RunSpec]) -> list[RunSpec]:
         except MembenchError:
             raise
         except Exception as exc:  # noqa: BLE001 (a built-in model built with the run's sizes or options)
-            if not is_builtin_model(resolve_model(spec.model)):
+            if not is_builtin_model(resolve_model(spec.model)) and not out_of_memory(exc):
                 raise  # membench's own failure (a user model's are errors_of_user_model's): its traceback
             explained = sized_or_optioned(spec, exc, traceback.extract_tb(exc.__traceback__)[-1], "no run was started")
             if explained is None:

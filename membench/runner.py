@@ -34,7 +34,7 @@ from membench.errors import CheckpointBusy, MembenchError, TrainingPaused
 from membench.integrity import audit_write, write_and_read
 from membench.interface import AssociativeMemory
 from membench.options import plain_config
-from membench.preflight import checked_specs, sized_or_optioned
+from membench.preflight import checked_specs, out_of_memory, sized_or_optioned
 from membench.provenance import environment, git_state
 from membench.registry import is_builtin_model, make_task, model_source_digest, resolve_model, user_model_error
 from membench.run_identity import checkpoint_key, is_current, pending
@@ -122,7 +122,8 @@ def execute(spec: RunSpec, store: ResultsStore, device: torch.device, checkpoint
     off a learned model is evaluated from its checkpoint as it stands (`as_trained`), even a paused one, whose
     record says so (`training.finished`), and a MembenchError is raised when it has none. An error
     raised in the code of a model from outside membench becomes a MembenchError naming its line; a built-in
-    model's, one when memory ran out or the run has options (`membench.preflight.sized_or_optioned`).
+    model's, one when memory ran out or the run has options, and any model's when memory ran out
+    (`membench.preflight.sized_or_optioned`).
     """
     try:
         return _execute(spec, store, device, checkpoint_dir, command, progress, train_time_limit_s,
@@ -131,7 +132,7 @@ def execute(spec: RunSpec, store: ResultsStore, device: torch.device, checkpoint
         raise
     except Exception as exc:  # noqa: BLE001 (re-raised unless it comes from the user's model)
         explained = user_model_error(spec.model, exc, "no record was written")
-        if explained is None and is_builtin_model(resolve_model(spec.model)):  # a built-in model's failure that
+        if explained is None and (is_builtin_model(resolve_model(spec.model)) or out_of_memory(exc)):  # a failure
             explained = sized_or_optioned(spec, exc, traceback.extract_tb(exc.__traceback__)[-1])  # the run's sizes
         if explained is None:  # or options explain; otherwise membench's own error, which keeps its traceback
             raise

@@ -751,6 +751,16 @@ def test_corrupt_checkpoint_is_set_aside_and_retrained(tmp_path, monkeypatch, co
     assert all(torch.equal(trained[k], retrained[k]) for k in trained)  # same seed, same training
 
 
+def test_a_model_of_yours_that_runs_out_of_memory_in_training_says_so_in_one_line(tmp_path, monkeypatch):
+    """A training batch far past the address space (10^11 episodes: 1.6 PB): allocated in membench's own episode
+    sampling, not in the model's file, it is still the run's sizes, named in one line with the fix."""
+    _tiny(tmp_path, monkeypatch)
+    result = _invoke("run", "--model", "tiny_learned:TinyLearned", "--num-patterns", "16", "--queries", "16",
+                     "--checkpoint-dir", "ck", "--no-progress", "--out", "out", "--option", "train.batch_size=100000000000")
+    _one_clear_line(result, "model 'tiny_learned:TinyLearned' ran out of memory at N=16", "train.batch_size too")
+    assert not (tmp_path / "out" / "runs").exists() or not list((tmp_path / "out" / "runs").iterdir())
+
+
 INF_BUFFER_MODEL = TINY_MODEL.replace(
     "        self.bias = torch.nn.Parameter(torch.zeros(spec.pattern_size))\n",
     "        self.bias = torch.nn.Parameter(torch.zeros(spec.pattern_size))\n"
