@@ -16,6 +16,7 @@ import click
 from membench.errors import EXIT_INTERRUPTED, EXIT_PAUSED, MembenchError, TrainingInterrupted, TrainingPaused
 
 MAX_SEED = 2**31 - 1
+MAX_SIZE = 2**31 - 1  # N and batch sizes: tensor dimensions (past 2^63 torch's own sizes overflow)
 DEFAULT_OUT = "membench-results"
 
 

@@ -69,6 +69,7 @@ def _one_clear_line(result, *fragments: str, exit_code: int | None = None) -> No
     (["--num-patterns", "0"], "0 is out of range"),
     (["--num-patterns", "-5"], "-5 is out of range"),
     (["--seeds", "99999999999999999999"], "out of range: values must be between 0 and 2147483647"),
+    (["--num-patterns", "99999999999999999999"], "out of range: values must be between 1 and 2147483647"),
     (["--seeds", ""], "give at least one value"),
     (["--seeds", ","], "give at least one value"),
     (["--train-time-limit", "nan"], "'nan' is not a finite number of seconds"),
