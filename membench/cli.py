@@ -115,7 +115,8 @@ def _sized_at_table1(cls: type) -> dict[str, str] | None:
 @main.command()
 @click.option("--suite", default="table1", show_default=True, help="Suite to run (see `membench list`).")
 @click.option("--model", "models", multiple=True, help="Model name or module:Class; repeatable. Default: the suite's models.")
-@click.option("--num-patterns", callback=int_list(1, MAX_SIZE), help="Comma-separated N values (>= 1). Default: the suite's.")
+@click.option("--num-patterns", callback=int_list(1, MAX_SIZE),
+              help="Comma-separated N values (>= 1). Default: the suite's.")
 @click.option("--seeds", default="0", callback=int_list(0, MAX_SEED), show_default=True,
               help=f"Comma-separated seeds in [0, {MAX_SEED}].")
 @click.option("--queries", type=click.IntRange(1),

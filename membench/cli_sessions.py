@@ -302,8 +302,10 @@ def set_aside(keep, root) -> None:
               help="Learned model; repeatable.")
 @click.option("--preset", default="quick", show_default=True, help="Training preset (as for `membench run`).")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
-@click.option("--num-patterns", default="64", callback=int_list(1, MAX_SIZE), show_default=True, help="Comma-separated N.")
-@click.option("--batch-sizes", callback=int_list(1, MAX_SIZE), help="Comma-separated episodes per update. Default: the preset's.")
+@click.option("--num-patterns", default="64", callback=int_list(1, MAX_SIZE), show_default=True,
+              help="Comma-separated N.")
+@click.option("--batch-sizes", callback=int_list(1, MAX_SIZE),
+              help="Comma-separated episodes per update. Default: the preset's.")
 @click.option("--steps", default=20, show_default=True, type=click.IntRange(1), help="Timed updates per row.")
 @click.option("--warmup", default=3, show_default=True, type=click.IntRange(0), help="Untimed updates first.")
 @click.option("--cuda-graph/--no-cuda-graph", default=False, help="Replay updates from CUDA graphs (CUDA only).")
