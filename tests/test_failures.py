@@ -837,19 +837,30 @@ def test_an_omniglot_zip_member_in_an_unknown_compression_names_its_zip(tmp_path
         datasets.load_omniglot(root)
 
 
-def test_a_png_with_a_broken_chunk_names_its_zip(tmp_path):
-    """A zip whose checksums are right but one of whose PNGs is damaged (PIL raises SyntaxError)."""
+def _with_first_png_changed(tmp_path, change) -> tuple[Path, Path]:
+    """Fixture data whose first Omniglot PNG `change(png: bytearray)` alters in place, the zip rewritten with
+    right checksums; (data root, that zip)."""
     root = write_fixture_data(tmp_path / "data")
     zip_path = root / "omniglot" / "images_background_small1.zip"
     with zipfile.ZipFile(zip_path) as archive:
         members = {name: archive.read(name) for name in archive.namelist()}
     first = next(name for name in members if name.endswith(".png"))
     png = bytearray(members[first])
-    png[36] ^= 0x55  # the image data chunk's length: PIL then reads a garbage chunk type (SyntaxError)
+    change(png)
     members[first] = bytes(png)
     with zipfile.ZipFile(zip_path, "w") as archive:
         for name, data in members.items():
             archive.writestr(name, data)
+    return root, zip_path
+
+
+def test_a_png_with_a_broken_chunk_names_its_zip(tmp_path):
+    """A zip whose checksums are right but one of whose PNGs is damaged (PIL raises SyntaxError)."""
+
+    def break_chunk(png: bytearray) -> None:
+        png[36] ^= 0x55  # the image data chunk's length: PIL then reads a garbage chunk type (SyntaxError)
+
+    root, zip_path = _with_first_png_changed(tmp_path, break_chunk)
     with pytest.raises(MembenchError, match=f"{zip_path} is corrupt or truncated"):
         datasets.load_omniglot(root)
 
@@ -857,18 +868,12 @@ def test_a_png_with_a_broken_chunk_names_its_zip(tmp_path):
 def test_a_png_claiming_a_huge_image_names_its_zip(tmp_path):
     """A PNG whose header (checksum intact) claims 30000 x 30000 pixels: PIL's DecompressionBombError, named as a
     corrupt zip like any other damage, not a traceback."""
-    root = write_fixture_data(tmp_path / "data")
-    zip_path = root / "omniglot" / "images_background_small1.zip"
-    with zipfile.ZipFile(zip_path) as archive:
-        members = {name: archive.read(name) for name in archive.namelist()}
-    first = next(name for name in members if name.endswith(".png"))
-    png = bytearray(members[first])
-    png[16:24] = (30000).to_bytes(4, "big") * 2  # IHDR's width and height
-    png[29:33] = zlib.crc32(bytes(png[12:29])).to_bytes(4, "big")  # and its checksum, so that only the size is odd
-    members[first] = bytes(png)
-    with zipfile.ZipFile(zip_path, "w") as archive:
-        for name, data in members.items():
-            archive.writestr(name, data)
+
+    def claim_huge(png: bytearray) -> None:
+        png[16:24] = (30000).to_bytes(4, "big") * 2  # IHDR's width and height
+        png[29:33] = zlib.crc32(bytes(png[12:29])).to_bytes(4, "big")  # and its checksum: only the size is odd
+
+    root, zip_path = _with_first_png_changed(tmp_path, claim_huge)
     with pytest.raises(MembenchError, match=f"{zip_path} is corrupt or truncated.*DecompressionBombError"):
         datasets.load_omniglot(root)
 
