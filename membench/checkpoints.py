@@ -20,7 +20,7 @@ import torch
 from torch.torch_version import TorchVersion
 
 import membench
-from membench.errors import MembenchError
+from membench.errors import MembenchError, out_of_memory
 from membench.interface import AssociativeMemory
 from membench.records import list_of_mappings, nonnegative_number, training_history
 from membench.store import file_lock, warn, write_atomic
@@ -219,8 +219,7 @@ def load_checkpoint(path: Path, model: AssociativeMemory, optimizer: torch.optim
 def _machine_error(exc: BaseException) -> bool:
     """Whether loading failed for this machine (out of memory, a CUDA error, the file system), not for the file:
     such a checkpoint is not set aside."""
-    return (isinstance(exc, (torch.OutOfMemoryError, OSError))
-            or (isinstance(exc, RuntimeError) and "CUDA" in str(exc)))
+    return out_of_memory(exc) or isinstance(exc, OSError) or (isinstance(exc, RuntimeError) and "CUDA" in str(exc))
 
 
 def _set_aside(path: Path) -> Path:

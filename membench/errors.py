@@ -34,3 +34,9 @@ class TrainingInterrupted(MembenchError):
 
 class CheckpointBusy(Exception):
     """Another process is training this checkpoint (raised only when asked not to wait for it)."""
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether `exc` is memory that could not be allocated (Python's, torch's CPU allocator or CUDA's)."""
+    return isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and any(
+        phrase in str(exc) for phrase in ("allocate", "out of memory", "size calculation overflowed")))

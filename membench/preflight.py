@@ -12,18 +12,12 @@ import dataclasses
 import json
 import traceback
 
-from membench.errors import MembenchError, UnknownOption
+from membench.errors import MembenchError, UnknownOption, out_of_memory
 from membench.interface import resolve_options
 from membench.options import check_constructor_options
 from membench.registry import errors_of_user_model, is_builtin_model, make_task, resolve_model
 from membench.run_spec import BUILTIN_PRESETS, DEFAULT_PRESET, RunSpec
 from membench.suites import declared_count
-
-
-def out_of_memory(exc: BaseException) -> bool:
-    """Whether `exc` is memory that could not be allocated (Python's, torch's CPU allocator or CUDA's)."""
-    return isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and any(
-        phrase in str(exc) for phrase in ("allocate", "out of memory", "size calculation overflowed")))
 
 
 def sized_or_optioned(spec: RunSpec, exc: Exception, where: traceback.FrameSummary,

@@ -30,11 +30,11 @@ from membench import fresh_read
 from membench.budget import StateContract, check_declared
 from membench.build import build_model, resolve_device
 from membench.checkpoints import checkpoint_path, default_checkpoint_dir, trained_steps, weights_digest
-from membench.errors import CheckpointBusy, MembenchError, TrainingPaused
+from membench.errors import CheckpointBusy, MembenchError, TrainingPaused, out_of_memory
 from membench.integrity import audit_write, write_and_read
 from membench.interface import AssociativeMemory
 from membench.options import plain_config
-from membench.preflight import checked_specs, out_of_memory, sized_or_optioned
+from membench.preflight import checked_specs, sized_or_optioned
 from membench.provenance import environment, git_state
 from membench.registry import is_builtin_model, make_task, model_source_digest, resolve_model, user_model_error
 from membench.run_identity import checkpoint_key, is_current, pending

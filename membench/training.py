@@ -336,12 +336,13 @@ def _train(model: AssociativeMemory, task: Task, config: TrainConfig, checkpoint
             bar.close()
         if interrupted[0]:  # during a step, or before or after the loop (a finished or late checkpoint)
             check_finite(None)
-        if saved_step is None or (interrupted[0] and saved_step != step):
-            checkpoint()
-        if interrupted[0]:
+            if saved_step != step:
+                checkpoint()
             raise TrainingInterrupted(
                 f"interrupted: meta-training of {type(model).__name__} checkpointed at step {step} of {config.steps} "
                 f"({checkpoint_path}); rerun the same command to continue")
+        if saved_step is None:
+            checkpoint()
         model.eval()
     finally:
         stream.close()
