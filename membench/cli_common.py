@@ -9,6 +9,7 @@ import math
 import re
 import signal
 import threading
+import traceback
 from pathlib import Path
 
 import click
@@ -118,6 +119,11 @@ def friendly_errors(command):
                            EXIT_INTERRUPTED) from None
         except BrokenPipeError:  # the reader stopped reading (`membench list | head`): click ends quietly
             raise
+        except SystemExit as exc:  # sys.exit in a model's code: it would end the command quietly, results unsaved
+            where = traceback.extract_tb(exc.__traceback__)[-1]
+            raise click.ClickException(f"sys.exit({exc.code!r}) was called in {where.name} ({where.filename}, line "
+                                       f"{where.lineno}), which ends the command before its results are saved; "
+                                       "raise an exception there instead") from None
         except OSError as exc:  # a file the checks before the work could not foresee (a full disk, permissions)
             if not exc.filename:  # not a file's (e.g. a connection refused): its own message
                 raise click.ClickException(str(exc)) from None

@@ -163,6 +163,21 @@ def test_duplicate_seeds_and_sizes_run_once(tmp_path):
             def read(self, state, queries):
                 return queries
      '''), ["memory_floats returned '8256' (str)", "non-negative integer"]),
+    ("import sys\nsys.exit(0)\n", ["sys.exit(0) was called in <module>", "user_model.py, line 2",
+                                    "raise an exception there instead"]),
+    (textwrap.dedent('''
+        import sys
+        from membench import AssociativeMemory
+        class Model(AssociativeMemory):
+            def __init__(self, spec):
+                super().__init__()
+            def memory_floats(self, spec):
+                return 16
+            def write(self, patterns):
+                sys.exit(0)
+            def read(self, state, queries):
+                return queries
+     '''), ["sys.exit(0) was called in write", "user_model.py, line 10"]),
 ])
 def test_broken_user_models_get_one_line(tmp_path, monkeypatch, source, fragments):
     (tmp_path / "user_model.py").write_text(source)
