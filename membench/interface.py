@@ -115,10 +115,11 @@ class TrainConfig:
         for name in ("curriculum_steps", "warmup_steps"):
             if not is_int(getattr(self, name)) or getattr(self, name) < 0:
                 raise MembenchError(f"train.{name}={getattr(self, name)!r} must be a non-negative integer")
-        for name in ("lr", "clip_norm"):  # float32 numbers: the optimiser and clipping compute in float32
-            if not is_finite(getattr(self, name)) or not FLOAT32_TINY <= getattr(self, name) <= FLOAT32_MAX:
+        for name, high in (("lr", FLOAT32_MAX * 0.1), ("clip_norm", FLOAT32_MAX)):  # the optimiser and clipping
+            #   compute in float32, and AdamW's first update divides the rate by 1 - beta1 = 0.1
+            if not is_finite(getattr(self, name)) or not FLOAT32_TINY <= getattr(self, name) <= high:
                 raise MembenchError(f"train.{name}={getattr(self, name)!r} must be a positive finite float32 number "
-                                    f"(from {FLOAT32_TINY:.4g} to {FLOAT32_MAX:.4g})")
+                                    f"(from {FLOAT32_TINY:.4g} to {high:.4g})")
         if not is_finite(self.weight_decay) or self.weight_decay < 0:
             raise MembenchError(f"train.weight_decay={self.weight_decay!r} must be a non-negative finite number")
         if self.num_patterns is not None:

@@ -94,7 +94,10 @@ def test_bad_numbers_are_refused_before_any_work(tmp_path, args, fragment):
     ("train.weight_decay=-5", "train.weight_decay=-5.0 must be a non-negative finite number"),
     ("train.lr=Infinity", "train.lr=inf must be a positive finite float32 number"),
     ("train.lr=nan", "train.lr=nan must be a positive finite float32 number"),
-    ("train.lr=1e300", "train.lr=1e+300 must be a positive finite float32 number (from 1.175e-38 to 3.403e+38)"),
+    ("train.lr=1e300", "train.lr=1e+300 must be a positive finite float32 number (from 1.175e-38 to 3.403e+37)"),
+    ("train.lr=2e38", "train.lr=2e+38 must be a positive finite float32 number"),  # AdamW's first step: 2e39
+    ("train.clip_norm=1e300", "train.clip_norm=1e+300 must be a positive finite float32 number (from 1.175e-38 to "
+                              "3.403e+38)"),
     ("train.clip_norm=1e-50", "train.clip_norm=1e-50 must be a positive finite float32 number"),
     ("write_lr_init=-inf", "write_lr_init=-inf must be a finite number > 0"),
     ("hidden=99999999999999999999", "cannot build model 'ebmm' with options {'hidden': 99999999999999999999}: "
