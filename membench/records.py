@@ -11,6 +11,7 @@ import base64
 import binascii
 import json
 import math
+import re
 import zlib
 from pathlib import Path
 from typing import Any
@@ -126,6 +127,9 @@ def _field_problem(record: dict[str, Any], check_errors: bool = True) -> str | N
                                      and isinstance(training.get("curve"), str)
                                      and isinstance(training.get("config"), dict)):
         return "training needs a checkpoint_key, a curve (strings) and a config (a mapping)"
+    if training is not None and not (re.fullmatch(r"\w[\w.-]*", training["checkpoint_key"], re.ASCII)
+                                     and training["curve"] == f"training/{training['checkpoint_key']}.csv"):
+        return "training's checkpoint_key is not a file name, or its curve not training/<checkpoint_key>.csv"
     if training is not None and not nonnegative_number(training.get("train_time_s")):
         return "training's train_time_s is not a number of seconds"
     if not isinstance((training or {}).get("finished", True), bool):

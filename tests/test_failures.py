@@ -1173,6 +1173,9 @@ def test_an_empty_out_is_refused_not_taken_for_the_working_directory(tmp_path, m
     ({"checkpoint_key": "x", "curve": "training/x.csv", "config": None}, "and a config (a mapping)"),
     ({"checkpoint_key": "x", "curve": "training/x.csv", "config": {}, "train_time_s": 1.0, "finished": "no"},
      "training's finished is neither true nor false"),
+    ({"checkpoint_key": "x", "curve": "/etc/passwd", "config": {}}, "or its curve not training/<checkpoint_key>.csv"),
+    ({"checkpoint_key": "../x", "curve": "training/../x.csv", "config": {}},
+     "training's checkpoint_key is not a file name"),  # a path out of the results folder, read by report
 ])
 def test_a_record_with_an_incomplete_training_field_is_named(tmp_path, training, fragment):
     args = ["--model", "raw_slots", "--num-patterns", "16", "--queries", "16", "--out", str(tmp_path), "--no-progress"]
