@@ -10,14 +10,16 @@ Where the files are: `data_dir()`, i.e. the directory given by `set_data_dir` (t
 
 Omniglot: zip layout `<root>/<Alphabet>/characterNN/<id>_<drawer>.png`, 105x105 1-bit PNGs
 with True = white background. Each image is inverted (ink = 1), resized to
-`image_size` x `image_size` with PIL's BOX filter (exact area average) and binarised:
-a pixel is ink when at least half of its source area is ink (8-bit value >= 128). At 32x32
+`image_size` x `image_size` with PIL's BOX filter (the equally weighted mean of the source
+pixels whose centres lie in the target pixel's box: no partial overlaps, so not an exact area
+average) and binarised: a pixel is ink when that mean is at least half (8-bit value >= 128). At 32x32
 this gives 8.4% ink pixels on the shared subsets (7.6% of the 105x105 source pixels of small1).
 Split, by character (the paper does not give one): with images_evaluation.zip present,
 train = every background zip, test = the evaluation zip (the published split, disjoint
 alphabets). Otherwise the characters found are pooled and, within each alphabet in sorted
 order, every 5th character (index 4, 9, ...) is held out as test. Characters found in
-several zips (Greek and Latin are in both small background zips) are read once.
+several zips (Greek and Latin are in both small background zips) are read once: each image
+file once, a character's images from every zip that holds them pooled.
 
 CIFAR-10: pickles with `data` (uint8 N x 3072: R, G, B planes, row-major) and `labels`;
 keys may be str or bytes. Train = data_batch_1..5, test = test_batch. Values k/255 in
@@ -134,22 +136,24 @@ def _corrupt(path: Path, exc: BaseException, fix: str) -> DatasetMissing:
     return DatasetMissing(f"{path} is corrupt or truncated ({type(exc).__name__}: {exc}); {fix}")
 
 
-def _read_omniglot_zip(path: Path, image_size: int, seen: set) -> dict[str, list[np.ndarray]]:
-    """character name 'Alphabet/characterNN' -> images, skipping (character, file) pairs in `seen`."""
+def _read_omniglot_zip(path: Path, image_size: int, seen: set, root: Path) -> dict[str, list[np.ndarray]]:
+    """character name 'Alphabet/characterNN' -> images, skipping (character, file) pairs in `seen`; `root` is
+    the data directory (for the fix of an error)."""
     from PIL.Image import DecompressionBombError
     from PIL import UnidentifiedImageError
 
     try:
-        return _read_omniglot_members(path, image_size, seen)
+        return _read_omniglot_members(path, image_size, seen, root)
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, UnidentifiedImageError, SyntaxError, ValueError,
             NotImplementedError, RuntimeError, DecompressionBombError) as exc:
         # (PIL's PNG reader raises SyntaxError on a broken chunk, ValueError on a too large text chunk,
         # DecompressionBombError on an image claiming more pixels than its limit; zipfile NotImplementedError on an
         # unknown compression method, RuntimeError on an encrypted member)
-        raise _corrupt(path, exc, "delete it and download it again (`membench download omniglot`)") from None
+        raise _corrupt(path, exc, f"delete it and download it again (`membench download omniglot --data-dir {root}`)"
+                       ) from None
 
 
-def _read_omniglot_members(path: Path, image_size: int, seen: set) -> dict[str, list[np.ndarray]]:
+def _read_omniglot_members(path: Path, image_size: int, seen: set, root: Path) -> dict[str, list[np.ndarray]]:
     characters: dict[str, list[np.ndarray]] = {}
     images = 0  # (those another zip held too included)
     with zipfile.ZipFile(path) as archive:
@@ -165,7 +169,7 @@ def _read_omniglot_members(path: Path, image_size: int, seen: set) -> dict[str, 
             characters.setdefault(character, []).append(_decode_omniglot(archive.read(member), image_size))
     if not images:
         raise DatasetMissing(f"{path} holds no Omniglot images (<alphabet>/<character>/<image>.png); delete it and "
-                             "download it again (`membench download omniglot`)")
+                             f"download it again (`membench download omniglot --data-dir {root}`)")
     return characters
 
 
@@ -178,10 +182,10 @@ def load_omniglot(root: Path | None = None, image_size: int = 32) -> ImageDatase
         return _cache[key]
     seen: set = set()
     pools = [{}, {}]  # train, test: character -> images
-    for path in background:
-        pools[0].update(_read_omniglot_zip(path, image_size, seen))
-    if evaluation is not None:
-        pools[1 if background else 0].update(_read_omniglot_zip(evaluation, image_size, seen))
+    for path, pool in [(path, pools[0]) for path in background] + (
+            [(evaluation, pools[1 if background else 0])] if evaluation is not None else []):
+        for character, images in _read_omniglot_zip(path, image_size, seen, root).items():
+            pool.setdefault(character, []).extend(images)  # a character in two zips: the images of both
     if not (background and evaluation):
         by_alphabet: dict[str, list[str]] = {}
         for character in sorted(pools[0]):
@@ -232,24 +236,28 @@ class _ArrayUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    fix = f"delete {path.parent} and extract {CIFAR_URL} again (`membench download cifar10`)"
+def _read_cifar_batch(path: Path, root: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(pixels (M, 3, 32, 32) uint8, labels (M,) int64 in 0..9) of one batch file; `root` is the data directory."""
+    fix = f"delete {path.parent} and extract {CIFAR_URL} again (`membench download cifar10 --data-dir {root}`)"
     try:
         with open(path, "rb") as handle:
             batch = _ArrayUnpickler(handle, encoding="latin1").load()
         batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
         data = np.asarray(batch["data"])
-        labels = np.asarray(batch["labels"], dtype=np.int64)
+        labels = np.asarray(batch["labels"])
     except (pickle.UnpicklingError, EOFError, OSError, AttributeError, LookupError, TypeError, ValueError,
             OverflowError, MemoryError, ImportError) as exc:  # (stray bytes: an unknown opcode, a bad length, a
         # huge one; ImportError: a numpy 2 pickle read under numpy 1)
         raise _corrupt(path, exc, fix) from None
     if data.dtype != np.uint8:  # CIFAR's pixels are bytes; another type would be cast (NaN, 300) silently
         raise DatasetMissing(f"{path} holds pixels of type {data.dtype}, expected uint8 (0..255); {fix}")
-    if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
-        raise DatasetMissing(f"{path} holds data of shape {data.shape} and {len(labels)} labels, expected (M, 3072) "
-                             f"and M labels; {fix}")
-    return data.reshape(-1, 3, 32, 32), labels
+    if data.ndim != 2 or data.shape[1] != 3072 or labels.shape != (len(data),):
+        raise DatasetMissing(f"{path} holds data of shape {data.shape} and labels of shape {labels.shape}, expected "
+                             f"(M, 3072) and (M,); {fix}")
+    if len(labels) and not (np.issubdtype(labels.dtype, np.integer) and 0 <= labels.min() and labels.max() <= 9):
+        raise DatasetMissing(f"{path} holds labels that are not classes 0..9 (of type {labels.dtype}, from "
+                             f"{labels.min()} to {labels.max()}); {fix}")
+    return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
 
 
 def _resize_uint8(pixels: np.ndarray, image_size: int) -> torch.Tensor:
@@ -268,7 +276,7 @@ def load_cifar10(root: Path | None = None, image_size: int = 32) -> ImageDataset
     key = ("cifar10", image_size, _stamp(files))
     if key in _cache:
         return _cache[key]
-    batches = [_read_cifar_batch(path) for path in files]
+    batches = [_read_cifar_batch(path, root) for path in files]
     train_pixels = np.concatenate([b[0] for b in batches[:-1]])
     train_labels = np.concatenate([b[1] for b in batches[:-1]])
     splits = [ImageSplit(_resize_uint8(pixels, image_size), torch.from_numpy(labels), scale=255.0)

@@ -28,6 +28,14 @@ class DatasetMissing(MembenchError):
     """A data set was not found where the loader looked."""
 
 
+class DataMismatch(MembenchError):
+    """The data directory holds other images than those a stored run was defined on (`what`: which, and where)."""
+
+    def __init__(self, what: str, fix: str):
+        super().__init__(f"{what}; {fix}")
+        self.what = what
+
+
 class TrainingInterrupted(MembenchError):
     """Ctrl-C or SIGTERM during meta-training; the checkpoint was written first, so rerunning resumes."""
 

@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 from tabulate import tabulate
 
-from membench.errors import DatasetMissing, MembenchError
+from membench.errors import DataMismatch, DatasetMissing, MembenchError
 from membench.fig3_acceptance import PAPER_DATASET, PAPER_POINT_TASK, acceptance_markdown, read_points
 from membench.grids import first_episode, reconstruction_grid
 from membench.plots import pyplot, read_curves, save, training_curves
@@ -313,6 +313,10 @@ def figures(out_dir: Path, reference: Path | None = DEFAULT_REFERENCE, checkpoin
             except DatasetMissing as exc:  # only the grids need the images
                 raise DatasetMissing(f"{exc} The figure itself needs no images: `--no-grids` draws it without "
                                      "its reconstruction grids.") from None
+            except DataMismatch as exc:
+                raise MembenchError(f"the reconstruction grids need the images the runs were defined on: {exc.what}; "
+                                    "point --data-dir at them, or `--no-grids` draws the figure without its grids"
+                                    ) from None
             if episode is not None:
                 shown[out_dir / f"fig3_recon_{dataset}_{name}.png"] = (record, episode)
     summary = summarise(records, paper)

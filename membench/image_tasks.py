@@ -45,7 +45,7 @@ from typing import Any, Callable, ClassVar
 import torch
 
 from membench import datasets
-from membench.errors import MembenchError
+from membench.errors import DataMismatch, MembenchError
 from membench.interface import TaskSpec
 from membench.options import is_finite
 from membench.tasks import Episodes, Task, check_positive
@@ -87,9 +87,9 @@ class ImageTask(Task):
         self.masked = round(self.mask * pixels)  # pixel positions masked per query
         self.dataset = datasets.load(self.dataset_name, image_size)
         if data is not None and data != self.dataset.fingerprint():
-            raise MembenchError(
-                f"this run was defined on {self.dataset_name} data '{data}', but {datasets.data_dir()} holds "
-                f"'{self.dataset.fingerprint()}'; point --data-dir at the original data or use a new output directory")
+            raise DataMismatch(f"this run was defined on {self.dataset_name} data '{data}', but "
+                               f"{datasets.data_dir()} holds '{self.dataset.fingerprint()}'",
+                               "point --data-dir at the original data or use a new output directory")
         sizes = {"train": len(self.dataset.train), "test": len(self.dataset.test)}
         split = min(sizes, key=sizes.get)
         if num_patterns > sizes[split]:

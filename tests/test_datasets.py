@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import re
 import zipfile
 from pathlib import Path
 
@@ -107,6 +108,18 @@ def test_omniglot_holdout_split_is_by_character_and_deduplicated(tmp_path):
     assert datasets.load_omniglot(root) is data                   # cached
 
 
+def test_a_character_in_two_zips_keeps_the_images_of_both(tmp_path):
+    """Zip 1 holds drawers 1-3 of each Greek character, zip 2 drawers 1-5: each image file is read once (drawers 1-3
+    from zip 1) and each character has all five, not only the two that zip 2 added."""
+    write_omniglot_zip(tmp_path / "omniglot" / "images_background_small1.zip", {"Greek": 5}, drawers=3)
+    write_omniglot_zip(tmp_path / "omniglot" / "images_background_small2.zip", {"Greek": 5}, drawers=5, seed=1)
+    data = datasets.load_omniglot(tmp_path)
+    assert (len(data.train), len(data.test)) == (4 * 5, 5)
+    first = datasets.load_omniglot(write_omniglot_zip(tmp_path / "one" / "omniglot" / "images_background.zip",
+                                                      {"Greek": 5}, drawers=3).parent.parent)
+    assert torch.equal(data.test.pixels[:3], first.test.pixels)  # drawers 1-3: zip 1's images
+
+
 def test_omniglot_evaluation_zip_is_the_test_split(tmp_path):
     write_omniglot_zip(tmp_path / "omniglot" / "images_background.zip", {"Latin": 4}, drawers=2)
     write_omniglot_zip(tmp_path / "omniglot" / "images_evaluation.zip", {"Atemayar": 3}, drawers=2, seed=1)
@@ -177,6 +190,21 @@ def test_cifar_planes_scale_and_keys(tmp_path, bytes_keys):
     assert torch.equal(image[1, 0], torch.from_numpy(raw[1024:1056] / 255.0).float())  # G plane, first row
     assert torch.equal(image[2, 31, 31], torch.tensor(raw[3071] / 255.0, dtype=torch.float32))
     assert data.test.labels.tolist() == batch[b"labels" if bytes_keys else "labels"]
+
+
+@pytest.mark.parametrize("labels, fragment", [
+    (lambda labels: [label + 10 for label in labels], "holds labels that are not classes 0..9 (of type int64, from 1"),
+    (lambda labels: [label + 0.5 for label in labels], "holds labels that are not classes 0..9 (of type float64"),
+    (lambda labels: [[label] for label in labels], "labels of shape (3, 1), expected (M, 3072) and (M,)"),
+])
+def test_cifar_labels_that_are_not_classes_are_refused(tmp_path, labels, fragment):
+    """A damaged batch file whose pixels survive but whose labels do not is named, not loaded as the data set."""
+    folder = write_cifar(tmp_path / "cifar-10-batches-py", per_batch=2, test=3)
+    batch = pickle.loads((folder / "test_batch").read_bytes())
+    batch["labels"] = labels(batch["labels"])
+    (folder / "test_batch").write_bytes(pickle.dumps(batch, protocol=2))
+    with pytest.raises(DatasetMissing, match=re.escape(fragment) + ".*--data-dir"):
+        datasets.load_cifar10(tmp_path)
 
 
 def test_cifar_resize_stays_on_the_8_bit_grid(tmp_path):

@@ -17,6 +17,7 @@ from membench.report import episode_means
 from membench.store import ResultsStore
 from membench.suites import get_suite
 from tests.conftest import REPO_ROOT, exited_cleanly
+from tests.test_datasets import write_cifar
 
 
 def test_mean_fill_fills_each_erased_entry_with_its_querys_known_mean_and_refuses_noise():
@@ -135,6 +136,12 @@ def test_figures_without_the_data_for_their_grids_write_nothing(data_root, tmp_p
     result = CliRunner().invoke(main, ["figures", "--out", str(out), "--data-dir", str(tmp_path / "none")])
     assert result.exit_code == 1 and exited_cleanly(result) and "CIFAR-10" in result.output, result.output
     assert "`--no-grids` draws it" in result.output  # the way out it names
+    assert not list(out.glob("fig3*"))
+    write_cifar(tmp_path / "other" / "cifar-10-batches-py", per_batch=3)  # other images than the run's
+    result = CliRunner().invoke(main, ["figures", "--out", str(out), "--data-dir", str(tmp_path / "other")])
+    assert result.exit_code == 1 and exited_cleanly(result), result.output
+    assert "the reconstruction grids need the images the runs were defined on" in result.output
+    assert "or `--no-grids` draws the figure" in result.output and "new output directory" not in result.output
     assert not list(out.glob("fig3*"))
     result = CliRunner().invoke(main, ["figures", "--out", str(out), "--data-dir", str(tmp_path / "none"), "--no-grids"])
     assert result.exit_code == 0 and (out / "fig3.png").exists() and not list(out.glob("fig3_recon*")), result.output
