@@ -23,9 +23,10 @@ import tarfile
 import tempfile
 from pathlib import Path, PurePosixPath
 
-from membench.checkpoints import UNREADABLE, portable, read_checkpoint, readable_checkpoint, saved_bytes, weights_only
+from membench.checkpoints import (UNREADABLE, portable, read_checkpoint, readable_checkpoint, saved_bytes,
+                                  weights_digest, weights_only)
 from membench.errors import MembenchError
-from membench.shipping import ship_checkpoints
+from membench.shipping import keeps_shipped, ship_checkpoints
 from membench.records import better_because, completeness, parse_record, read_record
 from membench.store import warn, write_atomic
 
@@ -227,42 +228,105 @@ def check_targets(archive: Path, contents: dict[str, bytes], root: Path) -> None
             raise MembenchError(f"{exc} (the archive's rows are merged into it); nothing was unpacked") from None
 
 
+def check_checkpoints(archive: Path, contents: dict[str, bytes]) -> tuple[dict[str, dict], list[str]]:
+    """(checkpoint key -> checkpoint, of each readable checkpoint member; the unreadable members' names);
+    MembenchError, before anything is written, where one was trained under another key than its name's (another
+    model's checkpoint under that name)."""
+    readable: dict[str, dict] = {}
+    unreadable: list[str] = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for name, data in contents.items():
+            if not name.startswith(f"{CHECKPOINTS}/"):
+                continue
+            copy = write_atomic(Path(scratch) / PurePosixPath(name).name, lambda h, d=data: h.write(d))
+            try:
+                saved = read_checkpoint(copy)
+            except UNREADABLE as exc:
+                warn(f"{archive}: its {name} is not a readable checkpoint ({type(exc).__name__}): not shipped, nor "
+                     "the records and curve that use it; the other files are written (rerun the session that "
+                     "made it to train it again)")
+                unreadable.append(name)
+                continue
+            if saved.get("key", copy.stem) != copy.stem:
+                raise MembenchError(f"{archive}: its {name} is the checkpoint trained as {saved['key']}, another "
+                                    "run's, under this name; nothing was unpacked (pack the session again)")
+            readable[copy.stem] = saved
+    return readable, unreadable
+
+
+def _weights_kept_out(archive: Path, name: str, record: dict, arriving: dict[str, dict], root: Path,
+                      unreadable: set[str]) -> str | None:
+    """Why the arriving record `name` is not written (its checkpoint unreadable in the archive, or its weights
+    not those root/results/checkpoints will hold for its key: `shipping.keeps_shipped`), or None."""
+    training = record.get("training") or {}
+    key = training.get("checkpoint_key")
+    if not key:
+        return None
+    if key in unreadable:
+        return f"its checkpoint {CHECKPOINTS}/{key}.pt in {archive} is unreadable"
+    shipped = readable_checkpoint(Path(root) / RESULTS / CHECKPOINTS / f"{key}.pt")
+    final = shipped if key not in arriving or keeps_shipped(shipped, arriving[key]) else arriving[key]
+    recorded = training.get("weights_digest")
+    if final is None or recorded is None or weights_digest(final["model"]) == recorded:
+        return None
+    return (f"it was evaluated with other weights than the {RESULTS}/{CHECKPOINTS}/{key}.pt kept (step "
+            f"{final['step']}); delete that shipped checkpoint and unpack again to take the archive's")
+
+
+def _derived(name: str, contents: dict[str, bytes]) -> bool:
+    """Whether member `name` is a file beside a results folder's runs/ (a table or plot that `membench report` or
+    `membench figures` derives from the records: the session's covers only its own runs)."""
+    folder = PurePosixPath(name).parent
+    return folder.parts[0] == RESULTS and any(PurePosixPath(other).parent == folder / "runs" for other in contents)
+
+
 def unpack(archive: Path, root: Path) -> tuple[list[Path], list[Path], list[str]]:
     """Write `archive`'s results files under the checkout `root` and ship its checkpoints into
-    root/results/checkpoints. Returns (results files written, checkpoints shipped, members of checkpoints
-    that could not be read and were not shipped)."""
+    root/results/checkpoints. Left out, with a warning: the tables and plots beside a runs/ folder (`_derived`:
+    `membench report` remakes them from every record), and a record (and its curve) whose checkpoint member is
+    unreadable or whose weights are not those the shipped folder keeps (`_weights_kept_out`). Returns (results
+    files written, checkpoints shipped, members of checkpoints that could not be read and were not shipped)."""
     import pandas as pd
 
     from membench.throughput import merge
 
     contents, arriving = read_archive(archive)
     check_targets(archive, contents, Path(root))
+    readable, unreadable = check_checkpoints(archive, contents)
+    refused = {name: why for name, record in arriving.items()
+               if (why := _weights_kept_out(archive, name, record, readable, Path(root),
+                                            {PurePosixPath(n).stem for n in unreadable}))}
+    for name, why in refused.items():
+        warn(f"{archive}: its record {name} is not written: {why}")
     kept_here = {name for name, record in arriving.items()  # records a better one here keeps out
-                 if (Path(root) / name).exists() and _better_here(Path(root) / name, record)}
+                 if name in refused or ((Path(root) / name).exists() and _better_here(Path(root) / name, record))}
     users: dict[str, list[bool]] = {}  # curve member -> for each arriving record using it: kept out
+    refused_curves: dict[str, bool] = {}  # curve member -> every arriving record using it refused
     for name, record in arriving.items():
         if curve := (record.get("training") or {}).get("curve"):
-            users.setdefault(str(PurePosixPath(name).parent.parent / curve), []).append(name in kept_here)
+            member = str(PurePosixPath(name).parent.parent / curve)
+            users.setdefault(member, []).append(name in kept_here)
+            refused_curves[member] = refused_curves.get(member, True) and name in refused
+    derived = sorted(name for name in contents if _derived(name, contents))
+    if derived:
+        warn(f"{archive}: {len(derived)} table and plot file(s) beside its runs/ folders not written "
+             f"({', '.join(derived[:3])}{', ...' if len(derived) > 3 else ''}): they show the session's runs only; "
+             "`membench report` (and `membench figures`) remake them from every record")
     written: list[Path] = []
-    unreadable: list[str] = []
     with tempfile.TemporaryDirectory() as scratch:
         checkpoints = []
         for name, data in contents.items():
             target = Path(root) / name
             try:
                 if name.startswith(f"{CHECKPOINTS}/"):
-                    copy = write_atomic(Path(scratch) / target.name, lambda h, d=data: h.write(d))
-                    try:
-                        read_checkpoint(copy)
-                        checkpoints.append(copy)
-                    except UNREADABLE as exc:
-                        warn(f"{archive}: its {name} is not a readable checkpoint ({type(exc).__name__}): not "
-                             f"shipped; the other files are written (rerun the session that made it to train it again)")
-                        unreadable.append(name)
+                    if name not in unreadable:
+                        checkpoints.append(write_atomic(Path(scratch) / target.name, lambda h, d=data: h.write(d)))
+                elif name in derived or refused_curves.get(name) or name in refused:
+                    continue
                 elif name == THROUGHPUT_CSV and target.exists():  # rows merged, not the file replaced
                     merge(target, pd.read_csv(io.BytesIO(data), dtype={"commit": str}).to_dict("records"))
                     written.append(target)
-                elif name in kept_here:
+                elif name in kept_here:  # (not one refused: those are skipped above)
                     warn(f"{target} kept over the archive's {name}: "
                          f"{better_because(read_record(target), arriving[name])}")
                 elif _is_curve(name) and target.exists() and (why := _curve_kept_because(name, target, data, users)):

@@ -26,8 +26,9 @@ from membench.records import list_of_mappings, nonnegative_number, training_hist
 from membench.store import file_lock, warn, write_atomic
 
 CHECKPOINT_KEYS = ("model", "generator", "step", "elapsed_s", "curve")  # required; "optimizer", "history",
-# "config", "parameters" (the names in "model" that are the model's parameters, not buffers), "learned" and
-# "guard_shares" (the collapse guard's flag and window, membench.training) optional
+# "config", "parameters" (the names in "model" that are the model's parameters, not buffers), "learned",
+# "guard_shares" (the collapse guard's flag and window, membench.training) and "key" (the checkpoint key it was
+# trained under, its file's stem) optional
 UNREADABLE = (EOFError, OSError, RuntimeError, ValueError, pickle.UnpicklingError)  # what reading a bad file raises
 
 
@@ -52,6 +53,11 @@ def weights_only(saved: dict[str, Any]) -> dict[str, Any]:
     shipped)."""
     return {**{k: v for k, v in saved.items() if k != "optimizer"},
             "model": {name: _on_cpu(tensor) for name, tensor in saved["model"].items()}}
+
+
+def layout(saved: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """The weights' names and shapes of a checkpoint's model."""
+    return {name: tuple(value.shape) for name, value in (saved.get("model") or {}).items() if hasattr(value, "shape")}
 
 
 def weights_digest(state: dict[str, torch.Tensor]) -> str:
@@ -115,6 +121,8 @@ def _field_problem(saved: dict[str, Any]) -> str | None:
     instead of failing later inside training, a report or a session's packing."""
     if not isinstance(saved["model"], dict) or not all(isinstance(t, torch.Tensor) for t in saved["model"].values()):
         return "model is not a state dict of tensors"
+    if not isinstance(saved.get("key", ""), str):
+        return "key is not a checkpoint key"
     names = saved.get("parameters")
     if names is not None and not (isinstance(names, list) and all(name in saved["model"] for name in names)):
         return "parameters is not a list of the model's tensors"
@@ -254,6 +262,10 @@ def checkpoint_path(key: str, checkpoint_dir: Path) -> Path:
             if ships == -1:  # damaged in the checkout: left for the user, never copied
                 warn(f"shipped checkpoint {shipped} is unreadable; left as it is and not used: restore it "
                      f"(`git checkout -- {shipped}`), or delete it to train afresh")
+            elif (cached is not None and 0 <= cached < ships
+                  and layout(read_checkpoint(path)) != layout(read_checkpoint(shipped))):  # (the model's code changed)
+                warn(f"shipped checkpoint {shipped} holds other weights (names or shapes) than the cached {path}, "
+                     "whose training is kept and not replaced: delete the one that no longer fits the model")
             elif cached is None or cached < ships:
                 if cached == -1:  # kept for inspection, as training keeps the unreadable ones it finds
                     warn(f"checkpoint {path} is unreadable; moved it to {_set_aside(path)} and took the shipped "

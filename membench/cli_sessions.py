@@ -37,9 +37,9 @@ def ship(out, checkpoint_dir, files) -> None:
     """Write the checkpoints behind OUT's trained records (and any --checkpoint), weights only (an unfinished
     one with its optimiser state where small), into
     results/checkpoints (committed with them); a shipped checkpoint is replaced only by one trained further."""
-    from membench.checkpoints import (SHIPPED_CHECKPOINTS, UNREADABLE, default_checkpoint_dir, read_checkpoint,
-                                      readable_checkpoint)
-    from membench.shipping import KEY_PATTERN, layout, ship_checkpoints
+    from membench.checkpoints import (SHIPPED_CHECKPOINTS, UNREADABLE, default_checkpoint_dir, layout,
+                                      read_checkpoint, readable_checkpoint)
+    from membench.shipping import KEY_PATTERN, ship_checkpoints
 
     if not files and not (out / "runs").is_dir():
         raise MembenchError(f"{out} holds no runs/ folder; give --out the results folder of trained runs, or "

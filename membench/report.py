@@ -85,7 +85,7 @@ def trained_on(records: list[dict[str, Any]]) -> str:
     commits: dict[str, set[str]] = {}
     for stretch in (s for history in histories.values() if history for s in history):
         where = f"{stretch['device_name']} ({stretch['device']})"
-        commits.setdefault(where, set()).add((stretch.get("commit") or "unknown")[:10])
+        commits.setdefault(where, set()).add((stretch.get("commit") or "unknown")[:10] + _dirty(stretch.get("dirty")))
     parts = [f"{where} at {', '.join(sorted(c))}" for where, c in sorted(commits.items())]
     unknown = sum(history is None for history in histories.values())
     if unknown:
@@ -182,12 +182,14 @@ def _versions(group: pd.DataFrame) -> str:
     return f"{' '.join(devices)} · torch {' '.join(torches)}"
 
 
-def commits_text(records: list[dict[str, Any]]) -> str:
-    def dirty(environment: dict[str, Any]) -> str:  # a record without the flag may have come from a dirty tree
-        flag = environment.get("git_dirty")
-        return " (dirty)" if flag else " (clean unknown)" if flag is None else ""
+def _dirty(flag: bool | None) -> str:
+    """A commit's note: ' (dirty)' for a tree with changes, ' (clean unknown)' where not recorded (maybe dirty)."""
+    return " (dirty)" if flag else " (clean unknown)" if flag is None else ""
 
-    return ", ".join(sorted({(r["environment"].get("git_commit") or "unknown")[:10] + dirty(r["environment"])
+
+def commits_text(records: list[dict[str, Any]]) -> str:
+    return ", ".join(sorted({(r["environment"].get("git_commit") or "unknown")[:10] + _dirty(r["environment"]
+                                                                                             .get("git_dirty"))
                              for r in records}))
 
 

@@ -175,7 +175,7 @@ def _execute(spec: RunSpec, store: ResultsStore, device: torch.device, checkpoin
                 f"{train_config.steps} at the command's training time limit; its checkpoint is "
                 f"{result.checkpoint}. Rerun the same command to continue; finished runs are kept.")
         training = {"checkpoint_key": key, "steps": result.steps, "finished": result.finished,  # False: paused
-                    **({} if train else {"weights_digest": weights_digest(model.state_dict())}),  # as it stood
+                    "weights_digest": weights_digest(model.state_dict()),  # the weights evaluated (as shipped)
                     "train_time_s": round(result.train_time_s, 2),
                     "trained_by_this_run": {"steps": result.trained_now[0],  # 0: its checkpoint was trained already
                                             "train_time_s": round(result.trained_now[1], 2)},

@@ -11,17 +11,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from membench import checkpoints
-from membench.checkpoints import UNREADABLE, portable, read_checkpoint, readable_checkpoint, saved_bytes
+from membench.checkpoints import (UNREADABLE, portable, read_checkpoint, readable_checkpoint, saved_bytes,
+                                  weights_digest)
 from membench.errors import MembenchError
 from membench.store import ResultsStore, warn, write_atomic
 
 
 KEY_PATTERN = re.compile(r"[\w.-]+-[\w.-]+-[0-9a-f]{12}")  # run_identity.checkpoint_key: <model>-<preset>-<digest>
-
-
-def layout(saved: dict[str, Any]) -> dict[str, tuple[int, ...]]:
-    """The weights' names and shapes of a checkpoint's model."""
-    return {name: tuple(value.shape) for name, value in (saved.get("model") or {}).items() if hasattr(value, "shape")}
 
 
 def ship_checkpoints(out_dir: Path | None, checkpoint_dir: Path, files: Sequence[Path] = (),
@@ -90,16 +86,30 @@ def _first_readable(paths: list[Path]) -> tuple[Path, dict[str, Any] | None]:
     return paths[-1], None
 
 
+def keeps_shipped(shipped: dict[str, Any] | None, saved: dict[str, Any]) -> bool:
+    """Whether the checkpoint `shipped` under a key stays over `saved`, one arriving under that key: it is trained
+    further, or as far (the same weights, or other weights at the same step: the records made with the shipped
+    ones stand)."""
+    return shipped is not None and shipped["step"] >= saved["step"]
+
+
 def _ship_one(source: Path, saved: dict[str, Any], dest: Path, record: dict[str, Any] | None,
               max_mb: float) -> Path | None:
-    """Write `saved` (read from `source`) to `dest` as `portable`, unless what is there is as good."""
+    """Write `saved` (read from `source`) to `dest` as `portable`, unless the one there stays (`keeps_shipped`);
+    that one is rewritten from `saved`, the same weights, only where it is not portable as it stands."""
     shipped = saved if dest.resolve() == source.resolve() else readable_checkpoint(dest)
-    if (shipped is not None and ("optimizer" in shipped) == ("optimizer" in portable(shipped))
-            and shipped.get("history") is not None and shipped["step"] >= saved["step"]):
-        if shipped["step"] > saved["step"]:
-            warn(f"kept the shipped {dest.name} (step {shipped['step']}): {source} is not trained as far "
-                 f"(step {saved['step']})")
-        return None  # what is shipped is portable as it stands and trained at least as far
+    if saved.get("key", dest.stem) != dest.stem:
+        warn(f"{source} is the checkpoint trained as {saved['key']}, another run's: not shipped as {dest.name}")
+        return None
+    if keeps_shipped(shipped, saved):
+        same = weights_digest(shipped["model"]) == weights_digest(saved["model"])
+        if not same or shipped["step"] > saved["step"]:
+            warn(f"kept the shipped {dest.name} (step {shipped['step']}): {source} is "
+                 + (f"not trained as far (step {saved['step']})" if shipped["step"] > saved["step"] else
+                    "trained as far, with other weights; delete the shipped one first to ship it"))
+            return None
+        if ("optimizer" in shipped) == ("optimizer" in portable(shipped)) and shipped.get("history") is not None:
+            return None  # the same weights, portable as they stand
     if saved.get("history") is None and record is not None:  # before `portable` sizes it
         env = record["environment"]
         saved = {**saved, "history": [{"steps": [0, saved["step"]], "train_time_s": round(saved["elapsed_s"], 2),

@@ -268,7 +268,7 @@ def _train(model: AssociativeMemory, task: Task, config: TrainConfig, checkpoint
                          "optimizer": stepper.optimizer.state_dict(),
                          "generator": stream.generator_state(), "step": step, "elapsed_s": elapsed, "curve": curve,
                          "history": stretches(), "config": dataclasses.asdict(config), "learned": guard.learned,
-                         "guard_shares": list(guard.shares)},
+                         "guard_shares": list(guard.shares), "key": checkpoint_path.stem},
                         checkpoint_path)
         saved_step = step
 

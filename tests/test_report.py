@@ -147,10 +147,10 @@ def test_provenance_names_the_devices_and_commits_that_trained_each_checkpoint()
     def record(key: str, history):
         return {"training": {"checkpoint_key": key, "train_time_s": 1.0, "history": history}}
 
-    gpu = {"steps": [0, 100], "device": "cuda", "device_name": "NVIDIA H100", "commit": "a" * 40}
-    cpu = {"steps": [100, 150], "device": "cpu", "device_name": "x86_64", "commit": "b" * 40}
+    gpu = {"steps": [0, 100], "device": "cuda", "device_name": "NVIDIA H100", "commit": "a" * 40, "dirty": False}
+    cpu = {"steps": [100, 150], "device": "cpu", "device_name": "x86_64", "commit": "b" * 40, "dirty": True}
     text = trained_on([record("k1", [gpu, cpu]), record("k1", [gpu, cpu]), record("k2", None)])
-    assert text == ("NVIDIA H100 (cuda) at aaaaaaaaaa; x86_64 (cpu) at bbbbbbbbbb; "
+    assert text == ("NVIDIA H100 (cuda) at aaaaaaaaaa; x86_64 (cpu) at bbbbbbbbbb (dirty); "
                     "1 checkpoint without a training history")
 
 

@@ -748,3 +748,92 @@ def test_each_timing_command_is_cut_at_its_cap_not_at_the_sessions_end(tmp_path,
                          archive=tmp_path / "s.tgz", results_dir=Path("results"), first=[["throughput"]] * 2,
                          first_cap_s=90)
     assert status == 0 and waits == [90.0, 90.0, 3600.0 + 120.0], waits  # then the runs: to the end, plus grace_s
+
+
+def _record_using(key: str, digest: str, steps: int) -> dict:
+    """A trained record evaluated with weights of digest `digest` from checkpoint `key` at `steps`."""
+    return {"run_id": "m", "suite": "table1", "model": "m", "task": {"kind": "binary", "num_patterns": 1, "dim": 128,
+            "erased": 64}, "budget": 8256, "seed": 0, "queries": 1, "preset": "gpu", "options": {},
+            "memory_floats": 8256, "environment": {"device": "cpu"}, "command": "membench run", "wall_time_s": 1.0,
+            "finished_at": "2026-12-01T00:00:00Z", "errors": [1.0],
+            "training": {"checkpoint_key": key, "curve": f"training/{key}.csv", "config": {"steps": steps},
+                         "steps": steps, "finished": True, "train_time_s": 1.0, "weights_digest": digest}}
+
+
+def test_unpack_writes_no_record_whose_weights_are_not_those_shipped_nor_one_of_an_unreadable_checkpoint(
+        tmp_path: Path):
+    """Every record unpacked is backed by the weights results/checkpoints keeps under its key: one evaluated with
+    other weights at the shipped step (the shipped ones stay), or whose checkpoint member is unreadable, is left
+    out with its curve, the rest written; a checkpoint trained under another key than its name's stops the
+    unpack; the session's tables beside runs/ are not written over the checkout's."""
+    from membench.checkpoints import saved_bytes, weights_digest
+
+    root = tmp_path / "here"
+    key, run, curve = "m-gpu-0123456789ab", "results/table1/runs/m.json", "results/table1/training/m-gpu-0123456789ab.csv"
+    shipped_path = root / "results" / "checkpoints" / f"{key}.pt"
+    shipped_path.parent.mkdir(parents=True)
+    shipped = _checkpoint(torch.zeros(3), step=100)
+    torch.save(shipped, shipped_path)
+    (root / "results" / "table1").mkdir()
+    (root / "results" / "table1" / "table1.md").write_text("every model's table")
+    other = _checkpoint(torch.ones(3), step=100)  # other weights at the same step
+    members = {f"checkpoints/{key}.pt": saved_bytes(other), curve: b"step,loss,error\n1,2.0,3.0\n",
+               run: json.dumps(_record_using(key, weights_digest(other["model"]), 100)).encode(),
+               "results/table1/table1.md": b"the session's one row", "results/bench/notes.txt": b"kept"}
+    result = CliRunner().invoke(main, ["unpack", str(_archive(tmp_path / "a.tgz", members)), "--root", str(root)])
+    assert result.exit_code == 0 and exited_cleanly(result), result.output
+    assert "its record results/table1/runs/m.json is not written: it was evaluated with other weights" in result.output
+    assert "trained as far, with other weights" in result.output
+    assert not (root / run).exists() and not (root / curve).exists()
+    assert torch.equal(torch.load(shipped_path, weights_only=False)["model"]["w"], torch.zeros(3))
+    assert (root / "results" / "table1" / "table1.md").read_text() == "every model's table"
+    assert "1 table and plot file(s) beside its runs/ folders not written" in result.output
+    assert (root / "results" / "bench" / "notes.txt").read_bytes() == b"kept"
+    same = json.dumps(_record_using(key, weights_digest(shipped["model"]), 100)).encode()  # the shipped weights
+    result = CliRunner().invoke(main, ["unpack", str(_archive(tmp_path / "b.tgz", {**members, run: same})),
+                                       "--root", str(root)])
+    assert result.exit_code == 0 and (root / run).exists() and (root / curve).exists(), result.output
+    (root / run).unlink()
+    (root / curve).unlink()
+    broken = {**members, f"checkpoints/{key}.pt": saved_bytes(_checkpoint(torch.ones(3), step=200))[:200]}
+    result = CliRunner().invoke(main, ["unpack", str(_archive(tmp_path / "c.tgz", broken)), "--root", str(root)])
+    assert result.exit_code == 1 and exited_cleanly(result), result.output
+    assert f"its checkpoint checkpoints/{key}.pt in {tmp_path / 'c.tgz'} is unreadable" in result.output
+    assert not (root / run).exists() and not (root / curve).exists()
+    foreign = {f"checkpoints/{key}.pt": saved_bytes({**_checkpoint(torch.ones(3), step=900), "key": "dnc-gpu-0"}),
+               "results/bench/new.txt": b"new"}
+    result = CliRunner().invoke(main, ["unpack", str(_archive(tmp_path / "d.tgz", foreign)), "--root", str(root)])
+    assert result.exit_code == 1 and "is the checkpoint trained as dnc-gpu-0, another run's" in result.output
+    assert "nothing was unpacked" in result.output and not (root / "results" / "bench" / "new.txt").exists()
+    assert torch.load(shipped_path, weights_only=False)["step"] == 100
+
+
+def test_a_checkpoint_trained_less_never_replaces_a_shipped_one(tmp_path: Path):
+    """Shipping keeps the shipped checkpoint trained further, even one from before histories were kept (it used to
+    be replaced by the arriving one, whatever its step, to give it a history)."""
+    from membench.shipping import ship_checkpoints
+
+    target, source = tmp_path / "shipped", tmp_path / "src"
+    target.mkdir()
+    source.mkdir()
+    legacy = {k: v for k, v in _checkpoint(torch.zeros(3), step=9000).items() if k != "history"}
+    torch.save(legacy, target / "m-quick-0123456789ab.pt")
+    torch.save(_checkpoint(torch.ones(3), step=5000), source / "m-quick-0123456789ab.pt")
+    assert ship_checkpoints(None, tmp_path / "cache", [source / "m-quick-0123456789ab.pt"], target=target) == []
+    assert torch.load(target / "m-quick-0123456789ab.pt", weights_only=False)["step"] == 9000
+
+
+def test_a_shipped_checkpoint_of_another_layout_never_replaces_the_cached_training(tmp_path: Path, monkeypatch):
+    """A shipped checkpoint trained further but of other weights' names or shapes than the cached one (the model's
+    code changed since it was shipped) is not copied over the cache's training, which would then be set aside
+    as not fitting and restarted at every rerun."""
+    shipped_dir, cache = tmp_path / "shipped", tmp_path / "cache"
+    shipped_dir.mkdir()
+    cache.mkdir()
+    monkeypatch.setattr(checkpoints, "SHIPPED_CHECKPOINTS", shipped_dir)
+    torch.save(_checkpoint(torch.zeros(5), step=300), shipped_dir / "m-quick-0123456789ab.pt")
+    torch.save(_checkpoint(torch.ones(3), step=118), cache / "m-quick-0123456789ab.pt")
+    path = checkpoints.checkpoint_path("m-quick-0123456789ab", cache)
+    assert torch.load(path, weights_only=False)["step"] == 118
+    (cache / "m-quick-0123456789ab.pt").unlink()  # no cached training: the shipped one is taken
+    assert torch.load(checkpoints.checkpoint_path("m-quick-0123456789ab", cache), weights_only=False)["step"] == 300

@@ -1170,3 +1170,17 @@ def test_no_train_does_not_wait_for_a_checkpoint_in_training_when_told_not_to(tm
     with file_lock(tmp_path / "k.pt.lock"):  # held as meta_train holds it in another process
         with pytest.raises(CheckpointBusy, match="k.pt"):
             as_trained(None, tmp_path / "k.pt", None, None, wait=False)
+
+
+def test_a_trained_record_names_the_weights_it_evaluated_and_its_checkpoint_its_key(tmp_path: Path, monkeypatch):
+    """The record's weights_digest is the digest of its checkpoint's weights (what `unpack` checks a record against
+    the shipped checkpoint by), and the checkpoint holds the key it was trained under (its file's stem)."""
+    from membench.checkpoints import weights_digest
+
+    args = [*_tiny_run(tmp_path, monkeypatch), "--checkpoint-dir", "ck"]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    (checkpoint,) = (tmp_path / "ck").glob("*.pt")
+    saved = torch.load(checkpoint, weights_only=False)
+    (record,) = records_in(tmp_path / "out")
+    assert record["training"]["weights_digest"] == weights_digest(saved["model"])
+    assert saved["key"] == checkpoint.stem == record["training"]["checkpoint_key"]
