@@ -79,6 +79,8 @@ def check_declared(model: AssociativeMemory, spec: TaskSpec, budget: int, model_
 FLOAT32_EXACT_INT = 2 ** 24  # integers a float32 holds exactly
 MAX_KEY_LENGTH = 100  # a dict key names a part of the state; it is not a place to keep values
 MAX_DEPTH = 32  # containers nested deeper than this (a state that holds itself) are not measured
+TENSOR_DTYPES = {torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.float16,
+                 torch.bfloat16, torch.float32, torch.float64, torch.complex64, torch.complex128}  # measured and copied
 _FIX = ("return plain float tensors (or tuples, lists, dicts with string keys of at most "
         f"{MAX_KEY_LENGTH} characters, or dataclasses of them)")
 
@@ -111,20 +113,30 @@ def _walk(state: Any, path: str, batch_size: int, model_name: str, layout: list,
     elif isinstance(state, torch.Tensor):
         if type(state) not in (torch.Tensor, torch.nn.Parameter):
             raise _unmeasurable(model_name, path, f"a {type(state).__name__} (a tensor subclass)")
-        if state.layout != torch.strided or state.is_quantized or state.device.type == "meta":
-            what = ("a quantized tensor" if state.is_quantized else "a tensor on the meta device"
-                    if state.device.type == "meta" else f"a tensor with layout {state.layout}")
+        if state.is_nested or state.layout != torch.strided or state.is_quantized or state.device.type == "meta":
+            what = ("a nested tensor" if state.is_nested else "a quantized tensor" if state.is_quantized
+                    else "a tensor on the meta device" if state.device.type == "meta"
+                    else f"a tensor with layout {state.layout}")
             raise _unmeasurable(model_name, path, what)
+        if state.dtype not in TENSOR_DTYPES:
+            raise _unmeasurable(model_name, path, f"a tensor of dtype {state.dtype}")
+        if any(name is not None for name in getattr(state, "names", None) or ()):  # (where torch still has them)
+            raise _unmeasurable(model_name, path, "a named tensor (its dimension names are not measured)")
         layout.append((path, "tensor", state.device.type, str(state.dtype), _shape(state.shape, batch_size)))
         yield path, state
     elif isinstance(state, np.ndarray):
         if type(state) is not np.ndarray or state.dtype.hasobject:
             raise _unmeasurable(model_name, path, "an array of Python objects" if state.dtype.hasobject
                                 else f"a {type(state).__name__} (an array subclass)")
+        if state.dtype.kind not in "biufc" or state.dtype.fields is not None or state.dtype.metadata is not None:
+            dtype = repr(state.dtype) if len(repr(state.dtype)) <= 60 else repr(state.dtype)[:57] + "..."
+            raise _unmeasurable(model_name, path, f"an array of {dtype} (a structured dtype, one with metadata, or "
+                                "not numbers: its names and metadata are not measured)")
         layout.append((path, "array", state.dtype.str, _shape(state.shape, batch_size)))
         yield path, state
-    elif isinstance(state, (tuple, list)):
-        layout.append((path, type(state).__qualname__, len(state)))
+    elif isinstance(state, (tuple, list)):  # any other subclass is copied, and laid out, as a plain one
+        kind = type(state).__qualname__ if hasattr(state, "_fields") else "tuple" if isinstance(state, tuple) else "list"
+        layout.append((path, kind, len(state)))
         for index, item in enumerate(state):
             yield from _walk(item, f"{path}[{index}]", batch_size, model_name, layout, depth + 1)
     elif isinstance(state, dict):
@@ -177,7 +189,7 @@ def sealed(state: Any) -> Any:
     if isinstance(state, torch.Tensor):
         return state.detach().clone()  # a Parameter's detach is a plain tensor
     if isinstance(state, np.ndarray):
-        return np.array(state, copy=True, subok=False)
+        return np.array(state, dtype=np.dtype(state.dtype.str), copy=True, subok=False)  # (no dtype metadata)
     if isinstance(state, tuple) and hasattr(state, "_fields"):  # a named tuple
         return type(state)._make(sealed(item) for item in state)
     if isinstance(state, (tuple, list)):

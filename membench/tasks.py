@@ -96,8 +96,9 @@ class BinaryTask(Task):
     positions of its pattern (0 <-> 1), chosen without replacement per query; no entry is
     0.5 and `spec.clamp_known` is False: a model must be free to change every bit.
 
-    Error: number of wrong bits over all `dim` positions after thresholding at 0.5; a
-    retrieved value of exactly 0.5 (undecided) counts as wrong. Returning the queries unchanged
+    Error: number of wrong bits over all `dim` positions, a bit wrong when its retrieval is 0.5
+    or more away from it (thresholding at 0.5 for retrievals in [0, 1]; a retrieval of exactly
+    0.5, undecided, counts as wrong, and so does -0.5 for a 0 or 1.5 for a 1). Returning the queries unchanged
     errs on every erased bit (64 by default); copying the known bits and guessing the erased ones
     at random errs on half of them (chance: 32 by default).
     """

@@ -750,6 +750,15 @@ def test_a_learned_model_is_audited_again_once_trained(tmp_path):
     assert ResultsStore(tmp_path).records() == []
 
 
+def test_a_tuple_subclass_in_a_state_is_laid_out_as_the_plain_tuple_it_is_copied_to():
+    """A torch.Size (a tuple subclass, not a named tuple) is sealed as a plain tuple: its layout says tuple, so the
+    copy's measurement agrees with the original's and an honest model keeping a shape is not refused."""
+    from membench.budget import sealed, state_layout
+
+    state = {"shape": torch.Size([2, 4]), "slots": torch.zeros(2, 8)}
+    assert state_layout(sealed(state), 2) == state_layout(state, 2)
+
+
 def test_a_sealed_dataclass_holds_every_field_and_runs_none_of_its_code():
     """The copy a read gets has every field (one not in __init__ too), copied, and no __post_init__ ran."""
 
@@ -925,6 +934,11 @@ class _Subarray(np.ndarray):
     ({0: torch.zeros(2, 4)}, "a key that is not a string"),
     ({"k" * 101: torch.zeros(2, 4)}, "a key that is not a string of at most 100 characters"),
     ((1.0, 2 ** 24 + 1), "an integer beyond float32's exact range"),
+    (np.zeros(2, dtype=np.dtype("f4", metadata={"patterns": b"\x01" * 4096})), "with metadata"),  # 1 float counted
+    (np.zeros(2, dtype=[("1011" * 512, "u1", (4,))]), "a structured dtype"),  # a field name holding the patterns
+    (np.zeros((2, 4), dtype="U8"), "not numbers"),
+    (torch.nested.nested_tensor([torch.zeros(3), torch.zeros(5)]), "a nested tensor"),
+    (torch.zeros(2, 4, dtype=torch.uint8).view(torch.uint4), "a tensor of dtype torch.uint4"),  # clone() fails
 ])
 def test_what_cannot_be_measured_is_refused_naming_where_it_is(state, what):
     """The measurement walks every container; a leaf or key it cannot count is refused with its path, never
