@@ -77,7 +77,8 @@ def build_model(spec: RunSpec, task: Task, preset: Preset | None = None) -> Asso
             raise MembenchError(f"cannot build model '{spec.model}': {why}. It is built as {how} (README: Adding "
                                 f"a model).{forgot}") from None
         taken = [name for name in inspect.signature(cls.__init__).parameters if name not in ("self", "spec")]
-        its = f" Its options: {', '.join(taken)}" if taken and not cls.trainable else ""
+        its = ("" if cls.trainable else f" Its options: {', '.join(taken)}" if taken
+               else " It takes no options: drop --option")
         raise (UnknownOption if unknown else MembenchError)(
             f"cannot build model '{spec.model}' with options {spec.options}: {why}.{its}") from None
     if not isinstance(model, AssociativeMemory) or "_parameters" not in vars(model):

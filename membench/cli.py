@@ -59,6 +59,7 @@ def model_options(label: str, cls: type) -> str:
     from tabulate import tabulate
 
     from membench.budget import TABLE1_BUDGET
+    from membench.interface import AssociativeMemory
     from membench.registry import make_task
     from membench.report import PAPER_TASK
 
@@ -67,7 +68,9 @@ def model_options(label: str, cls: type) -> str:
 
     if not cls.trainable:
         parameters = list(inspect.signature(cls.__init__).parameters.values())[1:]
-        rows = [[p.name, "(none: from_spec sets it)" if p.default is inspect.Parameter.empty else shown(p.default)]
+        sized = getattr(cls.from_spec, "__func__", None) is not AssociativeMemory.from_spec.__func__  # sets them
+        required = "(none: from_spec sets it)" if sized else "(none: required, give --option NAME=VALUE)"
+        rows = [[p.name, required if p.default is inspect.Parameter.empty else shown(p.default)]
                 for p in parameters if p.name != "spec" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
         if not rows:
             return f"{label}: untrained; it takes no options"
@@ -149,8 +152,8 @@ def _sized_at_table1(cls: type) -> dict[str, str] | None:
 @click.option("--option", "options", multiple=True, callback=parse_options, metavar="KEY=VALUE",
               help="Model option for every run, repeatable (a field of a learned model's config, e.g. hidden=256, or of "
                    "its training config as train.FIELD, e.g. train.num_patterns=null to train one model per N, or a "
-                   "constructor argument of an untrained model, which ignores train.* options); part of the run ids "
-                   "and checkpoint keys.")
+                   "constructor argument of an untrained model, which ignores train.* options where a learned model "
+                   "shares the run and is refused them alone); part of the run ids and checkpoint keys.")
 @DATA_DIR_OPTION
 @friendly_errors
 def run(suite, models, num_patterns, seeds, queries, preset, budget, device, out, checkpoint_dir, force, progress,

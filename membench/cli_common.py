@@ -59,7 +59,7 @@ def int_list(low: int, high: int | None = None):
         if value is None:
             return None
         example = f"{max(low, 16)},{max(low, 16) * 2}" if low > 0 else "0,1,2"
-        items = value.replace(" ", "").split(",")
+        items = [item.strip() for item in value.split(",")]  # '16, 32' is two values, '16 32' none (not 1632)
         if all(not item for item in items):
             raise click.BadParameter(f"give at least one value, e.g. --{param.name.replace('_', '-')} {example}")
         if not all(re.fullmatch(r"-?[0-9]+", item) for item in items):  # not int()'s 1_6 (16) or +16

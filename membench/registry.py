@@ -12,10 +12,13 @@ without editing membench, in two ways:
 from __future__ import annotations
 
 import contextlib
+import difflib
 import hashlib
 import importlib
+import importlib.util
 import inspect
 import os
+import re
 import sys
 import traceback
 from importlib.metadata import entry_points
@@ -156,7 +159,12 @@ def _import_class(path: str, base: type = AssociativeMemory) -> type:
                             "fix the module so that it imports") from None
     cls = getattr(module, class_name, None)
     if cls is None:
-        raise MembenchError(f"module '{module_name}' has no class '{class_name}'")
+        classes = [name for name, value in vars(module).items() if inspect.isclass(value) and issubclass(value, base)
+                   and value is not base]
+        close = difflib.get_close_matches(class_name, classes, n=1, cutoff=0.5)
+        raise MembenchError(f"module '{module_name}' has no class '{class_name}'" + (
+            f"; did you mean '{module_name}:{close[0]}'?" if close else
+            f" (its {base.__name__} classes: {', '.join(classes)})" if classes else ""))
     if not (inspect.isclass(cls) and issubclass(cls, base)):
         raise MembenchError(f"'{path}' is not a subclass of {base.__module__}.{base.__name__}")
     return cls
@@ -169,8 +177,17 @@ def resolve_model(name: str) -> type[AssociativeMemory]:
         return _import_class(known[name])
     if ":" in name:
         return _import_class(name)
+    module, dot, cls = name.rpartition(".")
+    if os.getcwd() not in sys.path:  # (as _import_class: the working directory's modules)
+        sys.path.insert(0, os.getcwd())
+    if dot and module and cls.isidentifier():
+        hint = f" (for class {cls} of module {module}, give '{module}:{cls}')"
+    elif name.isidentifier() and importlib.util.find_spec(name) is not None:
+        hint = f" (module '{name}' is found: give its class as '{name}:ClassName')"
+    else:
+        hint = ""
     raise MembenchError(
-        f"unknown model '{name}'. Valid models: {', '.join(sorted(known))}; "
+        f"unknown model '{name}'{hint}. Valid models: {', '.join(sorted(known))}; "
         "or give a class as 'module:Class'."
     )
 
@@ -199,6 +216,25 @@ def make_task(config: dict):
         raise MembenchError(f"task '{kind}' cannot take {kwargs}: {exc}") from None
 
 
+def _signature_error(model: str, exc: BaseException, files: set[Path], consequence: str) -> MembenchError | None:
+    """`user_model_error`'s line for a method of the model's own code called with arguments its signature does not
+    take (raised where membench calls it, so no frame of the model's file is in the traceback), or None. Building
+    (`__init__`, `from_spec`, `from_preset`) has its own message (membench.build)."""
+    match = re.match(r"[\w.<>]+\.(\w+)\(\) (?:takes|missing|got)", str(exc)) if isinstance(exc, TypeError) else None
+    if match is None or match[1] in ("__init__", "from_spec", "from_preset"):
+        return None
+    function = getattr(getattr(resolve_model(model), match[1], None), "__func__", None) or getattr(
+        resolve_model(model), match[1], None)
+    code = getattr(function, "__code__", None)
+    if code is None or Path(code.co_filename).resolve() not in files:
+        return None
+    interface = getattr(AssociativeMemory, match[1], None)
+    expected = f"; membench calls it as {match[1]}{inspect.signature(interface)}" if callable(interface) else ""
+    return MembenchError(f"model '{model}': its {match[1]}{inspect.signature(function)} ({code.co_filename}, line "
+                         f"{code.co_firstlineno}) does not take the arguments membench passes (TypeError: {exc})"
+                         f"{expected}; {consequence}")
+
+
 @contextlib.contextmanager
 def errors_of_user_model(model: str, consequence: str) -> Iterator[None]:
     """Inside: an exception raised in the code of `model`, a model from outside membench, becomes
@@ -221,7 +257,9 @@ def user_model_error(model: str, exc: Exception, consequence: str) -> MembenchEr
     files = set(model_source_files(resolve_model(model)))
     stack = traceback.extract_tb(exc.__traceback__)
     frames = [frame for frame in stack if Path(frame.filename).resolve() in files]
-    if not frames or is_builtin_file(Path(stack[-1].filename).resolve()):
+    if not frames:
+        return _signature_error(model, exc, files, consequence)
+    if is_builtin_file(Path(stack[-1].filename).resolve()):
         return None
     where = frames[-1]
     message = " ".join(str(exc).split())[:300]

@@ -71,6 +71,7 @@ def _one_clear_line(result, *fragments: str, exit_code: int | None = None) -> No
     (["--seeds", "99999999999999999999"], "out of range: values must be between 0 and 2147483647"),
     (["--num-patterns", "99999999999999999999"], "out of range: values must be between 1 and 2147483647"),
     (["--seeds", ""], "give at least one value"),
+    (["--num-patterns", "16 32"], "expected comma-separated integers such as 16,32; got '16 32'"),  # not N = 1632
     (["--seeds", ","], "give at least one value"),
     (["--train-time-limit", "nan"], "'nan' is not a finite number of seconds"),
     (["--train-time-limit", "inf"], "'inf' is not a finite number of seconds"),
@@ -146,6 +147,24 @@ def test_duplicate_seeds_and_sizes_run_once(tmp_path):
     assert result.exit_code == 0 and "2 run(s) executed, 0 already finished" in result.output, result.output
 
 
+@pytest.mark.parametrize("model, fragment", [
+    ("user_model", "unknown model 'user_model' (module 'user_model' is found: give its class as "
+                   "'user_model:ClassName')"),
+    ("user_model.Model", "(for class Model of module user_model, give 'user_model:Model')"),
+    ("user_model:model", "module 'user_model' has no class 'model'; did you mean 'user_model:Model'?"),
+    ("user_model:Other", "module 'user_model' has no class 'Other' (its AssociativeMemory classes: Model)"),
+])
+def test_a_model_of_yours_named_without_its_class_is_told_how_to_name_it(tmp_path, monkeypatch, model, fragment):
+    (tmp_path / "user_model.py").write_text("from membench import AssociativeMemory\n"
+                                            "class Model(AssociativeMemory):\n    pass\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("user_model", None)
+    _one_clear_line(_invoke("run", "--model", model, "--num-patterns", "16", "--out", "out", "--no-progress"),
+                    fragment, exit_code=1)
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("source, fragments", [
     ("def broken(:\n", ["cannot import module 'user_model'", "line 1", "fix the syntax error"]),
     ("raise ValueError('no config')\n", ["importing module 'user_model' raised ValueError: no config"]),
@@ -181,6 +200,20 @@ def test_duplicate_seeds_and_sizes_run_once(tmp_path):
             def read(self, state, queries):
                 return queries
      '''), ["sys.exit(0) was called in write", "user_model.py, line 10"]),
+    (textwrap.dedent('''
+        from membench import AssociativeMemory
+        class Model(AssociativeMemory):
+            def __init__(self, spec):
+                super().__init__()
+            def memory_floats(self, spec):
+                return spec.num_patterns * spec.pattern_size
+            def write(self, patterns):
+                return patterns
+            def read(self, queries):
+                return queries
+     '''), ["model 'user_model:Model': its read(self, queries) (", "user_model.py, line 10) does not take the "
+            "arguments membench passes (TypeError: Model.read() takes 2 positional arguments but 3 were given); "
+            "membench calls it as read(self, state: 'MemoryState', queries: 'torch.Tensor')"]),
 ])
 def test_broken_user_models_get_one_line(tmp_path, monkeypatch, source, fragments):
     (tmp_path / "user_model.py").write_text(source)
@@ -392,6 +425,7 @@ _OWN_LEARNED = TINY_MODEL + textwrap.dedent('''
                       "e.g. .clone()"]),
     ("Raises", [], ["model 'own:Raises' raised RuntimeError: ", "(in read, ", "own.py, line "]),
     ("Soft", ["--option", "bta=2"], ["unexpected keyword argument 'bta'", "Its options: beta"]),
+    ("NoSuper", ["--option", "beta=2"], ["unexpected keyword argument 'beta'", "It takes no options: drop --option"]),
     ("RaisesWhenBuilt", [], ["model 'own:RaisesWhenBuilt' raised ZeroDivisionError: ", "(in __init__, ",
                              "own.py, line ", "no run was started"]),
     ("CannotCount", [], ["raised AttributeError: 'CannotCount' object has no attribute 'slots' (in memory_floats, ",
@@ -409,6 +443,16 @@ def test_a_model_that_breaks_the_contract_is_told_how_in_one_line(tmp_path, monk
     _one_clear_line(_invoke("run", "--model", f"own:{model}", *options, "--num-patterns", "16", "--queries", "32",
                             "--out", "out", "--no-progress"), *fragments, exit_code=1)
     assert not (tmp_path / "out" / "runs").exists() or not list((tmp_path / "out" / "runs").iterdir())
+
+
+def test_listing_a_required_constructor_argument_says_the_run_needs_it(tmp_path, monkeypatch):
+    """NeedsBudget's __init__ requires `budget` and no from_spec of its own gives it: `list` says to give it as an
+    option, not that from_spec sets it."""
+    (tmp_path / "own.py").write_text(_OWN)
+    monkeypatch.chdir(tmp_path)
+    listed = _invoke("list", "--model", "own:NeedsBudget")
+    assert listed.exit_code == 0 and "(none: required, give --option NAME=VALUE)" in listed.output, listed.output
+    assert "from_spec sets it" not in listed.output
 
 
 def test_a_binary_read_outside_zero_one_is_warned_about_once(tmp_path, monkeypatch):
