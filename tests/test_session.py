@@ -4,7 +4,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
 import tarfile
@@ -598,8 +597,6 @@ def test_an_interrupted_session_interrupts_each_of_its_processes_once_then_stops
     """SIGTERM (or Ctrl-C) reaching the session while it waits: every process it started (each in a session of
     its own, so the terminal's Ctrl-C does not reach it too) gets one SIGINT, and checkpoints on it, before the
     session stops; a second SIGINT would stop a run's training before its checkpoint."""
-    import threading
-
     count = tmp_path / "interrupts"
     handler = (f"import signal, sys, time, pathlib\nseen = []\n"
                f"def got(*a):\n    seen.append(1)\n    pathlib.Path({str(count)!r}).write_text(str(len(seen)))\n"
@@ -608,7 +605,16 @@ def test_an_interrupted_session_interrupts_each_of_its_processes_once_then_stops
     process = subprocess.Popen([sys.executable, "-c", handler], stdout=subprocess.PIPE, text=True,
                                start_new_session=True)
     assert process.stdout.readline() == "ready\n"
-    threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGINT)).start()  # as friendly_errors' SIGTERM
+    waits = []
+    wait = process.wait
+
+    def interrupted_once(timeout=None):  # Ctrl-C (or friendly_errors' SIGTERM) arriving in the session's wait
+        waits.append(timeout)
+        if len(waits) == 1:
+            raise KeyboardInterrupt
+        return wait(timeout=timeout)
+
+    process.wait = interrupted_once
     with pytest.raises(KeyboardInterrupt):
         finish([process], deadline=time.monotonic() + 60, interrupt_wait_s=10)
     assert process.returncode == 3 and count.read_text() == "1"
