@@ -31,8 +31,9 @@ def ship_checkpoints(out_dir: Path | None, checkpoint_dir: Path, files: Sequence
     than `portable` keeps (a finished one's optimiser state) or lacks a history; one from before histories were kept gets one stretch of
     training from the earliest record that used it (`from_record`). Checkpoints over `max_mb` are
     skipped with a warning. Returns the files written; MembenchError, after the others are shipped, naming
-    every checkpoint none of whose files (the cache's, then the shipped one) can be read, or else every record
-    whose checkpoint is in neither place."""
+    every checkpoint none of whose files (the cache's, then the shipped one) can be read, else every record
+    evaluated with other weights than the shipped ones (`weights_digest`), else every record whose checkpoint
+    is in neither place."""
     target = Path(target or checkpoints.SHIPPED_CHECKPOINTS)
     sources: dict[str, tuple[list[Path], dict[str, Any] | None]] = {}  # key -> (files, earliest record using it)
     missing: dict[str, list[str]] = {}  # checkpoint key -> run ids of the records using it, in neither place
@@ -64,6 +65,12 @@ def ship_checkpoints(out_dir: Path | None, checkpoint_dir: Path, files: Sequence
         raise MembenchError(f"{len(unreadable)} checkpoint file(s) unreadable, not shipped ({', '.join(unreadable)}); "
                             f"the others were shipped ({len(written)} written): delete each and rerun the command "
                             "that trained it")
+    other = _other_weights(records, target)
+    if other:
+        raise MembenchError(f"{len(other)} record(s) of {out_dir} were evaluated with other weights than the shipped "
+                            f"checkpoint of their key ({'; '.join(other[:3])}{'; ...' if len(other) > 3 else ''}); "
+                            f"the others were shipped ({len(written)} written): evaluate them again from it (membench "
+                            "run ... --no-train --force), or delete that shipped checkpoint and ship again")
     if missing:
         named = "; ".join(f"{key}.pt of {runs[0]}" + (f" and {len(runs) - 1} other record(s)" if len(runs) > 1 else "")
                           for key, runs in missing.items())
@@ -71,6 +78,24 @@ def ship_checkpoints(out_dir: Path | None, checkpoint_dir: Path, files: Sequence
                             f"nor in {target} ({named}); the others were shipped ({len(written)} written): rerun "
                             "each record's command with --force to train it, or delete its records")
     return written
+
+
+def _other_weights(records: list[dict[str, Any]], target: Path) -> list[str]:
+    """'<run id> (<key>.pt)' of each record whose `weights_digest` is not that of the checkpoint shipped in
+    `target` under its key (records without a digest, or whose key has no readable shipped file, pass)."""
+    digests: dict[str, str | None] = {}
+    other = []
+    for record in records:
+        training = record.get("training") or {}
+        key, recorded = training.get("checkpoint_key"), training.get("weights_digest")
+        if not key or recorded is None:
+            continue
+        if key not in digests:
+            shipped = readable_checkpoint(target / f"{key}.pt")
+            digests[key] = weights_digest(shipped["model"]) if shipped is not None else None
+        if digests[key] not in (None, recorded):
+            other.append(f"{record['run_id']} ({key}.pt)")
+    return other
 
 
 def _first_readable(paths: list[Path]) -> tuple[Path, dict[str, Any] | None]:

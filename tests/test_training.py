@@ -362,6 +362,14 @@ def test_shipped_checkpoint_evaluates_without_training(tmp_path: Path, monkeypat
     (stretch,) = first["training"]["history"]  # which device trained it, how many steps, at what precision
     assert stretch["steps"] == [0, 6] and stretch["device"] == "cpu" and stretch["matmul_precision"] == "highest"
     assert second["training"]["history"] == first["training"]["history"] == saved["history"]
+    retrained = torch.load(tmp_path / "cache2" / path.name, weights_only=False)  # trained again, other weights
+    torch.save({**retrained, "model": {k: v + 1.0 for k, v in retrained["model"].items()}}, tmp_path / "cache2" / path.name)
+    assert CliRunner().invoke(main, [*args, "--checkpoint-dir", "cache2", "--force", "--no-train"]).exit_code == 0
+    refused = CliRunner().invoke(main, ["ship", "--out", "out", "--checkpoint-dir", "cache2"])
+    assert refused.exit_code == 1 and exited_cleanly(refused), refused.output
+    assert "trained as far, with other weights" in refused.output  # the shipped ones stay
+    assert "1 record(s) of out were evaluated with other weights than the shipped checkpoint of their key" in refused.output
+    assert torch.equal(torch.load(path, weights_only=False)["model"]["bias"], saved["model"]["bias"])
 
 
 
