@@ -89,7 +89,8 @@ IMAGE_TRAIN = {
     "quick": TrainConfig(steps=1600, batch_size=2, lr=1e-3, clip_norm=1.0, log_every=20, checkpoint_every=100),
     "gpu": TrainConfig(steps=6000, batch_size=16, lr=3e-4, clip_norm=1.0, cosine_decay=True, log_every=50,
                        checkpoint_every=250, cuda_graph=True),
-    "paper": TrainConfig(steps=200_000, batch_size=16, lr=5e-5, clip_norm=0.05, log_every=100, checkpoint_every=1000),
+    "paper": TrainConfig(steps=200_000, batch_size=16, lr=5e-5, weight_decay=1e-6, clip_norm=0.05, log_every=100,
+                         checkpoint_every=1000),  # App. D, as EBMM's
 }
 QUICK_CHANNELS = (16, 32, 32)  # the image codec's widths under the quick preset
 

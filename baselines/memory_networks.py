@@ -60,7 +60,7 @@ class MemNetConfig:
         check_fields("memory_networks", self, positive=("embedding_width", "init_scale"))
 
 
-IMAGE_TRAIN = dict(log_every=20, checkpoint_every=100, clip_norm=1.0)
+IMAGE_QUICK_TRAIN = dict(log_every=20, checkpoint_every=100, clip_norm=1.0)
 
 
 PRESETS: dict[str, Preset] = {
@@ -89,14 +89,15 @@ PRESETS: dict[str, Preset] = {
 IMAGE_START = {"init_scale": 8.0, "identity_query": True}
 IMAGE_PRESETS: dict[str, Preset] = {
     "quick": Preset(MemNetConfig(embedding_width=256, channels=(16, 32, 32), **IMAGE_START),
-                    TrainConfig(steps=1600, batch_size=2, lr=1e-3, **IMAGE_TRAIN)),
+                    TrainConfig(steps=1600, batch_size=2, lr=1e-3, **IMAGE_QUICK_TRAIN)),
     # the paper's codec; EBMM gpu's image training compute
     "gpu": Preset(MemNetConfig(embedding_width=256, **IMAGE_START),
                   TrainConfig(steps=6000, batch_size=16, lr=3e-4, clip_norm=1.0, cosine_decay=True, log_every=50,
                               checkpoint_every=250, cuda_graph=True)),
-    # EBMM paper's updates and App. D optimiser
+    # EBMM paper's updates and App. D optimiser (clipping at 0.05), logged and checkpointed as EBMM's
     "paper": Preset(MemNetConfig(embedding_width=256, **IMAGE_START),
-                    TrainConfig(steps=200_000, batch_size=16, lr=5e-5, weight_decay=1e-6, **IMAGE_TRAIN)),
+                    TrainConfig(steps=200_000, batch_size=16, lr=5e-5, weight_decay=1e-6, clip_norm=0.05,
+                                log_every=100, checkpoint_every=1000)),
 }
 
 

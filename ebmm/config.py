@@ -157,7 +157,9 @@ PRESETS: dict[str, Preset] = {
 
 # Image presets, per energy (Figure 3). quick: a CPU smoke test (narrower networks: the conv energy's
 # memory is 578 * d at bottleneck 32; one write step, 300 updates of 2 episodes: it learns little).
-# gpu: App. B.2 / B.3 sizes on one GPU. paper: App. B.2 / B.3 sizes and the App. D optimiser.
+# gpu: App. B.2 / B.3 sizes on one GPU. paper: App. B.2 / B.3 sizes and the App. D optimiser. The gpu and
+# paper presets start every write rate (the energy's, the alpha ||grad_x E||^2 term's and the anchor's) at 0.3,
+# not App. C's 1e-4, which leaves the written weights all but unchanged, as at the binary paper preset above.
 _IMAGE_TRAIN_QUICK = TrainConfig(steps=300, batch_size=2, lr=1e-3, clip_norm=1.0, log_every=20, checkpoint_every=100)
 # gpu: the paper's architectures and T = 3 write steps, trained for a bounded GPU budget, graphs replayed; meta
 # learning rate 1e-3 (at 1e-4 the quick networks learned nothing in 1500 updates: results/diagnostics/ebmm-images)
