@@ -228,10 +228,11 @@ def check_targets(archive: Path, contents: dict[str, bytes], root: Path) -> None
             raise MembenchError(f"{exc} (the archive's rows are merged into it); nothing was unpacked") from None
 
 
-def check_checkpoints(archive: Path, contents: dict[str, bytes]) -> tuple[dict[str, dict], list[str]]:
-    """(checkpoint key -> checkpoint, of each readable checkpoint member; the unreadable members' names);
-    MembenchError, before anything is written, where one was trained under another key than its name's (another
-    model's checkpoint under that name)."""
+def check_checkpoints(archive: Path, contents: dict[str, bytes], warned: bool = True
+                      ) -> tuple[dict[str, dict], list[str]]:
+    """(checkpoint key -> checkpoint, of each readable checkpoint member; the unreadable members' names, each
+    `warned` about); MembenchError, before anything is written, where one was trained under another key than its
+    name's (another model's checkpoint under that name)."""
     readable: dict[str, dict] = {}
     unreadable: list[str] = []
     with tempfile.TemporaryDirectory() as scratch:
@@ -242,9 +243,10 @@ def check_checkpoints(archive: Path, contents: dict[str, bytes]) -> tuple[dict[s
             try:
                 saved = read_checkpoint(copy)
             except UNREADABLE as exc:
-                warn(f"{archive}: its {name} is not a readable checkpoint ({type(exc).__name__}): not shipped, nor "
-                     "the records and curve that use it; the other files are written (rerun the session that "
-                     "made it to train it again)")
+                if warned:
+                    warn(f"{archive}: its {name} is not a readable checkpoint ({type(exc).__name__}): not shipped, "
+                         "nor the records and curve that use it; the other files are written (rerun the session "
+                         "that made it to train it again)")
                 unreadable.append(name)
                 continue
             if saved.get("key", copy.stem) != copy.stem:
@@ -280,22 +282,26 @@ def _derived(name: str, contents: dict[str, bytes]) -> bool:
     return folder.parts[0] == RESULTS and any(PurePosixPath(other).parent == folder / "runs" for other in contents)
 
 
-def unpack(archive: Path, root: Path) -> tuple[list[Path], list[Path], list[str]]:
+def unpack(archive: Path, root: Path, checkpoints: tuple[dict[str, dict], set[str]] | None = None
+           ) -> tuple[list[Path], list[Path], list[str]]:
     """Write `archive`'s results files under the checkout `root` and ship its checkpoints into
     root/results/checkpoints. Left out, with a warning: the tables and plots beside a runs/ folder (`_derived`:
     `membench report` remakes them from every record), and a record (and its curve) whose checkpoint member is
-    unreadable or whose weights are not those the shipped folder keeps (`_weights_kept_out`). Returns (results
-    files written, checkpoints shipped, members of checkpoints that could not be read and were not shipped)."""
+    unreadable or whose weights are not those the shipped folder keeps (`_weights_kept_out`), judged against
+    `checkpoints`: (key -> checkpoint, unreadable keys) of every archive unpacked together (the volumes of one
+    session: a record and its checkpoint may travel in different ones), by default this archive's. Returns
+    (results files written, checkpoints shipped, members of checkpoints that could not be read and were not
+    shipped)."""
     import pandas as pd
 
     from membench.throughput import merge
 
     contents, arriving = read_archive(archive)
     check_targets(archive, contents, Path(root))
-    readable, unreadable = check_checkpoints(archive, contents)
+    readable, unreadable = check_checkpoints(archive, contents, warned=checkpoints is None)  # (else warned before)
+    every, bad = checkpoints or (readable, {PurePosixPath(n).stem for n in unreadable})
     refused = {name: why for name, record in arriving.items()
-               if (why := _weights_kept_out(archive, name, record, readable, Path(root),
-                                            {PurePosixPath(n).stem for n in unreadable}))}
+               if (why := _weights_kept_out(archive, name, record, every, Path(root), bad - set(every)))}
     for name, why in refused.items():
         warn(f"{archive}: its record {name} is not written: {why}")
     kept_here = {name for name, record in arriving.items()  # records a better one here keeps out

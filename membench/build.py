@@ -119,7 +119,7 @@ def load_trained(spec: RunSpec, checkpoint_dir: Path, preset_config: dict[str, A
     model = build_model(spec, task, preset)
     path = None
     if model.trainable:
-        candidate = checkpoint_path(checkpoint_key(spec, model, task), checkpoint_dir)
+        candidate = checkpoint_path(checkpoint_key(spec, model, task), checkpoint_dir, model)
         path = candidate if load_checkpoint(candidate, model, set_aside=False) is not None else None
     model.eval()
     return task, model, path

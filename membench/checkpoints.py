@@ -250,10 +250,12 @@ def default_checkpoint_dir() -> Path:
 SHIPPED_CHECKPOINTS = Path(membench.__file__).resolve().parent.parent / "results" / "checkpoints"
 
 
-def checkpoint_path(key: str, checkpoint_dir: Path) -> Path:
+def checkpoint_path(key: str, checkpoint_dir: Path, model: torch.nn.Module | None = None) -> Path:
     """`checkpoint_dir/<key>.pt`. When the repository ships that checkpoint (results/checkpoints) and the
     cache has none, an unreadable one or one trained fewer steps, the shipped one is copied in first, so
-    committed learned rows evaluate (or resume from the furthest training) without retraining."""
+    committed learned rows evaluate (or resume from the furthest training) without retraining; where the two
+    hold other weights' names or shapes (a built-in model's code changed under the same key), only when the
+    shipped one fits `model` and the cached one does not (without `model`, the cache's training stays)."""
     path = Path(checkpoint_dir) / f"{key}.pt"
     shipped = SHIPPED_CHECKPOINTS / f"{key}.pt"
     if shipped.exists():
@@ -262,8 +264,8 @@ def checkpoint_path(key: str, checkpoint_dir: Path) -> Path:
             if ships == -1:  # damaged in the checkout: left for the user, never copied
                 warn(f"shipped checkpoint {shipped} is unreadable; left as it is and not used: restore it "
                      f"(`git checkout -- {shipped}`), or delete it to train afresh")
-            elif (cached is not None and 0 <= cached < ships
-                  and layout(read_checkpoint(path)) != layout(read_checkpoint(shipped))):  # (the model's code changed)
+            elif (cached is not None and 0 <= cached < ships and (here := layout(read_checkpoint(path)))
+                  != (there := layout(read_checkpoint(shipped))) and not _fits_only(there, here, model)):
                 warn(f"shipped checkpoint {shipped} holds other weights (names or shapes) than the cached {path}, "
                      "whose training is kept and not replaced: delete the one that no longer fits the model")
             elif cached is None or cached < ships:
@@ -272,6 +274,15 @@ def checkpoint_path(key: str, checkpoint_dir: Path) -> Path:
                          f"{shipped}")
                 write_atomic(path, lambda handle: handle.write(shipped.read_bytes()))
     return path
+
+
+def _fits_only(shipped: dict[str, tuple[int, ...]], cached: dict[str, tuple[int, ...]],
+               model: torch.nn.Module | None) -> bool:
+    """Whether the layout `shipped` is `model`'s and `cached` is not."""
+    if model is None:
+        return False
+    own = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    return shipped == own != cached
 
 
 def trained_steps(path: Path) -> int:

@@ -120,6 +120,9 @@ def friendly_errors(command):
         except BrokenPipeError:  # the reader stopped reading (`membench list | head`): click ends quietly
             raise
         except SystemExit as exc:  # sys.exit in a model's code: it would end the command quietly, results unsaved
+            if exc.code == signal.SIGTERM:  # a SIGTERM handler's own exit (Ray's, while ray.init holds SIGTERM)
+                raise ExitWith("interrupted; finished runs are kept, rerun the same command to continue",
+                               EXIT_INTERRUPTED) from None
             where = traceback.extract_tb(exc.__traceback__)[-1]
             raise click.ClickException(f"sys.exit({exc.code!r}) was called in {where.name} ({where.filename}, line "
                                        f"{where.lineno}), which ends the command before its results are saved; "

@@ -241,8 +241,10 @@ def unpack(archives, root) -> None:
     """Add session archives (`membench pack`: session.tgz and its volumes session-2.tgz, ...) to the checkout
     ROOT: their results files, and their checkpoints shipped into ROOT/results/checkpoints, so the next
     session resumes from them."""
-    from membench.archive import (MAX_VOLUMES, RESULTS, check_targets, read_archive, unpack as unpack_archive,
-                                  volume_path)
+    from pathlib import PurePosixPath
+
+    from membench.archive import (MAX_VOLUMES, RESULTS, check_checkpoints, check_targets, read_archive,
+                                  unpack as unpack_archive, volume_path)
 
     if not (root / RESULTS).is_dir():
         raise MembenchError(f"{root} is not a membench checkout (no {RESULTS}/ folder); give --root the checkout "
@@ -255,15 +257,20 @@ def unpack(archives, root) -> None:
             raise MembenchError(f"{archive} has the volume {left[0]} beside it, not given: unpack them all in one "
                                 f"command (membench unpack {archive} {' '.join(map(str, left))}); nothing was unpacked")
     contents = [read_archive(archive)[0] for archive in archives]  # every archive checked before any is unpacked
+    arriving: dict[str, dict] = {}  # checkpoint key -> checkpoint, of every archive (a record's may be in another)
+    bad: set[str] = set()
     for archive, members in zip(archives, contents):
         check_targets(archive, members, root)
+        readable, unreadable = check_checkpoints(archive, members)
+        arriving.update(readable)
+        bad |= {PurePosixPath(name).stem for name in unreadable}
     if not any(contents):  # not an error: a session whose runs were all finished already makes nothing new
         click.echo(f"{', '.join(map(str, archives))}: no file in it, nothing unpacked (a session whose runs were "
                    "finished already makes nothing new)")
         return
     unreadable = []
     for archive in archives:
-        written, shipped, skipped = unpack_archive(archive, root)
+        written, shipped, skipped = unpack_archive(archive, root, (arriving, bad))
         for path in written:
             click.echo(f"wrote {path}")
         for path in shipped:

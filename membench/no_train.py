@@ -72,7 +72,7 @@ def require_checkpoints(specs: list[RunSpec], checkpoint_dir: Path) -> None:
         task = make_task(spec.task)
         with errors_of_user_model(spec.model, "no run was started"):
             model = build_model(spec, task)
-        path = checkpoint_path(checkpoint_key(spec, model, task), checkpoint_dir)
+        path = checkpoint_path(checkpoint_key(spec, model, task), checkpoint_dir, model)
         problem = _checkpoint_problem(path)
         if problem is not None:
             problems.setdefault(f"'{spec.model}' (preset {spec.preset}, seed {spec.seed}): its checkpoint {problem}",

@@ -11,7 +11,6 @@ import base64
 import binascii
 import json
 import math
-import re
 import zlib
 from pathlib import Path
 from typing import Any
@@ -127,8 +126,9 @@ def _field_problem(record: dict[str, Any], check_errors: bool = True) -> str | N
                                      and isinstance(training.get("curve"), str)
                                      and isinstance(training.get("config"), dict)):
         return "training needs a checkpoint_key, a curve (strings) and a config (a mapping)"
-    if training is not None and not (re.fullmatch(r"\w[\w.-]*", training["checkpoint_key"], re.ASCII)
-                                     and training["curve"] == f"training/{training['checkpoint_key']}.csv"):
+    key = (training or {}).get("checkpoint_key", "")  # a model or preset name of a plugin may hold any character
+    if training is not None and not (key and not key.startswith(".") and not set("/\\\0") & set(key)
+                                     and training["curve"] == f"training/{key}.csv"):
         return "training's checkpoint_key is not a file name, or its curve not training/<checkpoint_key>.csv"
     if training is not None and not nonnegative_number(training.get("train_time_s")):
         return "training's train_time_s is not a number of seconds"

@@ -182,7 +182,7 @@ def resolve_model(name: str) -> type[AssociativeMemory]:
         sys.path.insert(0, os.getcwd())
     if dot and module and cls.isidentifier():
         hint = f" (for class {cls} of module {module}, give '{module}:{cls}')"
-    elif name.isidentifier() and importlib.util.find_spec(name) is not None:
+    elif name.isidentifier() and _findable(name):
         hint = f" (module '{name}' is found: give its class as '{name}:ClassName')"
     else:
         hint = ""
@@ -190,6 +190,14 @@ def resolve_model(name: str) -> type[AssociativeMemory]:
         f"unknown model '{name}'{hint}. Valid models: {', '.join(sorted(known))}; "
         "or give a class as 'module:Class'."
     )
+
+
+def _findable(module: str) -> bool:
+    """Whether a top-level `module` can be imported (found, not imported)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # (ValueError: __main__, whose spec is None)
+        return False
 
 
 def canonical_model_name(name: str) -> str:

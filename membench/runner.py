@@ -154,7 +154,7 @@ def _execute(spec: RunSpec, store: ResultsStore, device: torch.device, checkpoin
         train_config = model.preset.train
         key = checkpoint_key(spec, model, task)
         limit = None if train_time_limit_s is None else max(0.0, train_time_limit_s - (time.perf_counter() - started))
-        path = checkpoint_path(key, checkpoint_dir)
+        path = checkpoint_path(key, checkpoint_dir, model)
         if train and device.type == "cpu" and spec.preset in ("gpu", "paper") and is_builtin_model(type(model)) \
                 and (not path.exists() or trained_steps(path) < train_config.steps):
             warn(f"training {spec.model}'s {spec.preset} preset on a CPU ({train_config.steps} updates of "

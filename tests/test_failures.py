@@ -153,6 +153,7 @@ def test_duplicate_seeds_and_sizes_run_once(tmp_path):
     ("user_model.Model", "(for class Model of module user_model, give 'user_model:Model')"),
     ("user_model:model", "module 'user_model' has no class 'model'; did you mean 'user_model:Model'?"),
     ("user_model:Other", "module 'user_model' has no class 'Other' (its AssociativeMemory classes: Model)"),
+    ("__main__", "unknown model '__main__'"),  # (run as a script, no spec to find: one line, no traceback)
 ])
 def test_a_model_of_yours_named_without_its_class_is_told_how_to_name_it(tmp_path, monkeypatch, model, fragment):
     (tmp_path / "user_model.py").write_text("from membench import AssociativeMemory\n"
@@ -222,6 +223,38 @@ def test_broken_user_models_get_one_line(tmp_path, monkeypatch, source, fragment
     sys.modules.pop("user_model", None)
     _one_clear_line(_invoke("run", "--model", "user_model:Model", "--num-patterns", "16", "--out", "out",
                             "--no-progress"), *fragments, exit_code=1)
+
+
+def test_a_module_without_a_spec_is_no_model_and_no_traceback(monkeypatch):
+    """`--model __main__` run as a script: find_spec raises ValueError for a module whose spec is None."""
+    from membench.registry import resolve_model
+
+    monkeypatch.setattr(sys.modules["__main__"], "__spec__", None)
+    with pytest.raises(MembenchError, match=r"^unknown model '__main__'\. Valid models"):
+        resolve_model("__main__")
+
+
+def test_a_sigterm_handler_exiting_inside_a_command_is_an_interrupt(tmp_path, monkeypatch):
+    """Ray's SIGTERM handler, in place while ray.init runs, calls sys.exit(15): the command stops as interrupted
+    (status 130), not as a model's sys.exit."""
+    (tmp_path / "user_model.py").write_text(textwrap.dedent('''
+        import signal, sys
+        from membench import AssociativeMemory
+        class Model(AssociativeMemory):
+            def __init__(self, spec):
+                super().__init__()
+            def memory_floats(self, spec):
+                return 16
+            def write(self, patterns):
+                sys.exit(signal.SIGTERM)
+            def read(self, state, queries):
+                return queries
+    '''))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("user_model", None)
+    _one_clear_line(_invoke("run", "--model", "user_model:Model", "--num-patterns", "16", "--out", "out",
+                            "--no-progress"), "interrupted; finished runs are kept", exit_code=130)
 
 
 _OWN = textwrap.dedent('''
@@ -1228,6 +1261,23 @@ def test_a_record_with_an_incomplete_training_field_is_named(tmp_path, training,
     path.write_text(json.dumps({**json.loads(path.read_text()), "training": training}))
     for command in ("report", "capacity"):
         _one_clear_line(_invoke(command, "--out", str(tmp_path)), str(path), fragment, exit_code=1)
+
+
+def test_a_checkpoint_key_of_a_plugin_model_with_any_character_but_a_path_separator_is_read(tmp_path):
+    """A plugin's model or preset name makes the key (`gain+hebb-quick-...`): its record reads back; one whose key
+    climbs out of the results folder does not."""
+    from membench.records import _field_problem
+
+    args = ["--model", "raw_slots", "--num-patterns", "16", "--queries", "16", "--out", str(tmp_path), "--no-progress"]
+    assert _invoke("run", *args).exit_code == 0
+    (path,) = (tmp_path / "runs").glob("*.json")
+    record = json.loads(path.read_text())
+    training = {"config": {}, "train_time_s": 1.0}
+    for key, fine in (("gain+hebb-quick-0123456789ab", True), ("a b@c-quick-0123456789ab", True), ("..", False),
+                      ("x/../y", False), ("x\\y", False)):
+        problem = _field_problem({**record, "training": {**training, "checkpoint_key": key,
+                                                         "curve": f"training/{key}.csv"}})
+        assert (problem is None) == fine, (key, problem)
 
 
 @pytest.mark.parametrize("rows, fragment", [("0,nan,0.1\n1,abc,0.2", "its loss column holds text"),

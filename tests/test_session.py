@@ -829,17 +829,52 @@ def test_a_checkpoint_trained_less_never_replaces_a_shipped_one(tmp_path: Path):
     assert torch.load(target / "m-quick-0123456789ab.pt", weights_only=False)["step"] == 9000
 
 
-def test_a_shipped_checkpoint_of_another_layout_never_replaces_the_cached_training(tmp_path: Path, monkeypatch):
-    """A shipped checkpoint trained further but of other weights' names or shapes than the cached one (the model's
-    code changed since it was shipped) is not copied over the cache's training, which would then be set aside
-    as not fitting and restarted at every rerun."""
+def test_a_shipped_checkpoint_of_another_layout_replaces_the_cached_training_only_where_it_fits_the_model(
+        tmp_path: Path, monkeypatch):
+    """A shipped checkpoint trained further but of other weights' names or shapes than the cached one (a built-in
+    model's code changed under the same key) is copied over the cache's training only for a model it fits and the
+    cached one does not: otherwise the cache's would be set aside as not fitting and restarted at every rerun."""
     shipped_dir, cache = tmp_path / "shipped", tmp_path / "cache"
     shipped_dir.mkdir()
     cache.mkdir()
     monkeypatch.setattr(checkpoints, "SHIPPED_CHECKPOINTS", shipped_dir)
     torch.save(_checkpoint(torch.zeros(5), step=300), shipped_dir / "m-quick-0123456789ab.pt")
     torch.save(_checkpoint(torch.ones(3), step=118), cache / "m-quick-0123456789ab.pt")
-    path = checkpoints.checkpoint_path("m-quick-0123456789ab", cache)
-    assert torch.load(path, weights_only=False)["step"] == 118
-    (cache / "m-quick-0123456789ab.pt").unlink()  # no cached training: the shipped one is taken
-    assert torch.load(checkpoints.checkpoint_path("m-quick-0123456789ab", cache), weights_only=False)["step"] == 300
+
+    def model(size: int) -> torch.nn.Module:
+        module = torch.nn.Module()
+        module.w = torch.nn.Parameter(torch.zeros(size))
+        return module
+
+    for fitting in (None, model(3)):  # no model to judge by, or one the cache's fits: its training stays
+        path = checkpoints.checkpoint_path("m-quick-0123456789ab", cache, fitting)
+        assert torch.load(path, weights_only=False)["step"] == 118
+    path = checkpoints.checkpoint_path("m-quick-0123456789ab", cache, model(5))  # the model's code changed
+    assert torch.load(path, weights_only=False)["step"] == 300
+
+
+def test_unpack_judges_a_record_by_the_checkpoint_another_volume_carries_and_checks_every_volume_first(
+        tmp_path: Path):
+    """A session's record in session.tgz, the checkpoint it trained further in session-2.tgz (pack fills volumes
+    as they come): unpacked in the order the volumes are numbered, the record is judged against that checkpoint,
+    not the one shipped before, and written. A checkpoint under another run's key in the second volume stops the
+    unpack before the first is written."""
+    from membench.checkpoints import saved_bytes, weights_digest
+
+    root = tmp_path / "here"
+    key, run = "m-gpu-0123456789ab", "results/table1/runs/m.json"
+    shipped_path = root / "results" / "checkpoints" / f"{key}.pt"
+    shipped_path.parent.mkdir(parents=True)
+    torch.save(_checkpoint(torch.zeros(3), step=100), shipped_path)
+    further = _checkpoint(torch.ones(3), step=200)
+    first = _archive(tmp_path / "session.tgz", {run: json.dumps(_record_using(key, weights_digest(further["model"]),
+                                                                                200)).encode()})
+    second = _archive(tmp_path / "session-2.tgz", {f"checkpoints/{key}.pt": saved_bytes(further)})
+    result = CliRunner().invoke(main, ["unpack", str(first), str(second), "--root", str(root)])
+    assert result.exit_code == 0 and "not written" not in result.output, result.output
+    assert (root / run).exists() and torch.load(shipped_path, weights_only=False)["step"] == 200
+    (root / run).unlink()
+    foreign = _archive(second, {f"checkpoints/{key}.pt": saved_bytes({**further, "step": 300, "key": "x-gpu-0"})})
+    result = CliRunner().invoke(main, ["unpack", str(first), str(foreign), "--root", str(root)])
+    assert result.exit_code == 1 and "is the checkpoint trained as x-gpu-0, another run's" in result.output
+    assert "nothing was unpacked" in result.output and not (root / run).exists()
