@@ -26,6 +26,7 @@ from membench.budget import TABLE1_BUDGET
 from membench.errors import MembenchError
 from membench.interface import TaskSpec, TrainConfig
 from membench.stepper import GRAPHS_ENV, GRAPHS_OFF_ENV, Stepper
+from membench.training import learning_rate
 
 # An update's outputs (retrievals after several read steps, the loss) amplify the weights' rounding: compared to
 # 1e-4, far inside what a stale or wrong output would differ by, so rounding does not turn a model's graphs off.
@@ -60,9 +61,10 @@ def _batch(spec: TaskSpec, num_patterns: int, generator: torch.Generator) -> tup
 
 
 def updated(name: str, device: torch.device, graphs: bool) -> tuple[dict[str, torch.Tensor], int]:
-    """Case `name`'s five updates (N alternating between the task's and half of it): what each returned (its
-    loss, finite flag and retrievals) and the weights after them, by name; and how many graphs the stepper
-    captured."""
+    """Case `name`'s five updates (N alternating between the task's and half of it; the learning rate warmed up
+    over two and decayed along a cosine, set before each as training sets it, so a rate baked into a graph would
+    show): what each returned (its loss, finite flag and retrievals) and the weights after them, by name; and
+    how many graphs the stepper captured."""
     from membench.registry import resolve_model
 
     spec, model_name, options = {**CASES, **BASELINE_CASES, **IMAGE_BASELINE_CASES}[name]
@@ -71,9 +73,11 @@ def updated(name: str, device: torch.device, graphs: bool) -> tuple[dict[str, to
     budget = 10**6 if model_name == "ebmm" else TABLE1_BUDGET  # Table 1's baselines as they train (images: a
     # Figure 3 size)
     model = resolve_model(model_name).from_spec(spec, budget, "quick" if options else "gpu", **options).to(device)
-    stepper = Stepper(model, TrainConfig(lr=1e-3, clip_norm=1.0, cuda_graph=graphs), device)
+    config = TrainConfig(steps=5, lr=1e-3, clip_norm=1.0, cosine_decay=True, warmup_steps=2, cuda_graph=graphs)
+    stepper = Stepper(model, config, device)
     seen = {}
     for step, num_patterns in enumerate([spec.num_patterns, spec.num_patterns // 2] * 2 + [spec.num_patterns], 1):
+        stepper.set_lr(learning_rate(config, step - 1))
         patterns, queries = _batch(spec, num_patterns, generator)
         out = stepper.step(patterns.to(device), queries.to(device))  # replayed outputs hold until the next step
         seen.update({f"update {step} {key}": value.detach().cpu().clone()

@@ -117,6 +117,9 @@ class Stepper:
         lr = torch.tensor(config.lr, device=device) if self.graphs_on else config.lr
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=config.weight_decay,
                                            capturable=self.graphs_on)
+        if self.graphs_on:  # its eager warm-up updates (and a fallback's) are meant: torch's advice to drop
+            #   capturable otherwise fills every GPU log
+            warnings.filterwarnings("ignore", message="This instance was constructed with capturable=True")
         self._graphs: dict[tuple, _Captured] = {}
         self._pool = torch.cuda.graph_pool_handle() if self.graphs_on else None  # shared by every N's graph
         self._compiled, self._compiled_ran = None, False

@@ -355,8 +355,16 @@ def test_the_graph_check_compares_what_each_update_returned_and_names_the_models
     the failing cases' models, each once (EBMM's cases are one model)."""
     from membench import graph_check
 
+    rates, set_lr = [], graph_check.Stepper.set_lr
+
+    def recording(self, lr):  # the rate of each update, set as training sets it
+        rates.append(lr)
+        set_lr(self, lr)
+
+    monkeypatch.setattr(graph_check.Stepper, "set_lr", recording)
     eager, captured = graph_check.updated("mann", torch.device("cpu"), False)
     assert captured == 0 and {"update 1 loss", "update 5 finite", "update 3 retrievals"} <= set(eager)
+    assert len(set(rates)) == 5 and max(rates) == rates[1]  # a rate per update: warmed up, then decayed
     assert eager["update 2 retrievals"].shape[1] == graph_check.BINARY.num_patterns // 2  # the second shape's N
 
     def stale_loss(name, device, graphs):
