@@ -282,13 +282,13 @@ def _derived(name: str, contents: dict[str, bytes]) -> bool:
     return folder.parts[0] == RESULTS and any(PurePosixPath(other).parent == folder / "runs" for other in contents)
 
 
-def unpack(archive: Path, root: Path, checkpoints: tuple[dict[str, dict], set[str]] | None = None
+def unpack(archive: Path, root: Path, together: tuple[dict[str, dict], set[str]] | None = None
            ) -> tuple[list[Path], list[Path], list[str]]:
     """Write `archive`'s results files under the checkout `root` and ship its checkpoints into
     root/results/checkpoints. Left out, with a warning: the tables and plots beside a runs/ folder (`_derived`:
     `membench report` remakes them from every record), and a record (and its curve) whose checkpoint member is
     unreadable or whose weights are not those the shipped folder keeps (`_weights_kept_out`), judged against
-    `checkpoints`: (key -> checkpoint, unreadable keys) of every archive unpacked together (the volumes of one
+    `together`: (key -> checkpoint, unreadable keys) of every archive unpacked together (the volumes of one
     session: a record and its checkpoint may travel in different ones), by default this archive's. Returns
     (results files written, checkpoints shipped, members of checkpoints that could not be read and were not
     shipped)."""
@@ -298,8 +298,8 @@ def unpack(archive: Path, root: Path, checkpoints: tuple[dict[str, dict], set[st
 
     contents, arriving = read_archive(archive)
     check_targets(archive, contents, Path(root))
-    readable, unreadable = check_checkpoints(archive, contents, warned=checkpoints is None)  # (else warned before)
-    every, bad = checkpoints or (readable, {PurePosixPath(n).stem for n in unreadable})
+    readable, unreadable = check_checkpoints(archive, contents, warned=together is None)  # (else warned before)
+    every, bad = together or (readable, {PurePosixPath(n).stem for n in unreadable})
     refused = {name: why for name, record in arriving.items()
                if (why := _weights_kept_out(archive, name, record, every, Path(root), bad - set(every)))}
     for name, why in refused.items():

@@ -82,13 +82,14 @@ def ship_checkpoints(out_dir: Path | None, checkpoint_dir: Path, files: Sequence
 
 def _other_weights(records: list[dict[str, Any]], target: Path) -> list[str]:
     """'<run id> (<key>.pt)' of each record whose `weights_digest` is not that of the checkpoint shipped in
-    `target` under its key (records without a digest, or whose key has no readable shipped file, pass)."""
+    `target` under its key (records without a digest, or whose key has no readable shipped file, pass, and so do
+    a paused checkpoint's: a snapshot its training may have moved on from since, `--no-train` evaluates again)."""
     digests: dict[str, str | None] = {}
     other = []
     for record in records:
         training = record.get("training") or {}
         key, recorded = training.get("checkpoint_key"), training.get("weights_digest")
-        if not key or recorded is None:
+        if not key or recorded is None or training.get("finished") is False:
             continue
         if key not in digests:
             shipped = readable_checkpoint(target / f"{key}.pt")
