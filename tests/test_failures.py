@@ -1403,9 +1403,11 @@ def test_a_run_that_fails_on_input_found_while_running_leaves_no_output_folder(t
 
 def test_a_reader_that_stops_reading_gets_no_error_line():
     """`membench list | head -1`: the pipe closes before membench writes; it ends without 'Error:' or a traceback."""
-    process = subprocess.Popen([sys.executable, "-m", "membench.cli", "list"], stdout=subprocess.PIPE,
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before membench starts (closing it after could come too late under load)
+    process = subprocess.Popen([sys.executable, "-m", "membench.cli", "list"], stdout=write_end,
                                stderr=subprocess.PIPE, cwd=REPO_ROOT)
-    process.stdout.close()  # the reader is gone before the first line
+    os.close(write_end)
     stderr = process.stderr.read().decode()
     assert process.wait(timeout=120) == 1 and stderr == "", stderr
 

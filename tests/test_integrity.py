@@ -984,7 +984,15 @@ def test_every_registered_model_at_every_table1_n(model, num_patterns):
 
 
 def test_passthrough_holds_nothing():
-    _check_model(get_suite("table1").expand("table1", ("passthrough",), (0,), 64, "quick", (16,))[0])
+    """It declares 0 floats, its written state measures 0, and it reads every query back unchanged."""
+    spec = get_suite("table1").expand("table1", ("passthrough",), (0,), 64, "quick", (16,))[0]
+    _check_model(spec)
+    task = make_task(spec.task)
+    model = build_model(spec, task)
+    episodes = _episodes(task, 2, 1)
+    assert check_declared(model, task.spec, spec.budget, spec.model) == 0
+    assert measure_state(model.write(episodes.patterns), 2) == 0
+    assert torch.equal(model.read(model.write(episodes.patterns), episodes.queries), episodes.queries)
 
 
 def test_every_learned_preset_at_table1_budget():
