@@ -228,10 +228,9 @@ def check_targets(archive: Path, contents: dict[str, bytes], root: Path) -> None
             raise MembenchError(f"{exc} (the archive's rows are merged into it); nothing was unpacked") from None
 
 
-def check_checkpoints(archive: Path, contents: dict[str, bytes], warned: bool = True
-                      ) -> tuple[dict[str, dict], list[str]]:
+def check_checkpoints(archive: Path, contents: dict[str, bytes]) -> tuple[dict[str, dict], list[str]]:
     """(checkpoint key -> checkpoint, of each readable checkpoint member; the unreadable members' names, each
-    `warned` about); MembenchError, before anything is written, where one was trained under another key than its
+    warned about); MembenchError, before anything is written, where one was trained under another key than its
     name's (another model's checkpoint under that name)."""
     readable: dict[str, dict] = {}
     unreadable: list[str] = []
@@ -243,10 +242,9 @@ def check_checkpoints(archive: Path, contents: dict[str, bytes], warned: bool = 
             try:
                 saved = read_checkpoint(copy)
             except UNREADABLE as exc:
-                if warned:
-                    warn(f"{archive}: its {name} is not a readable checkpoint ({type(exc).__name__}): not shipped, "
-                         "nor the records and curve that use it; the other files are written (rerun the session "
-                         "that made it to train it again)")
+                warn(f"{archive}: its {name} is not a readable checkpoint ({type(exc).__name__}): not shipped, nor "
+                     "the records and curve that use it; the other files are written (rerun the session that made "
+                     "it to train it again)")
                 unreadable.append(name)
                 continue
             if saved.get("key", copy.stem) != copy.stem:
@@ -256,23 +254,27 @@ def check_checkpoints(archive: Path, contents: dict[str, bytes], warned: bool = 
     return readable, unreadable
 
 
-def _weights_kept_out(archive: Path, name: str, record: dict, arriving: dict[str, dict], root: Path,
-                      unreadable: set[str]) -> str | None:
-    """Why the arriving record `name` is not written (its checkpoint unreadable in the archive, or its weights
-    not those root/results/checkpoints will hold for its key: `shipping.keeps_shipped`), or None."""
+def _weights_kept_out(archive: Path, record: dict, arriving: dict[str, dict], unreadable: set[str],
+                      kept: dict[str, tuple[int, str] | None], root: Path) -> str | None:
+    """Why the arriving `record` is not written (its checkpoint unreadable in the archive, or its weights not
+    those root/results/checkpoints will hold for its key: `shipping.keeps_shipped`), or None. `kept`: (step,
+    digest) of the checkpoint each key will hold, filled as keys are met (a key's records share it)."""
     training = record.get("training") or {}
-    key = training.get("checkpoint_key")
+    key, recorded = training.get("checkpoint_key"), training.get("weights_digest")
     if not key:
         return None
     if key in unreadable:
         return f"its checkpoint {CHECKPOINTS}/{key}.pt in {archive} is unreadable"
-    shipped = readable_checkpoint(Path(root) / RESULTS / CHECKPOINTS / f"{key}.pt")
-    final = shipped if key not in arriving or keeps_shipped(shipped, arriving[key]) else arriving[key]
-    recorded = training.get("weights_digest")
-    if final is None or recorded is None or weights_digest(final["model"]) == recorded:
+    if recorded is None:
+        return None
+    if key not in kept:
+        shipped = readable_checkpoint(Path(root) / RESULTS / CHECKPOINTS / f"{key}.pt")
+        final = shipped if key not in arriving or keeps_shipped(shipped, arriving[key]) else arriving[key]
+        kept[key] = None if final is None else (final["step"], weights_digest(final["model"]))
+    if kept[key] is None or kept[key][1] == recorded:
         return None
     return (f"it was evaluated with other weights than the {RESULTS}/{CHECKPOINTS}/{key}.pt kept (step "
-            f"{final['step']}); delete that shipped checkpoint and unpack again to take the archive's")
+            f"{kept[key][0]}); delete that shipped checkpoint and unpack again to take the archive's")
 
 
 def _derived(name: str, contents: dict[str, bytes]) -> bool:
@@ -288,8 +290,9 @@ def unpack(archive: Path, root: Path, together: tuple[dict[str, dict], set[str]]
     root/results/checkpoints. Left out, with a warning: the tables and plots beside a runs/ folder (`_derived`:
     `membench report` remakes them from every record), and a record (and its curve) whose checkpoint member is
     unreadable or whose weights are not those the shipped folder keeps (`_weights_kept_out`), judged against
-    `together`: (key -> checkpoint, unreadable keys) of every archive unpacked together (the volumes of one
-    session: a record and its checkpoint may travel in different ones), by default this archive's. Returns
+    `together`: (key -> checkpoint, unreadable keys) of every archive unpacked together (`check_checkpoints`
+    of each; the volumes of one session: a record and its checkpoint may travel in different ones), by default
+    this archive's. Returns
     (results files written, checkpoints shipped, members of checkpoints that could not be read and were not
     shipped)."""
     import pandas as pd
@@ -298,10 +301,15 @@ def unpack(archive: Path, root: Path, together: tuple[dict[str, dict], set[str]]
 
     contents, arriving = read_archive(archive)
     check_targets(archive, contents, Path(root))
-    readable, unreadable = check_checkpoints(archive, contents, warned=together is None)  # (else warned before)
-    every, bad = together or (readable, {PurePosixPath(n).stem for n in unreadable})
+    if together is None:
+        readable, unreadable = check_checkpoints(archive, contents)
+        together = readable, {PurePosixPath(name).stem for name in unreadable}
+    every, bad = together
+    unreadable = [name for name in contents if name.startswith(f"{CHECKPOINTS}/") and PurePosixPath(name).stem
+                  not in every]
+    kept: dict[str, tuple[int, str] | None] = {}
     refused = {name: why for name, record in arriving.items()
-               if (why := _weights_kept_out(archive, name, record, every, Path(root), bad - set(every)))}
+               if (why := _weights_kept_out(archive, record, every, bad - set(every), kept, Path(root)))}
     for name, why in refused.items():
         warn(f"{archive}: its record {name} is not written: {why}")
     kept_here = {name for name, record in arriving.items()  # records a better one here keeps out

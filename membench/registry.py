@@ -231,8 +231,8 @@ def _signature_error(model: str, exc: BaseException, files: set[Path], consequen
     match = re.match(r"[\w.<>]+\.(\w+)\(\) (?:takes|missing|got)", str(exc)) if isinstance(exc, TypeError) else None
     if match is None or match[1] in ("__init__", "from_spec", "from_preset"):
         return None
-    function = getattr(getattr(resolve_model(model), match[1], None), "__func__", None) or getattr(
-        resolve_model(model), match[1], None)
+    method = getattr(resolve_model(model), match[1], None)
+    function = getattr(method, "__func__", method)  # a classmethod's function (presets)
     code = getattr(function, "__code__", None)
     if code is None or Path(code.co_filename).resolve() not in files:
         return None

@@ -147,6 +147,29 @@ def test_duplicate_seeds_and_sizes_run_once(tmp_path):
     assert result.exit_code == 0 and "2 run(s) executed, 0 already finished" in result.output, result.output
 
 
+_EXITS_IN_WRITE = textwrap.dedent('''
+    import signal, sys
+    from membench import AssociativeMemory
+    class Model(AssociativeMemory):
+        def __init__(self, spec):
+            super().__init__()
+        def memory_floats(self, spec):
+            return 16
+        def write(self, patterns):
+            sys.exit({code})
+        def read(self, state, queries):
+            return queries
+''')  # a model whose write calls sys.exit (its line 10)
+
+
+def _user_module(tmp_path: Path, monkeypatch, source: str) -> None:
+    """`source` as user_model.py in the working directory, importable afresh."""
+    (tmp_path / "user_model.py").write_text(source)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("user_model", None)
+
+
 @pytest.mark.parametrize("model, fragment", [
     ("user_model", "unknown model 'user_model' (module 'user_model' is found: give its class as "
                    "'user_model:ClassName')"),
@@ -156,11 +179,8 @@ def test_duplicate_seeds_and_sizes_run_once(tmp_path):
     ("__main__", "unknown model '__main__'"),  # (run as a script, no spec to find: one line, no traceback)
 ])
 def test_a_model_of_yours_named_without_its_class_is_told_how_to_name_it(tmp_path, monkeypatch, model, fragment):
-    (tmp_path / "user_model.py").write_text("from membench import AssociativeMemory\n"
-                                            "class Model(AssociativeMemory):\n    pass\n")
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    sys.modules.pop("user_model", None)
+    _user_module(tmp_path, monkeypatch, "from membench import AssociativeMemory\nclass Model(AssociativeMemory):\n"
+                                        "    pass\n")
     _one_clear_line(_invoke("run", "--model", model, "--num-patterns", "16", "--out", "out", "--no-progress"),
                     fragment, exit_code=1)
     assert not (tmp_path / "out").exists()
@@ -188,19 +208,7 @@ def test_a_model_of_yours_named_without_its_class_is_told_how_to_name_it(tmp_pat
      '''), ["memory_floats returned '8256' (str)", "non-negative integer"]),
     ("import sys\nsys.exit(0)\n", ["sys.exit(0) was called in <module>", "user_model.py, line 2",
                                     "raise an exception there instead"]),
-    (textwrap.dedent('''
-        import sys
-        from membench import AssociativeMemory
-        class Model(AssociativeMemory):
-            def __init__(self, spec):
-                super().__init__()
-            def memory_floats(self, spec):
-                return 16
-            def write(self, patterns):
-                sys.exit(0)
-            def read(self, state, queries):
-                return queries
-     '''), ["sys.exit(0) was called in write", "user_model.py, line 10"]),
+    (_EXITS_IN_WRITE.format(code=0), ["sys.exit(0) was called in write", "user_model.py, line 10"]),
     (textwrap.dedent('''
         from membench import AssociativeMemory
         class Model(AssociativeMemory):
@@ -217,10 +225,7 @@ def test_a_model_of_yours_named_without_its_class_is_told_how_to_name_it(tmp_pat
             "membench calls it as read(self, state: 'MemoryState', queries: 'torch.Tensor')"]),
 ])
 def test_broken_user_models_get_one_line(tmp_path, monkeypatch, source, fragments):
-    (tmp_path / "user_model.py").write_text(source)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    sys.modules.pop("user_model", None)
+    _user_module(tmp_path, monkeypatch, source)
     _one_clear_line(_invoke("run", "--model", "user_model:Model", "--num-patterns", "16", "--out", "out",
                             "--no-progress"), *fragments, exit_code=1)
 
@@ -237,22 +242,7 @@ def test_a_module_without_a_spec_is_no_model_and_no_traceback(monkeypatch):
 def test_a_sigterm_handler_exiting_inside_a_command_is_an_interrupt(tmp_path, monkeypatch):
     """Ray's SIGTERM handler, in place while ray.init runs, calls sys.exit(15): the command stops as interrupted
     (status 130), not as a model's sys.exit."""
-    (tmp_path / "user_model.py").write_text(textwrap.dedent('''
-        import signal, sys
-        from membench import AssociativeMemory
-        class Model(AssociativeMemory):
-            def __init__(self, spec):
-                super().__init__()
-            def memory_floats(self, spec):
-                return 16
-            def write(self, patterns):
-                sys.exit(signal.SIGTERM)
-            def read(self, state, queries):
-                return queries
-    '''))
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    sys.modules.pop("user_model", None)
+    _user_module(tmp_path, monkeypatch, _EXITS_IN_WRITE.format(code="signal.SIGTERM"))
     _one_clear_line(_invoke("run", "--model", "user_model:Model", "--num-patterns", "16", "--out", "out",
                             "--no-progress"), "interrupted; finished runs are kept", exit_code=130)
 
