@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 import zipfile
 import zlib
 from pathlib import Path
@@ -19,6 +20,7 @@ import torch
 from click.testing import CliRunner
 
 from membench import datasets, downloads
+from membench.checkpoints import weights_digest
 from membench.cli import main
 from membench.errors import EXIT_INTERRUPTED, DatasetMissing, MembenchError, TrainingDiverged
 from membench.store import ResultsStore
@@ -46,6 +48,14 @@ SLOW_LEARNED = TINY_MODEL + textwrap.dedent('''
             if UPDATES == 3:  # the user presses Ctrl-C (or a scheduler sends SIGTERM) this many times in update 3
                 for _ in range(int(os.environ.get("MEMBENCH_TEST_CTRL_C", 0))):
                     os.kill(os.getpid(), getattr(signal, os.environ.get("MEMBENCH_TEST_SIGNAL", "SIGINT")))
+            hold = os.environ.get("MEMBENCH_TEST_HOLD")
+            if hold:  # count the update; told to wait, say so in update 1, then train on once the test lets it
+                with open(os.path.join(hold, "updates"), "a") as updates:
+                    updates.write(f"{os.getpid()}\\n")
+                if UPDATES == 1 and os.environ.get("MEMBENCH_TEST_WAIT"):
+                    print("update 1 in training", flush=True)
+                    while not os.path.exists(os.path.join(hold, "go")):
+                        time.sleep(0.05)
             time.sleep(0.2)
             return super().meta_loss(patterns, queries)
 
@@ -1038,6 +1048,25 @@ def _membench(tmp_path: Path, *args: str, **env_vars: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+def _lines_until(process: subprocess.Popen, text: str) -> str:
+    """What `process` has said up to and including its first line holding `text` (fails if it ends first)."""
+    said = []
+    for line in process.stdout:
+        said.append(line)
+        if text in line:
+            return "".join(said)
+    raise AssertionError(f"the process ended without saying {text!r}:\n{''.join(said)}")
+
+
+def _blocked_on_a_lock(process: subprocess.Popen) -> None:
+    """Return once `process` waits for a file lock another process holds (Linux's /proc/locks lists the
+    waiter with a "->"); fails if it ends first."""
+    while not any(line.split()[1:2] == ["->"] and line.split()[5] == str(process.pid)
+                  for line in Path("/proc/locks").read_text().splitlines()):
+        assert process.poll() is None, process.communicate()[0]
+        time.sleep(0.05)
+
+
 _SLOW_ARGS = ["run", "--model", "slow_learned:SlowLearned", "--num-patterns", "16", "--queries", "16",
               "--checkpoint-dir", "ck", "--out", "out", "--no-progress"]
 
@@ -1082,17 +1111,32 @@ def test_a_second_ctrl_c_stops_at_once_and_leaves_nothing_half_written(tmp_path,
 
 @pytest.mark.slow
 def test_two_processes_share_one_checkpoint_and_one_output_directory(tmp_path):
+    """The second process starts while the first trains the checkpoint both need: it waits, then reuses the
+    training, and each run is computed once, by one of the two."""
+    if not Path("/proc/locks").exists():
+        pytest.skip("needs Linux's /proc/locks to see the second process wait")
     (tmp_path / "slow_learned.py").write_text(SLOW_LEARNED)
+    hold = tmp_path / "hold"
+    hold.mkdir()
     args = [*_SLOW_ARGS[:4], "16,32", *_SLOW_ARGS[5:]]
-    first, second = _membench(tmp_path, *args), _membench(tmp_path, *args)
-    outputs = [p.communicate(timeout=180)[0] for p in (first, second)]
+    first = _membench(tmp_path, *args, MEMBENCH_TEST_HOLD=str(hold), MEMBENCH_TEST_WAIT="1")
+    try:
+        first_said = _lines_until(first, "update 1 in training")  # the first holds the checkpoint
+        second = _membench(tmp_path, *args, MEMBENCH_TEST_HOLD=str(hold))
+        _blocked_on_a_lock(second)  # the second waits for the first
+    finally:
+        (hold / "go").touch()
+    outputs = [first_said + first.communicate(timeout=180)[0], second.communicate(timeout=180)[0]]
     assert first.returncode == 0 and second.returncode == 0, outputs
-    executed = sum(int(re.search(r"(\d+) run\(s\) executed", o).group(1)) for o in outputs)
-    assert executed == 2, outputs  # every run computed once, by one of the two
+    executed = [int(re.search(r"(\d+) run\(s\) executed", o).group(1)) for o in outputs]
+    assert sum(executed) == 2, outputs  # every run computed once, by one of the two
     records = records_in(tmp_path / "out")
     assert sorted(r["task"]["num_patterns"] for r in records) == [16, 32]
     (checkpoint,) = (tmp_path / "ck").glob("*.pt")
-    assert [row["step"] for row in torch.load(checkpoint, weights_only=False)["curve"]] == list(range(1, 41))
+    saved = torch.load(checkpoint, weights_only=False)
+    assert [row["step"] for row in saved["curve"]] == list(range(1, 41))
+    assert (hold / "updates").read_text() == f"{first.pid}\n" * 40  # trained once, by the first
+    assert {r["training"]["weights_digest"] for r in records} == {weights_digest(saved["model"])}
     assert not list((tmp_path / "out").rglob("*.tmp")) and not list((tmp_path / "ck").glob("*.tmp"))
 
 
