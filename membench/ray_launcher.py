@@ -10,9 +10,14 @@ sees). Scheduling:
   checkpoint is trained once; runs of different checkpoints and untrained runs go in parallel;
 - a task asks for one GPU when its device is CUDA, else one CPU; with `auto`, a learned model's runs are
   CUDA's when the cluster has a GPU, the others' (quick, and numbered the same anywhere) a CPU's;
-- a failed run is reported with its message and the others go on; the call then raises
-  MembenchError naming the failures (rerunning finishes only what is missing).
-Without an address a local Ray is started (so one machine works too); Ray is imported only here.
+- a failed run is reported with its message and the others go on, but for the later runs of its chain, which
+  are not started; the call then raises MembenchError naming the failures (rerunning finishes what is missing);
+- `train_time_limit_s` bounds the call, as locally: every task trains until that many seconds after the call
+  began (waiting included), so a chain's later runs get what its first left;
+- a Ctrl-C (or SIGTERM) on the driver stops the tasks as it stops a local run: those in training finish their
+  update and checkpoint (Ray's cancel sends them SIGINT), the rest are cancelled; a second one stops at once.
+Without an address, Ray's own rule: $RAY_ADDRESS's cluster, else one started on this machine with `ray start`,
+else a new local Ray (so one machine works too); Ray is imported only here.
 """
 from __future__ import annotations
 
@@ -21,20 +26,20 @@ import signal
 import socket
 import sys
 import threading
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from membench.errors import MembenchError, TrainingPaused
+from membench.errors import MembenchError, TrainingInterrupted, TrainingPaused
 from membench.run_spec import RunSpec
 
 
 def _execute(spec: RunSpec, out_dir: str, device: str, checkpoint_dir: str, command: str, force: bool,
-             train_time_limit_s: float | None, train: bool, env: dict[str, str], after: Any = None
-             ) -> dict[str, Any] | None:
-    """One run in a worker, under the driver's MEMBENCH_ variables `env` (`_membench_env`; `after`: the result of
-    the run this one waits for: when that one paused, this one is not started, so a chain trains its
-    checkpoint for the time limit once). None: finished elsewhere meanwhile; a pause at the training time
-    limit comes back as {"paused": message}."""
+             deadline: float | None, train: bool, env: dict[str, str], after: Any = None) -> dict[str, Any] | None:
+    """One run in a worker, under the driver's MEMBENCH_ variables `env` (`_membench_env`), training until the
+    time.time() `deadline` at most; `after`: the result of the run this one waits for: when that one paused,
+    this one is not started. None: finished elsewhere meanwhile; a pause at the training time limit comes back
+    as {"paused": message}."""
     from membench.provenance import git_state
     from membench.run_identity import is_current
     from membench.build import resolve_device
@@ -52,8 +57,9 @@ def _execute(spec: RunSpec, out_dir: str, device: str, checkpoint_dir: str, comm
         if not force and is_current(spec, store, train, Path(checkpoint_dir)):
             return None
         try:
-            return execute(spec, store, resolve_device(device), Path(checkpoint_dir), command, False,
-                           train_time_limit_s, train=train)
+            limit = None if deadline is None else max(0.0, deadline - time.time())
+            return execute(spec, store, resolve_device(device), Path(checkpoint_dir), command, False, limit,
+                           train=train)
         except TrainingPaused as exc:
             return {"paused": str(exc)}
 
@@ -78,23 +84,28 @@ ADDRESS_FIX = "give the head node's HOST:PORT (ray start --head prints it; port 
 
 
 def _check_address(address: str | None) -> None:
-    """MembenchError unless `address` is None, auto, local, a ray:// address or a HOST:PORT (an IPv6 host in
-    brackets) something answers at (Ray itself would wait minutes for a head that is not there)."""
+    """MembenchError unless `address` (else $RAY_ADDRESS, which Ray joins then) is None, auto, local, a ray://
+    address or a HOST:PORT (an IPv6 host in brackets) something answers at (Ray itself would wait minutes for a
+    head that is not there)."""
+    given = "--address"
+    if address is None:
+        given, address = "$RAY_ADDRESS", os.environ.get("RAY_ADDRESS") or None
     if address is None or address in ("auto", "local") or address.startswith("ray://"):
         return
     host, _, port = address.rpartition(":")
     host = host.removeprefix("[").removesuffix("]")  # [::1]:6379
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise MembenchError(f"--address {address!r} is not HOST:PORT; {ADDRESS_FIX}")
+        raise MembenchError(f"{given} {address!r} is not HOST:PORT; {ADDRESS_FIX}")
     try:
         socket.create_connection((host, int(port)), timeout=5).close()
     except OSError as exc:
-        raise MembenchError(f"--address {address}: nothing answers there ({exc}); {ADDRESS_FIX}") from None
+        raise MembenchError(f"{given} {address}: nothing answers there ({exc}); {ADDRESS_FIX}") from None
 
 
 def run_with_ray(specs: list[RunSpec], out_dir: Path, device: str, force: bool, checkpoint_dir: Path,
                  command: str, progress: bool, train_time_limit_s: float | None,
-                 address: str | None, train: bool = True) -> list[dict[str, Any]]:
+                 address: str | None, train: bool = True,
+                 on_record: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     """Execute the unfinished specs as Ray tasks; return the new records (see the module docstring)."""
     try:
         import ray
@@ -107,6 +118,7 @@ def run_with_ray(specs: list[RunSpec], out_dir: Path, device: str, force: bool, 
     from membench.store import ResultsStore
 
     check_device_name(device)
+    deadline = None if train_time_limit_s is None else time.time() + train_time_limit_s
     out_dir, checkpoint_dir = Path(out_dir).resolve(), Path(checkpoint_dir).resolve()
     store = ResultsStore(out_dir)
     todo = pending(specs, store, force, train, checkpoint_dir)
@@ -134,17 +146,17 @@ def run_with_ray(specs: list[RunSpec], out_dir: Path, device: str, force: bool, 
         if handler is not None and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, handler)  # SIGTERM stops the driver as Ctrl-C does
     remote = ray.remote(max_retries=0)(_execute)
-    pending: dict[Any, RunSpec] = {}
-    for chain in _chains(todo):
+    tasks: dict[Any, tuple[RunSpec, int, int]] = {}  # task -> (its run, its chain, its place in the chain)
+    for number, chain in enumerate(_chains(todo)):
         chain_device = _cluster_device(ray, device, resolve_model(chain[0].model).trainable)
         on_gpu = chain_device == "cuda"
         previous = None
-        for spec in chain:
+        for place, spec in enumerate(chain):
             previous = remote.options(num_cpus=0 if on_gpu else 1, num_gpus=1 if on_gpu else 0).remote(
-                spec, str(out_dir), chain_device, str(checkpoint_dir), command, force, train_time_limit_s, train,
-                env, previous)
-            pending[previous] = spec
-    return _collect(ray, pending, progress)
+                spec, str(out_dir), chain_device, str(checkpoint_dir), command, force, deadline, train, env,
+                previous)
+            tasks[previous] = (spec, number, place)
+    return _collect(ray, tasks, progress, on_record)
 
 
 def _cluster_device(ray: Any, device: str, trainable: bool) -> str:
@@ -175,8 +187,11 @@ def _membench_env() -> dict[str, str]:
     return env
 
 
-def _collect(ray, pending: dict[Any, RunSpec], progress: bool) -> list[dict[str, Any]]:
-    """Wait for every task; report each failure as it comes; raise once at the end if any failed."""
+def _collect(ray, tasks: dict[Any, tuple[RunSpec, int, int]], progress: bool,
+             on_record: Callable[[dict[str, Any]], None] | None) -> list[dict[str, Any]]:
+    """Wait for every task, handing each new record to `on_record` (when given); report each failure as it
+    comes; raise once at the end if any failed. A task of a
+    chain after a failed one fails with it unstarted (Ray passes the failure on): it is counted as not started."""
     from membench.runner import say_done
     from membench.store import warn
 
@@ -184,33 +199,72 @@ def _collect(ray, pending: dict[Any, RunSpec], progress: bool) -> list[dict[str,
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(pending), desc="runs (ray)", unit="run")
-    records, failures, paused = [], [], []
-    waiting = list(pending)
+        bar = tqdm(total=len(tasks), desc="runs (ray)", unit="run")
+    records, paused = [], []
+    failed: dict[int, tuple[int, str]] = {}  # chain -> (place, "run id: message") of its first failed run
+    unstarted: list[str] = []
+    waiting = list(tasks)
     while waiting:
-        done, waiting = ray.wait(waiting, num_returns=1)
-        spec = pending[done[0]]
+        try:
+            done, waiting = ray.wait(waiting, num_returns=1)
+        except KeyboardInterrupt:
+            _stop(ray, waiting)
+        spec, chain, place = tasks[done[0]]
         try:
             result = ray.get(done[0])
         except ray.exceptions.RayError as exc:  # the run raised, or its worker died (crash, out of memory)
             cause = exc.cause if getattr(exc, "cause", None) is not None else exc
             message = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
-            failures.append(f"{spec.run_id}: {message}")
-            warn(f"run {spec.run_id} failed: {message}")
+            first = failed.get(chain)
+            if first is not None and first[0] < place:
+                unstarted.append(spec.run_id)
+            else:
+                if first is not None:  # reported before the run it followed: that one failed first
+                    unstarted.append(first[1].split(":")[0])
+                failed[chain] = (place, f"{spec.run_id}: {message}")
+                warn(f"run {spec.run_id} failed: {message}")
             result = None
         if isinstance(result, dict) and "paused" in result:
             paused.append(result["paused"])
         elif result is not None:
             records.append(result)
             if bar is None:  # no bars: a line a run, as local runs print
-                say_done(len(records), len(pending), result)
+                say_done(len(records), len(tasks), result)
+            if on_record:
+                on_record(result)
         if bar is not None:
             bar.update(1)
     if bar is not None:
         bar.close()
-    if failures:
-        raise MembenchError(f"{len(failures)} of {len(pending)} runs failed ({'; '.join(failures)}); the other "
-                            "runs' records are kept, rerun the same command to finish the failed ones")
+    if failed:
+        failures = [what for _, what in failed.values()]
+        raise MembenchError(
+            f"{len(failures)} of {len(tasks)} runs failed ({'; '.join(failures)})"
+            + (f"; {len(unstarted)} not started, as they follow a failed run of their checkpoint "
+               f"({', '.join(unstarted)})" if unstarted else "")
+            + ("; the records made are kept" if records else "")
+            + ", rerun the same command to finish the rest")
     if paused:
         raise TrainingPaused(f"{len(paused)} run(s) paused at the training time limit ({paused[0]})")
     return records
+
+
+def _stop(ray, waiting: list[Any]) -> None:
+    """After a Ctrl-C: cancel every task left (a running one gets SIGINT, so one in training finishes its update
+    and checkpoints), wait for them, and raise TrainingInterrupted naming the checkpoints made, else
+    KeyboardInterrupt. A second Ctrl-C stops the wait at once."""
+    from membench.store import warn
+
+    warn("stopping: the runs in training finish their update and checkpoint (Ctrl-C again stops at once)")
+    for task in waiting:
+        ray.cancel(task, force=False)
+    saved = []
+    for task in waiting:
+        try:
+            ray.get(task)
+        except ray.exceptions.RayError as exc:
+            if isinstance(getattr(exc, "cause", None), TrainingInterrupted):
+                saved.append(str(exc.cause).splitlines()[0])
+    if saved:
+        raise TrainingInterrupted(f"interrupted: {len(saved)} run(s) in training checkpointed ({saved[0]})")
+    raise KeyboardInterrupt

@@ -233,7 +233,7 @@ def run_all(specs: list[RunSpec], out_dir: Path, device: str = "auto", force: bo
     checkpoint another process is training, so several processes given the same command share its
     models out. Meta-training in this call stops `train_time_limit_s` seconds after the call began
     (TrainingPaused). `launcher="ray"` runs them as Ray tasks instead (membench.ray_launcher; `address`
-    of an existing cluster, else a local Ray; there the limit bounds each model's training). With `train` off,
+    of an existing cluster, else Ray's default; the limit bounds the call there too). With `train` off,
     learned models are evaluated from their checkpoints as they stand (`execute`); a record of a paused
     checkpoint counts as finished then, and otherwise its run trains on (`is_current`).
     """
@@ -258,7 +258,7 @@ def run_all(specs: list[RunSpec], out_dir: Path, device: str = "auto", force: bo
         from membench.ray_launcher import run_with_ray
 
         return run_with_ray(specs, Path(out_dir), device, force, checkpoint_dir, command, progress,
-                            train_time_limit_s, address, train)
+                            train_time_limit_s, address, train, on_record)
     if launcher != "local":
         raise MembenchError(f"unknown launcher '{launcher}'. Valid launchers: local, ray")
     todo = pending(specs, store, force, train, checkpoint_dir)

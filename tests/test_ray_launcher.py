@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import os
 import textwrap
+import time
 
 import pytest
 import torch
 
-from membench.errors import MembenchError
+from membench.errors import MembenchError, TrainingPaused
 from membench.runner import run_all
 from membench.store import ResultsStore
 from membench.suites import get_suite
@@ -30,6 +31,20 @@ COUNTED = TINY_MODEL + textwrap.dedent('''
             with open(os.environ["RAY_TEST_LOG"], "a") as log:
                 log.write("step\\n")
             return super().meta_loss(patterns, queries)
+
+
+    class LearnedFailsAt16(CountedLearned):
+        """CountedLearned on N in {16, 32, 48}, whose read breaks at N = 16 once trained."""
+
+        @classmethod
+        def presets(cls, spec, options):
+            return {"quick": Preset(TinyConfig(), TrainConfig(steps=6, batch_size=2, lr=1e-2, log_every=1,
+                                                              checkpoint_every=100, num_patterns=(16, 32, 48)))}
+
+        def read(self, state, queries):
+            if self.spec.num_patterns == 16 and queries.shape[0] > 2 and not self.training:
+                raise ValueError("broken at N = 16")
+            return super().read(state, queries)
 
 
     class FailsAt32(TinyLearned):
@@ -66,18 +81,22 @@ def _specs(models, seeds=(0, 1), num_patterns=(16, 32), queries=64):
     return get_suite("table1").expand("table1", models, seeds, queries, "quick", num_patterns)
 
 
-def _records(out) -> dict[str, list[float]]:
-    return {r["run_id"]: r["errors"] for r in ResultsStore(out).records()}
-
-
 def test_ray_records_equal_the_local_runner(local_ray, tmp_path, capfd):
-    """Both print a line on stderr as each run finishes when no progress bars are shown."""
+    """The same records but for when and how long; both print a line on stderr as each run finishes when no
+    progress bars are shown, and hand each record to `on_record`."""
     specs = _specs(("hopfield_hebb", "raw_slots"))
-    run_all(specs, tmp_path / "local", device="cpu", progress=False)
+    run_all(specs, tmp_path / "local", device="cpu", progress=False, command="same")
     assert capfd.readouterr().err.count(" done: table1-") == 8
-    made = run_all(specs, tmp_path / "ray", device="cpu", progress=False, launcher="ray")
-    assert len(made) == len(specs) == 8
-    assert _records(tmp_path / "ray") == _records(tmp_path / "local")
+    handed = []
+    made = run_all(specs, tmp_path / "ray", device="cpu", progress=False, launcher="ray", command="same",
+                   on_record=handed.append)
+    assert len(made) == len(specs) == 8 and handed == made
+
+    def timeless(out):
+        return {r["run_id"]: {k: v for k, v in r.items() if k not in ("eval_time_s", "finished_at", "wall_time_s")}
+                for r in ResultsStore(out).records()}
+
+    assert timeless(tmp_path / "ray") == timeless(tmp_path / "local")
     assert "run 8 of at most 8 done: table1-" in capfd.readouterr().err
 
 
@@ -106,6 +125,36 @@ def test_a_failed_run_is_reported_and_the_others_are_kept(local_ray, tmp_path):
     with pytest.raises(MembenchError, match=r"1 of 3 runs failed .*broken at N = 32.*rerun the same command"):
         run_all(specs, tmp_path, device="cpu", progress=False, launcher="ray")
     assert sorted(r["task"]["num_patterns"] for r in ResultsStore(tmp_path).records()) == [16, 48]
+
+
+def test_the_runs_after_a_failed_one_in_its_chain_are_not_started_and_said_so(local_ray, tmp_path):
+    """A learned model's runs share one checkpoint and run one after another: when the first fails, the others
+    are not started (as a local run stops there), and the message says so rather than repeating its error."""
+    local_ray.write_text("")
+    specs = _specs(("ray_models:LearnedFailsAt16",), seeds=(0,), num_patterns=(16, 32, 48), queries=200)
+    with pytest.raises(MembenchError) as caught:
+        run_all(specs, tmp_path / "out", device="cpu", progress=False, launcher="ray", checkpoint_dir=tmp_path / "ck")
+    message = str(caught.value)
+    assert message.startswith("1 of 3 runs failed (") and message.count("broken at N = 16") == 1, message
+    assert "2 not started, as they follow a failed run of their checkpoint" in message, message
+    assert "records made are kept" not in message and not ResultsStore(tmp_path / "out").records()
+
+
+def test_a_task_trains_until_the_calls_deadline_not_for_a_limit_of_its_own(local_ray, tmp_path):
+    """--train-time-limit bounds the call: a task that starts after the deadline (here a run of a checkpoint
+    trained 1 of 6 updates) trains no update and comes back paused; without a deadline it trains the rest."""
+    from membench.ray_launcher import _execute
+
+    local_ray.write_text("")
+    (spec,) = _specs(("ray_models:CountedLearned",), seeds=(0,), num_patterns=(16,))
+    with pytest.raises(TrainingPaused, match="stopped at step 1 of 6"):
+        run_all([spec], tmp_path / "out", device="cpu", progress=False, checkpoint_dir=tmp_path / "ck",
+                train_time_limit_s=0)  # one update of the new model, locally
+    args = (str(tmp_path / "out"), "cpu", str(tmp_path / "ck"), "test", False)
+    assert "paused" in _execute(spec, *args, time.time() - 1, True, {})
+    assert local_ray.read_text().count("step") == 1  # none more
+    record = _execute(spec, *args, None, True, {})
+    assert record["training"]["steps"] == 6 and local_ray.read_text().count("step") == 6
 
 
 def test_workers_use_the_drivers_data_folder_and_provenance(local_ray, tmp_path, monkeypatch):
@@ -175,3 +224,43 @@ def test_an_address_that_is_not_a_cluster_is_refused_in_one_line_before_ray_wait
         port = probe.getsockname()[1]
     with pytest.raises(MembenchError, match=f"--address 127.0.0.1:{port}: nothing answers there"):
         _check_address(f"127.0.0.1:{port}")
+    os.environ["RAY_ADDRESS"] = f"127.0.0.1:{port}"  # what Ray joins without --address: checked the same way
+    try:
+        with pytest.raises(MembenchError, match=rf"\$RAY_ADDRESS 127.0.0.1:{port}: nothing answers there"):
+            _check_address(None)
+        _check_address("local")  # an address given wins
+    finally:
+        del os.environ["RAY_ADDRESS"]
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_the_driver_checkpoints_the_training_task_and_the_rerun_resumes(tmp_path):
+    """A Ctrl-C on `membench run --launcher ray` stops its task as a local run stops: the update in flight
+    finishes and is checkpointed (Ray's cancel sends the worker SIGINT), the exit status is 130, and the rerun
+    trains only the rest."""
+    import signal
+
+    from tests.test_failures import SLOW_LEARNED, _membench
+
+    (tmp_path / "slow_learned.py").write_text(SLOW_LEARNED)
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    args = ["run", "--launcher", "ray", "--model", "slow_learned:SlowLearned", "--num-patterns", "16",
+            "--queries", "16", "--checkpoint-dir", "ck", "--out", "out", "--no-progress", "--device", "cpu"]
+    driver = _membench(tmp_path, *args, MEMBENCH_TEST_HOLD=str(hold), RAY_ADDRESS="")
+    updates = hold / "updates"
+    while not (updates.exists() and updates.read_text().count("\n") >= 2):  # the worker is in training
+        assert driver.poll() is None, driver.communicate()[0]
+        time.sleep(0.05)
+    driver.send_signal(signal.SIGINT)
+    output = driver.communicate(timeout=120)[0]
+    assert driver.returncode == 130 and "Traceback" not in output, output
+    assert "1 run(s) in training checkpointed (interrupted: meta-training of SlowLearned checkpointed at step" in output
+    (checkpoint,) = (tmp_path / "ck").glob("*.pt")
+    stopped = torch.load(checkpoint, weights_only=False)["step"]
+    assert 2 <= stopped < 40 and updates.read_text().count("\n") == stopped
+    rerun = _membench(tmp_path, *args, RAY_ADDRESS="")
+    output = rerun.communicate(timeout=120)[0]
+    assert rerun.returncode == 0, output
+    curve = torch.load(checkpoint, weights_only=False)["curve"]
+    assert [row["step"] for row in curve] == list(range(1, 41))  # resumed, no update trained twice
