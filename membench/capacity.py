@@ -25,7 +25,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from membench.errors import MembenchError
+from membench.errors import DatasetMissing, MembenchError
 from membench.run_spec import RunSpec
 from membench.suites import BUDGET_NUM_PATTERNS, CAPACITY_MODELS, declared_count
 
@@ -76,6 +76,12 @@ def _absent(summary, table: str) -> list[str]:
         if count is not False and (count is None or count > budget):
             notes.append(f"{row} ({'over budget' if count is None else f'{count} floats'})")
     return notes
+
+
+def missing_because(record, budget: int) -> str:
+    """Why a row's model has no cell at `budget` (N = BUDGET_NUM_PATTERNS): as the capacity summary says it."""
+    count = count_at(record, task_of(record["table"])[0], budget, BUDGET_NUM_PATTERNS)
+    return "cannot be built" if count is False else "over budget" if count is None or count > budget else "not run"
 
 
 def count_at(record, task: dict[str, Any], budget: int, num_patterns: int) -> int | None | bool:
@@ -184,10 +190,7 @@ def _budget_pivot(summary) -> str:
                 if len(match):
                     line.append(cell_text(match.iloc[0]))
                     continue
-                record = group[group.row == row].iloc[0]
-                count = count_at(record, task_of(record["table"])[0], int(budget), BUDGET_NUM_PATTERNS)
-                line.append("cannot be built" if count is False else "over budget" if count is None or count > budget
-                            else "not run")
+                line.append(missing_because(group[group.row == row].iloc[0], int(budget)))
             cells.append(line)
         headers = ["model \\ budget"] + [f"{b} ({b // dim} patterns)" for b in budgets]
         sections.append(f"## Summary: error at N = {BUDGET_NUM_PATTERNS} against the budget ({dim}-bit patterns, "
@@ -202,16 +205,27 @@ def _budget_pivot(summary) -> str:
 def capacity_figures(out_dir: Path) -> list[Path]:
     """The binary-task outputs (`binary_capacity_figures`) and the image-task ones (`image_capacity_figures`)
     of the records in `out_dir`, each where such records exist; return the paths written."""
-    from membench.store import ResultsStore
+    from membench.store import ResultsStore, warn
 
-    from membench.capacity_images import IMAGE_TASKS, image_capacity_figures
+    from membench.capacity_images import image_capacity_figures, image_capacity_record
 
-    kinds = {r["task"]["kind"] for r in ResultsStore(out_dir).records()}
-    if not kinds & ({"binary"} | set(IMAGE_TASKS)):
+    records = ResultsStore(out_dir).records()
+    binary, images = (any(r["task"]["kind"] == "binary" for r in records),
+                      any(image_capacity_record(r) for r in records))  # not Figure 3's image runs
+    if not binary and not images:
         raise MembenchError(f"no finished capacity runs in {out_dir}/runs; run a capacity-* suite first, e.g. "
                             f"`membench run --suite capacity-n --out {out_dir}`")
-    return ((binary_capacity_figures(out_dir) if "binary" in kinds else [])
-            + (image_capacity_figures(out_dir) if kinds & set(IMAGE_TASKS) else []))
+    paths = binary_capacity_figures(out_dir) if binary else []
+    try:
+        return paths + (image_capacity_figures(out_dir) if images else [])
+    except DatasetMissing as exc:  # the image tables need the data (to say why a model is absent)
+        fix = "point --data-dir (make: DATA=) at the data folder to redraw them"
+        if not paths:
+            raise MembenchError(f"{exc}; the image outputs (capacity_images.*, capacity_omniglot.*, "
+                                f"capacity_cifar10.*) were not written: {fix}") from None
+        warn(f"{exc}; the image outputs (capacity_images.*, capacity_omniglot.*, capacity_cifar10.*) are left as "
+             f"they were: {fix}")
+        return paths
 
 
 def binary_capacity_figures(out_dir: Path) -> list[Path]:

@@ -24,7 +24,6 @@ from membench.capacity_plots import row_styles
 from membench.errors import DatasetMissing, MembenchError
 from membench.image_tasks import Cifar10Task, ImageTask, OmniglotTask
 from membench.plots import log2_axis, plot_line, save_figure
-from membench.store import warn
 from membench.run_spec import RunSpec
 from membench.suites import IMAGE_CAPACITY_MODELS, SUITES, ImageCapacitySuite, declared_count
 
@@ -89,13 +88,18 @@ def _image_left_out(part, table: str) -> list[str]:
     return [f"{', '.join(models)}: {why}" for why, models in reasons.items()]
 
 
+def image_capacity_record(record: dict[str, Any]) -> bool:
+    """Whether `record` is an image capacity suite's run (Figure 3's runs, of the same task kinds, are
+    `membench figures`')."""
+    return record["task"]["kind"] in IMAGE_TASKS and isinstance(SUITES.get(record.get("suite")), ImageCapacitySuite)
+
+
 def image_capacity_summary(out_dir: Path):
     """(summary frame of the image-task records in out_dir, with dataset, corruption and level; records kept;
     duplicates dropped)."""
     from membench.store import ResultsStore
 
-    records = [r for r in ResultsStore(out_dir).records()  # Figure 3's runs are `membench figures`'
-               if r["task"]["kind"] in IMAGE_TASKS and isinstance(SUITES.get(r.get("suite")), ImageCapacitySuite)]
+    records = [r for r in ResultsStore(out_dir).records() if image_capacity_record(r)]
     if not records:
         raise MembenchError(f"no finished image-task runs in {out_dir}/runs; run capacity-omniglot or "
                             f"capacity-cifar first, e.g. `membench run --suite capacity-omniglot --out {out_dir}`")
@@ -145,12 +149,7 @@ def image_capacity_figures(out_dir: Path) -> list[Path]:
 
     out_dir = Path(out_dir)
     summary, records, dropped = image_capacity_summary(out_dir)
-    try:  # first: it may need the data, the figures do not
-        markdown = image_capacity_markdown(summary, records, dropped)
-    except DatasetMissing as exc:
-        warn(f"{exc}; the image outputs (capacity_images.*, capacity_omniglot.*, capacity_cifar10.*) are left as "
-             f"they were: point --data-dir (make: DATA=) at the data folder to redraw them")
-        return []
+    markdown = image_capacity_markdown(summary, records, dropped)  # first: it may need the data (DatasetMissing)
     styles = row_styles(sorted(summary["row"].unique()))
     plt = pyplot()
     paths: list[Path] = []

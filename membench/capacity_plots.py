@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from membench.capacity import count_at, row_order, table_order, table_title, task_of
+from membench.capacity import missing_because, row_order, table_order, table_title, task_of
 from membench.plots import log2_axis, plot_line, save_figure
 from membench.suites import BUDGET_NUM_PATTERNS, CAPACITY_MODELS
 
@@ -60,7 +60,8 @@ def n_figure(plt, erasure, styles: dict[str, Any], out_dir: Path) -> list[Path]:
 
 def budget_figure(plt, erasure, styles: dict[str, Any], out_dir: Path) -> list[Path]:
     """capacity_budget: error against the budget at N = BUDGET_NUM_PATTERNS (erasure task), a note naming the
-    rows absent at some budget and why (no model run at several budgets: no figure)."""
+    rows absent at some budget and why, with those budgets; a row run at one budget only (the learned ones, at
+    Table 1's) is a lone marker, named as such (no model run at several budgets: no figure)."""
     at_n = erasure[erasure.num_patterns == BUDGET_NUM_PATTERNS]
     budget_groups = [(key, g) for key, g in at_n.groupby(["dim", "erased"], sort=True) if g["budget"].nunique() > 1]
     if not budget_groups:
@@ -69,25 +70,14 @@ def budget_figure(plt, erasure, styles: dict[str, Any], out_dir: Path) -> list[P
     notes = []
     for ax, ((dim, erased), group) in zip(axes[0], budget_groups):
         budgets = sorted(group["budget"].unique())
-        over, not_run = [], []
         for row in row_order(list(group["row"].unique()), dict(zip(group["row"], group["model"]))):
-            mine = group[group.row == row]
-            plot_line(ax, mine, "budget", row, styles[row])
-            missing = [int(b) for b in budgets if b not in set(mine["budget"])]
-            counts = [count_at(mine.iloc[0], task_of(mine.iloc[0]["table"])[0], b, BUDGET_NUM_PATTERNS)
-                      for b in missing]
-            if any(c is None or (c is not False and c > b) for c, b in zip(counts, missing)):
-                over.append(row)
-            elif missing:
-                not_run.append(row)
+            plot_line(ax, group[group.row == row], "budget", row, styles[row])
         log2_axis(ax, budgets)
         ax.set_xticklabels([f"{b}\n({b // dim} patterns)" for b in budgets], fontsize=8)
         ax.set(xlabel="budget (float32 values)", ylabel="error bits per query",
                title=f"N = {BUDGET_NUM_PATTERNS}, {dim}-bit patterns, {erased} bits erased")
         ax.grid(alpha=0.3)
-        notes += [f"{what}: {', '.join(rows)}" for what, rows in
-                 (("absent where their state exceeds the budget", over), ("run at other budgets only", not_run))
-                 if rows]
+        notes += budget_notes(group)
     axes[0][0].legend(fontsize=7)
     if notes:  # below the axes, so that a long list does not squeeze them
         fig.text(0.5, 0.005, "; ".join(notes), ha="center", fontsize=7, color="grey", wrap=True)
@@ -95,6 +85,25 @@ def budget_figure(plt, erasure, styles: dict[str, Any], out_dir: Path) -> list[P
     saved = save_figure(fig, out_dir, "capacity_budget")
     plt.close(fig)
     return saved
+
+
+def budget_notes(group) -> list[str]:
+    """The budget figure's notes on one panel's rows (`group`: the summary at N = BUDGET_NUM_PATTERNS of one
+    task): those absent at some budget, by reason (`missing_because`), each with those budgets; those run at one
+    budget only (a lone marker)."""
+    budgets = sorted(int(b) for b in group["budget"].unique())
+    reasons: dict[str, list[str]] = {}
+    for row in row_order(list(group["row"].unique()), dict(zip(group["row"], group["model"]))):
+        mine = group[group.row == row]
+        if len(mine) == 1:
+            reasons.setdefault(f"run at {int(mine['budget'].iloc[0])} only (a marker)", []).append(row)
+            continue
+        missing = [b for b in budgets if b not in set(mine["budget"])]
+        for why in ("over budget", "not run", "cannot be built"):
+            at = [b for b in missing if missing_because(mine.iloc[0], b) == why]
+            if at:
+                reasons.setdefault(why, []).append(f"{row} ({', '.join(map(str, at))})")
+    return [f"{why}: {', '.join(rows)}" for why, rows in reasons.items()]
 
 
 def flip_figure(plt, flipped, styles: dict[str, Any], out_dir: Path) -> list[Path]:

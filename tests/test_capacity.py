@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from membench.budget import TABLE1_BUDGET
-from membench.capacity import capacity_figures
+from membench.capacity import capacity_figures, capacity_summary
+from membench.capacity_plots import budget_notes
 from membench.suites import (CAPACITY_BUDGETS, CAPACITY_MODELS, CAPACITY_NUM_PATTERNS, CAPACITY_SUITES,
                              FLIP_NUM_PATTERNS, FLIP_RATES, IMAGE_CORRUPTIONS, CapacitySuite, split_by_budget)
 from membench.errors import MembenchError
@@ -147,13 +148,16 @@ def test_capacity_figures_on_a_tiny_run(tmp_path, one_thread):
     specs += CAPACITY_SUITES["capacity-n"].expand("capacity-n", ("sparse_distributed_memory",), (0,), 32, "quick",
                                                   num_patterns=(64,))
     run_all(specs, tmp_path, device="cpu", progress=False, command="pytest")
+    binary = ResultsStore(tmp_path).records()[0]  # a Figure 3 run beside them is `membench figures`': left alone
+    ResultsStore(tmp_path).save({**binary, "suite": "fig3-omniglot", "run_id": "fig3-omniglot-a-copy",
+                                 "task": {"kind": "omniglot", "num_patterns": 64, "image_size": 32, "block": 16}})
     paths = capacity_figures(tmp_path)
     names = {p.name for p in paths}
     assert names == {f"capacity_{kind}.{ext}" for kind in ("n", "budget", "flip") for ext in ("png", "pdf")} | {
         "capacity.md", "capacity.csv"}
     assert all(p.exists() and p.stat().st_size > 0 for p in paths)
 
-    records = ResultsStore(tmp_path).records()
+    records = [r for r in ResultsStore(tmp_path).records() if r["task"]["kind"] == "binary"]
     tables = {task_key(r) for r in records}
     assert len(tables) == 1 + 3 + 5 - 1  # capacity-n's task; 3 flip rates; 5 budgets (8256 shared with capacity-n)
     markdown = (tmp_path / "capacity.md").read_text()
@@ -166,6 +170,10 @@ def test_capacity_figures_on_a_tiny_run(tmp_path, one_thread):
     sdm = next(line for line in summary.splitlines() if line.startswith("| sparse_distributed_memory "))
     assert hebb.count("over budget") == 2 and "not run" not in hebb, hebb    # 8256 floats: the two smallest
     assert sdm.count("not run") == 4 and "over budget" not in sdm, sdm
+    summary = capacity_summary(tmp_path)[0]  # the budget figure's note says the same
+    at_64 = summary[(summary.flip == 0) & (summary.num_patterns == 64)]
+    assert budget_notes(at_64) == ["over budget: hopfield_hebb (2080, 4160)",
+                                   "run at 8256 only (a marker): sparse_distributed_memory"]
     # under flips no bit is clamped: modern Hopfield brings the stored pattern back (13 flips of 128)
     flip_table = markdown.split("13 of 128 bits flipped")[1].split("## ")[0]
     assert re.search(r"\| modern_hopfield +\| 0\.00 ± 0\.00 +\|", flip_table), flip_table
@@ -250,7 +258,8 @@ def test_image_capacity_figures_on_a_tiny_run(tmp_path, data_root, one_thread):
 def test_image_capacity_without_its_data_leaves_the_image_outputs_as_they_were(tmp_path, data_root, monkeypatch,
                                                                                one_thread, capsys):
     """The image table names the models left out by rebuilding each task: without the data it cannot, so the
-    image outputs are left as they were, with a warning naming the fix (they used to lose those lines)."""
+    image outputs are left as they were (they used to lose those lines): an error naming the fix when that is
+    all there is to write, a warning beside the binary outputs it does write."""
     out = tmp_path / "out"
     specs = CAPACITY_SUITES["capacity-omniglot"].expand("capacity-omniglot", ("raw_slots",), (0,), 16, "quick",
                                                         num_patterns=(4,), budget=8 * 1024)
@@ -259,8 +268,13 @@ def test_image_capacity_without_its_data_leaves_the_image_outputs_as_they_were(t
     before = {path.name: path.read_bytes() for path in paths}
     assert "Not run" in before["capacity_images.md"].decode()
     monkeypatch.setenv("MEMBENCH_DATA", str(tmp_path / "nodata"))
+    with pytest.raises(MembenchError, match="omniglot's cannot be rebuilt here.*were not written: point --data-dir"):
+        capacity_figures(out)
+    assert {path.name: path.read_bytes() for path in paths} == before
+    run_all(CAPACITY_SUITES["capacity-n"].expand("capacity-n", ("raw_slots",), (0,), 16, "quick",
+                                                 num_patterns=(16,)), out, device="cpu", progress=False)
     capsys.readouterr()
-    assert capacity_figures(out) == []
+    assert {p.name for p in capacity_figures(out)} == {"capacity.md", "capacity.csv"}
     assert "omniglot's cannot be rebuilt here" in capsys.readouterr().err
     assert {path.name: path.read_bytes() for path in paths} == before
 
