@@ -87,11 +87,13 @@ CODE_FOLDERS = ("membench", "baselines", "ebmm")  # an untracked file here is co
 
 
 def environment(device: torch.device) -> dict[str, Any]:
-    """Versions and machine facts stored with every record."""
+    """Versions and machine facts stored with every record (`threads`: torch's CPU threads, which move the last
+    digits of some sums on the CPU)."""
     commit, dirty = git_state()
     return {
         "device": str(device),
         "device_name": device_name(device),
+        "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "numpy": np.__version__,
         "membench": membench.__version__,

@@ -207,6 +207,7 @@ def test_record_holds_count_raw_errors_and_provenance(tmp_path):
         assert key in record["environment"]
     assert record["environment"]["device"] == "cpu" and record["environment"]["torch"] == torch.__version__
     assert record["environment"]["python"] == platform.python_version()
+    assert record["environment"]["threads"] == torch.get_num_threads()  # they move the last digits of some sums
     assert record["wall_time_s"] > 0
     on_disk = json.loads(ResultsStore(tmp_path).record_path(record["run_id"]).read_text())
     assert on_disk["errors"] == record["errors"]
