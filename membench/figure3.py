@@ -21,7 +21,8 @@ import torch
 from tabulate import tabulate
 
 from membench.errors import DataMismatch, DatasetMissing, MembenchError
-from membench.fig3_acceptance import PAPER_DATASET, PAPER_POINT_TASK, acceptance_markdown, read_points
+from membench.fig3_acceptance import (MATCH_TOLERANCE, PAPER_DATASET, PAPER_POINT_TASK, acceptance_markdown,
+                                      checked_presets)
 from membench.grids import first_episode, reconstruction_grid
 from membench.plots import pyplot, read_curves, save, training_curves
 from membench.report import REPO_ROOT, distinct, episode_means, span, updates_text
@@ -31,7 +32,6 @@ DEFAULT_REFERENCE = REPO_ROOT / "results" / "reference" / "paper_fig3.csv"
 CITATION = ("Bartunov, Rae, Osindero & Lillicrap, 'Meta-Learning Deep Energy-Based Memory Models', "
             "arXiv:1910.02720, Figure 3")
 TITLES = {"omniglot": "Omniglot (error: wrong pixels of 32x32)", "cifar10": "CIFAR-10 (error: squared error)"}
-MATCH_TOLERANCE = 0.05  # a paper point matches ours when memory sizes differ by at most 5%
 # What the quick presets change against the paper (ebmm.config.IMAGE_PRESETS, baselines.memory_networks)
 QUICK_CHANGES = ("quick preset (a CPU smoke test, not a result): the paper's task (64 images of 32x32 per batch, 16x16 block) with narrower "
                  "networks and short CPU training: encoders 16/32/32 channels (paper 32/64/96); EBMM-FC hidden 128 "
@@ -94,6 +94,16 @@ def load_reference(path: Path | None = DEFAULT_REFERENCE) -> pd.DataFrame | None
     return table
 
 
+def _train_config(record: dict[str, Any]) -> str:
+    """What a trained record's preset resolved to, but for the options its curve's points set (the memory size):
+    the same for every point of one curve trained under one version of its preset ('' when untrained)."""
+    resolved = record.get("preset_config") or {}
+    if not record["training"] or not resolved:
+        return ""
+    model = {k: v for k, v in (resolved.get("model") or {}).items() if k not in record["options"]}
+    return json.dumps({**resolved, "model": model}, sort_keys=True)
+
+
 def summarise(records: list[dict[str, Any]], reference: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per point (data set, curve, memory size, N, preset): pooled over seeds."""
     rows = []
@@ -106,7 +116,7 @@ def summarise(records: list[dict[str, Any]], reference: pd.DataFrame | None = No
                      "data": record["task"].get("data", ""), "budget": record["budget"],
                      "seed": record["seed"], "batch_errors": episode_means(record),
                      "train_batches": np.asarray((record.get("train_split") or {}).get("batch_errors", []), float),
-                     "trained": bool(record["training"]),
+                     "trained": bool(record["training"]), "train_config": _train_config(record),
                      "paused": updates_text(record["training"]) if (record["training"] or {}).get("finished") is False
                      else "",  # evaluated from a paused checkpoint (--no-train): 'done of planned × episodes'
                      "train_time_s": (record["training"] or {}).get("train_time_s", 0.0),
@@ -127,6 +137,7 @@ def summarise(records: list[dict[str, Any]], reference: pd.DataFrame | None = No
                         "mean": batches.mean(), "batches": len(batches),
                         "seeds": " ".join(str(s) for s in sorted(group["seed"])),
                         "trained": bool(group["trained"].any()),
+                        "train_config": " | ".join(sorted(set(group["train_config"]))),
                         "paused": ", ".join(sorted(set(group["paused"]) - {""})),
                         "train_time_s": float(group["train_time_s"].sum()), "wall_time_s": float(group["wall_time_s"].sum()),
                         "device": " ".join(sorted(set(group["device"]))), "command": " | ".join(sorted(set(group["command"])))})
@@ -286,8 +297,8 @@ def plot(summary: pd.DataFrame, reference: pd.DataFrame | None, paths: list[Path
 
 def figures(out_dir: Path, reference: Path | None = DEFAULT_REFERENCE, checkpoint_dir: Path | None = None,
             grids: bool = True) -> tuple[str, list[Path]]:
-    """Write fig3.{md,csv,png,pdf}, the acceptance's checks of the gpu presets' points (fig3_acceptance.md, once
-    there are such points), the training curves and one reconstruction grid per (data set, curve) into `out_dir`.
+    """Write fig3.{md,csv,png,pdf}, the acceptance's checks of every trained preset's points but quick's
+    (fig3_acceptance.md, once there are such points), the training curves and one reconstruction grid per (data set, curve) into `out_dir`.
 
     Grids use each curve's largest-memory run. Returns (markdown summary, written paths).
     """
@@ -301,12 +312,11 @@ def figures(out_dir: Path, reference: Path | None = DEFAULT_REFERENCE, checkpoin
     paper = load_reference(reference)
     curves = read_curves(out_dir, images=True)  # every input (data, checkpoints) read before any output is written
     shown: dict[Path, tuple[dict[str, Any], tuple[Any, torch.Tensor, torch.Tensor]]] = {}
+    skipped: list[Path] = []
     if grids:
         largest: dict[tuple[str, str], dict[str, Any]] = {}
-        presets = {r["preset"] for r in records}
         for record in sorted(records, key=lambda r: (r["memory_floats"], -r["seed"])):
-            line = _line_label(*_curve_label(record)) + (f" {record['preset']}" if len(presets) > 1 else "")
-            largest[(record["task"]["kind"], re.sub(r"[^A-Za-z0-9.=-]+", "_", line).strip("_"))] = record
+            largest[(record["task"]["kind"], _grid_name(record, records))] = record
         for (dataset, name), record in sorted(largest.items()):
             try:
                 episode = first_episode(record, checkpoint_dir or default_checkpoint_dir())
@@ -319,21 +329,45 @@ def figures(out_dir: Path, reference: Path | None = DEFAULT_REFERENCE, checkpoin
                                     ) from None
             if episode is not None:
                 shown[out_dir / f"fig3_recon_{dataset}_{name}.png"] = (record, episode)
+            else:  # its file, if any, is kept
+                skipped.append(out_dir / f"fig3_recon_{dataset}_{name}.png")
     summary = summarise(records, paper)
     markdown = summary_markdown(summary)
+    if skipped:
+        markdown += ("\nReconstruction grids not redrawn (the reason is in the output of `membench figures`; a file "
+                     "of the name, if any, is left as it was): " + ", ".join(path.name for path in skipped) + ".\n")
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out_dir / "fig3.md", markdown)
     written = [out_dir / "fig3.md", out_dir / "fig3.csv"]
     acceptance = out_dir / "fig3_acceptance.md"
-    if len(read_points(summary)):  # the gpu presets' points at their curves' own options
-        write_text_atomic(acceptance, acceptance_markdown(summary, paper))
+    presets = checked_presets(summary)  # the trained presets but quick, at their curves' own options
+    if presets:
+        write_text_atomic(acceptance, "\n".join(acceptance_markdown(summary, paper, preset) for preset in presets))
         written.insert(1, acceptance)
     else:  # none to read: no page of checks that read nothing (nor one left from earlier points)
         acceptance.unlink(missing_ok=True)
-    columns = [c for c in summary.columns if c != "command"]
+    columns = [c for c in summary.columns if c not in ("command", "train_config")]
     write_text_atomic(out_dir / "fig3.csv", summary[columns].to_csv(index=False, float_format="%.4f") if len(summary) else "")
     written += plot(summary, paper, [out_dir / "fig3.png", out_dir / "fig3.pdf"])
     written += training_curves(out_dir, curves, name="fig3_training_curves")
     written += [reconstruction_grid(record, path, episode, _line_label(*_curve_label(record)))
                 for path, (record, episode) in shown.items()]
+    if grids:  # the grids of curves no longer drawn (or of old names) are not left beside today's
+        for stale in set(out_dir.glob("fig3_recon_*.png")) - set(shown) - set(skipped):
+            stale.unlink()
     return markdown, written
+
+
+def _grid_name(record: dict[str, Any], records: list[dict[str, Any]]) -> str:
+    """A reconstruction grid's name: its curve's line label, the preset where the trained runs' differ, and the
+    task (data, image size, block, N) where the data set's runs differ in it: one grid per line of the figure."""
+    kind = record["task"]["kind"]
+    same = [r for r in records if r["task"]["kind"] == kind]
+    trained_presets = {r["preset"] for r in same if r["training"]}
+    parts = [_line_label(*_curve_label(record))]
+    if record["training"] and len(trained_presets) > 1:
+        parts.append(record["preset"])
+    for column, text in {**TASK_TAGS, "num_patterns": "N={}"}.items():
+        if len({r["task"].get(column, "") for r in same}) > 1:
+            parts.append(text.format(record["task"].get(column, "") or "bundled"))
+    return re.sub(r"[^A-Za-z0-9.=-]+", "_", " ".join(parts)).strip("_")

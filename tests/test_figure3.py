@@ -97,7 +97,7 @@ def test_summary_uses_per_batch_means_and_matches_the_paper():
     assert np.isnan(summary[summary.num_patterns == 2].iloc[0].paper)  # 4.1k, but 2 images an episode
 
 
-def test_cli_sweep_then_figures(data_root, tmp_path):
+def test_cli_sweep_then_figures(data_root, tmp_path, monkeypatch):
     out = tmp_path / "out"
     runner = CliRunner()
     result = runner.invoke(main, ["run", "--suite", "fig3-cifar", "--model", "raw_slots", "--queries", "128", "--data-dir", str(data_root),
@@ -107,11 +107,13 @@ def test_cli_sweep_then_figures(data_root, tmp_path):
     result = runner.invoke(main, ["run", "--suite", "fig3-omniglot", "--model", "raw_slots", "--num-patterns", "16", "--queries", "64",
                                   "--out", str(out), "--no-progress"])
     assert result.exit_code == 0, result.output
+    (out / "fig3_recon_cifar10_a_curve_of_before.png").write_bytes(b"stale")
     result = runner.invoke(main, ["figures", "--out", str(out)])
     assert result.exit_code == 0, result.output
     for name in ("fig3.md", "fig3.csv", "fig3.png", "fig3.pdf", "fig3_recon_cifar10_raw_slots.png",
                  "fig3_recon_omniglot_raw_slots.png"):
         assert (out / name).stat().st_size > 0, name
+    assert len(list(out.glob("fig3_recon_*"))) == 2  # one grid per curve; none left from curves of before
     assert not (out / "fig3_acceptance.md").exists()  # it reads gpu points; references alone have none
     markdown = (out / "fig3.md").read_text()  # untrained references: no preset, and no smoke-test note
     assert re.search(r"\| untrained +\|", markdown) and "smoke test" not in markdown, markdown
@@ -122,6 +124,16 @@ def test_cli_sweep_then_figures(data_root, tmp_path):
         assert errors.tolist() == pytest.approx(record["errors"][:record["task"]["num_patterns"]])
     cifar = summary[summary.dataset == "cifar10"].sort_values("memory_floats")
     assert cifar["median"].is_monotonic_decreasing          # more whole images stored: less error
+
+    from membench import figure3  # a grid that cannot be redrawn (say, its checkpoint is absent) keeps its file
+    monkeypatch.setattr(figure3, "first_episode", lambda record, _: None if record["task"]["kind"] == "omniglot"
+                        else first_episode(record, tmp_path / "cache"))
+    (out / "fig3_recon_omniglot_raw_slots.png").write_bytes(b"drawn before")
+    result = runner.invoke(main, ["figures", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert (out / "fig3_recon_omniglot_raw_slots.png").read_bytes() == b"drawn before"
+    assert "not redrawn" in (out / "fig3.md").read_text() and "fig3_recon_omniglot_raw_slots.png." in (
+        out / "fig3.md").read_text()
 
 
 def test_figures_without_the_data_for_their_grids_write_nothing(data_root, tmp_path):
@@ -181,10 +193,11 @@ def test_the_acceptance_reads_each_check_off_the_points():
     from membench.fig3_acceptance import checks
 
     def point(dataset, curve, memory_k, median, preset="gpu", trained=True, variant="", data="bundled", paused="",
-              num_patterns=64):
+              num_patterns=64, batches=1000, train_config="v1"):
         return {"dataset": dataset, "curve": curve, "variant": variant, "preset": preset, "trained": trained,
                 "paused": paused, "data": data, "memory_k": memory_k, "median": median,
-                "num_patterns": num_patterns, "image_size": 32, "block": 16}
+                "num_patterns": num_patterns, "image_size": 32, "block": 16, "batches": batches,
+                "train_config": train_config if trained else ""}
 
     summary = pd.DataFrame(
         [point("cifar10", "EBMM_conv", k, e) for k, e in ((2.0, 20.0), (4.0, 14.0), (8.0, 12.0), (16.0, 14.0))]
@@ -206,7 +219,8 @@ def test_the_acceptance_reads_each_check_off_the_points():
     assert verdicts["EBMM_conv at 4.00k: at most 2 x the paper's"][1] == "14.00 against 8.00 (1.75 x)"  # 12 -> 4, halfway
     assert verdicts["EBMM_conv at 4.00k: at most 2 x the paper's"][0] == "PASS"
     assert verdicts["EBMM_conv at 8.00k: at most 2 x the paper's"][0] == "FAIL"  # 12 against 4
-    assert verdicts["EBMM_conv at 16.00k: at most 2 x the paper's"] == ("n/a", "outside the paper's curve")
+    assert verdicts["EBMM_conv at 16.00k: at most 2 x the paper's"] == (  # nothing to compare it with: no pass
+        "FAIL", "outside the paper's curve (2.00k to 8.00k): nothing to compare it with")
     assert verdicts["EBMM_FC at 4.00k: at most 2 x the paper's"] == ("n/a", "the paper has no such curve")
     assert verdicts["EBMM_conv at 2.00k: at most 0.5 x passthrough's error"][0] == "PASS"  # 20 <= 23
     comparison = verdicts["EBMM_conv below MemNet at the smallest memory both reach"]
@@ -227,6 +241,45 @@ def test_the_acceptance_reads_each_check_off_the_points():
     assert page.splitlines()[2] == acceptance_markdown(summary, reference).splitlines()[2]  # "k of n checks pass"
     assert re.search(r"## Beyond the issue.*\| cifar10 +\| MemNet at 24\.00k +\| 6\.00 against 14\.00 \(0\.43 x\) +\| yes",
                      page, re.S), page
+    assert page.splitlines()[2].startswith("**Not met: ")
+
+
+def test_the_acceptance_cannot_be_met_by_leaving_things_out():
+    """A point just outside the paper's range (the gpu sweep's 2.308k against the paper's 2.31k) is compared with
+    its end; a missing passthrough or paper table fails rather than being n/a; so do fewer than 1000 test
+    batches, sizes trained under two versions of the preset and two points at one size; every trained preset
+    but quick is checked."""
+    from membench.fig3_acceptance import acceptance_markdown, checked_presets, checks
+
+    def point(curve, memory_k, median, batches=1000, train_config="v1", preset="gpu"):
+        return {"dataset": "omniglot", "curve": curve, "variant": "", "preset": preset, "trained": True, "paused": "",
+                "data": "bundled", "memory_k": memory_k, "median": median, "num_patterns": 64, "image_size": 32,
+                "block": 16, "batches": batches, "train_config": train_config}
+
+    reference = pd.DataFrame({"dataset": "omniglot", "model": "EBMM_conv", "memory_k": [2.31, 16.17],
+                              "error": [19.05, 2.0], "lo": 0.0, "hi": 0.0})
+    conv = [point("EBMM_conv", k, e) for k, e in ((2.308, 100.0), (4.616, 12.0), (11.54, 4.0), (16.156, 2.0))]
+    verdicts = {row["check"]: (row["verdict"], row["measured"]) for row in checks(pd.DataFrame(conv), reference)
+                if row["data set"] == "omniglot"}
+    assert verdicts["EBMM_conv at 2.31k: at most 2 x the paper's"] == ("FAIL", "100.00 against 19.05 (5.25 x)")
+    assert verdicts["EBMM_conv at 2.31k: at most 0.5 x passthrough's error"] == (
+        "FAIL", "no passthrough point on this data and task")
+    no_table = {row["check"]: row["verdict"] for row in checks(pd.DataFrame(conv), None)}
+    assert no_table["EBMM_conv at 4.62k: at most 2 x the paper's"] == "FAIL"
+
+    mixed = [point("EBMM_conv", 2.308, 10.0, batches=64), point("EBMM_conv", 4.616, 8.0, train_config="v2"),
+             point("EBMM_conv", 4.616, 4.0), point("EBMM_conv", 11.54, 3.0)]
+    verdicts = {row["check"]: (row["verdict"], row["measured"]) for row in checks(pd.DataFrame(mixed), reference)
+                if row["data set"] == "omniglot"}
+    assert verdicts["EBMM_conv: every point from at least 1000 test batches"] == ("FAIL", "64 at the fewest")
+    assert verdicts["EBMM_conv: every size trained under one configuration"] == ("FAIL", "2 configurations")
+    assert verdicts["EBMM_conv: one point per memory size"] == ("FAIL", "4 points at 3 sizes")
+    assert "EBMM_conv: error at the largest size at most 0.75 x the smallest's" not in verdicts
+
+    both = pd.DataFrame(conv + [point("EBMM_conv", k, 1.0, preset=preset) for k in (4.616, 11.54)
+                                for preset in ("paper", "quick")])
+    assert checked_presets(both) == ["gpu", "paper"]
+    assert "**Not met: " in acceptance_markdown(both, reference, "paper")
 
 
 def test_figure3_keeps_its_own_suites_runs_only(monkeypatch, tmp_path):
