@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from membench.errors import EXIT_INTERRUPTED, EXIT_PAUSED, MembenchError, TrainingInterrupted, TrainingPaused
+from membench.errors import EXIT_INTERRUPTED, EXIT_PAUSED, Interrupted, MembenchError, TrainingPaused
 
 MAX_SEED = 2**31 - 1
 MAX_SIZE = 2**31 - 1  # N and batch sizes: tensor dimensions (past 2^63 torch's own sizes overflow)
@@ -110,7 +110,7 @@ def friendly_errors(command):
             return command(*args, **kwargs)
         except TrainingPaused as exc:
             raise ExitWith(str(exc), EXIT_PAUSED, "Paused") from None
-        except TrainingInterrupted as exc:
+        except Interrupted as exc:
             raise ExitWith(str(exc), EXIT_INTERRUPTED) from None
         except MembenchError as exc:
             raise click.ClickException(str(exc)) from None

@@ -1,59 +1,114 @@
 """Opt-in download of the image data sets' published files (`membench download`) into the layout
 `membench.datasets` reads: Omniglot's two zips as published (no checksum is published for them), CIFAR-10's
 tar.gz checked against its published md5, then extracted. Nothing else in membench downloads.
+
+Nothing half-made is left where the loaders look: a file arrives as `<name>.part` and takes its name only once
+whole (and, for CIFAR-10, with the published md5); the archive is extracted beside the data folder and swapped
+in once every batch is there. An interrupted or failed download removes what it had begun.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import http.client
 import os
+import shutil
 import tarfile
 import urllib.request
 import zipfile
 from pathlib import Path
+from typing import Callable
 
-from membench.datasets import CIFAR_DIR, CIFAR_MD5, CIFAR_URL, OMNIGLOT_FILES, OMNIGLOT_URL, load
-from membench.errors import DatasetMissing, MembenchError
+from membench.datasets import (CIFAR_DIR, CIFAR_MD5, CIFAR_TEST, CIFAR_TRAIN, CIFAR_URL, OMNIGLOT_FILES, OMNIGLOT_URL,
+                               load)
+from membench.errors import DatasetMissing, Interrupted, MembenchError
+
+LOCAL_FIXES = {errno.ENOSPC: "free disk space or give another --data-dir",
+               errno.EROFS: "give a --data-dir you can write to", errno.EACCES: "give a --data-dir you can write to",
+               errno.EPERM: "give a --data-dir you can write to"}
 
 
-def _fetch(url: str, target: Path) -> Path:
-    """Download `url` to `target` unless it is already there (e.g. fetched by hand; a .zip must then be one)."""
+def _md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _what_arrived(path: Path) -> str:
+    """A few words on a file that is not what was asked for: its size, and whether it is a web page."""
+    with open(path, "rb") as handle:
+        start = handle.read(512).lstrip().lower()
+    page = start.startswith((b"<!doctype html", b"<html"))
+    return f"{path.stat().st_size} bytes" + (", a web page" if page else "")
+
+
+def _check_zip(path: Path) -> None:
+    if not zipfile.is_zipfile(path):
+        raise OSError(f"it is not a zip archive ({_what_arrived(path)})")
+
+
+def _check_cifar(path: Path) -> None:
+    digest = _md5(path)
+    if digest != CIFAR_MD5:
+        raise OSError(f"it has md5 {digest}, not the published {CIFAR_MD5} ({_what_arrived(path)})")
+
+
+def _fetch(url: str, target: Path, check: Callable[[Path], None]) -> Path:
+    """Download `url` to `target`, whole and passing `check` (which raises OSError), unless it is already there
+    (e.g. fetched by hand: it must pass `check` too)."""
     if target.exists():
-        if target.suffix == ".zip" and not zipfile.is_zipfile(target):
-            raise DatasetMissing(f"{target} is already there but is not a zip archive; delete it and run the "
-                                 f"download again")
+        try:
+            check(target)
+        except OSError as exc:
+            raise DatasetMissing(f"{target} is already there, but {exc}; delete it and run the download "
+                                 "again") from None
         return target
     made = [folder for folder in (target.parent, *target.parent.parents) if not folder.exists()]  # deepest first
-    target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(target.suffix + ".part")
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
         with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as handle:
             while chunk := response.read(1 << 20):
                 handle.write(chunk)
             expected = response.headers.get("Content-Length")
         if expected is not None and partial.stat().st_size != int(expected):  # a connection closed early
             raise OSError(f"{partial.stat().st_size} of {expected} bytes arrived")
-        if target.suffix == ".zip" and not zipfile.is_zipfile(partial):
-            raise OSError("what arrived is not a zip archive")
-    except (OSError, http.client.HTTPException) as exc:
-        partial.unlink(missing_ok=True)
-        for folder in made:  # the folders this call made, where they are still empty
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-        raise DatasetMissing(f"could not download {url} ({type(exc).__name__}: {exc}); download again, or fetch "
-                             f"it by hand and put it at {target}") from None
-    os.replace(partial, target)
+        check(partial)
+        os.replace(partial, target)
+    except BaseException as exc:
+        _remove(partial, made)
+        if isinstance(exc, KeyboardInterrupt):
+            raise Interrupted(f"interrupted: the download of {url} was stopped and what had arrived removed; rerun "
+                              "the same command to download it") from None
+        if not isinstance(exc, (OSError, http.client.HTTPException)):
+            raise
+        local = LOCAL_FIXES.get(getattr(exc, "errno", None))  # this machine's disk, not the network
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())  # urllib's messages may span lines
+        raise DatasetMissing(f"could not download {url} into {target} ({reason}); "
+                             + (local if local else f"download again, or fetch it by hand and put it at {target}")
+                             ) from None
     return target
+
+
+def _remove(partial: Path, made: list[Path]) -> None:
+    """A failed fetch's leftovers: its partial file, and the folders it made where they are still empty."""
+    with contextlib.suppress(OSError):
+        partial.unlink(missing_ok=True)
+    for folder in made:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def download(name: str, root: Path) -> list[Path]:
     """Fetch a data set's published files into `root` (the layout `load` reads).
 
     A file already in place is not fetched again (so a hand-downloaded archive is used as
-    is). CIFAR-10: the tar.gz is checked against its published md5, then extracted. Omniglot:
-    the two zips are fetched as published; no checksum is published for them, so none
-    is checked.
+    is, once it passes the same check). CIFAR-10: the tar.gz is checked against its published md5,
+    then extracted. Omniglot: the two zips are fetched as published; no checksum is published for
+    them, so only their being zip archives is checked.
     """
     root = Path(root)
     if name not in ("omniglot", "cifar10"):
@@ -70,14 +125,41 @@ def download(name: str, root: Path) -> list[Path]:
 
 def _download(name: str, root: Path) -> list[Path]:
     if name == "omniglot":
-        return [_fetch(OMNIGLOT_URL.format(name=f), root / "omniglot" / f) for f in OMNIGLOT_FILES]
-    archive = _fetch(CIFAR_URL, root / "cifar-10-python.tar.gz")
-    digest = hashlib.md5(archive.read_bytes()).hexdigest()
-    if digest != CIFAR_MD5:
-        raise DatasetMissing(f"{archive} has md5 {digest}, expected {CIFAR_MD5}; delete it and download again")
-    with tarfile.open(archive) as tar:
-        if hasattr(tarfile, "data_filter"):  # Python >= 3.10.12 / 3.11.4: refuse links and paths out of root
-            tar.extractall(root, filter="data")
-        else:  # the archive's md5 is the published one, so its members are the published files
-            tar.extractall(root)
-    return [root / CIFAR_DIR]
+        return [_fetch(OMNIGLOT_URL.format(name=f), root / "omniglot" / f, _check_zip) for f in OMNIGLOT_FILES]
+    return [_extract_cifar(_fetch(CIFAR_URL, root / "cifar-10-python.tar.gz", _check_cifar), root)]
+
+
+def _extract_cifar(archive: Path, root: Path) -> Path:
+    """Extract the checked archive beside `root/CIFAR_DIR`, then swap it in whole: an interrupted or failed
+    extraction never leaves a folder of mixed or missing batches where the loader looks."""
+    staging = root / f".{CIFAR_DIR}.extract-{os.getpid()}"
+    target, old = root / CIFAR_DIR, root / f".{CIFAR_DIR}.old-{os.getpid()}"
+    try:
+        shutil.rmtree(staging, ignore_errors=True)
+        with tarfile.open(archive) as tar:
+            if hasattr(tarfile, "data_filter"):  # Python >= 3.10.12 / 3.11.4: refuse links and paths out of root
+                tar.extractall(staging, filter="data")
+            else:  # the archive's md5 is the published one, so its members are the published files
+                tar.extractall(staging)
+        missing = [f for f in (*CIFAR_TRAIN, CIFAR_TEST) if not (staging / CIFAR_DIR / f).is_file()]
+        if missing:
+            raise DatasetMissing(f"{archive} lacks {', '.join(missing)}; delete it and run the download again")
+        if target.exists():
+            os.replace(target, old)
+        try:
+            os.replace(staging / CIFAR_DIR, target)
+        except BaseException:
+            if old.exists():
+                os.replace(old, target)
+            raise
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted: the extraction of {archive} was stopped; {target} is as it was; rerun the "
+                          "same command to extract it") from None
+    except OSError as exc:
+        fix = LOCAL_FIXES.get(exc.errno, "run the download again")
+        raise DatasetMissing(f"could not extract {archive} into {root} ({type(exc).__name__}: {exc}); {fix}") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if target.exists():  # the new batches are in place: the old ones go
+            shutil.rmtree(old, ignore_errors=True)
+    return target

@@ -36,7 +36,11 @@ class DataMismatch(MembenchError):
         self.what = what
 
 
-class TrainingInterrupted(MembenchError):
+class Interrupted(MembenchError):
+    """Ctrl-C or SIGTERM, after the work in flight was saved or cleaned up (exit status 130, this message)."""
+
+
+class TrainingInterrupted(Interrupted):
     """Ctrl-C or SIGTERM during meta-training; the checkpoint was written first, so rerunning resumes."""
 
 

@@ -14,7 +14,7 @@ from PIL import Image
 
 from tests.conftest import shared_path
 from membench import datasets, downloads
-from membench.errors import DatasetMissing
+from membench.errors import DatasetMissing, MembenchError
 
 
 # --- fixture writers (also used by test_image_tasks.py and test_figure3.py) ------------
@@ -235,7 +235,8 @@ def test_shared_real_data_loads():
 
 def test_download_uses_a_hand_fetched_archive_and_checks_md5(tmp_path):
     (tmp_path / "cifar-10-python.tar.gz").write_bytes(b"not the archive")
-    with pytest.raises(DatasetMissing, match="expected c58f30108f718f92721af3b95e74349a"):
+    with pytest.raises(DatasetMissing, match="cifar-10-python.tar.gz is already there, but it has md5 [0-9a-f]+, not "
+                                             "the published c58f30108f718f92721af3b95e74349a .15 bytes."):
         downloads.download("cifar10", tmp_path)
 
 
@@ -244,6 +245,86 @@ def test_download_refuses_a_hand_fetched_omniglot_file_that_is_no_zip(tmp_path):
     (tmp_path / "omniglot").mkdir()
     for name in datasets.OMNIGLOT_FILES:
         (tmp_path / "omniglot" / name).write_bytes(b"junk")
-    with pytest.raises(DatasetMissing, match="images_background.zip is already there but is not a zip archive; "
-                                             "delete it and run the download again"):
+    with pytest.raises(DatasetMissing, match="images_background.zip is already there, but it is not a zip archive "
+                                             r"\(4 bytes\); delete it and run the download again"):
         downloads.download("omniglot", tmp_path)
+
+
+class _Served(io.BytesIO):
+    """What urlopen returns for a server sending `body` (its Content-Length right), then `fail` if given."""
+
+    def __init__(self, body: bytes, fail: BaseException | None = None):
+        super().__init__(body)
+        self.headers, self.fail = {"Content-Length": str(len(body))}, fail
+
+    def read(self, size=-1):
+        if self.fail is not None and self.tell() > 0:
+            raise self.fail
+        return super().read(size)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *args):
+        self.close()
+
+
+def _cifar_archive(tmp_path: Path, monkeypatch, per_batch: int) -> bytes:
+    """A tar.gz of a fixture cifar-10-batches-py/ whose md5 the download takes for the published one."""
+    import hashlib
+    import tarfile
+
+    folder = write_cifar(tmp_path / f"made-{per_batch}" / datasets.CIFAR_DIR, per_batch=per_batch)
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        tar.add(folder, arcname=datasets.CIFAR_DIR)
+    monkeypatch.setattr(downloads, "CIFAR_MD5", hashlib.md5(buffer.getvalue()).hexdigest())
+    return buffer.getvalue()
+
+
+def test_a_cifar_download_is_checked_before_it_takes_its_name_and_swapped_in_whole(tmp_path, monkeypatch):
+    """A web page served with status 200 in the archive's place is refused and not kept (a rerun downloads
+    again); a good archive replaces a subset's batches whole; an extraction stopped midway (Ctrl-C) or failing
+    (a full disk) leaves the batches there as they were, and no staging folder."""
+    root = tmp_path / "data"
+    write_cifar(root / datasets.CIFAR_DIR, per_batch=3)  # a subset in place
+    before = datasets.load("cifar10", root=root).fingerprint()
+    archive = _cifar_archive(tmp_path, monkeypatch, per_batch=5)
+    monkeypatch.setattr(downloads.urllib.request, "urlopen", lambda *a, **k: _Served(b"<html>busy</html>"))
+    with pytest.raises(DatasetMissing, match=r"could not download .*has md5 [0-9a-f]+, not the published .*"
+                                             r"\(17 bytes, a web page\).*load as they are"):
+        downloads.download("cifar10", root)
+    assert sorted(p.name for p in root.iterdir()) == [datasets.CIFAR_DIR]  # nothing kept under the archive's name
+
+    import tarfile
+    extract = tarfile.TarFile.extractall
+    for stop, error in ((KeyboardInterrupt(), "interrupted: the extraction .* was stopped"),
+                        (OSError(28, "No space left on device"), "free disk space or give another --data-dir")):
+        def halfway(self, path, *args, stop=stop, **kwargs):
+            extract(self, path, *args, members=self.getmembers()[:3], **kwargs)  # some batches, then it stops
+            raise stop
+
+        monkeypatch.setattr(tarfile.TarFile, "extractall", halfway)
+        monkeypatch.setattr(downloads.urllib.request, "urlopen", lambda *a, **k: _Served(archive))
+        with pytest.raises(MembenchError, match=error):
+            downloads.download("cifar10", root)
+        assert datasets.load("cifar10", root=root).fingerprint() == before  # the subset, whole, as it was
+        assert sorted(p.name for p in root.iterdir()) == [datasets.CIFAR_DIR, "cifar-10-python.tar.gz"]
+    monkeypatch.setattr(tarfile.TarFile, "extractall", extract)
+    assert downloads.download("cifar10", root) == [root / datasets.CIFAR_DIR]  # the kept archive, extracted
+    assert datasets.load("cifar10", root=root).fingerprint() != before
+    assert sorted(p.name for p in root.iterdir()) == [datasets.CIFAR_DIR, "cifar-10-python.tar.gz"]
+
+
+def test_a_download_stopped_or_out_of_disk_leaves_nothing_and_says_which(tmp_path, monkeypatch):
+    """Ctrl-C (or SIGTERM) during a fetch: exit as interrupted, the .part and the folders it made removed; a
+    full disk names that fix, not "download again"."""
+    from membench.errors import Interrupted
+
+    for fail, error, kind in ((KeyboardInterrupt(), "interrupted: the download of .* was stopped", Interrupted),
+                              (OSError(28, "No space left on device"), "free disk space or give another --data-dir",
+                               DatasetMissing)):
+        monkeypatch.setattr(downloads.urllib.request, "urlopen", lambda *a, fail=fail, **k: _Served(b"PK" * 10, fail))
+        with pytest.raises(kind, match=error):
+            downloads.download("omniglot", tmp_path / "new" / "data")
+        assert list(tmp_path.iterdir()) == []
