@@ -148,7 +148,9 @@ def _sized_at_table1(cls: type) -> dict[str, str] | None:
                    "updates'); a model without one is refused. A later run without it trains a paused one on.")
 @click.option("--launcher", default="local", show_default=True, type=click.Choice(["local", "ray"]),
               help="local: runs in this process; ray: runs as Ray tasks (pip install -e '.[ray]' in the checkout).")
-@click.option("--address", help="Address of an existing Ray cluster (with --launcher ray). Default: start a local Ray.")
+@click.option("--address", help="Address of an existing Ray cluster (with --launcher ray): HOST:PORT, auto or ray://. "
+                                "Default: Ray's rule ($RAY_ADDRESS, else a cluster `ray start` began on this machine, "
+                                "else a new local Ray).")
 @click.option("--option", "options", multiple=True, callback=parse_options, metavar="KEY=VALUE",
               help="Model option for every run, repeatable (a field of a learned model's config, e.g. hidden=256, or of "
                    "its training config as train.FIELD, e.g. train.num_patterns=null to train one model per N, or a "

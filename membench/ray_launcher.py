@@ -13,7 +13,8 @@ sees). Scheduling:
 - a failed run is reported with its message and the others go on, but for the later runs of its chain, which
   are not started; the call then raises MembenchError naming the failures (rerunning finishes what is missing);
 - `train_time_limit_s` bounds the call, as locally: every task trains until that many seconds after the call
-  began (waiting included), so a chain's later runs get what its first left;
+  began (waiting included), so a chain's later runs get what its first left (the driver's clock against each
+  node's: a cluster's clocks must agree, as NTP keeps them);
 - a Ctrl-C (or SIGTERM) on the driver stops the tasks as it stops a local run: those in training finish their
   update and checkpoint (Ray's cancel sends them SIGINT), the rest are cancelled; a second one stops at once.
 Without an address, Ray's own rule: $RAY_ADDRESS's cluster, else one started on this machine with `ray start`,
@@ -138,6 +139,9 @@ def run_with_ray(specs: list[RunSpec], out_dir: Path, device: str, force: bool, 
                      runtime_env={"env_vars": {"PYTHONPATH": path}})
         except (ValueError, ConnectionError, RuntimeError) as exc:
             reason = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+            if address is None and os.environ.get("RAY_ADDRESS"):
+                raise MembenchError(f"$RAY_ADDRESS {os.environ['RAY_ADDRESS']}: Ray could not join that cluster "
+                                    f"({reason}); {ADDRESS_FIX}, or unset it") from None
             if address is None:
                 raise MembenchError(f"Ray could not start on this machine ({reason}); see `ray start --head`'s "
                                     "own message, or run without --launcher ray") from None
@@ -191,10 +195,8 @@ def _collect(ray, tasks: dict[Any, tuple[RunSpec, int, int]], progress: bool,
              on_record: Callable[[dict[str, Any]], None] | None) -> list[dict[str, Any]]:
     """Wait for every task, handing each new record to `on_record` (when given); report each failure as it
     comes; raise once at the end if any failed. A task of a
-    chain after a failed one fails with it unstarted (Ray passes the failure on): it is counted as not started."""
-    from membench.runner import say_done
-    from membench.store import warn
-
+    chain after a failed one fails with it unstarted (Ray passes the failure on): it is counted as not started.
+    A Ctrl-C (or SIGTERM) anywhere in the wait stops the tasks left (`_stop`)."""
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -203,37 +205,12 @@ def _collect(ray, tasks: dict[Any, tuple[RunSpec, int, int]], progress: bool,
     records, paused = [], []
     failed: dict[int, tuple[int, str]] = {}  # chain -> (place, "run id: message") of its first failed run
     unstarted: list[str] = []
-    waiting = list(tasks)
+    waiting = list(tasks)  # a task leaves it once its result is handled
     while waiting:
         try:
-            done, waiting = ray.wait(waiting, num_returns=1)
+            _handle_one(ray, tasks, waiting, records, paused, failed, unstarted, bar, on_record)
         except KeyboardInterrupt:
             _stop(ray, waiting)
-        spec, chain, place = tasks[done[0]]
-        try:
-            result = ray.get(done[0])
-        except ray.exceptions.RayError as exc:  # the run raised, or its worker died (crash, out of memory)
-            cause = exc.cause if getattr(exc, "cause", None) is not None else exc
-            message = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
-            first = failed.get(chain)
-            if first is not None and first[0] < place:
-                unstarted.append(spec.run_id)
-            else:
-                if first is not None:  # reported before the run it followed: that one failed first
-                    unstarted.append(first[1].split(":")[0])
-                failed[chain] = (place, f"{spec.run_id}: {message}")
-                warn(f"run {spec.run_id} failed: {message}")
-            result = None
-        if isinstance(result, dict) and "paused" in result:
-            paused.append(result["paused"])
-        elif result is not None:
-            records.append(result)
-            if bar is None:  # no bars: a line a run, as local runs print
-                say_done(len(records), len(tasks), result)
-            if on_record:
-                on_record(result)
-        if bar is not None:
-            bar.update(1)
     if bar is not None:
         bar.close()
     if failed:
@@ -247,6 +224,41 @@ def _collect(ray, tasks: dict[Any, tuple[RunSpec, int, int]], progress: bool,
     if paused:
         raise TrainingPaused(f"{len(paused)} run(s) paused at the training time limit ({paused[0]})")
     return records
+
+
+def _handle_one(ray, tasks, waiting, records, paused, failed, unstarted, bar, on_record) -> None:
+    """Wait for the next task of `waiting` to end and file its outcome (`_collect`'s lists); remove it from
+    `waiting` only then, so that a Ctrl-C meanwhile cancels it too."""
+    from membench.runner import say_done
+    from membench.store import warn
+
+    (done,), _ = ray.wait(waiting, num_returns=1)
+    spec, chain, place = tasks[done]
+    try:
+        result = ray.get(done)
+    except ray.exceptions.RayError as exc:  # the run raised, or its worker died (crash, out of memory)
+        cause = exc.cause if getattr(exc, "cause", None) is not None else exc
+        message = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+        first = failed.get(chain)
+        if first is not None and first[0] < place:
+            unstarted.append(spec.run_id)
+        else:
+            if first is not None:  # reported before the run it followed: that one failed first
+                unstarted.append(first[1].split(":")[0])
+            failed[chain] = (place, f"{spec.run_id}: {message}")
+            warn(f"run {spec.run_id} failed: {message}")
+        result = None
+    waiting.remove(done)
+    if isinstance(result, dict) and "paused" in result:
+        paused.append(result["paused"])
+    elif result is not None:
+        records.append(result)
+        if bar is None:  # no bars: a line a run, as local runs print
+            say_done(len(records), len(tasks), result)
+        if on_record:
+            on_record(result)
+    if bar is not None:
+        bar.update(1)
 
 
 def _stop(ray, waiting: list[Any]) -> None:

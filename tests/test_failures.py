@@ -1060,11 +1060,15 @@ def _lines_until(process: subprocess.Popen, text: str) -> str:
 
 def _blocked_on_a_lock(process: subprocess.Popen) -> None:
     """Return once `process` waits for a file lock another process holds (Linux's /proc/locks lists the
-    waiter with a "->"); fails if it ends first."""
-    while not any(line.split()[1:2] == ["->"] and line.split()[5] == str(process.pid)
-                  for line in Path("/proc/locks").read_text().splitlines()):
+    waiter with a "->"); fails if it ends first, or is not seen waiting for minutes (a /proc/locks that does
+    not list waiters, as in some sandboxes)."""
+    for _ in range(2400):
+        if any(line.split()[1:2] == ["->"] and line.split()[5] == str(process.pid)
+               for line in Path("/proc/locks").read_text().splitlines()):
+            return
         assert process.poll() is None, process.communicate()[0]
         time.sleep(0.05)
+    raise AssertionError(f"process {process.pid} was not seen waiting for a lock in /proc/locks")
 
 
 _SLOW_ARGS = ["run", "--model", "slow_learned:SlowLearned", "--num-patterns", "16", "--queries", "16",
