@@ -95,11 +95,11 @@ def budget_notes(group) -> list[str]:
     reasons: dict[str, list[str]] = {}
     for row in row_order(list(group["row"].unique()), dict(zip(group["row"], group["model"]))):
         mine = group[group.row == row]
-        if len(mine) == 1:
+        lone = len(mine) == 1  # its "not run" budgets are said by "run at ... only"
+        if lone:
             reasons.setdefault(f"run at {int(mine['budget'].iloc[0])} only (a marker)", []).append(row)
-            continue
         missing = [b for b in budgets if b not in set(mine["budget"])]
-        for why in ("over budget", "not run", "cannot be built"):
+        for why in ("over budget", "cannot be built") if lone else ("over budget", "not run", "cannot be built"):
             at = [b for b in missing if missing_because(mine.iloc[0], b) == why]
             if at:
                 reasons.setdefault(why, []).append(f"{row} ({', '.join(map(str, at))})")

@@ -95,12 +95,17 @@ def load_reference(path: Path | None = DEFAULT_REFERENCE) -> pd.DataFrame | None
 
 
 def _train_config(record: dict[str, Any]) -> str:
-    """What a trained record's preset resolved to, but for the options its curve's points set (the memory size):
-    the same for every point of one curve trained under one version of its preset ('' when untrained)."""
-    resolved = record.get("preset_config") or {}
-    if not record["training"] or not resolved:
+    """What a trained record's preset resolved to as run identity compares it (`comparable_preset`), but for the
+    options its curve's points set (the memory size): the same for every point of one curve trained under one
+    version of its preset ('' when untrained; 'unknown' for a record made before presets were stored)."""
+    from membench.run_identity import comparable_preset
+
+    if not record["training"]:
         return ""
-    model = {k: v for k, v in (resolved.get("model") or {}).items() if k not in record["options"]}
+    if not record.get("preset_config"):
+        return "unknown"
+    resolved = comparable_preset(record["preset_config"])
+    model = {k: v for k, v in resolved["model"].items() if k not in record["options"]}
     return json.dumps({**resolved, "model": model}, sort_keys=True)
 
 
@@ -335,7 +340,8 @@ def figures(out_dir: Path, reference: Path | None = DEFAULT_REFERENCE, checkpoin
     markdown = summary_markdown(summary)
     if skipped:
         markdown += ("\nReconstruction grids not redrawn (the reason is in the output of `membench figures`; a file "
-                     "of the name, if any, is left as it was): " + ", ".join(path.name for path in skipped) + ".\n")
+                     "of the name, if any, is left as it was, and so is every other grid file here): "
+                     + ", ".join(path.name for path in skipped) + ".\n")
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out_dir / "fig3.md", markdown)
     written = [out_dir / "fig3.md", out_dir / "fig3.csv"]
@@ -352,9 +358,9 @@ def figures(out_dir: Path, reference: Path | None = DEFAULT_REFERENCE, checkpoin
     written += training_curves(out_dir, curves, name="fig3_training_curves")
     written += [reconstruction_grid(record, path, episode, _line_label(*_curve_label(record)))
                 for path, (record, episode) in shown.items()]
-    if grids:  # the grids of curves no longer drawn (or of old names) are not left beside today's
-        for stale in set(out_dir.glob("fig3_recon_*.png")) - set(shown) - set(skipped):
-            stale.unlink()
+    if grids and not skipped:  # the grids of curves no longer drawn (or of old names) are not left beside today's
+        for stale in set(out_dir.glob("fig3_recon_*.png")) - set(shown):  # (with a grid not redrawn, one of them
+            stale.unlink()                                                    # may be its file under an old name)
     return markdown, written
 
 

@@ -145,8 +145,8 @@ def test_capacity_figures_on_a_tiny_run(tmp_path, one_thread):
     specs += CAPACITY_SUITES["capacity-budget"].expand("capacity-budget", models + ("hopfield_hebb",), (0,), 32,
                                                        "quick", num_patterns=(64,))
     # run at Table 1's budget only, though it fits any: "not run" at the others, never "over budget"
-    specs += CAPACITY_SUITES["capacity-n"].expand("capacity-n", ("sparse_distributed_memory",), (0,), 32, "quick",
-                                                  num_patterns=(64,))
+    specs += CAPACITY_SUITES["capacity-n"].expand("capacity-n", ("sparse_distributed_memory", "hopfield_storkey"), (0,),
+                                                  32, "quick", num_patterns=(64,))
     run_all(specs, tmp_path, device="cpu", progress=False, command="pytest")
     binary = ResultsStore(tmp_path).records()[0]  # a Figure 3 run beside them is `membench figures`': left alone
     ResultsStore(tmp_path).save({**binary, "suite": "fig3-omniglot", "run_id": "fig3-omniglot-a-copy",
@@ -172,8 +172,8 @@ def test_capacity_figures_on_a_tiny_run(tmp_path, one_thread):
     assert sdm.count("not run") == 4 and "over budget" not in sdm, sdm
     summary = capacity_summary(tmp_path)[0]  # the budget figure's note says the same
     at_64 = summary[(summary.flip == 0) & (summary.num_patterns == 64)]
-    assert budget_notes(at_64) == ["over budget: hopfield_hebb (2080, 4160)",
-                                   "run at 8256 only (a marker): sparse_distributed_memory"]
+    assert budget_notes(at_64) == ["over budget: hopfield_hebb (2080, 4160), hopfield_storkey (2080, 4160)",
+                                   "run at 8256 only (a marker): hopfield_storkey, sparse_distributed_memory"]
     # under flips no bit is clamped: modern Hopfield brings the stored pattern back (13 flips of 128)
     flip_table = markdown.split("13 of 128 bits flipped")[1].split("## ")[0]
     assert re.search(r"\| modern_hopfield +\| 0\.00 ± 0\.00 +\|", flip_table), flip_table

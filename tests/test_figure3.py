@@ -276,6 +276,22 @@ def test_the_acceptance_cannot_be_met_by_leaving_things_out():
     assert verdicts["EBMM_conv: one point per memory size"] == ("FAIL", "4 points at 3 sizes")
     assert "EBMM_conv: error at the largest size at most 0.75 x the smallest's" not in verdicts
 
+    pooled = [point("EBMM_conv", 2.308, 10.0, train_config="v1 | v2"), point("EBMM_conv", 4.616, 8.0)]  # seeds
+    verdicts = {row["check"]: row["verdict"] for row in checks(pd.DataFrame(pooled), reference)}
+    assert verdicts["EBMM_conv: every size trained under one configuration"] == "FAIL"
+    apart = [{**point(curve, k, 5.0), "dataset": "cifar10"} for curve, sizes in (("EBMM_conv", (2, 4)),
+                                                                               ("MemNet", (10, 20))) for k in sizes]
+    verdicts = {row["check"]: (row["verdict"], row["measured"]) for row in checks(pd.DataFrame(apart), reference)}
+    assert verdicts["EBMM_conv below MemNet at the smallest memory both reach"] == (
+        "FAIL", "the curves do not both reach 10.00k: nothing to compare")
+    from membench.figure3 import _train_config  # what identity ignores (how updates ran) is no other configuration
+    preset = {"model": {"memory_size": 2, "hidden": 128}, "train": {"steps": 10, "cuda_graph": True, "compile": True}}
+    graphs = {"training": {"steps": 10}, "options": {"memory_size": 2}, "preset_config": preset}
+    eager = {**graphs, "options": {"memory_size": 4}, "preset_config": {
+        "model": {"memory_size": 4, "hidden": 128}, "train": {"steps": 10, "cuda_graph": False}}}
+    assert _train_config(graphs) == _train_config(eager) != _train_config(
+        {**eager, "preset_config": {**eager["preset_config"], "train": {"steps": 20}}})
+
     both = pd.DataFrame(conv + [point("EBMM_conv", k, 1.0, preset=preset) for k in (4.616, 11.54)
                                 for preset in ("paper", "quick")])
     assert checked_presets(both) == ["gpu", "paper"]
