@@ -115,6 +115,8 @@ def download(name: str, root: Path) -> list[Path]:
         raise MembenchError(f"unknown data set '{name}'. Valid: cifar10, omniglot")
     try:
         return _download(name, root)
+    except KeyboardInterrupt:  # outside a fetch or an extraction (checking a file in place): nothing changed
+        raise Interrupted(f"interrupted: the download of {name} was stopped; {root} is as it was") from None
     except DatasetMissing as exc:
         try:  # what is there already (a subset, say) still serves the runs: say so beside the failure
             there = load(name, root=root).fingerprint()
@@ -124,30 +126,56 @@ def download(name: str, root: Path) -> list[Path]:
 
 
 def _download(name: str, root: Path) -> list[Path]:
-    if name == "omniglot":
-        return [_fetch(OMNIGLOT_URL.format(name=f), root / "omniglot" / f, _check_zip) for f in OMNIGLOT_FILES]
+    if name == "omniglot":  # both zips or neither: the first alone would change the split the loader makes
+        added: list[Path] = []
+        try:
+            for file in OMNIGLOT_FILES:
+                target = root / "omniglot" / file
+                there = target.exists()
+                _fetch(OMNIGLOT_URL.format(name=file), target, _check_zip)
+                added += [] if there else [target]
+        except BaseException:
+            for target in added:
+                with contextlib.suppress(OSError):
+                    target.unlink()
+            with contextlib.suppress(OSError):  # the folder, if this call made it
+                if added:
+                    added[0].parent.rmdir()
+            raise
+        return [root / "omniglot" / file for file in OMNIGLOT_FILES]
     return [_extract_cifar(_fetch(CIFAR_URL, root / "cifar-10-python.tar.gz", _check_cifar), root)]
 
 
 def _extract_cifar(archive: Path, root: Path) -> Path:
-    """Extract the checked archive beside `root/CIFAR_DIR`, then swap it in whole: an interrupted or failed
-    extraction never leaves a folder of mixed or missing batches where the loader looks."""
-    staging = root / f".{CIFAR_DIR}.extract-{os.getpid()}"
-    target, old = root / CIFAR_DIR, root / f".{CIFAR_DIR}.old-{os.getpid()}"
+    """Extract the checked archive beside `root/CIFAR_DIR`, then swap it in whole (files of yours in that folder
+    that the archive lacks are carried over): an interrupted or failed extraction never leaves a folder of
+    mixed or missing batches where the loader looks. Batches already equal to the archive's are left alone."""
+    target = root / CIFAR_DIR
+    staging, old = root / f".{CIFAR_DIR}.extracting", root / f".{CIFAR_DIR}.replaced"
+    if old.exists() and not target.exists():  # a swap stopped halfway: the folder before it comes back first
+        os.replace(old, target)
     try:
         shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
         with tarfile.open(archive) as tar:
+            members = [m for m in tar.getmembers() if m.isfile()]
+            if all((root / m.name).is_file() and (root / m.name).stat().st_size == m.size for m in members):
+                return target  # extracted before (a rerun): nothing to do
             if hasattr(tarfile, "data_filter"):  # Python >= 3.10.12 / 3.11.4: refuse links and paths out of root
                 tar.extractall(staging, filter="data")
             else:  # the archive's md5 is the published one, so its members are the published files
                 tar.extractall(staging)
-        missing = [f for f in (*CIFAR_TRAIN, CIFAR_TEST) if not (staging / CIFAR_DIR / f).is_file()]
+        new = staging / CIFAR_DIR
+        missing = [f for f in (*CIFAR_TRAIN, CIFAR_TEST) if not (new / f).is_file()]
         if missing:
             raise DatasetMissing(f"{archive} lacks {', '.join(missing)}; delete it and run the download again")
         if target.exists():
+            for yours in target.iterdir():
+                if not (new / yours.name).exists():
+                    (shutil.copytree if yours.is_dir() else shutil.copy2)(yours, new / yours.name)
             os.replace(target, old)
         try:
-            os.replace(staging / CIFAR_DIR, target)
+            os.replace(new, target)
         except BaseException:
             if old.exists():
                 os.replace(old, target)
@@ -155,8 +183,8 @@ def _extract_cifar(archive: Path, root: Path) -> Path:
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted: the extraction of {archive} was stopped; {target} is as it was; rerun the "
                           "same command to extract it") from None
-    except OSError as exc:
-        fix = LOCAL_FIXES.get(exc.errno, "run the download again")
+    except (OSError, tarfile.TarError) as exc:
+        fix = LOCAL_FIXES.get(getattr(exc, "errno", None), "run the download again")
         raise DatasetMissing(f"could not extract {archive} into {root} ({type(exc).__name__}: {exc}); {fix}") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import re
 import zipfile
@@ -311,9 +312,20 @@ def test_a_cifar_download_is_checked_before_it_takes_its_name_and_swapped_in_who
         assert datasets.load("cifar10", root=root).fingerprint() == before  # the subset, whole, as it was
         assert sorted(p.name for p in root.iterdir()) == [datasets.CIFAR_DIR, "cifar-10-python.tar.gz"]
     monkeypatch.setattr(tarfile.TarFile, "extractall", extract)
+    (root / datasets.CIFAR_DIR / "my_notes.txt").write_text("mine")
     assert downloads.download("cifar10", root) == [root / datasets.CIFAR_DIR]  # the kept archive, extracted
     assert datasets.load("cifar10", root=root).fingerprint() != before
     assert sorted(p.name for p in root.iterdir()) == [datasets.CIFAR_DIR, "cifar-10-python.tar.gz"]
+    assert (root / datasets.CIFAR_DIR / "my_notes.txt").read_text() == "mine"  # a file of yours is carried over
+
+    def never(*args, **kwargs):
+        raise AssertionError("extracted again")
+
+    monkeypatch.setattr(tarfile.TarFile, "extractall", never)  # a rerun: the batches are the archive's already
+    assert downloads.download("cifar10", root) == [root / datasets.CIFAR_DIR]
+    os.replace(root / datasets.CIFAR_DIR, root / f".{datasets.CIFAR_DIR}.replaced")  # a swap killed halfway
+    assert downloads.download("cifar10", root) == [root / datasets.CIFAR_DIR]  # the folder back, then as above
+    assert (root / datasets.CIFAR_DIR / "my_notes.txt").exists() and len(list(root.iterdir())) == 2
 
 
 def test_a_download_stopped_or_out_of_disk_leaves_nothing_and_says_which(tmp_path, monkeypatch):
@@ -328,3 +340,19 @@ def test_a_download_stopped_or_out_of_disk_leaves_nothing_and_says_which(tmp_pat
         with pytest.raises(kind, match=error):
             downloads.download("omniglot", tmp_path / "new" / "data")
         assert list(tmp_path.iterdir()) == []
+
+    root = tmp_path / "data"  # the first zip whole, the second cut: neither is kept (the first alone would
+    (root / "omniglot").mkdir(parents=True)  # change the split of the small zips already there)
+    (root / "omniglot" / "images_background_small1.zip").write_bytes(b"as it was")
+    zips = iter([_Served(_zip_bytes()), _Served(b"PK" * 10, OSError("connection reset"))])
+    monkeypatch.setattr(downloads.urllib.request, "urlopen", lambda *a, **k: next(zips))
+    with pytest.raises(DatasetMissing, match="images_evaluation.zip"):
+        downloads.download("omniglot", root)
+    assert [p.name for p in (root / "omniglot").iterdir()] == ["images_background_small1.zip"]
+
+
+def _zip_bytes() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("a/b/c.png", b"")
+    return buffer.getvalue()
