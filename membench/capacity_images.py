@@ -113,6 +113,11 @@ def image_capacity_summary(out_dir: Path):
     return summary, records, dropped
 
 
+def _which(records: list[dict[str, Any]]) -> str:
+    """The memories the image capacity outputs show: the suites' non-learned ones, unless a learned one was run."""
+    return "memories, meta-learned ones among them" if any(r["training"] for r in records) else "non-learned memories"
+
+
 def image_capacity_markdown(summary, records: list[dict[str, Any]], dropped: int) -> str:
     sections = []
     for table in sorted(summary["table"].unique(), key=_image_table_order):
@@ -123,7 +128,7 @@ def image_capacity_markdown(summary, records: list[dict[str, Any]], dropped: int
         if left_out:
             notes.append("Not run (refuse the task, or over budget):\n\n" + "\n".join(f"- {m}" for m in left_out))
         sections.append(table_section(summary, records, table, _image_title(table), notes))
-    header = ["# Capacity of the non-learned memories on images", "",
+    header = [f"# Capacity of the {_which(records)} on images", "",
               "Error per image, over all its pixels: Omniglot, wrong pixels of 32x32 after thresholding at 0.5 (an "
               "undecided 0.5 counts as wrong); CIFAR-10, squared error summed over 3x32x32 values in [0, 1]. Mean ± "
               "half-width of the 95% t-interval over episodes (per-episode means; n/a: one episode); one table per "
@@ -173,7 +178,7 @@ def image_capacity_figures(out_dir: Path) -> list[Path]:
             ax.title.set_fontsize(8)
             ax.grid(alpha=0.3)
         axes[0][0].legend(fontsize=7)
-        fig.suptitle(f"{DATASET_NAMES[kind]}: error against N, non-learned memories", fontsize=10)
+        fig.suptitle(f"{DATASET_NAMES[kind]}: error against N, {_which(records)}", fontsize=10)
         fig.tight_layout()
         paths += save_figure(fig, out_dir, f"capacity_{kind}")
         plt.close(fig)

@@ -47,7 +47,8 @@ def _first_episode(record: dict[str, Any], spec: Any, checkpoint_dir: Path
     task, model, checkpoint = load_trained(spec, checkpoint_dir, preset_config=record.get("preset_config"))
     if model.trainable and checkpoint is None:
         print(f"skipped the grid of {record['run_id']}: its trained checkpoint is not in {checkpoint_dir} "
-              "(rerun its `membench run` command there to retrain it)")
+              "(give `membench figures --checkpoint-dir` the folder its run trained into, or rerun its "
+              "`membench run` command to train it there)")
         return None
     training = record["training"] or {}
     stands = trained_steps(checkpoint) if model.trainable else None

@@ -217,7 +217,8 @@ class AssociativeMemory(nn.Module, abc.ABC):
         Learned models: `preset` is a name (resolved here with `options`) or a resolved Preset; the
         model comes from `from_preset` (the runner calls that directly, so an override here does not
         change how a learned model is built for a run). Others: `cls(spec, **options)`; override to
-        size the model to the budget (e.g. as many slots as fit).
+        size the model to the budget (e.g. as many slots as fit); the runner gives them "quick" whatever
+        --preset says (preflight.checked_specs), so they must not depend on it.
         """
         if not cls.trainable:
             return cls(spec, **options)

@@ -165,7 +165,8 @@ def distinct(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
 
         warn(f"{len(stale)} record(s) of {', '.join(sorted({r['model'] for r in stale}))} were made by an older "
              "version of the model's source files than its latest record, or of its preset than its cell's latest "
-             "record, and are left out; rerun their commands to include them")
+             "record, and are left out; rerun their commands to include them: "
+             + "; ".join(f"`{c}`" for c in sorted({r["command"] for r in stale})))
     best: dict[tuple, dict[str, Any]] = {}
     for record in records:
         key = (*cell_key(record), record["seed"])

@@ -105,7 +105,8 @@ class SweepSuite:
                preset: str, num_patterns: tuple[int, ...] | None = None, budget: int | None = None) -> list[RunSpec]:
         """Runs for the curves whose label or model is in `models` (all by default), and for each other model
         in `models` a curve at the memory sizes of OTHER_MODELS_CURVE; with `budget`, only their points of
-        that memory size (one point of a curve, e.g. for a short probe of a recipe)."""
+        that memory size (one point of a curve, e.g. for a short probe of a recipe), or, when `models` are
+        all other models, a point of theirs at that size whatever it is."""
         from membench.registry import make_task
 
         curves = [c for label, c in self.curves.items() if not models or label in models or c.model in models]
@@ -119,8 +120,12 @@ class SweepSuite:
                   for model in models or () if model not in named]  # sized by the budget, as Memory Networks
         sizes = sorted({size for curve in [*curves, *others] for _, size in curve.at(preset)} - {0})  # 0: passthrough
         if budget is not None and budget not in sizes:  # (curves without that size are left out)
-            raise MembenchError(f"suite '{name}' has no point of {budget} floats among these curves' (preset "
-                                f"{preset}); give --budget one of {', '.join(map(str, sizes)) or '(none)'}, or drop it")
+            if others and not curves:  # models of yours only: a point at any memory size
+                others = [Curve(curve.model, {"*": (({}, budget),)}) for curve in others]
+            else:
+                raise MembenchError(f"suite '{name}' has no point of {budget} floats among these curves' (preset "
+                                    f"{preset}); give --budget one of {', '.join(map(str, sizes)) or '(none)'}, or "
+                                    "drop it (a model of yours alone takes any --budget)")
         specs = []
         for n in num_patterns or self.num_patterns:
             task = make_task({"kind": self.dataset, "num_patterns": n, "image_size": self.image_size,

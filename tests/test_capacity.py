@@ -236,6 +236,9 @@ def test_image_capacity_figures_on_a_tiny_run(tmp_path, data_root, one_thread):
     assert all(p.exists() and p.stat().st_size > 0 for p in paths)
 
     markdown = (out / "capacity_images.md").read_text()
+    assert markdown.startswith("# Capacity of the non-learned memories on images")
+    from membench.capacity_images import _which  # a model of yours, meta-learned, is not called non-learned
+    assert _which([{"training": None}, {"training": {"steps": 30}}]) == "memories, meta-learned ones among them"
     assert markdown.count("| model \\ N ") == 6                        # one table per data set and corruption
     sections = {s.split("\n")[0]: s for s in markdown.split("## ")[1:]}
     omniglot = "Omniglot 32x32, {}; budget 8192 float32 (8 whole images)"

@@ -1045,7 +1045,16 @@ def _membench(tmp_path: Path, *args: str, **env_vars: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO_ROOT)]), "PYTHONUNBUFFERED": "1",
            **env_vars}
     return subprocess.Popen([sys.executable, "-m", "membench.cli", *args], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=_default_ctrl_c)
+
+
+def _default_ctrl_c() -> None:
+    """In the child before it starts: Ctrl-C's default action, as at a terminal (a test run in the background of a
+    shell inherits SIGINT ignored, and Python then never raises KeyboardInterrupt)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _lines_until(process: subprocess.Popen, text: str) -> str:

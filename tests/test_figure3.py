@@ -68,6 +68,11 @@ def test_sweep_suite_expands_points(data_root):
     assert [(s.model, s.budget, s.options) for s in lstm] == [("lstm", 64 * 48, {}), ("lstm", 64 * 128, {})]
     own = suite.expand("fig3-omniglot", ("mine:Mine",), (0,), 64, "tiny", num_patterns=(16,))  # a preset of its own
     assert [s.budget for s in own] == [64 * 48, 64 * 128]
+    # such models alone take any --budget: a point of theirs there; beside a curve's model, a size of the curves'
+    anywhere = suite.expand("fig3-omniglot", ("lstm", "mine:Mine"), (0,), 64, "quick", num_patterns=(16,), budget=5000)
+    assert [(s.model, s.budget) for s in anywhere] == [("lstm", 5000), ("mine:Mine", 5000)]
+    with pytest.raises(MembenchError, match="no point of 5000 floats.*a model of yours alone takes any --budget"):
+        suite.expand("fig3-omniglot", ("lstm", "raw_slots"), (0,), 64, "quick", budget=5000)
 
 
 def _record(model: str, memory: int, errors: list[float], n: int, seed: int = 0) -> dict:

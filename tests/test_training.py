@@ -428,6 +428,10 @@ def test_a_report_leaves_out_every_n_an_older_version_of_a_model_made(tmp_path: 
     report = CliRunner().invoke(main, ["report", "--out", "out"])
     assert report.exit_code == 0, report.output
     assert "1 record(s) of slots_model:Slots were made by an older version" in report.output
+    from membench.store import ResultsStore
+
+    (older,) = [r for r in ResultsStore(tmp_path / "out").records() if r["task"]["num_patterns"] == 32]
+    assert f"rerun their commands to include them: `{older['command']}`" in report.output  # which to rerun
     table = pd.read_csv(tmp_path / "out" / "table1.csv")
     assert sorted(table["num_patterns"]) == [16], table
 
