@@ -163,10 +163,11 @@ def distinct(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
     if stale:
         from membench.store import warn
 
+        commands = sorted({r.get("command") or "" for r in stale} - {""})
         warn(f"{len(stale)} record(s) of {', '.join(sorted({r['model'] for r in stale}))} were made by an older "
              "version of the model's source files than its latest record, or of its preset than its cell's latest "
-             "record, and are left out; rerun their commands to include them: "
-             + "; ".join(f"`{c}`" for c in sorted({r["command"] for r in stale})))
+             "record, and are left out; rerun their commands to include them"
+             + (": " + "; ".join(f"`{c}`" for c in commands) if commands else ""))
     best: dict[tuple, dict[str, Any]] = {}
     for record in records:
         key = (*cell_key(record), record["seed"])
