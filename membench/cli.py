@@ -26,16 +26,28 @@ def main() -> None:
 @click.option("--model", help="Show this model's options instead (name or module:Class): a learned model's preset "
                                "values on Table 1's task, an untrained one's constructor defaults (and, when its "
                                "from_spec sizes it, the values that sets at Table 1's budget).")
+@click.option("--suite", help="Show the runs `membench run --suite SUITE --seeds 0` makes instead: each model's "
+                               "task, N, budget (a Figure 3 point's memory size) and options, under --preset.")
+@click.option("--preset", default="quick", show_default=True, help="With --suite: the preset whose runs.")
+@DATA_DIR_OPTION
 @friendly_errors
-def list_command(model) -> None:
-    """List registered models (learned or not) and suites, or one model's options."""
+def list_command(model, suite, preset, data_dir) -> None:
+    """List registered models (learned or not) and suites, or one model's options, or one suite's runs."""
     from membench.registry import available_models, errors_of_user_model, resolve_model
     from membench.suites import SUITES
 
+    if model and suite:
+        raise MembenchError("give --model or --suite, not both")
     if model:
         cls = resolve_model(model)
         with errors_of_user_model(model, "its options cannot be listed"):
             click.echo(model_options(model, cls))
+        return
+    if suite:
+        from membench.datasets import set_data_dir
+
+        set_data_dir(data_dir)
+        click.echo(suite_table(suite, preset))
         return
     click.echo("models (learned: meta-trained under --preset; `membench list --model NAME` for its options):")
     for name, path in sorted(available_models().items()):
@@ -47,6 +59,29 @@ def list_command(model) -> None:
     click.echo("suites:")
     for name, suite in SUITES.items():
         click.echo(f"  {name:28s} {suite.description}")
+
+
+def suite_table(suite: str, preset: str) -> str:
+    """The runs of a suite under `preset` for seed 0, as `membench run --suite` expands them: one row each."""
+    from tabulate import tabulate
+
+    from membench.sweeps import SweepSuite
+
+    chosen, specs = suite_runs(suite, (), None, (0,), None, preset, None, {})
+    rows = []
+    for spec in specs:
+        task = {k: v for k, v in spec.task.items() if k not in ("kind", "num_patterns", "data")}
+        curve = chosen.curve_label(spec.model, spec.options)[0] if isinstance(chosen, SweepSuite) else ""
+        rows.append([spec.model, curve, spec.task["kind"], spec.task["num_patterns"], spec.budget,
+                     " ".join(f"{k}={v}" for k, v in task.items()),
+                     " ".join(f"{k}={v}" for k, v in spec.options.items())])
+    headers = ["model", "curve", "task", "N", "budget (float32)", "task settings", "options"]
+    if not any(row[1] for row in rows):
+        headers, rows = headers[:1] + headers[2:], [row[:1] + row[2:] for row in rows]
+    data = sorted({spec.task["data"] for spec in specs if "data" in spec.task})
+    return (f"{suite}: {chosen.description}\n{len(specs)} run(s) a seed under preset {preset}, {specs[0].queries if specs else 0} "
+            f"queries each by default" + (f"; data: {', '.join(data)}" if data else "") + "\n\n"
+            + tabulate(rows, headers=headers, tablefmt="github"))
 
 
 def model_options(label: str, cls: type) -> str:

@@ -129,6 +129,35 @@ def test_list_shows_models_and_suites():
     assert re.search(r"ebmm +learned ", result.output) and re.search(r"hopfield_hebb +untrained ", result.output)
 
 
+def test_list_shows_a_suites_runs_as_run_makes_them(monkeypatch):
+    """`list --suite`: one row per run `membench run --suite` makes for seed 0 under --preset (a Figure 3 curve's
+    points with their memory sizes and options); an unknown suite, both --model and --suite, or missing data:
+    one line."""
+    from membench.datasets import set_data_dir
+    from membench.suites import get_suite
+    from tests.conftest import shared_path
+
+    data_root = shared_path("data", "omniglot").parent  # 64 test images an episode: more than the fixture's
+    from membench import datasets
+    monkeypatch.setattr(datasets, "_data_dir_override", None)  # what --data-dir sets here is undone after the test
+    result = CliRunner().invoke(main, ["list", "--suite", "fig3-omniglot", "--preset", "gpu", "--data-dir",
+                                       str(data_root)])
+    assert result.exit_code == 0, result.output
+    set_data_dir(data_root)
+    specs = get_suite("fig3-omniglot").expand("fig3-omniglot", None, (0,), 64, "gpu")
+    assert f"{len(specs)} run(s) a seed under preset gpu, 64000 queries each" in result.output
+    assert re.search(r"\| ebmm +\| EBMM_conv +\| omniglot +\| +64 \| +2308 \| image_size=32 block=16 \| "
+                     r"energy=resnet_conv memory_size=2 ", result.output), result.output
+    table1 = CliRunner().invoke(main, ["list", "--suite", "table1"])
+    assert table1.exit_code == 0 and re.search(r"\| hopfield_hebb +\| binary +\| +96 \| +8256 \|", table1.output)
+    assert "curve" not in table1.output  # a suite without curves has no such column
+    for args, line in ((["--suite", "nope"], "unknown suite 'nope'"), (["--suite", "table1", "--model", "ebmm"],
+                       "give --model or --suite, not both"),
+                       (["--suite", "fig3-cifar", "--data-dir", "/nonexistent"], "CIFAR-10 not found")):
+        failed = CliRunner().invoke(main, ["list", *args])
+        assert failed.exit_code == 1 and exited_cleanly(failed) and line in the_error_line(failed), failed.output
+
+
 def test_list_shows_a_models_options_as_run_takes_them(tmp_path):
     """A learned model's preset values per preset (train.FIELD too), an untrained one's defaults; each one a value
     `membench run --option` accepts as it is written."""
