@@ -202,7 +202,8 @@ def dataset_table(frame: pd.DataFrame) -> str:
              f"{row.memory_k:.2f}" + (f" of {row.budget / 1000:.2f}" if row.memory_floats < row.budget else ""),
              f"{row.median:.2f} [{row.p5:.2f}, {row.p95:.2f}]",
              "" if pd.isna(row.paper) else f"{row.paper:.2f} [{row.paper_lo:.2f}, {row.paper_hi:.2f}]",
-             row.num_patterns, row.batches, _preset_text(row), f"{row.train_time_s:.0f}",
+             row.num_patterns, row.batches, _preset_text(row),
+             f"{row.train_time_s:.1f}" if 0 < row.train_time_s < 10 else f"{row.train_time_s:.0f}",
              f"{row.wall_time_s:.1f}"]
             + ([] if not with_train else ["" if pd.isna(row.train_median) else f"{row.train_median:.2f}"])
             for row in frame.itertuples()]
@@ -216,8 +217,9 @@ def summary_markdown(summary: pd.DataFrame) -> str:
     """Markdown tables (one per data set): ours beside the paper's, with provenance."""
     if summary.empty:
         return "# Figure 3\n\nNo image runs found.\n"
+    batches = "batch" if summary["batches"].max() == 1 else "batches"
     parts = [f"# Figure 3: distortion against memory size\n\nPer point: median per-batch error "
-             f"[5th, 95th percentile over batches], batches of N images, {span(summary['batches'])} batches per "
+             f"[5th, 95th percentile over batches], batches of N images, {span(summary['batches'])} {batches} per "
              f"point. Paper: {CITATION} (read off the PDF).\n"]
     for dataset, frame in summary.groupby("dataset", sort=True):
         parts.append(f"## {TITLES[dataset]}\n\nData: {', '.join(sorted(set(frame['data'])))}; image size "
