@@ -178,7 +178,8 @@ def image_capacity_figures(out_dir: Path) -> list[Path]:
             ax.title.set_fontsize(8)
             ax.grid(alpha=0.3)
         axes[0][0].legend(fontsize=7)
-        fig.suptitle(f"{DATASET_NAMES[kind]}: error against N, {_which(records)}", fontsize=10)
+        fig.suptitle(f"{DATASET_NAMES[kind]}: error against N, "
+                     f"{_which([r for r in records if r['task']['kind'] == kind])}", fontsize=10)
         fig.tight_layout()
         paths += save_figure(fig, out_dir, f"capacity_{kind}")
         plt.close(fig)

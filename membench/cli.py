@@ -67,19 +67,23 @@ def suite_table(suite: str, preset: str) -> str:
 
     from membench.sweeps import SweepSuite
 
+    from membench.preflight import checked_specs
+
     chosen, specs = suite_runs(suite, (), None, (0,), None, preset, None, {})
+    specs = checked_specs(specs)  # as `run` checks them (an unknown preset refused; untrained models: quick)
     rows = []
     for spec in specs:
         task = {k: v for k, v in spec.task.items() if k not in ("kind", "num_patterns", "data")}
         curve = chosen.curve_label(spec.model, spec.options)[0] if isinstance(chosen, SweepSuite) else ""
-        rows.append([spec.model, curve, spec.task["kind"], spec.task["num_patterns"], spec.budget,
+        rows.append([spec.model, curve, spec.preset, spec.task["kind"], spec.task["num_patterns"], spec.budget,
                      " ".join(f"{k}={v}" for k, v in task.items()),
                      " ".join(f"{k}={v}" for k, v in spec.options.items())])
-    headers = ["model", "curve", "task", "N", "budget (float32)", "task settings", "options"]
+    headers = ["model", "curve", "preset", "task", "N", "budget (float32)", "task settings", "options"]
     if not any(row[1] for row in rows):
         headers, rows = headers[:1] + headers[2:], [row[:1] + row[2:] for row in rows]
     data = sorted({spec.task["data"] for spec in specs if "data" in spec.task})
-    return (f"{suite}: {chosen.description}\n{len(specs)} run(s) a seed under preset {preset}, {specs[0].queries if specs else 0} "
+    queries = specs[0].queries if specs else 0
+    return (f"{suite}: {chosen.description}\n{len(specs)} run(s) a seed under preset {preset}, {queries} "
             f"queries each by default" + (f"; data: {', '.join(data)}" if data else "") + "\n\n"
             + tabulate(rows, headers=headers, tablefmt="github"))
 
@@ -164,7 +168,7 @@ def _sized_at_table1(cls: type) -> dict[str, str] | None:
                    "graphs) and paper (the paper's scale); a model of yours may name others.")
 @click.option("--budget", type=click.IntRange(1),
               help="Float32 budget. Default: the suite's (8256 for table1). A Figure 3 suite: run only its points of "
-                   "this memory size.")
+                   "this memory size (models of yours alone: a point of theirs at any size).")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--out", default=DEFAULT_OUT, show_default=True, type=PathArg(file_okay=False, path_type=Path),
               help="Output directory (records in OUT/runs).")

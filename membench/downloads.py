@@ -127,10 +127,12 @@ def download(name: str, root: Path) -> list[Path]:
 
 def _download(name: str, root: Path) -> list[Path]:
     if name == "omniglot":  # both zips or neither: the first alone would change the split the loader makes
+        folder = root / "omniglot"
+        made = [f for f in (folder, *folder.parents) if not f.exists()]  # deepest first
         added: list[Path] = []
         try:
             for file in OMNIGLOT_FILES:
-                target = root / "omniglot" / file
+                target = folder / file
                 there = target.exists()
                 _fetch(OMNIGLOT_URL.format(name=file), target, _check_zip)
                 added += [] if there else [target]
@@ -138,11 +140,11 @@ def _download(name: str, root: Path) -> list[Path]:
             for target in added:
                 with contextlib.suppress(OSError):
                     target.unlink()
-            with contextlib.suppress(OSError):  # the folder, if this call made it
-                if added:
-                    added[0].parent.rmdir()
+            for made_folder in made:  # the folders this call made, where empty again
+                with contextlib.suppress(OSError):
+                    made_folder.rmdir()
             raise
-        return [root / "omniglot" / file for file in OMNIGLOT_FILES]
+        return [folder / file for file in OMNIGLOT_FILES]
     return [_extract_cifar(_fetch(CIFAR_URL, root / "cifar-10-python.tar.gz", _check_cifar), root)]
 
 
@@ -150,44 +152,66 @@ def _extract_cifar(archive: Path, root: Path) -> Path:
     """Extract the checked archive beside `root/CIFAR_DIR`, then swap it in whole (files of yours in that folder
     that the archive lacks are carried over): an interrupted or failed extraction never leaves a folder of
     mixed or missing batches where the loader looks. Batches already equal to the archive's are left alone."""
+    from membench.store import file_lock
+
     target = root / CIFAR_DIR
     staging, old = root / f".{CIFAR_DIR}.extracting", root / f".{CIFAR_DIR}.replaced"
-    if old.exists() and not target.exists():  # a swap stopped halfway: the folder before it comes back first
-        os.replace(old, target)
-    try:
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
-        with tarfile.open(archive) as tar:
-            members = [m for m in tar.getmembers() if m.isfile()]
-            if all((root / m.name).is_file() and (root / m.name).stat().st_size == m.size for m in members):
-                return target  # extracted before (a rerun): nothing to do
-            if hasattr(tarfile, "data_filter"):  # Python >= 3.10.12 / 3.11.4: refuse links and paths out of root
-                tar.extractall(staging, filter="data")
-            else:  # the archive's md5 is the published one, so its members are the published files
-                tar.extractall(staging)
-        new = staging / CIFAR_DIR
-        missing = [f for f in (*CIFAR_TRAIN, CIFAR_TEST) if not (new / f).is_file()]
-        if missing:
-            raise DatasetMissing(f"{archive} lacks {', '.join(missing)}; delete it and run the download again")
-        if target.exists():
-            for yours in target.iterdir():
-                if not (new / yours.name).exists():
-                    (shutil.copytree if yours.is_dir() else shutil.copy2)(yours, new / yours.name)
-            os.replace(target, old)
+    with file_lock(root / f".{CIFAR_DIR}.lock"):  # one extraction at a time into this folder
         try:
-            os.replace(new, target)
-        except BaseException:
-            if old.exists():
+            if old.exists() and not target.exists():  # a swap stopped halfway: the folder before it comes back
                 os.replace(old, target)
-            raise
-    except KeyboardInterrupt:
-        raise Interrupted(f"interrupted: the extraction of {archive} was stopped; {target} is as it was; rerun the "
-                          "same command to extract it") from None
-    except (OSError, tarfile.TarError) as exc:
-        fix = LOCAL_FIXES.get(getattr(exc, "errno", None), "run the download again")
-        raise DatasetMissing(f"could not extract {archive} into {root} ({type(exc).__name__}: {exc}); {fix}") from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        if target.exists():  # the new batches are in place: the old ones go
-            shutil.rmtree(old, ignore_errors=True)
+            return _swap_in(archive, target, staging, old)
+        except KeyboardInterrupt:
+            raise Interrupted(f"interrupted: the extraction of {archive} was stopped; {target} is whole (as it was, "
+                              "or the archive's if the swap had happened); rerun the same command to extract it"
+                              ) from None
+        except (OSError, tarfile.TarError) as exc:
+            fix = LOCAL_FIXES.get(getattr(exc, "errno", None), "run the download again")
+            raise DatasetMissing(f"could not extract {archive} into {root} ({type(exc).__name__}: {exc}); "
+                                 f"{fix}") from None
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+            if target.exists():  # the new batches are in place: the old ones go
+                shutil.rmtree(old, ignore_errors=True)
+
+
+def _same_file(tar: tarfile.TarFile, member: tarfile.TarInfo, path: Path) -> bool:
+    """Whether `path` holds the archive member's bytes."""
+    if not path.is_file() or path.stat().st_size != member.size:
+        return False
+    with tar.extractfile(member) as theirs, open(path, "rb") as ours:
+        while chunk := theirs.read(1 << 20):
+            if ours.read(len(chunk)) != chunk:
+                return False
+    return True
+
+
+def _swap_in(archive: Path, target: Path, staging: Path, old: Path) -> Path:
+    """`_extract_cifar`'s work, under its lock and its handling of failures."""
+    root = target.parent
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
+    with tarfile.open(archive) as tar:
+        members = [m for m in tar.getmembers() if m.isfile()]
+        if all(_same_file(tar, m, root / m.name) for m in members):
+            return target  # extracted before (a rerun): nothing to do
+        if hasattr(tarfile, "data_filter"):  # Python >= 3.10.12 / 3.11.4: refuse links and paths out of root
+            tar.extractall(staging, filter="data")
+        else:  # the archive's md5 is the published one, so its members are the published files
+            tar.extractall(staging)
+    new = staging / CIFAR_DIR
+    missing = [f for f in (*CIFAR_TRAIN, CIFAR_TEST) if not (new / f).is_file()]
+    if missing:
+        raise DatasetMissing(f"{archive} lacks {', '.join(missing)}; delete it and run the download again")
+    if target.exists():
+        for yours in target.iterdir():
+            if not (new / yours.name).exists():
+                (shutil.copytree if yours.is_dir() else shutil.copy2)(yours, new / yours.name)
+        os.replace(target, old)
+    try:
+        os.replace(new, target)
+    except BaseException:
+        if old.exists() and not target.exists():
+            os.replace(old, target)
+        raise
     return target

@@ -37,6 +37,13 @@ def _status(code: int) -> int:
     return 128 - code if code < 0 else code
 
 
+def default_interrupt() -> None:
+    """In a child before it starts: SIGINT's default action. A session started in a shell script's background
+    inherits SIGINT ignored, and so would its processes: they would not stop at the deadline's interrupt and be
+    killed `interrupt_wait_s` later, what they did since their last checkpoint lost."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def finish(processes: Sequence[subprocess.Popen], deadline: float, interrupt_wait_s: float = 30.0) -> list[int]:
     """Wait for `processes` until `deadline` (time.monotonic()), or until this process is interrupted (Ctrl-C,
     SIGTERM); then interrupt every one still running at once (training checkpoints and exits; evaluation stops,
@@ -107,7 +114,8 @@ def run_session(runs: Sequence[str], copies: int, train_time_limit_s: float, dev
                 statuses.append(EXIT_PAUSED)
                 continue
             print(f"== membench {shlex.join(command)}", flush=True)  # its output follows, unprefixed
-            process = subprocess.Popen([sys.executable, "-m", "membench.cli", *command], start_new_session=True)
+            process = subprocess.Popen([sys.executable, "-m", "membench.cli", *command], start_new_session=True,
+                                       preexec_fn=default_interrupt)
             children.append(process)
             deadline = min(clock + train_time_limit_s, time.monotonic() + first_cap_s)
             statuses += [EXIT_PAUSED if status == EXIT_INTERRUPTED else status
@@ -124,7 +132,7 @@ def run_session(runs: Sequence[str], copies: int, train_time_limit_s: float, dev
                 with open(log, "wb") as handle:  # the CPU's cores shared among the runs (their sampling, their loss)
                     children.append(subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT,
                                                      env={**os.environ, "OMP_NUM_THREADS": threads},
-                                                     start_new_session=True))
+                                                     start_new_session=True, preexec_fn=default_interrupt))
                 processes.append((args, log, children[-1]))
         ended = finish([process for _, _, process in processes], clock + train_time_limit_s + grace_s)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: its processes are stopped (`finish`); what they made travels

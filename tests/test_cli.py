@@ -146,12 +146,16 @@ def test_list_shows_a_suites_runs_as_run_makes_them(monkeypatch):
     set_data_dir(data_root)
     specs = get_suite("fig3-omniglot").expand("fig3-omniglot", None, (0,), 64, "gpu")
     assert f"{len(specs)} run(s) a seed under preset gpu, 64000 queries each" in result.output
-    assert re.search(r"\| ebmm +\| EBMM_conv +\| omniglot +\| +64 \| +2308 \| image_size=32 block=16 \| "
+    assert re.search(r"\| ebmm +\| EBMM_conv +\| gpu +\| omniglot +\| +64 \| +2308 \| image_size=32 block=16 \| "
                      r"energy=resnet_conv memory_size=2 ", result.output), result.output
+    assert re.search(r"\| raw_slots +\| raw_slots +\| quick +\|", result.output)  # untrained: quick, as `run` makes it
     table1 = CliRunner().invoke(main, ["list", "--suite", "table1"])
-    assert table1.exit_code == 0 and re.search(r"\| hopfield_hebb +\| binary +\| +96 \| +8256 \|", table1.output)
+    assert table1.exit_code == 0
+    assert re.search(r"\| hopfield_hebb +\| quick +\| binary +\| +96 \| +8256 \|", table1.output), table1.output
     assert "curve" not in table1.output  # a suite without curves has no such column
     for args, line in ((["--suite", "nope"], "unknown suite 'nope'"), (["--suite", "table1", "--model", "ebmm"],
+                       "give --model or --suite, not both"), (["--suite", "table1", "--preset", "foo"],
+                       "no model of this run has a preset 'foo'"), (["--suite", "table1", "--model", "ebmm"],
                        "give --model or --suite, not both"),
                        (["--suite", "fig3-cifar", "--data-dir", "/nonexistent"], "CIFAR-10 not found")):
         failed = CliRunner().invoke(main, ["list", *args])

@@ -310,12 +310,12 @@ def test_a_cifar_download_is_checked_before_it_takes_its_name_and_swapped_in_who
         with pytest.raises(MembenchError, match=error):
             downloads.download("cifar10", root)
         assert datasets.load("cifar10", root=root).fingerprint() == before  # the subset, whole, as it was
-        assert sorted(p.name for p in root.iterdir()) == [datasets.CIFAR_DIR, "cifar-10-python.tar.gz"]
+        assert _names(root) == [datasets.CIFAR_DIR, "cifar-10-python.tar.gz"]
     monkeypatch.setattr(tarfile.TarFile, "extractall", extract)
     (root / datasets.CIFAR_DIR / "my_notes.txt").write_text("mine")
     assert downloads.download("cifar10", root) == [root / datasets.CIFAR_DIR]  # the kept archive, extracted
     assert datasets.load("cifar10", root=root).fingerprint() != before
-    assert sorted(p.name for p in root.iterdir()) == [datasets.CIFAR_DIR, "cifar-10-python.tar.gz"]
+    assert _names(root) == [datasets.CIFAR_DIR, "cifar-10-python.tar.gz"]
     assert (root / datasets.CIFAR_DIR / "my_notes.txt").read_text() == "mine"  # a file of yours is carried over
 
     def never(*args, **kwargs):
@@ -325,7 +325,17 @@ def test_a_cifar_download_is_checked_before_it_takes_its_name_and_swapped_in_who
     assert downloads.download("cifar10", root) == [root / datasets.CIFAR_DIR]
     os.replace(root / datasets.CIFAR_DIR, root / f".{datasets.CIFAR_DIR}.replaced")  # a swap killed halfway
     assert downloads.download("cifar10", root) == [root / datasets.CIFAR_DIR]  # the folder back, then as above
-    assert (root / datasets.CIFAR_DIR / "my_notes.txt").exists() and len(list(root.iterdir())) == 2
+    assert (root / datasets.CIFAR_DIR / "my_notes.txt").exists() and len(_names(root)) == 2
+    batch = root / datasets.CIFAR_DIR / "data_batch_1"  # of the right size, other bytes (zeroed by a crash):
+    batch.write_bytes(bytes(batch.stat().st_size))  # extracted again
+    monkeypatch.setattr(tarfile.TarFile, "extractall", extract)
+    assert downloads.download("cifar10", root) == [root / datasets.CIFAR_DIR]
+    assert datasets.load("cifar10", root=root).fingerprint() != before and batch.read_bytes()[:2] == b"\x80\x02"
+
+
+def _names(root: Path) -> list[str]:
+    """What a data folder holds but the download's lock file."""
+    return sorted(p.name for p in root.iterdir() if not p.name.endswith(".lock"))
 
 
 def test_a_download_stopped_or_out_of_disk_leaves_nothing_and_says_which(tmp_path, monkeypatch):
@@ -349,6 +359,10 @@ def test_a_download_stopped_or_out_of_disk_leaves_nothing_and_says_which(tmp_pat
     with pytest.raises(DatasetMissing, match="images_evaluation.zip"):
         downloads.download("omniglot", root)
     assert [p.name for p in (root / "omniglot").iterdir()] == ["images_background_small1.zip"]
+    zips = iter([_Served(_zip_bytes()), _Served(b"PK" * 10, OSError("connection reset"))])  # into new folders:
+    with pytest.raises(DatasetMissing, match="images_evaluation.zip"):  # they go again
+        downloads.download("omniglot", tmp_path / "new" / "data")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
 
 
 def _zip_bytes() -> bytes:

@@ -22,6 +22,7 @@ from click.testing import CliRunner
 from membench import datasets, downloads
 from membench.checkpoints import weights_digest
 from membench.cli import main
+from membench.session import default_interrupt
 from membench.errors import EXIT_INTERRUPTED, DatasetMissing, MembenchError, TrainingDiverged
 from membench.store import ResultsStore
 from membench.tasks import BinaryTask
@@ -1046,15 +1047,8 @@ def _membench(tmp_path: Path, *args: str, **env_vars: str) -> subprocess.Popen:
            **env_vars}
     return subprocess.Popen([sys.executable, "-m", "membench.cli", *args], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            preexec_fn=_default_ctrl_c)
-
-
-def _default_ctrl_c() -> None:
-    """In the child before it starts: Ctrl-C's default action, as at a terminal (a test run in the background of a
-    shell inherits SIGINT ignored, and Python then never raises KeyboardInterrupt)."""
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+                            preexec_fn=default_interrupt)  # as at a terminal: a test run in a shell's background
+    #                                                          inherits SIGINT ignored
 
 
 def _lines_until(process: subprocess.Popen, text: str) -> str:

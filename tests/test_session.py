@@ -905,3 +905,19 @@ def test_unpack_judges_a_record_by_the_checkpoint_another_volume_carries_and_che
     result = CliRunner().invoke(main, ["unpack", str(first), str(foreign), "--root", str(root)])
     assert result.exit_code == 1 and "is the checkpoint trained as x-gpu-0, another run's" in result.output
     assert "nothing was unpacked" in result.output and not (root / run).exists()
+
+
+def test_a_sessions_processes_take_its_interrupt_even_when_it_was_started_with_sigint_ignored():
+    """A session started in a shell script's background inherits SIGINT ignored; its processes get Ctrl-C's
+    default action back (`default_interrupt`), so its deadline's interrupt stops them rather than its kill."""
+    import subprocess
+    import sys
+
+    child = "import signal; print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)"
+    parent = ("import signal, subprocess, sys; from membench.session import default_interrupt; "
+              "signal.signal(signal.SIGINT, signal.SIG_IGN); "
+              f"print(subprocess.run([sys.executable, '-c', {child!r}], capture_output=True, text=True).stdout.strip(), "
+              f"subprocess.run([sys.executable, '-c', {child!r}], capture_output=True, text=True, "
+              "preexec_fn=default_interrupt).stdout.strip())")
+    said = subprocess.run([sys.executable, "-c", parent], capture_output=True, text=True, check=True).stdout.split()
+    assert said == ["False", "True"]  # inherited ignored; given back by the session's children
