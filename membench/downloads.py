@@ -79,7 +79,7 @@ def _fetch(url: str, target: Path, check: Callable[[Path], None]) -> Path:
         check(partial)
         os.replace(partial, target)
     except BaseException as exc:
-        _remove(partial, made)
+        _remove([partial], made)
         if isinstance(exc, KeyboardInterrupt):
             raise Interrupted(f"interrupted: the download of {url} was stopped and what had arrived removed; rerun "
                               "the same command to download it") from None
@@ -93,10 +93,11 @@ def _fetch(url: str, target: Path, check: Callable[[Path], None]) -> Path:
     return target
 
 
-def _remove(partial: Path, made: list[Path]) -> None:
-    """A failed fetch's leftovers: its partial file, and the folders it made where they are still empty."""
-    with contextlib.suppress(OSError):
-        partial.unlink(missing_ok=True)
+def _remove(files: list[Path], made: list[Path]) -> None:
+    """A failed download's leftovers: the files it wrote, and the folders it made where they are empty again."""
+    for file in files:
+        with contextlib.suppress(OSError):
+            file.unlink(missing_ok=True)
     for folder in made:
         with contextlib.suppress(OSError):
             folder.rmdir()
@@ -137,12 +138,7 @@ def _download(name: str, root: Path) -> list[Path]:
                 _fetch(OMNIGLOT_URL.format(name=file), target, _check_zip)
                 added += [] if there else [target]
         except BaseException:
-            for target in added:
-                with contextlib.suppress(OSError):
-                    target.unlink()
-            for made_folder in made:  # the folders this call made, where empty again
-                with contextlib.suppress(OSError):
-                    made_folder.rmdir()
+            _remove(added, made)
             raise
         return [folder / file for file in OMNIGLOT_FILES]
     return [_extract_cifar(_fetch(CIFAR_URL, root / "cifar-10-python.tar.gz", _check_cifar), root)]

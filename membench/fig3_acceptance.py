@@ -12,8 +12,8 @@ options, at the paper's task (PAPER_POINT_TASK; points at another N, image or bl
 - and at most PASSTHROUGH_FRACTION of passthrough's error (the query returned unchanged; no passthrough point
   on the same data fails);
 - on CIFAR, EBMM_conv below MemNet at the smallest memory both curves reach (both interpolated there).
-A check is PASS, FAIL or n/a; each preset's part opens with a bold line saying whether all pass. Beyond the issue, and not counted:
-every learned point against mean fill (0 floats: the erased pixels set to the query's known mean), which a
+A check is PASS, FAIL or n/a; each preset's part opens with a bold line saying whether all pass. Beyond the
+issue, and not counted: every learned point against mean fill (0 floats: the erased pixels set to the query's known mean), which a
 point must beat to recall anything the query alone does not give. Nothing here changes a number.
 """
 from __future__ import annotations

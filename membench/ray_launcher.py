@@ -194,9 +194,12 @@ def _membench_env() -> dict[str, str]:
 def _collect(ray, tasks: dict[Any, tuple[RunSpec, int, int]], progress: bool,
              on_record: Callable[[dict[str, Any]], None] | None) -> list[dict[str, Any]]:
     """Wait for every task, handing each new record to `on_record` (when given); report each failure as it
-    comes; raise once at the end if any failed. A task of a
-    chain after a failed one fails with it unstarted (Ray passes the failure on): it is counted as not started.
-    A Ctrl-C (or SIGTERM) anywhere in the wait stops the tasks left (`_stop`)."""
+    comes; raise once at the end if any failed. A task of a chain after a failed one fails with it unstarted
+    (Ray passes the failure on): it is counted as not started. A Ctrl-C (or SIGTERM) anywhere in the wait stops
+    the tasks left (`_stop`): a task leaves `waiting` only once its outcome is filed."""
+    from membench.runner import say_done
+    from membench.store import warn
+
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -205,12 +208,38 @@ def _collect(ray, tasks: dict[Any, tuple[RunSpec, int, int]], progress: bool,
     records, paused = [], []
     failed: dict[int, tuple[int, str]] = {}  # chain -> (place, "run id: message") of its first failed run
     unstarted: list[str] = []
-    waiting = list(tasks)  # a task leaves it once its result is handled
-    while waiting:
-        try:
-            _handle_one(ray, tasks, waiting, records, paused, failed, unstarted, bar, on_record)
-        except KeyboardInterrupt:
-            _stop(ray, waiting)
+    waiting = list(tasks)
+    try:
+        while waiting:
+            (done,), _ = ray.wait(waiting, num_returns=1)
+            spec, chain, place = tasks[done]
+            try:
+                result = ray.get(done)
+            except ray.exceptions.RayError as exc:  # the run raised, or its worker died (crash, out of memory)
+                cause = exc.cause if getattr(exc, "cause", None) is not None else exc
+                message = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+                first = failed.get(chain)
+                if first is not None and first[0] < place:
+                    unstarted.append(spec.run_id)
+                else:
+                    if first is not None:  # reported before the run it followed: that one failed first
+                        unstarted.append(first[1].split(":")[0])
+                    failed[chain] = (place, f"{spec.run_id}: {message}")
+                    warn(f"run {spec.run_id} failed: {message}")
+                result = None
+            waiting.remove(done)
+            if isinstance(result, dict) and "paused" in result:
+                paused.append(result["paused"])
+            elif result is not None:
+                records.append(result)
+                if bar is None:  # no bars: a line a run, as local runs print
+                    say_done(len(records), len(tasks), result)
+                if on_record:
+                    on_record(result)
+            if bar is not None:
+                bar.update(1)
+    except KeyboardInterrupt:
+        _stop(ray, waiting)
     if bar is not None:
         bar.close()
     if failed:
@@ -224,41 +253,6 @@ def _collect(ray, tasks: dict[Any, tuple[RunSpec, int, int]], progress: bool,
     if paused:
         raise TrainingPaused(f"{len(paused)} run(s) paused at the training time limit ({paused[0]})")
     return records
-
-
-def _handle_one(ray, tasks, waiting, records, paused, failed, unstarted, bar, on_record) -> None:
-    """Wait for the next task of `waiting` to end and file its outcome (`_collect`'s lists); remove it from
-    `waiting` only then, so that a Ctrl-C meanwhile cancels it too."""
-    from membench.runner import say_done
-    from membench.store import warn
-
-    (done,), _ = ray.wait(waiting, num_returns=1)
-    spec, chain, place = tasks[done]
-    try:
-        result = ray.get(done)
-    except ray.exceptions.RayError as exc:  # the run raised, or its worker died (crash, out of memory)
-        cause = exc.cause if getattr(exc, "cause", None) is not None else exc
-        message = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
-        first = failed.get(chain)
-        if first is not None and first[0] < place:
-            unstarted.append(spec.run_id)
-        else:
-            if first is not None:  # reported before the run it followed: that one failed first
-                unstarted.append(first[1].split(":")[0])
-            failed[chain] = (place, f"{spec.run_id}: {message}")
-            warn(f"run {spec.run_id} failed: {message}")
-        result = None
-    waiting.remove(done)
-    if isinstance(result, dict) and "paused" in result:
-        paused.append(result["paused"])
-    elif result is not None:
-        records.append(result)
-        if bar is None:  # no bars: a line a run, as local runs print
-            say_done(len(records), len(tasks), result)
-        if on_record:
-            on_record(result)
-    if bar is not None:
-        bar.update(1)
 
 
 def _stop(ray, waiting: list[Any]) -> None:

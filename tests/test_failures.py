@@ -22,8 +22,8 @@ from click.testing import CliRunner
 from membench import datasets, downloads
 from membench.checkpoints import weights_digest
 from membench.cli import main
-from membench.session import default_interrupt
 from membench.errors import EXIT_INTERRUPTED, DatasetMissing, MembenchError, TrainingDiverged
+from membench.session import default_interrupt
 from membench.store import ResultsStore
 from membench.tasks import BinaryTask
 from membench.training import meta_train
