@@ -112,6 +112,9 @@ def test_cli_sweep_then_figures(data_root, tmp_path, monkeypatch):
     result = runner.invoke(main, ["run", "--suite", "fig3-omniglot", "--model", "raw_slots", "--num-patterns", "16", "--queries", "64",
                                   "--out", str(out), "--no-progress"])
     assert result.exit_code == 0, result.output
+    done = [line for line in result.stderr.splitlines() if line.startswith("run ")]  # a line a run: Figure 3's median
+    said = sorted(float(re.search(r"median batch error ([\d.]+) pixels \(mean [\d.]+\),", line).group(1))
+                  for line in done)
     (out / "fig3_recon_cifar10_a_curve_of_before.png").write_bytes(b"stale")
     result = runner.invoke(main, ["figures", "--out", str(out)])
     assert result.exit_code == 0, result.output
@@ -124,6 +127,7 @@ def test_cli_sweep_then_figures(data_root, tmp_path, monkeypatch):
     assert re.search(r"\| untrained +\|", markdown) and "smoke test" not in markdown, markdown
     summary = pd.read_csv(out / "fig3.csv")
     assert len(summary) == 10 and set(summary.batches) == {2, 4}
+    assert said == pytest.approx(sorted(summary[summary.dataset == "omniglot"]["median"]), rel=1e-3) and len(said) == 5
     for record in ResultsStore(out).records():  # each grid shows the first episode the run evaluated
         _, _, errors = first_episode(record, tmp_path / "cache")
         assert errors.tolist() == pytest.approx(record["errors"][:record["task"]["num_patterns"]])
