@@ -63,12 +63,15 @@ def _image_title(table: str, panel: bool = False) -> str:
 
 def _image_left_out(part, table: str) -> list[str]:
     """'models: why' for each image capacity model the table lacks because it refuses the task or exceeds the
-    budget (grouped by reason); DatasetMissing when the task cannot be rebuilt here (data absent or different)."""
+    budget (grouped by reason); none when the table holds none of the suite's models (only models of yours were
+    run: the suite's were not left out); DatasetMissing when the task cannot be rebuilt here (data absent or
+    different)."""
     from membench.registry import make_task
 
     task, budget = task_of(table)
     task = {**task, "num_patterns": int(part["num_patterns"].min())}
-    missing = [model for model in IMAGE_CAPACITY_MODELS if model not in set(part["model"])]
+    ran = set(part["model"])
+    missing = [model for model in IMAGE_CAPACITY_MODELS if model not in ran] if ran & set(IMAGE_CAPACITY_MODELS) else []
     if missing:
         try:
             make_task(task)

@@ -282,6 +282,20 @@ def test_image_capacity_without_its_data_leaves_the_image_outputs_as_they_were(t
     assert {path.name: path.read_bytes() for path in paths} == before
 
 
+def test_image_tables_name_the_suites_refusing_models_only_when_the_suites_models_were_run(data_root):
+    """The "Not run" list says why suite models are absent; a table of models of yours alone left none out."""
+    import pandas as pd
+
+    from membench.capacity_images import _image_left_out
+
+    spec = CAPACITY_SUITES["capacity-omniglot"].expand("capacity-omniglot", ("raw_slots",), (0,), 16, "quick",
+                                                       num_patterns=(4,), budget=8 * 1024)[0]
+    table = task_key({"task": spec.task, "budget": spec.budget})
+    ours = _image_left_out(pd.DataFrame({"model": ["raw_slots"], "num_patterns": [4]}), table)
+    assert any(line.startswith("hopfield_hebb, hopfield_storkey, hopfield_pseudoinverse: ") for line in ours), ours
+    assert _image_left_out(pd.DataFrame({"model": ["my_memory:Mine"], "num_patterns": [4]}), table) == []
+
+
 def test_capacity_reads_and_writes_where_run_does_by_default(tmp_path, monkeypatch):
     """`membench capacity` with no --out looks in membench-results (as `run` writes), never the committed
     results/capacity of a checkout it is run in."""
