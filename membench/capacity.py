@@ -236,19 +236,21 @@ def binary_capacity_figures(out_dir: Path) -> list[Path]:
     capacity_budget: error against the budget at N = 64 (erasure task);
     capacity_flip: error against N, one panel per flip rate (dashed: the flipped bits, what
     returning the query unchanged costs). One line per model with its 95% t-interval shaded.
+    training_curves: the meta-learned rows' training, as `membench report` draws Table 1's.
     A figure whose data is absent is not drawn.
     """
     from membench.capacity_plots import budget_figure, flip_figure, n_figure, row_styles
-    from membench.plots import pyplot
+    from membench.plots import pyplot, read_curves, training_curves
     from membench.store import write_text_atomic
 
     out_dir = Path(out_dir)
     summary, records, dropped = capacity_summary(out_dir)
+    curves = read_curves(out_dir, images=False)  # every input read before any output is written
     styles = row_styles(sorted(summary["row"].unique()))
     plt = pyplot()
     erasure = summary[summary.flip == 0]
     paths = (n_figure(plt, erasure, styles, out_dir) + budget_figure(plt, erasure, styles, out_dir)
-             + flip_figure(plt, summary[summary.flip > 0], styles, out_dir))
+             + flip_figure(plt, summary[summary.flip > 0], styles, out_dir) + training_curves(out_dir, curves))
 
     markdown = capacity_markdown(summary, records, dropped)
     paths.append(write_text_atomic(out_dir / "capacity.md", markdown))

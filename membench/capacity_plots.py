@@ -14,21 +14,21 @@ from pathlib import Path
 from typing import Any
 
 from membench.capacity import missing_because, row_order, table_order, table_title, task_of
-from membench.plots import log2_axis, plot_line, save_figure
+from membench.plots import legend_outside, log2_axis, plot_line, save_figure
 from membench.suites import BUDGET_NUM_PATTERNS, CAPACITY_MODELS
 
 LINE_STYLES = ("-", "--", "-.", ":")
 MARKERS = ("o", "s", "^", "v", "D", "x", "+", "*")
+# tab10, then six more of other hues: the sixteen rows of the committed figures each a colour of its own
+COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+           "#17becf", "#000000", "#800000", "#000075", "#469990", "#f032e6", "#e6a800")
 
 
 def row_styles(rows: list[str]) -> dict[str, dict[str, Any]]:
-    """Colour, line style and marker per row, fixed by the model order (so every figure agrees);
-    styles and markers vary too, so that coinciding lines stay visible."""
-    import matplotlib
-
-    palette = matplotlib.colormaps["tab10"]
+    """Colour, line style and marker per row, fixed by the model order (so every figure agrees); a colour each
+    up to len(COLOURS) rows, and styles and markers vary too, so that coinciding lines stay visible."""
     order = list(CAPACITY_MODELS) + sorted(r for r in rows if r not in CAPACITY_MODELS)
-    return {row: {"color": palette(order.index(row) % 10), "linestyle": LINE_STYLES[order.index(row) % 4],
+    return {row: {"color": COLOURS[order.index(row) % len(COLOURS)], "linestyle": LINE_STYLES[order.index(row) % 4],
                   "marker": MARKERS[order.index(row) % len(MARKERS)]} for row in rows}
 
 
@@ -51,7 +51,7 @@ def n_figure(plt, erasure, styles: dict[str, Any], out_dir: Path) -> list[Path]:
         ax.set(xlabel="N (patterns written)", ylabel="error bits per query", title=table_title(table))
         ax.title.set_fontsize(9)
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+    legend_outside(axes[0])
     fig.tight_layout()
     saved = save_figure(fig, out_dir, "capacity_n")
     plt.close(fig)
@@ -78,7 +78,7 @@ def budget_figure(plt, erasure, styles: dict[str, Any], out_dir: Path) -> list[P
                title=f"N = {BUDGET_NUM_PATTERNS}, {dim}-bit patterns, {erased} bits erased")
         ax.grid(alpha=0.3)
         notes += budget_notes(group)
-    axes[0][0].legend(fontsize=7)
+    legend_outside(axes[0])
     if notes:  # below the axes, so that a long list does not squeeze them
         fig.text(0.5, 0.005, "; ".join(notes), ha="center", fontsize=7, color="grey", wrap=True)
     fig.tight_layout(rect=(0, 0.08 if notes else 0, 1, 1))
@@ -130,7 +130,7 @@ def flip_figure(plt, flipped, styles: dict[str, Any], out_dir: Path) -> list[Pat
         ax.title.set_fontsize(9)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("error bits per query")
-    axes[0][0].legend(fontsize=7)
+    legend_outside(axes[0])
     note = "Dashed: the error of returning the query unchanged (the flipped bits)."
     if unchanged:
         note += (" Every query exactly on it, at every N and rate: "

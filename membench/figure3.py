@@ -24,7 +24,7 @@ from membench.errors import DataMismatch, DatasetMissing, MembenchError
 from membench.fig3_acceptance import (MATCH_TOLERANCE, PAPER_DATASET, PAPER_POINT_TASK, acceptance_markdown,
                                       checked_presets)
 from membench.grids import first_episode, reconstruction_grid
-from membench.plots import pyplot, read_curves, save, training_curves
+from membench.plots import legend_outside, pyplot, read_curves, save, training_curves
 from membench.report import REPO_ROOT, distinct, episode_means, span, updates_text
 from membench.store import ResultsStore, read_table, write_text_atomic
 
@@ -50,7 +50,7 @@ def image_records(out_dir: Path) -> list[dict[str, Any]]:
                      if isinstance(SUITES.get(r["suite"]), SweepSuite) and r["task"]["kind"] in PAPER_DATASET])[0]
 
 
-def _curve_label(record: dict[str, Any]) -> tuple[str, str]:
+def curve_label(record: dict[str, Any]) -> tuple[str, str]:
     """(the paper's curve label of a record, its variant: the options beyond its curve point's, '' if none)."""
     from membench.report import options_text
     from membench.suites import SUITES
@@ -63,7 +63,7 @@ def _curve_label(record: dict[str, Any]) -> tuple[str, str]:
     return label, options_text(extra)
 
 
-def _line_label(curve: str, variant: str) -> str:
+def line_label(curve: str, variant: str) -> str:
     return f"{curve} [{variant}]" if variant else curve
 
 
@@ -113,7 +113,7 @@ def summarise(records: list[dict[str, Any]], reference: pd.DataFrame | None = No
     """One row per point (data set, curve, memory size, N, preset): pooled over seeds."""
     rows = []
     for record in records:
-        curve, variant = _curve_label(record)
+        curve, variant = curve_label(record)
         rows.append({"dataset": record["task"]["kind"], "curve": curve, "variant": variant, "model": record["model"],
                      "options": json.dumps(record["options"], sort_keys=True), "memory_floats": record["memory_floats"],
                      "num_patterns": record["task"]["num_patterns"], "preset": record["preset"],
@@ -198,7 +198,7 @@ def dataset_table(frame: pd.DataFrame) -> str:
     median of trained models, where a record has one: well below the test median means memorised). A point whose
     model holds less than its budget says of which budget (two points of one curve may hold the same)."""
     with_train = bool(frame["train_median"].notna().any())
-    grid = [[" ".join([_line_label(row.curve, row.variant), *_task_tags(row, frame)]),
+    grid = [[" ".join([line_label(row.curve, row.variant), *_task_tags(row, frame)]),
              f"{row.memory_k:.2f}" + (f" of {row.budget / 1000:.2f}" if row.memory_floats < row.budget else ""),
              f"{row.median:.2f} [{row.p5:.2f}, {row.p95:.2f}]",
              "" if pd.isna(row.paper) else f"{row.paper:.2f} [{row.paper_lo:.2f}, {row.paper_hi:.2f}]",
@@ -232,10 +232,10 @@ def summary_markdown(summary: pd.DataFrame) -> str:
     return "\n".join(parts)
 
 
-def _readable_axis(ax, ours: pd.DataFrame, paper: pd.DataFrame | None) -> None:
-    """Fit the error axis to our curves but raw slots and passthrough (the learned ones and mean fill), the
-    paper's, and the unchanged query (passthrough) where it is within twice their top (Omniglot's, 256 wrong
-    pixels, is not; CIFAR's is); say which curves lie above it."""
+def _axis_top(ours: pd.DataFrame, paper: pd.DataFrame | None) -> float | None:
+    """The error axis' top: it fits our curves but raw slots and passthrough (the learned ones and mean fill),
+    the paper's, and the unchanged query (passthrough) where it is within twice their top (Omniglot's, 256
+    wrong pixels, is not; CIFAR's is); None with nothing to fit."""
     tops = [paper["hi"].max()] if paper is not None and len(paper) else []
     if not ours.empty:
         kept = ours[~ours.curve.isin(["raw_slots", "passthrough"])]
@@ -243,57 +243,70 @@ def _readable_axis(ax, ours: pd.DataFrame, paper: pd.DataFrame | None) -> None:
         passthrough = ours[ours.curve == "passthrough"]["p95"]
         if len(passthrough) and (not tops or passthrough.max() <= 2 * max(tops)):
             tops.append(passthrough.max())
-    if not tops:
-        return
-    top = 1.15 * max(tops)
-    ax.set_ylim(0, top)
-    above = sorted(set(ours[ours.p5 > top]["curve"])) if not ours.empty else []
-    if above:
-        ax.text(0.98, 0.98, f"above the axis: {', '.join(above)} (see the table)", transform=ax.transAxes,
-                ha="right", va="top", fontsize=7, color="grey")
+    return 1.15 * max(tops) if tops else None
 
 
 def plot(summary: pd.DataFrame, reference: pd.DataFrame | None, paths: list[Path]) -> list[Path]:
-    """Distortion against memory (k floats), ours with 5-95% bars, the paper's dashed with bands."""
+    """Distortion against memory (k floats), ours with 5-95% bars, the paper's dashed with bands. A memory-free
+    curve (every point at 0 floats: passthrough, mean fill) is a dotted level across the axis; a curve with a
+    point above the axis is named at its top, and one wholly above it is left out of the legend. One legend,
+    beside the panels; a colour per curve and a marker per line, alike in both panels."""
     plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+    fig, axes = plt.subplots(1, 2, figsize=(13.5, 4.6))
     labels = sorted((set(summary["curve"]) if not summary.empty else set())
                     | (set(reference["model"]) if reference is not None else set()))
     colours = {label: plt.cm.tab10(i % 10) for i, label in enumerate(labels)}
+    keys = ["curve", "variant", "preset", "num_patterns", *TASK_TAGS]
+    markers: dict[tuple, str] = {}  # a line's marker, the same in both panels
     any_paused = False
     for ax, (dataset, paper_name) in zip(axes, PAPER_DATASET.items()):
-        if reference is not None:
-            for label, points in reference[reference.dataset == paper_name].groupby("model"):
+        paper = reference[reference.dataset == paper_name] if reference is not None else None
+        if paper is not None:
+            for label, points in paper.groupby("model"):
                 points = points.sort_values("memory_k")
                 ax.plot(points.memory_k, points.error, "--x", color=colours[label], alpha=0.7, label=f"paper: {label}")
                 ax.fill_between(points.memory_k, points.lo, points.hi, color=colours[label], alpha=0.12)
         ours = summary[summary.dataset == dataset] if not summary.empty else summary
-        keys = ["curve", "variant", "preset", "num_patterns", *TASK_TAGS]
-        lines = ours.groupby(keys, sort=True) if not ours.empty else []
+        top = _axis_top(ours, paper)
+        above: list[str] = []
         ringed = False  # this axis has a paused checkpoint's point, labelled once
-        for index, ((label, variant, preset, n, *_), points) in enumerate(lines):
+        for key, points in (ours.groupby(keys, sort=True) if not ours.empty else []):
+            label, variant, preset, n = key[:4]
             points = points.sort_values("memory_k")
             tags = (([preset] if ours.preset.nunique() > 1 else [])
                     + ([f"N={n}"] if ours.num_patterns.nunique() > 1 else []) + _task_tags(points.iloc[0], ours))
+            name = f"ours: {line_label(label, variant)}" + (f" ({', '.join(tags)})" if tags else "")
+            if top is not None and (points["median"] > top).any():
+                above.append(line_label(label, variant) + (f" ({points['median'].max():.0f})" if len(points) == 1 else ""))
+            shown = top is None or (points["median"] <= top).any()
+            if (points["memory_floats"] == 0).all():  # no memory: one level, across the axis
+                ax.axhline(points["median"].iloc[0], color=colours[label], linestyle=":", linewidth=1.5,
+                           label=f"{name}, no memory" if shown else None)
+                continue
+            marker = markers.setdefault(key, "osD^v"[len(markers) % 5])
             ax.errorbar(points.memory_k, points["median"], yerr=[points["median"] - points.p5, points.p95 - points["median"]],
-                        fmt="-" + "osD^v"[index % 5], color=colours[label], capsize=3,
-                        label=f"ours: {_line_label(label, variant)}" + (f" ({', '.join(tags)})" if tags else ""))
+                        fmt="-" + marker, color=colours[label], capsize=3, label=name if shown else None)
             paused = points[points["paused"] != ""]
             if len(paused):  # hollow rings over them: a paused checkpoint's points (--no-train)
                 ax.plot(paused.memory_k, paused["median"], "o", mfc="none", mec="black", ms=11, zorder=4,
                         label=None if ringed else "a paused checkpoint's point")
                 ringed = any_paused = True
-        _readable_axis(ax, ours, reference[reference.dataset == paper_name] if reference is not None else None)
+        if top is not None:
+            ax.set_ylim(0, top)
+        if above:
+            ax.text(0.98, 0.98, f"above the axis: {', '.join(above)} (see the table)", transform=ax.transAxes,
+                    ha="right", va="top", fontsize=7, color="grey")
         if ours.empty:
             ax.text(0.5, 0.5, "no runs yet", transform=ax.transAxes, ha="center", color="grey")
         ax.set(xlabel="memory (thousands of float32 values)", ylabel="error per image", title=TITLES[dataset])
-        if ax.get_legend_handles_labels()[0]:  # an axis with neither runs nor paper points has no legend
-            ax.legend(fontsize=7)
-    caption = f"Ours: median over batches, bars 5th-95th percentile. Dashed: {CITATION}."
+    legend_outside(axes)
+    caption = (f"Ours: median over batches, bars 5th-95th percentile; dotted: a memory-free reference. Dashed: "
+               f"{CITATION}. The paper does not state its Omniglot resolution; ours counts wrong pixels of 32x32.")
     if any_paused:
         caption += " Ringed: evaluated from a checkpoint whose training was paused (membench run --no-train)."
     if _smoke_test(summary):
         caption += "\n" + QUICK_CHANGES + "."
+        fig.suptitle("Smoke test of the quick presets (CPU): not a result", color="firebrick", fontsize=11)
     fig.text(0.5, 0.005, caption, ha="center", fontsize=6.5, wrap=True)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     for path in paths:
@@ -358,7 +371,7 @@ def figures(out_dir: Path, reference: Path | None = DEFAULT_REFERENCE, checkpoin
     write_text_atomic(out_dir / "fig3.csv", summary[columns].to_csv(index=False, float_format="%.4f") if len(summary) else "")
     written += plot(summary, paper, [out_dir / "fig3.png", out_dir / "fig3.pdf"])
     written += training_curves(out_dir, curves, name="fig3_training_curves")
-    written += [reconstruction_grid(record, path, episode, _line_label(*_curve_label(record)))
+    written += [reconstruction_grid(record, path, episode, line_label(*curve_label(record)))
                 for path, (record, episode) in shown.items()]
     if grids and not skipped:  # the grids of curves no longer drawn (or of old names) are not left beside today's
         for stale in set(out_dir.glob("fig3_recon_*.png")) - set(shown):  # (with a grid not redrawn, one of them
@@ -372,7 +385,7 @@ def _grid_name(record: dict[str, Any], records: list[dict[str, Any]]) -> str:
     kind = record["task"]["kind"]
     same = [r for r in records if r["task"]["kind"] == kind]
     trained_presets = {r["preset"] for r in same if r["training"]}
-    parts = [_line_label(*_curve_label(record))]
+    parts = [line_label(*curve_label(record))]
     if record["training"] and len(trained_presets) > 1:
         parts.append(record["preset"])
     for column, text in {**TASK_TAGS, "num_patterns": "N={}"}.items():

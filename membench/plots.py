@@ -32,13 +32,13 @@ def pyplot():
     return plt
 
 
-Curves = dict[str, tuple[str, pd.DataFrame]]  # checkpoint key -> (line label, curve: step, loss, error)
+Curves = dict[str, tuple[str, str, pd.DataFrame]]  # checkpoint key -> (line label, task, curve: step, loss, error)
 
 
 def read_curves(out_dir: Path, images: bool | None = None) -> Curves:
     """The training curve of every trained run in `out_dir` (of image tasks only with `images`,
-    of binary ones only with images=False), one per checkpoint (a checkpoint trained on several N serves
-    several runs; none of a model's older source version, as in the tables; none paused before its first
+    of binary ones only with images=False), one per checkpoint, with the task its error is counted on (its kind
+    and unit, e.g. "omniglot, pixels"; a checkpoint trained on several N serves several runs; none of a model's older source version, as in the tables; none paused before its first
     logged step, which has no point to draw). MembenchError naming a missing, unreadable or cut-short curve file."""
     store = ResultsStore(out_dir)
     curves: Curves = {}
@@ -51,9 +51,11 @@ def read_curves(out_dir: Path, images: bool | None = None) -> Curves:
         key = training["checkpoint_key"]
         if key not in curves:
             label = row_label(record["model"], record["preset"], trained=True)
-            if record["task"]["kind"] != "binary":  # a rate-sweep point: data set, options, memory size
-                options = " ".join(str(v) for v in record["options"].values())
-                label = f"{record['task']['kind']} {label} {options} ({record['memory_floats']} floats)"
+            task = f"{record['task']['kind']}, {record.get('task_unit', 'error')}"
+            if record["task"]["kind"] != "binary":  # a rate-sweep point: its Figure 3 line, memory size, preset
+                from membench.figure3 import curve_label, line_label
+
+                label = f"{line_label(*curve_label(record))} ({record['memory_floats']} floats, {record['preset']})"
             elif not training["config"].get("num_patterns"):
                 label += f" N={record['task']['num_patterns']}"
             path = Path(out_dir) / training["curve"]
@@ -79,28 +81,35 @@ def read_curves(out_dir: Path, images: bool | None = None) -> Curves:
             if logged and last < steps - every:
                 raise MembenchError(f"{path} ends at step {last:g}, but its record {record['run_id']} trained "
                                     f"{steps} updates, logged every {every}: it is cut short; {fix}")
-            curves[key] = (label, curve)
+            curves[key] = (label, task, curve)
     return curves
 
 
 def training_curves(out_dir: Path, curves: Curves, name: str = "training_curves") -> list[Path]:
-    """Plot loss and task error against step of `curves` (`read_curves(out_dir)`'s) into `out_dir` (PNG + PDF).
-    One line per checkpoint. Returns the written paths."""
+    """Plot loss and task error against step of `curves` (`read_curves(out_dir)`'s) into `out_dir` (PNG + PDF):
+    the loss, then one error panel per task (errors in different units never share an axis), one line per
+    checkpoint, the legend beside them. Returns the written paths."""
     if not curves:
         return []
     plt = pyplot()
-    fig, (ax_loss, ax_error) = plt.subplots(1, 2, figsize=(12, 4.4))
+    tasks = sorted({task for _, task, _ in curves.values()})
+    fig, axes = plt.subplots(1, 1 + len(tasks), figsize=(6 * (1 + len(tasks)) + 3, 4.4), squeeze=False)
+    ax_loss, panels = axes[0][0], dict(zip(tasks, axes[0][1:]))
     palette = plt.cm.tab10 if len(curves) <= 10 else plt.cm.tab20
-    for index, (label, curve) in enumerate(sorted(curves.values(), key=lambda item: item[0])):
+    for index, (label, task, curve) in enumerate(sorted(curves.values(), key=lambda item: (item[1], item[0]))):
         colour = palette(index % palette.N)
-        for ax, column in ((ax_loss, "loss"), (ax_error, "error")):
+        for ax, column in ((ax_loss, "loss"), (panels[task], "error")):
             ax.plot(curve["step"], curve[column], color=colour, alpha=0.25, linewidth=0.8)
             ax.plot(curve["step"], curve[column].rolling(SMOOTH, min_periods=1).mean(), color=colour, label=label)
     ax_loss.set(xlabel="training step", ylabel="meta-training loss", yscale="log", title="loss")
-    ax_error.set(xlabel="training step", ylabel="error on the training batch", title="task error (training episodes)")
-    ax_error.legend(fontsize=6)
+    for task, ax in panels.items():
+        kind, unit = task.split(", ", 1)
+        ax.set(xlabel="training step", ylabel=f"error on the training batch ({unit})",
+               title="task error (training episodes)" + ("" if kind == "binary" else f": {kind}"))
+    legend_outside(axes[0], fontsize=6)
     fig.text(0.5, 0.005, f"Faint: each logged training batch (models trained on several N draw one N per batch); "
-             f"bold: rolling mean over {SMOOTH} logs.", ha="center", fontsize=7)
+             f"bold: rolling mean over {SMOOTH} logs. A step is one update of the model's own batch of episodes.",
+             ha="center", fontsize=7)
     fig.tight_layout(rect=(0, 0.04, 1, 1))
     paths = save_figure(fig, out_dir, name)
     plt.close(fig)
@@ -112,6 +121,17 @@ def plot_line(ax, frame, x: str, label: str, style: dict[str, Any]) -> None:
     frame = frame.sort_values(x)
     ax.plot(frame[x], frame["mean"], markersize=4, markerfacecolor="none", label=label, **style)
     ax.fill_between(frame[x], frame["ci_low"], frame["ci_high"], color=style["color"], alpha=0.2, linewidth=0)
+
+
+def legend_outside(axes, fontsize: float = 7) -> None:
+    """One legend for the lines of every axis in `axes` (each label once, in drawing order), right of the last
+    one, where it hides no data (a label drawn only in a later panel is listed too)."""
+    handles: dict[str, Any] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    axes[-1].legend(list(handles.values()), list(handles), fontsize=fontsize, loc="upper left",
+                    bbox_to_anchor=(1.02, 1), borderaxespad=0)
 
 
 def save_figure(fig, out_dir: Path, name: str) -> list[Path]:

@@ -18,7 +18,7 @@ from membench.report import task_key
 from membench.runner import run_all
 from membench.store import ResultsStore
 from membench.tasks import BinaryTask, Episodes
-from tests.conftest import exited_cleanly
+from tests.conftest import REPO_ROOT, exited_cleanly
 
 HOPFIELD = ("hopfield_hebb", "hopfield_storkey", "hopfield_pseudoinverse")
 
@@ -294,6 +294,30 @@ def test_image_tables_name_the_suites_refusing_models_only_when_the_suites_model
     ours = _image_left_out(pd.DataFrame({"model": ["raw_slots"], "num_patterns": [4]}), table)
     assert any(line.startswith("hopfield_hebb, hopfield_storkey, hopfield_pseudoinverse: ") for line in ours), ours
     assert _image_left_out(pd.DataFrame({"model": ["my_memory:Mine"], "num_patterns": [4]}), table) == []
+
+
+def test_every_row_of_the_committed_capacity_figures_has_a_colour_of_its_own():
+    """Sixteen rows (the suites' eight and the meta-learned eight) drew six pairs in one colour (ebmm on
+    hopfield_hebb's blue, where the README compares them)."""
+    from membench.capacity_plots import row_styles
+
+    rows = sorted(set(capacity_summary(REPO_ROOT / "results" / "capacity")[0]["row"]))
+    assert len(rows) == 16, rows
+    assert len({row_styles(rows)[row]["color"] for row in rows}) == len(rows)
+
+
+def test_the_capacity_outputs_draw_the_learned_rows_training_curves(tmp_path):
+    """`membench capacity` draws training_curves beside its figures (only `membench report` did, so the
+    committed one went stale), from the curves of the records in the folder."""
+    import shutil
+
+    source = REPO_ROOT / "results" / "capacity"
+    record = next(r for r in ResultsStore(source).records() if r["model"] == "mann")
+    ResultsStore(tmp_path).save(record)
+    (tmp_path / "training").mkdir()
+    shutil.copy(source / record["training"]["curve"], tmp_path / "training")
+    paths = capacity_figures(tmp_path)
+    assert tmp_path / "training_curves.png" in paths and (tmp_path / "training_curves.png").stat().st_size > 0
 
 
 def test_capacity_reads_and_writes_where_run_does_by_default(tmp_path, monkeypatch):

@@ -382,29 +382,44 @@ def test_points_on_different_data_stay_apart_and_say_so(tmp_path, monkeypatch):
     assert sorted(legends) == ["ours: raw_slots (data bundled)", "ours: raw_slots (data full)"], legends
 
 
-def test_the_error_axis_fits_the_learned_and_paper_curves_not_the_references():
-    """Omniglot's passthrough (256 wrong pixels) would squash curves of 2-45 into the axis' bottom: it is named
-    above the axis instead; CIFAR's (46) stays on it."""
-    import matplotlib
+def test_the_error_axis_fits_the_learned_and_paper_curves_and_names_the_rest(tmp_path, monkeypatch):
+    """Omniglot's passthrough (256 wrong pixels) would squash curves of 2-45 into the axis' bottom: the axis fits
+    the learned curves, mean fill and the paper's; a curve with a point above it is named at its top (raw slots,
+    one of its two points below it, too) and one wholly above is not in that panel's legend; a memory-free curve
+    is a dotted level across the axis; CIFAR's passthrough (46.2) stays on it; one legend, beside the panels."""
+    from membench import figure3
+    from membench.fig3_acceptance import PAPER_DATASET
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import pandas as pd
+    drawn = []
+    monkeypatch.setattr(figure3, "save", lambda fig, path: drawn.append(fig))
 
-    from membench.figure3 import _readable_axis
+    def point(dataset, curve, floats, median, p5, p95):
+        return {"dataset": dataset, "curve": curve, "model": curve, "variant": "", "preset": "gpu", "num_patterns": 64,
+                "data": "", "image_size": 32, "block": 16, "memory_floats": floats, "memory_k": floats / 1000,
+                "median": median, "p5": p5, "p95": p95, "paused": "", "trained": False}
 
-    ours = pd.DataFrame({"curve": ["passthrough", "raw_slots", "EBMM_FC"], "p5": [256.0, 80.0, 20.0],
-                         "p95": [256.0, 90.0, 40.0]})
-    fig, ax = plt.subplots()
-    _readable_axis(ax, ours, pd.DataFrame({"hi": [41.2]}))
-    assert ax.get_ylim() == (0, 1.15 * 41.2)
-    assert [t.get_text() for t in ax.texts] == ["above the axis: passthrough, raw_slots (see the table)"]
-    plt.close(fig)
-    fig, ax = plt.subplots()  # CIFAR's passthrough (46.2) is within twice the paper's top: on the axis
-    _readable_axis(ax, ours.assign(p5=[46.2, 80.0, 20.0], p95=[46.2, 90.0, 40.0]), pd.DataFrame({"hi": [30.7]}))
-    assert ax.get_ylim() == (0, 1.15 * 46.2)
-    assert [t.get_text() for t in ax.texts] == ["above the axis: raw_slots (see the table)"]
-    plt.close(fig)
+    summary = pd.DataFrame([point("omniglot", "passthrough", 0, 256.0, 256.0, 256.0),
+                            point("omniglot", "mean_fill", 0, 41.0, 39.0, 43.0),
+                            point("omniglot", "raw_slots", 3072, 70.0, 30.0, 90.0),
+                            point("omniglot", "raw_slots", 6144, 45.0, 20.0, 80.0),
+                            point("omniglot", "EBMM_FC", 4112, 30.0, 20.0, 40.0),
+                            point("cifar10", "passthrough", 0, 46.2, 46.2, 46.2),
+                            point("cifar10", "raw_slots", 3072, 85.0, 80.0, 90.0),
+                            point("cifar10", "EBMM_FC", 4112, 30.0, 20.0, 40.0)])
+    reference = pd.DataFrame({"dataset": list(PAPER_DATASET.values()), "model": ["EBMM_FC"] * 2,
+                              "memory_k": [4.11] * 2, "error": [12.8, 10.2], "lo": [10.0] * 2, "hi": [41.2, 30.7]})
+    figure3.plot(summary, reference, [tmp_path / "fig3.png"])
+    omniglot, cifar = drawn[0].axes
+    assert omniglot.get_ylim() == (0, 1.15 * 43.0) and cifar.get_ylim() == (0, 1.15 * 46.2)
+    assert [t.get_text() for t in omniglot.texts] == ["above the axis: passthrough (256), raw_slots (see the table)"]
+    assert [t.get_text() for t in cifar.texts] == ["above the axis: raw_slots (85) (see the table)"]
+    shown = omniglot.get_legend_handles_labels()[1]
+    assert "ours: raw_slots" in shown and "ours: mean_fill, no memory" in shown
+    assert not any("passthrough" in label for label in shown)
+    assert "ours: passthrough, no memory" in cifar.get_legend_handles_labels()[1]
+    levels = [line for line in omniglot.get_lines() if line.get_linestyle() == ":"]
+    assert [list(line.get_ydata()) for line in levels] == [[41.0, 41.0], [256.0, 256.0]]  # levels across the axis
+    assert omniglot.get_legend() is None and cifar.get_legend() is not None
 
 
 MEAN_IMAGE = '''

@@ -240,6 +240,27 @@ def test_a_trained_row_says_how_many_updates_of_how_many_episodes_trained_it():
     assert "updates × episodes" not in grid(summarise([record("raw_slots", None)]), None)[1]
 
 
+def test_training_curves_put_errors_of_different_units_on_panels_of_their_own(tmp_path, monkeypatch):
+    """Omniglot's wrong pixels and CIFAR's squared error shared one error axis: now the loss, then one error
+    panel per task, each naming its unit, and one legend beside them."""
+    import pandas as pd
+
+    from membench import plots
+
+    drawn = []
+    monkeypatch.setattr(plots, "save", lambda fig, path: drawn.append(fig))
+    curve = pd.DataFrame({"step": [50.0, 100.0], "loss": [2.0, 1.0], "error": [40.0, 30.0]})
+    plots.training_curves(tmp_path, {"a": ("MemNet (3072 floats, quick)", "omniglot, pixels", curve),
+                                     "b": ("MemNet (9216 floats, quick)", "cifar10, squared error", curve),
+                                     "c": ("MANN (2112 floats, quick)", "cifar10, squared error", curve)})
+    loss, cifar, omniglot = drawn[0].axes
+    assert loss.get_yscale() == "log"
+    assert cifar.get_ylabel() == "error on the training batch (squared error)" and cifar.get_title().endswith("cifar10")
+    assert omniglot.get_ylabel() == "error on the training batch (pixels)"
+    assert len(cifar.get_lines()) == 4 and len(omniglot.get_lines()) == 2   # faint and bold, a curve each
+    assert omniglot.get_legend() is not None and cifar.get_legend() is None
+
+
 def test_training_curves_leave_out_a_models_older_source_version(tmp_path):
     """The curves figure follows the tables' rule: a model's run made by an older version of its source files
     (`model_source`) draws no curve beside the new version's."""
