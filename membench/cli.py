@@ -10,13 +10,13 @@ from pathlib import Path
 
 import click
 
-from membench.cli_common import (DATA_DIR_OPTION, DEFAULT_OUT, MAX_SEED, MAX_SIZE, PathArg, Seconds, friendly_errors,
-                                 int_list, parse_options, suite_runs)
+from membench.cli_common import (DATA_DIR_OPTION, DEFAULT_OUT, MAX_SEED, MAX_SIZE, MembenchGroup, PathArg, Seconds,
+                                 friendly_errors, int_list, parse_options, suite_runs)
 from membench.cli_sessions import COMMANDS
 from membench.errors import MembenchError
 
 
-@click.group()
+@click.group(cls=MembenchGroup)
 @click.version_option(package_name="membench")
 def main() -> None:
     """Benchmark associative memories under equal float32 budgets (EBMM paper, Table 1 and Figure 3)."""

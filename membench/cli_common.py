@@ -1,6 +1,7 @@
 """What the command modules share: exit statuses through click, list and option callbacks, the error wrapper."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import functools
@@ -94,6 +95,34 @@ def parse_options(_ctx, _param, values: tuple[str, ...]) -> dict[str, object]:
 
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
+
+
+class UsageErrorLine(click.ClickException):
+    """A usage error (an unknown option or command, a bad option value) shown as one line, exit status 2."""
+
+    exit_code = 2
+
+
+@contextlib.contextmanager
+def _one_line_usage():
+    try:
+        yield
+    except click.UsageError as exc:
+        where = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
+        raise UsageErrorLine(exc.format_message() + where) from None
+
+
+class MembenchGroup(click.Group):
+    """The `membench` group: a usage error prints one line, 'Error: <what>' and where the help is, not click's
+    usage block above it."""
+
+    def make_context(self, *args, **kwargs):
+        with _one_line_usage():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx):
+        with _one_line_usage():
+            return super().invoke(ctx)
 
 
 def friendly_errors(command):

@@ -78,7 +78,7 @@ def reconstruction_grid(record: dict[str, Any], path: Path, shown: tuple[Any, to
     """Rows: query, retrieval, original for `columns` queries spread evenly over the run's first test episode,
     `shown` (`first_episode`), first and last included, each titled with its place in the episode (a memory that
     keeps the first images it is given shows what it does with the others too); `label` (the curve's) opens the
-    figure's title. Returns the written path."""
+    figure's title, with the memory and the unit of the error written in each retrieval. Returns the written path."""
     episodes, retrievals, errors = shown
     plt = pyplot()
     count = record["task"]["num_patterns"]
@@ -93,12 +93,17 @@ def reconstruction_grid(record: dict[str, Any], path: Path, shown: tuple[Any, to
             axes[row, col].set_xticks([]), axes[row, col].set_yticks([])
             if row == 0:
                 axes[row, col].set_title(f"#{query + 1} of {count}", fontsize=7)
-            if row == 1:
-                axes[row, col].set_xlabel(f"{errors[query]:.1f}", fontsize=7)
+            if row == 1:  # inside the retrieval it belongs to
+                axes[row, col].text(0.03, 0.03, f"{errors[query]:.1f}", transform=axes[row, col].transAxes,
+                                    fontsize=6.5, color="firebrick", va="bottom",
+                                    bbox={"facecolor": "white", "alpha": 0.8, "pad": 1, "linewidth": 0})
         axes[row, 0].set_ylabel(name, fontsize=8)
     preset = f" ({record['preset']})" if record.get("training") else ""
-    fig.suptitle(f"{label}{preset} on {record['task']['kind']}, "
-                 f"{record['memory_floats'] / 1000:.2f}k floats (retrieval error under each image)", fontsize=9)
+    memory = f"{record['memory_floats'] / 1000:.2f}k floats" if record["memory_floats"] else "no memory"
+    scored = (" (counted after thresholding at 0.5; retrievals shown as read)" if record["task"]["kind"] == "omniglot"
+              else "")
+    fig.suptitle(f"{label}{preset} on {record['task']['kind']}, {memory}\nin red: each retrieval's error, "
+                 f"{record.get('task_unit', 'error')}{scored}", fontsize=8.5)
     fig.tight_layout()
     save(fig, path)
     plt.close(fig)
