@@ -51,6 +51,20 @@ def test_unknown_model_lists_valid_ones(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("args, said", [
+    (["throughput", "--num-patterns", "0"], "Invalid value for '--num-patterns': 0 is out of range"),
+    (["run", "--queries", "0"], "Invalid value for '--queries'"),
+    (["run", "--no-such-option"], "No such option '--no-such-option'"),
+    (["no-such-command"], "No such command 'no-such-command'"),
+])
+def test_a_usage_error_is_one_line_naming_the_help(args, said):
+    """Click printed its usage block and a hint above the error: three lines for one mistake."""
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    line = the_error_line(result)
+    assert said in line and line.endswith("--help`)") and "Usage:" not in result.output
+
+
 def test_unknown_suite_and_bad_seeds(tmp_path):
     result = CliRunner().invoke(main, ["run", "--suite", "table9", "--out", str(tmp_path)])
     line = the_error_line(result)
