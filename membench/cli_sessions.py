@@ -314,7 +314,8 @@ def set_aside(keep, root) -> None:
 @click.option("--batch-sizes", callback=int_list(1, MAX_SIZE),
               help="Comma-separated episodes per update. Default: the preset's.")
 @click.option("--steps", default=20, show_default=True, type=click.IntRange(1), help="Timed updates per row.")
-@click.option("--warmup", default=3, show_default=True, type=click.IntRange(0), help="Untimed updates first.")
+@click.option("--warmup", default=3, show_default=True, type=click.IntRange(1),
+              help="Untimed updates first (at least one: a first update pays for allocations; the row says how many).")
 @click.option("--cuda-graph/--no-cuda-graph", default=False, help="Replay updates from CUDA graphs (CUDA only).")
 @click.option("--compile/--eager", "compile_", default=None,
               help="torch.compile the meta-loss, or not. Default: as the preset says.")

@@ -25,6 +25,8 @@ import gc
 import io
 import json
 import os
+import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -33,6 +35,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -51,11 +54,13 @@ from membench.sweeps import SweepSuite
 
 COLUMNS = ["device", "device_name", "suite", "model", "preset", "options", "budget", "batch_size", "num_patterns",
            "episodes_per_s", "ms_per_step", "commit", "cuda_graph", "compiled", "precision", "steps", "rounds",
-           "threads", "torch", "measured_at", "reference", "reference_ms"]
+           "threads", "torch", "measured_at", "reference", "reference_ms", "dirty", "warmup", "seed", "wall_time_s",
+           "python", "numpy", "command"]
 KEY = ["device_name", "suite", "model", "preset", "options", "budget", "batch_size", "num_patterns", "cuda_graph",
        "compiled", "precision", "commit"]
 NUMBERS = ["budget", "batch_size", "num_patterns", "episodes_per_s", "ms_per_step"]  # numeric where given
 REFERENCE_BENCH = "tests/benchmarks/test_bench_ebmm.py::test_meta_training_step"  # EBMM quick, 16 episodes, N = 64
+SEED = 0  # the model's initial weights and the timed batches
 
 
 def _synchronize(device: torch.device) -> None:
@@ -69,8 +74,10 @@ def options_label(options: dict[str, Any]) -> str:
 
 
 def _row(device: torch.device, spec: RunSpec, batch_size: int, seconds: list[float], commit: str, cuda_graph: bool,
-         compiled: bool, precision: str, steps: int) -> dict[str, Any]:
-    """A CSV row from the per-round seconds per update (the median round counts)."""
+         compiled: bool, precision: str, steps: int, warmup: int | str, dirty: bool | None) -> dict[str, Any]:
+    """A CSV row from the per-round seconds per update (the median round counts), with how it was made: the
+    commit (and `dirty`: changes not committed; "unknown" where not known), warm-up updates, the batches' seed,
+    the timed seconds, the versions and the command."""
     median = statistics.median(seconds)
     return {"device": device.type, "device_name": device_name(device), "suite": spec.suite, "model": spec.model,
             "preset": spec.preset, "options": options_label(spec.options), "budget": spec.budget,
@@ -78,7 +85,10 @@ def _row(device: torch.device, spec: RunSpec, batch_size: int, seconds: list[flo
             "episodes_per_s": round(batch_size / median, 1), "ms_per_step": round(1000 * median, 2),
             "commit": commit, "cuda_graph": cuda_graph, "compiled": compiled, "precision": precision, "steps": steps,
             "rounds": len(seconds), "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "dirty": "unknown" if dirty is None else dirty, "warmup": warmup, "seed": SEED,
+            "wall_time_s": round(sum(seconds) * steps, 3), "python": platform.python_version(),
+            "numpy": np.__version__, "command": shlex.join(["membench", *sys.argv[1:]])}
 
 
 def run_specs(suite: str, models: Sequence[str], num_patterns: Sequence[int], preset: str,
@@ -113,17 +123,18 @@ def prepare(spec: RunSpec, device: torch.device, batch_size: int | None = None, 
     `steps` updates) and `row(seconds)`. Batch size, compiling and arithmetic (`TrainConfig.precision`) as the
     preset says unless given."""
     task = make_task(spec.task)
-    torch.manual_seed(0)
+    torch.manual_seed(SEED)
     built = build_model(spec, task).to(device)
     train = built.preset.train
     config = dataclasses.replace(train, cuda_graph=cuda_graph, batch_size=batch_size or train.batch_size,
                                  compile=train.compile if compile is None else compile,
                                  precision=precision or train.precision)
     stepper = Stepper(built, config, device)
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator().manual_seed(SEED)
     batches = [task.sample(config.batch_size, generator, split="train").to(device) for _ in range(4)]
     built.train()
-    for index in range(max(warmup, 1 if config.compile or config.cuda_graph else 0)):  # compiling, capture untimed
+    warmup = max(warmup, 1 if config.compile or config.cuda_graph else 0)  # compiling, capture untimed
+    for index in range(warmup):
         stepper.step(batches[index % 4].patterns, batches[index % 4].queries)
 
     def time_round() -> float:
@@ -139,7 +150,18 @@ def prepare(spec: RunSpec, device: torch.device, batch_size: int | None = None, 
     commit, dirty = git_state()
     label = (commit or "unknown")[:10] + ("-dirty" if dirty else "")
     return time_round, lambda seconds: _row(device, spec, config.batch_size, seconds, label, stepper.graphs_on,
-                                            stepper.compiled, config.precision, steps)
+                                            stepper.compiled, config.precision, steps, warmup, dirty)
+
+
+def resolve_commit(name: str) -> str | None:
+    """The full hash of the commit `name` (a hash, a prefix of one, HEAD, a branch) names in the repository this
+    package runs from; None where it names none."""
+    if name.startswith("-"):  # an option to git, not a name
+        return None
+    root = Path(__file__).resolve().parent.parent
+    found = subprocess.run(["git", "-C", str(root), "rev-parse", "--verify", "--quiet", f"{name}^{{commit}}"],
+                           capture_output=True, text=True)
+    return (found.stdout.strip() or None) if found.returncode == 0 else None
 
 
 @contextlib.contextmanager
@@ -149,9 +171,9 @@ def reference_tree(commit: str) -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="membench-reference-") as scratch:
         tree = Path(scratch) / "tree"
         made = subprocess.run(["git", "-C", str(root), "worktree", "add", "--detach", "-f", str(tree), commit],
-                              capture_output=True, text=True)
-        if made.returncode:
-            reason = (made.stderr.strip().splitlines() or ["git failed"])[-1]
+                              capture_output=True, text=True) if resolve_commit(commit) else None
+        if made is None or made.returncode:
+            reason = (made.stderr.strip().splitlines() or ["git failed"])[-1] if made else "not a commit here"
             raise MembenchError(f"cannot check out reference commit '{commit}' ({reason}); give a commit of this "
                                 f"repository's history")
         try:
@@ -206,10 +228,11 @@ def measure(requests: list[dict[str, Any]], rounds: int = 1, reference: str | No
             rows = [row(times) for (_, row), times in zip(prepared, seconds)]
     if reference:
         spec = run_specs("table1", ["ebmm"], [64], "quick")[0]
-        rows.append(_row(torch.device("cpu"), spec, 16, reference_seconds, reference[:10], False, False, "float32",
-                         steps=1))  # pytest-benchmark rounds of one update each
+        commit = resolve_commit(reference)[:10]  # (its worktree was made: it names a commit)
+        rows.append(_row(torch.device("cpu"), spec, 16, reference_seconds, commit, False, False, "float32",
+                         steps=1, warmup="pytest-benchmark's calibration", dirty=False))  # its rounds: an update each
         for row in filter(matches_reference, rows[:-1]):  # a speed-up only where the same update was timed
-            row.update(reference=reference[:10], reference_ms=rows[-1]["ms_per_step"])
+            row.update(reference=commit, reference_ms=rows[-1]["ms_per_step"])
     return rows
 
 
@@ -231,7 +254,9 @@ def matches_reference(row: dict[str, Any]) -> bool:
 
 # what rows from before each column meant
 LATE_COLUMNS = {"compiled": False, "rounds": 1, "precision": "float32", "options": "", "suite": "table1",
-                "budget": TABLE1_BUDGET, "reference": "", "reference_ms": float("nan")}
+                "budget": TABLE1_BUDGET, "reference": "", "reference_ms": float("nan"), "dirty": "not recorded",
+                "warmup": "not recorded", "seed": "not recorded", "wall_time_s": float("nan"), "python": "not recorded",
+                "numpy": "not recorded", "command": "not recorded"}
 
 
 def _with_late_columns(frame: pd.DataFrame) -> pd.DataFrame:
@@ -252,7 +277,8 @@ def existing_table(path: Path) -> pd.DataFrame | None:
     if not path.exists():
         return None
     old = read_table(path, "a throughput CSV", ("device", "model", "episodes_per_s"), "move it aside and rerun",
-                     dtype={"commit": str, "options": str, "suite": str, "reference": str})
+                     dtype={"commit": str, "options": str, "suite": str, "reference": str, "dirty": str,
+                            "warmup": str, "seed": str, "python": str, "numpy": str, "command": str})
     old = _with_late_columns(old)[COLUMNS]
     required = [column for column in COLUMNS if column not in LATE_COLUMNS]  # in every row since the first
     gaps = old[required].isna()

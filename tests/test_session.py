@@ -547,7 +547,7 @@ def test_a_session_times_updates_first_and_packs_their_rows(tmp_path: Path, monk
         bad = CliRunner().invoke(main, [*session, "--time", args])
         assert bad.exit_code == 1 and named in bad.output, bad.output
         assert exited_cleanly(bad) and not (tmp_path / "out").exists()
-    timing = "--model memory_networks --num-patterns 8 --batch-sizes 1 --steps 1 --warmup 0"
+    timing = "--model memory_networks --num-patterns 8 --batch-sizes 1 --steps 1 --warmup 1"
     no_time = [*session[:-6], "--train-time-limit", "0", *session[-4:]]  # the timing is skipped: paused, not failed
     skipped = CliRunner().invoke(main, [*no_time, "--time", timing])
     assert skipped.exit_code == EXIT_PAUSED and "== skipped membench throughput" in skipped.output, skipped.output

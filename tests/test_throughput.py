@@ -5,6 +5,7 @@ import dataclasses
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -144,6 +145,12 @@ def test_throughput_rows_merge_by_key(tmp_path):
     table = pd.read_csv(out)
     assert list(table.columns) == COLUMNS and sorted(table["batch_size"]) == [2, 4]  # the rerun replaced its rows
     assert (table["episodes_per_s"] > 0).all() and set(table["device"]) == {"cpu"}
+    import platform  # each row says how it was made: warm-up, seed, dirty or not, versions, command, seconds timed
+
+    row = table.iloc[0]
+    assert row["warmup"] == 1 and row["seed"] == 0 and str(row["dirty"]) in ("True", "False", "unknown")
+    assert row["python"] == platform.python_version() and row["command"].startswith("membench ")
+    assert 0 < row["wall_time_s"] and row["numpy"] == np.__version__
     changed = CliRunner().invoke(main, args + ["--option", "train.batch_size=3"])  # batch 2, 4 given: they win
     assert changed.exit_code == 0, changed.output
     table = pd.read_csv(out, keep_default_na=False)
@@ -155,7 +162,7 @@ def test_throughput_without_out_writes_beside_runs_not_into_a_checkouts_committe
     """No --out: membench-results/bench/throughput.csv, where `run` puts its records; results/ stays as it was."""
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(main, ["throughput", "--model", "memory_networks", "--device", "cpu", "--num-patterns",
-                                       "16", "--batch-sizes", "2", "--steps", "1", "--warmup", "0"])
+                                       "16", "--batch-sizes", "2", "--steps", "1", "--warmup", "1"])
     assert result.exit_code == 0, result.output
     assert len(pd.read_csv(tmp_path / "membench-results" / "bench" / "throughput.csv")) == 1
     assert not (tmp_path / "results").exists()
@@ -177,7 +184,7 @@ def test_a_truncated_throughput_csv_is_refused_before_timing_and_left_as_it_is(t
 def test_throughput_times_the_preset_as_changed_by_its_options(tmp_path):
     """--option changes the preset as `membench run --option` does; an unknown field is one clear error."""
     args = ["throughput", "--model", "ebmm", "--device", "cpu", "--num-patterns", "8", "--steps", "1", "--warmup",
-            "0", "--eager", "--out", str(tmp_path / "t.csv")]
+            "1", "--eager", "--out", str(tmp_path / "t.csv")]
     result = CliRunner().invoke(main, args + ["--option", "hidden=96", "--option", "train.batch_size=2"])
     assert result.exit_code == 0, result.output
     row = pd.read_csv(tmp_path / "t.csv").iloc[0]
@@ -191,7 +198,7 @@ def test_throughput_times_each_point_of_a_rate_sweep(tmp_path, data_root):
     budget alone); a suite that is neither table1 nor a sweep is one clear error."""
     out = tmp_path / "t.csv"
     args = ["throughput", "--suite", "fig3-cifar", "--model", "memory_networks", "--device", "cpu", "--steps", "1",
-            "--warmup", "0", "--batch-sizes", "1", "--out", str(out)]
+            "--warmup", "1", "--batch-sizes", "1", "--out", str(out)]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     table = pd.read_csv(out, keep_default_na=False)
@@ -285,10 +292,11 @@ def test_rows_timed_beside_a_reference_keep_its_time_of_that_run(tmp_path, monke
     monkeypatch.setattr(throughput, "reference_tree", lambda commit: contextlib.nullcontext(tmp_path))
     monkeypatch.setattr(throughput, "time_reference", lambda tree: next(reference_seconds))
     monkeypatch.setattr(throughput, "matches_reference", lambda row: row["model"] == "memory_networks")  # its update
+    monkeypatch.setattr(throughput, "resolve_commit", lambda name: name + "789abc")  # a commit of another history
     out = tmp_path / "t.csv"
     args = ["throughput", "--model", "memory_networks", "--model", "lstm", "--device", "cpu", "--num-patterns", "8",
             "--steps", "1",
-            "--warmup", "0", "--rounds", "2", "--reference", "028ec1c0123456", "--out", str(out)]
+            "--warmup", "1", "--rounds", "2", "--reference", "028ec1c0123456", "--out", str(out)]
     for extra in ([], ["--option", "train.batch_size=3"]):
         result = CliRunner().invoke(main, args + extra)
         assert result.exit_code == 0, result.output
@@ -300,6 +308,28 @@ def test_rows_timed_beside_a_reference_keep_its_time_of_that_run(tmp_path, monke
     assert table.loc[table["model"] == "lstm", "reference_ms"].isna().all()  # another update: no speed-up
     (reference_row,) = table[table["commit"] == "028ec1c012"].itertuples()
     assert reference_row.ms_per_step == 120.0 and reference_row.reference == ""  # the second run's
+
+
+def test_the_reference_is_recorded_as_the_commit_it_names(tmp_path, monkeypatch):
+    """`--reference HEAD` was recorded as "HEAD": a later HEAD's row would replace it (the same key). The commit
+    it names is recorded; a name of no commit is refused before anything is timed."""
+    import contextlib
+
+    from membench import throughput
+
+    head = throughput.resolve_commit("HEAD")
+    if head is None:
+        pytest.skip("not a git checkout")
+    monkeypatch.setattr(throughput, "reference_tree", lambda commit: contextlib.nullcontext(tmp_path))
+    monkeypatch.setattr(throughput, "time_reference", lambda tree: 0.1)
+    out = tmp_path / "t.csv"
+    args = ["throughput", "--model", "memory_networks", "--device", "cpu", "--num-patterns", "8", "--steps", "1",
+            "--out", str(out), "--reference"]
+    result = CliRunner().invoke(main, args + ["HEAD"])
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out, dtype={"commit": str})
+    assert head[:10] in set(table["commit"]) and "HEAD" not in set(table["commit"])
+    assert throughput.resolve_commit("no-such-commit-name") is None and throughput.resolve_commit("--all") is None
 
 
 def test_tf32_on_a_cpu_is_refused_before_any_row_is_built(tmp_path):

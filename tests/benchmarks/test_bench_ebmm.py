@@ -1,7 +1,7 @@
 """Speed of the binary EBMM on CPU (`make bench`); `make test` runs each once, untimed.
 
-Size: the quick preset's model (hidden 128, K = 3 reads, T = 3 writes, 8256 writable
-floats) on one training batch of the quick preset (16 episodes) at N = 64 patterns.
+Size: the quick preset's model (`ebmm.config.PRESETS["quick"]`, 8256 writable floats) on one
+training batch of the quick preset (16 episodes) at N = 64 patterns.
 """
 from __future__ import annotations
 
