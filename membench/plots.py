@@ -101,7 +101,9 @@ def training_curves(out_dir: Path, curves: Curves, name: str = "training_curves"
         for ax, column in ((ax_loss, "loss"), (panels[task], "error")):
             ax.plot(curve["step"], curve[column], color=colour, alpha=0.25, linewidth=0.8)
             ax.plot(curve["step"], curve[column].rolling(SMOOTH, min_periods=1).mean(), color=colour, label=label)
-    ax_loss.set(xlabel="training step", ylabel="meta-training loss", yscale="log", title="loss")
+    positive = all((curve["loss"] > 0).all() for _, _, curve in curves.values())  # else a log axis drops points
+    ax_loss.set(xlabel="training step", ylabel="meta-training loss", yscale="log" if positive else "symlog",
+                title="loss")
     for task, ax in panels.items():
         kind, unit = task.split(", ", 1)
         ax.set(xlabel="training step", ylabel=f"error on the training batch ({unit})",
