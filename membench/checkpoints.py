@@ -152,10 +152,24 @@ def _field_problem(saved: dict[str, Any]) -> str | None:
         return f"step {saved['step']} is beyond the {planned} its configuration plans"
     if "optimizer" in saved and not isinstance(saved["optimizer"], dict):
         return "optimizer is not an optimiser's state"
+    if "global_generators" in saved and not _generator_states(saved["global_generators"]):
+        return "global_generators is not the global generators' states"
     shares = saved.get("guard_shares", [])
     if not (isinstance(shares, list) and all(type(share) is float for share in shares)):
         return "guard_shares is not a list of error shares"
     return None
+
+
+def _generator_states(value: Any) -> bool:
+    """Whether `value` is what `tasks.global_generators` saves: torch's state (its CPU generator's bytes),
+    NumPy's (a Mersenne Twister's 624 keys among five fields), Python's (three fields)."""
+    if not isinstance(value, dict):
+        return False
+    mine, numpy, python = value.get("torch"), value.get("numpy"), value.get("python")
+    return (isinstance(mine, torch.Tensor) and mine.dtype == torch.uint8 and mine.shape == torch.get_rng_state().shape
+            and isinstance(numpy, list) and len(numpy) == 5 and isinstance(numpy[1], torch.Tensor)
+            and numpy[1].shape == (624,) and isinstance(python, list) and len(python) == 3
+            and isinstance(value.get("cuda", torch.zeros(0, dtype=torch.uint8)), torch.Tensor))
 
 
 def _on_this_device(state: dict[str, Any], optimizer: torch.optim.Optimizer) -> dict[str, Any]:

@@ -41,6 +41,30 @@ def forked_generators(device: torch.device) -> Iterator[None]:
         random.setstate(saved[1])
 
 
+def global_generators(device: torch.device) -> dict[str, Any]:
+    """The global generators' states (torch's, on `device` too, NumPy's, Python's) as data a checkpoint loaded
+    with weights_only holds: a model drawing from them in training (dropout) draws on after a pause what an
+    unpaused run would (`set_global_generators`)."""
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position,
+                                                       has_gauss, gauss], "python": list(random.getstate())}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_global_generators(state: dict[str, Any], device: torch.device) -> None:
+    """Set the global generators to `state` (`global_generators`'); CUDA's only where it was saved on CUDA and
+    is resumed there."""
+    torch.set_rng_state(state["torch"])
+    kind, keys, position, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
 def check_positive(name: str, value: int) -> None:
     """MembenchError unless `value` is a positive integer."""
     if not (is_int(value) and value >= 1):

@@ -7,7 +7,7 @@ Conventions, so that learned models are trained alike:
   INIT_PATTERNS train-split patterns from a stream of their own, once: never on resume; a model's
   `after_update` (statistics outside the meta-gradient) sees every update's stored patterns;
 - AdamW with global-norm gradient clipping (the paper's recipe, App. D);
-- a checkpoint (model, optimiser, generator state, curve, history) written atomically every
+- a checkpoint (model, optimiser, generator states, curve, history) written atomically every
   `checkpoint_every` steps and at the end; a killed run resumes from the last one, and a
   finished checkpoint is reused as is (`run_identity.checkpoint_key` keys checkpoints by config).
   What is shipped or carried between machines is `checkpoints.portable`: weights only once
@@ -53,7 +53,7 @@ from membench.interface import AssociativeMemory, TrainConfig
 from membench.provenance import device_name, git_state
 from membench.stepper import Stepper
 from membench.store import file_lock, remove_orphans, warn
-from membench.tasks import Episodes, Task
+from membench.tasks import Episodes, Task, global_generators, set_global_generators
 
 TRAIN_STREAM = 7919  # offset of the training generator's seed from the run seed
 INIT_STREAM = 6007  # offset of the seed of the batch a fresh model's `initialise` sees
@@ -219,6 +219,8 @@ def _train(model: AssociativeMemory, task: Task, config: TrainConfig, checkpoint
         history = saved.get("history")  # None: written before checkpoints kept a history
         guard.learned = saved.get("learned", False)
         guard.shares.extend(saved.get("guard_shares", []))  # the window goes on across a pause
+        if "global_generators" in saved:  # (not in checkpoints written before they were saved)
+            set_global_generators(saved["global_generators"], device)
         if "optimizer" not in saved and step < config.steps:
             warn(f"{checkpoint_path.name} holds weights only (a shipped checkpoint): training continues from step "
                  f"{step} with a fresh optimiser state")
@@ -268,7 +270,8 @@ def _train(model: AssociativeMemory, task: Task, config: TrainConfig, checkpoint
                          "optimizer": stepper.optimizer.state_dict(),
                          "generator": stream.generator_state(), "step": step, "elapsed_s": elapsed, "curve": curve,
                          "history": stretches(), "config": dataclasses.asdict(config), "learned": guard.learned,
-                         "guard_shares": list(guard.shares), "key": checkpoint_path.stem},
+                         "guard_shares": list(guard.shares), "global_generators": global_generators(device),
+                         "key": checkpoint_path.stem},
                         checkpoint_path)
         saved_step = step
 

@@ -812,7 +812,9 @@ class _RunsCode:
                                                    "train_time_s": 1.0, "commit": None}]),
                                      ("generator", torch.zeros(5056)), ("generator", torch.zeros(10, dtype=torch.uint8)),
                                      ("model", {"bias": "x"}), ("model", [torch.zeros(128)]), ("config", "x"),
-                                     ("optimizer", ["x"]), "nan"])
+                                     ("optimizer", ["x"]), ("global_generators", "x"),
+                                     ("global_generators", {"torch": torch.zeros(3), "numpy": [], "python": []}),
+                                     "nan"])
 def test_corrupt_checkpoint_is_set_aside_and_retrained(tmp_path, monkeypatch, content):
     """Unreadable, foreign or code-carrying checkpoints (read as data only: nothing runs), ones with a field
     of the wrong kind, and ones whose weights hold a NaN (not the model's read to blame), are set aside."""
