@@ -22,7 +22,8 @@ from membench.plots import pyplot, save
 def first_episode(record: dict[str, Any], checkpoint_dir: Path) -> tuple[Any, torch.Tensor, torch.Tensor] | None:
     """The first test episode a run evaluated, as `runner.evaluate` drew it: (episodes (1 episode), its
     retrievals (1, N, C, H, W) in [0, 1], their errors (N,)); None (after printing why) when a trained
-    model's checkpoint is absent, or a model from outside membench has changed since its record was made.
+    model's checkpoint is absent, a model from outside membench has changed since its record was made, or
+    the episode's errors are not those its record holds (the grid would not show the model evaluated).
     MembenchError naming the line when such a model fails."""
     from membench.registry import errors_of_user_model, model_source_digest, resolve_model
     from membench.run_spec import RunSpec
@@ -70,7 +71,14 @@ def _first_episode(record: dict[str, Any], spec: Any, checkpoint_dir: Path
         retrievals = checked_retrievals(model.read(sealed(state), episodes.queries.clone()), episodes.queries,
                                         spec.model)[:1]
     episodes = type(episodes)(episodes.patterns[:1], episodes.queries[:1])
-    return episodes, retrievals.clamp(0, 1), task.errors(retrievals, episodes.patterns)[0]  # errors as evaluated
+    errors = task.errors(retrievals, episodes.patterns)[0]  # as evaluated
+    evaluated = torch.as_tensor(record["errors"][:task.spec.num_patterns], dtype=errors.dtype)
+    if evaluated.shape != errors.shape or not torch.allclose(errors, evaluated, rtol=1e-3, atol=1e-3):
+        print(f"skipped the grid of {record['run_id']}: its first episode's errors differ from its record's (another "
+              "checkpoint at the same step, or code that reads differently since); rerun its `membench run` command "
+              "with --force to evaluate it as it stands")
+        return None
+    return episodes, retrievals.clamp(0, 1), errors
 
 
 def reconstruction_grid(record: dict[str, Any], path: Path, shown: tuple[Any, torch.Tensor, torch.Tensor],

@@ -131,6 +131,8 @@ def test_cli_sweep_then_figures(data_root, tmp_path, monkeypatch):
     for record in ResultsStore(out).records():  # each grid shows the first episode the run evaluated
         _, _, errors = first_episode(record, tmp_path / "cache")
         assert errors.tolist() == pytest.approx(record["errors"][:record["task"]["num_patterns"]])
+    altered = {**record, "errors": [error + 1.0 for error in record["errors"]]}  # not what this model reads
+    assert first_episode(altered, tmp_path / "cache") is None                   # (another checkpoint, say): no grid
     cifar = summary[summary.dataset == "cifar10"].sort_values("memory_floats")
     assert cifar["median"].is_monotonic_decreasing          # more whole images stored: less error
 
