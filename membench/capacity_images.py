@@ -164,7 +164,8 @@ def image_capacity_figures(out_dir: Path) -> list[Path]:
 
     One figure per data set, one panel per corruption (and budget): error against N, one line per model with
     its 95% t-interval shaded (mean_fill's too); dashed black: the passthrough (the query returned unchanged),
-    where it was run (above the axis, its value written, where it is over twice every other line); dotted vertical: the number of whole images the budget holds.
+    where it was run (above the axis, its value written, where it is over twice every other line); dotted
+    vertical: the number of whole images the budget holds.
     """
     from membench.plots import pyplot
     from membench.store import write_text_atomic

@@ -257,7 +257,7 @@ def plot(summary: pd.DataFrame, reference: pd.DataFrame | None, paths: list[Path
                     | (set(reference["model"]) if reference is not None else set()))
     colours = {label: plt.cm.tab10(i % 10) for i, label in enumerate(labels)}
     keys = ["curve", "variant", "preset", "num_patterns", *TASK_TAGS]
-    markers: dict[tuple, str] = {}  # a line's marker, the same in both panels
+    markers: dict[str, str] = {}  # a line's marker by its legend label, the same in both panels
     any_paused = False
     for ax, (dataset, paper_name) in zip(axes, PAPER_DATASET.items()):
         paper = reference[reference.dataset == paper_name] if reference is not None else None
@@ -283,7 +283,7 @@ def plot(summary: pd.DataFrame, reference: pd.DataFrame | None, paths: list[Path
                 ax.axhline(points["median"].iloc[0], color=colours[label], linestyle=":", linewidth=1.5,
                            label=f"{name}, no memory" if shown else None)
                 continue
-            marker = markers.setdefault(key, "osD^v"[len(markers) % 5])
+            marker = markers.setdefault(name, "osD^v"[len(markers) % 5])
             ax.errorbar(points.memory_k, points["median"], yerr=[points["median"] - points.p5, points.p95 - points["median"]],
                         fmt="-" + marker, color=colours[label], capsize=3, label=name if shown else None)
             paused = points[points["paused"] != ""]

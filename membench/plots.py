@@ -38,8 +38,9 @@ Curves = dict[str, tuple[str, str, pd.DataFrame]]  # checkpoint key -> (line lab
 def read_curves(out_dir: Path, images: bool | None = None) -> Curves:
     """The training curve of every trained run in `out_dir` (of image tasks only with `images`,
     of binary ones only with images=False), one per checkpoint, with the task its error is counted on (its kind
-    and unit, e.g. "omniglot, pixels"; a checkpoint trained on several N serves several runs; none of a model's older source version, as in the tables; none paused before its first
-    logged step, which has no point to draw). MembenchError naming a missing, unreadable or cut-short curve file."""
+    and unit, e.g. "omniglot, pixels"). A checkpoint trained on several N serves several runs; none of a model's
+    older source version, as in the tables; none paused before its first logged step, which has no point to draw.
+    MembenchError naming a missing, unreadable or cut-short curve file."""
     store = ResultsStore(out_dir)
     curves: Curves = {}
     for record in latest_versions(store.records())[0]:
