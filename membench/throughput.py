@@ -259,6 +259,9 @@ LATE_COLUMNS = {"compiled": False, "rounds": 1, "precision": "float32", "options
                 "numpy": "not recorded", "command": "not recorded"}
 
 
+TOGETHER = ["dirty", "warmup", "seed", "wall_time_s", "python", "numpy", "command"]  # added at once: all or none
+
+
 def _with_late_columns(frame: pd.DataFrame) -> pd.DataFrame:
     """`frame` with every column of COLUMNS, the late ones filled where missing as the rows before them meant."""
     frame = frame.copy()
@@ -279,9 +282,14 @@ def existing_table(path: Path) -> pd.DataFrame | None:
     old = read_table(path, "a throughput CSV", ("device", "model", "episodes_per_s"), "move it aside and rerun",
                      dtype={"commit": str, "options": str, "suite": str, "reference": str, "dirty": str,
                             "warmup": str, "seed": str, "python": str, "numpy": str, "command": str})
+    together = [column for column in TOGETHER if column in old]  # given (not absent, nor "not recorded")
+    given = pd.DataFrame({c: old[c].notna() & (old[c].astype(str) != str(LATE_COLUMNS[c])) for c in together})
+    cut = given.any(axis=1) & ~given.all(axis=1) if together else pd.Series(False, index=old.index)  # some: cut short
     old = _with_late_columns(old)[COLUMNS]
     required = [column for column in COLUMNS if column not in LATE_COLUMNS]  # in every row since the first
     gaps = old[required].isna()
+    for column in together:
+        gaps[column] = cut & (old[column] == LATE_COLUMNS[column])
     gaps["precision"] = ~old["precision"].isin(PRECISIONS)  # (a row cut short ends in a piece of one)
     for column in NUMBERS:  # text where a number belongs would also keep merge from matching the row's key
         text = old[column].notna() & pd.to_numeric(old[column], errors="coerce").isna()

@@ -17,7 +17,7 @@ from membench.budget import TABLE1_BUDGET
 from membench.interface import TaskSpec, TrainConfig
 from membench.stepper import Stepper
 from membench.tasks import BinaryTask
-from membench.throughput import COLUMNS, run_specs
+from membench.throughput import COLUMNS, existing_table, run_specs
 from membench.training import meta_train
 from tests.conftest import REPO_ROOT, exited_cleanly
 from tests.test_training import _linear_model
@@ -168,10 +168,16 @@ def test_throughput_without_out_writes_beside_runs_not_into_a_checkouts_committe
     assert not (tmp_path / "results").exists()
 
 
-@pytest.mark.parametrize("cut", [40, -46])  # early, or inside the precision column ("fl")
-def test_a_truncated_throughput_csv_is_refused_before_timing_and_left_as_it_is(tmp_path, cut):
+@pytest.mark.parametrize("column, into", [("device_name", 5), ("precision", 2), ("warmup", 0)])
+def test_a_truncated_throughput_csv_is_refused_before_timing_and_left_as_it_is(tmp_path, column, into):
+    """A last row cut `into` characters into a column's value: early, inside the precision ("fl"), or before a
+    column that older rows lack (which must not pass for such a row)."""
     out = tmp_path / "throughput.csv"
-    lines = (REPO_ROOT / "results" / "bench" / "throughput.csv").read_text().splitlines()
+    table = (REPO_ROOT / "results" / "bench" / "throughput.csv").read_text().splitlines()
+    lines = [table[0], *[line for line in table[1:] if not line.endswith(",not recorded")][:3]]  # rows of today's
+    index = table[0].split(",").index(column)                                                    # columns
+    cut = len(",".join(lines[3].split(",")[:index])) + 1 + into
+    assert existing_table(REPO_ROOT / "results" / "bench" / "throughput.csv") is not None  # whole, older rows too
     out.write_text("\n".join(lines[:3]) + "\n" + lines[3][:cut] + "\n")  # the last row cut mid-value
     before = out.read_bytes()
     result = CliRunner().invoke(main, ["throughput", "--model", "memory_networks", "--device", "cpu", "--num-patterns",
