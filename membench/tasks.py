@@ -65,7 +65,10 @@ def set_global_generators(state: dict[str, Any], device: torch.device) -> None:
     version, internal, gauss_next = state["python"]
     random.setstate((version, tuple(internal), gauss_next))
     if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
+        try:
+            torch.cuda.set_rng_state(state["cuda"], device)
+        except RuntimeError:  # another torch's state: as saving it, never a reason to stop training
+            pass
 
 
 def check_positive(name: str, value: int) -> None:
