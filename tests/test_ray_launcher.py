@@ -108,6 +108,9 @@ def test_learned_model_trains_once_for_all_its_runs(local_ray, tmp_path):
                    checkpoint_dir=tmp_path / "ck")
     assert len(made) == 2 and len({r["training"]["checkpoint_key"] for r in made}) == 1
     assert local_ray.read_text().count("step") == 6  # 6 updates, trained by one task only
+    local = run_all(specs, tmp_path / "local", device="cpu", progress=False, checkpoint_dir=tmp_path / "ck-local")
+    trained = {r["run_id"]: (r["training"]["weights_digest"], r["errors"]) for r in made}  # an eager model: the
+    assert {r["run_id"]: (r["training"]["weights_digest"], r["errors"]) for r in local} == trained  # same weights
 
 
 def test_interrupted_sweep_finishes_only_what_is_missing(local_ray, tmp_path):
