@@ -12,6 +12,7 @@ import signal
 import threading
 import traceback
 from pathlib import Path
+from typing import Any, Iterator
 
 import click
 
@@ -104,9 +105,13 @@ class UsageErrorLine(click.ClickException):
 
 
 @contextlib.contextmanager
-def _one_line_usage():
+def _one_line_usage() -> Iterator[None]:
+    """Inside, click's usage errors become UsageErrorLine (one line naming the help), but for the help itself
+    that a bare `membench` shows (click's NoArgsIsHelpError)."""
     try:
         yield
+    except click.exceptions.NoArgsIsHelpError:
+        raise
     except click.UsageError as exc:
         where = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
         raise UsageErrorLine(exc.format_message() + where) from None
@@ -114,13 +119,13 @@ def _one_line_usage():
 
 class MembenchGroup(click.Group):
     """The `membench` group: a usage error prints one line, 'Error: <what>' and where the help is, not click's
-    usage block above it."""
+    usage block above it: in the group's own options (`make_context`) and in a command's (`invoke`)."""
 
-    def make_context(self, *args, **kwargs):
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
         with _one_line_usage():
             return super().make_context(*args, **kwargs)
 
-    def invoke(self, ctx):
+    def invoke(self, ctx: click.Context) -> Any:
         with _one_line_usage():
             return super().invoke(ctx)
 

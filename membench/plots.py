@@ -96,15 +96,20 @@ def training_curves(out_dir: Path, curves: Curves, name: str = "training_curves"
     tasks = sorted({task for _, task, _ in curves.values()})
     fig, axes = plt.subplots(1, 1 + len(tasks), figsize=(6 * (1 + len(tasks)) + 3, 4.4), squeeze=False)
     ax_loss, panels = axes[0][0], dict(zip(tasks, axes[0][1:]))
-    palette = plt.cm.tab10 if len(curves) <= 10 else plt.cm.tab20
-    for index, (label, task, curve) in enumerate(sorted(curves.values(), key=lambda item: (item[1], item[0]))):
-        colour = palette(index % palette.N)
+    labels = sorted({label for label, _, _ in curves.values()})  # a colour per label: one line of the legend,
+    palette = plt.cm.tab10 if len(labels) <= 10 else plt.cm.tab20  # alike in every panel
+    for label, task, curve in sorted(curves.values(), key=lambda item: (item[1], item[0])):
+        colour = palette(labels.index(label) % palette.N)
         for ax, column in ((ax_loss, "loss"), (panels[task], "error")):
             ax.plot(curve["step"], curve[column], color=colour, alpha=0.25, linewidth=0.8)
             ax.plot(curve["step"], curve[column].rolling(SMOOTH, min_periods=1).mean(), color=colour, label=label)
-    positive = all((curve["loss"] > 0).all() for _, _, curve in curves.values())  # else a log axis drops points
-    ax_loss.set(xlabel="training step", ylabel="meta-training loss", yscale="log" if positive else "symlog",
-                title="loss")
+    losses = pd.concat([curve["loss"] for _, _, curve in curves.values()])
+    ax_loss.set(xlabel="training step", ylabel="meta-training loss", title="loss")
+    if (losses > 0).all():
+        ax_loss.set_yscale("log")
+    else:  # a log axis would drop a loss at or below 0: linear within the smallest nonzero loss's size
+        nonzero = losses[losses != 0].abs()
+        ax_loss.set_yscale("symlog", linthresh=float(nonzero.min()) if len(nonzero) else 1.0)
     for task, ax in panels.items():
         kind, unit = task.split(", ", 1)
         ax.set(xlabel="training step", ylabel=f"error on the training batch ({unit})",
@@ -133,6 +138,8 @@ def legend_outside(axes, fontsize: float = 7) -> None:
     for ax in axes:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, handle)
+    if not handles:  # nothing drawn: no empty frame
+        return
     axes[-1].legend(list(handles.values()), list(handles), fontsize=fontsize, loc="upper left",
                     bbox_to_anchor=(1.02, 1), borderaxespad=0)
 

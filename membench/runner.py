@@ -37,7 +37,6 @@ from membench.options import plain_config
 from membench.preflight import checked_specs, sized_or_optioned
 from membench.provenance import environment, git_state
 from membench.registry import is_builtin_model, make_task, model_source_digest, resolve_model, user_model_error
-from membench.report import episode_means
 from membench.run_identity import checkpoint_key, is_current, pending
 from membench.run_spec import RunSpec
 from membench.store import ResultsStore, warn, writable_folder, write_text_atomic
@@ -222,7 +221,9 @@ def say_done(count: int, total: int, record: dict[str, Any]) -> None:
     It names the statistic its table reports: Table 1's mean error per query, Figure 3's median over batches
     (images; `membench.figure3.summarise`), with the mean beside it."""
     error = f"mean error {record['mean_error']:.4g} {record['task_unit']}"
-    if "image_size" in record["task"]:
+    if isinstance(SUITES.get(record["suite"]), SweepSuite):  # a Figure 3 point (capacity tables report the mean)
+        from membench.report import episode_means  # (pandas and scipy: only when there is such a line)
+
         error = (f"median batch error {np.median(episode_means(record)):.4g} {record['task_unit']} "
                  f"(mean {record['mean_error']:.4g})")
     print(f"run {count} of at most {total} done: {record['run_id']}, {error}, {record['wall_time_s']:.1f} s",

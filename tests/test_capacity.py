@@ -267,6 +267,8 @@ def test_image_capacity_without_its_data_leaves_the_image_outputs_as_they_were(t
     specs = CAPACITY_SUITES["capacity-omniglot"].expand("capacity-omniglot", ("raw_slots",), (0,), 16, "quick",
                                                         num_patterns=(4,), budget=8 * 1024)
     run_all(specs, out, device="cpu", progress=False, command="pytest")
+    said = capsys.readouterr().err  # a capacity table reports the mean, and so does the run's line (not Figure 3's)
+    assert "done: capacity-omniglot-raw_slots" in said and "mean error" in said and "median" not in said
     paths = capacity_figures(out)
     before = {path.name: path.read_bytes() for path in paths}
     assert "Not run" in before["capacity_images.md"].decode()

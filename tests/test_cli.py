@@ -56,13 +56,17 @@ def test_unknown_model_lists_valid_ones(tmp_path):
     (["run", "--queries", "0"], "Invalid value for '--queries'"),
     (["run", "--no-such-option"], "No such option '--no-such-option'"),
     (["no-such-command"], "No such command 'no-such-command'"),
+    (["--bogus"], "No such option '--bogus'"),                      # the group's own options
 ])
 def test_a_usage_error_is_one_line_naming_the_help(args, said):
-    """Click printed its usage block and a hint above the error: three lines for one mistake."""
+    """Click printed its usage block and a hint above the error: three lines for one mistake. A bare `membench`
+    still shows the help, not as an error."""
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
     line = the_error_line(result)
     assert said in line and line.endswith("--help`)") and "Usage:" not in result.output
+    bare = CliRunner().invoke(main, [])
+    assert bare.output.startswith("Usage: ") and "Error" not in bare.output and "run " in bare.output
 
 
 def test_unknown_suite_and_bad_seeds(tmp_path):

@@ -251,12 +251,19 @@ def test_training_curves_put_errors_of_different_units_on_panels_of_their_own(tm
     monkeypatch.setattr(plots, "save", lambda fig, path: drawn.append(fig))
     curve = pd.DataFrame({"step": [50.0, 100.0], "loss": [2.0, 1.0], "error": [40.0, 30.0]})
     plots.training_curves(tmp_path, {"a": ("MemNet (3072 floats, quick)", "omniglot, pixels", curve),
-                                     "b": ("MemNet (9216 floats, quick)", "cifar10, squared error", curve),
+                                     "b": ("MemNet (3072 floats, quick)", "cifar10, squared error", curve),
                                      "c": ("MANN (2112 floats, quick)", "cifar10, squared error", curve)})
     loss, cifar, omniglot = drawn[0].axes
+    legend = omniglot.get_legend()  # one line per label, its colour the same in both panels
+    assert [t.get_text() for t in legend.get_texts()] == ["MANN (2112 floats, quick)", "MemNet (3072 floats, quick)"]
+
+    def colours(ax):  # of the bold lines (the faint ones carry no label)
+        return {line.get_label(): line.get_color() for line in ax.get_lines() if not line.get_label().startswith("_")}
+    assert colours(cifar)["MemNet (3072 floats, quick)"] == colours(omniglot)["MemNet (3072 floats, quick)"]
     assert loss.get_yscale() == "log"
     plots.training_curves(tmp_path, {"a": ("mine", "binary, bits", curve.assign(loss=[0.5, -1.0]))})
     assert drawn[-1].axes[0].get_yscale() == "symlog"  # a loss at or below 0 is drawn, not dropped by a log axis
+    assert drawn[-1].axes[0].yaxis.get_transform().linthresh == 0.5  # linear only within the smallest loss
     assert cifar.get_ylabel() == "error on the training batch (squared error)" and cifar.get_title().endswith("cifar10")
     assert omniglot.get_ylabel() == "error on the training batch (pixels)"
     assert len(cifar.get_lines()) == 4 and len(omniglot.get_lines()) == 2   # faint and bold, a curve each
