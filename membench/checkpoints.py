@@ -13,9 +13,11 @@ import hashlib
 import io
 import os
 import pickle
+import random
 from pathlib import Path
 from typing import Any
 
+import numpy
 import torch
 from torch.torch_version import TorchVersion
 
@@ -161,15 +163,23 @@ def _field_problem(saved: dict[str, Any]) -> str | None:
 
 
 def _generator_states(value: Any) -> bool:
-    """Whether `value` is what `tasks.global_generators` saves: torch's state (its CPU generator's bytes),
-    NumPy's (a Mersenne Twister's 624 keys among five fields), Python's (three fields)."""
+    """Whether `value` is what `tasks.global_generators` saves: torch's state (its CPU generator's bytes), and
+    NumPy's and Python's, each accepted by a generator of its kind."""
     if not isinstance(value, dict):
         return False
-    mine, numpy, python = value.get("torch"), value.get("numpy"), value.get("python")
-    return (isinstance(mine, torch.Tensor) and mine.dtype == torch.uint8 and mine.shape == torch.get_rng_state().shape
-            and isinstance(numpy, list) and len(numpy) == 5 and isinstance(numpy[1], torch.Tensor)
-            and numpy[1].shape == (624,) and isinstance(python, list) and len(python) == 3
-            and isinstance(value.get("cuda", torch.zeros(0, dtype=torch.uint8)), torch.Tensor))
+    mine, cuda = value.get("torch"), value.get("cuda", torch.zeros(0, dtype=torch.uint8))
+    if not (isinstance(mine, torch.Tensor) and mine.dtype == torch.uint8 and mine.shape == torch.get_rng_state().shape
+            and isinstance(cuda, torch.Tensor) and isinstance(value.get("numpy"), list)
+            and isinstance(value.get("python"), list)):
+        return False
+    try:
+        kind, keys, position, has_gauss, gauss = value["numpy"]
+        numpy.random.RandomState().set_state((kind, keys.numpy().astype(numpy.uint32), position, has_gauss, gauss))
+        version, internal, gauss_next = value["python"]
+        random.Random().setstate((version, tuple(internal), gauss_next))
+    except (TypeError, ValueError, AttributeError):
+        return False
+    return True
 
 
 def _on_this_device(state: dict[str, Any], optimizer: torch.optim.Optimizer) -> dict[str, Any]:

@@ -73,7 +73,8 @@ def _first_episode(record: dict[str, Any], spec: Any, checkpoint_dir: Path
     episodes = type(episodes)(episodes.patterns[:1], episodes.queries[:1])
     errors = task.errors(retrievals, episodes.patterns)[0]  # as evaluated
     evaluated = torch.as_tensor(record["errors"][:task.spec.num_patterns], dtype=errors.dtype)
-    if evaluated.shape != errors.shape or not torch.allclose(errors, evaluated, rtol=1e-3, atol=1e-3):
+    slack = 1.0 if record["task"]["kind"] == "omniglot" else 1e-3  # wrong pixels: one at 0.5 may round either way
+    if evaluated.shape != errors.shape or not torch.allclose(errors, evaluated, rtol=1e-3, atol=slack):
         print(f"skipped the grid of {record['run_id']}: its first episode's errors differ from its record's (another "
               "checkpoint at the same step, or code that reads differently since); rerun its `membench run` command "
               "with --force to evaluate it as it stands")
@@ -86,7 +87,8 @@ def reconstruction_grid(record: dict[str, Any], path: Path, shown: tuple[Any, to
     """Rows: query, retrieval, original for `columns` queries spread evenly over the run's first test episode,
     `shown` (`first_episode`), first and last included, each titled with its place in the episode (a memory that
     keeps the first images it is given shows what it does with the others too); `label` (the curve's) opens the
-    figure's title, with the memory and the unit of the error written in each retrieval. Returns the written path."""
+    figure's title, with the memory and the error's unit; each retrieval's error is written in its corner. Returns
+    the written path."""
     episodes, retrievals, errors = shown
     plt = pyplot()
     count = record["task"]["num_patterns"]

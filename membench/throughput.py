@@ -229,8 +229,9 @@ def measure(requests: list[dict[str, Any]], rounds: int = 1, reference: str | No
     if reference:
         spec = run_specs("table1", ["ebmm"], [64], "quick")[0]
         commit = resolve_commit(reference)[:10]  # (its worktree was made: it names a commit)
-        rows.append(_row(torch.device("cpu"), spec, 16, reference_seconds, commit, False, False, "float32",
-                         steps=1, warmup="pytest-benchmark's calibration", dirty=False))  # its rounds: an update each
+        rows.append({**_row(torch.device("cpu"), spec, 16, reference_seconds, commit, False, False, "float32",
+                            steps=1, warmup=0, dirty=False),  # pytest-benchmark's rounds of an update each, no
+                     "wall_time_s": float("nan")})          # warm-up; their seconds in all are not kept
         for row in filter(matches_reference, rows[:-1]):  # a speed-up only where the same update was timed
             row.update(reference=commit, reference_ms=rows[-1]["ms_per_step"])
     return rows
@@ -279,6 +280,9 @@ def existing_table(path: Path) -> pd.DataFrame | None:
     path = Path(path)
     if not path.exists():
         return None
+    if path.is_file() and path.stat().st_size and not path.read_bytes().endswith(b"\n"):  # (written whole: a
+        raise MembenchError(f"{path} is not a complete throughput CSV (its last line is cut short); move it "
+                            "aside and rerun")                                               # last line ends in one)
     old = read_table(path, "a throughput CSV", ("device", "model", "episodes_per_s"), "move it aside and rerun",
                      dtype={"commit": str, "options": str, "suite": str, "reference": str, "dirty": str,
                             "warmup": str, "seed": str, "python": str, "numpy": str, "command": str})
@@ -307,8 +311,10 @@ def merge(path: Path, rows: list[dict[str, Any]]) -> pd.DataFrame:
     path = Path(path)
     frame = _with_late_columns(pd.DataFrame(rows))[COLUMNS]  # rows from an older membench (an unpacked archive)
     old = existing_table(path)
-    if old is not None:
-        frame = pd.concat([old, frame], ignore_index=True).drop_duplicates(KEY, keep="last")
+    if old is not None:  # the latest row of a key; a commit named by a prefix of its hash (an older --reference
+        frame = pd.concat([old, frame], ignore_index=True).sort_values("measured_at", kind="stable")  # label) is
+        same = frame.assign(commit=frame["commit"].str.replace(r"^([0-9a-f]{7})[0-9a-f]*", r"\1", regex=True))
+        frame = frame[~same.duplicated(KEY, keep="last")]                                        # that commit
     frame = frame.sort_values(["device", "suite", "model", "preset", "options", "budget", "num_patterns", "batch_size",
                                "cuda_graph", "compiled", "precision"], kind="stable")
     buffer = io.StringIO()

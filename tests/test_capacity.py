@@ -322,6 +322,26 @@ def test_the_capacity_outputs_draw_the_learned_rows_training_curves(tmp_path):
     assert tmp_path / "training_curves.png" in paths and (tmp_path / "training_curves.png").stat().st_size > 0
 
 
+def test_an_image_capacity_panel_fits_below_a_passthrough_far_above_the_rest():
+    """Omniglot's passthrough (256 wrong pixels against at most about 80) squashed every other line into the
+    panel's bottom: the axis fits the others and writes the passthrough's value; CIFAR's (within twice) stays."""
+    import pandas as pd
+
+    from membench.capacity_images import _fit_below_passthrough
+    from membench.plots import pyplot
+
+    plt = pyplot()
+    part = pd.DataFrame({"model": ["passthrough", "raw_slots", "mean_fill"], "mean": [256.0, 70.0, 41.0],
+                         "ci_high": [float("nan"), 78.0, 42.0]})
+    fig, (far, near) = plt.subplots(1, 2)
+    _fit_below_passthrough(far, part)
+    _fit_below_passthrough(near, part.assign(mean=[120.0, 70.0, 41.0]))
+    assert far.get_ylim() == (0, 1.15 * 78.0) and [t.get_text() for t in far.texts] == [
+        "above the axis: passthrough, 256"]
+    assert near.get_ylim() == (0, 1) and not near.texts  # left to matplotlib (nothing drawn here)
+    plt.close(fig)
+
+
 def test_capacity_reads_and_writes_where_run_does_by_default(tmp_path, monkeypatch):
     """`membench capacity` with no --out looks in membench-results (as `run` writes), never the committed
     results/capacity of a checkout it is run in."""

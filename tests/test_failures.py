@@ -814,6 +814,8 @@ class _RunsCode:
                                      ("model", {"bias": "x"}), ("model", [torch.zeros(128)]), ("config", "x"),
                                      ("optimizer", ["x"]), ("global_generators", "x"),
                                      ("global_generators", {"torch": torch.zeros(3), "numpy": [], "python": []}),
+                                     ("global_generators", {"torch": torch.get_rng_state(), "python": [3, (1,), None],
+                                                            "numpy": ["MT19937", torch.zeros(624), "x", 0, 0.0]}),
                                      "nan"])
 def test_corrupt_checkpoint_is_set_aside_and_retrained(tmp_path, monkeypatch, content):
     """Unreadable, foreign or code-carrying checkpoints (read as data only: nothing runs), ones with a field

@@ -131,7 +131,7 @@ def test_cli_sweep_then_figures(data_root, tmp_path, monkeypatch):
     for record in ResultsStore(out).records():  # each grid shows the first episode the run evaluated
         _, _, errors = first_episode(record, tmp_path / "cache")
         assert errors.tolist() == pytest.approx(record["errors"][:record["task"]["num_patterns"]])
-    altered = {**record, "errors": [error + 1.0 for error in record["errors"]]}  # not what this model reads
+    altered = {**record, "errors": [error + 5.0 for error in record["errors"]]}  # not what this model reads
     assert first_episode(altered, tmp_path / "cache") is None                   # (another checkpoint, say): no grid
     cifar = summary[summary.dataset == "cifar10"].sort_values("memory_floats")
     assert cifar["median"].is_monotonic_decreasing          # more whole images stored: less error
@@ -407,7 +407,8 @@ def test_the_error_axis_fits_the_learned_and_paper_curves_and_names_the_rest(tmp
                             point("omniglot", "EBMM_FC", 4112, 30.0, 20.0, 40.0),
                             point("cifar10", "passthrough", 0, 46.2, 46.2, 46.2),
                             point("cifar10", "raw_slots", 3072, 85.0, 80.0, 90.0),
-                            point("cifar10", "EBMM_FC", 4112, 30.0, 20.0, 40.0)])
+                            point("cifar10", "EBMM_FC", 4112, 30.0, 20.0, 40.0),
+                            point("cifar10", "DNC", 5000, 30.0, 20.0, 40.0)])  # before EBMM_FC in this panel alone
     reference = pd.DataFrame({"dataset": list(PAPER_DATASET.values()), "model": ["EBMM_FC"] * 2,
                               "memory_k": [4.11] * 2, "error": [12.8, 10.2], "lo": [10.0] * 2, "hi": [41.2, 30.7]})
     figure3.plot(summary, reference, [tmp_path / "fig3.png"])
@@ -422,6 +423,12 @@ def test_the_error_axis_fits_the_learned_and_paper_curves_and_names_the_rest(tmp
     levels = [line for line in omniglot.get_lines() if line.get_linestyle() == ":"]
     assert [list(line.get_ydata()) for line in levels] == [[41.0, 41.0], [256.0, 256.0]]  # levels across the axis
     assert omniglot.get_legend() is None and cifar.get_legend() is not None
+    legend = [t.get_text() for t in cifar.get_legend().get_texts()]  # the first panel's lines listed too
+    assert "ours: mean_fill, no memory" in legend and "ours: raw_slots" in legend
+
+    def marker(ax, label):  # of the errorbar's data line
+        return next(bars.lines[0].get_marker() for bars in ax.containers if bars.get_label() == label)
+    assert marker(omniglot, "ours: EBMM_FC") == marker(cifar, "ours: EBMM_FC")  # a line's marker, in both panels
 
 
 MEAN_IMAGE = '''

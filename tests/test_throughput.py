@@ -187,6 +187,28 @@ def test_a_truncated_throughput_csv_is_refused_before_timing_and_left_as_it_is(t
     assert exited_cleanly(result) and out.read_bytes() == before
 
 
+def test_a_throughput_csv_whose_last_line_is_cut_inside_its_last_column_is_refused(tmp_path):
+    """A cut inside the command (the last column) leaves a valid-looking shorter value: the missing newline tells."""
+    out = tmp_path / "throughput.csv"
+    text = (REPO_ROOT / "results" / "bench" / "throughput.csv").read_text()
+    out.write_text(text.rstrip("\n")[:-3])
+    with pytest.raises(MembenchError, match="its last line is cut short"):
+        existing_table(out)
+
+
+def test_a_reference_named_by_a_short_hash_is_replaced_by_its_later_row(tmp_path):
+    """`--reference 028ec1c` rows (the name as typed, before references were resolved) and `028ec1ca22` rows are
+    one commit's: the later row replaces the earlier, as for any key."""
+    from membench.throughput import merge
+
+    out = tmp_path / "throughput.csv"
+    table = existing_table(REPO_ROOT / "results" / "bench" / "throughput.csv")
+    row = table[table["commit"].str.startswith("028ec1c")].iloc[0].to_dict()
+    merge(out, [{**row, "commit": "028ec1c", "measured_at": "2026-01-01T00:00:00Z", "ms_per_step": 70.0}])
+    merged = merge(out, [{**row, "commit": "028ec1ca22", "measured_at": "2026-02-01T00:00:00Z", "ms_per_step": 60.0}])
+    assert list(merged["commit"]) == ["028ec1ca22"] and list(merged["ms_per_step"].astype(float)) == [60.0]
+
+
 def test_throughput_times_the_preset_as_changed_by_its_options(tmp_path):
     """--option changes the preset as `membench run --option` does; an unknown field is one clear error."""
     args = ["throughput", "--model", "ebmm", "--device", "cpu", "--num-patterns", "8", "--steps", "1", "--warmup",
