@@ -100,9 +100,11 @@ def training_curves(out_dir: Path, curves: Curves, name: str = "training_curves"
     palette = plt.cm.tab10 if len(labels) <= 10 else plt.cm.tab20  # alike in every panel
     for label, task, curve in sorted(curves.values(), key=lambda item: (item[1], item[0])):
         colour = palette(labels.index(label) % palette.N)
+        style = "-" if len(tasks) == 1 else ("-", "--", ":", "-.")[tasks.index(task) % 4]  # the loss panel's tasks
         for ax, column in ((ax_loss, "loss"), (panels[task], "error")):
-            ax.plot(curve["step"], curve[column], color=colour, alpha=0.25, linewidth=0.8)
-            ax.plot(curve["step"], curve[column].rolling(SMOOTH, min_periods=1).mean(), color=colour, label=label)
+            ax.plot(curve["step"], curve[column], color=colour, alpha=0.25, linewidth=0.8, linestyle=style)
+            ax.plot(curve["step"], curve[column].rolling(SMOOTH, min_periods=1).mean(), color=colour, label=label,
+                    linestyle=style)
     losses = pd.concat([curve["loss"] for _, _, curve in curves.values()])
     ax_loss.set(xlabel="training step", ylabel="meta-training loss", title="loss")
     if (losses > 0).all():
@@ -115,9 +117,11 @@ def training_curves(out_dir: Path, curves: Curves, name: str = "training_curves"
         ax.set(xlabel="training step", ylabel=f"error on the training batch ({unit})",
                title="task error (training episodes)" + ("" if kind == "binary" else f": {kind}"))
     legend_outside(axes[0], fontsize=6)
+    styles = "" if len(tasks) == 1 else "; line style by task: " + ", ".join(
+        f"{task.split(', ')[0]} {('solid', 'dashed', 'dotted', 'dash-dot')[i % 4]}" for i, task in enumerate(tasks))
     fig.text(0.5, 0.005, f"Faint: each logged training batch (models trained on several N draw one N per batch); "
-             f"bold: rolling mean over {SMOOTH} logs. A step is one update of the model's own batch of episodes.",
-             ha="center", fontsize=7)
+             f"bold: rolling mean over {SMOOTH} logs. A step is one update of the model's own batch of episodes"
+             f"{styles}.", ha="center", fontsize=7)
     fig.tight_layout(rect=(0, 0.04, 1, 1))
     paths = save_figure(fig, out_dir, name)
     plt.close(fig)
