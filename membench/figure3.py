@@ -11,22 +11,21 @@ one per curve, come from `membench.grids`.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 from tabulate import tabulate
 
-from membench.errors import DataMismatch, DatasetMissing, MembenchError
+from membench.errors import MembenchError
 from membench.fig3_acceptance import (MATCH_TOLERANCE, PAPER_DATASET, PAPER_POINT_TASK, acceptance_markdown,
                                       checked_presets)
-from membench.grids import first_episode, reconstruction_grid
+from membench.grids import reconstruction_grid, select_grids
 from membench.plots import legend_outside, pyplot, read_curves, save, training_curves
 from membench.report import REPO_ROOT, distinct, episode_means, span, updates_text
 from membench.store import ResultsStore, read_table, write_text_atomic
+from membench.sweeps import TASK_TAGS, line_label, record_curve
 
 DEFAULT_REFERENCE = REPO_ROOT / "results" / "reference" / "paper_fig3.csv"
 CITATION = ("Bartunov, Rae, Osindero & Lillicrap, 'Meta-Learning Deep Energy-Based Memory Models', "
@@ -48,26 +47,6 @@ def image_records(out_dir: Path) -> list[dict[str, Any]]:
 
     return distinct([r for r in ResultsStore(out_dir).records()
                      if isinstance(SUITES.get(r["suite"]), SweepSuite) and r["task"]["kind"] in PAPER_DATASET])[0]
-
-
-def curve_label(record: dict[str, Any]) -> tuple[str, str]:
-    """(the paper's curve label of a record, its variant: the options beyond its curve point's, '' if none)."""
-    from membench.report import options_text
-    from membench.suites import SUITES
-    from membench.sweeps import SweepSuite
-
-    suite = SUITES.get(record["suite"])
-    if not isinstance(suite, SweepSuite):
-        return record["model"], options_text(record["options"])
-    label, extra = suite.curve_label(record["model"], record["options"])
-    return label, options_text(extra)
-
-
-def line_label(curve: str, variant: str) -> str:
-    return f"{curve} [{variant}]" if variant else curve
-
-
-TASK_TAGS = {"data": "data {}", "image_size": "{} px", "block": "block {}"}  # shown where they vary
 
 
 def _task_tags(point, frame: pd.DataFrame) -> list[str]:
@@ -113,7 +92,7 @@ def summarise(records: list[dict[str, Any]], reference: pd.DataFrame | None = No
     """One row per point (data set, curve, memory size, N, preset): pooled over seeds."""
     rows = []
     for record in records:
-        curve, variant = curve_label(record)
+        curve, variant = record_curve(record)
         rows.append({"dataset": record["task"]["kind"], "curve": curve, "variant": variant, "model": record["model"],
                      "options": json.dumps(record["options"], sort_keys=True), "memory_floats": record["memory_floats"],
                      "num_patterns": record["task"]["num_patterns"], "preset": record["preset"],
@@ -331,26 +310,7 @@ def figures(out_dir: Path, reference: Path | None = DEFAULT_REFERENCE, checkpoin
                             f"`membench run --suite fig3-omniglot --out {out_dir}`")
     paper = load_reference(reference)
     curves = read_curves(out_dir, images=True)  # every input (data, checkpoints) read before any output is written
-    shown: dict[Path, tuple[dict[str, Any], tuple[Any, torch.Tensor, torch.Tensor]]] = {}
-    skipped: list[Path] = []
-    if grids:
-        largest: dict[tuple[str, str], dict[str, Any]] = {}
-        for record in sorted(records, key=lambda r: (r["memory_floats"], -r["seed"])):
-            largest[(record["task"]["kind"], _grid_name(record, records))] = record
-        for (dataset, name), record in sorted(largest.items()):
-            try:
-                episode = first_episode(record, checkpoint_dir or default_checkpoint_dir())
-            except DatasetMissing as exc:  # only the grids need the images
-                raise DatasetMissing(f"{exc} The figure itself needs no images: `--no-grids` draws it without "
-                                     "its reconstruction grids.") from None
-            except DataMismatch as exc:
-                raise MembenchError(f"the reconstruction grids need the images the runs were defined on: {exc.what}; "
-                                    "point --data-dir at them, or `--no-grids` draws the figure without its grids"
-                                    ) from None
-            if episode is not None:
-                shown[out_dir / f"fig3_recon_{dataset}_{name}.png"] = (record, episode)
-            else:  # its file, if any, is kept
-                skipped.append(out_dir / f"fig3_recon_{dataset}_{name}.png")
+    shown, skipped = select_grids(records, checkpoint_dir or default_checkpoint_dir(), out_dir) if grids else ({}, [])
     summary = summarise(records, paper)
     markdown = summary_markdown(summary)
     if skipped:
@@ -371,24 +331,9 @@ def figures(out_dir: Path, reference: Path | None = DEFAULT_REFERENCE, checkpoin
     write_text_atomic(out_dir / "fig3.csv", summary[columns].to_csv(index=False, float_format="%.4f") if len(summary) else "")
     written += plot(summary, paper, [out_dir / "fig3.png", out_dir / "fig3.pdf"])
     written += training_curves(out_dir, curves, name="fig3_training_curves")
-    written += [reconstruction_grid(record, path, episode, line_label(*curve_label(record)))
+    written += [reconstruction_grid(record, path, episode, line_label(*record_curve(record)))
                 for path, (record, episode) in shown.items()]
     if grids and not skipped:  # the grids of curves no longer drawn (or of old names) are not left beside today's
         for stale in set(out_dir.glob("fig3_recon_*.png")) - set(shown):  # (with a grid not redrawn, one of them
             stale.unlink()                                                    # may be its file under an old name)
     return markdown, written
-
-
-def _grid_name(record: dict[str, Any], records: list[dict[str, Any]]) -> str:
-    """A reconstruction grid's name: its curve's line label, the preset where the trained runs' differ, and the
-    task (data, image size, block, N) where the data set's runs differ in it: one grid per line of the figure."""
-    kind = record["task"]["kind"]
-    same = [r for r in records if r["task"]["kind"] == kind]
-    trained_presets = {r["preset"] for r in same if r["training"]}
-    parts = [line_label(*curve_label(record))]
-    if record["training"] and len(trained_presets) > 1:
-        parts.append(record["preset"])
-    for column, text in {**TASK_TAGS, "num_patterns": "N={}"}.items():
-        if len({r["task"].get(column, "") for r in same}) > 1:
-            parts.append(text.format(record["task"].get(column, "") or "bundled"))
-    return re.sub(r"[^A-Za-z0-9.=-]+", "_", " ".join(parts)).strip("_")

@@ -1,4 +1,5 @@
-"""Reconstruction grids of Figure 3's runs: query, retrieval and original, like the paper's Fig. 2.
+"""Reconstruction grids of Figure 3's runs: query, retrieval and original, like the paper's Fig. 2; one per
+line of the figure (`select_grids`, `grid_name`).
 
 A grid needs the model itself, so it is redrawn rather than stored: the run's model is rebuilt and
 loaded by the runner's own path (`membench.build.load_trained`; a grid is skipped, with a note,
@@ -8,6 +9,7 @@ reads the first evaluation episode of the run's own seed.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +17,57 @@ import torch
 
 from membench.budget import check_measured, sealed
 from membench.checkpoints import trained_steps, weights_digest
+from membench.errors import DataMismatch, DatasetMissing, MembenchError
 from membench.integrity import checked_retrievals
 from membench.plots import pyplot, save
+from membench.sweeps import TASK_TAGS, line_label, record_curve
+
+Shown = tuple[Any, torch.Tensor, torch.Tensor]  # (episodes, retrievals, errors) of a run's first test episode
 
 
-def first_episode(record: dict[str, Any], checkpoint_dir: Path) -> tuple[Any, torch.Tensor, torch.Tensor] | None:
+def select_grids(records: list[dict[str, Any]], checkpoint_dir: Path, out_dir: Path
+                 ) -> tuple[dict[Path, tuple[dict[str, Any], Shown]], list[Path]]:
+    """The grid of each line of Figure 3 (`grid_name`), from its largest-memory run: ({path: (record, its first
+    episode)}, the paths of grids that cannot be drawn here, their reasons printed). DatasetMissing or
+    MembenchError, naming `--no-grids`, when the images the runs were defined on are not here."""
+    largest: dict[tuple[str, str], dict[str, Any]] = {}
+    for record in sorted(records, key=lambda r: (r["memory_floats"], -r["seed"])):
+        largest[(record["task"]["kind"], grid_name(record, records))] = record
+    shown: dict[Path, tuple[dict[str, Any], Shown]] = {}
+    skipped: list[Path] = []
+    for (dataset, name), record in sorted(largest.items()):
+        try:
+            episode = first_episode(record, checkpoint_dir)
+        except DatasetMissing as exc:  # only the grids need the images
+            raise DatasetMissing(f"{exc} The figure itself needs no images: `--no-grids` draws it without "
+                                 "its reconstruction grids.") from None
+        except DataMismatch as exc:
+            raise MembenchError(f"the reconstruction grids need the images the runs were defined on: {exc.what}; "
+                                "point --data-dir at them, or `--no-grids` draws the figure without its grids"
+                                ) from None
+        if episode is not None:
+            shown[out_dir / f"fig3_recon_{dataset}_{name}.png"] = (record, episode)
+        else:  # its file, if any, is kept
+            skipped.append(out_dir / f"fig3_recon_{dataset}_{name}.png")
+    return shown, skipped
+
+
+def grid_name(record: dict[str, Any], records: list[dict[str, Any]]) -> str:
+    """A reconstruction grid's name: its curve's line label, the preset where the trained runs' differ, and the
+    task (data, image size, block, N) where the data set's runs differ in it: one grid per line of the figure."""
+    kind = record["task"]["kind"]
+    same = [r for r in records if r["task"]["kind"] == kind]
+    trained_presets = {r["preset"] for r in same if r["training"]}
+    parts = [line_label(*record_curve(record))]
+    if record["training"] and len(trained_presets) > 1:
+        parts.append(record["preset"])
+    for column, text in {**TASK_TAGS, "num_patterns": "N={}"}.items():
+        if len({r["task"].get(column, "") for r in same}) > 1:
+            parts.append(text.format(record["task"].get(column, "") or "bundled"))
+    return re.sub(r"[^A-Za-z0-9.=-]+", "_", " ".join(parts)).strip("_")
+
+
+def first_episode(record: dict[str, Any], checkpoint_dir: Path) -> Shown | None:
     """The first test episode a run evaluated, as `runner.evaluate` drew it: (episodes (1 episode), its
     retrievals (1, N, C, H, W) in [0, 1], their errors (N,)); None (after printing why) when a trained
     model's checkpoint is absent, a model from outside membench has changed since its record was made, or
@@ -38,8 +86,7 @@ def first_episode(record: dict[str, Any], checkpoint_dir: Path) -> tuple[Any, to
         return _first_episode(record, spec, checkpoint_dir)
 
 
-def _first_episode(record: dict[str, Any], spec: Any, checkpoint_dir: Path
-                   ) -> tuple[Any, torch.Tensor, torch.Tensor] | None:
+def _first_episode(record: dict[str, Any], spec: Any, checkpoint_dir: Path) -> Shown | None:
     """`first_episode` of the run `spec`, its model as today's code builds it."""
     from membench.build import load_trained
     from membench.runner import EVAL_EPISODES_PER_BATCH, EVAL_STREAM
@@ -82,7 +129,7 @@ def _first_episode(record: dict[str, Any], spec: Any, checkpoint_dir: Path
     return episodes, retrievals.clamp(0, 1), errors
 
 
-def reconstruction_grid(record: dict[str, Any], path: Path, shown: tuple[Any, torch.Tensor, torch.Tensor],
+def reconstruction_grid(record: dict[str, Any], path: Path, shown: Shown,
                         label: str, columns: int = 8) -> Path:
     """Rows: query, retrieval, original for `columns` queries spread evenly over the run's first test episode,
     `shown` (`first_episode`), first and last included, each titled with its place in the episode (a memory that

@@ -54,9 +54,9 @@ def read_curves(out_dir: Path, images: bool | None = None) -> Curves:
             label = row_label(record["model"], record["preset"], trained=True)
             task = f"{record['task']['kind']}, {record.get('task_unit', 'error')}"
             if record["task"]["kind"] != "binary":  # a rate-sweep point: its Figure 3 line, memory size, preset
-                from membench.figure3 import curve_label, line_label
+                from membench.sweeps import line_label, record_curve
 
-                label = f"{line_label(*curve_label(record))} ({record['memory_floats']} floats, {record['preset']})"
+                label = f"{line_label(*record_curve(record))} ({record['memory_floats']} floats, {record['preset']})"
             elif not training["config"].get("num_patterns"):
                 label += f" N={record['task']['num_patterns']}"
             path = Path(out_dir) / training["curve"]

@@ -148,3 +148,24 @@ class SweepSuite:
         if best is None:
             return model, dict(options)
         return best[1], {key: value for key, value in options.items() if key not in best[2]}
+
+
+def record_curve(record: dict[str, Any]) -> tuple[str, str]:
+    """(the paper's curve label of a record, its variant: the options beyond its curve point's, '' if none); a
+    record of another suite: (its model, its options)."""
+    from membench.report import options_text
+    from membench.suites import SUITES
+
+    suite = SUITES.get(record["suite"])
+    if not isinstance(suite, SweepSuite):
+        return record["model"], options_text(record["options"])
+    label, extra = suite.curve_label(record["model"], record["options"])
+    return label, options_text(extra)
+
+
+def line_label(curve: str, variant: str) -> str:
+    """A line of Figure 3: its curve, with its variant in brackets where it has one."""
+    return f"{curve} [{variant}]" if variant else curve
+
+
+TASK_TAGS = {"data": "data {}", "image_size": "{} px", "block": "block {}"}  # shown where a data set's runs vary

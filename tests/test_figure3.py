@@ -136,8 +136,8 @@ def test_cli_sweep_then_figures(data_root, tmp_path, monkeypatch):
     cifar = summary[summary.dataset == "cifar10"].sort_values("memory_floats")
     assert cifar["median"].is_monotonic_decreasing          # more whole images stored: less error
 
-    from membench import figure3  # a grid that cannot be redrawn (say, its checkpoint is absent) keeps its file
-    monkeypatch.setattr(figure3, "first_episode", lambda record, _: None if record["task"]["kind"] == "omniglot"
+    from membench import grids  # a grid that cannot be redrawn (say, its checkpoint is absent) keeps its file
+    monkeypatch.setattr(grids, "first_episode", lambda record, _: None if record["task"]["kind"] == "omniglot"
                         else first_episode(record, tmp_path / "cache"))
     (out / "fig3_recon_omniglot_raw_slots.png").write_bytes(b"drawn before")
     result = runner.invoke(main, ["figures", "--out", str(out)])
