@@ -61,7 +61,8 @@ def n_figure(plt, erasure, styles: dict[str, Any], out_dir: Path) -> list[Path]:
 def budget_figure(plt, erasure, styles: dict[str, Any], out_dir: Path) -> list[Path]:
     """capacity_budget: error against the budget at N = BUDGET_NUM_PATTERNS (erasure task), a note naming the
     rows absent at some budget and why, with those budgets; a row run at one budget only (the learned ones, at
-    Table 1's) is a lone marker, named as such (no model run at several budgets: no figure)."""
+    Table 1's) is a lone marker, named as such, the lone markers of a budget spread within 0.15 of an octave
+    of it so that none hides another (no model run at several budgets: no figure)."""
     at_n = erasure[erasure.num_patterns == BUDGET_NUM_PATTERNS]
     budget_groups = [(key, g) for key, g in at_n.groupby(["dim", "erased"], sort=True) if g["budget"].nunique() > 1]
     if not budget_groups:
@@ -70,8 +71,13 @@ def budget_figure(plt, erasure, styles: dict[str, Any], out_dir: Path) -> list[P
     notes = []
     for ax, ((dim, erased), group) in zip(axes[0], budget_groups):
         budgets = sorted(group["budget"].unique())
-        for row in row_order(list(group["row"].unique()), dict(zip(group["row"], group["model"]))):
-            plot_line(ax, group[group.row == row], "budget", row, styles[row])
+        rows = row_order(list(group["row"].unique()), dict(zip(group["row"], group["model"])))
+        lone = [row for row in rows if (group.row == row).sum() == 1]  # markers side by side, none hidden
+        for row in rows:
+            mine = group[group.row == row]
+            if row in lone:  # within 0.15 of an octave of its budget
+                mine = mine.assign(budget=mine["budget"] * 2 ** (0.3 * (lone.index(row) / max(len(lone) - 1, 1) - 0.5)))
+            plot_line(ax, mine, "budget", row, styles[row])
         log2_axis(ax, budgets)
         ax.set_xticklabels([f"{b}\n({b // dim} patterns)" for b in budgets], fontsize=8)
         ax.set(xlabel="budget (float32 values)", ylabel="error bits per query",
@@ -97,7 +103,7 @@ def budget_notes(group) -> list[str]:
         mine = group[group.row == row]
         lone = len(mine) == 1  # its "not run" budgets are said by "run at ... only"
         if lone:
-            reasons.setdefault(f"run at {int(mine['budget'].iloc[0])} only (a marker)", []).append(row)
+            reasons.setdefault(f"run at {int(mine['budget'].iloc[0])} only (a marker, spread sideways)", []).append(row)
         missing = [b for b in budgets if b not in set(mine["budget"])]
         for why in ("over budget", "cannot be built") if lone else ("over budget", "not run", "cannot be built"):
             at = [b for b in missing if missing_because(mine.iloc[0], b) == why]

@@ -173,7 +173,7 @@ def test_capacity_figures_on_a_tiny_run(tmp_path, one_thread):
     summary = capacity_summary(tmp_path)[0]  # the budget figure's note says the same
     at_64 = summary[(summary.flip == 0) & (summary.num_patterns == 64)]
     assert budget_notes(at_64) == ["over budget: hopfield_hebb (2080, 4160), hopfield_storkey (2080, 4160)",
-                                   "run at 8256 only (a marker): hopfield_storkey, sparse_distributed_memory"]
+                                   "run at 8256 only (a marker, spread sideways): hopfield_storkey, sparse_distributed_memory"]
     # under flips no bit is clamped: modern Hopfield brings the stored pattern back (13 flips of 128)
     flip_table = markdown.split("13 of 128 bits flipped")[1].split("## ")[0]
     assert re.search(r"\| modern_hopfield +\| 0\.00 ± 0\.00 +\|", flip_table), flip_table
