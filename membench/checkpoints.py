@@ -13,11 +13,9 @@ import hashlib
 import io
 import os
 import pickle
-import random
 from pathlib import Path
 from typing import Any
 
-import numpy
 import torch
 from torch.torch_version import TorchVersion
 
@@ -26,6 +24,7 @@ from membench.errors import MembenchError, out_of_memory
 from membench.interface import AssociativeMemory
 from membench.records import list_of_mappings, nonnegative_number, training_history
 from membench.store import file_lock, warn, write_atomic
+from membench.tasks import valid_global_generators
 
 CHECKPOINT_KEYS = ("model", "generator", "step", "elapsed_s", "curve")  # required; "optimizer", "history",
 # "config", "parameters" (the names in "model" that are the model's parameters, not buffers), "learned",
@@ -154,32 +153,12 @@ def _field_problem(saved: dict[str, Any]) -> str | None:
         return f"step {saved['step']} is beyond the {planned} its configuration plans"
     if "optimizer" in saved and not isinstance(saved["optimizer"], dict):
         return "optimizer is not an optimiser's state"
-    if "global_generators" in saved and not _generator_states(saved["global_generators"]):
+    if "global_generators" in saved and not valid_global_generators(saved["global_generators"]):
         return "global_generators is not the global generators' states"
     shares = saved.get("guard_shares", [])
     if not (isinstance(shares, list) and all(type(share) is float for share in shares)):
         return "guard_shares is not a list of error shares"
     return None
-
-
-def _generator_states(value: Any) -> bool:
-    """Whether `value` is what `tasks.global_generators` saves: torch's state (its CPU generator's bytes), and
-    NumPy's and Python's, each accepted by a generator of its kind."""
-    if not isinstance(value, dict):
-        return False
-    mine, cuda = value.get("torch"), value.get("cuda", torch.zeros(0, dtype=torch.uint8))
-    if not (isinstance(mine, torch.Tensor) and mine.dtype == torch.uint8 and mine.shape == torch.get_rng_state().shape
-            and isinstance(cuda, torch.Tensor) and isinstance(value.get("numpy"), list)
-            and isinstance(value.get("python"), list)):
-        return False
-    try:
-        kind, keys, position, has_gauss, gauss = value["numpy"]
-        numpy.random.RandomState().set_state((kind, keys.numpy().astype(numpy.uint32), position, has_gauss, gauss))
-        version, internal, gauss_next = value["python"]
-        random.Random().setstate((version, tuple(internal), gauss_next))
-    except (TypeError, ValueError, AttributeError):
-        return False
-    return True
 
 
 def _on_this_device(state: dict[str, Any], optimizer: torch.optim.Optimizer) -> dict[str, Any]:

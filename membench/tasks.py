@@ -56,14 +56,39 @@ def global_generators(device: torch.device) -> dict[str, Any]:
     return state
 
 
+def _numpy_and_python(state: dict[str, Any]) -> tuple[tuple, tuple]:
+    """NumPy's and Python's generator states as their generators take them, from `global_generators`' data."""
+    kind, keys, position, has_gauss, gauss = state["numpy"]
+    version, internal, gauss_next = state["python"]
+    return (kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss), (version, tuple(internal), gauss_next)
+
+
+def valid_global_generators(value: Any) -> bool:
+    """Whether `value` is what `global_generators` saves: torch's state (its CPU generator's bytes), CUDA's as a
+    tensor where saved, and NumPy's and Python's, each taken by a generator of its kind."""
+    if not isinstance(value, dict):
+        return False
+    mine, cuda = value.get("torch"), value.get("cuda", torch.zeros(0, dtype=torch.uint8))
+    if not (isinstance(mine, torch.Tensor) and mine.dtype == torch.uint8 and mine.shape == torch.get_rng_state().shape
+            and isinstance(cuda, torch.Tensor) and isinstance(value.get("numpy"), list)
+            and isinstance(value.get("python"), list)):
+        return False
+    try:
+        numpy_state, python_state = _numpy_and_python(value)
+        np.random.RandomState().set_state(numpy_state)
+        random.Random().setstate(python_state)
+    except (TypeError, ValueError, AttributeError):
+        return False
+    return True
+
+
 def set_global_generators(state: dict[str, Any], device: torch.device) -> None:
     """Set the global generators to `state` (`global_generators`'); CUDA's only where it was saved on CUDA and
     is resumed there."""
     torch.set_rng_state(state["torch"])
-    kind, keys, position, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
-    version, internal, gauss_next = state["python"]
-    random.setstate((version, tuple(internal), gauss_next))
+    numpy_state, python_state = _numpy_and_python(state)
+    np.random.set_state(numpy_state)
+    random.setstate(python_state)
     if device.type == "cuda" and "cuda" in state:
         try:
             torch.cuda.set_rng_state(state["cuda"], device)

@@ -171,9 +171,9 @@ def reference_tree(commit: str) -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="membench-reference-") as scratch:
         tree = Path(scratch) / "tree"
         made = subprocess.run(["git", "-C", str(root), "worktree", "add", "--detach", "-f", str(tree), commit],
-                              capture_output=True, text=True) if resolve_commit(commit) else None
-        if made is None or made.returncode:
-            reason = (made.stderr.strip().splitlines() or ["git failed"])[-1] if made else "not a commit here"
+                              capture_output=True, text=True)
+        if made.returncode:
+            reason = (made.stderr.strip().splitlines() or ["git failed"])[-1]
             raise MembenchError(f"cannot check out reference commit '{commit}' ({reason}); give a commit of this "
                                 f"repository's history")
         try:
@@ -203,8 +203,12 @@ def measure(requests: list[dict[str, Any]], rounds: int = 1, reference: str | No
     failing later keeps it) and freed (its model, batches and CUDA graphs) before the next is built, so rows
     too large to be held together (Figure 3's points on one GPU) can be timed in one command."""
     rows, reference_seconds = [], []
+    commit = resolve_commit(reference) if reference else None  # the full hash it names, once
+    if reference and commit is None:
+        raise MembenchError(f"cannot check out reference commit '{reference}' (not a commit here); give a commit of "
+                            "this repository's history")
     with contextlib.ExitStack() as stack:
-        tree = stack.enter_context(reference_tree(reference)) if reference else None
+        tree = stack.enter_context(reference_tree(commit)) if commit else None
         if rounds == 1:
             for request in requests:
                 time_round, row = prepare(**request)
@@ -226,9 +230,9 @@ def measure(requests: list[dict[str, Any]], rounds: int = 1, reference: str | No
                 if tree is not None:
                     reference_seconds.append(time_reference(tree))
             rows = [row(times) for (_, row), times in zip(prepared, seconds)]
-    if reference:
+    if commit:
         spec = run_specs("table1", ["ebmm"], [64], "quick")[0]
-        commit = resolve_commit(reference)[:10]  # (its worktree was made: it names a commit)
+        commit = commit[:10]
         rows.append({**_row(torch.device("cpu"), spec, 16, reference_seconds, commit, False, False, "float32",
                             steps=1, warmup=0, dirty=False),  # pytest-benchmark's rounds of an update each, no
                      "wall_time_s": float("nan")})          # warm-up; their seconds in all are not kept
