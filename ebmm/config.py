@@ -74,8 +74,15 @@ class EBMMConfig:
     #   read steps (0: the erased patterns themselves), so the write can widen a basin where a read would leave
     #   it; where a negative reads back to its pattern the two terms pull against each other. None: off (the
     #   paper). gated_rnn only
-    contrast_erase: float = 0.5   # the share of each negative's entries erased (the task's queries erase 64 of 128)
+    contrast_erase: float = 0.5   # the share of each negative's (and denoising copy's) entries erased (the task's
+    #   queries erase 64 of 128)
     contrast_lr_init: float = 0.01  # initial softplus rate of that term, per write step and writable tensor
+    denoise_steps: int | None = None  # (ours) the writing loss also holds the step-wise reconstruction loss of the
+    #   model's own first denoise_steps read steps from copies of the stored patterns with a fixed random share
+    #   contrast_erase of their entries erased (other masks at every write step): the write descends the loss the
+    #   read is scored on, as a memory optimised for it per episode does (results/diagnostics/ebmm-oracle). None:
+    #   off (the paper). gated_rnn only; its gradient takes autograd inside the write (meta-training: eager)
+    denoise_lr_init: float = 0.01  # initial softplus rate of that term, per write step and writable tensor
     read_step_init: float = 1.0   # initial gamma_1 of reading
     read_known: bool = True       # reading moves every entry (the paper); False: where the task allows it
     #   (spec.clamp_known), entries other than the fill value keep the query's values (ours)
@@ -93,15 +100,20 @@ class EBMMConfig:
             raise MembenchError(f"unknown energy '{self.energy}'; valid: gated_rnn (flat patterns), resnet_fc and "
                                 "resnet_conv (images)")
         object.__setattr__(self, "channels", tuple(self.channels))
-        for name, off in (("init_gain", 1.0), ("precondition_write", None), ("contrast_steps", None)):
+        for name, off in (("init_gain", 1.0), ("precondition_write", None), ("contrast_steps", None),
+                          ("denoise_steps", None)):
             if getattr(self, name) != off and self.energy != "gated_rnn":
                 raise MembenchError(f"{name} applies to the gated_rnn energy only, not {self.energy}; drop the option")
         if self.contrast_steps is not None:
             if not (is_int(self.contrast_steps) and 0 <= self.contrast_steps <= self.read_steps):
                 raise MembenchError(f"contrast_steps={self.contrast_steps!r} must be null or an integer from 0 to "
                                     f"read_steps={self.read_steps} (the read steps that move each negative)")
+        if self.denoise_steps is not None:
+            if not (is_int(self.denoise_steps) and 1 <= self.denoise_steps <= self.read_steps):
+                raise MembenchError(f"denoise_steps={self.denoise_steps!r} must be null or an integer from 1 to "
+                                    f"read_steps={self.read_steps} (the read steps the denoising term scores)")
         for name in ("write_lr_init", "anchor_lr_init", "grad_norm_lr_init", "read_step_init",  # softplus values
-                     "precondition_write", "contrast_lr_init"):
+                     "precondition_write", "contrast_lr_init", "denoise_lr_init"):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise MembenchError(f"{name}={value} must be a finite number > 0 (a softplus rate)")

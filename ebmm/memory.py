@@ -10,7 +10,7 @@ from the meta-learned theta_bar (the energy network's own values of those tensor
 
     theta_{t+1} = theta_t - sum_term lr[t, tensor, term] * grad_theta term_t
     terms: mean_i E(x_i),  mean_i ||grad_x E(x_i)||^2 (optional),  -mean_i E(n_i) (optional),
-           ||theta - theta_bar||^2
+           mean_i sum_k ||x_i - read^(k)(e_i)||^2 (optional),  ||theta - theta_bar||^2
 
 The pattern terms are means over the N patterns (the paper), sums (`write_mean=False`), or sums
 divided by N^p with p fixed (`write_norm_power`) or meta-learned (`learn_write_norm`, ours).
@@ -27,7 +27,9 @@ write where the plain gradient step is Hebbian-like), lambda learned. With `cont
 the write also raises the energy at negatives n_i: pattern i with a fixed random share of its entries erased,
 moved by the first `contrast_steps` steps of the model's own read (Hopfield et al.'s unlearning of spurious
 states, contrastive divergence's negative phase; where n_i reads back to x_i the two terms pull against each
-other).
+other). With `denoise_steps` (ours; the gated RNN) the write also descends the step-wise reconstruction loss of
+the model's own first `denoise_steps` read steps from e_i, pattern i with a fixed random share of its entries
+erased (other masks at every write step): the loss the read is scored on, through the read (autograd).
 Read (App. A): K steps of projected gradient descent on E(x) with
 Nesterov momentum and non-increasing learned step sizes and momentum rates; with `read_known=False`
 (ours) only the entries a query marks unknown move, where the task says the others are the pattern's.
@@ -97,15 +99,19 @@ class EBMM(AssociativeMemory):
         self.writable_names = names
         self._closed_form = callable(getattr(energy, "grads", None)) and (  # gradients without autograd (gated RNN)
             not config.grad_norm_term or callable(getattr(energy, "grad_norm_grads", None)))
-        terms = 2 + config.grad_norm_term + (config.contrast_steps is not None)  # E, ||grad_x E||^2, -E(n), anchor
+        contrast, denoise = config.contrast_steps is not None, config.denoise_steps is not None
+        terms = 2 + config.grad_norm_term + contrast + denoise  # E, ||grad_x E||^2, -E(n), reconstruction, anchor
         write_lr = torch.full((config.write_steps, len(names), terms), _inverse_softplus(config.write_lr_init))
         if config.anchor_lr_init is not None:
             write_lr[..., -1] = _inverse_softplus(config.anchor_lr_init)
         if config.grad_norm_term and config.grad_norm_lr_init is not None:
             write_lr[..., 1] = _inverse_softplus(config.grad_norm_lr_init)
-        if config.contrast_steps is not None:
-            write_lr[..., -2] = _inverse_softplus(config.contrast_lr_init)
-            assert self._closed_form, "contrast_steps needs the gated_rnn energy's closed-form gradients"
+        if contrast:
+            write_lr[..., 1 + config.grad_norm_term] = _inverse_softplus(config.contrast_lr_init)
+        if denoise:
+            write_lr[..., -2] = _inverse_softplus(config.denoise_lr_init)
+        if contrast or denoise:
+            assert self._closed_form, "contrast_steps and denoise_steps need the gated_rnn energy's closed form"
             self.register_buffer("contrast_masks", self._draw_masks(spec, config.contrast_erase))
         self.write_lr = nn.Parameter(write_lr)  # write_lr[0, :, -1] never learns: theta_0 = theta_bar, no deviation
         if config.n_scaled_rates:  # exponents q of (N / N_REFERENCE) ** q, one per write rate
@@ -131,6 +137,22 @@ class EBMM(AssociativeMemory):
         dim = spec.pattern_shape[0]
         order = torch.rand(CONTRAST_MASKS, dim, generator=torch.Generator().manual_seed(CONTRAST_SEED)).argsort(-1)
         return order < round(share * dim)  # the entries whose rank falls in the first share: a uniform subset
+
+    def _erased(self, patterns: torch.Tensor, first: int) -> torch.Tensor:
+        """patterns (B, N, D) with the entries of masks first + i (mod CONTRAST_MASKS) at the fill value."""
+        index = (torch.arange(patterns.shape[1], device=patterns.device) + first) % CONTRAST_MASKS
+        return torch.where(self.contrast_masks[index], torch.full_like(patterns, self.spec.fill_value), patterns)
+
+    def _denoise_grads(self, theta: Writable, patterns: torch.Tensor, erased: torch.Tensor, create_graph: bool
+                       ) -> dict[str, torch.Tensor]:
+        """denoise_steps: gradient wrt each writable tensor (B, *shape) of sum_k sum_i ||x_i - read^(k)(e_i)||^2,
+        the model's own first denoise_steps read iterates from the erased patterns e_i (B, N, D)."""
+        with torch.enable_grad():
+            held = theta if create_graph else {n: t.detach().requires_grad_(True) for n, t in theta.items()}
+            iterates = self._read(held, erased, True, limit=self.cfg.denoise_steps)
+            loss = sum((patterns - x).pow(2).sum() for x in iterates)  # episodes are independent: their sum separates
+            grads = torch.autograd.grad(loss, [held[n] for n in self.writable_names], create_graph=create_graph)
+        return dict(zip(self.writable_names, grads))
 
     def _negatives(self, theta: Writable, erased: torch.Tensor, create_graph: bool) -> torch.Tensor:
         """contrast_steps: where the first contrast_steps read steps take the erased patterns (B, N, D)."""
@@ -189,11 +211,13 @@ class EBMM(AssociativeMemory):
 
     # --- write ----------------------------------------------------------------------
     def _term_grads(self, theta: Writable, patterns: torch.Tensor, projected: torch.Tensor | None,
-                    create_graph: bool, erased: torch.Tensor | None = None) -> list[list[torch.Tensor]]:
+                    create_graph: bool, erased: torch.Tensor | None = None, noisy: torch.Tensor | None = None
+                    ) -> list[list[torch.Tensor]]:
         """Per pattern term of the writing loss (E, then ||grad_x E||^2 if on, then -E at the negatives if
-        `contrast_steps` is set, each summed over the patterns and weighted by `_pattern_weight`), its gradient
-        with respect to each writable tensor (in `writable_names` order), each (B, *shape). erased (B, N, D): the
-        stored patterns with their contrast masks' entries erased, where the negatives start."""
+        `contrast_steps` is set, then the reconstruction loss if `denoise_steps` is, each summed over the patterns
+        and weighted by `_pattern_weight`), its gradient with respect to each writable tensor (in `writable_names`
+        order), each (B, *shape). erased (B, N, D): the stored patterns with their contrast masks' entries erased,
+        where the negatives start; noisy (B, N, D): this step's erased copies, where the denoising reads start."""
         names = list(self.writable_names)
         scale = self._pattern_weight(patterns.shape[1])
         if self._closed_form:  # no autograd inside: explicit operations only
@@ -204,6 +228,8 @@ class EBMM(AssociativeMemory):
             if erased is not None:
                 pushed = self.energy.grads(theta, self._negatives(theta, erased, create_graph), wrt_x=False)[1]
                 per_term.append({n: -grads for n, grads in pushed.items()})
+            if noisy is not None:
+                per_term.append(self._denoise_grads(theta, patterns, noisy, create_graph))
             return [[grads[n] * scale for n in names] for grads in per_term]
         if self.cfg.write_mean and self.cfg.write_norm_power is None and not self.cfg.learn_write_norm:
             reduce = lambda t: t.mean(1)  # noqa: E731  (over patterns)
@@ -254,12 +280,13 @@ class EBMM(AssociativeMemory):
         if self.cfg.precondition_write is not None:
             damping = F.softplus(self.write_damping)
             inverse = self.energy.write_preconditioner(patterns, damping if create_graph else damping.detach())
-        erased = None  # contrast_steps: the stored patterns with their masks' entries at the fill value
-        if self.cfg.contrast_steps is not None:
-            masks = self.contrast_masks[torch.arange(patterns.shape[1], device=patterns.device) % CONTRAST_MASKS]
-            erased = torch.where(masks, torch.full_like(patterns, self.spec.fill_value), patterns)
+        # contrast_steps: the stored patterns with their masks' entries at the fill value
+        erased = self._erased(patterns, 0) if self.cfg.contrast_steps is not None else None
         for step in range(self.cfg.write_steps):
-            term_grads = self._term_grads(theta, patterns, projected, create_graph, erased)
+            noisy = None  # denoise_steps: this step's erased copies, masks (step + 1) * N + i
+            if self.cfg.denoise_steps is not None:
+                noisy = self._erased(patterns, (step + 1) * patterns.shape[1])
+            term_grads = self._term_grads(theta, patterns, projected, create_graph, erased, noisy)
             updates = {}
             for j, n in enumerate(tensors):
                 update = 2 * (theta[n] - initial[n]) * rates[step, j, -1]  # grad of ||theta - theta_bar||^2

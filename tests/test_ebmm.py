@@ -219,7 +219,8 @@ def test_closed_form_and_autograd_paths_give_the_same_meta_gradient(grad_norm_te
 @pytest.mark.parametrize("options", [{}, {"learn_write_norm": True, "elementwise_write_lr": True},
                                      {"grad_norm_term": False}, {"read_known": False}, {"stepwise_loss": False},
                                      {"n_scaled_rates": True}, {"precondition_write": 0.7}, {"contrast_steps": 0},
-                                     {"contrast_steps": 2, "read_known": False}])
+                                     {"contrast_steps": 2, "read_known": False}, {"denoise_steps": 2},
+                                     {"contrast_steps": 1, "denoise_steps": 1}])
 def test_the_meta_gradient_is_the_meta_losss_derivative(options: dict):
     """Backpropagation through every write step (second order) and every read step gives the derivative of the
     meta-loss: central differences agree for sampled entries of every parameter tensor (float64, random
@@ -351,6 +352,56 @@ def test_the_contrastive_write_raises_the_energy_where_the_models_own_read_takes
         EBMMConfig(contrast_steps=6)
     with pytest.raises(MembenchError, match="contrast_erase=1.0 must lie strictly between 0 and 1"):
         EBMMConfig(contrast_steps=0, contrast_erase=1.0)
+
+
+def test_the_denoising_write_descends_the_reconstruction_loss_of_the_models_own_read():
+    """denoise_steps k: the write's extra term is the gradient of sum_k sum_i ||x_i - read^(k)(e_i)||^2 / N, e_i
+    pattern i with a fixed mask's entries erased, other masks at every write step; a write of that term alone
+    lowers the loss it descends, under no_grad too (evaluation). The default leaves the checkpoint key alone;
+    bad values are refused."""
+    from membench.build import build_model
+    from membench.run_identity import checkpoint_key
+    from membench.run_spec import RunSpec
+
+    model, task = small_model(denoise_steps=2, write_steps=2)
+    model = model.double()
+    assert torch.equal(model.contrast_masks, small_model(contrast_steps=0)[0].contrast_masks)
+    patterns = episodes(task).patterns.double()                                      # (B, N, D)
+    n = patterns.shape[1]
+    first, second = model._erased(patterns, n), model._erased(patterns, 2 * n)       # write steps 1 and 2
+    assert torch.equal(first, torch.where(model.contrast_masks[n:2 * n], torch.full_like(patterns, 0.5), patterns))
+    assert not torch.equal(first, second) and ((first == 0.5).sum(-1) == 64).all()
+    theta = {name: p.unsqueeze(0).expand(patterns.shape[0], *p.shape).clone()
+             for name, p in model.energy.named_parameters() if name in model.writable_names}
+
+    def loss(memory: dict, start: torch.Tensor, graph: bool = False) -> torch.Tensor:
+        return sum((patterns - x).pow(2).sum() for x in model._read(memory, start, create_graph=graph, limit=2))
+
+    got = model._term_grads(theta, patterns, None, create_graph=False, noisy=first)[-1]
+    held = {name: t.clone().requires_grad_(True) for name, t in theta.items()}
+    with torch.enable_grad():
+        expected = torch.autograd.grad(loss(held, first, True) / n, [held[name] for name in model.writable_names])
+    for name, g, want in zip(model.writable_names, got, expected):
+        torch.testing.assert_close(g, want, msg=name)
+    with torch.no_grad():  # a write of the denoising term alone (the others' rates ~0) lowers its loss
+        model.write_lr.fill_(-30.0)
+        model.write_lr[..., -2].fill_(-3.0)
+        before = loss(theta, first) + loss(theta, second)
+        written = model.write(patterns)
+        after = loss(written, first) + loss(written, second)
+    assert after < before, (before, after)
+    spec = RunSpec(suite="table1-learned", model="ebmm", task=BinaryTask(16).config(), budget=TABLE1_BUDGET,
+                   seed=0, queries=16)
+
+    def key(options: dict) -> str:
+        run = dataclasses.replace(spec, options=options)
+        return checkpoint_key(run, build_model(run, BinaryTask(16)), BinaryTask(16))
+
+    assert key({}) == key({"denoise_lr_init": 0.01}) != key({"denoise_steps": 1})
+    with pytest.raises(MembenchError, match="denoise_steps applies to the gated_rnn energy only"):
+        EBMMConfig(energy="resnet_fc", denoise_steps=1)
+    with pytest.raises(MembenchError, match="denoise_steps=0 must be null or an integer from 1 to read_steps=5"):
+        EBMMConfig(denoise_steps=0)
 
 
 def test_last_iterate_loss_scores_the_final_retrieval_only():
