@@ -79,9 +79,11 @@ class EBMMConfig:
     contrast_lr_init: float = 0.01  # initial softplus rate of that term, per write step and writable tensor
     denoise_steps: int | None = None  # (ours) the writing loss also holds the step-wise reconstruction loss of the
     #   model's own first denoise_steps read steps from copies of the stored patterns with a fixed random share
-    #   contrast_erase of their entries erased (other masks at every write step): the write descends the loss the
-    #   read is scored on, as a memory optimised for it per episode does (results/diagnostics/ebmm-oracle). None:
-    #   off (the paper). gated_rnn only; its gradient takes autograd inside the write (meta-training: eager)
+    #   contrast_erase of their entries erased (at write step t pattern i takes mask ((t + 1) N + i) mod 256: other
+    #   masks at every step, except where N is a multiple of 128, where steps repeat them): the write descends the
+    #   loss the read is scored on, as a memory optimised for it per episode does (results/diagnostics/ebmm-oracle).
+    #   None: off (the paper). gated_rnn only; its gradient takes autograd inside the write, which torch.compile
+    #   does not take (training falls back to eager with a warning; MEMBENCH_COMPILE=0 skips the attempt)
     denoise_lr_init: float = 0.01  # initial softplus rate of that term, per write step and writable tensor
     read_step_init: float = 1.0   # initial gamma_1 of reading
     read_known: bool = True       # reading moves every entry (the paper); False: where the task allows it

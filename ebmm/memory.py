@@ -29,7 +29,8 @@ moved by the first `contrast_steps` steps of the model's own read (Hopfield et a
 states, contrastive divergence's negative phase; where n_i reads back to x_i the two terms pull against each
 other). With `denoise_steps` (ours; the gated RNN) the write also descends the step-wise reconstruction loss of
 the model's own first `denoise_steps` read steps from e_i, pattern i with a fixed random share of its entries
-erased (other masks at every write step): the loss the read is scored on, through the read (autograd).
+erased (other masks at every write step unless N is a multiple of 128): the loss the read is scored on, through
+the read (autograd inside the write: such a meta-loss does not compile).
 Read (App. A): K steps of projected gradient descent on E(x) with
 Nesterov momentum and non-increasing learned step sizes and momentum rates; with `read_known=False`
 (ours) only the entries a query marks unknown move, where the task says the others are the pattern's.
@@ -37,8 +38,8 @@ Meta-training backpropagates the step-wise reconstruction loss (or, `stepwise_lo
 iterate's alone) through read and write.
 All inner loops run on a batch of B episodes at once. An energy with a `grads` method
 (the gated RNN) gives its gradients in closed form, so the inner loops are explicit
-operations (no autograd inside, `torch.compile`-able; the optional ||grad_x E||^2 term's gradient
-too, `grad_norm_grads`); any other energy is vmapped over the episodes' writable
+operations (no autograd inside but `denoise_steps`'s, `torch.compile`-able without it; the optional
+||grad_x E||^2 term's gradient too, `grad_norm_grads`); any other energy is vmapped over the episodes' writable
 copies (torch.func.functional_call + vmap) and differentiated with torch.autograd.grad
 (create_graph only while meta-training).
 """
@@ -147,6 +148,9 @@ class EBMM(AssociativeMemory):
                        ) -> dict[str, torch.Tensor]:
         """denoise_steps: gradient wrt each writable tensor (B, *shape) of sum_k sum_i ||x_i - read^(k)(e_i)||^2,
         the model's own first denoise_steps read iterates from the erased patterns e_i (B, N, D)."""
+        if torch.is_inference_mode_enabled():
+            raise MembenchError("denoise_steps writes by autograd, which torch.inference_mode forbids: evaluate under "
+                                "torch.no_grad instead")
         with torch.enable_grad():
             held = theta if create_graph else {n: t.detach().requires_grad_(True) for n, t in theta.items()}
             iterates = self._read(held, erased, True, limit=self.cfg.denoise_steps)
@@ -220,7 +224,7 @@ class EBMM(AssociativeMemory):
         where the negatives start; noisy (B, N, D): this step's erased copies, where the denoising reads start."""
         names = list(self.writable_names)
         scale = self._pattern_weight(patterns.shape[1])
-        if self._closed_form:  # no autograd inside: explicit operations only
+        if self._closed_form:  # explicit operations only (autograd inside for the denoising term alone)
             if self.cfg.grad_norm_term:
                 per_term = list(self.energy.grad_norm_grads(theta, patterns, projected))
             else:
@@ -283,7 +287,7 @@ class EBMM(AssociativeMemory):
         # contrast_steps: the stored patterns with their masks' entries at the fill value
         erased = self._erased(patterns, 0) if self.cfg.contrast_steps is not None else None
         for step in range(self.cfg.write_steps):
-            noisy = None  # denoise_steps: this step's erased copies, masks (step + 1) * N + i
+            noisy = None  # denoise_steps: this step's erased copies, masks ((step + 1) * N + i) mod CONTRAST_MASKS
             if self.cfg.denoise_steps is not None:
                 noisy = self._erased(patterns, (step + 1) * patterns.shape[1])
             term_grads = self._term_grads(theta, patterns, projected, create_graph, erased, noisy)
@@ -308,7 +312,8 @@ class EBMM(AssociativeMemory):
 
     def _inner_grad(self):
         """Grad mode for write and read outside meta-training: autograd on, unless no step needs it (closed-form
-        energy gradients): then the caller's mode stands, and under no_grad evaluation records no graph."""
+        energy gradients): then the caller's mode stands, and under no_grad evaluation records no graph (but the
+        denoising term's, inside the write, freed as it returns)."""
         return contextlib.nullcontext() if self._closed_form else torch.enable_grad()
 
     # --- read -----------------------------------------------------------------------

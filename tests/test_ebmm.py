@@ -357,8 +357,8 @@ def test_the_contrastive_write_raises_the_energy_where_the_models_own_read_takes
 def test_the_denoising_write_descends_the_reconstruction_loss_of_the_models_own_read():
     """denoise_steps k: the write's extra term is the gradient of sum_k sum_i ||x_i - read^(k)(e_i)||^2 / N, e_i
     pattern i with a fixed mask's entries erased, other masks at every write step; a write of that term alone
-    lowers the loss it descends, under no_grad too (evaluation). The default leaves the checkpoint key alone;
-    bad values are refused."""
+    lowers the loss it descends, under no_grad too (evaluation), and inference mode is refused in one line. Each
+    term's rate starts in its own column; the default leaves the checkpoint key alone; bad values are refused."""
     from membench.build import build_model
     from membench.run_identity import checkpoint_key
     from membench.run_spec import RunSpec
@@ -397,6 +397,13 @@ def test_the_denoising_write_descends_the_reconstruction_loss_of_the_models_own_
         run = dataclasses.replace(spec, options=options)
         return checkpoint_key(run, build_model(run, BinaryTask(16)), BinaryTask(16))
 
+    with torch.inference_mode(), pytest.raises(MembenchError, match="torch.inference_mode forbids"):
+        model.write(patterns)
+    # each term's rate starts in its own column: E, ||grad_x E||^2, -E(n), reconstruction, anchor
+    for options, starts in (({}, [1.0, 0.2, 0.03, 0.07, 0.5]), ({"grad_norm_term": False}, [1.0, 0.03, 0.07, 0.5])):
+        rates = small_model(write_lr_init=1.0, grad_norm_lr_init=0.2, contrast_steps=1, contrast_lr_init=0.03,
+                            denoise_steps=1, denoise_lr_init=0.07, anchor_lr_init=0.5, **options)[0].write_lr
+        torch.testing.assert_close(torch.nn.functional.softplus(rates), torch.tensor(starts).expand_as(rates))
     assert key({}) == key({"denoise_lr_init": 0.01}) != key({"denoise_steps": 1})
     with pytest.raises(MembenchError, match="denoise_steps applies to the gated_rnn energy only"):
         EBMMConfig(energy="resnet_fc", denoise_steps=1)

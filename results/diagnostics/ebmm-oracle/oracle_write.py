@@ -6,10 +6,11 @@ PRESET: quick or gpu (the shipped checkpoint; gpu is the paused one), evaluated 
 For EPISODES fresh test episodes of N patterns (generator seed 123, as ../ebmm-read), the writable tensors
 (the memory, 8256 floats) are taken from the learned write and then optimised directly, per episode, by Adam
 on the model's own step-wise read loss (its meta-training loss, the energy's static weights and the read's
-step sizes fixed), each Adam step on fresh queries (new random erasures of the same patterns). Every few
-steps the error is measured on held-out queries (their own erasures, drawn once). This is not a memory: the
-"write" sees queries. It bounds what any write rule can reach with this trained energy and read: if the
-optimised memory errs far less than the learned write, the write is what limits the row; if not, the energy.
+step sizes fixed), each Adam step on erasures it draws itself (new random erasures of the stored patterns, its
+own generator). Every few steps the error is measured on held-out queries (other erasures, drawn once, never
+in the loss). A very slow write rule, not a meta-learned one: it shows an error this trained energy and read
+can reach (at least this low), so if the optimised memory errs far less than the learned write, the write is
+much of what limits the row.
 """
 from __future__ import annotations
 
