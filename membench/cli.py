@@ -329,13 +329,16 @@ def readme(results, readme, check) -> None:
 @main.command()
 @click.argument("dataset", type=click.Choice(["omniglot", "cifar10"]))
 @DATA_DIR_OPTION
+@click.option("--progress/--no-progress", default=None,
+              help="Show a bar of the bytes arrived. Default: when the terminal shows it (not into a file or pipe).")
 @friendly_errors
-def download(dataset, data_dir) -> None:
+def download(dataset, data_dir, progress) -> None:
     """Fetch a data set's published files into the data directory (CIFAR-10 md5-checked)."""
     from membench.datasets import data_dir as default_dir
     from membench.downloads import download as fetch
 
-    for path in fetch(dataset, data_dir or default_dir()):
+    progress = sys.stderr.isatty() if progress is None else progress
+    for path in fetch(dataset, data_dir or default_dir(), progress=progress):
         click.echo(f"in place: {path}")
 
 

@@ -56,9 +56,10 @@ def _check_cifar(path: Path) -> None:
         raise OSError(f"it has md5 {digest}, not the published {CIFAR_MD5} ({_what_arrived(path)})")
 
 
-def _fetch(url: str, target: Path, check: Callable[[Path], None]) -> Path:
+def _fetch(url: str, target: Path, check: Callable[[Path], None], progress: bool = False) -> Path:
     """Download `url` to `target`, whole and passing `check` (which raises OSError), unless it is already there
-    (e.g. fetched by hand: it must pass `check` too)."""
+    (e.g. fetched by hand: it must pass `check` too). `progress`: a bar on stderr of the bytes arrived (of the
+    server's Content-Length where it sends one)."""
     if target.exists():
         try:
             check(target)
@@ -71,9 +72,11 @@ def _fetch(url: str, target: Path, check: Callable[[Path], None]) -> Path:
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as handle:
-            while chunk := response.read(1 << 20):
-                handle.write(chunk)
             expected = response.headers.get("Content-Length")
+            with _bar(target.name, expected, progress) as bar:
+                while chunk := response.read(1 << 20):
+                    handle.write(chunk)
+                    bar.update(len(chunk))
         if expected is not None and partial.stat().st_size != int(expected):  # a connection closed early
             raise OSError(f"{partial.stat().st_size} of {expected} bytes arrived")
         check(partial)
@@ -93,6 +96,14 @@ def _fetch(url: str, target: Path, check: Callable[[Path], None]) -> Path:
     return target
 
 
+def _bar(name: str, expected: str | None, shown: bool):
+    """A tqdm byte counter for one file (a no-op when not `shown`)."""
+    from tqdm.auto import tqdm
+
+    total = int(expected) if expected is not None and expected.isdigit() else None
+    return tqdm(total=total, desc=name, unit="B", unit_scale=True, unit_divisor=1024, disable=not shown)
+
+
 def _remove(files: list[Path], made: list[Path]) -> None:
     """A failed download's leftovers: the files it wrote, and the folders it made where they are empty again."""
     for file in files:
@@ -103,19 +114,19 @@ def _remove(files: list[Path], made: list[Path]) -> None:
             folder.rmdir()
 
 
-def download(name: str, root: Path) -> list[Path]:
+def download(name: str, root: Path, progress: bool = False) -> list[Path]:
     """Fetch a data set's published files into `root` (the layout `load` reads).
 
     A file already in place is not fetched again (so a hand-downloaded archive is used as
     is, once it passes the same check). CIFAR-10: the tar.gz is checked against its published md5,
     then extracted. Omniglot: the two zips are fetched as published; no checksum is published for
-    them, so only their being zip archives is checked.
+    them, so only their being zip archives is checked. `progress`: a bar on stderr per file fetched.
     """
     root = Path(root)
     if name not in ("omniglot", "cifar10"):
         raise MembenchError(f"unknown data set '{name}'. Valid: cifar10, omniglot")
     try:
-        return _download(name, root)
+        return _download(name, root, progress)
     except KeyboardInterrupt:  # outside a fetch or an extraction (checking a file in place): nothing changed
         raise Interrupted(f"interrupted: the download of {name} was stopped; {root} is as it was") from None
     except DatasetMissing as exc:
@@ -126,7 +137,7 @@ def download(name: str, root: Path) -> list[Path]:
         raise DatasetMissing(f"{exc} (the files already in {root} load as they are: {there})") from None
 
 
-def _download(name: str, root: Path) -> list[Path]:
+def _download(name: str, root: Path, progress: bool) -> list[Path]:
     if name == "omniglot":  # both zips or neither: the first alone would change the split the loader makes
         folder = root / "omniglot"
         made = [f for f in (folder, *folder.parents) if not f.exists()]  # deepest first
@@ -135,13 +146,13 @@ def _download(name: str, root: Path) -> list[Path]:
             for file in OMNIGLOT_FILES:
                 target = folder / file
                 there = target.exists()
-                _fetch(OMNIGLOT_URL.format(name=file), target, _check_zip)
+                _fetch(OMNIGLOT_URL.format(name=file), target, _check_zip, progress)
                 added += [] if there else [target]
         except BaseException:
             _remove(added, made)
             raise
         return [folder / file for file in OMNIGLOT_FILES]
-    return [_extract_cifar(_fetch(CIFAR_URL, root / "cifar-10-python.tar.gz", _check_cifar), root)]
+    return [_extract_cifar(_fetch(CIFAR_URL, root / "cifar-10-python.tar.gz", _check_cifar, progress), root)]
 
 
 def _extract_cifar(archive: Path, root: Path) -> Path:

@@ -283,6 +283,22 @@ def _cifar_archive(tmp_path: Path, monkeypatch, per_batch: int) -> bytes:
     return buffer.getvalue()
 
 
+def test_a_download_shows_its_bytes_only_when_asked(tmp_path, monkeypatch, capsys):
+    """With progress, a bar on stderr names the file and counts its bytes to the server's Content-Length; the
+    file arrives the same either way, and without progress nothing is printed."""
+    archive = _cifar_archive(tmp_path, monkeypatch, per_batch=2)
+    monkeypatch.setattr(downloads.urllib.request, "urlopen", lambda *a, **k: _Served(archive))
+    downloads.download("cifar10", tmp_path / "shown", progress=True)
+    from tqdm import tqdm
+
+    shown, size = capsys.readouterr().err, tqdm.format_sizeof(len(archive), divisor=1024)
+    assert "cifar-10-python.tar.gz: 100%" in shown and f"{size}/{size}" in shown
+    downloads.download("cifar10", tmp_path / "quiet")
+    assert capsys.readouterr().err == ""
+    assert ((tmp_path / "shown" / "cifar-10-python.tar.gz").read_bytes()
+            == (tmp_path / "quiet" / "cifar-10-python.tar.gz").read_bytes() == archive)
+
+
 def test_a_cifar_download_is_checked_before_it_takes_its_name_and_swapped_in_whole(tmp_path, monkeypatch):
     """A web page served with status 200 in the archive's place is refused and not kept (a rerun downloads
     again); a good archive replaces a subset's batches whole; an extraction stopped midway (Ctrl-C) or failing
