@@ -82,12 +82,28 @@ def _chains(specs: list[RunSpec]) -> list[list[RunSpec]]:
 
 
 ADDRESS_FIX = "give the head node's HOST:PORT (ray start --head prints it; port 6379 by default) or auto"
+PROBE_TIMEOUT_S = 5.0  # how long _check_address waits for an answer at HOST:PORT
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])  # + an empty SETTINGS frame
+
+
+def _speaks_grpc(host: str, port: int) -> bool:
+    """Whether HOST:PORT answers an HTTP/2 client preface with a SETTINGS frame, as every gRPC server (Ray's head,
+    its GCS) does; OSError where nothing accepts the connection."""
+    with socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S) as connection:
+        connection.sendall(HTTP2_PREFACE)
+        head = b""
+        try:
+            while len(head) < 9 and (chunk := connection.recv(9 - len(head))):
+                head += chunk
+        except OSError:  # a timeout, a reset: no HTTP/2 answer
+            return False
+    return len(head) == 9 and head[3] == 4 and head[5:] == bytes(4)  # frame type SETTINGS, on stream 0
 
 
 def _check_address(address: str | None) -> None:
     """MembenchError unless `address` (else $RAY_ADDRESS, which Ray joins then) is None, auto, local, a ray://
-    address or a HOST:PORT (an IPv6 host in brackets) something answers at (Ray itself would wait minutes for a
-    head that is not there)."""
+    address or a HOST:PORT (an IPv6 host in brackets) where a gRPC server answers, as a Ray head's does (Ray
+    itself would wait minutes, or for ever, at a port where no head is or another service is)."""
     given = "--address"
     if address is None:
         given, address = "$RAY_ADDRESS", os.environ.get("RAY_ADDRESS") or None
@@ -98,9 +114,12 @@ def _check_address(address: str | None) -> None:
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise MembenchError(f"{given} {address!r} is not HOST:PORT; {ADDRESS_FIX}")
     try:
-        socket.create_connection((host, int(port)), timeout=5).close()
+        grpc = _speaks_grpc(host, int(port))
     except OSError as exc:
         raise MembenchError(f"{given} {address}: nothing answers there ({exc}); {ADDRESS_FIX}") from None
+    if not grpc:
+        raise MembenchError(f"{given} {address}: something answers there, but not as a Ray head does (gRPC): "
+                            f"another service, or the dashboard's port?; {ADDRESS_FIX}")
 
 
 def run_with_ray(specs: list[RunSpec], out_dir: Path, device: str, force: bool, checkpoint_dir: Path,

@@ -1,8 +1,10 @@
 """`--launcher ray`: the local runner's records, number for number, from Ray tasks on a local Ray."""
 from __future__ import annotations
 
+import contextlib
 import os
 import textwrap
+import threading
 import time
 
 import pytest
@@ -211,9 +213,38 @@ def test_cuda_is_asked_of_the_cluster_not_of_the_driver(local_ray, tmp_path):
     assert [r["environment"]["device"] for r in run_all(specs, tmp_path, progress=False, launcher="ray")] == ["cpu"]
 
 
-def test_an_address_that_is_not_a_cluster_is_refused_in_one_line_before_ray_waits_for_it():
-    """--address must be auto, ray://… or a HOST:PORT something answers at: Ray itself raised a ValueError on
-    'foo' and waited minutes on a closed port."""
+@contextlib.contextmanager
+def _server(answer: bytes):
+    """'127.0.0.1:PORT' of a server that reads what a client sends, answers `answer` (b'': says nothing), then
+    keeps the connection open until the block ends."""
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    done = threading.Event()
+
+    def serve():
+        with contextlib.suppress(OSError):
+            connection, _ = listener.accept()
+            with connection:
+                connection.recv(64)
+                connection.sendall(answer)
+                done.wait(10)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        done.set()
+        listener.close()
+        thread.join(10)
+
+
+def test_an_address_that_is_not_a_cluster_is_refused_in_one_line_before_ray_waits_for_it(monkeypatch):
+    """--address must be auto, ray://… or a HOST:PORT where a gRPC server answers, as a Ray head's does: Ray
+    itself raised a ValueError on 'foo', waited minutes on a closed port and for ever (2.60) at a port where a
+    web server answered."""
+    monkeypatch.setattr("membench.ray_launcher.PROBE_TIMEOUT_S", 0.5)
     import socket
 
     from membench.ray_launcher import _check_address
@@ -228,6 +259,16 @@ def test_an_address_that_is_not_a_cluster_is_refused_in_one_line_before_ray_wait
         port = probe.getsockname()[1]
     with pytest.raises(MembenchError, match=f"--address 127.0.0.1:{port}: nothing answers there"):
         _check_address(f"127.0.0.1:{port}")
+    for answer, accepted in ((b"HTTP/1.0 400 Bad Request\r\n\r\n", False),  # a web server (the dashboard)
+                             (b"", False),  # one that says nothing
+                             (bytes([0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 100]), True)):  # gRPC's SETTINGS
+        with _server(answer) as served:
+            if accepted:
+                _check_address(served)
+            else:
+                with pytest.raises(MembenchError, match=f"--address {served}: something answers there, but not "
+                                                        "as a Ray head does"):
+                    _check_address(served)
     os.environ["RAY_ADDRESS"] = f"127.0.0.1:{port}"  # what Ray joins without --address: checked the same way
     try:
         with pytest.raises(MembenchError, match=rf"\$RAY_ADDRESS 127.0.0.1:{port}: nothing answers there"):
