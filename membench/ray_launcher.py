@@ -103,7 +103,7 @@ def _speaks_grpc(host: str, port: int) -> bool:
 def _check_address(address: str | None) -> None:
     """MembenchError unless `address` (else $RAY_ADDRESS, which Ray joins then) is None, auto, local, a ray://
     address or a HOST:PORT (an IPv6 host in brackets) where a gRPC server answers, as a Ray head's does (Ray
-    itself would wait minutes, or for ever, at a port where no head is or another service is)."""
+    itself waits minutes where no head is, and was still waiting after two minutes where a web server was)."""
     given = "--address"
     if address is None:
         given, address = "$RAY_ADDRESS", os.environ.get("RAY_ADDRESS") or None

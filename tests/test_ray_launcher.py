@@ -242,8 +242,8 @@ def _server(answer: bytes):
 
 def test_an_address_that_is_not_a_cluster_is_refused_in_one_line_before_ray_waits_for_it(monkeypatch):
     """--address must be auto, ray://… or a HOST:PORT where a gRPC server answers, as a Ray head's does: Ray
-    itself raised a ValueError on 'foo', waited minutes on a closed port and for ever (2.60) at a port where a
-    web server answered."""
+    itself raised a ValueError on 'foo', waited minutes on a closed port and (2.60) was still waiting after two
+    minutes at a port where a web server answered."""
     monkeypatch.setattr("membench.ray_launcher.PROBE_TIMEOUT_S", 0.5)
     import socket
 
