@@ -88,8 +88,11 @@ HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0
 
 def _speaks_grpc(host: str, port: int) -> bool:
     """Whether HOST:PORT answers an HTTP/2 client preface with a SETTINGS frame, as every gRPC server (Ray's head,
-    its GCS) does; OSError where nothing accepts the connection."""
+    its GCS) does; OSError where nothing accepts the connection. With $RAY_USE_TLS (Ray's TLS between its
+    processes), accepting the connection is all that is asked."""
     with socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S) as connection:
+        if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):  # a TLS head answers only a TLS greeting
+            return True
         connection.sendall(HTTP2_PREFACE)
         head = b""
         try:

@@ -269,6 +269,10 @@ def test_an_address_that_is_not_a_cluster_is_refused_in_one_line_before_ray_wait
                 with pytest.raises(MembenchError, match=f"--address {served}: something answers there, but not "
                                                         "as a Ray head does"):
                     _check_address(served)
+    with _server(b"HTTP/1.0 400 Bad Request\r\n\r\n") as served:  # with TLS, the gRPC greeting is not plain
+        monkeypatch.setenv("RAY_USE_TLS", "1")
+        _check_address(served)
+        monkeypatch.delenv("RAY_USE_TLS")
     os.environ["RAY_ADDRESS"] = f"127.0.0.1:{port}"  # what Ray joins without --address: checked the same way
     try:
         with pytest.raises(MembenchError, match=rf"\$RAY_ADDRESS 127.0.0.1:{port}: nothing answers there"):
