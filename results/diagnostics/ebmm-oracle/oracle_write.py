@@ -1,8 +1,9 @@
 """How much a better write could give EBMM's trained Table 1 energy: its memory optimised per episode.
 
-    python results/diagnostics/ebmm-oracle/oracle_write.py PRESET N [EPISODES] [STEPS] [LR] > results/diagnostics/ebmm-oracle/PRESET_nN.txt
+    python results/diagnostics/ebmm-oracle/oracle_write.py PRESET N [EPISODES] [STEPS] [LR] [KEY=VALUE ...] > results/diagnostics/ebmm-oracle/PRESET_nN.txt
 
-PRESET: quick or gpu (the shipped checkpoint; gpu is the paused one), evaluated here on the CPU in float32.
+PRESET: quick or gpu (the shipped checkpoint; gpu is the paused one), evaluated here on the CPU in float32;
+KEY=VALUE: a screen's options (as `membench run --option`), its checkpoint found in the cache.
 For EPISODES fresh test episodes of N patterns (generator seed 123, as ../ebmm-read), the writable tensors
 (the memory, 8256 floats) are taken from the learned write and then optimised directly, per episode, by Adam
 on the model's own step-wise read loss (its meta-training loss, the energy's static weights and the read's
@@ -42,9 +43,9 @@ def held_out_bits(model, theta: dict, patterns: torch.Tensor, queries: list[torc
     return torch.stack(wrong).mean().item()
 
 
-def main(preset: str, n: int, episodes: int, steps: int, lr: float) -> None:
-    print(header(preset, {}))
-    task, model, path = trained(preset, {}, n)
+def main(preset: str, n: int, episodes: int, steps: int, lr: float, options: dict) -> None:
+    print(header(preset, options))
+    task, model, path = trained(preset, options, n)
     model.requires_grad_(False)
     patterns = task.sample(episodes, torch.Generator().manual_seed(123)).patterns   # (B, N, 128)
     erased = task.erased
@@ -78,5 +79,8 @@ def main(preset: str, n: int, episodes: int, steps: int, lr: float) -> None:
 
 
 if __name__ == "__main__":
+    from membench.cli_common import parse_options
+
     main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else 8,
-         int(sys.argv[4]) if len(sys.argv) > 4 else 1000, float(sys.argv[5]) if len(sys.argv) > 5 else 1e-3)
+         int(sys.argv[4]) if len(sys.argv) > 4 else 1000, float(sys.argv[5]) if len(sys.argv) > 5 else 1e-3,
+         parse_options(None, None, tuple(sys.argv[6:])))
