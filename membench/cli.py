@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import shlex
-import sys
 from pathlib import Path
 
 import click
 
-from membench.cli_common import (DATA_DIR_OPTION, DEFAULT_OUT, MAX_SEED, MAX_SIZE, MembenchGroup, PathArg, Seconds,
-                                 friendly_errors, int_list, parse_options, suite_runs)
+from membench.cli_common import (DATA_DIR_OPTION, DEFAULT_OUT, MAX_SEED, MAX_SIZE, PROGRESS_OPTION, MembenchGroup, PathArg,
+                                 Seconds, friendly_errors, int_list, parse_options, suite_runs)
 from membench.cli_sessions import COMMANDS
 from membench.errors import MembenchError
 
@@ -176,8 +175,7 @@ def _sized_at_table1(cls: type) -> dict[str, str] | None:
               help="Where trained checkpoints are cached. Default: $MEMBENCH_CACHE/checkpoints or "
                    "~/.cache/membench/checkpoints.")
 @click.option("--force", is_flag=True, help="Rerun finished runs instead of skipping them.")
-@click.option("--progress/--no-progress", default=None,
-              help="Show progress bars. Default: when the terminal shows them (not into a file or pipe).")
+@PROGRESS_OPTION
 @click.option("--train-time-limit", type=Seconds(min=0), metavar="SECONDS",
               help="Stop this call's meta-training this many seconds after it began (checkpointed; exit status 3); rerun "
                    "to resume. Processes given the same command share its models out (0: one step of a new model).")
@@ -208,7 +206,6 @@ def run(suite, models, num_patterns, seeds, queries, preset, budget, device, out
     from membench.sweeps import SweepSuite
 
     set_data_dir(data_dir)
-    progress = sys.stderr.isatty() if progress is None else progress
     chosen, specs = suite_runs(suite, models, num_patterns, seeds, queries, preset, budget, options)
     if address and launcher != "ray":
         raise MembenchError("--address is for --launcher ray; add --launcher ray or drop --address")
@@ -329,15 +326,13 @@ def readme(results, readme, check) -> None:
 @main.command()
 @click.argument("dataset", type=click.Choice(["omniglot", "cifar10"]))
 @DATA_DIR_OPTION
-@click.option("--progress/--no-progress", default=None,
-              help="Show a bar of the bytes arrived. Default: when the terminal shows it (not into a file or pipe).")
+@PROGRESS_OPTION
 @friendly_errors
 def download(dataset, data_dir, progress) -> None:
     """Fetch a data set's published files into the data directory (CIFAR-10 md5-checked)."""
     from membench.datasets import data_dir as default_dir
     from membench.downloads import download as fetch
 
-    progress = sys.stderr.isatty() if progress is None else progress
     for path in fetch(dataset, data_dir or default_dir(), progress=progress):
         click.echo(f"in place: {path}")
 

@@ -9,6 +9,7 @@ import json
 import math
 import re
 import signal
+import sys
 import threading
 import traceback
 from pathlib import Path
@@ -179,6 +180,10 @@ def friendly_errors(command):
     return wrapper
 
 
+PROGRESS_OPTION = click.option(
+    "--progress/--no-progress", default=None,
+    callback=lambda ctx, param, value: sys.stderr.isatty() if value is None else value,
+    help="Show progress bars. Default: when the terminal shows them (not into a file or pipe).")
 DATA_DIR_OPTION = click.option(
     "--data-dir", type=PathArg(file_okay=False, path_type=Path),
     help="Directory holding omniglot/ and cifar-10-batches-py/. Default: $MEMBENCH_DATA or ./data.")
