@@ -120,7 +120,7 @@ def is_record(name: str) -> bool:
 
 
 def _better_here(target: Path, arrived: dict) -> bool:
-    """Whether `target` already holds a record more complete than `arrived` (`records.completeness`, report.distinct's
+    """Whether `target` already holds a record more complete than `arrived` (`records.completeness`, cells.distinct's
     rule: finished training before a paused checkpoint's, then more queries, then the later finish). An
     unreadable target is not better."""
     try:

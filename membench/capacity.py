@@ -33,7 +33,7 @@ from membench.suites import BUDGET_NUM_PATTERNS, CAPACITY_MODELS, declared_count
 # ---------------------------------------------------------------- figures and tables from records
 
 def task_of(table: str) -> tuple[dict[str, Any], int]:
-    """A table's key (`report.task_key`) -> (task without N, budget)."""
+    """A table's key (`cells.task_key`) -> (task without N, budget)."""
     key = json.loads(table)
     return key["task"], key["budget"]
 
@@ -98,7 +98,8 @@ def count_at(record, task: dict[str, Any], budget: int, num_patterns: int) -> in
 
 def summary_and_records(records: list[dict[str, Any]]):
     """(summary frame of `records` with half_width, records kept, duplicates dropped)."""
-    from membench.report import distinct, summarise
+    from membench.cells import distinct
+    from membench.report import summarise
 
     records, dropped = distinct(records)
     summary = summarise(records)
@@ -126,7 +127,8 @@ def table_section(summary, records: list[dict[str, Any]], table: str, title: str
     """The markdown section of one task and budget: `title`, provenance, `notes`, then model x N cells."""
     from tabulate import tabulate
 
-    from membench.report import cell_text, commits_text, seed_sets, span, task_key
+    from membench.cells import task_key
+    from membench.report import cell_text, commits_text, seed_sets, span
 
     part = summary[summary.table == table]
     model_of = dict(zip(part["row"], part["model"]))

@@ -23,7 +23,8 @@ from membench.fig3_acceptance import (MATCH_TOLERANCE, PAPER_DATASET, PAPER_POIN
                                       checked_presets)
 from membench.grids import reconstruction_grid, select_grids
 from membench.plots import legend_outside, pyplot, read_curves, save, training_curves
-from membench.report import REPO_ROOT, distinct, episode_means, span, updates_text
+from membench.cells import distinct
+from membench.report import REPO_ROOT, episode_means, span, updates_text
 from membench.store import ResultsStore, read_table, write_text_atomic
 from membench.sweeps import TASK_TAGS, line_label, record_curve
 
@@ -40,7 +41,7 @@ QUICK_CHANGES = ("quick preset (a CPU smoke test, not a result): the paper's tas
 
 
 def image_records(out_dir: Path) -> list[dict[str, Any]]:
-    """Finished runs in `out_dir` of Figure 3's suites (fig3-*), one per (point, seed) (report.distinct); the
+    """Finished runs in `out_dir` of Figure 3's suites (fig3-*), one per (point, seed) (cells.distinct); the
     image capacity suites' runs, even of the same block-corrupted task, are theirs."""
     from membench.suites import SUITES
     from membench.sweeps import SweepSuite

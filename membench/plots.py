@@ -9,7 +9,8 @@ import pandas as pd
 
 from membench.errors import MembenchError
 from membench.options import is_int
-from membench.report import latest_versions, row_label
+from membench.cells import latest_versions
+from membench.report import row_label
 from membench.store import ResultsStore, read_table, write_atomic
 
 SMOOTH = 10  # logged rows in the rolling mean of training curves

@@ -15,7 +15,8 @@ from membench.errors import MembenchError
 
 
 def _table1(results: Path) -> str:
-    from membench.report import DEFAULT_REFERENCE, distinct, grid, is_paper_table, load_reference, summarise
+    from membench.cells import distinct
+    from membench.report import DEFAULT_REFERENCE, grid, is_paper_table, load_reference, summarise
     from membench.store import ResultsStore
     from tabulate import tabulate
 

@@ -14,7 +14,7 @@ from membench.suites import (CAPACITY_BUDGETS, CAPACITY_MODELS, CAPACITY_NUM_PAT
                              FLIP_NUM_PATTERNS, FLIP_RATES, IMAGE_CORRUPTIONS, CapacitySuite, split_by_budget)
 from membench.errors import MembenchError
 from membench.registry import make_task
-from membench.report import task_key
+from membench.cells import task_key
 from membench.runner import run_all
 from membench.store import ResultsStore
 from membench.tasks import BinaryTask, Episodes

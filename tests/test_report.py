@@ -210,7 +210,7 @@ def test_a_record_without_a_torch_version_is_reported(tmp_path):
 def test_a_report_never_mixes_two_versions_of_a_models_source():
     """Only the model's latest record's source counts, in every cell: a cell the new version never ran is left
     out, not shown from the old version beside the new one's."""
-    from membench.report import distinct
+    from membench.cells import distinct
 
     def record(n, seed, source, finished):
         return {"run_id": f"{n}-{seed}-{source}", "model": "mine:M", "task": {"kind": "binary", "num_patterns": n},
@@ -293,7 +293,7 @@ def test_training_curves_leave_out_a_models_older_source_version(tmp_path):
 def test_a_cell_never_pools_two_versions_of_a_preset(capsys):
     """Seed 0 trained before the preset changed (another learning rate), seed 1 after: the cell keeps seed 1
     alone, with a warning, rather than pooling the two models (or keeping the one with more queries)."""
-    from membench.report import distinct
+    from membench.cells import distinct
 
     def record(seed: int, lr: float, finished: str, queries: int) -> dict:
         return {"run_id": f"r{seed}", "suite": "table1", "model": "ebmm", "options": {}, "seed": seed,

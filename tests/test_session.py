@@ -501,7 +501,7 @@ def test_pack_carries_optimiser_states_only_where_room_remains(tmp_path: Path, m
 
 
 def test_unpack_keeps_a_record_with_more_queries_than_the_archives(tmp_path: Path):
-    """A record arriving in an archive replaces the one here only when it is at least as good (report.distinct's
+    """A record arriving in an archive replaces the one here only when it is at least as good (cells.distinct's
     rule: finished training before a paused checkpoint's, then more queries, then the later finish)."""
     from membench.records import read_record
     from membench.store import write_json_atomic

@@ -233,7 +233,7 @@ def test_no_train_evaluates_a_paused_checkpoint_as_it_stands_and_a_later_run_tra
     done = json.loads(path.read_text())
     assert done["training"]["finished"] is True and done["training"]["steps"] == 6
     assert "| 6 × 2 " in trained.output and "of 6 ×" not in trained.output
-    from membench.report import distinct
+    from membench.cells import distinct
 
     later = {**paused, "finished_at": "9999-12-31T00:00:00Z"}  # made after the finished one, still second to it
     assert distinct([later, done])[0] == [done] and distinct([done, later])[0] == [done]
