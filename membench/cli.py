@@ -1,6 +1,6 @@
-"""Command line: `membench list | run | report | figures | capacity | readme | download | checkpoints`, and the
-commands of membench.cli_sessions (`session | pack | unpack | ship | set-aside | throughput`), all on the one
-`membench` group."""
+"""Command line: `membench list | run | report | figures | capacity | readme | download | checkpoints |
+throughput`, and the commands of membench.cli_sessions (`session | pack | unpack | ship | set-aside`), all on the
+one `membench` group."""
 from __future__ import annotations
 
 import contextlib
@@ -13,6 +13,8 @@ from membench.cli_common import (DATA_DIR_OPTION, DEFAULT_OUT, MAX_SEED, MAX_SIZ
                                  Seconds, friendly_errors, int_list, parse_options, suite_runs)
 from membench.cli_sessions import COMMANDS
 from membench.errors import MembenchError
+from membench.interface import PRECISIONS
+from membench.store import writable_folder
 
 
 @click.group(cls=MembenchGroup)
@@ -32,6 +34,7 @@ def main() -> None:
 @friendly_errors
 def list_command(model, suite, preset, data_dir) -> None:
     """List registered models (learned or not) and suites, or one model's options, or one suite's runs."""
+    from membench.listing import model_options, suite_table
     from membench.registry import available_models, errors_of_user_model, resolve_model
     from membench.suites import SUITES
 
@@ -58,99 +61,6 @@ def list_command(model, suite, preset, data_dir) -> None:
     click.echo("suites:")
     for name, suite in SUITES.items():
         click.echo(f"  {name:28s} {suite.description}")
-
-
-def suite_table(suite: str, preset: str) -> str:
-    """The runs of a suite under `preset` for seed 0, as `membench run --suite` expands them: one row each."""
-    from tabulate import tabulate
-
-    from membench.sweeps import SweepSuite
-
-    from membench.preflight import checked_specs
-
-    chosen, specs = suite_runs(suite, (), None, (0,), None, preset, None, {})
-    specs = checked_specs(specs)  # as `run` checks them (an unknown preset refused; untrained models: quick)
-    rows = []
-    for spec in specs:
-        task = {k: v for k, v in spec.task.items() if k not in ("kind", "num_patterns", "data")}
-        curve = chosen.curve_label(spec.model, spec.options)[0] if isinstance(chosen, SweepSuite) else ""
-        rows.append([spec.model, curve, spec.preset, spec.task["kind"], spec.task["num_patterns"], spec.budget,
-                     " ".join(f"{k}={v}" for k, v in task.items()),
-                     " ".join(f"{k}={v}" for k, v in spec.options.items())])
-    headers = ["model", "curve", "preset", "task", "N", "budget (float32)", "task settings", "options"]
-    if not any(row[1] for row in rows):
-        headers, rows = headers[:1] + headers[2:], [row[:1] + row[2:] for row in rows]
-    data = sorted({spec.task["data"] for spec in specs if "data" in spec.task})
-    queries = specs[0].queries if specs else 0
-    return (f"{suite}: {chosen.description}\n{len(specs)} run(s) a seed under preset {preset}, {queries} "
-            f"queries each by default" + (f"; data: {', '.join(data)}" if data else "") + "\n\n"
-            + tabulate(rows, headers=headers, tablefmt="github"))
-
-
-def model_options(label: str, cls: type) -> str:
-    """The `--option`s of a model as a table: per preset on Table 1's task for a learned model (config fields,
-    then train.FIELD), its constructor's defaults for an untrained one."""
-    import dataclasses
-    import inspect
-    import json
-
-    from tabulate import tabulate
-
-    from membench.budget import TABLE1_BUDGET
-    from membench.interface import AssociativeMemory
-    from membench.registry import make_task
-    from membench.report import PAPER_TASK
-
-    def shown(value) -> str:  # as --option takes it: JSON, a string bare
-        return value if isinstance(value, str) else json.dumps(value, default=str)
-
-    if not cls.trainable:
-        parameters = list(inspect.signature(cls.__init__).parameters.values())[1:]
-        sized = getattr(cls.from_spec, "__func__", None) is not AssociativeMemory.from_spec.__func__  # sets them
-        required = "(none: from_spec sets it)" if sized else "(none: required, give --option NAME=VALUE)"
-        rows = [[p.name, required if p.default is inspect.Parameter.empty else shown(p.default)]
-                for p in parameters if p.name != "spec" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
-        if not rows:
-            return f"{label}: untrained; it takes no options"
-        headers = ["option", "default"]
-        sized = _sized_at_table1(cls)
-        if sized is not None:  # from_spec overridden: what it sets from Table 1's budget wins over the default
-            headers.append(f"from_spec at Table 1's {TABLE1_BUDGET} floats")
-            rows = [[*row, sized.get(row[0], "")] for row in rows]
-        return (f"{label}: untrained; its options (--option KEY=VALUE) and their defaults:\n"
-                + tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True))
-    presets = cls.presets(make_task({**PAPER_TASK, "num_patterns": 64}).spec, {})
-    rows = []
-    for part, prefix in (("model", ""), ("train", "train.")):
-        for field in dataclasses.fields(getattr(next(iter(presets.values())), part)):
-            rows.append([prefix + field.name, *(shown(getattr(getattr(p, part), field.name, ""))
-                                                for p in presets.values())])
-    return (f"{label}: learned; its options (--option KEY=VALUE) per preset on Table 1's task (image suites may "
-            f"use other presets):\n" + tabulate(rows, headers=["option", *presets], tablefmt="github",
-                                                 disable_numparse=True))
-
-
-def _sized_at_table1(cls: type) -> dict[str, str] | None:
-    """The option values an untrained model's own `from_spec` sets at Table 1's task (N = 64) and budget, as
-    `--option` takes them (from its config(), else its attributes); None when it keeps the base class's
-    from_spec (its defaults are what runs) or cannot be built for Table 1's task (raises anything)."""
-    import json
-
-    from membench.budget import TABLE1_BUDGET
-    from membench.interface import AssociativeMemory
-    from membench.registry import make_task
-    from membench.report import PAPER_TASK
-
-    if getattr(cls.from_spec, "__func__", None) is AssociativeMemory.from_spec.__func__:
-        return None
-    try:
-        model = cls.from_spec(make_task({**PAPER_TASK, "num_patterns": 64}).spec, TABLE1_BUDGET)
-        config = model.config()
-    except Exception:  # noqa: BLE001 (e.g. a model of images only, whatever it raises: the column is left out)
-        return None
-    values = {**{name: getattr(model, name) for name in vars(model) if not name.startswith("_")}, **config}
-    return {name: value if isinstance(value, str) else json.dumps(value) for name, value in values.items()
-            if isinstance(value, (bool, int, float, str, list, tuple))}
 
 
 @main.command()
@@ -354,6 +264,69 @@ def checkpoints(checkpoint_dir) -> None:
         click.echo(f"no cache folder {cache} (nothing trained on this machine there yet)")
     rows = standing(cache)
     click.echo(tabulate(rows, headers="keys", tablefmt="github") if rows else "no checkpoints, cached or shipped")
+
+
+@main.command()
+@click.option("--suite", default="table1", show_default=True,
+              help="table1 (the binary task at each --num-patterns) or a rate sweep (fig3-omniglot, fig3-cifar: "
+                   "each point of the models' curves).")
+@click.option("--model", "models", multiple=True, default=("ebmm",), show_default=True,
+              help="Learned model; repeatable.")
+@click.option("--preset", default="quick", show_default=True, help="Training preset (as for `membench run`).")
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--num-patterns", default="64", callback=int_list(1, MAX_SIZE), show_default=True,
+              help="Comma-separated N.")
+@click.option("--batch-sizes", callback=int_list(1, MAX_SIZE),
+              help="Comma-separated episodes per update. Default: the preset's.")
+@click.option("--steps", default=20, show_default=True, type=click.IntRange(1), help="Timed updates per row.")
+@click.option("--warmup", default=3, show_default=True, type=click.IntRange(1),
+              help="Untimed updates first (at least one: a first update pays for allocations; the row says how many).")
+@click.option("--cuda-graph/--no-cuda-graph", default=False, help="Replay updates from CUDA graphs (CUDA only).")
+@click.option("--compile/--eager", "compile_", default=None,
+              help="torch.compile the meta-loss, or not. Default: as the preset says.")
+@click.option("--precision", "precisions", multiple=True, type=click.Choice(PRECISIONS),
+              help="Arithmetic of the meta-loss (train.precision; tf32: CUDA only); repeatable, a row each. Default: "
+                   "the preset's.")
+@click.option("--rounds", default=1, show_default=True, type=click.IntRange(1),
+              help="Time the rows in turn this many times; each keeps its median round.")
+@click.option("--option", "options", multiple=True, callback=parse_options, metavar="KEY=VALUE",
+              help="Change the preset as `membench run --option` does (e.g. hidden=256, grad_norm_term=false); "
+                   "repeatable; the row's options column.")
+@click.option("--reference", metavar="COMMIT",
+              help="Also time this commit's own EBMM quick benchmark in a temporary worktree, in the same rounds.")
+@click.option("--out", default=f"{DEFAULT_OUT}/bench/throughput.csv", show_default=True,
+              type=PathArg(dir_okay=False, path_type=Path),
+              help="CSV the rows are merged into (`make throughput`: the committed results/bench/throughput.csv).")
+@DATA_DIR_OPTION
+@friendly_errors
+def throughput(suite, models, preset, device, num_patterns, batch_sizes, steps, warmup, cuda_graph, compile_,
+               precisions, options, rounds, reference, out, data_dir) -> None:
+    """Time meta-training updates (episodes/s) and merge the rows into OUT."""
+    from tabulate import tabulate
+
+    from membench.datasets import set_data_dir
+    from membench.build import resolve_device
+    from membench.throughput import check_precisions, existing_table, measure, merge, run_specs
+
+    set_data_dir(data_dir)
+    check_precisions(precisions, resolve_device(device).type, cuda_graph)
+    requests = [dict(spec=spec, device=resolve_device(device), batch_size=batch, steps=steps, warmup=warmup,
+                     cuda_graph=cuda_graph, compile=compile_, precision=precision)
+                for spec in run_specs(suite, models, num_patterns, preset, options)
+                for batch in (batch_sizes or (None,)) for precision in (precisions or (None,))]
+    writable_folder(out.parent, "--out's folder")  # a table that cannot be written or read: refused before timing
+    existing_table(out)
+    rows = measure(requests, rounds, reference, on_row=lambda row: merge(out, [row]))
+    merge(out, rows)  # again with the reference's columns, when timed beside one
+    shown = ["device_name", "suite", "model", "preset", "options", "budget", "batch_size", "num_patterns", "cuda_graph",
+             "compiled", "precision", "commit", "episodes_per_s", "ms_per_step"]
+    table = [[row[c] for c in shown] for row in rows]
+    if reference:  # each timed row against the reference commit timed in the same rounds
+        shown = [*shown, "speed-up"]
+        table = [[*line, round(row["reference_ms"] / row["ms_per_step"], 2) if "reference_ms" in row else ""]
+                 for line, row in zip(table, rows)]
+    click.echo(tabulate(table, headers=shown, tablefmt="github"))
+    click.echo(f"merged {len(rows)} row(s) into {out}")
 
 
 for session_command in COMMANDS:

@@ -1,4 +1,4 @@
-"""Commands for lent machines and carried results: `membench session | pack | unpack | ship | set-aside | throughput`.
+"""Commands for lent machines and carried results: `membench session | pack | unpack | ship | set-aside`.
 
 Registered on the `membench` group by membench.cli."""
 from __future__ import annotations
@@ -10,10 +10,8 @@ from pathlib import Path
 
 import click
 
-from membench.cli_common import (DATA_DIR_OPTION, DEFAULT_OUT, ExitWith, MAX_SIZE, PathArg, Seconds, friendly_errors,
-                                 int_list, parse_options, suite_runs)
+from membench.cli_common import ExitWith, PathArg, Seconds, friendly_errors, suite_runs
 from membench.errors import EXIT_PAUSED, MembenchError
-from membench.interface import PRECISIONS
 from membench.store import writable_folder
 
 
@@ -301,67 +299,4 @@ def set_aside(keep, root) -> None:
                f"(`make device-size`: what a lent machine carries now); after the call: git checkout -- results")
 
 
-@click.command()
-@click.option("--suite", default="table1", show_default=True,
-              help="table1 (the binary task at each --num-patterns) or a rate sweep (fig3-omniglot, fig3-cifar: "
-                   "each point of the models' curves).")
-@click.option("--model", "models", multiple=True, default=("ebmm",), show_default=True,
-              help="Learned model; repeatable.")
-@click.option("--preset", default="quick", show_default=True, help="Training preset (as for `membench run`).")
-@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
-@click.option("--num-patterns", default="64", callback=int_list(1, MAX_SIZE), show_default=True,
-              help="Comma-separated N.")
-@click.option("--batch-sizes", callback=int_list(1, MAX_SIZE),
-              help="Comma-separated episodes per update. Default: the preset's.")
-@click.option("--steps", default=20, show_default=True, type=click.IntRange(1), help="Timed updates per row.")
-@click.option("--warmup", default=3, show_default=True, type=click.IntRange(1),
-              help="Untimed updates first (at least one: a first update pays for allocations; the row says how many).")
-@click.option("--cuda-graph/--no-cuda-graph", default=False, help="Replay updates from CUDA graphs (CUDA only).")
-@click.option("--compile/--eager", "compile_", default=None,
-              help="torch.compile the meta-loss, or not. Default: as the preset says.")
-@click.option("--precision", "precisions", multiple=True, type=click.Choice(PRECISIONS),
-              help="Arithmetic of the meta-loss (train.precision; tf32: CUDA only); repeatable, a row each. Default: "
-                   "the preset's.")
-@click.option("--rounds", default=1, show_default=True, type=click.IntRange(1),
-              help="Time the rows in turn this many times; each keeps its median round.")
-@click.option("--option", "options", multiple=True, callback=parse_options, metavar="KEY=VALUE",
-              help="Change the preset as `membench run --option` does (e.g. hidden=256, grad_norm_term=false); "
-                   "repeatable; the row's options column.")
-@click.option("--reference", metavar="COMMIT",
-              help="Also time this commit's own EBMM quick benchmark in a temporary worktree, in the same rounds.")
-@click.option("--out", default=f"{DEFAULT_OUT}/bench/throughput.csv", show_default=True,
-              type=PathArg(dir_okay=False, path_type=Path),
-              help="CSV the rows are merged into (`make throughput`: the committed results/bench/throughput.csv).")
-@DATA_DIR_OPTION
-@friendly_errors
-def throughput(suite, models, preset, device, num_patterns, batch_sizes, steps, warmup, cuda_graph, compile_,
-               precisions, options, rounds, reference, out, data_dir) -> None:
-    """Time meta-training updates (episodes/s) and merge the rows into OUT."""
-    from tabulate import tabulate
-
-    from membench.datasets import set_data_dir
-    from membench.build import resolve_device
-    from membench.throughput import check_precisions, existing_table, measure, merge, run_specs
-
-    set_data_dir(data_dir)
-    check_precisions(precisions, resolve_device(device).type, cuda_graph)
-    requests = [dict(spec=spec, device=resolve_device(device), batch_size=batch, steps=steps, warmup=warmup,
-                     cuda_graph=cuda_graph, compile=compile_, precision=precision)
-                for spec in run_specs(suite, models, num_patterns, preset, options)
-                for batch in (batch_sizes or (None,)) for precision in (precisions or (None,))]
-    writable_folder(out.parent, "--out's folder")  # a table that cannot be written or read: refused before timing
-    existing_table(out)
-    rows = measure(requests, rounds, reference, on_row=lambda row: merge(out, [row]))
-    merge(out, rows)  # again with the reference's columns, when timed beside one
-    shown = ["device_name", "suite", "model", "preset", "options", "budget", "batch_size", "num_patterns", "cuda_graph",
-             "compiled", "precision", "commit", "episodes_per_s", "ms_per_step"]
-    table = [[row[c] for c in shown] for row in rows]
-    if reference:  # each timed row against the reference commit timed in the same rounds
-        shown = [*shown, "speed-up"]
-        table = [[*line, round(row["reference_ms"] / row["ms_per_step"], 2) if "reference_ms" in row else ""]
-                 for line, row in zip(table, rows)]
-    click.echo(tabulate(table, headers=shown, tablefmt="github"))
-    click.echo(f"merged {len(rows)} row(s) into {out}")
-
-
-COMMANDS = (ship, session, pack, unpack, set_aside, throughput)
+COMMANDS = (ship, session, pack, unpack, set_aside)
