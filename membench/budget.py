@@ -135,7 +135,7 @@ def _walk(state: Any, path: str, batch_size: int, model_name: str, layout: list,
         layout.append((path, "array", state.dtype.str, _shape(state.shape, batch_size)))
         yield path, state
     elif isinstance(state, (tuple, list)):  # any other subclass is copied, and laid out, as a plain one
-        kind = type(state).__qualname__ if hasattr(state, "_fields") else "tuple" if isinstance(state, tuple) else "list"
+        kind = type(state) if hasattr(state, "_fields") else "tuple" if isinstance(state, tuple) else "list"
         layout.append((path, kind, len(state)))
         for index, item in enumerate(state):
             yield from _walk(item, f"{path}[{index}]", batch_size, model_name, layout, depth + 1)
@@ -149,7 +149,7 @@ def _walk(state: Any, path: str, batch_size: int, model_name: str, layout: list,
             yield from _walk(item, f"{path}[{key!r}]", batch_size, model_name, layout, depth + 1)
     elif dataclasses.is_dataclass(state) and not isinstance(state, type):
         fields = [field.name for field in dataclasses.fields(state)]
-        layout.append((path, type(state).__qualname__, tuple(fields)))
+        layout.append((path, type(state), tuple(fields)))
         for name in fields:
             yield from _walk(_field(state, name), f"{path}.{name}", batch_size, model_name, layout, depth + 1)
     else:
@@ -157,9 +157,10 @@ def _walk(state: Any, path: str, batch_size: int, model_name: str, layout: list,
 
 
 def state_layout(state: Any, batch_size: int, model_name: str = "model") -> tuple:
-    """The layout of a measurable `state`: its containers, keys, Nones, and each leaf's kind, dtype and shape
-    (the episode dimension as "B"). The runner requires every write of a run to give the probe's layout, so
-    the layout carries nothing about the patterns written."""
+    """The layout of a measurable `state`: its containers (a dataclass's or named tuple's class itself, not its
+    name), keys, Nones, and each leaf's kind, dtype and shape (the episode dimension as "B"). The runner requires
+    every write of a run to give the probe's layout, so the layout carries nothing about the patterns written,
+    and no write can return a class of its own making (whose class attributes would hold what it wrote)."""
     layout: list = []
     for _ in _walk(state, "state", batch_size, model_name, layout):
         pass
@@ -173,13 +174,15 @@ def _field(state: Any, name: str) -> Any:
 
 def sealed(state: Any) -> Any:
     """A copy of a measured `state` that holds only what `measure_state` counts, for `read`: new plain
-    tensors and arrays (no attributes, no storage shared with the original), plain lists, tuples and
-    dicts, dataclasses rebuilt from all their fields without running their class's code (no `__init__`
-    or `__post_init__`), Python numbers as plain bool, int or float (floats rounded to float32). Nothing
-    kept beside the measured values (an attribute set on a tensor or a number, a cache keyed by the
-    state's identity) reaches the read. Call it on a state `measure_state` accepted: tensor and array
-    subclasses are refused there; the runner measures the copy too (`membench.integrity.kept`), so a
-    container that shows the measurement other items than it copies is refused."""
+    tensors and arrays laid out afresh (no attributes, no storage shared with the original, the strides of a
+    new contiguous tensor or C-ordered array, no conjugate or negative bit), plain lists, tuples and dicts,
+    dataclasses and named tuples rebuilt from all their items without running their class's code (no
+    `__init__`, `__post_init__` or `_make`), Python numbers as plain bool, int or float (floats rounded to
+    float32). Nothing kept beside the measured values (an attribute set on a tensor or a number, a cache keyed
+    by the state's identity, the strides of a tensor of no elements) reaches the read. Call it on a state
+    `measure_state` accepted: tensor and array subclasses are refused there; the runner measures the copy too
+    (`membench.integrity.kept`), so a container that shows the measurement other items than it copies is
+    refused."""
     if state is None or isinstance(state, (bool, np.bool_)):
         return None if state is None else bool(state)
     if isinstance(state, (int, np.integer)):
@@ -187,11 +190,11 @@ def sealed(state: Any) -> Any:
     if isinstance(state, (float, np.floating)):
         return float(np.float32(state))
     if isinstance(state, torch.Tensor):
-        return state.detach().clone()  # a Parameter's detach is a plain tensor
-    if isinstance(state, np.ndarray):
-        return np.array(state, dtype=np.dtype(state.dtype.str), copy=True, subok=False)  # (no dtype metadata)
+        return torch.empty(state.shape, dtype=state.dtype, device=state.device).copy_(state.detach())
+    if isinstance(state, np.ndarray):  # (the dtype rebuilt from its string: no metadata)
+        return np.array(state, dtype=np.dtype(state.dtype.str), copy=True, order="C", subok=False)
     if isinstance(state, tuple) and hasattr(state, "_fields"):  # a named tuple
-        return type(state)._make(sealed(item) for item in state)
+        return tuple.__new__(type(state), [sealed(item) for item in state])
     if isinstance(state, (tuple, list)):
         return (tuple if isinstance(state, tuple) else list)(sealed(item) for item in state)
     if isinstance(state, dict):
@@ -303,9 +306,12 @@ class StateContract:
             layout, probe = _ones(layout), _ones(probe)
         if layout != probe:
             first, now = next((a, b) for a, b in itertools.zip_longest(probe, layout) if a != b)
+            then, now = _described(first), _described(now)
+            if now == then:  # a class of the same name
+                now = "another class of that name"
             raise MembenchError(
-                f"model '{self.model_name}': its memory state's layout differs between writes ({_described(first)} "
-                f"in the probe write, {_described(now)} now); every write must return the same containers, keys, "
+                f"model '{self.model_name}': its memory state's layout differs between writes ({then} "
+                f"in the probe write, {now} now); every write must return the same containers, keys, "
                 "dtypes and shapes (apart from the episode dimension), so that only the values hold what was written")
 
 
@@ -316,4 +322,7 @@ def _ones(layout: tuple) -> tuple:
 
 
 def _described(entry: tuple | None) -> str:
-    return "nothing" if entry is None else f"{entry[0]}: " + " ".join(map(str, entry[1:]))
+    if entry is None:
+        return "nothing"
+    parts = [f"{part.__module__}.{part.__qualname__}" if isinstance(part, type) else str(part) for part in entry[1:]]
+    return f"{entry[0]}: " + " ".join(parts)

@@ -25,6 +25,8 @@ Run as `python -m membench.fresh_read FILE`: the child's side (`_child`).
 from __future__ import annotations
 
 import dataclasses
+import functools
+import importlib
 import os
 import random
 import subprocess
@@ -66,7 +68,7 @@ def check(spec: Any, reads: list[tuple[str, Any, torch.Tensor, torch.Tensor]], d
     with tempfile.TemporaryDirectory() as scratch:
         task_file, answer = Path(scratch) / "task.pt", Path(scratch) / "answer.pt"
         torch.save({"spec": dataclasses.asdict(spec), "weights": weights, "device": str(device),
-                    "reads": [(state, queries) for _, state, queries, _ in reads]}, task_file)
+                    "reads": [(portable(state, spec.model), queries) for _, state, queries, _ in reads]}, task_file)
         env = {**ENVIRONMENT, "PYTHONPATH": os.pathsep.join([os.getcwd(), *sys.path]),
                "MEMBENCH_DATA": str(Path(data_dir()).resolve())}  # --data-dir set it in this process only
         try:
@@ -89,6 +91,59 @@ def check(spec: Any, reads: list[tuple[str, Any, torch.Tensor, torch.Tensor]], d
                 f"weights ({name}); read must depend only on those (a table kept in a module, keyed "
                 "by the patterns or by a value of the state, an environment variable, or a buffer changed by the "
                 "evaluated writes is not the state)")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Instance:
+    """A dataclass or named tuple of a state on its way to the child: its class by name and its items alone."""
+
+    module: str
+    qualname: str
+    items: Any  # {field: value} of a dataclass, [value, ...] of a named tuple
+
+
+def portable(state: Any, model_name: str) -> Any:
+    """A sealed `state` (`budget.sealed`) as the child gets it: its dataclasses and named tuples as `_Instance`s,
+    their classes named by module and qualname, so that no pickling hook of a class (`__reduce__`,
+    `__getstate__`, a `copyreg` entry) carries anything beside the measured values; MembenchError for a class
+    that its module and qualname do not name (made by a write, say), which the child could not rebuild."""
+    named = isinstance(state, tuple) and hasattr(state, "_fields")
+    if named or (dataclasses.is_dataclass(state) and not isinstance(state, type)):
+        cls = type(state)
+        try:
+            found = functools.reduce(getattr, cls.__qualname__.split("."), importlib.import_module(cls.__module__))
+        except Exception:  # noqa: BLE001 (whatever importing or looking it up raises: not found)
+            found = None
+        if found is not cls:
+            raise MembenchError(f"model '{model_name}': its memory state is a {cls.__qualname__}, which "
+                                f"{cls.__module__}.{cls.__qualname__} does not name; a state's dataclasses and "
+                                "named tuples must be classes defined at a module's top level")
+        items = ([portable(item, model_name) for item in state] if named else
+                 {f.name: portable(object.__getattribute__(state, f.name), model_name)
+                  for f in dataclasses.fields(state)})
+        return _Instance(cls.__module__, cls.__qualname__, items)
+    if isinstance(state, (tuple, list)):
+        return type(state)(portable(item, model_name) for item in state)
+    if isinstance(state, dict):
+        return {key: portable(item, model_name) for key, item in state.items()}
+    return state
+
+
+def _rebuilt(state: Any) -> Any:
+    """`portable`'s inverse, in the child: each class imported by name, its instance made without its code."""
+    if isinstance(state, _Instance):
+        cls = functools.reduce(getattr, state.qualname.split("."), importlib.import_module(state.module))
+        if isinstance(state.items, list):
+            return tuple.__new__(cls, [_rebuilt(item) for item in state.items])
+        instance = object.__new__(cls)
+        for name, item in state.items.items():
+            object.__setattr__(instance, name, _rebuilt(item))
+        return instance
+    if isinstance(state, (tuple, list)):
+        return type(state)(_rebuilt(item) for item in state)
+    if isinstance(state, dict):
+        return {key: _rebuilt(item) for key, item in state.items()}
+    return state
 
 
 def unforeseen_check(spec: Any, model: AssociativeMemory, task: Any, device: torch.device, contract: Any,
@@ -149,9 +204,11 @@ def _child(task_file: str, answer: str) -> None:
     with torch.no_grad():
         for state, queries in saved["reads"]:
             seed_all(0)
-            answers.append(model.read(state, queries.clone()).detach().cpu())
+            answers.append(model.read(_rebuilt(state), queries.clone()).detach().cpu())
     torch.save(answers, answer)
 
 
 if __name__ == "__main__":
-    _child(*sys.argv[1:3])
+    from membench.fresh_read import _child as child  # the module's own classes (`_Instance`), not __main__'s
+
+    child(*sys.argv[1:3])

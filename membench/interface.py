@@ -13,7 +13,7 @@ membench.fresh_read):
   of a run. The runner counts the values in that state (every storage byte / 4, so other
   dtypes do not escape the count) and refuses a run whose count differs from `memory_floats`
   or exceeds the budget. `read` is given a copy of
-  the measured values alone (`membench.budget.sealed`: new tensors, plain containers), so
+  the measured values alone (`membench.budget.sealed`: new tensors laid out afresh, plain containers), so
   nothing hidden beside them (an attribute on a tensor, a cache keyed by the state object)
   reaches it, and returns a plain floating tensor;
 - `write` leaves the model unchanged (parameters, buffers and plain attributes), and an

@@ -571,6 +571,83 @@ class SeedsItsKey(StoresEverything):
         return StoresEverything.read(self, kept, queries)
 
 
+STRIDE_BITS = 48  # pattern bits a HoldsInStrides tensor keeps in each of its strides
+STRIDE_LEAVES = 64  # tensors of a HoldsInStrides state: one an episode, for batches of up to 64 episodes
+
+
+class HoldsInStrides(StoresEverything):
+    """Declares nothing: a list of tensors of no elements, shape (B, 0, 1, ..., 1) (64 dimensions), the i-th
+    keeping episode i's pattern bits in its strides, which no byte of storage holds."""
+
+    declared = 0
+
+    def write(self, patterns):
+        bits = "".join("1" if b > 0.5 else "0" for b in patterns.flatten().tolist())
+        per_episode = len(bits) // patterns.shape[0]
+        leaves = []
+        for leaf in range(STRIDE_LEAVES):
+            own = bits[leaf * per_episode:(leaf + 1) * per_episode] if leaf < patterns.shape[0] else ""
+            strides = [int("1" + own[d * STRIDE_BITS:(d + 1) * STRIDE_BITS], 2) for d in range(64)]
+            leaves.append(torch.empty_strided((patterns.shape[0], 0) + (1,) * 62, strides))
+        return leaves
+
+    def read(self, state, queries):
+        size = queries[0].numel()
+        kept = ["".join(bin(stride)[3:] for stride in state[e].stride()) for e in range(queries.shape[0])]
+        if any(len(bits) < size for bits in kept):
+            return queries.clamp(0, 1)
+        return StoresEverything.read(self, torch.tensor([[float(b) for b in bits[:size]] for bits in kept])
+                                     .reshape(queries.shape), queries)
+
+
+def _class_holding(patterns):
+    return dataclasses.make_dataclass("Pocket", [("zero", torch.Tensor)],
+                                      namespace={"kept": patterns, "__module__": __name__})
+
+
+class ClassPerWrite(StoresEverything):
+    """Declares one float per episode: a dataclass `Pocket` of zeros, of a class each write makes anew (the same
+    name every time), whose class attribute holds the patterns."""
+
+    def write(self, patterns):
+        return _class_holding(patterns.clone())(patterns.new_zeros(patterns.shape[0], 1))
+
+    def read(self, state, queries):
+        return StoresEverything.read(self, type(state).kept, queries)
+
+
+def _ticket_with_its_table(key, table):
+    Ticket.table.update(table)
+    return Ticket(key)
+
+
+@dataclasses.dataclass
+class Ticket:
+    """A key per episode; the class keeps every written batch under its keys, and pickles that table along
+    with each ticket (`__reduce__`)."""
+
+    key: torch.Tensor
+    table: ClassVar[dict] = {}
+
+    def __reduce__(self):
+        return _ticket_with_its_table, (self.key, dict(Ticket.table))
+
+
+class TicketsWithTheirTable(StoresEverything):
+    """Declares one float per episode: a `Ticket` of fresh keys, the patterns in the class's table."""
+
+    def write(self, patterns):
+        keys = torch.tensor([[float(next(KEYS))] for _ in range(patterns.shape[0])])
+        Ticket.table.update({float(key): episode.clone() for key, episode in zip(keys, patterns)})
+        return Ticket(keys)
+
+    def read(self, state, queries):
+        kept = [Ticket.table.get(float(key)) for key in state.key]
+        if any(k is None for k in kept):
+            return queries.clamp(0, 1)
+        return StoresEverything.read(self, torch.stack(kept), queries)
+
+
 @dataclasses.dataclass(frozen=True)
 class NoConfig:
     pass
@@ -693,6 +770,10 @@ def _run(model: str, tmp_path, num_patterns=(96,), budget=None):
                    r"budget \(declared 0, measured 12288"),
     (HidesInADataclass, r"HidesInADataclass': its written state holds 12288 float32 values per episode, which "
                         r"exceeds the budget \(declared 1, measured 12288"),
+
+    (ClassPerWrite, r"ClassPerWrite': its memory state's layout differs between writes \(state: "
+                    r"tests.test_integrity.Pocket \('zero',\) in the probe write, another class of that name now\)"),
+    (TicketsWithTheirTable, r"TicketsWithTheirTable' retrieved differently in a fresh process"),
 ])
 def test_cheating_models_are_refused_in_one_line_and_nothing_is_written(cls, message, tmp_path):
     try:
@@ -704,6 +785,16 @@ def test_cheating_models_are_refused_in_one_line_and_nothing_is_written(cls, mes
     assert "\n" not in str(caught.value)
     assert ResultsStore(tmp_path).records() == []
 
+
+
+def test_a_state_reaches_the_read_without_its_tensors_strides(tmp_path):
+    """Strides are not storage: a state of tensors of no elements measures 0 floats, so the read gets them laid
+    out afresh (`budget.sealed`), and a model keeping the patterns in their strides reads nothing back."""
+    strided = torch.empty_strided((2, 0, 1), (5, 7, 11))
+    assert measure_state(strided, 2) == 0 and sealed(strided).stride() == torch.empty(2, 0, 1).stride()
+    (record,) = _run(f"{__name__}:HoldsInStrides", tmp_path, num_patterns=(16,))
+    assert record["memory_floats"] == 0
+    assert record["mean_error"] == 64  # every query returned as it came: its 64 erased bits undecided
 
 
 def test_the_fresh_read_takes_the_first_the_last_and_two_unforeseeable_batches():
