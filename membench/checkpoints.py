@@ -101,10 +101,14 @@ def _tensor_bytes(value: Any) -> int:
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """The training checkpoint at `path`, on the CPU, unpickled as data only (tensors, containers, numbers, strings: a
-    checkpoint carried from another machine runs no code). Raises on a file that is not one."""
+    checkpoint carried from another machine runs no code). Raises on a file that is not one; an OSError only where
+    the file system fails (the bytes are read first, so torch's OSError on a short file is the file's)."""
+    data = path.read_bytes()
     try:
         with torch.serialization.safe_globals([TorchVersion]):  # older checkpoints' history holds torch.__version__
-            saved = torch.load(path, map_location="cpu", weights_only=True)
+            saved = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except OSError as exc:  # e.g. a truncated file of under 64 KiB: "[Errno 22] Invalid argument"
+        raise pickle.UnpicklingError(f"not a checkpoint file ({type(exc).__name__}: {exc})") from exc
     except (*UNREADABLE, MemoryError, ImportError):  # the file's own errors, or this machine's: as they are
         raise
     except Exception as exc:  # torch's data-only unpickler fails on some stray bytes with IndexError, KeyError...

@@ -1190,6 +1190,20 @@ def test_a_ctrl_c_while_a_finished_checkpoint_loads_stops_the_command(tmp_path: 
     assert path.read_bytes() == saved
 
 
+def test_a_short_truncated_checkpoint_is_the_files_fault_not_the_machines(tmp_path: Path):
+    """torch raises OSError on a truncated file of under 64 KiB; that is the file's failure: set aside as
+    `.corrupt` and the model left untrained (training afresh), not an error blaming this machine on every rerun."""
+    from membench.checkpoints import load_checkpoint
+
+    model, path = _Scripted(100, None), tmp_path / "scripted.pt"
+    config = TrainConfig(steps=4, batch_size=2, lr=1e-2, log_every=1, checkpoint_every=10)
+    assert meta_train(model, BinaryTask(8), config, path, torch.device("cpu"), 0, progress=False).finished
+    assert path.stat().st_size < 2**16
+    path.write_bytes(path.read_bytes()[:-10])
+    assert load_checkpoint(path, model) is None
+    assert not path.exists() and (tmp_path / "scripted.pt.corrupt").exists()
+
+
 def test_a_checkpoint_this_machine_cannot_load_is_left_where_it_is(tmp_path: Path, monkeypatch):
     """Out of memory while loading the optimiser's state (say, copies of a session sharing one GPU) is the
     machine's failure, not the file's: one clear error, and the checkpoint is not set aside as corrupt."""
