@@ -78,8 +78,9 @@ class TrainResult:
 @contextlib.contextmanager
 def _deferred_interrupt() -> Iterator[list[bool]]:
     """While inside, a first Ctrl-C or SIGTERM (`kill`, a scheduler's stop) only sets the yielded flag (checked
-    between steps); a second one interrupts at once. Off the main thread (where signals cannot be caught) the
-    flag never rises."""
+    between steps); a second one interrupts at once, and one that training's last look at the flag missed
+    raises TrainingInterrupted on leaving (training's result is checkpointed by then). Off the main thread
+    (where signals cannot be caught) the flag never rises."""
     flag = [False]
     if threading.current_thread() is not threading.main_thread():
         yield flag
@@ -96,6 +97,9 @@ def _deferred_interrupt() -> Iterator[list[bool]]:
     finally:
         for number, action in previous.items():
             signal.signal(number, action)
+    if flag[0]:
+        raise TrainingInterrupted("interrupted as meta-training ended, its checkpoint written; rerun the same command "
+                                  "to continue")
 
 
 class EpisodeStream:

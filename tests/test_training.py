@@ -1165,6 +1165,30 @@ def test_the_collapse_window_goes_on_across_a_pause(tmp_path: Path):
         train(40)
 
 
+def test_a_sigterm_after_trainings_last_look_at_the_flag_still_stops_the_command(tmp_path: Path, monkeypatch):
+    """A SIGTERM (a scheduler's stop) arriving while training winds up, after the loop last read the flag, is not
+    swallowed: TrainingInterrupted once training's finished checkpoint is written, instead of evaluating on."""
+    import os
+    import signal
+
+    from membench import training
+    from membench.checkpoints import read_checkpoint
+    from membench.errors import TrainingInterrupted
+
+    close = training.EpisodeStream.close
+
+    def sigterm_and_close(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+        close(self)
+
+    monkeypatch.setattr(training.EpisodeStream, "close", sigterm_and_close)
+    model, path = _Scripted(100, None), tmp_path / "scripted.pt"
+    config = TrainConfig(steps=4, batch_size=2, lr=1e-2, log_every=1, checkpoint_every=10)
+    with pytest.raises(TrainingInterrupted, match="interrupted as meta-training ended, its checkpoint written"):
+        meta_train(model, BinaryTask(8), config, path, torch.device("cpu"), 0, progress=False)
+    assert read_checkpoint(path)["step"] == 4
+
+
 def test_a_ctrl_c_while_a_finished_checkpoint_loads_stops_the_command(tmp_path: Path, monkeypatch):
     """The loop never runs for a finished checkpoint; a first Ctrl-C that arrived meanwhile is not lost: training
     raises TrainingInterrupted (the checkpoint unchanged), so the command stops instead of evaluating on."""
