@@ -5,9 +5,9 @@ Layout of an output directory:
     training/<key>.csv        training curve of each meta-trained model
     .locks/<run_id>.lock      held while a process computes that run
 Every file (records, curves, checkpoints) is written by `write_atomic`: to a temporary
-file named after this host and process, then renamed, so a killed writer leaves the old
-content or the complete new one, and two writers never share a temporary file. Temporary
-files whose process is gone are removed (`remove_orphans`). A record that cannot be read
+file named after this host and process and locked by its writer, then renamed, so a killed
+writer leaves the old content or the complete new one, and two writers never share a
+temporary file. Temporary files no writer holds are removed (`remove_orphans`). A record that cannot be read
 (truncated, empty, not a record) is reported by path and counts as unfinished, so the
 rerun repairs it.
 """
@@ -22,6 +22,7 @@ import shutil
 import socket
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
 
@@ -31,7 +32,7 @@ from membench.records import pack_errors, read_record
 _HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
 _UMASK = os.umask(0o022)  # read once (os.umask can only be read by setting it), then put back
 os.umask(_UMASK)
-_TEMP = re.compile(r"^\..+\.(?P<host>[A-Za-z0-9-]+)-(?P<pid>\d+)\.[^.]+\.tmp$")
+ORPHAN_AGE_S = 60.0  # a temporary file no writer holds is an orphan once this old (its writer locks it at once)
 
 
 def warn(message: str) -> None:
@@ -73,8 +74,9 @@ def read_table(path: Path, what: str, columns: tuple[str, ...] = (), fix: str = 
 
 
 def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> Path:
-    """Call `write(handle)` on a temporary file beside `path`, then rename it to `path`. An OSError of the
-    temporary file's names `path`, the file the caller asked for."""
+    """Call `write(handle)` on a temporary file beside `path`, then rename it to `path`; the temporary file is
+    locked (flock) from its making to its renaming, so `remove_orphans` tells it from a killed writer's. An
+    OSError of the temporary file's names `path`, the file the caller asked for."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -84,12 +86,13 @@ def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> Path:
             raise
         raise OSError(exc.errno, exc.strerror, str(path)) from None
     try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # as open() would make it (mkstemp makes it private to its owner)
         with os.fdopen(fd, "wb") as handle:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # released as the handle closes, after the rename
+            os.fchmod(fd, 0o666 & ~_UMASK)  # as open() would make it (mkstemp makes it private to its owner)
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+            os.replace(tmp, path)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(exc, OSError) and exc.errno is not None and exc.filename in (None, tmp):  # the temporary
@@ -106,24 +109,20 @@ def write_text_atomic(path: Path, text: str) -> Path:
     return write_atomic(path, lambda handle: handle.write(text.encode()))
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def remove_orphans(folder: Path) -> list[Path]:
-    """Delete temporary files in `folder` left by dead processes of this host (or in an older naming)."""
+    """Delete the temporary files in `folder` that no writer holds (`write_atomic` locks its own) and that are
+    ORPHAN_AGE_S old: a killed writer's, of whatever host or process (a restarted container's reused process
+    id, another container's host name), or an older membench's."""
     removed = []
     for path in Path(folder).glob(".*.tmp") if Path(folder).is_dir() else []:
-        match = _TEMP.match(path.name)
-        if match and (match["host"] != _HOST or _alive(int(match["pid"]))):
+        try:
+            with open(path, "rb") as handle:
+                if time.time() - os.fstat(handle.fileno()).st_mtime < ORPHAN_AGE_S:
+                    continue
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # OSError while its writer holds it
+                path.unlink()
+        except OSError:  # held, gone already, or not ours to read or delete: left as it is
             continue
-        path.unlink(missing_ok=True)
         removed.append(path)
     return removed
 

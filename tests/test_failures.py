@@ -1029,21 +1029,48 @@ def test_divergence_says_whether_a_checkpoint_exists(tmp_path):
         meta_train(model, BinaryTask(4), config, tmp_path / "c.pt", torch.device("cpu"), 0, progress=False)
 
 
-def test_orphan_temporary_files_are_removed(tmp_path):
+def test_temporary_files_no_writer_holds_are_removed_once_a_minute_old(tmp_path):
+    """An orphan is a temporary file no writer locks (`write_atomic` holds its own from making to renaming) and
+    ORPHAN_AGE_S old, whatever host or process its name gives: a killed writer's on another container's host, one
+    whose process id this process now has (a restarted container), an older membench's. A file a live writer
+    holds stays however old, and so does a new one (its writer may be about to lock it)."""
+    import fcntl
+
+    from membench.store import ORPHAN_AGE_S, _HOST
+
     runs = tmp_path / "runs"
     runs.mkdir()
-    dead = runs / ".table1-x.json.deadhost-4.abc.tmp"
+    other_host = runs / ".table1-x.json.deadhost-4.abc.tmp"
     old_style = runs / ".table1-y.json.k3j2.tmp"
-    host = __import__('membench.store').store._HOST
-    mine = runs / f".table1-z.json.{host}-{os.getpid()}.abc.tmp"
-    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    killed = runs / f".table1-w.json.{host}-{int(ended.stdout)}.abc.tmp"  # a writer of this host, gone
-    for path in (dead, old_style, mine, killed):
+    my_pid = runs / f".table1-z.json.{_HOST}-{os.getpid()}.abc.tmp"
+    held = runs / f".table1-w.json.{_HOST}-{os.getpid()}.def.tmp"
+    new = runs / ".table1-v.json.deadhost-5.abc.tmp"
+    for path in (other_host, old_style, my_pid, held, new):
         path.write_text("{")
-    ResultsStore(tmp_path)
-    assert not old_style.exists() and not killed.exists()
-    assert mine.exists()  # a live writer's file stays
-    assert dead.exists()  # another host's writer may still be alive: its file stays
+    old = time.time() - ORPHAN_AGE_S - 1
+    for path in (other_host, old_style, my_pid, held):
+        os.utime(path, (old, old))
+    with open(held, "rb") as writer:
+        fcntl.flock(writer.fileno(), fcntl.LOCK_EX)  # as write_atomic's writer holds it
+        ResultsStore(tmp_path)
+    assert not other_host.exists() and not old_style.exists() and not my_pid.exists()
+    assert held.exists() and new.exists()
+
+
+def test_a_writers_temporary_file_is_locked_until_renamed(tmp_path):
+    """`write_atomic` holds its temporary file's lock while writing, so `remove_orphans` leaves it, however old."""
+    from membench.store import ORPHAN_AGE_S, remove_orphans, write_atomic
+
+    left = []
+
+    def write(handle):
+        temporary = next(tmp_path.glob(".*.tmp"))
+        os.utime(temporary, (time.time() - ORPHAN_AGE_S - 1,) * 2)
+        left.extend(remove_orphans(tmp_path))
+        handle.write(b"done")
+
+    write_atomic(tmp_path / "record.json", write)
+    assert left == [] and (tmp_path / "record.json").read_bytes() == b"done" and not list(tmp_path.glob(".*.tmp"))
 
 
 def _membench(tmp_path: Path, *args: str, **env_vars: str) -> subprocess.Popen:
