@@ -230,6 +230,16 @@ def say_done(count: int, total: int, record: dict[str, Any]) -> None:
           file=sys.stderr, flush=True)
 
 
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    """(inode, modification time in ns, size) of the file at `path`, None where there is none: a record replaced
+    by another process (written anew and renamed over) no longer has its stamp, whatever the hosts' clocks say."""
+    try:
+        found = path.stat()
+    except FileNotFoundError:
+        return None
+    return found.st_ino, found.st_mtime_ns, found.st_size
+
+
 def run_all(specs: list[RunSpec], out_dir: Path, device: str = "auto", force: bool = False,
             checkpoint_dir: Path | None = None, command: str | None = None, progress: bool = True,
             on_record: Callable[[dict[str, Any]], None] | None = None,
@@ -249,7 +259,6 @@ def run_all(specs: list[RunSpec], out_dir: Path, device: str = "auto", force: bo
     if not train and train_time_limit_s is not None:
         raise MembenchError("--no-train and --train-time-limit contradict each other (one trains for a time, the "
                             "other not at all); give one of them")
-    started = time.time()
     deadline = None if train_time_limit_s is None else time.perf_counter() + train_time_limit_s
     torch_device = resolve_device(device) if launcher != "ray" else None  # Ray's workers: on their nodes
     store = ResultsStore(out_dir)
@@ -261,6 +270,7 @@ def run_all(specs: list[RunSpec], out_dir: Path, device: str = "auto", force: bo
     git_state()  # before any file is written
     specs = checked_specs(specs)
     writable_folder(out_dir, "--out")
+    found = {spec.run_id: _stamp(store.record_path(spec.run_id)) for spec in specs}  # the records as this call began
     if launcher == "ray":
         if any(resolve_model(spec.model).trainable for spec in specs):
             writable_folder(checkpoint_dir, *cache)
@@ -292,9 +302,10 @@ def run_all(specs: list[RunSpec], out_dir: Path, device: str = "auto", force: bo
         from tqdm.auto import tqdm
 
         iterator = tqdm(todo, desc="runs", unit="run")
+
     def redone(spec: RunSpec) -> bool:  # its record was written by another process since this call began
-        path = store.record_path(spec.run_id)
-        return path.exists() and path.stat().st_mtime >= started
+        now = _stamp(store.record_path(spec.run_id))
+        return now is not None and now != found[spec.run_id]
 
     for spec in iterator:
         if progress and hasattr(iterator, "set_postfix_str"):

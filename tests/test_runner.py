@@ -239,17 +239,23 @@ def test_force_reruns_finished_runs(tmp_path):
 
 
 
-def test_a_run_another_process_redid_while_this_one_waited_is_not_computed_again(tmp_path, monkeypatch):
+@pytest.mark.parametrize("clock_s", [60, -3600])
+def test_a_run_another_process_redid_while_this_one_waited_is_not_computed_again(tmp_path, monkeypatch, clock_s):
     """Two processes given --force (or finding stale records) share the runs out: one that another process
-    rewrote since this call began is left as it is, not computed twice."""
+    rewrote since this call began is left as it is, not computed twice, whatever that process's host's clock
+    stamped on it (an hour behind this one's, on a shared file system)."""
+    from membench.store import write_atomic
+
     specs = _specs("raw_slots", num_patterns=(16, 32))
     run_all(specs, tmp_path, device="cpu", progress=False)
     claim = ResultsStore.claim
 
     def claim_after_the_other_process(self, run_id, blocking=False):
         if run_id == specs[0].run_id:  # the other process finished it while this one reached it
-            later = time.time() + 60  # a minute after this call began, whatever the file system's mtime grain
-            os.utime(self.record_path(run_id), (later, later))
+            path = self.record_path(run_id)
+            write_atomic(path, lambda handle: handle.write(path.read_bytes()))
+            stamped = time.time() + clock_s
+            os.utime(path, (stamped, stamped))
         return claim(self, run_id, blocking)
 
     monkeypatch.setattr(ResultsStore, "claim", claim_after_the_other_process)
