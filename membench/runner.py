@@ -235,7 +235,7 @@ def _stamp(path: Path) -> tuple[int, int, int] | None:
     by another process (written anew and renamed over) no longer has its stamp, whatever the hosts' clocks say."""
     try:
         found = path.stat()
-    except FileNotFoundError:
+    except OSError:  # none there, or its folder a file (named when a record is written there)
         return None
     return found.st_ino, found.st_mtime_ns, found.st_size
 
