@@ -14,7 +14,7 @@ from membench.cli_common import (DATA_DIR_OPTION, DEFAULT_OUT, MAX_SEED, MAX_SIZ
 from membench.cli_sessions import COMMANDS
 from membench.errors import MembenchError
 from membench.interface import PRECISIONS
-from membench.store import writable_folder
+from membench.store import no_folder_in_the_way, writable_folder
 
 
 @click.group(cls=MembenchGroup)
@@ -170,6 +170,7 @@ def report(out, reference) -> None:
     if reference is not None and not reference.exists():
         raise MembenchError(f"reference file {reference} does not exist; omit --reference to use the default")
     curves = read_curves(out, images=False)  # every input read before any output is written (Figure 3's: figures)
+    no_folder_in_the_way([out / f"training_curves.{suffix}" for suffix in ("png", "pdf")])
     click.echo(table1(out, reference or DEFAULT_REFERENCE))
     click.echo(f"wrote {out / 'table1'}.md, .csv and .tex")
     for path in training_curves(out, curves):

@@ -120,9 +120,12 @@ def session(runs, copies, train_time_limit, device, archive, results, cache, gra
     status = run_session(runs, copies, train_time_limit, device, cache, archive, results, first, grace, time_cap)
     click.echo(f"packed into {archive} (and its volumes {volume_path(archive, 2).name} ... if any); then here: "
                f"membench unpack <them all>, membench report, membench readme")
+    if status == EXIT_PAUSED:
+        raise ExitWith(f"session ended with status {status}: training paused; the archive holds its checkpoints, "
+                       "run the same session again to go on", status, "Paused")
     if status:
-        raise ExitWith(f"session ended with status {status} (3: training paused; run the same session again)",
-                       status, "Paused" if status == EXIT_PAUSED else "Error")
+        raise ExitWith(f"session ended with status {status}: a command failed (its error is above); the archive "
+                       "holds what the others finished", status)
 
 
 def results_folder(results: Path) -> None:

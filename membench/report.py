@@ -21,7 +21,7 @@ from tabulate import tabulate
 from membench.budget import TABLE1_BUDGET
 from membench.errors import MembenchError
 from membench.cells import distinct, task_key
-from membench.store import ResultsStore, read_table, write_text_atomic
+from membench.store import ResultsStore, no_folder_in_the_way, read_table, write_text_atomic
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_REFERENCE = REPO_ROOT / "results" / "reference" / "paper_table1.csv"
@@ -298,6 +298,7 @@ def table1(out_dir: Path, reference: Path | None = DEFAULT_REFERENCE, write: boo
         notes.append(f"{count} image-task run(s) are summarised by `membench {command}`.")
     markdown = "# Error tables\n\n" + "".join(f"{n}\n\n" for n in notes) + "\n".join(sections)
     if write:
+        no_folder_in_the_way([Path(out_dir) / f"table1.{suffix}" for suffix in ("md", "csv", "tex")])
         write_text_atomic(Path(out_dir) / "table1.md", markdown)
         write_text_atomic(Path(out_dir) / "table1.csv",
                           pd.concat(csv_frames).to_csv(index=False, float_format="%.4f"))

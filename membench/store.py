@@ -101,6 +101,15 @@ def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> Path:
     return path
 
 
+def no_folder_in_the_way(paths: list[Path]) -> None:
+    """MembenchError naming the first of `paths` where a folder stands: checked before a command writes any of a
+    set of files (a table's .md, .csv and .tex), so that it writes all of them or none."""
+    for path in map(Path, paths):
+        if path.is_dir():
+            raise MembenchError(f"cannot write {path}: a folder is where membench writes a file; move it away, or "
+                                "write somewhere else, then run the command again (nothing was written)")
+
+
 def write_json_atomic(path: Path, payload: Any) -> Path:
     return write_atomic(path, lambda handle: handle.write(json.dumps(payload, indent=1).encode()))
 

@@ -1231,6 +1231,22 @@ def test_a_file_or_folder_in_the_way_of_an_output_is_named_with_the_fix(tmp_path
                     "is not a folder membench can write in", "set $MEMBENCH_CACHE to another folder")
 
 
+def test_a_report_writes_all_its_files_or_none(tmp_path, monkeypatch):
+    """A folder where the report's last table (table1.tex) or a training-curve figure goes: one line naming it,
+    and none of the others written (not a table1.md and .csv beside an old table1.tex)."""
+    monkeypatch.chdir(tmp_path)
+    assert _invoke("run", "--model", "raw_slots", "--num-patterns", "16", "--queries", "16", "--no-progress",
+                   "--out", "a").exit_code == 0
+    for name in ("table1.md", "table1.csv", "table1.tex", "training_curves.png", "training_curves.pdf"):
+        (tmp_path / "a" / name).unlink(missing_ok=True)
+    for blocked in ("table1.tex", "training_curves.pdf"):
+        (tmp_path / "a" / blocked).mkdir()
+        _one_clear_line(_invoke("report", "--out", "a"), f"cannot write {Path('a') / blocked}: a folder is where "
+                        "membench writes a file", "(nothing was written)")
+        assert not [p.name for p in (tmp_path / "a").iterdir() if p.is_file()]
+        (tmp_path / "a" / blocked).rmdir()
+
+
 def test_outputs_that_cannot_be_written_are_refused_before_any_work(tmp_path, monkeypatch):
     """run --out, session --to, pack --to and throughput --out under a path whose parent is a file (pack --to not
     named .tgz or .tar.gz); session

@@ -264,6 +264,8 @@ def test_a_session_whose_run_fails_exits_with_its_status_and_still_packs(tmp_pat
                                        "--cache", "session"])
     assert result.exit_code == 1, result.output
     assert "failing:Failing" in result.output and "(exit 1)" in result.output and "fails on purpose" in result.output
+    assert result.output.rstrip().splitlines()[-1] == ("Error: session ended with status 1: a command failed (its "
+                                                       "error is above); the archive holds what the others finished")
     with tarfile.open(tmp_path / "out" / "session.tgz") as tar:
         names = tar.getnames()
     assert any(name.startswith("results/table1/runs/") for name in names), names  # the good run's record
