@@ -246,10 +246,16 @@ def unpack(archives, root) -> None:
 
     from membench.archive import (MAX_VOLUMES, RESULTS, check_checkpoints, check_targets, read_archive,
                                   unpack as unpack_archive, volume_path)
+    from membench.set_aside import deleted_results
 
     if not (root / RESULTS).is_dir():
         raise MembenchError(f"{root} is not a membench checkout (no {RESULTS}/ folder); give --root the checkout "
                             "the session's archive belongs to")
+    deleted = deleted_results(root)
+    if deleted:  # `git checkout -- results` after unpacking would undo what it wrote into them
+        raise MembenchError(f"{len(deleted)} file(s) git holds under {root}/{RESULTS} are deleted from the working "
+                            f"tree, as `membench set-aside` leaves them (e.g. {deleted[0]}): bring them back first "
+                            f"(`git checkout -- {RESULTS}`), then unpack; nothing was unpacked")
     given = {archive.resolve() for archive in archives}
     for archive in archives:  # a volume lying beside a given archive, not given itself: its files would be missed
         left = [volume_path(archive, n) for n in range(2, MAX_VOLUMES + 1) if volume_path(archive, n).is_file()
@@ -294,12 +300,14 @@ def set_aside(keep, root) -> None:
     """Before a call to a lent machine: delete from the working tree the results its session does not need
     (every folder under results/ but results/bench, results/reference and the --keep folders; finished
     checkpoints whose runs have records at every N their suite evaluates), so the copy it carries has room for
-    the checkpoints it resumes. After the call, `git checkout -- results` brings them all back."""
+    the checkpoints it resumes. After the call, before `membench unpack`, `git checkout -- results` brings them
+    all back."""
     from membench.set_aside import set_aside as delete_unneeded
 
     deleted, size = delete_unneeded(root, keep)
     click.echo(f"set aside {len(deleted)} file(s), {size / 2**20:.1f} MiB, from {root}/results "
-               f"(`make device-size`: what a lent machine carries now); after the call: git checkout -- results")
+               f"(`make device-size`: what a lent machine carries now); after the call, before unpacking: "
+               "git checkout -- results")
 
 
 COMMANDS = (ship, session, pack, unpack, set_aside)

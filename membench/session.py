@@ -8,14 +8,16 @@ then `membench.archive.pack` puts what they made into the archive that carries i
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from membench.archive import pack
 from membench.errors import EXIT_INTERRUPTED, EXIT_PAUSED, MembenchError
@@ -50,8 +52,9 @@ def finish(processes: Sequence[subprocess.Popen], deadline: float, interrupt_wai
     no record), wait `interrupt_wait_s` for them together and kill the rest (warned about: what it did since its
     last checkpoint is lost). Returns their exit statuses as a shell reports them, a killed one's as interrupted:
     it too was stopped for the time; raises KeyboardInterrupt after stopping them when this process was
-    interrupted. (The session starts its processes in sessions of their own, so an interrupt reaches them once,
-    from here: a second would stop their training at once, before it checkpoints.)"""
+    interrupted, before or while they stop. (The session starts its processes in sessions of their own, so an
+    interrupt reaches them once, from here, however often this is called: a second would stop their training at
+    once, before it checkpoints.)"""
     interrupted = False
     try:
         for process in processes:
@@ -63,20 +66,44 @@ def finish(processes: Sequence[subprocess.Popen], deadline: float, interrupt_wai
         interrupted = True
     running = [process for process in processes if process.poll() is None]
     for process in running:
-        process.send_signal(signal.SIGINT)
+        if not getattr(process, "interrupted", False):  # once: a second would stop training before it checkpoints
+            process.send_signal(signal.SIGINT)
+            process.interrupted = True
     stop, killed = time.monotonic() + interrupt_wait_s, set()
     for process in running:
-        try:
-            process.wait(timeout=max(0.0, stop - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-            killed.add(process.pid)
-            warn(f"killed {shlex.join(map(str, process.args))}: it did not stop within {interrupt_wait_s:g} s of "
-                 f"its interrupt (work since its last checkpoint is lost)")
+        while True:
+            try:
+                process.wait(timeout=max(0.0, stop - time.monotonic()))
+                break
+            except KeyboardInterrupt:  # this process interrupted while they checkpoint: waited for all the same
+                interrupted = True
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+                killed.add(process.pid)
+                warn(f"killed {shlex.join(map(str, process.args))}: it did not stop within {interrupt_wait_s:g} s of "
+                     f"its interrupt (work since its last checkpoint is lost)")
+                break
     if interrupted:
         raise KeyboardInterrupt
     return [EXIT_INTERRUPTED if process.pid in killed else _status(process.returncode) for process in processes]
+
+
+@contextlib.contextmanager
+def _interrupts_held() -> Iterator[list[int]]:
+    """While inside (packing: the session's archive must be written whole), Ctrl-C and SIGTERM are only noted in
+    the yielded list, for the caller to act on after; off the main thread nothing changes."""
+    arrived: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield arrived
+        return
+    previous = {number: signal.signal(number, lambda signum, frame: arrived.append(signum))
+                for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield arrived
+    finally:
+        for number, action in previous.items():
+            signal.signal(number, action)
 
 
 def check_outs(runs: Sequence[str], results_dir: Path) -> None:
@@ -136,14 +163,19 @@ def run_session(runs: Sequence[str], copies: int, train_time_limit_s: float, dev
                 processes.append((args, log, children[-1]))
         ended = finish([process for _, _, process in processes], clock + train_time_limit_s + grace_s)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: its processes are stopped (`finish`); what they made travels
-        finish([child for child in children if child.poll() is None], time.monotonic())
-        pack(archive, started, results_dir, cache / "checkpoints")
+        with contextlib.suppress(KeyboardInterrupt):  # (raised again below, once they are stopped)
+            finish([child for child in children if child.poll() is None], time.monotonic())
+        with _interrupts_held():
+            pack(archive, started, results_dir, cache / "checkpoints")
         raise
-    for (args, log, _), status in zip(processes, ended):
-        statuses.append(EXIT_PAUSED if status == EXIT_INTERRUPTED else status)  # stopped at the grace's end
-        failed = status not in (0, EXIT_PAUSED, EXIT_INTERRUPTED)  # its log stays on the machine: more of it
-        tail = log.read_text(errors="replace").splitlines()[-(FAILED_LOG_LINES if failed else LOG_LINES):]
-        print(f"== membench run {args} (exit {status})", *tail, sep="\n", flush=True)
-    pack(archive, started, results_dir, cache / "checkpoints")
+    with _interrupts_held() as arrived:
+        for (args, log, _), status in zip(processes, ended):
+            statuses.append(EXIT_PAUSED if status == EXIT_INTERRUPTED else status)  # stopped at the grace's end
+            failed = status not in (0, EXIT_PAUSED, EXIT_INTERRUPTED)  # its log stays on the machine: more of it
+            tail = log.read_text(errors="replace").splitlines()[-(FAILED_LOG_LINES if failed else LOG_LINES):]
+            print(f"== membench run {args} (exit {status})", *tail, sep="\n", flush=True)
+        pack(archive, started, results_dir, cache / "checkpoints")
+    if arrived:
+        raise KeyboardInterrupt
     failed = [status for status in statuses if status not in (0, EXIT_PAUSED)]
     return failed[0] if failed else (EXIT_PAUSED if EXIT_PAUSED in statuses else 0)

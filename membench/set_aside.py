@@ -1,6 +1,7 @@
 """`membench set-aside`: before a call to a lent machine, the results its session does not need leave the
 working tree, so the copy the machine carries (at most 64 MiB) has room for the checkpoints it resumes;
-`git checkout -- results` brings them back after the call."""
+`git checkout -- results` brings them back after the call, before `membench unpack` (which refuses to unpack
+over them: the checkout would undo what it writes into files git holds)."""
 from __future__ import annotations
 
 import os
@@ -13,6 +14,18 @@ from membench.errors import MembenchError
 from membench.archive import CHECKPOINTS, RESULTS, is_record
 from membench.records import read_record
 from membench.suites import SUITES
+
+
+def deleted_results(root: Path) -> list[str]:
+    """The files git holds under `root`/results that are deleted from its working tree (as a set-aside leaves
+    them until `git checkout -- results`); none where `root` is no git checkout."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    try:
+        listed = subprocess.run(["git", "ls-files", "-z", "--deleted", "--", RESULTS], cwd=root, env=env,
+                                capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return []
+    return listed.split("\0")[:-1]
 
 
 def set_aside(root: Path, keep: Sequence[str]) -> tuple[list[Path], int]:

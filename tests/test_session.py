@@ -650,6 +650,56 @@ def test_an_interrupted_session_interrupts_each_of_its_processes_once_then_stops
     process.stdout.close()
 
 
+def test_an_interrupt_while_the_processes_checkpoint_neither_cuts_them_short_nor_reaches_them_twice(tmp_path: Path):
+    """The outer `timeout -s INT` arriving while a session waits for its interrupted processes to checkpoint (the
+    grace over): the wait goes on until they exit, KeyboardInterrupt after; `finish` called again (as
+    run_session's interrupted path does) sends them no second SIGINT, which would stop training before its
+    checkpoint."""
+    count = tmp_path / "interrupts"
+    handler = (f"import signal, sys, time, pathlib\nseen = []\n"
+               f"def got(*a):\n    seen.append(1)\n    pathlib.Path({str(count)!r}).write_text(str(len(seen)))\n"
+               f"signal.signal(signal.SIGINT, got)\nprint('ready', flush=True)\n"
+               f"while not seen: time.sleep(0.05)\ntime.sleep(1.0)\nsys.exit(3)")
+    process = subprocess.Popen([sys.executable, "-c", handler], stdout=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    assert process.stdout.readline() == "ready\n"
+    waits, wait = [], process.wait
+
+    def interrupted_in_the_stop(timeout=None):  # the first wait is the deadline's, the second the stop's
+        waits.append(timeout)
+        if len(waits) == 2:
+            raise KeyboardInterrupt
+        return wait(timeout=timeout)
+
+    signals, send_signal = [], process.send_signal
+
+    def sending(signum):
+        signals.append(signum)
+        send_signal(signum)
+
+    process.wait, process.send_signal = interrupted_in_the_stop, sending
+    with pytest.raises(KeyboardInterrupt):
+        try:
+            finish([process], deadline=time.monotonic() + 0.2, interrupt_wait_s=10)
+        except KeyboardInterrupt:
+            finish([process], deadline=time.monotonic())
+            raise
+    assert process.returncode == 3 and count.read_text() == "1" and signals == [signal.SIGINT]
+    process.stdout.close()
+
+
+def test_packing_holds_interrupts_until_it_is_done():
+    """A Ctrl-C or SIGTERM while the session packs is noted, not raised: the archive is written whole first."""
+    from membench.session import _interrupts_held
+
+    before = signal.getsignal(signal.SIGINT)
+    with _interrupts_held() as arrived:
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.1)
+    assert arrived == [signal.SIGTERM, signal.SIGINT] and signal.getsignal(signal.SIGINT) is before
+
+
 def test_unpack_checks_every_archive_before_writing_any(tmp_path: Path):
     """`membench unpack good.tgz bad.tgz`: the bad one's record is refused before the good one is written."""
     root = tmp_path / "here"
@@ -741,6 +791,28 @@ def test_set_aside_leaves_a_session_its_records_and_unfinished_checkpoints_and_g
     subprocess.run(["git", "checkout", "--", "results"], cwd=tmp_path, env=git, check=True)
     result = CliRunner().invoke(main, ["set-aside", "--root", str(tmp_path)])
     assert result.exit_code == 0 and left() == [name for name in kept if not name.startswith("results/fig3/")]
+
+
+def test_unpack_waits_for_the_set_aside_files_to_be_brought_back(tmp_path):
+    """After a set-aside, `git checkout -- results` would undo what unpack writes into files git holds (a merged
+    throughput table, a further-trained shipped checkpoint): unpack refuses while such files are deleted, and
+    unpacks once they are back."""
+    git = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    (tmp_path / "results" / "table1").mkdir(parents=True)
+    (tmp_path / "results" / "table1" / "table1.md").write_text("held")
+    for command in (["init", "-q"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "r"]):
+        subprocess.run(["git", *command], cwd=tmp_path, env=git, check=True)
+    (tmp_path / "results" / "table1" / "table1.md").unlink()  # as set-aside leaves it
+    archive = _archive(tmp_path / "s.tgz", {"results/fig3/fig3.md": b"new"})
+    refused = CliRunner().invoke(main, ["unpack", str(archive), "--root", str(tmp_path)])
+    assert refused.exit_code == 1 and exited_cleanly(refused), refused.output
+    assert ("1 file(s) git holds under" in refused.output and "results/table1/table1.md" in refused.output
+            and "`git checkout -- results`), then unpack; nothing was unpacked" in refused.output)
+    assert not (tmp_path / "results" / "fig3").exists()
+    subprocess.run(["git", "checkout", "--", "results"], cwd=tmp_path, env=git, check=True)
+    assert CliRunner().invoke(main, ["unpack", str(archive), "--root", str(tmp_path)]).exit_code == 0
+    assert (tmp_path / "results" / "fig3" / "fig3.md").read_bytes() == b"new"
+
 
 def test_set_aside_refuses_a_results_folder_git_does_not_hold(tmp_path):
     """Without git, `git checkout -- results` could not bring anything back: nothing is deleted."""
