@@ -150,9 +150,11 @@ def _field_problem(record: dict[str, Any], check_errors: bool = True) -> str | N
     if split is not None and not (isinstance(split, dict) and isinstance(split.get("batch_errors"), list)
                                   and all(nonnegative_number(e) for e in split["batch_errors"])):
         return "train_split needs batch_errors, a list of finite non-negative numbers"
-    for name in ("budget", "seed", "queries", "memory_floats"):
-        if not is_int(record[name]):
-            return f"{name} is not a whole number"
+    for name, low in (("budget", 0), ("seed", 0), ("queries", 1), ("memory_floats", 0)):  # budget 0: a reference line
+        if not is_int(record[name]) or record[name] < low:
+            return f"{name} is not a whole number of at least {low}"
+    if record["memory_floats"] > record["budget"]:
+        return f"memory_floats {record['memory_floats']} exceeds its budget {record['budget']}, which no run does"
     for name in ("run_id", "suite", "model", "preset", "command"):
         if not isinstance(record[name], str):
             return f"{name} is not a string"

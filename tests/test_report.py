@@ -281,8 +281,8 @@ def test_training_curves_leave_out_a_models_older_source_version(tmp_path):
     (tmp_path / "training").mkdir()
     for name, source, finished in (("old", "a", "2026-01-01"), ("new", "b", "2026-01-02")):
         (tmp_path / "training" / f"{name}.csv").write_text("step,loss,error\n1,0.5,3.0\n")
-        store.save({**{key: 0 for key in RECORD_KEYS}, "run_id": name, "suite": "table1", "model": "mine:M",
-                    "task": {"kind": "binary", "num_patterns": 16, "dim": 128, "erased": 64}, "errors": [0.0] * 16,
+        store.save({**{key: 0 for key in RECORD_KEYS}, "queries": 16, "run_id": name, "suite": "table1",
+                    "model": "mine:M", "task": {"kind": "binary", "num_patterns": 16, "dim": 128, "erased": 64}, "errors": [0.0] * 16,
                     "environment": {"device": "cpu"}, "options": {}, "preset": "quick", "command": "membench run",
                     "model_source": source, "finished_at": finished,
                     "training": {"checkpoint_key": name, "curve": f"training/{name}.csv", "train_time_s": 1.0,

@@ -5,6 +5,7 @@ import dataclasses
 import json
 import os
 import platform
+import re
 import select
 import signal
 import subprocess
@@ -382,9 +383,7 @@ def test_long_error_lists_are_stored_packed_and_read_back_exactly(tmp_path):
     field makes the record unreadable (named), so the run counts as unfinished."""
     errors = torch.rand(64_000, generator=torch.Generator().manual_seed(0)).mul(60).round().tolist()
     store = ResultsStore(tmp_path / "out")
-    base = {**{key: 0 for key in RECORD_KEYS}, "task": {"kind": "binary", "num_patterns": 16, "dim": 128, "erased": 64},
-            "environment": {"device": "cpu"}, "options": {}, "suite": "table1", "model": "raw_slots",
-            "preset": "quick", "command": "membench run", "training": None}
+    base = {**_record_fields(), "budget": 8256, "queries": 16}
     path = store.save({**base, "run_id": "packed", "errors": errors})
     assert path.stat().st_size < len(json.dumps(errors)) / 3
     assert read_record(path)["errors"] == errors
@@ -398,6 +397,32 @@ def test_long_error_lists_are_stored_packed_and_read_back_exactly(tmp_path):
     with pytest.raises(MembenchError, match="record .*packed.json is unreadable"):
         read_record(path)
     assert not store.has("packed")
+
+
+def _record_fields() -> dict:
+    """A record's fields, each of the right type (zeros where a number goes)."""
+    return {**{key: 0 for key in RECORD_KEYS}, "task": {"kind": "binary", "num_patterns": 16, "dim": 128, "erased": 64},
+            "environment": {"device": "cpu"}, "options": {}, "suite": "table1", "model": "raw_slots",
+            "preset": "quick", "command": "membench run", "training": None}
+
+
+@pytest.mark.parametrize("change, problem", [
+    ({"budget": -1}, "budget is not a whole number of at least 0"),
+    ({"queries": 0}, "queries is not a whole number of at least 1"),
+    ({"seed": -2}, "seed is not a whole number of at least 0"),
+    ({"memory_floats": 8257}, "memory_floats 8257 exceeds its budget 8256, which no run does"),
+])
+def test_a_record_no_run_makes_is_named_and_counts_as_unfinished(tmp_path, change, problem):
+    """A hand-edited record (a negative budget or seed, no queries, more floats than its budget) is refused by
+    name, so no table prints it and the run counts as unfinished."""
+    store = ResultsStore(tmp_path)
+    fields = {**_record_fields(), "budget": 8256, "queries": 16, "errors": [1.0] * 16, "run_id": "r"}
+    path = store.save(fields)
+    assert read_record(path)["run_id"] == "r"
+    write_json_atomic(path, {**fields, **change})
+    with pytest.raises(MembenchError, match=re.escape(problem)):
+        read_record(path)
+    assert not store.has("r")
 
 
 @pytest.mark.parametrize("preset", ["quick", "gpu", "paper"])
