@@ -58,9 +58,10 @@ def load_reference(path: Path | None = DEFAULT_REFERENCE) -> pd.DataFrame | None
         return None
     fix = "omit --reference for the shipped results/reference/paper_table1.csv (restore it from git if broken)"
     wide = read_table(path, "a table of the paper's Table 1", ("method",), fix, comment="#").set_index("method")
-    if not all(str(c).isdigit() for c in wide.columns) or not all(map(pd.api.types.is_numeric_dtype, wide.dtypes)):
-        raise MembenchError(f"{path} is not a table of the paper's Table 1 (its columns must be N values with "
-                            f"numbers); {fix}")
+    if (wide.empty or not all(str(c).isdigit() for c in wide.columns)
+            or not all(map(pd.api.types.is_numeric_dtype, wide.dtypes))):
+        raise MembenchError(f"{path} is not a table of the paper's Table 1 (a row a method, its columns N values "
+                            f"with numbers); {fix}")
     values = wide.to_numpy(float)
     given = values[~np.isnan(values)]  # a blank cell: the paper gives no value there
     if wide.index.duplicated().any() or not (np.isfinite(given) & (given >= 0)).all():

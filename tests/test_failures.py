@@ -1191,7 +1191,8 @@ def test_reports_of_missing_or_broken_inputs_say_so_in_one_line_and_write_nothin
     assert not list(out.glob("fig3*"))
     for name, content in (("empty.csv", ""), ("columns.csv", "a,b\n1,2\n"), ("words.csv", "method,16\nhebb,few\n"),
                           ("negative.csv", "method,16\nhebb,-5\n"), ("twice.csv", "method,16\nhebb,1\nhebb,2\n"),
-                          ("inf.csv", "method,16\nhebb,inf\n")):
+                          ("inf.csv", "method,16\nhebb,inf\n"), ("header.csv", "method\n"),
+                          ("no_rows.csv", "method,16\n")):
         (tmp_path / name).write_text(content)
         _one_clear_line(_invoke("report", "--out", str(out), "--reference", str(tmp_path / name)),
                         f"{tmp_path / name} is not a table of the paper's Table 1", "omit --reference")
