@@ -40,6 +40,9 @@ def list_command(model, suite, preset, data_dir) -> None:
 
     if model and suite:
         raise MembenchError("give --model or --suite, not both")
+    if preset != "quick" and not suite:
+        raise MembenchError(f"--preset {preset} chooses the runs --suite lists; give --suite SUITE with it (--model "
+                            "lists a model's options under every preset)")
     if model:
         cls = resolve_model(model)
         with errors_of_user_model(model, "its options cannot be listed"):

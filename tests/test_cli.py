@@ -174,7 +174,7 @@ def test_list_shows_a_suites_runs_as_run_makes_them(monkeypatch):
     for args, line in ((["--suite", "nope"], "unknown suite 'nope'"), (["--suite", "table1", "--model", "ebmm"],
                        "give --model or --suite, not both"), (["--suite", "table1", "--preset", "foo"],
                        "no model of this run has a preset 'foo'"), (["--suite", "table1", "--model", "ebmm"],
-                       "give --model or --suite, not both"),
+                       "give --model or --suite, not both"), (["--preset", "gpu"], "give --suite SUITE with it"),
                        (["--suite", "fig3-cifar", "--data-dir", "/nonexistent"], "CIFAR-10 not found")):
         failed = CliRunner().invoke(main, ["list", *args])
         assert failed.exit_code == 1 and exited_cleanly(failed) and line in the_error_line(failed), failed.output
