@@ -96,7 +96,7 @@ class EBMMConfig:
         for name in ("hidden", "hops", "memory_size", "read_steps", "write_steps", "embedding", "width", "bottleneck",
                      "readout"):
             if getattr(self, name) < 1:
-                raise MembenchError(f"{name}={getattr(self, name)} must be at least 1")
+                raise MembenchError(f"ebmm: {name}={getattr(self, name)} must be at least 1")
         check_fields("ebmm", self, positive=("init_gain",), fractions=("contrast_erase",))
         if self.energy not in ENERGIES:
             raise MembenchError(f"unknown energy '{self.energy}'; valid: gated_rnn (flat patterns), resnet_fc and "

@@ -42,7 +42,8 @@ class GatedRNNEnergy(nn.Module):
                  linear_memory: bool = False, init_gain: float = 1.0):
         super().__init__()
         if not 0 < memory_size < hidden:
-            raise MembenchError(f"memory_size={memory_size} must lie in (0, hidden={hidden})")
+            raise MembenchError(f"ebmm: memory_size={memory_size} must lie in (0, hidden={hidden}), the memory's units "
+                                f"being part of the hidden layer: give --option hidden above {memory_size}")
         if hops < 1:
             raise MembenchError(f"hops={hops} must be positive")
         self.dim, self.hidden, self.hops = dim, hidden, hops
