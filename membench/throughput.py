@@ -57,7 +57,7 @@ COLUMNS = ["device", "device_name", "suite", "model", "preset", "options", "budg
            "threads", "torch", "measured_at", "reference", "reference_ms", "dirty", "warmup", "seed", "wall_time_s",
            "python", "numpy", "command"]
 KEY = ["device_name", "suite", "model", "preset", "options", "budget", "batch_size", "num_patterns", "cuda_graph",
-       "compiled", "precision", "commit"]
+       "compiled", "precision", "commit", "threads", "torch"]  # a row replaces only a measurement of all these
 NUMBERS = ["budget", "batch_size", "num_patterns", "episodes_per_s", "ms_per_step"]  # numeric where given
 REFERENCE_BENCH = "tests/benchmarks/test_bench_ebmm.py::test_meta_training_step"  # EBMM quick, 16 episodes, N = 64
 SEED = 0  # the model's initial weights and the timed batches

@@ -252,6 +252,9 @@ def test_rows_from_before_the_precision_column_are_float32_wherever_they_come_fr
     assert set(table["options"]) == {""} and set(table["suite"]) == {"table1"}  # the preset and task as they were
     assert table.set_index("model").loc["ebmm", "episodes_per_s"] == 210.0  # the same key: replaced
     assert pd.read_csv(out)["precision"].notna().all()
+    table = merge(out, [{**older, "threads": 16, "episodes_per_s": 900.0}, {**older, "torch": "2.11.0"}])
+    assert sorted(table[table["model"] == "ebmm"]["episodes_per_s"]) == [200.0, 210.0, 900.0]  # other threads,
+    #                                                                 another torch: other measurements, kept beside
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
