@@ -616,18 +616,25 @@ def test_at_the_deadline_every_running_process_is_interrupted_and_the_deaf_one_k
         process.stdout.close()
 
 
+def _checkpointing_child(count: Path, seconds: float) -> subprocess.Popen:
+    """A stand-in for a session's run, in a session of its own: on its first SIGINT it "checkpoints" for
+    `seconds` and exits 3 (paused); it writes how many SIGINTs it got to `count`."""
+    handler = (f"import signal, sys, time, pathlib\nseen = []\n"
+               f"def got(*a):\n    seen.append(1)\n    pathlib.Path({str(count)!r}).write_text(str(len(seen)))\n"
+               f"signal.signal(signal.SIGINT, got)\nprint('ready', flush=True)\n"
+               f"while not seen: time.sleep(0.05)\ntime.sleep({seconds})\nsys.exit(3)")
+    process = subprocess.Popen([sys.executable, "-c", handler], stdout=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    assert process.stdout.readline() == "ready\n"
+    return process
+
+
 def test_an_interrupted_session_interrupts_each_of_its_processes_once_then_stops(tmp_path: Path):
     """SIGTERM (or Ctrl-C) reaching the session while it waits: every process it started (each in a session of
     its own, so the terminal's Ctrl-C does not reach it too) gets one SIGINT, and checkpoints on it, before the
     session stops; a second SIGINT would stop a run's training before its checkpoint."""
     count = tmp_path / "interrupts"
-    handler = (f"import signal, sys, time, pathlib\nseen = []\n"
-               f"def got(*a):\n    seen.append(1)\n    pathlib.Path({str(count)!r}).write_text(str(len(seen)))\n"
-               f"signal.signal(signal.SIGINT, got)\nprint('ready', flush=True)\n"
-               f"while not seen: time.sleep(0.05)\ntime.sleep(0.5)\nsys.exit(3)")
-    process = subprocess.Popen([sys.executable, "-c", handler], stdout=subprocess.PIPE, text=True,
-                               start_new_session=True)
-    assert process.stdout.readline() == "ready\n"
+    process = _checkpointing_child(count, 0.5)
     waits = []
     wait = process.wait
 
@@ -656,13 +663,7 @@ def test_an_interrupt_while_the_processes_checkpoint_neither_cuts_them_short_nor
     run_session's interrupted path does) sends them no second SIGINT, which would stop training before its
     checkpoint."""
     count = tmp_path / "interrupts"
-    handler = (f"import signal, sys, time, pathlib\nseen = []\n"
-               f"def got(*a):\n    seen.append(1)\n    pathlib.Path({str(count)!r}).write_text(str(len(seen)))\n"
-               f"signal.signal(signal.SIGINT, got)\nprint('ready', flush=True)\n"
-               f"while not seen: time.sleep(0.05)\ntime.sleep(1.0)\nsys.exit(3)")
-    process = subprocess.Popen([sys.executable, "-c", handler], stdout=subprocess.PIPE, text=True,
-                               start_new_session=True)
-    assert process.stdout.readline() == "ready\n"
+    process = _checkpointing_child(count, 1.0)
     waits, wait = [], process.wait
 
     def interrupted_in_the_stop(timeout=None):  # the first wait is the deadline's, the second the stop's
