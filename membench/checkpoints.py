@@ -103,7 +103,7 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     """The training checkpoint at `path`, on the CPU, unpickled as data only (tensors, containers, numbers, strings: a
     checkpoint carried from another machine runs no code). Raises on a file that is not one; an OSError only where
     the file system fails (the bytes are read first, so torch's OSError on a short file is the file's)."""
-    data = path.read_bytes()
+    data = Path(path).read_bytes()
     try:
         with torch.serialization.safe_globals([TorchVersion]):  # older checkpoints' history holds torch.__version__
             saved = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)

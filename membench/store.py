@@ -7,9 +7,9 @@ Layout of an output directory:
 Every file (records, curves, checkpoints) is written by `write_atomic`: to a temporary
 file named after this host and process and locked by its writer, then renamed, so a killed
 writer leaves the old content or the complete new one, and two writers never share a
-temporary file. Temporary files no writer holds are removed (`remove_orphans`). A record that cannot be read
-(truncated, empty, not a record) is reported by path and counts as unfinished, so the
-rerun repairs it.
+temporary file. Temporary files no writer holds are removed (`remove_orphans`). A record
+that cannot be read (truncated, empty, not a record) is reported by path and counts as
+unfinished, so the rerun repairs it.
 """
 from __future__ import annotations
 
