@@ -34,6 +34,7 @@ RESULTS, CHECKPOINTS = "results", "checkpoints"
 CARRY_LIMIT_MB = 16.0  # what a lent machine returns per file
 MAX_VOLUMES = 4  # a lent machine returns at most 8 files of up to 16 MiB each, 64 MiB together: 4 full volumes
 THROUGHPUT_CSV = "results/bench/throughput.csv"  # merged row by row on unpacking
+VOLUME_HEADER = "membench.volume"  # each volume's "number/count", a pax header (none in archives before it)
 
 
 def volume_path(archive: Path, number: int) -> Path:
@@ -41,6 +42,19 @@ def volume_path(archive: Path, number: int) -> Path:
     archive = Path(archive)
     stem = archive.name.removesuffix(".tgz").removesuffix(".tar.gz")
     return archive if number == 1 else archive.with_name(f"{stem}-{number}.tgz")
+
+
+def volume_label(archive: Path) -> tuple[int, int] | None:
+    """(its number, how many volumes `pack` wrote) of an archive's volume, None for an archive packed before
+    volumes were labelled; MembenchError for one that is not a readable archive."""
+    try:
+        with tarfile.open(archive, mode="r:gz") as tar:
+            label = tar.pax_headers.get(VOLUME_HEADER)
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise MembenchError(f"{archive} is not a readable session archive ({type(exc).__name__}: {exc}); carry it "
+                            "back again or run `membench pack` on the machine that made it") from None
+    number, _, count = (label or "").partition("/")
+    return (int(number), int(count)) if number.isdigit() and count.isdigit() else None
 
 
 def pack(archive: Path, since: float, results_dir: Path, checkpoint_dir: Path) -> list[str]:
@@ -98,9 +112,10 @@ def pack(archive: Path, since: float, results_dir: Path, checkpoint_dir: Path) -
             del home[name]
             room[0][name] = data
 
-    def writer(volume: dict[str, bytes]):
+    def writer(volume: dict[str, bytes], label: str):
         def write(handle) -> None:
-            with tarfile.open(fileobj=handle, mode="w:gz") as tar:
+            with tarfile.open(fileobj=handle, mode="w:gz", format=tarfile.PAX_FORMAT,
+                              pax_headers={VOLUME_HEADER: label}) as tar:
                 for name, data in volume.items():
                     info = tarfile.TarInfo(name)
                     info.size = len(data)
@@ -108,7 +123,7 @@ def pack(archive: Path, since: float, results_dir: Path, checkpoint_dir: Path) -
         return write
 
     for number, volume in enumerate(volumes, start=1):
-        write_atomic(volume_path(archive, number), writer(volume))
+        write_atomic(volume_path(archive, number), writer(volume, f"{number}/{len(volumes)}"))
     for number in range(len(volumes) + 1, MAX_VOLUMES + 1):  # an earlier, larger pack's volumes would unpack too
         volume_path(archive, number).unlink(missing_ok=True)
     return [name for volume in volumes for name in volume]

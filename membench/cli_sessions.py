@@ -245,7 +245,7 @@ def unpack(archives, root) -> None:
     from pathlib import PurePosixPath
 
     from membench.archive import (MAX_VOLUMES, RESULTS, check_checkpoints, check_targets, read_archive,
-                                  unpack as unpack_archive, volume_path)
+                                  unpack as unpack_archive, volume_label, volume_path)
     from membench.set_aside import deleted_results
 
     if not (root / RESULTS).is_dir():
@@ -263,6 +263,13 @@ def unpack(archives, root) -> None:
         if left:
             raise MembenchError(f"{archive} has the volume {left[0]} beside it, not given: unpack them all in one "
                                 f"command (membench unpack {archive} {' '.join(map(str, left))}); nothing was unpacked")
+        number, count = volume_label(archive) or (0, 0)
+        lost = [volume_path(archive, n) for n in range(2, count + 1) if number == 1
+                and volume_path(archive, n).resolve() not in given]
+        if lost:  # a record and its checkpoint may travel in different volumes: none is unpacked without the rest
+            raise MembenchError(f"{archive} is the first of {count} volumes, and {lost[0]} is not here (left out of "
+                                "what the machine returned?): carry every volume back and unpack them all in one "
+                                "command; nothing was unpacked")
     contents = [read_archive(archive)[0] for archive in archives]  # every archive checked before any is unpacked
     arriving: dict[str, dict] = {}  # checkpoint key -> checkpoint, of every archive (a record's may be in another)
     bad: set[str] = set()

@@ -458,7 +458,15 @@ def test_pack_splits_into_volumes_a_lent_machine_returns_and_leaves_out_what_fit
     assert sorted(names) == ["checkpoints/a.pt", "checkpoints/b.pt"] and "large.pt" in capsys.readouterr().err
     volumes = [tmp_path / "s.tgz", tmp_path / "s-2.tgz"]
     assert all(v.exists() for v in volumes) and not (tmp_path / "s-3.tgz").exists()
+    assert [archive.volume_label(v) for v in volumes] == [(1, 2), (2, 2)]
     (tmp_path / "here" / "results").mkdir(parents=True)
+    carried = tmp_path / "carried"  # the first volume alone came back (the second left out of the machine's reply)
+    carried.mkdir()
+    (carried / "s.tgz").write_bytes(volumes[0].read_bytes())
+    lost = CliRunner().invoke(main, ["unpack", str(carried / "s.tgz"), "--root", str(tmp_path / "here")])
+    assert lost.exit_code == 1 and exited_cleanly(lost), lost.output
+    assert f"is the first of 2 volumes, and {carried / 's-2.tgz'} is not here" in lost.output
+    assert "nothing was unpacked" in lost.output and not (tmp_path / "here" / "results" / "checkpoints").exists()
     result = CliRunner().invoke(main, ["unpack", *map(str, volumes), "--root", str(tmp_path / "here")])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "here" / "results" / "checkpoints").glob("*.pt")) == ["a.pt", "b.pt"]
