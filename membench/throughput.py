@@ -207,6 +207,9 @@ def measure(requests: list[dict[str, Any]], rounds: int = 1, reference: str | No
     if reference and commit is None:
         raise MembenchError(f"cannot check out reference commit '{reference}' (not a commit here); give a commit of "
                             "this repository's history")
+    if commit and commit[:10] == (git_state()[0] or "")[:10]:  # its row would take the key of a row timed here
+        raise MembenchError(f"--reference {reference} is the commit being timed, whose rows its row would replace "
+                            "in the table; give an earlier commit (uncommitted changes: commit them first)")
     with contextlib.ExitStack() as stack:
         tree = stack.enter_context(reference_tree(commit)) if commit else None
         if rounds == 1:

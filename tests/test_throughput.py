@@ -342,24 +342,28 @@ def test_rows_timed_beside_a_reference_keep_its_time_of_that_run(tmp_path, monke
 
 
 def test_the_reference_is_recorded_as_the_commit_it_names(tmp_path, monkeypatch):
-    """`--reference HEAD` was recorded as "HEAD": a later HEAD's row would replace it (the same key). The commit
-    it names is recorded; a name of no commit is refused before anything is timed."""
+    """`--reference HEAD~1` was recorded as "HEAD~1": a later one's row would replace it (the same key). The commit
+    it names is recorded; a name of no commit, or the commit being timed (its row would replace the rows timed
+    beside it), is refused before anything is timed."""
     import contextlib
 
     from membench import throughput
 
-    head = throughput.resolve_commit("HEAD")
+    head = throughput.resolve_commit("HEAD~1")
     if head is None:
-        pytest.skip("not a git checkout")
+        pytest.skip("not a git checkout with history")
     monkeypatch.setattr(throughput, "reference_tree", lambda commit: contextlib.nullcontext(tmp_path))
     monkeypatch.setattr(throughput, "time_reference", lambda tree: 0.1)
     out = tmp_path / "t.csv"
     args = ["throughput", "--model", "memory_networks", "--device", "cpu", "--num-patterns", "8", "--steps", "1",
             "--out", str(out), "--reference"]
-    result = CliRunner().invoke(main, args + ["HEAD"])
+    result = CliRunner().invoke(main, args + ["HEAD~1"])
     assert result.exit_code == 0, result.output
     table = pd.read_csv(out, dtype={"commit": str})
-    assert head[:10] in set(table["commit"]) and "HEAD" not in set(table["commit"])
+    assert head[:10] in set(table["commit"]) and "HEAD~1" not in set(table["commit"])
+    itself = CliRunner().invoke(main, args + ["HEAD"])
+    assert itself.exit_code == 1 and "--reference HEAD is the commit being timed" in itself.output, itself.output
+    assert len(pd.read_csv(out)) == len(table)
     assert throughput.resolve_commit("no-such-commit-name") is None and throughput.resolve_commit("--all") is None
 
 
