@@ -98,7 +98,7 @@ def session(runs, copies, train_time_limit, device, archive, results, cache, gra
             timings) -> None:
     """One session on a lent machine as one bounded command: the --run processes side by side, then what
     they made packed into one archive (exit 3: some training paused; run the session again to resume)."""
-    from membench.archive import volume_path
+    from membench.packing import volume_path
     from membench.build import resolve_device
     from membench.session import check_outs, run_session
 
@@ -221,7 +221,7 @@ def pack(archive, mark, results, checkpoint_dir) -> None:
     """Pack what a session made (new results files, new checkpoints: `checkpoints.portable`) into an archive (and up to
     three volumes of at most 16 MB beside it) to carry back; `membench unpack` adds them to a checkout."""
     from membench.checkpoints import default_checkpoint_dir
-    from membench.archive import pack as pack_archive
+    from membench.packing import pack as pack_archive
 
     if not results.is_dir():
         raise MembenchError(f"--results {results} is not a folder; give the results folder the session wrote into")
@@ -244,8 +244,8 @@ def unpack(archives, root) -> None:
     session resumes from them."""
     from pathlib import PurePosixPath
 
-    from membench.archive import (MAX_VOLUMES, RESULTS, check_checkpoints, check_targets, read_archive,
-                                  unpack as unpack_archive, volume_label, volume_path)
+    from membench.archive import RESULTS, check_checkpoints, check_targets, read_archive, unpack as unpack_archive
+    from membench.packing import MAX_VOLUMES, volume_label, volume_path
     from membench.set_aside import deleted_results
 
     if not (root / RESULTS).is_dir():

@@ -4,7 +4,7 @@ Machines with a GPU are lent for minutes and start bare, so each session is one 
 (`membench session`, `make gpu-session`): several `membench run` processes side by side on the one
 device (processes given the same command share its models out; training stops when the session's
 time is up, and processes still running `grace_s` later are interrupted, which checkpoints them),
-then `membench.archive.pack` puts what they made into the archive that carries it home.
+then `membench.packing.pack` puts what they made into the archive that carries it home.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from membench.archive import pack
+from membench.packing import pack
 from membench.errors import EXIT_INTERRUPTED, EXIT_PAUSED, MembenchError
 from membench.store import warn
 

@@ -308,7 +308,7 @@ def test_a_session_runs_copies_side_by_side_and_packs_what_they_made(tmp_path: P
 def test_pack_leaves_out_checkpoints_only_used_or_unreadable(tmp_path: Path):
     """A cache copy of a shipped checkpoint at the same step was only used (evaluation): not packed; one
     trained further is packed weights only; an unreadable one is warned about and the archive still made."""
-    from membench.archive import pack
+    from membench.packing import pack
 
     shipped, cache = tmp_path / "results" / "checkpoints", tmp_path / "cache"
     shipped.mkdir(parents=True)
@@ -332,7 +332,7 @@ def test_pack_leaves_out_checkpoints_only_used_or_unreadable(tmp_path: Path):
 def test_pack_leaves_out_an_unreadable_record_so_that_the_others_unpack(tmp_path: Path, capsys):
     """unpack refuses an archive holding an unreadable record (the lent machine is gone by then): pack leaves such a
     record out, named, and the archive of the rest unpacks."""
-    from membench.archive import pack
+    from membench.packing import pack
 
     record = next((REPO_ROOT / "results" / "table1" / "runs").glob("table1-hopfield_hebb-N16-*.json"))
     runs = tmp_path / "results" / "t" / "runs"
@@ -446,19 +446,19 @@ def test_pack_splits_into_volumes_a_lent_machine_returns_and_leaves_out_what_fit
                                                                                          monkeypatch, capsys):
     """Weights barely compress: checkpoints go into volumes of at most CARRY_LIMIT_MB (smallest first), at
     most MAX_VOLUMES; one larger than a volume is left out (warned); unpacking every volume ships them all."""
-    from membench import archive
+    from membench import packing
 
-    monkeypatch.setattr(archive, "CARRY_LIMIT_MB", 0.1)  # 100 kB volumes (less 64 kB of headroom: 38 kB)
+    monkeypatch.setattr(packing, "CARRY_LIMIT_MB", 0.1)  # 100 kB volumes (less 64 kB of headroom: 38 kB)
     cache = tmp_path / "cache"
     cache.mkdir()
     torch.save(_checkpoint(torch.rand(20_000), step=3), cache / "large.pt")  # 80 kB: fits no volume
     for name in ("a", "b"):  # 24 kB each: one a volume
         torch.save(_checkpoint(torch.rand(6_000), step=3), cache / f"{name}.pt")
-    names = archive.pack(tmp_path / "s.tgz", 0.0, tmp_path / "results", cache)
+    names = packing.pack(tmp_path / "s.tgz", 0.0, tmp_path / "results", cache)
     assert sorted(names) == ["checkpoints/a.pt", "checkpoints/b.pt"] and "large.pt" in capsys.readouterr().err
     volumes = [tmp_path / "s.tgz", tmp_path / "s-2.tgz"]
     assert all(v.exists() for v in volumes) and not (tmp_path / "s-3.tgz").exists()
-    assert [archive.volume_label(v) for v in volumes] == [(1, 2), (2, 2)]
+    assert [packing.volume_label(v) for v in volumes] == [(1, 2), (2, 2)]
     (tmp_path / "here" / "results").mkdir(parents=True)
     carried = tmp_path / "carried"  # the first volume alone came back (the second left out of the machine's reply)
     carried.mkdir()
@@ -471,17 +471,17 @@ def test_pack_splits_into_volumes_a_lent_machine_returns_and_leaves_out_what_fit
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "here" / "results" / "checkpoints").glob("*.pt")) == ["a.pt", "b.pt"]
     (cache / "b.pt").unlink()  # the next pack to the same name needs one volume: no stale second volume stays
-    assert archive.pack(tmp_path / "s.tgz", 0.0, tmp_path / "results", cache) == ["checkpoints/a.pt"]
+    assert packing.pack(tmp_path / "s.tgz", 0.0, tmp_path / "results", cache) == ["checkpoints/a.pt"]
     assert not (tmp_path / "s-2.tgz").exists()
 
 
 def test_pack_carries_optimiser_states_only_where_room_remains(tmp_path: Path, monkeypatch):
     """Every checkpoint goes in weights only first (a finished one is never pushed out); then unfinished ones
     take their AdamW state, smallest first, while a volume has room for it."""
-    from membench import archive
+    from membench import packing
 
-    monkeypatch.setattr(archive, "CARRY_LIMIT_MB", 0.27)  # one volume of 283 kB less 64 kB of headroom: 217 kB
-    monkeypatch.setattr(archive, "MAX_VOLUMES", 1)
+    monkeypatch.setattr(packing, "CARRY_LIMIT_MB", 0.27)  # one volume of 283 kB less 64 kB of headroom: 217 kB
+    monkeypatch.setattr(packing, "MAX_VOLUMES", 1)
     cache = tmp_path / "cache"
     cache.mkdir()
 
@@ -494,14 +494,14 @@ def test_pack_carries_optimiser_states_only_where_room_remains(tmp_path: Path, m
     for name in ("a", "b"):  # 24 kB of weights (and 5 kB of generator state), 72 kB with AdamW's state
         torch.save(unfinished(6_000), cache / f"{name}.pt")
     torch.save(_checkpoint(torch.rand(20_000), step=10) | {"config": {"steps": 10}}, cache / "done.pt")  # 80 kB
-    names = archive.pack(tmp_path / "s.tgz", 0.0, tmp_path / "results", cache)
+    names = packing.pack(tmp_path / "s.tgz", 0.0, tmp_path / "results", cache)
     assert sorted(names) == ["checkpoints/a.pt", "checkpoints/b.pt", "checkpoints/done.pt"]
     with tarfile.open(tmp_path / "s.tgz") as tar:
         packed = {m.name: torch.load(tar.extractfile(m), weights_only=True) for m in tar.getmembers()}
     assert sorted("optimizer" in c for c in packed.values()) == [False, False, True]  # room for one state only
     assert "optimizer" not in packed["checkpoints/done.pt"]
-    monkeypatch.setattr(archive, "MAX_VOLUMES", 2)  # a second volume may open for a state the first has no room for
-    names = archive.pack(tmp_path / "s.tgz", 0.0, tmp_path / "results", cache)
+    monkeypatch.setattr(packing, "MAX_VOLUMES", 2)  # a second volume may open for a state the first has no room for
+    names = packing.pack(tmp_path / "s.tgz", 0.0, tmp_path / "results", cache)
     packed = {}
     for volume in (tmp_path / "s.tgz", tmp_path / "s-2.tgz"):
         with tarfile.open(volume) as tar:
