@@ -4,7 +4,7 @@ Times `Stepper.step` (forward, second-order backward, clipping, AdamW; a CUDA gr
 with --cuda-graph; the compiled meta-loss where the preset or --compile says so) on the
 Table 1 task at each N given, or at each point of a Figure 3 rate sweep (on its images), after warm-up
 updates (compiling happens there), on pre-sampled batches (sampling is left out: on CUDA,
-training draws the next batch on a worker thread while an update runs, `training.EpisodeStream`;
+training draws the next batch on a worker thread while an update runs, `episode_stream.EpisodeStream`;
 on a CPU it adds its own time, e.g. a few ms to the quick preset's update; so is a model's
 `after_update`, e.g. EBMM's `centre_tracking` pass of the encoder). CUDA timings synchronise before and after each
 timed round. With several rounds the rows are

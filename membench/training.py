@@ -40,7 +40,6 @@ import math
 import signal
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -48,12 +47,13 @@ from typing import Any, Iterator
 import torch
 
 from membench.checkpoints import load_checkpoint, save_checkpoint
+from membench.episode_stream import EpisodeStream
 from membench.errors import CheckpointBusy, TrainingDiverged, TrainingInterrupted
 from membench.interface import AssociativeMemory, TrainConfig
 from membench.provenance import device_name, git_state
 from membench.stepper import Stepper
 from membench.store import file_lock, remove_orphans, warn
-from membench.tasks import Episodes, Task, global_generators, set_global_generators
+from membench.tasks import Task, global_generators, set_global_generators
 
 TRAIN_STREAM = 7919  # offset of the training generator's seed from the run seed
 INIT_STREAM = 6007  # offset of the seed of the batch a fresh model's `initialise` sees
@@ -100,55 +100,6 @@ def _deferred_interrupt() -> Iterator[list[bool]]:
     if flag[0]:
         raise TrainingInterrupted("interrupted as meta-training ended, its checkpoint written; rerun the same command "
                                   "to continue")
-
-
-class EpisodeStream:
-    """The training batches, step by step, all drawn from `generator`: the step's N (mixed-N presets, over a
-    curriculum), then `config.batch_size` episodes of the train split.
-
-    With `ahead` (on CUDA), the next step's batch is drawn on a worker thread while the device runs this
-    one, into pinned memory (so that its copy to the device need not wait for the update before it): the
-    CPU's sampling would otherwise hold up every update. The batches are the same either way, and
-    `generator_state` is the state before the first batch not yet taken, so a checkpoint resumes exactly.
-    """
-
-    def __init__(self, task: Task, config: TrainConfig, generator: torch.Generator, ahead: bool):
-        self.task, self.config, self.generator = task, config, generator
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="episodes") if ahead else None
-        self._pin = ahead and torch.cuda.is_available()
-        self._next: Future | None = None
-        self._state = generator.get_state()  # before the first batch not yet taken
-
-    def _draw(self, step: int) -> tuple[Task, Episodes]:
-        step_task = self.task
-        if self.config.num_patterns:
-            choices = self.config.num_patterns
-            if step < self.config.curriculum_steps:
-                choices = sorted(choices)[:1 + len(choices) * step // self.config.curriculum_steps]
-            choice = torch.randint(len(choices), (1,), generator=self.generator).item()
-            step_task = self.task.with_num_patterns(choices[choice])
-        episodes = step_task.sample(self.config.batch_size, self.generator, split="train")
-        return step_task, episodes.pinned() if self._pin else episodes
-
-    def take(self, step: int) -> tuple[Task, Episodes]:
-        """The task (its N) and the CPU batch of update `step` (0-based); call with consecutive steps."""
-        if self._pool is None:
-            drawn = self._draw(step)
-        else:
-            drawn = (self._next or self._pool.submit(self._draw, step)).result()
-            self._next = None
-        if self._pool is not None:  # the state before the batch about to be drawn ahead
-            self._state = self.generator.get_state()
-            if step + 1 < self.config.steps:
-                self._next = self._pool.submit(self._draw, step + 1)
-        return drawn
-
-    def generator_state(self) -> torch.Tensor:
-        return self.generator.get_state() if self._pool is None else self._state
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 class CollapseGuard:

@@ -22,7 +22,8 @@ from membench.build import build_model
 from membench.suites import get_suite
 from membench.tasks import BinaryTask
 from membench.stepper import Stepper
-from membench.training import EpisodeStream, TrainConfig, learning_rate, meta_train
+from membench.episode_stream import EpisodeStream
+from membench.training import TrainConfig, learning_rate, meta_train
 from tests.conftest import exited_cleanly, records_in
 
 TINY_MODEL = textwrap.dedent('''
