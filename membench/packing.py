@@ -55,7 +55,7 @@ def pack(archive: Path, since: float, results_dir: Path, checkpoint_dir: Path) -
     shipped in results_dir/checkpoints (`checkpoints.portable`: weights only once finished, smallest first) into `archive` (.tar.gz) and, where they
     do not fit in CARRY_LIMIT_MB, further volumes (`volume_path`), at most MAX_VOLUMES in all: what a lent
     machine returns. Unfinished checkpoints then take their AdamW state where a volume has room (or a further
-    volume may open). A checkpoint that fits nowhere is left out, warned, and so is a record that cannot be read
+    volume may open; one left without it is warned about). A checkpoint that fits nowhere is left out, warned, and so is a record that cannot be read
     (`unpack` would refuse the whole archive for it). Returns the member names."""
     results_dir, checkpoint_dir = Path(results_dir), Path(checkpoint_dir)
     members: dict[str, bytes] = {}
@@ -103,6 +103,9 @@ def pack(archive: Path, since: float, results_dir: Path, checkpoint_dir: Path) -
         if home is not None and room:
             del home[name]
             room[0][name] = data
+        elif home is not None:
+            warn(f"{name} travels in {archive} as weights only: no volume has room for its AdamW state "
+                 f"({len(data) / 2**20:.1f} MB with it), so the next machine resumes it with a fresh optimiser")
 
     def writer(volume: dict[str, bytes], label: str):
         def write(handle) -> None:

@@ -475,9 +475,9 @@ def test_pack_splits_into_volumes_a_lent_machine_returns_and_leaves_out_what_fit
     assert not (tmp_path / "s-2.tgz").exists()
 
 
-def test_pack_carries_optimiser_states_only_where_room_remains(tmp_path: Path, monkeypatch):
+def test_pack_carries_optimiser_states_only_where_room_remains(tmp_path: Path, monkeypatch, capsys):
     """Every checkpoint goes in weights only first (a finished one is never pushed out); then unfinished ones
-    take their AdamW state, smallest first, while a volume has room for it."""
+    take their AdamW state, smallest first, while a volume has room for it (one without room is named)."""
     from membench import packing
 
     monkeypatch.setattr(packing, "CARRY_LIMIT_MB", 0.27)  # one volume of 283 kB less 64 kB of headroom: 217 kB
@@ -500,6 +500,9 @@ def test_pack_carries_optimiser_states_only_where_room_remains(tmp_path: Path, m
         packed = {m.name: torch.load(tar.extractfile(m), weights_only=True) for m in tar.getmembers()}
     assert sorted("optimizer" in c for c in packed.values()) == [False, False, True]  # room for one state only
     assert "optimizer" not in packed["checkpoints/done.pt"]
+    without = next(name for name, c in packed.items() if name != "checkpoints/done.pt" and "optimizer" not in c)
+    assert f"{without} travels in {tmp_path / 's.tgz'} as weights only: no volume has room for its AdamW state" in (
+        capsys.readouterr().err)
     monkeypatch.setattr(packing, "MAX_VOLUMES", 2)  # a second volume may open for a state the first has no room for
     names = packing.pack(tmp_path / "s.tgz", 0.0, tmp_path / "results", cache)
     packed = {}
