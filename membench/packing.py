@@ -52,11 +52,12 @@ def volume_label(archive: Path) -> tuple[int, int] | None:
 def pack(archive: Path, since: float, results_dir: Path, checkpoint_dir: Path) -> list[str]:
     """Write the files under `results_dir` modified since `since` (seconds since the epoch; results/checkpoints
     aside) and the checkpoints (*.pt) of `checkpoint_dir` modified since then and trained further than the one
-    shipped in results_dir/checkpoints (`checkpoints.portable`: weights only once finished, smallest first) into `archive` (.tar.gz) and, where they
-    do not fit in CARRY_LIMIT_MB, further volumes (`volume_path`), at most MAX_VOLUMES in all: what a lent
-    machine returns. Unfinished checkpoints then take their AdamW state where a volume has room (or a further
-    volume may open; one left without it is warned about). A checkpoint that fits nowhere is left out, warned, and so is a record that cannot be read
-    (`unpack` would refuse the whole archive for it). Returns the member names."""
+    shipped in results_dir/checkpoints (`checkpoints.portable`: weights only once finished, smallest first) into
+    `archive` (.tar.gz) and, where they do not fit in CARRY_LIMIT_MB, further volumes (`volume_path`), at most
+    MAX_VOLUMES in all: what a lent machine returns. Unfinished checkpoints then take their AdamW state where a
+    volume has room (or a further volume may open; one left without it is warned about). A checkpoint that fits
+    nowhere is left out, warned, and so is a record that cannot be read (`unpack` would refuse the whole archive
+    for it). Returns the member names."""
     results_dir, checkpoint_dir = Path(results_dir), Path(checkpoint_dir)
     members: dict[str, bytes] = {}
     for path in sorted(results_dir.rglob("*")):
