@@ -55,15 +55,23 @@ def _checked_members(tar: tarfile.TarFile, archive: Path) -> list[tarfile.TarInf
     return files
 
 
+UNREADABLE_ARCHIVE = (tarfile.TarError, EOFError, OSError, UnicodeDecodeError)  # what reading a damaged one raises
+
+
+def unreadable_archive(archive: Path, exc: BaseException) -> MembenchError:
+    """The one-line error for an archive that cannot be read, and its fix."""
+    return MembenchError(f"{archive} is not a readable session archive ({type(exc).__name__}: {exc}); carry it back "
+                         "again or run `membench pack` on the machine that made it")
+
+
 def read_archive(archive: Path) -> tuple[dict[str, bytes], dict[str, dict]]:
     """(member name -> bytes, member name -> record of each run record), every member and record checked;
     MembenchError naming the archive and member otherwise. `unpack` writes nothing before this passes."""
     try:
         with tarfile.open(archive, mode="r:gz") as tar:
             contents = {m.name: tar.extractfile(m).read() for m in _checked_members(tar, archive)}
-    except (tarfile.TarError, EOFError, OSError, UnicodeDecodeError) as exc:
-        raise MembenchError(f"{archive} is not a readable session archive ({type(exc).__name__}: {exc}); "
-                            f"carry it back again or run `membench pack` on the machine that made it") from None
+    except UNREADABLE_ARCHIVE as exc:
+        raise unreadable_archive(archive, exc) from None
     try:
         records = {name: parse_record(data, f"{archive}: member {name}") for name, data in contents.items()
                    if is_record(name)}

@@ -111,7 +111,7 @@ def portable(state: Any, model_name: str) -> Any:
     if named or (dataclasses.is_dataclass(state) and not isinstance(state, type)):
         cls = type(state)
         try:
-            found = functools.reduce(getattr, cls.__qualname__.split("."), importlib.import_module(cls.__module__))
+            found = _named_class(cls.__module__, cls.__qualname__)
         except Exception:  # noqa: BLE001 (whatever importing or looking it up raises: not found)
             found = None
         if found is not cls:
@@ -129,10 +129,15 @@ def portable(state: Any, model_name: str) -> Any:
     return state
 
 
+def _named_class(module: str, qualname: str) -> type:
+    """The class `module`.`qualname` names (raises what importing or looking it up raises)."""
+    return functools.reduce(getattr, qualname.split("."), importlib.import_module(module))
+
+
 def _rebuilt(state: Any) -> Any:
     """`portable`'s inverse, in the child: each class imported by name, its instance made without its code."""
     if isinstance(state, _Instance):
-        cls = functools.reduce(getattr, state.qualname.split("."), importlib.import_module(state.module))
+        cls = _named_class(state.module, state.qualname)
         if isinstance(state.items, list):
             return tuple.__new__(cls, [_rebuilt(item) for item in state.items])
         instance = object.__new__(cls)

@@ -18,7 +18,7 @@ import io
 import tarfile
 from pathlib import Path, PurePosixPath
 
-from membench.archive import CHECKPOINTS, RESULTS, is_record
+from membench.archive import CHECKPOINTS, RESULTS, UNREADABLE_ARCHIVE, is_record, unreadable_archive
 from membench.checkpoints import portable, readable_checkpoint, saved_bytes, weights_only
 from membench.errors import MembenchError
 from membench.records import parse_record
@@ -42,9 +42,8 @@ def volume_label(archive: Path) -> tuple[int, int] | None:
     try:
         with tarfile.open(archive, mode="r:gz") as tar:
             label = tar.pax_headers.get(VOLUME_HEADER)
-    except (tarfile.TarError, EOFError, OSError) as exc:
-        raise MembenchError(f"{archive} is not a readable session archive ({type(exc).__name__}: {exc}); carry it "
-                            "back again or run `membench pack` on the machine that made it") from None
+    except UNREADABLE_ARCHIVE as exc:
+        raise unreadable_archive(archive, exc) from None
     number, _, count = (label or "").partition("/")
     return (int(number), int(count)) if number.isdigit() and count.isdigit() else None
 

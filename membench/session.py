@@ -14,13 +14,13 @@ import shlex
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Iterator, Sequence
 
 from membench.packing import pack
 from membench.errors import EXIT_INTERRUPTED, EXIT_PAUSED, MembenchError
+from membench.signals import routed
 from membench.store import warn
 
 LOG_LINES = 12  # of a run's log printed at the session's end (the logs stay on the lent machine)
@@ -94,16 +94,8 @@ def _interrupts_held() -> Iterator[list[int]]:
     """While inside (packing: the session's archive must be written whole), Ctrl-C and SIGTERM are only noted in
     the yielded list, for the caller to act on after; off the main thread nothing changes."""
     arrived: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
+    with routed(lambda signum, frame: arrived.append(signum)):
         yield arrived
-        return
-    previous = {number: signal.signal(number, lambda signum, frame: arrived.append(signum))
-                for number in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield arrived
-    finally:
-        for number, action in previous.items():
-            signal.signal(number, action)
 
 
 def check_outs(runs: Sequence[str], results_dir: Path) -> None:

@@ -19,13 +19,17 @@ from membench.suites import SUITES
 def deleted_results(root: Path) -> list[str]:
     """The files git holds under `root`/results that are deleted from its working tree (as a set-aside leaves
     them until `git checkout -- results`); none where `root` is no git checkout."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
     try:
-        listed = subprocess.run(["git", "ls-files", "-z", "--deleted", "--", RESULTS], cwd=root, env=env,
-                                capture_output=True, text=True, check=True).stdout
+        return _git(root, "ls-files", "-z", "--deleted", "--", RESULTS).split("\0")[:-1]
     except (OSError, subprocess.CalledProcessError):
         return []
-    return listed.split("\0")[:-1]
+
+
+def _git(root: Path, *args: str) -> str:
+    """The output of `git ARGS` in `root`, whatever GIT_* variables this process was given (CalledProcessError
+    where it fails, OSError without git)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    return subprocess.run(["git", *args], cwd=root, env=env, capture_output=True, text=True, check=True).stdout
 
 
 def set_aside(root: Path, keep: Sequence[str]) -> tuple[list[Path], int]:
@@ -42,12 +46,9 @@ def set_aside(root: Path, keep: Sequence[str]) -> tuple[list[Path], int]:
     if not (root / RESULTS).is_dir():
         raise MembenchError(f"{root} has no {RESULTS}/ folder: give --root the membench checkout a lent machine "
                             "copies")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
     try:
-        changed = subprocess.run(["git", "status", "--porcelain", "--", RESULTS], cwd=root, env=env,
-                                 capture_output=True, text=True, check=True).stdout
-        tracked = subprocess.run(["git", "ls-files", "-z", "--", RESULTS], cwd=root, env=env,
-                                 capture_output=True, text=True, check=True).stdout.split("\0")[:-1]
+        changed = _git(root, "status", "--porcelain", "--", RESULTS)
+        tracked = _git(root, "ls-files", "-z", "--", RESULTS).split("\0")[:-1]
     except (OSError, subprocess.CalledProcessError) as exc:
         raise MembenchError(f"{root} is not a git checkout git can read ({exc}); run set-aside in the checkout "
                             f"a lent machine copies") from None

@@ -37,8 +37,6 @@ import collections
 import contextlib
 import dataclasses
 import math
-import signal
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +49,7 @@ from membench.episode_stream import EpisodeStream
 from membench.errors import CheckpointBusy, TrainingDiverged, TrainingInterrupted
 from membench.interface import AssociativeMemory, TrainConfig
 from membench.provenance import device_name, git_state
+from membench.signals import routed
 from membench.stepper import Stepper
 from membench.store import file_lock, remove_orphans, warn
 from membench.tasks import Task, global_generators, set_global_generators
@@ -82,21 +81,14 @@ def _deferred_interrupt() -> Iterator[list[bool]]:
     raises TrainingInterrupted on leaving (training's result is checkpointed by then). Off the main thread
     (where signals cannot be caught) the flag never rises."""
     flag = [False]
-    if threading.current_thread() is not threading.main_thread():
-        yield flag
-        return
 
     def handler(signum, frame):
         if flag[0]:
             raise KeyboardInterrupt
         flag[0] = True
 
-    previous = {number: signal.signal(number, handler) for number in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with routed(handler):
         yield flag
-    finally:
-        for number, action in previous.items():
-            signal.signal(number, action)
     if flag[0]:
         raise TrainingInterrupted("interrupted as meta-training ended, its checkpoint written; rerun the same command "
                                   "to continue")
