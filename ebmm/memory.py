@@ -17,23 +17,11 @@ divided by N^p with p fixed (`write_norm_power`) or meta-learned (`learn_write_n
 
 Each learning rate is softplus of a learned value, one per step, writable tensor and
 loss term; the paper's alpha and beta are the ratios of these rates, so they are not
-separate parameters. With `elementwise_write_lr` (ours) each step's update is further scaled
-entry by entry, by exp of a learned tensor the shape of the writable one (Meta-SGD's rates). With
-`n_scaled_rates` (ours) each rate is also multiplied by (N / 64) ** q, q learned per rate from 0. With
-`precondition_write` (ours; the gated RNN) each step's update of the memory layer [W b] is right-multiplied by
-(A^T A / N + lambda I)^-1, A the stored patterns' inputs to that layer: since the layer's writing gradient is
-a sum of outer products delta_i a_i^T, this decorrelates them across the patterns (a pseudo-inverse-like
-write where the plain gradient step is Hebbian-like), lambda learned. With `contrast_steps` (ours; the gated RNN)
-the write also raises the energy at negatives n_i: pattern i with a fixed random share of its entries erased,
-moved by the first `contrast_steps` steps of the model's own read (Hopfield et al.'s unlearning of spurious
-states, contrastive divergence's negative phase; where n_i reads back to x_i the two terms pull against each
-other). With `denoise_steps` (ours; the gated RNN) the write also descends the step-wise reconstruction loss of
-the model's own first `denoise_steps` read steps from e_i, pattern i with a fixed random share of its entries
-erased (other masks at every write step unless N is a multiple of 128): the loss the read is scored on, through
-the read (autograd inside the write: such a meta-loss does not compile).
+separate parameters. The write's extensions marked "(ours)" in `EBMMConfig` (elementwise and
+N-scaled rates, the preconditioned write, the contrastive and denoising terms) are described there.
 Read (App. A): K steps of projected gradient descent on E(x) with
-Nesterov momentum and non-increasing learned step sizes and momentum rates; with `read_known=False`
-(ours) only the entries a query marks unknown move, where the task says the others are the pattern's.
+Nesterov momentum and non-increasing learned step sizes and momentum rates (`read_known=False`, ours:
+only the entries a query marks unknown move).
 Meta-training backpropagates the step-wise reconstruction loss (or, `stepwise_loss=False`, the last
 iterate's alone) through read and write.
 All inner loops run on a batch of B episodes at once. An energy with a `grads` method
