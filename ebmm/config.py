@@ -44,6 +44,8 @@ class EBMMConfig:
     #   (results/diagnostics/ebmm-images)
     linear_memory: bool = False   # (ours) the memory units skip their nonlinearity, so they cannot saturate or
     #   die: the hop's tanh (gated_rnn, resnet_fc), the ReLU after the bottleneck's 3x3 conv (resnet_conv)
+    signed_input: bool = True     # gated_rnn (ours): every layer reads x as 2x - 1, an erased 0.5 as 0, so the
+    #   memory's writing gradients are centred outer products; False: x in [0, 1] as given (the paper does not say)
     init_gain: float = 1.0        # gated_rnn: its layers start normal with std init_gain / sqrt(fan_in); 1: gain of
     #   a linear layer; sqrt(2): He et al.'s for ReLU, what App. D's "He init" may mean, worse at every N on the
     #   quick preset (results/diagnostics/ebmm-recipes)
@@ -102,7 +104,7 @@ class EBMMConfig:
             raise MembenchError(f"unknown energy '{self.energy}'; valid: gated_rnn (flat patterns), resnet_fc and "
                                 "resnet_conv (images)")
         object.__setattr__(self, "channels", tuple(self.channels))
-        for name, off in (("init_gain", 1.0), ("precondition_write", None), ("contrast_steps", None),
+        for name, off in (("init_gain", 1.0), ("signed_input", True), ("precondition_write", None), ("contrast_steps", None),
                           ("denoise_steps", None)):
             if getattr(self, name) != off and self.energy != "gated_rnn":
                 raise MembenchError(f"{name} applies to the gated_rnn energy only, not {self.energy}; drop the option")
@@ -214,7 +216,7 @@ def build_energy(spec: TaskSpec, config: EBMMConfig) -> nn.Module:
             raise MembenchError("centre_memory=True applies to the image energies (resnet_fc, resnet_conv), not "
                                 "gated_rnn; drop the option")
         return GatedRNNEnergy(spec.pattern_size, config.memory_size, config.hidden, config.hops, config.linear_memory,
-                              config.init_gain)
+                              config.init_gain, config.signed_input)
     if len(shape) != 3:
         raise MembenchError(f"energy '{config.energy}' takes images (C, H, W), got {shape}")
     if config.energy == "resnet_fc":

@@ -1,6 +1,6 @@
 """Gated-RNN energy network for binary strings (EBMM paper, App. B.1).
 
-    s_0 = 0, x̂ = 2x - 1                      # ±1 coding: an erased 0.5 enters as 0
+    s_0 = 0, x̂ = 2x - 1                      # ±1 coding (ours): an erased 0.5 enters as 0
     for each of `hops` hops:
         z = [x̂, s]
         c = tanh([memory(x̂), static(z)])     # memory: Linear(D -> d), writable
@@ -11,6 +11,10 @@
 Only `memory` (weight d x D and bias d) is writable: with D = 128 and d = 64 it holds
 64 * 128 + 64 = 8256 float32 values, the Table 1 budget. Everything else is static
 (meta-learned, shared by all episodes). `hidden` is the paper's 1024 by default.
+
+The ±1 coding (`signed_input=True`, ours; the paper does not say how x enters) makes each writing gradient
+of the memory a centred outer product: two random patterns' inputs overlap by 0 ± 11 of 128, where as {0, 1}
+(`signed_input=False`, x̂ = x) they share about 32 (results/diagnostics/ebmm-recipes has both trained).
 
 Linear memory units (`linear_memory=True`, ours, not the paper's): c = [memory(x̂), tanh(static(z))],
 the d memory units without the tanh (as the image energy's option). On Table 1's task it trains
@@ -39,7 +43,7 @@ class GatedRNNEnergy(nn.Module):
     writable_names: tuple[str, ...] = ("memory.weight", "memory.bias")
 
     def __init__(self, dim: int = 128, memory_size: int = 64, hidden: int = 1024, hops: int = 5,
-                 linear_memory: bool = False, init_gain: float = 1.0):
+                 linear_memory: bool = False, init_gain: float = 1.0, signed_input: bool = True):
         super().__init__()
         if not 0 < memory_size < hidden:
             raise MembenchError(f"ebmm: memory_size={memory_size} must lie in (0, hidden={hidden}), the memory's units "
@@ -48,6 +52,7 @@ class GatedRNNEnergy(nn.Module):
             raise MembenchError(f"hops={hops} must be positive")
         self.dim, self.hidden, self.hops = dim, hidden, hops
         self.linear_memory = linear_memory  # the d memory units enter the candidate without the tanh
+        self.scale, self.offset = (2.0, 1.0) if signed_input else (1.0, 0.0)  # x̂ = scale * x - offset
         self.memory = nn.Linear(dim, memory_size)                    # writable
         self.static = nn.Linear(dim + hidden, hidden - memory_size)  # static from here on
         self.gate = nn.Linear(dim + hidden, hidden)
@@ -68,7 +73,11 @@ class GatedRNNEnergy(nn.Module):
 
         Independent of the writable tensors: a write computes it once for all its steps."""
         assert x.shape[-1] == self.dim, f"expected patterns of size {self.dim}, got shape {tuple(x.shape)}"
-        return F.linear(2 * x - 1, self._stacked()[:, :self.dim], torch.cat([self.static.bias, self.gate.bias]))
+        return F.linear(self.coded(x), self._stacked()[:, :self.dim], torch.cat([self.static.bias, self.gate.bias]))
+
+    def coded(self, x: torch.Tensor) -> torch.Tensor:
+        """x in [0, 1] -> x̂, what every layer reads of it: 2x - 1 (signed_input, an erased 0.5 as 0) or x."""
+        return self.scale * x - self.offset
 
     def _hops(self, written: torch.Tensor, projected: torch.Tensor) -> tuple[torch.Tensor, list[Hop]]:
         """written (..., M, d), projected (..., M, 2 hidden - d) -> final state (..., M, hidden), per-hop values."""
@@ -100,8 +109,8 @@ class GatedRNNEnergy(nn.Module):
 
     def write_preconditioner(self, x: torch.Tensor, damping: torch.Tensor) -> torch.Tensor:
         """(A^T A / N + damping I)^-1 (B, D + 1, D + 1) for the stored patterns x (B, N, D): A (B, N, D + 1) is
-        what the memory layer reads of each, 2x - 1 with a 1 appended for its bias."""
-        inputs = F.pad(2 * x - 1, (0, 1), value=1.0)
+        what the memory layer reads of each, x̂ (`coded`) with a 1 appended for its bias."""
+        inputs = F.pad(self.coded(x), (0, 1), value=1.0)
         eye = torch.eye(self.dim + 1, dtype=x.dtype, device=x.device)
         # inv_ex: no check of the result on the host (damping > 0 keeps it invertible), so a CUDA graph can hold it
         return torch.linalg.inv_ex(inputs.transpose(1, 2) @ inputs / x.shape[1] + damping * eye).inverse
@@ -114,7 +123,7 @@ class GatedRNNEnergy(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (M, D) -> energies (M,), with this module's own writable tensors."""
-        written = self.memory(2 * x - 1)  # ±1 coding (erased 0.5 -> 0): writing gradients are centred outer products
+        written = self.memory(self.coded(x))
         state, _ = self._hops(written, self.project(x))
         return self.readout(state).squeeze(-1)
 
@@ -142,24 +151,24 @@ class GatedRNNEnergy(nn.Module):
 
     def _episodes_backward(self, writable: dict[str, torch.Tensor], x: torch.Tensor, projected: torch.Tensor | None
                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[Hop], list[torch.Tensor]]:
-        """B episodes' writable tensors and x (B, M, D) -> 2x - 1 and `_backward` of their written values."""
+        """B episodes' writable tensors and x (B, M, D) -> x̂ (`coded`) and `_backward` of their written values."""
         weight, bias = writable["memory.weight"], writable["memory.bias"]
         assert x.dim() == 3 and weight.shape == (x.shape[0], weight.shape[1], self.dim), (
             f"x (B, M, {self.dim}) and memory.weight (B, d, {self.dim}) expected, got {tuple(x.shape)}, "
             f"{tuple(weight.shape)}")
         assert bias.shape == weight.shape[:2], (
             f"memory.bias (B, d) = {tuple(weight.shape[:2])} expected, got {tuple(bias.shape)}")
-        signed = 2 * x - 1
+        signed = self.coded(x)
         written = torch.baddbmm(bias.unsqueeze(1), signed, weight.transpose(1, 2))  # (B, M, d)
         return (signed, *self._backward(written, self.project(x) if projected is None else projected))
 
     def _grad_x(self, d_written: torch.Tensor, d_projected: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """grad_x E (B, M, D) from dE/d written and dE/d projected (x enters both as 2x - 1)."""
-        return 2 * (torch.bmm(d_written, weight) + d_projected @ self._stacked()[:, :self.dim])
+        """grad_x E (B, M, D) from dE/d written and dE/d projected (x enters both as x̂ = scale * x - offset)."""
+        return self.scale * (torch.bmm(d_written, weight) + d_projected @ self._stacked()[:, :self.dim])
 
     @staticmethod
     def _writable_grads(d_written: torch.Tensor, signed: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Gradients of sum_i E(x_i) for the writable tensors from dE/d written (B, M, d) and 2x - 1 (B, M, D)."""
+        """Gradients of sum_i E(x_i) for the writable tensors from dE/d written (B, M, d) and x̂ (B, M, D)."""
         return {"memory.weight": torch.bmm(d_written.transpose(1, 2), signed), "memory.bias": d_written.sum(1)}
 
     def grads(self, writable: dict[str, torch.Tensor], x: torch.Tensor, projected: torch.Tensor | None = None,
@@ -191,7 +200,8 @@ class GatedRNNEnergy(nn.Module):
         along = self._grad_x(d_written, d_projected, weight)  # g (B, M, D)
         d = d_written.shape[-1]
         split = self.hidden - d
-        t_written, t_projected = 2 * torch.bmm(along, weight.transpose(1, 2)), 2 * along @ x_weight.T
+        t_written = self.scale * torch.bmm(along, weight.transpose(1, 2))
+        t_projected = self.scale * along @ x_weight.T
         t_hops, t_state = [], None  # forward: tangents of candidate and update per hop
         for candidate, update, previous in hops:
             t_mixed = t_projected if t_state is None else t_projected + t_state @ recurrent.T
@@ -221,6 +231,6 @@ class GatedRNNEnergy(nn.Module):
                 t_d_state = base + t_d_mixed @ recurrent
         energy = self._writable_grads(d_written, signed)
         norm = {"memory.weight": 2 * (torch.bmm(t_d_written.transpose(1, 2), signed)
-                                      + 2 * torch.bmm(d_written.transpose(1, 2), along)),
+                                      + self.scale * torch.bmm(d_written.transpose(1, 2), along)),
                 "memory.bias": 2 * t_d_written.sum(1)}
         return energy, norm

@@ -130,7 +130,7 @@ def test_batched_inner_loops_match_plain_autograd_loops(elementwise: bool):
 
 def literal_gated_rnn(energy, x: torch.Tensor) -> torch.Tensor:
     """The App. B.1 recurrence exactly as its docstring writes it: x (M, D) -> (M,)."""
-    x = 2 * x - 1
+    x = 2 * x - 1 if energy.scale == 2 else x  # signed_input (ours, the default): ±1 coding
     state = x.new_zeros(x.shape[0], energy.hidden)
     for _ in range(energy.hops):
         z = torch.cat([x, state], dim=-1)
@@ -143,10 +143,10 @@ def literal_gated_rnn(energy, x: torch.Tensor) -> torch.Tensor:
     return energy.readout(state).squeeze(-1)
 
 
-@pytest.mark.parametrize("linear_memory", [False, True])
+@pytest.mark.parametrize("linear_memory, signed_input", [(False, True), (True, True), (False, False)])
 @pytest.mark.parametrize("hops", [1, 3])
-def test_gated_rnn_energy_is_the_literal_recurrence(hops: int, linear_memory: bool):
-    model, task = small_model(hops=hops, linear_memory=linear_memory)
+def test_gated_rnn_energy_is_the_literal_recurrence(hops: int, linear_memory: bool, signed_input: bool):
+    model, task = small_model(hops=hops, linear_memory=linear_memory, signed_input=signed_input)
     with torch.no_grad():  # nonzero biases, so hoisting the x-halves out of the hops is tested too
         for layer in (model.energy.memory, model.energy.static, model.energy.gate):
             layer.bias.normal_()
@@ -154,12 +154,12 @@ def test_gated_rnn_energy_is_the_literal_recurrence(hops: int, linear_memory: bo
     torch.testing.assert_close(model.energy(x), literal_gated_rnn(model.energy, x), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("linear_memory", [False, True])
+@pytest.mark.parametrize("linear_memory, signed_input", [(False, True), (True, True), (False, False)])
 @pytest.mark.parametrize("hops", [1, 2, 3])
-def test_closed_form_gradients_are_autograds(hops: int, linear_memory: bool):
+def test_closed_form_gradients_are_autograds(hops: int, linear_memory: bool, signed_input: bool):
     """GatedRNNEnergy.grads (the backward written out) and grad_norm_grads (its derivative along grad_x E,
-    written out) equal autograd, per episode, in float64, with tanh or linear memory units."""
-    model, task = small_model(hops=hops, linear_memory=linear_memory)
+    written out) equal autograd, per episode, in float64, with tanh or linear memory units, x coded ±1 or not."""
+    model, task = small_model(hops=hops, linear_memory=linear_memory, signed_input=signed_input)
     energy = model.energy.double()
     with torch.no_grad():
         for layer in (energy.memory, energy.static, energy.gate):
@@ -303,6 +303,33 @@ def test_init_gain_scales_the_gated_rnns_initial_weights_and_leaves_the_default_
     assert key({}) == key({"init_gain": 1.0}) != key({"init_gain": 2.0})
     with pytest.raises(MembenchError, match="init_gain applies to the gated_rnn energy only, not resnet_fc"):
         EBMMConfig(energy="resnet_fc", init_gain=2.0)
+
+
+def test_signed_input_off_reads_x_as_given_and_leaves_the_default_key_alone():
+    """signed_input=False: the gated RNN's layers read x in [0, 1] itself, so an erased entry (0.5) and a 1
+    enter as they are (with it on, as 0 and 1 from 2x - 1); the same weights give other energies; the default's
+    checkpoint key is the one without the field; the image energies refuse it."""
+    from membench.build import build_model
+    from membench.run_identity import checkpoint_key
+    from membench.run_spec import RunSpec
+
+    signed, task = small_model()
+    plain, _ = small_model(signed_input=False)
+    plain.load_state_dict(signed.state_dict())
+    x = torch.tensor([[0.0, 0.5, 1.0] * 4 + [1.0] * (task.spec.pattern_size - 12)])
+    torch.testing.assert_close(plain.energy.coded(x), x, rtol=0, atol=0)
+    torch.testing.assert_close(signed.energy.coded(x), 2 * x - 1, rtol=0, atol=0)
+    assert not torch.allclose(plain.energy(x), signed.energy(x))
+    spec = RunSpec(suite="table1-learned", model="ebmm", task=BinaryTask(16).config(), budget=TABLE1_BUDGET,
+                   seed=0, queries=16)
+
+    def key(options: dict) -> str:
+        run = dataclasses.replace(spec, options=options)
+        return checkpoint_key(run, build_model(run, BinaryTask(16)), BinaryTask(16))
+
+    assert key({}) == key({"signed_input": True}) != key({"signed_input": False})
+    with pytest.raises(MembenchError, match="signed_input applies to the gated_rnn energy only, not resnet_conv"):
+        EBMMConfig(energy="resnet_conv", signed_input=False)
 
 
 def test_the_contrastive_write_raises_the_energy_where_the_models_own_read_takes_erased_patterns():
