@@ -25,6 +25,29 @@ def test_misses_unstored_patterns_beyond_capacity():
     assert _mean_error(96) > 5.0  # a third of the patterns were not stored
 
 
+def test_an_unstored_pattern_keeps_its_known_bits_and_takes_its_erased_ones_from_the_nearest_slot():
+    """Under erasure the query's known bits are the pattern's own, so they are kept (as every classical memory
+    keeps them) and only the erased bits come from the nearest stored pattern; under bit flips nothing shown is
+    sure, and the nearest slot is returned whole."""
+    task = BinaryTask(num_patterns=96)
+    model = RawSlotMemory.from_spec(task.spec, TABLE1_BUDGET)
+    episodes = task.sample(4, torch.Generator().manual_seed(3))
+    slots = model.write(episodes.patterns)
+    retrieved = model.read(slots, episodes.queries)
+    known = episodes.queries != task.spec.fill_value
+    assert torch.equal(retrieved[known], episodes.queries[known])
+    unstored = retrieved[:, 64:]  # the first 64 patterns fill the slots
+    matches = (unstored[:, :, None, :] == slots[:, None, :, :]).all(-1).any(-1)
+    assert not matches.all(), "some unstored pattern's known bits should differ from every slot"
+    flips = BinaryTask(num_patterns=96, erased=0, flip=0.125)
+    assert not flips.spec.clamp_known
+    noisy = flips.sample(4, torch.Generator().manual_seed(3))
+    flipped = RawSlotMemory.from_spec(flips.spec, TABLE1_BUDGET)
+    slots = flipped.write(noisy.patterns)
+    whole = flipped.read(slots, noisy.queries)
+    assert (whole[:, :, None, :] == slots[:, None, :, :]).all(-1).any(-1).all()  # every answer is a stored slot
+
+
 def test_memory_count_is_whole_slots_within_budget():
     model = RawSlotMemory.from_spec(BinaryTask(96).spec, TABLE1_BUDGET)
     assert model.num_slots == 64
