@@ -15,19 +15,20 @@ from typing import Any
 
 from membench.capacity import missing_because, row_order, table_order, table_title, task_of
 from membench.plots import legend_outside, log2_axis, plot_line, save_figure
-from membench.suites import BUDGET_NUM_PATTERNS, CAPACITY_MODELS
+from membench.suites import BUDGET_NUM_PATTERNS, CAPACITY_MODELS, LEARNED_MODELS
 
 LINE_STYLES = ("-", "--", "-.", ":")
 MARKERS = ("o", "s", "^", "v", "D", "x", "+", "*")
-# tab10, then six more of other hues: the sixteen rows of the committed figures each a colour of its own
+# tab10, then eight more of other hues: the eighteen models of the suites (STYLE_ORDER) each a colour of its own
 COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
-           "#17becf", "#000000", "#800000", "#000075", "#469990", "#f032e6", "#e6a800")
+           "#17becf", "#000000", "#800000", "#000075", "#469990", "#f032e6", "#e6a800", "#9a6324", "#808000")
+STYLE_ORDER = CAPACITY_MODELS + LEARNED_MODELS + ("passthrough", "mean_fill")  # every capacity suite's models
 
 
 def row_styles(rows: list[str]) -> dict[str, dict[str, Any]]:
     """Colour, line style and marker per row, fixed by the model order (so every figure agrees); a colour each
     up to len(COLOURS) rows, and styles and markers vary too, so that coinciding lines stay visible."""
-    order = list(CAPACITY_MODELS) + sorted(r for r in rows if r not in CAPACITY_MODELS)
+    order = list(STYLE_ORDER) + sorted(r for r in rows if r not in STYLE_ORDER)
     return {row: {"color": COLOURS[order.index(row) % len(COLOURS)], "linestyle": LINE_STYLES[order.index(row) % 4],
                   "marker": MARKERS[order.index(row) % len(MARKERS)]} for row in rows}
 

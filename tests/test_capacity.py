@@ -308,6 +308,17 @@ def test_every_row_of_the_committed_capacity_figures_has_a_colour_of_its_own():
     assert len({row_styles(rows)[row]["color"] for row in rows}) == len(rows)
 
 
+def test_a_model_is_drawn_alike_in_every_capacity_figure_whatever_else_it_holds():
+    """A row's style depends on its model alone, not on the figure's other rows: mean fill (image figures) took
+    differentiable plasticity's style (binary figures), both placed after the suites' eight by the rows present."""
+    from membench.capacity_plots import STYLE_ORDER, row_styles
+
+    everything = row_styles(list(STYLE_ORDER))
+    assert len({style["color"] for style in everything.values()}) == len(STYLE_ORDER)
+    for row in ("mean_fill", "differentiable_plasticity", "passthrough"):
+        assert row_styles([row, "raw_slots"])[row] == everything[row]
+
+
 def test_the_capacity_outputs_draw_the_learned_rows_training_curves(tmp_path):
     """`membench capacity` draws training_curves beside its figures (only `membench report` did, so the
     committed one went stale), from the curves of the records in the folder."""
