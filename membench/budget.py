@@ -270,6 +270,16 @@ def _count_hint(state: Any, batch_size: int, model_name: str) -> str:
     return ""
 
 
+def _shared_hint(measured: int, declared: int, batch_size: int) -> str:
+    """Why a state may count less than declared although every leaf has B first: a leaf shared by all episodes
+    whose first size happens to be B counts as the episodes' own values."""
+    if measured >= declared:
+        return ""
+    return (f" (every leaf whose first size is B = {batch_size} counts one B-th for each episode, so a leaf shared by "
+            "all episodes whose first size happens to be B counts so too: give it the episode dimension, e.g. "
+            "leaf.expand(B, *leaf.shape).clone())")
+
+
 def check_measured(state: Any, batch_size: int, declared: int, budget: int, model_name: str) -> int:
     """Measure `state`; OverBudgetError when it exceeds `budget` or differs from `declared`."""
     return _checked_count(measure_state(state, batch_size, model_name), state, batch_size, declared, budget,
@@ -281,7 +291,8 @@ def _checked_count(measured: int, state: Any, batch_size: int, declared: int, bu
         problem = "exceeds the budget" if measured > budget else "differs from what the model declares"
         raise OverBudgetError(
             f"model '{model_name}': its written state holds {measured} float32 values per episode, which {problem} "
-            f"(declared {declared}, measured {measured}, budget {budget}){_count_hint(state, batch_size, model_name)}; "
+            f"(declared {declared}, measured {measured}, budget {budget})"
+            f"{_count_hint(state, batch_size, model_name) or _shared_hint(measured, declared, batch_size)}; "
             "memory_floats must count exactly what write returns, within the budget")
     return measured
 

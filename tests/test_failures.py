@@ -294,6 +294,17 @@ _OWN = textwrap.dedent('''
             return patterns.flatten(0, 1).clone()
 
 
+    class SharedPair(Soft):  # a table shared by every episode, declared whole, whose first size is the probe's B
+        def memory_floats(self, spec):
+            return spec.num_patterns * spec.pattern_size + 2 * 8
+
+        def write(self, patterns):
+            return {"patterns": patterns.clone(), "table": torch.zeros(2, 8)}
+
+        def read(self, state, queries):
+            return super().read(state["patterns"], queries)
+
+
     class HalfView(Soft):
         def memory_floats(self, spec):
             return spec.num_patterns * spec.pattern_size // 2
@@ -455,6 +466,9 @@ _OWN_LEARNED = TINY_MODEL + textwrap.dedent('''
     ("BoolRead", [], ["read returned a Tensor of shape (", "dtype torch.bool", "a plain, dense floating torch.Tensor"]),
     ("Flattened", [], ["differs from what the model declares", "state has shape (32, 128), not B = 2 episodes "
                                                                  "first, so it counts whole for each episode"]),
+    ("SharedPair", [], ["differs from what the model declares", "(declared 2064, measured 2056, budget",
+                        "a leaf shared by all episodes whose first size happens to be B counts so too",
+                        "leaf.expand(B, *leaf.shape).clone()"]),
     ("HalfView", [], ["differs from what the model declares", "state is a view of a larger storage, 4096 values",
                       "e.g. .clone()"]),
     ("Raises", [], ["model 'own:Raises' raised RuntimeError: ", "(in read, ", "own.py, line "]),
