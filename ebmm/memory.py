@@ -21,7 +21,7 @@ separate parameters. The write's extensions marked "(ours)" in `EBMMConfig` (ele
 N-scaled rates, the preconditioned write, the contrastive and denoising terms) are described there.
 Read (App. A): K steps of projected gradient descent on E(x) with
 Nesterov momentum and non-increasing learned step sizes and momentum rates (`read_known=False`, ours:
-only the entries a query marks unknown move).
+only the entries a query marks unknown move, where the task says the others are the pattern's).
 Meta-training backpropagates the step-wise reconstruction loss (or, `stepwise_loss=False`, the last
 iterate's alone) through read and write.
 All inner loops run on a batch of B episodes at once. An energy with a `grads` method

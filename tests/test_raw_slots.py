@@ -36,6 +36,9 @@ def test_an_unstored_pattern_keeps_its_known_bits_and_takes_its_erased_ones_from
     retrieved = model.read(slots, episodes.queries)
     known = episodes.queries != task.spec.fill_value
     assert torch.equal(retrieved[known], episodes.queries[known])
+    differing = ((episodes.queries[:, :, None, :] != slots[:, None, :, :]) & known[:, :, None, :]).sum(-1)
+    nearest = slots.gather(1, differing.argmin(-1, keepdim=True).expand(-1, -1, slots.shape[-1]))  # (B, Q, D)
+    assert torch.equal(retrieved[~known], nearest[~known])
     unstored = retrieved[:, 64:]  # the first 64 patterns fill the slots
     matches = (unstored[:, :, None, :] == slots[:, None, :, :]).all(-1).any(-1)
     assert not matches.all(), "some unstored pattern's known bits should differ from every slot"
