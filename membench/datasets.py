@@ -149,8 +149,7 @@ def _read_omniglot_zip(path: Path, image_size: int, seen: set, root: Path) -> di
         # (PIL's PNG reader raises SyntaxError on a broken chunk, ValueError on a too large text chunk,
         # DecompressionBombError on an image claiming more pixels than its limit; zipfile NotImplementedError on an
         # unknown compression method, RuntimeError on an encrypted member)
-        raise _corrupt(path, exc, f"delete it and download it again (`membench download omniglot --data-dir {root}`)"
-                       ) from None
+        raise _corrupt(path, exc, _omniglot_fix(path, root)) from None
 
 
 def _read_omniglot_members(path: Path, image_size: int, seen: set, root: Path) -> dict[str, list[np.ndarray]]:
@@ -159,8 +158,8 @@ def _read_omniglot_members(path: Path, image_size: int, seen: set, root: Path) -
     with zipfile.ZipFile(path) as archive:
         for member in sorted(archive.namelist()):
             parts = member.split("/")
-            if not member.endswith(".png") or len(parts) < 3:
-                continue
+            if not member.endswith(".png") or len(parts) < 3 or "__MACOSX" in parts or parts[-1].startswith("._"):
+                continue  # (not an image, or a resource fork a macOS archiver adds)
             images += 1
             character, key = f"{parts[-3]}/{parts[-2]}", f"{parts[-3]}/{parts[-2]}/{parts[-1]}"
             if key in seen:
@@ -168,9 +167,18 @@ def _read_omniglot_members(path: Path, image_size: int, seen: set, root: Path) -
             seen.add(key)
             characters.setdefault(character, []).append(_decode_omniglot(archive.read(member), image_size))
     if not images:
-        raise DatasetMissing(f"{path} holds no Omniglot images (<alphabet>/<character>/<image>.png); delete it and "
-                             f"download it again (`membench download omniglot --data-dir {root}`)")
+        raise DatasetMissing(f"{path} holds no Omniglot images (<alphabet>/<character>/<image>.png); "
+                             + _omniglot_fix(path, root))
     return characters
+
+
+def _omniglot_fix(path: Path, root: Path) -> str:
+    """How to replace a broken Omniglot zip: `membench download` fetches the published two, not the small ones."""
+    download = f"`membench download omniglot --data-dir {root}`"
+    if path.name in OMNIGLOT_FILES:
+        return f"delete it and download it again ({download})"
+    return (f"restore it from where it came (the small zips are not downloaded), or delete it and fetch the published "
+            f"zips ({download}), which changes the split to theirs")
 
 
 def load_omniglot(root: Path | None = None, image_size: int = 32) -> ImageDataset:
@@ -215,7 +223,8 @@ def _cifar_folder(root: Path) -> Path:
         if (folder / CIFAR_TEST).exists() or (folder / CIFAR_TRAIN[0]).exists():
             missing = [name for name in (*CIFAR_TRAIN, CIFAR_TEST) if not (folder / name).exists()]
             if missing:
-                raise DatasetMissing(f"CIFAR-10 in {folder} lacks {', '.join(missing)}; re-extract {CIFAR_URL}")
+                raise DatasetMissing(f"CIFAR-10 in {folder} lacks {', '.join(missing)}; extract it again "
+                                     f"(`membench download cifar10 --data-dir {root}`, or {CIFAR_URL} by hand)")
             return folder
     raise DatasetMissing(
         f"CIFAR-10 not found in {root} (looked for {root}/{CIFAR_DIR}/data_batch_1..5 and test_batch). "

@@ -158,7 +158,8 @@ def _download(name: str, root: Path, progress: bool) -> list[Path]:
 def _extract_cifar(archive: Path, root: Path) -> Path:
     """Extract the checked archive beside `root/CIFAR_DIR`, then swap it in whole (files of yours in that folder
     that the archive lacks are carried over): an interrupted or failed extraction never leaves a folder of
-    mixed or missing batches where the loader looks. Batches already equal to the archive's are left alone."""
+    mixed or missing batches where the loader looks. When every batch already equals the archive's, nothing is
+    extracted."""
     from membench.store import file_lock
 
     target = root / CIFAR_DIR

@@ -135,7 +135,22 @@ def test_an_omniglot_zip_with_no_images_is_named_not_skipped(tmp_path):
     write_omniglot_zip(tmp_path / "omniglot" / "images_background_small1.zip", {"Latin": 4}, drawers=2)
     with zipfile.ZipFile(tmp_path / "omniglot" / "images_background_small2.zip", "w") as archive:
         archive.writestr("README.txt", "no images here")
-    with pytest.raises(DatasetMissing, match=r"images_background_small2.zip holds no Omniglot images .*download"):
+    with pytest.raises(DatasetMissing, match=r"images_background_small2.zip holds no Omniglot images .*; restore it from "
+                                             r"where it came \(the small zips are not downloaded\), or .*changes the "
+                                             r"split to theirs"):
+        datasets.load_omniglot(tmp_path)
+
+
+def test_a_broken_published_zip_is_downloaded_again_and_a_macos_resource_fork_is_no_image(tmp_path):
+    """The published zips' fix is the download; a zip re-packed on macOS carries __MACOSX/._NAME.png resource forks,
+    which are not images and are skipped, not reported as corruption."""
+    path = write_omniglot_zip(tmp_path / "omniglot" / "images_background.zip", {"Latin": 5}, drawers=2)
+    with zipfile.ZipFile(path, "a") as archive:
+        archive.writestr("__MACOSX/images_background/Latin/character01/._0001_01.png", b"\x00\x05\x16\x07 fork")
+    assert len(datasets.load_omniglot(tmp_path).train) == 8  # characters 1-4, two drawers each
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(DatasetMissing, match=r"images_background.zip is corrupt or truncated .*delete it and download "
+                                             r"it again \(`membench download omniglot --data-dir "):
         datasets.load_omniglot(tmp_path)
 
 
@@ -146,7 +161,7 @@ def test_missing_data_names_the_download(tmp_path):
         datasets.load_cifar10(tmp_path)
     write_cifar(tmp_path / "cifar-10-batches-py")
     (tmp_path / "cifar-10-batches-py" / "data_batch_3").unlink()
-    with pytest.raises(DatasetMissing, match="data_batch_3"):
+    with pytest.raises(DatasetMissing, match=r"lacks data_batch_3; extract it again \(`membench download cifar10 "):
         datasets.load_cifar10(tmp_path)
 
 
