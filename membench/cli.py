@@ -297,7 +297,8 @@ def checkpoints(checkpoint_dir) -> None:
               help="Change the preset as `membench run --option` does (e.g. hidden=256, grad_norm_term=false); "
                    "repeatable; the row's options column.")
 @click.option("--reference", metavar="COMMIT",
-              help="Also time this commit's own EBMM quick benchmark in a temporary worktree, in the same rounds.")
+              help="Also time this commit's own EBMM quick benchmark (16 episodes an update, or refused) in a "
+                   "temporary worktree, in the same rounds.")
 @click.option("--out", default=f"{DEFAULT_OUT}/bench/throughput.csv", show_default=True,
               type=PathArg(dir_okay=False, path_type=Path),
               help="CSV the rows are merged into (`make throughput`: the committed results/bench/throughput.csv).")

@@ -60,6 +60,7 @@ KEY = ["device_name", "suite", "model", "preset", "options", "budget", "batch_si
        "compiled", "precision", "commit", "threads", "torch"]  # a row replaces only a measurement of all these
 NUMBERS = ["budget", "batch_size", "num_patterns", "episodes_per_s", "ms_per_step"]  # numeric where given
 REFERENCE_BENCH = "tests/benchmarks/test_bench_ebmm.py::test_meta_training_step"  # EBMM quick, 16 episodes, N = 64
+REFERENCE_BATCH = 16  # episodes an update of that benchmark and of the rows it is set beside (matches_reference)
 SEED = 0  # the model's initial weights and the timed batches
 
 
@@ -177,9 +178,24 @@ def reference_tree(commit: str) -> Iterator[Path]:
             raise MembenchError(f"cannot check out reference commit '{commit}' ({reason}); give a commit of this "
                                 f"repository's history")
         try:
+            check_reference_batch(tree, commit)
             yield tree
         finally:
             subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(tree)], capture_output=True)
+
+
+def check_reference_batch(tree: Path, commit: str) -> None:
+    """MembenchError unless the tree's `REFERENCE_BENCH` times REFERENCE_BATCH episodes an update, the batch of
+    its row and of the rows it is set beside (the benchmark's `build` took 8 by default at some commits)."""
+    probe = ("import inspect; from tests.benchmarks.test_bench_ebmm import build; "
+             "print(inspect.signature(build).parameters['batch'].default)")
+    ran = subprocess.run([sys.executable, "-c", probe], cwd=tree, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(tree)})
+    found = (ran.stdout.strip().splitlines() or ["?"])[-1] if ran.returncode == 0 else "?"
+    if found != str(REFERENCE_BATCH):
+        raise MembenchError(f"the reference benchmark at {commit[:10]} times {found} episodes an update, not the "
+                            f"{REFERENCE_BATCH} of the rows it is compared with; give a commit whose "
+                            f"tests/benchmarks/test_bench_ebmm.py builds {REFERENCE_BATCH} (028ec1c, the issue's, does)")
 
 
 def time_reference(tree: Path) -> float:
@@ -236,8 +252,8 @@ def measure(requests: list[dict[str, Any]], rounds: int = 1, reference: str | No
     if commit:
         spec = run_specs("table1", ["ebmm"], [64], "quick")[0]
         commit = commit[:10]
-        rows.append({**_row(torch.device("cpu"), spec, 16, reference_seconds, commit, False, False, "float32",
-                            steps=1, warmup=0, dirty=False),  # pytest-benchmark's rounds of an update each, no
+        rows.append({**_row(torch.device("cpu"), spec, REFERENCE_BATCH, reference_seconds, commit, False, False,
+                            "float32", steps=1, warmup=0, dirty=False),  # pytest-benchmark's rounds of an update each, no
                      "wall_time_s": float("nan")})          # warm-up; their seconds in all are not kept
         for row in filter(matches_reference, rows[:-1]):  # a speed-up only where the same update was timed
             row.update(reference=commit, reference_ms=rows[-1]["ms_per_step"])
@@ -257,7 +273,7 @@ def matches_reference(row: dict[str, Any]) -> bool:
     """Whether a row times the reference's update: the EBMM quick preset on the Table 1 task at N = 64, 16
     episodes an update, on a CPU (its options and precision may differ: an equal-work comparison)."""
     return (row["device"], row["suite"], row["model"], row["preset"], row["batch_size"], row["num_patterns"]) == (
-        "cpu", "table1", "ebmm", "quick", 16, 64)
+        "cpu", "table1", "ebmm", "quick", REFERENCE_BATCH, 64)
 
 
 # what rows from before each column meant

@@ -1642,3 +1642,16 @@ def test_training_a_gpu_preset_on_a_cpu_is_warned_about_once_it_would_train(tmp_
     assert again.exit_code == 0 and "sized for a GPU" not in again.output
     quick = _invoke("run", *args, "--out", str(tmp_path / "c"))
     assert quick.exit_code == 0 and "sized for a GPU" not in quick.output
+
+
+def test_the_ray_launcher_without_ray_says_how_to_install_it(tmp_path, monkeypatch):
+    """`--launcher ray` on a machine without Ray (the optional extra): one line naming the install, no run made.
+    (tests/test_ray_launcher.py is skipped where Ray is missing, so this is where the hint is checked.)"""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError, installed or not
+    monkeypatch.chdir(tmp_path)
+    _one_clear_line(_invoke("run", "--launcher", "ray", "--model", "hopfield_hebb", "--num-patterns", "16",
+                            "--queries", "16", "--out", "out", "--no-progress"),
+                    "--launcher ray needs Ray: pip install -e '.[ray]'", exit_code=1)
+    assert not (tmp_path / "out" / "runs").exists() or not list((tmp_path / "out" / "runs").iterdir())

@@ -497,3 +497,22 @@ def test_cuda_graph_updates_equal_eager_ones_for_every_energy():
     assert graph_check.mismatches(torch.device("cuda")) == []
     assert graph_check.mismatches(torch.device("cuda"), cases=graph_check.BASELINE_CASES) == []
     assert graph_check.mismatches(torch.device("cuda"), cases=graph_check.IMAGE_BASELINE_CASES) == []
+
+
+def test_a_reference_whose_benchmark_times_another_batch_is_refused(tmp_path):
+    """Some commits' benchmark built 8 episodes an update: its time set beside 16-episode rows would halve their
+    speed-up unnoticed. The tree's own `build` default decides: 16 passes, 8 is refused in one line."""
+    from membench import throughput
+
+    for batch in (16, 8):
+        tree = tmp_path / f"tree{batch}"
+        (tree / "tests" / "benchmarks").mkdir(parents=True)
+        (tree / "tests" / "__init__.py").write_text("")
+        (tree / "tests" / "benchmarks" / "test_bench_ebmm.py").write_text(
+            f"def build(batch: int = {batch}, num_patterns: int = 64):\n    return None\n")
+        if batch == 16:
+            throughput.check_reference_batch(tree, "0123456789abcdef")
+        else:
+            with pytest.raises(MembenchError, match="the reference benchmark at 0123456789 times 8 episodes an update, "
+                                                    "not the 16 of the rows it is compared with"):
+                throughput.check_reference_batch(tree, "0123456789abcdef")
