@@ -191,11 +191,12 @@ def check_reference_batch(tree: Path, commit: str) -> None:
              "print(inspect.signature(build).parameters['batch'].default)")
     ran = subprocess.run([sys.executable, "-c", probe], cwd=tree, capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(tree)})
-    found = (ran.stdout.strip().splitlines() or ["?"])[-1] if ran.returncode == 0 else "?"
+    found = (ran.stdout.strip().splitlines() or [""])[-1] if ran.returncode == 0 else ""
     if found != str(REFERENCE_BATCH):
-        raise MembenchError(f"the reference benchmark at {commit[:10]} times {found} episodes an update, not the "
-                            f"{REFERENCE_BATCH} of the rows it is compared with; give a commit whose "
-                            f"tests/benchmarks/test_bench_ebmm.py builds {REFERENCE_BATCH} (028ec1c, the issue's, does)")
+        times = f"times {found} episodes an update" if found else "has no build(batch=...) to tell its batch by"
+        raise MembenchError(f"the reference benchmark at {commit[:10]} {times}, not the {REFERENCE_BATCH} episodes "
+                            f"of the rows it is compared with; give a commit whose tests/benchmarks/test_bench_ebmm.py "
+                            f"builds {REFERENCE_BATCH} (028ec1c, the issue's, does)")
 
 
 def time_reference(tree: Path) -> float:

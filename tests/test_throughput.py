@@ -514,5 +514,7 @@ def test_a_reference_whose_benchmark_times_another_batch_is_refused(tmp_path):
             throughput.check_reference_batch(tree, "0123456789abcdef")
         else:
             with pytest.raises(MembenchError, match="the reference benchmark at 0123456789 times 8 episodes an update, "
-                                                    "not the 16 of the rows it is compared with"):
+                                                    "not the 16 episodes of the rows it is compared with"):
                 throughput.check_reference_batch(tree, "0123456789abcdef")
+    with pytest.raises(MembenchError, match=r"at 0123456789 has no build\(batch=...\) to tell its batch by"):
+        throughput.check_reference_batch(tmp_path, "0123456789abcdef")  # no benchmark file at all
