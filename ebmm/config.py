@@ -104,8 +104,8 @@ class EBMMConfig:
             raise MembenchError(f"unknown energy '{self.energy}'; valid: gated_rnn (flat patterns), resnet_fc and "
                                 "resnet_conv (images)")
         object.__setattr__(self, "channels", tuple(self.channels))
-        for name, off in (("init_gain", 1.0), ("signed_input", True), ("precondition_write", None), ("contrast_steps", None),
-                          ("denoise_steps", None)):
+        for name, off in (("init_gain", 1.0), ("signed_input", True), ("precondition_write", None),
+                          ("contrast_steps", None), ("denoise_steps", None)):
             if getattr(self, name) != off and self.energy != "gated_rnn":
                 raise MembenchError(f"{name} applies to the gated_rnn energy only, not {self.energy}; drop the option")
         if self.contrast_steps is not None:

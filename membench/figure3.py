@@ -31,7 +31,8 @@ from membench.sweeps import TASK_TAGS, line_label, record_curve
 DEFAULT_REFERENCE = REPO_ROOT / "results" / "reference" / "paper_fig3.csv"
 CITATION = ("Bartunov, Rae, Osindero & Lillicrap, 'Meta-Learning Deep Energy-Based Memory Models', "
             "arXiv:1910.02720, Figure 3")
-TITLES = {"omniglot": "Omniglot (error: wrong pixels of 32x32)", "cifar10": "CIFAR-10 (error: squared error, values in [0, 1])"}
+TITLES = {"omniglot": "Omniglot (error: wrong pixels of 32x32)",
+          "cifar10": "CIFAR-10 (error: squared error, values in [0, 1])"}
 # What the quick presets change against the paper (ebmm.config.IMAGE_PRESETS, baselines.memory_networks)
 QUICK_CHANGES = ("quick preset (a CPU smoke test, not a result): the paper's task (64 images of 32x32 per batch, 16x16 block) with narrower "
                  "networks and short CPU training: encoders 16/32/32 channels (paper 32/64/96); EBMM-FC hidden 128 "
