@@ -20,6 +20,12 @@ def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
 
 
+def peak_memory_gb(device: torch.device) -> float | None:
+    """On CUDA, the most GPU memory this process's caching allocator has held so far (GiB, CUDA graphs' pools
+    included: what a process sharing the GPU leaves the others); None elsewhere."""
+    return round(torch.cuda.max_memory_reserved(device) / 2**30, 2) if device.type == "cuda" else None
+
+
 @functools.lru_cache(maxsize=1)
 def cpu_name() -> str:
     """The processor's model name (Linux: /proc/cpuinfo; elsewhere the machine type), marked by `processor_label`."""

@@ -14,8 +14,8 @@ Conventions, so that learned models are trained alike:
   finished, and with the optimiser state while unfinished (up to RESUME_STATE_MAX_MB there); a
   weights-only one resumes with a fresh optimiser state;
 - the history lists each stretch of training (steps, device, time, matmul precision, commit,
-  whether AdamW's state was resumed or fresh), so a checkpoint trained across machines says
-  which devices trained it and where its optimiser restarted;
+  whether AdamW's state was resumed or fresh, on CUDA the process's peak GPU memory), so a checkpoint
+  trained across machines says which devices trained it and where its optimiser restarted;
 - one update is `membench.stepper.Stepper.step` (eager, or replayed from a CUDA graph);
   the loop waits for the device only when it logs, checkpoints or stops, and on CUDA the
   next batch is drawn on a worker thread meanwhile, into pinned memory, and copied without
@@ -48,7 +48,7 @@ from membench.checkpoints import load_checkpoint, save_checkpoint
 from membench.episode_stream import EpisodeStream
 from membench.errors import CheckpointBusy, TrainingDiverged, TrainingInterrupted
 from membench.interface import AssociativeMemory, TrainConfig
-from membench.provenance import device_name, git_state
+from membench.provenance import device_name, git_state, peak_memory_gb
 from membench.signals import routed
 from membench.stepper import Stepper
 from membench.store import file_lock, remove_orphans, warn
@@ -192,7 +192,8 @@ def _train(model: AssociativeMemory, task: Task, config: TrainConfig, checkpoint
             "device_name": device_name(device), "matmul_precision": stepper.matmul_precision,
             "precision": config.precision, "compiled": stepper.compiled, "cuda_graph": stepper.graphs_on,
             "commit": commit, "dirty": dirty, "optimizer": "resumed" if resumed_optimizer else "fresh",
-            "threads": torch.get_num_threads() if device.type == "cpu" else None, "torch": str(torch.__version__)}]
+            "threads": torch.get_num_threads() if device.type == "cpu" else None, "torch": str(torch.__version__),
+            "peak_memory_gb": peak_memory_gb(device)}]
     first_bad = torch.tensor(-1, device=device)  # first step whose loss or gradient was not finite
 
     def check_finite(loss: torch.Tensor | None) -> None:

@@ -5,9 +5,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
 from membench.errors import MembenchError
-from membench.provenance import checkout_state, git_state, processor_label
+from membench.provenance import checkout_state, git_state, peak_memory_gb, processor_label
 
 
 def _git(root: Path, *args: str) -> str:
@@ -67,3 +68,12 @@ def test_processors_sharing_a_generic_name_are_told_apart_by_their_matrix_units(
     assert processor_label("AMD EPYC", ["avx2", "fma"]) == "AMD EPYC"
     assert processor_label("AMD EPYC", ["avx2", "avx512f", "avx512_bf16"]) == "AMD EPYC +AVX512"
     assert processor_label("Intel(R) Xeon(R) Processor", ["avx512f", "amx_bf16"]) == "Intel(R) Xeon(R) Processor +AMX"
+
+
+def test_peak_memory_is_the_cuda_allocators_most_held_in_gib_and_none_elsewhere(monkeypatch):
+    """What a training stretch records: GPU memory reserved (CUDA graphs' pools included), not merely allocated."""
+    asked = []
+    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda device: asked.append(device) or 9_245_000_000)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device: 1)
+    assert peak_memory_gb(torch.device("cuda", 0)) == 8.61 and asked == [torch.device("cuda", 0)]
+    assert peak_memory_gb(torch.device("cpu")) is None and len(asked) == 1
