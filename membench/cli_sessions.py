@@ -12,7 +12,7 @@ import click
 
 from membench.cli_common import ExitWith, PathArg, Seconds, friendly_errors, suite_runs
 from membench.errors import EXIT_PAUSED, MembenchError
-from membench.store import writable_folder
+from membench.store import warn, writable_folder
 
 
 def _command(name: str) -> click.Command:
@@ -244,7 +244,9 @@ def unpack(archives, root) -> None:
     session resumes from them."""
     from pathlib import PurePosixPath
 
-    from membench.archive import RESULTS, check_checkpoints, check_targets, read_archive, unpack as unpack_archive
+    from membench import checkpoints
+    from membench.archive import (CHECKPOINTS, RESULTS, check_checkpoints, check_targets, read_archive,
+                                  unpack as unpack_archive)
     from membench.packing import MAX_VOLUMES, volume_label, volume_path
     from membench.set_aside import deleted_results
 
@@ -282,15 +284,21 @@ def unpack(archives, root) -> None:
         click.echo(f"{', '.join(map(str, archives))}: no file in it, nothing unpacked (a session whose runs were "
                    "finished already makes nothing new)")
         return
-    unreadable = []
+    unreadable, shipped_any = [], False
     for archive in archives:
         written, shipped, skipped = unpack_archive(archive, root, (arriving, bad))
+        shipped_any = shipped_any or bool(shipped)
         for path in written:
             click.echo(f"wrote {path}")
         for path in shipped:
             click.echo(f"shipped {path}")
         unreadable += [f"{archive}: {name}" for name in skipped]
     click.echo("then: membench report --out <the results folder>, membench readme, and commit")
+    target, read_from = (root / RESULTS / CHECKPOINTS).resolve(), checkpoints.SHIPPED_CHECKPOINTS.resolve()
+    if shipped_any and target != read_from:  # e.g. a worktree's, with membench installed from the main checkout
+        warn(f"the checkpoints were shipped into {target}, but this membench (imported from {read_from.parent.parent}) "
+             f"looks for shipped checkpoints in {read_from}: runs resume or evaluate them only from that checkout "
+             f"(`pip install -e {root}`, or PYTHONPATH={root})")
     if unreadable:  # everything else is written: a rerun of unpack is not needed, a rerun of the session is
         raise ExitWith(f"{len(unreadable)} checkpoint(s) not shipped, unreadable ({'; '.join(unreadable)}); the rest "
                        f"is unpacked; rerun the session that made them to train them again", 1)

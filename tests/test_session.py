@@ -409,6 +409,25 @@ def test_a_session_refuses_a_run_that_sets_what_the_session_gives_it(tmp_path: P
     assert exited_cleanly(result) and not (tmp_path / "session.tgz").exists() and not (tmp_path / "results").exists()
 
 
+def test_unpack_warns_when_it_ships_into_a_checkout_this_membench_does_not_read(tmp_path: Path, monkeypatch):
+    """A worktree unpacked with membench installed from the main checkout: the checkpoints land in the worktree
+    (as asked) while runs look in the main checkout's, so it says so; unpacking into the checkout membench reads
+    from says nothing."""
+    buffer = io.BytesIO()
+    torch.save(_checkpoint(torch.ones(2), 3), buffer)
+    archive = _archive(tmp_path / "a.tgz", {"checkpoints/tiny-quick-0123456789ab.pt": buffer.getvalue()})
+    for name in ("worktree", "main"):
+        (tmp_path / name / "results").mkdir(parents=True)
+    monkeypatch.setattr(checkpoints, "SHIPPED_CHECKPOINTS", tmp_path / "main" / "results" / "checkpoints")
+    result = CliRunner().invoke(main, ["unpack", str(archive), "--root", str(tmp_path / "worktree")])
+    assert result.exit_code == 0 and (tmp_path / "worktree" / "results" / "checkpoints" / "tiny-quick-0123456789ab.pt"
+                                      ).is_file(), result.output
+    assert f"but this membench (imported from {(tmp_path / 'main').resolve()})" in result.output
+    assert f"PYTHONPATH={tmp_path / 'worktree'}" in result.output
+    result = CliRunner().invoke(main, ["unpack", str(archive), "--root", str(tmp_path / "main")])
+    assert result.exit_code == 0 and "shipped" in result.output and "Warning" not in result.output, result.output
+
+
 def test_unpack_skips_folders_and_refuses_files_for_results_checkpoints(tmp_path: Path):
     """Folder entries (as plain `tar` writes them) are fine; a file aimed at results/checkpoints would pass
     by the keep-the-further-trained rule, so it is refused."""
