@@ -5,7 +5,8 @@ unpacks it here).
 
     results/<...>        every file under the results folder written since the session began
                          (records, training curves, throughput rows), at its path in the repository;
-                         a record that cannot be read is left out, named
+                         a record that cannot be read is left out, named; of the throughput table
+                         only the rows measured since then
     checkpoints/<key>.pt every checkpoint of the session's cache trained further than the one shipped
                          in results/checkpoints (`checkpoints.portable`)
 
@@ -18,11 +19,13 @@ import io
 import tarfile
 from pathlib import Path, PurePosixPath
 
-from membench.archive import CHECKPOINTS, RESULTS, UNREADABLE_ARCHIVE, is_record, unreadable_archive
+from membench.archive import (CHECKPOINTS, RESULTS, THROUGHPUT_CSV, UNREADABLE_ARCHIVE, is_record,
+                              unreadable_archive)
 from membench.checkpoints import portable, readable_checkpoint, saved_bytes, weights_only
 from membench.errors import MembenchError
 from membench.records import parse_record
 from membench.store import warn, write_atomic
+from membench.throughput import rows_since
 
 CARRY_LIMIT_MB = 16.0  # what a lent machine returns per file
 MAX_VOLUMES = 4  # a lent machine returns at most 8 files of up to 16 MiB each, 64 MiB together: 4 full volumes
@@ -64,6 +67,13 @@ def pack(archive: Path, since: float, results_dir: Path, checkpoint_dir: Path) -
         if (path.is_file() and path.stat().st_mtime >= since and relative.parts[0] != CHECKPOINTS
                 and not any(part.startswith(".") for part in relative.parts)):
             name, data = str(PurePosixPath(RESULTS, *relative.parts)), path.read_bytes()
+            if name == THROUGHPUT_CSV:
+                try:
+                    if (data := rows_since(path, since)) is None:
+                        continue  # (no row of its own: a file touched, say, by a merge of nothing new)
+                except MembenchError as exc:  # unpack would refuse the whole archive for it
+                    warn(f"{exc}; left out of {archive}")
+                    continue
             if is_record(name):  # unpack refuses an archive with an unreadable record: it stays here, named
                 try:
                     parse_record(data, str(path))

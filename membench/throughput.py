@@ -330,6 +330,18 @@ def existing_table(path: Path) -> pd.DataFrame | None:
     return old
 
 
+def rows_since(path: Path, since: float) -> bytes | None:
+    """The CSV of the rows of the throughput table at `path` measured at or after `since` (seconds since the
+    epoch; rows keep whole seconds), None when there are none: what a session carries home, so that rows deleted
+    here since its checkout left are not merged back by `membench unpack`."""
+    table = existing_table(path)
+    if table is None:
+        return None
+    measured = pd.to_datetime(table["measured_at"], utc=True, errors="coerce")
+    new = table[measured >= pd.Timestamp(int(since), unit="s", tz="UTC")]
+    return new.to_csv(index=False).encode() if len(new) else None
+
+
 def merge(path: Path, rows: list[dict[str, Any]]) -> pd.DataFrame:
     """Add `rows` to the CSV at `path` (a row with the same key replaces the old one); return the table."""
     path = Path(path)

@@ -27,7 +27,8 @@ from tests.conftest import REPO_ROOT, exited_cleanly, records_in
 from tests.test_training import TINY_MODEL
 
 ROW = dict.fromkeys(COLUMNS, 1) | {"device": "cpu", "device_name": "x86_64", "model": "ebmm", "preset": "gpu",
-                                   "commit": "abc", "cuda_graph": False, "compiled": False, "precision": "float32"}
+                                   "commit": "abc", "cuda_graph": False, "compiled": False, "precision": "float32",
+                                   "measured_at": "2026-11-24T00:00:00Z"}
 
 
 def test_a_session_archive_carries_new_results_and_paused_training_home(tmp_path: Path, monkeypatch):
@@ -58,8 +59,10 @@ def test_a_session_archive_carries_new_results_and_paused_training_home(tmp_path
     assert sum(n.startswith("results/table1/runs/") for n in names) == 1
     assert len([n for n in names if n.startswith("checkpoints/")]) == 2
 
-    remote_rows = [{**ROW, "device": "cuda", "device_name": "H200", "episodes_per_s": 3000.0}]
-    merge(tmp_path / "m1" / "results" / "bench" / "throughput.csv", remote_rows)  # written in the session
+    remote_rows = [{**ROW, "device": "cuda", "device_name": "H200", "episodes_per_s": 3000.0,
+                    "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}]
+    deleted_here = {**ROW, "model": "lstm", "measured_at": "2026-01-01T00:00:00Z"}  # in the checkout it left with
+    merge(tmp_path / "m1" / "results" / "bench" / "throughput.csv", [deleted_here, *remote_rows])  # + the session's
     merge(tmp_path / "here" / "results" / "bench" / "throughput.csv", [ROW])  # a row made here meanwhile
     packed = CliRunner().invoke(main, ["pack", "--to", "m1/out/session.tgz", "--since", str(mark), "--results",
                                        "m1/results", "--checkpoint-dir", "m1/ck"])
@@ -68,6 +71,7 @@ def test_a_session_archive_carries_new_results_and_paused_training_home(tmp_path
     assert unpacked.exit_code == 0, unpacked.output
     rows = pd.read_csv(tmp_path / "here" / "results" / "bench" / "throughput.csv")
     assert sorted(rows.device) == ["cpu", "cuda"]  # the session's row merged beside the one made here
+    assert "lstm" not in set(rows.model)  # a row measured before the session is not carried back
     (record,) = records_in(tmp_path / "here" / "results" / "table1")
     assert record["task"]["num_patterns"] == 8
     shipped_dir = tmp_path / "here" / "results" / "checkpoints"  # the checkout's own, not this one's
