@@ -343,9 +343,12 @@ def test_pack_leaves_out_an_unreadable_record_so_that_the_others_unpack(tmp_path
     runs.mkdir(parents=True)
     (runs / record.name).write_bytes(record.read_bytes())
     (runs / "table1-x.json").write_bytes(record.read_bytes()[:100])  # truncated
+    (tmp_path / "results" / "bench").mkdir()
+    (tmp_path / "results" / "bench" / "throughput.csv").write_text("device,model\ncpu,ebmm")  # cut short too
     names = pack(tmp_path / "session.tgz", 0.0, tmp_path / "results", tmp_path / "cache")
     assert names == [f"results/t/runs/{record.name}"]
-    assert "table1-x.json is unreadable" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "table1-x.json is unreadable" in err and "is not a complete throughput CSV" in err
     checkout = tmp_path / "checkout"
     (checkout / "results").mkdir(parents=True)
     unpacked = CliRunner().invoke(main, ["unpack", str(tmp_path / "session.tgz"), "--root", str(checkout)])
