@@ -210,7 +210,8 @@ def _timing_command(args: str, device: str, table: Path) -> list[str]:
 @click.option("--to", "archive", required=True, type=PathArg(dir_okay=False, path_type=Path),
               help="The archive to write (.tar.gz), e.g. $OUT/session.tgz on a lent GPU machine.")
 @click.option("--since", "mark", required=True, type=PathArg(exists=True, dir_okay=False, path_type=Path),
-              help="A file touched when the session began: only files written after it are packed.")
+              help="A file touched when the session began: only files written after it are packed (of the "
+                   "throughput table, only rows measured after it).")
 @click.option("--results", default="results", show_default=True, type=PathArg(file_okay=False, path_type=Path),
               help="The results folder whose new files are packed.")
 @click.option("--checkpoint-dir", type=PathArg(file_okay=False, path_type=Path),
@@ -293,12 +294,12 @@ def unpack(archives, root) -> None:
         for path in shipped:
             click.echo(f"shipped {path}")
         unreadable += [f"{archive}: {name}" for name in skipped]
-    click.echo("then: membench report --out <the results folder>, membench readme, and commit")
     target, read_from = (root / RESULTS / CHECKPOINTS).resolve(), checkpoints.SHIPPED_CHECKPOINTS.resolve()
     if shipped_any and target != read_from:  # e.g. a worktree's, with membench installed from the main checkout
         warn(f"the checkpoints were shipped into {target}, but this membench (imported from {read_from.parent.parent}) "
              f"looks for shipped checkpoints in {read_from}: runs resume or evaluate them only from that checkout "
              f"(`pip install -e {root}`, or PYTHONPATH={root})")
+    click.echo("then: membench report --out <the results folder>, membench readme, and commit")
     if unreadable:  # everything else is written: a rerun of unpack is not needed, a rerun of the session is
         raise ExitWith(f"{len(unreadable)} checkpoint(s) not shipped, unreadable ({'; '.join(unreadable)}); the rest "
                        f"is unpacked; rerun the session that made them to train them again", 1)

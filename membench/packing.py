@@ -58,8 +58,9 @@ def pack(archive: Path, since: float, results_dir: Path, checkpoint_dir: Path) -
     `archive` (.tar.gz) and, where they do not fit in CARRY_LIMIT_MB, further volumes (`volume_path`), at most
     MAX_VOLUMES in all: what a lent machine returns. Unfinished checkpoints then take their AdamW state where a
     volume has room (or a further volume may open; one left without it is warned about). A checkpoint that fits
-    nowhere is left out, warned, and so is a record that cannot be read (`unpack` would refuse the whole archive
-    for it). Returns the member names."""
+    nowhere is left out, warned, and so is a record or throughput table that cannot be read (`unpack` would refuse
+    the whole archive for it); of the throughput table only the rows measured since `since` go (`rows_since`).
+    Returns the member names."""
     results_dir, checkpoint_dir = Path(results_dir), Path(checkpoint_dir)
     members: dict[str, bytes] = {}
     for path in sorted(results_dir.rglob("*")):

@@ -20,9 +20,16 @@ def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    """On CUDA, start `peak_memory_gb`'s count afresh (memory the allocator still caches stays counted)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
 def peak_memory_gb(device: torch.device) -> float | None:
-    """On CUDA, the most GPU memory this process's caching allocator has held so far (GiB, CUDA graphs' pools
-    included: what a process sharing the GPU leaves the others); None elsewhere."""
+    """On CUDA, the most GPU memory this process's caching allocator has kept since `reset_peak_memory` (GiB,
+    CUDA graphs' pools included: what the process keeps from others sharing the GPU, the CUDA context aside);
+    None elsewhere."""
     return round(torch.cuda.max_memory_reserved(device) / 2**30, 2) if device.type == "cuda" else None
 
 

@@ -14,7 +14,7 @@ Conventions, so that learned models are trained alike:
   finished, and with the optimiser state while unfinished (up to RESUME_STATE_MAX_MB there); a
   weights-only one resumes with a fresh optimiser state;
 - the history lists each stretch of training (steps, device, time, matmul precision, commit,
-  whether AdamW's state was resumed or fresh, on CUDA the process's peak GPU memory), so a checkpoint
+  whether AdamW's state was resumed or fresh, on CUDA the peak GPU memory while it trained), so a checkpoint
   trained across machines says which devices trained it and where its optimiser restarted;
 - one update is `membench.stepper.Stepper.step` (eager, or replayed from a CUDA graph);
   the loop waits for the device only when it logs, checkpoints or stops, and on CUDA the
@@ -48,7 +48,7 @@ from membench.checkpoints import load_checkpoint, save_checkpoint
 from membench.episode_stream import EpisodeStream
 from membench.errors import CheckpointBusy, TrainingDiverged, TrainingInterrupted
 from membench.interface import AssociativeMemory, TrainConfig
-from membench.provenance import device_name, git_state, peak_memory_gb
+from membench.provenance import device_name, git_state, peak_memory_gb, reset_peak_memory
 from membench.signals import routed
 from membench.stepper import Stepper
 from membench.store import file_lock, remove_orphans, warn
@@ -154,6 +154,7 @@ def meta_train(
 def _train(model: AssociativeMemory, task: Task, config: TrainConfig, checkpoint_path: Path, device: torch.device,
            seed: int, progress: bool, deadline: float | None, interrupted: list[bool]) -> TrainResult:
     model.to(device)
+    reset_peak_memory(device)  # the stretch's peak_memory_gb: this training's, not an earlier one's in the process
     stepper = Stepper(model, config, device)
     generator = torch.Generator().manual_seed(seed + TRAIN_STREAM)
     step, elapsed, curve, history = 0, 0.0, [], []

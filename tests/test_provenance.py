@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from membench.errors import MembenchError
-from membench.provenance import checkout_state, git_state, peak_memory_gb, processor_label
+from membench.provenance import checkout_state, git_state, peak_memory_gb, processor_label, reset_peak_memory
 
 
 def _git(root: Path, *args: str) -> str:
@@ -77,3 +77,8 @@ def test_peak_memory_is_the_cuda_allocators_most_held_in_gib_and_none_elsewhere(
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device: 1)
     assert peak_memory_gb(torch.device("cuda", 0)) == 8.61 and asked == [torch.device("cuda", 0)]
     assert peak_memory_gb(torch.device("cpu")) is None and len(asked) == 1
+    reset = []
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", reset.append)
+    reset_peak_memory(torch.device("cpu"))  # no CUDA call on a CPU (none may be initialised)
+    reset_peak_memory(torch.device("cuda", 0))
+    assert reset == [torch.device("cuda", 0)]

@@ -257,6 +257,25 @@ def test_rows_from_before_the_precision_column_are_float32_wherever_they_come_fr
     #                                                                 another torch: other measurements, kept beside
 
 
+def test_a_session_carries_the_rows_measured_since_it_began_to_the_second(tmp_path):
+    """Rows keep whole seconds: a row stamped in the second the session began is its own, one stamped the second
+    before is not; a table with no row of the session's gives nothing to carry."""
+    import calendar
+
+    from membench.throughput import merge, rows_since
+
+    row = {"device": "cpu", "device_name": "x86_64", "model": "ebmm", "preset": "quick", "batch_size": 16,
+           "num_patterns": 64, "episodes_per_s": 200.0, "ms_per_step": 80.0, "commit": "abc", "cuda_graph": False,
+           "steps": 10, "threads": 2, "torch": "2.13.0", "measured_at": "2026-12-08T00:10:00Z"}
+    began = calendar.timegm((2026, 12, 8, 0, 10, 0)) + 0.9  # 0.9 s into the row's second
+    out = tmp_path / "throughput.csv"
+    merge(out, [{**row, "model": "lstm", "measured_at": "2026-12-08T00:09:59Z"}, row])
+    carried = tmp_path / "carried.csv"
+    carried.write_bytes(rows_since(out, began))
+    assert list(existing_table(carried)["model"]) == ["ebmm"]
+    assert rows_since(out, began + 1) is None and rows_since(tmp_path / "absent.csv", began) is None
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_graph_training_matches_eager_training(tmp_path):
     """On CUDA: 6 updates on N in {4, 8} (two graphs), replayed, give the eager run's weights."""
