@@ -18,7 +18,7 @@ divided by N^p with p fixed (`write_norm_power`) or meta-learned (`learn_write_n
 Each learning rate is softplus of a learned value, one per step, writable tensor and
 loss term; the paper's alpha and beta are the ratios of these rates, so they are not
 separate parameters. The write's extensions marked "(ours)" in `EBMMConfig` (elementwise and
-N-scaled rates, the preconditioned write, the contrastive and denoising terms) are described there.
+N-scaled rates, the preconditioned write, the contrastive and denoising terms, momentum) are described there.
 Read (App. A): K steps of projected gradient descent on E(x) with
 Nesterov momentum and non-increasing learned step sizes and momentum rates (`read_known=False`, ours:
 only the entries a query marks unknown move, where the task says the others are the pattern's).
@@ -108,6 +108,8 @@ class EBMM(AssociativeMemory):
         if config.elementwise_write_lr:  # log-factors (T, *shape) per writable tensor, in writable_names order
             self.write_scale = nn.ParameterList(nn.Parameter(torch.zeros(config.write_steps, *own[n].shape))
                                                 for n in names)
+        if config.write_momentum is not None:  # logits of the momenta of write steps 2..T
+            self.write_momentum = nn.Parameter(torch.full((config.write_steps - 1,), _logit(config.write_momentum)))
         self.read_step = nn.Parameter(torch.tensor(_inverse_softplus(config.read_step_init)))
         self.read_step_decay = nn.Parameter(torch.full((config.read_steps - 1,), _logit(config.decay_init)))
         self.momentum = nn.Parameter(torch.tensor(_logit(config.momentum_init)))
@@ -274,6 +276,10 @@ class EBMM(AssociativeMemory):
             inverse = self.energy.write_preconditioner(patterns, damping if create_graph else damping.detach())
         # contrast_steps: the stored patterns with their masks' entries at the fill value
         erased = self._erased(patterns, 0) if self.cfg.contrast_steps is not None else None
+        momenta = None if self.cfg.write_momentum is None else torch.sigmoid(self.write_momentum)
+        if momenta is not None and not create_graph:
+            momenta = momenta.detach()
+        moved: Writable = {}  # write_momentum: the step before's move
         for step in range(self.cfg.write_steps):
             noisy = None  # denoise_steps: this step's erased copies, masks ((step + 1) * N + i) mod CONTRAST_MASKS
             if self.cfg.denoise_steps is not None:
@@ -287,9 +293,12 @@ class EBMM(AssociativeMemory):
                 updates[n] = update
             if inverse is not None:
                 updates = self.energy.precondition(updates, inverse)
-            new = {}
-            for j, n in enumerate(tensors):
-                new[n] = theta[n] - (updates[n] * scales[j][step] if scales is not None else updates[n])
+            move = {n: updates[n] * scales[j][step] if scales is not None else updates[n]
+                    for j, n in enumerate(tensors)}
+            if momenta is not None and moved:
+                move = {n: move[n] + momenta[step - 1] * moved[n] for n in tensors}
+            moved = move if create_graph else {n: t.detach() for n, t in move.items()}
+            new = {n: theta[n] - move[n] for n in tensors}
             theta = new if create_graph else {n: t.detach().requires_grad_(track) for n, t in new.items()}
         return theta if create_graph else {n: t.detach() for n, t in theta.items()}
 

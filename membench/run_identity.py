@@ -32,7 +32,7 @@ LATE_FIELDS = {  # config part -> {field: default}
               "symmetric_trace": False, "hebbian_init": False, "init_gain": 1.0,
               "n_scaled_rates": False, "precondition_write": None, "contrast_steps": None, "contrast_erase": 0.5,
               "contrast_lr_init": 0.01, "denoise_steps": None, "denoise_lr_init": 0.01,
-              "signed_input": True},
+              "signed_input": True, "write_momentum": None},
     "train": {"curriculum_steps": 0, "precision": "float32", "warmup_steps": 0},
 }
 

@@ -220,7 +220,7 @@ def test_closed_form_and_autograd_paths_give_the_same_meta_gradient(grad_norm_te
                                      {"grad_norm_term": False}, {"read_known": False}, {"stepwise_loss": False},
                                      {"n_scaled_rates": True}, {"precondition_write": 0.7}, {"contrast_steps": 0},
                                      {"contrast_steps": 2, "read_known": False}, {"denoise_steps": 2},
-                                     {"contrast_steps": 1, "denoise_steps": 1}])
+                                     {"contrast_steps": 1, "denoise_steps": 1}, {"write_momentum": 0.4}])
 def test_the_meta_gradient_is_the_meta_losss_derivative(options: dict):
     """Backpropagation through every write step (second order) and every read step gives the derivative of the
     meta-loss: central differences agree for sampled entries of every parameter tensor (float64, random
@@ -564,6 +564,33 @@ def test_n_scaled_rates_start_as_the_plain_ones_and_scale_every_rate_by_a_power_
     batch = episodes(BinaryTask(48), batch=2)
     deeper.meta_loss(batch.patterns, batch.queries)[0].backward()
     assert deeper.write_lr_power.grad is not None and (deeper.write_lr_power.grad[:, :, 0].abs() > 0).all()
+
+
+@pytest.mark.parametrize("closed_form", [True, False])
+def test_a_momentum_write_carries_each_steps_move_into_the_next(closed_form: bool):
+    """write_momentum: a write step whose own rates are all but 0 moves by the momentum times the step before's
+    move (0.3 here, then 0.3 of that again); a momentum near 0 gives the plain write; the momenta get a
+    meta-gradient. The option is refused where it cannot act (one write step) or is not a sigmoid value."""
+    batch = episodes(BinaryTask(8), batch=2)
+    carried, _ = small_model(8, write_steps=3, write_momentum=0.3)
+    plain, _ = small_model(8, write_steps=3)
+    if not closed_form:
+        plain._closed_form = carried._closed_form = False
+    with torch.no_grad():
+        carried.write_momentum.fill_(-40.0)  # sigmoid: 4e-18
+    torch.testing.assert_close(carried.write(batch.patterns), plain.write(batch.patterns))
+    first, _ = small_model(8, write_steps=1)
+    with torch.no_grad():
+        carried.write_momentum.fill_(torch.tensor(0.3).logit().item())
+        carried.write_lr[1:] = -60.0  # softplus: 9e-27, every term's and the anchor's rate at steps 2 and 3
+    initial = carried.energy.memory.weight.detach()
+    move = first.write(batch.patterns)["memory.weight"] - initial  # the same weights and first step
+    torch.testing.assert_close(carried.write(batch.patterns)["memory.weight"] - initial, move * (1 + 0.3 + 0.09))
+    carried.meta_loss(batch.patterns, batch.queries)[0].backward()
+    assert carried.write_momentum.grad is not None and (carried.write_momentum.grad.abs() > 0).all()
+    for bad in ({"write_steps": 1, "write_momentum": 0.5}, {"write_momentum": 1.0}, {"write_momentum": 0.0}):
+        with pytest.raises(MembenchError, match="write_momentum"):
+            small_model(8, **bad)
 
 
 @pytest.mark.parametrize("grad_norm_term", [True, False])
