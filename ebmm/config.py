@@ -89,7 +89,8 @@ class EBMMConfig:
     denoise_lr_init: float = 0.01  # initial softplus rate of that term, per write step and writable tensor
     write_momentum: float | None = None  # (ours) the initial momentum of a heavy-ball write: each write step after
     #   the first also moves by this share (sigmoid, learned per step) of the step before's move, so the few
-    #   steps can build up along directions the gradients keep; None: the paper's plain steps
+    #   steps can build up along directions the gradients keep (with one write step it has nothing to carry);
+    #   None: the paper's plain steps
     read_step_init: float = 1.0   # initial gamma_1 of reading
     read_known: bool = True       # reading moves every entry (the paper); False: where the task allows it
     #   (spec.clamp_known), entries other than the fill value keep the query's values (ours)
@@ -133,9 +134,6 @@ class EBMMConfig:
         if self.centre_tracking and not self.centre_memory:
             raise MembenchError("centre_tracking moves the centre of centre_memory=true, which is off; add "
                                 "--option centre_memory=true, or drop centre_tracking")
-        if self.write_momentum is not None and self.write_steps < 2:
-            raise MembenchError(f"write_momentum carries a write step's move into the next: it needs write_steps of 2 "
-                                f"or more, not {self.write_steps}")
         for name in ("momentum_init", "decay_init", "write_momentum"):  # sigmoid values
             if getattr(self, name) is not None and not 0 < getattr(self, name) < 1:
                 raise MembenchError(f"{name}={getattr(self, name)} must lie strictly between 0 and 1 (a sigmoid)")

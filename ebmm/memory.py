@@ -108,7 +108,8 @@ class EBMM(AssociativeMemory):
         if config.elementwise_write_lr:  # log-factors (T, *shape) per writable tensor, in writable_names order
             self.write_scale = nn.ParameterList(nn.Parameter(torch.zeros(config.write_steps, *own[n].shape))
                                                 for n in names)
-        if config.write_momentum is not None:  # logits of the momenta of write steps 2..T
+        self._carries = config.write_momentum is not None and config.write_steps > 1  # a heavy-ball write
+        if self._carries:  # logits of the momenta of write steps 2..T
             self.write_momentum = nn.Parameter(torch.full((config.write_steps - 1,), _logit(config.write_momentum)))
         self.read_step = nn.Parameter(torch.tensor(_inverse_softplus(config.read_step_init)))
         self.read_step_decay = nn.Parameter(torch.full((config.read_steps - 1,), _logit(config.decay_init)))
@@ -276,7 +277,7 @@ class EBMM(AssociativeMemory):
             inverse = self.energy.write_preconditioner(patterns, damping if create_graph else damping.detach())
         # contrast_steps: the stored patterns with their masks' entries at the fill value
         erased = self._erased(patterns, 0) if self.cfg.contrast_steps is not None else None
-        momenta = None if self.cfg.write_momentum is None else torch.sigmoid(self.write_momentum)
+        momenta = torch.sigmoid(self.write_momentum) if self._carries else None
         if momenta is not None and not create_graph:
             momenta = momenta.detach()
         moved: Writable = {}  # write_momentum: the step before's move

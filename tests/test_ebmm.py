@@ -570,7 +570,8 @@ def test_n_scaled_rates_start_as_the_plain_ones_and_scale_every_rate_by_a_power_
 def test_a_momentum_write_carries_each_steps_move_into_the_next(closed_form: bool):
     """write_momentum: a write step whose own rates are all but 0 moves by the momentum times the step before's
     move (0.3 here, then 0.3 of that again); a momentum near 0 gives the plain write; the momenta get a
-    meta-gradient. The option is refused where it cannot act (one write step) or is not a sigmoid value."""
+    meta-gradient. With one write step it has nothing to carry (no parameter, the plain write); a value that is not
+    a sigmoid's is refused."""
     batch = episodes(BinaryTask(8), batch=2)
     carried, _ = small_model(8, write_steps=3, write_momentum=0.3)
     plain, _ = small_model(8, write_steps=3)
@@ -588,9 +589,12 @@ def test_a_momentum_write_carries_each_steps_move_into_the_next(closed_form: boo
     torch.testing.assert_close(carried.write(batch.patterns)["memory.weight"] - initial, move * (1 + 0.3 + 0.09))
     carried.meta_loss(batch.patterns, batch.queries)[0].backward()
     assert carried.write_momentum.grad is not None and (carried.write_momentum.grad.abs() > 0).all()
-    for bad in ({"write_steps": 1, "write_momentum": 0.5}, {"write_momentum": 1.0}, {"write_momentum": 0.0}):
+    single, _ = small_model(8, write_steps=1, write_momentum=0.5)
+    assert not hasattr(single, "write_momentum")
+    torch.testing.assert_close(single.write(batch.patterns), first.write(batch.patterns))
+    for bad in (1.0, 0.0):
         with pytest.raises(MembenchError, match="write_momentum"):
-            small_model(8, **bad)
+            small_model(8, write_momentum=bad)
 
 
 @pytest.mark.parametrize("grad_norm_term", [True, False])
