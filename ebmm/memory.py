@@ -298,7 +298,8 @@ class EBMM(AssociativeMemory):
                     for j, n in enumerate(tensors)}
             if momenta is not None and moved:
                 move = {n: move[n] + momenta[step - 1] * moved[n] for n in tensors}
-            moved = move if create_graph else {n: t.detach() for n, t in move.items()}
+            if momenta is not None:
+                moved = move if create_graph else {n: t.detach() for n, t in move.items()}
             new = {n: theta[n] - move[n] for n in tensors}
             theta = new if create_graph else {n: t.detach().requires_grad_(track) for n, t in new.items()}
         return theta if create_graph else {n: t.detach() for n, t in theta.items()}

@@ -193,11 +193,13 @@ class _AutogradOnlyEnergy(type(small_model()[0].energy)):
     grads = None  # no closed form: EBMM differentiates this energy with vmap + autograd
 
 
-@pytest.mark.parametrize("grad_norm_term, linear_memory", [(False, False), (True, False), (True, True)])
-def test_closed_form_and_autograd_paths_give_the_same_meta_gradient(grad_norm_term: bool, linear_memory: bool):
+@pytest.mark.parametrize("grad_norm_term, linear_memory, write_momentum", [(False, False, None), (True, False, None),
+                                                                          (True, True, None), (True, False, 0.4)])
+def test_closed_form_and_autograd_paths_give_the_same_meta_gradient(grad_norm_term: bool, linear_memory: bool,
+                                                                    write_momentum: float | None):
     """The meta-loss and its gradient are the same whether the inner loops use the closed form or autograd."""
     model, task = small_model(grad_norm_term=grad_norm_term, write_lr_init=0.05, read_step_init=0.5,
-                              linear_memory=linear_memory)
+                              linear_memory=linear_memory, write_momentum=write_momentum)
     model = model.double()
     energy = copy.deepcopy(model.energy)
     energy.__class__ = _AutogradOnlyEnergy
