@@ -296,9 +296,9 @@ class EBMM(AssociativeMemory):
                 updates = self.energy.precondition(updates, inverse)
             move = {n: updates[n] * scales[j][step] if scales is not None else updates[n]
                     for j, n in enumerate(tensors)}
-            if momenta is not None and moved:
-                move = {n: move[n] + momenta[step - 1] * moved[n] for n in tensors}
-            if momenta is not None:
+            if momenta is not None:  # heavy ball: the step before's move carried on (from the second step)
+                if moved:
+                    move = {n: move[n] + momenta[step - 1] * moved[n] for n in tensors}
                 moved = move if create_graph else {n: t.detach() for n, t in move.items()}
             new = {n: theta[n] - move[n] for n in tensors}
             theta = new if create_graph else {n: t.detach().requires_grad_(track) for n, t in new.items()}
