@@ -149,11 +149,13 @@ PRESETS: dict[str, Preset] = {
     # theta_bar (at 3.0 it multiplied it by -5), the power of N dividing the write's pattern terms
     # meta-learned (it settles near 0.7: the mean under-writes small N), each writable entry's write
     # steps scaled by its own learned factor (elementwise_write_lr: 0.33-0.52 bits fewer at N = 48 and 64,
-    # seed for seed), a large meta learning rate decayed along a cosine, 16 episodes a step, 7800 steps (inside
+    # seed for seed), a heavy-ball write from momentum 0.3 (write_momentum: lower at every N from 32 in three
+    # seeds, by 0.35-0.76 bits at N = 96; from 0.5 one seed paid at N = 32-64; results/diagnostics/ebmm-seeds),
+    # a large meta learning rate decayed along a cosine, 16 episodes a step, 7800 steps (inside
     # the CPU budget of 15 minutes on two cores with five read steps, results/diagnostics/ebmm-recipes); compiled
     "quick": Preset(EBMMConfig(hidden=128, hops=2, read_steps=5, write_steps=4, grad_norm_term=True,
                                write_lr_init=3.0, grad_norm_lr_init=0.01, anchor_lr_init=0.25, read_step_init=5.0,
-                               learn_write_norm=True, elementwise_write_lr=True),
+                               learn_write_norm=True, elementwise_write_lr=True, write_momentum=0.3),
                     TrainConfig(steps=7800, batch_size=16, lr=6e-3, cosine_decay=True, clip_norm=1.0, log_every=50,
                                 checkpoint_every=250, num_patterns=TABLE1_NUM_PATTERNS, compile=True)),
     # one GPU: the quick recipe of f04edef (elementwise write rates too, but three write steps: a fourth costs

@@ -78,6 +78,7 @@ def plain_write_read(model: EBMM, patterns: torch.Tensor, queries: torch.Tensor)
     """One episode at a time with a plain module copy and torch.autograd.grad: reference loops."""
     rates = torch.nn.functional.softplus(model.write_lr).detach()
     factors = [s.detach().exp() for s in model.write_scale] if model.cfg.elementwise_write_lr else None
+    carries = torch.sigmoid(model.write_momentum).detach() if hasattr(model, "write_momentum") else None
     steps = [torch.nn.functional.softplus(model.read_step).detach()]
     momenta = [torch.sigmoid(model.momentum).detach()]
     for k in range(model.cfg.read_steps - 1):
@@ -89,6 +90,7 @@ def plain_write_read(model: EBMM, patterns: torch.Tensor, queries: torch.Tensor)
         params = dict(energy.named_parameters())
         writable = [params[n] for n in model.writable_names]
         initial = [p.detach().clone() for p in writable]
+        moved = [torch.zeros_like(p) for p in writable]  # the heavy-ball write's step before's move
         for step in range(model.cfg.write_steps):
             x = x_written.clone().requires_grad_(True)
             e = energy(x)
@@ -99,7 +101,11 @@ def plain_write_read(model: EBMM, patterns: torch.Tensor, queries: torch.Tensor)
                 for j, p in enumerate(writable):
                     update = rates[step, j, 0] * g_energy[j] + rates[step, j, 1] * g_norm[j] \
                         + rates[step, j, 2] * 2 * (p - initial[j])
-                    p -= update if factors is None else factors[j][step] * update
+                    move = update if factors is None else factors[j][step] * update
+                    if carries is not None and step > 0:
+                        move = move + carries[step - 1] * moved[j]
+                    moved[j] = move
+                    p -= move
         x, velocity = query.clone(), torch.zeros_like(query)
         for step, momentum in zip(steps, momenta):
             look = (x + momentum * velocity).clamp(0, 1).requires_grad_(True)
@@ -110,10 +116,10 @@ def plain_write_read(model: EBMM, patterns: torch.Tensor, queries: torch.Tensor)
     return torch.stack(outputs)
 
 
-@pytest.mark.parametrize("elementwise", [True, False])
-def test_batched_inner_loops_match_plain_autograd_loops(elementwise: bool):
+@pytest.mark.parametrize("elementwise, write_momentum", [(True, 0.3), (True, None), (False, None)])
+def test_batched_inner_loops_match_plain_autograd_loops(elementwise: bool, write_momentum: float | None):
     model, task = small_model(grad_norm_term=True, write_lr_init=0.05, read_step_init=0.5,
-                              elementwise_write_lr=elementwise)
+                              elementwise_write_lr=elementwise, write_momentum=write_momentum)
     if elementwise:  # factors other than 1, different per step and entry
         with torch.no_grad():
             for factors in model.write_scale:
@@ -576,7 +582,7 @@ def test_a_momentum_write_carries_each_steps_move_into_the_next(closed_form: boo
     a sigmoid's is refused."""
     batch = episodes(BinaryTask(8), batch=2)
     carried, _ = small_model(8, write_steps=3, write_momentum=0.3)
-    plain, _ = small_model(8, write_steps=3)
+    plain, _ = small_model(8, write_steps=3, write_momentum=None)
     if not closed_form:
         plain._closed_form = carried._closed_form = False
     with torch.no_grad():
