@@ -6,7 +6,7 @@ PRESET: quick (the default) or gpu (finished or paused), evaluated here on the C
 screen's options (as `membench run --option`), its checkpoint found in $MEMBENCH_CACHE/checkpoints or the
 shipped ones. The write's
 T learned steps are followed by `extra` steps that repeat the last step's learned rates (and elementwise
-factors); reading is the model's own (K learned steps). For each N, on 3072 / N fresh test episodes
+factors, and a heavy-ball write's momentum); reading is the model's own (K learned steps). For each N, on 3072 / N fresh test episodes
 (generator seed 123, as read_errors.py): the error from the queries and from the stored patterns themselves
 (0 where each stored pattern is a fixed point of reading). Where extra steps lower both, the write stops
 short of the minima it is heading for and more write steps should pay in training; where they do not, the
@@ -40,6 +40,9 @@ def extended(model, extra: int):
     if model.cfg.elementwise_write_lr:
         model.write_scale = nn.ParameterList(
             nn.Parameter(torch.cat([s.data[:steps], s.data[-1:].expand(extra, *s.shape[1:])])) for s in model.write_scale)
+    if hasattr(model, "write_momentum"):  # write_momentum: logits of the momenta of steps 2..T
+        momenta = model.write_momentum.data
+        model.write_momentum = nn.Parameter(torch.cat([momenta, momenta[-1:].expand(extra)]))
     model.cfg = dataclasses.replace(model.cfg, write_steps=steps + extra)
     return model
 
