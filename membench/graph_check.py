@@ -36,7 +36,8 @@ IMAGE = TaskSpec(pattern_shape=(3, 16, 16), num_patterns=4, binary=False)
 CASES: dict[str, tuple[TaskSpec, str, dict]] = {  # name -> (task, model, options: small quick-preset EBMMs)
     "gated_rnn": (BINARY, "ebmm", dict(hidden=80, hops=2, read_steps=3, write_steps=2, write_momentum=None)),
     "gated_rnn_momentum": (BINARY, "ebmm", dict(hidden=80, hops=2, read_steps=3, write_steps=3, write_momentum=0.3)),
-    "gated_rnn_contrast": (BINARY, "ebmm", dict(hidden=80, hops=2, read_steps=3, write_steps=2, contrast_steps=1)),
+    "gated_rnn_contrast": (BINARY, "ebmm", dict(hidden=80, hops=2, read_steps=3, write_steps=2, contrast_steps=1,
+                                                write_momentum=None)),
     "resnet_fc": (IMAGE, "ebmm", dict(energy="resnet_fc", channels=(4, 8, 8), embedding=32, hidden=24, hops=2,
                                       readout=16, memory_size=6)),
     "resnet_conv": (IMAGE, "ebmm", dict(energy="resnet_conv", channels=(4, 8), width=16, bottleneck=8, hidden=8,

@@ -116,14 +116,18 @@ def plain_write_read(model: EBMM, patterns: torch.Tensor, queries: torch.Tensor)
     return torch.stack(outputs)
 
 
-@pytest.mark.parametrize("elementwise, write_momentum", [(True, 0.3), (True, None), (False, None)])
-def test_batched_inner_loops_match_plain_autograd_loops(elementwise: bool, write_momentum: float | None):
+@pytest.mark.parametrize("elementwise, write_momentum, write_steps", [(True, 0.3, 3), (True, None, 2),
+                                                                     (False, None, 2)])
+def test_batched_inner_loops_match_plain_autograd_loops(elementwise: bool, write_momentum: float | None,
+                                                         write_steps: int):
     model, task = small_model(grad_norm_term=True, write_lr_init=0.05, read_step_init=0.5,
-                              elementwise_write_lr=elementwise, write_momentum=write_momentum)
-    if elementwise:  # factors other than 1, different per step and entry
-        with torch.no_grad():
+                              elementwise_write_lr=elementwise, write_momentum=write_momentum, write_steps=write_steps)
+    with torch.no_grad():
+        if elementwise:  # factors other than 1, different per step and entry
             for factors in model.write_scale:
                 factors.copy_(torch.randn(factors.shape, generator=torch.Generator().manual_seed(4)) * 0.5)
+        if write_momentum is not None:  # a momentum per carried step, each its own (0.27 and 0.62)
+            model.write_momentum.copy_(torch.tensor([-1.0, 0.5]))
     batch = episodes(task)
     with torch.no_grad():
         batched = model.read(model.write(batch.patterns), batch.queries)
