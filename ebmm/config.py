@@ -151,8 +151,8 @@ PRESETS: dict[str, Preset] = {
     # steps scaled by its own learned factor (elementwise_write_lr: 0.33-0.52 bits fewer at N = 48 and 64,
     # seed for seed), a heavy-ball write from momentum 0.3 (write_momentum: lower at every N from 32 in three
     # seeds, by 0.35-0.76 bits at N = 96; from 0.5 one seed paid at N = 32-64; results/diagnostics/ebmm-seeds),
-    # a large meta learning rate decayed along a cosine, 16 episodes a step, 7800 steps (inside
-    # the CPU budget of 15 minutes on two cores with five read steps, results/diagnostics/ebmm-recipes); compiled
+    # a large meta learning rate decayed along a cosine, 16 episodes a step, 7800 steps (inside the CPU budget
+    # of 15 minutes on two cores with five read steps, results/diagnostics/ebmm-recipes); compiled
     "quick": Preset(EBMMConfig(hidden=128, hops=2, read_steps=5, write_steps=4, grad_norm_term=True,
                                write_lr_init=3.0, grad_norm_lr_init=0.01, anchor_lr_init=0.25, read_step_init=5.0,
                                learn_write_norm=True, elementwise_write_lr=True, write_momentum=0.3),

@@ -6,8 +6,8 @@ PRESET: quick (the default) or gpu (finished or paused), evaluated here on the C
 screen's options (as `membench run --option`), its checkpoint found in $MEMBENCH_CACHE/checkpoints or the
 shipped ones. The write's
 T learned steps are followed by `extra` steps that repeat the last step's learned rates (and elementwise
-factors, and a heavy-ball write's momentum); reading is the model's own (K learned steps). For each N, on 3072 / N fresh test episodes
-(generator seed 123, as read_errors.py): the error from the queries and from the stored patterns themselves
+factors, and a heavy-ball write's momentum); reading is the model's own (K learned steps). For each N, on
+3072 / N fresh test episodes (generator seed 123, as read_errors.py): the error from the queries and from the stored patterns themselves
 (0 where each stored pattern is a fixed point of reading). Where extra steps lower both, the write stops
 short of the minima it is heading for and more write steps should pay in training; where they do not, the
 learned steps are as far as this energy's writing loss takes the memory.
